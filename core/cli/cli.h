@@ -1,0 +1,45 @@
+/* Shared pieces of the mopt command-line tool. */
+#ifndef MOPT_CLI_H
+#define MOPT_CLI_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "mopt/mopt.h"
+
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+/* Prints "mopt: <msg>" as one line and returns the exit code for the status. */
+int cli_fail(const mopt_error *err);
+/* Prints "mopt <cmd>: <printf message>" and returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_exit_code(mopt_status st);
+
+/* Strict number parsing for option values; false on garbage or range. */
+bool cli_parse_int(const char *s, long long lo, long long hi, long long *out);
+bool cli_parse_float(const char *s, double lo, double hi, double *out);
+
+/* Writes a JSON value to path atomically (temp file, then rename). */
+mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err);
+/* Reads a whole file; fails with a message naming it. */
+mopt_status cli_read_text(const char *path, char **data, size_t *len, mopt_error *err);
+
+/* Progress line on stderr, at most a few times a second: "label done/total ETA". */
+typedef struct cli_progress {
+    const char *label;
+    double start, last;
+    bool quiet;
+} cli_progress;
+void cli_progress_init(cli_progress *p, const char *label, bool quiet);
+int cli_progress_cb(void *user, int64_t done, int64_t total);
+
+double cli_now(void);
+long cli_peak_rss_bytes(void);
+
+int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+
+#endif

@@ -1,0 +1,138 @@
+/* Error reporting, option parsing, atomic JSON output and progress lines. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+int cli_exit_code(mopt_status st) {
+    switch (st) {
+    case MOPT_OK: return EXIT_OK;
+    case MOPT_E_INVALID:
+    case MOPT_E_IO:
+    case MOPT_E_FORMAT:
+    case MOPT_E_UNSUPPORTED:
+    case MOPT_E_ABI: return EXIT_USAGE;
+    default: return EXIT_RUNTIME;
+    }
+}
+
+int cli_fail(const mopt_error *err) {
+    fprintf(stderr, "mopt: %s\n", err->msg[0] ? err->msg : mopt_status_str((mopt_status)err->code));
+    return cli_exit_code((mopt_status)err->code);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "mopt %s: %s (see 'mopt %s --help')\n", cmd, msg, cmd);
+    return EXIT_USAGE;
+}
+
+bool cli_parse_int(const char *s, long long lo, long long hi, long long *out) {
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_float(const char *s, double lo, double hi, double *out) {
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (json_dump_file(j, tmp, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(10)) != 0) {
+        unlink(tmp);
+        return mopt_error_set(err, MOPT_E_IO, __func__, "%s: cannot write", path);
+    }
+    if (rename(tmp, path) != 0) {
+        unlink(tmp);
+        return mopt_error_set(err, MOPT_E_IO, __func__, "%s: cannot rename into place: %s", path, strerror(errno));
+    }
+    return MOPT_OK;
+}
+
+mopt_status cli_read_text(const char *path, char **data, size_t *len, mopt_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mopt_error_set(err, MOPT_E_IO, __func__, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf) return mopt_error_set(err, MOPT_E_NOMEM, __func__, "%s: out of memory", path);
+    if (bad) {
+        free(buf);
+        return mopt_error_set(err, MOPT_E_IO, __func__, "%s: read error", path);
+    }
+    buf[n] = '\0';
+    *data = buf;
+    *len = n;
+    return MOPT_OK;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+long cli_peak_rss_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss * 1024L;
+}
+
+void cli_progress_init(cli_progress *p, const char *label, bool quiet) {
+    p->label = label;
+    p->start = p->last = cli_now();
+    p->quiet = quiet;
+}
+
+int cli_progress_cb(void *user, int64_t done, int64_t total) {
+    cli_progress *p = user;
+    if (p->quiet) return 0;
+    double now = cli_now();
+    if (done < total && now - p->last < 0.5) return 0;
+    p->last = now;
+    double el = now - p->start, eta = done ? el * (double)(total - done) / (double)done : 0;
+    int width = 30, fill = (int)(width * done / (total ? total : 1));
+    fprintf(stderr, "\r%s [%.*s%*s] %lld/%lld  %.1fs elapsed, ETA %.1fs", p->label, fill,
+            "==============================", width - fill, "", (long long)done, (long long)total, el, eta);
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+    return 0;
+}

@@ -1,0 +1,81 @@
+/* mopt info MODEL [--json] */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void help(void) {
+    printf("usage: mopt info MODEL [--json]\n\n"
+           "Prints the architecture, parameter count, tensor dtypes and weight bytes of MODEL.\n"
+           "  --json   print one JSON object instead of text\n");
+}
+
+int cmd_info(int argc, char **argv) {
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int as_json = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'j') as_json = 1;
+        else if (c == 'h') return help(), EXIT_OK;
+        else return cli_usage_error("info", "unknown option");
+    }
+    if (optind != argc - 1) return cli_usage_error("info", "expected exactly one MODEL");
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(argv[optind], NULL, &err);
+    if (!m) return cli_fail(&err);
+    const mopt_graph *g = mopt_model_graph(m);
+    const mopt_arch *a = mopt_model_arch(m);
+    int64_t by_dtype[MOPT_DTYPE_COUNT] = {0}, bytes_by_dtype[MOPT_DTYPE_COUNT] = {0};
+    for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
+        const mopt_tensor *t = mopt_graph_tensor(g, i);
+        by_dtype[t->dtype] += mopt_tensor_nelements(t);
+        bytes_by_dtype[t->dtype] += (int64_t)mopt_tensor_nbytes(t);
+    }
+    const mopt_tokenizer *tok = mopt_model_tokenizer(m);
+    const char *fmt = mopt_model_format_of(m) == MOPT_FORMAT_HF ? "hf" : "llama2c";
+    if (as_json) {
+        json_t *j = json_object(), *arch = json_object(), *dt = json_object();
+        json_object_set_new(j, "path", json_string(mopt_model_path(m)));
+        json_object_set_new(j, "format", json_string(fmt));
+        json_object_set_new(arch, "family", json_string(a->family));
+        json_object_set_new(arch, "dim", json_integer(a->dim));
+        json_object_set_new(arch, "n_layers", json_integer(a->n_layers));
+        json_object_set_new(arch, "n_heads", json_integer(a->n_heads));
+        json_object_set_new(arch, "n_kv_heads", json_integer(a->n_kv_heads));
+        json_object_set_new(arch, "head_dim", json_integer(a->head_dim));
+        json_object_set_new(arch, "ffn_dim", json_integer(a->ffn_dim));
+        json_object_set_new(arch, "vocab_size", json_integer(a->vocab_size));
+        json_object_set_new(arch, "max_ctx", json_integer(a->max_ctx));
+        json_object_set_new(arch, "norm_eps", json_real(a->norm_eps));
+        json_object_set_new(arch, "rope_theta", json_real(a->rope_theta));
+        json_object_set_new(arch, "tied_embeddings", json_boolean(a->tied_embeddings));
+        json_object_set_new(j, "arch", arch);
+        json_object_set_new(j, "n_params", json_integer(mopt_graph_n_params(g)));
+        json_object_set_new(j, "weight_bytes", json_integer(mopt_graph_weight_bytes(g)));
+        json_object_set_new(j, "n_tensors", json_integer(mopt_graph_n_tensors(g)));
+        for (int d = 0; d < MOPT_DTYPE_COUNT; d++)
+            if (by_dtype[d]) json_object_set_new(dt, mopt_dtype_name((mopt_dtype)d), json_integer(by_dtype[d]));
+        json_object_set_new(j, "params_by_dtype", dt);
+        json_object_set_new(j, "tokenizer_vocab", tok ? json_integer(mopt_tokenizer_vocab_size(tok)) : json_null());
+        char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+        puts(s);
+        free(s);
+        json_decref(j);
+    } else {
+        printf("model:        %s (%s)\n", mopt_model_path(m), fmt);
+        printf("architecture: %s, %d layers, dim %d, %d heads (%d KV, head_dim %d), ffn %d\n", a->family,
+               a->n_layers, a->dim, a->n_heads, a->n_kv_heads, a->head_dim, a->ffn_dim);
+        printf("vocab:        %d, context %d, norm eps %g, rope theta %g, tied embeddings %s\n", a->vocab_size,
+               a->max_ctx, a->norm_eps, a->rope_theta, a->tied_embeddings ? "yes" : "no");
+        printf("parameters:   %lld in %d tensors\n", (long long)mopt_graph_n_params(g), mopt_graph_n_tensors(g));
+        for (int d = 0; d < MOPT_DTYPE_COUNT; d++)
+            if (by_dtype[d])
+                printf("  %-5s       %lld params, %lld bytes\n", mopt_dtype_name((mopt_dtype)d), (long long)by_dtype[d],
+                       (long long)bytes_by_dtype[d]);
+        printf("weight bytes: %lld\n", (long long)mopt_graph_weight_bytes(g));
+        if (tok) printf("tokenizer:    %d tokens\n", mopt_tokenizer_vocab_size(tok));
+    }
+    mopt_model_free(m);
+    return EXIT_OK;
+}

@@ -1,0 +1,44 @@
+/* mopt: command-line entry. Each subcommand lives in its own cmd_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} commands[] = {
+    {"info", cmd_info, "architecture, parameter count, dtypes and bytes of a model"},
+    {"tokenize", cmd_tokenize, "token ids of a text with the model's tokenizer"},
+    {"generate", cmd_generate, "generate text (greedy, temperature, top-p)"},
+    {"eval", cmd_eval, "perplexity on a text file"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: mopt <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nMODEL is a Hugging Face directory (config.json + *.safetensors) or a llama2.c .bin.\n"
+               "Run 'mopt <command> --help' for a command's options.\n"
+               "Exit status: 0 success, 1 runtime failure, 2 bad usage or bad input.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("mopt %s (kernels: %s)\n", MOPT_VERSION_STRING, mopt_cpu_kernels_name());
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "mopt: unknown command '%s' (try 'mopt --help')\n", argv[1]);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,49 @@
+/* Running a graph: a session holds the KV caches and scratch buffers for one
+ * sequence. Prefill many tokens with one call, then decode one at a time; the
+ * cache can be rolled back to any earlier length. */
+#ifndef MOPT_EXECUTOR_H
+#define MOPT_EXECUTOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+#include "mopt/graph.h"
+
+MOPT_EXTERN_C_BEGIN
+
+typedef struct mopt_session mopt_session;
+
+typedef struct mopt_session_opts {
+    uint32_t struct_size; /* sizeof(mopt_session_opts) */
+    int32_t n_threads;    /* <= 0: all online cores */
+    int32_t max_ctx;      /* <= 0: the architecture's context length */
+    int32_t max_batch;    /* tokens per forward call; <= 0: max_ctx */
+} mopt_session_opts;
+
+MOPT_API void mopt_session_opts_default(mopt_session_opts *o);
+
+/* The graph must outlive the session and not change while it exists. */
+MOPT_API mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opts, mopt_error *err);
+MOPT_API void mopt_session_free(mopt_session *s);
+
+/* Runs n tokens at positions pos..pos+n-1 (pos = current length), appending
+ * their keys/values to the cache. With all_logits the logits of every token
+ * are returned ([n, vocab] row-major), else only the last token's ([vocab]).
+ * The pointer stays valid until the next call. */
+MOPT_API mopt_status mopt_session_forward(mopt_session *s, const int32_t *tokens, int32_t n, bool all_logits,
+                                          const float **logits, mopt_error *err);
+/* Tokens currently in the cache. */
+MOPT_API int32_t mopt_session_length(const mopt_session *s);
+/* Drops cached positions >= n (n <= length). */
+MOPT_API mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_error *err);
+MOPT_API int32_t mopt_session_n_threads(const mopt_session *s);
+/* Width of a logits row. */
+MOPT_API int32_t mopt_session_vocab_size(const mopt_session *s);
+/* Name of the SIMD kernel set picked for this CPU ("avx512", "avx2", "ref"). */
+MOPT_API const char *mopt_cpu_kernels_name(void);
+
+MOPT_EXTERN_C_END
+
+#endif

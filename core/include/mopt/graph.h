@@ -1,0 +1,167 @@
+/* Model graph: an ordered list of ops over activation values and named weight
+ * tensors, plus the architecture metadata.
+ *
+ * Values are per-token activation rows: value v holds a [T, width] fp32 matrix
+ * during a forward over T tokens. Nodes are stored in execution order; each
+ * reads up to three values and writes one. Structure (which norm feeds which
+ * linears, which linears form an attention block) is read from the graph with
+ * mopt_graph_consumers() and the node roles, never from the model family. */
+#ifndef MOPT_GRAPH_H
+#define MOPT_GRAPH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+#include "mopt/tensor.h"
+
+MOPT_EXTERN_C_BEGIN
+
+#define MOPT_MAX_NODE_INPUTS 3
+
+typedef enum mopt_op {
+    MOPT_OP_EMBEDDING = 0, /* out[t] = weight[token_t]            weight [vocab, dim] */
+    MOPT_OP_POS_EMBEDDING, /* out[t] = in0[t] + weight[pos_t]     weight [ctx, dim] */
+    MOPT_OP_RMSNORM,       /* out = in0 / rms(in0) * weight */
+    MOPT_OP_LAYERNORM,     /* out = (in0 - mean) / std * weight + bias */
+    MOPT_OP_LINEAR,        /* out = in0 @ weight^T (+ bias)       weight [out, in] */
+    MOPT_OP_ROPE,          /* rotary position embedding on in0, per head */
+    MOPT_OP_ATTENTION,     /* causal attention of q=in0 over the KV cache extended by k=in1, v=in2 */
+    MOPT_OP_SWIGLU,        /* out = silu(in0) * in1 */
+    MOPT_OP_GELU,          /* out = gelu_tanh(in0) (GPT-2 "gelu_new") */
+    MOPT_OP_ADD,           /* out = in0 + in1 (residual) */
+    MOPT_OP_LM_HEAD,       /* logits = in0 @ weight^T, computed only for the rows the caller asks for */
+    MOPT_OP_COUNT
+} mopt_op;
+
+/* What a node is for inside its block; lets passes find e.g. "the norm that
+ * feeds q/k/v" or "the MLP down projection" on any architecture. */
+typedef enum mopt_role {
+    MOPT_ROLE_NONE = 0,
+    MOPT_ROLE_EMBED,
+    MOPT_ROLE_POS_EMBED,
+    MOPT_ROLE_ATTN_NORM,
+    MOPT_ROLE_ATTN_Q,
+    MOPT_ROLE_ATTN_K,
+    MOPT_ROLE_ATTN_V,
+    MOPT_ROLE_ATTN_ROPE_Q,
+    MOPT_ROLE_ATTN_ROPE_K,
+    MOPT_ROLE_ATTN,
+    MOPT_ROLE_ATTN_O,
+    MOPT_ROLE_ATTN_RESIDUAL,
+    MOPT_ROLE_MLP_NORM,
+    MOPT_ROLE_MLP_GATE,
+    MOPT_ROLE_MLP_UP,
+    MOPT_ROLE_MLP_ACT,
+    MOPT_ROLE_MLP_DOWN,
+    MOPT_ROLE_MLP_RESIDUAL,
+    MOPT_ROLE_FINAL_NORM,
+    MOPT_ROLE_LM_HEAD,
+    MOPT_ROLE_COUNT
+} mopt_role;
+
+typedef enum mopt_rope_style {
+    MOPT_ROPE_HALF = 0,       /* HF LLaMA: rotate (i, i + head_dim/2) */
+    MOPT_ROPE_INTERLEAVED = 1 /* llama2.c / GPT-J: rotate (2i, 2i + 1) */
+} mopt_rope_style;
+
+typedef struct mopt_node {
+    mopt_op op;
+    mopt_role role;
+    int32_t layer; /* decoder block index, -1 outside the blocks */
+    int32_t n_inputs;
+    int32_t inputs[MOPT_MAX_NODE_INPUTS]; /* value ids */
+    int32_t output;                       /* value id */
+    mopt_tensor *weight;                  /* borrowed from the graph; may be NULL */
+    mopt_tensor *bias;                    /* borrowed from the graph; may be NULL */
+    /* op parameters */
+    float eps;          /* norms */
+    float rope_theta;   /* rope */
+    int32_t rope_style; /* mopt_rope_style */
+    int32_t n_heads;    /* rope, attention */
+    int32_t n_kv_heads; /* attention */
+    int32_t head_dim;   /* rope, attention */
+    int32_t kv_slot;    /* attention: index of this node's KV cache */
+    char name[64];
+} mopt_node;
+
+typedef enum mopt_norm_kind { MOPT_NORM_RMS = 0, MOPT_NORM_LAYER = 1 } mopt_norm_kind;
+typedef enum mopt_mlp_kind { MOPT_MLP_SWIGLU = 0, MOPT_MLP_GELU = 1 } mopt_mlp_kind;
+
+/* Architecture metadata, read from config.json or a checkpoint header. */
+typedef struct mopt_arch {
+    char family[32]; /* "llama", "gpt2" */
+    int32_t dim;
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t ffn_dim;
+    int32_t vocab_size;
+    int32_t max_ctx;
+    float norm_eps;
+    float rope_theta;
+    int32_t rope_style; /* mopt_rope_style */
+    int32_t norm;       /* mopt_norm_kind */
+    int32_t mlp;        /* mopt_mlp_kind */
+    int32_t tied_embeddings;
+    int32_t qkv_bias;
+    int32_t o_bias;
+    int32_t mlp_bias;
+    int32_t bos_id; /* -1 when unknown */
+    int32_t eos_id; /* -1 when unknown */
+} mopt_arch;
+
+typedef struct mopt_graph mopt_graph;
+
+MOPT_API mopt_graph *mopt_graph_new(const mopt_arch *arch, mopt_error *err);
+/* Frees the graph, its nodes and every tensor it owns. NULL is a no-op. */
+MOPT_API void mopt_graph_free(mopt_graph *g);
+
+MOPT_API const mopt_arch *mopt_graph_arch(const mopt_graph *g);
+
+/* Transfers ownership of t to the graph. Names must be unique. */
+MOPT_API mopt_status mopt_graph_add_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err);
+MOPT_API mopt_tensor *mopt_graph_find_tensor(const mopt_graph *g, const char *name);
+MOPT_API int32_t mopt_graph_n_tensors(const mopt_graph *g);
+MOPT_API mopt_tensor *mopt_graph_tensor(const mopt_graph *g, int32_t i);
+/* Replaces the tensor named like `t` (which must exist) with t; the old one is
+ * freed and every node that referenced it is updated. Ownership of t moves. */
+MOPT_API mopt_status mopt_graph_replace_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err);
+
+/* Declares an activation value of `width` floats per token; returns its id. */
+MOPT_API int32_t mopt_graph_add_value(mopt_graph *g, int32_t width);
+MOPT_API int32_t mopt_graph_n_values(const mopt_graph *g);
+MOPT_API int32_t mopt_graph_value_width(const mopt_graph *g, int32_t value);
+
+/* Appends a copy of *node (execution order = insertion order); returns its
+ * index or a negative status. Inputs must be values produced earlier. */
+MOPT_API int32_t mopt_graph_add_node(mopt_graph *g, const mopt_node *node, mopt_error *err);
+MOPT_API int32_t mopt_graph_n_nodes(const mopt_graph *g);
+MOPT_API const mopt_node *mopt_graph_node(const mopt_graph *g, int32_t i);
+/* Index of the node that writes `value`, or -1. */
+MOPT_API int32_t mopt_graph_producer(const mopt_graph *g, int32_t value);
+/* Indices of nodes reading `value`, up to `cap`; returns the total count. */
+MOPT_API int32_t mopt_graph_consumers(const mopt_graph *g, int32_t value, int32_t *out, int32_t cap);
+/* First node with this role in this layer, or -1. */
+MOPT_API int32_t mopt_graph_find_node(const mopt_graph *g, mopt_role role, int32_t layer);
+
+/* Number of parameters (elements of distinct weight tensors) and their bytes as stored. */
+MOPT_API int64_t mopt_graph_n_params(const mopt_graph *g);
+MOPT_API int64_t mopt_graph_weight_bytes(const mopt_graph *g);
+
+MOPT_API const char *mopt_op_name(mopt_op op);
+MOPT_API const char *mopt_role_name(mopt_role role);
+
+/* Architecture builders: wire the nodes of a LLaMA-family (also Mistral/Qwen2
+ * with q/k/v biases) or GPT-2 model over tensors already added to g under
+ * their Hugging Face names. Check shapes against the arch and name the first
+ * tensor that is missing or has the wrong shape. */
+MOPT_API mopt_status mopt_arch_build_llama(mopt_graph *g, mopt_error *err);
+MOPT_API mopt_status mopt_arch_build_gpt2(mopt_graph *g, mopt_error *err);
+
+MOPT_EXTERN_C_END
+
+#endif

@@ -1,0 +1,36 @@
+/* Loading checkpoints into a graph with its tokenizer. */
+#ifndef MOPT_MODEL_H
+#define MOPT_MODEL_H
+
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+#include "mopt/graph.h"
+#include "mopt/tokenizer.h"
+
+MOPT_EXTERN_C_BEGIN
+
+typedef enum mopt_model_format {
+    MOPT_FORMAT_HF = 0,     /* directory with config.json + *.safetensors */
+    MOPT_FORMAT_LLAMA2C = 1 /* llama2.c version-0 checkpoint */
+} mopt_model_format;
+
+typedef struct mopt_model mopt_model;
+
+/* Loads a Hugging Face directory or a llama2.c .bin. `tokenizer_path` may be
+ * NULL: the HF loader then uses tokenizer.json in the directory, the llama2.c
+ * loader a tok*.bin / tokenizer.bin beside the checkpoint (a model without a
+ * tokenizer still loads; mopt_model_tokenizer then returns NULL). */
+MOPT_API mopt_model *mopt_model_load(const char *path, const char *tokenizer_path, mopt_error *err);
+MOPT_API void mopt_model_free(mopt_model *m);
+
+MOPT_API mopt_graph *mopt_model_graph(const mopt_model *m);
+MOPT_API const mopt_arch *mopt_model_arch(const mopt_model *m);
+MOPT_API const mopt_tokenizer *mopt_model_tokenizer(const mopt_model *m);
+MOPT_API mopt_model_format mopt_model_format_of(const mopt_model *m);
+MOPT_API const char *mopt_model_path(const mopt_model *m);
+
+MOPT_EXTERN_C_END
+
+#endif

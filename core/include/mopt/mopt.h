@@ -1,0 +1,16 @@
+/* Umbrella header for libmopt. */
+#ifndef MOPT_MOPT_H
+#define MOPT_MOPT_H
+
+#include "mopt/error.h"
+#include "mopt/eval.h"
+#include "mopt/executor.h"
+#include "mopt/graph.h"
+#include "mopt/model.h"
+#include "mopt/sampler.h"
+#include "mopt/tensor.h"
+#include "mopt/tokenizer.h"
+
+#define MOPT_VERSION_STRING "0.1.0"
+
+#endif

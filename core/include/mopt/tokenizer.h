@@ -1,0 +1,51 @@
+/* Tokenizers: Hugging Face tokenizer.json (byte-level BPE as in GPT-2 /
+ * Llama-3 / Qwen, and SentencePiece-style BPE with byte fallback as in
+ * Llama-2) and the llama2.c tokenizer file. */
+#ifndef MOPT_TOKENIZER_H
+#define MOPT_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+
+MOPT_EXTERN_C_BEGIN
+
+typedef struct mopt_tokenizer mopt_tokenizer;
+
+enum {
+    MOPT_TOK_ADD_SPECIAL = 1u << 0, /* apply the post-processor template / BOS */
+    MOPT_TOK_SKIP_SPECIAL = 1u << 1 /* decode: drop special tokens */
+};
+
+/* Loads a tokenizer.json. */
+MOPT_API mopt_tokenizer *mopt_tokenizer_load_hf(const char *path, mopt_error *err);
+/* Loads a llama2.c tokenizer.bin holding `vocab_size` entries. */
+MOPT_API mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size, mopt_error *err);
+MOPT_API void mopt_tokenizer_free(mopt_tokenizer *tok);
+
+MOPT_API int32_t mopt_tokenizer_vocab_size(const mopt_tokenizer *tok);
+/* The token's string as stored in the vocabulary, or NULL. */
+MOPT_API const char *mopt_tokenizer_token_str(const mopt_tokenizer *tok, int32_t id);
+MOPT_API bool mopt_tokenizer_is_special(const mopt_tokenizer *tok, int32_t id);
+MOPT_API int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok); /* -1 if none */
+MOPT_API int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok); /* -1 if none */
+
+/* Encodes `len` bytes of UTF-8 text. *ids is allocated with malloc (free()). */
+MOPT_API mopt_status mopt_tokenizer_encode(const mopt_tokenizer *tok, const char *text, size_t len, uint32_t flags,
+                                           int32_t **ids, size_t *n_ids, mopt_error *err);
+/* Decodes ids to text (NUL-terminated, malloc'd; *len excludes the NUL). */
+MOPT_API mopt_status mopt_tokenizer_decode(const mopt_tokenizer *tok, const int32_t *ids, size_t n, uint32_t flags,
+                                           char **text, size_t *len, mopt_error *err);
+
+/* Streaming decode: the bytes token `id` adds after the already decoded
+ * `prev` ids. Writes into buf (cap bytes) and returns the byte count, or -1
+ * when buf is too small. May emit partial UTF-8 sequences. */
+MOPT_API int64_t mopt_tokenizer_decode_next(const mopt_tokenizer *tok, const int32_t *prev, size_t n_prev, int32_t id,
+                                            char *buf, size_t cap);
+
+MOPT_EXTERN_C_END
+
+#endif

@@ -1,0 +1,318 @@
+/* CPU backend: each op's forward over [T, width] fp32 activations, threaded
+ * with the pool and vectorized through the dispatched kernels. Dense prefill
+ * GEMMs go to OpenBLAS (single-threaded per call, one call per row block of
+ * the weight, so our pool owns the threads); decode GEMVs read bf16/f16/f32
+ * weights directly. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "internal.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+#define GEMM_ROWS 64 /* weight rows per prefill task */
+#define GEMV_ROWS 16 /* weight rows per decode task */
+
+extern void openblas_set_num_threads(int);
+
+typedef struct cpu_ctx {
+    mopt_pool *pool;
+    const mopt_kernels *k;
+    int32_t n_threads;
+    float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
+    float **sscratch;   /* per thread: max_ctx attention scores */
+    int64_t max_in;
+    int32_t max_ctx;
+} cpu_ctx;
+
+static void cpu_free(void *p) {
+    cpu_ctx *c = p;
+    if (!c) return;
+    mopt_pool_free(c->pool);
+    for (int32_t i = 0; i < c->n_threads; i++) {
+        if (c->wscratch) free(c->wscratch[i]);
+        if (c->sscratch) free(c->sscratch[i]);
+    }
+    free(c->wscratch);
+    free(c->sscratch);
+    free(c);
+}
+
+static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, mopt_error *err) {
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    c->pool = mopt_pool_new(n_threads);
+    if (!c->pool) {
+        free(c);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot start threads");
+    }
+    c->n_threads = mopt_pool_size(c->pool);
+    c->k = mopt_kernels_get();
+    c->max_ctx = max_ctx;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
+            c->max_in = n->weight->ne[0];
+    }
+    c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
+    c->sscratch = calloc((size_t)c->n_threads, sizeof *c->sscratch);
+    if (!c->wscratch || !c->sscratch) goto nomem;
+    for (int32_t i = 0; i < c->n_threads; i++) {
+        c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
+        c->sscratch[i] = malloc((size_t)max_ctx * sizeof(float));
+        if (!c->wscratch[i] || !c->sscratch[i]) goto nomem;
+    }
+    openblas_set_num_threads(1);
+    *out = c;
+    return MOPT_OK;
+nomem:
+    cpu_free(c);
+    return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for scratch buffers");
+}
+
+static int32_t cpu_n_threads(const void *p) { return ((const cpu_ctx *)p)->n_threads; }
+
+/* --- linear ----------------------------------------------------------------- */
+
+typedef struct {
+    cpu_ctx *c;
+    const mopt_tensor *w, *b;
+    const float *x; /* [T, in] */
+    int32_t T, x_stride;
+    float *y;       /* [T, out] */
+    int32_t y_stride;
+    int64_t in, out;
+} lin_job;
+
+static float bias_at(const mopt_tensor *b, int64_t o) {
+    if (!b) return 0.0f;
+    switch (b->dtype) {
+    case MOPT_DTYPE_F32: return ((const float *)b->data)[o];
+    case MOPT_DTYPE_F16: return mopt_f16_to_f32(((const uint16_t *)b->data)[o]);
+    default: return mopt_bf16_to_f32(((const uint16_t *)b->data)[o]);
+    }
+}
+
+static void gemv_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    const mopt_kernels *k = j->c->k;
+    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    for (int32_t t = 0; t < j->T; t++) {
+        const float *x = j->x + (size_t)t * j->x_stride;
+        float *y = j->y + (size_t)t * j->y_stride;
+        for (int64_t o = o0; o < o1; o++) {
+            float s;
+            switch (j->w->dtype) {
+            case MOPT_DTYPE_F32: s = k->dot_f32((const float *)j->w->data + o * j->in, x, j->in); break;
+            case MOPT_DTYPE_F16: s = k->dot_f16((const uint16_t *)j->w->data + o * j->in, x, j->in); break;
+            default: s = k->dot_bf16((const uint16_t *)j->w->data + o * j->in, x, j->in); break;
+            }
+            y[o] = s + bias_at(j->b, o);
+        }
+    }
+}
+
+static void gemm_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    cpu_ctx *c = j->c;
+    int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
+    const float *w;
+    if (j->w->dtype == MOPT_DTYPE_F32) {
+        w = (const float *)j->w->data + o0 * j->in;
+    } else {
+        float *s = c->wscratch[thread];
+        const uint16_t *src = (const uint16_t *)j->w->data + o0 * j->in;
+        if (j->w->dtype == MOPT_DTYPE_F16)
+            c->k->cvt_f16(src, s, rows * j->in);
+        else
+            c->k->cvt_bf16(src, s, rows * j->in);
+        w = s;
+    }
+    /* y[:, o0:o0+rows] = x @ w^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)rows, (int)j->in, 1.0f, j->x, j->x_stride, w,
+                (int)j->in, 0.0f, j->y + o0, j->y_stride);
+    if (j->b)
+        for (int32_t t = 0; t < j->T; t++)
+            for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
+}
+
+static void linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b, const float *x, int32_t T, int32_t xs,
+                   float *y, int32_t ys) {
+    lin_job j = {c, w, b, x, T, xs, y, ys, w->ne[0], w->ne[1]};
+    /* One or two tokens: read the stored weights directly. More: widen a block
+     * of rows once and let OpenBLAS reuse it across tokens. */
+    if (T <= 2)
+        mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, gemv_task, &j);
+    else
+        mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+}
+
+/* --- elementwise and norms -------------------------------------------------- */
+
+static void read_row(const cpu_ctx *c, const mopt_tensor *t, int64_t row, float *out) {
+    int64_t n = t->ne[0];
+    switch (t->dtype) {
+    case MOPT_DTYPE_F32: memcpy(out, (const float *)t->data + row * n, (size_t)n * sizeof(float)); break;
+    case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)t->data + row * n, out, n); break;
+    default: c->k->cvt_bf16((const uint16_t *)t->data + row * n, out, n); break;
+    }
+}
+
+typedef struct {
+    cpu_ctx *c;
+    const mopt_op_args *a;
+} op_job;
+
+static void norm_task(void *p, int64_t t, int32_t thread) {
+    op_job *j = p;
+    const mopt_op_args *a = j->a;
+    const mopt_node *n = a->node;
+    const int32_t D = a->out_width;
+    const float *x = a->in[0] + (size_t)t * a->in_width[0];
+    float *y = a->out + (size_t)t * D;
+    if (n->op == MOPT_OP_RMSNORM) {
+        double ss = 0;
+        for (int32_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
+        float r = (float)(1.0 / sqrt(ss / D + n->eps));
+        read_row(j->c, n->weight, 0, y);
+        for (int32_t i = 0; i < D; i++) y[i] *= x[i] * r;
+    } else {
+        double mean = 0, var = 0;
+        for (int32_t i = 0; i < D; i++) mean += x[i];
+        mean /= D;
+        for (int32_t i = 0; i < D; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
+        var /= D;
+        float r = (float)(1.0 / sqrt(var + n->eps)), m = (float)mean;
+        read_row(j->c, n->weight, 0, y);
+        for (int32_t i = 0; i < D; i++) y[i] *= (x[i] - m) * r;
+        for (int32_t i = 0; i < D; i++) y[i] += bias_at(n->bias, i);
+    }
+}
+
+static void rope(const mopt_op_args *a) {
+    const mopt_node *n = a->node;
+    const int32_t hd = n->head_dim, half = hd / 2, W = a->out_width;
+    for (int32_t t = 0; t < a->T; t++) {
+        const float pos = (float)(a->pos + t);
+        const float *x = a->in[0] + (size_t)t * a->in_width[0];
+        float *y = a->out + (size_t)t * W;
+        for (int32_t i = 0; i < half; i++) {
+            /* float math as in run.c and transformers' inv_freq */
+            float inv = 1.0f / powf(n->rope_theta, (float)(2 * i) / (float)hd);
+            float ang = pos * inv, cs = cosf(ang), sn = sinf(ang);
+            for (int32_t h = 0; h < n->n_heads; h++) {
+                const float *xh = x + h * hd;
+                float *yh = y + h * hd;
+                int32_t i0 = n->rope_style == MOPT_ROPE_HALF ? i : 2 * i;
+                int32_t i1 = n->rope_style == MOPT_ROPE_HALF ? i + half : 2 * i + 1;
+                float x0 = xh[i0], x1 = xh[i1];
+                yh[i0] = x0 * cs - x1 * sn;
+                yh[i1] = x1 * cs + x0 * sn;
+            }
+        }
+    }
+}
+
+static void attention_task(void *p, int64_t task, int32_t thread) {
+    op_job *j = p;
+    const mopt_op_args *a = j->a;
+    const mopt_node *n = a->node;
+    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
+    const int32_t t = (int32_t)(task / H), h = (int32_t)(task % H), kvh = h / group;
+    const int32_t p_last = a->pos + t; /* attends to positions 0..p_last */
+    const float *q = a->in[0] + (size_t)t * a->in_width[0] + h * hd;
+    float *out = a->out + (size_t)t * a->out_width + h * hd;
+    float *sc = j->c->sscratch[thread];
+    const float scale = 1.0f / sqrtf((float)hd);
+    float mx = -INFINITY;
+    for (int32_t s = 0; s <= p_last; s++) {
+        sc[s] = j->c->k->dot_f32(a->k_cache + (size_t)s * kvd + kvh * hd, q, hd) * scale;
+        if (sc[s] > mx) mx = sc[s];
+    }
+    float sum = 0;
+    for (int32_t s = 0; s <= p_last; s++) {
+        sc[s] = expf(sc[s] - mx);
+        sum += sc[s];
+    }
+    float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int32_t s = 0; s <= p_last; s++) {
+        const float *v = a->v_cache + (size_t)s * kvd + kvh * hd;
+        float w = sc[s] * inv;
+        for (int32_t d = 0; d < hd; d++) out[d] += w * v[d];
+    }
+}
+
+static void attention(cpu_ctx *c, const mopt_op_args *a) {
+    const mopt_node *n = a->node;
+    const int32_t kvd = n->n_kv_heads * n->head_dim;
+    for (int32_t t = 0; t < a->T; t++) {
+        memcpy(a->k_cache + (size_t)(a->pos + t) * kvd, a->in[1] + (size_t)t * a->in_width[1], (size_t)kvd * 4);
+        memcpy(a->v_cache + (size_t)(a->pos + t) * kvd, a->in[2] + (size_t)t * a->in_width[2], (size_t)kvd * 4);
+    }
+    op_job j = {c, a};
+    mopt_pool_run(c->pool, (int64_t)a->T * n->n_heads, attention_task, &j);
+}
+
+static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err) {
+    cpu_ctx *c = ctx;
+    const mopt_node *n = a->node;
+    const int32_t T = a->T, W = a->out_width;
+    switch (n->op) {
+    case MOPT_OP_EMBEDDING:
+        for (int32_t t = 0; t < T; t++) read_row(c, n->weight, a->tokens[t], a->out + (size_t)t * W);
+        return MOPT_OK;
+    case MOPT_OP_POS_EMBEDDING:
+        for (int32_t t = 0; t < T; t++) {
+            float *y = a->out + (size_t)t * W;
+            const float *x = a->in[0] + (size_t)t * a->in_width[0];
+            read_row(c, n->weight, a->pos + t, y);
+            for (int32_t i = 0; i < W; i++) y[i] += x[i];
+        }
+        return MOPT_OK;
+    case MOPT_OP_RMSNORM:
+    case MOPT_OP_LAYERNORM: {
+        op_job j = {c, a};
+        mopt_pool_run(c->pool, T, norm_task, &j);
+        return MOPT_OK;
+    }
+    case MOPT_OP_LINEAR:
+        linear(c, n->weight, n->bias, a->in[0], T, a->in_width[0], a->out, W);
+        return MOPT_OK;
+    case MOPT_OP_LM_HEAD:
+        linear(c, n->weight, n->bias, a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0], a->out, W);
+        return MOPT_OK;
+    case MOPT_OP_ROPE: rope(a); return MOPT_OK;
+    case MOPT_OP_ATTENTION: attention(c, a); return MOPT_OK;
+    case MOPT_OP_SWIGLU:
+        for (int32_t t = 0; t < T; t++) {
+            const float *g = a->in[0] + (size_t)t * a->in_width[0], *u = a->in[1] + (size_t)t * a->in_width[1];
+            float *y = a->out + (size_t)t * W;
+            for (int32_t i = 0; i < W; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+        return MOPT_OK;
+    case MOPT_OP_GELU:
+        for (int32_t t = 0; t < T; t++) {
+            const float *x = a->in[0] + (size_t)t * a->in_width[0];
+            float *y = a->out + (size_t)t * W;
+            for (int32_t i = 0; i < W; i++) {
+                float v = x[i];
+                y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+            }
+        }
+        return MOPT_OK;
+    case MOPT_OP_ADD:
+        for (int32_t t = 0; t < T; t++) {
+            const float *x = a->in[0] + (size_t)t * a->in_width[0], *z = a->in[1] + (size_t)t * a->in_width[1];
+            float *y = a->out + (size_t)t * W;
+            for (int32_t i = 0; i < W; i++) y[i] = x[i] + z[i];
+        }
+        return MOPT_OK;
+    default: return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "cpu backend: op %s not implemented", mopt_op_name(n->op));
+    }
+}
+
+const mopt_backend_i mopt_backend_cpu = {"cpu", cpu_init, cpu_free, cpu_forward, cpu_n_threads};

@@ -1,0 +1,38 @@
+/* The backend interface the executor drives. The executor owns the graph
+ * walk, buffers and KV caches; a backend runs one node at a time. A CUDA
+ * backend implements the same interface over device buffers. */
+#ifndef MOPT_BACKEND_IMPL_H
+#define MOPT_BACKEND_IMPL_H
+
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/graph.h"
+
+/* Everything one node needs for a forward over T tokens. Activations are
+ * row-major [T, width] fp32. */
+typedef struct mopt_op_args {
+    const mopt_node *node;
+    int32_t T;             /* tokens in this call */
+    int32_t pos;           /* position of the first token */
+    const int32_t *tokens; /* [T] (embedding) */
+    const float *in[MOPT_MAX_NODE_INPUTS];
+    int32_t in_width[MOPT_MAX_NODE_INPUTS];
+    float *out;
+    int32_t out_width;
+    float *k_cache, *v_cache; /* attention: [max_ctx, n_kv_heads * head_dim] */
+    int32_t row0, rows;       /* lm_head: input rows to compute; out is [rows, vocab] */
+} mopt_op_args;
+
+typedef struct mopt_backend_i {
+    const char *name;
+    /* (optional) prepares per-session state for n_threads and a graph. */
+    mopt_status (*init)(void **ctx, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, mopt_error *err);
+    void (*free)(void *ctx);
+    mopt_status (*forward)(void *ctx, const mopt_op_args *a, mopt_error *err);
+    int32_t (*n_threads)(const void *ctx);
+} mopt_backend_i;
+
+extern const mopt_backend_i mopt_backend_cpu;
+
+#endif

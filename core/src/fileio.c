@@ -1,0 +1,137 @@
+/* File reading, read-only mappings and heap buffers. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_error *err) {
+    *data = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return MOPT_FAIL(err, MOPT_E_IO, "%s: not a regular file", path);
+    }
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    if (!buf) {
+        close(fd);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "%s: cannot allocate %zu bytes", path, size + 1);
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            free(buf);
+            close(fd);
+            return MOPT_FAIL(err, MOPT_E_IO, "%s: read failed after %zu of %zu bytes", path, got, size);
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[size] = '\0';
+    *data = buf;
+    *len = size;
+    return MOPT_OK;
+}
+
+mopt_buffer *mopt_buffer_mmap(const char *path, mopt_error *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        MOPT_FAIL(err, MOPT_E_IO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        MOPT_FAIL(err, MOPT_E_IO, "%s: not a regular file", path);
+        return NULL;
+    }
+    mopt_buffer *b = calloc(1, sizeof *b);
+    if (!b) {
+        close(fd);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    b->kind = MOPT_BUFFER_MMAP;
+    b->size = (size_t)st.st_size;
+    b->refcount = 1;
+    snprintf(b->origin, sizeof b->origin, "%s", path);
+    if (b->size > 0) {
+        void *p = mmap(NULL, b->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            close(fd);
+            free(b);
+            MOPT_FAIL(err, MOPT_E_IO, "%s: mmap failed: %s", path, strerror(errno));
+            return NULL;
+        }
+        b->base = p;
+    }
+    close(fd);
+    return b;
+}
+
+mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err) {
+    mopt_buffer *b = calloc(1, sizeof *b);
+    if (!b) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    size_t rounded = (size + 63) & ~(size_t)63;
+    if (rounded == 0) rounded = 64;
+    b->base = aligned_alloc(64, rounded);
+    if (!b->base) {
+        free(b);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate %zu bytes", size);
+        return NULL;
+    }
+    memset(b->base, 0, rounded);
+    b->kind = MOPT_BUFFER_HEAP;
+    b->size = size;
+    b->refcount = 1;
+    snprintf(b->origin, sizeof b->origin, "heap");
+    return b;
+}
+
+void mopt_buffer_retain(mopt_buffer *b) {
+    if (b) b->refcount++;
+}
+
+void mopt_buffer_release(mopt_buffer *b) {
+    if (!b || --b->refcount > 0) return;
+    if (b->kind == MOPT_BUFFER_MMAP) {
+        if (b->base) munmap(b->base, b->size);
+    } else {
+        free(b->base);
+    }
+    free(b);
+}
+
+int mopt_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int mopt_dir_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+char *mopt_path_join(char *out, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap) return NULL;
+    return out;
+}
+
+int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out) {
+    return __builtin_mul_overflow(a, b, out);
+}

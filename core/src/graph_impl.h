@@ -1,0 +1,36 @@
+/* The graph's private layout (core only). */
+#ifndef MOPT_GRAPH_IMPL_H
+#define MOPT_GRAPH_IMPL_H
+
+#include "mopt/graph.h"
+
+struct mopt_graph {
+    mopt_arch arch;
+    mopt_tensor **tensors; /* owned */
+    int32_t n_tensors, cap_tensors;
+    int32_t *value_width;
+    int32_t n_values, cap_values;
+    mopt_node *nodes;
+    int32_t n_nodes, cap_nodes;
+};
+
+mopt_arch *mopt_graph_arch_mut(mopt_graph *g);
+/* Frees the named tensor (if present) and clears node references to it. */
+void mopt_graph_remove_tensor(mopt_graph *g, const char *name);
+
+/* Helpers the architecture builders share (arch_common.c). */
+typedef struct mopt_builder {
+    mopt_graph *g;
+    mopt_error *err;
+    mopt_status status;
+} mopt_builder;
+
+/* Fetches a tensor and checks its PyTorch-order shape; records the first
+ * failure in b and returns NULL. n_dims <= 0 skips the check. */
+mopt_tensor *mopt_builder_weight(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1);
+/* Like mopt_builder_weight but a missing tensor is not an error. */
+mopt_tensor *mopt_builder_weight_opt(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1);
+/* Appends a node writing a new value of `width`; returns the value id or -1. */
+int32_t mopt_builder_node(mopt_builder *b, mopt_node node, int32_t width);
+
+#endif

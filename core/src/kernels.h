@@ -1,0 +1,31 @@
+/* CPU inner kernels with runtime dispatch. The scalar set (kernels_ref.c) is
+ * the reference the SIMD sets are tested against; kernels.c picks the best
+ * set the CPU supports once, at first use. */
+#ifndef MOPT_KERNELS_H
+#define MOPT_KERNELS_H
+
+#include <stdint.h>
+
+typedef struct mopt_kernels {
+    const char *name;
+    /* dot product of a weight row (in its stored dtype) with fp32 x, n elements */
+    float (*dot_f32)(const float *w, const float *x, int64_t n);
+    float (*dot_f16)(const uint16_t *w, const float *x, int64_t n);
+    float (*dot_bf16)(const uint16_t *w, const float *x, int64_t n);
+    /* widen n elements to fp32 */
+    void (*cvt_f16)(const uint16_t *src, float *dst, int64_t n);
+    void (*cvt_bf16)(const uint16_t *src, float *dst, int64_t n);
+} mopt_kernels;
+
+extern const mopt_kernels mopt_kernels_ref;
+/* NULL when the file was built without the instruction set. */
+extern const mopt_kernels mopt_kernels_avx2;
+extern const mopt_kernels mopt_kernels_avx512;
+
+/* The set for this CPU; MOPT_KERNELS=ref|avx2|avx512 in the environment
+ * forces one (falling back when the CPU lacks it). */
+const mopt_kernels *mopt_kernels_get(void);
+/* Whether the CPU can run a given set. */
+int mopt_kernels_supported(const mopt_kernels *k);
+
+#endif

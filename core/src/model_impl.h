@@ -1,0 +1,15 @@
+/* Importers and the model object (core only). */
+#ifndef MOPT_MODEL_IMPL_H
+#define MOPT_MODEL_IMPL_H
+
+#include "mopt/model.h"
+
+/* Loads a Hugging Face directory (config.json + safetensors) into a graph. */
+mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err);
+/* Loads a llama2.c version-0 checkpoint into a graph with HF tensor names. */
+mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *err);
+/* Transposes a 2-D tensor into a new heap tensor of the same dtype named `name`. */
+mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int64_t row0, int64_t rows,
+                                     mopt_error *err);
+
+#endif

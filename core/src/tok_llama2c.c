@@ -1,0 +1,147 @@
+/* llama2.c tokenizer files (tokenizer.bin / tok512.bin):
+ *   int32 max_token_length, then vocab_size × {float score, int32 len, len bytes}.
+ * Encoding follows run.c: BOS, a dummy-prefix space, one token per UTF-8 code
+ * point (bytes + 3 when the code point is not in the vocabulary), then merge
+ * the adjacent pair whose concatenation has the highest score until none is left. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tok_impl.h"
+
+mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size, mopt_error *err) {
+    char *data;
+    size_t size;
+    if (mopt_read_file(path, &data, &size, err)) return NULL;
+    mopt_tokenizer *tok = calloc(1, sizeof *tok);
+    mopt_status st = MOPT_OK;
+    if (!tok) {
+        free(data);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    tok->kind = TOK_KIND_LLAMA2C;
+    tok->decoder = TOK_DECODER_LLAMA2C;
+    tok->unk_id = 0;
+    tok->bos_id = 1;
+    tok->eos_id = 2;
+    if (vocab_size <= 0 || vocab_size > (1 << 24)) {
+        st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: vocabulary size %d is not usable", path, vocab_size);
+        goto done;
+    }
+    tok->n_vocab = vocab_size;
+    tok->tokens = calloc((size_t)vocab_size, sizeof *tok->tokens);
+    tok->token_len = calloc((size_t)vocab_size, sizeof *tok->token_len);
+    tok->scores = calloc((size_t)vocab_size, sizeof *tok->scores);
+    tok->is_special = calloc((size_t)vocab_size, 1);
+    if (!tok->tokens || !tok->token_len || !tok->scores || !tok->is_special) {
+        st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t off = 0;
+    int32_t max_len;
+    if (size < 4) {
+        st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: truncated llama2.c tokenizer: %zu bytes", path, size);
+        goto done;
+    }
+    memcpy(&max_len, data, 4);
+    off = 4;
+    if (max_len <= 0 || max_len > 65536) {
+        st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: impossible max_token_length %d", path, max_len);
+        goto done;
+    }
+    for (int32_t i = 0; i < vocab_size; i++) {
+        int32_t len;
+        if (size - off < 8) {
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: truncated at token %d of %d (the model's vocabulary size)", path, i,
+                           vocab_size);
+            goto done;
+        }
+        memcpy(&tok->scores[i], data + off, 4);
+        memcpy(&len, data + off + 4, 4);
+        off += 8;
+        if (len < 0 || len > max_len || (size_t)len > size - off) {
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: token %d has impossible length %d", path, i, len);
+            goto done;
+        }
+        tok->tokens[i] = malloc((size_t)len + 1);
+        if (!tok->tokens[i]) {
+            st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+            goto done;
+        }
+        memcpy(tok->tokens[i], data + off, (size_t)len);
+        tok->tokens[i][len] = '\0';
+        tok->token_len[i] = (uint32_t)len;
+        off += (size_t)len;
+    }
+    if (!str_map_build(&tok->vocab, tok->tokens, tok->token_len, vocab_size) || !tok_build_pieces(tok))
+        st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+done:
+    free(data);
+    if (st) {
+        mopt_tokenizer_free(tok);
+        return NULL;
+    }
+    return tok;
+}
+
+mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, int add_bos,
+                               mopt_error *err) {
+    id_vec t = {0};
+    int ok = 1;
+    if (add_bos) ok = id_vec_push(out, tok->bos_id);
+    if (len > 0) {
+        int32_t sp = str_map_get(&tok->vocab, " ", 1);
+        if (sp >= 0) ok = ok && id_vec_push(&t, sp);
+    }
+    for (size_t i = 0; ok && i < len;) {
+        size_t cl = utf8_len((unsigned char)text[i]);
+        if (i + cl > len) cl = len - i;
+        int32_t id = str_map_get(&tok->vocab, text + i, cl);
+        if (id >= 0) {
+            ok = id_vec_push(&t, id);
+        } else {
+            for (size_t k = 0; ok && k < cl; k++) {
+                int32_t b = (unsigned char)text[i + k] + 3; /* <0x00>.. start at id 3 */
+                ok = id_vec_push(&t, b < tok->n_vocab ? b : tok->unk_id);
+            }
+        }
+        i += cl;
+    }
+    char *buf = NULL;
+    size_t bufcap = 0;
+    while (ok && t.n > 1) {
+        float best = -1e10f;
+        int32_t best_id = -1;
+        size_t best_i = 0;
+        for (size_t i = 0; i + 1 < t.n; i++) {
+            size_t la = tok->token_len[t.v[i]], lb = tok->token_len[t.v[i + 1]];
+            if (la + lb > bufcap) {
+                bufcap = (la + lb) * 2;
+                char *nb = realloc(buf, bufcap);
+                if (!nb) {
+                    ok = 0;
+                    break;
+                }
+                buf = nb;
+            }
+            memcpy(buf, tok->tokens[t.v[i]], la);
+            memcpy(buf + la, tok->tokens[t.v[i + 1]], lb);
+            int32_t id = str_map_get(&tok->vocab, buf, la + lb);
+            if (id >= 0 && tok->scores[id] > best) {
+                best = tok->scores[id];
+                best_id = id;
+                best_i = i;
+            }
+        }
+        if (best_id < 0) break;
+        t.v[best_i] = best_id;
+        memmove(&t.v[best_i + 1], &t.v[best_i + 2], (t.n - best_i - 2) * sizeof *t.v);
+        t.n--;
+    }
+    for (size_t i = 0; ok && i < t.n; i++) ok = id_vec_push(out, t.v[i]);
+    free(t.v);
+    free(buf);
+    return ok ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+}

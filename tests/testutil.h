@@ -1,0 +1,83 @@
+/* Shared helpers for the cmocka tests. */
+#ifndef MOPT_TESTUTIL_H
+#define MOPT_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "mopt/mopt.h"
+
+/* ../shared relative to the project root, or $MOPT_SHARED. */
+static inline const char *test_shared_dir(void) {
+    const char *env = getenv("MOPT_SHARED");
+    return env && *env ? env : MOPT_SOURCE_DIR "/../shared";
+}
+
+static inline char *test_shared_path(char *buf, size_t cap, const char *rel) {
+    snprintf(buf, cap, "%s/%s", test_shared_dir(), rel);
+    return buf;
+}
+
+/* Fixtures are required when present; tests skip (with a message) only when
+ * the whole shared folder is absent. */
+#define REQUIRE_SHARED()                                                                                           \
+    do {                                                                                                           \
+        if (access(test_shared_dir(), R_OK) != 0) {                                                                \
+            fprintf(stderr, "skipping: fixtures folder %s not present\n", test_shared_dir());                      \
+            skip();                                                                                                \
+        }                                                                                                          \
+    } while (0)
+
+/* Asserts that a call failed with `code` and that its message contains `substr`. */
+#define CHECK_ERR(err, expect_code, substr)                                                                        \
+    do {                                                                                                           \
+        assert_int_equal((err).code, (expect_code));                                                               \
+        if (!strstr((err).msg, (substr))) {                                                                        \
+            fprintf(stderr, "message \"%s\" lacks \"%s\"\n", (err).msg, (substr));                                 \
+            fail();                                                                                                \
+        }                                                                                                          \
+        assert_null(strchr((err).msg, '\n'));                                                                      \
+    } while (0)
+
+/* A scratch directory under the build tree, unique per test process. */
+static inline char *test_tmpdir(char *buf, size_t cap, const char *name) {
+    snprintf(buf, cap, "%s/tmp-%s-%ld", MOPT_BINARY_DIR, name, (long)getpid());
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
+    if (system(cmd) != 0) return NULL;
+    return buf;
+}
+
+static inline void write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+static inline void *read_whole(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = malloc((size_t)sz + 1);
+    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
+        free(p);
+        p = NULL;
+    }
+    if (p) ((char *)p)[sz] = 0;
+    fclose(f);
+    *n = (size_t)sz;
+    return p;
+}
+
+#endif
