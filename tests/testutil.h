@@ -50,7 +50,7 @@ static inline char *test_shared_path(char *buf, size_t cap, const char *rel) {
 /* A scratch directory under the build tree, unique per test process. */
 static inline char *test_tmpdir(char *buf, size_t cap, const char *name) {
     snprintf(buf, cap, "%s/tmp-%s-%ld", MOPT_BINARY_DIR, name, (long)getpid());
-    char cmd[1200];
+    char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
     if (system(cmd) != 0) return NULL;
     return buf;
@@ -64,6 +64,7 @@ static inline void write_file(const char *path, const void *data, size_t n) {
 }
 
 static inline void *read_whole(const char *path, size_t *n) {
+    *n = 0;
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     fseek(f, 0, SEEK_END);

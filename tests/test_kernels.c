@@ -1,0 +1,101 @@
+/* Every kernel set the CPU supports against a float64 reference, on lengths
+ * that are not multiples of the SIMD width (stories260K's FFN is 172), and the
+ * scalar f16/bf16 conversions against their definitions. */
+#include <math.h>
+
+#include "kernels.h"
+#include "testutil.h"
+
+static uint32_t rng = 2463534242u;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    return (float)((double)rng / 4294967296.0 * 2.0 - 1.0);
+}
+
+static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
+static const int64_t lengths[] = {1, 7, 8, 15, 16, 17, 31, 33, 64, 172, 256, 768, 1001};
+
+static void test_dot_kernels_match_float64_reference(void **s) {
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) {
+            fprintf(stderr, "kernel set %s not supported on this CPU\n", sets[k]->name);
+            continue;
+        }
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+            int64_t n = lengths[li];
+            float *w = malloc((size_t)n * 4), *x = malloc((size_t)n * 4);
+            uint16_t *wh = malloc((size_t)n * 2), *wb = malloc((size_t)n * 2);
+            double r32 = 0, r16 = 0, rb = 0, mag = 0;
+            for (int64_t i = 0; i < n; i++) {
+                w[i] = frand();
+                x[i] = frand();
+                wh[i] = mopt_f32_to_f16(w[i]);
+                wb[i] = mopt_f32_to_bf16(w[i]);
+                r32 += (double)w[i] * x[i];
+                r16 += (double)mopt_f16_to_f32(wh[i]) * x[i];
+                rb += (double)mopt_bf16_to_f32(wb[i]) * x[i];
+                mag += fabs((double)w[i] * x[i]);
+            }
+            /* fp32 accumulation error bound: n * eps * sum|w x| */
+            double tol = 1e-6 + (double)n * 6e-8 * mag;
+            assert_true(fabs(sets[k]->dot_f32(w, x, n) - r32) <= tol);
+            assert_true(fabs(sets[k]->dot_f16(wh, x, n) - r16) <= tol);
+            assert_true(fabs(sets[k]->dot_bf16(wb, x, n) - rb) <= tol);
+            float *out = malloc((size_t)n * 4);
+            sets[k]->cvt_bf16(wb, out, n);
+            for (int64_t i = 0; i < n; i++) assert_true(out[i] == mopt_bf16_to_f32(wb[i]));
+            sets[k]->cvt_f16(wh, out, n);
+            for (int64_t i = 0; i < n; i++) assert_true(out[i] == mopt_f16_to_f32(wh[i]));
+            free(out);
+            free(w);
+            free(x);
+            free(wh);
+            free(wb);
+        }
+    }
+}
+
+static void test_half_conversions_follow_ieee(void **s) {
+    /* exact values */
+    assert_true(mopt_f16_to_f32(0x3c00) == 1.0f);
+    assert_true(mopt_f16_to_f32(0xc000) == -2.0f);
+    assert_true(mopt_f16_to_f32(0x7bff) == 65504.0f);
+    assert_true(mopt_f16_to_f32(0x0001) == ldexpf(1.0f, -24)); /* smallest subnormal */
+    assert_true(isinf(mopt_f16_to_f32(0x7c00)));
+    assert_true(isnan(mopt_f16_to_f32(0x7e00)));
+    assert_true(mopt_bf16_to_f32(0x3f80) == 1.0f);
+    /* every f16 value round-trips, and f32 -> f16 rounds to nearest even */
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = mopt_f16_to_f32((uint16_t)h);
+        if (isnan(f)) continue;
+        assert_int_equal(mopt_f32_to_f16(f), h);
+    }
+    assert_int_equal(mopt_f32_to_f16(1.0f + ldexpf(1.0f, -11)), 0x3c00); /* tie -> even */
+    assert_int_equal(mopt_f32_to_f16(1.0f + 3 * ldexpf(1.0f, -11)), 0x3c02);
+    assert_int_equal(mopt_f32_to_f16(65520.0f), 0x7c00);                 /* overflows to inf */
+    assert_int_equal(mopt_f32_to_bf16(1.0f + ldexpf(1.0f, -8)), 0x3f80); /* tie -> even */
+    assert_int_equal(mopt_f32_to_bf16(1.0f + 3 * ldexpf(1.0f, -8)), 0x3f82);
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = mopt_bf16_to_f32((uint16_t)h);
+        if (isnan(f)) continue;
+        assert_int_equal(mopt_f32_to_bf16(f), h);
+    }
+}
+
+static void test_dispatch_picks_a_supported_set(void **s) {
+    const mopt_kernels *k = mopt_kernels_get();
+    assert_non_null(k);
+    assert_true(mopt_kernels_supported(k));
+    assert_string_equal(mopt_cpu_kernels_name(), k->name);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dot_kernels_match_float64_reference),
+        cmocka_unit_test(test_half_conversions_follow_ieee),
+        cmocka_unit_test(test_dispatch_picks_a_supported_set),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,70 @@
+/* Perplexity on lit-val.txt with the lit.json protocol (ctx 256) within 0.05%
+ * of transformers' ppl_ctx256, for both lit models, and the protocol's edge cases. */
+#include <jansson.h>
+#include <math.h>
+
+#include "testutil.h"
+
+static void check_ppl(const char *model_rel, const char *key) {
+    REQUIRE_SHARED();
+    char path[1024];
+    json_error_t je;
+    json_t *lit = json_load_file(test_shared_path(path, sizeof path, "reference/lit.json"), 0, &je);
+    assert_non_null(lit);
+    double want = json_real_value(json_object_get(json_object_get(lit, key), "ppl_ctx256"));
+    json_int_t want_tokens = json_integer_value(json_object_get(json_object_get(lit, key), "val_tokens"));
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(test_shared_path(path, sizeof path, model_rel), NULL, &err);
+    assert_non_null(m);
+    size_t len;
+    char *text = read_whole(test_shared_path(path, sizeof path, "data/lit-val.txt"), &len);
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(mopt_tokenizer_encode(mopt_model_tokenizer(m), text, len, 0, &ids, &n, &err), MOPT_OK);
+    assert_int_equal((json_int_t)n, want_tokens);
+    mopt_session_opts o;
+    mopt_session_opts_default(&o);
+    o.max_ctx = 256;
+    mopt_session *s = mopt_session_new(mopt_model_graph(m), &o, &err);
+    mopt_ppl_result r;
+    assert_int_equal(mopt_perplexity(s, ids, (int64_t)n, 256, NULL, NULL, &r, &err), MOPT_OK);
+    fprintf(stderr, "%s: ppl %.5f, reference %.5f (rel %.2e)\n", model_rel, r.ppl, want, fabs(r.ppl / want - 1));
+    assert_int_equal(r.windows, (int64_t)n / 256);
+    assert_int_equal(r.tokens_scored, r.windows * 255);
+    assert_true(fabs(r.ppl / want - 1) < 5e-4);
+    free(ids);
+    free(text);
+    mopt_session_free(s);
+    mopt_model_free(m);
+    json_decref(lit);
+}
+
+static void test_lit_llama_ppl_matches_reference(void **st) { check_ppl("models/lit-llama-7m", "target"); }
+static void test_lit_gpt2_ppl_matches_reference(void **st) { check_ppl("models/lit-gpt2-1m", "draft"); }
+
+static void test_too_few_tokens_for_a_window_is_an_error(void **st) {
+    REQUIRE_SHARED();
+    char path[1024];
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(test_shared_path(path, sizeof path, "models/lit-gpt2-1m"), NULL, &err);
+    mopt_session *s = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    int32_t ids[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    mopt_ppl_result r;
+    assert_int_equal(mopt_perplexity(s, ids, 10, 256, NULL, NULL, &r, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "fewer than one window");
+    /* two windows of 5: exactly 8 scored tokens, the partial tail dropped */
+    assert_int_equal(mopt_perplexity(s, ids, 10, 5, NULL, NULL, &r, &err), MOPT_OK);
+    assert_int_equal(r.tokens_scored, 8);
+    assert_true(r.ppl > 1 && isfinite(r.ppl));
+    mopt_session_free(s);
+    mopt_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lit_llama_ppl_matches_reference),
+        cmocka_unit_test(test_lit_gpt2_ppl_matches_reference),
+        cmocka_unit_test(test_too_few_tokens_for_a_window_is_an_error),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
