@@ -25,15 +25,6 @@ mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err);
 /* Reads a whole file; fails with a message naming it. */
 mopt_status cli_read_text(const char *path, char **data, size_t *len, mopt_error *err);
 
-/* Progress line on stderr, at most a few times a second: "label done/total ETA". */
-typedef struct cli_progress {
-    const char *label;
-    double start, last;
-    bool quiet;
-} cli_progress;
-void cli_progress_init(cli_progress *p, const char *label, bool quiet);
-int cli_progress_cb(void *user, int64_t done, int64_t total);
-
 double cli_now(void);
 long cli_peak_rss_bytes(void);
 
@@ -41,5 +32,12 @@ int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_plugins(int argc, char **argv);
+int cmd_describe(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_pipeline(int argc, char **argv);
+
+/* Loads the plugin registry, printing load problems as warnings; NULL on failure. */
+mopt_registry *cli_registry(void);
 
 #endif

@@ -115,24 +115,3 @@ long cli_peak_rss_bytes(void) {
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss * 1024L;
 }
-
-void cli_progress_init(cli_progress *p, const char *label, bool quiet) {
-    p->label = label;
-    p->start = p->last = cli_now();
-    p->quiet = quiet;
-}
-
-int cli_progress_cb(void *user, int64_t done, int64_t total) {
-    cli_progress *p = user;
-    if (p->quiet) return 0;
-    double now = cli_now();
-    if (done < total && now - p->last < 0.5) return 0;
-    p->last = now;
-    double el = now - p->start, eta = done ? el * (double)(total - done) / (double)done : 0;
-    int width = 30, fill = (int)(width * done / (total ? total : 1));
-    fprintf(stderr, "\r%s [%.*s%*s] %lld/%lld  %.1fs elapsed, ETA %.1fs", p->label, fill,
-            "==============================", width - fill, "", (long long)done, (long long)total, el, eta);
-    if (done == total) fputc('\n', stderr);
-    fflush(stderr);
-    return 0;
-}

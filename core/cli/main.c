@@ -12,7 +12,11 @@ static const struct {
     {"info", cmd_info, "architecture, parameter count, dtypes and bytes of a model"},
     {"tokenize", cmd_tokenize, "token ids of a text with the model's tokenizer"},
     {"generate", cmd_generate, "generate text (greedy, temperature, top-p)"},
-    {"eval", cmd_eval, "perplexity on a text file"},
+    {"eval", cmd_eval, "perplexity on a text file (the eval.perplexity pass)"},
+    {"run", cmd_run, "run a Lua pipeline script"},
+    {"pipeline", cmd_pipeline, "run a pipeline written as text: 'pass<k=v>,pass'"},
+    {"plugins", cmd_plugins, "list plugins and their passes"},
+    {"describe", cmd_describe, "show a pass's options"},
 };
 
 static void usage(FILE *f) {

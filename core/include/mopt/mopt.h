@@ -7,6 +7,8 @@
 #include "mopt/executor.h"
 #include "mopt/graph.h"
 #include "mopt/model.h"
+#include "mopt/pass.h"
+#include "mopt/pipeline.h"
 #include "mopt/sampler.h"
 #include "mopt/tensor.h"
 #include "mopt/tokenizer.h"

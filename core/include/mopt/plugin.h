@@ -1,0 +1,119 @@
+/* The plugin ABI. A plugin is a shared object exporting one symbol,
+ * `mopt_plugin_entry`, which receives the host function table and returns a
+ * descriptor starting with abi_version and struct_size. Plugins reach core
+ * services only through the host table (they link no core symbols, so
+ * dlopen(RTLD_NOW | RTLD_LOCAL) suffices) and keep no global mutable state.
+ *
+ * Versioning: MOPT_PLUGIN_ABI_VERSION changes when a field is removed or
+ * reordered; new host functions and descriptor fields are only appended, and
+ * struct_size tells the reader how much is there. */
+#ifndef MOPT_PLUGIN_H
+#define MOPT_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/executor.h"
+#include "mopt/export.h"
+#include "mopt/graph.h"
+#include "mopt/model.h"
+#include "mopt/pass.h"
+#include "mopt/tensor.h"
+#include "mopt/tokenizer.h"
+#include "mopt/eval.h"
+
+MOPT_EXTERN_C_BEGIN
+
+#define MOPT_PLUGIN_ABI_VERSION 1u
+#define MOPT_PLUGIN_ENTRY_SYMBOL "mopt_plugin_entry"
+
+/* Services the host offers plugins. Append only. */
+typedef struct mopt_host_api {
+    uint32_t abi_version; /* MOPT_PLUGIN_ABI_VERSION of the host */
+    uint32_t struct_size; /* sizeof(mopt_host_api) of the host */
+
+    /* errors, logging, progress */
+    mopt_status (*error_set)(mopt_error *err, mopt_status code, const char *where, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+    void (*log)(const mopt_pass_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+    /* Reports progress of long work; the host draws a bar with ETA on stderr. */
+    void (*progress)(mopt_pass_ctx *ctx, int64_t done, int64_t total);
+
+    /* the run's context */
+    mopt_model *(*ctx_model)(const mopt_pass_ctx *ctx);
+    int32_t (*ctx_n_threads)(const mopt_pass_ctx *ctx);
+
+    /* options (already validated) */
+    int64_t (*opt_int)(const mopt_options *o, const char *name);
+    double (*opt_float)(const mopt_options *o, const char *name);
+    int32_t (*opt_bool)(const mopt_options *o, const char *name);
+    const char *(*opt_string)(const mopt_options *o, const char *name);
+    int32_t (*opt_list_len)(const mopt_options *o, const char *name);
+    const char *(*opt_list_item)(const mopt_options *o, const char *name, int32_t i);
+    int32_t (*opt_is_set)(const mopt_options *o, const char *name);
+
+    /* report */
+    mopt_status (*report_metric)(mopt_report *r, const char *key, double value);
+    mopt_status (*report_string)(mopt_report *r, const char *key, const char *value);
+    mopt_status (*report_artifact)(mopt_report *r, const char *kind, const char *path);
+
+    /* graph and tensors */
+    const mopt_arch *(*graph_arch)(const mopt_graph *g);
+    int32_t (*graph_n_tensors)(const mopt_graph *g);
+    mopt_tensor *(*graph_tensor)(const mopt_graph *g, int32_t i);
+    mopt_tensor *(*graph_find_tensor)(const mopt_graph *g, const char *name);
+    mopt_status (*graph_replace_tensor)(mopt_graph *g, mopt_tensor *t, mopt_error *err);
+    int32_t (*graph_n_nodes)(const mopt_graph *g);
+    const mopt_node *(*graph_node)(const mopt_graph *g, int32_t i);
+    int32_t (*graph_consumers)(const mopt_graph *g, int32_t value, int32_t *out, int32_t cap);
+    int32_t (*graph_find_node)(const mopt_graph *g, mopt_role role, int32_t layer);
+    mopt_tensor *(*tensor_new)(const char *name, mopt_dtype dtype, int32_t ndim, const int64_t *dims, mopt_error *err);
+    void (*tensor_free)(mopt_tensor *t);
+    mopt_status (*tensor_read_f32)(const mopt_tensor *t, int64_t offset, int64_t n, float *out, mopt_error *err);
+    int64_t (*tensor_nelements)(const mopt_tensor *t);
+
+    /* models, tokenizers, execution */
+    mopt_model *(*model_load)(const char *path, const char *tokenizer_path, mopt_error *err);
+    void (*model_free)(mopt_model *m);
+    mopt_graph *(*model_graph)(const mopt_model *m);
+    const mopt_tokenizer *(*model_tokenizer)(const mopt_model *m);
+    mopt_status (*tokenizer_encode)(const mopt_tokenizer *tok, const char *text, size_t len, uint32_t flags,
+                                    int32_t **ids, size_t *n_ids, mopt_error *err);
+    mopt_session *(*session_new)(const mopt_graph *g, const mopt_session_opts *opts, mopt_error *err);
+    void (*session_free)(mopt_session *s);
+    mopt_status (*session_forward)(mopt_session *s, const int32_t *tokens, int32_t n, int32_t all_logits,
+                                   const float **logits, mopt_error *err);
+    mopt_status (*session_truncate)(mopt_session *s, int32_t n, mopt_error *err);
+    mopt_status (*perplexity)(mopt_session *s, const int32_t *tokens, int64_t n_tokens, int32_t ctx,
+                              mopt_progress_fn progress, void *user, mopt_ppl_result *out, mopt_error *err);
+
+    /* files and memory */
+    mopt_status (*read_file)(const char *path, char **data, size_t *len, mopt_error *err);
+    void *(*alloc)(size_t size);
+    void (*free)(void *p);
+} mopt_host_api;
+
+typedef struct mopt_plugin_desc {
+    uint32_t abi_version; /* MOPT_PLUGIN_ABI_VERSION the plugin was built against */
+    uint32_t struct_size; /* sizeof(mopt_plugin_desc) */
+    const char *name;     /* equals the NAME in libmopt-NAME.so */
+    const char *version;
+    const char *license;
+    const char *description;
+    const mopt_pass_desc *const *passes; /* NULL-terminated */
+    void (*fini)(void);                  /* optional, called before dlclose */
+    void *reserved[4];
+} mopt_plugin_desc;
+
+/* The one exported symbol. Returns the (static) descriptor, or NULL with err set. */
+typedef const mopt_plugin_desc *(*mopt_plugin_entry_fn)(const mopt_host_api *host, mopt_error *err);
+
+/* Declares the entry point with default visibility (plugins build with hidden visibility). */
+#define MOPT_PLUGIN_ENTRY                                                                                          \
+    __attribute__((visibility("default"))) const mopt_plugin_desc *mopt_plugin_entry(const mopt_host_api *host,   \
+                                                                                    mopt_error *err)
+
+MOPT_EXTERN_C_END
+
+#endif

@@ -1,0 +1,94 @@
+/* The host function table handed to plugins: core services, nothing else. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "internal.h"
+#include "pass_ctx.h"
+
+double mopt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void host_log(const mopt_pass_ctx *ctx, const char *fmt, ...) {
+    if (ctx && ctx->quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "  [%s] ", ctx && ctx->pass ? ctx->pass : "mopt");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void host_progress(mopt_pass_ctx *ctx, int64_t done, int64_t total) {
+    if (!ctx || ctx->quiet || total <= 0) return;
+    double now = mopt_now();
+    if (done < total && now - ctx->last_progress < 0.5) return;
+    ctx->last_progress = now;
+    double el = now - ctx->start, eta = done > 0 ? el * (double)(total - done) / (double)done : 0;
+    int width = 30, fill = (int)(width * (done > total ? total : done) / total);
+    fprintf(stderr, "\r  [%s] [%.*s%*s] %lld/%lld  %.1fs, ETA %.1fs", ctx->pass, fill,
+            "==============================", width - fill, "", (long long)done, (long long)total, el, eta);
+    if (done >= total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static mopt_model *ctx_model(const mopt_pass_ctx *ctx) { return ctx->model; }
+static int32_t ctx_n_threads(const mopt_pass_ctx *ctx) { return ctx->n_threads; }
+
+static mopt_status session_forward(mopt_session *s, const int32_t *tokens, int32_t n, int32_t all_logits,
+                                   const float **logits, mopt_error *err) {
+    return mopt_session_forward(s, tokens, n, all_logits != 0, logits, err);
+}
+
+static void *host_alloc(size_t n) { return malloc(n); }
+static void host_free(void *p) { free(p); }
+
+const mopt_host_api mopt_host = {
+    .abi_version = MOPT_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(mopt_host_api),
+    .error_set = mopt_error_set,
+    .log = host_log,
+    .progress = host_progress,
+    .ctx_model = ctx_model,
+    .ctx_n_threads = ctx_n_threads,
+    .opt_int = mopt_options_int,
+    .opt_float = mopt_options_float,
+    .opt_bool = mopt_options_bool,
+    .opt_string = mopt_options_string,
+    .opt_list_len = mopt_options_list_len,
+    .opt_list_item = mopt_options_list_item,
+    .opt_is_set = mopt_options_is_set,
+    .report_metric = mopt_report_metric,
+    .report_string = mopt_report_string,
+    .report_artifact = mopt_report_artifact,
+    .graph_arch = mopt_graph_arch,
+    .graph_n_tensors = mopt_graph_n_tensors,
+    .graph_tensor = mopt_graph_tensor,
+    .graph_find_tensor = mopt_graph_find_tensor,
+    .graph_replace_tensor = mopt_graph_replace_tensor,
+    .graph_n_nodes = mopt_graph_n_nodes,
+    .graph_node = mopt_graph_node,
+    .graph_consumers = mopt_graph_consumers,
+    .graph_find_node = mopt_graph_find_node,
+    .tensor_new = mopt_tensor_new,
+    .tensor_free = mopt_tensor_free,
+    .tensor_read_f32 = mopt_tensor_read_f32,
+    .tensor_nelements = mopt_tensor_nelements,
+    .model_load = mopt_model_load,
+    .model_free = mopt_model_free,
+    .model_graph = mopt_model_graph,
+    .model_tokenizer = mopt_model_tokenizer,
+    .tokenizer_encode = mopt_tokenizer_encode,
+    .session_new = mopt_session_new,
+    .session_free = mopt_session_free,
+    .session_forward = session_forward,
+    .session_truncate = mopt_session_truncate,
+    .perplexity = mopt_perplexity,
+    .read_file = mopt_read_file,
+    .alloc = host_alloc,
+    .free = host_free,
+};

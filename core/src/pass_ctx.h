@@ -1,0 +1,18 @@
+/* The context a pass runs in (core only; plugins see it through the host table). */
+#ifndef MOPT_PASS_CTX_H
+#define MOPT_PASS_CTX_H
+
+#include "mopt/plugin.h"
+
+struct mopt_pass_ctx {
+    mopt_model *model;
+    int32_t n_threads;
+    int32_t quiet;
+    const char *pass;
+    double start, last_progress;
+};
+
+extern const mopt_host_api mopt_host;
+double mopt_now(void);
+
+#endif

@@ -1,0 +1,9 @@
+/* The eval plugin's passes. */
+#ifndef MOPT_EVAL_PLUGIN_H
+#define MOPT_EVAL_PLUGIN_H
+
+#include "mopt/plugin.h"
+
+extern const mopt_pass_desc eval_perplexity_pass;
+
+#endif
