@@ -5,12 +5,14 @@
  * weights directly. */
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend_impl.h"
 #include "internal.h"
 #include "kernels.h"
+#include "mopt/quant.h"
 #include "threadpool.h"
 
 #define GEMM_ROWS 64 /* weight rows per prefill task */
@@ -18,12 +20,21 @@
 
 extern void openblas_set_num_threads(int);
 
+/* E4M3 byte -> float, filled once for every session. */
+static float e4m3_lut[256];
+static pthread_once_t e4m3_once = PTHREAD_ONCE_INIT;
+static void e4m3_init(void) {
+    for (int i = 0; i < 256; i++) e4m3_lut[i] = mopt_e4m3_to_f32((uint8_t)i);
+}
+
 typedef struct cpu_ctx {
     mopt_pool *pool;
     const mopt_kernels *k;
     int32_t n_threads;
     float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
     float **sscratch;   /* per thread: max_ctx attention scores */
+    void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
+    size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
     int32_t max_ctx;
 } cpu_ctx;
@@ -38,6 +49,8 @@ static void cpu_free(void *p) {
     }
     free(c->wscratch);
     free(c->sscratch);
+    free(c->xbuf);
+    free(c->xbuf2);
     free(c);
 }
 
@@ -66,6 +79,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
         if (!c->wscratch[i] || !c->sscratch[i]) goto nomem;
     }
     openblas_set_num_threads(1);
+    pthread_once(&e4m3_once, e4m3_init);
     *out = c;
     return MOPT_OK;
 nomem:
@@ -85,6 +99,9 @@ typedef struct {
     float *y;       /* [T, out] */
     int32_t y_stride;
     int64_t in, out;
+    const float *xsum;    /* QINT: [T, n_groups] sums of x over each group */
+    const int8_t *xq;     /* W8A8: [T, in] quantized activations */
+    const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
 
 static float bias_at(const mopt_tensor *b, int64_t o) {
@@ -96,21 +113,102 @@ static float bias_at(const mopt_tensor *b, int64_t o) {
     }
 }
 
+/* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
+static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
+    const int64_t in = w->ne[0];
+    switch (w->dtype) {
+    case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
+    case MOPT_DTYPE_BF16: c->k->cvt_bf16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
+    case MOPT_DTYPE_FP8: {
+        const mopt_quant_info *q = w->quant;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *src = (const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1];
+            float s = ((const float *)q->scale->data)[(q->flags & MOPT_QUANT_PER_TENSOR) ? 0 : o0 + r];
+            for (int64_t i = 0; i < in; i++) dst[r * in + i] = e4m3_lut[src[i]] * s;
+        }
+        return;
+    }
+    default: /* QINT and W8A8 */
+        for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
+    }
+}
+
+/* sum over one group's columns [c0, c1) of level * x, blocks read in place */
+static float qint_group_dot(const cpu_ctx *c, const uint8_t *row, int32_t bits, int32_t bb, const float *x, int64_t c0,
+                            int64_t c1) {
+    int64_t b0 = c0 / 32, full = (c1 - c0) / 32;
+    float s;
+    if (bits == 4) s = c->k->dot_q4(row + b0 * bb, x + c0, full);
+    else if (bits == 8) s = c->k->dot_q8(row + b0 * bb, x + c0, full);
+    else {
+        s = 0;
+        for (int64_t k = 0; k < full; k++) s += mopt_qblock_dot(row + (b0 + k) * bb, bits, x + c0 + 32 * k, 32);
+    }
+    if (c0 + full * 32 < c1) /* a partial last block */
+        s += mopt_qblock_dot(row + (b0 + full) * bb, bits, x + c0 + full * 32, (int32_t)(c1 - c0 - full * 32));
+    return s;
+}
+
 static void gemv_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
+    const mopt_tensor *w = j->w;
     int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx) {
+        const mopt_quant_info *q = w->quant;
+        const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
+        const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
+        const float zsym = (float)(1 << (bits - 1));
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+            const uint16_t *sc = (const uint16_t *)q->scale->data + o * ng;
+            const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o * ng : NULL;
+            for (int32_t t = 0; t < j->T; t++) {
+                const float *x = j->x + (size_t)t * j->x_stride, *xs = j->xsum + (size_t)t * ng;
+                float acc = 0;
+                for (int64_t g = 0; g < ng; g++) {
+                    int64_t c0 = g * gs, c1 = c0 + gs < j->in ? c0 + gs : j->in;
+                    float raw = qint_group_dot(j->c, row, bits, bb, x, c0, c1);
+                    acc += mopt_f16_to_f32(sc[g]) * (raw - (zp ? (float)zp[g] : zsym) * xs[g]);
+                }
+                j->y[(size_t)t * j->y_stride + o] = acc + bias_at(j->b, o);
+            }
+        }
+        return;
+    }
+    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* FP8 and act-order QINT: widen one row, then dot */
+        float *row = j->c->wscratch[thread];
+        for (int64_t o = o0; o < o1; o++) {
+            widen_rows(j->c, w, o, 1, row);
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = k->dot_f32(row, j->x + (size_t)t * j->x_stride, j->in) + bias_at(j->b, o);
+        }
+        return;
+    }
     for (int32_t t = 0; t < j->T; t++) {
         const float *x = j->x + (size_t)t * j->x_stride;
         float *y = j->y + (size_t)t * j->y_stride;
         for (int64_t o = o0; o < o1; o++) {
             float s;
-            switch (j->w->dtype) {
-            case MOPT_DTYPE_F32: s = k->dot_f32((const float *)j->w->data + o * j->in, x, j->in); break;
-            case MOPT_DTYPE_F16: s = k->dot_f16((const uint16_t *)j->w->data + o * j->in, x, j->in); break;
-            default: s = k->dot_bf16((const uint16_t *)j->w->data + o * j->in, x, j->in); break;
+            switch (w->dtype) {
+            case MOPT_DTYPE_F32: s = k->dot_f32((const float *)w->data + o * j->in, x, j->in); break;
+            case MOPT_DTYPE_F16: s = k->dot_f16((const uint16_t *)w->data + o * j->in, x, j->in); break;
+            default: s = k->dot_bf16((const uint16_t *)w->data + o * j->in, x, j->in); break;
             }
             y[o] = s + bias_at(j->b, o);
+        }
+    }
+}
+
+static void w8a8_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    const float *ws = (const float *)j->w->quant->scale->data;
+    for (int64_t o = o0; o < o1; o++) {
+        const int8_t *row = (const int8_t *)j->w->data + (size_t)o * j->w->nb[1];
+        for (int32_t t = 0; t < j->T; t++) {
+            int32_t d = j->c->k->dot_i8(row, j->xq + (size_t)t * j->in, j->in);
+            j->y[(size_t)t * j->y_stride + o] = (float)d * ws[o] * j->xscale[t] + bias_at(j->b, o);
         }
     }
 }
@@ -123,13 +221,8 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
     if (j->w->dtype == MOPT_DTYPE_F32) {
         w = (const float *)j->w->data + o0 * j->in;
     } else {
-        float *s = c->wscratch[thread];
-        const uint16_t *src = (const uint16_t *)j->w->data + o0 * j->in;
-        if (j->w->dtype == MOPT_DTYPE_F16)
-            c->k->cvt_f16(src, s, rows * j->in);
-        else
-            c->k->cvt_bf16(src, s, rows * j->in);
-        w = s;
+        widen_rows(c, j->w, o0, rows, c->wscratch[thread]);
+        w = c->wscratch[thread];
     }
     /* y[:, o0:o0+rows] = x @ w^T */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)rows, (int)j->in, 1.0f, j->x, j->x_stride, w,
@@ -139,15 +232,75 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
-static void linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b, const float *x, int32_t T, int32_t xs,
-                   float *y, int32_t ys) {
-    lin_job j = {c, w, b, x, T, xs, y, ys, w->ne[0], w->ne[1]};
+/* Grows a per-call scratch buffer in the context. */
+static void *scratch(void **buf, size_t *cap, size_t need) {
+    if (need > *cap) {
+        void *p = realloc(*buf, need);
+        if (!p) return NULL;
+        *buf = p;
+        *cap = need;
+    }
+    return *buf;
+}
+
+static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b, const float *x, int32_t T,
+                          int32_t xs, float *y, int32_t ys, mopt_error *err) {
+    lin_job j = {c, w, b, x, T, xs, y, ys, w->ne[0], w->ne[1], NULL, NULL, NULL};
+    const int64_t in = j.in;
+    if (w->dtype == MOPT_DTYPE_W8A8) {
+        /* per-token dynamic int8 activations: x = qx * max|x| / 127 */
+        int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in);
+        float *sx = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * sizeof(float));
+        if (!xq || !sx) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * xs;
+            float mx = 0;
+            for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(xt[i]));
+            float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
+            for (int64_t i = 0; i < in; i++) xq[(size_t)t * in + i] = (int8_t)lrintf(fminf(fmaxf(xt[i] * inv, -127.f), 127.f));
+            sx[t] = s;
+        }
+        j.xq = xq;
+        j.xscale = sx;
+        mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, w8a8_task, &j);
+        return MOPT_OK;
+    }
+    if (w->dtype == MOPT_DTYPE_FP8 && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {
+        /* activations rounded to the E4M3 grid, per token or with the calibrated scale */
+        float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
+        if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * xs;
+            float s = w->quant->act_scale;
+            if (w->quant->flags & MOPT_QUANT_ACT_PER_TOKEN) {
+                float mx = 0;
+                for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(xt[i]));
+                s = mx > 0 ? mx / 448.0f : 1.0f;
+            }
+            for (int64_t i = 0; i < in; i++) xr[(size_t)t * in + i] = e4m3_lut[mopt_f32_to_e4m3(xt[i] / s)] * s;
+        }
+        j.x = xr;
+        j.x_stride = (int32_t)in;
+    }
+    if (w->dtype == MOPT_DTYPE_QINT && T <= 2 && !w->quant->g_idx) {
+        const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
+        float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));
+        if (!sums) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++)
+            for (int64_t g = 0; g < ng; g++) {
+                float s = 0;
+                for (int64_t i = g * gs; i < (g + 1) * gs && i < in; i++) s += j.x[(size_t)t * j.x_stride + i];
+                sums[(size_t)t * ng + g] = s;
+            }
+        j.xsum = sums;
+    }
     /* One or two tokens: read the stored weights directly. More: widen a block
      * of rows once and let OpenBLAS reuse it across tokens. */
     if (T <= 2)
         mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, gemv_task, &j);
     else
         mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+    return MOPT_OK;
 }
 
 /* --- elementwise and norms -------------------------------------------------- */
@@ -279,12 +432,10 @@ static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err
         mopt_pool_run(c->pool, T, norm_task, &j);
         return MOPT_OK;
     }
-    case MOPT_OP_LINEAR:
-        linear(c, n->weight, n->bias, a->in[0], T, a->in_width[0], a->out, W);
-        return MOPT_OK;
+    case MOPT_OP_LINEAR: return linear(c, n->weight, n->bias, a->in[0], T, a->in_width[0], a->out, W, err);
     case MOPT_OP_LM_HEAD:
-        linear(c, n->weight, n->bias, a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0], a->out, W);
-        return MOPT_OK;
+        return linear(c, n->weight, n->bias, a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0],
+                      a->out, W, err);
     case MOPT_OP_ROPE: rope(a); return MOPT_OK;
     case MOPT_OP_ATTENTION: attention(c, a); return MOPT_OK;
     case MOPT_OP_SWIGLU:
@@ -313,6 +464,26 @@ static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err
         return MOPT_OK;
     default: return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "cpu backend: op %s not implemented", mopt_op_name(n->op));
     }
+}
+
+mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const mopt_tensor *w, const mopt_tensor *b,
+                                 const float *x, int32_t T, float *y, mopt_error *err) {
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    c->pool = mopt_pool_new(n_threads);
+    c->n_threads = c->pool ? mopt_pool_size(c->pool) : 0;
+    c->k = k ? k : mopt_kernels_get();
+    c->max_in = w->ne[0];
+    c->wscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->wscratch);
+    c->sscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->sscratch);
+    mopt_status st = c->pool && c->wscratch && c->sscratch ? MOPT_OK : MOPT_E_NOMEM;
+    for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
+        if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
+    pthread_once(&e4m3_once, e4m3_init);
+    if (st == MOPT_OK) st = linear(c, w, b, x, T, (int32_t)w->ne[0], y, (int32_t)w->ne[1], err);
+    else MOPT_FAIL(err, st, "out of memory");
+    cpu_free(c);
+    return st;
 }
 
 const mopt_backend_i mopt_backend_cpu = {"cpu", cpu_init, cpu_free, cpu_forward, cpu_n_threads};

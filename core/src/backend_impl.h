@@ -35,4 +35,10 @@ typedef struct mopt_backend_i {
 
 extern const mopt_backend_i mopt_backend_cpu;
 
+struct mopt_kernels;
+/* y[T, out] = x[T, in] @ w^T + b with the CPU backend's linear kernels on a
+ * throwaway context, using kernel set k (NULL: the dispatched one). For tests. */
+mopt_status mopt_cpu_linear_once(int32_t n_threads, const struct mopt_kernels *k, const mopt_tensor *w,
+                                 const mopt_tensor *b, const float *x, int32_t T, float *y, mopt_error *err);
+
 #endif

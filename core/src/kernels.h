@@ -15,7 +15,17 @@ typedef struct mopt_kernels {
     /* widen n elements to fp32 */
     void (*cvt_f16)(const uint16_t *src, float *dst, int64_t n);
     void (*cvt_bf16)(const uint16_t *src, float *dst, int64_t n);
+    /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
+    float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
+    float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);
+    /* int8 x int8 -> int32 over n elements (W8A8); b must not hold -128 */
+    int32_t (*dot_i8)(const int8_t *a, const int8_t *b, int64_t n);
 } mopt_kernels;
+
+/* Unpacks one block of b-bit levels into 32 floats (any b the format has). */
+void mopt_qblock_levels(const uint8_t *block, int32_t bits, float *out);
+/* sum of level * x over the first n (< 32 allowed) values of one block */
+float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_t n);
 
 extern const mopt_kernels mopt_kernels_ref;
 /* NULL when the file was built without the instruction set. */

@@ -70,4 +70,47 @@ static void cvt_f16(const uint16_t *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = mopt_f16_to_f32(src[i]);
 }
 
-const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16};
+static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi32(15);
+    for (int64_t k = 0; k < nb; k++, b += 16, x += 32) {
+        __m256i lo8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));      /* bytes 0..7 */
+        __m256i hi8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8))); /* bytes 8..15 */
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo8, m4)), _mm256_loadu_ps(x), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi8, m4)), _mm256_loadu_ps(x + 8), a1);
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo8, 4)), _mm256_loadu_ps(x + 16), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi8, 4)), _mm256_loadu_ps(x + 24), a1);
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
+static float dot_q8(const uint8_t *b, const float *x, int64_t nb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb * 32; i += 16) {
+        __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i))));
+        __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i + 8))));
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
+/* |a| (unsigned) times b with a's sign: pmaddubsw cannot saturate when |a|, |b| <= 127 */
+static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
+    __m256i acc = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i va = _mm256_loadu_si256((const __m256i *)(a + i)), vb = _mm256_loadu_si256((const __m256i *)(b + i));
+        __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    int32_t r = _mm_cvtsi128_si32(s);
+    for (; i < n; i++) r += (int32_t)a[i] * b[i];
+    return r;
+}
+
+const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8, dot_i8};

@@ -67,4 +67,41 @@ static void cvt_f16(const uint16_t *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = mopt_f16_to_f32(src[i]);
 }
 
-const mopt_kernels mopt_kernels_avx512 = {"avx512", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16};
+static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi32(15);
+    for (int64_t k = 0; k < nb; k++, b += 16, x += 32) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, m4)), _mm512_loadu_ps(x), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), _mm512_loadu_ps(x + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+static float dot_q8(const uint8_t *b, const float *x, int64_t nb) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb * 32; i += 32) {
+        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i))));
+        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i + 16))));
+        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+/* VNNI: dpbusd multiplies unsigned by signed bytes, so feed |a| and b with a's sign. */
+static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
+    __m512i acc = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512i va = _mm512_loadu_si512(a + i), vb = _mm512_loadu_si512(b + i);
+        __mmask64 neg = _mm512_movepi8_mask(va);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_abs_epi8(va), _mm512_mask_sub_epi8(vb, neg, zero, vb));
+    }
+    int32_t r = _mm512_reduce_add_epi32(acc);
+    for (; i < n; i++) r += (int32_t)a[i] * b[i];
+    return r;
+}
+
+const mopt_kernels mopt_kernels_avx512 = {"avx512", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8, dot_i8};

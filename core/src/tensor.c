@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "mopt/quant.h"
 #include "mopt/tensor.h"
 
 size_t mopt_dtype_size(mopt_dtype t) {
@@ -27,7 +28,10 @@ const char *mopt_dtype_name(mopt_dtype t) {
     case MOPT_DTYPE_I8: return "i8";
     case MOPT_DTYPE_I32: return "i32";
     case MOPT_DTYPE_U8: return "u8";
-    default: return "packed";
+    case MOPT_DTYPE_QINT: return "qint";
+    case MOPT_DTYPE_W8A8: return "w8a8";
+    case MOPT_DTYPE_FP8: return "fp8_e4m3";
+    default: return "?";
     }
 }
 
@@ -92,6 +96,8 @@ int64_t mopt_tensor_nelements(const mopt_tensor *t) {
 }
 
 size_t mopt_tensor_nbytes(const mopt_tensor *t) {
+    if (t->dtype >= MOPT_DTYPE_PACKED_FIRST) /* rows of packed bytes; scales and zeros are separate tensors */
+        return t->nb[1] * (size_t)t->ne[1] * (size_t)t->ne[2] * (size_t)t->ne[3];
     return (size_t)mopt_tensor_nelements(t) * mopt_dtype_size(t->dtype);
 }
 
@@ -171,6 +177,7 @@ void mopt_tensor_free(mopt_tensor *t) {
     if (t->quant) {
         mopt_tensor_free(t->quant->scale);
         mopt_tensor_free(t->quant->zero);
+        mopt_tensor_free(t->quant->g_idx);
         free(t->quant);
     }
     mopt_buffer_release(t->buffer);
@@ -181,7 +188,7 @@ mopt_status mopt_tensor_read_f32(const mopt_tensor *t, int64_t offset, int64_t n
     if (offset < 0 || n < 0 || offset + n > mopt_tensor_nelements(t))
         return MOPT_FAIL(err, MOPT_E_INVALID, "tensor %s: read of %lld elements at %lld out of range", t->name,
                          (long long)n, (long long)offset);
-    if (!mopt_tensor_is_contiguous(t))
+    if (t->dtype < MOPT_DTYPE_PACKED_FIRST && !mopt_tensor_is_contiguous(t))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "tensor %s: not contiguous", t->name);
     switch (t->dtype) {
     case MOPT_DTYPE_F32: memcpy(out, (const float *)t->data + offset, (size_t)n * 4); break;
@@ -196,6 +203,23 @@ mopt_status mopt_tensor_read_f32(const mopt_tensor *t, int64_t offset, int64_t n
         break;
     }
     default:
+        if (t->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* dequantize whole rows, keep the requested span */
+            const int64_t in = t->ne[0];
+            float *row = malloc((size_t)in * sizeof *row);
+            if (!row) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+            for (int64_t i = offset; i < offset + n;) {
+                int64_t r = i / in, c0 = i % in, k = in - c0 < offset + n - i ? in - c0 : offset + n - i;
+                mopt_status st = mopt_weight_row_f32(t, r, row, err);
+                if (st) {
+                    free(row);
+                    return st;
+                }
+                memcpy(out + (i - offset), row + c0, (size_t)k * sizeof(float));
+                i += k;
+            }
+            free(row);
+            return MOPT_OK;
+        }
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "tensor %s: dtype %s cannot be read as f32", t->name,
                          mopt_dtype_name(t->dtype));
     }

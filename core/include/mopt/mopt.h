@@ -9,6 +9,7 @@
 #include "mopt/model.h"
 #include "mopt/pass.h"
 #include "mopt/pipeline.h"
+#include "mopt/quant.h"
 #include "mopt/sampler.h"
 #include "mopt/tensor.h"
 #include "mopt/tokenizer.h"

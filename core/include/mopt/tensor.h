@@ -28,8 +28,12 @@ typedef enum mopt_dtype {
     MOPT_DTYPE_I32 = 4,
     MOPT_DTYPE_U8 = 5,
     /* Packed quantized types start here; their element count is the logical
-     * count and their scales/zero-points hang off mopt_tensor.quant. */
+     * count and their scales/zero-points hang off mopt_tensor.quant. Layouts
+     * are in mopt/quant.h. */
     MOPT_DTYPE_PACKED_FIRST = 64,
+    MOPT_DTYPE_QINT = 64, /* b-bit integers (b = 2, 3, 4, 8) in 32-value blocks, group scales/zeros */
+    MOPT_DTYPE_W8A8 = 65, /* int8 weights, per-row scale; activations quantized per token at run time */
+    MOPT_DTYPE_FP8 = 66,  /* E4M3 weights, per-row or per-tensor scale */
     MOPT_DTYPE_COUNT
 } mopt_dtype;
 
@@ -60,10 +64,11 @@ typedef struct mopt_buffer {
 typedef struct mopt_quant_info {
     int32_t bits;
     int32_t group_size; /* along ne[0]; -1 for a whole row */
-    uint32_t flags;
-    uint32_t reserved;
-    struct mopt_tensor *scale;
-    struct mopt_tensor *zero;
+    uint32_t flags;     /* MOPT_QUANT_* in mopt/quant.h */
+    float act_scale;    /* FP8 with static per-tensor activations: the calibrated scale */
+    struct mopt_tensor *scale; /* owned */
+    struct mopt_tensor *zero;  /* owned; NULL for symmetric formats */
+    struct mopt_tensor *g_idx; /* owned; I32 [in] group of each input column (act-order), or NULL */
 } mopt_quant_info;
 
 typedef struct mopt_tensor {

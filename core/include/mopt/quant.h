@@ -1,0 +1,79 @@
+/* Packed quantized weights: layouts, packing and dequantization. Kernels that
+ * read these layouts directly live in the CPU backend; quantization methods
+ * (plugins/quant) produce them and exporters read them.
+ *
+ * MOPT_DTYPE_QINT, b bits (b = 2, 3, 4, 8): each row of `in` values is cut into
+ * blocks of 32 (the last block zero-padded), each value an unsigned level
+ * q in [0, 2^b). A block is stored as:
+ *   8-bit: 32 bytes, byte j = q[j]
+ *   4-bit: 16 bytes, byte j = q[j] | q[j+16] << 4
+ *   2-bit:  8 bytes, byte j = q[j] | q[j+8] << 2 | q[j+16] << 4 | q[j+24] << 6
+ *   3-bit: the low two bits as the 2-bit block (8 bytes), then a 32-bit
+ *          little-endian mask whose bit j is bit 2 of q[j] (12 bytes)
+ * Groups of `group_size` columns (a multiple of 32, or -1 for the whole row;
+ * the last group may be shorter) share a scale s (F16 [out, n_groups]) and a
+ * zero-point z (U8 [out, n_groups]); symmetric formats store no zeros and use
+ * z = 2^(b-1). The weight is w = (q - z) * s. With act-order, g_idx (I32 [in])
+ * gives each column's group instead of column / group_size.
+ *
+ * MOPT_DTYPE_W8A8: int8 [out, in] weights, F32 per-row scale [out]:
+ * w = q * s. Activations are quantized per token at run time, x = qx * sx
+ * with sx = max|x| / 127, and the dot product runs in int8 x int8 -> int32.
+ *
+ * MOPT_DTYPE_FP8: E4M3 bytes [out, in] (bias 7, no infinities, max 448), F32
+ * scale [out] (per channel) or [1] (per tensor): w = e4m3(q) * s. Activations
+ * are rounded to the E4M3 grid per token (dynamic) or with the calibrated
+ * per-tensor act_scale (static), or left alone (weight-only). */
+#ifndef MOPT_QUANT_H
+#define MOPT_QUANT_H
+
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+#include "mopt/tensor.h"
+
+MOPT_EXTERN_C_BEGIN
+
+#define MOPT_QBLOCK 32
+
+enum {
+    MOPT_QUANT_SYM = 1u << 0,            /* QINT: no zeros stored, z = 2^(b-1) */
+    MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8: dynamic per-token activation rounding */
+    MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8: static per-tensor activation scale */
+    MOPT_QUANT_PER_TENSOR = 1u << 3      /* FP8: one weight scale */
+};
+
+/* Bytes of one 32-value block for b bits (0 for unsupported b). */
+MOPT_API int32_t mopt_qint_block_bytes(int32_t bits);
+/* Groups per row for `in` columns. */
+MOPT_API int64_t mopt_qint_n_groups(int64_t in, int32_t group_size);
+
+/* Packs integer levels q [out, in] (each in [0, 2^bits)) with scales [out, n_groups]
+ * and zeros [out, n_groups] (NULL for symmetric) into a new QINT tensor. g_idx
+ * (NULL or [in]) is copied. Fails on bad bits/group sizes or out-of-range levels. */
+MOPT_API mopt_tensor *mopt_qint_pack(const char *name, int64_t out, int64_t in, int32_t bits, int32_t group_size,
+                                     const uint8_t *q, const float *scales, const uint8_t *zeros, const int32_t *g_idx,
+                                     mopt_error *err);
+/* The level of element (row, col) of a QINT tensor. */
+MOPT_API uint8_t mopt_qint_get(const mopt_tensor *t, int64_t row, int64_t col);
+
+/* int8 weights with per-row scales. */
+MOPT_API mopt_tensor *mopt_w8a8_pack(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales,
+                                     mopt_error *err);
+/* E4M3 bytes with n_scales = out (per channel) or 1 (per tensor) scales. */
+MOPT_API mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint8_t *q, const float *scales,
+                                    int64_t n_scales, uint32_t act_flags, float act_scale, mopt_error *err);
+
+/* E4M3 conversions: round to nearest even, saturating at +-448. */
+MOPT_API uint8_t mopt_f32_to_e4m3(float f);
+MOPT_API float mopt_e4m3_to_f32(uint8_t b);
+
+/* Dequantizes row `row` of any float or packed weight into out[ne[0]]. */
+MOPT_API mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, mopt_error *err);
+/* Bytes a weight occupies as stored: packed values plus scales, zeros and g_idx. */
+MOPT_API int64_t mopt_weight_storage_bytes(const mopt_tensor *t);
+
+MOPT_EXTERN_C_END
+
+#endif
