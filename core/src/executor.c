@@ -165,12 +165,11 @@ mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_error *err) {
     return MOPT_OK;
 }
 
-/* One chunk of at most max_batch tokens. Logits rows go to `logits`. */
-static mopt_status forward_chunk(mopt_session *s, const int32_t *tokens, int32_t T, bool all_logits, float *logits,
-                                 mopt_error *err) {
+/* Runs nodes [first, last) for T tokens starting at position s->len. */
+static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const int32_t *tokens, int32_t T,
+                             bool all_logits, float *logits, mopt_node_observer obs, void *user, mopt_error *err) {
     const mopt_graph *g = s->g;
-    const int32_t nn = mopt_graph_n_nodes(g);
-    for (int32_t i = 0; i < nn; i++) {
+    for (int32_t i = first; i < last; i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         mopt_op_args a = {0};
         a.node = n;
@@ -193,11 +192,53 @@ static mopt_status forward_chunk(mopt_session *s, const int32_t *tokens, int32_t
             a.k_cache = s->k_cache[n->kv_slot];
             a.v_cache = s->v_cache[n->kv_slot];
         }
+        if (n->op == MOPT_OP_EMBEDDING && !tokens)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "node %s needs tokens", n->name);
         mopt_status st = s->be->forward(s->be_ctx, &a, err);
         if (st) return st;
+        if (obs) obs(user, i, a.in, a.in_width, n->n_inputs, a.out, a.out_width, n->op == MOPT_OP_LM_HEAD ? a.rows : T);
     }
+    return MOPT_OK;
+}
+
+/* One chunk of at most max_batch tokens. Logits rows go to `logits`. */
+static mopt_status forward_chunk(mopt_session *s, const int32_t *tokens, int32_t T, bool all_logits, float *logits,
+                                 mopt_error *err) {
+    mopt_status st = run_nodes(s, 0, mopt_graph_n_nodes(s->g), tokens, T, all_logits, logits, NULL, NULL, err);
+    if (st) return st;
     s->len += T;
     return MOPT_OK;
+}
+
+mopt_status mopt_session_set_value(mopt_session *s, int32_t value, const float *data, int32_t T, mopt_error *err) {
+    if (value < 0 || value >= mopt_graph_n_values(s->g) || s->value_slot[value] < 0)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "value %d has no buffer", value);
+    if (T <= 0 || T > s->max_batch) return MOPT_FAIL(err, MOPT_E_INVALID, "%d tokens exceed the batch of %d", T, s->max_batch);
+    memcpy(s->slots[s->value_slot[value]], data, (size_t)T * (size_t)mopt_graph_value_width(s->g, value) * sizeof(float));
+    return MOPT_OK;
+}
+
+mopt_status mopt_session_run_range(mopt_session *s, int32_t first, int32_t last, const int32_t *tokens, int32_t T,
+                                   mopt_node_observer observer, void *user, mopt_error *err) {
+    if (first < 0 || last > mopt_graph_n_nodes(s->g) || first > last)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "node range [%d, %d) is outside the graph", first, last);
+    if (T <= 0 || T > s->max_batch || T > s->max_ctx)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%d tokens exceed the session's batch of %d", T, s->max_batch);
+    if (s->logits_cap < (size_t)mopt_graph_arch(s->g)->vocab_size) {
+        float *p = realloc(s->logits, (size_t)mopt_graph_arch(s->g)->vocab_size * sizeof(float));
+        if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        s->logits = p;
+        s->logits_cap = (size_t)mopt_graph_arch(s->g)->vocab_size;
+    }
+    s->len = 0;
+    mopt_status st = run_nodes(s, first, last, tokens, T, false, s->logits, observer, user, err);
+    s->len = 0; /* the cache holds this sequence only partially: treat it as empty */
+    return st;
+}
+
+const float *mopt_session_value(const mopt_session *s, int32_t value) {
+    if (value < 0 || value >= mopt_graph_n_values(s->g) || s->value_slot[value] < 0) return NULL;
+    return s->slots[s->value_slot[value]];
 }
 
 mopt_status mopt_session_forward(mopt_session *s, const int32_t *tokens, int32_t n, bool all_logits,

@@ -90,6 +90,18 @@ mopt_status mopt_graph_replace_tensor(mopt_graph *g, mopt_tensor *t, mopt_error 
     return MOPT_FAIL(err, MOPT_E_INVALID, "no tensor named %s to replace", t->name);
 }
 
+mopt_tensor *mopt_graph_swap_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err) {
+    for (int32_t i = 0; i < g->n_tensors; i++) {
+        if (strcmp(g->tensors[i]->name, t->name) != 0) continue;
+        mopt_tensor *old = g->tensors[i];
+        retarget_nodes(g, old, t);
+        g->tensors[i] = t;
+        return old;
+    }
+    MOPT_FAIL(err, MOPT_E_INVALID, "no tensor named %s to swap", t->name);
+    return NULL;
+}
+
 void mopt_graph_remove_tensor(mopt_graph *g, const char *name) {
     for (int32_t i = 0; i < g->n_tensors; i++) {
         if (strcmp(g->tensors[i]->name, name) != 0) continue;

@@ -1,4 +1,5 @@
 /* The host function table handed to plugins: core services, nothing else. */
+#include <cblas.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,14 @@ static mopt_status session_forward(mopt_session *s, const int32_t *tokens, int32
                                    const float **logits, mopt_error *err) {
     return mopt_session_forward(s, tokens, n, all_logits != 0, logits, err);
 }
+
+static void host_sgemm(int32_t ta, int32_t tb, int32_t M, int32_t N, int32_t K, float alpha, const float *A, int32_t lda,
+                       const float *B, int32_t ldb, float beta, float *C, int32_t ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B,
+                ldb, beta, C, ldc);
+}
+
+static float f16_round(float f) { return mopt_f16_to_f32(mopt_f32_to_f16(f)); }
 
 static void *host_alloc(size_t n) { return malloc(n); }
 static void host_free(void *p) { free(p); }
@@ -91,4 +100,17 @@ const mopt_host_api mopt_host = {
     .read_file = mopt_read_file,
     .alloc = host_alloc,
     .free = host_free,
+    .graph_swap_tensor = mopt_graph_swap_tensor,
+    .session_set_value = mopt_session_set_value,
+    .session_run_range = mopt_session_run_range,
+    .session_value = mopt_session_value,
+    .sgemm = host_sgemm,
+    .qint_pack = mopt_qint_pack,
+    .w8a8_pack = mopt_w8a8_pack,
+    .fp8_pack = mopt_fp8_pack,
+    .f32_to_e4m3 = mopt_f32_to_e4m3,
+    .e4m3_to_f32 = mopt_e4m3_to_f32,
+    .weight_row_f32 = mopt_weight_row_f32,
+    .weight_storage_bytes = mopt_weight_storage_bytes,
+    .f16_round = f16_round,
 };

@@ -41,6 +41,24 @@ MOPT_API mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_erro
 MOPT_API int32_t mopt_session_n_threads(const mopt_session *s);
 /* Width of a logits row. */
 MOPT_API int32_t mopt_session_vocab_size(const mopt_session *s);
+/* --- running part of the graph (calibration, module-level searches) --------- */
+
+/* Called after node `node` ran, with its inputs and output ([T, width] each). */
+typedef void (*mopt_node_observer)(void *user, int32_t node, const float *const *inputs, const int32_t *in_widths,
+                                   int32_t n_inputs, const float *output, int32_t out_width, int32_t T);
+
+/* Copies data [T, width] into value `value`, as an input for mopt_session_run_range. */
+MOPT_API mopt_status mopt_session_set_value(mopt_session *s, int32_t value, const float *data, int32_t T,
+                                            mopt_error *err);
+/* Runs nodes [first, last) on T tokens at positions 0..T-1 (one sequence; the
+ * KV cache is overwritten). Values the range reads but does not write must be
+ * set first. tokens (may be NULL) feeds an embedding node in the range. The
+ * lm_head, if in the range, computes the last row only. */
+MOPT_API mopt_status mopt_session_run_range(mopt_session *s, int32_t first, int32_t last, const int32_t *tokens,
+                                            int32_t T, mopt_node_observer observer, void *user, mopt_error *err);
+/* The buffer of a value after a run ([T, width] row-major); valid until the next run. */
+MOPT_API const float *mopt_session_value(const mopt_session *s, int32_t value);
+
 /* Name of the SIMD kernel set picked for this CPU ("avx512", "avx2", "ref"). */
 MOPT_API const char *mopt_cpu_kernels_name(void);
 

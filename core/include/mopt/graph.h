@@ -131,6 +131,11 @@ MOPT_API mopt_tensor *mopt_graph_tensor(const mopt_graph *g, int32_t i);
  * freed and every node that referenced it is updated. Ownership of t moves. */
 MOPT_API mopt_status mopt_graph_replace_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err);
 
+/* Like mopt_graph_replace_tensor, but hands the old tensor back to the caller
+ * (who owns it from then on) instead of freeing it: for trying a weight and
+ * swapping the original back. Returns NULL (err set) if no tensor has t's name. */
+MOPT_API mopt_tensor *mopt_graph_swap_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err);
+
 /* Declares an activation value of `width` floats per token; returns its id. */
 MOPT_API int32_t mopt_graph_add_value(mopt_graph *g, int32_t width);
 MOPT_API int32_t mopt_graph_n_values(const mopt_graph *g);

@@ -22,6 +22,7 @@
 #include "mopt/tensor.h"
 #include "mopt/tokenizer.h"
 #include "mopt/eval.h"
+#include "mopt/quant.h"
 
 MOPT_EXTERN_C_BEGIN
 
@@ -92,6 +93,28 @@ typedef struct mopt_host_api {
     mopt_status (*read_file)(const char *path, char **data, size_t *len, mopt_error *err);
     void *(*alloc)(size_t size);
     void (*free)(void *p);
+
+    /* appended: partial runs, dense math and packed weights (quantization) */
+    mopt_tensor *(*graph_swap_tensor)(mopt_graph *g, mopt_tensor *t, mopt_error *err);
+    mopt_status (*session_set_value)(mopt_session *s, int32_t value, const float *data, int32_t T, mopt_error *err);
+    mopt_status (*session_run_range)(mopt_session *s, int32_t first, int32_t last, const int32_t *tokens, int32_t T,
+                                     mopt_node_observer observer, void *user, mopt_error *err);
+    const float *(*session_value)(const mopt_session *s, int32_t value);
+    /* row-major C = alpha * op(A) op(B) + beta * C, op = transpose when trans_* != 0 */
+    void (*sgemm)(int32_t trans_a, int32_t trans_b, int32_t M, int32_t N, int32_t K, float alpha, const float *A,
+                  int32_t lda, const float *B, int32_t ldb, float beta, float *C, int32_t ldc);
+    mopt_tensor *(*qint_pack)(const char *name, int64_t out, int64_t in, int32_t bits, int32_t group_size,
+                              const uint8_t *q, const float *scales, const uint8_t *zeros, const int32_t *g_idx,
+                              mopt_error *err);
+    mopt_tensor *(*w8a8_pack)(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales,
+                              mopt_error *err);
+    mopt_tensor *(*fp8_pack)(const char *name, int64_t out, int64_t in, const uint8_t *q, const float *scales,
+                             int64_t n_scales, uint32_t act_flags, float act_scale, mopt_error *err);
+    uint8_t (*f32_to_e4m3)(float f);
+    float (*e4m3_to_f32)(uint8_t b);
+    mopt_status (*weight_row_f32)(const mopt_tensor *t, int64_t row, float *out, mopt_error *err);
+    int64_t (*weight_storage_bytes)(const mopt_tensor *t);
+    float (*f16_round)(float f); /* the value an f16 stores for f */
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

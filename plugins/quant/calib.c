@@ -1,0 +1,139 @@
+/* Calibration data and the layer-by-layer runner (see calib.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
+
+void calib_free(calib *c) {
+    if (c->s) c->h->session_free(c->s);
+    free(c->tokens);
+    free(c->x);
+    free(c->x_next);
+    free(c->first);
+    free(c->last);
+    free(c->in_value);
+    free(c->out_value);
+    memset(c, 0, sizeof *c);
+}
+
+void calib_tick(calib *c) { c->h->progress(c->ctx, ++c->done, c->total); }
+
+mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                       int64_t progress_total, mopt_error *err) {
+    memset(c, 0, sizeof *c);
+    c->h = h;
+    c->ctx = ctx;
+    c->g = g;
+    c->total = progress_total;
+    const mopt_arch *a = h->graph_arch(g);
+    c->N = (int32_t)h->opt_int(o, "calib_samples");
+    c->L = (int32_t)h->opt_int(o, "calib_len");
+    c->D = a->dim;
+    c->n_layers = a->n_layers;
+    const char *path = h->opt_string(o, "calib");
+    if (c->L > a->max_ctx)
+        return h->error_set(err, MOPT_E_INVALID, "calib", "calib_len %d exceeds the model's context of %d", c->L, a->max_ctx);
+    mopt_model *m = h->ctx_model(ctx);
+    const mopt_tokenizer *tok = m ? h->model_tokenizer(m) : NULL;
+    if (!tok) return h->error_set(err, MOPT_E_INVALID, "calib", "calibration needs the model's tokenizer");
+    char *text;
+    size_t len;
+    mopt_status st = h->read_file(path, &text, &len, err);
+    if (st) return st;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    st = h->tokenizer_encode(tok, text, len, 0, &ids, &n, err);
+    h->free(text);
+    if (st) return st;
+    if ((int64_t)n < c->L) {
+        free(ids);
+        return h->error_set(err, MOPT_E_INVALID, "calib",
+                            "%s holds %zu tokens, fewer than one calibration window of %d (lower calib_len or give more text)",
+                            path, n, c->L);
+    }
+    /* layer node ranges and their input/output values, read from the graph */
+    c->first = malloc((size_t)c->n_layers * sizeof(int32_t));
+    c->last = malloc((size_t)c->n_layers * sizeof(int32_t));
+    c->in_value = malloc((size_t)c->n_layers * sizeof(int32_t));
+    c->out_value = malloc((size_t)c->n_layers * sizeof(int32_t));
+    c->tokens = malloc((size_t)c->N * (size_t)c->L * sizeof(int32_t));
+    c->x = malloc((size_t)c->N * (size_t)c->L * (size_t)c->D * sizeof(float));
+    c->x_next = malloc((size_t)c->N * (size_t)c->L * (size_t)c->D * sizeof(float));
+    if (!c->first || !c->last || !c->in_value || !c->out_value || !c->tokens || !c->x || !c->x_next) {
+        free(ids);
+        calib_free(c);
+        return h->error_set(err, MOPT_E_NOMEM, "calib", "out of memory for %d x %d calibration activations", c->N, c->L);
+    }
+    for (int32_t l = 0; l < c->n_layers; l++) c->first[l] = -1;
+    for (int32_t i = 0; i < h->graph_n_nodes(g); i++) {
+        const mopt_node *nd = h->graph_node(g, i);
+        if (nd->layer < 0 || nd->layer >= c->n_layers) continue;
+        if (c->first[nd->layer] < 0) {
+            c->first[nd->layer] = i;
+            c->in_value[nd->layer] = nd->inputs[0]; /* the residual stream entering the block */
+        }
+        c->last[nd->layer] = i + 1;
+        c->out_value[nd->layer] = nd->output;
+    }
+    /* windows: seeded starts anywhere in the text */
+    uint64_t rs = 0x9E3779B97F4A7C15ull ^ ((uint64_t)h->opt_int(o, "seed") * 0xBF58476D1CE4E5B9ull + 1);
+    const uint64_t span = (uint64_t)n - (uint64_t)c->L + 1;
+    for (int32_t i = 0; i < c->N; i++) {
+        uint64_t start = q_rand(&rs) % span;
+        memcpy(c->tokens + (size_t)i * c->L, ids + start, (size_t)c->L * sizeof(int32_t));
+    }
+    free(ids);
+    mopt_session_opts so = {0};
+    so.struct_size = sizeof so;
+    so.n_threads = h->ctx_n_threads(ctx);
+    so.max_ctx = c->L;
+    c->s = h->session_new(g, &so, err);
+    if (!c->s) {
+        calib_free(c);
+        return err ? (mopt_status)err->code : MOPT_E_NOMEM;
+    }
+    /* layer 0's input: everything before the first block (embeddings) */
+    for (int32_t i = 0; i < c->N; i++) {
+        st = h->session_run_range(c->s, 0, c->first[0], c->tokens + (size_t)i * c->L, c->L, NULL, NULL, err);
+        if (st) {
+            calib_free(c);
+            return st;
+        }
+        memcpy(c->x + (size_t)i * c->L * c->D, h->session_value(c->s, c->in_value[0]), (size_t)c->L * c->D * sizeof(float));
+    }
+    return MOPT_OK;
+}
+
+typedef struct {
+    calib_obs obs;
+    void *user;
+    int32_t sample;
+} obs_link;
+
+static void relay(void *user, int32_t node, const float *const *in, const int32_t *in_w, int32_t n_in, const float *out,
+                  int32_t out_w, int32_t T) {
+    obs_link *k = user;
+    k->obs(k->user, k->sample, node, in, in_w, out, out_w, T);
+}
+
+mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, void *user, int keep_output,
+                            mopt_error *err) {
+    const mopt_host_api *h = c->h;
+    int32_t last = upto < 0 ? c->last[l] : upto + 1;
+    for (int32_t i = 0; i < c->N; i++) {
+        mopt_status st = h->session_set_value(c->s, c->in_value[l], c->x + (size_t)i * c->L * c->D, c->L, err);
+        obs_link link = {obs, user, i};
+        if (!st) st = h->session_run_range(c->s, c->first[l], last, NULL, c->L, obs ? relay : NULL, &link, err);
+        if (st) return st;
+        if (keep_output && last == c->last[l])
+            memcpy(c->x_next + (size_t)i * c->L * c->D, h->session_value(c->s, c->out_value[l]),
+                   (size_t)c->L * c->D * sizeof(float));
+    }
+    return MOPT_OK;
+}
+
+void calib_advance(calib *c) {
+    float *t = c->x;
+    c->x = c->x_next;
+    c->x_next = t;
+}

@@ -1,0 +1,50 @@
+/* Calibration: N windows of L tokens from a text file (seeded), run through
+ * the model one decoder layer at a time. Only the current layer's input is
+ * held ([N, L, dim]), never all layers' activations. */
+#ifndef MOPT_CALIB_H
+#define MOPT_CALIB_H
+
+#include "qcommon.h"
+
+typedef struct calib {
+    const mopt_host_api *h;
+    mopt_pass_ctx *ctx;
+    mopt_graph *g;
+    mopt_session *s;
+    int32_t N, L, D, n_layers;
+    int32_t *tokens;      /* [N, L] */
+    float *x;             /* [N, L, D]: input of the current layer */
+    float *x_next;        /* [N, L, D]: its output, when asked for */
+    int32_t *first, *last; /* per layer: node range [first, last) */
+    int32_t *in_value, *out_value;
+    int64_t done, total;  /* progress */
+} calib;
+
+/* Options every calibrating pass declares. */
+#define Q_CALIB_OPTS(required)                                                                                     \
+    {"calib", MOPT_OPT_DATASET, (required) ? MOPT_OPT_REQUIRED : 0, "calibration text (never the eval text)", NULL, 0, -1, NULL}, \
+    {"calib_samples", MOPT_OPT_INT, 0, "calibration windows", "128", 1, 4096, NULL},                           \
+    {"calib_len", MOPT_OPT_INT, 0, "tokens per calibration window", "512", 2, 1 << 16, NULL},                 \
+    {"seed", MOPT_OPT_INT, 0, "seed for choosing the windows", "0", 0, 2147483647, NULL}
+
+/* Tokenizes the file, draws the windows and computes layer 0's input.
+ * Fails before any work when the file holds fewer tokens than one window. */
+mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                       int64_t progress_total, mopt_error *err);
+void calib_free(calib *c);
+
+/* Observer called for node `node` of sample `sample`; inputs/outputs are [T, width]. */
+typedef void (*calib_obs)(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w,
+                          const float *out, int32_t out_w, int32_t T);
+
+/* Runs layer l's nodes up to and including node `upto` (-1: the whole layer)
+ * on every sample, with the observer. With keep_output the layer's output is
+ * stored in x_next (only when the whole layer ran). */
+mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, void *user, int keep_output,
+                            mopt_error *err);
+/* Makes x_next the next layer's input. */
+void calib_advance(calib *c);
+/* Counts one unit of progress (the host draws the bar). */
+void calib_tick(calib *c);
+
+#endif

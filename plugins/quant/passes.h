@@ -1,0 +1,18 @@
+/* The quant plugin's passes. */
+#ifndef MOPT_QUANT_PASSES_H
+#define MOPT_QUANT_PASSES_H
+
+#include "mopt/plugin.h"
+
+extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, quant_smoothquant_pass, quant_fp8_pass;
+
+/* Option specs every integer method shares. */
+#define Q_INT_OPTS(default_bits, default_group)                                                                    \
+    {"bits", MOPT_OPT_INT, 0, "weight bits (2, 3, 4 or 8)", default_bits, 1, 16, NULL},                         \
+    {"group_size", MOPT_OPT_INT, 0, "columns sharing a scale (multiple of 32, or -1 for a whole row)",          \
+     default_group, -1, 1 << 20, NULL},                                                                          \
+    {"sym", MOPT_OPT_BOOL, 0, "symmetric grid (no zero-points)", "false", 0, -1, NULL},                         \
+    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); lm_head and embeddings are never quantized", \
+     "", 0, -1, NULL}
+
+#endif

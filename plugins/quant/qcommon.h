@@ -1,0 +1,83 @@
+/* Shared pieces of the quantization passes: target linears, the integer
+ * grid (RTN), packing into the core's formats, option checks, the report. */
+#ifndef MOPT_QCOMMON_H
+#define MOPT_QCOMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mopt/plugin.h"
+
+/* A decoder linear the pass will quantize. */
+typedef struct qlinear {
+    int32_t node;  /* graph node index */
+    int32_t layer;
+    int32_t role;  /* mopt_role */
+    int64_t out, in;
+    char wname[MOPT_MAX_NAME]; /* its weight tensor */
+    char nname[64];            /* its node name */
+} qlinear;
+
+typedef struct qspec {
+    int32_t bits;
+    int32_t group; /* -1: whole row */
+    int32_t sym;
+} qspec;
+
+/* Checks bits/group_size before any work. */
+mopt_status q_check_spec(const mopt_host_api *h, const char *pass, qspec sp, mopt_error *err);
+qspec q_spec_from(const mopt_host_api *h, const mopt_options *o);
+
+/* The LINEAR nodes of the decoder blocks not matched by the `exclude` globs
+ * (matched against node and tensor names). lm_head and embeddings are never
+ * linears here. *out is malloc'd. */
+mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options *o, qlinear **out, int32_t *n,
+                      mopt_error *err);
+/* Same, restricted to one layer, into a caller array of cap entries. */
+int32_t q_layer_linears(const qlinear *all, int32_t n, int32_t layer, const qlinear **out, int32_t cap);
+
+/* The weight as fp32 [out, in] (malloc'd). */
+float *q_weight_f32(const mopt_host_api *h, mopt_graph *g, const qlinear *l, mopt_error *err);
+
+/* Grid of one group: scale (rounded to what f16 stores) and zero-point.
+ * Asymmetric: scale = (max - min) / maxq, zero = round(-min / scale) (AWQ/RTN).
+ * Symmetric: 8-bit uses max|w| / 127 around 128; fewer bits use GPTQ's
+ * 2 max|w| / maxq around 2^(b-1). */
+void q_grid(const mopt_host_api *h, const float *w, int64_t n, int64_t stride, qspec sp, float *scale, uint8_t *zero);
+static inline uint8_t q_level(float w, float scale, uint8_t zero, int32_t bits) {
+    float q = __builtin_nearbyintf(w / scale) + (float)zero;
+    float maxq = (float)((1 << bits) - 1);
+    return (uint8_t)(q < 0 ? 0 : q > maxq ? maxq : q);
+}
+static inline float q_deq(uint8_t q, float scale, uint8_t zero) { return ((float)q - (float)zero) * scale; }
+
+/* Round-to-nearest of a whole matrix: levels [out, in], scales/zeros [out, n_groups]. */
+void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspec sp, uint8_t *q, float *scales,
+           uint8_t *zeros);
+/* W <- dequant(quant(W)) in place (searches judge candidates this way). */
+void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp);
+
+/* Packs levels into a QINT tensor named like the linear's weight and puts it in the graph. */
+mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
+                      const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err);
+/* Replaces the named tensor with an fp32 tensor holding `data` (dims in PyTorch order). */
+mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
+                          const float *data, mopt_error *err);
+
+/* Storage bytes and element count of the target linears' weights as they stand. */
+void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, int64_t *bytes, int64_t *weights);
+/* method, bits, group_size, weight_bytes(_baseline), bits_per_weight, layers */
+void q_report(const mopt_host_api *h, mopt_report *r, const char *method, qspec sp, int64_t bytes_before,
+              int64_t bytes_after, int64_t weights, int32_t n_linear);
+
+/* Small deterministic generator for sampling. */
+static inline uint64_t q_rand(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+#endif

@@ -1,0 +1,53 @@
+/* quant.rtn: round-to-nearest, per group along the input dimension. */
+#include <stdlib.h>
+
+#include "passes.h"
+#include "qcommon.h"
+
+static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                       mopt_report *report, mopt_error *err) {
+    qspec sp = q_spec_from(h, o);
+    mopt_status st = q_check_spec(h, "quant.rtn", sp, err);
+    if (st) return st;
+    if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.rtn", "needs a model");
+    qlinear *ls;
+    int32_t n;
+    if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
+    int64_t before, after, weights;
+    q_measure(h, g, ls, n, &before, &weights);
+    for (int32_t i = 0; i < n && st == MOPT_OK; i++) {
+        const qlinear *l = &ls[i];
+        const int64_t ng = l->in / (sp.group > 0 ? sp.group : l->in) + (sp.group > 0 && l->in % sp.group ? 1 : 0);
+        float *W = q_weight_f32(h, g, l, err);
+        uint8_t *q = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
+        float *s = malloc((size_t)(l->out * ng) * sizeof *s);
+        if (!W || !q || !z || !s) st = err && err->code ? (mopt_status)err->code : h->error_set(err, MOPT_E_NOMEM, "quant.rtn", "out of memory");
+        if (!st) {
+            q_rtn(h, W, l->out, l->in, sp, q, s, z);
+            st = q_install(h, g, l, sp, q, s, z, NULL, err);
+        }
+        free(W);
+        free(q);
+        free(z);
+        free(s);
+        h->progress(ctx, i + 1, n);
+    }
+    if (!st) {
+        q_measure(h, g, ls, n, &after, &weights);
+        q_report(h, report, "rtn", sp, before, after, weights, n);
+    }
+    free(ls);
+    return st;
+}
+
+static const mopt_opt_spec opts[] = {Q_INT_OPTS("4", "128")};
+
+const mopt_pass_desc quant_rtn_pass = {
+    .struct_size = sizeof(mopt_pass_desc),
+    .kind = MOPT_PASS_TRANSFORM,
+    .name = "quant.rtn",
+    .summary = "round-to-nearest weight quantization (int8/4/3/2, groups, sym or asym), packed",
+    .opts = opts,
+    .n_opts = sizeof opts / sizeof *opts,
+    .run = run,
+};
