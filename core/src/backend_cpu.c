@@ -17,6 +17,7 @@
 
 #define GEMM_ROWS 64 /* weight rows per prefill task */
 #define GEMV_ROWS 16 /* weight rows per decode task */
+#define ATT_ROWS 32  /* query rows per prefill attention task */
 
 extern void openblas_set_num_threads(int);
 
@@ -33,6 +34,7 @@ typedef struct cpu_ctx {
     int32_t n_threads;
     float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
     float **sscratch;   /* per thread: max_ctx attention scores */
+    float **ascratch;   /* per thread: ATT_ROWS x max_ctx attention probabilities (prefill) */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
     size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
@@ -47,6 +49,8 @@ static void cpu_free(void *p) {
         if (c->wscratch) free(c->wscratch[i]);
         if (c->sscratch) free(c->sscratch[i]);
     }
+    for (int32_t i = 0; c->ascratch && i < c->n_threads; i++) free(c->ascratch[i]);
+    free(c->ascratch);
     free(c->wscratch);
     free(c->sscratch);
     free(c->xbuf);
@@ -72,11 +76,13 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     }
     c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
     c->sscratch = calloc((size_t)c->n_threads, sizeof *c->sscratch);
-    if (!c->wscratch || !c->sscratch) goto nomem;
+    c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
+    if (!c->wscratch || !c->sscratch || !c->ascratch) goto nomem;
     for (int32_t i = 0; i < c->n_threads; i++) {
         c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
         c->sscratch[i] = malloc((size_t)max_ctx * sizeof(float));
-        if (!c->wscratch[i] || !c->sscratch[i]) goto nomem;
+        c->ascratch[i] = malloc((size_t)ATT_ROWS * (size_t)max_ctx * sizeof(float));
+        if (!c->wscratch[i] || !c->sscratch[i] || !c->ascratch[i]) goto nomem;
     }
     openblas_set_num_threads(1);
     pthread_once(&e4m3_once, e4m3_init);
@@ -128,7 +134,28 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
         }
         return;
     }
-    default: /* QINT and W8A8 */
+    case MOPT_DTYPE_QINT:
+        if (!w->quant->g_idx) {
+            const mopt_quant_info *q = w->quant;
+            const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
+            const int64_t gs = q->group_size > 0 ? q->group_size : in, ng = q->scale->ne[0];
+            const float zsym = (float)(1 << (bits - 1));
+            for (int64_t r = 0; r < rows; r++) {
+                const uint8_t *row = (const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1];
+                const uint16_t *sc = (const uint16_t *)q->scale->data + (o0 + r) * ng;
+                const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + (o0 + r) * ng : NULL;
+                float *d = dst + r * in, v[32];
+                for (int64_t b = 0; b * 32 < in; b++) {
+                    mopt_qblock_levels(row + b * bb, bits, v);
+                    int64_t c0 = b * 32, g = c0 / gs; /* groups are whole blocks */
+                    float s = mopt_f16_to_f32(sc[g]), z = zp ? (float)zp[g] : zsym;
+                    for (int j = 0; j < 32 && c0 + j < in; j++) d[c0 + j] = (v[j] - z) * s;
+                }
+            }
+            return;
+        }
+        __attribute__((fallthrough)); /* act-order rows go element by element */
+    default: /* W8A8 and act-order QINT */
         for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
     }
 }
@@ -399,6 +426,35 @@ static void attention_task(void *p, int64_t task, int32_t thread) {
     }
 }
 
+/* Prefill: per (head, block of query rows), scores = Q K^T and out = P V as
+ * GEMMs, with the causal mask and softmax in between. */
+static void attention_block_task(void *p, int64_t task, int32_t thread) {
+    op_job *j = p;
+    const mopt_op_args *a = j->a;
+    const mopt_node *n = a->node;
+    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
+    const int32_t nblk = (a->T + ATT_ROWS - 1) / ATT_ROWS;
+    const int32_t h = (int32_t)(task / nblk), t0 = (int32_t)(task % nblk) * ATT_ROWS;
+    const int32_t rows = a->T - t0 < ATT_ROWS ? a->T - t0 : ATT_ROWS, kvh = h / group;
+    const int32_t ctx = a->pos + t0 + rows; /* keys the last row can see */
+    float *S = j->c->ascratch[thread];    /* [rows, ctx] */
+    const float scale = 1.0f / sqrtf((float)hd);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, scale,
+                a->in[0] + (size_t)t0 * a->in_width[0] + h * hd, a->in_width[0], a->k_cache + kvh * hd, kvd, 0.0f, S, ctx);
+    for (int32_t r = 0; r < rows; r++) {
+        float *row = S + (size_t)r * ctx;
+        const int32_t visible = a->pos + t0 + r + 1;
+        float mx = -INFINITY, sum = 0;
+        for (int32_t s2 = 0; s2 < visible; s2++) mx = fmaxf(mx, row[s2]);
+        for (int32_t s2 = 0; s2 < visible; s2++) sum += (row[s2] = expf(row[s2] - mx));
+        const float inv = 1.0f / sum;
+        for (int32_t s2 = 0; s2 < visible; s2++) row[s2] *= inv;
+        for (int32_t s2 = visible; s2 < ctx; s2++) row[s2] = 0.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, S, ctx, a->v_cache + kvh * hd, kvd, 0.0f,
+                a->out + (size_t)t0 * a->out_width + h * hd, a->out_width);
+}
+
 static void attention(cpu_ctx *c, const mopt_op_args *a) {
     const mopt_node *n = a->node;
     const int32_t kvd = n->n_kv_heads * n->head_dim;
@@ -407,7 +463,10 @@ static void attention(cpu_ctx *c, const mopt_op_args *a) {
         memcpy(a->v_cache + (size_t)(a->pos + t) * kvd, a->in[2] + (size_t)t * a->in_width[2], (size_t)kvd * 4);
     }
     op_job j = {c, a};
-    mopt_pool_run(c->pool, (int64_t)a->T * n->n_heads, attention_task, &j);
+    if (a->T >= 8 && c->ascratch)
+        mopt_pool_run(c->pool, (int64_t)n->n_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
+    else
+        mopt_pool_run(c->pool, (int64_t)a->T * n->n_heads, attention_task, &j);
 }
 
 static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err) {

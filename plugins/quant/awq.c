@@ -1,3 +1,434 @@
+/* quant.awq: activation-aware weight quantization as AutoAWQ computes it.
+ * Per decoder block, on the calibration inputs of the full-precision model:
+ *   1. scale groups read from the graph: a norm and the linears it feeds
+ *      (judged on the block's output: attention for q/k/v, the MLP for
+ *      gate/up), v -> o when their shapes match (no GQA), up -> down when the
+ *      activation is SwiGLU (linear in up);
+ *   2. per group, a 20-point grid over r in [0, 0.95]: s = x_mean^r (llm-awq;
+ *      AutoAWQ's duo_scaling divides by w_mean^(1-r) + 1e-4), s /= sqrt(max s * min s), judged by
+ *      the MSE of the module output with W <- Q(W diag(s)) / s;
+ *   3. the best s is folded into the preceding norm or linear (exact in full
+ *      precision) and the scaled linears' columns;
+ *   4. clip search (not for q/k): per output row and group, the max |w| shrunk
+ *      by 0..45% in 10 steps, judged on 512 sampled tokens;
+ *   5. round-to-nearest packing with AWQ's asymmetric grid.
+ * The next block's input is the full-precision output, as in AutoAWQ. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
 #include "passes.h"
-static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *r, mopt_error *err) { return h->error_set(err, MOPT_E_UNSUPPORTED, "quant.awq", "not yet"); }
-const mopt_pass_desc quant_awq_pass = {.struct_size = sizeof(mopt_pass_desc), .kind = MOPT_PASS_TRANSFORM, .name = "quant.awq", .summary = "AWQ", .run = run};
+#include "qcommon.h"
+
+#define AWQ_GRID 20
+#define AWQ_MAX_LIN 4
+#define CLIP_TOKENS 512
+#define CLIP_STEPS 10
+
+typedef struct agroup {
+    int32_t prev_node;               /* norm or linear whose output channels carry 1/s */
+    int32_t lin[AWQ_MAX_LIN], n_lin; /* indices into the layer's qlinear array */
+    int32_t first, last;             /* inspected node range [first, last] */
+    int32_t in_value, out_value;     /* module input (= the linears' input) and output */
+    int64_t width;                   /* channels scaled */
+} agroup;
+
+typedef struct cache {
+    int32_t value;  /* graph value captured */
+    int64_t width;
+    float *data;    /* [S, L, width] */
+} cache;
+
+typedef struct capture {
+    cache *c;
+    int32_t nc, S, L;
+    const mopt_host_api *h;
+    mopt_graph *g;
+} capture;
+
+static void grab(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w,
+                 const float *out, int32_t out_w, int32_t T) {
+    capture *cp = user;
+    if (sample >= cp->S) return;
+    const mopt_node *nd = cp->h->graph_node(cp->g, node);
+    for (int32_t k = 0; k < cp->nc; k++) {
+        cache *c = &cp->c[k];
+        const float *src = NULL;
+        if (nd->output == c->value) src = out;
+        for (int32_t i = 0; i < nd->n_inputs && !src; i++)
+            if (nd->inputs[i] == c->value) src = in[i];
+        if (src) memcpy(c->data + (size_t)sample * cp->L * c->width, src, (size_t)T * c->width * sizeof(float));
+    }
+}
+
+static cache *find_cache(cache *cs, int32_t n, int32_t value) {
+    for (int32_t i = 0; i < n; i++)
+        if (cs[i].value == value) return &cs[i];
+    return NULL;
+}
+
+/* MSE of the module's output against the reference, over the S samples. */
+static mopt_status module_loss(calib *c, const agroup *gr, cache *in, cache *ref, int32_t S, double *loss,
+                               mopt_error *err) {
+    const mopt_host_api *h = c->h;
+    double sum = 0;
+    const size_t per = (size_t)c->L * ref->width;
+    for (int32_t i = 0; i < S; i++) {
+        mopt_status st = h->session_set_value(c->s, in->value, in->data + (size_t)i * c->L * in->width, c->L, err);
+        if (!st) st = h->session_run_range(c->s, gr->first, gr->last + 1, NULL, c->L, NULL, NULL, err);
+        if (st) return st;
+        const float *out = h->session_value(c->s, ref->value), *want = ref->data + (size_t)i * per;
+        for (size_t k = 0; k < per; k++) {
+            double d = (double)out[k] - want[k];
+            sum += d * d;
+        }
+    }
+    *loss = sum / ((double)S * (double)per);
+    return MOPT_OK;
+}
+
+/* Fake-quantized W diag(s) / s, as an fp32 tensor named like the weight. */
+static mopt_tensor *trial_weight(const mopt_host_api *h, const qlinear *l, const float *W, const float *s, qspec sp,
+                                 mopt_error *err) {
+    int64_t dims[2] = {l->out, l->in};
+    mopt_tensor *t = h->tensor_new(l->wname, MOPT_DTYPE_F32, 2, dims, err);
+    if (!t) return NULL;
+    float *d = t->data;
+    for (int64_t r = 0; r < l->out; r++)
+        for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] = W[r * l->in + j] * s[j];
+    q_fake_quant(h, d, l->out, l->in, sp);
+    for (int64_t r = 0; r < l->out; r++)
+        for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] /= s[j];
+    return t;
+}
+
+/* Searches the group's scales; returns them in best_s[width]. */
+static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, float **Wf, cache *in, cache *ref,
+                                 int32_t S, qspec sp, int duo, float *best_s, mopt_error *err) {
+    const mopt_host_api *h = c->h;
+    const int64_t width = gr->width, ntok = (int64_t)S * c->L;
+    double *x_mean = calloc((size_t)width, sizeof *x_mean), *w_mean = calloc((size_t)width, sizeof *w_mean);
+    float *s = malloc((size_t)width * sizeof *s);
+    mopt_status st = MOPT_OK;
+    if (!x_mean || !w_mean || !s) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
+    /* x_mean[j]: mean |x_j| over tokens */
+    for (int64_t t = 0; !st && t < ntok; t++)
+        for (int64_t j = 0; j < width; j++) x_mean[j] += fabsf(in->data[t * width + j]);
+    for (int64_t j = 0; !st && j < width; j++) x_mean[j] /= (double)ntok;
+    /* w_mean[j]: mean over the concatenated rows of |w| / (group max |w| + 1e-6) */
+    int64_t rows = 0;
+    const int64_t gs = sp.group > 0 ? sp.group : width;
+    for (int32_t k = 0; !st && k < gr->n_lin; k++) {
+        const qlinear *l = &ls[gr->lin[k]];
+        for (int64_t r = 0; r < l->out; r++)
+            for (int64_t c0 = 0; c0 < width; c0 += gs) {
+                int64_t c1 = c0 + gs < width ? c0 + gs : width;
+                float mx = 0;
+                for (int64_t j = c0; j < c1; j++) mx = fmaxf(mx, fabsf(Wf[k][r * width + j]));
+                for (int64_t j = c0; j < c1; j++) w_mean[j] += fabsf(Wf[k][r * width + j]) / (mx + 1e-6);
+            }
+        rows += l->out;
+    }
+    for (int64_t j = 0; !st && j < width; j++) w_mean[j] /= (double)rows;
+    double best = INFINITY;
+    for (int32_t i = 0; !st && i < AWQ_GRID; i++) {
+        const double ratio = (double)i / AWQ_GRID;
+        double mx = 0, mn = INFINITY;
+        for (int64_t j = 0; j < width; j++) {
+            double v = duo ? pow(x_mean[j], ratio) / (pow(w_mean[j], 1 - ratio) + 1e-4) : pow(x_mean[j], ratio);
+            if (v < 1e-4) v = 1e-4;
+            s[j] = (float)v;
+            mx = fmax(mx, v);
+            mn = fmin(mn, v);
+        }
+        const float norm = (float)sqrt(mx * mn);
+        for (int64_t j = 0; j < width; j++) s[j] /= norm;
+        /* swap the trial weights in, measure, swap the originals back */
+        mopt_tensor *orig[AWQ_MAX_LIN] = {0};
+        for (int32_t k = 0; k < gr->n_lin && !st; k++) {
+            mopt_tensor *t = trial_weight(h, &ls[gr->lin[k]], Wf[k], s, sp, err);
+            if (!t) st = MOPT_E_NOMEM;
+            else orig[k] = h->graph_swap_tensor(c->g, t, err);
+        }
+        double loss = INFINITY;
+        if (!st) st = module_loss(c, gr, in, ref, S, &loss, err);
+        for (int32_t k = 0; k < gr->n_lin; k++)
+            if (orig[k]) h->tensor_free(h->graph_swap_tensor(c->g, orig[k], NULL));
+        if (!st && loss < best) {
+            best = loss;
+            memcpy(best_s, s, (size_t)width * sizeof *s);
+        }
+    }
+    free(x_mean);
+    free(w_mean);
+    free(s);
+    return st;
+}
+
+/* Clip search on W (already scaled) with inputs x [ntok, in] (already divided by s). */
+static void search_clip(const mopt_host_api *h, float *W, int64_t out, int64_t in, const float *x, int64_t ntok, qspec sp) {
+    const int64_t step = ntok / CLIP_TOKENS > 0 ? ntok / CLIP_TOKENS : 1, T = (ntok + step - 1) / step;
+    const int64_t gs = sp.group > 0 ? sp.group : in;
+    float *Xg = malloc((size_t)(T * gs) * sizeof *Xg), *Wg = malloc((size_t)(out * gs) * sizeof *Wg);
+    float *Wq = malloc((size_t)(out * gs) * sizeof *Wq), *org = malloc((size_t)(T * out) * sizeof *org);
+    float *cur = malloc((size_t)(T * out) * sizeof *cur), *amax = malloc((size_t)out * sizeof *amax);
+    float *best = malloc((size_t)out * sizeof *best);
+    double *min_err = malloc((size_t)out * sizeof *min_err);
+    if (!Xg || !Wg || !Wq || !org || !cur || !amax || !best || !min_err) goto done;
+    for (int64_t c0 = 0; c0 < in; c0 += gs) {
+        const int64_t n = c0 + gs < in ? gs : in - c0;
+        for (int64_t t = 0; t < T; t++) memcpy(Xg + t * n, x + (t * step) * in + c0, (size_t)n * sizeof *Xg);
+        for (int64_t r = 0; r < out; r++) {
+            memcpy(Wg + r * n, W + r * in + c0, (size_t)n * sizeof *Wg);
+            float m = 0;
+            for (int64_t j = 0; j < n; j++) m = fmaxf(m, fabsf(Wg[r * n + j]));
+            amax[r] = best[r] = m;
+            min_err[r] = INFINITY;
+        }
+        h->sgemm(0, 1, (int32_t)T, (int32_t)out, (int32_t)n, 1.0f, Xg, (int32_t)n, Wg, (int32_t)n, 0.0f, org, (int32_t)out);
+        for (int32_t k = 0; k < CLIP_STEPS; k++) {
+            for (int64_t r = 0; r < out; r++) {
+                const float mv = amax[r] * (1.0f - (float)k / AWQ_GRID);
+                for (int64_t j = 0; j < n; j++) Wq[r * n + j] = fminf(fmaxf(Wg[r * n + j], -mv), mv);
+            }
+            qspec g1 = sp;
+            g1.group = -1; /* each row of Wq is exactly one group here */
+            q_fake_quant(h, Wq, out, n, g1);
+            h->sgemm(0, 1, (int32_t)T, (int32_t)out, (int32_t)n, 1.0f, Xg, (int32_t)n, Wq, (int32_t)n, 0.0f, cur, (int32_t)out);
+            for (int64_t r = 0; r < out; r++) {
+                double e = 0;
+                for (int64_t t = 0; t < T; t++) {
+                    double d = (double)cur[t * out + r] - org[t * out + r];
+                    e += d * d;
+                }
+                e /= (double)T;
+                if (e < min_err[r]) {
+                    min_err[r] = e;
+                    best[r] = amax[r] * (1.0f - (float)k / AWQ_GRID);
+                }
+            }
+        }
+        for (int64_t r = 0; r < out; r++)
+            for (int64_t j = 0; j < n; j++) W[r * in + c0 + j] = fminf(fmaxf(W[r * in + c0 + j], -best[r]), best[r]);
+    }
+done:
+    free(Xg);
+    free(Wg);
+    free(Wq);
+    free(org);
+    free(cur);
+    free(amax);
+    free(best);
+    free(min_err);
+}
+
+/* Divides the output channels of the group's predecessor by s: a norm's
+ * weight (and bias), or a linear's rows (and bias). */
+static mopt_status fold_into_prev(const mopt_host_api *h, mopt_graph *g, const mopt_node *prev, const float *s,
+                                  int64_t width, mopt_error *err) {
+    const mopt_tensor *parts[2] = {prev->weight, prev->bias};
+    for (int p = 0; p < 2; p++) {
+        const mopt_tensor *t = parts[p];
+        if (!t) continue;
+        const int64_t n = h->tensor_nelements(t), cols = t->ndim == 2 ? t->ne[0] : 1, rows = n / cols;
+        float *d = malloc((size_t)n * sizeof *d);
+        if (!d) return h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
+        mopt_status st = t->ndim == 2 ? MOPT_OK : h->tensor_read_f32(t, 0, n, d, err);
+        for (int64_t r = 0; !st && t->ndim == 2 && r < rows; r++) st = h->weight_row_f32(t, r, d + r * cols, err);
+        /* the last `width` rows (v of a fused qkv would be the tail) or elements */
+        for (int64_t r = rows - width; !st && r < rows; r++)
+            for (int64_t j = 0; j < cols; j++) d[r * cols + j] /= s[r - (rows - width)];
+        int64_t dims[2] = {rows, cols};
+        if (!st) st = q_install_f32(h, g, t->name, t->ndim, t->ndim == 2 ? dims : &dims[0], d, err);
+        free(d);
+        if (st) return st;
+    }
+    return MOPT_OK;
+}
+
+static int find_lin(const qlinear **mine, int32_t k, int32_t role) {
+    for (int32_t i = 0; i < k; i++)
+        if (mine[i]->role == role) return i;
+    return -1;
+}
+
+static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                       mopt_report *report, mopt_error *err) {
+    qspec sp = q_spec_from(h, o);
+    mopt_status st = q_check_spec(h, "quant.awq", sp, err);
+    if (st) return st;
+    if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.awq", "needs a model");
+    const int do_clip = h->opt_bool(o, "clip"), duo = h->opt_bool(o, "duo_scaling");
+    qlinear *ls;
+    int32_t n;
+    if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
+    int64_t before, after, weights;
+    q_measure(h, g, ls, n, &before, &weights);
+    const mopt_arch *a = h->graph_arch(g);
+    calib c;
+    if ((st = calib_init(&c, h, ctx, g, o, (int64_t)a->n_layers * 3, err))) {
+        free(ls);
+        return st;
+    }
+    const int32_t S = (int32_t)(h->opt_int(o, "search_samples") < c.N ? h->opt_int(o, "search_samples") : c.N);
+    int32_t n_groups_applied = 0;
+    for (int32_t l = 0; l < a->n_layers && !st; l++) {
+        const qlinear *mine[32];
+        int32_t k = q_layer_linears(ls, n, l, mine, 32);
+        /* 1. scale groups, from the graph */
+        agroup grs[8];
+        int32_t ng = 0;
+        for (int32_t i = c.first[l]; i < c.last[l]; i++) {
+            const mopt_node *nd = h->graph_node(g, i);
+            if (nd->op != MOPT_OP_RMSNORM && nd->op != MOPT_OP_LAYERNORM) continue;
+            int32_t end = h->graph_find_node(g, nd->role == MOPT_ROLE_ATTN_NORM ? MOPT_ROLE_ATTN_O : MOPT_ROLE_MLP_DOWN, l);
+            agroup gr = {i, {0}, 0, 1 << 30, end, -1, -1, nd->weight->ne[0]};
+            int32_t cons[8], nc = h->graph_consumers(g, nd->output, cons, 8);
+            int all_targets = nc > 0 && end >= 0;
+            for (int32_t m = 0; m < nc && m < 8; m++) {
+                int idx = -1;
+                for (int32_t q = 0; q < k; q++)
+                    if (mine[q]->node == cons[m]) idx = q;
+                if (idx < 0 || gr.n_lin == AWQ_MAX_LIN) all_targets = 0;
+                else {
+                    gr.lin[gr.n_lin++] = (int32_t)(mine[idx] - ls);
+                    if (cons[m] < gr.first) gr.first = cons[m];
+                }
+            }
+            if (!all_targets) continue;
+            gr.in_value = nd->output;
+            gr.out_value = h->graph_node(g, end)->output;
+            grs[ng++] = gr;
+        }
+        int vi = find_lin(mine, k, MOPT_ROLE_ATTN_V), oi = find_lin(mine, k, MOPT_ROLE_ATTN_O);
+        if (vi >= 0 && oi >= 0 && mine[vi]->out == mine[oi]->in) { /* v -> o, only without GQA */
+            const mopt_node *on = h->graph_node(g, mine[oi]->node);
+            grs[ng++] = (agroup){mine[vi]->node, {(int32_t)(mine[oi] - ls)}, 1, mine[oi]->node, mine[oi]->node,
+                                 on->inputs[0], on->output, mine[oi]->in};
+        }
+        int ui = find_lin(mine, k, MOPT_ROLE_MLP_UP), di = find_lin(mine, k, MOPT_ROLE_MLP_DOWN);
+        int32_t act = h->graph_find_node(g, MOPT_ROLE_MLP_ACT, l);
+        if (ui >= 0 && di >= 0 && act >= 0 && h->graph_node(g, act)->op == MOPT_OP_SWIGLU) { /* up -> down */
+            const mopt_node *dn = h->graph_node(g, mine[di]->node);
+            grs[ng++] = (agroup){mine[ui]->node, {(int32_t)(mine[di] - ls)}, 1, mine[di]->node, mine[di]->node,
+                                 dn->inputs[0], dn->output, mine[di]->in};
+        }
+        /* 2. capture the groups' inputs and outputs (full precision) and the next block's input */
+        cache cs[16];
+        int32_t nc = 0;
+        for (int32_t i = 0; i < ng && !st; i++) {
+            int32_t vals[2] = {grs[i].in_value, grs[i].out_value};
+            for (int v = 0; v < 2; v++) {
+                if (find_cache(cs, nc, vals[v])) continue;
+                cs[nc].value = vals[v];
+                cs[nc].width = v == 0 ? grs[i].width : a->dim;
+                cs[nc].data = malloc((size_t)S * c.L * (size_t)cs[nc].width * sizeof(float));
+                if (!cs[nc].data) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory for cached activations");
+                nc++;
+            }
+        }
+        for (int32_t m = 0; m < k && !st && nc < 16; m++) { /* every linear's input, for clipping */
+            int32_t v = h->graph_node(g, mine[m]->node)->inputs[0];
+            if (find_cache(cs, nc, v)) continue;
+            cs[nc].value = v;
+            cs[nc].width = mine[m]->in;
+            cs[nc].data = malloc((size_t)S * c.L * (size_t)cs[nc].width * sizeof(float));
+            if (!cs[nc].data) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory for cached activations");
+            nc++;
+        }
+        capture cp = {cs, nc, S, c.L, h, g};
+        if (!st) st = calib_run_layer(&c, l, -1, grab, &cp, 1, err);
+        calib_tick(&c);
+        /* 3. search every group on the original weights */
+        float *scales[8] = {0};
+        for (int32_t i = 0; i < ng && !st; i++) {
+            float *Wf[AWQ_MAX_LIN] = {0};
+            for (int32_t m = 0; m < grs[i].n_lin && !st; m++)
+                if (!(Wf[m] = q_weight_f32(h, g, &ls[grs[i].lin[m]], err))) st = MOPT_E_NOMEM;
+            scales[i] = malloc((size_t)grs[i].width * sizeof(float));
+            if (!st && !scales[i]) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
+            if (!st)
+                st = search_scales(&c, &grs[i], ls, Wf, find_cache(cs, nc, grs[i].in_value),
+                                   find_cache(cs, nc, grs[i].out_value), S, sp, duo, scales[i], err);
+            for (int32_t m = 0; m < grs[i].n_lin; m++) free(Wf[m]);
+        }
+        calib_tick(&c);
+        /* 4. apply: predecessor / s, linear columns * s, cached inputs / s */
+        for (int32_t i = 0; i < ng && !st; i++) {
+            st = fold_into_prev(h, g, h->graph_node(g, grs[i].prev_node), scales[i], grs[i].width, err);
+            for (int32_t m = 0; m < grs[i].n_lin && !st; m++) {
+                const qlinear *lin = &ls[grs[i].lin[m]];
+                float *W = q_weight_f32(h, g, lin, err);
+                if (!W) {
+                    st = MOPT_E_NOMEM;
+                    break;
+                }
+                for (int64_t r = 0; r < lin->out; r++)
+                    for (int64_t j = 0; j < lin->in; j++) W[r * lin->in + j] *= scales[i][j];
+                int64_t dims[2] = {lin->out, lin->in};
+                st = q_install_f32(h, g, lin->wname, 2, dims, W, err);
+                free(W);
+            }
+            cache *in = find_cache(cs, nc, grs[i].in_value);
+            for (int64_t t = 0; !st && t < (int64_t)S * c.L; t++)
+                for (int64_t j = 0; j < grs[i].width; j++) in->data[t * grs[i].width + j] /= scales[i][j];
+            n_groups_applied++;
+        }
+        /* 5. clip (not q/k: their errors are judged through attention scores) and pack */
+        for (int32_t m = 0; m < k && !st; m++) {
+            const qlinear *lin = mine[m];
+            float *W = q_weight_f32(h, g, lin, err);
+            if (!W) {
+                st = MOPT_E_NOMEM;
+                break;
+            }
+            cache *in = find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]);
+            if (do_clip && in && lin->role != MOPT_ROLE_ATTN_Q && lin->role != MOPT_ROLE_ATTN_K)
+                search_clip(h, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
+            const int64_t gsz = sp.group > 0 ? sp.group : lin->in, ngr = (lin->in + gsz - 1) / gsz;
+            uint8_t *q = malloc((size_t)(lin->out * lin->in)), *z = malloc((size_t)(lin->out * ngr));
+            float *sc = malloc((size_t)(lin->out * ngr) * sizeof *sc);
+            if (!q || !z || !sc) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
+            else {
+                q_rtn(h, W, lin->out, lin->in, sp, q, sc, z);
+                st = q_install(h, g, lin, sp, q, sc, z, NULL, err);
+            }
+            free(q);
+            free(z);
+            free(sc);
+            free(W);
+        }
+        calib_tick(&c);
+        for (int32_t i = 0; i < ng; i++) free(scales[i]);
+        for (int32_t i = 0; i < nc; i++) free(cs[i].data);
+        if (!st) calib_advance(&c); /* full-precision output of this block */
+    }
+    calib_free(&c);
+    if (!st) {
+        q_measure(h, g, ls, n, &after, &weights);
+        q_report(h, report, "awq", sp, before, after, weights, n);
+        h->report_metric(report, "scale_groups", n_groups_applied);
+        h->report_metric(report, "search_samples", S);
+    }
+    free(ls);
+    return st;
+}
+
+static const mopt_opt_spec opts[] = {
+    Q_INT_OPTS("4", "128"),
+    {"clip", MOPT_OPT_BOOL, 0, "search per-group clipping after scaling (AutoAWQ's apply_clip)", "true", 0, -1, NULL},
+    {"search_samples", MOPT_OPT_INT, 0, "calibration windows used to judge scales and clipping", "64", 1, 4096, NULL},
+    {"duo_scaling", MOPT_OPT_BOOL, 0, "AutoAWQ's x_mean^r / w_mean^(1-r) instead of llm-awq's x_mean^r", "false", 0, -1, NULL},
+    Q_CALIB_OPTS(1),
+};
+
+const mopt_pass_desc quant_awq_pass = {
+    .struct_size = sizeof(mopt_pass_desc),
+    .kind = MOPT_PASS_TRANSFORM,
+    .name = "quant.awq",
+    .summary = "AWQ: activation-aware per-channel scales folded into the graph, clip search, packed int",
+    .opts = opts,
+    .n_opts = sizeof opts / sizeof *opts,
+    .run = run,
+};

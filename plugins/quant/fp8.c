@@ -1,3 +1,113 @@
+/* quant.fp8: E4M3 weights (per output channel amax/448, or one per-tensor
+ * scale) with activations rounded to E4M3 per token (dynamic), with a
+ * calibrated per-tensor scale (static: calibration max / 448), or not at all
+ * (weight-only). On the CPU the kernel widens E4M3 to fp32 as it reads. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
 #include "passes.h"
-static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *r, mopt_error *err) { return h->error_set(err, MOPT_E_UNSUPPORTED, "quant.fp8", "not yet"); }
-const mopt_pass_desc quant_fp8_pass = {.struct_size = sizeof(mopt_pass_desc), .kind = MOPT_PASS_TRANSFORM, .name = "quant.fp8", .summary = "FP8", .run = run};
+#include "qcommon.h"
+
+typedef struct {
+    const mopt_host_api *h;
+    mopt_graph *g;
+    const qlinear *ls;
+    int32_t n;
+    float *amax; /* per linear */
+} fp8_stats;
+
+static void track(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w,
+                  const float *out, int32_t out_w, int32_t T) {
+    fp8_stats *s = user;
+    for (int32_t i = 0; i < s->n; i++) {
+        if (s->ls[i].node != node) continue;
+        for (int64_t k = 0; k < (int64_t)T * in_w[0]; k++) s->amax[i] = fmaxf(s->amax[i], fabsf(in[0][k]));
+    }
+}
+
+static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                       mopt_report *report, mopt_error *err) {
+    if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.fp8", "needs a model");
+    const char *wmode = h->opt_string(o, "weights"), *amode = h->opt_string(o, "activations");
+    const int per_tensor = !strcmp(wmode, "per_tensor"), is_static = !strcmp(amode, "static");
+    if (is_static && !h->opt_is_set(o, "calib"))
+        return h->error_set(err, MOPT_E_INVALID, "quant.fp8", "activations=static needs calib=FILE for the activation maxima");
+    qlinear *ls;
+    int32_t n;
+    mopt_status st;
+    if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
+    int64_t before, after, weights;
+    q_measure(h, g, ls, n, &before, &weights);
+    fp8_stats stats = {h, g, ls, n, calloc((size_t)n, sizeof(float))};
+    if (!stats.amax) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
+    if (!st && is_static) {
+        const mopt_arch *a = h->graph_arch(g);
+        calib c;
+        if (!(st = calib_init(&c, h, ctx, g, o, a->n_layers, err))) {
+            for (int32_t l = 0; l < a->n_layers && !st; l++) {
+                st = calib_run_layer(&c, l, -1, track, &stats, 1, err);
+                calib_advance(&c);
+                calib_tick(&c);
+            }
+            calib_free(&c);
+        }
+    }
+    const uint32_t act = is_static ? MOPT_QUANT_ACT_STATIC : !strcmp(amode, "dynamic") ? MOPT_QUANT_ACT_PER_TOKEN : 0;
+    for (int32_t i = 0; i < n && !st; i++) {
+        const qlinear *l = &ls[i];
+        float *W = q_weight_f32(h, g, l, err), *sc = malloc((size_t)l->out * sizeof *sc);
+        uint8_t *q = malloc((size_t)(l->out * l->in));
+        if (!W || !sc || !q) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
+        float all = 0;
+        for (int64_t r = 0; !st && r < l->out; r++) {
+            float mx = 0;
+            for (int64_t j = 0; j < l->in; j++) mx = fmaxf(mx, fabsf(W[r * l->in + j]));
+            sc[r] = mx > 0 ? mx / 448.0f : 1.0f;
+            all = fmaxf(all, mx);
+        }
+        if (per_tensor && !st) sc[0] = all > 0 ? all / 448.0f : 1.0f;
+        for (int64_t r = 0; !st && r < l->out; r++)
+            for (int64_t j = 0; j < l->in; j++) q[r * l->in + j] = h->f32_to_e4m3(W[r * l->in + j] / sc[per_tensor ? 0 : r]);
+        if (!st) {
+            float as = stats.amax[i] > 0 ? stats.amax[i] / 448.0f : 1.0f;
+            mopt_tensor *t = h->fp8_pack(l->wname, l->out, l->in, q, sc, per_tensor ? 1 : l->out, act, as, err);
+            if (!t) st = MOPT_E_NOMEM;
+            else if ((st = h->graph_replace_tensor(g, t, err))) h->tensor_free(t);
+        }
+        free(W);
+        free(sc);
+        free(q);
+    }
+    if (!st) {
+        q_measure(h, g, ls, n, &after, &weights);
+        qspec sp = {8, -1, 1};
+        q_report(h, report, "fp8-e4m3", sp, before, after, weights, n);
+        h->report_string(report, "weight_scales", wmode);
+        h->report_string(report, "activations", amode);
+    }
+    free(stats.amax);
+    free(ls);
+    return st;
+}
+
+static const char *const wmodes[] = {"per_channel", "per_tensor", NULL};
+static const char *const amodes[] = {"dynamic", "static", "none", NULL};
+
+static const mopt_opt_spec opts[] = {
+    {"weights", MOPT_OPT_ENUM, 0, "weight scales: one per output channel or one per tensor", "per_channel", 0, -1, wmodes},
+    {"activations", MOPT_OPT_ENUM, 0, "activation rounding: per-token dynamic, calibrated per-tensor static, or none", "dynamic", 0, -1, amodes},
+    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names)", "", 0, -1, NULL},
+    Q_CALIB_OPTS(0),
+};
+
+const mopt_pass_desc quant_fp8_pass = {
+    .struct_size = sizeof(mopt_pass_desc),
+    .kind = MOPT_PASS_TRANSFORM,
+    .name = "quant.fp8",
+    .summary = "FP8 E4M3 weights (per-channel or per-tensor) with dynamic, static or no activation rounding",
+    .opts = opts,
+    .n_opts = sizeof opts / sizeof *opts,
+    .run = run,
+};

@@ -1,3 +1,309 @@
+/* quant.gptq: GPTQ (Frantar et al.) as the reference implementation computes
+ * it: Hessian H = 2/N sum x x^T of each linear's calibration inputs, dead
+ * columns zeroed, optional act-order (columns by decreasing diag H), 1%
+ * damping, the upper Cholesky factor of H^-1, 128-column lazy blocks with the
+ * error of each quantized column pushed onto the columns after it. Layers go
+ * in true-sequential order inside a block: linears that share an input
+ * (q/k/v, gate/up) form a group, and each group's H is collected after the
+ * earlier groups are quantized. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
 #include "passes.h"
-static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *r, mopt_error *err) { return h->error_set(err, MOPT_E_UNSUPPORTED, "quant.gptq", "not yet"); }
-const mopt_pass_desc quant_gptq_pass = {.struct_size = sizeof(mopt_pass_desc), .kind = MOPT_PASS_TRANSFORM, .name = "quant.gptq", .summary = "GPTQ", .run = run};
+#include "qcommon.h"
+
+#define GPTQ_BLOCK 128
+
+/* --- dense linear algebra in double --------------------------------------------- */
+
+/* In place lower Cholesky: A = L L^T (upper part left untouched). */
+static int cholesky(double *A, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        double d = A[j * n + j];
+        for (int64_t k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
+        if (!(d > 0)) return 0;
+        d = sqrt(d);
+        A[j * n + j] = d;
+        for (int64_t i = j + 1; i < n; i++) {
+            double s = A[i * n + j];
+            for (int64_t k = 0; k < j; k++) s -= A[i * n + k] * A[j * n + k];
+            A[i * n + j] = s / d;
+        }
+    }
+    return 1;
+}
+
+/* U: upper Cholesky factor of H^-1 (H^-1 = U^T U), from H (overwritten). */
+static int hinv_upper(double *H, int64_t n, float *U) {
+    if (!cholesky(H, n)) return 0;
+    /* Linv = L^-1 (lower), in a fresh buffer */
+    double *Li = calloc((size_t)(n * n), sizeof *Li);
+    if (!Li) return 0;
+    for (int64_t j = 0; j < n; j++) {
+        Li[j * n + j] = 1.0 / H[j * n + j];
+        for (int64_t i = j + 1; i < n; i++) {
+            double s = 0;
+            for (int64_t k = j; k < i; k++) s += H[i * n + k] * Li[k * n + j];
+            Li[i * n + j] = -s / H[i * n + i];
+        }
+    }
+    /* Hinv = Linv^T Linv, into H (full) */
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++) {
+            double s = 0;
+            for (int64_t k = b; k < n; k++) s += Li[k * n + a] * Li[k * n + b];
+            H[a * n + b] = H[b * n + a] = s;
+        }
+    free(Li);
+    if (!cholesky(H, n)) return 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) U[i * n + j] = j >= i ? (float)H[j * n + i] : 0.0f; /* U = L^T */
+    return 1;
+}
+
+/* --- the algorithm ---------------------------------------------------------------- */
+
+typedef struct {
+    int64_t in;
+    float *U;       /* [in, in] */
+    int32_t *perm;  /* [in] or NULL */
+    uint8_t *dead;  /* [in] */
+} gptq_prep;
+
+static int cmp_diag_desc(const void *a, const void *b, void *d) {
+    const double *diag = d;
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (diag[x] != diag[y]) return diag[x] < diag[y] ? 1 : -1;
+    return x - y;
+}
+
+/* Turns an accumulated H (float, token count n) into the factor every linear of the group uses. */
+static mopt_status gptq_prepare(const mopt_host_api *h, const float *Hf, int64_t count, int64_t in, int act_order,
+                                double percdamp, gptq_prep *p, mopt_error *err) {
+    double *H = malloc((size_t)(in * in) * sizeof *H), *diag = malloc((size_t)in * sizeof *diag);
+    p->in = in;
+    p->U = malloc((size_t)(in * in) * sizeof *p->U);
+    p->dead = calloc((size_t)in, 1);
+    p->perm = act_order ? malloc((size_t)in * sizeof *p->perm) : NULL;
+    if (!H || !diag || !p->U || !p->dead || (act_order && !p->perm)) {
+        free(H);
+        free(diag);
+        return h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for a %lld-column Hessian", (long long)in);
+    }
+    const double scale = 2.0 / (double)(count > 0 ? count : 1);
+    for (int64_t i = 0; i < in * in; i++) H[i] = Hf[i] * scale;
+    for (int64_t j = 0; j < in; j++)
+        if (H[j * in + j] == 0) {
+            H[j * in + j] = 1;
+            p->dead[j] = 1;
+        }
+    if (act_order) {
+        for (int64_t j = 0; j < in; j++) {
+            p->perm[j] = (int32_t)j;
+            diag[j] = H[j * in + j];
+        }
+        qsort_r(p->perm, (size_t)in, sizeof *p->perm, cmp_diag_desc, diag);
+        double *Hp = malloc((size_t)(in * in) * sizeof *Hp);
+        if (!Hp) {
+            free(H);
+            free(diag);
+            return h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
+        }
+        for (int64_t a = 0; a < in; a++)
+            for (int64_t b = 0; b < in; b++) Hp[a * in + b] = H[p->perm[a] * in + p->perm[b]];
+        free(H);
+        H = Hp;
+    }
+    double mean = 0;
+    for (int64_t j = 0; j < in; j++) mean += H[j * in + j];
+    mean /= (double)in;
+    /* 1% damping; if H is still not positive definite, damp harder */
+    double *H0 = malloc((size_t)(in * in) * sizeof *H0);
+    int ok = 0;
+    for (int attempt = 0; H0 && attempt < 4 && !ok; attempt++) {
+        memcpy(H0, H, (size_t)(in * in) * sizeof *H0);
+        double damp = percdamp * mean * pow(10.0, attempt);
+        for (int64_t j = 0; j < in; j++) H0[j * in + j] += damp;
+        ok = hinv_upper(H0, in, p->U);
+    }
+    free(H0);
+    free(H);
+    free(diag);
+    if (!ok) return h->error_set(err, MOPT_E_RUNTIME, "quant.gptq", "Hessian of a %lld-column input is not positive definite even after damping", (long long)in);
+    return MOPT_OK;
+}
+
+static void gptq_prep_free(gptq_prep *p) {
+    free(p->U);
+    free(p->perm);
+    free(p->dead);
+}
+
+/* Quantizes W [out, in] (overwritten) into levels/scales/zeros (original column order) and g_idx. */
+static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, int64_t out, qspec sp, uint8_t *qout,
+                          float *scales, uint8_t *zeros, int32_t *g_idx) {
+    const int64_t in = p->in, gs = sp.group > 0 ? sp.group : in, ng = (in + gs - 1) / gs;
+    for (int64_t j = 0; j < in; j++)
+        if (p->dead[j])
+            for (int64_t r = 0; r < out; r++) W[r * in + j] = 0;
+    float *Wp = W;
+    if (p->perm) {
+        Wp = malloc((size_t)(out * in) * sizeof *Wp);
+        for (int64_t r = 0; r < out; r++)
+            for (int64_t k = 0; k < in; k++) Wp[r * in + k] = W[r * in + p->perm[k]];
+    }
+    uint8_t *Q = malloc((size_t)(out * in));
+    float *E = malloc((size_t)(out * GPTQ_BLOCK) * sizeof *E), *rs = malloc((size_t)out * sizeof *rs);
+    uint8_t *rz = malloc((size_t)out);
+    if (sp.group <= 0)
+        for (int64_t r = 0; r < out; r++) q_grid(h, Wp + r * in, in, 1, sp, &rs[r], &rz[r]);
+    for (int64_t i1 = 0; i1 < in; i1 += GPTQ_BLOCK) {
+        const int64_t i2 = i1 + GPTQ_BLOCK < in ? i1 + GPTQ_BLOCK : in, B = i2 - i1;
+        for (int64_t i = i1; i < i2; i++) {
+            if (sp.group > 0 && i % gs == 0) { /* grid of the next group, from the updated weights */
+                int64_t g = i / gs, c1 = i + gs < in ? i + gs : in;
+                for (int64_t r = 0; r < out; r++) {
+                    q_grid(h, Wp + r * in + i, c1 - i, 1, sp, &rs[r], &rz[r]);
+                    scales[r * ng + g] = rs[r];
+                    zeros[r * ng + g] = rz[r];
+                }
+            }
+            const float d = p->U[i * in + i];
+            const float *Ui = p->U + i * in;
+            for (int64_t r = 0; r < out; r++) {
+                float *wr = Wp + r * in;
+                uint8_t q = q_level(wr[i], rs[r], rz[r], sp.bits);
+                float e = (wr[i] - q_deq(q, rs[r], rz[r])) / d;
+                Q[r * in + i] = q;
+                E[r * B + (i - i1)] = e;
+                for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * Ui[j];
+            }
+        }
+        /* lazy update of the columns after the block: W[:, i2:] -= E @ U[i1:i2, i2:] */
+        if (i2 < in)
+            h->sgemm(0, 0, (int32_t)out, (int32_t)(in - i2), (int32_t)B, -1.0f, E, (int32_t)B, p->U + i1 * in + i2,
+                     (int32_t)in, 1.0f, Wp + i2, (int32_t)in);
+    }
+    if (sp.group <= 0)
+        for (int64_t r = 0; r < out; r++) scales[r] = rs[r], zeros[r] = rz[r];
+    for (int64_t r = 0; r < out; r++)
+        for (int64_t k = 0; k < in; k++) qout[r * in + (p->perm ? p->perm[k] : k)] = Q[r * in + k];
+    if (g_idx && p->perm)
+        for (int64_t k = 0; k < in; k++) g_idx[p->perm[k]] = (int32_t)(k / gs);
+    if (Wp != W) free(Wp);
+    free(Q);
+    free(E);
+    free(rs);
+    free(rz);
+}
+
+/* --- driver ------------------------------------------------------------------------ */
+
+typedef struct {
+    const mopt_host_api *h;
+    int32_t node;
+    int64_t in;
+    float *H;
+    int64_t count;
+} hess_acc;
+
+static void accumulate(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w,
+                       const float *out, int32_t out_w, int32_t T) {
+    hess_acc *a = user;
+    if (node != a->node) return;
+    /* H += X^T X for this sample's T tokens */
+    a->h->sgemm(1, 0, (int32_t)a->in, (int32_t)a->in, T, 1.0f, in[0], in_w[0], in[0], in_w[0], 1.0f, a->H, (int32_t)a->in);
+    a->count += T;
+}
+
+static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                       mopt_report *report, mopt_error *err) {
+    qspec sp = q_spec_from(h, o);
+    mopt_status st = q_check_spec(h, "quant.gptq", sp, err);
+    if (st) return st;
+    if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.gptq", "needs a model");
+    const int act_order = h->opt_bool(o, "act_order");
+    const double damp = h->opt_float(o, "damp");
+    qlinear *ls;
+    int32_t n;
+    if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
+    int64_t before, after, weights;
+    q_measure(h, g, ls, n, &before, &weights);
+    const mopt_arch *a = h->graph_arch(g);
+    calib c;
+    if ((st = calib_init(&c, h, ctx, g, o, (int64_t)n + a->n_layers, err))) {
+        free(ls);
+        return st;
+    }
+    for (int32_t l = 0; l < a->n_layers && !st; l++) {
+        const qlinear *mine[32];
+        int32_t k = q_layer_linears(ls, n, l, mine, 32);
+        for (int32_t i = 0; i < k && !st;) {
+            /* a group: consecutive linears reading the same input */
+            const mopt_node *first = h->graph_node(g, mine[i]->node);
+            int32_t j = i;
+            while (j < k && h->graph_node(g, mine[j]->node)->inputs[0] == first->inputs[0]) j++;
+            hess_acc acc = {h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0};
+            gptq_prep prep = {0};
+            if (!acc.H) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
+            if (!st) st = calib_run_layer(&c, l, mine[i]->node, accumulate, &acc, 0, err);
+            if (!st) st = gptq_prepare(h, acc.H, acc.count, acc.in, act_order, damp, &prep, err);
+            for (int32_t m = i; m < j && !st; m++) {
+                const qlinear *lin = mine[m];
+                const int64_t ng = (lin->in + (sp.group > 0 ? sp.group : lin->in) - 1) / (sp.group > 0 ? sp.group : lin->in);
+                float *W = q_weight_f32(h, g, lin, err);
+                uint8_t *q = malloc((size_t)(lin->out * lin->in)), *z = malloc((size_t)(lin->out * ng));
+                float *s = malloc((size_t)(lin->out * ng) * sizeof *s);
+                int32_t *gi = act_order && sp.group > 0 ? malloc((size_t)lin->in * sizeof *gi) : NULL;
+                if (!W || !q || !z || !s || (act_order && sp.group > 0 && !gi)) {
+                    st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
+                } else {
+                    gptq_quantize(h, &prep, W, lin->out, sp, q, s, z, gi);
+                    st = q_install(h, g, lin, sp, q, s, z, gi, err);
+                }
+                free(W);
+                free(q);
+                free(z);
+                free(s);
+                free(gi);
+                calib_tick(&c);
+            }
+            gptq_prep_free(&prep);
+            free(acc.H);
+            i = j;
+        }
+        /* the next block sees this block's quantized output */
+        if (!st && l + 1 < a->n_layers) {
+            st = calib_run_layer(&c, l, -1, NULL, NULL, 1, err);
+            calib_advance(&c);
+        }
+        calib_tick(&c);
+    }
+    calib_free(&c);
+    if (!st) {
+        q_measure(h, g, ls, n, &after, &weights);
+        q_report(h, report, act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n);
+        h->report_metric(report, "act_order", act_order);
+    }
+    free(ls);
+    return st;
+}
+
+static const mopt_opt_spec opts[] = {
+    Q_INT_OPTS("4", "128"),
+    {"act_order", MOPT_OPT_BOOL, 0, "quantize columns by decreasing Hessian diagonal (desc_act, stores g_idx)", "false", 0, -1, NULL},
+    {"damp", MOPT_OPT_FLOAT, 0, "damping added to diag(H), as a fraction of its mean", "0.01", 0, 1, NULL},
+    Q_CALIB_OPTS(1),
+};
+
+const mopt_pass_desc quant_gptq_pass = {
+    .struct_size = sizeof(mopt_pass_desc),
+    .kind = MOPT_PASS_TRANSFORM,
+    .name = "quant.gptq",
+    .summary = "GPTQ: Hessian-aware rounding with lazy block updates, true-sequential, optional act-order",
+    .opts = opts,
+    .n_opts = sizeof opts / sizeof *opts,
+    .run = run,
+};
