@@ -13,6 +13,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "token ids of a text with the model's tokenizer"},
     {"generate", cmd_generate, "generate text (greedy, temperature, top-p)"},
     {"eval", cmd_eval, "perplexity on a text file (the eval.perplexity pass)"},
+    {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8) and measure it"},
     {"run", cmd_run, "run a Lua pipeline script"},
     {"pipeline", cmd_pipeline, "run a pipeline written as text: 'pass<k=v>,pass'"},
     {"plugins", cmd_plugins, "list plugins and their passes"},

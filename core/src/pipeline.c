@@ -2,6 +2,7 @@
  * before/after hooks and a progress line per pass. No dependency resolution:
  * what you list is what runs. */
 #include <ctype.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,14 @@ mopt_status mopt_pipeline_add(mopt_pipeline *p, const char *pass_name, const mop
     }
     mopt_options *v = mopt_options_validate(d, raw, err);
     if (!v) return err ? (mopt_status)err->code : MOPT_E_INVALID;
+    if (d->struct_size >= offsetof(mopt_pass_desc, reserved) && d->check) {
+        mopt_error cerr = {0};
+        mopt_status st = d->check(&mopt_host, v, &cerr);
+        if (st) {
+            mopt_options_free(v);
+            return MOPT_FAIL(err, st, "pass %s: %s", d->name, cerr.msg);
+        }
+    }
     if (p->n == p->cap) {
         int32_t nc = p->cap ? p->cap * 2 : 8;
         step *ns = realloc(p->steps, (size_t)nc * sizeof *ns);

@@ -431,4 +431,5 @@ const mopt_pass_desc quant_awq_pass = {
     .opts = opts,
     .n_opts = sizeof opts / sizeof *opts,
     .run = run,
+    .check = q_check_int_options,
 };

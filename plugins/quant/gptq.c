@@ -306,4 +306,5 @@ const mopt_pass_desc quant_gptq_pass = {
     .opts = opts,
     .n_opts = sizeof opts / sizeof *opts,
     .run = run,
+    .check = q_check_int_options,
 };

@@ -9,13 +9,17 @@
 
 mopt_status q_check_spec(const mopt_host_api *h, const char *pass, qspec sp, mopt_error *err) {
     if (sp.bits != 2 && sp.bits != 3 && sp.bits != 4 && sp.bits != 8)
-        return h->error_set(err, MOPT_E_INVALID, pass, "%s: bits=%d has no packed format (2, 3, 4 or 8)", pass, sp.bits);
+        return h->error_set(err, MOPT_E_INVALID, pass, "bits=%d has no packed format (2, 3, 4 or 8)", sp.bits);
     if (sp.group != -1 && (sp.group <= 0 || sp.group % MOPT_QBLOCK != 0))
         return h->error_set(err, MOPT_E_INVALID, pass,
-                            "%s: group_size=%d must be a multiple of %d or -1 for a whole row (a shorter last group "
+                            "group_size=%d must be a multiple of %d or -1 for a whole row (a shorter last group "
                             "is allowed)",
-                            pass, sp.group, MOPT_QBLOCK);
+                            sp.group, MOPT_QBLOCK);
     return MOPT_OK;
+}
+
+mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, mopt_error *err) {
+    return q_check_spec(h, "quant", q_spec_from(h, o), err);
 }
 
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {

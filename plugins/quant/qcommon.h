@@ -27,6 +27,8 @@ typedef struct qspec {
 /* Checks bits/group_size before any work. */
 mopt_status q_check_spec(const mopt_host_api *h, const char *pass, qspec sp, mopt_error *err);
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o);
+/* The pass-level check of integer methods (bits and group_size). */
+mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, mopt_error *err);
 
 /* The LINEAR nodes of the decoder blocks not matched by the `exclude` globs
  * (matched against node and tensor names). lm_head and embeddings are never

@@ -50,4 +50,5 @@ const mopt_pass_desc quant_rtn_pass = {
     .opts = opts,
     .n_opts = sizeof opts / sizeof *opts,
     .run = run,
+    .check = q_check_int_options,
 };

@@ -47,9 +47,9 @@ static const mopt_opt_spec fail_opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "file to half-write", NULL, 0, -1, NULL},
 };
 static const mopt_pass_desc types_pass = {sizeof(mopt_pass_desc), MOPT_PASS_ANALYSIS, "good.types",
-                                          "echoes its options", types_opts, 6, 0, run_types, {0}};
+                                          "echoes its options", types_opts, 6, 0, run_types, NULL, {0}};
 static const mopt_pass_desc fail_pass = {sizeof(mopt_pass_desc), MOPT_PASS_EXPORT, "good.fail_halfway",
-                                         "fails after writing", fail_opts, 1, 0, run_fail, {0}};
+                                         "fails after writing", fail_opts, 1, 0, run_fail, NULL, {0}};
 static const mopt_pass_desc *const passes[] = {&types_pass, &fail_pass, NULL};
 #define NAME "good"
 #define ABI MOPT_PLUGIN_ABI_VERSION

@@ -60,7 +60,10 @@ typedef struct mopt_pass_desc {
      * into `report` through the host table; on failure set err and return it. */
     mopt_status (*run)(const struct mopt_host_api *host, mopt_pass_ctx *ctx, mopt_graph *graph,
                        const mopt_options *opts, mopt_report *report, mopt_error *err);
-    void *reserved[4];
+    /* (optional) checks that span options (bits against formats, ...) when the
+     * pass is added to a pipeline, before anything runs. */
+    mopt_status (*check)(const struct mopt_host_api *host, const mopt_options *opts, mopt_error *err);
+    void *reserved[3];
 } mopt_pass_desc;
 
 /* --- options ------------------------------------------------------------------ */

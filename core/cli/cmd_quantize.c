@@ -1,0 +1,216 @@
+/* mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8 [...]
+ * A thin layer over the quant.* passes: quantize, then (with --eval) the
+ * perplexity of the quantized model and of the original, loaded afresh. The
+ * quantization runs first so a bad option or calibration file fails before
+ * any other work. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void help(void) {
+    printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8 [options]\n\n"
+           "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept)\n"
+           "and reports size and, with --eval, perplexity against the original.\n"
+           "  --method M          rtn, awq, gptq, smoothquant (W8A8) or fp8 (E4M3)\n"
+           "  --bits B            weight bits for rtn/awq/gptq: 2, 3, 4 or 8 (default 4)\n"
+           "  --group G           columns per scale group: 32, 64, 128, ... or -1 (default 128)\n"
+           "  --sym               symmetric grid, no zero-points\n"
+           "  --act-order         gptq: quantize columns by decreasing Hessian diagonal (g_idx)\n"
+           "  --alpha A           smoothquant migration strength (default 0.5)\n"
+           "  --fp8-act MODE      fp8 activations: dynamic (default), static or none\n"
+           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 static)\n"
+           "  --calib-samples N   calibration windows (default 128)\n"
+           "  --calib-len L       tokens per window (default 512)\n"
+           "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
+           "  --eval FILE         perplexity of the quantized and the original model (ctx 256)\n"
+           "  --report OUT.json   write the report\n"
+           "  --threads N         worker threads (default: all cores)\n"
+           "  --quiet             no progress lines\n"
+           "  -o OUTDIR           save the quantized checkpoint (not yet: comes with the export plugin)\n");
+}
+
+typedef struct {
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out;
+    char bits[16], group[16], alpha[32], samples[16], len[16];
+    int sym, act_order, quiet, have_bits, have_group, have_alpha;
+    long long threads;
+    char exclude[1024];
+} qargs;
+
+static int parse(int argc, char **argv, qargs *a) {
+    static const struct option opts[] = {
+        {"method", required_argument, 0, 'm'},        {"bits", required_argument, 0, 'b'},
+        {"group", required_argument, 0, 'g'},         {"sym", no_argument, 0, 's'},
+        {"act-order", no_argument, 0, 'A'},           {"alpha", required_argument, 0, 'a'},
+        {"fp8-act", required_argument, 0, 'F'},       {"calib", required_argument, 0, 'c'},
+        {"calib-samples", required_argument, 0, 'N'}, {"calib-len", required_argument, 0, 'L'},
+        {"exclude", required_argument, 0, 'x'},       {"eval", required_argument, 0, 'e'},
+        {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
+        {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    long long v;
+    double f;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->method = optarg; break;
+        case 'b':
+            if (!cli_parse_int(optarg, 1, 64, &v)) return cli_usage_error("quantize", "--bits expects an integer, got '%s'", optarg);
+            snprintf(a->bits, sizeof a->bits, "%lld", v), a->have_bits = 1;
+            break;
+        case 'g':
+            if (!cli_parse_int(optarg, -1, 1 << 20, &v)) return cli_usage_error("quantize", "--group expects an integer, got '%s'", optarg);
+            snprintf(a->group, sizeof a->group, "%lld", v), a->have_group = 1;
+            break;
+        case 's': a->sym = 1; break;
+        case 'A': a->act_order = 1; break;
+        case 'a':
+            if (!cli_parse_float(optarg, 0, 1, &f)) return cli_usage_error("quantize", "--alpha expects a number in [0, 1], got '%s'", optarg);
+            snprintf(a->alpha, sizeof a->alpha, "%.17g", f), a->have_alpha = 1;
+            break;
+        case 'F': a->fp8_act = optarg; break;
+        case 'c': a->calib = optarg; break;
+        case 'N':
+            if (!cli_parse_int(optarg, 1, 4096, &v)) return cli_usage_error("quantize", "--calib-samples expects 1..4096, got '%s'", optarg);
+            snprintf(a->samples, sizeof a->samples, "%lld", v);
+            break;
+        case 'L':
+            if (!cli_parse_int(optarg, 2, 1 << 16, &v)) return cli_usage_error("quantize", "--calib-len expects an integer >= 2, got '%s'", optarg);
+            snprintf(a->len, sizeof a->len, "%lld", v);
+            break;
+        case 'x':
+            if (strlen(a->exclude) + strlen(optarg) + 2 > sizeof a->exclude) return cli_usage_error("quantize", "too many --exclude globs");
+            if (a->exclude[0]) strcat(a->exclude, ",");
+            strcat(a->exclude, optarg);
+            break;
+        case 'e': a->eval = optarg; break;
+        case 'r': a->report_path = optarg; break;
+        case 'T':
+            if (!cli_parse_int(optarg, 1, 1024, &a->threads)) return cli_usage_error("quantize", "--threads expects 1..1024, got '%s'", optarg);
+            break;
+        case 'q': a->quiet = 1; break;
+        case 'o': a->out = optarg; break;
+        case 'h': help(); return -1;
+        default: return cli_usage_error("quantize", "unknown option");
+        }
+    }
+    if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
+    if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8)");
+    if (a->out)
+        return cli_usage_error("quantize", "-o %s: saving a quantized checkpoint comes with the export plugin; use --report for now", a->out);
+    return 0;
+}
+
+/* Sets key=value on o when value is non-empty. */
+static int set(mopt_options *o, const char *k, const char *v, mopt_error *err) {
+    return v && *v ? mopt_options_set(o, k, v, err) : MOPT_OK;
+}
+
+int cmd_quantize(int argc, char **argv) {
+    qargs a = {0};
+    int pr = parse(argc, argv, &a);
+    if (pr < 0) return EXIT_OK;
+    if (pr) return pr;
+    char pass[64];
+    snprintf(pass, sizeof pass, "quant.%s", a.method);
+    mopt_registry *r = cli_registry();
+    if (!r) return EXIT_RUNTIME;
+    mopt_error err = {0};
+    int rc = EXIT_OK;
+    mopt_model *m = NULL, *base = NULL;
+    mopt_report *rep = mopt_report_new(), *base_rep = NULL;
+    mopt_pipeline *p = mopt_pipeline_new(r), *pb = NULL;
+    mopt_options *qo = mopt_options_new(), *eo = mopt_options_new();
+    int is_int = !strcmp(a.method, "rtn") || !strcmp(a.method, "awq") || !strcmp(a.method, "gptq");
+    if (!mopt_registry_find(r, pass)) {
+        rc = cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8)", a.method);
+        goto done;
+    }
+    if (!is_int && (a.have_bits || a.have_group || a.sym)) {
+        rc = cli_usage_error("quantize", "--bits/--group/--sym apply to rtn, awq and gptq; %s has a fixed format", a.method);
+        goto done;
+    }
+    /* map flags onto the pass's schema; the schema rejects what the method does not take */
+    if (set(qo, "bits", a.bits, &err) || set(qo, "group_size", a.group, &err) || (a.sym && set(qo, "sym", "true", &err)) ||
+        (a.act_order && set(qo, "act_order", "true", &err)) || set(qo, "alpha", a.alpha, &err) ||
+        set(qo, "activations", a.fp8_act, &err) || set(qo, "calib", a.calib, &err) ||
+        set(qo, "calib_samples", a.samples, &err) || set(qo, "calib_len", a.len, &err) ||
+        set(qo, "exclude", a.exclude, &err) || mopt_pipeline_add(p, pass, qo, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    if (a.eval) {
+        if (mopt_options_set(eo, "data", a.eval, &err) || mopt_pipeline_add(p, "eval.perplexity", eo, &err)) {
+            rc = cli_fail(&err);
+            goto done;
+        }
+    }
+    if (!(m = mopt_model_load(argv[optind], NULL, &err))) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    mopt_run_opts ro;
+    mopt_run_opts_default(&ro);
+    ro.quiet = a.quiet;
+    ro.n_threads = (int32_t)a.threads;
+    if (mopt_pipeline_run(p, m, &ro, rep, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    double ppl_base = NAN;
+    if (a.eval) { /* the original, loaded afresh (weights are mapped, so this is cheap) */
+        base_rep = mopt_report_new();
+        pb = mopt_pipeline_new(r);
+        if (!(base = mopt_model_load(argv[optind], NULL, &err)) || mopt_pipeline_add(pb, "eval.perplexity", eo, &err) ||
+            mopt_pipeline_run(pb, base, &ro, base_rep, &err)) {
+            rc = cli_fail(&err);
+            goto done;
+        }
+        ppl_base = mopt_report_get_metric(base_rep, "ppl");
+    }
+    /* the quant pass's own seconds */
+    double seconds = NAN;
+    char *text = mopt_report_json(rep);
+    json_t *full = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    json_t *qs = json_array_get(json_object_get(full, "passes"), 0);
+    if (qs) seconds = json_number_value(json_object_get(qs, "seconds"));
+    double ppl = mopt_report_get_metric(rep, "ppl"), bpw = mopt_report_get_metric(rep, "bits_per_weight");
+    double wb = mopt_report_get_metric(rep, "weight_bytes"), wb0 = mopt_report_get_metric(rep, "weight_bytes_baseline");
+    printf("%s: %.3f bits/weight, decoder linears %.2f MB -> %.2f MB, %.1f s\n", pass, bpw, wb0 / 1e6, wb / 1e6, seconds);
+    if (a.eval) printf("ppl %.4f (baseline %.4f, %+.3f%%)\n", ppl, ppl_base, 100.0 * (ppl / ppl_base - 1));
+    if (a.report_path) {
+        json_t *j = json_object();
+        json_object_set_new(j, "method", json_string(a.method));
+        json_object_set_new(j, "bits", json_integer((json_int_t)mopt_report_get_metric(rep, "bits")));
+        json_object_set_new(j, "group_size", json_integer((json_int_t)mopt_report_get_metric(rep, "group_size")));
+        json_object_set_new(j, "ppl", isnan(ppl) ? json_null() : json_real(ppl));
+        json_object_set_new(j, "ppl_baseline", isnan(ppl_base) ? json_null() : json_real(ppl_base));
+        json_object_set_new(j, "weight_bytes", json_integer((json_int_t)wb));
+        json_object_set_new(j, "weight_bytes_baseline", json_integer((json_int_t)wb0));
+        json_object_set_new(j, "bits_per_weight", json_real(bpw));
+        json_object_set_new(j, "seconds", json_real(seconds));
+        json_object_set_new(j, "peak_rss_bytes", json_integer(cli_peak_rss_bytes()));
+        json_object_set_new(j, "model", json_string(argv[optind]));
+        json_object_set_new(j, "pipeline", full ? json_incref(full) : json_null());
+        if (cli_write_json(a.report_path, j, &err)) rc = cli_fail(&err);
+        json_decref(j);
+    }
+    json_decref(full);
+done:
+    mopt_options_free(qo);
+    mopt_options_free(eo);
+    mopt_report_free(rep);
+    mopt_report_free(base_rep);
+    mopt_pipeline_free(p);
+    mopt_pipeline_free(pb);
+    mopt_model_free(m);
+    mopt_model_free(base);
+    mopt_registry_free(r);
+    return rc;
+}
