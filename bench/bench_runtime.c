@@ -1,7 +1,9 @@
 /* mopt-bench: prefill and decode throughput and peak memory of one model.
  *
- *   mopt-bench MODEL [--prompt-len 128] [--gen 128] [--runs 5] [--threads N]
+ *   mopt-bench MODEL [--prompt-len 128] [--gen 128] [--runs 5] [--threads N] [--pipeline 'quant.rtn<bits=4>']
  *
+ * --pipeline runs passes on the model first (e.g. quantization) so the
+ * packed kernels are what gets timed.
  * Each run prefills a prompt of real text (lit-val.txt tokens when the
  * fixtures are there, else repeated BOS) in one forward call, then decodes
  * --gen tokens greedily one at a time. One warm-up run is discarded; the
@@ -14,6 +16,7 @@
 #include <time.h>
 
 #include "mopt/mopt.h"
+#include "mopt/pipeline.h"
 
 static double now(void) {
     struct timespec ts;
@@ -35,9 +38,10 @@ static void stats(const char *label, double *v, int n) {
 int main(int argc, char **argv) {
     static const struct option opts[] = {{"prompt-len", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
                                          {"runs", required_argument, 0, 'r'},       {"threads", required_argument, 0, 't'},
-                                         {"text", required_argument, 0, 'x'},       {0, 0, 0, 0}};
+                                         {"text", required_argument, 0, 'x'},       {"pipeline", required_argument, 0, 'P'},
+                                         {0, 0, 0, 0}};
     int plen = 128, gen = 128, runs = 5, threads = 0, c;
-    const char *text_path = NULL;
+    const char *text_path = NULL, *pipeline = NULL;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'p': plen = atoi(optarg); break;
@@ -45,6 +49,7 @@ int main(int argc, char **argv) {
         case 'r': runs = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
         case 'x': text_path = optarg; break;
+        case 'P': pipeline = optarg; break;
         default: fprintf(stderr, "usage: mopt-bench MODEL [--prompt-len N] [--gen N] [--runs N] [--threads N] [--text FILE]\n"); return 2;
         }
     }
@@ -57,6 +62,21 @@ int main(int argc, char **argv) {
     if (!m) {
         fprintf(stderr, "mopt-bench: %s\n", err.msg);
         return 2;
+    }
+    mopt_registry *reg = NULL;
+    if (pipeline) {
+        reg = mopt_registry_new(NULL, &err);
+        mopt_pipeline *p = reg ? mopt_pipeline_new(reg) : NULL;
+        mopt_report *rep = mopt_report_new();
+        mopt_run_opts ro;
+        mopt_run_opts_default(&ro);
+        ro.quiet = 1;
+        if (!p || mopt_pipeline_parse(p, pipeline, &err) || mopt_pipeline_run(p, m, &ro, rep, &err)) {
+            fprintf(stderr, "mopt-bench: %s\n", err.msg);
+            return 2;
+        }
+        mopt_pipeline_free(p);
+        mopt_report_free(rep);
     }
     const mopt_arch *a = mopt_model_arch(m);
     if (plen + gen > a->max_ctx) {
@@ -111,8 +131,11 @@ int main(int argc, char **argv) {
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("%s: %s, %lld params (%.1f MB as stored), %d threads, kernels %s\n", argv[optind], a->family,
-           (long long)mopt_graph_n_params(mopt_model_graph(m)), mopt_graph_weight_bytes(mopt_model_graph(m)) / 1e6,
+    int64_t stored = 0;
+    for (int32_t i = 0; i < mopt_graph_n_tensors(mopt_model_graph(m)); i++)
+        stored += mopt_weight_storage_bytes(mopt_graph_tensor(mopt_model_graph(m), i));
+    printf("%s%s%s: %s, %lld params (%.1f MB as stored), %d threads, kernels %s\n", argv[optind], pipeline ? " + " : "",
+           pipeline ? pipeline : "", a->family, (long long)mopt_graph_n_params(mopt_model_graph(m)), stored / 1e6,
            mopt_session_n_threads(s), mopt_cpu_kernels_name());
     printf("  prompt %d tokens, %d generated, %d runs after 1 warm-up\n", plen, gen, runs);
     stats("prefill", pre, runs);
@@ -123,5 +146,6 @@ int main(int argc, char **argv) {
     free(prompt);
     mopt_session_free(s);
     mopt_model_free(m);
+    mopt_registry_free(reg);
     return 0;
 }

@@ -186,6 +186,20 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
         const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
         const float zsym = (float)(1 << (bits - 1));
+        /* whole groups of whole blocks, 4 or 8 bits: the kernel takes the row range */
+        if ((bits == 4 || bits == 8) && j->in % 32 == 0 && j->in % gs == 0 && ng <= 256) {
+            const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
+            const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
+            const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
+            for (int32_t t = 0; t < j->T; t++) {
+                float *y = j->y + (size_t)t * j->y_stride + o0;
+                (bits == 4 ? k->gemv_q4 : k->gemv_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->x + (size_t)t * j->x_stride,
+                                                      j->xsum + (size_t)t * ng, ng, gs / 32, y);
+                if (j->b)
+                    for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
+            }
+            return;
+        }
         for (int64_t o = o0; o < o1; o++) {
             const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
             const uint16_t *sc = (const uint16_t *)q->scale->data + o * ng;

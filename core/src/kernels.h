@@ -4,6 +4,7 @@
 #ifndef MOPT_KERNELS_H
 #define MOPT_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct mopt_kernels {
@@ -18,6 +19,12 @@ typedef struct mopt_kernels {
     /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
     float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
     float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);
+    /* y[r] = sum_g s[r,g] * (levels[r, g] . x[g] - z[r,g] * xsum[g]) for nrows rows
+     * of ng whole groups of bpg 4-bit / 8-bit blocks; s is f16, z u8 (NULL: zsym) */
+    void (*gemv_q4)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                    const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    void (*gemv_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                    const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y);
     /* int8 x int8 -> int32 over n elements (W8A8); b must not hold -128 */
     int32_t (*dot_i8)(const int8_t *a, const int8_t *b, int64_t n);
 } mopt_kernels;

@@ -113,4 +113,59 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     return r;
 }
 
-const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8, dot_i8};
+/* One reduction per row: each group's products accumulate in vectors that are
+ * scaled into the row's accumulator. */
+static inline float dot_q4_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
+    __m256 row = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi32(15);
+    for (int64_t g = 0; g < ng; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t k = 0; k < bpg; k++, b += 16, x += 32) {
+            __m256i lo8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+            __m256i hi8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
+            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo8, m4)), _mm256_loadu_ps(x), a0);
+            a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi8, m4)), _mm256_loadu_ps(x + 8), a1);
+            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo8, 4)), _mm256_loadu_ps(x + 16), a0);
+            a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi8, 4)), _mm256_loadu_ps(x + 24), a1);
+        }
+        row = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(scale[g]), row);
+    }
+    return hsum(row);
+}
+
+static inline float dot_q8_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
+    __m256 row = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t i = 0; i < bpg * 32; i += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i)))),
+                                 _mm256_loadu_ps(x + i), a0);
+            a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i + 8)))),
+                                 _mm256_loadu_ps(x + i + 8), a1);
+        }
+        row = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(scale[g]), row);
+        b += bpg * 32;
+        x += bpg * 32;
+    }
+    return hsum(row);
+}
+
+/* Whole rows at once: scales widened with F16C, zero-points folded with xsum. */
+#define GEMV_ROWS_FN(NAME, DOTROW)                                                                              \
+    static void NAME(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z,     \
+                     float zsym, const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y) {          \
+        float sc[256];                                                                                           \
+        for (int64_t r = 0; r < nrows; r++) {                                                                    \
+            float zc = 0;                                                                                        \
+            for (int64_t g = 0; g < ng; g++) {                                                                   \
+                sc[g] = _cvtsh_ss(s[r * ng + g]);                                                                \
+                zc += sc[g] * (z ? (float)z[r * ng + g] : zsym) * xsum[g];                                       \
+            }                                                                                                    \
+            y[r] = DOTROW(w + (size_t)r * row_bytes, x, sc, ng, bpg) - zc;                                       \
+        }                                                                                                        \
+    }
+GEMV_ROWS_FN(gemv_q4, dot_q4_row)
+GEMV_ROWS_FN(gemv_q8, dot_q8_row)
+
+const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
+                                        gemv_q4, gemv_q8, dot_i8};

@@ -104,4 +104,55 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     return r;
 }
 
-const mopt_kernels mopt_kernels_avx512 = {"avx512", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8, dot_i8};
+/* One reduction per row (see the AVX2 version). */
+static inline float dot_q4_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
+    __m512 row = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi32(15);
+    for (int64_t g = 0; g < ng; g++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int64_t k = 0; k < bpg; k++, b += 16, x += 32) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, m4)), _mm512_loadu_ps(x), a0);
+            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), _mm512_loadu_ps(x + 16), a1);
+        }
+        row = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(scale[g]), row);
+    }
+    return _mm512_reduce_add_ps(row);
+}
+
+static inline float dot_q8_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
+    __m512 row = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int64_t i = 0; i < bpg * 32; i += 32) {
+            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i)))),
+                                 _mm512_loadu_ps(x + i), a0);
+            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i + 16)))),
+                                 _mm512_loadu_ps(x + i + 16), a1);
+        }
+        row = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(scale[g]), row);
+        b += bpg * 32;
+        x += bpg * 32;
+    }
+    return _mm512_reduce_add_ps(row);
+}
+
+/* Whole rows at once: scales widened with F16C, zero-points folded with xsum. */
+#define GEMV_ROWS_FN(NAME, DOTROW)                                                                              \
+    static void NAME(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z,     \
+                     float zsym, const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y) {          \
+        float sc[256];                                                                                           \
+        for (int64_t r = 0; r < nrows; r++) {                                                                    \
+            float zc = 0;                                                                                        \
+            for (int64_t g = 0; g < ng; g++) {                                                                   \
+                sc[g] = _cvtsh_ss(s[r * ng + g]);                                                                \
+                zc += sc[g] * (z ? (float)z[r * ng + g] : zsym) * xsum[g];                                       \
+            }                                                                                                    \
+            y[r] = DOTROW(w + (size_t)r * row_bytes, x, sc, ng, bpg) - zc;                                       \
+        }                                                                                                        \
+    }
+GEMV_ROWS_FN(gemv_q4, dot_q4_row)
+GEMV_ROWS_FN(gemv_q8, dot_q8_row)
+
+const mopt_kernels mopt_kernels_avx512 = {"avx512", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
+                                          gemv_q4, gemv_q8, dot_i8};

@@ -75,4 +75,22 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     return s;
 }
 
-const mopt_kernels mopt_kernels_ref = {"ref", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8, dot_i8};
+#define F16 mopt_f16_to_f32
+#define GEMV_QROWS(NAME, DOT, BB)                                                                                \
+    static void NAME(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z,     \
+                     float zsym, const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y) {          \
+        for (int64_t r = 0; r < nrows; r++) {                                                                    \
+            const uint8_t *row = w + (size_t)r * row_bytes;                                                      \
+            float acc = 0;                                                                                       \
+            for (int64_t g = 0; g < ng; g++) {                                                                   \
+                float sc = F16(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;                             \
+                acc += sc * (DOT(row + g * bpg * (BB), x + g * bpg * 32, bpg) - zz * xsum[g]);                  \
+            }                                                                                                    \
+            y[r] = acc;                                                                                          \
+        }                                                                                                        \
+    }
+GEMV_QROWS(gemv_q4, dot_q4, 16)
+GEMV_QROWS(gemv_q8, dot_q8, 32)
+
+const mopt_kernels mopt_kernels_ref = {"ref", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
+                                       gemv_q4, gemv_q8, dot_i8};
