@@ -14,7 +14,7 @@ static mopt_status run_script(const char *body, int n_args, char *const *args, m
     mopt_error e = {0};
     mopt_registry *r = mopt_registry_new(MOPT_FIXTURES "/good", &e);
     assert_non_null(r);
-    mopt_status st = mopt_lua_run_file(path, n_args, args, r, 1, 0, tb, err);
+    mopt_status st = mopt_lua_run_file(path, n_args, args, r, 1, 0, tb, NULL, err);
     mopt_registry_free(r);
     return st;
 }

@@ -8,7 +8,7 @@
 
 #include "mopt/mopt.h"
 
-enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_GATE = 3 };
 
 /* Prints "mopt: <msg>" as one line and returns the exit code for the status. */
 int cli_fail(const mopt_error *err);
@@ -34,6 +34,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_plugins(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_describe(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);

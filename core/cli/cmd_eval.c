@@ -15,6 +15,8 @@ static void help(void) {
            "and every window is scored on its positions 1..CTX-1 from the tokens before them.\n"
            "  --data FILE   UTF-8 text to score\n"
            "  --ctx N       window length (default 256)\n"
+           "  --baseline B  compare against model B on the same windows (eval.compare): KL, top-1\n"
+           "                agreement, ppl ratio with a bootstrap 95%% interval\n"
            "  --json OUT    also write {ppl, nll, tokens_scored, ctx, seconds, ...} to OUT\n"
            "  --threads N   worker threads (default: all cores)\n"
            "  --quiet       no progress lines on stderr\n");
@@ -22,16 +24,18 @@ static void help(void) {
 
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"data", required_argument, 0, 'd'},    {"ctx", required_argument, 0, 'c'},
+                                         {"baseline", required_argument, 0, 'B'},
                                          {"json", required_argument, 0, 'j'},    {"threads", required_argument, 0, 'T'},
                                          {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *data_path = NULL, *json_path = NULL, *ctx = "256";
+    const char *data_path = NULL, *json_path = NULL, *ctx = "256", *baseline = NULL;
     long long threads = 0, ctx_val;
     int quiet = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'd': data_path = optarg; break;
+        case 'B': baseline = optarg; break;
         case 'c':
             if (!cli_parse_int(optarg, 2, 1 << 20, &ctx_val))
                 return cli_usage_error("eval", "--ctx expects an integer >= 2, got '%s'", optarg);
@@ -60,7 +64,8 @@ int cmd_eval(int argc, char **argv) {
     mopt_pipeline *p = mopt_pipeline_new(r);
     mopt_options *o = mopt_options_new();
     if (!p || !o || mopt_options_set(o, "data", data_path, &err) || mopt_options_set(o, "ctx", ctx, &err) ||
-        mopt_pipeline_add(p, "eval.perplexity", o, &err)) {
+        (baseline && mopt_options_set(o, "baseline", baseline, &err)) ||
+        mopt_pipeline_add(p, baseline ? "eval.compare" : "eval.perplexity", o, &err)) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -81,7 +86,16 @@ int cmd_eval(int argc, char **argv) {
     double ppl = mopt_report_get_metric(rep, "ppl"), nll = mopt_report_get_metric(rep, "nll");
     long long scored = (long long)mopt_report_get_metric(rep, "tokens_scored");
     long long windows = (long long)mopt_report_get_metric(rep, "windows");
-    printf("ppl %.4f  (nll %.6f over %lld tokens, %lld windows of %s, %.1f s)\n", ppl, nll, scored, windows, ctx, secs);
+    if (baseline) {
+        nll = log(ppl);
+        printf("ppl %.4f vs baseline %.4f: ratio %.5f [95%% CI %.5f, %.5f], KL mean %.3g p99 %.3g, top-1 agree %.4f (%lld tokens, %.1f s)\n",
+               ppl, mopt_report_get_metric(rep, "ppl_baseline"), mopt_report_get_metric(rep, "ppl_ratio"),
+               mopt_report_get_metric(rep, "ppl_ratio_ci95_lo"), mopt_report_get_metric(rep, "ppl_ratio_ci95_hi"),
+               mopt_report_get_metric(rep, "kl_mean"), mopt_report_get_metric(rep, "kl_p99"),
+               mopt_report_get_metric(rep, "top1_agree"), scored, secs);
+    } else {
+        printf("ppl %.4f  (nll %.6f over %lld tokens, %lld windows of %s, %.1f s)\n", ppl, nll, scored, windows, ctx, secs);
+    }
     if (json_path) {
         json_t *j = json_object();
         json_object_set_new(j, "ppl", json_real(ppl));
@@ -94,6 +108,13 @@ int cmd_eval(int argc, char **argv) {
         json_object_set_new(j, "model", json_string(mopt_model_path(m)));
         json_object_set_new(j, "data", json_string(data_path));
         json_object_set_new(j, "peak_rss_bytes", json_integer(cli_peak_rss_bytes()));
+        if (baseline) {
+            const char *keys[] = {"ppl_baseline", "kl_mean", "kl_p99", "top1_agree", "ppl_ratio", "mean_abs_dlogp"};
+            for (int i = 0; i < 6; i++) json_object_set_new(j, keys[i], json_real(mopt_report_get_metric(rep, keys[i])));
+            json_object_set_new(j, "ppl_ratio_ci95", json_pack("[f, f]", mopt_report_get_metric(rep, "ppl_ratio_ci95_lo"),
+                                                               mopt_report_get_metric(rep, "ppl_ratio_ci95_hi")));
+            json_object_set_new(j, "baseline", json_string(baseline));
+        }
         if (cli_write_json(json_path, j, &err)) rc = cli_fail(&err);
         json_decref(j);
     }

@@ -13,19 +13,24 @@ int cmd_run(int argc, char **argv) {
         printf("usage: mopt run SCRIPT.lua [key=value ...]\n\n"
                "Runs a Lua 5.4 pipeline script. The module `mopt` is loaded (mopt.load, mopt.pipeline,\n"
                "mopt.dataset.text, mopt.passes, mopt.describe) and key=value arguments arrive in the\n"
-               "global table `args`. Set MOPT_QUIET=1 to silence progress lines.\n");
+               "global table `args`. Set MOPT_QUIET=1 to silence progress lines.\n"
+               "Exit status 3 when a pipeline the script ran failed a gate (eval.gate).\n");
         return EXIT_OK;
     }
     mopt_registry *r = cli_registry();
     if (!r) return EXIT_RUNTIME;
     const char *q = getenv("MOPT_QUIET");
     char *tb = NULL;
+    int32_t gates_failed = 0;
     mopt_error err = {0};
-    mopt_status st = mopt_lua_run_file(argv[1], argc - 2, argv + 2, r, q && *q && strcmp(q, "0"), 0, &tb, &err);
+    mopt_status st = mopt_lua_run_file(argv[1], argc - 2, argv + 2, r, q && *q && strcmp(q, "0"), 0, &tb, &gates_failed, &err);
     int rc = EXIT_OK;
     if (st) {
         rc = cli_fail(&err);
         if (tb) fprintf(stderr, "%s\n", tb);
+    } else if (gates_failed) {
+        fprintf(stderr, "mopt: a gate failed (see the report)\n");
+        rc = EXIT_GATE;
     }
     free(tb);
     mopt_registry_free(r);
@@ -34,9 +39,9 @@ int cmd_run(int argc, char **argv) {
 
 int cmd_pipeline(int argc, char **argv) {
     static const struct option opts[] = {{"json", required_argument, 0, 'j'}, {"threads", required_argument, 0, 'T'},
-                                         {"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *json_path = NULL;
+                                         {"quiet", no_argument, 0, 'q'},       {"report-dir", required_argument, 0, 'R'},
+                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    const char *json_path = NULL, *report_dir = NULL;
     long long threads = 0;
     int quiet = 0, c;
     optind = 1;
@@ -48,9 +53,12 @@ int cmd_pipeline(int argc, char **argv) {
                 return cli_usage_error("pipeline", "--threads expects 1..1024, got '%s'", optarg);
             break;
         case 'q': quiet = 1; break;
+        case 'R': report_dir = optarg; break;
         case 'h':
-            printf("usage: mopt pipeline 'PASS<k=v;k=v>,PASS...' MODEL [--json OUT] [--threads N] [--quiet]\n\n"
-                   "Runs the passes in order on MODEL and prints the report (JSON) on stdout.\n");
+            printf("usage: mopt pipeline 'PASS<k=v;k=v>,PASS...' MODEL [--json OUT] [--report-dir DIR] [--threads N] [--quiet]\n\n"
+                   "Runs the passes in order on MODEL and prints the report (JSON) on stdout.\n"
+                   "--report-dir writes report.json, report.md and report.html there (also when a pass fails).\n"
+                   "Exit status 3 when a gate (eval.gate) failed.\n");
             return EXIT_OK;
         default: return cli_usage_error("pipeline", "unknown option");
         }
@@ -77,6 +85,14 @@ int cmd_pipeline(int argc, char **argv) {
     ro.quiet = quiet;
     ro.n_threads = (int32_t)threads;
     if (mopt_pipeline_run(p, m, &ro, rep, &err)) rc = cli_fail(&err);
+    if (report_dir) {
+        mopt_error werr = {0};
+        if (mopt_report_write(rep, report_dir, argv[optind], &werr) && rc == EXIT_OK) rc = cli_fail(&werr);
+    }
+    if (rc == EXIT_OK && !mopt_report_gates_ok(rep)) {
+        fprintf(stderr, "mopt: a gate failed (see the report)\n");
+        rc = EXIT_GATE;
+    }
     char *text = mopt_report_json(rep);
     if (text) {
         puts(text);

@@ -14,6 +14,7 @@ static const struct {
     {"generate", cmd_generate, "generate text (greedy, temperature, top-p)"},
     {"eval", cmd_eval, "perplexity on a text file (the eval.perplexity pass)"},
     {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8) and measure it"},
+    {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
     {"run", cmd_run, "run a Lua pipeline script"},
     {"pipeline", cmd_pipeline, "run a pipeline written as text: 'pass<k=v>,pass'"},
     {"plugins", cmd_plugins, "list plugins and their passes"},
@@ -26,7 +27,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nMODEL is a Hugging Face directory (config.json + *.safetensors) or a llama2.c .bin.\n"
                "Run 'mopt <command> --help' for a command's options.\n"
-               "Exit status: 0 success, 1 runtime failure, 2 bad usage or bad input.\n");
+               "Exit status: 0 success, 1 runtime failure, 2 bad usage or bad input, 3 a gate failed.\n");
 }
 
 int main(int argc, char **argv) {

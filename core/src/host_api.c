@@ -7,6 +7,7 @@
 
 #include "internal.h"
 #include "pass_ctx.h"
+#include "mopt/sampler.h"
 
 double mopt_now(void) {
     struct timespec ts;
@@ -113,4 +114,15 @@ const mopt_host_api mopt_host = {
     .weight_row_f32 = mopt_weight_row_f32,
     .weight_storage_bytes = mopt_weight_storage_bytes,
     .f16_round = f16_round,
+    .report_series = mopt_report_series,
+    .report_gate = mopt_report_gate,
+    .report_get_metric = mopt_report_get_metric,
+    .argmax = mopt_argmax,
+    .tokenizer_decode_next = mopt_tokenizer_decode_next,
+    .tokenizer_vocab_size = mopt_tokenizer_vocab_size,
+    .tokenizer_token_str = mopt_tokenizer_token_str,
+    .model_path = mopt_model_path,
+    .now = mopt_now,
+    .perplexity_strided = mopt_perplexity_strided,
+    .perplexity_windows = mopt_perplexity_windows,
 };

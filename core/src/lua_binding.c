@@ -23,6 +23,7 @@
 typedef struct lua_ctx {
     mopt_registry *reg;
     int32_t quiet, n_threads;
+    int32_t gates_failed; /* a pipeline run by the script failed a gate */
 } lua_ctx;
 
 typedef struct { mopt_model *m; } model_box;
@@ -35,6 +36,7 @@ void mopt_lua_set_registry(lua_State *L, mopt_registry *reg, int32_t quiet, int3
     c->reg = reg;
     c->quiet = quiet;
     c->n_threads = n_threads;
+    c->gates_failed = 0;
     lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
 }
 
@@ -338,7 +340,9 @@ static int run_pipeline(lua_State *L, int raise) {
     o.quiet = c->quiet;
     o.n_threads = c->n_threads;
     mopt_error err = {0};
-    if (mopt_pipeline_run(b->p, m->m, &o, r->r, &err) != MOPT_OK) {
+    mopt_status st = mopt_pipeline_run(b->p, m->m, &o, r->r, &err);
+    if (!mopt_report_gates_ok(r->r)) c->gates_failed = 1;
+    if (st != MOPT_OK) {
         if (raise) return luaL_error(L, "%s", err.msg);
         lua_pushnil(L);
         lua_pushstring(L, err.msg);
@@ -400,6 +404,12 @@ static int report_index(lua_State *L) {
         return 1;
     }
     if (!strcmp(k, "ok")) return lua_pushboolean(L, mopt_report_ok(b->r)), 1;
+    if (!strcmp(k, "gates_ok")) return lua_pushboolean(L, mopt_report_gates_ok(b->r)), 1;
+    if (!strcmp(k, "write")) {
+        lua_getmetatable(L, 1);
+        lua_getfield(L, -1, "write_method");
+        return 1;
+    }
     char *text = mopt_report_json(b->r);
     json_t *root = text ? json_loads(text, 0, NULL) : NULL;
     free(text);
@@ -436,6 +446,17 @@ static int report_json(lua_State *L) {
     if (!text) return luaL_error(L, "report: cannot serialize");
     lua_pushstring(L, text);
     free(text);
+    return 1;
+}
+
+/* report:write(dir [, title]): report.json, report.md, report.html */
+static int report_write(lua_State *L) {
+    report_box *b = luaL_checkudata(L, 1, REPORT_MT);
+    const char *dir = luaL_checkstring(L, 2), *title = luaL_optstring(L, 3, "mopt report");
+    if (!b->r) return luaL_error(L, "mopt.Report is closed");
+    mopt_error err = {0};
+    if (mopt_report_write(b->r, dir, title, &err)) return luaL_error(L, "report:write: %s", err.msg);
+    lua_pushvalue(L, 1);
     return 1;
 }
 
@@ -509,7 +530,8 @@ int luaopen_mopt(lua_State *L) {
     static const luaL_Reg pipeline_meta[] = {{"__gc", pipeline_gc}, {"__close", pipeline_gc}, {"__tostring", pipeline_tostring}, {NULL, NULL}};
     static const luaL_Reg pipeline_methods[] = {{"run", pipeline_run}, {"try_run", pipeline_try_run}, {NULL, NULL}};
     static const luaL_Reg report_meta[] = {{"__gc", report_gc},         {"__close", report_gc},       {"__tostring", report_tostring},
-                                           {"__index", report_index},   {"json_method", report_json}, {NULL, NULL}};
+                                           {"__index", report_index},   {"json_method", report_json}, {"write_method", report_write},
+                                           {NULL, NULL}};
     new_class(L, MODEL_MT, model_meta, model_methods);
     new_class(L, DATASET_MT, dataset_meta, NULL);
     new_class(L, PIPELINE_MT, pipeline_meta, pipeline_methods);
@@ -536,8 +558,9 @@ static int traceback_handler(lua_State *L) {
 }
 
 mopt_status mopt_lua_run_file(const char *path, int n_args, char *const *kv_args, mopt_registry *reg, int32_t quiet,
-                              int32_t n_threads, char **traceback, mopt_error *err) {
+                              int32_t n_threads, char **traceback, int32_t *gates_failed, mopt_error *err) {
     if (traceback) *traceback = NULL;
+    if (gates_failed) *gates_failed = 0;
     lua_State *L = luaL_newstate();
     if (!L) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot create a Lua state");
     luaL_openlibs(L);
@@ -567,6 +590,9 @@ mopt_status mopt_lua_run_file(const char *path, int n_args, char *const *kv_args
                        full ? full : "error object is not a string");
         if (traceback && full) *traceback = strdup(full);
     }
+    lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
+    const lua_ctx *c = lua_touserdata(L, -1);
+    if (gates_failed && c) *gates_failed = c->gates_failed;
     lua_close(L);
     return st;
 }

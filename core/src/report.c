@@ -94,6 +94,41 @@ mopt_status mopt_report_artifact(mopt_report *r, const char *kind, const char *p
                : MOPT_OK;
 }
 
+mopt_status mopt_report_series(mopt_report *r, const char *key, const double *v, int64_t n) {
+    json_t *s = section(r);
+    if (!s) return MOPT_E_NOMEM;
+    json_t *series = json_object_get(s, "series");
+    if (!series) {
+        series = json_object();
+        json_object_set_new(s, "series", series);
+    }
+    json_t *arr = json_array();
+    for (int64_t i = 0; arr && i < n; i++) json_array_append_new(arr, isfinite(v[i]) ? json_real(v[i]) : json_null());
+    return arr && !json_object_set_new(series, key, arr) ? MOPT_OK : MOPT_E_NOMEM;
+}
+
+mopt_status mopt_report_gate(mopt_report *r, const char *metric, const char *op, double threshold, double value,
+                             int32_t passed) {
+    json_t *gates = json_object_get(r->root, "gates");
+    if (!gates) {
+        gates = json_array();
+        json_object_set_new(r->root, "gates", gates);
+    }
+    json_t *g = json_pack("{s:s, s:s, s:f, s:o, s:b}", "metric", metric, "op", op, "threshold", threshold, "value",
+                          isfinite(value) ? json_real(value) : json_null(), "passed", passed);
+    if (!g || json_array_append_new(gates, g)) return MOPT_E_NOMEM;
+    if (!passed) json_object_set_new(r->root, "gates_status", json_string("failed"));
+    else if (!json_object_get(r->root, "gates_status")) json_object_set_new(r->root, "gates_status", json_string("ok"));
+    return MOPT_OK;
+}
+
+int32_t mopt_report_gates_ok(const mopt_report *r) {
+    json_t *g = json_object_get(r->root, "gates_status");
+    return !g || strcmp(json_string_value(g), "failed") != 0;
+}
+
+json_t *mopt_report_root(const mopt_report *r) { return r->root; }
+
 double mopt_report_get_metric(const mopt_report *r, const char *key) {
     json_t *passes = json_object_get(r->root, "passes");
     for (size_t i = json_array_size(passes); i-- > 0;) {

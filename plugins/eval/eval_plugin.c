@@ -1,7 +1,8 @@
 /* plugins/eval: validation passes. */
 #include "eval_plugin.h"
 
-static const mopt_pass_desc *const passes[] = {&eval_perplexity_pass, NULL};
+static const mopt_pass_desc *const passes[] = {&eval_perplexity_pass, &eval_compare_pass, &eval_generate_match_pass,
+                                               &eval_bench_pass, &eval_ab_pass, &eval_gate_pass, NULL};
 
 static const mopt_plugin_desc desc = {
     .abi_version = MOPT_PLUGIN_ABI_VERSION,
@@ -9,7 +10,7 @@ static const mopt_plugin_desc desc = {
     .name = "eval",
     .version = "0.1.0",
     .license = "MIT",
-    .description = "validation passes: perplexity",
+    .description = "validation and A/B passes: perplexity, compare, generate_match, bench, ab, gate",
     .passes = passes,
 };
 

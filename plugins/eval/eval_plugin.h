@@ -4,6 +4,7 @@
 
 #include "mopt/plugin.h"
 
-extern const mopt_pass_desc eval_perplexity_pass;
+extern const mopt_pass_desc eval_perplexity_pass, eval_compare_pass, eval_generate_match_pass, eval_bench_pass,
+    eval_ab_pass, eval_gate_pass;
 
 #endif

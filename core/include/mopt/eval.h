@@ -28,6 +28,16 @@ MOPT_API mopt_status mopt_perplexity(mopt_session *s, const int32_t *tokens, int
                                      mopt_progress_fn progress, void *user, mopt_ppl_result *out,
                                      mopt_error *err);
 
+/* The same with windows starting every `stride` tokens (stride <= ctx; equal to
+ * ctx is the protocol above). The first window scores positions 1..ctx-1, later
+ * ones only their last `stride` positions, so no token is scored twice.
+ * window_nll (may be NULL) receives each window's mean NLL; it must hold
+ * mopt_perplexity_windows(n_tokens, ctx, stride) values. */
+MOPT_API int64_t mopt_perplexity_windows(int64_t n_tokens, int32_t ctx, int32_t stride);
+MOPT_API mopt_status mopt_perplexity_strided(mopt_session *s, const int32_t *tokens, int64_t n_tokens, int32_t ctx,
+                                             int32_t stride, double *window_nll, mopt_progress_fn progress,
+                                             void *user, mopt_ppl_result *out, mopt_error *err);
+
 MOPT_EXTERN_C_END
 
 #endif

@@ -20,9 +20,11 @@ MOPT_API void mopt_lua_set_registry(struct lua_State *L, mopt_registry *reg, int
 
 /* Runs a Lua script with `mopt` preloaded and the global table `args` built
  * from "key=value" strings. On a script error err->msg holds "file:line: message"
- * and *traceback (if not NULL) a malloc'd traceback. */
+ * and *traceback (if not NULL) a malloc'd traceback. *gates_failed (if not
+ * NULL) tells whether any pipeline the script ran failed a gate. */
 MOPT_API mopt_status mopt_lua_run_file(const char *path, int n_args, char *const *kv_args, mopt_registry *reg,
-                                       int32_t quiet, int32_t n_threads, char **traceback, mopt_error *err);
+                                       int32_t quiet, int32_t n_threads, char **traceback, int32_t *gates_failed,
+                                       mopt_error *err);
 
 MOPT_EXTERN_C_END
 

@@ -106,6 +106,17 @@ MOPT_API mopt_status mopt_report_metric(mopt_report *r, const char *key, double 
 MOPT_API mopt_status mopt_report_string(mopt_report *r, const char *key, const char *value);
 /* Records a file the pass wrote; removed again if the pass fails. */
 MOPT_API mopt_status mopt_report_artifact(mopt_report *r, const char *kind, const char *path);
+/* A series of numbers (per-window NLL, latencies, ...) for tables and charts. */
+MOPT_API mopt_status mopt_report_series(mopt_report *r, const char *key, const double *v, int64_t n);
+/* Records a gate: metric `op` ("<=" or ">=") threshold, checked on value.
+ * A failed gate marks the report's gates failed (not the passes). */
+MOPT_API mopt_status mopt_report_gate(mopt_report *r, const char *metric, const char *op, double threshold,
+                                      double value, int32_t passed);
+/* 1 when no recorded gate failed. */
+MOPT_API int32_t mopt_report_gates_ok(const mopt_report *r);
+/* Writes report.json, report.md and report.html (self-contained, inline SVG
+ * charts) into dir, each atomically; creates dir if needed. */
+MOPT_API mopt_status mopt_report_write(const mopt_report *r, const char *dir, const char *title, mopt_error *err);
 /* The latest value of a metric from any successful pass; NaN if none. */
 MOPT_API double mopt_report_get_metric(const mopt_report *r, const char *key);
 /* 1 when every pass succeeded. */

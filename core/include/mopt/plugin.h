@@ -115,6 +115,24 @@ typedef struct mopt_host_api {
     mopt_status (*weight_row_f32)(const mopt_tensor *t, int64_t row, float *out, mopt_error *err);
     int64_t (*weight_storage_bytes)(const mopt_tensor *t);
     float (*f16_round)(float f); /* the value an f16 stores for f */
+
+    /* appended: validation and A/B passes */
+    mopt_status (*report_series)(mopt_report *r, const char *key, const double *v, int64_t n);
+    mopt_status (*report_gate)(mopt_report *r, const char *metric, const char *op, double threshold, double value,
+                               int32_t passed);
+    /* the latest value of a metric any earlier successful pass reported (NaN if none) */
+    double (*report_get_metric)(const mopt_report *r, const char *key);
+    int32_t (*argmax)(const float *x, int32_t n);
+    int64_t (*tokenizer_decode_next)(const mopt_tokenizer *tok, const int32_t *prev, size_t n_prev, int32_t id,
+                                     char *buf, size_t cap);
+    int32_t (*tokenizer_vocab_size)(const mopt_tokenizer *tok);
+    const char *(*tokenizer_token_str)(const mopt_tokenizer *tok, int32_t id);
+    const char *(*model_path)(const mopt_model *m);
+    double (*now)(void); /* monotonic seconds */
+    mopt_status (*perplexity_strided)(mopt_session *s, const int32_t *tokens, int64_t n_tokens, int32_t ctx,
+                                      int32_t stride, double *window_nll, mopt_progress_fn progress, void *user,
+                                      mopt_ppl_result *out, mopt_error *err);
+    int64_t (*perplexity_windows)(int64_t n_tokens, int32_t ctx, int32_t stride);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
