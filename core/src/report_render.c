@@ -156,9 +156,8 @@ static void axes(sbuf *b, const char *title, const char *xlabel, const char *yla
     double step = nice_step(y1 - y0, 5);
     for (double v = ceil(y0 / step) * step; v <= y1 + 1e-9 * fabs(y1); v += step) {
         double y = CH - MB - (v - y0) / (y1 - y0) * (CH - MB - MT);
-        char nb[32];
-        sb_printf(b, "<line x1='%d' y1='%.1f' x2='%d' y2='%.1f' stroke='#ddd'/><text x='%d' y='%.1f' font-size='11' font-family='sans-serif' text-anchor='end'>%s</text>\n",
-                  ML, y, CW - MR, y, ML - 6, y + 4, fmt_num(v, nb, sizeof nb));
+        sb_printf(b, "<line x1='%d' y1='%.1f' x2='%d' y2='%.1f' stroke='#ddd'/><text x='%d' y='%.1f' font-size='11' font-family='sans-serif' text-anchor='end'>%g</text>\n",
+                  ML, y, CW - MR, y, ML - 6, y + 4, fabs(v) < 1e-12 ? 0.0 : v);
     }
 }
 
@@ -166,9 +165,8 @@ static void xticks(sbuf *b, double x0, double x1) {
     double step = nice_step(x1 - x0, 6);
     for (double v = ceil(x0 / step) * step; v <= x1 + 1e-9 * fabs(x1); v += step) {
         double x = ML + (v - x0) / (x1 - x0) * (CW - ML - MR);
-        char nb[32];
-        sb_printf(b, "<line x1='%.1f' y1='%d' x2='%.1f' y2='%d' stroke='black'/><text x='%.1f' y='%d' font-size='11' font-family='sans-serif' text-anchor='middle'>%s</text>\n",
-                  x, CH - MB, x, CH - MB + 5, x, CH - MB + 18, fmt_num(v, nb, sizeof nb));
+        sb_printf(b, "<line x1='%.1f' y1='%d' x2='%.1f' y2='%d' stroke='black'/><text x='%.1f' y='%d' font-size='11' font-family='sans-serif' text-anchor='middle'>%g</text>\n",
+                  x, CH - MB, x, CH - MB + 5, x, CH - MB + 18, fabs(v) < 1e-12 ? 0.0 : v);
     }
 }
 
@@ -181,8 +179,10 @@ static int bar_chart(sbuf *b, json_t *root, const char *metric, const char *titl
     json_t *p;
     json_array_foreach(json_object_get(root, "passes"), i, p) {
         json_t *m = json_object_get(p, "metrics");
-        if (!strcmp(metric, "ppl") && json_is_number(json_object_get(m, "ppl_baseline")) && n < 64) {
-            vals[n] = json_number_value(json_object_get(m, "ppl_baseline"));
+        char base_key[64];
+        snprintf(base_key, sizeof base_key, "%s_baseline", metric);
+        if (json_is_number(json_object_get(m, base_key)) && n < 64) { /* the pass measured the original too */
+            vals[n] = json_number_value(json_object_get(m, base_key));
             snprintf(labels[n++], sizeof labels[0], "baseline");
         }
         json_t *v = json_object_get(m, metric);
