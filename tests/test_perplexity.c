@@ -60,11 +60,42 @@ static void test_too_few_tokens_for_a_window_is_an_error(void **st) {
     mopt_model_free(m);
 }
 
+static void test_strided_windows_score_each_token_once(void **st) {
+    REQUIRE_SHARED();
+    char path[1024];
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(test_shared_path(path, sizeof path, "models/lit-gpt2-1m"), NULL, &err);
+    mopt_session *s = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    size_t len;
+    char *text = read_whole(test_shared_path(path, sizeof path, "data/lit-val.txt"), &len);
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(mopt_tokenizer_encode(mopt_model_tokenizer(m), text, 20000, 0, &ids, &n, &err), MOPT_OK);
+    const int64_t nw = mopt_perplexity_windows((int64_t)n, 256, 128);
+    assert_int_equal(nw, ((int64_t)n - 256) / 128 + 1);
+    double *wn = malloc((size_t)nw * sizeof *wn);
+    mopt_ppl_result r, plain;
+    assert_int_equal(mopt_perplexity_strided(s, ids, (int64_t)n, 256, 128, wn, NULL, NULL, &r, &err), MOPT_OK);
+    /* the first window scores 255 targets, each later one its last 128 */
+    assert_int_equal(r.tokens_scored, 255 + (nw - 1) * 128);
+    for (int64_t w = 0; w < nw; w++) assert_true(isfinite(wn[w]) && wn[w] > 0);
+    /* more context per scored token: strided perplexity is no worse than the non-overlapping one */
+    assert_int_equal(mopt_perplexity(s, ids, (int64_t)n, 256, NULL, NULL, &plain, &err), MOPT_OK);
+    fprintf(stderr, "stride 128: ppl %.4f over %lld tokens; non-overlapping %.4f\n", r.ppl, (long long)r.tokens_scored, plain.ppl);
+    assert_true(r.ppl < plain.ppl * 1.02);
+    free(wn);
+    free(ids);
+    free(text);
+    mopt_session_free(s);
+    mopt_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lit_llama_ppl_matches_reference),
         cmocka_unit_test(test_lit_gpt2_ppl_matches_reference),
         cmocka_unit_test(test_too_few_tokens_for_a_window_is_an_error),
+        cmocka_unit_test(test_strided_windows_score_each_token_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

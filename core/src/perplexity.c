@@ -28,7 +28,8 @@ mopt_status mopt_perplexity_strided(mopt_session *s, const int32_t *tokens, int6
         mopt_status st = mopt_session_truncate(s, 0, err);
         if (!st) st = mopt_session_forward(s, win, ctx, true, &logits, err);
         if (st) return st;
-        const int32_t first = w == 0 ? 0 : ctx - 1 - stride; /* row p predicts token p + 1 */
+        /* row p predicts token p + 1; later windows score only their last `stride` targets */
+        const int32_t first = w == 0 || stride >= ctx - 1 ? 0 : ctx - 1 - stride;
         double wn = 0;
         for (int32_t p = first; p + 1 < ctx; p++) {
             const float *row = logits + (size_t)p * vocab;
