@@ -44,6 +44,16 @@ mopt_tensor *mopt_builder_weight_opt(mopt_builder *b, const char *name, int n_di
     return weight(b, name, n_dims, d0, d1, 0);
 }
 
+mopt_node mopt_builder_mknode(mopt_op op, mopt_role role, int layer, const char *name) {
+    mopt_node n = {0};
+    n.op = op;
+    n.role = role;
+    n.layer = layer;
+    n.kv_slot = -1;
+    snprintf(n.name, sizeof n.name, "%s", name);
+    return n;
+}
+
 int32_t mopt_builder_node(mopt_builder *b, mopt_node node, int32_t width) {
     if (b->status != MOPT_OK) return -1;
     node.output = mopt_graph_add_value(b->g, width);

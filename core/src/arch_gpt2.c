@@ -12,15 +12,7 @@
 
 #define NAME(buf, ...) (snprintf(buf, sizeof buf, __VA_ARGS__), buf)
 
-static mopt_node mk(mopt_op op, mopt_role role, int layer, const char *name) {
-    mopt_node n = {0};
-    n.op = op;
-    n.role = role;
-    n.layer = layer;
-    n.kv_slot = -1;
-    snprintf(n.name, sizeof n.name, "%s", name);
-    return n;
-}
+#define mk mopt_builder_mknode
 
 static int32_t layernorm(mopt_builder *b, int32_t in, const char *prefix, int64_t D, float eps, int layer,
                          mopt_role role, const char *node_name) {

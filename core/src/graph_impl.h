@@ -30,6 +30,8 @@ typedef struct mopt_builder {
 mopt_tensor *mopt_builder_weight(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1);
 /* Like mopt_builder_weight but a missing tensor is not an error. */
 mopt_tensor *mopt_builder_weight_opt(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1);
+/* A node with its op, role, layer and name set and everything else empty. */
+mopt_node mopt_builder_mknode(mopt_op op, mopt_role role, int layer, const char *name);
 /* Appends a node writing a new value of `width`; returns the value id or -1. */
 int32_t mopt_builder_node(mopt_builder *b, mopt_node node, int32_t width);
 
