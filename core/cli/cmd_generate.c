@@ -19,7 +19,74 @@ static void help(void) {
            "  --seed N          random seed (default: from the clock, printed on stderr)\n"
            "  --threads N       worker threads (default: all cores)\n"
            "  --tokenizer PATH  tokenizer.json or llama2.c tokenizer file (default: the model's;\n"
-           "                    for a llama2.c .bin, tokenizer.bin or tok*.bin beside it)\n");
+           "                    for a llama2.c .bin, tokenizer.bin or tok*.bin beside it)\n"
+           "  --draft MODEL     speculative decoding with this draft (same tokenizer); output is exactly\n"
+           "                    what the model alone would give (greedy) or its distribution (sampling)\n"
+           "  --draft-k K|auto  tokens the draft proposes per round (default 4; auto adapts up to 8)\n"
+           "  --lookup N        prompt-lookup speculation with N-grams from the context (no draft model)\n"
+           "  --stats-json OUT  speculation statistics (rounds, acceptance, tokens per target call, times)\n");
+}
+
+/* --draft / --lookup: the specdec.generate pass (one code path with Lua and pipelines). */
+static int cli_speculate(const char *model, const char *tok_path, const char *prompt, long long n, double temp,
+                         double top_p, long long seed, long long threads, const char *draft, const char *k,
+                         long long lookup, const char *stats_json) {
+    mopt_registry *r = cli_registry();
+    if (!r) return EXIT_RUNTIME;
+    mopt_error err = {0};
+    int rc = EXIT_OK;
+    char num[64];
+    mopt_model *m = NULL;
+    mopt_report *rep = mopt_report_new();
+    mopt_pipeline *p = mopt_pipeline_new(r);
+    mopt_options *o = mopt_options_new();
+    mopt_status st = mopt_options_set(o, "prompt", prompt, &err);
+    if (!st && draft) st = mopt_options_set(o, "draft", draft, &err);
+    if (!st) st = mopt_options_set(o, "k", k, &err);
+    snprintf(num, sizeof num, "%lld", lookup);
+    if (!st && lookup) st = mopt_options_set(o, "lookup", num, &err);
+    snprintf(num, sizeof num, "%.17g", temp);
+    if (!st) st = mopt_options_set(o, "temp", num, &err);
+    snprintf(num, sizeof num, "%.17g", top_p);
+    if (!st) st = mopt_options_set(o, "top_p", num, &err);
+    snprintf(num, sizeof num, "%lld", seed);
+    if (!st) st = mopt_options_set(o, "seed", num, &err);
+    snprintf(num, sizeof num, "%lld", n);
+    if (!st) st = mopt_options_set(o, "n", num, &err);
+    if (!st) st = mopt_pipeline_add(p, "specdec.generate", o, &err);
+    if (!st && !(m = mopt_model_load(model, tok_path, &err))) st = (mopt_status)err.code;
+    mopt_run_opts ro;
+    mopt_run_opts_default(&ro);
+    ro.quiet = 1;
+    ro.n_threads = (int32_t)threads;
+    if (!st) st = mopt_pipeline_run(p, m, &ro, rep, &err);
+    if (st) {
+        rc = cli_fail(&err);
+    } else {
+        char *json = mopt_report_json(rep);
+        json_t *j = json ? json_loads(json, 0, NULL) : NULL;
+        free(json);
+        json_t *pass = json_array_get(json_object_get(j, "passes"), 0), *mt = json_object_get(pass, "metrics");
+        printf("%s\n", json_string_value(json_object_get(json_object_get(pass, "strings"), "text")));
+#define G(key) json_number_value(json_object_get(mt, key))
+        fprintf(stderr, "mopt: speculative (%s): %.0f tokens in %.0f target calls (%.3f per call), acceptance %.3f, "
+                        "%.3f s (draft %.3f s, target %.3f s)\n",
+                draft ? draft : "prompt lookup", G("generated"), G("rounds"), G("tokens_per_target_call"),
+                G("acceptance_rate"), G("wall_seconds"), G("draft_seconds"), G("target_seconds"));
+#undef G
+        if (stats_json) {
+            json_object_set_new(mt, "draft", draft ? json_string(draft) : json_null());
+            json_object_set_new(mt, "lookup", json_integer(lookup));
+            if (cli_write_json(stats_json, mt, &err)) rc = cli_fail(&err);
+        }
+        json_decref(j);
+    }
+    mopt_options_free(o);
+    mopt_report_free(rep);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+    mopt_registry_free(r);
+    return rc;
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -27,8 +94,11 @@ int cmd_generate(int argc, char **argv) {
         {"prompt", required_argument, 0, 'p'}, {"max-new", required_argument, 0, 'n'},
         {"temp", required_argument, 0, 't'},   {"top-p", required_argument, 0, 'P'},
         {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'T'},
-        {"tokenizer", required_argument, 0, 'k'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *prompt = "", *tok_path = NULL;
+        {"tokenizer", required_argument, 0, 'k'}, {"draft", required_argument, 0, 'D'},
+        {"draft-k", required_argument, 0, 'K'},   {"lookup", required_argument, 0, 'L'},
+        {"stats-json", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *prompt = "", *tok_path = NULL, *draft = NULL, *draft_k = "4", *stats_json = NULL;
+    long long lookup = 0;
     long long max_new = 256, seed = -1, threads = 0;
     double temp = 1.0, top_p = 0.9;
     int c;
@@ -57,12 +127,20 @@ int cmd_generate(int argc, char **argv) {
                 return cli_usage_error("generate", "--threads expects 1..1024, got '%s'", optarg);
             break;
         case 'k': tok_path = optarg; break;
+        case 'D': draft = optarg; break;
+        case 'K': draft_k = optarg; break;
+        case 'L':
+            if (!cli_parse_int(optarg, 1, 64, &lookup)) return cli_usage_error("generate", "--lookup expects an n-gram size 1..64, got '%s'", optarg);
+            break;
+        case 'S': stats_json = optarg; break;
         case 'h': help(); return EXIT_OK;
         default: return cli_usage_error("generate", "unknown option");
         }
     }
     if (optind != argc - 1) return cli_usage_error("generate", "expected exactly one MODEL");
     if (seed < 0) seed = (long long)time(NULL);
+    if (draft || lookup) return cli_speculate(argv[optind], tok_path, prompt, max_new, temp, top_p, seed, threads, draft,
+                                              draft_k, lookup, stats_json);
 
     mopt_error err = {0};
     mopt_model *m = mopt_model_load(argv[optind], tok_path, &err);

@@ -18,6 +18,7 @@
 #define GEMM_ROWS 64 /* weight rows per prefill task */
 #define GEMV_ROWS 16 /* weight rows per decode task */
 #define ATT_ROWS 32  /* query rows per prefill attention task */
+#define GEMV_MAX_TOKENS 8 /* up to this many tokens per call, linears read weights in place */
 
 extern void openblas_set_num_threads(int);
 
@@ -323,7 +324,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         j.x = xr;
         j.x_stride = (int32_t)in;
     }
-    if (w->dtype == MOPT_DTYPE_QINT && T <= 2 && !w->quant->g_idx) {
+    if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));
         if (!sums) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
@@ -335,9 +336,10 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
             }
         j.xsum = sums;
     }
-    /* One or two tokens: read the stored weights directly. More: widen a block
-     * of rows once and let OpenBLAS reuse it across tokens. */
-    if (T <= 2)
+    /* A few tokens (decode, speculative verification): read the stored weights
+     * directly per token. More: widen a block of rows once and let OpenBLAS
+     * reuse it across tokens. */
+    if (T <= GEMV_MAX_TOKENS)
         mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, gemv_task, &j);
     else
         mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
