@@ -15,6 +15,9 @@ static void help(void) {
            "and every window is scored on its positions 1..CTX-1 from the tokens before them.\n"
            "  --data FILE   UTF-8 text to score\n"
            "  --ctx N       window length (default 256)\n"
+           "  --stride S    start a window every S tokens (default: ctx); later windows score only their\n"
+           "                last S tokens\n"
+           "  --limit-tokens N  score only the first N tokens of FILE\n"
            "  --baseline B  compare against model B on the same windows (eval.compare): KL, top-1\n"
            "                agreement, ppl ratio with a bootstrap 95%% interval\n"
            "  --json OUT    also write {ppl, nll, tokens_scored, ctx, seconds, ...} to OUT\n"
@@ -25,10 +28,11 @@ static void help(void) {
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"data", required_argument, 0, 'd'},    {"ctx", required_argument, 0, 'c'},
                                          {"baseline", required_argument, 0, 'B'},
+                                         {"stride", required_argument, 0, 'S'},  {"limit-tokens", required_argument, 0, 'l'},
                                          {"json", required_argument, 0, 'j'},    {"threads", required_argument, 0, 'T'},
                                          {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *data_path = NULL, *json_path = NULL, *ctx = "256", *baseline = NULL;
+    const char *data_path = NULL, *json_path = NULL, *ctx = "256", *baseline = NULL, *stride = NULL, *limit = NULL;
     long long threads = 0, ctx_val;
     int quiet = 0, c;
     optind = 1;
@@ -36,6 +40,14 @@ int cmd_eval(int argc, char **argv) {
         switch (c) {
         case 'd': data_path = optarg; break;
         case 'B': baseline = optarg; break;
+        case 'S':
+            if (!cli_parse_int(optarg, 1, 1 << 20, &ctx_val)) return cli_usage_error("eval", "--stride expects a positive integer, got '%s'", optarg);
+            stride = optarg;
+            break;
+        case 'l':
+            if (!cli_parse_int(optarg, 1, (long long)1 << 40, &ctx_val)) return cli_usage_error("eval", "--limit-tokens expects a positive integer, got '%s'", optarg);
+            limit = optarg;
+            break;
         case 'c':
             if (!cli_parse_int(optarg, 2, 1 << 20, &ctx_val))
                 return cli_usage_error("eval", "--ctx expects an integer >= 2, got '%s'", optarg);
@@ -64,7 +76,8 @@ int cmd_eval(int argc, char **argv) {
     mopt_pipeline *p = mopt_pipeline_new(r);
     mopt_options *o = mopt_options_new();
     if (!p || !o || mopt_options_set(o, "data", data_path, &err) || mopt_options_set(o, "ctx", ctx, &err) ||
-        (baseline && mopt_options_set(o, "baseline", baseline, &err)) ||
+        (baseline && mopt_options_set(o, "baseline", baseline, &err)) || (limit && mopt_options_set(o, "limit_tokens", limit, &err)) ||
+        (stride && mopt_options_set(o, "stride", stride, &err)) ||
         mopt_pipeline_add(p, baseline ? "eval.compare" : "eval.perplexity", o, &err)) {
         rc = cli_fail(&err);
         goto done;
