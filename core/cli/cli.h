@@ -35,6 +35,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_plugins(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 int cmd_describe(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);

@@ -14,6 +14,7 @@ static const struct {
     {"generate", cmd_generate, "generate text (greedy, temperature, top-p)"},
     {"eval", cmd_eval, "perplexity on a text file (the eval.perplexity pass)"},
     {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8) and measure it"},
+    {"export", cmd_export, "write a checkpoint (dense Hugging Face), atomically"},
     {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
     {"run", cmd_run, "run a Lua pipeline script"},
     {"pipeline", cmd_pipeline, "run a pipeline written as text: 'pass<k=v>,pass'"},

@@ -395,6 +395,9 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
     *out = NULL;
     char path[4096];
     if (!mopt_path_join(path, sizeof path, dir, "config.json")) return MOPT_FAIL(err, MOPT_E_IO, "%s: path too long", dir);
+    char marker[4096];
+    if (mopt_path_join(marker, sizeof marker, dir, "MOPT_EXPORT_INCOMPLETE") && mopt_file_exists(marker))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: an interrupted export (MOPT_EXPORT_INCOMPLETE is present); delete it", dir);
     if (!mopt_file_exists(path)) return MOPT_FAIL(err, MOPT_E_IO, "%s: no config.json in this directory", dir);
     mopt_arch arch;
     mopt_status st = arch_from_config(path, &arch, err);

@@ -74,6 +74,9 @@ mopt_model *mopt_model_load(const char *path, const char *tokenizer_path, mopt_e
         st = mopt_import_hf(path, &m->graph, err);
         if (!st && !tok_path && mopt_path_join(tp, sizeof tp, path, "tokenizer.json") && mopt_file_exists(tp))
             tok_path = tp;
+        /* an export of a llama2.c model keeps its tokenizer as tokenizer.bin */
+        if (!st && !tok_path && mopt_path_join(tp, sizeof tp, path, "tokenizer.bin") && mopt_file_exists(tp))
+            tok_path = tp;
     } else if (mopt_file_exists(path)) {
         m->format = MOPT_FORMAT_LLAMA2C;
         st = mopt_import_llama2c(path, &m->graph, err);

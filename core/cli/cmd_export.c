@@ -1,0 +1,72 @@
+/* mopt export MODEL -o DIR [--format hf] [--dtype auto|f32|f16|bf16] [--force] [--draft D --draft-k K]:
+ * the export passes. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_export(int argc, char **argv) {
+    static const struct option opts[] = {{"format", required_argument, 0, 'f'}, {"dtype", required_argument, 0, 'd'},
+                                         {"force", no_argument, 0, 'F'},         {"shard-size", required_argument, 0, 's'},
+                                         {"draft", required_argument, 0, 'D'},   {"draft-k", required_argument, 0, 'K'},
+                                         {"pipeline", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL;
+    int force = 0, quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'f': format = optarg; break;
+        case 'd': dtype = optarg; break;
+        case 'F': force = 1; break;
+        case 's': shard = optarg; break;
+        case 'D': draft = optarg; break;
+        case 'K': k = optarg; break;
+        case 'P': pre = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'h':
+            printf("usage: mopt export MODEL -o DIR [--format hf] [--dtype auto|f32|f16|bf16] [--force]\n"
+                   "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n\n"
+                   "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
+                   "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization,\n"
+                   "dequantized on export). --draft writes speculative_config.json for vLLM and TensorRT-LLM.\n"
+                   "Formats: hf (dense Hugging Face). The quantized formats come later.\n");
+            return EXIT_OK;
+        default: return cli_usage_error("export", "unknown option");
+        }
+    }
+    if (optind != argc - 1) return cli_usage_error("export", "expected exactly one MODEL");
+    if (!out) return cli_usage_error("export", "-o DIR is required");
+    if (strcmp(format, "hf") != 0) return cli_usage_error("export", "--format %s is not available yet (hf)", format);
+    mopt_registry *r = cli_registry();
+    if (!r) return EXIT_RUNTIME;
+    mopt_error err = {0};
+    int rc = EXIT_OK;
+    mopt_model *m = NULL;
+    mopt_report *rep = mopt_report_new();
+    mopt_pipeline *p = mopt_pipeline_new(r);
+    mopt_options *o = mopt_options_new();
+    if ((pre && mopt_pipeline_parse(p, pre, &err)) || mopt_options_set(o, "out", out, &err) ||
+        (dtype && mopt_options_set(o, "dtype", dtype, &err)) || (force && mopt_options_set(o, "force", "true", &err)) ||
+        (shard && mopt_options_set(o, "max_shard_size", shard, &err)) || (draft && mopt_options_set(o, "draft", draft, &err)) ||
+        (k && mopt_options_set(o, "num_speculative_tokens", k, &err)) || mopt_pipeline_add(p, "export.hf", o, &err) ||
+        !(m = mopt_model_load(argv[optind], NULL, &err))) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    mopt_run_opts ro;
+    mopt_run_opts_default(&ro);
+    ro.quiet = quiet;
+    if (mopt_pipeline_run(p, m, &ro, rep, &err)) rc = cli_fail(&err);
+    else if (!quiet) printf("wrote %s (%.1f MB)\n", out, mopt_report_get_metric(rep, "bytes") / 1e6);
+done:
+    mopt_options_free(o);
+    mopt_report_free(rep);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+    mopt_registry_free(r);
+    return rc;
+}

@@ -1,0 +1,20 @@
+/* plugins/export: checkpoint writers. */
+#include "export_plugin.h"
+
+static const mopt_pass_desc *const passes[] = {&export_hf_pass, NULL};
+
+static const mopt_plugin_desc desc = {
+    .abi_version = MOPT_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(mopt_plugin_desc),
+    .name = "export",
+    .version = "0.1.0",
+    .license = "MIT",
+    .description = "checkpoint exporters: dense Hugging Face (atomic writes, speculative-decoding settings)",
+    .passes = passes,
+};
+
+MOPT_PLUGIN_ENTRY {
+    (void)host;
+    (void)err;
+    return &desc;
+}

@@ -1,0 +1,46 @@
+/* safetensors writer (layout: 8-byte little-endian header length, the JSON
+ * header padded with spaces to 8 bytes, then the tensors back to back). */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "st_writer.h"
+
+static int by_name(const void *a, const void *b) { return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name); }
+
+mopt_status st_write_file(const mopt_host_api *h, const atomic_dir *d, const char *name, st_entry *e, int32_t n,
+                          mopt_error *err) {
+    qsort(e, (size_t)n, sizeof *e, by_name);
+    json_t *hdr = json_object();
+    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    size_t off = 0;
+    for (int32_t i = 0; i < n; i++) {
+        json_t *shape = json_array();
+        for (int32_t k = 0; k < e[i].ndim; k++) json_array_append_new(shape, json_integer(e[i].shape[k]));
+        json_object_set_new(hdr, e[i].name, json_pack("{s:s, s:o, s:[I, I]}", "dtype", e[i].dtype, "shape", shape,
+                                                       "data_offsets", (json_int_t)off, (json_int_t)(off + e[i].nbytes)));
+        off += e[i].nbytes;
+    }
+    char *text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(hdr);
+    if (!text) return h->error_set(err, MOPT_E_NOMEM, "export", "out of memory");
+    size_t hl = strlen(text), padded = (hl + 7) & ~(size_t)7;
+    char *buf = malloc(8 + padded + off);
+    if (!buf) {
+        free(text);
+        return h->error_set(err, MOPT_E_NOMEM, "export", "out of memory for %s", name);
+    }
+    for (int k = 0; k < 8; k++) buf[k] = (char)((uint64_t)padded >> (8 * k));
+    memcpy(buf + 8, text, hl);
+    memset(buf + 8 + hl, ' ', padded - hl);
+    size_t pos = 8 + padded;
+    for (int32_t i = 0; i < n; i++) {
+        memcpy(buf + pos, e[i].data, e[i].nbytes);
+        pos += e[i].nbytes;
+    }
+    free(text);
+    mopt_status st = atomic_dir_write(h, d, name, buf, pos, err);
+    free(buf);
+    return st;
+}

@@ -1,0 +1,211 @@
+/* export.hf: dense checkpoints that mopt loads back with identical logits
+ * (LLaMA, GPT-2 with its Conv1D layout, llama2.c with RoPE rows permuted),
+ * dtypes, sharding, quantized models exported dequantized, atomic writes
+ * (refusing, replacing, and a SIGKILL mid-export), draft settings. */
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+static mopt_registry *reg;
+static int setup(void **s) {
+    mopt_error err = {0};
+    reg = mopt_registry_new(NULL, &err);
+    return reg ? 0 : -1;
+}
+static int teardown(void **s) {
+    mopt_registry_free(reg);
+    return 0;
+}
+
+static mopt_model *load(const char *path) {
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(path, NULL, &err);
+    if (!m) fprintf(stderr, "%s\n", err.msg);
+    assert_non_null(m);
+    return m;
+}
+
+static void pipeline(mopt_model *m, const char *text) {
+    mopt_pipeline *p = mopt_pipeline_new(reg);
+    mopt_error err = {0};
+    if (mopt_pipeline_parse(p, text, &err)) fprintf(stderr, "%s\n", err.msg);
+    mopt_report *r = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    if (mopt_pipeline_run(p, m, &o, r, &err)) fprintf(stderr, "%s\n", err.msg);
+    assert_true(mopt_report_ok(r));
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+}
+
+/* max |logit difference| over 16 tokens of lit-val */
+static double logit_diff(mopt_model *a, mopt_model *b) {
+    const int32_t ids[16] = {1, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160};
+    mopt_error err = {0};
+    mopt_session *sa = mopt_session_new(mopt_model_graph(a), NULL, &err), *sb = mopt_session_new(mopt_model_graph(b), NULL, &err);
+    const int32_t V = mopt_model_arch(a)->vocab_size;
+    const float *la, *lb;
+    assert_int_equal(mopt_session_forward(sa, ids, 16, true, &la, &err), MOPT_OK);
+    float *copy = malloc((size_t)16 * V * sizeof *copy);
+    memcpy(copy, la, (size_t)16 * V * sizeof *copy);
+    assert_int_equal(mopt_session_forward(sb, ids, 16, true, &lb, &err), MOPT_OK);
+    double d = 0;
+    for (int64_t i = 0; i < (int64_t)16 * V; i++) d = fmax(d, fabs(copy[i] - lb[i]));
+    free(copy);
+    mopt_session_free(sa);
+    mopt_session_free(sb);
+    return d;
+}
+
+static void roundtrip(const char *model_rel, const char *opts, double tol) {
+    REQUIRE_SHARED();
+    char src[1024], dir[1024], out[1100], text[2400];
+    test_shared_path(src, sizeof src, model_rel);
+    test_tmpdir(dir, sizeof dir, "export");
+    snprintf(out, sizeof out, "%s/out", dir);
+    mopt_model *m = load(src);
+    snprintf(text, sizeof text, "export.hf<out=%s%s%s>", out, *opts ? ";" : "", opts);
+    pipeline(m, text);
+    mopt_model *e = load(out);
+    double d = logit_diff(m, e);
+    fprintf(stderr, "%s %s: max |logit diff| after export %.3g\n", model_rel, opts, d);
+    assert_true(d <= tol);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static void test_llama_roundtrip_is_exact(void **s) { roundtrip("models/lit-llama-7m", "", 0.0); }
+static void test_gpt2_conv1d_roundtrip_is_exact(void **s) { roundtrip("models/lit-gpt2-1m", "", 0.0); }
+static void test_llama2c_exports_as_hf_llama(void **s) { roundtrip("models/stories260K/stories260K.bin", "", 1e-4); }
+static void test_f32_export_is_exact_and_f16_close(void **s) {
+    roundtrip("models/lit-gpt2-1m", "dtype=f32", 0.0);
+    roundtrip("models/lit-gpt2-1m", "dtype=f16", 0.05);
+}
+static void test_sharded_export_loads(void **s) {
+    REQUIRE_SHARED();
+    roundtrip("models/lit-llama-7m", "max_shard_size=2000000", 0.0);
+}
+
+static void test_quantized_model_exports_dequantized(void **s) {
+    REQUIRE_SHARED();
+    char src[1024], dir[1024], out[1100], text[2400];
+    test_shared_path(src, sizeof src, "models/lit-llama-7m");
+    test_tmpdir(dir, sizeof dir, "export-q");
+    snprintf(out, sizeof out, "%s/out", dir);
+    mopt_model *m = load(src);
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=64>,export.hf<out=%s;dtype=f32>", out);
+    pipeline(m, text);
+    mopt_model *e = load(out);
+    double d = logit_diff(m, e); /* packed kernels vs the same weights stored dense */
+    fprintf(stderr, "int4 model vs its dense f32 export: max |logit diff| %.3g\n", d);
+    assert_true(d < 1e-3);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static int cli(const char *args) {
+    char cmd[8400];
+    snprintf(cmd, sizeof cmd, "%s %s > /dev/null 2>&1", MOPT_CLI, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_existing_target_is_refused_or_replaced_with_force(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], args[4096], keep[1200];
+    test_tmpdir(dir, sizeof dir, "export-force");
+    snprintf(out, sizeof out, "%s/out", dir);
+    mkdir(out, 0755);
+    snprintf(keep, sizeof keep, "%s/keep.txt", out);
+    write_file(keep, "mine", 4);
+    snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --quiet", test_shared_dir(), out);
+    assert_int_equal(cli(args), 2);
+    struct stat st;
+    assert_int_equal(stat(keep, &st), 0); /* untouched */
+    snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --force --quiet", test_shared_dir(), out);
+    assert_int_equal(cli(args), 0);
+    assert_int_not_equal(stat(keep, &st), 0);
+    mopt_model_free(load(out));
+}
+
+static void test_sigkill_mid_export_leaves_no_model(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], cmd[8192];
+    test_tmpdir(dir, sizeof dir, "export-kill");
+    snprintf(out, sizeof out, "%s/out", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char model[1024], text[2400];
+        snprintf(model, sizeof model, "%s/models/lit-llama-7m", test_shared_dir());
+        snprintf(text, sizeof text, "export.hf<out=%s;max_shard_size=2000000;pause_ms=400>", out);
+        freopen("/dev/null", "w", stdout);
+        freopen("/dev/null", "w", stderr);
+        execl(MOPT_CLI, MOPT_CLI, "pipeline", text, model, "--quiet", (char *)NULL);
+        _exit(127);
+    }
+    usleep(900 * 1000); /* a few shards in */
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));
+    struct stat st;
+    assert_int_not_equal(stat(out, &st), 0); /* the target does not exist */
+    /* the hidden temporary is marked incomplete, and refused if someone points mopt at it */
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c '^\\.out\\.mopt-tmp-' > '%s/count'", dir, dir);
+    assert_int_equal(system(cmd), 0);
+    char countp[1200], tmpd[2400];
+    snprintf(countp, sizeof countp, "%s/count", dir);
+    size_t n;
+    char *c = read_whole(countp, &n);
+    assert_int_equal(atoi(c), 1);
+    free(c);
+    snprintf(tmpd, sizeof tmpd, "%s/.out.mopt-tmp-%ld", dir, (long)pid);
+    mopt_error err = {0};
+    assert_null(mopt_model_load(tmpd, NULL, &err));
+    assert_non_null(strstr(err.msg, "interrupted export"));
+    /* the next export cleans it up and lands */
+    snprintf(cmd, sizeof cmd, "export '%s/models/lit-llama-7m' -o '%s' --quiet", test_shared_dir(), out);
+    assert_int_equal(cli(cmd), 0);
+    assert_int_not_equal(stat(tmpd, &st), 0);
+    mopt_model_free(load(out));
+}
+
+static void test_draft_settings_for_serving(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], args[4096], path[1200];
+    test_tmpdir(dir, sizeof dir, "export-draft");
+    snprintf(out, sizeof out, "%s/target", dir);
+    snprintf(args, sizeof args, "export '%s/models/lit-llama-7m' -o '%s' --draft '%s/models/lit-gpt2-1m' --draft-k 5 --quiet",
+             test_shared_dir(), out, test_shared_dir());
+    assert_int_equal(cli(args), 0);
+    snprintf(path, sizeof path, "%s/speculative_config.json", out);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "vllm"), "num_speculative_tokens")), 5);
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "vllm"), "model")), "lit-gpt2-1m"));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "tensorrt_llm"), "max_draft_len")), 5);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "tensorrt_llm"), "speculative_decoding_mode")),
+                        "draft_tokens_external");
+    json_decref(j);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_llama_roundtrip_is_exact),
+        cmocka_unit_test(test_gpt2_conv1d_roundtrip_is_exact),
+        cmocka_unit_test(test_llama2c_exports_as_hf_llama),
+        cmocka_unit_test(test_f32_export_is_exact_and_f16_close),
+        cmocka_unit_test(test_sharded_export_loads),
+        cmocka_unit_test(test_quantized_model_exports_dequantized),
+        cmocka_unit_test(test_existing_target_is_refused_or_replaced_with_force),
+        cmocka_unit_test(test_sigkill_mid_export_leaves_no_model),
+        cmocka_unit_test(test_draft_settings_for_serving),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
