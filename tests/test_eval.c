@@ -7,13 +7,10 @@
 
 #include "testutil.h"
 
-static mopt_registry *reg;
 static char data[1100];
 
 static int setup(void **s) {
-    mopt_error err = {0};
-    reg = mopt_registry_new(NULL, &err);
-    if (!reg) return -1;
+    if (test_registry_setup(s)) return -1;
     /* 40 KB of lit-val.txt: 61 windows of 256 tokens for the lit tokenizer */
     char src[1024], dir[1024];
     size_t n;
@@ -28,25 +25,11 @@ static int setup(void **s) {
     free(text);
     return 0;
 }
-static int teardown(void **s) {
-    mopt_registry_free(reg);
-    return 0;
-}
+static int teardown(void **s) { return test_registry_teardown(s); }
 
 static mopt_report *run(const char *model_rel, const char *text) {
-    char path[1024];
-    mopt_error err = {0};
-    mopt_model *m = mopt_model_load(test_shared_path(path, sizeof path, model_rel), NULL, &err);
-    assert_non_null(m);
-    mopt_pipeline *p = mopt_pipeline_new(reg);
-    if (mopt_pipeline_parse(p, text, &err)) fprintf(stderr, "%s\n", err.msg);
-    mopt_report *r = mopt_report_new();
-    mopt_run_opts o;
-    mopt_run_opts_default(&o);
-    o.quiet = 1;
-    if (mopt_pipeline_run(p, m, &o, r, &err)) fprintf(stderr, "%s: %s\n", text, err.msg);
-    assert_true(mopt_report_ok(r));
-    mopt_pipeline_free(p);
+    mopt_model *m = test_load_model(model_rel);
+    mopt_report *r = test_run_pipeline(m, text);
     mopt_model_free(m);
     return r;
 }

@@ -10,38 +10,10 @@
 
 #include "testutil.h"
 
-static mopt_registry *reg;
-static int setup(void **s) {
-    mopt_error err = {0};
-    reg = mopt_registry_new(NULL, &err);
-    return reg ? 0 : -1;
-}
-static int teardown(void **s) {
-    mopt_registry_free(reg);
-    return 0;
-}
 
-static mopt_model *load(const char *path) {
-    mopt_error err = {0};
-    mopt_model *m = mopt_model_load(path, NULL, &err);
-    if (!m) fprintf(stderr, "%s\n", err.msg);
-    assert_non_null(m);
-    return m;
-}
+#define load test_load_model
 
-static void pipeline(mopt_model *m, const char *text) {
-    mopt_pipeline *p = mopt_pipeline_new(reg);
-    mopt_error err = {0};
-    if (mopt_pipeline_parse(p, text, &err)) fprintf(stderr, "%s\n", err.msg);
-    mopt_report *r = mopt_report_new();
-    mopt_run_opts o;
-    mopt_run_opts_default(&o);
-    o.quiet = 1;
-    if (mopt_pipeline_run(p, m, &o, r, &err)) fprintf(stderr, "%s\n", err.msg);
-    assert_true(mopt_report_ok(r));
-    mopt_report_free(r);
-    mopt_pipeline_free(p);
-}
+static void pipeline(mopt_model *m, const char *text) { mopt_report_free(test_run_pipeline(m, text)); }
 
 /* max |logit difference| over 16 tokens of lit-val */
 static double logit_diff(mopt_model *a, mopt_model *b) {
@@ -207,5 +179,5 @@ int main(void) {
         cmocka_unit_test(test_sigkill_mid_export_leaves_no_model),
         cmocka_unit_test(test_draft_settings_for_serving),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
 }

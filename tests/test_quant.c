@@ -9,40 +9,9 @@
 
 #include "testutil.h"
 
-static mopt_registry *reg;
 
-static int setup(void **s) {
-    mopt_error err = {0};
-    reg = mopt_registry_new(NULL, &err);
-    return reg ? 0 : -1;
-}
-static int teardown(void **s) {
-    mopt_registry_free(reg);
-    return 0;
-}
-
-static mopt_model *load(const char *rel) {
-    char path[1024];
-    mopt_error err = {0};
-    mopt_model *m = mopt_model_load(test_shared_path(path, sizeof path, rel), NULL, &err);
-    assert_non_null(m);
-    return m;
-}
-
-/* Runs a pipeline text on m; returns the report (caller frees) or fails the test. */
-static mopt_report *run(mopt_model *m, const char *text) {
-    mopt_pipeline *p = mopt_pipeline_new(reg);
-    mopt_error err = {0};
-    if (mopt_pipeline_parse(p, text, &err)) fprintf(stderr, "%s\n", err.msg);
-    mopt_report *r = mopt_report_new();
-    mopt_run_opts o;
-    mopt_run_opts_default(&o);
-    o.quiet = 1;
-    if (mopt_pipeline_run(p, m, &o, r, &err)) fprintf(stderr, "%s: %s\n", text, err.msg);
-    assert_true(mopt_report_ok(r));
-    mopt_pipeline_free(p);
-    return r;
-}
+#define load test_load_model
+#define run test_run_pipeline
 
 static double lit_value(const char *section, const char *key) {
     char path[1024];
@@ -196,7 +165,7 @@ static void test_partial_groups_on_stories260k(void **s) {
 
 static void expect_fail_fast(const char *text, const char *substr) {
     mopt_model *m = load("models/lit-gpt2-1m");
-    mopt_pipeline *p = mopt_pipeline_new(reg);
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
     mopt_error err = {0};
     mopt_status st = mopt_pipeline_parse(p, text, &err);
     struct timespec t0, t1;
@@ -273,5 +242,5 @@ int main(void) {
         cmocka_unit_test(test_gptq_and_awq_beat_rtn_at_3_bits),
         cmocka_unit_test(test_rtn_reproduces_fake_quant_figures),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -8,27 +8,11 @@
 
 #include "testutil.h"
 
-static mopt_registry *reg;
-static int setup(void **s) {
-    mopt_error err = {0};
-    reg = mopt_registry_new(NULL, &err);
-    return reg ? 0 : -1;
-}
-static int teardown(void **s) {
-    mopt_registry_free(reg);
-    return 0;
-}
 
-static mopt_model *load(const char *rel) {
-    char path[1024];
-    mopt_error err = {0};
-    mopt_model *m = mopt_model_load(test_shared_path(path, sizeof path, rel), NULL, &err);
-    assert_non_null(m);
-    return m;
-}
+#define load test_load_model
 
 static mopt_status run(mopt_model *m, const char *pass, const char *const *kv, mopt_report *r, mopt_error *err) {
-    mopt_pipeline *p = mopt_pipeline_new(reg);
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
     mopt_options *o = mopt_options_new();
     for (int i = 0; kv[i]; i += 2) mopt_options_set(o, kv[i], kv[i + 1], err);
     mopt_status st = mopt_pipeline_add(p, pass, o, err);
@@ -184,5 +168,5 @@ int main(void) {
         cmocka_unit_test(test_sampling_keeps_the_target_distribution),
         cmocka_unit_test(test_sampling_with_a_uniform_draft_still_matches),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "mopt/mopt.h"
+#include "mopt/pipeline.h"
 
 /* ../shared relative to the project root, or $MOPT_SHARED. */
 static inline const char *test_shared_dir(void) {
@@ -79,6 +80,46 @@ static inline void *read_whole(const char *path, size_t *n) {
     fclose(f);
     *n = (size_t)sz;
     return p;
+}
+
+/* --- plugins and pipelines ------------------------------------------------------ */
+
+/* The registry the pipeline tests share: the in-tree plugin folder. */
+static mopt_registry *test_reg;
+static inline int test_registry_setup(void **state) {
+    mopt_error err = {0};
+    test_reg = mopt_registry_new(NULL, &err);
+    return test_reg ? 0 : -1;
+}
+static inline int test_registry_teardown(void **state) {
+    mopt_registry_free(test_reg);
+    return 0;
+}
+
+/* Runs a pipeline text on m quietly and returns its report (caller frees);
+ * the test fails unless every pass succeeded. */
+static inline mopt_report *test_run_pipeline(mopt_model *m, const char *text) {
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    if (mopt_pipeline_parse(p, text, &err)) fprintf(stderr, "%s\n", err.msg);
+    mopt_report *r = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    if (mopt_pipeline_run(p, m, &o, r, &err)) fprintf(stderr, "%s: %s\n", text, err.msg);
+    assert_true(mopt_report_ok(r));
+    mopt_pipeline_free(p);
+    return r;
+}
+
+/* Loads a model from a path relative to the fixtures folder (or absolute). */
+static inline mopt_model *test_load_model(const char *rel) {
+    char path[4096];
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(rel[0] == '/' ? rel : test_shared_path(path, sizeof path, rel), NULL, &err);
+    if (!m) fprintf(stderr, "%s\n", err.msg);
+    assert_non_null(m);
+    return m;
 }
 
 #endif
