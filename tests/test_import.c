@@ -278,6 +278,10 @@ static void test_impossible_llama2c_header_is_refused(void **s) {
     write_file(path, hdr2, sizeof hdr2);
     err = load_fail(path);
     CHECK_ERR(err, MOPT_E_FORMAT, "impossible llama2.c header");
+    int32_t hdr4[7] = {64, 172, 5, 8, 4, INT32_MIN, 512}; /* found by test_fuzz: -vocab overflowed */
+    write_file(path, hdr4, sizeof hdr4);
+    err = load_fail(path);
+    CHECK_ERR(err, MOPT_E_FORMAT, "impossible llama2.c header: vocab_size");
     int32_t hdr3[7] = {64, 172, 5, 8, 4, 512, 512}; /* sane header, no weights */
     write_file(path, hdr3, sizeof hdr3);
     err = load_fail(path);

@@ -61,7 +61,7 @@ mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *
     memcpy(h, buf->base, sizeof h);
     const char *names[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
     for (int i = 0; i < 7; i++) {
-        int32_t v = i == 5 ? (h[i] < 0 ? -h[i] : h[i]) : h[i];
+        int64_t v = i == 5 && h[i] < 0 ? -(int64_t)h[i] : h[i]; /* vocab < 0 means an unshared classifier */
         if (v <= 0 || v > L2C_LIMIT) {
             st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: impossible llama2.c header: %s = %d", path, names[i], h[i]);
             goto done;
