@@ -54,6 +54,10 @@ static void host_sgemm(int32_t ta, int32_t tb, int32_t M, int32_t N, int32_t K, 
 
 static float f16_round(float f) { return mopt_f16_to_f32(mopt_f32_to_f16(f)); }
 
+static int32_t same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff) {
+    return mopt_tokenizer_same_vocab(a, b, first_diff);
+}
+
 static void *host_alloc(size_t n) { return malloc(n); }
 static void host_free(void *p) { free(p); }
 
@@ -125,4 +129,5 @@ const mopt_host_api mopt_host = {
     .now = mopt_now,
     .perplexity_strided = mopt_perplexity_strided,
     .perplexity_windows = mopt_perplexity_windows,
+    .tokenizer_same_vocab = same_vocab,
 };

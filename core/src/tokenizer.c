@@ -39,6 +39,19 @@ const char *mopt_tokenizer_token_str(const mopt_tokenizer *tok, int32_t id) {
 bool mopt_tokenizer_is_special(const mopt_tokenizer *tok, int32_t id) {
     return id >= 0 && id < tok->n_vocab && tok->is_special[id];
 }
+bool mopt_tokenizer_same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff) {
+    if (first_diff) *first_diff = -1;
+    if (a->n_vocab != b->n_vocab) return false;
+    for (int32_t i = 0; i < a->n_vocab; i++) {
+        const char *x = a->tokens[i], *y = b->tokens[i];
+        if ((x || y) && (!x || !y || a->token_len[i] != b->token_len[i] || memcmp(x, y, a->token_len[i]) != 0)) {
+            if (first_diff) *first_diff = i;
+            return false;
+        }
+    }
+    return true;
+}
+
 int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok) { return tok->bos_id; }
 int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok) { return tok->eos_id; }
 

@@ -42,17 +42,13 @@ mopt_status eval_same_tokenizer(const mopt_host_api *h, const mopt_model *a, con
                                 mopt_error *err) {
     const mopt_tokenizer *ta = h->model_tokenizer(a), *tb = h->model_tokenizer(b);
     if (!ta || !tb) return h->error_set(err, MOPT_E_INVALID, pass, "both models need a tokenizer");
-    int32_t na = h->tokenizer_vocab_size(ta), nb = h->tokenizer_vocab_size(tb);
-    if (na != nb)
+    int32_t diff;
+    if (h->tokenizer_same_vocab(ta, tb, &diff)) return MOPT_OK;
+    if (diff < 0)
         return h->error_set(err, MOPT_E_INVALID, pass, "%s has %d tokens but %s has %d: not the same tokenizer",
-                            h->model_path(a), na, h->model_path(b), nb);
-    for (int32_t i = 0; i < na; i++) {
-        const char *x = h->tokenizer_token_str(ta, i), *y = h->tokenizer_token_str(tb, i);
-        if ((x || y) && (!x || !y || strcmp(x, y) != 0))
-            return h->error_set(err, MOPT_E_INVALID, pass, "token %d differs between %s and %s: not the same tokenizer",
-                                i, h->model_path(a), h->model_path(b));
-    }
-    return MOPT_OK;
+                            h->model_path(a), h->tokenizer_vocab_size(ta), h->model_path(b), h->tokenizer_vocab_size(tb));
+    return h->error_set(err, MOPT_E_INVALID, pass, "token %d differs between %s and %s: not the same tokenizer", diff,
+                        h->model_path(a), h->model_path(b));
 }
 
 static int cmp_d(const void *a, const void *b) {

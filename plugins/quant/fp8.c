@@ -72,9 +72,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             for (int64_t j = 0; j < l->in; j++) q[r * l->in + j] = h->f32_to_e4m3(W[r * l->in + j] / sc[per_tensor ? 0 : r]);
         if (!st) {
             float as = stats.amax[i] > 0 ? stats.amax[i] / 448.0f : 1.0f;
-            mopt_tensor *t = h->fp8_pack(l->wname, l->out, l->in, q, sc, per_tensor ? 1 : l->out, act, as, err);
-            if (!t) st = MOPT_E_NOMEM;
-            else if ((st = h->graph_replace_tensor(g, t, err))) h->tensor_free(t);
+            st = q_replace(h, g, h->fp8_pack(l->wname, l->out, l->in, q, sc, per_tensor ? 1 : l->out, act, as, err), err);
         }
         free(W);
         free(sc);

@@ -145,23 +145,24 @@ void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qsp
         }
 }
 
-mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
-                      const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
-    mopt_tensor *t = h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err);
-    if (!t) return err ? (mopt_status)err->code : MOPT_E_NOMEM;
+mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mopt_error *err) {
+    if (!t) return err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
     mopt_status st = h->graph_replace_tensor(g, t, err);
     if (st) h->tensor_free(t);
     return st;
 }
 
+mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
+                      const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
+    return q_replace(h, g, h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err),
+                     err);
+}
+
 mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
                           const float *data, mopt_error *err) {
     mopt_tensor *t = h->tensor_new(name, MOPT_DTYPE_F32, ndim, dims, err);
-    if (!t) return MOPT_E_NOMEM;
-    memcpy(t->data, data, (size_t)h->tensor_nelements(t) * sizeof(float));
-    mopt_status st = h->graph_replace_tensor(g, t, err);
-    if (st) h->tensor_free(t);
-    return st;
+    if (t) memcpy(t->data, data, (size_t)h->tensor_nelements(t) * sizeof(float));
+    return q_replace(h, g, t, err);
 }
 
 void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, int64_t *bytes, int64_t *weights) {

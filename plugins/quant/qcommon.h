@@ -59,6 +59,8 @@ void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspe
 /* W <- dequant(quant(W)) in place (searches judge candidates this way). */
 void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp);
 
+/* Puts t (a new packed tensor named like an existing weight) in the graph; frees it on failure. */
+mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mopt_error *err);
 /* Packs levels into a QINT tensor named like the linear's weight and puts it in the graph. */
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err);

@@ -150,11 +150,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                 q[r * l->in + j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
             }
         }
-        if (!st) {
-            mopt_tensor *t = h->w8a8_pack(l->wname, l->out, l->in, q, sc, err);
-            if (!t) st = MOPT_E_NOMEM;
-            else if ((st = h->graph_replace_tensor(g, t, err))) h->tensor_free(t);
-        }
+        if (!st) st = q_replace(h, g, h->w8a8_pack(l->wname, l->out, l->in, q, sc, err), err);
         free(W);
         free(sc);
         free(q);

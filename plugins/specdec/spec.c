@@ -79,16 +79,12 @@ static int32_t lookup(const int32_t *ctx, int32_t len, int32_t n, int32_t k, int
 mopt_status spec_same_tokenizer(const mopt_host_api *h, const mopt_model *a, const mopt_model *b, mopt_error *err) {
     const mopt_tokenizer *ta = h->model_tokenizer(a), *tb = h->model_tokenizer(b);
     if (!ta || !tb) return h->error_set(err, MOPT_E_INVALID, "specdec", "both models need a tokenizer");
-    int32_t na = h->tokenizer_vocab_size(ta), nb = h->tokenizer_vocab_size(tb);
-    if (na != nb)
+    int32_t diff;
+    if (h->tokenizer_same_vocab(ta, tb, &diff)) return MOPT_OK;
+    if (diff < 0)
         return h->error_set(err, MOPT_E_INVALID, "specdec", "the draft %s has %d tokens but the target %s has %d: not the same tokenizer",
-                            h->model_path(b), nb, h->model_path(a), na);
-    for (int32_t i = 0; i < na; i++) {
-        const char *x = h->tokenizer_token_str(ta, i), *y = h->tokenizer_token_str(tb, i);
-        if ((x || y) && (!x || !y || strcmp(x, y) != 0))
-            return h->error_set(err, MOPT_E_INVALID, "specdec", "token %d differs between the target and the draft: not the same tokenizer", i);
-    }
-    return MOPT_OK;
+                            h->model_path(b), h->tokenizer_vocab_size(tb), h->model_path(a), h->tokenizer_vocab_size(ta));
+    return h->error_set(err, MOPT_E_INVALID, "specdec", "token %d differs between the target and the draft: not the same tokenizer", diff);
 }
 
 mopt_status spec_generate(const mopt_host_api *h, mopt_session *target, mopt_session *draft, int32_t V,

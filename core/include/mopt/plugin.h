@@ -133,6 +133,8 @@ typedef struct mopt_host_api {
                                       int32_t stride, double *window_nll, mopt_progress_fn progress, void *user,
                                       mopt_ppl_result *out, mopt_error *err);
     int64_t (*perplexity_windows)(int64_t n_tokens, int32_t ctx, int32_t stride);
+    /* same size and the same string for every id; *first_diff as mopt_tokenizer_same_vocab */
+    int32_t (*tokenizer_same_vocab)(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

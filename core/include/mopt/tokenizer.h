@@ -33,6 +33,11 @@ MOPT_API bool mopt_tokenizer_is_special(const mopt_tokenizer *tok, int32_t id);
 MOPT_API int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok); /* -1 if none */
 MOPT_API int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok); /* -1 if none */
 
+/* Whether two tokenizers have the same vocabulary: same size and the same
+ * string for every id. *first_diff (may be NULL) gets the first differing id,
+ * or -1 when only the sizes differ. */
+MOPT_API bool mopt_tokenizer_same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff);
+
 /* Encodes `len` bytes of UTF-8 text. *ids is allocated with malloc (free()). */
 MOPT_API mopt_status mopt_tokenizer_encode(const mopt_tokenizer *tok, const char *text, size_t len, uint32_t flags,
                                            int32_t **ids, size_t *n_ids, mopt_error *err);
