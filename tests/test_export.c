@@ -15,24 +15,7 @@
 
 static void pipeline(mopt_model *m, const char *text) { mopt_report_free(test_run_pipeline(m, text)); }
 
-/* max |logit difference| over 16 tokens of lit-val */
-static double logit_diff(mopt_model *a, mopt_model *b) {
-    const int32_t ids[16] = {1, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160};
-    mopt_error err = {0};
-    mopt_session *sa = mopt_session_new(mopt_model_graph(a), NULL, &err), *sb = mopt_session_new(mopt_model_graph(b), NULL, &err);
-    const int32_t V = mopt_model_arch(a)->vocab_size;
-    const float *la, *lb;
-    assert_int_equal(mopt_session_forward(sa, ids, 16, true, &la, &err), MOPT_OK);
-    float *copy = malloc((size_t)16 * V * sizeof *copy);
-    memcpy(copy, la, (size_t)16 * V * sizeof *copy);
-    assert_int_equal(mopt_session_forward(sb, ids, 16, true, &lb, &err), MOPT_OK);
-    double d = 0;
-    for (int64_t i = 0; i < (int64_t)16 * V; i++) d = fmax(d, fabs(copy[i] - lb[i]));
-    free(copy);
-    mopt_session_free(sa);
-    mopt_session_free(sb);
-    return d;
-}
+#define logit_diff test_max_logit_diff
 
 static void roundtrip(const char *model_rel, const char *opts, double tol) {
     REQUIRE_SHARED();

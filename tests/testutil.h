@@ -122,4 +122,29 @@ static inline mopt_model *test_load_model(const char *rel) {
     return m;
 }
 
+/* Largest |logit difference| between two models over the same 16 tokens. */
+static inline double test_max_logit_diff(mopt_model *a, mopt_model *b) {
+    const int32_t ids[16] = {1, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160};
+    mopt_error err = {0};
+    mopt_session *sa = mopt_session_new(mopt_model_graph(a), NULL, &err), *sb = mopt_session_new(mopt_model_graph(b), NULL, &err);
+    assert_non_null(sa);
+    assert_non_null(sb);
+    const int32_t V = mopt_model_arch(a)->vocab_size;
+    const float *la, *lb;
+    assert_int_equal(mopt_session_forward(sa, ids, 16, true, &la, &err), MOPT_OK);
+    float *copy = malloc((size_t)16 * V * sizeof *copy);
+    memcpy(copy, la, (size_t)16 * V * sizeof *copy);
+    assert_int_equal(mopt_session_forward(sb, ids, 16, true, &lb, &err), MOPT_OK);
+    double d = 0;
+    for (int64_t i = 0; i < (int64_t)16 * V; i++) {
+        double x = copy[i] - lb[i];
+        x = x < 0 ? -x : x;
+        d = x > d || x != x ? x : d;
+    }
+    free(copy);
+    mopt_session_free(sa);
+    mopt_session_free(sb);
+    return d;
+}
+
 #endif

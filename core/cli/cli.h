@@ -40,6 +40,13 @@ int cmd_describe(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);
 
+/* The export formats --format names, for help text. */
+#define CLI_EXPORT_FORMATS "hf, dense, awq, gptq, compressed-tensors"
+/* Sets the options of the export pass for --format F (hf: dense for a float
+ * model, compressed-tensors for a quantized one) on o and returns the pass
+ * name, or NULL with err set for an unknown format. */
+const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err);
+
 /* Loads the plugin registry, printing load problems as warnings; NULL on failure. */
 mopt_registry *cli_registry(void);
 

@@ -115,3 +115,23 @@ long cli_peak_rss_bytes(void) {
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss * 1024L;
 }
+
+const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err) {
+    static const struct {
+        const char *flag, *pass, *format;
+    } table[] = {{"hf", "export.hf", "auto"},
+                 {"dense", "export.hf", "dense"},
+                 {"awq", "export.hf", "awq"},
+                 {"gptq", "export.hf", "gptq"},
+                 {"compressed-tensors", "export.hf", "compressed-tensors"}};
+    for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
+        if (strcmp(format, table[i].flag)) continue;
+        if (table[i].format && mopt_options_set(o, "format", table[i].format, err)) return NULL;
+        return table[i].pass;
+    }
+    if (err) {
+        err->code = MOPT_E_INVALID;
+        snprintf(err->msg, sizeof err->msg, "--format %s is not known (%s)", format, CLI_EXPORT_FORMATS);
+    }
+    return NULL;
+}

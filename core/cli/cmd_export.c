@@ -1,4 +1,4 @@
-/* mopt export MODEL -o DIR [--format hf] [--dtype auto|f32|f16|bf16] [--force] [--draft D --draft-k K]:
+/* mopt export MODEL -o DIR [--format F] [--dtype auto|f32|f16|bf16] [--force] [--draft D --draft-k K]:
  * the export passes. */
 #include <getopt.h>
 #include <stdio.h>
@@ -28,19 +28,22 @@ int cmd_export(int argc, char **argv) {
         case 'P': pre = optarg; break;
         case 'q': quiet = 1; break;
         case 'h':
-            printf("usage: mopt export MODEL -o DIR [--format hf] [--dtype auto|f32|f16|bf16] [--force]\n"
+            printf("usage: mopt export MODEL -o DIR [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
-                   "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization,\n"
-                   "dequantized on export). --draft writes speculative_config.json for vLLM and TensorRT-LLM.\n"
-                   "Formats: hf (dense Hugging Face). The quantized formats come later.\n");
+                   "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
+                   "--draft writes speculative_config.json for vLLM and TensorRT-LLM.\n"
+                   "Formats: " CLI_EXPORT_FORMATS ".\n"
+                   "  hf                  dense Hugging Face, or compressed-tensors when the model is quantized\n"
+                   "  dense               Hugging Face with quantized weights dequantized (transformers loads it)\n"
+                   "  awq | gptq          HF AWQ (GEMM, int4) or GPTQ (v1) packed weights, as vLLM reads them\n"
+                   "  compressed-tensors  pack-quantized int, int-quantized W8A8 or float-quantized FP8\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");
         }
     }
     if (optind != argc - 1) return cli_usage_error("export", "expected exactly one MODEL");
     if (!out) return cli_usage_error("export", "-o DIR is required");
-    if (strcmp(format, "hf") != 0) return cli_usage_error("export", "--format %s is not available yet (hf)", format);
     mopt_registry *r = cli_registry();
     if (!r) return EXIT_RUNTIME;
     mopt_error err = {0};
@@ -49,10 +52,15 @@ int cmd_export(int argc, char **argv) {
     mopt_report *rep = mopt_report_new();
     mopt_pipeline *p = mopt_pipeline_new(r);
     mopt_options *o = mopt_options_new();
+    const char *pass = cli_export_pass(format, o, &err);
+    if (!pass) {
+        rc = cli_usage_error("export", "%s", err.msg);
+        goto done;
+    }
     if ((pre && mopt_pipeline_parse(p, pre, &err)) || mopt_options_set(o, "out", out, &err) ||
         (dtype && mopt_options_set(o, "dtype", dtype, &err)) || (force && mopt_options_set(o, "force", "true", &err)) ||
         (shard && mopt_options_set(o, "max_shard_size", shard, &err)) || (draft && mopt_options_set(o, "draft", draft, &err)) ||
-        (k && mopt_options_set(o, "num_speculative_tokens", k, &err)) || mopt_pipeline_add(p, "export.hf", o, &err) ||
+        (k && mopt_options_set(o, "num_speculative_tokens", k, &err)) || mopt_pipeline_add(p, pass, o, &err) ||
         !(m = mopt_model_load(argv[optind], NULL, &err))) {
         rc = cli_fail(&err);
         goto done;

@@ -30,13 +30,16 @@ static void help(void) {
            "  --report OUT.json   write the report\n"
            "  --threads N         worker threads (default: all cores)\n"
            "  --quiet             no progress lines\n"
-           "  -o OUTDIR           save the quantized checkpoint (not yet: comes with the export plugin)\n");
+           "  -o OUTDIR           save the quantized checkpoint there (atomically)\n"
+           "  --format F          its format: " CLI_EXPORT_FORMATS " (default hf:\n"
+           "                      compressed-tensors, which vLLM and SGLang load)\n"
+           "  --force             replace an existing OUTDIR\n");
 }
 
 typedef struct {
-    const char *method, *calib, *eval, *report_path, *fp8_act, *out;
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format;
     char bits[16], group[16], alpha[32], samples[16], len[16];
-    int sym, act_order, quiet, have_bits, have_group, have_alpha;
+    int sym, act_order, quiet, have_bits, have_group, have_alpha, force;
     long long threads;
     char exclude[1024];
 } qargs;
@@ -51,6 +54,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"exclude", required_argument, 0, 'x'},       {"eval", required_argument, 0, 'e'},
         {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
+        {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -95,14 +99,15 @@ static int parse(int argc, char **argv, qargs *a) {
             break;
         case 'q': a->quiet = 1; break;
         case 'o': a->out = optarg; break;
+        case 'f': a->format = optarg; break;
+        case 'O': a->force = 1; break;
         case 'h': help(); return -1;
         default: return cli_usage_error("quantize", "unknown option");
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
     if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8)");
-    if (a->out)
-        return cli_usage_error("quantize", "-o %s: saving a quantized checkpoint comes with the export plugin; use --report for now", a->out);
+    if ((a->format || a->force) && !a->out) return cli_usage_error("quantize", "--format and --force go with -o OUTDIR");
     return 0;
 }
 
@@ -125,7 +130,7 @@ int cmd_quantize(int argc, char **argv) {
     mopt_model *m = NULL, *base = NULL;
     mopt_report *rep = mopt_report_new(), *base_rep = NULL;
     mopt_pipeline *p = mopt_pipeline_new(r), *pb = NULL;
-    mopt_options *qo = mopt_options_new(), *eo = mopt_options_new();
+    mopt_options *qo = mopt_options_new(), *eo = mopt_options_new(), *xo = mopt_options_new();
     int is_int = !strcmp(a.method, "rtn") || !strcmp(a.method, "awq") || !strcmp(a.method, "gptq");
     if (!mopt_registry_find(r, pass)) {
         rc = cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8)", a.method);
@@ -143,6 +148,18 @@ int cmd_quantize(int argc, char **argv) {
         set(qo, "exclude", a.exclude, &err) || mopt_pipeline_add(p, pass, qo, &err)) {
         rc = cli_fail(&err);
         goto done;
+    }
+    if (a.out) { /* export before eval: a failed export fails fast */
+        const char *xp = cli_export_pass(a.format ? a.format : "hf", xo, &err);
+        if (!xp) {
+            rc = cli_usage_error("quantize", "%s", err.msg);
+            goto done;
+        }
+        if (mopt_options_set(xo, "out", a.out, &err) || (a.force && mopt_options_set(xo, "force", "true", &err)) ||
+            mopt_pipeline_add(p, xp, xo, &err)) {
+            rc = cli_fail(&err);
+            goto done;
+        }
     }
     if (a.eval) {
         if (mopt_options_set(eo, "data", a.eval, &err) || mopt_pipeline_add(p, "eval.perplexity", eo, &err)) {
@@ -205,6 +222,7 @@ int cmd_quantize(int argc, char **argv) {
 done:
     mopt_options_free(qo);
     mopt_options_free(eo);
+    mopt_options_free(xo);
     mopt_report_free(rep);
     mopt_report_free(base_rep);
     mopt_pipeline_free(p);

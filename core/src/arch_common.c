@@ -5,7 +5,8 @@
 #include "graph_impl.h"
 #include "internal.h"
 
-static mopt_tensor *weight(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1, int required) {
+static mopt_tensor *weight(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1, int required,
+                           int packed_ok) {
     if (b->status != MOPT_OK) return NULL;
     mopt_tensor *t = mopt_graph_find_tensor(b->g, name);
     if (!t) {
@@ -28,6 +29,7 @@ static mopt_tensor *weight(mopt_builder *b, const char *name, int n_dims, int64_
             return NULL;
         }
     }
+    if (packed_ok && t->dtype >= MOPT_DTYPE_PACKED_FIRST && t->dtype < MOPT_DTYPE_COUNT) return t;
     if (t->dtype != MOPT_DTYPE_F32 && t->dtype != MOPT_DTYPE_F16 && t->dtype != MOPT_DTYPE_BF16) {
         b->status = MOPT_FAIL(b->err, MOPT_E_UNSUPPORTED, "tensor %s: dtype %s cannot be run (need f32, f16 or bf16)",
                               name, mopt_dtype_name(t->dtype));
@@ -37,11 +39,15 @@ static mopt_tensor *weight(mopt_builder *b, const char *name, int n_dims, int64_
 }
 
 mopt_tensor *mopt_builder_weight(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1) {
-    return weight(b, name, n_dims, d0, d1, 1);
+    return weight(b, name, n_dims, d0, d1, 1, 0);
+}
+
+mopt_tensor *mopt_builder_linear_weight(mopt_builder *b, const char *name, int64_t out, int64_t in) {
+    return weight(b, name, 2, out, in, 1, 1);
 }
 
 mopt_tensor *mopt_builder_weight_opt(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1) {
-    return weight(b, name, n_dims, d0, d1, 0);
+    return weight(b, name, n_dims, d0, d1, 0, 0);
 }
 
 mopt_node mopt_builder_mknode(mopt_op op, mopt_role role, int layer, const char *name) {

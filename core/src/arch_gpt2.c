@@ -32,7 +32,7 @@ static int32_t linear(mopt_builder *b, int32_t in, const char *prefix, int64_t o
     mopt_node n = mk(MOPT_OP_LINEAR, role, layer, node_name);
     n.n_inputs = 1;
     n.inputs[0] = in;
-    n.weight = mopt_builder_weight(b, NAME(w, "%s.weight", prefix), 2, out_dim, in_dim);
+    n.weight = mopt_builder_linear_weight(b, NAME(w, "%s.weight", prefix), out_dim, in_dim);
     n.bias = mopt_builder_weight(b, NAME(w, "%s.bias", prefix), 1, out_dim, 0);
     return mopt_builder_node(b, n, (int32_t)out_dim);
 }

@@ -18,7 +18,7 @@ static int32_t linear(mopt_builder *b, int32_t in, const char *wname, const char
     mopt_node n = mk(MOPT_OP_LINEAR, role, layer, node_name);
     n.n_inputs = 1;
     n.inputs[0] = in;
-    n.weight = mopt_builder_weight(b, wname, 2, out_dim, in_dim);
+    n.weight = mopt_builder_linear_weight(b, wname, out_dim, in_dim);
     if (bname)
         n.bias = bias_required ? mopt_builder_weight(b, bname, 1, out_dim, 0)
                                : mopt_builder_weight_opt(b, bname, 1, out_dim, 0);

@@ -28,6 +28,9 @@ typedef struct mopt_builder {
 /* Fetches a tensor and checks its PyTorch-order shape; records the first
  * failure in b and returns NULL. n_dims <= 0 skips the check. */
 mopt_tensor *mopt_builder_weight(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1);
+/* A linear's [out, in] weight: float, or a packed quantized type read from a
+ * quantized checkpoint. */
+mopt_tensor *mopt_builder_linear_weight(mopt_builder *b, const char *name, int64_t out, int64_t in);
 /* Like mopt_builder_weight but a missing tensor is not an error. */
 mopt_tensor *mopt_builder_weight_opt(mopt_builder *b, const char *name, int n_dims, int64_t d0, int64_t d1);
 /* A node with its op, role, layer and name set and everything else empty. */

@@ -130,4 +130,5 @@ const mopt_host_api mopt_host = {
     .perplexity_strided = mopt_perplexity_strided,
     .perplexity_windows = mopt_perplexity_windows,
     .tokenizer_same_vocab = same_vocab,
+    .qint_get = mopt_qint_get,
 };

@@ -16,7 +16,8 @@ static int parse_dtype(const char *s, mopt_dtype *out) {
         const char *name;
         mopt_dtype dtype;
     } table[] = {{"F32", MOPT_DTYPE_F32}, {"F16", MOPT_DTYPE_F16}, {"BF16", MOPT_DTYPE_BF16},
-                 {"I8", MOPT_DTYPE_I8},   {"I32", MOPT_DTYPE_I32}, {"U8", MOPT_DTYPE_U8}};
+                 {"I8", MOPT_DTYPE_I8},   {"I32", MOPT_DTYPE_I32}, {"U8", MOPT_DTYPE_U8},
+                 {"I64", MOPT_DTYPE_I64}, {"F8_E4M3", MOPT_DTYPE_F8E4M3}};
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strcmp(s, table[i].name) == 0) {
             *out = table[i].dtype;
@@ -42,7 +43,7 @@ static mopt_status parse_entry(const char *path, const char *name, json_t *info,
                          path, name);
     mopt_dtype dtype;
     if (!parse_dtype(json_string_value(jd), &dtype))
-        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tensor %s: unknown dtype \"%s\" (supported: F32, F16, BF16, I8, I32, U8)",
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tensor %s: unknown dtype \"%s\" (supported: F32, F16, BF16, I8, I32, U8, I64, F8_E4M3)",
                          path, name, json_string_value(jd));
     size_t ndim = json_array_size(js);
     if (ndim > MOPT_MAX_DIMS)

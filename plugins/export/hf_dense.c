@@ -1,7 +1,8 @@
-/* export.hf: a dense Hugging Face checkpoint (config.json, safetensors, sharded
+/* export.hf: a Hugging Face checkpoint (config.json, safetensors, sharded
  * with an index above max_shard_size, generation_config.json, the tokenizer
  * files) in f32, f16 or bf16, written atomically. Quantized weights are
- * dequantized. GPT-2's Conv1D layout ([in, out], fused c_attn) is restored; a
+ * dequantized (format=dense) or kept packed as AWQ, GPTQ or compressed-tensors
+ * (hf_quant.c). GPT-2's Conv1D layout ([in, out], fused c_attn) is restored; a
  * llama2.c model's interleaved RoPE rows of q/k are permuted to the rotate-half
  * layout transformers' LLaMA expects. With draft=MODEL the serving-side
  * speculative-decoding settings are written beside it. */
@@ -15,13 +16,19 @@
 
 #include "atomic_dir.h"
 #include "export_plugin.h"
+#include "hf_quant.h"
 #include "st_writer.h"
 
 typedef struct {
-    st_entry *e;
-    int32_t n, cap;
-    const char *dtype;
+    st_list l;
+    const char *dtype;       /* forced dtype of the float tensors, or NULL: each keeps its own */
+    const char *model_dtype; /* of dequantized weights when dtype is NULL */
 } entries;
+
+static const char *st_dtype(const entries *es, const mopt_tensor *src) {
+    if (es->dtype) return es->dtype;
+    return src->dtype == MOPT_DTYPE_F32 ? "F32" : src->dtype == MOPT_DTYPE_F16 ? "F16" : src->dtype == MOPT_DTYPE_BF16 ? "BF16" : es->model_dtype;
+}
 
 static uint16_t to16(float f, int bf) {
     uint32_t u;
@@ -37,32 +44,19 @@ static uint16_t to16(float f, int bf) {
     return r;
 }
 
-/* Adds a tensor from fp32 rows [rows, cols] (cols == 0: a vector of rows values). */
+/* Adds a tensor from fp32 rows [rows, cols] (cols == 0: a vector of rows values),
+ * stored in src's dtype unless the export forces one. */
 static mopt_status add(const mopt_host_api *h, entries *es, const char *name, const float *v, int64_t rows, int64_t cols,
-                       mopt_error *err) {
-    if (es->n == es->cap) {
-        es->cap = es->cap ? es->cap * 2 : 64;
-        st_entry *p = realloc(es->e, (size_t)es->cap * sizeof *p);
-        if (!p) return h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
-        es->e = p;
-    }
-    st_entry *e = &es->e[es->n];
-    memset(e, 0, sizeof *e);
-    snprintf(e->name, sizeof e->name, "%s", name);
-    e->dtype = es->dtype;
-    e->ndim = cols ? 2 : 1;
-    e->shape[0] = rows;
-    e->shape[1] = cols;
-    const int64_t cnt = rows * (cols ? cols : 1);
-    const int f32 = !strcmp(es->dtype, "F32"), bf = !strcmp(es->dtype, "BF16");
-    e->nbytes = (size_t)cnt * (f32 ? 4 : 2);
-    e->data = malloc(e->nbytes ? e->nbytes : 1);
-    if (!e->data) return h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
-    if (f32) memcpy(e->data, v, e->nbytes);
-    else
-        for (int64_t i = 0; i < cnt; i++) ((uint16_t *)e->data)[i] = to16(v[i], bf);
-    es->n++;
-    return MOPT_OK;
+                       const mopt_tensor *src, mopt_error *err) {
+    const int64_t cnt = rows * (cols ? cols : 1), shape[2] = {rows, cols};
+    const char *dt = st_dtype(es, src);
+    const int f32 = !strcmp(dt, "F32"), bf = !strcmp(dt, "BF16");
+    const size_t nbytes = (size_t)cnt * (f32 ? 4 : 2);
+    void *data = malloc(nbytes ? nbytes : 1);
+    if (data && f32) memcpy(data, v, nbytes);
+    else if (data)
+        for (int64_t i = 0; i < cnt; i++) ((uint16_t *)data)[i] = to16(v[i], bf);
+    return st_list_add(h, &es->l, name, dt, cols ? 2 : 1, shape, data, nbytes, err);
 }
 
 /* The tensor as fp32 [rows, cols] (malloc'd). */
@@ -81,34 +75,45 @@ static float *dense(const mopt_host_api *h, const mopt_tensor *t, mopt_error *er
 static mopt_status add_tensor(const mopt_host_api *h, entries *es, const char *name, const mopt_tensor *t, mopt_error *err) {
     float *v = dense(h, t, err);
     if (!v) return err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
-    mopt_status st = add(h, es, name, v, t->ndim == 2 ? t->ne[1] : t->ne[0], t->ndim == 2 ? t->ne[0] : 0, err);
+    mopt_status st = add(h, es, name, v, t->ndim == 2 ? t->ne[1] : t->ne[0], t->ndim == 2 ? t->ne[0] : 0, t, err);
     free(v);
     return st;
 }
 
-/* interleaved (2i, 2i+1) RoPE rows -> rotate-half (i, i + hd/2), per head */
-static void unpermute_rope(float *w, int64_t rows, int64_t cols, int32_t hd) {
-    float *tmp = malloc((size_t)(rows * cols) * sizeof *tmp);
-    if (!tmp) return;
-    memcpy(tmp, w, (size_t)(rows * cols) * sizeof *tmp);
+/* new row r of a q/k weight in rotate-half order is interleaved row perm[r] */
+static int64_t *rope_perm(int64_t rows, int32_t hd) {
+    int64_t *p = malloc((size_t)rows * sizeof *p);
+    if (!p) return NULL;
     for (int64_t h0 = 0; h0 < rows; h0 += hd)
         for (int32_t i = 0; i < hd / 2; i++)
-            for (int j = 0; j < 2; j++)
-                memcpy(w + (h0 + j * (hd / 2) + i) * cols, tmp + (h0 + 2 * i + j) * cols, (size_t)cols * sizeof *w);
-    free(tmp);
+            for (int j = 0; j < 2; j++) p[h0 + j * (hd / 2) + i] = h0 + 2 * i + j;
+    return p;
 }
 
-static mopt_status gather_llama(const mopt_host_api *h, mopt_graph *g, entries *es, mopt_error *err) {
+static mopt_status gather_llama(const mopt_host_api *h, mopt_graph *g, entries *es, hf_format f, mopt_error *err) {
     const mopt_arch *a = h->graph_arch(g);
     for (int32_t i = 0; i < h->graph_n_tensors(g); i++) {
         const mopt_tensor *t = h->graph_tensor(g, i);
         int is_qk = strstr(t->name, "self_attn.q_proj.weight") || strstr(t->name, "self_attn.k_proj.weight");
-        if (a->rope_style == MOPT_ROPE_INTERLEAVED && is_qk) {
-            float *v = dense(h, t, err);
-            if (!v) return MOPT_E_NOMEM;
-            unpermute_rope(v, t->ne[1], t->ne[0], a->head_dim);
-            mopt_status st = add(h, es, t->name, v, t->ne[1], t->ne[0], err);
+        int permute = a->rope_style == MOPT_ROPE_INTERLEAVED && is_qk;
+        if (f != HF_DENSE && t->dtype >= MOPT_DTYPE_PACKED_FIRST) {
+            int64_t *perm = permute ? rope_perm(t->ne[1], a->head_dim) : NULL;
+            if (permute && !perm) return h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
+            mopt_status st = hfq_add_linear(h, &es->l, t, f, perm, err);
+            free(perm);
+            if (st) return st;
+            continue;
+        }
+        if (permute) {
+            const int64_t rows = t->ne[1], cols = t->ne[0];
+            float *v = dense(h, t, err), *pv = malloc((size_t)(rows * cols) * sizeof *pv);
+            int64_t *perm = rope_perm(rows, a->head_dim);
+            mopt_status st = v && pv && perm ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
+            for (int64_t r = 0; !st && r < rows; r++) memcpy(pv + r * cols, v + perm[r] * cols, (size_t)cols * sizeof *pv);
+            if (!st) st = add(h, es, t->name, pv, rows, cols, t, err);
             free(v);
+            free(pv);
+            free(perm);
             if (st) return st;
             continue;
         }
@@ -142,7 +147,7 @@ static mopt_status gather_gpt2(const mopt_host_api *h, mopt_graph *g, entries *e
         const int64_t out = t->ne[1], in = t->ne[0];
         for (int64_t o = 0; o < out; o++)
             for (int64_t k = 0; k < in; k++) tr[k * out + o] = v[o * in + k];
-        mopt_status st = add(h, es, t->name, tr, in, out, err);
+        mopt_status st = add(h, es, t->name, tr, in, out, t, err);
         free(v);
         free(tr);
         if (st) return st;
@@ -174,10 +179,14 @@ static mopt_status gather_gpt2(const mopt_host_api *h, mopt_graph *g, entries *e
             free(v);
         }
         char wn[128], bn[128];
+        snprintf(wn, sizeof wn, "transformer.h.%d.attn.q_proj.weight", l);
+        const mopt_tensor *qw = h->graph_find_tensor(g, wn);
+        snprintf(bn, sizeof bn, "transformer.h.%d.attn.q_proj.bias", l);
+        const mopt_tensor *qb = h->graph_find_tensor(g, bn);
         snprintf(wn, sizeof wn, "transformer.h.%d.attn.c_attn.weight", l);
         snprintf(bn, sizeof bn, "transformer.h.%d.attn.c_attn.bias", l);
-        if (!st) st = add(h, es, wn, W, D, 3 * D, err);
-        if (!st) st = add(h, es, bn, B, 3 * D, 0, err);
+        if (!st) st = add(h, es, wn, W, D, 3 * D, qw, err);
+        if (!st) st = add(h, es, bn, B, 3 * D, 0, qb, err);
         free(W);
         free(B);
         if (st) return st;
@@ -259,37 +268,49 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const mopt_arch *a = h->graph_arch(g);
     const char *want = h->opt_string(o, "dtype");
     const mopt_tensor *emb = h->graph_tensor(g, 0);
-    const char *dt = !strcmp(want, "f32") ? "F32" : !strcmp(want, "f16") ? "F16" : !strcmp(want, "bf16") ? "BF16"
-                     : emb && emb->dtype == MOPT_DTYPE_F32 ? "F32" : emb && emb->dtype == MOPT_DTYPE_F16 ? "F16" : "BF16";
+    const char *model_dt = emb && emb->dtype == MOPT_DTYPE_F32 ? "F32" : emb && emb->dtype == MOPT_DTYPE_F16 ? "F16" : "BF16";
+    const char *forced = !strcmp(want, "f32") ? "F32" : !strcmp(want, "f16") ? "F16" : !strcmp(want, "bf16") ? "BF16" : NULL;
+    const char *dt = forced ? forced : model_dt;
     const char *torch = !strcmp(dt, "F32") ? "float32" : !strcmp(dt, "F16") ? "float16" : "bfloat16";
-    atomic_dir d;
-    mopt_status st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), err);
+    const char *fs = h->opt_string(o, "format");
+    hf_format f = !strcmp(fs, "awq") ? HF_AWQ : !strcmp(fs, "gptq") ? HF_GPTQ : !strcmp(fs, "compressed-tensors") ? HF_CT : HF_DENSE;
+    hfq_scheme scheme;
+    if (!strcmp(fs, "auto")) f = HF_DENSE;
+    mopt_status st = hfq_scheme_of(h, g, f, &scheme, err);
     if (st) return st;
-    entries es = {NULL, 0, 0, dt};
-    st = !strcmp(a->family, "gpt2") ? gather_gpt2(h, g, &es, err) : gather_llama(h, g, &es, err);
+    if (!strcmp(fs, "auto") && scheme.n_packed) f = HF_CT;
+    if (f != HF_DENSE && !scheme.n_packed)
+        return h->error_set(err, MOPT_E_INVALID, "export.hf", "format %s needs a quantized model (run a quant pass first)", fs);
+    if (f != HF_DENSE && !strcmp(a->family, "gpt2"))
+        return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "quantized GPT-2 exports are not supported (fused Conv1D c_attn); use format=dense");
+    atomic_dir d;
+    st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), err);
+    if (st) return st;
+    entries es = {{0}, forced, model_dt};
+    st = !strcmp(a->family, "gpt2") ? gather_gpt2(h, g, &es, err) : gather_llama(h, g, &es, f, err);
     /* shards of at most max_shard_size bytes */
     const int64_t max_shard = h->opt_int(o, "max_shard_size");
     int64_t total = 0;
-    for (int32_t i = 0; i < es.n; i++) total += (int64_t)es.e[i].nbytes;
+    for (int32_t i = 0; i < es.l.n; i++) total += (int64_t)es.l.e[i].nbytes;
     int32_t shards = 1;
     if (!st && total > max_shard) {
         int64_t cur = 0;
         shards = 1;
-        for (int32_t i = 0; i < es.n; i++) {
-            if (cur > 0 && cur + (int64_t)es.e[i].nbytes > max_shard) shards++, cur = 0;
-            cur += (int64_t)es.e[i].nbytes;
+        for (int32_t i = 0; i < es.l.n; i++) {
+            if (cur > 0 && cur + (int64_t)es.l.e[i].nbytes > max_shard) shards++, cur = 0;
+            cur += (int64_t)es.l.e[i].nbytes;
         }
     }
     json_t *weight_map = json_object();
     for (int32_t s = 0, i = 0; !st && s < shards; s++) {
         int32_t first = i;
         int64_t cur = 0;
-        while (i < es.n && (cur == 0 || cur + (int64_t)es.e[i].nbytes <= max_shard || s == shards - 1)) cur += (int64_t)es.e[i++].nbytes;
+        while (i < es.l.n && (cur == 0 || cur + (int64_t)es.l.e[i].nbytes <= max_shard || s == shards - 1)) cur += (int64_t)es.l.e[i++].nbytes;
         char name[128];
         if (shards == 1) snprintf(name, sizeof name, "model.safetensors");
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
-        for (int32_t k = first; k < i; k++) json_object_set_new(weight_map, es.e[k].name, json_string(name));
-        st = st_write_file(h, &d, name, es.e + first, i - first, err);
+        for (int32_t k = first; k < i; k++) json_object_set_new(weight_map, es.l.e[k].name, json_string(name));
+        st = st_write_file(h, &d, name, es.l.e + first, i - first, err);
         if (!st && h->opt_int(o, "pause_ms") > 0) { /* diagnostic: lets a test interrupt a half-written export */
             struct timespec ts = {h->opt_int(o, "pause_ms") / 1000, (h->opt_int(o, "pause_ms") % 1000) * 1000000L};
             nanosleep(&ts, NULL);
@@ -303,6 +324,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     json_decref(weight_map);
     if (!st) {
         json_t *cfg = config_json(a, torch);
+        if (f != HF_DENSE) json_object_set_new(cfg, "quantization_config", hfq_config(h, g, f, &scheme));
         st = write_json(h, &d, "config.json", cfg, err);
         json_decref(cfg);
     }
@@ -322,8 +344,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         st = write_json(h, &d, "speculative_config.json", sc, err);
         json_decref(sc);
     }
-    for (int32_t i = 0; i < es.n; i++) free(es.e[i].data);
-    free(es.e);
+    st_list_free(&es.l);
     if (!st) st = atomic_dir_commit(h, &d, err);
     if (st) {
         atomic_dir_abort(&d);
@@ -333,14 +354,17 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     h->report_metric(report, "bytes", (double)total);
     h->report_metric(report, "shards", shards);
     h->report_string(report, "dtype", torch);
+    h->report_string(report, "format", f == HF_AWQ ? "awq" : f == HF_GPTQ ? "gptq" : f == HF_CT ? "compressed-tensors" : "dense");
     return MOPT_OK;
 }
 
 static const char *const dtypes[] = {"auto", "f32", "f16", "bf16", NULL};
+static const char *const formats[] = {"auto", "dense", "awq", "gptq", "compressed-tensors", NULL};
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target directory (written atomically)", NULL, 0, -1, NULL},
-    {"dtype", MOPT_OPT_ENUM, 0, "weight dtype; auto keeps the embeddings' (quantized weights are dequantized)", "auto", 0, -1, dtypes},
+    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized one; dense dequantizes; awq (GEMM, int4), gptq (v1) and compressed-tensors keep the packed weights bit for bit", "auto", 0, -1, formats},
+    {"dtype", MOPT_OPT_ENUM, 0, "dtype of the float tensors; auto keeps each tensor's own (dequantized weights take the embeddings')", "auto", 0, -1, dtypes},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"max_shard_size", MOPT_OPT_INT, 0, "bytes per safetensors shard before splitting (with an index)", "5000000000", 1024, 1e15, NULL},
     {"draft", MOPT_OPT_STRING, 0, "draft model path for speculative decoding: writes speculative_config.json", NULL, 0, -1, NULL},

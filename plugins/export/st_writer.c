@@ -44,3 +44,34 @@ mopt_status st_write_file(const mopt_host_api *h, const atomic_dir *d, const cha
     free(buf);
     return st;
 }
+
+mopt_status st_list_add(const mopt_host_api *h, st_list *l, const char *name, const char *dtype, int32_t ndim,
+                        const int64_t *shape, void *data, size_t nbytes, mopt_error *err) {
+    if (!data) return h->error_set(err, MOPT_E_NOMEM, "export", "out of memory for %s", name);
+    if (l->n == l->cap) {
+        int32_t cap = l->cap ? l->cap * 2 : 64;
+        st_entry *p = realloc(l->e, (size_t)cap * sizeof *p);
+        if (!p) {
+            free(data);
+            return h->error_set(err, MOPT_E_NOMEM, "export", "out of memory");
+        }
+        l->e = p;
+        l->cap = cap;
+    }
+    st_entry *e = &l->e[l->n++];
+    memset(e, 0, sizeof *e);
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->dtype = dtype;
+    e->ndim = ndim;
+    for (int32_t k = 0; k < ndim && k < 4; k++) e->shape[k] = shape[k];
+    e->data = data;
+    e->nbytes = nbytes;
+    return MOPT_OK;
+}
+
+void st_list_free(st_list *l) {
+    for (int32_t i = 0; i < l->n; i++) free(l->e[i].data);
+    free(l->e);
+    l->e = NULL;
+    l->n = l->cap = 0;
+}

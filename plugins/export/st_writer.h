@@ -16,6 +16,18 @@ typedef struct st_entry {
     size_t nbytes;
 } st_entry;
 
+/* A growing list of entries that owns their data. */
+typedef struct st_list {
+    st_entry *e;
+    int32_t n, cap;
+} st_list;
+
+/* Appends a tensor; takes ownership of data (malloc'd), freeing it on failure.
+ * shape is in PyTorch order. */
+mopt_status st_list_add(const mopt_host_api *h, st_list *l, const char *name, const char *dtype, int32_t ndim,
+                        const int64_t *shape, void *data, size_t nbytes, mopt_error *err);
+void st_list_free(st_list *l);
+
 /* Writes entries to `name` inside the export directory. */
 mopt_status st_write_file(const mopt_host_api *h, const atomic_dir *d, const char *name, st_entry *e, int32_t n,
                           mopt_error *err);

@@ -135,6 +135,8 @@ typedef struct mopt_host_api {
     int64_t (*perplexity_windows)(int64_t n_tokens, int32_t ctx, int32_t stride);
     /* same size and the same string for every id; *first_diff as mopt_tokenizer_same_vocab */
     int32_t (*tokenizer_same_vocab)(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff);
+    /* the unsigned level of element (row, col) of a QINT tensor (exporters repack it) */
+    uint8_t (*qint_get)(const mopt_tensor *t, int64_t row, int64_t col);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

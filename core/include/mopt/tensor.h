@@ -27,6 +27,8 @@ typedef enum mopt_dtype {
     MOPT_DTYPE_I8 = 3,
     MOPT_DTYPE_I32 = 4,
     MOPT_DTYPE_U8 = 5,
+    MOPT_DTYPE_I64 = 6,    /* as read from checkpoints (e.g. compressed-tensors weight_shape) */
+    MOPT_DTYPE_F8E4M3 = 7, /* raw E4M3 bytes as read from checkpoints; mopt_fp8_pack makes them runnable */
     /* Packed quantized types start here; their element count is the logical
      * count and their scales/zero-points hang off mopt_tensor.quant. Layouts
      * are in mopt/quant.h. */
@@ -86,7 +88,7 @@ typedef struct mopt_tensor {
 
 /* Size in bytes of one element (0 for packed types, which are sized by their layout). */
 MOPT_API size_t mopt_dtype_size(mopt_dtype t);
-/* "f32", "f16", "bf16", "i8", "i32", "u8". */
+/* "f32", "f16", "bf16", "i8", "i32", "u8", "i64", "f8_e4m3", or a packed type's name. */
 MOPT_API const char *mopt_dtype_name(mopt_dtype t);
 
 MOPT_API int64_t mopt_tensor_nelements(const mopt_tensor *t);

@@ -1,0 +1,284 @@
+/* Quantized HF layouts from mopt's packed tensors. mopt's QINT stores unsigned
+ * levels q with w = (q - z) * s (z = 2^(b-1) when symmetric), f16 scales
+ * [out, groups] and an optional g_idx, which every layout here holds exactly:
+ *   AWQ GEMM    qweight I32 [in, out/8], word c holds out 8c + {0,2,4,6,1,3,5,7}[k]
+ *               at bits 4k; qzeros I32 [groups, out/8] the same way; scales F16 [groups, out]
+ *   GPTQ v1     qweight I32 [in*b/32, out], word r holds in (32/b)r + k at bits bk;
+ *               qzeros I32 [groups, out*b/32] sequential, storing z - 1; scales
+ *               F16 [groups, out]; g_idx I32 [in]
+ *   compressed-tensors pack-quantized: weight_packed I32 [out, in*b/32], word c holds
+ *               in (32/b)c + k at bits bk (q = signed + 2^(b-1), i.e. mopt's level);
+ *               weight_scale F16 [out, groups]; weight_zero_point (asymmetric) I32
+ *               [out*b/32, groups] packed along out, holding signed zero + 2^(b-1);
+ *               weight_shape I64 [2]; weight_g_idx with act-order
+ *   compressed-tensors int-quantized (W8A8): weight I8 [out, in], weight_scale F32 [out, 1]
+ *   compressed-tensors float-quantized (FP8): weight F8_E4M3 [out, in], weight_scale
+ *               F32 [out, 1] or [1], input_scale F32 [1] when activations are static */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hf_quant.h"
+#include "mopt/quant.h"
+
+static const char *fmt_name(hf_format f) {
+    return f == HF_AWQ ? "awq" : f == HF_GPTQ ? "gptq" : f == HF_CT ? "compressed-tensors" : "dense";
+}
+
+mopt_status hfq_scheme_of(const mopt_host_api *h, mopt_graph *g, hf_format f, hfq_scheme *s, mopt_error *err) {
+    memset(s, 0, sizeof *s);
+    for (int32_t i = 0; i < h->graph_n_tensors(g); i++) {
+        const mopt_tensor *t = h->graph_tensor(g, i);
+        if (t->dtype < MOPT_DTYPE_PACKED_FIRST) continue;
+        const int act_order = t->quant->g_idx != NULL;
+        if (!s->n_packed++) {
+            s->dtype = t->dtype;
+            s->bits = t->quant->bits;
+            s->group_size = t->quant->group_size;
+            s->flags = t->quant->flags;
+            s->act_order = act_order;
+            snprintf(s->first, sizeof s->first, "%s", t->name);
+        } else if (t->dtype != s->dtype || t->quant->bits != s->bits || t->quant->group_size != s->group_size ||
+                   t->quant->flags != s->flags || act_order != s->act_order) {
+            return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf",
+                                "%s and %s are quantized differently; a %s checkpoint holds one scheme", s->first,
+                                t->name, fmt_name(f));
+        }
+    }
+    if (!s->n_packed || f == HF_DENSE) return MOPT_OK;
+    const char *why = NULL;
+    if (s->dtype != MOPT_DTYPE_QINT && f != HF_CT) why = "W8A8 and FP8 weights export as compressed-tensors";
+    else if (f == HF_AWQ && s->bits != 4) why = "AWQ GEMM holds 4-bit weights only";
+    else if (f == HF_AWQ && s->act_order) why = "AWQ has no act-order (g_idx); use gptq or compressed-tensors";
+    else if (s->dtype == MOPT_DTYPE_QINT && s->bits == 3) why = "3-bit weights do not pack into these int32 layouts";
+    if (why)
+        return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold %s (%s)", fmt_name(f), s->first, why);
+    return MOPT_OK;
+}
+
+/* level, zero and f16 scale bits of a QINT tensor, row r */
+static uint8_t zero_of(const mopt_tensor *t, int64_t r, int64_t gi, int64_t ng) {
+    return t->quant->zero ? ((const uint8_t *)t->quant->zero->data)[r * ng + gi] : (uint8_t)(1u << (t->quant->bits - 1));
+}
+static uint16_t scale_bits(const mopt_tensor *t, int64_t r, int64_t gi, int64_t ng) {
+    return ((const uint16_t *)t->quant->scale->data)[r * ng + gi];
+}
+
+static mopt_status add_i32(const mopt_host_api *h, st_list *l, const char *prefix, const char *part, int64_t d0,
+                           int64_t d1, uint32_t *data, mopt_error *err) {
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.%s", prefix, part);
+    const int64_t shape[2] = {d0, d1};
+    return st_list_add(h, l, name, "I32", d1 ? 2 : 1, shape, data, (size_t)(d0 * (d1 ? d1 : 1)) * 4, err);
+}
+
+static mopt_status add_scales(const mopt_host_api *h, st_list *l, const char *prefix, const char *part,
+                              const mopt_tensor *t, const int64_t *perm, int transposed, mopt_error *err) {
+    const int64_t out = t->ne[1], ng = t->quant->scale->ne[0];
+    uint16_t *v = malloc((size_t)(out * ng) * 2);
+    if (v)
+        for (int64_t r = 0; r < out; r++)
+            for (int64_t gi = 0; gi < ng; gi++)
+                v[transposed ? gi * out + r : r * ng + gi] = scale_bits(t, perm ? perm[r] : r, gi, ng);
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.%s", prefix, part);
+    const int64_t shape[2] = {transposed ? ng : out, transposed ? out : ng};
+    return st_list_add(h, l, name, "F16", 2, shape, v, (size_t)(out * ng) * 2, err);
+}
+
+static mopt_status awq(const mopt_host_api *h, st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                       mopt_error *err) {
+    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    const int64_t out = t->ne[1], in = t->ne[0], ng = t->quant->scale->ne[0];
+    if (out % 8) return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "%s: AWQ needs outputs divisible by 8", t->name);
+    uint32_t *qw = calloc((size_t)(in * out / 8), 4), *qz = calloc((size_t)(ng * out / 8), 4);
+    if (qw && qz) {
+        for (int64_t w = 0; w < out / 8; w++)
+            for (int k = 0; k < 8; k++) {
+                const int64_t o = 8 * w + order[k], src = perm ? perm[o] : o;
+                for (int64_t i = 0; i < in; i++) qw[i * (out / 8) + w] |= (uint32_t)h->qint_get(t, src, i) << (4 * k);
+                for (int64_t gi = 0; gi < ng; gi++) qz[gi * (out / 8) + w] |= (uint32_t)zero_of(t, src, gi, ng) << (4 * k);
+            }
+    }
+    mopt_status st = add_i32(h, l, p, "qweight", in, out / 8, qw, err);
+    if (st) {
+        free(qz);
+        return st;
+    }
+    st = add_i32(h, l, p, "qzeros", ng, out / 8, qz, err);
+    return st ? st : add_scales(h, l, p, "scales", t, perm, 1, err);
+}
+
+static mopt_status gptq(const mopt_host_api *h, st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                        mopt_error *err) {
+    const int32_t b = t->quant->bits, pf = 32 / b, gs = t->quant->group_size;
+    const uint32_t mask = (1u << b) - 1;
+    const int64_t out = t->ne[1], in = t->ne[0], ng = t->quant->scale->ne[0];
+    if (in % pf || out % pf)
+        return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "%s: GPTQ needs both dimensions divisible by %d", t->name, pf);
+    uint32_t *qw = calloc((size_t)(in / pf * out), 4), *qz = calloc((size_t)(ng * out / pf), 4), *gi = malloc((size_t)in * 4);
+    if (qw && qz && gi) {
+        for (int64_t o = 0; o < out; o++) {
+            const int64_t src = perm ? perm[o] : o;
+            for (int64_t i = 0; i < in; i++) qw[(i / pf) * out + o] |= (uint32_t)h->qint_get(t, src, i) << (b * (i % pf));
+            for (int64_t g = 0; g < ng; g++) /* v1: zero - 1, wrapping within b bits */
+                qz[g * (out / pf) + o / pf] |= (((uint32_t)zero_of(t, src, g, ng) - 1u) & mask) << (b * (o % pf));
+        }
+        const int32_t *gx = t->quant->g_idx ? t->quant->g_idx->data : NULL;
+        for (int64_t i = 0; i < in; i++) gi[i] = gx ? (uint32_t)gx[i] : (uint32_t)(gs > 0 ? i / gs : 0);
+    }
+    mopt_status st = add_i32(h, l, p, "qweight", in / pf, out, qw, err);
+    if (st) {
+        free(qz);
+        free(gi);
+        return st;
+    }
+    if ((st = add_i32(h, l, p, "qzeros", ng, out / pf, qz, err))) {
+        free(gi);
+        return st;
+    }
+    if ((st = add_i32(h, l, p, "g_idx", in, 0, gi, err))) return st;
+    return add_scales(h, l, p, "scales", t, perm, 1, err);
+}
+
+static mopt_status ct_packed(const mopt_host_api *h, st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                             mopt_error *err) {
+    const int32_t b = t->quant->bits, pf = 32 / b;
+    const int64_t out = t->ne[1], in = t->ne[0], ng = t->quant->scale->ne[0], words = (in + pf - 1) / pf;
+    uint32_t *wp = calloc((size_t)(out * words), 4);
+    if (wp)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++)
+                wp[o * words + i / pf] |= (uint32_t)h->qint_get(t, perm ? perm[o] : o, i) << (b * (i % pf));
+    mopt_status st = add_i32(h, l, p, "weight_packed", out, words, wp, err);
+    if (!st) st = add_scales(h, l, p, "weight_scale", t, perm, 0, err);
+    if (!st && t->quant->zero) {
+        const int64_t zr = (out + pf - 1) / pf;
+        uint32_t *zp = calloc((size_t)(zr * ng), 4);
+        if (zp)
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t g = 0; g < ng; g++)
+                    zp[(o / pf) * ng + g] |= (uint32_t)zero_of(t, perm ? perm[o] : o, g, ng) << (b * (o % pf));
+        st = add_i32(h, l, p, "weight_zero_point", zr, ng, zp, err);
+    }
+    if (!st && t->quant->g_idx) {
+        uint32_t *gi = malloc((size_t)in * 4);
+        if (gi) memcpy(gi, t->quant->g_idx->data, (size_t)in * 4);
+        st = add_i32(h, l, p, "weight_g_idx", in, 0, gi, err);
+    }
+    if (!st) {
+        int64_t *shape = malloc(16), one[1] = {2};
+        if (shape) shape[0] = out, shape[1] = in;
+        char name[MOPT_MAX_NAME + 32];
+        snprintf(name, sizeof name, "%s.weight_shape", p);
+        st = st_list_add(h, l, name, "I64", 1, one, shape, 16, err);
+    }
+    return st;
+}
+
+/* W8A8 (I8) and FP8 (F8_E4M3): the bytes as stored, F32 scales */
+static mopt_status ct_8bit(const mopt_host_api *h, st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                           mopt_error *err) {
+    const int64_t out = t->ne[1], in = t->ne[0], ns = h->tensor_nelements(t->quant->scale);
+    uint8_t *w = malloc((size_t)(out * in));
+    float *s = malloc((size_t)ns * 4);
+    if (w)
+        for (int64_t o = 0; o < out; o++)
+            memcpy(w + o * in, (const uint8_t *)t->data + (size_t)(perm ? perm[o] : o) * t->nb[1], (size_t)in);
+    if (s)
+        for (int64_t o = 0; o < ns; o++) s[o] = ((const float *)t->quant->scale->data)[ns == 1 ? 0 : perm ? perm[o] : o];
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.weight", p);
+    const int64_t wshape[2] = {out, in}, sshape[2] = {ns, 1};
+    mopt_status st = st_list_add(h, l, name, t->dtype == MOPT_DTYPE_W8A8 ? "I8" : "F8_E4M3", 2, wshape, w, (size_t)(out * in), err);
+    if (st) {
+        free(s);
+        return st;
+    }
+    snprintf(name, sizeof name, "%s.weight_scale", p);
+    if ((st = st_list_add(h, l, name, "F32", ns == 1 ? 1 : 2, sshape, s, (size_t)ns * 4, err))) return st;
+    if (t->dtype == MOPT_DTYPE_FP8 && (t->quant->flags & MOPT_QUANT_ACT_STATIC)) {
+        float *a = malloc(4);
+        if (a) *a = t->quant->act_scale;
+        const int64_t one[1] = {1};
+        snprintf(name, sizeof name, "%s.input_scale", p);
+        st = st_list_add(h, l, name, "F32", 1, one, a, 4, err);
+    }
+    return st;
+}
+
+mopt_status hfq_add_linear(const mopt_host_api *h, st_list *l, const mopt_tensor *t, hf_format f, const int64_t *perm,
+                           mopt_error *err) {
+    char p[MOPT_MAX_NAME];
+    snprintf(p, sizeof p, "%s", t->name);
+    char *dot = strrchr(p, '.');
+    if (!dot || strcmp(dot, ".weight"))
+        return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "packed tensor %s is not a linear's .weight", t->name);
+    *dot = 0;
+    if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(h, l, p, t, perm, err);
+    return f == HF_AWQ ? awq(h, l, p, t, perm, err) : f == HF_GPTQ ? gptq(h, l, p, t, perm, err) : ct_packed(h, l, p, t, perm, err);
+}
+
+/* Decoder linears kept in float, by module name. */
+static json_t *float_linears(const mopt_host_api *h, mopt_graph *g) {
+    json_t *a = json_array();
+    json_array_append_new(a, json_string("lm_head"));
+    for (int32_t i = 0; i < h->graph_n_nodes(g); i++) {
+        const mopt_node *n = h->graph_node(g, i);
+        if (n->op != MOPT_OP_LINEAR || !n->weight || n->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) continue;
+        char m[MOPT_MAX_NAME];
+        snprintf(m, sizeof m, "%s", n->weight->name);
+        char *dot = strrchr(m, '.');
+        if (dot) *dot = 0;
+        json_array_append_new(a, json_string(m));
+    }
+    return a;
+}
+
+json_t *hfq_config(const mopt_host_api *h, mopt_graph *g, hf_format f, const hfq_scheme *s) {
+    const int sym = (s->flags & MOPT_QUANT_SYM) != 0;
+    json_t *ignore = float_linears(h, g);
+    if (f == HF_AWQ) {
+        json_t *mods = json_array_size(ignore) > 1 ? json_deep_copy(ignore) : json_null();
+        json_decref(ignore);
+        return json_pack("{s:s, s:i, s:i, s:b, s:s, s:o}", "quant_method", "awq", "bits", 4, "group_size", s->group_size,
+                         "zero_point", 1, "version", "gemm", "modules_to_not_convert", mods);
+    }
+    if (f == HF_GPTQ) {
+        json_decref(ignore);
+        return json_pack("{s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f}", "quant_method", "gptq", "checkpoint_format", "gptq",
+                         "bits", s->bits, "group_size", s->group_size, "desc_act", s->act_order, "sym", sym,
+                         "static_groups", 0, "damp_percent", 0.01);
+    }
+    json_t *w, *act = json_null();
+    const char *format;
+    if (s->dtype == MOPT_DTYPE_QINT) {
+        format = "pack-quantized";
+        w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:s, s:s}", "num_bits", s->bits, "type", "int", "symmetric", sym,
+                      "strategy", s->group_size > 0 ? "group" : "channel", "dynamic", 0, "observer", "minmax",
+                      "actorder", s->act_order ? "group" : "");
+        if (!s->act_order) json_object_set_new(w, "actorder", json_null());
+        json_object_set_new(w, "group_size", s->group_size > 0 ? json_integer(s->group_size) : json_null());
+    } else if (s->dtype == MOPT_DTYPE_W8A8) {
+        format = "int-quantized";
+        w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy",
+                      "channel", "dynamic", 0, "group_size");
+        act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy", "token",
+                        "dynamic", 1, "group_size");
+    } else {
+        format = "float-quantized";
+        const int per_tensor = (s->flags & MOPT_QUANT_PER_TENSOR) != 0;
+        w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
+                      per_tensor ? "tensor" : "channel", "dynamic", 0, "group_size");
+        if (s->flags & MOPT_QUANT_ACT_PER_TOKEN)
+            act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
+                            "token", "dynamic", 1, "group_size");
+        else if (s->flags & MOPT_QUANT_ACT_STATIC)
+            act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
+                            "tensor", "dynamic", 0, "group_size");
+    }
+    return json_pack("{s:s, s:s, s:s, s:{s:{s:[s], s:o, s:o, s:n}}, s:o, s:n, s:n}", "quant_method", "compressed-tensors",
+                     "format", format, "quantization_status", "compressed", "config_groups", "group_0", "targets",
+                     "Linear", "weights", w, "input_activations", act, "output_activations", "ignore", ignore,
+                     "kv_cache_scheme", "sparsity_config");
+}

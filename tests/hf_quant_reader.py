@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""An independent reader of quantized Hugging Face checkpoints, written from the
+published layouts (AutoAWQ WQLinear_GEMM, AutoGPTQ qlinear pack (v1 zeros),
+compressed-tensors pack_to_int32 / int- and float-quantized), not from mopt's
+code. Python standard library only.
+
+usage: hf_quant_reader.py QUANT_DIR DENSE_DIR
+Decodes every quantized linear of QUANT_DIR to float and compares it with the
+same weight in DENSE_DIR (an F32 export of the same model). Exit 0 when every
+element agrees to 1e-6 relative to the tensor's largest value."""
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1}
+
+
+def e4m3(b):
+    s = -1.0 if b & 0x80 else 1.0
+    e, m = (b >> 3) & 15, b & 7
+    if e == 15 and m == 7:
+        return math.nan
+    if e == 0:
+        return s * m / 8.0 * 2.0 ** -6
+    return s * (1 + m / 8.0) * 2.0 ** (e - 7)
+
+
+def decode(dtype, raw):
+    n = len(raw) // SIZES[dtype]
+    if dtype == "F32":
+        return list(struct.unpack(f"<{n}f", raw))
+    if dtype == "F16":
+        return list(struct.unpack(f"<{n}e", raw))
+    if dtype == "BF16":
+        return [struct.unpack("<f", b"\0\0" + raw[2 * i:2 * i + 2])[0] for i in range(n)]
+    if dtype == "I32":
+        return list(struct.unpack(f"<{n}I", raw))  # packed words: unsigned
+    if dtype == "I64":
+        return list(struct.unpack(f"<{n}q", raw))
+    if dtype == "I8":
+        return list(struct.unpack(f"<{n}b", raw))
+    if dtype == "F8_E4M3":
+        return [e4m3(b) for b in raw]
+    return list(raw)
+
+
+def read_dir(d):
+    tensors = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        data = f.read_bytes()
+        (hlen,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + hlen])
+        base = 8 + hlen
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            b, e = info["data_offsets"]
+            tensors[name] = (info["shape"], decode(info["dtype"], data[base + b:base + e]))
+    return tensors
+
+
+def awq(t, p, qc):
+    (i_n, o8), qw = t[p + ".qweight"]
+    _, qz = t[p + ".qzeros"]
+    (ng, out), sc = t[p + ".scales"]
+    gs = qc["group_size"] if qc["group_size"] > 0 else i_n
+    order = [0, 2, 4, 6, 1, 3, 5, 7]  # output column 8c + order[k] sits at bits 4k of word c
+    w = [[0.0] * i_n for _ in range(out)]
+    for i in range(i_n):
+        g = i // gs
+        for c in range(o8):
+            word, zw = qw[i * o8 + c], qz[g * o8 + c]
+            for k in range(8):
+                o = 8 * c + order[k]
+                q, z = (word >> (4 * k)) & 15, (zw >> (4 * k)) & 15
+                w[o][i] = (q - z) * sc[g * out + o]
+    return w
+
+
+def gptq(t, p, qc):
+    b = qc["bits"]
+    pf, mask = 32 // b, (1 << b) - 1
+    (rows, out), qw = t[p + ".qweight"]
+    _, qz = t[p + ".qzeros"]
+    _, sc = t[p + ".scales"]
+    _, g_idx = t[p + ".g_idx"]
+    i_n = rows * pf
+    w = [[0.0] * i_n for _ in range(out)]
+    for i in range(i_n):
+        g = g_idx[i]
+        for o in range(out):
+            q = (qw[(i // pf) * out + o] >> (b * (i % pf))) & mask
+            z = ((qz[g * (out // pf) + o // pf] >> (b * (o % pf))) + 1) & mask  # v1 stores zero - 1
+            w[o][i] = (q - z) * sc[g * out + o]
+    return w
+
+
+def ct_packed(t, p, qc):
+    grp = next(iter(qc["config_groups"].values()))["weights"]
+    b = grp["num_bits"]
+    pf, mask, off = 32 // b, (1 << b) - 1, 1 << (b - 1)
+    _, (out, i_n) = t[p + ".weight_shape"]
+    _, wp = t[p + ".weight_packed"]
+    (_, ng), sc = t[p + ".weight_scale"]
+    zp = t.get(p + ".weight_zero_point")
+    g_idx = t.get(p + ".weight_g_idx")
+    gs = grp["group_size"] or i_n
+    words = (i_n + pf - 1) // pf
+    w = [[0.0] * i_n for _ in range(out)]
+    for o in range(out):
+        for i in range(i_n):
+            g = g_idx[1][i] if g_idx else i // gs
+            q = ((wp[o * words + i // pf] >> (b * (i % pf))) & mask) - off  # signed value
+            z = (((zp[1][(o // pf) * ng + g] >> (b * (o % pf))) & mask) - off) if zp else 0
+            w[o][i] = (q - z) * sc[o * ng + g]
+    return w
+
+
+def ct_8bit(t, p, qc):
+    (out, i_n), q = t[p + ".weight"]
+    _, sc = t[p + ".weight_scale"]
+    return [[q[o * i_n + i] * sc[o if len(sc) > 1 else 0] for i in range(i_n)] for o in range(out)]
+
+
+def main():
+    qdir, ddir = sys.argv[1], sys.argv[2]
+    qc = json.loads((Path(qdir) / "config.json").read_text())["quantization_config"]
+    t, dense = read_dir(qdir), read_dir(ddir)
+    method = qc["quant_method"]
+    if method == "awq":
+        marker, fn = ".qweight", awq
+    elif method == "gptq":
+        marker, fn = ".qweight", gptq
+    elif qc["format"] == "pack-quantized":
+        marker, fn = ".weight_packed", ct_packed
+    else:
+        marker, fn = ".weight_scale", ct_8bit
+    prefixes = sorted(n[: -len(marker)] for n in t if n.endswith(marker))
+    worst = 0.0
+    for p in prefixes:
+        w = fn(t, p, qc)
+        (out, i_n), ref = dense[p + ".weight"]
+        amax = max(abs(x) for x in ref) or 1.0
+        err = max(abs(w[o][i] - ref[o * i_n + i]) for o in range(out) for i in range(i_n)) / amax
+        worst = max(worst, err)
+        if not err <= 1e-6:
+            print(f"{p}: decoded weights differ from the dense export by {err:.3g} (relative)")
+            return 1
+    if not prefixes:
+        print(f"{qdir}: no quantized linears found")
+        return 1
+    print(f"{method} {qc.get('format', '')}: {len(prefixes)} linears decoded, worst relative difference {worst:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
