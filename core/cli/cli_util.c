@@ -123,7 +123,8 @@ const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err
                  {"dense", "export.hf", "dense"},
                  {"awq", "export.hf", "awq"},
                  {"gptq", "export.hf", "gptq"},
-                 {"compressed-tensors", "export.hf", "compressed-tensors"}};
+                 {"compressed-tensors", "export.hf", "compressed-tensors"},
+                 {"gguf", "export.gguf", NULL}};
     for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
         if (strcmp(format, table[i].flag)) continue;
         if (table[i].format && mopt_options_set(o, "format", table[i].format, err)) return NULL;

@@ -12,8 +12,9 @@ int cmd_export(int argc, char **argv) {
                                          {"force", no_argument, 0, 'F'},         {"shard-size", required_argument, 0, 's'},
                                          {"draft", required_argument, 0, 'D'},   {"draft-k", required_argument, 0, 'K'},
                                          {"pipeline", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
+                                         {"type", required_argument, 0, 't'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL;
+    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL;
     int force = 0, quiet = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
@@ -27,9 +28,11 @@ int cmd_export(int argc, char **argv) {
         case 'K': k = optarg; break;
         case 'P': pre = optarg; break;
         case 'q': quiet = 1; break;
+        case 't': type = optarg; break;
         case 'h':
-            printf("usage: mopt export MODEL -o DIR [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
-                   "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n\n"
+            printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
+                   "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
+                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
                    "--draft writes speculative_config.json for vLLM and TensorRT-LLM.\n"
@@ -37,7 +40,9 @@ int cmd_export(int argc, char **argv) {
                    "  hf                  dense Hugging Face, or compressed-tensors when the model is quantized\n"
                    "  dense               Hugging Face with quantized weights dequantized (transformers loads it)\n"
                    "  awq | gptq          HF AWQ (GEMM, int4) or GPTQ (v1) packed weights, as vLLM reads them\n"
-                   "  compressed-tensors  pack-quantized int, int-quantized W8A8 or float-quantized FP8\n");
+                   "  compressed-tensors  pack-quantized int, int-quantized W8A8 or float-quantized FP8\n"
+                   "  gguf                one GGUF v3 file for llama.cpp; --type picks the weights' ggml type\n"
+                   "                      (default f16; a QINT int4/int8 sym g32 model goes out as q4_0/q8_0 exactly)\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");
         }
@@ -57,7 +62,12 @@ int cmd_export(int argc, char **argv) {
         rc = cli_usage_error("export", "%s", err.msg);
         goto done;
     }
-    if ((pre && mopt_pipeline_parse(p, pre, &err)) || mopt_options_set(o, "out", out, &err) ||
+    if (type && strcmp(pass, "export.gguf")) {
+        rc = cli_usage_error("export", "--type goes with --format gguf");
+        goto done;
+    }
+    if ((type && mopt_options_set(o, "type", type, &err)) || (pre && mopt_pipeline_parse(p, pre, &err)) ||
+        mopt_options_set(o, "out", out, &err) ||
         (dtype && mopt_options_set(o, "dtype", dtype, &err)) || (force && mopt_options_set(o, "force", "true", &err)) ||
         (shard && mopt_options_set(o, "max_shard_size", shard, &err)) || (draft && mopt_options_set(o, "draft", draft, &err)) ||
         (k && mopt_options_set(o, "num_speculative_tokens", k, &err)) || mopt_pipeline_add(p, pass, o, &err) ||

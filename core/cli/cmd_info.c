@@ -33,7 +33,7 @@ int cmd_info(int argc, char **argv) {
         bytes_by_dtype[t->dtype] += (int64_t)mopt_tensor_nbytes(t);
     }
     const mopt_tokenizer *tok = mopt_model_tokenizer(m);
-    const char *fmt = mopt_model_format_of(m) == MOPT_FORMAT_HF ? "hf" : "llama2c";
+    const char *fmt = mopt_model_format_of(m) == MOPT_FORMAT_HF ? "hf" : mopt_model_format_of(m) == MOPT_FORMAT_GGUF ? "gguf" : "llama2c";
     if (as_json) {
         json_t *j = json_object(), *arch = json_object(), *dt = json_object();
         json_object_set_new(j, "path", json_string(mopt_model_path(m)));

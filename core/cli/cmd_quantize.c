@@ -33,11 +33,13 @@ static void help(void) {
            "  -o OUTDIR           save the quantized checkpoint there (atomically)\n"
            "  --format F          its format: " CLI_EXPORT_FORMATS " (default hf:\n"
            "                      compressed-tensors, which vLLM and SGLang load)\n"
+           "  --type T            --format gguf: ggml type of the weights (f16, q8_0, q4_0, q4_k, ...);\n"
+           "                      rtn --bits 4|8 --group 32 --sym is written as q4_0|q8_0 bit for bit\n"
            "  --force             replace an existing OUTDIR\n");
 }
 
 typedef struct {
-    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format;
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type;
     char bits[16], group[16], alpha[32], samples[16], len[16];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force;
     long long threads;
@@ -55,6 +57,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
+        {"type", required_argument, 0, 'y'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -100,6 +103,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'q': a->quiet = 1; break;
         case 'o': a->out = optarg; break;
         case 'f': a->format = optarg; break;
+        case 'y': a->gguf_type = optarg; break;
         case 'O': a->force = 1; break;
         case 'h': help(); return -1;
         default: return cli_usage_error("quantize", "unknown option");
@@ -107,7 +111,7 @@ static int parse(int argc, char **argv, qargs *a) {
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
     if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8)");
-    if ((a->format || a->force) && !a->out) return cli_usage_error("quantize", "--format and --force go with -o OUTDIR");
+    if ((a->format || a->force || a->gguf_type) && !a->out) return cli_usage_error("quantize", "--format, --type and --force go with -o OUTDIR");
     return 0;
 }
 
@@ -156,6 +160,7 @@ int cmd_quantize(int argc, char **argv) {
             goto done;
         }
         if (mopt_options_set(xo, "out", a.out, &err) || (a.force && mopt_options_set(xo, "force", "true", &err)) ||
+            (a.gguf_type && mopt_options_set(xo, "type", a.gguf_type, &err)) ||
             mopt_pipeline_add(p, xp, xo, &err)) {
             rc = cli_fail(&err);
             goto done;

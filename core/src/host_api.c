@@ -7,6 +7,7 @@
 
 #include "internal.h"
 #include "pass_ctx.h"
+#include "mopt/ggml.h"
 #include "mopt/sampler.h"
 
 double mopt_now(void) {
@@ -131,4 +132,10 @@ const mopt_host_api mopt_host = {
     .perplexity_windows = mopt_perplexity_windows,
     .tokenizer_same_vocab = same_vocab,
     .qint_get = mopt_qint_get,
+    .tokenizer_ggml_model = mopt_tokenizer_ggml_model,
+    .tokenizer_score = mopt_tokenizer_score,
+    .tokenizer_token_type = mopt_tokenizer_token_type,
+    .tokenizer_merges = mopt_tokenizer_merges,
+    .ggml_row_bytes = mopt_ggml_row_bytes,
+    .ggml_quantize_row = mopt_ggml_quantize_row,
 };

@@ -77,6 +77,13 @@ mopt_model *mopt_model_load(const char *path, const char *tokenizer_path, mopt_e
         /* an export of a llama2.c model keeps its tokenizer as tokenizer.bin */
         if (!st && !tok_path && mopt_path_join(tp, sizeof tp, path, "tokenizer.bin") && mopt_file_exists(tp))
             tok_path = tp;
+    } else if (mopt_file_exists(path) && ends_with(path, ".gguf")) {
+        m->format = MOPT_FORMAT_GGUF;
+        st = mopt_import_gguf(path, &m->graph, &m->tok, err);
+        if (!st && tok_path) { /* an explicit tokenizer wins over the file's own */
+            mopt_tokenizer_free(m->tok);
+            m->tok = NULL;
+        }
     } else if (mopt_file_exists(path)) {
         m->format = MOPT_FORMAT_LLAMA2C;
         st = mopt_import_llama2c(path, &m->graph, err);

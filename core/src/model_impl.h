@@ -9,6 +9,8 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err);
 /* Turns the packed linears of a quantized HF checkpoint (AWQ, GPTQ, compressed-tensors)
  * in g into mopt packed tensors; a no-op without quantization_config. */
 mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err);
+/* Loads a GGUF file: the graph and, when the file carries one, its tokenizer (*tok may stay NULL). */
+mopt_status mopt_import_gguf(const char *path, mopt_graph **out, mopt_tokenizer **tok, mopt_error *err);
 /* Loads a llama2.c version-0 checkpoint into a graph with HF tensor names. */
 mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *err);
 /* Transposes a 2-D tensor into a new heap tensor of the same dtype named `name`. */

@@ -313,11 +313,16 @@ static mopt_status load_merges(mopt_tokenizer *tok, const char *path, json_t *me
 mopt_tokenizer *mopt_tokenizer_load_hf(const char *path, mopt_error *err) {
     json_t *root = mopt_json_load_file(path, err);
     if (!root) return NULL;
+    mopt_tokenizer *tok = tok_hf_from_json(root, path, err);
+    json_decref(root);
+    return tok;
+}
+
+mopt_tokenizer *tok_hf_from_json(json_t *root, const char *path, mopt_error *err) {
     mopt_tokenizer *tok = calloc(1, sizeof *tok);
     mopt_status st = MOPT_OK;
     if (!tok) {
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        json_decref(root);
         return NULL;
     }
     tok->kind = TOK_KIND_HF;
@@ -371,7 +376,6 @@ mopt_tokenizer *mopt_tokenizer_load_hf(const char *path, mopt_error *err) {
         tok->eos_id = str_map_get(&tok->vocab, eos_names[i], strlen(eos_names[i]));
     if (!tok_build_pieces(tok)) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 done:
-    json_decref(root);
     if (st) {
         mopt_tokenizer_free(tok);
         return NULL;

@@ -105,6 +105,13 @@ int tok_bpe_merge(const mopt_tokenizer *tok, const int32_t *syms, size_t n, id_v
 /* Fills piece/piece_len/piece_byte for every id (after tokens are loaded). */
 int tok_build_pieces(mopt_tokenizer *tok);
 
+/* Constructors from memory (GGUF stores tokenizers as metadata): a parsed
+ * tokenizer.json, and the bytes of a llama2.c tokenizer file. `path` names the
+ * source in messages. */
+typedef struct json_t json_t;
+mopt_tokenizer *tok_hf_from_json(json_t *root, const char *path, mopt_error *err);
+mopt_tokenizer *tok_llama2c_parse(const char *data, size_t size, int32_t vocab_size, const char *path, mopt_error *err);
+
 mopt_status tok_hf_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, mopt_error *err);
 mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, int add_bos,
                                mopt_error *err);

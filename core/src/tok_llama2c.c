@@ -14,10 +14,15 @@ mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size
     char *data;
     size_t size;
     if (mopt_read_file(path, &data, &size, err)) return NULL;
+    mopt_tokenizer *tok = tok_llama2c_parse(data, size, vocab_size, path, err);
+    free(data);
+    return tok;
+}
+
+mopt_tokenizer *tok_llama2c_parse(const char *data, size_t size, int32_t vocab_size, const char *path, mopt_error *err) {
     mopt_tokenizer *tok = calloc(1, sizeof *tok);
     mopt_status st = MOPT_OK;
     if (!tok) {
-        free(data);
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         return NULL;
     }
@@ -78,7 +83,6 @@ mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size
     if (!str_map_build(&tok->vocab, tok->tokens, tok->token_len, vocab_size) || !tok_build_pieces(tok))
         st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 done:
-    free(data);
     if (st) {
         mopt_tokenizer_free(tok);
         return NULL;

@@ -52,6 +52,46 @@ bool mopt_tokenizer_same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b,
     return true;
 }
 
+const char *mopt_tokenizer_ggml_model(const mopt_tokenizer *tok) {
+    if (tok->kind == TOK_KIND_LLAMA2C) return "llama";
+    return tok->byte_level ? "gpt2" : NULL;
+}
+
+float mopt_tokenizer_score(const mopt_tokenizer *tok, int32_t id) {
+    return tok->scores && id >= 0 && id < tok->n_vocab ? tok->scores[id] : 0.0f;
+}
+
+int32_t mopt_tokenizer_token_type(const mopt_tokenizer *tok, int32_t id) {
+    if (id < 0 || id >= tok->n_vocab) return 0;
+    if (id == tok->unk_id && tok->kind == TOK_KIND_LLAMA2C) return 2;
+    if (tok->is_special[id] || (tok->kind == TOK_KIND_LLAMA2C && (id == tok->bos_id || id == tok->eos_id))) return 3;
+    if (tok->piece_byte && tok->piece_byte[id] >= 0) return 6;
+    return 1;
+}
+
+static int by_rank(const void *a, const void *b) {
+    const int64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+int32_t mopt_tokenizer_merges(const mopt_tokenizer *tok, int32_t *left, int32_t *right, int32_t cap) {
+    int32_t n = 0;
+    for (uint32_t i = 0; i < tok->merges.cap; i++) n += tok->merges.keys[i] != 0;
+    if (cap <= 0 || n == 0) return n;
+    int64_t (*e)[2] = malloc((size_t)n * sizeof *e); /* (rank, key) */
+    if (!e) return -1;
+    int32_t k = 0;
+    for (uint32_t i = 0; i < tok->merges.cap; i++)
+        if (tok->merges.keys[i]) e[k][0] = tok->merges.rank[i], e[k++][1] = (int64_t)(tok->merges.keys[i] - 1);
+    qsort(e, (size_t)n, sizeof *e, by_rank);
+    for (int32_t i = 0; i < n && i < cap; i++) {
+        left[i] = (int32_t)((uint64_t)e[i][1] >> 32);
+        right[i] = (int32_t)((uint64_t)e[i][1] & 0xffffffffu);
+    }
+    free(e);
+    return n;
+}
+
 int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok) { return tok->bos_id; }
 int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok) { return tok->eos_id; }
 

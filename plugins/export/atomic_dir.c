@@ -110,4 +110,15 @@ mopt_status atomic_dir_commit(const mopt_host_api *h, atomic_dir *d, mopt_error 
     return MOPT_OK;
 }
 
+mopt_status atomic_dir_commit_file(const mopt_host_api *h, atomic_dir *d, const char *name, mopt_error *err) {
+    char p[4400];
+    struct stat st;
+    if (stat(d->target, &st) == 0 && S_ISDIR(st.st_mode))
+        return h->error_set(err, MOPT_E_INVALID, "export", "%s is a directory; the export is one file", d->target);
+    if (rename(atomic_dir_path(d, name, p, sizeof p), d->target) != 0) /* atomic, also over an old file */
+        return h->error_set(err, MOPT_E_IO, "export", "%s: cannot rename into place: %s", d->target, strerror(errno));
+    rm_rf(d->tmp);
+    return MOPT_OK;
+}
+
 void atomic_dir_abort(atomic_dir *d) { rm_rf(d->tmp); }

@@ -20,6 +20,10 @@ mopt_status atomic_dir_begin(const mopt_host_api *h, atomic_dir *d, const char *
 const char *atomic_dir_path(const atomic_dir *d, const char *name, char *buf, size_t cap);
 /* Removes the marker and renames the temporary directory into place. */
 mopt_status atomic_dir_commit(const mopt_host_api *h, atomic_dir *d, mopt_error *err);
+/* For single-file targets: renames the file `name` written inside the temporary
+ * directory onto the target (replacing a file there only with force, checked
+ * at begin) and removes the temporary directory. */
+mopt_status atomic_dir_commit_file(const mopt_host_api *h, atomic_dir *d, const char *name, mopt_error *err);
 /* Deletes the temporary directory (after a failure). */
 void atomic_dir_abort(atomic_dir *d);
 /* Writes a whole file inside the temporary directory. */

@@ -5,5 +5,6 @@
 #include "mopt/plugin.h"
 
 extern const mopt_pass_desc export_hf_pass;
+extern const mopt_pass_desc export_gguf_pass;
 
 #endif

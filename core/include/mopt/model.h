@@ -13,7 +13,8 @@ MOPT_EXTERN_C_BEGIN
 
 typedef enum mopt_model_format {
     MOPT_FORMAT_HF = 0,     /* directory with config.json + *.safetensors */
-    MOPT_FORMAT_LLAMA2C = 1 /* llama2.c version-0 checkpoint */
+    MOPT_FORMAT_LLAMA2C = 1, /* llama2.c version-0 checkpoint */
+    MOPT_FORMAT_GGUF = 2     /* GGUF file (llama.cpp) */
 } mopt_model_format;
 
 typedef struct mopt_model mopt_model;

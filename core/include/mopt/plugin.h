@@ -137,6 +137,14 @@ typedef struct mopt_host_api {
     int32_t (*tokenizer_same_vocab)(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff);
     /* the unsigned level of element (row, col) of a QINT tensor (exporters repack it) */
     uint8_t (*qint_get)(const mopt_tensor *t, int64_t row, int64_t col);
+    /* tokenizer contents for GGUF (mopt/tokenizer.h) */
+    const char *(*tokenizer_ggml_model)(const mopt_tokenizer *tok);
+    float (*tokenizer_score)(const mopt_tokenizer *tok, int32_t id);
+    int32_t (*tokenizer_token_type)(const mopt_tokenizer *tok, int32_t id);
+    int32_t (*tokenizer_merges)(const mopt_tokenizer *tok, int32_t *left, int32_t *right, int32_t cap);
+    /* ggml block formats (mopt/ggml.h) */
+    int64_t (*ggml_row_bytes)(int32_t type, int64_t n);
+    mopt_status (*ggml_quantize_row)(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

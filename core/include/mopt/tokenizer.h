@@ -38,6 +38,19 @@ MOPT_API int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok); /* -1 if none
  * or -1 when only the sizes differ. */
 MOPT_API bool mopt_tokenizer_same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff);
 
+/* What GGUF stores about a tokenizer (tokenizer.ggml.*). The model is "gpt2"
+ * (byte-level BPE with merges), "llama" (llama2.c / SentencePiece pieces with
+ * scores), or NULL when the tokenizer is neither (SentencePiece-style BPE from a
+ * tokenizer.json carries merges but no scores). */
+MOPT_API const char *mopt_tokenizer_ggml_model(const mopt_tokenizer *tok);
+/* The token's merge score (llama2.c), 0 for BPE tokenizers. */
+MOPT_API float mopt_tokenizer_score(const mopt_tokenizer *tok, int32_t id);
+/* GGUF token type: 1 normal, 2 unknown, 3 control, 6 byte. */
+MOPT_API int32_t mopt_tokenizer_token_type(const mopt_tokenizer *tok, int32_t id);
+/* The BPE merges in rank order as (left id, right id) pairs; returns how many
+ * there are (fills at most cap), -1 when out of memory. */
+MOPT_API int32_t mopt_tokenizer_merges(const mopt_tokenizer *tok, int32_t *left, int32_t *right, int32_t cap);
+
 /* Encodes `len` bytes of UTF-8 text. *ids is allocated with malloc (free()). */
 MOPT_API mopt_status mopt_tokenizer_encode(const mopt_tokenizer *tok, const char *text, size_t len, uint32_t flags,
                                            int32_t **ids, size_t *n_ids, mopt_error *err);

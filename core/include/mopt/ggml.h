@@ -1,0 +1,50 @@
+/* ggml block formats as GGUF files store them (ggml's ggml-common.h and the
+ * reference quantizers in ggml-quants.c), for the GGUF importer and exporter:
+ *   Q4_0  32 values: f16 d, 16 bytes; byte j = q[j] | q[j+16] << 4;  x = d (q - 8)
+ *   Q4_1  32 values: f16 d, f16 m, 16 bytes as Q4_0;                  x = d q + m
+ *   Q5_0  32 values: f16 d, u32 qh (bit j = bit 4 of q[j]), 16 bytes of low nibbles; x = d (q - 16)
+ *   Q5_1  32 values: f16 d, f16 m, qh, 16 bytes;                      x = d q + m
+ *   Q8_0  32 values: f16 d, 32 int8;                                  x = d q
+ *   Q4_K  256 values in 8 sub-blocks of 32: f16 d, f16 dmin, 12 bytes of 6-bit
+ *         scales and mins, 128 bytes (sub-blocks 2i and 2i+1 share 32 bytes, low
+ *         and high nibbles);                                          x = d sc q - dmin m
+ * Values are little-endian; ne[0] of a tensor must be a multiple of the block. */
+#ifndef MOPT_GGML_H
+#define MOPT_GGML_H
+
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+
+MOPT_EXTERN_C_BEGIN
+
+typedef enum mopt_ggml_type {
+    MOPT_GGML_F32 = 0,
+    MOPT_GGML_F16 = 1,
+    MOPT_GGML_Q4_0 = 2,
+    MOPT_GGML_Q4_1 = 3,
+    MOPT_GGML_Q5_0 = 6,
+    MOPT_GGML_Q5_1 = 7,
+    MOPT_GGML_Q8_0 = 8,
+    MOPT_GGML_Q4_K = 12,
+    MOPT_GGML_BF16 = 30
+} mopt_ggml_type;
+
+/* Values per block (1 for float types), 0 for a type mopt does not handle. */
+MOPT_API int64_t mopt_ggml_block_size(int32_t type);
+/* Bytes per block. */
+MOPT_API int64_t mopt_ggml_block_bytes(int32_t type);
+/* "q4_0", "f16", ...; NULL for unknown types. */
+MOPT_API const char *mopt_ggml_type_name(int32_t type);
+/* Bytes of a row of n values; -1 when n is not a multiple of the block. */
+MOPT_API int64_t mopt_ggml_row_bytes(int32_t type, int64_t n);
+
+/* One row of n values to and from the block format (ggml's reference
+ * quantizers: round to nearest, scales in f16). */
+MOPT_API mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
+MOPT_API mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err);
+
+MOPT_EXTERN_C_END
+
+#endif

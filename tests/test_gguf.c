@@ -1,0 +1,273 @@
+/* GGUF export and import: f32 exports run with the original logits (exactly for
+ * llama2.c and GPT-2, to RoPE-order rounding for HF LLaMA), QINT models export
+ * as Q4_0/Q8_0 bit for bit, every block type decodes in an independent Python
+ * reader to what mopt decodes and stays within a stated error of the f32
+ * weights, the tokenizers stored as tokenizer.ggml.* encode like the originals,
+ * and broken or mutated files fail with a one-line message. */
+#include <math.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+static char dir[1024];
+
+static mopt_model *export_and_load(mopt_model *m, const char *pipeline_prefix, const char *type, const char *file) {
+    char text[4096], out[1400];
+    snprintf(out, sizeof out, "%s/%s", dir, file);
+    snprintf(text, sizeof text, "%sexport.gguf<out=%s;type=%s;force=true>", pipeline_prefix, out, type);
+    mopt_report_free(test_run_pipeline(m, text));
+    return test_load_model(out);
+}
+
+static double ppl(mopt_model *m) {
+    char text[2048], data[1024];
+    snprintf(text, sizeof text, "eval.perplexity<data=%s;limit_tokens=8192>", test_shared_path(data, sizeof data, "data/lit-val.txt"));
+    mopt_report *r = test_run_pipeline(m, text);
+    double p = mopt_report_get_metric(r, "ppl");
+    mopt_report_free(r);
+    return p;
+}
+
+static void test_llama2c_f32_gguf_is_exact(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model *e = export_and_load(m, "", "f32", "st.gguf");
+    assert_int_equal(mopt_model_format_of(e), MOPT_FORMAT_GGUF);
+    double d = test_max_logit_diff(m, e);
+    fprintf(stderr, "stories260K f32 GGUF: max |logit diff| %.3g\n", d);
+    assert_true(d == 0.0);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static void test_hf_llama_gguf_matches_after_the_rope_permutation(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    mopt_model *e = export_and_load(m, "", "f32", "ll.gguf");
+    /* q/k rows move to GGUF's interleaved order: the same function, summed in another order */
+    double d = test_max_logit_diff(m, e), p0 = ppl(m), p1 = ppl(e);
+    fprintf(stderr, "lit-llama f32 GGUF: max |logit diff| %.3g, ppl %.6f vs %.6f\n", d, p1, p0);
+    assert_true(d < 1e-4);
+    assert_true(fabs(p1 / p0 - 1) < 1e-6);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static void test_gpt2_gguf_fuses_qkv_and_roundtrips(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    mopt_model *e = export_and_load(m, "", "f32", "gpt2.gguf");
+    double d = test_max_logit_diff(m, e);
+    fprintf(stderr, "lit-gpt2 f32 GGUF: max |logit diff| %.3g\n", d);
+    assert_true(d == 0.0);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static void test_qint_exports_as_q4_0_and_q8_0_bit_for_bit(void **s) {
+    REQUIRE_SHARED();
+    /* down_proj's 172 columns are not whole 32-value blocks (llama.cpp stores it as f16): keep it float */
+    static const char *const cases[][2] = {{"quant.rtn<bits=4;group_size=32;sym=true;exclude=*down_proj*>,", "auto"},
+                                           {"quant.rtn<bits=8;group_size=32;sym=true;exclude=*down_proj*>,", "auto"}};
+    for (int i = 0; i < 2; i++) {
+        mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+        mopt_model *e = export_and_load(m, cases[i][0], cases[i][1], "q.gguf");
+        double d = test_max_logit_diff(m, e);
+        fprintf(stderr, "stories260K %s as %s: max |logit diff| %.3g\n", cases[i][0], cases[i][1], d);
+        assert_true(d == 0.0);
+        /* loaded back into packed QINT, not dequantized */
+        const mopt_tensor *w = mopt_graph_find_tensor(mopt_model_graph(e), "model.layers.0.self_attn.q_proj.weight");
+        assert_int_equal(w->dtype, MOPT_DTYPE_QINT);
+        assert_int_equal(w->quant->bits, i ? 8 : 4);
+        mopt_model_free(e);
+        mopt_model_free(m);
+    }
+}
+
+static int reader(const char *q, const char *ref, double tol) {
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "python3 '%s/tests/gguf_reader.py' '%s' '%s' %g", MOPT_SOURCE_DIR, q, ref, tol);
+    return system(cmd);
+}
+
+static void test_every_type_decodes_independently_within_its_error(void **s) {
+    REQUIRE_SHARED();
+    /* relative RMS error bounds against the f32 weights (4-bit ~ 1/2 step of 1/15 of a block's range) */
+    static const struct {
+        const char *type;
+        double rms, ppl;
+    } types[] = {{"f16", 1e-3, 1e-4}, {"bf16", 1e-2, 2e-3}, {"q8_0", 0.01, 2e-3}, {"q5_0", 0.05, 0.01},
+                 {"q5_1", 0.05, 0.01}, {"q4_0", 0.1, 0.02}, {"q4_1", 0.1, 0.02}, {"q4_k", 0.1, 0.02}};
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    mopt_model_free(export_and_load(m, "", "f32", "ref.gguf"));
+    const double p0 = ppl(m);
+    char q[1400], ref[1400], dec[1400];
+    snprintf(ref, sizeof ref, "%s/ref.gguf", dir);
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        char file[64];
+        snprintf(file, sizeof file, "%s.gguf", types[i].type);
+        mopt_model *e = export_and_load(m, "", types[i].type, file);
+        snprintf(q, sizeof q, "%s/%s", dir, file);
+        /* mopt's own decoding of the file, written back as f32: the reader must decode the same values */
+        mopt_model_free(export_and_load(e, "", "f32", "dec.gguf"));
+        snprintf(dec, sizeof dec, "%s/dec.gguf", dir);
+        assert_int_equal(reader(q, dec, 0), 0);
+        assert_int_equal(reader(q, ref, types[i].rms), 0);
+        const double p = ppl(e);
+        fprintf(stderr, "lit-llama %s: ppl %.4f (f32 %.4f, %+.3f%%)\n", types[i].type, p, p0, 100 * (p / p0 - 1));
+        assert_true(fabs(p / p0 - 1) < types[i].ppl);
+        mopt_model_free(e);
+    }
+    mopt_model_free(m);
+}
+
+static void same_tokens(const char *model_rel, const char *file) {
+    mopt_model *m = test_load_model(model_rel);
+    mopt_model *e = export_and_load(m, "", "f16", file);
+    char path[1024];
+    size_t n;
+    char *text = read_whole(test_shared_path(path, sizeof path, "data/lit-val.txt"), &n);
+    n = n > 40000 ? 40000 : n;
+    while (n && ((unsigned char)text[n] & 0xc0) == 0x80) n--; /* whole UTF-8 characters */
+    const mopt_tokenizer *a = mopt_model_tokenizer(m), *b = mopt_model_tokenizer(e);
+    assert_non_null(b);
+    int32_t *ia, *ib;
+    size_t na, nb;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode(a, text, n, MOPT_TOK_ADD_SPECIAL, &ia, &na, &err), MOPT_OK);
+    assert_int_equal(mopt_tokenizer_encode(b, text, n, MOPT_TOK_ADD_SPECIAL, &ib, &nb, &err), MOPT_OK);
+    fprintf(stderr, "%s: %zu tokens from the GGUF tokenizer, %zu from the original\n", model_rel, nb, na);
+    assert_int_equal(na, nb);
+    assert_memory_equal(ia, ib, na * sizeof *ia);
+    char *da, *db;
+    size_t la, lb;
+    assert_int_equal(mopt_tokenizer_decode(a, ia, na, MOPT_TOK_SKIP_SPECIAL, &da, &la, &err), MOPT_OK);
+    assert_int_equal(mopt_tokenizer_decode(b, ib, nb, MOPT_TOK_SKIP_SPECIAL, &db, &lb, &err), MOPT_OK);
+    assert_int_equal(la, lb);
+    assert_memory_equal(da, db, la);
+    free(da);
+    free(db);
+    free(ia);
+    free(ib);
+    free(text);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static void test_gguf_tokenizers_encode_like_the_originals(void **s) {
+    REQUIRE_SHARED();
+    same_tokens("models/lit-llama-7m", "tl.gguf");       /* tokenizer.ggml.model gpt2: byte-level BPE with merges */
+    same_tokens("models/lit-gpt2-1m", "tg.gguf");
+    same_tokens("models/stories260K/stories260K.bin", "ts.gguf"); /* llama: pieces and scores */
+}
+
+static void expect_refused(const char *path, const char *msg) {
+    mopt_error err = {0};
+    assert_null(mopt_model_load(path, NULL, &err));
+    if (!strstr(err.msg, msg)) fprintf(stderr, "message \"%s\" lacks \"%s\"\n", err.msg, msg);
+    assert_non_null(strstr(err.msg, msg));
+    assert_null(strchr(err.msg, '\n'));
+}
+
+static void test_broken_gguf_files_are_refused(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model_free(export_and_load(m, "", "q8_0", "ok.gguf"));
+    mopt_model_free(m);
+    char path[1400], bad[1400];
+    snprintf(path, sizeof path, "%s/ok.gguf", dir);
+    snprintf(bad, sizeof bad, "%s/bad.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    write_file(bad, d, 10);
+    expect_refused(bad, "truncated GGUF file");
+    write_file(bad, d, n - 100);
+    expect_refused(bad, "runs past the end of the file");
+    unsigned char *c = malloc(n);
+    memcpy(c, d, n);
+    memcpy(c, "GGML", 4);
+    write_file(bad, c, n);
+    expect_refused(bad, "not a GGUF file");
+    memcpy(c, d, n);
+    c[4] = 9;
+    write_file(bad, c, n);
+    expect_refused(bad, "GGUF version 9");
+    memcpy(c, d, n);
+    memset(c + 16, 0xff, 8); /* n_kv */
+    write_file(bad, c, n);
+    expect_refused(bad, "impossible GGUF header");
+    free(c);
+    free(d);
+}
+
+static void test_gguf_mutations_fail_cleanly(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model_free(export_and_load(m, "", "q4_0", "fz.gguf"));
+    mopt_model_free(m);
+    char path[1400], bad[1400];
+    snprintf(path, sizeof path, "%s/fz.gguf", dir);
+    snprintf(bad, sizeof bad, "%s/mut.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(path, &n), *c = malloc(n);
+    uint64_t rng = 0x9E3779B97F4A7C15ull;
+    int loaded = 0;
+    for (int r = 0; r < 300; r++) {
+        memcpy(c, d, n);
+        size_t len = n;
+        rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+        uint64_t x = rng * 0x2545F4914F6CDD1Dull;
+        if (x % 5 == 0) {
+            len = (size_t)(x >> 8) % n; /* truncate */
+        } else {
+            for (int k = 0; k < 4; k++) { /* the header: keys, the tokenizer, tensor infos */
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                static const unsigned char vals[] = {0, 0xff, 0x7f, 0x80, 1, 9, 4, 32};
+                c[(x >> 20) % (n < 12000 ? n : 12000)] = (x >> 8) % 2 ? vals[(x >> 40) % 8] : (unsigned char)(x >> 48);
+            }
+        }
+        write_file(bad, c, len);
+        mopt_error err = {0};
+        mopt_model *mm = mopt_model_load(bad, NULL, &err);
+        if (mm) {
+            loaded++;
+            mopt_model_free(mm);
+        } else {
+            assert_true(err.code != MOPT_OK);
+            assert_null(strchr(err.msg, '\n'));
+        }
+    }
+    fprintf(stderr, "GGUF: %d of 300 mutants still loaded, the rest failed cleanly\n", loaded);
+    free(c);
+    free(d);
+}
+
+static void test_cli_quantize_to_gguf_and_eval(void **s) {
+    REQUIRE_SHARED();
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s quantize '%s/models/lit-llama-7m' --method rtn --bits 4 --group 32 --sym -o '%s/cli.gguf' --format gguf --type q4_0 "
+             "--quiet > /dev/null && %s eval '%s/cli.gguf' --data '%s/data/lit-val.txt' --limit-tokens 4096 --quiet | grep -q '^ppl '",
+             MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type q3_k --quiet 2>&1 | grep -q 'q3_k'",
+             MOPT_CLI, test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+    test_tmpdir(dir, sizeof dir, "gguf");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_llama2c_f32_gguf_is_exact),
+        cmocka_unit_test(test_hf_llama_gguf_matches_after_the_rope_permutation),
+        cmocka_unit_test(test_gpt2_gguf_fuses_qkv_and_roundtrips),
+        cmocka_unit_test(test_qint_exports_as_q4_0_and_q8_0_bit_for_bit),
+        cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
+        cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
+        cmocka_unit_test(test_broken_gguf_files_are_refused),
+        cmocka_unit_test(test_gguf_mutations_fail_cleanly),
+        cmocka_unit_test(test_cli_quantize_to_gguf_and_eval),
+    };
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+}
