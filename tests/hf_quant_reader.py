@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An independent reader of quantized Hugging Face checkpoints, written from the
 published layouts (AutoAWQ WQLinear_GEMM, AutoGPTQ qlinear pack (v1 zeros),
-compressed-tensors pack_to_int32 / int- and float-quantized), not from mopt's
+compressed-tensors pack_to_int32 / int- and float-quantized, ModelOpt's
+pack_int4_in_uint8 for W4A16_AWQ), not from mopt's
 code. Python standard library only.
 
 usage: hf_quant_reader.py QUANT_DIR DENSE_DIR
@@ -124,6 +125,19 @@ def ct_8bit(t, p, qc):
     return [[q[o * i_n + i] * sc[o if len(sc) > 1 else 0] for i in range(i_n)] for o in range(out)]
 
 
+def modelopt_int4(t, p, qc):
+    (o2, i_n), packed = t[p + ".weight"]
+    (out, ng), sc = t[p + ".weight_scale"]
+    gs = i_n // ng
+    w = [[0.0] * i_n for _ in range(out)]
+    for o in range(out):
+        for i in range(i_n):
+            nib = (packed[(o // 2) * i_n + i] >> (4 * (o % 2))) & 15  # even rows in the low nibble
+            q = nib - 16 if nib >= 8 else nib  # signed int4
+            w[o][i] = q * sc[o * ng + i // gs]
+    return w
+
+
 def main():
     qdir, ddir = sys.argv[1], sys.argv[2]
     qc = json.loads((Path(qdir) / "config.json").read_text())["quantization_config"]
@@ -133,6 +147,8 @@ def main():
         marker, fn = ".qweight", awq
     elif method == "gptq":
         marker, fn = ".qweight", gptq
+    elif method == "modelopt":
+        marker, fn = ".weight_scale", modelopt_int4 if qc["quant_algo"] == "W4A16_AWQ" else ct_8bit
     elif qc["format"] == "pack-quantized":
         marker, fn = ".weight_packed", ct_packed
     else:

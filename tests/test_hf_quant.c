@@ -81,6 +81,34 @@ static void test_compressed_tensors_w8a8_and_fp8(void **s) {
     exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-fp8s", 0);
 }
 
+static void test_modelopt_unified_w4a16_awq_and_fp8(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true>", "modelopt", "mo-int4", 1);
+    char q[2048];
+    snprintf(q, sizeof q, "quant.fp8<weights=per_tensor;activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "modelopt", "mo-fp8", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", "modelopt", "mo-fp8pc", 1);
+}
+
+static void test_modelopt_scheme_read_from_hf_quant_config_alone(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], text[2400], path[1200];
+    test_tmpdir(dir, sizeof dir, "mo-side");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=64;sym=true>,export.hf<out=%s;format=modelopt>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    snprintf(path, sizeof path, "%s/config.json", out); /* older exports: no quantization_config in config.json */
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    json_object_del(j, "quantization_config");
+    assert_int_equal(json_dump_file(j, path, 0), 0);
+    json_decref(j);
+    mopt_model *e = test_load_model(out);
+    assert_true(test_max_logit_diff(m, e) == 0.0);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
 static void test_llama2c_rope_rows_are_permuted_in_packed_form(void **s) {
     /* q/k rows move from llama2.c's interleaved RoPE order to HF's rotate-half order, scales and zeros with them */
     /* its MLP width 172 is not a multiple of 8: compressed-tensors pads the packed words. Interleaved and
@@ -120,6 +148,7 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.rtn<bits=3>,export.hf<out=%s/o;format=gptq>", "3-bit");
     expect_refusal("models/lit-llama-7m", "quant.fp8,export.hf<out=%s/o;format=gptq>", "export as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "export.hf<out=%s/o;format=gptq>", "needs a quantized model");
+    expect_refusal("models/lit-llama-7m", "quant.rtn<bits=4>,export.hf<out=%s/o;format=modelopt>", "sym=true");
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "GPT-2");
     expect_refusal("models/stories260K/stories260K.bin", "quant.rtn<group_size=32>,export.hf<out=%s/o;format=awq>", "divisible by 8");
 }
@@ -208,6 +237,8 @@ int main(void) {
         cmocka_unit_test(test_gptq_act_order_keeps_g_idx),
         cmocka_unit_test(test_compressed_tensors_pack_quantized_sym_and_asym),
         cmocka_unit_test(test_compressed_tensors_w8a8_and_fp8),
+        cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
+        cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_formats_refuse_what_they_cannot_hold),
         cmocka_unit_test(test_bad_quantized_checkpoints_are_refused),

@@ -124,6 +124,7 @@ const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err
                  {"awq", "export.hf", "awq"},
                  {"gptq", "export.hf", "gptq"},
                  {"compressed-tensors", "export.hf", "compressed-tensors"},
+                 {"modelopt", "export.hf", "modelopt"},
                  {"gguf", "export.gguf", NULL}};
     for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
         if (strcmp(format, table[i].flag)) continue;

@@ -14,7 +14,12 @@
  *         packed along out the same way; weight_scale [out, ng]; weight_shape I64 [2]
  *         int-quantized: weight I8 [out, in], weight_scale [out, 1]
  *         float-quantized: weight F8_E4M3 [out, in], weight_scale [out, 1] | [1],
- *         input_scale [1] when activations are static. */
+ *         input_scale [1] when activations are static.
+ *   ModelOpt unified (quant_method "modelopt" or hf_quant_config.json):
+ *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
+ *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
+ *         (only all-ones: mopt folds AWQ's smoothing into the graph instead)
+ *         FP8: as float-quantized, scalar scales. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +30,7 @@
 #include "json_util.h"
 #include "mopt/quant.h"
 
-typedef enum { HFQ_AWQ, HFQ_GPTQ, HFQ_CT } hfq_method;
+typedef enum { HFQ_AWQ, HFQ_GPTQ, HFQ_CT, HFQ_MODELOPT } hfq_method;
 
 typedef struct hfq_cfg {
     hfq_method method;
@@ -289,7 +294,68 @@ done:
     return t;
 }
 
+static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale"), *pq = part(g, p, "pre_quant_scale");
+    const int64_t out = w->ne[1] * 2, in = w->ne[0];
+    if (w->ndim != 2 || !is_float(sc) || sc->ndim != 2 || sc->ne[1] != out) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: W4A16_AWQ needs weight U8 [out/2, in] and a float weight_scale [out, groups]", p);
+        return NULL;
+    }
+    const int64_t ng = sc->ne[0];
+    const int32_t gs = groups_from(in, ng, c->group_size);
+    if (mopt_qint_n_groups(in, gs) != ng) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale has %lld groups, group_size %d gives %lld", p, (long long)ng, gs,
+                  (long long)mopt_qint_n_groups(in, gs));
+        return NULL;
+    }
+    if (pq) {
+        float v = 1;
+        for (int64_t i = 0; i < mopt_tensor_nelements(pq) && v == 1; i++)
+            if (mopt_tensor_read_f32(pq, i, 1, &v, err)) return NULL;
+        if (v != 1 || mopt_tensor_nelements(pq) != in) {
+            MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s.pre_quant_scale is not all ones (an explicit activation multiply mopt does not run)", p);
+            return NULL;
+        }
+    }
+    uint8_t *q = malloc((size_t)(out * in));
+    float *s = malloc((size_t)(out * ng) * sizeof *s);
+    mopt_tensor *t = NULL;
+    if (!q || !s) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    } else if (!mopt_tensor_read_f32(sc, 0, out * ng, s, err)) {
+        const uint8_t *b = w->data;
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++) /* two's-complement nibble + 8 = mopt's level */
+                q[o * in + i] = (uint8_t)((((b[(o / 2) * in + i] >> (4 * (o % 2))) & 15) ^ 8));
+        char name[MOPT_MAX_NAME + 16];
+        snprintf(name, sizeof name, "%s.weight", p);
+        t = mopt_qint_pack(name, out, in, 4, gs, q, s, NULL, NULL, err);
+    }
+    free(q);
+    free(s);
+    return t;
+}
+
 /* --- config ----------------------------------------------------------------- */
+
+static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
+    const char *algo = NULL;
+    int64_t gs = -1;
+    if (!mopt_json_get_str_opt(q, "quant_algo", &algo, c->file, err) || !mopt_json_get_int_opt(q, "group_size", &gs, c->file, err))
+        return MOPT_E_FORMAT;
+    c->group_size = (int32_t)gs;
+    if (algo && !strcmp(algo, "W4A16_AWQ")) return MOPT_OK;
+    if (algo && !strcmp(algo, "FP8")) {
+        c->fp8_act = MOPT_QUANT_ACT_STATIC;
+        return MOPT_OK;
+    }
+    if (algo && !strcmp(algo, "FP8_PER_CHANNEL_PER_TOKEN")) {
+        c->fp8_act = MOPT_QUANT_ACT_PER_TOKEN;
+        return MOPT_OK;
+    }
+    return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: ModelOpt quant_algo \"%s\" is not supported (W4A16_AWQ, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
+                     c->file, algo ? algo : "(missing)");
+}
 
 static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     const char *fmt = NULL;
@@ -345,7 +411,25 @@ static mopt_status read_config(const char *file, int *present, hfq_cfg *c, mopt_
     json_t *qc = json_object_get(cfg, "quantization_config");
     mopt_status st = MOPT_OK;
     const char *m = NULL;
-    if (!qc || json_is_null(qc)) goto done;
+    if (!qc || json_is_null(qc)) { /* older ModelOpt exports record the scheme only in hf_quant_config.json */
+        char side[4200];
+        snprintf(side, sizeof side, "%s", file);
+        char *slash = strrchr(side, '/');
+        snprintf(slash ? slash + 1 : side, sizeof side - (size_t)(slash ? slash + 1 - side : 0), "hf_quant_config.json");
+        if (!mopt_file_exists(side)) goto done;
+        json_t *hq = mopt_json_load_file(side, err);
+        if (!hq) {
+            st = MOPT_E_FORMAT;
+            goto done;
+        }
+        json_t *q = json_object_get(hq, "quantization");
+        *present = 1;
+        c->method = HFQ_MODELOPT;
+        st = json_is_object(q) ? modelopt_config(q, c, err)
+                               : MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing object \"quantization\"", side);
+        json_decref(hq);
+        goto done;
+    }
     if (!json_is_object(qc) || !mopt_json_get_str_opt(qc, "quant_method", &m, file, err) || !m) {
         st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config needs a string \"quant_method\"", file);
         goto done;
@@ -381,11 +465,14 @@ static mopt_status read_config(const char *file, int *present, hfq_cfg *c, mopt_
             st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: GPTQ checkpoint_format \"%s\" (only \"gptq\", the v1 zero points vLLM reads)", file, fmt);
         else if (bits != 2 && bits != 4 && bits != 8)
             st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: GPTQ with %lld bits (supported: 2, 4, 8)", file, (long long)bits);
+    } else if (!strcmp(m, "modelopt")) {
+        c->method = HFQ_MODELOPT;
+        st = modelopt_config(qc, c, err);
     } else if (!strcmp(m, "compressed-tensors")) {
         c->method = HFQ_CT;
         st = ct_config(qc, c, err);
     } else {
-        st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: quant_method \"%s\" is not supported (awq, gptq, compressed-tensors)", file, m);
+        st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: quant_method \"%s\" is not supported (awq, gptq, compressed-tensors, modelopt)", file, m);
     }
 done:
     json_decref(cfg);
@@ -403,7 +490,7 @@ static int strip(const char *name, const char *suffix, char *prefix, size_t cap)
 }
 
 static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale",
-                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "weight"};
+                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight"};
 
 mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
     hfq_cfg c;
@@ -417,7 +504,8 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
     for (int32_t i = 0; i < n; i++) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
         int hit = strip(t->name, ".qweight", pre[np], sizeof pre[np]) || strip(t->name, ".weight_packed", pre[np], sizeof pre[np]) ||
-                  ((t->dtype == MOPT_DTYPE_I8 || t->dtype == MOPT_DTYPE_F8E4M3) && strip(t->name, ".weight", pre[np], sizeof pre[np]));
+                  ((t->dtype == MOPT_DTYPE_I8 || t->dtype == MOPT_DTYPE_F8E4M3 || t->dtype == MOPT_DTYPE_U8) &&
+                   strip(t->name, ".weight", pre[np], sizeof pre[np]));
         np += hit;
     }
     if (np && !present) st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: packed weights (%s) but no quantization_config", config_path, pre[0]);
@@ -426,6 +514,9 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
         const mopt_tensor *w = part(g, pre[i], "weight");
         if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);
+        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT) t = modelopt_int4_linear(g, pre[i], &c, err);
+        else if (w && w->dtype == MOPT_DTYPE_U8)
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ stores", pre[i]);
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
         else t = ct_packed_linear(g, pre[i], &c, err);
         if (!t) {

@@ -273,7 +273,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const char *dt = forced ? forced : model_dt;
     const char *torch = !strcmp(dt, "F32") ? "float32" : !strcmp(dt, "F16") ? "float16" : "bfloat16";
     const char *fs = h->opt_string(o, "format");
-    hf_format f = !strcmp(fs, "awq") ? HF_AWQ : !strcmp(fs, "gptq") ? HF_GPTQ : !strcmp(fs, "compressed-tensors") ? HF_CT : HF_DENSE;
+    hf_format f = !strcmp(fs, "awq") ? HF_AWQ : !strcmp(fs, "gptq") ? HF_GPTQ : !strcmp(fs, "compressed-tensors") ? HF_CT
+                  : !strcmp(fs, "modelopt") ? HF_MODELOPT : HF_DENSE;
     hfq_scheme scheme;
     if (!strcmp(fs, "auto")) f = HF_DENSE;
     mopt_status st = hfq_scheme_of(h, g, f, &scheme, err);
@@ -325,7 +326,12 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st) {
         json_t *cfg = config_json(a, torch);
         if (f != HF_DENSE) json_object_set_new(cfg, "quantization_config", hfq_config(h, g, f, &scheme));
-        st = write_json(h, &d, "config.json", cfg, err);
+        if (f == HF_MODELOPT) {
+            json_t *hq = hfq_modelopt_file(h, g, &scheme);
+            st = write_json(h, &d, "hf_quant_config.json", hq, err);
+            json_decref(hq);
+        }
+        if (!st) st = write_json(h, &d, "config.json", cfg, err);
         json_decref(cfg);
     }
     if (!st) {
@@ -354,16 +360,16 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     h->report_metric(report, "bytes", (double)total);
     h->report_metric(report, "shards", shards);
     h->report_string(report, "dtype", torch);
-    h->report_string(report, "format", f == HF_AWQ ? "awq" : f == HF_GPTQ ? "gptq" : f == HF_CT ? "compressed-tensors" : "dense");
+    h->report_string(report, "format", fs);
     return MOPT_OK;
 }
 
 static const char *const dtypes[] = {"auto", "f32", "f16", "bf16", NULL};
-static const char *const formats[] = {"auto", "dense", "awq", "gptq", "compressed-tensors", NULL};
+static const char *const formats[] = {"auto", "dense", "awq", "gptq", "compressed-tensors", "modelopt", NULL};
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target directory (written atomically)", NULL, 0, -1, NULL},
-    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized one; dense dequantizes; awq (GEMM, int4), gptq (v1) and compressed-tensors keep the packed weights bit for bit", "auto", 0, -1, formats},
+    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized one; dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, FP8) keep the packed weights bit for bit", "auto", 0, -1, formats},
     {"dtype", MOPT_OPT_ENUM, 0, "dtype of the float tensors; auto keeps each tensor's own (dequantized weights take the embeddings')", "auto", 0, -1, dtypes},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"max_shard_size", MOPT_OPT_INT, 0, "bytes per safetensors shard before splitting (with an index)", "5000000000", 1024, 1e15, NULL},

@@ -22,7 +22,7 @@
 #include "mopt/quant.h"
 
 static const char *fmt_name(hf_format f) {
-    return f == HF_AWQ ? "awq" : f == HF_GPTQ ? "gptq" : f == HF_CT ? "compressed-tensors" : "dense";
+    return f == HF_AWQ ? "awq" : f == HF_GPTQ ? "gptq" : f == HF_CT ? "compressed-tensors" : f == HF_MODELOPT ? "modelopt" : "dense";
 }
 
 mopt_status hfq_scheme_of(const mopt_host_api *h, mopt_graph *g, hf_format f, hfq_scheme *s, mopt_error *err) {
@@ -47,7 +47,11 @@ mopt_status hfq_scheme_of(const mopt_host_api *h, mopt_graph *g, hf_format f, hf
     }
     if (!s->n_packed || f == HF_DENSE) return MOPT_OK;
     const char *why = NULL;
-    if (s->dtype != MOPT_DTYPE_QINT && f != HF_CT) why = "W8A8 and FP8 weights export as compressed-tensors";
+    if (f == HF_MODELOPT) {
+        if (!hfq_modelopt_algo(s))
+            why = "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true) and FP8 with "
+                  "per-tensor static or per-channel dynamic activations; use compressed-tensors";
+    } else if (s->dtype != MOPT_DTYPE_QINT && f != HF_CT) why = "W8A8 and FP8 weights export as compressed-tensors";
     else if (f == HF_AWQ && s->bits != 4) why = "AWQ GEMM holds 4-bit weights only";
     else if (f == HF_AWQ && s->act_order) why = "AWQ has no act-order (g_idx); use gptq or compressed-tensors";
     else if (s->dtype == MOPT_DTYPE_QINT && s->bits == 3) why = "3-bit weights do not pack into these int32 layouts";
@@ -207,6 +211,51 @@ static mopt_status ct_8bit(const mopt_host_api *h, st_list *l, const char *p, co
     return st;
 }
 
+const char *hfq_modelopt_algo(const hfq_scheme *s) {
+    if (s->dtype == MOPT_DTYPE_QINT)
+        return s->bits == 4 && (s->flags & MOPT_QUANT_SYM) && !s->act_order && s->group_size > 0 ? "W4A16_AWQ" : NULL;
+    if (s->dtype == MOPT_DTYPE_FP8) {
+        if ((s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_STATIC)) return "FP8";
+        if (!(s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_PER_TOKEN)) return "FP8_PER_CHANNEL_PER_TOKEN";
+    }
+    return NULL;
+}
+
+uint8_t *hfq_pack_int4_rows(const mopt_host_api *h, const mopt_tensor *t, const int64_t *perm) {
+    const int64_t out = t->ne[1], in = t->ne[0];
+    uint8_t *w = calloc((size_t)((out + 1) / 2 * in), 1);
+    if (w)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++) /* level - 8 is the signed value; its low nibble is two's complement */
+                w[(o / 2) * in + i] |= (uint8_t)(((h->qint_get(t, perm ? perm[o] : o, i) - 8) & 15) << (4 * (o % 2)));
+    return w;
+}
+
+/* ModelOpt unified HF: weight, weight_scale, pre_quant_scale / input_scale */
+static mopt_status modelopt(const mopt_host_api *h, st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                            mopt_error *err) {
+    char name[MOPT_MAX_NAME + 32];
+    const int64_t out = t->ne[1], in = t->ne[0];
+    if (t->dtype == MOPT_DTYPE_QINT) {
+        if (out % 2) return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "%s: int4 rows pack in pairs; %lld is odd", t->name, (long long)out);
+        snprintf(name, sizeof name, "%s.weight", p);
+        const int64_t ws[2] = {out / 2, in}, ps[1] = {in};
+        mopt_status st = st_list_add(h, l, name, "U8", 2, ws, hfq_pack_int4_rows(h, t, perm), (size_t)(out / 2 * in), err);
+        if (!st) st = add_scales(h, l, p, "weight_scale", t, perm, 0, err);
+        uint16_t *ones = malloc((size_t)in * 2);
+        for (int64_t i = 0; ones && i < in; i++) ones[i] = 0x3c00; /* f16 1.0: AWQ's smoothing is folded into the graph */
+        snprintf(name, sizeof name, "%s.pre_quant_scale", p);
+        if (!st) st = st_list_add(h, l, name, "F16", 1, ps, ones, (size_t)in * 2, err);
+        else free(ones);
+        return st;
+    }
+    mopt_status st = ct_8bit(h, l, p, t, perm, err); /* FP8: weight, weight_scale, input_scale */
+    const int per_tensor = (t->quant->flags & MOPT_QUANT_PER_TENSOR) != 0;
+    for (int32_t i = l->n - 1; !st && i >= 0 && i >= l->n - 2; i--) /* scales: scalars per tensor, [out] per channel */
+        if (strstr(l->e[i].name, ".weight_scale") || strstr(l->e[i].name, ".input_scale")) l->e[i].ndim = per_tensor ? 0 : 1;
+    return st;
+}
+
 mopt_status hfq_add_linear(const mopt_host_api *h, st_list *l, const mopt_tensor *t, hf_format f, const int64_t *perm,
                            mopt_error *err) {
     char p[MOPT_MAX_NAME];
@@ -215,6 +264,7 @@ mopt_status hfq_add_linear(const mopt_host_api *h, st_list *l, const mopt_tensor
     if (!dot || strcmp(dot, ".weight"))
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "packed tensor %s is not a linear's .weight", t->name);
     *dot = 0;
+    if (f == HF_MODELOPT) return modelopt(h, l, p, t, perm, err);
     if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(h, l, p, t, perm, err);
     return f == HF_AWQ ? awq(h, l, p, t, perm, err) : f == HF_GPTQ ? gptq(h, l, p, t, perm, err) : ct_packed(h, l, p, t, perm, err);
 }
@@ -235,8 +285,38 @@ static json_t *float_linears(const mopt_host_api *h, mopt_graph *g) {
     return a;
 }
 
+static json_t *modelopt_quantization(const mopt_host_api *h, mopt_graph *g, const hfq_scheme *s) {
+    json_t *q = json_pack("{s:s, s:n, s:o}", "quant_algo", hfq_modelopt_algo(s), "kv_cache_quant_algo", "exclude_modules",
+                          float_linears(h, g));
+    if (s->dtype == MOPT_DTYPE_QINT) {
+        json_object_set_new(q, "group_size", json_integer(s->group_size));
+        json_object_set_new(q, "has_zero_point", json_false());
+        json_object_set_new(q, "pre_quant_scale", json_true());
+    }
+    return q;
+}
+
+json_t *hfq_modelopt_file(const mopt_host_api *h, mopt_graph *g, const hfq_scheme *s) {
+    return json_pack("{s:{s:s, s:s}, s:o}", "producer", "name", "modelopt", "version", "mopt", "quantization",
+                     modelopt_quantization(h, g, s));
+}
+
 json_t *hfq_config(const mopt_host_api *h, mopt_graph *g, hf_format f, const hfq_scheme *s) {
     const int sym = (s->flags & MOPT_QUANT_SYM) != 0;
+    if (f == HF_MODELOPT) { /* what export_hf_checkpoint converts hf_quant_config.json into */
+        json_t *q = modelopt_quantization(h, g, s);
+        json_object_set_new(q, "quant_method", json_string("modelopt"));
+        json_object_set_new(q, "producer", json_pack("{s:s, s:s}", "name", "modelopt", "version", "mopt"));
+        json_object_set(q, "ignore", json_object_get(q, "exclude_modules"));
+        if (s->dtype == MOPT_DTYPE_FP8) {
+            const int pt = (s->flags & MOPT_QUANT_PER_TENSOR) != 0;
+            json_object_set_new(q, "config_groups",
+                                json_pack("{s:{s:[s], s:{s:b, s:i, s:s, s:n}, s:{s:b, s:i, s:s, s:n}}}", "group_0", "targets",
+                                          "Linear", "input_activations", "dynamic", !pt, "num_bits", 8, "type", "float",
+                                          "group_size", "weights", "dynamic", 0, "num_bits", 8, "type", "float", "group_size"));
+        }
+        return q;
+    }
     json_t *ignore = float_linears(h, g);
     if (f == HF_AWQ) {
         json_t *mods = json_array_size(ignore) > 1 ? json_deep_copy(ignore) : json_null();

@@ -1,5 +1,6 @@
 /* Quantized Hugging Face layouts written from mopt's packed tensors, bit for
- * bit (no requantization): AWQ GEMM, GPTQ v1 and compressed-tensors. */
+ * bit (no requantization): AWQ GEMM, GPTQ v1, compressed-tensors and
+ * ModelOpt's unified checkpoint (W4A16_AWQ, FP8). */
 #ifndef MOPT_HF_QUANT_H
 #define MOPT_HF_QUANT_H
 
@@ -7,7 +8,7 @@
 
 #include "st_writer.h"
 
-typedef enum hf_format { HF_DENSE, HF_AWQ, HF_GPTQ, HF_CT } hf_format;
+typedef enum hf_format { HF_DENSE, HF_AWQ, HF_GPTQ, HF_CT, HF_MODELOPT } hf_format;
 
 /* The scheme every packed linear of the graph shares. */
 typedef struct hfq_scheme {
@@ -27,6 +28,14 @@ mopt_status hfq_scheme_of(const mopt_host_api *h, mopt_graph *g, hf_format f, hf
  * (NULL: identity) reorders output rows: new row r is old row perm[r]. */
 mopt_status hfq_add_linear(const mopt_host_api *h, st_list *l, const mopt_tensor *t, hf_format f, const int64_t *perm,
                            mopt_error *err);
+
+/* ModelOpt's / TensorRT-LLM's quant_algo for the scheme ("W4A16_AWQ", "FP8", ...), or NULL. */
+const char *hfq_modelopt_algo(const hfq_scheme *s);
+/* Signed int4 levels of a symmetric 4-bit QINT tensor, two output rows per byte
+ * (low nibble = even row): uint8 [out/2, in] (ModelOpt pack_int4_in_uint8). */
+uint8_t *hfq_pack_int4_rows(const mopt_host_api *h, const mopt_tensor *t, const int64_t *perm);
+/* hf_quant_config.json (ModelOpt's own record of the scheme). */
+json_t *hfq_modelopt_file(const mopt_host_api *h, mopt_graph *g, const hfq_scheme *s);
 
 /* config.json's quantization_config for the scheme; float linears (other than
  * lm_head) are listed in the format's ignore list. */
