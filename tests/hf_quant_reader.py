@@ -47,18 +47,24 @@ def decode(dtype, raw):
     return list(raw)
 
 
+def read_file(f):
+    tensors = {}
+    data = Path(f).read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + hlen])
+    base = 8 + hlen
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        tensors[name] = (info["shape"], decode(info["dtype"], data[base + b:base + e]))
+    return tensors
+
+
 def read_dir(d):
     tensors = {}
     for f in sorted(Path(d).glob("*.safetensors")):
-        data = f.read_bytes()
-        (hlen,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + hlen])
-        base = 8 + hlen
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = info["data_offsets"]
-            tensors[name] = (info["shape"], decode(info["dtype"], data[base + b:base + e]))
+        tensors.update(read_file(f))
     return tensors
 
 

@@ -41,7 +41,7 @@ int cmd_run(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);
 
 /* The export formats --format names, for help text. */
-#define CLI_EXPORT_FORMATS "hf, dense, awq, gptq, compressed-tensors, modelopt, gguf"
+#define CLI_EXPORT_FORMATS "hf, dense, awq, gptq, compressed-tensors, modelopt, trtllm, gguf"
 /* Sets the options of the export pass for --format F (hf: dense for a float
  * model, compressed-tensors for a quantized one) on o and returns the pass
  * name, or NULL with err set for an unknown format. */

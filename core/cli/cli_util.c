@@ -125,6 +125,7 @@ const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err
                  {"gptq", "export.hf", "gptq"},
                  {"compressed-tensors", "export.hf", "compressed-tensors"},
                  {"modelopt", "export.hf", "modelopt"},
+                 {"trtllm", "export.trtllm", NULL},
                  {"gguf", "export.gguf", NULL}};
     for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
         if (strcmp(format, table[i].flag)) continue;

@@ -12,9 +12,9 @@ int cmd_export(int argc, char **argv) {
                                          {"force", no_argument, 0, 'F'},         {"shard-size", required_argument, 0, 's'},
                                          {"draft", required_argument, 0, 'D'},   {"draft-k", required_argument, 0, 'K'},
                                          {"pipeline", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
-                                         {"type", required_argument, 0, 't'},
+                                         {"type", required_argument, 0, 't'},    {"tp", required_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL;
+    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL, *tp = NULL;
     int force = 0, quiet = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
@@ -29,10 +29,11 @@ int cmd_export(int argc, char **argv) {
         case 'P': pre = optarg; break;
         case 'q': quiet = 1; break;
         case 't': type = optarg; break;
+        case 'T': tp = optarg; break;
         case 'h':
             printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
-                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k]\n\n"
+                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k] [--tp N]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
                    "--draft writes speculative_config.json for vLLM and TensorRT-LLM.\n"
@@ -42,6 +43,8 @@ int cmd_export(int argc, char **argv) {
                    "  awq | gptq          HF AWQ (GEMM, int4) or GPTQ (v1) packed weights, as vLLM reads them\n"
                    "  compressed-tensors  pack-quantized int, int-quantized W8A8 or float-quantized FP8\n"
                    "  modelopt            ModelOpt's unified HF checkpoint (hf_quant_config.json): W4A16_AWQ, FP8\n"
+                   "  trtllm              TensorRT-LLM checkpoint (config.json + rank*.safetensors); --tp N splits\n"
+                   "                      it for N tensor-parallel ranks; W4A16_AWQ, W8A16, W8A8, FP8 when quantized\n"
                    "  gguf                one GGUF v3 file for llama.cpp; --type picks the weights' ggml type\n"
                    "                      (default f16; a QINT int4/int8 sym g32 model goes out as q4_0/q8_0 exactly)\n");
             return EXIT_OK;
@@ -63,11 +66,11 @@ int cmd_export(int argc, char **argv) {
         rc = cli_usage_error("export", "%s", err.msg);
         goto done;
     }
-    if (type && strcmp(pass, "export.gguf")) {
-        rc = cli_usage_error("export", "--type goes with --format gguf");
+    if ((type && strcmp(pass, "export.gguf")) || (tp && strcmp(pass, "export.trtllm"))) {
+        rc = cli_usage_error("export", type ? "--type goes with --format gguf" : "--tp goes with --format trtllm");
         goto done;
     }
-    if ((type && mopt_options_set(o, "type", type, &err)) || (pre && mopt_pipeline_parse(p, pre, &err)) ||
+    if ((type && mopt_options_set(o, "type", type, &err)) || (tp && mopt_options_set(o, "tp", tp, &err)) || (pre && mopt_pipeline_parse(p, pre, &err)) ||
         mopt_options_set(o, "out", out, &err) ||
         (dtype && mopt_options_set(o, "dtype", dtype, &err)) || (force && mopt_options_set(o, "force", "true", &err)) ||
         (shard && mopt_options_set(o, "max_shard_size", shard, &err)) || (draft && mopt_options_set(o, "draft", draft, &err)) ||

@@ -399,6 +399,7 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
     if (mopt_path_join(marker, sizeof marker, dir, "MOPT_EXPORT_INCOMPLETE") && mopt_file_exists(marker))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: an interrupted export (MOPT_EXPORT_INCOMPLETE is present); delete it", dir);
     if (!mopt_file_exists(path)) return MOPT_FAIL(err, MOPT_E_IO, "%s: no config.json in this directory", dir);
+    if (mopt_is_trtllm_config(path)) return mopt_import_trtllm(dir, out, err);
     mopt_arch arch;
     mopt_status st = arch_from_config(path, &arch, err);
     if (st) return st;

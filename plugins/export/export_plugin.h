@@ -2,9 +2,15 @@
 #ifndef MOPT_EXPORT_PLUGIN_H
 #define MOPT_EXPORT_PLUGIN_H
 
+#include "atomic_dir.h"
 #include "mopt/plugin.h"
 
 extern const mopt_pass_desc export_hf_pass;
 extern const mopt_pass_desc export_gguf_pass;
+extern const mopt_pass_desc export_trtllm_pass;
+
+/* Copies the tokenizer files beside the model at src (tokenizer*.json,
+ * special_tokens_map.json, a llama2.c tok*.bin as tokenizer.bin) into d. */
+mopt_status export_copy_tokenizer(const mopt_host_api *h, const char *src, const atomic_dir *d, mopt_error *err);
 
 #endif

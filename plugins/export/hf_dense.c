@@ -229,7 +229,7 @@ static mopt_status write_json(const mopt_host_api *h, const atomic_dir *d, const
 
 /* Tokenizer files beside the source: an HF directory's tokenizer*.json and
  * special_tokens_map.json, or a llama2.c tokenizer.bin / tok*.bin (kept as tokenizer.bin). */
-static mopt_status copy_tokenizer(const mopt_host_api *h, const char *src, const atomic_dir *d, mopt_error *err) {
+mopt_status export_copy_tokenizer(const mopt_host_api *h, const char *src, const atomic_dir *d, mopt_error *err) {
     char dir[4096], tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", src);
     DIR *dd = opendir(src);
@@ -341,7 +341,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         st = write_json(h, &d, "generation_config.json", gen, err);
         json_decref(gen);
     }
-    if (!st) st = copy_tokenizer(h, h->model_path(m), &d, err);
+    if (!st) st = export_copy_tokenizer(h, h->model_path(m), &d, err);
     if (!st && h->opt_is_set(o, "draft")) {
         const int64_t k = h->opt_int(o, "num_speculative_tokens");
         json_t *sc = json_pack("{s:{s:s, s:I}, s:{s:s, s:I, s:s}}", "vllm", "model", h->opt_string(o, "draft"),

@@ -1,0 +1,145 @@
+/* TensorRT-LLM checkpoints: dense and quantized (W4A16_AWQ, W8A16, W8A8 per
+ * token, FP8 per channel) exports, one rank or split for tensor parallelism,
+ * load back with the in-process logits (exactly; llama2.c's RoPE rows to 1e-4);
+ * the config carries mapping and quantization; an independent Python reader
+ * stitches the ranks together from the published layout; schemes TRT-LLM
+ * cannot hold and impossible splits are refused. */
+#include <jansson.h>
+#include <sys/stat.h>
+
+#include "testutil.h"
+
+static char dir[1024], calib[1024];
+
+static void roundtrip(const char *model_rel, const char *quant, int tp, double tol, int reader) {
+    REQUIRE_SHARED();
+    char out[1200], dense[1200], text[4096];
+    snprintf(out, sizeof out, "%s/trt", dir);
+    snprintf(dense, sizeof dense, "%s/dense", dir);
+    mopt_model *m = test_load_model(model_rel);
+    snprintf(text, sizeof text, "%s%sexport.trtllm<out=%s;tp=%d;force=true>,export.hf<out=%s;format=dense;dtype=f32;force=true>",
+             quant, *quant ? "," : "", out, tp, dense);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model *e = test_load_model(out);
+    double d = test_max_logit_diff(m, e);
+    fprintf(stderr, "%s %s tp=%d: max |logit diff| %.3g\n", model_rel, quant, tp, d);
+    assert_true(d <= tol);
+    mopt_model_free(e);
+    mopt_model_free(m);
+    if (reader) {
+        char cmd[4400];
+        snprintf(cmd, sizeof cmd, "python3 '%s/tests/trtllm_reader.py' '%s' '%s'", MOPT_SOURCE_DIR, out, dense);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
+static void test_dense_checkpoints_roundtrip_on_one_and_two_ranks(void **s) {
+    roundtrip("models/lit-llama-7m", "", 1, 0.0, 1);
+    roundtrip("models/lit-llama-7m", "", 2, 0.0, 1);
+    roundtrip("models/lit-gpt2-1m", "", 2, 0.0, 0);
+    roundtrip("models/stories260K/stories260K.bin", "", 2, 1e-4, 0); /* interleaved -> rotate-half RoPE rows */
+}
+
+static void test_quantized_checkpoints_keep_their_values(void **s) {
+    char q[2048];
+    roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=64;sym=true>", 2, 0.0, 1);
+    roundtrip("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1;sym=true>", 2, 0.0, 1);
+    snprintf(q, sizeof q, "quant.smoothquant<calib=%s;calib_samples=4;calib_len=128>", calib);
+    roundtrip("models/lit-llama-7m", q, 2, 0.0, 1);
+    roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", 2, 0.0, 1);
+}
+
+static void test_config_names_the_mapping_and_the_scheme(void **s) {
+    REQUIRE_SHARED();
+    roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true>", 2, 0.0, 0);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/trt/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "architecture")), "LlamaForCausalLM");
+    assert_string_equal(json_string_value(json_object_get(j, "position_embedding_type")), "rope_gpt_neox");
+    json_t *map = json_object_get(j, "mapping"), *q = json_object_get(j, "quantization");
+    assert_int_equal(json_integer_value(json_object_get(map, "tp_size")), 2);
+    assert_int_equal(json_integer_value(json_object_get(map, "world_size")), 2);
+    assert_string_equal(json_string_value(json_object_get(q, "quant_algo")), "W4A16_AWQ");
+    assert_int_equal(json_integer_value(json_object_get(q, "group_size")), 128);
+    assert_true(json_is_false(json_object_get(q, "has_zero_point")));
+    assert_true(json_is_true(json_object_get(q, "pre_quant_scale")));
+    json_decref(j);
+    /* rank files: fused qkv of this rank's 4 q heads and 2 k/v heads (x32 rows), two int4 rows per byte */
+    for (int r = 0; r < 2; r++) {
+        snprintf(path, sizeof path, "%s/trt/rank%d.safetensors", dir, r);
+        size_t n;
+        char *d = read_whole(path, &n);
+        assert_non_null(d);
+        uint64_t hl;
+        memcpy(&hl, d, 8);
+        json_t *h = json_loadb(d + 8, hl, 0, &je);
+        json_t *qkv = json_object_get(h, "transformer.layers.0.attention.qkv.weight");
+        assert_string_equal(json_string_value(json_object_get(qkv, "dtype")), "I8");
+        assert_int_equal(json_integer_value(json_array_get(json_object_get(qkv, "shape"), 0)), (4 + 2 + 2) * 32 / 2);
+        json_t *dense = json_object_get(h, "transformer.layers.0.attention.dense.weights_scaling_factor");
+        assert_int_equal(json_integer_value(json_array_get(json_object_get(dense, "shape"), 1)), 1); /* 128 of 256 columns */
+        json_decref(h);
+        free(d);
+    }
+}
+
+static void refused(const char *model_rel, const char *text, const char *msg) {
+    mopt_model *m = test_load_model(model_rel);
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_parse(p, text, &err), MOPT_OK);
+    mopt_report *r = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    assert_int_not_equal(mopt_pipeline_run(p, m, &o, r, &err), MOPT_OK);
+    if (!strstr(err.msg, msg)) fprintf(stderr, "message \"%s\" lacks \"%s\"\n", err.msg, msg);
+    assert_non_null(strstr(err.msg, msg));
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+}
+
+static void test_what_trtllm_cannot_hold_is_refused(void **s) {
+    REQUIRE_SHARED();
+    char text[2400];
+    snprintf(text, sizeof text, "export.trtllm<out=%s/x;tp=3>", dir);
+    refused("models/lit-llama-7m", text, "tp=3 must divide");
+    snprintf(text, sizeof text, "quant.rtn<bits=4>,export.trtllm<out=%s/x>", dir);
+    refused("models/lit-llama-7m", text, "no TensorRT-LLM quant_algo");
+    snprintf(text, sizeof text, "quant.fp8<weights=per_tensor;activations=static;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%s/x>",
+             calib, dir);
+    refused("models/lit-llama-7m", text, "per-tensor FP8 scales differ between the fused q/k/v");
+    struct stat st;
+    char x[1200];
+    snprintf(x, sizeof x, "%s/x", dir);
+    assert_int_not_equal(stat(x, &st), 0);
+}
+
+static void test_broken_trtllm_checkpoints_are_refused(void **s) {
+    REQUIRE_SHARED();
+    roundtrip("models/lit-llama-7m", "", 2, 0.0, 0);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/trt/rank1.safetensors", dir);
+    assert_int_equal(unlink(path), 0);
+    snprintf(path, sizeof path, "%s/trt", dir);
+    mopt_error err = {0};
+    assert_null(mopt_model_load(path, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "rank1.safetensors is missing");
+}
+
+int main(void) {
+    test_tmpdir(dir, sizeof dir, "trtllm");
+    snprintf(calib, sizeof calib, "%s/data/lit-train.txt", test_shared_dir());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dense_checkpoints_roundtrip_on_one_and_two_ranks),
+        cmocka_unit_test(test_quantized_checkpoints_keep_their_values),
+        cmocka_unit_test(test_config_names_the_mapping_and_the_scheme),
+        cmocka_unit_test(test_what_trtllm_cannot_hold_is_refused),
+        cmocka_unit_test(test_broken_trtllm_checkpoints_are_refused),
+    };
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+}
