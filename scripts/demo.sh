@@ -17,3 +17,13 @@ for m in lit-llama-7m lit-gpt2-1m; do
   echo "== $m: perplexity on lit-val.txt, ctx 256 (reference: shared/reference/lit.json ppl_ctx256)"
   "$mopt" eval "$models/$m" --data "$shared/data/lit-val.txt" --ctx 256
 done
+
+echo
+echo "== lit-llama-7m: int4 (RTN, groups of 128) saved as compressed-tensors, and a GGUF Q4_K for llama.cpp;"
+echo "   both evaluated from disk"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$mopt" quantize "$models/lit-llama-7m" --method rtn --bits 4 --group 128 -o "$tmp/llama-int4" --quiet
+"$mopt" eval "$tmp/llama-int4" --data "$shared/data/lit-val.txt" --ctx 256
+"$mopt" export "$models/lit-llama-7m" -o "$tmp/llama-q4k.gguf" --format gguf --type q4_k --quiet
+"$mopt" eval "$tmp/llama-q4k.gguf" --data "$shared/data/lit-val.txt" --ctx 256
