@@ -167,6 +167,84 @@ static void test_llama2c_tokenizer_encodes_like_run_c(void **s) {
     mopt_tokenizer_free(tok);
 }
 
+/* run.c's encode, written out here from llama2.c (read the file, quadratic merge
+ * loop) as the reference for the tokenizer's heap-based merges. */
+static size_t run_c_encode(const char *file, const char *text, int32_t *out) {
+    size_t fn;
+    unsigned char *d = read_whole(file, &fn);
+    assert_non_null(d);
+    char *vocab[512];
+    float score[512];
+    size_t off = 4;
+    for (int i = 0; i < 512; i++) {
+        int32_t len;
+        memcpy(&score[i], d + off, 4);
+        memcpy(&len, d + off + 4, 4);
+        vocab[i] = calloc((size_t)len + 1, 1);
+        memcpy(vocab[i], d + off + 8, (size_t)len);
+        off += 8 + (size_t)len;
+    }
+#define LOOKUP(str) ({ int f_ = -1; for (int k_ = 0; k_ < 512 && f_ < 0; k_++) if (!strcmp(vocab[k_], (str))) f_ = k_; f_; })
+    size_t n = 0;
+    out[n++] = 1; /* BOS */
+    if (*text) out[n++] = LOOKUP(" ");
+    char buf[64];
+    for (const char *c = text; *c;) {
+        size_t cl = 1;
+        while (((unsigned char)c[cl] & 0xc0) == 0x80 && cl < 4) cl++;
+        memcpy(buf, c, cl);
+        buf[cl] = 0;
+        int id = LOOKUP(buf);
+        if (id >= 0) out[n++] = id;
+        else
+            for (size_t k = 0; k < cl; k++) out[n++] = (unsigned char)c[k] + 3;
+        c += cl;
+    }
+    for (;;) { /* the pair with the highest merged score, leftmost on ties */
+        float best = -1e10f;
+        int best_id = -1;
+        size_t best_i = 0;
+        for (size_t i = 1; i + 1 < n; i++) {
+            snprintf(buf, sizeof buf, "%s%s", vocab[out[i]], vocab[out[i + 1]]);
+            int id = LOOKUP(buf);
+            if (id >= 0 && score[id] > best) best = score[id], best_id = id, best_i = i;
+        }
+        if (best_id < 0) break;
+        out[best_i] = best_id;
+        memmove(&out[best_i + 1], &out[best_i + 2], (n - best_i - 2) * sizeof *out);
+        n--;
+    }
+#undef LOOKUP
+    for (int i = 0; i < 512; i++) free(vocab[i]);
+    free(d);
+    return n;
+}
+
+static void test_llama2c_merges_match_run_c_on_real_text(void **s) {
+    REQUIRE_SHARED();
+    char path[1024], val[1024];
+    test_shared_path(path, sizeof path, "models/stories260K/tok512.bin");
+    mopt_error err = {0};
+    mopt_tokenizer *tok = mopt_tokenizer_load_llama2c(path, 512, &err);
+    assert_non_null(tok);
+    size_t vn;
+    char *text = read_whole(test_shared_path(val, sizeof val, "data/lit-val.txt"), &vn);
+    const char *extra[] = {"Once upon a time, there was a little girl named Lily.", "a  b\t\tc\n\n d", "\xe2\x9c\x93 caf\xc3\xa9 \xf0\x9f\x98\x80!"};
+    for (int c = 0; c < 4; c++) {
+        char *t = c < 3 ? strdup(extra[c]) : strndup(text, 3000);
+        int32_t *ref = malloc((strlen(t) * 4 + 8) * sizeof *ref), *ids;
+        size_t nr = run_c_encode(path, t, ref), n;
+        assert_int_equal(mopt_tokenizer_encode(tok, t, strlen(t), MOPT_TOK_ADD_SPECIAL, &ids, &n, &err), MOPT_OK);
+        assert_int_equal(n, nr);
+        assert_memory_equal(ids, ref, n * sizeof *ids);
+        free(ids);
+        free(ref);
+        free(t);
+    }
+    free(text);
+    mopt_tokenizer_free(tok);
+}
+
 static void write_and_load(const char *json, int expect_code, const char *substr) {
     char dir[1024], path[1100];
     assert_non_null(test_tmpdir(dir, sizeof dir, "tok"));
@@ -224,6 +302,7 @@ int main(void) {
         cmocka_unit_test(test_sentencepiece_bpe_with_byte_fallback_matches_hf),
         cmocka_unit_test(test_lit_json_tokenizer_cases),
         cmocka_unit_test(test_llama2c_tokenizer_encodes_like_run_c),
+        cmocka_unit_test(test_llama2c_merges_match_run_c_on_real_text),
         cmocka_unit_test(test_malformed_tokenizer_json_reports_line_and_column),
         cmocka_unit_test(test_unknown_tokenizer_model_is_refused_by_name),
         cmocka_unit_test(test_merge_with_unknown_token_is_refused),

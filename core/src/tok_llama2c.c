@@ -2,13 +2,65 @@
  *   int32 max_token_length, then vocab_size × {float score, int32 len, len bytes}.
  * Encoding follows run.c: BOS, a dummy-prefix space, one token per UTF-8 code
  * point (bytes + 3 when the code point is not in the vocabulary), then merge
- * the adjacent pair whose concatenation has the highest score until none is left. */
+ * the adjacent pair whose concatenation has the highest score until none is left
+ * (through tok_bpe_merge's heap, see build_merges). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 #include "tok_impl.h"
+
+/* NaN scores (a damaged file) order last, so the sort stays a total order */
+static float score_key(float f) { return f == f ? f : -INFINITY; }
+
+static int by_score_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x > y ? -1 : x < y;
+}
+
+/* run.c merges the adjacent pair whose concatenation is a token with the highest
+ * score, leftmost on ties. As merge ranks (scores in descending order, equal
+ * scores sharing a rank) the pairs feed tok_bpe_merge's heap, which picks the
+ * lowest rank and then the leftmost pair: the same result in n log n. */
+static int build_merges(mopt_tokenizer *tok) {
+    const int32_t n = tok->n_vocab;
+    float *sorted = malloc((size_t)n * sizeof *sorted);
+    if (!sorted) return 0;
+    for (int32_t i = 0; i < n; i++) sorted[i] = score_key(tok->scores[i]);
+    qsort(sorted, (size_t)n, sizeof *sorted, by_score_desc);
+    uint32_t pairs = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && !pair_map_init(&tok->merges, pairs)) {
+            free(sorted);
+            return 0;
+        }
+        for (int32_t c = 0; c < n; c++) {
+            const char *s = tok->tokens[c];
+            const uint32_t len = tok->token_len[c];
+            if (len < 2 || str_map_get(&tok->vocab, s, len) != c) continue; /* duplicates: the id lookups find */
+            int32_t rank = 0;
+            if (pass == 1) { /* first index of this score in the descending order */
+                int32_t lo = 0, hi = n;
+                while (lo < hi) {
+                    int32_t mid = lo + (hi - lo) / 2;
+                    if (sorted[mid] > score_key(tok->scores[c])) lo = mid + 1;
+                    else hi = mid;
+                }
+                rank = lo;
+            }
+            for (uint32_t k = 1; k < len; k++) {
+                int32_t a = str_map_get(&tok->vocab, s, k), b = str_map_get(&tok->vocab, s + k, len - k);
+                if (a < 0 || b < 0) continue;
+                if (pass == 0) pairs++;
+                else pair_map_put(&tok->merges, a, b, rank, c);
+            }
+        }
+    }
+    free(sorted);
+    return 1;
+}
 
 mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size, mopt_error *err) {
     char *data;
@@ -80,7 +132,7 @@ mopt_tokenizer *tok_llama2c_parse(const char *data, size_t size, int32_t vocab_s
         tok->token_len[i] = (uint32_t)len;
         off += (size_t)len;
     }
-    if (!str_map_build(&tok->vocab, tok->tokens, tok->token_len, vocab_size) || !tok_build_pieces(tok))
+    if (!str_map_build(&tok->vocab, tok->tokens, tok->token_len, vocab_size) || !tok_build_pieces(tok) || !build_merges(tok))
         st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 done:
     if (st) {
@@ -113,39 +165,7 @@ mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size
         }
         i += cl;
     }
-    char *buf = NULL;
-    size_t bufcap = 0;
-    while (ok && t.n > 1) {
-        float best = -1e10f;
-        int32_t best_id = -1;
-        size_t best_i = 0;
-        for (size_t i = 0; i + 1 < t.n; i++) {
-            size_t la = tok->token_len[t.v[i]], lb = tok->token_len[t.v[i + 1]];
-            if (la + lb > bufcap) {
-                bufcap = (la + lb) * 2;
-                char *nb = realloc(buf, bufcap);
-                if (!nb) {
-                    ok = 0;
-                    break;
-                }
-                buf = nb;
-            }
-            memcpy(buf, tok->tokens[t.v[i]], la);
-            memcpy(buf + la, tok->tokens[t.v[i + 1]], lb);
-            int32_t id = str_map_get(&tok->vocab, buf, la + lb);
-            if (id >= 0 && tok->scores[id] > best) {
-                best = tok->scores[id];
-                best_id = id;
-                best_i = i;
-            }
-        }
-        if (best_id < 0) break;
-        t.v[best_i] = best_id;
-        memmove(&t.v[best_i + 1], &t.v[best_i + 2], (t.n - best_i - 2) * sizeof *t.v);
-        t.n--;
-    }
-    for (size_t i = 0; ok && i < t.n; i++) ok = id_vec_push(out, t.v[i]);
+    ok = ok && tok_bpe_merge(tok, t.v, t.n, out);
     free(t.v);
-    free(buf);
     return ok ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 }
