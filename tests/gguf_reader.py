@@ -16,7 +16,8 @@ import sys
 
 # type id: (name, values per block, bytes per block)
 TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-         7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144), 30: ("BF16", 1, 2)}
+         7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+         14: ("Q6_K", 256, 210), 30: ("BF16", 1, 2)}
 SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
@@ -119,9 +120,22 @@ def decode(t, raw, n):
             qv = [(qs[j] & 15) | (((qh >> j) & 1) << 4) for j in range(16)] + \
                  [(qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) for j in range(16)]
             out += [d * q + m for q in qv] if m is not None else [d * (q - 16) for q in qv]
-        elif name == "Q4_K":
+        elif name == "Q6_K":  # ql[128], qh[64], int8 scales[16], f16 d
+            ql, qh, sc = b[0:128], b[128:192], struct.unpack("<16b", b[192:208])
+            d = f16(b, 208)
+            vals = [0.0] * 256
+            for half in range(2):
+                for l in range(32):
+                    a, c, h = ql[64 * half + l], ql[64 * half + l + 32], qh[32 * half + l]
+                    qv = [(a & 15) | ((h & 3) << 4), (c & 15) | (((h >> 2) & 3) << 4),
+                          (a >> 4) | (((h >> 4) & 3) << 4), (c >> 4) | (((h >> 6) & 3) << 4)]
+                    for k in range(4):  # values l, l+32, l+64, l+96 of this half, sub-block (l // 16) + 2k
+                        vals[128 * half + 32 * k + l] = d * sc[8 * half + l // 16 + 2 * k] * (qv[k] - 32)
+            out += vals
+        elif name in ("Q4_K", "Q5_K"):
             d, dmin = f16(b, 0), f16(b, 2)
-            sc, qs = b[4:16], b[16:144]
+            sc = b[4:16]
+            qh, qs = (b[16:48], b[48:176]) if name == "Q5_K" else (None, b[16:144])
 
             def scale_min(j):
                 if j < 4:
@@ -132,8 +146,10 @@ def decode(t, raw, n):
                 s1, m1 = scale_min(2 * c)
                 s2, m2 = scale_min(2 * c + 1)
                 chunk = qs[32 * c:32 * c + 32]
-                out += [d * s1 * (q & 15) - dmin * m1 for q in chunk]
-                out += [d * s2 * (q >> 4) - dmin * m2 for q in chunk]
+                hi1 = [((h >> (2 * c)) & 1) << 4 for h in qh] if qh else [0] * 32  # Q5_K: fifth bits
+                hi2 = [((h >> (2 * c + 1)) & 1) << 4 for h in qh] if qh else [0] * 32
+                out += [d * s1 * ((q & 15) + e) - dmin * m1 for q, e in zip(chunk, hi1)]
+                out += [d * s2 * ((q >> 4) + e) - dmin * m2 for q, e in zip(chunk, hi2)]
     return out
 
 

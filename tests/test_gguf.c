@@ -98,7 +98,8 @@ static void test_every_type_decodes_independently_within_its_error(void **s) {
         const char *type;
         double rms, ppl;
     } types[] = {{"f16", 1e-3, 1e-4}, {"bf16", 1e-2, 2e-3}, {"q8_0", 0.01, 2e-3}, {"q5_0", 0.05, 0.01},
-                 {"q5_1", 0.05, 0.01}, {"q4_0", 0.1, 0.02}, {"q4_1", 0.1, 0.02}, {"q4_k", 0.1, 0.02}};
+                 {"q5_1", 0.05, 0.01}, {"q4_0", 0.1, 0.02}, {"q4_1", 0.1, 0.02}, {"q4_k", 0.1, 0.02},
+                 {"q5_k", 0.05, 0.01}, {"q6_k", 0.025, 0.005}};
     mopt_model *m = test_load_model("models/lit-llama-7m");
     mopt_model_free(export_and_load(m, "", "f32", "ref.gguf"));
     const double p0 = ppl(m);

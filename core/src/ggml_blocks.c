@@ -1,7 +1,7 @@
 /* ggml block formats (layouts in mopt/ggml.h). The quantizers follow ggml's
- * reference ones (quantize_row_*_ref); Q4_K picks each sub-block's scale and
- * min from its range rather than ggml's iterative search, which any reader
- * decodes the same way. */
+ * reference ones (quantize_row_*_ref); the k-quants pick each sub-block's scale
+ * (and min) from its range rather than ggml's iterative search, which any
+ * reader decodes the same way. */
 #include <math.h>
 #include <string.h>
 
@@ -18,7 +18,9 @@ int64_t mopt_ggml_block_size(int32_t type) {
     case MOPT_GGML_Q5_0:
     case MOPT_GGML_Q5_1:
     case MOPT_GGML_Q8_0: return 32;
-    case MOPT_GGML_Q4_K: return 256;
+    case MOPT_GGML_Q4_K:
+    case MOPT_GGML_Q5_K:
+    case MOPT_GGML_Q6_K: return 256;
     default: return 0;
     }
 }
@@ -34,6 +36,8 @@ int64_t mopt_ggml_block_bytes(int32_t type) {
     case MOPT_GGML_Q5_1: return 24;
     case MOPT_GGML_Q8_0: return 34;
     case MOPT_GGML_Q4_K: return 144;
+    case MOPT_GGML_Q5_K: return 176;
+    case MOPT_GGML_Q6_K: return 210;
     default: return 0;
     }
 }
@@ -49,6 +53,8 @@ const char *mopt_ggml_type_name(int32_t type) {
     case MOPT_GGML_Q5_1: return "q5_1";
     case MOPT_GGML_Q8_0: return "q8_0";
     case MOPT_GGML_Q4_K: return "q4_k";
+    case MOPT_GGML_Q5_K: return "q5_k";
+    case MOPT_GGML_Q6_K: return "q6_k";
     default: return NULL;
     }
 }
@@ -182,12 +188,13 @@ static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
 
 static int nearest(float f) { return (int)lrintf(f); }
 
-static void q4_k(const float *x, uint8_t *y) {
+/* Q4_K (nmax 15) and Q5_K (nmax 31): levels L[256] and the block header */
+static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
     float scales[8], mins[8], max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; j++) {
         float lo = 0, hi = x[32 * j]; /* the range includes 0: mins are stored positive */
         for (int i = 0; i < 32; i++) lo = fminf(lo, x[32 * j + i]), hi = fmaxf(hi, x[32 * j + i]);
-        scales[j] = (hi - lo) / 15;
+        scales[j] = (hi - lo) / (float)nmax;
         mins[j] = -lo;
         max_scale = fmaxf(max_scale, scales[j]);
         max_min = fmaxf(max_min, mins[j]);
@@ -210,7 +217,7 @@ static void q4_k(const float *x, uint8_t *y) {
     put16(y, max_scale / 63.f);
     put16(y + 2, max_min / 63.f);
     const float d = get16(y), dmin = get16(y + 2);
-    uint8_t L[256] = {0};
+    memset(L, 0, 256);
     for (int j = 0; j < 8; j++) {
         uint8_t s, m;
         scale_min_k4(j, sc, &s, &m);
@@ -218,12 +225,97 @@ static void q4_k(const float *x, uint8_t *y) {
         if (!dd) continue;
         for (int i = 0; i < 32; i++) {
             int l = nearest((x[32 * j + i] + dm) / dd);
-            L[32 * j + i] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
+            L[32 * j + i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
         }
     }
+}
+
+static void q4_k(const float *x, uint8_t *y) {
+    uint8_t L[256];
+    k_scales_mins(x, y, 15, L);
     uint8_t *q = y + 16;
     for (int j = 0; j < 256; j += 64, q += 32)
         for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
+static void q5_k(const float *x, uint8_t *y) {
+    uint8_t L[256];
+    k_scales_mins(x, y, 31, L);
+    uint8_t *qh = y + 16, *ql = y + 48, m1 = 1, m2 = 2;
+    memset(qh, 0, 32);
+    for (int n = 0; n < 256; n += 64, m1 <<= 2, m2 <<= 2, ql += 32)
+        for (int j = 0; j < 32; j++) {
+            int l1 = L[n + j], l2 = L[n + j + 32];
+            if (l1 > 15) l1 -= 16, qh[j] |= m1;
+            if (l2 > 15) l2 -= 16, qh[j] |= m2;
+            ql[j] = (uint8_t)(l1 | (l2 << 4));
+        }
+}
+
+static void dq_5k(const uint8_t *b, float *y) {
+    const float d = get16(b), dmin = get16(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
+        uint8_t s, m;
+        scale_min_k4(is, sc, &s, &m);
+        const float d1 = d * s, m1 = dmin * m;
+        scale_min_k4(is + 1, sc, &s, &m);
+        const float d2 = d * s, m2 = dmin * m;
+        for (int l = 0; l < 32; l++) *y++ = d1 * (float)((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+        for (int l = 0; l < 32; l++) *y++ = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+    }
+}
+
+/* Q6_K: 16 sub-blocks of 16 with signed 6-bit levels and int8 scales */
+static void q6_k(const float *x, uint8_t *y) {
+    float scales[16], max_scale = 0, amax_scale = 0;
+    for (int ib = 0; ib < 16; ib++) {
+        float amax = 0, max = 0;
+        for (int i = 0; i < 16; i++)
+            if (fabsf(x[16 * ib + i]) > amax) amax = fabsf(x[16 * ib + i]), max = x[16 * ib + i];
+        scales[ib] = max / -32;
+        if (fabsf(scales[ib]) > amax_scale) amax_scale = fabsf(scales[ib]), max_scale = scales[ib];
+    }
+    uint8_t *ql = y, *qh = y + 128;
+    int8_t *sc = (int8_t *)(y + 192);
+    memset(y, 0, 210);
+    if (!amax_scale) return;
+    const float iscale = -128.f / max_scale;
+    put16(y + 208, 1 / iscale);
+    for (int ib = 0; ib < 16; ib++) {
+        int v = nearest(iscale * scales[ib]);
+        sc[ib] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+    }
+    uint8_t L[256];
+    const float d0 = get16(y + 208);
+    for (int j = 0; j < 16; j++) {
+        const float d = d0 * sc[j];
+        for (int i = 0; i < 16; i++) {
+            int l = d ? nearest(x[16 * j + i] / d) : 0;
+            L[16 * j + i] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+        }
+    }
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((L[j + l] & 0xF) | ((L[j + l + 64] & 0xF) << 4));
+            ql[l + 32] = (uint8_t)((L[j + l + 32] & 0xF) | ((L[j + l + 96] & 0xF) << 4));
+            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
+        }
+}
+
+static void dq_6k(const uint8_t *b, float *y) {
+    const float d = get16(b + 208);
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8)
+        for (int l = 0; l < 32; l++) {
+            const int is = l / 16;
+            y[l] = d * sc[is] * (float)((int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            y[l + 32] = d * sc[is + 2] * (float)((int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            y[l + 64] = d * sc[is + 4] * (float)((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            y[l + 96] = d * sc[is + 6] * (float)((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
 }
 
 static void dq_4k(const uint8_t *b, float *y) {
@@ -264,6 +356,8 @@ mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void
         case MOPT_GGML_Q5_1: q5_1(v, y); break;
         case MOPT_GGML_Q8_0: q8_0(v, y); break;
         case MOPT_GGML_Q4_K: q4_k(v, y); break;
+        case MOPT_GGML_Q5_K: q5_k(v, y); break;
+        case MOPT_GGML_Q6_K: q6_k(v, y); break;
         }
     }
     return MOPT_OK;
@@ -286,6 +380,8 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
             break;
         }
         case MOPT_GGML_Q4_K: dq_4k(b, y); break;
+        case MOPT_GGML_Q5_K: dq_5k(b, y); break;
+        case MOPT_GGML_Q6_K: dq_6k(b, y); break;
         default: dq_32(type, b, y); break;
         }
     }

@@ -2,10 +2,10 @@
  * convert_hf_to_gguf.py and convert-llama2c-to-ggml for names and keys):
  * llama.* or gpt2.* hyper-parameters, the tokenizer as tokenizer.ggml.*, ggml
  * tensor names, 32-byte alignment. Weights go out as f32/f16/bf16 or a block
- * type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k): 2-D tensors take the type, 1-D ones
- * stay f32, output.weight takes q8_0 under a block type (llama.cpp picks q6_k,
- * which mopt does not write), and a row length the block does not divide falls
- * back as llama.cpp does (q4_k -> q5_0 -> f16). A QINT linear that already is
+ * type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k): 2-D tensors take the
+ * type, 1-D ones stay f32, output.weight takes q6_k under a block type other
+ * than q8_0 (as llama-quantize does), and a row length the block does not divide falls back
+ * as llama.cpp does (q4_k -> q5_0, q5_k -> q5_1, q6_k -> q8_0, then f16). A QINT linear that already is
  * Q4_0 or Q8_0 (symmetric, groups of 32) is written bit for bit; type=auto
  * writes such linears so and keeps every float tensor's dtype. HF LLaMA q/k
  * rows are permuted to GGUF's interleaved RoPE order; GPT-2's q/k/v are fused
@@ -174,6 +174,7 @@ static int collect(const mopt_host_api *h, mopt_graph *g, gtens *l) {
 }
 
 static int exact_blocks(const mopt_tensor *s, int32_t type);
+static int is_block(int32_t t) { return t != MOPT_GGML_F32 && t != MOPT_GGML_F16 && t != MOPT_GGML_BF16; }
 
 /* the ggml type of one tensor for the requested type (see the top comment);
  * auto (-1): float tensors keep their dtype, QINT ones that are Q4_0/Q8_0 keep
@@ -188,9 +189,10 @@ static int32_t pick_type(const mopt_host_api *h, const gten *t, int32_t want) {
         ty = exact_blocks(s, MOPT_GGML_Q4_0) ? MOPT_GGML_Q4_0 : exact_blocks(s, MOPT_GGML_Q8_0) ? MOPT_GGML_Q8_0 : MOPT_GGML_F16;
         return h->ggml_row_bytes(ty, t->cols) < 0 ? MOPT_GGML_F16 : ty;
     }
-    if (!strcmp(t->name, "output.weight") && (ty != MOPT_GGML_F32 && ty != MOPT_GGML_F16 && ty != MOPT_GGML_BF16))
-        ty = MOPT_GGML_Q8_0;
+    if (!strcmp(t->name, "output.weight") && is_block(ty) && ty != MOPT_GGML_Q8_0) ty = MOPT_GGML_Q6_K; /* as llama-quantize */
     if (h->ggml_row_bytes(ty, t->cols) < 0 && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_0;
+    if (h->ggml_row_bytes(ty, t->cols) < 0 && ty == MOPT_GGML_Q5_K) ty = MOPT_GGML_Q5_1;
+    if (h->ggml_row_bytes(ty, t->cols) < 0 && ty == MOPT_GGML_Q6_K) ty = MOPT_GGML_Q8_0;
     if (h->ggml_row_bytes(ty, t->cols) < 0) ty = MOPT_GGML_F16;
     return ty;
 }
@@ -237,8 +239,6 @@ static mopt_status write_row(const mopt_host_api *h, const gten *t, int64_t r, f
 
 /* --- metadata ------------------------------------------------------------------------ */
 
-static int is_block(int32_t t) { return t != MOPT_GGML_F32 && t != MOPT_GGML_F16 && t != MOPT_GGML_BF16; }
-
 static int32_t file_type(int32_t want) {
     switch (want) {
     case MOPT_GGML_F32: return 0;
@@ -248,7 +248,9 @@ static int32_t file_type(int32_t want) {
     case MOPT_GGML_Q8_0: return 7;
     case MOPT_GGML_Q5_0: return 8;
     case MOPT_GGML_Q5_1: return 9;
-    case MOPT_GGML_Q4_K: return 14; /* MOSTLY_Q4_K_S: no q6_k bumps */
+    case MOPT_GGML_Q4_K: return 14; /* MOSTLY_Q4_K_S: no per-layer q6_k bumps */
+    case MOPT_GGML_Q5_K: return 16; /* MOSTLY_Q5_K_S */
+    case MOPT_GGML_Q6_K: return 18;
     case MOPT_GGML_BF16: return 32;
     default: return 0;
     }
@@ -369,7 +371,7 @@ static int32_t type_from(const char *s) {
         int32_t t;
     } tab[] = {{"auto", -1}, {"f32", MOPT_GGML_F32},   {"f16", MOPT_GGML_F16},   {"bf16", MOPT_GGML_BF16}, {"q8_0", MOPT_GGML_Q8_0},
                {"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
-               {"q4_k", MOPT_GGML_Q4_K}};
+               {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
     for (size_t i = 0; i < sizeof tab / sizeof *tab; i++)
         if (!strcmp(s, tab[i].n)) return tab[i].t;
     return -1;
@@ -476,11 +478,11 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     return st;
 }
 
-static const char *const types[] = {"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", NULL};
+static const char *const types[] = {"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", NULL};
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target .gguf file (written beside it, then renamed)", NULL, 0, -1, NULL},
-    {"type", MOPT_OPT_ENUM, 0, "type of the 2-D weights (1-D stay f32; output.weight takes q8_0 under a block type); auto keeps float dtypes and writes QINT int4/int8 sym g32 as q4_0/q8_0", "auto", 0, -1, types},
+    {"type", MOPT_OPT_ENUM, 0, "type of the 2-D weights (1-D stay f32; output.weight takes q6_k under a block type other than q8_0); auto keeps float dtypes and writes QINT int4/int8 sym g32 as q4_0/q8_0", "auto", 0, -1, types},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"tokenizer", MOPT_OPT_BOOL, 0, "store the tokenizer as tokenizer.ggml.*", "true", 0, -1, NULL},
 };
@@ -489,7 +491,7 @@ const mopt_pass_desc export_gguf_pass = {
     .struct_size = sizeof(mopt_pass_desc),
     .kind = MOPT_PASS_EXPORT,
     .name = "export.gguf",
-    .summary = "GGUF v3 for llama.cpp: llama/gpt2 keys, tokenizer, f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k, atomic",
+    .summary = "GGUF v3 for llama.cpp: llama/gpt2 keys, tokenizer, f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k, atomic",
     .opts = opts,
     .n_opts = sizeof opts / sizeof *opts,
     .run = run,

@@ -8,6 +8,10 @@
  *   Q4_K  256 values in 8 sub-blocks of 32: f16 d, f16 dmin, 12 bytes of 6-bit
  *         scales and mins, 128 bytes (sub-blocks 2i and 2i+1 share 32 bytes, low
  *         and high nibbles);                                          x = d sc q - dmin m
+ *   Q5_K  256 values: f16 d, f16 dmin, 12 bytes of scales/mins as Q4_K, 32 bytes of
+ *         fifth bits (bit 2i / 2i+1 of byte l: sub-blocks 2i / 2i+1), 128 bytes as Q4_K
+ *   Q6_K  256 values in 16 sub-blocks of 16: 128 bytes of low nibbles, 64 bytes of
+ *         high 2-bit pairs, 16 int8 scales, f16 d;                    x = d sc (q - 32)
  * Values are little-endian; ne[0] of a tensor must be a multiple of the block. */
 #ifndef MOPT_GGML_H
 #define MOPT_GGML_H
@@ -28,6 +32,8 @@ typedef enum mopt_ggml_type {
     MOPT_GGML_Q5_1 = 7,
     MOPT_GGML_Q8_0 = 8,
     MOPT_GGML_Q4_K = 12,
+    MOPT_GGML_Q5_K = 13,
+    MOPT_GGML_Q6_K = 14,
     MOPT_GGML_BF16 = 30
 } mopt_ggml_type;
 
