@@ -119,27 +119,13 @@ static void test_llama2c_rope_rows_are_permuted_in_packed_form(void **s) {
 }
 
 static void expect_refusal(const char *model_rel, const char *text_fmt, const char *msg) {
-    char dir[1024], text[4096];
+    char dir[1024], text[4096], out[1100];
     test_tmpdir(dir, sizeof dir, "refuse");
     snprintf(text, sizeof text, text_fmt, dir);
-    mopt_model *m = test_load_model(model_rel);
-    mopt_pipeline *p = mopt_pipeline_new(test_reg);
-    mopt_error err = {0};
-    assert_int_equal(mopt_pipeline_parse(p, text, &err), MOPT_OK);
-    mopt_report *r = mopt_report_new();
-    mopt_run_opts o;
-    mopt_run_opts_default(&o);
-    o.quiet = 1;
-    assert_int_not_equal(mopt_pipeline_run(p, m, &o, r, &err), MOPT_OK);
-    if (!strstr(err.msg, msg)) fprintf(stderr, "message \"%s\" lacks \"%s\"\n", err.msg, msg);
-    assert_non_null(strstr(err.msg, msg));
-    char out[1100];
+    test_pipeline_fails(model_rel, text, msg);
     snprintf(out, sizeof out, "%s/o", dir);
     struct stat st;
     assert_int_not_equal(stat(out, &st), 0); /* nothing written */
-    mopt_report_free(r);
-    mopt_pipeline_free(p);
-    mopt_model_free(m);
 }
 
 static void test_formats_refuse_what_they_cannot_hold(void **s) {

@@ -122,6 +122,26 @@ static inline mopt_model *test_load_model(const char *rel) {
     return m;
 }
 
+/* Runs a pipeline text on a freshly loaded model and asserts that it fails
+ * with a one-line message containing msg. */
+static inline void test_pipeline_fails(const char *model_rel, const char *text, const char *msg) {
+    mopt_model *m = test_load_model(model_rel);
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_parse(p, text, &err), MOPT_OK);
+    mopt_report *r = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    assert_int_not_equal(mopt_pipeline_run(p, m, &o, r, &err), MOPT_OK);
+    if (!strstr(err.msg, msg)) fprintf(stderr, "message \"%s\" lacks \"%s\"\n", err.msg, msg);
+    assert_non_null(strstr(err.msg, msg));
+    assert_null(strchr(err.msg, '\n'));
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+}
+
 /* Largest |logit difference| between two models over the same 16 tokens. */
 static inline double test_max_logit_diff(mopt_model *a, mopt_model *b) {
     const int32_t ids[16] = {1, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160};

@@ -87,6 +87,38 @@ static mopt_status scales_t(const mopt_tensor *s, int64_t out, int64_t ng, float
     return st;
 }
 
+/* A linear's unpacked contents: levels [out, in], zero points and scales
+ * [out, groups], packed into a QINT tensor once filled. */
+typedef struct {
+    int64_t out, in, ng;
+    uint8_t *q, *z;
+    float *s;
+} levels;
+
+static int levels_new(levels *l, int64_t out, int64_t in, int64_t ng, mopt_error *err) {
+    l->out = out, l->in = in, l->ng = ng;
+    l->q = malloc((size_t)(out * in));
+    l->z = malloc((size_t)(out * ng));
+    l->s = malloc((size_t)(out * ng) * sizeof *l->s);
+    if (l->q && l->z && l->s) return 1;
+    MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    return 0;
+}
+
+static void levels_free(levels *l) {
+    free(l->q);
+    free(l->z);
+    free(l->s);
+}
+
+/* PREFIX.weight from the levels; zeros NULL for a symmetric grid */
+static mopt_tensor *levels_pack(const levels *l, const char *p, int32_t bits, int32_t gs, const uint8_t *zeros,
+                                const int32_t *g_idx, mopt_error *err) {
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    return mopt_qint_pack(name, l->out, l->in, bits, gs, l->q, l->s, zeros, g_idx, err);
+}
+
 /* Symmetric when the config says so and every zero point is the midpoint. */
 static const uint8_t *zeros_or_sym(const uint8_t *z, int64_t n, int32_t bits, int sym) {
     if (!sym) return z;
@@ -115,13 +147,11 @@ static mopt_tensor *awq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, m
         return NULL;
     }
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-    uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
-    float *s = malloc((size_t)(out * ng) * sizeof *s);
+    levels L = {0};
     mopt_tensor *t = NULL;
-    if (!q || !z || !s) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        goto done;
-    }
+    if (!levels_new(&L, out, in, ng, err)) goto done;
+    uint8_t *q = L.q, *z = L.z;
+    float *s = L.s;
     for (int64_t i = 0; i < in; i++)
         for (int64_t w = 0; w < out / 8; w++) {
             uint32_t v = word(qw, i * (out / 8) + w);
@@ -133,13 +163,9 @@ static mopt_tensor *awq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, m
             for (int k = 0; k < 8; k++) z[(8 * w + order[k]) * ng + gi] = (uint8_t)((v >> (4 * k)) & 15u);
         }
     if (scales_t(sc, out, ng, s, err)) goto done;
-    char name[MOPT_MAX_NAME + 16];
-    snprintf(name, sizeof name, "%s.weight", p);
-    t = mopt_qint_pack(name, out, in, 4, gs >= in ? -1 : gs, q, s, z, NULL, err);
+    t = levels_pack(&L, p, 4, gs >= in ? -1 : gs, z, NULL, err);
 done:
-    free(q);
-    free(z);
-    free(s);
+    levels_free(&L);
     return t;
 }
 
@@ -164,13 +190,11 @@ static mopt_tensor *gptq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, 
         return NULL;
     }
     if (gi && need(gi, p, "g_idx", MOPT_DTYPE_I32, in, -1, err)) return NULL;
-    uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
-    float *s = malloc((size_t)(out * ng) * sizeof *s);
+    levels L = {0};
     mopt_tensor *t = NULL;
-    if (!q || !z || !s) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        goto done;
-    }
+    if (!levels_new(&L, out, in, ng, err)) goto done;
+    uint8_t *q = L.q, *z = L.z;
+    float *s = L.s;
     for (int64_t r = 0; r < in / pf; r++)
         for (int64_t o = 0; o < out; o++) {
             uint32_t v = word(qw, r * out + o);
@@ -189,13 +213,9 @@ static mopt_tensor *gptq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, 
         for (int64_t i = 0; i < in && !gidx; i++)
             if (v[i] != (int32_t)(i / gs)) gidx = v;
     }
-    char name[MOPT_MAX_NAME + 16];
-    snprintf(name, sizeof name, "%s.weight", p);
-    t = mopt_qint_pack(name, out, in, b, gs >= in ? -1 : gs, q, s, zeros_or_sym(z, out * ng, b, c->sym), gidx, err);
+    t = levels_pack(&L, p, b, gs >= in ? -1 : gs, zeros_or_sym(z, out * ng, b, c->sym), gidx, err);
 done:
-    free(q);
-    free(z);
-    free(s);
+    levels_free(&L);
     return t;
 }
 
@@ -226,13 +246,11 @@ static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg
     }
     if (zp && need(zp, p, "weight_zero_point", MOPT_DTYPE_I32, (out + pf - 1) / pf, ng, err)) return NULL;
     if (gi && need(gi, p, "weight_g_idx", MOPT_DTYPE_I32, in, -1, err)) return NULL;
-    uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
-    float *s = malloc((size_t)(out * ng) * sizeof *s);
+    levels L = {0};
     mopt_tensor *t = NULL;
-    if (!q || !z || !s) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        goto done;
-    }
+    if (!levels_new(&L, out, in, ng, err)) goto done;
+    uint8_t *q = L.q, *z = L.z;
+    float *s = L.s;
     const int64_t words = (in + pf - 1) / pf;
     for (int64_t o = 0; o < out; o++)
         for (int64_t w = 0; w < words; w++) {
@@ -244,13 +262,9 @@ static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg
         for (int64_t gg = 0; gg < ng; gg++)
             z[o * ng + gg] = zp ? (uint8_t)((word(zp, (o / pf) * ng + gg) >> (b * (o % pf))) & mask) : (uint8_t)off;
     if (mopt_tensor_read_f32(sc, 0, out * ng, s, err)) goto done;
-    char name[MOPT_MAX_NAME + 16];
-    snprintf(name, sizeof name, "%s.weight", p);
-    t = mopt_qint_pack(name, out, in, b, gs, q, s, zp ? z : NULL, gi ? gi->data : NULL, err);
+    t = levels_pack(&L, p, b, gs, zp ? z : NULL, gi ? gi->data : NULL, err);
 done:
-    free(q);
-    free(z);
-    free(s);
+    levels_free(&L);
     return t;
 }
 
@@ -317,22 +331,16 @@ static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq
             return NULL;
         }
     }
-    uint8_t *q = malloc((size_t)(out * in));
-    float *s = malloc((size_t)(out * ng) * sizeof *s);
+    levels L = {0};
     mopt_tensor *t = NULL;
-    if (!q || !s) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    } else if (!mopt_tensor_read_f32(sc, 0, out * ng, s, err)) {
+    if (levels_new(&L, out, in, ng, err) && !mopt_tensor_read_f32(sc, 0, out * ng, L.s, err)) {
         const uint8_t *b = w->data;
         for (int64_t o = 0; o < out; o++)
             for (int64_t i = 0; i < in; i++) /* two's-complement nibble + 8 = mopt's level */
-                q[o * in + i] = (uint8_t)((((b[(o / 2) * in + i] >> (4 * (o % 2))) & 15) ^ 8));
-        char name[MOPT_MAX_NAME + 16];
-        snprintf(name, sizeof name, "%s.weight", p);
-        t = mopt_qint_pack(name, out, in, 4, gs, q, s, NULL, NULL, err);
+                L.q[o * in + i] = (uint8_t)((((b[(o / 2) * in + i] >> (4 * (o % 2))) & 15) ^ 8));
+        t = levels_pack(&L, p, 4, gs, NULL, NULL, err);
     }
-    free(q);
-    free(s);
+    levels_free(&L);
     return t;
 }
 
