@@ -20,6 +20,7 @@
 #include "export_plugin.h"
 #include "mopt/ggml.h"
 #include "mopt/quant.h"
+#include "rope_order.h"
 
 enum { KV_U32 = 4, KV_I32 = 5, KV_F32 = 6, KV_BOOL = 7, KV_STRING = 8, KV_ARRAY = 9 };
 
@@ -202,10 +203,7 @@ static const mopt_tensor *src_row(const gten *t, int64_t r, int64_t *row) {
     const int64_t per = t->rows / t->n_src;
     const mopt_tensor *s = t->src[r / per];
     r %= per;
-    if (t->head_dim > 0) { /* new row h0 + 2i + j holds rotate-half row h0 + j*hd/2 + i */
-        const int64_t hd = t->head_dim, h0 = r / hd * hd, w = r % hd, i = w / 2, j = w % 2;
-        r = h0 + j * (hd / 2) + i;
-    }
+    if (t->head_dim > 0) r = rope_interleaved_to_half(r, t->head_dim);
     *row = r;
     return s;
 }

@@ -17,6 +17,7 @@
 #include "atomic_dir.h"
 #include "export_plugin.h"
 #include "hf_quant.h"
+#include "rope_order.h"
 #include "st_writer.h"
 
 typedef struct {
@@ -30,32 +31,15 @@ static const char *st_dtype(const entries *es, const mopt_tensor *src) {
     return src->dtype == MOPT_DTYPE_F32 ? "F32" : src->dtype == MOPT_DTYPE_F16 ? "F16" : src->dtype == MOPT_DTYPE_BF16 ? "BF16" : es->model_dtype;
 }
 
-static uint16_t to16(float f, int bf) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if (bf) { /* round to nearest even, NaN kept */
-        if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-        return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
-    /* f16 via the compiler's conversion */
-    _Float16 h = (_Float16)f;
-    uint16_t r;
-    memcpy(&r, &h, 2);
-    return r;
-}
-
 /* Adds a tensor from fp32 rows [rows, cols] (cols == 0: a vector of rows values),
  * stored in src's dtype unless the export forces one. */
 static mopt_status add(const mopt_host_api *h, entries *es, const char *name, const float *v, int64_t rows, int64_t cols,
                        const mopt_tensor *src, mopt_error *err) {
     const int64_t cnt = rows * (cols ? cols : 1), shape[2] = {rows, cols};
     const char *dt = st_dtype(es, src);
-    const int f32 = !strcmp(dt, "F32"), bf = !strcmp(dt, "BF16");
-    const size_t nbytes = (size_t)cnt * (f32 ? 4 : 2);
+    const size_t nbytes = (size_t)cnt * (strcmp(dt, "F32") ? 2 : 4);
     void *data = malloc(nbytes ? nbytes : 1);
-    if (data && f32) memcpy(data, v, nbytes);
-    else if (data)
-        for (int64_t i = 0; i < cnt; i++) ((uint16_t *)data)[i] = to16(v[i], bf);
+    for (int64_t i = 0; data && i < cnt; i++) st_store_float(dt, data, i, v[i]);
     return st_list_add(h, &es->l, name, dt, cols ? 2 : 1, shape, data, nbytes, err);
 }
 
@@ -84,9 +68,7 @@ static mopt_status add_tensor(const mopt_host_api *h, entries *es, const char *n
 static int64_t *rope_perm(int64_t rows, int32_t hd) {
     int64_t *p = malloc((size_t)rows * sizeof *p);
     if (!p) return NULL;
-    for (int64_t h0 = 0; h0 < rows; h0 += hd)
-        for (int32_t i = 0; i < hd / 2; i++)
-            for (int j = 0; j < 2; j++) p[h0 + j * (hd / 2) + i] = h0 + 2 * i + j;
+    for (int64_t r = 0; r < rows; r++) p[r] = rope_half_to_interleaved(r, hd);
     return p;
 }
 

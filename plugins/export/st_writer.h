@@ -28,6 +28,10 @@ mopt_status st_list_add(const mopt_host_api *h, st_list *l, const char *name, co
                         const int64_t *shape, void *data, size_t nbytes, mopt_error *err);
 void st_list_free(st_list *l);
 
+/* Stores v as element i of an array of safetensors dtype "F32", "F16" or "BF16"
+ * (round to nearest even; NaN stays NaN). */
+void st_store_float(const char *dtype, void *dst, int64_t i, float v);
+
 /* Writes entries to `name` inside the export directory. */
 mopt_status st_write_file(const mopt_host_api *h, const atomic_dir *d, const char *name, st_entry *e, int32_t n,
                           mopt_error *err);

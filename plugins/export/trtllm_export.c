@@ -26,6 +26,7 @@
 #include "export_plugin.h"
 #include "hf_quant.h"
 #include "mopt/quant.h"
+#include "rope_order.h"
 #include "st_writer.h"
 
 typedef enum { TQ_NONE, TQ_W4A16_AWQ, TQ_W8A16, TQ_W8A8, TQ_FP8, TQ_FP8_PC } tq_algo;
@@ -62,10 +63,7 @@ static const mopt_tensor *row_of(const tlin *L, int64_t r, int64_t *row) {
     for (int k = 0; k < L->n_src; k++) {
         const int64_t n = L->src[k]->ndim == 1 ? L->src[k]->ne[0] : L->src[k]->ne[1];
         if (r < n) {
-            if (L->hd > 0 && k < 2) { /* rotate-half row h0 + j*hd/2 + i is interleaved row h0 + 2i + j */
-                const int64_t h0 = r / L->hd * L->hd, w = r % L->hd, j = w / (L->hd / 2), i = w % (L->hd / 2);
-                r = h0 + 2 * i + j;
-            }
+            if (L->hd > 0 && k < 2) r = rope_half_to_interleaved(r, L->hd); /* q and k only */
             *row = r;
             return L->src[k];
         }
@@ -80,21 +78,6 @@ typedef struct {
     tq_algo algo;
     mopt_error *err;
 } ctx_t;
-
-static void put_float(const char *dt, void *dst, int64_t i, float v) {
-    if (!strcmp(dt, "F32")) {
-        ((float *)dst)[i] = v;
-        return;
-    }
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    if (!strcmp(dt, "BF16")) {
-        ((uint16_t *)dst)[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        return;
-    }
-    _Float16 hv = (_Float16)v;
-    memcpy((uint16_t *)dst + i, &hv, 2);
-}
 
 /* Adds `name` holding rows `rows` (n_rows indices into L) and columns [c0, c0 + nc). */
 static mopt_status add_linear(ctx_t *c, st_list *l, const char *name, const tlin *L, const int64_t *rows, int64_t n_rows,
@@ -114,10 +97,10 @@ static mopt_status add_linear(ctx_t *c, st_list *l, const char *name, const tlin
             const mopt_tensor *t = row_of(L, rows[r], &row);
             if (vec) {
                 st = h->tensor_read_f32(t, row, 1, tmp, c->err);
-                if (!st) put_float(fdt, d, r, tmp[0]);
+                if (!st) st_store_float(fdt, d, r, tmp[0]);
             } else {
                 st = h->weight_row_f32(t, row, tmp, c->err);
-                for (int64_t k = 0; k < nc && !st; k++) put_float(fdt, d, r * nc + k, tmp[c0 + k]);
+                for (int64_t k = 0; k < nc && !st; k++) st_store_float(fdt, d, r * nc + k, tmp[c0 + k]);
             }
         }
         free(tmp);
@@ -202,7 +185,7 @@ static mopt_status add_linear(ctx_t *c, st_list *l, const char *name, const tlin
     void *sv = sc;
     if (c->algo == TQ_W8A16 && strcmp(sdt, "F32")) { /* scales in the model dtype */
         sv = malloc((size_t)n_rows * 2);
-        for (int64_t r = 0; sv && r < n_rows; r++) put_float(sdt, sv, r, sc[r]);
+        for (int64_t r = 0; sv && r < n_rows; r++) st_store_float(sdt, sv, r, sc[r]);
         free(sc);
     }
     snprintf(n, sizeof n, "%s.weight", base);
