@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "gguf_walk.h"
 #include "testutil.h"
 
 static char dir[1024];
@@ -202,6 +203,43 @@ static void test_broken_gguf_files_are_refused(void **s) {
     free(d);
 }
 
+/* A tensor's type patched in place: a 1-D norm weight claiming a block type,
+ * and a type change that shifts every later tensor's data. */
+static void test_patched_tensor_types_are_refused(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model_free(export_and_load(m, "", "f32", "t.gguf"));
+    mopt_model_free(m);
+    char path[1400], bad[1400], args[1500];
+    snprintf(path, sizeof path, "%s/t.gguf", dir);
+    snprintf(bad, sizeof bad, "%s/patched.gguf", dir);
+    snprintf(args, sizeof args, "info '%s'", bad);
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    static const struct {
+        const char *tensor;
+        uint32_t type;
+        const char *msg;
+    } cases[] = {{"output_norm.weight", 2, "tensor output_norm.weight: a 1-D tensor stored as q4_0"},
+                 {"output_norm.weight", 8, "tensor output_norm.weight: a 1-D tensor stored as q8_0"},
+                 {"blk.0.attn_norm.weight", 8, "tensor blk.0.attn_q.weight: offset"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        unsigned char *c = malloc(n);
+        memcpy(c, d, n);
+        size_t at = gguf_tensor_type_offset(c, cases[i].tensor);
+        assert_true(at > 0);
+        memcpy(c + at, &cases[i].type, 4);
+        write_file(bad, c, n);
+        free(c);
+        mopt_error err = {0};
+        assert_null(mopt_model_load(bad, NULL, &err));
+        CHECK_ERR(err, MOPT_E_FORMAT, cases[i].msg);
+        assert_non_null(strstr(err.msg, bad));
+        test_cli_refuses(args, 2, cases[i].msg, bad);
+    }
+    free(d);
+}
+
 static void test_gguf_mutations_fail_cleanly(void **s) {
     REQUIRE_SHARED();
     mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
@@ -267,6 +305,7 @@ int main(void) {
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
+        cmocka_unit_test(test_patched_tensor_types_are_refused),
         cmocka_unit_test(test_gguf_mutations_fail_cleanly),
         cmocka_unit_test(test_cli_quantize_to_gguf_and_eval),
     };

@@ -160,9 +160,42 @@ static void test_draft_with_another_tokenizer_is_refused(void **s) {
     mopt_model_free(m);
 }
 
+/* Refused options are reported before anything was opened, so the error path
+ * must not touch what was never set up (it once freed an uninitialised struct). */
+static void test_bad_speculation_options_fail_with_one_line(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = load("models/lit-llama-7m");
+    char draft[1024], prompts[1024];
+    test_shared_path(draft, sizeof draft, "models/lit-gpt2-1m");
+    test_shared_path(prompts, sizeof prompts, "data/lit-val.txt");
+    static const char *const ks[] = {"65", "-1", "abc", "65536", "", "4x"};
+    for (size_t i = 0; i < sizeof ks / sizeof *ks; i++) {
+        const char *kv[] = {"draft", draft, "k", ks[i], "n", "4", NULL};
+        for (int pass = 0; pass < 2; pass++) {
+            const char *kve[] = {"draft", draft, "k", ks[i], "n", "4", "prompts", prompts, NULL};
+            mopt_report *r = mopt_report_new();
+            mopt_error err = {0};
+            assert_int_equal(run(m, pass ? "eval.specdec" : "specdec.generate", pass ? kve : kv, r, &err), MOPT_E_INVALID);
+            CHECK_ERR(err, MOPT_E_INVALID, "k must be 0..64 or auto");
+            mopt_report_free(r);
+        }
+    }
+    const char *both[] = {"draft", draft, "lookup", "2", "n", "4", NULL};
+    mopt_report *r = mopt_report_new();
+    mopt_error err = {0};
+    assert_int_equal(run(m, "specdec.generate", both, r, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "give either draft=MODEL or lookup=N, not both");
+    mopt_report_free(r);
+    mopt_model_free(m);
+    char args[4096];
+    snprintf(args, sizeof args, "generate '%s/models/lit-llama-7m' --draft '%s' --draft-k 65 -n 4", test_shared_dir(), draft);
+    test_cli_refuses(args, 2, "k must be 0..64 or auto, got '65'", NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_draft_with_another_tokenizer_is_refused),
+        cmocka_unit_test(test_bad_speculation_options_fail_with_one_line),
         cmocka_unit_test(test_prompt_lookup_on_a_repetitive_prompt),
         cmocka_unit_test(test_greedy_speculation_matches_plain_greedy),
         cmocka_unit_test(test_sampling_keeps_the_target_distribution),

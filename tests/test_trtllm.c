@@ -114,6 +114,43 @@ static void test_broken_trtllm_checkpoints_are_refused(void **s) {
     CHECK_ERR(err, MOPT_E_FORMAT, "rank1.safetensors is missing");
 }
 
+/* Rewrites one key of a checkpoint's config.json (at the top level, or under `section`). */
+static void set_config(const char *ckpt, const char *section, const char *key, json_t *value) {
+    char path[1400];
+    snprintf(path, sizeof path, "%s/config.json", ckpt);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_object_set_new(section ? json_object_get(j, section) : j, key, value);
+    assert_int_equal(json_dump_file(j, path, JSON_INDENT(2)), 0);
+    json_decref(j);
+}
+
+/* Config values the weights contradict: found before any row is placed. */
+static void test_config_that_contradicts_the_weights_is_refused(void **s) {
+    REQUIRE_SHARED();
+    char ckpt[1200], args[4096];
+    snprintf(ckpt, sizeof ckpt, "%s/trt", dir);
+    roundtrip("models/lit-llama-7m", "", 2, 0.0, 0);
+    set_config(ckpt, NULL, "head_size", json_integer(33));
+    mopt_error err = {0};
+    assert_null(mopt_model_load(ckpt, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "transformer.layers.0.attention.qkv.weight has 256 rows per rank");
+    assert_non_null(strstr(err.msg, "head_size 33"));
+    snprintf(args, sizeof args, "info '%s'", ckpt);
+    test_cli_refuses(args, 2, ckpt, "head_size 33");
+
+    roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true>", 2, 0.0, 0);
+    set_config(ckpt, "quantization", "group_size", json_integer(32));
+    assert_null(mopt_model_load(ckpt, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "weights_scaling_factor has 2 groups per row, but quantization.group_size 32");
+    snprintf(args, sizeof args, "eval '%s' --data '%s' --limit-tokens 512", ckpt, calib);
+    test_cli_refuses(args, 2, "quantization.group_size 32", NULL);
+    set_config(ckpt, "quantization", "group_size", json_integer((json_int_t)1 << 40));
+    assert_null(mopt_model_load(ckpt, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "quantization.group_size 1099511627776 is not a positive multiple of 32");
+}
+
 int main(void) {
     test_tmpdir(dir, sizeof dir, "trtllm");
     snprintf(calib, sizeof calib, "%s/data/lit-train.txt", test_shared_dir());
@@ -123,6 +160,7 @@ int main(void) {
         cmocka_unit_test(test_config_names_the_mapping_and_the_scheme),
         cmocka_unit_test(test_what_trtllm_cannot_hold_is_refused),
         cmocka_unit_test(test_broken_trtllm_checkpoints_are_refused),
+        cmocka_unit_test(test_config_that_contradicts_the_weights_is_refused),
     };
     return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -141,6 +142,30 @@ static inline void test_pipeline_fails(const char *model_rel, const char *text, 
     mopt_pipeline_free(p);
     mopt_model_free(m);
 }
+
+#ifdef MOPT_CLI
+/* Runs `mopt ARGS` (ARGS already shell-quoted) and asserts what bad input must
+ * give: exit status `code`, nothing on stdout, and exactly one line on stderr
+ * that contains `expect` (and `expect2` when not NULL). */
+static inline void test_cli_refuses(const char *args, int code, const char *expect, const char *expect2) {
+    char cmd[8192], errf[64];
+    snprintf(errf, sizeof errf, "/tmp/mopt-cli-err-%ld", (long)getpid());
+    snprintf(cmd, sizeof cmd, "timeout 120 %s %s >/dev/null 2>%s", MOPT_CLI, args, errf);
+    int st = system(cmd);
+    size_t n;
+    char *e = read_whole(errf, &n);
+    unlink(errf);
+    int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (rc != code || !e || !strstr(e, expect) || (expect2 && !strstr(e, expect2)) || !n || strchr(e, '\n') != e + n - 1)
+        fprintf(stderr, "mopt %s\n  exit %d (want %d), stderr: %s\n", args, rc, code, e ? e : "(none)");
+    assert_int_equal(rc, code);
+    assert_non_null(e);
+    assert_non_null(strstr(e, expect));
+    if (expect2) assert_non_null(strstr(e, expect2));
+    assert_true(n > 0 && strchr(e, '\n') == e + n - 1); /* one line */
+    free(e);
+}
+#endif
 
 /* Largest |logit difference| between two models over the same 16 tokens. */
 static inline double test_max_logit_diff(mopt_model *a, mopt_model *b) {

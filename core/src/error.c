@@ -40,3 +40,9 @@ void mopt_error_clear(mopt_error *err) {
     err->msg[0] = '\0';
     err->where[0] = '\0';
 }
+
+void mopt_error_name_file(mopt_error *err, const char *path) {
+    if (!err || !err->code || !path || !*path || strstr(err->msg, path)) return;
+    char msg[sizeof err->msg];
+    if (snprintf(msg, sizeof msg, "%s: %s", path, err->msg) > 0) memcpy(err->msg, msg, sizeof msg);
+}

@@ -235,8 +235,18 @@ mopt_status gguf_open(const char *path, gguf_file **out, mopt_error *err) {
     }
     const uint64_t hdr = (uint64_t)(r.p - (const uint8_t *)f->buf->base), data0 = (hdr + align - 1) / align * align;
     const uint64_t size = f->buf->size;
+    uint64_t expect = 0; /* as ggml's reader: tensors lie back to back, each padded to the alignment */
     for (int64_t i = 0; i < f->n_t; i++) {
         gguf_tensor *t = &f->t[i];
+        if (offs[i] != expect) {
+            MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: offset %llu, expected %llu after the %s tensor before it (a wrong type, shape or offset)",
+                      path, t->name, (unsigned long long)offs[i], (unsigned long long)expect, i ? f->t[i - 1].name : "(none)");
+            goto fail_offs;
+        }
+        if (t->nbytes > UINT64_MAX - align || (expect += (t->nbytes + align - 1) / align * align) < offs[i]) {
+            MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: size overflows", path, t->name);
+            goto fail_offs;
+        }
         if (data0 > size || offs[i] > size - data0 || t->nbytes > size - data0 - offs[i]) {
             MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: data (offset %llu, %llu bytes) runs past the end of the file", path,
                       t->name, (unsigned long long)offs[i], (unsigned long long)t->nbytes);

@@ -134,15 +134,24 @@ static int is_linear(const char *gguf_name) {
                                                strstr(gguf_name, ".ffn_down.weight") || strstr(gguf_name, ".attn_qkv.weight"));
 }
 
-/* rows [row0, row0 + rows) of a GGUF tensor as a mopt tensor named `name` */
+/* Rows [row0, row0 + rows) of a 1-D or 2-D GGUF tensor as a mopt tensor named
+ * `name`. A row is ne[0] values, so a 1-D tensor is one row (row0 0, rows 1). */
 static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name, int64_t row0, int64_t rows, int linear,
                             mopt_error *err) {
     const int64_t cols = t->ne[0], rb = mopt_ggml_row_bytes(t->type, cols);
-    const uint8_t *src = t->data + row0 * rb;
-    int64_t dims[4];
     const int32_t nd = t->ndim;
-    for (int k = 0; k < nd; k++) dims[k] = t->ne[nd - 1 - k];
-    if (nd >= 2) dims[0] = rows; /* 2-D in practice; the outermost dimension is split */
+    if (nd > 2 || row0 < 0 || rows < 1 || row0 + rows > (nd == 2 ? t->ne[1] : 1)) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s: %d dimensions, rows %lld..%lld: not a weight this architecture uses", t->name,
+                  nd, (long long)row0, (long long)(row0 + rows));
+        return NULL;
+    }
+    if (nd == 1 && t->type != MOPT_GGML_F32 && t->type != MOPT_GGML_F16 && t->type != MOPT_GGML_BF16) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s: a 1-D tensor stored as %s (norm weights and biases are f32, f16 or bf16)",
+                  t->name, mopt_ggml_type_name(t->type));
+        return NULL;
+    }
+    const uint8_t *src = t->data + row0 * rb;
+    int64_t dims[2] = {nd == 2 ? rows : cols, cols};
     if (t->type == MOPT_GGML_F32 || t->type == MOPT_GGML_F16 || t->type == MOPT_GGML_BF16) {
         const mopt_dtype dt = t->type == MOPT_GGML_F32 ? MOPT_DTYPE_F32 : t->type == MOPT_GGML_F16 ? MOPT_DTYPE_F16 : MOPT_DTYPE_BF16;
         return mopt_tensor_view(gguf_buffer(f), (void *)src, name, dt, nd, dims, err);
@@ -176,7 +185,7 @@ static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name
     }
     mopt_tensor *o = mopt_tensor_new(name, MOPT_DTYPE_F32, nd, dims, err);
     if (!o) return NULL;
-    for (int64_t r = 0; r < rows * (nd > 2 ? t->ne[1] * (nd > 3 ? t->ne[2] : 1) : 1); r++)
+    for (int64_t r = 0; r < rows; r++)
         if (mopt_ggml_dequantize_row(t->type, src + r * rb, cols, (float *)o->data + r * cols, err)) {
             mopt_tensor_free(o);
             return NULL;
@@ -199,7 +208,7 @@ static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, m
         if (!map_name(a->family, t->name, name, sizeof name)) continue; /* e.g. rope_freqs: recomputed */
         mopt_status st;
         if (*name) {
-            st = add(g, convert(f, t, name, 0, t->ndim >= 2 ? t->ne[1] : t->ne[0], is_linear(t->name), err), err);
+            st = add(g, convert(f, t, name, 0, t->ndim == 2 ? t->ne[1] : 1, is_linear(t->name), err), err);
         } else { /* GPT-2 attn_qkv [3D, D] (weight) or [3D] (bias) */
             int layer;
             char kind[16];
@@ -219,7 +228,7 @@ static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, m
                     part.ne[0] = D;
                     part.data = t->data + p * bytes;
                     if (bytes < 0) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: bias rows are not whole blocks", path, t->name);
-                    st = add(g, convert(f, &part, name, 0, D, 0, err), err);
+                    st = add(g, convert(f, &part, name, 0, 1, 0, err), err);
                 }
             }
         }
@@ -372,12 +381,7 @@ mopt_status mopt_import_gguf(const char *path, mopt_graph **out, mopt_tokenizer 
     }
     if ((st = load_tensors(f, path, g, err))) goto done;
     st = !strcmp(a.family, "gpt2") ? mopt_arch_build_gpt2(g, err) : mopt_arch_build_llama(g, err);
-    if (st && err) {
-        char msg[sizeof err->msg];
-        if (snprintf(msg, sizeof msg, "%s: %s", path, err->msg) > 0) memcpy(err->msg, msg, sizeof msg);
-        goto done;
-    }
-    st = tokenizer_from_kv(f, path, tok, err);
+    if (!st) st = tokenizer_from_kv(f, path, tok, err);
 done:
     gguf_close(f); /* views hold their own reference to the mapping */
     if (st) {

@@ -418,13 +418,7 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
 
     if (st == MOPT_OK) st = mopt_import_hf_quant(g, path, err);
     if (st == MOPT_OK && strcmp(arch.family, "gpt2") == 0) st = gpt2_normalize(g, err);
-    if (st == MOPT_OK) {
-        st = strcmp(arch.family, "gpt2") == 0 ? mopt_arch_build_gpt2(g, err) : mopt_arch_build_llama(g, err);
-        if (st && err) { /* the builder knows tensors, not files: name the checkpoint */
-            char msg[sizeof err->msg];
-            if (snprintf(msg, sizeof msg, "%s: %s", dir, err->msg) > 0) memcpy(err->msg, msg, sizeof msg);
-        }
-    }
+    if (st == MOPT_OK) st = strcmp(arch.family, "gpt2") == 0 ? mopt_arch_build_gpt2(g, err) : mopt_arch_build_llama(g, err);
     if (st) {
         mopt_graph_free(g);
         return st;

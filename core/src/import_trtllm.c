@@ -137,6 +137,13 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind
     for (int r = 1; r < n && !st; r++)
         if (ps[r].rows != ps[0].rows || ps[r].cols != ps[0].cols || ps[r].ng != ps[0].ng || !ps[r].f != !ps[0].f)
             st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s differs in shape between rank0 and rank%d", c->dir, base, r);
+    /* by heads: each rank holds its q, k and v heads; check before any row is placed */
+    const int64_t hd = c->a.head_dim, qr = (int64_t)c->a.n_heads * hd / c->tp, kr = (int64_t)c->a.n_kv_heads * hd / c->tp;
+    if (!st && split == BY_HEADS && ps[0].rows != qr + 2 * kr)
+        st = MOPT_FAIL(c->err, MOPT_E_FORMAT,
+                       "%s: %s.%s has %lld rows per rank, but %d heads and %d kv heads of head_size %lld over tp_size %d need %lld",
+                       c->dir, base, is_vec ? "bias" : "weight", (long long)ps[0].rows, c->a.n_heads, c->a.n_kv_heads,
+                       (long long)hd, c->tp, (long long)(qr + 2 * kr));
     if (st) goto done;
     const int by_cols = split == BY_COLS && !is_vec;
     memset(all, 0, sizeof *all);
@@ -157,7 +164,6 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind
         goto done;
     }
     /* by heads: rank r holds [q_r; k_r; v_r]; the whole is [q_0..q_n; k_0..; v_0..] */
-    const int64_t hd = c->a.head_dim, qr = (int64_t)c->a.n_heads * hd / c->tp, kr = (int64_t)c->a.n_kv_heads * hd / c->tp;
     for (int r = 0; r < n; r++)
         for (int64_t i = 0; i < ps[r].rows; i++) {
             int64_t row = i, col0 = 0;
@@ -181,8 +187,8 @@ done:
     return st;
 }
 
-/* rows [r0, r0 + n) of a gathered linear as the mopt tensor `name` */
-static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const char *name) {
+/* rows [r0, r0 + n) of a gathered linear (`src` in the checkpoint) as the mopt tensor `name` */
+static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const char *src, const char *name) {
     mopt_tensor *t = NULL;
     const int64_t cols = p->cols, ng = p->ng ? p->ng : 1;
     if (p->f) {
@@ -198,6 +204,10 @@ static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const 
         }
     } else if (c->algo == TQ_W4A16_AWQ || c->algo == TQ_W8A16) {
         const int32_t gs = c->algo == TQ_W8A16 ? -1 : c->group_size > 0 ? c->group_size : (int32_t)((cols + ng - 1) / ng);
+        if (mopt_qint_n_groups(cols, gs) != ng)
+            return MOPT_FAIL(c->err, MOPT_E_FORMAT,
+                             "%s: %s.weights_scaling_factor has %lld groups per row, but quantization.group_size %d over %lld columns needs %lld",
+                             c->dir, src, (long long)ng, gs, (long long)cols, (long long)mopt_qint_n_groups(cols, gs));
         t = mopt_qint_pack(name, n, cols, c->algo == TQ_W8A16 ? 8 : 4, gs, p->v + r0 * cols, p->s + r0 * ng, NULL, NULL, c->err);
     } else if (c->algo == TQ_W8A8) {
         t = mopt_w8a8_pack(name, n, cols, (const int8_t *)(p->v + r0 * cols), p->s + r0, c->err);
@@ -228,7 +238,7 @@ static mopt_status linear(trt *c, const char *base, int is_vec, split_kind split
     for (int k = 0; k < n_names && !st; k++) {
         char name[MOPT_MAX_NAME];
         snprintf(name, sizeof name, "%s.%s", names[k], is_vec ? "bias" : "weight");
-        st = install(c, &all, n_names == 3 ? r0[k] : 0, n_names == 3 ? nr[k] : all.rows, name);
+        st = install(c, &all, n_names == 3 ? r0[k] : 0, n_names == 3 ? nr[k] : all.rows, base, name);
     }
     piece_free(&all);
     return st;
@@ -347,7 +357,7 @@ static mopt_status config(trt *c, const char *file, json_t *cfg) {
     int64_t gs = 128;
     if (json_is_object(q) && (!mopt_json_get_str_opt(q, "quant_algo", &algo, file, err) || !mopt_json_get_int_opt(q, "group_size", &gs, file, err)))
         return MOPT_E_FORMAT;
-    c->group_size = (int32_t)gs;
+    c->group_size = gs > 0 && gs <= (1 << 20) ? (int32_t)gs : 0; /* checked below where the algorithm groups */
     static const struct {
         const char *n;
         tq_algo a;
@@ -360,6 +370,8 @@ static mopt_status config(trt *c, const char *file, json_t *cfg) {
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
                          "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
                          file, algo);
+    if (c->algo == TQ_W4A16_AWQ && (c->group_size == 0 || c->group_size % 32))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization.group_size %lld is not a positive multiple of 32", file, (long long)gs);
     return MOPT_OK;
 }
 

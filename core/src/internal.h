@@ -10,6 +10,10 @@
 
 #define MOPT_FAIL(err, code, ...) mopt_error_set((err), (code), __func__, __VA_ARGS__)
 
+/* Prefixes "path: " to a failure's message unless it already names path, so
+ * every error about a file's contents says which file. */
+void mopt_error_name_file(mopt_error *err, const char *path);
+
 /* --- files ------------------------------------------------------------------ */
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
@@ -31,6 +35,14 @@ int mopt_file_exists(const char *path);
 int mopt_dir_exists(const char *path);
 /* Joins dir and name into out (cap bytes); returns out or NULL when too long. */
 char *mopt_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* --- plugins --------------------------------------------------------------- */
+
+#define MOPT_MAX_PASS_OPTS 256
+struct mopt_pass_desc;
+/* Checks a pass descriptor's kind and option schema (names, types, choices,
+ * defaults) before anything uses it. */
+mopt_status mopt_pass_desc_check(const struct mopt_pass_desc *pass, mopt_error *err);
 
 /* Checked multiply for sizes; returns 0 on overflow. */
 int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out);

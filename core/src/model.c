@@ -100,6 +100,7 @@ mopt_model *mopt_model_load(const char *path, const char *tokenizer_path, mopt_e
                        mopt_tokenizer_vocab_size(m->tok), mopt_graph_arch(m->graph)->vocab_size);
     }
     if (st) {
+        if (err && (!tok_path || !strstr(err->msg, tok_path))) mopt_error_name_file(err, path);
         mopt_model_free(m);
         return NULL;
     }

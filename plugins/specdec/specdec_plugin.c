@@ -10,10 +10,13 @@
 
 static mopt_status read_cfg(const mopt_host_api *h, const mopt_options *o, spec_cfg *c, mopt_error *err) {
     const char *k = h->opt_string(o, "k");
+    memset(c, 0, sizeof *c);
     c->adaptive = !strcmp(k, "auto");
-    c->k = c->adaptive ? 8 : atoi(k);
-    if (!c->adaptive && (c->k < 0 || c->k > 64 || (c->k == 0 && strcmp(k, "0"))))
+    char *end = NULL;
+    long v = c->adaptive ? 8 : strtol(k, &end, 10);
+    if (!c->adaptive && (!*k || *end || v < 0 || v > 64))
         return h->error_set(err, MOPT_E_INVALID, "specdec", "k must be 0..64 or auto, got '%s'", k);
+    c->k = (int32_t)v;
     c->lookup_n = (int32_t)h->opt_int(o, "lookup");
     c->temperature = (float)h->opt_float(o, "temp");
     c->top_p = (float)h->opt_float(o, "top_p");
@@ -81,7 +84,7 @@ static void rig_close(const mopt_host_api *h, rig *r) {
 static mopt_status run_generate(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                                 mopt_report *report, mopt_error *err) {
     spec_cfg cfg;
-    rig r;
+    rig r = {0}; /* closed even when the options are refused before it opens */
     mopt_status st = read_cfg(h, o, &cfg, err);
     if (!st) st = rig_open(h, ctx, g, o, &r, err);
     const mopt_tokenizer *tok = st ? NULL : h->model_tokenizer(h->ctx_model(ctx));
@@ -128,7 +131,7 @@ static mopt_status run_generate(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt
 static mopt_status run_eval(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                             mopt_report *report, mopt_error *err) {
     spec_cfg cfg, plain;
-    rig r;
+    rig r = {0}; /* closed even when the options are refused before it opens */
     mopt_status st = read_cfg(h, o, &cfg, err);
     if (!st) st = rig_open(h, ctx, g, o, &r, err);
     if (!st && cfg.k == 0) st = h->error_set(err, MOPT_E_INVALID, "eval.specdec", "needs draft=MODEL or lookup=N");
@@ -143,6 +146,7 @@ static mopt_status run_eval(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_gra
     double plain_wall = 0, spec_wall = 0;
     int64_t prompts = 0, identical = 0;
     int32_t *a = malloc((size_t)N * sizeof *a), *b = malloc((size_t)N * sizeof *b);
+    if (!st && (!a || !b)) st = h->error_set(err, MOPT_E_NOMEM, "eval.specdec", "out of memory");
     for (char *line = text, *next; !st && line && *line; line = next) {
         next = strchr(line, '\n');
         size_t ll = next ? (size_t)(next - line) : strlen(line);

@@ -1,0 +1,56 @@
+/* Finds fields of a GGUF file in memory, for tests that patch one field the
+ * way a hostile or broken file would (layout: ggml docs/gguf.md). */
+#ifndef MOPT_TEST_GGUF_WALK_H
+#define MOPT_TEST_GGUF_WALK_H
+
+#include <stdint.h>
+#include <string.h>
+
+static inline uint64_t gw_u64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* the size of a value of GGUF type t at p (arrays and strings included) */
+static inline size_t gw_value_size(const unsigned char *p, uint32_t t) {
+    static const size_t sz[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    if (t == 8) return 8 + (size_t)gw_u64(p);
+    if (t == 9) {
+        uint32_t at;
+        memcpy(&at, p, 4);
+        uint64_t n = gw_u64(p + 4);
+        size_t off = 12;
+        for (uint64_t i = 0; i < n; i++) off += gw_value_size(p + off, at);
+        return off;
+    }
+    return t < 13 ? sz[t] : 0;
+}
+
+/* Offset of the type field (u32, followed by the u64 data offset) of tensor
+ * `name`'s info, or 0 when there is no such tensor. Trusts the file: tests
+ * only walk files mopt wrote. */
+static inline size_t gguf_tensor_type_offset(const unsigned char *d, const char *name) {
+    uint64_t n_t = gw_u64(d + 8), n_kv = gw_u64(d + 16);
+    size_t p = 24;
+    for (uint64_t i = 0; i < n_kv; i++) {
+        p += 8 + (size_t)gw_u64(d + p);
+        uint32_t t;
+        memcpy(&t, d + p, 4);
+        p += 4;
+        p += gw_value_size(d + p, t);
+    }
+    for (uint64_t i = 0; i < n_t; i++) {
+        uint64_t len = gw_u64(d + p);
+        int hit = len == strlen(name) && !memcmp(d + p + 8, name, len);
+        p += 8 + (size_t)len;
+        uint32_t nd;
+        memcpy(&nd, d + p, 4);
+        p += 4 + 8 * (size_t)nd;
+        if (hit) return p;
+        p += 12;
+    }
+    return 0;
+}
+
+#endif
