@@ -1,6 +1,7 @@
 /* Plugin loading, option schemas and pipelines: every error path with its message. */
 #include <math.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "mopt/plugin.h"
 #include "testutil.h"
@@ -76,6 +77,108 @@ static void test_unloadable_file_names_ldd(void **s) {
     mopt_registry *r = registry(dir);
     assert_true(has_problem(r, "libmopt-broken.so: cannot load", "ldd"));
     mopt_registry_free(r);
+}
+
+static void test_bad_descriptor_fields_are_refused_one_by_one(void **s) {
+    mopt_registry *r = registry(MOPT_FIXTURES "/baddesc");
+    assert_true(has_problem(r, "baddesc.null_opts: n_opts is 1000 but opts is NULL", "skipped"));
+    assert_true(has_problem(r, "baddesc.no_choices: enum option 'mode' needs 1..64 choices", NULL));
+    assert_true(has_problem(r, "baddesc.bad_default: option 'count' expects an int, got 'many' (its own default)", NULL));
+    assert_true(has_problem(r, "baddesc.nameless: option 0 has no name", NULL));
+    assert_true(has_problem(r, "baddesc.bad_type: option 't' has unknown type 77", NULL));
+    assert_true(has_problem(r, "baddesc.bad_kind: kind 9", NULL));
+    assert_true(has_problem(r, "pass descriptor 6 is incomplete", NULL));
+    for (const char *const *n = (const char *const[]){"baddesc.null_opts", "baddesc.no_choices", "baddesc.bad_default",
+                                                       "baddesc.nameless", "baddesc.bad_type", "baddesc.bad_kind", NULL};
+         *n; n++)
+        assert_null(mopt_registry_find(r, *n));
+    /* the sound pass still loads, and describe/pipeline work on every pass that loaded */
+    assert_non_null(mopt_registry_find(r, "baddesc.ok"));
+    for (int32_t i = 0; i < mopt_registry_n_passes(r); i++) {
+        mopt_error err = {0};
+        char *t = mopt_registry_describe(r, mopt_registry_pass(r, i)->name, &err);
+        assert_non_null(t);
+        free(t);
+    }
+    mopt_pipeline *p = mopt_pipeline_new(r);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_parse(p, "baddesc.ok<x=3>", &err), MOPT_OK);
+    mopt_pipeline_free(p);
+    mopt_registry_free(r);
+}
+
+/* Runs `mopt plugins` with MOPT_PLUGIN_PATH=dir under a time limit; returns its exit status. */
+static int plugins_cli(const char *dir, const char *extra, char *out, size_t cap) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "MOPT_PLUGIN_PATH='%s' timeout 20 '%s' plugins %s 2>&1", dir, MOPT_CLI, extra);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = 0;
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void test_fifo_in_plugin_folder_is_skipped_without_hanging(void **s) {
+    char dir[1024], path[1200], out[8192];
+    test_tmpdir(dir, sizeof dir, "fifo");
+    snprintf(path, sizeof path, "%s/libmopt-x.so", dir);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    assert_int_equal(plugins_cli(dir, "", out, sizeof out), 0); /* 124 would be the timeout */
+    assert_non_null(strstr(out, "libmopt-x.so: not a regular file"));
+}
+
+static void copy_plugin(const char *from, const char *dir, const char *name, char *path, size_t cap) {
+    char cmd[4096];
+    snprintf(path, cap, "%s/%s", dir, name);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, path);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_world_writable_or_foreign_plugin_is_refused(void **s) {
+    char dir[1024], path[1200];
+    test_tmpdir(dir, sizeof dir, "perms");
+    copy_plugin(MOPT_FIXTURES "/good/libmopt-good.so", dir, "libmopt-good.so", path, sizeof path);
+    assert_int_equal(chmod(path, 0666), 0);
+    mopt_registry *r = registry(dir);
+    assert_true(has_problem(r, "libmopt-good.so: refused: it is world-writable", NULL));
+    assert_null(mopt_registry_find(r, "good.types"));
+    mopt_registry_free(r);
+    assert_int_equal(chmod(path, 0755), 0);
+    if (geteuid() == 0) { /* only root can give a file away */
+        assert_int_equal(chown(path, 65534, 65534), 0);
+        r = registry(dir);
+        assert_true(has_problem(r, "refused: it is owned by uid 65534", NULL));
+        assert_null(mopt_registry_find(r, "good.types"));
+        mopt_registry_free(r);
+    } else {
+        fprintf(stderr, "note: not root, so the foreign-owner case is not exercised\n");
+    }
+}
+
+static void test_plugin_hiding_a_builtin_is_an_error_unless_overridden(void **s) {
+    char dir[1024], path[1200], out[8192];
+    test_tmpdir(dir, sizeof dir, "shadow");
+    /* a second copy of the built-in eval plugin: a clash by plugin name */
+    copy_plugin(MOPT_BINARY_DIR "/../lib/mopt/libmopt-eval.so", dir, "libmopt-eval.so", path, sizeof path);
+    mopt_error err = {0};
+    assert_null(mopt_registry_new(dir, &err));
+    CHECK_ERR(err, MOPT_E_INVALID, "plugin eval from ");
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "lib/mopt/libmopt-eval.so"));
+    assert_non_null(strstr(err.msg, "--allow-override"));
+    mopt_registry *r = mopt_registry_open(dir, MOPT_REGISTRY_ALLOW_OVERRIDE, &err);
+    assert_non_null(r);
+    assert_true(has_problem(r, "plugin eval from", "overrides the built-in one"));
+    for (int32_t i = 0; i < mopt_registry_n_plugins(r); i++)
+        if (!strcmp(mopt_registry_plugin(r, i).name, "eval")) assert_string_equal(mopt_registry_plugin(r, i).path, path);
+    mopt_registry_free(r);
+    /* a plugin of another name declaring a built-in pass: the same, through the CLI */
+    assert_int_equal(plugins_cli(MOPT_FIXTURES "/shadow", "", out, sizeof out), 2);
+    assert_non_null(strstr(out, "pass eval.perplexity from " MOPT_FIXTURES "/shadow/libmopt-shadow.so clashes with the built-in one"));
+    assert_null(strchr(strchr(out, '\n') + 1, '\n')); /* one line */
+    assert_int_equal(plugins_cli(MOPT_FIXTURES "/shadow", "--allow-override", out, sizeof out), 0);
+    assert_non_null(strstr(out, "overrides the built-in one"));
 }
 
 /* --- options ------------------------------------------------------------------- */
@@ -236,6 +339,10 @@ int main(void) {
         cmocka_unit_test(test_failing_init_is_refused_with_its_reason),
         cmocka_unit_test(test_same_plugin_twice_keeps_the_first),
         cmocka_unit_test(test_unloadable_file_names_ldd),
+        cmocka_unit_test(test_bad_descriptor_fields_are_refused_one_by_one),
+        cmocka_unit_test(test_fifo_in_plugin_folder_is_skipped_without_hanging),
+        cmocka_unit_test(test_world_writable_or_foreign_plugin_is_refused),
+        cmocka_unit_test(test_plugin_hiding_a_builtin_is_an_error_unless_overridden),
         cmocka_unit_test(test_option_errors_name_pass_and_key),
         cmocka_unit_test(test_typed_options_from_lua_style_values),
         cmocka_unit_test(test_text_pipeline_parses_and_runs_in_order),

@@ -47,7 +47,10 @@ int cmd_pipeline(int argc, char **argv);
  * name, or NULL with err set for an unknown format. */
 const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err);
 
-/* Loads the plugin registry, printing load problems as warnings; NULL on failure. */
-mopt_registry *cli_registry(void);
+/* Loads the plugin registry, printing load problems as warnings; NULL (and the
+ * exit code in *rc) on failure. */
+mopt_registry *cli_registry(int *rc);
+/* MOPT_REGISTRY_ALLOW_OVERRIDE when --allow-override was given. */
+extern uint32_t cli_registry_flags;
 
 #endif

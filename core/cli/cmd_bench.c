@@ -44,8 +44,9 @@ int cmd_bench(int argc, char **argv) {
     if (optind != argc - 1) return cli_usage_error("bench", "expected exactly one MODEL");
     if (!cli_parse_int(gen, 1, 1 << 20, &v) || !cli_parse_int(runs, 1, 10000, &v) || !cli_parse_int(warm, 0, 100, &v))
         return cli_usage_error("bench", "--gen, --runs and --warmup expect integers");
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     int rc = EXIT_OK;
     mopt_model *m = NULL;

@@ -67,8 +67,9 @@ int cmd_eval(int argc, char **argv) {
     if (!data_path) return cli_usage_error("eval", "--data FILE is required");
 
     double t0 = cli_now();
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     int rc = EXIT_OK;
     mopt_model *m = NULL;

@@ -53,8 +53,9 @@ int cmd_export(int argc, char **argv) {
     }
     if (optind != argc - 1) return cli_usage_error("export", "expected exactly one MODEL");
     if (!out) return cli_usage_error("export", "-o DIR is required");
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     int rc = EXIT_OK;
     mopt_model *m = NULL;

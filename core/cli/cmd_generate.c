@@ -31,8 +31,9 @@ static void help(void) {
 static int cli_speculate(const char *model, const char *tok_path, const char *prompt, long long n, double temp,
                          double top_p, long long seed, long long threads, const char *draft, const char *k,
                          long long lookup, const char *stats_json) {
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     int rc = EXIT_OK;
     char num[64];

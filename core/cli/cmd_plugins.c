@@ -6,11 +6,11 @@
 
 #include "cli.h"
 
-mopt_registry *cli_registry(void) {
+mopt_registry *cli_registry(int *rc) {
     mopt_error err = {0};
-    mopt_registry *r = mopt_registry_new(NULL, &err);
+    mopt_registry *r = mopt_registry_open(NULL, cli_registry_flags, &err);
     if (!r) {
-        cli_fail(&err);
+        *rc = cli_fail(&err);
         return NULL;
     }
     for (int32_t i = 0; i < mopt_registry_n_problems(r); i++)
@@ -26,8 +26,9 @@ int cmd_plugins(int argc, char **argv) {
         return EXIT_OK;
     }
     if (argc > 1 && !as_json) return cli_usage_error("plugins", "unknown argument '%s'", argv[1]);
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     if (as_json) {
         json_t *root = json_object(), *list = json_array(), *probs = json_array();
         for (int32_t i = 0; i < mopt_registry_n_plugins(r); i++) {
@@ -75,8 +76,9 @@ int cmd_describe(int argc, char **argv) {
         printf("usage: mopt describe PASS\n\nPrints a pass's options with their types, defaults and ranges.\n");
         return EXIT_OK;
     }
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     char *text = mopt_registry_describe(r, argv[1], &err);
     int rc = text ? EXIT_OK : cli_fail(&err);

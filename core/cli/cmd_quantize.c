@@ -127,8 +127,9 @@ int cmd_quantize(int argc, char **argv) {
     if (pr) return pr;
     char pass[64];
     snprintf(pass, sizeof pass, "quant.%s", a.method);
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     int rc = EXIT_OK;
     mopt_model *m = NULL, *base = NULL;

@@ -17,8 +17,9 @@ int cmd_run(int argc, char **argv) {
                "Exit status 3 when a pipeline the script ran failed a gate (eval.gate).\n");
         return EXIT_OK;
     }
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     const char *q = getenv("MOPT_QUIET");
     char *tb = NULL;
     int32_t gates_failed = 0;
@@ -64,8 +65,9 @@ int cmd_pipeline(int argc, char **argv) {
         }
     }
     if (optind != argc - 2) return cli_usage_error("pipeline", "expected a pipeline text and a MODEL");
-    mopt_registry *r = cli_registry();
-    if (!r) return EXIT_RUNTIME;
+    int rrc;
+    mopt_registry *r = cli_registry(&rrc);
+    if (!r) return rrc;
     mopt_error err = {0};
     int rc = EXIT_OK;
     mopt_model *m = NULL;

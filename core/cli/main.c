@@ -26,12 +26,23 @@ static void usage(FILE *f) {
     fprintf(f, "usage: mopt <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nMODEL is a Hugging Face directory (config.json + *.safetensors) or a llama2.c .bin.\n"
+    fprintf(f, "\nMODEL is a Hugging Face or TensorRT-LLM directory, a GGUF file or a llama2.c .bin.\n"
                "Run 'mopt <command> --help' for a command's options.\n"
+               "--allow-override (any command) lets a plugin on MOPT_PLUGIN_PATH replace a built-in one.\n"
                "Exit status: 0 success, 1 runtime failure, 2 bad usage or bad input, 3 a gate failed.\n");
 }
 
+uint32_t cli_registry_flags;
+
 int main(int argc, char **argv) {
+    /* --allow-override may stand anywhere: it only changes how plugins load */
+    int kept = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--allow-override")) cli_registry_flags |= MOPT_REGISTRY_ALLOW_OVERRIDE;
+        else argv[kept++] = argv[i];
+    }
+    argc = kept;
+    argv[argc] = NULL;
     if (argc < 2) {
         usage(stderr);
         return EXIT_USAGE;

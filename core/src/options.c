@@ -219,6 +219,35 @@ static mopt_status convert(const mopt_pass_desc *pass, const mopt_opt_spec *sp, 
     return MOPT_OK;
 }
 
+/* A plugin's schema is data from a shared object: every field is checked once,
+ * when the plugin loads, so option handling never meets a NULL or a bad count. */
+mopt_status mopt_pass_desc_check(const mopt_pass_desc *pass, mopt_error *err) {
+    if (pass->kind > MOPT_PASS_EXPORT) return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: kind %u is not transform, analysis or export", pass->name, pass->kind);
+    if (pass->n_opts && !pass->opts) return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: n_opts is %u but opts is NULL", pass->name, pass->n_opts);
+    if (pass->n_opts > MOPT_MAX_PASS_OPTS) return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: %u options (at most %d)", pass->name, pass->n_opts, MOPT_MAX_PASS_OPTS);
+    for (uint32_t k = 0; k < pass->n_opts; k++) {
+        const mopt_opt_spec *sp = &pass->opts[k];
+        if (!sp->name || !*sp->name || strlen(sp->name) > 64)
+            return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: option %u has no name (or one over 64 bytes)", pass->name, k);
+        for (uint32_t j = 0; j < k; j++)
+            if (!strcmp(pass->opts[j].name, sp->name)) return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: option '%s' is declared twice", pass->name, sp->name);
+        if (sp->type > MOPT_OPT_DATASET) return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: option '%s' has unknown type %u", pass->name, sp->name, sp->type);
+        if (sp->type == MOPT_OPT_ENUM) {
+            int n = 0;
+            for (const char *const *c = sp->choices; c && *c && n <= 64; c++) n++;
+            if (n == 0 || n > 64) return MOPT_FAIL(err, MOPT_E_ABI, "pass %s: enum option '%s' needs 1..64 choices", pass->name, sp->name);
+        }
+        if (sp->default_value) { /* a default the schema itself rejects would fail every run */
+            opt_val d = {0};
+            mopt_error e = {0};
+            mopt_status st = convert(pass, sp, NULL, sp->default_value, &d, &e);
+            val_clear(&d);
+            if (st) return MOPT_FAIL(err, MOPT_E_ABI, "%s (its own default)", e.msg);
+        }
+    }
+    return MOPT_OK;
+}
+
 mopt_options *mopt_options_validate(const mopt_pass_desc *pass, const mopt_options *raw, mopt_error *err) {
     /* unknown keys first, listing the valid ones */
     for (int32_t i = 0; raw && i < raw->n; i++) {

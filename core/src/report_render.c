@@ -15,48 +15,7 @@
 
 #include "internal.h"
 #include "report_impl.h"
-
-/* --- a growable string -------------------------------------------------------------- */
-
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    if (b->oom) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (k < 0) return;
-        if (b->s && b->n + (size_t)k < b->cap) {
-            b->n += (size_t)k;
-            return;
-        }
-        size_t nc = (b->cap ? b->cap * 2 : 4096) + (size_t)k;
-        char *p = realloc(b->s, nc);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->s = p;
-        b->cap = nc;
-    }
-}
-
-static void sb_html(sbuf *b, const char *t) { /* escaped text */
-    for (; t && *t; t++) {
-        if (*t == '<') sb_printf(b, "&lt;");
-        else if (*t == '>') sb_printf(b, "&gt;");
-        else if (*t == '&') sb_printf(b, "&amp;");
-        else if (*t == '"') sb_printf(b, "&quot;");
-        else sb_printf(b, "%c", *t);
-    }
-}
+#include "strbuf.h"
 
 static mopt_status write_atomic(const char *dir, const char *name, const char *data, size_t n, mopt_error *err) {
     char path[4096], tmp[4200];

@@ -25,9 +25,17 @@ typedef struct mopt_plugin_info {
 } mopt_plugin_info;
 
 /* Loads every plugin found on $MOPT_PLUGIN_PATH (colon-separated), then in the
- * plugin folder beside the library (build/lib/mopt, <prefix>/lib/mopt).
- * `extra_dirs` (colon-separated, may be NULL) is searched first. Plugins that
- * fail to load are skipped and their errors kept (mopt_registry_problem). */
+ * plugin folder beside the library (build/lib/mopt, <prefix>/lib/mopt: the
+ * built-in plugins). `extra_dirs` (colon-separated, may be NULL) is searched
+ * first. Plugins that fail to load are skipped and their errors kept
+ * (mopt_registry_problem). Only regular files that are not world-writable and
+ * are owned by the user or root are loaded. A plugin or pass that has the name
+ * of a built-in one is an error naming both files (NULL is returned), unless
+ * flags has MOPT_REGISTRY_ALLOW_OVERRIDE: then it replaces the built-in one
+ * and a problem line says so. */
+enum { MOPT_REGISTRY_ALLOW_OVERRIDE = 1u << 0 };
+MOPT_API mopt_registry *mopt_registry_open(const char *extra_dirs, uint32_t flags, mopt_error *err);
+/* mopt_registry_open(extra_dirs, 0, err) */
 MOPT_API mopt_registry *mopt_registry_new(const char *extra_dirs, mopt_error *err);
 /* Calls each plugin's fini and unloads it. Free pipelines and reports first. */
 MOPT_API void mopt_registry_free(mopt_registry *r);
