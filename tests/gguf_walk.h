@@ -27,6 +27,44 @@ static inline size_t gw_value_size(const unsigned char *p, uint32_t t) {
     return t < 13 ? sz[t] : 0;
 }
 
+/* Offset of key/value `key`'s value (after its u32 type), or 0. */
+static inline size_t gguf_kv_value_offset(const unsigned char *d, const char *key) {
+    uint64_t n_kv = gw_u64(d + 16);
+    size_t p = 24;
+    for (uint64_t i = 0; i < n_kv; i++) {
+        uint64_t len = gw_u64(d + p);
+        int hit = len == strlen(key) && !memcmp(d + p + 8, key, len);
+        p += 8 + (size_t)len;
+        uint32_t t;
+        memcpy(&t, d + p, 4);
+        p += 4;
+        if (hit) return p;
+        p += gw_value_size(d + p, t);
+    }
+    return 0;
+}
+
+/* Offset of the name (u64 length, then bytes) of tensor info i, or 0. */
+static inline size_t gguf_tensor_name_offset(const unsigned char *d, uint64_t want) {
+    uint64_t n_t = gw_u64(d + 8), n_kv = gw_u64(d + 16);
+    size_t p = 24;
+    for (uint64_t i = 0; i < n_kv; i++) {
+        p += 8 + (size_t)gw_u64(d + p);
+        uint32_t t;
+        memcpy(&t, d + p, 4);
+        p += 4;
+        p += gw_value_size(d + p, t);
+    }
+    for (uint64_t i = 0; i < n_t; i++) {
+        if (i == want) return p;
+        p += 8 + (size_t)gw_u64(d + p);
+        uint32_t nd;
+        memcpy(&nd, d + p, 4);
+        p += 4 + 8 * (size_t)nd + 12;
+    }
+    return 0;
+}
+
 /* Offset of the type field (u32, followed by the u64 data offset) of tensor
  * `name`'s info, or 0 when there is no such tensor. Trusts the file: tests
  * only walk files mopt wrote. */

@@ -32,17 +32,7 @@ static void run_free(run_result *r) {
     free(r->err);
 }
 
-/* exit 2 and exactly one line on stderr mentioning `substr` */
-static void expect_usage_error(const char *args, const char *substr) {
-    run_result r = run(args);
-    fprintf(stderr, "  mopt %s\n    -> %d: %s", args, r.code, r.err);
-    assert_int_equal(r.code, 2);
-    assert_non_null(strstr(r.err, substr));
-    char *nl = strchr(r.err, '\n');
-    assert_non_null(nl);
-    assert_int_equal(nl[1], '\0');
-    run_free(&r);
-}
+static void expect_usage_error(const char *args, const char *substr) { test_cli_refuses(args, 2, substr, NULL); }
 
 static void test_generate_stories260k_prints_llama2c_sample(void **s) {
     REQUIRE_SHARED();
@@ -162,6 +152,18 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error(args, "impossible llama2.c header");
 }
 
+static void test_threads_above_the_cores_are_capped_with_a_warning(void **s) {
+    REQUIRE_SHARED();
+    char args[4096];
+    snprintf(args, sizeof args, "eval '%s/models/lit-gpt2-1m' --data '%s/data/lit-val.txt' --limit-tokens 600 --threads 100000 --quiet",
+             test_shared_dir(), test_shared_dir());
+    run_result r = run(args);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.err, "warning: --threads 100000 exceeds the"));
+    assert_non_null(strstr(r.out, "ppl "));
+    run_free(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_stories260k_prints_llama2c_sample),
@@ -169,6 +171,7 @@ int main(void) {
         cmocka_unit_test(test_tokenize_json_and_eval_json),
         cmocka_unit_test(test_info_json_reports_parameters),
         cmocka_unit_test(test_bad_inputs_exit_2_with_one_line),
+        cmocka_unit_test(test_threads_above_the_cores_are_capped_with_a_warning),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

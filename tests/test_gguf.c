@@ -240,6 +240,45 @@ static void test_patched_tensor_types_are_refused(void **s) {
     free(d);
 }
 
+/* Metadata the weights or the vocabulary contradict. */
+static void test_inconsistent_gguf_metadata_is_refused(void **s) {
+    REQUIRE_SHARED();
+    char path[1400], bad[1400];
+    snprintf(path, sizeof path, "%s/t.gguf", dir); /* written by test_patched_tensor_types_are_refused */
+    snprintf(bad, sizeof bad, "%s/meta.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(path, &n), *c = malloc(n);
+    assert_non_null(d);
+    static const struct {
+        const char *key;
+        uint32_t value;
+        const char *msg;
+    } cases[] = {{"tokenizer.ggml.bos_token_id", 512, "tokenizer.ggml.bos_token_id 512 is outside the vocabulary of 512"},
+                 {"tokenizer.ggml.eos_token_id", 70000, "tokenizer.ggml.eos_token_id 70000 is outside the vocabulary"},
+                 {"llama.block_count", 4, "tensor blk.4.attn_norm.weight is not used by a llama model of 4 layers"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        memcpy(c, d, n);
+        size_t at = gguf_kv_value_offset(c, cases[i].key);
+        assert_true(at > 0);
+        memcpy(c + at, &cases[i].value, 4); /* u32 values */
+        write_file(bad, c, n);
+        mopt_error err = {0};
+        assert_null(mopt_model_load(bad, NULL, &err));
+        CHECK_ERR(err, MOPT_E_FORMAT, cases[i].msg);
+    }
+    /* a tensor of no llama model: renamed in place (same length) */
+    memcpy(c, d, n);
+    size_t at = gguf_tensor_name_offset(c, 1); /* not token_embd, which the metadata reading needs first */
+    assert_true(at > 0 && gw_u64(c + at) >= 5);
+    memcpy(c + at + 8, "zzzzz", 5);
+    write_file(bad, c, n);
+    mopt_error err = {0};
+    assert_null(mopt_model_load(bad, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "is not part of a llama model");
+    free(c);
+    free(d);
+}
+
 static void test_gguf_mutations_fail_cleanly(void **s) {
     REQUIRE_SHARED();
     mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
@@ -306,6 +345,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
         cmocka_unit_test(test_patched_tensor_types_are_refused),
+        cmocka_unit_test(test_inconsistent_gguf_metadata_is_refused),
         cmocka_unit_test(test_gguf_mutations_fail_cleanly),
         cmocka_unit_test(test_cli_quantize_to_gguf_and_eval),
     };

@@ -189,6 +189,72 @@ static void test_bad_quantized_checkpoints_are_refused(void **s) {
     CHECK_ERR(err, MOPT_E_FORMAT, "no quantization_config");
 }
 
+/* Sets quantization_config.config_groups.<first>.weights[key] (or input_activations[key]). */
+static void corrupt_scheme(const char *dir, const char *part, const char *key, json_t *value) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_t *groups = json_object_get(json_object_get(j, "quantization_config"), "config_groups");
+    const char *k;
+    json_t *g, *target = NULL;
+    json_object_foreach(groups, k, g) if (!target) target = json_object_get(g, part);
+    assert_non_null(target);
+    if (value) json_object_set_new(target, key, value);
+    else json_object_del(target, key);
+    assert_int_equal(json_dump_file(j, path, 0), 0);
+    json_decref(j);
+}
+
+/* compressed-tensors schemes mopt would read wrongly are refused, not guessed at. */
+static void test_compressed_tensors_schemes_mopt_cannot_read_are_refused(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], text[2400], path[1200];
+    test_tmpdir(dir, sizeof dir, "ct-bad");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128>,export.hf<out=%s;format=compressed-tensors>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    mopt_error err = {0};
+    static const struct {
+        const char *part, *key, *json, *msg;
+    } cases[] = {{"weights", "strategy", "\"block\"", "weights.strategy \"block\" is not supported"},
+                 {"weights", "type", "\"mxfp\"", "weights.type \"mxfp\" is not supported"},
+                 {"weights", "group_size", "0", "weights.group_size 0 is not a usable group size"},
+                 {"weights", "group_size", "1099511627776", "weights.group_size 1099511627776 is not a usable group size"},
+                 {"weights", "group_size", "null", "strategy is \"group\" but group_size is not set"},
+                 {"weights", "num_bits", "16", "num_bits 16 is not supported"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_error_t je;
+        json_t *v = json_loads(cases[i].json, JSON_DECODE_ANY, &je);
+        snprintf(path, sizeof path, "%s/config.json", out);
+        json_t *orig = json_load_file(path, 0, &je);
+        corrupt_scheme(out, cases[i].part, cases[i].key, v);
+        assert_null(mopt_model_load(out, NULL, &err));
+        assert_true(err.code == MOPT_E_FORMAT || err.code == MOPT_E_UNSUPPORTED);
+        CHECK_ERR(err, err.code, cases[i].msg);
+        assert_int_equal(json_dump_file(orig, path, 0), 0); /* restore */
+        json_decref(orig);
+    }
+    /* an asymmetric scheme whose zero points are gone */
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "python3 - '%s/model.safetensors' <<'PY'\n"
+                              "import json,struct,sys\n"
+                              "p=sys.argv[1]; d=open(p,'rb').read(); n=struct.unpack('<Q',d[:8])[0]; h=json.loads(d[8:8+n])\n"
+                              "for k in list(h):\n"
+                              "    if k.endswith('.weight_zero_point'): h[k.replace('weight_zero_point','zp_renamed')]=h.pop(k)\n"
+                              "b=json.dumps(h).encode(); b+=b' '*((8-len(b)%%8)%%8)\n"
+                              "open(p,'wb').write(struct.pack('<Q',len(b))+b+d[8+n:])\n"
+                              "PY",
+             out);
+    assert_int_equal(system(cmd), 0);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "asymmetric (symmetric: false) but");
+    assert_non_null(strstr(err.msg, "weight_zero_point is missing"));
+}
+
 static void test_quantize_cli_writes_the_checkpoint(void **s) {
     REQUIRE_SHARED();
     char dir[1024], cmd[8192];
@@ -228,6 +294,7 @@ int main(void) {
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_formats_refuse_what_they_cannot_hold),
         cmocka_unit_test(test_bad_quantized_checkpoints_are_refused),
+        cmocka_unit_test(test_compressed_tensors_schemes_mopt_cannot_read_are_refused),
         cmocka_unit_test(test_quantize_cli_writes_the_checkpoint),
     };
     return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);

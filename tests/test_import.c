@@ -190,6 +190,108 @@ static void test_unsupported_rope_scaling_is_refused(void **s) {
     CHECK_ERR(err, MOPT_E_UNSUPPORTED, "yarn");
 }
 
+/* Writes a safetensors file byte by byte: a header as given (padded to 8), then n data bytes. */
+static void st_raw(const char *path, const char *header, size_t n) {
+    size_t hl = strlen(header), padded = (hl + 7) / 8 * 8;
+    unsigned char *b = calloc(1, 8 + padded + n);
+    uint64_t h64 = padded;
+    memcpy(b, &h64, 8);
+    memcpy(b + 8, header, hl);
+    memset(b + 8 + hl, ' ', padded - hl);
+    write_file(path, b, 8 + padded + n);
+    free(b);
+}
+
+/* The data region must be indexed whole and once, each tensor aligned to its
+ * elements, as the reference reader requires: otherwise two readers could see
+ * two different models in one file. */
+static void test_safetensors_offsets_must_tile_the_data_region(void **s) {
+    char dir[1024], path[1200];
+    test_tmpdir(dir, sizeof dir, "tile");
+    tiny_write(dir, TINY_CONFIG, NULL, NULL);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    static const struct {
+        const char *header;
+        size_t n;
+        const char *msg;
+    } cases[] = {
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+         "overlap tensor"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12,
+         "overlap tensor"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "leaving bytes 0..8 unindexed"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 24, "the tensors index 8 data bytes but the file holds 24"},
+        {"{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[2,10]}}", 10,
+         "tensor b: data offset 2 is not a multiple of its 4-byte elements"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        st_raw(path, cases[i].header, cases[i].n);
+        mopt_error err = load_fail(dir);
+        CHECK_ERR(err, MOPT_E_FORMAT, cases[i].msg);
+        assert_non_null(strstr(err.msg, "model.safetensors"));
+    }
+}
+
+/* Writes the tiny model plus `extra` tensors of one float each (and maybe a config). */
+static void tiny_write_extra(const char *dir, const char *config, const char *const *extra) {
+    tiny_write(dir, config, NULL, NULL);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/extra.safetensors", dir);
+    static const float one = 1.0f;
+    st_item items[4];
+    int n = 0;
+    for (; extra[n]; n++) items[n] = (st_item){extra[n], "F32", 1, {1}, &one, sizeof one};
+    st_write(path, items, n, NULL);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir); /* both files load: no index, no model.safetensors */
+    char moved[1300];
+    snprintf(moved, sizeof moved, "%s/a.safetensors", dir);
+    assert_int_equal(rename(path, moved), 0);
+}
+
+static void test_tensors_the_architecture_does_not_use_are_refused(void **s) {
+    char dir[1024];
+    test_tmpdir(dir, sizeof dir, "unused");
+    tiny_write_extra(dir, TINY_CONFIG, (const char *const[]){"model.layers.1.mlp.up_proj.weight", NULL});
+    mopt_error err = load_fail(dir);
+    CHECK_ERR(err, MOPT_E_FORMAT, "tensor model.layers.1.mlp.up_proj.weight is not used by a llama model of 1 layers");
+    tiny_write_extra(dir, TINY_CONFIG, (const char *const[]){"vision_tower.proj.weight", NULL});
+    err = load_fail(dir);
+    CHECK_ERR(err, MOPT_E_FORMAT, "tensor vision_tower.proj.weight is not used");
+    /* buffers older transformers saved are not weights: dropped, not refused */
+    tiny_write_extra(dir, TINY_CONFIG, (const char *const[]){"model.layers.0.self_attn.rotary_emb.inv_freq", NULL});
+    mopt_model *m = mopt_model_load(dir, NULL, &err);
+    assert_non_null(m);
+    assert_null(mopt_graph_find_tensor(mopt_model_graph(m), "model.layers.0.self_attn.rotary_emb.inv_freq"));
+    mopt_model_free(m);
+}
+
+/* Writes the tiny model with `key` set to the JSON value text in its config. */
+static void tiny_write_with(const char *dir, const char *key, const char *value) {
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg, "%.*s, \"%s\": %s}", (int)(strrchr(TINY_CONFIG, '}') - TINY_CONFIG), TINY_CONFIG, key, value);
+    char *dup = strstr(cfg, "\"rms_norm_eps\": 1e-5,"); /* a key given twice is a JSON error: drop the default one */
+    if (!strcmp(key, "rms_norm_eps") && dup) memset(dup, ' ', strlen("\"rms_norm_eps\": 1e-5,"));
+    tiny_write(dir, cfg, NULL, NULL);
+}
+
+static void test_absurd_config_numbers_are_refused(void **s) {
+    char dir[1024];
+    test_tmpdir(dir, sizeof dir, "absurd");
+    static const char *const eps[] = {"0", "-1e-5", "5", "1e300"};
+    for (size_t i = 0; i < sizeof eps / sizeof *eps; i++) {
+        tiny_write_with(dir, "rms_norm_eps", eps[i]);
+        mopt_error err = load_fail(dir);
+        CHECK_ERR(err, MOPT_E_FORMAT, "norm epsilon");
+        assert_non_null(strstr(err.msg, "is not in (0, 0.1]"));
+    }
+    tiny_write_with(dir, "bos_token_id", "32");
+    mopt_error err = load_fail(dir);
+    CHECK_ERR(err, MOPT_E_FORMAT, "BOS token id 32 is outside the vocabulary of 32");
+    tiny_write_with(dir, "eos_token_id", "-7");
+    err = load_fail(dir);
+    CHECK_ERR(err, MOPT_E_FORMAT, "EOS token id -7 is outside the vocabulary");
+}
+
 /* --- the real lit model, resharded ------------------------------------------- */
 
 static void test_sharded_checkpoint_and_rope_theta_key_give_identical_logits(void **s) {
@@ -291,6 +393,25 @@ static void test_impossible_llama2c_header_is_refused(void **s) {
     CHECK_ERR(err, MOPT_E_FORMAT, "too short");
 }
 
+static void test_llama2c_file_larger_than_its_header_is_refused(void **s) {
+    REQUIRE_SHARED();
+    char src[1024], dir[1024], path[1200];
+    test_tmpdir(dir, sizeof dir, "l2c-big");
+    size_t n;
+    unsigned char *d = read_whole(test_shared_path(src, sizeof src, "models/stories260K/stories260K.bin"), &n);
+    unsigned char *big = calloc(1, n + 64);
+    memcpy(big, d, n);
+    snprintf(path, sizeof path, "%s/model.bin", dir);
+    write_file(path, big, n + 64);
+    mopt_error err = load_fail(path);
+    CHECK_ERR(err, MOPT_E_FORMAT, "oversized llama2.c checkpoint: the header implies");
+    write_file(path, big, n + 2); /* not even whole floats */
+    err = load_fail(path);
+    CHECK_ERR(err, MOPT_E_FORMAT, "oversized llama2.c checkpoint");
+    free(big);
+    free(d);
+}
+
 static void test_llama2c_checkpoint_maps_weights_without_copying(void **s) {
     REQUIRE_SHARED();
     char path[1024];
@@ -337,6 +458,10 @@ int main(void) {
         cmocka_unit_test(test_malformed_config_reports_line_and_column),
         cmocka_unit_test(test_missing_config_key_is_named),
         cmocka_unit_test(test_unsupported_rope_scaling_is_refused),
+        cmocka_unit_test(test_safetensors_offsets_must_tile_the_data_region),
+        cmocka_unit_test(test_tensors_the_architecture_does_not_use_are_refused),
+        cmocka_unit_test(test_absurd_config_numbers_are_refused),
+        cmocka_unit_test(test_llama2c_file_larger_than_its_header_is_refused),
         cmocka_unit_test(test_sharded_checkpoint_and_rope_theta_key_give_identical_logits),
         cmocka_unit_test(test_impossible_llama2c_header_is_refused),
         cmocka_unit_test(test_llama2c_checkpoint_maps_weights_without_copying),

@@ -60,6 +60,37 @@ static void test_too_few_tokens_for_a_window_is_an_error(void **st) {
     mopt_model_free(m);
 }
 
+/* Weights with NaNs: the perplexity is an error, never a printed "nan" with exit 0. */
+static void test_non_finite_logits_make_perplexity_an_error(void **st) {
+    REQUIRE_SHARED();
+    char dir[1024], cmd[4096], path[1200];
+    test_tmpdir(dir, sizeof dir, "nan");
+    snprintf(cmd, sizeof cmd, "cp '%s/models/lit-gpt2-1m/'* '%s/'", test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    uint64_t hl;
+    memcpy(&hl, d, 8);
+    for (size_t at = 8 + hl; at + 2 <= n; at += 4096) d[at] = 0xc0, d[at + 1] = 0x7f; /* bf16 NaN in every tensor's span */
+    write_file(path, d, n);
+    free(d);
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(dir, NULL, &err);
+    assert_non_null(m);
+    mopt_session *s = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    int32_t ids[16];
+    for (int i = 0; i < 16; i++) ids[i] = 100 + i;
+    mopt_ppl_result r;
+    assert_int_equal(mopt_perplexity(s, ids, 16, 8, NULL, NULL, &r, &err), MOPT_E_RUNTIME);
+    CHECK_ERR(err, MOPT_E_RUNTIME, "window 0 (tokens 0..7): the model's logits are not finite");
+    mopt_session_free(s);
+    mopt_model_free(m);
+    char args[4096];
+    snprintf(args, sizeof args, "eval '%s' --data '%s/data/lit-val.txt' --limit-tokens 1024", dir, test_shared_dir());
+    test_cli_refuses(args, 1, "logits are not finite", NULL);
+}
+
 static void test_strided_windows_score_each_token_once(void **st) {
     REQUIRE_SHARED();
     char path[1024];
@@ -96,6 +127,7 @@ int main(void) {
         cmocka_unit_test(test_lit_gpt2_ppl_matches_reference),
         cmocka_unit_test(test_too_few_tokens_for_a_window_is_an_error),
         cmocka_unit_test(test_strided_windows_score_each_token_once),
+        cmocka_unit_test(test_non_finite_logits_make_perplexity_an_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

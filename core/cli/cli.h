@@ -19,6 +19,8 @@ int cli_exit_code(mopt_status st);
 /* Strict number parsing for option values; false on garbage or range. */
 bool cli_parse_int(const char *s, long long lo, long long hi, long long *out);
 bool cli_parse_float(const char *s, double lo, double hi, double *out);
+/* --threads N: a positive integer, capped at the online cores with a warning line. */
+bool cli_parse_threads(const char *s, long long *out);
 
 /* Writes a JSON value to path atomically (temp file, then rename). */
 mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err);

@@ -48,6 +48,16 @@ bool cli_parse_int(const char *s, long long lo, long long hi, long long *out) {
     return true;
 }
 
+bool cli_parse_threads(const char *s, long long *out) {
+    if (!cli_parse_int(s, 1, 1 << 20, out)) return false;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && *out > cores) { /* more threads than cores only spin against each other */
+        fprintf(stderr, "mopt: warning: --threads %lld exceeds the %ld cores; using %ld\n", *out, cores, cores);
+        *out = cores;
+    }
+    return true;
+}
+
 bool cli_parse_float(const char *s, double lo, double hi, double *out) {
     if (!s || !*s) return false;
     char *end;

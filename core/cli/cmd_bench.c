@@ -29,7 +29,7 @@ int cmd_bench(int argc, char **argv) {
         case 'P': pre = optarg; break;
         case 'q': quiet = 1; break;
         case 'T':
-            if (!cli_parse_int(optarg, 1, 1024, &threads)) return cli_usage_error("bench", "--threads expects 1..1024, got '%s'", optarg);
+            if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("bench", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'h':
             printf("usage: mopt bench MODEL [--prompt-len 128[,512]] [--gen 128] [--runs 5] [--warmup 1] [--text FILE]\n"

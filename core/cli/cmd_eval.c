@@ -55,8 +55,8 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'j': json_path = optarg; break;
         case 'T':
-            if (!cli_parse_int(optarg, 1, 1024, &threads))
-                return cli_usage_error("eval", "--threads expects 1..1024, got '%s'", optarg);
+            if (!cli_parse_threads(optarg, &threads))
+                return cli_usage_error("eval", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'q': quiet = 1; break;
         case 'h': help(); return EXIT_OK;

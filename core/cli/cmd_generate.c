@@ -124,8 +124,8 @@ int cmd_generate(int argc, char **argv) {
                 return cli_usage_error("generate", "--seed expects a non-negative integer, got '%s'", optarg);
             break;
         case 'T':
-            if (!cli_parse_int(optarg, 1, 1024, &threads))
-                return cli_usage_error("generate", "--threads expects 1..1024, got '%s'", optarg);
+            if (!cli_parse_threads(optarg, &threads))
+                return cli_usage_error("generate", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'k': tok_path = optarg; break;
         case 'D': draft = optarg; break;

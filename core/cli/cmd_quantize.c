@@ -98,7 +98,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'e': a->eval = optarg; break;
         case 'r': a->report_path = optarg; break;
         case 'T':
-            if (!cli_parse_int(optarg, 1, 1024, &a->threads)) return cli_usage_error("quantize", "--threads expects 1..1024, got '%s'", optarg);
+            if (!cli_parse_threads(optarg, &a->threads)) return cli_usage_error("quantize", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'q': a->quiet = 1; break;
         case 'o': a->out = optarg; break;

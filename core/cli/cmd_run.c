@@ -50,8 +50,8 @@ int cmd_pipeline(int argc, char **argv) {
         switch (c) {
         case 'j': json_path = optarg; break;
         case 'T':
-            if (!cli_parse_int(optarg, 1, 1024, &threads))
-                return cli_usage_error("pipeline", "--threads expects 1..1024, got '%s'", optarg);
+            if (!cli_parse_threads(optarg, &threads))
+                return cli_usage_error("pipeline", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'q': quiet = 1; break;
         case 'R': report_dir = optarg; break;

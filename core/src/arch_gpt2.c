@@ -37,9 +37,11 @@ static int32_t linear(mopt_builder *b, int32_t in, const char *prefix, int64_t o
     return mopt_builder_node(b, n, (int32_t)out_dim);
 }
 
-mopt_status mopt_arch_build_gpt2(mopt_graph *g, mopt_error *err) {
+mopt_status mopt_arch_build_gpt2(mopt_graph *g, mopt_error *err) { return mopt_arch_build_gpt2_from(g, NULL, err); }
+
+mopt_status mopt_arch_build_gpt2_from(mopt_graph *g, const mopt_build_src *src, mopt_error *err) {
     const mopt_arch *a = mopt_graph_arch(g);
-    mopt_builder b = {g, err, MOPT_OK};
+    mopt_builder b = {g, err, MOPT_OK, src};
     const int64_t D = a->dim, F = a->ffn_dim;
     char p[128], nm[64];
 

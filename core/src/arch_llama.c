@@ -25,9 +25,11 @@ static int32_t linear(mopt_builder *b, int32_t in, const char *wname, const char
     return mopt_builder_node(b, n, (int32_t)out_dim);
 }
 
-mopt_status mopt_arch_build_llama(mopt_graph *g, mopt_error *err) {
+mopt_status mopt_arch_build_llama(mopt_graph *g, mopt_error *err) { return mopt_arch_build_llama_from(g, NULL, err); }
+
+mopt_status mopt_arch_build_llama_from(mopt_graph *g, const mopt_build_src *src, mopt_error *err) {
     const mopt_arch *a = mopt_graph_arch(g);
-    mopt_builder b = {g, err, MOPT_OK};
+    mopt_builder b = {g, err, MOPT_OK, src};
     const int64_t D = a->dim, F = a->ffn_dim, HD = a->head_dim;
     const int64_t QD = (int64_t)a->n_heads * HD, KVD = (int64_t)a->n_kv_heads * HD;
     char w[128], bb[128], nm[64];

@@ -18,12 +18,30 @@ mopt_arch *mopt_graph_arch_mut(mopt_graph *g);
 /* Frees the named tensor (if present) and clears node references to it. */
 void mopt_graph_remove_tensor(mopt_graph *g, const char *name);
 
+/* Where a graph's tensors came from, so build errors speak the file's language. */
+typedef struct mopt_build_src {
+    const char *config; /* what holds the architecture: "config.json", "the GGUF metadata", ... */
+    /* a tensor's name as the checkpoint spells it (NULL: as in the graph) */
+    const char *(*tensor_name)(const char *graph_name, char *buf, size_t cap);
+} mopt_build_src;
+
+/* Checks the architecture's numbers (sizes, head split, norm epsilon, RoPE
+ * base, special-token ids), builds the family's graph, and refuses tensors no
+ * node uses (a layer beyond the layer count, a weight of another
+ * architecture). Known harmless extras (rotary inv_freq buffers, an lm_head
+ * stored beside tied embeddings) are dropped. src may be NULL. */
+mopt_status mopt_arch_build(mopt_graph *g, const mopt_build_src *src, mopt_error *err);
+
 /* Helpers the architecture builders share (arch_common.c). */
 typedef struct mopt_builder {
     mopt_graph *g;
     mopt_error *err;
     mopt_status status;
+    const mopt_build_src *src;
 } mopt_builder;
+
+mopt_status mopt_arch_build_llama_from(mopt_graph *g, const mopt_build_src *src, mopt_error *err);
+mopt_status mopt_arch_build_gpt2_from(mopt_graph *g, const mopt_build_src *src, mopt_error *err);
 
 /* Fetches a tensor and checks its PyTorch-order shape; records the first
  * failure in b and returns NULL. n_dims <= 0 skips the check. */

@@ -84,48 +84,89 @@ static mopt_status arch_from_kv(const gguf_file *f, const char *path, mopt_arch 
     if (!emb || emb->ndim != 2) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing 2-D tensor token_embd.weight", path);
     a->vocab_size = (int32_t)emb->ne[1];
     a->tied_embeddings = gguf_find_tensor(f, "output.weight") == NULL;
-    int64_t id;
-    a->bos_id = gguf_get_int(f, "tokenizer.ggml.bos_token_id", &id) && id >= 0 && id < a->vocab_size ? (int32_t)id : -1;
-    a->eos_id = gguf_get_int(f, "tokenizer.ggml.eos_token_id", &id) && id >= 0 && id < a->vocab_size ? (int32_t)id : -1;
+    static const char *const special[2] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"};
+    for (int i = 0; i < 2; i++) {
+        int64_t id;
+        int32_t *dst = i ? &a->eos_id : &a->bos_id;
+        *dst = -1;
+        if (!gguf_get_int(f, special[i], &id)) continue;
+        if (id < 0 || id >= a->vocab_size)
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %s %lld is outside the vocabulary of %d", path, special[i], (long long)id, a->vocab_size);
+        *dst = (int32_t)id;
+    }
     return MOPT_OK;
 }
 
 /* --- tensors ------------------------------------------------------------------ */
 
-/* GGUF name -> mopt name ("" for GPT-2's fused qkv, split separately) */
+/* GGUF names <-> mopt's (Hugging Face) names, per family. "" marks GPT-2's
+ * fused attn_qkv, which is split into q/k/v separately. */
+typedef struct { const char *gguf, *hf; } name_pair;
+static const name_pair llama_blk[] = {
+    {"attn_norm", "input_layernorm"}, {"attn_q", "self_attn.q_proj"},   {"attn_k", "self_attn.k_proj"},
+    {"attn_v", "self_attn.v_proj"},   {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
+    {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},         {"ffn_down", "mlp.down_proj"}};
+static const name_pair gpt2_blk[] = {{"attn_norm", "ln_1"},  {"attn_output", "attn.c_proj"}, {"ffn_norm", "ln_2"},
+                                     {"ffn_up", "mlp.c_fc"}, {"ffn_down", "mlp.c_proj"},     {"attn_qkv", ""}};
+static const name_pair llama_top[] = {{"token_embd.weight", "model.embed_tokens.weight"},
+                                      {"output_norm.weight", "model.norm.weight"},
+                                      {"output.weight", "lm_head.weight"}};
+static const name_pair gpt2_top[] = {{"token_embd.weight", "transformer.wte.weight"}, {"position_embd.weight", "transformer.wpe.weight"},
+                                     {"output_norm.weight", "transformer.ln_f.weight"}, {"output_norm.bias", "transformer.ln_f.bias"},
+                                     {"output.weight", "lm_head.weight"}};
+
+typedef struct {
+    const name_pair *blk, *top;
+    size_t n_blk, n_top;
+    const char *blk_fmt; /* the HF name of a block tensor: layer, part, kind */
+} name_map;
+
+static name_map names_of(const char *family) {
+    if (!strcmp(family, "llama")) return (name_map){llama_blk, llama_top, 9, 3, "model.layers.%d.%s.%s"};
+    return (name_map){gpt2_blk, gpt2_top, 6, 5, "transformer.h.%d.%s.%s"};
+}
+
+/* GGUF name -> mopt name; 0 when the family has no such tensor */
 static int map_name(const char *family, const char *in, char *out, size_t cap) {
-    static const char *const llama[][2] = {
-        {"attn_norm", "input_layernorm"}, {"attn_q", "self_attn.q_proj"},   {"attn_k", "self_attn.k_proj"},
-        {"attn_v", "self_attn.v_proj"},   {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
-        {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},         {"ffn_down", "mlp.down_proj"}};
-    static const char *const gpt2[][2] = {{"attn_norm", "ln_1"},         {"attn_output", "attn.c_proj"}, {"ffn_norm", "ln_2"},
-                                          {"ffn_up", "mlp.c_fc"},        {"ffn_down", "mlp.c_proj"},     {"attn_qkv", ""}};
-    const int is_llama = !strcmp(family, "llama");
+    const name_map m = names_of(family);
     int layer, pos = 0;
     char part[64], kind[16];
-    if (sscanf(in, "blk.%d.%63[a-z_].%15[a-z]%n", &layer, part, kind, &pos) == 3 && in[pos] == 0) {
-        const char *const(*tab)[2] = is_llama ? llama : gpt2;
-        const size_t n = is_llama ? sizeof llama / sizeof *llama : sizeof gpt2 / sizeof *gpt2;
-        for (size_t i = 0; i < n; i++)
-            if (!strcmp(part, tab[i][0])) {
-                if (!*tab[i][1]) return snprintf(out, cap, "%s", ""), 1;
-                snprintf(out, cap, is_llama ? "model.layers.%d.%s.%s" : "transformer.h.%d.%s.%s", layer, tab[i][1], kind);
+    if (sscanf(in, "blk.%d.%63[a-z_].%15[a-z]%n", &layer, part, kind, &pos) == 3 && in[pos] == 0 && layer >= 0) {
+        for (size_t i = 0; i < m.n_blk; i++)
+            if (!strcmp(part, m.blk[i].gguf)) {
+                if (!*m.blk[i].hf) return snprintf(out, cap, "%s", ""), 1;
+                snprintf(out, cap, m.blk_fmt, layer, m.blk[i].hf, kind);
                 return 1;
             }
         return 0;
     }
-    static const char *const top_llama[][2] = {{"token_embd.weight", "model.embed_tokens.weight"},
-                                               {"output_norm.weight", "model.norm.weight"},
-                                               {"output.weight", "lm_head.weight"}};
-    static const char *const top_gpt2[][2] = {{"token_embd.weight", "transformer.wte.weight"}, {"position_embd.weight", "transformer.wpe.weight"},
-                                              {"output_norm.weight", "transformer.ln_f.weight"}, {"output_norm.bias", "transformer.ln_f.bias"},
-                                              {"output.weight", "lm_head.weight"}};
-    const char *const(*top)[2] = is_llama ? top_llama : top_gpt2;
-    const size_t n = is_llama ? 3 : 5;
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(in, top[i][0])) return snprintf(out, cap, "%s", top[i][1]), 1;
+    for (size_t i = 0; i < m.n_top; i++)
+        if (!strcmp(in, m.top[i].gguf)) return snprintf(out, cap, "%s", m.top[i].hf), 1;
     return 0;
 }
+
+/* mopt name -> GGUF name, for messages (GPT-2's q/k/v come from blk.N.attn_qkv) */
+static const char *gguf_name_of(const char *family, const char *hf, char *buf, size_t cap) {
+    const name_map m = names_of(family);
+    for (size_t i = 0; i < m.n_top; i++)
+        if (!strcmp(hf, m.top[i].hf)) return snprintf(buf, cap, "%s", m.top[i].gguf), buf;
+    int layer, pos = 0;
+    char part[64], kind[16];
+    const char *fmt = !strcmp(family, "llama") ? "model.layers.%d.%63[a-z_.]%n" : "transformer.h.%d.%63[a-z_.]%n";
+    if (sscanf(hf, fmt, &layer, part, &pos) != 2 || hf[pos]) return NULL;
+    char *dot = strrchr(part, '.');
+    if (!dot) return NULL;
+    *dot = 0;
+    snprintf(kind, sizeof kind, "%s", dot + 1);
+    if (strstr(part, "attn.") == part && !strcmp(family, "gpt2") && strcmp(part, "attn.c_proj"))
+        return snprintf(buf, cap, "blk.%d.attn_qkv.%s", layer, kind), buf;
+    for (size_t i = 0; i < m.n_blk; i++)
+        if (!strcmp(part, m.blk[i].hf)) return snprintf(buf, cap, "blk.%d.%s.%s", layer, m.blk[i].gguf, kind), buf;
+    return NULL;
+}
+
+static const char *llama_gguf_name(const char *hf, char *buf, size_t cap) { return gguf_name_of("llama", hf, buf, cap); }
+static const char *gpt2_gguf_name(const char *hf, char *buf, size_t cap) { return gguf_name_of("gpt2", hf, buf, cap); }
 
 static int is_linear(const char *gguf_name) {
     return !strncmp(gguf_name, "blk.", 4) && (strstr(gguf_name, ".attn_q.weight") || strstr(gguf_name, ".attn_k.weight") ||
@@ -205,7 +246,10 @@ static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, m
     for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
         const gguf_tensor *t = gguf_tensor_at(f, i);
         char name[MOPT_MAX_NAME];
-        if (!map_name(a->family, t->name, name, sizeof name)) continue; /* e.g. rope_freqs: recomputed */
+        if (!strcmp(t->name, "rope_freqs.weight"))
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tensor rope_freqs.weight (RoPE frequency scaling, as Llama 3.1's) is not supported", path);
+        if (!map_name(a->family, t->name, name, sizeof name))
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s is not part of a %s model", path, t->name, a->family);
         mopt_status st;
         if (*name) {
             st = add(g, convert(f, t, name, 0, t->ndim == 2 ? t->ne[1] : 1, is_linear(t->name), err), err);
@@ -380,7 +424,8 @@ mopt_status mopt_import_gguf(const char *path, mopt_graph **out, mopt_tokenizer 
         goto done;
     }
     if ((st = load_tensors(f, path, g, err))) goto done;
-    st = !strcmp(a.family, "gpt2") ? mopt_arch_build_gpt2(g, err) : mopt_arch_build_llama(g, err);
+    const mopt_build_src src = {"the GGUF metadata", !strcmp(a.family, "gpt2") ? gpt2_gguf_name : llama_gguf_name};
+    st = mopt_arch_build(g, &src, err);
     if (!st) st = tokenizer_from_kv(f, path, tok, err);
 done:
     gguf_close(f); /* views hold their own reference to the mapping */

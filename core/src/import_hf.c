@@ -418,7 +418,7 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
 
     if (st == MOPT_OK) st = mopt_import_hf_quant(g, path, err);
     if (st == MOPT_OK && strcmp(arch.family, "gpt2") == 0) st = gpt2_normalize(g, err);
-    if (st == MOPT_OK) st = strcmp(arch.family, "gpt2") == 0 ? mopt_arch_build_gpt2(g, err) : mopt_arch_build_llama(g, err);
+    if (st == MOPT_OK) st = mopt_arch_build(g, NULL, err);
     if (st) {
         mopt_graph_free(g);
         return st;

@@ -244,6 +244,10 @@ static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg
                   (long long)mopt_qint_n_groups(in, gs));
         return NULL;
     }
+    if (!zp && !c->sym) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: the scheme is asymmetric (symmetric: false) but %s.weight_zero_point is missing", c->file, p);
+        return NULL;
+    }
     if (zp && need(zp, p, "weight_zero_point", MOPT_DTYPE_I32, (out + pf - 1) / pf, ng, err)) return NULL;
     if (gi && need(gi, p, "weight_g_idx", MOPT_DTYPE_I32, in, -1, err)) return NULL;
     levels L = {0};
@@ -351,6 +355,8 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
     int64_t gs = -1;
     if (!mopt_json_get_str_opt(q, "quant_algo", &algo, c->file, err) || !mopt_json_get_int_opt(q, "group_size", &gs, c->file, err))
         return MOPT_E_FORMAT;
+    if (gs != -1 && (gs <= 0 || gs > (1 << 24)))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: group_size %lld is not a usable group size", c->file, (long long)gs);
     c->group_size = (int32_t)gs;
     if (algo && !strcmp(algo, "W4A16_AWQ")) return MOPT_OK;
     if (algo && !strcmp(algo, "FP8")) {
@@ -383,19 +389,39 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     if (!json_is_object(wts)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: config_groups.%s.weights must be an object", c->file, key);
     int64_t bits = 0, gs = -1;
     bool sym = true;
-    if (!mopt_json_get_int(wts, "num_bits", &bits, c->file, err) || !mopt_json_get_bool_opt(wts, "symmetric", &sym, c->file, err))
+    const char *strategy = NULL, *type = NULL;
+    if (!mopt_json_get_int(wts, "num_bits", &bits, c->file, err) || !mopt_json_get_bool_opt(wts, "symmetric", &sym, c->file, err) ||
+        !mopt_json_get_str_opt(wts, "strategy", &strategy, c->file, err) || !mopt_json_get_str_opt(wts, "type", &type, c->file, err) ||
+        !mopt_json_get_int_opt(wts, "group_size", &gs, c->file, err))
         return MOPT_E_FORMAT;
-    json_t *jg = json_object_get(wts, "group_size");
-    if (json_is_integer(jg)) gs = json_integer_value(jg);
+    /* what mopt runs; anything else (block, tensor_group, ...) would be read wrongly */
+    if (strategy && strcmp(strategy, "group") && strcmp(strategy, "channel") && strcmp(strategy, "tensor"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.strategy \"%s\" is not supported (group, channel, tensor)",
+                         c->file, key, strategy);
+    if (type && strcmp(type, "int") && strcmp(type, "float"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.type \"%s\" is not supported (int, float)", c->file, key, type);
+    if (json_is_integer(json_object_get(wts, "group_size")) && (gs <= 0 || gs > (1 << 24)))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: config_groups.%s.weights.group_size %lld is not a usable group size", c->file, key,
+                         (long long)gs);
+    if (strategy && !strcmp(strategy, "group") && gs <= 0)
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: config_groups.%s.weights.strategy is \"group\" but group_size is not set", c->file, key);
+    if (bits < 1 || bits > 8)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.num_bits %lld is not supported (2..8)", c->file, key, (long long)bits);
     c->bits = (int32_t)bits;
     c->group_size = (int32_t)gs;
     c->sym = sym;
     if (json_is_object(acts)) {
-        const char *strategy = NULL;
         bool dynamic = false;
+        strategy = type = NULL;
         if (!mopt_json_get_str_opt(acts, "strategy", &strategy, c->file, err) ||
-            !mopt_json_get_bool_opt(acts, "dynamic", &dynamic, c->file, err))
+            !mopt_json_get_bool_opt(acts, "dynamic", &dynamic, c->file, err) || !mopt_json_get_str_opt(acts, "type", &type, c->file, err))
             return MOPT_E_FORMAT;
+        if (strategy && strcmp(strategy, "token") && strcmp(strategy, "tensor"))
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.input_activations.strategy \"%s\" is not supported (token, tensor)",
+                             c->file, key, strategy);
+        if (type && strcmp(type, "int") && strcmp(type, "float"))
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.input_activations.type \"%s\" is not supported (int, float)",
+                             c->file, key, type);
         int per_token = dynamic && strategy && !strcmp(strategy, "token");
         c->int_act_dynamic = per_token;
         c->fp8_act = per_token ? MOPT_QUANT_ACT_PER_TOKEN : MOPT_QUANT_ACT_STATIC;
@@ -449,6 +475,11 @@ static mopt_status read_config(const char *file, int *present, hfq_cfg *c, mopt_
         if (!mopt_json_get_int_opt(qc, "bits", &bits, file, err) || !mopt_json_get_int_opt(qc, "group_size", &gs, file, err) ||
             !mopt_json_get_bool_opt(qc, "sym", &sym, file, err)) {
             st = MOPT_E_FORMAT;
+            goto done;
+        }
+        if (gs != -1 && (gs <= 0 || gs > (1 << 24))) {
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.group_size %lld is not a usable group size (-1 or 1..2^24)", file,
+                           (long long)gs);
             goto done;
         }
         c->bits = (int32_t)bits;

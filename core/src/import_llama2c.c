@@ -83,10 +83,11 @@ mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *
                                                             2 * (uint64_t)kvd * dim + 3 * (uint64_t)hidden * dim) +
                     dim + (uint64_t)seq * hs + (shared ? 0 : (uint64_t)vocab * dim);
     uint64_t have = (buf->size - sizeof h) / 4;
-    if (need > have) {
+    if (need != have || (buf->size - sizeof h) % 4) {
         st = MOPT_FAIL(err, MOPT_E_FORMAT,
-                       "%s: truncated llama2.c checkpoint: the header needs %llu weights, the file holds %llu", path,
-                       (unsigned long long)need, (unsigned long long)have);
+                       "%s: %s llama2.c checkpoint: the header implies %llu weights (%llu bytes in all), the file holds %zu bytes", path,
+                       need > have ? "truncated" : "oversized", (unsigned long long)need,
+                       (unsigned long long)(need * 4 + sizeof h), buf->size);
         goto done;
     }
 
@@ -130,7 +131,8 @@ mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *
     take(&c, NULL, 1, freq); /* freq_cis_real + freq_cis_imag: recomputed by RoPE */
     if (!shared) take(&c, "lm_head.weight", 2, emb);
     st = c.st;
-    if (st == MOPT_OK) st = mopt_arch_build_llama(g, err);
+    const mopt_build_src src = {"the llama2.c header", NULL};
+    if (st == MOPT_OK) st = mopt_arch_build(g, &src, err);
 done:
     mopt_buffer_release(buf);
     if (st) {

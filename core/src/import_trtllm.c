@@ -24,6 +24,7 @@ typedef enum { REPLICATED, BY_ROWS, BY_COLS, BY_HEADS } split_kind;
 typedef struct {
     mopt_tensor **t;
     int32_t n;
+    uint8_t *used; /* [n]: read by some rule */
 } rank_file;
 
 typedef struct {
@@ -31,6 +32,7 @@ typedef struct {
     rank_file *ranks;
     int tp;
     tq_algo algo;
+    const char *algo_name; /* as config.json names it */
     int32_t group_size;
     mopt_arch a;
     mopt_graph *g;
@@ -39,7 +41,10 @@ typedef struct {
 
 static mopt_tensor *rt(const trt *c, int r, const char *name) {
     for (int32_t i = 0; i < c->ranks[r].n; i++)
-        if (c->ranks[r].t[i] && !strcmp(c->ranks[r].t[i]->name, name)) return c->ranks[r].t[i];
+        if (c->ranks[r].t[i] && !strcmp(c->ranks[r].t[i]->name, name)) {
+            c->ranks[r].used[i] = 1;
+            return c->ranks[r].t[i];
+        }
     return NULL;
 }
 
@@ -134,6 +139,11 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind
     mopt_status st = MOPT_OK;
     const int n = split == REPLICATED ? 1 : c->tp;
     for (int r = 0; r < n && !st; r++) st = read_piece(c, r, base, is_vec, &ps[r]);
+    for (int r = n; r < c->tp; r++) { /* replicated: every rank holds the same copy; rank 0's is read */
+        char name[MOPT_MAX_NAME + 48];
+        snprintf(name, sizeof name, "%s.%s", base, is_vec ? "bias" : "weight");
+        rt(c, r, name);
+    }
     for (int r = 1; r < n && !st; r++)
         if (ps[r].rows != ps[0].rows || ps[r].cols != ps[0].cols || ps[r].ng != ps[0].ng || !ps[r].f != !ps[0].f)
             st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s differs in shape between rank0 and rank%d", c->dir, base, r);
@@ -244,6 +254,17 @@ static mopt_status linear(trt *c, const char *base, int is_vec, split_kind split
     return st;
 }
 
+/* TensorRT-LLM's per-layer names and mopt's, with how tensor parallelism splits them */
+static const struct {
+    const char *trt, *llama, *gpt2;
+    split_kind split;
+} layer_map[] = {{"input_layernorm", "input_layernorm", "ln_1", REPLICATED},
+                 {"attention.dense", "self_attn.o_proj", "attn.c_proj", BY_COLS},
+                 {"post_layernorm", "post_attention_layernorm", "ln_2", REPLICATED},
+                 {"mlp.fc", "mlp.gate_proj", "mlp.c_fc", BY_ROWS},
+                 {"mlp.gate", "mlp.up_proj", NULL, BY_ROWS},
+                 {"mlp.proj", "mlp.down_proj", "mlp.c_proj", BY_COLS}};
+
 static mopt_status tensors(trt *c) {
     const int gpt2 = !strcmp(c->a.family, "gpt2");
     mopt_status st = MOPT_OK;
@@ -253,24 +274,15 @@ static mopt_status tensors(trt *c) {
     if (!st && gpt2) st = linear(c, "transformer.position_embedding", 0, REPLICATED, pos, 1);
     for (int l = 0; l < c->a.n_layers && !st; l++)
         for (int vec = 0; vec < 2 && !st; vec++) {
-            static const struct {
-                const char *trt, *llama, *gpt2;
-                split_kind split;
-            } map[] = {{"input_layernorm", "input_layernorm", "ln_1", REPLICATED},
-                       {"attention.dense", "self_attn.o_proj", "attn.c_proj", BY_COLS},
-                       {"post_layernorm", "post_attention_layernorm", "ln_2", REPLICATED},
-                       {"mlp.fc", "mlp.gate_proj", "mlp.c_fc", BY_ROWS},
-                       {"mlp.gate", "mlp.up_proj", NULL, BY_ROWS},
-                       {"mlp.proj", "mlp.down_proj", "mlp.c_proj", BY_COLS}};
             char base[128], n0[128], n1[128], n2[128];
-            for (size_t k = 0; k < sizeof map / sizeof *map && !st; k++) {
-                const char *m = gpt2 ? map[k].gpt2 : map[k].llama;
+            for (size_t k = 0; k < sizeof layer_map / sizeof *layer_map && !st; k++) {
+                const char *m = gpt2 ? layer_map[k].gpt2 : layer_map[k].llama;
                 if (!m) continue;
-                snprintf(base, sizeof base, "transformer.layers.%d.%s", l, map[k].trt);
+                snprintf(base, sizeof base, "transformer.layers.%d.%s", l, layer_map[k].trt);
                 snprintf(n0, sizeof n0, gpt2 ? "transformer.h.%d.%s" : "model.layers.%d.%s", l, m);
                 const char *names[1] = {n0};
                 /* a row-parallel bias is whole on every rank */
-                st = linear(c, base, vec, vec && map[k].split == BY_COLS ? REPLICATED : map[k].split, names, 1);
+                st = linear(c, base, vec, vec && layer_map[k].split == BY_COLS ? REPLICATED : layer_map[k].split, names, 1);
             }
             snprintf(base, sizeof base, "transformer.layers.%d.attention.qkv", l);
             const char *pre = gpt2 ? "transformer.h.%d.attn.%s" : "model.layers.%d.self_attn.%s";
@@ -285,8 +297,43 @@ static mopt_status tensors(trt *c) {
     if (!st && gpt2) st = linear(c, "transformer.ln_f", 1, REPLICATED, lnf, 1);
     const char *lm[1] = {"lm_head"};
     if (!st && !c->a.tied_embeddings) st = linear(c, "lm_head", 0, BY_ROWS, lm, 1);
+    for (int r = 0; r < c->tp && c->a.tied_embeddings; r++) rt(c, r, "lm_head.weight"); /* TensorRT-LLM writes the tied copy too */
+    /* what no rule above read: a layer beyond the count, or a tensor of another scheme */
+    for (int r = 0; r < c->tp && !st; r++)
+        for (int32_t i = 0; i < c->ranks[r].n && !st; i++)
+            if (!c->ranks[r].used[i])
+                st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: rank%d.safetensors: tensor %s is not part of a %s model of %d layers with quant_algo %s",
+                               c->dir, r, c->ranks[r].t[i]->name, c->a.family, c->a.n_layers, c->algo_name);
     return st;
 }
+
+/* mopt name -> TensorRT-LLM name, for messages */
+static const char *trt_name(const char *family, const char *hf, char *buf, size_t cap) {
+    const int gpt2 = !strcmp(family, "gpt2");
+    int l, pos = 0;
+    char part[96];
+    static const char *const top[][3] = {{"model.embed_tokens.weight", "transformer.wte.weight", "transformer.vocab_embedding.weight"},
+                                         {"model.norm.weight", "transformer.ln_f.weight", "transformer.ln_f.weight"},
+                                         {"", "transformer.ln_f.bias", "transformer.ln_f.bias"},
+                                         {"", "transformer.wpe.weight", "transformer.position_embedding.weight"},
+                                         {"lm_head.weight", "lm_head.weight", "lm_head.weight"}};
+    for (size_t i = 0; i < sizeof top / sizeof *top; i++)
+        if (!strcmp(hf, top[i][gpt2])) return snprintf(buf, cap, "%s", top[i][2]), buf;
+    if (sscanf(hf, gpt2 ? "transformer.h.%d.%95[a-z_.]%n" : "model.layers.%d.%95[a-z_.]%n", &l, part, &pos) != 2 || hf[pos]) return NULL;
+    char *kind = strrchr(part, '.');
+    if (!kind) return NULL;
+    *kind++ = 0;
+    if (strstr(part, gpt2 ? "attn." : "self_attn.") == part && strstr(part, "_proj") && strcmp(part, "self_attn.o_proj"))
+        return snprintf(buf, cap, "transformer.layers.%d.attention.qkv.%s", l, kind), buf;
+    for (size_t k = 0; k < sizeof layer_map / sizeof *layer_map; k++) {
+        const char *m = gpt2 ? layer_map[k].gpt2 : layer_map[k].llama;
+        if (m && !strcmp(part, m)) return snprintf(buf, cap, "transformer.layers.%d.%s.%s", l, layer_map[k].trt, kind), buf;
+    }
+    return NULL;
+}
+
+static const char *llama_trt_name(const char *hf, char *buf, size_t cap) { return trt_name("llama", hf, buf, cap); }
+static const char *gpt2_trt_name(const char *hf, char *buf, size_t cap) { return trt_name("gpt2", hf, buf, cap); }
 
 /* --- config ------------------------------------------------------------------- */
 
@@ -364,8 +411,9 @@ static mopt_status config(trt *c, const char *file, json_t *cfg) {
     } algos[] = {{"W4A16_AWQ", TQ_W4A16_AWQ}, {"W8A16", TQ_W8A16}, {"W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", TQ_W8A8}, {"FP8", TQ_FP8},
                  {"FP8_PER_CHANNEL_PER_TOKEN", TQ_FP8_PC}};
     c->algo = TQ_NONE;
+    c->algo_name = "null";
     for (size_t i = 0; algo && i < sizeof algos / sizeof *algos; i++)
-        if (!strcmp(algo, algos[i].n)) c->algo = algos[i].a;
+        if (!strcmp(algo, algos[i].n)) c->algo = algos[i].a, c->algo_name = algos[i].n;
     if (algo && !c->algo)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
                          "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
@@ -400,15 +448,18 @@ mopt_status mopt_import_trtllm(const char *dir, mopt_graph **out, mopt_error *er
         snprintf(name, sizeof name, "rank%d.safetensors", r);
         if (!mopt_path_join(path, sizeof path, dir, name) || !mopt_file_exists(path))
             st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tp_size is %d but %s is missing", dir, c.tp, name);
-        else
-            st = mopt_safetensors_read(path, &c.ranks[r].t, &c.ranks[r].n, err);
+        else if (!(st = mopt_safetensors_read(path, &c.ranks[r].t, &c.ranks[r].n, err)) &&
+                 !(c.ranks[r].used = calloc((size_t)(c.ranks[r].n ? c.ranks[r].n : 1), 1)))
+            st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     }
     if (!st && !(c.g = mopt_graph_new(&c.a, err))) st = MOPT_E_NOMEM;
     if (!st) st = tensors(&c);
-    if (!st) st = !strcmp(c.a.family, "gpt2") ? mopt_arch_build_gpt2(c.g, err) : mopt_arch_build_llama(c.g, err);
+    const mopt_build_src src = {"config.json", !strcmp(c.a.family, "gpt2") ? gpt2_trt_name : llama_trt_name};
+    if (!st) st = mopt_arch_build(c.g, &src, err);
     for (int r = 0; r < c.tp; r++) {
         for (int32_t i = 0; i < c.ranks[r].n; i++) mopt_tensor_free(c.ranks[r].t[i]);
         free(c.ranks[r].t);
+        free(c.ranks[r].used);
     }
     free(c.ranks);
     if (st) {

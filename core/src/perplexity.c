@@ -40,6 +40,9 @@ mopt_status mopt_perplexity_strided(mopt_session *s, const int32_t *tokens, int6
             for (int32_t i = 0; i < vocab; i++) z += exp((double)row[i] - mx);
             wn += log(z) + mx - row[win[p + 1]];
         }
+        if (!isfinite(wn)) /* a NaN perplexity is never a result: weights or kernels broke */
+            return MOPT_FAIL(err, MOPT_E_RUNTIME, "window %lld (tokens %lld..%lld): the model's logits are not finite (NLL %g)",
+                             (long long)w, (long long)(w * stride), (long long)(w * stride + ctx - 1), wn);
         nll += wn;
         scored += ctx - 1 - first;
         if (window_nll) window_nll[w] = wn / (double)(ctx - 1 - first);

@@ -1,6 +1,7 @@
 /* safetensors: 8-byte little-endian header length N, N bytes of JSON
  * {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}},
- * then the data region that the offsets index. */
+ * then the data region that the offsets index: whole, without holes or
+ * overlaps, each tensor at a multiple of its element size. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +32,38 @@ static void free_list(mopt_tensor **list, int32_t n) {
     free(list);
 }
 
+typedef struct span {
+    uint64_t begin, end;
+    const char *name;
+} span;
+
+static int cmp_span(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* As the reference reader: the data region is indexed entirely and once, with
+ * no holes (a hole or an overlap lets two readers see different files). */
+static mopt_status check_spans(const char *path, span *sp, size_t n, uint64_t data_size, mopt_error *err) {
+    qsort(sp, n, sizeof *sp, cmp_span);
+    uint64_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (sp[i].begin < at)
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: data_offsets [%llu, %llu] overlap tensor %s's", path, sp[i].name,
+                             (unsigned long long)sp[i].begin, (unsigned long long)sp[i].end, sp[i - 1].name);
+        if (sp[i].begin > at)
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: data_offsets start at %llu, leaving bytes %llu..%llu unindexed", path,
+                             sp[i].name, (unsigned long long)sp[i].begin, (unsigned long long)at, (unsigned long long)sp[i].begin);
+        at = sp[i].end;
+    }
+    if (at != data_size)
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: the tensors index %llu data bytes but the file holds %llu after the header", path,
+                         (unsigned long long)at, (unsigned long long)data_size);
+    return MOPT_OK;
+}
+
 static mopt_status parse_entry(const char *path, const char *name, json_t *info, mopt_buffer *buf,
-                               const uint8_t *data, uint64_t data_size, mopt_tensor **out, mopt_error *err) {
+                               const uint8_t *data, uint64_t data_size, mopt_tensor **out, span *where, mopt_error *err) {
     *out = NULL;
     if (!json_is_object(info)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: entry is not an object", path, name);
     json_t *jd = json_object_get(info, "dtype");
@@ -73,6 +104,10 @@ static mopt_status parse_entry(const char *path, const char *name, json_t *info,
     if (end - begin != bytes)
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: %llu data bytes but shape and dtype need %llu", path, name,
                          (unsigned long long)(end - begin), (unsigned long long)bytes);
+    if (begin % mopt_dtype_size(dtype))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: data offset %llu is not a multiple of its %zu-byte elements", path, name,
+                         (unsigned long long)begin, mopt_dtype_size(dtype));
+    *where = (span){begin, end, NULL};
     int32_t nd = ndim ? (int32_t)ndim : 1; /* a scalar becomes shape [1] */
     const uint8_t *p = data + begin;
     if (((uintptr_t)p) % mopt_dtype_size(dtype) != 0) {
@@ -95,6 +130,7 @@ mopt_status mopt_safetensors_read(const char *path, mopt_tensor ***tensors, int3
     mopt_status st = MOPT_OK;
     json_t *hdr = NULL;
     mopt_tensor **list = NULL;
+    span *spans = NULL;
     int32_t count = 0;
     if (buf->size < 8) {
         st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: truncated safetensors file: %zu bytes, the header length alone needs 8",
@@ -127,7 +163,8 @@ mopt_status mopt_safetensors_read(const char *path, mopt_tensor ***tensors, int3
     }
     size_t cap = json_object_size(hdr);
     list = calloc(cap ? cap : 1, sizeof *list);
-    if (!list) {
+    spans = calloc(cap ? cap : 1, sizeof *spans);
+    if (!list || !spans) {
         st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         goto done;
     }
@@ -142,11 +179,14 @@ mopt_status mopt_safetensors_read(const char *path, mopt_tensor ***tensors, int3
                            MOPT_MAX_NAME - 1, key);
             goto done;
         }
-        st = parse_entry(path, key, val, buf, data, data_size, &list[count], err);
+        st = parse_entry(path, key, val, buf, data, data_size, &list[count], &spans[count], err);
         if (st != MOPT_OK) goto done;
+        spans[count].name = list[count]->name;
         count++;
     }
+    st = check_spans(path, spans, (size_t)count, data_size, err);
 done:
+    free(spans);
     json_decref(hdr);
     mopt_buffer_release(buf); /* tensors hold their own references */
     if (st != MOPT_OK) {

@@ -65,6 +65,11 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             nb -= lpb[y];
             sum_dlp += fabs(lpc[y] - lpb[y]);
         }
+        if (!isfinite(nc) || !isfinite(nb)) {
+            st = h->error_set(err, MOPT_E_RUNTIME, "eval.compare", "window %lld: the %s model's logits are not finite", (long long)w,
+                              isfinite(nc) ? "baseline" : "candidate");
+            break;
+        }
         wc[w] = nc / per;
         wb[w] = nb / per;
         h->progress(ctx, w + 1, nw);
