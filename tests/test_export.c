@@ -70,22 +70,129 @@ static int cli(const char *args) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void test_existing_target_is_refused_or_replaced_with_force(void **s) {
+static int exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* A folder of the user's that must survive whatever an export does. */
+static void make_victim(const char *dir, char *victim, size_t cap, char *keep, size_t kcap) {
+    snprintf(victim, cap, "%s/victim", dir);
+    mkdir(victim, 0755);
+    snprintf(keep, kcap, "%s/precious.txt", victim);
+    write_file(keep, "mine", 4);
+}
+
+static void test_force_replaces_only_a_previous_export(void **s) {
     REQUIRE_SHARED();
-    char dir[1024], out[1100], args[4096], keep[1200];
+    char dir[1024], out[1100], args[4096], keep[1300], victim[1100], marker[1200];
     test_tmpdir(dir, sizeof dir, "export-force");
     snprintf(out, sizeof out, "%s/out", dir);
-    mkdir(out, 0755);
-    snprintf(keep, sizeof keep, "%s/keep.txt", out);
-    write_file(keep, "mine", 4);
+    make_victim(dir, victim, sizeof victim, keep, sizeof keep);
+    /* the user's own directory: refused without and with --force */
+    snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --quiet", test_shared_dir(), victim);
+    test_cli_refuses(args, 2, "already exists; pass force", NULL);
+    snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --force --quiet", test_shared_dir(), victim);
+    test_cli_refuses(args, 2, "is not a mopt export (no .mopt-export inside)", NULL);
+    assert_true(exists(keep));
+    /* a previous export is replaced with --force, and says what wrote it */
     snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --quiet", test_shared_dir(), out);
-    assert_int_equal(cli(args), 2);
-    struct stat st;
-    assert_int_equal(stat(keep, &st), 0); /* untouched */
+    assert_int_equal(cli(args), 0);
+    snprintf(marker, sizeof marker, "%s/.mopt-export", out);
+    assert_true(exists(marker));
     snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --force --quiet", test_shared_dir(), out);
     assert_int_equal(cli(args), 0);
-    assert_int_not_equal(stat(keep, &st), 0);
     mopt_model_free(load(out));
+    /* a symbolic link to the user's folder, as the target */
+    char link[1200];
+    snprintf(link, sizeof link, "%s/link", dir);
+    assert_int_equal(symlink(victim, link), 0);
+    snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --force --quiet", test_shared_dir(), link);
+    test_cli_refuses(args, 2, "is a symbolic link", NULL);
+    assert_true(exists(keep));
+    /* single-file formats replace a regular file, never a directory or a FIFO (or, as root, a device) */
+    char gguf[1200], fifo[1200];
+    snprintf(gguf, sizeof gguf, "%s/m.gguf", dir);
+    write_file(gguf, "old", 3);
+    snprintf(args, sizeof args, "export '%s/models/stories260K/stories260K.bin' -o '%s' --format gguf --type f32 --force --quiet",
+             test_shared_dir(), gguf);
+    assert_int_equal(cli(args), 0);
+    mopt_model_free(load(gguf));
+    snprintf(fifo, sizeof fifo, "%s/pipe.gguf", dir);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    snprintf(args, sizeof args, "export '%s/models/stories260K/stories260K.bin' -o '%s' --format gguf --force --quiet",
+             test_shared_dir(), fifo);
+    test_cli_refuses(args, 2, "is not a regular file", NULL);
+    snprintf(args, sizeof args, "export '%s/models/stories260K/stories260K.bin' -o '%s' --format gguf --force --quiet",
+             test_shared_dir(), victim);
+    test_cli_refuses(args, 2, "is a directory; this export is one file", NULL);
+    assert_true(exists(keep));
+}
+
+/* Leftover temporaries: swept only when real directories of a process that is
+ * gone; a planted link is never followed, a live export never disturbed. */
+static void test_sweep_never_follows_links_or_removes_live_exports(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], args[4096], keep[1300], victim[1100], planted[1300], live[1300], stale[1300], inner[1400];
+    test_tmpdir(dir, sizeof dir, "export-sweep");
+    snprintf(out, sizeof out, "%s/out", dir);
+    make_victim(dir, victim, sizeof victim, keep, sizeof keep);
+    /* a link named like a dead process's temporary, pointing at the user's folder */
+    snprintf(planted, sizeof planted, "%s/.out.mopt-tmp-999999", dir);
+    assert_int_equal(symlink(victim, planted), 0);
+    /* a dead process's real temporary that holds a link to the user's folder */
+    snprintf(stale, sizeof stale, "%s/.out.mopt-tmp-999998", dir);
+    mkdir(stale, 0755);
+    snprintf(inner, sizeof inner, "%s/MOPT_EXPORT_INCOMPLETE", stale);
+    write_file(inner, "x", 1);
+    snprintf(inner, sizeof inner, "%s/escape", stale);
+    assert_int_equal(symlink(victim, inner), 0);
+    /* a live export's temporary: this process is alive */
+    snprintf(live, sizeof live, "%s/.out.mopt-tmp-%ld", dir, (long)getpid());
+    mkdir(live, 0755);
+    snprintf(inner, sizeof inner, "%s/MOPT_EXPORT_INCOMPLETE", live);
+    write_file(inner, "x", 1);
+    snprintf(args, sizeof args, "export '%s/models/lit-gpt2-1m' -o '%s' --quiet", test_shared_dir(), out);
+    assert_int_equal(cli(args), 0);
+    assert_true(exists(keep));           /* nothing outside the temporaries was touched */
+    assert_true(exists(planted));        /* not a directory of ours: left alone */
+    assert_false(exists(stale));         /* swept, its link unlinked, not followed */
+    assert_true(exists(live));           /* its process runs: left alone */
+    snprintf(inner, sizeof inner, "rm -rf '%s'", live);
+    assert_int_equal(system(inner), 0);
+}
+
+/* Two exports to one target at once: the second never removes the first's
+ * temporary, and without force it does not replace what the first wrote. */
+static void test_concurrent_exports_to_one_target(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], text[2400], model[1024];
+    test_tmpdir(dir, sizeof dir, "export-race");
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(model, sizeof model, "%s/models/lit-llama-7m", test_shared_dir());
+    snprintf(text, sizeof text, "export.hf<out=%s;max_shard_size=2000000;pause_ms=150>", out);
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+        if ((kids[k] = fork()) == 0) {
+            freopen("/dev/null", "w", stdout);
+            freopen("/dev/null", "w", stderr);
+            execl(MOPT_CLI, MOPT_CLI, "pipeline", text, model, "--quiet", (char *)NULL);
+            _exit(127);
+        }
+        usleep(300 * 1000);
+    }
+    int codes[2];
+    for (int k = 0; k < 2; k++) {
+        int status;
+        waitpid(kids[k], &status, 0);
+        codes[k] = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    /* whichever finishes first lands; the other finds it there and replaces nothing */
+    assert_true((codes[0] == 0 && codes[1] == 2) || (codes[0] == 2 && codes[1] == 0));
+    mopt_model_free(load(out));
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q mopt-tmp", dir);
+    assert_int_not_equal(system(cmd), 0); /* no temporary left */
 }
 
 static void test_sigkill_mid_export_leaves_no_model(void **s) {
@@ -158,7 +265,9 @@ int main(void) {
         cmocka_unit_test(test_f32_export_is_exact_and_f16_close),
         cmocka_unit_test(test_sharded_export_loads),
         cmocka_unit_test(test_quantized_model_exports_dequantized),
-        cmocka_unit_test(test_existing_target_is_refused_or_replaced_with_force),
+        cmocka_unit_test(test_force_replaces_only_a_previous_export),
+        cmocka_unit_test(test_sweep_never_follows_links_or_removes_live_exports),
+        cmocka_unit_test(test_concurrent_exports_to_one_target),
         cmocka_unit_test(test_sigkill_mid_export_leaves_no_model),
         cmocka_unit_test(test_draft_settings_for_serving),
     };

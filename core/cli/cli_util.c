@@ -69,17 +69,11 @@ bool cli_parse_float(const char *s, double lo, double hi, double *out) {
 }
 
 mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (json_dump_file(j, tmp, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(10)) != 0) {
-        unlink(tmp);
-        return mopt_error_set(err, MOPT_E_IO, __func__, "%s: cannot write", path);
-    }
-    if (rename(tmp, path) != 0) {
-        unlink(tmp);
-        return mopt_error_set(err, MOPT_E_IO, __func__, "%s: cannot rename into place: %s", path, strerror(errno));
-    }
-    return MOPT_OK;
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(10));
+    if (!text) return mopt_error_set(err, MOPT_E_NOMEM, __func__, "%s: out of memory", path);
+    mopt_status st = mopt_file_write_atomic(path, text, strlen(text), err);
+    free(text);
+    return st;
 }
 
 mopt_status cli_read_text(const char *path, char **data, size_t *len, mopt_error *err) {

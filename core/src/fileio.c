@@ -135,3 +135,55 @@ char *mopt_path_join(char *out, size_t cap, const char *dir, const char *name) {
 int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out) {
     return __builtin_mul_overflow(a, b, out);
 }
+
+/* Writes all n bytes to fd; 0 or an errno. */
+static int write_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return w < 0 ? errno : ENOSPC;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+mopt_status mopt_file_write_atomic(const char *path, const void *data, size_t n, mopt_error *err) {
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* a device or FIFO the user named (--json /dev/stdout): write to it, never replace it */
+        if (!S_ISCHR(st.st_mode) && !S_ISFIFO(st.st_mode))
+            return MOPT_FAIL(err, MOPT_E_INVALID, "%s is %s; refusing to replace it", path,
+                             S_ISLNK(st.st_mode) ? "a symbolic link" : S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        int e = fd < 0 ? errno : write_all(fd, data, n);
+        if (fd >= 0) close(fd);
+        return e ? MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", path, strerror(e)) : MOPT_OK;
+    }
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.mopt-tmp-%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", path, strerror(errno));
+    int e = write_all(fd, data, n);
+    if (!e && fsync(fd) != 0) e = errno;
+    if (close(fd) != 0 && !e) e = errno;
+    if (!e && rename(tmp, path) != 0) e = errno;
+    if (e) {
+        unlink(tmp);
+        return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", path, strerror(e));
+    }
+    /* the rename itself reaches the disk with its directory */
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = '\0';
+    else *slash = '\0';
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return MOPT_OK;
+}

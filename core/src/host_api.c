@@ -18,6 +18,10 @@ double mopt_now(void) {
 
 static void host_log(const mopt_pass_ctx *ctx, const char *fmt, ...) {
     if (ctx && ctx->quiet) return;
+    if (ctx && ctx->bar_open) { /* a message never shares the bar's line */
+        fputc('\n', stderr);
+        ((mopt_pass_ctx *)ctx)->bar_open = 0;
+    }
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "  [%s] ", ctx && ctx->pass ? ctx->pass : "mopt");
@@ -36,6 +40,7 @@ static void host_progress(mopt_pass_ctx *ctx, int64_t done, int64_t total) {
     fprintf(stderr, "\r  [%s] [%.*s%*s] %lld/%lld  %.1fs, ETA %.1fs", ctx->pass, fill,
             "==============================", width - fill, "", (long long)done, (long long)total, el, eta);
     if (done >= total) fputc('\n', stderr);
+    ctx->bar_open = done < total;
     fflush(stderr);
 }
 

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "mopt/error.h"
+#include "mopt/fileio.h"
 #include "mopt/tensor.h"
 
 #define MOPT_FAIL(err, code, ...) mopt_error_set((err), (code), __func__, __VA_ARGS__)

@@ -10,6 +10,7 @@ struct mopt_pass_ctx {
     int32_t quiet;
     const char *pass;
     double start, last_progress;
+    int32_t bar_open; /* a progress bar is drawn without its newline yet */
 };
 
 extern const mopt_host_api mopt_host;

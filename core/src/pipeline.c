@@ -158,10 +158,11 @@ mopt_status mopt_pipeline_run(const mopt_pipeline *p, mopt_model *model, const m
         if (o.before) o.before(o.user, i, s->desc->name, opts);
         if (mopt_report_begin(report, s->desc->name, mopt_pass_kind_name((mopt_pass_kind)s->desc->kind), opts))
             return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        mopt_pass_ctx ctx = {model, o.n_threads, o.quiet, s->desc->name, mopt_now(), 0};
+        mopt_pass_ctx ctx = {model, o.n_threads, o.quiet, s->desc->name, mopt_now(), 0, 0};
         mopt_error perr = {0};
         mopt_status st = s->desc->run(&mopt_host, &ctx, model ? mopt_model_graph(model) : NULL, s->opts, report, &perr);
         double secs = mopt_now() - ctx.start;
+        if (ctx.bar_open) fputc('\n', stderr); /* what follows (an error, the next pass) starts its own line */
         if (st != MOPT_OK && !perr.msg[0]) snprintf(perr.msg, sizeof perr.msg, "%s", mopt_status_str(st));
         mopt_report_end(report, st, secs, st ? perr.msg : NULL);
         if (o.after) o.after(o.user, i, s->desc->name, st, secs);

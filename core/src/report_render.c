@@ -18,18 +18,9 @@
 #include "strbuf.h"
 
 static mopt_status write_atomic(const char *dir, const char *name, const char *data, size_t n, mopt_error *err) {
-    char path[4096], tmp[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", tmp, strerror(errno));
-    int ok = fwrite(data, 1, n, f) == n;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write", path);
-    }
-    return MOPT_OK;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: path too long", dir);
+    return mopt_file_write_atomic(path, data, n, err);
 }
 
 static const char *fmt_num(double v, char *buf, size_t cap) {

@@ -431,9 +431,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st && (b.oom || info.oom || head.oom)) st = h->error_set(err, MOPT_E_NOMEM, "export.gguf", "out of memory");
     atomic_dir d;
     int began = 0;
-    if (!st) st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), err), began = !st;
+    if (!st) st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 1, err), began = !st;
     FILE *f = NULL;
-    char path[4400];
+    char path[5000];
     if (!st && !(f = fopen(atomic_dir_path(&d, "model.gguf", path, sizeof path), "wb")))
         st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: cannot write: %s", path, strerror(errno));
     if (!st && fwrite(head.p, 1, head.n, f) != head.n) st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed", path);

@@ -267,7 +267,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (f != HF_DENSE && !strcmp(a->family, "gpt2"))
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "quantized GPT-2 exports are not supported (fused Conv1D c_attn); use format=dense");
     atomic_dir d;
-    st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), err);
+    st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 0, err);
     if (st) return st;
     entries es = {{0}, forced, model_dt};
     st = !strcmp(a->family, "gpt2") ? gather_gpt2(h, g, &es, err) : gather_llama(h, g, &es, f, err);

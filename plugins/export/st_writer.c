@@ -1,5 +1,6 @@
 /* safetensors writer (layout: 8-byte little-endian header length, the JSON
- * header padded with spaces to 8 bytes, then the tensors back to back). */
+ * header padded with spaces to 8 bytes, then the tensors back to back, each
+ * aligned to its element size). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,11 +8,24 @@
 
 #include "st_writer.h"
 
-static int by_name(const void *a, const void *b) { return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name); }
+static size_t elem_size(const char *dtype) {
+    if (!strcmp(dtype, "I64") || !strcmp(dtype, "F64")) return 8;
+    if (!strcmp(dtype, "F32") || !strcmp(dtype, "I32")) return 4;
+    if (!strcmp(dtype, "F16") || !strcmp(dtype, "BF16")) return 2;
+    return 1;
+}
+
+/* wider elements first, then by name, as the reference writer orders them:
+ * every tensor then starts at a multiple of its element size */
+static int by_alignment(const void *a, const void *b) {
+    const st_entry *x = a, *y = b;
+    const size_t ex = elem_size(x->dtype), ey = elem_size(y->dtype);
+    return ex != ey ? (ex > ey ? -1 : 1) : strcmp(x->name, y->name);
+}
 
 mopt_status st_write_file(const mopt_host_api *h, const atomic_dir *d, const char *name, st_entry *e, int32_t n,
                           mopt_error *err) {
-    qsort(e, (size_t)n, sizeof *e, by_name);
+    qsort(e, (size_t)n, sizeof *e, by_alignment);
     json_t *hdr = json_object();
     json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
     size_t off = 0;

@@ -356,7 +356,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     const char *mdt = fdt ? fdt : emb && emb->dtype == MOPT_DTYPE_F32 ? "F32" : emb && emb->dtype == MOPT_DTYPE_BF16 ? "BF16" : "F16";
     const char *torch = !strcmp(mdt, "F32") ? "float32" : !strcmp(mdt, "BF16") ? "bfloat16" : "float16";
     atomic_dir d;
-    if ((st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), err))) return st;
+    if ((st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 0, err))) return st;
     ctx_t c = {h, fdt, algo, err};
     int64_t bytes = 0;
     for (int r = 0; r < tp && !st; r++) {

@@ -5,6 +5,7 @@
 #include "mopt/error.h"
 #include "mopt/eval.h"
 #include "mopt/executor.h"
+#include "mopt/fileio.h"
 #include "mopt/ggml.h"
 #include "mopt/graph.h"
 #include "mopt/model.h"
