@@ -1,7 +1,10 @@
 /* The mopt binary end to end: the acceptance commands, exit codes, and the
  * one-line error for each kind of bad input. */
 #include <jansson.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "testutil.h"
 
@@ -164,6 +167,101 @@ static void test_threads_above_the_cores_are_capped_with_a_warning(void **s) {
     run_free(&r);
 }
 
+/* --- stopping on a signal ----------------------------------------------------------- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static pid_t spawn(const char *cmd) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        freopen("/dev/null", "w", stderr);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits up to `limit` seconds for pid; returns its exit status (-1 if still running, then killed). */
+static int wait_for(pid_t pid, double limit, double *took) {
+    const double t0 = now_s();
+    int status;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now_s() - t0 > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        usleep(10 * 1000);
+    }
+    *took = now_s() - t0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int temporaries_in(const char *dir) {
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q 'mopt-tmp'", dir);
+    return system(cmd) == 0;
+}
+
+/* SIGINT (or SIGTERM) stops long work at its next safe point: exit 130 (143),
+ * temporary directories removed, nothing half-written at the target. The
+ * bound is generous (this is no timing test); the latency is printed. */
+static void interrupt_case(const char *what, const char *cmd, double after, int sig, const char *dir, const char *target) {
+    pid_t pid = spawn(cmd);
+    usleep((useconds_t)(after * 1e6));
+    kill(pid, sig);
+    double took = -1;
+    int rc = wait_for(pid, 10.0, &took);
+    fprintf(stderr, "  %s: exit %d %.3f s after signal %d\n", what, rc, took, sig);
+    assert_int_equal(rc, 128 + sig);
+    if (dir) assert_false(temporaries_in(dir));
+    struct stat st;
+    if (target) assert_int_not_equal(lstat(target, &st), 0);
+}
+
+static void test_signals_stop_work_and_leave_no_temporaries(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], cmd[8192], out[1100], script[1100];
+    test_tmpdir(dir, sizeof dir, "cli-sig");
+    const char *sh = test_shared_dir();
+    /* a whole-file perplexity (tens of seconds) */
+    snprintf(cmd, sizeof cmd, "exec '%s' eval '%s/models/lit-llama-7m' --data '%s/data/lit-val.txt' --quiet", MOPT_CLI, sh, sh);
+    interrupt_case("eval", cmd, 1.0, SIGINT, NULL, NULL);
+    /* quantize -o: AWQ's calibration, then the export never starts */
+    snprintf(out, sizeof out, "%s/awq", dir);
+    snprintf(cmd, sizeof cmd, "exec '%s' quantize '%s/models/lit-llama-7m' --method awq --calib '%s/data/lit-train.txt' -o '%s' --quiet",
+             MOPT_CLI, sh, sh, out);
+    interrupt_case("quantize -o", cmd, 2.0, SIGTERM, dir, out);
+    /* an export halfway through its shards */
+    snprintf(out, sizeof out, "%s/hf", dir);
+    snprintf(cmd, sizeof cmd, "exec '%s' pipeline 'export.hf<out=%s;max_shard_size=2000000;pause_ms=300>' '%s/models/lit-llama-7m' --quiet",
+             MOPT_CLI, out, sh);
+    interrupt_case("export", cmd, 1.0, SIGINT, dir, out);
+    /* a Lua loop that never calls into mopt */
+    snprintf(script, sizeof script, "%s/loop.lua", dir);
+    write_file(script, "while true do end\n", 18);
+    snprintf(cmd, sizeof cmd, "exec '%s' run '%s'", MOPT_CLI, script);
+    interrupt_case("lua loop", cmd, 0.5, SIGINT, NULL, NULL);
+    /* a script that swallows the stop: the second signal leaves at once */
+    write_file(script, "while true do pcall(function() while true do end end) end\n", 58);
+    pid_t pid = spawn(cmd);
+    usleep(500 * 1000);
+    kill(pid, SIGINT);
+    usleep(300 * 1000);
+    kill(pid, SIGINT);
+    double took;
+    assert_int_equal(wait_for(pid, 10.0, &took), 130);
+    /* --timeout */
+    write_file(script, "while true do end\n", 18);
+    snprintf(cmd, sizeof cmd, "run --timeout 1 '%s'", script);
+    test_cli_refuses(cmd, 124, "timed out after 1 s", NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_stories260k_prints_llama2c_sample),
@@ -172,6 +270,7 @@ int main(void) {
         cmocka_unit_test(test_info_json_reports_parameters),
         cmocka_unit_test(test_bad_inputs_exit_2_with_one_line),
         cmocka_unit_test(test_threads_above_the_cores_are_capped_with_a_warning),
+        cmocka_unit_test(test_signals_stop_work_and_leave_no_temporaries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -138,6 +138,95 @@ static void test_run_script_prints_same_ppl_as_eval(void **s) {
     free(b);
 }
 
+/* Runs body sandboxed with dir as the output directory; returns the status. */
+static mopt_status run_sandboxed(const char *dir, const char *body, mopt_error *err) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/recipe.lua", dir);
+    write_file(path, body, strlen(body));
+    mopt_error e = {0};
+    mopt_registry *r = mopt_registry_new(NULL, &e);
+    assert_non_null(r);
+    mopt_lua_opts o;
+    mopt_lua_opts_default(&o);
+    o.quiet = 1;
+    o.sandbox = 1;
+    o.write_root = dir;
+    char *tb = NULL;
+    mopt_status st = mopt_lua_run(path, 0, NULL, r, &o, &tb, NULL, err);
+    if (st) fprintf(stderr, "  sandboxed: %s\n", err->msg);
+    free(tb);
+    mopt_registry_free(r);
+    return st;
+}
+
+static void test_sandbox_removes_escapes_and_confines_writes(void **s) {
+    REQUIRE_SHARED();
+    char root[1024], outside[1024], script[16384], victim[1200];
+    test_tmpdir(root, sizeof root, "sandbox");
+    test_tmpdir(outside, sizeof outside, "sandbox-outside");
+    snprintf(victim, sizeof victim, "%s/victim.txt", outside);
+    mopt_error err = {0};
+    /* what the sandbox takes away, and what it keeps */
+    snprintf(script, sizeof script,
+             "assert(os.execute == nil and io.popen == nil and io.tmpfile == nil and package.loadlib == nil and debug == nil)\n"
+             "assert(package.cpath == '')\n"
+             "assert(not pcall(require, 'lfs'))\n"
+             "local bin = string.dump(function() return 1 end)\n"
+             "local f, e = load(bin)\n"
+             "assert(f == nil and e:find('binary', 1, true), e)\n"
+             "assert(load('return 2')() == 2)\n"
+             "local ok, e2 = pcall(io.open, '%s', 'w')\n"
+             "assert(not ok and e2:find('outside', 1, true), e2)\n"
+             "assert(not pcall(io.open, '%s/../escape.txt', 'a'))\n"
+             "assert(not pcall(os.remove, '%s'))\n"
+             "local w = assert(io.open('%s/inside.txt', 'w'))\n"
+             "w:write('ok') w:close()\n"
+             "assert(io.open('%s/data/lit-val.txt', 'r')):close()\n"
+             "local m <close> = mopt.load('%s/models/stories260K/stories260K.bin')\n"
+             "local rep = mopt.pipeline('eval.perplexity<data=%s/data/lit-val.txt;limit_tokens=600>'):run(m)\n"
+             "assert(not pcall(rep.write, rep, '%s/reports'))\n"
+             "rep:write('%s/reports')\n"
+             "local r2, e3 = mopt.pipeline('export.gguf<out=%s/x.gguf;type=f32>'):try_run(m)\n"
+             "assert(r2 == nil and e3:find('not allowed in the sandbox', 1, true), e3)\n"
+             "mopt.pipeline('export.gguf<out=%s/x.gguf;type=f32>'):run(m)\n",
+             victim, root, victim, root, test_shared_dir(), test_shared_dir(), test_shared_dir(), outside, root, outside, root);
+    write_file(victim, "mine", 4);
+    assert_int_equal(run_sandboxed(root, script, &err), MOPT_OK);
+    char path[1300];
+    size_t n;
+    char *v = read_whole(victim, &n);
+    assert_string_equal(v, "mine");
+    free(v);
+    snprintf(path, sizeof path, "%s/reports/report.json", root);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/x.gguf", root);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/x.gguf", outside);
+    assert_int_not_equal(access(path, F_OK), 0);
+    /* a link inside the root pointing out is no way out either */
+    char link[1300];
+    snprintf(link, sizeof link, "%s/out", root);
+    assert_int_equal(symlink(outside, link), 0);
+    snprintf(script, sizeof script, "io.open('%s/out/x.txt', 'w')\n", root);
+    assert_int_equal(run_sandboxed(root, script, &err), MOPT_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "not allowed in the sandbox"));
+    /* a precompiled script is refused outright */
+    snprintf(path, sizeof path, "%s/compiled.lua", root);
+    snprintf(script, sizeof script, "local f = io.open('%s', 'wb') f:write(string.dump(function() end)) f:close()\n", path);
+    assert_int_equal(run_sandboxed(root, script, &err), MOPT_OK);
+    snprintf(script, sizeof script, "dofile('%s')\n", path);
+    assert_int_equal(run_sandboxed(root, script, &err), MOPT_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "binary"));
+}
+
+static void test_unsandboxed_scripts_are_trusted_code(void **s) {
+    mopt_error err = {0};
+    char *tb = NULL;
+    assert_int_equal(run_script("assert(os.execute('true'))\nassert(io.popen and package.loadlib and debug)\n", 0, NULL, &err, &tb),
+                     MOPT_OK);
+    free(tb);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_module_classes_and_registry),
@@ -145,6 +234,8 @@ int main(void) {
         cmocka_unit_test(test_bad_options_from_lua_are_errors_with_line),
         cmocka_unit_test(test_syntax_error_reports_file_and_line),
         cmocka_unit_test(test_run_script_prints_same_ppl_as_eval),
+        cmocka_unit_test(test_sandbox_removes_escapes_and_confines_writes),
+        cmocka_unit_test(test_unsandboxed_scripts_are_trusted_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -148,7 +148,7 @@ static inline void test_pipeline_fails(const char *model_rel, const char *text, 
  * give: exit status `code` and exactly one line on stderr that contains
  * `expect` (and `expect2` when not NULL). */
 static inline void test_cli_refuses(const char *args, int code, const char *expect, const char *expect2) {
-    char cmd[8192], errf[64];
+    char cmd[8400], errf[64];
     snprintf(errf, sizeof errf, "/tmp/mopt-cli-err-%ld", (long)getpid());
     snprintf(cmd, sizeof cmd, "timeout 300 %s %s >/dev/null 2>%s </dev/null", MOPT_CLI, args, errf);
     int st = system(cmd);

@@ -1,22 +1,49 @@
 /* mopt run SCRIPT.lua [key=value ...]   and   mopt pipeline 'TEXT' MODEL */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "mopt/lua.h"
 
+static void run_help(void) {
+    printf("usage: mopt run [--sandbox] [--output-dir DIR] [--timeout SECONDS] SCRIPT.lua [key=value ...]\n\n"
+           "Runs a Lua 5.4 pipeline script. The module `mopt` is loaded (mopt.load, mopt.pipeline,\n"
+           "mopt.dataset.text, mopt.passes, mopt.describe) and key=value arguments arrive in the\n"
+           "global table `args`. Set MOPT_QUIET=1 to silence progress lines.\n"
+           "Scripts are trusted code, like a Makefile: they can do what you can.\n"
+           "  --sandbox          for scripts from others: no os.execute, io.popen, package.loadlib, C modules,\n"
+           "                     debug library or binary chunks; files are written only inside the output\n"
+           "                     directory (io.open for writing, os.remove/rename, report:write, exports)\n"
+           "  --output-dir DIR   the sandbox's output directory (default: the current directory)\n"
+           "  --timeout SECONDS  stop the script after this long (exit 124, temporary files removed)\n"
+           "Exit status 3 when a pipeline the script ran failed a gate (eval.gate); 130 on Ctrl-C.\n");
+}
+
 int cmd_run(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        if (argc < 2) return cli_usage_error("run", "expected SCRIPT.lua");
-        printf("usage: mopt run SCRIPT.lua [key=value ...]\n\n"
-               "Runs a Lua 5.4 pipeline script. The module `mopt` is loaded (mopt.load, mopt.pipeline,\n"
-               "mopt.dataset.text, mopt.passes, mopt.describe) and key=value arguments arrive in the\n"
-               "global table `args`. Set MOPT_QUIET=1 to silence progress lines.\n"
-               "Exit status 3 when a pipeline the script ran failed a gate (eval.gate).\n");
-        return EXIT_OK;
+    static const struct option opts[] = {{"sandbox", no_argument, 0, 's'},          {"output-dir", required_argument, 0, 'o'},
+                                         {"timeout", required_argument, 0, 't'},    {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int sandbox = 0, c;
+    const char *out_dir = NULL;
+    long long timeout = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) { /* options stop at the script */
+        switch (c) {
+        case 's': sandbox = 1; break;
+        case 'o': out_dir = optarg; break;
+        case 't':
+            if (!cli_parse_int(optarg, 1, 1 << 30, &timeout)) return cli_usage_error("run", "--timeout expects seconds (a positive integer), got '%s'", optarg);
+            break;
+        case 'h': run_help(); return EXIT_OK;
+        default: return cli_usage_error("run", "unknown option");
+        }
     }
+    if (optind >= argc) return cli_usage_error("run", "expected SCRIPT.lua");
+    if (out_dir && !sandbox) return cli_usage_error("run", "--output-dir goes with --sandbox");
     int rrc;
     mopt_registry *r = cli_registry(&rrc);
     if (!r) return rrc;
@@ -24,9 +51,19 @@ int cmd_run(int argc, char **argv) {
     char *tb = NULL;
     int32_t gates_failed = 0;
     mopt_error err = {0};
-    mopt_status st = mopt_lua_run_file(argv[1], argc - 2, argv + 2, r, q && *q && strcmp(q, "0"), 0, &tb, &gates_failed, &err);
+    mopt_lua_opts lo;
+    mopt_lua_opts_default(&lo);
+    lo.quiet = q && *q && strcmp(q, "0");
+    lo.sandbox = sandbox;
+    lo.write_root = out_dir;
+    if (timeout) alarm((unsigned)timeout);
+    mopt_status st = mopt_lua_run(argv[optind], argc - optind - 1, argv + optind + 1, r, &lo, &tb, &gates_failed, &err);
+    alarm(0);
     int rc = EXIT_OK;
-    if (st) {
+    if (st == MOPT_E_INTERRUPTED && mopt_interrupted() == SIGALRM) {
+        fprintf(stderr, "mopt: %s: timed out after %lld s\n", argv[optind], timeout);
+        rc = EXIT_RUNTIME;
+    } else if (st) {
         rc = cli_fail(&err);
         if (tb) fprintf(stderr, "%s\n", tb);
     } else if (gates_failed) {

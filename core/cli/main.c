@@ -1,6 +1,8 @@
 /* mopt: command-line entry. Each subcommand lives in its own cmd_*.c. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -29,12 +31,42 @@ static void usage(FILE *f) {
     fprintf(f, "\nMODEL is a Hugging Face or TensorRT-LLM directory, a GGUF file or a llama2.c .bin.\n"
                "Run 'mopt <command> --help' for a command's options.\n"
                "--allow-override (any command) lets a plugin on MOPT_PLUGIN_PATH replace a built-in one.\n"
-               "Exit status: 0 success, 1 runtime failure, 2 bad usage or bad input, 3 a gate failed.\n");
+               "Exit status: 0 success, 1 runtime failure, 2 bad usage or bad input, 3 a gate failed,\n"
+               "130/143 stopped by SIGINT/SIGTERM (temporary files removed; a second signal exits at once),\n"
+               "124 a --timeout ran out.\n");
 }
 
 uint32_t cli_registry_flags;
 
+/* The first SIGINT/SIGTERM (or the --timeout alarm) asks the work to stop at
+ * its next safe point, so temporary files go with it; a second one leaves at
+ * once. */
+static volatile sig_atomic_t signals_seen;
+
+static void on_signal(int sig) {
+    if (signals_seen++) _exit(sig == SIGALRM ? 124 : 128 + sig);
+    mopt_interrupt(sig);
+}
+
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGALRM, &sa, NULL);
+}
+
+/* 130 / 143 after SIGINT / SIGTERM, 124 after a timeout, as shells and timeout(1) report them */
+static int exit_code(int rc) {
+    const int why = mopt_interrupted();
+    return why > 0 ? (why == SIGALRM ? 124 : 128 + why) : rc;
+}
+
 int main(int argc, char **argv) {
+    catch_signals();
     /* --allow-override may stand anywhere: it only changes how plugins load */
     int kept = 1;
     for (int i = 1; i < argc; i++) {
@@ -56,7 +88,7 @@ int main(int argc, char **argv) {
         return EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) return exit_code(commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "mopt: unknown command '%s' (try 'mopt --help')\n", argv[1]);
     return EXIT_USAGE;
 }

@@ -16,6 +16,7 @@ const char *mopt_status_str(mopt_status s) {
     case MOPT_E_ABI: return "ABI mismatch";
     case MOPT_E_BACKEND: return "backend failure";
     case MOPT_E_RUNTIME: return "runtime failure";
+    case MOPT_E_INTERRUPTED: return "interrupted";
     }
     return "unknown status";
 }

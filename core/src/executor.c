@@ -170,6 +170,8 @@ static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const
                              bool all_logits, float *logits, mopt_node_observer obs, void *user, mopt_error *err) {
     const mopt_graph *g = s->g;
     for (int32_t i = first; i < last; i++) {
+        if (mopt_interrupted()) /* between nodes: the cache keeps its length, nothing half-written counts */
+            return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted");
         const mopt_node *n = mopt_graph_node(g, i);
         mopt_op_args a = {0};
         a.node = n;

@@ -187,3 +187,24 @@ mopt_status mopt_file_write_atomic(const char *path, const void *data, size_t n,
     }
     return MOPT_OK;
 }
+
+mopt_status mopt_path_check_within(const char *root, const char *path, mopt_error *err) {
+    char r[4096], d[4096], tmp[4096];
+    if (!realpath(root, r)) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot resolve the output directory: %s", root, strerror(errno));
+    snprintf(tmp, sizeof tmp, "%s", path);
+    char *slash = strrchr(tmp, '/');
+    const char *base = slash ? slash + 1 : tmp;
+    if (slash == tmp) snprintf(tmp, sizeof tmp, "/");
+    else if (slash) *slash = '\0';
+    else snprintf(tmp, sizeof tmp, ".");
+    if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s: not a file name inside %s (sandbox)", path, root);
+    if (!realpath(tmp, d)) return MOPT_FAIL(err, MOPT_E_IO, "%s: its directory does not exist: %s", path, strerror(errno));
+    const size_t n = strlen(r);
+    if (strncmp(d, r, n) || (d[n] && d[n] != '/' && strcmp(r, "/")))
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s: writing outside %s is not allowed in the sandbox", path, r);
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s: is a symbolic link; the sandbox does not write through links", path);
+    return MOPT_OK;
+}

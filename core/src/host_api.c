@@ -64,6 +64,12 @@ static int32_t same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b, int3
     return mopt_tokenizer_same_vocab(a, b, first_diff);
 }
 
+static int32_t interrupted(void) { return mopt_interrupted(); }
+
+static mopt_status ctx_check_write(const mopt_pass_ctx *ctx, const char *path, mopt_error *err) {
+    return ctx && ctx->write_root ? mopt_path_check_within(ctx->write_root, path, err) : MOPT_OK;
+}
+
 static void *host_alloc(size_t n) { return malloc(n); }
 static void host_free(void *p) { free(p); }
 
@@ -143,4 +149,6 @@ const mopt_host_api mopt_host = {
     .tokenizer_merges = mopt_tokenizer_merges,
     .ggml_row_bytes = mopt_ggml_row_bytes,
     .ggml_quantize_row = mopt_ggml_quantize_row,
+    .interrupted = interrupted,
+    .ctx_check_write = ctx_check_write,
 };

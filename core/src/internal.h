@@ -7,6 +7,7 @@
 
 #include "mopt/error.h"
 #include "mopt/fileio.h"
+#include "mopt/interrupt.h"
 #include "mopt/tensor.h"
 
 #define MOPT_FAIL(err, code, ...) mopt_error_set((err), (code), __func__, __VA_ARGS__)
@@ -31,6 +32,10 @@ void mopt_buffer_release(mopt_buffer *b);
  * dims are in PyTorch order. */
 mopt_tensor *mopt_tensor_view(mopt_buffer *b, void *data, const char *name, mopt_dtype dtype, int32_t ndim,
                               const int64_t *dims, mopt_error *err);
+
+/* OK when writing `path` stays inside the directory `root`: its parent
+ * resolves (links included) to root or below, and it is not a link itself. */
+mopt_status mopt_path_check_within(const char *root, const char *path, mopt_error *err);
 
 int mopt_file_exists(const char *path);
 int mopt_dir_exists(const char *path);

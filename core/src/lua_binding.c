@@ -6,7 +6,9 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +26,7 @@ typedef struct lua_ctx {
     mopt_registry *reg;
     int32_t quiet, n_threads;
     int32_t gates_failed; /* a pipeline run by the script failed a gate */
+    char write_root[4096]; /* sandboxed: the only directory files may be written in; "" otherwise */
 } lua_ctx;
 
 typedef struct { mopt_model *m; } model_box;
@@ -37,6 +40,7 @@ void mopt_lua_set_registry(lua_State *L, mopt_registry *reg, int32_t quiet, int3
     c->quiet = quiet;
     c->n_threads = n_threads;
     c->gates_failed = 0;
+    c->write_root[0] = '\0';
     lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
 }
 
@@ -339,6 +343,7 @@ static int run_pipeline(lua_State *L, int raise) {
     mopt_run_opts_default(&o);
     o.quiet = c->quiet;
     o.n_threads = c->n_threads;
+    o.write_root = c->write_root[0] ? c->write_root : NULL;
     mopt_error err = {0};
     mopt_status st = mopt_pipeline_run(b->p, m->m, &o, r->r, &err);
     if (!mopt_report_gates_ok(r->r)) c->gates_failed = 1;
@@ -455,6 +460,8 @@ static int report_write(lua_State *L) {
     const char *dir = luaL_checkstring(L, 2), *title = luaL_optstring(L, 3, "mopt report");
     if (!b->r) return luaL_error(L, "mopt.Report is closed");
     mopt_error err = {0};
+    lua_ctx *c = get_ctx(L);
+    if (c->write_root[0] && mopt_path_check_within(c->write_root, dir, &err)) return luaL_error(L, "report:write: %s", err.msg);
     if (mopt_report_write(b->r, dir, title, &err)) return luaL_error(L, "report:write: %s", err.msg);
     lua_pushvalue(L, 1);
     return 1;
@@ -557,14 +564,88 @@ static int traceback_handler(lua_State *L) {
     return 1;
 }
 
-mopt_status mopt_lua_run_file(const char *path, int n_args, char *const *kv_args, mopt_registry *reg, int32_t quiet,
-                              int32_t n_threads, char **traceback, int32_t *gates_failed, mopt_error *err) {
+/* Every few thousand instructions: a stop request ends the script, loops too. */
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    if (mopt_interrupted()) luaL_error(L, "interrupted");
+}
+
+/* sandbox_check(path): raises unless writing path stays inside the run's directory */
+static int l_sandbox_check(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    mopt_error err = {0};
+    if (!mopt_path_check_within(get_ctx(L)->write_root, path, &err)) return 0;
+    luaL_where(L, 2); /* the script's line, not the wrapper's */
+    lua_pushstring(L, err.msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* Lua-level wrappers over the originals, which stay reachable only as upvalues
+ * (the debug library is gone). Binary chunks are refused: malformed bytecode
+ * can crash the VM. */
+static const char sandbox_lua[] =
+    "local check = ...\n"
+    "local open, output, remove, rename = io.open, io.output, os.remove, os.rename\n"
+    "local load0, loadfile0, searchpath, path_of = load, loadfile, package.searchpath, package\n"
+    "io.open = function(p, m, ...) if type(m) == 'string' and m:find('[wa+]') then check(p) end return open(p, m, ...) end\n"
+    "io.output = function(f, ...) if type(f) == 'string' then check(f) end return output(f, ...) end\n"
+    "os.remove = function(p, ...) check(p) return remove(p, ...) end\n"
+    "os.rename = function(a, b, ...) check(a) check(b) return rename(a, b, ...) end\n"
+    "load = function(chunk, name, mode, env) return load0(chunk, name, 't', env) end\n"
+    "loadfile = function(f, mode, env) return loadfile0(f, 't', env) end\n"
+    "dofile = function(f) local fn, e = loadfile0(f, 't') if not fn then error(e, 2) end return fn() end\n"
+    "os.execute, io.popen, io.tmpfile, package.loadlib, debug, package.loaded.debug = nil\n"
+    "package.cpath = ''\n"
+    "package.searchers = { package.searchers[1], function(name)\n"
+    "  local p, e = searchpath(name, path_of.path)\n"
+    "  if not p then return e end\n"
+    "  local fn, le = loadfile0(p, 't')\n"
+    "  if not fn then error(le, 2) end\n"
+    "  return fn, p\n"
+    "end }\n";
+
+static mopt_status enter_sandbox(lua_State *L, const char *root, mopt_error *err) {
+    lua_ctx *c = get_ctx(L);
+    if (!realpath(root ? root : ".", c->write_root))
+        return MOPT_FAIL(err, MOPT_E_IO, "%s: the sandbox's output directory cannot be resolved: %s", root ? root : ".",
+                         strerror(errno));
+    if (luaL_loadbuffer(L, sandbox_lua, sizeof sandbox_lua - 1, "=sandbox") != LUA_OK) {
+        mopt_status st = MOPT_FAIL(err, MOPT_E_RUNTIME, "sandbox setup: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return st;
+    }
+    lua_pushcfunction(L, l_sandbox_check);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        mopt_status st = MOPT_FAIL(err, MOPT_E_RUNTIME, "sandbox setup: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return st;
+    }
+    return MOPT_OK;
+}
+
+void mopt_lua_opts_default(mopt_lua_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+}
+
+mopt_status mopt_lua_run(const char *path, int n_args, char *const *kv_args, mopt_registry *reg, const mopt_lua_opts *opts_in,
+                         char **traceback, int32_t *gates_failed, mopt_error *err) {
+    mopt_lua_opts o;
+    mopt_lua_opts_default(&o);
+    if (opts_in) memcpy(&o, opts_in, opts_in->struct_size < sizeof o ? opts_in->struct_size : sizeof o);
     if (traceback) *traceback = NULL;
     if (gates_failed) *gates_failed = 0;
     lua_State *L = luaL_newstate();
     if (!L) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot create a Lua state");
     luaL_openlibs(L);
-    mopt_lua_set_registry(L, reg, quiet, n_threads);
+    mopt_lua_set_registry(L, reg, o.quiet, o.n_threads);
+    mopt_status st = o.sandbox ? enter_sandbox(L, o.write_root, err) : MOPT_OK;
+    if (st) {
+        lua_close(L);
+        return st;
+    }
+    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 10000);
     luaL_requiref(L, "mopt", luaopen_mopt, 1);
     lua_pop(L, 1);
     lua_createtable(L, 0, n_args);
@@ -579,20 +660,32 @@ mopt_status mopt_lua_run_file(const char *path, int n_args, char *const *kv_args
         lua_settable(L, -3);
     }
     lua_setglobal(L, "args");
-    mopt_status st = MOPT_OK;
     lua_pushcfunction(L, traceback_handler);
-    if (luaL_loadfile(L, path) != LUA_OK) {
+    if (luaL_loadfilex(L, path, o.sandbox ? "t" : NULL) != LUA_OK) {
         st = MOPT_FAIL(err, MOPT_E_INVALID, "%s", lua_tostring(L, -1));
     } else if (lua_pcall(L, 0, 0, -2) != LUA_OK) {
         const char *full = lua_tostring(L, -1);
         const char *nl = full ? strchr(full, '\n') : NULL;
-        st = MOPT_FAIL(err, MOPT_E_RUNTIME, "%.*s", nl ? (int)(nl - full) : (int)strlen(full ? full : ""),
-                       full ? full : "error object is not a string");
-        if (traceback && full) *traceback = strdup(full);
+        if (mopt_interrupted()) {
+            st = MOPT_FAIL(err, MOPT_E_INTERRUPTED, "%s: interrupted", path);
+        } else {
+            st = MOPT_FAIL(err, MOPT_E_RUNTIME, "%.*s", nl ? (int)(nl - full) : (int)strlen(full ? full : ""),
+                           full ? full : "error object is not a string");
+            if (traceback && full) *traceback = strdup(full);
+        }
     }
     lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
     const lua_ctx *c = lua_touserdata(L, -1);
     if (gates_failed && c) *gates_failed = c->gates_failed;
     lua_close(L);
     return st;
+}
+
+mopt_status mopt_lua_run_file(const char *path, int n_args, char *const *kv_args, mopt_registry *reg, int32_t quiet,
+                              int32_t n_threads, char **traceback, int32_t *gates_failed, mopt_error *err) {
+    mopt_lua_opts o;
+    mopt_lua_opts_default(&o);
+    o.quiet = quiet;
+    o.n_threads = n_threads;
+    return mopt_lua_run(path, n_args, kv_args, reg, &o, traceback, gates_failed, err);
 }

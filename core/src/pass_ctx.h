@@ -11,6 +11,7 @@ struct mopt_pass_ctx {
     const char *pass;
     double start, last_progress;
     int32_t bar_open; /* a progress bar is drawn without its newline yet */
+    const char *write_root; /* NULL, or the only directory passes may write in */
 };
 
 extern const mopt_host_api mopt_host;

@@ -23,6 +23,7 @@ mopt_status mopt_perplexity_strided(mopt_session *s, const int32_t *tokens, int6
     double nll = 0;
     int64_t scored = 0, done = 0;
     for (int64_t w = 0; w < windows; w++) {
+        if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted after %lld of %lld windows", (long long)w, (long long)windows);
         const int32_t *win = tokens + w * stride;
         const float *logits;
         mopt_status st = mopt_session_truncate(s, 0, err);

@@ -153,12 +153,13 @@ mopt_status mopt_pipeline_run(const mopt_pipeline *p, mopt_model *model, const m
     if (opts_in) memcpy(&o, opts_in, opts_in->struct_size < sizeof o ? opts_in->struct_size : sizeof o);
     for (int32_t i = 0; i < p->n; i++) {
         const step *s = &p->steps[i];
+        if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted before %s", s->desc->name);
         char opts[1024];
         mopt_options_str(s->opts, opts, sizeof opts);
         if (o.before) o.before(o.user, i, s->desc->name, opts);
         if (mopt_report_begin(report, s->desc->name, mopt_pass_kind_name((mopt_pass_kind)s->desc->kind), opts))
             return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        mopt_pass_ctx ctx = {model, o.n_threads, o.quiet, s->desc->name, mopt_now(), 0, 0};
+        mopt_pass_ctx ctx = {model, o.n_threads, o.quiet, s->desc->name, mopt_now(), 0, 0, o.write_root};
         mopt_error perr = {0};
         mopt_status st = s->desc->run(&mopt_host, &ctx, model ? mopt_model_graph(model) : NULL, s->opts, report, &perr);
         double secs = mopt_now() - ctx.start;

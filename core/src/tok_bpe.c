@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mopt/interrupt.h"
 #include "tok_impl.h"
 
 int id_vec_push(id_vec *a, int32_t x) {
@@ -184,7 +185,11 @@ int tok_bpe_merge(const mopt_tokenizer *tok, const int32_t *syms, size_t n, id_v
     for (size_t i = 0; ok && i + 1 < n; i++)
         if (pair_map_get(&tok->merges, id[i], id[i + 1], &rank, &merged))
             ok = heap_push(&h, (cand){rank, (int32_t)i, merged});
-    while (ok && h.n) {
+    for (uint32_t step = 0; ok && h.n; step++) {
+        if (!(step & 0xffff) && mopt_interrupted()) { /* one merge over a whole llama2.c text can be long */
+            ok = 0;
+            break;
+        }
         cand c = heap_pop(&h);
         if (id[c.pos] < 0) continue; /* merged away */
         int32_t nx = next[c.pos];

@@ -8,6 +8,7 @@
 
 #include "internal.h"
 #include "json_util.h"
+#include "mopt/interrupt.h"
 #include "tok_impl.h"
 
 #define SPM_SPACE "\xe2\x96\x81" /* U+2581 "▁" */
@@ -325,6 +326,7 @@ mopt_tokenizer *tok_hf_from_json(json_t *root, const char *path, mopt_error *err
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         return NULL;
     }
+    snprintf(tok->source, sizeof tok->source, "%s", path);
     tok->kind = TOK_KIND_HF;
     tok->unk_id = tok->bos_id = tok->eos_id = -1;
     json_t *model = json_object_get(root, "model");
@@ -431,9 +433,10 @@ static mopt_status encode_piece(const mopt_tokenizer *tok, const char *s, size_t
             i += cl;
         }
     }
-    if (st == MOPT_OK && !tok_bpe_merge(tok, syms.v, syms.n, out)) st = MOPT_E_NOMEM;
+    if (st == MOPT_OK && !tok_bpe_merge(tok, syms.v, syms.n, out)) st = mopt_interrupted() ? MOPT_E_INTERRUPTED : MOPT_E_NOMEM;
     free(syms.v);
     if (st == MOPT_E_NOMEM) MOPT_FAIL(err, st, "out of memory");
+    if (st == MOPT_E_INTERRUPTED) MOPT_FAIL(err, st, "interrupted while tokenizing");
     return st;
 }
 
@@ -444,13 +447,18 @@ static mopt_status split_and_encode(const mopt_tokenizer *tok, int k, const char
     const split_step *sp = &tok->splits[k];
     size_t pos = 0, last = 0;
     while (pos <= n) {
+        if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted while tokenizing");
         int rc = pcre2_match(sp->re, (PCRE2_SPTR)s, n, pos, pos == 0 ? 0 : PCRE2_NO_UTF_CHECK, sp->md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
                 return MOPT_FAIL(err, MOPT_E_INVALID, "text is not valid UTF-8 (near byte %zu)",
                                  (size_t)pcre2_get_startchar(sp->md));
-            return MOPT_FAIL(err, MOPT_E_RUNTIME, "pre-tokenizer regex failed (pcre2 error %d)", rc);
+            PCRE2_UCHAR why[120];
+            if (pcre2_get_error_message(rc, why, sizeof why) < 0) snprintf((char *)why, sizeof why, "pcre2 error %d", rc);
+            return MOPT_FAIL(err, rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ? MOPT_E_INVALID : MOPT_E_RUNTIME,
+                             "%s: the pre-tokenizer regex (split %d) failed on the text near byte %zu: %s", tok->source, k, pos,
+                             (const char *)why);
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(sp->md);
         size_t ms = ov[0], me = ov[1];

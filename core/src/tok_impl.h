@@ -46,6 +46,7 @@ typedef struct split_step {
 #define TOK_MAX_TEMPLATE 8
 
 struct mopt_tokenizer {
+    char source[256]; /* the file it came from, for messages */
     tok_kind kind;
     tok_decoder decoder;
     int32_t n_vocab;
@@ -99,7 +100,8 @@ int pair_map_get(const pair_map *m, int32_t a, int32_t b, int32_t *rank, int32_t
 void pair_map_free(pair_map *m);
 
 /* Merges `syms` (ids, in place) by merge rank, lowest rank first and leftmost
- * first on ties, as HF tokenizers' BPE does; appends the result to out. */
+ * first on ties, as HF tokenizers' BPE does; appends the result to out.
+ * Returns 0 when out of memory or interrupted (mopt_interrupted tells which). */
 int tok_bpe_merge(const mopt_tokenizer *tok, const int32_t *syms, size_t n, id_vec *out);
 
 /* Fills piece/piece_len/piece_byte for every id (after tokens are loaded). */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "mopt/interrupt.h"
 #include "tok_impl.h"
 
 /* NaN scores (a damaged file) order last, so the sort stays a total order */
@@ -78,6 +79,7 @@ mopt_tokenizer *tok_llama2c_parse(const char *data, size_t size, int32_t vocab_s
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         return NULL;
     }
+    snprintf(tok->source, sizeof tok->source, "%s", path);
     tok->kind = TOK_KIND_LLAMA2C;
     tok->decoder = TOK_DECODER_LLAMA2C;
     tok->unk_id = 0;
@@ -167,5 +169,6 @@ mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size
     }
     ok = ok && tok_bpe_merge(tok, t.v, t.n, out);
     free(t.v);
+    if (!ok && mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted while tokenizing");
     return ok ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 }

@@ -168,13 +168,15 @@ static mopt_status replaceable(const mopt_host_api *h, const atomic_dir *d, mopt
     return MOPT_OK;
 }
 
-mopt_status atomic_dir_begin(const mopt_host_api *h, atomic_dir *d, const char *target, int force, int single_file,
-                             mopt_error *err) {
+mopt_status atomic_dir_begin(const mopt_host_api *h, const mopt_pass_ctx *ctx, atomic_dir *d, const char *target, int force,
+                             int single_file, mopt_error *err) {
     size_t tl = strlen(target);
     while (tl > 1 && target[tl - 1] == '/') tl--;
+    d->tmp[0] = '\0';
     if (!tl || tl >= sizeof d->target) return h->error_set(err, MOPT_E_INVALID, "export", "the output path is empty or too long");
     snprintf(d->target, sizeof d->target, "%.*s", (int)tl, target);
-    d->tmp[0] = '\0';
+    mopt_status s0 = h->ctx_check_write(ctx, d->target, err);
+    if (s0) return s0;
     d->force = force;
     d->single_file = single_file;
     struct stat st;

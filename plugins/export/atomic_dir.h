@@ -26,9 +26,10 @@ typedef struct atomic_dir {
 
 /* Checks the target (refuses an existing one without force, and anything but
  * a previous export or, for single_file, a regular file with it), sweeps stale
- * temporaries of dead processes and creates a fresh one. */
-mopt_status atomic_dir_begin(const mopt_host_api *h, atomic_dir *d, const char *target, int force, int single_file,
-                             mopt_error *err);
+ * temporaries of dead processes and creates a fresh one. Inside a sandboxed
+ * run the target must lie in the run's write_root. */
+mopt_status atomic_dir_begin(const mopt_host_api *h, const mopt_pass_ctx *ctx, atomic_dir *d, const char *target, int force,
+                             int single_file, mopt_error *err);
 /* Path of a file inside the temporary directory. */
 const char *atomic_dir_path(const atomic_dir *d, const char *name, char *buf, size_t cap);
 /* Writes the export marker, removes the INCOMPLETE one, flushes and renames the

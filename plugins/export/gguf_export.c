@@ -431,12 +431,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st && (b.oom || info.oom || head.oom)) st = h->error_set(err, MOPT_E_NOMEM, "export.gguf", "out of memory");
     atomic_dir d;
     int began = 0;
-    if (!st) st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 1, err), began = !st;
+    if (!st) st = atomic_dir_begin(h, ctx, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 1, err), began = !st;
     FILE *f = NULL;
     char path[5000];
     if (!st && !(f = fopen(atomic_dir_path(&d, "model.gguf", path, sizeof path), "wb")))
         st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: cannot write: %s", path, strerror(errno));
-    if (!st && fwrite(head.p, 1, head.n, f) != head.n) st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed", path);
+    if (!st && fwrite(head.p, 1, head.n, f) != head.n)
+        st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed: %s", path, strerror(errno));
     float *tmp = malloc((size_t)max_cols * sizeof *tmp);
     uint8_t *row = malloc((size_t)h->ggml_row_bytes(MOPT_GGML_F32, max_cols));
     if (!st && (!tmp || !row)) st = h->error_set(err, MOPT_E_NOMEM, "export.gguf", "out of memory");
@@ -445,17 +446,20 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         const gten *t = &ts.t[i];
         const int64_t rb = h->ggml_row_bytes(t->type, t->cols);
         for (int64_t r = 0; r < t->rows && !st; r++) {
-            st = write_row(h, t, r, tmp, row, err);
+            if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.gguf", "interrupted at tensor %s", t->name);
+            if (!st) st = write_row(h, t, r, tmp, row, err);
             if (!st && fwrite(row, 1, (size_t)rb, f) != (size_t)rb)
-                st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed", path);
+                st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed: %s", path, strerror(errno));
         }
         const size_t pad = (size_t)((32 - t->nbytes % 32) % 32);
-        if (!st && pad && fwrite(zeros, 1, pad, f) != pad) st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed", path);
+        if (!st && pad && fwrite(zeros, 1, pad, f) != pad)
+            st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: write failed: %s", path, strerror(errno));
         data_bytes += t->nbytes;
         h->progress(ctx, i + 1, ts.n);
     }
-    if (f && (fflush(f) != 0 || fsync(fileno(f)) != 0) && !st) st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: cannot flush", path);
-    if (f && fclose(f) != 0 && !st) st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: cannot close", path);
+    if (f && (fflush(f) != 0 || fsync(fileno(f)) != 0) && !st)
+        st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: cannot flush: %s", path, strerror(errno));
+    if (f && fclose(f) != 0 && !st) st = h->error_set(err, MOPT_E_IO, "export.gguf", "%s: cannot close: %s", path, strerror(errno));
     free(tmp);
     free(row);
     free(b.p);

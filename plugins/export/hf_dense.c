@@ -267,7 +267,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (f != HF_DENSE && !strcmp(a->family, "gpt2"))
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "quantized GPT-2 exports are not supported (fused Conv1D c_attn); use format=dense");
     atomic_dir d;
-    st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 0, err);
+    st = atomic_dir_begin(h, ctx, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 0, err);
     if (st) return st;
     entries es = {{0}, forced, model_dt};
     st = !strcmp(a->family, "gpt2") ? gather_gpt2(h, g, &es, err) : gather_llama(h, g, &es, f, err);
@@ -293,7 +293,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         if (shards == 1) snprintf(name, sizeof name, "model.safetensors");
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
         for (int32_t k = first; k < i; k++) json_object_set_new(weight_map, es.l.e[k].name, json_string(name));
-        st = st_write_file(h, &d, name, es.l.e + first, i - first, err);
+        if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.hf", "interrupted before %s", name);
+        if (!st) st = st_write_file(h, &d, name, es.l.e + first, i - first, err);
         if (!st && h->opt_int(o, "pause_ms") > 0) { /* diagnostic: lets a test interrupt a half-written export */
             struct timespec ts = {h->opt_int(o, "pause_ms") / 1000, (h->opt_int(o, "pause_ms") % 1000) * 1000000L};
             nanosleep(&ts, NULL);

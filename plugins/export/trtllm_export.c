@@ -356,12 +356,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     const char *mdt = fdt ? fdt : emb && emb->dtype == MOPT_DTYPE_F32 ? "F32" : emb && emb->dtype == MOPT_DTYPE_BF16 ? "BF16" : "F16";
     const char *torch = !strcmp(mdt, "F32") ? "float32" : !strcmp(mdt, "BF16") ? "bfloat16" : "float16";
     atomic_dir d;
-    if ((st = atomic_dir_begin(h, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 0, err))) return st;
+    if ((st = atomic_dir_begin(h, pctx, &d, h->opt_string(o, "out"), h->opt_bool(o, "force"), 0, err))) return st;
     ctx_t c = {h, fdt, algo, err};
     int64_t bytes = 0;
     for (int r = 0; r < tp && !st; r++) {
         st_list l = {0};
-        st = rank_tensors(&c, g, &l, r, tp);
+        if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.trtllm", "interrupted before rank %d", r);
+        if (!st) st = rank_tensors(&c, g, &l, r, tp);
         char name[64];
         snprintf(name, sizeof name, "rank%d.safetensors", r);
         for (int32_t i = 0; i < l.n; i++) bytes += (int64_t)l.e[i].nbytes;

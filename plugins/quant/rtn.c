@@ -22,6 +22,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         uint8_t *q = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
         float *s = malloc((size_t)(l->out * ng) * sizeof *s);
         if (!W || !q || !z || !s) st = err && err->code ? (mopt_status)err->code : h->error_set(err, MOPT_E_NOMEM, "quant.rtn", "out of memory");
+        if (!st && h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "quant.rtn", "interrupted at %s", l->wname);
         if (!st) {
             q_rtn(h, W, l->out, l->in, sp, q, s, z);
             st = q_install(h, g, l, sp, q, s, z, NULL, err);

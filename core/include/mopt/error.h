@@ -18,7 +18,8 @@ typedef enum mopt_status {
     MOPT_E_UNSUPPORTED = -5, /* well-formed but not something we can run */
     MOPT_E_ABI = -6,         /* plugin ABI mismatch */
     MOPT_E_BACKEND = -7,     /* a compute backend failed */
-    MOPT_E_RUNTIME = -8      /* any other failure while running */
+    MOPT_E_RUNTIME = -8,     /* any other failure while running */
+    MOPT_E_INTERRUPTED = -9  /* stopped on request (mopt_interrupt: SIGINT, SIGTERM, a timeout) */
 } mopt_status;
 
 /* Filled by the callee on failure; `msg` is one line that names what was wrong

@@ -8,6 +8,7 @@
 #include "mopt/fileio.h"
 #include "mopt/ggml.h"
 #include "mopt/graph.h"
+#include "mopt/interrupt.h"
 #include "mopt/model.h"
 #include "mopt/pass.h"
 #include "mopt/pipeline.h"

@@ -65,6 +65,9 @@ typedef struct mopt_run_opts {
     void (*before)(void *user, int32_t index, const char *pass, const char *options);
     void (*after)(void *user, int32_t index, const char *pass, mopt_status status, double seconds);
     void *user;
+    /* appended: when set, passes write files only inside this directory (the
+     * sandbox of `mopt run --sandbox`); built-in exporters check it */
+    const char *write_root;
 } mopt_run_opts;
 
 MOPT_API void mopt_run_opts_default(mopt_run_opts *o);

@@ -145,6 +145,13 @@ typedef struct mopt_host_api {
     /* ggml block formats (mopt/ggml.h) */
     int64_t (*ggml_row_bytes)(int32_t type, int64_t n);
     mopt_status (*ggml_quantize_row)(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
+
+    /* appended: stopping on request (mopt/interrupt.h). Long loops check it at
+     * safe points and return MOPT_E_INTERRUPTED; forward passes check it too. */
+    int32_t (*interrupted)(void);
+    /* OK when the run may write `path` (inside its write_root, if it has one);
+     * passes that write files call it before creating anything */
+    mopt_status (*ctx_check_write)(const mopt_pass_ctx *ctx, const char *path, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
