@@ -151,4 +151,6 @@ const mopt_host_api mopt_host = {
     .ggml_quantize_row = mopt_ggml_quantize_row,
     .interrupted = interrupted,
     .ctx_check_write = ctx_check_write,
+    .f32_to_f16 = mopt_f32_to_f16,
+    .f32_to_bf16 = mopt_f32_to_bf16,
 };

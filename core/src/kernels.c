@@ -2,7 +2,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cpuid.h>
+
 #include "kernels.h"
+
+/* F16C from CPUID leaf 1 (ECX bit 29): clang before 15 has no "f16c" for __builtin_cpu_supports. */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
 
 int mopt_kernels_supported(const mopt_kernels *k) {
     __builtin_cpu_init();
@@ -10,8 +18,7 @@ int mopt_kernels_supported(const mopt_kernels *k) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vnni");
-    if (k == &mopt_kernels_avx2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (k == &mopt_kernels_avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     return 1;
 }
 

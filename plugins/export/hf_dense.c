@@ -39,7 +39,7 @@ static mopt_status add(const mopt_host_api *h, entries *es, const char *name, co
     const char *dt = st_dtype(es, src);
     const size_t nbytes = (size_t)cnt * (strcmp(dt, "F32") ? 2 : 4);
     void *data = malloc(nbytes ? nbytes : 1);
-    for (int64_t i = 0; data && i < cnt; i++) st_store_float(dt, data, i, v[i]);
+    for (int64_t i = 0; data && i < cnt; i++) st_store_float(h, dt, data, i, v[i]);
     return st_list_add(h, &es->l, name, dt, cols ? 2 : 1, shape, data, nbytes, err);
 }
 

@@ -90,19 +90,7 @@ void st_list_free(st_list *l) {
     l->n = l->cap = 0;
 }
 
-void st_store_float(const char *dtype, void *dst, int64_t i, float v) {
-    if (!strcmp(dtype, "F32")) {
-        ((float *)dst)[i] = v;
-        return;
-    }
-    uint16_t r;
-    if (!strcmp(dtype, "BF16")) {
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        r = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 0x40) : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    } else {
-        _Float16 h = (_Float16)v; /* the compiler's conversion rounds to nearest even */
-        memcpy(&r, &h, 2);
-    }
-    ((uint16_t *)dst)[i] = r;
+void st_store_float(const mopt_host_api *h, const char *dtype, void *dst, int64_t i, float v) {
+    if (!strcmp(dtype, "F32")) ((float *)dst)[i] = v;
+    else ((uint16_t *)dst)[i] = !strcmp(dtype, "BF16") ? h->f32_to_bf16(v) : h->f32_to_f16(v);
 }

@@ -30,7 +30,7 @@ void st_list_free(st_list *l);
 
 /* Stores v as element i of an array of safetensors dtype "F32", "F16" or "BF16"
  * (round to nearest even; NaN stays NaN). */
-void st_store_float(const char *dtype, void *dst, int64_t i, float v);
+void st_store_float(const mopt_host_api *h, const char *dtype, void *dst, int64_t i, float v);
 
 /* Writes entries to `name` inside the export directory. */
 mopt_status st_write_file(const mopt_host_api *h, const atomic_dir *d, const char *name, st_entry *e, int32_t n,

@@ -97,10 +97,10 @@ static mopt_status add_linear(ctx_t *c, st_list *l, const char *name, const tlin
             const mopt_tensor *t = row_of(L, rows[r], &row);
             if (vec) {
                 st = h->tensor_read_f32(t, row, 1, tmp, c->err);
-                if (!st) st_store_float(fdt, d, r, tmp[0]);
+                if (!st) st_store_float(c->h, fdt, d, r, tmp[0]);
             } else {
                 st = h->weight_row_f32(t, row, tmp, c->err);
-                for (int64_t k = 0; k < nc && !st; k++) st_store_float(fdt, d, r * nc + k, tmp[c0 + k]);
+                for (int64_t k = 0; k < nc && !st; k++) st_store_float(c->h, fdt, d, r * nc + k, tmp[c0 + k]);
             }
         }
         free(tmp);
@@ -185,7 +185,7 @@ static mopt_status add_linear(ctx_t *c, st_list *l, const char *name, const tlin
     void *sv = sc;
     if (c->algo == TQ_W8A16 && strcmp(sdt, "F32")) { /* scales in the model dtype */
         sv = malloc((size_t)n_rows * 2);
-        for (int64_t r = 0; sv && r < n_rows; r++) st_store_float(sdt, sv, r, sc[r]);
+        for (int64_t r = 0; sv && r < n_rows; r++) st_store_float(h, sdt, sv, r, sc[r]);
         free(sc);
     }
     snprintf(n, sizeof n, "%s.weight", base);

@@ -152,6 +152,9 @@ typedef struct mopt_host_api {
     /* OK when the run may write `path` (inside its write_root, if it has one);
      * passes that write files call it before creating anything */
     mopt_status (*ctx_check_write)(const mopt_pass_ctx *ctx, const char *path, mopt_error *err);
+    /* the f16 / bf16 bits of f, rounded to nearest even (NaN stays NaN) */
+    uint16_t (*f32_to_f16)(float f);
+    uint16_t (*f32_to_bf16)(float f);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
