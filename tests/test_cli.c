@@ -167,6 +167,28 @@ static void test_threads_above_the_cores_are_capped_with_a_warning(void **s) {
     run_free(&r);
 }
 
+/* Small gaps a new user meets: a tokenizer alone tokenizes; rtn ignores --calib with a note. */
+static void test_tokenizer_alone_and_calibration_notes(void **s) {
+    REQUIRE_SHARED();
+    char args[4096];
+    snprintf(args, sizeof args, "tokenize '%s/models/tokenizers/llama3-style' --text 'Hello world' --json", test_shared_dir());
+    run_result r = run(args);
+    assert_int_equal(r.code, 0);
+    assert_int_equal(r.out[0], '[');
+    run_free(&r);
+    snprintf(args, sizeof args, "tokenize '%s/models/lit-gpt2-1m/tokenizer.json' --text 'ROMEO:' --json", test_shared_dir());
+    r = run(args);
+    assert_int_equal(r.code, 0);
+    assert_string_equal(r.out, "[1576, 26]\n");
+    run_free(&r);
+    snprintf(args, sizeof args, "quantize '%s/models/stories260K/stories260K.bin' --method rtn --group 32 --calib '%s/data/lit-train.txt'",
+             test_shared_dir(), test_shared_dir());
+    r = run(args);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.err, "note: --method rtn needs no calibration"));
+    run_free(&r);
+}
+
 /* --- stopping on a signal ----------------------------------------------------------- */
 
 static double now_s(void) {
@@ -271,6 +293,7 @@ int main(void) {
         cmocka_unit_test(test_bad_inputs_exit_2_with_one_line),
         cmocka_unit_test(test_threads_above_the_cores_are_capped_with_a_warning),
         cmocka_unit_test(test_signals_stop_work_and_leave_no_temporaries),
+        cmocka_unit_test(test_tokenizer_alone_and_calibration_notes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

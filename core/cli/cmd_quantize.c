@@ -145,6 +145,15 @@ int cmd_quantize(int argc, char **argv) {
         rc = cli_usage_error("quantize", "--bits/--group/--sym apply to rtn, awq and gptq; %s has a fixed format", a.method);
         goto done;
     }
+    /* a method that does not calibrate ignores the calibration flags, with a note (not an error) */
+    const mopt_pass_desc *qd = mopt_registry_find(r, pass);
+    int calibrates = 0;
+    for (uint32_t k = 0; k < qd->n_opts; k++) calibrates |= !strcmp(qd->opts[k].name, "calib");
+    if (!calibrates && (a.calib || a.samples[0] || a.len[0])) {
+        if (!a.quiet) fprintf(stderr, "mopt: note: --method %s needs no calibration; --calib/--calib-samples/--calib-len are ignored\n", a.method);
+        a.calib = NULL;
+        a.samples[0] = a.len[0] = '\0';
+    }
     /* map flags onto the pass's schema; the schema rejects what the method does not take */
     if (set(qo, "bits", a.bits, &err) || set(qo, "group_size", a.group, &err) || (a.sym && set(qo, "sym", "true", &err)) ||
         (a.act_order && set(qo, "act_order", "true", &err)) || set(qo, "alpha", a.alpha, &err) ||

@@ -1,5 +1,7 @@
 /* mopt tokenize MODEL (--text S | --file F) [--json] [--no-special] */
 #include <getopt.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,8 +9,9 @@
 #include "cli.h"
 
 static void help(void) {
-    printf("usage: mopt tokenize MODEL (--text S | --file F) [--json] [--no-special] [--tokenizer PATH]\n\n"
-           "Prints the token ids of a text, space-separated (or a JSON array with --json).\n"
+    printf("usage: mopt tokenize MODEL|TOKENIZER (--text S | --file F) [--json] [--no-special] [--tokenizer PATH]\n\n"
+           "Prints the token ids of a text, space-separated (or a JSON array with --json). Instead of a\n"
+           "model, a tokenizer.json or a folder holding only tokenizer files will do.\n"
            "  --text S          the text to encode\n"
            "  --file F          encode the contents of file F\n"
            "  --json            print a JSON array\n"
@@ -41,19 +44,36 @@ int cmd_tokenize(int argc, char **argv) {
     char *data = NULL;
     size_t len = 0;
     if (file && cli_read_text(file, &data, &len, &err)) return cli_fail(&err);
-    mopt_model *m = mopt_model_load(argv[optind], tok_path, &err);
-    if (!m) {
+    /* as AutoTokenizer: a tokenizer.json, or a folder holding only tokenizer files, is enough */
+    const char *src = argv[optind];
+    char cfg[4200], tj[4200];
+    struct stat st;
+    snprintf(cfg, sizeof cfg, "%s/config.json", src);
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", src);
+    const int is_dir = stat(src, &st) == 0 && S_ISDIR(st.st_mode);
+    const size_t sl = strlen(src);
+    const char *tok_only = NULL;
+    if (!tok_path && !is_dir && sl >= 5 && !strcmp(src + sl - 5, ".json")) tok_only = src;
+    if (!tok_path && is_dir && access(cfg, F_OK) != 0 && access(tj, F_OK) == 0) tok_only = tj;
+    mopt_model *m = NULL;
+    mopt_tokenizer *own = NULL;
+    if (tok_only) own = mopt_tokenizer_load_hf(tok_only, &err);
+    else m = mopt_model_load(src, tok_path, &err);
+    if (!m && !own) {
         free(data);
         return cli_fail(&err);
     }
     int rc = EXIT_OK;
-    const mopt_tokenizer *tok = mopt_model_tokenizer(m);
+    const mopt_tokenizer *tok = own ? own : mopt_model_tokenizer(m);
     int32_t *ids = NULL;
     size_t n = 0;
     if (!tok) {
         rc = cli_usage_error("tokenize", "%s has no tokenizer; pass --tokenizer", argv[optind]);
     } else if (mopt_tokenizer_encode(tok, file ? data : text, file ? len : strlen(text),
                                      special ? MOPT_TOK_ADD_SPECIAL : 0, &ids, &n, &err)) {
+        char why[sizeof err.msg];
+        snprintf(why, sizeof why, "%s", err.msg);
+        if (file) mopt_error_set(&err, (mopt_status)err.code, "tokenize", "%s: %s", file, why);
         rc = cli_fail(&err);
     } else {
         if (as_json) putchar('[');
@@ -63,6 +83,7 @@ int cmd_tokenize(int argc, char **argv) {
     }
     free(ids);
     free(data);
+    mopt_tokenizer_free(own);
     mopt_model_free(m);
     return rc;
 }

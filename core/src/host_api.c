@@ -153,4 +153,5 @@ const mopt_host_api mopt_host = {
     .ctx_check_write = ctx_check_write,
     .f32_to_f16 = mopt_f32_to_f16,
     .f32_to_bf16 = mopt_f32_to_bf16,
+    .tokenizer_encode_file = mopt_tokenizer_encode_file,
 };

@@ -189,6 +189,19 @@ mopt_status mopt_tokenizer_encode(const mopt_tokenizer *tok, const char *text, s
     return out.v ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 }
 
+mopt_status mopt_tokenizer_encode_file(const mopt_tokenizer *tok, const char *path, uint32_t flags, int32_t **ids,
+                                       size_t *n_ids, mopt_error *err) {
+    *ids = NULL;
+    *n_ids = 0;
+    mopt_buffer *b = mopt_buffer_mmap(path, err);
+    if (!b) return err ? (mopt_status)err->code : MOPT_E_IO;
+    mopt_status st = b->size == 0 ? MOPT_FAIL(err, MOPT_E_INVALID, "%s: empty data file, nothing to tokenize", path)
+                                  : mopt_tokenizer_encode(tok, b->base, b->size, flags, ids, n_ids, err);
+    mopt_buffer_release(b);
+    if (st && err) mopt_error_name_file(err, path);
+    return st;
+}
+
 /* Appends the bytes of token `id` given the ids decoded before it. */
 static int64_t piece_bytes(const mopt_tokenizer *tok, int32_t prev, int nothing_yet, int32_t id, char *buf, size_t cap) {
     if (id < 0 || id >= tok->n_vocab || !tok->tokens[id]) return 0;

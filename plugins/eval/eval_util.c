@@ -15,16 +15,7 @@ mopt_status eval_tokens(const mopt_host_api *h, const mopt_model *m, const char 
                         size_t *n, mopt_error *err) {
     const mopt_tokenizer *tok = h->model_tokenizer(m);
     if (!tok) return h->error_set(err, MOPT_E_INVALID, "eval", "%s has no tokenizer", h->model_path(m));
-    char *text;
-    size_t len;
-    mopt_status st = h->read_file(path, &text, &len, err);
-    if (st) return st;
-    if (len == 0) {
-        h->free(text);
-        return h->error_set(err, MOPT_E_INVALID, "eval", "%s: empty data file, nothing to score", path);
-    }
-    st = h->tokenizer_encode(tok, text, len, 0, ids, n, err);
-    h->free(text);
+    mopt_status st = h->tokenizer_encode_file(tok, path, 0, ids, n, err);
     if (!st && limit > 0 && (int64_t)*n > limit) *n = (size_t)limit;
     return st;
 }

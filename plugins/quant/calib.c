@@ -36,14 +36,9 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     mopt_model *m = h->ctx_model(ctx);
     const mopt_tokenizer *tok = m ? h->model_tokenizer(m) : NULL;
     if (!tok) return h->error_set(err, MOPT_E_INVALID, "calib", "calibration needs the model's tokenizer");
-    char *text;
-    size_t len;
-    mopt_status st = h->read_file(path, &text, &len, err);
-    if (st) return st;
     int32_t *ids = NULL;
     size_t n = 0;
-    st = h->tokenizer_encode(tok, text, len, 0, &ids, &n, err);
-    h->free(text);
+    mopt_status st = h->tokenizer_encode_file(tok, path, 0, &ids, &n, err);
     if (st) return st;
     if ((int64_t)n < c->L) {
         free(ids);

@@ -155,6 +155,9 @@ typedef struct mopt_host_api {
     /* the f16 / bf16 bits of f, rounded to nearest even (NaN stays NaN) */
     uint16_t (*f32_to_f16)(float f);
     uint16_t (*f32_to_bf16)(float f);
+    /* a whole text file, mapped and encoded; errors name the file */
+    mopt_status (*tokenizer_encode_file)(const mopt_tokenizer *tok, const char *path, uint32_t flags, int32_t **ids,
+                                         size_t *n_ids, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -26,6 +26,11 @@ MOPT_API mopt_tokenizer *mopt_tokenizer_load_hf(const char *path, mopt_error *er
 MOPT_API mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size, mopt_error *err);
 MOPT_API void mopt_tokenizer_free(mopt_tokenizer *tok);
 
+/* Encodes a whole UTF-8 text file (mapped, not copied) as mopt_tokenizer_encode
+ * does; errors name the file (an empty file is one). *ids is malloc'd. */
+MOPT_API mopt_status mopt_tokenizer_encode_file(const mopt_tokenizer *tok, const char *path, uint32_t flags, int32_t **ids,
+                                                size_t *n_ids, mopt_error *err);
+
 MOPT_API int32_t mopt_tokenizer_vocab_size(const mopt_tokenizer *tok);
 /* The token's string as stored in the vocabulary, or NULL. */
 MOPT_API const char *mopt_tokenizer_token_str(const mopt_tokenizer *tok, int32_t id);
