@@ -31,9 +31,11 @@ mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_erro
         ssize_t r = read(fd, buf + got, size - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
+            const int e = r < 0 ? errno : 0;
             free(buf);
             close(fd);
-            return MOPT_FAIL(err, MOPT_E_IO, "%s: read failed after %zu of %zu bytes", path, got, size);
+            return MOPT_FAIL(err, MOPT_E_IO, "%s: read failed after %zu of %zu bytes: %s", path, got, size,
+                             e ? strerror(e) : "the file shrank while being read");
         }
         got += (size_t)r;
     }

@@ -135,8 +135,13 @@ mopt_status gguf_open(const char *path, gguf_file **out, mopt_error *err) {
         free(f);
         return err ? (mopt_status)err->code : MOPT_E_IO;
     }
-    rd r = {f->buf->base, (const uint8_t *)f->buf->base + f->buf->size, path, err};
     mopt_status st = MOPT_E_FORMAT;
+    if (f->buf->size == 0) { /* an empty mapping has no base to point into */
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: empty file, not a GGUF file", path);
+        gguf_close(f);
+        return MOPT_E_FORMAT;
+    }
+    rd r = {f->buf->base, (const uint8_t *)f->buf->base + f->buf->size, path, err};
     uint32_t magic, version;
     uint64_t n_t, n_kv;
     if (!u32(&r, &magic, "the header")) goto fail;
