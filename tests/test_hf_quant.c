@@ -173,6 +173,10 @@ static void test_bad_quantized_checkpoints_are_refused(void **s) {
     corrupt_config(out, "checkpoint_format", json_string("gptq_v2"));
     assert_null(mopt_model_load(out, NULL, &err));
     CHECK_ERR(err, MOPT_E_UNSUPPORTED, "checkpoint_format");
+    corrupt_config(out, "checkpoint_format", json_null()); /* found by fuzz_checkpoint_dir: null is the default, not NULL */
+    mopt_model *ok = mopt_model_load(out, NULL, &err);
+    assert_non_null(ok);
+    mopt_model_free(ok);
     corrupt_config(out, "checkpoint_format", json_string("gptq"));
     corrupt_config(out, "quant_method", json_string("bitsandbytes"));
     assert_null(mopt_model_load(out, NULL, &err));

@@ -70,10 +70,7 @@ bool mopt_json_get_bool_opt(const json_t *obj, const char *key, bool *out, const
 
 bool mopt_json_get_str_opt(const json_t *obj, const char *key, const char **out, const char *file, mopt_error *err) {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) {
-        *out = NULL;
-        return true;
-    }
+    if (!v || json_is_null(v)) return true; /* *out keeps its default, as the other _opt getters */
     if (!json_is_string(v)) {
         MOPT_FAIL(err, MOPT_E_FORMAT, "%s: key \"%s\" must be a string", file, key);
         return false;

@@ -21,7 +21,8 @@ bool mopt_json_get_int(const json_t *obj, const char *key, int64_t *out, const c
 bool mopt_json_get_int_opt(const json_t *obj, const char *key, int64_t *out, const char *file, mopt_error *err);
 bool mopt_json_get_num_opt(const json_t *obj, const char *key, double *out, const char *file, mopt_error *err);
 bool mopt_json_get_bool_opt(const json_t *obj, const char *key, bool *out, const char *file, mopt_error *err);
-/* Borrowed string or NULL when absent/null; sets err and returns false on a non-string. */
+/* Borrowed string; *out untouched when absent or null (give it a default or
+ * NULL first); sets err and returns false on a non-string. */
 bool mopt_json_get_str_opt(const json_t *obj, const char *key, const char **out, const char *file, mopt_error *err);
 
 #endif
