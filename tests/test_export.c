@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "gguf_walk.h"
+#include "st_writer.h"
 #include "testutil.h"
 
 
@@ -61,6 +63,119 @@ static void test_quantized_model_exports_dequantized(void **s) {
     assert_true(d < 1e-3);
     mopt_model_free(e);
     mopt_model_free(m);
+}
+
+/* --- a head size that is not hidden / heads (Mistral-Nemo, Qwen3, Gemma configs) --------- */
+
+enum { HD_DIM = 256, HD_HEADS = 4, HD_KV = 2, HD_HEAD = 32, HD_FFN = 512, HD_LAYERS = 2, HD_VOCAB = 2048 };
+
+/* Writes a random 2-layer LLaMA with head_dim 32 (hidden 256 / 4 heads would be 64) and
+ * the lit tokenizer into dir; weights scaled so activations stay in range. */
+static void write_head_dim_model(const char *dir) {
+    static const struct {
+        const char *fmt;
+        int64_t rows, cols; /* cols 0: a norm (ones) */
+    } shapes[] = {{"model.layers.%d.input_layernorm.weight", HD_DIM, 0},
+                  {"model.layers.%d.self_attn.q_proj.weight", HD_HEADS * HD_HEAD, HD_DIM},
+                  {"model.layers.%d.self_attn.k_proj.weight", HD_KV * HD_HEAD, HD_DIM},
+                  {"model.layers.%d.self_attn.v_proj.weight", HD_KV * HD_HEAD, HD_DIM},
+                  {"model.layers.%d.self_attn.o_proj.weight", HD_DIM, HD_HEADS * HD_HEAD},
+                  {"model.layers.%d.post_attention_layernorm.weight", HD_DIM, 0},
+                  {"model.layers.%d.mlp.gate_proj.weight", HD_FFN, HD_DIM},
+                  {"model.layers.%d.mlp.up_proj.weight", HD_FFN, HD_DIM},
+                  {"model.layers.%d.mlp.down_proj.weight", HD_DIM, HD_FFN}};
+    enum { N = 9 * HD_LAYERS + 3 };
+    static char names[N][96];
+    int64_t rows[N], cols[N]; /* cols 0: a norm */
+    int n = 0;
+    snprintf(names[n], sizeof names[n], "model.embed_tokens.weight"), rows[n] = HD_VOCAB, cols[n++] = HD_DIM;
+    for (int l = 0; l < HD_LAYERS; l++)
+        for (int k = 0; k < 9; k++) snprintf(names[n], sizeof names[n], shapes[k].fmt, l), rows[n] = shapes[k].rows, cols[n++] = shapes[k].cols;
+    snprintf(names[n], sizeof names[n], "model.norm.weight"), rows[n] = HD_DIM, cols[n++] = 0;
+    snprintf(names[n], sizeof names[n], "lm_head.weight"), rows[n] = HD_VOCAB, cols[n++] = HD_DIM;
+    st_item items[N];
+    float *bufs[N];
+    uint32_t seed = 20261201u;
+    for (int i = 0; i < N; i++) {
+        const int64_t count = rows[i] * (cols[i] ? cols[i] : 1);
+        const float sc = cols[i] ? 1.7f / sqrtf((float)cols[i]) : 0;
+        float *w = bufs[i] = malloc((size_t)count * sizeof *w);
+        for (int64_t j = 0; j < count; j++) {
+            seed = seed * 1664525u + 1013904223u;
+            w[j] = cols[i] ? ((float)(seed >> 8) / 16777216.0f - 0.5f) * sc : 1.0f;
+        }
+        items[i] = (st_item){names[i], "F32", cols[i] ? 2 : 1, {rows[i], cols[i]}, w, (size_t)count * sizeof *w};
+    }
+    char path[1400], cmd[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    st_write(path, items, N, NULL);
+    for (int i = 0; i < N; i++) free(bufs[i]);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"model_type\": \"llama\", \"hidden_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d,\n"
+             " \"num_key_value_heads\": %d, \"head_dim\": %d, \"intermediate_size\": %d, \"vocab_size\": %d,\n"
+             " \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, \"bos_token_id\": 0, \"eos_token_id\": 0}\n",
+             HD_DIM, HD_LAYERS, HD_HEADS, HD_KV, HD_HEAD, HD_FFN, HD_VOCAB);
+    write_file(path, cfg, strlen(cfg));
+    snprintf(cmd, sizeof cmd, "cp '%s/models/lit-llama-7m/tokenizer.json' '%s/'", test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Exports m with `export_text` (%s: the output path) and compares the export's logits to m's. */
+static void export_matches(mopt_model *m, const char *dir, const char *name, const char *export_text, double tol) {
+    char out[1400], text[4096];
+    snprintf(out, sizeof out, "%s/%s", dir, name);
+    snprintf(text, sizeof text, export_text, out);
+    pipeline(m, text);
+    mopt_model *e = load(out);
+    assert_int_equal(mopt_model_arch(e)->head_dim, HD_HEAD);
+    double d = logit_diff(m, e);
+    fprintf(stderr, "  head_dim %d through %-42s max |logit diff| %.3g\n", HD_HEAD, text, d);
+    assert_true(d <= tol);
+    mopt_model_free(e);
+}
+
+static void test_explicit_head_dim_roundtrips_through_every_format(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], src[1100];
+    test_tmpdir(dir, sizeof dir, "head-dim");
+    snprintf(src, sizeof src, "%s/src", dir);
+    mkdir(src, 0755);
+    write_head_dim_model(src);
+    mopt_model *m = load(src);
+    assert_int_equal(mopt_model_arch(m)->head_dim, HD_HEAD);
+    /* interleaved RoPE rows in GGUF sum in another order: 1e-4, as for lit-llama */
+    export_matches(m, dir, "f32.gguf", "export.gguf<out=%s;type=f32>", 1e-4);
+    export_matches(m, dir, "dense", "export.hf<out=%s;format=dense;dtype=f32>", 0);
+    export_matches(m, dir, "trt1", "export.trtllm<out=%s;tp=1;dtype=f32>", 0);
+    export_matches(m, dir, "trt2", "export.trtllm<out=%s;tp=2;dtype=f32>", 0);
+    mopt_model_free(m);
+    /* quantized: the export holds exactly the levels and scales the model runs */
+    m = load(src);
+    pipeline(m, "quant.rtn<bits=4;group_size=32>");
+    export_matches(m, dir, "awq", "export.hf<out=%s;format=awq>", 0);
+    export_matches(m, dir, "gptq", "export.hf<out=%s;format=gptq>", 0);
+    export_matches(m, dir, "ct", "export.hf<out=%s;format=compressed-tensors>", 0);
+    mopt_model_free(m);
+    m = load(src);
+    pipeline(m, "quant.rtn<bits=4;group_size=32;sym=true>");
+    export_matches(m, dir, "mo", "export.hf<out=%s;format=modelopt>", 0);
+    export_matches(m, dir, "trt-w4a16", "export.trtllm<out=%s;tp=2>", 0);
+    export_matches(m, dir, "q4_0.gguf", "export.gguf<out=%s;type=auto>", 1e-4);
+    mopt_model_free(m);
+    /* the GGUF metadata says the head size itself */
+    char path[1200];
+    snprintf(path, sizeof path, "%s/f32.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    size_t at = gguf_kv_value_offset(d, "llama.attention.key_length");
+    assert_true(at > 0);
+    uint32_t v;
+    memcpy(&v, d + at, 4);
+    assert_int_equal(v, HD_HEAD);
+    assert_true(gguf_kv_value_offset(d, "llama.attention.value_length") > 0);
+    free(d);
 }
 
 static int cli(const char *args) {
@@ -265,6 +380,7 @@ int main(void) {
         cmocka_unit_test(test_f32_export_is_exact_and_f16_close),
         cmocka_unit_test(test_sharded_export_loads),
         cmocka_unit_test(test_quantized_model_exports_dequantized),
+        cmocka_unit_test(test_explicit_head_dim_roundtrips_through_every_format),
         cmocka_unit_test(test_force_replaces_only_a_previous_export),
         cmocka_unit_test(test_sweep_never_follows_links_or_removes_live_exports),
         cmocka_unit_test(test_concurrent_exports_to_one_target),

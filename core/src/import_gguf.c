@@ -53,10 +53,18 @@ static mopt_status arch_from_kv(const gguf_file *f, const char *path, mopt_arch 
         return st;
     a->n_kv_heads = a->n_heads;
     if ((st = get_size(f, path, arch, "attention.head_count_kv", &a->n_kv_heads, 0, err))) return st;
-    if (a->dim % a->n_heads || a->n_heads % a->n_kv_heads)
+    /* the head size: attention.key_length when given (it need not be embedding_length / head_count) */
+    int32_t k_len = 0, v_len = 0;
+    if ((st = get_size(f, path, arch, "attention.key_length", &k_len, 0, err)) ||
+        (st = get_size(f, path, arch, "attention.value_length", &v_len, 0, err)))
+        return st;
+    if (k_len && v_len && k_len != v_len)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: %s.attention.key_length %d differs from value_length %d", path, arch, k_len, v_len);
+    if (!k_len) k_len = v_len;
+    if (a->n_heads % a->n_kv_heads || (!k_len && a->dim % a->n_heads))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %d heads (%d kv) do not divide embedding_length %d", path, a->n_heads,
                          a->n_kv_heads, a->dim);
-    a->head_dim = a->dim / a->n_heads;
+    a->head_dim = k_len ? k_len : a->dim / a->n_heads;
     char k[128];
     double v = llama ? 1e-5 : 1e-5;
     snprintf(k, sizeof k, "%s.attention.%s", arch, llama ? "layer_norm_rms_epsilon" : "layer_norm_epsilon");

@@ -346,6 +346,10 @@ static void arch_kv(const mopt_arch *a, const char *name, int32_t want, int quan
     KU("block_count", a->n_layers);
     KU("feed_forward_length", a->ffn_dim);
     KU("attention.head_count", a->n_heads);
+    /* as llama.cpp's converter: the head size is explicit, so a model whose head_dim
+     * is not hidden / heads (Mistral-Nemo, Qwen3, Gemma configs) loads as it was trained */
+    KU("attention.key_length", a->head_dim);
+    KU("attention.value_length", a->head_dim);
     if (!strcmp(ar, "llama")) {
         KU("attention.head_count_kv", a->n_kv_heads);
         KU("rope.dimension_count", a->head_dim);
