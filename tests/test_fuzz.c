@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <sys/stat.h>
 
+#include "model_exercise.h"
 #include "testutil.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -83,37 +84,6 @@ static void check_error(const mopt_error *err) {
     assert_null(strchr(err->msg, '\n'));
 }
 
-/* A model that loaded must also run: a few tokens forward, and its tokenizer both ways. */
-static void exercise(mopt_model *m) {
-    const mopt_arch *a = mopt_model_arch(m);
-    mopt_session_opts so;
-    mopt_session_opts_default(&so);
-    so.n_threads = 1;
-    so.max_ctx = a->max_ctx < 8 ? a->max_ctx : 8;
-    mopt_error err = {0};
-    mopt_session *s = mopt_session_new(mopt_model_graph(m), &so, &err);
-    if (s) {
-        int32_t ids[8];
-        const int32_t n = so.max_ctx;
-        for (int32_t i = 0; i < n; i++) ids[i] = (int32_t)((37u * (uint32_t)i + 1) % (uint32_t)a->vocab_size);
-        const float *logits;
-        if (mopt_session_forward(s, ids, n, true, &logits, &err) == MOPT_OK) total_forwards++;
-        else check_error(&err);
-        mopt_session_free(s);
-    } else {
-        check_error(&err);
-    }
-    const mopt_tokenizer *t = mopt_model_tokenizer(m);
-    int32_t *tok;
-    size_t k;
-    if (t && mopt_tokenizer_encode(t, "Once upon a time, ROMEO:\nBut soft", 33, MOPT_TOK_ADD_SPECIAL, &tok, &k, &err) == MOPT_OK) {
-        char *txt;
-        size_t tl;
-        if (mopt_tokenizer_decode(t, tok, k, 0, &txt, &tl, &err) == MOPT_OK) free(txt);
-        free(tok);
-    }
-}
-
 static int load_and_exercise(const char *path) {
     mopt_error err = {0};
     mopt_model *m = mopt_model_load(path, NULL, &err);
@@ -123,7 +93,7 @@ static int load_and_exercise(const char *path) {
         return 0;
     }
     total_loaded++;
-    exercise(m);
+    total_forwards += exercise_model(m, 8, check_error);
     mopt_model_free(m);
     return 1;
 }

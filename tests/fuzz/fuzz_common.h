@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "model_exercise.h"
 #include "mopt/mopt.h"
 
 /* Any failure must be one non-empty line: a broken message is a bug too. */
@@ -42,35 +43,6 @@ static inline const char *fuzz_write(const char *name, const uint8_t *data, size
     return path;
 }
 
-/* A model that loaded runs a few tokens and a tokenizer round trip. */
-static inline void fuzz_exercise(mopt_model *m) {
-    const mopt_arch *a = mopt_model_arch(m);
-    mopt_session_opts so;
-    mopt_session_opts_default(&so);
-    so.n_threads = 1;
-    so.max_ctx = a->max_ctx < 4 ? a->max_ctx : 4;
-    mopt_error err = {0};
-    mopt_session *s = mopt_session_new(mopt_model_graph(m), &so, &err);
-    if (s) {
-        int32_t ids[4];
-        for (int32_t i = 0; i < so.max_ctx; i++) ids[i] = (int32_t)((7u * (uint32_t)i + 1) % (uint32_t)a->vocab_size);
-        const float *logits;
-        if (mopt_session_forward(s, ids, so.max_ctx, true, &logits, &err)) fuzz_check_error(&err);
-        mopt_session_free(s);
-    } else {
-        fuzz_check_error(&err);
-    }
-    const mopt_tokenizer *t = mopt_model_tokenizer(m);
-    int32_t *ids;
-    size_t k;
-    if (t && mopt_tokenizer_encode(t, "Once upon a time", 16, MOPT_TOK_ADD_SPECIAL, &ids, &k, &err) == MOPT_OK) {
-        char *txt;
-        size_t tl;
-        if (mopt_tokenizer_decode(t, ids, k, 0, &txt, &tl, &err) == MOPT_OK) free(txt);
-        free(ids);
-    }
-}
-
 static inline void fuzz_load(const char *path) {
     mopt_error err = {0};
     mopt_model *m = mopt_model_load(path, NULL, &err);
@@ -78,7 +50,7 @@ static inline void fuzz_load(const char *path) {
         fuzz_check_error(&err);
         return;
     }
-    fuzz_exercise(m);
+    exercise_model(m, 4, fuzz_check_error);
     mopt_model_free(m);
 }
 
