@@ -242,6 +242,21 @@ static void test_compressed_tensors_schemes_mopt_cannot_read_are_refused(void **
         assert_int_equal(json_dump_file(orig, path, 0), 0); /* restore */
         json_decref(orig);
     }
+    /* found by fuzz_checkpoint_dir: packed words read under another scheme, or with a bit width CT does not pack */
+    snprintf(path, sizeof path, "%s/config.json", out);
+    json_error_t je;
+    json_t *orig = json_load_file(path, 0, &je);
+    corrupt_config(out, "quant_method", json_string("modelopt"));
+    corrupt_config(out, "quant_algo", json_string("W4A16_AWQ"));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "weight_packed is a compressed-tensors packed weight, but");
+    assert_int_equal(json_dump_file(orig, path, 0), 0);
+    corrupt_config(out, "format", json_null());
+    corrupt_scheme(out, "weights", "num_bits", json_integer(3));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "pack-quantized with 3 bits");
+    assert_int_equal(json_dump_file(orig, path, 0), 0);
+    json_decref(orig);
     /* an asymmetric scheme whose zero points are gone */
     char cmd[4400];
     snprintf(cmd, sizeof cmd, "python3 - '%s/model.safetensors' <<'PY'\n"

@@ -222,6 +222,10 @@ done:
 static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
     mopt_tensor *wp = part(g, p, "weight_packed"), *sc = part(g, p, "weight_scale"), *zp = part(g, p, "weight_zero_point"),
                 *shp = part(g, p, "weight_shape"), *gi = part(g, p, "weight_g_idx");
+    if (c->bits != 2 && c->bits != 4 && c->bits != 8) { /* found by fuzz_checkpoint_dir: 32 / 0 */
+        MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s.weight_packed: pack-quantized with %d bits (supported: 2, 4, 8)", p, c->bits);
+        return NULL;
+    }
     const int32_t b = c->bits, pf = 32 / b;
     const uint32_t mask = (1u << b) - 1, off = 1u << (b - 1);
     if (need(shp, p, "weight_shape", MOPT_DTYPE_I64, 2, -1, err)) return NULL;
@@ -557,7 +561,8 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
         else if (w && w->dtype == MOPT_DTYPE_U8)
             st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ stores", pre[i]);
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
-        else t = ct_packed_linear(g, pre[i], &c, err);
+        else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);
+        else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_packed is a compressed-tensors packed weight, but %s names another scheme", pre[i], config_path);
         if (!t) {
             st = err && err->code ? (mopt_status)err->code : MOPT_E_FORMAT;
             break;
