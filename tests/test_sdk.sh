@@ -31,4 +31,15 @@ LUA
 fi
 # pkg-config sees the installed library
 PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig" pkg-config --cflags --libs mopt | grep -q -- "-lmopt"
+# an embedder links the core alone: no Lua on its link line or in its loaded libraries
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+libs=$(pkg-config --libs mopt)
+case "$libs" in *lua*) echo "pkg-config --libs mopt names Lua: $libs" >&2; exit 1 ;; esac
+cc -std=c11 -o "$work/embed" "$src/tests/sdk/embed.c" $(pkg-config --cflags mopt) $libs -Wl,-rpath,"$work/prefix/lib"
+if ldd "$work/embed" | grep -q liblua; then echo "the core pulls in Lua:" >&2; ldd "$work/embed" >&2; exit 1; fi
+if [ -d "$shared/models" ]; then
+  next=$("$work/embed" "$shared/models/lit-llama-7m" "ROMEO:")
+  [ "$next" -ge 0 ] 2>/dev/null || { echo "embed printed '$next'" >&2; exit 1; }
+  echo "sdk: an embedder of the core alone ran a forward pass (next token $next)"
+fi
 echo "sdk: out-of-tree plugin built, loaded and run"

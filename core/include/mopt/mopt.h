@@ -9,6 +9,7 @@
 #include "mopt/ggml.h"
 #include "mopt/graph.h"
 #include "mopt/interrupt.h"
+#include "mopt/log.h"
 #include "mopt/model.h"
 #include "mopt/pass.h"
 #include "mopt/pipeline.h"
