@@ -26,6 +26,12 @@ mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_erro
 mopt_status mopt_map_file(const char *path, void **base, size_t *size, mopt_error *err);
 void mopt_unmap_file(void *base, size_t size);
 
+/* Grows *arr (elements of elem bytes, room for *cap) to hold at least need
+ * elements, doubling; 0 when out of memory (then *arr and *cap are unchanged). */
+int mopt_grow(void **arr, size_t *cap, size_t need, size_t elem);
+
+/* Whether path is a regular file whose first n (<= 16) bytes are magic (never blocks on a FIFO). */
+int mopt_file_starts_with(const char *path, const void *magic, size_t n);
 int mopt_file_exists(const char *path);
 int mopt_dir_exists(const char *path);
 /* Joins dir and name into out (cap bytes); returns out or NULL when too long. */

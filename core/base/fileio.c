@@ -10,16 +10,27 @@
 
 #include "base.h"
 
+/* path opened read-only, when it is a regular file (a FIFO or a device would
+ * block or never end). O_NONBLOCK keeps the open itself from waiting for a
+ * FIFO's writer; reads of a regular file ignore it, but it is cleared anyway. */
+static mopt_status open_regular(const char *path, int *fd, struct stat *st, mopt_error *err) {
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (*fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fstat(*fd, st) != 0 || !S_ISREG(st->st_mode) || fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        close(*fd);
+        *fd = -1;
+        return MOPT_FAIL(err, MOPT_E_IO, "%s: not a regular file", path);
+    }
+    return MOPT_OK;
+}
+
 mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_error *err) {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return MOPT_FAIL(err, MOPT_E_IO, "%s: not a regular file", path);
-    }
+    mopt_status ost = open_regular(path, &fd, &st, err);
+    if (ost) return ost;
     size_t size = (size_t)st.st_size;
     char *buf = malloc(size + 1);
     if (!buf) {
@@ -49,13 +60,10 @@ mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_erro
 mopt_status mopt_map_file(const char *path, void **base, size_t *size, mopt_error *err) {
     *base = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return MOPT_FAIL(err, MOPT_E_IO, "%s: not a regular file", path);
-    }
+    mopt_status ost = open_regular(path, &fd, &st, err);
+    if (ost) return ost;
     if (st.st_size > 0) {
         void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
@@ -72,6 +80,16 @@ mopt_status mopt_map_file(const char *path, void **base, size_t *size, mopt_erro
 
 void mopt_unmap_file(void *base, size_t size) {
     if (base) munmap(base, size);
+}
+
+int mopt_file_starts_with(const char *path, const void *magic, size_t n) {
+    int fd;
+    struct stat st;
+    if (open_regular(path, &fd, &st, NULL)) return 0;
+    char buf[16];
+    const int yes = n <= sizeof buf && read(fd, buf, n) == (ssize_t)n && !memcmp(buf, magic, n);
+    close(fd);
+    return yes;
 }
 
 int mopt_file_exists(const char *path) {

@@ -1,5 +1,6 @@
 /* jansson wrappers with file/line/column errors. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base.h"
@@ -77,4 +78,18 @@ bool mopt_json_get_str_opt(const json_t *obj, const char *key, const char **out,
     }
     *out = json_string_value(v);
     return true;
+}
+
+char *mopt_json_dump_text(const json_t *j, int newline) {
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    if (!text || !newline) return text;
+    const size_t n = strlen(text);
+    char *t = realloc(text, n + 2);
+    if (!t) {
+        free(text);
+        return NULL;
+    }
+    t[n] = '\n';
+    t[n + 1] = 0;
+    return t;
 }

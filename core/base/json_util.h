@@ -25,4 +25,8 @@ bool mopt_json_get_bool_opt(const json_t *obj, const char *key, bool *out, const
  * NULL first); sets err and returns false on a non-string. */
 bool mopt_json_get_str_opt(const json_t *obj, const char *key, const char **out, const char *file, mopt_error *err);
 
+/* j as the JSON files mopt writes hold it: two-space indents, keys in insertion
+ * order, 10 significant digits; with a final newline when asked (malloc'd). */
+char *mopt_json_dump_text(const json_t *j, int newline);
+
 #endif

@@ -1,4 +1,5 @@
-/* A growable string for messages, help text and rendered reports. */
+/* A growable string for messages, help text and rendered reports, and a byte
+ * buffer for file headers. */
 #ifndef MOPT_STRBUF_H
 #define MOPT_STRBUF_H
 
@@ -14,5 +15,8 @@ typedef struct sbuf {
 void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends text with <, >, & and " escaped for HTML. */
 void sb_html(sbuf *b, const char *t);
+
+/* Appends n bytes (which may hold NULs). */
+void sb_put(sbuf *b, const void *d, size_t n);
 
 #endif

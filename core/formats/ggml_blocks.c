@@ -7,7 +7,7 @@
 
 #include "base.h"
 #include "mopt/tensor.h"
-#include "mopt/ggml.h"
+#include "ggml.h"
 
 int64_t mopt_ggml_block_size(int32_t type) {
     switch (type) {
@@ -78,59 +78,55 @@ static float get16(const uint8_t *p) {
 
 /* --- 32-value blocks -------------------------------------------------------- */
 
-static void q4_0(const float *x, uint8_t *y) {
+/* ggml's reference quantizers: the symmetric kinds scale by the value of
+ * largest magnitude (its sign kept), the kinds with a minimum by the range */
+static float signed_absmax(const float *x) {
     float amax = 0, max = 0;
     for (int j = 0; j < 32; j++)
         if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
-    const float d = max / -8, id = d ? 1.0f / d : 0.0f;
-    put16(y, d);
-    for (int j = 0; j < 16; j++) {
-        int a = (int8_t)(x[j] * id + 8.5f), b = (int8_t)(x[j + 16] * id + 8.5f);
-        y[2 + j] = (uint8_t)((a < 15 ? a : 15) | (b < 15 ? b : 15) << 4);
-    }
+    return max;
 }
 
-static void q4_1(const float *x, uint8_t *y) {
-    float min = x[0], max = x[0];
-    for (int j = 1; j < 32; j++) min = fminf(min, x[j]), max = fmaxf(max, x[j]);
-    const float d = (max - min) / 15, id = d ? 1.0f / d : 0.0f;
+static void min_max(const float *x, float *min, float *max) {
+    *min = *max = x[0];
+    for (int j = 1; j < 32; j++) *min = fminf(*min, x[j]), *max = fmaxf(*max, x[j]);
+}
+
+static int clamp_level(int q, int top) { return q < top ? q : top; }
+
+/* values j and j + 16 as the low and high nibble of byte j; 5-bit kinds keep
+ * their fifth bits in qh (bit j and bit j + 16) */
+static void put_pair(uint8_t *nibbles, uint32_t *qh, int j, int a, int b) {
+    nibbles[j] = (uint8_t)((a & 15) | (b & 15) << 4);
+    if (qh) *qh |= (uint32_t)((a & 0x10) >> 4) << j | (uint32_t)((b & 0x10) >> 4) << (j + 16);
+}
+
+/* Q4_0 / Q5_0: d = the signed absmax / -2^(b-1), x = d (q - 2^(b-1)) */
+static void q_sym(const float *x, uint8_t *y, int bits) {
+    const int half = 1 << (bits - 1), top = 2 * half - 1;
+    const float d = signed_absmax(x) / (float)-half, id = d ? 1.0f / d : 0.0f, off = (float)half + 0.5f;
+    uint32_t qh = 0;
+    put16(y, d);
+    for (int j = 0; j < 16; j++)
+        put_pair(y + (bits == 5 ? 6 : 2), bits == 5 ? &qh : NULL, j, clamp_level((int8_t)(x[j] * id + off), top),
+                 clamp_level((int8_t)(x[j + 16] * id + off), top));
+    if (bits == 5) memcpy(y + 2, &qh, 4);
+}
+
+/* Q4_1 / Q5_1: d = range / (2^b - 1), m = min, x = d q + m (ggml clamps only the 4-bit kind) */
+static void q_min(const float *x, uint8_t *y, int bits) {
+    const int top = (1 << bits) - 1;
+    float min, max;
+    min_max(x, &min, &max);
+    const float d = (max - min) / (float)top, id = d ? 1.0f / d : 0.0f;
+    uint32_t qh = 0;
     put16(y, d);
     put16(y + 2, min);
     for (int j = 0; j < 16; j++) {
-        int a = (int8_t)((x[j] - min) * id + 0.5f), b = (int8_t)((x[j + 16] - min) * id + 0.5f);
-        y[4 + j] = (uint8_t)((a < 15 ? a : 15) | (b < 15 ? b : 15) << 4);
+        const int a = (int8_t)((x[j] - min) * id + 0.5f), b = (int8_t)((x[j + 16] - min) * id + 0.5f);
+        put_pair(y + (bits == 5 ? 8 : 4), bits == 5 ? &qh : NULL, j, bits == 4 ? clamp_level(a, top) : a, bits == 4 ? clamp_level(b, top) : b);
     }
-}
-
-static void q5_0(const float *x, uint8_t *y) {
-    float amax = 0, max = 0;
-    for (int j = 0; j < 32; j++)
-        if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
-    const float d = max / -16, id = d ? 1.0f / d : 0.0f;
-    put16(y, d);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; j++) {
-        int a = (int8_t)(x[j] * id + 16.5f), b = (int8_t)(x[j + 16] * id + 16.5f);
-        a = a < 31 ? a : 31, b = b < 31 ? b : 31;
-        y[6 + j] = (uint8_t)((a & 15) | (b & 15) << 4);
-        qh |= (uint32_t)((a & 0x10) >> 4) << j | (uint32_t)((b & 0x10) >> 4) << (j + 16);
-    }
-    memcpy(y + 2, &qh, 4);
-}
-
-static void q5_1(const float *x, uint8_t *y) {
-    float min = x[0], max = x[0];
-    for (int j = 1; j < 32; j++) min = fminf(min, x[j]), max = fmaxf(max, x[j]);
-    const float d = (max - min) / 31, id = d ? 1.0f / d : 0.0f;
-    put16(y, d);
-    put16(y + 2, min);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; j++) {
-        int a = (int8_t)((x[j] - min) * id + 0.5f), b = (int8_t)((x[j + 16] - min) * id + 0.5f);
-        y[8 + j] = (uint8_t)((a & 15) | (b & 15) << 4);
-        qh |= (uint32_t)((a & 0x10) >> 4) << j | (uint32_t)((b & 0x10) >> 4) << (j + 16);
-    }
-    memcpy(y + 4, &qh, 4);
+    if (bits == 5) memcpy(y + 4, &qh, 4);
 }
 
 static void q8_0(const float *x, uint8_t *y) {
@@ -351,10 +347,10 @@ mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void
             memcpy(y, &h, 2);
             break;
         }
-        case MOPT_GGML_Q4_0: q4_0(v, y); break;
-        case MOPT_GGML_Q4_1: q4_1(v, y); break;
-        case MOPT_GGML_Q5_0: q5_0(v, y); break;
-        case MOPT_GGML_Q5_1: q5_1(v, y); break;
+        case MOPT_GGML_Q4_0: q_sym(v, y, 4); break;
+        case MOPT_GGML_Q4_1: q_min(v, y, 4); break;
+        case MOPT_GGML_Q5_0: q_sym(v, y, 5); break;
+        case MOPT_GGML_Q5_1: q_min(v, y, 5); break;
         case MOPT_GGML_Q8_0: q8_0(v, y); break;
         case MOPT_GGML_Q4_K: q4_k(v, y); break;
         case MOPT_GGML_Q5_K: q5_k(v, y); break;
@@ -387,4 +383,20 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
         }
     }
     return MOPT_OK;
+}
+
+void mopt_ggml_block_to_levels(int32_t type, const uint8_t *blk, uint8_t q[32], uint16_t *d) {
+    memcpy(d, blk, 2);
+    for (int j = 0; j < (type == MOPT_GGML_Q4_0 ? 16 : 32); j++) {
+        if (type == MOPT_GGML_Q4_0) q[j] = blk[2 + j] & 15, q[j + 16] = blk[2 + j] >> 4;
+        else q[j] = (uint8_t)((int8_t)blk[2 + j] + 128);
+    }
+}
+
+void mopt_ggml_block_from_levels(int32_t type, const uint8_t q[32], uint16_t d, uint8_t *blk) {
+    memcpy(blk, &d, 2);
+    for (int j = 0; j < (type == MOPT_GGML_Q4_0 ? 16 : 32); j++) {
+        if (type == MOPT_GGML_Q4_0) blk[2 + j] = (uint8_t)(q[j] | q[j + 16] << 4);
+        else blk[2 + j] = (uint8_t)(int8_t)(q[j] - 128);
+    }
 }

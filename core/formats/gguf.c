@@ -7,7 +7,7 @@
 
 #include "gguf.h"
 #include "tensor_impl.h"
-#include "mopt/ggml.h"
+#include "ggml.h"
 
 #define GGUF_MAX_KV (1 << 20)
 #define GGUF_MAX_TENSORS (1 << 20)

@@ -1,9 +1,9 @@
-/* GGUF models (llama and gpt2 architectures) and their tokenizers. Tensors get
- * mopt's Hugging Face names; f32/f16/bf16 stay views into the mapping, Q4_0 and
+/* GGUF models (the architectures of arch/'s families) and their tokenizers.
+ * Tensors get the graph's names from the family's table; f32/f16/bf16 stay views into the mapping, Q4_0 and
  * Q8_0 linears become QINT tensors holding the same levels and scales (the
  * packed kernels run them directly), every other block type is dequantized to
  * f32. Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder
- * runs as is. GPT-2's fused attn_qkv [3D, D] is split into q/k/v. */
+ * runs as is. A fused q/k/v (GPT-2's attn_qkv) is split into q, k and v. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 #include "arch_impl.h"
 #include "tensor_impl.h"
 #include "model_impl.h"
-#include "mopt/ggml.h"
+#include "ggml.h"
 #include "mopt/quant.h"
 #include "tok_impl.h"
 
@@ -33,17 +33,20 @@ static mopt_status get_size(const gguf_file *f, const char *path, const char *ar
     return MOPT_OK;
 }
 
-static mopt_status arch_from_kv(const gguf_file *f, const char *path, mopt_arch *a, mopt_error *err) {
+static mopt_status arch_from_kv(const gguf_file *f, const char *path, mopt_arch *a, const mopt_family **family, mopt_error *err) {
     memset(a, 0, sizeof *a);
     uint64_t n;
     const char *name = gguf_get_str(f, "general.architecture", &n);
     if (!name) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing string key general.architecture", path);
-    char arch[32];
+    char arch[32], known[128];
     snprintf(arch, sizeof arch, "%.*s", (int)(n < 31 ? n : 31), name);
-    if (strcmp(arch, "llama") && strcmp(arch, "gpt2"))
-        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: general.architecture \"%s\" is not supported (llama, gpt2)", path, arch);
-    snprintf(a->family, sizeof a->family, "%s", arch);
-    const int llama = !strcmp(arch, "llama");
+    const mopt_family *fam = mopt_family_of_gguf(name, n);
+    if (!fam)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: general.architecture \"%s\" is not supported (%s)", path, arch,
+                         mopt_family_list(MOPT_NAMING_GGUF, known, sizeof known));
+    *family = fam;
+    *a = fam->shape;
+    snprintf(a->family, sizeof a->family, "%s", fam->name);
     mopt_status st;
     if ((st = get_size(f, path, arch, "embedding_length", &a->dim, 1, err)) ||
         (st = get_size(f, path, arch, "block_count", &a->n_layers, 1, err)) ||
@@ -65,28 +68,25 @@ static mopt_status arch_from_kv(const gguf_file *f, const char *path, mopt_arch 
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %d heads (%d kv) do not divide embedding_length %d", path, a->n_heads,
                          a->n_kv_heads, a->dim);
     a->head_dim = k_len ? k_len : a->dim / a->n_heads;
+    /* RMS-normed families store their epsilon under its own key, and must */
+    const int rms = a->norm == MOPT_NORM_RMS;
     char k[128];
-    double v = llama ? 1e-5 : 1e-5;
-    snprintf(k, sizeof k, "%s.attention.%s", arch, llama ? "layer_norm_rms_epsilon" : "layer_norm_epsilon");
-    if (!gguf_get_num(f, k, &v) && llama) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing number key %s", path, k);
+    double v = 1e-5;
+    snprintf(k, sizeof k, "%s.attention.%s", arch, rms ? "layer_norm_rms_epsilon" : "layer_norm_epsilon");
+    if (!gguf_get_num(f, k, &v) && rms) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing number key %s", path, k);
     a->norm_eps = (float)v;
-    if (llama) {
+    if (mopt_family_has_rope(fam)) {
         int32_t rot = a->head_dim;
         if ((st = get_size(f, path, arch, "rope.dimension_count", &rot, 0, err))) return st;
         if (rot != a->head_dim)
-            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: llama.rope.dimension_count %d differs from the head size %d (partial RoPE)",
-                             path, rot, a->head_dim);
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: %s.rope.dimension_count %d differs from the head size %d (partial RoPE)",
+                             path, arch, rot, a->head_dim);
         v = 10000.0;
-        gguf_get_num(f, "llama.rope.freq_base", &v);
-        if (!(v > 0)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: llama.rope.freq_base %g must be positive", path, v);
+        snprintf(k, sizeof k, "%s.rope.freq_base", arch);
+        gguf_get_num(f, k, &v);
+        if (!(v > 0)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %s %g must be positive", path, k, v);
         a->rope_theta = (float)v;
-        a->rope_style = MOPT_ROPE_INTERLEAVED;
-        a->norm = MOPT_NORM_RMS;
-        a->mlp = MOPT_MLP_SWIGLU;
-    } else {
-        a->norm = MOPT_NORM_LAYER;
-        a->mlp = MOPT_MLP_GELU;
-        a->qkv_bias = a->o_bias = a->mlp_bias = 1;
+        a->rope_style = MOPT_ROPE_INTERLEAVED; /* llama.cpp's row order, which the graph runs as is */
     }
     const gguf_tensor *emb = gguf_find_tensor(f, "token_embd.weight");
     if (!emb || emb->ndim != 2) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing 2-D tensor token_embd.weight", path);
@@ -106,82 +106,6 @@ static mopt_status arch_from_kv(const gguf_file *f, const char *path, mopt_arch 
 }
 
 /* --- tensors ------------------------------------------------------------------ */
-
-/* GGUF names <-> mopt's (Hugging Face) names, per family. "" marks GPT-2's
- * fused attn_qkv, which is split into q/k/v separately. */
-typedef struct { const char *gguf, *hf; } name_pair;
-static const name_pair llama_blk[] = {
-    {"attn_norm", "input_layernorm"}, {"attn_q", "self_attn.q_proj"},   {"attn_k", "self_attn.k_proj"},
-    {"attn_v", "self_attn.v_proj"},   {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
-    {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},         {"ffn_down", "mlp.down_proj"}};
-static const name_pair gpt2_blk[] = {{"attn_norm", "ln_1"},  {"attn_output", "attn.c_proj"}, {"ffn_norm", "ln_2"},
-                                     {"ffn_up", "mlp.c_fc"}, {"ffn_down", "mlp.c_proj"},     {"attn_qkv", ""}};
-static const name_pair llama_top[] = {{"token_embd.weight", "model.embed_tokens.weight"},
-                                      {"output_norm.weight", "model.norm.weight"},
-                                      {"output.weight", "lm_head.weight"}};
-static const name_pair gpt2_top[] = {{"token_embd.weight", "transformer.wte.weight"}, {"position_embd.weight", "transformer.wpe.weight"},
-                                     {"output_norm.weight", "transformer.ln_f.weight"}, {"output_norm.bias", "transformer.ln_f.bias"},
-                                     {"output.weight", "lm_head.weight"}};
-
-typedef struct {
-    const name_pair *blk, *top;
-    size_t n_blk, n_top;
-    const char *blk_fmt; /* the HF name of a block tensor: layer, part, kind */
-} name_map;
-
-static name_map names_of(const char *family) {
-    if (!strcmp(family, "llama")) return (name_map){llama_blk, llama_top, 9, 3, "model.layers.%d.%s.%s"};
-    return (name_map){gpt2_blk, gpt2_top, 6, 5, "transformer.h.%d.%s.%s"};
-}
-
-/* GGUF name -> mopt name; 0 when the family has no such tensor */
-static int map_name(const char *family, const char *in, char *out, size_t cap) {
-    const name_map m = names_of(family);
-    int layer, pos = 0;
-    char part[64], kind[16];
-    if (sscanf(in, "blk.%d.%63[a-z_].%15[a-z]%n", &layer, part, kind, &pos) == 3 && in[pos] == 0 && layer >= 0) {
-        for (size_t i = 0; i < m.n_blk; i++)
-            if (!strcmp(part, m.blk[i].gguf)) {
-                if (!*m.blk[i].hf) return snprintf(out, cap, "%s", ""), 1;
-                snprintf(out, cap, m.blk_fmt, layer, m.blk[i].hf, kind);
-                return 1;
-            }
-        return 0;
-    }
-    for (size_t i = 0; i < m.n_top; i++)
-        if (!strcmp(in, m.top[i].gguf)) return snprintf(out, cap, "%s", m.top[i].hf), 1;
-    return 0;
-}
-
-/* mopt name -> GGUF name, for messages (GPT-2's q/k/v come from blk.N.attn_qkv) */
-static const char *gguf_name_of(const char *family, const char *hf, char *buf, size_t cap) {
-    const name_map m = names_of(family);
-    for (size_t i = 0; i < m.n_top; i++)
-        if (!strcmp(hf, m.top[i].hf)) return snprintf(buf, cap, "%s", m.top[i].gguf), buf;
-    int layer, pos = 0;
-    char part[64], kind[16];
-    const char *fmt = !strcmp(family, "llama") ? "model.layers.%d.%63[a-z_.]%n" : "transformer.h.%d.%63[a-z_.]%n";
-    if (sscanf(hf, fmt, &layer, part, &pos) != 2 || hf[pos]) return NULL;
-    char *dot = strrchr(part, '.');
-    if (!dot) return NULL;
-    *dot = 0;
-    snprintf(kind, sizeof kind, "%s", dot + 1);
-    if (strstr(part, "attn.") == part && !strcmp(family, "gpt2") && strcmp(part, "attn.c_proj"))
-        return snprintf(buf, cap, "blk.%d.attn_qkv.%s", layer, kind), buf;
-    for (size_t i = 0; i < m.n_blk; i++)
-        if (!strcmp(part, m.blk[i].hf)) return snprintf(buf, cap, "blk.%d.%s.%s", layer, m.blk[i].gguf, kind), buf;
-    return NULL;
-}
-
-static const char *llama_gguf_name(const char *hf, char *buf, size_t cap) { return gguf_name_of("llama", hf, buf, cap); }
-static const char *gpt2_gguf_name(const char *hf, char *buf, size_t cap) { return gguf_name_of("gpt2", hf, buf, cap); }
-
-static int is_linear(const char *gguf_name) {
-    return !strncmp(gguf_name, "blk.", 4) && (strstr(gguf_name, ".attn_q.weight") || strstr(gguf_name, ".attn_k.weight") ||
-                                               strstr(gguf_name, ".attn_v.weight") || strstr(gguf_name, ".attn_output.weight") ||
-                                               strstr(gguf_name, ".ffn_gate.weight") || strstr(gguf_name, ".ffn_up.weight") ||
-                                               strstr(gguf_name, ".ffn_down.weight") || strstr(gguf_name, ".attn_qkv.weight"));
-}
 
 /* Rows [row0, row0 + rows) of a 1-D or 2-D GGUF tensor as a mopt tensor named
  * `name`. A row is ne[0] values, so a 1-D tensor is one row (row0 0, rows 1). */
@@ -216,15 +140,9 @@ static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name
         } else {
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t b = 0; b < nblk; b++) {
-                    const uint8_t *blk = src + r * rb + b * (q4 ? 18 : 34);
                     uint16_t h;
-                    memcpy(&h, blk, 2);
+                    mopt_ggml_block_to_levels(t->type, src + r * rb + b * (q4 ? 18 : 34), q + r * cols + b * 32, &h);
                     s[r * nblk + b] = mopt_f16_to_f32(h);
-                    uint8_t *dst = q + r * cols + b * 32;
-                    for (int j = 0; j < (q4 ? 16 : 32); j++) {
-                        if (q4) dst[j] = blk[2 + j] & 15, dst[j + 16] = blk[2 + j] >> 4;
-                        else dst[j] = (uint8_t)((int8_t)blk[2 + j] + 128);
-                    }
                 }
             o = mopt_qint_pack(name, rows, cols, q4 ? 4 : 8, 32, q, s, NULL, NULL, err);
         }
@@ -249,42 +167,48 @@ static mopt_status add(mopt_graph *g, mopt_tensor *t, mopt_error *err) {
     return st;
 }
 
-static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, mopt_error *err) {
+static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, const mopt_family *fam, mopt_error *err) {
     const mopt_arch *a = mopt_graph_arch(g);
     for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
         const gguf_tensor *t = gguf_tensor_at(f, i);
-        char name[MOPT_MAX_NAME];
         if (!strcmp(t->name, "rope_freqs.weight"))
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tensor rope_freqs.weight (RoPE frequency scaling, as Llama 3.1's) is not supported", path);
-        if (!map_name(a->family, t->name, name, sizeof name))
-            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s is not part of a %s model", path, t->name, a->family);
-        mopt_status st;
-        if (*name) {
-            st = add(g, convert(f, t, name, 0, t->ndim == 2 ? t->ne[1] : 1, is_linear(t->name), err), err);
-        } else { /* GPT-2 attn_qkv [3D, D] (weight) or [3D] (bias) */
-            int layer;
-            char kind[16];
-            sscanf(t->name, "blk.%d.attn_qkv.%15s", &layer, kind);
-            const int64_t D = a->dim;
-            if ((t->ndim == 2 && (t->ne[1] != 3 * D || t->ne[0] != D)) || (t->ndim == 1 && t->ne[0] != 3 * D))
-                return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s does not hold 3 x %lld rows", path, t->name, (long long)D);
-            static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
-            st = MOPT_OK;
-            for (int p = 0; p < 3 && !st; p++) {
-                snprintf(name, sizeof name, "transformer.h.%d.attn.%s.%s", layer, qkv[p], kind);
-                if (t->ndim == 2) {
-                    st = add(g, convert(f, t, name, p * D, D, 1, err), err);
-                } else {
-                    const int64_t bytes = mopt_ggml_row_bytes(t->type, D);
-                    gguf_tensor part = *t;
-                    part.ne[0] = D;
-                    part.data = t->data + p * bytes;
-                    if (bytes < 0) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: bias rows are not whole blocks", path, t->name);
-                    st = add(g, convert(f, &part, name, 0, 1, 0, err), err);
-                }
-            }
+        const mopt_name_rule *rules[3];
+        int32_t layer;
+        char kind[16], name[MOPT_MAX_NAME];
+        const int32_t n = mopt_family_parse_name(fam, MOPT_NAMING_GGUF, t->name, rules, &layer, kind, sizeof kind);
+        if (!n) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s is not part of a %s model", path, t->name, a->family);
+        const int linear = mopt_role_is_linear((mopt_role)rules[0]->role) && !strcmp(kind, "weight");
+        if (n == 1) {
+            mopt_rule_graph_name(rules[0], layer, kind, name, sizeof name);
+            mopt_status st = add(g, convert(f, t, name, 0, t->ndim == 2 ? t->ne[1] : 1, linear, err), err);
+            if (st) return st;
+            continue;
         }
-        if (st) return st;
+        /* a fused q/k/v (GPT-2's attn_qkv): [q; k; v] rows, or one bias row of them */
+        int64_t total = 0;
+        for (int32_t k = 0; k < n; k++) total += mopt_rule_rows(a, rules[k]);
+        if ((t->ndim == 2 && (t->ne[1] != total || t->ne[0] != a->dim)) || (t->ndim == 1 && t->ne[0] != total))
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s does not hold the %lld q/k/v rows the metadata implies", path,
+                             t->name, (long long)total);
+        int64_t off = 0;
+        for (int32_t k = 0; k < n; k++) {
+            const int64_t rows = mopt_rule_rows(a, rules[k]);
+            mopt_rule_graph_name(rules[k], layer, kind, name, sizeof name);
+            mopt_status st;
+            if (t->ndim == 2) {
+                st = add(g, convert(f, t, name, off, rows, linear, err), err);
+            } else {
+                const int64_t skip = mopt_ggml_row_bytes(t->type, off);
+                if (skip < 0) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s: bias parts are not whole blocks", path, t->name);
+                gguf_tensor part = *t;
+                part.ne[0] = rows;
+                part.data = t->data + skip;
+                st = add(g, convert(f, &part, name, 0, 1, 0, err), err);
+            }
+            if (st) return st;
+            off += rows;
+        }
     }
     return MOPT_OK;
 }
@@ -425,14 +349,15 @@ mopt_status mopt_import_gguf(const char *path, mopt_graph **out, mopt_tokenizer 
     mopt_status st = gguf_open(path, &f, err);
     if (st) return st;
     mopt_arch a;
+    const mopt_family *fam = NULL;
     mopt_graph *g = NULL;
-    if ((st = arch_from_kv(f, path, &a, err))) goto done;
+    if ((st = arch_from_kv(f, path, &a, &fam, err))) goto done;
     if (!(g = mopt_graph_new(&a, err))) {
         st = MOPT_E_NOMEM;
         goto done;
     }
-    if ((st = load_tensors(f, path, g, err))) goto done;
-    const mopt_build_src src = {"the GGUF metadata", !strcmp(a.family, "gpt2") ? gpt2_gguf_name : llama_gguf_name};
+    if ((st = load_tensors(f, path, g, fam, err))) goto done;
+    const mopt_build_src src = {"the GGUF metadata", MOPT_NAMING_GGUF};
     st = mopt_arch_build(g, &src, err);
     if (!st) st = tokenizer_from_kv(f, path, tok, err);
 done:

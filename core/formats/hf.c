@@ -9,130 +9,13 @@
 #include "arch_impl.h"
 #include "base.h"
 #include "json_util.h"
+#include "hf_quant.h"
 #include "model_impl.h"
 #include "safetensors.h"
 
 /* --- config.json ------------------------------------------------------------ */
 
-static mopt_status need_positive(const char *file, const char *key, int64_t v, mopt_error *err) {
-    if (v <= 0 || v > (1 << 24))
-        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: key \"%s\" = %lld is not a usable size", file, key, (long long)v);
-    return MOPT_OK;
-}
-
-#define GET_INT(key, dst)                                                                                          \
-    do {                                                                                                           \
-        int64_t v_;                                                                                                \
-        if (!mopt_json_get_int(cfg, key, &v_, file, err)) return MOPT_E_FORMAT;                                  \
-        if (need_positive(file, key, v_, err)) return MOPT_E_FORMAT;                                               \
-        dst = (int32_t)v_;                                                                                         \
-    } while (0)
-
-static mopt_status rope_from_config(const json_t *cfg, const char *file, mopt_arch *a, mopt_error *err) {
-    double theta = 10000.0;
-    if (!mopt_json_get_num_opt(cfg, "rope_theta", &theta, file, err)) return MOPT_E_FORMAT;
-    /* transformers 5 moves rope settings into rope_parameters; older configs
-     * may carry rope_scaling. Only the plain ("default") rotation is supported. */
-    const char *keys[] = {"rope_parameters", "rope_scaling"};
-    for (int i = 0; i < 2; i++) {
-        json_t *rp = json_object_get(cfg, keys[i]);
-        if (!rp || json_is_null(rp)) continue;
-        if (!json_is_object(rp)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: key \"%s\" must be an object", file, keys[i]);
-        if (!mopt_json_get_num_opt(rp, "rope_theta", &theta, file, err)) return MOPT_E_FORMAT;
-        const char *type = NULL;
-        if (!mopt_json_get_str_opt(rp, "rope_type", &type, file, err)) return MOPT_E_FORMAT;
-        if (!type && !mopt_json_get_str_opt(rp, "type", &type, file, err)) return MOPT_E_FORMAT;
-        if (type && strcmp(type, "default") != 0)
-            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: %s.rope_type \"%s\" is not supported (only \"default\")",
-                             file, keys[i], type);
-    }
-    if (!(theta > 0) || !isfinite(theta))
-        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: rope_theta %g must be positive", file, theta);
-    a->rope_theta = (float)theta;
-    return MOPT_OK;
-}
-
-static mopt_status llama_config(const json_t *cfg, const char *file, mopt_arch *a, mopt_error *err) {
-    snprintf(a->family, sizeof a->family, "llama");
-    GET_INT("hidden_size", a->dim);
-    GET_INT("num_hidden_layers", a->n_layers);
-    GET_INT("num_attention_heads", a->n_heads);
-    GET_INT("intermediate_size", a->ffn_dim);
-    GET_INT("vocab_size", a->vocab_size);
-    int64_t v = a->n_heads;
-    if (!mopt_json_get_int_opt(cfg, "num_key_value_heads", &v, file, err)) return MOPT_E_FORMAT;
-    if (need_positive(file, "num_key_value_heads", v, err)) return MOPT_E_FORMAT;
-    a->n_kv_heads = (int32_t)v;
-    v = a->dim / a->n_heads;
-    if (!mopt_json_get_int_opt(cfg, "head_dim", &v, file, err)) return MOPT_E_FORMAT;
-    if (need_positive(file, "head_dim", v, err)) return MOPT_E_FORMAT;
-    a->head_dim = (int32_t)v;
-    v = 2048;
-    if (!mopt_json_get_int_opt(cfg, "max_position_embeddings", &v, file, err)) return MOPT_E_FORMAT;
-    if (need_positive(file, "max_position_embeddings", v, err)) return MOPT_E_FORMAT;
-    a->max_ctx = (int32_t)v;
-    double eps = 1e-6;
-    if (!mopt_json_get_num_opt(cfg, "rms_norm_eps", &eps, file, err)) return MOPT_E_FORMAT;
-    a->norm_eps = (float)eps;
-    if (rope_from_config(cfg, file, a, err)) return MOPT_E_FORMAT;
-    a->rope_style = MOPT_ROPE_HALF;
-    a->norm = MOPT_NORM_RMS;
-    a->mlp = MOPT_MLP_SWIGLU;
-    bool tied = false, attn_bias = false, mlp_bias = false;
-    if (!mopt_json_get_bool_opt(cfg, "tie_word_embeddings", &tied, file, err) ||
-        !mopt_json_get_bool_opt(cfg, "attention_bias", &attn_bias, file, err) ||
-        !mopt_json_get_bool_opt(cfg, "mlp_bias", &mlp_bias, file, err))
-        return MOPT_E_FORMAT;
-    const char *mt = json_string_value(json_object_get(cfg, "model_type"));
-    a->tied_embeddings = tied;
-    a->qkv_bias = attn_bias || (mt && strcmp(mt, "qwen2") == 0); /* Qwen2 always has q/k/v biases */
-    a->o_bias = attn_bias;
-    a->mlp_bias = mlp_bias;
-    const char *act = NULL;
-    if (!mopt_json_get_str_opt(cfg, "hidden_act", &act, file, err)) return MOPT_E_FORMAT;
-    if (act && strcmp(act, "silu") != 0)
-        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (need \"silu\")", file, act);
-    if (a->n_heads % a->n_kv_heads != 0)
-        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
-                         file, a->n_heads, a->n_kv_heads);
-    if (a->head_dim % 2 != 0)
-        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: head_dim %d must be even for RoPE", file, a->head_dim);
-    return MOPT_OK;
-}
-
-static mopt_status gpt2_config(const json_t *cfg, const char *file, mopt_arch *a, mopt_error *err) {
-    snprintf(a->family, sizeof a->family, "gpt2");
-    GET_INT("n_embd", a->dim);
-    GET_INT("n_layer", a->n_layers);
-    GET_INT("n_head", a->n_heads);
-    GET_INT("vocab_size", a->vocab_size);
-    GET_INT("n_positions", a->max_ctx);
-    int64_t inner = 4 * (int64_t)a->dim;
-    if (!mopt_json_get_int_opt(cfg, "n_inner", &inner, file, err)) return MOPT_E_FORMAT;
-    if (need_positive(file, "n_inner", inner, err)) return MOPT_E_FORMAT;
-    a->ffn_dim = (int32_t)inner;
-    if (a->dim % a->n_heads != 0)
-        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: n_embd %d is not a multiple of n_head %d", file, a->dim, a->n_heads);
-    a->n_kv_heads = a->n_heads;
-    a->head_dim = a->dim / a->n_heads;
-    double eps = 1e-5;
-    if (!mopt_json_get_num_opt(cfg, "layer_norm_epsilon", &eps, file, err)) return MOPT_E_FORMAT;
-    a->norm_eps = (float)eps;
-    const char *act = NULL;
-    if (!mopt_json_get_str_opt(cfg, "activation_function", &act, file, err)) return MOPT_E_FORMAT;
-    if (act && strcmp(act, "gelu_new") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0)
-        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                         "%s: activation_function \"%s\" is not supported (need \"gelu_new\")", file, act);
-    bool tied = true;
-    if (!mopt_json_get_bool_opt(cfg, "tie_word_embeddings", &tied, file, err)) return MOPT_E_FORMAT;
-    a->tied_embeddings = tied;
-    a->norm = MOPT_NORM_LAYER;
-    a->mlp = MOPT_MLP_GELU;
-    a->qkv_bias = a->o_bias = a->mlp_bias = 1;
-    return MOPT_OK;
-}
-
-static mopt_status arch_from_config(const char *file, mopt_arch *a, mopt_error *err) {
+static mopt_status arch_from_config(const char *file, mopt_arch *a, const mopt_family **family, mopt_error *err) {
     json_t *cfg = mopt_json_load_file(file, err);
     if (!cfg) return err ? (mopt_status)err->code : MOPT_E_FORMAT;
     mopt_status st;
@@ -145,13 +28,14 @@ static mopt_status arch_from_config(const char *file, mopt_arch *a, mopt_error *
         st = MOPT_E_FORMAT;
     } else if (!mt) {
         st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing key \"model_type\"", file);
-    } else if (!strcmp(mt, "llama") || !strcmp(mt, "mistral") || !strcmp(mt, "qwen2")) {
-        st = llama_config(cfg, file, a, err);
-    } else if (!strcmp(mt, "gpt2")) {
-        st = gpt2_config(cfg, file, a, err);
+    } else if (!(*family = mopt_family_of_hf(mt))) {
+        char known[256];
+        st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: model_type \"%s\" is not supported (%s)", file, mt,
+                       mopt_family_list(MOPT_NAMING_HF, known, sizeof known));
     } else {
-        st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                       "%s: model_type \"%s\" is not supported (llama, mistral, qwen2, gpt2)", file, mt);
+        *a = (*family)->shape;
+        snprintf(a->family, sizeof a->family, "%s", (*family)->name);
+        st = (*family)->hf_read(cfg, file, a, err);
     }
     if (st == MOPT_OK) {
         int64_t id = -1;
@@ -186,6 +70,20 @@ static mopt_status add_file(mopt_graph *g, const char *path, mopt_error *err) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* the shards in dir, in sorted order (a checkpoint's tensors come out the same whatever readdir says) */
+static mopt_status add_files(mopt_graph *g, const char *dir, const char **names, size_t n, mopt_error *err) {
+    qsort(names, n, sizeof *names, cmp_str);
+    char path[4096];
+    mopt_status st = MOPT_OK;
+    for (size_t i = 0; i < n && st == MOPT_OK; i++) {
+        if (!mopt_path_join(path, sizeof path, dir, names[i]))
+            st = MOPT_FAIL(err, MOPT_E_IO, "%s: path too long", dir);
+        else
+            st = add_file(g, path, err);
+    }
+    return st;
+}
+
 static mopt_status load_index(mopt_graph *g, const char *dir, const char *index, mopt_error *err) {
     json_t *j = mopt_json_load_file(index, err);
     if (!j) return MOPT_E_FORMAT;
@@ -218,14 +116,7 @@ static mopt_status load_index(mopt_graph *g, const char *dir, const char *index,
         while (k < n && strcmp(files[k], f)) k++;
         if (k == n) files[n++] = f;
     }
-    qsort(files, n, sizeof *files, cmp_str);
-    char path[4096];
-    for (size_t i = 0; i < n && st == MOPT_OK; i++) {
-        if (!mopt_path_join(path, sizeof path, dir, files[i]))
-            st = MOPT_FAIL(err, MOPT_E_IO, "%s: path too long", dir);
-        else
-            st = add_file(g, path, err);
-    }
+    if (st == MOPT_OK) st = add_files(g, dir, files, n, err);
     free(files);
     if (st == MOPT_OK) {
         json_object_foreach(map, key, val) {
@@ -251,14 +142,9 @@ static mopt_status load_all_safetensors(mopt_graph *g, const char *dir, mopt_err
     while ((de = readdir(d))) {
         size_t len = strlen(de->d_name);
         if (len < 12 || strcmp(de->d_name + len - 12, ".safetensors") != 0) continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            char **nn = realloc(names, cap * sizeof *names);
-            if (!nn) {
-                st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-                break;
-            }
-            names = nn;
+        if (!mopt_grow((void **)&names, &cap, n + 1, sizeof *names)) {
+            st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+            break;
         }
         names[n] = strdup(de->d_name);
         if (!names[n]) {
@@ -269,124 +155,10 @@ static mopt_status load_all_safetensors(mopt_graph *g, const char *dir, mopt_err
     }
     closedir(d);
     if (st == MOPT_OK && n == 0) st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: no *.safetensors file", dir);
-    if (st == MOPT_OK) qsort(names, n, sizeof *names, cmp_str);
-    char path[4096];
-    for (size_t i = 0; i < n && st == MOPT_OK; i++) {
-        if (!mopt_path_join(path, sizeof path, dir, names[i]))
-            st = MOPT_FAIL(err, MOPT_E_IO, "%s: path too long", dir);
-        else
-            st = add_file(g, path, err);
-    }
+    if (st == MOPT_OK) st = add_files(g, dir, (const char **)names, n, err);
     for (size_t i = 0; i < n; i++) free(names[i]);
     free(names);
     return st;
-}
-
-/* --- GPT-2 Conv1D ----------------------------------------------------------- */
-
-/* GPT-2 stores its linears as Conv1D weights [in, out] and fuses q/k/v into
- * c_attn. mopt keeps every linear as [out, in], so transpose them here and
- * split c_attn into attn.{q,k,v}_proj; exporters undo both. */
-static mopt_status gpt2_normalize(mopt_graph *g, mopt_error *err) {
-    const mopt_arch *a = mopt_graph_arch(g);
-    /* Older checkpoints lack the "transformer." prefix. */
-    if (!mopt_graph_find_tensor(g, "transformer.wte.weight")) {
-        for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
-            mopt_tensor *t = mopt_graph_tensor(g, i);
-            if (strncmp(t->name, "lm_head.", 8) == 0) continue;
-            char nn[MOPT_MAX_NAME];
-            if (snprintf(nn, sizeof nn, "transformer.%s", t->name) >= (int)sizeof nn)
-                return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "tensor name too long: %s", t->name);
-            memcpy(t->name, nn, sizeof nn);
-        }
-    }
-    const int64_t D = a->dim;
-    for (int l = 0; l < a->n_layers; l++) {
-        char name[128], out[128];
-        snprintf(name, sizeof name, "transformer.h.%d.attn.c_attn.weight", l);
-        mopt_tensor *w = mopt_graph_find_tensor(g, name);
-        if (!w) return MOPT_FAIL(err, MOPT_E_FORMAT, "missing tensor %s", name);
-        if (w->ndim != 2 || w->ne[1] != D || w->ne[0] != 3 * D) {
-            char s[64];
-            return MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s has shape %s but config.json implies [%lld, %lld]", name,
-                             mopt_tensor_shape_str(w, s, sizeof s), (long long)D, (long long)(3 * D));
-        }
-        snprintf(name, sizeof name, "transformer.h.%d.attn.c_attn.bias", l);
-        mopt_tensor *b = mopt_graph_find_tensor(g, name);
-        if (!b) return MOPT_FAIL(err, MOPT_E_FORMAT, "missing tensor %s", name);
-        if (b->ndim != 1 || b->ne[0] != 3 * D) {
-            char s[64];
-            return MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s has shape %s but config.json implies [%lld]", name,
-                             mopt_tensor_shape_str(b, s, sizeof s), (long long)(3 * D));
-        }
-        static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
-        for (int p = 0; p < 3; p++) {
-            /* Conv1D [in, 3D]: columns p*D..p*D+D-1 are this projection's outputs. */
-            snprintf(out, sizeof out, "transformer.h.%d.attn.%s.weight", l, qkv[p]);
-            mopt_tensor *t = mopt_tensor_transpose2d(w, out, p * D, D, err);
-            if (!t) return MOPT_E_NOMEM;
-            mopt_status st = mopt_graph_add_tensor(g, t, err);
-            if (st) {
-                mopt_tensor_free(t);
-                return st;
-            }
-            snprintf(out, sizeof out, "transformer.h.%d.attn.%s.bias", l, qkv[p]);
-            int64_t dims[1] = {D};
-            mopt_tensor *tb = mopt_tensor_new(out, b->dtype, 1, dims, err);
-            if (!tb) return MOPT_E_NOMEM;
-            size_t es = mopt_dtype_size(b->dtype);
-            memcpy(tb->data, (const char *)b->data + (size_t)(p * D) * es, (size_t)D * es);
-            st = mopt_graph_add_tensor(g, tb, err);
-            if (st) {
-                mopt_tensor_free(tb);
-                return st;
-            }
-        }
-        mopt_graph_remove_tensor(g, name);
-        snprintf(name, sizeof name, "transformer.h.%d.attn.c_attn.weight", l);
-        mopt_graph_remove_tensor(g, name);
-        /* c_proj [in, out] and the MLP's c_fc / c_proj */
-        static const char *const conv[3] = {"attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
-        for (int c = 0; c < 3; c++) {
-            snprintf(name, sizeof name, "transformer.h.%d.%s.weight", l, conv[c]);
-            mopt_tensor *cw = mopt_graph_find_tensor(g, name);
-            if (!cw) return MOPT_FAIL(err, MOPT_E_FORMAT, "missing tensor %s", name);
-            if (cw->ndim != 2) return MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s must be 2-D", name);
-            /* transposing [in, out] gives [out, in]; keep the name */
-            mopt_tensor *t = mopt_tensor_transpose2d(cw, name, 0, cw->ne[0], err);
-            if (!t) return MOPT_E_NOMEM;
-            mopt_status st = mopt_graph_replace_tensor(g, t, err);
-            if (st) {
-                mopt_tensor_free(t);
-                return st;
-            }
-        }
-    }
-    /* GPT-2 checkpoints may carry the causal-mask buffers; they are not weights. */
-    for (int l = 0; l < a->n_layers; l++) {
-        char name[128];
-        snprintf(name, sizeof name, "transformer.h.%d.attn.bias", l);
-        mopt_graph_remove_tensor(g, name);
-        snprintf(name, sizeof name, "transformer.h.%d.attn.masked_bias", l);
-        mopt_graph_remove_tensor(g, name);
-    }
-    return MOPT_OK;
-}
-
-mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int64_t row0, int64_t rows,
-                                     mopt_error *err) {
-    /* t: PyTorch [R, C] (ne[1] = R, ne[0] = C). Result: [rows, R] holding
-     * columns row0..row0+rows-1 of t, i.e. out[i][j] = t[j][row0 + i]. */
-    const int64_t R = t->ne[1], C = t->ne[0];
-    int64_t dims[2] = {rows, R};
-    mopt_tensor *o = mopt_tensor_new(name, t->dtype, 2, dims, err);
-    if (!o) return NULL;
-    size_t es = mopt_dtype_size(t->dtype);
-    const char *src = t->data;
-    char *dst = o->data;
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < R; j++) memcpy(dst + (size_t)(i * R + j) * es, src + (size_t)(j * C + row0 + i) * es, es);
-    return o;
 }
 
 /* --- entry ------------------------------------------------------------------ */
@@ -401,7 +173,8 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
     if (!mopt_file_exists(path)) return MOPT_FAIL(err, MOPT_E_IO, "%s: no config.json in this directory", dir);
     if (mopt_is_trtllm_config(path)) return mopt_import_trtllm(dir, out, err);
     mopt_arch arch;
-    mopt_status st = arch_from_config(path, &arch, err);
+    const mopt_family *family = NULL;
+    mopt_status st = arch_from_config(path, &arch, &family, err);
     if (st) return st;
     mopt_graph *g = mopt_graph_new(&arch, err);
     if (!g) return MOPT_E_NOMEM;
@@ -417,12 +190,43 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
         st = load_all_safetensors(g, dir, err);
 
     if (st == MOPT_OK) st = mopt_import_hf_quant(g, path, err);
-    if (st == MOPT_OK && strcmp(arch.family, "gpt2") == 0) st = gpt2_normalize(g, err);
-    if (st == MOPT_OK) st = mopt_arch_build(g, NULL, err);
+    if (st == MOPT_OK && family->hf_fixup) st = family->hf_fixup(g, err);
+    if (st == MOPT_OK) st = mopt_family_adopt_names(g, family, MOPT_NAMING_HF, "config.json", err);
+    const mopt_build_src src = {"config.json", MOPT_NAMING_HF};
+    if (st == MOPT_OK) st = mopt_arch_build(g, &src, err);
     if (st) {
         mopt_graph_free(g);
         return st;
     }
     *out = g;
     return MOPT_OK;
+}
+
+/* --- config.json for an export ------------------------------------------------------- */
+
+char *mopt_hf_config_json(const mopt_graph *g, const char *torch_dtype, mopt_hf_layout layout, const mopt_quant_scheme *s,
+                          mopt_error *err) {
+    const mopt_arch *a = mopt_graph_arch(g);
+    const mopt_family *f = mopt_family_find(a->family);
+    json_t *c = f ? f->hf_write(a) : NULL;
+    if (!c) {
+        MOPT_FAIL(err, f ? MOPT_E_NOMEM : MOPT_E_UNSUPPORTED, "architecture family \"%s\" has no config.json form", a->family);
+        return NULL;
+    }
+    json_object_set_new(c, "torch_dtype", json_string(torch_dtype));
+    if (a->bos_id >= 0) json_object_set_new(c, "bos_token_id", json_integer(a->bos_id));
+    if (a->eos_id >= 0) json_object_set_new(c, "eos_token_id", json_integer(a->eos_id));
+    if (layout != MOPT_HF_DENSE) json_object_set_new(c, "quantization_config", mopt_hfq_config(g, layout, s));
+    char *text = mopt_json_dump_text(c, 1);
+    json_decref(c);
+    if (!text) MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    return text;
+}
+
+char *mopt_modelopt_quant_json(const mopt_graph *g, const mopt_quant_scheme *s, mopt_error *err) {
+    json_t *j = mopt_hfq_modelopt_file(g, s);
+    char *text = j ? mopt_json_dump_text(j, 1) : NULL;
+    json_decref(j);
+    if (!text) MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    return text;
 }

@@ -28,6 +28,7 @@
 #include "graph_impl.h"
 #include "base.h"
 #include "json_util.h"
+#include "hf_quant.h"
 #include "mopt/quant.h"
 
 typedef enum { HFQ_AWQ, HFQ_GPTQ, HFQ_CT, HFQ_MODELOPT } hfq_method;
@@ -132,6 +133,15 @@ static int32_t groups_from(int64_t in, int64_t ng, int32_t cfg_gs) {
     return cfg_gs > 0 ? cfg_gs : (int32_t)((in + ng - 1) / ng);
 }
 
+/* the group size of weight_scale's ng groups per row of in columns, or 0 when they do not fit */
+static int32_t scale_groups(const char *p, int64_t in, int64_t ng, const hfq_cfg *c, mopt_error *err) {
+    const int32_t gs = groups_from(in, ng, c->group_size);
+    if (mopt_qint_n_groups(in, gs) == ng) return gs;
+    MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale has %lld groups, group_size %d gives %lld", p, (long long)ng, gs,
+              (long long)mopt_qint_n_groups(in, gs));
+    return 0;
+}
+
 static mopt_tensor *awq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
     mopt_tensor *qw = part(g, p, "qweight"), *qz = part(g, p, "qzeros"), *sc = part(g, p, "scales");
     if (!qw || qw->ndim != 2 || qw->dtype != MOPT_DTYPE_I32) {
@@ -146,7 +156,6 @@ static mopt_tensor *awq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, m
         MOPT_FAIL(err, MOPT_E_FORMAT, "%s.scales must be a float tensor [%lld, %lld]", p, (long long)ng, (long long)out);
         return NULL;
     }
-    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
     levels L = {0};
     mopt_tensor *t = NULL;
     if (!levels_new(&L, out, in, ng, err)) goto done;
@@ -155,12 +164,12 @@ static mopt_tensor *awq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, m
     for (int64_t i = 0; i < in; i++)
         for (int64_t w = 0; w < out / 8; w++) {
             uint32_t v = word(qw, i * (out / 8) + w);
-            for (int k = 0; k < 8; k++) q[(8 * w + order[k]) * in + i] = (uint8_t)((v >> (4 * k)) & 15u);
+            for (int k = 0; k < 8; k++) q[(8 * w + mopt_awq_order[k]) * in + i] = (uint8_t)((v >> (4 * k)) & 15u);
         }
     for (int64_t gi = 0; gi < ng; gi++)
         for (int64_t w = 0; w < out / 8; w++) {
             uint32_t v = word(qz, gi * (out / 8) + w);
-            for (int k = 0; k < 8; k++) z[(8 * w + order[k]) * ng + gi] = (uint8_t)((v >> (4 * k)) & 15u);
+            for (int k = 0; k < 8; k++) z[(8 * w + mopt_awq_order[k]) * ng + gi] = (uint8_t)((v >> (4 * k)) & 15u);
         }
     if (scales_t(sc, out, ng, s, err)) goto done;
     t = levels_pack(&L, p, 4, gs >= in ? -1 : gs, z, NULL, err);
@@ -242,12 +251,8 @@ static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg
         return NULL;
     }
     const int64_t ng = sc->ne[0];
-    const int32_t gs = groups_from(in, ng, c->group_size);
-    if (mopt_qint_n_groups(in, gs) != ng) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale has %lld groups, group_size %d gives %lld", p, (long long)ng, gs,
-                  (long long)mopt_qint_n_groups(in, gs));
-        return NULL;
-    }
+    const int32_t gs = scale_groups(p, in, ng, c, err);
+    if (!gs) return NULL;
     if (!zp && !c->sym) {
         MOPT_FAIL(err, MOPT_E_FORMAT, "%s: the scheme is asymmetric (symmetric: false) but %s.weight_zero_point is missing", c->file, p);
         return NULL;
@@ -324,28 +329,16 @@ static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq
         return NULL;
     }
     const int64_t ng = sc->ne[0];
-    const int32_t gs = groups_from(in, ng, c->group_size);
-    if (mopt_qint_n_groups(in, gs) != ng) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale has %lld groups, group_size %d gives %lld", p, (long long)ng, gs,
-                  (long long)mopt_qint_n_groups(in, gs));
-        return NULL;
-    }
-    if (pq) {
-        float v = 1;
-        for (int64_t i = 0; i < mopt_tensor_nelements(pq) && v == 1; i++)
-            if (mopt_tensor_read_f32(pq, i, 1, &v, err)) return NULL;
-        if (v != 1 || mopt_tensor_nelements(pq) != in) {
-            MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s.pre_quant_scale is not all ones (an explicit activation multiply mopt does not run)", p);
-            return NULL;
-        }
-    }
+    const int32_t gs = scale_groups(p, in, ng, c, err);
+    if (!gs) return NULL;
+    if (pq && mopt_check_ones(pq, in, p, "pre_quant_scale", err)) return NULL;
     levels L = {0};
     mopt_tensor *t = NULL;
     if (levels_new(&L, out, in, ng, err) && !mopt_tensor_read_f32(sc, 0, out * ng, L.s, err)) {
         const uint8_t *b = w->data;
         for (int64_t o = 0; o < out; o++)
-            for (int64_t i = 0; i < in; i++) /* two's-complement nibble + 8 = mopt's level */
-                L.q[o * in + i] = (uint8_t)((((b[(o / 2) * in + i] >> (4 * (o % 2))) & 15) ^ 8));
+            for (int64_t i = 0; i < in; i++)
+                L.q[o * in + i] = mopt_int4_pair_get(b, in, o, i);
         t = levels_pack(&L, p, 4, gs, NULL, NULL, err);
     }
     levels_free(&L);
@@ -577,4 +570,13 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
     }
     free(pre);
     return st;
+}
+
+mopt_status mopt_check_ones(const mopt_tensor *t, int64_t n, const char *prefix, const char *what, mopt_error *err) {
+    float v = 1;
+    for (int64_t i = 0; i < mopt_tensor_nelements(t) && v == 1; i++)
+        if (mopt_tensor_read_f32(t, i, 1, &v, err)) return MOPT_E_FORMAT;
+    if (v != 1 || (n >= 0 && mopt_tensor_nelements(t) != n))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s.%s is not all ones (an explicit activation multiply mopt does not run)", prefix, what);
+    return MOPT_OK;
 }

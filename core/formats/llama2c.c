@@ -25,7 +25,9 @@ typedef struct {
     mopt_status st;
 } cursor;
 
-static void take(cursor *c, const char *name, int32_t ndim, const int64_t *dims) {
+static void take(cursor *c, mopt_role role, int32_t layer, int32_t ndim, const int64_t *dims) {
+    char buf[MOPT_MAX_NAME];
+    const char *name = role < 0 ? NULL : mopt_family_role_name(&mopt_family_llama, role, layer, "weight", buf, sizeof buf);
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= dims[i];
     if (c->st == MOPT_OK && name) {
@@ -38,12 +40,11 @@ static void take(cursor *c, const char *name, int32_t ndim, const int64_t *dims)
     c->p += n;
 }
 
-static void take_layers(cursor *c, const char *fmt, int32_t L, int64_t rows, int64_t cols) {
+/* a role's weight of every block, as run.c lays them out: all blocks' q, then all k, ... */
+static void take_layers(cursor *c, mopt_role role, int32_t L, int64_t rows, int64_t cols) {
     for (int l = 0; l < L; l++) {
-        char name[128];
-        snprintf(name, sizeof name, fmt, l);
         int64_t dims[2] = {rows, cols};
-        take(c, name, cols ? 2 : 1, dims);
+        take(c, role, l, cols ? 2 : 1, dims);
     }
 }
 
@@ -91,8 +92,9 @@ mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *
         goto done;
     }
 
-    mopt_arch a = {0};
-    snprintf(a.family, sizeof a.family, "llama");
+    /* llama2.c holds a LLaMA, its q/k rows in the interleaved RoPE order run.c rotates */
+    mopt_arch a = mopt_family_llama.shape;
+    snprintf(a.family, sizeof a.family, "%s", mopt_family_llama.name);
     a.dim = dim;
     a.n_layers = L;
     a.n_heads = nh;
@@ -104,8 +106,6 @@ mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *
     a.norm_eps = 1e-5f;       /* run.c rmsnorm */
     a.rope_theta = 10000.0f;  /* run.c */
     a.rope_style = MOPT_ROPE_INTERLEAVED;
-    a.norm = MOPT_NORM_RMS;
-    a.mlp = MOPT_MLP_SWIGLU;
     a.tied_embeddings = shared;
     a.bos_id = 1;
     a.eos_id = 1; /* run.c stops when BOS comes back: it delimits sequences */
@@ -116,22 +116,22 @@ mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *
     }
     cursor c = {g, buf, (const float *)((const char *)buf->base + sizeof h), err, MOPT_OK};
     int64_t emb[2] = {vocab, dim}, fin[1] = {dim};
-    take(&c, "model.embed_tokens.weight", 2, emb);
-    take_layers(&c, "model.layers.%d.input_layernorm.weight", L, dim, 0);
-    take_layers(&c, "model.layers.%d.self_attn.q_proj.weight", L, dim, dim);
-    take_layers(&c, "model.layers.%d.self_attn.k_proj.weight", L, kvd, dim);
-    take_layers(&c, "model.layers.%d.self_attn.v_proj.weight", L, kvd, dim);
-    take_layers(&c, "model.layers.%d.self_attn.o_proj.weight", L, dim, dim);
-    take_layers(&c, "model.layers.%d.post_attention_layernorm.weight", L, dim, 0);
-    take_layers(&c, "model.layers.%d.mlp.gate_proj.weight", L, hidden, dim);
-    take_layers(&c, "model.layers.%d.mlp.down_proj.weight", L, dim, hidden);
-    take_layers(&c, "model.layers.%d.mlp.up_proj.weight", L, hidden, dim);
-    take(&c, "model.norm.weight", 1, fin);
+    take(&c, MOPT_ROLE_EMBED, -1, 2, emb);
+    take_layers(&c, MOPT_ROLE_ATTN_NORM, L, dim, 0);
+    take_layers(&c, MOPT_ROLE_ATTN_Q, L, dim, dim);
+    take_layers(&c, MOPT_ROLE_ATTN_K, L, kvd, dim);
+    take_layers(&c, MOPT_ROLE_ATTN_V, L, kvd, dim);
+    take_layers(&c, MOPT_ROLE_ATTN_O, L, dim, dim);
+    take_layers(&c, MOPT_ROLE_MLP_NORM, L, dim, 0);
+    take_layers(&c, MOPT_ROLE_MLP_GATE, L, hidden, dim);
+    take_layers(&c, MOPT_ROLE_MLP_DOWN, L, dim, hidden);
+    take_layers(&c, MOPT_ROLE_MLP_UP, L, hidden, dim);
+    take(&c, MOPT_ROLE_FINAL_NORM, -1, 1, fin);
     int64_t freq[1] = {(int64_t)seq * hs};
-    take(&c, NULL, 1, freq); /* freq_cis_real + freq_cis_imag: recomputed by RoPE */
-    if (!shared) take(&c, "lm_head.weight", 2, emb);
+    take(&c, (mopt_role)-1, -1, 1, freq); /* freq_cis_real + freq_cis_imag: recomputed by RoPE */
+    if (!shared) take(&c, MOPT_ROLE_LM_HEAD, -1, 2, emb);
     st = c.st;
-    const mopt_build_src src = {"the llama2.c header", NULL};
+    const mopt_build_src src = {"the llama2.c header", -1};
     if (st == MOPT_OK) st = mopt_arch_build(g, &src, err);
 done:
     mopt_buffer_release(buf);

@@ -54,6 +54,44 @@ static int find_llama2c_tokenizer(const char *model_path, char *out, size_t cap)
     return found;
 }
 
+/* a directory's own tokenizer: tokenizer.json, or the tokenizer.bin an export of a llama2.c model keeps */
+static int find_dir_tokenizer(const char *dir, char *out, size_t cap) {
+    return (mopt_path_join(out, cap, dir, "tokenizer.json") && mopt_file_exists(out)) ||
+           (mopt_path_join(out, cap, dir, "tokenizer.bin") && mopt_file_exists(out));
+}
+
+static int probe_dir(const char *path) { return mopt_dir_exists(path); }
+
+/* GGUF by its magic, or by its name (the reader then says what is wrong with it) */
+static int probe_gguf(const char *path) {
+    return mopt_file_exists(path) && (mopt_file_starts_with(path, "GGUF", 4) || ends_with(path, ".gguf"));
+}
+
+static int probe_file(const char *path) { return mopt_file_exists(path); }
+
+static mopt_status load_hf(const char *path, mopt_graph **g, mopt_tokenizer **tok, mopt_error *err) {
+    (void)tok;
+    return mopt_import_hf(path, g, err); /* TensorRT-LLM directories too: config.json says which */
+}
+
+static mopt_status load_llama2c(const char *path, mopt_graph **g, mopt_tokenizer **tok, mopt_error *err) {
+    (void)tok;
+    return mopt_import_llama2c(path, g, err);
+}
+
+/* The formats a path may hold, asked in order; the first whose probe accepts
+ * the path loads it (a cheap look: a directory, a magic number, a name). */
+static const struct {
+    mopt_model_format format;
+    int (*probe)(const char *path);
+    mopt_status (*load)(const char *path, mopt_graph **g, mopt_tokenizer **tok, mopt_error *err);
+    int (*find_tokenizer)(const char *path, char *out, size_t cap); /* when none was given; may be NULL */
+} readers[] = {
+    {MOPT_FORMAT_HF, probe_dir, load_hf, find_dir_tokenizer},
+    {MOPT_FORMAT_GGUF, probe_gguf, mopt_import_gguf, NULL},
+    {MOPT_FORMAT_LLAMA2C, probe_file, load_llama2c, find_llama2c_tokenizer},
+};
+
 static mopt_tokenizer *load_tokenizer(const char *path, int32_t vocab, mopt_error *err) {
     if (ends_with(path, ".json")) return mopt_tokenizer_load_hf(path, err);
     return mopt_tokenizer_load_llama2c(path, vocab, err);
@@ -66,37 +104,28 @@ mopt_model *mopt_model_load(const char *path, const char *tokenizer_path, mopt_e
         return NULL;
     }
     snprintf(m->path, sizeof m->path, "%s", path);
-    mopt_status st;
+    mopt_status st = MOPT_OK;
     char tp[4096];
     const char *tok_path = tokenizer_path;
-    if (mopt_dir_exists(path)) {
-        m->format = MOPT_FORMAT_HF;
-        st = mopt_import_hf(path, &m->graph, err);
-        if (!st && !tok_path && mopt_path_join(tp, sizeof tp, path, "tokenizer.json") && mopt_file_exists(tp))
-            tok_path = tp;
-        /* an export of a llama2.c model keeps its tokenizer as tokenizer.bin */
-        if (!st && !tok_path && mopt_path_join(tp, sizeof tp, path, "tokenizer.bin") && mopt_file_exists(tp))
-            tok_path = tp;
-    } else if (mopt_file_exists(path) && ends_with(path, ".gguf")) {
-        m->format = MOPT_FORMAT_GGUF;
-        st = mopt_import_gguf(path, &m->graph, &m->tok, err);
-        if (!st && tok_path) { /* an explicit tokenizer wins over the file's own */
+    size_t r = 0;
+    while (r < sizeof readers / sizeof *readers && !readers[r].probe(path)) r++;
+    if (r == sizeof readers / sizeof *readers) {
+        st = MOPT_FAIL(err, MOPT_E_IO, "%s: no such file or directory", path);
+    } else {
+        m->format = readers[r].format;
+        st = readers[r].load(path, &m->graph, &m->tok, err);
+        if (!st && tok_path && m->tok) { /* an explicit tokenizer wins over the file's own */
             mopt_tokenizer_free(m->tok);
             m->tok = NULL;
         }
-    } else if (mopt_file_exists(path)) {
-        m->format = MOPT_FORMAT_LLAMA2C;
-        st = mopt_import_llama2c(path, &m->graph, err);
-        if (!st && !tok_path && find_llama2c_tokenizer(path, tp, sizeof tp)) tok_path = tp;
-    } else {
-        st = MOPT_FAIL(err, MOPT_E_IO, "%s: no such file or directory", path);
+        if (!st && !tok_path && !m->tok && readers[r].find_tokenizer && readers[r].find_tokenizer(path, tp, sizeof tp)) tok_path = tp;
     }
     if (!st && tok_path) {
         m->tok = load_tokenizer(tok_path, mopt_graph_arch(m->graph)->vocab_size, err);
         if (!m->tok) st = err ? (mopt_status)err->code : MOPT_E_FORMAT;
     }
     if (!st && m->tok && mopt_tokenizer_vocab_size(m->tok) > mopt_graph_arch(m->graph)->vocab_size) {
-        st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tokenizer has %d tokens but the model's vocabulary is %d", tok_path,
+        st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tokenizer has %d tokens but the model's vocabulary is %d", tok_path ? tok_path : path,
                        mopt_tokenizer_vocab_size(m->tok), mopt_graph_arch(m->graph)->vocab_size);
     }
     if (st) {

@@ -16,10 +16,7 @@ bool mopt_is_trtllm_config(const char *config_path);
 mopt_status mopt_import_trtllm(const char *dir, mopt_graph **out, mopt_error *err);
 /* Loads a GGUF file: the graph and, when the file carries one, its tokenizer (*tok may stay NULL). */
 mopt_status mopt_import_gguf(const char *path, mopt_graph **out, mopt_tokenizer **tok, mopt_error *err);
-/* Loads a llama2.c version-0 checkpoint into a graph with HF tensor names. */
+/* Loads a llama2.c version-0 checkpoint (a LLaMA) into a graph. */
 mopt_status mopt_import_llama2c(const char *path, mopt_graph **out, mopt_error *err);
-/* Transposes a 2-D tensor into a new heap tensor of the same dtype named `name`. */
-mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int64_t row0, int64_t rows,
-                                     mopt_error *err);
 
 #endif

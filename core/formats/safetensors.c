@@ -8,6 +8,7 @@
 
 #include "tensor_impl.h"
 #include "json_util.h"
+#include "mopt/quant.h"
 #include "safetensors.h"
 
 #define ST_MAX_HEADER (100u << 20) /* the reference reader's own limit */
@@ -196,4 +197,119 @@ done:
     *tensors = list;
     *n = count;
     return MOPT_OK;
+}
+
+/* --- writing ---------------------------------------------------------------------- */
+
+static size_t st_elem_size(const char *dtype) {
+    mopt_dtype dt;
+    return parse_dtype(dtype, &dt) ? mopt_dtype_size(dt) : 1;
+}
+
+/* wider elements first, then by name, as the reference writer orders them:
+ * every tensor then starts at a multiple of its element size */
+static int by_alignment(const void *a, const void *b) {
+    const mopt_st_entry *x = a, *y = b;
+    const size_t ex = st_elem_size(x->dtype), ey = st_elem_size(y->dtype);
+    return ex != ey ? (ex > ey ? -1 : 1) : strcmp(x->name, y->name);
+}
+
+mopt_status mopt_safetensors_encode(mopt_st_entry *e, int32_t n, char **out, size_t *len, mopt_error *err) {
+    *out = NULL;
+    *len = 0;
+    qsort(e, (size_t)n, sizeof *e, by_alignment);
+    json_t *hdr = json_object();
+    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    size_t off = 0;
+    for (int32_t i = 0; i < n; i++) {
+        json_t *shape = json_array();
+        for (int32_t k = 0; k < e[i].ndim; k++) json_array_append_new(shape, json_integer(e[i].shape[k]));
+        json_object_set_new(hdr, e[i].name, json_pack("{s:s, s:o, s:[I, I]}", "dtype", e[i].dtype, "shape", shape, "data_offsets",
+                                                       (json_int_t)off, (json_int_t)(off + e[i].nbytes)));
+        off += e[i].nbytes;
+    }
+    char *text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(hdr);
+    if (!text) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    const size_t hl = strlen(text), padded = (hl + 7) & ~(size_t)7;
+    char *buf = malloc(8 + padded + off);
+    if (!buf) {
+        free(text);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for a %zu-byte safetensors file", 8 + padded + off);
+    }
+    for (int k = 0; k < 8; k++) buf[k] = (char)((uint64_t)padded >> (8 * k));
+    memcpy(buf + 8, text, hl);
+    memset(buf + 8 + hl, ' ', padded - hl);
+    size_t pos = 8 + padded;
+    for (int32_t i = 0; i < n; i++) {
+        memcpy(buf + pos, e[i].data, e[i].nbytes);
+        pos += e[i].nbytes;
+    }
+    free(text);
+    *out = buf;
+    *len = pos;
+    return MOPT_OK;
+}
+
+mopt_status mopt_st_list_add(mopt_st_list *l, const char *name, const char *dtype, int32_t ndim, const int64_t *shape, void *data,
+                             size_t nbytes, mopt_error *err) {
+    if (!data) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for %s", name);
+    if (!mopt_grow((void **)&l->e, &l->cap, (size_t)l->n + 1, sizeof *l->e)) {
+        free(data);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    }
+    mopt_st_entry *e = &l->e[l->n++];
+    memset(e, 0, sizeof *e);
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->dtype = dtype;
+    e->ndim = ndim;
+    for (int32_t k = 0; k < ndim && k < 4; k++) e->shape[k] = shape[k];
+    e->data = data;
+    e->nbytes = nbytes;
+    return MOPT_OK;
+}
+
+void mopt_st_list_free(mopt_st_list *l) {
+    for (int32_t i = 0; i < l->n; i++) free(l->e[i].data);
+    free(l->e);
+    l->e = NULL;
+    l->n = l->cap = 0;
+}
+
+void mopt_st_store_float(const char *dtype, void *dst, int64_t i, float v) {
+    if (!strcmp(dtype, "F32")) ((float *)dst)[i] = v;
+    else ((uint16_t *)dst)[i] = !strcmp(dtype, "BF16") ? mopt_f32_to_bf16(v) : mopt_f32_to_f16(v);
+}
+
+const char *mopt_st_float_dtype(const mopt_tensor *t) {
+    return t->dtype == MOPT_DTYPE_F32 ? "F32" : t->dtype == MOPT_DTYPE_BF16 ? "BF16" : "F16";
+}
+
+mopt_status mopt_st_add_rows(mopt_st_list *l, const mopt_file_tensor *ft, const char *dtype, const int64_t *rows, int64_t n_rows,
+                             int64_t c0, int64_t nc, mopt_error *err) {
+    if (!rows) n_rows = ft->rows;
+    if (!nc) nc = ft->cols - c0;
+    const char *dt = dtype ? dtype : mopt_st_float_dtype(ft->src[0]);
+    const size_t es = strcmp(dt, "F32") ? 2 : 4;
+    void *d = malloc((size_t)(n_rows * nc) * es + 1);
+    float *tmp = malloc((size_t)ft->cols * sizeof *tmp);
+    mopt_status st = d && tmp ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for %s", ft->name);
+    for (int64_t r = 0; r < n_rows && !st; r++) {
+        int64_t row;
+        const mopt_tensor *t = mopt_file_tensor_row(ft, rows ? rows[r] : r, &row);
+        if (!t) {
+            st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: row %lld is outside the tensor", ft->name, (long long)(rows ? rows[r] : r));
+            break;
+        }
+        st = ft->ndim == 1 ? mopt_tensor_read_f32(t, row, 1, tmp, err) : mopt_weight_row_f32(t, row, tmp, err);
+        for (int64_t k = 0; k < (ft->ndim == 1 ? 1 : nc) && !st; k++) /* a transposed tensor: column-major */
+            mopt_st_store_float(dt, d, ft->transposed ? k * n_rows + r : r * nc + k, tmp[ft->ndim == 1 ? 0 : c0 + k]);
+    }
+    free(tmp);
+    if (st) {
+        free(d);
+        return st;
+    }
+    const int64_t shape[2] = {ft->transposed ? nc : n_rows, ft->transposed ? n_rows : nc};
+    return mopt_st_list_add(l, ft->name, dt, ft->ndim, shape, d, (size_t)(n_rows * (ft->ndim == 1 ? 1 : nc)) * es, err);
 }

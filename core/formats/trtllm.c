@@ -1,7 +1,8 @@
 /* TensorRT-LLM checkpoints (config.json with "architecture" and "mapping", one
  * rank{r}.safetensors per tensor-parallel rank): the ranks are stitched back
  * together (column-parallel linears by output rows, qkv by heads, row-parallel
- * ones by input columns; everything else is replicated) into mopt's names.
+ * ones by input columns; everything else is replicated, as the family's table
+ * says) into the graph's names.
  * Quantized linears become packed tensors with the stored values:
  *   W4A16_AWQ (int4 pairs in I8 [out/2, in], weights_scaling_factor [out, in/gs],
  *   prequant_scaling_factor all ones), W8A16, W8A8 per token, FP8 (per tensor
@@ -15,11 +16,10 @@
 #include "base.h"
 #include "json_util.h"
 #include "model_impl.h"
+#include "hf_quant.h"
 #include "mopt/quant.h"
 #include "safetensors.h"
 
-typedef enum { TQ_NONE, TQ_W4A16_AWQ, TQ_W8A16, TQ_W8A8, TQ_FP8, TQ_FP8_PC } tq_algo;
-typedef enum { REPLICATED, BY_ROWS, BY_COLS, BY_HEADS } split_kind;
 
 typedef struct {
     mopt_tensor **t;
@@ -31,7 +31,7 @@ typedef struct {
     const char *dir;
     rank_file *ranks;
     int tp;
-    tq_algo algo;
+    mopt_tq_algo algo;
     const char *algo_name; /* as config.json names it */
     int32_t group_size;
     mopt_arch a;
@@ -81,7 +81,7 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
         if (!p->f) return MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
         return mopt_tensor_read_f32(w, 0, p->rows * p->cols, p->f, c->err);
     }
-    const int int4 = c->algo == TQ_W4A16_AWQ;
+    const int int4 = c->algo == MOPT_TQ_W4A16_AWQ;
     if (int4) p->rows *= 2;
     snprintf(name, sizeof name, "%s.weights_scaling_factor", base);
     const mopt_tensor *sc = rt(c, r, name);
@@ -91,7 +91,7 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
     p->ng = int4 ? sc->ne[0] : 1;
     if ((int4 && (sc->ndim != 2 || sc->ne[1] != p->rows)) || (!int4 && ns != p->rows && ns != 1))
         return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s does not match %lld rows", c->dir, name, (long long)p->rows);
-    const mopt_dtype want = c->algo == TQ_FP8 || c->algo == TQ_FP8_PC ? MOPT_DTYPE_F8E4M3 : MOPT_DTYPE_I8;
+    const mopt_dtype want = c->algo == MOPT_TQ_FP8 || c->algo == MOPT_TQ_FP8_PC ? MOPT_DTYPE_F8E4M3 : MOPT_DTYPE_I8;
     if (w->dtype != want)
         return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s.weight is %s, the quant_algo stores %s", c->dir, base,
                          mopt_dtype_name(w->dtype), mopt_dtype_name(want));
@@ -101,8 +101,8 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
     const uint8_t *b = w->data;
     for (int64_t i = 0; i < p->rows; i++)
         for (int64_t k = 0; k < p->cols; k++) {
-            if (int4) p->v[i * p->cols + k] = (uint8_t)(((b[(i / 2) * p->cols + k] >> (4 * (i % 2))) & 15) ^ 8);
-            else if (c->algo == TQ_W8A16) p->v[i * p->cols + k] = (uint8_t)((int8_t)b[i * p->cols + k] + 128);
+            if (int4) p->v[i * p->cols + k] = mopt_int4_pair_get(b, p->cols, i, k);
+            else if (c->algo == MOPT_TQ_W8A16) p->v[i * p->cols + k] = (uint8_t)((int8_t)b[i * p->cols + k] + 128);
             else p->v[i * p->cols + k] = b[i * p->cols + k];
         }
     if (ns == 1 && p->rows > 1) { /* per tensor */
@@ -113,31 +113,28 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
     } else if (mopt_tensor_read_f32(sc, 0, p->rows * (p->ng ? p->ng : 1), p->s, c->err)) {
         return MOPT_E_FORMAT;
     }
-    if (c->algo == TQ_FP8) {
+    if (c->algo == MOPT_TQ_FP8) {
         snprintf(name, sizeof name, "%s.activation_scaling_factor", base);
         const mopt_tensor *as = rt(c, r, name);
         if (!as || mopt_tensor_nelements(as) != 1 || mopt_tensor_read_f32(as, 0, 1, &p->act, c->err))
             return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: FP8 needs a scalar %s", c->dir, name);
     }
-    if (c->algo == TQ_W4A16_AWQ) {
+    if (c->algo == MOPT_TQ_W4A16_AWQ) {
         snprintf(name, sizeof name, "%s.prequant_scaling_factor", base);
         const mopt_tensor *pq = rt(c, r, name);
-        float v = 1;
-        for (int64_t i = 0; pq && i < mopt_tensor_nelements(pq) && v == 1; i++)
-            if (mopt_tensor_read_f32(pq, i, 1, &v, c->err)) return MOPT_E_FORMAT;
-        if (v != 1)
-            return MOPT_FAIL(c->err, MOPT_E_UNSUPPORTED, "%s: %s is not all ones (an explicit activation multiply mopt does not run)",
-                             c->dir, name);
+        mopt_status st = pq ? mopt_check_ones(pq, -1, base, "prequant_scaling_factor", c->err) : MOPT_OK;
+        if (st) mopt_error_name_file(c->err, c->dir);
+        return st;
     }
     return MOPT_OK;
 }
 
 /* Whole-model values of a linear from its rank pieces. */
-static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind split, piece *all) {
+static mopt_status gather(const trt *c, const char *base, int is_vec, mopt_tp_split split, piece *all) {
     piece *ps = calloc((size_t)c->tp, sizeof *ps);
     if (!ps) return MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
     mopt_status st = MOPT_OK;
-    const int n = split == REPLICATED ? 1 : c->tp;
+    const int n = split == MOPT_SPLIT_NONE ? 1 : c->tp;
     for (int r = 0; r < n && !st; r++) st = read_piece(c, r, base, is_vec, &ps[r]);
     for (int r = n; r < c->tp; r++) { /* replicated: every rank holds the same copy; rank 0's is read */
         char name[MOPT_MAX_NAME + 48];
@@ -149,17 +146,17 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind
             st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s differs in shape between rank0 and rank%d", c->dir, base, r);
     /* by heads: each rank holds its q, k and v heads; check before any row is placed */
     const int64_t hd = c->a.head_dim, qr = (int64_t)c->a.n_heads * hd / c->tp, kr = (int64_t)c->a.n_kv_heads * hd / c->tp;
-    if (!st && split == BY_HEADS && ps[0].rows != qr + 2 * kr)
+    if (!st && split == MOPT_SPLIT_HEADS && ps[0].rows != qr + 2 * kr)
         st = MOPT_FAIL(c->err, MOPT_E_FORMAT,
                        "%s: %s.%s has %lld rows per rank, but %d heads and %d kv heads of head_size %lld over tp_size %d need %lld",
                        c->dir, base, is_vec ? "bias" : "weight", (long long)ps[0].rows, c->a.n_heads, c->a.n_kv_heads,
                        (long long)hd, c->tp, (long long)(qr + 2 * kr));
     if (st) goto done;
-    const int by_cols = split == BY_COLS && !is_vec;
+    const int by_cols = split == MOPT_SPLIT_COLS && !is_vec;
     memset(all, 0, sizeof *all);
-    all->rows = ps[0].rows * (split == BY_ROWS || split == BY_HEADS ? n : 1);
+    all->rows = ps[0].rows * (split == MOPT_SPLIT_ROWS || split == MOPT_SPLIT_HEADS ? n : 1);
     all->cols = ps[0].cols * (by_cols ? n : 1);
-    all->ng = ps[0].ng * (by_cols && c->algo == TQ_W4A16_AWQ ? n : 1);
+    all->ng = ps[0].ng * (by_cols && c->algo == MOPT_TQ_W4A16_AWQ ? n : 1);
     all->act = ps[0].act;
     all->dt = ps[0].dt;
     all->vec = ps[0].vec;
@@ -177,8 +174,8 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind
     for (int r = 0; r < n; r++)
         for (int64_t i = 0; i < ps[r].rows; i++) {
             int64_t row = i, col0 = 0;
-            if (split == BY_ROWS) row = r * ps[r].rows + i;
-            if (split == BY_HEADS)
+            if (split == MOPT_SPLIT_ROWS) row = r * ps[r].rows + i;
+            if (split == MOPT_SPLIT_HEADS)
                 row = i < qr ? r * qr + i : i < qr + kr ? c->tp * qr + r * kr + (i - qr) : c->tp * (qr + kr) + r * kr + (i - qr - kr);
             if (by_cols) col0 = r * ps[r].cols;
             if (ps[r].f) {
@@ -186,7 +183,7 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, split_kind
                 continue;
             }
             memcpy(all->v + row * all->cols + col0, ps[r].v + i * ps[r].cols, (size_t)ps[r].cols);
-            if (by_cols && c->algo == TQ_W4A16_AWQ)
+            if (by_cols && c->algo == MOPT_TQ_W4A16_AWQ)
                 memcpy(all->s + row * ngall + r * ngs, ps[r].s + i * ngs, (size_t)ngs * sizeof *all->s);
             else if (!by_cols || r == 0)
                 memcpy(all->s + row * ngall, ps[r].s + i * ngs, (size_t)ngs * sizeof *all->s);
@@ -212,19 +209,19 @@ static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const 
                 else ((uint16_t *)t->data)[i] = mopt_f32_to_bf16(src[i]);
             }
         }
-    } else if (c->algo == TQ_W4A16_AWQ || c->algo == TQ_W8A16) {
-        const int32_t gs = c->algo == TQ_W8A16 ? -1 : c->group_size > 0 ? c->group_size : (int32_t)((cols + ng - 1) / ng);
+    } else if (c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_W8A16) {
+        const int32_t gs = c->algo == MOPT_TQ_W8A16 ? -1 : c->group_size > 0 ? c->group_size : (int32_t)((cols + ng - 1) / ng);
         if (mopt_qint_n_groups(cols, gs) != ng)
             return MOPT_FAIL(c->err, MOPT_E_FORMAT,
                              "%s: %s.weights_scaling_factor has %lld groups per row, but quantization.group_size %d over %lld columns needs %lld",
                              c->dir, src, (long long)ng, gs, (long long)cols, (long long)mopt_qint_n_groups(cols, gs));
-        t = mopt_qint_pack(name, n, cols, c->algo == TQ_W8A16 ? 8 : 4, gs, p->v + r0 * cols, p->s + r0 * ng, NULL, NULL, c->err);
-    } else if (c->algo == TQ_W8A8) {
+        t = mopt_qint_pack(name, n, cols, c->algo == MOPT_TQ_W8A16 ? 8 : 4, gs, p->v + r0 * cols, p->s + r0 * ng, NULL, NULL, c->err);
+    } else if (c->algo == MOPT_TQ_W8A8) {
         t = mopt_w8a8_pack(name, n, cols, (const int8_t *)(p->v + r0 * cols), p->s + r0, c->err);
     } else {
         const int per_tensor = p->ng == 0;
         t = mopt_fp8_pack(name, n, cols, p->v + r0 * cols, p->s + r0, per_tensor ? 1 : n,
-                          c->algo == TQ_FP8 ? MOPT_QUANT_ACT_STATIC : MOPT_QUANT_ACT_PER_TOKEN, p->act, c->err);
+                          c->algo == MOPT_TQ_FP8 ? MOPT_QUANT_ACT_STATIC : MOPT_QUANT_ACT_PER_TOKEN, p->act, c->err);
     }
     if (!t) return c->err && c->err->code ? (mopt_status)c->err->code : MOPT_E_NOMEM;
     mopt_status st = mopt_graph_add_tensor(c->g, t, c->err);
@@ -232,72 +229,56 @@ static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const 
     return st;
 }
 
-/* TRT-LLM name (without .weight/.bias) -> mopt names; qkv splits into three */
-static mopt_status linear(trt *c, const char *base, int is_vec, split_kind split, const char *const *names, int n_names) {
+/* One TensorRT-LLM tensor (base without .weight/.bias) as the graph tensors of
+ * the rules it holds; a fused qkv splits into q, k and v. */
+static mopt_status linear(trt *c, const char *base, int is_vec, mopt_tp_split split, const mopt_name_rule *const *rules, int32_t n,
+                          int32_t layer) {
+    const char *kind = is_vec ? "bias" : "weight";
     char b[MOPT_MAX_NAME + 160];
-    snprintf(b, sizeof b, "%s.%s", base, is_vec ? "bias" : "weight");
-    if (!rt(c, 0, b)) return MOPT_OK; /* optional (biases, lm_head when tied) */
+    snprintf(b, sizeof b, "%s.%s", base, kind);
+    if (!rt(c, 0, b)) return MOPT_OK; /* optional (biases); the builder names what is missing */
     piece all;
     mopt_status st = gather(c, base, is_vec, split, &all);
     if (st) return st;
-    const int64_t q = (int64_t)c->a.n_heads * c->a.head_dim, kv = (int64_t)c->a.n_kv_heads * c->a.head_dim;
-    if (n_names == 3 && all.rows != q + 2 * kv)
+    int64_t total = 0;
+    for (int32_t k = 0; k < n; k++) total += n > 1 ? mopt_rule_rows(&c->a, rules[k]) : all.rows;
+    if (all.rows != total)
         st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s has %lld rows, the heads need %lld", c->dir, b, (long long)all.rows,
-                       (long long)(q + 2 * kv));
-    const int64_t r0[3] = {0, q, q + kv}, nr[3] = {q, kv, kv};
-    for (int k = 0; k < n_names && !st; k++) {
+                       (long long)total);
+    for (int32_t k = 0, r0 = 0; k < n && !st; k++) {
         char name[MOPT_MAX_NAME];
-        snprintf(name, sizeof name, "%s.%s", names[k], is_vec ? "bias" : "weight");
-        st = install(c, &all, n_names == 3 ? r0[k] : 0, n_names == 3 ? nr[k] : all.rows, base, name);
+        const int64_t rows = n > 1 ? mopt_rule_rows(&c->a, rules[k]) : all.rows;
+        if (!mopt_rule_graph_name(rules[k], layer, kind, name, sizeof name))
+            st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s: block number too large", c->dir, b);
+        else
+            st = install(c, &all, r0, rows, base, name);
+        r0 += (int32_t)rows;
     }
     piece_free(&all);
     return st;
 }
 
-/* TensorRT-LLM's per-layer names and mopt's, with how tensor parallelism splits them */
-static const struct {
-    const char *trt, *llama, *gpt2;
-    split_kind split;
-} layer_map[] = {{"input_layernorm", "input_layernorm", "ln_1", REPLICATED},
-                 {"attention.dense", "self_attn.o_proj", "attn.c_proj", BY_COLS},
-                 {"post_layernorm", "post_attention_layernorm", "ln_2", REPLICATED},
-                 {"mlp.fc", "mlp.gate_proj", "mlp.c_fc", BY_ROWS},
-                 {"mlp.gate", "mlp.up_proj", NULL, BY_ROWS},
-                 {"mlp.proj", "mlp.down_proj", "mlp.c_proj", BY_COLS}};
-
-static mopt_status tensors(trt *c) {
-    const int gpt2 = !strcmp(c->a.family, "gpt2");
+/* Every tensor of the family's table, in the table's order, block by block. */
+static mopt_status tensors(trt *c, const mopt_family *f) {
     mopt_status st = MOPT_OK;
-    const char *emb[1] = {gpt2 ? "transformer.wte" : "model.embed_tokens"};
-    st = linear(c, "transformer.vocab_embedding", 0, REPLICATED, emb, 1);
-    const char *pos[1] = {"transformer.wpe"};
-    if (!st && gpt2) st = linear(c, "transformer.position_embedding", 0, REPLICATED, pos, 1);
-    for (int l = 0; l < c->a.n_layers && !st; l++)
-        for (int vec = 0; vec < 2 && !st; vec++) {
-            char base[128], n0[128], n1[128], n2[128];
-            for (size_t k = 0; k < sizeof layer_map / sizeof *layer_map && !st; k++) {
-                const char *m = gpt2 ? layer_map[k].gpt2 : layer_map[k].llama;
-                if (!m) continue;
-                snprintf(base, sizeof base, "transformer.layers.%d.%s", l, layer_map[k].trt);
-                snprintf(n0, sizeof n0, gpt2 ? "transformer.h.%d.%s" : "model.layers.%d.%s", l, m);
-                const char *names[1] = {n0};
-                /* a row-parallel bias is whole on every rank */
-                st = linear(c, base, vec, vec && layer_map[k].split == BY_COLS ? REPLICATED : layer_map[k].split, names, 1);
-            }
-            snprintf(base, sizeof base, "transformer.layers.%d.attention.qkv", l);
-            const char *pre = gpt2 ? "transformer.h.%d.attn.%s" : "model.layers.%d.self_attn.%s";
-            snprintf(n0, sizeof n0, pre, l, "q_proj");
-            snprintf(n1, sizeof n1, pre, l, "k_proj");
-            snprintf(n2, sizeof n2, pre, l, "v_proj");
-            const char *qkv[3] = {n0, n1, n2};
-            if (!st) st = linear(c, base, vec, BY_HEADS, qkv, 3);
-        }
-    const char *lnf[1] = {gpt2 ? "transformer.ln_f" : "model.norm"};
-    if (!st) st = linear(c, "transformer.ln_f", 0, REPLICATED, lnf, 1);
-    if (!st && gpt2) st = linear(c, "transformer.ln_f", 1, REPLICATED, lnf, 1);
-    const char *lm[1] = {"lm_head"};
-    if (!st && !c->a.tied_embeddings) st = linear(c, "lm_head", 0, BY_ROWS, lm, 1);
-    for (int r = 0; r < c->tp && c->a.tied_embeddings; r++) rt(c, r, "lm_head.weight"); /* TensorRT-LLM writes the tied copy too */
+    for (int at = MOPT_AT_TOP; at <= MOPT_AT_END && !st; at++)
+        for (int32_t l = at == MOPT_AT_LAYER ? 0 : -1; l < (at == MOPT_AT_LAYER ? c->a.n_layers : 0) && !st; l++)
+            for (int vec = 0; vec < 2 && !st; vec++)
+                for (int32_t i = 0; i < f->n_rules && !st; i += mopt_family_fused_run(f, MOPT_NAMING_TRTLLM, i)) {
+                    const mopt_name_rule *r = &f->rules[i];
+                    const int32_t n = mopt_family_fused_run(f, MOPT_NAMING_TRTLLM, i);
+                    char base[MOPT_MAX_NAME];
+                    if (r->at != at || !mopt_rule_file_name(r, MOPT_NAMING_TRTLLM, l, "x", base, sizeof base)) continue;
+                    base[strlen(base) - 2] = 0; /* without ".x" */
+                    if (r->role == MOPT_ROLE_LM_HEAD && c->a.tied_embeddings) { /* TensorRT-LLM writes the tied copy too */
+                        for (int k = 0; k < c->tp; k++) rt(c, k, vec ? "lm_head.bias" : "lm_head.weight");
+                        continue;
+                    }
+                    const mopt_name_rule *rules[3] = {r, n > 1 ? r + 1 : NULL, n > 2 ? r + 2 : NULL};
+                    /* a row-parallel bias is whole on every rank */
+                    const mopt_tp_split split = vec && r->split == MOPT_SPLIT_COLS ? MOPT_SPLIT_NONE : (mopt_tp_split)r->split;
+                    st = linear(c, base, vec, split, rules, n > 3 ? 3 : n, l);
+                }
     /* what no rule above read: a layer beyond the count, or a tensor of another scheme */
     for (int r = 0; r < c->tp && !st; r++)
         for (int32_t i = 0; i < c->ranks[r].n && !st; i++)
@@ -307,47 +288,22 @@ static mopt_status tensors(trt *c) {
     return st;
 }
 
-/* mopt name -> TensorRT-LLM name, for messages */
-static const char *trt_name(const char *family, const char *hf, char *buf, size_t cap) {
-    const int gpt2 = !strcmp(family, "gpt2");
-    int l, pos = 0;
-    char part[96];
-    static const char *const top[][3] = {{"model.embed_tokens.weight", "transformer.wte.weight", "transformer.vocab_embedding.weight"},
-                                         {"model.norm.weight", "transformer.ln_f.weight", "transformer.ln_f.weight"},
-                                         {"", "transformer.ln_f.bias", "transformer.ln_f.bias"},
-                                         {"", "transformer.wpe.weight", "transformer.position_embedding.weight"},
-                                         {"lm_head.weight", "lm_head.weight", "lm_head.weight"}};
-    for (size_t i = 0; i < sizeof top / sizeof *top; i++)
-        if (!strcmp(hf, top[i][gpt2])) return snprintf(buf, cap, "%s", top[i][2]), buf;
-    if (sscanf(hf, gpt2 ? "transformer.h.%d.%95[a-z_.]%n" : "model.layers.%d.%95[a-z_.]%n", &l, part, &pos) != 2 || hf[pos]) return NULL;
-    char *kind = strrchr(part, '.');
-    if (!kind) return NULL;
-    *kind++ = 0;
-    if (strstr(part, gpt2 ? "attn." : "self_attn.") == part && strstr(part, "_proj") && strcmp(part, "self_attn.o_proj"))
-        return snprintf(buf, cap, "transformer.layers.%d.attention.qkv.%s", l, kind), buf;
-    for (size_t k = 0; k < sizeof layer_map / sizeof *layer_map; k++) {
-        const char *m = gpt2 ? layer_map[k].gpt2 : layer_map[k].llama;
-        if (m && !strcmp(part, m)) return snprintf(buf, cap, "transformer.layers.%d.%s.%s", l, layer_map[k].trt, kind), buf;
-    }
-    return NULL;
-}
-
-static const char *llama_trt_name(const char *hf, char *buf, size_t cap) { return trt_name("llama", hf, buf, cap); }
-static const char *gpt2_trt_name(const char *hf, char *buf, size_t cap) { return trt_name("gpt2", hf, buf, cap); }
-
 /* --- config ------------------------------------------------------------------- */
 
-static mopt_status config(trt *c, const char *file, json_t *cfg) {
+static mopt_status config(trt *c, const char *file, json_t *cfg, const mopt_family **family) {
     mopt_error *err = c->err;
     const char *arch = NULL, *act = NULL, *pe = NULL;
     if (!mopt_json_get_str_opt(cfg, "architecture", &arch, file, err)) return MOPT_E_FORMAT;
     mopt_arch *a = &c->a;
-    memset(a, 0, sizeof *a);
-    const int gpt2 = arch && !strcmp(arch, "GPTForCausalLM");
-    if (!arch || (!gpt2 && strcmp(arch, "LlamaForCausalLM") && strcmp(arch, "MistralForCausalLM")))
-        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: TensorRT-LLM architecture \"%s\" is not supported (LlamaForCausalLM, GPTForCausalLM)",
-                         file, arch ? arch : "(missing)");
-    snprintf(a->family, sizeof a->family, "%s", gpt2 ? "gpt2" : "llama");
+    const mopt_family *f = mopt_family_of_trt(arch);
+    if (!f) {
+        char known[256];
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: TensorRT-LLM architecture \"%s\" is not supported (%s)", file,
+                         arch ? arch : "(missing)", mopt_family_list(MOPT_NAMING_TRTLLM, known, sizeof known));
+    }
+    *family = f;
+    *a = f->shape;
+    snprintf(a->family, sizeof a->family, "%s", f->name);
     int64_t v[8];
     static const char *const keys[] = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                        "vocab_size", "max_position_embeddings"};
@@ -378,12 +334,10 @@ static mopt_status config(trt *c, const char *file, json_t *cfg) {
     int64_t id;
     if (json_is_integer(json_object_get(cfg, "bos_token_id")) && mopt_json_get_int(cfg, "bos_token_id", &id, file, err)) a->bos_id = (int32_t)id;
     if (json_is_integer(json_object_get(cfg, "eos_token_id")) && mopt_json_get_int(cfg, "eos_token_id", &id, file, err)) a->eos_id = (int32_t)id;
-    if (gpt2) {
-        a->norm = MOPT_NORM_LAYER, a->mlp = MOPT_MLP_GELU, a->qkv_bias = a->o_bias = a->mlp_bias = 1;
-    } else {
+    if (mopt_family_has_rope(f)) {
         if (pe && strcmp(pe, "rope_gpt_neox"))
-            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: position_embedding_type \"%s\" (LLaMA needs rope_gpt_neox)", file, pe);
-        a->norm = MOPT_NORM_RMS, a->mlp = MOPT_MLP_SWIGLU, a->rope_style = MOPT_ROPE_HALF;
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: position_embedding_type \"%s\" (a rotary %s model needs rope_gpt_neox)", file,
+                             pe, f->name);
         bool b = false;
         if (!mopt_json_get_bool_opt(cfg, "attn_bias", &b, file, err)) return MOPT_E_FORMAT;
         a->qkv_bias = a->o_bias = b;
@@ -405,27 +359,19 @@ static mopt_status config(trt *c, const char *file, json_t *cfg) {
     if (json_is_object(q) && (!mopt_json_get_str_opt(q, "quant_algo", &algo, file, err) || !mopt_json_get_int_opt(q, "group_size", &gs, file, err)))
         return MOPT_E_FORMAT;
     c->group_size = gs > 0 && gs <= (1 << 20) ? (int32_t)gs : 0; /* checked below where the algorithm groups */
-    static const struct {
-        const char *n;
-        tq_algo a;
-    } algos[] = {{"W4A16_AWQ", TQ_W4A16_AWQ}, {"W8A16", TQ_W8A16}, {"W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", TQ_W8A8}, {"FP8", TQ_FP8},
-                 {"FP8_PER_CHANNEL_PER_TOKEN", TQ_FP8_PC}};
-    c->algo = TQ_NONE;
-    c->algo_name = "null";
-    for (size_t i = 0; algo && i < sizeof algos / sizeof *algos; i++)
-        if (!strcmp(algo, algos[i].n)) c->algo = algos[i].a, c->algo_name = algos[i].n;
+    c->algo = mopt_tq_parse(algo);
+    c->algo_name = c->algo ? mopt_tq_names[c->algo] : "null";
     if (algo && !c->algo)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
                          "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
                          file, algo);
-    if (c->algo == TQ_W4A16_AWQ && (c->group_size == 0 || c->group_size % 32))
+    if (c->algo == MOPT_TQ_W4A16_AWQ && (c->group_size == 0 || c->group_size % 32))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization.group_size %lld is not a positive multiple of 32", file, (long long)gs);
     return MOPT_OK;
 }
 
 bool mopt_is_trtllm_config(const char *config_path) {
-    json_error_t je;
-    json_t *j = json_load_file(config_path, 0, &je);
+    json_t *j = mopt_json_load_file(config_path, NULL); /* a bad file is reported by whichever reader reads it */
     bool yes = j && json_is_string(json_object_get(j, "architecture")) && json_is_object(json_object_get(j, "mapping"));
     json_decref(j);
     return yes;
@@ -438,7 +384,8 @@ mopt_status mopt_import_trtllm(const char *dir, mopt_graph **out, mopt_error *er
     json_t *cfg = mopt_json_load_file(path, err);
     if (!cfg) return MOPT_E_FORMAT;
     trt c = {.dir = dir, .err = err};
-    mopt_status st = config(&c, path, cfg);
+    const mopt_family *family = NULL;
+    mopt_status st = config(&c, path, cfg, &family);
     json_decref(cfg);
     if (st) return st;
     c.ranks = calloc((size_t)c.tp, sizeof *c.ranks);
@@ -453,8 +400,8 @@ mopt_status mopt_import_trtllm(const char *dir, mopt_graph **out, mopt_error *er
             st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     }
     if (!st && !(c.g = mopt_graph_new(&c.a, err))) st = MOPT_E_NOMEM;
-    if (!st) st = tensors(&c);
-    const mopt_build_src src = {"config.json", !strcmp(c.a.family, "gpt2") ? gpt2_trt_name : llama_trt_name};
+    if (!st) st = tensors(&c, family);
+    const mopt_build_src src = {"config.json", MOPT_NAMING_TRTLLM};
     if (!st) st = mopt_arch_build(c.g, &src, err);
     for (int r = 0; r < c.tp; r++) {
         for (int32_t i = 0; i < c.ranks[r].n; i++) mopt_tensor_free(c.ranks[r].t[i]);

@@ -17,16 +17,11 @@ static const char *const role_names[MOPT_ROLE_COUNT] = {
 const char *mopt_op_name(mopt_op op) { return (op >= 0 && op < MOPT_OP_COUNT) ? op_names[op] : "?"; }
 const char *mopt_role_name(mopt_role r) { return (r >= 0 && r < MOPT_ROLE_COUNT) ? role_names[r] : "?"; }
 
-static int grow(void **arr, int32_t *cap, int32_t need, size_t elem) {
-    if (need <= *cap) return 1;
-    int32_t nc = *cap ? *cap * 2 : 16;
-    while (nc < need) nc *= 2;
-    void *p = realloc(*arr, (size_t)nc * elem);
-    if (!p) return 0;
-    *arr = p;
-    *cap = nc;
-    return 1;
+int mopt_role_is_linear(mopt_role r) {
+    return r == MOPT_ROLE_ATTN_Q || r == MOPT_ROLE_ATTN_K || r == MOPT_ROLE_ATTN_V || r == MOPT_ROLE_ATTN_O || r == MOPT_ROLE_MLP_GATE ||
+           r == MOPT_ROLE_MLP_UP || r == MOPT_ROLE_MLP_DOWN;
 }
+
 
 mopt_graph *mopt_graph_new(const mopt_arch *arch, mopt_error *err) {
     mopt_graph *g = calloc(1, sizeof *g);
@@ -53,7 +48,7 @@ mopt_arch *mopt_graph_arch_mut(mopt_graph *g) { return &g->arch; }
 mopt_status mopt_graph_add_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err) {
     if (mopt_graph_find_tensor(g, t->name))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s appears twice", t->name);
-    if (!grow((void **)&g->tensors, &g->cap_tensors, g->n_tensors + 1, sizeof *g->tensors))
+    if (!mopt_grow((void **)&g->tensors, &g->cap_tensors, (size_t)g->n_tensors + 1, sizeof *g->tensors))
         return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     g->tensors[g->n_tensors++] = t;
     return MOPT_OK;
@@ -114,7 +109,7 @@ void mopt_graph_remove_tensor(mopt_graph *g, const char *name) {
 }
 
 int32_t mopt_graph_add_value(mopt_graph *g, int32_t width) {
-    if (width <= 0 || !grow((void **)&g->value_width, &g->cap_values, g->n_values + 1, sizeof *g->value_width))
+    if (width <= 0 || !mopt_grow((void **)&g->value_width, &g->cap_values, (size_t)g->n_values + 1, sizeof *g->value_width))
         return -1;
     g->value_width[g->n_values] = width;
     return g->n_values++;
@@ -137,7 +132,7 @@ int32_t mopt_graph_add_node(mopt_graph *g, const mopt_node *node, mopt_error *er
     if (node->output < 0 || node->output >= g->n_values || mopt_graph_producer(g, node->output) >= 0)
         return MOPT_FAIL(err, MOPT_E_INVALID, "node %s: output value %d is undeclared or already written",
                          node->name, node->output);
-    if (!grow((void **)&g->nodes, &g->cap_nodes, g->n_nodes + 1, sizeof *g->nodes))
+    if (!mopt_grow((void **)&g->nodes, &g->cap_nodes, (size_t)g->n_nodes + 1, sizeof *g->nodes))
         return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     g->nodes[g->n_nodes] = *node;
     return g->n_nodes++;

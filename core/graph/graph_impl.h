@@ -7,11 +7,14 @@
 struct mopt_graph {
     mopt_arch arch;
     mopt_tensor **tensors; /* owned */
-    int32_t n_tensors, cap_tensors;
+    int32_t n_tensors;
+    size_t cap_tensors;
     int32_t *value_width;
-    int32_t n_values, cap_values;
+    int32_t n_values;
+    size_t cap_values;
     mopt_node *nodes;
-    int32_t n_nodes, cap_nodes;
+    int32_t n_nodes;
+    size_t cap_nodes;
 };
 
 mopt_arch *mopt_graph_arch_mut(mopt_graph *g);

@@ -413,10 +413,8 @@ static int report_index(lua_State *L) {
         lua_getfield(L, -1, "write_method");
         return 1;
     }
-    char *text = mopt_report_json(b->r);
-    json_t *root = text ? json_loads(text, 0, NULL) : NULL;
-    free(text);
-    if (!root) return luaL_error(L, "report: cannot serialize");
+    /* read in place, no JSON text round trip (jansson's iterators take non-const; nothing is changed) */
+    json_t *root = (json_t *)mopt_report_tree(b->r);
     if (!strcmp(k, "metrics")) {
         /* merged over successful passes, later passes win */
         lua_newtable(L);
@@ -438,7 +436,6 @@ static int report_index(lua_State *L) {
     } else {
         lua_pushnil(L);
     }
-    json_decref(root);
     return 1;
 }
 

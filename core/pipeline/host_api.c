@@ -5,7 +5,6 @@
 #include <stdlib.h>
 
 #include "pass_ctx.h"
-#include "mopt/ggml.h"
 #include "mopt/sampler.h"
 
 static void host_log(const mopt_pass_ctx *ctx, const char *fmt, ...) {
@@ -130,16 +129,21 @@ const mopt_host_api mopt_host = {
     .perplexity_strided = mopt_perplexity_strided,
     .perplexity_windows = mopt_perplexity_windows,
     .tokenizer_same_vocab = same_vocab,
-    .qint_get = mopt_qint_get,
-    .tokenizer_ggml_model = mopt_tokenizer_ggml_model,
-    .tokenizer_score = mopt_tokenizer_score,
-    .tokenizer_token_type = mopt_tokenizer_token_type,
-    .tokenizer_merges = mopt_tokenizer_merges,
-    .ggml_row_bytes = mopt_ggml_row_bytes,
-    .ggml_quantize_row = mopt_ggml_quantize_row,
     .interrupted = interrupted,
     .ctx_check_write = ctx_check_write,
-    .f32_to_f16 = mopt_f32_to_f16,
-    .f32_to_bf16 = mopt_f32_to_bf16,
     .tokenizer_encode_file = mopt_tokenizer_encode_file,
+    .file_tensors = mopt_file_tensors,
+    .st_list_add = mopt_st_list_add,
+    .st_list_free = mopt_st_list_free,
+    .st_add_rows = mopt_st_add_rows,
+    .safetensors_encode = mopt_safetensors_encode,
+    .quant_scheme_of = mopt_quant_scheme_of,
+    .hf_layout_refuses = mopt_hf_layout_refuses,
+    .hf_add_packed = mopt_hf_add_packed,
+    .hf_config_json = mopt_hf_config_json,
+    .modelopt_quant_json = mopt_modelopt_quant_json,
+    .trtllm_algo = mopt_trtllm_algo,
+    .trtllm_add = mopt_trtllm_add,
+    .trtllm_config_json = mopt_trtllm_config_json,
+    .gguf_write = mopt_gguf_write,
 };

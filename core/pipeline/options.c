@@ -23,7 +23,8 @@ typedef struct opt_val {
 
 struct mopt_options {
     opt_val *v;
-    int32_t n, cap;
+    int32_t n;
+    size_t cap;
     const mopt_pass_desc *pass; /* NULL for raw settings */
 };
 
@@ -66,13 +67,7 @@ static opt_val *slot(mopt_options *o, const char *key) {
         v->s = NULL;
         return v;
     }
-    if (o->n == o->cap) {
-        int32_t nc = o->cap ? o->cap * 2 : 8;
-        opt_val *nv = realloc(o->v, (size_t)nc * sizeof *nv);
-        if (!nv) return NULL;
-        o->v = nv;
-        o->cap = nc;
-    }
+    if (!mopt_grow((void **)&o->v, &o->cap, (size_t)o->n + 1, sizeof *o->v)) return NULL;
     v = &o->v[o->n];
     memset(v, 0, sizeof *v);
     v->key = strdup(key);

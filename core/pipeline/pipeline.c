@@ -20,7 +20,8 @@ typedef struct step {
 struct mopt_pipeline {
     const mopt_registry *reg;
     step *steps;
-    int32_t n, cap;
+    int32_t n;
+    size_t cap;
 };
 
 void mopt_run_opts_default(mopt_run_opts *o) {
@@ -62,15 +63,9 @@ mopt_status mopt_pipeline_add(mopt_pipeline *p, const char *pass_name, const mop
             return MOPT_FAIL(err, st, "pass %s: %s", d->name, cerr.msg);
         }
     }
-    if (p->n == p->cap) {
-        int32_t nc = p->cap ? p->cap * 2 : 8;
-        step *ns = realloc(p->steps, (size_t)nc * sizeof *ns);
-        if (!ns) {
-            mopt_options_free(v);
-            return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        }
-        p->steps = ns;
-        p->cap = nc;
+    if (!mopt_grow((void **)&p->steps, &p->cap, (size_t)p->n + 1, sizeof *p->steps)) {
+        mopt_options_free(v);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     }
     p->steps[p->n++] = (step){d, v};
     return MOPT_OK;

@@ -34,9 +34,11 @@ typedef struct pass_entry {
 
 struct mopt_registry {
     plugin *plugins;
-    int32_t n_plugins, cap_plugins;
+    int32_t n_plugins;
+    size_t cap_plugins;
     pass_entry *passes;
-    int32_t n_passes, cap_passes;
+    int32_t n_passes;
+    size_t cap_passes;
     char **problems;
     int32_t n_problems;
     uint32_t flags;
@@ -182,15 +184,9 @@ mopt_status mopt_registry_load(mopt_registry *r, const char *path, mopt_error *e
         dlclose(h);
         return st;
     }
-    if (r->n_plugins == r->cap_plugins) {
-        int32_t nc = r->cap_plugins ? r->cap_plugins * 2 : 8;
-        plugin *np = realloc(r->plugins, (size_t)nc * sizeof *np);
-        if (!np) {
-            dlclose(h);
-            return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        }
-        r->plugins = np;
-        r->cap_plugins = nc;
+    if (!mopt_grow((void **)&r->plugins, &r->cap_plugins, (size_t)r->n_plugins + 1, sizeof *r->plugins)) {
+        dlclose(h);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     }
     int32_t idx = r->n_plugins++;
     r->plugins[idx].handle = h;
@@ -218,13 +214,8 @@ mopt_status mopt_registry_load(mopt_registry *r, const char *path, mopt_error *e
             problem(r, msg);
             continue;
         }
-        if (r->n_passes == r->cap_passes) {
-            int32_t nc = r->cap_passes ? r->cap_passes * 2 : 16;
-            pass_entry *np = realloc(r->passes, (size_t)nc * sizeof *np);
-            if (!np) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-            r->passes = np;
-            r->cap_passes = nc;
-        }
+        if (!mopt_grow((void **)&r->passes, &r->cap_passes, (size_t)r->n_passes + 1, sizeof *r->passes))
+            return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         r->passes[r->n_passes++] = (pass_entry){pd, idx};
     }
     return MOPT_OK;

@@ -24,6 +24,8 @@ mopt_report *mopt_report_new(void) {
     return r;
 }
 
+const json_t *mopt_report_tree(const mopt_report *r) { return r->root; }
+
 void mopt_report_free(mopt_report *r) {
     if (!r) return;
     json_decref(r->root);

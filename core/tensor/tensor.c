@@ -176,6 +176,25 @@ mopt_tensor *mopt_tensor_new(const char *name, mopt_dtype dtype, int32_t ndim, c
     return t;
 }
 
+mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int64_t col0, int64_t n, mopt_error *err) {
+    if (t->ndim != 2 || t->dtype >= MOPT_DTYPE_PACKED_FIRST || !mopt_tensor_is_contiguous(t) || col0 < 0 || n < 0 ||
+        col0 + n > t->ne[0]) {
+        MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "tensor %s: cannot transpose columns %lld..%lld of a %d-D %s tensor", t->name,
+                  (long long)col0, (long long)(col0 + n), t->ndim, mopt_dtype_name(t->dtype));
+        return NULL;
+    }
+    const int64_t R = t->ne[1], C = t->ne[0];
+    int64_t dims[2] = {n, R};
+    mopt_tensor *o = mopt_tensor_new(name, t->dtype, 2, dims, err);
+    if (!o) return NULL;
+    const size_t es = mopt_dtype_size(t->dtype);
+    const char *src = t->data;
+    char *dst = o->data;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < R; j++) memcpy(dst + (size_t)(i * R + j) * es, src + (size_t)(j * C + col0 + i) * es, es);
+    return o;
+}
+
 void mopt_tensor_free(mopt_tensor *t) {
     if (!t) return;
     if (t->quant) {

@@ -2,17 +2,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base.h"
 #include "mopt/interrupt.h"
 #include "tok_impl.h"
 
 int id_vec_push(id_vec *a, int32_t x) {
-    if (a->n == a->cap) {
-        size_t nc = a->cap ? a->cap * 2 : 64;
-        int32_t *p = realloc(a->v, nc * sizeof *p);
-        if (!p) return 0;
-        a->v = p;
-        a->cap = nc;
-    }
+    if (!mopt_grow((void **)&a->v, &a->cap, a->n + 1, sizeof *a->v)) return 0;
     a->v[a->n++] = x;
     return 1;
 }
@@ -131,13 +126,7 @@ typedef struct {
 } heap;
 
 static int heap_push(heap *h, cand c) {
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? h->cap * 2 : 64;
-        cand *p = realloc(h->v, nc * sizeof *p);
-        if (!p) return 0;
-        h->v = p;
-        h->cap = nc;
-    }
+    if (!mopt_grow((void **)&h->v, &h->cap, h->n + 1, sizeof *h->v)) return 0;
     size_t i = h->n++;
     while (i > 0) {
         size_t parent = (i - 1) / 2;

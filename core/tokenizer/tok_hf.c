@@ -320,15 +320,9 @@ mopt_tokenizer *mopt_tokenizer_load_hf(const char *path, mopt_error *err) {
 }
 
 mopt_tokenizer *tok_hf_from_json(json_t *root, const char *path, mopt_error *err) {
-    mopt_tokenizer *tok = calloc(1, sizeof *tok);
+    mopt_tokenizer *tok = tok_new(&tok_strategy_hf, path, err);
     mopt_status st = MOPT_OK;
-    if (!tok) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        return NULL;
-    }
-    snprintf(tok->source, sizeof tok->source, "%s", path);
-    tok->kind = TOK_KIND_HF;
-    tok->unk_id = tok->bos_id = tok->eos_id = -1;
+    if (!tok) return NULL;
     json_t *model = json_object_get(root, "model");
     const char *mtype = json_string_value(json_object_get(model, "type"));
     if (!json_is_object(model)) {
@@ -506,7 +500,7 @@ static mopt_status encode_segment(const mopt_tokenizer *tok, const char *s, size
     return st;
 }
 
-mopt_status tok_hf_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, mopt_error *err) {
+static mopt_status hf_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, mopt_error *err) {
     size_t seg = 0, i = 0;
     while (i < len) {
         const added_token *hit = NULL;
@@ -529,3 +523,19 @@ mopt_status tok_hf_encode(const mopt_tokenizer *tok, const char *text, size_t le
     }
     return encode_segment(tok, text + seg, len - seg, out, err);
 }
+
+/* the post-processor's template ids around the text's */
+static mopt_status encode(const mopt_tokenizer *tok, const char *text, size_t len, int add_special, id_vec *out, mopt_error *err) {
+    mopt_status st = MOPT_OK;
+    for (int32_t i = 0; add_special && i < tok->n_tmpl_pre; i++)
+        if (!id_vec_push(out, tok->tmpl_pre[i])) st = MOPT_E_NOMEM;
+    if (st == MOPT_OK) st = hf_encode(tok, text, len, out, err);
+    for (int32_t i = 0; st == MOPT_OK && add_special && i < tok->n_tmpl_post; i++)
+        if (!id_vec_push(out, tok->tmpl_post[i])) st = MOPT_E_NOMEM;
+    return st;
+}
+
+/* a byte-level BPE is GPT-2's kind; GGUF has no form of the SentencePiece-style BPE of tokenizer.json */
+static const char *ggml_model(const mopt_tokenizer *tok) { return tok->byte_level ? "gpt2" : NULL; }
+
+const tok_strategy tok_strategy_hf = {"tokenizer.json", encode, ggml_model, false};

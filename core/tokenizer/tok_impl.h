@@ -10,7 +10,21 @@
 
 #include "mopt/tokenizer.h"
 
-typedef enum { TOK_KIND_HF = 0, TOK_KIND_LLAMA2C = 1 } tok_kind;
+typedef struct id_vec id_vec;
+
+/* How a kind of tokenizer encodes and what GGUF calls it: one table per kind
+ * (tok_hf.c, tok_llama2c.c), so the shared code never asks which kind it has. */
+typedef struct tok_strategy {
+    const char *name;
+    /* appends the ids of text; `add_special`: the kind's BOS / template ids around them */
+    mopt_status (*encode)(const mopt_tokenizer *tok, const char *text, size_t len, int add_special, id_vec *out, mopt_error *err);
+    /* GGUF's tokenizer.ggml.model for this tokenizer, or NULL when GGUF has no form of it */
+    const char *(*ggml_model)(const mopt_tokenizer *tok);
+    /* BOS, EOS (and UNK) are control tokens, as SentencePiece vocabularies mark them */
+    bool spm_controls;
+} tok_strategy;
+
+extern const tok_strategy tok_strategy_hf, tok_strategy_llama2c;
 typedef enum { TOK_DECODER_BYTELEVEL = 0, TOK_DECODER_SPM = 1, TOK_DECODER_LLAMA2C = 2 } tok_decoder;
 
 /* string -> id, open addressing */
@@ -47,7 +61,7 @@ typedef struct split_step {
 
 struct mopt_tokenizer {
     char source[256]; /* the file it came from, for messages */
-    tok_kind kind;
+    const tok_strategy *strategy;
     tok_decoder decoder;
     int32_t n_vocab;
     char **tokens;        /* id -> stored token string (NUL-terminated; NULL for holes) */
@@ -83,10 +97,10 @@ struct mopt_tokenizer {
 };
 
 /* growable id list */
-typedef struct id_vec {
+struct id_vec {
     int32_t *v;
     size_t n, cap;
-} id_vec;
+};
 int id_vec_push(id_vec *a, int32_t x);
 
 uint32_t tok_hash(const char *s, size_t n);
@@ -104,6 +118,11 @@ void pair_map_free(pair_map *m);
  * Returns 0 when out of memory or interrupted (mopt_interrupted tells which). */
 int tok_bpe_merge(const mopt_tokenizer *tok, const int32_t *syms, size_t n, id_vec *out);
 
+/* A new tokenizer of `strategy` from `path` (for messages), everything else empty. */
+mopt_tokenizer *tok_new(const tok_strategy *strategy, const char *path, mopt_error *err);
+/* Whether id is a control token (special, or a SentencePiece BOS / EOS). */
+bool tok_is_control(const mopt_tokenizer *tok, int32_t id);
+
 /* Fills piece/piece_len/piece_byte for every id (after tokens are loaded). */
 int tok_build_pieces(mopt_tokenizer *tok);
 
@@ -114,9 +133,6 @@ typedef struct json_t json_t;
 mopt_tokenizer *tok_hf_from_json(json_t *root, const char *path, mopt_error *err);
 mopt_tokenizer *tok_llama2c_parse(const char *data, size_t size, int32_t vocab_size, const char *path, mopt_error *err);
 
-mopt_status tok_hf_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, mopt_error *err);
-mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, int add_bos,
-                               mopt_error *err);
 
 /* Length of the UTF-8 sequence starting with byte c (1 for invalid lead bytes). */
 static inline size_t utf8_len(unsigned char c) {

@@ -73,14 +73,9 @@ mopt_tokenizer *mopt_tokenizer_load_llama2c(const char *path, int32_t vocab_size
 }
 
 mopt_tokenizer *tok_llama2c_parse(const char *data, size_t size, int32_t vocab_size, const char *path, mopt_error *err) {
-    mopt_tokenizer *tok = calloc(1, sizeof *tok);
+    mopt_tokenizer *tok = tok_new(&tok_strategy_llama2c, path, err);
     mopt_status st = MOPT_OK;
-    if (!tok) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        return NULL;
-    }
-    snprintf(tok->source, sizeof tok->source, "%s", path);
-    tok->kind = TOK_KIND_LLAMA2C;
+    if (!tok) return NULL;
     tok->decoder = TOK_DECODER_LLAMA2C;
     tok->unk_id = 0;
     tok->bos_id = 1;
@@ -144,8 +139,7 @@ done:
     return tok;
 }
 
-mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, int add_bos,
-                               mopt_error *err) {
+static mopt_status encode(const mopt_tokenizer *tok, const char *text, size_t len, int add_bos, id_vec *out, mopt_error *err) {
     id_vec t = {0};
     int ok = 1;
     if (add_bos) ok = id_vec_push(out, tok->bos_id);
@@ -172,3 +166,10 @@ mopt_status tok_llama2c_encode(const mopt_tokenizer *tok, const char *text, size
     if (!ok && mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted while tokenizing");
     return ok ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
 }
+
+static const char *ggml_model(const mopt_tokenizer *tok) {
+    (void)tok;
+    return "llama";
+}
+
+const tok_strategy tok_strategy_llama2c = {"llama2.c", encode, ggml_model, true};

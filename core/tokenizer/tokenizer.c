@@ -52,10 +52,23 @@ bool mopt_tokenizer_same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b,
     return true;
 }
 
-const char *mopt_tokenizer_ggml_model(const mopt_tokenizer *tok) {
-    if (tok->kind == TOK_KIND_LLAMA2C) return "llama";
-    return tok->byte_level ? "gpt2" : NULL;
+mopt_tokenizer *tok_new(const tok_strategy *strategy, const char *path, mopt_error *err) {
+    mopt_tokenizer *tok = calloc(1, sizeof *tok);
+    if (!tok) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(tok->source, sizeof tok->source, "%s", path);
+    tok->strategy = strategy;
+    tok->unk_id = tok->bos_id = tok->eos_id = -1;
+    return tok;
 }
+
+bool tok_is_control(const mopt_tokenizer *tok, int32_t id) {
+    return mopt_tokenizer_is_special(tok, id) || (tok->strategy->spm_controls && (id == tok->bos_id || id == tok->eos_id));
+}
+
+const char *mopt_tokenizer_ggml_model(const mopt_tokenizer *tok) { return tok->strategy->ggml_model(tok); }
 
 float mopt_tokenizer_score(const mopt_tokenizer *tok, int32_t id) {
     return tok->scores && id >= 0 && id < tok->n_vocab ? tok->scores[id] : 0.0f;
@@ -63,8 +76,8 @@ float mopt_tokenizer_score(const mopt_tokenizer *tok, int32_t id) {
 
 int32_t mopt_tokenizer_token_type(const mopt_tokenizer *tok, int32_t id) {
     if (id < 0 || id >= tok->n_vocab) return 0;
-    if (id == tok->unk_id && tok->kind == TOK_KIND_LLAMA2C) return 2;
-    if (tok->is_special[id] || (tok->kind == TOK_KIND_LLAMA2C && (id == tok->bos_id || id == tok->eos_id))) return 3;
+    if (id == tok->unk_id && tok->strategy->spm_controls) return 2;
+    if (tok_is_control(tok, id)) return 3;
     if (tok->piece_byte && tok->piece_byte[id] >= 0) return 6;
     return 1;
 }
@@ -169,15 +182,7 @@ mopt_status mopt_tokenizer_encode(const mopt_tokenizer *tok, const char *text, s
     id_vec out = {0};
     mopt_status st = MOPT_OK;
     int add = (flags & MOPT_TOK_ADD_SPECIAL) != 0;
-    if (tok->kind == TOK_KIND_LLAMA2C) {
-        st = tok_llama2c_encode(tok, text, len, &out, add, err);
-    } else {
-        for (int32_t i = 0; add && i < tok->n_tmpl_pre; i++)
-            if (!id_vec_push(&out, tok->tmpl_pre[i])) st = MOPT_E_NOMEM;
-        if (st == MOPT_OK) st = tok_hf_encode(tok, text, len, &out, err);
-        for (int32_t i = 0; st == MOPT_OK && add && i < tok->n_tmpl_post; i++)
-            if (!id_vec_push(&out, tok->tmpl_post[i])) st = MOPT_E_NOMEM;
-    }
+    st = tok->strategy->encode(tok, text, len, add, &out, err);
     if (st == MOPT_E_NOMEM) MOPT_FAIL(err, st, "out of memory");
     if (st) {
         free(out.v);
@@ -254,9 +259,7 @@ mopt_status mopt_tokenizer_decode(const mopt_tokenizer *tok, const int32_t *ids,
     int nothing_yet = 1;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
-        int special = mopt_tokenizer_is_special(tok, id) ||
-                      (tok->kind == TOK_KIND_LLAMA2C && (id == tok->bos_id || id == tok->eos_id));
-        if (special && (flags & MOPT_TOK_SKIP_SPECIAL)) continue;
+        if (tok_is_control(tok, id) && (flags & MOPT_TOK_SKIP_SPECIAL)) continue;
         int64_t k = piece_bytes(tok, i ? ids[i - 1] : -1, nothing_yet, id, out + m, cap - m - 1);
         if (k < 0) {
             free(out);

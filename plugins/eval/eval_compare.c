@@ -81,7 +81,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         for (int32_t b = 0; b < B; b++) {
             double a = 0, c = 0;
             for (int64_t i = 0; i < nw; i++) {
-                int64_t j = (int64_t)(eval_rand(&rs) % (uint64_t)nw);
+                int64_t j = (int64_t)(mopt_rand(&rs) % (uint64_t)nw);
                 a += wc[j];
                 c += wb[j];
             }

@@ -6,7 +6,7 @@
 #include "mopt/eval.h"
 #include "mopt/executor.h"
 #include "mopt/fileio.h"
-#include "mopt/ggml.h"
+#include "mopt/formats.h"
 #include "mopt/graph.h"
 #include "mopt/interrupt.h"
 #include "mopt/log.h"

@@ -1,5 +1,6 @@
 /* ggml block formats as GGUF files store them (ggml's ggml-common.h and the
- * reference quantizers in ggml-quants.c), for the GGUF importer and exporter:
+ * reference quantizers in ggml-quants.c), for GGUF reading and writing. Internal:
+ * the GGUF module of the formats layer is the only user.
  *   Q4_0  32 values: f16 d, 16 bytes; byte j = q[j] | q[j+16] << 4;  x = d (q - 8)
  *   Q4_1  32 values: f16 d, f16 m, 16 bytes as Q4_0;                  x = d q + m
  *   Q5_0  32 values: f16 d, u32 qh (bit j = bit 4 of q[j]), 16 bytes of low nibbles; x = d (q - 16)
@@ -19,38 +20,30 @@
 #include <stdint.h>
 
 #include "mopt/error.h"
-#include "mopt/export.h"
 
-MOPT_EXTERN_C_BEGIN
-
-typedef enum mopt_ggml_type {
-    MOPT_GGML_F32 = 0,
-    MOPT_GGML_F16 = 1,
-    MOPT_GGML_Q4_0 = 2,
-    MOPT_GGML_Q4_1 = 3,
-    MOPT_GGML_Q5_0 = 6,
-    MOPT_GGML_Q5_1 = 7,
-    MOPT_GGML_Q8_0 = 8,
-    MOPT_GGML_Q4_K = 12,
-    MOPT_GGML_Q5_K = 13,
-    MOPT_GGML_Q6_K = 14,
-    MOPT_GGML_BF16 = 30
+typedef enum mopt_ggml_type { /* ggml's type ids, as GGUF stores them */
+    MOPT_GGML_F32 = 0, MOPT_GGML_F16 = 1, MOPT_GGML_Q4_0 = 2, MOPT_GGML_Q4_1 = 3, MOPT_GGML_Q5_0 = 6, MOPT_GGML_Q5_1 = 7,
+    MOPT_GGML_Q8_0 = 8, MOPT_GGML_Q4_K = 12, MOPT_GGML_Q5_K = 13, MOPT_GGML_Q6_K = 14, MOPT_GGML_BF16 = 30
 } mopt_ggml_type;
 
 /* Values per block (1 for float types), 0 for a type mopt does not handle. */
-MOPT_API int64_t mopt_ggml_block_size(int32_t type);
+int64_t mopt_ggml_block_size(int32_t type);
 /* Bytes per block. */
-MOPT_API int64_t mopt_ggml_block_bytes(int32_t type);
+int64_t mopt_ggml_block_bytes(int32_t type);
 /* "q4_0", "f16", ...; NULL for unknown types. */
-MOPT_API const char *mopt_ggml_type_name(int32_t type);
+const char *mopt_ggml_type_name(int32_t type);
 /* Bytes of a row of n values; -1 when n is not a multiple of the block. */
-MOPT_API int64_t mopt_ggml_row_bytes(int32_t type, int64_t n);
+int64_t mopt_ggml_row_bytes(int32_t type, int64_t n);
 
 /* One row of n values to and from the block format (ggml's reference
  * quantizers: round to nearest, scales in f16). */
-MOPT_API mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
-MOPT_API mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err);
+mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
+mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err);
 
-MOPT_EXTERN_C_END
+/* Q4_0 and Q8_0 blocks hold 32 of mopt's QINT levels (4-bit: q, 8-bit:
+ * int8 + 128) with their f16 scale as is: a block's levels and scale bits,
+ * and a block from them (the importer and the exporter share the bit order). */
+void mopt_ggml_block_to_levels(int32_t type, const uint8_t *blk, uint8_t q[32], uint16_t *d);
+void mopt_ggml_block_from_levels(int32_t type, const uint8_t q[32], uint16_t d, uint8_t *blk);
 
 #endif
