@@ -184,7 +184,7 @@ static void test_ci_regression_script_exits_3_on_a_failed_gate(void **s) {
     test_tmpdir(dir, sizeof dir, "eval-ci");
     snprintf(args, sizeof args,
              "run '%s/scripts/ci-regression.lua' model='%s/models/lit-gpt2-1m' data='%s' out='%s/reports' "
-             "max_ppl_increase=0.00001 bits=3",
+             "max_ppl_increase=0.00001 bits=3 max_p95_ms=1e9", /* gate on quality only: no timing in tests */
              MOPT_SOURCE_DIR, test_shared_dir(), data, dir);
     assert_int_equal(run_cli(args), 3);
     char rep[1100];
@@ -192,7 +192,7 @@ static void test_ci_regression_script_exits_3_on_a_failed_gate(void **s) {
     assert_true(exists(rep, "report.json") && exists(rep, "report.md") && exists(rep, "report.html"));
     snprintf(args, sizeof args,
              "run '%s/scripts/ci-regression.lua' model='%s/models/lit-gpt2-1m' data='%s' out='%s/reports2' "
-             "max_ppl_increase=0.5 bits=8",
+             "max_ppl_increase=0.5 bits=8 max_p95_ms=1e9",
              MOPT_SOURCE_DIR, test_shared_dir(), data, dir);
     assert_int_equal(run_cli(args), 0);
 }

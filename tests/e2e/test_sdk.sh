@@ -35,7 +35,10 @@ PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig" pkg-config --cflags --libs mopt | g
 export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
 libs=$(pkg-config --libs mopt)
 case "$libs" in *lua*) echo "pkg-config --libs mopt names Lua: $libs" >&2; exit 1 ;; esac
-cc -std=c11 -o "$work/embed" "$src/tests/e2e/sdk/embed.c" $(pkg-config --cflags mopt) $libs -Wl,-rpath,"$work/prefix/lib"
+# a sanitizer build of the library needs its runtime first in the embedder too
+san=""
+if ldd "$work/prefix/lib/libmopt.so" | grep -q libasan; then san="-fsanitize=address,undefined"; fi
+cc -std=c11 $san -o "$work/embed" "$src/tests/e2e/sdk/embed.c" $(pkg-config --cflags mopt) $libs -Wl,-rpath,"$work/prefix/lib"
 if ldd "$work/embed" | grep -q liblua; then echo "the core pulls in Lua:" >&2; ldd "$work/embed" >&2; exit 1; fi
 if [ -d "$shared/models" ]; then
   next=$("$work/embed" "$shared/models/lit-llama-7m" "ROMEO:")
