@@ -13,14 +13,17 @@
 /* path opened read-only, when it is a regular file (a FIFO or a device would
  * block or never end). O_NONBLOCK keeps the open itself from waiting for a
  * FIFO's writer; reads of a regular file ignore it, but it is cleared anyway. */
-static mopt_status open_regular(const char *path, int *fd, struct stat *st, mopt_error *err) {
+static mopt_status open_regular(const char *path, int *fd, size_t *size, mopt_error *err) {
+    struct stat st;
+    *size = 0;
     *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (*fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (fstat(*fd, st) != 0 || !S_ISREG(st->st_mode) || fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    if (fstat(*fd, &st) != 0 || !S_ISREG(st.st_mode) || fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) & ~O_NONBLOCK) != 0) {
         close(*fd);
         *fd = -1;
         return MOPT_FAIL(err, MOPT_E_IO, "%s: not a regular file", path);
     }
+    *size = (size_t)st.st_size;
     return MOPT_OK;
 }
 
@@ -28,10 +31,9 @@ mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_erro
     *data = NULL;
     *len = 0;
     int fd;
-    struct stat st;
-    mopt_status ost = open_regular(path, &fd, &st, err);
+    size_t size;
+    mopt_status ost = open_regular(path, &fd, &size, err);
     if (ost) return ost;
-    size_t size = (size_t)st.st_size;
     char *buf = malloc(size + 1);
     if (!buf) {
         close(fd);
@@ -59,13 +61,13 @@ mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_erro
 
 mopt_status mopt_map_file(const char *path, void **base, size_t *size, mopt_error *err) {
     *base = NULL;
-    *size = 0;
+    size_t n;
     int fd;
-    struct stat st;
-    mopt_status ost = open_regular(path, &fd, &st, err);
+    mopt_status ost = open_regular(path, &fd, &n, err);
+    *size = 0;
     if (ost) return ost;
-    if (st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (n > 0) {
+        void *p = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
             const int e = errno;
             close(fd);
@@ -73,7 +75,7 @@ mopt_status mopt_map_file(const char *path, void **base, size_t *size, mopt_erro
         }
         *base = p;
     }
-    *size = (size_t)st.st_size;
+    *size = n;
     close(fd);
     return MOPT_OK;
 }
@@ -84,10 +86,10 @@ void mopt_unmap_file(void *base, size_t size) {
 
 int mopt_file_starts_with(const char *path, const void *magic, size_t n) {
     int fd;
-    struct stat st;
-    if (open_regular(path, &fd, &st, NULL)) return 0;
+    size_t size;
+    if (open_regular(path, &fd, &size, NULL)) return 0;
     char buf[16];
-    const int yes = n <= sizeof buf && read(fd, buf, n) == (ssize_t)n && !memcmp(buf, magic, n);
+    const int yes = n <= sizeof buf && n <= size && read(fd, buf, n) == (ssize_t)n && !memcmp(buf, magic, n);
     close(fd);
     return yes;
 }

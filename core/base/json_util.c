@@ -47,26 +47,22 @@ bool mopt_json_get_int(const json_t *obj, const char *key, int64_t *out, const c
     return mopt_json_get_int_opt(obj, key, out, file, err);
 }
 
+static bool wrong_type(const char *file, const char *key, const char *what, mopt_error *err) {
+    MOPT_FAIL(err, MOPT_E_FORMAT, "%s: key \"%s\" must be %s", file, key, what);
+    return false;
+}
+
+/* absent or null keeps *out; a value of another type is an error */
 bool mopt_json_get_num_opt(const json_t *obj, const char *key, double *out, const char *file, mopt_error *err) {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return true;
-    if (!json_is_number(v)) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: key \"%s\" must be a number", file, key);
-        return false;
-    }
-    *out = json_number_value(v);
-    return true;
+    if (json_is_number(v)) *out = json_number_value(v);
+    return !v || json_is_null(v) || json_is_number(v) || wrong_type(file, key, "a number", err);
 }
 
 bool mopt_json_get_bool_opt(const json_t *obj, const char *key, bool *out, const char *file, mopt_error *err) {
     json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return true;
-    if (!json_is_boolean(v)) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: key \"%s\" must be true or false", file, key);
-        return false;
-    }
-    *out = json_is_true(v);
-    return true;
+    if (json_is_boolean(v)) *out = json_is_true(v);
+    return !v || json_is_null(v) || json_is_boolean(v) || wrong_type(file, key, "true or false", err);
 }
 
 bool mopt_json_get_str_opt(const json_t *obj, const char *key, const char **out, const char *file, mopt_error *err) {

@@ -43,6 +43,26 @@ static mopt_tensor *packed_new(const char *name, mopt_dtype dtype, int64_t out, 
     return t;
 }
 
+/* A side tensor of a packed weight ("NAME.scales", ".zeros", ".g_idx"). */
+static mopt_tensor *side_new(const char *name, const char *suffix, mopt_dtype dtype, int ndim, const int64_t *dims,
+                             mopt_error *err) {
+    char sub[MOPT_MAX_NAME + 16];
+    snprintf(sub, sizeof sub, "%.80s.%s", name, suffix);
+    return mopt_tensor_new(sub, dtype, ndim, dims, err);
+}
+
+/* One f32 scale per row (or one for the tensor) for the 8-bit per-channel formats. */
+static mopt_tensor *with_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err) {
+    int64_t sd[1] = {n};
+    t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F32, 1, sd, err);
+    if (!t->quant->scale) {
+        mopt_tensor_free(t);
+        return NULL;
+    }
+    memcpy(t->quant->scale->data, scales, (size_t)n * sizeof(float));
+    return t;
+}
+
 static void put_block(uint8_t *dst, const uint8_t *v, int32_t bits) {
     switch (bits) {
     case 8: memcpy(dst, v, 32); break;
@@ -114,22 +134,18 @@ mopt_tensor *mopt_qint_pack(const char *name, int64_t out, int64_t in, int32_t b
             put_block(row + b * bb, v, bits);
         }
     }
-    char sub[MOPT_MAX_NAME + 16];
     int64_t sdims[2] = {out, ng};
-    snprintf(sub, sizeof sub, "%.80s.scales", name);
-    t->quant->scale = mopt_tensor_new(sub, MOPT_DTYPE_F16, 2, sdims, err);
+    t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F16, 2, sdims, err);
     if (!t->quant->scale) goto fail;
     for (int64_t i = 0; i < out * ng; i++) ((uint16_t *)t->quant->scale->data)[i] = mopt_f32_to_f16(scales[i]);
     if (zeros) {
-        snprintf(sub, sizeof sub, "%.80s.zeros", name);
-        t->quant->zero = mopt_tensor_new(sub, MOPT_DTYPE_U8, 2, sdims, err);
+        t->quant->zero = side_new(name, "zeros", MOPT_DTYPE_U8, 2, sdims, err);
         if (!t->quant->zero) goto fail;
         memcpy(t->quant->zero->data, zeros, (size_t)(out * ng));
     }
     if (g_idx) {
         int64_t gd[1] = {in};
-        snprintf(sub, sizeof sub, "%.80s.g_idx", name);
-        t->quant->g_idx = mopt_tensor_new(sub, MOPT_DTYPE_I32, 1, gd, err);
+        t->quant->g_idx = side_new(name, "g_idx", MOPT_DTYPE_I32, 1, gd, err);
         if (!t->quant->g_idx) goto fail;
         for (int64_t c = 0; c < in; c++) {
             if (g_idx[c] < 0 || g_idx[c] >= ng) {
@@ -160,16 +176,7 @@ mopt_tensor *mopt_w8a8_pack(const char *name, int64_t out, int64_t in, const int
     t->quant->bits = 8;
     t->quant->group_size = -1;
     t->quant->flags = MOPT_QUANT_SYM;
-    char sub[MOPT_MAX_NAME + 16];
-    snprintf(sub, sizeof sub, "%.80s.scales", name);
-    int64_t sd[1] = {out};
-    t->quant->scale = mopt_tensor_new(sub, MOPT_DTYPE_F32, 1, sd, err);
-    if (!t->quant->scale) {
-        mopt_tensor_free(t);
-        return NULL;
-    }
-    memcpy(t->quant->scale->data, scales, (size_t)out * sizeof(float));
-    return t;
+    return with_f32_scales(t, name, scales, out, err);
 }
 
 mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint8_t *q, const float *scales,
@@ -186,16 +193,7 @@ mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint
     t->quant->group_size = -1;
     t->quant->flags = act_flags | (n_scales == 1 ? MOPT_QUANT_PER_TENSOR : 0);
     t->quant->act_scale = act_scale;
-    char sub[MOPT_MAX_NAME + 16];
-    snprintf(sub, sizeof sub, "%.80s.scales", name);
-    int64_t sd[1] = {n_scales};
-    t->quant->scale = mopt_tensor_new(sub, MOPT_DTYPE_F32, 1, sd, err);
-    if (!t->quant->scale) {
-        mopt_tensor_free(t);
-        return NULL;
-    }
-    memcpy(t->quant->scale->data, scales, (size_t)n_scales * sizeof(float));
-    return t;
+    return with_f32_scales(t, name, scales, n_scales, err);
 }
 
 /* --- E4M3 -------------------------------------------------------------------- */

@@ -64,6 +64,21 @@ static mopt_status add_split(mopt_tokenizer *tok, const char *path, const char *
     return MOPT_OK;
 }
 
+/* One component parser (pre-tokenizer, normalizer, decoder, post-processor). */
+typedef mopt_status (*component_parser)(mopt_tokenizer *tok, const char *path, json_t *node, mopt_error *err);
+
+/* {"type": "Sequence", KEY: [...]} nests components of one kind: each is parsed in turn. */
+static mopt_status parse_sequence(component_parser parse, mopt_tokenizer *tok, const char *path, json_t *node,
+                                  const char *key, mopt_error *err) {
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(node, key), i, p) {
+        mopt_status st = parse(tok, path, p, err);
+        if (st) return st;
+    }
+    return MOPT_OK;
+}
+
 /* The regex the ByteLevel pre-tokenizer uses when use_regex is true. */
 static const char *const GPT2_SPLIT =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -71,16 +86,7 @@ static const char *const GPT2_SPLIT =
 static mopt_status parse_pre_tokenizer(mopt_tokenizer *tok, const char *path, json_t *pt, mopt_error *err) {
     if (!pt || json_is_null(pt)) return MOPT_OK;
     const char *type = json_string_value(json_object_get(pt, "type"));
-    if (type && strcmp(type, "Sequence") == 0) {
-        json_t *list = json_object_get(pt, "pretokenizers");
-        size_t i;
-        json_t *p;
-        json_array_foreach(list, i, p) {
-            mopt_status st = parse_pre_tokenizer(tok, path, p, err);
-            if (st) return st;
-        }
-        return MOPT_OK;
-    }
+    if (type && strcmp(type, "Sequence") == 0) return parse_sequence(parse_pre_tokenizer, tok, path, pt, "pretokenizers", err);
     if (type && strcmp(type, "ByteLevel") == 0) {
         tok->byte_level = true;
         tok->add_prefix_space = json_is_true(json_object_get(pt, "add_prefix_space"));
@@ -104,15 +110,7 @@ static mopt_status parse_pre_tokenizer(mopt_tokenizer *tok, const char *path, js
 static mopt_status parse_normalizer(mopt_tokenizer *tok, const char *path, json_t *n, mopt_error *err) {
     if (!n || json_is_null(n)) return MOPT_OK;
     const char *type = json_string_value(json_object_get(n, "type"));
-    if (type && strcmp(type, "Sequence") == 0) {
-        size_t i;
-        json_t *p;
-        json_array_foreach(json_object_get(n, "normalizers"), i, p) {
-            mopt_status st = parse_normalizer(tok, path, p, err);
-            if (st) return st;
-        }
-        return MOPT_OK;
-    }
+    if (type && strcmp(type, "Sequence") == 0) return parse_sequence(parse_normalizer, tok, path, n, "normalizers", err);
     if (type && strcmp(type, "Prepend") == 0) {
         const char *s = json_string_value(json_object_get(n, "prepend"));
         if (!s || strcmp(s, SPM_SPACE) != 0)
@@ -134,15 +132,7 @@ static mopt_status parse_normalizer(mopt_tokenizer *tok, const char *path, json_
 static mopt_status parse_decoder(mopt_tokenizer *tok, const char *path, json_t *d, mopt_error *err) {
     if (!d || json_is_null(d)) return MOPT_OK;
     const char *type = json_string_value(json_object_get(d, "type"));
-    if (type && strcmp(type, "Sequence") == 0) {
-        size_t i;
-        json_t *p;
-        json_array_foreach(json_object_get(d, "decoders"), i, p) {
-            mopt_status st = parse_decoder(tok, path, p, err);
-            if (st) return st;
-        }
-        return MOPT_OK;
-    }
+    if (type && strcmp(type, "Sequence") == 0) return parse_sequence(parse_decoder, tok, path, d, "decoders", err);
     if (type && strcmp(type, "ByteLevel") == 0) {
         tok->decoder = TOK_DECODER_BYTELEVEL;
         return MOPT_OK;
@@ -164,15 +154,7 @@ static mopt_status parse_decoder(mopt_tokenizer *tok, const char *path, json_t *
 static mopt_status parse_template(mopt_tokenizer *tok, const char *path, json_t *pp, mopt_error *err) {
     if (!pp || json_is_null(pp)) return MOPT_OK;
     const char *type = json_string_value(json_object_get(pp, "type"));
-    if (type && strcmp(type, "Sequence") == 0) {
-        size_t i;
-        json_t *p;
-        json_array_foreach(json_object_get(pp, "processors"), i, p) {
-            mopt_status st = parse_template(tok, path, p, err);
-            if (st) return st;
-        }
-        return MOPT_OK;
-    }
+    if (type && strcmp(type, "Sequence") == 0) return parse_sequence(parse_template, tok, path, pp, "processors", err);
     if (type && strcmp(type, "ByteLevel") == 0) return MOPT_OK; /* offsets only */
     if (!type || strcmp(type, "TemplateProcessing") != 0) return fail_type(path, "post_processor", type, err);
     json_t *single = json_object_get(pp, "single");

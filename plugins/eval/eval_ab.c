@@ -165,12 +165,6 @@ static const mopt_opt_spec opts[] = {
     {"seed", MOPT_OPT_INT, 0, "router and bootstrap seed", "0", 0, 2147483647, NULL},
 };
 
-const mopt_pass_desc eval_ab_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.ab",
-    .summary = "A/B traffic split: per-arm latency, throughput, NLL and agreement, differences with 95% intervals",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_ab_pass, MOPT_PASS_ANALYSIS, "eval.ab",
+                 "A/B traffic split: per-arm latency, throughput, NLL and agreement, differences with 95% intervals",
+                 opts, run);

@@ -130,12 +130,6 @@ static const mopt_opt_spec opts[] = {
     {"seed", MOPT_OPT_INT, 0, "bootstrap seed", "0", 0, 2147483647, NULL},
 };
 
-const mopt_pass_desc eval_compare_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.compare",
-    .summary = "candidate vs baseline: KL, top-1 agreement, ppl ratio with a bootstrap 95% interval",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_compare_pass, MOPT_PASS_ANALYSIS, "eval.compare",
+                 "candidate vs baseline: KL, top-1 agreement, ppl ratio with a bootstrap 95% interval",
+                 opts, run);

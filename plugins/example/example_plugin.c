@@ -58,15 +58,9 @@ static const mopt_opt_spec opts[] = {
     {"print", MOPT_OPT_BOOL, 0, "log one line per linear on stderr", "false", 0, -1, NULL},
 };
 
-static const mopt_pass_desc weight_stats = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "example.weight_stats",
-    .summary = "mean, std and absmax of every linear layer's weights",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+static MOPT_PASS_DEFINE(weight_stats, MOPT_PASS_ANALYSIS, "example.weight_stats",
+                 "mean, std and absmax of every linear layer's weights",
+                 opts, run);
 
 MOPT_PLUGIN_DEFINE("example", "0.1.0", "MIT",
                    "example third-party plugin: weight statistics",

@@ -35,11 +35,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const char *path = atomic_dir_path(&d, "model.gguf", buf, sizeof buf);
     st = path ? h->gguf_write(g, h->model_tokenizer(m), path, &go, &res, err)
               : h->error_set(err, MOPT_E_IO, "export.gguf", "%s: path too long", h->opt_string(o, "out"));
-    if (!st) st = atomic_dir_commit_file(h, &d, "model.gguf", err);
-    if (st) {
-        atomic_dir_abort(&d);
-        return st;
-    }
+    st = atomic_dir_end(h, &d, "model.gguf", st, err);
+    if (st) return st;
     if (res.n_dequantized)
         h->log(ctx, "%d packed tensors are not Q4_0/Q8_0 blocks (symmetric, groups of 32): written dequantized as f16", res.n_dequantized);
     h->report_artifact(report, "gguf", d.target);
@@ -59,12 +56,6 @@ static const mopt_opt_spec opts[] = {
     {"tokenizer", MOPT_OPT_BOOL, 0, "store the tokenizer as tokenizer.ggml.*", "true", 0, -1, NULL},
 };
 
-const mopt_pass_desc export_gguf_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_EXPORT,
-    .name = "export.gguf",
-    .summary = "GGUF v3 for llama.cpp: the family's keys, tokenizer, f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k, atomic",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(export_gguf_pass, MOPT_PASS_EXPORT, "export.gguf",
+                 "GGUF v3 for llama.cpp: the family's keys, tokenizer, f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k, atomic",
+                 opts, run);

@@ -195,11 +195,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         json_decref(sc);
     }
     h->st_list_free(&l);
-    if (!st) st = atomic_dir_commit(h, &d, err);
-    if (st) {
-        atomic_dir_abort(&d);
-        return st;
-    }
+    st = atomic_dir_end(h, &d, NULL, st, err);
+    if (st) return st;
     h->report_artifact(report, "hf-checkpoint", d.target);
     h->report_metric(report, "bytes", (double)total);
     h->report_metric(report, "shards", shards);
@@ -222,12 +219,6 @@ static const mopt_opt_spec opts[] = {
     {"pause_ms", MOPT_OPT_INT, 0, "diagnostic: sleep after each shard (to test interrupted exports)", "0", 0, 600000, NULL},
 };
 
-const mopt_pass_desc export_hf_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_EXPORT,
-    .name = "export.hf",
-    .summary = "Hugging Face checkpoint (safetensors, config, tokenizer; dense or AWQ/GPTQ/compressed-tensors/ModelOpt), atomic; GPT-2 Conv1D kept",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(export_hf_pass, MOPT_PASS_EXPORT, "export.hf",
+                 "Hugging Face checkpoint (safetensors, config, tokenizer; dense or AWQ/GPTQ/compressed-tensors/ModelOpt), atomic; GPT-2 Conv1D kept",
+                 opts, run);

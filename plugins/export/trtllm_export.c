@@ -109,11 +109,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     }
     /* TRT-LLM reads the tokenizer from --tokenizer_dir; keeping it here makes the directory self-contained */
     if (!st && h->ctx_model(pctx)) st = export_copy_tokenizer(h, h->model_path(h->ctx_model(pctx)), &d, err);
-    if (!st) st = atomic_dir_commit(h, &d, err);
-    if (st) {
-        atomic_dir_abort(&d);
-        return st;
-    }
+    st = atomic_dir_end(h, &d, NULL, st, err);
+    if (st) return st;
     h->report_artifact(report, "trtllm-checkpoint", d.target);
     h->report_metric(report, "bytes", (double)bytes);
     h->report_metric(report, "tp", tp);
@@ -130,12 +127,6 @@ static const mopt_opt_spec opts[] = {
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
 };
 
-const mopt_pass_desc export_trtllm_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_EXPORT,
-    .name = "export.trtllm",
-    .summary = "TensorRT-LLM checkpoint (config.json + rank*.safetensors), fused qkv, W4A16_AWQ/W8A16/W8A8/FP8, tensor-parallel split",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(export_trtllm_pass, MOPT_PASS_EXPORT, "export.trtllm",
+                 "TensorRT-LLM checkpoint (config.json + rank*.safetensors), fused qkv, W4A16_AWQ/W8A16/W8A8/FP8, tensor-parallel split",
+                 opts, run);

@@ -1,4 +1,4 @@
-/* What every plugin writes the same way: its descriptor and entry point, and
+/* What every plugin writes the same way: its descriptors and entry point, and
  * a small seeded random generator (calibration windows, bootstrap resampling,
  * A/B routing, speculative sampling). Header-only: plugins link no core symbols. */
 #ifndef MOPT_PLUGIN_UTIL_H
@@ -26,6 +26,21 @@
         (void)host;                                                                                            \
         (void)err;                                                                                             \
         return &mopt_plugin_desc_;                                                                             \
+    }
+
+/* Defines a pass descriptor with the fields every plain pass sets (prefix
+ * `static` for one private to its file; passes that need more, such as a
+ * `check` callback, fill the struct themselves):
+ *   MOPT_PASS_DEFINE(rtn_pass, MOPT_PASS_TRANSFORM, "quant.rtn", "round to nearest", opts, run); */
+#define MOPT_PASS_DEFINE(VAR, KIND, NAME, SUMMARY, OPTS, RUN)                                                    \
+    const mopt_pass_desc VAR = {                                                                               \
+        .struct_size = sizeof(mopt_pass_desc),                                                                 \
+        .kind = KIND,                                                                                          \
+        .name = NAME,                                                                                          \
+        .summary = SUMMARY,                                                                                    \
+        .opts = OPTS,                                                                                          \
+        .n_opts = sizeof OPTS / sizeof *OPTS,                                                                  \
+        .run = RUN,                                                                                            \
     }
 
 /* xorshift64* (Vigna): the next 64 random bits of state *s (never seed it 0). */
