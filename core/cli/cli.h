@@ -52,6 +52,30 @@ const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err
 /* Loads the plugin registry, printing load problems as warnings; NULL (and the
  * exit code in *rc) on failure. */
 mopt_registry *cli_registry(int *rc);
+/* One pipeline run of a command: the registry, a pipeline, the options of its
+ * main pass, the report and the model, opened and freed together. */
+typedef struct cli_job {
+    mopt_registry *r;
+    mopt_pipeline *p;
+    mopt_options *o;
+    mopt_report *rep;
+    mopt_model *m;
+    mopt_error err;
+    mopt_run_opts ro;
+} cli_job;
+
+/* Opens the registry (warning about plugins that did not load) and creates the
+ * rest; 0, or the exit code to return. */
+int cli_job_open(cli_job *j, int quiet, long long threads);
+/* Sets option key of the main pass when v is given (non-NULL, non-empty);
+ * nonzero with j->err set on a bad value. */
+int cli_job_set(cli_job *j, const char *key, const char *v);
+/* Appends `pass` with j->o (NULL: the pipeline is complete), loads MODEL
+ * (tok_path may be NULL) and runs; 0, or prints the failure and returns the
+ * exit code. */
+int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok_path);
+void cli_job_close(cli_job *j);
+
 /* MOPT_REGISTRY_ALLOW_OVERRIDE when --allow-override was given. */
 extern uint32_t cli_registry_flags;
 

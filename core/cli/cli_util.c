@@ -24,6 +24,7 @@ int cli_exit_code(mopt_status st) {
 }
 
 int cli_fail(const mopt_error *err) {
+    mopt_log_stderr_flush(); /* never on a progress bar's line */
     fprintf(stderr, "mopt: %s\n", err->msg[0] ? err->msg : mopt_status_str((mopt_status)err->code));
     return cli_exit_code((mopt_status)err->code);
 }

@@ -44,31 +44,19 @@ int cmd_bench(int argc, char **argv) {
     if (optind != argc - 1) return cli_usage_error("bench", "expected exactly one MODEL");
     if (!cli_parse_int(gen, 1, 1 << 20, &v) || !cli_parse_int(runs, 1, 10000, &v) || !cli_parse_int(warm, 0, 100, &v))
         return cli_usage_error("bench", "--gen, --runs and --warmup expect integers");
-    int rrc;
-    mopt_registry *r = cli_registry(&rrc);
-    if (!r) return rrc;
-    mopt_error err = {0};
-    int rc = EXIT_OK;
-    mopt_model *m = NULL;
-    mopt_report *rep = mopt_report_new();
-    mopt_pipeline *p = mopt_pipeline_new(r);
-    mopt_options *o = mopt_options_new();
-    if ((pre && mopt_pipeline_parse(p, pre, &err)) || mopt_options_set(o, "prompt_len", plen, &err) ||
-        mopt_options_set(o, "gen", gen, &err) || mopt_options_set(o, "runs", runs, &err) ||
-        mopt_options_set(o, "warmup", warm, &err) || (text && mopt_options_set(o, "text", text, &err)) ||
-        mopt_pipeline_add(p, "eval.bench", o, &err) || !(m = mopt_model_load(argv[optind], NULL, &err))) {
-        rc = cli_fail(&err);
-        goto done;
+    cli_job j;
+    int rc = cli_job_open(&j, quiet, threads);
+    if (rc) return rc;
+    if ((pre && mopt_pipeline_parse(j.p, pre, &j.err)) || cli_job_set(&j, "prompt_len", plen) || cli_job_set(&j, "gen", gen) ||
+        cli_job_set(&j, "runs", runs) || cli_job_set(&j, "warmup", warm) || cli_job_set(&j, "text", text))
+        rc = cli_fail(&j.err);
+    else
+        rc = cli_job_run(&j, "eval.bench", argv[optind], NULL);
+    if (rc) {
+        cli_job_close(&j);
+        return rc;
     }
-    mopt_run_opts ro;
-    mopt_run_opts_default(&ro);
-    ro.quiet = quiet;
-    ro.n_threads = (int32_t)threads;
-    if (mopt_pipeline_run(p, m, &ro, rep, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-#define G(k) mopt_report_get_metric(rep, k)
+#define G(k) mopt_report_get_metric(j.rep, k)
     printf("%s: prefill %.1f tok/s (min %.1f, max %.1f), decode %.1f tok/s (min %.1f, max %.1f, stdev %.1f)\n",
            argv[optind], G("prefill_tok_s"), G("prefill_tok_s_min"), G("prefill_tok_s_max"), G("decode_tok_s"),
            G("decode_tok_s_min"), G("decode_tok_s_max"), G("decode_tok_s_stdev"));
@@ -76,36 +64,18 @@ int cmd_bench(int argc, char **argv) {
            G("latency_ms_p50"), G("latency_ms_p95"), G("latency_ms_p99"), G("ttft_ms"), G("peak_rss_bytes") / 1e6,
            G("model_bytes") / 1e6);
     if (json_path) {
-        json_t *j = json_object(), *lat = json_object();
-        json_object_set_new(j, "prefill_tok_s", json_real(G("prefill_tok_s")));
-        json_object_set_new(j, "decode_tok_s", json_real(G("decode_tok_s")));
-        json_object_set_new(lat, "p50", json_real(G("latency_ms_p50")));
-        json_object_set_new(lat, "p95", json_real(G("latency_ms_p95")));
-        json_object_set_new(lat, "p99", json_real(G("latency_ms_p99")));
-        json_object_set_new(j, "latency_ms", lat);
-        json_object_set_new(j, "ttft_ms", json_real(G("ttft_ms")));
-        json_object_set_new(j, "peak_rss_bytes", json_integer((json_int_t)G("peak_rss_bytes")));
-        json_object_set_new(j, "model_bytes", json_integer((json_int_t)G("model_bytes")));
-        json_t *spread = json_object();
-        json_object_set_new(spread, "prefill_tok_s_min", json_real(G("prefill_tok_s_min")));
-        json_object_set_new(spread, "prefill_tok_s_max", json_real(G("prefill_tok_s_max")));
-        json_object_set_new(spread, "prefill_tok_s_stdev", json_real(G("prefill_tok_s_stdev")));
-        json_object_set_new(spread, "decode_tok_s_min", json_real(G("decode_tok_s_min")));
-        json_object_set_new(spread, "decode_tok_s_max", json_real(G("decode_tok_s_max")));
-        json_object_set_new(spread, "decode_tok_s_stdev", json_real(G("decode_tok_s_stdev")));
-        json_object_set_new(j, "spread", spread);
-        json_object_set_new(j, "runs", json_integer((json_int_t)G("runs")));
-        json_object_set_new(j, "threads", json_integer((json_int_t)G("threads")));
-        json_object_set_new(j, "model", json_string(argv[optind]));
-        if (cli_write_json(json_path, j, &err)) rc = cli_fail(&err);
-        json_decref(j);
+        json_t *js = json_pack("{s:f, s:f, s:{s:f, s:f, s:f}, s:f, s:I, s:I, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I, s:I, s:s}",
+                               "prefill_tok_s", G("prefill_tok_s"), "decode_tok_s", G("decode_tok_s"), "latency_ms", "p50",
+                               G("latency_ms_p50"), "p95", G("latency_ms_p95"), "p99", G("latency_ms_p99"), "ttft_ms", G("ttft_ms"),
+                               "peak_rss_bytes", (json_int_t)G("peak_rss_bytes"), "model_bytes", (json_int_t)G("model_bytes"),
+                               "spread", "prefill_tok_s_min", G("prefill_tok_s_min"), "prefill_tok_s_max", G("prefill_tok_s_max"),
+                               "prefill_tok_s_stdev", G("prefill_tok_s_stdev"), "decode_tok_s_min", G("decode_tok_s_min"),
+                               "decode_tok_s_max", G("decode_tok_s_max"), "decode_tok_s_stdev", G("decode_tok_s_stdev"), "runs",
+                               (json_int_t)G("runs"), "threads", (json_int_t)G("threads"), "model", argv[optind]);
+        if (cli_write_json(json_path, js, &j.err)) rc = cli_fail(&j.err);
+        json_decref(js);
     }
 #undef G
-done:
-    mopt_options_free(o);
-    mopt_report_free(rep);
-    mopt_pipeline_free(p);
-    mopt_model_free(m);
-    mopt_registry_free(r);
+    cli_job_close(&j);
     return rc;
 }

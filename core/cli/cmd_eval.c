@@ -67,35 +67,19 @@ int cmd_eval(int argc, char **argv) {
     if (!data_path) return cli_usage_error("eval", "--data FILE is required");
 
     double t0 = cli_now();
-    int rrc;
-    mopt_registry *r = cli_registry(&rrc);
-    if (!r) return rrc;
-    mopt_error err = {0};
-    int rc = EXIT_OK;
-    mopt_model *m = NULL;
-    mopt_report *rep = NULL;
-    mopt_pipeline *p = mopt_pipeline_new(r);
-    mopt_options *o = mopt_options_new();
-    if (!p || !o || mopt_options_set(o, "data", data_path, &err) || mopt_options_set(o, "ctx", ctx, &err) ||
-        (baseline && mopt_options_set(o, "baseline", baseline, &err)) || (limit && mopt_options_set(o, "limit_tokens", limit, &err)) ||
-        (stride && mopt_options_set(o, "stride", stride, &err)) ||
-        mopt_pipeline_add(p, baseline ? "eval.compare" : "eval.perplexity", o, &err)) {
-        rc = cli_fail(&err);
-        goto done;
+    cli_job j;
+    int rc = cli_job_open(&j, quiet, threads);
+    if (rc) return rc;
+    if (cli_job_set(&j, "data", data_path) || cli_job_set(&j, "ctx", ctx) || cli_job_set(&j, "baseline", baseline) ||
+        cli_job_set(&j, "limit_tokens", limit) || cli_job_set(&j, "stride", stride))
+        rc = cli_fail(&j.err);
+    else
+        rc = cli_job_run(&j, baseline ? "eval.compare" : "eval.perplexity", argv[optind], NULL);
+    if (rc) {
+        cli_job_close(&j);
+        return rc;
     }
-    if (!(m = mopt_model_load(argv[optind], NULL, &err))) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    rep = mopt_report_new();
-    mopt_run_opts ro;
-    mopt_run_opts_default(&ro);
-    ro.quiet = quiet;
-    ro.n_threads = (int32_t)threads;
-    if (mopt_pipeline_run(p, m, &ro, rep, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
+    const mopt_report *rep = j.rep;
     double secs = cli_now() - t0;
     double ppl = mopt_report_get_metric(rep, "ppl"), nll = mopt_report_get_metric(rep, "nll");
     long long scored = (long long)mopt_report_get_metric(rep, "tokens_scored");
@@ -111,32 +95,27 @@ int cmd_eval(int argc, char **argv) {
         printf("ppl %.4f  (nll %.6f over %lld tokens, %lld windows of %s, %.1f s)\n", ppl, nll, scored, windows, ctx, secs);
     }
     if (json_path) {
-        json_t *j = json_object();
-        json_object_set_new(j, "ppl", json_real(ppl));
-        json_object_set_new(j, "nll", json_real(nll));
-        json_object_set_new(j, "tokens_scored", json_integer(scored));
-        json_object_set_new(j, "windows", json_integer(windows));
-        json_object_set_new(j, "ctx", json_integer(atoll(ctx)));
-        json_object_set_new(j, "seconds", json_real(secs));
-        json_object_set_new(j, "tokens", json_integer((json_int_t)mopt_report_get_metric(rep, "tokens")));
-        json_object_set_new(j, "model", json_string(mopt_model_path(m)));
-        json_object_set_new(j, "data", json_string(data_path));
-        json_object_set_new(j, "peak_rss_bytes", json_integer(cli_peak_rss_bytes()));
+        json_t *js = json_object();
+        json_object_set_new(js, "ppl", json_real(ppl));
+        json_object_set_new(js, "nll", json_real(nll));
+        json_object_set_new(js, "tokens_scored", json_integer(scored));
+        json_object_set_new(js, "windows", json_integer(windows));
+        json_object_set_new(js, "ctx", json_integer(atoll(ctx)));
+        json_object_set_new(js, "seconds", json_real(secs));
+        json_object_set_new(js, "tokens", json_integer((json_int_t)mopt_report_get_metric(rep, "tokens")));
+        json_object_set_new(js, "model", json_string(mopt_model_path(j.m)));
+        json_object_set_new(js, "data", json_string(data_path));
+        json_object_set_new(js, "peak_rss_bytes", json_integer(cli_peak_rss_bytes()));
         if (baseline) {
             const char *keys[] = {"ppl_baseline", "kl_mean", "kl_p99", "top1_agree", "ppl_ratio", "mean_abs_dlogp"};
-            for (int i = 0; i < 6; i++) json_object_set_new(j, keys[i], json_real(mopt_report_get_metric(rep, keys[i])));
-            json_object_set_new(j, "ppl_ratio_ci95", json_pack("[f, f]", mopt_report_get_metric(rep, "ppl_ratio_ci95_lo"),
+            for (int i = 0; i < 6; i++) json_object_set_new(js, keys[i], json_real(mopt_report_get_metric(rep, keys[i])));
+            json_object_set_new(js, "ppl_ratio_ci95", json_pack("[f, f]", mopt_report_get_metric(rep, "ppl_ratio_ci95_lo"),
                                                                mopt_report_get_metric(rep, "ppl_ratio_ci95_hi")));
-            json_object_set_new(j, "baseline", json_string(baseline));
+            json_object_set_new(js, "baseline", json_string(baseline));
         }
-        if (cli_write_json(json_path, j, &err)) rc = cli_fail(&err);
-        json_decref(j);
+        if (cli_write_json(json_path, js, &j.err)) rc = cli_fail(&j.err);
+        json_decref(js);
     }
-done:
-    mopt_options_free(o);
-    mopt_report_free(rep);
-    mopt_model_free(m);
-    mopt_pipeline_free(p);
-    mopt_registry_free(r);
+    cli_job_close(&j);
     return rc;
 }

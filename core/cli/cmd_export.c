@@ -53,43 +53,20 @@ int cmd_export(int argc, char **argv) {
     }
     if (optind != argc - 1) return cli_usage_error("export", "expected exactly one MODEL");
     if (!out) return cli_usage_error("export", "-o DIR is required");
-    int rrc;
-    mopt_registry *r = cli_registry(&rrc);
-    if (!r) return rrc;
-    mopt_error err = {0};
-    int rc = EXIT_OK;
-    mopt_model *m = NULL;
-    mopt_report *rep = mopt_report_new();
-    mopt_pipeline *p = mopt_pipeline_new(r);
-    mopt_options *o = mopt_options_new();
-    const char *pass = cli_export_pass(format, o, &err);
-    if (!pass) {
-        rc = cli_usage_error("export", "%s", err.msg);
-        goto done;
-    }
-    if ((type && strcmp(pass, "export.gguf")) || (tp && strcmp(pass, "export.trtllm"))) {
+    cli_job j;
+    int rc = cli_job_open(&j, quiet, 0);
+    if (rc) return rc;
+    const char *pass = cli_export_pass(format, j.o, &j.err);
+    if (!pass)
+        rc = cli_usage_error("export", "%s", j.err.msg);
+    else if ((type && strcmp(pass, "export.gguf")) || (tp && strcmp(pass, "export.trtllm")))
         rc = cli_usage_error("export", type ? "--type goes with --format gguf" : "--tp goes with --format trtllm");
-        goto done;
-    }
-    if ((type && mopt_options_set(o, "type", type, &err)) || (tp && mopt_options_set(o, "tp", tp, &err)) || (pre && mopt_pipeline_parse(p, pre, &err)) ||
-        mopt_options_set(o, "out", out, &err) ||
-        (dtype && mopt_options_set(o, "dtype", dtype, &err)) || (force && mopt_options_set(o, "force", "true", &err)) ||
-        (shard && mopt_options_set(o, "max_shard_size", shard, &err)) || (draft && mopt_options_set(o, "draft", draft, &err)) ||
-        (k && mopt_options_set(o, "num_speculative_tokens", k, &err)) || mopt_pipeline_add(p, pass, o, &err) ||
-        !(m = mopt_model_load(argv[optind], NULL, &err))) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    mopt_run_opts ro;
-    mopt_run_opts_default(&ro);
-    ro.quiet = quiet;
-    if (mopt_pipeline_run(p, m, &ro, rep, &err)) rc = cli_fail(&err);
-    else if (!quiet) printf("wrote %s (%.1f MB)\n", out, mopt_report_get_metric(rep, "bytes") / 1e6);
-done:
-    mopt_options_free(o);
-    mopt_report_free(rep);
-    mopt_pipeline_free(p);
-    mopt_model_free(m);
-    mopt_registry_free(r);
+    else if (cli_job_set(&j, "type", type) || cli_job_set(&j, "tp", tp) || (pre && mopt_pipeline_parse(j.p, pre, &j.err)) ||
+             cli_job_set(&j, "out", out) || cli_job_set(&j, "dtype", dtype) || cli_job_set(&j, "force", force ? "true" : NULL) ||
+             cli_job_set(&j, "max_shard_size", shard) || cli_job_set(&j, "draft", draft) || cli_job_set(&j, "num_speculative_tokens", k))
+        rc = cli_fail(&j.err);
+    else if (!(rc = cli_job_run(&j, pass, argv[optind], NULL)) && !quiet)
+        printf("wrote %s (%.1f MB)\n", out, mopt_report_get_metric(j.rep, "bytes") / 1e6);
+    cli_job_close(&j);
     return rc;
 }

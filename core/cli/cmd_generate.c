@@ -31,43 +31,26 @@ static void help(void) {
 static int cli_speculate(const char *model, const char *tok_path, const char *prompt, long long n, double temp,
                          double top_p, long long seed, long long threads, const char *draft, const char *k,
                          long long lookup, const char *stats_json) {
-    int rrc;
-    mopt_registry *r = cli_registry(&rrc);
-    if (!r) return rrc;
-    mopt_error err = {0};
-    int rc = EXIT_OK;
-    char num[64];
-    mopt_model *m = NULL;
-    mopt_report *rep = mopt_report_new();
-    mopt_pipeline *p = mopt_pipeline_new(r);
-    mopt_options *o = mopt_options_new();
-    mopt_status st = mopt_options_set(o, "prompt", prompt, &err);
-    if (!st && draft) st = mopt_options_set(o, "draft", draft, &err);
-    if (!st) st = mopt_options_set(o, "k", k, &err);
-    snprintf(num, sizeof num, "%lld", lookup);
-    if (!st && lookup) st = mopt_options_set(o, "lookup", num, &err);
-    snprintf(num, sizeof num, "%.17g", temp);
-    if (!st) st = mopt_options_set(o, "temp", num, &err);
-    snprintf(num, sizeof num, "%.17g", top_p);
-    if (!st) st = mopt_options_set(o, "top_p", num, &err);
-    snprintf(num, sizeof num, "%lld", seed);
-    if (!st) st = mopt_options_set(o, "seed", num, &err);
-    snprintf(num, sizeof num, "%lld", n);
-    if (!st) st = mopt_options_set(o, "n", num, &err);
-    if (!st) st = mopt_pipeline_add(p, "specdec.generate", o, &err);
-    if (!st && !(m = mopt_model_load(model, tok_path, &err))) st = (mopt_status)err.code;
-    mopt_run_opts ro;
-    mopt_run_opts_default(&ro);
-    ro.quiet = 1;
-    ro.n_threads = (int32_t)threads;
-    if (!st) st = mopt_pipeline_run(p, m, &ro, rep, &err);
-    if (st) {
-        rc = cli_fail(&err);
-    } else {
-        char *json = mopt_report_json(rep);
-        json_t *j = json ? json_loads(json, 0, NULL) : NULL;
+    cli_job j;
+    int rc = cli_job_open(&j, 1, threads);
+    if (rc) return rc;
+    char num[5][64];
+    snprintf(num[0], sizeof num[0], "%lld", lookup);
+    snprintf(num[1], sizeof num[1], "%.17g", temp);
+    snprintf(num[2], sizeof num[2], "%.17g", top_p);
+    snprintf(num[3], sizeof num[3], "%lld", seed);
+    snprintf(num[4], sizeof num[4], "%lld", n);
+    if (cli_job_set(&j, "prompt", prompt) || cli_job_set(&j, "draft", draft) || cli_job_set(&j, "k", k) ||
+        cli_job_set(&j, "lookup", lookup ? num[0] : NULL) || cli_job_set(&j, "temp", num[1]) || cli_job_set(&j, "top_p", num[2]) ||
+        cli_job_set(&j, "seed", num[3]) || cli_job_set(&j, "n", num[4]))
+        rc = cli_fail(&j.err);
+    else
+        rc = cli_job_run(&j, "specdec.generate", model, tok_path);
+    if (!rc) {
+        char *json = mopt_report_json(j.rep);
+        json_t *js = json ? json_loads(json, 0, NULL) : NULL;
         free(json);
-        json_t *pass = json_array_get(json_object_get(j, "passes"), 0), *mt = json_object_get(pass, "metrics");
+        json_t *pass = json_array_get(json_object_get(js, "passes"), 0), *mt = json_object_get(pass, "metrics");
         printf("%s\n", json_string_value(json_object_get(json_object_get(pass, "strings"), "text")));
 #define G(key) json_number_value(json_object_get(mt, key))
         fprintf(stderr, "mopt: speculative (%s): %.0f tokens in %.0f target calls (%.3f per call), acceptance %.3f, "
@@ -78,15 +61,11 @@ static int cli_speculate(const char *model, const char *tok_path, const char *pr
         if (stats_json) {
             json_object_set_new(mt, "draft", draft ? json_string(draft) : json_null());
             json_object_set_new(mt, "lookup", json_integer(lookup));
-            if (cli_write_json(stats_json, mt, &err)) rc = cli_fail(&err);
+            if (cli_write_json(stats_json, mt, &j.err)) rc = cli_fail(&j.err);
         }
-        json_decref(j);
+        json_decref(js);
     }
-    mopt_options_free(o);
-    mopt_report_free(rep);
-    mopt_pipeline_free(p);
-    mopt_model_free(m);
-    mopt_registry_free(r);
+    cli_job_close(&j);
     return rc;
 }
 

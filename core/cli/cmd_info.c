@@ -35,21 +35,13 @@ int cmd_info(int argc, char **argv) {
     const mopt_tokenizer *tok = mopt_model_tokenizer(m);
     const char *fmt = mopt_model_format_of(m) == MOPT_FORMAT_HF ? "hf" : mopt_model_format_of(m) == MOPT_FORMAT_GGUF ? "gguf" : "llama2c";
     if (as_json) {
-        json_t *j = json_object(), *arch = json_object(), *dt = json_object();
+        json_t *j = json_object(), *dt = json_object();
         json_object_set_new(j, "path", json_string(mopt_model_path(m)));
         json_object_set_new(j, "format", json_string(fmt));
-        json_object_set_new(arch, "family", json_string(a->family));
-        json_object_set_new(arch, "dim", json_integer(a->dim));
-        json_object_set_new(arch, "n_layers", json_integer(a->n_layers));
-        json_object_set_new(arch, "n_heads", json_integer(a->n_heads));
-        json_object_set_new(arch, "n_kv_heads", json_integer(a->n_kv_heads));
-        json_object_set_new(arch, "head_dim", json_integer(a->head_dim));
-        json_object_set_new(arch, "ffn_dim", json_integer(a->ffn_dim));
-        json_object_set_new(arch, "vocab_size", json_integer(a->vocab_size));
-        json_object_set_new(arch, "max_ctx", json_integer(a->max_ctx));
-        json_object_set_new(arch, "norm_eps", json_real(a->norm_eps));
-        json_object_set_new(arch, "rope_theta", json_real(a->rope_theta));
-        json_object_set_new(arch, "tied_embeddings", json_boolean(a->tied_embeddings));
+        json_t *arch = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:b}", "family", a->family, "dim", a->dim, "n_layers",
+                         a->n_layers, "n_heads", a->n_heads, "n_kv_heads", a->n_kv_heads, "head_dim", a->head_dim, "ffn_dim",
+                         a->ffn_dim, "vocab_size", a->vocab_size, "max_ctx", a->max_ctx, "norm_eps", (double)a->norm_eps,
+                         "rope_theta", (double)a->rope_theta, "tied_embeddings", a->tied_embeddings);
         json_object_set_new(j, "arch", arch);
         json_object_set_new(j, "n_params", json_integer(mopt_graph_n_params(g)));
         json_object_set_new(j, "weight_bytes", json_integer(mopt_graph_weight_bytes(g)));

@@ -6,18 +6,6 @@
 
 #include "cli.h"
 
-mopt_registry *cli_registry(int *rc) {
-    mopt_error err = {0};
-    mopt_registry *r = mopt_registry_open(NULL, cli_registry_flags, &err);
-    if (!r) {
-        *rc = cli_fail(&err);
-        return NULL;
-    }
-    for (int32_t i = 0; i < mopt_registry_n_problems(r); i++)
-        fprintf(stderr, "mopt: warning: %s\n", mopt_registry_problem(r, i));
-    return r;
-}
-
 int cmd_plugins(int argc, char **argv) {
     int as_json = argc > 1 && !strcmp(argv[1], "--json");
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {

@@ -127,15 +127,15 @@ int cmd_quantize(int argc, char **argv) {
     if (pr) return pr;
     char pass[64];
     snprintf(pass, sizeof pass, "quant.%s", a.method);
-    int rrc;
-    mopt_registry *r = cli_registry(&rrc);
-    if (!r) return rrc;
+    cli_job j;
+    int rc = cli_job_open(&j, a.quiet, a.threads);
+    if (rc) return rc;
+    mopt_registry *r = j.r;
     mopt_error err = {0};
-    int rc = EXIT_OK;
-    mopt_model *m = NULL, *base = NULL;
-    mopt_report *rep = mopt_report_new(), *base_rep = NULL;
-    mopt_pipeline *p = mopt_pipeline_new(r), *pb = NULL;
-    mopt_options *qo = mopt_options_new(), *eo = mopt_options_new(), *xo = mopt_options_new();
+    mopt_model *base = NULL;
+    mopt_report *rep = j.rep, *base_rep = NULL;
+    mopt_pipeline *p = j.p, *pb = NULL;
+    mopt_options *qo = j.o, *eo = mopt_options_new(), *xo = mopt_options_new();
     int is_int = !strcmp(a.method, "rtn") || !strcmp(a.method, "awq") || !strcmp(a.method, "gptq");
     if (!mopt_registry_find(r, pass)) {
         rc = cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8)", a.method);
@@ -182,24 +182,13 @@ int cmd_quantize(int argc, char **argv) {
             goto done;
         }
     }
-    if (!(m = mopt_model_load(argv[optind], NULL, &err))) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    mopt_run_opts ro;
-    mopt_run_opts_default(&ro);
-    ro.quiet = a.quiet;
-    ro.n_threads = (int32_t)a.threads;
-    if (mopt_pipeline_run(p, m, &ro, rep, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
+    if ((rc = cli_job_run(&j, NULL, argv[optind], NULL))) goto done;
     double ppl_base = NAN;
     if (a.eval) { /* the original, loaded afresh (weights are mapped, so this is cheap) */
         base_rep = mopt_report_new();
         pb = mopt_pipeline_new(r);
         if (!(base = mopt_model_load(argv[optind], NULL, &err)) || mopt_pipeline_add(pb, "eval.perplexity", eo, &err) ||
-            mopt_pipeline_run(pb, base, &ro, base_rep, &err)) {
+            mopt_pipeline_run(pb, base, &j.ro, base_rep, &err)) {
             rc = cli_fail(&err);
             goto done;
         }
@@ -235,15 +224,11 @@ int cmd_quantize(int argc, char **argv) {
     }
     json_decref(full);
 done:
-    mopt_options_free(qo);
     mopt_options_free(eo);
     mopt_options_free(xo);
-    mopt_report_free(rep);
     mopt_report_free(base_rep);
-    mopt_pipeline_free(p);
     mopt_pipeline_free(pb);
-    mopt_model_free(m);
     mopt_model_free(base);
-    mopt_registry_free(r);
+    cli_job_close(&j);
     return rc;
 }

@@ -102,28 +102,20 @@ int cmd_pipeline(int argc, char **argv) {
         }
     }
     if (optind != argc - 2) return cli_usage_error("pipeline", "expected a pipeline text and a MODEL");
-    int rrc;
-    mopt_registry *r = cli_registry(&rrc);
-    if (!r) return rrc;
-    mopt_error err = {0};
-    int rc = EXIT_OK;
-    mopt_model *m = NULL;
-    mopt_report *rep = NULL;
-    mopt_pipeline *p = mopt_pipeline_new(r);
-    if (!p || mopt_pipeline_parse(p, argv[optind], &err)) {
-        rc = cli_fail(&err);
-        goto done;
+    cli_job j;
+    int rc = cli_job_open(&j, quiet, threads);
+    if (rc) return rc;
+    if (mopt_pipeline_parse(j.p, argv[optind], &j.err)) {
+        rc = cli_fail(&j.err);
+        cli_job_close(&j);
+        return rc;
     }
-    if (!(m = mopt_model_load(argv[optind + 1], NULL, &err))) {
-        rc = cli_fail(&err);
-        goto done;
+    rc = cli_job_run(&j, NULL, argv[optind + 1], NULL);
+    if (!j.m) { /* nothing ran: no report */
+        cli_job_close(&j);
+        return rc;
     }
-    rep = mopt_report_new();
-    mopt_run_opts ro;
-    mopt_run_opts_default(&ro);
-    ro.quiet = quiet;
-    ro.n_threads = (int32_t)threads;
-    if (mopt_pipeline_run(p, m, &ro, rep, &err)) rc = cli_fail(&err);
+    mopt_report *rep = j.rep;
     if (report_dir) {
         mopt_error werr = {0};
         if (mopt_report_write(rep, report_dir, argv[optind], &werr) && rc == EXIT_OK) rc = cli_fail(&werr);
@@ -137,17 +129,13 @@ int cmd_pipeline(int argc, char **argv) {
         puts(text);
         if (json_path) {
             json_error_t je;
-            json_t *j = json_loads(text, 0, &je);
+            json_t *js = json_loads(text, 0, &je);
             mopt_error werr = {0};
-            if (j && cli_write_json(json_path, j, &werr) && rc == EXIT_OK) rc = cli_fail(&werr);
-            json_decref(j);
+            if (js && cli_write_json(json_path, js, &werr) && rc == EXIT_OK) rc = cli_fail(&werr);
+            json_decref(js);
         }
     }
     free(text);
-done:
-    mopt_report_free(rep);
-    mopt_model_free(m);
-    mopt_pipeline_free(p);
-    mopt_registry_free(r);
+    cli_job_close(&j);
     return rc;
 }

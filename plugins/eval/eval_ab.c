@@ -47,8 +47,8 @@ static void diff_ci(const double *a, int64_t na, const double *b, int64_t nb, ui
     }
     for (int32_t k = 0; k < B; k++) {
         double sa = 0, sb = 0;
-        for (int64_t i = 0; i < na; i++) sa += a[eval_rand(rs) % (uint64_t)na];
-        for (int64_t i = 0; i < nb; i++) sb += b[eval_rand(rs) % (uint64_t)nb];
+        for (int64_t i = 0; i < na; i++) sa += a[mopt_rand(rs) % (uint64_t)na];
+        for (int64_t i = 0; i < nb; i++) sb += b[mopt_rand(rs) % (uint64_t)nb];
         r[k] = sb / (double)nb - sa / (double)na;
     }
     *lo = eval_quantile(r, B, 0.025);
@@ -84,7 +84,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     uint64_t rs = 0x2545F4914F6CDD1Dull ^ (uint64_t)(h->opt_int(o, "seed") + 7) * 0x9E3779B97F4A7C15ull;
     for (int64_t r = 0; r < R && !st; r++) {
         const int32_t *seq = ids + r * win;
-        const int arm = (double)(eval_rand(&rs) >> 11) * (1.0 / 9007199254740992.0) < split; /* 1: B */
+        const int arm = mopt_rand_uniform(&rs) < split; /* 1: B */
         mopt_session *s = arm ? sb : sa;
         double ttft;
         /* A's output is the reference for agreement (shadow traffic, not timed) */
@@ -165,12 +165,6 @@ static const mopt_opt_spec opts[] = {
     {"seed", MOPT_OPT_INT, 0, "router and bootstrap seed", "0", 0, 2147483647, NULL},
 };
 
-const mopt_pass_desc eval_ab_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.ab",
-    .summary = "A/B traffic split: per-arm latency, throughput, NLL and agreement, differences with 95% intervals",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_ab_pass, MOPT_PASS_ANALYSIS, "eval.ab",
+                 "A/B traffic split: per-arm latency, throughput, NLL and agreement, differences with 95% intervals",
+                 opts, run);

@@ -116,12 +116,6 @@ static const mopt_opt_spec opts[] = {
     {"text", MOPT_OPT_DATASET, 0, "text whose tokens form the prompts (default: synthetic ids)", NULL, 0, -1, NULL},
 };
 
-const mopt_pass_desc eval_bench_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.bench",
-    .summary = "prefill and decode tokens/s, per-token latency percentiles, time to first token, peak RSS",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_bench_pass, MOPT_PASS_ANALYSIS, "eval.bench",
+                 "prefill and decode tokens/s, per-token latency percentiles, time to first token, peak RSS",
+                 opts, run);

@@ -81,7 +81,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         for (int32_t b = 0; b < B; b++) {
             double a = 0, c = 0;
             for (int64_t i = 0; i < nw; i++) {
-                int64_t j = (int64_t)(eval_rand(&rs) % (uint64_t)nw);
+                int64_t j = (int64_t)(mopt_rand(&rs) % (uint64_t)nw);
                 a += wc[j];
                 c += wb[j];
             }
@@ -130,12 +130,6 @@ static const mopt_opt_spec opts[] = {
     {"seed", MOPT_OPT_INT, 0, "bootstrap seed", "0", 0, 2147483647, NULL},
 };
 
-const mopt_pass_desc eval_compare_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.compare",
-    .summary = "candidate vs baseline: KL, top-1 agreement, ppl ratio with a bootstrap 95% interval",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_compare_pass, MOPT_PASS_ANALYSIS, "eval.compare",
+                 "candidate vs baseline: KL, top-1 agreement, ppl ratio with a bootstrap 95% interval",
+                 opts, run);

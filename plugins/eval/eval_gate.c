@@ -91,12 +91,6 @@ static const mopt_opt_spec opts[] = {
     {"checks", MOPT_OPT_LIST, 0, "more thresholds: metric<=value, metric>=value, metric:max:value, metric:min:value", "", 0, -1, NULL},
 };
 
-const mopt_pass_desc eval_gate_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.gate",
-    .summary = "fail the run (exit 3) when metrics cross thresholds; reports are still written",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_gate_pass, MOPT_PASS_ANALYSIS, "eval.gate",
+                 "fail the run (exit 3) when metrics cross thresholds; reports are still written",
+                 opts, run);

@@ -70,12 +70,6 @@ static const mopt_opt_spec opts[] = {
     {"n", MOPT_OPT_INT, 0, "greedy tokens compared per prompt", "32", 1, 1 << 16, NULL},
 };
 
-const mopt_pass_desc eval_generate_match_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.generate_match",
-    .summary = "greedy outputs of candidate vs baseline: exact-match rate and mean first divergence",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_generate_match_pass, MOPT_PASS_ANALYSIS, "eval.generate_match",
+                 "greedy outputs of candidate vs baseline: exact-match rate and mean first divergence",
+                 opts, run);

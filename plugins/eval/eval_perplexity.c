@@ -59,12 +59,6 @@ static const mopt_opt_spec opts[] = {
     {"limit_tokens", MOPT_OPT_INT, 0, "score only the first N tokens of the file (0: all)", "0", 0, (double)(1LL << 40), NULL},
 };
 
-const mopt_pass_desc eval_perplexity_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "eval.perplexity",
-    .summary = "perplexity of the model on a text file, with per-window NLL",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(eval_perplexity_pass, MOPT_PASS_ANALYSIS, "eval.perplexity",
+                 "perplexity of the model on a text file, with per-window NLL",
+                 opts, run);

@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-#include "mopt/plugin.h"
+#include "mopt/plugin_util.h"
 
 typedef struct {
     const mopt_host_api *host;
@@ -33,13 +33,5 @@ void eval_log_softmax(const float *row, int32_t V, double *out);
 mopt_status eval_greedy(const mopt_host_api *h, mopt_session *s, int32_t vocab, const int32_t *prompt, int32_t n_prompt,
                         int32_t n_new, int32_t *out, double *lat, double *ttft_ms, mopt_error *err);
 
-static inline uint64_t eval_rand(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
 
 #endif

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "mopt/plugin.h"
+#include "mopt/plugin_util.h"
 
 static mopt_status run(const mopt_host_api *host, mopt_pass_ctx *ctx, mopt_graph *graph, const mopt_options *opts,
                        mopt_report *report, mopt_error *err) {
@@ -58,30 +58,10 @@ static const mopt_opt_spec opts[] = {
     {"print", MOPT_OPT_BOOL, 0, "log one line per linear on stderr", "false", 0, -1, NULL},
 };
 
-static const mopt_pass_desc weight_stats = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_ANALYSIS,
-    .name = "example.weight_stats",
-    .summary = "mean, std and absmax of every linear layer's weights",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+static MOPT_PASS_DEFINE(weight_stats, MOPT_PASS_ANALYSIS, "example.weight_stats",
+                 "mean, std and absmax of every linear layer's weights",
+                 opts, run);
 
-static const mopt_pass_desc *const passes[] = {&weight_stats, NULL};
-
-static const mopt_plugin_desc desc = {
-    .abi_version = MOPT_PLUGIN_ABI_VERSION,
-    .struct_size = sizeof(mopt_plugin_desc),
-    .name = "example",
-    .version = "0.1.0",
-    .license = "MIT",
-    .description = "example third-party plugin: weight statistics",
-    .passes = passes,
-};
-
-MOPT_PLUGIN_ENTRY {
-    (void)host;
-    (void)err;
-    return &desc;
-}
+MOPT_PLUGIN_DEFINE("example", "0.1.0", "MIT",
+                   "example third-party plugin: weight statistics",
+                   &weight_stats)

@@ -299,3 +299,9 @@ void atomic_dir_abort(atomic_dir *d) {
     if (d->tmp[0]) remove_tree(d->tmp);
     d->tmp[0] = '\0';
 }
+
+mopt_status atomic_dir_end(const mopt_host_api *h, atomic_dir *d, const char *file, mopt_status st, mopt_error *err) {
+    if (!st) st = file ? atomic_dir_commit_file(h, d, file, err) : atomic_dir_commit(h, d, err);
+    if (st) atomic_dir_abort(d);
+    return st;
+}

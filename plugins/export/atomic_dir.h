@@ -42,6 +42,10 @@ mopt_status atomic_dir_commit(const mopt_host_api *h, atomic_dir *d, mopt_error 
 mopt_status atomic_dir_commit_file(const mopt_host_api *h, atomic_dir *d, const char *name, mopt_error *err);
 /* Deletes the temporary directory (after a failure or an interrupt). */
 void atomic_dir_abort(atomic_dir *d);
+/* Ends an export whose writing returned st: when st is MOPT_OK commits the
+ * directory (or, given file, that single file); on any failure, its own
+ * included, removes the temporary directory. Returns the final status. */
+mopt_status atomic_dir_end(const mopt_host_api *h, atomic_dir *d, const char *file, mopt_status st, mopt_error *err);
 /* Writes and flushes a whole new file inside the temporary directory. */
 mopt_status atomic_dir_write(const mopt_host_api *h, const atomic_dir *d, const char *name, const void *data, size_t n,
                              mopt_error *err);

@@ -3,7 +3,7 @@
 #define MOPT_EXPORT_PLUGIN_H
 
 #include "atomic_dir.h"
-#include "mopt/plugin.h"
+#include "mopt/plugin_util.h"
 
 extern const mopt_pass_desc export_hf_pass;
 extern const mopt_pass_desc export_gguf_pass;

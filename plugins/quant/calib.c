@@ -74,7 +74,7 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     uint64_t rs = 0x9E3779B97F4A7C15ull ^ ((uint64_t)h->opt_int(o, "seed") * 0xBF58476D1CE4E5B9ull + 1);
     const uint64_t span = (uint64_t)n - (uint64_t)c->L + 1;
     for (int32_t i = 0; i < c->N; i++) {
-        uint64_t start = q_rand(&rs) % span;
+        uint64_t start = mopt_rand(&rs) % span;
         memcpy(c->tokens + (size_t)i * c->L, ids + start, (size_t)c->L * sizeof(int32_t));
     }
     free(ids);

@@ -100,12 +100,6 @@ static const mopt_opt_spec opts[] = {
     Q_CALIB_OPTS(0),
 };
 
-const mopt_pass_desc quant_fp8_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_TRANSFORM,
-    .name = "quant.fp8",
-    .summary = "FP8 E4M3 weights (per-channel or per-tensor) with dynamic, static or no activation rounding",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(quant_fp8_pass, MOPT_PASS_TRANSFORM, "quant.fp8",
+                 "FP8 E4M3 weights (per-channel or per-tensor) with dynamic, static or no activation rounding",
+                 opts, run);

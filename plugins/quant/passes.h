@@ -2,7 +2,7 @@
 #ifndef MOPT_QUANT_PASSES_H
 #define MOPT_QUANT_PASSES_H
 
-#include "mopt/plugin.h"
+#include "mopt/plugin_util.h"
 
 extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, quant_smoothquant_pass, quant_fp8_pass;
 

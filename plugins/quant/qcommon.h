@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "mopt/plugin.h"
+#include "mopt/plugin_util.h"
 
 /* A decoder linear the pass will quantize. */
 typedef struct qlinear {
@@ -74,14 +74,5 @@ void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t
 void q_report(const mopt_host_api *h, mopt_report *r, const char *method, qspec sp, int64_t bytes_before,
               int64_t bytes_after, int64_t weights, int32_t n_linear);
 
-/* Small deterministic generator for sampling. */
-static inline uint64_t q_rand(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
 
 #endif

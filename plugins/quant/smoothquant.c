@@ -173,12 +173,6 @@ static const mopt_opt_spec opts[] = {
     Q_CALIB_OPTS(0),
 };
 
-const mopt_pass_desc quant_smoothquant_pass = {
-    .struct_size = sizeof(mopt_pass_desc),
-    .kind = MOPT_PASS_TRANSFORM,
-    .name = "quant.smoothquant",
-    .summary = "SmoothQuant smoothing folded into the norms, then W8A8 (int8 weights, per-token int8 activations)",
-    .opts = opts,
-    .n_opts = sizeof opts / sizeof *opts,
-    .run = run,
-};
+MOPT_PASS_DEFINE(quant_smoothquant_pass, MOPT_PASS_TRANSFORM, "quant.smoothquant",
+                 "SmoothQuant smoothing folded into the norms, then W8A8 (int8 weights, per-token int8 activations)",
+                 opts, run);

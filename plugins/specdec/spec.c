@@ -5,15 +5,6 @@
 
 #include "spec.h"
 
-static uint64_t rnd(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
-static double uniform(uint64_t *s) { return (double)(rnd(s) >> 11) * (1.0 / 9007199254740992.0); }
 
 static int by_prob_desc(const void *a, const void *b, void *ctx) {
     const float *p = ctx;
@@ -45,7 +36,7 @@ static void distribution(const float *l, int32_t V, float T, float top_p, float 
 }
 
 static int32_t draw(const float *p, int32_t V, uint64_t *rs) {
-    double r = uniform(rs), c = 0;
+    double r = mopt_rand_uniform(rs), c = 0;
     int32_t last = 0;
     for (int32_t i = 0; i < V; i++) {
         if (p[i] <= 0) continue;
@@ -127,7 +118,7 @@ mopt_status spec_generate(const mopt_host_api *h, mopt_session *target, mopt_ses
             S.draft_s += h->now() - t0;
         } else if (k > 0 && cfg->uniform) {
             for (; m < k && produced + m < n_new; m++) {
-                prop[m] = (int32_t)(rnd(&rs) % (uint64_t)V);
+                prop[m] = (int32_t)(mopt_rand(&rs) % (uint64_t)V);
                 if (!greedy)
                     for (int32_t i = 0; i < V; i++) q[(size_t)m * V + i] = 1.0f / (float)V;
             }
@@ -164,7 +155,7 @@ mopt_status spec_generate(const mopt_host_api *h, mopt_session *target, mopt_ses
                 distribution(row, V, cfg->temperature, cfg->top_p, p, idx);
                 const float *qi = q + (size_t)acc * V;
                 double pr = p[prop[acc]], qr = qi[prop[acc]];
-                if (uniform(&rs) < (qr > 0 ? fmin(1.0, pr / qr) : 0.0)) continue;
+                if (mopt_rand_uniform(&rs) < (qr > 0 ? fmin(1.0, pr / qr) : 0.0)) continue;
                 double z = 0;
                 for (int32_t i = 0; i < V; i++) z += (p[i] = p[i] > qi[i] ? p[i] - qi[i] : 0.0f);
                 if (z > 0)

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#include "mopt/plugin.h"
+#include "mopt/plugin_util.h"
 
 typedef struct spec_stats {
     int64_t rounds;       /* target forward calls */

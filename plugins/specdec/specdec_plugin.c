@@ -219,20 +219,6 @@ static const mopt_pass_desc eval_pass = {
     .summary = "a prompt set with and without speculation: acceptance, tokens per target call, speedup",
     .opts = eval_opts, .n_opts = sizeof eval_opts / sizeof *eval_opts, .run = run_eval};
 
-static const mopt_pass_desc *const passes[] = {&generate_pass, &eval_pass, NULL};
-
-static const mopt_plugin_desc desc = {
-    .abi_version = MOPT_PLUGIN_ABI_VERSION,
-    .struct_size = sizeof(mopt_plugin_desc),
-    .name = "specdec",
-    .version = "0.1.0",
-    .license = "MIT",
-    .description = "speculative decoding: draft model and prompt lookup",
-    .passes = passes,
-};
-
-MOPT_PLUGIN_ENTRY {
-    (void)host;
-    (void)err;
-    return &desc;
-}
+MOPT_PLUGIN_DEFINE("specdec", "0.1.0", "MIT",
+                   "speculative decoding: draft model and prompt lookup",
+                   &generate_pass, &eval_pass)

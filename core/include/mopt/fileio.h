@@ -17,6 +17,10 @@ MOPT_EXTERN_C_BEGIN
  * Errors name the file and the system's reason ("No space left on device"). */
 MOPT_API mopt_status mopt_file_write_atomic(const char *path, const void *data, size_t n, mopt_error *err);
 
+/* OK when writing `path` stays inside the directory `root`: its parent
+ * resolves (links included) to root or below, and path is not a link itself. */
+MOPT_API mopt_status mopt_path_check_within(const char *root, const char *path, mopt_error *err);
+
 MOPT_EXTERN_C_END
 
 #endif

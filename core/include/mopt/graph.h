@@ -92,7 +92,7 @@ typedef enum mopt_mlp_kind { MOPT_MLP_SWIGLU = 0, MOPT_MLP_GELU = 1 } mopt_mlp_k
 
 /* Architecture metadata, read from config.json or a checkpoint header. */
 typedef struct mopt_arch {
-    char family[32]; /* "llama", "gpt2" */
+    char family[32]; /* the model family, as core/arch names it: llama, qwen2, gpt2 */
     int32_t dim;
     int32_t n_layers;
     int32_t n_heads;
@@ -160,12 +160,15 @@ MOPT_API int64_t mopt_graph_weight_bytes(const mopt_graph *g);
 MOPT_API const char *mopt_op_name(mopt_op op);
 MOPT_API const char *mopt_role_name(mopt_role role);
 
-/* Architecture builders: wire the nodes of a LLaMA-family (also Mistral/Qwen2
- * with q/k/v biases) or GPT-2 model over tensors already added to g under
- * their Hugging Face names. Check shapes against the arch and name the first
- * tensor that is missing or has the wrong shape. */
-MOPT_API mopt_status mopt_arch_build_llama(mopt_graph *g, mopt_error *err);
-MOPT_API mopt_status mopt_arch_build_gpt2(mopt_graph *g, mopt_error *err);
+/* Whether nodes of this role are the transformer's linears (q, k, v, o, gate,
+ * up, down): the weights quantization packs. The embedding and lm_head are not. */
+MOPT_API int mopt_role_is_linear(mopt_role role);
+
+/* Wires the nodes of g's architecture family (mopt_arch.family) over the
+ * tensors already added to g under their graph (Hugging Face) names; checks
+ * the architecture's numbers and the shapes, names the first tensor that is
+ * missing or has the wrong shape, and refuses tensors no node uses. */
+MOPT_API mopt_status mopt_graph_build(mopt_graph *g, mopt_error *err);
 
 MOPT_EXTERN_C_END
 

@@ -12,17 +12,20 @@
 MOPT_EXTERN_C_BEGIN
 
 typedef enum mopt_model_format {
-    MOPT_FORMAT_HF = 0,     /* directory with config.json + *.safetensors */
+    MOPT_FORMAT_HF = 0,     /* directory with config.json: Hugging Face (dense or AWQ / GPTQ / compressed-tensors /
+                               ModelOpt packed) or TensorRT-LLM (rank*.safetensors) */
     MOPT_FORMAT_LLAMA2C = 1, /* llama2.c version-0 checkpoint */
     MOPT_FORMAT_GGUF = 2     /* GGUF file (llama.cpp) */
 } mopt_model_format;
 
 typedef struct mopt_model mopt_model;
 
-/* Loads a Hugging Face directory or a llama2.c .bin. `tokenizer_path` may be
- * NULL: the HF loader then uses tokenizer.json in the directory, the llama2.c
- * loader a tok*.bin / tokenizer.bin beside the checkpoint (a model without a
- * tokenizer still loads; mopt_model_tokenizer then returns NULL). */
+/* Loads a checkpoint directory (Hugging Face, quantized HF, TensorRT-LLM), a
+ * GGUF file or a llama2.c .bin, whichever `path` holds. `tokenizer_path` may
+ * be NULL: a directory's tokenizer.json (or tokenizer.bin) is used, a GGUF
+ * file's own tokenizer, or a tok*.bin / tokenizer.bin beside a llama2.c
+ * checkpoint (a model without a tokenizer still loads; mopt_model_tokenizer
+ * then returns NULL). A tokenizer_path given wins over the file's own. */
 MOPT_API mopt_model *mopt_model_load(const char *path, const char *tokenizer_path, mopt_error *err);
 MOPT_API void mopt_model_free(mopt_model *m);
 

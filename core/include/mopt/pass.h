@@ -123,6 +123,11 @@ MOPT_API double mopt_report_get_metric(const mopt_report *r, const char *key);
 MOPT_API int32_t mopt_report_ok(const mopt_report *r);
 /* The report as JSON text (malloc'd; free()). */
 MOPT_API char *mopt_report_json(const mopt_report *r);
+/* The report as the JSON tree it is kept in: {"status", "passes": [{"name",
+ * "kind", "status", "metrics", "strings", "artifacts", ...}], ...}. Borrowed
+ * (jansson's json_t), valid until the report changes; for readers that want
+ * fields without serializing (the Lua binding). */
+MOPT_API const struct json_t *mopt_report_tree(const mopt_report *r);
 
 MOPT_EXTERN_C_END
 

@@ -10,6 +10,7 @@
 
 #include "mopt/error.h"
 #include "mopt/export.h"
+#include "mopt/log.h"
 #include "mopt/model.h"
 #include "mopt/pass.h"
 
@@ -68,6 +69,9 @@ typedef struct mopt_run_opts {
     /* appended: when set, passes write files only inside this directory (the
      * sandbox of `mopt run --sandbox`); built-in exporters check it */
     const char *write_root;
+    /* appended: where progress bars and pass lines go (NULL: mopt_log_stderr) */
+    mopt_log_fn log;
+    void *log_user;
 } mopt_run_opts;
 
 MOPT_API void mopt_run_opts_default(mopt_run_opts *o);

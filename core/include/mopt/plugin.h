@@ -16,6 +16,7 @@
 #include "mopt/error.h"
 #include "mopt/executor.h"
 #include "mopt/export.h"
+#include "mopt/formats.h"
 #include "mopt/graph.h"
 #include "mopt/model.h"
 #include "mopt/pass.h"
@@ -26,7 +27,10 @@
 
 MOPT_EXTERN_C_BEGIN
 
-#define MOPT_PLUGIN_ABI_VERSION 1u
+/* 2: the format encoders moved into the core (mopt/formats.h); the raw
+ * accessors exporters used to re-encode (qint_get, tokenizer_ggml_*, ggml_*,
+ * f32_to_f16/bf16) left the table. */
+#define MOPT_PLUGIN_ABI_VERSION 2u
 #define MOPT_PLUGIN_ENTRY_SYMBOL "mopt_plugin_entry"
 
 /* Services the host offers plugins. Append only. */
@@ -135,29 +139,37 @@ typedef struct mopt_host_api {
     int64_t (*perplexity_windows)(int64_t n_tokens, int32_t ctx, int32_t stride);
     /* same size and the same string for every id; *first_diff as mopt_tokenizer_same_vocab */
     int32_t (*tokenizer_same_vocab)(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff);
-    /* the unsigned level of element (row, col) of a QINT tensor (exporters repack it) */
-    uint8_t (*qint_get)(const mopt_tensor *t, int64_t row, int64_t col);
-    /* tokenizer contents for GGUF (mopt/tokenizer.h) */
-    const char *(*tokenizer_ggml_model)(const mopt_tokenizer *tok);
-    float (*tokenizer_score)(const mopt_tokenizer *tok, int32_t id);
-    int32_t (*tokenizer_token_type)(const mopt_tokenizer *tok, int32_t id);
-    int32_t (*tokenizer_merges)(const mopt_tokenizer *tok, int32_t *left, int32_t *right, int32_t cap);
-    /* ggml block formats (mopt/ggml.h) */
-    int64_t (*ggml_row_bytes)(int32_t type, int64_t n);
-    mopt_status (*ggml_quantize_row)(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
-
     /* appended: stopping on request (mopt/interrupt.h). Long loops check it at
      * safe points and return MOPT_E_INTERRUPTED; forward passes check it too. */
     int32_t (*interrupted)(void);
     /* OK when the run may write `path` (inside its write_root, if it has one);
      * passes that write files call it before creating anything */
     mopt_status (*ctx_check_write)(const mopt_pass_ctx *ctx, const char *path, mopt_error *err);
-    /* the f16 / bf16 bits of f, rounded to nearest even (NaN stays NaN) */
-    uint16_t (*f32_to_f16)(float f);
-    uint16_t (*f32_to_bf16)(float f);
     /* a whole text file, mapped and encoded; errors name the file */
     mopt_status (*tokenizer_encode_file)(const mopt_tokenizer *tok, const char *path, uint32_t flags, int32_t **ids,
                                          size_t *n_ids, mopt_error *err);
+
+    /* checkpoint formats (mopt/formats.h): exporters decide what to write and
+     * where; the encodings are the core's, shared with its readers */
+    mopt_status (*file_tensors)(const mopt_graph *g, mopt_naming naming, mopt_file_tensor **out, int32_t *n, mopt_error *err);
+    mopt_status (*st_list_add)(mopt_st_list *l, const char *name, const char *dtype, int32_t ndim, const int64_t *shape, void *data,
+                               size_t nbytes, mopt_error *err);
+    void (*st_list_free)(mopt_st_list *l);
+    mopt_status (*st_add_rows)(mopt_st_list *l, const mopt_file_tensor *ft, const char *dtype, const int64_t *rows, int64_t n_rows,
+                               int64_t c0, int64_t nc, mopt_error *err);
+    mopt_status (*safetensors_encode)(mopt_st_entry *e, int32_t n, char **out, size_t *len, mopt_error *err);
+    mopt_status (*quant_scheme_of)(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err);
+    const char *(*hf_layout_refuses)(const mopt_quant_scheme *s, mopt_hf_layout layout);
+    mopt_status (*hf_add_packed)(mopt_st_list *l, const mopt_file_tensor *ft, mopt_hf_layout layout, mopt_error *err);
+    char *(*hf_config_json)(const mopt_graph *g, const char *torch_dtype, mopt_hf_layout layout, const mopt_quant_scheme *s,
+                            mopt_error *err);
+    char *(*modelopt_quant_json)(const mopt_graph *g, const mopt_quant_scheme *s, mopt_error *err);
+    const char *(*trtllm_algo)(const mopt_quant_scheme *s);
+    mopt_status (*trtllm_add)(mopt_st_list *l, const mopt_file_tensor *ft, const char *algo, const char *fdtype, const int64_t *rows,
+                              int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err);
+    char *(*trtllm_config_json)(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s, mopt_error *err);
+    mopt_status (*gguf_write)(const mopt_graph *g, const mopt_tokenizer *tok, const char *path, const mopt_gguf_write_opts *o,
+                              mopt_gguf_write_result *res, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -1,0 +1,46 @@
+/* The base layer: errors, files, JSON, threads, logging, time. Every other
+ * layer builds on it; it depends on nothing of mopt's but the public error
+ * and file headers. Never installed. */
+#ifndef MOPT_BASE_H
+#define MOPT_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/fileio.h"
+#include "mopt/interrupt.h"
+#include "mopt/log.h"
+
+#define MOPT_FAIL(err, code, ...) mopt_error_set((err), (code), __func__, __VA_ARGS__)
+
+/* Prefixes "path: " to a failure's message unless it already names path, so
+ * every error about a file's contents says which file. */
+void mopt_error_name_file(mopt_error *err, const char *path);
+
+/* --- files ------------------------------------------------------------------ */
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer. */
+mopt_status mopt_read_file(const char *path, char **data, size_t *len, mopt_error *err);
+/* Maps a regular file read-only: *base is NULL for an empty file. Unmap with mopt_unmap_file. */
+mopt_status mopt_map_file(const char *path, void **base, size_t *size, mopt_error *err);
+void mopt_unmap_file(void *base, size_t size);
+
+/* Grows *arr (elements of elem bytes, room for *cap) to hold at least need
+ * elements, doubling; 0 when out of memory (then *arr and *cap are unchanged). */
+int mopt_grow(void **arr, size_t *cap, size_t need, size_t elem);
+
+/* Whether path is a regular file whose first n (<= 16) bytes are magic (never blocks on a FIFO). */
+int mopt_file_starts_with(const char *path, const void *magic, size_t n);
+int mopt_file_exists(const char *path);
+int mopt_dir_exists(const char *path);
+/* Joins dir and name into out (cap bytes); returns out or NULL when too long. */
+char *mopt_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* Checked multiply for sizes; returns 0 on overflow. */
+int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out);
+
+/* Monotonic seconds. */
+double mopt_now(void);
+
+#endif

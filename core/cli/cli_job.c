@@ -1,0 +1,52 @@
+/* The registry and the pipeline runs the commands share. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+mopt_registry *cli_registry(int *rc) {
+    mopt_error err = {0};
+    mopt_registry *r = mopt_registry_open(NULL, cli_registry_flags, &err);
+    if (!r) {
+        *rc = cli_fail(&err);
+        return NULL;
+    }
+    for (int32_t i = 0; i < mopt_registry_n_problems(r); i++)
+        fprintf(stderr, "mopt: warning: %s\n", mopt_registry_problem(r, i));
+    return r;
+}
+
+int cli_job_open(cli_job *j, int quiet, long long threads) {
+    memset(j, 0, sizeof *j);
+    int rc;
+    if (!(j->r = cli_registry(&rc))) return rc;
+    j->p = mopt_pipeline_new(j->r);
+    j->o = mopt_options_new();
+    j->rep = mopt_report_new();
+    mopt_run_opts_default(&j->ro);
+    j->ro.quiet = quiet;
+    j->ro.n_threads = (int32_t)threads;
+    if (j->p && j->o && j->rep) return EXIT_OK;
+    mopt_error_set(&j->err, MOPT_E_NOMEM, __func__, "out of memory");
+    rc = cli_fail(&j->err);
+    cli_job_close(j);
+    return rc;
+}
+
+int cli_job_set(cli_job *j, const char *key, const char *v) { return v && *v ? mopt_options_set(j->o, key, v, &j->err) : MOPT_OK; }
+
+int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok_path) {
+    if ((pass && mopt_pipeline_add(j->p, pass, j->o, &j->err)) || !(j->m = mopt_model_load(model, tok_path, &j->err)) ||
+        mopt_pipeline_run(j->p, j->m, &j->ro, j->rep, &j->err))
+        return cli_fail(&j->err);
+    return EXIT_OK;
+}
+
+void cli_job_close(cli_job *j) {
+    mopt_options_free(j->o);
+    mopt_report_free(j->rep);
+    mopt_pipeline_free(j->p);
+    mopt_model_free(j->m);
+    mopt_registry_free(j->r);
+    memset(j, 0, sizeof *j);
+}

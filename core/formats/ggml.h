@@ -1,0 +1,49 @@
+/* ggml block formats as GGUF files store them (ggml's ggml-common.h and the
+ * reference quantizers in ggml-quants.c), for GGUF reading and writing. Internal:
+ * the GGUF module of the formats layer is the only user.
+ *   Q4_0  32 values: f16 d, 16 bytes; byte j = q[j] | q[j+16] << 4;  x = d (q - 8)
+ *   Q4_1  32 values: f16 d, f16 m, 16 bytes as Q4_0;                  x = d q + m
+ *   Q5_0  32 values: f16 d, u32 qh (bit j = bit 4 of q[j]), 16 bytes of low nibbles; x = d (q - 16)
+ *   Q5_1  32 values: f16 d, f16 m, qh, 16 bytes;                      x = d q + m
+ *   Q8_0  32 values: f16 d, 32 int8;                                  x = d q
+ *   Q4_K  256 values in 8 sub-blocks of 32: f16 d, f16 dmin, 12 bytes of 6-bit
+ *         scales and mins, 128 bytes (sub-blocks 2i and 2i+1 share 32 bytes, low
+ *         and high nibbles);                                          x = d sc q - dmin m
+ *   Q5_K  256 values: f16 d, f16 dmin, 12 bytes of scales/mins as Q4_K, 32 bytes of
+ *         fifth bits (bit 2i / 2i+1 of byte l: sub-blocks 2i / 2i+1), 128 bytes as Q4_K
+ *   Q6_K  256 values in 16 sub-blocks of 16: 128 bytes of low nibbles, 64 bytes of
+ *         high 2-bit pairs, 16 int8 scales, f16 d;                    x = d sc (q - 32)
+ * Values are little-endian; ne[0] of a tensor must be a multiple of the block. */
+#ifndef MOPT_GGML_H
+#define MOPT_GGML_H
+
+#include <stdint.h>
+
+#include "mopt/error.h"
+
+typedef enum mopt_ggml_type { /* ggml's type ids, as GGUF stores them */
+    MOPT_GGML_F32 = 0, MOPT_GGML_F16 = 1, MOPT_GGML_Q4_0 = 2, MOPT_GGML_Q4_1 = 3, MOPT_GGML_Q5_0 = 6, MOPT_GGML_Q5_1 = 7,
+    MOPT_GGML_Q8_0 = 8, MOPT_GGML_Q4_K = 12, MOPT_GGML_Q5_K = 13, MOPT_GGML_Q6_K = 14, MOPT_GGML_BF16 = 30
+} mopt_ggml_type;
+
+/* Values per block (1 for float types), 0 for a type mopt does not handle. */
+int64_t mopt_ggml_block_size(int32_t type);
+/* Bytes per block. */
+int64_t mopt_ggml_block_bytes(int32_t type);
+/* "q4_0", "f16", ...; NULL for unknown types. */
+const char *mopt_ggml_type_name(int32_t type);
+/* Bytes of a row of n values; -1 when n is not a multiple of the block. */
+int64_t mopt_ggml_row_bytes(int32_t type, int64_t n);
+
+/* One row of n values to and from the block format (ggml's reference
+ * quantizers: round to nearest, scales in f16). */
+mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
+mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err);
+
+/* Q4_0 and Q8_0 blocks hold 32 of mopt's QINT levels (4-bit: q, 8-bit:
+ * int8 + 128) with their f16 scale as is: a block's levels and scale bits,
+ * and a block from them (the importer and the exporter share the bit order). */
+void mopt_ggml_block_to_levels(int32_t type, const uint8_t *blk, uint8_t q[32], uint16_t *d);
+void mopt_ggml_block_from_levels(int32_t type, const uint8_t q[32], uint16_t d, uint8_t *blk);
+
+#endif

@@ -1,0 +1,402 @@
+/* ggml block formats (layouts in mopt/ggml.h). The quantizers follow ggml's
+ * reference ones (quantize_row_*_ref); the k-quants pick each sub-block's scale
+ * (and min) from its range rather than ggml's iterative search, which any
+ * reader decodes the same way. */
+#include <math.h>
+#include <string.h>
+
+#include "base.h"
+#include "mopt/tensor.h"
+#include "ggml.h"
+
+int64_t mopt_ggml_block_size(int32_t type) {
+    switch (type) {
+    case MOPT_GGML_F32:
+    case MOPT_GGML_F16:
+    case MOPT_GGML_BF16: return 1;
+    case MOPT_GGML_Q4_0:
+    case MOPT_GGML_Q4_1:
+    case MOPT_GGML_Q5_0:
+    case MOPT_GGML_Q5_1:
+    case MOPT_GGML_Q8_0: return 32;
+    case MOPT_GGML_Q4_K:
+    case MOPT_GGML_Q5_K:
+    case MOPT_GGML_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+int64_t mopt_ggml_block_bytes(int32_t type) {
+    switch (type) {
+    case MOPT_GGML_F32: return 4;
+    case MOPT_GGML_F16:
+    case MOPT_GGML_BF16: return 2;
+    case MOPT_GGML_Q4_0: return 18;
+    case MOPT_GGML_Q4_1: return 20;
+    case MOPT_GGML_Q5_0: return 22;
+    case MOPT_GGML_Q5_1: return 24;
+    case MOPT_GGML_Q8_0: return 34;
+    case MOPT_GGML_Q4_K: return 144;
+    case MOPT_GGML_Q5_K: return 176;
+    case MOPT_GGML_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+const char *mopt_ggml_type_name(int32_t type) {
+    switch (type) {
+    case MOPT_GGML_F32: return "f32";
+    case MOPT_GGML_F16: return "f16";
+    case MOPT_GGML_BF16: return "bf16";
+    case MOPT_GGML_Q4_0: return "q4_0";
+    case MOPT_GGML_Q4_1: return "q4_1";
+    case MOPT_GGML_Q5_0: return "q5_0";
+    case MOPT_GGML_Q5_1: return "q5_1";
+    case MOPT_GGML_Q8_0: return "q8_0";
+    case MOPT_GGML_Q4_K: return "q4_k";
+    case MOPT_GGML_Q5_K: return "q5_k";
+    case MOPT_GGML_Q6_K: return "q6_k";
+    default: return NULL;
+    }
+}
+
+int64_t mopt_ggml_row_bytes(int32_t type, int64_t n) {
+    const int64_t bs = mopt_ggml_block_size(type);
+    if (!bs || n < 0 || n % bs) return -1;
+    return n / bs * mopt_ggml_block_bytes(type);
+}
+
+static void put16(uint8_t *p, float f) {
+    uint16_t h = mopt_f32_to_f16(f);
+    memcpy(p, &h, 2);
+}
+static float get16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mopt_f16_to_f32(h);
+}
+
+/* --- 32-value blocks -------------------------------------------------------- */
+
+/* ggml's reference quantizers: the symmetric kinds scale by the value of
+ * largest magnitude (its sign kept), the kinds with a minimum by the range */
+static float signed_absmax(const float *x) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; j++)
+        if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
+    return max;
+}
+
+static void min_max(const float *x, float *min, float *max) {
+    *min = *max = x[0];
+    for (int j = 1; j < 32; j++) *min = fminf(*min, x[j]), *max = fmaxf(*max, x[j]);
+}
+
+static int clamp_level(int q, int top) { return q < top ? q : top; }
+
+/* values j and j + 16 as the low and high nibble of byte j; 5-bit kinds keep
+ * their fifth bits in qh (bit j and bit j + 16) */
+static void put_pair(uint8_t *nibbles, uint32_t *qh, int j, int a, int b) {
+    nibbles[j] = (uint8_t)((a & 15) | (b & 15) << 4);
+    if (qh) *qh |= (uint32_t)((a & 0x10) >> 4) << j | (uint32_t)((b & 0x10) >> 4) << (j + 16);
+}
+
+/* Q4_0 / Q5_0: d = the signed absmax / -2^(b-1), x = d (q - 2^(b-1)) */
+static void q_sym(const float *x, uint8_t *y, int bits) {
+    const int half = 1 << (bits - 1), top = 2 * half - 1;
+    const float d = signed_absmax(x) / (float)-half, id = d ? 1.0f / d : 0.0f, off = (float)half + 0.5f;
+    uint32_t qh = 0;
+    put16(y, d);
+    for (int j = 0; j < 16; j++)
+        put_pair(y + (bits == 5 ? 6 : 2), bits == 5 ? &qh : NULL, j, clamp_level((int8_t)(x[j] * id + off), top),
+                 clamp_level((int8_t)(x[j + 16] * id + off), top));
+    if (bits == 5) memcpy(y + 2, &qh, 4);
+}
+
+/* Q4_1 / Q5_1: d = range / (2^b - 1), m = min, x = d q + m (ggml clamps only the 4-bit kind) */
+static void q_min(const float *x, uint8_t *y, int bits) {
+    const int top = (1 << bits) - 1;
+    float min, max;
+    min_max(x, &min, &max);
+    const float d = (max - min) / (float)top, id = d ? 1.0f / d : 0.0f;
+    uint32_t qh = 0;
+    put16(y, d);
+    put16(y + 2, min);
+    for (int j = 0; j < 16; j++) {
+        const int a = (int8_t)((x[j] - min) * id + 0.5f), b = (int8_t)((x[j + 16] - min) * id + 0.5f);
+        put_pair(y + (bits == 5 ? 8 : 4), bits == 5 ? &qh : NULL, j, bits == 4 ? clamp_level(a, top) : a, bits == 4 ? clamp_level(b, top) : b);
+    }
+    if (bits == 5) memcpy(y + 4, &qh, 4);
+}
+
+static void q8_0(const float *x, uint8_t *y) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+    put16(y, d);
+    for (int j = 0; j < 32; j++) y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+}
+
+static void dq_32(int32_t type, const uint8_t *b, float *y) {
+    const float d = get16(b);
+    uint32_t qh;
+    switch (type) {
+    case MOPT_GGML_Q4_0:
+        for (int j = 0; j < 16; j++) y[j] = d * ((b[2 + j] & 15) - 8), y[j + 16] = d * ((b[2 + j] >> 4) - 8);
+        break;
+    case MOPT_GGML_Q4_1: {
+        const float m = get16(b + 2);
+        for (int j = 0; j < 16; j++) y[j] = d * (b[4 + j] & 15) + m, y[j + 16] = d * (b[4 + j] >> 4) + m;
+        break;
+    }
+    case MOPT_GGML_Q5_0:
+        memcpy(&qh, b + 2, 4);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * ((int)((b[6 + j] & 15) | ((qh >> j) << 4 & 0x10)) - 16);
+            y[j + 16] = d * ((int)((b[6 + j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16);
+        }
+        break;
+    case MOPT_GGML_Q5_1: {
+        const float m = get16(b + 2);
+        memcpy(&qh, b + 4, 4);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)((b[8 + j] & 15) | ((qh >> j) << 4 & 0x10)) + m;
+            y[j + 16] = d * (float)((b[8 + j] >> 4) | ((qh >> (j + 12)) & 0x10)) + m;
+        }
+        break;
+    }
+    case MOPT_GGML_Q8_0:
+        for (int j = 0; j < 32; j++) y[j] = d * (int8_t)b[2 + j];
+        break;
+    }
+}
+
+/* --- Q4_K ------------------------------------------------------------------- */
+
+static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+static int nearest(float f) { return (int)lrintf(f); }
+
+/* Q4_K (nmax 15) and Q5_K (nmax 31): levels L[256] and the block header */
+static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
+    float scales[8], mins[8], max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; j++) {
+        float lo = 0, hi = x[32 * j]; /* the range includes 0: mins are stored positive */
+        for (int i = 0; i < 32; i++) lo = fminf(lo, x[32 * j + i]), hi = fmaxf(hi, x[32 * j + i]);
+        scales[j] = (hi - lo) / (float)nmax;
+        mins[j] = -lo;
+        max_scale = fmaxf(max_scale, scales[j]);
+        max_min = fmaxf(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    uint8_t *sc = y + 4;
+    memset(sc, 0, 12);
+    for (int j = 0; j < 8; j++) {
+        int ls = nearest(inv_scale * scales[j]), lm = nearest(inv_min * mins[j]);
+        ls = ls > 63 ? 63 : ls, lm = lm > 63 ? 63 : lm;
+        if (j < 4) {
+            sc[j] = (uint8_t)ls;
+            sc[j + 4] = (uint8_t)lm;
+        } else {
+            sc[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            sc[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            sc[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    put16(y, max_scale / 63.f);
+    put16(y + 2, max_min / 63.f);
+    const float d = get16(y), dmin = get16(y + 2);
+    memset(L, 0, 256);
+    for (int j = 0; j < 8; j++) {
+        uint8_t s, m;
+        scale_min_k4(j, sc, &s, &m);
+        const float dd = d * s, dm = dmin * m;
+        if (!dd) continue;
+        for (int i = 0; i < 32; i++) {
+            int l = nearest((x[32 * j + i] + dm) / dd);
+            L[32 * j + i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        }
+    }
+}
+
+static void q4_k(const float *x, uint8_t *y) {
+    uint8_t L[256];
+    k_scales_mins(x, y, 15, L);
+    uint8_t *q = y + 16;
+    for (int j = 0; j < 256; j += 64, q += 32)
+        for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
+static void q5_k(const float *x, uint8_t *y) {
+    uint8_t L[256];
+    k_scales_mins(x, y, 31, L);
+    uint8_t *qh = y + 16, *ql = y + 48, m1 = 1, m2 = 2;
+    memset(qh, 0, 32);
+    for (int n = 0; n < 256; n += 64, m1 <<= 2, m2 <<= 2, ql += 32)
+        for (int j = 0; j < 32; j++) {
+            int l1 = L[n + j], l2 = L[n + j + 32];
+            if (l1 > 15) l1 -= 16, qh[j] |= m1;
+            if (l2 > 15) l2 -= 16, qh[j] |= m2;
+            ql[j] = (uint8_t)(l1 | (l2 << 4));
+        }
+}
+
+static void dq_5k(const uint8_t *b, float *y) {
+    const float d = get16(b), dmin = get16(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
+        uint8_t s, m;
+        scale_min_k4(is, sc, &s, &m);
+        const float d1 = d * s, m1 = dmin * m;
+        scale_min_k4(is + 1, sc, &s, &m);
+        const float d2 = d * s, m2 = dmin * m;
+        for (int l = 0; l < 32; l++) *y++ = d1 * (float)((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+        for (int l = 0; l < 32; l++) *y++ = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+    }
+}
+
+/* Q6_K: 16 sub-blocks of 16 with signed 6-bit levels and int8 scales */
+static void q6_k(const float *x, uint8_t *y) {
+    float scales[16], max_scale = 0, amax_scale = 0;
+    for (int ib = 0; ib < 16; ib++) {
+        float amax = 0, max = 0;
+        for (int i = 0; i < 16; i++)
+            if (fabsf(x[16 * ib + i]) > amax) amax = fabsf(x[16 * ib + i]), max = x[16 * ib + i];
+        scales[ib] = max / -32;
+        if (fabsf(scales[ib]) > amax_scale) amax_scale = fabsf(scales[ib]), max_scale = scales[ib];
+    }
+    uint8_t *ql = y, *qh = y + 128;
+    int8_t *sc = (int8_t *)(y + 192);
+    memset(y, 0, 210);
+    if (!amax_scale) return;
+    const float iscale = -128.f / max_scale;
+    put16(y + 208, 1 / iscale);
+    for (int ib = 0; ib < 16; ib++) {
+        int v = nearest(iscale * scales[ib]);
+        sc[ib] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+    }
+    uint8_t L[256];
+    const float d0 = get16(y + 208);
+    for (int j = 0; j < 16; j++) {
+        const float d = d0 * sc[j];
+        for (int i = 0; i < 16; i++) {
+            int l = d ? nearest(x[16 * j + i] / d) : 0;
+            L[16 * j + i] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+        }
+    }
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((L[j + l] & 0xF) | ((L[j + l + 64] & 0xF) << 4));
+            ql[l + 32] = (uint8_t)((L[j + l + 32] & 0xF) | ((L[j + l + 96] & 0xF) << 4));
+            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
+        }
+}
+
+static void dq_6k(const uint8_t *b, float *y) {
+    const float d = get16(b + 208);
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8)
+        for (int l = 0; l < 32; l++) {
+            const int is = l / 16;
+            y[l] = d * sc[is] * (float)((int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            y[l + 32] = d * sc[is + 2] * (float)((int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            y[l + 64] = d * sc[is + 4] * (float)((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            y[l + 96] = d * sc[is + 6] * (float)((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+}
+
+static void dq_4k(const uint8_t *b, float *y) {
+    const float d = get16(b), dmin = get16(b + 2);
+    const uint8_t *sc = b + 4, *q = b + 16;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+        uint8_t s, m;
+        scale_min_k4(is, sc, &s, &m);
+        const float d1 = d * s, m1 = dmin * m;
+        scale_min_k4(is + 1, sc, &s, &m);
+        const float d2 = d * s, m2 = dmin * m;
+        for (int l = 0; l < 32; l++) *y++ = d1 * (q[l] & 0xF) - m1;
+        for (int l = 0; l < 32; l++) *y++ = d2 * (q[l] >> 4) - m2;
+    }
+}
+
+/* --- rows ------------------------------------------------------------------- */
+
+mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err) {
+    const int64_t bs = mopt_ggml_block_size(type), bb = mopt_ggml_block_bytes(type);
+    if (mopt_ggml_row_bytes(type, n) < 0)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "ggml type %s: a row of %lld values is not a whole number of %lld-value blocks",
+                         mopt_ggml_type_name(type) ? mopt_ggml_type_name(type) : "?", (long long)n, (long long)bs);
+    uint8_t *y = dst;
+    for (int64_t b = 0; b < n / bs; b++, y += bb) {
+        const float *v = x + b * bs;
+        switch (type) {
+        case MOPT_GGML_F32: memcpy(y, v, 4); break;
+        case MOPT_GGML_F16: put16(y, *v); break;
+        case MOPT_GGML_BF16: {
+            uint16_t h = mopt_f32_to_bf16(*v);
+            memcpy(y, &h, 2);
+            break;
+        }
+        case MOPT_GGML_Q4_0: q_sym(v, y, 4); break;
+        case MOPT_GGML_Q4_1: q_min(v, y, 4); break;
+        case MOPT_GGML_Q5_0: q_sym(v, y, 5); break;
+        case MOPT_GGML_Q5_1: q_min(v, y, 5); break;
+        case MOPT_GGML_Q8_0: q8_0(v, y); break;
+        case MOPT_GGML_Q4_K: q4_k(v, y); break;
+        case MOPT_GGML_Q5_K: q5_k(v, y); break;
+        case MOPT_GGML_Q6_K: q6_k(v, y); break;
+        }
+    }
+    return MOPT_OK;
+}
+
+mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err) {
+    const int64_t bs = mopt_ggml_block_size(type), bb = mopt_ggml_block_bytes(type);
+    if (mopt_ggml_row_bytes(type, n) < 0)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "ggml type %d: a row of %lld values is not a whole number of blocks", type,
+                         (long long)n);
+    const uint8_t *b = src;
+    for (int64_t k = 0; k < n / bs; k++, b += bb, y += bs) {
+        switch (type) {
+        case MOPT_GGML_F32: memcpy(y, b, 4); break;
+        case MOPT_GGML_F16: *y = get16(b); break;
+        case MOPT_GGML_BF16: {
+            uint16_t h;
+            memcpy(&h, b, 2);
+            *y = mopt_bf16_to_f32(h);
+            break;
+        }
+        case MOPT_GGML_Q4_K: dq_4k(b, y); break;
+        case MOPT_GGML_Q5_K: dq_5k(b, y); break;
+        case MOPT_GGML_Q6_K: dq_6k(b, y); break;
+        default: dq_32(type, b, y); break;
+        }
+    }
+    return MOPT_OK;
+}
+
+void mopt_ggml_block_to_levels(int32_t type, const uint8_t *blk, uint8_t q[32], uint16_t *d) {
+    memcpy(d, blk, 2);
+    for (int j = 0; j < (type == MOPT_GGML_Q4_0 ? 16 : 32); j++) {
+        if (type == MOPT_GGML_Q4_0) q[j] = blk[2 + j] & 15, q[j + 16] = blk[2 + j] >> 4;
+        else q[j] = (uint8_t)((int8_t)blk[2 + j] + 128);
+    }
+}
+
+void mopt_ggml_block_from_levels(int32_t type, const uint8_t q[32], uint16_t d, uint8_t *blk) {
+    memcpy(blk, &d, 2);
+    for (int j = 0; j < (type == MOPT_GGML_Q4_0 ? 16 : 32); j++) {
+        if (type == MOPT_GGML_Q4_0) blk[2 + j] = (uint8_t)(q[j] | q[j + 16] << 4);
+        else blk[2 + j] = (uint8_t)(int8_t)(q[j] - 128);
+    }
+}

@@ -1,0 +1,582 @@
+/* Quantized Hugging Face checkpoints: the packed linears of AWQ (GEMM), GPTQ
+ * (v1 zero points) and compressed-tensors (pack-, int- and float-quantized;
+ * ModelOpt's FP8 uses the same tensors) become mopt's packed tensors, so the
+ * kernels run exactly the stored values. Layouts: docs in mopt/quant.h and
+ * ../shared/docs/FORMATS.md, ALGORITHMS.md.
+ *   AWQ   qweight I32 [in, out/8]  word c: out 8c + {0,2,4,6,1,3,5,7}[k] at bits 4k
+ *         qzeros  I32 [ng, out/8]  same interleave, raw zero points
+ *         scales  F16 [ng, out]
+ *   GPTQ  qweight I32 [in*b/32, out]  word r: in (32/b)r + k at bits bk
+ *         qzeros  I32 [ng, out*b/32]  sequential along out, stored zero - 1
+ *         scales  F16 [ng, out], g_idx I32 [in]
+ *   CT    weight_packed I32 [out, in*b/32] word c: in (32/b)c + k at bits bk,
+ *         values offset by 2^(b-1); weight_zero_point I32 [out*b/32, ng]
+ *         packed along out the same way; weight_scale [out, ng]; weight_shape I64 [2]
+ *         int-quantized: weight I8 [out, in], weight_scale [out, 1]
+ *         float-quantized: weight F8_E4M3 [out, in], weight_scale [out, 1] | [1],
+ *         input_scale [1] when activations are static.
+ *   ModelOpt unified (quant_method "modelopt" or hf_quant_config.json):
+ *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
+ *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
+ *         (only all-ones: mopt folds AWQ's smoothing into the graph instead)
+ *         FP8: as float-quantized, scalar scales. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph_impl.h"
+#include "base.h"
+#include "json_util.h"
+#include "hf_quant.h"
+#include "mopt/quant.h"
+
+typedef enum { HFQ_AWQ, HFQ_GPTQ, HFQ_CT, HFQ_MODELOPT } hfq_method;
+
+typedef struct hfq_cfg {
+    hfq_method method;
+    int32_t bits, group_size; /* AWQ/GPTQ; CT: from config_groups */
+    int sym;                  /* GPTQ/CT: symmetric weights */
+    uint32_t fp8_act;         /* CT float: activation flags */
+    int int_act_dynamic;      /* CT int-quantized: per-token dynamic activations */
+    const char *file;
+} hfq_cfg;
+
+static uint32_t word(const mopt_tensor *t, int64_t i) {
+    uint32_t w;
+    memcpy(&w, (const char *)t->data + (size_t)i * 4, 4);
+    return w;
+}
+
+static mopt_tensor *part(mopt_graph *g, const char *prefix, const char *suffix) {
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.%s", prefix, suffix);
+    return mopt_graph_find_tensor(g, name);
+}
+
+static mopt_status need(const mopt_tensor *t, const char *prefix, const char *suffix, mopt_dtype dt, int64_t d0,
+                        int64_t d1, mopt_error *err) {
+    if (!t) return MOPT_FAIL(err, MOPT_E_FORMAT, "missing tensor %s.%s", prefix, suffix);
+    int ok = t->dtype == dt && (d1 < 0 ? (t->ndim == 1 && t->ne[0] == d0) : (t->ndim == 2 && t->ne[1] == d0 && t->ne[0] == d1));
+    if (!ok) {
+        char s[64];
+        if (d1 < 0)
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.%s is %s %s, expected %s [%lld]", prefix, suffix,
+                             mopt_dtype_name(t->dtype), mopt_tensor_shape_str(t, s, sizeof s), mopt_dtype_name(dt),
+                             (long long)d0);
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.%s is %s %s, expected %s [%lld, %lld]", prefix, suffix,
+                         mopt_dtype_name(t->dtype), mopt_tensor_shape_str(t, s, sizeof s), mopt_dtype_name(dt),
+                         (long long)d0, (long long)d1);
+    }
+    return MOPT_OK;
+}
+
+static int is_float(const mopt_tensor *t) {
+    return t && (t->dtype == MOPT_DTYPE_F32 || t->dtype == MOPT_DTYPE_F16 || t->dtype == MOPT_DTYPE_BF16);
+}
+
+/* scales stored [ng, out] -> [out, ng] */
+static mopt_status scales_t(const mopt_tensor *s, int64_t out, int64_t ng, float *dst, mopt_error *err) {
+    float *row = malloc((size_t)out * sizeof *row);
+    if (!row) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    mopt_status st = MOPT_OK;
+    for (int64_t g = 0; g < ng && !st; g++) {
+        st = mopt_tensor_read_f32(s, g * out, out, row, err);
+        for (int64_t o = 0; o < out && !st; o++) dst[o * ng + g] = row[o];
+    }
+    free(row);
+    return st;
+}
+
+/* A linear's unpacked contents: levels [out, in], zero points and scales
+ * [out, groups], packed into a QINT tensor once filled. */
+typedef struct {
+    int64_t out, in, ng;
+    uint8_t *q, *z;
+    float *s;
+} levels;
+
+static int levels_new(levels *l, int64_t out, int64_t in, int64_t ng, mopt_error *err) {
+    l->out = out, l->in = in, l->ng = ng;
+    l->q = malloc((size_t)(out * in));
+    l->z = malloc((size_t)(out * ng));
+    l->s = malloc((size_t)(out * ng) * sizeof *l->s);
+    if (l->q && l->z && l->s) return 1;
+    MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    return 0;
+}
+
+static void levels_free(levels *l) {
+    free(l->q);
+    free(l->z);
+    free(l->s);
+}
+
+/* PREFIX.weight from the levels; zeros NULL for a symmetric grid */
+static mopt_tensor *levels_pack(const levels *l, const char *p, int32_t bits, int32_t gs, const uint8_t *zeros,
+                                const int32_t *g_idx, mopt_error *err) {
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    return mopt_qint_pack(name, l->out, l->in, bits, gs, l->q, l->s, zeros, g_idx, err);
+}
+
+/* Symmetric when the config says so and every zero point is the midpoint. */
+static const uint8_t *zeros_or_sym(const uint8_t *z, int64_t n, int32_t bits, int sym) {
+    if (!sym) return z;
+    for (int64_t i = 0; i < n; i++)
+        if (z[i] != (uint8_t)(1u << (bits - 1))) return z;
+    return NULL;
+}
+
+static int32_t groups_from(int64_t in, int64_t ng, int32_t cfg_gs) {
+    if (ng == 1 && (cfg_gs <= 0 || cfg_gs >= in)) return -1;
+    return cfg_gs > 0 ? cfg_gs : (int32_t)((in + ng - 1) / ng);
+}
+
+/* the group size of weight_scale's ng groups per row of in columns, or 0 when they do not fit */
+static int32_t scale_groups(const char *p, int64_t in, int64_t ng, const hfq_cfg *c, mopt_error *err) {
+    const int32_t gs = groups_from(in, ng, c->group_size);
+    if (mopt_qint_n_groups(in, gs) == ng) return gs;
+    MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale has %lld groups, group_size %d gives %lld", p, (long long)ng, gs,
+              (long long)mopt_qint_n_groups(in, gs));
+    return 0;
+}
+
+static mopt_tensor *awq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    mopt_tensor *qw = part(g, p, "qweight"), *qz = part(g, p, "qzeros"), *sc = part(g, p, "scales");
+    if (!qw || qw->ndim != 2 || qw->dtype != MOPT_DTYPE_I32) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.qweight must be I32 [in, out/8]", p);
+        return NULL;
+    }
+    const int64_t in = qw->ne[1], out = qw->ne[0] * 8;
+    const int32_t gs = c->group_size > 0 ? c->group_size : (int32_t)in;
+    const int64_t ng = (in + gs - 1) / gs;
+    if (need(qz, p, "qzeros", MOPT_DTYPE_I32, ng, out / 8, err)) return NULL;
+    if (!is_float(sc) || sc->ndim != 2 || sc->ne[1] != ng || sc->ne[0] != out) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.scales must be a float tensor [%lld, %lld]", p, (long long)ng, (long long)out);
+        return NULL;
+    }
+    levels L = {0};
+    mopt_tensor *t = NULL;
+    if (!levels_new(&L, out, in, ng, err)) goto done;
+    uint8_t *q = L.q, *z = L.z;
+    float *s = L.s;
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t w = 0; w < out / 8; w++) {
+            uint32_t v = word(qw, i * (out / 8) + w);
+            for (int k = 0; k < 8; k++) q[(8 * w + mopt_awq_order[k]) * in + i] = (uint8_t)((v >> (4 * k)) & 15u);
+        }
+    for (int64_t gi = 0; gi < ng; gi++)
+        for (int64_t w = 0; w < out / 8; w++) {
+            uint32_t v = word(qz, gi * (out / 8) + w);
+            for (int k = 0; k < 8; k++) z[(8 * w + mopt_awq_order[k]) * ng + gi] = (uint8_t)((v >> (4 * k)) & 15u);
+        }
+    if (scales_t(sc, out, ng, s, err)) goto done;
+    t = levels_pack(&L, p, 4, gs >= in ? -1 : gs, z, NULL, err);
+done:
+    levels_free(&L);
+    return t;
+}
+
+static mopt_tensor *gptq_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    mopt_tensor *qw = part(g, p, "qweight"), *qz = part(g, p, "qzeros"), *sc = part(g, p, "scales"), *gi = part(g, p, "g_idx");
+    const int32_t b = c->bits, pf = 32 / b;
+    const uint32_t mask = (1u << b) - 1;
+    if (!qw || qw->ndim != 2 || qw->dtype != MOPT_DTYPE_I32) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.qweight must be I32 [in*bits/32, out]", p);
+        return NULL;
+    }
+    const int64_t in = qw->ne[1] * pf, out = qw->ne[0];
+    const int32_t gs = c->group_size > 0 ? c->group_size : (int32_t)in;
+    const int64_t ng = (in + gs - 1) / gs;
+    if (out % pf) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %lld outputs do not pack into %d-bit zero words", p, (long long)out, b);
+        return NULL;
+    }
+    if (need(qz, p, "qzeros", MOPT_DTYPE_I32, ng, out / pf, err)) return NULL;
+    if (!is_float(sc) || sc->ndim != 2 || sc->ne[1] != ng || sc->ne[0] != out) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.scales must be a float tensor [%lld, %lld]", p, (long long)ng, (long long)out);
+        return NULL;
+    }
+    if (gi && need(gi, p, "g_idx", MOPT_DTYPE_I32, in, -1, err)) return NULL;
+    levels L = {0};
+    mopt_tensor *t = NULL;
+    if (!levels_new(&L, out, in, ng, err)) goto done;
+    uint8_t *q = L.q, *z = L.z;
+    float *s = L.s;
+    for (int64_t r = 0; r < in / pf; r++)
+        for (int64_t o = 0; o < out; o++) {
+            uint32_t v = word(qw, r * out + o);
+            for (int k = 0; k < pf; k++) q[o * in + r * pf + k] = (uint8_t)((v >> (b * k)) & mask);
+        }
+    for (int64_t gg = 0; gg < ng; gg++)
+        for (int64_t w = 0; w < out / pf; w++) {
+            uint32_t v = word(qz, gg * (out / pf) + w);
+            for (int k = 0; k < pf; k++) z[(w * pf + k) * ng + gg] = (uint8_t)(((v >> (b * k)) + 1u) & mask);
+        }
+    if (scales_t(sc, out, ng, s, err)) goto done;
+    /* g_idx that is just column / group_size is the plain layout */
+    const int32_t *gidx = NULL;
+    if (gi) {
+        const int32_t *v = gi->data;
+        for (int64_t i = 0; i < in && !gidx; i++)
+            if (v[i] != (int32_t)(i / gs)) gidx = v;
+    }
+    t = levels_pack(&L, p, b, gs >= in ? -1 : gs, zeros_or_sym(z, out * ng, b, c->sym), gidx, err);
+done:
+    levels_free(&L);
+    return t;
+}
+
+static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    mopt_tensor *wp = part(g, p, "weight_packed"), *sc = part(g, p, "weight_scale"), *zp = part(g, p, "weight_zero_point"),
+                *shp = part(g, p, "weight_shape"), *gi = part(g, p, "weight_g_idx");
+    if (c->bits != 2 && c->bits != 4 && c->bits != 8) { /* found by fuzz_checkpoint_dir: 32 / 0 */
+        MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s.weight_packed: pack-quantized with %d bits (supported: 2, 4, 8)", p, c->bits);
+        return NULL;
+    }
+    const int32_t b = c->bits, pf = 32 / b;
+    const uint32_t mask = (1u << b) - 1, off = 1u << (b - 1);
+    if (need(shp, p, "weight_shape", MOPT_DTYPE_I64, 2, -1, err)) return NULL;
+    int64_t dims[2];
+    memcpy(dims, shp->data, sizeof dims);
+    const int64_t out = dims[0], in = dims[1];
+    if (out <= 0 || in <= 0 || out > (1 << 24) || in > (1 << 24)) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_shape [%lld, %lld] is not a usable size", p, (long long)out, (long long)in);
+        return NULL;
+    }
+    if (need(wp, p, "weight_packed", MOPT_DTYPE_I32, out, (in + pf - 1) / pf, err)) return NULL;
+    if (!is_float(sc) || sc->ndim != 2 || sc->ne[1] != out) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale must be a float tensor [%lld, groups]", p, (long long)out);
+        return NULL;
+    }
+    const int64_t ng = sc->ne[0];
+    const int32_t gs = scale_groups(p, in, ng, c, err);
+    if (!gs) return NULL;
+    if (!zp && !c->sym) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: the scheme is asymmetric (symmetric: false) but %s.weight_zero_point is missing", c->file, p);
+        return NULL;
+    }
+    if (zp && need(zp, p, "weight_zero_point", MOPT_DTYPE_I32, (out + pf - 1) / pf, ng, err)) return NULL;
+    if (gi && need(gi, p, "weight_g_idx", MOPT_DTYPE_I32, in, -1, err)) return NULL;
+    levels L = {0};
+    mopt_tensor *t = NULL;
+    if (!levels_new(&L, out, in, ng, err)) goto done;
+    uint8_t *q = L.q, *z = L.z;
+    float *s = L.s;
+    const int64_t words = (in + pf - 1) / pf;
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t w = 0; w < words; w++) {
+            uint32_t v = word(wp, o * words + w);
+            for (int k = 0; k < pf && w * pf + k < in; k++) q[o * in + w * pf + k] = (uint8_t)((v >> (b * k)) & mask);
+        }
+    /* stored zero = signed zero + 2^(b-1), which is mopt's unsigned zero point */
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t gg = 0; gg < ng; gg++)
+            z[o * ng + gg] = zp ? (uint8_t)((word(zp, (o / pf) * ng + gg) >> (b * (o % pf))) & mask) : (uint8_t)off;
+    if (mopt_tensor_read_f32(sc, 0, out * ng, s, err)) goto done;
+    t = levels_pack(&L, p, b, gs, zp ? z : NULL, gi ? gi->data : NULL, err);
+done:
+    levels_free(&L);
+    return t;
+}
+
+/* int-quantized (I8) and float-quantized (F8_E4M3) weights with per-row or per-tensor scales */
+static mopt_tensor *ct_8bit_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale"), *is = part(g, p, "input_scale");
+    const int64_t out = w->ne[1], in = w->ne[0];
+    const int64_t ns = sc ? mopt_tensor_nelements(sc) : 0;
+    if (w->ndim != 2 || !is_float(sc) || (ns != out && ns != 1)) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: an 8-bit weight needs a float weight_scale with one value per row or one", p);
+        return NULL;
+    }
+    float *s = malloc((size_t)out * sizeof *s);
+    if (!s) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    mopt_tensor *t = NULL;
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    if (mopt_tensor_read_f32(sc, 0, ns, s, err)) goto done;
+    if (w->dtype == MOPT_DTYPE_I8) {
+        if (!c->int_act_dynamic) {
+            MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                      "%s: int8 weights run only with dynamic per-token int8 activations (W8A8); this config has none", p);
+            goto done;
+        }
+        for (int64_t o = ns; o < out; o++) s[o] = s[0];
+        t = mopt_w8a8_pack(name, out, in, w->data, s, err);
+    } else {
+        float act = 0;
+        uint32_t flags = c->fp8_act;
+        if (is && is_float(is) && mopt_tensor_nelements(is) == 1) {
+            if (mopt_tensor_read_f32(is, 0, 1, &act, err)) goto done;
+            flags = MOPT_QUANT_ACT_STATIC;
+        }
+        t = mopt_fp8_pack(name, out, in, w->data, s, ns, flags, act, err);
+    }
+done:
+    free(s);
+    return t;
+}
+
+static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale"), *pq = part(g, p, "pre_quant_scale");
+    const int64_t out = w->ne[1] * 2, in = w->ne[0];
+    if (w->ndim != 2 || !is_float(sc) || sc->ndim != 2 || sc->ne[1] != out) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: W4A16_AWQ needs weight U8 [out/2, in] and a float weight_scale [out, groups]", p);
+        return NULL;
+    }
+    const int64_t ng = sc->ne[0];
+    const int32_t gs = scale_groups(p, in, ng, c, err);
+    if (!gs) return NULL;
+    if (pq && mopt_check_ones(pq, in, p, "pre_quant_scale", err)) return NULL;
+    levels L = {0};
+    mopt_tensor *t = NULL;
+    if (levels_new(&L, out, in, ng, err) && !mopt_tensor_read_f32(sc, 0, out * ng, L.s, err)) {
+        const uint8_t *b = w->data;
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++)
+                L.q[o * in + i] = mopt_int4_pair_get(b, in, o, i);
+        t = levels_pack(&L, p, 4, gs, NULL, NULL, err);
+    }
+    levels_free(&L);
+    return t;
+}
+
+/* --- config ----------------------------------------------------------------- */
+
+static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
+    const char *algo = NULL;
+    int64_t gs = -1;
+    if (!mopt_json_get_str_opt(q, "quant_algo", &algo, c->file, err) || !mopt_json_get_int_opt(q, "group_size", &gs, c->file, err))
+        return MOPT_E_FORMAT;
+    if (gs != -1 && (gs <= 0 || gs > (1 << 24)))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: group_size %lld is not a usable group size", c->file, (long long)gs);
+    c->group_size = (int32_t)gs;
+    if (algo && !strcmp(algo, "W4A16_AWQ")) return MOPT_OK;
+    if (algo && !strcmp(algo, "FP8")) {
+        c->fp8_act = MOPT_QUANT_ACT_STATIC;
+        return MOPT_OK;
+    }
+    if (algo && !strcmp(algo, "FP8_PER_CHANNEL_PER_TOKEN")) {
+        c->fp8_act = MOPT_QUANT_ACT_PER_TOKEN;
+        return MOPT_OK;
+    }
+    return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: ModelOpt quant_algo \"%s\" is not supported (W4A16_AWQ, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
+                     c->file, algo ? algo : "(missing)");
+}
+
+static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
+    const char *fmt = NULL;
+    if (!mopt_json_get_str_opt(qc, "format", &fmt, c->file, err)) return MOPT_E_FORMAT;
+    json_t *groups = json_object_get(qc, "config_groups");
+    if (!json_is_object(groups) || json_object_size(groups) == 0)
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.config_groups must be a non-empty object", c->file);
+    if (json_object_size(groups) > 1)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: %zu config_groups; only one scheme per checkpoint is supported",
+                         c->file, json_object_size(groups));
+    const char *key;
+    json_t *grp, *wts = NULL, *acts = NULL;
+    json_object_foreach(groups, key, grp) {
+        wts = json_object_get(grp, "weights");
+        acts = json_object_get(grp, "input_activations");
+    }
+    if (!json_is_object(wts)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: config_groups.%s.weights must be an object", c->file, key);
+    int64_t bits = 0, gs = -1;
+    bool sym = true;
+    const char *strategy = NULL, *type = NULL;
+    if (!mopt_json_get_int(wts, "num_bits", &bits, c->file, err) || !mopt_json_get_bool_opt(wts, "symmetric", &sym, c->file, err) ||
+        !mopt_json_get_str_opt(wts, "strategy", &strategy, c->file, err) || !mopt_json_get_str_opt(wts, "type", &type, c->file, err) ||
+        !mopt_json_get_int_opt(wts, "group_size", &gs, c->file, err))
+        return MOPT_E_FORMAT;
+    /* what mopt runs; anything else (block, tensor_group, ...) would be read wrongly */
+    if (strategy && strcmp(strategy, "group") && strcmp(strategy, "channel") && strcmp(strategy, "tensor"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.strategy \"%s\" is not supported (group, channel, tensor)",
+                         c->file, key, strategy);
+    if (type && strcmp(type, "int") && strcmp(type, "float"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.type \"%s\" is not supported (int, float)", c->file, key, type);
+    if (json_is_integer(json_object_get(wts, "group_size")) && (gs <= 0 || gs > (1 << 24)))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: config_groups.%s.weights.group_size %lld is not a usable group size", c->file, key,
+                         (long long)gs);
+    if (strategy && !strcmp(strategy, "group") && gs <= 0)
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: config_groups.%s.weights.strategy is \"group\" but group_size is not set", c->file, key);
+    if (bits < 1 || bits > 8)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.num_bits %lld is not supported (2..8)", c->file, key, (long long)bits);
+    c->bits = (int32_t)bits;
+    c->group_size = (int32_t)gs;
+    c->sym = sym;
+    if (json_is_object(acts)) {
+        bool dynamic = false;
+        strategy = type = NULL;
+        if (!mopt_json_get_str_opt(acts, "strategy", &strategy, c->file, err) ||
+            !mopt_json_get_bool_opt(acts, "dynamic", &dynamic, c->file, err) || !mopt_json_get_str_opt(acts, "type", &type, c->file, err))
+            return MOPT_E_FORMAT;
+        if (strategy && strcmp(strategy, "token") && strcmp(strategy, "tensor"))
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.input_activations.strategy \"%s\" is not supported (token, tensor)",
+                             c->file, key, strategy);
+        if (type && strcmp(type, "int") && strcmp(type, "float"))
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.input_activations.type \"%s\" is not supported (int, float)",
+                             c->file, key, type);
+        int per_token = dynamic && strategy && !strcmp(strategy, "token");
+        c->int_act_dynamic = per_token;
+        c->fp8_act = per_token ? MOPT_QUANT_ACT_PER_TOKEN : MOPT_QUANT_ACT_STATIC;
+    }
+    if (fmt && !strcmp(fmt, "pack-quantized") && bits != 2 && bits != 4 && bits != 8)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: pack-quantized with %lld bits (supported: 2, 4, 8)", c->file, (long long)bits);
+    if (fmt && strcmp(fmt, "pack-quantized") && strcmp(fmt, "int-quantized") && strcmp(fmt, "float-quantized") &&
+        strcmp(fmt, "naive-quantized"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                         "%s: compressed-tensors format \"%s\" is not supported (pack-quantized, int-quantized, float-quantized)",
+                         c->file, fmt);
+    return MOPT_OK;
+}
+
+static mopt_status read_config(const char *file, int *present, hfq_cfg *c, mopt_error *err) {
+    *present = 0;
+    memset(c, 0, sizeof *c);
+    c->file = file;
+    json_t *cfg = mopt_json_load_file(file, err);
+    if (!cfg) return MOPT_E_FORMAT;
+    json_t *qc = json_object_get(cfg, "quantization_config");
+    mopt_status st = MOPT_OK;
+    const char *m = NULL;
+    if (!qc || json_is_null(qc)) { /* older ModelOpt exports record the scheme only in hf_quant_config.json */
+        char side[4200];
+        snprintf(side, sizeof side, "%s", file);
+        char *slash = strrchr(side, '/');
+        snprintf(slash ? slash + 1 : side, sizeof side - (size_t)(slash ? slash + 1 - side : 0), "hf_quant_config.json");
+        if (!mopt_file_exists(side)) goto done;
+        json_t *hq = mopt_json_load_file(side, err);
+        if (!hq) {
+            st = MOPT_E_FORMAT;
+            goto done;
+        }
+        json_t *q = json_object_get(hq, "quantization");
+        *present = 1;
+        c->method = HFQ_MODELOPT;
+        st = json_is_object(q) ? modelopt_config(q, c, err)
+                               : MOPT_FAIL(err, MOPT_E_FORMAT, "%s: missing object \"quantization\"", side);
+        json_decref(hq);
+        goto done;
+    }
+    if (!json_is_object(qc) || !mopt_json_get_str_opt(qc, "quant_method", &m, file, err) || !m) {
+        st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config needs a string \"quant_method\"", file);
+        goto done;
+    }
+    *present = 1;
+    int64_t bits = 4, gs = -1;
+    bool sym = true;
+    if (!strcmp(m, "awq") || !strcmp(m, "gptq")) {
+        if (!mopt_json_get_int_opt(qc, "bits", &bits, file, err) || !mopt_json_get_int_opt(qc, "group_size", &gs, file, err) ||
+            !mopt_json_get_bool_opt(qc, "sym", &sym, file, err)) {
+            st = MOPT_E_FORMAT;
+            goto done;
+        }
+        if (gs != -1 && (gs <= 0 || gs > (1 << 24))) {
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.group_size %lld is not a usable group size (-1 or 1..2^24)", file,
+                           (long long)gs);
+            goto done;
+        }
+        c->bits = (int32_t)bits;
+        c->group_size = (int32_t)gs;
+        c->sym = sym;
+    }
+    if (!strcmp(m, "awq")) {
+        const char *version = "gemm";
+        bool zp = true;
+        c->method = HFQ_AWQ;
+        if (!mopt_json_get_str_opt(qc, "version", &version, file, err) || !mopt_json_get_bool_opt(qc, "zero_point", &zp, file, err))
+            st = MOPT_E_FORMAT;
+        else if (strcasecmp(version, "gemm") || bits != 4 || !zp)
+            st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: AWQ version \"%s\", %lld bits%s: only GEMM 4-bit with zero points is supported",
+                           file, version, (long long)bits, zp ? "" : ", no zero point");
+    } else if (!strcmp(m, "gptq")) {
+        const char *fmt = "gptq";
+        c->method = HFQ_GPTQ;
+        if (!mopt_json_get_str_opt(qc, "checkpoint_format", &fmt, file, err))
+            st = MOPT_E_FORMAT;
+        else if (strcmp(fmt, "gptq"))
+            st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: GPTQ checkpoint_format \"%s\" (only \"gptq\", the v1 zero points vLLM reads)", file, fmt);
+        else if (bits != 2 && bits != 4 && bits != 8)
+            st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: GPTQ with %lld bits (supported: 2, 4, 8)", file, (long long)bits);
+    } else if (!strcmp(m, "modelopt")) {
+        c->method = HFQ_MODELOPT;
+        st = modelopt_config(qc, c, err);
+    } else if (!strcmp(m, "compressed-tensors")) {
+        c->method = HFQ_CT;
+        st = ct_config(qc, c, err);
+    } else {
+        st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: quant_method \"%s\" is not supported (awq, gptq, compressed-tensors, modelopt)", file, m);
+    }
+done:
+    json_decref(cfg);
+    return st;
+}
+
+/* --- entry ------------------------------------------------------------------ */
+
+static int strip(const char *name, const char *suffix, char *prefix, size_t cap) {
+    size_t n = strlen(name), s = strlen(suffix);
+    if (n <= s || strcmp(name + n - s, suffix) || n - s >= cap) return 0;
+    memcpy(prefix, name, n - s);
+    prefix[n - s] = 0;
+    return 1;
+}
+
+static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale",
+                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight"};
+
+mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
+    hfq_cfg c;
+    int present;
+    mopt_status st = read_config(config_path, &present, &c, err);
+    if (st) return st;
+    /* the prefixes of packed linears, collected before the graph changes */
+    int32_t n = mopt_graph_n_tensors(g), np = 0;
+    char (*pre)[MOPT_MAX_NAME] = calloc((size_t)(n ? n : 1), sizeof *pre);
+    if (!pre) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    for (int32_t i = 0; i < n; i++) {
+        const mopt_tensor *t = mopt_graph_tensor(g, i);
+        int hit = strip(t->name, ".qweight", pre[np], sizeof pre[np]) || strip(t->name, ".weight_packed", pre[np], sizeof pre[np]) ||
+                  ((t->dtype == MOPT_DTYPE_I8 || t->dtype == MOPT_DTYPE_F8E4M3 || t->dtype == MOPT_DTYPE_U8) &&
+                   strip(t->name, ".weight", pre[np], sizeof pre[np]));
+        np += hit;
+    }
+    if (np && !present) st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: packed weights (%s) but no quantization_config", config_path, pre[0]);
+    for (int32_t i = 0; i < np && !st; i++) {
+        mopt_tensor *t = NULL;
+        const mopt_tensor *w = part(g, pre[i], "weight");
+        if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
+        else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);
+        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT) t = modelopt_int4_linear(g, pre[i], &c, err);
+        else if (w && w->dtype == MOPT_DTYPE_U8)
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ stores", pre[i]);
+        else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
+        else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);
+        else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_packed is a compressed-tensors packed weight, but %s names another scheme", pre[i], config_path);
+        if (!t) {
+            st = err && err->code ? (mopt_status)err->code : MOPT_E_FORMAT;
+            break;
+        }
+        for (size_t k = 0; k < sizeof parts / sizeof *parts; k++) {
+            char name[MOPT_MAX_NAME + 32];
+            snprintf(name, sizeof name, "%s.%s", pre[i], parts[k]);
+            mopt_graph_remove_tensor(g, name);
+        }
+        st = mopt_graph_add_tensor(g, t, err);
+        if (st) mopt_tensor_free(t);
+    }
+    free(pre);
+    return st;
+}
+
+mopt_status mopt_check_ones(const mopt_tensor *t, int64_t n, const char *prefix, const char *what, mopt_error *err) {
+    float v = 1;
+    for (int64_t i = 0; i < mopt_tensor_nelements(t) && v == 1; i++)
+        if (mopt_tensor_read_f32(t, i, 1, &v, err)) return MOPT_E_FORMAT;
+    if (v != 1 || (n >= 0 && mopt_tensor_nelements(t) != n))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s.%s is not all ones (an explicit activation multiply mopt does not run)", prefix, what);
+    return MOPT_OK;
+}

@@ -1,0 +1,38 @@
+/* Bit layouts the quantized checkpoint readers and writers share (hf_quant.c,
+ * hf_quant_write.c, trtllm.c, trtllm_write.c), written once. */
+#ifndef MOPT_HF_QUANT_IMPL_H
+#define MOPT_HF_QUANT_IMPL_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "mopt/formats.h"
+
+/* AutoAWQ GEMM: nibble k of a packed word holds output 8c + awq_order[k]. */
+static const int mopt_awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+
+/* Signed int4 in pairs of rows (ModelOpt's pack_int4_in_uint8, TensorRT-LLM's
+ * W4A16): byte (r/2, c) of a [rows/2, cols] array holds row r in its low
+ * (even r) or high (odd r) nibble as two's complement; mopt's level is that
+ * value + 8, which flipping bit 3 gives. */
+static inline uint8_t mopt_int4_pair_get(const uint8_t *w, int64_t cols, int64_t r, int64_t c) {
+    return (uint8_t)(((w[(r / 2) * cols + c] >> (4 * (r % 2))) & 15) ^ 8);
+}
+static inline void mopt_int4_pair_put(uint8_t *w, int64_t cols, int64_t r, int64_t c, uint8_t level) {
+    w[(r / 2) * cols + c] |= (uint8_t)((level ^ 8) << (4 * (r % 2)));
+}
+
+/* TensorRT-LLM's (and ModelOpt's) quant_algo names and what mopt stores for each. */
+typedef enum { MOPT_TQ_NONE, MOPT_TQ_W4A16_AWQ, MOPT_TQ_W8A16, MOPT_TQ_W8A8, MOPT_TQ_FP8, MOPT_TQ_FP8_PC, MOPT_TQ_COUNT } mopt_tq_algo;
+extern const char *const mopt_tq_names[MOPT_TQ_COUNT]; /* [MOPT_TQ_NONE] is NULL */
+mopt_tq_algo mopt_tq_parse(const char *name);           /* MOPT_TQ_NONE when unknown */
+
+/* OK when t holds n ones (n < 0: any count): AWQ's smoothing folded into the
+ * graph, as the pre_quant_scale / prequant_scaling_factor mopt reads and writes. */
+mopt_status mopt_check_ones(const mopt_tensor *t, int64_t n, const char *prefix, const char *what, mopt_error *err);
+
+/* config.json's quantization_config for a layout, and ModelOpt's file (JSON objects). */
+json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_scheme *s);
+json_t *mopt_hfq_modelopt_file(const mopt_graph *g, const mopt_quant_scheme *s);
+
+#endif

@@ -1,0 +1,389 @@
+/* Quantized Hugging Face layouts written from mopt's packed tensors, bit for
+ * bit (no requantization): AWQ GEMM, GPTQ v1, compressed-tensors and
+ * ModelOpt's unified checkpoint. The layouts are the ones hf_quant.c reads
+ * (its top comment); mopt's QINT stores unsigned levels q with w = (q - z) s
+ * (z = 2^(b-1) when symmetric), f16 scales [out, groups] and an optional
+ * g_idx, which every layout holds exactly. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base.h"
+#include "hf_quant.h"
+#include "mopt/quant.h"
+
+static const char *fmt_name(mopt_hf_layout f) {
+    return f == MOPT_HF_AWQ ? "awq" : f == MOPT_HF_GPTQ ? "gptq" : f == MOPT_HF_CT ? "compressed-tensors" : f == MOPT_HF_MODELOPT ? "modelopt" : "dense";
+}
+
+mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err) {
+    memset(s, 0, sizeof *s);
+    for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
+        const mopt_tensor *t = mopt_graph_tensor(g, i);
+        if (t->dtype < MOPT_DTYPE_PACKED_FIRST) continue;
+        const int act_order = t->quant->g_idx != NULL;
+        if (!s->n_packed++) {
+            s->dtype = t->dtype;
+            s->bits = t->quant->bits;
+            s->group_size = t->quant->group_size;
+            s->flags = t->quant->flags;
+            s->act_order = act_order;
+            snprintf(s->first, sizeof s->first, "%s", t->name);
+        } else if (t->dtype != s->dtype || t->quant->bits != s->bits || t->quant->group_size != s->group_size ||
+                   t->quant->flags != s->flags || act_order != s->act_order) {
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s and %s are quantized differently; a %s checkpoint holds one scheme", s->first,
+                             t->name, what);
+        }
+    }
+    return MOPT_OK;
+}
+
+const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
+    if (!s->n_packed || f == MOPT_HF_DENSE) return NULL;
+    if (f == MOPT_HF_MODELOPT)
+        return mopt_modelopt_algo(s) ? NULL
+                                     : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true) and FP8 with "
+                                       "per-tensor static or per-channel dynamic activations; use compressed-tensors";
+    if (s->dtype != MOPT_DTYPE_QINT && f != MOPT_HF_CT) return "W8A8 and FP8 weights export as compressed-tensors";
+    if (f == MOPT_HF_AWQ && s->bits != 4) return "AWQ GEMM holds 4-bit weights only";
+    if (f == MOPT_HF_AWQ && s->act_order) return "AWQ has no act-order (g_idx); use gptq or compressed-tensors";
+    if (s->dtype == MOPT_DTYPE_QINT && s->bits == 3) return "3-bit weights do not pack into these int32 layouts";
+    return NULL;
+}
+
+/* level, zero and f16 scale bits of a QINT tensor, row r */
+static uint8_t zero_of(const mopt_tensor *t, int64_t r, int64_t gi, int64_t ng) {
+    return t->quant->zero ? ((const uint8_t *)t->quant->zero->data)[r * ng + gi] : (uint8_t)(1u << (t->quant->bits - 1));
+}
+static uint16_t scale_bits(const mopt_tensor *t, int64_t r, int64_t gi, int64_t ng) {
+    return ((const uint16_t *)t->quant->scale->data)[r * ng + gi];
+}
+
+static mopt_status add_i32(mopt_st_list *l, const char *prefix, const char *part, int64_t d0,
+                           int64_t d1, uint32_t *data, mopt_error *err) {
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.%s", prefix, part);
+    const int64_t shape[2] = {d0, d1};
+    return mopt_st_list_add(l, name, "I32", d1 ? 2 : 1, shape, data, (size_t)(d0 * (d1 ? d1 : 1)) * 4, err);
+}
+
+static mopt_status add_scales(mopt_st_list *l, const char *prefix, const char *part,
+                              const mopt_tensor *t, const int64_t *perm, int transposed, mopt_error *err) {
+    const int64_t out = t->ne[1], ng = t->quant->scale->ne[0];
+    uint16_t *v = malloc((size_t)(out * ng) * 2);
+    if (v)
+        for (int64_t r = 0; r < out; r++)
+            for (int64_t gi = 0; gi < ng; gi++)
+                v[transposed ? gi * out + r : r * ng + gi] = scale_bits(t, perm ? perm[r] : r, gi, ng);
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.%s", prefix, part);
+    const int64_t shape[2] = {transposed ? ng : out, transposed ? out : ng};
+    return mopt_st_list_add(l, name, "F16", 2, shape, v, (size_t)(out * ng) * 2, err);
+}
+
+static mopt_status awq(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                       mopt_error *err) {
+    const int64_t out = t->ne[1], in = t->ne[0], ng = t->quant->scale->ne[0];
+    if (out % 8) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: AWQ needs outputs divisible by 8", t->name);
+    uint32_t *qw = calloc((size_t)(in * out / 8), 4), *qz = calloc((size_t)(ng * out / 8), 4);
+    if (qw && qz) {
+        for (int64_t w = 0; w < out / 8; w++)
+            for (int k = 0; k < 8; k++) {
+                const int64_t o = 8 * w + mopt_awq_order[k], src = perm ? perm[o] : o;
+                for (int64_t i = 0; i < in; i++) qw[i * (out / 8) + w] |= (uint32_t)mopt_qint_get(t, src, i) << (4 * k);
+                for (int64_t gi = 0; gi < ng; gi++) qz[gi * (out / 8) + w] |= (uint32_t)zero_of(t, src, gi, ng) << (4 * k);
+            }
+    }
+    mopt_status st = add_i32(l, p, "qweight", in, out / 8, qw, err);
+    if (st) {
+        free(qz);
+        return st;
+    }
+    st = add_i32(l, p, "qzeros", ng, out / 8, qz, err);
+    return st ? st : add_scales(l, p, "scales", t, perm, 1, err);
+}
+
+static mopt_status gptq(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                        mopt_error *err) {
+    const int32_t b = t->quant->bits, pf = 32 / b, gs = t->quant->group_size;
+    const uint32_t mask = (1u << b) - 1;
+    const int64_t out = t->ne[1], in = t->ne[0], ng = t->quant->scale->ne[0];
+    if (in % pf || out % pf)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: GPTQ needs both dimensions divisible by %d", t->name, pf);
+    uint32_t *qw = calloc((size_t)(in / pf * out), 4), *qz = calloc((size_t)(ng * out / pf), 4), *gi = malloc((size_t)in * 4);
+    if (qw && qz && gi) {
+        for (int64_t o = 0; o < out; o++) {
+            const int64_t src = perm ? perm[o] : o;
+            for (int64_t i = 0; i < in; i++) qw[(i / pf) * out + o] |= (uint32_t)mopt_qint_get(t, src, i) << (b * (i % pf));
+            for (int64_t g = 0; g < ng; g++) /* v1: zero - 1, wrapping within b bits */
+                qz[g * (out / pf) + o / pf] |= (((uint32_t)zero_of(t, src, g, ng) - 1u) & mask) << (b * (o % pf));
+        }
+        const int32_t *gx = t->quant->g_idx ? t->quant->g_idx->data : NULL;
+        for (int64_t i = 0; i < in; i++) gi[i] = gx ? (uint32_t)gx[i] : (uint32_t)(gs > 0 ? i / gs : 0);
+    }
+    mopt_status st = add_i32(l, p, "qweight", in / pf, out, qw, err);
+    if (st) {
+        free(qz);
+        free(gi);
+        return st;
+    }
+    if ((st = add_i32(l, p, "qzeros", ng, out / pf, qz, err))) {
+        free(gi);
+        return st;
+    }
+    if ((st = add_i32(l, p, "g_idx", in, 0, gi, err))) return st;
+    return add_scales(l, p, "scales", t, perm, 1, err);
+}
+
+static mopt_status ct_packed(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                             mopt_error *err) {
+    const int32_t b = t->quant->bits, pf = 32 / b;
+    const int64_t out = t->ne[1], in = t->ne[0], ng = t->quant->scale->ne[0], words = (in + pf - 1) / pf;
+    uint32_t *wp = calloc((size_t)(out * words), 4);
+    if (wp)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++)
+                wp[o * words + i / pf] |= (uint32_t)mopt_qint_get(t, perm ? perm[o] : o, i) << (b * (i % pf));
+    mopt_status st = add_i32(l, p, "weight_packed", out, words, wp, err);
+    if (!st) st = add_scales(l, p, "weight_scale", t, perm, 0, err);
+    if (!st && t->quant->zero) {
+        const int64_t zr = (out + pf - 1) / pf;
+        uint32_t *zp = calloc((size_t)(zr * ng), 4);
+        if (zp)
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t g = 0; g < ng; g++)
+                    zp[(o / pf) * ng + g] |= (uint32_t)zero_of(t, perm ? perm[o] : o, g, ng) << (b * (o % pf));
+        st = add_i32(l, p, "weight_zero_point", zr, ng, zp, err);
+    }
+    if (!st && t->quant->g_idx) {
+        uint32_t *gi = malloc((size_t)in * 4);
+        if (gi) memcpy(gi, t->quant->g_idx->data, (size_t)in * 4);
+        st = add_i32(l, p, "weight_g_idx", in, 0, gi, err);
+    }
+    if (!st) {
+        int64_t *shape = malloc(16), one[1] = {2};
+        if (shape) shape[0] = out, shape[1] = in;
+        char name[MOPT_MAX_NAME + 32];
+        snprintf(name, sizeof name, "%s.weight_shape", p);
+        st = mopt_st_list_add(l, name, "I64", 1, one, shape, 16, err);
+    }
+    return st;
+}
+
+/* W8A8 (I8) and FP8 (F8_E4M3): the bytes as stored, F32 scales */
+static mopt_status ct_8bit(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                           mopt_error *err) {
+    const int64_t out = t->ne[1], in = t->ne[0], ns = mopt_tensor_nelements(t->quant->scale);
+    uint8_t *w = malloc((size_t)(out * in));
+    float *s = malloc((size_t)ns * 4);
+    if (w)
+        for (int64_t o = 0; o < out; o++)
+            memcpy(w + o * in, (const uint8_t *)t->data + (size_t)(perm ? perm[o] : o) * t->nb[1], (size_t)in);
+    if (s)
+        for (int64_t o = 0; o < ns; o++) s[o] = ((const float *)t->quant->scale->data)[ns == 1 ? 0 : perm ? perm[o] : o];
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.weight", p);
+    const int64_t wshape[2] = {out, in}, sshape[2] = {ns, 1};
+    mopt_status st = mopt_st_list_add(l, name, t->dtype == MOPT_DTYPE_W8A8 ? "I8" : "F8_E4M3", 2, wshape, w, (size_t)(out * in), err);
+    if (st) {
+        free(s);
+        return st;
+    }
+    snprintf(name, sizeof name, "%s.weight_scale", p);
+    if ((st = mopt_st_list_add(l, name, "F32", ns == 1 ? 1 : 2, sshape, s, (size_t)ns * 4, err))) return st;
+    if (t->dtype == MOPT_DTYPE_FP8 && (t->quant->flags & MOPT_QUANT_ACT_STATIC)) {
+        float *a = malloc(4);
+        if (a) *a = t->quant->act_scale;
+        const int64_t one[1] = {1};
+        snprintf(name, sizeof name, "%s.input_scale", p);
+        st = mopt_st_list_add(l, name, "F32", 1, one, a, 4, err);
+    }
+    return st;
+}
+
+const char *const mopt_tq_names[MOPT_TQ_COUNT] = {NULL, "W4A16_AWQ", "W8A16", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "FP8",
+                                                   "FP8_PER_CHANNEL_PER_TOKEN"};
+
+mopt_tq_algo mopt_tq_parse(const char *name) {
+    for (int i = 1; name && i < MOPT_TQ_COUNT; i++)
+        if (!strcmp(name, mopt_tq_names[i])) return (mopt_tq_algo)i;
+    return MOPT_TQ_NONE;
+}
+
+/* the TensorRT-LLM / ModelOpt algorithm that holds the scheme's stored values */
+static mopt_tq_algo tq_of(const mopt_quant_scheme *s) {
+    if (!s->n_packed) return MOPT_TQ_NONE;
+    if (s->dtype == MOPT_DTYPE_W8A8) return MOPT_TQ_W8A8;
+    if (s->dtype == MOPT_DTYPE_FP8) {
+        if ((s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_STATIC)) return MOPT_TQ_FP8;
+        if (!(s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_PER_TOKEN)) return MOPT_TQ_FP8_PC;
+        return MOPT_TQ_NONE;
+    }
+    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order) return MOPT_TQ_NONE;
+    if (s->bits == 4 && s->group_size > 0) return MOPT_TQ_W4A16_AWQ;
+    if (s->bits == 8 && s->group_size < 0) return MOPT_TQ_W8A16;
+    return MOPT_TQ_NONE;
+}
+
+const char *mopt_trtllm_algo(const mopt_quant_scheme *s) { return mopt_tq_names[tq_of(s)]; }
+
+/* ModelOpt's unified checkpoint holds the int4 and FP8 kinds */
+const char *mopt_modelopt_algo(const mopt_quant_scheme *s) {
+    const mopt_tq_algo a = tq_of(s);
+    return a == MOPT_TQ_W4A16_AWQ || a == MOPT_TQ_FP8 || a == MOPT_TQ_FP8_PC ? mopt_tq_names[a] : NULL;
+}
+
+static uint8_t *pack_int4_rows(const mopt_tensor *t, const int64_t *perm) {
+    const int64_t out = t->ne[1], in = t->ne[0];
+    uint8_t *w = calloc((size_t)((out + 1) / 2 * in), 1);
+    if (w)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++) mopt_int4_pair_put(w, in, o, i, mopt_qint_get(t, perm ? perm[o] : o, i));
+    return w;
+}
+
+/* ModelOpt unified HF: weight, weight_scale, pre_quant_scale / input_scale */
+static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm,
+                            mopt_error *err) {
+    char name[MOPT_MAX_NAME + 32];
+    const int64_t out = t->ne[1], in = t->ne[0];
+    if (t->dtype == MOPT_DTYPE_QINT) {
+        if (out % 2) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: int4 rows pack in pairs; %lld is odd", t->name, (long long)out);
+        snprintf(name, sizeof name, "%s.weight", p);
+        const int64_t ws[2] = {out / 2, in}, ps[1] = {in};
+        mopt_status st = mopt_st_list_add(l, name, "U8", 2, ws, pack_int4_rows(t, perm), (size_t)(out / 2 * in), err);
+        if (!st) st = add_scales(l, p, "weight_scale", t, perm, 0, err);
+        uint16_t *ones = malloc((size_t)in * 2);
+        for (int64_t i = 0; ones && i < in; i++) ones[i] = 0x3c00; /* f16 1.0: AWQ's smoothing is folded into the graph */
+        snprintf(name, sizeof name, "%s.pre_quant_scale", p);
+        if (!st) st = mopt_st_list_add(l, name, "F16", 1, ps, ones, (size_t)in * 2, err);
+        else free(ones);
+        return st;
+    }
+    mopt_status st = ct_8bit(l, p, t, perm, err); /* FP8: weight, weight_scale, input_scale */
+    const int per_tensor = (t->quant->flags & MOPT_QUANT_PER_TENSOR) != 0;
+    for (int32_t i = l->n - 1; !st && i >= 0 && i >= l->n - 2; i--) /* scales: scalars per tensor, [out] per channel */
+        if (strstr(l->e[i].name, ".weight_scale") || strstr(l->e[i].name, ".input_scale")) l->e[i].ndim = per_tensor ? 0 : 1;
+    return st;
+}
+
+static mopt_status add_linear(mopt_st_list *l, const mopt_tensor *t, const char *p, mopt_hf_layout f, const int64_t *perm,
+                              mopt_error *err) {
+    if (f == MOPT_HF_MODELOPT) return modelopt(l, p, t, perm, err);
+    if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(l, p, t, perm, err);
+    return f == MOPT_HF_AWQ ? awq(l, p, t, perm, err) : f == MOPT_HF_GPTQ ? gptq(l, p, t, perm, err) : ct_packed(l, p, t, perm, err);
+}
+
+mopt_status mopt_hf_add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_hf_layout f, mopt_error *err) {
+    const mopt_tensor *t = ft->src[0];
+    char p[MOPT_MAX_NAME];
+    snprintf(p, sizeof p, "%s", ft->name);
+    char *dot = strrchr(p, '.');
+    if (ft->n_src != 1 || ft->transposed || t->dtype < MOPT_DTYPE_PACKED_FIRST || !dot || strcmp(dot, ".weight"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: only a linear's own packed .weight exports in %s (not a fused or transposed one)",
+                         ft->name, fmt_name(f));
+    *dot = 0;
+    /* the rows in the file's order: a RoPE permutation of q/k, or none */
+    int64_t *perm = NULL;
+    if (ft->rope_srcs) {
+        if (!(perm = malloc((size_t)ft->rows * sizeof *perm))) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int64_t r = 0; r < ft->rows; r++) mopt_file_tensor_row(ft, r, &perm[r]);
+    }
+    mopt_status st = add_linear(l, t, p, f, perm, err);
+    free(perm);
+    return st;
+}
+
+/* Decoder linears kept in float, by module name. */
+static json_t *float_linears(const mopt_graph *g) {
+    json_t *a = json_array();
+    json_array_append_new(a, json_string("lm_head"));
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op != MOPT_OP_LINEAR || !n->weight || n->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) continue;
+        char m[MOPT_MAX_NAME];
+        snprintf(m, sizeof m, "%s", n->weight->name);
+        char *dot = strrchr(m, '.');
+        if (dot) *dot = 0;
+        json_array_append_new(a, json_string(m));
+    }
+    return a;
+}
+
+static json_t *modelopt_quantization(const mopt_graph *g, const mopt_quant_scheme *s) {
+    json_t *q = json_pack("{s:s, s:n, s:o}", "quant_algo", mopt_modelopt_algo(s), "kv_cache_quant_algo", "exclude_modules",
+                          float_linears(g));
+    if (s->dtype == MOPT_DTYPE_QINT) {
+        json_object_set_new(q, "group_size", json_integer(s->group_size));
+        json_object_set_new(q, "has_zero_point", json_false());
+        json_object_set_new(q, "pre_quant_scale", json_true());
+    }
+    return q;
+}
+
+json_t *mopt_hfq_modelopt_file(const mopt_graph *g, const mopt_quant_scheme *s) {
+    return json_pack("{s:{s:s, s:s}, s:o}", "producer", "name", "modelopt", "version", "mopt", "quantization",
+                     modelopt_quantization(g, s));
+}
+
+json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_scheme *s) {
+    const int sym = (s->flags & MOPT_QUANT_SYM) != 0;
+    if (f == MOPT_HF_MODELOPT) { /* what export_hf_checkpoint converts hf_quant_config.json into */
+        json_t *q = modelopt_quantization(g, s);
+        json_object_set_new(q, "quant_method", json_string("modelopt"));
+        json_object_set_new(q, "producer", json_pack("{s:s, s:s}", "name", "modelopt", "version", "mopt"));
+        json_object_set(q, "ignore", json_object_get(q, "exclude_modules"));
+        if (s->dtype == MOPT_DTYPE_FP8) {
+            const int pt = (s->flags & MOPT_QUANT_PER_TENSOR) != 0;
+            json_object_set_new(q, "config_groups",
+                                json_pack("{s:{s:[s], s:{s:b, s:i, s:s, s:n}, s:{s:b, s:i, s:s, s:n}}}", "group_0", "targets",
+                                          "Linear", "input_activations", "dynamic", !pt, "num_bits", 8, "type", "float",
+                                          "group_size", "weights", "dynamic", 0, "num_bits", 8, "type", "float", "group_size"));
+        }
+        return q;
+    }
+    json_t *ignore = float_linears(g);
+    if (f == MOPT_HF_AWQ) {
+        json_t *mods = json_array_size(ignore) > 1 ? json_deep_copy(ignore) : json_null();
+        json_decref(ignore);
+        return json_pack("{s:s, s:i, s:i, s:b, s:s, s:o}", "quant_method", "awq", "bits", 4, "group_size", s->group_size,
+                         "zero_point", 1, "version", "gemm", "modules_to_not_convert", mods);
+    }
+    if (f == MOPT_HF_GPTQ) {
+        json_decref(ignore);
+        return json_pack("{s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f}", "quant_method", "gptq", "checkpoint_format", "gptq",
+                         "bits", s->bits, "group_size", s->group_size, "desc_act", s->act_order, "sym", sym,
+                         "static_groups", 0, "damp_percent", 0.01);
+    }
+    json_t *w, *act = json_null();
+    const char *format;
+    if (s->dtype == MOPT_DTYPE_QINT) {
+        format = "pack-quantized";
+        w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:s, s:s}", "num_bits", s->bits, "type", "int", "symmetric", sym,
+                      "strategy", s->group_size > 0 ? "group" : "channel", "dynamic", 0, "observer", "minmax",
+                      "actorder", s->act_order ? "group" : "");
+        if (!s->act_order) json_object_set_new(w, "actorder", json_null());
+        json_object_set_new(w, "group_size", s->group_size > 0 ? json_integer(s->group_size) : json_null());
+    } else if (s->dtype == MOPT_DTYPE_W8A8) {
+        format = "int-quantized";
+        w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy",
+                      "channel", "dynamic", 0, "group_size");
+        act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy", "token",
+                        "dynamic", 1, "group_size");
+    } else {
+        format = "float-quantized";
+        const int per_tensor = (s->flags & MOPT_QUANT_PER_TENSOR) != 0;
+        w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
+                      per_tensor ? "tensor" : "channel", "dynamic", 0, "group_size");
+        if (s->flags & MOPT_QUANT_ACT_PER_TOKEN)
+            act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
+                            "token", "dynamic", 1, "group_size");
+        else if (s->flags & MOPT_QUANT_ACT_STATIC)
+            act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
+                            "tensor", "dynamic", 0, "group_size");
+    }
+    return json_pack("{s:s, s:s, s:s, s:{s:{s:[s], s:o, s:o, s:n}}, s:o, s:n, s:n}", "quant_method", "compressed-tensors",
+                     "format", format, "quantization_status", "compressed", "config_groups", "group_0", "targets",
+                     "Linear", "weights", w, "input_activations", act, "output_activations", "ignore", ignore,
+                     "kv_cache_scheme", "sparsity_config");
+}

@@ -1,0 +1,24 @@
+/* The graph's private layout (core only). */
+#ifndef MOPT_GRAPH_IMPL_H
+#define MOPT_GRAPH_IMPL_H
+
+#include "mopt/graph.h"
+
+struct mopt_graph {
+    mopt_arch arch;
+    mopt_tensor **tensors; /* owned */
+    int32_t n_tensors;
+    size_t cap_tensors;
+    int32_t *value_width;
+    int32_t n_values;
+    size_t cap_values;
+    mopt_node *nodes;
+    int32_t n_nodes;
+    size_t cap_nodes;
+};
+
+mopt_arch *mopt_graph_arch_mut(mopt_graph *g);
+/* Frees the named tensor (if present) and clears node references to it. */
+void mopt_graph_remove_tensor(mopt_graph *g, const char *name);
+
+#endif

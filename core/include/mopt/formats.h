@@ -1,0 +1,168 @@
+/* Checkpoint formats seen from a graph: which tensors a format stores and
+ * under which names (the family's table says), and the encoders exporters use
+ * to write them. Readers and writers of one format share one module of the
+ * core (core/formats), so a name map, a value-type enum or a bit order is
+ * written once. What an export decides (which variant for which consumer,
+ * tensor-parallel splitting, the output directory) stays in the export plugin. */
+#ifndef MOPT_FORMATS_H
+#define MOPT_FORMATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt/error.h"
+#include "mopt/export.h"
+#include "mopt/graph.h"
+#include "mopt/tokenizer.h"
+#include "mopt/eval.h" /* mopt_progress_fn */
+
+MOPT_EXTERN_C_BEGIN
+
+/* How a format names tensors. */
+typedef enum mopt_naming {
+    MOPT_NAMING_HF = 0,     /* a Hugging Face checkpoint as stored (GPT-2: Conv1D, fused c_attn) */
+    MOPT_NAMING_GGUF = 1,   /* llama.cpp: token_embd, blk.N.attn_q, ... */
+    MOPT_NAMING_TRTLLM = 2, /* TensorRT-LLM: transformer.layers.N.attention.qkv, ... */
+    MOPT_NAMING_COUNT
+} mopt_naming;
+
+/* How tensor parallelism splits a TensorRT-LLM tensor across ranks. */
+typedef enum mopt_tp_split {
+    MOPT_SPLIT_NONE = 0, /* replicated on every rank */
+    MOPT_SPLIT_ROWS = 1, /* column-parallel: output rows */
+    MOPT_SPLIT_COLS = 2, /* row-parallel: input columns */
+    MOPT_SPLIT_HEADS = 3 /* fused q/k/v: each rank its q, k and v heads */
+} mopt_tp_split;
+
+/* One tensor of a checkpoint as a format stores it, in terms of the graph's
+ * tensors: the rows of up to three sources (fused q/k/v) in order, possibly
+ * in the other RoPE row order, possibly transposed. */
+typedef struct mopt_file_tensor {
+    char name[MOPT_MAX_NAME];     /* the format's name, with .weight / .bias */
+    const mopt_tensor *src[3];    /* borrowed from the graph */
+    int32_t n_src;
+    int32_t ndim;                 /* 1 (norm weights, biases) or 2 */
+    int64_t rows, cols;           /* as the graph holds them (before `transposed`) */
+    int32_t rope_head_dim;        /* > 0: the rows of the sources in rope_srcs are in the other RoPE order */
+    int32_t rope_to_interleaved;  /* the direction: the file holds interleaved (GGUF) or rotate-half rows */
+    uint32_t rope_srcs;           /* bit k: source k's rows are permuted (q and k, never v) */
+    int32_t transposed;           /* the file stores [cols, rows] (GPT-2's Conv1D) */
+    int32_t split;                /* mopt_tp_split, for MOPT_NAMING_TRTLLM */
+    int32_t role, layer;          /* the node it belongs to */
+} mopt_file_tensor;
+
+/* The tensors a format stores for graph g, in the format's customary order
+ * (malloc'd array; free()). */
+MOPT_API mopt_status mopt_file_tensors(const mopt_graph *g, mopt_naming naming, mopt_file_tensor **out, int32_t *n,
+                                       mopt_error *err);
+/* The source tensor and its row that hold row r of a file tensor. */
+MOPT_API const mopt_tensor *mopt_file_tensor_row(const mopt_file_tensor *ft, int64_t r, int64_t *src_row);
+
+/* --- safetensors writing ------------------------------------------------------- */
+
+typedef struct mopt_st_entry {
+    char name[MOPT_MAX_NAME];
+    const char *dtype; /* "F32", "F16", "BF16", "I32", "I64", "I8", "U8", "F8_E4M3" (a static string) */
+    int32_t ndim;      /* 0: a scalar */
+    int64_t shape[4];  /* PyTorch order */
+    void *data;        /* owned (malloc) */
+    size_t nbytes;
+} mopt_st_entry;
+
+/* A growing list of entries that owns their data. */
+typedef struct mopt_st_list {
+    mopt_st_entry *e;
+    int32_t n;
+    size_t cap;
+} mopt_st_list;
+
+/* Appends a tensor; takes ownership of data (malloc'd; NULL is reported as out
+ * of memory), freeing it on failure. */
+MOPT_API mopt_status mopt_st_list_add(mopt_st_list *l, const char *name, const char *dtype, int32_t ndim, const int64_t *shape,
+                                      void *data, size_t nbytes, mopt_error *err);
+MOPT_API void mopt_st_list_free(mopt_st_list *l);
+/* Adds rows `rows` (n_rows indices into the file tensor; NULL: all of them) and
+ * columns [c0, c0 + nc) (nc 0: all) of a file tensor as floats of `dtype`
+ * ("F32", "F16", "BF16"; NULL: the first source's own, f16 for packed ones),
+ * dequantizing packed sources; a transposed file tensor is stored [nc, n_rows]. */
+MOPT_API mopt_status mopt_st_add_rows(mopt_st_list *l, const mopt_file_tensor *ft, const char *dtype, const int64_t *rows,
+                                      int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err);
+/* The bytes of a safetensors file holding the entries (reordered as the
+ * reference writer orders them: wider elements first, then by name). */
+MOPT_API mopt_status mopt_safetensors_encode(mopt_st_entry *e, int32_t n, char **out, size_t *len, mopt_error *err);
+
+/* --- quantized checkpoints (Hugging Face layouts, ModelOpt, TensorRT-LLM) ------------- */
+
+/* The scheme every packed linear of a graph shares. */
+typedef struct mopt_quant_scheme {
+    mopt_dtype dtype; /* MOPT_DTYPE_QINT, W8A8 or FP8 */
+    int32_t bits, group_size;
+    uint32_t flags;
+    int32_t act_order; /* QINT with g_idx */
+    int64_t n_packed;  /* packed tensors; 0: a float model */
+    char first[MOPT_MAX_NAME];
+} mopt_quant_scheme;
+
+/* Finds the packed tensors' common scheme; two schemes are an error that names
+ * `what` (the checkpoint kind that holds one). */
+MOPT_API mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err);
+
+typedef enum mopt_hf_layout {
+    MOPT_HF_DENSE = 0,    /* float weights */
+    MOPT_HF_AWQ = 1,      /* AutoAWQ GEMM */
+    MOPT_HF_GPTQ = 2,     /* AutoGPTQ v1 */
+    MOPT_HF_CT = 3,       /* compressed-tensors */
+    MOPT_HF_MODELOPT = 4  /* ModelOpt's unified checkpoint */
+} mopt_hf_layout;
+
+/* Why `layout` cannot hold the scheme (a sentence), or NULL when it can. */
+MOPT_API const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout layout);
+/* ModelOpt's and TensorRT-LLM's quant_algo for the scheme ("W4A16_AWQ", "FP8", ...), or NULL. */
+MOPT_API const char *mopt_modelopt_algo(const mopt_quant_scheme *s);
+MOPT_API const char *mopt_trtllm_algo(const mopt_quant_scheme *s);
+/* Adds a packed linear's file tensor in `layout`, its stored values bit for bit. */
+MOPT_API mopt_status mopt_hf_add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_hf_layout layout, mopt_error *err);
+/* config.json for the graph's family (architecture keys, torch_dtype, special
+ * ids, and quantization_config for a quantized layout); hf_quant_config.json
+ * (ModelOpt's own record). JSON text, malloc'd. */
+MOPT_API char *mopt_hf_config_json(const mopt_graph *g, const char *torch_dtype, mopt_hf_layout layout,
+                                   const mopt_quant_scheme *s, mopt_error *err);
+MOPT_API char *mopt_modelopt_quant_json(const mopt_graph *g, const mopt_quant_scheme *s, mopt_error *err);
+
+/* Adds rows `rows` (n_rows indices into the file tensor) and columns [c0, c0 +
+ * nc) of a file tensor in TensorRT-LLM's layout for quant_algo `algo` (NULL:
+ * float, in fdtype as mopt_st_add_rows). */
+MOPT_API mopt_status mopt_trtllm_add(mopt_st_list *l, const mopt_file_tensor *ft, const char *algo, const char *fdtype,
+                                     const int64_t *rows, int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err);
+/* A TensorRT-LLM config.json for the graph over tp ranks (JSON text, malloc'd). */
+MOPT_API char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s,
+                                       mopt_error *err);
+
+/* --- GGUF writing ----------------------------------------------------------------- */
+
+typedef struct mopt_gguf_write_opts {
+    const char *type;      /* of the 2-D weights: "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
+                              "q5_0", "q5_1", "q4_k", "q5_k", "q6_k" */
+    const char *name;      /* general.name */
+    int32_t tokenizer;     /* store the tokenizer as tokenizer.ggml.* */
+    mopt_progress_fn progress; /* per tensor written (optional) */
+    void *user;
+} mopt_gguf_write_opts;
+
+typedef struct mopt_gguf_write_result {
+    uint64_t bytes;          /* of the file */
+    uint64_t data_bytes;     /* of the tensors */
+    int32_t n_tensors;
+    int32_t n_dequantized;   /* packed tensors written as f16 under type auto */
+    double bits_per_weight;
+} mopt_gguf_write_result;
+
+/* Writes a GGUF v3 file of graph g (and tok, when given and asked for) to
+ * `path` (the caller chooses where: the exporter writes beside its target and
+ * renames). Stops with MOPT_E_INTERRUPTED when mopt_interrupt() was called. */
+MOPT_API mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, const char *path,
+                                     const mopt_gguf_write_opts *o, mopt_gguf_write_result *res, mopt_error *err);
+
+MOPT_EXTERN_C_END
+
+#endif

@@ -1,0 +1,564 @@
+/* CPU backend: each op's forward over [T, width] fp32 activations, threaded
+ * with the pool and vectorized through the dispatched kernels. Dense prefill
+ * GEMMs go to OpenBLAS (single-threaded per call, one call per row block of
+ * the weight, so our pool owns the threads); decode GEMVs read bf16/f16/f32
+ * weights directly. */
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "base.h"
+#include "kernels.h"
+#include "mopt/quant.h"
+#include "threadpool.h"
+
+#define GEMM_ROWS 64 /* weight rows per prefill task */
+#define GEMV_ROWS 16 /* weight rows per decode task */
+#define ATT_ROWS 32  /* query rows per prefill attention task */
+#define GEMV_MAX_TOKENS 8 /* up to this many tokens per call, linears read weights in place */
+
+extern void openblas_set_num_threads(int);
+
+/* E4M3 byte -> float, filled once for every session. */
+static float e4m3_lut[256];
+static pthread_once_t e4m3_once = PTHREAD_ONCE_INIT;
+static void e4m3_init(void) {
+    for (int i = 0; i < 256; i++) e4m3_lut[i] = mopt_e4m3_to_f32((uint8_t)i);
+}
+
+typedef struct cpu_ctx {
+    mopt_pool *pool;
+    const mopt_kernels *k;
+    int32_t n_threads;
+    float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
+    float **sscratch;   /* per thread: max_ctx attention scores */
+    float **ascratch;   /* per thread: ATT_ROWS x max_ctx attention probabilities (prefill) */
+    void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
+    size_t xbuf_cap, xbuf2_cap;
+    int64_t max_in;
+    int32_t max_ctx;
+} cpu_ctx;
+
+static void cpu_free(void *p) {
+    cpu_ctx *c = p;
+    if (!c) return;
+    mopt_pool_free(c->pool);
+    for (int32_t i = 0; i < c->n_threads; i++) {
+        if (c->wscratch) free(c->wscratch[i]);
+        if (c->sscratch) free(c->sscratch[i]);
+    }
+    for (int32_t i = 0; c->ascratch && i < c->n_threads; i++) free(c->ascratch[i]);
+    free(c->ascratch);
+    free(c->wscratch);
+    free(c->sscratch);
+    free(c->xbuf);
+    free(c->xbuf2);
+    free(c);
+}
+
+static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, mopt_error *err) {
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    c->pool = mopt_pool_new(n_threads);
+    if (!c->pool) {
+        free(c);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot start threads");
+    }
+    c->n_threads = mopt_pool_size(c->pool);
+    c->k = mopt_kernels_get();
+    c->max_ctx = max_ctx;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
+            c->max_in = n->weight->ne[0];
+    }
+    c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
+    c->sscratch = calloc((size_t)c->n_threads, sizeof *c->sscratch);
+    c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
+    if (!c->wscratch || !c->sscratch || !c->ascratch) goto nomem;
+    for (int32_t i = 0; i < c->n_threads; i++) {
+        c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
+        c->sscratch[i] = malloc((size_t)max_ctx * sizeof(float));
+        c->ascratch[i] = malloc((size_t)ATT_ROWS * (size_t)max_ctx * sizeof(float));
+        if (!c->wscratch[i] || !c->sscratch[i] || !c->ascratch[i]) goto nomem;
+    }
+    openblas_set_num_threads(1);
+    pthread_once(&e4m3_once, e4m3_init);
+    *out = c;
+    return MOPT_OK;
+nomem:
+    cpu_free(c);
+    return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for scratch buffers");
+}
+
+static int32_t cpu_n_threads(const void *p) { return ((const cpu_ctx *)p)->n_threads; }
+
+/* --- linear ----------------------------------------------------------------- */
+
+typedef struct {
+    cpu_ctx *c;
+    const mopt_tensor *w, *b;
+    const float *x; /* [T, in] */
+    int32_t T, x_stride;
+    float *y;       /* [T, out] */
+    int32_t y_stride;
+    int64_t in, out;
+    const float *xsum;    /* QINT: [T, n_groups] sums of x over each group */
+    const int8_t *xq;     /* W8A8: [T, in] quantized activations */
+    const float *xscale;  /* W8A8: [T] their scales */
+} lin_job;
+
+static float bias_at(const mopt_tensor *b, int64_t o) {
+    if (!b) return 0.0f;
+    switch (b->dtype) {
+    case MOPT_DTYPE_F32: return ((const float *)b->data)[o];
+    case MOPT_DTYPE_F16: return mopt_f16_to_f32(((const uint16_t *)b->data)[o]);
+    default: return mopt_bf16_to_f32(((const uint16_t *)b->data)[o]);
+    }
+}
+
+/* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
+static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
+    const int64_t in = w->ne[0];
+    switch (w->dtype) {
+    case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
+    case MOPT_DTYPE_BF16: c->k->cvt_bf16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
+    case MOPT_DTYPE_FP8: {
+        const mopt_quant_info *q = w->quant;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *src = (const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1];
+            float s = ((const float *)q->scale->data)[(q->flags & MOPT_QUANT_PER_TENSOR) ? 0 : o0 + r];
+            for (int64_t i = 0; i < in; i++) dst[r * in + i] = e4m3_lut[src[i]] * s;
+        }
+        return;
+    }
+    case MOPT_DTYPE_QINT:
+        if (!w->quant->g_idx) {
+            const mopt_quant_info *q = w->quant;
+            const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
+            const int64_t gs = q->group_size > 0 ? q->group_size : in, ng = q->scale->ne[0];
+            const float zsym = (float)(1 << (bits - 1));
+            for (int64_t r = 0; r < rows; r++) {
+                const uint8_t *row = (const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1];
+                const uint16_t *sc = (const uint16_t *)q->scale->data + (o0 + r) * ng;
+                const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + (o0 + r) * ng : NULL;
+                float *d = dst + r * in, v[32];
+                for (int64_t b = 0; b * 32 < in; b++) {
+                    mopt_qblock_levels(row + b * bb, bits, v);
+                    int64_t c0 = b * 32, g = c0 / gs; /* groups are whole blocks */
+                    float s = mopt_f16_to_f32(sc[g]), z = zp ? (float)zp[g] : zsym;
+                    for (int j = 0; j < 32 && c0 + j < in; j++) d[c0 + j] = (v[j] - z) * s;
+                }
+            }
+            return;
+        }
+        __attribute__((fallthrough)); /* act-order rows go element by element */
+    default: /* W8A8 and act-order QINT */
+        for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
+    }
+}
+
+/* sum over one group's columns [c0, c1) of level * x, blocks read in place */
+static float qint_group_dot(const cpu_ctx *c, const uint8_t *row, int32_t bits, int32_t bb, const float *x, int64_t c0,
+                            int64_t c1) {
+    int64_t b0 = c0 / 32, full = (c1 - c0) / 32;
+    float s;
+    if (bits == 4) s = c->k->dot_q4(row + b0 * bb, x + c0, full);
+    else if (bits == 8) s = c->k->dot_q8(row + b0 * bb, x + c0, full);
+    else {
+        s = 0;
+        for (int64_t k = 0; k < full; k++) s += mopt_qblock_dot(row + (b0 + k) * bb, bits, x + c0 + 32 * k, 32);
+    }
+    if (c0 + full * 32 < c1) /* a partial last block */
+        s += mopt_qblock_dot(row + (b0 + full) * bb, bits, x + c0 + full * 32, (int32_t)(c1 - c0 - full * 32));
+    return s;
+}
+
+static void gemv_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    const mopt_kernels *k = j->c->k;
+    const mopt_tensor *w = j->w;
+    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx) {
+        const mopt_quant_info *q = w->quant;
+        const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
+        const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
+        const float zsym = (float)(1 << (bits - 1));
+        /* whole groups of whole blocks, 4 or 8 bits: the kernel takes the row range */
+        if ((bits == 4 || bits == 8) && j->in % 32 == 0 && j->in % gs == 0 && ng <= 256) {
+            const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
+            const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
+            const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
+            for (int32_t t = 0; t < j->T; t++) {
+                float *y = j->y + (size_t)t * j->y_stride + o0;
+                (bits == 4 ? k->gemv_q4 : k->gemv_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->x + (size_t)t * j->x_stride,
+                                                      j->xsum + (size_t)t * ng, ng, gs / 32, y);
+                if (j->b)
+                    for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
+            }
+            return;
+        }
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+            const uint16_t *sc = (const uint16_t *)q->scale->data + o * ng;
+            const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o * ng : NULL;
+            for (int32_t t = 0; t < j->T; t++) {
+                const float *x = j->x + (size_t)t * j->x_stride, *xs = j->xsum + (size_t)t * ng;
+                float acc = 0;
+                for (int64_t g = 0; g < ng; g++) {
+                    int64_t c0 = g * gs, c1 = c0 + gs < j->in ? c0 + gs : j->in;
+                    float raw = qint_group_dot(j->c, row, bits, bb, x, c0, c1);
+                    acc += mopt_f16_to_f32(sc[g]) * (raw - (zp ? (float)zp[g] : zsym) * xs[g]);
+                }
+                j->y[(size_t)t * j->y_stride + o] = acc + bias_at(j->b, o);
+            }
+        }
+        return;
+    }
+    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* FP8 and act-order QINT: widen one row, then dot */
+        float *row = j->c->wscratch[thread];
+        for (int64_t o = o0; o < o1; o++) {
+            widen_rows(j->c, w, o, 1, row);
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = k->dot_f32(row, j->x + (size_t)t * j->x_stride, j->in) + bias_at(j->b, o);
+        }
+        return;
+    }
+    for (int32_t t = 0; t < j->T; t++) {
+        const float *x = j->x + (size_t)t * j->x_stride;
+        float *y = j->y + (size_t)t * j->y_stride;
+        for (int64_t o = o0; o < o1; o++) {
+            float s;
+            switch (w->dtype) {
+            case MOPT_DTYPE_F32: s = k->dot_f32((const float *)w->data + o * j->in, x, j->in); break;
+            case MOPT_DTYPE_F16: s = k->dot_f16((const uint16_t *)w->data + o * j->in, x, j->in); break;
+            default: s = k->dot_bf16((const uint16_t *)w->data + o * j->in, x, j->in); break;
+            }
+            y[o] = s + bias_at(j->b, o);
+        }
+    }
+}
+
+static void w8a8_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    const float *ws = (const float *)j->w->quant->scale->data;
+    for (int64_t o = o0; o < o1; o++) {
+        const int8_t *row = (const int8_t *)j->w->data + (size_t)o * j->w->nb[1];
+        for (int32_t t = 0; t < j->T; t++) {
+            int32_t d = j->c->k->dot_i8(row, j->xq + (size_t)t * j->in, j->in);
+            j->y[(size_t)t * j->y_stride + o] = (float)d * ws[o] * j->xscale[t] + bias_at(j->b, o);
+        }
+    }
+}
+
+static void gemm_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    cpu_ctx *c = j->c;
+    int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
+    const float *w;
+    if (j->w->dtype == MOPT_DTYPE_F32) {
+        w = (const float *)j->w->data + o0 * j->in;
+    } else {
+        widen_rows(c, j->w, o0, rows, c->wscratch[thread]);
+        w = c->wscratch[thread];
+    }
+    /* y[:, o0:o0+rows] = x @ w^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)rows, (int)j->in, 1.0f, j->x, j->x_stride, w,
+                (int)j->in, 0.0f, j->y + o0, j->y_stride);
+    if (j->b)
+        for (int32_t t = 0; t < j->T; t++)
+            for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
+}
+
+/* Grows a per-call scratch buffer in the context. */
+static void *scratch(void **buf, size_t *cap, size_t need) {
+    if (need > *cap) {
+        void *p = realloc(*buf, need);
+        if (!p) return NULL;
+        *buf = p;
+        *cap = need;
+    }
+    return *buf;
+}
+
+static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b, const float *x, int32_t T,
+                          int32_t xs, float *y, int32_t ys, mopt_error *err) {
+    lin_job j = {c, w, b, x, T, xs, y, ys, w->ne[0], w->ne[1], NULL, NULL, NULL};
+    const int64_t in = j.in;
+    if (w->dtype == MOPT_DTYPE_W8A8) {
+        /* per-token dynamic int8 activations: x = qx * max|x| / 127 */
+        int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in);
+        float *sx = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * sizeof(float));
+        if (!xq || !sx) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * xs;
+            float mx = 0;
+            for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(xt[i]));
+            float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
+            for (int64_t i = 0; i < in; i++) xq[(size_t)t * in + i] = (int8_t)lrintf(fminf(fmaxf(xt[i] * inv, -127.f), 127.f));
+            sx[t] = s;
+        }
+        j.xq = xq;
+        j.xscale = sx;
+        mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, w8a8_task, &j);
+        return MOPT_OK;
+    }
+    if (w->dtype == MOPT_DTYPE_FP8 && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {
+        /* activations rounded to the E4M3 grid, per token or with the calibrated scale */
+        float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
+        if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * xs;
+            float s = w->quant->act_scale;
+            if (w->quant->flags & MOPT_QUANT_ACT_PER_TOKEN) {
+                float mx = 0;
+                for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(xt[i]));
+                s = mx > 0 ? mx / 448.0f : 1.0f;
+            }
+            for (int64_t i = 0; i < in; i++) xr[(size_t)t * in + i] = e4m3_lut[mopt_f32_to_e4m3(xt[i] / s)] * s;
+        }
+        j.x = xr;
+        j.x_stride = (int32_t)in;
+    }
+    if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
+        const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
+        float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));
+        if (!sums) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++)
+            for (int64_t g = 0; g < ng; g++) {
+                float s = 0;
+                for (int64_t i = g * gs; i < (g + 1) * gs && i < in; i++) s += j.x[(size_t)t * j.x_stride + i];
+                sums[(size_t)t * ng + g] = s;
+            }
+        j.xsum = sums;
+    }
+    /* A few tokens (decode, speculative verification): read the stored weights
+     * directly per token. More: widen a block of rows once and let OpenBLAS
+     * reuse it across tokens. */
+    if (T <= GEMV_MAX_TOKENS)
+        mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, gemv_task, &j);
+    else
+        mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+    return MOPT_OK;
+}
+
+/* --- elementwise and norms -------------------------------------------------- */
+
+static void read_row(const cpu_ctx *c, const mopt_tensor *t, int64_t row, float *out) {
+    int64_t n = t->ne[0];
+    switch (t->dtype) {
+    case MOPT_DTYPE_F32: memcpy(out, (const float *)t->data + row * n, (size_t)n * sizeof(float)); break;
+    case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)t->data + row * n, out, n); break;
+    default: c->k->cvt_bf16((const uint16_t *)t->data + row * n, out, n); break;
+    }
+}
+
+typedef struct {
+    cpu_ctx *c;
+    const mopt_op_args *a;
+} op_job;
+
+static void norm_task(void *p, int64_t t, int32_t thread) {
+    op_job *j = p;
+    const mopt_op_args *a = j->a;
+    const mopt_node *n = a->node;
+    const int32_t D = a->out_width;
+    const float *x = a->in[0] + (size_t)t * a->in_width[0];
+    float *y = a->out + (size_t)t * D;
+    if (n->op == MOPT_OP_RMSNORM) {
+        double ss = 0;
+        for (int32_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
+        float r = (float)(1.0 / sqrt(ss / D + n->eps));
+        read_row(j->c, n->weight, 0, y);
+        for (int32_t i = 0; i < D; i++) y[i] *= x[i] * r;
+    } else {
+        double mean = 0, var = 0;
+        for (int32_t i = 0; i < D; i++) mean += x[i];
+        mean /= D;
+        for (int32_t i = 0; i < D; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
+        var /= D;
+        float r = (float)(1.0 / sqrt(var + n->eps)), m = (float)mean;
+        read_row(j->c, n->weight, 0, y);
+        for (int32_t i = 0; i < D; i++) y[i] *= (x[i] - m) * r;
+        for (int32_t i = 0; i < D; i++) y[i] += bias_at(n->bias, i);
+    }
+}
+
+static void rope(const mopt_op_args *a) {
+    const mopt_node *n = a->node;
+    const int32_t hd = n->head_dim, half = hd / 2, W = a->out_width;
+    for (int32_t t = 0; t < a->T; t++) {
+        const float pos = (float)(a->pos + t);
+        const float *x = a->in[0] + (size_t)t * a->in_width[0];
+        float *y = a->out + (size_t)t * W;
+        for (int32_t i = 0; i < half; i++) {
+            /* float math as in run.c and transformers' inv_freq */
+            float inv = 1.0f / powf(n->rope_theta, (float)(2 * i) / (float)hd);
+            float ang = pos * inv, cs = cosf(ang), sn = sinf(ang);
+            for (int32_t h = 0; h < n->n_heads; h++) {
+                const float *xh = x + h * hd;
+                float *yh = y + h * hd;
+                int32_t i0 = n->rope_style == MOPT_ROPE_HALF ? i : 2 * i;
+                int32_t i1 = n->rope_style == MOPT_ROPE_HALF ? i + half : 2 * i + 1;
+                float x0 = xh[i0], x1 = xh[i1];
+                yh[i0] = x0 * cs - x1 * sn;
+                yh[i1] = x1 * cs + x0 * sn;
+            }
+        }
+    }
+}
+
+static void attention_task(void *p, int64_t task, int32_t thread) {
+    op_job *j = p;
+    const mopt_op_args *a = j->a;
+    const mopt_node *n = a->node;
+    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
+    const int32_t t = (int32_t)(task / H), h = (int32_t)(task % H), kvh = h / group;
+    const int32_t p_last = a->pos + t; /* attends to positions 0..p_last */
+    const float *q = a->in[0] + (size_t)t * a->in_width[0] + h * hd;
+    float *out = a->out + (size_t)t * a->out_width + h * hd;
+    float *sc = j->c->sscratch[thread];
+    const float scale = 1.0f / sqrtf((float)hd);
+    float mx = -INFINITY;
+    for (int32_t s = 0; s <= p_last; s++) {
+        sc[s] = j->c->k->dot_f32(a->k_cache + (size_t)s * kvd + kvh * hd, q, hd) * scale;
+        if (sc[s] > mx) mx = sc[s];
+    }
+    float sum = 0;
+    for (int32_t s = 0; s <= p_last; s++) {
+        sc[s] = expf(sc[s] - mx);
+        sum += sc[s];
+    }
+    float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int32_t s = 0; s <= p_last; s++) {
+        const float *v = a->v_cache + (size_t)s * kvd + kvh * hd;
+        float w = sc[s] * inv;
+        for (int32_t d = 0; d < hd; d++) out[d] += w * v[d];
+    }
+}
+
+/* Prefill: per (head, block of query rows), scores = Q K^T and out = P V as
+ * GEMMs, with the causal mask and softmax in between. */
+static void attention_block_task(void *p, int64_t task, int32_t thread) {
+    op_job *j = p;
+    const mopt_op_args *a = j->a;
+    const mopt_node *n = a->node;
+    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
+    const int32_t nblk = (a->T + ATT_ROWS - 1) / ATT_ROWS;
+    const int32_t h = (int32_t)(task / nblk), t0 = (int32_t)(task % nblk) * ATT_ROWS;
+    const int32_t rows = a->T - t0 < ATT_ROWS ? a->T - t0 : ATT_ROWS, kvh = h / group;
+    const int32_t ctx = a->pos + t0 + rows; /* keys the last row can see */
+    float *S = j->c->ascratch[thread];    /* [rows, ctx] */
+    const float scale = 1.0f / sqrtf((float)hd);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, scale,
+                a->in[0] + (size_t)t0 * a->in_width[0] + h * hd, a->in_width[0], a->k_cache + kvh * hd, kvd, 0.0f, S, ctx);
+    for (int32_t r = 0; r < rows; r++) {
+        float *row = S + (size_t)r * ctx;
+        const int32_t visible = a->pos + t0 + r + 1;
+        float mx = -INFINITY, sum = 0;
+        for (int32_t s2 = 0; s2 < visible; s2++) mx = fmaxf(mx, row[s2]);
+        for (int32_t s2 = 0; s2 < visible; s2++) sum += (row[s2] = expf(row[s2] - mx));
+        const float inv = 1.0f / sum;
+        for (int32_t s2 = 0; s2 < visible; s2++) row[s2] *= inv;
+        for (int32_t s2 = visible; s2 < ctx; s2++) row[s2] = 0.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, S, ctx, a->v_cache + kvh * hd, kvd, 0.0f,
+                a->out + (size_t)t0 * a->out_width + h * hd, a->out_width);
+}
+
+static void attention(cpu_ctx *c, const mopt_op_args *a) {
+    const mopt_node *n = a->node;
+    const int32_t kvd = n->n_kv_heads * n->head_dim;
+    for (int32_t t = 0; t < a->T; t++) {
+        memcpy(a->k_cache + (size_t)(a->pos + t) * kvd, a->in[1] + (size_t)t * a->in_width[1], (size_t)kvd * 4);
+        memcpy(a->v_cache + (size_t)(a->pos + t) * kvd, a->in[2] + (size_t)t * a->in_width[2], (size_t)kvd * 4);
+    }
+    op_job j = {c, a};
+    if (a->T >= 8 && c->ascratch)
+        mopt_pool_run(c->pool, (int64_t)n->n_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
+    else
+        mopt_pool_run(c->pool, (int64_t)a->T * n->n_heads, attention_task, &j);
+}
+
+static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err) {
+    cpu_ctx *c = ctx;
+    const mopt_node *n = a->node;
+    const int32_t T = a->T, W = a->out_width;
+    switch (n->op) {
+    case MOPT_OP_EMBEDDING:
+        for (int32_t t = 0; t < T; t++) read_row(c, n->weight, a->tokens[t], a->out + (size_t)t * W);
+        return MOPT_OK;
+    case MOPT_OP_POS_EMBEDDING:
+        for (int32_t t = 0; t < T; t++) {
+            float *y = a->out + (size_t)t * W;
+            const float *x = a->in[0] + (size_t)t * a->in_width[0];
+            read_row(c, n->weight, a->pos + t, y);
+            for (int32_t i = 0; i < W; i++) y[i] += x[i];
+        }
+        return MOPT_OK;
+    case MOPT_OP_RMSNORM:
+    case MOPT_OP_LAYERNORM: {
+        op_job j = {c, a};
+        mopt_pool_run(c->pool, T, norm_task, &j);
+        return MOPT_OK;
+    }
+    case MOPT_OP_LINEAR: return linear(c, n->weight, n->bias, a->in[0], T, a->in_width[0], a->out, W, err);
+    case MOPT_OP_LM_HEAD:
+        return linear(c, n->weight, n->bias, a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0],
+                      a->out, W, err);
+    case MOPT_OP_ROPE: rope(a); return MOPT_OK;
+    case MOPT_OP_ATTENTION: attention(c, a); return MOPT_OK;
+    case MOPT_OP_SWIGLU:
+        for (int32_t t = 0; t < T; t++) {
+            const float *g = a->in[0] + (size_t)t * a->in_width[0], *u = a->in[1] + (size_t)t * a->in_width[1];
+            float *y = a->out + (size_t)t * W;
+            for (int32_t i = 0; i < W; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+        return MOPT_OK;
+    case MOPT_OP_GELU:
+        for (int32_t t = 0; t < T; t++) {
+            const float *x = a->in[0] + (size_t)t * a->in_width[0];
+            float *y = a->out + (size_t)t * W;
+            for (int32_t i = 0; i < W; i++) {
+                float v = x[i];
+                y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+            }
+        }
+        return MOPT_OK;
+    case MOPT_OP_ADD:
+        for (int32_t t = 0; t < T; t++) {
+            const float *x = a->in[0] + (size_t)t * a->in_width[0], *z = a->in[1] + (size_t)t * a->in_width[1];
+            float *y = a->out + (size_t)t * W;
+            for (int32_t i = 0; i < W; i++) y[i] = x[i] + z[i];
+        }
+        return MOPT_OK;
+    default: return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "cpu backend: op %s not implemented", mopt_op_name(n->op));
+    }
+}
+
+mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const mopt_tensor *w, const mopt_tensor *b,
+                                 const float *x, int32_t T, float *y, mopt_error *err) {
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    c->pool = mopt_pool_new(n_threads);
+    c->n_threads = c->pool ? mopt_pool_size(c->pool) : 0;
+    c->k = k ? k : mopt_kernels_get();
+    c->max_in = w->ne[0];
+    c->wscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->wscratch);
+    c->sscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->sscratch);
+    mopt_status st = c->pool && c->wscratch && c->sscratch ? MOPT_OK : MOPT_E_NOMEM;
+    for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
+        if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
+    pthread_once(&e4m3_once, e4m3_init);
+    if (st == MOPT_OK) st = linear(c, w, b, x, T, (int32_t)w->ne[0], y, (int32_t)w->ne[1], err);
+    else MOPT_FAIL(err, st, "out of memory");
+    cpu_free(c);
+    return st;
+}
+
+const mopt_backend_i mopt_backend_cpu = {"cpu", cpu_init, cpu_free, cpu_forward, cpu_n_threads};

@@ -1,0 +1,58 @@
+/* AVX2 + FMA + F16C kernels (compiled with those flags only in this file). */
+#include <immintrin.h>
+
+#include "kernels.h"
+#include "mopt/tensor.h"
+
+static inline float hsum(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+static inline __m256 load_bf16(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* |a| (unsigned) times b with a's sign: pmaddubsw cannot saturate when |a|, |b| <= 127 */
+static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
+    __m256i acc = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i va = _mm256_loadu_si256((const __m256i *)(a + i)), vb = _mm256_loadu_si256((const __m256i *)(b + i));
+        __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    int32_t r = _mm_cvtsi128_si32(s);
+    for (; i < n; i++) r += (int32_t)a[i] * b[i];
+    return r;
+}
+
+#define VBITS 256
+#define V_HSUM hsum
+#define F32_TAIL NO_TAIL
+#define LOAD_U8(p) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+/* bytes 0..7 and 8..15: low nibbles are values 0..15, high nibbles 16..31 */
+#define Q4_BLOCK(b, x, a0, a1)                                                                                 \
+    do {                                                                                                       \
+        const __m256i m4_ = _mm256_set1_epi32(15);                                                             \
+        __m256i lo8_ = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b)));                            \
+        __m256i hi8_ = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((b) + 8)));                      \
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo8_, m4_)), _mm256_loadu_ps(x), a0);         \
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi8_, m4_)), _mm256_loadu_ps((x) + 8), a1);   \
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo8_, 4)), _mm256_loadu_ps((x) + 16), a0);   \
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi8_, 4)), _mm256_loadu_ps((x) + 24), a1);   \
+    } while (0)
+#include "kernels_simd.h"
+
+const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
+                                        gemv_q4, gemv_q8, dot_i8};

@@ -1,0 +1,116 @@
+/* The x86 kernels whose AVX2 and AVX-512 forms differ only in vector width,
+ * written once. The including file (compiled with its own -m flags) defines
+ *   VBITS                      256 or 512: the intrinsics' prefix _mm256_ / _mm512_
+ *   V_HSUM(v)                  the sum of a vector's lanes
+ *   F32_TAIL(w, x, i, n, acc)  what dot_f32 does with the last n - i < VW values in
+ *                              vector code (and sets i = n), or nothing
+ *   LOAD_U8(p)                 VW bytes widened to floats
+ *   Q4_BLOCK(b, x, a0, a1)     one Q4 block (16 bytes, 32 values) into two accumulators
+ * and the functions load_f16(p) / load_bf16(p) (VW halves widened to floats),
+ * and writes dot_i8 itself, which uses each width's own integer dot product. */
+#ifndef MOPT_KERNELS_SIMD_H
+#define MOPT_KERNELS_SIMD_H
+
+#define SIMD_CAT_(a, b, c) a##b##c
+#define SIMD_CAT(a, b, c) SIMD_CAT_(a, b, c)
+#define V SIMD_CAT(__m, VBITS, )
+#define VW (VBITS / 32)
+#define VOP(op) SIMD_CAT(_mm, VBITS, _##op)
+#define V_ZERO VOP(setzero_ps)
+#define V_LOADU VOP(loadu_ps)
+#define V_STOREU VOP(storeu_ps)
+#define V_FMA VOP(fmadd_ps)
+#define V_ADD VOP(add_ps)
+#define V_SET1 VOP(set1_ps)
+#define NO_TAIL(w, x, i, n, acc) ((void)0)
+
+/* w . x: two accumulators over 2*VW, one over VW, the width's tail, then scalars */
+#define DOT_FN(NAME, T, LOAD, TO_F32, TAIL)                                                                    \
+    static float NAME(const T *w, const float *x, int64_t n) {                                                 \
+        V a0 = V_ZERO(), a1 = V_ZERO();                                                                        \
+        int64_t i = 0;                                                                                         \
+        for (; i + 2 * VW <= n; i += 2 * VW) {                                                                 \
+            a0 = V_FMA(LOAD(w + i), V_LOADU(x + i), a0);                                                       \
+            a1 = V_FMA(LOAD(w + i + VW), V_LOADU(x + i + VW), a1);                                             \
+        }                                                                                                      \
+        for (; i + VW <= n; i += VW) a0 = V_FMA(LOAD(w + i), V_LOADU(x + i), a0);                              \
+        TAIL(w, x, i, n, a1);                                                                                  \
+        float s = V_HSUM(V_ADD(a0, a1));                                                                       \
+        for (; i < n; i++) s += TO_F32(w[i]) * x[i];                                                           \
+        return s;                                                                                              \
+    }
+#define AS_F32(v) (v)
+DOT_FN(dot_f32, float, V_LOADU, AS_F32, F32_TAIL)
+DOT_FN(dot_bf16, uint16_t, load_bf16, mopt_bf16_to_f32, NO_TAIL)
+DOT_FN(dot_f16, uint16_t, load_f16, mopt_f16_to_f32, NO_TAIL)
+
+#define CVT_HALF_FN(NAME, LOAD, TO_F32)                                                                        \
+    static void NAME(const uint16_t *src, float *dst, int64_t n) {                                             \
+        int64_t i = 0;                                                                                         \
+        for (; i + VW <= n; i += VW) V_STOREU(dst + i, LOAD(src + i));                                         \
+        for (; i < n; i++) dst[i] = TO_F32(src[i]);                                                            \
+    }
+CVT_HALF_FN(cvt_bf16, load_bf16, mopt_bf16_to_f32)
+CVT_HALF_FN(cvt_f16, load_f16, mopt_f16_to_f32)
+
+/* Q4 / Q8 (one byte per value) blocks of 32 against x */
+static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
+    V a0 = V_ZERO(), a1 = V_ZERO();
+    for (int64_t k = 0; k < nb; k++, b += 16, x += 32) Q4_BLOCK(b, x, a0, a1);
+    return V_HSUM(V_ADD(a0, a1));
+}
+
+static float dot_q8(const uint8_t *b, const float *x, int64_t nb) {
+    V a0 = V_ZERO(), a1 = V_ZERO();
+    for (int64_t i = 0; i < nb * 32; i += 2 * VW) {
+        a0 = V_FMA(LOAD_U8(b + i), V_LOADU(x + i), a0);
+        a1 = V_FMA(LOAD_U8(b + i + VW), V_LOADU(x + i + VW), a1);
+    }
+    return V_HSUM(V_ADD(a0, a1));
+}
+
+/* One reduction per row: each group's products accumulate in vectors that are
+ * scaled into the row's accumulator. */
+static inline float dot_q4_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
+    V row = V_ZERO();
+    for (int64_t g = 0; g < ng; g++) {
+        V a0 = V_ZERO(), a1 = V_ZERO();
+        for (int64_t k = 0; k < bpg; k++, b += 16, x += 32) Q4_BLOCK(b, x, a0, a1);
+        row = V_FMA(V_ADD(a0, a1), V_SET1(scale[g]), row);
+    }
+    return V_HSUM(row);
+}
+
+static inline float dot_q8_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
+    V row = V_ZERO();
+    for (int64_t g = 0; g < ng; g++) {
+        V a0 = V_ZERO(), a1 = V_ZERO();
+        for (int64_t i = 0; i < bpg * 32; i += 2 * VW) {
+            a0 = V_FMA(LOAD_U8(b + i), V_LOADU(x + i), a0);
+            a1 = V_FMA(LOAD_U8(b + i + VW), V_LOADU(x + i + VW), a1);
+        }
+        row = V_FMA(V_ADD(a0, a1), V_SET1(scale[g]), row);
+        b += bpg * 32;
+        x += bpg * 32;
+    }
+    return V_HSUM(row);
+}
+
+/* Whole rows at once: scales widened with F16C, zero-points folded with xsum. */
+#define GEMV_ROWS_FN(NAME, DOTROW)                                                                              \
+    static void NAME(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z,     \
+                     float zsym, const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y) {          \
+        float sc[256];                                                                                           \
+        for (int64_t r = 0; r < nrows; r++) {                                                                    \
+            float zc = 0;                                                                                        \
+            for (int64_t g = 0; g < ng; g++) {                                                                   \
+                sc[g] = _cvtsh_ss(s[r * ng + g]);                                                                \
+                zc += sc[g] * (z ? (float)z[r * ng + g] : zsym) * xsum[g];                                       \
+            }                                                                                                    \
+            y[r] = DOTROW(w + (size_t)r * row_bytes, x, sc, ng, bpg) - zc;                                       \
+        }                                                                                                        \
+    }
+GEMV_ROWS_FN(gemv_q4, dot_q4_row)
+GEMV_ROWS_FN(gemv_q8, dot_q8_row)
+
+#endif

@@ -1,0 +1,57 @@
+/* Reference-counted tensor storage: a read-only file mapping or a zeroed heap block. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor_impl.h"
+
+mopt_buffer *mopt_buffer_mmap(const char *path, mopt_error *err) {
+    void *base;
+    size_t size;
+    if (mopt_map_file(path, &base, &size, err)) return NULL;
+    mopt_buffer *b = calloc(1, sizeof *b);
+    if (!b) {
+        mopt_unmap_file(base, size);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    b->kind = MOPT_BUFFER_MMAP;
+    b->base = base;
+    b->size = size;
+    b->refcount = 1;
+    snprintf(b->origin, sizeof b->origin, "%s", path);
+    return b;
+}
+
+mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err) {
+    mopt_buffer *b = calloc(1, sizeof *b);
+    if (!b) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    size_t rounded = (size + 63) & ~(size_t)63;
+    if (rounded == 0) rounded = 64;
+    b->base = aligned_alloc(64, rounded);
+    if (!b->base) {
+        free(b);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate %zu bytes", size);
+        return NULL;
+    }
+    memset(b->base, 0, rounded);
+    b->kind = MOPT_BUFFER_HEAP;
+    b->size = size;
+    b->refcount = 1;
+    snprintf(b->origin, sizeof b->origin, "heap");
+    return b;
+}
+
+void mopt_buffer_retain(mopt_buffer *b) {
+    if (b) b->refcount++;
+}
+
+void mopt_buffer_release(mopt_buffer *b) {
+    if (!b || --b->refcount > 0) return;
+    if (b->kind == MOPT_BUFFER_MMAP) mopt_unmap_file(b->base, b->size);
+    else free(b->base);
+    free(b);
+}

@@ -1,0 +1,89 @@
+/* The base layer on its own: the byte/string buffer, JSON text as mopt writes
+ * it, whole-file reads that refuse what is not a regular file, atomic writes. */
+#include <sys/stat.h>
+
+#include "testutil.h"
+#include "base.h"
+#include "json_util.h"
+#include "strbuf.h"
+
+static void test_buffer_holds_text_and_bytes_with_nuls(void **state) {
+    (void)state;
+    sbuf b = {0};
+    sb_printf(&b, "%s-%d", "ab", 7);
+    const uint8_t raw[3] = {0, 255, 0};
+    sb_put(&b, raw, 3);
+    for (int i = 0; i < 5000; i++) sb_printf(&b, "x"); /* past the first allocation */
+    assert_false(b.oom);
+    assert_int_equal(b.n, 4 + 3 + 5000);
+    assert_memory_equal(b.s, "ab-7", 4);
+    assert_memory_equal(b.s + 4, raw, 3);
+    assert_int_equal(b.s[b.n], 0); /* still a C string after the last append */
+    free(b.s);
+}
+
+static void test_json_text_keeps_insertion_order_and_ends_as_asked(void **state) {
+    (void)state;
+    json_t *j = json_pack("{s:i, s:f, s:[s]}", "zeta", 1, "alpha", 0.1, "list", "x");
+    char *a = mopt_json_dump_text(j, 1), *b = mopt_json_dump_text(j, 0);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(strstr(a, "\"zeta\"") < strstr(a, "\"alpha\"")); /* not sorted */
+    assert_non_null(strstr(a, "0.1")); /* 10 significant digits: 0.1, not 0.10000000000000001 */
+    assert_null(strstr(a, "0.1000000"));
+    assert_int_equal(a[strlen(a) - 1], '\n');
+    assert_int_not_equal(b[strlen(b) - 1], '\n');
+    assert_int_equal(strlen(a), strlen(b) + 1);
+    free(a);
+    free(b);
+    json_decref(j);
+}
+
+static void test_reads_refuse_what_is_not_a_regular_file(void **state) {
+    (void)state;
+    char dir[1024], fifo[1100], path[1100];
+    assert_non_null(test_tmpdir(dir, sizeof dir, "base"));
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    char *data;
+    size_t len;
+    mopt_error err = {0};
+    assert_int_equal(mopt_read_file(fifo, &data, &len, &err), MOPT_E_IO); /* never blocks */
+    CHECK_ERR(err, MOPT_E_IO, "not a regular file");
+    assert_int_equal(mopt_read_file(dir, &data, &len, &err), MOPT_E_IO);
+    snprintf(path, sizeof path, "%s/f.txt", dir);
+    assert_int_equal(mopt_file_write_atomic(path, "hello", 5, NULL), MOPT_OK);
+    assert_int_equal(mopt_read_file(path, &data, &len, NULL), MOPT_OK);
+    assert_int_equal(len, 5);
+    assert_string_equal(data, "hello"); /* NUL-terminated for text parsers */
+    free(data);
+    assert_int_equal(mopt_file_write_atomic(path, "bye", 3, NULL), MOPT_OK); /* replaced whole */
+    assert_int_equal(mopt_read_file(path, &data, &len, NULL), MOPT_OK);
+    assert_string_equal(data, "bye");
+    free(data);
+}
+
+static void test_paths_outside_a_root_are_refused(void **state) {
+    (void)state;
+    char dir[1024], p[1200];
+    assert_non_null(test_tmpdir(dir, sizeof dir, "within"));
+    mopt_error err = {0};
+    snprintf(p, sizeof p, "%s/a.json", dir);
+    assert_int_equal(mopt_path_check_within(dir, p, NULL), MOPT_OK);
+    snprintf(p, sizeof p, "%s/../escaped.json", dir);
+    CHECK_ERR((mopt_path_check_within(dir, p, &err), err), MOPT_E_INVALID, "outside");
+    snprintf(p, sizeof p, "%s/link", dir); /* a link inside that points out */
+    assert_int_equal(symlink("/etc/hostname", p), 0);
+    err = (mopt_error){0};
+    CHECK_ERR((mopt_path_check_within(dir, p, &err), err), MOPT_E_INVALID, "symbolic link");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buffer_holds_text_and_bytes_with_nuls),
+        cmocka_unit_test(test_json_text_keeps_insertion_order_and_ends_as_asked),
+        cmocka_unit_test(test_reads_refuse_what_is_not_a_regular_file),
+        cmocka_unit_test(test_paths_outside_a_root_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,321 @@
+/* Quantized Hugging Face exports (AWQ GEMM, GPTQ v1, compressed-tensors pack-,
+ * int- and float-quantized): each loads back into the same packed weights, so
+ * logits are identical to the in-process model (difference exactly 0); an
+ * independent Python reader written from the published layouts decodes them to
+ * the project's dequantized weights; formats that cannot hold a scheme refuse it
+ * with a message; corrupt packed tensors are refused on import. */
+#include <jansson.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+static char calib[1024];
+
+/* quantize with `quant`, export as `format`, load the export, compare logits */
+static void roundtrip_tol(const char *model_rel, const char *quant, const char *format, const char *tag, int reader,
+                          double tol) {
+    REQUIRE_SHARED();
+    char src[1024], dir[1024], out[1100], dense[1100], text[4096];
+    test_shared_path(src, sizeof src, model_rel);
+    test_tmpdir(dir, sizeof dir, tag);
+    snprintf(out, sizeof out, "%s/q", dir);
+    snprintf(dense, sizeof dense, "%s/dense", dir);
+    mopt_model *m = test_load_model(src);
+    snprintf(text, sizeof text, "%s,export.hf<out=%s;format=%s>,export.hf<out=%s;format=dense;dtype=f32>", quant, out,
+             format, dense);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model *e = test_load_model(out);
+    double d = test_max_logit_diff(m, e);
+    fprintf(stderr, "%s %s as %s: max |logit diff| %.3g\n", model_rel, quant, format, d);
+    assert_true(d <= tol);
+    mopt_model_free(e);
+    mopt_model_free(m);
+    if (reader) {
+        char cmd[4400];
+        snprintf(cmd, sizeof cmd, "python3 '%s/tests/hf_quant_reader.py' '%s' '%s'", MOPT_SOURCE_DIR, out, dense);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
+static void exact_roundtrip(const char *model_rel, const char *quant, const char *format, const char *tag, int reader) {
+    roundtrip_tol(model_rel, quant, format, tag, reader, 0.0);
+}
+
+static void test_awq_gemm_roundtrip_is_exact(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128>", "awq", "awq", 1);
+}
+
+static void test_awq_pass_exports_as_awq(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=64;calib=%s;calib_samples=4;calib_len=128>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "awq", "awq-pass", 0);
+}
+
+static void test_gptq_v1_roundtrip_is_exact_for_2_4_8_bits(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128>", "gptq", "gptq4", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1;sym=true>", "gptq", "gptq8", 0);
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=2;group_size=32>", "gptq", "gptq2", 0);
+}
+
+static void test_gptq_act_order_keeps_g_idx(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.gptq<bits=4;group_size=64;act_order=true;sym=true;calib=%s;calib_samples=4;calib_len=128>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "gptq", "gptq-act", 1);
+    exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-act", 1);
+}
+
+static void test_compressed_tensors_pack_quantized_sym_and_asym(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128>", "compressed-tensors", "ct-asym", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=32;sym=true>", "compressed-tensors", "ct-sym", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1>", "compressed-tensors", "ct-8", 0);
+}
+
+static void test_compressed_tensors_w8a8_and_fp8(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.smoothquant<alpha=0.5;calib=%s;calib_samples=4;calib_len=128>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-w8a8", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", "compressed-tensors", "ct-fp8", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.fp8<weights=per_tensor;activations=none>", "compressed-tensors", "ct-fp8w", 0);
+    snprintf(q, sizeof q, "quant.fp8<activations=static;calib=%s;calib_samples=4;calib_len=128>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-fp8s", 0);
+}
+
+static void test_modelopt_unified_w4a16_awq_and_fp8(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true>", "modelopt", "mo-int4", 1);
+    char q[2048];
+    snprintf(q, sizeof q, "quant.fp8<weights=per_tensor;activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "modelopt", "mo-fp8", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", "modelopt", "mo-fp8pc", 1);
+}
+
+static void test_modelopt_scheme_read_from_hf_quant_config_alone(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], text[2400], path[1200];
+    test_tmpdir(dir, sizeof dir, "mo-side");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=64;sym=true>,export.hf<out=%s;format=modelopt>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    snprintf(path, sizeof path, "%s/config.json", out); /* older exports: no quantization_config in config.json */
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    json_object_del(j, "quantization_config");
+    assert_int_equal(json_dump_file(j, path, 0), 0);
+    json_decref(j);
+    mopt_model *e = test_load_model(out);
+    assert_true(test_max_logit_diff(m, e) == 0.0);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+static void test_llama2c_rope_rows_are_permuted_in_packed_form(void **s) {
+    /* q/k rows move from llama2.c's interleaved RoPE order to HF's rotate-half order, scales and zeros with them */
+    /* its MLP width 172 is not a multiple of 8: compressed-tensors pads the packed words. Interleaved and
+     * rotate-half RoPE sum in another order, hence the dense export's 1e-4 rather than 0. */
+    roundtrip_tol("models/stories260K/stories260K.bin", "quant.rtn<bits=4;group_size=32>", "compressed-tensors", "l2c-ct", 1, 1e-4);
+    roundtrip_tol("models/stories260K/stories260K.bin", "quant.rtn<bits=4;group_size=32;sym=true;exclude=*mlp*>", "gptq",
+                    "l2c-gptq", 1, 1e-4);
+}
+
+static void expect_refusal(const char *model_rel, const char *text_fmt, const char *msg) {
+    char dir[1024], text[4096], out[1100];
+    test_tmpdir(dir, sizeof dir, "refuse");
+    snprintf(text, sizeof text, text_fmt, dir);
+    test_pipeline_fails(model_rel, text, msg);
+    snprintf(out, sizeof out, "%s/o", dir);
+    struct stat st;
+    assert_int_not_equal(stat(out, &st), 0); /* nothing written */
+}
+
+static void test_formats_refuse_what_they_cannot_hold(void **s) {
+    REQUIRE_SHARED();
+    expect_refusal("models/lit-llama-7m", "quant.rtn<bits=8>,export.hf<out=%s/o;format=awq>", "AWQ GEMM holds 4-bit weights only");
+    expect_refusal("models/lit-llama-7m", "quant.rtn<bits=3>,export.hf<out=%s/o;format=gptq>", "3-bit");
+    expect_refusal("models/lit-llama-7m", "quant.fp8,export.hf<out=%s/o;format=gptq>", "export as compressed-tensors");
+    expect_refusal("models/lit-llama-7m", "export.hf<out=%s/o;format=gptq>", "needs a quantized model");
+    expect_refusal("models/lit-llama-7m", "quant.rtn<bits=4>,export.hf<out=%s/o;format=modelopt>", "sym=true");
+    /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
+    expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
+    expect_refusal("models/stories260K/stories260K.bin", "quant.rtn<group_size=32>,export.hf<out=%s/o;format=awq>", "divisible by 8");
+}
+
+/* Sets quantization_config[key] in an exported config.json. */
+static void corrupt_config(const char *dir, const char *key, json_t *value) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_object_set_new(json_object_get(j, "quantization_config"), key, value);
+    assert_int_equal(json_dump_file(j, path, 0), 0);
+    json_decref(j);
+}
+
+static void test_bad_quantized_checkpoints_are_refused(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], text[2400];
+    test_tmpdir(dir, sizeof dir, "hfq-bad");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128>,export.hf<out=%s;format=gptq>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    mopt_error err = {0};
+    /* group size that does not match the stored groups */
+    corrupt_config(out, "group_size", json_integer(64));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "qzeros");
+    corrupt_config(out, "group_size", json_integer(128));
+    corrupt_config(out, "bits", json_integer(3));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "GPTQ with 3 bits");
+    corrupt_config(out, "bits", json_integer(4));
+    corrupt_config(out, "checkpoint_format", json_string("gptq_v2"));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "checkpoint_format");
+    corrupt_config(out, "checkpoint_format", json_null()); /* found by fuzz_checkpoint_dir: null is the default, not NULL */
+    mopt_model *ok = mopt_model_load(out, NULL, &err);
+    assert_non_null(ok);
+    mopt_model_free(ok);
+    corrupt_config(out, "checkpoint_format", json_string("gptq"));
+    corrupt_config(out, "quant_method", json_string("bitsandbytes"));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "quant_method");
+    /* packed tensors without a quantization_config */
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", out);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    json_object_del(j, "quantization_config");
+    json_dump_file(j, path, 0);
+    json_decref(j);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "no quantization_config");
+}
+
+/* Sets quantization_config.config_groups.<first>.weights[key] (or input_activations[key]). */
+static void corrupt_scheme(const char *dir, const char *part, const char *key, json_t *value) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_t *groups = json_object_get(json_object_get(j, "quantization_config"), "config_groups");
+    const char *k;
+    json_t *g, *target = NULL;
+    json_object_foreach(groups, k, g) if (!target) target = json_object_get(g, part);
+    assert_non_null(target);
+    if (value) json_object_set_new(target, key, value);
+    else json_object_del(target, key);
+    assert_int_equal(json_dump_file(j, path, 0), 0);
+    json_decref(j);
+}
+
+/* compressed-tensors schemes mopt would read wrongly are refused, not guessed at. */
+static void test_compressed_tensors_schemes_mopt_cannot_read_are_refused(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1100], text[2400], path[1200];
+    test_tmpdir(dir, sizeof dir, "ct-bad");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128>,export.hf<out=%s;format=compressed-tensors>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    mopt_error err = {0};
+    static const struct {
+        const char *part, *key, *json, *msg;
+    } cases[] = {{"weights", "strategy", "\"block\"", "weights.strategy \"block\" is not supported"},
+                 {"weights", "type", "\"mxfp\"", "weights.type \"mxfp\" is not supported"},
+                 {"weights", "group_size", "0", "weights.group_size 0 is not a usable group size"},
+                 {"weights", "group_size", "1099511627776", "weights.group_size 1099511627776 is not a usable group size"},
+                 {"weights", "group_size", "null", "strategy is \"group\" but group_size is not set"},
+                 {"weights", "num_bits", "16", "num_bits 16 is not supported"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_error_t je;
+        json_t *v = json_loads(cases[i].json, JSON_DECODE_ANY, &je);
+        snprintf(path, sizeof path, "%s/config.json", out);
+        json_t *orig = json_load_file(path, 0, &je);
+        corrupt_scheme(out, cases[i].part, cases[i].key, v);
+        assert_null(mopt_model_load(out, NULL, &err));
+        assert_true(err.code == MOPT_E_FORMAT || err.code == MOPT_E_UNSUPPORTED);
+        CHECK_ERR(err, err.code, cases[i].msg);
+        assert_int_equal(json_dump_file(orig, path, 0), 0); /* restore */
+        json_decref(orig);
+    }
+    /* found by fuzz_checkpoint_dir: packed words read under another scheme, or with a bit width CT does not pack */
+    snprintf(path, sizeof path, "%s/config.json", out);
+    json_error_t je;
+    json_t *orig = json_load_file(path, 0, &je);
+    corrupt_config(out, "quant_method", json_string("modelopt"));
+    corrupt_config(out, "quant_algo", json_string("W4A16_AWQ"));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "weight_packed is a compressed-tensors packed weight, but");
+    assert_int_equal(json_dump_file(orig, path, 0), 0);
+    corrupt_config(out, "format", json_null());
+    corrupt_scheme(out, "weights", "num_bits", json_integer(3));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "pack-quantized with 3 bits");
+    assert_int_equal(json_dump_file(orig, path, 0), 0);
+    json_decref(orig);
+    /* an asymmetric scheme whose zero points are gone */
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "python3 - '%s/model.safetensors' <<'PY'\n"
+                              "import json,struct,sys\n"
+                              "p=sys.argv[1]; d=open(p,'rb').read(); n=struct.unpack('<Q',d[:8])[0]; h=json.loads(d[8:8+n])\n"
+                              "for k in list(h):\n"
+                              "    if k.endswith('.weight_zero_point'): h[k.replace('weight_zero_point','zp_renamed')]=h.pop(k)\n"
+                              "b=json.dumps(h).encode(); b+=b' '*((8-len(b)%%8)%%8)\n"
+                              "open(p,'wb').write(struct.pack('<Q',len(b))+b+d[8+n:])\n"
+                              "PY",
+             out);
+    assert_int_equal(system(cmd), 0);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "asymmetric (symmetric: false) but");
+    assert_non_null(strstr(err.msg, "weight_zero_point is missing"));
+}
+
+static void test_quantize_cli_writes_the_checkpoint(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], cmd[8192];
+    test_tmpdir(dir, sizeof dir, "hfq-cli");
+    snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method rtn --bits 4 -o '%s/q' --format gptq --quiet > /dev/null",
+             MOPT_CLI, test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/q/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_t *qc = json_object_get(j, "quantization_config");
+    assert_string_equal(json_string_value(json_object_get(qc, "quant_method")), "gptq");
+    assert_int_equal(json_integer_value(json_object_get(qc, "bits")), 4);
+    assert_int_equal(json_integer_value(json_object_get(qc, "group_size")), 128);
+    json_decref(j);
+    /* the target exists now: refused without --force */
+    int st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method rtn -o '%s/q2' --format nope --quiet 2>&1 | grep -q 'format nope is not known'",
+             MOPT_CLI, test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+    snprintf(calib, sizeof calib, "%s/data/lit-train.txt", test_shared_dir());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_awq_gemm_roundtrip_is_exact),
+        cmocka_unit_test(test_awq_pass_exports_as_awq),
+        cmocka_unit_test(test_gptq_v1_roundtrip_is_exact_for_2_4_8_bits),
+        cmocka_unit_test(test_gptq_act_order_keeps_g_idx),
+        cmocka_unit_test(test_compressed_tensors_pack_quantized_sym_and_asym),
+        cmocka_unit_test(test_compressed_tensors_w8a8_and_fp8),
+        cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
+        cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
+        cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
+        cmocka_unit_test(test_formats_refuse_what_they_cannot_hold),
+        cmocka_unit_test(test_bad_quantized_checkpoints_are_refused),
+        cmocka_unit_test(test_compressed_tensors_schemes_mopt_cannot_read_are_refused),
+        cmocka_unit_test(test_quantize_cli_writes_the_checkpoint),
+    };
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+}

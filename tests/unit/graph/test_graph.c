@@ -1,0 +1,122 @@
+/* The graph layer on its own: values, nodes, tensors and the bookkeeping every
+ * pass relies on (producers, consumers, roles, retargeting on replace). */
+#include "testutil.h"
+#include "graph_impl.h"
+
+static mopt_graph *tiny_graph(void) {
+    mopt_arch a = {0};
+    snprintf(a.family, sizeof a.family, "llama");
+    a.dim = 4, a.n_layers = 1, a.n_heads = 1, a.n_kv_heads = 1, a.head_dim = 4, a.ffn_dim = 4, a.vocab_size = 3, a.max_ctx = 8;
+    mopt_graph *g = mopt_graph_new(&a, NULL);
+    assert_non_null(g);
+    return g;
+}
+
+static mopt_tensor *tensor(const char *name, int64_t rows, int64_t cols) {
+    int64_t dims[2] = {rows, cols};
+    mopt_tensor *t = mopt_tensor_new(name, MOPT_DTYPE_F32, cols ? 2 : 1, dims, NULL);
+    assert_non_null(t);
+    return t;
+}
+
+static int32_t node(mopt_graph *g, mopt_op op, mopt_role role, int32_t n_in, int32_t in0, int32_t in1, mopt_tensor *w, int32_t width,
+                    mopt_error *err) {
+    mopt_node n = {0};
+    n.op = op, n.role = role, n.layer = op == MOPT_OP_EMBEDDING ? -1 : 0, n.n_inputs = n_in, n.kv_slot = -1;
+    n.inputs[0] = in0, n.inputs[1] = in1, n.weight = w;
+    snprintf(n.name, sizeof n.name, "%s", mopt_role_name(role));
+    n.output = mopt_graph_add_value(g, width);
+    return mopt_graph_add_node(g, &n, err) < 0 ? -1 : n.output;
+}
+
+static void test_nodes_read_only_values_written_before_them(void **state) {
+    (void)state;
+    mopt_graph *g = tiny_graph();
+    mopt_error err = {0};
+    const int32_t later = mopt_graph_add_value(g, 4); /* declared, never written */
+    assert_int_equal(node(g, MOPT_OP_ADD, MOPT_ROLE_ATTN_RESIDUAL, 2, later, later, NULL, 4, &err), -1);
+    CHECK_ERR(err, MOPT_E_INVALID, "not produced by an earlier node");
+    /* an output may be written once */
+    mopt_node n = {0};
+    n.op = MOPT_OP_EMBEDDING, n.output = mopt_graph_add_value(g, 4);
+    assert_true(mopt_graph_add_node(g, &n, &err) >= 0);
+    assert_true(mopt_graph_add_node(g, &n, &err) < 0);
+    CHECK_ERR(err, MOPT_E_INVALID, "already written");
+    mopt_graph_free(g);
+}
+
+static void test_producers_consumers_and_roles_are_found(void **state) {
+    (void)state;
+    mopt_graph *g = tiny_graph();
+    mopt_tensor *emb = tensor("emb.weight", 3, 4), *w = tensor("lin.weight", 4, 4);
+    assert_int_equal(mopt_graph_add_tensor(g, emb, NULL), MOPT_OK);
+    assert_int_equal(mopt_graph_add_tensor(g, w, NULL), MOPT_OK);
+    const int32_t x = node(g, MOPT_OP_EMBEDDING, MOPT_ROLE_EMBED, 0, 0, 0, emb, 4, NULL);
+    const int32_t y = node(g, MOPT_OP_LINEAR, MOPT_ROLE_ATTN_O, 1, x, 0, w, 4, NULL);
+    const int32_t z = node(g, MOPT_OP_ADD, MOPT_ROLE_ATTN_RESIDUAL, 2, x, y, NULL, 4, NULL);
+    assert_true(x >= 0 && y >= 0 && z >= 0);
+    assert_int_equal(mopt_graph_producer(g, y), 1);
+    int32_t uses[4];
+    assert_int_equal(mopt_graph_consumers(g, x, uses, 4), 2); /* the linear and the residual */
+    assert_int_equal(uses[0], 1);
+    assert_int_equal(uses[1], 2);
+    assert_int_equal(mopt_graph_consumers(g, z, uses, 4), 0);
+    assert_int_equal(mopt_graph_find_node(g, MOPT_ROLE_ATTN_O, 0), 1);
+    assert_int_equal(mopt_graph_find_node(g, MOPT_ROLE_ATTN_O, 1), -1);
+    assert_int_equal(mopt_graph_n_params(g), 3 * 4 + 4 * 4);
+    assert_int_equal(mopt_graph_weight_bytes(g), (3 * 4 + 4 * 4) * 4);
+    mopt_graph_free(g);
+}
+
+static void test_replacing_a_tensor_retargets_the_nodes_that_use_it(void **state) {
+    (void)state;
+    mopt_graph *g = tiny_graph();
+    mopt_tensor *emb = tensor("emb.weight", 3, 4);
+    assert_int_equal(mopt_graph_add_tensor(g, emb, NULL), MOPT_OK);
+    node(g, MOPT_OP_EMBEDDING, MOPT_ROLE_EMBED, 0, 0, 0, emb, 4, NULL);
+    node(g, MOPT_OP_LM_HEAD, MOPT_ROLE_LM_HEAD, 1, 0, 0, emb, 3, NULL); /* tied */
+    mopt_error err = {0};
+    mopt_tensor *dup = tensor("emb.weight", 3, 4);
+    assert_int_equal(mopt_graph_add_tensor(g, dup, &err), MOPT_E_FORMAT);
+    CHECK_ERR(err, MOPT_E_FORMAT, "appears twice");
+    mopt_tensor_free(dup);
+    mopt_tensor *neu = tensor("emb.weight", 3, 4);
+    assert_int_equal(mopt_graph_replace_tensor(g, neu, NULL), MOPT_OK);
+    assert_ptr_equal(mopt_graph_node(g, 0)->weight, neu);
+    assert_ptr_equal(mopt_graph_node(g, 1)->weight, neu);
+    /* swap hands the old tensor back instead of freeing it */
+    mopt_tensor *again = tensor("emb.weight", 3, 4);
+    assert_ptr_equal(mopt_graph_swap_tensor(g, again, NULL), neu);
+    assert_ptr_equal(mopt_graph_node(g, 1)->weight, again);
+    mopt_tensor_free(neu);
+    mopt_tensor *stray = tensor("other.weight", 1, 0);
+    assert_int_equal(mopt_graph_replace_tensor(g, stray, &err), MOPT_E_INVALID); /* the caller keeps it */
+    CHECK_ERR(err, MOPT_E_INVALID, "no tensor named other.weight");
+    mopt_tensor_free(stray);
+    mopt_graph_remove_tensor(g, "emb.weight");
+    assert_null(mopt_graph_node(g, 0)->weight);
+    assert_null(mopt_graph_find_tensor(g, "emb.weight"));
+    mopt_graph_free(g);
+}
+
+static void test_linear_roles_are_the_decoder_projections(void **state) {
+    (void)state;
+    const mopt_role linear[] = {MOPT_ROLE_ATTN_Q, MOPT_ROLE_ATTN_K, MOPT_ROLE_ATTN_V, MOPT_ROLE_ATTN_O,
+                                MOPT_ROLE_MLP_GATE, MOPT_ROLE_MLP_UP, MOPT_ROLE_MLP_DOWN};
+    int n = 0;
+    for (int r = 0; r < MOPT_ROLE_COUNT; r++) n += mopt_role_is_linear((mopt_role)r);
+    assert_int_equal(n, 7);
+    for (int i = 0; i < 7; i++) assert_true(mopt_role_is_linear(linear[i]));
+    assert_false(mopt_role_is_linear(MOPT_ROLE_EMBED));
+    assert_false(mopt_role_is_linear(MOPT_ROLE_LM_HEAD));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nodes_read_only_values_written_before_them),
+        cmocka_unit_test(test_producers_consumers_and_roles_are_found),
+        cmocka_unit_test(test_replacing_a_tensor_retargets_the_nodes_that_use_it),
+        cmocka_unit_test(test_linear_roles_are_the_decoder_projections),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,226 @@
+/* The executor on a hand-built graph, checked against a float64 reference
+ * written here: embedding, RMS norm, q/k/v with grouped-query heads, rotate-half
+ * RoPE, causal attention over the KV cache, output projection, residual and a
+ * tied classifier. Prefill, token-by-token decode and rolling the cache back
+ * must all give the reference logits. */
+#include <math.h>
+
+#include "testutil.h"
+
+enum { V = 6, D = 8, H = 2, KVH = 1, HD = 4, CTX = 16, T = 5 };
+static const float THETA = 10000.0f, EPS = 1e-5f;
+
+typedef struct {
+    mopt_graph *g;
+    float emb[V][D], norm[D], wq[H * HD][D], wk[KVH * HD][D], wv[KVH * HD][D], wo[D][H * HD];
+} model;
+
+static float det(uint32_t *s) { /* deterministic values in [-0.5, 0.5) */
+    *s = *s * 1664525u + 1013904223u;
+    return (float)(*s >> 8) / 16777216.0f - 0.5f;
+}
+
+static mopt_tensor *add_tensor(mopt_graph *g, const char *name, const float *v, int64_t rows, int64_t cols) {
+    int64_t dims[2] = {rows, cols};
+    mopt_tensor *t = mopt_tensor_new(name, MOPT_DTYPE_F32, cols ? 2 : 1, dims, NULL);
+    assert_non_null(t);
+    memcpy(t->data, v, (size_t)(rows * (cols ? cols : 1)) * sizeof(float));
+    assert_int_equal(mopt_graph_add_tensor(g, t, NULL), MOPT_OK);
+    return t;
+}
+
+static int32_t add_node(mopt_graph *g, mopt_node n, int32_t width) {
+    n.output = mopt_graph_add_value(g, width);
+    assert_true(mopt_graph_add_node(g, &n, NULL) >= 0);
+    return n.output;
+}
+
+static mopt_node mk(mopt_op op, mopt_role role, int32_t n_in, int32_t a, int32_t b, int32_t c, mopt_tensor *w) {
+    mopt_node n = {0};
+    n.op = op, n.role = role, n.layer = 0, n.n_inputs = n_in, n.kv_slot = -1, n.weight = w;
+    n.inputs[0] = a, n.inputs[1] = b, n.inputs[2] = c;
+    n.n_heads = H, n.n_kv_heads = KVH, n.head_dim = HD, n.rope_theta = THETA, n.rope_style = MOPT_ROPE_HALF, n.eps = EPS;
+    snprintf(n.name, sizeof n.name, "%s", mopt_role_name(role));
+    return n;
+}
+
+static void build(model *m) {
+    uint32_t s = 12345;
+    float *all[] = {&m->emb[0][0], m->norm, &m->wq[0][0], &m->wk[0][0], &m->wv[0][0], &m->wo[0][0]};
+    const int sizes[] = {V * D, D, H * HD * D, KVH * HD * D, KVH * HD * D, D * H * HD};
+    for (int k = 0; k < 6; k++)
+        for (int i = 0; i < sizes[k]; i++) all[k][i] = k == 1 ? 1.0f + det(&s) : 2.0f * det(&s);
+    mopt_arch a = {0};
+    snprintf(a.family, sizeof a.family, "llama");
+    a.dim = D, a.n_layers = 1, a.n_heads = H, a.n_kv_heads = KVH, a.head_dim = HD, a.ffn_dim = D, a.vocab_size = V;
+    a.max_ctx = CTX, a.norm_eps = EPS, a.rope_theta = THETA, a.rope_style = MOPT_ROPE_HALF, a.tied_embeddings = 1;
+    mopt_graph *g = m->g = mopt_graph_new(&a, NULL);
+    assert_non_null(g);
+    mopt_tensor *emb = add_tensor(g, "emb", &m->emb[0][0], V, D), *nw = add_tensor(g, "norm", m->norm, D, 0);
+    mopt_tensor *q = add_tensor(g, "q", &m->wq[0][0], H * HD, D), *k = add_tensor(g, "k", &m->wk[0][0], KVH * HD, D);
+    mopt_tensor *v = add_tensor(g, "v", &m->wv[0][0], KVH * HD, D), *o = add_tensor(g, "o", &m->wo[0][0], D, H * HD);
+    mopt_node e = mk(MOPT_OP_EMBEDDING, MOPT_ROLE_EMBED, 0, 0, 0, 0, emb);
+    e.layer = -1;
+    const int32_t x = add_node(g, e, D);
+    const int32_t h = add_node(g, mk(MOPT_OP_RMSNORM, MOPT_ROLE_ATTN_NORM, 1, x, 0, 0, nw), D);
+    const int32_t qv = add_node(g, mk(MOPT_OP_LINEAR, MOPT_ROLE_ATTN_Q, 1, h, 0, 0, q), H * HD);
+    const int32_t kv = add_node(g, mk(MOPT_OP_LINEAR, MOPT_ROLE_ATTN_K, 1, h, 0, 0, k), KVH * HD);
+    const int32_t vv = add_node(g, mk(MOPT_OP_LINEAR, MOPT_ROLE_ATTN_V, 1, h, 0, 0, v), KVH * HD);
+    const int32_t qr = add_node(g, mk(MOPT_OP_ROPE, MOPT_ROLE_ATTN_ROPE_Q, 1, qv, 0, 0, NULL), H * HD);
+    mopt_node rk = mk(MOPT_OP_ROPE, MOPT_ROLE_ATTN_ROPE_K, 1, kv, 0, 0, NULL);
+    rk.n_heads = KVH;
+    const int32_t kr = add_node(g, rk, KVH * HD);
+    mopt_node at = mk(MOPT_OP_ATTENTION, MOPT_ROLE_ATTN, 3, qr, kr, vv, NULL);
+    at.kv_slot = 0;
+    const int32_t att = add_node(g, at, H * HD);
+    const int32_t ov = add_node(g, mk(MOPT_OP_LINEAR, MOPT_ROLE_ATTN_O, 1, att, 0, 0, o), D);
+    const int32_t x1 = add_node(g, mk(MOPT_OP_ADD, MOPT_ROLE_ATTN_RESIDUAL, 2, x, ov, 0, NULL), D);
+    mopt_node lm = mk(MOPT_OP_LM_HEAD, MOPT_ROLE_LM_HEAD, 1, x1, 0, 0, emb);
+    lm.layer = -1;
+    add_node(g, lm, V);
+}
+
+/* --- the float64 reference --------------------------------------------------------------- */
+
+static void matvec(const float *w, const double *x, int rows, int cols, double *y) {
+    for (int r = 0; r < rows; r++) {
+        y[r] = 0;
+        for (int c = 0; c < cols; c++) y[r] += (double)w[r * cols + c] * x[c];
+    }
+}
+
+static void rope_half(double *v, int n_heads, int pos) {
+    for (int hh = 0; hh < n_heads; hh++)
+        for (int i = 0; i < HD / 2; i++) {
+            const double ang = pos * pow((double)THETA, -2.0 * i / HD);
+            double *a = v + hh * HD + i, *b = a + HD / 2;
+            const double x1 = *a, x2 = *b;
+            *a = x1 * cos(ang) - x2 * sin(ang);
+            *b = x2 * cos(ang) + x1 * sin(ang);
+        }
+}
+
+static void reference(const model *m, const int32_t *tok, int n, double logits[][V]) {
+    double x[T][D], k[T][KVH * HD], v[T][KVH * HD], q[T][H * HD];
+    for (int t = 0; t < n; t++) {
+        double ss = 0, h[D];
+        for (int i = 0; i < D; i++) x[t][i] = m->emb[tok[t]][i], ss += x[t][i] * x[t][i];
+        for (int i = 0; i < D; i++) h[i] = x[t][i] / sqrt(ss / D + EPS) * m->norm[i];
+        matvec(&m->wq[0][0], h, H * HD, D, q[t]);
+        matvec(&m->wk[0][0], h, KVH * HD, D, k[t]);
+        matvec(&m->wv[0][0], h, KVH * HD, D, v[t]);
+        rope_half(q[t], H, t);
+        rope_half(k[t], KVH, t);
+    }
+    for (int t = 0; t < n; t++) {
+        double att[H * HD] = {0}, o[D], x1[D];
+        for (int hh = 0; hh < H; hh++) {
+            const int g = hh / (H / KVH);
+            double sc[T], mx = -INFINITY, z = 0;
+            for (int u = 0; u <= t; u++) {
+                sc[u] = 0;
+                for (int i = 0; i < HD; i++) sc[u] += q[t][hh * HD + i] * k[u][g * HD + i];
+                sc[u] /= sqrt((double)HD);
+                mx = fmax(mx, sc[u]);
+            }
+            for (int u = 0; u <= t; u++) z += sc[u] = exp(sc[u] - mx);
+            for (int u = 0; u <= t; u++)
+                for (int i = 0; i < HD; i++) att[hh * HD + i] += sc[u] / z * v[u][g * HD + i];
+        }
+        matvec(&m->wo[0][0], att, D, H * HD, o);
+        for (int i = 0; i < D; i++) x1[i] = x[t][i] + o[i];
+        matvec(&m->emb[0][0], x1, V, D, logits[t]);
+    }
+}
+
+/* fp32 accumulation over a handful of terms of size ~1: 1e-5 absolute */
+static void expect_row(const float *got, const double *want) {
+    for (int i = 0; i < V; i++)
+        if (fabs(got[i] - want[i]) > 1e-5) {
+            fprintf(stderr, "logit %d: %.9g, reference %.9g\n", i, (double)got[i], want[i]);
+            fail();
+        }
+}
+
+static const int32_t tokens[T] = {3, 1, 4, 1, 5};
+
+static void test_prefill_matches_the_float64_reference(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    double want[T][V];
+    reference(&m, tokens, T, want);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    assert_non_null(s);
+    const float *logits;
+    assert_int_equal(mopt_session_forward(s, tokens, T, true, &logits, NULL), MOPT_OK);
+    for (int t = 0; t < T; t++) expect_row(logits + t * V, want[t]);
+    assert_int_equal(mopt_session_length(s), T);
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
+static void test_decoding_token_by_token_matches_prefill(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    double want[T][V];
+    reference(&m, tokens, T, want);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    const float *logits;
+    for (int t = 0; t < T; t++) {
+        assert_int_equal(mopt_session_forward(s, tokens + t, 1, false, &logits, NULL), MOPT_OK);
+        expect_row(logits, want[t]);
+    }
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
+static void test_truncating_the_cache_replays_the_same_logits(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    double want[T][V];
+    reference(&m, tokens, T, want);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    const float *logits;
+    assert_int_equal(mopt_session_forward(s, tokens, T, false, &logits, NULL), MOPT_OK);
+    assert_int_equal(mopt_session_truncate(s, 2, NULL), MOPT_OK);
+    assert_int_equal(mopt_session_length(s), 2);
+    assert_int_equal(mopt_session_forward(s, tokens + 2, 2, true, &logits, NULL), MOPT_OK);
+    expect_row(logits, want[2]);
+    expect_row(logits + V, want[3]);
+    mopt_error err = {0};
+    assert_int_not_equal(mopt_session_truncate(s, 9, &err), MOPT_OK); /* beyond the length */
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
+static void test_bad_tokens_and_a_full_context_are_refused(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    const float *logits;
+    mopt_error err = {0};
+    const int32_t bad[2] = {1, V};
+    assert_int_not_equal(mopt_session_forward(s, bad, 2, false, &logits, &err), MOPT_OK);
+    assert_true(err.msg[0]);
+    assert_int_equal(mopt_session_length(s), 0); /* nothing half-appended */
+    int32_t many[CTX + 1] = {0};
+    err = (mopt_error){0};
+    assert_int_not_equal(mopt_session_forward(s, many, CTX + 1, false, &logits, &err), MOPT_OK);
+    assert_true(err.msg[0]);
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prefill_matches_the_float64_reference),
+        cmocka_unit_test(test_decoding_token_by_token_matches_prefill),
+        cmocka_unit_test(test_truncating_the_cache_replays_the_same_logits),
+        cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
