@@ -215,11 +215,17 @@ static int by_alignment(const void *a, const void *b) {
 }
 
 mopt_status mopt_safetensors_encode(mopt_st_entry *e, int32_t n, char **out, size_t *len, mopt_error *err) {
+    return mopt_safetensors_encode_meta(e, n, NULL, out, len, err);
+}
+
+mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char *const *meta, char **out, size_t *len,
+                                         mopt_error *err) {
     *out = NULL;
     *len = 0;
     qsort(e, (size_t)n, sizeof *e, by_alignment);
-    json_t *hdr = json_object();
-    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    json_t *hdr = json_object(), *md = json_pack("{s:s}", "format", "pt");
+    for (int32_t i = 0; meta && meta[i] && meta[i + 1]; i += 2) json_object_set_new(md, meta[i], json_string(meta[i + 1]));
+    json_object_set_new(hdr, "__metadata__", md);
     size_t off = 0;
     for (int32_t i = 0; i < n; i++) {
         json_t *shape = json_array();

@@ -1,11 +1,13 @@
 /* The mopt binary end to end: the acceptance commands, exit codes, and the
  * one-line error for each kind of bad input. */
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
+#include "safetensors.h"
 #include "testutil.h"
 
 typedef struct {
@@ -284,6 +286,96 @@ static void test_signals_stop_work_and_leave_no_temporaries(void **s) {
     test_cli_refuses(cmd, 124, "timed out after 1 s", NULL);
 }
 
+/* mopt grad: every weight's gradient under the checkpoint's own name and
+ * shape, the loss in the metadata equal to eval's NLL of the same window. */
+static void test_grad_writes_every_weight_under_its_checkpoint_name(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], args[4096], out[1200], ckpt[1200];
+    test_tmpdir(dir, sizeof dir, "grad");
+    snprintf(out, sizeof out, "%s/g.safetensors", dir);
+    snprintf(args, sizeof args, "grad '%s/models/lit-gpt2-1m' --data '%s/data/lit-val.txt' --ctx 64 --offset 100 -o '%s'",
+             test_shared_dir(), test_shared_dir(), out);
+    run_result r = run(args);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "over 63 tokens"));
+    run_free(&r);
+    mopt_tensor **got = NULL, **want = NULL;
+    int32_t ng = 0, nw = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_safetensors_read(out, &got, &ng, &err), MOPT_OK);
+    assert_int_equal(mopt_safetensors_read(test_shared_path(ckpt, sizeof ckpt, "models/lit-gpt2-1m/model.safetensors"), &want, &nw, &err), MOPT_OK);
+    assert_int_equal(ng, nw);
+    for (int32_t i = 0; i < nw; i++) {
+        const mopt_tensor *g = NULL;
+        for (int32_t k = 0; k < ng && !g; k++)
+            if (!strcmp(got[k]->name, want[i]->name)) g = got[k];
+        if (!g) fprintf(stderr, "no gradient for %s\n", want[i]->name);
+        assert_non_null(g);
+        assert_int_equal(g->dtype, MOPT_DTYPE_F32);
+        assert_memory_equal(g->ne, want[i]->ne, sizeof g->ne);
+    }
+    for (int32_t k = 0; k < ng; k++) mopt_tensor_free(got[k]);
+    for (int32_t k = 0; k < nw; k++) mopt_tensor_free(want[k]);
+    free(got);
+    free(want);
+    /* the window's loss, as eval scores tokens 100..163 */
+    size_t n;
+    unsigned char *bytes = read_whole(out, &n);
+    uint64_t hl = 0;
+    for (int k = 0; k < 8; k++) hl |= (uint64_t)bytes[k] << (8 * k);
+    json_t *hdr = json_loadb((const char *)bytes + 8, hl, 0, NULL);
+    assert_non_null(hdr);
+    const double loss = atof(json_string_value(json_object_get(json_object_get(hdr, "__metadata__"), "loss")));
+    json_decref(hdr);
+    free(bytes);
+    snprintf(args, sizeof args, "tokenize '%s/models/lit-gpt2-1m' --file '%s/data/lit-val.txt' --no-special --json",
+             test_shared_dir(), test_shared_dir());
+    r = run(args);
+    assert_int_equal(r.code, 0);
+    json_t *ids = json_loads(r.out, 0, NULL);
+    run_free(&r);
+    assert_non_null(ids);
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    int32_t win[64];
+    for (int k = 0; k < 64; k++) win[k] = (int32_t)json_integer_value(json_array_get(ids, 100 + k));
+    json_decref(ids);
+    mopt_session *se = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    mopt_ppl_result pr;
+    assert_int_equal(mopt_perplexity(se, win, 64, 64, NULL, NULL, &pr, &err), MOPT_OK);
+    assert_true(fabs(pr.nll - loss) <= 1e-5 * pr.nll);
+    mopt_session_free(se);
+    mopt_model_free(m);
+}
+
+static void test_grad_refuses_bad_input_and_writes_nothing(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], args[4096], shortf[1200], out[1200];
+    test_tmpdir(dir, sizeof dir, "grad-bad");
+    snprintf(shortf, sizeof shortf, "%s/short.txt", dir);
+    write_file(shortf, "ROMEO: hi", 9);
+    snprintf(out, sizeof out, "%s/g.safetensors", dir);
+    const char *model = "models/lit-llama-7m";
+    snprintf(args, sizeof args, "grad '%s/%s' --data '%s' --ctx 64 -o '%s'", test_shared_dir(), model, shortf, out);
+    test_cli_refuses(args, 2, "a window of 64 at offset 0 needs 64", NULL);
+    assert_int_not_equal(access(out, F_OK), 0);
+    snprintf(args, sizeof args, "grad '%s/%s' --data '%s' --ctx 1 -o '%s'", test_shared_dir(), model, shortf, out);
+    test_cli_refuses(args, 2, "--ctx expects an integer >= 2", NULL);
+    snprintf(args, sizeof args, "grad '%s/%s' --data '%s' --offset -3 -o '%s'", test_shared_dir(), model, shortf, out);
+    test_cli_refuses(args, 2, "--offset", NULL);
+    snprintf(args, sizeof args, "grad '%s/%s' --data '%s' --ctx 100000 -o '%s'", test_shared_dir(), model, shortf, out);
+    test_cli_refuses(args, 2, "exceeds the model's context", NULL);
+    snprintf(args, sizeof args, "grad '%s/%s' --data '%s/missing.txt' -o '%s'", test_shared_dir(), model, dir, out);
+    test_cli_refuses(args, 2, "missing.txt", NULL);
+    write_file(out, "keep", 4);
+    snprintf(args, sizeof args, "grad '%s/%s' --data '%s' -o '%s'", test_shared_dir(), model, shortf, out);
+    test_cli_refuses(args, 2, "exists; pass --force", NULL);
+    size_t n;
+    char *kept = read_whole(out, &n);
+    assert_int_equal(n, 4);
+    assert_memory_equal(kept, "keep", 4);
+    free(kept);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_stories260k_prints_llama2c_sample),
@@ -294,6 +386,8 @@ int main(void) {
         cmocka_unit_test(test_threads_above_the_cores_are_capped_with_a_warning),
         cmocka_unit_test(test_signals_stop_work_and_leave_no_temporaries),
         cmocka_unit_test(test_tokenizer_alone_and_calibration_notes),
+        cmocka_unit_test(test_grad_writes_every_weight_under_its_checkpoint_name),
+        cmocka_unit_test(test_grad_refuses_bad_input_and_writes_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -90,6 +90,9 @@ MOPT_API mopt_status mopt_st_add_rows(mopt_st_list *l, const mopt_file_tensor *f
 /* The bytes of a safetensors file holding the entries (reordered as the
  * reference writer orders them: wider elements first, then by name). */
 MOPT_API mopt_status mopt_safetensors_encode(mopt_st_entry *e, int32_t n, char **out, size_t *len, mopt_error *err);
+/* The same with more __metadata__ string pairs: meta = {key, value, ..., NULL}. */
+MOPT_API mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char *const *meta, char **out, size_t *len,
+                                                  mopt_error *err);
 
 /* --- quantized checkpoints (Hugging Face layouts, ModelOpt, TensorRT-LLM) ------------- */
 

@@ -17,6 +17,7 @@
 #include "mopt/sampler.h"
 #include "mopt/tensor.h"
 #include "mopt/tokenizer.h"
+#include "mopt/train.h"
 
 #define MOPT_VERSION_STRING "0.1.0"
 

@@ -1,0 +1,356 @@
+/* Forward/backward pairs for every graph op, the way llm.c writes them: the
+ * forward mirrors the CPU backend's arithmetic (runtime/backend_cpu.c) at
+ * positions 0..T-1 and saves norms' statistics and attention probabilities;
+ * the backward reads them and accumulates into the input and weight
+ * gradients. GEMMs go to OpenBLAS. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backprop.h"
+#include "base.h"
+
+size_t train_aux_floats(const mopt_node *n, int32_t max_T) {
+    switch (n->op) {
+    case MOPT_OP_RMSNORM: return (size_t)max_T;         /* 1/rms per row */
+    case MOPT_OP_LAYERNORM: return 2 * (size_t)max_T;   /* mean and 1/std per row */
+    case MOPT_OP_ATTENTION: return (size_t)n->n_heads * (size_t)max_T * (size_t)max_T; /* softmax rows */
+    default: return 0;
+    }
+}
+
+/* --- linear: y[T, out] = x[T, in] W^T + b ------------------------------------------ */
+
+static void linear_fwd(const train_op *o) {
+    const int32_t T = o->T, out = (int32_t)o->w_rows, in = (int32_t)o->w_cols;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, o->in[0], o->in_w[0], o->w, in, 0.0f, o->out,
+                o->out_w);
+    if (o->b)
+        for (int32_t t = 0; t < T; t++)
+            for (int32_t j = 0; j < out; j++) o->out[(size_t)t * o->out_w + j] += o->b[j];
+}
+
+static void linear_bwd(const train_op *o) {
+    const int32_t T = o->T, out = (int32_t)o->w_rows, in = (int32_t)o->w_cols;
+    /* dx[T, in] += dy[T, out] W[out, in];  dW[out, in] += dy^T x */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, o->dout, o->out_w, o->w, in, 1.0f, o->din[0],
+                o->in_w[0]);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, o->dout, o->out_w, o->in[0], o->in_w[0], 1.0f, o->dw,
+                in);
+    if (o->db)
+        for (int32_t t = 0; t < T; t++)
+            for (int32_t j = 0; j < out; j++) o->db[j] += o->dout[(size_t)t * o->out_w + j];
+}
+
+/* --- norms ---------------------------------------------------------------------- */
+
+static void rmsnorm_fwd(const train_op *o) {
+    const int32_t D = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const float *x = o->in[0] + (size_t)t * o->in_w[0];
+        float *y = o->out + (size_t)t * D;
+        double ss = 0;
+        for (int32_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
+        const float r = (float)(1.0 / sqrt(ss / D + o->node->eps));
+        o->aux[t] = r;
+        for (int32_t i = 0; i < D; i++) y[i] = o->w[i] * (x[i] * r);
+    }
+}
+
+static void rmsnorm_bwd(const train_op *o) {
+    const int32_t D = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const float *x = o->in[0] + (size_t)t * o->in_w[0], *dy = o->dout + (size_t)t * D;
+        float *dx = o->din[0] + (size_t)t * o->in_w[0];
+        const double r = o->aux[t];
+        double dot = 0; /* sum_j w_j dy_j x_j */
+        for (int32_t i = 0; i < D; i++) dot += (double)o->w[i] * dy[i] * x[i];
+        const double c = r * r * r * dot / D;
+        for (int32_t i = 0; i < D; i++) {
+            o->dw[i] += (float)(dy[i] * x[i] * r);
+            dx[i] += (float)(r * o->w[i] * dy[i] - c * x[i]);
+        }
+    }
+}
+
+static void layernorm_fwd(const train_op *o) {
+    const int32_t D = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const float *x = o->in[0] + (size_t)t * o->in_w[0];
+        float *y = o->out + (size_t)t * D;
+        double mean = 0, var = 0;
+        for (int32_t i = 0; i < D; i++) mean += x[i];
+        mean /= D;
+        for (int32_t i = 0; i < D; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
+        var /= D;
+        const float r = (float)(1.0 / sqrt(var + o->node->eps)), m = (float)mean;
+        o->aux[2 * t] = m;
+        o->aux[2 * t + 1] = r;
+        for (int32_t i = 0; i < D; i++) y[i] = o->w[i] * ((x[i] - m) * r) + (o->b ? o->b[i] : 0.0f);
+    }
+}
+
+static void layernorm_bwd(const train_op *o) {
+    const int32_t D = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const float *x = o->in[0] + (size_t)t * o->in_w[0], *dy = o->dout + (size_t)t * D;
+        float *dx = o->din[0] + (size_t)t * o->in_w[0];
+        const double m = o->aux[2 * t], r = o->aux[2 * t + 1];
+        double mean_g = 0, mean_gx = 0; /* of dxhat and dxhat * xhat */
+        for (int32_t i = 0; i < D; i++) {
+            const double xh = (x[i] - m) * r, g = (double)dy[i] * o->w[i];
+            mean_g += g;
+            mean_gx += g * xh;
+            o->dw[i] += (float)(dy[i] * xh);
+            if (o->db) o->db[i] += dy[i];
+        }
+        mean_g /= D;
+        mean_gx /= D;
+        for (int32_t i = 0; i < D; i++) {
+            const double xh = (x[i] - m) * r, g = (double)dy[i] * o->w[i];
+            dx[i] += (float)(r * (g - mean_g - xh * mean_gx));
+        }
+    }
+}
+
+/* --- rotary position embedding ----------------------------------------------------- */
+
+/* rotates (or with inverse, rotates back) pairs of x into y at position pos */
+static void rope_rows(const mopt_node *n, const float *x, float *y, int32_t pos, int inverse) {
+    const int32_t hd = n->head_dim, half = hd / 2;
+    for (int32_t i = 0; i < half; i++) {
+        const float inv = 1.0f / powf(n->rope_theta, (float)(2 * i) / (float)hd); /* as the backend */
+        const float ang = (float)pos * inv, cs = cosf(ang), sn = inverse ? -sinf(ang) : sinf(ang);
+        const int32_t i0 = n->rope_style == MOPT_ROPE_HALF ? i : 2 * i, i1 = n->rope_style == MOPT_ROPE_HALF ? i + half : 2 * i + 1;
+        for (int32_t h = 0; h < n->n_heads; h++) {
+            const float x0 = x[h * hd + i0], x1 = x[h * hd + i1];
+            y[h * hd + i0] = x0 * cs - x1 * sn;
+            y[h * hd + i1] = x1 * cs + x0 * sn;
+        }
+    }
+}
+
+static void rope_fwd(const train_op *o) {
+    for (int32_t t = 0; t < o->T; t++) rope_rows(o->node, o->in[0] + (size_t)t * o->in_w[0], o->out + (size_t)t * o->out_w, t, 0);
+}
+
+static mopt_status rope_bwd(const train_op *o, mopt_error *err) {
+    const int32_t W = o->out_w;
+    float *tmp = malloc((size_t)W * sizeof *tmp);
+    if (!tmp) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    for (int32_t t = 0; t < o->T; t++) { /* the rotation is orthogonal: dx = R^T dy */
+        rope_rows(o->node, o->dout + (size_t)t * W, tmp, t, 1);
+        float *dx = o->din[0] + (size_t)t * o->in_w[0];
+        for (int32_t i = 0; i < W; i++) dx[i] += tmp[i];
+    }
+    free(tmp);
+    return MOPT_OK;
+}
+
+/* --- causal attention with grouped KV heads ---------------------------------------- */
+
+static void attention_fwd(const train_op *o) {
+    const mopt_node *n = o->node;
+    const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int32_t h = 0; h < n->n_heads; h++) {
+        const int32_t kvo = (h / group) * hd;
+        for (int32_t t = 0; t < T; t++) {
+            const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
+            float *p = o->aux + ((size_t)h * T + t) * T, *y = o->out + (size_t)t * o->out_w + h * hd;
+            float mx = -INFINITY, sum = 0;
+            for (int32_t s = 0; s <= t; s++) {
+                const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
+                float d = 0;
+                for (int32_t i = 0; i < hd; i++) d += q[i] * k[i];
+                p[s] = d * scale;
+                mx = fmaxf(mx, p[s]);
+            }
+            for (int32_t s = 0; s <= t; s++) sum += (p[s] = expf(p[s] - mx));
+            const float inv = 1.0f / sum;
+            memset(y, 0, (size_t)hd * sizeof *y);
+            for (int32_t s = 0; s <= t; s++) {
+                const float *v = o->in[2] + (size_t)s * o->in_w[2] + kvo;
+                p[s] *= inv;
+                for (int32_t i = 0; i < hd; i++) y[i] += p[s] * v[i];
+            }
+        }
+    }
+}
+
+static mopt_status attention_bwd(const train_op *o, mopt_error *err) {
+    const mopt_node *n = o->node;
+    const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *dp = malloc((size_t)T * sizeof *dp);
+    if (!dp) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    for (int32_t h = 0; h < n->n_heads; h++) {
+        const int32_t kvo = (h / group) * hd;
+        for (int32_t t = 0; t < T; t++) {
+            const float *p = o->aux + ((size_t)h * T + t) * T, *dy = o->dout + (size_t)t * o->out_w + h * hd;
+            const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
+            float *dq = o->din[0] + (size_t)t * o->in_w[0] + h * hd;
+            double pdp = 0; /* sum_s p_s dp_s, the softmax's correction */
+            for (int32_t s = 0; s <= t; s++) {
+                const float *v = o->in[2] + (size_t)s * o->in_w[2] + kvo;
+                float *dv = o->din[2] + (size_t)s * o->in_w[2] + kvo;
+                float d = 0;
+                for (int32_t i = 0; i < hd; i++) {
+                    d += dy[i] * v[i];
+                    dv[i] += p[s] * dy[i];
+                }
+                dp[s] = d;
+                pdp += (double)p[s] * d;
+            }
+            for (int32_t s = 0; s <= t; s++) {
+                const float ds = p[s] * (dp[s] - (float)pdp) * scale;
+                const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
+                float *dk = o->din[1] + (size_t)s * o->in_w[1] + kvo;
+                for (int32_t i = 0; i < hd; i++) {
+                    dq[i] += ds * k[i];
+                    dk[i] += ds * q[i];
+                }
+            }
+        }
+    }
+    free(dp);
+    return MOPT_OK;
+}
+
+/* --- elementwise ----------------------------------------------------------------- */
+
+static float gelu_inner(float v) { return 0.7978845608028654f * (v + 0.044715f * v * v * v); }
+
+static void elementwise_fwd(const train_op *o) {
+    const int32_t W = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const float *x = o->in[0] + (size_t)t * o->in_w[0], *z = o->node->n_inputs > 1 ? o->in[1] + (size_t)t * o->in_w[1] : NULL;
+        float *y = o->out + (size_t)t * W;
+        for (int32_t i = 0; i < W; i++) switch (o->node->op) {
+            case MOPT_OP_SWIGLU: y[i] = x[i] / (1.0f + expf(-x[i])) * z[i]; break;
+            case MOPT_OP_GELU: y[i] = 0.5f * x[i] * (1.0f + tanhf(gelu_inner(x[i]))); break;
+            default: y[i] = x[i] + z[i]; break; /* ADD */
+            }
+    }
+}
+
+static void elementwise_bwd(const train_op *o) {
+    const int32_t W = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const float *x = o->in[0] + (size_t)t * o->in_w[0], *dy = o->dout + (size_t)t * W;
+        const float *z = o->node->n_inputs > 1 ? o->in[1] + (size_t)t * o->in_w[1] : NULL;
+        float *dx = o->din[0] + (size_t)t * o->in_w[0], *dz = z ? o->din[1] + (size_t)t * o->in_w[1] : NULL;
+        for (int32_t i = 0; i < W; i++) switch (o->node->op) {
+            case MOPT_OP_SWIGLU: { /* y = silu(g) u */
+                const float sg = 1.0f / (1.0f + expf(-x[i]));
+                dz[i] += dy[i] * x[i] * sg;
+                dx[i] += dy[i] * z[i] * sg * (1.0f + x[i] * (1.0f - sg));
+                break;
+            }
+            case MOPT_OP_GELU: {
+                const float v = x[i], th = tanhf(gelu_inner(v));
+                const float dinner = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * v * v);
+                dx[i] += dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dinner);
+                break;
+            }
+            default: /* ADD */
+                dx[i] += dy[i];
+                dz[i] += dy[i];
+                break;
+            }
+    }
+}
+
+/* --- embeddings ------------------------------------------------------------------ */
+
+static mopt_status embedding_fwd(const train_op *o, mopt_error *err) {
+    const int32_t W = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const int64_t row = o->node->op == MOPT_OP_EMBEDDING ? o->tokens[t] : t;
+        if (row < 0 || row >= o->w_rows)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "%s: row %lld is outside its %lld rows", o->node->name, (long long)row,
+                             (long long)o->w_rows);
+        float *y = o->out + (size_t)t * W;
+        const float *e = o->w + row * o->w_cols;
+        const float *x = o->node->op == MOPT_OP_POS_EMBEDDING ? o->in[0] + (size_t)t * o->in_w[0] : NULL;
+        for (int32_t i = 0; i < W; i++) y[i] = e[i] + (x ? x[i] : 0.0f);
+    }
+    return MOPT_OK;
+}
+
+static void embedding_bwd(const train_op *o) {
+    const int32_t W = o->out_w;
+    for (int32_t t = 0; t < o->T; t++) {
+        const int64_t row = o->node->op == MOPT_OP_EMBEDDING ? o->tokens[t] : t;
+        const float *dy = o->dout + (size_t)t * W;
+        float *de = o->dw + row * o->w_cols, *dx = o->node->op == MOPT_OP_POS_EMBEDDING ? o->din[0] + (size_t)t * o->in_w[0] : NULL;
+        for (int32_t i = 0; i < W; i++) {
+            de[i] += dy[i];
+            if (dx) dx[i] += dy[i];
+        }
+    }
+}
+
+/* --- dispatch -------------------------------------------------------------------- */
+
+static mopt_status check_shapes(const train_op *o, mopt_error *err) {
+    const mopt_node *n = o->node;
+    const int needs_w = n->op == MOPT_OP_EMBEDDING || n->op == MOPT_OP_POS_EMBEDDING || n->op == MOPT_OP_RMSNORM ||
+                        n->op == MOPT_OP_LAYERNORM || n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD;
+    if (needs_w && !o->w) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: %s needs a weight", n->name, mopt_op_name(n->op));
+    if (o->b && o->b_n != (n->op == MOPT_OP_LAYERNORM ? o->out_w : o->w_rows))
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s: a bias of %lld values does not fit its output", n->name, (long long)o->b_n);
+    int ok = 1;
+    switch (n->op) {
+    case MOPT_OP_EMBEDDING:
+    case MOPT_OP_POS_EMBEDDING: ok = o->w_cols == o->out_w; break;
+    case MOPT_OP_RMSNORM:
+    case MOPT_OP_LAYERNORM: ok = o->w_rows * o->w_cols == o->out_w && o->in_w[0] >= o->out_w; break;
+    case MOPT_OP_LINEAR:
+    case MOPT_OP_LM_HEAD: ok = o->w_cols == o->in_w[0] && o->w_rows == o->out_w; break;
+    case MOPT_OP_ROPE: ok = n->head_dim > 0 && n->head_dim % 2 == 0 && n->n_heads * n->head_dim == o->out_w && o->in_w[0] >= o->out_w; break;
+    case MOPT_OP_ATTENTION:
+        ok = n->head_dim > 0 && n->n_kv_heads > 0 && n->n_heads % n->n_kv_heads == 0 && o->in_w[0] >= n->n_heads * n->head_dim &&
+             o->in_w[1] >= n->n_kv_heads * n->head_dim && o->in_w[2] >= n->n_kv_heads * n->head_dim &&
+             o->out_w >= n->n_heads * n->head_dim;
+        break;
+    case MOPT_OP_SWIGLU:
+    case MOPT_OP_ADD: ok = n->n_inputs == 2 && o->in_w[0] >= o->out_w && o->in_w[1] >= o->out_w; break;
+    case MOPT_OP_GELU: ok = o->in_w[0] >= o->out_w; break;
+    default: return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: no backward for op %s", n->name, mopt_op_name(n->op));
+    }
+    return ok ? MOPT_OK : MOPT_FAIL(err, MOPT_E_INVALID, "%s: %s shapes do not fit its values", n->name, mopt_op_name(n->op));
+}
+
+mopt_status train_forward(train_op *o, mopt_error *err) {
+    mopt_status st = check_shapes(o, err);
+    if (st) return st;
+    switch (o->node->op) {
+    case MOPT_OP_EMBEDDING:
+    case MOPT_OP_POS_EMBEDDING: return embedding_fwd(o, err);
+    case MOPT_OP_RMSNORM: rmsnorm_fwd(o); break;
+    case MOPT_OP_LAYERNORM: layernorm_fwd(o); break;
+    case MOPT_OP_LINEAR:
+    case MOPT_OP_LM_HEAD: linear_fwd(o); break;
+    case MOPT_OP_ROPE: rope_fwd(o); break;
+    case MOPT_OP_ATTENTION: attention_fwd(o); break;
+    default: elementwise_fwd(o); break;
+    }
+    return MOPT_OK;
+}
+
+mopt_status train_backward(train_op *o, mopt_error *err) {
+    switch (o->node->op) {
+    case MOPT_OP_EMBEDDING:
+    case MOPT_OP_POS_EMBEDDING: embedding_bwd(o); break;
+    case MOPT_OP_RMSNORM: rmsnorm_bwd(o); break;
+    case MOPT_OP_LAYERNORM: layernorm_bwd(o); break;
+    case MOPT_OP_LINEAR:
+    case MOPT_OP_LM_HEAD: linear_bwd(o); break;
+    case MOPT_OP_ROPE: return rope_bwd(o, err);
+    case MOPT_OP_ATTENTION: return attention_bwd(o, err);
+    default: elementwise_bwd(o); break;
+    }
+    return MOPT_OK;
+}

@@ -1,0 +1,223 @@
+/* The trainer: fp32 master parameters with their gradients, every activation
+ * of one window kept for the backward, and the cross-entropy loss of the
+ * perplexity protocol. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backprop.h"
+#include "base.h"
+#include "mopt/quant.h"
+#include "mopt/train.h"
+
+typedef struct {
+    const mopt_tensor *t;
+    int64_t n, rows, cols;
+    float *w, *g;
+} param;
+
+struct mopt_trainer {
+    const mopt_graph *g;
+    int32_t max_T, n_params, n_values, n_nodes;
+    param *params;
+    int32_t *wparam, *bparam; /* per node: parameter index or -1 */
+    float **act, **dact;      /* per value: [max_T, width] */
+    float **aux;              /* per node: train_aux_floats() */
+};
+
+static void params_free(mopt_trainer *tr) {
+    for (int32_t i = 0; i < tr->n_params; i++) {
+        free(tr->params[i].w);
+        free(tr->params[i].g);
+    }
+    free(tr->params);
+}
+
+void mopt_trainer_free(mopt_trainer *tr) {
+    if (!tr) return;
+    params_free(tr);
+    for (int32_t v = 0; tr->act && v < tr->n_values; v++) {
+        free(tr->act[v]);
+        free(tr->dact[v]);
+    }
+    for (int32_t i = 0; tr->aux && i < tr->n_nodes; i++) free(tr->aux[i]);
+    free(tr->act);
+    free(tr->dact);
+    free(tr->aux);
+    free(tr->wparam);
+    free(tr->bparam);
+    free(tr);
+}
+
+/* The fp32 copy of a weight: float dtypes converted, packed ones dequantized. */
+static mopt_status widen(const mopt_tensor *t, param *p, mopt_error *err) {
+    if (t->dtype < MOPT_DTYPE_PACKED_FIRST) return mopt_tensor_read_f32(t, 0, p->n, p->w, err);
+    for (int64_t r = 0; r < p->rows; r++) {
+        mopt_status st = mopt_weight_row_f32(t, r, p->w + r * p->cols, err);
+        if (st) return st;
+    }
+    return MOPT_OK;
+}
+
+/* The parameter index of t, adding it on first use. */
+static int32_t param_of(mopt_trainer *tr, const mopt_tensor *t, mopt_error *err) {
+    if (!t) return -1;
+    for (int32_t i = 0; i < tr->n_params; i++)
+        if (tr->params[i].t == t) return i;
+    param *p = &tr->params[tr->n_params];
+    p->t = t;
+    p->cols = t->ne[0];
+    p->rows = mopt_tensor_nelements(t) / (t->ne[0] ? t->ne[0] : 1);
+    p->n = p->rows * p->cols;
+    p->w = malloc((size_t)(p->n ? p->n : 1) * sizeof(float));
+    p->g = calloc((size_t)(p->n ? p->n : 1), sizeof(float));
+    if (!p->w || !p->g) {
+        free(p->w);
+        free(p->g);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "%s: cannot allocate %lld fp32 values and gradients", t->name, (long long)p->n);
+        return -2;
+    }
+    tr->n_params++;
+    if (widen(t, p, err)) return -2;
+    return tr->n_params - 1;
+}
+
+mopt_trainer *mopt_trainer_new(const mopt_graph *g, int32_t max_tokens, mopt_error *err) {
+    const mopt_arch *a = mopt_graph_arch(g);
+    if (max_tokens < 2 || max_tokens > a->max_ctx) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "a window of %d tokens: need 2 to the model's context of %d", max_tokens, a->max_ctx);
+        return NULL;
+    }
+    const int32_t nn = mopt_graph_n_nodes(g);
+    if (nn == 0 || mopt_graph_node(g, nn - 1)->op != MOPT_OP_LM_HEAD) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "the graph must end with an lm_head node");
+        return NULL;
+    }
+    mopt_trainer *tr = calloc(1, sizeof *tr);
+    if (!tr) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    tr->g = g;
+    tr->max_T = max_tokens;
+    tr->n_nodes = nn;
+    tr->n_values = mopt_graph_n_values(g);
+    tr->params = calloc((size_t)nn * 2, sizeof *tr->params);
+    tr->wparam = malloc((size_t)nn * sizeof *tr->wparam);
+    tr->bparam = malloc((size_t)nn * sizeof *tr->bparam);
+    tr->aux = calloc((size_t)nn, sizeof *tr->aux);
+    tr->act = calloc((size_t)(tr->n_values ? tr->n_values : 1), sizeof *tr->act);
+    tr->dact = calloc((size_t)(tr->n_values ? tr->n_values : 1), sizeof *tr->dact);
+    if (!tr->params || !tr->wparam || !tr->bparam || !tr->aux || !tr->act || !tr->dact) goto nomem;
+    for (int32_t i = 0; i < nn; i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if ((tr->wparam[i] = param_of(tr, n->weight, err)) == -2 || (tr->bparam[i] = param_of(tr, n->bias, err)) == -2) goto fail;
+        const size_t aux = train_aux_floats(n, max_tokens);
+        if (aux && !(tr->aux[i] = malloc(aux * sizeof(float)))) goto nomem;
+    }
+    for (int32_t v = 0; v < tr->n_values; v++) {
+        const size_t n = (size_t)max_tokens * (size_t)mopt_graph_value_width(g, v);
+        tr->act[v] = malloc((n ? n : 1) * sizeof(float));
+        tr->dact[v] = malloc((n ? n : 1) * sizeof(float));
+        if (!tr->act[v] || !tr->dact[v]) goto nomem;
+    }
+    return tr;
+nomem:
+    MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for the activations of a %d-token window", max_tokens);
+fail:
+    mopt_trainer_free(tr);
+    return NULL;
+}
+
+void mopt_trainer_zero_grad(mopt_trainer *tr) {
+    for (int32_t i = 0; i < tr->n_params; i++) memset(tr->params[i].g, 0, (size_t)tr->params[i].n * sizeof(float));
+}
+
+int32_t mopt_trainer_n_params(const mopt_trainer *tr) { return tr->n_params; }
+const mopt_tensor *mopt_trainer_param_tensor(const mopt_trainer *tr, int32_t i) {
+    return i >= 0 && i < tr->n_params ? tr->params[i].t : NULL;
+}
+float *mopt_trainer_param(mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].w : NULL; }
+const float *mopt_trainer_grad(const mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].g : NULL; }
+
+/* The op view of node i over the trainer's buffers. */
+static train_op op_of(mopt_trainer *tr, int32_t i, const int32_t *tokens, int32_t T) {
+    const mopt_node *n = mopt_graph_node(tr->g, i);
+    train_op o = {0};
+    o.node = n;
+    o.T = T;
+    o.tokens = tokens;
+    for (int k = 0; k < n->n_inputs; k++) {
+        o.in[k] = tr->act[n->inputs[k]];
+        o.din[k] = tr->dact[n->inputs[k]];
+        o.in_w[k] = mopt_graph_value_width(tr->g, n->inputs[k]);
+    }
+    o.out = tr->act[n->output];
+    o.dout = tr->dact[n->output];
+    o.out_w = mopt_graph_value_width(tr->g, n->output);
+    if (tr->wparam[i] >= 0) {
+        const param *p = &tr->params[tr->wparam[i]];
+        o.w = p->w;
+        o.dw = p->g;
+        o.w_rows = p->rows;
+        o.w_cols = p->cols;
+    }
+    if (tr->bparam[i] >= 0) {
+        const param *p = &tr->params[tr->bparam[i]];
+        o.b = p->w;
+        o.db = p->g;
+        o.b_n = p->n;
+    }
+    o.aux = tr->aux[i];
+    return o;
+}
+
+/* Mean cross-entropy of tokens[1..T-1] from logits rows 0..T-2; dlogits gets
+ * its gradient (softmax minus one-hot, over the count), the last row zero. */
+static double cross_entropy(const float *logits, float *dlogits, const int32_t *tokens, int32_t T, int32_t V) {
+    const double scale = 1.0 / (T - 1);
+    double loss = 0;
+    for (int32_t p = 0; p + 1 < T; p++) {
+        const float *row = logits + (size_t)p * V;
+        float *d = dlogits + (size_t)p * V;
+        float mx = row[0];
+        for (int32_t i = 1; i < V; i++) mx = fmaxf(mx, row[i]);
+        double z = 0;
+        for (int32_t i = 0; i < V; i++) z += exp((double)row[i] - mx);
+        loss += log(z) + mx - row[tokens[p + 1]];
+        for (int32_t i = 0; i < V; i++) d[i] = (float)(exp((double)row[i] - mx) / z * scale);
+        d[tokens[p + 1]] -= (float)scale;
+    }
+    memset(dlogits + (size_t)(T - 1) * V, 0, (size_t)V * sizeof(float));
+    return loss * scale;
+}
+
+mopt_status mopt_trainer_step(mopt_trainer *tr, const int32_t *tokens, int32_t T, double *loss, mopt_error *err) {
+    const mopt_arch *a = mopt_graph_arch(tr->g);
+    if (T < 2 || T > tr->max_T)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "a window of %d tokens: the trainer takes 2 to %d", T, tr->max_T);
+    for (int32_t t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= a->vocab_size)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "token id %d at position %d is outside the vocabulary (0..%d)", tokens[t], t,
+                             a->vocab_size - 1);
+    for (int32_t i = 0; i < tr->n_nodes; i++) {
+        if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted");
+        train_op o = op_of(tr, i, tokens, T);
+        mopt_status st = train_forward(&o, err);
+        if (st) return st;
+    }
+    for (int32_t v = 0; v < tr->n_values; v++)
+        memset(tr->dact[v], 0, (size_t)T * (size_t)mopt_graph_value_width(tr->g, v) * sizeof(float));
+    const mopt_node *head = mopt_graph_node(tr->g, tr->n_nodes - 1);
+    const int32_t V = mopt_graph_value_width(tr->g, head->output);
+    const double l = cross_entropy(tr->act[head->output], tr->dact[head->output], tokens, T, V);
+    if (!isfinite(l)) return MOPT_FAIL(err, MOPT_E_RUNTIME, "the loss is not finite (%g): weights or inputs broke", l);
+    for (int32_t i = tr->n_nodes - 1; i >= 0; i--) {
+        if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted");
+        train_op o = op_of(tr, i, tokens, T);
+        mopt_status st = train_backward(&o, err);
+        if (st) return st;
+    }
+    if (loss) *loss = l;
+    return MOPT_OK;
+}

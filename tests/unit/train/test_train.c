@@ -1,0 +1,429 @@
+/* The trainer's gradients against central finite differences of a float64
+ * forward written here, independently of core/train: every op on small
+ * hand-built graphs (every entry of every parameter), then the real
+ * lit-llama-7m and lit-gpt2-1m on a window of lit-val (entries of every kind
+ * of weight). Tolerance: 1e-3 relative where the reference |g| > 1e-6; on the
+ * small graphs, whose every entry is checked, 1e-7 absolute slack on top for
+ * the few entries fp32 cancellation leaves at ~1e-5 of the largest. */
+#include <math.h>
+
+#include "testutil.h"
+
+/* --- the float64 reference ------------------------------------------------------- */
+
+typedef struct {
+    const mopt_graph *g;
+    mopt_trainer *tr;
+    double **p; /* per trainer parameter, its values in float64 */
+    int32_t np;
+} ref;
+
+static int32_t param_index(const ref *r, const mopt_tensor *t) {
+    for (int32_t i = 0; t && i < r->np; i++)
+        if (mopt_trainer_param_tensor(r->tr, i) == t) return i;
+    return -1;
+}
+
+static void ref_init(ref *r, const mopt_graph *g, mopt_trainer *tr) {
+    r->g = g;
+    r->tr = tr;
+    r->np = mopt_trainer_n_params(tr);
+    r->p = calloc((size_t)r->np, sizeof *r->p);
+    assert_non_null(r->p);
+    for (int32_t i = 0; i < r->np; i++) {
+        const int64_t n = mopt_tensor_nelements(mopt_trainer_param_tensor(tr, i));
+        r->p[i] = malloc((size_t)n * sizeof(double));
+        assert_non_null(r->p[i]);
+        for (int64_t k = 0; k < n; k++) r->p[i][k] = mopt_trainer_param(tr, i)[k];
+    }
+}
+
+static void ref_free(ref *r) {
+    for (int32_t i = 0; i < r->np; i++) free(r->p[i]);
+    free(r->p);
+}
+
+/* Mean cross-entropy of tok[1..T-1], every op in float64. */
+static double ref_loss(const ref *r, const int32_t *tok, int T) {
+    const mopt_graph *g = r->g;
+    const int32_t nv = mopt_graph_n_values(g), nn = mopt_graph_n_nodes(g);
+    double **val = calloc((size_t)nv, sizeof *val);
+    double loss = 0;
+    for (int32_t v = 0; v < nv; v++) val[v] = calloc((size_t)T * (size_t)mopt_graph_value_width(g, v), sizeof(double));
+    for (int32_t i = 0; i < nn; i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        const int32_t W = mopt_graph_value_width(g, n->output);
+        const int32_t iw0 = n->n_inputs > 0 ? mopt_graph_value_width(g, n->inputs[0]) : 0;
+        const int32_t iw1 = n->n_inputs > 1 ? mopt_graph_value_width(g, n->inputs[1]) : 0;
+        const int32_t iw2 = n->n_inputs > 2 ? mopt_graph_value_width(g, n->inputs[2]) : 0;
+        const double *x = n->n_inputs > 0 ? val[n->inputs[0]] : NULL, *z = n->n_inputs > 1 ? val[n->inputs[1]] : NULL;
+        const int32_t wi = param_index(r, n->weight), bi = param_index(r, n->bias);
+        const double *w = wi >= 0 ? r->p[wi] : NULL, *b = bi >= 0 ? r->p[bi] : NULL;
+        const int64_t cols = n->weight ? n->weight->ne[0] : 0;
+        double *y = val[n->output];
+        for (int t = 0; t < T; t++) {
+            double *yt = y + (size_t)t * W;
+            const double *xt = x ? x + (size_t)t * iw0 : NULL, *zt = z ? z + (size_t)t * iw1 : NULL;
+            switch (n->op) {
+            case MOPT_OP_EMBEDDING:
+                for (int k = 0; k < W; k++) yt[k] = w[(int64_t)tok[t] * cols + k];
+                break;
+            case MOPT_OP_POS_EMBEDDING:
+                for (int k = 0; k < W; k++) yt[k] = xt[k] + w[(int64_t)t * cols + k];
+                break;
+            case MOPT_OP_RMSNORM: {
+                double ss = 0;
+                for (int k = 0; k < W; k++) ss += xt[k] * xt[k];
+                const double s = 1.0 / sqrt(ss / W + n->eps);
+                for (int k = 0; k < W; k++) yt[k] = w[k] * xt[k] * s;
+                break;
+            }
+            case MOPT_OP_LAYERNORM: {
+                double m = 0, var = 0;
+                for (int k = 0; k < W; k++) m += xt[k];
+                m /= W;
+                for (int k = 0; k < W; k++) var += (xt[k] - m) * (xt[k] - m);
+                const double s = 1.0 / sqrt(var / W + n->eps);
+                for (int k = 0; k < W; k++) yt[k] = (xt[k] - m) * s * w[k] + (b ? b[k] : 0);
+                break;
+            }
+            case MOPT_OP_LINEAR:
+            case MOPT_OP_LM_HEAD:
+                for (int o = 0; o < W; o++) {
+                    double acc = b ? b[o] : 0;
+                    for (int64_t k = 0; k < cols; k++) acc += w[o * cols + k] * xt[k];
+                    yt[o] = acc;
+                }
+                break;
+            case MOPT_OP_ROPE: {
+                const int hd = n->head_dim, half = hd / 2;
+                for (int h = 0; h < n->n_heads; h++)
+                    for (int k = 0; k < half; k++) {
+                        const double ang = t * pow((double)n->rope_theta, -2.0 * k / hd);
+                        const int a = n->rope_style == MOPT_ROPE_HALF ? k : 2 * k, c = n->rope_style == MOPT_ROPE_HALF ? k + half : 2 * k + 1;
+                        const double x0 = xt[h * hd + a], x1 = xt[h * hd + c];
+                        yt[h * hd + a] = x0 * cos(ang) - x1 * sin(ang);
+                        yt[h * hd + c] = x1 * cos(ang) + x0 * sin(ang);
+                    }
+                break;
+            }
+            case MOPT_OP_ATTENTION: {
+                const int hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
+                const double *kv = z, *vv = val[n->inputs[2]];
+                double p[512];
+                for (int h = 0; h < n->n_heads; h++) {
+                    const int kvo = (h / group) * hd;
+                    double mx = -INFINITY, sum = 0;
+                    for (int s = 0; s <= t; s++) {
+                        double d = 0;
+                        for (int k = 0; k < hd; k++) d += xt[h * hd + k] * kv[(size_t)s * iw1 + kvo + k];
+                        p[s] = d / sqrt((double)hd);
+                        mx = fmax(mx, p[s]);
+                    }
+                    for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - mx));
+                    for (int k = 0; k < hd; k++) {
+                        double acc = 0;
+                        for (int s = 0; s <= t; s++) acc += p[s] / sum * vv[(size_t)s * iw2 + kvo + k];
+                        yt[h * hd + k] = acc;
+                    }
+                }
+                break;
+            }
+            case MOPT_OP_SWIGLU:
+                for (int k = 0; k < W; k++) yt[k] = xt[k] / (1 + exp(-xt[k])) * zt[k];
+                break;
+            case MOPT_OP_GELU:
+                for (int k = 0; k < W; k++) yt[k] = 0.5 * xt[k] * (1 + tanh(sqrt(2 / M_PI) * (xt[k] + 0.044715 * pow(xt[k], 3))));
+                break;
+            case MOPT_OP_ADD:
+                for (int k = 0; k < W; k++) yt[k] = xt[k] + zt[k];
+                break;
+            default: fail();
+            }
+        }
+        if (n->op == MOPT_OP_LM_HEAD)
+            for (int t = 0; t + 1 < T; t++) {
+                const double *row = y + (size_t)t * W;
+                double mx = row[0], s = 0;
+                for (int k = 1; k < W; k++) mx = fmax(mx, row[k]);
+                for (int k = 0; k < W; k++) s += exp(row[k] - mx);
+                loss += log(s) + mx - row[tok[t + 1]];
+            }
+    }
+    for (int32_t v = 0; v < nv; v++) free(val[v]);
+    free(val);
+    return loss / (T - 1);
+}
+
+/* Central difference of the reference loss in entry k of parameter i. */
+static double ref_grad(ref *r, int32_t i, int64_t k, const int32_t *tok, int T) {
+    const double keep = r->p[i][k], h = 1e-4;
+    r->p[i][k] = keep + h;
+    const double up = ref_loss(r, tok, T);
+    r->p[i][k] = keep - h;
+    const double down = ref_loss(r, tok, T);
+    r->p[i][k] = keep;
+    return (up - down) / (2 * h);
+}
+
+typedef struct {
+    int checked, worst_param;
+    double worst;
+    double floor; /* absolute slack: fp32 cancellation in entries far below the parameter's largest */
+} tally;
+
+static void compare(ref *r, int32_t i, int64_t k, const int32_t *tok, int T, tally *ty) {
+    const double want = ref_grad(r, i, k, tok, T), got = mopt_trainer_grad(r->tr, i)[k];
+    if (fabs(want) <= 1e-6) { /* below the stated range: only no spurious gradient */
+        assert_true(fabs(got) <= 1e-5);
+        return;
+    }
+    const double rel = fmax(fabs(got - want) - ty->floor, 0) / fabs(want);
+    if (rel > ty->worst) ty->worst = rel, ty->worst_param = i;
+    if (rel > 1e-3)
+        fprintf(stderr, "%s[%lld]: backward %.9g, finite difference %.9g (rel %.2g)\n",
+                mopt_trainer_param_tensor(r->tr, i)->name, (long long)k, got, want, rel);
+    assert_true(rel <= 1e-3);
+    ty->checked++;
+}
+
+/* Runs the trainer on tok, then checks its loss and the chosen entries. */
+static mopt_trainer *train_once(const mopt_graph *g, const int32_t *tok, int T, ref *r) {
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T, &err);
+    assert_non_null(tr);
+    double loss;
+    mopt_trainer_zero_grad(tr);
+    assert_int_equal(mopt_trainer_step(tr, tok, T, &loss, &err), MOPT_OK);
+    ref_init(r, g, tr);
+    assert_true(fabs(loss - ref_loss(r, tok, T)) <= 1e-5 * fabs(loss));
+    return tr;
+}
+
+/* --- small hand-built graphs: every op, every entry ---------------------------------------- */
+
+enum { V = 11, D = 8, HD = 4, FFN = 12, CTX = 16, T_SMALL = 7 };
+
+static uint32_t seed = 7;
+static float det(void) { /* deterministic values in [-0.5, 0.5) */
+    seed = seed * 1664525u + 1013904223u;
+    return (float)(seed >> 8) / 16777216.0f - 0.5f;
+}
+
+static mopt_tensor *tensor(mopt_graph *g, const char *name, int64_t rows, int64_t cols, float base) {
+    int64_t dims[2] = {rows, cols};
+    mopt_tensor *t = mopt_tensor_new(name, MOPT_DTYPE_F32, cols ? 2 : 1, dims, NULL);
+    assert_non_null(t);
+    for (int64_t i = 0; i < rows * (cols ? cols : 1); i++) ((float *)t->data)[i] = base + det();
+    assert_int_equal(mopt_graph_add_tensor(g, t, NULL), MOPT_OK);
+    return t;
+}
+
+static int32_t node(mopt_graph *g, mopt_op op, int32_t width, int32_t n_in, int32_t a, int32_t b, int32_t c, mopt_tensor *w,
+                    mopt_tensor *bias, int32_t heads, int32_t kv_heads, int32_t rope_style) {
+    mopt_node n = {0};
+    n.op = op, n.layer = 0, n.n_inputs = n_in, n.weight = w, n.bias = bias, n.kv_slot = 0;
+    n.inputs[0] = a, n.inputs[1] = b, n.inputs[2] = c;
+    n.n_heads = heads, n.n_kv_heads = kv_heads, n.head_dim = HD, n.rope_theta = 100.0f, n.rope_style = rope_style, n.eps = 1e-5f;
+    snprintf(n.name, sizeof n.name, "%s", mopt_op_name(op));
+    n.output = mopt_graph_add_value(g, width);
+    assert_true(mopt_graph_add_node(g, &n, NULL) >= 0);
+    return n.output;
+}
+
+static mopt_graph *new_graph(void) {
+    mopt_arch a = {0};
+    snprintf(a.family, sizeof a.family, "llama");
+    a.dim = D, a.n_layers = 1, a.vocab_size = V, a.max_ctx = CTX, a.head_dim = HD;
+    mopt_graph *g = mopt_graph_new(&a, NULL);
+    assert_non_null(g);
+    return g;
+}
+
+/* LLaMA's block: RMS norms, q/k/v with 4 query heads over 2 KV heads, RoPE,
+ * SwiGLU MLP, residuals, an untied classifier. */
+static mopt_graph *llama_block(int rope_style) {
+    mopt_graph *g = new_graph();
+    const int H = 2 * D / HD, KVH = H / 2; /* q width 2*D: heads need not match the model width */
+    int32_t x = node(g, MOPT_OP_EMBEDDING, D, 0, 0, 0, 0, tensor(g, "emb", V, D, 0), NULL, 0, 0, 0);
+    int32_t h = node(g, MOPT_OP_RMSNORM, D, 1, x, 0, 0, tensor(g, "n1", D, 0, 1), NULL, 0, 0, 0);
+    int32_t q = node(g, MOPT_OP_LINEAR, H * HD, 1, h, 0, 0, tensor(g, "q", H * HD, D, 0), NULL, 0, 0, 0);
+    int32_t k = node(g, MOPT_OP_LINEAR, KVH * HD, 1, h, 0, 0, tensor(g, "k", KVH * HD, D, 0), NULL, 0, 0, 0);
+    int32_t v = node(g, MOPT_OP_LINEAR, KVH * HD, 1, h, 0, 0, tensor(g, "v", KVH * HD, D, 0), NULL, 0, 0, 0);
+    int32_t qr = node(g, MOPT_OP_ROPE, H * HD, 1, q, 0, 0, NULL, NULL, H, KVH, rope_style);
+    int32_t kr = node(g, MOPT_OP_ROPE, KVH * HD, 1, k, 0, 0, NULL, NULL, KVH, KVH, rope_style);
+    int32_t at = node(g, MOPT_OP_ATTENTION, H * HD, 3, qr, kr, v, NULL, NULL, H, KVH, 0);
+    int32_t o = node(g, MOPT_OP_LINEAR, D, 1, at, 0, 0, tensor(g, "o", D, H * HD, 0), NULL, 0, 0, 0);
+    int32_t x1 = node(g, MOPT_OP_ADD, D, 2, x, o, 0, NULL, NULL, 0, 0, 0);
+    int32_t h2 = node(g, MOPT_OP_RMSNORM, D, 1, x1, 0, 0, tensor(g, "n2", D, 0, 1), NULL, 0, 0, 0);
+    int32_t gt = node(g, MOPT_OP_LINEAR, FFN, 1, h2, 0, 0, tensor(g, "gate", FFN, D, 0), NULL, 0, 0, 0);
+    int32_t up = node(g, MOPT_OP_LINEAR, FFN, 1, h2, 0, 0, tensor(g, "up", FFN, D, 0), NULL, 0, 0, 0);
+    int32_t act = node(g, MOPT_OP_SWIGLU, FFN, 2, gt, up, 0, NULL, NULL, 0, 0, 0);
+    int32_t dn = node(g, MOPT_OP_LINEAR, D, 1, act, 0, 0, tensor(g, "down", D, FFN, 0), NULL, 0, 0, 0);
+    int32_t x2 = node(g, MOPT_OP_ADD, D, 2, x1, dn, 0, NULL, NULL, 0, 0, 0);
+    int32_t f = node(g, MOPT_OP_RMSNORM, D, 1, x2, 0, 0, tensor(g, "nf", D, 0, 1), NULL, 0, 0, 0);
+    node(g, MOPT_OP_LM_HEAD, V, 1, f, 0, 0, tensor(g, "head", V, D, 0), NULL, 0, 0, 0);
+    return g;
+}
+
+/* GPT-2's block: learned positions, LayerNorms with biases, biased linears,
+ * GELU MLP, a classifier tied to the embedding. */
+static mopt_graph *gpt2_block(void) {
+    mopt_graph *g = new_graph();
+    const int H = D / HD;
+    mopt_tensor *emb = tensor(g, "wte", V, D, 0);
+    int32_t e = node(g, MOPT_OP_EMBEDDING, D, 0, 0, 0, 0, emb, NULL, 0, 0, 0);
+    int32_t x = node(g, MOPT_OP_POS_EMBEDDING, D, 1, e, 0, 0, tensor(g, "wpe", CTX, D, 0), NULL, 0, 0, 0);
+    int32_t h = node(g, MOPT_OP_LAYERNORM, D, 1, x, 0, 0, tensor(g, "ln1", D, 0, 1), tensor(g, "ln1b", D, 0, 0), 0, 0, 0);
+    int32_t q = node(g, MOPT_OP_LINEAR, D, 1, h, 0, 0, tensor(g, "q", D, D, 0), tensor(g, "qb", D, 0, 0), 0, 0, 0);
+    int32_t k = node(g, MOPT_OP_LINEAR, D, 1, h, 0, 0, tensor(g, "k", D, D, 0), tensor(g, "kb", D, 0, 0), 0, 0, 0);
+    int32_t v = node(g, MOPT_OP_LINEAR, D, 1, h, 0, 0, tensor(g, "v", D, D, 0), tensor(g, "vb", D, 0, 0), 0, 0, 0);
+    int32_t at = node(g, MOPT_OP_ATTENTION, D, 3, q, k, v, NULL, NULL, H, H, 0);
+    int32_t o = node(g, MOPT_OP_LINEAR, D, 1, at, 0, 0, tensor(g, "o", D, D, 0), tensor(g, "ob", D, 0, 0), 0, 0, 0);
+    int32_t x1 = node(g, MOPT_OP_ADD, D, 2, x, o, 0, NULL, NULL, 0, 0, 0);
+    int32_t h2 = node(g, MOPT_OP_LAYERNORM, D, 1, x1, 0, 0, tensor(g, "ln2", D, 0, 1), tensor(g, "ln2b", D, 0, 0), 0, 0, 0);
+    int32_t fc = node(g, MOPT_OP_LINEAR, FFN, 1, h2, 0, 0, tensor(g, "fc", FFN, D, 0), tensor(g, "fcb", FFN, 0, 0), 0, 0, 0);
+    int32_t act = node(g, MOPT_OP_GELU, FFN, 1, fc, 0, 0, NULL, NULL, 0, 0, 0);
+    int32_t pr = node(g, MOPT_OP_LINEAR, D, 1, act, 0, 0, tensor(g, "proj", D, FFN, 0), tensor(g, "projb", D, 0, 0), 0, 0, 0);
+    int32_t x2 = node(g, MOPT_OP_ADD, D, 2, x1, pr, 0, NULL, NULL, 0, 0, 0);
+    int32_t f = node(g, MOPT_OP_LAYERNORM, D, 1, x2, 0, 0, tensor(g, "lnf", D, 0, 1), tensor(g, "lnfb", D, 0, 0), 0, 0, 0);
+    node(g, MOPT_OP_LM_HEAD, V, 1, f, 0, 0, emb, NULL, 0, 0, 0);
+    return g;
+}
+
+static const int32_t small_tokens[T_SMALL] = {3, 1, 4, 1, 5, 9, 2};
+
+static void check_every_entry(mopt_graph *g, int expect_params) {
+    ref r;
+    mopt_trainer *tr = train_once(g, small_tokens, T_SMALL, &r);
+    assert_int_equal(mopt_trainer_n_params(tr), expect_params);
+    tally ty = {0, -1, 0, 1e-7};
+    for (int32_t i = 0; i < r.np; i++)
+        for (int64_t k = 0; k < mopt_tensor_nelements(mopt_trainer_param_tensor(tr, i)); k++) compare(&r, i, k, small_tokens, T_SMALL, &ty);
+    assert_true(ty.checked > 200);
+    ref_free(&r);
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+}
+
+static void test_every_llama_op_matches_finite_differences_rotate_half(void **s) {
+    (void)s;
+    check_every_entry(llama_block(MOPT_ROPE_HALF), 12);
+}
+
+static void test_every_llama_op_matches_finite_differences_interleaved_rope(void **s) {
+    (void)s;
+    check_every_entry(llama_block(MOPT_ROPE_INTERLEAVED), 12);
+}
+
+static void test_every_gpt2_op_matches_finite_differences_with_a_tied_classifier(void **s) {
+    (void)s;
+    check_every_entry(gpt2_block(), 20); /* wte counted once */
+}
+
+static void test_gradients_accumulate_until_zeroed(void **s) {
+    (void)s;
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err);
+    assert_non_null(tr);
+    double l1, l2;
+    mopt_trainer_zero_grad(tr);
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &l1, &err), MOPT_OK);
+    const float once = mopt_trainer_grad(tr, 0)[3 * D];
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &l2, &err), MOPT_OK);
+    assert_true(l1 == l2 && once != 0);
+    assert_float_equal(mopt_trainer_grad(tr, 0)[3 * D], 2 * once, 1e-6 * fabs(once));
+    mopt_trainer_zero_grad(tr);
+    assert_true(mopt_trainer_grad(tr, 0)[3 * D] == 0);
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+}
+
+static void test_bad_windows_are_refused(void **s) {
+    (void)s;
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    mopt_error err = {0};
+    assert_null(mopt_trainer_new(g, 1, &err));
+    CHECK_ERR(err, MOPT_E_INVALID, "window of 1 tokens");
+    assert_null(mopt_trainer_new(g, CTX + 1, &err));
+    CHECK_ERR(err, MOPT_E_INVALID, "context of 16");
+    mopt_trainer *tr = mopt_trainer_new(g, 4, &err);
+    assert_non_null(tr);
+    double loss;
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, 5, &loss, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "2 to 4");
+    const int32_t bad[3] = {1, V, 2};
+    assert_int_equal(mopt_trainer_step(tr, bad, 3, &loss, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "outside the vocabulary");
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+}
+
+/* --- the real models ------------------------------------------------------------------ */
+
+enum { T_REAL = 12 };
+
+/* lit-val's first T_REAL tokens, then per parameter its largest-gradient entry
+ * and two more spread over it; parameters of layer 0, the last layer and
+ * outside the blocks (every kind of weight), to keep the float64 forwards few. */
+static void check_real_model(const char *rel) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model(rel);
+    char data[4096];
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(m), test_shared_path(data, sizeof data, "data/lit-val.txt"), 0, &ids, &n, &err), MOPT_OK);
+    assert_true(n >= T_REAL);
+    ref r;
+    mopt_trainer *tr = train_once(mopt_model_graph(m), ids, T_REAL, &r);
+    tally ty = {0, -1, 0, 0}; /* the stated tolerance, no slack */
+    char last[32];
+    snprintf(last, sizeof last, ".%d.", mopt_model_arch(m)->n_layers - 1);
+    int kinds = 0;
+    for (int32_t i = 0; i < r.np; i++) {
+        const mopt_tensor *t = mopt_trainer_param_tensor(tr, i);
+        const int in_block = strstr(t->name, "layers.") || strstr(t->name, ".h.");
+        if (in_block && !strstr(t->name, ".0.") && !strstr(t->name, last)) continue;
+        const int64_t ne = mopt_tensor_nelements(t);
+        const float *gr = mopt_trainer_grad(tr, i);
+        int64_t best = 0;
+        for (int64_t k = 1; k < ne; k++)
+            if (fabsf(gr[k]) > fabsf(gr[best])) best = k;
+        compare(&r, i, best, ids, T_REAL, &ty);
+        compare(&r, i, (best + ne / 3) % ne, ids, T_REAL, &ty);
+        compare(&r, i, (best * 7 + 2 * ne / 3 + 1) % ne, ids, T_REAL, &ty);
+        kinds++;
+    }
+    fprintf(stderr, "%s: %d parameters, %d entries checked, worst relative difference %.2g (%s)\n", rel, kinds, ty.checked, ty.worst,
+            ty.worst_param >= 0 ? mopt_trainer_param_tensor(tr, ty.worst_param)->name : "-");
+    assert_true(ty.checked >= kinds);
+    free(ids);
+    ref_free(&r);
+    mopt_trainer_free(tr);
+    mopt_model_free(m);
+}
+
+static void test_lit_llama_gradients_match_finite_differences(void **s) {
+    (void)s;
+    check_real_model("models/lit-llama-7m");
+}
+
+static void test_lit_gpt2_gradients_match_finite_differences(void **s) {
+    (void)s;
+    check_real_model("models/lit-gpt2-1m");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_llama_op_matches_finite_differences_rotate_half),
+        cmocka_unit_test(test_every_llama_op_matches_finite_differences_interleaved_rope),
+        cmocka_unit_test(test_every_gpt2_op_matches_finite_differences_with_a_tied_classifier),
+        cmocka_unit_test(test_gradients_accumulate_until_zeroed),
+        cmocka_unit_test(test_bad_windows_are_refused),
+        cmocka_unit_test(test_lit_llama_gradients_match_finite_differences),
+        cmocka_unit_test(test_lit_gpt2_gradients_match_finite_differences),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
