@@ -1,7 +1,6 @@
 /* mopt grad MODEL --data FILE [--ctx N] [--offset TOKENS] -o GRADS.safetensors
  * The gradient of one window's mean cross-entropy with respect to every
  * weight, for checking the backward against an independent implementation. */
-#include <cblas.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +22,7 @@ static void help(void) {
            "  --ctx N          window length (default: 256, at most the model's context)\n"
            "  --offset TOKENS  first token of the window (default: 0)\n"
            "  --force          replace an existing GRADS file\n"
-           "  --threads N      OpenBLAS threads (default: all cores)\n"
+           "  --threads N      worker threads (default: all cores)\n"
            "  --quiet          no summary line\n");
 }
 
@@ -92,7 +91,6 @@ int cmd_grad(int argc, char **argv) {
         return cli_usage_error("grad", "--offset expects a token count >= 0, got '%s'", off_s);
     struct stat sb;
     if (!force && lstat(out, &sb) == 0) return cli_usage_error("grad", "%s exists; pass --force to replace it", out);
-    if (threads > 0) openblas_set_num_threads((int)threads);
 
     mopt_error err = {0};
     mopt_model *m = mopt_model_load(argv[optind], NULL, &err);
@@ -122,7 +120,7 @@ int cmd_grad(int argc, char **argv) {
         goto done;
     }
     tr = mopt_trainer_new(mopt_model_graph(m), (int32_t)ctx, &err);
-    if (!tr || mopt_trainer_step(tr, ids + offset, (int32_t)ctx, &loss, &err) || add_grads(tr, mopt_model_graph(m), &l, &err)) goto fail;
+    if (!tr || mopt_trainer_set_threads(tr, (int32_t)threads, &err) || mopt_trainer_step(tr, ids + offset, (int32_t)ctx, &loss, &err) || add_grads(tr, mopt_model_graph(m), &l, &err)) goto fail;
     char loss_s[32], ctx_txt[24], off_txt[24], scored[24];
     snprintf(loss_s, sizeof loss_s, "%.17g", loss);
     snprintf(ctx_txt, sizeof ctx_txt, "%lld", ctx);

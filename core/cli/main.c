@@ -17,6 +17,7 @@ static const struct {
     {"eval", cmd_eval, "perplexity on a text file (the eval.perplexity pass)"},
     {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8) and measure it"},
     {"export", cmd_export, "write a checkpoint (dense Hugging Face), atomically"},
+    {"distill", cmd_distill, "train a student on a teacher's distributions (distill.logits)"},
     {"grad", cmd_grad, "gradient of one window's loss for every weight (checks the backward)"},
     {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
     {"run", cmd_run, "run a Lua pipeline script"},

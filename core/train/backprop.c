@@ -15,32 +15,58 @@ size_t train_aux_floats(const mopt_node *n, int32_t max_T) {
     switch (n->op) {
     case MOPT_OP_RMSNORM: return (size_t)max_T;         /* 1/rms per row */
     case MOPT_OP_LAYERNORM: return 2 * (size_t)max_T;   /* mean and 1/std per row */
-    case MOPT_OP_ATTENTION: return (size_t)n->n_heads * (size_t)max_T * (size_t)max_T; /* softmax rows */
+    case MOPT_OP_ATTENTION: /* softmax rows, then a backward scratch row per KV head */
+        return (size_t)n->n_heads * (size_t)max_T * (size_t)max_T + (size_t)n->n_kv_heads * (size_t)max_T;
     default: return 0;
     }
 }
 
 /* --- linear: y[T, out] = x[T, in] W^T + b ------------------------------------------ */
 
-static void linear_fwd(const train_op *o) {
-    const int32_t T = o->T, out = (int32_t)o->w_rows, in = (int32_t)o->w_cols;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, o->in[0], o->in_w[0], o->w, in, 0.0f, o->out,
-                o->out_w);
+enum { BLOCK = 64 }; /* output rows (forward, dW) or input columns (dx) per task */
+
+static void linear_fwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t T = o->T, in = (int32_t)o->w_cols, o0 = (int32_t)task * BLOCK;
+    const int32_t r = (int32_t)o->w_rows - o0 < BLOCK ? (int32_t)o->w_rows - o0 : BLOCK;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, r, in, 1.0f, o->in[0], o->in_w[0], o->w + (size_t)o0 * in, in, 0.0f,
+                o->out + o0, o->out_w);
     if (o->b)
         for (int32_t t = 0; t < T; t++)
-            for (int32_t j = 0; j < out; j++) o->out[(size_t)t * o->out_w + j] += o->b[j];
+            for (int32_t j = o0; j < o0 + r; j++) o->out[(size_t)t * o->out_w + j] += o->b[j];
 }
 
-static void linear_bwd(const train_op *o) {
-    const int32_t T = o->T, out = (int32_t)o->w_rows, in = (int32_t)o->w_cols;
-    /* dx[T, in] += dy[T, out] W[out, in];  dW[out, in] += dy^T x */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, o->dout, o->out_w, o->w, in, 1.0f, o->din[0],
-                o->in_w[0]);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, o->dout, o->out_w, o->in[0], o->in_w[0], 1.0f, o->dw,
-                in);
+/* dW[o0:o0+r, :] += dy[:, o0:o0+r]^T x, and the bias rows */
+static void linear_dw_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t T = o->T, in = (int32_t)o->w_cols, o0 = (int32_t)task * BLOCK;
+    const int32_t r = (int32_t)o->w_rows - o0 < BLOCK ? (int32_t)o->w_rows - o0 : BLOCK;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, o->dout + o0, o->out_w, o->in[0], o->in_w[0], 1.0f,
+                o->dw + (size_t)o0 * in, in);
     if (o->db)
         for (int32_t t = 0; t < T; t++)
-            for (int32_t j = 0; j < out; j++) o->db[j] += o->dout[(size_t)t * o->out_w + j];
+            for (int32_t j = o0; j < o0 + r; j++) o->db[j] += o->dout[(size_t)t * o->out_w + j];
+}
+
+/* dx[:, i0:i0+c] += dy W[:, i0:i0+c] */
+static void linear_dx_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t T = o->T, in = (int32_t)o->w_cols, out = (int32_t)o->w_rows, i0 = (int32_t)task * BLOCK;
+    const int32_t c = in - i0 < BLOCK ? in - i0 : BLOCK;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, c, out, 1.0f, o->dout, o->out_w, o->w + i0, in, 1.0f, o->din[0] + i0,
+                o->in_w[0]);
+}
+
+static int64_t blocks(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
+
+static void linear_fwd(train_op *o) { mopt_pool_run(o->pool, blocks(o->w_rows), linear_fwd_task, o); }
+
+static void linear_bwd(train_op *o) {
+    mopt_pool_run(o->pool, blocks(o->w_rows), linear_dw_task, o);
+    mopt_pool_run(o->pool, blocks(o->w_cols), linear_dx_task, o);
 }
 
 /* --- norms ---------------------------------------------------------------------- */
@@ -150,45 +176,48 @@ static mopt_status rope_bwd(const train_op *o, mopt_error *err) {
 
 /* --- causal attention with grouped KV heads ---------------------------------------- */
 
-static void attention_fwd(const train_op *o) {
+/* one query head over every row */
+static void attention_fwd_task(void *p, int64_t h, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
     const mopt_node *n = o->node;
-    const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
+    const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads, kvo = ((int32_t)h / group) * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int32_t h = 0; h < n->n_heads; h++) {
-        const int32_t kvo = (h / group) * hd;
-        for (int32_t t = 0; t < T; t++) {
-            const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
-            float *p = o->aux + ((size_t)h * T + t) * T, *y = o->out + (size_t)t * o->out_w + h * hd;
-            float mx = -INFINITY, sum = 0;
-            for (int32_t s = 0; s <= t; s++) {
-                const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
-                float d = 0;
-                for (int32_t i = 0; i < hd; i++) d += q[i] * k[i];
-                p[s] = d * scale;
-                mx = fmaxf(mx, p[s]);
-            }
-            for (int32_t s = 0; s <= t; s++) sum += (p[s] = expf(p[s] - mx));
-            const float inv = 1.0f / sum;
-            memset(y, 0, (size_t)hd * sizeof *y);
-            for (int32_t s = 0; s <= t; s++) {
-                const float *v = o->in[2] + (size_t)s * o->in_w[2] + kvo;
-                p[s] *= inv;
-                for (int32_t i = 0; i < hd; i++) y[i] += p[s] * v[i];
-            }
+    for (int32_t t = 0; t < T; t++) {
+        const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
+        float *pr = o->aux + ((size_t)h * T + t) * T, *y = o->out + (size_t)t * o->out_w + h * hd;
+        float mx = -INFINITY, sum = 0;
+        for (int32_t s = 0; s <= t; s++) {
+            const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
+            float d = 0;
+            for (int32_t i = 0; i < hd; i++) d += q[i] * k[i];
+            pr[s] = d * scale;
+            mx = fmaxf(mx, pr[s]);
+        }
+        for (int32_t s = 0; s <= t; s++) sum += (pr[s] = expf(pr[s] - mx));
+        const float inv = 1.0f / sum;
+        memset(y, 0, (size_t)hd * sizeof *y);
+        for (int32_t s = 0; s <= t; s++) {
+            const float *v = o->in[2] + (size_t)s * o->in_w[2] + kvo;
+            pr[s] *= inv;
+            for (int32_t i = 0; i < hd; i++) y[i] += pr[s] * v[i];
         }
     }
 }
 
-static mopt_status attention_bwd(const train_op *o, mopt_error *err) {
+static void attention_fwd(train_op *o) { mopt_pool_run(o->pool, o->node->n_heads, attention_fwd_task, o); }
+
+/* one KV head with the query heads that share it (their dk, dv add up) */
+static void attention_bwd_task(void *p, int64_t kvh, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
     const mopt_node *n = o->node;
-    const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
+    const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads, kvo = (int32_t)kvh * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *dp = malloc((size_t)T * sizeof *dp);
-    if (!dp) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    for (int32_t h = 0; h < n->n_heads; h++) {
-        const int32_t kvo = (h / group) * hd;
+    float *dp = o->aux + (size_t)n->n_heads * T * T + (size_t)kvh * T; /* scratch row per KV head */
+    for (int32_t h = (int32_t)kvh * group; h < ((int32_t)kvh + 1) * group; h++)
         for (int32_t t = 0; t < T; t++) {
-            const float *p = o->aux + ((size_t)h * T + t) * T, *dy = o->dout + (size_t)t * o->out_w + h * hd;
+            const float *pr = o->aux + ((size_t)h * T + t) * T, *dy = o->dout + (size_t)t * o->out_w + h * hd;
             const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
             float *dq = o->din[0] + (size_t)t * o->in_w[0] + h * hd;
             double pdp = 0; /* sum_s p_s dp_s, the softmax's correction */
@@ -198,13 +227,13 @@ static mopt_status attention_bwd(const train_op *o, mopt_error *err) {
                 float d = 0;
                 for (int32_t i = 0; i < hd; i++) {
                     d += dy[i] * v[i];
-                    dv[i] += p[s] * dy[i];
+                    dv[i] += pr[s] * dy[i];
                 }
                 dp[s] = d;
-                pdp += (double)p[s] * d;
+                pdp += (double)pr[s] * d;
             }
             for (int32_t s = 0; s <= t; s++) {
-                const float ds = p[s] * (dp[s] - (float)pdp) * scale;
+                const float ds = pr[s] * (dp[s] - (float)pdp) * scale;
                 const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
                 float *dk = o->din[1] + (size_t)s * o->in_w[1] + kvo;
                 for (int32_t i = 0; i < hd; i++) {
@@ -213,10 +242,9 @@ static mopt_status attention_bwd(const train_op *o, mopt_error *err) {
                 }
             }
         }
-    }
-    free(dp);
-    return MOPT_OK;
 }
+
+static void attention_bwd(train_op *o) { mopt_pool_run(o->pool, o->node->n_kv_heads, attention_bwd_task, o); }
 
 /* --- elementwise ----------------------------------------------------------------- */
 
@@ -349,7 +377,7 @@ mopt_status train_backward(train_op *o, mopt_error *err) {
     case MOPT_OP_LINEAR:
     case MOPT_OP_LM_HEAD: linear_bwd(o); break;
     case MOPT_OP_ROPE: return rope_bwd(o, err);
-    case MOPT_OP_ATTENTION: return attention_bwd(o, err);
+    case MOPT_OP_ATTENTION: attention_bwd(o); break;
     default: elementwise_bwd(o); break;
     }
     return MOPT_OK;

@@ -8,8 +8,10 @@
 
 #include "mopt/error.h"
 #include "mopt/graph.h"
+#include "threadpool.h"
 
 typedef struct train_op {
+    mopt_pool *pool; /* GEMM row blocks and attention heads run on it */
     const mopt_node *node;
     int32_t T;               /* tokens in the window, at positions 0..T-1 */
     const int32_t *tokens;   /* embedding */

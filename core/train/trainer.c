@@ -1,29 +1,16 @@
 /* The trainer: fp32 master parameters with their gradients, every activation
  * of one window kept for the backward, and the cross-entropy loss of the
  * perplexity protocol. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backprop.h"
+#include "trainer_impl.h"
 #include "base.h"
 #include "mopt/quant.h"
 #include "mopt/train.h"
-
-typedef struct {
-    const mopt_tensor *t;
-    int64_t n, rows, cols;
-    float *w, *g;
-} param;
-
-struct mopt_trainer {
-    const mopt_graph *g;
-    int32_t max_T, n_params, n_values, n_nodes;
-    param *params;
-    int32_t *wparam, *bparam; /* per node: parameter index or -1 */
-    float **act, **dact;      /* per value: [max_T, width] */
-    float **aux;              /* per node: train_aux_floats() */
-};
 
 static void params_free(mopt_trainer *tr) {
     for (int32_t i = 0; i < tr->n_params; i++) {
@@ -35,6 +22,14 @@ static void params_free(mopt_trainer *tr) {
 
 void mopt_trainer_free(mopt_trainer *tr) {
     if (!tr) return;
+    for (int32_t i = 0; tr->m && i < tr->n_params; i++) {
+        free(tr->m[i]);
+        free(tr->v[i]);
+    }
+    free(tr->m);
+    free(tr->v);
+    free(tr->tokens);
+    mopt_pool_free(tr->pool);
     params_free(tr);
     for (int32_t v = 0; tr->act && v < tr->n_values; v++) {
         free(tr->act[v]);
@@ -108,7 +103,10 @@ mopt_trainer *mopt_trainer_new(const mopt_graph *g, int32_t max_tokens, mopt_err
     tr->aux = calloc((size_t)nn, sizeof *tr->aux);
     tr->act = calloc((size_t)(tr->n_values ? tr->n_values : 1), sizeof *tr->act);
     tr->dact = calloc((size_t)(tr->n_values ? tr->n_values : 1), sizeof *tr->dact);
-    if (!tr->params || !tr->wparam || !tr->bparam || !tr->aux || !tr->act || !tr->dact) goto nomem;
+    tr->tokens = malloc((size_t)max_tokens * sizeof *tr->tokens);
+    tr->pool = mopt_pool_new(mopt_cpu_count());
+    openblas_set_num_threads(1); /* the pool splits the GEMMs, as the CPU backend does */
+    if (!tr->pool || !tr->tokens || !tr->params || !tr->wparam || !tr->bparam || !tr->aux || !tr->act || !tr->dact) goto nomem;
     for (int32_t i = 0; i < nn; i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if ((tr->wparam[i] = param_of(tr, n->weight, err)) == -2 || (tr->bparam[i] = param_of(tr, n->bias, err)) == -2) goto fail;
@@ -129,6 +127,14 @@ fail:
     return NULL;
 }
 
+mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err) {
+    mopt_pool *p = mopt_pool_new(n > 0 ? n : mopt_cpu_count());
+    if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot start %d threads", n);
+    mopt_pool_free(tr->pool);
+    tr->pool = p;
+    return MOPT_OK;
+}
+
 void mopt_trainer_zero_grad(mopt_trainer *tr) {
     for (int32_t i = 0; i < tr->n_params; i++) memset(tr->params[i].g, 0, (size_t)tr->params[i].n * sizeof(float));
 }
@@ -144,6 +150,7 @@ const float *mopt_trainer_grad(const mopt_trainer *tr, int32_t i) { return i >= 
 static train_op op_of(mopt_trainer *tr, int32_t i, const int32_t *tokens, int32_t T) {
     const mopt_node *n = mopt_graph_node(tr->g, i);
     train_op o = {0};
+    o.pool = tr->pool;
     o.node = n;
     o.T = T;
     o.tokens = tokens;
@@ -172,28 +179,9 @@ static train_op op_of(mopt_trainer *tr, int32_t i, const int32_t *tokens, int32_
     return o;
 }
 
-/* Mean cross-entropy of tokens[1..T-1] from logits rows 0..T-2; dlogits gets
- * its gradient (softmax minus one-hot, over the count), the last row zero. */
-static double cross_entropy(const float *logits, float *dlogits, const int32_t *tokens, int32_t T, int32_t V) {
-    const double scale = 1.0 / (T - 1);
-    double loss = 0;
-    for (int32_t p = 0; p + 1 < T; p++) {
-        const float *row = logits + (size_t)p * V;
-        float *d = dlogits + (size_t)p * V;
-        float mx = row[0];
-        for (int32_t i = 1; i < V; i++) mx = fmaxf(mx, row[i]);
-        double z = 0;
-        for (int32_t i = 0; i < V; i++) z += exp((double)row[i] - mx);
-        loss += log(z) + mx - row[tokens[p + 1]];
-        for (int32_t i = 0; i < V; i++) d[i] = (float)(exp((double)row[i] - mx) / z * scale);
-        d[tokens[p + 1]] -= (float)scale;
-    }
-    memset(dlogits + (size_t)(T - 1) * V, 0, (size_t)V * sizeof(float));
-    return loss * scale;
-}
-
-mopt_status mopt_trainer_step(mopt_trainer *tr, const int32_t *tokens, int32_t T, double *loss, mopt_error *err) {
+mopt_status mopt_trainer_forward(mopt_trainer *tr, const int32_t *tokens, int32_t T, const float **logits, mopt_error *err) {
     const mopt_arch *a = mopt_graph_arch(tr->g);
+    tr->T = 0;
     if (T < 2 || T > tr->max_T)
         return MOPT_FAIL(err, MOPT_E_INVALID, "a window of %d tokens: the trainer takes 2 to %d", T, tr->max_T);
     for (int32_t t = 0; t < T; t++)
@@ -208,16 +196,34 @@ mopt_status mopt_trainer_step(mopt_trainer *tr, const int32_t *tokens, int32_t T
     }
     for (int32_t v = 0; v < tr->n_values; v++)
         memset(tr->dact[v], 0, (size_t)T * (size_t)mopt_graph_value_width(tr->g, v) * sizeof(float));
-    const mopt_node *head = mopt_graph_node(tr->g, tr->n_nodes - 1);
-    const int32_t V = mopt_graph_value_width(tr->g, head->output);
-    const double l = cross_entropy(tr->act[head->output], tr->dact[head->output], tokens, T, V);
-    if (!isfinite(l)) return MOPT_FAIL(err, MOPT_E_RUNTIME, "the loss is not finite (%g): weights or inputs broke", l);
+    tr->T = T;
+    memcpy(tr->tokens, tokens, (size_t)T * sizeof *tokens);
+    if (logits) *logits = tr->act[mopt_graph_node(tr->g, tr->n_nodes - 1)->output];
+    return MOPT_OK;
+}
+
+float *mopt_trainer_dlogits(mopt_trainer *tr) { return tr->dact[mopt_graph_node(tr->g, tr->n_nodes - 1)->output]; }
+
+mopt_status mopt_trainer_backward(mopt_trainer *tr, mopt_error *err) {
+    if (!tr->T) return MOPT_FAIL(err, MOPT_E_INVALID, "backward without a forward");
     for (int32_t i = tr->n_nodes - 1; i >= 0; i--) {
         if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted");
-        train_op o = op_of(tr, i, tokens, T);
+        train_op o = op_of(tr, i, tr->tokens, tr->T);
         mopt_status st = train_backward(&o, err);
         if (st) return st;
     }
-    if (loss) *loss = l;
+    tr->T = 0; /* the saved activations are spent */
     return MOPT_OK;
+}
+
+mopt_status mopt_trainer_step(mopt_trainer *tr, const int32_t *tokens, int32_t T, double *loss, mopt_error *err) {
+    const float *logits;
+    mopt_status st = mopt_trainer_forward(tr, tokens, T, &logits, err);
+    if (st) return st;
+    const int32_t V = mopt_graph_value_width(tr->g, mopt_graph_node(tr->g, tr->n_nodes - 1)->output);
+    const double l = mopt_cross_entropy(logits, mopt_trainer_dlogits(tr), tokens, T, V, 1.0);
+    if (!isfinite(l)) return MOPT_FAIL(err, MOPT_E_RUNTIME, "the loss is not finite (%g): weights or inputs broke", l);
+    st = mopt_trainer_backward(tr, err);
+    if (!st && loss) *loss = l;
+    return st;
 }

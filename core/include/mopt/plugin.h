@@ -24,6 +24,7 @@
 #include "mopt/tokenizer.h"
 #include "mopt/eval.h"
 #include "mopt/quant.h"
+#include "mopt/train.h"
 
 MOPT_EXTERN_C_BEGIN
 
@@ -170,6 +171,27 @@ typedef struct mopt_host_api {
     char *(*trtllm_config_json)(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s, mopt_error *err);
     mopt_status (*gguf_write)(const mopt_graph *g, const mopt_tokenizer *tok, const char *path, const mopt_gguf_write_opts *o,
                               mopt_gguf_write_result *res, mopt_error *err);
+
+    /* appended: training (mopt/train.h) for distillation and QAT */
+    mopt_trainer *(*trainer_new)(const mopt_graph *g, int32_t max_tokens, mopt_error *err);
+    void (*trainer_free)(mopt_trainer *tr);
+    void (*trainer_zero_grad)(mopt_trainer *tr);
+    mopt_status (*trainer_forward)(mopt_trainer *tr, const int32_t *tokens, int32_t n, const float **logits, mopt_error *err);
+    float *(*trainer_dlogits)(mopt_trainer *tr);
+    mopt_status (*trainer_backward)(mopt_trainer *tr, mopt_error *err);
+    double (*cross_entropy)(const float *logits, float *dlogits, const int32_t *tokens, int32_t n, int32_t vocab, double weight);
+    double (*trainer_grad_norm)(const mopt_trainer *tr);
+    mopt_status (*trainer_adamw)(mopt_trainer *tr, const mopt_adamw_opts *o, float lr, float grad_scale, mopt_error *err);
+    float (*lr_cosine)(int64_t step, int64_t warmup, int64_t total, float lr, float lr_min);
+    mopt_status (*trainer_write_back)(mopt_trainer *tr, mopt_graph *g, mopt_error *err);
+    void (*adamw_opts_default)(mopt_adamw_opts *o);
+    int32_t (*trainer_n_params)(const mopt_trainer *tr);
+    const mopt_tensor *(*trainer_param_tensor)(const mopt_trainer *tr, int32_t i);
+    float *(*trainer_param)(mopt_trainer *tr, int32_t i);
+    const float *(*trainer_grad)(const mopt_trainer *tr, int32_t i);
+    mopt_status (*trainer_set_threads)(mopt_trainer *tr, int32_t n, mopt_error *err);
+    double (*distill_kl)(const float *student, const float *teacher, float *dstudent, int32_t n, int32_t vocab, double tau,
+                         int32_t kind, int32_t top_k, double weight);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

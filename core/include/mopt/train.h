@@ -22,6 +22,8 @@ typedef struct mopt_trainer mopt_trainer;
  * graph must outlive the trainer; its tensors are not changed. */
 MOPT_API mopt_trainer *mopt_trainer_new(const mopt_graph *g, int32_t max_tokens, mopt_error *err);
 MOPT_API void mopt_trainer_free(mopt_trainer *tr);
+/* Worker threads for the GEMMs and attention (n <= 0: every core, the default). */
+MOPT_API mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err);
 
 /* Sets every gradient to zero. */
 MOPT_API void mopt_trainer_zero_grad(mopt_trainer *tr);
@@ -29,6 +31,51 @@ MOPT_API void mopt_trainer_zero_grad(mopt_trainer *tr);
  * *loss gets the mean cross-entropy and the gradients grow by its gradient
  * (they accumulate over calls until mopt_trainer_zero_grad). */
 MOPT_API mopt_status mopt_trainer_step(mopt_trainer *tr, const int32_t *tokens, int32_t n, double *loss, mopt_error *err);
+
+/* The same in two halves, for any loss on the logits (distillation): the
+ * forward returns the logits [n, vocab] and zeroes the logits' gradient
+ * buffer; the caller adds its loss's gradient there; the backward then
+ * accumulates the weights' gradients. */
+MOPT_API mopt_status mopt_trainer_forward(mopt_trainer *tr, const int32_t *tokens, int32_t n, const float **logits,
+                                          mopt_error *err);
+MOPT_API float *mopt_trainer_dlogits(mopt_trainer *tr);
+MOPT_API mopt_status mopt_trainer_backward(mopt_trainer *tr, mopt_error *err);
+
+/* Mean cross-entropy of tokens[1..n-1] predicted from logits rows 0..n-2 (the
+ * perplexity protocol); with dlogits, adds weight times its gradient there. */
+MOPT_API double mopt_cross_entropy(const float *logits, float *dlogits, const int32_t *tokens, int32_t n, int32_t vocab,
+                                   double weight);
+
+enum { MOPT_KL_FORWARD = 0, MOPT_KL_REVERSE = 1 };
+/* Distillation: the mean over all n rows of tau^2 KL between the teacher's and
+ * the student's distributions softened by tau, KL(teacher || student) (forward;
+ * with top_k > 0 over the teacher's k likeliest tokens, renormalized) or
+ * KL(student || teacher) (reverse). With dstudent, adds weight times its
+ * gradient with respect to the student's logits. NaN when out of memory. */
+MOPT_API double mopt_distill_kl(const float *student, const float *teacher, float *dstudent, int32_t n, int32_t vocab,
+                                double tau, int32_t kind, int32_t top_k, double weight);
+
+/* --- optimization ------------------------------------------------------------------ */
+
+typedef struct mopt_adamw_opts {
+    float beta1, beta2, eps; /* 0.9, 0.95, 1e-8 by mopt_adamw_opts_default */
+    float weight_decay;      /* decoupled, on matrices only (not norms, biases) */
+} mopt_adamw_opts;
+
+MOPT_API void mopt_adamw_opts_default(mopt_adamw_opts *o);
+/* Global L2 norm of all gradients. */
+MOPT_API double mopt_trainer_grad_norm(const mopt_trainer *tr);
+/* One AdamW update of every parameter at learning rate lr (bias-corrected
+ * moments kept in the trainer; the first call allocates them), after scaling
+ * the gradients by grad_scale (e.g. 1/micro-batches, or clipping). */
+MOPT_API mopt_status mopt_trainer_adamw(mopt_trainer *tr, const mopt_adamw_opts *o, float lr, float grad_scale,
+                                        mopt_error *err);
+/* Linear warm-up over `warmup` steps, then cosine from lr down to lr_min at `total`. */
+MOPT_API float mopt_lr_cosine(int64_t step, int64_t warmup, int64_t total, float lr, float lr_min);
+/* Writes the parameters back into g (the graph the trainer was made from) as
+ * new tensors of each weight's own float dtype (rounded to nearest even);
+ * packed weights are refused. The trainer follows the new tensors. */
+MOPT_API mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error *err);
 
 /* The parameters: one per distinct weight or bias tensor of the graph (a tied
  * embedding is one parameter), in the order the nodes first use them. */

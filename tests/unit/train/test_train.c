@@ -202,7 +202,7 @@ static mopt_trainer *train_once(const mopt_graph *g, const int32_t *tok, int T, 
 
 /* --- small hand-built graphs: every op, every entry ---------------------------------------- */
 
-enum { V = 11, D = 8, HD = 4, FFN = 12, CTX = 16, T_SMALL = 7 };
+enum { V = 11, D = 8, HD = 4, FFN = 12, CTX = 16, T_SMALL = 7, T_REAL = 12 };
 
 static uint32_t seed = 7;
 static float det(void) { /* deterministic values in [-0.5, 0.5) */
@@ -360,9 +360,150 @@ static void test_bad_windows_are_refused(void **s) {
     mopt_graph_free(g);
 }
 
+/* --- the losses on logits ----------------------------------------------------------------- */
+
+/* Gradient of a loss of the student's logits against central differences. */
+static void check_loss_gradient(int kind, int32_t top_k, double tau, int hard) {
+    enum { N = 3, VV = 9 };
+    float s[N * VV], t[N * VV], d[N * VV] = {0};
+    const int32_t tok[N] = {4, 7, 1};
+    for (int i = 0; i < N * VV; i++) s[i] = 3 * det(), t[i] = 3 * det();
+    double loss = hard ? mopt_cross_entropy(s, d, tok, N, VV, 0.7) : mopt_distill_kl(s, t, d, N, VV, tau, kind, top_k, 0.7);
+    assert_true(isfinite(loss) && loss > 0);
+    for (int i = 0; i < N * VV; i++) {
+        const float keep = s[i], up = keep + 1e-3f, down = keep - 1e-3f;
+        s[i] = up;
+        const double lu = hard ? mopt_cross_entropy(s, NULL, tok, N, VV, 1) : mopt_distill_kl(s, t, NULL, N, VV, tau, kind, top_k, 1);
+        s[i] = down;
+        const double ld = hard ? mopt_cross_entropy(s, NULL, tok, N, VV, 1) : mopt_distill_kl(s, t, NULL, N, VV, tau, kind, top_k, 1);
+        s[i] = keep;
+        const double want = 0.7 * (lu - ld) / ((double)up - (double)down);
+        if (fabs(d[i] - want) > 1e-4 * fmax(fabs(want), 1e-2))
+            fprintf(stderr, "logit %d: gradient %.8g, finite difference %.8g\n", i, d[i], want);
+        assert_true(fabs(d[i] - want) <= 1e-4 * fmax(fabs(want), 1e-2));
+    }
+}
+
+static void test_cross_entropy_gradient_matches_finite_differences(void **st) {
+    (void)st;
+    check_loss_gradient(0, 0, 1, 1);
+}
+
+static void test_distillation_kl_gradients_match_finite_differences(void **st) {
+    (void)st;
+    check_loss_gradient(MOPT_KL_FORWARD, 0, 1.0, 0);
+    check_loss_gradient(MOPT_KL_FORWARD, 0, 2.5, 0);
+    check_loss_gradient(MOPT_KL_REVERSE, 0, 2.0, 0);
+    check_loss_gradient(MOPT_KL_FORWARD, 3, 1.5, 0); /* top-3 of the teacher, renormalized */
+}
+
+static void test_distillation_kl_is_zero_for_the_same_logits_and_matches_float64(void **st) {
+    (void)st;
+    enum { VV = 5 };
+    const float a[VV] = {0.5f, -1, 2, 0, 1}, b[VV] = {1, 0, -0.5f, 0.25f, 0};
+    assert_true(fabs(mopt_distill_kl(a, a, NULL, 1, VV, 2.0, MOPT_KL_FORWARD, 0, 1)) < 1e-15);
+    /* KL(pb || pa) at tau = 2, scaled by 4, written out in float64 */
+    double pa[VV], pb[VV], za = 0, zb = 0, kl = 0;
+    for (int i = 0; i < VV; i++) za += (pa[i] = exp(a[i] / 2.0)), zb += (pb[i] = exp(b[i] / 2.0));
+    for (int i = 0; i < VV; i++) kl += pb[i] / zb * log((pb[i] / zb) / (pa[i] / za));
+    assert_true(fabs(mopt_distill_kl(a, b, NULL, 1, VV, 2.0, MOPT_KL_FORWARD, 0, 1) - 4 * kl) < 1e-12);
+}
+
+/* --- optimization ------------------------------------------------------------------------ */
+
+/* Two AdamW steps on the small graph against the update written out in float64:
+ * bias-corrected moments, decoupled decay on matrices only. */
+static void test_adamw_follows_the_reference_update(void **st) {
+    (void)st;
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err);
+    assert_non_null(tr);
+    mopt_adamw_opts o;
+    mopt_adamw_opts_default(&o);
+    o.weight_decay = 0.1f;
+    const int32_t np = mopt_trainer_n_params(tr);
+    double *w[16], *m[16], *v[16];
+    for (int32_t i = 0; i < np; i++) {
+        const int64_t n = mopt_tensor_nelements(mopt_trainer_param_tensor(tr, i));
+        w[i] = malloc((size_t)n * sizeof(double)), m[i] = calloc((size_t)n, sizeof(double)), v[i] = calloc((size_t)n, sizeof(double));
+        for (int64_t k = 0; k < n; k++) w[i][k] = mopt_trainer_param(tr, i)[k];
+    }
+    const float lr[2] = {1e-2f, 5e-3f}, scale[2] = {1.0f, 0.5f};
+    for (int step = 1; step <= 2; step++) {
+        double loss;
+        mopt_trainer_zero_grad(tr);
+        assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+        for (int32_t i = 0; i < np; i++) {
+            const mopt_tensor *t = mopt_trainer_param_tensor(tr, i);
+            const int matrix = t->ndim == 2;
+            for (int64_t k = 0; k < mopt_tensor_nelements(t); k++) {
+                const double gr = (double)mopt_trainer_grad(tr, i)[k] * scale[step - 1];
+                m[i][k] = 0.9 * m[i][k] + 0.1 * gr;
+                v[i][k] = 0.95 * v[i][k] + 0.05 * gr * gr;
+                const double up = (m[i][k] / (1 - pow(0.9, step))) / (sqrt(v[i][k] / (1 - pow(0.95, step))) + 1e-8);
+                w[i][k] -= lr[step - 1] * (up + (matrix ? 0.1 * w[i][k] : 0));
+            }
+        }
+        assert_int_equal(mopt_trainer_adamw(tr, &o, lr[step - 1], scale[step - 1], &err), MOPT_OK);
+    }
+    for (int32_t i = 0; i < np; i++) {
+        for (int64_t k = 0; k < mopt_tensor_nelements(mopt_trainer_param_tensor(tr, i)); k++)
+            assert_true(fabs(mopt_trainer_param(tr, i)[k] - w[i][k]) <= 1e-5 * fmax(1, fabs(w[i][k])));
+        free(w[i]), free(m[i]), free(v[i]);
+    }
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 0.0f, 1, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "learning rate");
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+}
+
+static void test_learning_rate_warms_up_then_follows_a_cosine(void **st) {
+    (void)st;
+    assert_float_equal(mopt_lr_cosine(0, 10, 110, 1e-3f, 1e-4f), 1e-4f, 1e-9);
+    assert_float_equal(mopt_lr_cosine(9, 10, 110, 1e-3f, 1e-4f), 1e-3f, 1e-9);
+    assert_float_equal(mopt_lr_cosine(10, 10, 110, 1e-3f, 1e-4f), 1e-3f, 1e-9);
+    assert_float_equal(mopt_lr_cosine(60, 10, 110, 1e-3f, 1e-4f), 5.5e-4f, 1e-9);
+    assert_float_equal(mopt_lr_cosine(110, 10, 110, 1e-3f, 1e-4f), 1e-4f, 1e-9);
+}
+
+/* Written back as bf16, the executor runs the new weights: its loss is the trainer's. */
+static void test_written_back_weights_keep_their_dtype_and_run(void **st) {
+    (void)st;
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    mopt_graph *g = mopt_model_graph(m);
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_REAL, &err);
+    assert_non_null(tr);
+    const int32_t ids[T_REAL] = {40, 470, 11, 995, 0, 3, 9, 27, 100, 7, 64, 5};
+    double before, after;
+    mopt_adamw_opts o;
+    mopt_adamw_opts_default(&o);
+    assert_int_equal(mopt_trainer_step(tr, ids, T_REAL, &before, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 1e-2f, 1, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_write_back(tr, g, &err), MOPT_OK);
+    for (int32_t i = 0; i < mopt_trainer_n_params(tr); i++) { /* the master copy takes the stored bf16 value */
+        const mopt_tensor *t = mopt_trainer_param_tensor(tr, i);
+        assert_ptr_equal(t, mopt_graph_find_tensor(g, t->name));
+        assert_int_equal(t->dtype, MOPT_DTYPE_BF16);
+        float *p = mopt_trainer_param(tr, i);
+        for (int64_t k = 0; k < mopt_tensor_nelements(t); k++) p[k] = mopt_bf16_to_f32(((const uint16_t *)t->data)[k]);
+    }
+    mopt_trainer_zero_grad(tr);
+    assert_int_equal(mopt_trainer_step(tr, ids, T_REAL, &after, &err), MOPT_OK);
+    assert_true(after < before);
+    mopt_session *se = mopt_session_new(g, NULL, &err);
+    mopt_ppl_result pr;
+    assert_int_equal(mopt_perplexity(se, ids, T_REAL, T_REAL, NULL, NULL, &pr, &err), MOPT_OK);
+    assert_true(fabs(pr.nll - after) <= 1e-5 * after);
+    mopt_session_free(se);
+    mopt_trainer_free(tr);
+    mopt_model_free(m);
+}
+
 /* --- the real models ------------------------------------------------------------------ */
 
-enum { T_REAL = 12 };
 
 /* lit-val's first T_REAL tokens, then per parameter its largest-gradient entry
  * and two more spread over it; parameters of layer 0, the last layer and
@@ -422,6 +563,12 @@ int main(void) {
         cmocka_unit_test(test_every_gpt2_op_matches_finite_differences_with_a_tied_classifier),
         cmocka_unit_test(test_gradients_accumulate_until_zeroed),
         cmocka_unit_test(test_bad_windows_are_refused),
+        cmocka_unit_test(test_cross_entropy_gradient_matches_finite_differences),
+        cmocka_unit_test(test_distillation_kl_gradients_match_finite_differences),
+        cmocka_unit_test(test_distillation_kl_is_zero_for_the_same_logits_and_matches_float64),
+        cmocka_unit_test(test_adamw_follows_the_reference_update),
+        cmocka_unit_test(test_learning_rate_warms_up_then_follows_a_cosine),
+        cmocka_unit_test(test_written_back_weights_keep_their_dtype_and_run),
         cmocka_unit_test(test_lit_llama_gradients_match_finite_differences),
         cmocka_unit_test(test_lit_gpt2_gradients_match_finite_differences),
     };

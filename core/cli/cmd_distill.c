@@ -1,0 +1,125 @@
+/* mopt distill --teacher T --student S --data TRAIN [--eval VAL] [...] -o OUT
+ * A thin layer over the distill.logits pass, then (with -o) an export pass. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void help(void) {
+    printf("usage: mopt distill --teacher T --student S --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
+           "Trains the student on the teacher's distributions (distill.logits): alpha x cross-entropy on\n"
+           "the text + (1 - alpha) x tau^2 x KL(teacher || student) at temperature tau, AdamW with warm-up\n"
+           "and cosine decay; with --eval the validation loss is measured every --eval-every steps and the\n"
+           "best parameters are kept. Teacher and student must share the tokenizer.\n"
+           "  --teacher T        the teacher model\n"
+           "  --student S        the student model (a float checkpoint; its dtype is kept)\n"
+           "  --data TRAIN       training text (windows at seeded random offsets)\n"
+           "  --eval VAL         validation text\n"
+           "  --tokens N         training tokens (default 200000)\n"
+           "  --ctx N            window length (default 256)\n"
+           "  --batch N          windows per optimizer step (default 4)\n"
+           "  --lr X             peak learning rate (default 3e-4)\n"
+           "  --warmup N         warm-up steps (default 10)\n"
+           "  --temp X           temperature tau (default 1)\n"
+           "  --alpha X          weight of the hard-label loss, 0..1 (default 0.5)\n"
+           "  --kl forward|reverse  direction of the KL (default forward)\n"
+           "  --topk K           forward KL over the teacher's top-k tokens (default 0: all)\n"
+           "  --eval-every N     steps between validations (default 50)\n"
+           "  --eval-tokens N    validate on the first N tokens of VAL (default 16384; 0: all)\n"
+           "  --seed N           window sampler seed (default 1)\n"
+           "  -o OUT             save the student (atomically); --format F as mopt export (default hf)\n"
+           "  --force            replace an existing OUT\n"
+           "  --report R.json    the report: loss curves (train, validation), final numbers\n"
+           "  --threads N        worker threads (default: all cores)\n"
+           "  --quiet            no progress lines\n");
+}
+
+int cmd_distill(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"teacher", required_argument, 0, 'T'}, {"student", required_argument, 0, 'S'}, {"data", required_argument, 0, 'd'},
+        {"eval", required_argument, 0, 'e'},    {"tokens", required_argument, 0, 'n'},  {"ctx", required_argument, 0, 'c'},
+        {"batch", required_argument, 0, 'b'},   {"lr", required_argument, 0, 'l'},      {"warmup", required_argument, 0, 'w'},
+        {"temp", required_argument, 0, 't'},    {"alpha", required_argument, 0, 'a'},   {"kl", required_argument, 0, 'k'},
+        {"topk", required_argument, 0, 'K'},    {"eval-every", required_argument, 0, 'E'}, {"seed", required_argument, 0, 's'},
+        {"eval-tokens", required_argument, 0, 'V'},
+        {"format", required_argument, 0, 'f'},  {"force", no_argument, 0, 'F'},         {"report", required_argument, 0, 'r'},
+        {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    /* options of the pass, by their schema names, in the order getopt sees them */
+    const char *keys[128] = {0}, *vals[128] = {0};
+    int nk = 0;
+    const char *teacher = NULL, *student = NULL, *out = NULL, *format = "hf", *report = NULL;
+    long long threads = 0;
+    int force = 0, quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+        const char *key = NULL;
+        switch (c) {
+        case 'T': teacher = optarg, key = "teacher"; break;
+        case 'S': student = optarg; break;
+        case 'd': key = "data"; break;
+        case 'e': key = "eval"; break;
+        case 'n': key = "tokens"; break;
+        case 'c': key = "ctx"; break;
+        case 'b': key = "batch"; break;
+        case 'l': key = "lr"; break;
+        case 'w': key = "warmup"; break;
+        case 't': key = "temp"; break;
+        case 'a': key = "alpha"; break;
+        case 'k': key = "kl"; break;
+        case 'K': key = "topk"; break;
+        case 'E': key = "eval_every"; break;
+        case 'V': key = "eval_tokens"; break;
+        case 's': key = "seed"; break;
+        case 'o': out = optarg; break;
+        case 'f': format = optarg; break;
+        case 'F': force = 1; break;
+        case 'r': report = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'j':
+            if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("distill", "--threads expects a positive integer, got '%s'", optarg);
+            break;
+        case 'h': help(); return EXIT_OK;
+        default: return cli_usage_error("distill", "unknown option");
+        }
+        if (key && nk < 128) keys[nk] = key, vals[nk++] = optarg;
+    }
+    if (optind != argc) return cli_usage_error("distill", "unexpected argument '%s'", argv[optind]);
+    if (!teacher || !student) return cli_usage_error("distill", "--teacher and --student are required");
+    if (force && !out) return cli_usage_error("distill", "--force goes with -o OUT");
+    cli_job j;
+    int rc = cli_job_open(&j, quiet, threads);
+    if (rc) return rc;
+    mopt_options *xo = mopt_options_new();
+    for (int i = 0; i < nk && !rc; i++)
+        if (cli_job_set(&j, keys[i], vals[i])) rc = cli_fail(&j.err);
+    if (!rc && mopt_pipeline_add(j.p, "distill.logits", j.o, &j.err)) rc = cli_fail(&j.err);
+    if (!rc && out) {
+        const char *xp = cli_export_pass(format, xo, &j.err);
+        if (!xp || mopt_options_set(xo, "out", out, &j.err) || (force && mopt_options_set(xo, "force", "true", &j.err)) ||
+            mopt_pipeline_add(j.p, xp, xo, &j.err))
+            rc = cli_fail(&j.err);
+    }
+    if (!rc) rc = cli_job_run(&j, NULL, student, NULL);
+    const mopt_report *rep = j.rep;
+    if (!rc) {
+        const double before = mopt_report_get_metric(rep, "val_loss_before"), best = mopt_report_get_metric(rep, "val_loss_best");
+        printf("distilled %s from %s: %.0f tokens in %.1f s (%.0f tokens/s)", student, teacher,
+               mopt_report_get_metric(rep, "tokens_trained"), mopt_report_get_metric(rep, "seconds"),
+               mopt_report_get_metric(rep, "tokens_per_second"));
+        if (!isnan(best)) printf("; validation loss %.4f -> %.4f (ppl %.2f -> %.2f)", before, best, exp(before), exp(best));
+        printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
+    }
+    if (report && j.rep) {
+        char *text = mopt_report_json(j.rep);
+        mopt_status st = text ? mopt_file_write_atomic(report, text, strlen(text), &j.err) : MOPT_E_NOMEM;
+        if (st && !rc) rc = cli_fail(&j.err);
+        free(text);
+    }
+    mopt_options_free(xo);
+    cli_job_close(&j);
+    return rc;
+}

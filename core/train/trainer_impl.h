@@ -1,0 +1,29 @@
+/* The trainer's state, shared by its files (trainer.c: forward/backward,
+ * optim.c: updates and writing back). */
+#ifndef MOPT_TRAINER_IMPL_H
+#define MOPT_TRAINER_IMPL_H
+
+#include "mopt/train.h"
+#include "threadpool.h"
+
+typedef struct {
+    const mopt_tensor *t; /* the graph tensor it mirrors */
+    int64_t n, rows, cols;
+    float *w, *g;
+} param;
+
+struct mopt_trainer {
+    const mopt_graph *g;
+    int32_t max_T, n_params, n_values, n_nodes;
+    param *params;
+    int32_t *wparam, *bparam; /* per node: parameter index or -1 */
+    float **act, **dact;      /* per value: [max_T, width] */
+    float **aux;              /* per node: train_aux_floats() */
+    int32_t T;                /* tokens of the forward whose activations are kept; 0: none */
+    int32_t *tokens;          /* [max_T] */
+    float **m, **v;           /* AdamW moments per parameter (allocated by the first update) */
+    int64_t adam_steps;
+    mopt_pool *pool;
+};
+
+#endif
