@@ -1,5 +1,7 @@
 /* mopt distill --teacher T --student S --data TRAIN [--eval VAL] [...] -o OUT
- * A thin layer over the distill.logits pass, then (with -o) an export pass. */
+ * mopt qat MODEL --bits B --group G [--teacher T] --data TRAIN [--eval VAL] [...] -o OUT
+ * Thin layers over distill.logits and quant.qat (which share the training
+ * loop and its options), then (with -o) an export pass. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,15 +10,25 @@
 
 #include "cli.h"
 
-static void help(void) {
-    printf("usage: mopt distill --teacher T --student S --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
-           "Trains the student on the teacher's distributions (distill.logits): alpha x cross-entropy on\n"
-           "the text + (1 - alpha) x tau^2 x KL(teacher || student) at temperature tau, AdamW with warm-up\n"
-           "and cosine decay; with --eval the validation loss is measured every --eval-every steps and the\n"
-           "best parameters are kept. Teacher and student must share the tokenizer.\n"
-           "  --teacher T        the teacher model\n"
-           "  --student S        the student model (a float checkpoint; its dtype is kept)\n"
-           "  --data TRAIN       training text (windows at seeded random offsets)\n"
+static void help(int qat) {
+    if (qat)
+        printf("usage: mopt qat MODEL --bits B [--group G] [--sym] [--teacher T] --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
+               "Quantization-aware training (quant.qat): the decoder linears train through fake quantization on\n"
+               "the RTN grid of B bits in groups of G (straight-through estimator), then are packed by the same\n"
+               "rule; with --teacher the loss is distillation from it (QAD; usually MODEL itself, unquantized).\n"
+               "  --bits B           2, 3, 4 or 8 (default 4)\n"
+               "  --group G          columns per scale group (default 128; -1: whole rows)\n"
+               "  --sym              symmetric grid\n"
+               "  --teacher T        QAD: the model to distill from\n");
+    else
+        printf("usage: mopt distill --teacher T --student S --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
+               "Trains the student on the teacher's distributions (distill.logits): alpha x cross-entropy on\n"
+               "the text + (1 - alpha) x tau^2 x KL(teacher || student) at temperature tau, AdamW with warm-up\n"
+               "and cosine decay; with --eval the validation loss is measured every --eval-every steps and the\n"
+               "best parameters are kept. Teacher and student must share the tokenizer.\n"
+               "  --teacher T        the teacher model\n"
+               "  --student S        the student model (a float checkpoint; its dtype is kept)\n");
+    printf("  --data TRAIN       training text (windows at seeded random offsets)\n"
            "  --eval VAL         validation text\n"
            "  --tokens N         training tokens (default 200000)\n"
            "  --ctx N            window length (default 256)\n"
@@ -37,7 +49,8 @@ static void help(void) {
            "  --quiet            no progress lines\n");
 }
 
-int cmd_distill(int argc, char **argv) {
+static int train_cmd(int argc, char **argv, int qat) {
+    const char *cmd = qat ? "qat" : "distill";
     static const struct option opts[] = {
         {"teacher", required_argument, 0, 'T'}, {"student", required_argument, 0, 'S'}, {"data", required_argument, 0, 'd'},
         {"eval", required_argument, 0, 'e'},    {"tokens", required_argument, 0, 'n'},  {"ctx", required_argument, 0, 'c'},
@@ -47,6 +60,7 @@ int cmd_distill(int argc, char **argv) {
         {"eval-tokens", required_argument, 0, 'V'},
         {"format", required_argument, 0, 'f'},  {"force", no_argument, 0, 'F'},         {"report", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
+        {"bits", required_argument, 0, 'B'},    {"group", required_argument, 0, 'G'},   {"sym", no_argument, 0, 'Y'},
         {0, 0, 0, 0}};
     /* options of the pass, by their schema names, in the order getopt sees them */
     const char *keys[128] = {0}, *vals[128] = {0};
@@ -60,6 +74,9 @@ int cmd_distill(int argc, char **argv) {
         switch (c) {
         case 'T': teacher = optarg, key = "teacher"; break;
         case 'S': student = optarg; break;
+        case 'B': key = "bits"; break;
+        case 'G': key = "group_size"; break;
+        case 'Y': key = "sym", optarg = "true"; break;
         case 'd': key = "data"; break;
         case 'e': key = "eval"; break;
         case 'n': key = "tokens"; break;
@@ -80,23 +97,31 @@ int cmd_distill(int argc, char **argv) {
         case 'r': report = optarg; break;
         case 'q': quiet = 1; break;
         case 'j':
-            if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("distill", "--threads expects a positive integer, got '%s'", optarg);
+            if (!cli_parse_threads(optarg, &threads)) return cli_usage_error(cmd, "--threads expects a positive integer, got '%s'", optarg);
             break;
-        case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("distill", "unknown option");
+        case 'h': help(qat); return EXIT_OK;
+        default: return cli_usage_error(cmd, "unknown option");
         }
+        if (key && !qat && (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "sym")))
+            return cli_usage_error(cmd, "--bits, --group and --sym are options of mopt qat");
         if (key && nk < 128) keys[nk] = key, vals[nk++] = optarg;
     }
-    if (optind != argc) return cli_usage_error("distill", "unexpected argument '%s'", argv[optind]);
-    if (!teacher || !student) return cli_usage_error("distill", "--teacher and --student are required");
-    if (force && !out) return cli_usage_error("distill", "--force goes with -o OUT");
+    if (qat) {
+        if (student) return cli_usage_error(cmd, "--student is an option of mopt distill; give MODEL");
+        if (optind != argc - 1) return cli_usage_error(cmd, "expected exactly one MODEL");
+        student = argv[optind];
+    } else {
+        if (optind != argc) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+        if (!teacher || !student) return cli_usage_error(cmd, "--teacher and --student are required");
+    }
+    if (force && !out) return cli_usage_error(cmd, "--force goes with -o OUT");
     cli_job j;
     int rc = cli_job_open(&j, quiet, threads);
     if (rc) return rc;
     mopt_options *xo = mopt_options_new();
     for (int i = 0; i < nk && !rc; i++)
         if (cli_job_set(&j, keys[i], vals[i])) rc = cli_fail(&j.err);
-    if (!rc && mopt_pipeline_add(j.p, "distill.logits", j.o, &j.err)) rc = cli_fail(&j.err);
+    if (!rc && mopt_pipeline_add(j.p, qat ? "quant.qat" : "distill.logits", j.o, &j.err)) rc = cli_fail(&j.err);
     if (!rc && out) {
         const char *xp = cli_export_pass(format, xo, &j.err);
         if (!xp || mopt_options_set(xo, "out", out, &j.err) || (force && mopt_options_set(xo, "force", "true", &j.err)) ||
@@ -107,9 +132,14 @@ int cmd_distill(int argc, char **argv) {
     const mopt_report *rep = j.rep;
     if (!rc) {
         const double before = mopt_report_get_metric(rep, "val_loss_before"), best = mopt_report_get_metric(rep, "val_loss_best");
-        printf("distilled %s from %s: %.0f tokens in %.1f s (%.0f tokens/s)", student, teacher,
-               mopt_report_get_metric(rep, "tokens_trained"), mopt_report_get_metric(rep, "seconds"),
-               mopt_report_get_metric(rep, "tokens_per_second"));
+        if (qat)
+            printf("%s %s: %.3f bits/weight, %.0f tokens in %.1f s (%.0f tokens/s)", teacher ? "QAD of" : "QAT of", student,
+                   mopt_report_get_metric(rep, "bits_per_weight"), mopt_report_get_metric(rep, "tokens_trained"),
+                   mopt_report_get_metric(rep, "seconds"), mopt_report_get_metric(rep, "tokens_per_second"));
+        else
+            printf("distilled %s from %s: %.0f tokens in %.1f s (%.0f tokens/s)", student, teacher,
+                   mopt_report_get_metric(rep, "tokens_trained"), mopt_report_get_metric(rep, "seconds"),
+                   mopt_report_get_metric(rep, "tokens_per_second"));
         if (!isnan(best)) printf("; validation loss %.4f -> %.4f (ppl %.2f -> %.2f)", before, best, exp(before), exp(best));
         printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
     }
@@ -123,3 +153,6 @@ int cmd_distill(int argc, char **argv) {
     cli_job_close(&j);
     return rc;
 }
+
+int cmd_distill(int argc, char **argv) { return train_cmd(argc, argv, 0); }
+int cmd_qat(int argc, char **argv) { return train_cmd(argc, argv, 1); }

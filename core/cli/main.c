@@ -18,6 +18,7 @@ static const struct {
     {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8) and measure it"},
     {"export", cmd_export, "write a checkpoint (dense Hugging Face), atomically"},
     {"distill", cmd_distill, "train a student on a teacher's distributions (distill.logits)"},
+    {"qat", cmd_qat, "quantization-aware training, or with --teacher QAD (quant.qat)"},
     {"grad", cmd_grad, "gradient of one window's loss for every weight (checks the backward)"},
     {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
     {"run", cmd_run, "run a Lua pipeline script"},

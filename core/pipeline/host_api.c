@@ -164,4 +164,5 @@ const mopt_host_api mopt_host = {
     .trainer_grad = mopt_trainer_grad,
     .trainer_set_threads = mopt_trainer_set_threads,
     .distill_kl = mopt_distill_kl,
+    .trainer_set_transform = mopt_trainer_set_transform,
 };

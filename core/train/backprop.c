@@ -15,8 +15,8 @@ size_t train_aux_floats(const mopt_node *n, int32_t max_T) {
     switch (n->op) {
     case MOPT_OP_RMSNORM: return (size_t)max_T;         /* 1/rms per row */
     case MOPT_OP_LAYERNORM: return 2 * (size_t)max_T;   /* mean and 1/std per row */
-    case MOPT_OP_ATTENTION: /* softmax rows, then a backward scratch row per KV head */
-        return (size_t)n->n_heads * (size_t)max_T * (size_t)max_T + (size_t)n->n_kv_heads * (size_t)max_T;
+    case MOPT_OP_ATTENTION: /* softmax rows per query head, then a backward scratch [T, T] per KV head */
+        return ((size_t)n->n_heads + (size_t)n->n_kv_heads) * (size_t)max_T * (size_t)max_T;
     default: return 0;
     }
 }
@@ -176,72 +176,56 @@ static mopt_status rope_bwd(const train_op *o, mopt_error *err) {
 
 /* --- causal attention with grouped KV heads ---------------------------------------- */
 
-/* one query head over every row */
+/* One query head: S = Q K^T / sqrt(hd) as a GEMM, the causal softmax row by row
+ * (kept in aux, zero above the diagonal), Y = P V as a GEMM. */
 static void attention_fwd_task(void *p, int64_t h, int32_t thread) {
     (void)thread;
     const train_op *o = p;
     const mopt_node *n = o->node;
     const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads, kvo = ((int32_t)h / group) * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    float *P = o->aux + (size_t)h * T * T;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f / sqrtf((float)hd), o->in[0] + h * hd, o->in_w[0],
+                o->in[1] + kvo, o->in_w[1], 0.0f, P, T);
     for (int32_t t = 0; t < T; t++) {
-        const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
-        float *pr = o->aux + ((size_t)h * T + t) * T, *y = o->out + (size_t)t * o->out_w + h * hd;
-        float mx = -INFINITY, sum = 0;
-        for (int32_t s = 0; s <= t; s++) {
-            const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
-            float d = 0;
-            for (int32_t i = 0; i < hd; i++) d += q[i] * k[i];
-            pr[s] = d * scale;
-            mx = fmaxf(mx, pr[s]);
-        }
-        for (int32_t s = 0; s <= t; s++) sum += (pr[s] = expf(pr[s] - mx));
+        float *row = P + (size_t)t * T, mx = -INFINITY, sum = 0;
+        for (int32_t s = 0; s <= t; s++) mx = fmaxf(mx, row[s]);
+        for (int32_t s = 0; s <= t; s++) sum += (row[s] = expf(row[s] - mx));
         const float inv = 1.0f / sum;
-        memset(y, 0, (size_t)hd * sizeof *y);
-        for (int32_t s = 0; s <= t; s++) {
-            const float *v = o->in[2] + (size_t)s * o->in_w[2] + kvo;
-            pr[s] *= inv;
-            for (int32_t i = 0; i < hd; i++) y[i] += pr[s] * v[i];
-        }
+        for (int32_t s = 0; s <= t; s++) row[s] *= inv;
+        for (int32_t s = t + 1; s < T; s++) row[s] = 0.0f;
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, o->in[2] + kvo, o->in_w[2], 0.0f,
+                o->out + h * hd, o->out_w);
 }
 
 static void attention_fwd(train_op *o) { mopt_pool_run(o->pool, o->node->n_heads, attention_fwd_task, o); }
 
-/* one KV head with the query heads that share it (their dk, dv add up) */
+/* One KV head with the query heads that share it (their dK, dV add up):
+ * dP = dY V^T, dV += P^T dY, dS = P (dP - rowsum(P dP)) / sqrt(hd),
+ * dQ += dS K, dK += dS^T Q; every product a GEMM. */
 static void attention_bwd_task(void *p, int64_t kvh, int32_t thread) {
     (void)thread;
     const train_op *o = p;
     const mopt_node *n = o->node;
     const int32_t T = o->T, hd = n->head_dim, group = n->n_heads / n->n_kv_heads, kvo = (int32_t)kvh * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *dp = o->aux + (size_t)n->n_heads * T * T + (size_t)kvh * T; /* scratch row per KV head */
-    for (int32_t h = (int32_t)kvh * group; h < ((int32_t)kvh + 1) * group; h++)
+    float *dS = o->aux + (size_t)n->n_heads * T * T + (size_t)kvh * T * T; /* scratch per KV head */
+    for (int32_t h = (int32_t)kvh * group; h < ((int32_t)kvh + 1) * group; h++) {
+        const float *P = o->aux + (size_t)h * T * T, *dY = o->dout + h * hd, *Q = o->in[0] + h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dY, o->out_w, o->in[2] + kvo, o->in_w[2], 0.0f, dS, T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dY, o->out_w, 1.0f, o->din[2] + kvo, o->in_w[2]);
         for (int32_t t = 0; t < T; t++) {
-            const float *pr = o->aux + ((size_t)h * T + t) * T, *dy = o->dout + (size_t)t * o->out_w + h * hd;
-            const float *q = o->in[0] + (size_t)t * o->in_w[0] + h * hd;
-            float *dq = o->din[0] + (size_t)t * o->in_w[0] + h * hd;
-            double pdp = 0; /* sum_s p_s dp_s, the softmax's correction */
-            for (int32_t s = 0; s <= t; s++) {
-                const float *v = o->in[2] + (size_t)s * o->in_w[2] + kvo;
-                float *dv = o->din[2] + (size_t)s * o->in_w[2] + kvo;
-                float d = 0;
-                for (int32_t i = 0; i < hd; i++) {
-                    d += dy[i] * v[i];
-                    dv[i] += pr[s] * dy[i];
-                }
-                dp[s] = d;
-                pdp += (double)pr[s] * d;
-            }
-            for (int32_t s = 0; s <= t; s++) {
-                const float ds = pr[s] * (dp[s] - (float)pdp) * scale;
-                const float *k = o->in[1] + (size_t)s * o->in_w[1] + kvo;
-                float *dk = o->din[1] + (size_t)s * o->in_w[1] + kvo;
-                for (int32_t i = 0; i < hd; i++) {
-                    dq[i] += ds * k[i];
-                    dk[i] += ds * q[i];
-                }
-            }
+            const float *pr = P + (size_t)t * T;
+            float *d = dS + (size_t)t * T;
+            double pdp = 0; /* the softmax's correction */
+            for (int32_t s = 0; s <= t; s++) pdp += (double)pr[s] * d[s];
+            for (int32_t s = 0; s <= t; s++) d[s] = pr[s] * (d[s] - (float)pdp) * scale;
+            for (int32_t s = t + 1; s < T; s++) d[s] = 0.0f;
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, o->in[1] + kvo, o->in_w[1], 1.0f, o->din[0] + h * hd,
+                    o->in_w[0]);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, Q, o->in_w[0], 1.0f, o->din[1] + kvo, o->in_w[1]);
+    }
 }
 
 static void attention_bwd(train_op *o) { mopt_pool_run(o->pool, o->node->n_kv_heads, attention_bwd_task, o); }

@@ -14,6 +14,7 @@
 
 static void params_free(mopt_trainer *tr) {
     for (int32_t i = 0; i < tr->n_params; i++) {
+        free(tr->params[i].fw);
         free(tr->params[i].w);
         free(tr->params[i].g);
     }
@@ -127,6 +128,16 @@ fail:
     return NULL;
 }
 
+mopt_status mopt_trainer_set_transform(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err) {
+    if (i < 0 || i >= tr->n_params) return MOPT_FAIL(err, MOPT_E_INVALID, "no parameter %d", i);
+    param *p = &tr->params[i];
+    if (fn && !p->fw && !(p->fw = malloc((size_t)p->n * sizeof(float))))
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", p->t->name);
+    p->fn = fn;
+    p->fn_user = user;
+    return MOPT_OK;
+}
+
 mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err) {
     mopt_pool *p = mopt_pool_new(n > 0 ? n : mopt_cpu_count());
     if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot start %d threads", n);
@@ -164,7 +175,7 @@ static train_op op_of(mopt_trainer *tr, int32_t i, const int32_t *tokens, int32_
     o.out_w = mopt_graph_value_width(tr->g, n->output);
     if (tr->wparam[i] >= 0) {
         const param *p = &tr->params[tr->wparam[i]];
-        o.w = p->w;
+        o.w = p->fn ? p->fw : p->w;
         o.dw = p->g;
         o.w_rows = p->rows;
         o.w_cols = p->cols;
@@ -188,6 +199,10 @@ mopt_status mopt_trainer_forward(mopt_trainer *tr, const int32_t *tokens, int32_
         if (tokens[t] < 0 || tokens[t] >= a->vocab_size)
             return MOPT_FAIL(err, MOPT_E_INVALID, "token id %d at position %d is outside the vocabulary (0..%d)", tokens[t], t,
                              a->vocab_size - 1);
+    for (int32_t i = 0; i < tr->n_params; i++) { /* the transformed weights this forward and its backward use */
+        param *p = &tr->params[i];
+        if (p->fn) p->fn(p->fn_user, i, p->w, p->fw, p->rows, p->cols);
+    }
     for (int32_t i = 0; i < tr->n_nodes; i++) {
         if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted");
         train_op o = op_of(tr, i, tokens, T);

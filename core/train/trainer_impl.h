@@ -10,6 +10,9 @@ typedef struct {
     const mopt_tensor *t; /* the graph tensor it mirrors */
     int64_t n, rows, cols;
     float *w, *g;
+    mopt_weight_fn fn; /* with fn, the ops read fw = fn(w) */
+    void *fn_user;
+    float *fw;
 } param;
 
 struct mopt_trainer {

@@ -2,5 +2,5 @@
 #include "passes.h"
 
 MOPT_PLUGIN_DEFINE("quant", "0.1.0", "MIT",
-                   "post-training quantization: RTN, GPTQ, AWQ, SmoothQuant W8A8, FP8",
-                   &quant_rtn_pass, &quant_gptq_pass, &quant_awq_pass, &quant_smoothquant_pass, &quant_fp8_pass)
+                   "quantization: RTN, GPTQ, AWQ, SmoothQuant W8A8, FP8; QAT and QAD",
+                   &quant_rtn_pass, &quant_gptq_pass, &quant_awq_pass, &quant_smoothquant_pass, &quant_fp8_pass, &quant_qat_pass)

@@ -192,6 +192,7 @@ typedef struct mopt_host_api {
     mopt_status (*trainer_set_threads)(mopt_trainer *tr, int32_t n, mopt_error *err);
     double (*distill_kl)(const float *student, const float *teacher, float *dstudent, int32_t n, int32_t vocab, double tau,
                          int32_t kind, int32_t top_k, double weight);
+    mopt_status (*trainer_set_transform)(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -25,6 +25,13 @@ MOPT_API void mopt_trainer_free(mopt_trainer *tr);
 /* Worker threads for the GEMMs and attention (n <= 0: every core, the default). */
 MOPT_API mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err);
 
+/* A transform of a weight used in place of it in the forward and the backward
+ * (fake quantization for QAT): out = f(w), both [rows, cols]. The gradient
+ * still goes to w unchanged (the straight-through estimator). */
+typedef void (*mopt_weight_fn)(void *user, int32_t param, const float *w, float *out, int64_t rows, int64_t cols);
+/* Applies fn to parameter i from the next forward on (fn NULL: none). */
+MOPT_API mopt_status mopt_trainer_set_transform(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err);
+
 /* Sets every gradient to zero. */
 MOPT_API void mopt_trainer_zero_grad(mopt_trainer *tr);
 /* Forward and backward over one window of n tokens (2 <= n <= max_tokens):

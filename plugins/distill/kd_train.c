@@ -1,0 +1,205 @@
+/* The training loop the distillation and QAT passes share: windows of the
+ * training text at seeded random offsets; per window alpha x cross-entropy +
+ * (1 - alpha) x tau^2 x KL to the teacher (when there is one); AdamW with
+ * warm-up + cosine, `batch` windows accumulated per step, clipping by global
+ * norm; periodic validation keeping the best parameters (the student as it
+ * came included); the weights written back in place. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eval_util.h"
+#include "kd_train.h"
+
+const char *const kd_kl_choices[] = {"forward", "reverse", NULL};
+
+typedef struct {
+    double tau, alpha;
+    int kl, topk;
+} kd_loss;
+
+/* Mean CE of the student on held-out windows (no gradients kept). */
+static mopt_status val_loss(const mopt_host_api *h, mopt_trainer *tr, const int32_t *ids, int64_t nw, int32_t ctx, int32_t V,
+                            double *out, mopt_error *err) {
+    double sum = 0;
+    for (int64_t w = 0; w < nw; w++) {
+        const float *logits;
+        mopt_status st = h->trainer_forward(tr, ids + w * ctx, ctx, &logits, err);
+        if (st) return st;
+        sum += h->cross_entropy(logits, NULL, ids + w * ctx, ctx, V, 1.0);
+    }
+    *out = sum / (double)nw;
+    return MOPT_OK;
+}
+
+typedef struct {
+    int32_t *train, *val;
+    size_t n_train, n_val;
+    mopt_model *teacher;
+    mopt_session *ts;
+    mopt_trainer *tr;
+    float *tlogits, **best;
+    int32_t n_best;
+    double *curve, *vcurve, *vstep;
+} kd_run;
+
+static void kd_free(const mopt_host_api *h, kd_run *k) {
+    for (int32_t i = 0; k->best && i < k->n_best; i++) free(k->best[i]);
+    free(k->best);
+    h->trainer_free(k->tr);
+    h->session_free(k->ts);
+    h->model_free(k->teacher);
+    free(k->train);
+    free(k->val);
+    free(k->tlogits);
+    free(k->curve);
+    free(k->vcurve);
+    free(k->vstep);
+}
+
+/* Copies the trainer's parameters into (or out of) the best-so-far buffers. */
+static int keep_best(const mopt_host_api *h, kd_run *k, int restore) {
+    const int32_t np = h->trainer_n_params(k->tr);
+    if (!k->best) {
+        if (!(k->best = calloc((size_t)np, sizeof *k->best))) return 0;
+        k->n_best = np;
+    }
+    for (int32_t i = 0; i < np; i++) {
+        const int64_t n = h->tensor_nelements(h->trainer_param_tensor(k->tr, i));
+        if (!k->best[i] && !(k->best[i] = malloc((size_t)n * sizeof(float)))) return 0;
+        if (restore) memcpy(h->trainer_param(k->tr, i), k->best[i], (size_t)n * sizeof(float));
+        else memcpy(k->best[i], h->trainer_param(k->tr, i), (size_t)n * sizeof(float));
+    }
+    return 1;
+}
+
+mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *graph, const mopt_options *o, mopt_report *report,
+                     const char *pass, const char *teacher, const kd_hooks *hooks, mopt_error *err) {
+    mopt_model *student = h->ctx_model(ctx);
+    if (!student || !graph) return h->error_set(err, MOPT_E_INVALID, pass, "needs a model");
+    const int32_t ctxlen = (int32_t)h->opt_int(o, "ctx"), batch = (int32_t)h->opt_int(o, "batch");
+    const int64_t budget = h->opt_int(o, "tokens"), eval_every = h->opt_int(o, "eval_every");
+    const kd_loss L = {h->opt_float(o, "temp"), teacher ? h->opt_float(o, "alpha") : 1.0, strcmp(h->opt_string(o, "kl"), "reverse") ? MOPT_KL_FORWARD : MOPT_KL_REVERSE,
+                       (int)h->opt_int(o, "topk")};
+    const float lr = (float)h->opt_float(o, "lr"), lr_min = (float)(lr * h->opt_float(o, "lr_min_ratio")), clip = (float)h->opt_float(o, "clip");
+    const int64_t steps = budget / ((int64_t)ctxlen * batch), warmup = h->opt_int(o, "warmup");
+    uint64_t seed = (uint64_t)h->opt_int(o, "seed") * 0x9E3779B97F4A7C15ull + 1;
+    const int32_t V = h->graph_arch(graph)->vocab_size;
+    if (ctxlen > h->graph_arch(graph)->max_ctx)
+        return h->error_set(err, MOPT_E_INVALID, pass, "ctx %d exceeds the student's context of %d", ctxlen,
+                            h->graph_arch(graph)->max_ctx);
+    if (steps < 1)
+        return h->error_set(err, MOPT_E_INVALID, pass, "tokens=%lld is less than one step (batch %d x ctx %d)",
+                            (long long)budget, batch, ctxlen);
+    kd_run k = {0};
+    mopt_status st = MOPT_OK;
+    if (teacher && !(k.teacher = h->model_load(teacher, NULL, err))) return err && err->code ? (mopt_status)err->code : MOPT_E_IO;
+    if (k.teacher) st = eval_same_tokenizer(h, k.teacher, student, pass, err);
+    if (!st && k.teacher && h->graph_arch(h->model_graph(k.teacher))->vocab_size != V)
+        st = h->error_set(err, MOPT_E_INVALID, pass, "the teacher's vocabulary has %d entries, the student's %d",
+                          h->graph_arch(h->model_graph(k.teacher))->vocab_size, V);
+    if (!st && k.teacher && ctxlen > h->graph_arch(h->model_graph(k.teacher))->max_ctx)
+        st = h->error_set(err, MOPT_E_INVALID, pass, "ctx %d exceeds the teacher's context", ctxlen);
+    if (!st) st = eval_tokens(h, student, h->opt_string(o, "data"), 0, &k.train, &k.n_train, err);
+    if (!st && k.n_train < (size_t)ctxlen)
+        st = h->error_set(err, MOPT_E_INVALID, pass, "%s has %zu tokens, fewer than one window of %d",
+                          h->opt_string(o, "data"), k.n_train, ctxlen);
+    const int has_val = h->opt_is_set(o, "eval");
+    if (!st && has_val) st = eval_tokens(h, student, h->opt_string(o, "eval"), h->opt_int(o, "eval_tokens"), &k.val, &k.n_val, err);
+    const int64_t n_valw = has_val ? (int64_t)k.n_val / ctxlen : 0;
+    if (!st && has_val && n_valw == 0)
+        st = h->error_set(err, MOPT_E_INVALID, pass, "%s has %zu tokens, fewer than one window of %d",
+                          h->opt_string(o, "eval"), k.n_val, ctxlen);
+    if (!st) {
+        k.ts = k.teacher ? eval_session(h, ctx, h->model_graph(k.teacher), ctxlen, err) : NULL;
+        k.tr = k.ts || !k.teacher ? h->trainer_new(graph, ctxlen, err) : NULL;
+        if (!k.tr) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
+        else st = h->trainer_set_threads(k.tr, h->ctx_n_threads(ctx), err);
+        if (!st && hooks && hooks->prepare) st = hooks->prepare(hooks->user, k.tr, err);
+    }
+    const int64_t n_evals = has_val ? steps / (eval_every > 0 ? eval_every : steps) + 2 : 0;
+    if (!st) {
+        k.tlogits = malloc((size_t)ctxlen * V * sizeof *k.tlogits);
+        k.curve = malloc((size_t)steps * sizeof *k.curve);
+        k.vcurve = malloc((size_t)(n_evals + 1) * sizeof *k.vcurve);
+        k.vstep = malloc((size_t)(n_evals + 1) * sizeof *k.vstep);
+        if (!k.tlogits || !k.curve || !k.vcurve || !k.vstep)
+            st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+    }
+    mopt_adamw_opts ao;
+    h->adamw_opts_default(&ao);
+    ao.weight_decay = (float)h->opt_float(o, "weight_decay");
+    int64_t nv = 0;
+    double best = INFINITY, t0 = h->now();
+    if (!st && has_val) {
+        st = val_loss(h, k.tr, k.val, n_valw, ctxlen, V, &k.vcurve[0], err);
+        k.vstep[nv++] = 0;
+        best = k.vcurve[0]; /* training has to beat the student as it came */
+        if (!st && !keep_best(h, &k, 0)) st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+        h->report_metric(report, "val_loss_before", k.vcurve[0]);
+        h->log(ctx, "%s: %lld steps of %d x %d tokens; validation loss %.4f before", pass, (long long)steps, batch, ctxlen,
+               k.vcurve[0]);
+    }
+    int64_t s = 0;
+    for (; s < steps && !st; s++) {
+        if (h->interrupted()) {
+            st = h->error_set(err, MOPT_E_INTERRUPTED, pass, "interrupted at step %lld of %lld", (long long)s, (long long)steps);
+            break;
+        }
+        h->trainer_zero_grad(k.tr);
+        double step_loss = 0;
+        for (int32_t b = 0; b < batch && !st; b++) {
+            const int32_t *win = k.train + (int64_t)(mopt_rand(&seed) % (uint64_t)(k.n_train - (size_t)ctxlen + 1));
+            const float *tl, *sl;
+            if (k.ts && ((st = h->session_truncate(k.ts, 0, err)) || (st = h->session_forward(k.ts, win, ctxlen, 1, &tl, err)))) break;
+            if (k.ts) memcpy(k.tlogits, tl, (size_t)ctxlen * V * sizeof *k.tlogits);
+            if ((st = h->trainer_forward(k.tr, win, ctxlen, &sl, err))) break;
+            float *ds = h->trainer_dlogits(k.tr);
+            double l = L.alpha > 0 ? L.alpha * h->cross_entropy(sl, ds, win, ctxlen, V, L.alpha) : 0;
+            if (k.ts && L.alpha < 1) l += (1 - L.alpha) * h->distill_kl(sl, k.tlogits, ds, ctxlen, V, L.tau, L.kl, L.topk, 1 - L.alpha);
+            if (!isfinite(l)) st = h->error_set(err, MOPT_E_RUNTIME, pass, "the loss is not finite at step %lld", (long long)s);
+            if (!st) st = h->trainer_backward(k.tr, err);
+            step_loss += l / batch;
+        }
+        if (st) break;
+        const double norm = h->trainer_grad_norm(k.tr) / batch;
+        const float scale = (float)(1.0 / batch) * (clip > 0 && norm > clip ? (float)(clip / norm) : 1.0f);
+        st = h->trainer_adamw(k.tr, &ao, h->lr_cosine(s, warmup, steps, lr, lr_min), scale, err);
+        k.curve[s] = step_loss;
+        h->progress(ctx, s + 1, steps);
+        const int eval_now = has_val && ((eval_every > 0 && (s + 1) % eval_every == 0) || s + 1 == steps);
+        if (!st && eval_now) {
+            st = val_loss(h, k.tr, k.val, n_valw, ctxlen, V, &k.vcurve[nv], err);
+            if (!st) {
+                k.vstep[nv] = (double)(s + 1);
+                if (k.vcurve[nv] < best) {
+                    best = k.vcurve[nv];
+                    if (!keep_best(h, &k, 0)) st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+                }
+                h->log(ctx, "%s: step %lld/%lld train loss %.4f, validation loss %.4f (%.0f tokens/s)", pass, (long long)(s + 1),
+                       (long long)steps, step_loss, k.vcurve[nv], (double)(s + 1) * batch * ctxlen / (h->now() - t0));
+                nv++;
+            }
+        }
+    }
+    if (!st && has_val && k.best) keep_best(h, &k, 1); /* the best validation loss wins */
+    if (!st && hooks && hooks->finish) st = hooks->finish(hooks->user, k.tr, err);
+    if (!st) st = h->trainer_write_back(k.tr, graph, err);
+    if (!st) {
+        const double secs = h->now() - t0;
+        h->report_series(report, "train_loss", k.curve, steps);
+        if (has_val) {
+            h->report_series(report, "val_loss", k.vcurve, nv);
+            h->report_series(report, "val_step", k.vstep, nv);
+            h->report_metric(report, "val_loss_best", best);
+        }
+        h->report_metric(report, "steps", (double)steps);
+        h->report_metric(report, "tokens_trained", (double)steps * batch * ctxlen);
+        h->report_metric(report, "seconds", secs);
+        h->report_metric(report, "tokens_per_second", (double)steps * batch * ctxlen / secs);
+        if (teacher) h->report_string(report, "teacher", teacher);
+    }
+    kd_free(h, &k);
+    return st;
+}
+
