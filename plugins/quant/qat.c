@@ -56,22 +56,8 @@ static mopt_status finish(void *user, mopt_trainer *tr, mopt_error *err) {
 }
 
 static mopt_status pack(qat *q, mopt_error *err) {
-    const mopt_host_api *h = q->h;
     mopt_status st = MOPT_OK;
-    for (int32_t k = 0; k < q->n && !st; k++) {
-        const qlinear *l = &q->ls[k];
-        const int64_t ng = l->in / (q->sp.group > 0 ? q->sp.group : l->in) + (q->sp.group > 0 && l->in % q->sp.group ? 1 : 0);
-        uint8_t *lv = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
-        float *s = malloc((size_t)(l->out * ng) * sizeof *s);
-        if (!lv || !z || !s) st = h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
-        if (!st) {
-            q_rtn(h, q->trained[k], l->out, l->in, q->sp, lv, s, z);
-            st = q_install(h, q->g, l, q->sp, lv, s, z, NULL, err);
-        }
-        free(lv);
-        free(z);
-        free(s);
-    }
+    for (int32_t k = 0; k < q->n && !st; k++) st = q_rtn_install(q->h, q->g, &q->ls[k], q->sp, q->trained[k], "quant.qat", err);
     return st;
 }
 

@@ -152,6 +152,22 @@ mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mop
     return st;
 }
 
+mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
+                          mopt_error *err) {
+    const int64_t gs = sp.group > 0 ? sp.group : l->in, ng = (l->in + gs - 1) / gs;
+    uint8_t *q = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
+    float *s = malloc((size_t)(l->out * ng) * sizeof *s);
+    mopt_status st = q && z && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+    if (!st) {
+        q_rtn(h, W, l->out, l->in, sp, q, s, z);
+        st = q_install(h, g, l, sp, q, s, z, NULL, err);
+    }
+    free(q);
+    free(z);
+    free(s);
+    return st;
+}
+
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
     return q_replace(h, g, h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err),

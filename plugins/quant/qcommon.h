@@ -64,6 +64,9 @@ mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mop
 /* Packs levels into a QINT tensor named like the linear's weight and puts it in the graph. */
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err);
+/* Round-to-nearest of W [out, in] (fp32), packed and put in the graph as the linear's weight. */
+mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
+                          mopt_error *err);
 /* Replaces the named tensor with an fp32 tensor holding `data` (dims in PyTorch order). */
 mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
                           const float *data, mopt_error *err);

@@ -17,20 +17,11 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     q_measure(h, g, ls, n, &before, &weights);
     for (int32_t i = 0; i < n && st == MOPT_OK; i++) {
         const qlinear *l = &ls[i];
-        const int64_t ng = l->in / (sp.group > 0 ? sp.group : l->in) + (sp.group > 0 && l->in % sp.group ? 1 : 0);
         float *W = q_weight_f32(h, g, l, err);
-        uint8_t *q = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
-        float *s = malloc((size_t)(l->out * ng) * sizeof *s);
-        if (!W || !q || !z || !s) st = err && err->code ? (mopt_status)err->code : h->error_set(err, MOPT_E_NOMEM, "quant.rtn", "out of memory");
+        if (!W) st = err && err->code ? (mopt_status)err->code : h->error_set(err, MOPT_E_NOMEM, "quant.rtn", "out of memory");
         if (!st && h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "quant.rtn", "interrupted at %s", l->wname);
-        if (!st) {
-            q_rtn(h, W, l->out, l->in, sp, q, s, z);
-            st = q_install(h, g, l, sp, q, s, z, NULL, err);
-        }
+        if (!st) st = q_rtn_install(h, g, l, sp, W, "quant.rtn", err);
         free(W);
-        free(q);
-        free(z);
-        free(s);
         h->progress(ctx, i + 1, n);
     }
     if (!st) {

@@ -9,6 +9,23 @@
 
 #include "testutil.h"
 
+/* Mean NLL of the first n tokens of lit-val in windows of ctx. */
+static double val_nll(mopt_model *m, int64_t n, int32_t ctx) {
+    char val[1200];
+    int32_t *ids = NULL;
+    size_t nt = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(m), test_shared_path(val, sizeof val, "data/lit-val.txt"), 0, &ids,
+                                                &nt, &err),
+                     MOPT_OK);
+    mopt_session *se = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    mopt_ppl_result pr;
+    assert_int_equal(mopt_perplexity(se, ids, n, ctx, NULL, NULL, &pr, &err), MOPT_OK);
+    mopt_session_free(se);
+    free(ids);
+    return pr.nll;
+}
+
 static void test_distilled_student_improves_and_reloads(void **s) {
     REQUIRE_SHARED();
     char dir[1024], args[8192], out[1200], rep[1200];
@@ -34,18 +51,7 @@ static void test_distilled_student_improves_and_reloads(void **s) {
     mopt_error err = {0};
     mopt_model *st = mopt_model_load(out, NULL, &err);
     assert_non_null(st);
-    int32_t *ids = NULL;
-    size_t n = 0;
-    char val[1200];
-    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(st), test_shared_path(val, sizeof val, "data/lit-val.txt"), 0,
-                                                &ids, &n, &err),
-                     MOPT_OK);
-    mopt_session *se = mopt_session_new(mopt_model_graph(st), NULL, &err);
-    mopt_ppl_result pr;
-    assert_int_equal(mopt_perplexity(se, ids, 8192, 128, NULL, NULL, &pr, &err), MOPT_OK);
-    assert_true(fabs(pr.nll - best) <= 2e-3 * best); /* bf16 rounding of the saved weights */
-    mopt_session_free(se);
-    free(ids);
+    assert_true(fabs(val_nll(st, 8192, 128) - best) <= 2e-3 * best); /* bf16 rounding of the saved weights */
     mopt_model_free(st);
 }
 
@@ -82,23 +88,6 @@ static void test_distill_refuses_bad_input_and_writes_nothing(void **s) {
              sh, sh, sh, out);
     test_cli_refuses(args, 2, "not the same tokenizer", NULL);
     assert_int_not_equal(access(out, F_OK), 0);
-}
-
-/* Mean NLL of the first n tokens of lit-val in windows of ctx. */
-static double val_nll(mopt_model *m, int64_t n, int32_t ctx) {
-    char val[1200];
-    int32_t *ids = NULL;
-    size_t nt = 0;
-    mopt_error err = {0};
-    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(m), test_shared_path(val, sizeof val, "data/lit-val.txt"), 0, &ids,
-                                                &nt, &err),
-                     MOPT_OK);
-    mopt_session *se = mopt_session_new(mopt_model_graph(m), NULL, &err);
-    mopt_ppl_result pr;
-    assert_int_equal(mopt_perplexity(se, ids, n, ctx, NULL, NULL, &pr, &err), MOPT_OK);
-    mopt_session_free(se);
-    free(ids);
-    return pr.nll;
 }
 
 static void test_qad_int2_beats_rtn_and_runs_packed(void **s) {
