@@ -165,4 +165,7 @@ const mopt_host_api mopt_host = {
     .trainer_set_threads = mopt_trainer_set_threads,
     .distill_kl = mopt_distill_kl,
     .trainer_set_transform = mopt_trainer_set_transform,
+    .trainer_set_frozen = mopt_trainer_set_frozen,
+    .trainer_save = mopt_trainer_save,
+    .trainer_load = mopt_trainer_load,
 };

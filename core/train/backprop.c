@@ -43,8 +43,9 @@ static void linear_dw_task(void *p, int64_t task, int32_t thread) {
     const train_op *o = p;
     const int32_t T = o->T, in = (int32_t)o->w_cols, o0 = (int32_t)task * BLOCK;
     const int32_t r = (int32_t)o->w_rows - o0 < BLOCK ? (int32_t)o->w_rows - o0 : BLOCK;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, o->dout + o0, o->out_w, o->in[0], o->in_w[0], 1.0f,
-                o->dw + (size_t)o0 * in, in);
+    if (o->dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, o->dout + o0, o->out_w, o->in[0], o->in_w[0], 1.0f,
+                    o->dw + (size_t)o0 * in, in);
     if (o->db)
         for (int32_t t = 0; t < T; t++)
             for (int32_t j = o0; j < o0 + r; j++) o->db[j] += o->dout[(size_t)t * o->out_w + j];
@@ -65,7 +66,7 @@ static int64_t blocks(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
 static void linear_fwd(train_op *o) { mopt_pool_run(o->pool, blocks(o->w_rows), linear_fwd_task, o); }
 
 static void linear_bwd(train_op *o) {
-    mopt_pool_run(o->pool, blocks(o->w_rows), linear_dw_task, o);
+    if (o->dw || o->db) mopt_pool_run(o->pool, blocks(o->w_rows), linear_dw_task, o); /* none when frozen */
     mopt_pool_run(o->pool, blocks(o->w_cols), linear_dx_task, o);
 }
 
@@ -94,7 +95,7 @@ static void rmsnorm_bwd(const train_op *o) {
         for (int32_t i = 0; i < D; i++) dot += (double)o->w[i] * dy[i] * x[i];
         const double c = r * r * r * dot / D;
         for (int32_t i = 0; i < D; i++) {
-            o->dw[i] += (float)(dy[i] * x[i] * r);
+            if (o->dw) o->dw[i] += (float)(dy[i] * x[i] * r);
             dx[i] += (float)(r * o->w[i] * dy[i] - c * x[i]);
         }
     }
@@ -128,7 +129,7 @@ static void layernorm_bwd(const train_op *o) {
             const double xh = (x[i] - m) * r, g = (double)dy[i] * o->w[i];
             mean_g += g;
             mean_gx += g * xh;
-            o->dw[i] += (float)(dy[i] * xh);
+            if (o->dw) o->dw[i] += (float)(dy[i] * xh);
             if (o->db) o->db[i] += dy[i];
         }
         mean_g /= D;
@@ -296,9 +297,9 @@ static void embedding_bwd(const train_op *o) {
     for (int32_t t = 0; t < o->T; t++) {
         const int64_t row = o->node->op == MOPT_OP_EMBEDDING ? o->tokens[t] : t;
         const float *dy = o->dout + (size_t)t * W;
-        float *de = o->dw + row * o->w_cols, *dx = o->node->op == MOPT_OP_POS_EMBEDDING ? o->din[0] + (size_t)t * o->in_w[0] : NULL;
+        float *de = o->dw ? o->dw + row * o->w_cols : NULL, *dx = o->node->op == MOPT_OP_POS_EMBEDDING ? o->din[0] + (size_t)t * o->in_w[0] : NULL;
         for (int32_t i = 0; i < W; i++) {
-            de[i] += dy[i];
+            if (de) de[i] += dy[i];
             if (dx) dx[i] += dy[i];
         }
     }

@@ -39,6 +39,7 @@ mopt_status mopt_trainer_adamw(mopt_trainer *tr, const mopt_adamw_opts *o, float
     const double c1 = 1.0 - pow(o->beta1, (double)tr->adam_steps), c2 = 1.0 - pow(o->beta2, (double)tr->adam_steps);
     for (int32_t i = 0; i < tr->n_params; i++) {
         param *p = &tr->params[i];
+        if (p->frozen) continue;
         const float decay = p->rows > 1 ? o->weight_decay : 0.0f; /* matrices only */
         float *m = tr->m[i], *v = tr->v[i];
         for (int64_t k = 0; k < p->n; k++) {

@@ -138,6 +138,13 @@ mopt_status mopt_trainer_set_transform(mopt_trainer *tr, int32_t i, mopt_weight_
     return MOPT_OK;
 }
 
+mopt_status mopt_trainer_set_frozen(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err) {
+    if (i < 0 || i >= tr->n_params) return MOPT_FAIL(err, MOPT_E_INVALID, "no parameter %d", i);
+    tr->params[i].frozen = frozen != 0;
+    memset(tr->params[i].g, 0, (size_t)tr->params[i].n * sizeof(float));
+    return MOPT_OK;
+}
+
 mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err) {
     mopt_pool *p = mopt_pool_new(n > 0 ? n : mopt_cpu_count());
     if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot start %d threads", n);
@@ -176,14 +183,14 @@ static train_op op_of(mopt_trainer *tr, int32_t i, const int32_t *tokens, int32_
     if (tr->wparam[i] >= 0) {
         const param *p = &tr->params[tr->wparam[i]];
         o.w = p->fn ? p->fw : p->w;
-        o.dw = p->g;
+        o.dw = p->frozen ? NULL : p->g;
         o.w_rows = p->rows;
         o.w_cols = p->cols;
     }
     if (tr->bparam[i] >= 0) {
         const param *p = &tr->params[tr->bparam[i]];
         o.b = p->w;
-        o.db = p->g;
+        o.db = p->frozen ? NULL : p->g;
         o.b_n = p->n;
     }
     o.aux = tr->aux[i];

@@ -13,6 +13,7 @@ typedef struct {
     mopt_weight_fn fn; /* with fn, the ops read fw = fn(w) */
     void *fn_user;
     float *fw;
+    int frozen; /* no gradient computed, no update */
 } param;
 
 struct mopt_trainer {

@@ -39,6 +39,11 @@ extern const char *const kd_kl_choices[];
     {"topk", MOPT_OPT_INT, 0, "forward KL on the teacher's top-k tokens renormalized (0: all)", "0", 0, 1 << 20, NULL},                  \
     {"eval_every", MOPT_OPT_INT, 0, "steps between validations (0: only at the end)", "50", 0, 1e9, NULL},                               \
     {"eval_tokens", MOPT_OPT_INT, 0, "validate on the first N tokens of eval (0: all)", "16384", 0, 1e13, NULL},                         \
-    {"seed", MOPT_OPT_INT, 0, "seed of the window sampler", "1", 0, 2147483647, NULL}
+    {"seed", MOPT_OPT_INT, 0, "seed of the window sampler", "1", 0, 2147483647, NULL},                                                   \
+    {"freeze", MOPT_OPT_LIST, 0, "globs of parameters to keep fixed (e.g. *norm*)", "", 0, -1, NULL},                                   \
+    {"train", MOPT_OPT_LIST, 0, "globs of the only parameters to train (the rest fixed)", "", 0, -1, NULL},                            \
+    {"checkpoint", MOPT_OPT_STRING, 0, "file of the resumable state (parameters, AdamW moments, curves), saved atomically", NULL, 0, -1, NULL}, \
+    {"checkpoint_every", MOPT_OPT_INT, 0, "steps between saves of checkpoint= (0: only at the end and on interrupt)", "50", 0, 1e9, NULL}, \
+    {"resume", MOPT_OPT_STRING, 0, "continue the run saved in this file (same model, tokens, ctx and batch)", NULL, 0, -1, NULL}
 
 #endif

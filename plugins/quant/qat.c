@@ -1,11 +1,13 @@
 /* quant.qat: quantization-aware training, and with teacher= quantization-aware
- * distillation (QAD). The decoder linears train through fake quantization on
- * the RTN grid of the format (scales and zero-points recomputed from the
- * current weights each step, so training starts where RTN is), with the
- * straight-through estimator for the rounding; the loop is distillation's
+ * distillation (QAD). The decoder linears train through fake quantization,
+ * with the straight-through estimator for the rounding, on one of two grids:
+ * RTN's (scales and zero-points recomputed from the current weights each step,
+ * so training starts where RTN is), or, when an earlier AWQ/GPTQ/RTN pass
+ * packed them in this format, that pass's scales and zero-points kept fixed
+ * (training starts exactly where it ended). The loop is distillation's
  * (plugins/distill/kd_train.c). At the end the trained fp32 weights are packed
- * by the same RTN rule into QINT, so the kernels run exactly what was trained
- * and every exporter writes it. */
+ * on the same grid into QINT, so the kernels run exactly what was trained and
+ * every exporter writes it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,21 +15,50 @@
 #include "passes.h"
 #include "qcommon.h"
 
+/* A PTQ pass's grid of one linear: its group scales and zero-points, kept fixed. */
+typedef struct {
+    float *scale;  /* [out, groups] */
+    uint8_t *zero; /* [out, groups] */
+} grid;
+
 typedef struct {
     const mopt_host_api *h;
     qspec sp;
     mopt_graph *g;
     const qlinear *ls;
     int32_t n;
-    int32_t *param; /* per linear: its trainer parameter */
-    float **trained;  /* per linear: the final fp32 weights */
+    int32_t *param;  /* per linear: its trainer parameter */
+    float **trained; /* per linear: the final fp32 weights */
+    grid *grids;     /* per linear: the PTQ grid it started on (scale NULL: RTN's, recomputed) */
 } qat;
 
+static int64_t n_groups(const qat *q, int64_t in) { return q->sp.group > 0 ? (in + q->sp.group - 1) / q->sp.group : 1; }
+
+/* The levels of W [out, in] on a fixed grid. */
+static void grid_levels(const qat *q, const grid *gr, const float *W, int64_t out, int64_t in, uint8_t *levels) {
+    const int64_t gs = q->sp.group > 0 ? q->sp.group : in, ng = n_groups(q, in);
+    for (int64_t r = 0; r < out; r++)
+        for (int64_t c = 0; c < in; c++)
+            levels[r * in + c] = q_level(W[r * in + c], gr->scale[r * ng + c / gs], gr->zero[r * ng + c / gs], q->sp.bits);
+}
+
 static void fake_quant(void *user, int32_t param, const float *w, float *out, int64_t rows, int64_t cols) {
-    (void)param;
     const qat *q = user;
-    memcpy(out, w, (size_t)(rows * cols) * sizeof *out);
-    q_fake_quant(q->h, out, rows, cols, q->sp);
+    int32_t k = 0;
+    while (k < q->n && q->param[k] != param) k++;
+    const grid *gr = k < q->n ? &q->grids[k] : NULL;
+    if (!gr || !gr->scale) { /* RTN's grid from the current weights */
+        memcpy(out, w, (size_t)(rows * cols) * sizeof *out);
+        q_fake_quant(q->h, out, rows, cols, q->sp);
+        return;
+    }
+    const int64_t gs = q->sp.group > 0 ? q->sp.group : cols, ng = n_groups(q, cols);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            const float s = gr->scale[r * ng + c / gs];
+            const uint8_t z = gr->zero[r * ng + c / gs];
+            out[r * cols + c] = q_deq(q_level(w[r * cols + c], s, z, q->sp.bits), s, z);
+        }
 }
 
 static mopt_status prepare(void *user, mopt_trainer *tr, mopt_error *err) {
@@ -57,29 +88,87 @@ static mopt_status finish(void *user, mopt_trainer *tr, mopt_error *err) {
 
 static mopt_status pack(qat *q, mopt_error *err) {
     mopt_status st = MOPT_OK;
-    for (int32_t k = 0; k < q->n && !st; k++) st = q_rtn_install(q->h, q->g, &q->ls[k], q->sp, q->trained[k], "quant.qat", err);
+    for (int32_t k = 0; k < q->n && !st; k++) {
+        const qlinear *l = &q->ls[k];
+        if (!q->grids[k].scale) {
+            st = q_rtn_install(q->h, q->g, l, q->sp, q->trained[k], "quant.qat", err);
+            continue;
+        }
+        uint8_t *levels = malloc((size_t)(l->out * l->in));
+        if (!levels) return q->h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+        grid_levels(q, &q->grids[k], q->trained[k], l->out, l->in, levels);
+        st = q_install(q->h, q->g, l, q->sp, levels, q->grids[k].scale, q->grids[k].zero, NULL, err);
+        free(levels);
+    }
     return st;
+}
+
+/* Linears packed by an earlier PTQ pass (RTN, AWQ, GPTQ) in this pass's format
+ * are the starting point: their dequantized values become the fp32 weights
+ * and their scales and zero-points the fixed grid of the fake quantization
+ * and of the final packing, so training starts exactly where the PTQ pass
+ * ended. Other packings are refused. */
+static mopt_status unpack_ptq(qat *q, int32_t *count, mopt_error *err) {
+    const mopt_host_api *h = q->h;
+    const qspec sp = q->sp;
+    for (int32_t k = 0; k < q->n; k++) {
+        const qlinear *l = &q->ls[k];
+        const mopt_tensor *t = h->graph_find_tensor(q->g, l->wname);
+        if (!t || t->dtype < MOPT_DTYPE_PACKED_FIRST) continue;
+        if (t->dtype != MOPT_DTYPE_QINT)
+            return h->error_set(err, MOPT_E_INVALID, "quant.qat",
+                                "%s is packed W8A8 or FP8: QAT starts from a float model or an int PTQ pass's result", l->wname);
+        if (t->quant->g_idx)
+            return h->error_set(err, MOPT_E_INVALID, "quant.qat",
+                                "%s has GPTQ act-order groups (g_idx); QAT trains groups of consecutive columns: use act_order=false",
+                                l->wname);
+        const int sym = (t->quant->flags & MOPT_QUANT_SYM) != 0;
+        if (t->quant->bits != sp.bits || t->quant->group_size != sp.group || sym != sp.sym)
+            return h->error_set(err, MOPT_E_INVALID, "quant.qat",
+                                "%s is packed int%d g%d %s, but this pass trains int%d g%d %s: give the earlier pass the same format",
+                                l->wname, t->quant->bits, t->quant->group_size, sym ? "sym" : "asym", sp.bits, sp.group,
+                                sp.sym ? "sym" : "asym");
+        const int64_t ng = n_groups(q, l->in);
+        grid *gr = &q->grids[k];
+        gr->scale = malloc((size_t)(l->out * ng) * sizeof *gr->scale);
+        gr->zero = malloc((size_t)(l->out * ng));
+        if (!gr->scale || !gr->zero) return h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+        if (h->tensor_nelements(t->quant->scale) != l->out * ng || (!sym && h->tensor_nelements(t->quant->zero) != l->out * ng))
+            return h->error_set(err, MOPT_E_INVALID, "quant.qat", "%s: its scales do not fit %lld x %lld groups", l->wname,
+                                (long long)l->out, (long long)ng);
+        mopt_status st = h->tensor_read_f32(t->quant->scale, 0, l->out * ng, gr->scale, err);
+        if (st) return st;
+        for (int64_t i = 0; i < l->out * ng; i++)
+            gr->zero[i] = sym ? (uint8_t)(1u << (sp.bits - 1)) : ((const uint8_t *)t->quant->zero->data)[i];
+        float *w = q_weight_f32(h, q->g, l, err);
+        const int64_t dims[2] = {l->out, l->in};
+        st = w ? q_install_f32(h, q->g, l->wname, 2, dims, w, err) : MOPT_E_NOMEM;
+        free(w);
+        if (st) return st;
+        (*count)++;
+    }
+    return MOPT_OK;
 }
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    qat q = {h, q_spec_from(h, o), g, NULL, 0, NULL, NULL};
+    qat q = {h, q_spec_from(h, o), g, NULL, 0, NULL, NULL, NULL};
     mopt_status st = q_check_spec(h, "quant.qat", q.sp, err);
     if (st) return st;
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.qat", "needs a model");
     qlinear *ls;
     if ((st = q_collect(h, g, o, &ls, &q.n, err))) return st;
     q.ls = ls;
-    for (int32_t k = 0; k < q.n && !st; k++) {
-        const mopt_tensor *t = h->graph_find_tensor(g, ls[k].wname);
-        if (t && t->dtype >= MOPT_DTYPE_PACKED_FIRST)
-            st = h->error_set(err, MOPT_E_INVALID, "quant.qat", "%s is already quantized: QAT starts from the float model", ls[k].wname);
-    }
     int64_t before = 0, after = 0, weights = 0;
     q_measure(h, g, ls, q.n, &before, &weights);
     q.param = calloc((size_t)(q.n ? q.n : 1), sizeof *q.param);
     q.trained = calloc((size_t)(q.n ? q.n : 1), sizeof *q.trained);
-    if (!st && (!q.param || !q.trained)) st = h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+    q.grids = calloc((size_t)(q.n ? q.n : 1), sizeof *q.grids);
+    if (!q.param || !q.trained || !q.grids) st = h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+    int32_t from_ptq = 0;
+    if (!st) st = unpack_ptq(&q, &from_ptq, err);
+    if (!st && from_ptq)
+        h->log(ctx, "quant.qat: starting from the int%d weights and grid of an earlier pass (%d linears)", q.sp.bits, from_ptq);
     const kd_hooks hooks = {prepare, finish, &q};
     const char *teacher = h->opt_is_set(o, "teacher") ? h->opt_string(o, "teacher") : NULL;
     if (!st) st = kd_train(h, ctx, g, o, report, "quant.qat", teacher, &hooks, err);
@@ -89,6 +178,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         q_report(h, report, teacher ? "qad" : "qat", q.sp, before, after, weights, q.n);
     }
     for (int32_t k = 0; q.trained && k < q.n; k++) free(q.trained[k]);
+    for (int32_t k = 0; q.grids && k < q.n; k++) free(q.grids[k].scale), free(q.grids[k].zero);
+    free(q.grids);
     free(q.trained);
     free(q.param);
     free(ls);

@@ -193,6 +193,9 @@ typedef struct mopt_host_api {
     double (*distill_kl)(const float *student, const float *teacher, float *dstudent, int32_t n, int32_t vocab, double tau,
                          int32_t kind, int32_t top_k, double weight);
     mopt_status (*trainer_set_transform)(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err);
+    mopt_status (*trainer_set_frozen)(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err);
+    mopt_status (*trainer_save)(const mopt_trainer *tr, const char *path, const mopt_train_extra *x, int32_t nx, mopt_error *err);
+    mopt_status (*trainer_load)(mopt_trainer *tr, const char *path, mopt_train_extra *x, int32_t nx, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

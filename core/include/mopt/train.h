@@ -32,6 +32,10 @@ typedef void (*mopt_weight_fn)(void *user, int32_t param, const float *w, float 
 /* Applies fn to parameter i from the next forward on (fn NULL: none). */
 MOPT_API mopt_status mopt_trainer_set_transform(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err);
 
+/* Freezes parameter i (frozen != 0): no gradient is computed for it and no
+ * update changes it; its gradient reads zero. */
+MOPT_API mopt_status mopt_trainer_set_frozen(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err);
+
 /* Sets every gradient to zero. */
 MOPT_API void mopt_trainer_zero_grad(mopt_trainer *tr);
 /* Forward and backward over one window of n tokens (2 <= n <= max_tokens):
@@ -83,6 +87,28 @@ MOPT_API float mopt_lr_cosine(int64_t step, int64_t warmup, int64_t total, float
  * new tensors of each weight's own float dtype (rounded to nearest even);
  * packed weights are refused. The trainer follows the new tensors. */
 MOPT_API mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error *err);
+
+/* --- resumable state ------------------------------------------------------------- */
+
+/* A vector a training loop keeps beside the trainer's state (best parameters
+ * so far, loss curves, counters): n floats, or n int64_t with is_int. */
+typedef struct mopt_train_extra {
+    const char *name;
+    int32_t is_int;
+    void *data;
+    int64_t n; /* save: values at data (< 0: none); load: the room at data, then the count in the file
+                  (-1: absent; more than the room: not copied) */
+} mopt_train_extra;
+
+/* Saves every parameter, the AdamW moments and step count and the extras to
+ * one safetensors file, written atomically (a save cut short by a signal or a
+ * full disk leaves the previous file whole). */
+MOPT_API mopt_status mopt_trainer_save(const mopt_trainer *tr, const char *path, const mopt_train_extra *x, int32_t nx,
+                                       mopt_error *err);
+/* Restores a state mopt_trainer_save wrote, into a trainer of the same model:
+ * a file whose parameters differ in name, count or shape (another model) is
+ * refused naming the difference, and nothing changes. */
+MOPT_API mopt_status mopt_trainer_load(mopt_trainer *tr, const char *path, mopt_train_extra *x, int32_t nx, mopt_error *err);
 
 /* The parameters: one per distinct weight or bias tensor of the graph (a tied
  * embedding is one parameter), in the order the nodes first use them. */
