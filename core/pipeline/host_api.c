@@ -168,4 +168,5 @@ const mopt_host_api mopt_host = {
     .trainer_set_frozen = mopt_trainer_set_frozen,
     .trainer_save = mopt_trainer_save,
     .trainer_load = mopt_trainer_load,
+    .trainer_block_output = mopt_trainer_block_output,
 };

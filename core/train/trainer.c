@@ -224,6 +224,17 @@ mopt_status mopt_trainer_forward(mopt_trainer *tr, const int32_t *tokens, int32_
     return MOPT_OK;
 }
 
+const float *mopt_trainer_block_output(mopt_trainer *tr, int32_t layer, int32_t *width, float **grad) {
+    for (int32_t i = tr->n_nodes - 1; i >= 0; i--) { /* the block's last residual add */
+        const mopt_node *n = mopt_graph_node(tr->g, i);
+        if (n->layer != layer || (n->role != MOPT_ROLE_MLP_RESIDUAL && n->role != MOPT_ROLE_ATTN_RESIDUAL)) continue;
+        if (width) *width = mopt_graph_value_width(tr->g, n->output);
+        if (grad) *grad = tr->dact[n->output];
+        return tr->act[n->output];
+    }
+    return NULL;
+}
+
 float *mopt_trainer_dlogits(mopt_trainer *tr) { return tr->dact[mopt_graph_node(tr->g, tr->n_nodes - 1)->output]; }
 
 mopt_status mopt_trainer_backward(mopt_trainer *tr, mopt_error *err) {

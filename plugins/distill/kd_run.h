@@ -10,7 +10,7 @@ typedef struct {
     size_t n_train, n_val;
     mopt_model *teacher;
     mopt_session *ts;
-    mopt_trainer *tr;
+    mopt_trainer *tr, *ttr; /* the student; the teacher when it runs as a trainer (kd_hooks.step) */
     float *tlogits, **best;
     int32_t n_best;
     double *curve, *vcurve, *vstep; /* train loss per step; validation loss at steps vstep */

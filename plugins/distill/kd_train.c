@@ -39,6 +39,7 @@ static void kd_free(const mopt_host_api *h, kd_run *k) {
     for (int32_t i = 0; k->best && i < k->n_best; i++) free(k->best[i]);
     free(k->best);
     h->trainer_free(k->tr);
+    h->trainer_free(k->ttr);
     h->session_free(k->ts);
     h->model_free(k->teacher);
     free(k->train);
@@ -140,9 +141,17 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
     if (!st && has_val && n_valw == 0)
         st = h->error_set(err, MOPT_E_INVALID, pass, "%s has %zu tokens, fewer than one window of %d",
                           h->opt_string(o, "eval"), k.n_val, ctxlen);
+    const int teacher_trains = hooks && hooks->step; /* its activations are needed, not only its logits */
+    if (!st && teacher_trains && !k.teacher) st = h->error_set(err, MOPT_E_INVALID, pass, "needs a teacher");
+    if (!st && teacher_trains && h->opt_is_set(o, "resume"))
+        st = h->error_set(err, MOPT_E_UNSUPPORTED, pass, "resume= does not restore this pass's own state (learned projections); start anew");
+    if (!st && teacher_trains) {
+        if ((k.ttr = h->trainer_new(h->model_graph(k.teacher), ctxlen, err))) st = h->trainer_set_threads(k.ttr, h->ctx_n_threads(ctx), err);
+        else st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
+    }
     if (!st) {
-        k.ts = k.teacher ? eval_session(h, ctx, h->model_graph(k.teacher), ctxlen, err) : NULL;
-        k.tr = k.ts || !k.teacher ? h->trainer_new(graph, ctxlen, err) : NULL;
+        k.ts = k.teacher && !teacher_trains ? eval_session(h, ctx, h->model_graph(k.teacher), ctxlen, err) : NULL;
+        k.tr = k.ts || k.ttr || !k.teacher ? h->trainer_new(graph, ctxlen, err) : NULL;
         if (!k.tr) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
         else st = h->trainer_set_threads(k.tr, h->ctx_n_threads(ctx), err);
         if (!st && hooks && hooks->prepare) st = hooks->prepare(hooks->user, k.tr, err);
@@ -189,11 +198,15 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
             const int32_t *win = k.train + (int64_t)(mopt_rand(&rng) % (uint64_t)(k.n_train - (size_t)ctxlen + 1));
             const float *tl, *sl;
             if (k.ts && ((st = h->session_truncate(k.ts, 0, err)) || (st = h->session_forward(k.ts, win, ctxlen, 1, &tl, err)))) break;
-            if (k.ts) memcpy(k.tlogits, tl, (size_t)ctxlen * V * sizeof *k.tlogits);
+            if (k.ttr && (st = h->trainer_forward(k.ttr, win, ctxlen, &tl, err))) break;
+            if (k.teacher) memcpy(k.tlogits, tl, (size_t)ctxlen * V * sizeof *k.tlogits);
             if ((st = h->trainer_forward(k.tr, win, ctxlen, &sl, err))) break;
             float *ds = h->trainer_dlogits(k.tr);
             double l = L.alpha > 0 ? L.alpha * h->cross_entropy(sl, ds, win, ctxlen, V, L.alpha) : 0;
-            if (k.ts && L.alpha < 1) l += (1 - L.alpha) * h->distill_kl(sl, k.tlogits, ds, ctxlen, V, L.tau, L.kl, L.topk, 1 - L.alpha);
+            if (k.teacher && L.alpha < 1) l += (1 - L.alpha) * h->distill_kl(sl, k.tlogits, ds, ctxlen, V, L.tau, L.kl, L.topk, 1 - L.alpha);
+            double extra = 0;
+            if (k.ttr && (st = hooks->step(hooks->user, k.tr, k.ttr, ctxlen, h->lr_cosine(s, warmup, steps, lr, lr_min), &extra, err))) break;
+            l += extra;
             if (!isfinite(l)) st = h->error_set(err, MOPT_E_RUNTIME, pass, "the loss is not finite at step %lld", (long long)s);
             if (!st) st = h->trainer_backward(k.tr, err);
             step_loss += l / batch;

@@ -11,6 +11,12 @@ typedef mopt_status (*kd_prepare_fn)(void *user, mopt_trainer *tr, mopt_error *e
  * weights are written back; either may be NULL. */
 typedef struct kd_hooks {
     kd_prepare_fn prepare, finish;
+    /* With step, the teacher runs as a trainer (forward only, its activations
+     * kept) and step adds a loss on both models' activations of the window
+     * after the student's forward: its value to *loss, its gradient into the
+     * student's buffers (mopt_trainer_block_output), before the backward.
+     * resume= is refused: step's own state is not saved. */
+    mopt_status (*step)(void *user, mopt_trainer *student, mopt_trainer *teacher, int32_t n, float lr, double *loss, mopt_error *err);
     void *user;
 } kd_hooks;
 

@@ -169,7 +169,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st) st = unpack_ptq(&q, &from_ptq, err);
     if (!st && from_ptq)
         h->log(ctx, "quant.qat: starting from the int%d weights and grid of an earlier pass (%d linears)", q.sp.bits, from_ptq);
-    const kd_hooks hooks = {prepare, finish, &q};
+    const kd_hooks hooks = {prepare, finish, NULL, &q};
     const char *teacher = h->opt_is_set(o, "teacher") ? h->opt_string(o, "teacher") : NULL;
     if (!st) st = kd_train(h, ctx, g, o, report, "quant.qat", teacher, &hooks, err);
     if (!st) st = pack(&q, err);

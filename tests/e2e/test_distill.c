@@ -342,6 +342,36 @@ static void test_sigint_leaves_a_resumable_checkpoint(void **s) {
     assert_int_equal(access(out, F_OK), 0);
 }
 
+static void test_hidden_distillation_pulls_hidden_states_together(void **s) {
+    REQUIRE_SHARED();
+    char text[8192];
+    const char *sh = test_shared_dir();
+    /* a student that is its teacher: every block's states coincide, the hidden loss is zero */
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    snprintf(text, sizeof text,
+             "distill.hidden<teacher=%s/models/lit-gpt2-1m;hidden_loss=mse;data=%s/data/lit-train.txt;tokens=256;ctx=64;batch=2;lr=1e-4>",
+             sh, sh);
+    mopt_report *r = test_run_pipeline(m, text);
+    assert_true(mopt_report_get_metric(r, "hidden_loss_first_step") < 1e-10);
+    mopt_report_free(r);
+    mopt_model_free(m);
+    /* GPT-2 student, LLaMA teacher of another width: the cosine distance falls through the learned projections */
+    m = test_load_model("models/lit-gpt2-1m");
+    snprintf(text, sizeof text,
+             "distill.hidden<teacher=%s/models/lit-llama-7m;layers=0:1,3:7;hidden_weight=10;data=%s/data/lit-train.txt;tokens=4096;ctx=64;"
+             "batch=2;lr=3e-4;warmup=2>",
+             sh, sh);
+    r = test_run_pipeline(m, text);
+    const double first = mopt_report_get_metric(r, "hidden_loss_first_step"), last = mopt_report_get_metric(r, "hidden_loss_last_step");
+    fprintf(stderr, "distill.hidden cosine distance: %.4f at the first step, %.4f at the last\n", first, last);
+    assert_int_equal((int)mopt_report_get_metric(r, "hidden_pairs"), 2);
+    assert_true(last < first - 0.05);
+    mopt_report_free(r);
+    mopt_model_free(m);
+    snprintf(text, sizeof text, "distill.hidden<teacher=%s/models/lit-llama-7m;layers=0:9;data=%s/data/lit-train.txt;tokens=256;ctx=64>", sh, sh);
+    test_pipeline_fails("models/lit-gpt2-1m", text, "the student has blocks 0..3, the teacher 0..7");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distilled_student_improves_and_reloads),
@@ -351,6 +381,7 @@ int main(void) {
         cmocka_unit_test(test_qat_starts_exactly_where_gptq_ended),
         cmocka_unit_test(test_interrupted_run_resumes_to_the_same_weights),
         cmocka_unit_test(test_frozen_parameters_stay_put),
+        cmocka_unit_test(test_hidden_distillation_pulls_hidden_states_together),
         cmocka_unit_test(test_sigint_leaves_a_resumable_checkpoint),
         cmocka_unit_test(test_qad_script_starts_from_gptq_and_draws_the_loss_curves),
     };

@@ -196,6 +196,7 @@ typedef struct mopt_host_api {
     mopt_status (*trainer_set_frozen)(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err);
     mopt_status (*trainer_save)(const mopt_trainer *tr, const char *path, const mopt_train_extra *x, int32_t nx, mopt_error *err);
     mopt_status (*trainer_load)(mopt_trainer *tr, const char *path, mopt_train_extra *x, int32_t nx, mopt_error *err);
+    const float *(*trainer_block_output)(mopt_trainer *tr, int32_t layer, int32_t *width, float **grad);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

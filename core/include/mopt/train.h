@@ -52,6 +52,12 @@ MOPT_API mopt_status mopt_trainer_forward(mopt_trainer *tr, const int32_t *token
 MOPT_API float *mopt_trainer_dlogits(mopt_trainer *tr);
 MOPT_API mopt_status mopt_trainer_backward(mopt_trainer *tr, mopt_error *err);
 
+/* The residual stream after decoder block `layer` in the last forward ([n,
+ * *width] rows) and, in *grad, its gradient buffer: a loss on hidden states
+ * (distillation) adds its gradient there between mopt_trainer_forward and
+ * mopt_trainer_backward. NULL when the graph has no such block. */
+MOPT_API const float *mopt_trainer_block_output(mopt_trainer *tr, int32_t layer, int32_t *width, float **grad);
+
 /* Mean cross-entropy of tokens[1..n-1] predicted from logits rows 0..n-2 (the
  * perplexity protocol); with dlogits, adds weight times its gradient there. */
 MOPT_API double mopt_cross_entropy(const float *logits, float *dlogits, const int32_t *tokens, int32_t n, int32_t vocab,
