@@ -12,6 +12,8 @@ typedef struct {
     mopt_session *ts;
     mopt_trainer *tr, *ttr; /* the student; the teacher when it runs as a trainer (kd_hooks.step) */
     float *tlogits, **best;
+    float **cache;      /* teacher_cache=: the teacher's logits per aligned window, computed on first use */
+    int64_t n_cached_windows, teacher_forwards;
     int32_t n_best;
     double *curve, *vcurve, *vstep; /* train loss per step; validation loss at steps vstep */
     /* where the loop stands: what a resume restores */

@@ -45,6 +45,8 @@ static void kd_free(const mopt_host_api *h, kd_run *k) {
     free(k->train);
     free(k->val);
     free(k->tlogits);
+    for (int64_t w = 0; k->cache && w < k->n_cached_windows; w++) free(k->cache[w]);
+    free(k->cache);
     free(k->curve);
     free(k->vcurve);
     free(k->vstep);
@@ -157,6 +159,18 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
         if (!st && hooks && hooks->prepare) st = hooks->prepare(hooks->user, k.tr, err);
         if (!st) st = freeze(h, k.tr, o, pass, err);
     }
+    const int64_t cache_mib = h->opt_int(o, "teacher_cache");
+    if (!st && cache_mib > 0 && (!k.teacher || teacher_trains))
+        st = h->error_set(err, MOPT_E_INVALID, pass, "teacher_cache= keeps a teacher's logits: %s", k.teacher ? "this pass needs its activations" : "there is no teacher");
+    if (!st && cache_mib > 0) {
+        k.n_cached_windows = (int64_t)k.n_train / ctxlen;
+        const double need = (double)k.n_cached_windows * ctxlen * V * sizeof(float) / 1048576.0;
+        if (need > (double)cache_mib)
+            st = h->error_set(err, MOPT_E_INVALID, pass, "teacher_cache=%lld MiB: the %lld windows of %s need %.0f MiB (raise it, or use less data)",
+                              (long long)cache_mib, (long long)k.n_cached_windows, h->opt_string(o, "data"), ceil(need));
+        else if (!(k.cache = calloc((size_t)k.n_cached_windows, sizeof *k.cache)))
+            st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+    }
     k.vcap = steps / (eval_every > 0 ? eval_every : steps) + 3;
     if (!st) {
         k.tlogits = malloc((size_t)ctxlen * V * sizeof *k.tlogits);
@@ -195,11 +209,21 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
         h->trainer_zero_grad(k.tr);
         double step_loss = 0;
         for (int32_t b = 0; b < batch && !st; b++) {
-            const int32_t *win = k.train + (int64_t)(mopt_rand(&rng) % (uint64_t)(k.n_train - (size_t)ctxlen + 1));
+            const int64_t cw = k.cache ? (int64_t)(mopt_rand(&rng) % (uint64_t)k.n_cached_windows) : -1;
+            const int32_t *win = k.cache ? k.train + cw * ctxlen : k.train + (int64_t)(mopt_rand(&rng) % (uint64_t)(k.n_train - (size_t)ctxlen + 1));
             const float *tl, *sl;
-            if (k.ts && ((st = h->session_truncate(k.ts, 0, err)) || (st = h->session_forward(k.ts, win, ctxlen, 1, &tl, err)))) break;
-            if (k.ttr && (st = h->trainer_forward(k.ttr, win, ctxlen, &tl, err))) break;
-            if (k.teacher) memcpy(k.tlogits, tl, (size_t)ctxlen * V * sizeof *k.tlogits);
+            if (k.cache && k.cache[cw]) {
+                memcpy(k.tlogits, k.cache[cw], (size_t)ctxlen * V * sizeof *k.tlogits);
+            } else if (k.teacher) {
+                if (k.ts && ((st = h->session_truncate(k.ts, 0, err)) || (st = h->session_forward(k.ts, win, ctxlen, 1, &tl, err)))) break;
+                if (k.ttr && (st = h->trainer_forward(k.ttr, win, ctxlen, &tl, err))) break;
+                memcpy(k.tlogits, tl, (size_t)ctxlen * V * sizeof *k.tlogits);
+                k.teacher_forwards++;
+                if (k.cache && (k.cache[cw] = malloc((size_t)ctxlen * V * sizeof(float))))
+                    memcpy(k.cache[cw], tl, (size_t)ctxlen * V * sizeof(float));
+                else if (k.cache) st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory for the teacher cache");
+                if (st) break;
+            }
             if ((st = h->trainer_forward(k.tr, win, ctxlen, &sl, err))) break;
             float *ds = h->trainer_dlogits(k.tr);
             double l = L.alpha > 0 ? L.alpha * h->cross_entropy(sl, ds, win, ctxlen, V, L.alpha) : 0;
@@ -261,6 +285,7 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
         h->report_metric(report, "tokens_per_second", (double)(steps - first) * batch * ctxlen / secs);
         if (first > 0) h->report_metric(report, "resumed_at_step", (double)first);
         if (teacher) h->report_string(report, "teacher", teacher);
+        if (teacher) h->report_metric(report, "teacher_forwards", (double)k.teacher_forwards);
     }
     kd_free(h, &k);
     return st;

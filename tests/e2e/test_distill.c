@@ -372,6 +372,31 @@ static void test_hidden_distillation_pulls_hidden_states_together(void **s) {
     test_pipeline_fails("models/lit-gpt2-1m", text, "the student has blocks 0..3, the teacher 0..7");
 }
 
+static void test_teacher_cache_runs_the_teacher_once_per_window(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], small[1200], text[8192];
+    test_tmpdir(dir, sizeof dir, "tcache");
+    snprintf(small, sizeof small, "%s/small.txt", dir);
+    size_t n;
+    char path[1200];
+    char *train = read_whole(test_shared_path(path, sizeof path, "data/lit-train.txt"), &n);
+    assert_non_null(train);
+    write_file(small, train, 6000); /* a few dozen windows of 64 tokens */
+    free(train);
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    snprintf(text, sizeof text, "distill.logits<teacher=%s/models/lit-llama-7m;data=%s;tokens=8192;ctx=64;batch=2;teacher_cache=256>",
+             test_shared_dir(), small);
+    mopt_report *r = test_run_pipeline(m, text);
+    const double forwards = mopt_report_get_metric(r, "teacher_forwards"), draws = 8192 / 64;
+    fprintf(stderr, "teacher cache: %.0f teacher forwards for %.0f windows drawn\n", forwards, draws);
+    assert_true(forwards > 0 && forwards < draws / 2); /* each aligned window's logits are computed once, then reused */
+    mopt_report_free(r);
+    mopt_model_free(m);
+    snprintf(text, sizeof text, "distill.logits<teacher=%s/models/lit-llama-7m;data=%s/data/lit-train.txt;tokens=1024;ctx=64;teacher_cache=1>",
+             test_shared_dir(), test_shared_dir());
+    test_pipeline_fails("models/lit-gpt2-1m", text, "raise it, or use less data");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distilled_student_improves_and_reloads),
@@ -381,6 +406,7 @@ int main(void) {
         cmocka_unit_test(test_qat_starts_exactly_where_gptq_ended),
         cmocka_unit_test(test_interrupted_run_resumes_to_the_same_weights),
         cmocka_unit_test(test_frozen_parameters_stay_put),
+        cmocka_unit_test(test_teacher_cache_runs_the_teacher_once_per_window),
         cmocka_unit_test(test_hidden_distillation_pulls_hidden_states_together),
         cmocka_unit_test(test_sigint_leaves_a_resumable_checkpoint),
         cmocka_unit_test(test_qad_script_starts_from_gptq_and_draws_the_loss_curves),
