@@ -13,16 +13,17 @@
 
 static void help(int qat) {
     if (qat)
-        printf("usage: mopt qat MODEL --bits B [--group G] [--sym] [--teacher T] --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
+        printf("usage: mopt qat MODEL [--bits B] [--group G] [--sym | --fp8] [--init rtn|awq|gptq] [--teacher T] --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
                "Quantization-aware training (quant.qat): the decoder linears train through fake quantization on\n"
                "the RTN grid of B bits in groups of G (straight-through estimator), then are packed by the same\n"
                "rule; with --teacher the loss is distillation from it (QAD; usually MODEL itself, unquantized).\n"
                "  --bits B           2, 3, 4 or 8 (default 4)\n"
                "  --group G          columns per scale group (default 128; -1: whole rows)\n"
                "  --sym              symmetric grid\n"
+               "  --fp8              E4M3 weights with per-row scales instead of the int grid (weight-only)\n"
                "  --teacher T        QAD: the model to distill from\n"
                "  --init rtn|awq|gptq   the starting weights: RTN's (default), or those of quant.awq / quant.gptq\n"
-               "                     (same format) calibrated on the first --calib-samples windows of TRAIN\n"
+               "                     (same format), calibrated on --calib-samples windows of TRAIN\n"
                "  --calib-samples N  calibration windows of 512 tokens for --init awq|gptq (default 128)\n");
     else
         printf("usage: mopt distill --teacher T --student S --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
@@ -37,7 +38,7 @@ static void help(int qat) {
            "  --tokens N         training tokens (default 200000)\n"
            "  --ctx N            window length (default 256)\n"
            "  --batch N          windows per optimizer step (default 4)\n"
-           "  --lr X             peak learning rate (default 3e-4)\n"
+           "  --lr X             peak learning rate (default 3e-4 for distill, 5e-5 for qat)\n"
            "  --warmup N         warm-up steps (default 10)\n"
            "  --temp X           temperature tau (default 1)\n"
            "  --alpha X          weight of the hard-label loss, 0..1 (default 0.5)\n"
@@ -73,7 +74,7 @@ static int train_cmd(int argc, char **argv, int qat) {
         {"bits", required_argument, 0, 'B'},    {"group", required_argument, 0, 'G'},   {"sym", no_argument, 0, 'Y'},
         {"freeze", required_argument, 0, 'z'},  {"train", required_argument, 0, 'x'},   {"checkpoint", required_argument, 0, 'C'},
         {"checkpoint-every", required_argument, 0, 'P'}, {"resume", required_argument, 0, 'R'},
-        {"report-dir", required_argument, 0, 'D'}, {"init", required_argument, 0, 'I'}, {"calib-samples", required_argument, 0, 'N'},
+        {"fp8", no_argument, 0, '8'},           {"report-dir", required_argument, 0, 'D'}, {"init", required_argument, 0, 'I'}, {"calib-samples", required_argument, 0, 'N'},
         {0, 0, 0, 0}};
     /* options of the pass, by their schema names, in the order getopt sees them */
     const char *keys[128] = {0}, *vals[128] = {0};
@@ -81,7 +82,7 @@ static int train_cmd(int argc, char **argv, int qat) {
     const char *teacher = NULL, *student = NULL, *out = NULL, *format = "hf", *report = NULL, *report_dir = NULL, *init = "rtn";
     const char *bits = "4", *group = "128", *sym = "false", *data = NULL, *calib_samples = "128";
     long long threads = 0;
-    int force = 0, quiet = 0, c;
+    int force = 0, quiet = 0, fp8 = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         const char *key = NULL;
@@ -92,6 +93,7 @@ static int train_cmd(int argc, char **argv, int qat) {
         case 'G': key = "group_size", group = optarg; break;
         case 'Y': key = "sym", sym = optarg = "true"; break;
         case 'd': key = "data", data = optarg; break;
+        case '8': key = "dtype", optarg = "fp8", fp8 = 1; break;
         case 'z': key = "freeze"; break;
         case 'x': key = "train"; break;
         case 'C': key = "checkpoint"; break;
@@ -124,8 +126,8 @@ static int train_cmd(int argc, char **argv, int qat) {
         case 'h': help(qat); return EXIT_OK;
         default: return cli_usage_error(cmd, "unknown option");
         }
-        if (!qat && ((key && (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "sym"))) || c == 'I' || c == 'N'))
-            return cli_usage_error(cmd, "--bits, --group, --sym, --init and --calib-samples are options of mopt qat");
+        if (!qat && ((key && (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "sym"))) || c == 'I' || c == 'N' || c == '8'))
+            return cli_usage_error(cmd, "--bits, --group, --sym, --fp8, --init and --calib-samples are options of mopt qat");
         if (key && nk < 128) keys[nk] = key, vals[nk++] = optarg;
     }
     if (qat) {
@@ -140,6 +142,7 @@ static int train_cmd(int argc, char **argv, int qat) {
     const char *init_pass = !strcmp(init, "awq") ? "quant.awq" : !strcmp(init, "gptq") ? "quant.gptq" : NULL;
     if (!init_pass && strcmp(init, "rtn")) return cli_usage_error(cmd, "--init expects rtn, awq or gptq, got '%s'", init);
     if (init_pass && !data) return cli_usage_error(cmd, "--init %s calibrates on --data TRAIN", init);
+    if (init_pass && fp8) return cli_usage_error(cmd, "--init %s starts from int weights, not --fp8", init);
     cli_job j;
     int rc = cli_job_open(&j, quiet, threads);
     if (rc) return rc;

@@ -4,7 +4,8 @@
  * RTN's (scales and zero-points recomputed from the current weights each step,
  * so training starts where RTN is), or, when an earlier AWQ/GPTQ/RTN pass
  * packed them in this format, that pass's scales and zero-points kept fixed
- * (training starts exactly where it ended). The loop is distillation's
+ * (training starts exactly where it ended); with dtype=fp8, E4M3 with
+ * per-row amax scales (weight-only). The loop is distillation's
  * (plugins/distill/kd_train.c). At the end the trained fp32 weights are packed
  * on the same grid into QINT, so the kernels run exactly what was trained and
  * every exporter writes it. */
@@ -30,7 +31,18 @@ typedef struct {
     int32_t *param;  /* per linear: its trainer parameter */
     float **trained; /* per linear: the final fp32 weights */
     grid *grids;     /* per linear: the PTQ grid it started on (scale NULL: RTN's, recomputed) */
+    int fp8;         /* dtype=fp8: E4M3 with per-row amax scales instead of the int grid */
+    uint8_t *fp8_levels;
+    float *fp8_scales;
 } qat;
+
+/* E4M3 rounding of W [rows, cols] with its current per-row scales, into out
+ * (the buffers prepare sized for the largest linear). */
+static void fake_fp8(const qat *q, const float *w, float *out, int64_t rows, int64_t cols) {
+    q_fp8_rows(q->h, w, rows, cols, 0, q->fp8_levels, q->fp8_scales);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) out[r * cols + c] = q->h->e4m3_to_f32(q->fp8_levels[r * cols + c]) * q->fp8_scales[r];
+}
 
 static int64_t n_groups(const qat *q, int64_t in) { return q->sp.group > 0 ? (in + q->sp.group - 1) / q->sp.group : 1; }
 
@@ -47,6 +59,10 @@ static void fake_quant(void *user, int32_t param, const float *w, float *out, in
     int32_t k = 0;
     while (k < q->n && q->param[k] != param) k++;
     const grid *gr = k < q->n ? &q->grids[k] : NULL;
+    if (q->fp8) {
+        fake_fp8(q, w, out, rows, cols);
+        return;
+    }
     if (!gr || !gr->scale) { /* RTN's grid from the current weights */
         memcpy(out, w, (size_t)(rows * cols) * sizeof *out);
         q_fake_quant(q->h, out, rows, cols, q->sp);
@@ -64,6 +80,13 @@ static void fake_quant(void *user, int32_t param, const float *w, float *out, in
 static mopt_status prepare(void *user, mopt_trainer *tr, mopt_error *err) {
     qat *q = user;
     const mopt_host_api *h = q->h;
+    int64_t most = 0, rows = 0;
+    for (int32_t k = 0; k < q->n; k++) {
+        if (q->ls[k].out * q->ls[k].in > most) most = q->ls[k].out * q->ls[k].in;
+        if (q->ls[k].out > rows) rows = q->ls[k].out;
+    }
+    if (q->fp8 && (!(q->fp8_levels = malloc((size_t)most + 1)) || !(q->fp8_scales = malloc((size_t)rows * sizeof(float) + 1))))
+        return h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
     for (int32_t k = 0; k < q->n; k++) {
         q->param[k] = -1;
         for (int32_t i = 0; i < h->trainer_n_params(tr) && q->param[k] < 0; i++)
@@ -90,6 +113,16 @@ static mopt_status pack(qat *q, mopt_error *err) {
     mopt_status st = MOPT_OK;
     for (int32_t k = 0; k < q->n && !st; k++) {
         const qlinear *l = &q->ls[k];
+        if (q->fp8) { /* weight-only E4M3: what was trained, activations unrounded */
+            uint8_t *levels = malloc((size_t)(l->out * l->in));
+            float *sc = malloc((size_t)l->out * sizeof *sc);
+            if (levels && sc) q_fp8_rows(q->h, q->trained[k], l->out, l->in, 0, levels, sc);
+            st = levels && sc ? q_replace(q->h, q->g, q->h->fp8_pack(l->wname, l->out, l->in, levels, sc, l->out, 0, 1.0f, err), err)
+                              : q->h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+            free(levels);
+            free(sc);
+            continue;
+        }
         if (!q->grids[k].scale) {
             st = q_rtn_install(q->h, q->g, l, q->sp, q->trained[k], "quant.qat", err);
             continue;
@@ -115,6 +148,8 @@ static mopt_status unpack_ptq(qat *q, int32_t *count, mopt_error *err) {
         const qlinear *l = &q->ls[k];
         const mopt_tensor *t = h->graph_find_tensor(q->g, l->wname);
         if (!t || t->dtype < MOPT_DTYPE_PACKED_FIRST) continue;
+        if (q->fp8)
+            return h->error_set(err, MOPT_E_INVALID, "quant.qat", "%s is already packed: FP8 QAT starts from the float model", l->wname);
         if (t->dtype != MOPT_DTYPE_QINT)
             return h->error_set(err, MOPT_E_INVALID, "quant.qat",
                                 "%s is packed W8A8 or FP8: QAT starts from a float model or an int PTQ pass's result", l->wname);
@@ -152,7 +187,7 @@ static mopt_status unpack_ptq(qat *q, int32_t *count, mopt_error *err) {
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    qat q = {h, q_spec_from(h, o), g, NULL, 0, NULL, NULL, NULL};
+    qat q = {.h = h, .sp = q_spec_from(h, o), .g = g, .fp8 = !strcmp(h->opt_string(o, "dtype"), "fp8")};
     mopt_status st = q_check_spec(h, "quant.qat", q.sp, err);
     if (st) return st;
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.qat", "needs a model");
@@ -175,18 +210,25 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st) st = pack(&q, err);
     if (!st) {
         q_measure(h, g, ls, q.n, &after, &weights);
-        q_report(h, report, teacher ? "qad" : "qat", q.sp, before, after, weights, q.n);
+        const qspec fp8_spec = {8, -1, 1};
+        q_report(h, report, q.fp8 ? (teacher ? "qad-fp8" : "qat-fp8") : teacher ? "qad" : "qat", q.fp8 ? fp8_spec : q.sp, before, after,
+                 weights, q.n);
     }
     for (int32_t k = 0; q.trained && k < q.n; k++) free(q.trained[k]);
     for (int32_t k = 0; q.grids && k < q.n; k++) free(q.grids[k].scale), free(q.grids[k].zero);
     free(q.grids);
+    free(q.fp8_levels);
+    free(q.fp8_scales);
     free(q.trained);
     free(q.param);
     free(ls);
     return st;
 }
 
+static const char *const dtypes[] = {"int", "fp8", NULL};
+
 static const mopt_opt_spec opts[] = {
+    {"dtype", MOPT_OPT_ENUM, 0, "int: bits/group_size/sym as quant.rtn; fp8: E4M3 weights, per-row scales (activations not rounded)", "int", 0, -1, dtypes},
     Q_INT_OPTS("4", "128"),
     {"teacher", MOPT_OPT_MODEL, 0, "QAD: distill from this model (usually the unquantized one) instead of the text alone", NULL, 0, -1, NULL},
     KD_TRAIN_OPTS("200000", "0.00005"),

@@ -397,6 +397,30 @@ static void test_teacher_cache_runs_the_teacher_once_per_window(void **s) {
     test_pipeline_fails("models/lit-gpt2-1m", text, "raise it, or use less data");
 }
 
+static void test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3(void **s) {
+    REQUIRE_SHARED();
+    char text[8192];
+    const char *sh = test_shared_dir();
+    mopt_model *ptq = test_load_model("models/lit-gpt2-1m");
+    mopt_report_free(test_run_pipeline(ptq, "quant.fp8<activations=none>"));
+    const double ptq_nll = val_nll(ptq, 2048, 64);
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    snprintf(text, sizeof text,
+             "quant.qat<dtype=fp8;data=%s/data/lit-train.txt;eval=%s/data/lit-val.txt;eval_tokens=2048;tokens=512;ctx=64;batch=2;lr=1e-4;"
+             "eval_every=0>",
+             sh, sh);
+    mopt_report *r = test_run_pipeline(m, text);
+    const double before = mopt_report_get_metric(r, "val_loss_before"), best = mopt_report_get_metric(r, "val_loss_best");
+    assert_true(fabs(before - ptq_nll) <= 1e-4 * ptq_nll); /* the fake quantization is quant.fp8's weight rounding */
+    const mopt_graph *g = mopt_model_graph(m);
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++)
+        if (mopt_role_is_linear(mopt_graph_node(g, i)->role)) assert_int_equal(mopt_graph_node(g, i)->weight->dtype, MOPT_DTYPE_FP8);
+    assert_true(fabs(val_nll(m, 2048, 64) - best) <= 1e-4 * best); /* the packed E4M3 kernels score what was trained */
+    mopt_report_free(r);
+    mopt_model_free(m);
+    mopt_model_free(ptq);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distilled_student_improves_and_reloads),
@@ -404,6 +428,7 @@ int main(void) {
         cmocka_unit_test(test_qad_int2_beats_rtn_and_runs_packed),
         cmocka_unit_test(test_qat_refuses_a_model_packed_in_another_format),
         cmocka_unit_test(test_qat_starts_exactly_where_gptq_ended),
+        cmocka_unit_test(test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3),
         cmocka_unit_test(test_interrupted_run_resumes_to_the_same_weights),
         cmocka_unit_test(test_frozen_parameters_stay_put),
         cmocka_unit_test(test_teacher_cache_runs_the_teacher_once_per_window),
