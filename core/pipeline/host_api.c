@@ -169,4 +169,9 @@ const mopt_host_api mopt_host = {
     .trainer_save = mopt_trainer_save,
     .trainer_load = mopt_trainer_load,
     .trainer_block_output = mopt_trainer_block_output,
+    .trainer_set_transform_grad = mopt_trainer_set_transform_grad,
+    .trainer_add_param = mopt_trainer_add_param,
+    .trainer_param_name = mopt_trainer_param_name,
+    .trainer_param_size = mopt_trainer_param_size,
+    .trainer_grad_mut = mopt_trainer_grad_mut,
 };

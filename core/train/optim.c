@@ -64,6 +64,7 @@ mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error 
     if (g != tr->g) return MOPT_FAIL(err, MOPT_E_INVALID, "write back goes to the graph the trainer was made from");
     for (int32_t i = 0; i < tr->n_params; i++) { /* all or nothing */
         const mopt_tensor *t = tr->params[i].t;
+        if (!t) continue; /* the caller's own */
         if (t->dtype != MOPT_DTYPE_F32 && t->dtype != MOPT_DTYPE_F16 && t->dtype != MOPT_DTYPE_BF16)
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: a %s weight is not written back (train a float model)", t->name,
                              mopt_dtype_name(t->dtype));
@@ -71,6 +72,7 @@ mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error 
     for (int32_t i = 0; i < tr->n_params; i++) {
         param *p = &tr->params[i];
         const mopt_tensor *old = p->t;
+        if (!old) continue;
         const int64_t dims[2] = {old->ne[1], old->ne[0]};
         const int vec = old->ndim <= 1;
         mopt_tensor *t = mopt_tensor_new(old->name, old->dtype, vec ? 1 : 2, vec ? dims + 1 : dims, err);

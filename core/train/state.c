@@ -30,9 +30,9 @@ mopt_status mopt_trainer_save(const mopt_trainer *tr, const char *path, const mo
     mopt_status st = MOPT_OK;
     for (int32_t i = 0; i < tr->n_params && !st; i++) {
         const param *p = &tr->params[i];
-        st = add_vec(&l, "param/", p->t->name, "F32", p->w, p->n, sizeof(float), err);
-        if (!st && tr->m) st = add_vec(&l, "adam_m/", p->t->name, "F32", tr->m[i], p->n, sizeof(float), err);
-        if (!st && tr->v) st = add_vec(&l, "adam_v/", p->t->name, "F32", tr->v[i], p->n, sizeof(float), err);
+        st = add_vec(&l, "param/", p->name, "F32", p->w, p->n, sizeof(float), err);
+        if (!st && tr->m) st = add_vec(&l, "adam_m/", p->name, "F32", tr->m[i], p->n, sizeof(float), err);
+        if (!st && tr->v) st = add_vec(&l, "adam_v/", p->name, "F32", tr->v[i], p->n, sizeof(float), err);
     }
     const int64_t steps = tr->adam_steps;
     if (!st) st = add_vec(&l, "trainer/", "adam_steps", "I64", &steps, 1, sizeof steps, err);
@@ -91,9 +91,9 @@ mopt_status mopt_trainer_load(mopt_trainer *tr, const char *path, mopt_train_ext
     if (!st && !src) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     for (int32_t i = 0; i < tr->n_params && !st; i++) {
         const param *p = &tr->params[i];
-        st = want(path, ts, nt, "param/", p->t->name, MOPT_DTYPE_F32, p->n, &src[3 * i], err);
-        if (!st && has_m) st = want(path, ts, nt, "adam_m/", p->t->name, MOPT_DTYPE_F32, p->n, &src[3 * i + 1], err);
-        if (!st && has_m) st = want(path, ts, nt, "adam_v/", p->t->name, MOPT_DTYPE_F32, p->n, &src[3 * i + 2], err);
+        st = want(path, ts, nt, "param/", p->name, MOPT_DTYPE_F32, p->n, &src[3 * i], err);
+        if (!st && has_m) st = want(path, ts, nt, "adam_m/", p->name, MOPT_DTYPE_F32, p->n, &src[3 * i + 1], err);
+        if (!st && has_m) st = want(path, ts, nt, "adam_v/", p->name, MOPT_DTYPE_F32, p->n, &src[3 * i + 2], err);
     }
     for (int32_t k = 0; k < nx && !st; k++) {
         const mopt_tensor *t = find(ts, nt, "extra/", x[k].name);

@@ -15,6 +15,7 @@
 static void params_free(mopt_trainer *tr) {
     for (int32_t i = 0; i < tr->n_params; i++) {
         free(tr->params[i].fw);
+        free(tr->params[i].gfw);
         free(tr->params[i].w);
         free(tr->params[i].g);
     }
@@ -62,6 +63,7 @@ static int32_t param_of(mopt_trainer *tr, const mopt_tensor *t, mopt_error *err)
         if (tr->params[i].t == t) return i;
     param *p = &tr->params[tr->n_params];
     p->t = t;
+    snprintf(p->name, sizeof p->name, "%s", t->name);
     p->cols = t->ne[0];
     p->rows = mopt_tensor_nelements(t) / (t->ne[0] ? t->ne[0] : 1);
     p->n = p->rows * p->cols;
@@ -98,7 +100,8 @@ mopt_trainer *mopt_trainer_new(const mopt_graph *g, int32_t max_tokens, mopt_err
     tr->max_T = max_tokens;
     tr->n_nodes = nn;
     tr->n_values = mopt_graph_n_values(g);
-    tr->params = calloc((size_t)nn * 2, sizeof *tr->params);
+    tr->cap_params = nn * 2;
+    tr->params = calloc((size_t)tr->cap_params, sizeof *tr->params);
     tr->wparam = malloc((size_t)nn * sizeof *tr->wparam);
     tr->bparam = malloc((size_t)nn * sizeof *tr->bparam);
     tr->aux = calloc((size_t)nn, sizeof *tr->aux);
@@ -132,10 +135,61 @@ mopt_status mopt_trainer_set_transform(mopt_trainer *tr, int32_t i, mopt_weight_
     if (i < 0 || i >= tr->n_params) return MOPT_FAIL(err, MOPT_E_INVALID, "no parameter %d", i);
     param *p = &tr->params[i];
     if (fn && !p->fw && !(p->fw = malloc((size_t)p->n * sizeof(float))))
-        return MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", p->t->name);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", p->name);
     p->fn = fn;
     p->fn_user = user;
     return MOPT_OK;
+}
+
+mopt_status mopt_trainer_set_transform_grad(mopt_trainer *tr, int32_t i, mopt_weight_grad_fn fn, mopt_error *err) {
+    if (i < 0 || i >= tr->n_params) return MOPT_FAIL(err, MOPT_E_INVALID, "no parameter %d", i);
+    param *p = &tr->params[i];
+    if (fn && !p->gfw && !(p->gfw = calloc((size_t)p->n, sizeof(float))))
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", p->name);
+    p->gfn = fn;
+    return MOPT_OK;
+}
+
+int32_t mopt_trainer_add_param(mopt_trainer *tr, const char *name, int64_t n, const float *init, mopt_error *err) {
+    if (n < 1 || !name || strlen(name) >= MOPT_MAX_NAME) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "a parameter needs a name shorter than %d and at least one value", MOPT_MAX_NAME);
+        return -1;
+    }
+    for (int32_t i = 0; i < tr->n_params; i++)
+        if (!strcmp(tr->params[i].name, name)) {
+            MOPT_FAIL(err, MOPT_E_INVALID, "a parameter named %s exists already", name);
+            return -1;
+        }
+    if (tr->m) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "%s: parameters are added before the first update", name);
+        return -1;
+    }
+    if (tr->n_params == tr->cap_params) {
+        param *grown = realloc(tr->params, (size_t)(tr->cap_params * 2) * sizeof *grown);
+        if (!grown) {
+            MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+            return -1;
+        }
+        memset(grown + tr->cap_params, 0, (size_t)tr->cap_params * sizeof *grown);
+        tr->params = grown;
+        tr->cap_params *= 2;
+    }
+    param *p = &tr->params[tr->n_params];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->rows = 1; /* a vector: no weight decay */
+    p->cols = p->n = n;
+    p->w = malloc((size_t)n * sizeof(float));
+    p->g = calloc((size_t)n, sizeof(float));
+    if (!p->w || !p->g) {
+        free(p->w);
+        free(p->g);
+        memset(p, 0, sizeof *p);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", name);
+        return -1;
+    }
+    memcpy(p->w, init, (size_t)n * sizeof(float));
+    return tr->n_params++;
 }
 
 mopt_status mopt_trainer_set_frozen(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err) {
@@ -161,6 +215,9 @@ int32_t mopt_trainer_n_params(const mopt_trainer *tr) { return tr->n_params; }
 const mopt_tensor *mopt_trainer_param_tensor(const mopt_trainer *tr, int32_t i) {
     return i >= 0 && i < tr->n_params ? tr->params[i].t : NULL;
 }
+const char *mopt_trainer_param_name(const mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].name : NULL; }
+int64_t mopt_trainer_param_size(const mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].n : 0; }
+float *mopt_trainer_grad_mut(mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].g : NULL; }
 float *mopt_trainer_param(mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].w : NULL; }
 const float *mopt_trainer_grad(const mopt_trainer *tr, int32_t i) { return i >= 0 && i < tr->n_params ? tr->params[i].g : NULL; }
 
@@ -183,7 +240,7 @@ static train_op op_of(mopt_trainer *tr, int32_t i, const int32_t *tokens, int32_
     if (tr->wparam[i] >= 0) {
         const param *p = &tr->params[tr->wparam[i]];
         o.w = p->fn ? p->fw : p->w;
-        o.dw = p->frozen ? NULL : p->g;
+        o.dw = p->gfn ? p->gfw : p->frozen ? NULL : p->g; /* a frozen weight's dfw still feeds its transform's own parameters */
         o.w_rows = p->rows;
         o.w_cols = p->cols;
     }
@@ -244,6 +301,13 @@ mopt_status mopt_trainer_backward(mopt_trainer *tr, mopt_error *err) {
         train_op o = op_of(tr, i, tr->tokens, tr->T);
         mopt_status st = train_backward(&o, err);
         if (st) return st;
+    }
+    for (int32_t i = 0; i < tr->n_params; i++) { /* the gradient transforms, once the window's gradient is whole */
+        param *p = &tr->params[i];
+        if (!p->gfn) continue;
+        p->gfn(p->fn_user, i, p->w, p->gfw, p->g, p->rows, p->cols);
+        memset(p->gfw, 0, (size_t)p->n * sizeof(float));
+        if (p->frozen) memset(p->g, 0, (size_t)p->n * sizeof(float));
     }
     tr->T = 0; /* the saved activations are spent */
     return MOPT_OK;

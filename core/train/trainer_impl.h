@@ -7,18 +7,21 @@
 #include "threadpool.h"
 
 typedef struct {
-    const mopt_tensor *t; /* the graph tensor it mirrors */
+    const mopt_tensor *t; /* the graph tensor it mirrors; NULL: a parameter of the caller's (mopt_trainer_add_param) */
+    char name[MOPT_MAX_NAME];
     int64_t n, rows, cols;
     float *w, *g;
     mopt_weight_fn fn; /* with fn, the ops read fw = fn(w) */
     void *fn_user;
     float *fw;
+    mopt_weight_grad_fn gfn; /* with gfn, the ops' gradient goes to gfw and gfn turns it into g's */
+    float *gfw;
     int frozen; /* no gradient computed, no update */
 } param;
 
 struct mopt_trainer {
     const mopt_graph *g;
-    int32_t max_T, n_params, n_values, n_nodes;
+    int32_t max_T, n_params, cap_params, n_values, n_nodes;
     param *params;
     int32_t *wparam, *bparam; /* per node: parameter index or -1 */
     float **act, **dact;      /* per value: [max_T, width] */

@@ -24,15 +24,15 @@ static mopt_train_extra *extras(const mopt_host_api *h, const kd_run *k, int64_t
     x[2] = (mopt_train_extra){"val_loss", 0, curves[1], k->vcap};
     x[3] = (mopt_train_extra){"val_step", 0, curves[2], k->vcap};
     for (int32_t i = 0; i < np; i++) {
-        const mopt_tensor *t = h->trainer_param_tensor(k->tr, i);
-        const size_t len = strlen(t->name) + 6;
+        const char *pname = h->trainer_param_name(k->tr, i);
+        const size_t len = strlen(pname) + 6;
         char *name = malloc(len);
         if (!name) {
             free_extras(x, 4 + i);
             return NULL;
         }
-        snprintf(name, len, "best/%s", t->name);
-        x[4 + i] = (mopt_train_extra){name, 0, k->best[i], h->tensor_nelements(t)};
+        snprintf(name, len, "best/%s", pname);
+        x[4 + i] = (mopt_train_extra){name, 0, k->best[i], h->trainer_param_size(k->tr, i)};
     }
     *n = 4 + np;
     return x;
@@ -92,7 +92,8 @@ mopt_status kd_resume(const mopt_host_api *h, kd_run *k, const char *path, const
         for (int64_t i = 0; i < k->step; i++) k->curve[i] = curves[0][i];
         for (int64_t i = 0; i < k->nv; i++) k->vcurve[i] = curves[1][i], k->vstep[i] = curves[2][i];
         for (int32_t i = 4; i < nx; i++) /* no best parameters saved: the resumed ones are the best so far */
-            if (x[i].n != h->tensor_nelements(h->trainer_param_tensor(k->tr, i - 4))) memcpy(k->best[i - 4], h->trainer_param(k->tr, i - 4), (size_t)h->tensor_nelements(h->trainer_param_tensor(k->tr, i - 4)) * sizeof(float));
+            if (x[i].n != h->trainer_param_size(k->tr, i - 4))
+                memcpy(k->best[i - 4], h->trainer_param(k->tr, i - 4), (size_t)h->trainer_param_size(k->tr, i - 4) * sizeof(float));
     }
     free_extras(x, nx);
     for (int i = 0; i < 3; i++) free(curves[i]);

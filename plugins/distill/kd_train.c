@@ -59,7 +59,7 @@ int kd_keep_best(const mopt_host_api *h, kd_run *k, int restore) {
         k->n_best = np;
     }
     for (int32_t i = 0; i < np; i++) {
-        const int64_t n = h->tensor_nelements(h->trainer_param_tensor(k->tr, i));
+        const int64_t n = h->trainer_param_size(k->tr, i);
         if (!k->best[i] && !(k->best[i] = malloc((size_t)n * sizeof(float)))) return 0;
         if (restore) memcpy(h->trainer_param(k->tr, i), k->best[i], (size_t)n * sizeof(float));
         else memcpy(k->best[i], h->trainer_param(k->tr, i), (size_t)n * sizeof(float));
@@ -78,14 +78,14 @@ static mopt_status freeze(const mopt_host_api *h, mopt_trainer *tr, const mopt_o
         if (ng == 0) continue;
         for (int32_t g = 0; g < ng; g++) {
             int hit = 0;
-            for (int32_t i = 0; i < np; i++) hit |= !fnmatch(h->opt_list_item(o, keys[key], g), h->trainer_param_tensor(tr, i)->name, 0);
+            for (int32_t i = 0; i < np; i++) hit |= !fnmatch(h->opt_list_item(o, keys[key], g), h->trainer_param_name(tr, i), 0);
             if (!hit)
                 return h->error_set(err, MOPT_E_INVALID, pass, "%s=%s matches no parameter (names look like %s)", keys[key],
-                                    h->opt_list_item(o, keys[key], g), h->trainer_param_tensor(tr, np > 1 ? 1 : 0)->name);
+                                    h->opt_list_item(o, keys[key], g), h->trainer_param_name(tr, np > 1 ? 1 : 0));
         }
         for (int32_t i = 0; i < np; i++) {
             int hit = 0;
-            for (int32_t g = 0; g < ng; g++) hit |= !fnmatch(h->opt_list_item(o, keys[key], g), h->trainer_param_tensor(tr, i)->name, 0);
+            for (int32_t g = 0; g < ng; g++) hit |= !fnmatch(h->opt_list_item(o, keys[key], g), h->trainer_param_name(tr, i), 0);
             if (hit == (key == 0)) {
                 mopt_status st = h->trainer_set_frozen(tr, i, 1, err);
                 if (st) return st;

@@ -4,11 +4,14 @@
  * RTN's (scales and zero-points recomputed from the current weights each step,
  * so training starts where RTN is), or, when an earlier AWQ/GPTQ/RTN pass
  * packed them in this format, that pass's scales and zero-points kept fixed
- * (training starts exactly where it ended); with dtype=fp8, E4M3 with
- * per-row amax scales (weight-only). The loop is distillation's
+ * (training starts exactly where it ended); with learn_scales the scales of
+ * that grid (or of RTN's at the start) train too, by LSQ's gradient; with
+ * dtype=fp8, E4M3 with per-row amax scales (weight-only). The loop is distillation's
  * (plugins/distill/kd_train.c). At the end the trained fp32 weights are packed
  * on the same grid into QINT, so the kernels run exactly what was trained and
  * every exporter writes it. */
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +37,9 @@ typedef struct {
     int fp8;         /* dtype=fp8: E4M3 with per-row amax scales instead of the int grid */
     uint8_t *fp8_levels;
     float *fp8_scales;
+    int learn;        /* learn_scales: the grids' scales are trainer parameters (LSQ) */
+    int32_t *sparam;  /* per linear: its scales' parameter */
+    mopt_trainer *tr;
 } qat;
 
 /* E4M3 rounding of W [rows, cols] with its current per-row scales, into out
@@ -54,10 +60,21 @@ static void grid_levels(const qat *q, const grid *gr, const float *W, int64_t ou
             levels[r * in + c] = q_level(W[r * in + c], gr->scale[r * ng + c / gs], gr->zero[r * ng + c / gs], q->sp.bits);
 }
 
-static void fake_quant(void *user, int32_t param, const float *w, float *out, int64_t rows, int64_t cols) {
-    const qat *q = user;
+static int32_t linear_of(const qat *q, int32_t param) {
     int32_t k = 0;
     while (k < q->n && q->param[k] != param) k++;
+    return k;
+}
+
+/* A learned scale as the packed form will store it: f16, positive. */
+static float stored_scale(const mopt_host_api *h, float s) {
+    s = h->f16_round(fabsf(s));
+    return s > 0 ? s : 6.0e-8f;
+}
+
+static void fake_quant(void *user, int32_t param, const float *w, float *out, int64_t rows, int64_t cols) {
+    const qat *q = user;
+    const int32_t k = linear_of(q, param);
     const grid *gr = k < q->n ? &q->grids[k] : NULL;
     if (q->fp8) {
         fake_fp8(q, w, out, rows, cols);
@@ -68,13 +85,70 @@ static void fake_quant(void *user, int32_t param, const float *w, float *out, in
         q_fake_quant(q->h, out, rows, cols, q->sp);
         return;
     }
+    const float *scale = q->learn ? q->h->trainer_param(q->tr, q->sparam[k]) : gr->scale;
     const int64_t gs = q->sp.group > 0 ? q->sp.group : cols, ng = n_groups(q, cols);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) {
-            const float s = gr->scale[r * ng + c / gs];
+            const float sc = q->learn ? stored_scale(q->h, scale[r * ng + c / gs]) : scale[r * ng + c / gs];
             const uint8_t z = gr->zero[r * ng + c / gs];
-            out[r * cols + c] = q_deq(q_level(w[r * cols + c], s, z, q->sp.bits), s, z);
+            out[r * cols + c] = q_deq(q_level(w[r * cols + c], sc, z, q->sp.bits), sc, z);
         }
+}
+
+/* LSQ (Esser et al., 2020): w_q = s (clamp(round(w/s) + z, 0, qmax) - z).
+ * The weight gets the straight-through gradient inside the grid and none
+ * where it is clamped; the scale gets round(w/s) - w/s inside and the
+ * clamped level's (level - z) outside, times 1/sqrt(group x qmax). */
+static void lsq_grad(void *user, int32_t param, const float *w, const float *dfw, float *dw, int64_t rows, int64_t cols) {
+    const qat *q = user;
+    const int32_t k = linear_of(q, param);
+    if (k >= q->n) return;
+    const float *scale = q->h->trainer_param(q->tr, q->sparam[k]);
+    float *ds = q->h->trainer_grad_mut(q->tr, q->sparam[k]);
+    const int32_t qmax = (1 << q->sp.bits) - 1;
+    const int64_t gs = q->sp.group > 0 ? q->sp.group : cols, ng = n_groups(q, cols);
+    const float gscale = 1.0f / sqrtf((float)gs * (float)qmax);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            const int64_t gi = r * ng + c / gs, i = r * cols + c;
+            const float sc = stored_scale(q->h, scale[gi]), v = w[i] / sc;
+            const int32_t z = q->grids[k].zero[gi];
+            const float level = nearbyintf(v) + (float)z;
+            float dsi;
+            if (level < 0) dsi = (float)-z;
+            else if (level > (float)qmax) dsi = (float)(qmax - z);
+            else {
+                dw[i] += dfw[i];
+                dsi = nearbyintf(v) - v;
+            }
+            ds[gi] += dfw[i] * dsi * gscale;
+        }
+}
+
+/* With learn_scales, the grid each linear starts on (the PTQ pass's, or RTN's
+ * of the starting weights) becomes a trainer parameter NAME.qat_scale. */
+static mopt_status learn_grid(qat *q, mopt_trainer *tr, int32_t k, mopt_error *err) {
+    const mopt_host_api *h = q->h;
+    const qlinear *l = &q->ls[k];
+    grid *gr = &q->grids[k];
+    const int64_t ng = n_groups(q, l->in);
+    if (!gr->scale) {
+        uint8_t *levels = malloc((size_t)(l->out * l->in));
+        gr->scale = malloc((size_t)(l->out * ng) * sizeof *gr->scale);
+        gr->zero = malloc((size_t)(l->out * ng));
+        if (!levels || !gr->scale || !gr->zero) {
+            free(levels);
+            return h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+        }
+        q_rtn(h, h->trainer_param(tr, q->param[k]), l->out, l->in, q->sp, levels, gr->scale, gr->zero);
+        free(levels);
+    }
+    char name[MOPT_MAX_NAME];
+    if (snprintf(name, sizeof name, "%s.qat_scale", l->wname) >= (int)sizeof name)
+        return h->error_set(err, MOPT_E_INVALID, "quant.qat", "%s: name too long for its scales' parameter", l->wname);
+    if ((q->sparam[k] = h->trainer_add_param(tr, name, l->out * ng, gr->scale, err)) < 0)
+        return err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
+    return h->trainer_set_transform_grad(tr, q->param[k], lsq_grad, err);
 }
 
 static mopt_status prepare(void *user, mopt_trainer *tr, mopt_error *err) {
@@ -90,11 +164,13 @@ static mopt_status prepare(void *user, mopt_trainer *tr, mopt_error *err) {
     for (int32_t k = 0; k < q->n; k++) {
         q->param[k] = -1;
         for (int32_t i = 0; i < h->trainer_n_params(tr) && q->param[k] < 0; i++)
-            if (!strcmp(h->trainer_param_tensor(tr, i)->name, q->ls[k].wname)) q->param[k] = i;
+            if (h->trainer_param_tensor(tr, i) && !strcmp(h->trainer_param_name(tr, i), q->ls[k].wname)) q->param[k] = i;
         if (q->param[k] < 0) return h->error_set(err, MOPT_E_INVALID, "quant.qat", "%s is not a trained parameter", q->ls[k].wname);
         mopt_status st = h->trainer_set_transform(tr, q->param[k], fake_quant, q, err);
+        if (!st && q->learn) st = learn_grid(q, tr, k, err);
         if (st) return st;
     }
+    q->tr = tr;
     return MOPT_OK;
 }
 
@@ -105,6 +181,9 @@ static mopt_status finish(void *user, mopt_trainer *tr, mopt_error *err) {
         const size_t n = (size_t)(q->ls[k].out * q->ls[k].in);
         if (!(q->trained[k] = malloc(n * sizeof(float)))) return q->h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
         memcpy(q->trained[k], q->h->trainer_param(tr, q->param[k]), n * sizeof(float));
+        const float *learned = q->learn ? q->h->trainer_param(tr, q->sparam[k]) : NULL;
+        for (int64_t i = 0; learned && i < q->h->trainer_param_size(tr, q->sparam[k]); i++)
+            q->grids[k].scale[i] = stored_scale(q->h, learned[i]);
     }
     return MOPT_OK;
 }
@@ -187,7 +266,8 @@ static mopt_status unpack_ptq(qat *q, int32_t *count, mopt_error *err) {
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    qat q = {.h = h, .sp = q_spec_from(h, o), .g = g, .fp8 = !strcmp(h->opt_string(o, "dtype"), "fp8")};
+    qat q = {.h = h, .sp = q_spec_from(h, o), .g = g, .fp8 = !strcmp(h->opt_string(o, "dtype"), "fp8"), .learn = h->opt_bool(o, "learn_scales")};
+    if (q.fp8 && q.learn) return h->error_set(err, MOPT_E_INVALID, "quant.qat", "learn_scales applies to the int grid, not dtype=fp8");
     mopt_status st = q_check_spec(h, "quant.qat", q.sp, err);
     if (st) return st;
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.qat", "needs a model");
@@ -199,7 +279,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     q.param = calloc((size_t)(q.n ? q.n : 1), sizeof *q.param);
     q.trained = calloc((size_t)(q.n ? q.n : 1), sizeof *q.trained);
     q.grids = calloc((size_t)(q.n ? q.n : 1), sizeof *q.grids);
-    if (!q.param || !q.trained || !q.grids) st = h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
+    q.sparam = calloc((size_t)(q.n ? q.n : 1), sizeof *q.sparam);
+    if (!q.param || !q.trained || !q.grids || !q.sparam) st = h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
     int32_t from_ptq = 0;
     if (!st) st = unpack_ptq(&q, &from_ptq, err);
     if (!st && from_ptq)
@@ -217,6 +298,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     for (int32_t k = 0; q.trained && k < q.n; k++) free(q.trained[k]);
     for (int32_t k = 0; q.grids && k < q.n; k++) free(q.grids[k].scale), free(q.grids[k].zero);
     free(q.grids);
+    free(q.sparam);
     free(q.fp8_levels);
     free(q.fp8_scales);
     free(q.trained);
@@ -230,6 +312,7 @@ static const char *const dtypes[] = {"int", "fp8", NULL};
 static const mopt_opt_spec opts[] = {
     {"dtype", MOPT_OPT_ENUM, 0, "int: bits/group_size/sym as quant.rtn; fp8: E4M3 weights, per-row scales (activations not rounded)", "int", 0, -1, dtypes},
     Q_INT_OPTS("4", "128"),
+    {"learn_scales", MOPT_OPT_BOOL, 0, "train the group scales too (LSQ), starting from the PTQ pass's or RTN's; zero-points stay", "false", 0, -1, NULL},
     {"teacher", MOPT_OPT_MODEL, 0, "QAD: distill from this model (usually the unquantized one) instead of the text alone", NULL, 0, -1, NULL},
     KD_TRAIN_OPTS("200000", "0.00005"),
 };

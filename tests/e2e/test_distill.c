@@ -421,6 +421,25 @@ static void test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3(void **s) {
     mopt_model_free(ptq);
 }
 
+static void test_learned_scales_alone_lower_the_loss(void **s) {
+    REQUIRE_SHARED();
+    char text[8192];
+    const char *sh = test_shared_dir();
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    /* only the scales train (LSQ's gradient), the weights stay: a wrong scale gradient could not lower the loss */
+    snprintf(text, sizeof text,
+             "quant.qat<bits=2;group_size=32;learn_scales=true;train=*.qat_scale;data=%s/data/lit-train.txt;eval=%s/data/lit-val.txt;"
+             "eval_tokens=2048;tokens=2048;ctx=64;batch=2;lr=1e-3;warmup=2;eval_every=4>",
+             sh, sh);
+    mopt_report *r = test_run_pipeline(m, text);
+    const double before = mopt_report_get_metric(r, "val_loss_before"), best = mopt_report_get_metric(r, "val_loss_best");
+    fprintf(stderr, "learned int2 scales: validation NLL %.4f -> %.4f\n", before, best);
+    assert_true(best < before - 0.01);
+    assert_true(fabs(val_nll(m, 2048, 64) - best) <= 1e-4 * best); /* packed with the learned scales, the kernels agree */
+    mopt_report_free(r);
+    mopt_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distilled_student_improves_and_reloads),
@@ -429,6 +448,7 @@ int main(void) {
         cmocka_unit_test(test_qat_refuses_a_model_packed_in_another_format),
         cmocka_unit_test(test_qat_starts_exactly_where_gptq_ended),
         cmocka_unit_test(test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3),
+        cmocka_unit_test(test_learned_scales_alone_lower_the_loss),
         cmocka_unit_test(test_interrupted_run_resumes_to_the_same_weights),
         cmocka_unit_test(test_frozen_parameters_stay_put),
         cmocka_unit_test(test_teacher_cache_runs_the_teacher_once_per_window),

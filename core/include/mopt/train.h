@@ -32,6 +32,19 @@ typedef void (*mopt_weight_fn)(void *user, int32_t param, const float *w, float 
 /* Applies fn to parameter i from the next forward on (fn NULL: none). */
 MOPT_API mopt_status mopt_trainer_set_transform(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err);
 
+/* The gradient side of a transform (learned quantization scales, LSQ): after
+ * each backward, dfw holds the gradient with respect to the transformed weight
+ * and fn adds what it makes of it to dw (the weight's gradient) and to any
+ * parameter of its own (mopt_trainer_grad_mut); without one, dw += dfw. fn
+ * gets the user given to mopt_trainer_set_transform. */
+typedef void (*mopt_weight_grad_fn)(void *user, int32_t param, const float *w, const float *dfw, float *dw, int64_t rows,
+                                    int64_t cols);
+MOPT_API mopt_status mopt_trainer_set_transform_grad(mopt_trainer *tr, int32_t i, mopt_weight_grad_fn fn, mopt_error *err);
+/* A parameter of the caller's, outside the graph (quantization scales): n
+ * values starting at init, trained, clipped, saved and resumed like the
+ * graph's, never written back. Returns its index, or -1 with err set. */
+MOPT_API int32_t mopt_trainer_add_param(mopt_trainer *tr, const char *name, int64_t n, const float *init, mopt_error *err);
+
 /* Freezes parameter i (frozen != 0): no gradient is computed for it and no
  * update changes it; its gradient reads zero. */
 MOPT_API mopt_status mopt_trainer_set_frozen(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err);
@@ -119,10 +132,15 @@ MOPT_API mopt_status mopt_trainer_load(mopt_trainer *tr, const char *path, mopt_
 /* The parameters: one per distinct weight or bias tensor of the graph (a tied
  * embedding is one parameter), in the order the nodes first use them. */
 MOPT_API int32_t mopt_trainer_n_params(const mopt_trainer *tr);
-/* The graph tensor a parameter mirrors (its name and shape). */
+/* The graph tensor a parameter mirrors (its name and shape); NULL for one of mopt_trainer_add_param. */
 MOPT_API const mopt_tensor *mopt_trainer_param_tensor(const mopt_trainer *tr, int32_t i);
+/* A parameter's name (its tensor's, or the one it was added under) and its number of values. */
+MOPT_API const char *mopt_trainer_param_name(const mopt_trainer *tr, int32_t i);
+MOPT_API int64_t mopt_trainer_param_size(const mopt_trainer *tr, int32_t i);
+/* Its gradient, writable (a gradient transform adds to it). */
+MOPT_API float *mopt_trainer_grad_mut(mopt_trainer *tr, int32_t i);
 /* Its fp32 values (row-major as the tensor, writable) and its gradient; both
- * hold mopt_tensor_nelements(param_tensor) floats. */
+ * hold mopt_trainer_param_size floats. */
 MOPT_API float *mopt_trainer_param(mopt_trainer *tr, int32_t i);
 MOPT_API const float *mopt_trainer_grad(const mopt_trainer *tr, int32_t i);
 
