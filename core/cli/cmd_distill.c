@@ -47,6 +47,7 @@ static void help(int qat) {
            "  --eval-every N     steps between validations (default 50)\n"
            "  --eval-tokens N    validate on the first N tokens of VAL (default 16384; 0: all)\n"
            "  --seed N           window sampler seed (default 1)\n"
+           "  --recompute        activation recomputation per block: less memory, one more forward per step\n"
            "  --freeze GLOBS     parameters to keep fixed, comma-separated globs (e.g. '*norm*')\n"
            "  --train GLOBS      train only the parameters matching these globs\n"
            "  --checkpoint FILE  save the resumable state (weights, AdamW moments, curves) here, atomically,\n"
@@ -74,7 +75,7 @@ static int train_cmd(int argc, char **argv, int qat) {
         {"bits", required_argument, 0, 'B'},    {"group", required_argument, 0, 'G'},   {"sym", no_argument, 0, 'Y'},
         {"freeze", required_argument, 0, 'z'},  {"train", required_argument, 0, 'x'},   {"checkpoint", required_argument, 0, 'C'},
         {"checkpoint-every", required_argument, 0, 'P'}, {"resume", required_argument, 0, 'R'},
-        {"fp8", no_argument, 0, '8'},           {"report-dir", required_argument, 0, 'D'}, {"init", required_argument, 0, 'I'}, {"calib-samples", required_argument, 0, 'N'},
+        {"fp8", no_argument, 0, '8'},           {"recompute", no_argument, 0, 'X'},           {"report-dir", required_argument, 0, 'D'}, {"init", required_argument, 0, 'I'}, {"calib-samples", required_argument, 0, 'N'},
         {0, 0, 0, 0}};
     /* options of the pass, by their schema names, in the order getopt sees them */
     const char *keys[128] = {0}, *vals[128] = {0};
@@ -94,6 +95,7 @@ static int train_cmd(int argc, char **argv, int qat) {
         case 'Y': key = "sym", sym = optarg = "true"; break;
         case 'd': key = "data", data = optarg; break;
         case '8': key = "dtype", optarg = "fp8", fp8 = 1; break;
+        case 'X': key = "recompute", optarg = "true"; break;
         case 'z': key = "freeze"; break;
         case 'x': key = "train"; break;
         case 'C': key = "checkpoint"; break;

@@ -174,4 +174,6 @@ const mopt_host_api mopt_host = {
     .trainer_param_name = mopt_trainer_param_name,
     .trainer_param_size = mopt_trainer_param_size,
     .trainer_grad_mut = mopt_trainer_grad_mut,
+    .trainer_set_recompute = mopt_trainer_set_recompute,
+    .trainer_activation_bytes = mopt_trainer_activation_bytes,
 };

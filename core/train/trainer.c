@@ -34,10 +34,16 @@ void mopt_trainer_free(mopt_trainer *tr) {
     mopt_pool_free(tr->pool);
     params_free(tr);
     for (int32_t v = 0; tr->act && v < tr->n_values; v++) {
+        if (tr->shared_act && tr->shared_act[v]) continue;
         free(tr->act[v]);
         free(tr->dact[v]);
     }
-    for (int32_t i = 0; tr->aux && i < tr->n_nodes; i++) free(tr->aux[i]);
+    for (int32_t i = 0; tr->aux && i < tr->n_nodes; i++)
+        if (!tr->shared_aux || !tr->shared_aux[i]) free(tr->aux[i]);
+    free(tr->shared_act);
+    free(tr->shared_aux);
+    free(tr->blk_first);
+    free(tr->blk_last);
     free(tr->act);
     free(tr->dact);
     free(tr->aux);
@@ -199,6 +205,88 @@ mopt_status mopt_trainer_set_frozen(mopt_trainer *tr, int32_t i, int32_t frozen,
     return MOPT_OK;
 }
 
+/* Block ranges: every node with layer L >= 0, which must be contiguous. */
+static mopt_status find_blocks(mopt_trainer *tr, mopt_error *err) {
+    int32_t nb = 0;
+    for (int32_t i = 0; i < tr->n_nodes; i++)
+        if (mopt_graph_node(tr->g, i)->layer + 1 > nb) nb = mopt_graph_node(tr->g, i)->layer + 1;
+    tr->blk_first = malloc((size_t)(nb ? nb : 1) * sizeof(int32_t));
+    tr->blk_last = malloc((size_t)(nb ? nb : 1) * sizeof(int32_t));
+    if (!tr->blk_first || !tr->blk_last) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    for (int32_t b = 0; b < nb; b++) tr->blk_first[b] = -1;
+    for (int32_t i = 0; i < tr->n_nodes; i++) {
+        const int32_t L = mopt_graph_node(tr->g, i)->layer;
+        if (L < 0) continue;
+        if (tr->blk_first[L] < 0) tr->blk_first[L] = i;
+        else if (tr->blk_last[L] != i - 1)
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "block %d's nodes are not contiguous: no recomputation", L);
+        tr->blk_last[L] = i;
+    }
+    tr->n_blocks = nb;
+    for (int32_t b = 0; b < nb; b++)
+        if (tr->blk_first[b] < 0 || tr->blk_last[b] - tr->blk_first[b] != tr->blk_last[0] - tr->blk_first[0])
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "block %d differs from block 0: no recomputation", b);
+    return MOPT_OK;
+}
+
+/* Whether value v (an output of block b, not its last) is read only inside block b. */
+static int inner_value(const mopt_trainer *tr, int32_t b, int32_t v) {
+    for (int32_t i = 0; i < tr->n_nodes; i++) {
+        const mopt_node *n = mopt_graph_node(tr->g, i);
+        for (int k = 0; k < n->n_inputs; k++)
+            if (n->inputs[k] == v && n->layer != b) return 0;
+    }
+    return 1;
+}
+
+mopt_status mopt_trainer_set_recompute(mopt_trainer *tr, int32_t on, mopt_error *err) {
+    if (!on || tr->recompute) {
+        if (!on && tr->recompute) return MOPT_FAIL(err, MOPT_E_INVALID, "recomputation cannot be turned off again");
+        return MOPT_OK;
+    }
+    tr->T = 0;
+    mopt_status st = find_blocks(tr, err);
+    if (st) return st;
+    tr->shared_act = calloc((size_t)(tr->n_values ? tr->n_values : 1), 1);
+    tr->shared_aux = calloc((size_t)tr->n_nodes, 1);
+    if (!tr->shared_act || !tr->shared_aux) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    for (int32_t b = 1; b < tr->n_blocks; b++) /* check every block before changing any buffer */
+        for (int32_t i = tr->blk_first[b]; i < tr->blk_last[b]; i++) {
+            const mopt_node *n = mopt_graph_node(tr->g, i), *n0 = mopt_graph_node(tr->g, i - tr->blk_first[b] + tr->blk_first[0]);
+            if (n->op != n0->op || mopt_graph_value_width(tr->g, n->output) != mopt_graph_value_width(tr->g, n0->output) ||
+                train_aux_floats(n, tr->max_T) != train_aux_floats(n0, tr->max_T) || !inner_value(tr, b, n->output) ||
+                !inner_value(tr, 0, n0->output))
+                return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: block %d's values do not mirror block 0's: no recomputation", n->name, b);
+        }
+    for (int32_t b = 1; b < tr->n_blocks; b++)
+        for (int32_t i = tr->blk_first[b]; i <= tr->blk_last[b]; i++) {
+            const int32_t i0 = i - tr->blk_first[b] + tr->blk_first[0];
+            const mopt_node *n = mopt_graph_node(tr->g, i), *n0 = mopt_graph_node(tr->g, i0);
+            if (tr->aux[i]) {
+                free(tr->aux[i]);
+                tr->aux[i] = tr->aux[i0];
+                tr->shared_aux[i] = 1;
+            }
+            if (i == tr->blk_last[b]) continue; /* the block's output is kept */
+            free(tr->act[n->output]);
+            free(tr->dact[n->output]);
+            tr->act[n->output] = tr->act[n0->output];
+            tr->dact[n->output] = tr->dact[n0->output];
+            tr->shared_act[n->output] = 1;
+        }
+    tr->recompute = 1;
+    return MOPT_OK;
+}
+
+int64_t mopt_trainer_activation_bytes(const mopt_trainer *tr) {
+    int64_t n = 0;
+    for (int32_t v = 0; v < tr->n_values; v++)
+        if (!tr->shared_act || !tr->shared_act[v]) n += 2 * (int64_t)tr->max_T * mopt_graph_value_width(tr->g, v); /* value and gradient */
+    for (int32_t i = 0; i < tr->n_nodes; i++)
+        if (tr->aux[i] && (!tr->shared_aux || !tr->shared_aux[i])) n += (int64_t)train_aux_floats(mopt_graph_node(tr->g, i), tr->max_T);
+    return n * (int64_t)sizeof(float);
+}
+
 mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err) {
     mopt_pool *p = mopt_pool_new(n > 0 ? n : mopt_cpu_count());
     if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot start %d threads", n);
@@ -294,10 +382,27 @@ const float *mopt_trainer_block_output(mopt_trainer *tr, int32_t layer, int32_t 
 
 float *mopt_trainer_dlogits(mopt_trainer *tr) { return tr->dact[mopt_graph_node(tr->g, tr->n_nodes - 1)->output]; }
 
+/* Runs block L's forward again (its input is kept; its inner buffers last held
+ * a later block's values) and clears its inner gradients. */
+static mopt_status recompute_block(mopt_trainer *tr, int32_t L, mopt_error *err) {
+    for (int32_t j = tr->blk_first[L]; j < tr->blk_last[L]; j++) {
+        train_op o = op_of(tr, j, tr->tokens, tr->T);
+        mopt_status st = train_forward(&o, err);
+        if (st) return st;
+        memset(tr->dact[mopt_graph_node(tr->g, j)->output], 0, (size_t)tr->T * (size_t)o.out_w * sizeof(float));
+    }
+    return MOPT_OK;
+}
+
 mopt_status mopt_trainer_backward(mopt_trainer *tr, mopt_error *err) {
     if (!tr->T) return MOPT_FAIL(err, MOPT_E_INVALID, "backward without a forward");
     for (int32_t i = tr->n_nodes - 1; i >= 0; i--) {
         if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted");
+        const int32_t L = mopt_graph_node(tr->g, i)->layer;
+        if (tr->recompute && L >= 0 && L < tr->n_blocks - 1 && i == tr->blk_last[L]) { /* the last block's values are still there */
+            mopt_status st = recompute_block(tr, L, err);
+            if (st) return st;
+        }
         train_op o = op_of(tr, i, tr->tokens, tr->T);
         mopt_status st = train_backward(&o, err);
         if (st) return st;

@@ -26,6 +26,11 @@ struct mopt_trainer {
     int32_t *wparam, *bparam; /* per node: parameter index or -1 */
     float **act, **dact;      /* per value: [max_T, width] */
     float **aux;              /* per node: train_aux_floats() */
+    /* activation recomputation: block L > 0's inner values and saved state
+     * share block 0's buffers, and the backward runs each block's forward again */
+    int recompute;
+    uint8_t *shared_act, *shared_aux; /* per value / node: the buffer is block 0's, not its own */
+    int32_t n_blocks, *blk_first, *blk_last; /* node range of each block */
     int32_t T;                /* tokens of the forward whose activations are kept; 0: none */
     int32_t *tokens;          /* [max_T] */
     float **m, **v;           /* AdamW moments per parameter (allocated by the first update) */

@@ -156,6 +156,7 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
         k.tr = k.ts || k.ttr || !k.teacher ? h->trainer_new(graph, ctxlen, err) : NULL;
         if (!k.tr) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
         else st = h->trainer_set_threads(k.tr, h->ctx_n_threads(ctx), err);
+        if (!st && h->opt_bool(o, "recompute")) st = h->trainer_set_recompute(k.tr, 1, err);
         if (!st && hooks && hooks->prepare) st = hooks->prepare(hooks->user, k.tr, err);
         if (!st) st = freeze(h, k.tr, o, pass, err);
     }
@@ -280,6 +281,7 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
             h->report_metric(report, "val_loss_best", k.best_val);
         }
         h->report_metric(report, "steps", (double)steps);
+        h->report_metric(report, "activation_bytes", (double)h->trainer_activation_bytes(k.tr));
         h->report_metric(report, "tokens_trained", (double)steps * batch * ctxlen);
         h->report_metric(report, "seconds", secs);
         h->report_metric(report, "tokens_per_second", (double)(steps - first) * batch * ctxlen / secs);

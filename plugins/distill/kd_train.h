@@ -46,6 +46,7 @@ extern const char *const kd_kl_choices[];
     {"eval_every", MOPT_OPT_INT, 0, "steps between validations (0: only at the end)", "50", 0, 1e9, NULL},                               \
     {"eval_tokens", MOPT_OPT_INT, 0, "validate on the first N tokens of eval (0: all)", "16384", 0, 1e13, NULL},                         \
     {"seed", MOPT_OPT_INT, 0, "seed of the window sampler", "1", 0, 2147483647, NULL},                                                   \
+    {"recompute", MOPT_OPT_BOOL, 0, "keep only each block's output and run its forward again in the backward (less memory, ~1/3 more time)", "false", 0, -1, NULL}, \
     {"teacher_cache", MOPT_OPT_INT, 0, "MiB for the teacher's logits of a small dataset: windows at multiples of ctx, each computed once (0: off)", "0", 0, 1 << 30, NULL}, \
     {"freeze", MOPT_OPT_LIST, 0, "globs of parameters to keep fixed (e.g. *norm*)", "", 0, -1, NULL},                                   \
     {"train", MOPT_OPT_LIST, 0, "globs of the only parameters to train (the rest fixed)", "", 0, -1, NULL},                            \

@@ -202,6 +202,8 @@ typedef struct mopt_host_api {
     const char *(*trainer_param_name)(const mopt_trainer *tr, int32_t i);
     int64_t (*trainer_param_size)(const mopt_trainer *tr, int32_t i);
     float *(*trainer_grad_mut)(mopt_trainer *tr, int32_t i);
+    mopt_status (*trainer_set_recompute)(mopt_trainer *tr, int32_t on, mopt_error *err);
+    int64_t (*trainer_activation_bytes)(const mopt_trainer *tr);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

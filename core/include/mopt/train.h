@@ -22,6 +22,14 @@ typedef struct mopt_trainer mopt_trainer;
  * graph must outlive the trainer; its tensors are not changed. */
 MOPT_API mopt_trainer *mopt_trainer_new(const mopt_graph *g, int32_t max_tokens, mopt_error *err);
 MOPT_API void mopt_trainer_free(mopt_trainer *tr);
+/* Activation recomputation (on != 0, before the first forward; it stays on):
+ * only each block's output is kept; the backward runs each block's forward
+ * again from it. Activation memory falls from every block's inner values and
+ * attention probabilities to one block's, for one more forward's time. The
+ * gradients are the same, bit for bit. */
+MOPT_API mopt_status mopt_trainer_set_recompute(mopt_trainer *tr, int32_t on, mopt_error *err);
+/* Bytes of activations, their gradients and saved state the trainer holds. */
+MOPT_API int64_t mopt_trainer_activation_bytes(const mopt_trainer *tr);
 /* Worker threads for the GEMMs and attention (n <= 0: every core, the default). */
 MOPT_API mopt_status mopt_trainer_set_threads(mopt_trainer *tr, int32_t n, mopt_error *err);
 

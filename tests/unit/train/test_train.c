@@ -649,6 +649,38 @@ static void test_a_saved_state_resumes_and_another_models_is_refused(void **st) 
     mopt_graph_free(g2);
 }
 
+/* Recomputation keeps one block's inner activations and gives the same gradients, bit for bit. */
+static void check_recompute(const char *rel) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model(rel);
+    const mopt_graph *g = mopt_model_graph(m);
+    mopt_error err = {0};
+    int32_t ids[128];
+    for (int32_t t = 0; t < 128; t++) ids[t] = (t * 37 + 11) % mopt_model_arch(m)->vocab_size;
+    mopt_trainer *a = mopt_trainer_new(g, 128, &err), *b = mopt_trainer_new(g, 128, &err);
+    const int64_t before = mopt_trainer_activation_bytes(b);
+    assert_int_equal(mopt_trainer_set_recompute(b, 1, &err), MOPT_OK);
+    const int64_t after = mopt_trainer_activation_bytes(b);
+    fprintf(stderr, "%s: activations %.2f MB, with recomputation %.2f MB\n", rel, before / 1e6, after / 1e6);
+    assert_true(after < before / 2);
+    double la, lb;
+    for (int rep = 0; rep < 2; rep++) { /* twice: the second window starts from the buffers the first left */
+        mopt_trainer_zero_grad(a);
+        mopt_trainer_zero_grad(b);
+        assert_int_equal(mopt_trainer_step(a, ids + rep * 8, 120, &la, &err), MOPT_OK);
+        assert_int_equal(mopt_trainer_step(b, ids + rep * 8, 120, &lb, &err), MOPT_OK);
+        assert_true(la == lb);
+        for (int32_t i = 0; i < mopt_trainer_n_params(a); i++)
+            assert_memory_equal(mopt_trainer_grad(a, i), mopt_trainer_grad(b, i), (size_t)mopt_trainer_param_size(a, i) * sizeof(float));
+    }
+    mopt_trainer_free(a);
+    mopt_trainer_free(b);
+    mopt_model_free(m);
+}
+
+static void test_recomputation_gives_the_same_gradients_llama(void **s) { (void)s, check_recompute("models/lit-llama-7m"); }
+static void test_recomputation_gives_the_same_gradients_gpt2(void **s) { (void)s, check_recompute("models/lit-gpt2-1m"); }
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_llama_op_matches_finite_differences_rotate_half),
@@ -656,6 +688,8 @@ int main(void) {
         cmocka_unit_test(test_every_gpt2_op_matches_finite_differences_with_a_tied_classifier),
         cmocka_unit_test(test_gradients_accumulate_until_zeroed),
         cmocka_unit_test(test_frozen_and_transformed_gradients),
+        cmocka_unit_test(test_recomputation_gives_the_same_gradients_llama),
+        cmocka_unit_test(test_recomputation_gives_the_same_gradients_gpt2),
         cmocka_unit_test(test_a_saved_state_resumes_and_another_models_is_refused),
         cmocka_unit_test(test_bad_windows_are_refused),
         cmocka_unit_test(test_cross_entropy_gradient_matches_finite_differences),
