@@ -649,7 +649,7 @@ static void test_a_saved_state_resumes_and_another_models_is_refused(void **st) 
     mopt_graph_free(g2);
 }
 
-/* Recomputation keeps one block's inner activations and gives the same gradients, bit for bit. */
+/* Recomputation keeps one block's inner activations and gives the same gradients, bit for bit, and so does any thread count. */
 static void check_recompute(const char *rel) {
     REQUIRE_SHARED();
     mopt_model *m = test_load_model(rel);
@@ -658,6 +658,8 @@ static void check_recompute(const char *rel) {
     int32_t ids[128];
     for (int32_t t = 0; t < 128; t++) ids[t] = (t * 37 + 11) % mopt_model_arch(m)->vocab_size;
     mopt_trainer *a = mopt_trainer_new(g, 128, &err), *b = mopt_trainer_new(g, 128, &err);
+    assert_int_equal(mopt_trainer_set_threads(a, 1, &err), MOPT_OK); /* and the thread count changes no bit either */
+    assert_int_equal(mopt_trainer_set_threads(b, 3, &err), MOPT_OK);
     const int64_t before = mopt_trainer_activation_bytes(b);
     assert_int_equal(mopt_trainer_set_recompute(b, 1, &err), MOPT_OK);
     const int64_t after = mopt_trainer_activation_bytes(b);
