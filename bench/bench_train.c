@@ -16,17 +16,7 @@
 
 #include "mopt/mopt.h"
 #include "mopt/train.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
+#include "bench_util.h"
 
 static int usage(void) {
     fprintf(stderr, "usage: mopt-bench-train MODEL [--ctx N] [--runs N] [--threads N] [--recompute] [--text FILE]\n");
@@ -73,21 +63,19 @@ int main(int argc, char **argv) {
     mopt_adamw_opts_default(&ao);
     double *tps = calloc((size_t)runs, sizeof *tps), loss = 0;
     for (int r = -1; r < runs; r++) { /* r = -1 is the warm-up */
-        const double t0 = now();
+        const double t0 = bench_now();
         mopt_trainer_zero_grad(tr);
         if (mopt_trainer_step(tr, win, ctx, &loss, &err) || mopt_trainer_adamw(tr, &ao, 1e-6f, 1.0f, &err)) {
             fprintf(stderr, "mopt-bench-train: %s\n", err.msg);
             return 1;
         }
-        if (r >= 0) tps[r] = ctx / (now() - t0);
+        if (r >= 0) tps[r] = ctx / (bench_now() - t0);
     }
-    qsort(tps, (size_t)runs, sizeof *tps, cmp_d);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("%s: %s, %lld params, ctx %d, %s, %d threads\n", argv[optind], a->family, (long long)mopt_graph_n_params(mopt_model_graph(m)),
-           ctx, recompute ? "recomputation" : "every activation kept", threads);
-    printf("  forward+backward+AdamW median %.1f tokens/s (min %.1f, max %.1f over %d runs after 1 warm-up), loss %.4f\n",
-           runs % 2 ? tps[runs / 2] : 0.5 * (tps[runs / 2 - 1] + tps[runs / 2]), tps[0], tps[runs - 1], runs, loss);
+    printf("%s: %s, %lld params, ctx %d, %s, %d threads, loss %.4f\n", argv[optind], a->family,
+           (long long)mopt_graph_n_params(mopt_model_graph(m)), ctx, recompute ? "recomputation" : "every activation kept", threads, loss);
+    bench_stats("fwd+bwd+AdamW", tps, runs);
     printf("  activations %.1f MB, peak RSS %.1f MB\n", mopt_trainer_activation_bytes(tr) / 1e6, ru.ru_maxrss / 1024.0);
     mopt_trainer_free(tr);
     free(tps);
