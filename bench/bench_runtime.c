@@ -17,23 +17,7 @@
 
 #include "mopt/mopt.h"
 #include "mopt/pipeline.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void stats(const char *label, double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    printf("  %-14s median %10.1f tok/s   (min %.1f, max %.1f over %d runs)\n", label, med, v[0], v[n - 1], n);
-}
+#include "bench_util.h"
 
 int main(int argc, char **argv) {
     static const struct option opts[] = {{"prompt-len", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
@@ -110,12 +94,12 @@ int main(int argc, char **argv) {
     for (int r = -1; r < runs; r++) { /* r = -1 is the warm-up */
         const float *logits;
         mopt_session_truncate(s, 0, NULL);
-        double t0 = now();
+        double t0 = bench_now();
         if (mopt_session_forward(s, prompt, plen, false, &logits, &err)) {
             fprintf(stderr, "mopt-bench: %s\n", err.msg);
             return 1;
         }
-        double t1 = now();
+        double t1 = bench_now();
         for (int i = 0; i < gen; i++) {
             int32_t next = mopt_argmax(logits, a->vocab_size);
             if (mopt_session_forward(s, &next, 1, false, &logits, &err)) {
@@ -123,7 +107,7 @@ int main(int argc, char **argv) {
                 return 1;
             }
         }
-        double t2 = now();
+        double t2 = bench_now();
         if (r >= 0) {
             pre[r] = plen / (t1 - t0);
             dec[r] = gen / (t2 - t1);
@@ -138,8 +122,8 @@ int main(int argc, char **argv) {
            pipeline ? pipeline : "", a->family, (long long)mopt_graph_n_params(mopt_model_graph(m)), stored / 1e6,
            mopt_session_n_threads(s), mopt_cpu_kernels_name());
     printf("  prompt %d tokens, %d generated, %d runs after 1 warm-up\n", plen, gen, runs);
-    stats("prefill", pre, runs);
-    stats("decode", dec, runs);
+    bench_stats("prefill", pre, runs);
+    bench_stats("decode", dec, runs);
     printf("  peak RSS       %.1f MB\n", ru.ru_maxrss / 1024.0);
     free(pre);
     free(dec);

@@ -1,7 +1,8 @@
 /* mopt distill --teacher T --student S --data TRAIN [--eval VAL] [...] -o OUT
- * mopt qat MODEL --bits B --group G [--teacher T] --data TRAIN [--eval VAL] [...] -o OUT
+ * mopt qat MODEL --bits B --group G [--init rtn|awq|gptq] [--teacher T] --data TRAIN [--eval VAL] [...] -o OUT
  * Thin layers over distill.logits and quant.qat (which share the training
- * loop and its options), then (with -o) an export pass. */
+ * loop and its options), after (--init) the PTQ pass QAT starts from, then
+ * (with -o) an export pass. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,14 +13,18 @@
 
 static void help(int qat) {
     if (qat)
-        printf("usage: mopt qat MODEL --bits B [--group G] [--sym] [--teacher T] --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
+        printf("usage: mopt qat MODEL [--bits B] [--group G] [--sym | --fp8] [--init rtn|awq|gptq] [--teacher T] --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
                "Quantization-aware training (quant.qat): the decoder linears train through fake quantization on\n"
                "the RTN grid of B bits in groups of G (straight-through estimator), then are packed by the same\n"
                "rule; with --teacher the loss is distillation from it (QAD; usually MODEL itself, unquantized).\n"
                "  --bits B           2, 3, 4 or 8 (default 4)\n"
                "  --group G          columns per scale group (default 128; -1: whole rows)\n"
                "  --sym              symmetric grid\n"
-               "  --teacher T        QAD: the model to distill from\n");
+               "  --fp8              E4M3 weights with per-row scales instead of the int grid (weight-only)\n"
+               "  --teacher T        QAD: the model to distill from\n"
+               "  --init rtn|awq|gptq   the starting weights: RTN's (default), or those of quant.awq / quant.gptq\n"
+               "                     (same format), calibrated on --calib-samples windows of TRAIN\n"
+               "  --calib-samples N  calibration windows of 512 tokens for --init awq|gptq (default 128)\n");
     else
         printf("usage: mopt distill --teacher T --student S --data TRAIN [--eval VAL] [-o OUT] [options]\n\n"
                "Trains the student on the teacher's distributions (distill.logits): alpha x cross-entropy on\n"
@@ -33,7 +38,7 @@ static void help(int qat) {
            "  --tokens N         training tokens (default 200000)\n"
            "  --ctx N            window length (default 256)\n"
            "  --batch N          windows per optimizer step (default 4)\n"
-           "  --lr X             peak learning rate (default 3e-4)\n"
+           "  --lr X             peak learning rate (default 3e-4 for distill, 5e-5 for qat)\n"
            "  --warmup N         warm-up steps (default 10)\n"
            "  --temp X           temperature tau (default 1)\n"
            "  --alpha X          weight of the hard-label loss, 0..1 (default 0.5)\n"
@@ -42,9 +47,16 @@ static void help(int qat) {
            "  --eval-every N     steps between validations (default 50)\n"
            "  --eval-tokens N    validate on the first N tokens of VAL (default 16384; 0: all)\n"
            "  --seed N           window sampler seed (default 1)\n"
+           "  --recompute        activation recomputation per block: less memory, one more forward per step\n"
+           "  --freeze GLOBS     parameters to keep fixed, comma-separated globs (e.g. '*norm*')\n"
+           "  --train GLOBS      train only the parameters matching these globs\n"
+           "  --checkpoint FILE  save the resumable state (weights, AdamW moments, curves) here, atomically,\n"
+           "                     every --checkpoint-every steps (default 50), at the end and on Ctrl-C\n"
+           "  --resume FILE      continue a run saved by --checkpoint (same model, tokens, batch and ctx)\n"
            "  -o OUT             save the student (atomically); --format F as mopt export (default hf)\n"
            "  --force            replace an existing OUT\n"
            "  --report R.json    the report: loss curves (train, validation), final numbers\n"
+           "  --report-dir DIR   report.json, report.md and report.html (which draws the loss curves)\n"
            "  --threads N        worker threads (default: all cores)\n"
            "  --quiet            no progress lines\n");
 }
@@ -61,23 +73,37 @@ static int train_cmd(int argc, char **argv, int qat) {
         {"format", required_argument, 0, 'f'},  {"force", no_argument, 0, 'F'},         {"report", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
         {"bits", required_argument, 0, 'B'},    {"group", required_argument, 0, 'G'},   {"sym", no_argument, 0, 'Y'},
+        {"freeze", required_argument, 0, 'z'},  {"train", required_argument, 0, 'x'},   {"checkpoint", required_argument, 0, 'C'},
+        {"checkpoint-every", required_argument, 0, 'P'}, {"resume", required_argument, 0, 'R'},
+        {"fp8", no_argument, 0, '8'},           {"recompute", no_argument, 0, 'X'},           {"report-dir", required_argument, 0, 'D'}, {"init", required_argument, 0, 'I'}, {"calib-samples", required_argument, 0, 'N'},
         {0, 0, 0, 0}};
     /* options of the pass, by their schema names, in the order getopt sees them */
     const char *keys[128] = {0}, *vals[128] = {0};
     int nk = 0;
-    const char *teacher = NULL, *student = NULL, *out = NULL, *format = "hf", *report = NULL;
+    const char *teacher = NULL, *student = NULL, *out = NULL, *format = "hf", *report = NULL, *report_dir = NULL, *init = "rtn";
+    const char *bits = "4", *group = "128", *sym = "false", *data = NULL, *calib_samples = "128";
     long long threads = 0;
-    int force = 0, quiet = 0, c;
+    int force = 0, quiet = 0, fp8 = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         const char *key = NULL;
         switch (c) {
         case 'T': teacher = optarg, key = "teacher"; break;
         case 'S': student = optarg; break;
-        case 'B': key = "bits"; break;
-        case 'G': key = "group_size"; break;
-        case 'Y': key = "sym", optarg = "true"; break;
-        case 'd': key = "data"; break;
+        case 'B': key = "bits", bits = optarg; break;
+        case 'G': key = "group_size", group = optarg; break;
+        case 'Y': key = "sym", sym = optarg = "true"; break;
+        case 'd': key = "data", data = optarg; break;
+        case '8': key = "dtype", optarg = "fp8", fp8 = 1; break;
+        case 'X': key = "recompute", optarg = "true"; break;
+        case 'z': key = "freeze"; break;
+        case 'x': key = "train"; break;
+        case 'C': key = "checkpoint"; break;
+        case 'P': key = "checkpoint_every"; break;
+        case 'R': key = "resume"; break;
+        case 'D': report_dir = optarg; break;
+        case 'I': init = optarg; break;
+        case 'N': calib_samples = optarg; break;
         case 'e': key = "eval"; break;
         case 'n': key = "tokens"; break;
         case 'c': key = "ctx"; break;
@@ -102,8 +128,8 @@ static int train_cmd(int argc, char **argv, int qat) {
         case 'h': help(qat); return EXIT_OK;
         default: return cli_usage_error(cmd, "unknown option");
         }
-        if (key && !qat && (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "sym")))
-            return cli_usage_error(cmd, "--bits, --group and --sym are options of mopt qat");
+        if (!qat && ((key && (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "sym"))) || c == 'I' || c == 'N' || c == '8'))
+            return cli_usage_error(cmd, "--bits, --group, --sym, --fp8, --init and --calib-samples are options of mopt qat");
         if (key && nk < 128) keys[nk] = key, vals[nk++] = optarg;
     }
     if (qat) {
@@ -115,12 +141,24 @@ static int train_cmd(int argc, char **argv, int qat) {
         if (!teacher || !student) return cli_usage_error(cmd, "--teacher and --student are required");
     }
     if (force && !out) return cli_usage_error(cmd, "--force goes with -o OUT");
+    const char *init_pass = !strcmp(init, "awq") ? "quant.awq" : !strcmp(init, "gptq") ? "quant.gptq" : NULL;
+    if (!init_pass && strcmp(init, "rtn")) return cli_usage_error(cmd, "--init expects rtn, awq or gptq, got '%s'", init);
+    if (init_pass && !data) return cli_usage_error(cmd, "--init %s calibrates on --data TRAIN", init);
+    if (init_pass && fp8) return cli_usage_error(cmd, "--init %s starts from int weights, not --fp8", init);
     cli_job j;
     int rc = cli_job_open(&j, quiet, threads);
     if (rc) return rc;
     mopt_options *xo = mopt_options_new();
     for (int i = 0; i < nk && !rc; i++)
         if (cli_job_set(&j, keys[i], vals[i])) rc = cli_fail(&j.err);
+    if (!rc && init_pass) { /* the PTQ pass whose result QAT starts from, in the same format */
+        mopt_options *io = mopt_options_new();
+        if (!io || mopt_options_set(io, "bits", bits, &j.err) || mopt_options_set(io, "group_size", group, &j.err) ||
+            mopt_options_set(io, "sym", sym, &j.err) || mopt_options_set(io, "calib", data, &j.err) ||
+            mopt_options_set(io, "calib_samples", calib_samples, &j.err) || mopt_pipeline_add(j.p, init_pass, io, &j.err))
+            rc = cli_fail(&j.err);
+        mopt_options_free(io);
+    }
     if (!rc && mopt_pipeline_add(j.p, qat ? "quant.qat" : "distill.logits", j.o, &j.err)) rc = cli_fail(&j.err);
     if (!rc && out) {
         const char *xp = cli_export_pass(format, xo, &j.err);
@@ -143,6 +181,7 @@ static int train_cmd(int argc, char **argv, int qat) {
         if (!isnan(best)) printf("; validation loss %.4f -> %.4f (ppl %.2f -> %.2f)", before, best, exp(before), exp(best));
         printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
     }
+    if (report_dir && j.rep && mopt_report_write(j.rep, report_dir, qat ? "mopt qat" : "mopt distill", &j.err) && !rc) rc = cli_fail(&j.err);
     if (report && j.rep) {
         char *text = mopt_report_json(j.rep);
         mopt_status st = text ? mopt_file_write_atomic(report, text, strlen(text), &j.err) : MOPT_E_NOMEM;

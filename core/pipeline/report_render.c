@@ -2,7 +2,8 @@
  * self-contained file: tables plus inline SVG charts drawn here (no scripts,
  * no network): perplexity and size per variant as bars, latency distributions
  * per arm as overlaid histograms, per-window NLL of baseline vs candidate as a
- * scatter. Each file is written to a temporary name and renamed into place. */
+ * scatter, training passes' loss curves as lines. Each file is written to a
+ * temporary name and renamed into place. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -250,6 +251,51 @@ static int scatter(sbuf *b, json_t *root, const char *xkey, const char *ykey, co
     return 1;
 }
 
+/* Loss curves of a training pass: series "train_loss" per step and
+ * "val_loss" at the steps of "val_step", on one step axis. */
+static int loss_chart(sbuf *b, json_t *root) {
+    int drawn = 0;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(root, "passes"), i, p) {
+        json_t *se = json_object_get(p, "series"), *tl = json_object_get(se, "train_loss");
+        json_t *vl = json_object_get(se, "val_loss"), *vs = json_object_get(se, "val_step");
+        const size_t nt = json_array_size(tl), nv = json_array_size(vs) == json_array_size(vl) ? json_array_size(vl) : 0;
+        if (nt == 0) continue;
+        double lo = INFINITY, hi = -INFINITY, x1 = (double)nt;
+        for (size_t k = 0; k < nt; k++) lo = fmin(lo, json_number_value(json_array_get(tl, k))), hi = fmax(hi, json_number_value(json_array_get(tl, k)));
+        for (size_t k = 0; k < nv; k++) {
+            lo = fmin(lo, json_number_value(json_array_get(vl, k)));
+            hi = fmax(hi, json_number_value(json_array_get(vl, k)));
+            x1 = fmax(x1, json_number_value(json_array_get(vs, k)));
+        }
+        if (!isfinite(lo) || !isfinite(hi)) continue;
+        const double pad = (hi - lo) * 0.05 + 1e-6;
+        lo -= pad;
+        hi += pad;
+        char title[160];
+        snprintf(title, sizeof title, "Loss curve (%zu. %s)", i + 1, json_string_value(json_object_get(p, "name")));
+        axes(b, title, "optimizer step", "loss (nats/token)", lo, hi, 1);
+        xticks(b, 0, x1);
+        const double W = CW - ML - MR, H = CH - MB - MT;
+        json_t *series[2] = {tl, vl};
+        for (int s = 0; s < 2; s++) {
+            const size_t n = s ? nv : nt;
+            if (!n) continue;
+            sb_printf(b, "<polyline fill='none' stroke='%s' stroke-width='%s' points='", palette[s], s ? "2" : "1.2");
+            for (size_t k = 0; k < n; k++) {
+                const double x = s ? json_number_value(json_array_get(vs, k)) : (double)(k + 1);
+                sb_printf(b, "%.1f,%.1f ", ML + x / x1 * W, CH - MB - (json_number_value(json_array_get(series[s], k)) - lo) / (hi - lo) * H);
+            }
+            sb_printf(b, "'/>\n<rect x='%d' y='%d' width='12' height='12' fill='%s'/><text x='%d' y='%d' font-size='11' font-family='sans-serif'>%s</text>\n",
+                      CW - MR - 160, MT + 4 + 16 * s, palette[s], CW - MR - 142, MT + 14 + 16 * s, s ? "validation loss" : "training loss");
+        }
+        sb_printf(b, "</svg>\n");
+        drawn++;
+    }
+    return drawn;
+}
+
 static void render_html(sbuf *b, json_t *root, const char *title, const char *md) {
     sb_printf(b, "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>");
     sb_html(b, title);
@@ -268,6 +314,7 @@ static void render_html(sbuf *b, json_t *root, const char *title, const char *md
     charts += histogram(b, root, "latency_ms", "Latency distribution per arm", "latency (ms)");
     charts += scatter(b, root, "window_nll_baseline", "window_nll", "Per-window NLL: baseline vs candidate",
                       "baseline NLL (nats/token)", "candidate NLL (nats/token)");
+    charts += loss_chart(b, root);
     if (!charts) sb_printf(b, "<p>No chartable metrics in this report.</p>\n");
     /* the tables, from the markdown rendering */
     sb_printf(b, "<h2>Tables</h2>\n");

@@ -2,7 +2,10 @@
  * forward mirrors the CPU backend's arithmetic (runtime/backend_cpu.c) at
  * positions 0..T-1 and saves norms' statistics and attention probabilities;
  * the backward reads them and accumulates into the input and weight
- * gradients. GEMMs go to OpenBLAS. */
+ * gradients. Everything runs on the trainer's thread pool: GEMMs (OpenBLAS)
+ * split by output blocks, attention by heads, the row-wise ops by 16-row tasks
+ * whose weight-gradient sums are added in task order (the same bits with any
+ * number of threads). */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -43,8 +46,9 @@ static void linear_dw_task(void *p, int64_t task, int32_t thread) {
     const train_op *o = p;
     const int32_t T = o->T, in = (int32_t)o->w_cols, o0 = (int32_t)task * BLOCK;
     const int32_t r = (int32_t)o->w_rows - o0 < BLOCK ? (int32_t)o->w_rows - o0 : BLOCK;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, o->dout + o0, o->out_w, o->in[0], o->in_w[0], 1.0f,
-                o->dw + (size_t)o0 * in, in);
+    if (o->dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, o->dout + o0, o->out_w, o->in[0], o->in_w[0], 1.0f,
+                    o->dw + (size_t)o0 * in, in);
     if (o->db)
         for (int32_t t = 0; t < T; t++)
             for (int32_t j = o0; j < o0 + r; j++) o->db[j] += o->dout[(size_t)t * o->out_w + j];
@@ -65,15 +69,29 @@ static int64_t blocks(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
 static void linear_fwd(train_op *o) { mopt_pool_run(o->pool, blocks(o->w_rows), linear_fwd_task, o); }
 
 static void linear_bwd(train_op *o) {
-    mopt_pool_run(o->pool, blocks(o->w_rows), linear_dw_task, o);
+    if (o->dw || o->db) mopt_pool_run(o->pool, blocks(o->w_rows), linear_dw_task, o); /* none when frozen */
     mopt_pool_run(o->pool, blocks(o->w_cols), linear_dx_task, o);
 }
 
 /* --- norms ---------------------------------------------------------------------- */
 
-static void rmsnorm_fwd(const train_op *o) {
-    const int32_t D = o->out_w;
-    for (int32_t t = 0; t < o->T; t++) {
+/* Row-wise ops run as tasks of ROWS rows; a weight gradient (a sum over rows)
+ * is summed per task into scratch and the tasks' sums added in task order, so
+ * the result does not depend on which thread ran which task. */
+enum { ROWS = 16 };
+
+static int64_t row_tasks(int32_t T) { return (T + ROWS - 1) / ROWS; }
+
+typedef struct {
+    const train_op *o;
+    float *part; /* [tasks, 2 D]: dw then db per task */
+} rows_ctx;
+
+static void rmsnorm_fwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t D = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         const float *x = o->in[0] + (size_t)t * o->in_w[0];
         float *y = o->out + (size_t)t * D;
         double ss = 0;
@@ -84,25 +102,31 @@ static void rmsnorm_fwd(const train_op *o) {
     }
 }
 
-static void rmsnorm_bwd(const train_op *o) {
-    const int32_t D = o->out_w;
-    for (int32_t t = 0; t < o->T; t++) {
+static void rmsnorm_bwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const rows_ctx *c = p;
+    const train_op *o = c->o;
+    const int32_t D = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    float *dw = c->part ? c->part + (size_t)task * 2 * D : NULL;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         const float *x = o->in[0] + (size_t)t * o->in_w[0], *dy = o->dout + (size_t)t * D;
         float *dx = o->din[0] + (size_t)t * o->in_w[0];
         const double r = o->aux[t];
         double dot = 0; /* sum_j w_j dy_j x_j */
         for (int32_t i = 0; i < D; i++) dot += (double)o->w[i] * dy[i] * x[i];
-        const double c = r * r * r * dot / D;
+        const double cc = r * r * r * dot / D;
         for (int32_t i = 0; i < D; i++) {
-            o->dw[i] += (float)(dy[i] * x[i] * r);
-            dx[i] += (float)(r * o->w[i] * dy[i] - c * x[i]);
+            if (dw) dw[i] += (float)(dy[i] * x[i] * r);
+            dx[i] += (float)(r * o->w[i] * dy[i] - cc * x[i]);
         }
     }
 }
 
-static void layernorm_fwd(const train_op *o) {
-    const int32_t D = o->out_w;
-    for (int32_t t = 0; t < o->T; t++) {
+static void layernorm_fwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t D = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         const float *x = o->in[0] + (size_t)t * o->in_w[0];
         float *y = o->out + (size_t)t * D;
         double mean = 0, var = 0;
@@ -117,9 +141,13 @@ static void layernorm_fwd(const train_op *o) {
     }
 }
 
-static void layernorm_bwd(const train_op *o) {
-    const int32_t D = o->out_w;
-    for (int32_t t = 0; t < o->T; t++) {
+static void layernorm_bwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const rows_ctx *c = p;
+    const train_op *o = c->o;
+    const int32_t D = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    float *dw = c->part ? c->part + (size_t)task * 2 * D : NULL, *db = dw ? dw + D : NULL;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         const float *x = o->in[0] + (size_t)t * o->in_w[0], *dy = o->dout + (size_t)t * D;
         float *dx = o->din[0] + (size_t)t * o->in_w[0];
         const double m = o->aux[2 * t], r = o->aux[2 * t + 1];
@@ -128,8 +156,8 @@ static void layernorm_bwd(const train_op *o) {
             const double xh = (x[i] - m) * r, g = (double)dy[i] * o->w[i];
             mean_g += g;
             mean_gx += g * xh;
-            o->dw[i] += (float)(dy[i] * xh);
-            if (o->db) o->db[i] += dy[i];
+            if (dw) dw[i] += (float)(dy[i] * xh);
+            if (db) db[i] += dy[i];
         }
         mean_g /= D;
         mean_gx /= D;
@@ -138,6 +166,23 @@ static void layernorm_bwd(const train_op *o) {
             dx[i] += (float)(r * (g - mean_g - xh * mean_gx));
         }
     }
+}
+
+/* The backward of a norm: dx per task, dw (and db) summed per task, then in task order. */
+static mopt_status norm_bwd(const train_op *o, mopt_task_fn fn, mopt_error *err) {
+    const int32_t D = o->out_w;
+    const int64_t nt = row_tasks(o->T);
+    rows_ctx c = {o, NULL};
+    if ((o->dw || o->db) && !(c.part = calloc((size_t)nt * 2 * (size_t)D, sizeof(float))))
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    mopt_pool_run(o->pool, nt, fn, &c);
+    for (int64_t k = 0; c.part && k < nt; k++)
+        for (int32_t i = 0; i < D; i++) {
+            if (o->dw) o->dw[i] += c.part[(size_t)k * 2 * D + i];
+            if (o->db) o->db[i] += c.part[(size_t)k * 2 * D + D + i];
+        }
+    free(c.part);
+    return MOPT_OK;
 }
 
 /* --- rotary position embedding ----------------------------------------------------- */
@@ -157,20 +202,33 @@ static void rope_rows(const mopt_node *n, const float *x, float *y, int32_t pos,
     }
 }
 
-static void rope_fwd(const train_op *o) {
-    for (int32_t t = 0; t < o->T; t++) rope_rows(o->node, o->in[0] + (size_t)t * o->in_w[0], o->out + (size_t)t * o->out_w, t, 0);
+static void rope_fwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++)
+        rope_rows(o->node, o->in[0] + (size_t)t * o->in_w[0], o->out + (size_t)t * o->out_w, t, 0);
 }
 
-static mopt_status rope_bwd(const train_op *o, mopt_error *err) {
-    const int32_t W = o->out_w;
-    float *tmp = malloc((size_t)W * sizeof *tmp);
-    if (!tmp) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    for (int32_t t = 0; t < o->T; t++) { /* the rotation is orthogonal: dx = R^T dy */
+/* The rotation is orthogonal: dx = R^T dy, through per-task scratch rows. */
+static void rope_bwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const rows_ctx *c = p;
+    const train_op *o = c->o;
+    const int32_t W = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    float *tmp = c->part + (size_t)task * W;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         rope_rows(o->node, o->dout + (size_t)t * W, tmp, t, 1);
         float *dx = o->din[0] + (size_t)t * o->in_w[0];
         for (int32_t i = 0; i < W; i++) dx[i] += tmp[i];
     }
-    free(tmp);
+}
+
+static mopt_status rope_bwd(const train_op *o, mopt_error *err) {
+    rows_ctx c = {o, malloc((size_t)row_tasks(o->T) * (size_t)o->out_w * sizeof(float))};
+    if (!c.part) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    mopt_pool_run(o->pool, row_tasks(o->T), rope_bwd_task, &c);
+    free(c.part);
     return MOPT_OK;
 }
 
@@ -234,9 +292,11 @@ static void attention_bwd(train_op *o) { mopt_pool_run(o->pool, o->node->n_kv_he
 
 static float gelu_inner(float v) { return 0.7978845608028654f * (v + 0.044715f * v * v * v); }
 
-static void elementwise_fwd(const train_op *o) {
-    const int32_t W = o->out_w;
-    for (int32_t t = 0; t < o->T; t++) {
+static void elementwise_fwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t W = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         const float *x = o->in[0] + (size_t)t * o->in_w[0], *z = o->node->n_inputs > 1 ? o->in[1] + (size_t)t * o->in_w[1] : NULL;
         float *y = o->out + (size_t)t * W;
         for (int32_t i = 0; i < W; i++) switch (o->node->op) {
@@ -247,9 +307,11 @@ static void elementwise_fwd(const train_op *o) {
     }
 }
 
-static void elementwise_bwd(const train_op *o) {
-    const int32_t W = o->out_w;
-    for (int32_t t = 0; t < o->T; t++) {
+static void elementwise_bwd_task(void *p, int64_t task, int32_t thread) {
+    (void)thread;
+    const train_op *o = p;
+    const int32_t W = o->out_w, t1 = (int32_t)(task + 1) * ROWS < o->T ? (int32_t)(task + 1) * ROWS : o->T;
+    for (int32_t t = (int32_t)task * ROWS; t < t1; t++) {
         const float *x = o->in[0] + (size_t)t * o->in_w[0], *dy = o->dout + (size_t)t * W;
         const float *z = o->node->n_inputs > 1 ? o->in[1] + (size_t)t * o->in_w[1] : NULL;
         float *dx = o->din[0] + (size_t)t * o->in_w[0], *dz = z ? o->din[1] + (size_t)t * o->in_w[1] : NULL;
@@ -296,9 +358,9 @@ static void embedding_bwd(const train_op *o) {
     for (int32_t t = 0; t < o->T; t++) {
         const int64_t row = o->node->op == MOPT_OP_EMBEDDING ? o->tokens[t] : t;
         const float *dy = o->dout + (size_t)t * W;
-        float *de = o->dw + row * o->w_cols, *dx = o->node->op == MOPT_OP_POS_EMBEDDING ? o->din[0] + (size_t)t * o->in_w[0] : NULL;
+        float *de = o->dw ? o->dw + row * o->w_cols : NULL, *dx = o->node->op == MOPT_OP_POS_EMBEDDING ? o->din[0] + (size_t)t * o->in_w[0] : NULL;
         for (int32_t i = 0; i < W; i++) {
-            de[i] += dy[i];
+            if (de) de[i] += dy[i];
             if (dx) dx[i] += dy[i];
         }
     }
@@ -341,13 +403,13 @@ mopt_status train_forward(train_op *o, mopt_error *err) {
     switch (o->node->op) {
     case MOPT_OP_EMBEDDING:
     case MOPT_OP_POS_EMBEDDING: return embedding_fwd(o, err);
-    case MOPT_OP_RMSNORM: rmsnorm_fwd(o); break;
-    case MOPT_OP_LAYERNORM: layernorm_fwd(o); break;
+    case MOPT_OP_RMSNORM: mopt_pool_run(o->pool, row_tasks(o->T), rmsnorm_fwd_task, o); break;
+    case MOPT_OP_LAYERNORM: mopt_pool_run(o->pool, row_tasks(o->T), layernorm_fwd_task, o); break;
     case MOPT_OP_LINEAR:
     case MOPT_OP_LM_HEAD: linear_fwd(o); break;
-    case MOPT_OP_ROPE: rope_fwd(o); break;
+    case MOPT_OP_ROPE: mopt_pool_run(o->pool, row_tasks(o->T), rope_fwd_task, o); break;
     case MOPT_OP_ATTENTION: attention_fwd(o); break;
-    default: elementwise_fwd(o); break;
+    default: mopt_pool_run(o->pool, row_tasks(o->T), elementwise_fwd_task, o); break;
     }
     return MOPT_OK;
 }
@@ -356,13 +418,13 @@ mopt_status train_backward(train_op *o, mopt_error *err) {
     switch (o->node->op) {
     case MOPT_OP_EMBEDDING:
     case MOPT_OP_POS_EMBEDDING: embedding_bwd(o); break;
-    case MOPT_OP_RMSNORM: rmsnorm_bwd(o); break;
-    case MOPT_OP_LAYERNORM: layernorm_bwd(o); break;
+    case MOPT_OP_RMSNORM: return norm_bwd(o, rmsnorm_bwd_task, err);
+    case MOPT_OP_LAYERNORM: return norm_bwd(o, layernorm_bwd_task, err);
     case MOPT_OP_LINEAR:
     case MOPT_OP_LM_HEAD: linear_bwd(o); break;
     case MOPT_OP_ROPE: return rope_bwd(o, err);
     case MOPT_OP_ATTENTION: attention_bwd(o); break;
-    default: elementwise_bwd(o); break;
+    default: mopt_pool_run(o->pool, row_tasks(o->T), elementwise_bwd_task, o); break;
     }
     return MOPT_OK;
 }

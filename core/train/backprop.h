@@ -22,7 +22,7 @@ typedef struct train_op {
     const float *w, *b;      /* fp32 master weight [rows, cols] and bias, or NULL */
     int64_t w_rows, w_cols, b_n;
     float *aux;              /* what the backward needs: train_aux_floats() floats */
-    /* backward: gradients accumulate (+=) */
+    /* backward: gradients accumulate (+=); dw, db NULL: a frozen parameter (not computed) */
     const float *dout;
     float *din[MOPT_MAX_NODE_INPUTS];
     float *dw, *db;

@@ -39,6 +39,7 @@ mopt_status mopt_trainer_adamw(mopt_trainer *tr, const mopt_adamw_opts *o, float
     const double c1 = 1.0 - pow(o->beta1, (double)tr->adam_steps), c2 = 1.0 - pow(o->beta2, (double)tr->adam_steps);
     for (int32_t i = 0; i < tr->n_params; i++) {
         param *p = &tr->params[i];
+        if (p->frozen) continue;
         const float decay = p->rows > 1 ? o->weight_decay : 0.0f; /* matrices only */
         float *m = tr->m[i], *v = tr->v[i];
         for (int64_t k = 0; k < p->n; k++) {
@@ -63,6 +64,7 @@ mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error 
     if (g != tr->g) return MOPT_FAIL(err, MOPT_E_INVALID, "write back goes to the graph the trainer was made from");
     for (int32_t i = 0; i < tr->n_params; i++) { /* all or nothing */
         const mopt_tensor *t = tr->params[i].t;
+        if (!t) continue; /* the caller's own */
         if (t->dtype != MOPT_DTYPE_F32 && t->dtype != MOPT_DTYPE_F16 && t->dtype != MOPT_DTYPE_BF16)
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: a %s weight is not written back (train a float model)", t->name,
                              mopt_dtype_name(t->dtype));
@@ -70,6 +72,7 @@ mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error 
     for (int32_t i = 0; i < tr->n_params; i++) {
         param *p = &tr->params[i];
         const mopt_tensor *old = p->t;
+        if (!old) continue;
         const int64_t dims[2] = {old->ne[1], old->ne[0]};
         const int vec = old->ndim <= 1;
         mopt_tensor *t = mopt_tensor_new(old->name, old->dtype, vec ? 1 : 2, vec ? dims + 1 : dims, err);

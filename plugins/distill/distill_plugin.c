@@ -1,4 +1,5 @@
 /* plugins/distill: knowledge distillation on the core's trainer. */
 #include "distill_plugin.h"
 
-MOPT_PLUGIN_DEFINE("distill", "0.1.0", "MIT", "knowledge distillation: distill.logits", &distill_logits_pass)
+MOPT_PLUGIN_DEFINE("distill", "0.2.0", "MIT", "knowledge distillation: distill.logits, distill.hidden", &distill_logits_pass,
+                   &distill_hidden_pass)

@@ -5,5 +5,6 @@
 #include "mopt/plugin_util.h"
 
 extern const mopt_pass_desc distill_logits_pass;
+extern const mopt_pass_desc distill_hidden_pass;
 
 #endif

@@ -11,6 +11,12 @@ typedef mopt_status (*kd_prepare_fn)(void *user, mopt_trainer *tr, mopt_error *e
  * weights are written back; either may be NULL. */
 typedef struct kd_hooks {
     kd_prepare_fn prepare, finish;
+    /* With step, the teacher runs as a trainer (forward only, its activations
+     * kept) and step adds a loss on both models' activations of the window
+     * after the student's forward: its value to *loss, its gradient into the
+     * student's buffers (mopt_trainer_block_output), before the backward.
+     * resume= is refused: step's own state is not saved. */
+    mopt_status (*step)(void *user, mopt_trainer *student, mopt_trainer *teacher, int32_t n, float lr, double *loss, mopt_error *err);
     void *user;
 } kd_hooks;
 
@@ -39,6 +45,13 @@ extern const char *const kd_kl_choices[];
     {"topk", MOPT_OPT_INT, 0, "forward KL on the teacher's top-k tokens renormalized (0: all)", "0", 0, 1 << 20, NULL},                  \
     {"eval_every", MOPT_OPT_INT, 0, "steps between validations (0: only at the end)", "50", 0, 1e9, NULL},                               \
     {"eval_tokens", MOPT_OPT_INT, 0, "validate on the first N tokens of eval (0: all)", "16384", 0, 1e13, NULL},                         \
-    {"seed", MOPT_OPT_INT, 0, "seed of the window sampler", "1", 0, 2147483647, NULL}
+    {"seed", MOPT_OPT_INT, 0, "seed of the window sampler", "1", 0, 2147483647, NULL},                                                   \
+    {"recompute", MOPT_OPT_BOOL, 0, "keep only each block's output and run its forward again in the backward (less memory, ~1/3 more time)", "false", 0, -1, NULL}, \
+    {"teacher_cache", MOPT_OPT_INT, 0, "MiB for the teacher's logits of a small dataset: windows at multiples of ctx, each computed once (0: off)", "0", 0, 1 << 30, NULL}, \
+    {"freeze", MOPT_OPT_LIST, 0, "globs of parameters to keep fixed (e.g. *norm*)", "", 0, -1, NULL},                                   \
+    {"train", MOPT_OPT_LIST, 0, "globs of the only parameters to train (the rest fixed)", "", 0, -1, NULL},                            \
+    {"checkpoint", MOPT_OPT_STRING, 0, "file of the resumable state (parameters, AdamW moments, curves), saved atomically", NULL, 0, -1, NULL}, \
+    {"checkpoint_every", MOPT_OPT_INT, 0, "steps between saves of checkpoint= (0: only at the end and on interrupt)", "50", 0, 1e9, NULL}, \
+    {"resume", MOPT_OPT_STRING, 0, "continue the run saved in this file (same model, tokens, ctx and batch)", NULL, 0, -1, NULL}
 
 #endif

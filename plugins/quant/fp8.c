@@ -60,16 +60,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         float *W = q_weight_f32(h, g, l, err), *sc = malloc((size_t)l->out * sizeof *sc);
         uint8_t *q = malloc((size_t)(l->out * l->in));
         if (!W || !sc || !q) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
-        float all = 0;
-        for (int64_t r = 0; !st && r < l->out; r++) {
-            float mx = 0;
-            for (int64_t j = 0; j < l->in; j++) mx = fmaxf(mx, fabsf(W[r * l->in + j]));
-            sc[r] = mx > 0 ? mx / 448.0f : 1.0f;
-            all = fmaxf(all, mx);
-        }
-        if (per_tensor && !st) sc[0] = all > 0 ? all / 448.0f : 1.0f;
-        for (int64_t r = 0; !st && r < l->out; r++)
-            for (int64_t j = 0; j < l->in; j++) q[r * l->in + j] = h->f32_to_e4m3(W[r * l->in + j] / sc[per_tensor ? 0 : r]);
+        if (!st) q_fp8_rows(h, W, l->out, l->in, per_tensor, q, sc);
         if (!st) {
             float as = stats.amax[i] > 0 ? stats.amax[i] / 448.0f : 1.0f;
             st = q_replace(h, g, h->fp8_pack(l->wname, l->out, l->in, q, sc, per_tensor ? 1 : l->out, act, as, err), err);

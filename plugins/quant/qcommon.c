@@ -133,6 +133,19 @@ void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspe
         }
 }
 
+void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in, int per_tensor, uint8_t *q, float *scales) {
+    float all = 0;
+    for (int64_t r = 0; r < out; r++) {
+        float mx = 0;
+        for (int64_t j = 0; j < in; j++) mx = fmaxf(mx, fabsf(W[r * in + j]));
+        scales[r] = mx > 0 ? mx / 448.0f : 1.0f;
+        all = fmaxf(all, mx);
+    }
+    if (per_tensor) scales[0] = all > 0 ? all / 448.0f : 1.0f;
+    for (int64_t r = 0; r < out; r++)
+        for (int64_t j = 0; j < in; j++) q[r * in + j] = h->f32_to_e4m3(W[r * in + j] / scales[per_tensor ? 0 : r]);
+}
+
 void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp) {
     const int64_t gs = sp.group > 0 ? sp.group : in;
     for (int64_t r = 0; r < out; r++)

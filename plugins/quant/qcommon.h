@@ -57,6 +57,9 @@ static inline float q_deq(uint8_t q, float scale, uint8_t zero) { return ((float
 void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspec sp, uint8_t *q, float *scales,
            uint8_t *zeros);
 /* W <- dequant(quant(W)) in place (searches judge candidates this way). */
+/* E4M3 levels of W [out, in] with amax/448 scales per output row (per_tensor:
+ * one, in scales[0]); quant.fp8 packs them, quant.qat trains through them. */
+void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in, int per_tensor, uint8_t *q, float *scales);
 void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp);
 
 /* Puts t (a new packed tensor named like an existing weight) in the graph; frees it on failure. */

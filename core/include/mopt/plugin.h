@@ -193,6 +193,17 @@ typedef struct mopt_host_api {
     double (*distill_kl)(const float *student, const float *teacher, float *dstudent, int32_t n, int32_t vocab, double tau,
                          int32_t kind, int32_t top_k, double weight);
     mopt_status (*trainer_set_transform)(mopt_trainer *tr, int32_t i, mopt_weight_fn fn, void *user, mopt_error *err);
+    mopt_status (*trainer_set_frozen)(mopt_trainer *tr, int32_t i, int32_t frozen, mopt_error *err);
+    mopt_status (*trainer_save)(const mopt_trainer *tr, const char *path, const mopt_train_extra *x, int32_t nx, mopt_error *err);
+    mopt_status (*trainer_load)(mopt_trainer *tr, const char *path, mopt_train_extra *x, int32_t nx, mopt_error *err);
+    const float *(*trainer_block_output)(mopt_trainer *tr, int32_t layer, int32_t *width, float **grad);
+    mopt_status (*trainer_set_transform_grad)(mopt_trainer *tr, int32_t i, mopt_weight_grad_fn fn, mopt_error *err);
+    int32_t (*trainer_add_param)(mopt_trainer *tr, const char *name, int64_t n, const float *init, mopt_error *err);
+    const char *(*trainer_param_name)(const mopt_trainer *tr, int32_t i);
+    int64_t (*trainer_param_size)(const mopt_trainer *tr, int32_t i);
+    float *(*trainer_grad_mut)(mopt_trainer *tr, int32_t i);
+    mopt_status (*trainer_set_recompute)(mopt_trainer *tr, int32_t on, mopt_error *err);
+    int64_t (*trainer_activation_bytes)(const mopt_trainer *tr);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -556,12 +556,143 @@ static void test_lit_gpt2_gradients_match_finite_differences(void **s) {
     check_real_model("models/lit-gpt2-1m");
 }
 
+/* A transform's gradient side that doubles what reaches the weight. */
+static void double_grad(void *user, int32_t param, const float *w, const float *dfw, float *dw, int64_t rows, int64_t cols) {
+    (void)user, (void)param, (void)w;
+    for (int64_t k = 0; k < rows * cols; k++) dw[k] += 2.0f * dfw[k];
+}
+static void identity_fn(void *user, int32_t param, const float *w, float *out, int64_t rows, int64_t cols) {
+    (void)user, (void)param;
+    memcpy(out, w, (size_t)(rows * cols) * sizeof *out);
+}
+
+static void test_frozen_and_transformed_gradients(void **st) {
+    (void)st;
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err);
+    double loss;
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+    const int32_t np = mopt_trainer_n_params(tr);
+    float *plain[16];
+    for (int32_t i = 0; i < np; i++) {
+        plain[i] = malloc((size_t)mopt_trainer_param_size(tr, i) * sizeof(float));
+        memcpy(plain[i], mopt_trainer_grad(tr, i), (size_t)mopt_trainer_param_size(tr, i) * sizeof(float));
+    }
+    /* parameter 1 frozen: no gradient, no update; parameter 2 through a doubling gradient transform */
+    assert_int_equal(mopt_trainer_set_frozen(tr, 1, 1, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_set_transform(tr, 2, identity_fn, NULL, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_set_transform_grad(tr, 2, double_grad, &err), MOPT_OK);
+    mopt_trainer_zero_grad(tr);
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+    for (int32_t i = 0; i < np; i++)
+        for (int64_t k = 0; k < mopt_trainer_param_size(tr, i); k++) {
+            const float want = i == 1 ? 0.0f : i == 2 ? 2.0f * plain[i][k] : plain[i][k];
+            assert_true(fabsf(mopt_trainer_grad(tr, i)[k] - want) <= 1e-6f * fmaxf(1.0f, fabsf(want)));
+        }
+    float before = mopt_trainer_param(tr, 1)[0];
+    mopt_adamw_opts o;
+    mopt_adamw_opts_default(&o);
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 1e-2f, 1, &err), MOPT_OK);
+    assert_true(mopt_trainer_param(tr, 1)[0] == before);
+    for (int32_t i = 0; i < np; i++) free(plain[i]);
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+}
+
+static void test_a_saved_state_resumes_and_another_models_is_refused(void **st) {
+    (void)st;
+    char dir[1024], path[1200];
+    test_tmpdir(dir, sizeof dir, "train-state");
+    snprintf(path, sizeof path, "%s/a.state", dir);
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF), *g2 = gpt2_block();
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err), *other = mopt_trainer_new(g2, T_SMALL, &err);
+    const float init[3] = {1, 2, 3};
+    const int32_t extra = mopt_trainer_add_param(tr, "my.scales", 3, init, &err);
+    assert_true(extra >= 0);
+    assert_null(mopt_trainer_param_tensor(tr, extra));
+    assert_string_equal(mopt_trainer_param_name(tr, extra), "my.scales");
+    mopt_adamw_opts o;
+    mopt_adamw_opts_default(&o);
+    double loss;
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 1e-2f, 1, &err), MOPT_OK);
+    int64_t counter = 42, room = 1;
+    mopt_train_extra x = {"counter", 1, &counter, 1};
+    assert_int_equal(mopt_trainer_save(tr, path, &x, 1, &err), MOPT_OK);
+    const float w0 = mopt_trainer_param(tr, 1)[0], s0 = mopt_trainer_param(tr, extra)[1];
+    /* one more update moves everything; loading goes back to the saved state, the moments too */
+    mopt_trainer_zero_grad(tr);
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 1e-2f, 1, &err), MOPT_OK);
+    const float w1 = mopt_trainer_param(tr, 1)[0];
+    assert_true(w1 != w0);
+    counter = 0;
+    x.n = room;
+    assert_int_equal(mopt_trainer_load(tr, path, &x, 1, &err), MOPT_OK);
+    assert_true(mopt_trainer_param(tr, 1)[0] == w0 && mopt_trainer_param(tr, extra)[1] == s0);
+    assert_int_equal(counter, 42);
+    assert_int_equal(x.n, 1);
+    mopt_trainer_zero_grad(tr); /* the same update again gives the same weights: the moments and step count came back */
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 1e-2f, 1, &err), MOPT_OK);
+    assert_true(mopt_trainer_param(tr, 1)[0] == w1);
+    /* another model's trainer refuses the file and keeps its weights */
+    const float o0 = mopt_trainer_param(other, 0)[0];
+    assert_int_equal(mopt_trainer_load(other, path, NULL, 0, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "a training state of another model");
+    assert_true(mopt_trainer_param(other, 0)[0] == o0);
+    mopt_trainer_free(tr);
+    mopt_trainer_free(other);
+    mopt_graph_free(g);
+    mopt_graph_free(g2);
+}
+
+/* Recomputation keeps one block's inner activations and gives the same gradients, bit for bit, and so does any thread count. */
+static void check_recompute(const char *rel) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model(rel);
+    const mopt_graph *g = mopt_model_graph(m);
+    mopt_error err = {0};
+    int32_t ids[128];
+    for (int32_t t = 0; t < 128; t++) ids[t] = (t * 37 + 11) % mopt_model_arch(m)->vocab_size;
+    mopt_trainer *a = mopt_trainer_new(g, 128, &err), *b = mopt_trainer_new(g, 128, &err);
+    assert_int_equal(mopt_trainer_set_threads(a, 1, &err), MOPT_OK); /* and the thread count changes no bit either */
+    assert_int_equal(mopt_trainer_set_threads(b, 3, &err), MOPT_OK);
+    const int64_t before = mopt_trainer_activation_bytes(b);
+    assert_int_equal(mopt_trainer_set_recompute(b, 1, &err), MOPT_OK);
+    const int64_t after = mopt_trainer_activation_bytes(b);
+    fprintf(stderr, "%s: activations %.2f MB, with recomputation %.2f MB\n", rel, before / 1e6, after / 1e6);
+    assert_true(after < before / 2);
+    double la, lb;
+    for (int rep = 0; rep < 2; rep++) { /* twice: the second window starts from the buffers the first left */
+        mopt_trainer_zero_grad(a);
+        mopt_trainer_zero_grad(b);
+        assert_int_equal(mopt_trainer_step(a, ids + rep * 8, 120, &la, &err), MOPT_OK);
+        assert_int_equal(mopt_trainer_step(b, ids + rep * 8, 120, &lb, &err), MOPT_OK);
+        assert_true(la == lb);
+        for (int32_t i = 0; i < mopt_trainer_n_params(a); i++)
+            assert_memory_equal(mopt_trainer_grad(a, i), mopt_trainer_grad(b, i), (size_t)mopt_trainer_param_size(a, i) * sizeof(float));
+    }
+    mopt_trainer_free(a);
+    mopt_trainer_free(b);
+    mopt_model_free(m);
+}
+
+static void test_recomputation_gives_the_same_gradients_llama(void **s) { (void)s, check_recompute("models/lit-llama-7m"); }
+static void test_recomputation_gives_the_same_gradients_gpt2(void **s) { (void)s, check_recompute("models/lit-gpt2-1m"); }
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_llama_op_matches_finite_differences_rotate_half),
         cmocka_unit_test(test_every_llama_op_matches_finite_differences_interleaved_rope),
         cmocka_unit_test(test_every_gpt2_op_matches_finite_differences_with_a_tied_classifier),
         cmocka_unit_test(test_gradients_accumulate_until_zeroed),
+        cmocka_unit_test(test_frozen_and_transformed_gradients),
+        cmocka_unit_test(test_recomputation_gives_the_same_gradients_llama),
+        cmocka_unit_test(test_recomputation_gives_the_same_gradients_gpt2),
+        cmocka_unit_test(test_a_saved_state_resumes_and_another_models_is_refused),
         cmocka_unit_test(test_bad_windows_are_refused),
         cmocka_unit_test(test_cross_entropy_gradient_matches_finite_differences),
         cmocka_unit_test(test_distillation_kl_gradients_match_finite_differences),
