@@ -99,12 +99,7 @@ int cmd_prune(int argc, char **argv) {
         if (eval) printf("; ppl %.4f", mopt_report_get_metric(rep, "ppl"));
         printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
     }
-    if (report && j.rep) {
-        char *text = mopt_report_json(j.rep);
-        mopt_status st = text ? mopt_file_write_atomic(report, text, strlen(text), &j.err) : MOPT_E_NOMEM;
-        if (st && !rc) rc = cli_fail(&j.err);
-        free(text);
-    }
+    rc = cli_job_write_report(&j, report, rc);
     mopt_options_free(eo);
     mopt_options_free(xo);
     cli_job_close(&j);

@@ -143,3 +143,23 @@ mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_grap
     calib_free(&c);
     return st;
 }
+
+mopt_status prune_run_calibrated(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
+                                 const char *method, prune_spec *sp, const prune_layer_ops *ops, mopt_error *err) {
+    char pass[64];
+    snprintf(pass, sizeof pass, "prune.%s", method);
+    if (!g) return h->error_set(err, MOPT_E_INVALID, pass, "needs a model");
+    qlinear *ls;
+    int32_t n;
+    mopt_status st = prune_spec_from(h, o, sp, err);
+    if (st || (st = q_collect(h, g, o, &ls, &n, err))) return st;
+    for (int32_t k = 0; k < n && !st; k++) st = prune_check_linear(h, g, &ls[k], *sp, pass, err);
+    prune_tally t = {calloc((size_t)(n > 0 ? n : 1), sizeof(double)), n, 0, 0};
+    if (!st && !t.per_linear) st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+    if (!st) st = prune_by_layer(h, ctx, g, o, ls, n, &t, ops, err);
+    ops->end(ops->user);
+    if (!st) prune_report(h, report, method, o, &t);
+    free(t.per_linear);
+    free(ls);
+    return st;
+}

@@ -60,5 +60,9 @@ typedef struct prune_layer_ops {
 } prune_layer_ops;
 mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
                            int32_t n, prune_tally *t, const prune_layer_ops *ops, mopt_error *err);
+/* A calibrated pass from start to report: reads the pattern into *sp (which
+ * ops' user sees), selects and checks the linears, sweeps, reports. */
+mopt_status prune_run_calibrated(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
+                                 const char *method, prune_spec *sp, const prune_layer_ops *ops, mopt_error *err);
 
 #endif

@@ -64,22 +64,9 @@ static void end(void *user) {
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    if (!g) return h->error_set(err, MOPT_E_INVALID, "prune.wanda", "needs a model");
     wanda w = {.h = h};
-    qlinear *ls;
-    int32_t n;
-    mopt_status st = prune_spec_from(h, o, &w.sp, err);
-    if (st || (st = q_collect(h, g, o, &ls, &n, err))) return st;
-    for (int32_t k = 0; k < n && !st; k++) st = prune_check_linear(h, g, &ls[k], w.sp, "prune.wanda", err);
-    prune_tally t = {calloc((size_t)(n > 0 ? n : 1), sizeof(double)), n, 0, 0};
-    if (!st && !t.per_linear) st = h->error_set(err, MOPT_E_NOMEM, "prune.wanda", "out of memory");
     const prune_layer_ops ops = {begin, observe, prune, end, &w};
-    if (!st) st = prune_by_layer(h, ctx, g, o, ls, n, &t, &ops, err);
-    end(&w);
-    if (!st) prune_report(h, report, "wanda", o, &t);
-    free(t.per_linear);
-    free(ls);
-    return st;
+    return prune_run_calibrated(h, ctx, g, o, report, "wanda", &w.sp, &ops, err);
 }
 
 static const mopt_opt_spec opts[] = {PRUNE_OPTS, Q_CALIB_OPTS(1)};

@@ -8,21 +8,6 @@
 
 #include "testutil.h"
 
-static double val_nll(mopt_model *m) {
-    char val[1200];
-    int32_t *ids = NULL;
-    size_t nt = 0;
-    mopt_error err = {0};
-    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(m), test_shared_path(val, sizeof val, "data/lit-val.txt"), 0, &ids,
-                                                &nt, &err),
-                     MOPT_OK);
-    mopt_session *se = mopt_session_new(mopt_model_graph(m), NULL, &err);
-    mopt_ppl_result pr;
-    assert_int_equal(mopt_perplexity(se, ids, 16384, 256, NULL, NULL, &pr, &err), MOPT_OK);
-    mopt_session_free(se);
-    free(ids);
-    return pr.nll;
-}
 
 /* The weight of a linear as doubles. */
 static double *weights(const mopt_tensor *t, int64_t *n) {
@@ -35,6 +20,8 @@ static double *weights(const mopt_tensor *t, int64_t *n) {
     free(f);
     return d;
 }
+
+static double val16k(mopt_model *m) { return test_val_nll(m, 16384, 256); }
 
 static const double *g_abs;
 static int by_abs_then_index(const void *a, const void *b) {
@@ -108,7 +95,7 @@ static void test_nm_patterns_and_the_quality_order_at_2_4(void **s) {
         mopt_report *r = test_run_pipeline(m, text);
         assert_float_equal(mopt_report_get_metric(r, "sparsity"), 0.5, 1e-12);
         check_nm(mopt_model_graph(m), 2, 4);
-        nll[k] = val_nll(m);
+        nll[k] = val16k(m);
         fprintf(stderr, "2:4 %s: validation NLL %.4f\n", methods[k], nll[k]);
         mopt_report_free(r);
         mopt_model_free(m);
@@ -137,7 +124,7 @@ static void test_pruned_model_exports_and_reloads(void **s) {
     assert_non_null(m);
     snprintf(args, sizeof args, "prune.sparsegpt<sparsity=0.5;calib=%s/data/lit-train.txt;calib_samples=8;calib_len=128>", sh);
     mopt_report_free(test_run_pipeline(again, args));
-    assert_float_equal(val_nll(m), val_nll(again), 1e-6); /* the saved checkpoint is the pruned model */
+    assert_float_equal(val16k(m), val16k(again), 1e-6); /* the saved checkpoint is the pruned model */
     mopt_model_free(m);
     mopt_model_free(again);
 }
