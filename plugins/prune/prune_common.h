@@ -14,7 +14,7 @@ typedef struct prune_spec {
 } prune_spec;
 
 #define PRUNE_OPTS                                                                                                           \
-    {"sparsity", MOPT_OPT_FLOAT, 0, "unstructured: the fraction of each linear's weights set to zero, in (0, 1)", "0.5", -1, 2, NULL}, \
+    {"sparsity", MOPT_OPT_FLOAT, 0, "unstructured: the fraction of each linear's weights set to zero, in (0, 1)", "0.5", 0, 1, NULL}, \
     {"pattern", MOPT_OPT_STRING, 0, "unstructured, or N:M: at most N non-zeros in every M consecutive inputs of a row (2:4, 4:8)",      \
      "unstructured", 0, -1, NULL},                                                                                          \
     {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep dense (node or tensor names)", "", 0, -1, NULL}
