@@ -123,6 +123,23 @@ static inline mopt_model *test_load_model(const char *rel) {
     return m;
 }
 
+/* Mean NLL of the first n tokens of lit-val in windows of ctx (the perplexity protocol). */
+static inline double test_val_nll(mopt_model *m, int64_t n, int32_t ctx) {
+    char val[1200];
+    int32_t *ids = NULL;
+    size_t nt = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(m), test_shared_path(val, sizeof val, "data/lit-val.txt"), 0, &ids,
+                                                &nt, &err),
+                     MOPT_OK);
+    mopt_session *se = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    mopt_ppl_result pr;
+    assert_int_equal(mopt_perplexity(se, ids, n, ctx, NULL, NULL, &pr, &err), MOPT_OK);
+    mopt_session_free(se);
+    free(ids);
+    return pr.nll;
+}
+
 /* Runs a pipeline text on a freshly loaded model and asserts that it fails
  * with a one-line message containing msg. */
 static inline void test_pipeline_fails(const char *model_rel, const char *text, const char *msg) {

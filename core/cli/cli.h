@@ -41,6 +41,7 @@ int cmd_export(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
 int cmd_qat(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
 int cmd_describe(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);
@@ -77,6 +78,9 @@ int cli_job_set(cli_job *j, const char *key, const char *v);
  * (tok_path may be NULL) and runs; 0, or prints the failure and returns the
  * exit code. */
 int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok_path);
+/* Writes the job's report as JSON to path (atomically) when path is set;
+ * returns rc, or the failure's exit code when rc was 0. */
+int cli_job_write_report(cli_job *j, const char *path, int rc);
 void cli_job_close(cli_job *j);
 
 /* MOPT_REGISTRY_ALLOW_OVERRIDE when --allow-override was given. */

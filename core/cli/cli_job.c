@@ -1,5 +1,6 @@
 /* The registry and the pipeline runs the commands share. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -40,6 +41,14 @@ int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok
         mopt_pipeline_run(j->p, j->m, &j->ro, j->rep, &j->err))
         return cli_fail(&j->err);
     return EXIT_OK;
+}
+
+int cli_job_write_report(cli_job *j, const char *path, int rc) {
+    if (!path || !j->rep) return rc;
+    char *text = mopt_report_json(j->rep);
+    mopt_status st = text ? mopt_file_write_atomic(path, text, strlen(text), &j->err) : MOPT_E_NOMEM;
+    free(text);
+    return st && !rc ? cli_fail(&j->err) : rc;
 }
 
 void cli_job_close(cli_job *j) {

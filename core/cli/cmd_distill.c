@@ -182,12 +182,7 @@ static int train_cmd(int argc, char **argv, int qat) {
         printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
     }
     if (report_dir && j.rep && mopt_report_write(j.rep, report_dir, qat ? "mopt qat" : "mopt distill", &j.err) && !rc) rc = cli_fail(&j.err);
-    if (report && j.rep) {
-        char *text = mopt_report_json(j.rep);
-        mopt_status st = text ? mopt_file_write_atomic(report, text, strlen(text), &j.err) : MOPT_E_NOMEM;
-        if (st && !rc) rc = cli_fail(&j.err);
-        free(text);
-    }
+    rc = cli_job_write_report(&j, report, rc);
     mopt_options_free(xo);
     cli_job_close(&j);
     return rc;

@@ -176,4 +176,5 @@ const mopt_host_api mopt_host = {
     .trainer_grad_mut = mopt_trainer_grad_mut,
     .trainer_set_recompute = mopt_trainer_set_recompute,
     .trainer_activation_bytes = mopt_trainer_activation_bytes,
+    .tensor_from_f32 = mopt_tensor_from_f32,
 };

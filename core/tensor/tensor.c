@@ -248,3 +248,20 @@ mopt_status mopt_tensor_read_f32(const mopt_tensor *t, int64_t offset, int64_t n
     }
     return MOPT_OK;
 }
+
+mopt_tensor *mopt_tensor_from_f32(const char *name, mopt_dtype dtype, int32_t ndim, const int64_t *dims, const float *src,
+                                  mopt_error *err) {
+    if (dtype != MOPT_DTYPE_F32 && dtype != MOPT_DTYPE_F16 && dtype != MOPT_DTYPE_BF16) {
+        MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: %s is not a float dtype to store fp32 values in", name, mopt_dtype_name(dtype));
+        return NULL;
+    }
+    mopt_tensor *t = mopt_tensor_new(name, dtype, ndim, dims, err);
+    if (!t) return NULL;
+    const int64_t n = mopt_tensor_nelements(t);
+    for (int64_t k = 0; k < n; k++) switch (dtype) {
+        case MOPT_DTYPE_F32: ((float *)t->data)[k] = src[k]; break;
+        case MOPT_DTYPE_F16: ((uint16_t *)t->data)[k] = mopt_f32_to_f16(src[k]); break;
+        default: ((uint16_t *)t->data)[k] = mopt_f32_to_bf16(src[k]); break;
+        }
+    return t;
+}

@@ -75,13 +75,8 @@ mopt_status mopt_trainer_write_back(mopt_trainer *tr, mopt_graph *g, mopt_error 
         if (!old) continue;
         const int64_t dims[2] = {old->ne[1], old->ne[0]};
         const int vec = old->ndim <= 1;
-        mopt_tensor *t = mopt_tensor_new(old->name, old->dtype, vec ? 1 : 2, vec ? dims + 1 : dims, err);
+        mopt_tensor *t = mopt_tensor_from_f32(old->name, old->dtype, vec ? 1 : 2, vec ? dims + 1 : dims, p->w, err);
         if (!t) return err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
-        for (int64_t k = 0; k < p->n; k++) switch (old->dtype) {
-            case MOPT_DTYPE_F32: ((float *)t->data)[k] = p->w[k]; break;
-            case MOPT_DTYPE_F16: ((uint16_t *)t->data)[k] = mopt_f32_to_f16(p->w[k]); break;
-            default: ((uint16_t *)t->data)[k] = mopt_f32_to_bf16(p->w[k]); break;
-            }
         mopt_status st = mopt_graph_replace_tensor(g, t, err); /* frees the old tensor, retargets its nodes */
         if (st) {
             mopt_tensor_free(t);

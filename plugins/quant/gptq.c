@@ -11,57 +11,11 @@
 #include <string.h>
 
 #include "calib.h"
+#include "hessian.h"
 #include "passes.h"
 #include "qcommon.h"
 
 #define GPTQ_BLOCK 128
-
-/* --- dense linear algebra in double --------------------------------------------- */
-
-/* In place lower Cholesky: A = L L^T (upper part left untouched). */
-static int cholesky(double *A, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        double d = A[j * n + j];
-        for (int64_t k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
-        if (!(d > 0)) return 0;
-        d = sqrt(d);
-        A[j * n + j] = d;
-        for (int64_t i = j + 1; i < n; i++) {
-            double s = A[i * n + j];
-            for (int64_t k = 0; k < j; k++) s -= A[i * n + k] * A[j * n + k];
-            A[i * n + j] = s / d;
-        }
-    }
-    return 1;
-}
-
-/* U: upper Cholesky factor of H^-1 (H^-1 = U^T U), from H (overwritten). */
-static int hinv_upper(double *H, int64_t n, float *U) {
-    if (!cholesky(H, n)) return 0;
-    /* Linv = L^-1 (lower), in a fresh buffer */
-    double *Li = calloc((size_t)(n * n), sizeof *Li);
-    if (!Li) return 0;
-    for (int64_t j = 0; j < n; j++) {
-        Li[j * n + j] = 1.0 / H[j * n + j];
-        for (int64_t i = j + 1; i < n; i++) {
-            double s = 0;
-            for (int64_t k = j; k < i; k++) s += H[i * n + k] * Li[k * n + j];
-            Li[i * n + j] = -s / H[i * n + i];
-        }
-    }
-    /* Hinv = Linv^T Linv, into H (full) */
-    for (int64_t a = 0; a < n; a++)
-        for (int64_t b = a; b < n; b++) {
-            double s = 0;
-            for (int64_t k = b; k < n; k++) s += Li[k * n + a] * Li[k * n + b];
-            H[a * n + b] = H[b * n + a] = s;
-        }
-    free(Li);
-    if (!cholesky(H, n)) return 0;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < n; j++) U[i * n + j] = j >= i ? (float)H[j * n + i] : 0.0f; /* U = L^T */
-    return 1;
-}
 
 /* --- the algorithm ---------------------------------------------------------------- */
 
@@ -82,23 +36,16 @@ static int cmp_diag_desc(const void *a, const void *b, void *d) {
 /* Turns an accumulated H (float, token count n) into the factor every linear of the group uses. */
 static mopt_status gptq_prepare(const mopt_host_api *h, const float *Hf, int64_t count, int64_t in, int act_order,
                                 double percdamp, gptq_prep *p, mopt_error *err) {
-    double *H = malloc((size_t)(in * in) * sizeof *H), *diag = malloc((size_t)in * sizeof *diag);
     p->in = in;
     p->U = malloc((size_t)(in * in) * sizeof *p->U);
     p->dead = calloc((size_t)in, 1);
     p->perm = act_order ? malloc((size_t)in * sizeof *p->perm) : NULL;
-    if (!H || !diag || !p->U || !p->dead || (act_order && !p->perm)) {
+    double *H = p->U && p->dead ? hess_scaled(Hf, count, in, p->dead) : NULL, *diag = malloc((size_t)in * sizeof *diag);
+    if (!H || !diag || (act_order && !p->perm)) {
         free(H);
         free(diag);
         return h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for a %lld-column Hessian", (long long)in);
     }
-    const double scale = 2.0 / (double)(count > 0 ? count : 1);
-    for (int64_t i = 0; i < in * in; i++) H[i] = Hf[i] * scale;
-    for (int64_t j = 0; j < in; j++)
-        if (H[j * in + j] == 0) {
-            H[j * in + j] = 1;
-            p->dead[j] = 1;
-        }
     if (act_order) {
         for (int64_t j = 0; j < in; j++) {
             p->perm[j] = (int32_t)j;
@@ -116,23 +63,10 @@ static mopt_status gptq_prepare(const mopt_host_api *h, const float *Hf, int64_t
         free(H);
         H = Hp;
     }
-    double mean = 0;
-    for (int64_t j = 0; j < in; j++) mean += H[j * in + j];
-    mean /= (double)in;
-    /* 1% damping; if H is still not positive definite, damp harder */
-    double *H0 = malloc((size_t)(in * in) * sizeof *H0);
-    int ok = 0;
-    for (int attempt = 0; H0 && attempt < 4 && !ok; attempt++) {
-        memcpy(H0, H, (size_t)(in * in) * sizeof *H0);
-        double damp = percdamp * mean * pow(10.0, attempt);
-        for (int64_t j = 0; j < in; j++) H0[j * in + j] += damp;
-        ok = hinv_upper(H0, in, p->U);
-    }
-    free(H0);
+    mopt_status st = hess_inverse_factor(h, H, in, percdamp, p->U, "quant.gptq", err);
     free(H);
     free(diag);
-    if (!ok) return h->error_set(err, MOPT_E_RUNTIME, "quant.gptq", "Hessian of a %lld-column input is not positive definite even after damping", (long long)in);
-    return MOPT_OK;
+    return st;
 }
 
 static void gptq_prep_free(gptq_prep *p) {
@@ -201,23 +135,6 @@ static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, 
 
 /* --- driver ------------------------------------------------------------------------ */
 
-typedef struct {
-    const mopt_host_api *h;
-    int32_t node;
-    int64_t in;
-    float *H;
-    int64_t count;
-} hess_acc;
-
-static void accumulate(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w,
-                       const float *out, int32_t out_w, int32_t T) {
-    hess_acc *a = user;
-    if (node != a->node) return;
-    /* H += X^T X for this sample's T tokens */
-    a->h->sgemm(1, 0, (int32_t)a->in, (int32_t)a->in, T, 1.0f, in[0], in_w[0], in[0], in_w[0], 1.0f, a->H, (int32_t)a->in);
-    a->count += T;
-}
-
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                        mopt_report *report, mopt_error *err) {
     qspec sp = q_spec_from(h, o);
@@ -248,7 +165,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             hess_acc acc = {h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0};
             gptq_prep prep = {0};
             if (!acc.H) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
-            if (!st) st = calib_run_layer(&c, l, mine[i]->node, accumulate, &acc, 0, err);
+            if (!st) st = calib_run_layer(&c, l, mine[i]->node, hess_accumulate, &acc, 0, err);
             if (!st) st = gptq_prepare(h, acc.H, acc.count, acc.in, act_order, damp, &prep, err);
             for (int32_t m = i; m < j && !st; m++) {
                 const qlinear *lin = mine[m];

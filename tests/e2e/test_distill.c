@@ -12,21 +12,6 @@
 #include "testutil.h"
 
 /* Mean NLL of the first n tokens of lit-val in windows of ctx. */
-static double val_nll(mopt_model *m, int64_t n, int32_t ctx) {
-    char val[1200];
-    int32_t *ids = NULL;
-    size_t nt = 0;
-    mopt_error err = {0};
-    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(m), test_shared_path(val, sizeof val, "data/lit-val.txt"), 0, &ids,
-                                                &nt, &err),
-                     MOPT_OK);
-    mopt_session *se = mopt_session_new(mopt_model_graph(m), NULL, &err);
-    mopt_ppl_result pr;
-    assert_int_equal(mopt_perplexity(se, ids, n, ctx, NULL, NULL, &pr, &err), MOPT_OK);
-    mopt_session_free(se);
-    free(ids);
-    return pr.nll;
-}
 
 static void test_distilled_student_improves_and_reloads(void **s) {
     REQUIRE_SHARED();
@@ -53,7 +38,7 @@ static void test_distilled_student_improves_and_reloads(void **s) {
     mopt_error err = {0};
     mopt_model *st = mopt_model_load(out, NULL, &err);
     assert_non_null(st);
-    assert_true(fabs(val_nll(st, 8192, 128) - best) <= 2e-3 * best); /* bf16 rounding of the saved weights */
+    assert_true(fabs(test_val_nll(st, 8192, 128) - best) <= 2e-3 * best); /* bf16 rounding of the saved weights */
     mopt_model_free(st);
 }
 
@@ -114,7 +99,7 @@ static void test_qad_int2_beats_rtn_and_runs_packed(void **s) {
     const char *sh = test_shared_dir();
     mopt_model *rtn = test_load_model("models/lit-llama-7m");
     mopt_report_free(test_run_pipeline(rtn, "quant.rtn<bits=2;group_size=64>"));
-    const double rtn_nll = val_nll(rtn, 4096, 128);
+    const double rtn_nll = test_val_nll(rtn, 4096, 128);
     mopt_model *m = test_load_model("models/lit-llama-7m");
     snprintf(text, sizeof text,
              "quant.qat<bits=2;group_size=64;teacher=%s/models/lit-llama-7m;data=%s/data/lit-train.txt;eval=%s/data/lit-val.txt;"
@@ -139,7 +124,7 @@ static void test_qad_int2_beats_rtn_and_runs_packed(void **s) {
         packed++;
     }
     assert_int_equal(packed, 7 * mopt_model_arch(m)->n_layers);
-    const double after = val_nll(m, 4096, 128);
+    const double after = test_val_nll(m, 4096, 128);
     assert_true(fabs(after - best) <= 2e-3 * best);
     assert_true(after < rtn_nll - 0.005);
     mopt_report_free(r);
@@ -296,7 +281,7 @@ static void test_qat_starts_exactly_where_gptq_ended(void **s) {
     snprintf(gptq, sizeof gptq, "quant.gptq<bits=2;group_size=32;calib=%s/data/lit-train.txt;calib_samples=4;calib_len=128>", sh);
     mopt_model *ptq = test_load_model("models/lit-gpt2-1m");
     mopt_report_free(test_run_pipeline(ptq, gptq));
-    const double ptq_nll = val_nll(ptq, 2048, 64);
+    const double ptq_nll = test_val_nll(ptq, 2048, 64);
     mopt_model *m = test_load_model("models/lit-gpt2-1m");
     snprintf(text, sizeof text,
              "%s,quant.qat<bits=2;group_size=32;data=%s/data/lit-train.txt;eval=%s/data/lit-val.txt;eval_tokens=2048;tokens=256;ctx=64;"
@@ -403,7 +388,7 @@ static void test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3(void **s) {
     const char *sh = test_shared_dir();
     mopt_model *ptq = test_load_model("models/lit-gpt2-1m");
     mopt_report_free(test_run_pipeline(ptq, "quant.fp8<activations=none>"));
-    const double ptq_nll = val_nll(ptq, 2048, 64);
+    const double ptq_nll = test_val_nll(ptq, 2048, 64);
     mopt_model *m = test_load_model("models/lit-gpt2-1m");
     snprintf(text, sizeof text,
              "quant.qat<dtype=fp8;data=%s/data/lit-train.txt;eval=%s/data/lit-val.txt;eval_tokens=2048;tokens=512;ctx=64;batch=2;lr=1e-4;"
@@ -415,7 +400,7 @@ static void test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3(void **s) {
     const mopt_graph *g = mopt_model_graph(m);
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++)
         if (mopt_role_is_linear(mopt_graph_node(g, i)->role)) assert_int_equal(mopt_graph_node(g, i)->weight->dtype, MOPT_DTYPE_FP8);
-    assert_true(fabs(val_nll(m, 2048, 64) - best) <= 1e-4 * best); /* the packed E4M3 kernels score what was trained */
+    assert_true(fabs(test_val_nll(m, 2048, 64) - best) <= 1e-4 * best); /* the packed E4M3 kernels score what was trained */
     mopt_report_free(r);
     mopt_model_free(m);
     mopt_model_free(ptq);
@@ -435,7 +420,7 @@ static void test_learned_scales_alone_lower_the_loss(void **s) {
     const double before = mopt_report_get_metric(r, "val_loss_before"), best = mopt_report_get_metric(r, "val_loss_best");
     fprintf(stderr, "learned int2 scales: validation NLL %.4f -> %.4f\n", before, best);
     assert_true(best < before - 0.01);
-    assert_true(fabs(val_nll(m, 2048, 64) - best) <= 1e-4 * best); /* packed with the learned scales, the kernels agree */
+    assert_true(fabs(test_val_nll(m, 2048, 64) - best) <= 1e-4 * best); /* packed with the learned scales, the kernels agree */
     mopt_report_free(r);
     mopt_model_free(m);
 }

@@ -204,6 +204,10 @@ typedef struct mopt_host_api {
     float *(*trainer_grad_mut)(mopt_trainer *tr, int32_t i);
     mopt_status (*trainer_set_recompute)(mopt_trainer *tr, int32_t on, mopt_error *err);
     int64_t (*trainer_activation_bytes)(const mopt_trainer *tr);
+
+    /* appended: pruning */
+    mopt_tensor *(*tensor_from_f32)(const char *name, mopt_dtype dtype, int32_t ndim, const int64_t *dims, const float *src,
+                                    mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -104,6 +104,11 @@ MOPT_API mopt_tensor *mopt_tensor_new(const char *name, mopt_dtype dtype, int32_
 /* Drops the tensor and its reference to the buffer. NULL is a no-op. */
 MOPT_API void mopt_tensor_free(mopt_tensor *t);
 
+/* A new tensor of float dtype F32, F16 or BF16 holding src (nelements
+ * floats) rounded to nearest even: how fp32 work is stored back in a
+ * checkpoint's own dtype. */
+MOPT_API mopt_tensor *mopt_tensor_from_f32(const char *name, mopt_dtype dtype, int32_t ndim, const int64_t *dims, const float *src,
+                                           mopt_error *err);
 /* Converts `n` elements starting at element `offset` of a contiguous F32/F16/BF16
  * tensor into fp32 `out`. */
 MOPT_API mopt_status mopt_tensor_read_f32(const mopt_tensor *t, int64_t offset, int64_t n, float *out,

@@ -1,0 +1,107 @@
+/* mopt prune MODEL --method magnitude|wanda|sparsegpt (--sparsity S | --pattern N:M) [--calib FILE]
+ *                  [--eval FILE] [-o OUT] ...
+ * A thin layer over the prune passes, then (with --eval) eval.perplexity and
+ * (with -o) an export pass. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void help(void) {
+    printf("usage: mopt prune MODEL --method magnitude|wanda|sparsegpt [--sparsity S | --pattern N:M] [--calib FILE]\n"
+           "                  [--eval FILE] [-o OUT] [options]\n\n"
+           "Sets weights of the decoder linears to zero (prune.magnitude, prune.wanda, prune.sparsegpt):\n"
+           "  --method M         magnitude (smallest |W|), wanda (|W| x input norm per row, calibrated) or\n"
+           "                     sparsegpt (inverse-Hessian pruning with weight updates, calibrated)\n"
+           "  --sparsity S       unstructured: the fraction of each linear set to zero, in (0, 1) (default 0.5)\n"
+           "  --pattern N:M      semi-structured: at most N non-zeros in every M consecutive inputs (2:4, 4:8)\n"
+           "  --calib FILE       calibration text for wanda and sparsegpt (never the eval text)\n"
+           "  --calib-samples N  calibration windows (default 128) of --calib-len tokens (default 512)\n"
+           "  --exclude GLOBS    linears to keep dense\n"
+           "  --eval FILE        perplexity of the pruned model on FILE (ctx 256)\n"
+           "  -o OUT             save it (atomically); --format F as mopt export (default hf); --force replaces OUT\n"
+           "  --report R.json    the report: sparsity per linear, min/max/mean, ppl\n"
+           "  --threads N        worker threads (default: all cores)\n"
+           "  --quiet            no progress lines\n");
+}
+
+int cmd_prune(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"method", required_argument, 0, 'm'},  {"sparsity", required_argument, 0, 's'}, {"pattern", required_argument, 0, 'p'},
+        {"calib", required_argument, 0, 'c'},   {"calib-samples", required_argument, 0, 'n'}, {"calib-len", required_argument, 0, 'L'},
+        {"exclude", required_argument, 0, 'x'}, {"eval", required_argument, 0, 'e'},     {"format", required_argument, 0, 'f'},
+        {"force", no_argument, 0, 'F'},         {"report", required_argument, 0, 'r'},   {"threads", required_argument, 0, 'j'},
+        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    const char *keys[16] = {0}, *vals[16] = {0};
+    int nk = 0;
+    const char *method = NULL, *eval = NULL, *out = NULL, *format = "hf", *report = NULL, *calib = NULL, *pattern = "unstructured";
+    long long threads = 0;
+    int force = 0, quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+        const char *key = NULL;
+        switch (c) {
+        case 'm': method = optarg; break;
+        case 's': key = "sparsity"; break;
+        case 'p': key = "pattern", pattern = optarg; break;
+        case 'c': key = "calib", calib = optarg; break;
+        case 'n': key = "calib_samples"; break;
+        case 'L': key = "calib_len"; break;
+        case 'x': key = "exclude"; break;
+        case 'e': eval = optarg; break;
+        case 'o': out = optarg; break;
+        case 'f': format = optarg; break;
+        case 'F': force = 1; break;
+        case 'r': report = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'j':
+            if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("prune", "--threads expects a positive integer, got '%s'", optarg);
+            break;
+        case 'h': help(); return EXIT_OK;
+        default: return cli_usage_error("prune", "unknown option");
+        }
+        if (key && nk < 16) keys[nk] = key, vals[nk++] = optarg;
+    }
+    if (optind != argc - 1) return cli_usage_error("prune", "expected exactly one MODEL");
+    if (!method) return cli_usage_error("prune", "--method is required (magnitude, wanda or sparsegpt)");
+    char pass[64];
+    if (strcmp(method, "magnitude") && strcmp(method, "wanda") && strcmp(method, "sparsegpt"))
+        return cli_usage_error("prune", "--method expects magnitude, wanda or sparsegpt, got '%s'", method);
+    snprintf(pass, sizeof pass, "prune.%s", method);
+    if (strcmp(method, "magnitude") && !calib) return cli_usage_error("prune", "--method %s calibrates: give --calib FILE", method);
+    if (!strcmp(method, "magnitude") && calib) return cli_usage_error("prune", "--method magnitude does not calibrate: drop --calib");
+    if (force && !out) return cli_usage_error("prune", "--force goes with -o OUT");
+    cli_job j;
+    int rc = cli_job_open(&j, quiet, threads);
+    if (rc) return rc;
+    mopt_options *eo = mopt_options_new(), *xo = mopt_options_new();
+    for (int i = 0; i < nk && !rc; i++)
+        if (cli_job_set(&j, keys[i], vals[i])) rc = cli_fail(&j.err);
+    if (!rc && mopt_pipeline_add(j.p, pass, j.o, &j.err)) rc = cli_fail(&j.err);
+    if (!rc && eval && (mopt_options_set(eo, "data", eval, &j.err) || mopt_pipeline_add(j.p, "eval.perplexity", eo, &j.err)))
+        rc = cli_fail(&j.err);
+    if (!rc && out) {
+        const char *xp = cli_export_pass(format, xo, &j.err);
+        if (!xp || mopt_options_set(xo, "out", out, &j.err) || (force && mopt_options_set(xo, "force", "true", &j.err)) ||
+            mopt_pipeline_add(j.p, xp, xo, &j.err))
+            rc = cli_fail(&j.err);
+    }
+    if (!rc) rc = cli_job_run(&j, NULL, argv[optind], NULL);
+    if (!rc) {
+        const mopt_report *rep = j.rep;
+        printf("pruned %s with %s (%s): sparsity %.4f (per linear %.4f..%.4f)", argv[optind], method,
+               pattern,
+               mopt_report_get_metric(rep, "sparsity"), mopt_report_get_metric(rep, "sparsity_min"),
+               mopt_report_get_metric(rep, "sparsity_max"));
+        if (eval) printf("; ppl %.4f", mopt_report_get_metric(rep, "ppl"));
+        printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
+    }
+    rc = cli_job_write_report(&j, report, rc);
+    mopt_options_free(eo);
+    mopt_options_free(xo);
+    cli_job_close(&j);
+    return rc;
+}

@@ -1,0 +1,29 @@
+/* The Hessian of a linear's layer-wise loss, H = 2/N sum x x^T over its
+ * calibration inputs, and the upper Cholesky factor of its inverse that GPTQ
+ * and SparseGPT both sweep with (as the reference implementations compute it). */
+#ifndef MOPT_HESSIAN_H
+#define MOPT_HESSIAN_H
+
+#include "calib.h"
+
+/* An observer (calib_obs) that adds X^T X of node `node`'s input to H. */
+typedef struct hess_acc {
+    const mopt_host_api *h;
+    int32_t node;
+    int64_t in;
+    float *H; /* [in, in] */
+    int64_t count;
+} hess_acc;
+void hess_accumulate(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w, const float *out,
+                     int32_t out_w, int32_t T);
+
+/* H in double, scaled by 2/count, dead columns (zero diagonal) set to 1 and
+ * flagged in dead[in]; NULL when out of memory. */
+double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead);
+/* U [in, in]: the upper Cholesky factor of (H + damp)^-1, damp = percdamp x
+ * mean(diag H), ten times more on each of three retries if H + damp is not
+ * positive definite. H is left as it was. */
+mopt_status hess_inverse_factor(const mopt_host_api *h, const double *H, int64_t in, double percdamp, float *U, const char *pass,
+                                mopt_error *err);
+
+#endif

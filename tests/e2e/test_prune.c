@@ -1,0 +1,162 @@
+/* The sparsity passes end to end on lit-gpt2-1m: magnitude's masks equal an
+ * independent float64 selection in this file, N:M patterns hold in every group
+ * with the weights left unchanged elsewhere (Wanda) or updated (SparseGPT),
+ * the quality order of the papers holds at 2:4, the pruned model exports and
+ * reloads with the same perplexity, and bad input gets one line and exit 2. */
+#include <jansson.h>
+#include <math.h>
+
+#include "testutil.h"
+
+
+/* The weight of a linear as doubles. */
+static double *weights(const mopt_tensor *t, int64_t *n) {
+    *n = mopt_tensor_nelements(t);
+    float *f = malloc((size_t)*n * sizeof *f);
+    double *d = malloc((size_t)*n * sizeof *d);
+    mopt_error err = {0};
+    assert_int_equal(mopt_tensor_read_f32(t, 0, *n, f, &err), MOPT_OK);
+    for (int64_t i = 0; i < *n; i++) d[i] = f[i];
+    free(f);
+    return d;
+}
+
+static double val16k(mopt_model *m) { return test_val_nll(m, 16384, 256); }
+
+static const double *g_abs;
+static int by_abs_then_index(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    if (g_abs[x] != g_abs[y]) return g_abs[x] < g_abs[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+static void test_magnitude_masks_match_a_float64_selection(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *orig = test_load_model("models/lit-gpt2-1m"), *m = test_load_model("models/lit-gpt2-1m");
+    mopt_report *r = test_run_pipeline(m, "prune.magnitude<sparsity=0.5>");
+    const mopt_graph *g0 = mopt_model_graph(orig), *g = mopt_model_graph(m);
+    int linears = 0;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        if (!mopt_role_is_linear(mopt_graph_node(g, i)->role)) continue;
+        int64_t n, n2;
+        double *w0 = weights(mopt_graph_node(g0, i)->weight, &n), *w = weights(mopt_graph_node(g, i)->weight, &n2);
+        /* the floor(n / 2) + 1 smallest |w| (ties by position) are zero, every other weight is as it was */
+        double *a = malloc((size_t)n * sizeof *a);
+        int64_t *order = malloc((size_t)n * sizeof *order);
+        for (int64_t k = 0; k < n; k++) a[k] = fabs(w0[k]), order[k] = k;
+        g_abs = a;
+        qsort(order, (size_t)n, sizeof *order, by_abs_then_index);
+        const int64_t pruned = n / 2 + 1;
+        for (int64_t k = 0; k < n; k++) {
+            const int64_t at = order[k];
+            if (k < pruned) assert_true(w[at] == 0.0);
+            else assert_true(w[at] == w0[at]);
+        }
+        const double sp = (double)pruned / (double)n;
+        assert_true(sp >= 0.5 && sp < 0.501);
+        free(a), free(order), free(w0), free(w);
+        linears++;
+    }
+    assert_int_equal(linears, 6 * mopt_model_arch(m)->n_layers);
+    assert_true(mopt_report_get_metric(r, "sparsity_min") >= 0.5 && mopt_report_get_metric(r, "sparsity_max") < 0.501);
+    mopt_report_free(r);
+    mopt_model_free(m);
+    mopt_model_free(orig);
+}
+
+/* Every group of m inputs of every row of every linear holds at most n non-zeros. */
+static void check_nm(const mopt_graph *g, int n, int m) {
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_tensor *t = mopt_graph_node(g, i)->weight;
+        if (!mopt_role_is_linear(mopt_graph_node(g, i)->role)) continue;
+        int64_t ne;
+        double *w = weights(t, &ne);
+        assert_int_equal(t->ne[0] % m, 0); /* groups never straddle rows */
+        for (int64_t k = 0; k < ne; k += m) {
+            int nz = 0;
+            for (int q = 0; q < m; q++) nz += w[k + q] != 0.0;
+            assert_true(nz <= n);
+        }
+        free(w);
+    }
+}
+
+static void test_nm_patterns_and_the_quality_order_at_2_4(void **s) {
+    REQUIRE_SHARED();
+    char text[4096];
+    const char *sh = test_shared_dir();
+    const char *calib = "calib_samples=16;calib_len=256";
+    double nll[3];
+    const char *methods[3] = {"magnitude", "wanda", "sparsegpt"};
+    for (int k = 0; k < 3; k++) {
+        mopt_model *m = test_load_model("models/lit-gpt2-1m");
+        if (k == 0) snprintf(text, sizeof text, "prune.magnitude<pattern=2:4>");
+        else snprintf(text, sizeof text, "prune.%s<pattern=2:4;calib=%s/data/lit-train.txt;%s>", methods[k], sh, calib);
+        mopt_report *r = test_run_pipeline(m, text);
+        assert_float_equal(mopt_report_get_metric(r, "sparsity"), 0.5, 1e-12);
+        check_nm(mopt_model_graph(m), 2, 4);
+        nll[k] = val16k(m);
+        fprintf(stderr, "2:4 %s: validation NLL %.4f\n", methods[k], nll[k]);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
+    assert_true(nll[2] < nll[1] && nll[1] < nll[0]); /* SparseGPT < Wanda < magnitude, as the papers find */
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    snprintf(text, sizeof text, "prune.wanda<pattern=4:8;calib=%s/data/lit-train.txt;%s>", sh, calib);
+    mopt_report_free(test_run_pipeline(m, text));
+    check_nm(mopt_model_graph(m), 4, 8);
+    mopt_model_free(m);
+}
+
+static void test_pruned_model_exports_and_reloads(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1200], args[8192];
+    test_tmpdir(dir, sizeof dir, "prune-cli");
+    snprintf(out, sizeof out, "%s/pruned", dir);
+    const char *sh = test_shared_dir();
+    snprintf(args, sizeof args,
+             "%s prune '%s/models/lit-gpt2-1m' --method sparsegpt --sparsity 0.5 --calib '%s/data/lit-train.txt' --calib-samples 8 "
+             "--calib-len 128 -o '%s' --quiet > '%s/stdout'",
+             MOPT_CLI, sh, sh, out, dir);
+    assert_int_equal(system(args), 0);
+    mopt_error err = {0};
+    mopt_model *m = mopt_model_load(out, NULL, &err), *again = test_load_model("models/lit-gpt2-1m");
+    assert_non_null(m);
+    snprintf(args, sizeof args, "prune.sparsegpt<sparsity=0.5;calib=%s/data/lit-train.txt;calib_samples=8;calib_len=128>", sh);
+    mopt_report_free(test_run_pipeline(again, args));
+    assert_float_equal(val16k(m), val16k(again), 1e-6); /* the saved checkpoint is the pruned model */
+    mopt_model_free(m);
+    mopt_model_free(again);
+}
+
+static void test_prune_refuses_bad_input(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1200], args[4096];
+    test_tmpdir(dir, sizeof dir, "prune-bad");
+    snprintf(out, sizeof out, "%s/out", dir);
+    const char *sh = test_shared_dir();
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --sparsity 0 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "strictly between 0 and 1", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --sparsity 1 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "strictly between 0 and 1", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 4:2 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "N must be smaller than M", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 2:3 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "not a multiple of M = 3", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method wanda -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "give --calib FILE", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method obd -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "magnitude, wanda or sparsegpt", NULL);
+    assert_int_not_equal(access(out, F_OK), 0);
+    test_pipeline_fails("models/lit-gpt2-1m", "quant.rtn<bits=4;group_size=32>,prune.magnitude", "prune the float model, then quantize");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_magnitude_masks_match_a_float64_selection),
+        cmocka_unit_test(test_nm_patterns_and_the_quality_order_at_2_4),
+        cmocka_unit_test(test_pruned_model_exports_and_reloads),
+        cmocka_unit_test(test_prune_refuses_bad_input),
+    };
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+}
