@@ -127,8 +127,9 @@ mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_grap
         for (int32_t i = 0; i < k && !st; i++) {
             float *W = q_weight_f32(h, g, mine[i], err);
             if (!W) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
-            if (!st) st = ops->prune(ops->user, i, W, err);
-            if (!st) st = prune_install(h, g, mine[i], W, err);
+            int installed = 0;
+            if (!st) st = ops->prune(ops->user, i, W, &installed, err);
+            if (!st && !installed) st = prune_install(h, g, mine[i], W, err);
             if (!st) prune_count(t, (int32_t)(mine[i] - ls), W, mine[i]->out * mine[i]->in);
             free(W);
             calib_tick(&c);

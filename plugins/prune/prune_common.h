@@ -53,8 +53,9 @@ typedef struct prune_layer_ops {
     /* statistics for the layer's k linears (mine[0..k-1]) from now on */
     mopt_status (*begin)(void *user, const qlinear *const *mine, int32_t k, mopt_error *err);
     calib_obs observe;
-    /* prunes linear i of the layer: W [out, in] in place */
-    mopt_status (*prune)(void *user, int32_t i, float *W, mopt_error *err);
+    /* prunes linear i of the layer: W [out, in] in place; *installed = 1 when it
+     * put the result into the graph itself (packed), else W is written back */
+    mopt_status (*prune)(void *user, int32_t i, float *W, int *installed, mopt_error *err);
     void (*end)(void *user);
     void *user;
 } prune_layer_ops;

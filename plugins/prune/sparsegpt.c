@@ -7,7 +7,9 @@
  * it; each column's pruning error goes onto the columns after it (OBS) and
  * the block's onto the rest of the matrix. Layer by layer on inputs that went
  * through the pruned layers (prune_by_layer); linears that read the same
- * input share one Hessian. */
+ * input share one Hessian. With bits=, the kept weights are quantized in the
+ * same sweep (the paper's joint sparsification and quantization), packed as
+ * QINT with the pruned ones at the zero-point. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,7 @@ typedef struct {
     hess_acc acc[32];   /* per leader */
     float *U[32];       /* per leader: its factor, once computed */
     uint8_t *dead[32];
+    qspec q;            /* bits = 0: no quantization; else the grid of the same sweep */
 } sgpt;
 
 static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_error *err) {
@@ -56,8 +59,13 @@ static void observe(void *user, int32_t sample, int32_t node, const float *const
         if (s->leader[i] == i && s->mine[i]->node == node) hess_accumulate(&s->acc[i], sample, node, in, in_w, out, out_w, T);
 }
 
-/* The sweep over W [out, in] with the factor U [in, in]. */
-static mopt_status sweep(const sgpt *s, const float *U, const uint8_t *dead, float *W, int64_t out, int64_t in, mopt_error *err) {
+/* The sweep over W [out, in] with the factor U [in, in]; with s->q.bits, each
+ * kept weight is also quantized on its group's grid (found from the weights as
+ * the sweep reaches the group, as GPTQ), levels/scales/zeros filled, and a
+ * pruned one takes the zero-point's level (exactly 0). */
+static mopt_status sweep(const sgpt *s, const float *U, const uint8_t *dead, float *W, int64_t out, int64_t in, uint8_t *levels,
+                         float *scales, uint8_t *zeros, mopt_error *err) {
+    const int64_t gs = s->q.group > 0 ? s->q.group : in, ng = (in + gs - 1) / gs;
     float *E = malloc((size_t)(out * SGPT_BLOCK) * sizeof *E), *score = malloc((size_t)(out * SGPT_BLOCK) * sizeof *score);
     uint8_t *mask = malloc((size_t)(out * SGPT_BLOCK)), *gm = malloc((size_t)(out * (s->sp.m ? s->sp.m : 1)));
     mopt_status st = E && score && mask && gm ? MOPT_OK : s->h->error_set(err, MOPT_E_NOMEM, "prune.sparsegpt", "out of memory");
@@ -86,11 +94,23 @@ static mopt_status sweep(const sgpt *s, const float *U, const uint8_t *dead, flo
                 for (int64_t r = 0; r < out; r++)
                     for (int32_t q = 0; q < s->sp.m; q++) mask[r * B + c + q] = gm[r * s->sp.m + q];
             }
+            if (s->q.bits && i % gs == 0) /* the grid of the next group, from the weights as they are now */
+                for (int64_t r = 0; r < out; r++) {
+                    const int64_t c1 = i + gs < in ? i + gs : in;
+                    q_grid(s->h, W + r * in + i, c1 - i, 1, s->q, &scales[r * ng + i / gs], &zeros[r * ng + i / gs]);
+                }
             const float d = U[i * in + i];
             const float *Ui = U + i * in;
             for (int64_t r = 0; r < out; r++) {
                 float *wr = W + r * in;
-                const float q = mask[r * B + c] ? 0.0f : wr[i], e = (wr[i] - q) / d;
+                float q = mask[r * B + c] ? 0.0f : wr[i];
+                if (s->q.bits) {
+                    const float sc = scales[r * ng + i / gs];
+                    const uint8_t z = zeros[r * ng + i / gs], lv = mask[r * B + c] ? z : q_level(q, sc, z, s->q.bits);
+                    levels[r * in + i] = lv;
+                    q = q_deq(lv, sc, z);
+                }
+                const float e = (wr[i] - q) / d;
                 wr[i] = q;
                 E[r * B + c] = e;
                 for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * Ui[j];
@@ -107,7 +127,7 @@ static mopt_status sweep(const sgpt *s, const float *U, const uint8_t *dead, flo
     return st;
 }
 
-static mopt_status prune(void *user, int32_t i, float *W, mopt_error *err) {
+static mopt_status prune(void *user, int32_t i, float *W, int *installed, mopt_error *err) {
     sgpt *s = user;
     const int32_t ld = s->leader[i];
     const int64_t in = s->mine[i]->in;
@@ -120,7 +140,19 @@ static mopt_status prune(void *user, int32_t i, float *W, mopt_error *err) {
         free(H);
         if (st) return st;
     }
-    return sweep(s, s->U[ld], s->dead[ld], W, s->mine[i]->out, in, err);
+    const qlinear *l = s->mine[i];
+    if (!s->q.bits) return sweep(s, s->U[ld], s->dead[ld], W, l->out, in, NULL, NULL, NULL, err);
+    const int64_t gs = s->q.group > 0 ? s->q.group : in, ng = (in + gs - 1) / gs;
+    uint8_t *levels = malloc((size_t)(l->out * in)), *zeros = malloc((size_t)(l->out * ng));
+    float *scales = malloc((size_t)(l->out * ng) * sizeof *scales);
+    mopt_status st = levels && zeros && scales ? MOPT_OK : s->h->error_set(err, MOPT_E_NOMEM, "prune.sparsegpt", "out of memory");
+    if (!st) st = sweep(s, s->U[ld], s->dead[ld], W, l->out, in, levels, scales, zeros, err);
+    if (!st) st = q_install(s->h, s->g, l, s->q, levels, scales, zeros, NULL, err); /* sparse and packed */
+    if (!st) *installed = 1;
+    free(levels);
+    free(zeros);
+    free(scales);
+    return st;
 }
 
 static void end(void *user) {
@@ -135,7 +167,12 @@ static void end(void *user) {
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    sgpt s = {.h = h, .g = g, .damp = h->opt_float(o, "damp")};
+    sgpt s = {.h = h, .g = g, .damp = h->opt_float(o, "damp"), .q = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"),
+                                                                      h->opt_bool(o, "sym")}};
+    if (s.q.bits) {
+        mopt_status st = q_check_spec(h, "prune.sparsegpt", s.q, err);
+        if (st) return st;
+    }
     const prune_layer_ops ops = {begin, observe, prune, end, &s};
     return prune_run_calibrated(h, ctx, g, o, report, "sparsegpt", &s.sp, &ops, err);
 }
@@ -143,6 +180,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
 static const mopt_opt_spec opts[] = {
     PRUNE_OPTS,
     {"damp", MOPT_OPT_FLOAT, 0, "damping added to diag(H), as a fraction of its mean", "0.01", 0, 1, NULL},
+    {"bits", MOPT_OPT_INT, 0, "also quantize in the same sweep to this many bits (2, 3, 4, 8; 0: no), packed as quant.gptq", "0", 0, 8, NULL},
+    {"group_size", MOPT_OPT_INT, 0, "with bits: columns sharing a scale (multiple of 32, or -1 for a whole row)", "128", -1, 1 << 20, NULL},
+    {"sym", MOPT_OPT_BOOL, 0, "with bits: symmetric grid", "false", 0, -1, NULL},
     Q_CALIB_OPTS(1),
 };
 

@@ -40,7 +40,8 @@ static void observe(void *user, int32_t sample, int32_t node, const float *const
     }
 }
 
-static mopt_status prune(void *user, int32_t i, float *W, mopt_error *err) {
+static mopt_status prune(void *user, int32_t i, float *W, int *installed, mopt_error *err) {
+    (void)installed;
     wanda *w = user;
     const qlinear *l = w->mine[i];
     float *score = malloc((size_t)(l->out * l->in) * sizeof *score);

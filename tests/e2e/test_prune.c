@@ -151,10 +151,38 @@ static void test_prune_refuses_bad_input(void **s) {
     test_pipeline_fails("models/lit-gpt2-1m", "quant.rtn<bits=4;group_size=32>,prune.magnitude", "prune the float model, then quantize");
 }
 
+static void test_sparsegpt_quantizes_in_the_same_sweep(void **s) {
+    REQUIRE_SHARED();
+    char text[4096];
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    snprintf(text, sizeof text, "prune.sparsegpt<pattern=2:4;bits=4;group_size=32;calib=%s/data/lit-train.txt;calib_samples=16;calib_len=256>",
+             test_shared_dir());
+    mopt_report_free(test_run_pipeline(m, text));
+    const mopt_graph *g = mopt_model_graph(m);
+    mopt_error err = {0};
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_tensor *t = mopt_graph_node(g, i)->weight;
+        if (!mopt_role_is_linear(mopt_graph_node(g, i)->role)) continue;
+        assert_int_equal(t->dtype, MOPT_DTYPE_QINT); /* packed int4 */
+        assert_int_equal(t->quant->bits, 4);
+        float *row = malloc((size_t)t->ne[0] * sizeof *row);
+        for (int64_t r = 0; r < t->ne[1]; r++) { /* the pruned weights decode to exact zeros: 2:4 holds in the packed form */
+            assert_int_equal(mopt_weight_row_f32(t, r, row, &err), MOPT_OK);
+            for (int64_t c = 0; c < t->ne[0]; c += 4) assert_true((row[c] != 0) + (row[c + 1] != 0) + (row[c + 2] != 0) + (row[c + 3] != 0) <= 2);
+        }
+        free(row);
+    }
+    const double nll = val16k(m);
+    fprintf(stderr, "2:4 + int4 g32 in one SparseGPT sweep: validation NLL %.4f\n", nll);
+    assert_true(nll < 3.93); /* below 2:4 magnitude without any quantization (3.9317) */
+    mopt_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_magnitude_masks_match_a_float64_selection),
         cmocka_unit_test(test_nm_patterns_and_the_quality_order_at_2_4),
+        cmocka_unit_test(test_sparsegpt_quantizes_in_the_same_sweep),
         cmocka_unit_test(test_pruned_model_exports_and_reloads),
         cmocka_unit_test(test_prune_refuses_bad_input),
     };
