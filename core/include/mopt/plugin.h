@@ -208,6 +208,12 @@ typedef struct mopt_host_api {
     /* appended: pruning */
     mopt_tensor *(*tensor_from_f32)(const char *name, mopt_dtype dtype, int32_t ndim, const int64_t *dims, const float *src,
                                     mopt_error *err);
+
+    /* appended: structured pruning (a model of another shape) */
+    mopt_graph *(*graph_assemble)(const mopt_arch *arch, mopt_tensor **ts, int32_t n, mopt_error *err);
+    void (*graph_take)(mopt_graph *g, mopt_graph *from);
+    void (*graph_free)(mopt_graph *g);
+    int64_t (*graph_n_params)(const mopt_graph *g);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
