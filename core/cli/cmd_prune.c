@@ -24,6 +24,8 @@ static void help(void) {
            "                     minitron (structured: channels, neurons, heads, blocks by activation importance)\n"
            "  --sparsity S       unstructured: the fraction of each linear set to zero, in (0, 1) (default 0.5)\n"
            "  --pattern N:M      semi-structured: at most N non-zeros in every M consecutive inputs (2:4, 4:8)\n"
+           "  --pack             2:4: store the pruned linears packed (kept values + 2-bit positions, 0.5625x the\n"
+           "                     bytes of bf16) and run them with the 2:4 kernels\n"
            "  --params P         minitron: a budget, the fraction of the parameters to keep; searches the shape\n"
            "  --hidden H, --ffn F, --heads N, --kv-heads K, --layers L\n"
            "                     minitron: the shape to cut to (each defaults to the model's)\n"
@@ -46,7 +48,8 @@ int cmd_prune(int argc, char **argv) {
         {"force", no_argument, 0, 'F'},         {"report", required_argument, 0, 'r'},   {"threads", required_argument, 0, 'j'},
         {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},           {"params", required_argument, 0, 'P'},
         {"hidden", required_argument, 0, 'H'},  {"ffn", required_argument, 0, 'I'},      {"heads", required_argument, 0, 'N'},
-        {"kv-heads", required_argument, 0, 'K'}, {"layers", required_argument, 0, 'Y'},  {0, 0, 0, 0}};
+        {"kv-heads", required_argument, 0, 'K'}, {"layers", required_argument, 0, 'Y'},  {"pack", no_argument, 0, 'k'},
+        {0, 0, 0, 0}};
     const char *keys[24] = {0}, *vals[24] = {0};
     int nk = 0;
     const char *method = NULL, *eval = NULL, *out = NULL, *format = "hf", *report = NULL, *calib = NULL, *pattern = "unstructured";
@@ -60,6 +63,7 @@ int cmd_prune(int argc, char **argv) {
         case 's': key = "sparsity", sparsity_opts++; break;
         case 'p': key = "pattern", pattern = optarg, sparsity_opts++; break;
         case 'x': key = "exclude", sparsity_opts++; break;
+        case 'k': key = "pack", optarg = "true", sparsity_opts++; break;
         case 'P': key = "params", shape_opts++; break;
         case 'H': key = "hidden", shape_opts++; break;
         case 'I': key = "ffn", shape_opts++; break;
@@ -89,7 +93,7 @@ int cmd_prune(int argc, char **argv) {
     if (strcmp(method, "magnitude") && strcmp(method, "wanda") && strcmp(method, "sparsegpt") && strcmp(method, "minitron"))
         return cli_usage_error("prune", "--method expects magnitude, wanda, sparsegpt or minitron, got '%s'", method);
     const int minitron = !strcmp(method, "minitron");
-    if (minitron && sparsity_opts) return cli_usage_error("prune", "--sparsity, --pattern and --exclude are for the sparsity methods, not minitron");
+    if (minitron && sparsity_opts) return cli_usage_error("prune", "--sparsity, --pattern, --exclude and --pack are for the sparsity methods, not minitron");
     if (!minitron && shape_opts)
         return cli_usage_error("prune", "--params, --hidden, --ffn, --heads, --kv-heads and --layers are for --method minitron");
     snprintf(pass, sizeof pass, "prune.%s", method);

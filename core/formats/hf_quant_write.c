@@ -40,6 +40,7 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
 
 const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
     if (!s->n_packed || f == MOPT_HF_DENSE) return NULL;
+    if (s->dtype == MOPT_DTYPE_SP24) return "2:4 packed float weights export as dense (format=dense); compressed-tensors sparse-24-bitmask is not written yet";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
                                      : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true) and FP8 with "

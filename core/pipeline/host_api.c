@@ -181,4 +181,5 @@ const mopt_host_api mopt_host = {
     .graph_take = mopt_graph_take,
     .graph_free = mopt_graph_free,
     .graph_n_params = mopt_graph_n_params,
+    .sp24_pack = mopt_sp24_pack,
 };

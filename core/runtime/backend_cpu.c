@@ -13,6 +13,7 @@
 #include "base.h"
 #include "kernels.h"
 #include "mopt/quant.h"
+#include "tensor_impl.h"
 #include "threadpool.h"
 
 #define GEMM_ROWS 64 /* weight rows per prefill task */
@@ -215,6 +216,16 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
                 }
                 j->y[(size_t)t * j->y_stride + o] = acc + bias_at(j->b, o);
             }
+        }
+        return;
+    }
+    if (w->dtype == MOPT_DTYPE_SP24) { /* 2:4: widen the kept values only, the kernel reads the positions */
+        float *vals = j->c->wscratch[thread];
+        for (int64_t o = o0; o < o1; o++) {
+            mopt_sp24_values_f32(w, o, vals);
+            const uint8_t *pos = mopt_sp24_positions(w, o);
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = k->dot_sp24(vals, pos, j->x + (size_t)t * j->x_stride, j->in) + bias_at(j->b, o);
         }
         return;
     }

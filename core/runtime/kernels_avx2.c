@@ -1,5 +1,6 @@
 /* AVX2 + FMA + F16C kernels (compiled with those flags only in this file). */
 #include <immintrin.h>
+#include <pthread.h>
 
 #include "kernels.h"
 #include "mopt/tensor.h"
@@ -54,5 +55,42 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     } while (0)
 #include "kernels_simd.h"
 
+/* For one position byte (two groups of four inputs): where each of the 8
+ * inputs takes its value from among the group pair's 4 kept values, or lane 4
+ * (zero) when it was pruned. Built once; 8 KB. */
+static int32_t sp24_lut[256][8];
+static void sp24_lut_init(void) {
+    for (int b = 0; b < 256; b++) {
+        for (int j = 0; j < 8; j++) sp24_lut[b][j] = 4;
+        for (int g = 0; g < 2; g++) {
+            const int nib = b >> (4 * g) & 15;
+            sp24_lut[b][4 * g + (nib & 3)] = 2 * g;
+            sp24_lut[b][4 * g + (nib >> 2)] = 2 * g + 1;
+        }
+    }
+}
+
+/* Spreads each group pair's 4 values over its 8 inputs with one permute (the
+ * upper lanes are zero) and multiplies with x as it is: the weight bytes read
+ * are half the dense ones plus an eighth for the positions. */
+float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, sp24_lut_init);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 v0 = _mm256_zextps128_ps256(_mm_loadu_ps(vals + i / 2)), v1 = _mm256_zextps128_ps256(_mm_loadu_ps(vals + i / 2 + 4));
+        const __m256i p0 = _mm256_loadu_si256((const __m256i *)sp24_lut[pos[i / 8]]);
+        const __m256i p1 = _mm256_loadu_si256((const __m256i *)sp24_lut[pos[i / 8 + 1]]);
+        a0 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(v0, p0), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(v1, p1), _mm256_loadu_ps(x + i + 8), a1);
+    }
+    for (; i < n; i += 8) {
+        const __m256 v = _mm256_zextps128_ps256(_mm_loadu_ps(vals + i / 2));
+        a0 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(v, _mm256_loadu_si256((const __m256i *)sp24_lut[pos[i / 8]])), _mm256_loadu_ps(x + i), a0);
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
 const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                        gemv_q4, gemv_q8, dot_i8};
+                                        gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2};

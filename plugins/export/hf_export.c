@@ -119,7 +119,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     mopt_quant_scheme scheme;
     mopt_status st = h->quant_scheme_of(g, !strcmp(fs, "auto") ? "dense" : fs, &scheme, err);
     if (st) return st;
-    if (!strcmp(fs, "auto") && scheme.n_packed) f = MOPT_HF_CT;
+    if (!strcmp(fs, "auto") && scheme.n_packed) f = scheme.dtype == MOPT_DTYPE_SP24 ? MOPT_HF_DENSE : MOPT_HF_CT; /* 2:4 values are floats */
     if (f != MOPT_HF_DENSE && !scheme.n_packed)
         return h->error_set(err, MOPT_E_INVALID, "export.hf", "format %s needs a quantized model (run a quant pass first)", fs);
     const char *why = h->hf_layout_refuses(&scheme, f);

@@ -214,6 +214,8 @@ typedef struct mopt_host_api {
     void (*graph_take)(mopt_graph *g, mopt_graph *from);
     void (*graph_free)(mopt_graph *g);
     int64_t (*graph_n_params)(const mopt_graph *g);
+    /* 2:4 sparse storage (mopt/quant.h, MOPT_DTYPE_SP24) */
+    mopt_tensor *(*sp24_pack)(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
