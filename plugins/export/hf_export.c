@@ -119,7 +119,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     mopt_quant_scheme scheme;
     mopt_status st = h->quant_scheme_of(g, !strcmp(fs, "auto") ? "dense" : fs, &scheme, err);
     if (st) return st;
-    if (!strcmp(fs, "auto") && scheme.n_packed) f = scheme.dtype == MOPT_DTYPE_SP24 ? MOPT_HF_DENSE : MOPT_HF_CT; /* 2:4 values are floats */
+    if (!strcmp(fs, "auto") && scheme.n_packed) f = MOPT_HF_CT;
     if (f != MOPT_HF_DENSE && !scheme.n_packed)
         return h->error_set(err, MOPT_E_INVALID, "export.hf", "format %s needs a quantized model (run a quant pass first)", fs);
     const char *why = h->hf_layout_refuses(&scheme, f);
@@ -210,7 +210,7 @@ static const char *const formats[] = {"auto", "dense", "awq", "gptq", "compresse
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target directory (written atomically)", NULL, 0, -1, NULL},
-    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized one; dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, FP8) keep the packed weights bit for bit", "auto", 0, -1, formats},
+    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized or 2:4-packed one (sparse-24-bitmask); dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, FP8) keep the packed weights bit for bit", "auto", 0, -1, formats},
     {"dtype", MOPT_OPT_ENUM, 0, "dtype of the float tensors; auto keeps each tensor's own (dequantized weights take the embeddings')", "auto", 0, -1, dtypes},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"max_shard_size", MOPT_OPT_INT, 0, "bytes per safetensors shard before splitting (with an index)", "5000000000", 1024, 1e15, NULL},
