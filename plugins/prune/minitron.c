@@ -121,7 +121,7 @@ static mopt_status search(const mopt_host_api *h, mopt_pass_ctx *ctx, const mopt
                     const mt_shape s = {round_down((int64_t)of.dim * fd / 8, 8), round_down((int64_t)of.ffn * ff / 12, 8), kv * q_of, kv, l};
                     if (tied && s.dim != s.heads * hd) continue;
                     const int64_t p = mt_count_params(h, g, s, err);
-                    if (p > budget) continue;
+                    if (p < 0 || p > budget) continue;
                     if (n == cap) {
                         cap = cap ? 2 * cap : 64;
                         mt_shape *nc = realloc(cand, (size_t)cap * sizeof *cand);
