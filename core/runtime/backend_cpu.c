@@ -121,12 +121,30 @@ static float bias_at(const mopt_tensor *b, int64_t o) {
     }
 }
 
+/* The kept values of 2:4 row o as fp32: in place for f32, else widened into dst[in/2]. */
+static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t o, float *dst) {
+    const void *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+    const int64_t n = w->ne[0] / 2;
+    if (w->quant->flags & MOPT_QUANT_VALUES_F32) return row;
+    if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
+    else c->k->cvt_f16(row, dst, n);
+    return dst;
+}
+
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
     switch (w->dtype) {
     case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
     case MOPT_DTYPE_BF16: c->k->cvt_bf16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
+    case MOPT_DTYPE_SP24:
+        for (int64_t r = 0; r < rows; r++) { /* the values land in the row's upper half, then spread over it */
+            float *d = dst + r * in;
+            const float *v = sp24_values(c, w, o0 + r, d + in / 2);
+            if (v != d + in / 2) memcpy(d + in / 2, v, (size_t)(in / 2) * sizeof *d);
+            mopt_sp24_spread(d, mopt_sp24_positions(w, o0 + r), in);
+        }
+        return;
     case MOPT_DTYPE_FP8: {
         const mopt_quant_info *q = w->quant;
         for (int64_t r = 0; r < rows; r++) {
@@ -220,12 +238,17 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         return;
     }
     if (w->dtype == MOPT_DTYPE_SP24) { /* 2:4: widen the kept values only, the kernel reads the positions */
-        float *vals = j->c->wscratch[thread];
+        const int bf16 = (w->quant->flags & MOPT_QUANT_VALUES_BF16) != 0;
         for (int64_t o = o0; o < o1; o++) {
-            mopt_sp24_values_f32(w, o, vals);
             const uint8_t *pos = mopt_sp24_positions(w, o);
-            for (int32_t t = 0; t < j->T; t++)
-                j->y[(size_t)t * j->y_stride + o] = k->dot_sp24(vals, pos, j->x + (size_t)t * j->x_stride, j->in) + bias_at(j->b, o);
+            __builtin_prefetch(pos + w->nb[1]); /* the next row's first positions, a row's length ahead of its values */
+            const uint16_t *raw = (const uint16_t *)((const uint8_t *)w->data + (size_t)o * w->nb[1]);
+            const float *vals = bf16 ? NULL : sp24_values(j->c, w, o, j->c->wscratch[thread]);
+            for (int32_t t = 0; t < j->T; t++) {
+                const float *x = j->x + (size_t)t * j->x_stride;
+                const float s = bf16 ? k->dot_sp24_bf16(raw, pos, x, j->in) : k->dot_sp24(vals, pos, x, j->in);
+                j->y[(size_t)t * j->y_stride + o] = s + bias_at(j->b, o);
+            }
         }
         return;
     }

@@ -28,7 +28,8 @@ mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtyp
                 return NULL;
             }
         }
-    mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_SP24, out, in, vbytes + (size_t)in / 8, err);
+    /* rows padded to 4 bytes so every row's values are aligned for their dtype */
+    mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_SP24, out, in, (vbytes + (size_t)in / 8 + 3) / 4 * 4, err);
     if (!t) return NULL;
     t->quant->bits = (int32_t)(vs * 8);
     t->quant->group_size = 4;
@@ -81,9 +82,11 @@ void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals) {
 }
 
 void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out) {
-    const int64_t in = t->ne[0];
-    const uint8_t *pos = mopt_sp24_positions(t, row);
-    mopt_sp24_values_f32(t, row, out + in / 2); /* the values sit in the upper half until spread */
+    mopt_sp24_values_f32(t, row, out + t->ne[0] / 2);
+    mopt_sp24_spread(out, mopt_sp24_positions(t, row), t->ne[0]);
+}
+
+void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in) {
     const float *v = out + in / 2;
     for (int64_t g = 0; g < in / 4; g++) { /* group g reads values 2g, 2g+1 at or after where it writes */
         const uint8_t nib = (uint8_t)(pos[g / 2] >> (4 * (g % 2)) & 15);

@@ -31,7 +31,7 @@
  * flags carry MOPT_QUANT_VALUES_BF16 or _F32), then in/8 bytes of positions:
  * byte k holds group 2k in its low nibble and group 2k + 1 in its high one,
  * each nibble i0 | i1 << 2 with i0 < i1 the positions (0..3) of the kept
- * values. A group with fewer than two non-zeros keeps zeros at its lowest free
+ * values; rows are padded to a multiple of 4 bytes. A group with fewer than two non-zeros keeps zeros at its lowest free
  * positions. These are the kept values and 2-bit indices of NVIDIA's sparse
  * tensor cores (without their tile interleave) and, one bit per input instead
  * of two per kept value, compressed-tensors' sparse-24-bitmask. */
