@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An independent reader of quantized Hugging Face checkpoints, written from the
 published layouts (AutoAWQ WQLinear_GEMM, AutoGPTQ qlinear pack (v1 zeros),
-compressed-tensors pack_to_int32 / int- and float-quantized, ModelOpt's
+compressed-tensors pack_to_int32 / int- and float-quantized / sparse-24-bitmask
+(numpy.packbits little-endian bitmasks), ModelOpt's
 pack_int4_in_uint8 for W4A16_AWQ), not from mopt's
 code. Python standard library only.
 
@@ -144,6 +145,22 @@ def modelopt_int4(t, p, qc):
     return w
 
 
+def sparse24(t, p, qc):
+    _, (out, i_n) = t[p + ".shape"]
+    _, vals = t[p + ".compressed"]
+    (_, nb), bits = t[p + ".bitmask"]
+    w = [[0.0] * i_n for _ in range(out)]
+    k = 0
+    for o in range(out):
+        for i in range(i_n):
+            if bits[o * nb + i // 8] >> (i % 8) & 1:  # packbits(bitorder="little"): input 8c + j at bit j of byte c
+                w[o][i] = vals[k]
+                k += 1
+    if k != len(vals):
+        raise ValueError(f"{p}: {len(vals)} values but {k} set bits")
+    return w
+
+
 def main():
     qdir, ddir = sys.argv[1], sys.argv[2]
     qc = json.loads((Path(qdir) / "config.json").read_text())["quantization_config"]
@@ -155,6 +172,8 @@ def main():
         marker, fn = ".qweight", gptq
     elif method == "modelopt":
         marker, fn = ".weight_scale", modelopt_int4 if qc["quant_algo"] == "W4A16_AWQ" else ct_8bit
+    elif (qc.get("sparsity_config") or {}).get("format") == "sparse-24-bitmask":
+        marker, fn = ".compressed", sparse24
     elif qc["format"] == "pack-quantized":
         marker, fn = ".weight_packed", ct_packed
     else:
@@ -173,7 +192,7 @@ def main():
     if not prefixes:
         print(f"{qdir}: no quantized linears found")
         return 1
-    print(f"{method} {qc.get('format', '')}: {len(prefixes)} linears decoded, worst relative difference {worst:.3g}")
+    print(f"{method} {qc.get('format', '')}{(qc.get('sparsity_config') or {}).get('format', '')}: {len(prefixes)} linears decoded, worst relative difference {worst:.3g}")
     return 0
 
 

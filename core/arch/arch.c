@@ -269,3 +269,17 @@ mopt_status mopt_arch_build(mopt_graph *g, const mopt_build_src *src, mopt_error
 }
 
 mopt_status mopt_graph_build(mopt_graph *g, mopt_error *err) { return mopt_arch_build(g, NULL, err); }
+
+mopt_graph *mopt_graph_assemble(const mopt_arch *arch, mopt_tensor **ts, int32_t n, mopt_error *err) {
+    mopt_graph *g = mopt_graph_new(arch, err);
+    int32_t added = 0;
+    mopt_status st = g ? MOPT_OK : MOPT_E_NOMEM;
+    while (!st && added < n && !(st = mopt_graph_add_tensor(g, ts[added], err))) added++;
+    for (int32_t k = added; k < n; k++) mopt_tensor_free(ts[k]); /* the one refused and those never added */
+    if (!st) st = mopt_graph_build(g, err);
+    if (st) {
+        mopt_graph_free(g);
+        return NULL;
+    }
+    return g;
+}

@@ -1,5 +1,7 @@
 /* mopt prune MODEL --method magnitude|wanda|sparsegpt (--sparsity S | --pattern N:M) [--calib FILE]
  *                  [--eval FILE] [-o OUT] ...
+ * mopt prune MODEL --method minitron (--params P | --hidden H --ffn F --heads N --kv-heads K --layers L)
+ *                  --calib FILE [--eval FILE] [-o OUT] ...
  * A thin layer over the prune passes, then (with --eval) eval.perplexity and
  * (with -o) an export pass. */
 #include <getopt.h>
@@ -12,18 +14,28 @@
 
 static void help(void) {
     printf("usage: mopt prune MODEL --method magnitude|wanda|sparsegpt [--sparsity S | --pattern N:M] [--calib FILE]\n"
-           "                  [--eval FILE] [-o OUT] [options]\n\n"
-           "Sets weights of the decoder linears to zero (prune.magnitude, prune.wanda, prune.sparsegpt):\n"
-           "  --method M         magnitude (smallest |W|), wanda (|W| x input norm per row, calibrated) or\n"
-           "                     sparsegpt (inverse-Hessian pruning with weight updates, calibrated)\n"
+           "                  [--eval FILE] [-o OUT] [options]\n"
+           "       mopt prune MODEL --method minitron (--params P | --hidden H --ffn F --heads N --kv-heads K --layers L)\n"
+           "                  --calib FILE [--eval FILE] [-o OUT] [options]\n\n"
+           "Sets weights of the decoder linears to zero (prune.magnitude, prune.wanda, prune.sparsegpt), or makes\n"
+           "the model smaller (prune.minitron; recover it with mopt distill, or scripts/minitron.lua does both):\n"
+           "  --method M         magnitude (smallest |W|), wanda (|W| x input norm per row, calibrated),\n"
+           "                     sparsegpt (inverse-Hessian pruning with weight updates, calibrated) or\n"
+           "                     minitron (structured: channels, neurons, heads, blocks by activation importance)\n"
            "  --sparsity S       unstructured: the fraction of each linear set to zero, in (0, 1) (default 0.5)\n"
            "  --pattern N:M      semi-structured: at most N non-zeros in every M consecutive inputs (2:4, 4:8)\n"
-           "  --calib FILE       calibration text for wanda and sparsegpt (never the eval text)\n"
+           "  --pack             2:4: store the pruned linears packed (kept values + 2-bit positions, 0.5625x the\n"
+           "                     bytes of bf16) and run them with the 2:4 kernels\n"
+           "  --params P         minitron: a budget, the fraction of the parameters to keep; searches the shape\n"
+           "  --hidden H, --ffn F, --heads N, --kv-heads K, --layers L\n"
+           "                     minitron: the shape to cut to (each defaults to the model's)\n"
+           "  --calib FILE       calibration text for wanda, sparsegpt and minitron (never the eval text)\n"
            "  --calib-samples N  calibration windows (default 128) of --calib-len tokens (default 512)\n"
            "  --exclude GLOBS    linears to keep dense\n"
            "  --eval FILE        perplexity of the pruned model on FILE (ctx 256)\n"
            "  -o OUT             save it (atomically); --format F as mopt export (default hf); --force replaces OUT\n"
-           "  --report R.json    the report: sparsity per linear, min/max/mean, ppl\n"
+           "  --report R.json    the report: sparsity per linear, min/max/mean, ppl; for minitron the parameters\n"
+           "                     before/after and the kept indices (layers, channels, neurons, heads)\n"
            "  --threads N        worker threads (default: all cores)\n"
            "  --quiet            no progress lines\n");
 }
@@ -34,23 +46,33 @@ int cmd_prune(int argc, char **argv) {
         {"calib", required_argument, 0, 'c'},   {"calib-samples", required_argument, 0, 'n'}, {"calib-len", required_argument, 0, 'L'},
         {"exclude", required_argument, 0, 'x'}, {"eval", required_argument, 0, 'e'},     {"format", required_argument, 0, 'f'},
         {"force", no_argument, 0, 'F'},         {"report", required_argument, 0, 'r'},   {"threads", required_argument, 0, 'j'},
-        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
-    const char *keys[16] = {0}, *vals[16] = {0};
+        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},           {"params", required_argument, 0, 'P'},
+        {"hidden", required_argument, 0, 'H'},  {"ffn", required_argument, 0, 'I'},      {"heads", required_argument, 0, 'N'},
+        {"kv-heads", required_argument, 0, 'K'}, {"layers", required_argument, 0, 'Y'},  {"pack", no_argument, 0, 'k'},
+        {0, 0, 0, 0}};
+    const char *keys[24] = {0}, *vals[24] = {0};
     int nk = 0;
     const char *method = NULL, *eval = NULL, *out = NULL, *format = "hf", *report = NULL, *calib = NULL, *pattern = "unstructured";
     long long threads = 0;
-    int force = 0, quiet = 0, c;
+    int force = 0, quiet = 0, c, sparsity_opts = 0, shape_opts = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         const char *key = NULL;
         switch (c) {
         case 'm': method = optarg; break;
-        case 's': key = "sparsity"; break;
-        case 'p': key = "pattern", pattern = optarg; break;
+        case 's': key = "sparsity", sparsity_opts++; break;
+        case 'p': key = "pattern", pattern = optarg, sparsity_opts++; break;
+        case 'x': key = "exclude", sparsity_opts++; break;
+        case 'k': key = "pack", optarg = "true", sparsity_opts++; break;
+        case 'P': key = "params", shape_opts++; break;
+        case 'H': key = "hidden", shape_opts++; break;
+        case 'I': key = "ffn", shape_opts++; break;
+        case 'N': key = "heads", shape_opts++; break;
+        case 'K': key = "kv_heads", shape_opts++; break;
+        case 'Y': key = "layers", shape_opts++; break;
         case 'c': key = "calib", calib = optarg; break;
         case 'n': key = "calib_samples"; break;
         case 'L': key = "calib_len"; break;
-        case 'x': key = "exclude"; break;
         case 'e': eval = optarg; break;
         case 'o': out = optarg; break;
         case 'f': format = optarg; break;
@@ -63,13 +85,17 @@ int cmd_prune(int argc, char **argv) {
         case 'h': help(); return EXIT_OK;
         default: return cli_usage_error("prune", "unknown option");
         }
-        if (key && nk < 16) keys[nk] = key, vals[nk++] = optarg;
+        if (key && nk < 24) keys[nk] = key, vals[nk++] = optarg;
     }
     if (optind != argc - 1) return cli_usage_error("prune", "expected exactly one MODEL");
-    if (!method) return cli_usage_error("prune", "--method is required (magnitude, wanda or sparsegpt)");
+    if (!method) return cli_usage_error("prune", "--method is required (magnitude, wanda, sparsegpt or minitron)");
     char pass[64];
-    if (strcmp(method, "magnitude") && strcmp(method, "wanda") && strcmp(method, "sparsegpt"))
-        return cli_usage_error("prune", "--method expects magnitude, wanda or sparsegpt, got '%s'", method);
+    if (strcmp(method, "magnitude") && strcmp(method, "wanda") && strcmp(method, "sparsegpt") && strcmp(method, "minitron"))
+        return cli_usage_error("prune", "--method expects magnitude, wanda, sparsegpt or minitron, got '%s'", method);
+    const int minitron = !strcmp(method, "minitron");
+    if (minitron && sparsity_opts) return cli_usage_error("prune", "--sparsity, --pattern, --exclude and --pack are for the sparsity methods, not minitron");
+    if (!minitron && shape_opts)
+        return cli_usage_error("prune", "--params, --hidden, --ffn, --heads, --kv-heads and --layers are for --method minitron");
     snprintf(pass, sizeof pass, "prune.%s", method);
     if (strcmp(method, "magnitude") && !calib) return cli_usage_error("prune", "--method %s calibrates: give --calib FILE", method);
     if (!strcmp(method, "magnitude") && calib) return cli_usage_error("prune", "--method magnitude does not calibrate: drop --calib");
@@ -90,7 +116,15 @@ int cmd_prune(int argc, char **argv) {
             rc = cli_fail(&j.err);
     }
     if (!rc) rc = cli_job_run(&j, NULL, argv[optind], NULL);
-    if (!rc) {
+    if (!rc && minitron) {
+        const mopt_report *rep = j.rep;
+        printf("pruned %s with minitron: %.0f -> %.0f parameters (%.1f%%): hidden %.0f, ffn %.0f, heads %.0f in %.0f groups, layers %.0f",
+               argv[optind], mopt_report_get_metric(rep, "params_before"), mopt_report_get_metric(rep, "params_after"),
+               100 * mopt_report_get_metric(rep, "params_ratio"), mopt_report_get_metric(rep, "hidden"), mopt_report_get_metric(rep, "ffn"),
+               mopt_report_get_metric(rep, "heads"), mopt_report_get_metric(rep, "kv_heads"), mopt_report_get_metric(rep, "layers"));
+        if (eval) printf("; ppl %.4f", mopt_report_get_metric(rep, "ppl"));
+        printf("%s%s\n", out ? "; saved to " : "", out ? out : "");
+    } else if (!rc) {
         const mopt_report *rep = j.rep;
         printf("pruned %s with %s (%s): sparsity %.4f (per linear %.4f..%.4f)", argv[optind], method,
                pattern,

@@ -19,7 +19,7 @@ static const struct {
     {"export", cmd_export, "write a checkpoint (dense Hugging Face), atomically"},
     {"distill", cmd_distill, "train a student on a teacher's distributions (distill.logits)"},
     {"qat", cmd_qat, "quantization-aware training, or with --teacher QAD (quant.qat)"},
-    {"prune", cmd_prune, "sparsity: magnitude, Wanda or SparseGPT, unstructured or N:M (prune.*)"},
+    {"prune", cmd_prune, "sparsity (magnitude, Wanda, SparseGPT; N:M) or a smaller model (Minitron)"},
     {"grad", cmd_grad, "gradient of one window's loss for every weight (checks the backward)"},
     {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
     {"run", cmd_run, "run a Lua pipeline script"},

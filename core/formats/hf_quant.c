@@ -39,6 +39,7 @@ typedef struct hfq_cfg {
     int sym;                  /* GPTQ/CT: symmetric weights */
     uint32_t fp8_act;         /* CT float: activation flags */
     int int_act_dynamic;      /* CT int-quantized: per-token dynamic activations */
+    int sparse24;             /* CT sparsity_config sparse-24-bitmask (float values) */
     const char *file;
 } hfq_cfg;
 
@@ -368,10 +369,30 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
                      c->file, algo ? algo : "(missing)");
 }
 
+/* sparsity_config: sparse-24-bitmask over float values is read; other compressors are refused. */
+static mopt_status ct_sparsity(json_t *qc, hfq_cfg *c, mopt_error *err) {
+    json_t *sc = json_object_get(qc, "sparsity_config");
+    if (!sc || json_is_null(sc)) return MOPT_OK;
+    const char *fmt = NULL;
+    if (!json_is_object(sc) || !mopt_json_get_str_opt(sc, "format", &fmt, c->file, err))
+        return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.sparsity_config must be an object with a string \"format\"", c->file);
+    if (!fmt || !strcmp(fmt, "dense")) return MOPT_OK; /* sparsity recorded, weights stored dense */
+    if (strcmp(fmt, "sparse-24-bitmask"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: sparsity_config.format \"%s\" is not supported (sparse-24-bitmask, dense)", c->file, fmt);
+    c->sparse24 = 1;
+    return MOPT_OK;
+}
+
 static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     const char *fmt = NULL;
     if (!mopt_json_get_str_opt(qc, "format", &fmt, c->file, err)) return MOPT_E_FORMAT;
+    mopt_status st = ct_sparsity(qc, c, err);
+    if (st) return st;
     json_t *groups = json_object_get(qc, "config_groups");
+    const int quantized = json_is_object(groups) && json_object_size(groups) > 0;
+    if (c->sparse24 && quantized)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: sparse-24-bitmask with quantized values is not read yet (float values only)", c->file);
+    if (c->sparse24) return MOPT_OK;
     if (!json_is_object(groups) || json_object_size(groups) == 0)
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.config_groups must be a non-empty object", c->file);
     if (json_object_size(groups) > 1)
@@ -525,8 +546,57 @@ static int strip(const char *name, const char *suffix, char *prefix, size_t cap)
     return 1;
 }
 
+/* sparse-24-bitmask (layout in hf_quant_write.c): every group of four inputs
+ * holds exactly two set bits, the values fill the rows in order. */
+static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, mopt_error *err) {
+    const mopt_tensor *v = part(g, p, "compressed"), *m = part(g, p, "bitmask"), *sh = part(g, p, "shape");
+    if (!is_float(v) || v->ndim != 2) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.compressed must be a 2-D float tensor", p);
+        return NULL;
+    }
+    const int64_t out = v->ne[1], in = v->ne[0] * 2;
+    if (!sh || sh->dtype != MOPT_DTYPE_I64 || mopt_tensor_nelements(sh) != 2) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.shape must hold two I64 values", p);
+        return NULL;
+    }
+    int64_t dims[2];
+    memcpy(dims, sh->data, sizeof dims);
+    if (dims[0] != out || dims[1] != in) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.shape is [%lld, %lld] but %s.compressed holds [%lld, %lld] values (half of each row)", p,
+                  (long long)dims[0], (long long)dims[1], p, (long long)out, (long long)(in / 2));
+        return NULL;
+    }
+    if (in % 8) {
+        MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: 2:4 rows of %lld inputs (mopt stores multiples of 8)", p, (long long)in);
+        return NULL;
+    }
+    if (need(m, p, "bitmask", MOPT_DTYPE_U8, out, in / 8, err)) return NULL;
+    float *vals = malloc((size_t)(out * in / 2) * sizeof *vals), *W = calloc((size_t)(out * in), sizeof *W);
+    mopt_status st = vals && W ? mopt_tensor_read_f32(v, 0, out * in / 2, vals, err) : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    const uint8_t *mask = m->data;
+    for (int64_t r = 0; r < out && !st; r++) {
+        int64_t k = r * in / 2;
+        for (int64_t c = 0; c < in && !st; c += 4) {
+            const int bits = mask[(r * in + c) / 8] >> (c % 8) & 15;
+            if (__builtin_popcount((unsigned)bits) != 2) {
+                st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.bitmask: row %lld, inputs %lld..%lld keep %d values, not 2 of 4", p, (long long)r,
+                               (long long)c, (long long)c + 3, __builtin_popcount((unsigned)bits));
+                break;
+            }
+            for (int j = 0; j < 4; j++)
+                if (bits >> j & 1) W[r * in + c + j] = vals[k++];
+        }
+    }
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    mopt_tensor *t = st ? NULL : mopt_sp24_pack(name, out, in, v->dtype, W, err);
+    free(vals), free(W);
+    return t;
+}
+
 static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale",
-                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight"};
+                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight",
+                                    "compressed", "bitmask", "shape"};
 
 mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
     hfq_cfg c;
@@ -540,6 +610,7 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
     for (int32_t i = 0; i < n; i++) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
         int hit = strip(t->name, ".qweight", pre[np], sizeof pre[np]) || strip(t->name, ".weight_packed", pre[np], sizeof pre[np]) ||
+                  strip(t->name, ".compressed", pre[np], sizeof pre[np]) ||
                   ((t->dtype == MOPT_DTYPE_I8 || t->dtype == MOPT_DTYPE_F8E4M3 || t->dtype == MOPT_DTYPE_U8) &&
                    strip(t->name, ".weight", pre[np], sizeof pre[np]));
         np += hit;
@@ -548,7 +619,10 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
     for (int32_t i = 0; i < np && !st; i++) {
         mopt_tensor *t = NULL;
         const mopt_tensor *w = part(g, pre[i], "weight");
-        if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
+        if (part(g, pre[i], "compressed")) {
+            if (c.method == HFQ_CT && c.sparse24) t = ct_sparse24_linear(g, pre[i], err);
+            else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.compressed is a compressed-tensors sparse weight, but %s names no sparse-24-bitmask", pre[i], config_path);
+        } else if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);
         else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT) t = modelopt_int4_linear(g, pre[i], &c, err);
         else if (w && w->dtype == MOPT_DTYPE_U8)

@@ -40,6 +40,8 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
 
 const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
     if (!s->n_packed || f == MOPT_HF_DENSE) return NULL;
+    if (s->dtype == MOPT_DTYPE_SP24)
+        return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask) or dense";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
                                      : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true) and FP8 with "
@@ -267,8 +269,49 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
     return st;
 }
 
+/* compressed-tensors sparse-24-bitmask: P.compressed [out, in/2] (the kept
+ * values in order), P.bitmask U8 [out, in/8] (bit j of byte k: input 8k + j
+ * is kept, numpy.packbits little), P.shape I64 [2, 1]. */
+static mopt_status ct_sparse24(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err) {
+    const int64_t out = t->ne[1], in = t->ne[0];
+    const size_t vs = t->quant->flags & MOPT_QUANT_VALUES_F32 ? 4 : 2, vrow = (size_t)in / 2 * vs;
+    const char *dt = t->quant->flags & MOPT_QUANT_VALUES_F32 ? "F32" : t->quant->flags & MOPT_QUANT_VALUES_BF16 ? "BF16" : "F16";
+    uint8_t *vals = malloc((size_t)out * vrow + 1), *mask = malloc((size_t)(out * in / 8) + 1);
+    int64_t *shape = malloc(2 * sizeof *shape);
+    if (!vals || !mask || !shape) {
+        free(vals), free(mask), free(shape);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    }
+    for (int64_t r = 0; r < out; r++) {
+        const int64_t src = perm ? perm[r] : r;
+        const uint8_t *row = (const uint8_t *)t->data + (size_t)src * t->nb[1], *pos = row + vrow;
+        memcpy(vals + (size_t)r * vrow, row, vrow);
+        for (int64_t k = 0; k < in / 8; k++) { /* a position byte covers 8 inputs, as a bitmask byte does */
+            uint8_t b = 0;
+            for (int g = 0; g < 2; g++) {
+                const int nib = pos[k] >> (4 * g) & 15;
+                b |= (uint8_t)((1u << (nib & 3) | 1u << (nib >> 2)) << (4 * g));
+            }
+            mask[r * (in / 8) + k] = b;
+        }
+    }
+    shape[0] = out, shape[1] = in;
+    char name[MOPT_MAX_NAME + 32];
+    const int64_t dv[2] = {out, in / 2}, dm[2] = {out, in / 8}, ds[2] = {2, 1};
+    snprintf(name, sizeof name, "%s.compressed", p);
+    mopt_status st = mopt_st_list_add(l, name, dt, 2, dv, vals, (size_t)out * vrow, err);
+    snprintf(name, sizeof name, "%s.bitmask", p);
+    if (!st) st = mopt_st_list_add(l, name, "U8", 2, dm, mask, (size_t)(out * in / 8), err);
+    else free(mask);
+    snprintf(name, sizeof name, "%s.shape", p);
+    if (!st) st = mopt_st_list_add(l, name, "I64", 2, ds, shape, 2 * sizeof *shape, err);
+    else free(shape);
+    return st;
+}
+
 static mopt_status add_linear(mopt_st_list *l, const mopt_tensor *t, const char *p, mopt_hf_layout f, const int64_t *perm,
                               mopt_error *err) {
+    if (t->dtype == MOPT_DTYPE_SP24) return ct_sparse24(l, p, t, perm, err);
     if (f == MOPT_HF_MODELOPT) return modelopt(l, p, t, perm, err);
     if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(l, p, t, perm, err);
     return f == MOPT_HF_AWQ ? awq(l, p, t, perm, err) : f == MOPT_HF_GPTQ ? gptq(l, p, t, perm, err) : ct_packed(l, p, t, perm, err);
@@ -354,6 +397,16 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         return json_pack("{s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f}", "quant_method", "gptq", "checkpoint_format", "gptq",
                          "bits", s->bits, "group_size", s->group_size, "desc_act", s->act_order, "sym", sym,
                          "static_groups", 0, "damp_percent", 0.01);
+    }
+    if (s->dtype == MOPT_DTYPE_SP24) { /* sparsity only: no quantization scheme, the compressor in sparsity_config */
+        int64_t sparse = 0;
+        for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++)
+            if (mopt_graph_tensor(g, i)->dtype == MOPT_DTYPE_SP24) sparse += mopt_tensor_nelements(mopt_graph_tensor(g, i));
+        const double global = 0.5 * (double)sparse / (double)mopt_graph_n_params(g); /* the share of weights not stored */
+        return json_pack("{s:s, s:s, s:{}, s:o, s:{s:s, s:f, s:O, s:b, s:s, s:[s]}}", "quant_method", "compressed-tensors",
+                         "quantization_status", "compressed", "config_groups", "ignore", ignore, "sparsity_config", "format",
+                         "sparse-24-bitmask", "global_sparsity", global, "ignore", ignore, "registry_requires_subclass", 0,
+                         "sparsity_structure", "2:4", "targets", "Linear");
     }
     json_t *w, *act = json_null();
     const char *format;

@@ -42,6 +42,13 @@ void mopt_graph_free(mopt_graph *g) {
     free(g);
 }
 
+void mopt_graph_take(mopt_graph *g, mopt_graph *from) {
+    mopt_graph old = *g;
+    *g = *from;
+    *from = old;
+    mopt_graph_free(from);
+}
+
 const mopt_arch *mopt_graph_arch(const mopt_graph *g) { return &g->arch; }
 mopt_arch *mopt_graph_arch_mut(mopt_graph *g) { return &g->arch; }
 

@@ -177,4 +177,9 @@ const mopt_host_api mopt_host = {
     .trainer_set_recompute = mopt_trainer_set_recompute,
     .trainer_activation_bytes = mopt_trainer_activation_bytes,
     .tensor_from_f32 = mopt_tensor_from_f32,
+    .graph_assemble = mopt_graph_assemble,
+    .graph_take = mopt_graph_take,
+    .graph_free = mopt_graph_free,
+    .graph_n_params = mopt_graph_n_params,
+    .sp24_pack = mopt_sp24_pack,
 };

@@ -13,6 +13,7 @@
 #include "base.h"
 #include "kernels.h"
 #include "mopt/quant.h"
+#include "tensor_impl.h"
 #include "threadpool.h"
 
 #define GEMM_ROWS 64 /* weight rows per prefill task */
@@ -120,12 +121,30 @@ static float bias_at(const mopt_tensor *b, int64_t o) {
     }
 }
 
+/* The kept values of 2:4 row o as fp32: in place for f32, else widened into dst[in/2]. */
+static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t o, float *dst) {
+    const void *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+    const int64_t n = w->ne[0] / 2;
+    if (w->quant->flags & MOPT_QUANT_VALUES_F32) return row;
+    if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
+    else c->k->cvt_f16(row, dst, n);
+    return dst;
+}
+
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
     switch (w->dtype) {
     case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
     case MOPT_DTYPE_BF16: c->k->cvt_bf16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
+    case MOPT_DTYPE_SP24:
+        for (int64_t r = 0; r < rows; r++) { /* the values land in the row's upper half, then spread over it */
+            float *d = dst + r * in;
+            const float *v = sp24_values(c, w, o0 + r, d + in / 2);
+            if (v != d + in / 2) memcpy(d + in / 2, v, (size_t)(in / 2) * sizeof *d);
+            mopt_sp24_spread(d, mopt_sp24_positions(w, o0 + r), in);
+        }
+        return;
     case MOPT_DTYPE_FP8: {
         const mopt_quant_info *q = w->quant;
         for (int64_t r = 0; r < rows; r++) {
@@ -214,6 +233,21 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
                     acc += mopt_f16_to_f32(sc[g]) * (raw - (zp ? (float)zp[g] : zsym) * xs[g]);
                 }
                 j->y[(size_t)t * j->y_stride + o] = acc + bias_at(j->b, o);
+            }
+        }
+        return;
+    }
+    if (w->dtype == MOPT_DTYPE_SP24) { /* 2:4: widen the kept values only, the kernel reads the positions */
+        const int bf16 = (w->quant->flags & MOPT_QUANT_VALUES_BF16) != 0;
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *pos = mopt_sp24_positions(w, o);
+            __builtin_prefetch(pos + w->nb[1]); /* the next row's first positions, a row's length ahead of its values */
+            const uint16_t *raw = (const uint16_t *)((const uint8_t *)w->data + (size_t)o * w->nb[1]);
+            const float *vals = bf16 ? NULL : sp24_values(j->c, w, o, j->c->wscratch[thread]);
+            for (int32_t t = 0; t < j->T; t++) {
+                const float *x = j->x + (size_t)t * j->x_stride;
+                const float s = bf16 ? k->dot_sp24_bf16(raw, pos, x, j->in) : k->dot_sp24(vals, pos, x, j->in);
+                j->y[(size_t)t * j->y_stride + o] = s + bias_at(j->b, o);
             }
         }
         return;

@@ -27,12 +27,21 @@ typedef struct mopt_kernels {
                     const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y);
     /* int8 x int8 -> int32 over n elements (W8A8); b must not hold -128 */
     int32_t (*dot_i8)(const int8_t *a, const int8_t *b, int64_t n);
+    /* a 2:4 row (mopt/quant.h, SP24) with x over n inputs (a multiple of 8):
+     * the n/2 kept values widened to fp32, and the row's position bytes */
+    float (*dot_sp24)(const float *vals, const uint8_t *pos, const float *x, int64_t n);
+    /* the same with the kept values read as bf16 in place (no widening pass) */
+    float (*dot_sp24_bf16)(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */
 void mopt_qblock_levels(const uint8_t *block, int32_t bits, float *out);
 /* sum of level * x over the first n (< 32 allowed) values of one block */
 float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_t n);
+
+/* The AVX2 2:4 row dot products, which the AVX-512 set shares. */
+float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n);
+float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 
 extern const mopt_kernels mopt_kernels_ref;
 /* NULL when the file was built without the instruction set. */

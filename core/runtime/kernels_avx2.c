@@ -1,5 +1,6 @@
 /* AVX2 + FMA + F16C kernels (compiled with those flags only in this file). */
 #include <immintrin.h>
+#include <pthread.h>
 
 #include "kernels.h"
 #include "mopt/tensor.h"
@@ -54,5 +55,74 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     } while (0)
 #include "kernels_simd.h"
 
+/* For one position byte (two groups of four inputs, 8 x values): which x each
+ * of the group pair's 4 kept values multiplies, in lanes 0..3 and again in 4..7. */
+static int32_t sp24_xidx[256][8];
+static void sp24_init(void) {
+    for (int b = 0; b < 256; b++)
+        for (int g = 0; g < 2; g++) {
+            const int nib = b >> (4 * g) & 15;
+            for (int half = 0; half < 8; half += 4) {
+                sp24_xidx[b][half + 2 * g] = 4 * g + (nib & 3);
+                sp24_xidx[b][half + 2 * g + 1] = 4 * g + (nib >> 2);
+            }
+        }
+}
+static pthread_once_t sp24_once = PTHREAD_ONCE_INIT;
+
+/* The x values 16 inputs' 8 kept weights multiply, in the values' order: each
+ * group pair's x picked by one permute, the two halves blended. */
+static inline __m256 sp24_x16(const float *x, const uint8_t *pos) {
+    const __m256 p0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x), _mm256_loadu_si256((const __m256i *)sp24_xidx[pos[0]]));
+    const __m256 p1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + 8), _mm256_loadu_si256((const __m256i *)sp24_xidx[pos[1]]));
+    return _mm256_blend_ps(p0, p1, 0xF0);
+}
+
+/* The last 8 inputs (4 values), when n is not a multiple of 16. */
+static inline float sp24_tail(const float *v, const uint8_t *pos, const float *x) {
+    float s = 0;
+    for (int g = 0; g < 2; g++) {
+        const int nib = pos[0] >> (4 * g) & 15;
+        s += v[2 * g] * x[4 * g + (nib & 3)] + v[2 * g + 1] * x[4 * g + (nib >> 2)];
+    }
+    return s;
+}
+
+/* 2:4 rows: every lane of every FMA is a kept weight, so the arithmetic and
+ * the weight bytes are half the dense row's (plus a byte of positions per 8 inputs). */
+float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n) {
+    pthread_once(&sp24_once, sp24_init);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + i / 2 + 8), sp24_x16(x + i + 16, pos + i / 8 + 2), a1);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
+    float s = hsum(_mm256_add_ps(a0, a1));
+    if (i < n) s += sp24_tail(vals + i / 2, pos + i / 8, x + i);
+    return s;
+}
+
+float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n) {
+    pthread_once(&sp24_once, sp24_init);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm_prefetch((const char *)(vals + i / 2) + 512, _MM_HINT_T0); /* the positions gate each step's loads: fetch ahead */
+        _mm_prefetch((const char *)(pos + i / 8) + 64, _MM_HINT_T0);
+        a0 = _mm256_fmadd_ps(load_bf16(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
+        a1 = _mm256_fmadd_ps(load_bf16(vals + i / 2 + 8), sp24_x16(x + i + 16, pos + i / 8 + 2), a1);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm256_fmadd_ps(load_bf16(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
+    float s = hsum(_mm256_add_ps(a0, a1));
+    if (i < n) {
+        float v[4];
+        for (int k = 0; k < 4; k++) v[k] = mopt_bf16_to_f32(vals[i / 2 + k]);
+        s += sp24_tail(v, pos + i / 8, x + i);
+    }
+    return s;
+}
+
 const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                        gemv_q4, gemv_q8, dot_i8};
+                                        gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2, mopt_dot_sp24_bf16_avx2};

@@ -7,6 +7,7 @@
 
 #include "base.h"
 #include "mopt/quant.h"
+#include "tensor_impl.h"
 
 int32_t mopt_qint_block_bytes(int32_t bits) {
     switch (bits) {
@@ -23,7 +24,7 @@ int64_t mopt_qint_n_groups(int64_t in, int32_t group_size) {
 }
 
 /* A packed tensor of `rows` rows of `row_bytes` bytes over `in` logical columns. */
-static mopt_tensor *packed_new(const char *name, mopt_dtype dtype, int64_t out, int64_t in, size_t row_bytes,
+mopt_tensor *mopt_packed_new(const char *name, mopt_dtype dtype, int64_t out, int64_t in, size_t row_bytes,
                                mopt_error *err) {
     int64_t dims[2] = {out, (int64_t)row_bytes};
     mopt_tensor *t = mopt_tensor_new(name, MOPT_DTYPE_U8, 2, dims, err);
@@ -111,7 +112,7 @@ mopt_tensor *mopt_qint_pack(const char *name, int64_t out, int64_t in, int32_t b
         return NULL;
     }
     const int64_t nblk = (in + MOPT_QBLOCK - 1) / MOPT_QBLOCK, ng = mopt_qint_n_groups(in, group_size);
-    mopt_tensor *t = packed_new(name, MOPT_DTYPE_QINT, out, in, (size_t)(nblk * bb), err);
+    mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_QINT, out, in, (size_t)(nblk * bb), err);
     if (!t) return NULL;
     t->quant->bits = bits;
     t->quant->group_size = group_size;
@@ -170,7 +171,7 @@ uint8_t mopt_qint_get(const mopt_tensor *t, int64_t row, int64_t col) {
 
 mopt_tensor *mopt_w8a8_pack(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales,
                             mopt_error *err) {
-    mopt_tensor *t = packed_new(name, MOPT_DTYPE_W8A8, out, in, (size_t)in, err);
+    mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_W8A8, out, in, (size_t)in, err);
     if (!t) return NULL;
     memcpy(t->data, q, (size_t)(out * in));
     t->quant->bits = 8;
@@ -186,7 +187,7 @@ mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint
                   (long long)n_scales, (long long)out);
         return NULL;
     }
-    mopt_tensor *t = packed_new(name, MOPT_DTYPE_FP8, out, in, (size_t)in, err);
+    mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_FP8, out, in, (size_t)in, err);
     if (!t) return NULL;
     memcpy(t->data, q, (size_t)(out * in));
     t->quant->bits = 8;
@@ -244,6 +245,10 @@ mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, m
     if (t->dtype == MOPT_DTYPE_FP8) {
         float s = ((const float *)qi->scale->data)[(qi->flags & MOPT_QUANT_PER_TENSOR) ? 0 : row];
         for (int64_t c = 0; c < in; c++) out[c] = mopt_e4m3_to_f32(p[c]) * s;
+        return MOPT_OK;
+    }
+    if (t->dtype == MOPT_DTYPE_SP24) {
+        mopt_sp24_row_f32(t, row, out);
         return MOPT_OK;
     }
     if (t->dtype != MOPT_DTYPE_QINT) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: unknown packed dtype", t->name);

@@ -22,4 +22,16 @@ mopt_tensor *mopt_tensor_view(mopt_buffer *b, void *data, const char *name, mopt
  * (a Conv1D weight [in, out] becomes a linear [out, in]). */
 mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int64_t col0, int64_t n, mopt_error *err);
 
+/* A packed weight [out, in] of `row_bytes` per row, zero-filled, with an empty quant info. */
+mopt_tensor *mopt_packed_new(const char *name, mopt_dtype dtype, int64_t out, int64_t in, size_t row_bytes, mopt_error *err);
+
+/* SP24 rows (layout in mopt/quant.h; rows padded to 4 bytes): the kept values
+ * of `row` widened to fp32 vals[in/2], its position bytes, and the whole row
+ * as dense fp32. */
+void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals);
+const uint8_t *mopt_sp24_positions(const mopt_tensor *t, int64_t row);
+void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out);
+/* out[in]: the in/2 kept values in its upper half become the dense row, in place. */
+void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in);
+
 #endif

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base.h"
 #include "mopt/fileio.h"
@@ -25,9 +26,35 @@ static mopt_status add_vec(mopt_st_list *l, const char *prefix, const char *name
     return mopt_st_list_add(l, key, dtype, 1, shape, d, (size_t)n * es, err);
 }
 
+static const mopt_tensor *find(mopt_tensor *const *ts, int32_t n, const char *prefix, const char *name) {
+    const size_t pl = strlen(prefix);
+    for (int32_t i = 0; i < n; i++)
+        if (!strncmp(ts[i]->name, prefix, pl) && !strcmp(ts[i]->name + pl, name)) return ts[i];
+    return NULL;
+}
+
+/* A path the save may replace: nothing there yet, or a training state (which
+ * mopt wrote). Anything else is the user's file and stays untouched. */
+static mopt_status check_replaceable(const char *path, mopt_error *err) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return MOPT_OK;
+    if (!S_ISREG(sb.st_mode))
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s exists and is not a file mopt wrote; choose another checkpoint path", path);
+    mopt_tensor **ts = NULL;
+    int32_t nt = 0;
+    mopt_error e2 = {0};
+    int is_state = mopt_safetensors_read(path, &ts, &nt, &e2) == MOPT_OK && find(ts, nt, "trainer/", "adam_steps") != NULL;
+    for (int32_t i = 0; i < nt; i++) mopt_tensor_free(ts[i]);
+    free(ts);
+    if (!is_state)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s exists and is not a mopt training state; choose another checkpoint path or remove it",
+                         path);
+    return MOPT_OK;
+}
+
 mopt_status mopt_trainer_save(const mopt_trainer *tr, const char *path, const mopt_train_extra *x, int32_t nx, mopt_error *err) {
     mopt_st_list l = {0};
-    mopt_status st = MOPT_OK;
+    mopt_status st = check_replaceable(path, err);
     for (int32_t i = 0; i < tr->n_params && !st; i++) {
         const param *p = &tr->params[i];
         st = add_vec(&l, "param/", p->name, "F32", p->w, p->n, sizeof(float), err);
@@ -49,12 +76,6 @@ mopt_status mopt_trainer_save(const mopt_trainer *tr, const char *path, const mo
     return st;
 }
 
-static const mopt_tensor *find(mopt_tensor *const *ts, int32_t n, const char *prefix, const char *name) {
-    const size_t pl = strlen(prefix);
-    for (int32_t i = 0; i < n; i++)
-        if (!strncmp(ts[i]->name, prefix, pl) && !strcmp(ts[i]->name + pl, name)) return ts[i];
-    return NULL;
-}
 
 /* The tensor prefix+name as n values of dtype, or an error naming the file. */
 static mopt_status want(const char *path, mopt_tensor *const *ts, int32_t nt, const char *prefix, const char *name, mopt_dtype dt,

@@ -200,6 +200,8 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
     }
     if (!st && has_val && k.nv > 0) h->report_metric(report, "val_loss_before", k.vcurve[0]);
     const int64_t first = k.step;
+    /* the state as training starts: a checkpoint path that cannot take it fails now, not after the run */
+    if (!st) st = checkpoint(h, ctx, &k, o, err);
     while (k.step < steps && !st) {
         const int64_t s = k.step;
         uint64_t rng = k.seed; /* k.seed moves on only with a complete step, so a saved state redraws its windows */

@@ -27,7 +27,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         if (!st) st = prune_mask(h, score, l->out, l->in, sp, 0, mask, err);
         for (int64_t i = 0; !st && i < l->out * l->in; i++)
             if (mask[i]) W[i] = 0;
-        if (!st) st = prune_install(h, g, l, W, err);
+        if (!st) st = prune_install(h, g, l, W, sp, err);
         if (!st) prune_count(&t, k, W, l->out * l->in);
         h->progress(ctx, k + 1, n);
         free(W), free(score), free(mask);

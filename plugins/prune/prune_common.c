@@ -21,6 +21,11 @@ mopt_status prune_spec_from(const mopt_host_api *h, const mopt_options *o, prune
     } else if (!(sp->sparsity > 0 && sp->sparsity < 1)) {
         return h->error_set(err, MOPT_E_INVALID, "prune", "sparsity=%g: give a fraction strictly between 0 and 1", sp->sparsity);
     }
+    sp->pack = h->opt_bool(o, "pack");
+    if (sp->pack && !(sp->n == 2 && sp->m == 4))
+        return h->error_set(err, MOPT_E_INVALID, "prune", "pack=true stores the 2:4 pattern only; give pattern=2:4");
+    if (sp->pack && h->opt_is_set(o, "bits"))
+        return h->error_set(err, MOPT_E_INVALID, "prune", "pack=true stores float values; with bits= the result is packed QINT (drop one of them)");
     return MOPT_OK;
 }
 
@@ -86,10 +91,12 @@ mopt_status prune_mask(const mopt_host_api *h, const float *score, int64_t out, 
     return MOPT_OK;
 }
 
-mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, const float *W, mopt_error *err) {
+mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, const float *W, prune_spec sp, mopt_error *err) {
     const mopt_tensor *old = h->graph_find_tensor(g, l->wname);
     const int64_t dims[2] = {l->out, l->in};
-    return q_replace(h, g, h->tensor_from_f32(l->wname, old ? old->dtype : MOPT_DTYPE_F32, 2, dims, W, err), err);
+    const mopt_dtype dt = old ? old->dtype : MOPT_DTYPE_F32;
+    if (sp.pack) return q_replace(h, g, h->sp24_pack(l->wname, l->out, l->in, dt, W, err), err);
+    return q_replace(h, g, h->tensor_from_f32(l->wname, dt, 2, dims, W, err), err);
 }
 
 void prune_count(prune_tally *t, int32_t k, const float *W, int64_t n) {
@@ -114,7 +121,7 @@ void prune_report(const mopt_host_api *h, mopt_report *r, const char *method, co
 }
 
 mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
-                           int32_t n, prune_tally *t, const prune_layer_ops *ops, mopt_error *err) {
+                           int32_t n, prune_spec sp, prune_tally *t, const prune_layer_ops *ops, mopt_error *err) {
     const mopt_arch *a = h->graph_arch(g);
     calib c;
     mopt_status st = calib_init(&c, h, ctx, g, o, (int64_t)n + a->n_layers, err);
@@ -129,7 +136,7 @@ mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_grap
             if (!W) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
             int installed = 0;
             if (!st) st = ops->prune(ops->user, i, W, &installed, err);
-            if (!st && !installed) st = prune_install(h, g, mine[i], W, err);
+            if (!st && !installed) st = prune_install(h, g, mine[i], W, sp, err);
             if (!st) prune_count(t, (int32_t)(mine[i] - ls), W, mine[i]->out * mine[i]->in);
             free(W);
             calib_tick(&c);
@@ -157,7 +164,7 @@ mopt_status prune_run_calibrated(const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     for (int32_t k = 0; k < n && !st; k++) st = prune_check_linear(h, g, &ls[k], *sp, pass, err);
     prune_tally t = {calloc((size_t)(n > 0 ? n : 1), sizeof(double)), n, 0, 0};
     if (!st && !t.per_linear) st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
-    if (!st) st = prune_by_layer(h, ctx, g, o, ls, n, &t, ops, err);
+    if (!st) st = prune_by_layer(h, ctx, g, o, ls, n, *sp, &t, ops, err);
     ops->end(ops->user);
     if (!st) prune_report(h, report, method, o, &t);
     free(t.per_linear);

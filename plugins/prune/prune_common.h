@@ -11,13 +11,16 @@
 typedef struct prune_spec {
     double sparsity; /* unstructured: the fraction set to zero */
     int32_t n, m;    /* N:M; m = 0: unstructured */
+    int32_t pack;    /* 2:4 stored packed (MOPT_DTYPE_SP24) */
 } prune_spec;
 
 #define PRUNE_OPTS                                                                                                           \
     {"sparsity", MOPT_OPT_FLOAT, 0, "unstructured: the fraction of each linear's weights set to zero, in (0, 1)", "0.5", 0, 1, NULL}, \
     {"pattern", MOPT_OPT_STRING, 0, "unstructured, or N:M: at most N non-zeros in every M consecutive inputs of a row (2:4, 4:8)",      \
      "unstructured", 0, -1, NULL},                                                                                          \
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep dense (node or tensor names)", "", 0, -1, NULL}
+    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep dense (node or tensor names)", "", 0, -1, NULL},                    \
+    {"pack", MOPT_OPT_BOOL, 0, "2:4 only: store the pruned linears packed (kept values + 2-bit positions) for the sparse kernels", \
+     "false", 0, -1, NULL}
 
 /* Reads and checks sparsity= and pattern= (the passes' check, at pipeline time). */
 mopt_status prune_spec_from(const mopt_host_api *h, const mopt_options *o, prune_spec *sp, mopt_error *err);
@@ -32,8 +35,9 @@ mopt_status prune_check_linear(const mopt_host_api *h, mopt_graph *g, const qlin
  * picks the M - N lowest of each group of M in a row. */
 mopt_status prune_mask(const mopt_host_api *h, const float *score, int64_t out, int64_t in, prune_spec sp, int per_row, uint8_t *mask, mopt_error *err);
 
-/* Writes W (fp32, already masked or updated) back into the graph in the weight's own dtype. */
-mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, const float *W, mopt_error *err);
+/* Writes W (fp32, already masked or updated) back into the graph in the
+ * weight's own dtype, or with sp.pack as 2:4 storage of kept values in that dtype. */
+mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, const float *W, prune_spec sp, mopt_error *err);
 
 /* Report: sparsity per linear (a series), its min, max and mean, zeros in all, the method and pattern. */
 typedef struct prune_tally {
@@ -60,7 +64,7 @@ typedef struct prune_layer_ops {
     void *user;
 } prune_layer_ops;
 mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
-                           int32_t n, prune_tally *t, const prune_layer_ops *ops, mopt_error *err);
+                           int32_t n, prune_spec sp, prune_tally *t, const prune_layer_ops *ops, mopt_error *err);
 /* A calibrated pass from start to report: reads the pattern into *sp (which
  * ops' user sees), selects and checks the linears, sweeps, reports. */
 mopt_status prune_run_calibrated(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,

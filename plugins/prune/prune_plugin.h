@@ -7,5 +7,6 @@
 extern const mopt_pass_desc prune_magnitude_pass;
 extern const mopt_pass_desc prune_wanda_pass;
 extern const mopt_pass_desc prune_sparsegpt_pass;
+extern const mopt_pass_desc prune_minitron_pass;
 
 #endif

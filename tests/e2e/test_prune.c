@@ -108,6 +108,66 @@ static void test_nm_patterns_and_the_quality_order_at_2_4(void **s) {
     mopt_model_free(m);
 }
 
+/* Largest |logit difference| over 24 tokens fed one at a time (decode: the
+ * linears' few-token kernels), relative to the largest |logit|. */
+static double decode_rel_diff(mopt_model *a, mopt_model *b) {
+    mopt_error err = {0};
+    mopt_session *sa = mopt_session_new(mopt_model_graph(a), NULL, &err), *sb = mopt_session_new(mopt_model_graph(b), NULL, &err);
+    const int32_t V = mopt_model_arch(a)->vocab_size;
+    float *copy = malloc((size_t)V * sizeof *copy);
+    double d = 0, mag = 0;
+    for (int32_t t = 0; t < 24; t++) {
+        const int32_t id = (t * 151 + 7) % V;
+        const float *la, *lb;
+        assert_int_equal(mopt_session_forward(sa, &id, 1, false, &la, &err), MOPT_OK);
+        memcpy(copy, la, (size_t)V * sizeof *copy);
+        assert_int_equal(mopt_session_forward(sb, &id, 1, false, &lb, &err), MOPT_OK);
+        for (int32_t i = 0; i < V; i++) d = fmax(d, fabs((double)copy[i] - lb[i])), mag = fmax(mag, fabs((double)copy[i]));
+    }
+    free(copy);
+    mopt_session_free(sa);
+    mopt_session_free(sb);
+    return d / mag;
+}
+
+/* pack=true stores 2:4 linears as kept values + 2-bit positions: 0.5625x the
+ * bf16 bytes, and the sparse kernels give the logits of the dense masked weights. */
+static void test_packed_2_4_is_smaller_and_runs_like_the_masked_weights(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *dense = test_load_model("models/lit-llama-7m"), *packed = test_load_model("models/lit-llama-7m");
+    mopt_report_free(test_run_pipeline(dense, "prune.magnitude<pattern=2:4>"));
+    mopt_report_free(test_run_pipeline(packed, "prune.magnitude<pattern=2:4;pack=true>"));
+    const mopt_graph *gd = mopt_model_graph(dense), *gp = mopt_model_graph(packed);
+    int64_t bytes_dense = 0, bytes_packed = 0;
+    int linears = 0;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(gp); i++) {
+        if (!mopt_role_is_linear(mopt_graph_node(gp, i)->role)) continue;
+        assert_int_equal(mopt_graph_node(gp, i)->weight->dtype, MOPT_DTYPE_SP24);
+        bytes_dense += mopt_weight_storage_bytes(mopt_graph_node(gd, i)->weight);
+        bytes_packed += mopt_weight_storage_bytes(mopt_graph_node(gp, i)->weight);
+        linears++;
+    }
+    assert_int_equal(linears, 7 * 8);
+    fprintf(stderr, "2:4 packed bf16 linears: %lld of %lld dense bytes (%.4f)\n", (long long)bytes_packed, (long long)bytes_dense,
+            (double)bytes_packed / (double)bytes_dense);
+    assert_true((double)bytes_packed <= 0.57 * (double)bytes_dense);
+    const double dec = decode_rel_diff(dense, packed), pre = test_max_logit_diff(dense, packed);
+    fprintf(stderr, "2:4 packed vs dense masked logits: decode %.3g relative, prefill %.3g absolute\n", dec, pre);
+    assert_true(dec <= 1e-4);
+    assert_true(pre <= 1e-4);
+    /* a dense export decodes the packed rows: the checkpoint is the masked model */
+    char dir[1024], text[1400];
+    test_tmpdir(dir, sizeof dir, "prune-packed");
+    snprintf(text, sizeof text, "export.hf<out=%s/hf>", dir);
+    mopt_report_free(test_run_pipeline(packed, text));
+    snprintf(text, sizeof text, "%s/hf", dir);
+    mopt_model *back = test_load_model(text);
+    assert_true(test_max_logit_diff(back, dense) == 0);
+    mopt_model_free(back);
+    mopt_model_free(dense);
+    mopt_model_free(packed);
+}
+
 static void test_pruned_model_exports_and_reloads(void **s) {
     REQUIRE_SHARED();
     char dir[1024], out[1200], args[8192];
@@ -146,7 +206,9 @@ static void test_prune_refuses_bad_input(void **s) {
     snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method wanda -o '%s'", sh, out);
     test_cli_refuses(args, 2, "give --calib FILE", NULL);
     snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method obd -o '%s'", sh, out);
-    test_cli_refuses(args, 2, "magnitude, wanda or sparsegpt", NULL);
+    test_cli_refuses(args, 2, "magnitude, wanda, sparsegpt or minitron", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 4:8 --pack -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "pack=true stores the 2:4 pattern only", NULL);
     assert_int_not_equal(access(out, F_OK), 0);
     test_pipeline_fails("models/lit-gpt2-1m", "quant.rtn<bits=4;group_size=32>,prune.magnitude", "prune the float model, then quantize");
 }
@@ -183,6 +245,7 @@ int main(void) {
         cmocka_unit_test(test_magnitude_masks_match_a_float64_selection),
         cmocka_unit_test(test_nm_patterns_and_the_quality_order_at_2_4),
         cmocka_unit_test(test_sparsegpt_quantizes_in_the_same_sweep),
+        cmocka_unit_test(test_packed_2_4_is_smaller_and_runs_like_the_masked_weights),
         cmocka_unit_test(test_pruned_model_exports_and_reloads),
         cmocka_unit_test(test_prune_refuses_bad_input),
     };

@@ -170,6 +170,16 @@ MOPT_API int mopt_role_is_linear(mopt_role role);
  * missing or has the wrong shape, and refuses tensors no node uses. */
 MOPT_API mopt_status mopt_graph_build(mopt_graph *g, mopt_error *err);
 
+/* A new graph of architecture `arch` over the tensors ts[0..n) (graph names),
+ * wired by mopt_graph_build: for passes that change a model's shape
+ * (structured pruning). Ownership of every tensor moves to the call, which
+ * frees them all when it fails. */
+MOPT_API mopt_graph *mopt_graph_assemble(const mopt_arch *arch, mopt_tensor **ts, int32_t n, mopt_error *err);
+/* g takes over everything `from` holds (architecture, tensors, nodes) and its
+ * old contents are freed with `from`: a pass swaps in a reshaped model while
+ * the pointer everyone holds stays valid. */
+MOPT_API void mopt_graph_take(mopt_graph *g, mopt_graph *from);
+
 MOPT_EXTERN_C_END
 
 #endif

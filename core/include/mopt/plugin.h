@@ -208,6 +208,14 @@ typedef struct mopt_host_api {
     /* appended: pruning */
     mopt_tensor *(*tensor_from_f32)(const char *name, mopt_dtype dtype, int32_t ndim, const int64_t *dims, const float *src,
                                     mopt_error *err);
+
+    /* appended: structured pruning (a model of another shape) */
+    mopt_graph *(*graph_assemble)(const mopt_arch *arch, mopt_tensor **ts, int32_t n, mopt_error *err);
+    void (*graph_take)(mopt_graph *g, mopt_graph *from);
+    void (*graph_free)(mopt_graph *g);
+    int64_t (*graph_n_params)(const mopt_graph *g);
+    /* 2:4 sparse storage (mopt/quant.h, MOPT_DTYPE_SP24) */
+    mopt_tensor *(*sp24_pack)(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

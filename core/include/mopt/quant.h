@@ -23,7 +23,18 @@
  * MOPT_DTYPE_FP8: E4M3 bytes [out, in] (bias 7, no infinities, max 448), F32
  * scale [out] (per channel) or [1] (per tensor): w = e4m3(q) * s. Activations
  * are rounded to the E4M3 grid per token (dynamic) or with the calibrated
- * per-tensor act_scale (static), or left alone (weight-only). */
+ * per-tensor act_scale (static), or left alone (weight-only).
+ *
+ * MOPT_DTYPE_SP24 (2:4 semi-structured sparsity; `in` a multiple of 8): every
+ * group of four consecutive inputs of a row keeps two values. A row is stored
+ * as its in/2 kept values in order, in the weight's float dtype (F16 unless
+ * flags carry MOPT_QUANT_VALUES_BF16 or _F32), then in/8 bytes of positions:
+ * byte k holds group 2k in its low nibble and group 2k + 1 in its high one,
+ * each nibble i0 | i1 << 2 with i0 < i1 the positions (0..3) of the kept
+ * values; rows are padded to a multiple of 4 bytes. A group with fewer than two non-zeros keeps zeros at its lowest free
+ * positions. These are the kept values and 2-bit indices of NVIDIA's sparse
+ * tensor cores (without their tile interleave) and, one bit per input instead
+ * of two per kept value, compressed-tensors' sparse-24-bitmask. */
 #ifndef MOPT_QUANT_H
 #define MOPT_QUANT_H
 
@@ -41,7 +52,9 @@ enum {
     MOPT_QUANT_SYM = 1u << 0,            /* QINT: no zeros stored, z = 2^(b-1) */
     MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8: dynamic per-token activation rounding */
     MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8: static per-tensor activation scale */
-    MOPT_QUANT_PER_TENSOR = 1u << 3      /* FP8: one weight scale */
+    MOPT_QUANT_PER_TENSOR = 1u << 3,     /* FP8: one weight scale */
+    MOPT_QUANT_VALUES_BF16 = 1u << 4,    /* SP24: kept values are bf16 */
+    MOPT_QUANT_VALUES_F32 = 1u << 5      /* SP24: kept values are f32 */
 };
 
 /* Bytes of one 32-value block for b bits (0 for unsupported b). */
@@ -64,6 +77,12 @@ MOPT_API mopt_tensor *mopt_w8a8_pack(const char *name, int64_t out, int64_t in, 
 /* E4M3 bytes with n_scales = out (per channel) or 1 (per tensor) scales. */
 MOPT_API mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint8_t *q, const float *scales,
                                     int64_t n_scales, uint32_t act_flags, float act_scale, mopt_error *err);
+
+/* 2:4 sparse storage of W [out, in] (fp32, at most two non-zeros in every
+ * group of four inputs of a row) with the kept values in `values` (F16, BF16
+ * or F32, rounded to nearest even). Fails when `in` is not a multiple of 8 or
+ * a group holds three or four non-zeros, naming the row and the group. */
+MOPT_API mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err);
 
 /* E4M3 conversions: round to nearest even, saturating at +-448. */
 MOPT_API uint8_t mopt_f32_to_e4m3(float f);

@@ -36,6 +36,7 @@ typedef enum mopt_dtype {
     MOPT_DTYPE_QINT = 64, /* b-bit integers (b = 2, 3, 4, 8) in 32-value blocks, group scales/zeros */
     MOPT_DTYPE_W8A8 = 65, /* int8 weights, per-row scale; activations quantized per token at run time */
     MOPT_DTYPE_FP8 = 66,  /* E4M3 weights, per-row or per-tensor scale */
+    MOPT_DTYPE_SP24 = 67, /* 2:4 sparse: two kept values of every four inputs plus their 2-bit positions */
     MOPT_DTYPE_COUNT
 } mopt_dtype;
 

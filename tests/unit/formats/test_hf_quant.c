@@ -3,7 +3,8 @@
  * logits are identical to the in-process model (difference exactly 0); an
  * independent Python reader written from the published layouts decodes them to
  * the project's dequantized weights; formats that cannot hold a scheme refuse it
- * with a message; corrupt packed tensors are refused on import. */
+ * with a message; corrupt packed tensors are refused on import. 2:4 packed
+ * weights go through compressed-tensors' sparse-24-bitmask the same way. */
 #include <jansson.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -118,6 +119,59 @@ static void test_llama2c_rope_rows_are_permuted_in_packed_form(void **s) {
                     "l2c-gptq", 1, 1e-4);
 }
 
+/* Sets the byte at `offset` into the data of tensor `name` of a safetensors file to `value`. */
+static void poke_tensor_byte(const char *file, const char *name, size_t offset, uint8_t value) {
+    size_t n;
+    uint8_t *d = read_whole(file, &n);
+    assert_non_null(d);
+    uint64_t hlen;
+    memcpy(&hlen, d, 8);
+    json_error_t je;
+    json_t *h = json_loadb((const char *)d + 8, (size_t)hlen, 0, &je);
+    assert_non_null(h);
+    json_t *offs = json_object_get(json_object_get(h, name), "data_offsets");
+    assert_non_null(offs);
+    d[8 + hlen + (size_t)json_integer_value(json_array_get(offs, 0)) + offset] = value;
+    write_file(file, d, n);
+    json_decref(h);
+    free(d);
+}
+
+static void test_compressed_tensors_sparse_24_bitmask(void **s) {
+    /* packed 2:4 weights export as sparse-24-bitmask and load back into the same packed weights */
+    exact_roundtrip("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true>", "compressed-tensors", "ct-24", 1);
+    /* llama2.c's q/k rows move to rotate-half order with their bitmasks (its FFN of 172 is no multiple of 8: kept dense) */
+    roundtrip_tol("models/stories260K/stories260K.bin", "prune.magnitude<pattern=2:4;pack=true;exclude=*mlp*>", "compressed-tensors",
+                  "l2c-24", 1, 1e-4);
+    char dir[1024], out[1100], text[2400], file[1200];
+    test_tmpdir(dir, sizeof dir, "ct-24-bad");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "prune.magnitude<pattern=2:4;pack=true>,export.hf<out=%s>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    mopt_error err = {0};
+    mopt_model *back = mopt_model_load(out, NULL, &err);
+    assert_non_null(back);
+    assert_int_equal(mopt_graph_find_tensor(mopt_model_graph(back), "model.layers.3.mlp.up_proj.weight")->dtype, MOPT_DTYPE_SP24);
+    mopt_model_free(back);
+    /* a group of four with three kept inputs is no 2:4 */
+    snprintf(file, sizeof file, "%s/model.safetensors", out);
+    poke_tensor_byte(file, "model.layers.0.mlp.down_proj.bitmask", 5, 0x07);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "keep 3 values, not 2 of 4");
+    /* another sparsity compressor */
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", out);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    json_object_set_new(json_object_get(json_object_get(j, "quantization_config"), "sparsity_config"), "format", json_string("sparse-bitmask"));
+    json_dump_file(j, path, 0);
+    json_decref(j);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "sparsity_config.format");
+}
+
 static void expect_refusal(const char *model_rel, const char *text_fmt, const char *msg) {
     char dir[1024], text[4096], out[1100];
     test_tmpdir(dir, sizeof dir, "refuse");
@@ -134,6 +188,8 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.rtn<bits=3>,export.hf<out=%s/o;format=gptq>", "3-bit");
     expect_refusal("models/lit-llama-7m", "quant.fp8,export.hf<out=%s/o;format=gptq>", "export as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "export.hf<out=%s/o;format=gptq>", "needs a quantized model");
+    expect_refusal("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true>,export.hf<out=%s/o;format=gptq>",
+                   "2:4 packed weights export as compressed-tensors (sparse-24-bitmask) or dense");
     expect_refusal("models/lit-llama-7m", "quant.rtn<bits=4>,export.hf<out=%s/o;format=modelopt>", "sym=true");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
@@ -312,6 +368,7 @@ int main(void) {
         cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
         cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
+        cmocka_unit_test(test_compressed_tensors_sparse_24_bitmask),
         cmocka_unit_test(test_formats_refuse_what_they_cannot_hold),
         cmocka_unit_test(test_bad_quantized_checkpoints_are_refused),
         cmocka_unit_test(test_compressed_tensors_schemes_mopt_cannot_read_are_refused),

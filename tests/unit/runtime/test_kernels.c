@@ -57,6 +57,40 @@ static void test_dot_kernels_match_float64_reference(void **s) {
     }
 }
 
+/* The 2:4 row kernels (fp32 and bf16 values) over every pair of kept positions (byte k: group 2k in the
+ * low nibble, i0 | i1 << 2), against a float64 sum written from the layout. */
+static void test_sp24_dot_matches_float64_on_every_position_pair(void **s) {
+    static const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
+    static const int64_t widths[] = {8, 16, 24, 40, 256, 768, 1000};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+            const int64_t n = widths[wi];
+            float *v = malloc((size_t)n / 2 * 4), *x = malloc((size_t)n * 4);
+            uint16_t *vb = malloc((size_t)n / 2 * 2);
+            uint8_t *pos = calloc((size_t)n / 8, 1);
+            double ref = 0, mag = 0;
+            for (int64_t i = 0; i < n; i++) x[i] = frand();
+            for (int64_t g = 0; g < n / 4; g++) {
+                const int *p = pairs[(g * 7 + wi) % 6];
+                pos[g / 2] |= (uint8_t)((p[0] | p[1] << 2) << (4 * (g % 2)));
+                for (int j = 0; j < 2; j++) {
+                    vb[2 * g + j] = mopt_f32_to_bf16(frand()); /* bf16-exact values serve both kernels */
+                    v[2 * g + j] = mopt_bf16_to_f32(vb[2 * g + j]);
+                    ref += (double)v[2 * g + j] * x[4 * g + p[j]];
+                    mag += fabs((double)v[2 * g + j] * x[4 * g + p[j]]);
+                }
+            }
+            const double got = sets[k]->dot_sp24(v, pos, x, n);
+            if (fabs(got - ref) > 1e-6 + (double)n * 6e-8 * mag)
+                fprintf(stderr, "%s dot_sp24 n=%lld: %.9g vs %.9g\n", sets[k]->name, (long long)n, got, ref);
+            assert_true(fabs(got - ref) <= 1e-6 + (double)n * 6e-8 * mag);
+            assert_true(fabs(sets[k]->dot_sp24_bf16(vb, pos, x, n) - ref) <= 1e-6 + (double)n * 6e-8 * mag);
+            free(v), free(vb), free(x), free(pos);
+        }
+    }
+}
+
 static void test_half_conversions_follow_ieee(void **s) {
     /* exact values */
     assert_true(mopt_f16_to_f32(0x3c00) == 1.0f);
@@ -95,6 +129,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dot_kernels_match_float64_reference),
         cmocka_unit_test(test_half_conversions_follow_ieee),
+        cmocka_unit_test(test_sp24_dot_matches_float64_on_every_position_pair),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

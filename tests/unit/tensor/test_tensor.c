@@ -46,10 +46,50 @@ static void test_packed_levels_read_back_and_dequantize(void **state) {
     mopt_tensor_free(t);
 }
 
+/* 2:4 storage: the documented bytes (values in order, then a nibble i0 | i1 << 2
+ * per group, even groups low; rows padded to 4 bytes), exact rows back, the size, and refusals. */
+static void test_sp24_packs_the_documented_layout_and_reads_back(void **state) {
+    (void)state;
+    enum { OUT = 3, IN = 16 };
+    float W[OUT * IN] = {0};
+    /* row 0: two non-zeros per group; row 1: one or none (zeros fill the lowest free positions); row 2: all zero */
+    const float r0[IN] = {0, 1.5f, 0, -2, 3, 0, 0, 4, 0, 0, 5, 6, 7, 0, 8, 0};
+    const float r1[IN] = {0, 0, 9, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 2};
+    memcpy(W, r0, sizeof r0);
+    memcpy(W + IN, r1, sizeof r1);
+    mopt_error err = {0};
+    mopt_tensor *t = mopt_sp24_pack("w", OUT, IN, MOPT_DTYPE_BF16, W, &err);
+    assert_non_null(t);
+    assert_int_equal(t->dtype, MOPT_DTYPE_SP24);
+    assert_int_equal(mopt_weight_storage_bytes(t), OUT * 20); /* 16 value bytes + 2 position bytes, padded to 4 */
+    const uint8_t *row0 = t->data, *row1 = (const uint8_t *)t->data + t->nb[1];
+    /* row 0 positions: groups (1,3) (0,3) (2,3) (0,2) */
+    assert_int_equal(row0[16], (1 | 3 << 2) | (0 | 3 << 2) << 4);
+    assert_int_equal(row0[17], (2 | 3 << 2) | (0 | 2 << 2) << 4);
+    /* row 1: {2} -> (0,2); {} -> (0,1); {0} -> (0,1); {3} -> (0,3) */
+    assert_int_equal(row1[16], (0 | 2 << 2) | (0 | 1 << 2) << 4);
+    assert_int_equal(row1[17], (0 | 1 << 2) | (0 | 3 << 2) << 4);
+    uint16_t v;
+    memcpy(&v, row0 + 2, 2); /* the second kept value of row 0 is -2 */
+    assert_true(mopt_bf16_to_f32(v) == -2.0f);
+    float back[IN];
+    for (int r = 0; r < OUT; r++) {
+        assert_int_equal(mopt_weight_row_f32(t, r, back, &err), MOPT_OK);
+        assert_memory_equal(back, W + r * IN, sizeof back);
+    }
+    mopt_tensor_free(t);
+    W[0] = 1; /* row 0, group 0 now holds three non-zeros */
+    assert_null(mopt_sp24_pack("w", OUT, IN, MOPT_DTYPE_F16, W, &err));
+    assert_non_null(strstr(err.msg, "row 0, inputs 0..3 hold more than two non-zeros"));
+    assert_null(mopt_sp24_pack("w", 1, 12, MOPT_DTYPE_F16, W, &err));
+    assert_non_null(strstr(err.msg, "multiple of 8"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transposing_columns_gives_linear_rows),
         cmocka_unit_test(test_packed_levels_read_back_and_dequantize),
+        cmocka_unit_test(test_sp24_packs_the_documented_layout_and_reads_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -649,6 +649,39 @@ static void test_a_saved_state_resumes_and_another_models_is_refused(void **st) 
     mopt_graph_free(g2);
 }
 
+/* A checkpoint path holding anything but a training state is the user's: the save refuses it and leaves it as it was. */
+static void test_a_save_never_overwrites_a_file_that_is_not_a_training_state(void **st) {
+    (void)st;
+    char dir[1024], mine[1200], state[1200], link[1200];
+    test_tmpdir(dir, sizeof dir, "train-state-keep");
+    snprintf(mine, sizeof mine, "%s/notes.txt", dir);
+    snprintf(state, sizeof state, "%s/run.state", dir);
+    snprintf(link, sizeof link, "%s/link.state", dir);
+    FILE *f = fopen(mine, "wb");
+    assert_non_null(f);
+    fputs("my notes", f);
+    fclose(f);
+    assert_int_equal(symlink(mine, link), 0);
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err);
+    assert_int_equal(mopt_trainer_save(tr, mine, NULL, 0, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "is not a mopt training state");
+    assert_int_equal(mopt_trainer_save(tr, link, NULL, 0, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "not a file mopt wrote");
+    char buf[32] = {0};
+    f = fopen(mine, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(buf, 1, sizeof buf - 1, f), 8);
+    fclose(f);
+    assert_string_equal(buf, "my notes");
+    /* a state mopt wrote is replaced, as a run that checkpoints every N steps needs */
+    assert_int_equal(mopt_trainer_save(tr, state, NULL, 0, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_save(tr, state, NULL, 0, &err), MOPT_OK);
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+}
+
 /* Recomputation keeps one block's inner activations and gives the same gradients, bit for bit, and so does any thread count. */
 static void check_recompute(const char *rel) {
     REQUIRE_SHARED();
@@ -693,6 +726,7 @@ int main(void) {
         cmocka_unit_test(test_recomputation_gives_the_same_gradients_llama),
         cmocka_unit_test(test_recomputation_gives_the_same_gradients_gpt2),
         cmocka_unit_test(test_a_saved_state_resumes_and_another_models_is_refused),
+        cmocka_unit_test(test_a_save_never_overwrites_a_file_that_is_not_a_training_state),
         cmocka_unit_test(test_bad_windows_are_refused),
         cmocka_unit_test(test_cross_entropy_gradient_matches_finite_differences),
         cmocka_unit_test(test_distillation_kl_gradients_match_finite_differences),

@@ -1,0 +1,98 @@
+/* 2:4 sparse weights (MOPT_DTYPE_SP24, layout in mopt/quant.h): packing a
+ * masked matrix and reading rows back. */
+#include <stdio.h>
+#include <string.h>
+
+#include "mopt/quant.h"
+#include "tensor_impl.h"
+
+static size_t value_size(uint32_t flags) { return flags & MOPT_QUANT_VALUES_F32 ? 4 : 2; }
+
+mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err) {
+    if (values != MOPT_DTYPE_F16 && values != MOPT_DTYPE_BF16 && values != MOPT_DTYPE_F32) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "%s: 2:4 values must be f16, bf16 or f32, not %s", name, mopt_dtype_name(values));
+        return NULL;
+    }
+    if (in <= 0 || in % 8 || out <= 0) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "%s: 2:4 storage needs a positive input width that is a multiple of 8 (got %lld)", name, (long long)in);
+        return NULL;
+    }
+    const uint32_t flags = values == MOPT_DTYPE_BF16 ? MOPT_QUANT_VALUES_BF16 : values == MOPT_DTYPE_F32 ? MOPT_QUANT_VALUES_F32 : 0;
+    const size_t vs = value_size(flags), vbytes = (size_t)in / 2 * vs;
+    for (int64_t r = 0; r < out; r++) /* refuse before allocating */
+        for (int64_t g = 0; g < in / 4; g++) {
+            const float *w = W + r * in + 4 * g;
+            if ((w[0] != 0) + (w[1] != 0) + (w[2] != 0) + (w[3] != 0) > 2) {
+                MOPT_FAIL(err, MOPT_E_INVALID, "%s: row %lld, inputs %lld..%lld hold more than two non-zeros: not 2:4", name, (long long)r,
+                          (long long)(4 * g), (long long)(4 * g + 3));
+                return NULL;
+            }
+        }
+    /* rows padded to 4 bytes so every row's values are aligned for their dtype */
+    mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_SP24, out, in, (vbytes + (size_t)in / 8 + 3) / 4 * 4, err);
+    if (!t) return NULL;
+    t->quant->bits = (int32_t)(vs * 8);
+    t->quant->group_size = 4;
+    t->quant->flags = flags;
+    for (int64_t r = 0; r < out; r++) {
+        uint8_t *row = (uint8_t *)t->data + (size_t)r * t->nb[1], *pos = row + vbytes;
+        for (int64_t g = 0; g < in / 4; g++) {
+            const float *w = W + r * in + 4 * g;
+            int keep[2], n = 0;
+            for (int i = 0; i < 4 && n < 2; i++)
+                if (w[i] != 0) keep[n++] = i;
+            for (int i = 0; i < 4 && n < 2; i++) /* pad with zeros at the lowest free positions, in order */
+                if (w[i] == 0 && (n == 0 || keep[0] != i)) keep[n++] = i;
+            if (keep[0] > keep[1]) {
+                const int k = keep[0];
+                keep[0] = keep[1], keep[1] = k;
+            }
+            pos[g / 2] |= (uint8_t)((keep[0] | keep[1] << 2) << (4 * (g % 2)));
+            for (int k = 0; k < 2; k++) {
+                const float v = w[keep[k]];
+                void *dst = row + (size_t)(2 * g + k) * vs;
+                if (flags & MOPT_QUANT_VALUES_F32) memcpy(dst, &v, 4);
+                else {
+                    const uint16_t h = flags & MOPT_QUANT_VALUES_BF16 ? mopt_f32_to_bf16(v) : mopt_f32_to_f16(v);
+                    memcpy(dst, &h, 2);
+                }
+            }
+        }
+    }
+    return t;
+}
+
+const uint8_t *mopt_sp24_positions(const mopt_tensor *t, int64_t row) {
+    return (const uint8_t *)t->data + (size_t)row * t->nb[1] + (size_t)t->ne[0] / 2 * value_size(t->quant->flags);
+}
+
+void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals) {
+    const uint8_t *p = (const uint8_t *)t->data + (size_t)row * t->nb[1];
+    const int64_t n = t->ne[0] / 2;
+    const uint32_t f = t->quant->flags;
+    if (f & MOPT_QUANT_VALUES_F32) {
+        memcpy(vals, p, (size_t)n * sizeof(float));
+        return;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * k, 2);
+        vals[k] = f & MOPT_QUANT_VALUES_BF16 ? mopt_bf16_to_f32(h) : mopt_f16_to_f32(h);
+    }
+}
+
+void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out) {
+    mopt_sp24_values_f32(t, row, out + t->ne[0] / 2);
+    mopt_sp24_spread(out, mopt_sp24_positions(t, row), t->ne[0]);
+}
+
+void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in) {
+    const float *v = out + in / 2;
+    for (int64_t g = 0; g < in / 4; g++) { /* group g reads values 2g, 2g+1 at or after where it writes */
+        const uint8_t nib = (uint8_t)(pos[g / 2] >> (4 * (g % 2)) & 15);
+        const float a = v[2 * g], b = v[2 * g + 1];
+        out[4 * g] = out[4 * g + 1] = out[4 * g + 2] = out[4 * g + 3] = 0;
+        out[4 * g + (nib & 3)] = a;
+        out[4 * g + (nib >> 2)] = b;
+    }
+}

@@ -1,0 +1,356 @@
+/* prune.minitron end to end: the FFN neurons it keeps on lit-llama-7m match a
+ * float64 reference importance computed here (an independent transcription
+ * of HF's LlamaForCausalLM over the same calibration windows); every tensor
+ * is sliced consistently with the kept indices it reports; cut models of both
+ * families export as HF checkpoints whose config has the new shape and reload
+ * with the same perplexity; params= finds a shape under the budget; bad input
+ * gets one line and exit 2 with nothing written. */
+#include <jansson.h>
+#include <math.h>
+
+#include "mopt/plugin_util.h"
+#include "testutil.h"
+
+/* A report string of the last pass (kept indices are comma-joined). */
+static const char *report_string(const mopt_report *r, const char *key) {
+    const json_t *passes = json_object_get((const json_t *)mopt_report_tree(r), "passes");
+    const json_t *strings = json_object_get(json_array_get(passes, 0), "strings");
+    const char *s = json_string_value(json_object_get(strings, key));
+    if (!s) fprintf(stderr, "the report has no string %s\n", key);
+    assert_non_null(s);
+    return s;
+}
+
+static int32_t parse_ints(const char *s, int32_t *out, int32_t cap) {
+    int32_t n = 0;
+    while (*s && n < cap) {
+        out[n++] = (int32_t)strtol(s, (char **)&s, 10);
+        if (*s == ',') s++;
+    }
+    return n;
+}
+
+static double *f64(const mopt_graph *g, const char *fmt, int l) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, l);
+    const mopt_tensor *t = mopt_graph_find_tensor(g, name);
+    assert_non_null(t);
+    const int64_t n = mopt_tensor_nelements(t);
+    float *f = malloc((size_t)n * sizeof *f);
+    double *d = malloc((size_t)n * sizeof *d);
+    mopt_error err = {0};
+    assert_int_equal(mopt_tensor_read_f32(t, 0, n, f, &err), MOPT_OK);
+    for (int64_t i = 0; i < n; i++) d[i] = f[i];
+    free(f);
+    return d;
+}
+
+static void rmsnorm64(double *y, const double *x, const double *w, int D, double eps) {
+    double ss = 0;
+    for (int i = 0; i < D; i++) ss += x[i] * x[i];
+    const double inv = 1.0 / sqrt(ss / D + eps);
+    for (int i = 0; i < D; i++) y[i] = x[i] * inv * w[i];
+}
+
+static void matvec64(double *y, const double *W, const double *x, int out, int in) {
+    for (int o = 0; o < out; o++) {
+        double s = 0;
+        for (int i = 0; i < in; i++) s += W[(size_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+/* HF LLaMA (rotate-half RoPE, GQA, SwiGLU) in float64 over one window; adds
+ * each FFN neuron's mean |input of down_proj| over the window, squared, into imp[layer][ffn]. */
+static void llama_ffn_importance64(const mopt_graph *g, const int32_t *ids, int T, double *imp) {
+    const mopt_arch *a = mopt_graph_arch(g);
+    const int D = a->dim, F = a->ffn_dim, H = a->n_heads, KV = a->n_kv_heads, hd = a->head_dim;
+    double *emb = f64(g, "model.embed_tokens.weight", 0);
+    double *x = malloc((size_t)T * D * sizeof *x), *hbuf = malloc((size_t)D * sizeof *hbuf);
+    double *q = malloc((size_t)T * H * hd * sizeof *q), *k = malloc((size_t)T * KV * hd * sizeof *k), *v = malloc((size_t)T * KV * hd * sizeof *v);
+    double *att = malloc((size_t)H * hd * sizeof *att), *o = malloc((size_t)D * sizeof *o), *sc = malloc((size_t)T * sizeof *sc);
+    double *gt = malloc((size_t)F * sizeof *gt), *up = malloc((size_t)F * sizeof *up), *mean = malloc((size_t)F * sizeof *mean);
+    double *qall = malloc((size_t)T * H * hd * sizeof *qall);
+    for (int t = 0; t < T; t++) memcpy(x + (size_t)t * D, emb + (size_t)ids[t] * D, (size_t)D * sizeof *x);
+    for (int l = 0; l < a->n_layers; l++) {
+        double *n1 = f64(g, "model.layers.%d.input_layernorm.weight", l), *n2 = f64(g, "model.layers.%d.post_attention_layernorm.weight", l);
+        double *wq = f64(g, "model.layers.%d.self_attn.q_proj.weight", l), *wk = f64(g, "model.layers.%d.self_attn.k_proj.weight", l);
+        double *wv = f64(g, "model.layers.%d.self_attn.v_proj.weight", l), *wo = f64(g, "model.layers.%d.self_attn.o_proj.weight", l);
+        double *wg = f64(g, "model.layers.%d.mlp.gate_proj.weight", l), *wu = f64(g, "model.layers.%d.mlp.up_proj.weight", l);
+        double *wd = f64(g, "model.layers.%d.mlp.down_proj.weight", l);
+        for (int t = 0; t < T; t++) {
+            rmsnorm64(hbuf, x + (size_t)t * D, n1, D, a->norm_eps);
+            matvec64(qall + (size_t)t * H * hd, wq, hbuf, H * hd, D);
+            matvec64(k + (size_t)t * KV * hd, wk, hbuf, KV * hd, D);
+            matvec64(v + (size_t)t * KV * hd, wv, hbuf, KV * hd, D);
+            for (int hh = 0; hh < H + KV; hh++) { /* rotate half: pairs (i, i + hd/2) */
+                double *p = hh < H ? qall + ((size_t)t * H + hh) * hd : k + ((size_t)t * KV + hh - H) * hd;
+                for (int i = 0; i < hd / 2; i++) {
+                    const double ang = t * pow(a->rope_theta, -2.0 * i / hd), c = cos(ang), s = sin(ang);
+                    const double x0 = p[i], x1 = p[i + hd / 2];
+                    p[i] = x0 * c - x1 * s;
+                    p[i + hd / 2] = x1 * c + x0 * s;
+                }
+            }
+        }
+        memcpy(q, qall, (size_t)T * H * hd * sizeof *q);
+        for (int j = 0; j < F; j++) mean[j] = 0;
+        for (int t = 0; t < T; t++) {
+            for (int hh = 0; hh < H; hh++) {
+                const int kvh = hh / (H / KV);
+                double mx = -1e300, z = 0;
+                for (int s = 0; s <= t; s++) {
+                    double d = 0;
+                    for (int i = 0; i < hd; i++) d += q[((size_t)t * H + hh) * hd + i] * k[((size_t)s * KV + kvh) * hd + i];
+                    sc[s] = d / sqrt((double)hd);
+                    mx = fmax(mx, sc[s]);
+                }
+                for (int s = 0; s <= t; s++) z += (sc[s] = exp(sc[s] - mx));
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int s = 0; s <= t; s++) acc += sc[s] / z * v[((size_t)s * KV + kvh) * hd + i];
+                    att[hh * hd + i] = acc;
+                }
+            }
+            matvec64(o, wo, att, D, H * hd);
+            double *xt = x + (size_t)t * D;
+            for (int i = 0; i < D; i++) xt[i] += o[i];
+            rmsnorm64(hbuf, xt, n2, D, a->norm_eps);
+            matvec64(gt, wg, hbuf, F, D);
+            matvec64(up, wu, hbuf, F, D);
+            for (int j = 0; j < F; j++) {
+                gt[j] = gt[j] / (1 + exp(-gt[j])) * up[j]; /* the input of down_proj */
+                mean[j] += fabs(gt[j]) / T;
+            }
+            matvec64(o, wd, gt, D, F);
+            for (int i = 0; i < D; i++) xt[i] += o[i];
+        }
+        for (int j = 0; j < F; j++) imp[(size_t)l * F + j] += mean[j] * mean[j];
+        free(n1), free(n2), free(wq), free(wk), free(wv), free(wo), free(wg), free(wu), free(wd);
+    }
+    free(emb), free(x), free(hbuf), free(q), free(k), free(v), free(att), free(o), free(sc), free(gt), free(up), free(mean), free(qall);
+}
+
+static const double *g_imp;
+static int by_importance_desc(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (g_imp[x] != g_imp[y]) return g_imp[x] > g_imp[y] ? -1 : 1;
+    return x - y;
+}
+
+enum { WINDOWS = 8, WLEN = 512 };
+
+static void test_kept_ffn_neurons_match_a_float64_importance(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *orig = test_load_model("models/lit-llama-7m"), *m = test_load_model("models/lit-llama-7m");
+    char text[4096], train[1200];
+    test_shared_path(train, sizeof train, "data/lit-train.txt");
+    snprintf(text, sizeof text, "prune.minitron<ffn=512;calib=%s;calib_samples=%d;calib_len=%d;seed=3>", train, WINDOWS, WLEN);
+    mopt_report *r = test_run_pipeline(m, text);
+    const mopt_graph *g0 = mopt_model_graph(orig), *g = mopt_model_graph(m);
+    const mopt_arch *a0 = mopt_graph_arch(g0);
+    const int F = a0->ffn_dim, L = a0->n_layers;
+    assert_int_equal(mopt_graph_arch(g)->ffn_dim, 512);
+    /* the same windows the calibration draws (seeded starts, as plugins/quant/calib.c documents) */
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(orig), train, 0, &ids, &n, &err), MOPT_OK);
+    uint64_t rs = 0x9E3779B97F4A7C15ull ^ (3ull * 0xBF58476D1CE4E5B9ull + 1);
+    double *imp = calloc((size_t)L * F, sizeof *imp);
+    for (int w = 0; w < WINDOWS; w++) llama_ffn_importance64(g0, ids + mopt_rand(&rs) % (n - WLEN + 1), WLEN, imp);
+    int32_t *order = malloc((size_t)F * sizeof *order), kept[1024];
+    double worst = 1;
+    for (int l = 0; l < L; l++) {
+        g_imp = imp + (size_t)l * F;
+        for (int j = 0; j < F; j++) order[j] = j;
+        qsort(order, (size_t)F, sizeof *order, by_importance_desc);
+        char key[32];
+        snprintf(key, sizeof key, "kept_ffn.%d", l);
+        assert_int_equal(parse_ints(report_string(r, key), kept, 1024), 512);
+        int common = 0;
+        for (int i = 0; i < 512; i++)
+            for (int j = 0; j < 512; j++) common += kept[i] == order[j];
+        worst = fmin(worst, common / 512.0);
+        /* the cut's gate/up rows and down columns are the original's kept ones, bit for bit (bf16 stays bf16) */
+        double *g_new = f64(g, "model.layers.%d.mlp.gate_proj.weight", l), *g_old = f64(g0, "model.layers.%d.mlp.gate_proj.weight", l);
+        double *d_new = f64(g, "model.layers.%d.mlp.down_proj.weight", l), *d_old = f64(g0, "model.layers.%d.mlp.down_proj.weight", l);
+        const int D = a0->dim;
+        for (int i = 0; i < 512; i++) {
+            assert_true(i == 0 || kept[i] > kept[i - 1]);
+            assert_memory_equal(g_new + (size_t)i * D, g_old + (size_t)kept[i] * D, (size_t)D * sizeof(double));
+            for (int c = 0; c < D; c++) assert_true(d_new[(size_t)c * 512 + i] == d_old[(size_t)c * F + kept[i]]);
+        }
+        free(g_new), free(g_old), free(d_new), free(d_old);
+    }
+    fprintf(stderr, "FFN 768 -> 512: worst overlap with the float64 reference's kept neurons %.4f\n", worst);
+    assert_true(worst >= 0.9);
+    assert_int_equal(mopt_graph_find_tensor(g, "model.layers.0.mlp.up_proj.weight")->dtype, MOPT_DTYPE_BF16);
+    assert_float_equal(mopt_report_get_metric(r, "params_before") - mopt_report_get_metric(r, "params_after"), (double)L * 3 * 256 * a0->dim, 0);
+    free(order), free(imp), free(ids);
+    mopt_report_free(r);
+    mopt_model_free(m);
+    mopt_model_free(orig);
+}
+
+/* Rows `rows` (or all, n_rows = 0) and columns `cols` (or all) of the original tensor equal the cut one. */
+static void check_slice(const mopt_graph *g0, const char *old_name, const mopt_graph *g, const char *new_name, const int32_t *rows,
+                        int32_t n_rows, const int32_t *cols, int32_t n_cols) {
+    const mopt_tensor *t0 = mopt_graph_find_tensor(g0, old_name), *t = mopt_graph_find_tensor(g, new_name);
+    assert_non_null(t0);
+    assert_non_null(t);
+    double *a = f64(g0, old_name, 0), *b = f64(g, new_name, 0);
+    const int64_t C0 = t0->ndim == 1 ? 1 : t0->ne[0], C = t->ndim == 1 ? 1 : t->ne[0], R = t->ndim == 1 ? t->ne[0] : t->ne[1];
+    assert_int_equal(R, n_rows ? n_rows : (t0->ndim == 1 ? t0->ne[0] : t0->ne[1]));
+    assert_int_equal(C, n_cols ? n_cols : C0);
+    for (int64_t i = 0; i < R; i++)
+        for (int64_t j = 0; j < C; j++) assert_true(b[i * C + j] == a[(n_rows ? rows[i] : i) * C0 + (n_cols ? cols[j] : j)]);
+    free(a), free(b);
+}
+
+/* Head indices expanded to their head_dim rows. */
+static int32_t expand(const int32_t *heads, int32_t n, int32_t hd, int32_t *out) {
+    for (int32_t i = 0; i < n * hd; i++) out[i] = heads[i / hd] * hd + i % hd;
+    return n * hd;
+}
+
+static void test_a_shape_cut_slices_every_tensor_and_exports_the_new_config(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *orig = test_load_model("models/lit-llama-7m"), *m = test_load_model("models/lit-llama-7m");
+    char text[4096], train[1200], dir[1024], out[1200];
+    test_shared_path(train, sizeof train, "data/lit-train.txt");
+    snprintf(text, sizeof text, "prune.minitron<hidden=192;ffn=512;heads=6;kv_heads=3;layers=6;calib=%s;calib_samples=8;calib_len=256>", train);
+    mopt_report *r = test_run_pipeline(m, text);
+    const mopt_graph *g0 = mopt_model_graph(orig), *g = mopt_model_graph(m);
+    const mopt_arch *a = mopt_graph_arch(g);
+    assert_int_equal(a->dim, 192);
+    assert_int_equal(a->ffn_dim, 512);
+    assert_int_equal(a->n_heads, 6);
+    assert_int_equal(a->n_kv_heads, 3);
+    assert_int_equal(a->head_dim, 32);
+    assert_int_equal(a->n_layers, 6);
+    assert_float_equal(mopt_report_get_metric(r, "params_after"), (double)mopt_graph_n_params(g), 0);
+    int32_t layers[8], hidden[256], ffn[768], heads[8], groups[4], rows[256], rows_kv[128];
+    assert_int_equal(parse_ints(report_string(r, "kept_layers"), layers, 8), 6);
+    assert_int_equal(parse_ints(report_string(r, "kept_hidden"), hidden, 256), 192);
+    check_slice(g0, "model.embed_tokens.weight", g, "model.embed_tokens.weight", NULL, 0, hidden, 192);
+    check_slice(g0, "lm_head.weight", g, "lm_head.weight", NULL, 0, hidden, 192);
+    check_slice(g0, "model.norm.weight", g, "model.norm.weight", hidden, 192, NULL, 0);
+    for (int i = 0; i < 6; i++) {
+        const int l = layers[i];
+        char key[32], o[128], n[128];
+        snprintf(key, sizeof key, "kept_ffn.%d", l);
+        assert_int_equal(parse_ints(report_string(r, key), ffn, 768), 512);
+        snprintf(key, sizeof key, "kept_heads.%d", l);
+        assert_int_equal(parse_ints(report_string(r, key), heads, 8), 6);
+        snprintf(key, sizeof key, "kept_groups.%d", l);
+        assert_int_equal(parse_ints(report_string(r, key), groups, 4), 3);
+        for (int h = 0; h < 6; h++) assert_int_equal(heads[h] / 2, groups[h / 2]); /* each new group's heads come from its old group */
+        const int nq = expand(heads, 6, 32, rows), nkv = expand(groups, 3, 32, rows_kv);
+#define NAMES(suffix) (snprintf(o, sizeof o, "model.layers.%d." suffix, l), snprintf(n, sizeof n, "model.layers.%d." suffix, i))
+        NAMES("input_layernorm.weight"), check_slice(g0, o, g, n, hidden, 192, NULL, 0);
+        NAMES("post_attention_layernorm.weight"), check_slice(g0, o, g, n, hidden, 192, NULL, 0);
+        NAMES("self_attn.q_proj.weight"), check_slice(g0, o, g, n, rows, nq, hidden, 192);
+        NAMES("self_attn.k_proj.weight"), check_slice(g0, o, g, n, rows_kv, nkv, hidden, 192);
+        NAMES("self_attn.v_proj.weight"), check_slice(g0, o, g, n, rows_kv, nkv, hidden, 192);
+        NAMES("self_attn.o_proj.weight"), check_slice(g0, o, g, n, hidden, 192, rows, nq);
+        NAMES("mlp.gate_proj.weight"), check_slice(g0, o, g, n, ffn, 512, hidden, 192);
+        NAMES("mlp.up_proj.weight"), check_slice(g0, o, g, n, ffn, 512, hidden, 192);
+        NAMES("mlp.down_proj.weight"), check_slice(g0, o, g, n, hidden, 192, ffn, 512);
+#undef NAMES
+    }
+    assert_null(mopt_graph_find_tensor(g, "model.layers.6.mlp.up_proj.weight"));
+    /* the HF checkpoint carries the new shape and reloads to the same logits */
+    test_tmpdir(dir, sizeof dir, "minitron-export");
+    snprintf(out, sizeof out, "%s/cut", dir);
+    snprintf(text, sizeof text, "export.hf<out=%s>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    size_t len;
+    snprintf(text, sizeof text, "%s/config.json", out);
+    char *cfg = read_whole(text, &len);
+    assert_non_null(cfg);
+    assert_non_null(strstr(cfg, "\"hidden_size\": 192"));
+    assert_non_null(strstr(cfg, "\"intermediate_size\": 512"));
+    assert_non_null(strstr(cfg, "\"num_attention_heads\": 6"));
+    assert_non_null(strstr(cfg, "\"num_key_value_heads\": 3"));
+    assert_non_null(strstr(cfg, "\"num_hidden_layers\": 6"));
+    assert_non_null(strstr(cfg, "\"head_dim\": 32"));
+    free(cfg);
+    mopt_model *back = test_load_model(out);
+    assert_true(test_max_logit_diff(back, m) == 0);
+    mopt_model_free(back);
+    mopt_report_free(r);
+    mopt_model_free(m);
+    mopt_model_free(orig);
+}
+
+/* GPT-2 (LayerNorm with biases, tied embeddings, one head per group) to a parameter budget through the CLI. */
+static void test_a_budget_search_cuts_gpt2_under_it_and_the_checkpoint_reloads(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1200], args[8192], text[4096];
+    test_tmpdir(dir, sizeof dir, "minitron-cli");
+    snprintf(out, sizeof out, "%s/cut", dir);
+    const char *sh = test_shared_dir();
+    snprintf(args, sizeof args,
+             "%s prune '%s/models/lit-gpt2-1m' --method minitron --params 0.6 --calib '%s/data/lit-train.txt' --calib-samples 8 "
+             "--calib-len 128 -o '%s' --report '%s/r.json' --quiet > '%s/stdout'",
+             MOPT_CLI, sh, sh, out, dir, dir);
+    assert_int_equal(system(args), 0);
+    mopt_model *orig = test_load_model("models/lit-gpt2-1m"), *back = test_load_model(out), *m = test_load_model("models/lit-gpt2-1m");
+    const int64_t p0 = mopt_graph_n_params(mopt_model_graph(orig)), p1 = mopt_graph_n_params(mopt_model_graph(back));
+    fprintf(stderr, "lit-gpt2-1m params=0.6: %lld -> %lld parameters\n", (long long)p0, (long long)p1);
+    assert_true(p1 <= 0.6 * (double)p0 && p1 > 0.4 * (double)p0);
+    const mopt_arch *a = mopt_model_arch(back);
+    assert_int_equal(a->dim, a->n_heads * a->head_dim); /* GPT-2's config has no head_dim */
+    /* the same pass in this process gives the same model the CLI saved */
+    snprintf(text, sizeof text, "prune.minitron<params=0.6;calib=%s/data/lit-train.txt;calib_samples=8;calib_len=128>", sh);
+    mopt_report *r = test_run_pipeline(m, text);
+    assert_true(mopt_report_get_metric(r, "search_candidates") >= 1);
+    assert_true(test_max_logit_diff(back, m) == 0);
+    mopt_report_free(r);
+    mopt_model_free(orig), mopt_model_free(back), mopt_model_free(m);
+}
+
+static void test_minitron_refuses_bad_input(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], out[1200], args[4096];
+    test_tmpdir(dir, sizeof dir, "minitron-bad");
+    snprintf(out, sizeof out, "%s/out", dir);
+    const char *sh = test_shared_dir();
+    const char *model = "models/lit-llama-7m";
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --hidden 512 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "hidden=512 is larger than the model's 256", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --layers 9 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "layers=9 is larger than the model's 8", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --heads 6 --kv-heads 4 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "do not divide into 4 query groups", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --heads 8 --kv-heads 2 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "the model's groups hold 2", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --params 0.5 --ffn 512 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "not both", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --params 1.5 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "params", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "nothing to prune", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --ffn 512 -o '%s'", sh, model, out);
+    test_cli_refuses(args, 2, "give --calib FILE", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --ffn 512 --pattern 2:4 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "not minitron", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method minitron --hidden 96 --calib '%s/data/lit-train.txt' --calib-samples 2 "
+             "--calib-len 64 --quiet -o '%s'", sh, sh, out);
+    test_cli_refuses(args, 2, "a gpt2 model cannot take hidden 96 with 4 heads of 32", NULL);
+    assert_int_not_equal(access(out, F_OK), 0);
+    char text[2048];
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=32>,prune.minitron<ffn=512;calib=%s/data/lit-train.txt;calib_samples=2;calib_len=64>", sh);
+    test_pipeline_fails("models/lit-gpt2-1m", text, "prune the float model, then quantize");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kept_ffn_neurons_match_a_float64_importance),
+        cmocka_unit_test(test_a_shape_cut_slices_every_tensor_and_exports_the_new_config),
+        cmocka_unit_test(test_a_budget_search_cuts_gpt2_under_it_and_the_checkpoint_reloads),
+        cmocka_unit_test(test_minitron_refuses_bad_input),
+    };
+    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+}
