@@ -1,6 +1,6 @@
 /* prune.minitron end to end: the FFN neurons it keeps on lit-llama-7m match a
- * float64 reference importance computed here (an independent transcription
- * of HF's LlamaForCausalLM over the same calibration windows); every tensor
+ * float64 reference importance (tests/llama_ref64.h, an independent
+ * transcription of HF's LlamaForCausalLM, over the same calibration windows); every tensor
  * is sliced consistently with the kept indices it reports; cut models of both
  * families export as HF checkpoints whose config has the new shape and reload
  * with the same perplexity; params= finds a shape under the budget; bad input
@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <math.h>
 
-#include "mopt/plugin_util.h"
+#include "llama_ref64.h"
 #include "testutil.h"
 
 /* A report string of the last pass (kept indices are comma-joined). */
@@ -31,104 +31,24 @@ static int32_t parse_ints(const char *s, int32_t *out, int32_t cap) {
 }
 
 static double *f64(const mopt_graph *g, const char *fmt, int l) {
-    char name[256];
-    snprintf(name, sizeof name, fmt, l);
-    const mopt_tensor *t = mopt_graph_find_tensor(g, name);
-    assert_non_null(t);
-    const int64_t n = mopt_tensor_nelements(t);
-    float *f = malloc((size_t)n * sizeof *f);
-    double *d = malloc((size_t)n * sizeof *d);
-    mopt_error err = {0};
-    assert_int_equal(mopt_tensor_read_f32(t, 0, n, f, &err), MOPT_OK);
-    for (int64_t i = 0; i < n; i++) d[i] = f[i];
-    free(f);
+    double *d = ref64_tensor(g, fmt, l);
+    assert_non_null(d);
     return d;
 }
 
-static void rmsnorm64(double *y, const double *x, const double *w, int D, double eps) {
-    double ss = 0;
-    for (int i = 0; i < D; i++) ss += x[i] * x[i];
-    const double inv = 1.0 / sqrt(ss / D + eps);
-    for (int i = 0; i < D; i++) y[i] = x[i] * inv * w[i];
-}
-
-static void matvec64(double *y, const double *W, const double *x, int out, int in) {
-    for (int o = 0; o < out; o++) {
-        double s = 0;
-        for (int i = 0; i < in; i++) s += W[(size_t)o * in + i] * x[i];
-        y[o] = s;
-    }
-}
-
-/* HF LLaMA (rotate-half RoPE, GQA, SwiGLU) in float64 over one window; adds
- * each FFN neuron's mean |input of down_proj| over the window, squared, into imp[layer][ffn]. */
+/* Adds each FFN neuron's window mean |input of down_proj|, squared, into imp[layer][ffn]. */
 static void llama_ffn_importance64(const mopt_graph *g, const int32_t *ids, int T, double *imp) {
     const mopt_arch *a = mopt_graph_arch(g);
-    const int D = a->dim, F = a->ffn_dim, H = a->n_heads, KV = a->n_kv_heads, hd = a->head_dim;
-    double *emb = f64(g, "model.embed_tokens.weight", 0);
-    double *x = malloc((size_t)T * D * sizeof *x), *hbuf = malloc((size_t)D * sizeof *hbuf);
-    double *q = malloc((size_t)T * H * hd * sizeof *q), *k = malloc((size_t)T * KV * hd * sizeof *k), *v = malloc((size_t)T * KV * hd * sizeof *v);
-    double *att = malloc((size_t)H * hd * sizeof *att), *o = malloc((size_t)D * sizeof *o), *sc = malloc((size_t)T * sizeof *sc);
-    double *gt = malloc((size_t)F * sizeof *gt), *up = malloc((size_t)F * sizeof *up), *mean = malloc((size_t)F * sizeof *mean);
-    double *qall = malloc((size_t)T * H * hd * sizeof *qall);
-    for (int t = 0; t < T; t++) memcpy(x + (size_t)t * D, emb + (size_t)ids[t] * D, (size_t)D * sizeof *x);
+    double *x = ref64_embed(g, ids, T), *mean = malloc((size_t)a->ffn_dim * sizeof *mean);
+    ref64_stats st = {{0}, mean};
     for (int l = 0; l < a->n_layers; l++) {
-        double *n1 = f64(g, "model.layers.%d.input_layernorm.weight", l), *n2 = f64(g, "model.layers.%d.post_attention_layernorm.weight", l);
-        double *wq = f64(g, "model.layers.%d.self_attn.q_proj.weight", l), *wk = f64(g, "model.layers.%d.self_attn.k_proj.weight", l);
-        double *wv = f64(g, "model.layers.%d.self_attn.v_proj.weight", l), *wo = f64(g, "model.layers.%d.self_attn.o_proj.weight", l);
-        double *wg = f64(g, "model.layers.%d.mlp.gate_proj.weight", l), *wu = f64(g, "model.layers.%d.mlp.up_proj.weight", l);
-        double *wd = f64(g, "model.layers.%d.mlp.down_proj.weight", l);
-        for (int t = 0; t < T; t++) {
-            rmsnorm64(hbuf, x + (size_t)t * D, n1, D, a->norm_eps);
-            matvec64(qall + (size_t)t * H * hd, wq, hbuf, H * hd, D);
-            matvec64(k + (size_t)t * KV * hd, wk, hbuf, KV * hd, D);
-            matvec64(v + (size_t)t * KV * hd, wv, hbuf, KV * hd, D);
-            for (int hh = 0; hh < H + KV; hh++) { /* rotate half: pairs (i, i + hd/2) */
-                double *p = hh < H ? qall + ((size_t)t * H + hh) * hd : k + ((size_t)t * KV + hh - H) * hd;
-                for (int i = 0; i < hd / 2; i++) {
-                    const double ang = t * pow(a->rope_theta, -2.0 * i / hd), c = cos(ang), s = sin(ang);
-                    const double x0 = p[i], x1 = p[i + hd / 2];
-                    p[i] = x0 * c - x1 * s;
-                    p[i + hd / 2] = x1 * c + x0 * s;
-                }
-            }
-        }
-        memcpy(q, qall, (size_t)T * H * hd * sizeof *q);
-        for (int j = 0; j < F; j++) mean[j] = 0;
-        for (int t = 0; t < T; t++) {
-            for (int hh = 0; hh < H; hh++) {
-                const int kvh = hh / (H / KV);
-                double mx = -1e300, z = 0;
-                for (int s = 0; s <= t; s++) {
-                    double d = 0;
-                    for (int i = 0; i < hd; i++) d += q[((size_t)t * H + hh) * hd + i] * k[((size_t)s * KV + kvh) * hd + i];
-                    sc[s] = d / sqrt((double)hd);
-                    mx = fmax(mx, sc[s]);
-                }
-                for (int s = 0; s <= t; s++) z += (sc[s] = exp(sc[s] - mx));
-                for (int i = 0; i < hd; i++) {
-                    double acc = 0;
-                    for (int s = 0; s <= t; s++) acc += sc[s] / z * v[((size_t)s * KV + kvh) * hd + i];
-                    att[hh * hd + i] = acc;
-                }
-            }
-            matvec64(o, wo, att, D, H * hd);
-            double *xt = x + (size_t)t * D;
-            for (int i = 0; i < D; i++) xt[i] += o[i];
-            rmsnorm64(hbuf, xt, n2, D, a->norm_eps);
-            matvec64(gt, wg, hbuf, F, D);
-            matvec64(up, wu, hbuf, F, D);
-            for (int j = 0; j < F; j++) {
-                gt[j] = gt[j] / (1 + exp(-gt[j])) * up[j]; /* the input of down_proj */
-                mean[j] += fabs(gt[j]) / T;
-            }
-            matvec64(o, wd, gt, D, F);
-            for (int i = 0; i < D; i++) xt[i] += o[i];
-        }
-        for (int j = 0; j < F; j++) imp[(size_t)l * F + j] += mean[j] * mean[j];
-        free(n1), free(n2), free(wq), free(wk), free(wv), free(wo), free(wg), free(wu), free(wd);
+        ref64_block b;
+        ref64_block_load(&b, g, l);
+        ref64_block_run(&b, x, T, &st);
+        for (int j = 0; j < a->ffn_dim; j++) imp[(size_t)l * a->ffn_dim + j] += mean[j] * mean[j];
+        ref64_block_free(&b);
     }
-    free(emb), free(x), free(hbuf), free(q), free(k), free(v), free(att), free(o), free(sc), free(gt), free(up), free(mean), free(qall);
+    free(x), free(mean);
 }
 
 static const double *g_imp;
@@ -156,9 +76,10 @@ static void test_kept_ffn_neurons_match_a_float64_importance(void **s) {
     size_t n = 0;
     mopt_error err = {0};
     assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(orig), train, 0, &ids, &n, &err), MOPT_OK);
-    uint64_t rs = 0x9E3779B97F4A7C15ull ^ (3ull * 0xBF58476D1CE4E5B9ull + 1);
+    int32_t *win = ref64_calib_windows(ids, n, WINDOWS, WLEN, 3);
     double *imp = calloc((size_t)L * F, sizeof *imp);
-    for (int w = 0; w < WINDOWS; w++) llama_ffn_importance64(g0, ids + mopt_rand(&rs) % (n - WLEN + 1), WLEN, imp);
+    for (int w = 0; w < WINDOWS; w++) llama_ffn_importance64(g0, win + (size_t)w * WLEN, WLEN, imp);
+    free(win);
     int32_t *order = malloc((size_t)F * sizeof *order), kept[1024];
     double worst = 1;
     for (int l = 0; l < L; l++) {

@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <math.h>
 
+#include "llama_ref64.h"
 #include "testutil.h"
 
 
@@ -62,6 +63,125 @@ static void test_magnitude_masks_match_a_float64_selection(void **s) {
     mopt_report_free(r);
     mopt_model_free(m);
     mopt_model_free(orig);
+}
+
+/* --- Wanda against a float64 reference ---------------------------------------------
+ * Wanda's reference code (prune_wanda): layer by layer, the layer's linears get
+ * ||X_j||_2 from one run of the layer on inputs that went through the layers
+ * already pruned; each row keeps its weights with the largest |W_ij| ||X_j||
+ * (stable sort, the lowest floor(in / 2) pruned; 2:4: the two lowest of every
+ * group of four); then the pruned layer runs again for the next layer's input.
+ * Written here in float64 over tests/llama_ref64.h. */
+
+static const double *g_metric;
+static int by_metric_then_index(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (g_metric[x] != g_metric[y]) return g_metric[x] < g_metric[y] ? -1 : 1;
+    return x - y;
+}
+
+/* Prunes W [out, in] in place by the Wanda metric with input norms sq (sum of squares). */
+static void wanda_prune64(double *W, int out, int in, const double *sq, int two_four) {
+    double *m = malloc((size_t)in * sizeof *m);
+    int32_t *order = malloc((size_t)in * sizeof *order);
+    for (int r = 0; r < out; r++) {
+        double *w = W + (size_t)r * in;
+        for (int j = 0; j < in; j++) m[j] = fabs(w[j]) * sqrt(sq[j]), order[j] = j;
+        if (two_four) {
+            for (int c = 0; c < in; c += 4) {
+                g_metric = m;
+                qsort(order + c, 4, sizeof *order, by_metric_then_index);
+                w[order[c]] = w[order[c + 1]] = 0;
+            }
+        } else {
+            g_metric = m;
+            qsort(order, (size_t)in, sizeof *order, by_metric_then_index);
+            for (int j = 0; j < in / 2; j++) w[order[j]] = 0;
+        }
+    }
+    free(m), free(order);
+}
+
+static void check_wanda_against_float64(int two_four) {
+    enum { N = 8, LEN = 256 };
+    char train[1200], text[2400];
+    test_shared_path(train, sizeof train, "data/lit-train.txt");
+    mopt_model *m = test_load_model("models/lit-llama-7m"), *ref = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "prune.wanda<%s;calib=%s;calib_samples=%d;calib_len=%d;seed=5>", two_four ? "pattern=2:4" : "sparsity=0.5",
+             train, N, LEN);
+    mopt_report_free(test_run_pipeline(m, text));
+    const mopt_graph *g = mopt_model_graph(m), *g0 = mopt_model_graph(ref);
+    const mopt_arch *a = mopt_graph_arch(g0);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(ref), train, 0, &ids, &n, &err), MOPT_OK);
+    int32_t *win = ref64_calib_windows(ids, n, N, LEN, 5);
+    double *x[N];
+    for (int w = 0; w < N; w++) x[w] = ref64_embed(g0, win + (size_t)w * LEN, LEN);
+    const int width[REF64_LINEARS] = {a->dim, a->dim, a->dim, a->n_heads * a->head_dim, a->dim, a->dim, a->ffn_dim};
+    int64_t agree = 0, total = 0;
+    for (int l = 0; l < a->n_layers; l++) {
+        ref64_block b;
+        ref64_block_load(&b, g0, l);
+        ref64_stats st = {{0}, NULL};
+        st.sq[REF64_Q] = calloc((size_t)a->dim, sizeof(double)); /* q, k, v share the attention norm's output */
+        st.sq[REF64_O] = calloc((size_t)width[REF64_O], sizeof(double));
+        st.sq[REF64_GATE] = calloc((size_t)a->dim, sizeof(double)); /* gate and up share the MLP norm's output */
+        st.sq[REF64_DOWN] = calloc((size_t)a->ffn_dim, sizeof(double));
+        const int D = a->dim;
+        double *tmp = malloc((size_t)LEN * D * sizeof *tmp);
+        for (int w = 0; w < N; w++) { /* statistics from the unpruned layer, inputs untouched */
+            memcpy(tmp, x[w], (size_t)LEN * D * sizeof *tmp);
+            ref64_block_run(&b, tmp, LEN, &st);
+        }
+        free(tmp);
+        for (int k = 0; k < REF64_LINEARS; k++) {
+            const double *sq = st.sq[k == REF64_K || k == REF64_V ? REF64_Q : k == REF64_UP ? REF64_GATE : k];
+            const int in = width[k];
+            char name[128];
+            snprintf(name, sizeof name, ref64_linear_names[k], l);
+            const mopt_tensor *t = mopt_graph_find_tensor(g0, name);
+            const int rows = (int)t->ne[1];
+            wanda_prune64(b.w[k], rows, in, sq, two_four);
+            double *mine = ref64_tensor(g, ref64_linear_names[k], l);
+            for (int64_t i = 0; i < (int64_t)rows * in; i++) agree += (mine[i] == 0) == (b.w[k][i] == 0), total++;
+            free(mine);
+        }
+        for (int w = 0; w < N; w++) ref64_block_run(&b, x[w], LEN, NULL); /* the next layer sees this one pruned */
+        for (int k = 0; k < REF64_LINEARS; k++) free(st.sq[k]);
+        /* the reference's pruned layer goes into `ref` for the perplexity comparison */
+        for (int k = 0; k < REF64_LINEARS; k++) {
+            char name[128];
+            snprintf(name, sizeof name, ref64_linear_names[k], l);
+            mopt_tensor *old = mopt_graph_find_tensor(mopt_model_graph(ref), name);
+            const int64_t dims[2] = {old->ne[1], old->ne[0]}, cnt = dims[0] * dims[1];
+            float *f = malloc((size_t)cnt * sizeof *f);
+            for (int64_t i = 0; i < cnt; i++) f[i] = (float)b.w[k][i];
+            mopt_tensor *nt = mopt_tensor_from_f32(name, old->dtype, 2, dims, f, &err);
+            assert_int_equal(mopt_graph_replace_tensor(mopt_model_graph(ref), nt, &err), MOPT_OK);
+            free(f);
+        }
+        ref64_block_free(&b);
+    }
+    const double nll_mine = val16k(m), nll_ref = val16k(ref), ratio = exp(nll_mine - nll_ref);
+    fprintf(stderr, "Wanda %s vs float64 reference: masks agree on %.5f of %lld weights; ppl ratio %.5f\n", two_four ? "2:4" : "50%",
+            (double)agree / (double)total, (long long)total, ratio);
+    assert_true((double)agree / (double)total >= 0.999); /* float32 activations flip only near-ties */
+    assert_true(fabs(ratio - 1) <= 0.01);
+    for (int w = 0; w < N; w++) free(x[w]);
+    free(win), free(ids);
+    mopt_model_free(m), mopt_model_free(ref);
+}
+
+static void test_wanda_matches_a_float64_reference_unstructured(void **s) {
+    REQUIRE_SHARED();
+    check_wanda_against_float64(0);
+}
+
+static void test_wanda_matches_a_float64_reference_2_4(void **s) {
+    REQUIRE_SHARED();
+    check_wanda_against_float64(1);
 }
 
 /* Every group of m inputs of every row of every linear holds at most n non-zeros. */
@@ -243,6 +363,8 @@ static void test_sparsegpt_quantizes_in_the_same_sweep(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_magnitude_masks_match_a_float64_selection),
+        cmocka_unit_test(test_wanda_matches_a_float64_reference_unstructured),
+        cmocka_unit_test(test_wanda_matches_a_float64_reference_2_4),
         cmocka_unit_test(test_nm_patterns_and_the_quality_order_at_2_4),
         cmocka_unit_test(test_sparsegpt_quantizes_in_the_same_sweep),
         cmocka_unit_test(test_packed_2_4_is_smaller_and_runs_like_the_masked_weights),
