@@ -88,41 +88,35 @@ static inline float sp24_tail(const float *v, const uint8_t *pos, const float *x
     return s;
 }
 
-/* 2:4 rows: every lane of every FMA is a kept weight, so the arithmetic and
- * the weight bytes are half the dense row's (plus a byte of positions per 8 inputs). */
-float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n) {
-    pthread_once(&sp24_once, sp24_init);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + i / 2 + 8), sp24_x16(x + i + 16, pos + i / 8 + 2), a1);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
-    float s = hsum(_mm256_add_ps(a0, a1));
-    if (i < n) s += sp24_tail(vals + i / 2, pos + i / 8, x + i);
-    return s;
-}
+static inline float f32_at(const float *v, int64_t k) { return v[k]; }
+static inline float bf16_at(const uint16_t *v, int64_t k) { return mopt_bf16_to_f32(v[k]); }
 
-float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n) {
-    pthread_once(&sp24_once, sp24_init);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        _mm_prefetch((const char *)(vals + i / 2) + 512, _MM_HINT_T0); /* the positions gate each step's loads: fetch ahead */
-        _mm_prefetch((const char *)(pos + i / 8) + 64, _MM_HINT_T0);
-        a0 = _mm256_fmadd_ps(load_bf16(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
-        a1 = _mm256_fmadd_ps(load_bf16(vals + i / 2 + 8), sp24_x16(x + i + 16, pos + i / 8 + 2), a1);
+/* 2:4 rows: every lane of every FMA is a kept weight, so the arithmetic and
+ * the weight bytes are half the dense row's (plus a byte of positions per 8
+ * inputs). The positions gate each step's loads, so both streams are fetched
+ * ahead. T: the values' type, LOAD: 8 of them as floats, AT: one. */
+#define SP24_DOT(NAME, T, LOAD, AT)                                                                              \
+    float NAME(const T *vals, const uint8_t *pos, const float *x, int64_t n) {                                  \
+        pthread_once(&sp24_once, sp24_init);                                                                     \
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                               \
+        int64_t i = 0;                                                                                           \
+        for (; i + 32 <= n; i += 32) {                                                                           \
+            _mm_prefetch((const char *)(vals + i / 2) + 512, _MM_HINT_T0);                                       \
+            _mm_prefetch((const char *)(pos + i / 8) + 64, _MM_HINT_T0);                                         \
+            a0 = _mm256_fmadd_ps(LOAD(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);                          \
+            a1 = _mm256_fmadd_ps(LOAD(vals + i / 2 + 8), sp24_x16(x + i + 16, pos + i / 8 + 2), a1);             \
+        }                                                                                                        \
+        for (; i + 16 <= n; i += 16) a0 = _mm256_fmadd_ps(LOAD(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0); \
+        float s = hsum(_mm256_add_ps(a0, a1));                                                                   \
+        if (i < n) {                                                                                             \
+            float v[4];                                                                                          \
+            for (int k = 0; k < 4; k++) v[k] = AT(vals, i / 2 + k);                                              \
+            s += sp24_tail(v, pos + i / 8, x + i);                                                               \
+        }                                                                                                        \
+        return s;                                                                                                \
     }
-    for (; i + 16 <= n; i += 16) a0 = _mm256_fmadd_ps(load_bf16(vals + i / 2), sp24_x16(x + i, pos + i / 8), a0);
-    float s = hsum(_mm256_add_ps(a0, a1));
-    if (i < n) {
-        float v[4];
-        for (int k = 0; k < 4; k++) v[k] = mopt_bf16_to_f32(vals[i / 2 + k]);
-        s += sp24_tail(v, pos + i / 8, x + i);
-    }
-    return s;
-}
+SP24_DOT(mopt_dot_sp24_avx2, float, _mm256_loadu_ps, f32_at)
+SP24_DOT(mopt_dot_sp24_bf16_avx2, uint16_t, load_bf16, bf16_at)
 
 const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
                                         gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2, mopt_dot_sp24_bf16_avx2};
