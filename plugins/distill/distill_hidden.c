@@ -168,6 +168,7 @@ static mopt_status size_pairs(hidden *hd, int32_t ds, int32_t dt, int32_t T, uin
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *graph, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
     if (!graph) return h->error_set(err, MOPT_E_INVALID, "distill.hidden", "needs a model");
+    if (kd_refuse_packed(h, graph, "distill.hidden", err)) return (mopt_status)err->code;
     mopt_error e2 = {0};
     mopt_model *t = h->model_load(h->opt_string(o, "teacher"), NULL, &e2); /* its shape, before the loop loads it */
     if (!t) {

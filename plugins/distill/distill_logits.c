@@ -6,7 +6,8 @@
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *graph, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    return kd_train(h, ctx, graph, o, report, "distill.logits", h->opt_string(o, "teacher"), NULL, err);
+    mopt_status st = kd_refuse_packed(h, graph, "distill.logits", err);
+    return st ? st : kd_train(h, ctx, graph, o, report, "distill.logits", h->opt_string(o, "teacher"), NULL, err);
 }
 
 static const mopt_opt_spec opts[] = {

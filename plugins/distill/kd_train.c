@@ -294,3 +294,13 @@ mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *gra
     kd_free(h, &k);
     return st;
 }
+
+mopt_status kd_refuse_packed(const mopt_host_api *h, const mopt_graph *g, const char *pass, mopt_error *err) {
+    for (int32_t i = 0; g && i < h->graph_n_tensors(g); i++) {
+        const mopt_tensor *t = h->graph_tensor(g, i);
+        if (t->dtype >= MOPT_DTYPE_PACKED_FIRST)
+            return h->error_set(err, MOPT_E_INVALID, pass, "%s is packed; distill the float model (quantize or pack 2:4 afterwards, or use quant.qat)",
+                                t->name);
+    }
+    return MOPT_OK;
+}

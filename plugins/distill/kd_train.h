@@ -25,6 +25,10 @@ typedef struct kd_hooks {
 mopt_status kd_train(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *graph, const mopt_options *o, mopt_report *report,
                      const char *pass, const char *teacher, const kd_hooks *hooks, mopt_error *err);
 
+/* Refuses a student with packed (quantized or 2:4) weights before any work:
+ * distillation trains and writes back float weights (QAT trains packed ones itself). */
+mopt_status kd_refuse_packed(const mopt_host_api *h, const mopt_graph *g, const char *pass, mopt_error *err);
+
 extern const char *const kd_kl_choices[];
 
 /* The loop's options (a pass adds its own, such as teacher). */

@@ -142,6 +142,19 @@ static void test_qat_refuses_a_model_packed_in_another_format(void **s) {
     test_pipeline_fails("models/lit-llama-7m", text, "packed W8A8 or FP8");
 }
 
+/* Distillation trains float weights: a packed student (2:4, quantized) is refused before any training. */
+static void test_distill_refuses_a_packed_student_before_training(void **s) {
+    REQUIRE_SHARED();
+    char text[4096];
+    snprintf(text, sizeof text,
+             "prune.magnitude<pattern=2:4;pack=true>,distill.logits<teacher=%s/models/lit-llama-7m;data=%s/data/lit-val.txt;tokens=1024;ctx=64>",
+             test_shared_dir(), test_shared_dir());
+    test_pipeline_fails("models/lit-llama-7m", text, "is packed; distill the float model");
+    snprintf(text, sizeof text, "quant.rtn<bits=4>,distill.hidden<teacher=%s/models/lit-llama-7m;data=%s/data/lit-val.txt;tokens=1024;ctx=64>",
+             test_shared_dir(), test_shared_dir());
+    test_pipeline_fails("models/lit-llama-7m", text, "is packed; distill the float model");
+}
+
 /* Runs text on m with log lines going to on_log; returns the status. */
 static mopt_status run_logged(mopt_model *m, const char *text, mopt_log_fn on_log, mopt_report *r, mopt_error *err) {
     mopt_pipeline *p = mopt_pipeline_new(test_reg);
@@ -431,6 +444,7 @@ int main(void) {
         cmocka_unit_test(test_distill_refuses_bad_input_and_writes_nothing),
         cmocka_unit_test(test_qad_int2_beats_rtn_and_runs_packed),
         cmocka_unit_test(test_qat_refuses_a_model_packed_in_another_format),
+        cmocka_unit_test(test_distill_refuses_a_packed_student_before_training),
         cmocka_unit_test(test_qat_starts_exactly_where_gptq_ended),
         cmocka_unit_test(test_fp8_qat_starts_at_fp8_ptq_and_packs_e4m3),
         cmocka_unit_test(test_learned_scales_alone_lower_the_loss),
