@@ -2,7 +2,8 @@
  * (header, data offsets), config.json, tokenizer.json, llama2.c checkpoints and
  * tokenizers, GGUF (llama and gpt2, block types), TensorRT-LLM (dense and
  * quantized ranks, config) and every quantized Hugging Face format (AWQ, GPTQ,
- * compressed-tensors pack/int/float, ModelOpt int4 and FP8). Each mutant must
+ * compressed-tensors pack/int/float and sparse-24-bitmask, ModelOpt int4 and
+ * FP8), and mopt's own training states. Each mutant must
  * load or fail with a one-line message; one that loads runs a short forward
  * pass and a tokenizer round trip. Nothing may crash, hang or touch memory it
  * does not own (the suite runs under ASan+UBSan too).
@@ -215,6 +216,7 @@ static int setup(void **state) {
         {"trt-fp8", "quant.fp8<activations=dynamic>,export.trtllm<out=%s;tp=2>"},
         {"q8_0.gguf", "export.gguf<out=%s;type=q8_0>"},
         {"q4_1.gguf", "export.gguf<out=%s;type=q4_1>"},
+        {"ct-24", "prune.magnitude<pattern=2:4;pack=true;exclude=*mlp*>,export.hf<out=%s;format=compressed-tensors>"},
     };
     for (size_t i = 0; i < sizeof seeds / sizeof *seeds; i++) build(l2c, seeds[i].pipeline, seed(s1, sizeof s1, seeds[i].name));
     char text[4096];
@@ -322,7 +324,7 @@ static void test_tensorrt_llm_ranks_and_config(void **s) {
 static void test_quantized_hf_formats(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8"};
+    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8", "ct-24"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);
@@ -332,6 +334,62 @@ static void test_quantized_hf_formats(void **s) {
     }
     seed(d, sizeof d, "mo-side"); /* the scheme only in hf_quant_config.json, as older ModelOpt exports */
     fuzz_file(d, "hf_quant_config.json", 1, 0, 100);
+}
+
+/* A training state (parameters, AdamW moments, step count, a loop vector) as
+ * mopt_trainer_save writes it: each mutant loads or is refused with one line,
+ * and a refused one leaves the trainer as it was. */
+static void test_training_states(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(mopt_model_graph(m), 16, &err);
+    assert_non_null(tr);
+    int32_t ids[16];
+    for (int t = 0; t < 16; t++) ids[t] = (t * 37 + 5) % mopt_model_arch(m)->vocab_size;
+    double loss;
+    mopt_adamw_opts o;
+    mopt_adamw_opts_default(&o);
+    assert_int_equal(mopt_trainer_step(tr, ids, 16, &loss, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_adamw(tr, &o, 1e-3f, 1, &err), MOPT_OK);
+    int64_t counter[4] = {7, 8, 9, 10};
+    mopt_train_extra x = {"counter", 4, counter, 1};
+    char path[1200];
+    seed(path, sizeof path, "train.state");
+    assert_int_equal(mopt_trainer_save(tr, path, &x, 1, &err), MOPT_OK);
+    size_t n;
+    unsigned char *orig = read_whole(path, &n), *buf = malloc(n + 64);
+    assert_non_null(orig);
+    uint64_t hl;
+    memcpy(&hl, orig, 8);
+    const float w0 = mopt_trainer_param(tr, 0)[0];
+    const int rounds = (int)(400 * scale);
+    int loaded = 0;
+    for (int r = 0; r < rounds; r++) {
+        memcpy(buf, orig, n);
+        const size_t len = r % 4 == 3 ? mutate_range(buf, n, (size_t)hl + 8, 0) /* the values themselves */
+                           : r % 2    ? mutate_json(buf, n, n + 64, (size_t)hl + 8)
+                                      : mutate_bytes(buf, n, (size_t)hl + 8);
+        write_file(path, buf, len);
+        x.n = 4;
+        total_inputs++;
+        const int ok = mopt_trainer_load(tr, path, &x, 1, &err) == MOPT_OK;
+        if (!ok) {
+            check_error(&err);
+            assert_true(mopt_trainer_param(tr, 0)[0] == w0); /* refused: nothing changed */
+            continue;
+        }
+        loaded++;
+        assert_true(x.n >= -1 && x.n <= 4);
+        write_file(path, orig, n); /* the mutant changed the weights: back to the saved ones */
+        x.n = 4;
+        assert_int_equal(mopt_trainer_load(tr, path, &x, 1, &err), MOPT_OK);
+    }
+    write_file(path, orig, n);
+    fprintf(stderr, "  train.state: %d of %d mutants loaded, the rest were refused cleanly\n", loaded, rounds);
+    free(buf), free(orig);
+    mopt_trainer_free(tr);
+    mopt_model_free(m);
 }
 
 static void test_report_counts(void **s) {
@@ -348,6 +406,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_llama_and_gpt2),
         cmocka_unit_test(test_tensorrt_llm_ranks_and_config),
         cmocka_unit_test(test_quantized_hf_formats),
+        cmocka_unit_test(test_training_states),
         cmocka_unit_test(test_report_counts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
