@@ -4,13 +4,14 @@ measurements at sizes where weights no longer fit in cache: the kernels' speed
 does not depend on what the weights mean. Every block reuses one block's random
 bytes (a 97M-parameter model is written in seconds). Standard library only.
 
-usage: synthetic_llama.py OUT_DIR [--dim 1024] [--ffn 2816] [--layers 8] [--heads 16] [--kv-heads 8] [--vocab 2048]
+usage: synthetic_llama.py OUT_DIR (a new directory, written atomically) [--dim 1024] [--ffn 2816] [--layers 8] [--heads 16] [--kv-heads 8] [--vocab 2048]
 The tokenizer is copied from TOKENIZER_DIR when given (--tokenizer DIR)."""
 import argparse
 import json
 import random
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 
@@ -65,8 +66,13 @@ def main():
     hj = json.dumps(header).encode()
     hj += b" " * (-len(hj) % 8)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "model.safetensors", "wb") as f:
+    if out.exists() or out.is_symlink():  # never overwrite what this script did not create
+        sys.exit(f"synthetic_llama.py: {out} already exists; give a new directory")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists() or tmp.is_symlink():
+        sys.exit(f"synthetic_llama.py: {tmp} already exists (left by an interrupted run?); remove it or choose another OUT_DIR")
+    tmp.mkdir(parents=True)
+    with open(tmp / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(hj)) + hj)
         for _, _, raw in tensors:
             f.write(raw)
@@ -74,9 +80,10 @@ def main():
            "num_hidden_layers": a.layers, "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads, "head_dim": hd,
            "max_position_embeddings": 2048, "vocab_size": a.vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
            "tie_word_embeddings": False, "hidden_act": "silu", "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 0}
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if a.tokenizer:
-        shutil.copy(Path(a.tokenizer) / "tokenizer.json", out / "tokenizer.json")
+        shutil.copy(Path(a.tokenizer) / "tokenizer.json", tmp / "tokenizer.json")
+    tmp.rename(out)  # the directory appears whole or not at all
     print(f"{out}: {off / 2 / 1e6:.1f}M parameters, {off / 1e6:.0f} MB bf16")
 
 
