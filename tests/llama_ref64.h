@@ -72,10 +72,12 @@ static void ref64_matvec(double *y, const double *W, const double *x, int out, i
 
 /* What enters the linears of a block over a window, added up: sq[k][j] +=
  * input_j^2 for linear k over every token (q, k, v share one input, so do gate
- * and up); act_mean[j] = mean over the window of |input of down_proj|_j. Any may be NULL. */
+ * and up); act_mean[j] = mean over the window of |input of down_proj|_j;
+ * xx[k][i * in + j] += input_i input_j (the lower triangle, i >= j). Any may be NULL. */
 typedef struct ref64_stats {
     double *sq[REF64_LINEARS];
     double *act_mean;
+    double *xx[REF64_LINEARS];
 } ref64_stats;
 
 /* Runs the block over x[T][D] (the residual stream) in place. */
@@ -86,14 +88,17 @@ static void ref64_block_run(const ref64_block *b, double *x, int T, ref64_stats 
     double *k = malloc((size_t)T * KV * hd * sizeof *k), *v = malloc((size_t)T * KV * hd * sizeof *v);
     double *att = malloc((size_t)H * hd * sizeof *att), *o = malloc((size_t)D * sizeof *o), *sc = malloc((size_t)T * sizeof *sc);
     double *gt = malloc((size_t)F * sizeof *gt), *up = malloc((size_t)F * sizeof *up);
-#define REF64_ADD_SQ(lin, vec, n)                                                                                    \
+#define REF64_ADD_STATS(lin, vec, n)                                                                                    \
     do {                                                                                                            \
         if (st && st->sq[lin])                                                                                      \
             for (int j_ = 0; j_ < (n); j_++) st->sq[lin][j_] += (vec)[j_] * (vec)[j_];                              \
+        if (st && st->xx[lin])                                                                                      \
+            for (int i_ = 0; i_ < (n); i_++)                                                                        \
+                for (int j_ = 0; j_ <= i_; j_++) st->xx[lin][(size_t)i_ * (n) + j_] += (vec)[i_] * (vec)[j_];       \
     } while (0)
     for (int t = 0; t < T; t++) {
         ref64_rmsnorm(h, x + (size_t)t * D, b->n1, D, a->norm_eps);
-        REF64_ADD_SQ(REF64_Q, h, D);
+        REF64_ADD_STATS(REF64_Q, h, D);
         ref64_matvec(q + (size_t)t * H * hd, b->w[REF64_Q], h, H * hd, D);
         ref64_matvec(k + (size_t)t * KV * hd, b->w[REF64_K], h, KV * hd, D);
         ref64_matvec(v + (size_t)t * KV * hd, b->w[REF64_V], h, KV * hd, D);
@@ -125,22 +130,22 @@ static void ref64_block_run(const ref64_block *b, double *x, int T, ref64_stats 
                 att[hh * hd + i] = acc;
             }
         }
-        REF64_ADD_SQ(REF64_O, att, H * hd);
+        REF64_ADD_STATS(REF64_O, att, H * hd);
         ref64_matvec(o, b->w[REF64_O], att, D, H * hd);
         double *xt = x + (size_t)t * D;
         for (int i = 0; i < D; i++) xt[i] += o[i];
         ref64_rmsnorm(h, xt, b->n2, D, a->norm_eps);
-        REF64_ADD_SQ(REF64_GATE, h, D);
+        REF64_ADD_STATS(REF64_GATE, h, D);
         ref64_matvec(gt, b->w[REF64_GATE], h, F, D);
         ref64_matvec(up, b->w[REF64_UP], h, F, D);
         for (int j = 0; j < F; j++) gt[j] = gt[j] / (1 + exp(-gt[j])) * up[j]; /* the input of down_proj */
-        REF64_ADD_SQ(REF64_DOWN, gt, F);
+        REF64_ADD_STATS(REF64_DOWN, gt, F);
         if (st && st->act_mean)
             for (int j = 0; j < F; j++) st->act_mean[j] += fabs(gt[j]) / T;
         ref64_matvec(o, b->w[REF64_DOWN], gt, D, F);
         for (int i = 0; i < D; i++) xt[i] += o[i];
     }
-#undef REF64_ADD_SQ
+#undef REF64_ADD_STATS
     free(h), free(q), free(k), free(v), free(att), free(o), free(sc), free(gt), free(up);
 }
 

@@ -40,7 +40,7 @@ static double *f64(const mopt_graph *g, const char *fmt, int l) {
 static void llama_ffn_importance64(const mopt_graph *g, const int32_t *ids, int T, double *imp) {
     const mopt_arch *a = mopt_graph_arch(g);
     double *x = ref64_embed(g, ids, T), *mean = malloc((size_t)a->ffn_dim * sizeof *mean);
-    ref64_stats st = {{0}, mean};
+    ref64_stats st = {{0}, mean, {0}};
     for (int l = 0; l < a->n_layers; l++) {
         ref64_block b;
         ref64_block_load(&b, g, l);

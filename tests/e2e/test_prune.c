@@ -102,12 +102,132 @@ static void wanda_prune64(double *W, int out, int in, const double *sq, int two_
     free(m), free(order);
 }
 
-static void check_wanda_against_float64(int two_four) {
+/* Lower Cholesky factor of A [n, n] in place (upper triangle left as it was). */
+static void chol64(double *A, int n) {
+    for (int j = 0; j < n; j++) {
+        double d = A[(size_t)j * n + j];
+        for (int k = 0; k < j; k++) d -= A[(size_t)j * n + k] * A[(size_t)j * n + k];
+        A[(size_t)j * n + j] = sqrt(d);
+        for (int i = j + 1; i < n; i++) {
+            double v = A[(size_t)i * n + j];
+            for (int k = 0; k < j; k++) v -= A[(size_t)i * n + k] * A[(size_t)j * n + k];
+            A[(size_t)i * n + j] = v / A[(size_t)j * n + j];
+        }
+    }
+}
+
+static double *g_score;
+static int by_score(const void *a, const void *b) {
+    const double x = g_score[*(const int32_t *)a], y = g_score[*(const int32_t *)b];
+    return x < y ? -1 : x > y;
+}
+
+/* SparseGPT's fasterprune (sparsegpt.py) in float64 from its description: H =
+ * 2/N sum x x^T (xx: the lower triangle of the sum, N windows), a dead input's
+ * diagonal set to 1 and its weights to 0, 1% of the mean diagonal added, U the
+ * upper Cholesky factor of H^-1, then 128-column blocks: unstructured, the
+ * block's mask is every w^2 / U_jj^2 <= its int(size x 0.5)-th smallest; 2:4,
+ * each row's two lowest of the next four columns at every fourth column; each
+ * column's error (w - q) / U_jj goes onto the block's later columns, the
+ * block's onto the rest. */
+static void sparsegpt_prune64(double *W, int out, int in, const double *xx, int windows, int two_four) {
+    enum { B = 128 };
+    const size_t nn = (size_t)in * in;
+    double *H = malloc(nn * sizeof *H), *Li = calloc(nn, sizeof *Li), *U = malloc(nn * sizeof *U);
+    for (int i = 0; i < in; i++)
+        for (int j = 0; j <= i; j++) H[(size_t)i * in + j] = H[(size_t)j * in + i] = 2.0 / windows * xx[(size_t)i * in + j];
+    double mean = 0;
+    for (int j = 0; j < in; j++) {
+        if (H[(size_t)j * in + j] == 0) {
+            H[(size_t)j * in + j] = 1;
+            for (int r = 0; r < out; r++) W[(size_t)r * in + j] = 0;
+        }
+        mean += H[(size_t)j * in + j] / in;
+    }
+    for (int j = 0; j < in; j++) H[(size_t)j * in + j] += 0.01 * mean;
+    chol64(H, in); /* H = L L^T */
+    for (int j = 0; j < in; j++) { /* Li = L^-1, column by column */
+        Li[(size_t)j * in + j] = 1 / H[(size_t)j * in + j];
+        for (int i = j + 1; i < in; i++) {
+            double v = 0;
+            for (int k = j; k < i; k++) v -= H[(size_t)i * in + k] * Li[(size_t)k * in + j];
+            Li[(size_t)i * in + j] = v / H[(size_t)i * in + i];
+        }
+    }
+    for (int i = 0; i < in; i++) /* H^-1 = Li^T Li, into U's lower triangle */
+        for (int j = 0; j <= i; j++) {
+            double v = 0;
+            for (int k = i; k < in; k++) v += Li[(size_t)k * in + i] * Li[(size_t)k * in + j];
+            U[(size_t)i * in + j] = v;
+        }
+    chol64(U, in); /* H^-1 = L2 L2^T; U = L2^T */
+    for (int i = 0; i < in; i++)
+        for (int j = i; j < in; j++) U[(size_t)i * in + j] = i == j ? U[(size_t)i * in + j] : U[(size_t)j * in + i];
+    double *E = malloc((size_t)out * B * sizeof *E), *sc = malloc((size_t)out * B * sizeof *sc);
+    unsigned char *mask = malloc((size_t)out * B);
+    int32_t *ord = malloc((size_t)out * B * sizeof *ord);
+    for (int i1 = 0; i1 < in; i1 += B) {
+        const int i2 = i1 + B < in ? i1 + B : in, nb = i2 - i1;
+        memset(mask, 0, (size_t)out * B);
+        if (!two_four) {
+            for (int r = 0; r < out; r++)
+                for (int c = 0; c < nb; c++) {
+                    const double w = W[(size_t)r * in + i1 + c], d = U[(size_t)(i1 + c) * in + i1 + c];
+                    sc[r * nb + c] = w * w / (d * d), ord[r * nb + c] = r * nb + c;
+                }
+            g_score = sc;
+            qsort(ord, (size_t)out * nb, sizeof *ord, by_score);
+            const double thresh = sc[ord[(int)(out * nb * 0.5)]];
+            for (int k = 0; k < out * nb; k++) mask[k] = sc[k] <= thresh;
+        }
+        for (int i = i1; i < i2; i++) {
+            const int c = i - i1;
+            const double d = U[(size_t)i * in + i];
+            if (two_four && c % 4 == 0)
+                for (int r = 0; r < out; r++) { /* the two lowest of w^2 / U_jj^2, lower index first on a tie */
+                    int32_t o4[4] = {0, 1, 2, 3};
+                    double s4[4];
+                    for (int q = 0; q < 4; q++) {
+                        const double w = W[(size_t)r * in + i + q], dq = U[(size_t)(i + q) * in + i + q];
+                        s4[q] = w * w / (dq * dq);
+                    }
+                    for (int a = 1; a < 4; a++)
+                        for (int b = a; b > 0 && s4[o4[b]] < s4[o4[b - 1]]; b--) {
+                            const int32_t t = o4[b];
+                            o4[b] = o4[b - 1], o4[b - 1] = t;
+                        }
+                    mask[r * nb + c + o4[0]] = mask[r * nb + c + o4[1]] = 1;
+                }
+            for (int r = 0; r < out; r++) {
+                double *w = W + (size_t)r * in;
+                const double q = mask[r * nb + c] ? 0 : w[i], e = (w[i] - q) / d;
+                for (int j = i + 1; j < i2; j++) w[j] -= e * U[(size_t)i * in + j];
+                w[i] = q;
+                E[r * nb + c] = e;
+            }
+        }
+        for (int r = 0; r < out; r++)
+            for (int c = 0; c < nb; c++) {
+                const double e = E[r * nb + c];
+                for (int j = i2; j < in; j++) W[(size_t)r * in + j] -= e * U[(size_t)(i1 + c) * in + j];
+            }
+    }
+    free(H), free(Li), free(U), free(E), free(sc), free(mask), free(ord);
+}
+
+/* Prunes lit-llama-7m with mopt's pass and with the float64 reference of the
+ * same method, layer by layer on the same calibration windows (each layer's
+ * statistics from inputs that went through the reference's pruned layers);
+ * compares the masks (block 0, where both see the same inputs, and all, where
+ * later blocks see inputs that drifted apart) and the perplexity of the two
+ * models. */
+static void check_against_float64(const char *method, int two_four, double min_agree) {
     enum { N = 8, LEN = 256 };
+    const int sgpt = !strcmp(method, "sparsegpt");
     char train[1200], text[2400];
     test_shared_path(train, sizeof train, "data/lit-train.txt");
     mopt_model *m = test_load_model("models/lit-llama-7m"), *ref = test_load_model("models/lit-llama-7m");
-    snprintf(text, sizeof text, "prune.wanda<%s;calib=%s;calib_samples=%d;calib_len=%d;seed=5>", two_four ? "pattern=2:4" : "sparsity=0.5",
+    snprintf(text, sizeof text, "prune.%s<%s;calib=%s;calib_samples=%d;calib_len=%d;seed=5>", method, two_four ? "pattern=2:4" : "sparsity=0.5",
              train, N, LEN);
     mopt_report_free(test_run_pipeline(m, text));
     const mopt_graph *g = mopt_model_graph(m), *g0 = mopt_model_graph(ref);
@@ -121,14 +241,16 @@ static void check_wanda_against_float64(int two_four) {
     for (int w = 0; w < N; w++) x[w] = ref64_embed(g0, win + (size_t)w * LEN, LEN);
     const int width[REF64_LINEARS] = {a->dim, a->dim, a->dim, a->n_heads * a->head_dim, a->dim, a->dim, a->ffn_dim};
     int64_t agree = 0, total = 0;
+    double agree0 = 0; /* in block 0, where both see the same inputs */
     for (int l = 0; l < a->n_layers; l++) {
         ref64_block b;
         ref64_block_load(&b, g0, l);
-        ref64_stats st = {{0}, NULL};
-        st.sq[REF64_Q] = calloc((size_t)a->dim, sizeof(double)); /* q, k, v share the attention norm's output */
-        st.sq[REF64_O] = calloc((size_t)width[REF64_O], sizeof(double));
-        st.sq[REF64_GATE] = calloc((size_t)a->dim, sizeof(double)); /* gate and up share the MLP norm's output */
-        st.sq[REF64_DOWN] = calloc((size_t)a->ffn_dim, sizeof(double));
+        ref64_stats st = {{0}, NULL, {0}};
+        for (int k = 0; k < REF64_LINEARS; k++) /* q, k, v share the attention norm's output; gate and up the MLP norm's */
+            if (k != REF64_K && k != REF64_V && k != REF64_UP) {
+                if (sgpt) st.xx[k] = calloc((size_t)width[k] * width[k], sizeof(double));
+                else st.sq[k] = calloc((size_t)width[k], sizeof(double));
+            }
         const int D = a->dim;
         double *tmp = malloc((size_t)LEN * D * sizeof *tmp);
         for (int w = 0; w < N; w++) { /* statistics from the unpruned layer, inputs untouched */
@@ -137,19 +259,19 @@ static void check_wanda_against_float64(int two_four) {
         }
         free(tmp);
         for (int k = 0; k < REF64_LINEARS; k++) {
-            const double *sq = st.sq[k == REF64_K || k == REF64_V ? REF64_Q : k == REF64_UP ? REF64_GATE : k];
-            const int in = width[k];
+            const int src = k == REF64_K || k == REF64_V ? REF64_Q : k == REF64_UP ? REF64_GATE : k, in = width[k];
             char name[128];
             snprintf(name, sizeof name, ref64_linear_names[k], l);
-            const mopt_tensor *t = mopt_graph_find_tensor(g0, name);
-            const int rows = (int)t->ne[1];
-            wanda_prune64(b.w[k], rows, in, sq, two_four);
+            const int rows = (int)mopt_graph_find_tensor(g0, name)->ne[1];
+            if (sgpt) sparsegpt_prune64(b.w[k], rows, in, st.xx[src], N, two_four);
+            else wanda_prune64(b.w[k], rows, in, st.sq[src], two_four);
             double *mine = ref64_tensor(g, ref64_linear_names[k], l);
             for (int64_t i = 0; i < (int64_t)rows * in; i++) agree += (mine[i] == 0) == (b.w[k][i] == 0), total++;
             free(mine);
         }
+        if (l == 0) agree0 = (double)agree / (double)total;
         for (int w = 0; w < N; w++) ref64_block_run(&b, x[w], LEN, NULL); /* the next layer sees this one pruned */
-        for (int k = 0; k < REF64_LINEARS; k++) free(st.sq[k]);
+        for (int k = 0; k < REF64_LINEARS; k++) free(st.sq[k]), free(st.xx[k]);
         /* the reference's pruned layer goes into `ref` for the perplexity comparison */
         for (int k = 0; k < REF64_LINEARS; k++) {
             char name[128];
@@ -165,23 +287,40 @@ static void check_wanda_against_float64(int two_four) {
         ref64_block_free(&b);
     }
     const double nll_mine = val16k(m), nll_ref = val16k(ref), ratio = exp(nll_mine - nll_ref);
-    fprintf(stderr, "Wanda %s vs float64 reference: masks agree on %.5f of %lld weights; ppl ratio %.5f\n", two_four ? "2:4" : "50%",
-            (double)agree / (double)total, (long long)total, ratio);
-    assert_true((double)agree / (double)total >= 0.999); /* float32 activations flip only near-ties */
-    assert_true(fabs(ratio - 1) <= 0.01);
+    fprintf(stderr, "%s %s vs float64 reference: masks agree on %.5f of block 0's weights, %.5f of all %lld; ppl %.3f vs %.3f, ratio %.5f\n",
+            method, two_four ? "2:4" : "50%", agree0, (double)agree / (double)total, (long long)total, exp(nll_mine), exp(nll_ref), ratio);
+    assert_true(agree0 >= 0.9995); /* the same algorithm: only float32 near-ties differ */
+    assert_true((double)agree / (double)total >= min_agree);
+    assert_true(fabs(ratio - 1) <= 0.01); /* the bound: each method within 1% of its reference */
     for (int w = 0; w < N; w++) free(x[w]);
     free(win), free(ids);
     mopt_model_free(m), mopt_model_free(ref);
 }
 
+/* float32 activations flip only near-ties in a selection without weight updates */
 static void test_wanda_matches_a_float64_reference_unstructured(void **s) {
     REQUIRE_SHARED();
-    check_wanda_against_float64(0);
+    check_against_float64("wanda", 0, 0.999);
 }
 
 static void test_wanda_matches_a_float64_reference_2_4(void **s) {
     REQUIRE_SHARED();
-    check_wanda_against_float64(1);
+    check_against_float64("wanda", 1, 0.999);
+}
+
+/* SparseGPT updates the kept weights, so float32 rounding makes each pruned
+ * block differ a little from the reference's, later blocks see inputs that
+ * drifted apart, and near-ties within groups of four flip more often (measured:
+ * 1.0000 in block 0, 0.9972 of all at 50%, 0.9772 at 2:4); the perplexity
+ * bound is the same. */
+static void test_sparsegpt_matches_a_float64_reference_unstructured(void **s) {
+    REQUIRE_SHARED();
+    check_against_float64("sparsegpt", 0, 0.99);
+}
+
+static void test_sparsegpt_matches_a_float64_reference_2_4(void **s) {
+    REQUIRE_SHARED();
+    check_against_float64("sparsegpt", 1, 0.97);
 }
 
 /* Every group of m inputs of every row of every linear holds at most n non-zeros. */
@@ -365,6 +504,8 @@ int main(void) {
         cmocka_unit_test(test_magnitude_masks_match_a_float64_selection),
         cmocka_unit_test(test_wanda_matches_a_float64_reference_unstructured),
         cmocka_unit_test(test_wanda_matches_a_float64_reference_2_4),
+        cmocka_unit_test(test_sparsegpt_matches_a_float64_reference_unstructured),
+        cmocka_unit_test(test_sparsegpt_matches_a_float64_reference_2_4),
         cmocka_unit_test(test_nm_patterns_and_the_quality_order_at_2_4),
         cmocka_unit_test(test_sparsegpt_quantizes_in_the_same_sweep),
         cmocka_unit_test(test_packed_2_4_is_smaller_and_runs_like_the_masked_weights),
