@@ -149,12 +149,16 @@ def sparse24(t, p, qc):
     _, (out, i_n) = t[p + ".shape"]
     _, vals = t[p + ".compressed"]
     (_, nb), bits = t[p + ".bitmask"]
+    scale = [1.0] * out
+    if qc.get("config_groups"):  # quantized values (int8, W8A8): weight_scale [out, 1] or one per tensor
+        _, sc = t[p + ".weight_scale"]
+        scale = sc if len(sc) == out else sc * out
     w = [[0.0] * i_n for _ in range(out)]
     k = 0
     for o in range(out):
         for i in range(i_n):
             if bits[o * nb + i // 8] >> (i % 8) & 1:  # packbits(bitorder="little"): input 8c + j at bit j of byte c
-                w[o][i] = vals[k]
+                w[o][i] = vals[k] * scale[o]
                 k += 1
     if k != len(vals):
         raise ValueError(f"{p}: {len(vals)} values but {k} set bits")
@@ -192,7 +196,7 @@ def main():
     if not prefixes:
         print(f"{qdir}: no quantized linears found")
         return 1
-    print(f"{method} {qc.get('format', '')}{(qc.get('sparsity_config') or {}).get('format', '')}: {len(prefixes)} linears decoded, worst relative difference {worst:.3g}")
+    print(f"{method} {qc.get('format') or ''} {(qc.get('sparsity_config') or {}).get('format', '')}: {len(prefixes)} linears decoded, worst relative difference {worst:.3g}")
     return 0
 
 

@@ -26,9 +26,13 @@ static void help(void) {
            "  --pattern N:M      semi-structured: at most N non-zeros in every M consecutive inputs (2:4, 4:8)\n"
            "  --pack             2:4: store the pruned linears packed (kept values + 2-bit positions, 0.5625x the\n"
            "                     bytes of bf16) and run them with the 2:4 kernels\n"
+           "  --values V         with --pack: float (the weights' dtype, default) or int8 (a scale per row and int8\n"
+           "                     activations per token: W8A8 2:4, as vLLM runs it; sparsegpt rounds in its sweep)\n"
            "  --params P         minitron: a budget, the fraction of the parameters to keep; searches the shape\n"
            "  --hidden H, --ffn F, --heads N, --kv-heads K, --layers L\n"
            "                     minitron: the shape to cut to (each defaults to the model's)\n"
+           "  --depth D          minitron: rank blocks by cosine (1 - cos of input and output, default) or by loss\n"
+           "                     (the calibration loss rise when a block alone is removed)\n"
            "  --calib FILE       calibration text for wanda, sparsegpt and minitron (never the eval text)\n"
            "  --calib-samples N  calibration windows (default 128) of --calib-len tokens (default 512)\n"
            "  --exclude GLOBS    linears to keep dense\n"
@@ -49,7 +53,7 @@ int cmd_prune(int argc, char **argv) {
         {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},           {"params", required_argument, 0, 'P'},
         {"hidden", required_argument, 0, 'H'},  {"ffn", required_argument, 0, 'I'},      {"heads", required_argument, 0, 'N'},
         {"kv-heads", required_argument, 0, 'K'}, {"layers", required_argument, 0, 'Y'},  {"pack", no_argument, 0, 'k'},
-        {0, 0, 0, 0}};
+        {"values", required_argument, 0, 'V'}, {"depth", required_argument, 0, 'D'}, {0, 0, 0, 0}};
     const char *keys[24] = {0}, *vals[24] = {0};
     int nk = 0;
     const char *method = NULL, *eval = NULL, *out = NULL, *format = "hf", *report = NULL, *calib = NULL, *pattern = "unstructured";
@@ -57,19 +61,21 @@ int cmd_prune(int argc, char **argv) {
     int force = 0, quiet = 0, c, sparsity_opts = 0, shape_opts = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
-        const char *key = NULL;
+        const char *key = NULL, *val = optarg;
         switch (c) {
         case 'm': method = optarg; break;
         case 's': key = "sparsity", sparsity_opts++; break;
         case 'p': key = "pattern", pattern = optarg, sparsity_opts++; break;
         case 'x': key = "exclude", sparsity_opts++; break;
-        case 'k': key = "pack", optarg = "true", sparsity_opts++; break;
+        case 'k': key = "pack", val = "true", sparsity_opts++; break;
+        case 'V': key = "values", sparsity_opts++; break;
         case 'P': key = "params", shape_opts++; break;
         case 'H': key = "hidden", shape_opts++; break;
         case 'I': key = "ffn", shape_opts++; break;
         case 'N': key = "heads", shape_opts++; break;
         case 'K': key = "kv_heads", shape_opts++; break;
         case 'Y': key = "layers", shape_opts++; break;
+        case 'D': key = "depth", shape_opts++; break;
         case 'c': key = "calib", calib = optarg; break;
         case 'n': key = "calib_samples"; break;
         case 'L': key = "calib_len"; break;
@@ -85,7 +91,7 @@ int cmd_prune(int argc, char **argv) {
         case 'h': help(); return EXIT_OK;
         default: return cli_usage_error("prune", "unknown option");
         }
-        if (key && nk < 24) keys[nk] = key, vals[nk++] = optarg;
+        if (key && nk < 24) keys[nk] = key, vals[nk++] = val;
     }
     if (optind != argc - 1) return cli_usage_error("prune", "expected exactly one MODEL");
     if (!method) return cli_usage_error("prune", "--method is required (magnitude, wanda, sparsegpt or minitron)");
@@ -93,9 +99,9 @@ int cmd_prune(int argc, char **argv) {
     if (strcmp(method, "magnitude") && strcmp(method, "wanda") && strcmp(method, "sparsegpt") && strcmp(method, "minitron"))
         return cli_usage_error("prune", "--method expects magnitude, wanda, sparsegpt or minitron, got '%s'", method);
     const int minitron = !strcmp(method, "minitron");
-    if (minitron && sparsity_opts) return cli_usage_error("prune", "--sparsity, --pattern, --exclude and --pack are for the sparsity methods, not minitron");
+    if (minitron && sparsity_opts) return cli_usage_error("prune", "--sparsity, --pattern, --exclude, --pack and --values are for the sparsity methods, not minitron");
     if (!minitron && shape_opts)
-        return cli_usage_error("prune", "--params, --hidden, --ffn, --heads, --kv-heads and --layers are for --method minitron");
+        return cli_usage_error("prune", "--params, --hidden, --ffn, --heads, --kv-heads, --layers and --depth are for --method minitron");
     snprintf(pass, sizeof pass, "prune.%s", method);
     if (strcmp(method, "magnitude") && !calib) return cli_usage_error("prune", "--method %s calibrates: give --calib FILE", method);
     if (!strcmp(method, "magnitude") && calib) return cli_usage_error("prune", "--method magnitude does not calibrate: drop --calib");

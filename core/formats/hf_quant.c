@@ -39,7 +39,8 @@ typedef struct hfq_cfg {
     int sym;                  /* GPTQ/CT: symmetric weights */
     uint32_t fp8_act;         /* CT float: activation flags */
     int int_act_dynamic;      /* CT int-quantized: per-token dynamic activations */
-    int sparse24;             /* CT sparsity_config sparse-24-bitmask (float values) */
+    int sparse24;             /* CT sparsity_config sparse-24-bitmask (float values, or int8 with sparse24_int8) */
+    int sparse24_int8;        /* ... whose values are W8A8's int8 weights (a scale per row or one) */
     const char *file;
 } hfq_cfg;
 
@@ -390,9 +391,7 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     if (st) return st;
     json_t *groups = json_object_get(qc, "config_groups");
     const int quantized = json_is_object(groups) && json_object_size(groups) > 0;
-    if (c->sparse24 && quantized)
-        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: sparse-24-bitmask with quantized values is not read yet (float values only)", c->file);
-    if (c->sparse24) return MOPT_OK;
+    if (c->sparse24 && !quantized) return MOPT_OK;
     if (!json_is_object(groups) || json_object_size(groups) == 0)
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.config_groups must be a non-empty object", c->file);
     if (json_object_size(groups) > 1)
@@ -428,6 +427,7 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     c->bits = (int32_t)bits;
     c->group_size = (int32_t)gs;
     c->sym = sym;
+    const int int_weights = !type || !strcmp(type, "int"), channel_or_tensor = strategy && strcmp(strategy, "group");
     if (json_is_object(acts)) {
         bool dynamic = false;
         strategy = type = NULL;
@@ -443,6 +443,15 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
         int per_token = dynamic && strategy && !strcmp(strategy, "token");
         c->int_act_dynamic = per_token;
         c->fp8_act = per_token ? MOPT_QUANT_ACT_PER_TOKEN : MOPT_QUANT_ACT_STATIC;
+    }
+    if (c->sparse24) { /* quantized 2:4: what vLLM's CUTLASS 2:4 kernels run, W8A8 int8 */
+        if (bits != 8 || !int_weights || !sym || !channel_or_tensor || !c->int_act_dynamic)
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                             "%s: sparse-24-bitmask with quantized values is read for symmetric int8 weights per channel or tensor with "
+                             "dynamic per-token int8 activations (W8A8) only",
+                             c->file);
+        c->sparse24_int8 = 1;
+        return MOPT_OK;
     }
     if (fmt && !strcmp(fmt, "pack-quantized") && bits != 2 && bits != 4 && bits != 8)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: pack-quantized with %lld bits (supported: 2, 4, 8)", c->file, (long long)bits);
@@ -548,10 +557,10 @@ static int strip(const char *name, const char *suffix, char *prefix, size_t cap)
 
 /* sparse-24-bitmask (layout in hf_quant_write.c): every group of four inputs
  * holds exactly two set bits, the values fill the rows in order. */
-static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, mopt_error *err) {
+static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, int int8, mopt_error *err) {
     const mopt_tensor *v = part(g, p, "compressed"), *m = part(g, p, "bitmask"), *sh = part(g, p, "shape");
-    if (!is_float(v) || v->ndim != 2) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.compressed must be a 2-D float tensor", p);
+    if (!v || (int8 ? v->dtype != MOPT_DTYPE_I8 : !is_float(v)) || v->ndim != 2) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.compressed must be a 2-D %s tensor", p, int8 ? "I8" : "float");
         return NULL;
     }
     const int64_t out = v->ne[1], in = v->ne[0] * 2;
@@ -571,8 +580,21 @@ static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, mopt_error 
         return NULL;
     }
     if (need(m, p, "bitmask", MOPT_DTYPE_U8, out, in / 8, err)) return NULL;
+    const mopt_tensor *ws = int8 ? part(g, p, "weight_scale") : NULL;
+    const int64_t nws = ws ? mopt_tensor_nelements(ws) : 0;
+    if (int8 && (!ws || !is_float(ws) || (nws != out && nws != 1))) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "tensor %s.weight_scale must hold %lld float scales (one per row) or one", p, (long long)out);
+        return NULL;
+    }
     float *vals = malloc((size_t)(out * in / 2) * sizeof *vals), *W = calloc((size_t)(out * in), sizeof *W);
-    mopt_status st = vals && W ? mopt_tensor_read_f32(v, 0, out * in / 2, vals, err) : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    float *scales = int8 ? malloc((size_t)out * sizeof *scales) : NULL;
+    mopt_status st = vals && W && (scales || !int8) ? MOPT_OK : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    if (!st && int8) { /* the levels, exactly */
+        for (int64_t i = 0; i < out * in / 2; i++) vals[i] = ((const int8_t *)v->data)[i];
+        st = mopt_tensor_read_f32(ws, 0, nws, scales, err);
+        for (int64_t r = nws; !st && r < out; r++) scales[r] = scales[0]; /* one per tensor, to every row */
+    } else if (!st)
+        st = mopt_tensor_read_f32(v, 0, out * in / 2, vals, err);
     const uint8_t *mask = m->data;
     for (int64_t r = 0; r < out && !st; r++) {
         int64_t k = r * in / 2;
@@ -589,8 +611,16 @@ static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, mopt_error 
     }
     char name[MOPT_MAX_NAME + 16];
     snprintf(name, sizeof name, "%s.weight", p);
-    mopt_tensor *t = st ? NULL : mopt_sp24_pack(name, out, in, v->dtype, W, err);
-    free(vals), free(W);
+    mopt_tensor *t = NULL;
+    if (!st && int8) {
+        int8_t *q = malloc((size_t)(out * in));
+        if (!q) MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int64_t i = 0; q && i < out * in; i++) q[i] = (int8_t)W[i];
+        t = q ? mopt_sp24_pack_i8(name, out, in, q, scales, err) : NULL;
+        free(q);
+    } else if (!st)
+        t = mopt_sp24_pack(name, out, in, v->dtype, W, err);
+    free(vals), free(W), free(scales);
     return t;
 }
 
@@ -620,7 +650,7 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
         mopt_tensor *t = NULL;
         const mopt_tensor *w = part(g, pre[i], "weight");
         if (part(g, pre[i], "compressed")) {
-            if (c.method == HFQ_CT && c.sparse24) t = ct_sparse24_linear(g, pre[i], err);
+            if (c.method == HFQ_CT && c.sparse24) t = ct_sparse24_linear(g, pre[i], c.sparse24_int8, err);
             else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.compressed is a compressed-tensors sparse weight, but %s names no sparse-24-bitmask", pre[i], config_path);
         } else if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);

@@ -274,8 +274,9 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
  * is kept, numpy.packbits little), P.shape I64 [2, 1]. */
 static mopt_status ct_sparse24(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err) {
     const int64_t out = t->ne[1], in = t->ne[0];
-    const size_t vs = t->quant->flags & MOPT_QUANT_VALUES_F32 ? 4 : 2, vrow = (size_t)in / 2 * vs;
-    const char *dt = t->quant->flags & MOPT_QUANT_VALUES_F32 ? "F32" : t->quant->flags & MOPT_QUANT_VALUES_BF16 ? "BF16" : "F16";
+    const uint32_t f = t->quant->flags;
+    const size_t vs = f & MOPT_QUANT_VALUES_F32 ? 4 : f & MOPT_QUANT_VALUES_I8 ? 1 : 2, vrow = (size_t)in / 2 * vs;
+    const char *dt = f & MOPT_QUANT_VALUES_F32 ? "F32" : f & MOPT_QUANT_VALUES_I8 ? "I8" : f & MOPT_QUANT_VALUES_BF16 ? "BF16" : "F16";
     uint8_t *vals = malloc((size_t)out * vrow + 1), *mask = malloc((size_t)(out * in / 8) + 1);
     int64_t *shape = malloc(2 * sizeof *shape);
     if (!vals || !mask || !shape) {
@@ -306,6 +307,14 @@ static mopt_status ct_sparse24(mopt_st_list *l, const char *p, const mopt_tensor
     snprintf(name, sizeof name, "%s.shape", p);
     if (!st) st = mopt_st_list_add(l, name, "I64", 2, ds, shape, 2 * sizeof *shape, err);
     else free(shape);
+    if (!st && (f & MOPT_QUANT_VALUES_I8)) { /* W8A8: weight_scale [out, 1] F32, as for int-quantized */
+        float *sc = malloc((size_t)out * sizeof *sc + 1);
+        if (!sc) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int64_t r = 0; r < out; r++) sc[r] = ((const float *)t->quant->scale->data)[perm ? perm[r] : r];
+        const int64_t dsc[2] = {out, 1};
+        snprintf(name, sizeof name, "%s.weight_scale", p);
+        st = mopt_st_list_add(l, name, "F32", 2, dsc, sc, (size_t)out * sizeof *sc, err);
+    }
     return st;
 }
 
@@ -398,15 +407,17 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
                          "bits", s->bits, "group_size", s->group_size, "desc_act", s->act_order, "sym", sym,
                          "static_groups", 0, "damp_percent", 0.01);
     }
-    if (s->dtype == MOPT_DTYPE_SP24) { /* sparsity only: no quantization scheme, the compressor in sparsity_config */
+    json_t *sparsity = json_null();
+    if (s->dtype == MOPT_DTYPE_SP24) { /* the compressor in sparsity_config; int8 values add W8A8's quantization scheme */
         int64_t sparse = 0;
         for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++)
             if (mopt_graph_tensor(g, i)->dtype == MOPT_DTYPE_SP24) sparse += mopt_tensor_nelements(mopt_graph_tensor(g, i));
         const double global = 0.5 * (double)sparse / (double)mopt_graph_n_params(g); /* the share of weights not stored */
-        return json_pack("{s:s, s:s, s:{}, s:o, s:{s:s, s:f, s:O, s:b, s:s, s:[s]}}", "quant_method", "compressed-tensors",
-                         "quantization_status", "compressed", "config_groups", "ignore", ignore, "sparsity_config", "format",
-                         "sparse-24-bitmask", "global_sparsity", global, "ignore", ignore, "registry_requires_subclass", 0,
-                         "sparsity_structure", "2:4", "targets", "Linear");
+        sparsity = json_pack("{s:s, s:f, s:O, s:b, s:s, s:[s]}", "format", "sparse-24-bitmask", "global_sparsity", global, "ignore",
+                             ignore, "registry_requires_subclass", 0, "sparsity_structure", "2:4", "targets", "Linear");
+        if (!(s->flags & MOPT_QUANT_VALUES_I8))
+            return json_pack("{s:s, s:s, s:{}, s:o, s:o}", "quant_method", "compressed-tensors", "quantization_status", "compressed",
+                             "config_groups", "ignore", ignore, "sparsity_config", sparsity);
     }
     json_t *w, *act = json_null();
     const char *format;
@@ -417,7 +428,7 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
                       "actorder", s->act_order ? "group" : "");
         if (!s->act_order) json_object_set_new(w, "actorder", json_null());
         json_object_set_new(w, "group_size", s->group_size > 0 ? json_integer(s->group_size) : json_null());
-    } else if (s->dtype == MOPT_DTYPE_W8A8) {
+    } else if (s->dtype == MOPT_DTYPE_W8A8 || s->dtype == MOPT_DTYPE_SP24) { /* SP24 here: int8 values */
         format = "int-quantized";
         w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy",
                       "channel", "dynamic", 0, "group_size");
@@ -435,8 +446,8 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
             act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
                             "tensor", "dynamic", 0, "group_size");
     }
-    return json_pack("{s:s, s:s, s:s, s:{s:{s:[s], s:o, s:o, s:n}}, s:o, s:n, s:n}", "quant_method", "compressed-tensors",
+    return json_pack("{s:s, s:s, s:s, s:{s:{s:[s], s:o, s:o, s:n}}, s:o, s:n, s:o}", "quant_method", "compressed-tensors",
                      "format", format, "quantization_status", "compressed", "config_groups", "group_0", "targets",
                      "Linear", "weights", w, "input_activations", act, "output_activations", "ignore", ignore,
-                     "kv_cache_scheme", "sparsity_config");
+                     "kv_cache_scheme", "sparsity_config", sparsity);
 }

@@ -182,4 +182,5 @@ const mopt_host_api mopt_host = {
     .graph_free = mopt_graph_free,
     .graph_n_params = mopt_graph_n_params,
     .sp24_pack = mopt_sp24_pack,
+    .sp24_pack_i8 = mopt_sp24_pack_i8,
 };

@@ -126,7 +126,10 @@ static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t 
     const void *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
     const int64_t n = w->ne[0] / 2;
     if (w->quant->flags & MOPT_QUANT_VALUES_F32) return row;
-    if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
+    if (w->quant->flags & MOPT_QUANT_VALUES_I8) {
+        const float s = ((const float *)w->quant->scale->data)[o];
+        for (int64_t k = 0; k < n; k++) dst[k] = (float)((const int8_t *)row)[k] * s;
+    } else if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
     else c->k->cvt_f16(row, dst, n);
     return dst;
 }
@@ -289,6 +292,23 @@ static void w8a8_task(void *p, int64_t task, int32_t thread) {
     }
 }
 
+/* 2:4 with int8 values: x holds each token's int8 levels as floats */
+static void sp24_i8_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    const mopt_tensor *w = j->w;
+    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    const float *ws = (const float *)w->quant->scale->data;
+    for (int64_t o = o0; o < o1; o++) {
+        const int8_t *vals = (const int8_t *)((const uint8_t *)w->data + (size_t)o * w->nb[1]);
+        const uint8_t *pos = mopt_sp24_positions(w, o);
+        __builtin_prefetch(pos + w->nb[1]);
+        for (int32_t t = 0; t < j->T; t++) {
+            const float d = j->c->k->dot_sp24_i8(vals, pos, j->x + (size_t)t * j->x_stride, j->in);
+            j->y[(size_t)t * j->y_stride + o] = d * ws[o] * j->xscale[t] + bias_at(j->b, o);
+        }
+    }
+}
+
 static void gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     cpu_ctx *c = j->c;
@@ -303,6 +323,9 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
     /* y[:, o0:o0+rows] = x @ w^T */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)rows, (int)j->in, 1.0f, j->x, j->x_stride, w,
                 (int)j->in, 0.0f, j->y + o0, j->y_stride);
+    if (j->xscale) /* x held int8 levels (2:4 W8A8): each token's scale */
+        for (int32_t t = 0; t < j->T; t++)
+            for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] *= j->xscale[t];
     if (j->b)
         for (int32_t t = 0; t < j->T; t++)
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
@@ -319,26 +342,47 @@ static void *scratch(void **buf, size_t *cap, size_t need) {
     return *buf;
 }
 
+/* One token's int8 levels, round(x / s) with s = max|x| / 127, into q8 or (as
+ * floats) qf; returns s. Plain compares and the 1.5 x 2^23 trick round to
+ * nearest even as lrintf does, without libm calls in the loop. */
+static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
+    float mx = 0;
+    for (int64_t i = 0; i < in; i++) {
+        const float a = fabsf(x[i]);
+        mx = a > mx ? a : mx;
+    }
+    const float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
+    for (int64_t i = 0; i < in; i++) {
+        float v = x[i] * inv;
+        v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f; /* NaN goes to -127, as fmaxf did */
+        v = (v + 12582912.0f) - 12582912.0f;
+        if (qf) qf[i] = v;
+        else q8[i] = (int8_t)v;
+    }
+    return s;
+}
+
 static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b, const float *x, int32_t T,
                           int32_t xs, float *y, int32_t ys, mopt_error *err) {
     lin_job j = {c, w, b, x, T, xs, y, ys, w->ne[0], w->ne[1], NULL, NULL, NULL};
     const int64_t in = j.in;
-    if (w->dtype == MOPT_DTYPE_W8A8) {
-        /* per-token dynamic int8 activations: x = qx * max|x| / 127 */
-        int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in);
+    const int sp24_i8 = w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I8);
+    if (w->dtype == MOPT_DTYPE_W8A8 || sp24_i8) {
+        /* per-token dynamic int8 activations: x = qx * max|x| / 127; the 2:4
+         * kernel takes the levels as floats, which it multiplies exactly */
+        int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * (sp24_i8 ? sizeof(float) : 1));
         float *sx = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * sizeof(float));
         if (!xq || !sx) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        for (int32_t t = 0; t < T; t++) {
-            const float *xt = x + (size_t)t * xs;
-            float mx = 0;
-            for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(xt[i]));
-            float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
-            for (int64_t i = 0; i < in; i++) xq[(size_t)t * in + i] = (int8_t)lrintf(fminf(fmaxf(xt[i] * inv, -127.f), 127.f));
-            sx[t] = s;
-        }
-        j.xq = xq;
+        float *xf = (float *)(void *)xq;
+        for (int32_t t = 0; t < T; t++)
+            sx[t] = quantize_token_i8(x + (size_t)t * xs, in, sp24_i8 ? NULL : xq + (size_t)t * in, sp24_i8 ? xf + (size_t)t * in : NULL);
         j.xscale = sx;
-        mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, w8a8_task, &j);
+        if (sp24_i8) j.x = xf, j.x_stride = (int32_t)in;
+        else j.xq = xq;
+        if (sp24_i8 && T > GEMV_MAX_TOKENS) /* prefill: rows widened to q * s, OpenBLAS over the levels, then sx */
+            mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+        else
+            mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, sp24_i8 ? sp24_i8_task : w8a8_task, &j);
         return MOPT_OK;
     }
     if (w->dtype == MOPT_DTYPE_FP8 && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {

@@ -32,6 +32,10 @@ typedef struct mopt_kernels {
     float (*dot_sp24)(const float *vals, const uint8_t *pos, const float *x, int64_t n);
     /* the same with the kept values read as bf16 in place (no widening pass) */
     float (*dot_sp24_bf16)(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
+    /* the same with int8 kept values (SP24 with MOPT_QUANT_VALUES_I8), unscaled:
+     * with x holding int8 levels as floats every product and partial sum is an
+     * integer, exact while |sum| < 2^24 */
+    float (*dot_sp24_i8)(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */
@@ -42,6 +46,7 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 /* The AVX2 2:4 row dot products, which the AVX-512 set shares. */
 float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
+float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
 
 extern const mopt_kernels mopt_kernels_ref;
 /* NULL when the file was built without the instruction set. */

@@ -90,6 +90,8 @@ static inline float sp24_tail(const float *v, const uint8_t *pos, const float *x
 
 static inline float f32_at(const float *v, int64_t k) { return v[k]; }
 static inline float bf16_at(const uint16_t *v, int64_t k) { return mopt_bf16_to_f32(v[k]); }
+static inline float i8_at(const int8_t *v, int64_t k) { return (float)v[k]; }
+#define LOAD_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 
 /* 2:4 rows: every lane of every FMA is a kept weight, so the arithmetic and
  * the weight bytes are half the dense row's (plus a byte of positions per 8
@@ -117,6 +119,8 @@ static inline float bf16_at(const uint16_t *v, int64_t k) { return mopt_bf16_to_
     }
 SP24_DOT(mopt_dot_sp24_avx2, float, _mm256_loadu_ps, f32_at)
 SP24_DOT(mopt_dot_sp24_bf16_avx2, uint16_t, load_bf16, bf16_at)
+SP24_DOT(mopt_dot_sp24_i8_avx2, int8_t, LOAD_I8, i8_at)
 
 const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                        gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2, mopt_dot_sp24_bf16_avx2};
+                                        gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2, mopt_dot_sp24_bf16_avx2,
+                                        mopt_dot_sp24_i8_avx2};

@@ -53,4 +53,4 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
 
 const mopt_kernels mopt_kernels_avx512 = {"avx512", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
                                           gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2,
-                                          mopt_dot_sp24_bf16_avx2};
+                                          mopt_dot_sp24_bf16_avx2, mopt_dot_sp24_i8_avx2};

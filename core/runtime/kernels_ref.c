@@ -110,5 +110,14 @@ static float dot_sp24_bf16(const uint16_t *vals, const uint8_t *pos, const float
     return s;
 }
 
+static float dot_sp24_i8(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t g = 0; g < n / 4; g++) {
+        const int nib = pos[g / 2] >> (4 * (g % 2)) & 15;
+        s += (float)vals[2 * g] * x[4 * g + (nib & 3)] + (float)vals[2 * g + 1] * x[4 * g + (nib >> 2)];
+    }
+    return s;
+}
+
 const mopt_kernels mopt_kernels_ref = {"ref", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                       gemv_q4, gemv_q8, dot_i8, dot_sp24, dot_sp24_bf16};
+                                       gemv_q4, gemv_q8, dot_i8, dot_sp24, dot_sp24_bf16, dot_sp24_i8};

@@ -53,7 +53,7 @@ static mopt_tensor *side_new(const char *name, const char *suffix, mopt_dtype dt
 }
 
 /* One f32 scale per row (or one for the tensor) for the 8-bit per-channel formats. */
-static mopt_tensor *with_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err) {
+mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err) {
     int64_t sd[1] = {n};
     t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F32, 1, sd, err);
     if (!t->quant->scale) {
@@ -177,7 +177,7 @@ mopt_tensor *mopt_w8a8_pack(const char *name, int64_t out, int64_t in, const int
     t->quant->bits = 8;
     t->quant->group_size = -1;
     t->quant->flags = MOPT_QUANT_SYM;
-    return with_f32_scales(t, name, scales, out, err);
+    return mopt_packed_f32_scales(t, name, scales, out, err);
 }
 
 mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint8_t *q, const float *scales,
@@ -194,7 +194,7 @@ mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint
     t->quant->group_size = -1;
     t->quant->flags = act_flags | (n_scales == 1 ? MOPT_QUANT_PER_TENSOR : 0);
     t->quant->act_scale = act_scale;
-    return with_f32_scales(t, name, scales, n_scales, err);
+    return mopt_packed_f32_scales(t, name, scales, n_scales, err);
 }
 
 /* --- E4M3 -------------------------------------------------------------------- */

@@ -1,23 +1,21 @@
 /* 2:4 sparse weights (MOPT_DTYPE_SP24, layout in mopt/quant.h): packing a
  * masked matrix and reading rows back. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mopt/quant.h"
 #include "tensor_impl.h"
 
-static size_t value_size(uint32_t flags) { return flags & MOPT_QUANT_VALUES_F32 ? 4 : 2; }
+static size_t value_size(uint32_t flags) { return flags & MOPT_QUANT_VALUES_F32 ? 4 : flags & MOPT_QUANT_VALUES_I8 ? 1 : 2; }
 
-mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err) {
-    if (values != MOPT_DTYPE_F16 && values != MOPT_DTYPE_BF16 && values != MOPT_DTYPE_F32) {
-        MOPT_FAIL(err, MOPT_E_INVALID, "%s: 2:4 values must be f16, bf16 or f32, not %s", name, mopt_dtype_name(values));
-        return NULL;
-    }
+/* The packed rows of W (values already on the int8 grid when flags say I8). */
+static mopt_tensor *sp24_build(const char *name, int64_t out, int64_t in, uint32_t flags, const float *W, mopt_error *err) {
     if (in <= 0 || in % 8 || out <= 0) {
         MOPT_FAIL(err, MOPT_E_INVALID, "%s: 2:4 storage needs a positive input width that is a multiple of 8 (got %lld)", name, (long long)in);
         return NULL;
     }
-    const uint32_t flags = values == MOPT_DTYPE_BF16 ? MOPT_QUANT_VALUES_BF16 : values == MOPT_DTYPE_F32 ? MOPT_QUANT_VALUES_F32 : 0;
     const size_t vs = value_size(flags), vbytes = (size_t)in / 2 * vs;
     for (int64_t r = 0; r < out; r++) /* refuse before allocating */
         for (int64_t g = 0; g < in / 4; g++) {
@@ -52,6 +50,7 @@ mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtyp
                 const float v = w[keep[k]];
                 void *dst = row + (size_t)(2 * g + k) * vs;
                 if (flags & MOPT_QUANT_VALUES_F32) memcpy(dst, &v, 4);
+                else if (flags & MOPT_QUANT_VALUES_I8) *(int8_t *)dst = (int8_t)v;
                 else {
                     const uint16_t h = flags & MOPT_QUANT_VALUES_BF16 ? mopt_f32_to_bf16(v) : mopt_f32_to_f16(v);
                     memcpy(dst, &h, 2);
@@ -60,6 +59,35 @@ mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtyp
         }
     }
     return t;
+}
+
+mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err) {
+    if (values != MOPT_DTYPE_F16 && values != MOPT_DTYPE_BF16 && values != MOPT_DTYPE_F32) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "%s: 2:4 values must be f16, bf16 or f32, not %s", name, mopt_dtype_name(values));
+        return NULL;
+    }
+    return sp24_build(name, out, in, values == MOPT_DTYPE_BF16 ? MOPT_QUANT_VALUES_BF16 : values == MOPT_DTYPE_F32 ? MOPT_QUANT_VALUES_F32 : 0,
+                      W, err);
+}
+
+mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales, mopt_error *err) {
+    for (int64_t r = 0; r < out; r++)
+        if (!(scales[r] > 0) || !isfinite(scales[r])) {
+            MOPT_FAIL(err, MOPT_E_INVALID, "%s: row %lld has scale %g; 2:4 int8 scales must be finite and positive", name, (long long)r,
+                      (double)scales[r]);
+            return NULL;
+        }
+    float *W = out > 0 && in > 0 ? malloc((size_t)(out * in) * sizeof *W) : NULL; /* the levels, exactly */
+    if (!W && out > 0 && in > 0) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", name);
+        return NULL;
+    }
+    for (int64_t i = 0; W && i < out * in; i++) W[i] = q[i];
+    mopt_tensor *t = sp24_build(name, out, in, MOPT_QUANT_VALUES_I8, W, err);
+    free(W);
+    if (!t) return NULL;
+    t->quant->flags |= MOPT_QUANT_SYM;
+    return mopt_packed_f32_scales(t, name, scales, out, err);
 }
 
 const uint8_t *mopt_sp24_positions(const mopt_tensor *t, int64_t row) {
@@ -72,6 +100,11 @@ void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals) {
     const uint32_t f = t->quant->flags;
     if (f & MOPT_QUANT_VALUES_F32) {
         memcpy(vals, p, (size_t)n * sizeof(float));
+        return;
+    }
+    if (f & MOPT_QUANT_VALUES_I8) {
+        const float s = ((const float *)t->quant->scale->data)[row];
+        for (int64_t k = 0; k < n; k++) vals[k] = (float)(int8_t)p[k] * s;
         return;
     }
     for (int64_t k = 0; k < n; k++) {

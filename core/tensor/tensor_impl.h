@@ -25,6 +25,9 @@ mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int
 /* A packed weight [out, in] of `row_bytes` per row, zero-filled, with an empty quant info. */
 mopt_tensor *mopt_packed_new(const char *name, mopt_dtype dtype, int64_t out, int64_t in, size_t row_bytes, mopt_error *err);
 
+/* Gives packed t an F32 scale tensor [n] holding scales; frees t and returns NULL on failure. */
+mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err);
+
 /* SP24 rows (layout in mopt/quant.h; rows padded to 4 bytes): the kept values
  * of `row` widened to fp32 vals[in/2], its position bytes, and the whole row
  * as dense fp32. */

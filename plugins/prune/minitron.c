@@ -1,7 +1,8 @@
 /* prune.minitron: structured pruning as NVIDIA's Minitron (Muralidharan et
  * al., 2024). Importance of embedding channels, FFN neurons, attention heads
  * and query groups from the dense model's activations on calibration data,
- * and of blocks by 1 - cos(input, output); the model is cut to an explicit
+ * and of blocks by 1 - cos(input, output) or by the loss rise without each
+ * (depth=loss); the model is cut to an explicit
  * shape or to a parameter budget (params=: the widths that fit are ranked by
  * their loss on calibration windows) and comes out smaller, every tensor
  * sliced and the architecture rewritten. Recovery is distillation's job
@@ -25,6 +26,9 @@ static mopt_status check(const mopt_host_api *h, const mopt_options *o, mopt_err
         return h->error_set(err, MOPT_E_INVALID, PASS, "give either params= (a budget to search) or the shape (hidden=, ffn=, heads=, kv_heads=, layers=), not both");
     if (h->opt_is_set(o, "params") && !(h->opt_float(o, "params") > 0 && h->opt_float(o, "params") <= 1))
         return h->error_set(err, MOPT_E_INVALID, PASS, "params=%g is not a fraction in (0, 1]", h->opt_float(o, "params"));
+    const char *depth = h->opt_string(o, "depth");
+    if (strcmp(depth, "cosine") && strcmp(depth, "loss"))
+        return h->error_set(err, MOPT_E_INVALID, PASS, "depth=%s: expected cosine (1 - cos of a block's input and output) or loss", depth);
     if (!h->opt_is_set(o, "params") && !shape_set)
         return h->error_set(err, MOPT_E_INVALID, PASS, "nothing to prune: give params= or at least one of hidden=, ffn=, heads=, kv_heads=, layers=");
     const int64_t heads = h->opt_int(o, "heads"), kv = h->opt_int(o, "kv_heads");
@@ -99,6 +103,35 @@ static int hidden_tied_to_heads(const mopt_host_api *h, const mopt_graph *g, con
     mt_keep_free(&k);
     if (cut) h->graph_free(cut);
     return cut == NULL;
+}
+
+/* depth=loss: a block's importance is how much the loss on the calibration
+ * windows rises when that block alone is removed (the Minitron paper's
+ * alternative to 1 - cos); it replaces imp->block. */
+static mopt_status depth_by_loss(const mopt_host_api *h, mopt_pass_ctx *ctx, const mopt_graph *g, mt_importance *imp, const calib *c,
+                                 int32_t windows, mopt_error *err) {
+    const int32_t L = imp->of.layers;
+    if (L < 2) return MOPT_OK; /* no block can go */
+    double *mark = malloc((size_t)L * sizeof *mark), *rise = malloc((size_t)L * sizeof *rise), base = 0;
+    mopt_status st = mark && rise ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, PASS, "out of memory");
+    mt_importance one = *imp; /* mt_select keeps the marked blocks: all but one */
+    one.block = mark;
+    for (int32_t j = 0; j < L && !st; j++) mark[j] = 1;
+    if (!st) st = cut_loss(h, g, &one, imp->of, c->tokens, windows, c->L, &base, err);
+    for (int32_t l = 0; l < L && !st; l++) {
+        for (int32_t j = 0; j < L; j++) mark[j] = j != l;
+        mt_shape s = imp->of;
+        s.layers--;
+        double loss;
+        st = cut_loss(h, g, &one, s, c->tokens, windows, c->L, &loss, err);
+        if (st) break;
+        rise[l] = loss - base;
+        h->log(ctx, "%s: without block %d the calibration loss rises by %.4f (from %.4f)", PASS, l, rise[l], base);
+        if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, PASS, "interrupted while ranking blocks");
+    }
+    if (!st) memcpy(imp->block, rise, (size_t)L * sizeof *rise);
+    free(mark), free(rise);
+    return st;
 }
 
 static int32_t round_down(int64_t v, int32_t step) { return (int32_t)(v / step * step > 0 ? v / step * step : step); }
@@ -227,7 +260,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         calib_free(&c);
         return st;
     }
-    if (h->opt_is_set(o, "params")) st = search(h, ctx, g, o, &imp, &c, report, &target, err);
+    const int32_t windows = (int32_t)(h->opt_int(o, "search_windows") < c.N ? h->opt_int(o, "search_windows") : c.N);
+    if (!strcmp(h->opt_string(o, "depth"), "loss")) st = depth_by_loss(h, ctx, g, &imp, &c, windows, err);
+    h->report_string(report, "depth_importance", h->opt_string(o, "depth"));
+    if (!st && h->opt_is_set(o, "params")) st = search(h, ctx, g, o, &imp, &c, report, &target, err);
     calib_free(&c);
     mt_keep k = {0};
     mopt_graph *cut = NULL;
@@ -262,7 +298,12 @@ static const mopt_opt_spec opts[] = {
     {"layers", MOPT_OPT_INT, 0, "decoder blocks to keep, by block importance; 0: all", "0", 0, 1 << 24, NULL},
     {"params", MOPT_OPT_FLOAT, 0, "parameter budget as a fraction of the model's: search the shapes that fit (instead of the shape options)",
      NULL, 0, 1, NULL},
-    {"search_windows", MOPT_OPT_INT, 0, "calibration windows that rank the candidates of params=", "8", 1, 4096, NULL},
+    {"depth", MOPT_OPT_STRING, 0,
+     "how blocks are ranked: cosine (1 - cos of a block's input and output) or loss (the calibration loss rise when the block "
+     "alone is removed, on search_windows windows)",
+     "cosine", 0, -1, NULL},
+    {"search_windows", MOPT_OPT_INT, 0, "calibration windows that rank the candidates of params= (and the blocks of depth=loss)", "8", 1,
+     4096, NULL},
     {"search_candidates", MOPT_OPT_INT, 0, "shapes nearest the budget ranked by their loss", "12", 1, 10000, NULL},
     Q_CALIB_OPTS(1),
 };

@@ -22,10 +22,16 @@ mopt_status prune_spec_from(const mopt_host_api *h, const mopt_options *o, prune
         return h->error_set(err, MOPT_E_INVALID, "prune", "sparsity=%g: give a fraction strictly between 0 and 1", sp->sparsity);
     }
     sp->pack = h->opt_bool(o, "pack");
+    const char *values = h->opt_string(o, "values");
+    if (strcmp(values, "float") && strcmp(values, "int8"))
+        return h->error_set(err, MOPT_E_INVALID, "prune", "values=%s: expected float or int8", values);
+    sp->int8 = !strcmp(values, "int8");
+    if (sp->int8 && !sp->pack) return h->error_set(err, MOPT_E_INVALID, "prune", "values=int8 is the packed 2:4 storage's; add pack=true");
     if (sp->pack && !(sp->n == 2 && sp->m == 4))
         return h->error_set(err, MOPT_E_INVALID, "prune", "pack=true stores the 2:4 pattern only; give pattern=2:4");
-    if (sp->pack && h->opt_is_set(o, "bits"))
-        return h->error_set(err, MOPT_E_INVALID, "prune", "pack=true stores float values; with bits= the result is packed QINT (drop one of them)");
+    if (sp->pack && h->opt_int(o, "bits") > 0) /* bits has a default, so "set" is always true */
+        return h->error_set(err, MOPT_E_INVALID, "prune",
+                            "pack=true stores float or int8 (values=int8) values; with bits= the result is packed QINT (drop one of them)");
     return MOPT_OK;
 }
 
@@ -95,6 +101,15 @@ mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *
     const mopt_tensor *old = h->graph_find_tensor(g, l->wname);
     const int64_t dims[2] = {l->out, l->in};
     const mopt_dtype dt = old ? old->dtype : MOPT_DTYPE_F32;
+    if (sp.pack && sp.int8) {
+        int8_t *q = malloc((size_t)(l->out * l->in));
+        float *s = malloc((size_t)l->out * sizeof *s);
+        mopt_status st = q && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, "prune", "out of memory");
+        if (!st) q_int8_rows(W, l->out, l->in, q, s);
+        if (!st) st = q_replace(h, g, h->sp24_pack_i8(l->wname, l->out, l->in, q, s, err), err);
+        free(q), free(s);
+        return st;
+    }
     if (sp.pack) return q_replace(h, g, h->sp24_pack(l->wname, l->out, l->in, dt, W, err), err);
     return q_replace(h, g, h->tensor_from_f32(l->wname, dt, 2, dims, W, err), err);
 }

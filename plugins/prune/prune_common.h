@@ -12,6 +12,7 @@ typedef struct prune_spec {
     double sparsity; /* unstructured: the fraction set to zero */
     int32_t n, m;    /* N:M; m = 0: unstructured */
     int32_t pack;    /* 2:4 stored packed (MOPT_DTYPE_SP24) */
+    int32_t int8;    /* with pack: int8 kept values, a scale per row, int8 activations per token (W8A8) */
 } prune_spec;
 
 #define PRUNE_OPTS                                                                                                           \
@@ -20,7 +21,10 @@ typedef struct prune_spec {
      "unstructured", 0, -1, NULL},                                                                                          \
     {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep dense (node or tensor names)", "", 0, -1, NULL},                    \
     {"pack", MOPT_OPT_BOOL, 0, "2:4 only: store the pruned linears packed (kept values + 2-bit positions) for the sparse kernels", \
-     "false", 0, -1, NULL}
+     "false", 0, -1, NULL},                                                                                                 \
+    {"values", MOPT_OPT_STRING, 0,                                                                                          \
+     "with pack: the kept values' type, float (the weight's dtype) or int8 (a scale per row and int8 activations per token: "  \
+     "the W8A8 2:4 scheme vLLM runs)", "float", 0, -1, NULL}
 
 /* Reads and checks sparsity= and pattern= (the passes' check, at pipeline time). */
 mopt_status prune_spec_from(const mopt_host_api *h, const mopt_options *o, prune_spec *sp, mopt_error *err);
@@ -36,7 +40,8 @@ mopt_status prune_check_linear(const mopt_host_api *h, mopt_graph *g, const qlin
 mopt_status prune_mask(const mopt_host_api *h, const float *score, int64_t out, int64_t in, prune_spec sp, int per_row, uint8_t *mask, mopt_error *err);
 
 /* Writes W (fp32, already masked or updated) back into the graph in the
- * weight's own dtype, or with sp.pack as 2:4 storage of kept values in that dtype. */
+ * weight's own dtype, or with sp.pack as 2:4 storage of kept values in that
+ * dtype (sp.int8: rounded to int8 per row, q_int8_rows). */
 mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, const float *W, prune_spec sp, mopt_error *err);
 
 /* Report: sparsity per linear (a series), its min, max and mean, zeros in all, the method and pattern. */

@@ -118,6 +118,18 @@ void q_grid(const mopt_host_api *h, const float *w, int64_t n, int64_t stride, q
     *zero = (uint8_t)z;
 }
 
+void q_int8_rows(const float *W, int64_t out, int64_t in, int8_t *q, float *s) {
+    for (int64_t r = 0; r < out; r++) {
+        float mx = 0;
+        for (int64_t j = 0; j < in; j++) mx = fmaxf(mx, fabsf(W[r * in + j]));
+        s[r] = mx > 0 ? mx / 127.0f : 1.0f;
+        for (int64_t j = 0; j < in; j++) {
+            const float v = nearbyintf(W[r * in + j] / s[r]);
+            q[r * in + j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+}
+
 void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspec sp, uint8_t *q, float *scales,
            uint8_t *zeros) {
     const int64_t gs = sp.group > 0 ? sp.group : in, ng = (in + gs - 1) / gs;

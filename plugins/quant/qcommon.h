@@ -64,6 +64,9 @@ void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qsp
 
 /* Puts t (a new packed tensor named like an existing weight) in the graph; frees it on failure. */
 mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mopt_error *err);
+/* int8 per output row, symmetric: s[r] = max|W[r]| / 127 (1 for a zero row),
+ * q = round(w / s) in [-127, 127]; zeros stay zero. */
+void q_int8_rows(const float *W, int64_t out, int64_t in, int8_t *q, float *s);
 /* Packs levels into a QINT tensor named like the linear's weight and puts it in the graph. */
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err);

@@ -140,16 +140,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         float *W = q_weight_f32(h, g, l, err), *sc = malloc((size_t)l->out * sizeof *sc);
         int8_t *q = malloc((size_t)(l->out * l->in));
         if (!W || !sc || !q) st = h->error_set(err, MOPT_E_NOMEM, "quant.smoothquant", "out of memory");
-        for (int64_t r = 0; !st && r < l->out; r++) {
-            float mx = 0;
-            for (int64_t j = 0; j < l->in; j++) mx = fmaxf(mx, fabsf(W[r * l->in + j]));
-            float s = mx > 0 ? mx / 127.0f : 1.0f;
-            sc[r] = s;
-            for (int64_t j = 0; j < l->in; j++) {
-                float v = nearbyintf(W[r * l->in + j] / s);
-                q[r * l->in + j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-            }
-        }
+        if (!st) q_int8_rows(W, l->out, l->in, q, sc);
         if (!st) st = q_replace(h, g, h->w8a8_pack(l->wname, l->out, l->in, q, sc, err), err);
         free(W);
         free(sc);

@@ -2,14 +2,14 @@
  * (header, data offsets), config.json, tokenizer.json, llama2.c checkpoints and
  * tokenizers, GGUF (llama and gpt2, block types), TensorRT-LLM (dense and
  * quantized ranks, config) and every quantized Hugging Face format (AWQ, GPTQ,
- * compressed-tensors pack/int/float and sparse-24-bitmask, ModelOpt int4 and
+ * compressed-tensors pack/int/float and sparse-24-bitmask (float and int8 values), ModelOpt int4 and
  * FP8), and mopt's own training states. Each mutant must
  * load or fail with a one-line message; one that loads runs a short forward
  * pass and a tokenizer round trip. Nothing may crash, hang or touch memory it
  * does not own (the suite runs under ASan+UBSan too).
  *
  * MOPT_FUZZ_SCALE (default 1) multiplies every target's rounds: the default
- * is 20,000 inputs in all; MOPT_FUZZ_SEED changes the mutations. */
+ * is over 20,000 inputs in all; MOPT_FUZZ_SEED changes the mutations. */
 #include <jansson.h>
 #include <sys/stat.h>
 
@@ -217,6 +217,7 @@ static int setup(void **state) {
         {"q8_0.gguf", "export.gguf<out=%s;type=q8_0>"},
         {"q4_1.gguf", "export.gguf<out=%s;type=q4_1>"},
         {"ct-24", "prune.magnitude<pattern=2:4;pack=true;exclude=*mlp*>,export.hf<out=%s;format=compressed-tensors>"},
+        {"ct-24-i8", "prune.magnitude<pattern=2:4;pack=true;values=int8;exclude=*mlp*>,export.hf<out=%s;format=compressed-tensors>"},
     };
     for (size_t i = 0; i < sizeof seeds / sizeof *seeds; i++) build(l2c, seeds[i].pipeline, seed(s1, sizeof s1, seeds[i].name));
     char text[4096];
@@ -324,7 +325,7 @@ static void test_tensorrt_llm_ranks_and_config(void **s) {
 static void test_quantized_hf_formats(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8", "ct-24"};
+    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8", "ct-24", "ct-24-i8"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);

@@ -3,7 +3,8 @@
  * transcription of HF's LlamaForCausalLM, over the same calibration windows); every tensor
  * is sliced consistently with the kept indices it reports; cut models of both
  * families export as HF checkpoints whose config has the new shape and reload
- * with the same perplexity; params= finds a shape under the budget; bad input
+ * with the same perplexity; params= finds a shape under the budget; depth=loss
+ * drops the block whose removal costs least, by the measured loss; bad input
  * gets one line and exit 2 with nothing written. */
 #include <jansson.h>
 #include <math.h>
@@ -232,6 +233,64 @@ static void test_a_budget_search_cuts_gpt2_under_it_and_the_checkpoint_reloads(v
     mopt_model_free(orig), mopt_model_free(back), mopt_model_free(m);
 }
 
+/* Mean next-token loss of m over the windows, from its logits with a float64 log-softmax written here. */
+static double window_loss(mopt_model *m, const int32_t *win, int windows, int len) {
+    mopt_error err = {0};
+    mopt_session *ses = mopt_session_new(mopt_model_graph(m), NULL, &err);
+    assert_non_null(ses);
+    const int32_t V = mopt_model_arch(m)->vocab_size;
+    double sum = 0;
+    for (int w = 0; w < windows; w++) {
+        const float *logits;
+        assert_int_equal(mopt_session_truncate(ses, 0, &err), MOPT_OK);
+        assert_int_equal(mopt_session_forward(ses, win + (size_t)w * len, len, true, &logits, &err), MOPT_OK);
+        double nll = 0;
+        for (int t = 0; t + 1 < len; t++) {
+            const float *row = logits + (size_t)t * V;
+            double mx = -INFINITY, z = 0;
+            for (int32_t v = 0; v < V; v++) mx = fmax(mx, row[v]);
+            for (int32_t v = 0; v < V; v++) z += exp(row[v] - mx);
+            nll += mx + log(z) - row[win[(size_t)w * len + t + 1]];
+        }
+        sum += nll / (len - 1);
+    }
+    mopt_session_free(ses);
+    return sum / windows;
+}
+
+/* depth=loss ranks blocks by how much the calibration loss rises without each:
+ * the block it drops has the smallest rise, and that rise equals the loss of
+ * the cut model minus the original's, measured here on the same windows. */
+static void test_depth_by_loss_drops_the_block_whose_removal_costs_least(void **s) {
+    REQUIRE_SHARED();
+    enum { N = 4, LEN = 128 };
+    char train[1200], text[2400];
+    test_shared_path(train, sizeof train, "data/lit-train.txt");
+    mopt_model *m = test_load_model("models/lit-llama-7m"), *orig = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "prune.minitron<layers=7;depth=loss;calib=%s;calib_samples=%d;calib_len=%d;search_windows=%d;seed=5>", train, N,
+             LEN, N);
+    mopt_report *r = test_run_pipeline(m, text);
+    const json_t *pass = json_array_get(json_object_get((const json_t *)mopt_report_tree(r), "passes"), 0);
+    const json_t *imp = json_object_get(json_object_get(pass, "series"), "block_importance");
+    assert_int_equal(json_array_size(imp), 8);
+    int32_t kept[8];
+    assert_int_equal(parse_ints(report_string(r, "kept_layers"), kept, 8), 7);
+    int dropped = 0;
+    while (dropped < 7 && kept[dropped] == dropped) dropped++;
+    for (int l = 0; l < 8; l++) assert_true(json_real_value(json_array_get(imp, (size_t)dropped)) <= json_real_value(json_array_get(imp, (size_t)l)));
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode_file(mopt_model_tokenizer(orig), train, 0, &ids, &n, &err), MOPT_OK);
+    int32_t *win = ref64_calib_windows(ids, n, N, LEN, 5);
+    const double rise = window_loss(m, win, N, LEN) - window_loss(orig, win, N, LEN), reported = json_real_value(json_array_get(imp, (size_t)dropped));
+    fprintf(stderr, "depth=loss drops block %d: loss rise %.6f reported, %.6f measured\n", dropped, reported, rise);
+    assert_true(fabs(rise - reported) <= 1e-4);
+    free(win), free(ids);
+    mopt_report_free(r);
+    mopt_model_free(m), mopt_model_free(orig);
+}
+
 static void test_minitron_refuses_bad_input(void **s) {
     REQUIRE_SHARED();
     char dir[1024], out[1200], args[4096];
@@ -253,6 +312,8 @@ static void test_minitron_refuses_bad_input(void **s) {
     test_cli_refuses(args, 2, "params", NULL);
     snprintf(args, sizeof args, "prune '%s/%s' --method minitron --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
     test_cli_refuses(args, 2, "nothing to prune", NULL);
+    snprintf(args, sizeof args, "prune '%s/%s' --method minitron --layers 6 --depth ppl --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
+    test_cli_refuses(args, 2, "depth=ppl: expected cosine", NULL);
     snprintf(args, sizeof args, "prune '%s/%s' --method minitron --ffn 512 -o '%s'", sh, model, out);
     test_cli_refuses(args, 2, "give --calib FILE", NULL);
     snprintf(args, sizeof args, "prune '%s/%s' --method minitron --ffn 512 --pattern 2:4 --calib '%s/data/lit-train.txt' -o '%s'", sh, model, sh, out);
@@ -271,6 +332,7 @@ int main(void) {
         cmocka_unit_test(test_kept_ffn_neurons_match_a_float64_importance),
         cmocka_unit_test(test_a_shape_cut_slices_every_tensor_and_exports_the_new_config),
         cmocka_unit_test(test_a_budget_search_cuts_gpt2_under_it_and_the_checkpoint_reloads),
+        cmocka_unit_test(test_depth_by_loss_drops_the_block_whose_removal_costs_least),
         cmocka_unit_test(test_minitron_refuses_bad_input),
     };
     return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);

@@ -427,6 +427,47 @@ static void test_packed_2_4_is_smaller_and_runs_like_the_masked_weights(void **s
     mopt_model_free(packed);
 }
 
+/* values=int8 keeps int8 levels with a scale per row (2:4 W8A8): the 2:4
+ * kernels give the logits of dense W8A8 weights holding the same levels and
+ * scales, in decode (the packed rows read in place) and prefill (rows widened
+ * for OpenBLAS); the linears take 0.3125x the bf16 bytes plus their scales. */
+static void test_packed_2_4_int8_runs_like_dense_w8a8_with_the_same_levels(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *packed = test_load_model("models/lit-llama-7m"), *w8 = test_load_model("models/lit-llama-7m");
+    mopt_report_free(test_run_pipeline(packed, "prune.magnitude<pattern=2:4;pack=true;values=int8>"));
+    const mopt_graph *gp = mopt_model_graph(packed);
+    mopt_error err = {0};
+    int64_t bytes_bf16 = 0, bytes_packed = 0;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(gp); i++) {
+        const mopt_tensor *t = mopt_graph_node(gp, i)->weight;
+        if (!mopt_role_is_linear(mopt_graph_node(gp, i)->role)) continue;
+        assert_int_equal(t->dtype, MOPT_DTYPE_SP24);
+        assert_true(t->quant->flags & MOPT_QUANT_VALUES_I8);
+        const int64_t out = t->ne[1], in = t->ne[0];
+        bytes_bf16 += 2 * out * in;
+        bytes_packed += mopt_weight_storage_bytes(t);
+        int8_t *q = malloc((size_t)(out * in));
+        float *row = malloc((size_t)in * sizeof *row);
+        const float *sc = t->quant->scale->data;
+        for (int64_t r = 0; r < out; r++) { /* the levels: each row back over its scale */
+            assert_int_equal(mopt_weight_row_f32(t, r, row, &err), MOPT_OK);
+            for (int64_t c = 0; c < in; c++) q[r * in + c] = (int8_t)lrintf(row[c] / sc[r]);
+        }
+        mopt_tensor *d = mopt_w8a8_pack(t->name, out, in, q, sc, &err);
+        assert_non_null(d);
+        assert_int_equal(mopt_graph_replace_tensor(mopt_model_graph(w8), d, &err), MOPT_OK);
+        free(q), free(row);
+    }
+    fprintf(stderr, "2:4 int8 linears: %lld bytes, %.4f of bf16\n", (long long)bytes_packed, (double)bytes_packed / (double)bytes_bf16);
+    assert_true((double)bytes_packed <= 0.33 * (double)bytes_bf16);
+    const double dec = decode_rel_diff(w8, packed), pre = test_max_logit_diff(w8, packed);
+    fprintf(stderr, "2:4 int8 vs dense W8A8 with the same levels: decode %.3g relative, prefill %.3g absolute\n", dec, pre);
+    assert_true(dec <= 1e-5); /* integer sums: only the float scale products differ */
+    assert_true(pre <= 1e-4);
+    mopt_model_free(packed);
+    mopt_model_free(w8);
+}
+
 static void test_pruned_model_exports_and_reloads(void **s) {
     REQUIRE_SHARED();
     char dir[1024], out[1200], args[8192];
@@ -468,10 +509,19 @@ static void test_prune_refuses_bad_input(void **s) {
     test_cli_refuses(args, 2, "magnitude, wanda, sparsegpt or minitron", NULL);
     snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 4:8 --pack -o '%s'", sh, out);
     test_cli_refuses(args, 2, "pack=true stores the 2:4 pattern only", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 2:4 --values int8 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "values=int8 is the packed 2:4 storage's; add pack=true", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 2:4 --pack --values int4 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "values=int4: expected float or int8", NULL);
     assert_int_not_equal(access(out, F_OK), 0);
+    char text[2400];
+    snprintf(text, sizeof text, "prune.sparsegpt<pattern=2:4;pack=true;bits=4;calib=%s/data/lit-train.txt>", sh);
+    test_pipeline_fails("models/lit-gpt2-1m", text, "with bits= the result is packed QINT");
     test_pipeline_fails("models/lit-gpt2-1m", "quant.rtn<bits=4;group_size=32>,prune.magnitude", "prune the float model, then quantize");
 }
 
+/* bits= quantizes the kept weights in the sweep (packed QINT); pack=true with
+ * values=int8 rounds them to int8 per row there and stores 2:4 with int8 values. */
 static void test_sparsegpt_quantizes_in_the_same_sweep(void **s) {
     REQUIRE_SHARED();
     char text[4096];
@@ -497,6 +547,24 @@ static void test_sparsegpt_quantizes_in_the_same_sweep(void **s) {
     fprintf(stderr, "2:4 + int4 g32 in one SparseGPT sweep: validation NLL %.4f\n", nll);
     assert_true(nll < 3.93); /* below 2:4 magnitude without any quantization (3.9317) */
     mopt_model_free(m);
+    /* packed 2:4 with int8 values rounded in the sweep: about the quality of float SparseGPT 2:4 */
+    double nll8[2];
+    for (int k = 0; k < 2; k++) {
+        m = test_load_model("models/lit-gpt2-1m");
+        snprintf(text, sizeof text, "prune.sparsegpt<pattern=2:4;pack=true;values=%s;calib=%s/data/lit-train.txt;calib_samples=16;calib_len=256>",
+                 k ? "int8" : "float", test_shared_dir());
+        mopt_report_free(test_run_pipeline(m, text));
+        g = mopt_model_graph(m);
+        for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++)
+            if (mopt_role_is_linear(mopt_graph_node(g, i)->role)) {
+                assert_int_equal(mopt_graph_node(g, i)->weight->dtype, MOPT_DTYPE_SP24);
+                assert_int_equal((mopt_graph_node(g, i)->weight->quant->flags & MOPT_QUANT_VALUES_I8) != 0, k);
+            }
+        nll8[k] = val16k(m);
+        mopt_model_free(m);
+    }
+    fprintf(stderr, "SparseGPT 2:4 packed: validation NLL %.4f with float values, %.4f with int8 values\n", nll8[0], nll8[1]);
+    assert_true(nll8[1] < 3.93 && fabs(nll8[1] - nll8[0]) < 0.01);
 }
 
 int main(void) {
@@ -509,6 +577,7 @@ int main(void) {
         cmocka_unit_test(test_nm_patterns_and_the_quality_order_at_2_4),
         cmocka_unit_test(test_sparsegpt_quantizes_in_the_same_sweep),
         cmocka_unit_test(test_packed_2_4_is_smaller_and_runs_like_the_masked_weights),
+        cmocka_unit_test(test_packed_2_4_int8_runs_like_dense_w8a8_with_the_same_levels),
         cmocka_unit_test(test_pruned_model_exports_and_reloads),
         cmocka_unit_test(test_prune_refuses_bad_input),
     };

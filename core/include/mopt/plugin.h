@@ -216,6 +216,8 @@ typedef struct mopt_host_api {
     int64_t (*graph_n_params)(const mopt_graph *g);
     /* 2:4 sparse storage (mopt/quant.h, MOPT_DTYPE_SP24) */
     mopt_tensor *(*sp24_pack)(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err);
+    /* appended: 2:4 with int8 values and a scale per row (W8A8) */
+    mopt_tensor *(*sp24_pack_i8)(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -34,7 +34,11 @@
  * values; rows are padded to a multiple of 4 bytes. A group with fewer than two non-zeros keeps zeros at its lowest free
  * positions. These are the kept values and 2-bit indices of NVIDIA's sparse
  * tensor cores (without their tile interleave) and, one bit per input instead
- * of two per kept value, compressed-tensors' sparse-24-bitmask. */
+ * of two per kept value, compressed-tensors' sparse-24-bitmask.
+ * With MOPT_QUANT_VALUES_I8 the kept values are int8 (one byte each) and a
+ * row has an F32 scale (scale [out]): w = q * s, and activations are
+ * quantized to int8 per token at run time as for W8A8. That is the 2:4 W8A8
+ * scheme vLLM runs with CUTLASS sparse kernels. */
 #ifndef MOPT_QUANT_H
 #define MOPT_QUANT_H
 
@@ -54,7 +58,8 @@ enum {
     MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8: static per-tensor activation scale */
     MOPT_QUANT_PER_TENSOR = 1u << 3,     /* FP8: one weight scale */
     MOPT_QUANT_VALUES_BF16 = 1u << 4,    /* SP24: kept values are bf16 */
-    MOPT_QUANT_VALUES_F32 = 1u << 5      /* SP24: kept values are f32 */
+    MOPT_QUANT_VALUES_F32 = 1u << 5,     /* SP24: kept values are f32 */
+    MOPT_QUANT_VALUES_I8 = 1u << 6       /* SP24: kept values are int8 with a scale per row; int8 activations per token */
 };
 
 /* Bytes of one 32-value block for b bits (0 for unsupported b). */
@@ -83,6 +88,10 @@ MOPT_API mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, c
  * or F32, rounded to nearest even). Fails when `in` is not a multiple of 8 or
  * a group holds three or four non-zeros, naming the row and the group. */
 MOPT_API mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err);
+/* The same with int8 kept values: q [out, in] (at most two non-zeros in every
+ * group of four) and one scale per row, scales [out] (finite, > 0). */
+MOPT_API mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales,
+                                        mopt_error *err);
 
 /* E4M3 conversions: round to nearest even, saturating at +-448. */
 MOPT_API uint8_t mopt_f32_to_e4m3(float f);

@@ -57,7 +57,7 @@ static void test_dot_kernels_match_float64_reference(void **s) {
     }
 }
 
-/* The 2:4 row kernels (fp32 and bf16 values) over every pair of kept positions (byte k: group 2k in the
+/* The 2:4 row kernels (fp32, bf16 and int8 values) over every pair of kept positions (byte k: group 2k in the
  * low nibble, i0 | i1 << 2), against a float64 sum written from the layout. */
 static void test_sp24_dot_matches_float64_on_every_position_pair(void **s) {
     static const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
@@ -86,6 +86,18 @@ static void test_sp24_dot_matches_float64_on_every_position_pair(void **s) {
                 fprintf(stderr, "%s dot_sp24 n=%lld: %.9g vs %.9g\n", sets[k]->name, (long long)n, got, ref);
             assert_true(fabs(got - ref) <= 1e-6 + (double)n * 6e-8 * mag);
             assert_true(fabs(sets[k]->dot_sp24_bf16(vb, pos, x, n) - ref) <= 1e-6 + (double)n * 6e-8 * mag);
+            /* int8 values with int8 levels as x: every product and partial sum is an integer below 2^24, so exact */
+            int8_t *vi = malloc((size_t)n / 2);
+            float *xi = malloc((size_t)n * 4);
+            double refi = 0;
+            for (int64_t i = 0; i < n; i++) xi[i] = (float)((i * 37 + wi) % 255 - 127);
+            for (int64_t g = 0; g < n / 4; g++)
+                for (int j = 0; j < 2; j++) {
+                    vi[2 * g + j] = (int8_t)((g * 11 + j * 5 + wi) % 256 - 128); /* -128..127, both ends */
+                    refi += (double)vi[2 * g + j] * xi[4 * g + pairs[(g * 7 + wi) % 6][j]];
+                }
+            assert_true(sets[k]->dot_sp24_i8(vi, pos, xi, n) == refi);
+            free(vi), free(xi);
             free(v), free(vb), free(x), free(pos);
         }
     }

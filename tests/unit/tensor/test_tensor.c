@@ -85,8 +85,38 @@ static void test_sp24_packs_the_documented_layout_and_reads_back(void **state) {
     assert_non_null(strstr(err.msg, "multiple of 8"));
 }
 
+/* 2:4 with int8 values: one byte per kept value, then the same positions, a
+ * scale per row; rows read back as level x scale; bad scales are refused. */
+static void test_sp24_int8_values_pack_and_read_back(void **state) {
+    (void)state;
+    enum { OUT = 2, IN = 16 };
+    const int8_t q[OUT * IN] = {0, 5, 0, -7, 127, 0, 0, -128, 0, 0, 1, 2, 3, 0, 4, 0, /* row 1: one or none per group */
+                                0, 0, 9, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 2};
+    const float sc[OUT] = {0.5f, 0.25f};
+    mopt_error err = {0};
+    mopt_tensor *t = mopt_sp24_pack_i8("w", OUT, IN, q, sc, &err);
+    assert_non_null(t);
+    assert_true(t->quant->flags & MOPT_QUANT_VALUES_I8);
+    assert_int_equal(t->nb[1], 12); /* 8 value bytes + 2 position bytes, padded to 4 */
+    assert_int_equal(mopt_weight_storage_bytes(t), OUT * 12 + OUT * 4);
+    const int8_t *v0 = t->data;
+    const int8_t want[8] = {5, -7, 127, -128, 1, 2, 3, 4};
+    assert_memory_equal(v0, want, 8);
+    assert_int_equal(((const uint8_t *)t->data)[8], (1 | 3 << 2) | (0 | 3 << 2) << 4);
+    float back[IN];
+    for (int r = 0; r < OUT; r++) {
+        assert_int_equal(mopt_weight_row_f32(t, r, back, &err), MOPT_OK);
+        for (int i = 0; i < IN; i++) assert_true(back[i] == (float)q[r * IN + i] * sc[r]);
+    }
+    mopt_tensor_free(t);
+    const float bad[OUT] = {0.5f, 0.0f};
+    assert_null(mopt_sp24_pack_i8("w", OUT, IN, q, bad, &err));
+    assert_non_null(strstr(err.msg, "row 1 has scale 0"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sp24_int8_values_pack_and_read_back),
         cmocka_unit_test(test_transposing_columns_gives_linear_rows),
         cmocka_unit_test(test_packed_levels_read_back_and_dequantize),
         cmocka_unit_test(test_sp24_packs_the_documented_layout_and_reads_back),
