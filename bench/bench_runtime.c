@@ -125,6 +125,12 @@ int main(int argc, char **argv) {
     bench_stats("prefill", pre, runs);
     bench_stats("decode", dec, runs);
     printf("  peak RSS       %.1f MB\n", ru.ru_maxrss / 1024.0);
+    /* the weights a decode step streams, against what this machine's memory can read on the same threads */
+    const double per_token = (double)mopt_graph_decode_bytes(mopt_model_graph(m)), gbs = bench_median(dec, runs) * per_token / 1e9; /* dec: sorted */
+    const double bw = mopt_read_bandwidth(mopt_session_n_threads(s), (size_t)512 << 20, 5);
+    printf("  weights read   %.1f MB per token: %.2f GB/s at the median decode", per_token / 1e6, gbs);
+    if (bw > 0) printf(", %.0f%% of the %.2f GB/s read bandwidth measured on %d threads", 100 * gbs / bw, bw, mopt_session_n_threads(s));
+    printf("\n");
     free(pre);
     free(dec);
     free(prompt);

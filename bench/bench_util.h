@@ -17,10 +17,13 @@ static inline int bench_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* The median of n sorted values. */
+static inline double bench_median(const double *v, int n) { return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]); }
+
 /* Sorts v and prints its median, min and max as tokens/s. */
 static inline void bench_stats(const char *label, double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, bench_cmp);
-    double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    double med = bench_median(v, n);
     printf("  %-14s median %10.1f tok/s   (min %.1f, max %.1f over %d runs)\n", label, med, v[0], v[n - 1], n);
 }
 

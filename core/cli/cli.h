@@ -42,6 +42,7 @@ int cmd_grad(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
 int cmd_qat(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 int cmd_describe(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);

@@ -13,8 +13,8 @@ int cmd_bench(int argc, char **argv) {
                                          {"text", required_argument, 0, 'x'},       {"json", required_argument, 0, 'j'},
                                          {"threads", required_argument, 0, 'T'},    {"pipeline", required_argument, 0, 'P'},
                                          {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *plen = "128", *gen = "128", *runs = "5", *warm = "1", *text = NULL, *json_path = NULL, *pre = NULL;
+                                         {"bandwidth-mib", required_argument, 0, 'b'}, {0, 0, 0, 0}};
+    const char *plen = "128", *gen = "128", *runs = "5", *warm = "1", *text = NULL, *json_path = NULL, *pre = NULL, *bw = NULL;
     long long threads = 0, v;
     int quiet = 0, c;
     optind = 1;
@@ -27,15 +27,18 @@ int cmd_bench(int argc, char **argv) {
         case 'x': text = optarg; break;
         case 'j': json_path = optarg; break;
         case 'P': pre = optarg; break;
+        case 'b': bw = optarg; break;
         case 'q': quiet = 1; break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("bench", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'h':
             printf("usage: mopt bench MODEL [--prompt-len 128[,512]] [--gen 128] [--runs 5] [--warmup 1] [--text FILE]\n"
-                   "                  [--pipeline 'quant.rtn<bits=4>'] [--json OUT] [--threads N] [--quiet]\n\n"
+                   "                  [--pipeline 'quant.rtn<bits=4>'] [--json OUT] [--threads N] [--bandwidth-mib 512] [--quiet]\n\n"
                    "Times prefill of each prompt length and greedy decoding (warm-up runs excluded): medians\n"
                    "with min/max/stdev, per-token latency p50/p95/p99, time to first token, peak RSS.\n"
+                   "Also the weight bytes a decode step reads per token, the GB/s that makes, and the machine's read\n"
+                   "bandwidth measured on the same threads over a --bandwidth-mib buffer (0: skip), as a fraction.\n"
                    "--pipeline runs passes (e.g. quantization) on the model first.\n");
             return EXIT_OK;
         default: return cli_usage_error("bench", "unknown option");
@@ -48,7 +51,8 @@ int cmd_bench(int argc, char **argv) {
     int rc = cli_job_open(&j, quiet, threads);
     if (rc) return rc;
     if ((pre && mopt_pipeline_parse(j.p, pre, &j.err)) || cli_job_set(&j, "prompt_len", plen) || cli_job_set(&j, "gen", gen) ||
-        cli_job_set(&j, "runs", runs) || cli_job_set(&j, "warmup", warm) || cli_job_set(&j, "text", text))
+        cli_job_set(&j, "runs", runs) || cli_job_set(&j, "warmup", warm) || cli_job_set(&j, "text", text) ||
+        cli_job_set(&j, "bandwidth_mib", bw))
         rc = cli_fail(&j.err);
     else
         rc = cli_job_run(&j, "eval.bench", argv[optind], NULL);
@@ -63,6 +67,10 @@ int cmd_bench(int argc, char **argv) {
     printf("latency p50 %.3f ms, p95 %.3f ms, p99 %.3f ms; time to first token %.2f ms; peak RSS %.1f MB; model %.1f MB\n",
            G("latency_ms_p50"), G("latency_ms_p95"), G("latency_ms_p99"), G("ttft_ms"), G("peak_rss_bytes") / 1e6,
            G("model_bytes") / 1e6);
+    if (G("read_gb_s") > 0)
+        printf("weights read %.1f MB per token: %.2f GB/s at the median decode, %.0f%% of the %.2f GB/s read bandwidth measured on "
+               "%.0f threads\n",
+               G("weight_bytes_per_token") / 1e6, G("decode_gb_s"), 100 * G("decode_bandwidth_fraction"), G("read_gb_s"), G("threads"));
     if (json_path) {
         json_t *js = json_pack("{s:f, s:f, s:{s:f, s:f, s:f}, s:f, s:I, s:I, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I, s:I, s:s}",
                                "prefill_tok_s", G("prefill_tok_s"), "decode_tok_s", G("decode_tok_s"), "latency_ms", "p50",
@@ -72,6 +80,12 @@ int cmd_bench(int argc, char **argv) {
                                "prefill_tok_s_stdev", G("prefill_tok_s_stdev"), "decode_tok_s_min", G("decode_tok_s_min"),
                                "decode_tok_s_max", G("decode_tok_s_max"), "decode_tok_s_stdev", G("decode_tok_s_stdev"), "runs",
                                (json_int_t)G("runs"), "threads", (json_int_t)G("threads"), "model", argv[optind]);
+        json_object_set_new(js, "weight_bytes_per_token", json_integer((json_int_t)G("weight_bytes_per_token")));
+        json_object_set_new(js, "decode_gb_s", json_real(G("decode_gb_s")));
+        if (G("read_gb_s") > 0) {
+            json_object_set_new(js, "read_gb_s", json_real(G("read_gb_s")));
+            json_object_set_new(js, "decode_bandwidth_fraction", json_real(G("decode_bandwidth_fraction")));
+        }
         if (cli_write_json(json_path, js, &j.err)) rc = cli_fail(&j.err);
         json_decref(js);
     }

@@ -20,6 +20,7 @@ static const struct {
     {"distill", cmd_distill, "train a student on a teacher's distributions (distill.logits)"},
     {"qat", cmd_qat, "quantization-aware training, or with --teacher QAD (quant.qat)"},
     {"prune", cmd_prune, "sparsity (magnitude, Wanda, SparseGPT; N:M) or a smaller model (Minitron)"},
+    {"synth", cmd_synth, "a random-weight checkpoint of a real model's shape (llama-1b ... llama-8b), for speed work"},
     {"grad", cmd_grad, "gradient of one window's loss for every weight (checks the backward)"},
     {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
     {"run", cmd_run, "run a Lua pipeline script"},

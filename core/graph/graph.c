@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "graph_impl.h"
+#include "mopt/quant.h"
 #include "base.h"
 
 static const char *const op_names[MOPT_OP_COUNT] = {
@@ -177,6 +178,22 @@ int32_t mopt_graph_find_node(const mopt_graph *g, mopt_role role, int32_t layer)
 int64_t mopt_graph_n_params(const mopt_graph *g) {
     int64_t n = 0;
     for (int32_t i = 0; i < g->n_tensors; i++) n += mopt_tensor_nelements(g->tensors[i]);
+    return n;
+}
+
+int64_t mopt_graph_decode_bytes(const mopt_graph *g) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < g->n_tensors; i++) {
+        const mopt_tensor *t = g->tensors[i];
+        int table = 0, whole = 0; /* looked up by row (embeddings), read whole (everything else, lm_head included) */
+        for (int32_t k = 0; k < g->n_nodes; k++) {
+            const mopt_node *nd = &g->nodes[k];
+            if (nd->weight == t && (nd->op == MOPT_OP_EMBEDDING || nd->op == MOPT_OP_POS_EMBEDDING)) table = 1;
+            else if (nd->weight == t || nd->bias == t) whole = 1;
+        }
+        if (whole) n += mopt_weight_storage_bytes(t);
+        else if (table) n += (int64_t)mopt_tensor_nbytes(t) / (t->ndim == 2 && t->ne[1] > 0 ? t->ne[1] : 1);
+    }
     return n;
 }
 

@@ -183,4 +183,7 @@ const mopt_host_api mopt_host = {
     .graph_n_params = mopt_graph_n_params,
     .sp24_pack = mopt_sp24_pack,
     .sp24_pack_i8 = mopt_sp24_pack_i8,
+    .graph_decode_bytes = mopt_graph_decode_bytes,
+    .read_bandwidth = mopt_read_bandwidth,
+    .session_n_threads = mopt_session_n_threads,
 };

@@ -2,7 +2,10 @@
  * of each prompt length, then `gen` greedy decode steps; warm-up runs are not
  * counted. Reports medians with min/max/stdev across runs (the spread is
  * reported, not hidden), per-token decode latency percentiles over every
- * measured token, time to first token, peak RSS and the model's bytes. */
+ * measured token, time to first token, peak RSS and the model's bytes; the
+ * weight bytes a decode step reads per token, the GB/s that makes at the
+ * median decode speed, and the machine's read bandwidth measured on the same
+ * threads, so decode speed reads as a fraction of what the memory allows. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -94,8 +97,20 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         int64_t bytes = 0;
         for (int32_t i = 0; i < h->graph_n_tensors(g); i++) bytes += h->weight_storage_bytes(h->graph_tensor(g, i));
         h->report_metric(report, "model_bytes", (double)bytes);
+        /* what decoding streams per token, and how close that comes to this machine's read bandwidth */
+        const double per_token = (double)h->graph_decode_bytes(g), dec_gbs = eval_quantile(dec, runs, 0.5) * per_token / 1e9;
+        h->report_metric(report, "weight_bytes_per_token", per_token);
+        h->report_metric(report, "decode_gb_s", dec_gbs);
+        const int64_t bw_mib = h->opt_int(o, "bandwidth_mib");
+        if (bw_mib > 0) {
+            const double bw = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 5);
+            if (bw > 0) {
+                h->report_metric(report, "read_gb_s", bw);
+                h->report_metric(report, "decode_bandwidth_fraction", dec_gbs / bw);
+            }
+        }
         h->report_metric(report, "runs", runs);
-        h->report_metric(report, "threads", h->ctx_n_threads(ctx));
+        h->report_metric(report, "threads", h->session_n_threads(s)); /* the count the session runs, not 0 for "all" */
         h->report_series(report, "latency_ms", lat, nlat);
     }
     if (s) h->session_free(s);
@@ -114,6 +129,10 @@ static const mopt_opt_spec opts[] = {
     {"runs", MOPT_OPT_INT, 0, "measured runs", "5", 1, 10000, NULL},
     {"warmup", MOPT_OPT_INT, 0, "runs before measuring (not counted)", "1", 0, 100, NULL},
     {"text", MOPT_OPT_DATASET, 0, "text whose tokens form the prompts (default: synthetic ids)", NULL, 0, -1, NULL},
+    {"bandwidth_mib", MOPT_OPT_INT, 0,
+     "MiB of the buffer the machine's read bandwidth is measured on, on the same threads (0: skip); decode GB/s is reported "
+     "as a fraction of it",
+     "512", 0, 1 << 20, NULL},
 };
 
 MOPT_PASS_DEFINE(eval_bench_pass, MOPT_PASS_ANALYSIS, "eval.bench",

@@ -117,12 +117,13 @@ static int run_cli(const char *args) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void test_bench_json_has_speed_latency_and_spread(void **s) {
+static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
     REQUIRE_SHARED();
     char dir[1024], args[4096], out[1100];
     test_tmpdir(dir, sizeof dir, "eval-bench");
     snprintf(out, sizeof out, "%s/bench.json", dir);
-    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --prompt-len 32,64 --gen 16 --runs 3 --json '%s' --quiet", test_shared_dir(), out);
+    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --prompt-len 32,64 --gen 16 --runs 3 --bandwidth-mib 64 --json '%s' --quiet",
+             test_shared_dir(), out);
     assert_int_equal(run_cli(args), 0);
     json_error_t je;
     json_t *j = json_load_file(out, 0, &je);
@@ -136,6 +137,22 @@ static void test_bench_json_has_speed_latency_and_spread(void **s) {
     assert_true(json_number_value(json_object_get(j, "ttft_ms")) > 0);
     assert_true(json_integer_value(json_object_get(j, "peak_rss_bytes")) > 0);
     assert_non_null(json_object_get(json_object_get(j, "spread"), "decode_tok_s_stdev"));
+    /* bytes per decoded token: GPT-2's tied wte is read whole as lm_head, its position table one row at a time */
+    mopt_model *m = test_load_model("models/lit-gpt2-1m");
+    const mopt_graph *g = mopt_model_graph(m);
+    int64_t want = 0;
+    for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
+        const mopt_tensor *t = mopt_graph_tensor(g, i);
+        want += strcmp(t->name, "transformer.wpe.weight") ? (int64_t)mopt_tensor_nbytes(t) : (int64_t)mopt_tensor_nbytes(t) / t->ne[1];
+    }
+    mopt_model_free(m);
+    const double per = (double)json_integer_value(json_object_get(j, "weight_bytes_per_token"));
+    assert_true(per == (double)want);
+    const double dec = json_number_value(json_object_get(j, "decode_tok_s")), gbs = json_number_value(json_object_get(j, "decode_gb_s"));
+    const double bw = json_number_value(json_object_get(j, "read_gb_s"));
+    assert_true(fabs(gbs - dec * per / 1e9) <= 1e-9 * gbs);
+    assert_true(bw > 0);
+    assert_true(fabs(json_number_value(json_object_get(j, "decode_bandwidth_fraction")) - gbs / bw) <= 1e-9);
     json_decref(j);
 }
 
@@ -203,7 +220,7 @@ int main(void) {
         cmocka_unit_test(test_compare_against_another_model_differs),
         cmocka_unit_test(test_bootstrap_interval_separates_int4_from_int8),
         cmocka_unit_test(test_generate_match_and_ab_against_itself),
-        cmocka_unit_test(test_bench_json_has_speed_latency_and_spread),
+        cmocka_unit_test(test_bench_json_has_speed_latency_spread_and_bandwidth),
         cmocka_unit_test(test_gates_exit_3_and_still_write_reports),
         cmocka_unit_test(test_ci_regression_script_exits_3_on_a_failed_gate),
     };

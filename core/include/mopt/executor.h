@@ -5,6 +5,7 @@
 #define MOPT_EXECUTOR_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "mopt/error.h"
@@ -61,6 +62,11 @@ MOPT_API const float *mopt_session_value(const mopt_session *s, int32_t value);
 
 /* Name of the SIMD kernel set picked for this CPU ("avx512", "avx2", "ref"). */
 MOPT_API const char *mopt_cpu_kernels_name(void);
+/* This machine's read bandwidth in GB/s (1e9 bytes/s) on n_threads threads: the
+ * median of `runs` passes over a `bytes` buffer (make it far larger than the
+ * caches), each thread summing its own slice, as a decode step streams its
+ * weights. -1 when the buffer cannot be had or an argument is out of range. */
+MOPT_API double mopt_read_bandwidth(int32_t n_threads, size_t bytes, int32_t runs);
 
 MOPT_EXTERN_C_END
 

@@ -156,6 +156,10 @@ MOPT_API int32_t mopt_graph_find_node(const mopt_graph *g, mopt_role role, int32
 /* Number of parameters (elements of distinct weight tensors) and their bytes as stored. */
 MOPT_API int64_t mopt_graph_n_params(const mopt_graph *g);
 MOPT_API int64_t mopt_graph_weight_bytes(const mopt_graph *g);
+/* Bytes of weights one decode step reads per token, as stored (scales
+ * included): every weight a node uses whole, and one row of each embedding
+ * table that is only looked up (a table tied to lm_head is read whole). */
+MOPT_API int64_t mopt_graph_decode_bytes(const mopt_graph *g);
 
 MOPT_API const char *mopt_op_name(mopt_op op);
 MOPT_API const char *mopt_role_name(mopt_role role);

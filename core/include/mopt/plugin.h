@@ -218,6 +218,10 @@ typedef struct mopt_host_api {
     mopt_tensor *(*sp24_pack)(const char *name, int64_t out, int64_t in, mopt_dtype values, const float *W, mopt_error *err);
     /* appended: 2:4 with int8 values and a scale per row (W8A8) */
     mopt_tensor *(*sp24_pack_i8)(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales, mopt_error *err);
+    /* appended: memory bandwidth (mopt/graph.h, mopt/executor.h) */
+    int64_t (*graph_decode_bytes)(const mopt_graph *g);
+    double (*read_bandwidth)(int32_t n_threads, size_t bytes, int32_t runs);
+    int32_t (*session_n_threads)(const mopt_session *s);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -99,6 +99,25 @@ static void test_replacing_a_tensor_retargets_the_nodes_that_use_it(void **state
     mopt_graph_free(g);
 }
 
+/* What a decode step streams per token: linears and lm_head whole, one row of
+ * an embedding table that is only looked up, a table tied to lm_head whole. */
+static void test_decode_bytes_count_one_embedding_row_unless_tied(void **state) {
+    (void)state;
+    for (int tied = 0; tied < 2; tied++) {
+        mopt_graph *g = tiny_graph();
+        mopt_tensor *emb = tensor("emb.weight", 3, 4), *w = tensor("lin.weight", 4, 4), *head = tied ? emb : tensor("head.weight", 3, 4);
+        assert_int_equal(mopt_graph_add_tensor(g, emb, NULL), MOPT_OK);
+        assert_int_equal(mopt_graph_add_tensor(g, w, NULL), MOPT_OK);
+        if (!tied) assert_int_equal(mopt_graph_add_tensor(g, head, NULL), MOPT_OK);
+        const int32_t x = node(g, MOPT_OP_EMBEDDING, MOPT_ROLE_EMBED, 0, 0, 0, emb, 4, NULL);
+        const int32_t y = node(g, MOPT_OP_LINEAR, MOPT_ROLE_ATTN_O, 1, x, 0, w, 4, NULL);
+        assert_true(node(g, MOPT_OP_LM_HEAD, MOPT_ROLE_LM_HEAD, 1, y, 0, head, 3, NULL) >= 0);
+        /* f32: a row of the table 16 bytes, the linear 64, the head 48 */
+        assert_int_equal(mopt_graph_decode_bytes(g), tied ? 48 + 64 : 16 + 64 + 48);
+        mopt_graph_free(g);
+    }
+}
+
 static void test_linear_roles_are_the_decoder_projections(void **state) {
     (void)state;
     const mopt_role linear[] = {MOPT_ROLE_ATTN_Q, MOPT_ROLE_ATTN_K, MOPT_ROLE_ATTN_V, MOPT_ROLE_ATTN_O,
@@ -117,6 +136,7 @@ int main(void) {
         cmocka_unit_test(test_producers_consumers_and_roles_are_found),
         cmocka_unit_test(test_replacing_a_tensor_retargets_the_nodes_that_use_it),
         cmocka_unit_test(test_linear_roles_are_the_decoder_projections),
+        cmocka_unit_test(test_decode_bytes_count_one_embedding_row_unless_tied),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -215,12 +215,24 @@ static void test_bad_tokens_and_a_full_context_are_refused(void **state) {
     mopt_graph_free(m.g);
 }
 
+/* The read-bandwidth probe measures on valid arguments and refuses the rest
+ * (the value itself is the machine's; no threshold belongs in a test). */
+static void test_read_bandwidth_measures_and_refuses_bad_arguments(void **state) {
+    (void)state;
+    assert_true(mopt_read_bandwidth(1, (size_t)16 << 20, 3) > 0);
+    assert_true(mopt_read_bandwidth(2, (size_t)16 << 20, 1) > 0);
+    assert_true(mopt_read_bandwidth(0, (size_t)16 << 20, 3) < 0);
+    assert_true(mopt_read_bandwidth(1, 100, 3) < 0);
+    assert_true(mopt_read_bandwidth(1, (size_t)16 << 20, 0) < 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill_matches_the_float64_reference),
         cmocka_unit_test(test_decoding_token_by_token_matches_prefill),
         cmocka_unit_test(test_truncating_the_cache_replays_the_same_logits),
         cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
+        cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
