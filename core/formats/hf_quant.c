@@ -30,6 +30,7 @@
 #include "json_util.h"
 #include "hf_quant.h"
 #include "mopt/quant.h"
+#include "tensor_impl.h"
 
 typedef enum { HFQ_AWQ, HFQ_GPTQ, HFQ_CT, HFQ_MODELOPT } hfq_method;
 
@@ -612,13 +613,8 @@ static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, int int8, m
     char name[MOPT_MAX_NAME + 16];
     snprintf(name, sizeof name, "%s.weight", p);
     mopt_tensor *t = NULL;
-    if (!st && int8) {
-        int8_t *q = malloc((size_t)(out * in));
-        if (!q) MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        for (int64_t i = 0; q && i < out * in; i++) q[i] = (int8_t)W[i];
-        t = q ? mopt_sp24_pack_i8(name, out, in, q, scales, err) : NULL;
-        free(q);
-    } else if (!st)
+    if (!st && int8) t = mopt_sp24_pack_i8_levels(name, out, in, W, scales, err);
+    else if (!st)
         t = mopt_sp24_pack(name, out, in, v->dtype, W, err);
     free(vals), free(W), free(scales);
     return t;

@@ -11,6 +11,7 @@
 #include "base.h"
 #include "hf_quant.h"
 #include "mopt/quant.h"
+#include "tensor_impl.h"
 
 static const char *fmt_name(mopt_hf_layout f) {
     return f == MOPT_HF_AWQ ? "awq" : f == MOPT_HF_GPTQ ? "gptq" : f == MOPT_HF_CT ? "compressed-tensors" : f == MOPT_HF_MODELOPT ? "modelopt" : "dense";
@@ -275,7 +276,7 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
 static mopt_status ct_sparse24(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err) {
     const int64_t out = t->ne[1], in = t->ne[0];
     const uint32_t f = t->quant->flags;
-    const size_t vs = f & MOPT_QUANT_VALUES_F32 ? 4 : f & MOPT_QUANT_VALUES_I8 ? 1 : 2, vrow = (size_t)in / 2 * vs;
+    const size_t vrow = (size_t)in / 2 * mopt_sp24_value_bytes(f);
     const char *dt = f & MOPT_QUANT_VALUES_F32 ? "F32" : f & MOPT_QUANT_VALUES_I8 ? "I8" : f & MOPT_QUANT_VALUES_BF16 ? "BF16" : "F16";
     uint8_t *vals = malloc((size_t)out * vrow + 1), *mask = malloc((size_t)(out * in / 8) + 1);
     int64_t *shape = malloc(2 * sizeof *shape);

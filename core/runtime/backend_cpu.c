@@ -126,10 +126,8 @@ static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t 
     const void *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
     const int64_t n = w->ne[0] / 2;
     if (w->quant->flags & MOPT_QUANT_VALUES_F32) return row;
-    if (w->quant->flags & MOPT_QUANT_VALUES_I8) {
-        const float s = ((const float *)w->quant->scale->data)[o];
-        for (int64_t k = 0; k < n; k++) dst[k] = (float)((const int8_t *)row)[k] * s;
-    } else if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
+    if (w->quant->flags & MOPT_QUANT_VALUES_I8) mopt_sp24_values_f32(w, o, dst); /* level x the row's scale */
+    else if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
     else c->k->cvt_f16(row, dst, n);
     return dst;
 }

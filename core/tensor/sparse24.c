@@ -8,7 +8,7 @@
 #include "mopt/quant.h"
 #include "tensor_impl.h"
 
-static size_t value_size(uint32_t flags) { return flags & MOPT_QUANT_VALUES_F32 ? 4 : flags & MOPT_QUANT_VALUES_I8 ? 1 : 2; }
+size_t mopt_sp24_value_bytes(uint32_t flags) { return flags & MOPT_QUANT_VALUES_F32 ? 4 : flags & MOPT_QUANT_VALUES_I8 ? 1 : 2; }
 
 /* The packed rows of W (values already on the int8 grid when flags say I8). */
 static mopt_tensor *sp24_build(const char *name, int64_t out, int64_t in, uint32_t flags, const float *W, mopt_error *err) {
@@ -16,7 +16,7 @@ static mopt_tensor *sp24_build(const char *name, int64_t out, int64_t in, uint32
         MOPT_FAIL(err, MOPT_E_INVALID, "%s: 2:4 storage needs a positive input width that is a multiple of 8 (got %lld)", name, (long long)in);
         return NULL;
     }
-    const size_t vs = value_size(flags), vbytes = (size_t)in / 2 * vs;
+    const size_t vs = mopt_sp24_value_bytes(flags), vbytes = (size_t)in / 2 * vs;
     for (int64_t r = 0; r < out; r++) /* refuse before allocating */
         for (int64_t g = 0; g < in / 4; g++) {
             const float *w = W + r * in + 4 * g;
@@ -70,28 +70,33 @@ mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, mopt_dtyp
                       W, err);
 }
 
-mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales, mopt_error *err) {
+mopt_tensor *mopt_sp24_pack_i8_levels(const char *name, int64_t out, int64_t in, const float *levels, const float *scales, mopt_error *err) {
     for (int64_t r = 0; r < out; r++)
         if (!(scales[r] > 0) || !isfinite(scales[r])) {
             MOPT_FAIL(err, MOPT_E_INVALID, "%s: row %lld has scale %g; 2:4 int8 scales must be finite and positive", name, (long long)r,
                       (double)scales[r]);
             return NULL;
         }
+    mopt_tensor *t = sp24_build(name, out, in, MOPT_QUANT_VALUES_I8, levels, err);
+    if (!t) return NULL;
+    t->quant->flags |= MOPT_QUANT_SYM;
+    return mopt_packed_f32_scales(t, name, scales, out, err);
+}
+
+mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales, mopt_error *err) {
     float *W = out > 0 && in > 0 ? malloc((size_t)(out * in) * sizeof *W) : NULL; /* the levels, exactly */
     if (!W && out > 0 && in > 0) {
         MOPT_FAIL(err, MOPT_E_NOMEM, "%s: out of memory", name);
         return NULL;
     }
     for (int64_t i = 0; W && i < out * in; i++) W[i] = q[i];
-    mopt_tensor *t = sp24_build(name, out, in, MOPT_QUANT_VALUES_I8, W, err);
+    mopt_tensor *t = mopt_sp24_pack_i8_levels(name, out, in, W, scales, err);
     free(W);
-    if (!t) return NULL;
-    t->quant->flags |= MOPT_QUANT_SYM;
-    return mopt_packed_f32_scales(t, name, scales, out, err);
+    return t;
 }
 
 const uint8_t *mopt_sp24_positions(const mopt_tensor *t, int64_t row) {
-    return (const uint8_t *)t->data + (size_t)row * t->nb[1] + (size_t)t->ne[0] / 2 * value_size(t->quant->flags);
+    return (const uint8_t *)t->data + (size_t)row * t->nb[1] + (size_t)t->ne[0] / 2 * mopt_sp24_value_bytes(t->quant->flags);
 }
 
 void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals) {

@@ -32,6 +32,10 @@ mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const floa
  * of `row` widened to fp32 vals[in/2], its position bytes, and the whole row
  * as dense fp32. */
 void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals);
+/* Bytes of one kept value for the quant flags (MOPT_QUANT_VALUES_*). */
+size_t mopt_sp24_value_bytes(uint32_t flags);
+/* mopt_sp24_pack_i8 from levels already held as floats (integers in -128..127), as the importer reads them. */
+mopt_tensor *mopt_sp24_pack_i8_levels(const char *name, int64_t out, int64_t in, const float *levels, const float *scales, mopt_error *err);
 const uint8_t *mopt_sp24_positions(const mopt_tensor *t, int64_t row);
 void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out);
 /* out[in]: the in/2 kept values in its upper half become the dense row, in place. */
