@@ -109,7 +109,7 @@ typedef struct {
     int32_t y_stride;
     int64_t in, out;
     const float *xsum;    /* QINT: [T, n_groups] sums of x over each group (of the int8 x where xq8 is set) */
-    const int8_t *xq8;    /* x as int8 per 32 values (or per token): [T, in] for the 4-bit GEMV, in tiles of 8 tokens for the integer GEMM ... */
+    const int8_t *xq8;    /* x as int8 per 32 values (or per token): [T, in] for the GEMVs, in tiles of 8 tokens for the integer GEMM ... */
     const float *xd;      /* ... with their scales, [T, in / 32] or [tiles, in / 32, 8] */
     int64_t gemv_rows;    /* rows per decode task */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
@@ -218,14 +218,14 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
         const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
         const float zsym = (float)(1 << (bits - 1));
-        if (j->xq8) { /* 4 bits, whole groups of whole blocks, against int8 x: the kernel takes the row range */
+        if (j->xq8) { /* 4 or 8 bits, whole groups of whole blocks, against int8 x: the kernel takes the row range */
             const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
             const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
             const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
             for (int32_t t = 0; t < j->T; t++) {
                 float *y = j->y + (size_t)t * j->y_stride + o0;
-                k->gemv_q4_q8(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->xq8 + (size_t)t * j->in, j->xd + (size_t)t * (j->in / 32),
-                              j->xsum + (size_t)t * ng, ng, gs / 32, y);
+                (bits == 4 ? k->gemv_q4_q8 : k->gemv_q8_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->xq8 + (size_t)t * j->in,
+                                                            j->xd + (size_t)t * (j->in / 32), j->xsum + (size_t)t * ng, ng, gs / 32, y);
                 if (j->b)
                     for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
             }
@@ -427,10 +427,10 @@ static void run_gemv(cpu_ctx *c, lin_job *j, mopt_task_fn fn) {
     mopt_pool_run(c->pool, (j->out + j->gemv_rows - 1) / j->gemv_rows, fn, j);
 }
 
-/* 4-bit QINT decode: each token's x quantized to int8 per 32 values (scale
+/* 4- and 8-bit QINT decode: each token's x quantized to int8 per 32 values (scale
  * max|x| / 127 per block), every block's dot with the levels done in int32, and
  * the groups' zero-points folded with the sums of the quantized x. */
-static mopt_status qint4_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, mopt_error *err) {
+static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, mopt_error *err) {
     const int64_t in = j->in, nb = in / 32, bpg = gs / 32;
     int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)j->T * (size_t)in);
     float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)j->T * (size_t)(nb + ng) * sizeof(float));
@@ -532,9 +532,9 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     }
     if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
         in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
-        /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0; 4-bit decode has its own GEMV */
+        /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
         const int64_t ng = w->quant->scale->ne[0];
-        return T <= GEMV_MAX_TOKENS && w->quant->bits == 4 ? qint4_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
+        return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
     }
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;

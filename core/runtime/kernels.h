@@ -28,7 +28,10 @@ typedef struct mopt_kernels {
      * xsum[g] = sum_b xd[b] * sum(xq[b]). Each block's dot is exact in int32. */
     void (*gemv_q4_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
-    /* The prefill form of the same product, for one tile of 8 tokens:
+    /* The same for 8-bit rows (32-byte blocks) */
+    void (*gemv_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* The prefill form of the 4-bit product, for one tile of 8 tokens:
      *   wl  the rows' levels unpacked to one byte each, [nrows, in]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
      *   xdt the tile's block scales [in / 32][8], xst its group sums [ng][8]
@@ -72,8 +75,10 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
-/* The AVX2 Q4 x Q8 GEMV and GEMM, which the AVX-512 set shares. */
+/* The AVX2 integer GEMVs and GEMMs, which the AVX-512 set shares. */
 void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
 void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,

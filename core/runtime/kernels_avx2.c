@@ -51,9 +51,22 @@ static inline __m256 q4q8_block(const uint8_t *w, const int8_t *xq, float xd, __
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(xd), acc);
 }
 
-/* The weights stream once, prefetched ahead. */
-void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+/* 8-bit levels as level - 128 (signed), multiplied as |w| times x with w's
+ * sign: a pair stays below 2^15 (2 x 128 x 127). */
+static inline __m256 q8q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc) {
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w), _mm256_set1_epi8((char)0x80));
+    const __m256i x = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xq), v);
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v), x), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(xd), acc);
+}
+
+/* Rows of 4- or 8-bit blocks (BB bytes each) against int8 x; the weights
+ * stream once, prefetched ahead. 8-bit levels are offset by 128 (q8q8_block),
+ * so their zero-points are too. */
+static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
+                                                              const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
+                                                              const float *xsum, int64_t ng, int64_t bpg, float *y, const int BB) {
+    const float zoff = BB == 32 ? 128.0f : 0.0f;
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         __m256 acc = _mm256_setzero_ps();
@@ -63,17 +76,27 @@ void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, con
             const int64_t b1 = (g + 1) * bpg;
             int64_t b = g * bpg;
             for (; b + 2 <= b1; b += 2) {
-                _mm_prefetch((const char *)(row + 16 * b) + 1024, _MM_HINT_T0);
-                a0 = q4q8_block(row + 16 * b, xq + 32 * b, xd[b], a0);
-                a1 = q4q8_block(row + 16 * b + 16, xq + 32 * b + 32, xd[b + 1], a1);
+                _mm_prefetch((const char *)(row + BB * b) + 1024, _MM_HINT_T0);
+                a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0);
+                a1 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b + BB, xq + 32 * b + 32, xd[b + 1], a1);
             }
-            if (b < b1) a0 = q4q8_block(row + 16 * b, xq + 32 * b, xd[b], a0);
+            if (b < b1) a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0);
             const float sc = _cvtsh_ss(s[r * ng + g]);
             acc = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(sc), acc);
-            zc += sc * (z ? (float)z[r * ng + g] : zsym) * xsum[g];
+            zc += sc * ((z ? (float)z[r * ng + g] : zsym) - zoff) * xsum[g];
         }
         y[r] = hsum(acc) - zc;
     }
+}
+
+void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 16);
+}
+
+void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 32);
 }
 
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
@@ -321,6 +344,7 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
+    .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
     .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,

@@ -62,6 +62,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
+    .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
     .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,

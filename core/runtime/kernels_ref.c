@@ -81,8 +81,9 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
 
 #define F16 mopt_f16_to_f32
 
-static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+/* y[r] for 4- or 8-bit rows against int8 x (kernels.h, gemv_q4_q8) */
+static void gemv_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y, int bits) {
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         float acc = 0;
@@ -90,14 +91,27 @@ static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
             float gacc = 0;
             for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
                 int32_t d = 0;
-                for (int i = 0; i < 16; i++) /* byte i: value i in the low nibble, value 16 + i in the high */
-                    d += (row[16 * b + i] & 15) * xq[32 * b + i] + (row[16 * b + i] >> 4) * xq[32 * b + 16 + i];
+                if (bits == 8)
+                    for (int i = 0; i < 32; i++) d += row[32 * b + i] * xq[32 * b + i];
+                else
+                    for (int i = 0; i < 16; i++) /* byte i: value i in the low nibble, value 16 + i in the high */
+                        d += (row[16 * b + i] & 15) * xq[32 * b + i] + (row[16 * b + i] >> 4) * xq[32 * b + 16 + i];
                 gacc += xd[b] * (float)d;
             }
             acc += F16(s[r * ng + g]) * (gacc - (z ? (float)z[r * ng + g] : zsym) * xsum[g]);
         }
         y[r] = acc;
     }
+}
+
+static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 4);
+}
+
+static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
 static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
@@ -198,6 +212,7 @@ const mopt_kernels mopt_kernels_ref = {
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
+    .gemv_q8_q8 = gemv_q8_q8,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = unpack_q4,
     .gemm_s8_q8 = gemm_s8_q8,
