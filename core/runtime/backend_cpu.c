@@ -36,8 +36,7 @@ typedef struct cpu_ctx {
     const mopt_kernels *k;
     int32_t n_threads;
     float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
-    float **sscratch;   /* per thread: max_ctx attention scores */
-    float **ascratch;   /* per thread: ATT_ROWS x max_ctx attention probabilities (prefill) */
+    float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
     size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
@@ -50,12 +49,10 @@ static void cpu_free(void *p) {
     mopt_pool_free(c->pool);
     for (int32_t i = 0; i < c->n_threads; i++) {
         if (c->wscratch) free(c->wscratch[i]);
-        if (c->sscratch) free(c->sscratch[i]);
     }
     for (int32_t i = 0; c->ascratch && i < c->n_threads; i++) free(c->ascratch[i]);
     free(c->ascratch);
     free(c->wscratch);
-    free(c->sscratch);
     free(c->xbuf);
     free(c->xbuf2);
     free(c);
@@ -72,20 +69,21 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->n_threads = mopt_pool_size(c->pool);
     c->k = mopt_kernels_get();
     c->max_ctx = max_ctx;
+    int64_t att_rows = ATT_ROWS; /* prefill's query rows, or decode's query heads per KV head */
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
             c->max_in = n->weight->ne[0];
+        if (n->op == MOPT_OP_ATTENTION && n->n_kv_heads > 0 && n->n_heads / n->n_kv_heads > att_rows)
+            att_rows = n->n_heads / n->n_kv_heads;
     }
     c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
-    c->sscratch = calloc((size_t)c->n_threads, sizeof *c->sscratch);
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
-    if (!c->wscratch || !c->sscratch || !c->ascratch) goto nomem;
+    if (!c->wscratch || !c->ascratch) goto nomem;
     for (int32_t i = 0; i < c->n_threads; i++) {
         c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
-        c->sscratch[i] = malloc((size_t)max_ctx * sizeof(float));
-        c->ascratch[i] = malloc((size_t)ATT_ROWS * (size_t)max_ctx * sizeof(float));
-        if (!c->wscratch[i] || !c->sscratch[i] || !c->ascratch[i]) goto nomem;
+        c->ascratch[i] = malloc((size_t)att_rows * (size_t)max_ctx * sizeof(float));
+        if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
     }
     openblas_set_num_threads(1);
     pthread_once(&e4m3_once, e4m3_init);
@@ -624,34 +622,30 @@ static void rope(const mopt_op_args *a) {
     }
 }
 
+/* Decode: per (token, KV head), the query heads sharing that KV head as the
+ * rows of two small GEMMs, scores = Q K^T and out = P V, so each key and value
+ * row is read once per group and the products run in OpenBLAS's kernels
+ * rather than one short dot product per position. */
 static void attention_task(void *p, int64_t task, int32_t thread) {
     op_job *j = p;
     const mopt_op_args *a = j->a;
     const mopt_node *n = a->node;
-    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
-    const int32_t t = (int32_t)(task / H), h = (int32_t)(task % H), kvh = h / group;
-    const int32_t p_last = a->pos + t; /* attends to positions 0..p_last */
-    const float *q = a->in[0] + (size_t)t * a->in_width[0] + h * hd;
-    float *out = a->out + (size_t)t * a->out_width + h * hd;
-    float *sc = j->c->sscratch[thread];
-    const float scale = 1.0f / sqrtf((float)hd);
-    float mx = -INFINITY;
-    for (int32_t s = 0; s <= p_last; s++) {
-        sc[s] = j->c->k->dot_f32(a->k_cache + (size_t)s * kvd + kvh * hd, q, hd) * scale;
-        if (sc[s] > mx) mx = sc[s];
+    const int32_t hd = n->head_dim, KV = n->n_kv_heads, kvd = KV * hd, group = n->n_heads / KV;
+    const int32_t t = (int32_t)(task / KV), kvh = (int32_t)(task % KV);
+    const int32_t ctx = a->pos + t + 1; /* attends to positions 0..pos + t */
+    const float *q = a->in[0] + (size_t)t * a->in_width[0] + (size_t)kvh * group * hd;
+    float *out = a->out + (size_t)t * a->out_width + (size_t)kvh * group * hd;
+    float *S = j->c->ascratch[thread]; /* [group, ctx] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, ctx, hd, 1.0f / sqrtf((float)hd), q, hd, a->k_cache + kvh * hd,
+                kvd, 0.0f, S, ctx);
+    for (int32_t r = 0; r < group; r++) {
+        float *row = S + (size_t)r * ctx, mx = -INFINITY, sum = 0;
+        for (int32_t s2 = 0; s2 < ctx; s2++) mx = fmaxf(mx, row[s2]);
+        for (int32_t s2 = 0; s2 < ctx; s2++) sum += (row[s2] = expf(row[s2] - mx));
+        const float inv = 1.0f / sum;
+        for (int32_t s2 = 0; s2 < ctx; s2++) row[s2] *= inv;
     }
-    float sum = 0;
-    for (int32_t s = 0; s <= p_last; s++) {
-        sc[s] = expf(sc[s] - mx);
-        sum += sc[s];
-    }
-    float inv = 1.0f / sum;
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t s = 0; s <= p_last; s++) {
-        const float *v = a->v_cache + (size_t)s * kvd + kvh * hd;
-        float w = sc[s] * inv;
-        for (int32_t d = 0; d < hd; d++) out[d] += w * v[d];
-    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, ctx, 1.0f, S, ctx, a->v_cache + kvh * hd, kvd, 0.0f, out, hd);
 }
 
 /* Prefill: per (head, block of query rows), scores = Q K^T and out = P V as
@@ -691,10 +685,10 @@ static void attention(cpu_ctx *c, const mopt_op_args *a) {
         memcpy(a->v_cache + (size_t)(a->pos + t) * kvd, a->in[2] + (size_t)t * a->in_width[2], (size_t)kvd * 4);
     }
     op_job j = {c, a};
-    if (a->T >= 8 && c->ascratch)
+    if (a->T >= 8)
         mopt_pool_run(c->pool, (int64_t)n->n_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
     else
-        mopt_pool_run(c->pool, (int64_t)a->T * n->n_heads, attention_task, &j);
+        mopt_pool_run(c->pool, (int64_t)a->T * n->n_kv_heads, attention_task, &j);
 }
 
 static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err) {
@@ -762,8 +756,7 @@ mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const
     c->k = k ? k : mopt_kernels_get();
     c->max_in = w->ne[0];
     c->wscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->wscratch);
-    c->sscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->sscratch);
-    mopt_status st = c->pool && c->wscratch && c->sscratch ? MOPT_OK : MOPT_E_NOMEM;
+    mopt_status st = c->pool && c->wscratch ? MOPT_OK : MOPT_E_NOMEM;
     for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
         if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
     pthread_once(&e4m3_once, e4m3_init);

@@ -142,7 +142,8 @@ static void test_packed_prefill_and_decode_agree(void **s) {
              * decode GEMV and the prefill GEMM sum in different orders: one ulp
              * can move an activation across an int8 rounding boundary (a step of
              * max|x_block| / 127) and the cached keys carry that to every later
-             * token. Measured: max 0.05, mean 0.0033 on logits within +-16. */
+             * token. Measured: max 0.025 to 0.05, mean 0.0014 to 0.0033 (as the
+             * float order of attention changed) on logits within +-16. */
             assert_true(max_err < 0.2 && sum_err / (16 * 2048) < 0.01);
         } else {
             /* fp32 activations, or W8A8's per-token int8 from the same int32 sums */
