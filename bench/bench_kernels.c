@@ -41,16 +41,17 @@ static mopt_tensor *make_weight(const char *fmt, int64_t out, int64_t in, mopt_e
         for (size_t i = 0; i < n; i++) w[i] = 0.02f * frand();
         t = mopt_tensor_from_f32("w", dt, 2, (const int64_t[]){out, in}, w, err);
         free(w);
-    } else if (!strcmp(fmt, "int4-g128") || !strcmp(fmt, "int8-row")) {
-        const int bits = fmt[3] == '4' ? 4 : 8;
-        const int32_t gs = bits == 4 ? 128 : -1;
+    } else if (!strcmp(fmt, "int4-g128") || !strcmp(fmt, "int8-row") || !strcmp(fmt, "q4_0") || !strcmp(fmt, "q8_0")) {
+        /* q4_0 / q8_0: symmetric groups of 32, the QINT form of GGUF's blocks (what mopt runs a GGUF file as) */
+        const int bits = strchr(fmt, '4') ? 4 : 8, gguf = fmt[0] == 'q';
+        const int32_t gs = gguf ? 32 : bits == 4 ? 128 : -1;
         const int64_t ng = mopt_qint_n_groups(in, gs);
         uint8_t *q = malloc(n), *z = malloc((size_t)(out * ng));
         float *s = malloc((size_t)(out * ng) * sizeof *s);
         if (q && z && s) {
             for (size_t i = 0; i < n; i++) q[i] = (uint8_t)(urand() % (1u << bits));
             for (int64_t i = 0; i < out * ng; i++) s[i] = 0.001f + 0.01f * fabsf(frand()), z[i] = (uint8_t)(urand() % (1u << bits));
-            t = mopt_qint_pack("w", out, in, bits, gs, q, s, bits == 4 ? z : NULL, NULL, err);
+            t = mopt_qint_pack("w", out, in, bits, gs, q, s, bits == 4 && !gguf ? z : NULL, NULL, err);
         }
         free(q), free(z), free(s);
     } else if (!strcmp(fmt, "w8a8")) {
@@ -104,9 +105,9 @@ int main(int argc, char **argv) {
     printf("weights of about %lld MiB per format, in = %lld, %d token(s), %d threads; %d rounds after a warm-up, each\n"
            "timing every format once beside a read of a %lld MiB buffer (noisy machines drift, so each figure is set\n"
            "against the bandwidth measured in its own round)\n", (long long)mib, (long long)in, T, threads, runs, (long long)mib);
-    enum { NF = 6 };
-    const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "w8a8", "fp8"};
-    const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 1};
+    enum { NF = 8 };
+    const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "q8_0", "q4_0", "w8a8", "fp8"};
+    const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 0.5, 1, 1};
     mopt_tensor *w[NF] = {0};
     float *y[NF] = {0};
     float *x = malloc((size_t)T * (size_t)in * sizeof *x);

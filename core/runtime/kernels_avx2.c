@@ -44,20 +44,20 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
  * pmaddubsw cannot saturate (15 x 127 x 2 < 2^15). Each block's int32 dot is
  * scaled by its x scale; blocks alternate between two accumulators so the FMA
  * latency does not set the pace. */
-static inline __m256 q4q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc) {
+static inline __m256 q4q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc, __m256 mul) {
     const __m128i v = _mm_loadu_si128((const __m128i *)w);
     const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)xq)), _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(xd), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(_mm256_set1_ps(xd), mul), acc);
 }
 
 /* 8-bit levels as level - 128 (signed), multiplied as |w| times x with w's
  * sign: a pair stays below 2^15 (2 x 128 x 127). */
-static inline __m256 q8q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc) {
+static inline __m256 q8q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc, __m256 mul) {
     const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w), _mm256_set1_epi8((char)0x80));
     const __m256i x = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xq), v);
     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v), x), _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(xd), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(_mm256_set1_ps(xd), mul), acc);
 }
 
 /* Rows of 4- or 8-bit blocks (BB bytes each) against int8 x; the weights
@@ -67,6 +67,28 @@ static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, s
                                                               const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
                                                               const float *xsum, int64_t ng, int64_t bpg, float *y, const int BB) {
     const float zoff = BB == 32 ? 128.0f : 0.0f;
+    if (bpg == 1 && ng % 8 == 0) { /* groups of one block (GGUF's Q4_0 / Q8_0): scales and zero terms 8 groups at a time */
+        for (int64_t r = 0; r < nrows; r++) {
+            const uint8_t *row = w + (size_t)r * row_bytes;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), zc = _mm256_setzero_ps();
+            for (int64_t g = 0; g < ng; g += 8) {
+                const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + r * ng + g)));
+                const __m256 m = _mm256_mul_ps(sv, _mm256_loadu_ps(xd + g)); /* each block's x scale times its group's */
+                const __m256 zv = z ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(z + r * ng + g))))
+                                    : _mm256_set1_ps(zsym);
+                zc = _mm256_fmadd_ps(_mm256_mul_ps(sv, _mm256_sub_ps(zv, _mm256_set1_ps(zoff))), _mm256_loadu_ps(xsum + g), zc);
+                _mm_prefetch((const char *)(row + BB * g) + 1024, _MM_HINT_T0);
+                for (int k = 0; k < 8; k += 2) {
+                    const __m256 m0 = _mm256_permutevar8x32_ps(m, _mm256_set1_epi32(k)), m1 = _mm256_permutevar8x32_ps(m, _mm256_set1_epi32(k + 1));
+                    a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * (g + k), xq + 32 * (g + k), 1.0f, a0, m0);
+                    a1 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * (g + k + 1), xq + 32 * (g + k + 1), 1.0f, a1, m1);
+                }
+            }
+            y[r] = hsum(_mm256_add_ps(a0, a1)) - hsum(zc);
+        }
+        return;
+    }
+    const __m256 one = _mm256_set1_ps(1.0f);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         __m256 acc = _mm256_setzero_ps();
@@ -77,10 +99,10 @@ static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, s
             int64_t b = g * bpg;
             for (; b + 2 <= b1; b += 2) {
                 _mm_prefetch((const char *)(row + BB * b) + 1024, _MM_HINT_T0);
-                a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0);
-                a1 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b + BB, xq + 32 * b + 32, xd[b + 1], a1);
+                a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0, one);
+                a1 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b + BB, xq + 32 * b + 32, xd[b + 1], a1, one);
             }
-            if (b < b1) a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0);
+            if (b < b1) a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0, one);
             const float sc = _cvtsh_ss(s[r * ng + g]);
             acc = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(sc), acc);
             zc += sc * ((z ? (float)z[r * ng + g] : zsym) - zoff) * xsum[g];
