@@ -128,6 +128,15 @@ void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
     }
 }
 
+/* Lane l of each of R row results to y[l * y_stride + r], for the tile's real tokens. */
+static inline __attribute__((always_inline)) void store_tile(const __m256 *acc, float *y, int64_t y_stride, int32_t ntok, const int R) {
+    for (int r = 0; r < R; r++) {
+        float v[8];
+        _mm256_storeu_ps(v, acc[r]);
+        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
+    }
+}
+
 /* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
  * step broadcasts 4 levels of a row and multiplies them with the 4 matching
  * bytes of every token (pmaddubsw: unsigned levels x signed x). The 8 steps of
@@ -164,11 +173,7 @@ static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, i
             acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(sc * zz), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        float v[8];
-        _mm256_storeu_ps(v, acc[r]);
-        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
-    }
+    store_tile(acc, y, y_stride, ntok, R);
 }
 
 void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
@@ -230,11 +235,7 @@ static inline __attribute__((always_inline)) void s8q8_tile(const int8_t *w, con
             if (z) acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(s[r * ng + g] * z[r * ng + g]), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        float v[8];
-        _mm256_storeu_ps(v, acc[r]);
-        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
-    }
+    store_tile(acc, y, y_stride, ntok, R);
 }
 
 /* W8A8: one int32 sum per row and token over the whole row (|sum| < 2^31 for
@@ -248,11 +249,9 @@ static inline __attribute__((always_inline)) void s8rows_tile(const int8_t *w, c
         for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 4 * c, wa + r * in + 4 * c, xv, a32[r]);
     }
     const __m256 xsv = _mm256_loadu_ps(xs);
-    for (int r = 0; r < R; r++) {
-        float v[8];
-        _mm256_storeu_ps(v, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a32[r]), _mm256_set1_ps(s[r])), xsv));
-        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
-    }
+    __m256 acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a32[r]), _mm256_set1_ps(s[r])), xsv);
+    store_tile(acc, y, y_stride, ntok, R);
 }
 
 void mopt_gemm_s8_rows_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,

@@ -114,6 +114,14 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
+/* sum of w[i] * x[i] for i in [i0, i1) of tile lane l (x interleaved as
+ * kernels.h describes); w read as unsigned levels or, with sgn, as int8 */
+static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0, int64_t i1, int32_t l) {
+    int32_t d = 0;
+    for (int64_t i = i0; i < i1; i++) d += (sgn ? (int8_t)w[i] : w[i]) * xi[(i / 4 * 8 + l) * 4 + i % 4];
+    return d;
+}
+
 static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                        const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok) {
@@ -122,11 +130,8 @@ static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const uint1
             float acc = 0;
             for (int64_t g = 0; g < ng; g++) {
                 float gacc = 0;
-                for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
-                    int32_t d = 0;
-                    for (int64_t i = 32 * b; i < 32 * b + 32; i++) d += wl[r * in + i] * xi[(i / 4 * 8 + l) * 4 + i % 4];
-                    gacc += xdt[b * 8 + l] * (float)d;
-                }
+                for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
+                    gacc += xdt[b * 8 + l] * (float)tile_dot(wl + r * in, 0, xi, 32 * b, 32 * b + 32, l);
                 acc += F16(s[r * ng + g]) * (gacc - (z ? (float)z[r * ng + g] : zsym) * xst[g * 8 + l]);
             }
             y[l * y_stride + r] = acc;
@@ -141,11 +146,8 @@ static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t n
             float acc = 0;
             for (int64_t g = 0; g < ng; g++) {
                 float gacc = 0;
-                for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
-                    int32_t d = 0;
-                    for (int64_t i = 32 * b; i < 32 * b + 32; i++) d += w[r * in + i] * xi[(i / 4 * 8 + l) * 4 + i % 4];
-                    gacc += xdt[b * 8 + l] * (float)d;
-                }
+                for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
+                    gacc += xdt[b * 8 + l] * (float)tile_dot((const uint8_t *)w + r * in, 1, xi, 32 * b, 32 * b + 32, l);
                 acc += s[r * ng + g] * (gacc - (z ? z[r * ng + g] : 0.0f) * xst[g * 8 + l]);
             }
             y[l * y_stride + r] = acc;
@@ -155,11 +157,8 @@ static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t n
 static void gemm_s8_rows(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
                          const float *xs, float *y, int64_t y_stride, int32_t ntok) {
     for (int64_t r = 0; r < nrows; r++)
-        for (int32_t l = 0; l < ntok; l++) {
-            int32_t d = 0;
-            for (int64_t i = 0; i < in; i++) d += w[r * in + i] * xi[(i / 4 * 8 + l) * 4 + i % 4];
-            y[l * y_stride + r] = (float)d * s[r] * xs[l];
-        }
+        for (int32_t l = 0; l < ntok; l++)
+            y[l * y_stride + r] = (float)tile_dot((const uint8_t *)w + r * in, 1, xi, 0, in, l) * s[r] * xs[l];
 }
 
 static void unpack_s8(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa) {
