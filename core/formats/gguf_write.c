@@ -124,11 +124,21 @@ static mopt_status tokenizer_kv(kvs *k, const mopt_tokenizer *tok, const mopt_ar
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
                          "this tokenizer (SentencePiece-style BPE from tokenizer.json) has no GGUF form mopt writes; export without it (tokenizer=false)");
     const int spm = !strcmp(model, "llama");
-    const int32_t n = mopt_tokenizer_vocab_size(tok);
+    /* llama.cpp takes the vocabulary's size from the token list and checks the
+     * embedding against it: a tokenizer shorter than the embedding (a synthetic
+     * model's byte-level one, a padded vocabulary) is padded with unused
+     * "[PAD<id>]" tokens, as convert_hf_to_gguf.py pads it */
+    const int32_t ntok = mopt_tokenizer_vocab_size(tok), n = a->vocab_size > ntok ? (int32_t)a->vocab_size : ntok;
     kv_str(k, "tokenizer.ggml.model", model);
     if (!spm) kv_str(k, "tokenizer.ggml.pre", "gpt-2");
     kv_arr(k, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)n);
     for (int32_t i = 0; i < n; i++) {
+        if (i >= ntok) {
+            char pad[32];
+            snprintf(pad, sizeof pad, "[PAD%d]", (int)i);
+            put_str(&k->b, pad, strlen(pad));
+            continue;
+        }
         const char *s = mopt_tokenizer_token_str(tok, i);
         s = s ? s : "";
         if (spm && (i == 1 || i == 2) && mopt_tokenizer_token_type(tok, i) == 3) { /* llama2.c's "\n<s>\n" */
@@ -147,13 +157,13 @@ static mopt_status tokenizer_kv(kvs *k, const mopt_tokenizer *tok, const mopt_ar
     }
     kv_arr(k, "tokenizer.ggml.token_type", GGUF_I32, (uint64_t)n);
     for (int32_t i = 0; i < n; i++) {
-        int32_t ty = mopt_tokenizer_token_type(tok, i);
+        int32_t ty = i < ntok ? mopt_tokenizer_token_type(tok, i) : 5; /* LLAMA_TOKEN_TYPE_UNUSED */
         sb_put(&k->b, &ty, 4);
     }
     if (spm) {
         kv_arr(k, "tokenizer.ggml.scores", GGUF_F32, (uint64_t)n);
         for (int32_t i = 0; i < n; i++) {
-            float s = mopt_tokenizer_score(tok, i);
+            float s = i < ntok ? mopt_tokenizer_score(tok, i) : -1000.0f;
             sb_put(&k->b, &s, 4);
         }
         kv_u32(k, "tokenizer.ggml.bos_token_id", 1);

@@ -17,7 +17,8 @@
 #include "threadpool.h"
 
 #define GEMM_ROWS 64 /* weight rows per prefill task */
-#define GEMV_ROWS 16 /* weight rows per decode task */
+#define GEMV_ROWS_MIN 16   /* weight rows per decode task: at least, */
+#define GEMV_ROWS_MAX 256  /* at most (each thread then streams long runs of rows), about 4 tasks per thread between */
 #define ATT_ROWS 32  /* query rows per prefill attention task */
 #define GEMV_MAX_TOKENS 8 /* up to this many tokens per call, linears read weights in place */
 
@@ -35,8 +36,7 @@ typedef struct cpu_ctx {
     const mopt_kernels *k;
     int32_t n_threads;
     float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
-    float **sscratch;   /* per thread: max_ctx attention scores */
-    float **ascratch;   /* per thread: ATT_ROWS x max_ctx attention probabilities (prefill) */
+    float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
     size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
@@ -49,12 +49,10 @@ static void cpu_free(void *p) {
     mopt_pool_free(c->pool);
     for (int32_t i = 0; i < c->n_threads; i++) {
         if (c->wscratch) free(c->wscratch[i]);
-        if (c->sscratch) free(c->sscratch[i]);
     }
     for (int32_t i = 0; c->ascratch && i < c->n_threads; i++) free(c->ascratch[i]);
     free(c->ascratch);
     free(c->wscratch);
-    free(c->sscratch);
     free(c->xbuf);
     free(c->xbuf2);
     free(c);
@@ -71,20 +69,21 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->n_threads = mopt_pool_size(c->pool);
     c->k = mopt_kernels_get();
     c->max_ctx = max_ctx;
+    int64_t att_rows = ATT_ROWS; /* prefill's query rows, or decode's query heads per KV head */
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
             c->max_in = n->weight->ne[0];
+        if (n->op == MOPT_OP_ATTENTION && n->n_kv_heads > 0 && n->n_heads / n->n_kv_heads > att_rows)
+            att_rows = n->n_heads / n->n_kv_heads;
     }
     c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
-    c->sscratch = calloc((size_t)c->n_threads, sizeof *c->sscratch);
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
-    if (!c->wscratch || !c->sscratch || !c->ascratch) goto nomem;
+    if (!c->wscratch || !c->ascratch) goto nomem;
     for (int32_t i = 0; i < c->n_threads; i++) {
         c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
-        c->sscratch[i] = malloc((size_t)max_ctx * sizeof(float));
-        c->ascratch[i] = malloc((size_t)ATT_ROWS * (size_t)max_ctx * sizeof(float));
-        if (!c->wscratch[i] || !c->sscratch[i] || !c->ascratch[i]) goto nomem;
+        c->ascratch[i] = malloc((size_t)att_rows * (size_t)max_ctx * sizeof(float));
+        if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
     }
     openblas_set_num_threads(1);
     pthread_once(&e4m3_once, e4m3_init);
@@ -107,7 +106,10 @@ typedef struct {
     float *y;       /* [T, out] */
     int32_t y_stride;
     int64_t in, out;
-    const float *xsum;    /* QINT: [T, n_groups] sums of x over each group */
+    const float *xsum;    /* QINT: [T, n_groups] sums of x over each group (of the int8 x where xq8 is set) */
+    const int8_t *xq8;    /* x as int8 per 32 values (or per token): [T, in] for the GEMVs, in tiles of 8 tokens for the integer GEMM ... */
+    const float *xd;      /* ... with their scales, [T, in / 32] or [tiles, in / 32, 8] */
+    int64_t gemv_rows;    /* rows per decode task */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
     const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
@@ -166,11 +168,18 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
                 const uint16_t *sc = (const uint16_t *)q->scale->data + (o0 + r) * ng;
                 const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + (o0 + r) * ng : NULL;
                 float *d = dst + r * in, v[32];
+                uint8_t lv[32];
                 for (int64_t b = 0; b * 32 < in; b++) {
-                    mopt_qblock_levels(row + b * bb, bits, v);
-                    int64_t c0 = b * 32, g = c0 / gs; /* groups are whole blocks */
+                    int64_t c0 = b * 32, g = c0 / gs, n = in - c0 < 32 ? in - c0 : 32; /* groups are whole blocks */
                     float s = mopt_f16_to_f32(sc[g]), z = zp ? (float)zp[g] : zsym;
-                    for (int j = 0; j < 32 && c0 + j < in; j++) d[c0 + j] = (v[j] - z) * s;
+                    if (bits == 8 || bits == 4) { /* levels as bytes, widened in vectors */
+                        const uint8_t *l = row + b * bb;
+                        if (bits == 4) c->k->unpack_q4(l, 1, lv), l = lv;
+                        c->k->dequant_u8(l, n, z, s, d + c0);
+                        continue;
+                    }
+                    mopt_qblock_levels(row + b * bb, bits, v);
+                    for (int j = 0; j < n; j++) d[c0 + j] = (v[j] - z) * s;
                 }
             }
             return;
@@ -201,21 +210,20 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
     const mopt_tensor *w = j->w;
-    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    int64_t o0 = task * j->gemv_rows, o1 = o0 + j->gemv_rows < j->out ? o0 + j->gemv_rows : j->out;
     if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx) {
         const mopt_quant_info *q = w->quant;
         const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
         const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
         const float zsym = (float)(1 << (bits - 1));
-        /* whole groups of whole blocks, 4 or 8 bits: the kernel takes the row range */
-        if ((bits == 4 || bits == 8) && j->in % 32 == 0 && j->in % gs == 0 && ng <= 256) {
+        if (j->xq8) { /* 4 or 8 bits, whole groups of whole blocks, against int8 x: the kernel takes the row range */
             const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
             const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
             const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
             for (int32_t t = 0; t < j->T; t++) {
                 float *y = j->y + (size_t)t * j->y_stride + o0;
-                (bits == 4 ? k->gemv_q4 : k->gemv_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->x + (size_t)t * j->x_stride,
-                                                      j->xsum + (size_t)t * ng, ng, gs / 32, y);
+                (bits == 4 ? k->gemv_q4_q8 : k->gemv_q8_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->xq8 + (size_t)t * j->in,
+                                                            j->xd + (size_t)t * (j->in / 32), j->xsum + (size_t)t * ng, ng, gs / 32, y);
                 if (j->b)
                     for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
             }
@@ -279,7 +287,7 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
 
 static void w8a8_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
-    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    int64_t o0 = task * j->gemv_rows, o1 = o0 + j->gemv_rows < j->out ? o0 + j->gemv_rows : j->out;
     const float *ws = (const float *)j->w->quant->scale->data;
     for (int64_t o = o0; o < o1; o++) {
         const int8_t *row = (const int8_t *)j->w->data + (size_t)o * j->w->nb[1];
@@ -294,7 +302,7 @@ static void w8a8_task(void *p, int64_t task, int32_t thread) {
 static void sp24_i8_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_tensor *w = j->w;
-    int64_t o0 = task * GEMV_ROWS, o1 = o0 + GEMV_ROWS < j->out ? o0 + GEMV_ROWS : j->out;
+    int64_t o0 = task * j->gemv_rows, o1 = o0 + j->gemv_rows < j->out ? o0 + j->gemv_rows : j->out;
     const float *ws = (const float *)w->quant->scale->data;
     for (int64_t o = o0; o < o1; o++) {
         const int8_t *vals = (const int8_t *)((const uint8_t *)w->data + (size_t)o * w->nb[1]);
@@ -324,6 +332,55 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
     if (j->xscale) /* x held int8 levels (2:4 W8A8): each token's scale */
         for (int32_t t = 0; t < j->T; t++)
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] *= j->xscale[t];
+    if (j->b)
+        for (int32_t t = 0; t < j->T; t++)
+            for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
+}
+
+/* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
+ * unpacked to a byte per weight once, then every tile. 4-bit QINT levels stay
+ * unsigned; 8-bit QINT levels become level - 128 (the zero-points follow) and
+ * W8A8 weights are signed already. */
+static void int_gemm_task(void *p, int64_t task, int32_t thread) {
+    lin_job *j = p;
+    const mopt_kernels *k = j->c->k;
+    const mopt_tensor *w = j->w;
+    const mopt_quant_info *q = w->quant;
+    const int64_t in = j->in, nb = in / 32, ng = w->dtype == MOPT_DTYPE_W8A8 ? 1 : q->scale->ne[0], bpg = nb / ng;
+    const int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
+    const uint8_t *src = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
+    int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
+    uint8_t *wa = (uint8_t *)ws + rows * in;
+    float *sf = (float *)(void *)(wa + rows * in), *zf = sf + rows * ng;
+    const int q4 = w->dtype == MOPT_DTYPE_QINT && q->bits == 4;
+    const float *scale = NULL, *zero = NULL;
+    if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
+    if (q4) {
+        for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+    } else {
+        for (int64_t r = 0; r < rows; r++)
+            k->unpack_s8(src + (size_t)r * w->nb[1], in, w->dtype == MOPT_DTYPE_QINT ? 0x80 : 0, ws + r * in, wa + r * in);
+        if (w->dtype == MOPT_DTYPE_QINT) {
+            const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
+            for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
+            for (int64_t i = 0; q->zero && i < rows * ng; i++) zf[i] = (float)((const uint8_t *)q->zero->data)[o0 * ng + i] - 128.0f;
+            scale = sf, zero = q->zero ? zf : NULL; /* symmetric levels sit around 128: no zero-point left */
+        }
+    }
+    for (int32_t t0 = 0; t0 < j->T; t0 += 8) {
+        const int64_t tile = t0 / 8;
+        const int8_t *xi = j->xq8 + tile * 8 * in;
+        const float *xdt = j->xd + tile * 8 * nb, *xst = j->xsum + tile * 8 * ng;
+        float *y = j->y + (size_t)t0 * j->y_stride + o0;
+        const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
+        if (q4)
+            k->gemm_q4_q8((const uint8_t *)ws, in, rows, (const uint16_t *)q->scale->data + o0 * ng,
+                          q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL, 8.0f, xi, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+        else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
+            k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
+        else
+            k->gemm_s8_q8(ws, wa, in, rows, scale, zero, xi, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+    }
     if (j->b)
         for (int32_t t = 0; t < j->T; t++)
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
@@ -360,11 +417,82 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
     return s;
 }
 
+/* Decode tasks of whole runs of rows, so each thread streams its weights with
+ * few breaks, yet enough tasks that a slow thread does not hold up the rest. */
+static void run_gemv(cpu_ctx *c, lin_job *j, mopt_task_fn fn) {
+    int64_t rows = j->out / (4 * (int64_t)c->n_threads) / GEMV_ROWS_MIN * GEMV_ROWS_MIN;
+    j->gemv_rows = rows < GEMV_ROWS_MIN ? GEMV_ROWS_MIN : rows > GEMV_ROWS_MAX ? GEMV_ROWS_MAX : rows;
+    mopt_pool_run(c->pool, (j->out + j->gemv_rows - 1) / j->gemv_rows, fn, j);
+}
+
+/* 4- and 8-bit QINT decode: each token's x quantized to int8 per 32 values (scale
+ * max|x| / 127 per block), every block's dot with the levels done in int32, and
+ * the groups' zero-points folded with the sums of the quantized x. */
+static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, mopt_error *err) {
+    const int64_t in = j->in, nb = in / 32, bpg = gs / 32;
+    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)j->T * (size_t)in);
+    float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)j->T * (size_t)(nb + ng) * sizeof(float));
+    if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    float *sums = xd + (size_t)j->T * nb;
+    for (int32_t t = 0; t < j->T; t++) {
+        int8_t *q = xq + (size_t)t * in;
+        for (int64_t b = 0; b < nb; b++) xd[t * nb + b] = quantize_token_i8(j->x + (size_t)t * j->x_stride + 32 * b, 32, q + 32 * b, NULL);
+        for (int64_t g = 0; g < ng; g++) {
+            float s = 0;
+            for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
+                int32_t qs = 0;
+                for (int i = 0; i < 32; i++) qs += q[32 * b + i];
+                s += xd[t * nb + b] * (float)qs;
+            }
+            sums[(size_t)t * ng + g] = s;
+        }
+    }
+    j->xq8 = xq, j->xd = xd, j->xsum = sums;
+    run_gemv(c, j, gemv_task);
+    return MOPT_OK;
+}
+
+/* x for the integer GEMM: each token's values as int8 with a scale per 32
+ * (QINT, as the decode kernels) or one per token (W8A8), laid out for the
+ * token lanes: tile p holds tokens 8p..8p+7, for every 4 inputs 4 bytes per
+ * token; then the GEMM over all rows. */
+static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
+    const int per_token = j->w->dtype == MOPT_DTYPE_W8A8;
+    const int64_t in = j->in, nb = in / 32, bpg = nb / ng, tiles = (j->T + 7) / 8;
+    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (per_token ? (size_t)in : 0));
+    float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
+    if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    float *xst = xdt + tiles * 8 * nb;
+    int8_t *row = xi + tiles * 8 * in; /* W8A8: one token's levels */
+    memset(xi + (tiles - 1) * 8 * in, 0, (size_t)(8 * in)); /* the last tile's padding tokens */
+    memset(xdt, 0, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
+    for (int32_t t = 0; t < j->T; t++) {
+        const int64_t tile = t / 8, l = t % 8;
+        const float *x = j->x + (size_t)t * j->x_stride;
+        int8_t *xt = xi + tile * 8 * in;
+        const float dt = per_token ? quantize_token_i8(x, in, row, NULL) : 0;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t qb[32];
+            const int8_t *q = per_token ? row + 32 * b : qb;
+            const float d = per_token ? dt : quantize_token_i8(x + 32 * b, 32, qb, NULL);
+            int32_t qs = 0;
+            for (int i = 0; i < 32; i++) qs += q[i];
+            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, q + 4 * cidx, 4);
+            xdt[(tile * nb + b) * 8 + l] = d;
+            xst[(tile * ng + b / bpg) * 8 + l] += d * (float)qs;
+        }
+    }
+    j->xq8 = xi, j->xd = xdt, j->xsum = xst;
+    mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
+    return MOPT_OK;
+}
+
 static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b, const float *x, int32_t T,
                           int32_t xs, float *y, int32_t ys, mopt_error *err) {
-    lin_job j = {c, w, b, x, T, xs, y, ys, w->ne[0], w->ne[1], NULL, NULL, NULL};
+    lin_job j = {.c = c, .w = w, .b = b, .x = x, .T = T, .x_stride = xs, .y = y, .y_stride = ys, .in = w->ne[0], .out = w->ne[1]};
     const int64_t in = j.in;
     const int sp24_i8 = w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I8);
+    if (w->dtype == MOPT_DTYPE_W8A8 && T > GEMV_MAX_TOKENS && in % 32 == 0) return int_gemm(c, &j, 1, err);
     if (w->dtype == MOPT_DTYPE_W8A8 || sp24_i8) {
         /* per-token dynamic int8 activations: x = qx * max|x| / 127; the 2:4
          * kernel takes the levels as floats, which it multiplies exactly */
@@ -380,7 +508,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         if (sp24_i8 && T > GEMV_MAX_TOKENS) /* prefill: rows widened to q * s, OpenBLAS over the levels, then sx */
             mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
         else
-            mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, sp24_i8 ? sp24_i8_task : w8a8_task, &j);
+            run_gemv(c, &j, sp24_i8 ? sp24_i8_task : w8a8_task);
         return MOPT_OK;
     }
     if (w->dtype == MOPT_DTYPE_FP8 && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {
@@ -400,6 +528,12 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         j.x = xr;
         j.x_stride = (int32_t)in;
     }
+    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
+        in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
+        /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
+        const int64_t ng = w->quant->scale->ne[0];
+        return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
+    }
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));
@@ -416,7 +550,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
      * directly per token. More: widen a block of rows once and let OpenBLAS
      * reuse it across tokens. */
     if (T <= GEMV_MAX_TOKENS)
-        mopt_pool_run(c->pool, (j.out + GEMV_ROWS - 1) / GEMV_ROWS, gemv_task, &j);
+        run_gemv(c, &j, gemv_task);
     else
         mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
     return MOPT_OK;
@@ -488,34 +622,30 @@ static void rope(const mopt_op_args *a) {
     }
 }
 
+/* Decode: per (token, KV head), the query heads sharing that KV head as the
+ * rows of two small GEMMs, scores = Q K^T and out = P V, so each key and value
+ * row is read once per group and the products run in OpenBLAS's kernels
+ * rather than one short dot product per position. */
 static void attention_task(void *p, int64_t task, int32_t thread) {
     op_job *j = p;
     const mopt_op_args *a = j->a;
     const mopt_node *n = a->node;
-    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
-    const int32_t t = (int32_t)(task / H), h = (int32_t)(task % H), kvh = h / group;
-    const int32_t p_last = a->pos + t; /* attends to positions 0..p_last */
-    const float *q = a->in[0] + (size_t)t * a->in_width[0] + h * hd;
-    float *out = a->out + (size_t)t * a->out_width + h * hd;
-    float *sc = j->c->sscratch[thread];
-    const float scale = 1.0f / sqrtf((float)hd);
-    float mx = -INFINITY;
-    for (int32_t s = 0; s <= p_last; s++) {
-        sc[s] = j->c->k->dot_f32(a->k_cache + (size_t)s * kvd + kvh * hd, q, hd) * scale;
-        if (sc[s] > mx) mx = sc[s];
+    const int32_t hd = n->head_dim, KV = n->n_kv_heads, kvd = KV * hd, group = n->n_heads / KV;
+    const int32_t t = (int32_t)(task / KV), kvh = (int32_t)(task % KV);
+    const int32_t ctx = a->pos + t + 1; /* attends to positions 0..pos + t */
+    const float *q = a->in[0] + (size_t)t * a->in_width[0] + (size_t)kvh * group * hd;
+    float *out = a->out + (size_t)t * a->out_width + (size_t)kvh * group * hd;
+    float *S = j->c->ascratch[thread]; /* [group, ctx] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, ctx, hd, 1.0f / sqrtf((float)hd), q, hd, a->k_cache + kvh * hd,
+                kvd, 0.0f, S, ctx);
+    for (int32_t r = 0; r < group; r++) {
+        float *row = S + (size_t)r * ctx, mx = -INFINITY, sum = 0;
+        for (int32_t s2 = 0; s2 < ctx; s2++) mx = fmaxf(mx, row[s2]);
+        for (int32_t s2 = 0; s2 < ctx; s2++) sum += (row[s2] = expf(row[s2] - mx));
+        const float inv = 1.0f / sum;
+        for (int32_t s2 = 0; s2 < ctx; s2++) row[s2] *= inv;
     }
-    float sum = 0;
-    for (int32_t s = 0; s <= p_last; s++) {
-        sc[s] = expf(sc[s] - mx);
-        sum += sc[s];
-    }
-    float inv = 1.0f / sum;
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t s = 0; s <= p_last; s++) {
-        const float *v = a->v_cache + (size_t)s * kvd + kvh * hd;
-        float w = sc[s] * inv;
-        for (int32_t d = 0; d < hd; d++) out[d] += w * v[d];
-    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, ctx, 1.0f, S, ctx, a->v_cache + kvh * hd, kvd, 0.0f, out, hd);
 }
 
 /* Prefill: per (head, block of query rows), scores = Q K^T and out = P V as
@@ -555,10 +685,10 @@ static void attention(cpu_ctx *c, const mopt_op_args *a) {
         memcpy(a->v_cache + (size_t)(a->pos + t) * kvd, a->in[2] + (size_t)t * a->in_width[2], (size_t)kvd * 4);
     }
     op_job j = {c, a};
-    if (a->T >= 8 && c->ascratch)
+    if (a->T >= 8)
         mopt_pool_run(c->pool, (int64_t)n->n_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
     else
-        mopt_pool_run(c->pool, (int64_t)a->T * n->n_heads, attention_task, &j);
+        mopt_pool_run(c->pool, (int64_t)a->T * n->n_kv_heads, attention_task, &j);
 }
 
 static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err) {
@@ -626,8 +756,7 @@ mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const
     c->k = k ? k : mopt_kernels_get();
     c->max_in = w->ne[0];
     c->wscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->wscratch);
-    c->sscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->sscratch);
-    mopt_status st = c->pool && c->wscratch && c->sscratch ? MOPT_OK : MOPT_E_NOMEM;
+    mopt_status st = c->pool && c->wscratch ? MOPT_OK : MOPT_E_NOMEM;
     for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
         if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
     pthread_once(&e4m3_once, e4m3_init);

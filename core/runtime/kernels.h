@@ -16,15 +16,43 @@ typedef struct mopt_kernels {
     /* widen n elements to fp32 */
     void (*cvt_f16)(const uint16_t *src, float *dst, int64_t n);
     void (*cvt_bf16)(const uint16_t *src, float *dst, int64_t n);
+    /* dst[i] = (levels[i] - z) * s for n one-byte levels (a QINT group widened) */
+    void (*dequant_u8)(const uint8_t *levels, int64_t n, float z, float s, float *dst);
     /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
     float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
     float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);
-    /* y[r] = sum_g s[r,g] * (levels[r, g] . x[g] - z[r,g] * xsum[g]) for nrows rows
-     * of ng whole groups of bpg 4-bit / 8-bit blocks; s is f16, z u8 (NULL: zsym) */
-    void (*gemv_q4)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                    const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y);
-    void (*gemv_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                    const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* nrows 4-bit rows of ng whole groups of bpg blocks (s f16, z u8 or NULL: zsym)
+     * against activations quantized to int8 per 32 values (xq, with
+     * scales xd; llama.cpp's Q4 x Q8 dot): y[r] = sum_g s[r,g] * (sum over the
+     * group's blocks b of xd[b] * (levels[r, b] . xq[b]) - z[r,g] * xsum[g]),
+     * xsum[g] = sum_b xd[b] * sum(xq[b]). Each block's dot is exact in int32. */
+    void (*gemv_q4_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* The same for 8-bit rows (32-byte blocks) */
+    void (*gemv_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* The prefill form of the 4-bit product, for one tile of 8 tokens:
+     *   wl  the rows' levels unpacked to one byte each, [nrows, in]
+     *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
+     *   xdt the tile's block scales [in / 32][8], xst its group sums [ng][8]
+     *       (padding tokens: zeros)
+     * y[l * y_stride + r] for tokens l < ntok; s and z as gemv_q4_q8. */
+    void (*gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                       int64_t y_stride, int32_t ntok);
+    /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
+     * hold -128), float scales s and zero-points z [nrows, ng] (z NULL: none). */
+    void (*gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+                       const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                       int64_t y_stride, int32_t ntok);
+    /* W8A8's form: x quantized per token (scales xs [8]), one int32 sum per row
+     * and token, y = (float)sum * s[r] * xs[l] as the decode's dot_i8 path */
+    void (*gemm_s8_rows)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
+                         const float *xs, float *y, int64_t y_stride, int32_t ntok);
+    /* n bytes to signed int8 w (xor flip: 0x80 turns 8-bit levels into level - 128) and |w| */
+    void (*unpack_s8)(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa);
+    /* nb 4-bit blocks unpacked to 32 * nb level bytes in value order */
+    void (*unpack_q4)(const uint8_t *blocks, int64_t nb, uint8_t *levels);
     /* int8 x int8 -> int32 over n elements (W8A8); b must not hold -128 */
     int32_t (*dot_i8)(const int8_t *a, const int8_t *b, int64_t n);
     /* a 2:4 row (mopt/quant.h, SP24) with x over n inputs (a multiple of 8):
@@ -47,6 +75,21 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
+/* The AVX2 integer GEMVs and GEMMs, which the AVX-512 set shares. */
+void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok);
+void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels);
+void mopt_gemm_s8_q8_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok);
+void mopt_gemm_s8_rows_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
+                            const float *xs, float *y, int64_t y_stride, int32_t ntok);
+void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa);
 
 extern const mopt_kernels mopt_kernels_ref;
 /* NULL when the file was built without the instruction set. */

@@ -1,6 +1,7 @@
 /* AVX2 + FMA + F16C kernels (compiled with those flags only in this file). */
 #include <immintrin.h>
 #include <pthread.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "mopt/tensor.h"
@@ -36,6 +37,238 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     int32_t r = _mm_cvtsi128_si32(s);
     for (; i < n; i++) r += (int32_t)a[i] * b[i];
     return r;
+}
+
+/* 4-bit levels against int8 activations: the 16 bytes of a 32-value block
+ * become 32 unsigned bytes in value order (low nibbles, then high), and
+ * pmaddubsw cannot saturate (15 x 127 x 2 < 2^15). Each block's int32 dot is
+ * scaled by its x scale; blocks alternate between two accumulators so the FMA
+ * latency does not set the pace. */
+static inline __m256 q4q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc, __m256 mul) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)w);
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)xq)), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(_mm256_set1_ps(xd), mul), acc);
+}
+
+/* 8-bit levels as level - 128 (signed), multiplied as |w| times x with w's
+ * sign: a pair stays below 2^15 (2 x 128 x 127). */
+static inline __m256 q8q8_block(const uint8_t *w, const int8_t *xq, float xd, __m256 acc, __m256 mul) {
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w), _mm256_set1_epi8((char)0x80));
+    const __m256i x = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xq), v);
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v), x), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(_mm256_set1_ps(xd), mul), acc);
+}
+
+/* Rows of 4- or 8-bit blocks (BB bytes each) against int8 x; the weights
+ * stream once, prefetched ahead. 8-bit levels are offset by 128 (q8q8_block),
+ * so their zero-points are too. */
+static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
+                                                              const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
+                                                              const float *xsum, int64_t ng, int64_t bpg, float *y, const int BB) {
+    const float zoff = BB == 32 ? 128.0f : 0.0f;
+    if (bpg == 1 && ng % 8 == 0) { /* groups of one block (GGUF's Q4_0 / Q8_0): scales and zero terms 8 groups at a time */
+        for (int64_t r = 0; r < nrows; r++) {
+            const uint8_t *row = w + (size_t)r * row_bytes;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), zc = _mm256_setzero_ps();
+            for (int64_t g = 0; g < ng; g += 8) {
+                const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + r * ng + g)));
+                const __m256 m = _mm256_mul_ps(sv, _mm256_loadu_ps(xd + g)); /* each block's x scale times its group's */
+                const __m256 zv = z ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(z + r * ng + g))))
+                                    : _mm256_set1_ps(zsym);
+                zc = _mm256_fmadd_ps(_mm256_mul_ps(sv, _mm256_sub_ps(zv, _mm256_set1_ps(zoff))), _mm256_loadu_ps(xsum + g), zc);
+                _mm_prefetch((const char *)(row + BB * g) + 1024, _MM_HINT_T0);
+                for (int k = 0; k < 8; k += 2) {
+                    const __m256 m0 = _mm256_permutevar8x32_ps(m, _mm256_set1_epi32(k)), m1 = _mm256_permutevar8x32_ps(m, _mm256_set1_epi32(k + 1));
+                    a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * (g + k), xq + 32 * (g + k), 1.0f, a0, m0);
+                    a1 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * (g + k + 1), xq + 32 * (g + k + 1), 1.0f, a1, m1);
+                }
+            }
+            y[r] = hsum(_mm256_add_ps(a0, a1)) - hsum(zc);
+        }
+        return;
+    }
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float zc = 0;
+        for (int64_t g = 0; g < ng; g++) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            const int64_t b1 = (g + 1) * bpg;
+            int64_t b = g * bpg;
+            for (; b + 2 <= b1; b += 2) {
+                _mm_prefetch((const char *)(row + BB * b) + 1024, _MM_HINT_T0);
+                a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0, one);
+                a1 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b + BB, xq + 32 * b + 32, xd[b + 1], a1, one);
+            }
+            if (b < b1) a0 = (BB == 16 ? q4q8_block : q8q8_block)(row + BB * b, xq + 32 * b, xd[b], a0, one);
+            const float sc = _cvtsh_ss(s[r * ng + g]);
+            acc = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(sc), acc);
+            zc += sc * ((z ? (float)z[r * ng + g] : zsym) - zoff) * xsum[g];
+        }
+        y[r] = hsum(acc) - zc;
+    }
+}
+
+void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 16);
+}
+
+void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 32);
+}
+
+void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
+    for (int64_t k = 0; k < nb; k++) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(blocks + 16 * k));
+        _mm256_storeu_si256((__m256i *)(levels + 32 * k), _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15)));
+    }
+}
+
+/* Lane l of each of R row results to y[l * y_stride + r], for the tile's real tokens. */
+static inline __attribute__((always_inline)) void store_tile(const __m256 *acc, float *y, int64_t y_stride, int32_t ntok, const int R) {
+    for (int r = 0; r < R; r++) {
+        float v[8];
+        _mm256_storeu_ps(v, acc[r]);
+        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
+    }
+}
+
+/* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
+ * step broadcasts 4 levels of a row and multiplies them with the 4 matching
+ * bytes of every token (pmaddubsw: unsigned levels x signed x). The 8 steps of
+ * a block add up in int16 (8 x 2 x 15 x 127 < 2^15), are widened once, scaled
+ * by the tokens' block scales, and summed per group, which takes the row's
+ * scale and zero-point. */
+static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, int64_t in, const uint16_t *s, const uint8_t *z,
+                                                             float zsym, const int8_t *xi, const float *xdt, const float *xst,
+                                                             int64_t ng, int64_t bpg, float *y, int64_t y_stride, int32_t ntok,
+                                                             const int R) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0, b = 0; g < ng; g++) {
+        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (; b < (g + 1) * bpg; b++) {
+            __m256i a16[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const int8_t *xb = xi + 256 * b;
+            for (int c = 0; c < 8; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
+                for (int r = 0; r < R; r++) {
+                    int32_t w4;
+                    memcpy(&w4, wl + r * in + 32 * b + 4 * c, 4);
+                    a16[r] = _mm256_add_epi16(a16[r], _mm256_maddubs_epi16(_mm256_set1_epi32(w4), xv));
+                }
+            }
+            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
+            for (int r = 0; r < R; r++)
+                gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(a16[r], ones)), xd, gacc[r]);
+        }
+        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
+        for (int r = 0; r < R; r++) {
+            const float sc = _cvtsh_ss(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;
+            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(sc), acc[r]);
+            acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(sc * zz), acc[r]);
+        }
+    }
+    store_tile(acc, y, y_stride, ntok, R);
+}
+
+void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok) {
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
+    for (; r < nrows; r++)
+        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
+}
+
+void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa) {
+    const __m256i f = _mm256_set1_epi8((char)flip);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + i)), f);
+        _mm256_storeu_si256((__m256i *)(w + i), v);
+        _mm256_storeu_si256((__m256i *)(wa + i), _mm256_abs_epi8(v)); /* |-128| is 128 as an unsigned byte */
+    }
+    for (; i < n; i++) {
+        w[i] = (int8_t)(src[i] ^ flip);
+        wa[i] = (uint8_t)(w[i] < 0 ? -(int)w[i] : w[i]);
+    }
+}
+
+/* One step of the int8 GEMMs for one row: 4 weights (|w| and w) against 4
+ * bytes of each of 8 tokens; pmaddubsw takes |w| and x with w's sign, so a
+ * pair stays below 2^15 (2 x 128 x 127) but two may not: widened at once. */
+static inline __attribute__((always_inline)) __m256i s8_step(const int8_t *w, const uint8_t *wa, __m256i xv, __m256i acc) {
+    int32_t w4, a4;
+    memcpy(&w4, w, 4);
+    memcpy(&a4, wa, 4);
+    const __m256i p = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), _mm256_sign_epi8(xv, _mm256_set1_epi32(w4)));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+/* The int8 form of q4q8_tile (QINT 8-bit levels as level - 128). */
+static inline __attribute__((always_inline)) void s8q8_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
+                                                             const float *z, const int8_t *xi, const float *xdt,
+                                                             const float *xst, int64_t ng, int64_t bpg, float *y,
+                                                             int64_t y_stride, int32_t ntok, const int R) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0, b = 0; g < ng; g++) {
+        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (; b < (g + 1) * bpg; b++) {
+            __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const int8_t *xb = xi + 256 * b;
+            for (int c = 0; c < 8; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
+                for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 32 * b + 4 * c, wa + r * in + 32 * b + 4 * c, xv, a32[r]);
+            }
+            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
+            for (int r = 0; r < R; r++) gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a32[r]), xd, gacc[r]);
+        }
+        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
+        for (int r = 0; r < R; r++) {
+            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(s[r * ng + g]), acc[r]);
+            if (z) acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(s[r * ng + g] * z[r * ng + g]), acc[r]);
+        }
+    }
+    store_tile(acc, y, y_stride, ntok, R);
+}
+
+/* W8A8: one int32 sum per row and token over the whole row (|sum| < 2^31 for
+ * rows under 2^17 inputs), scaled as the decode path scales dot_i8's sum. */
+static inline __attribute__((always_inline)) void s8rows_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
+                                                               const int8_t *xi, const float *xs, float *y, int64_t y_stride,
+                                                               int32_t ntok, const int R) {
+    __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int64_t c = 0; c < in / 4; c++) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 32 * c));
+        for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 4 * c, wa + r * in + 4 * c, xv, a32[r]);
+    }
+    const __m256 xsv = _mm256_loadu_ps(xs);
+    __m256 acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a32[r]), _mm256_set1_ps(s[r])), xsv);
+    store_tile(acc, y, y_stride, ntok, R);
+}
+
+void mopt_gemm_s8_rows_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
+                            const float *xs, float *y, int64_t y_stride, int32_t ntok) {
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 4);
+    for (; r < nrows; r++) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 1);
+}
+
+void mopt_gemm_s8_q8_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok) {
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
+    for (; r < nrows; r++)
+        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
 }
 
 #define VBITS 256
@@ -121,6 +354,25 @@ SP24_DOT(mopt_dot_sp24_avx2, float, _mm256_loadu_ps, f32_at)
 SP24_DOT(mopt_dot_sp24_bf16_avx2, uint16_t, load_bf16, bf16_at)
 SP24_DOT(mopt_dot_sp24_i8_avx2, int8_t, LOAD_I8, i8_at)
 
-const mopt_kernels mopt_kernels_avx2 = {"avx2", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                        gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2, mopt_dot_sp24_bf16_avx2,
-                                        mopt_dot_sp24_i8_avx2};
+const mopt_kernels mopt_kernels_avx2 = {
+    .name = "avx2",
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .dot_bf16 = dot_bf16,
+    .cvt_f16 = cvt_f16,
+    .cvt_bf16 = cvt_bf16,
+    .dequant_u8 = dequant_u8,
+    .dot_q4 = dot_q4,
+    .dot_q8 = dot_q8,
+    .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
+    .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
+    .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
+    .unpack_q4 = mopt_unpack_q4_avx2,
+    .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,
+    .gemm_s8_rows = mopt_gemm_s8_rows_avx2,
+    .unpack_s8 = mopt_unpack_s8_avx2,
+    .dot_i8 = dot_i8,
+    .dot_sp24 = mopt_dot_sp24_avx2,
+    .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
+    .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
+};

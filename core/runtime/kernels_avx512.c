@@ -51,6 +51,25 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     } while (0)
 #include "kernels_simd.h"
 
-const mopt_kernels mopt_kernels_avx512 = {"avx512", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                          gemv_q4, gemv_q8, dot_i8, mopt_dot_sp24_avx2,
-                                          mopt_dot_sp24_bf16_avx2, mopt_dot_sp24_i8_avx2};
+const mopt_kernels mopt_kernels_avx512 = {
+    .name = "avx512",
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .dot_bf16 = dot_bf16,
+    .cvt_f16 = cvt_f16,
+    .cvt_bf16 = cvt_bf16,
+    .dequant_u8 = dequant_u8,
+    .dot_q4 = dot_q4,
+    .dot_q8 = dot_q8,
+    .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
+    .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
+    .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
+    .unpack_q4 = mopt_unpack_q4_avx2,
+    .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,
+    .gemm_s8_rows = mopt_gemm_s8_rows_avx2,
+    .unpack_s8 = mopt_unpack_s8_avx2,
+    .dot_i8 = dot_i8,
+    .dot_sp24 = mopt_dot_sp24_avx2,
+    .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
+    .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
+};

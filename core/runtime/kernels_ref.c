@@ -57,6 +57,10 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
     return s;
 }
 
+static void dequant_u8(const uint8_t *lv, int64_t n, float z, float s, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = ((float)lv[i] - z) * s;
+}
+
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
     float s = 0;
     for (int64_t k = 0; k < nb; k++) s += mopt_qblock_dot(b + 16 * k, 4, x + 32 * k, 32);
@@ -76,21 +80,98 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
 }
 
 #define F16 mopt_f16_to_f32
-#define GEMV_QROWS(NAME, DOT, BB)                                                                                \
-    static void NAME(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z,     \
-                     float zsym, const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y) {          \
-        for (int64_t r = 0; r < nrows; r++) {                                                                    \
-            const uint8_t *row = w + (size_t)r * row_bytes;                                                      \
-            float acc = 0;                                                                                       \
-            for (int64_t g = 0; g < ng; g++) {                                                                   \
-                float sc = F16(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;                             \
-                acc += sc * (DOT(row + g * bpg * (BB), x + g * bpg * 32, bpg) - zz * xsum[g]);                  \
-            }                                                                                                    \
-            y[r] = acc;                                                                                          \
-        }                                                                                                        \
+
+/* y[r] for 4- or 8-bit rows against int8 x (kernels.h, gemv_q4_q8) */
+static void gemv_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y, int bits) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t g = 0; g < ng; g++) {
+            float gacc = 0;
+            for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
+                int32_t d = 0;
+                if (bits == 8)
+                    for (int i = 0; i < 32; i++) d += row[32 * b + i] * xq[32 * b + i];
+                else
+                    for (int i = 0; i < 16; i++) /* byte i: value i in the low nibble, value 16 + i in the high */
+                        d += (row[16 * b + i] & 15) * xq[32 * b + i] + (row[16 * b + i] >> 4) * xq[32 * b + 16 + i];
+                gacc += xd[b] * (float)d;
+            }
+            acc += F16(s[r * ng + g]) * (gacc - (z ? (float)z[r * ng + g] : zsym) * xsum[g]);
+        }
+        y[r] = acc;
     }
-GEMV_QROWS(gemv_q4, dot_q4, 16)
-GEMV_QROWS(gemv_q8, dot_q8, 32)
+}
+
+static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 4);
+}
+
+static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
+}
+
+/* sum of w[i] * x[i] for i in [i0, i1) of tile lane l (x interleaved as
+ * kernels.h describes); w read as unsigned levels or, with sgn, as int8 */
+static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0, int64_t i1, int32_t l) {
+    int32_t d = 0;
+    for (int64_t i = i0; i < i1; i++) d += (sgn ? (int8_t)w[i] : w[i]) * xi[(i / 4 * 8 + l) * 4 + i % 4];
+    return d;
+}
+
+static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                       int64_t y_stride, int32_t ntok) {
+    for (int64_t r = 0; r < nrows; r++)
+        for (int32_t l = 0; l < ntok; l++) {
+            float acc = 0;
+            for (int64_t g = 0; g < ng; g++) {
+                float gacc = 0;
+                for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
+                    gacc += xdt[b * 8 + l] * (float)tile_dot(wl + r * in, 0, xi, 32 * b, 32 * b + 32, l);
+                acc += F16(s[r * ng + g]) * (gacc - (z ? (float)z[r * ng + g] : zsym) * xst[g * 8 + l]);
+            }
+            y[l * y_stride + r] = acc;
+        }
+}
+
+static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+                       const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                       int64_t y_stride, int32_t ntok) {
+    for (int64_t r = 0; r < nrows; r++)
+        for (int32_t l = 0; l < ntok; l++) {
+            float acc = 0;
+            for (int64_t g = 0; g < ng; g++) {
+                float gacc = 0;
+                for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
+                    gacc += xdt[b * 8 + l] * (float)tile_dot((const uint8_t *)w + r * in, 1, xi, 32 * b, 32 * b + 32, l);
+                acc += s[r * ng + g] * (gacc - (z ? z[r * ng + g] : 0.0f) * xst[g * 8 + l]);
+            }
+            y[l * y_stride + r] = acc;
+        }
+}
+
+static void gemm_s8_rows(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
+                         const float *xs, float *y, int64_t y_stride, int32_t ntok) {
+    for (int64_t r = 0; r < nrows; r++)
+        for (int32_t l = 0; l < ntok; l++)
+            y[l * y_stride + r] = (float)tile_dot((const uint8_t *)w + r * in, 1, xi, 0, in, l) * s[r] * xs[l];
+}
+
+static void unpack_s8(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa) {
+    for (int64_t i = 0; i < n; i++) {
+        w[i] = (int8_t)(src[i] ^ flip);
+        wa[i] = (uint8_t)(w[i] < 0 ? -(int)w[i] : w[i]);
+    }
+}
+
+static void unpack_q4(const uint8_t *b, int64_t nb, uint8_t *levels) {
+    for (int64_t k = 0; k < nb; k++)
+        for (int i = 0; i < 16; i++) levels[32 * k + i] = b[16 * k + i] & 15, levels[32 * k + 16 + i] = b[16 * k + i] >> 4;
+}
 
 static float dot_sp24(const float *vals, const uint8_t *pos, const float *x, int64_t n) {
     float s = 0;
@@ -119,5 +200,25 @@ static float dot_sp24_i8(const int8_t *vals, const uint8_t *pos, const float *x,
     return s;
 }
 
-const mopt_kernels mopt_kernels_ref = {"ref", dot_f32, dot_f16, dot_bf16, cvt_f16, cvt_bf16, dot_q4, dot_q8,
-                                       gemv_q4, gemv_q8, dot_i8, dot_sp24, dot_sp24_bf16, dot_sp24_i8};
+const mopt_kernels mopt_kernels_ref = {
+    .name = "ref",
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .dot_bf16 = dot_bf16,
+    .cvt_f16 = cvt_f16,
+    .cvt_bf16 = cvt_bf16,
+    .dequant_u8 = dequant_u8,
+    .dot_q4 = dot_q4,
+    .dot_q8 = dot_q8,
+    .gemv_q4_q8 = gemv_q4_q8,
+    .gemv_q8_q8 = gemv_q8_q8,
+    .gemm_q4_q8 = gemm_q4_q8,
+    .unpack_q4 = unpack_q4,
+    .gemm_s8_q8 = gemm_s8_q8,
+    .gemm_s8_rows = gemm_s8_rows,
+    .unpack_s8 = unpack_s8,
+    .dot_i8 = dot_i8,
+    .dot_sp24 = dot_sp24,
+    .dot_sp24_bf16 = dot_sp24_bf16,
+    .dot_sp24_i8 = dot_sp24_i8,
+};

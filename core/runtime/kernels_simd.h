@@ -53,6 +53,13 @@ DOT_FN(dot_f16, uint16_t, load_f16, mopt_f16_to_f32, NO_TAIL)
 CVT_HALF_FN(cvt_bf16, load_bf16, mopt_bf16_to_f32)
 CVT_HALF_FN(cvt_f16, load_f16, mopt_f16_to_f32)
 
+static void dequant_u8(const uint8_t *lv, int64_t n, float z, float s, float *dst) {
+    const V vz = V_SET1(z), vs = V_SET1(s);
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) V_STOREU(dst + i, VOP(mul_ps)(VOP(sub_ps)(LOAD_U8(lv + i), vz), vs));
+    for (; i < n; i++) dst[i] = ((float)lv[i] - z) * s;
+}
+
 /* Q4 / Q8 (one byte per value) blocks of 32 against x */
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
     V a0 = V_ZERO(), a1 = V_ZERO();
@@ -68,49 +75,5 @@ static float dot_q8(const uint8_t *b, const float *x, int64_t nb) {
     }
     return V_HSUM(V_ADD(a0, a1));
 }
-
-/* One reduction per row: each group's products accumulate in vectors that are
- * scaled into the row's accumulator. */
-static inline float dot_q4_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
-    V row = V_ZERO();
-    for (int64_t g = 0; g < ng; g++) {
-        V a0 = V_ZERO(), a1 = V_ZERO();
-        for (int64_t k = 0; k < bpg; k++, b += 16, x += 32) Q4_BLOCK(b, x, a0, a1);
-        row = V_FMA(V_ADD(a0, a1), V_SET1(scale[g]), row);
-    }
-    return V_HSUM(row);
-}
-
-static inline float dot_q8_row(const uint8_t *b, const float *x, const float *scale, int64_t ng, int64_t bpg) {
-    V row = V_ZERO();
-    for (int64_t g = 0; g < ng; g++) {
-        V a0 = V_ZERO(), a1 = V_ZERO();
-        for (int64_t i = 0; i < bpg * 32; i += 2 * VW) {
-            a0 = V_FMA(LOAD_U8(b + i), V_LOADU(x + i), a0);
-            a1 = V_FMA(LOAD_U8(b + i + VW), V_LOADU(x + i + VW), a1);
-        }
-        row = V_FMA(V_ADD(a0, a1), V_SET1(scale[g]), row);
-        b += bpg * 32;
-        x += bpg * 32;
-    }
-    return V_HSUM(row);
-}
-
-/* Whole rows at once: scales widened with F16C, zero-points folded with xsum. */
-#define GEMV_ROWS_FN(NAME, DOTROW)                                                                              \
-    static void NAME(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z,     \
-                     float zsym, const float *x, const float *xsum, int64_t ng, int64_t bpg, float *y) {          \
-        float sc[256];                                                                                           \
-        for (int64_t r = 0; r < nrows; r++) {                                                                    \
-            float zc = 0;                                                                                        \
-            for (int64_t g = 0; g < ng; g++) {                                                                   \
-                sc[g] = _cvtsh_ss(s[r * ng + g]);                                                                \
-                zc += sc[g] * (z ? (float)z[r * ng + g] : zsym) * xsum[g];                                       \
-            }                                                                                                    \
-            y[r] = DOTROW(w + (size_t)r * row_bytes, x, sc, ng, bpg) - zc;                                       \
-        }                                                                                                        \
-    }
-GEMV_ROWS_FN(gemv_q4, dot_q4_row)
-GEMV_ROWS_FN(gemv_q8, dot_q8_row)
 
 #endif

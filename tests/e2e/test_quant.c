@@ -124,14 +124,31 @@ static void test_packed_prefill_and_decode_agree(void **s) {
         float *pre = malloc(16 * 2048 * sizeof *pre);
         memcpy(pre, l, 16 * 2048 * sizeof *pre);
         assert_int_equal(mopt_session_truncate(se, 0, &err), MOPT_OK);
-        double max_err = 0;
+        double max_err = 0, sum_err = 0;
         for (int t = 0; t < 16; t++) {
             assert_int_equal(mopt_session_forward(se, &ids[t], 1, false, &l, &err), MOPT_OK);
-            for (int v = 0; v < 2048; v++) max_err = fmax(max_err, fabs(l[v] - pre[t * 2048 + v]));
+            int best_pre = 0, best_dec = 0;
+            for (int v = 0; v < 2048; v++) {
+                max_err = fmax(max_err, fabs(l[v] - pre[t * 2048 + v]));
+                sum_err += fabs(l[v] - pre[t * 2048 + v]);
+                if (pre[t * 2048 + v] > pre[t * 2048 + best_pre]) best_pre = v;
+                if (l[v] > l[best_dec]) best_dec = v;
+            }
+            assert_int_equal(best_dec, best_pre); /* the same greedy token */
         }
-        fprintf(stderr, "%-45s prefill vs decode max |diff| %.2g\n", quants[i], max_err);
-        /* W8A8 quantizes each token's activations the same way in both paths */
-        assert_true(max_err < 2e-3);
+        fprintf(stderr, "%-45s prefill vs decode max |diff| %.2g, mean %.2g\n", quants[i], max_err, sum_err / (16 * 2048));
+        if (i == 0) {
+            /* 4-bit rows run against x as int8 per 32 values in both paths, but the
+             * decode GEMV and the prefill GEMM sum in different orders: one ulp
+             * can move an activation across an int8 rounding boundary (a step of
+             * max|x_block| / 127) and the cached keys carry that to every later
+             * token. Measured: max 0.025 to 0.05, mean 0.0014 to 0.0033 (as the
+             * float order of attention changed) on logits within +-16. */
+            assert_true(max_err < 0.2 && sum_err / (16 * 2048) < 0.01);
+        } else {
+            /* fp32 activations, or W8A8's per-token int8 from the same int32 sums */
+            assert_true(max_err < 2e-3);
+        }
         free(pre);
         mopt_session_free(se);
         mopt_model_free(m);

@@ -1,7 +1,8 @@
 /* mopt synth: the presets have the parameter counts the published models'
  * cards give; a written checkpoint loads and runs with logits at unit scale
  * and linears of standard deviation 1/sqrt(fan_in); the same seed gives the
- * same bytes; GPT-2 takes a fixture's tokenizer; bad input gets one line and
+ * same bytes; GPT-2 takes a fixture's tokenizer; a GGUF export pads a short
+ * tokenizer to the vocabulary; bad input gets one line and
  * exit 2 with nothing written. */
 #include <math.h>
 #include <sys/stat.h>
@@ -173,12 +174,39 @@ static void test_synth_refuses_bad_input(void **s) {
     snprintf(probe, sizeof probe, "%s/config.json", out);
     assert_int_not_equal(access(probe, F_OK), 0);
 }
+/* llama.cpp sizes the vocabulary by the GGUF token list and checks the
+ * embedding against it, so a model whose tokenizer is shorter than its
+ * embedding (synth's 257 byte-level tokens under a 300-row embedding) is
+ * exported with unused "[PAD<id>]" tokens up to the embedding, as
+ * convert_hf_to_gguf.py pads, and reads back with the same logits (to float
+ * order). */
+static void test_gguf_export_pads_a_short_tokenizer_to_the_vocabulary(void **s) {
+    char dir[1024], out[1200], gguf[1300], args[4096];
+    test_tmpdir(dir, sizeof dir, "synth-pad");
+    snprintf(out, sizeof out, "%s/m", dir);
+    snprintf(gguf, sizeof gguf, "%s/m.gguf", dir);
+    snprintf(args, sizeof args, "%s synth --arch llama --hidden 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 300 --dtype f32 -o '%s' --quiet > /dev/null && %s export '%s' --format gguf --type f32 -o '%s' > /dev/null 2>&1",
+             MOPT_CLI, out, MOPT_CLI, out, gguf);
+    assert_int_equal(system(args), 0);
+    mopt_model *m = test_load_model(out), *g = test_load_model(gguf);
+    const mopt_tokenizer *tm = mopt_model_tokenizer(m), *tg = mopt_model_tokenizer(g);
+    assert_int_equal(mopt_tokenizer_vocab_size(tm), 257);
+    assert_int_equal(mopt_tokenizer_vocab_size(tg), 300);
+    assert_string_equal(mopt_tokenizer_token_str(tg, 256), mopt_tokenizer_token_str(tm, 256));
+    assert_string_equal(mopt_tokenizer_token_str(tg, 257), "[PAD257]");
+    assert_string_equal(mopt_tokenizer_token_str(tg, 299), "[PAD299]");
+    const double d = test_max_logit_diff(m, g);
+    fprintf(stderr, "GGUF with a padded token list vs the checkpoint: max |logit diff| %.3g\n", d);
+    assert_true(d < 1e-5); /* the same f32 weights; GGUF's interleaved RoPE rows only reorder sums */
+    mopt_model_free(m), mopt_model_free(g);
+}
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_presets_have_the_published_parameter_counts),
         cmocka_unit_test(test_a_small_llama_loads_runs_at_unit_scale_and_repeats_by_seed),
         cmocka_unit_test(test_gpt2_takes_a_fixture_tokenizer_and_runs),
+        cmocka_unit_test(test_gguf_export_pads_a_short_tokenizer_to_the_vocabulary),
         cmocka_unit_test(test_synth_refuses_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,6 +15,10 @@
  * zero-point z (U8 [out, n_groups]); symmetric formats store no zeros and use
  * z = 2^(b-1). The weight is w = (q - z) * s. With act-order, g_idx (I32 [in])
  * gives each column's group instead of column / group_size.
+ * On the CPU, 4- and 8-bit rows of whole groups of whole blocks (every real
+ * model's; not act-order) run against activations quantized to int8 per 32
+ * values at run time (scale max|x| / 127 per block, llama.cpp's Q8_0), with
+ * every block's dot product in integers; other rows run in fp32.
  *
  * MOPT_DTYPE_W8A8: int8 [out, in] weights, F32 per-row scale [out]:
  * w = q * s. Activations are quantized per token at run time, x = qx * sx

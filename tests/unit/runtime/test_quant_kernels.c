@@ -83,11 +83,28 @@ static void test_bad_packing_is_refused(void **s) {
     CHECK_ERR(err, MOPT_E_INVALID, "exceeds 15");
 }
 
+/* x rounded to int8 per 32 values as the 4-bit decode kernels take it: scale
+ * d = max|x| / 127 (1 for an all-zero block), levels round(x / d) to nearest
+ * even, each level times d back in float. */
+static float *q8_blocks(const float *x, int64_t n) {
+    float *r = malloc((size_t)n * sizeof *r);
+    for (int64_t b = 0; b < n; b += 32) {
+        float mx = 0;
+        for (int i = 0; i < 32; i++) mx = fmaxf(mx, fabsf(x[b + i]));
+        const float d = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / d;
+        for (int i = 0; i < 32; i++) r[b + i] = rintf(fmaxf(-127.0f, fminf(127.0f, x[b + i] * inv))) * d;
+    }
+    return r;
+}
+
+/* Every bit width, group size and shape against float64; 4- and 8-bit rows that are
+ * whole groups of whole blocks against x as int8 per 32 values (llama.cpp's Q8_0
+ * activations), and within that rounding's bound of the float result. */
 static void test_qint_linear_matches_float64(void **s) {
     const int bits[] = {2, 3, 4, 8};
     const int64_t ins[] = {32, 96, 172, 256, 300};
     const int32_t groups[] = {32, 64, 128, -1};
-    const int Ts[] = {1, 2, 5};
+    const int Ts[] = {1, 2, 5, 19}; /* decode (up to 8 tokens) and prefill */
     for (int bi = 0; bi < 4; bi++)
         for (int ii = 0; ii < 5; ii++)
             for (int gi = 0; gi < 4; gi++)
@@ -105,11 +122,15 @@ static void test_qint_linear_matches_float64(void **s) {
                     mopt_error err = {0};
                     mopt_tensor *w = mopt_qint_pack("w", out, in, bits[bi], gs, q, sc, sym ? NULL : z, NULL, &err);
                     assert_non_null(w);
-                    for (int ti = 0; ti < 3; ti++) {
+                    for (int ti = 0; ti < 4; ti++) {
                         int T = Ts[ti];
                         float *x = malloc((size_t)(T * in) * sizeof *x);
                         double *ref = malloc((size_t)(T * out) * sizeof *ref);
                         for (int64_t i = 0; i < T * in; i++) x[i] = frand();
+                        /* 4- and 8-bit rows of whole groups of whole blocks run against x as int8 per 32 values */
+                        const int a8 = (bits[bi] == 4 || bits[bi] == 8) && in % 32 == 0 && in % (gs > 0 ? gs : in) == 0;
+                        float *xa = a8 ? q8_blocks(x, T * in) : x;
+                        double *bound = calloc((size_t)(T * out), sizeof *bound);
                         for (int t = 0; t < T; t++)
                             for (int64_t o = 0; o < out; o++) {
                                 double acc = 0;
@@ -117,13 +138,32 @@ static void test_qint_linear_matches_float64(void **s) {
                                     int64_t g = gs > 0 ? c / gs : 0;
                                     double zz = sym ? (double)(1 << (bits[bi] - 1)) : z[o * ng + g];
                                     double ss = mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + g]));
-                                    acc += ((double)q[o * in + c] - zz) * ss * x[t * in + c];
+                                    acc += ((double)q[o * in + c] - zz) * ss * xa[t * in + c];
+                                    bound[t * out + o] += fabs(((double)q[o * in + c] - zz) * ss * (xa[t * in + c] - x[t * in + c]));
                                 }
                                 ref[t * out + o] = acc;
                             }
                         char what[64];
                         snprintf(what, sizeof what, "int%d g%d %s in=%lld", bits[bi], gs, sym ? "sym" : "asym", (long long)in);
                         check_linear(w, x, T, ref, 1e-4, what);
+                        if (a8) { /* and the int8 rounding of x moves y by no more than its own size */
+                            float *y = malloc((size_t)(T * out) * sizeof *y);
+                            mopt_error err = {0};
+                            assert_int_equal(mopt_cpu_linear_once(2, NULL, w, NULL, x, T, y, &err), MOPT_OK);
+                            for (int t = 0; t < T; t++)
+                                for (int64_t o = 0; o < out; o++) {
+                                    double exact = 0;
+                                    for (int64_t c = 0; c < in; c++) {
+                                        int64_t g = gs > 0 ? c / gs : 0;
+                                        double zz = sym ? (double)(1 << (bits[bi] - 1)) : z[o * ng + g];
+                                        exact += ((double)q[o * in + c] - zz) * mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + g])) * x[t * in + c];
+                                    }
+                                    assert_true(fabs(y[t * out + o] - exact) <= bound[t * out + o] + 1e-4 * (1 + fabs(exact)));
+                                }
+                            free(y);
+                            free(xa);
+                        }
+                        free(bound);
                         free(x);
                         free(ref);
                     }
@@ -172,7 +212,8 @@ static void test_w8a8_linear_matches_int_reference(void **s) {
         mopt_error err = {0};
         mopt_tensor *w = mopt_w8a8_pack("w", out, in, q, sc, &err);
         assert_non_null(w);
-        for (int T = 1; T <= 4; T += 3) {
+        for (int ti = 0; ti < 3; ti++) {
+            const int T = (int[]){1, 4, 13}[ti]; /* decode, and prefill's integer GEMM where in is whole blocks */
             float *x = malloc((size_t)(T * in) * sizeof *x);
             double *ref = malloc((size_t)(T * out) * sizeof *ref);
             for (int64_t i = 0; i < T * in; i++) x[i] = 3 * frand();

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# mopt against llama.cpp on the same GGUF files, same threads, runs interleaved.
+#
+#   LLAMA_CPP_BIN=/path/to/llama.cpp/build/bin bench/vs_llamacpp.sh MODEL [WORKDIR]
+#
+# MODEL is any model mopt loads (e.g. `mopt synth --shape llama-1b -o DIR`).
+# mopt exports it to GGUF as F16, Q8_0 and Q4_0 (into WORKDIR, default
+# /tmp/mopt-vs-llamacpp), then REPS times runs llama-bench and `mopt bench` on
+# each file one after the other, so both see the same machine state. It also
+# times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
+# to llama.cpp's Q8_0 / Q4_0. Prints one table of medians: prefill and decode
+# tok/s, mopt / llama.cpp, and the fraction of the read bandwidth mopt measured
+# in the same run.
+#
+# Environment: LLAMA_CPP_BIN (required: the folder holding llama-bench),
+# MOPT (default build/bin/mopt), THREADS (2), PROMPT (512), GEN (32), REPS (3).
+set -euo pipefail
+
+usage() { echo "usage: LLAMA_CPP_BIN=DIR $0 MODEL [WORKDIR]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+MODEL=$1
+WORK=${2:-/tmp/mopt-vs-llamacpp}
+MOPT=${MOPT:-build/bin/mopt}
+THREADS=${THREADS:-2}
+PROMPT=${PROMPT:-512}
+GEN=${GEN:-32}
+REPS=${REPS:-3}
+[ -n "${LLAMA_CPP_BIN:-}" ] && [ -x "$LLAMA_CPP_BIN/llama-bench" ] ||
+  { echo "vs_llamacpp: set LLAMA_CPP_BIN to the folder holding llama-bench" >&2; exit 2; }
+[ -x "$MOPT" ] || { echo "vs_llamacpp: $MOPT not found (build mopt, or set MOPT)" >&2; exit 2; }
+command -v python3 >/dev/null || { echo "vs_llamacpp: python3 is needed to read the JSON results" >&2; exit 2; }
+mkdir -p "$WORK/runs"
+
+for t in f16 q8_0 q4_0; do
+  f="$WORK/model-$t.gguf"
+  [ -s "$f" ] || "$MOPT" export "$MODEL" --format gguf --type "$t" -o "$f" >/dev/null
+done
+
+# name | GGUF file for llama.cpp | what mopt runs | mopt --pipeline (or none)
+ROWS=(
+  "F16|model-f16.gguf|$WORK/model-f16.gguf|"
+  "Q8_0|model-q8_0.gguf|$WORK/model-q8_0.gguf|"
+  "Q4_0|model-q4_0.gguf|$WORK/model-q4_0.gguf|"
+  "mopt int8 per row vs Q8_0|model-q8_0.gguf|$MODEL|quant.rtn<bits=8;group_size=-1;sym=true>"
+  "mopt int4 g128 vs Q4_0|model-q4_0.gguf|$MODEL|quant.rtn<bits=4;group_size=128>"
+)
+
+for r in $(seq 1 "$REPS"); do
+  for i in "${!ROWS[@]}"; do
+    IFS='|' read -r name gguf what pipe <<<"${ROWS[$i]}"
+    echo "round $r/$REPS: $name" >&2
+    if [ ! -s "$WORK/runs/llama-$gguf-$r.json" ]; then
+      "$LLAMA_CPP_BIN/llama-bench" -m "$WORK/$gguf" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r 1 -o json \
+        >"$WORK/runs/llama-$gguf-$r.json" 2>/dev/null
+    fi
+    args=(bench "$what" --threads "$THREADS" --prompt-len "$PROMPT" --gen "$GEN" --runs 1 --warmup 1 --quiet
+          --json "$WORK/runs/mopt-$i-$r.json")
+    [ -n "$pipe" ] && args+=(--pipeline "$pipe")
+    "$MOPT" "${args[@]}" >/dev/null
+  done
+done
+
+python3 - "$WORK/runs" "$REPS" "$THREADS" "$PROMPT" "$GEN" "${ROWS[@]}" <<'EOF'
+import json, statistics, sys
+runs, reps, threads, prompt, gen = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+rows = [r.split("|") for r in sys.argv[6:]]
+med = statistics.median
+
+def llama(gguf):
+    pp, tg = [], []
+    for r in range(1, reps + 1):
+        for e in json.load(open(f"{runs}/llama-{gguf}-{r}.json")):
+            (pp if e["n_prompt"] > 0 and e["n_gen"] == 0 else tg).append(e["avg_ts"])
+    return med(pp), med(tg)
+
+def mopt(i):
+    d = [json.load(open(f"{runs}/mopt-{i}-{r}.json")) for r in range(1, reps + 1)]
+    return (med(x["prefill_tok_s"] for x in d), med(x["decode_tok_s"] for x in d),
+            med(x["decode_bandwidth_fraction"] for x in d), med(x["read_gb_s"] for x in d))
+
+print(f"{threads} threads, prompt {prompt}, {gen} generated, medians of {reps} interleaved runs\n")
+print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth |")
+print("|---|---|---|---|---|---|---|---|")
+for i, (name, gguf, _, _) in enumerate(rows):
+    lpp, ltg = llama(gguf)
+    mpp, mtg, frac, bw = mopt(i)
+    print(f"| {name} | {lpp:.1f} | {mpp:.1f} | {mpp / lpp:.2f}x | {ltg:.2f} | {mtg:.2f} | {mtg / ltg:.2f}x | {100 * frac:.0f}% of {bw:.1f} GB/s |")
+EOF
