@@ -123,12 +123,24 @@ static float bias_at(const mopt_tensor *b, int64_t o) {
     }
 }
 
+/* int4 kept values: QINT 4-bit blocks of 32, unpacked and scaled in vectors; a group of gs inputs holds gs/2 of them */
+static void sp24_i4_values(const cpu_ctx *c, const mopt_tensor *w, const uint8_t *row, int64_t o, float *dst) {
+    const int64_t n = w->ne[0] / 2, ng = w->quant->scale->ne[0], per = w->quant->group_size > 0 ? w->quant->group_size / 2 : n;
+    const uint16_t *sc = (const uint16_t *)w->quant->scale->data + o * ng;
+    uint8_t lv[32];
+    for (int64_t k = 0; k < n; k += 32) {
+        c->k->unpack_q4(row + k / 2, 1, lv);
+        c->k->dequant_u8(lv, 32, 8.0f, mopt_f16_to_f32(sc[k / per]), dst + k);
+    }
+}
+
 /* The kept values of 2:4 row o as fp32: in place for f32, else widened into dst[in/2]. */
 static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t o, float *dst) {
     const void *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
     const int64_t n = w->ne[0] / 2;
     if (w->quant->flags & MOPT_QUANT_VALUES_F32) return row;
-    if (w->quant->flags & MOPT_QUANT_VALUES_I8) mopt_sp24_values_f32(w, o, dst); /* level x the row's scale */
+    if (w->quant->flags & MOPT_QUANT_VALUES_I4) sp24_i4_values(c, w, row, o, dst);
+    else if (w->quant->flags & MOPT_QUANT_VALUES_I8) mopt_sp24_values_f32(w, o, dst); /* level x the row's scale */
     else if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
     else c->k->cvt_f16(row, dst, n);
     return dst;
@@ -243,6 +255,16 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
                 }
                 j->y[(size_t)t * j->y_stride + o] = acc + bias_at(j->b, o);
             }
+        }
+        return;
+    }
+    if (w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I4)) { /* int4 2:4: the kernel reads the row in place */
+        const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : j->in;
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1], *pos = mopt_sp24_positions(w, o);
+            const uint16_t *sc = (const uint16_t *)w->quant->scale->data + o * ng;
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = k->dot_sp24_i4(row, sc, gs, pos, j->x + (size_t)t * j->x_stride, j->in) + bias_at(j->b, o);
         }
         return;
     }

@@ -64,6 +64,9 @@ typedef struct mopt_kernels {
      * with x holding int8 levels as floats every product and partial sum is an
      * integer, exact while |sum| < 2^24 */
     float (*dot_sp24_i8)(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
+    /* the same with int4 kept values read in place (SP24 with MOPT_QUANT_VALUES_I4: QINT 4-bit blocks of 32 kept
+     * values, level - 8) and scaled per group of gs inputs by the f16 scales; n and gs multiples of 64 */
+    float (*dot_sp24_i4)(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */
@@ -75,6 +78,7 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
+float mopt_dot_sp24_i4_avx2(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
 /* The AVX2 integer GEMVs and GEMMs, which the AVX-512 set shares. */
 void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);

@@ -72,4 +72,5 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_sp24 = mopt_dot_sp24_avx2,
     .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
     .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
+    .dot_sp24_i4 = mopt_dot_sp24_i4_avx2,
 };

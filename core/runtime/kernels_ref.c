@@ -200,6 +200,23 @@ static float dot_sp24_i8(const int8_t *vals, const uint8_t *pos, const float *x,
     return s;
 }
 
+static float dot_sp24_i4(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t g0 = 0; g0 < n; g0 += gs) {
+        float a = 0;
+        for (int64_t g = g0 / 4; g < (g0 + gs) / 4 && g < n / 4; g++) {
+            const int nib = pos[g / 2] >> (4 * (g % 2)) & 15;
+            for (int h = 0; h < 2; h++) { /* kept value k: block k / 32, byte k % 16, high nibble for k % 32 >= 16 */
+                const int64_t k = 2 * g + h;
+                const uint8_t b = vals[k / 32 * 16 + k % 16];
+                a += (float)((k % 32 >= 16 ? b >> 4 : b & 15) - 8) * x[4 * g + (h ? nib >> 2 : nib & 3)];
+            }
+        }
+        s += a * mopt_f16_to_f32(scales[g0 / gs]);
+    }
+    return s;
+}
+
 const mopt_kernels mopt_kernels_ref = {
     .name = "ref",
     .dot_f32 = dot_f32,
@@ -221,4 +238,5 @@ const mopt_kernels mopt_kernels_ref = {
     .dot_sp24 = dot_sp24,
     .dot_sp24_bf16 = dot_sp24_bf16,
     .dot_sp24_i8 = dot_sp24_i8,
+    .dot_sp24_i4 = dot_sp24_i4,
 };

@@ -103,6 +103,46 @@ static void test_sp24_dot_matches_float64_on_every_position_pair(void **s) {
     }
 }
 
+/* The int4 2:4 kernel reads the packed row in place (kept value k in byte k / 32 * 16 + k % 16, the high nibble
+ * for k % 32 >= 16, level - 8) and scales each group of gs inputs: against a float64 sum written from the layout,
+ * for groups of 64, 128 and the whole row, every level 0..15 and every position pair. */
+static void test_sp24_int4_dot_matches_float64(void **s) {
+    static const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
+    static const int64_t widths[] = {64, 256, 768, 1024};
+    static const int64_t groups[] = {64, 128, -1};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++)
+            for (size_t gi = 0; gi < 3; gi++) {
+                const int64_t n = widths[wi], gs = groups[gi] > 0 ? groups[gi] : n;
+                if (n % gs) continue;
+                uint8_t *v = calloc((size_t)n / 4, 1), *pos = calloc((size_t)n / 8, 1);
+                uint16_t *sc = malloc((size_t)(n / gs) * 2);
+                float *x = malloc((size_t)n * 4);
+                for (int64_t i = 0; i < n; i++) x[i] = frand();
+                for (int64_t g = 0; g < n / gs; g++) sc[g] = mopt_f32_to_f16(0.01f + 0.02f * (float)g);
+                double ref = 0, mag = 0;
+                for (int64_t g = 0; g < n / 4; g++) {
+                    const int *p = pairs[(g * 5 + wi + gi) % 6];
+                    pos[g / 2] |= (uint8_t)((p[0] | p[1] << 2) << (4 * (g % 2)));
+                    for (int j = 0; j < 2; j++) {
+                        const int64_t kk = 2 * g + j;
+                        const int u = (int)((kk * 7 + wi) % 16);
+                        v[kk / 32 * 16 + kk % 16] |= (uint8_t)(u << (kk % 32 >= 16 ? 4 : 0));
+                        const double w = (double)(u - 8) * mopt_f16_to_f32(sc[4 * g / gs]);
+                        ref += w * x[4 * g + p[j]];
+                        mag += fabs(w * x[4 * g + p[j]]);
+                    }
+                }
+                const double got = sets[k]->dot_sp24_i4(v, sc, gs, pos, x, n);
+                if (fabs(got - ref) > 1e-6 + (double)n * 6e-8 * mag)
+                    fprintf(stderr, "%s dot_sp24_i4 n=%lld gs=%lld: %.9g vs %.9g\n", sets[k]->name, (long long)n, (long long)gs, got, ref);
+                assert_true(fabs(got - ref) <= 1e-6 + (double)n * 6e-8 * mag);
+                free(v), free(pos), free(sc), free(x);
+            }
+    }
+}
+
 static void test_half_conversions_follow_ieee(void **s) {
     /* exact values */
     assert_true(mopt_f16_to_f32(0x3c00) == 1.0f);
@@ -142,6 +182,7 @@ int main(void) {
         cmocka_unit_test(test_dot_kernels_match_float64_reference),
         cmocka_unit_test(test_half_conversions_follow_ieee),
         cmocka_unit_test(test_sp24_dot_matches_float64_on_every_position_pair),
+        cmocka_unit_test(test_sp24_int4_dot_matches_float64),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
