@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "mopt/quant.h"
 #include "mopt/tensor.h"
 
 static inline __m512 load_bf16(const uint16_t *p) {
@@ -10,6 +11,13 @@ static inline __m512 load_bf16(const uint16_t *p) {
 }
 
 static inline __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* 16 E4M3 bytes as f16 (value x 2^-8; NaN for 0x7f / 0xff), widened */
+static inline __m512 load_e4m3(const uint8_t *p) {
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), mag = _mm256_and_si256(b, _mm256_set1_epi16(0x7f));
+    const __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7), _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8));
+    return _mm512_cvtph_ps(_mm256_blendv_epi8(h, _mm256_set1_epi16(0x7e00), _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7f))));
+}
 
 /* Tails use masked loads so every length runs in vector code. */
 static inline __mmask16 tail_mask(int64_t r) { return (__mmask16)((1u << r) - 1u); }
@@ -142,6 +150,9 @@ const mopt_kernels mopt_kernels_avx512 = {
     .cvt_f16 = cvt_f16,
     .cvt_bf16 = cvt_bf16,
     .dequant_u8 = dequant_u8,
+    .dequant_e4m3 = dequant_e4m3,
+    .dot_e4m3 = dot_e4m3,
+    .round_e4m3 = mopt_round_e4m3_avx2,
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,

@@ -1,5 +1,6 @@
 /* Scalar kernels: the portable fallback and the oracle for the SIMD sets. */
 #include "kernels.h"
+#include "mopt/quant.h"
 #include "mopt/tensor.h"
 
 static float dot_f32(const float *w, const float *x, int64_t n) {
@@ -59,6 +60,20 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 
 static void dequant_u8(const uint8_t *lv, int64_t n, float z, float s, float *dst) {
     for (int64_t i = 0; i < n; i++) dst[i] = ((float)lv[i] - z) * s;
+}
+
+static void dequant_e4m3(const uint8_t *q, int64_t n, float s, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = mopt_e4m3_to_f32(q[i]) * s;
+}
+
+static float dot_e4m3(const uint8_t *q, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += mopt_e4m3_to_f32(q[i]) * x[i];
+    return s;
+}
+
+static void round_e4m3(const float *x, int64_t n, float s, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[i] / s)) * s;
 }
 
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
@@ -225,6 +240,9 @@ const mopt_kernels mopt_kernels_ref = {
     .cvt_f16 = cvt_f16,
     .cvt_bf16 = cvt_bf16,
     .dequant_u8 = dequant_u8,
+    .dequant_e4m3 = dequant_e4m3,
+    .dot_e4m3 = dot_e4m3,
+    .round_e4m3 = round_e4m3,
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
