@@ -389,6 +389,14 @@ static double decode_rel_diff(mopt_model *a, mopt_model *b) {
     return d / mag;
 }
 
+/* a's and b's logits in decode (decode_rel_diff) and prefill (absolute) within tol; what names the pair. */
+static void expect_same_logits(mopt_model *a, mopt_model *b, double tol, const char *what) {
+    const double dec = decode_rel_diff(a, b), pre = test_max_logit_diff(a, b);
+    fprintf(stderr, "%s: decode %.3g relative, prefill %.3g absolute\n", what, dec, pre);
+    assert_true(dec <= tol);
+    assert_true(pre <= tol);
+}
+
 /* pack=true stores 2:4 linears as kept values + 2-bit positions: 0.5625x the
  * bf16 bytes, and the sparse kernels give the logits of the dense masked weights. */
 static void test_packed_2_4_is_smaller_and_runs_like_the_masked_weights(void **s) {
@@ -410,10 +418,7 @@ static void test_packed_2_4_is_smaller_and_runs_like_the_masked_weights(void **s
     fprintf(stderr, "2:4 packed bf16 linears: %lld of %lld dense bytes (%.4f)\n", (long long)bytes_packed, (long long)bytes_dense,
             (double)bytes_packed / (double)bytes_dense);
     assert_true((double)bytes_packed <= 0.57 * (double)bytes_dense);
-    const double dec = decode_rel_diff(dense, packed), pre = test_max_logit_diff(dense, packed);
-    fprintf(stderr, "2:4 packed vs dense masked logits: decode %.3g relative, prefill %.3g absolute\n", dec, pre);
-    assert_true(dec <= 1e-4);
-    assert_true(pre <= 1e-4);
+    expect_same_logits(dense, packed, 1e-4, "2:4 packed vs dense masked logits");
     /* a dense export decodes the packed rows: the checkpoint is the masked model */
     char dir[1024], text[1400];
     test_tmpdir(dir, sizeof dir, "prune-packed");
@@ -514,10 +519,7 @@ static void test_packed_2_4_int4_holds_rtn_levels_and_runs_like_their_dense_weig
     fprintf(stderr, "2:4 int4 linears: %lld levels checked, %lld bytes, %.4f of bf16\n", (long long)levels, (long long)bytes_packed,
             (double)bytes_packed / (double)bytes_bf16);
     assert_true((double)bytes_packed <= 0.2 * (double)bytes_bf16);
-    const double dec = decode_rel_diff(same, packed), pre = test_max_logit_diff(same, packed);
-    fprintf(stderr, "2:4 int4 vs dense f32 weights with the same values: decode %.3g relative, prefill %.3g absolute\n", dec, pre);
-    assert_true(dec <= 1e-4);
-    assert_true(pre <= 1e-4);
+    expect_same_logits(same, packed, 1e-4, "2:4 int4 vs dense f32 weights with the same values");
     mopt_model_free(masked);
     mopt_model_free(packed);
     mopt_model_free(same);

@@ -137,6 +137,17 @@ static void poke_tensor_byte(const char *file, const char *name, size_t offset, 
     free(d);
 }
 
+/* lit-llama-7m through `pipeline`, exported as Hugging Face (auto format) to a new folder named after tag: out. */
+static void export_lit_llama(const char *pipeline, const char *tag, char *out, size_t cap) {
+    char dir[1024], text[2400];
+    test_tmpdir(dir, sizeof dir, tag);
+    snprintf(out, cap, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "%s,export.hf<out=%s>", pipeline, out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+}
+
 static void test_compressed_tensors_sparse_24_bitmask(void **s) {
     /* packed 2:4 weights export as sparse-24-bitmask and load back into the same packed weights */
     exact_roundtrip("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true>", "compressed-tensors", "ct-24", 1);
@@ -149,13 +160,8 @@ static void test_compressed_tensors_sparse_24_bitmask(void **s) {
      * the attention output can flip a per-token int8 level of o_proj's input, hence a looser logit bound (measured 0.017) */
     roundtrip_tol("models/stories260K/stories260K.bin", "prune.magnitude<pattern=2:4;pack=true;values=int8;exclude=*mlp*>",
                   "compressed-tensors", "l2c-24-i8", 1, 0.05);
-    char dir[1024], out[1100], text[2400], file[1200];
-    test_tmpdir(dir, sizeof dir, "ct-24-bad");
-    snprintf(out, sizeof out, "%s/q", dir);
-    mopt_model *m = test_load_model("models/lit-llama-7m");
-    snprintf(text, sizeof text, "prune.magnitude<pattern=2:4;pack=true>,export.hf<out=%s>", out);
-    mopt_report_free(test_run_pipeline(m, text));
-    mopt_model_free(m);
+    char out[1100], file[1200];
+    export_lit_llama("prune.magnitude<pattern=2:4;pack=true>", "ct-24-bad", out, sizeof out);
     mopt_error err = {0};
     mopt_model *back = mopt_model_load(out, NULL, &err);
     assert_non_null(back);
@@ -184,13 +190,8 @@ static void test_compressed_tensors_sparse_24_bitmask(void **s) {
  * encoding and a marlin-24 config of another width are refused. */
 static void test_compressed_tensors_marlin_24(void **s) {
     exact_roundtrip("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true;values=int4>", "compressed-tensors", "ct-m24", 1);
-    char dir[1024], out[1100], text[2400], file[1200], path[1200];
-    test_tmpdir(dir, sizeof dir, "ct-m24-bad");
-    snprintf(out, sizeof out, "%s/q", dir);
-    mopt_model *m = test_load_model("models/lit-llama-7m");
-    snprintf(text, sizeof text, "prune.magnitude<pattern=2:4;pack=true;values=int4>,export.hf<out=%s>", out);
-    mopt_report_free(test_run_pipeline(m, text));
-    mopt_model_free(m);
+    char out[1100], file[1200], path[1200];
+    export_lit_llama("prune.magnitude<pattern=2:4;pack=true;values=int4>", "ct-m24-bad", out, sizeof out);
     mopt_error err = {0};
     mopt_model *back = mopt_model_load(out, NULL, &err);
     assert_non_null(back);
