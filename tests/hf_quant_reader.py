@@ -2,7 +2,8 @@
 """An independent reader of quantized Hugging Face checkpoints, written from the
 published layouts (AutoAWQ WQLinear_GEMM, AutoGPTQ qlinear pack (v1 zeros),
 compressed-tensors pack_to_int32 / int- and float-quantized / sparse-24-bitmask
-(numpy.packbits little-endian bitmasks), ModelOpt's
+(numpy.packbits little-endian bitmasks) / marlin-24 (Marlin24Compressor with
+sparse_semi_structured_from_dense_cutlass and get_permutations_24), ModelOpt's
 pack_int4_in_uint8 for W4A16_AWQ), not from mopt's
 code. Python standard library only.
 
@@ -16,7 +17,7 @@ import struct
 import sys
 from pathlib import Path
 
-SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1}
+SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4, "I16": 2, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1}
 
 
 def e4m3(b):
@@ -39,6 +40,8 @@ def decode(dtype, raw):
         return [struct.unpack("<f", b"\0\0" + raw[2 * i:2 * i + 2])[0] for i in range(n)]
     if dtype == "I32":
         return list(struct.unpack(f"<{n}I", raw))  # packed words: unsigned
+    if dtype == "I16":
+        return list(struct.unpack(f"<{n}H", raw))  # metadata bits: unsigned
     if dtype == "I64":
         return list(struct.unpack(f"<{n}q", raw))
     if dtype == "I8":
@@ -165,6 +168,75 @@ def sparse24(t, p, qc):
     return w
 
 
+def marlin24_weight_perm():
+    """get_permutations_24(4)[0]: position p of every 1024 packed values holds perm[p] of the tiled order."""
+    perm = []
+    for i in range(32):
+        perm1 = []
+        col, col_o = i // 4, i // 8
+        for block in (0, 1):
+            for row in (2 * (i % 4), 2 * (i % 4) + 1, 2 * (i % 4 + 4), 2 * (i % 4 + 4) + 1):
+                perm1.append(16 * row + col_o * 256 + 8 * (col % 2) + 4 * block)
+        for j in range(4):
+            perm.extend(x + j for x in perm1)
+    interleave = (0, 2, 4, 6, 1, 3, 5, 7)
+    return [perm[c * 8 + interleave[k]] for c in range(len(perm) // 8) for k in range(8)]
+
+
+def cutlass_meta_offsets(m, ncols):
+    """_calculate_meta_reordering_scatter_offsets for int16 metadata: element (r, c) of [m, ncols] goes to the offset."""
+    offs = {}
+    for r0 in range(m):
+        for c0 in range(ncols):
+            r = r0 // 64 * 64 + (r0 % 2) * 2 + (r0 % 8) // 4 + ((r0 % 32) % 4) // 2 * 32 + ((r0 % 64) // 8) * 4
+            c = c0
+            topright = 1 if (r % 2 == 0 and c % 2 == 1) else 0
+            bottomleft = 1 if (r % 2 == 1 and c % 2 == 0) else 0
+            r, c = r + topright - bottomleft, c - (topright - bottomleft)
+            offs[(r0, c0)] = (c // 2) * m * 2 + r * 2 + c % 2
+    return offs
+
+
+def marlin24(t, p, qc):
+    grp = next(iter(qc["config_groups"].values()))["weights"]
+    _, (n, k) = t[p + ".weight_shape"]
+    (rows, cols), wp = t[p + ".weight_packed"]  # [k/32, 2n]: eight 4-bit values per word, value 8j + i at bits 4i
+    _, meta = t[p + ".meta"]
+    (ng, _), sc = t[p + ".scale_packed"]
+    gs = grp["group_size"] or k
+    vals = [(wp[r * cols + j] >> (4 * i)) & 15 for r in range(rows) for j in range(cols) for i in range(8)]
+    perm = marlin24_weight_perm()
+    tiled = [0] * len(vals)
+    for c in range(len(vals) // 1024):  # undo q_w[:, perm]
+        for q in range(1024):
+            tiled[c * 1024 + perm[q]] = vals[c * 1024 + q]
+    comp = [[0] * (k // 2) for _ in range(n)]  # [n, k/2] signed levels, as compressed
+    width = 16 * n
+    for a in range(k // 32):  # undo the 16 x 16 tiling of the transposed [k/2, n] values
+        for b in range(16):
+            for c in range(n // 16):
+                for d in range(16):
+                    comp[c * 16 + d][a * 16 + b] = tiled[a * width + c * 256 + b * 16 + d] - 8
+    offs = cutlass_meta_offsets(n, k // 16)
+    scales = list(sc)
+    if ng > 1:  # scale_perm_2_4: position q of every 64 holds scale_perm[q]
+        sperm = [i * 8 + j for i in range(8) for j in (0, 4, 1, 5, 2, 6, 3, 7)]
+        for c in range(len(sc) // 64):
+            for q in range(64):
+                scales[c * 64 + sperm[q]] = sc[c * 64 + q]
+    w = [[0.0] * k for _ in range(n)]
+    for r in range(n):
+        for g in range(k // 4):
+            nib = (meta[offs[(r, g // 4)]] >> (4 * (g % 4))) & 15
+            i0, i1 = nib & 3, nib >> 2
+            if i0 >= i1:
+                raise ValueError(f"{p}: metadata of row {r}, group {g} is not a 2:4 pair")
+            s = scales[(4 * g // gs) * n + r]
+            w[r][4 * g + i0] = comp[r][2 * g] * s
+            w[r][4 * g + i1] = comp[r][2 * g + 1] * s
+    return w
+
+
 def main():
     qdir, ddir = sys.argv[1], sys.argv[2]
     qc = json.loads((Path(qdir) / "config.json").read_text())["quantization_config"]
@@ -176,6 +248,8 @@ def main():
         marker, fn = ".qweight", gptq
     elif method == "modelopt":
         marker, fn = ".weight_scale", modelopt_int4 if qc["quant_algo"] == "W4A16_AWQ" else ct_8bit
+    elif qc.get("format") == "marlin-24":
+        marker, fn = ".weight_packed", marlin24
     elif (qc.get("sparsity_config") or {}).get("format") == "sparse-24-bitmask":
         marker, fn = ".compressed", sparse24
     elif qc["format"] == "pack-quantized":

@@ -15,6 +15,7 @@
  *         int-quantized: weight I8 [out, in], weight_scale [out, 1]
  *         float-quantized: weight F8_E4M3 [out, in], weight_scale [out, 1] | [1],
  *         input_scale [1] when activations are static.
+ *         marlin-24: weight_packed I32, meta I16, scale_packed F16, weight_shape (marlin24.c)
  *   ModelOpt unified (quant_method "modelopt" or hf_quant_config.json):
  *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
  *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
@@ -42,6 +43,7 @@ typedef struct hfq_cfg {
     int int_act_dynamic;      /* CT int-quantized: per-token dynamic activations */
     int sparse24;             /* CT sparsity_config sparse-24-bitmask (float values, or int8 with sparse24_int8) */
     int sparse24_int8;        /* ... whose values are W8A8's int8 weights (a scale per row or one) */
+    int marlin24;             /* CT format marlin-24: 2:4 with int4 values (W4A16) */
     const char *file;
 } hfq_cfg;
 
@@ -445,6 +447,15 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
         c->int_act_dynamic = per_token;
         c->fp8_act = per_token ? MOPT_QUANT_ACT_PER_TOKEN : MOPT_QUANT_ACT_STATIC;
     }
+    if (fmt && !strcmp(fmt, "marlin-24")) { /* what the Marlin24Compressor accepts */
+        if (bits != 4 || !int_weights || !sym || json_is_object(acts) || !strategy || !strcmp(strategy, "tensor") || (gs > 0 && gs != 128))
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                             "%s: marlin-24 is read for symmetric int4 weights in groups of 128 or per channel, without activation "
+                             "quantization (W4A16)",
+                             c->file);
+        c->marlin24 = 1;
+        return MOPT_OK;
+    }
     if (c->sparse24) { /* quantized 2:4: what vLLM's CUTLASS 2:4 kernels run, W8A8 int8 */
         if (bits != 8 || !int_weights || !sym || !channel_or_tensor || !c->int_act_dynamic)
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
@@ -459,7 +470,7 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     if (fmt && strcmp(fmt, "pack-quantized") && strcmp(fmt, "int-quantized") && strcmp(fmt, "float-quantized") &&
         strcmp(fmt, "naive-quantized"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                         "%s: compressed-tensors format \"%s\" is not supported (pack-quantized, int-quantized, float-quantized)",
+                         "%s: compressed-tensors format \"%s\" is not supported (pack-quantized, int-quantized, float-quantized, marlin-24)",
                          c->file, fmt);
     return MOPT_OK;
 }
@@ -620,9 +631,30 @@ static mopt_tensor *ct_sparse24_linear(mopt_graph *g, const char *p, int int8, m
     return t;
 }
 
+/* marlin-24 (layout in marlin24.c) */
+static mopt_tensor *ct_marlin24_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
+    const mopt_tensor *shp = part(g, p, "weight_shape"), *qw = part(g, p, "weight_packed"), *meta = part(g, p, "meta"),
+                      *sc = part(g, p, "scale_packed");
+    if (need(shp, p, "weight_shape", MOPT_DTYPE_I64, 2, -1, err)) return NULL;
+    int64_t d[2];
+    memcpy(d, shp->data, sizeof d);
+    const int64_t n = d[0], k = d[1], gs = c->group_size > 0 ? c->group_size : k;
+    if (n <= 0 || k <= 0 || n % 64 || k % 128 || n > (1 << 24) || k > (1 << 24)) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_shape [%lld, %lld]: marlin-24 needs outputs divisible by 64 and inputs by 128", p,
+                  (long long)n, (long long)k);
+        return NULL;
+    }
+    if (need(qw, p, "weight_packed", MOPT_DTYPE_I32, k / 32, 2 * n, err) || need(meta, p, "meta", MOPT_DTYPE_I16, k / 32, 2 * n, err) ||
+        need(sc, p, "scale_packed", MOPT_DTYPE_F16, k / gs, n, err))
+        return NULL;
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    return mopt_marlin24_read(name, n, k, c->group_size > 0 ? c->group_size : -1, qw->data, meta->data, sc->data, err);
+}
+
 static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale",
                                     "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight",
-                                    "compressed", "bitmask", "shape"};
+                                    "compressed", "bitmask", "shape", "meta", "scale_packed"};
 
 mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
     hfq_cfg c;
@@ -654,6 +686,7 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
         else if (w && w->dtype == MOPT_DTYPE_U8)
             st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ stores", pre[i]);
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
+        else if (c.method == HFQ_CT && c.marlin24) t = ct_marlin24_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);
         else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_packed is a compressed-tensors packed weight, but %s names another scheme", pre[i], config_path);
         if (!t) {

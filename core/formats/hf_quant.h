@@ -31,6 +31,15 @@ mopt_tq_algo mopt_tq_parse(const char *name);           /* MOPT_TQ_NONE when unk
  * graph, as the pre_quant_scale / prequant_scaling_factor mopt reads and writes. */
 mopt_status mopt_check_ones(const mopt_tensor *t, int64_t n, const char *prefix, const char *what, mopt_error *err);
 
+/* compressed-tensors marlin-24 (2:4 with int4 values; layout in marlin24.c):
+ * why a tensor cannot be written (NULL: it can), its four tensors added to l
+ * under prefix p (rows in perm's order, or as stored), and the packed weight
+ * read back from them. */
+const char *mopt_marlin24_refuses(const mopt_tensor *t);
+mopt_status mopt_marlin24_write(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err);
+mopt_tensor *mopt_marlin24_read(const char *name, int64_t n, int64_t k, int32_t group_size, const uint32_t *qw, const uint16_t *meta,
+                                const uint16_t *sc, mopt_error *err);
+
 /* config.json's quantization_config for a layout, and ModelOpt's file (JSON objects). */
 json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_scheme *s);
 json_t *mopt_hfq_modelopt_file(const mopt_graph *g, const mopt_quant_scheme *s);

@@ -42,7 +42,7 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
 const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
     if (!s->n_packed || f == MOPT_HF_DENSE) return NULL;
     if (s->dtype == MOPT_DTYPE_SP24)
-        return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask) or dense";
+        return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
                                      : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true) and FP8 with "
@@ -276,7 +276,7 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
 static mopt_status ct_sparse24(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err) {
     const int64_t out = t->ne[1], in = t->ne[0];
     const uint32_t f = t->quant->flags;
-    const size_t vrow = (size_t)in / 2 * mopt_sp24_value_bytes(f);
+    const size_t vrow = mopt_sp24_values_bytes(f, in);
     const char *dt = f & MOPT_QUANT_VALUES_F32 ? "F32" : f & MOPT_QUANT_VALUES_I8 ? "I8" : f & MOPT_QUANT_VALUES_BF16 ? "BF16" : "F16";
     uint8_t *vals = malloc((size_t)out * vrow + 1), *mask = malloc((size_t)(out * in / 8) + 1);
     int64_t *shape = malloc(2 * sizeof *shape);
@@ -321,6 +321,7 @@ static mopt_status ct_sparse24(mopt_st_list *l, const char *p, const mopt_tensor
 
 static mopt_status add_linear(mopt_st_list *l, const mopt_tensor *t, const char *p, mopt_hf_layout f, const int64_t *perm,
                               mopt_error *err) {
+    if (t->dtype == MOPT_DTYPE_SP24 && (t->quant->flags & MOPT_QUANT_VALUES_I4)) return mopt_marlin24_write(l, p, t, perm, err);
     if (t->dtype == MOPT_DTYPE_SP24) return ct_sparse24(l, p, t, perm, err);
     if (f == MOPT_HF_MODELOPT) return modelopt(l, p, t, perm, err);
     if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(l, p, t, perm, err);
@@ -414,16 +415,18 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++)
             if (mopt_graph_tensor(g, i)->dtype == MOPT_DTYPE_SP24) sparse += mopt_tensor_nelements(mopt_graph_tensor(g, i));
         const double global = 0.5 * (double)sparse / (double)mopt_graph_n_params(g); /* the share of weights not stored */
-        sparsity = json_pack("{s:s, s:f, s:O, s:b, s:s, s:[s]}", "format", "sparse-24-bitmask", "global_sparsity", global, "ignore",
-                             ignore, "registry_requires_subclass", 0, "sparsity_structure", "2:4", "targets", "Linear");
-        if (!(s->flags & MOPT_QUANT_VALUES_I8))
+        /* marlin-24 holds the 2:4 structure in its own tensors: the sparsity config says "dense", as llm-compressor writes it */
+        const int i4 = (s->flags & MOPT_QUANT_VALUES_I4) != 0;
+        sparsity = json_pack("{s:s, s:f, s:O, s:b, s:s, s:[s]}", "format", i4 ? "dense" : "sparse-24-bitmask", "global_sparsity", global,
+                             "ignore", ignore, "registry_requires_subclass", 0, "sparsity_structure", "2:4", "targets", "Linear");
+        if (!(s->flags & (MOPT_QUANT_VALUES_I8 | MOPT_QUANT_VALUES_I4)))
             return json_pack("{s:s, s:s, s:{}, s:o, s:o}", "quant_method", "compressed-tensors", "quantization_status", "compressed",
                              "config_groups", "ignore", ignore, "sparsity_config", sparsity);
     }
     json_t *w, *act = json_null();
     const char *format;
-    if (s->dtype == MOPT_DTYPE_QINT) {
-        format = "pack-quantized";
+    if (s->dtype == MOPT_DTYPE_QINT || (s->dtype == MOPT_DTYPE_SP24 && (s->flags & MOPT_QUANT_VALUES_I4))) {
+        format = s->dtype == MOPT_DTYPE_QINT ? "pack-quantized" : "marlin-24"; /* marlin-24: W4A16, symmetric */
         w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:s, s:s}", "num_bits", s->bits, "type", "int", "symmetric", sym,
                       "strategy", s->group_size > 0 ? "group" : "channel", "dynamic", 0, "observer", "minmax",
                       "actorder", s->act_order ? "group" : "");

@@ -19,7 +19,8 @@ static int parse_dtype(const char *s, mopt_dtype *out) {
         mopt_dtype dtype;
     } table[] = {{"F32", MOPT_DTYPE_F32}, {"F16", MOPT_DTYPE_F16}, {"BF16", MOPT_DTYPE_BF16},
                  {"I8", MOPT_DTYPE_I8},   {"I32", MOPT_DTYPE_I32}, {"U8", MOPT_DTYPE_U8},
-                 {"I64", MOPT_DTYPE_I64}, {"F8_E4M3", MOPT_DTYPE_F8E4M3}};
+                 {"I64", MOPT_DTYPE_I64}, {"F8_E4M3", MOPT_DTYPE_F8E4M3},
+                 {"I16", MOPT_DTYPE_I16}};
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strcmp(s, table[i].name) == 0) {
             *out = table[i].dtype;

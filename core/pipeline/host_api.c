@@ -186,4 +186,5 @@ const mopt_host_api mopt_host = {
     .graph_decode_bytes = mopt_graph_decode_bytes,
     .read_bandwidth = mopt_read_bandwidth,
     .session_n_threads = mopt_session_n_threads,
+    .sp24_pack_i4 = mopt_sp24_pack_i4,
 };

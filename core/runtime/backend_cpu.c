@@ -24,13 +24,6 @@
 
 extern void openblas_set_num_threads(int);
 
-/* E4M3 byte -> float, filled once for every session. */
-static float e4m3_lut[256];
-static pthread_once_t e4m3_once = PTHREAD_ONCE_INIT;
-static void e4m3_init(void) {
-    for (int i = 0; i < 256; i++) e4m3_lut[i] = mopt_e4m3_to_f32((uint8_t)i);
-}
-
 typedef struct cpu_ctx {
     mopt_pool *pool;
     const mopt_kernels *k;
@@ -86,7 +79,6 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
         if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
     }
     openblas_set_num_threads(1);
-    pthread_once(&e4m3_once, e4m3_init);
     *out = c;
     return MOPT_OK;
 nomem:
@@ -123,12 +115,24 @@ static float bias_at(const mopt_tensor *b, int64_t o) {
     }
 }
 
+/* int4 kept values: QINT 4-bit blocks of 32, unpacked and scaled in vectors; a group of gs inputs holds gs/2 of them */
+static void sp24_i4_values(const cpu_ctx *c, const mopt_tensor *w, const uint8_t *row, int64_t o, float *dst) {
+    const int64_t n = w->ne[0] / 2, ng = w->quant->scale->ne[0], per = w->quant->group_size > 0 ? w->quant->group_size / 2 : n;
+    const uint16_t *sc = (const uint16_t *)w->quant->scale->data + o * ng;
+    uint8_t lv[32];
+    for (int64_t k = 0; k < n; k += 32) {
+        c->k->unpack_q4(row + k / 2, 1, lv);
+        c->k->dequant_u8(lv, 32, 8.0f, mopt_f16_to_f32(sc[k / per]), dst + k);
+    }
+}
+
 /* The kept values of 2:4 row o as fp32: in place for f32, else widened into dst[in/2]. */
 static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t o, float *dst) {
     const void *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
     const int64_t n = w->ne[0] / 2;
     if (w->quant->flags & MOPT_QUANT_VALUES_F32) return row;
-    if (w->quant->flags & MOPT_QUANT_VALUES_I8) mopt_sp24_values_f32(w, o, dst); /* level x the row's scale */
+    if (w->quant->flags & MOPT_QUANT_VALUES_I4) sp24_i4_values(c, w, row, o, dst);
+    else if (w->quant->flags & MOPT_QUANT_VALUES_I8) mopt_sp24_values_f32(w, o, dst); /* level x the row's scale */
     else if (w->quant->flags & MOPT_QUANT_VALUES_BF16) c->k->cvt_bf16(row, dst, n);
     else c->k->cvt_f16(row, dst, n);
     return dst;
@@ -153,7 +157,7 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
         for (int64_t r = 0; r < rows; r++) {
             const uint8_t *src = (const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1];
             float s = ((const float *)q->scale->data)[(q->flags & MOPT_QUANT_PER_TENSOR) ? 0 : o0 + r];
-            for (int64_t i = 0; i < in; i++) dst[r * in + i] = e4m3_lut[src[i]] * s;
+            c->k->dequant_e4m3(src, in, s, dst + r * in);
         }
         return;
     }
@@ -246,6 +250,16 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         }
         return;
     }
+    if (w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I4)) { /* int4 2:4: the kernel reads the row in place */
+        const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : j->in;
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1], *pos = mopt_sp24_positions(w, o);
+            const uint16_t *sc = (const uint16_t *)w->quant->scale->data + o * ng;
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = k->dot_sp24_i4(row, sc, gs, pos, j->x + (size_t)t * j->x_stride, j->in) + bias_at(j->b, o);
+        }
+        return;
+    }
     if (w->dtype == MOPT_DTYPE_SP24) { /* 2:4: widen the kept values only, the kernel reads the positions */
         const int bf16 = (w->quant->flags & MOPT_QUANT_VALUES_BF16) != 0;
         for (int64_t o = o0; o < o1; o++) {
@@ -261,7 +275,18 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         }
         return;
     }
-    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* FP8 and act-order QINT: widen one row, then dot */
+    if (w->dtype == MOPT_DTYPE_FP8) { /* E4M3 rows read in place, scaled per row or tensor */
+        const float *ws = (const float *)w->quant->scale->data;
+        const int per_tensor = (w->quant->flags & MOPT_QUANT_PER_TENSOR) != 0;
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = k->dot_e4m3(row, j->x + (size_t)t * j->x_stride, j->in) * ws[per_tensor ? 0 : o] +
+                                                    bias_at(j->b, o);
+        }
+        return;
+    }
+    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* act-order QINT: widen one row, then dot */
         float *row = j->c->wscratch[thread];
         for (int64_t o = o0; o < o1; o++) {
             widen_rows(j->c, w, o, 1, row);
@@ -523,7 +548,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
                 for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(xt[i]));
                 s = mx > 0 ? mx / 448.0f : 1.0f;
             }
-            for (int64_t i = 0; i < in; i++) xr[(size_t)t * in + i] = e4m3_lut[mopt_f32_to_e4m3(xt[i] / s)] * s;
+            c->k->round_e4m3(xt, in, s, xr + (size_t)t * in);
         }
         j.x = xr;
         j.x_stride = (int32_t)in;
@@ -759,7 +784,6 @@ mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const
     mopt_status st = c->pool && c->wscratch ? MOPT_OK : MOPT_E_NOMEM;
     for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
         if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
-    pthread_once(&e4m3_once, e4m3_init);
     if (st == MOPT_OK) st = linear(c, w, b, x, T, (int32_t)w->ne[0], y, (int32_t)w->ne[1], err);
     else MOPT_FAIL(err, st, "out of memory");
     cpu_free(c);

@@ -18,6 +18,13 @@ typedef struct mopt_kernels {
     void (*cvt_bf16)(const uint16_t *src, float *dst, int64_t n);
     /* dst[i] = (levels[i] - z) * s for n one-byte levels (a QINT group widened) */
     void (*dequant_u8)(const uint8_t *levels, int64_t n, float z, float s, float *dst);
+    /* dst[i] = e4m3(q[i]) * s for n E4M3 bytes (an FP8 row widened), exactly mopt_e4m3_to_f32 times s */
+    void (*dequant_e4m3)(const uint8_t *q, int64_t n, float s, float *dst);
+    /* sum of e4m3(q[i]) * x[i] over n E4M3 bytes read in place (an FP8 row, unscaled) */
+    float (*dot_e4m3)(const uint8_t *q, const float *x, int64_t n);
+    /* out[i] = e4m3(x[i] / s) * s: activations rounded onto the E4M3 grid (nearest even, saturating at 448), exactly
+     * as mopt_f32_to_e4m3 and mopt_e4m3_to_f32 round them */
+    void (*round_e4m3)(const float *x, int64_t n, float s, float *out);
     /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
     float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
     float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);
@@ -64,6 +71,9 @@ typedef struct mopt_kernels {
      * with x holding int8 levels as floats every product and partial sum is an
      * integer, exact while |sum| < 2^24 */
     float (*dot_sp24_i8)(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
+    /* the same with int4 kept values read in place (SP24 with MOPT_QUANT_VALUES_I4: QINT 4-bit blocks of 32 kept
+     * values, level - 8) and scaled per group of gs inputs by the f16 scales; n and gs multiples of 64 */
+    float (*dot_sp24_i4)(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */
@@ -75,6 +85,8 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
+void mopt_round_e4m3_avx2(const float *x, int64_t n, float s, float *out);
+float mopt_dot_sp24_i4_avx2(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
 /* The AVX2 integer GEMVs and GEMMs, which the AVX-512 set shares. */
 void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "mopt/quant.h"
 #include "mopt/tensor.h"
 
 static inline float hsum(__m256 v) {
@@ -20,6 +21,13 @@ static inline __m256 load_bf16(const uint16_t *p) {
 }
 
 static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* 8 E4M3 bytes as f16 (value x 2^-8; NaN for 0x7f / 0xff), widened */
+static inline __m256 load_e4m3(const uint8_t *p) {
+    const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)p)), mag = _mm_and_si128(b, _mm_set1_epi16(0x7f));
+    const __m128i h = _mm_or_si128(_mm_slli_epi16(mag, 7), _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8));
+    return _mm256_cvtph_ps(_mm_blendv_epi8(h, _mm_set1_epi16(0x7e00), _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f))));
+}
 
 /* |a| (unsigned) times b with a's sign: pmaddubsw cannot saturate when |a|, |b| <= 127 */
 static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
@@ -119,6 +127,27 @@ void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, con
 void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 32);
+}
+
+/* x / s onto the E4M3 grid, times s. Normals (2^-6 and up) keep 3 mantissa bits, rounded to nearest even in the
+ * float's own bits; below 2^-6 the grid is 2^-9 apart; from 464 up (the tie between 448 and the NaN code's 480)
+ * saturate to 448. NaN stays NaN, and the sign (zero's too) is kept. */
+void mopt_round_e4m3_avx2(const float *x, int64_t n, float s, float *out) {
+    const __m256 vs = _mm256_set1_ps(s), sign = _mm256_set1_ps(-0.0f), tiny = _mm256_set1_ps(0.015625f), sat = _mm256_set1_ps(464.0f);
+    const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7ffff), keep = _mm256_set1_epi32(~0xfffff);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + i), vs), a = _mm256_andnot_ps(sign, v);
+        const __m256i u = _mm256_castps_si256(a);
+        const __m256 nrm = _mm256_castsi256_ps(
+            _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 20), one))), keep));
+        const __m256 sub = _mm256_mul_ps(_mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                         _mm256_set1_ps(1.0f / 512.0f));
+        __m256 r = _mm256_blendv_ps(nrm, sub, _mm256_cmp_ps(a, tiny, _CMP_LT_OQ));
+        r = _mm256_blendv_ps(r, _mm256_set1_ps(448.0f), _mm256_cmp_ps(a, sat, _CMP_GE_OQ));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_or_ps(r, _mm256_and_ps(v, sign)), vs));
+    }
+    for (; i < n; i++) out[i] = mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[i] / s)) * s;
 }
 
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
@@ -354,6 +383,32 @@ SP24_DOT(mopt_dot_sp24_avx2, float, _mm256_loadu_ps, f32_at)
 SP24_DOT(mopt_dot_sp24_bf16_avx2, uint16_t, load_bf16, bf16_at)
 SP24_DOT(mopt_dot_sp24_i8_avx2, int8_t, LOAD_I8, i8_at)
 
+/* 8 int4 levels (low nibbles already split out, as signed level - 8 bytes) as floats */
+#define I4_8(b) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
+
+/* int4 2:4 rows read in place: a 16-byte block holds 32 kept values (64 inputs), the first 16 in the low nibbles;
+ * each group of gs inputs sums unscaled, then takes its f16 scale */
+float mopt_dot_sp24_i4_avx2(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n) {
+    pthread_once(&sp24_once, sp24_init);
+    const __m128i m4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    __m256 total = _mm256_setzero_ps();
+    for (int64_t g0 = 0; g0 < n; g0 += gs) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t i = g0; i < g0 + gs && i < n; i += 64) {
+            const __m128i b = _mm_loadu_si128((const __m128i *)(vals + i / 4));
+            const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m4), eight), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m4), eight);
+            _mm_prefetch((const char *)(vals + i / 4) + 256, _MM_HINT_T0);
+            _mm_prefetch((const char *)(pos + i / 8) + 128, _MM_HINT_T0);
+            a0 = _mm256_fmadd_ps(I4_8(lo), sp24_x16(x + i, pos + i / 8), a0);
+            a1 = _mm256_fmadd_ps(I4_8(_mm_srli_si128(lo, 8)), sp24_x16(x + i + 16, pos + i / 8 + 2), a1);
+            a0 = _mm256_fmadd_ps(I4_8(hi), sp24_x16(x + i + 32, pos + i / 8 + 4), a0);
+            a1 = _mm256_fmadd_ps(I4_8(_mm_srli_si128(hi, 8)), sp24_x16(x + i + 48, pos + i / 8 + 6), a1);
+        }
+        total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(mopt_f16_to_f32(scales[g0 / gs])), total);
+    }
+    return hsum(total);
+}
+
 const mopt_kernels mopt_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32,
@@ -362,6 +417,9 @@ const mopt_kernels mopt_kernels_avx2 = {
     .cvt_f16 = cvt_f16,
     .cvt_bf16 = cvt_bf16,
     .dequant_u8 = dequant_u8,
+    .dequant_e4m3 = dequant_e4m3,
+    .dot_e4m3 = dot_e4m3,
+    .round_e4m3 = mopt_round_e4m3_avx2,
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
@@ -375,4 +433,5 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_sp24 = mopt_dot_sp24_avx2,
     .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
     .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
+    .dot_sp24_i4 = mopt_dot_sp24_i4_avx2,
 };

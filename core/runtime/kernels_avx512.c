@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "mopt/quant.h"
 #include "mopt/tensor.h"
 
 static inline __m512 load_bf16(const uint16_t *p) {
@@ -10,6 +11,13 @@ static inline __m512 load_bf16(const uint16_t *p) {
 }
 
 static inline __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* 16 E4M3 bytes as f16 (value x 2^-8; NaN for 0x7f / 0xff), widened */
+static inline __m512 load_e4m3(const uint8_t *p) {
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), mag = _mm256_and_si256(b, _mm256_set1_epi16(0x7f));
+    const __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7), _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8));
+    return _mm512_cvtph_ps(_mm256_blendv_epi8(h, _mm256_set1_epi16(0x7e00), _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7f))));
+}
 
 /* Tails use masked loads so every length runs in vector code. */
 static inline __mmask16 tail_mask(int64_t r) { return (__mmask16)((1u << r) - 1u); }
@@ -27,6 +35,89 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
     int32_t r = _mm512_reduce_add_epi32(acc);
     for (; i < n; i++) r += (int32_t)a[i] * b[i];
     return r;
+}
+
+/* Two 4-bit blocks (32 bytes) against their 64 int8 x in one vpdpbusd. The
+ * nibbles are spread into 16-byte lanes [block 0 low, block 0 high, block 1
+ * low, block 1 high], the order of x, so int32 lanes 0..7 hold block 0's
+ * partial sums and 8..15 block 1's. Unsigned levels (at most 15) times signed
+ * x sum in int32: nothing saturates. */
+static inline __m512 q4_pair(const uint8_t *w, const int8_t *xq) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)w), m = _mm256_set1_epi8(15);
+    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m), 1);
+    return _mm512_cvtepi32_ps(
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_loadu_si512(xq)));
+}
+
+/* One 4-bit block (a row's odd last one): 8 int32 lanes of partial sums. */
+static inline __m256 q4_one(const uint8_t *w, const int8_t *xq) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)w);
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)xq)));
+}
+
+static inline float hsum256(__m256 v) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    return _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(h, h), h));
+}
+
+/* [a x 8, b x 8]: the scales of a block pair's lanes */
+static inline __m512 pair_scale(float a, float b) { return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1); }
+
+#define PAIRS_MAX 256 /* x scales paired up front for rows of up to 512 blocks (16384 inputs) */
+
+/* 4-bit rows against int8 x (the AVX2 kernel's arithmetic, 64 values per
+ * step). Groups of an even number of blocks sum their pairs with the x scales
+ * paired once for all rows; groups of one block (GGUF's Q4_0) fold the row's
+ * scale into each block's, 8 groups at a time; other rows go pair by pair. */
+static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    const int64_t nb = ng * bpg;
+    __m512 xs2[PAIRS_MAX];
+    const int paired = bpg % 2 == 0 && nb / 2 <= PAIRS_MAX;
+    for (int64_t p = 0; paired && p < nb / 2; p++) xs2[p] = pair_scale(xd[2 * p], xd[2 * p + 1]);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + (size_t)r * row_bytes;
+        const uint16_t *sr = s + r * ng;
+        const uint8_t *zr = z ? z + r * ng : NULL;
+        __m512 acc = _mm512_setzero_ps();
+        float zc = 0;
+        if (paired) {
+            for (int64_t g = 0; g < ng; g++) {
+                __m512 gacc = _mm512_setzero_ps();
+                for (int64_t b = g * bpg; b < (g + 1) * bpg; b += 2) {
+                    _mm_prefetch((const char *)(row + 16 * b) + 1024, _MM_HINT_T0);
+                    gacc = _mm512_fmadd_ps(q4_pair(row + 16 * b, xq + 32 * b), xs2[b / 2], gacc);
+                }
+                const float sc = _cvtsh_ss(sr[g]);
+                acc = _mm512_fmadd_ps(gacc, _mm512_set1_ps(sc), acc);
+                zc += sc * (zr ? (float)zr[g] : zsym) * xsum[g];
+            }
+            y[r] = _mm512_reduce_add_ps(acc) - zc;
+            continue;
+        }
+        int64_t b = 0;
+        if (bpg == 1) /* 8 groups (blocks) at a time: each block's scale times its x scale, then lanes picked per pair */
+            for (; b + 8 <= nb; b += 8) {
+                const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
+                const __m512 m = _mm512_castps256_ps512(_mm256_mul_ps(sv, _mm256_loadu_ps(xd + b)));
+                const __m256 zv = zr ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zr + b)))) : _mm256_set1_ps(zsym);
+                zc += hsum256(_mm256_mul_ps(_mm256_mul_ps(sv, zv), _mm256_loadu_ps(xsum + b)));
+                _mm_prefetch((const char *)(row + 16 * b) + 1024, _MM_HINT_T0);
+                for (int k = 0; k < 8; k += 2) {
+                    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(k), _mm256_set1_epi32(k + 1), 1);
+                    acc = _mm512_fmadd_ps(q4_pair(row + 16 * (b + k), xq + 32 * (b + k)), _mm512_permutexvar_ps(idx, m), acc);
+                }
+            }
+        for (; b + 2 <= nb; b += 2) { /* block by block scales: each block's group scale times its x scale */
+            const float s0 = _cvtsh_ss(sr[b / bpg]), s1 = _cvtsh_ss(sr[(b + 1) / bpg]);
+            acc = _mm512_fmadd_ps(q4_pair(row + 16 * b, xq + 32 * b), pair_scale(s0 * xd[b], s1 * xd[b + 1]), acc);
+        }
+        float tail = 0;
+        if (b < nb) tail = hsum256(q4_one(row + 16 * b, xq + 32 * b)) * _cvtsh_ss(sr[b / bpg]) * xd[b];
+        for (int64_t g = bpg == 1 ? nb / 8 * 8 : 0; g < ng; g++) zc += _cvtsh_ss(sr[g]) * (zr ? (float)zr[g] : zsym) * xsum[g];
+        y[r] = _mm512_reduce_add_ps(acc) + tail - zc;
+    }
 }
 
 #define VBITS 512
@@ -59,9 +150,12 @@ const mopt_kernels mopt_kernels_avx512 = {
     .cvt_f16 = cvt_f16,
     .cvt_bf16 = cvt_bf16,
     .dequant_u8 = dequant_u8,
+    .dequant_e4m3 = dequant_e4m3,
+    .dot_e4m3 = dot_e4m3,
+    .round_e4m3 = mopt_round_e4m3_avx2,
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
-    .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
+    .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
     .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
     .unpack_q4 = mopt_unpack_q4_avx2,
@@ -72,4 +166,5 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_sp24 = mopt_dot_sp24_avx2,
     .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
     .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
+    .dot_sp24_i4 = mopt_dot_sp24_i4_avx2,
 };

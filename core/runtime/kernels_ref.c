@@ -1,5 +1,6 @@
 /* Scalar kernels: the portable fallback and the oracle for the SIMD sets. */
 #include "kernels.h"
+#include "mopt/quant.h"
 #include "mopt/tensor.h"
 
 static float dot_f32(const float *w, const float *x, int64_t n) {
@@ -59,6 +60,20 @@ float mopt_qblock_dot(const uint8_t *block, int32_t bits, const float *x, int32_
 
 static void dequant_u8(const uint8_t *lv, int64_t n, float z, float s, float *dst) {
     for (int64_t i = 0; i < n; i++) dst[i] = ((float)lv[i] - z) * s;
+}
+
+static void dequant_e4m3(const uint8_t *q, int64_t n, float s, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = mopt_e4m3_to_f32(q[i]) * s;
+}
+
+static float dot_e4m3(const uint8_t *q, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += mopt_e4m3_to_f32(q[i]) * x[i];
+    return s;
+}
+
+static void round_e4m3(const float *x, int64_t n, float s, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[i] / s)) * s;
 }
 
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
@@ -200,6 +215,23 @@ static float dot_sp24_i8(const int8_t *vals, const uint8_t *pos, const float *x,
     return s;
 }
 
+static float dot_sp24_i4(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t g0 = 0; g0 < n; g0 += gs) {
+        float a = 0;
+        for (int64_t g = g0 / 4; g < (g0 + gs) / 4 && g < n / 4; g++) {
+            const int nib = pos[g / 2] >> (4 * (g % 2)) & 15;
+            for (int h = 0; h < 2; h++) { /* kept value k: block k / 32, byte k % 16, high nibble for k % 32 >= 16 */
+                const int64_t k = 2 * g + h;
+                const uint8_t b = vals[k / 32 * 16 + k % 16];
+                a += (float)((k % 32 >= 16 ? b >> 4 : b & 15) - 8) * x[4 * g + (h ? nib >> 2 : nib & 3)];
+            }
+        }
+        s += a * mopt_f16_to_f32(scales[g0 / gs]);
+    }
+    return s;
+}
+
 const mopt_kernels mopt_kernels_ref = {
     .name = "ref",
     .dot_f32 = dot_f32,
@@ -208,6 +240,9 @@ const mopt_kernels mopt_kernels_ref = {
     .cvt_f16 = cvt_f16,
     .cvt_bf16 = cvt_bf16,
     .dequant_u8 = dequant_u8,
+    .dequant_e4m3 = dequant_e4m3,
+    .dot_e4m3 = dot_e4m3,
+    .round_e4m3 = round_e4m3,
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
@@ -221,4 +256,5 @@ const mopt_kernels mopt_kernels_ref = {
     .dot_sp24 = dot_sp24,
     .dot_sp24_bf16 = dot_sp24_bf16,
     .dot_sp24_i8 = dot_sp24_i8,
+    .dot_sp24_i4 = dot_sp24_i4,
 };

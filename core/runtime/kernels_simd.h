@@ -6,7 +6,8 @@
  *                              vector code (and sets i = n), or nothing
  *   LOAD_U8(p)                 VW bytes widened to floats
  *   Q4_BLOCK(b, x, a0, a1)     one Q4 block (16 bytes, 32 values) into two accumulators
- * and the functions load_f16(p) / load_bf16(p) (VW halves widened to floats),
+ * and the functions load_f16(p) / load_bf16(p) (VW halves widened to floats) and
+ * load_e4m3(p) (VW E4M3 bytes as f16 values 2^-8 times theirs, widened),
  * and writes dot_i8 itself, which uses each width's own integer dot product. */
 #ifndef MOPT_KERNELS_SIMD_H
 #define MOPT_KERNELS_SIMD_H
@@ -59,6 +60,21 @@ static void dequant_u8(const uint8_t *lv, int64_t n, float z, float s, float *ds
     for (; i + VW <= n; i += VW) V_STOREU(dst + i, VOP(mul_ps)(VOP(sub_ps)(LOAD_U8(lv + i), vz), vs));
     for (; i < n; i++) dst[i] = ((float)lv[i] - z) * s;
 }
+
+/* E4M3 through the f16 converter: load_e4m3 reads (b & 0x7f) << 7 with b's sign as f16, which is the E4M3 value
+ * times 2^-8 (exponent bias 15 against 7) for normals and subnormals alike, NaN where E4M3 has it; the 2^8 goes
+ * into the scale, which is exact. */
+static void dequant_e4m3(const uint8_t *q, int64_t n, float s, float *dst) {
+    const V vs = V_SET1(s * 256.0f);
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) V_STOREU(dst + i, VOP(mul_ps)(load_e4m3(q + i), vs));
+    for (; i < n; i++) dst[i] = mopt_e4m3_to_f32(q[i]) * s;
+}
+
+/* FP8 rows read in place: the vector part sums 2^-8 times each value (load_e4m3), the tail the same, then x 2^8 */
+static inline float e4m3_over_256(uint8_t b) { return mopt_e4m3_to_f32(b) * (1.0f / 256.0f); }
+DOT_FN(dot_e4m3_over_256, uint8_t, load_e4m3, e4m3_over_256, NO_TAIL)
+static float dot_e4m3(const uint8_t *q, const float *x, int64_t n) { return dot_e4m3_over_256(q, x, n) * 256.0f; }
 
 /* Q4 / Q8 (one byte per value) blocks of 32 against x */
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {

@@ -64,6 +64,18 @@ mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const floa
     return t;
 }
 
+/* F16 scales [out, ng] (QINT and 2:4 int4), rounded to nearest even. */
+mopt_tensor *mopt_packed_f16_scales(mopt_tensor *t, const char *name, const float *scales, int64_t out, int64_t ng, mopt_error *err) {
+    const int64_t sd[2] = {out, ng};
+    t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F16, 2, sd, err);
+    if (!t->quant->scale) {
+        mopt_tensor_free(t);
+        return NULL;
+    }
+    for (int64_t i = 0; i < out * ng; i++) ((uint16_t *)t->quant->scale->data)[i] = mopt_f32_to_f16(scales[i]);
+    return t;
+}
+
 static void put_block(uint8_t *dst, const uint8_t *v, int32_t bits) {
     switch (bits) {
     case 8: memcpy(dst, v, 32); break;
@@ -136,9 +148,7 @@ mopt_tensor *mopt_qint_pack(const char *name, int64_t out, int64_t in, int32_t b
         }
     }
     int64_t sdims[2] = {out, ng};
-    t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F16, 2, sdims, err);
-    if (!t->quant->scale) goto fail;
-    for (int64_t i = 0; i < out * ng; i++) ((uint16_t *)t->quant->scale->data)[i] = mopt_f32_to_f16(scales[i]);
+    if (!mopt_packed_f16_scales(t, name, scales, out, ng, err)) return NULL;
     if (zeros) {
         t->quant->zero = side_new(name, "zeros", MOPT_DTYPE_U8, 2, sdims, err);
         if (!t->quant->zero) goto fail;

@@ -17,6 +17,7 @@ size_t mopt_dtype_size(mopt_dtype t) {
     case MOPT_DTYPE_I32: return 4;
     case MOPT_DTYPE_U8: return 1;
     case MOPT_DTYPE_I64: return 8;
+    case MOPT_DTYPE_I16: return 2;
     case MOPT_DTYPE_F8E4M3: return 1;
     default: return 0;
     }
@@ -31,6 +32,7 @@ const char *mopt_dtype_name(mopt_dtype t) {
     case MOPT_DTYPE_I32: return "i32";
     case MOPT_DTYPE_U8: return "u8";
     case MOPT_DTYPE_I64: return "i64";
+    case MOPT_DTYPE_I16: return "i16";
     case MOPT_DTYPE_F8E4M3: return "f8_e4m3";
     case MOPT_DTYPE_QINT: return "qint";
     case MOPT_DTYPE_W8A8: return "w8a8";

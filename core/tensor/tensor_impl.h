@@ -27,17 +27,21 @@ mopt_tensor *mopt_packed_new(const char *name, mopt_dtype dtype, int64_t out, in
 
 /* Gives packed t an F32 scale tensor [n] holding scales; frees t and returns NULL on failure. */
 mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err);
+/* F16 scales [out, ng]; like the above, frees t on failure. */
+mopt_tensor *mopt_packed_f16_scales(mopt_tensor *t, const char *name, const float *scales, int64_t out, int64_t ng, mopt_error *err);
 
 /* SP24 rows (layout in mopt/quant.h; rows padded to 4 bytes): the kept values
  * of `row` widened to fp32 vals[in/2], its position bytes, and the whole row
  * as dense fp32. */
 void mopt_sp24_values_f32(const mopt_tensor *t, int64_t row, float *vals);
-/* Bytes of one kept value for the quant flags (MOPT_QUANT_VALUES_*). */
-size_t mopt_sp24_value_bytes(uint32_t flags);
+/* Bytes of a row's kept values for the quant flags (MOPT_QUANT_VALUES_*) and `in` inputs. */
+size_t mopt_sp24_values_bytes(uint32_t flags, int64_t in);
 /* mopt_sp24_pack_i8 from levels already held as floats (integers in -128..127), as the importer reads them. */
 mopt_tensor *mopt_sp24_pack_i8_levels(const char *name, int64_t out, int64_t in, const float *levels, const float *scales, mopt_error *err);
 const uint8_t *mopt_sp24_positions(const mopt_tensor *t, int64_t row);
 void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out);
+/* An int4 row's signed levels (-8..7, 0 where pruned) as dense fp32 out[in]. */
+void mopt_sp24_levels(const mopt_tensor *t, int64_t row, float *out);
 /* out[in]: the in/2 kept values in its upper half become the dense row, in place. */
 void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in);
 

@@ -23,15 +23,16 @@ mopt_status prune_spec_from(const mopt_host_api *h, const mopt_options *o, prune
     }
     sp->pack = h->opt_bool(o, "pack");
     const char *values = h->opt_string(o, "values");
-    if (strcmp(values, "float") && strcmp(values, "int8"))
-        return h->error_set(err, MOPT_E_INVALID, "prune", "values=%s: expected float or int8", values);
-    sp->int8 = !strcmp(values, "int8");
-    if (sp->int8 && !sp->pack) return h->error_set(err, MOPT_E_INVALID, "prune", "values=int8 is the packed 2:4 storage's; add pack=true");
+    if (strcmp(values, "float") && strcmp(values, "int8") && strcmp(values, "int4"))
+        return h->error_set(err, MOPT_E_INVALID, "prune", "values=%s: expected float, int8 or int4", values);
+    sp->vbits = !strcmp(values, "int8") ? 8 : !strcmp(values, "int4") ? 4 : 0;
+    if (sp->vbits && !sp->pack)
+        return h->error_set(err, MOPT_E_INVALID, "prune", "values=%s is the packed 2:4 storage's; add pack=true", values);
     if (sp->pack && !(sp->n == 2 && sp->m == 4))
         return h->error_set(err, MOPT_E_INVALID, "prune", "pack=true stores the 2:4 pattern only; give pattern=2:4");
     if (sp->pack && h->opt_int(o, "bits") > 0) /* bits has a default, so "set" is always true */
         return h->error_set(err, MOPT_E_INVALID, "prune",
-                            "pack=true stores float or int8 (values=int8) values; with bits= the result is packed QINT (drop one of them)");
+                            "pack=true stores float, int8 or int4 (values=) values; with bits= the result is packed QINT (drop one of them)");
     return MOPT_OK;
 }
 
@@ -46,6 +47,9 @@ mopt_status prune_check_linear(const mopt_host_api *h, mopt_graph *g, const qlin
         return h->error_set(err, MOPT_E_INVALID, pass, "%s is packed: prune the float model, then quantize", l->wname);
     if (sp.m && l->in % sp.m)
         return h->error_set(err, MOPT_E_INVALID, pass, "%s has %lld inputs, not a multiple of M = %d", l->wname, (long long)l->in, sp.m);
+    if (sp.vbits == 4 && l->in % PRUNE_I4_GROUP)
+        return h->error_set(err, MOPT_E_INVALID, pass, "%s has %lld inputs; values=int4 needs a multiple of %d (a scale per %d inputs)",
+                            l->wname, (long long)l->in, PRUNE_I4_GROUP, PRUNE_I4_GROUP);
     return MOPT_OK;
 }
 
@@ -101,7 +105,23 @@ mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *
     const mopt_tensor *old = h->graph_find_tensor(g, l->wname);
     const int64_t dims[2] = {l->out, l->in};
     const mopt_dtype dt = old ? old->dtype : MOPT_DTYPE_F32;
-    if (sp.pack && sp.int8) {
+    if (sp.pack && sp.vbits == 4) { /* symmetric int4 levels per group; a pruned weight is level 8, exactly 0 */
+        const int64_t ng = l->in / PRUNE_I4_GROUP;
+        const qspec q4 = {4, PRUNE_I4_GROUP, 1};
+        uint8_t *u = malloc((size_t)(l->out * l->in)), zero;
+        float *s = malloc((size_t)(l->out * ng) * sizeof *s);
+        mopt_status st = u && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, "prune", "out of memory");
+        for (int64_t r = 0; !st && r < l->out; r++)
+            for (int64_t gi = 0; gi < ng; gi++) {
+                const float *w = W + r * l->in + gi * PRUNE_I4_GROUP;
+                q_grid(h, w, PRUNE_I4_GROUP, 1, q4, &s[r * ng + gi], &zero);
+                for (int64_t c = 0; c < PRUNE_I4_GROUP; c++) u[r * l->in + gi * PRUNE_I4_GROUP + c] = q_level(w[c], s[r * ng + gi], zero, 4);
+            }
+        if (!st) st = q_replace(h, g, h->sp24_pack_i4(l->wname, l->out, l->in, PRUNE_I4_GROUP, u, s, err), err);
+        free(u), free(s);
+        return st;
+    }
+    if (sp.pack && sp.vbits == 8) {
         int8_t *q = malloc((size_t)(l->out * l->in));
         float *s = malloc((size_t)l->out * sizeof *s);
         mopt_status st = q && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, "prune", "out of memory");

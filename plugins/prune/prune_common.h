@@ -12,8 +12,11 @@ typedef struct prune_spec {
     double sparsity; /* unstructured: the fraction set to zero */
     int32_t n, m;    /* N:M; m = 0: unstructured */
     int32_t pack;    /* 2:4 stored packed (MOPT_DTYPE_SP24) */
-    int32_t int8;    /* with pack: int8 kept values, a scale per row, int8 activations per token (W8A8) */
+    int32_t vbits;   /* with pack: 8 = int8 kept values, a scale per row, int8 activations per token (W8A8); 4 = int4
+                        kept values, an f16 scale per PRUNE_I4_GROUP inputs, float activations (W4A16, Marlin-24); 0 = float */
 } prune_spec;
+
+#define PRUNE_I4_GROUP 128 /* Marlin-24's group of inputs */
 
 #define PRUNE_OPTS                                                                                                           \
     {"sparsity", MOPT_OPT_FLOAT, 0, "unstructured: the fraction of each linear's weights set to zero, in (0, 1)", "0.5", 0, 1, NULL}, \
@@ -23,8 +26,8 @@ typedef struct prune_spec {
     {"pack", MOPT_OPT_BOOL, 0, "2:4 only: store the pruned linears packed (kept values + 2-bit positions) for the sparse kernels", \
      "false", 0, -1, NULL},                                                                                                 \
     {"values", MOPT_OPT_STRING, 0,                                                                                          \
-     "with pack: the kept values' type, float (the weight's dtype) or int8 (a scale per row and int8 activations per token: "  \
-     "the W8A8 2:4 scheme vLLM runs)", "float", 0, -1, NULL}
+     "with pack: the kept values' type, float (the weight's dtype), int8 (a scale per row and int8 activations per token: "  \
+     "the W8A8 2:4 scheme vLLM runs) or int4 (symmetric, a scale per 128 inputs: vLLM's W4A16 Marlin-24)", "float", 0, -1, NULL}
 
 /* Reads and checks sparsity= and pattern= (the passes' check, at pipeline time). */
 mopt_status prune_spec_from(const mopt_host_api *h, const mopt_options *o, prune_spec *sp, mopt_error *err);
@@ -41,7 +44,8 @@ mopt_status prune_mask(const mopt_host_api *h, const float *score, int64_t out, 
 
 /* Writes W (fp32, already masked or updated) back into the graph in the
  * weight's own dtype, or with sp.pack as 2:4 storage of kept values in that
- * dtype (sp.int8: rounded to int8 per row, q_int8_rows). */
+ * dtype (sp.vbits 8: rounded to int8 per row, q_int8_rows; 4: to symmetric
+ * int4 per group of PRUNE_I4_GROUP inputs, q_grid). */
 mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, const float *W, prune_spec sp, mopt_error *err);
 
 /* Report: sparsity per linear (a series), its min, max and mean, zeros in all, the method and pattern. */

@@ -9,8 +9,9 @@
  * through the pruned layers (prune_by_layer); linears that read the same
  * input share one Hessian. With bits=, the kept weights are quantized in the
  * same sweep (the paper's joint sparsification and quantization), packed as
- * QINT with the pruned ones at the zero-point; with pack=true values=int8 the
- * sweep rounds to int8 per row and the result is 2:4 storage of int8 values. */
+ * QINT with the pruned ones at the zero-point; with pack=true values=int8 (int4)
+ * the sweep rounds to int8 per row (symmetric int4 per 128 inputs) and the
+ * result is 2:4 storage of int8 (int4) values. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,8 @@ typedef struct {
 
 static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_error *err) {
     sgpt *s = user;
-    if (s->sp.int8) s->q = (qspec){8, -1, 1}; /* values=int8: the sweep's grid is int8 per row, symmetric */
+    if (s->sp.vbits == 8) s->q = (qspec){8, -1, 1}; /* values=int8: the sweep's grid is int8 per row, symmetric */
+    if (s->sp.vbits == 4) s->q = (qspec){4, PRUNE_I4_GROUP, 1}; /* values=int4: symmetric int4 per 128 inputs */
     s->mine = mine;
     s->k = k;
     for (int32_t i = 0; i < k; i++) {
@@ -149,7 +151,9 @@ static mopt_status prune(void *user, int32_t i, float *W, int *installed, mopt_e
     float *scales = malloc((size_t)(l->out * ng) * sizeof *scales);
     mopt_status st = levels && zeros && scales ? MOPT_OK : s->h->error_set(err, MOPT_E_NOMEM, "prune.sparsegpt", "out of memory");
     if (!st) st = sweep(s, s->U[ld], s->dead[ld], W, l->out, in, levels, scales, zeros, err);
-    if (!st && s->sp.int8) { /* 2:4 with int8 values: the levels around their zero-point (128) */
+    if (!st && s->sp.vbits == 4) /* 2:4 with int4 values: levels around 8, as stored */
+        st = q_replace(s->h, s->g, s->h->sp24_pack_i4(l->wname, l->out, in, PRUNE_I4_GROUP, levels, scales, err), err);
+    else if (!st && s->sp.vbits == 8) { /* 2:4 with int8 values: the levels around their zero-point (128) */
         int8_t *q = (int8_t *)levels;
         for (int64_t i = 0; i < l->out * in; i++) q[i] = (int8_t)((int32_t)levels[i] - 128);
         st = q_replace(s->h, s->g, s->h->sp24_pack_i8(l->wname, l->out, in, q, scales, err), err);

@@ -2,7 +2,7 @@
  * (header, data offsets), config.json, tokenizer.json, llama2.c checkpoints and
  * tokenizers, GGUF (llama and gpt2, block types), TensorRT-LLM (dense and
  * quantized ranks, config) and every quantized Hugging Face format (AWQ, GPTQ,
- * compressed-tensors pack/int/float and sparse-24-bitmask (float and int8 values), ModelOpt int4 and
+ * compressed-tensors pack/int/float, sparse-24-bitmask (float and int8 values) and marlin-24, ModelOpt int4 and
  * FP8), and mopt's own training states. Each mutant must
  * load or fail with a one-line message; one that loads runs a short forward
  * pass and a tokenizer round trip. Nothing may crash, hang or touch memory it
@@ -224,6 +224,12 @@ static int setup(void **state) {
     snprintf(text, sizeof text, "quant.smoothquant<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s;format=compressed-tensors>", calib);
     build(l2c, text, seed(s1, sizeof s1, "ct-w8a8"));
     build("models/lit-gpt2-1m", "export.gguf<out=%s;type=f16>", seed(s1, sizeof s1, "gpt2.gguf"));
+    /* marlin-24 needs widths of 128: a one-block synthetic llama carries it */
+    snprintf(cmd, sizeof cmd, "'%s' synth --hidden 128 --layers 1 --heads 2 --kv-heads 1 --ffn 256 --vocab 300 -o '%s/syn' >/dev/null",
+             MOPT_CLI, work);
+    if (system(cmd) != 0) return -1;
+    snprintf(cmd, sizeof cmd, "%s/syn", work);
+    build(cmd, "prune.magnitude<pattern=2:4;pack=true;values=int4>,export.hf<out=%s;format=compressed-tensors>", seed(s1, sizeof s1, "ct-m24"));
     snprintf(cmd, sizeof cmd, "cp -r '%s/mo-int4' '%s/mo-side'", work, work);
     if (system(cmd) != 0) return -1;
     snprintf(s1, sizeof s1, "%s/mo-side/config.json", work);
@@ -325,7 +331,7 @@ static void test_tensorrt_llm_ranks_and_config(void **s) {
 static void test_quantized_hf_formats(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8", "ct-24", "ct-24-i8"};
+    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8", "ct-24", "ct-24-i8", "ct-m24"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);

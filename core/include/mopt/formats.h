@@ -62,7 +62,7 @@ MOPT_API const mopt_tensor *mopt_file_tensor_row(const mopt_file_tensor *ft, int
 
 typedef struct mopt_st_entry {
     char name[MOPT_MAX_NAME];
-    const char *dtype; /* "F32", "F16", "BF16", "I32", "I64", "I8", "U8", "F8_E4M3" (a static string) */
+    const char *dtype; /* "F32", "F16", "BF16", "I32", "I16", "I64", "I8", "U8", "F8_E4M3" (a static string) */
     int32_t ndim;      /* 0: a scalar */
     int64_t shape[4];  /* PyTorch order */
     void *data;        /* owned (malloc) */

@@ -222,6 +222,9 @@ typedef struct mopt_host_api {
     int64_t (*graph_decode_bytes)(const mopt_graph *g);
     double (*read_bandwidth)(int32_t n_threads, size_t bytes, int32_t runs);
     int32_t (*session_n_threads)(const mopt_session *s);
+    /* appended: 2:4 with int4 values and f16 group scales (W4A16, Marlin-24) */
+    mopt_tensor *(*sp24_pack_i4)(const char *name, int64_t out, int64_t in, int32_t group_size, const uint8_t *u, const float *scales,
+                                 mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -42,7 +42,13 @@
  * With MOPT_QUANT_VALUES_I8 the kept values are int8 (one byte each) and a
  * row has an F32 scale (scale [out]): w = q * s, and activations are
  * quantized to int8 per token at run time as for W8A8. That is the 2:4 W8A8
- * scheme vLLM runs with CUTLASS sparse kernels. */
+ * scheme vLLM runs with CUTLASS sparse kernels.
+ * With MOPT_QUANT_VALUES_I4 (and MOPT_QUANT_SYM; `in` a multiple of 64) the
+ * kept values are int4 levels u in [0, 16), w = (u - 8) * s, packed as QINT
+ * 4-bit blocks of 32 kept values (byte j = u[j] | u[j+16] << 4), so a row's
+ * values take in/4 bytes; groups of group_size inputs (a multiple of 64, or -1
+ * for the whole row) share an F16 scale (scale [out, n_groups]). Activations
+ * stay in float: the W4A16 2:4 scheme vLLM runs with its Marlin-24 kernel. */
 #ifndef MOPT_QUANT_H
 #define MOPT_QUANT_H
 
@@ -63,7 +69,8 @@ enum {
     MOPT_QUANT_PER_TENSOR = 1u << 3,     /* FP8: one weight scale */
     MOPT_QUANT_VALUES_BF16 = 1u << 4,    /* SP24: kept values are bf16 */
     MOPT_QUANT_VALUES_F32 = 1u << 5,     /* SP24: kept values are f32 */
-    MOPT_QUANT_VALUES_I8 = 1u << 6       /* SP24: kept values are int8 with a scale per row; int8 activations per token */
+    MOPT_QUANT_VALUES_I8 = 1u << 6,      /* SP24: kept values are int8 with a scale per row; int8 activations per token */
+    MOPT_QUANT_VALUES_I4 = 1u << 7       /* SP24: kept values are int4 levels with an f16 scale per group of inputs */
 };
 
 /* Bytes of one 32-value block for b bits (0 for unsupported b). */
@@ -96,6 +103,12 @@ MOPT_API mopt_tensor *mopt_sp24_pack(const char *name, int64_t out, int64_t in, 
  * group of four) and one scale per row, scales [out] (finite, > 0). */
 MOPT_API mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t in, const int8_t *q, const float *scales,
                                         mopt_error *err);
+/* The same with int4 kept values: levels u [out, in] in [0, 16) (8 is zero; at
+ * most two other levels in every group of four), groups of group_size inputs
+ * (a multiple of 64, or -1) and scales [out, n_groups] (finite, > 0, rounded
+ * to f16). */
+MOPT_API mopt_tensor *mopt_sp24_pack_i4(const char *name, int64_t out, int64_t in, int32_t group_size, const uint8_t *u,
+                                        const float *scales, mopt_error *err);
 
 /* E4M3 conversions: round to nearest even, saturating at +-448. */
 MOPT_API uint8_t mopt_f32_to_e4m3(float f);

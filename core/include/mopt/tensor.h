@@ -29,6 +29,7 @@ typedef enum mopt_dtype {
     MOPT_DTYPE_U8 = 5,
     MOPT_DTYPE_I64 = 6,    /* as read from checkpoints (e.g. compressed-tensors weight_shape) */
     MOPT_DTYPE_F8E4M3 = 7, /* raw E4M3 bytes as read from checkpoints; mopt_fp8_pack makes them runnable */
+    MOPT_DTYPE_I16 = 8,    /* as read from checkpoints (compressed-tensors marlin-24 metadata) */
     /* Packed quantized types start here; their element count is the logical
      * count and their scales/zero-points hang off mopt_tensor.quant. Layouts
      * are in mopt/quant.h. */

@@ -137,6 +137,17 @@ static void poke_tensor_byte(const char *file, const char *name, size_t offset, 
     free(d);
 }
 
+/* lit-llama-7m through `pipeline`, exported as Hugging Face (auto format) to a new folder named after tag: out. */
+static void export_lit_llama(const char *pipeline, const char *tag, char *out, size_t cap) {
+    char dir[1024], text[2400];
+    test_tmpdir(dir, sizeof dir, tag);
+    snprintf(out, cap, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "%s,export.hf<out=%s>", pipeline, out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+}
+
 static void test_compressed_tensors_sparse_24_bitmask(void **s) {
     /* packed 2:4 weights export as sparse-24-bitmask and load back into the same packed weights */
     exact_roundtrip("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true>", "compressed-tensors", "ct-24", 1);
@@ -149,13 +160,8 @@ static void test_compressed_tensors_sparse_24_bitmask(void **s) {
      * the attention output can flip a per-token int8 level of o_proj's input, hence a looser logit bound (measured 0.017) */
     roundtrip_tol("models/stories260K/stories260K.bin", "prune.magnitude<pattern=2:4;pack=true;values=int8;exclude=*mlp*>",
                   "compressed-tensors", "l2c-24-i8", 1, 0.05);
-    char dir[1024], out[1100], text[2400], file[1200];
-    test_tmpdir(dir, sizeof dir, "ct-24-bad");
-    snprintf(out, sizeof out, "%s/q", dir);
-    mopt_model *m = test_load_model("models/lit-llama-7m");
-    snprintf(text, sizeof text, "prune.magnitude<pattern=2:4;pack=true>,export.hf<out=%s>", out);
-    mopt_report_free(test_run_pipeline(m, text));
-    mopt_model_free(m);
+    char out[1100], file[1200];
+    export_lit_llama("prune.magnitude<pattern=2:4;pack=true>", "ct-24-bad", out, sizeof out);
     mopt_error err = {0};
     mopt_model *back = mopt_model_load(out, NULL, &err);
     assert_non_null(back);
@@ -178,6 +184,39 @@ static void test_compressed_tensors_sparse_24_bitmask(void **s) {
     CHECK_ERR(err, MOPT_E_UNSUPPORTED, "sparsity_config.format");
 }
 
+/* 2:4 with int4 values exports as compressed-tensors marlin-24 (vLLM's W4A16
+ * 2:4 kernel), which the independent reader decodes to the same weights and
+ * mopt loads back into the same packed weights; metadata that is no 2:4
+ * encoding and a marlin-24 config of another width are refused. */
+static void test_compressed_tensors_marlin_24(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true;values=int4>", "compressed-tensors", "ct-m24", 1);
+    char out[1100], file[1200], path[1200];
+    export_lit_llama("prune.magnitude<pattern=2:4;pack=true;values=int4>", "ct-m24-bad", out, sizeof out);
+    mopt_error err = {0};
+    mopt_model *back = mopt_model_load(out, NULL, &err);
+    assert_non_null(back);
+    const mopt_tensor *t = mopt_graph_find_tensor(mopt_model_graph(back), "model.layers.3.mlp.down_proj.weight");
+    assert_int_equal(t->dtype, MOPT_DTYPE_SP24);
+    assert_true(t->quant->flags & MOPT_QUANT_VALUES_I4);
+    assert_int_equal(t->quant->group_size, 128);
+    mopt_model_free(back);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je), *w = json_object_get(
+        json_object_get(json_object_get(json_object_get(j, "quantization_config"), "config_groups"), "group_0"), "weights");
+    json_object_set_new(w, "num_bits", json_integer(8));
+    json_dump_file(j, path, 0);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "marlin-24 is read for symmetric int4 weights");
+    json_object_set_new(w, "num_bits", json_integer(4));
+    json_dump_file(j, path, 0);
+    json_decref(j);
+    snprintf(file, sizeof file, "%s/model.safetensors", out);
+    poke_tensor_byte(file, "model.layers.0.mlp.down_proj.meta", 0, 0x00); /* positions (0, 0): no pair */
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "is not a 2:4 encoding");
+}
+
 static void expect_refusal(const char *model_rel, const char *text_fmt, const char *msg) {
     char dir[1024], text[4096], out[1100];
     test_tmpdir(dir, sizeof dir, "refuse");
@@ -195,7 +234,7 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.fp8,export.hf<out=%s/o;format=gptq>", "export as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "export.hf<out=%s/o;format=gptq>", "needs a quantized model");
     expect_refusal("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true>,export.hf<out=%s/o;format=gptq>",
-                   "2:4 packed weights export as compressed-tensors (sparse-24-bitmask) or dense");
+                   "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense");
     expect_refusal("models/lit-llama-7m", "quant.rtn<bits=4>,export.hf<out=%s/o;format=modelopt>", "sym=true");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
@@ -375,6 +414,7 @@ int main(void) {
         cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_compressed_tensors_sparse_24_bitmask),
+        cmocka_unit_test(test_compressed_tensors_marlin_24),
         cmocka_unit_test(test_formats_refuse_what_they_cannot_hold),
         cmocka_unit_test(test_bad_quantized_checkpoints_are_refused),
         cmocka_unit_test(test_compressed_tensors_schemes_mopt_cannot_read_are_refused),

@@ -103,6 +103,122 @@ static void test_sp24_dot_matches_float64_on_every_position_pair(void **s) {
     }
 }
 
+/* The int4 2:4 kernel reads the packed row in place (kept value k in byte k / 32 * 16 + k % 16, the high nibble
+ * for k % 32 >= 16, level - 8) and scales each group of gs inputs: against a float64 sum written from the layout,
+ * for groups of 64, 128 and the whole row, every level 0..15 and every position pair. */
+static void test_sp24_int4_dot_matches_float64(void **s) {
+    static const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
+    static const int64_t widths[] = {64, 256, 768, 1024};
+    static const int64_t groups[] = {64, 128, -1};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++)
+            for (size_t gi = 0; gi < 3; gi++) {
+                const int64_t n = widths[wi], gs = groups[gi] > 0 ? groups[gi] : n;
+                if (n % gs) continue;
+                uint8_t *v = calloc((size_t)n / 4, 1), *pos = calloc((size_t)n / 8, 1);
+                uint16_t *sc = malloc((size_t)(n / gs) * 2);
+                float *x = malloc((size_t)n * 4);
+                for (int64_t i = 0; i < n; i++) x[i] = frand();
+                for (int64_t g = 0; g < n / gs; g++) sc[g] = mopt_f32_to_f16(0.01f + 0.02f * (float)g);
+                double ref = 0, mag = 0;
+                for (int64_t g = 0; g < n / 4; g++) {
+                    const int *p = pairs[(g * 5 + wi + gi) % 6];
+                    pos[g / 2] |= (uint8_t)((p[0] | p[1] << 2) << (4 * (g % 2)));
+                    for (int j = 0; j < 2; j++) {
+                        const int64_t kk = 2 * g + j;
+                        const int u = (int)((kk * 7 + wi) % 16);
+                        v[kk / 32 * 16 + kk % 16] |= (uint8_t)(u << (kk % 32 >= 16 ? 4 : 0));
+                        const double w = (double)(u - 8) * mopt_f16_to_f32(sc[4 * g / gs]);
+                        ref += w * x[4 * g + p[j]];
+                        mag += fabs(w * x[4 * g + p[j]]);
+                    }
+                }
+                const double got = sets[k]->dot_sp24_i4(v, sc, gs, pos, x, n);
+                if (fabs(got - ref) > 1e-6 + (double)n * 6e-8 * mag)
+                    fprintf(stderr, "%s dot_sp24_i4 n=%lld gs=%lld: %.9g vs %.9g\n", sets[k]->name, (long long)n, (long long)gs, got, ref);
+                assert_true(fabs(got - ref) <= 1e-6 + (double)n * 6e-8 * mag);
+                free(v), free(pos), free(sc), free(x);
+            }
+    }
+}
+
+/* FP8 rows widen exactly: every E4M3 byte (sign, 4 exponent bits of bias 7, 3 mantissa bits; subnormals below
+ * exponent 1; 0x7f / 0xff NaN, no infinities) times the row scale, computed here from the bit fields in float64,
+ * at lengths that leave vector tails; read in place, their dot products match float64. */
+static void test_e4m3_rows_widen_exactly_and_dot_in_place(void **s) {
+    static const int64_t lengths[] = {256, 300, 7};
+    static const float scales[] = {1.0f, 0.0173f, 3.5e-5f};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t li = 0; li < 3; li++)
+            for (size_t si = 0; si < 3; si++) {
+                const int64_t n = lengths[li];
+                uint8_t *q = malloc((size_t)n);
+                float *out = malloc((size_t)n * 4);
+                for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)((i * 97 + li) % 256);
+                sets[k]->dequant_e4m3(q, n, scales[si], out);
+                for (int64_t i = 0; i < n; i++) {
+                    const int e = q[i] >> 3 & 15, m = q[i] & 7;
+                    if (e == 15 && m == 7) {
+                        assert_true(isnan(out[i]));
+                        continue;
+                    }
+                    const double v = (q[i] & 0x80 ? -1.0 : 1.0) * (e ? ldexp(1.0 + m / 8.0, e - 7) : ldexp(m / 8.0, -6));
+                    assert_true(out[i] == (float)((float)v * scales[si]));
+                }
+                /* the row read in place: its dot with x within fp32 accumulation error, NaN bytes avoided */
+                float *x = malloc((size_t)n * 4);
+                double ref = 0, mag = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    if ((q[i] & 0x7f) == 0x7f) q[i] = 0x7e;
+                    x[i] = frand();
+                    ref += (double)mopt_e4m3_to_f32(q[i]) * x[i];
+                    mag += fabs((double)mopt_e4m3_to_f32(q[i]) * x[i]);
+                }
+                assert_true(fabs(sets[k]->dot_e4m3(q, x, n) - ref) <= 1e-6 + (double)n * 6e-8 * mag);
+                free(q), free(out), free(x);
+            }
+    }
+}
+
+/* FP8 activations round exactly as the scalar conversion does: mopt_f32_to_e4m3 then back, times the scale. The
+ * values cover every grid point and every midpoint between neighbours (ties go to the even code), both sides of
+ * the subnormal boundary 2^-6, the saturation tie 464, beyond 448, zeros of both signs, infinities and NaN. */
+static void test_e4m3_activation_rounding_matches_the_scalar_conversion(void **s) {
+    enum { N = 4 * 256 + 64 };
+    float x[N], out[N];
+    int64_t n = 0;
+    for (int b = 0; b < 256; b++) {
+        if ((b & 0x7f) == 0x7f) continue;
+        const float v = mopt_e4m3_to_f32((uint8_t)b), next = (b & 0x7f) == 0x7e ? v : mopt_e4m3_to_f32((uint8_t)(b + 1));
+        x[n++] = v;                       /* on the grid */
+        x[n++] = 0.5f * (v + next);       /* the tie with the next code */
+        x[n++] = nextafterf(0.5f * (v + next), 0.0f);
+        x[n++] = v * 1.0001f + 1e-9f;
+    }
+    const float specials[] = {0.0f, -0.0f, 0.015625f, nextafterf(0.015625f, 0.0f), 0.0146484375f, 464.0f, nextafterf(464.0f, 0.0f),
+                              -464.0f, 500.0f, -1e30f, INFINITY, -INFINITY, NAN, 1e-30f, -3e-3f, 447.9f};
+    for (size_t i = 0; i < sizeof specials / sizeof *specials; i++) x[n++] = specials[i];
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        const float scales[] = {1.0f, 0.37f};
+        for (int si = 0; si < 2; si++) {
+            float xs[N];
+            for (int64_t i = 0; i < n; i++) xs[i] = x[i] * scales[si];
+            sets[k]->round_e4m3(xs, n, scales[si], out);
+            for (int64_t i = 0; i < n; i++) {
+                const float want = mopt_e4m3_to_f32(mopt_f32_to_e4m3(xs[i] / scales[si])) * scales[si];
+                if (isnan(want)) assert_true(isnan(out[i]));
+                else {
+                    if (memcmp(&want, &out[i], 4)) fprintf(stderr, "%s: x = %a -> %a, want %a\n", sets[k]->name, (double)xs[i], (double)out[i], (double)want);
+                    assert_memory_equal(&want, &out[i], 4); /* the same bits: signed zeros too */
+                }
+            }
+        }
+    }
+}
+
 static void test_half_conversions_follow_ieee(void **s) {
     /* exact values */
     assert_true(mopt_f16_to_f32(0x3c00) == 1.0f);
@@ -142,6 +258,9 @@ int main(void) {
         cmocka_unit_test(test_dot_kernels_match_float64_reference),
         cmocka_unit_test(test_half_conversions_follow_ieee),
         cmocka_unit_test(test_sp24_dot_matches_float64_on_every_position_pair),
+        cmocka_unit_test(test_sp24_int4_dot_matches_float64),
+        cmocka_unit_test(test_e4m3_rows_widen_exactly_and_dot_in_place),
+        cmocka_unit_test(test_e4m3_activation_rounding_matches_the_scalar_conversion),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

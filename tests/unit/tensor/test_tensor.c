@@ -114,9 +114,55 @@ static void test_sp24_int8_values_pack_and_read_back(void **state) {
     assert_non_null(strstr(err.msg, "row 1 has scale 0"));
 }
 
+/* 2:4 with int4 values: the kept levels in QINT 4-bit blocks of 32 (byte j =
+ * u[j] | u[j+16] << 4, u = level + 8), then the positions; an f16 scale per
+ * group of inputs; rows read back as level x their group's scale; bad
+ * widths, groups, levels and scales are refused. */
+static void test_sp24_int4_values_pack_and_read_back(void **state) {
+    (void)state;
+    enum { OUT = 2, IN = 128, GS = 64, NG = IN / GS };
+    uint8_t u[OUT * IN];
+    for (int r = 0; r < OUT; r++)
+        for (int c = 0; c < IN; c++) /* kept: the inputs 0 and 2 of each group of four (row 1: 1 and 3) */
+            u[r * IN + c] = c % 4 == 2 * 0 + r || c % 4 == 2 + r ? (uint8_t)((c / 4 * 5 + r) % 16) : 8;
+    const float sc[OUT * NG] = {0.5f, 0.25f, 2.0f, 0.125f};
+    mopt_error err = {0};
+    mopt_tensor *t = mopt_sp24_pack_i4("w", OUT, IN, GS, u, sc, &err);
+    assert_non_null(t);
+    assert_true(t->quant->flags & MOPT_QUANT_VALUES_I4);
+    assert_int_equal(t->quant->bits, 4);
+    assert_int_equal(t->quant->group_size, GS);
+    assert_int_equal(t->nb[1], IN / 4 + IN / 8); /* 32 value bytes + 16 position bytes */
+    assert_int_equal(mopt_weight_storage_bytes(t), OUT * (IN / 4 + IN / 8) + OUT * NG * 2);
+    const uint8_t *row0 = t->data;
+    /* kept value k of row 0 is input 2k's level (groups keep inputs 0 and 2): block 0 byte j holds k = j and j + 16 */
+    for (int j = 0; j < 16; j++) assert_int_equal(row0[j], u[2 * j] | u[2 * (j + 16)] << 4);
+    assert_int_equal(row0[IN / 4], (0 | 2 << 2) | (0 | 2 << 2) << 4);
+    float back[IN];
+    for (int r = 0; r < OUT; r++) {
+        assert_int_equal(mopt_weight_row_f32(t, r, back, &err), MOPT_OK);
+        for (int c = 0; c < IN; c++) assert_true(back[c] == ((float)u[r * IN + c] - 8) * sc[r * NG + c / GS]);
+    }
+    mopt_tensor_free(t);
+    assert_null(mopt_sp24_pack_i4("w", OUT, 96, -1, u, sc, &err));
+    assert_non_null(strstr(err.msg, "multiple of 64"));
+    assert_null(mopt_sp24_pack_i4("w", OUT, IN, 32, u, sc, &err));
+    assert_non_null(strstr(err.msg, "groups must be a multiple of 64 inputs"));
+    const float bad[OUT * NG] = {0.5f, 0.25f, -1.0f, 0.125f};
+    assert_null(mopt_sp24_pack_i4("w", OUT, IN, GS, u, bad, &err));
+    assert_non_null(strstr(err.msg, "row 1 has scale -1"));
+    u[5] = 16;
+    assert_null(mopt_sp24_pack_i4("w", OUT, IN, GS, u, sc, &err));
+    assert_non_null(strstr(err.msg, "level 16 at [0, 5]"));
+    u[5] = 3; /* input 5 is not kept in row 0: group 1 now holds three non-zeros */
+    assert_null(mopt_sp24_pack_i4("w", OUT, IN, GS, u, sc, &err));
+    assert_non_null(strstr(err.msg, "row 0, inputs 4..7 hold more than two non-zeros"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sp24_int8_values_pack_and_read_back),
+        cmocka_unit_test(test_sp24_int4_values_pack_and_read_back),
         cmocka_unit_test(test_transposing_columns_gives_linear_rows),
         cmocka_unit_test(test_packed_levels_read_back_and_dequantize),
         cmocka_unit_test(test_sp24_packs_the_documented_layout_and_reads_back),
