@@ -29,6 +29,9 @@ static void help(void) {
            "  --values V         with --pack: float (the weights' dtype, default), int8 (a scale per row and int8\n"
            "                     activations per token: W8A8 2:4, as vLLM runs it) or int4 (symmetric, an f16 scale\n"
            "                     per 128 inputs: W4A16 2:4, exported as marlin-24); sparsegpt rounds in its sweep\n"
+           "  --bits B           sparsegpt: also quantize the kept weights in the same sweep to B bits (2, 3, 4, 8),\n"
+           "                     stored packed as quant.gptq's; --group-size G (default 128, -1: a row) and --sym\n"
+           "                     set the grid (with --pack use --values int8 or int4 instead)\n"
            "  --params P         minitron: a budget, the fraction of the parameters to keep; searches the shape\n"
            "  --hidden H, --ffn F, --heads N, --kv-heads K, --layers L\n"
            "                     minitron: the shape to cut to (each defaults to the model's)\n"
@@ -54,12 +57,13 @@ int cmd_prune(int argc, char **argv) {
         {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},           {"params", required_argument, 0, 'P'},
         {"hidden", required_argument, 0, 'H'},  {"ffn", required_argument, 0, 'I'},      {"heads", required_argument, 0, 'N'},
         {"kv-heads", required_argument, 0, 'K'}, {"layers", required_argument, 0, 'Y'},  {"pack", no_argument, 0, 'k'},
-        {"values", required_argument, 0, 'V'}, {"depth", required_argument, 0, 'D'}, {0, 0, 0, 0}};
+        {"values", required_argument, 0, 'V'}, {"depth", required_argument, 0, 'D'},    {"bits", required_argument, 0, 'b'},
+        {"group-size", required_argument, 0, 'g'}, {"sym", no_argument, 0, 'S'},         {0, 0, 0, 0}};
     const char *keys[24] = {0}, *vals[24] = {0};
     int nk = 0;
     const char *method = NULL, *eval = NULL, *out = NULL, *format = "hf", *report = NULL, *calib = NULL, *pattern = "unstructured";
     long long threads = 0;
-    int force = 0, quiet = 0, c, sparsity_opts = 0, shape_opts = 0;
+    int force = 0, quiet = 0, c, sparsity_opts = 0, shape_opts = 0, quant_opts = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         const char *key = NULL, *val = optarg;
@@ -70,6 +74,9 @@ int cmd_prune(int argc, char **argv) {
         case 'x': key = "exclude", sparsity_opts++; break;
         case 'k': key = "pack", val = "true", sparsity_opts++; break;
         case 'V': key = "values", sparsity_opts++; break;
+        case 'b': key = "bits", sparsity_opts++, quant_opts++; break;
+        case 'g': key = "group_size", sparsity_opts++, quant_opts++; break;
+        case 'S': key = "sym", val = "true", sparsity_opts++, quant_opts++; break;
         case 'P': key = "params", shape_opts++; break;
         case 'H': key = "hidden", shape_opts++; break;
         case 'I': key = "ffn", shape_opts++; break;
@@ -100,7 +107,12 @@ int cmd_prune(int argc, char **argv) {
     if (strcmp(method, "magnitude") && strcmp(method, "wanda") && strcmp(method, "sparsegpt") && strcmp(method, "minitron"))
         return cli_usage_error("prune", "--method expects magnitude, wanda, sparsegpt or minitron, got '%s'", method);
     const int minitron = !strcmp(method, "minitron");
-    if (minitron && sparsity_opts) return cli_usage_error("prune", "--sparsity, --pattern, --exclude, --pack and --values are for the sparsity methods, not minitron");
+    if (minitron && sparsity_opts)
+        return cli_usage_error("prune", "--sparsity, --pattern, --exclude, --pack, --values, --bits, --group-size and --sym are for the sparsity "
+                                        "methods, not minitron");
+    if (quant_opts && strcmp(method, "sparsegpt"))
+        return cli_usage_error("prune", "--bits, --group-size and --sym quantize inside SparseGPT's sweep: use --method sparsegpt, or "
+                                        "mopt quantize after pruning");
     if (!minitron && shape_opts)
         return cli_usage_error("prune", "--params, --hidden, --ffn, --heads, --kv-heads, --layers and --depth are for --method minitron");
     snprintf(pass, sizeof pass, "prune.%s", method);

@@ -544,6 +544,24 @@ static void test_pruned_model_exports_and_reloads(void **s) {
     assert_float_equal(val16k(m), val16k(again), 1e-6); /* the saved checkpoint is the pruned model */
     mopt_model_free(m);
     mopt_model_free(again);
+    /* --bits quantizes in the sweep: the checkpoint holds packed 4-bit 2:4 weights (compressed-tensors) */
+    snprintf(out, sizeof out, "%s/pruned-int4", dir);
+    snprintf(args, sizeof args,
+             "%s prune '%s/models/lit-llama-7m' --method sparsegpt --pattern 2:4 --bits 4 --group-size 64 --sym --calib "
+             "'%s/data/lit-train.txt' --calib-samples 4 --calib-len 128 -o '%s' --quiet > '%s/stdout'",
+             MOPT_CLI, sh, sh, out, dir);
+    assert_int_equal(system(args), 0);
+    m = mopt_model_load(out, NULL, &err);
+    assert_non_null(m);
+    const mopt_tensor *t = mopt_graph_find_tensor(mopt_model_graph(m), "model.layers.2.mlp.up_proj.weight");
+    assert_int_equal(t->dtype, MOPT_DTYPE_QINT);
+    assert_int_equal(t->quant->bits, 4);
+    assert_int_equal(t->quant->group_size, 64);
+    assert_true(t->quant->flags & MOPT_QUANT_SYM);
+    float row[256];
+    assert_int_equal(mopt_weight_row_f32(t, 0, row, &err), MOPT_OK);
+    for (int c = 0; c < 256; c += 4) assert_true((row[c] != 0) + (row[c + 1] != 0) + (row[c + 2] != 0) + (row[c + 3] != 0) <= 2);
+    mopt_model_free(m);
 }
 
 static void test_prune_refuses_bad_input(void **s) {
@@ -573,6 +591,8 @@ static void test_prune_refuses_bad_input(void **s) {
     snprintf(args, sizeof args, "prune '%s/models/stories260K/stories260K.bin' --method magnitude --pattern 2:4 --pack --values int4 -o '%s'",
              sh, out);
     test_cli_refuses(args, 2, "values=int4 needs a multiple of 128", NULL);
+    snprintf(args, sizeof args, "prune '%s/models/lit-gpt2-1m' --method magnitude --pattern 2:4 --bits 4 -o '%s'", sh, out);
+    test_cli_refuses(args, 2, "quantize inside SparseGPT's sweep", NULL);
     assert_int_not_equal(access(out, F_OK), 0);
     char text[2400];
     snprintf(text, sizeof text, "prune.sparsegpt<pattern=2:4;pack=true;bits=4;calib=%s/data/lit-train.txt>", sh);
