@@ -38,6 +38,17 @@ typedef struct mopt_kernels {
     /* The same for 8-bit rows (32-byte blocks) */
     void (*gemv_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
+     * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256], scales xd [nsb]), with
+     * xs16 [nsb * 16] the sums of xq over every 16 values: y[r] = the row's dot with the quantized x, each
+     * super-block's dot exact in int32 */
+    void (*gemv_q4k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
+    void (*gemv_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
+    /* nsb Q4_K (bits 4) or Q6_K (bits 6) super-blocks widened to 256 * nsb fp32 values, exactly as
+     * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
+    void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
      *   wl  the rows' levels unpacked to one byte each, [nrows, in]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
@@ -95,6 +106,11 @@ void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, con
 void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                           int64_t y_stride, int32_t ntok);
+void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels);
 void mopt_gemm_s8_q8_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
                           const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,

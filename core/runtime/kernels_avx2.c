@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "tensor_impl.h"
 #include "mopt/quant.h"
 #include "mopt/tensor.h"
 
@@ -127,6 +128,130 @@ void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, con
 void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 32);
+}
+
+/* k-quant rows (mopt/quant.h, KQUANT) against int8 x per super-block (llama.cpp's Q8_K): each super-block's
+ * sub-block dots are scaled by their 6- or 8-bit scales and summed in int32 (pmaddwd), then go to float once. */
+static inline float kq_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* Q4_K: 32 bytes hold sub-blocks 2i (low nibbles) and 2i+1 (high); the mins come off with xs16 in integers */
+void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float mins = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 144) {
+            const int8_t *x = xq + 256 * k;
+            const int16_t *s16 = xs16 + 16 * k;
+            uint8_t sc[8], mn[8];
+            mopt_kquant_scales_mins(b + 4, sc, mn);
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            __m256i isum = _mm256_setzero_si256();
+            int32_t msum = 0;
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * i)));
+                const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * i + 32)));
+                isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * i])),
+                                                               _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i + 1]))));
+                msum += mn[2 * i] * (s16[4 * i] + s16[4 * i + 1]) + mn[2 * i + 1] * (s16[4 * i + 2] + s16[4 * i + 3]);
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b) * xd[k]), acc);
+            mins += kq_f16(b + 2) * xd[k] * (float)msum;
+        }
+        y[r] = hsum(acc) - mins;
+    }
+}
+
+/* Q6_K: 128 values from 64 bytes of low nibbles and 32 of high bit pairs; q - 32 as two pmaddubsw (q . x and
+ * 32 . x, neither can saturate), each 16 values' sum times its int8 scale with pmaddwd */
+void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    (void)xs16;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += 210) {
+            const int8_t *x = xq + 256 * k, *sc = (const int8_t *)(b + 192);
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            __m256i isum = _mm256_setzero_si256();
+            for (int n = 0; n < 2; n++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * n)), l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m3), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m3), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m3), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m3), 4));
+                for (int kq = 0; kq < 4; kq++) {
+                    const int j = 4 * n + kq;
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
+                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[kq], xv), _mm256_maddubs_epi16(m32, xv));
+                    const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                }
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b + 208) * xd[k]), acc);
+        }
+        y[r] = hsum(acc);
+    }
+}
+
+/* 32 level bytes times ds minus dm, 8 at a time: the scalar decoding's own two roundings */
+static inline void kq_widen32(__m256i q, float ds, float dm, float *dst) {
+    const __m256 vs = _mm256_set1_ps(ds), vm = _mm256_set1_ps(dm);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int p = 0; p < 4; p++)
+        _mm256_storeu_ps(dst + 8 * p, _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), vs), vm));
+}
+
+/* Q4_K: d sc q - dm m; Q6_K: (d sc) (q - 32), the level's offset taken in the integers */
+void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    for (int64_t k = 0; k < nsb; k++, dst += 256) {
+        if (bits == 4) {
+            const uint8_t *b = blocks + 144 * k;
+            const float d = kq_f16(b), dmin = kq_f16(b + 2);
+            uint8_t sc[8], mn[8];
+            mopt_kquant_scales_mins(b + 4, sc, mn);
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
+                kq_widen32(_mm256_and_si256(v, m4), d * sc[2 * i], dmin * mn[2 * i], dst + 64 * i);
+                kq_widen32(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), d * sc[2 * i + 1], dmin * mn[2 * i + 1], dst + 64 * i + 32);
+            }
+            continue;
+        }
+        const uint8_t *b = blocks + 210 * k;
+        const float d = kq_f16(b + 208);
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int n = 0; n < 2; n++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * n)), l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n));
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m3), 4))};
+            for (int kq = 0; kq < 4; kq++) {
+                const int j = 4 * n + kq;
+                const __m128i lo = _mm256_castsi256_si128(q[kq]), hi = _mm256_extracti128_si256(q[kq], 1);
+                const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+                for (int p = 0; p < 4; p++) {
+                    const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), _mm256_set1_epi32(32)));
+                    _mm256_storeu_ps(dst + 32 * j + 8 * p, _mm256_mul_ps(_mm256_set1_ps(d * sc[2 * j + p / 2]), v));
+                }
+            }
+        }
+    }
 }
 
 /* x / s onto the E4M3 grid, times s. Normals (2^-6 and up) keep 3 mantissa bits, rounded to nearest even in the
@@ -424,6 +549,9 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
+    .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
+    .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
+    .dequant_kquant = mopt_dequant_kquant_avx2,
     .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,
