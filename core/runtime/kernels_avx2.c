@@ -138,6 +138,18 @@ static inline float kq_f16(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
+/* pshufb masks that spread scale byte k over a 16-byte lane (kq_one[k]) or bytes 2j and 2j + 1 over its halves
+ * (kq_pair[j]); the bytes then widen to 16 pmaddwd factors */
+static const uint8_t kq_one[8][16] = {{0}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2},
+                                      {3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3}, {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4},
+                                      {5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6},
+                                      {7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
+static const uint8_t kq_pair[8][16] = {{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+                                       {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+                                       {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+                                       {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+static inline __m128i kq_mask(const uint8_t m[16]) { return _mm_loadu_si128((const __m128i *)m); }
+
 /* Q4_K: 32 bytes hold sub-blocks 2i (low nibbles) and 2i+1 (high); the mins come off with xs16 in integers */
 void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
                            const int16_t *xs16, int64_t nsb, float *y) {
@@ -149,19 +161,25 @@ void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
         for (int64_t k = 0; k < nsb; k++, b += 144) {
             const int8_t *x = xq + 256 * k;
             const int16_t *s16 = xs16 + 16 * k;
-            uint8_t sc[8], mn[8];
-            mopt_kquant_scales_mins(b + 4, sc, mn);
+            uint8_t sm[16]; /* the 8 scales, then the 8 mins */
+            mopt_kquant_scales_mins(b + 4, sm, sm + 8);
+            const __m128i scv = _mm_loadu_si128((const __m128i *)sm);
             _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
             __m256i isum = _mm256_setzero_si256();
-            int32_t msum = 0;
+            /* the mins against the sums of x per 32 (pairs of xs16): one pmaddwd of the 8 mins with 8 pair sums */
+            const __m256i s16v = _mm256_loadu_si256((const __m256i *)s16);
+            const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(s16v), _mm256_extracti128_si256(s16v, 1));
+            const __m128i mp = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(scv, 8)), pairs);
+            const __m128i m2 = _mm_add_epi32(mp, _mm_srli_si128(mp, 8));
+            const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2, _mm_srli_si128(m2, 4)));
             for (int i = 0; i < 4; i++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
                 const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * i)));
                 const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * i + 32)));
-                isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * i])),
-                                                               _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i + 1]))));
-                msum += mn[2 * i] * (s16[4 * i] + s16[4 * i + 1]) + mn[2 * i + 1] * (s16[4 * i + 2] + s16[4 * i + 3]);
+                const __m256i s0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_one[2 * i])));
+                const __m256i s1 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_one[2 * i + 1])));
+                isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
             }
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b) * xd[k]), acc);
             mins += kq_f16(b + 2) * xd[k] * (float)msum;
@@ -180,7 +198,8 @@ void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
         const uint8_t *b = w + (size_t)r * row_bytes;
         __m256 acc = _mm256_setzero_ps();
         for (int64_t k = 0; k < nsb; k++, b += 210) {
-            const int8_t *x = xq + 256 * k, *sc = (const int8_t *)(b + 192);
+            const int8_t *x = xq + 256 * k;
+            const __m128i scv = _mm_loadu_si128((const __m128i *)(b + 192));
             _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
             __m256i isum = _mm256_setzero_si256();
             for (int n = 0; n < 2; n++) {
@@ -195,7 +214,7 @@ void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
                     const int j = 4 * n + kq;
                     const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
                     const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[kq], xv), _mm256_maddubs_epi16(m32, xv));
-                    const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+                    const __m256i s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_pair[j])));
                     isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
                 }
             }
