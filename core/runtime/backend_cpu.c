@@ -195,7 +195,7 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
             return;
         }
         __attribute__((fallthrough)); /* act-order rows go element by element */
-    default: /* W8A8, act-order QINT and k-quants */
+    default: /* W8A8, act-order QINT and Q5_K */
         for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
     }
 }
