@@ -301,63 +301,14 @@ void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
     }
 }
 
-/* Lane l of each of R row results to y[l * y_stride + r], for the tile's real tokens. */
-static inline __attribute__((always_inline)) void store_tile(const __m256 *acc, float *y, int64_t y_stride, int32_t ntok, const int R) {
-    for (int r = 0; r < R; r++) {
-        float v[8];
-        _mm256_storeu_ps(v, acc[r]);
-        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
-    }
-}
-
-/* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
- * step broadcasts 4 levels of a row and multiplies them with the 4 matching
- * bytes of every token (pmaddubsw: unsigned levels x signed x). The 8 steps of
- * a block add up in int16 (8 x 2 x 15 x 127 < 2^15), are widened once, scaled
- * by the tokens' block scales, and summed per group, which takes the row's
- * scale and zero-point. */
-static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, int64_t in, const uint16_t *s, const uint8_t *z,
-                                                             float zsym, const int8_t *xi, const float *xdt, const float *xst,
-                                                             int64_t ng, int64_t bpg, float *y, int64_t y_stride, int32_t ntok,
-                                                             const int R) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t g = 0, b = 0; g < ng; g++) {
-        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (; b < (g + 1) * bpg; b++) {
-            __m256i a16[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-            const int8_t *xb = xi + 256 * b;
-            for (int c = 0; c < 8; c++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
-                for (int r = 0; r < R; r++) {
-                    int32_t w4;
-                    memcpy(&w4, wl + r * in + 32 * b + 4 * c, 4);
-                    a16[r] = _mm256_add_epi16(a16[r], _mm256_maddubs_epi16(_mm256_set1_epi32(w4), xv));
-                }
-            }
-            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
-            for (int r = 0; r < R; r++)
-                gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(a16[r], ones)), xd, gacc[r]);
-        }
-        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
-        for (int r = 0; r < R; r++) {
-            const float sc = _cvtsh_ss(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;
-            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(sc), acc[r]);
-            acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(sc * zz), acc[r]);
-        }
-    }
-    store_tile(acc, y, y_stride, ntok, R);
-}
-
-void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                          int64_t y_stride, int32_t ntok) {
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
-    for (; r < nrows; r++)
-        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
-}
+/* AVX2: pmaddubsw pairs summed in int16 over a block (8 x 2 x 15 x 127 < 2^15), widened once with pmaddwd; the
+ * signed form widens every step (|w| up to 128) */
+#define TILE_LINKAGE static
+#define TILE_FN(name) name
+#define Q4_STEP(a, w4, xv) (a) = _mm256_add_epi16((a), _mm256_maddubs_epi16(_mm256_set1_epi32(w4), (xv)))
+#define Q4_BLOCK_SUM(a) _mm256_madd_epi16((a), _mm256_set1_epi16(1))
+#define S8_STEP(a, wa4, xs) _mm256_add_epi32((a), _mm256_madd_epi16(_mm256_maddubs_epi16((wa4), (xs)), _mm256_set1_epi16(1)))
+#include "kernels_tiles.h"
 
 void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa) {
     const __m256i f = _mm256_set1_epi8((char)flip);
@@ -376,74 +327,6 @@ void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w,
 /* One step of the int8 GEMMs for one row: 4 weights (|w| and w) against 4
  * bytes of each of 8 tokens; pmaddubsw takes |w| and x with w's sign, so a
  * pair stays below 2^15 (2 x 128 x 127) but two may not: widened at once. */
-static inline __attribute__((always_inline)) __m256i s8_step(const int8_t *w, const uint8_t *wa, __m256i xv, __m256i acc) {
-    int32_t w4, a4;
-    memcpy(&w4, w, 4);
-    memcpy(&a4, wa, 4);
-    const __m256i p = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), _mm256_sign_epi8(xv, _mm256_set1_epi32(w4)));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-
-/* The int8 form of q4q8_tile (QINT 8-bit levels as level - 128). */
-static inline __attribute__((always_inline)) void s8q8_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
-                                                             const float *z, const int8_t *xi, const float *xdt,
-                                                             const float *xst, int64_t ng, int64_t bpg, float *y,
-                                                             int64_t y_stride, int32_t ntok, const int R) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t g = 0, b = 0; g < ng; g++) {
-        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (; b < (g + 1) * bpg; b++) {
-            __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-            const int8_t *xb = xi + 256 * b;
-            for (int c = 0; c < 8; c++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
-                for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 32 * b + 4 * c, wa + r * in + 32 * b + 4 * c, xv, a32[r]);
-            }
-            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
-            for (int r = 0; r < R; r++) gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a32[r]), xd, gacc[r]);
-        }
-        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
-        for (int r = 0; r < R; r++) {
-            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(s[r * ng + g]), acc[r]);
-            if (z) acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(s[r * ng + g] * z[r * ng + g]), acc[r]);
-        }
-    }
-    store_tile(acc, y, y_stride, ntok, R);
-}
-
-/* W8A8: one int32 sum per row and token over the whole row (|sum| < 2^31 for
- * rows under 2^17 inputs), scaled as the decode path scales dot_i8's sum. */
-static inline __attribute__((always_inline)) void s8rows_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
-                                                               const int8_t *xi, const float *xs, float *y, int64_t y_stride,
-                                                               int32_t ntok, const int R) {
-    __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int64_t c = 0; c < in / 4; c++) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 32 * c));
-        for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 4 * c, wa + r * in + 4 * c, xv, a32[r]);
-    }
-    const __m256 xsv = _mm256_loadu_ps(xs);
-    __m256 acc[4];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a32[r]), _mm256_set1_ps(s[r])), xsv);
-    store_tile(acc, y, y_stride, ntok, R);
-}
-
-void mopt_gemm_s8_rows_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
-                            const float *xs, float *y, int64_t y_stride, int32_t ntok) {
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 4);
-    for (; r < nrows; r++) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 1);
-}
-
-void mopt_gemm_s8_q8_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                          int64_t y_stride, int32_t ntok) {
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
-    for (; r < nrows; r++)
-        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
-}
-
 #define VBITS 256
 #define V_HSUM hsum
 #define F32_TAIL NO_TAIL
@@ -571,10 +454,10 @@ const mopt_kernels mopt_kernels_avx2 = {
     .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
-    .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
+    .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
-    .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,
-    .gemm_s8_rows = mopt_gemm_s8_rows_avx2,
+    .gemm_s8_q8 = gemm_s8_q8,
+    .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,
     .dot_i8 = dot_i8,
     .dot_sp24 = mopt_dot_sp24_avx2,
