@@ -103,6 +103,7 @@ typedef struct {
     const float *xd;      /* ... with their scales, [T, in / 32] or [tiles, in / 32, 8] */
     const int16_t *xs16;  /* KQUANT: [T, in / 16] sums of xq8 over every 16 values */
     int64_t gemv_rows;    /* rows per decode task */
+    int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
     const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
@@ -380,16 +381,36 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
+/* A Q4_K row as s (q - z) per 32 values for the integer GEMM: s = d sc, z = dmin m / s. A sub-block whose scale
+ * is 0 holds -dmin m alone: its levels become 0, with s = 1 and z = dmin m. */
+static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *z) {
+    for (int64_t k = 0; k < nsb; k++) {
+        const uint8_t *b = row + 144 * k;
+        uint16_t hd, hm;
+        memcpy(&hd, b, 2);
+        memcpy(&hm, b + 2, 2);
+        const float d = mopt_f16_to_f32(hd), dmin = mopt_f16_to_f32(hm);
+        uint8_t sc[8], m[8];
+        mopt_kquant_scales_mins(b + 4, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const float ds = d * sc[j], dm = dmin * m[j];
+            if (ds == 0) memset(levels + 256 * k + 32 * j, 0, 32);
+            s[8 * k + j] = ds == 0 ? 1.0f : ds;
+            z[8 * k + j] = ds == 0 ? dm : dm / ds;
+        }
+    }
+}
+
 /* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
- * unpacked to a byte per weight once, then every tile. 4-bit QINT levels stay
- * unsigned; 8-bit QINT levels become level - 128 (the zero-points follow) and
- * W8A8 weights are signed already. */
+ * unpacked to a byte per weight once, then every tile. 4-bit QINT and Q4_K
+ * levels stay unsigned; 8-bit QINT levels become level - 128 (the zero-points
+ * follow) and W8A8 weights are signed already. */
 static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
     const mopt_tensor *w = j->w;
     const mopt_quant_info *q = w->quant;
-    const int64_t in = j->in, nb = in / 32, ng = w->dtype == MOPT_DTYPE_W8A8 ? 1 : q->scale->ne[0], bpg = nb / ng;
+    const int64_t in = j->in, nb = in / 32, bpg = nb / j->ng, ng = j->ng;
     const int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
     const uint8_t *src = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
@@ -400,6 +421,12 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
     if (q4) {
         for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+    } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are (their own magnitudes), a scale and zero per 32 */
+        for (int64_t r = 0; r < rows; r++) {
+            k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
+            q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+        }
+        wa = (uint8_t *)ws, scale = sf, zero = zf;
     } else {
         for (int64_t r = 0; r < rows; r++)
             k->unpack_s8(src + (size_t)r * w->nb[1], in, w->dtype == MOPT_DTYPE_QINT ? 0x80 : 0, ws + r * in, wa + r * in);
@@ -552,7 +579,7 @@ static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err)
             xst[(tile * ng + b / bpg) * 8 + l] += d * (float)qs;
         }
     }
-    j->xq8 = xi, j->xd = xdt, j->xsum = xst;
+    j->xq8 = xi, j->xd = xdt, j->xsum = xst, j->ng = ng;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
     return MOPT_OK;
 }
@@ -605,6 +632,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
     }
     if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5 && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
+    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));

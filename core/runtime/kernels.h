@@ -49,6 +49,8 @@ typedef struct mopt_kernels {
     /* nsb Q4_K (bits 4) or Q6_K (bits 6) super-blocks widened to 256 * nsb fp32 values, exactly as
      * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
     void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
+    /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */
+    void (*unpack_q4k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
      *   wl  the rows' levels unpacked to one byte each, [nrows, in]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
@@ -109,6 +111,7 @@ void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
 void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
                            const int16_t *xs16, int64_t nsb, float *y);
 void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
+void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels);
 void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa);
 

@@ -273,6 +273,16 @@ void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, 
     }
 }
 
+void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t k = 0; k < nsb; k++)
+        for (int i = 0; i < 4; i++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blocks + 144 * k + 16 + 32 * i));
+            _mm256_storeu_si256((__m256i *)(levels + 256 * k + 64 * i), _mm256_and_si256(v, m4));
+            _mm256_storeu_si256((__m256i *)(levels + 256 * k + 64 * i + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        }
+}
+
 /* x / s onto the E4M3 grid, times s. Normals (2^-6 and up) keep 3 mantissa bits, rounded to nearest even in the
  * float's own bits; below 2^-6 the grid is 2^-9 apart; from 464 up (the tie between 448 and the NaN code's 480)
  * saturate to 448. NaN stays NaN, and the sign (zero's too) is kept. */
@@ -454,6 +464,7 @@ const mopt_kernels mopt_kernels_avx2 = {
     .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
+    .unpack_q4k = mopt_unpack_q4k_avx2,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .gemm_s8_q8 = gemm_s8_q8,

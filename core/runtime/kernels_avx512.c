@@ -170,6 +170,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
+    .unpack_q4k = mopt_unpack_q4k_avx2,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .gemm_s8_q8 = gemm_s8_q8,

@@ -195,6 +195,16 @@ static void dequant_kquant(const uint8_t *blocks, int32_t bits, int64_t nsb, flo
     for (int64_t k = 0; k < nsb; k++) mopt_kquant_block_f32(bits, blocks + k * mopt_kquant_block_bytes(bits), dst + 256 * k);
 }
 
+static void unpack_q4k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+    for (int64_t k = 0; k < nsb; k++)
+        for (int i = 0; i < 4; i++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t v = blocks[144 * k + 16 + 32 * i + l];
+                levels[256 * k + 64 * i + l] = v & 15;
+                levels[256 * k + 64 * i + 32 + l] = v >> 4;
+            }
+}
+
 static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0, int64_t i1, int32_t l) {
     int32_t d = 0;
     for (int64_t i = i0; i < i1; i++) d += (sgn ? (int8_t)w[i] : w[i]) * xi[(i / 4 * 8 + l) * 4 + i % 4];
@@ -314,6 +324,7 @@ const mopt_kernels mopt_kernels_ref = {
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = gemv_q6k_q8,
     .dequant_kquant = dequant_kquant,
+    .unpack_q4k = unpack_q4k,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = unpack_q4,
     .gemm_s8_q8 = gemm_s8_q8,

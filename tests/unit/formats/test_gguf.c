@@ -103,7 +103,7 @@ static const unsigned char *kquant_tensor(const unsigned char *d, const char *na
 }
 
 /* Q4_K / Q5_K / Q6_K files load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
- * writes it), run with the perplexity of their decoding written out as f32, and export their linears back byte for byte (the
+ * writes it), run with the perplexity of their decoding written out as f32 (Q4_K within its int8 activations' rounding), and export their linears back byte for byte (the
  * embedding is dequantized at load, so it does not). */
 static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
     REQUIRE_SHARED();
@@ -123,9 +123,10 @@ static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
         assert_int_equal(head->dtype, MOPT_DTYPE_KQUANT);
         assert_int_equal(head->quant->bits, 6);
         mopt_model *f = export_and_load(e, "", "f32", "kdec.gguf");
-        const double pk = ppl(e), pf = ppl(f);
-        fprintf(stderr, "lit-llama %s packed: ppl %.6f, its f32 decoding %.6f\n", types[i], pk, pf);
-        assert_true(fabs(pk / pf - 1) < 1e-6);
+        /* Q5_K and Q6_K prefill widens the rows exactly; Q4_K's runs against x as int8 per 32 values, as Q4_0's does */
+        const double pk = ppl(e), pf = ppl(f), tol = i == 0 ? 3e-4 : 1e-6;
+        fprintf(stderr, "lit-llama %s packed: ppl %.6f, its f32 decoding %.6f (%+.2e)\n", types[i], pk, pf, pk / pf - 1);
+        assert_true(fabs(pk / pf - 1) < tol);
         mopt_model_free(export_and_load(e, "", "auto", "kre.gguf"));
         snprintf(a, sizeof a, "%s/%s", dir, file);
         snprintf(b, sizeof b, "%s/kre.gguf", dir);

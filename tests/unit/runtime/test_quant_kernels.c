@@ -324,7 +324,7 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
     memcpy(blk, &hd, 2);
     memcpy(blk + 2, &hm, 2);
     for (int j = 0; j < 8; j++) { /* 6-bit scales and mins: the low 6 bits of bytes 0..7 for j < 4, split for j >= 4 */
-        sc[j] = (uint8_t)(urand() % 64), m[j] = (uint8_t)(urand() % 64);
+        sc[j] = (uint8_t)(urand() % 8 ? urand() % 64 : 0), m[j] = (uint8_t)(urand() % 64); /* some scales 0: the mins alone */
         if (j < 4) {
             blk[4 + j] = sc[j];
             blk[4 + j + 4] = m[j];
@@ -344,7 +344,8 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
 }
 
 /* Q4_K, Q5_K and Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8
- * tokens) against x as int8 per 256 values (Q8_K) for Q4_K and Q6_K, otherwise (Q5_K, prefill) against x itself. */
+ * tokens) against x as int8 per 256 values (Q8_K) for Q4_K and Q6_K, Q4_K's prefill against x as int8 per 32 (the
+ * integer GEMM), the rest (Q5_K, Q6_K's prefill) against x itself. Sub-blocks with a zero scale keep their mins. */
 static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
     const int bits[] = {4, 5, 6};
     const int64_t ins[] = {256, 768};
@@ -369,7 +370,8 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
                 float *x = malloc((size_t)(T * in) * sizeof *x);
                 double *ref = malloc((size_t)(T * out) * sizeof *ref);
                 for (int64_t i = 0; i < T * in; i++) x[i] = frand();
-                float *xa = T <= 8 && bits[bi] != 5 ? q8_blocks(x, T * in, 256) : x;
+                /* decode: Q4_K and Q6_K against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
+                float *xa = T <= 8 && bits[bi] != 5 ? q8_blocks(x, T * in, 256) : T > 8 && bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
                 for (int t = 0; t < T; t++)
                     for (int64_t o = 0; o < out; o++) {
                         double acc = 0;
