@@ -67,8 +67,9 @@
  *     ql[64n + l + 32 (k & 1)] (k < 2 low, else high nibble) and its high two
  *     bits from bits 2k..2k+1 of qh[32n + l]; w = d * sc[v / 16] * (q - 32)
  * On the CPU, Q4_K and Q6_K rows decode against activations quantized to int8
- * per 32 values (llama.cpp runs them against Q8_K, per 256), each sub-block's
- * dot product in int32; prefill widens rows for SGEMM. */
+ * per 256 values (llama.cpp's Q8_K), each super-block's dot product in int32;
+ * Q4_K prefill runs the int8 GEMM (d sc and dmin m as a scale and zero-point
+ * per 32 values, x as int8 per 32), and Q5_K / Q6_K prefill widens rows for SGEMM. */
 #ifndef MOPT_QUANT_H
 #define MOPT_QUANT_H
 
