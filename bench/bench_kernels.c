@@ -63,6 +63,20 @@ static mopt_tensor *make_weight(const char *fmt, int64_t out, int64_t in, mopt_e
             t = mopt_w8a8_pack("w", out, in, q, s, err);
         }
         free(q), free(s);
+    } else if (!strcmp(fmt, "q4_k") || !strcmp(fmt, "q6_k")) { /* random GGUF k-quant blocks with small f16 scales */
+        const int bits = fmt[1] - '0';
+        const size_t bb = (size_t)mopt_kquant_block_bytes(bits), nblk = n / MOPT_KQ_BLOCK;
+        uint8_t *b = malloc(nblk * bb);
+        if (b) {
+            for (size_t i = 0; i < nblk * bb; i++) b[i] = (uint8_t)urand();
+            const uint16_t d = mopt_f32_to_f16(0.0005f);
+            for (size_t k = 0; k < nblk; k++) {
+                memcpy(b + k * bb + (bits == 6 ? 208 : 0), &d, 2);
+                if (bits == 4) memcpy(b + k * bb + 2, &d, 2);
+            }
+            t = mopt_kquant_pack("w", out, in, bits, b, err);
+        }
+        free(b);
     } else if (!strcmp(fmt, "fp8")) {
         uint8_t *q = malloc(n);
         float *s = malloc((size_t)out * sizeof *s);
@@ -105,9 +119,9 @@ int main(int argc, char **argv) {
     printf("weights of about %lld MiB per format, in = %lld, %d token(s), %d threads; %d rounds after a warm-up, each\n"
            "timing every format once beside a read of a %lld MiB buffer (noisy machines drift, so each figure is set\n"
            "against the bandwidth measured in its own round)\n", (long long)mib, (long long)in, T, threads, runs, (long long)mib);
-    enum { NF = 8 };
-    const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "q8_0", "q4_0", "w8a8", "fp8"};
-    const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 0.5, 1, 1};
+    enum { NF = 10 };
+    const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "q8_0", "q4_0", "q4_k", "q6_k", "w8a8", "fp8"};
+    const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 0.5, 144.0 / 256, 210.0 / 256, 1, 1};
     mopt_tensor *w[NF] = {0};
     float *y[NF] = {0};
     float *x = malloc((size_t)T * (size_t)in * sizeof *x);
@@ -116,7 +130,7 @@ int main(int argc, char **argv) {
     if (!x || !gbs || !frac || !bw) return 1;
     for (int64_t i = 0; i < T * in; i++) x[i] = frand();
     for (int f = 0; f < NF; f++) {
-        if (only && strcmp(only, fmts[f])) continue;
+        if ((only && strcmp(only, fmts[f])) || (fmts[f][2] == 'k' && in % MOPT_KQ_BLOCK)) continue; /* k-quants: whole super-blocks */
         const int64_t out = (int64_t)((double)(mib << 20) / ((double)in * bytes_per_value[f]));
         mopt_error err = {0};
         w[f] = make_weight(fmts[f], out, in, &err);

@@ -4,8 +4,10 @@
 #   LLAMA_CPP_BIN=/path/to/llama.cpp/build/bin bench/vs_llamacpp.sh MODEL [WORKDIR]
 #
 # MODEL is any model mopt loads (e.g. `mopt synth --shape llama-1b -o DIR`).
-# mopt exports it to GGUF as F16, Q8_0 and Q4_0 (into WORKDIR, default
-# /tmp/mopt-vs-llamacpp), then REPS times runs llama-bench and `mopt bench` on
+# mopt exports it to GGUF as F16, Q8_0, Q4_0 and Q4_K (into WORKDIR, default
+# /tmp/mopt-vs-llamacpp) and llama-quantize makes a Q4_K_M from the F16 file
+# (llama.cpp's own k-quant mix, which mopt runs as stored), then REPS times
+# runs llama-bench and `mopt bench` on
 # each file one after the other, so both see the same machine state. It also
 # times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
 # to llama.cpp's Q8_0 / Q4_0. Prints one table of medians: prefill and decode
@@ -31,16 +33,22 @@ REPS=${REPS:-3}
 command -v python3 >/dev/null || { echo "vs_llamacpp: python3 is needed to read the JSON results" >&2; exit 2; }
 mkdir -p "$WORK/runs"
 
-for t in f16 q8_0 q4_0; do
+for t in f16 q8_0 q4_0 q4_k; do
   f="$WORK/model-$t.gguf"
   [ -s "$f" ] || "$MOPT" export "$MODEL" --format gguf --type "$t" -o "$f" >/dev/null
 done
+[ -x "$LLAMA_CPP_BIN/llama-quantize" ] ||
+  { echo "vs_llamacpp: $LLAMA_CPP_BIN/llama-quantize not found (build the llama-quantize target)" >&2; exit 2; }
+[ -s "$WORK/model-q4_k_m.gguf" ] ||
+  "$LLAMA_CPP_BIN/llama-quantize" "$WORK/model-f16.gguf" "$WORK/model-q4_k_m.gguf" Q4_K_M "$THREADS" >/dev/null 2>&1
 
 # name | GGUF file for llama.cpp | what mopt runs | mopt --pipeline (or none)
 ROWS=(
   "F16|model-f16.gguf|$WORK/model-f16.gguf|"
   "Q8_0|model-q8_0.gguf|$WORK/model-q8_0.gguf|"
   "Q4_0|model-q4_0.gguf|$WORK/model-q4_0.gguf|"
+  "Q4_K (mopt's export)|model-q4_k.gguf|$WORK/model-q4_k.gguf|"
+  "Q4_K_M (llama-quantize's)|model-q4_k_m.gguf|$WORK/model-q4_k_m.gguf|"
   "mopt int8 per row vs Q8_0|model-q8_0.gguf|$MODEL|quant.rtn<bits=8;group_size=-1;sym=true>"
   "mopt int4 g128 vs Q4_0|model-q4_0.gguf|$MODEL|quant.rtn<bits=4;group_size=128>"
 )

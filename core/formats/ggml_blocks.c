@@ -6,7 +6,8 @@
 #include <string.h>
 
 #include "base.h"
-#include "mopt/tensor.h"
+#include "mopt/quant.h"
+#include "tensor_impl.h"
 #include "ggml.h"
 
 int64_t mopt_ggml_block_size(int32_t type) {
@@ -173,16 +174,6 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
 
 /* --- Q4_K ------------------------------------------------------------------- */
 
-static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
 static int nearest(float f) { return (int)lrintf(f); }
 
 /* Q4_K (nmax 15) and Q5_K (nmax 31): levels L[256] and the block header */
@@ -215,10 +206,10 @@ static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
     put16(y + 2, max_min / 63.f);
     const float d = get16(y), dmin = get16(y + 2);
     memset(L, 0, 256);
+    uint8_t s[8], m[8];
+    mopt_kquant_scales_mins(sc, s, m);
     for (int j = 0; j < 8; j++) {
-        uint8_t s, m;
-        scale_min_k4(j, sc, &s, &m);
-        const float dd = d * s, dm = dmin * m;
+        const float dd = d * s[j], dm = dmin * m[j];
         if (!dd) continue;
         for (int i = 0; i < 32; i++) {
             int l = nearest((x[32 * j + i] + dm) / dd);
@@ -247,21 +238,6 @@ static void q5_k(const float *x, uint8_t *y) {
             if (l2 > 15) l2 -= 16, qh[j] |= m2;
             ql[j] = (uint8_t)(l1 | (l2 << 4));
         }
-}
-
-static void dq_5k(const uint8_t *b, float *y) {
-    const float d = get16(b), dmin = get16(b + 2);
-    const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
-    uint8_t u1 = 1, u2 = 2;
-    for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
-        uint8_t s, m;
-        scale_min_k4(is, sc, &s, &m);
-        const float d1 = d * s, m1 = dmin * m;
-        scale_min_k4(is + 1, sc, &s, &m);
-        const float d2 = d * s, m2 = dmin * m;
-        for (int l = 0; l < 32; l++) *y++ = d1 * (float)((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
-        for (int l = 0; l < 32; l++) *y++ = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-    }
 }
 
 /* Q6_K: 16 sub-blocks of 16 with signed 6-bit levels and int8 scales */
@@ -299,34 +275,6 @@ static void q6_k(const float *x, uint8_t *y) {
             ql[l + 32] = (uint8_t)((L[j + l + 32] & 0xF) | ((L[j + l + 96] & 0xF) << 4));
             qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
         }
-}
-
-static void dq_6k(const uint8_t *b, float *y) {
-    const float d = get16(b + 208);
-    const uint8_t *ql = b, *qh = b + 128;
-    const int8_t *sc = (const int8_t *)(b + 192);
-    for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8)
-        for (int l = 0; l < 32; l++) {
-            const int is = l / 16;
-            y[l] = d * sc[is] * (float)((int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
-            y[l + 32] = d * sc[is + 2] * (float)((int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
-            y[l + 64] = d * sc[is + 4] * (float)((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-            y[l + 96] = d * sc[is + 6] * (float)((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-        }
-}
-
-static void dq_4k(const uint8_t *b, float *y) {
-    const float d = get16(b), dmin = get16(b + 2);
-    const uint8_t *sc = b + 4, *q = b + 16;
-    for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
-        uint8_t s, m;
-        scale_min_k4(is, sc, &s, &m);
-        const float d1 = d * s, m1 = dmin * m;
-        scale_min_k4(is + 1, sc, &s, &m);
-        const float d2 = d * s, m2 = dmin * m;
-        for (int l = 0; l < 32; l++) *y++ = d1 * (q[l] & 0xF) - m1;
-        for (int l = 0; l < 32; l++) *y++ = d2 * (q[l] >> 4) - m2;
-    }
 }
 
 /* --- rows ------------------------------------------------------------------- */
@@ -376,9 +324,9 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
             *y = mopt_bf16_to_f32(h);
             break;
         }
-        case MOPT_GGML_Q4_K: dq_4k(b, y); break;
-        case MOPT_GGML_Q5_K: dq_5k(b, y); break;
-        case MOPT_GGML_Q6_K: dq_6k(b, y); break;
+        case MOPT_GGML_Q4_K: mopt_kquant_block_f32(4, b, y); break;
+        case MOPT_GGML_Q5_K: mopt_kquant_block_f32(5, b, y); break;
+        case MOPT_GGML_Q6_K: mopt_kquant_block_f32(6, b, y); break;
         default: dq_32(type, b, y); break;
         }
     }

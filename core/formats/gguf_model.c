@@ -1,8 +1,9 @@
 /* GGUF models (the architectures of arch/'s families) and their tokenizers.
  * Tensors get the graph's names from the family's table; f32/f16/bf16 stay views into the mapping, Q4_0 and
- * Q8_0 linears become QINT tensors holding the same levels and scales (the
- * packed kernels run them directly), every other block type is dequantized to
- * f32. Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder
+ * Q8_0 linears (lm_head included) become QINT tensors holding the same levels and scales and
+ * Q4_K/Q5_K/Q6_K linears KQUANT tensors holding the blocks as they are (the
+ * packed kernels run both directly); every other block type, and every block
+ * type outside the linears, is dequantized to f32. Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder
  * runs as is. A fused q/k/v (GPT-2's attn_qkv) is split into q, k and v. */
 #include <jansson.h>
 #include <stdio.h>
@@ -150,6 +151,8 @@ static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name
         free(s);
         return o;
     }
+    if (linear && nd == 2 && (t->type == MOPT_GGML_Q4_K || t->type == MOPT_GGML_Q5_K || t->type == MOPT_GGML_Q6_K))
+        return mopt_kquant_pack(name, rows, cols, t->type == MOPT_GGML_Q4_K ? 4 : t->type == MOPT_GGML_Q5_K ? 5 : 6, src, err);
     mopt_tensor *o = mopt_tensor_new(name, MOPT_DTYPE_F32, nd, dims, err);
     if (!o) return NULL;
     for (int64_t r = 0; r < rows; r++)
@@ -178,7 +181,8 @@ static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, c
         char kind[16], name[MOPT_MAX_NAME];
         const int32_t n = mopt_family_parse_name(fam, MOPT_NAMING_GGUF, t->name, rules, &layer, kind, sizeof kind);
         if (!n) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s is not part of a %s model", path, t->name, a->family);
-        const int linear = mopt_role_is_linear((mopt_role)rules[0]->role) && !strcmp(kind, "weight");
+        const mopt_role role = (mopt_role)rules[0]->role; /* output.weight runs through the same kernels as the linears */
+        const int linear = (mopt_role_is_linear(role) || role == MOPT_ROLE_LM_HEAD) && !strcmp(kind, "weight");
         if (n == 1) {
             mopt_rule_graph_name(rules[0], layer, kind, name, sizeof name);
             mopt_status st = add(g, convert(f, t, name, 0, t->ndim == 2 ? t->ne[1] : 1, linear, err), err);

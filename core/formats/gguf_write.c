@@ -6,8 +6,8 @@
  * type other than q8_0 (as llama-quantize does), and a row length the block
  * does not divide falls back as llama.cpp does (q4_k -> q5_0, q5_k -> q5_1,
  * q6_k -> q8_0, then f16). A QINT linear that already is Q4_0 or Q8_0
- * (symmetric, groups of 32) is written bit for bit; type auto writes such
- * linears so and keeps every float tensor's dtype. Rows go out in the format's
+ * (symmetric, groups of 32), and a KQUANT one of the type, is written bit for
+ * bit; type auto writes such linears so and keeps every float tensor's dtype. Rows go out in the format's
  * RoPE order and fused as the table says (mopt_file_tensors). */
 #include <errno.h>
 #include <stdio.h>
@@ -206,8 +206,15 @@ typedef struct {
 
 static int is_block(int32_t t) { return t != MOPT_GGML_F32 && t != MOPT_GGML_F16 && t != MOPT_GGML_BF16; }
 
-/* A QINT tensor whose levels already are the block format: symmetric, groups of 32, 4 or 8 bits. */
+/* The ggml type of a KQUANT tensor's blocks. */
+static int32_t kquant_type(const mopt_tensor *s) {
+    return s->quant->bits == 4 ? MOPT_GGML_Q4_K : s->quant->bits == 5 ? MOPT_GGML_Q5_K : MOPT_GGML_Q6_K;
+}
+
+/* A packed tensor whose rows already are the block format: KQUANT blocks of
+ * the type, or QINT levels that are Q4_0/Q8_0 (symmetric, groups of 32, 4 or 8 bits). */
 static int exact_blocks(const mopt_tensor *s, int32_t type) {
+    if (s->dtype == MOPT_DTYPE_KQUANT) return kquant_type(s) == type;
     if (s->dtype != MOPT_DTYPE_QINT || !(s->quant->flags & MOPT_QUANT_SYM) || s->quant->group_size != 32 || s->quant->g_idx) return 0;
     return (type == MOPT_GGML_Q4_0 && s->quant->bits == 4) || (type == MOPT_GGML_Q8_0 && s->quant->bits == 8);
 }
@@ -229,7 +236,8 @@ static int32_t pick_type(const gten *t, int32_t want) {
         const mopt_tensor *s = t->ft.src[0];
         if (s->dtype == MOPT_DTYPE_F32 || s->dtype == MOPT_DTYPE_F16 || s->dtype == MOPT_DTYPE_BF16)
             return s->dtype == MOPT_DTYPE_F32 ? MOPT_GGML_F32 : s->dtype == MOPT_DTYPE_F16 ? MOPT_GGML_F16 : MOPT_GGML_BF16;
-        ty = all_exact(&t->ft, MOPT_GGML_Q4_0) ? MOPT_GGML_Q4_0 : all_exact(&t->ft, MOPT_GGML_Q8_0) ? MOPT_GGML_Q8_0 : MOPT_GGML_F16;
+        ty = s->dtype == MOPT_DTYPE_KQUANT ? kquant_type(s) : s->dtype == MOPT_DTYPE_QINT && s->quant->bits == 4 ? MOPT_GGML_Q4_0 : MOPT_GGML_Q8_0;
+        if (!all_exact(&t->ft, ty)) ty = MOPT_GGML_F16;
         return mopt_ggml_row_bytes(ty, n) < 0 ? MOPT_GGML_F16 : ty;
     }
     if (t->ft.role == MOPT_ROLE_LM_HEAD && is_block(ty) && ty != MOPT_GGML_Q8_0) ty = MOPT_GGML_Q6_K; /* as llama-quantize */
@@ -252,6 +260,10 @@ static mopt_status write_row(const gten *t, int64_t r, float *tmp, uint8_t *out,
     }
     int64_t row;
     const mopt_tensor *s = mopt_file_tensor_row(&t->ft, r, &row);
+    if (exact_blocks(s, t->type) && s->dtype == MOPT_DTYPE_KQUANT) {
+        memcpy(out, (const uint8_t *)s->data + (size_t)row * s->nb[1], s->nb[1]);
+        return MOPT_OK;
+    }
     if (exact_blocks(s, t->type)) {
         const int64_t nb = t->row_len / 32, ng = s->quant->scale->ne[0];
         const int64_t bb = mopt_ggml_block_bytes(t->type);

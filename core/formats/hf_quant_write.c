@@ -19,9 +19,11 @@ static const char *fmt_name(mopt_hf_layout f) {
 
 mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err) {
     memset(s, 0, sizeof *s);
+    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
+    const mopt_tensor *lm = head >= 0 ? mopt_graph_node(g, head)->weight : NULL;
     for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
-        if (t->dtype < MOPT_DTYPE_PACKED_FIRST) continue;
+        if (t->dtype < MOPT_DTYPE_PACKED_FIRST || t == lm) continue; /* a packed lm_head (from GGUF) is written in float */
         const int act_order = t->quant->g_idx != NULL;
         if (!s->n_packed++) {
             s->dtype = t->dtype;
@@ -41,6 +43,8 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
 
 const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
     if (!s->n_packed || f == MOPT_HF_DENSE) return NULL;
+    if (s->dtype == MOPT_DTYPE_KQUANT)
+        return "GGUF k-quants (Q4_K, Q5_K, Q6_K) have no Hugging Face layout; export them dense (format dense: dequantized) or as GGUF";
     if (s->dtype == MOPT_DTYPE_SP24)
         return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
     if (f == MOPT_HF_MODELOPT)

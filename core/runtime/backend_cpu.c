@@ -101,7 +101,9 @@ typedef struct {
     const float *xsum;    /* QINT: [T, n_groups] sums of x over each group (of the int8 x where xq8 is set) */
     const int8_t *xq8;    /* x as int8 per 32 values (or per token): [T, in] for the GEMVs, in tiles of 8 tokens for the integer GEMM ... */
     const float *xd;      /* ... with their scales, [T, in / 32] or [tiles, in / 32, 8] */
+    const int16_t *xs16;  /* KQUANT: [T, in / 16] sums of xq8 over every 16 values */
     int64_t gemv_rows;    /* rows per decode task */
+    int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
     const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
@@ -141,6 +143,11 @@ static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t 
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
+    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5) { /* Q4_K, Q6_K in vectors; Q5_K goes element by element */
+        for (int64_t r = 0; r < rows; r++)
+            c->k->dequant_kquant((const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1], w->quant->bits, in / MOPT_KQ_BLOCK, dst + r * in);
+        return;
+    }
     switch (w->dtype) {
     case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
     case MOPT_DTYPE_BF16: c->k->cvt_bf16((const uint16_t *)w->data + o0 * in, dst, rows * in); return;
@@ -189,7 +196,7 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
             return;
         }
         __attribute__((fallthrough)); /* act-order rows go element by element */
-    default: /* W8A8 and act-order QINT */
+    default: /* W8A8, act-order QINT and Q5_K */
         for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
     }
 }
@@ -250,6 +257,18 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         }
         return;
     }
+    if (w->dtype == MOPT_DTYPE_KQUANT && j->xs16) { /* Q4_K / Q6_K against int8 x: the kernel takes the row range */
+        const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
+        for (int32_t t = 0; t < j->T; t++) {
+            float *y = j->y + (size_t)t * j->y_stride + o0;
+            (w->quant->bits == 4 ? k->gemv_q4k_q8 : k->gemv_q6k_q8)(rows, w->nb[1], o1 - o0, j->xq8 + (size_t)t * j->in,
+                                                                    j->xd + (size_t)t * (j->in / MOPT_KQ_BLOCK), j->xs16 + (size_t)t * (j->in / 16),
+                                                                    j->in / MOPT_KQ_BLOCK, y);
+            if (j->b)
+                for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
+        }
+        return;
+    }
     if (w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I4)) { /* int4 2:4: the kernel reads the row in place */
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : j->in;
         for (int64_t o = o0; o < o1; o++) {
@@ -286,7 +305,7 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         }
         return;
     }
-    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* act-order QINT: widen one row, then dot */
+    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* act-order QINT and Q5_K: widen one row, then dot */
         float *row = j->c->wscratch[thread];
         for (int64_t o = o0; o < o1; o++) {
             widen_rows(j->c, w, o, 1, row);
@@ -362,16 +381,36 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
+/* A Q4_K row as s (q - z) per 32 values for the integer GEMM: s = d sc, z = dmin m / s. A sub-block whose scale
+ * is 0 holds -dmin m alone: its levels become 0, with s = 1 and z = dmin m. */
+static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *z) {
+    for (int64_t k = 0; k < nsb; k++) {
+        const uint8_t *b = row + 144 * k;
+        uint16_t hd, hm;
+        memcpy(&hd, b, 2);
+        memcpy(&hm, b + 2, 2);
+        const float d = mopt_f16_to_f32(hd), dmin = mopt_f16_to_f32(hm);
+        uint8_t sc[8], m[8];
+        mopt_kquant_scales_mins(b + 4, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const float ds = d * sc[j], dm = dmin * m[j];
+            if (ds == 0) memset(levels + 256 * k + 32 * j, 0, 32);
+            s[8 * k + j] = ds == 0 ? 1.0f : ds;
+            z[8 * k + j] = ds == 0 ? dm : dm / ds;
+        }
+    }
+}
+
 /* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
- * unpacked to a byte per weight once, then every tile. 4-bit QINT levels stay
- * unsigned; 8-bit QINT levels become level - 128 (the zero-points follow) and
- * W8A8 weights are signed already. */
+ * unpacked to a byte per weight once, then every tile. 4-bit QINT and Q4_K
+ * levels stay unsigned; 8-bit QINT levels become level - 128 (the zero-points
+ * follow) and W8A8 weights are signed already. */
 static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
     const mopt_tensor *w = j->w;
     const mopt_quant_info *q = w->quant;
-    const int64_t in = j->in, nb = in / 32, ng = w->dtype == MOPT_DTYPE_W8A8 ? 1 : q->scale->ne[0], bpg = nb / ng;
+    const int64_t in = j->in, nb = in / 32, bpg = nb / j->ng, ng = j->ng;
     const int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
     const uint8_t *src = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
@@ -382,6 +421,12 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
     if (q4) {
         for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+    } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are (their own magnitudes), a scale and zero per 32 */
+        for (int64_t r = 0; r < rows; r++) {
+            k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
+            q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+        }
+        wa = (uint8_t *)ws, scale = sf, zero = zf;
     } else {
         for (int64_t r = 0; r < rows; r++)
             k->unpack_s8(src + (size_t)r * w->nb[1], in, w->dtype == MOPT_DTYPE_QINT ? 0x80 : 0, ws + r * in, wa + r * in);
@@ -450,6 +495,33 @@ static void run_gemv(cpu_ctx *c, lin_job *j, mopt_task_fn fn) {
     mopt_pool_run(c->pool, (j->out + j->gemv_rows - 1) / j->gemv_rows, fn, j);
 }
 
+/* Every token's x as int8 per `bs` values (scale max|x| / 127 per block): xq [T, in], xd [T, in / bs]. */
+static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *xd) {
+    const int64_t nb = j->in / bs;
+    for (int32_t t = 0; t < j->T; t++)
+        for (int64_t b = 0; b < nb; b++)
+            xd[t * nb + b] = quantize_token_i8(j->x + (size_t)t * j->x_stride + bs * b, bs, xq + (size_t)t * j->in + bs * b, NULL);
+}
+
+/* Q4_K / Q6_K decode: x as int8 per 256 values (llama.cpp's Q8_K, which lets a super-block's dot stay in
+ * integers), with the sums of every 16 levels for the mins and the offset of 32 */
+static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
+    const size_t n = (size_t)j->T * (size_t)j->in;
+    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t));
+    float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, n / MOPT_KQ_BLOCK * sizeof(float));
+    if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    int16_t *s16 = (int16_t *)(void *)(xq + n); /* n is a multiple of 256: aligned */
+    quantize_blocks_i8(j, MOPT_KQ_BLOCK, xq, xd);
+    for (size_t i = 0; i < n / 16; i++) {
+        int16_t s = 0;
+        for (int l = 0; l < 16; l++) s = (int16_t)(s + xq[16 * i + (size_t)l]);
+        s16[i] = s;
+    }
+    j->xq8 = xq, j->xd = xd, j->xs16 = s16;
+    run_gemv(c, j, gemv_task);
+    return MOPT_OK;
+}
+
 /* 4- and 8-bit QINT decode: each token's x quantized to int8 per 32 values (scale
  * max|x| / 127 per block), every block's dot with the levels done in int32, and
  * the groups' zero-points folded with the sums of the quantized x. */
@@ -459,9 +531,9 @@ static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, m
     float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)j->T * (size_t)(nb + ng) * sizeof(float));
     if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     float *sums = xd + (size_t)j->T * nb;
+    quantize_blocks_i8(j, 32, xq, xd);
     for (int32_t t = 0; t < j->T; t++) {
-        int8_t *q = xq + (size_t)t * in;
-        for (int64_t b = 0; b < nb; b++) xd[t * nb + b] = quantize_token_i8(j->x + (size_t)t * j->x_stride + 32 * b, 32, q + 32 * b, NULL);
+        const int8_t *q = xq + (size_t)t * in;
         for (int64_t g = 0; g < ng; g++) {
             float s = 0;
             for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) {
@@ -507,7 +579,7 @@ static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err)
             xst[(tile * ng + b / bpg) * 8 + l] += d * (float)qs;
         }
     }
-    j->xq8 = xi, j->xd = xdt, j->xsum = xst;
+    j->xq8 = xi, j->xd = xdt, j->xsum = xst, j->ng = ng;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
     return MOPT_OK;
 }
@@ -559,6 +631,8 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         const int64_t ng = w->quant->scale->ne[0];
         return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
     }
+    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5 && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
+    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));

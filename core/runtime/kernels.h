@@ -38,6 +38,19 @@ typedef struct mopt_kernels {
     /* The same for 8-bit rows (32-byte blocks) */
     void (*gemv_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
+     * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256], scales xd [nsb]), with
+     * xs16 [nsb * 16] the sums of xq over every 16 values: y[r] = the row's dot with the quantized x, each
+     * super-block's dot exact in int32 */
+    void (*gemv_q4k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
+    void (*gemv_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
+    /* nsb Q4_K (bits 4) or Q6_K (bits 6) super-blocks widened to 256 * nsb fp32 values, exactly as
+     * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
+    void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
+    /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */
+    void (*unpack_q4k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
      *   wl  the rows' levels unpacked to one byte each, [nrows, in]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
@@ -87,20 +100,19 @@ float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const fl
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
 void mopt_round_e4m3_avx2(const float *x, int64_t n, float s, float *out);
 float mopt_dot_sp24_i4_avx2(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
-/* The AVX2 integer GEMVs and GEMMs, which the AVX-512 set shares. */
+/* The AVX2 integer GEMVs, k-quant kernels and unpacking, which the AVX-512 set shares (the prefill GEMMs are
+ * built in each file from kernels_tiles.h). */
 void mopt_gemv_q4_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
 void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                           const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
-void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                          int64_t y_stride, int32_t ntok);
+void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
+void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels);
-void mopt_gemm_s8_q8_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                          int64_t y_stride, int32_t ntok);
-void mopt_gemm_s8_rows_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
-                            const float *xs, float *y, int64_t y_stride, int32_t ntok);
 void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa);
 
 extern const mopt_kernels mopt_kernels_ref;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "tensor_impl.h"
 #include "mopt/quant.h"
 #include "mopt/tensor.h"
 
@@ -129,6 +130,159 @@ void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, con
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 32);
 }
 
+/* k-quant rows (mopt/quant.h, KQUANT) against int8 x per super-block (llama.cpp's Q8_K): each super-block's
+ * sub-block dots are scaled by their 6- or 8-bit scales and summed in int32 (pmaddwd), then go to float once. */
+static inline float kq_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* pshufb masks that spread scale byte k over a 16-byte lane (kq_one[k]) or bytes 2j and 2j + 1 over its halves
+ * (kq_pair[j]); the bytes then widen to 16 pmaddwd factors */
+static const uint8_t kq_one[8][16] = {{0}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2},
+                                      {3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3}, {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4},
+                                      {5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6},
+                                      {7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
+static const uint8_t kq_pair[8][16] = {{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+                                       {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+                                       {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+                                       {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+static inline __m128i kq_mask(const uint8_t m[16]) { return _mm_loadu_si128((const __m128i *)m); }
+
+/* Q4_K: 32 bytes hold sub-blocks 2i (low nibbles) and 2i+1 (high); the mins come off with xs16 in integers */
+void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float mins = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 144) {
+            const int8_t *x = xq + 256 * k;
+            const int16_t *s16 = xs16 + 16 * k;
+            uint8_t sm[16]; /* the 8 scales, then the 8 mins */
+            mopt_kquant_scales_mins(b + 4, sm, sm + 8);
+            const __m128i scv = _mm_loadu_si128((const __m128i *)sm);
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            __m256i isum = _mm256_setzero_si256();
+            /* the mins against the sums of x per 32 (pairs of xs16): one pmaddwd of the 8 mins with 8 pair sums */
+            const __m256i s16v = _mm256_loadu_si256((const __m256i *)s16);
+            const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(s16v), _mm256_extracti128_si256(s16v, 1));
+            const __m128i mp = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(scv, 8)), pairs);
+            const __m128i m2 = _mm_add_epi32(mp, _mm_srli_si128(mp, 8));
+            const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2, _mm_srli_si128(m2, 4)));
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * i)));
+                const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * i + 32)));
+                const __m256i s0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_one[2 * i])));
+                const __m256i s1 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_one[2 * i + 1])));
+                isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b) * xd[k]), acc);
+            mins += kq_f16(b + 2) * xd[k] * (float)msum;
+        }
+        y[r] = hsum(acc) - mins;
+    }
+}
+
+/* Q6_K: 128 values from 64 bytes of low nibbles and 32 of high bit pairs; q - 32 as two pmaddubsw (q . x and
+ * 32 . x, neither can saturate), each 16 values' sum times its int8 scale with pmaddwd */
+void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    (void)xs16;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += 210) {
+            const int8_t *x = xq + 256 * k;
+            const __m128i scv = _mm_loadu_si128((const __m128i *)(b + 192));
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            __m256i isum = _mm256_setzero_si256();
+            for (int n = 0; n < 2; n++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * n)), l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m3), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m3), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m3), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m3), 4));
+                for (int kq = 0; kq < 4; kq++) {
+                    const int j = 4 * n + kq;
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
+                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[kq], xv), _mm256_maddubs_epi16(m32, xv));
+                    const __m256i s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_pair[j])));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                }
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b + 208) * xd[k]), acc);
+        }
+        y[r] = hsum(acc);
+    }
+}
+
+/* 32 level bytes times ds minus dm, 8 at a time: the scalar decoding's own two roundings */
+static inline void kq_widen32(__m256i q, float ds, float dm, float *dst) {
+    const __m256 vs = _mm256_set1_ps(ds), vm = _mm256_set1_ps(dm);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int p = 0; p < 4; p++)
+        _mm256_storeu_ps(dst + 8 * p, _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), vs), vm));
+}
+
+/* Q4_K: d sc q - dm m; Q6_K: (d sc) (q - 32), the level's offset taken in the integers */
+void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    for (int64_t k = 0; k < nsb; k++, dst += 256) {
+        if (bits == 4) {
+            const uint8_t *b = blocks + 144 * k;
+            const float d = kq_f16(b), dmin = kq_f16(b + 2);
+            uint8_t sc[8], mn[8];
+            mopt_kquant_scales_mins(b + 4, sc, mn);
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
+                kq_widen32(_mm256_and_si256(v, m4), d * sc[2 * i], dmin * mn[2 * i], dst + 64 * i);
+                kq_widen32(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), d * sc[2 * i + 1], dmin * mn[2 * i + 1], dst + 64 * i + 32);
+            }
+            continue;
+        }
+        const uint8_t *b = blocks + 210 * k;
+        const float d = kq_f16(b + 208);
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int n = 0; n < 2; n++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * n)), l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n));
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m3), 4))};
+            for (int kq = 0; kq < 4; kq++) {
+                const int j = 4 * n + kq;
+                const __m128i lo = _mm256_castsi256_si128(q[kq]), hi = _mm256_extracti128_si256(q[kq], 1);
+                const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+                for (int p = 0; p < 4; p++) {
+                    const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), _mm256_set1_epi32(32)));
+                    _mm256_storeu_ps(dst + 32 * j + 8 * p, _mm256_mul_ps(_mm256_set1_ps(d * sc[2 * j + p / 2]), v));
+                }
+            }
+        }
+    }
+}
+
+void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t k = 0; k < nsb; k++)
+        for (int i = 0; i < 4; i++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blocks + 144 * k + 16 + 32 * i));
+            _mm256_storeu_si256((__m256i *)(levels + 256 * k + 64 * i), _mm256_and_si256(v, m4));
+            _mm256_storeu_si256((__m256i *)(levels + 256 * k + 64 * i + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        }
+}
+
 /* x / s onto the E4M3 grid, times s. Normals (2^-6 and up) keep 3 mantissa bits, rounded to nearest even in the
  * float's own bits; below 2^-6 the grid is 2^-9 apart; from 464 up (the tie between 448 and the NaN code's 480)
  * saturate to 448. NaN stays NaN, and the sign (zero's too) is kept. */
@@ -157,63 +311,14 @@ void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
     }
 }
 
-/* Lane l of each of R row results to y[l * y_stride + r], for the tile's real tokens. */
-static inline __attribute__((always_inline)) void store_tile(const __m256 *acc, float *y, int64_t y_stride, int32_t ntok, const int R) {
-    for (int r = 0; r < R; r++) {
-        float v[8];
-        _mm256_storeu_ps(v, acc[r]);
-        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
-    }
-}
-
-/* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
- * step broadcasts 4 levels of a row and multiplies them with the 4 matching
- * bytes of every token (pmaddubsw: unsigned levels x signed x). The 8 steps of
- * a block add up in int16 (8 x 2 x 15 x 127 < 2^15), are widened once, scaled
- * by the tokens' block scales, and summed per group, which takes the row's
- * scale and zero-point. */
-static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, int64_t in, const uint16_t *s, const uint8_t *z,
-                                                             float zsym, const int8_t *xi, const float *xdt, const float *xst,
-                                                             int64_t ng, int64_t bpg, float *y, int64_t y_stride, int32_t ntok,
-                                                             const int R) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t g = 0, b = 0; g < ng; g++) {
-        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (; b < (g + 1) * bpg; b++) {
-            __m256i a16[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-            const int8_t *xb = xi + 256 * b;
-            for (int c = 0; c < 8; c++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
-                for (int r = 0; r < R; r++) {
-                    int32_t w4;
-                    memcpy(&w4, wl + r * in + 32 * b + 4 * c, 4);
-                    a16[r] = _mm256_add_epi16(a16[r], _mm256_maddubs_epi16(_mm256_set1_epi32(w4), xv));
-                }
-            }
-            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
-            for (int r = 0; r < R; r++)
-                gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(a16[r], ones)), xd, gacc[r]);
-        }
-        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
-        for (int r = 0; r < R; r++) {
-            const float sc = _cvtsh_ss(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;
-            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(sc), acc[r]);
-            acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(sc * zz), acc[r]);
-        }
-    }
-    store_tile(acc, y, y_stride, ntok, R);
-}
-
-void mopt_gemm_q4_q8_avx2(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                          int64_t y_stride, int32_t ntok) {
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
-    for (; r < nrows; r++)
-        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
-}
+/* AVX2: pmaddubsw pairs summed in int16 over a block (8 x 2 x 15 x 127 < 2^15), widened once with pmaddwd; the
+ * signed form widens every step (|w| up to 128) */
+#define TILE_LINKAGE static
+#define TILE_FN(name) name
+#define Q4_STEP(a, w4, xv) (a) = _mm256_add_epi16((a), _mm256_maddubs_epi16(_mm256_set1_epi32(w4), (xv)))
+#define Q4_BLOCK_SUM(a) _mm256_madd_epi16((a), _mm256_set1_epi16(1))
+#define S8_STEP(a, wa4, xs) _mm256_add_epi32((a), _mm256_madd_epi16(_mm256_maddubs_epi16((wa4), (xs)), _mm256_set1_epi16(1)))
+#include "kernels_tiles.h"
 
 void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa) {
     const __m256i f = _mm256_set1_epi8((char)flip);
@@ -232,74 +337,6 @@ void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w,
 /* One step of the int8 GEMMs for one row: 4 weights (|w| and w) against 4
  * bytes of each of 8 tokens; pmaddubsw takes |w| and x with w's sign, so a
  * pair stays below 2^15 (2 x 128 x 127) but two may not: widened at once. */
-static inline __attribute__((always_inline)) __m256i s8_step(const int8_t *w, const uint8_t *wa, __m256i xv, __m256i acc) {
-    int32_t w4, a4;
-    memcpy(&w4, w, 4);
-    memcpy(&a4, wa, 4);
-    const __m256i p = _mm256_maddubs_epi16(_mm256_set1_epi32(a4), _mm256_sign_epi8(xv, _mm256_set1_epi32(w4)));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-
-/* The int8 form of q4q8_tile (QINT 8-bit levels as level - 128). */
-static inline __attribute__((always_inline)) void s8q8_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
-                                                             const float *z, const int8_t *xi, const float *xdt,
-                                                             const float *xst, int64_t ng, int64_t bpg, float *y,
-                                                             int64_t y_stride, int32_t ntok, const int R) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t g = 0, b = 0; g < ng; g++) {
-        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (; b < (g + 1) * bpg; b++) {
-            __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-            const int8_t *xb = xi + 256 * b;
-            for (int c = 0; c < 8; c++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
-                for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 32 * b + 4 * c, wa + r * in + 32 * b + 4 * c, xv, a32[r]);
-            }
-            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
-            for (int r = 0; r < R; r++) gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a32[r]), xd, gacc[r]);
-        }
-        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
-        for (int r = 0; r < R; r++) {
-            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(s[r * ng + g]), acc[r]);
-            if (z) acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(s[r * ng + g] * z[r * ng + g]), acc[r]);
-        }
-    }
-    store_tile(acc, y, y_stride, ntok, R);
-}
-
-/* W8A8: one int32 sum per row and token over the whole row (|sum| < 2^31 for
- * rows under 2^17 inputs), scaled as the decode path scales dot_i8's sum. */
-static inline __attribute__((always_inline)) void s8rows_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
-                                                               const int8_t *xi, const float *xs, float *y, int64_t y_stride,
-                                                               int32_t ntok, const int R) {
-    __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int64_t c = 0; c < in / 4; c++) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 32 * c));
-        for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 4 * c, wa + r * in + 4 * c, xv, a32[r]);
-    }
-    const __m256 xsv = _mm256_loadu_ps(xs);
-    __m256 acc[4];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a32[r]), _mm256_set1_ps(s[r])), xsv);
-    store_tile(acc, y, y_stride, ntok, R);
-}
-
-void mopt_gemm_s8_rows_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
-                            const float *xs, float *y, int64_t y_stride, int32_t ntok) {
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 4);
-    for (; r < nrows; r++) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 1);
-}
-
-void mopt_gemm_s8_q8_avx2(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                          int64_t y_stride, int32_t ntok) {
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
-    for (; r < nrows; r++)
-        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
-}
-
 #define VBITS 256
 #define V_HSUM hsum
 #define F32_TAIL NO_TAIL
@@ -424,10 +461,14 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
-    .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
+    .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
+    .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
+    .dequant_kquant = mopt_dequant_kquant_avx2,
+    .unpack_q4k = mopt_unpack_q4k_avx2,
+    .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
-    .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,
-    .gemm_s8_rows = mopt_gemm_s8_rows_avx2,
+    .gemm_s8_q8 = gemm_s8_q8,
+    .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,
     .dot_i8 = dot_i8,
     .dot_sp24 = mopt_dot_sp24_avx2,

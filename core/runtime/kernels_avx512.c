@@ -1,5 +1,6 @@
 /* AVX-512F kernels (compiled with those flags only in this file). */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "mopt/quant.h"
@@ -120,6 +121,15 @@ static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     }
 }
 
+/* VNNI: vpdpbusd takes each step's 4 bytes times 4 bytes of every token straight into int32 lanes, where AVX2
+ * needs pmaddubsw, an int16 sum and pmaddwd */
+#define TILE_LINKAGE static
+#define TILE_FN(name) name
+#define Q4_STEP(a, w4, xv) (a) = _mm256_dpbusd_epi32((a), _mm256_set1_epi32(w4), (xv))
+#define Q4_BLOCK_SUM(a) (a)
+#define S8_STEP(a, wa4, xs) _mm256_dpbusd_epi32((a), (wa4), (xs))
+#include "kernels_tiles.h"
+
 #define VBITS 512
 #define V_HSUM _mm512_reduce_add_ps
 /* masked loads: every length runs in vector code */
@@ -157,10 +167,14 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
-    .gemm_q4_q8 = mopt_gemm_q4_q8_avx2,
+    .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
+    .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
+    .dequant_kquant = mopt_dequant_kquant_avx2,
+    .unpack_q4k = mopt_unpack_q4k_avx2,
+    .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
-    .gemm_s8_q8 = mopt_gemm_s8_q8_avx2,
-    .gemm_s8_rows = mopt_gemm_s8_rows_avx2,
+    .gemm_s8_q8 = gemm_s8_q8,
+    .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,
     .dot_i8 = dot_i8,
     .dot_sp24 = mopt_dot_sp24_avx2,

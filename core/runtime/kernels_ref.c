@@ -1,7 +1,10 @@
 /* Scalar kernels: the portable fallback and the oracle for the SIMD sets. */
+#include <string.h>
+
 #include "kernels.h"
 #include "mopt/quant.h"
 #include "mopt/tensor.h"
+#include "tensor_impl.h"
 
 static float dot_f32(const float *w, const float *x, int64_t n) {
     float s = 0;
@@ -131,6 +134,77 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
 
 /* sum of w[i] * x[i] for i in [i0, i1) of tile lane l (x interleaved as
  * kernels.h describes); w read as unsigned levels or, with sgn, as int8 */
+static float f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mopt_f16_to_f32(h);
+}
+
+/* Q4_K: w = d sc q - dmin m per sub-block j of 32, so a super-block's dot is
+ * xd (d sum_j sc_j (q . xq)_j - dmin sum_j m_j sum(xq)_j), the sums in integers */
+static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 144) {
+            uint8_t sc[8], m[8];
+            mopt_kquant_scales_mins(b + 4, sc, m);
+            int32_t dots = 0, mins = 0;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = b + 16 + 32 * (j / 2);
+                const int8_t *x = xq + 256 * k + 32 * j;
+                int32_t dot = 0;
+                for (int l = 0; l < 32; l++) dot += (j & 1 ? q[l] >> 4 : q[l] & 15) * x[l];
+                dots += sc[j] * dot;
+                mins += m[j] * (xs16[16 * k + 2 * j] + xs16[16 * k + 2 * j + 1]);
+            }
+            acc += xd[k] * (f16_at(b) * (float)dots - f16_at(b + 2) * (float)mins);
+        }
+        y[r] = acc;
+    }
+}
+
+/* Q6_K: w = d sc (q - 32) per sub-block of 16 */
+static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 210) {
+            const int8_t *sc = (const int8_t *)(b + 192);
+            int32_t isum = 0;
+            for (int j = 0; j < 8; j++) { /* values 32j..32j+31: quarter j % 4 of half j / 4 */
+                const int n = j / 4, kq = j % 4;
+                const uint8_t *ql = b + 64 * n + 32 * (kq & 1), *qh = b + 128 + 32 * n;
+                const int8_t *x = xq + 256 * k + 32 * j;
+                for (int h = 0; h < 2; h++) {
+                    int32_t dot = 0;
+                    for (int l = 16 * h; l < 16 * h + 16; l++)
+                        dot += (((ql[l] >> (kq < 2 ? 0 : 4)) & 15) | ((qh[l] >> (2 * kq)) & 3) << 4) * x[l];
+                    isum += sc[2 * j + h] * (dot - 32 * xs16[16 * k + 2 * j + h]);
+                }
+            }
+            acc += xd[k] * f16_at(b + 208) * (float)isum;
+        }
+        y[r] = acc;
+    }
+}
+
+static void dequant_kquant(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst) {
+    for (int64_t k = 0; k < nsb; k++) mopt_kquant_block_f32(bits, blocks + k * mopt_kquant_block_bytes(bits), dst + 256 * k);
+}
+
+static void unpack_q4k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+    for (int64_t k = 0; k < nsb; k++)
+        for (int i = 0; i < 4; i++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t v = blocks[144 * k + 16 + 32 * i + l];
+                levels[256 * k + 64 * i + l] = v & 15;
+                levels[256 * k + 64 * i + 32 + l] = v >> 4;
+            }
+}
+
 static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0, int64_t i1, int32_t l) {
     int32_t d = 0;
     for (int64_t i = i0; i < i1; i++) d += (sgn ? (int8_t)w[i] : w[i]) * xi[(i / 4 * 8 + l) * 4 + i % 4];
@@ -247,6 +321,10 @@ const mopt_kernels mopt_kernels_ref = {
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = gemv_q8_q8,
+    .gemv_q4k_q8 = gemv_q4k_q8,
+    .gemv_q6k_q8 = gemv_q6k_q8,
+    .dequant_kquant = dequant_kquant,
+    .unpack_q4k = unpack_q4k,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = unpack_q4,
     .gemm_s8_q8 = gemm_s8_q8,

@@ -261,6 +261,10 @@ mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, m
         mopt_sp24_row_f32(t, row, out);
         return MOPT_OK;
     }
+    if (t->dtype == MOPT_DTYPE_KQUANT) {
+        mopt_kquant_row_f32(t, row, out);
+        return MOPT_OK;
+    }
     if (t->dtype != MOPT_DTYPE_QINT) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: unknown packed dtype", t->name);
     const int64_t ng = qi->scale->ne[0];
     const uint16_t *sc = (const uint16_t *)qi->scale->data + row * ng;

@@ -38,6 +38,7 @@ const char *mopt_dtype_name(mopt_dtype t) {
     case MOPT_DTYPE_W8A8: return "w8a8";
     case MOPT_DTYPE_FP8: return "fp8_e4m3";
     case MOPT_DTYPE_SP24: return "sp24";
+    case MOPT_DTYPE_KQUANT: return "kquant";
     default: return "?";
     }
 }

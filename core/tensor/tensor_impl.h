@@ -2,6 +2,8 @@
 #ifndef MOPT_TENSOR_IMPL_H
 #define MOPT_TENSOR_IMPL_H
 
+#include <string.h>
+
 #include "base.h"
 #include "mopt/tensor.h"
 
@@ -44,5 +46,26 @@ void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out);
 void mopt_sp24_levels(const mopt_tensor *t, int64_t row, float *out);
 /* out[in]: the in/2 kept values in its upper half become the dense row, in place. */
 void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in);
+
+/* All eight 6-bit scales and mins of a Q4_K/Q5_K block's 12 scale bytes at
+ * once, four per 32-bit word: sub-blocks 0..3 keep the low 6 bits of bytes
+ * 0..3 (scales) and 4..7 (mins); 4..7 take their low 4 bits from bytes 8..11
+ * and their top 2 from the spare bits of bytes 0..7. */
+static inline void mopt_kquant_scales_mins(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t u0, u1, u2, w[4];
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    w[0] = u0 & 0x3f3f3f3fu;
+    w[1] = (u2 & 0x0f0f0f0fu) | ((u0 >> 6) & 0x03030303u) << 4;
+    w[2] = u1 & 0x3f3f3f3fu;
+    w[3] = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 6) & 0x03030303u) << 4;
+    memcpy(sc, w, 8);
+    memcpy(m, w + 2, 8);
+}
+
+/* One k-quant super-block (bits 4, 5, 6) as 256 fp32 values, and a KQUANT row as in fp32 values. */
+void mopt_kquant_block_f32(int32_t bits, const uint8_t *block, float *y);
+void mopt_kquant_row_f32(const mopt_tensor *t, int64_t row, float *out);
 
 #endif

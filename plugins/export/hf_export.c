@@ -29,7 +29,7 @@ static mopt_status write_text(const mopt_host_api *h, const atomic_dir *d, const
  * HF tensor (GPT-2's c_attn) cannot hold packed rows. */
 static mopt_status check_packable(const mopt_host_api *h, const mopt_file_tensor *fts, int32_t n, const char *fs, mopt_error *err) {
     for (int32_t i = 0; i < n; i++)
-        if (fts[i].src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST && (fts[i].n_src > 1 || fts[i].transposed))
+        if (fts[i].src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST && fts[i].role != MOPT_ROLE_LM_HEAD && (fts[i].n_src > 1 || fts[i].transposed))
             return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf",
                                 "%s is fused or Conv1D-transposed in the Hugging Face layout, which format %s cannot pack; use format=dense",
                                 fts[i].name, fs);
@@ -37,13 +37,14 @@ static mopt_status check_packable(const mopt_host_api *h, const mopt_file_tensor
 }
 
 /* The tensors in `layout`: packed linears as the layout stores them, the rest
- * as floats (forced dtype, else each its own; dequantized ones take model_dt). */
+ * as floats (forced dtype, else each its own; dequantized ones, a packed
+ * lm_head among them, take model_dt). */
 static mopt_status gather(const mopt_host_api *h, const mopt_file_tensor *fts, int32_t n, mopt_hf_layout layout, const char *forced,
                           const char *model_dt, mopt_st_list *l, mopt_error *err) {
     mopt_status st = MOPT_OK;
     for (int32_t i = 0; i < n && !st; i++) {
         const mopt_tensor *s = fts[i].src[0];
-        if (layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST) {
+        if (layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && fts[i].role != MOPT_ROLE_LM_HEAD) {
             st = h->hf_add_packed(l, &fts[i], layout, err);
             continue;
         }

@@ -96,9 +96,10 @@ MOPT_API mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, c
 
 /* --- quantized checkpoints (Hugging Face layouts, ModelOpt, TensorRT-LLM) ------------- */
 
-/* The scheme every packed linear of a graph shares. */
+/* The scheme every packed linear of a graph shares (a packed lm_head, as GGUF
+ * files store it, is not one of them: exporters write it in float). */
 typedef struct mopt_quant_scheme {
-    mopt_dtype dtype; /* MOPT_DTYPE_QINT, W8A8 or FP8 */
+    mopt_dtype dtype; /* MOPT_DTYPE_QINT, W8A8, FP8, SP24 or KQUANT */
     int32_t bits, group_size;
     uint32_t flags;
     int32_t act_order; /* QINT with g_idx */

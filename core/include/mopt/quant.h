@@ -48,7 +48,28 @@
  * 4-bit blocks of 32 kept values (byte j = u[j] | u[j+16] << 4), so a row's
  * values take in/4 bytes; groups of group_size inputs (a multiple of 64, or -1
  * for the whole row) share an F16 scale (scale [out, n_groups]). Activations
- * stay in float: the W4A16 2:4 scheme vLLM runs with its Marlin-24 kernel. */
+ * stay in float: the W4A16 2:4 scheme vLLM runs with its Marlin-24 kernel.
+ *
+ * MOPT_DTYPE_KQUANT: ggml's k-quant super-blocks of 256 values, byte for byte
+ * as GGUF files store them (`in` a multiple of 256; ggml's ggml-common.h),
+ * quant.bits naming the type; every scale lives in its block, so there are no
+ * side tensors:
+ *   4 (Q4_K, 144 bytes): f16 d, f16 dmin, 12 bytes s of 6-bit scales sc[8] and
+ *     mins m[8] (j < 4: the low 6 bits of s[j] and s[j+4]; j >= 4: the low and
+ *     high nibble of s[j+4] under the top 2 bits of s[j-4] and s[j]), 128 bytes of levels: sub-blocks 2i and
+ *     2i+1 of 32 values are the low and high nibbles of bytes 32i..32i+31;
+ *     w = d * sc[j] * q - dmin * m[j]
+ *   5 (Q5_K, 176 bytes): Q4_K's 16-byte header, 32 bytes qh (bit 2i / 2i+1 of
+ *     byte l is the fifth bit of value l of sub-block 2i / 2i+1), then Q4_K's
+ *     128 bytes of nibbles
+ *   6 (Q6_K, 210 bytes): 128 bytes ql, 64 bytes qh, int8 sc[16], f16 d; per
+ *     128 values n, value l < 32 of each quarter k takes its low nibble from
+ *     ql[64n + l + 32 (k & 1)] (k < 2 low, else high nibble) and its high two
+ *     bits from bits 2k..2k+1 of qh[32n + l]; w = d * sc[v / 16] * (q - 32)
+ * On the CPU, Q4_K and Q6_K rows decode against activations quantized to int8
+ * per 256 values (llama.cpp's Q8_K), each super-block's dot product in int32;
+ * Q4_K prefill runs the int8 GEMM (d sc and dmin m as a scale and zero-point
+ * per 32 values, x as int8 per 32), and Q5_K / Q6_K prefill widens rows for SGEMM. */
 #ifndef MOPT_QUANT_H
 #define MOPT_QUANT_H
 
@@ -61,6 +82,7 @@
 MOPT_EXTERN_C_BEGIN
 
 #define MOPT_QBLOCK 32
+#define MOPT_KQ_BLOCK 256 /* values per k-quant super-block */
 
 enum {
     MOPT_QUANT_SYM = 1u << 0,            /* QINT: no zeros stored, z = 2^(b-1) */
@@ -109,6 +131,12 @@ MOPT_API mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t i
  * to f16). */
 MOPT_API mopt_tensor *mopt_sp24_pack_i4(const char *name, int64_t out, int64_t in, int32_t group_size, const uint8_t *u,
                                         const float *scales, mopt_error *err);
+
+/* Bytes of one k-quant super-block for bits 4, 5, 6 (Q4_K, Q5_K, Q6_K); 0 otherwise. */
+MOPT_API int32_t mopt_kquant_block_bytes(int32_t bits);
+/* A KQUANT tensor [out, in] (in a multiple of 256) holding a copy of `blocks`,
+ * out * in / 256 super-blocks of the type `bits` names, rows one after another. */
+MOPT_API mopt_tensor *mopt_kquant_pack(const char *name, int64_t out, int64_t in, int32_t bits, const void *blocks, mopt_error *err);
 
 /* E4M3 conversions: round to nearest even, saturating at +-448. */
 MOPT_API uint8_t mopt_f32_to_e4m3(float f);

@@ -38,6 +38,7 @@ typedef enum mopt_dtype {
     MOPT_DTYPE_W8A8 = 65, /* int8 weights, per-row scale; activations quantized per token at run time */
     MOPT_DTYPE_FP8 = 66,  /* E4M3 weights, per-row or per-tensor scale */
     MOPT_DTYPE_SP24 = 67, /* 2:4 sparse: two kept values of every four inputs plus their 2-bit positions */
+    MOPT_DTYPE_KQUANT = 68, /* ggml k-quant super-blocks (Q4_K, Q5_K, Q6_K) as GGUF files store them */
     MOPT_DTYPE_COUNT
 } mopt_dtype;
 

@@ -86,6 +86,71 @@ static void test_qint_exports_as_q4_0_and_q8_0_bit_for_bit(void **s) {
     }
 }
 
+/* The data of k-quant tensor `name` of a GGUF file in memory, its ggml type and its size in bytes. */
+static const unsigned char *kquant_tensor(const unsigned char *d, const char *name, uint32_t *type, size_t *n) {
+    const size_t last = gw_find_tensor(d, gw_u64(d + 8) - 1, NULL), at = gw_find_tensor(d, 0, name);
+    size_t p = last + 8 + gw_u64(d + last);
+    uint32_t nd;
+    memcpy(&nd, d + p, 4);
+    p += 4 + 8 * (size_t)nd + 12; /* past the last tensor info: the data section starts at the next 32 bytes */
+    assert_true(at > 0);
+    memcpy(type, d + at, 4);
+    const size_t dims = at - 16; /* ne[0], ne[1] of a 2-D tensor precede its type */
+    const size_t block = *type == 12 ? 144 : *type == 13 ? 176 : *type == 14 ? 210 : 0;
+    assert_true(block > 0);
+    *n = gw_u64(d + dims) / 256 * block * gw_u64(d + dims + 8);
+    return d + (p + 31) / 32 * 32 + gw_u64(d + at + 4);
+}
+
+/* Q4_K / Q5_K / Q6_K files load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
+ * writes it), run with the perplexity of their decoding written out as f32 (Q4_K within its int8 activations' rounding), and export their linears back byte for byte (the
+ * embedding is dequantized at load, so it does not). */
+static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
+    REQUIRE_SHARED();
+    static const char *const types[] = {"q4_k", "q5_k", "q6_k"};
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    for (int i = 0; i < 3; i++) {
+        char file[64], a[1400], b[1400];
+        snprintf(file, sizeof file, "k%d.gguf", i);
+        mopt_model *e = export_and_load(m, "", types[i], file);
+        const mopt_graph *g = mopt_model_graph(e);
+        const mopt_tensor *q = mopt_graph_find_tensor(g, "model.layers.0.self_attn.q_proj.weight");
+        const mopt_tensor *down = mopt_graph_find_tensor(g, "model.layers.7.mlp.down_proj.weight");
+        const mopt_tensor *head = mopt_graph_find_tensor(g, "lm_head.weight");
+        assert_int_equal(q->dtype, MOPT_DTYPE_KQUANT);
+        assert_int_equal(q->quant->bits, 4 + i);
+        assert_int_equal(down->dtype, MOPT_DTYPE_KQUANT);
+        assert_int_equal(head->dtype, MOPT_DTYPE_KQUANT);
+        assert_int_equal(head->quant->bits, 6);
+        mopt_model *f = export_and_load(e, "", "f32", "kdec.gguf");
+        /* Q5_K and Q6_K prefill widens the rows exactly; Q4_K's runs against x as int8 per 32 values, as Q4_0's does */
+        const double pk = ppl(e), pf = ppl(f), tol = i == 0 ? 3e-4 : 1e-6;
+        fprintf(stderr, "lit-llama %s packed: ppl %.6f, its f32 decoding %.6f (%+.2e)\n", types[i], pk, pf, pk / pf - 1);
+        assert_true(fabs(pk / pf - 1) < tol);
+        mopt_model_free(export_and_load(e, "", "auto", "kre.gguf"));
+        snprintf(a, sizeof a, "%s/%s", dir, file);
+        snprintf(b, sizeof b, "%s/kre.gguf", dir);
+        size_t na, nb;
+        unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
+        static const char *const kinds[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        for (int t = 0; t <= 8 * 7; t++) { /* every linear, then output.weight */
+            char name[64];
+            if (t < 8 * 7) snprintf(name, sizeof name, "blk.%d.%s.weight", t / 7, kinds[t % 7]);
+            else snprintf(name, sizeof name, "output.weight");
+            uint32_t ta, tb;
+            size_t n;
+            const unsigned char *pa = kquant_tensor(da, name, &ta, &n), *pb = kquant_tensor(db, name, &tb, &n);
+            assert_int_equal(ta, tb);
+            assert_true(pa + n <= da + na && pb + n <= db + nb && memcmp(pa, pb, n) == 0);
+        }
+        free(da);
+        free(db);
+        mopt_model_free(f);
+        mopt_model_free(e);
+    }
+    mopt_model_free(m);
+}
+
 static int reader(const char *q, const char *ref, double tol) {
     char cmd[4400];
     snprintf(cmd, sizeof cmd, "python3 '%s/tests/gguf_reader.py' '%s' '%s' %g", MOPT_SOURCE_DIR, q, ref, tol);
@@ -344,6 +409,7 @@ int main(void) {
         cmocka_unit_test(test_gpt2_gguf_fuses_qkv_and_roundtrips),
         cmocka_unit_test(test_qint_exports_as_q4_0_and_q8_0_bit_for_bit),
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
+        cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
         cmocka_unit_test(test_patched_tensor_types_are_refused),

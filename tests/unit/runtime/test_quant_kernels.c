@@ -83,16 +83,16 @@ static void test_bad_packing_is_refused(void **s) {
     CHECK_ERR(err, MOPT_E_INVALID, "exceeds 15");
 }
 
-/* x rounded to int8 per 32 values as the 4-bit decode kernels take it: scale
- * d = max|x| / 127 (1 for an all-zero block), levels round(x / d) to nearest
- * even, each level times d back in float. */
-static float *q8_blocks(const float *x, int64_t n) {
+/* x rounded to int8 per `bs` values as the integer decode kernels take it (32
+ * for QINT, 256 for k-quants): scale d = max|x| / 127 (1 for an all-zero
+ * block), levels round(x / d) to nearest even, each level times d back in float. */
+static float *q8_blocks(const float *x, int64_t n, int bs) {
     float *r = malloc((size_t)n * sizeof *r);
-    for (int64_t b = 0; b < n; b += 32) {
+    for (int64_t b = 0; b < n; b += bs) {
         float mx = 0;
-        for (int i = 0; i < 32; i++) mx = fmaxf(mx, fabsf(x[b + i]));
+        for (int i = 0; i < bs; i++) mx = fmaxf(mx, fabsf(x[b + i]));
         const float d = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / d;
-        for (int i = 0; i < 32; i++) r[b + i] = rintf(fmaxf(-127.0f, fminf(127.0f, x[b + i] * inv))) * d;
+        for (int i = 0; i < bs; i++) r[b + i] = rintf(fmaxf(-127.0f, fminf(127.0f, x[b + i] * inv))) * d;
     }
     return r;
 }
@@ -129,7 +129,7 @@ static void test_qint_linear_matches_float64(void **s) {
                         for (int64_t i = 0; i < T * in; i++) x[i] = frand();
                         /* 4- and 8-bit rows of whole groups of whole blocks run against x as int8 per 32 values */
                         const int a8 = (bits[bi] == 4 || bits[bi] == 8) && in % 32 == 0 && in % (gs > 0 ? gs : in) == 0;
-                        float *xa = a8 ? q8_blocks(x, T * in) : x;
+                        float *xa = a8 ? q8_blocks(x, T * in, 32) : x;
                         double *bound = calloc((size_t)(T * out), sizeof *bound);
                         for (int t = 0; t < T; t++)
                             for (int64_t o = 0; o < out; o++) {
@@ -293,6 +293,111 @@ static void test_fp8_linear_matches_float64(void **s) {
     free(q);
 }
 
+/* --- k-quants ---------------------------------------------------------------- */
+
+/* One random k-quant super-block written from its parts as ggml's quantize_row_q{4,5,6}_K_ref lay them out, and its
+ * 256 values in float64 from those parts (d and dmin rounded to f16 first, as stored). */
+static void kquant_block(int bits, uint8_t *blk, double *val) {
+    const double d = mopt_f16_to_f32(mopt_f32_to_f16(0.001f + 0.01f * fabsf(frand())));
+    const double dmin = mopt_f16_to_f32(mopt_f32_to_f16(0.002f * fabsf(frand())));
+    uint8_t L[256];
+    if (bits == 6) {
+        int8_t sc[16];
+        uint16_t h = mopt_f32_to_f16((float)d);
+        memset(blk, 0, 210);
+        for (int i = 0; i < 16; i++) sc[i] = (int8_t)(urand() % 256 - 128);
+        for (int i = 0; i < 256; i++) L[i] = (uint8_t)(urand() % 64), val[i] = d * sc[i / 16] * (L[i] - 32);
+        for (int n = 0; n < 256; n += 128) /* ggml: ql[l] = L[l] | L[l+64] << 4, ql[l+32] = L[l+32] | L[l+96] << 4 */
+            for (int l = 0; l < 32; l++) {
+                blk[n / 2 + l] = (uint8_t)((L[n + l] & 15) | (L[n + l + 64] & 15) << 4);
+                blk[n / 2 + l + 32] = (uint8_t)((L[n + l + 32] & 15) | (L[n + l + 96] & 15) << 4);
+                blk[128 + n / 4 + l] = (uint8_t)(L[n + l] >> 4 | (L[n + l + 32] >> 4) << 2 | (L[n + l + 64] >> 4) << 4 | (L[n + l + 96] >> 4) << 6);
+            }
+        memcpy(blk + 192, sc, 16);
+        memcpy(blk + 208, &h, 2);
+        return;
+    }
+    const int five = bits == 5, top = five ? 32 : 16;
+    uint8_t sc[8], m[8];
+    uint16_t hd = mopt_f32_to_f16((float)d), hm = mopt_f32_to_f16((float)dmin);
+    memset(blk, 0, five ? 176 : 144);
+    memcpy(blk, &hd, 2);
+    memcpy(blk + 2, &hm, 2);
+    for (int j = 0; j < 8; j++) { /* 6-bit scales and mins: the low 6 bits of bytes 0..7 for j < 4, split for j >= 4 */
+        sc[j] = (uint8_t)(urand() % 8 ? urand() % 64 : 0), m[j] = (uint8_t)(urand() % 64); /* some scales 0: the mins alone */
+        if (j < 4) {
+            blk[4 + j] = sc[j];
+            blk[4 + j + 4] = m[j];
+        } else {
+            blk[4 + j + 4] = (uint8_t)((sc[j] & 15) | (m[j] & 15) << 4);
+            blk[4 + j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
+            blk[4 + j] |= (uint8_t)((m[j] >> 4) << 6);
+        }
+    }
+    uint8_t *q = blk + (five ? 48 : 16), *qh = blk + 16;
+    for (int i = 0; i < 256; i++) L[i] = (uint8_t)(urand() % (unsigned)top), val[i] = d * sc[i / 32] * L[i] - dmin * m[i / 32];
+    for (int j = 0; j < 256; j += 64)
+        for (int l = 0; l < 32; l++) {
+            q[j / 2 + l] = (uint8_t)((L[j + l] & 15) | (L[j + l + 32] & 15) << 4);
+            if (five) qh[l] |= (uint8_t)((L[j + l] >> 4) << (j / 32) | (L[j + l + 32] >> 4) << (j / 32 + 1));
+        }
+}
+
+/* Q4_K, Q5_K and Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8
+ * tokens) against x as int8 per 256 values (Q8_K) for Q4_K and Q6_K, Q4_K's prefill against x as int8 per 32 (the
+ * integer GEMM), the rest (Q5_K, Q6_K's prefill) against x itself. Sub-blocks with a zero scale keep their mins. */
+static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
+    const int bits[] = {4, 5, 6};
+    const int64_t ins[] = {256, 768};
+    const int Ts[] = {1, 3, 19};
+    for (int bi = 0; bi < 3; bi++)
+        for (int ii = 0; ii < 2; ii++) {
+            const int64_t out = 37, in = ins[ii], nsb = in / 256, bb = mopt_kquant_block_bytes(bits[bi]);
+            uint8_t *blocks = malloc((size_t)(out * nsb * bb));
+            double *wv = malloc((size_t)(out * in) * sizeof *wv);
+            for (int64_t k = 0; k < out * nsb; k++) kquant_block(bits[bi], blocks + k * bb, wv + k * 256);
+            mopt_error err = {0};
+            mopt_tensor *w = mopt_kquant_pack("w", out, in, bits[bi], blocks, &err);
+            assert_non_null(w);
+            assert_int_equal(mopt_weight_storage_bytes(w), out * nsb * bb);
+            float *row = malloc((size_t)in * sizeof *row);
+            for (int64_t o = 0; o < out; o++) {
+                assert_int_equal(mopt_weight_row_f32(w, o, row, &err), MOPT_OK);
+                for (int64_t c = 0; c < in; c++) assert_true(fabs(row[c] - wv[o * in + c]) <= 1e-6 * (1e-3 + fabs(wv[o * in + c])));
+            }
+            for (int ti = 0; ti < 3; ti++) {
+                const int T = Ts[ti];
+                float *x = malloc((size_t)(T * in) * sizeof *x);
+                double *ref = malloc((size_t)(T * out) * sizeof *ref);
+                for (int64_t i = 0; i < T * in; i++) x[i] = frand();
+                /* decode: Q4_K and Q6_K against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
+                float *xa = T <= 8 && bits[bi] != 5 ? q8_blocks(x, T * in, 256) : T > 8 && bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
+                for (int t = 0; t < T; t++)
+                    for (int64_t o = 0; o < out; o++) {
+                        double acc = 0;
+                        for (int64_t c = 0; c < in; c++) acc += wv[o * in + c] * xa[t * in + c];
+                        ref[t * out + o] = acc;
+                    }
+                char what[64];
+                snprintf(what, sizeof what, "q%d_k in=%lld", bits[bi], (long long)in);
+                check_linear(w, x, T, ref, 1e-4, what);
+                if (xa != x) free(xa);
+                free(x);
+                free(ref);
+            }
+            free(row);
+            mopt_tensor_free(w);
+            free(blocks);
+            free(wv);
+        }
+    mopt_error err = {0};
+    uint8_t blk[210] = {0};
+    assert_null(mopt_kquant_pack("w", 2, 300, 4, blk, &err)); /* not whole super-blocks */
+    assert_non_null(strstr(err.msg, "256"));
+    assert_null(mopt_kquant_pack("w", 1, 256, 3, blk, &err));
+    assert_non_null(strstr(err.msg, "4, 5 or 6"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qint_pack_roundtrips_levels),
@@ -302,6 +407,7 @@ int main(void) {
         cmocka_unit_test(test_w8a8_linear_matches_int_reference),
         cmocka_unit_test(test_e4m3_conversion),
         cmocka_unit_test(test_fp8_linear_matches_float64),
+        cmocka_unit_test(test_kquant_rows_decode_and_run_as_ggml_defines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

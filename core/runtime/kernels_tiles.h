@@ -1,0 +1,136 @@
+/* The prefill GEMM tiles (kernels.h: gemm_q4_q8, gemm_s8_q8, gemm_s8_rows),
+ * written once for the AVX2 and AVX-512 VNNI sets: tiles of 8 tokens in the
+ * lanes of 256-bit vectors, R = 4 rows at a time. The including file (compiled
+ * with its own -m flags) defines
+ *   TILE_LINKAGE, TILE_FN(name)  the GEMMs' linkage and names
+ *   Q4_STEP(a, w4, xv)           a += 4 unsigned levels (the int32 w4) times every token's 4 bytes of xv
+ *   Q4_BLOCK_SUM(a)              the 8 int32 token sums of a block from a
+ *   S8_STEP(a, wa4, xs)          a (int32 lanes) + 4 magnitudes (wa4, broadcast) times every token's 4 bytes
+ *                                with the weights' signs (xs) */
+#ifndef MOPT_KERNELS_TILES_H
+#define MOPT_KERNELS_TILES_H
+
+/* Lane l of each of R row results to y[l * y_stride + r], for the tile's real tokens. */
+static inline __attribute__((always_inline)) void store_tile(const __m256 *acc, float *y, int64_t y_stride, int32_t ntok, const int R) {
+    for (int r = 0; r < R; r++) {
+        float v[8];
+        _mm256_storeu_ps(v, acc[r]);
+        for (int32_t l = 0; l < ntok; l++) y[l * y_stride + r] = v[l];
+    }
+}
+
+/* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
+ * step broadcasts 4 levels of a row and multiplies them with the 4 matching
+ * bytes of every token (unsigned levels x signed x, Q4_STEP). A block's 8
+ * steps are summed, scaled by the tokens' block scales, and summed per group,
+ * which takes the row's scale and zero-point. */
+static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, int64_t in, const uint16_t *s, const uint8_t *z,
+                                                             float zsym, const int8_t *xi, const float *xdt, const float *xst,
+                                                             int64_t ng, int64_t bpg, float *y, int64_t y_stride, int32_t ntok,
+                                                             const int R) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0, b = 0; g < ng; g++) {
+        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (; b < (g + 1) * bpg; b++) {
+            __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const int8_t *xb = xi + 256 * b;
+            for (int c = 0; c < 8; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
+                for (int r = 0; r < R; r++) {
+                    int32_t w4;
+                    memcpy(&w4, wl + r * in + 32 * b + 4 * c, 4);
+                    Q4_STEP(a[r], w4, xv);
+                }
+            }
+            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
+            for (int r = 0; r < R; r++) gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q4_BLOCK_SUM(a[r])), xd, gacc[r]);
+        }
+        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
+        for (int r = 0; r < R; r++) {
+            const float sc = _cvtsh_ss(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;
+            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(sc), acc[r]);
+            acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(sc * zz), acc[r]);
+        }
+    }
+    store_tile(acc, y, y_stride, ntok, R);
+}
+
+TILE_LINKAGE void TILE_FN(gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok) {
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
+    for (; r < nrows; r++)
+        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
+}
+
+/* 4 signed weights (their magnitudes wa) times every token's 4 bytes, added to the int32 lanes of acc */
+static inline __attribute__((always_inline)) __m256i s8_step(const int8_t *w, const uint8_t *wa, __m256i xv, __m256i acc) {
+    int32_t w4, a4;
+    memcpy(&w4, w, 4);
+    memcpy(&a4, wa, 4);
+    return S8_STEP(acc, _mm256_set1_epi32(a4), _mm256_sign_epi8(xv, _mm256_set1_epi32(w4)));
+}
+
+/* The int8 form of q4q8_tile (QINT 8-bit levels as level - 128). */
+static inline __attribute__((always_inline)) void s8q8_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
+                                                             const float *z, const int8_t *xi, const float *xdt,
+                                                             const float *xst, int64_t ng, int64_t bpg, float *y,
+                                                             int64_t y_stride, int32_t ntok, const int R) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0, b = 0; g < ng; g++) {
+        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (; b < (g + 1) * bpg; b++) {
+            __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const int8_t *xb = xi + 256 * b;
+            for (int c = 0; c < 8; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
+                for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 32 * b + 4 * c, wa + r * in + 32 * b + 4 * c, xv, a32[r]);
+            }
+            const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
+            for (int r = 0; r < R; r++) gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a32[r]), xd, gacc[r]);
+        }
+        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
+        for (int r = 0; r < R; r++) {
+            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(s[r * ng + g]), acc[r]);
+            if (z) acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(s[r * ng + g] * z[r * ng + g]), acc[r]);
+        }
+    }
+    store_tile(acc, y, y_stride, ntok, R);
+}
+
+/* W8A8: one int32 sum per row and token over the whole row (|sum| < 2^31 for
+ * rows under 2^17 inputs), scaled as the decode path scales dot_i8's sum. */
+static inline __attribute__((always_inline)) void s8rows_tile(const int8_t *w, const uint8_t *wa, int64_t in, const float *s,
+                                                               const int8_t *xi, const float *xs, float *y, int64_t y_stride,
+                                                               int32_t ntok, const int R) {
+    __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int64_t c = 0; c < in / 4; c++) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 32 * c));
+        for (int r = 0; r < R; r++) a32[r] = s8_step(w + r * in + 4 * c, wa + r * in + 4 * c, xv, a32[r]);
+    }
+    const __m256 xsv = _mm256_loadu_ps(xs);
+    __m256 acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a32[r]), _mm256_set1_ps(s[r])), xsv);
+    store_tile(acc, y, y_stride, ntok, R);
+}
+
+TILE_LINKAGE void TILE_FN(gemm_s8_rows)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const int8_t *xi,
+                            const float *xs, float *y, int64_t y_stride, int32_t ntok) {
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 4);
+    for (; r < nrows; r++) s8rows_tile(w + r * in, wa + r * in, in, s + r, xi, xs, y + r, y_stride, ntok, 1);
+}
+
+TILE_LINKAGE void TILE_FN(gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok) {
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
+    for (; r < nrows; r++)
+        s8q8_tile(w + r * in, wa + r * in, in, s + r * ng, z ? z + r * ng : NULL, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
+}
+
+#endif
