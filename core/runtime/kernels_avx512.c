@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "tensor_impl.h"
 #include "mopt/quant.h"
 #include "mopt/tensor.h"
 
@@ -121,6 +122,44 @@ static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     }
 }
 
+/* Q4_K (the AVX2 kernel's arithmetic, 64 values per step): pmaddubsw over a pair of sub-blocks, then vpdpwssd
+ * with each sub-block's 6-bit scale as int16, permuted out of the block's 8, into int32 lanes. */
+static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m512i pick[4]; /* lanes 0..15 take scale 2i, lanes 16..31 scale 2i + 1 */
+    for (int i = 0; i < 4; i++)
+        pick[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * i))), _mm256_set1_epi16((short)(2 * i + 1)), 1);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m512 acc = _mm512_setzero_ps();
+        float mins = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 144) {
+            const int8_t *x = xq + 256 * k;
+            const int16_t *s16 = xs16 + 16 * k;
+            uint8_t sc[8], mn[8];
+            mopt_kquant_scales_mins(b + 4, sc, mn);
+            const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadl_epi64((const __m128i *)sc)));
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            __m512i isum = _mm512_setzero_si512();
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
+                const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+                const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512(x + 64 * i));
+                isum = _mm512_dpwssd_epi32(isum, p, _mm512_permutexvar_epi16(pick[i], sc16));
+            }
+            int32_t msum = 0;
+            for (int j = 0; j < 8; j++) msum += mn[j] * (s16[2 * j] + s16[2 * j + 1]);
+            uint16_t hd, hm;
+            memcpy(&hd, b, 2);
+            memcpy(&hm, b + 2, 2);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(_cvtsh_ss(hd) * xd[k]), acc);
+            mins += _cvtsh_ss(hm) * xd[k] * (float)msum;
+        }
+        y[r] = _mm512_reduce_add_ps(acc) - mins;
+    }
+}
+
 /* VNNI: vpdpbusd takes each step's 4 bytes times 4 bytes of every token straight into int32 lanes, where AVX2
  * needs pmaddubsw, an int16 sum and pmaddwd */
 #define TILE_LINKAGE static
@@ -167,7 +206,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
-    .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
+    .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
     .unpack_q4k = mopt_unpack_q4k_avx2,

@@ -231,7 +231,8 @@ static mopt_status unpack_ptq(qat *q, int32_t *count, mopt_error *err) {
             return h->error_set(err, MOPT_E_INVALID, "quant.qat", "%s is already packed: FP8 QAT starts from the float model", l->wname);
         if (t->dtype != MOPT_DTYPE_QINT)
             return h->error_set(err, MOPT_E_INVALID, "quant.qat",
-                                "%s is packed W8A8 or FP8: QAT starts from a float model or an int PTQ pass's result", l->wname);
+                                "%s is packed W8A8, FP8, 2:4 or a GGUF k-quant: QAT starts from a float model or an int PTQ pass's result",
+                                l->wname);
         if (t->quant->g_idx)
             return h->error_set(err, MOPT_E_INVALID, "quant.qat",
                                 "%s has GPTQ act-order groups (g_idx); QAT trains groups of consecutive columns: use act_order=false",

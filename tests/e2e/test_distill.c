@@ -139,7 +139,7 @@ static void test_qat_refuses_a_model_packed_in_another_format(void **s) {
              test_shared_dir());
     test_pipeline_fails("models/lit-llama-7m", text, "give the earlier pass the same format");
     snprintf(text, sizeof text, "quant.fp8,quant.qat<data=%s/data/lit-val.txt;tokens=1024;ctx=64>", test_shared_dir());
-    test_pipeline_fails("models/lit-llama-7m", text, "packed W8A8 or FP8");
+    test_pipeline_fails("models/lit-llama-7m", text, "packed W8A8, FP8, 2:4 or a GGUF k-quant");
 }
 
 /* Distillation trains float weights: a packed student (2:4, quantized) is refused before any training. */
