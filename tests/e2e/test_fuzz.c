@@ -224,6 +224,8 @@ static int setup(void **state) {
     snprintf(text, sizeof text, "quant.smoothquant<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s;format=compressed-tensors>", calib);
     build(l2c, text, seed(s1, sizeof s1, "ct-w8a8"));
     build("models/lit-gpt2-1m", "export.gguf<out=%s;type=f16>", seed(s1, sizeof s1, "gpt2.gguf"));
+    /* lit-llama's widths are whole 256-value super-blocks: Q4_K linears and a Q6_K output.weight, run packed */
+    build("models/lit-llama-7m", "export.gguf<out=%s;type=q4_k>", seed(s1, sizeof s1, "q4_k.gguf"));
     /* marlin-24 needs widths of 128: a one-block synthetic llama carries it */
     snprintf(cmd, sizeof cmd, "'%s' synth --hidden 128 --layers 1 --heads 2 --kv-heads 1 --ffn 256 --vocab 300 -o '%s/syn' >/dev/null",
              MOPT_CLI, work);
@@ -294,8 +296,8 @@ static void test_gguf_llama_and_gpt2(void **s) {
     }
     /* block scales and levels: the files still load */
     seed(p, sizeof p, "gguf-data");
-    static const char *const data[] = {"q8_0.gguf", "q4_1.gguf"};
-    for (int i = 0; i < 2; i++) {
+    static const char *const data[] = {"q8_0.gguf", "q4_1.gguf", "q4_k.gguf"};
+    for (int i = 0; i < 3; i++) {
         char src[1300], cmd[4400];
         snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s/%s' '%s/model.gguf'", p, work, data[i], p);
         assert_int_equal(system(cmd), 0);
