@@ -1,6 +1,6 @@
 /* The layer-wise Hessian and the factor of its inverse GPTQ and SparseGPT sweep
  * with: H = 2/N X^T X, dead columns set to 1, damping, U = chol(H^-1) upper,
- * all in double. */
+ * all in double (LAPACK's blocked factorizations, through the host). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,46 +17,10 @@ void hess_accumulate(void *user, int32_t sample, int32_t node, const float *cons
     a->count += T;
 }
 
-/* In place lower Cholesky: A = L L^T (upper part left untouched). */
-static int cholesky(double *A, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        double d = A[j * n + j];
-        for (int64_t k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
-        if (!(d > 0)) return 0;
-        d = sqrt(d);
-        A[j * n + j] = d;
-        for (int64_t i = j + 1; i < n; i++) {
-            double s = A[i * n + j];
-            for (int64_t k = 0; k < j; k++) s -= A[i * n + k] * A[j * n + k];
-            A[i * n + j] = s / d;
-        }
-    }
-    return 1;
-}
-
-/* U: upper Cholesky factor of H^-1 (H^-1 = U^T U), from H (overwritten). */
-static int hinv_upper(double *H, int64_t n, float *U) {
-    if (!cholesky(H, n)) return 0;
-    /* Linv = L^-1 (lower), in a fresh buffer */
-    double *Li = calloc((size_t)(n * n), sizeof *Li);
-    if (!Li) return 0;
-    for (int64_t j = 0; j < n; j++) {
-        Li[j * n + j] = 1.0 / H[j * n + j];
-        for (int64_t i = j + 1; i < n; i++) {
-            double s = 0;
-            for (int64_t k = j; k < i; k++) s += H[i * n + k] * Li[k * n + j];
-            Li[i * n + j] = -s / H[i * n + i];
-        }
-    }
-    /* Hinv = Linv^T Linv, into H (full) */
-    for (int64_t a = 0; a < n; a++)
-        for (int64_t b = a; b < n; b++) {
-            double s = 0;
-            for (int64_t k = b; k < n; k++) s += Li[k * n + a] * Li[k * n + b];
-            H[a * n + b] = H[b * n + a] = s;
-        }
-    free(Li);
-    if (!cholesky(H, n)) return 0;
+/* U: upper Cholesky factor of H^-1 (H^-1 = U^T U), from H (overwritten), as
+ * torch computes it: cholesky, cholesky_inverse, cholesky(upper=True). */
+static int hinv_upper(const mopt_host_api *h, double *H, int64_t n, float *U) {
+    if (!h->chol_f64(H, n) || !h->chol_inverse_f64(H, n) || !h->chol_f64(H, n)) return 0;
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < n; j++) U[i * n + j] = j >= i ? (float)H[j * n + i] : 0.0f; /* U = L^T */
     return 1;
@@ -87,7 +51,7 @@ mopt_status hess_inverse_factor(const mopt_host_api *h, const double *H, int64_t
         memcpy(H0, H, (size_t)(in * in) * sizeof *H0);
         const double damp = percdamp * mean * pow(10.0, attempt);
         for (int64_t j = 0; j < in; j++) H0[j * in + j] += damp;
-        ok = hinv_upper(H0, in, U);
+        ok = hinv_upper(h, H0, in, U);
     }
     free(H0);
     return ok ? MOPT_OK

@@ -225,6 +225,13 @@ typedef struct mopt_host_api {
     /* appended: 2:4 with int4 values and f16 group scales (W4A16, Marlin-24) */
     mopt_tensor *(*sp24_pack_i4)(const char *name, int64_t out, int64_t in, int32_t group_size, const uint8_t *u, const float *scales,
                                  mopt_error *err);
+    /* appended: blocked symmetric factorizations in double (LAPACK), row-major [n, n].
+     * chol_f64: A = L L^T in place, L in the lower triangle (the upper one is
+     * left as it was); 0 when A is not positive definite, else 1.
+     * chol_inverse_f64: from chol_f64's L, A = (L L^T)^-1 in both triangles;
+     * 0 when L is singular. */
+    int32_t (*chol_f64)(double *A, int64_t n);
+    int32_t (*chol_inverse_f64)(double *A, int64_t n);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
