@@ -2,6 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "tensor_impl.h"
 
@@ -55,3 +58,22 @@ void mopt_buffer_release(mopt_buffer *b) {
     else free(b->base);
     free(b);
 }
+
+/* only whole pages inside the tensor's bytes: the pages at its ends may hold a neighbour's */
+static void drop_span(const mopt_tensor *t) {
+    if (!t || !t->buffer || t->buffer->kind != MOPT_BUFFER_MMAP || !t->data) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p = (uintptr_t)t->data;
+    const uintptr_t a = (p + page - 1) & ~(page - 1), b = (p + mopt_tensor_nbytes(t)) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* a read-only file mapping: nothing is lost */
+}
+
+void mopt_tensor_drop_pages(const mopt_tensor *t) {
+    if (!t) return;
+    drop_span(t);
+    if (t->quant) {
+        drop_span(t->quant->scale);
+        drop_span(t->quant->zero);
+        drop_span(t->quant->g_idx);
+    }
+}
+

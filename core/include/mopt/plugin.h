@@ -232,6 +232,11 @@ typedef struct mopt_host_api {
      * 0 when L is singular. */
     int32_t (*chol_f64)(double *A, int64_t n);
     int32_t (*chol_inverse_f64)(double *A, int64_t n);
+    /* appended: exports and quantization that stream (mopt/formats.h, mopt/tensor.h) */
+    mopt_st_writer *(*st_writer_open)(const char *path, const mopt_st_entry *e, int32_t n, const char *const *meta, mopt_error *err);
+    mopt_status (*st_writer_put)(mopt_st_writer *w, const char *name, const void *data, size_t nbytes, mopt_error *err);
+    mopt_status (*st_writer_close)(mopt_st_writer *w, int32_t complete, mopt_error *err);
+    void (*tensor_drop_pages)(const mopt_tensor *t);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
