@@ -67,6 +67,7 @@ typedef struct cli_job {
     mopt_model *m;
     mopt_error err;
     mopt_run_opts ro;
+    const char *spill_dir; /* set: packed weights go to a file there as passes make them (mopt_graph_spill_to) */
 } cli_job;
 
 /* Opens the registry (warning about plugins that did not load) and creates the

@@ -38,6 +38,7 @@ int cli_job_set(cli_job *j, const char *key, const char *v) { return v && *v ? m
 
 int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok_path) {
     if ((pass && mopt_pipeline_add(j->p, pass, j->o, &j->err)) || !(j->m = mopt_model_load(model, tok_path, &j->err)) ||
+        (j->spill_dir && mopt_graph_spill_to(mopt_model_graph(j->m), j->spill_dir, &j->err)) ||
         mopt_pipeline_run(j->p, j->m, &j->ro, j->rep, &j->err))
         return cli_fail(&j->err);
     return EXIT_OK;

@@ -13,6 +13,11 @@ mopt_buffer *mopt_buffer_mmap(const char *path, mopt_error *err);
 mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err);
 void mopt_buffer_retain(mopt_buffer *b);
 void mopt_buffer_release(mopt_buffer *b);
+/* Moves the heap storage of t (and of its scales, zero-points and g_idx) into
+ * the file fd, from byte *end on (page-aligned; *end moves past it), and maps
+ * it back read-only: the bytes stay the same, the memory becomes page cache
+ * the kernel may drop. Storage shared with another tensor stays where it is. */
+mopt_status mopt_tensor_spill(mopt_tensor *t, int fd, uint64_t *end, mopt_error *err);
 
 /* Creates a tensor viewing `data` inside buffer b (takes a new reference).
  * dims are in PyTorch order. */

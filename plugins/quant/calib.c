@@ -25,6 +25,7 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     c->ctx = ctx;
     c->g = g;
     c->total = progress_total;
+    c->kept_layer = -1;
     const mopt_arch *a = h->graph_arch(g);
     c->N = (int32_t)h->opt_int(o, "calib_samples");
     c->L = (int32_t)h->opt_int(o, "calib_len");
@@ -120,14 +121,23 @@ mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, vo
         obs_link link = {obs, user, i};
         if (!st) st = h->session_run_range(c->s, c->first[l], last, NULL, c->L, obs ? relay : NULL, &link, err);
         if (st) return st;
-        if (keep_output && last == c->last[l])
+        if (keep_output && last == c->last[l]) {
+            c->kept_layer = l;
             memcpy(c->x_next + (size_t)i * c->L * c->D, h->session_value(c->s, c->out_value[l]),
                    (size_t)c->L * c->D * sizeof(float));
+        }
     }
     return MOPT_OK;
 }
 
 void calib_advance(calib *c) {
+    /* the finished layer's weights are not read again: mapped pages (the
+     * original's, or spilled packed ones) can go back to the kernel */
+    for (int32_t i = c->kept_layer >= 0 ? c->first[c->kept_layer] : 0; c->kept_layer >= 0 && i < c->last[c->kept_layer]; i++) {
+        const mopt_node *nd = c->h->graph_node(c->g, i);
+        c->h->tensor_drop_pages(nd->weight);
+        c->h->tensor_drop_pages(nd->bias);
+    }
     float *t = c->x;
     c->x = c->x_next;
     c->x_next = t;
