@@ -130,6 +130,20 @@ mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, vo
     return MOPT_OK;
 }
 
+mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs, void *user, mopt_error *err) {
+    const mopt_host_api *h = c->h;
+    const mopt_node *nd = h->graph_node(c->g, node);
+    const int32_t w = (int32_t)nd->weight->ne[0]; /* a linear's input width */
+    for (int32_t i = 0; i < c->N; i++) {
+        mopt_status st = h->session_set_value(c->s, c->in_value[l], c->x + (size_t)i * c->L * c->D, c->L, err);
+        if (!st) st = h->session_run_range(c->s, c->first[l], node, NULL, c->L, NULL, NULL, err);
+        if (st) return st;
+        const float *in = h->session_value(c->s, nd->inputs[0]); /* still live: its reader has not run */
+        obs(user, i, node, &in, &w, NULL, 0, c->L);
+    }
+    return MOPT_OK;
+}
+
 void calib_advance(calib *c) {
     /* the finished layer's weights are not read again: mapped pages (the
      * original's, or spilled packed ones) can go back to the kernel */

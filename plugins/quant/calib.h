@@ -43,6 +43,9 @@ typedef void (*calib_obs)(void *user, int32_t sample, int32_t node, const float 
  * stored in x_next (only when the whole layer ran). */
 mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, void *user, int keep_output,
                             mopt_error *err);
+/* Runs layer l's nodes before linear node `node` on every sample and hands the
+ * observer the node's input (the node itself does not run; out is NULL). */
+mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs, void *user, mopt_error *err);
 /* Makes x_next the next layer's input and lets the finished layer's mapped
  * weight pages go. */
 void calib_advance(calib *c);

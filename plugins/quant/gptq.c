@@ -165,7 +165,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             hess_acc acc = {h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0};
             gptq_prep prep = {0};
             if (!acc.H) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
-            if (!st) st = calib_run_layer(&c, l, mine[i]->node, hess_accumulate, &acc, 0, err);
+            if (!st) st = calib_observe_input(&c, l, mine[i]->node, hess_accumulate, &acc, err);
             if (!st) st = gptq_prepare(h, acc.H, acc.count, acc.in, act_order, damp, &prep, err);
             for (int32_t m = i; m < j && !st; m++) {
                 const qlinear *lin = mine[m];
