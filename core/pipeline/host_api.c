@@ -45,6 +45,10 @@ static void host_sgemm(int32_t ta, int32_t tb, int32_t M, int32_t N, int32_t K, 
                 ldb, beta, C, ldc);
 }
 
+static void host_ssyrk_tn(int32_t n, int32_t k, float alpha, const float *A, int32_t lda, float beta, float *C, int32_t ldc) {
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, k, alpha, A, lda, beta, C, ldc);
+}
+
 /* LAPACK's Fortran entry points (OpenBLAS carries them), with the hidden
  * length of the character argument. Column-major: a row-major lower triangle
  * is LAPACK's upper one. */
@@ -138,6 +142,7 @@ const mopt_host_api mopt_host = {
     .st_writer_put = mopt_st_writer_put,
     .st_writer_close = mopt_st_writer_close,
     .tensor_drop_pages = mopt_tensor_drop_pages,
+    .ssyrk_tn = host_ssyrk_tn,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

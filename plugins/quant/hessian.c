@@ -12,8 +12,8 @@ void hess_accumulate(void *user, int32_t sample, int32_t node, const float *cons
     (void)sample, (void)out, (void)out_w;
     hess_acc *a = user;
     if (node != a->node) return;
-    /* H += X^T X for this sample's T tokens */
-    a->h->sgemm(1, 0, (int32_t)a->in, (int32_t)a->in, T, 1.0f, in[0], in_w[0], in[0], in_w[0], 1.0f, a->H, (int32_t)a->in);
+    /* H += X^T X for this sample's T tokens, the upper triangle (H is symmetric) */
+    a->h->ssyrk_tn((int32_t)a->in, T, 1.0f, in[0], in_w[0], 1.0f, a->H, (int32_t)a->in);
     a->count += T;
 }
 
@@ -30,7 +30,8 @@ double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead) {
     double *H = malloc((size_t)(in * in) * sizeof *H);
     if (!H) return NULL;
     const double scale = 2.0 / (double)(count > 0 ? count : 1);
-    for (int64_t i = 0; i < in * in; i++) H[i] = Hf[i] * scale;
+    for (int64_t i = 0; i < in; i++) /* Hf holds the upper triangle */
+        for (int64_t j = 0; j < in; j++) H[i * in + j] = Hf[(i < j ? i : j) * in + (i < j ? j : i)] * scale;
     for (int64_t j = 0; j < in; j++)
         if (H[j * in + j] == 0) {
             H[j * in + j] = 1;

@@ -11,13 +11,13 @@ typedef struct hess_acc {
     const mopt_host_api *h;
     int32_t node;
     int64_t in;
-    float *H; /* [in, in] */
+    float *H; /* [in, in], its upper triangle */
     int64_t count;
 } hess_acc;
 void hess_accumulate(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w, const float *out,
                      int32_t out_w, int32_t T);
 
-/* H in double, scaled by 2/count, dead columns (zero diagonal) set to 1 and
+/* H (from the upper triangle of Hf) in double, scaled by 2/count, dead columns (zero diagonal) set to 1 and
  * flagged in dead[in]; NULL when out of memory. */
 double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead);
 /* U [in, in]: the upper Cholesky factor of (H + damp)^-1, damp = percdamp x

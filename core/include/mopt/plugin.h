@@ -237,6 +237,9 @@ typedef struct mopt_host_api {
     mopt_status (*st_writer_put)(mopt_st_writer *w, const char *name, const void *data, size_t nbytes, mopt_error *err);
     mopt_status (*st_writer_close)(mopt_st_writer *w, int32_t complete, mopt_error *err);
     void (*tensor_drop_pages)(const mopt_tensor *t);
+    /* appended: row-major C = alpha A^T A + beta C for A [k, n], only C's upper
+     * triangle (j >= i) written: half the work of sgemm for a Gram matrix */
+    void (*ssyrk_tn)(int32_t n, int32_t k, float alpha, const float *A, int32_t lda, float beta, float *C, int32_t ldc);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
