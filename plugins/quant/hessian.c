@@ -17,15 +17,6 @@ void hess_accumulate(void *user, int32_t sample, int32_t node, const float *cons
     a->count += T;
 }
 
-/* U: upper Cholesky factor of H^-1 (H^-1 = U^T U), from H (overwritten), as
- * torch computes it: cholesky, cholesky_inverse, cholesky(upper=True). */
-static int hinv_upper(const mopt_host_api *h, double *H, int64_t n, float *U) {
-    if (!h->chol_f64(H, n) || !h->chol_inverse_f64(H, n) || !h->chol_f64(H, n)) return 0;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < n; j++) U[i * n + j] = j >= i ? (float)H[j * n + i] : 0.0f; /* U = L^T */
-    return 1;
-}
-
 double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead) {
     double *H = malloc((size_t)(in * in) * sizeof *H);
     if (!H) return NULL;
@@ -40,22 +31,29 @@ double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead) {
     return H;
 }
 
-mopt_status hess_inverse_factor(const mopt_host_api *h, const double *H, int64_t in, double percdamp, float *U, const char *pass,
+mopt_status hess_inverse_factor(const mopt_host_api *h, double *H, int64_t in, double percdamp, float *U, const char *pass,
                                 mopt_error *err) {
-    double mean = 0;
-    for (int64_t j = 0; j < in; j++) mean += H[j * in + j];
+    double mean = 0, *diag = malloc((size_t)in * sizeof *diag);
+    if (!diag) return h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+    for (int64_t j = 0; j < in; j++) mean += diag[j] = H[j * in + j];
     mean /= (double)in;
-    double *H0 = malloc((size_t)(in * in) * sizeof *H0);
-    if (!H0) return h->error_set(err, MOPT_E_NOMEM, pass, "out of memory for a %lld-column Hessian", (long long)in);
-    int ok = 0;
-    for (int attempt = 0; attempt < 4 && !ok; attempt++) { /* 1% damping; if H is still not positive definite, damp harder */
-        memcpy(H0, H, (size_t)(in * in) * sizeof *H0);
+    int factored = 0;
+    for (int attempt = 0; attempt < 4 && !factored; attempt++) { /* 1% damping; if H is still not positive definite, damp harder */
+        if (attempt) /* a failed factorization wrote only the lower triangle: restore it from the upper one */
+            for (int64_t i = 1; i < in; i++)
+                for (int64_t j = 0; j < i; j++) H[i * in + j] = H[j * in + i];
         const double damp = percdamp * mean * pow(10.0, attempt);
-        for (int64_t j = 0; j < in; j++) H0[j * in + j] += damp;
-        ok = hinv_upper(h, H0, in, U);
+        for (int64_t j = 0; j < in; j++) H[j * in + j] = diag[j] + damp;
+        factored = h->chol_f64(H, in);
     }
-    free(H0);
-    return ok ? MOPT_OK
-              : h->error_set(err, MOPT_E_RUNTIME, pass, "Hessian of a %lld-column input is not positive definite even after damping",
-                             (long long)in);
+    free(diag);
+    if (!factored)
+        return h->error_set(err, MOPT_E_RUNTIME, pass, "Hessian of a %lld-column input is not positive definite even after damping",
+                            (long long)in);
+    if (!h->chol_inverse_f64(H, in) || !h->chol_f64(H, in))
+        return h->error_set(err, MOPT_E_RUNTIME, pass, "the inverse Hessian of a %lld-column input lost positive definiteness in rounding",
+                            (long long)in);
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t j = 0; j < in; j++) U[i * in + j] = j >= i ? (float)H[j * in + i] : 0.0f; /* U = L^T */
+    return MOPT_OK;
 }
