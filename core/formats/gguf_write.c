@@ -307,6 +307,7 @@ static mopt_status write_all(FILE *f, const char *path, const sbuf *head, gten *
             if (!st) st = write_row(t, r, tmp, row, err);
             if (!st && fwrite(row, 1, (size_t)rb, f) != (size_t)rb) st = MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", path, strerror(errno));
         }
+        for (int32_t k = 0; k < t->ft.n_src; k++) mopt_tensor_drop_pages(t->ft.src[k]); /* read once: let mapped pages go */
         const size_t pad = (size_t)((32 - t->nbytes % 32) % 32);
         if (!st && pad && fwrite(zeros, 1, pad, f) != pad) st = MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", path, strerror(errno));
         if (!st && o->progress) o->progress(o->user, i + 1, n);
