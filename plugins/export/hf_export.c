@@ -17,6 +17,7 @@
 
 #include "atomic_dir.h"
 #include "export_plugin.h"
+#include "st_stream.h"
 
 static mopt_status write_text(const mopt_host_api *h, const atomic_dir *d, const char *name, char *text, mopt_error *err) {
     if (!text) return err && err->code ? (mopt_status)err->code : h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
@@ -36,86 +37,28 @@ static mopt_status check_packable(const mopt_host_api *h, const mopt_file_tensor
     return MOPT_OK;
 }
 
-/* The entries file tensor ft becomes in `layout`: a packed linear as the
+typedef struct {
+    const mopt_host_api *h;
+    const mopt_file_tensor *fts;
+    mopt_hf_layout layout;
+    const char *forced, *model_dt;
+} hf_enc;
+
+/* The entries file tensor i becomes in the layout: a packed linear as the
  * layout stores it, the rest as floats (forced dtype, else each its own;
  * dequantized ones, a packed lm_head among them, take model_dt). */
-static mopt_status gather_one(const mopt_host_api *h, const mopt_file_tensor *ft, mopt_hf_layout layout, const char *forced,
-                              const char *model_dt, mopt_st_list *l, mopt_error *err) {
+static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *err) {
+    const hf_enc *x = user;
+    const mopt_file_tensor *ft = &x->fts[i];
     const mopt_tensor *s = ft->src[0];
-    if (layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD)
-        return h->hf_add_packed(l, ft, layout, err);
-    const char *dt = forced ? forced
+    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD)
+        return x->h->hf_add_packed(l, ft, x->layout, err);
+    const char *dt = x->forced ? x->forced
                      : s->dtype == MOPT_DTYPE_F32  ? "F32"
                      : s->dtype == MOPT_DTYPE_F16  ? "F16"
                      : s->dtype == MOPT_DTYPE_BF16 ? "BF16"
-                                                   : model_dt;
-    return h->st_add_rows(l, ft, dt, NULL, 0, 0, 0, err);
-}
-
-/* What the checkpoint holds: every entry's name, dtype, shape and size (no
- * data), and the file tensor each comes from. Entries of one file tensor are
- * consecutive. */
-typedef struct {
-    mopt_st_entry *e;
-    int32_t *from;
-    int32_t n;
-} plan;
-
-static void plan_free(plan *p) {
-    free(p->e);
-    free(p->from);
-}
-
-/* Encodes each file tensor once to learn its entries, keeping none of the bytes. */
-static mopt_status plan_export(const mopt_host_api *h, const mopt_file_tensor *fts, int32_t n, mopt_hf_layout layout, const char *forced,
-                               const char *model_dt, plan *p, mopt_error *err) {
-    mopt_status st = MOPT_OK;
-    for (int32_t i = 0; i < n && !st; i++) {
-        mopt_st_list l = {0};
-        st = gather_one(h, &fts[i], layout, forced, model_dt, &l, err);
-        if (!st && !l.n) continue;
-        mopt_st_entry *e = st ? NULL : realloc(p->e, (size_t)(p->n + l.n) * sizeof *e);
-        int32_t *from = e ? realloc(p->from, (size_t)(p->n + l.n) * sizeof *from) : NULL;
-        if (e) p->e = e;
-        if (from) p->from = from;
-        if (!st && (!e || !from)) st = h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
-        for (int32_t k = 0; k < l.n && !st; k++, p->n++) {
-            p->e[p->n] = l.e[k];
-            p->e[p->n].data = NULL;
-            p->from[p->n] = i;
-        }
-        h->st_list_free(&l);
-        for (int32_t s = 0; s < fts[i].n_src; s++) h->tensor_drop_pages(fts[i].src[s]);
-    }
-    return st;
-}
-
-/* Writes plan entries [first, last) as one safetensors file: each file tensor
- * is encoded again and its bytes written, so one tensor at a time is in memory. */
-static mopt_status write_shard(const mopt_host_api *h, const mopt_file_tensor *fts, const plan *p, int32_t first, int32_t last,
-                               mopt_hf_layout layout, const char *forced, const char *model_dt, const char *path, mopt_error *err) {
-    mopt_st_writer *w = h->st_writer_open(path, p->e + first, last - first, NULL, err);
-    if (!w) return err && err->code ? (mopt_status)err->code : MOPT_E_IO;
-    mopt_status st = MOPT_OK;
-    for (int32_t k = first; k < last && !st;) {
-        const int32_t i = p->from[k];
-        int32_t k0 = k; /* the plan index of this file tensor's first entry (it may lie in an earlier shard) */
-        while (k0 > 0 && p->from[k0 - 1] == i) k0--;
-        mopt_st_list l = {0};
-        st = gather_one(h, &fts[i], layout, forced, model_dt, &l, err);
-        for (int32_t j = 0; j < l.n && !st; j++) {
-            const int32_t at = k0 + j;
-            if (at >= p->n || p->from[at] != i || strcmp(p->e[at].name, l.e[j].name))
-                st = h->error_set(err, MOPT_E_RUNTIME, "export.hf", "%s encoded differently the second time", fts[i].name);
-            else if (at >= first && at < last)
-                st = h->st_writer_put(w, l.e[j].name, l.e[j].data, l.e[j].nbytes, err);
-        }
-        h->st_list_free(&l);
-        for (int32_t s = 0; s < fts[i].n_src; s++) h->tensor_drop_pages(fts[i].src[s]);
-        while (k < last && p->from[k] == i) k++;
-    }
-    mopt_status cst = h->st_writer_close(w, !st, err);
-    return st ? st : cst;
+                                                   : x->model_dt;
+    return x->h->st_add_rows(l, ft, dt, NULL, 0, 0, 0, err);
 }
 
 /* small JSON files the exporter composes itself (two-space indents, a final newline) */
@@ -196,8 +139,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->free(fts);
         return st;
     }
-    plan p = {0};
-    st = plan_export(h, fts, n, f, forced, model_dt, &p, err);
+    hf_enc enc = {h, fts, f, forced, model_dt};
+    st_plan p = {0};
+    st = st_plan_make(h, fts, n, encode, &enc, &p, err);
     /* shards of at most max_shard_size bytes */
     const int64_t max_shard = h->opt_int(o, "max_shard_size");
     int64_t total = 0;
@@ -220,13 +164,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
         for (int32_t k = first; k < i; k++) json_object_set_new(weight_map, p.e[k].name, json_string(name));
         if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.hf", "interrupted before %s", name);
-        if (!st) st = write_shard(h, fts, &p, first, i, f, forced, model_dt, atomic_dir_path(&d, name, path, sizeof path), err);
+        if (!st) st = st_plan_write(h, fts, &p, first, i, encode, &enc, atomic_dir_path(&d, name, path, sizeof path), err);
         if (!st && h->opt_int(o, "pause_ms") > 0) { /* diagnostic: lets a test interrupt a half-written export */
             struct timespec ts = {h->opt_int(o, "pause_ms") / 1000, (h->opt_int(o, "pause_ms") % 1000) * 1000000L};
             nanosleep(&ts, NULL);
         }
     }
-    plan_free(&p);
+    st_plan_free(&p);
     h->free(fts);
     if (!st && shards > 1) {
         json_t *idx = json_pack("{s:{s:I}, s:O}", "metadata", "total_size", (json_int_t)total, "weight_map", weight_map);
