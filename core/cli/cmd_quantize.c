@@ -4,7 +4,6 @@
  * quantization runs first so a bad option or calibration file fails before
  * any other work. */
 #include <getopt.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,11 +187,7 @@ int cmd_quantize(int argc, char **argv) {
             goto done;
         }
     }
-    char out_copy[4096];
-    if (a.stream) { /* the scratch file lies beside the output, on the disk that must hold it anyway */
-        snprintf(out_copy, sizeof out_copy, "%s", a.out);
-        j.spill_dir = dirname(out_copy);
-    }
+    if (a.stream) cli_job_spill_beside(&j, a.out);
     if ((rc = cli_job_run(&j, NULL, argv[optind], NULL))) goto done;
     double ppl_base = NAN;
     if (a.eval) { /* the original, loaded afresh (weights are mapped, so this is cheap) */
