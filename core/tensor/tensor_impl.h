@@ -52,6 +52,13 @@ void mopt_sp24_levels(const mopt_tensor *t, int64_t row, float *out);
 /* out[in]: the in/2 kept values in its upper half become the dense row, in place. */
 void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in);
 
+/* The f16 stored (unaligned, little-endian) at p, as a float. */
+static inline float mopt_f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mopt_f16_to_f32(h);
+}
+
 /* All eight 6-bit scales and mins of a Q4_K/Q5_K block's 12 scale bytes at
  * once, four per 32-bit word: sub-blocks 0..3 keep the low 6 bits of bytes
  * 0..3 (scales) and 4..7 (mins); 4..7 take their low 4 bits from bytes 8..11
