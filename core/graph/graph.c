@@ -1,5 +1,6 @@
 /* Graph storage: tensors (owned), activation values and nodes in execution order. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,7 +63,7 @@ void mopt_graph_take(mopt_graph *g, mopt_graph *from) {
 mopt_status mopt_graph_spill_to(mopt_graph *g, const char *dir, mopt_error *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/.mopt-spill-XXXXXX", dir);
-    int fd = mkstemp(path);
+    int fd = mkostemp(path, O_CLOEXEC);
     if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot create a spill file: %s", dir, strerror(errno));
     unlink(path); /* nameless: the space returns when the last mapping goes, however the process ends */
     if (g->spill_fd >= 0) close(g->spill_fd);

@@ -5,7 +5,8 @@
  * or ModelOpt's unified checkpoint. This pass chooses the layout and the
  * dtypes, shards, and places the files; the tensors as Hugging Face stores them
  * (GPT-2's Conv1D [in, out] and fused c_attn, q/k rows in rotate-half order)
- * and every encoding are the core's (mopt_file_tensors, core/formats). With
+ * and every encoding are the core's (mopt_file_tensors, core/formats); files
+ * are written one tensor at a time (st_stream.c). With
  * draft=MODEL the serving-side speculative-decoding settings are written beside it. */
 #include <dirent.h>
 #include <jansson.h>

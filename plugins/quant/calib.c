@@ -147,11 +147,12 @@ mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs
 void calib_advance(calib *c) {
     /* the finished layer's weights are not read again: mapped pages (the
      * original's, or spilled packed ones) can go back to the kernel */
-    for (int32_t i = c->kept_layer >= 0 ? c->first[c->kept_layer] : 0; c->kept_layer >= 0 && i < c->last[c->kept_layer]; i++) {
-        const mopt_node *nd = c->h->graph_node(c->g, i);
-        c->h->tensor_drop_pages(nd->weight);
-        c->h->tensor_drop_pages(nd->bias);
-    }
+    if (c->kept_layer >= 0)
+        for (int32_t i = c->first[c->kept_layer]; i < c->last[c->kept_layer]; i++) {
+            const mopt_node *nd = c->h->graph_node(c->g, i);
+            c->h->tensor_drop_pages(nd->weight);
+            c->h->tensor_drop_pages(nd->bias);
+        }
     float *t = c->x;
     c->x = c->x_next;
     c->x_next = t;
