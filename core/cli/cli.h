@@ -67,6 +67,7 @@ typedef struct cli_job {
     mopt_model *m;
     mopt_error err;
     mopt_run_opts ro;
+    char spill_dir[4096]; /* non-empty: packed weights go to a file there as passes make them (mopt_graph_spill_to) */
 } cli_job;
 
 /* Opens the registry (warning about plugins that did not load) and creates the
@@ -79,6 +80,9 @@ int cli_job_set(cli_job *j, const char *key, const char *v);
  * (tok_path may be NULL) and runs; 0, or prints the failure and returns the
  * exit code. */
 int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok_path);
+/* --stream: packed weights spill to a nameless file in the directory that will
+ * hold `out` (the disk that must take the checkpoint anyway). */
+void cli_job_spill_beside(cli_job *j, const char *out);
 /* Writes the job's report as JSON to path (atomically) when path is set;
  * returns rc, or the failure's exit code when rc was 0. */
 int cli_job_write_report(cli_job *j, const char *path, int rc);

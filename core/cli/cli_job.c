@@ -1,4 +1,5 @@
 /* The registry and the pipeline runs the commands share. */
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +39,16 @@ int cli_job_set(cli_job *j, const char *key, const char *v) { return v && *v ? m
 
 int cli_job_run(cli_job *j, const char *pass, const char *model, const char *tok_path) {
     if ((pass && mopt_pipeline_add(j->p, pass, j->o, &j->err)) || !(j->m = mopt_model_load(model, tok_path, &j->err)) ||
+        (j->spill_dir[0] && mopt_graph_spill_to(mopt_model_graph(j->m), j->spill_dir, &j->err)) ||
         mopt_pipeline_run(j->p, j->m, &j->ro, j->rep, &j->err))
         return cli_fail(&j->err);
     return EXIT_OK;
+}
+
+void cli_job_spill_beside(cli_job *j, const char *out) {
+    char copy[sizeof j->spill_dir];
+    snprintf(copy, sizeof copy, "%s", out);
+    snprintf(j->spill_dir, sizeof j->spill_dir, "%s", dirname(copy));
 }
 
 int cli_job_write_report(cli_job *j, const char *path, int rc) {

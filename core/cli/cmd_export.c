@@ -13,9 +13,10 @@ int cmd_export(int argc, char **argv) {
                                          {"draft", required_argument, 0, 'D'},   {"draft-k", required_argument, 0, 'K'},
                                          {"pipeline", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
                                          {"type", required_argument, 0, 't'},    {"tp", required_argument, 0, 'T'},
-                                         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+                                         {"stream", no_argument, 0, 'S'},        {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL, *tp = NULL;
-    int force = 0, quiet = 0, c;
+    int force = 0, quiet = 0, stream = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         switch (c) {
@@ -30,13 +31,15 @@ int cmd_export(int argc, char **argv) {
         case 'q': quiet = 1; break;
         case 't': type = optarg; break;
         case 'T': tp = optarg; break;
+        case 'S': stream = 1; break;
         case 'h':
             printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
-                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k] [--tp N]\n\n"
+                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k] [--tp N] [--stream]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
-                   "--draft writes speculative_config.json for vLLM and TensorRT-LLM.\n"
+                   "--draft writes speculative_config.json for vLLM and TensorRT-LLM. --stream keeps about one\n"
+                   "block in memory: packed weights the pipeline makes go to a scratch file beside DIR.\n"
                    "Formats: " CLI_EXPORT_FORMATS ".\n"
                    "  hf                  dense Hugging Face, or compressed-tensors when the model is quantized\n"
                    "  dense               Hugging Face with quantized weights dequantized (transformers loads it)\n"
@@ -56,6 +59,7 @@ int cmd_export(int argc, char **argv) {
     cli_job j;
     int rc = cli_job_open(&j, quiet, 0);
     if (rc) return rc;
+    if (stream) cli_job_spill_beside(&j, out);
     const char *pass = cli_export_pass(format, j.o, &j.err);
     if (!pass)
         rc = cli_usage_error("export", "%s", j.err.msg);

@@ -35,13 +35,16 @@ static void help(void) {
            "                      compressed-tensors, which vLLM and SGLang load)\n"
            "  --type T            --format gguf: ggml type of the weights (f16, q8_0, q4_0, q4_k, ...);\n"
            "                      rtn --bits 4|8 --group 32 --sym is written as q4_0|q8_0 bit for bit\n"
-           "  --force             replace an existing OUTDIR\n");
+           "  --force             replace an existing OUTDIR\n"
+           "  --stream            hold about one block in memory: each packed weight goes to a scratch\n"
+           "                      file beside OUTDIR as it is made (removed at exit), the original's\n"
+           "                      pages are let go, and the export writes tensor by tensor\n");
 }
 
 typedef struct {
     const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type;
     char bits[16], group[16], alpha[32], samples[16], len[16];
-    int sym, act_order, quiet, have_bits, have_group, have_alpha, force;
+    int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream;
     long long threads;
     char exclude[1024];
 } qargs;
@@ -57,7 +60,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
-        {"type", required_argument, 0, 'y'},
+        {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -105,13 +108,15 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'f': a->format = optarg; break;
         case 'y': a->gguf_type = optarg; break;
         case 'O': a->force = 1; break;
+        case 'S': a->stream = 1; break;
         case 'h': help(); return -1;
         default: return cli_usage_error("quantize", "unknown option");
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
     if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8)");
-    if ((a->format || a->force || a->gguf_type) && !a->out) return cli_usage_error("quantize", "--format, --type and --force go with -o OUTDIR");
+    if ((a->format || a->force || a->gguf_type || a->stream) && !a->out)
+        return cli_usage_error("quantize", "--format, --type, --force and --stream go with -o OUTDIR");
     return 0;
 }
 
@@ -182,6 +187,7 @@ int cmd_quantize(int argc, char **argv) {
             goto done;
         }
     }
+    if (a.stream) cli_job_spill_beside(&j, a.out);
     if ((rc = cli_job_run(&j, NULL, argv[optind], NULL))) goto done;
     double ppl_base = NAN;
     if (a.eval) { /* the original, loaded afresh (weights are mapped, so this is cheap) */

@@ -35,6 +35,15 @@ const char *mopt_ggml_type_name(int32_t type);
 /* Bytes of a row of n values; -1 when n is not a multiple of the block. */
 int64_t mopt_ggml_row_bytes(int32_t type, int64_t n);
 
+/* The k-quant types as mopt's KQUANT tensors name them, by bits: Q4_K 4,
+ * Q5_K 5, Q6_K 6 (0: not a k-quant), and back (-1: no such k-quant). */
+static inline int32_t mopt_ggml_kquant_bits(int32_t type) {
+    return type == MOPT_GGML_Q4_K ? 4 : type == MOPT_GGML_Q5_K ? 5 : type == MOPT_GGML_Q6_K ? 6 : 0;
+}
+static inline int32_t mopt_ggml_kquant_type(int32_t bits) {
+    return bits == 4 ? MOPT_GGML_Q4_K : bits == 5 ? MOPT_GGML_Q5_K : bits == 6 ? MOPT_GGML_Q6_K : -1;
+}
+
 /* One row of n values to and from the block format (ggml's reference
  * quantizers: round to nearest, scales in f16). */
 mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);

@@ -71,11 +71,6 @@ static void put16(uint8_t *p, float f) {
     uint16_t h = mopt_f32_to_f16(f);
     memcpy(p, &h, 2);
 }
-static float get16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return mopt_f16_to_f32(h);
-}
 
 /* --- 32-value blocks -------------------------------------------------------- */
 
@@ -139,14 +134,14 @@ static void q8_0(const float *x, uint8_t *y) {
 }
 
 static void dq_32(int32_t type, const uint8_t *b, float *y) {
-    const float d = get16(b);
+    const float d = mopt_f16_at(b);
     uint32_t qh;
     switch (type) {
     case MOPT_GGML_Q4_0:
         for (int j = 0; j < 16; j++) y[j] = d * ((b[2 + j] & 15) - 8), y[j + 16] = d * ((b[2 + j] >> 4) - 8);
         break;
     case MOPT_GGML_Q4_1: {
-        const float m = get16(b + 2);
+        const float m = mopt_f16_at(b + 2);
         for (int j = 0; j < 16; j++) y[j] = d * (b[4 + j] & 15) + m, y[j + 16] = d * (b[4 + j] >> 4) + m;
         break;
     }
@@ -158,7 +153,7 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
         }
         break;
     case MOPT_GGML_Q5_1: {
-        const float m = get16(b + 2);
+        const float m = mopt_f16_at(b + 2);
         memcpy(&qh, b + 4, 4);
         for (int j = 0; j < 16; j++) {
             y[j] = d * (float)((b[8 + j] & 15) | ((qh >> j) << 4 & 0x10)) + m;
@@ -204,7 +199,7 @@ static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
     }
     put16(y, max_scale / 63.f);
     put16(y + 2, max_min / 63.f);
-    const float d = get16(y), dmin = get16(y + 2);
+    const float d = mopt_f16_at(y), dmin = mopt_f16_at(y + 2);
     memset(L, 0, 256);
     uint8_t s[8], m[8];
     mopt_kquant_scales_mins(sc, s, m);
@@ -261,7 +256,7 @@ static void q6_k(const float *x, uint8_t *y) {
         sc[ib] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
     }
     uint8_t L[256];
-    const float d0 = get16(y + 208);
+    const float d0 = mopt_f16_at(y + 208);
     for (int j = 0; j < 16; j++) {
         const float d = d0 * sc[j];
         for (int i = 0; i < 16; i++) {
@@ -317,7 +312,7 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
     for (int64_t k = 0; k < n / bs; k++, b += bb, y += bs) {
         switch (type) {
         case MOPT_GGML_F32: memcpy(y, b, 4); break;
-        case MOPT_GGML_F16: *y = get16(b); break;
+        case MOPT_GGML_F16: *y = mopt_f16_at(b); break;
         case MOPT_GGML_BF16: {
             uint16_t h;
             memcpy(&h, b, 2);

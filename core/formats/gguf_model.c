@@ -151,8 +151,8 @@ static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name
         free(s);
         return o;
     }
-    if (linear && nd == 2 && (t->type == MOPT_GGML_Q4_K || t->type == MOPT_GGML_Q5_K || t->type == MOPT_GGML_Q6_K))
-        return mopt_kquant_pack(name, rows, cols, t->type == MOPT_GGML_Q4_K ? 4 : t->type == MOPT_GGML_Q5_K ? 5 : 6, src, err);
+    if (linear && nd == 2 && mopt_ggml_kquant_bits(t->type))
+        return mopt_kquant_pack(name, rows, cols, mopt_ggml_kquant_bits(t->type), src, err);
     mopt_tensor *o = mopt_tensor_new(name, MOPT_DTYPE_F32, nd, dims, err);
     if (!o) return NULL;
     for (int64_t r = 0; r < rows; r++)

@@ -207,14 +207,10 @@ typedef struct {
 static int is_block(int32_t t) { return t != MOPT_GGML_F32 && t != MOPT_GGML_F16 && t != MOPT_GGML_BF16; }
 
 /* The ggml type of a KQUANT tensor's blocks. */
-static int32_t kquant_type(const mopt_tensor *s) {
-    return s->quant->bits == 4 ? MOPT_GGML_Q4_K : s->quant->bits == 5 ? MOPT_GGML_Q5_K : MOPT_GGML_Q6_K;
-}
-
 /* A packed tensor whose rows already are the block format: KQUANT blocks of
  * the type, or QINT levels that are Q4_0/Q8_0 (symmetric, groups of 32, 4 or 8 bits). */
 static int exact_blocks(const mopt_tensor *s, int32_t type) {
-    if (s->dtype == MOPT_DTYPE_KQUANT) return kquant_type(s) == type;
+    if (s->dtype == MOPT_DTYPE_KQUANT) return mopt_ggml_kquant_type(s->quant->bits) == type;
     if (s->dtype != MOPT_DTYPE_QINT || !(s->quant->flags & MOPT_QUANT_SYM) || s->quant->group_size != 32 || s->quant->g_idx) return 0;
     return (type == MOPT_GGML_Q4_0 && s->quant->bits == 4) || (type == MOPT_GGML_Q8_0 && s->quant->bits == 8);
 }
@@ -236,7 +232,7 @@ static int32_t pick_type(const gten *t, int32_t want) {
         const mopt_tensor *s = t->ft.src[0];
         if (s->dtype == MOPT_DTYPE_F32 || s->dtype == MOPT_DTYPE_F16 || s->dtype == MOPT_DTYPE_BF16)
             return s->dtype == MOPT_DTYPE_F32 ? MOPT_GGML_F32 : s->dtype == MOPT_DTYPE_F16 ? MOPT_GGML_F16 : MOPT_GGML_BF16;
-        ty = s->dtype == MOPT_DTYPE_KQUANT ? kquant_type(s) : s->dtype == MOPT_DTYPE_QINT && s->quant->bits == 4 ? MOPT_GGML_Q4_0 : MOPT_GGML_Q8_0;
+        ty = s->dtype == MOPT_DTYPE_KQUANT ? mopt_ggml_kquant_type(s->quant->bits) : s->dtype == MOPT_DTYPE_QINT && s->quant->bits == 4 ? MOPT_GGML_Q4_0 : MOPT_GGML_Q8_0;
         if (!all_exact(&t->ft, ty)) ty = MOPT_GGML_F16;
         return mopt_ggml_row_bytes(ty, n) < 0 ? MOPT_GGML_F16 : ty;
     }
@@ -307,6 +303,7 @@ static mopt_status write_all(FILE *f, const char *path, const sbuf *head, gten *
             if (!st) st = write_row(t, r, tmp, row, err);
             if (!st && fwrite(row, 1, (size_t)rb, f) != (size_t)rb) st = MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", path, strerror(errno));
         }
+        for (int32_t k = 0; k < t->ft.n_src; k++) mopt_tensor_drop_pages(t->ft.src[k]); /* read once: let mapped pages go */
         const size_t pad = (size_t)((32 - t->nbytes % 32) % 32);
         if (!st && pad && fwrite(zeros, 1, pad, f) != pad) st = MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", path, strerror(errno));
         if (!st && o->progress) o->progress(o->user, i + 1, n);

@@ -2,9 +2,12 @@
  * {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}},
  * then the data region that the offsets index: whole, without holes or
  * overlaps, each tensor at a multiple of its element size. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tensor_impl.h"
 #include "json_util.h"
@@ -219,10 +222,10 @@ mopt_status mopt_safetensors_encode(mopt_st_entry *e, int32_t n, char **out, siz
     return mopt_safetensors_encode_meta(e, n, NULL, out, len, err);
 }
 
-mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char *const *meta, char **out, size_t *len,
-                                         mopt_error *err) {
-    *out = NULL;
-    *len = 0;
+/* The header of a file holding the entries (sorted in place as the file
+ * holds them): its text padded with spaces to a multiple of 8 bytes, the
+ * length of that text and the size of the data region after it. */
+static char *st_header(mopt_st_entry *e, int32_t n, const char *const *meta, size_t *padded, size_t *data_len) {
     qsort(e, (size_t)n, sizeof *e, by_alignment);
     json_t *hdr = json_object(), *md = json_pack("{s:s}", "format", "pt");
     for (int32_t i = 0; meta && meta[i] && meta[i + 1]; i += 2) json_object_set_new(md, meta[i], json_string(meta[i + 1]));
@@ -237,16 +240,34 @@ mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char
     }
     char *text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(hdr);
+    if (!text) return NULL;
+    const size_t hl = strlen(text), pl = (hl + 7) & ~(size_t)7;
+    char *out = realloc(text, pl + 1);
+    if (!out) {
+        free(text);
+        return NULL;
+    }
+    memset(out + hl, ' ', pl - hl);
+    out[pl] = 0;
+    *padded = pl;
+    *data_len = off;
+    return out;
+}
+
+mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char *const *meta, char **out, size_t *len,
+                                         mopt_error *err) {
+    *out = NULL;
+    *len = 0;
+    size_t padded, off;
+    char *text = st_header(e, n, meta, &padded, &off);
     if (!text) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    const size_t hl = strlen(text), padded = (hl + 7) & ~(size_t)7;
     char *buf = malloc(8 + padded + off);
     if (!buf) {
         free(text);
         return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory for a %zu-byte safetensors file", 8 + padded + off);
     }
     for (int k = 0; k < 8; k++) buf[k] = (char)((uint64_t)padded >> (8 * k));
-    memcpy(buf + 8, text, hl);
-    memset(buf + 8 + hl, ' ', padded - hl);
+    memcpy(buf + 8, text, padded);
     size_t pos = 8 + padded;
     for (int32_t i = 0; i < n; i++) {
         memcpy(buf + pos, e[i].data, e[i].nbytes);
@@ -256,6 +277,92 @@ mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char
     *out = buf;
     *len = pos;
     return MOPT_OK;
+}
+
+/* --- writing tensor by tensor ------------------------------------------------------ */
+
+struct mopt_st_writer {
+    int fd;
+    char path[4096];
+    int32_t n;
+    mopt_st_entry *e;  /* the entries as the file holds them (no data) */
+    uint64_t *at;      /* file offset of each entry's bytes */
+    uint8_t *written;
+};
+
+static mopt_status write_at(mopt_st_writer *w, const void *data, size_t n, uint64_t off, mopt_error *err) {
+    const char *p = data;
+    while (n > 0) {
+        ssize_t k = pwrite(w->fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", w->path, k < 0 ? strerror(errno) : strerror(ENOSPC));
+        p += k, n -= (size_t)k, off += (uint64_t)k;
+    }
+    return MOPT_OK;
+}
+
+mopt_st_writer *mopt_st_writer_open(const char *path, const mopt_st_entry *e, int32_t n, const char *const *meta, mopt_error *err) {
+    mopt_st_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->e = malloc((size_t)(n > 0 ? n : 1) * sizeof *w->e)) || !(w->at = malloc((size_t)(n > 0 ? n : 1) * sizeof *w->at)) ||
+        !(w->written = calloc((size_t)(n > 0 ? n : 1), 1))) {
+        if (w) free(w->e), free(w->at);
+        free(w);
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    w->n = n;
+    snprintf(w->path, sizeof w->path, "%s", path);
+    if (n > 0) memcpy(w->e, e, (size_t)n * sizeof *e);
+    size_t padded = 0, data_len = 0;
+    char *text = st_header(w->e, n, meta, &padded, &data_len);
+    w->fd = text ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644) : -1;
+    mopt_status st = !text ? MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory")
+                     : w->fd < 0 ? MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", path, strerror(errno))
+                                 : MOPT_OK;
+    uint8_t len8[8];
+    for (int k = 0; k < 8; k++) len8[k] = (uint8_t)((uint64_t)padded >> (8 * k));
+    if (!st) st = write_at(w, len8, 8, 0, err);
+    if (!st) st = write_at(w, text, padded, 8, err);
+    free(text);
+    uint64_t off = 8 + padded;
+    for (int32_t i = 0; i < n; i++) w->at[i] = off, off += w->e[i].nbytes;
+    if (st) {
+        mopt_st_writer_close(w, 0, NULL);
+        return NULL;
+    }
+    return w;
+}
+
+mopt_status mopt_st_writer_put(mopt_st_writer *w, const char *name, const void *data, size_t nbytes, mopt_error *err) {
+    for (int32_t i = 0; i < w->n; i++) {
+        if (strcmp(w->e[i].name, name)) continue;
+        if (w->written[i]) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: tensor %s written twice", w->path, name);
+        if (nbytes != w->e[i].nbytes)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "%s: tensor %s holds %zu bytes, its header entry %zu", w->path, name, nbytes,
+                             w->e[i].nbytes);
+        w->written[i] = 1;
+        return write_at(w, data, nbytes, w->at[i], err);
+    }
+    return MOPT_FAIL(err, MOPT_E_INVALID, "%s: tensor %s has no header entry", w->path, name);
+}
+
+mopt_status mopt_st_writer_close(mopt_st_writer *w, int32_t complete, mopt_error *err) {
+    if (!w) return MOPT_OK;
+    mopt_status st = MOPT_OK;
+    for (int32_t i = 0; i < w->n && complete; i++)
+        if (!w->written[i]) {
+            st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: tensor %s was never written", w->path, w->e[i].name);
+            break;
+        }
+    if (w->fd >= 0) {
+        if (!st && complete && fsync(w->fd) != 0) st = MOPT_FAIL(err, MOPT_E_IO, "%s: cannot flush: %s", w->path, strerror(errno));
+        if (close(w->fd) != 0 && !st && complete) st = MOPT_FAIL(err, MOPT_E_IO, "%s: cannot close: %s", w->path, strerror(errno));
+    }
+    free(w->e);
+    free(w->at);
+    free(w->written);
+    free(w);
+    return st;
 }
 
 mopt_status mopt_st_list_add(mopt_st_list *l, const char *name, const char *dtype, int32_t ndim, const int64_t *shape, void *data,

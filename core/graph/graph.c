@@ -1,8 +1,13 @@
 /* Graph storage: tensors (owned), activation values and nodes in execution order. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "graph_impl.h"
+#include "tensor_impl.h"
 #include "mopt/quant.h"
 #include "base.h"
 
@@ -31,6 +36,7 @@ mopt_graph *mopt_graph_new(const mopt_arch *arch, mopt_error *err) {
         return NULL;
     }
     if (arch) g->arch = *arch;
+    g->spill_fd = -1;
     return g;
 }
 
@@ -40,6 +46,7 @@ void mopt_graph_free(mopt_graph *g) {
     free(g->tensors);
     free(g->nodes);
     free(g->value_width);
+    if (g->spill_fd >= 0) close(g->spill_fd); /* the mappings of spilled tensors keep the file until they go */
     free(g);
 }
 
@@ -47,7 +54,22 @@ void mopt_graph_take(mopt_graph *g, mopt_graph *from) {
     mopt_graph old = *g;
     *g = *from;
     *from = old;
+    /* where replaced tensors spill is the graph's setting, not its contents' */
+    g->spill_fd = old.spill_fd, g->spill_end = old.spill_end;
+    from->spill_fd = -1;
     mopt_graph_free(from);
+}
+
+mopt_status mopt_graph_spill_to(mopt_graph *g, const char *dir, mopt_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.mopt-spill-XXXXXX", dir);
+    int fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot create a spill file: %s", dir, strerror(errno));
+    unlink(path); /* nameless: the space returns when the last mapping goes, however the process ends */
+    if (g->spill_fd >= 0) close(g->spill_fd);
+    g->spill_fd = fd;
+    g->spill_end = 0;
+    return MOPT_OK;
 }
 
 const mopt_arch *mopt_graph_arch(const mopt_graph *g) { return &g->arch; }
@@ -85,8 +107,13 @@ mopt_status mopt_graph_replace_tensor(mopt_graph *g, mopt_tensor *t, mopt_error 
         if (strcmp(g->tensors[i]->name, t->name) != 0) continue;
         mopt_tensor *old = g->tensors[i];
         if (old == t) return MOPT_OK;
+        if (g->spill_fd >= 0 && t->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* packed weights are never written again */
+            mopt_status st = mopt_tensor_spill(t, g->spill_fd, &g->spill_end, err);
+            if (st) return st;
+        }
         retarget_nodes(g, old, t);
         g->tensors[i] = t;
+        mopt_tensor_drop_pages(old); /* a mapped original is not read again: its pages need not stay */
         mopt_tensor_free(old);
         return MOPT_OK;
     }

@@ -15,6 +15,8 @@ struct mopt_graph {
     mopt_node *nodes;
     int32_t n_nodes;
     size_t cap_nodes;
+    int spill_fd;       /* >= 0: packed tensors installed by replace go to this unlinked file (mopt_graph_spill_to) */
+    uint64_t spill_end; /* bytes used in it */
 };
 
 mopt_arch *mopt_graph_arch_mut(mopt_graph *g);

@@ -106,6 +106,21 @@ static int model_info(lua_State *L) {
     return 1;
 }
 
+/* model:stream_to(dir): packed weights passes install go to a nameless file in dir
+ * (mopt_graph_spill_to), so quantizing a large model holds about one block */
+static int model_stream_to(lua_State *L) {
+    model_box *b = check_model(L, 1);
+    const char *dir = luaL_checkstring(L, 2);
+    mopt_error err = {0};
+    lua_ctx *c = get_ctx(L);
+    char file[4200]; /* the file goes inside dir, which may be the root itself */
+    snprintf(file, sizeof file, "%s/.mopt-spill", dir);
+    if (c->write_root[0] && mopt_path_check_within(c->write_root, file, &err)) return luaL_error(L, "model:stream_to: %s", err.msg);
+    if (mopt_graph_spill_to(mopt_model_graph(b->m), dir, &err)) return luaL_error(L, "model:stream_to: %s", err.msg);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
 static int model_tokenize(lua_State *L) {
     model_box *b = check_model(L, 1);
     size_t len;
@@ -525,8 +540,8 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *meta, cons
 
 int luaopen_mopt(lua_State *L) {
     static const luaL_Reg model_meta[] = {{"__gc", model_gc}, {"__close", model_gc}, {"__tostring", model_tostring}, {NULL, NULL}};
-    static const luaL_Reg model_methods[] = {{"info", model_info}, {"tokenize", model_tokenize}, {"decode", model_decode},
-                                             {"close", model_gc}, {NULL, NULL}};
+    static const luaL_Reg model_methods[] = {{"info", model_info},       {"tokenize", model_tokenize}, {"decode", model_decode},
+                                             {"stream_to", model_stream_to}, {"close", model_gc},          {NULL, NULL}};
     static const luaL_Reg dataset_meta[] = {{"__gc", dataset_gc}, {"__close", dataset_gc}, {"__tostring", dataset_tostring},
                                             {"__index", dataset_index}, {NULL, NULL}};
     static const luaL_Reg pipeline_meta[] = {{"__gc", pipeline_gc}, {"__close", pipeline_gc}, {"__tostring", pipeline_tostring}, {NULL, NULL}};

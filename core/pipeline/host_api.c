@@ -45,6 +45,33 @@ static void host_sgemm(int32_t ta, int32_t tb, int32_t M, int32_t N, int32_t K, 
                 ldb, beta, C, ldc);
 }
 
+static void host_ssyrk_tn(int32_t n, int32_t k, float alpha, const float *A, int32_t lda, float beta, float *C, int32_t ldc) {
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, k, alpha, A, lda, beta, C, ldc);
+}
+
+/* LAPACK's Fortran entry points (OpenBLAS carries them), with the hidden
+ * length of the character argument. Column-major: a row-major lower triangle
+ * is LAPACK's upper one. */
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
+extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
+
+static int32_t chol_f64(double *A, int64_t n) {
+    if (n <= 0 || n > INT32_MAX) return 0;
+    int nn = (int)n, info = 0;
+    dpotrf_("U", &nn, A, &nn, &info, 1);
+    return info == 0;
+}
+
+static int32_t chol_inverse_f64(double *A, int64_t n) {
+    if (n <= 0 || n > INT32_MAX) return 0;
+    int nn = (int)n, info = 0;
+    dpotri_("U", &nn, A, &nn, &info, 1);
+    if (info) return 0;
+    for (int64_t i = 0; i < n; i++) /* LAPACK wrote the lower triangle (row-major); mirror it */
+        for (int64_t j = i + 1; j < n; j++) A[i * n + j] = A[j * n + i];
+    return 1;
+}
+
 static float f16_round(float f) { return mopt_f16_to_f32(mopt_f32_to_f16(f)); }
 
 static int32_t same_vocab(const mopt_tokenizer *a, const mopt_tokenizer *b, int32_t *first_diff) {
@@ -109,6 +136,13 @@ const mopt_host_api mopt_host = {
     .session_run_range = mopt_session_run_range,
     .session_value = mopt_session_value,
     .sgemm = host_sgemm,
+    .chol_f64 = chol_f64,
+    .chol_inverse_f64 = chol_inverse_f64,
+    .st_writer_open = mopt_st_writer_open,
+    .st_writer_put = mopt_st_writer_put,
+    .st_writer_close = mopt_st_writer_close,
+    .tensor_drop_pages = mopt_tensor_drop_pages,
+    .ssyrk_tn = host_ssyrk_tn,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

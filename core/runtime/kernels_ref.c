@@ -132,14 +132,6 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
-/* sum of w[i] * x[i] for i in [i0, i1) of tile lane l (x interleaved as
- * kernels.h describes); w read as unsigned levels or, with sgn, as int8 */
-static float f16_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return mopt_f16_to_f32(h);
-}
-
 /* Q4_K: w = d sc q - dmin m per sub-block j of 32, so a super-block's dot is
  * xd (d sum_j sc_j (q . xq)_j - dmin sum_j m_j sum(xq)_j), the sums in integers */
 static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
@@ -159,7 +151,7 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
                 dots += sc[j] * dot;
                 mins += m[j] * (xs16[16 * k + 2 * j] + xs16[16 * k + 2 * j + 1]);
             }
-            acc += xd[k] * (f16_at(b) * (float)dots - f16_at(b + 2) * (float)mins);
+            acc += xd[k] * (mopt_f16_at(b) * (float)dots - mopt_f16_at(b + 2) * (float)mins);
         }
         y[r] = acc;
     }
@@ -185,7 +177,7 @@ static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
                     isum += sc[2 * j + h] * (dot - 32 * xs16[16 * k + 2 * j + h]);
                 }
             }
-            acc += xd[k] * f16_at(b + 208) * (float)isum;
+            acc += xd[k] * mopt_f16_at(b + 208) * (float)isum;
         }
         y[r] = acc;
     }

@@ -2,6 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "tensor_impl.h"
 
@@ -54,4 +57,59 @@ void mopt_buffer_release(mopt_buffer *b) {
     if (b->kind == MOPT_BUFFER_MMAP) mopt_unmap_file(b->base, b->size);
     else free(b->base);
     free(b);
+}
+
+/* only whole pages inside the tensor's bytes: the pages at its ends may hold a neighbour's */
+static void drop_span(const mopt_tensor *t) {
+    if (!t || !t->buffer || t->buffer->kind != MOPT_BUFFER_MMAP || !t->data) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p = (uintptr_t)t->data;
+    const uintptr_t a = (p + page - 1) & ~(page - 1), b = (p + mopt_tensor_nbytes(t)) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* a read-only file mapping: nothing is lost */
+}
+
+void mopt_tensor_drop_pages(const mopt_tensor *t) {
+    if (!t) return;
+    drop_span(t);
+    if (t->quant) {
+        drop_span(t->quant->scale);
+        drop_span(t->quant->zero);
+        drop_span(t->quant->g_idx);
+    }
+}
+
+static mopt_status spill_one(mopt_tensor *t, int fd, uint64_t *end, mopt_error *err) {
+    if (!t || !t->buffer || t->buffer->kind != MOPT_BUFFER_HEAP || t->buffer->refcount != 1 || !t->buffer->size) return MOPT_OK;
+    mopt_buffer *old = t->buffer;
+    const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), at = (*end + page - 1) & ~(page - 1);
+    for (size_t done = 0; done < old->size;) {
+        ssize_t k = pwrite(fd, (const char *)old->base + done, old->size - done, (off_t)(at + done));
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return MOPT_FAIL(err, MOPT_E_IO, "spill file: write failed: %s", k < 0 ? strerror(errno) : strerror(ENOSPC));
+        done += (size_t)k;
+    }
+    void *base = mmap(NULL, old->size, PROT_READ, MAP_SHARED, fd, (off_t)at);
+    if (base == MAP_FAILED) return MOPT_FAIL(err, MOPT_E_IO, "spill file: mmap failed: %s", strerror(errno));
+    mopt_buffer *b = calloc(1, sizeof *b);
+    if (!b) {
+        munmap(base, old->size);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    }
+    b->kind = MOPT_BUFFER_MMAP;
+    b->base = base;
+    b->size = old->size;
+    b->refcount = 1;
+    snprintf(b->origin, sizeof b->origin, "spill");
+    t->data = (char *)base + ((char *)t->data - (char *)old->base);
+    t->buffer = b;
+    mopt_buffer_release(old);
+    *end = at + b->size;
+    return MOPT_OK;
+}
+
+mopt_status mopt_tensor_spill(mopt_tensor *t, int fd, uint64_t *end, mopt_error *err) {
+    mopt_status st = spill_one(t, fd, end, err);
+    if (!st && t->quant) st = spill_one(t->quant->scale, fd, end, err);
+    if (!st && t->quant) st = spill_one(t->quant->zero, fd, end, err);
+    if (!st && t->quant) st = spill_one(t->quant->g_idx, fd, end, err);
+    return st;
 }

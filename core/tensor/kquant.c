@@ -36,15 +36,9 @@ mopt_tensor *mopt_kquant_pack(const char *name, int64_t out, int64_t in, int32_t
     return t;
 }
 
-static float f16_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return mopt_f16_to_f32(h);
-}
-
 /* Q4_K / Q5_K: sub-blocks 2i and 2i+1 share 32 bytes of nibbles (low, high) and, for Q5_K, bits 2i and 2i+1 of qh */
 static void q45k_f32(const uint8_t *b, int five, float *y) {
-    const float d = f16_at(b), dmin = f16_at(b + 2);
+    const float d = mopt_f16_at(b), dmin = mopt_f16_at(b + 2);
     const uint8_t *qh = b + 16, *q = b + (five ? 48 : 16);
     uint8_t sc[8], mn[8];
     mopt_kquant_scales_mins(b + 4, sc, mn);
@@ -60,7 +54,7 @@ static void q45k_f32(const uint8_t *b, int five, float *y) {
 
 /* Q6_K: 128 values at a time from 64 bytes of low nibbles and 32 of high bit pairs */
 static void q6k_f32(const uint8_t *b, float *y) {
-    const float d = f16_at(b + 208);
+    const float d = mopt_f16_at(b + 208);
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *sc = (const int8_t *)(b + 192);
     for (int n = 0; n < 2; n++, y += 128, ql += 64, qh += 32, sc += 8)

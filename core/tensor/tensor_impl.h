@@ -13,6 +13,11 @@ mopt_buffer *mopt_buffer_mmap(const char *path, mopt_error *err);
 mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err);
 void mopt_buffer_retain(mopt_buffer *b);
 void mopt_buffer_release(mopt_buffer *b);
+/* Moves the heap storage of t (and of its scales, zero-points and g_idx) into
+ * the file fd, from byte *end on (page-aligned; *end moves past it), and maps
+ * it back read-only: the bytes stay the same, the memory becomes page cache
+ * the kernel may drop. Storage shared with another tensor stays where it is. */
+mopt_status mopt_tensor_spill(mopt_tensor *t, int fd, uint64_t *end, mopt_error *err);
 
 /* Creates a tensor viewing `data` inside buffer b (takes a new reference).
  * dims are in PyTorch order. */
@@ -46,6 +51,13 @@ void mopt_sp24_row_f32(const mopt_tensor *t, int64_t row, float *out);
 void mopt_sp24_levels(const mopt_tensor *t, int64_t row, float *out);
 /* out[in]: the in/2 kept values in its upper half become the dense row, in place. */
 void mopt_sp24_spread(float *out, const uint8_t *pos, int64_t in);
+
+/* The f16 stored (unaligned, little-endian) at p, as a float. */
+static inline float mopt_f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mopt_f16_to_f32(h);
+}
 
 /* All eight 6-bit scales and mins of a Q4_K/Q5_K block's 12 scale bytes at
  * once, four per 32-bit word: sub-blocks 0..3 keep the low 6 bits of bytes

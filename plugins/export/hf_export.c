@@ -5,7 +5,8 @@
  * or ModelOpt's unified checkpoint. This pass chooses the layout and the
  * dtypes, shards, and places the files; the tensors as Hugging Face stores them
  * (GPT-2's Conv1D [in, out] and fused c_attn, q/k rows in rotate-half order)
- * and every encoding are the core's (mopt_file_tensors, core/formats). With
+ * and every encoding are the core's (mopt_file_tensors, core/formats); files
+ * are written one tensor at a time (st_stream.c). With
  * draft=MODEL the serving-side speculative-decoding settings are written beside it. */
 #include <dirent.h>
 #include <jansson.h>
@@ -17,6 +18,7 @@
 
 #include "atomic_dir.h"
 #include "export_plugin.h"
+#include "st_stream.h"
 
 static mopt_status write_text(const mopt_host_api *h, const atomic_dir *d, const char *name, char *text, mopt_error *err) {
     if (!text) return err && err->code ? (mopt_status)err->code : h->error_set(err, MOPT_E_NOMEM, "export.hf", "out of memory");
@@ -36,26 +38,28 @@ static mopt_status check_packable(const mopt_host_api *h, const mopt_file_tensor
     return MOPT_OK;
 }
 
-/* The tensors in `layout`: packed linears as the layout stores them, the rest
- * as floats (forced dtype, else each its own; dequantized ones, a packed
- * lm_head among them, take model_dt). */
-static mopt_status gather(const mopt_host_api *h, const mopt_file_tensor *fts, int32_t n, mopt_hf_layout layout, const char *forced,
-                          const char *model_dt, mopt_st_list *l, mopt_error *err) {
-    mopt_status st = MOPT_OK;
-    for (int32_t i = 0; i < n && !st; i++) {
-        const mopt_tensor *s = fts[i].src[0];
-        if (layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && fts[i].role != MOPT_ROLE_LM_HEAD) {
-            st = h->hf_add_packed(l, &fts[i], layout, err);
-            continue;
-        }
-        const char *dt = forced ? forced
-                         : s->dtype == MOPT_DTYPE_F32  ? "F32"
-                         : s->dtype == MOPT_DTYPE_F16  ? "F16"
-                         : s->dtype == MOPT_DTYPE_BF16 ? "BF16"
-                                                       : model_dt;
-        st = h->st_add_rows(l, &fts[i], dt, NULL, 0, 0, 0, err);
-    }
-    return st;
+typedef struct {
+    const mopt_host_api *h;
+    const mopt_file_tensor *fts;
+    mopt_hf_layout layout;
+    const char *forced, *model_dt;
+} hf_enc;
+
+/* The entries file tensor i becomes in the layout: a packed linear as the
+ * layout stores it, the rest as floats (forced dtype, else each its own;
+ * dequantized ones, a packed lm_head among them, take model_dt). */
+static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *err) {
+    const hf_enc *x = user;
+    const mopt_file_tensor *ft = &x->fts[i];
+    const mopt_tensor *s = ft->src[0];
+    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD)
+        return x->h->hf_add_packed(l, ft, x->layout, err);
+    const char *dt = x->forced ? x->forced
+                     : s->dtype == MOPT_DTYPE_F32  ? "F32"
+                     : s->dtype == MOPT_DTYPE_F16  ? "F16"
+                     : s->dtype == MOPT_DTYPE_BF16 ? "BF16"
+                                                   : x->model_dt;
+    return x->h->st_add_rows(l, ft, dt, NULL, 0, 0, 0, err);
 }
 
 /* small JSON files the exporter composes itself (two-space indents, a final newline) */
@@ -136,41 +140,39 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->free(fts);
         return st;
     }
-    mopt_st_list l = {0};
-    st = gather(h, fts, n, f, forced, model_dt, &l, err);
-    h->free(fts);
+    hf_enc enc = {h, fts, f, forced, model_dt};
+    st_plan p = {0};
+    st = st_plan_make(h, fts, n, encode, &enc, &p, err);
     /* shards of at most max_shard_size bytes */
     const int64_t max_shard = h->opt_int(o, "max_shard_size");
     int64_t total = 0;
-    for (int32_t i = 0; i < l.n; i++) total += (int64_t)l.e[i].nbytes;
+    for (int32_t i = 0; i < p.n; i++) total += (int64_t)p.e[i].nbytes;
     int32_t shards = 1;
     if (!st && total > max_shard) {
         int64_t cur = 0;
-        for (int32_t i = 0; i < l.n; i++) {
-            if (cur > 0 && cur + (int64_t)l.e[i].nbytes > max_shard) shards++, cur = 0;
-            cur += (int64_t)l.e[i].nbytes;
+        for (int32_t i = 0; i < p.n; i++) {
+            if (cur > 0 && cur + (int64_t)p.e[i].nbytes > max_shard) shards++, cur = 0;
+            cur += (int64_t)p.e[i].nbytes;
         }
     }
     json_t *weight_map = json_object();
     for (int32_t s = 0, i = 0; !st && s < shards; s++) {
         int32_t first = i;
         int64_t cur = 0;
-        while (i < l.n && (cur == 0 || cur + (int64_t)l.e[i].nbytes <= max_shard || s == shards - 1)) cur += (int64_t)l.e[i++].nbytes;
-        char name[128];
+        while (i < p.n && (cur == 0 || cur + (int64_t)p.e[i].nbytes <= max_shard || s == shards - 1)) cur += (int64_t)p.e[i++].nbytes;
+        char name[128], path[5000];
         if (shards == 1) snprintf(name, sizeof name, "model.safetensors");
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
-        for (int32_t k = first; k < i; k++) json_object_set_new(weight_map, l.e[k].name, json_string(name));
+        for (int32_t k = first; k < i; k++) json_object_set_new(weight_map, p.e[k].name, json_string(name));
         if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.hf", "interrupted before %s", name);
-        char *data = NULL;
-        size_t len = 0;
-        if (!st) st = h->safetensors_encode(l.e + first, i - first, &data, &len, err);
-        if (!st) st = atomic_dir_write(h, &d, name, data, len, err);
-        h->free(data);
+        if (!st) st = st_plan_write(h, fts, &p, first, i, encode, &enc, atomic_dir_path(&d, name, path, sizeof path), err);
         if (!st && h->opt_int(o, "pause_ms") > 0) { /* diagnostic: lets a test interrupt a half-written export */
             struct timespec ts = {h->opt_int(o, "pause_ms") / 1000, (h->opt_int(o, "pause_ms") % 1000) * 1000000L};
             nanosleep(&ts, NULL);
         }
     }
+    st_plan_free(&p);
+    h->free(fts);
     if (!st && shards > 1) {
         json_t *idx = json_pack("{s:{s:I}, s:O}", "metadata", "total_size", (json_int_t)total, "weight_map", weight_map);
         st = write_json(h, &d, "model.safetensors.index.json", idx, err);
@@ -195,7 +197,6 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         st = write_json(h, &d, "speculative_config.json", sc, err);
         json_decref(sc);
     }
-    h->st_list_free(&l);
     st = atomic_dir_end(h, &d, NULL, st, err);
     if (st) return st;
     h->report_artifact(report, "hf-checkpoint", d.target);

@@ -13,6 +13,7 @@
 
 #include "atomic_dir.h"
 #include "export_plugin.h"
+#include "st_stream.h"
 
 /* The rows and columns of file tensor ft that rank r of tp holds: a whole
  * tensor, a slice of its rows, a slice of each fused source's rows (heads), or
@@ -42,16 +43,22 @@ static int64_t rank_rows(const mopt_file_tensor *ft, int r, int tp, int64_t *row
     }
 }
 
-static mopt_status rank_tensors(const mopt_host_api *h, const mopt_file_tensor *fts, int32_t n, int r, int tp, const char *algo,
-                                const char *fdt, mopt_st_list *l, mopt_error *err) {
-    mopt_status st = MOPT_OK;
-    for (int32_t i = 0; i < n && !st; i++) {
-        int64_t *rows = malloc((size_t)fts[i].rows * sizeof *rows), c0, nc;
-        if (!rows) return h->error_set(err, MOPT_E_NOMEM, "export.trtllm", "out of memory");
-        const int64_t n_rows = rank_rows(&fts[i], r, tp, rows, &c0, &nc);
-        st = h->trtllm_add(l, &fts[i], algo, fdt, rows, n_rows, c0, nc, err);
-        free(rows);
-    }
+typedef struct {
+    const mopt_host_api *h;
+    const mopt_file_tensor *fts;
+    int r, tp;
+    const char *algo, *fdt;
+} rank_enc;
+
+/* Rank r's part of file tensor i. */
+static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *err) {
+    const rank_enc *x = user;
+    const mopt_host_api *h = x->h;
+    int64_t *rows = malloc((size_t)x->fts[i].rows * sizeof *rows + 1), c0, nc;
+    if (!rows) return h->error_set(err, MOPT_E_NOMEM, "export.trtllm", "out of memory");
+    const int64_t n_rows = rank_rows(&x->fts[i], x->r, x->tp, rows, &c0, &nc);
+    mopt_status st = h->trtllm_add(l, &x->fts[i], x->algo, x->fdt, rows, n_rows, c0, nc, err);
+    free(rows);
     return st;
 }
 
@@ -88,17 +95,15 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     }
     int64_t bytes = 0;
     for (int r = 0; r < tp && !st; r++) {
-        mopt_st_list l = {0};
-        if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.trtllm", "interrupted before rank %d", r);
-        if (!st) st = rank_tensors(h, fts, n, r, tp, algo, fdt, &l, err);
-        for (int32_t i = 0; i < l.n; i++) bytes += (int64_t)l.e[i].nbytes;
-        char name[64], *data = NULL;
-        size_t len = 0;
+        rank_enc enc = {h, fts, r, tp, algo, fdt};
+        st_plan p = {0};
+        char name[64], path[5000];
         snprintf(name, sizeof name, "rank%d.safetensors", r);
-        if (!st) st = h->safetensors_encode(l.e, l.n, &data, &len, err);
-        if (!st) st = atomic_dir_write(h, &d, name, data, len, err);
-        h->free(data);
-        h->st_list_free(&l);
+        if (h->interrupted()) st = h->error_set(err, MOPT_E_INTERRUPTED, "export.trtllm", "interrupted before rank %d", r);
+        if (!st) st = st_plan_make(h, fts, n, encode, &enc, &p, err);
+        for (int32_t i = 0; i < p.n; i++) bytes += (int64_t)p.e[i].nbytes;
+        if (!st) st = st_plan_write(h, fts, &p, 0, p.n, encode, &enc, atomic_dir_path(&d, name, path, sizeof path), err);
+        st_plan_free(&p);
         h->progress(pctx, r + 1, tp);
     }
     h->free(fts);

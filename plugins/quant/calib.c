@@ -25,6 +25,7 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     c->ctx = ctx;
     c->g = g;
     c->total = progress_total;
+    c->kept_layer = -1;
     const mopt_arch *a = h->graph_arch(g);
     c->N = (int32_t)h->opt_int(o, "calib_samples");
     c->L = (int32_t)h->opt_int(o, "calib_len");
@@ -120,14 +121,38 @@ mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, vo
         obs_link link = {obs, user, i};
         if (!st) st = h->session_run_range(c->s, c->first[l], last, NULL, c->L, obs ? relay : NULL, &link, err);
         if (st) return st;
-        if (keep_output && last == c->last[l])
+        if (keep_output && last == c->last[l]) {
+            c->kept_layer = l;
             memcpy(c->x_next + (size_t)i * c->L * c->D, h->session_value(c->s, c->out_value[l]),
                    (size_t)c->L * c->D * sizeof(float));
+        }
+    }
+    return MOPT_OK;
+}
+
+mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs, void *user, mopt_error *err) {
+    const mopt_host_api *h = c->h;
+    const mopt_node *nd = h->graph_node(c->g, node);
+    const int32_t w = (int32_t)nd->weight->ne[0]; /* a linear's input width */
+    for (int32_t i = 0; i < c->N; i++) {
+        mopt_status st = h->session_set_value(c->s, c->in_value[l], c->x + (size_t)i * c->L * c->D, c->L, err);
+        if (!st) st = h->session_run_range(c->s, c->first[l], node, NULL, c->L, NULL, NULL, err);
+        if (st) return st;
+        const float *in = h->session_value(c->s, nd->inputs[0]); /* still live: its reader has not run */
+        obs(user, i, node, &in, &w, NULL, 0, c->L);
     }
     return MOPT_OK;
 }
 
 void calib_advance(calib *c) {
+    /* the finished layer's weights are not read again: mapped pages (the
+     * original's, or spilled packed ones) can go back to the kernel */
+    if (c->kept_layer >= 0)
+        for (int32_t i = c->first[c->kept_layer]; i < c->last[c->kept_layer]; i++) {
+            const mopt_node *nd = c->h->graph_node(c->g, i);
+            c->h->tensor_drop_pages(nd->weight);
+            c->h->tensor_drop_pages(nd->bias);
+        }
     float *t = c->x;
     c->x = c->x_next;
     c->x_next = t;

@@ -18,6 +18,7 @@ typedef struct calib {
     int32_t *first, *last; /* per layer: node range [first, last) */
     int32_t *in_value, *out_value;
     int64_t done, total;  /* progress */
+    int32_t kept_layer;   /* the layer whose output x_next holds, or -1 */
 } calib;
 
 /* Options every calibrating pass declares. */
@@ -42,7 +43,11 @@ typedef void (*calib_obs)(void *user, int32_t sample, int32_t node, const float 
  * stored in x_next (only when the whole layer ran). */
 mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, void *user, int keep_output,
                             mopt_error *err);
-/* Makes x_next the next layer's input. */
+/* Runs layer l's nodes before linear node `node` on every sample and hands the
+ * observer the node's input (the node itself does not run; out is NULL). */
+mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs, void *user, mopt_error *err);
+/* Makes x_next the next layer's input and lets the finished layer's mapped
+ * weight pages go. */
 void calib_advance(calib *c);
 /* Counts one unit of progress (the host draws the bar). */
 void calib_tick(calib *c);

@@ -33,14 +33,16 @@ static int cmp_diag_desc(const void *a, const void *b, void *d) {
     return x - y;
 }
 
-/* Turns an accumulated H (float, token count n) into the factor every linear of the group uses. */
-static mopt_status gptq_prepare(const mopt_host_api *h, const float *Hf, int64_t count, int64_t in, int act_order,
+/* Turns an accumulated H (float, token count n; freed here once widened, to
+ * keep the peak low) into the factor every linear of the group uses. */
+static mopt_status gptq_prepare(const mopt_host_api *h, float *Hf, int64_t count, int64_t in, int act_order,
                                 double percdamp, gptq_prep *p, mopt_error *err) {
     p->in = in;
     p->U = malloc((size_t)(in * in) * sizeof *p->U);
     p->dead = calloc((size_t)in, 1);
     p->perm = act_order ? malloc((size_t)in * sizeof *p->perm) : NULL;
     double *H = p->U && p->dead ? hess_scaled(Hf, count, in, p->dead) : NULL, *diag = malloc((size_t)in * sizeof *diag);
+    free(Hf);
     if (!H || !diag || (act_order && !p->perm)) {
         free(H);
         free(diag);
@@ -165,8 +167,11 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             hess_acc acc = {h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0};
             gptq_prep prep = {0};
             if (!acc.H) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
-            if (!st) st = calib_run_layer(&c, l, mine[i]->node, hess_accumulate, &acc, 0, err);
-            if (!st) st = gptq_prepare(h, acc.H, acc.count, acc.in, act_order, damp, &prep, err);
+            if (!st) st = calib_observe_input(&c, l, mine[i]->node, hess_accumulate, &acc, err);
+            if (!st) {
+                st = gptq_prepare(h, acc.H, acc.count, acc.in, act_order, damp, &prep, err);
+                acc.H = NULL; /* gptq_prepare freed it */
+            }
             for (int32_t m = i; m < j && !st; m++) {
                 const qlinear *lin = mine[m];
                 const int64_t ng = (lin->in + (sp.group > 0 ? sp.group : lin->in) - 1) / (sp.group > 0 ? sp.group : lin->in);

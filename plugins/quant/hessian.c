@@ -1,6 +1,6 @@
 /* The layer-wise Hessian and the factor of its inverse GPTQ and SparseGPT sweep
  * with: H = 2/N X^T X, dead columns set to 1, damping, U = chol(H^-1) upper,
- * all in double. */
+ * all in double (LAPACK's blocked factorizations, through the host). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,61 +12,17 @@ void hess_accumulate(void *user, int32_t sample, int32_t node, const float *cons
     (void)sample, (void)out, (void)out_w;
     hess_acc *a = user;
     if (node != a->node) return;
-    /* H += X^T X for this sample's T tokens */
-    a->h->sgemm(1, 0, (int32_t)a->in, (int32_t)a->in, T, 1.0f, in[0], in_w[0], in[0], in_w[0], 1.0f, a->H, (int32_t)a->in);
+    /* H += X^T X for this sample's T tokens, the upper triangle (H is symmetric) */
+    a->h->ssyrk_tn((int32_t)a->in, T, 1.0f, in[0], in_w[0], 1.0f, a->H, (int32_t)a->in);
     a->count += T;
-}
-
-/* In place lower Cholesky: A = L L^T (upper part left untouched). */
-static int cholesky(double *A, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        double d = A[j * n + j];
-        for (int64_t k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
-        if (!(d > 0)) return 0;
-        d = sqrt(d);
-        A[j * n + j] = d;
-        for (int64_t i = j + 1; i < n; i++) {
-            double s = A[i * n + j];
-            for (int64_t k = 0; k < j; k++) s -= A[i * n + k] * A[j * n + k];
-            A[i * n + j] = s / d;
-        }
-    }
-    return 1;
-}
-
-/* U: upper Cholesky factor of H^-1 (H^-1 = U^T U), from H (overwritten). */
-static int hinv_upper(double *H, int64_t n, float *U) {
-    if (!cholesky(H, n)) return 0;
-    /* Linv = L^-1 (lower), in a fresh buffer */
-    double *Li = calloc((size_t)(n * n), sizeof *Li);
-    if (!Li) return 0;
-    for (int64_t j = 0; j < n; j++) {
-        Li[j * n + j] = 1.0 / H[j * n + j];
-        for (int64_t i = j + 1; i < n; i++) {
-            double s = 0;
-            for (int64_t k = j; k < i; k++) s += H[i * n + k] * Li[k * n + j];
-            Li[i * n + j] = -s / H[i * n + i];
-        }
-    }
-    /* Hinv = Linv^T Linv, into H (full) */
-    for (int64_t a = 0; a < n; a++)
-        for (int64_t b = a; b < n; b++) {
-            double s = 0;
-            for (int64_t k = b; k < n; k++) s += Li[k * n + a] * Li[k * n + b];
-            H[a * n + b] = H[b * n + a] = s;
-        }
-    free(Li);
-    if (!cholesky(H, n)) return 0;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < n; j++) U[i * n + j] = j >= i ? (float)H[j * n + i] : 0.0f; /* U = L^T */
-    return 1;
 }
 
 double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead) {
     double *H = malloc((size_t)(in * in) * sizeof *H);
     if (!H) return NULL;
     const double scale = 2.0 / (double)(count > 0 ? count : 1);
-    for (int64_t i = 0; i < in * in; i++) H[i] = Hf[i] * scale;
+    for (int64_t i = 0; i < in; i++) /* Hf holds the upper triangle */
+        for (int64_t j = 0; j < in; j++) H[i * in + j] = Hf[(i < j ? i : j) * in + (i < j ? j : i)] * scale;
     for (int64_t j = 0; j < in; j++)
         if (H[j * in + j] == 0) {
             H[j * in + j] = 1;
@@ -75,22 +31,29 @@ double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead) {
     return H;
 }
 
-mopt_status hess_inverse_factor(const mopt_host_api *h, const double *H, int64_t in, double percdamp, float *U, const char *pass,
+mopt_status hess_inverse_factor(const mopt_host_api *h, double *H, int64_t in, double percdamp, float *U, const char *pass,
                                 mopt_error *err) {
-    double mean = 0;
-    for (int64_t j = 0; j < in; j++) mean += H[j * in + j];
+    double mean = 0, *diag = malloc((size_t)in * sizeof *diag);
+    if (!diag) return h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
+    for (int64_t j = 0; j < in; j++) mean += diag[j] = H[j * in + j];
     mean /= (double)in;
-    double *H0 = malloc((size_t)(in * in) * sizeof *H0);
-    if (!H0) return h->error_set(err, MOPT_E_NOMEM, pass, "out of memory for a %lld-column Hessian", (long long)in);
-    int ok = 0;
-    for (int attempt = 0; attempt < 4 && !ok; attempt++) { /* 1% damping; if H is still not positive definite, damp harder */
-        memcpy(H0, H, (size_t)(in * in) * sizeof *H0);
+    int factored = 0;
+    for (int attempt = 0; attempt < 4 && !factored; attempt++) { /* 1% damping; if H is still not positive definite, damp harder */
+        if (attempt) /* a failed factorization wrote only the lower triangle: restore it from the upper one */
+            for (int64_t i = 1; i < in; i++)
+                for (int64_t j = 0; j < i; j++) H[i * in + j] = H[j * in + i];
         const double damp = percdamp * mean * pow(10.0, attempt);
-        for (int64_t j = 0; j < in; j++) H0[j * in + j] += damp;
-        ok = hinv_upper(H0, in, U);
+        for (int64_t j = 0; j < in; j++) H[j * in + j] = diag[j] + damp;
+        factored = h->chol_f64(H, in);
     }
-    free(H0);
-    return ok ? MOPT_OK
-              : h->error_set(err, MOPT_E_RUNTIME, pass, "Hessian of a %lld-column input is not positive definite even after damping",
-                             (long long)in);
+    free(diag);
+    if (!factored)
+        return h->error_set(err, MOPT_E_RUNTIME, pass, "Hessian of a %lld-column input is not positive definite even after damping",
+                            (long long)in);
+    if (!h->chol_inverse_f64(H, in) || !h->chol_f64(H, in))
+        return h->error_set(err, MOPT_E_RUNTIME, pass, "the inverse Hessian of a %lld-column input lost positive definiteness in rounding",
+                            (long long)in);
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t j = 0; j < in; j++) U[i * in + j] = j >= i ? (float)H[j * in + i] : 0.0f; /* U = L^T */
+    return MOPT_OK;
 }

@@ -249,12 +249,35 @@ static void test_quantize_cli_report_keys(void **s) {
     assert_int_equal(WEXITSTATUS(st), 2);
 }
 
+/* --stream (packed weights spilled to a scratch file, the original's pages let
+ * go, the export written tensor by tensor) changes how much is held in memory,
+ * never a byte of the checkpoint; the scratch file leaves no trace. */
+static void test_streamed_quantization_writes_the_same_checkpoint(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], calib[1024], cmd[8192];
+    test_tmpdir(dir, sizeof dir, "quant-stream");
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    const char *const outs[] = {"plain", "streamed"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method gptq --calib '%s' --calib-samples 4 --calib-len 64 "
+                 "--quiet %s -o '%s/%s' > /dev/null", MOPT_CLI, test_shared_dir(), calib, k ? "--stream" : "", dir, outs[k]);
+        assert_int_equal(system(cmd), 0);
+    }
+    snprintf(cmd, sizeof cmd, "cmp '%s/plain/model.safetensors' '%s/streamed/model.safetensors' && cmp '%s/plain/config.json' "
+             "'%s/streamed/config.json' && test -z \"$(ls -A '%s' | grep -v -x -e plain -e streamed)\"", dir, dir, dir, dir, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method rtn --stream 2>&1 | grep -q 'go with -o OUTDIR'", MOPT_CLI,
+             test_shared_dir());
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_options_fail_before_any_work),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_partial_groups_on_stories260k),
         cmocka_unit_test(test_quantize_cli_report_keys),
+        cmocka_unit_test(test_streamed_quantization_writes_the_same_checkpoint),
         cmocka_unit_test(test_w8a8_and_fp8_stay_close_to_baseline),
         cmocka_unit_test(test_gptq_and_awq_beat_rtn_at_3_bits),
         cmocka_unit_test(test_rtn_reproduces_fake_quant_figures),

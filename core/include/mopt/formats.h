@@ -94,6 +94,20 @@ MOPT_API mopt_status mopt_safetensors_encode(mopt_st_entry *e, int32_t n, char *
 MOPT_API mopt_status mopt_safetensors_encode_meta(mopt_st_entry *e, int32_t n, const char *const *meta, char **out, size_t *len,
                                                   mopt_error *err);
 
+/* Writing a safetensors file tensor by tensor, so no more than one tensor's
+ * bytes need to be in memory: the header is laid out from the entries' names,
+ * dtypes, shapes and sizes (their data is not read) exactly as
+ * mopt_safetensors_encode lays it out, then each tensor's bytes go to their
+ * place as they are put. The file is created new (never replacing one). */
+typedef struct mopt_st_writer mopt_st_writer;
+MOPT_API mopt_st_writer *mopt_st_writer_open(const char *path, const mopt_st_entry *e, int32_t n, const char *const *meta,
+                                             mopt_error *err);
+/* Writes the bytes of the entry named `name` (its size must match). */
+MOPT_API mopt_status mopt_st_writer_put(mopt_st_writer *w, const char *name, const void *data, size_t nbytes, mopt_error *err);
+/* With complete: fails unless every entry was put, then flushes. Without (after
+ * a failure): only closes. Frees w either way. */
+MOPT_API mopt_status mopt_st_writer_close(mopt_st_writer *w, int32_t complete, mopt_error *err);
+
 /* --- quantized checkpoints (Hugging Face layouts, ModelOpt, TensorRT-LLM) ------------- */
 
 /* The scheme every packed linear of a graph shares (a packed lm_head, as GGUF

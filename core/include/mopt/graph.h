@@ -131,6 +131,13 @@ MOPT_API mopt_tensor *mopt_graph_tensor(const mopt_graph *g, int32_t i);
  * freed and every node that referenced it is updated. Ownership of t moves. */
 MOPT_API mopt_status mopt_graph_replace_tensor(mopt_graph *g, mopt_tensor *t, mopt_error *err);
 
+/* From now on, packed tensors installed by mopt_graph_replace_tensor keep their bytes
+ * in a nameless file created in `dir` (mapped read-only) instead of the heap,
+ * and the tensors they replace give their mapped pages back: a quantization
+ * pass then holds about one tensor in memory however large the model. The
+ * file's space returns when the graph and its tensors are freed. */
+MOPT_API mopt_status mopt_graph_spill_to(mopt_graph *g, const char *dir, mopt_error *err);
+
 /* Like mopt_graph_replace_tensor, but hands the old tensor back to the caller
  * (who owns it from then on) instead of freeing it: for trying a weight and
  * swapping the original back. Returns NULL (err set) if no tensor has t's name. */

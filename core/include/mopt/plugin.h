@@ -225,6 +225,21 @@ typedef struct mopt_host_api {
     /* appended: 2:4 with int4 values and f16 group scales (W4A16, Marlin-24) */
     mopt_tensor *(*sp24_pack_i4)(const char *name, int64_t out, int64_t in, int32_t group_size, const uint8_t *u, const float *scales,
                                  mopt_error *err);
+    /* appended: blocked symmetric factorizations in double (LAPACK), row-major [n, n].
+     * chol_f64: A = L L^T in place, L in the lower triangle (the upper one is
+     * left as it was); 0 when A is not positive definite, else 1.
+     * chol_inverse_f64: from chol_f64's L, A = (L L^T)^-1 in both triangles;
+     * 0 when L is singular. */
+    int32_t (*chol_f64)(double *A, int64_t n);
+    int32_t (*chol_inverse_f64)(double *A, int64_t n);
+    /* appended: exports and quantization that stream (mopt/formats.h, mopt/tensor.h) */
+    mopt_st_writer *(*st_writer_open)(const char *path, const mopt_st_entry *e, int32_t n, const char *const *meta, mopt_error *err);
+    mopt_status (*st_writer_put)(mopt_st_writer *w, const char *name, const void *data, size_t nbytes, mopt_error *err);
+    mopt_status (*st_writer_close)(mopt_st_writer *w, int32_t complete, mopt_error *err);
+    void (*tensor_drop_pages)(const mopt_tensor *t);
+    /* appended: row-major C = alpha A^T A + beta C for A [k, n], only C's upper
+     * triangle (j >= i) written: half the work of sgemm for a Gram matrix */
+    void (*ssyrk_tn)(int32_t n, int32_t k, float alpha, const float *A, int32_t lda, float beta, float *C, int32_t ldc);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -106,6 +106,11 @@ MOPT_API mopt_tensor *mopt_tensor_new(const char *name, mopt_dtype dtype, int32_
                                       mopt_error *err);
 /* Drops the tensor and its reference to the buffer. NULL is a no-op. */
 MOPT_API void mopt_tensor_free(mopt_tensor *t);
+/* Hands the resident pages of a file-backed tensor (and of its scales,
+ * zero-points and g_idx) back to the kernel: the next read maps them from the
+ * file again. This bounds the memory of a pass that walks a large mapped
+ * model once. Heap tensors are left alone. */
+MOPT_API void mopt_tensor_drop_pages(const mopt_tensor *t);
 
 /* A new tensor of float dtype F32, F16 or BF16 holding src (nelements
  * floats) rounded to nearest even: how fp32 work is stored back in a

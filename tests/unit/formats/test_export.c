@@ -36,6 +36,59 @@ static void roundtrip(const char *model_rel, const char *opts, double tol) {
     mopt_model_free(m);
 }
 
+/* The streaming writer lays out the same file the in-memory encoder does,
+ * whatever order the tensors arrive in, and refuses what does not fit its header. */
+static void test_safetensors_written_tensor_by_tensor_equal_the_encoded_file(void **s) {
+    (void)s;
+    char dir[1024], path[1200];
+    test_tmpdir(dir, sizeof dir, "stwriter");
+    static const char *const names[] = {"b.weight", "a.scale", "c.bias", "a.packed"};
+    static const char *const dts[] = {"BF16", "F32", "F16", "I32"};
+    const size_t sizes[] = {12, 8, 6, 16};
+    mopt_st_entry e[4], plan[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&e[i], 0, sizeof e[i]);
+        snprintf(e[i].name, sizeof e[i].name, "%s", names[i]);
+        e[i].dtype = dts[i];
+        e[i].ndim = 1;
+        e[i].shape[0] = (int64_t)(sizes[i] / (strcmp(dts[i], "F32") && strcmp(dts[i], "I32") ? 2 : 4));
+        e[i].nbytes = sizes[i];
+        e[i].data = malloc(sizes[i]);
+        for (size_t k = 0; k < sizes[i]; k++) ((uint8_t *)e[i].data)[k] = (uint8_t)(31 * i + 7 * k + 1);
+        plan[i] = e[i];
+        plan[i].data = NULL; /* the writer's header needs no bytes */
+    }
+    mopt_error err = {0};
+    snprintf(path, sizeof path, "%s/stream.safetensors", dir);
+    mopt_st_writer *w = mopt_st_writer_open(path, plan, 4, NULL, &err);
+    assert_non_null(w);
+    for (int i = 3; i >= 0; i--) assert_int_equal(mopt_st_writer_put(w, e[i].name, e[i].data, e[i].nbytes, &err), MOPT_OK);
+    assert_int_equal(mopt_st_writer_put(w, "a.scale", e[1].data, e[1].nbytes, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "a.scale written twice");
+    assert_int_equal(mopt_st_writer_close(w, 1, &err), MOPT_OK);
+    char *want;
+    size_t want_n, got_n;
+    assert_int_equal(mopt_safetensors_encode(e, 4, &want, &want_n, &err), MOPT_OK);
+    uint8_t *got = read_whole(path, &got_n);
+    assert_non_null(got);
+    assert_int_equal(got_n, want_n);
+    assert_memory_equal(got, want, want_n);
+    free(got);
+    free(want);
+    /* a file that exists is never replaced; a wrong size, a stranger or a missing tensor fails */
+    assert_null(mopt_st_writer_open(path, plan, 4, NULL, &err));
+    CHECK_ERR(err, MOPT_E_IO, "cannot write");
+    snprintf(path, sizeof path, "%s/short.safetensors", dir);
+    assert_non_null(w = mopt_st_writer_open(path, plan, 4, NULL, &err));
+    assert_int_equal(mopt_st_writer_put(w, "b.weight", e[0].data, 10, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "holds 10 bytes");
+    assert_int_equal(mopt_st_writer_put(w, "z.weight", e[0].data, 12, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "no header entry");
+    assert_int_equal(mopt_st_writer_close(w, 1, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "never written");
+    for (int i = 0; i < 4; i++) free(e[i].data);
+}
+
 static void test_llama_roundtrip_is_exact(void **s) { roundtrip("models/lit-llama-7m", "", 0.0); }
 static void test_gpt2_conv1d_roundtrip_is_exact(void **s) { roundtrip("models/lit-gpt2-1m", "", 0.0); }
 static void test_llama2c_exports_as_hf_llama(void **s) { roundtrip("models/stories260K/stories260K.bin", "", 1e-4); }
@@ -386,6 +439,7 @@ int main(void) {
         cmocka_unit_test(test_concurrent_exports_to_one_target),
         cmocka_unit_test(test_sigkill_mid_export_leaves_no_model),
         cmocka_unit_test(test_draft_settings_for_serving),
+        cmocka_unit_test(test_safetensors_written_tensor_by_tensor_equal_the_encoded_file),
     };
     return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
 }

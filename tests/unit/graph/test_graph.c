@@ -2,6 +2,7 @@
  * pass relies on (producers, consumers, roles, retargeting on replace). */
 #include "testutil.h"
 #include "graph_impl.h"
+#include "mopt/quant.h"
 
 static mopt_graph *tiny_graph(void) {
     mopt_arch a = {0};
@@ -99,6 +100,49 @@ static void test_replacing_a_tensor_retargets_the_nodes_that_use_it(void **state
     mopt_graph_free(g);
 }
 
+/* With a spill directory, a packed weight installed by replace keeps the same
+ * levels, scales and zero-points but lives in a nameless mapped file; a float
+ * weight stays on the heap; nothing is left in the directory. */
+static void test_spilled_packed_weights_keep_their_bytes_in_a_nameless_file(void **state) {
+    (void)state;
+    enum { OUT = 5, IN = 64 };
+    char dir[1024];
+    assert_non_null(test_tmpdir(dir, sizeof dir, "spill"));
+    mopt_graph *g = tiny_graph();
+    assert_int_equal(mopt_graph_add_tensor(g, tensor("q.weight", OUT, IN), NULL), MOPT_OK);
+    assert_int_equal(mopt_graph_add_tensor(g, tensor("norm.weight", IN, 0), NULL), MOPT_OK);
+    mopt_error err = {0};
+    assert_int_equal(mopt_graph_spill_to(g, "/nonexistent-mopt-dir", &err), MOPT_E_IO);
+    CHECK_ERR(err, MOPT_E_IO, "cannot create a spill file");
+    assert_int_equal(mopt_graph_spill_to(g, dir, &err), MOPT_OK);
+    uint8_t q[OUT * IN], z[OUT * 2];
+    float sc[OUT * 2];
+    for (int i = 0; i < OUT * IN; i++) q[i] = (uint8_t)((i * 7 + 3) % 16);
+    for (int i = 0; i < OUT * 2; i++) sc[i] = 0.01f * (float)(i + 1), z[i] = (uint8_t)(i % 16);
+    mopt_tensor *want = mopt_qint_pack("q.weight", OUT, IN, 4, 32, q, sc, z, NULL, &err);
+    mopt_tensor *t = mopt_qint_pack("q.weight", OUT, IN, 4, 32, q, sc, z, NULL, &err);
+    assert_non_null(want);
+    assert_non_null(t);
+    assert_int_equal(mopt_graph_replace_tensor(g, t, &err), MOPT_OK);
+    assert_int_equal(t->buffer->kind, MOPT_BUFFER_MMAP);
+    assert_string_equal(t->buffer->origin, "spill");
+    assert_int_equal(t->quant->scale->buffer->kind, MOPT_BUFFER_MMAP);
+    assert_memory_equal(t->data, want->data, mopt_tensor_nbytes(want));
+    assert_memory_equal(t->quant->scale->data, want->quant->scale->data, mopt_tensor_nbytes(want->quant->scale));
+    assert_memory_equal(t->quant->zero->data, want->quant->zero->data, mopt_tensor_nbytes(want->quant->zero));
+    mopt_tensor_drop_pages(t); /* the bytes come back from the file */
+    for (int r = 0; r < OUT; r++)
+        for (int c = 0; c < IN; c++) assert_int_equal(mopt_qint_get(t, r, c), q[r * IN + c]);
+    mopt_tensor *norm = tensor("norm.weight", IN, 0);
+    assert_int_equal(mopt_graph_replace_tensor(g, norm, &err), MOPT_OK);
+    assert_int_equal(norm->buffer->kind, MOPT_BUFFER_HEAP);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s')\"", dir);
+    assert_int_equal(system(cmd), 0);
+    mopt_tensor_free(want);
+    mopt_graph_free(g);
+}
+
 /* What a decode step streams per token: linears and lm_head whole, one row of
  * an embedding table that is only looked up, a table tied to lm_head whole. */
 static void test_decode_bytes_count_one_embedding_row_unless_tied(void **state) {
@@ -137,6 +181,7 @@ int main(void) {
         cmocka_unit_test(test_replacing_a_tensor_retargets_the_nodes_that_use_it),
         cmocka_unit_test(test_linear_roles_are_the_decoder_projections),
         cmocka_unit_test(test_decode_bytes_count_one_embedding_row_unless_tied),
+        cmocka_unit_test(test_spilled_packed_weights_keep_their_bytes_in_a_nameless_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -184,12 +184,15 @@ static void test_sandbox_removes_escapes_and_confines_writes(void **s) {
              "assert(io.open('%s/data/lit-val.txt', 'r')):close()\n"
              "local m <close> = mopt.load('%s/models/stories260K/stories260K.bin')\n"
              "local rep = mopt.pipeline('eval.perplexity<data=%s/data/lit-val.txt;limit_tokens=600>'):run(m)\n"
+             "assert(not pcall(m.stream_to, m, '%s'))\n"
+             "assert(m:stream_to('%s') == m)\n"
              "assert(not pcall(rep.write, rep, '%s/reports'))\n"
              "rep:write('%s/reports')\n"
              "local r2, e3 = mopt.pipeline('export.gguf<out=%s/x.gguf;type=f32>'):try_run(m)\n"
              "assert(r2 == nil and e3:find('not allowed in the sandbox', 1, true), e3)\n"
              "mopt.pipeline('export.gguf<out=%s/x.gguf;type=f32>'):run(m)\n",
-             victim, root, victim, root, test_shared_dir(), test_shared_dir(), test_shared_dir(), outside, root, outside, root);
+             victim, root, victim, root, test_shared_dir(), test_shared_dir(), test_shared_dir(), outside, root, outside, root, outside,
+             root);
     write_file(victim, "mine", 4);
     assert_int_equal(run_sandboxed(root, script, &err), MOPT_OK);
     char path[1300];

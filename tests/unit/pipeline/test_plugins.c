@@ -22,6 +22,54 @@ static int has_problem(const mopt_registry *r, const char *a, const char *b) {
     return 0;
 }
 
+extern const mopt_host_api mopt_host; /* the table every plugin gets */
+
+/* The host's LAPACK factorizations, against a plain float64 Cholesky and the
+ * identity A A^-1 = I, on a matrix large enough for LAPACK's blocked paths. */
+static void test_host_cholesky_and_inverse_match_a_float64_reference(void **s) {
+    (void)s;
+    enum { N = 301 };
+    double *B = malloc(sizeof(double) * N * N), *A = malloc(sizeof(double) * N * N), *L = calloc(N * N, sizeof(double)),
+           *W = malloc(sizeof(double) * N * N);
+    uint64_t rs = 12345;
+    for (int i = 0; i < N * N; i++) B[i] = (double)((rs = rs * 6364136223846793005ull + 1442695040888963407ull) >> 11) / 9007199254740992.0 - 0.5;
+    for (int i = 0; i < N; i++) /* A = B B^T + I: symmetric positive definite */
+        for (int j = 0; j < N; j++) {
+            double d = i == j;
+            for (int k = 0; k < N; k++) d += B[i * N + k] * B[j * N + k];
+            A[i * N + j] = d;
+        }
+    for (int j = 0; j < N; j++) { /* the textbook column-by-column Cholesky */
+        double d = A[j * N + j];
+        for (int k = 0; k < j; k++) d -= L[j * N + k] * L[j * N + k];
+        L[j * N + j] = sqrt(d);
+        for (int i = j + 1; i < N; i++) {
+            double t = A[i * N + j];
+            for (int k = 0; k < j; k++) t -= L[i * N + k] * L[j * N + k];
+            L[i * N + j] = t / L[j * N + j];
+        }
+    }
+    memcpy(W, A, sizeof(double) * N * N);
+    assert_int_equal(mopt_host.chol_f64(W, N), 1);
+    double worst = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j <= i; j++) worst = fmax(worst, fabs(W[i * N + j] - L[i * N + j]) / fabs(L[j * N + j]));
+    assert_true(worst < 1e-12);
+    assert_int_equal(mopt_host.chol_inverse_f64(W, N), 1);
+    worst = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double d = 0;
+            for (int k = 0; k < N; k++) d += A[i * N + k] * W[k * N + j];
+            worst = fmax(worst, fabs(d - (i == j)));
+        }
+    fprintf(stderr, "max |A A^-1 - I| = %.3g\n", worst);
+    assert_true(worst < 1e-9);
+    A[5 * N + 5] = -1; /* not positive definite */
+    assert_int_equal(mopt_host.chol_f64(A, N), 0);
+    free(A), free(B), free(L), free(W);
+}
+
 static void test_valid_plugin_loads_with_its_passes(void **s) {
     mopt_registry *r = registry(MOPT_FIXTURES "/good");
     assert_non_null(mopt_registry_find(r, "good.types"));
@@ -350,6 +398,7 @@ int main(void) {
         cmocka_unit_test(test_text_pipeline_parses_and_runs_in_order),
         cmocka_unit_test(test_pass_failing_halfway_leaves_nothing_behind),
         cmocka_unit_test(test_describe_prints_the_schema),
+        cmocka_unit_test(test_host_cholesky_and_inverse_match_a_float64_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
