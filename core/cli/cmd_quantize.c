@@ -1,4 +1,4 @@
-/* mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8 [...]
+/* mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8|nvfp4|mxfp4|mxfp8 [...]
  * A thin layer over the quant.* passes: quantize, then (with --eval) the
  * perplexity of the quantized model and of the original, loaded afresh. The
  * quantization runs first so a bad option or calibration file fails before
@@ -12,17 +12,19 @@
 #include "cli.h"
 
 static void help(void) {
-    printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8 [options]\n\n"
+    printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8|nvfp4|mxfp4|mxfp8 [options]\n\n"
            "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept)\n"
            "and reports size and, with --eval, perplexity against the original.\n"
-           "  --method M          rtn, awq, gptq, smoothquant (W8A8) or fp8 (E4M3)\n"
+           "  --method M          rtn, awq, gptq, smoothquant (W8A8), fp8 (E4M3), or the block-scaled floats\n"
+           "                      nvfp4 (E2M1, E4M3 scale per 16), mxfp4 (E2M1) and mxfp8 (E4M3, E8M0 scale per 32)\n"
            "  --bits B            weight bits for rtn/awq/gptq: 2, 3, 4 or 8 (default 4)\n"
            "  --group G           columns per scale group: 32, 64, 128, ... or -1 (default 128)\n"
            "  --sym               symmetric grid, no zero-points\n"
            "  --act-order         gptq: quantize columns by decreasing Hessian diagonal (g_idx)\n"
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
-           "  --fp8-act MODE      fp8 activations: dynamic (default), static or none\n"
-           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 static)\n"
+           "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
+           "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none)\n"
+           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 and nvfp4 static)\n"
            "  --calib-samples N   calibration windows (default 128)\n"
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
@@ -54,7 +56,8 @@ static int parse(int argc, char **argv, qargs *a) {
         {"method", required_argument, 0, 'm'},        {"bits", required_argument, 0, 'b'},
         {"group", required_argument, 0, 'g'},         {"sym", no_argument, 0, 's'},
         {"act-order", no_argument, 0, 'A'},           {"alpha", required_argument, 0, 'a'},
-        {"fp8-act", required_argument, 0, 'F'},       {"calib", required_argument, 0, 'c'},
+        {"fp8-act", required_argument, 0, 'F'},       {"act", required_argument, 0, 'F'},
+        {"calib", required_argument, 0, 'c'},
         {"calib-samples", required_argument, 0, 'N'}, {"calib-len", required_argument, 0, 'L'},
         {"exclude", required_argument, 0, 'x'},       {"eval", required_argument, 0, 'e'},
         {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
@@ -114,7 +117,7 @@ static int parse(int argc, char **argv, qargs *a) {
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
-    if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8)");
+    if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8)");
     if ((a->format || a->force || a->gguf_type || a->stream) && !a->out)
         return cli_usage_error("quantize", "--format, --type, --force and --stream go with -o OUTDIR");
     return 0;
@@ -143,7 +146,7 @@ int cmd_quantize(int argc, char **argv) {
     mopt_options *qo = j.o, *eo = mopt_options_new(), *xo = mopt_options_new();
     int is_int = !strcmp(a.method, "rtn") || !strcmp(a.method, "awq") || !strcmp(a.method, "gptq");
     if (!mopt_registry_find(r, pass)) {
-        rc = cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8)", a.method);
+        rc = cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8)", a.method);
         goto done;
     }
     if (!is_int && (a.have_bits || a.have_group || a.sym)) {

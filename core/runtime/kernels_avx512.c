@@ -220,4 +220,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
     .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
     .dot_sp24_i4 = mopt_dot_sp24_i4_avx2,
+    .dot_fp4 = mopt_dot_fp4_avx2,
+    .dequant_fp4 = mopt_dequant_fp4_avx2,
+    .dot_e4m3_blocks = mopt_dot_e4m3_blocks_avx2,
 };

@@ -1,4 +1,5 @@
 /* Calibration data and the layer-by-layer runner (see calib.h). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,4 +157,35 @@ void calib_advance(calib *c) {
     float *t = c->x;
     c->x = c->x_next;
     c->x_next = t;
+}
+
+typedef struct {
+    const qlinear *ls;
+    int32_t n;
+    float *amax;
+} amax_stats;
+
+static void track_amax(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w, const float *out,
+                       int32_t out_w, int32_t T) {
+    amax_stats *s = user;
+    for (int32_t i = 0; i < s->n; i++) {
+        if (s->ls[i].node != node) continue;
+        for (int64_t k = 0; k < (int64_t)T * in_w[0]; k++) s->amax[i] = fmaxf(s->amax[i], fabsf(in[0][k]));
+    }
+}
+
+mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                             int32_t n, float *amax, mopt_error *err) {
+    const mopt_arch *a = h->graph_arch(g);
+    amax_stats stats = {ls, n, amax};
+    calib c;
+    mopt_status st = calib_init(&c, h, ctx, g, o, a->n_layers, err); /* it cleans up when it fails */
+    if (st) return st;
+    for (int32_t l = 0; l < a->n_layers && !st; l++) {
+        st = calib_run_layer(&c, l, -1, track_amax, &stats, 1, err);
+        calib_advance(&c);
+        calib_tick(&c);
+    }
+    calib_free(&c);
+    return st;
 }

@@ -52,4 +52,9 @@ void calib_advance(calib *c);
 /* Counts one unit of progress (the host draws the bar). */
 void calib_tick(calib *c);
 
+/* Runs the calibration windows through the whole model once and raises
+ * amax[i] to the largest |input| linear ls[i] sees (static activation scales). */
+mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                             int32_t n, float *amax, mopt_error *err);
+
 #endif

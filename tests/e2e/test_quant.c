@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "mopt/quant.h"
+#include "mxfp_ref64.h"
 #include "testutil.h"
 
 
@@ -155,6 +157,89 @@ static void test_packed_prefill_and_decode_agree(void **s) {
     }
 }
 
+/* Replaces every decoder linear of m with the float64 fake quantization of format kind (tests/mxfp_ref64.h),
+ * stored as f32: the model the packed one must reproduce. */
+static void fake_quantize_linears(mopt_model *m, int kind) {
+    mopt_graph *g = mopt_model_graph(m);
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op != MOPT_OP_LINEAR || n->layer < 0 || !mopt_role_is_linear(n->role)) continue;
+        const mopt_tensor *w = n->weight;
+        const int64_t out = w->ne[1], in = w->ne[0], dims[2] = {out, in};
+        float *W = malloc((size_t)(out * in) * sizeof *W);
+        double *Wq = malloc((size_t)(out * in) * sizeof *Wq);
+        mopt_error err = {0};
+        for (int64_t r = 0; r < out; r++) assert_int_equal(mopt_weight_row_f32(w, r, W + r * in, &err), MOPT_OK);
+        ref64_mx_matrix(kind, W, out, in, Wq);
+        for (int64_t k = 0; k < out * in; k++) W[k] = (float)Wq[k];
+        mopt_tensor *t = mopt_tensor_from_f32(w->name, MOPT_DTYPE_F32, 2, dims, W, &err);
+        assert_non_null(t);
+        assert_int_equal(mopt_graph_replace_tensor(g, t, &err), MOPT_OK);
+        free(W);
+        free(Wq);
+    }
+}
+
+/* NVFP4, MXFP4 and MXFP8 weights run packed give the logits and perplexity of a float64 fake quantization of the
+ * same format (written from the formats' definitions, not from mopt's code), and store 4.5 (+ the global scale),
+ * 4.25 and 8.25 bits per weight. NVFP4 with activations rounded too stays near the weight-only model. */
+static void test_block_floats_match_their_float64_fake_quant(void **s) {
+    REQUIRE_SHARED();
+    static const struct {
+        int kind;
+        const char *pass;
+        double bpw;
+    } cases[] = {{MOPT_MXFP_NVFP4, "quant.nvfp4<activations=none>", 4.5},
+                 {MOPT_MXFP_MXFP4, "quant.mxfp4<activations=none>", 4.25},
+                 {MOPT_MXFP_MXFP8, "quant.mxfp8<activations=none>", 8.25}};
+    const int32_t ids[16] = {649, 538, 1587, 653, 31, 199, 199, 39, 50, 37, 45, 595, 26, 199, 39, 410};
+    char data[1100], text[1400];
+    val_head(data, sizeof data);
+    double ppl_nv = 0;
+    for (int c = 0; c < 3; c++) {
+        mopt_model *mq = load("models/lit-llama-7m"), *mr = load("models/lit-llama-7m");
+        snprintf(text, sizeof text, "%s,eval.perplexity<data=%s>", cases[c].pass, data);
+        mopt_report *r = run(mq, text);
+        const double ppl = mopt_report_get_metric(r, "ppl"), bpw = mopt_report_get_metric(r, "bits_per_weight");
+        mopt_report_free(r);
+        fake_quantize_linears(mr, cases[c].kind);
+        snprintf(text, sizeof text, "eval.perplexity<data=%s>", data);
+        r = run(mr, text);
+        const double ppl_ref = mopt_report_get_metric(r, "ppl");
+        mopt_report_free(r);
+        /* logits of 64 tokens (prefill) from both; the tokens are lit-val's first 16, shifted */
+        float *lq = malloc(64 * 2048 * sizeof *lq);
+        const float *l;
+        mopt_error err = {0};
+        int32_t toks[64];
+        for (int32_t i = 0; i < 64; i++) toks[i] = ids[i % 16] + i / 16;
+        mopt_session *sq = mopt_session_new(mopt_model_graph(mq), NULL, &err), *sr = mopt_session_new(mopt_model_graph(mr), NULL, &err);
+        assert_int_equal(mopt_session_forward(sq, toks, 64, true, &l, &err), MOPT_OK);
+        memcpy(lq, l, 64 * 2048 * sizeof *lq);
+        assert_int_equal(mopt_session_forward(sr, toks, 64, true, &l, &err), MOPT_OK);
+        double max_diff = 0, max_abs = 0;
+        for (int64_t i = 0; i < 64 * 2048; i++) {
+            max_diff = fmax(max_diff, fabs(lq[i] - l[i]));
+            max_abs = fmax(max_abs, fabs(l[i]));
+        }
+        fprintf(stderr, "%-32s ppl %.4f, float64 fake-quant %.4f (%+.5f%%), logits max |diff| %.2g of max %.3g, %.4f bits/weight\n",
+                cases[c].pass, ppl, ppl_ref, 100 * (ppl / ppl_ref - 1), max_diff, max_abs, bpw);
+        assert_true(max_diff <= 1e-4 * max_abs);
+        assert_true(fabs(ppl / ppl_ref - 1) < 1e-4);
+        assert_true(bpw >= cases[c].bpw && bpw < cases[c].bpw + 1e-3); /* NVFP4: + 32 bits per linear */
+        if (c == 0) ppl_nv = ppl;
+        free(lq);
+        mopt_session_free(sq);
+        mopt_session_free(sr);
+        mopt_model_free(mq);
+        mopt_model_free(mr);
+    }
+    /* NVFP4 weights and activations (global activation scale per token): the activations' rounding costs a little */
+    const double wa = ppl_after("models/lit-llama-7m", "quant.nvfp4<activations=dynamic>", data);
+    fprintf(stderr, "quant.nvfp4<activations=dynamic> ppl %.4f (%+.3f%% over weight-only)\n", wa, 100 * (wa / ppl_nv - 1));
+    assert_true(wa > ppl_nv && wa < 1.1 * ppl_nv);
+}
+
 static void test_partial_groups_on_stories260k(void **s) {
     REQUIRE_SHARED();
     /* FFN 172: down_proj's rows end in a partial block and a partial group */
@@ -275,6 +360,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_options_fail_before_any_work),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
+        cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),
         cmocka_unit_test(test_partial_groups_on_stories260k),
         cmocka_unit_test(test_quantize_cli_report_keys),
         cmocka_unit_test(test_streamed_quantization_writes_the_same_checkpoint),
