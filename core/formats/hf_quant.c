@@ -47,6 +47,7 @@ typedef struct hfq_cfg {
     int sparse24_int8;        /* ... whose values are W8A8's int8 weights (a scale per row or one) */
     int marlin24;             /* CT format marlin-24: 2:4 with int4 values (W4A16) */
     int nvfp4;                /* ModelOpt NVFP4 */
+    uint32_t packed_act;      /* CT pack-quantized: MOPT_QUANT_ACT_PER_TOKEN for FP8 activations per token (W4A8) */
     const char *file;
 } hfq_cfg;
 
@@ -284,6 +285,7 @@ static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg
             z[o * ng + gg] = zp ? (uint8_t)((word(zp, (o / pf) * ng + gg) >> (b * (o % pf))) & mask) : (uint8_t)off;
     if (mopt_tensor_read_f32(sc, 0, out * ng, s, err)) goto done;
     t = levels_pack(&L, p, b, gs, zp ? z : NULL, gi ? gi->data : NULL, err);
+    if (t) t->quant->flags |= c->packed_act; /* W4A8: FP8 activations per token */
 done:
     levels_free(&L);
     return t;
@@ -506,6 +508,16 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     }
     if (fmt && !strcmp(fmt, "pack-quantized") && bits != 2 && bits != 4 && bits != 8)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: pack-quantized with %lld bits (supported: 2, 4, 8)", c->file, (long long)bits);
+    if (fmt && !strcmp(fmt, "pack-quantized") && json_is_object(acts)) { /* W4A8 (FP8 per token) runs; other schemes would be dropped */
+        int64_t abits = 0;
+        if (!mopt_json_get_int_opt(acts, "num_bits", &abits, c->file, err)) return MOPT_E_FORMAT;
+        if (abits != 8 || !type || strcmp(type, "float") || !c->int_act_dynamic)
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                             "%s: pack-quantized weights with activation quantization are read with FP8 activations per token "
+                             "(dynamic, strategy token) only",
+                             c->file);
+        c->packed_act = MOPT_QUANT_ACT_PER_TOKEN;
+    }
     if (fmt && strcmp(fmt, "pack-quantized") && strcmp(fmt, "int-quantized") && strcmp(fmt, "float-quantized") &&
         strcmp(fmt, "naive-quantized"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,

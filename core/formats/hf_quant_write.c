@@ -47,6 +47,8 @@ const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f)
         return "GGUF k-quants (Q4_K, Q5_K, Q6_K) have no Hugging Face layout; export them dense (format dense: dequantized) or as GGUF";
     if (s->dtype == MOPT_DTYPE_SP24)
         return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
+    if (s->dtype == MOPT_DTYPE_QINT && (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)) && f != MOPT_HF_CT)
+        return "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors";
     if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)))
         return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with activations=static for input_scale); "
                "MXFP4 and MXFP8 export dense (dequantized) for now";
@@ -231,7 +233,8 @@ static mopt_tq_algo tq_of(const mopt_quant_scheme *s) {
         if (!(s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_PER_TOKEN)) return MOPT_TQ_FP8_PC;
         return MOPT_TQ_NONE;
     }
-    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order) return MOPT_TQ_NONE;
+    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order || (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)))
+        return MOPT_TQ_NONE; /* W4A8 per token has no TensorRT-LLM algorithm here */
     if (s->bits == 4 && s->group_size > 0) return MOPT_TQ_W4A16_AWQ;
     if (s->bits == 8 && s->group_size < 0) return MOPT_TQ_W8A16;
     return MOPT_TQ_NONE;
@@ -485,6 +488,9 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
                       "actorder", s->act_order ? "group" : "");
         if (!s->act_order) json_object_set_new(w, "actorder", json_null());
         json_object_set_new(w, "group_size", s->group_size > 0 ? json_integer(s->group_size) : json_null());
+        if (s->flags & MOPT_QUANT_ACT_PER_TOKEN) /* W4A8: FP8 activations per token */
+            act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy", "token",
+                            "dynamic", 1, "group_size");
     } else if (s->dtype == MOPT_DTYPE_W8A8 || s->dtype == MOPT_DTYPE_SP24) { /* SP24 here: int8 values */
         format = "int-quantized";
         w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy",

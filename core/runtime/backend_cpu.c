@@ -506,9 +506,9 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
         const float a = fabsf(x[i]);
         mx = a > mx ? a : mx;
     }
-    const float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
+    const float s = mx > 0 ? mx / 127.0f : 1.0f;
     for (int64_t i = 0; i < in; i++) {
-        float v = x[i] * inv;
+        float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s, which can round to the next level */
         v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f; /* NaN goes to -127, as fmaxf did */
         v = (v + 12582912.0f) - 12582912.0f;
         if (qf) qf[i] = v;
@@ -638,8 +638,11 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
             run_gemv(c, &j, sp24_i8 ? sp24_i8_task : w8a8_task);
         return MOPT_OK;
     }
-    if (w->dtype == MOPT_DTYPE_FP8 && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {
-        /* activations rounded to the E4M3 grid, per token or with the calibrated scale */
+    const int fp8_act = (w->dtype == MOPT_DTYPE_FP8 || w->dtype == MOPT_DTYPE_QINT) &&
+                        (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC));
+    if (fp8_act) {
+        /* activations rounded to the E4M3 grid, per token or with the calibrated scale (FP8, and W4A8's int4 rows, which
+         * then take the float path below rather than int8 activations) */
         float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
         if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         for (int32_t t = 0; t < T; t++) {
@@ -668,7 +671,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         j.x = xr;
         j.x_stride = (int32_t)in;
     }
-    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
+    if (w->dtype == MOPT_DTYPE_QINT && !fp8_act && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
         in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
         /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
         const int64_t ng = w->quant->scale->ne[0];

@@ -42,8 +42,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        qspec sp = {8, -1, 1};
-        q_report(h, report, "fp8-e4m3", sp, before, after, weights, n);
+        qspec sp = {8, -1, 1, 0};
+        st = q_report(h, report, g, o, "fp8-e4m3", sp, before, after, weights, n, err);
         h->report_string(report, "weight_scales", wmode);
         h->report_string(report, "activations", amode);
     }
@@ -58,7 +58,7 @@ static const char *const amodes[] = {"dynamic", "static", "none", NULL};
 static const mopt_opt_spec opts[] = {
     {"weights", MOPT_OPT_ENUM, 0, "weight scales: one per output channel or one per tensor", "per_channel", 0, -1, wmodes},
     {"activations", MOPT_OPT_ENUM, 0, "activation rounding: per-token dynamic, calibrated per-tensor static, or none", "dynamic", 0, -1, amodes},
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names)", "", 0, -1, NULL},
+    Q_SELECT_OPTS,
     Q_CALIB_OPTS(0),
 };
 

@@ -50,8 +50,8 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        const qspec sp = {kind == MOPT_MXFP_MXFP8 ? 8 : 4, kind == MOPT_MXFP_NVFP4 ? 16 : 32, 1};
-        q_report(h, report, h->mxfp_kind_name(kind), sp, before, after, weights, n);
+        const qspec sp = {kind == MOPT_MXFP_MXFP8 ? 8 : 4, kind == MOPT_MXFP_NVFP4 ? 16 : 32, 1, 0};
+        st = q_report(h, report, g, o, h->mxfp_kind_name(kind), sp, before, after, weights, n, err);
         h->report_string(report, "activations", amode);
     }
     free(amax);
@@ -72,14 +72,12 @@ static mopt_status run_mxfp8(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_gr
     return run_kind(MOPT_MXFP_MXFP8, "quant.mxfp8", h, ctx, g, o, r, err);
 }
 
-#define MX_EXCLUDE {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names)", "", 0, -1, NULL}
-
 static const char *const nv_modes[] = {"dynamic", "static", "none", NULL};
 static const mopt_opt_spec nv_opts[] = {
     {"activations", MOPT_OPT_ENUM, 0,
      "activations rounded to NVFP4 at run time with a global scale per token (dynamic) or calibrated (static), or left in float (none)",
      "dynamic", 0, -1, nv_modes},
-    MX_EXCLUDE,
+    Q_SELECT_OPTS,
     Q_CALIB_OPTS(0),
 };
 
@@ -87,7 +85,7 @@ static const char *const mx_modes[] = {"dynamic", "none", NULL};
 static const mopt_opt_spec mx_opts[] = {
     {"activations", MOPT_OPT_ENUM, 0, "activations rounded to the format at run time, a scale per block of 32 (dynamic), or left in float (none)",
      "dynamic", 0, -1, mx_modes},
-    MX_EXCLUDE,
+    Q_SELECT_OPTS,
 };
 
 MOPT_PASS_DEFINE(quant_nvfp4_pass, MOPT_PASS_TRANSFORM, "quant.nvfp4",

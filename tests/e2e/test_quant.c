@@ -240,6 +240,21 @@ static void test_block_floats_match_their_float64_fake_quant(void **s) {
     assert_true(wa > ppl_nv && wa < 1.1 * ppl_nv);
 }
 
+/* W4A8: AWQ's int4 weights with activations rounded to FP8 per token cost at most 0.3% of ppl over W4A16 AWQ. */
+static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=128;sym=true;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double w4a16 = ppl_after("models/lit-llama-7m", q, data);
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=128;sym=true;activations=fp8;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double w4a8 = ppl_after("models/lit-llama-7m", q, data);
+    fprintf(stderr, "AWQ int4 g128 sym: W4A16 ppl %.4f, W4A8 (FP8 per token) %.4f (%+.3f%%)\n", w4a16, w4a8, 100 * (w4a8 / w4a16 - 1));
+    assert_true(w4a8 <= w4a16 * 1.003);
+    assert_true(w4a8 != w4a16); /* the activations were rounded */
+}
+
 static void test_partial_groups_on_stories260k(void **s) {
     REQUIRE_SHARED();
     /* FFN 172: down_proj's rows end in a partial block and a partial group */
@@ -290,6 +305,27 @@ static void expect_fail_fast(const char *text, const char *substr) {
     mopt_model_free(m);
 }
 
+/* expect_fail_fast for a recipe (on lit-gpt2-1m, whose linears are h.N.*) */
+static void expect_fail_fast_recipe(const char *recipe, const char *substr) {
+    mopt_model *m = load("models/lit-gpt2-1m");
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    mopt_status st = mopt_pipeline_add_recipe(p, recipe, "recipe", &err);
+    if (st == MOPT_OK) {
+        mopt_report *r = mopt_report_new();
+        mopt_run_opts o;
+        mopt_run_opts_default(&o);
+        o.quiet = 1;
+        st = mopt_pipeline_run(p, m, &o, r, &err);
+        mopt_report_free(r);
+    }
+    fprintf(stderr, "  %s -> %s\n", recipe, err.msg);
+    assert_int_not_equal(st, MOPT_OK);
+    assert_non_null(strstr(err.msg, substr));
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+}
+
 static void test_bad_options_fail_before_any_work(void **s) {
     REQUIRE_SHARED();
     char tiny[1100], dir[1024], text[2048];
@@ -306,6 +342,83 @@ static void test_bad_options_fail_before_any_work(void **s) {
     expect_fail_fast("quant.smoothquant", "smoothing needs calib=FILE");
     expect_fail_fast("quant.fp8<act_order=true>", "unknown option 'act_order'");
     expect_fail_fast("quant.awq<bits=4>", "missing required option 'calib'");
+    /* a selection that matches nothing names the linears it could have matched */
+    expect_fail_fast("quant.rtn<only=*nomatch*>", "only=*nomatch* matches no decoder linear; the linears are h.0.");
+    expect_fail_fast("quant.nvfp4<exclude=*>", "no linear layer left to quantize");
+}
+
+/* A recipe gives each decoder linear the format of the last glob that matches it, else the default; "keep" keeps. */
+static void test_recipe_gives_each_linear_its_last_matching_format(void **s) {
+    REQUIRE_SHARED();
+    static const char recipe[] = "{\"default\": \"quant.rtn<bits=4;group_size=128;sym=true>\",\n"
+                                 " \"*mlp*\": \"quant.nvfp4<activations=none>\",\n"
+                                 " \"*down*\": \"quant.fp8<activations=dynamic>\",\n"
+                                 " \"layers.0.*\": \"keep\"}";
+    mopt_model *m = load("models/lit-llama-7m");
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_add_recipe(p, recipe, "r.json", &err), MOPT_OK);
+    assert_int_equal(mopt_pipeline_length(p), 3); /* the default and two entries; "keep" adds no pass */
+    mopt_report *r = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    assert_int_equal(mopt_pipeline_run(p, m, &o, r, &err), MOPT_OK);
+    mopt_graph *g = mopt_model_graph(m);
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if ((n->op != MOPT_OP_LINEAR && n->op != MOPT_OP_LM_HEAD) || !n->weight) continue;
+        mopt_dtype want = MOPT_DTYPE_QINT;
+        if (n->layer <= 0) want = MOPT_DTYPE_BF16; /* layer 0 kept, lm_head kept */
+        else if (n->role == MOPT_ROLE_MLP_DOWN) want = MOPT_DTYPE_FP8;
+        else if (n->role == MOPT_ROLE_MLP_GATE || n->role == MOPT_ROLE_MLP_UP) want = MOPT_DTYPE_MXFP;
+        if (n->weight->dtype != want) fprintf(stderr, "%s: %s, want %s\n", n->name, mopt_dtype_name(n->weight->dtype), mopt_dtype_name(want));
+        assert_int_equal(n->weight->dtype, want);
+    }
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+    /* what a recipe cannot say fails with where and why */
+    p = mopt_pipeline_new(test_reg);
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"*mlp*\": \"quant.rtn\",\n \"*down*\" 3}", "r.json", &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "r.json:2:"));
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"*mlp*\": \"eval.perplexity\"}", "r.json", &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "is not a quant pass or \"keep\""));
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"*mlp*\": \"quant.rtn<only=x>\"}", "r.json", &err), MOPT_OK);
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"a,b\": \"quant.rtn\"}", "r.json", &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "not a usable glob"));
+    mopt_pipeline_free(p);
+    /* an entry every later glob shadows matches nothing: it fails naming the later globs and the linears */
+    expect_fail_fast_recipe("{\"*mlp*\": \"quant.rtn\", \"h.*\": \"quant.fp8\"}", "only=*mlp* matches no decoder linear left by exclude=h.*");
+}
+
+/* Every quant pass says which linears of each kind it changed and which it left, and why. */
+static void test_coverage_names_changed_and_left_linears(void **s) {
+    REQUIRE_SHARED();
+    static const char *const passes[] = {"quant.rtn<exclude=*down*,layers.0.*>", "quant.fp8<exclude=*down*,layers.0.*>",
+                                         "quant.mxfp4<exclude=*down*,layers.0.*>", "quant.rtn<only=*.q,*.k,layers.7.*;exclude=*.k>"};
+    for (int i = 0; i < 4; i++) {
+        mopt_model *m = load("models/lit-llama-7m");
+        mopt_report *r = run(m, passes[i]);
+        char *text = mopt_report_json(r);
+        json_t *j = json_loads(text, 0, NULL);
+        const char *cov = json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(j, "passes"), 0), "strings"), "coverage"));
+        fprintf(stderr, "%s: %s\n", passes[i], cov);
+        assert_non_null(cov);
+        if (i < 3) {
+            assert_non_null(strstr(cov, "changed 42 linears (q 7, k 7, v 7, o 7, gate 7, up 7); left 15: layers.0.q (excluded by 'layers.0.*')"));
+            assert_non_null(strstr(cov, "layers.1.down (excluded by '*down*')"));
+            assert_true(mopt_report_get_metric(r, "linears_changed") == 42 && mopt_report_get_metric(r, "linears_left") == 15);
+        } else { /* q everywhere, layer 7's others but k */
+            assert_non_null(strstr(cov, "changed 13 linears (q 8, v 1, o 1, gate 1, up 1, down 1); left 44, 35 of them not in only: "));
+            assert_non_null(strstr(cov, "layers.0.k (excluded by '*.k')"));
+            assert_non_null(strstr(cov, "lm_head (kept: no quant pass changes lm_head)"));
+        }
+        json_decref(j);
+        free(text);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
 }
 
 static void test_quantize_cli_report_keys(void **s) {
@@ -359,6 +472,9 @@ static void test_streamed_quantization_writes_the_same_checkpoint(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_options_fail_before_any_work),
+        cmocka_unit_test(test_coverage_names_changed_and_left_linears),
+        cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
+        cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),
         cmocka_unit_test(test_partial_groups_on_stories260k),

@@ -15,8 +15,10 @@
  * zero-point z (U8 [out, n_groups]); symmetric formats store no zeros and use
  * z = 2^(b-1). The weight is w = (q - z) * s. With act-order, g_idx (I32 [in])
  * gives each column's group instead of column / group_size.
+ * With MOPT_QUANT_ACT_PER_TOKEN (or _STATIC with act_scale) the activations
+ * are rounded onto the E4M3 grid first, max|x| / 448 per token as FP8's: W4A8.
  * On the CPU, 4- and 8-bit rows of whole groups of whole blocks (every real
- * model's; not act-order) run against activations quantized to int8 per 32
+ * model's; not act-order) without FP8 activations run against activations quantized to int8 per 32
  * values at run time (scale max|x| / 127 per block, llama.cpp's Q8_0), with
  * every block's dot product in integers; other rows run in fp32.
  *
@@ -110,7 +112,7 @@ MOPT_EXTERN_C_BEGIN
 
 enum {
     MOPT_QUANT_SYM = 1u << 0,            /* QINT: no zeros stored, z = 2^(b-1) */
-    MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8: dynamic per-token activation rounding */
+    MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8, QINT (W4A8), MXFP: dynamic per-token activation rounding */
     MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8: static per-tensor activation scale */
     MOPT_QUANT_PER_TENSOR = 1u << 3,     /* FP8: one weight scale */
     MOPT_QUANT_VALUES_BF16 = 1u << 4,    /* SP24: kept values are bf16 */
