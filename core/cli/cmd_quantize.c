@@ -13,11 +13,16 @@
 
 static void help(void) {
     printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8|nvfp4|mxfp4|mxfp8 [options]\n"
-           "       mopt quantize MODEL --recipe RECIPE.json [options]\n\n"
+           "       mopt quantize MODEL --recipe RECIPE.json [options]\n"
+           "       mopt quantize MODEL --method auto --calib FILE [--bits-budget 4.5] [--candidates int4_awq,int8,fp8]\n\n"
            "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept)\n"
            "and reports size and, with --eval, perplexity against the original.\n"
            "  --method M          rtn, awq, gptq, smoothquant (W8A8), fp8 (E4M3), or the block-scaled floats\n"
            "                      nvfp4 (E2M1, E4M3 scale per 16), mxfp4 (E2M1) and mxfp8 (E4M3, E8M0 scale per 32)\n"
+           "  --method auto       auto_quantize (quant.auto): the format per linear that loses least (KL on the\n"
+           "                      calibration windows) within --bits-budget B bits per weight (default 4.5),\n"
+           "                      among --candidates (int4_awq, int4, int8, fp8, nvfp4, mxfp4, mxfp8, keep;\n"
+           "                      default int4_awq,int8,fp8), then quantized with that plan\n"
            "  --recipe FILE       per-layer formats: a JSON object from name globs (and \"default\") to a quant\n"
            "                      pass or \"keep\", e.g. {\"default\": \"quant.rtn<bits=4;sym=true>\",\n"
            "                      \"*down*\": \"quant.fp8\", \"layers.0.*\": \"keep\"}; each linear takes the last\n"
@@ -49,7 +54,8 @@ static void help(void) {
 }
 
 typedef struct {
-    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe;
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates;
+    char budget[32];
     char bits[16], group[16], alpha[32], samples[16], len[16];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream;
     long long threads;
@@ -69,7 +75,8 @@ static int parse(int argc, char **argv, qargs *a) {
         {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
         {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
-        {"recipe", required_argument, 0, 'R'},
+        {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
+        {"candidates", required_argument, 0, 'C'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -94,6 +101,11 @@ static int parse(int argc, char **argv, qargs *a) {
             break;
         case 'F': a->fp8_act = optarg; break;
         case 'R': a->recipe = optarg; break;
+        case 'C': a->candidates = optarg; break;
+        case 'B':
+            if (!cli_parse_float(optarg, 1, 16, &f)) return cli_usage_error("quantize", "--bits-budget expects a number in [1, 16], got '%s'", optarg);
+            snprintf(a->budget, sizeof a->budget, "%.17g", f);
+            break;
         case 'c': a->calib = optarg; break;
         case 'N':
             if (!cli_parse_int(optarg, 1, 4096, &v)) return cli_usage_error("quantize", "--calib-samples expects 1..4096, got '%s'", optarg);
@@ -127,6 +139,8 @@ static int parse(int argc, char **argv, qargs *a) {
     if (a->recipe && (a->method || a->have_bits || a->have_group || a->sym || a->act_order || a->have_alpha || a->fp8_act || a->calib ||
                       a->samples[0] || a->len[0] || a->exclude[0]))
         return cli_usage_error("quantize", "--recipe names every pass and its options itself; drop --method and the method's flags");
+    if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
+        return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
     if (!a->method && !a->recipe)
         return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8), or --recipe");
     if ((a->format || a->force || a->gguf_type || a->stream) && !a->out)
@@ -163,6 +177,40 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
     return 0;
 }
 
+/* --method auto: quant.auto plans on a model of its own (loaded afresh; weights are mapped), then its recipe joins
+ * the pipeline. */
+static int add_auto(qargs *a, cli_job *j, const char *model, mopt_error *err) {
+    if (a->have_bits || a->sym || a->act_order || a->have_alpha || a->fp8_act)
+        return cli_usage_error("quantize", "--method auto picks the formats itself; drop --bits/--sym/--act-order/--alpha/--act "
+                                           "(--group sets the int4 candidates' group size)");
+    mopt_model *m = mopt_model_load(model, NULL, err);
+    mopt_pipeline *pa = mopt_pipeline_new(j->r);
+    mopt_options *ao = mopt_options_new();
+    mopt_report *rep = mopt_report_new();
+    int rc = 0;
+    if (!m || !pa || !ao || !rep || set(ao, "bits_budget", a->budget, err) || set(ao, "candidates", a->candidates, err) ||
+        set(ao, "group_size", a->group, err) || set(ao, "calib", a->calib, err) || set(ao, "calib_samples", a->samples, err) ||
+        set(ao, "calib_len", a->len, err) || set(ao, "exclude", a->exclude, err) || mopt_pipeline_add(pa, "quant.auto", ao, err) ||
+        mopt_pipeline_run(pa, m, &j->ro, rep, err)) {
+        rc = cli_fail(err);
+    } else {
+        char *text = mopt_report_json(rep);
+        json_t *full = text ? json_loads(text, 0, NULL) : NULL;
+        free(text);
+        json_t *st = json_object_get(json_array_get(json_object_get(full, "passes"), 0), "strings");
+        const char *recipe = json_string_value(json_object_get(st, "recipe")), *plan = json_string_value(json_object_get(st, "plan"));
+        printf("quant.auto: %.3f bits/weight planned (budget %s): %s\n", mopt_report_get_metric(rep, "planned_bits_per_weight"),
+               a->budget[0] ? a->budget : "4.5", plan ? plan : "?");
+        if (!recipe || mopt_pipeline_add_recipe(j->p, recipe, "quant.auto", err)) rc = cli_fail(err);
+        json_decref(full);
+    }
+    mopt_report_free(rep);
+    mopt_options_free(ao);
+    mopt_pipeline_free(pa);
+    mopt_model_free(m);
+    return rc;
+}
+
 /* The --recipe file's passes (mopt_pipeline_add_recipe). */
 static int add_recipe(const char *path, mopt_pipeline *p, mopt_error *err) {
     char *text = NULL;
@@ -189,7 +237,10 @@ int cmd_quantize(int argc, char **argv) {
     mopt_report *rep = j.rep, *base_rep = NULL;
     mopt_pipeline *p = j.p, *pb = NULL;
     mopt_options *qo = j.o, *eo = mopt_options_new(), *xo = mopt_options_new();
-    if ((rc = a.recipe ? add_recipe(a.recipe, p, &err) : add_method(&a, r, p, qo, pass, &err))) goto done;
+    if ((rc = a.recipe                    ? add_recipe(a.recipe, p, &err)
+              : !strcmp(a.method, "auto") ? add_auto(&a, &j, argv[optind], &err)
+                                          : add_method(&a, r, p, qo, pass, &err)))
+        goto done;
     if (a.out) { /* export before eval: a failed export fails fast */
         const char *xp = cli_export_pass(a.format ? a.format : "hf", xo, &err);
         if (!xp) {
@@ -231,8 +282,8 @@ int cmd_quantize(int argc, char **argv) {
     size_t qi;
     json_array_foreach(json_object_get(full, "passes"), qi, qs) {
         const char *name = json_string_value(json_object_get(qs, "name"));
-        if (!name || strncmp(name, "quant.", 6)) continue;
         json_t *m = json_object_get(qs, "metrics");
+        if (!name || strncmp(name, "quant.", 6) || !json_object_get(m, "weight_bytes")) continue;
         const double s = json_number_value(json_object_get(qs, "seconds")), b = json_number_value(json_object_get(m, "weight_bytes"));
         const double b0 = json_number_value(json_object_get(m, "weight_bytes_baseline"));
         const double bpw = json_number_value(json_object_get(m, "bits_per_weight")), bpw0 = json_number_value(json_object_get(m, "bits_per_weight_baseline"));

@@ -440,7 +440,7 @@ static int report_index(lua_State *L) {
     }
     /* read in place, no JSON text round trip (jansson's iterators take non-const; nothing is changed) */
     json_t *root = (json_t *)mopt_report_tree(b->r);
-    if (!strcmp(k, "metrics")) {
+    if (!strcmp(k, "metrics") || !strcmp(k, "strings")) {
         /* merged over successful passes, later passes win */
         lua_newtable(L);
         size_t i;
@@ -449,7 +449,7 @@ static int report_index(lua_State *L) {
             if (strcmp(json_string_value(json_object_get(s, "status")), "ok") != 0) continue;
             const char *mk;
             json_t *mv;
-            json_object_foreach(json_object_get(s, "metrics"), mk, mv) {
+            json_object_foreach(json_object_get(s, k), mk, mv) {
                 push_json(L, mv);
                 lua_setfield(L, -2, mk);
             }

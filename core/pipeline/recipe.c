@@ -1,5 +1,5 @@
 /* Per-layer quantization recipes (mopt_pipeline_add_recipe in
- * mopt/pipeline.h): a JSON object from name globs to a quant pass or "keep",
+ * mopt/pipeline.h): a JSON object from name globs (several joined by '|') to a quant pass or "keep",
  * turned into one pass per entry whose `only` is the entry's glob and whose
  * `exclude` holds every later glob, so each linear takes the last entry that
  * matches it, as ModelOpt's quant_cfg does. */
@@ -12,8 +12,13 @@
 #include "mopt/pipeline.h"
 #include "strbuf.h"
 
-/* A glob must not hold the pipeline text's own separators. */
-static int glob_ok(const char *g) { return *g && !strpbrk(g, ";,<>="); }
+/* A key is one glob or several joined by '|'; it must not hold the pipeline text's own separators. */
+static int glob_ok(const char *g) { return *g && !strpbrk(g, ";,<>=") && g[0] != '|' && g[strlen(g) - 1] != '|' && !strstr(g, "||"); }
+
+/* Appends key's globs as a list option value: '|' becomes the list's ','. */
+static void put_globs(sbuf *b, const char *key) {
+    for (const char *k = key; *k; k++) sb_printf(b, "%c", *k == '|' ? ',' : *k);
+}
 
 /* Appends the pass `spec` ("quant.NAME" or "quant.NAME<k=v;...>") with only=`only` (NULL: every linear) and
  * exclude= the globs of entries[from..n). */
@@ -36,9 +41,16 @@ static mopt_status add_entry(mopt_pipeline *p, const char *source, const char *k
         }
         if (inner > 1) sb_printf(&b, "%.*s;", (int)(inner - 1), lt + 1);
     }
-    if (only) sb_printf(&b, "only=%s;", only);
+    if (only) {
+        sb_printf(&b, "only=");
+        put_globs(&b, only);
+        sb_printf(&b, ";");
+    }
     sb_printf(&b, "exclude=");
-    for (size_t i = from; i < n; i++) sb_printf(&b, "%s%s", i > from ? "," : "", globs[i]);
+    for (size_t i = from; i < n; i++) {
+        if (i > from) sb_printf(&b, ",");
+        put_globs(&b, globs[i]);
+    }
     sb_printf(&b, ">");
     mopt_status st = b.oom ? MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory") : mopt_pipeline_parse(p, b.s, err);
     free(b.s);
@@ -67,7 +79,7 @@ mopt_status mopt_pipeline_add_recipe(mopt_pipeline *p, const char *json_text, co
         } else if (!strcmp(key, "default")) {
             dflt = json_string_value(v);
         } else if (!glob_ok(key)) {
-            st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: \"%s\" is not a usable glob (no ; , < > = in names)", source, key);
+            st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: \"%s\" is not a usable glob (no ; , < > = in names; join several with |)", source, key);
         } else {
             globs[ng] = key;
             specs[ng++] = json_string_value(v);

@@ -255,6 +255,66 @@ static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     assert_true(w4a8 != w4a16); /* the activations were rounded */
 }
 
+/* Bits per weight of the decoder linears as stored now. */
+static double linear_bits(mopt_model *m) {
+    mopt_graph *g = mopt_model_graph(m);
+    double bytes = 0, weights = 0;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op != MOPT_OP_LINEAR || n->layer < 0 || !n->weight) continue;
+        bytes += (double)mopt_weight_storage_bytes(n->weight);
+        weights += (double)mopt_tensor_nelements(n->weight);
+    }
+    return 8 * bytes / weights;
+}
+
+/* quant.auto at 4.5 bits per weight over {int4 g128 AWQ, int8, fp8} stays within the budget, leaves the model as it
+ * was, and its plan beats uniform int4 g64 AWQ (4.375 bits): it spends the extra bits where they matter. */
+static void test_auto_quantize_beats_uniform_int4_g64_awq(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=64;calib=%s;calib_samples=8;calib_len=128>,eval.perplexity<data=%s>", calib, data);
+    mopt_model *m = load("models/lit-llama-7m");
+    mopt_report *r = run(m, q);
+    const double awq64 = mopt_report_get_metric(r, "ppl"), awq64_bits = linear_bits(m);
+    mopt_report_free(r);
+    mopt_model_free(m);
+
+    m = load("models/lit-llama-7m");
+    snprintf(q, sizeof q, "quant.auto<bits_budget=4.5;candidates=int4_awq,int8,fp8;calib=%s;calib_samples=8;calib_len=128>", calib);
+    r = run(m, q);
+    assert_true(linear_bits(m) == 16.0); /* the plan only */
+    char *text = mopt_report_json(r);
+    json_t *j = json_loads(text, 0, NULL);
+    json_t *st = json_object_get(json_array_get(json_object_get(j, "passes"), 0), "strings");
+    const char *recipe = json_string_value(json_object_get(st, "recipe"));
+    fprintf(stderr, "quant.auto plan: %s\nrecipe: %s\n", json_string_value(json_object_get(st, "plan")), recipe);
+    assert_non_null(recipe);
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_add_recipe(p, recipe, "quant.auto", &err), MOPT_OK);
+    snprintf(q, sizeof q, "eval.perplexity<data=%s>", data);
+    assert_int_equal(mopt_pipeline_parse(p, q, &err), MOPT_OK);
+    mopt_report *r2 = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    assert_int_equal(mopt_pipeline_run(p, m, &o, r2, &err), MOPT_OK);
+    const double ppl = mopt_report_get_metric(r2, "ppl"), bits = linear_bits(m);
+    fprintf(stderr, "quant.auto at 4.5: ppl %.4f at %.4f bits/weight (planned %.4f); uniform int4 g64 AWQ: ppl %.4f at %.4f\n", ppl, bits,
+            mopt_report_get_metric(r, "planned_bits_per_weight"), awq64, awq64_bits);
+    assert_true(bits <= 4.5 && fabs(bits - mopt_report_get_metric(r, "planned_bits_per_weight")) < 1e-9);
+    assert_true(ppl < awq64);
+    json_decref(j);
+    free(text);
+    mopt_report_free(r2);
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+}
+
 static void test_partial_groups_on_stories260k(void **s) {
     REQUIRE_SHARED();
     /* FFN 172: down_proj's rows end in a partial block and a partial group */
@@ -475,6 +535,7 @@ int main(void) {
         cmocka_unit_test(test_coverage_names_changed_and_left_linears),
         cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
         cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
+        cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),
         cmocka_unit_test(test_partial_groups_on_stories260k),

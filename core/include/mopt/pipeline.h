@@ -85,7 +85,8 @@ MOPT_API mopt_status mopt_pipeline_add(mopt_pipeline *p, const char *pass_name, 
 /* Parses the text form and appends its passes. */
 MOPT_API mopt_status mopt_pipeline_parse(mopt_pipeline *p, const char *text, mopt_error *err);
 /* Appends a per-layer quantization recipe: json_text is an object from name
- * globs (matched against node and weight names) and "default" to a quant pass
+ * globs (matched against node and weight names; several joined by '|' in one
+ * key, e.g. "layers.0.q|layers.3.down") and "default" to a quant pass
  * in the text form ("quant.rtn<bits=4;group_size=128>") or "keep". Each
  * decoder linear takes the last entry whose glob matches it, else the
  * default, else it is kept. One pass is appended per entry (its `only` the

@@ -20,7 +20,6 @@
 #include "mopt/graph.h"
 #include "mopt/model.h"
 #include "mopt/pass.h"
-#include "mopt/quant.h"
 #include "mopt/tensor.h"
 #include "mopt/tokenizer.h"
 #include "mopt/eval.h"
