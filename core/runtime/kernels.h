@@ -87,7 +87,7 @@ typedef struct mopt_kernels {
     /* the same with int4 kept values read in place (SP24 with MOPT_QUANT_VALUES_I4: QINT 4-bit blocks of 32 kept
      * values, level - 8) and scaled per group of gs inputs by the f16 scales; n and gs multiples of 64 */
     float (*dot_sp24_i4)(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
-    /* Block-scaled floats (MOPT_DTYPE_MXFP in mopt/quant.h) over n values, n a multiple of gs and gs of 16, each
+    /* Block-scaled floats (MOPT_DTYPE_MXFP in mopt/quant.h) over n values, n a multiple of 32 and gs 16 or 32, each
      * block of gs values times its scale bs[block] (global scale included):
      * dot_fp4: sum of e2m1(q) * x, two E2M1 codes a byte (value 2k in the low nibble), read in place */
     float (*dot_fp4)(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);

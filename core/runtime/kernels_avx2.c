@@ -463,15 +463,16 @@ float mopt_dot_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, const flo
             blk = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), _mm256_loadu_ps(x + i), blk);
             blk = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), _mm256_loadu_ps(x + i + 8), blk);
         }
-        acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(0.5f * bs[b0 / gs]), acc);
+        acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(0.5f * *bs++), acc); /* blocks in order */
     }
     return hsum(acc);
 }
 
 void mopt_dequant_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst) {
+    const int sh = gs == 16 ? 4 : 5; /* the block of value i: i >> sh, not a division per step */
     for (int64_t i = 0; i < n; i += 16) {
         const __m128i v = load_e2m1_x2(q + i / 2);
-        const __m256 s = _mm256_set1_ps(0.5f * bs[i / gs]);
+        const __m256 s = _mm256_set1_ps(0.5f * bs[i >> sh]);
         _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s));
         _mm256_storeu_ps(dst + i + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), s));
     }
@@ -483,7 +484,7 @@ float mopt_dot_e4m3_blocks_avx2(const uint8_t *q, const float *bs, int64_t gs, c
     for (int64_t b0 = 0; b0 < n; b0 += gs) {
         __m256 blk = _mm256_setzero_ps();
         for (int64_t i = b0; i < b0 + gs; i += 8) blk = _mm256_fmadd_ps(load_e4m3(q + i), _mm256_loadu_ps(x + i), blk);
-        acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(256.0f * bs[b0 / gs]), acc);
+        acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(256.0f * *bs++), acc);
     }
     return hsum(acc);
 }

@@ -2,6 +2,7 @@
  * NVFP4, MXFP4 and MXFP8. Quantizing a block, packing stored bytes, reading
  * rows back, and rounding activations onto the same grids. */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "mopt/quant.h"
@@ -182,11 +183,27 @@ mopt_tensor *mopt_mxfp_pack(const char *name, mopt_mxfp_kind k, int64_t out, int
     return t;
 }
 
+/* Every scale byte's value, E4M3 and E8M0, built once: the kernels look them up per block of 16 or 32 values,
+ * where a conversion per block (ldexpf) cost more than the block's arithmetic. */
+static float e4m3_table[256], e8m0_table[256];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+static void build_tables(void) {
+    for (int b = 0; b < 256; b++) {
+        e4m3_table[b] = mopt_e4m3_to_f32((uint8_t)b);
+        e8m0_table[b] = block_scale(MOPT_MXFP_MXFP8, (uint8_t)b, 1.0f);
+    }
+}
+
 void mopt_mxfp_block_scales(const mopt_tensor *t, int64_t row, int64_t b0, int64_t n, float *out) {
-    const mopt_mxfp_kind k = mopt_mxfp_kind_of(t);
+    pthread_once(&tables_once, build_tables);
     const int64_t nb = t->ne[0] / t->quant->group_size;
     const uint8_t *sc = (const uint8_t *)t->quant->scale->data + row * nb + b0;
-    for (int64_t b = 0; b < n; b++) out[b] = block_scale(k, sc[b], t->quant->global_scale);
+    if (t->quant->flags & MOPT_QUANT_SCALE_E8M0) {
+        for (int64_t b = 0; b < n; b++) out[b] = e8m0_table[sc[b]];
+        return;
+    }
+    const float g = t->quant->global_scale; /* e4m3 * G, as block_scale forms it */
+    for (int64_t b = 0; b < n; b++) out[b] = e4m3_table[sc[b]] * g;
 }
 
 void mopt_mxfp_row_f32(const mopt_tensor *t, int64_t row, float *out) {

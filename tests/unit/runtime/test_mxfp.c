@@ -4,11 +4,9 @@
  * without activations rounded onto the format, for every kernel set. */
 #include <math.h>
 
-#include "backend_impl.h"
-#include "kernels.h"
+#include "linear_check.h"
 #include "mopt/quant.h"
 #include "mxfp_ref64.h"
-#include "testutil.h"
 
 static uint32_t rng = 2463534242u;
 static uint32_t urand(void) {
@@ -19,7 +17,6 @@ static uint32_t urand(void) {
 }
 static float frand(void) { return (float)((double)urand() / 4294967296.0 * 2.0 - 1.0); }
 
-static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
 static const mopt_mxfp_kind kinds[] = {MOPT_MXFP_NVFP4, MOPT_MXFP_MXFP4, MOPT_MXFP_MXFP8};
 
 static void test_e2m1_rounds_to_nearest_even_and_saturates(void **s) {
@@ -107,7 +104,7 @@ static void test_quantized_codes_and_scales_match_the_float64_definition(void **
  * NVFP4 global scale. */
 static void test_mxfp_linear_matches_float64(void **s) {
     const int64_t out = 11, in = 192;
-    float *W = test_matrix(out, in), *x = malloc(12 * (size_t)in * sizeof *x), *y = malloc(12 * (size_t)out * sizeof *y);
+    float *W = test_matrix(out, in), *x = malloc(12 * (size_t)in * sizeof *x);
     float *xr = malloc((size_t)in * sizeof *xr);
     double *Wq = malloc((size_t)(out * in) * sizeof *Wq), *xq = malloc(12 * (size_t)in * sizeof *xq), *ref = malloc(12 * (size_t)out * sizeof *ref);
     for (int64_t i = 0; i < 12 * in; i++) x[i] = frand() * (i % 37 == 0 ? 8.0f : 1.0f);
@@ -144,25 +141,15 @@ static void test_mxfp_linear_matches_float64(void **s) {
                         ref[tk * out + o] = acc;
                     }
                 }
-                for (int ks = 0; ks < 3; ks++) {
-                    if (!mopt_kernels_supported(sets[ks])) continue;
-                    for (int threads = 1; threads <= 2; threads++) {
-                        assert_int_equal(mopt_cpu_linear_once(threads, sets[ks], t, NULL, x, T, y, &err), MOPT_OK);
-                        for (int64_t i = 0; i < T * out; i++)
-                            if (fabs(y[i] - ref[i]) > 1e-4 * (1 + fabs(ref[i]))) {
-                                fprintf(stderr, "%s mode %d [%s, %d threads, T=%d]: y[%lld] = %g, reference %g\n", mopt_mxfp_kind_name(k),
-                                        mode, sets[ks]->name, threads, T, (long long)i, y[i], ref[i]);
-                                fail();
-                            }
-                    }
-                }
+                char what[64];
+                snprintf(what, sizeof what, "%s mode %d", mopt_mxfp_kind_name(k), mode);
+                check_linear(t, x, T, ref, 1e-4, what);
             }
             mopt_tensor_free(t);
         }
     free(W);
     free(x);
     free(xr);
-    free(y);
     free(Wq);
     free(xq);
     free(ref);
@@ -185,8 +172,8 @@ static void test_fp4_and_e4m3_block_kernels_agree_with_the_scalar_set(void **s) 
             dot8 += mopt_e4m3_to_f32(q8[i]) * (double)bs[i / gs] * x[i];
         }
         for (int ks = 0; ks < 3; ks++) {
-            if (!mopt_kernels_supported(sets[ks])) continue;
-            const mopt_kernels *k = sets[ks];
+            if (!mopt_kernels_supported(kernel_sets[ks])) continue;
+            const mopt_kernels *k = kernel_sets[ks];
             assert_true(fabs(k->dot_fp4(q, bs, gs, x, n) - dot4) <= 1e-5 * (1 + fabs(dot4)));
             assert_true(fabs(k->dot_e4m3_blocks(q8, bs, gs, x, n) - dot8) <= 1e-5 * (1 + fabs(dot8)));
             k->dequant_fp4(q, bs, gs, n, dst);

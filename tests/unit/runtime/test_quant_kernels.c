@@ -3,10 +3,8 @@
  * width (stories260K's FFN is 172), for every kernel set the CPU runs. */
 #include <math.h>
 
-#include "backend_impl.h"
-#include "kernels.h"
+#include "linear_check.h"
 #include "mopt/quant.h"
-#include "testutil.h"
 
 static uint32_t rng = 88172645u;
 static uint32_t urand(void) {
@@ -16,30 +14,6 @@ static uint32_t urand(void) {
     return rng;
 }
 static float frand(void) { return (float)((double)urand() / 4294967296.0 * 2.0 - 1.0); }
-
-static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
-
-/* Runs the packed linear with every supported kernel set and compares to ref[T, out]. */
-static void check_linear(const mopt_tensor *w, const float *x, int T, const double *ref, double tol, const char *what) {
-    const int64_t out = w->ne[1];
-    float *y = malloc((size_t)T * out * sizeof *y);
-    for (int k = 0; k < 3; k++) {
-        if (!mopt_kernels_supported(sets[k])) continue;
-        for (int threads = 1; threads <= 2; threads++) {
-            mopt_error err = {0};
-            assert_int_equal(mopt_cpu_linear_once(threads, sets[k], w, NULL, x, T, y, &err), MOPT_OK);
-            for (int64_t i = 0; i < T * out; i++) {
-                double e = fabs(y[i] - ref[i]);
-                if (e > tol * (1 + fabs(ref[i]))) {
-                    fprintf(stderr, "%s [%s, %d threads, T=%d]: y[%lld] = %g, reference %g\n", what, sets[k]->name,
-                            threads, T, (long long)i, y[i], ref[i]);
-                    fail();
-                }
-            }
-        }
-    }
-    free(y);
-}
 
 static void test_qint_pack_roundtrips_levels(void **s) {
     const int bits[] = {2, 3, 4, 8};
