@@ -3,8 +3,11 @@
 --
 --   mopt run scripts/quant_sweep.lua model=../shared/models/lit-llama-7m \
 --       calib=../shared/data/lit-train.txt eval=../shared/data/lit-val.txt \
---       [methods=rtn,gptq,awq] [bits=4,3] [groups=128,64] [out=sweep] [calib_samples=128]
+--       [methods=rtn,gptq,awq,smoothquant,fp8,nvfp4,mxfp4,mxfp8] [bits=4,3] [groups=128,64] [out=sweep]
+--       [calib_samples=128] [w4a8=1]
 --
+-- nvfp4, mxfp4 and mxfp8 run weight-only and with activations; w4a8=1 adds each
+-- integer variant again with FP8 activations per token.
 -- Each variant starts from a freshly loaded model (weights are mapped, so this
 -- is cheap). smoothquant and fp8 have fixed formats and run once each when listed.
 local function list(s, default)
@@ -39,12 +42,24 @@ for _, method in ipairs(methods) do
     rows[#rows + 1] = run("smoothquant w8a8", {{"quant.smoothquant", {calib = calib, calib_samples = samples}}})
   elseif method == "fp8" then
     rows[#rows + 1] = run("fp8 e4m3", {{"quant.fp8", {}}})
+  elseif method == "nvfp4" or method == "mxfp4" or method == "mxfp8" then
+    -- weight-only, then weights and activations (NVFP4 also with its calibrated global activation scale)
+    rows[#rows + 1] = run(method .. " weights", {{"quant." .. method, {activations = "none"}}})
+    rows[#rows + 1] = run(method .. " weights+activations", {{"quant." .. method, {activations = "dynamic"}}})
+    if method == "nvfp4" then
+      rows[#rows + 1] = run(method .. " weights+activations static", {{"quant.nvfp4",
+        {activations = "static", calib = calib, calib_samples = samples}}})
+    end
   else
     for _, b in ipairs(bits) do
       for _, g in ipairs(groups) do
         local opts = {bits = math.tointeger(tonumber(b)), group_size = math.tointeger(tonumber(g))}
         if method ~= "rtn" then opts.calib = calib; opts.calib_samples = samples end
         rows[#rows + 1] = run(string.format("%s int%s g%s", method, b, g), {{"quant." .. method, opts}})
+        if args.w4a8 == "1" then -- the same with FP8 activations per token
+          opts.activations = "fp8"
+          rows[#rows + 1] = run(string.format("%s int%s g%s, fp8 activations", method, b, g), {{"quant." .. method, opts}})
+        end
       end
     end
   end

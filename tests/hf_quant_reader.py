@@ -4,7 +4,8 @@ published layouts (AutoAWQ WQLinear_GEMM, AutoGPTQ qlinear pack (v1 zeros),
 compressed-tensors pack_to_int32 / int- and float-quantized / sparse-24-bitmask
 (numpy.packbits little-endian bitmasks) / marlin-24 (Marlin24Compressor with
 sparse_semi_structured_from_dense_cutlass and get_permutations_24), ModelOpt's
-pack_int4_in_uint8 for W4A16_AWQ), not from mopt's
+pack_int4_in_uint8 for W4A16_AWQ and its NVFP4 tensors (E2M1 pairs, even
+value in the low nibble; e2m1 * weight_scale * weight_scale_2)), not from mopt's
 code. Python standard library only.
 
 usage: hf_quant_reader.py QUANT_DIR DENSE_DIR
@@ -237,6 +238,23 @@ def marlin24(t, p, qc):
     return w
 
 
+E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def modelopt_nvfp4(t, p, qc):
+    (out, half), packed = t[p + ".weight"]
+    (_, nb), sc = t[p + ".weight_scale"]
+    _, g2 = t[p + ".weight_scale_2"]
+    i_n = 2 * half
+    w = [[0.0] * i_n for _ in range(out)]
+    for o in range(out):
+        for i in range(i_n):
+            nib = (packed[o * half + i // 2] >> (4 * (i % 2))) & 15  # even values in the low nibble
+            v = -E2M1[nib & 7] if nib & 8 else E2M1[nib & 7]
+            w[o][i] = v * sc[o * nb + i // 16] * g2[0]
+    return w
+
+
 def main():
     qdir, ddir = sys.argv[1], sys.argv[2]
     qc = json.loads((Path(qdir) / "config.json").read_text())["quantization_config"]
@@ -247,7 +265,8 @@ def main():
     elif method == "gptq":
         marker, fn = ".qweight", gptq
     elif method == "modelopt":
-        marker, fn = ".weight_scale", modelopt_int4 if qc["quant_algo"] == "W4A16_AWQ" else ct_8bit
+        algo = qc["quant_algo"]
+        marker, fn = ".weight_scale", modelopt_int4 if algo == "W4A16_AWQ" else modelopt_nvfp4 if algo == "NVFP4" else ct_8bit
     elif qc.get("format") == "marlin-24":
         marker, fn = ".weight_packed", marlin24
     elif (qc.get("sparsity_config") or {}).get("format") == "sparse-24-bitmask":

@@ -1,4 +1,4 @@
-/* mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8 [...]
+/* mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8|nvfp4|mxfp4|mxfp8 [...]
  * A thin layer over the quant.* passes: quantize, then (with --eval) the
  * perplexity of the quantized model and of the original, loaded afresh. The
  * quantization runs first so a bad option or calibration file fails before
@@ -12,17 +12,29 @@
 #include "cli.h"
 
 static void help(void) {
-    printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8 [options]\n\n"
+    printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8|nvfp4|mxfp4|mxfp8 [options]\n"
+           "       mopt quantize MODEL --recipe RECIPE.json [options]\n"
+           "       mopt quantize MODEL --method auto --calib FILE [--bits-budget 4.5] [--candidates int4_awq,int8,fp8]\n\n"
            "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept)\n"
            "and reports size and, with --eval, perplexity against the original.\n"
-           "  --method M          rtn, awq, gptq, smoothquant (W8A8) or fp8 (E4M3)\n"
+           "  --method M          rtn, awq, gptq, smoothquant (W8A8), fp8 (E4M3), or the block-scaled floats\n"
+           "                      nvfp4 (E2M1, E4M3 scale per 16), mxfp4 (E2M1) and mxfp8 (E4M3, E8M0 scale per 32)\n"
+           "  --method auto       auto_quantize (quant.auto): the format per linear that loses least (KL on the\n"
+           "                      calibration windows) within --bits-budget B bits per weight (default 4.5),\n"
+           "                      among --candidates (int4_awq, int4, int8, fp8, nvfp4, mxfp4, mxfp8, keep;\n"
+           "                      default int4_awq,int8,fp8), then quantized with that plan\n"
+           "  --recipe FILE       per-layer formats: a JSON object from name globs (and \"default\") to a quant\n"
+           "                      pass or \"keep\", e.g. {\"default\": \"quant.rtn<bits=4;sym=true>\",\n"
+           "                      \"*down*\": \"quant.fp8\", \"layers.0.*\": \"keep\"}; each linear takes the last\n"
+           "                      glob that matches it (node names like layers.3.down, or weight names)\n"
            "  --bits B            weight bits for rtn/awq/gptq: 2, 3, 4 or 8 (default 4)\n"
            "  --group G           columns per scale group: 32, 64, 128, ... or -1 (default 128)\n"
            "  --sym               symmetric grid, no zero-points\n"
            "  --act-order         gptq: quantize columns by decreasing Hessian diagonal (g_idx)\n"
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
-           "  --fp8-act MODE      fp8 activations: dynamic (default), static or none\n"
-           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 static)\n"
+           "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
+           "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none)\n"
+           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 and nvfp4 static)\n"
            "  --calib-samples N   calibration windows (default 128)\n"
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
@@ -42,7 +54,8 @@ static void help(void) {
 }
 
 typedef struct {
-    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type;
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates;
+    char budget[32];
     char bits[16], group[16], alpha[32], samples[16], len[16];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream;
     long long threads;
@@ -54,13 +67,16 @@ static int parse(int argc, char **argv, qargs *a) {
         {"method", required_argument, 0, 'm'},        {"bits", required_argument, 0, 'b'},
         {"group", required_argument, 0, 'g'},         {"sym", no_argument, 0, 's'},
         {"act-order", no_argument, 0, 'A'},           {"alpha", required_argument, 0, 'a'},
-        {"fp8-act", required_argument, 0, 'F'},       {"calib", required_argument, 0, 'c'},
+        {"fp8-act", required_argument, 0, 'F'},       {"act", required_argument, 0, 'F'},
+        {"calib", required_argument, 0, 'c'},
         {"calib-samples", required_argument, 0, 'N'}, {"calib-len", required_argument, 0, 'L'},
         {"exclude", required_argument, 0, 'x'},       {"eval", required_argument, 0, 'e'},
         {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
         {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
+        {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
+        {"candidates", required_argument, 0, 'C'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -84,6 +100,12 @@ static int parse(int argc, char **argv, qargs *a) {
             snprintf(a->alpha, sizeof a->alpha, "%.17g", f), a->have_alpha = 1;
             break;
         case 'F': a->fp8_act = optarg; break;
+        case 'R': a->recipe = optarg; break;
+        case 'C': a->candidates = optarg; break;
+        case 'B':
+            if (!cli_parse_float(optarg, 1, 16, &f)) return cli_usage_error("quantize", "--bits-budget expects a number in [1, 16], got '%s'", optarg);
+            snprintf(a->budget, sizeof a->budget, "%.17g", f);
+            break;
         case 'c': a->calib = optarg; break;
         case 'N':
             if (!cli_parse_int(optarg, 1, 4096, &v)) return cli_usage_error("quantize", "--calib-samples expects 1..4096, got '%s'", optarg);
@@ -114,7 +136,13 @@ static int parse(int argc, char **argv, qargs *a) {
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
-    if (!a->method) return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8)");
+    if (a->recipe && (a->method || a->have_bits || a->have_group || a->sym || a->act_order || a->have_alpha || a->fp8_act || a->calib ||
+                      a->samples[0] || a->len[0] || a->exclude[0]))
+        return cli_usage_error("quantize", "--recipe names every pass and its options itself; drop --method and the method's flags");
+    if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
+        return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
+    if (!a->method && !a->recipe)
+        return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8), or --recipe");
     if ((a->format || a->force || a->gguf_type || a->stream) && !a->out)
         return cli_usage_error("quantize", "--format, --type, --force and --stream go with -o OUTDIR");
     return 0;
@@ -125,13 +153,81 @@ static int set(mopt_options *o, const char *k, const char *v, mopt_error *err) {
     return v && *v ? mopt_options_set(o, k, v, err) : MOPT_OK;
 }
 
+/* The --method pass with the flags mapped onto its options; the pass's schema rejects what the method does not take. */
+static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options *qo, const char *pass, mopt_error *err) {
+    const mopt_pass_desc *qd = mopt_registry_find(r, pass);
+    if (!qd) return cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8)", a->method);
+    const int is_int = !strcmp(a->method, "rtn") || !strcmp(a->method, "awq") || !strcmp(a->method, "gptq");
+    if (!is_int && (a->have_bits || a->have_group || a->sym))
+        return cli_usage_error("quantize", "--bits/--group/--sym apply to rtn, awq and gptq; %s has a fixed format", a->method);
+    /* a method that does not calibrate ignores the calibration flags, with a note (not an error) */
+    int calibrates = 0;
+    for (uint32_t k = 0; k < qd->n_opts; k++) calibrates |= !strcmp(qd->opts[k].name, "calib");
+    if (!calibrates && (a->calib || a->samples[0] || a->len[0])) {
+        if (!a->quiet) fprintf(stderr, "mopt: note: --method %s needs no calibration; --calib/--calib-samples/--calib-len are ignored\n", a->method);
+        a->calib = NULL;
+        a->samples[0] = a->len[0] = '\0';
+    }
+    if (set(qo, "bits", a->bits, err) || set(qo, "group_size", a->group, err) || (a->sym && set(qo, "sym", "true", err)) ||
+        (a->act_order && set(qo, "act_order", "true", err)) || set(qo, "alpha", a->alpha, err) ||
+        set(qo, "activations", a->fp8_act, err) || set(qo, "calib", a->calib, err) ||
+        set(qo, "calib_samples", a->samples, err) || set(qo, "calib_len", a->len, err) ||
+        set(qo, "exclude", a->exclude, err) || mopt_pipeline_add(p, pass, qo, err))
+        return cli_fail(err);
+    return 0;
+}
+
+/* --method auto: quant.auto plans on a model of its own (loaded afresh; weights are mapped), then its recipe joins
+ * the pipeline. */
+static int add_auto(qargs *a, cli_job *j, const char *model, mopt_error *err) {
+    if (a->have_bits || a->sym || a->act_order || a->have_alpha || a->fp8_act)
+        return cli_usage_error("quantize", "--method auto picks the formats itself; drop --bits/--sym/--act-order/--alpha/--act "
+                                           "(--group sets the int4 candidates' group size)");
+    mopt_model *m = mopt_model_load(model, NULL, err);
+    mopt_pipeline *pa = mopt_pipeline_new(j->r);
+    mopt_options *ao = mopt_options_new();
+    mopt_report *rep = mopt_report_new();
+    int rc = 0;
+    if (!m || !pa || !ao || !rep || set(ao, "bits_budget", a->budget, err) || set(ao, "candidates", a->candidates, err) ||
+        set(ao, "group_size", a->group, err) || set(ao, "calib", a->calib, err) || set(ao, "calib_samples", a->samples, err) ||
+        set(ao, "calib_len", a->len, err) || set(ao, "exclude", a->exclude, err) || mopt_pipeline_add(pa, "quant.auto", ao, err) ||
+        mopt_pipeline_run(pa, m, &j->ro, rep, err)) {
+        rc = cli_fail(err);
+    } else {
+        char *text = mopt_report_json(rep);
+        json_t *full = text ? json_loads(text, 0, NULL) : NULL;
+        free(text);
+        json_t *st = json_object_get(json_array_get(json_object_get(full, "passes"), 0), "strings");
+        const char *recipe = json_string_value(json_object_get(st, "recipe")), *plan = json_string_value(json_object_get(st, "plan"));
+        printf("quant.auto: %.3f bits/weight planned (budget %s): %s\n", mopt_report_get_metric(rep, "planned_bits_per_weight"),
+               a->budget[0] ? a->budget : "4.5", plan ? plan : "?");
+        if (!recipe || mopt_pipeline_add_recipe(j->p, recipe, "quant.auto", err)) rc = cli_fail(err);
+        json_decref(full);
+    }
+    mopt_report_free(rep);
+    mopt_options_free(ao);
+    mopt_pipeline_free(pa);
+    mopt_model_free(m);
+    return rc;
+}
+
+/* The --recipe file's passes (mopt_pipeline_add_recipe). */
+static int add_recipe(const char *path, mopt_pipeline *p, mopt_error *err) {
+    char *text = NULL;
+    size_t len = 0;
+    mopt_status st = cli_read_text(path, &text, &len, err);
+    if (!st) st = mopt_pipeline_add_recipe(p, text, path, err);
+    free(text);
+    return st ? cli_fail(err) : 0;
+}
+
 int cmd_quantize(int argc, char **argv) {
     qargs a = {0};
     int pr = parse(argc, argv, &a);
     if (pr < 0) return EXIT_OK;
     if (pr) return pr;
     char pass[64];
-    snprintf(pass, sizeof pass, "quant.%s", a.method);
+    snprintf(pass, sizeof pass, "quant.%s", a.method ? a.method : "recipe");
     cli_job j;
     int rc = cli_job_open(&j, a.quiet, a.threads);
     if (rc) return rc;
@@ -141,33 +237,10 @@ int cmd_quantize(int argc, char **argv) {
     mopt_report *rep = j.rep, *base_rep = NULL;
     mopt_pipeline *p = j.p, *pb = NULL;
     mopt_options *qo = j.o, *eo = mopt_options_new(), *xo = mopt_options_new();
-    int is_int = !strcmp(a.method, "rtn") || !strcmp(a.method, "awq") || !strcmp(a.method, "gptq");
-    if (!mopt_registry_find(r, pass)) {
-        rc = cli_usage_error("quantize", "unknown --method '%s' (rtn, awq, gptq, smoothquant, fp8)", a.method);
+    if ((rc = a.recipe                    ? add_recipe(a.recipe, p, &err)
+              : !strcmp(a.method, "auto") ? add_auto(&a, &j, argv[optind], &err)
+                                          : add_method(&a, r, p, qo, pass, &err)))
         goto done;
-    }
-    if (!is_int && (a.have_bits || a.have_group || a.sym)) {
-        rc = cli_usage_error("quantize", "--bits/--group/--sym apply to rtn, awq and gptq; %s has a fixed format", a.method);
-        goto done;
-    }
-    /* a method that does not calibrate ignores the calibration flags, with a note (not an error) */
-    const mopt_pass_desc *qd = mopt_registry_find(r, pass);
-    int calibrates = 0;
-    for (uint32_t k = 0; k < qd->n_opts; k++) calibrates |= !strcmp(qd->opts[k].name, "calib");
-    if (!calibrates && (a.calib || a.samples[0] || a.len[0])) {
-        if (!a.quiet) fprintf(stderr, "mopt: note: --method %s needs no calibration; --calib/--calib-samples/--calib-len are ignored\n", a.method);
-        a.calib = NULL;
-        a.samples[0] = a.len[0] = '\0';
-    }
-    /* map flags onto the pass's schema; the schema rejects what the method does not take */
-    if (set(qo, "bits", a.bits, &err) || set(qo, "group_size", a.group, &err) || (a.sym && set(qo, "sym", "true", &err)) ||
-        (a.act_order && set(qo, "act_order", "true", &err)) || set(qo, "alpha", a.alpha, &err) ||
-        set(qo, "activations", a.fp8_act, &err) || set(qo, "calib", a.calib, &err) ||
-        set(qo, "calib_samples", a.samples, &err) || set(qo, "calib_len", a.len, &err) ||
-        set(qo, "exclude", a.exclude, &err) || mopt_pipeline_add(p, pass, qo, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
     if (a.out) { /* export before eval: a failed export fails fast */
         const char *xp = cli_export_pass(a.format ? a.format : "hf", xo, &err);
         if (!xp) {
@@ -200,20 +273,31 @@ int cmd_quantize(int argc, char **argv) {
         }
         ppl_base = mopt_report_get_metric(base_rep, "ppl");
     }
-    /* the quant pass's own seconds */
-    double seconds = NAN;
+    /* each quant pass's line (a recipe runs several), then their sum */
+    double seconds = 0, wb = 0, wb0 = 0, nw = 0;
+    int n_quant = 0;
     char *text = mopt_report_json(rep);
-    json_t *full = text ? json_loads(text, 0, NULL) : NULL;
+    json_t *full = text ? json_loads(text, 0, NULL) : NULL, *qs;
     free(text);
-    json_t *qs = json_array_get(json_object_get(full, "passes"), 0);
-    if (qs) seconds = json_number_value(json_object_get(qs, "seconds"));
-    double ppl = mopt_report_get_metric(rep, "ppl"), bpw = mopt_report_get_metric(rep, "bits_per_weight");
-    double wb = mopt_report_get_metric(rep, "weight_bytes"), wb0 = mopt_report_get_metric(rep, "weight_bytes_baseline");
-    printf("%s: %.3f bits/weight, decoder linears %.2f MB -> %.2f MB, %.1f s\n", pass, bpw, wb0 / 1e6, wb / 1e6, seconds);
+    size_t qi;
+    json_array_foreach(json_object_get(full, "passes"), qi, qs) {
+        const char *name = json_string_value(json_object_get(qs, "name"));
+        json_t *m = json_object_get(qs, "metrics");
+        if (!name || strncmp(name, "quant.", 6) || !json_object_get(m, "weight_bytes")) continue;
+        const double s = json_number_value(json_object_get(qs, "seconds")), b = json_number_value(json_object_get(m, "weight_bytes"));
+        const double b0 = json_number_value(json_object_get(m, "weight_bytes_baseline"));
+        const double bpw = json_number_value(json_object_get(m, "bits_per_weight")), bpw0 = json_number_value(json_object_get(m, "bits_per_weight_baseline"));
+        printf("%s: %.3f bits/weight, decoder linears %.2f MB -> %.2f MB, %.1f s\n", name, bpw, b0 / 1e6, b / 1e6, s);
+        const char *cov = json_string_value(json_object_get(json_object_get(qs, "strings"), "coverage"));
+        if (cov) printf("%s: %s\n", name, cov);
+        seconds += s, wb += b, wb0 += b0, nw += bpw0 > 0 ? 8 * b0 / bpw0 : 0, n_quant++;
+    }
+    const double bpw = nw > 0 ? 8 * wb / nw : NAN, ppl = mopt_report_get_metric(rep, "ppl");
+    if (n_quant > 1) printf("all %d passes: %.3f bits/weight over the linears they changed, %.2f MB -> %.2f MB, %.1f s\n", n_quant, bpw, wb0 / 1e6, wb / 1e6, seconds);
     if (a.eval) printf("ppl %.4f (baseline %.4f, %+.3f%%)\n", ppl, ppl_base, 100.0 * (ppl / ppl_base - 1));
     if (a.report_path) {
         json_t *j = json_object();
-        json_object_set_new(j, "method", json_string(a.method));
+        json_object_set_new(j, "method", json_string(a.method ? a.method : "recipe"));
         json_object_set_new(j, "bits", json_integer((json_int_t)mopt_report_get_metric(rep, "bits")));
         json_object_set_new(j, "group_size", json_integer((json_int_t)mopt_report_get_metric(rep, "group_size")));
         json_object_set_new(j, "ppl", isnan(ppl) ? json_null() : json_real(ppl));

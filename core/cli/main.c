@@ -15,7 +15,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "token ids of a text with the model's tokenizer"},
     {"generate", cmd_generate, "generate text (greedy, temperature, top-p)"},
     {"eval", cmd_eval, "perplexity on a text file (the eval.perplexity pass)"},
-    {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8) and measure it"},
+    {"quantize", cmd_quantize, "quantize a model (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8) and measure it"},
     {"export", cmd_export, "write a checkpoint (dense Hugging Face), atomically"},
     {"distill", cmd_distill, "train a student on a teacher's distributions (distill.logits)"},
     {"qat", cmd_qat, "quantization-aware training, or with --teacher QAD (quant.qat)"},

@@ -20,7 +20,9 @@
  *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
  *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
  *         (only all-ones: mopt folds AWQ's smoothing into the graph instead)
- *         FP8: as float-quantized, scalar scales. */
+ *         FP8: as float-quantized, scalar scales.
+ *         NVFP4: weight U8 [out, in/2] (E2M1 pairs), weight_scale F8_E4M3
+ *         [out, in/16], scalars weight_scale_2 and input_scale (mopt/quant.h). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +46,8 @@ typedef struct hfq_cfg {
     int sparse24;             /* CT sparsity_config sparse-24-bitmask (float values, or int8 with sparse24_int8) */
     int sparse24_int8;        /* ... whose values are W8A8's int8 weights (a scale per row or one) */
     int marlin24;             /* CT format marlin-24: 2:4 with int4 values (W4A16) */
+    int nvfp4;                /* ModelOpt NVFP4 */
+    uint32_t packed_act;      /* CT pack-quantized: MOPT_QUANT_ACT_PER_TOKEN for FP8 activations per token (W4A8) */
     const char *file;
 } hfq_cfg;
 
@@ -281,6 +285,7 @@ static mopt_tensor *ct_packed_linear(mopt_graph *g, const char *p, const hfq_cfg
             z[o * ng + gg] = zp ? (uint8_t)((word(zp, (o / pf) * ng + gg) >> (b * (o % pf))) & mask) : (uint8_t)off;
     if (mopt_tensor_read_f32(sc, 0, out * ng, s, err)) goto done;
     t = levels_pack(&L, p, b, gs, zp ? z : NULL, gi ? gi->data : NULL, err);
+    if (t) t->quant->flags |= c->packed_act; /* W4A8: FP8 activations per token */
 done:
     levels_free(&L);
     return t;
@@ -350,6 +355,38 @@ static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq
     return t;
 }
 
+/* A float scalar part (shape [] or [1]) into *v; absent: *v untouched and 0 returned. */
+static int scalar_part(mopt_graph *g, const char *p, const char *suffix, float *v, mopt_error *err) {
+    const mopt_tensor *t = part(g, p, suffix);
+    if (!t) return 0;
+    if (!is_float(t) || mopt_tensor_nelements(t) != 1) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.%s must be one float", p, suffix);
+        return -1;
+    }
+    return mopt_tensor_read_f32(t, 0, 1, v, err) ? -1 : 1;
+}
+
+/* NVFP4: weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], weight_scale_2 and input_scale scalars; the
+ * stored bytes become mopt's MXFP tensor as they are */
+static mopt_tensor *modelopt_nvfp4_linear(mopt_graph *g, const char *p, mopt_error *err) {
+    const mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale");
+    const int64_t out = w->ndim == 2 ? w->ne[1] : 0, in = w->ndim == 2 ? w->ne[0] * 2 : 0;
+    if (!out || !sc || sc->dtype != MOPT_DTYPE_F8E4M3 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 16 != in) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs weight U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p);
+        return NULL;
+    }
+    float g2 = 0, act = 0;
+    const int has_g = scalar_part(g, p, "weight_scale_2", &g2, err), has_act = scalar_part(g, p, "input_scale", &act, err);
+    if (has_g < 0 || has_act < 0) return NULL;
+    if (!has_g) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale_2 (NVFP4's global scale) is missing", p);
+        return NULL;
+    }
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    return mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, out, in, w->data, sc->data, g2, has_act ? MOPT_QUANT_ACT_STATIC : 0, act, err);
+}
+
 /* --- config ----------------------------------------------------------------- */
 
 static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
@@ -361,6 +398,10 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: group_size %lld is not a usable group size", c->file, (long long)gs);
     c->group_size = (int32_t)gs;
     if (algo && !strcmp(algo, "W4A16_AWQ")) return MOPT_OK;
+    if (algo && !strcmp(algo, "NVFP4")) {
+        c->nvfp4 = 1;
+        return MOPT_OK;
+    }
     if (algo && !strcmp(algo, "FP8")) {
         c->fp8_act = MOPT_QUANT_ACT_STATIC;
         return MOPT_OK;
@@ -369,7 +410,7 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
         c->fp8_act = MOPT_QUANT_ACT_PER_TOKEN;
         return MOPT_OK;
     }
-    return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: ModelOpt quant_algo \"%s\" is not supported (W4A16_AWQ, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
+    return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: ModelOpt quant_algo \"%s\" is not supported (W4A16_AWQ, FP8, FP8_PER_CHANNEL_PER_TOKEN, NVFP4)",
                      c->file, algo ? algo : "(missing)");
 }
 
@@ -467,6 +508,16 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     }
     if (fmt && !strcmp(fmt, "pack-quantized") && bits != 2 && bits != 4 && bits != 8)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: pack-quantized with %lld bits (supported: 2, 4, 8)", c->file, (long long)bits);
+    if (fmt && !strcmp(fmt, "pack-quantized") && json_is_object(acts)) { /* W4A8 (FP8 per token) runs; other schemes would be dropped */
+        int64_t abits = 0;
+        if (!mopt_json_get_int_opt(acts, "num_bits", &abits, c->file, err)) return MOPT_E_FORMAT;
+        if (abits != 8 || !type || strcmp(type, "float") || !c->int_act_dynamic)
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                             "%s: pack-quantized weights with activation quantization are read with FP8 activations per token "
+                             "(dynamic, strategy token) only",
+                             c->file);
+        c->packed_act = MOPT_QUANT_ACT_PER_TOKEN;
+    }
     if (fmt && strcmp(fmt, "pack-quantized") && strcmp(fmt, "int-quantized") && strcmp(fmt, "float-quantized") &&
         strcmp(fmt, "naive-quantized"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
@@ -653,7 +704,7 @@ static mopt_tensor *ct_marlin24_linear(mopt_graph *g, const char *p, const hfq_c
 }
 
 static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale",
-                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight",
+                                    "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight", "weight_scale_2",
                                     "compressed", "bitmask", "shape", "meta", "scale_packed"};
 
 mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
@@ -682,9 +733,10 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
             else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.compressed is a compressed-tensors sparse weight, but %s names no sparse-24-bitmask", pre[i], config_path);
         } else if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);
+        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT && c.nvfp4) t = modelopt_nvfp4_linear(g, pre[i], err);
         else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT) t = modelopt_int4_linear(g, pre[i], &c, err);
         else if (w && w->dtype == MOPT_DTYPE_U8)
-            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ stores", pre[i]);
+            st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ and NVFP4 store", pre[i]);
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT && c.marlin24) t = ct_marlin24_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);

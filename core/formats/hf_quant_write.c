@@ -47,10 +47,16 @@ const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f)
         return "GGUF k-quants (Q4_K, Q5_K, Q6_K) have no Hugging Face layout; export them dense (format dense: dequantized) or as GGUF";
     if (s->dtype == MOPT_DTYPE_SP24)
         return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
+    if (s->dtype == MOPT_DTYPE_QINT && (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)) && f != MOPT_HF_CT)
+        return "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors";
+    if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)))
+        return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with activations=static for input_scale); "
+               "MXFP4 and MXFP8 export dense (dequantized) for now";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
-                                     : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true) and FP8 with "
-                                       "per-tensor static or per-channel dynamic activations; use compressed-tensors";
+                                     : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true), FP8 with "
+                                       "per-tensor static or per-channel dynamic activations, and NVFP4 with static activations; use "
+                                       "compressed-tensors";
     if (s->dtype != MOPT_DTYPE_QINT && f != MOPT_HF_CT) return "W8A8 and FP8 weights export as compressed-tensors";
     if (f == MOPT_HF_AWQ && s->bits != 4) return "AWQ GEMM holds 4-bit weights only";
     if (f == MOPT_HF_AWQ && s->act_order) return "AWQ has no act-order (g_idx); use gptq or compressed-tensors";
@@ -220,13 +226,15 @@ mopt_tq_algo mopt_tq_parse(const char *name) {
 /* the TensorRT-LLM / ModelOpt algorithm that holds the scheme's stored values */
 static mopt_tq_algo tq_of(const mopt_quant_scheme *s) {
     if (!s->n_packed) return MOPT_TQ_NONE;
+    if (s->dtype == MOPT_DTYPE_MXFP) return MOPT_TQ_NONE;
     if (s->dtype == MOPT_DTYPE_W8A8) return MOPT_TQ_W8A8;
     if (s->dtype == MOPT_DTYPE_FP8) {
         if ((s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_STATIC)) return MOPT_TQ_FP8;
         if (!(s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_PER_TOKEN)) return MOPT_TQ_FP8_PC;
         return MOPT_TQ_NONE;
     }
-    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order) return MOPT_TQ_NONE;
+    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order || (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)))
+        return MOPT_TQ_NONE; /* W4A8 per token has no TensorRT-LLM algorithm here */
     if (s->bits == 4 && s->group_size > 0) return MOPT_TQ_W4A16_AWQ;
     if (s->bits == 8 && s->group_size < 0) return MOPT_TQ_W8A16;
     return MOPT_TQ_NONE;
@@ -236,6 +244,8 @@ const char *mopt_trtllm_algo(const mopt_quant_scheme *s) { return mopt_tq_names[
 
 /* ModelOpt's unified checkpoint holds the int4 and FP8 kinds */
 const char *mopt_modelopt_algo(const mopt_quant_scheme *s) {
+    if (s->dtype == MOPT_DTYPE_MXFP) /* NVFP4 with its calibrated input_scale */
+        return !(s->flags & MOPT_QUANT_SCALE_E8M0) && (s->flags & MOPT_QUANT_ACT_STATIC) ? "NVFP4" : NULL;
     const mopt_tq_algo a = tq_of(s);
     return a == MOPT_TQ_W4A16_AWQ || a == MOPT_TQ_FP8 || a == MOPT_TQ_FP8_PC ? mopt_tq_names[a] : NULL;
 }
@@ -247,6 +257,41 @@ static uint8_t *pack_int4_rows(const mopt_tensor *t, const int64_t *perm) {
         for (int64_t o = 0; o < out; o++)
             for (int64_t i = 0; i < in; i++) mopt_int4_pair_put(w, in, o, i, mopt_qint_get(t, perm ? perm[o] : o, i));
     return w;
+}
+
+/* A float scalar (shape []) named P.PART. */
+static mopt_status add_scalar(mopt_st_list *l, const char *p, const char *part, float v, mopt_error *err) {
+    char name[MOPT_MAX_NAME + 32];
+    snprintf(name, sizeof name, "%s.%s", p, part);
+    float *d = malloc(sizeof *d);
+    if (d) *d = v;
+    return mopt_st_list_add(l, name, "F32", 0, NULL, d, sizeof *d, err);
+}
+
+/* ModelOpt NVFP4: weight U8 [out, in/2] (mopt's rows as they are), weight_scale F8_E4M3 [out, in/16], the
+ * scalars weight_scale_2 (G) and input_scale (the activations' global scale) */
+static mopt_status modelopt_nvfp4(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err) {
+    char name[MOPT_MAX_NAME + 32];
+    const int64_t out = t->ne[1], in = t->ne[0], nb = in / 16;
+    uint8_t *w = malloc((size_t)(out * in / 2) + 1), *sc = malloc((size_t)(out * nb) + 1);
+    if (!w || !sc) {
+        free(w), free(sc);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    }
+    for (int64_t r = 0; r < out; r++) {
+        const int64_t src = perm ? perm[r] : r;
+        memcpy(w + r * (in / 2), (const uint8_t *)t->data + (size_t)src * t->nb[1], (size_t)(in / 2));
+        memcpy(sc + r * nb, (const uint8_t *)t->quant->scale->data + src * nb, (size_t)nb);
+    }
+    const int64_t dw[2] = {out, in / 2}, ds[2] = {out, nb};
+    snprintf(name, sizeof name, "%s.weight", p);
+    mopt_status st = mopt_st_list_add(l, name, "U8", 2, dw, w, (size_t)(out * in / 2), err);
+    snprintf(name, sizeof name, "%s.weight_scale", p);
+    if (!st) st = mopt_st_list_add(l, name, "F8_E4M3", 2, ds, sc, (size_t)(out * nb), err);
+    else free(sc);
+    if (!st) st = add_scalar(l, p, "weight_scale_2", t->quant->global_scale, err);
+    if (!st) st = add_scalar(l, p, "input_scale", t->quant->act_scale, err);
+    return st;
 }
 
 /* ModelOpt unified HF: weight, weight_scale, pre_quant_scale / input_scale */
@@ -267,6 +312,7 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
         else free(ones);
         return st;
     }
+    if (t->dtype == MOPT_DTYPE_MXFP) return modelopt_nvfp4(l, p, t, perm, err);
     mopt_status st = ct_8bit(l, p, t, perm, err); /* FP8: weight, weight_scale, input_scale */
     const int per_tensor = (t->quant->flags & MOPT_QUANT_PER_TENSOR) != 0;
     for (int32_t i = l->n - 1; !st && i >= 0 && i >= l->n - 2; i--) /* scales: scalars per tensor, [out] per channel */
@@ -371,6 +417,7 @@ static json_t *float_linears(const mopt_graph *g) {
 static json_t *modelopt_quantization(const mopt_graph *g, const mopt_quant_scheme *s) {
     json_t *q = json_pack("{s:s, s:n, s:o}", "quant_algo", mopt_modelopt_algo(s), "kv_cache_quant_algo", "exclude_modules",
                           float_linears(g));
+    if (s->dtype == MOPT_DTYPE_MXFP) json_object_set_new(q, "group_size", json_integer(16));
     if (s->dtype == MOPT_DTYPE_QINT) {
         json_object_set_new(q, "group_size", json_integer(s->group_size));
         json_object_set_new(q, "has_zero_point", json_false());
@@ -391,6 +438,11 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         json_object_set_new(q, "quant_method", json_string("modelopt"));
         json_object_set_new(q, "producer", json_pack("{s:s, s:s}", "name", "modelopt", "version", "mopt"));
         json_object_set(q, "ignore", json_object_get(q, "exclude_modules"));
+        if (s->dtype == MOPT_DTYPE_MXFP) /* NVFP4: a static global and dynamic per-16 scales for the activations */
+            json_object_set_new(q, "config_groups",
+                                json_pack("{s:{s:[s], s:{s:b, s:i, s:s, s:i}, s:{s:b, s:i, s:s, s:i}}}", "group_0", "targets",
+                                          "Linear", "input_activations", "dynamic", 0, "num_bits", 4, "type", "float",
+                                          "group_size", 16, "weights", "dynamic", 0, "num_bits", 4, "type", "float", "group_size", 16));
         if (s->dtype == MOPT_DTYPE_FP8) {
             const int pt = (s->flags & MOPT_QUANT_PER_TENSOR) != 0;
             json_object_set_new(q, "config_groups",
@@ -436,6 +488,9 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
                       "actorder", s->act_order ? "group" : "");
         if (!s->act_order) json_object_set_new(w, "actorder", json_null());
         json_object_set_new(w, "group_size", s->group_size > 0 ? json_integer(s->group_size) : json_null());
+        if (s->flags & MOPT_QUANT_ACT_PER_TOKEN) /* W4A8: FP8 activations per token */
+            act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy", "token",
+                            "dynamic", 1, "group_size");
     } else if (s->dtype == MOPT_DTYPE_W8A8 || s->dtype == MOPT_DTYPE_SP24) { /* SP24 here: int8 values */
         format = "int-quantized";
         w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "int", "symmetric", 1, "strategy",

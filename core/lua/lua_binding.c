@@ -300,6 +300,14 @@ static int pipeline_gc(lua_State *L) {
 }
 
 /* mopt.pipeline{ {"pass", {opts}}, "pass<k=v>", ... } or mopt.pipeline("text") */
+/* The recipe string of the step table on top of the stack, or NULL (the stack is left as it was; the string stays
+ * alive in the table). */
+static const char *step_recipe(lua_State *L) {
+    const char *r = lua_getfield(L, -1, "recipe") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1);
+    return r;
+}
+
 static int l_pipeline(lua_State *L) {
     lua_ctx *c = get_ctx(L);
     pipeline_box *b = lua_newuserdatauv(L, sizeof *b, 0);
@@ -320,6 +328,8 @@ static int l_pipeline(lua_State *L) {
         mopt_status st;
         if (lua_type(L, -1) == LUA_TSTRING) {
             st = mopt_pipeline_parse(b->p, lua_tostring(L, -1), &err);
+        } else if (lua_type(L, -1) == LUA_TTABLE && step_recipe(L)) {
+            st = mopt_pipeline_add_recipe(b->p, step_recipe(L), "recipe", &err); /* {recipe = JSON}: per-layer formats */
         } else if (lua_type(L, -1) == LUA_TTABLE) {
             lua_geti(L, -1, 1);
             const char *name = lua_tostring(L, -1);
@@ -334,7 +344,7 @@ static int l_pipeline(lua_State *L) {
             mopt_options_free(raw);
             lua_pop(L, 1);
         } else {
-            return luaL_error(L, "mopt.pipeline: step %d must be {\"pass\", {options}} or \"pass<k=v>\"", (int)i);
+            return luaL_error(L, "mopt.pipeline: step %d must be {\"pass\", {options}}, \"pass<k=v>\" or {recipe = JSON}", (int)i);
         }
         lua_pop(L, 1);
         if (st) return luaL_error(L, "mopt.pipeline: %s", err.msg);
@@ -430,7 +440,7 @@ static int report_index(lua_State *L) {
     }
     /* read in place, no JSON text round trip (jansson's iterators take non-const; nothing is changed) */
     json_t *root = (json_t *)mopt_report_tree(b->r);
-    if (!strcmp(k, "metrics")) {
+    if (!strcmp(k, "metrics") || !strcmp(k, "strings")) {
         /* merged over successful passes, later passes win */
         lua_newtable(L);
         size_t i;
@@ -439,7 +449,7 @@ static int report_index(lua_State *L) {
             if (strcmp(json_string_value(json_object_get(s, "status")), "ok") != 0) continue;
             const char *mk;
             json_t *mv;
-            json_object_foreach(json_object_get(s, "metrics"), mk, mv) {
+            json_object_foreach(json_object_get(s, k), mk, mv) {
                 push_json(L, mv);
                 lua_setfield(L, -2, mk);
             }

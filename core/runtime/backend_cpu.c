@@ -140,6 +140,27 @@ static const float *sp24_values(const cpu_ctx *c, const mopt_tensor *w, int64_t 
     return dst;
 }
 
+#define MXFP_CHUNK 64 /* MXFP blocks whose scales are widened at a time */
+
+/* Row o of a block-scaled float weight (MXFP), MXFP_CHUNK blocks at a time:
+ * its dot product with x, or (x NULL) the row widened into dst */
+static float mxfp_row(const mopt_kernels *k, const mopt_tensor *w, int64_t o, const float *x, float *dst) {
+    const int64_t gs = w->quant->group_size, nb = w->ne[0] / gs;
+    const int fp4 = w->quant->bits == 4;
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+    float bs[MXFP_CHUNK], s = 0;
+    for (int64_t b0 = 0; b0 < nb; b0 += MXFP_CHUNK) {
+        const int64_t n = nb - b0 < MXFP_CHUNK ? nb - b0 : MXFP_CHUNK, c0 = b0 * gs;
+        const uint8_t *q = row + (fp4 ? c0 / 2 : c0);
+        mopt_mxfp_block_scales(w, o, b0, n, bs);
+        if (x) s += fp4 ? k->dot_fp4(q, bs, gs, x + c0, n * gs) : k->dot_e4m3_blocks(q, bs, gs, x + c0, n * gs);
+        else if (fp4) k->dequant_fp4(q, bs, gs, n * gs, dst + c0);
+        else
+            for (int64_t b = 0; b < n; b++) k->dequant_e4m3(q + b * gs, gs, bs[b], dst + c0 + b * gs);
+    }
+    return s;
+}
+
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
@@ -158,6 +179,9 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
             if (v != d + in / 2) memcpy(d + in / 2, v, (size_t)(in / 2) * sizeof *d);
             mopt_sp24_spread(d, mopt_sp24_positions(w, o0 + r), in);
         }
+        return;
+    case MOPT_DTYPE_MXFP:
+        for (int64_t r = 0; r < rows; r++) mxfp_row(c->k, w, o0 + r, NULL, dst + r * in);
         return;
     case MOPT_DTYPE_FP8: {
         const mopt_quant_info *q = w->quant;
@@ -303,6 +327,12 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
                 j->y[(size_t)t * j->y_stride + o] = k->dot_e4m3(row, j->x + (size_t)t * j->x_stride, j->in) * ws[per_tensor ? 0 : o] +
                                                     bias_at(j->b, o);
         }
+        return;
+    }
+    if (w->dtype == MOPT_DTYPE_MXFP) { /* NVFP4, MXFP4, MXFP8 rows read in place */
+        for (int64_t o = o0; o < o1; o++)
+            for (int32_t t = 0; t < j->T; t++)
+                j->y[(size_t)t * j->y_stride + o] = mxfp_row(k, w, o, j->x + (size_t)t * j->x_stride, NULL) + bias_at(j->b, o);
         return;
     }
     if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* act-order QINT and Q5_K: widen one row, then dot */
@@ -476,9 +506,9 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
         const float a = fabsf(x[i]);
         mx = a > mx ? a : mx;
     }
-    const float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
+    const float s = mx > 0 ? mx / 127.0f : 1.0f;
     for (int64_t i = 0; i < in; i++) {
-        float v = x[i] * inv;
+        float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s, which can round to the next level */
         v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f; /* NaN goes to -127, as fmaxf did */
         v = (v + 12582912.0f) - 12582912.0f;
         if (qf) qf[i] = v;
@@ -608,8 +638,11 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
             run_gemv(c, &j, sp24_i8 ? sp24_i8_task : w8a8_task);
         return MOPT_OK;
     }
-    if (w->dtype == MOPT_DTYPE_FP8 && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {
-        /* activations rounded to the E4M3 grid, per token or with the calibrated scale */
+    const int fp8_act = (w->dtype == MOPT_DTYPE_FP8 || w->dtype == MOPT_DTYPE_QINT) &&
+                        (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC));
+    if (fp8_act) {
+        /* activations rounded to the E4M3 grid, per token or with the calibrated scale (FP8, and W4A8's int4 rows, which
+         * then take the float path below rather than int8 activations) */
         float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
         if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         for (int32_t t = 0; t < T; t++) {
@@ -625,7 +658,20 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         j.x = xr;
         j.x_stride = (int32_t)in;
     }
-    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
+    if (w->dtype == MOPT_DTYPE_MXFP && (w->quant->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))) {
+        /* activations rounded onto the weights' format block by block; NVFP4's global scale calibrated (act_scale), or
+         * per token (0) */
+        const mopt_mxfp_kind kind = mopt_mxfp_kind_of(w);
+        float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
+        if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(xr + (size_t)t * in, x + (size_t)t * xs, (size_t)in * sizeof(float));
+            mopt_mxfp_round(kind, xr + (size_t)t * in, in, w->quant->act_scale);
+        }
+        j.x = xr;
+        j.x_stride = (int32_t)in;
+    }
+    if (w->dtype == MOPT_DTYPE_QINT && !fp8_act && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
         in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
         /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
         const int64_t ng = w->quant->scale->ne[0];

@@ -87,6 +87,14 @@ typedef struct mopt_kernels {
     /* the same with int4 kept values read in place (SP24 with MOPT_QUANT_VALUES_I4: QINT 4-bit blocks of 32 kept
      * values, level - 8) and scaled per group of gs inputs by the f16 scales; n and gs multiples of 64 */
     float (*dot_sp24_i4)(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
+    /* Block-scaled floats (MOPT_DTYPE_MXFP in mopt/quant.h) over n values, n a multiple of 32 and gs 16 or 32, each
+     * block of gs values times its scale bs[block] (global scale included):
+     * dot_fp4: sum of e2m1(q) * x, two E2M1 codes a byte (value 2k in the low nibble), read in place */
+    float (*dot_fp4)(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);
+    /* dequant_fp4: dst[i] = e2m1(q[i]) * bs[i / gs], exactly mopt_e2m1_to_f32 times the scale (for SGEMM in prefill) */
+    void (*dequant_fp4)(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst);
+    /* dot_e4m3_blocks: sum of e4m3(q) * x over E4M3 bytes (MXFP8), read in place */
+    float (*dot_e4m3_blocks)(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */
@@ -99,6 +107,9 @@ float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, 
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
 void mopt_round_e4m3_avx2(const float *x, int64_t n, float s, float *out);
+float mopt_dot_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);
+void mopt_dequant_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst);
+float mopt_dot_e4m3_blocks_avx2(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);
 float mopt_dot_sp24_i4_avx2(const uint8_t *vals, const uint16_t *scales, int64_t gs, const uint8_t *pos, const float *x, int64_t n);
 /* The AVX2 integer GEMVs, k-quant kernels and unpacking, which the AVX-512 set shares (the prefill GEMMs are
  * built in each file from kernels_tiles.h). */

@@ -446,6 +446,49 @@ float mopt_dot_sp24_i4_avx2(const uint8_t *vals, const uint16_t *scales, int64_t
     return hsum(total);
 }
 
+/* 16 E2M1 codes from 8 bytes (value 2k in the low nibble), in value order, as int8 twice their value: the
+ * magnitudes 0, 0.5, ..., 6 in halves are the integers 0..12 */
+static inline __m128i load_e2m1_x2(const uint8_t *p) {
+    const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m128i b = _mm_loadl_epi64((const __m128i *)p), m = _mm_set1_epi8(0x0f);
+    return _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m)));
+}
+
+float mopt_dot_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < n; b0 += gs) {
+        __m256 blk = _mm256_setzero_ps();
+        for (int64_t i = b0; i < b0 + gs; i += 16) {
+            const __m128i v = load_e2m1_x2(q + i / 2);
+            blk = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), _mm256_loadu_ps(x + i), blk);
+            blk = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), _mm256_loadu_ps(x + i + 8), blk);
+        }
+        acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(0.5f * *bs++), acc); /* blocks in order */
+    }
+    return hsum(acc);
+}
+
+void mopt_dequant_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst) {
+    const int sh = gs == 16 ? 4 : 5; /* the block of value i: i >> sh, not a division per step */
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m128i v = load_e2m1_x2(q + i / 2);
+        const __m256 s = _mm256_set1_ps(0.5f * bs[i >> sh]);
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s));
+        _mm256_storeu_ps(dst + i + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), s));
+    }
+}
+
+/* load_e4m3 gives each value times 2^-8; the 2^8 goes into the block's scale */
+float mopt_dot_e4m3_blocks_avx2(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < n; b0 += gs) {
+        __m256 blk = _mm256_setzero_ps();
+        for (int64_t i = b0; i < b0 + gs; i += 8) blk = _mm256_fmadd_ps(load_e4m3(q + i), _mm256_loadu_ps(x + i), blk);
+        acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(256.0f * *bs++), acc);
+    }
+    return hsum(acc);
+}
+
 const mopt_kernels mopt_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32,
@@ -475,4 +518,7 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_sp24_bf16 = mopt_dot_sp24_bf16_avx2,
     .dot_sp24_i8 = mopt_dot_sp24_i8_avx2,
     .dot_sp24_i4 = mopt_dot_sp24_i4_avx2,
+    .dot_fp4 = mopt_dot_fp4_avx2,
+    .dequant_fp4 = mopt_dequant_fp4_avx2,
+    .dot_e4m3_blocks = mopt_dot_e4m3_blocks_avx2,
 };

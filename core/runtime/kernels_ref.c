@@ -298,6 +298,30 @@ static float dot_sp24_i4(const uint8_t *vals, const uint16_t *scales, int64_t gs
     return s;
 }
 
+static float dot_fp4(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t b0 = 0; b0 < n; b0 += gs) {
+        float a = 0;
+        for (int64_t i = b0; i < b0 + gs; i++) a += mopt_e2m1_to_f32((uint8_t)(q[i / 2] >> (4 * (i & 1)) & 15)) * x[i];
+        s += a * bs[b0 / gs];
+    }
+    return s;
+}
+
+static void dequant_fp4(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = mopt_e2m1_to_f32((uint8_t)(q[i / 2] >> (4 * (i & 1)) & 15)) * bs[i / gs];
+}
+
+static float dot_e4m3_blocks(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t b0 = 0; b0 < n; b0 += gs) {
+        float a = 0;
+        for (int64_t i = b0; i < b0 + gs; i++) a += mopt_e4m3_to_f32(q[i]) * x[i];
+        s += a * bs[b0 / gs];
+    }
+    return s;
+}
+
 const mopt_kernels mopt_kernels_ref = {
     .name = "ref",
     .dot_f32 = dot_f32,
@@ -327,4 +351,7 @@ const mopt_kernels mopt_kernels_ref = {
     .dot_sp24_bf16 = dot_sp24_bf16,
     .dot_sp24_i8 = dot_sp24_i8,
     .dot_sp24_i4 = dot_sp24_i4,
+    .dot_fp4 = dot_fp4,
+    .dequant_fp4 = dequant_fp4,
+    .dot_e4m3_blocks = dot_e4m3_blocks,
 };

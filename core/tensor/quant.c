@@ -45,7 +45,7 @@ mopt_tensor *mopt_packed_new(const char *name, mopt_dtype dtype, int64_t out, in
 }
 
 /* A side tensor of a packed weight ("NAME.scales", ".zeros", ".g_idx"). */
-static mopt_tensor *side_new(const char *name, const char *suffix, mopt_dtype dtype, int ndim, const int64_t *dims,
+mopt_tensor *mopt_packed_side_new(const char *name, const char *suffix, mopt_dtype dtype, int ndim, const int64_t *dims,
                              mopt_error *err) {
     char sub[MOPT_MAX_NAME + 16];
     snprintf(sub, sizeof sub, "%.80s.%s", name, suffix);
@@ -55,7 +55,7 @@ static mopt_tensor *side_new(const char *name, const char *suffix, mopt_dtype dt
 /* One f32 scale per row (or one for the tensor) for the 8-bit per-channel formats. */
 mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err) {
     int64_t sd[1] = {n};
-    t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F32, 1, sd, err);
+    t->quant->scale = mopt_packed_side_new(name, "scales", MOPT_DTYPE_F32, 1, sd, err);
     if (!t->quant->scale) {
         mopt_tensor_free(t);
         return NULL;
@@ -67,7 +67,7 @@ mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const floa
 /* F16 scales [out, ng] (QINT and 2:4 int4), rounded to nearest even. */
 mopt_tensor *mopt_packed_f16_scales(mopt_tensor *t, const char *name, const float *scales, int64_t out, int64_t ng, mopt_error *err) {
     const int64_t sd[2] = {out, ng};
-    t->quant->scale = side_new(name, "scales", MOPT_DTYPE_F16, 2, sd, err);
+    t->quant->scale = mopt_packed_side_new(name, "scales", MOPT_DTYPE_F16, 2, sd, err);
     if (!t->quant->scale) {
         mopt_tensor_free(t);
         return NULL;
@@ -150,13 +150,13 @@ mopt_tensor *mopt_qint_pack(const char *name, int64_t out, int64_t in, int32_t b
     int64_t sdims[2] = {out, ng};
     if (!mopt_packed_f16_scales(t, name, scales, out, ng, err)) return NULL;
     if (zeros) {
-        t->quant->zero = side_new(name, "zeros", MOPT_DTYPE_U8, 2, sdims, err);
+        t->quant->zero = mopt_packed_side_new(name, "zeros", MOPT_DTYPE_U8, 2, sdims, err);
         if (!t->quant->zero) goto fail;
         memcpy(t->quant->zero->data, zeros, (size_t)(out * ng));
     }
     if (g_idx) {
         int64_t gd[1] = {in};
-        t->quant->g_idx = side_new(name, "g_idx", MOPT_DTYPE_I32, 1, gd, err);
+        t->quant->g_idx = mopt_packed_side_new(name, "g_idx", MOPT_DTYPE_I32, 1, gd, err);
         if (!t->quant->g_idx) goto fail;
         for (int64_t c = 0; c < in; c++) {
             if (g_idx[c] < 0 || g_idx[c] >= ng) {
@@ -209,19 +209,20 @@ mopt_tensor *mopt_fp8_pack(const char *name, int64_t out, int64_t in, const uint
 
 /* --- E4M3 -------------------------------------------------------------------- */
 
-uint8_t mopt_f32_to_e4m3(float f) {
+/* In double, so that a quotient (the NVFP4 block scale) is rounded onto the grid once. */
+uint8_t mopt_e4m3_from_double(double f) {
     if (isnan(f)) return 0x7f;
     uint8_t sign = signbit(f) ? 0x80 : 0;
-    float a = fabsf(f);
-    if (a >= 464.0f) return sign | 0x7e; /* saturate: 448 is the largest finite */
-    if (a < 0.015625f) {                 /* below 2^-6: subnormal steps of 2^-9 (8 rounds up to the first normal) */
-        int q = (int)nearbyintf(a * 512.0f);
+    double a = fabs(f);
+    if (a >= 464.0) return sign | 0x7e; /* saturate: 448 is the largest finite */
+    if (a < 0.015625) {                 /* below 2^-6: subnormal steps of 2^-9 (8 rounds up to the first normal) */
+        int q = (int)nearbyint(a * 512.0);
         return sign | (uint8_t)q;
     }
     int ex;
-    frexpf(a, &ex);
+    frexp(a, &ex);
     int e = ex - 1; /* a = 1.m * 2^e */
-    int m = (int)nearbyintf((ldexpf(a, -e) - 1.0f) * 8.0f);
+    int m = (int)nearbyint((ldexp(a, -e) - 1.0) * 8.0);
     if (m == 8) {
         m = 0;
         e++;
@@ -229,6 +230,8 @@ uint8_t mopt_f32_to_e4m3(float f) {
     if (e > 8 || (e == 8 && m > 6)) return sign | 0x7e;
     return sign | (uint8_t)((e + 7) << 3 | m);
 }
+
+uint8_t mopt_f32_to_e4m3(float f) { return mopt_e4m3_from_double(f); }
 
 float mopt_e4m3_to_f32(uint8_t b) {
     int e = (b >> 3) & 15, m = b & 7;
@@ -265,6 +268,10 @@ mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, m
         mopt_kquant_row_f32(t, row, out);
         return MOPT_OK;
     }
+    if (t->dtype == MOPT_DTYPE_MXFP) {
+        mopt_mxfp_row_f32(t, row, out);
+        return MOPT_OK;
+    }
     if (t->dtype != MOPT_DTYPE_QINT) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: unknown packed dtype", t->name);
     const int64_t ng = qi->scale->ne[0];
     const uint16_t *sc = (const uint16_t *)qi->scale->data + row * ng;
@@ -285,6 +292,7 @@ int64_t mopt_weight_storage_bytes(const mopt_tensor *t) {
         if (t->quant->scale) n += (int64_t)mopt_tensor_nbytes(t->quant->scale);
         if (t->quant->zero) n += (int64_t)mopt_tensor_nbytes(t->quant->zero);
         if (t->quant->g_idx) n += (int64_t)mopt_tensor_nbytes(t->quant->g_idx);
+        if (mopt_mxfp_kind_of(t) == MOPT_MXFP_NVFP4) n += (int64_t)sizeof(float); /* the global scale */
     }
     return n;
 }

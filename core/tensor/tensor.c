@@ -39,6 +39,7 @@ const char *mopt_dtype_name(mopt_dtype t) {
     case MOPT_DTYPE_FP8: return "fp8_e4m3";
     case MOPT_DTYPE_SP24: return "sp24";
     case MOPT_DTYPE_KQUANT: return "kquant";
+    case MOPT_DTYPE_MXFP: return "mxfp";
     default: return "?";
     }
 }

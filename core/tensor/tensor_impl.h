@@ -32,10 +32,21 @@ mopt_tensor *mopt_tensor_transpose2d(const mopt_tensor *t, const char *name, int
 /* A packed weight [out, in] of `row_bytes` per row, zero-filled, with an empty quant info. */
 mopt_tensor *mopt_packed_new(const char *name, mopt_dtype dtype, int64_t out, int64_t in, size_t row_bytes, mopt_error *err);
 
+/* A side tensor of a packed weight, named "NAME.SUFFIX" (scales, zeros, g_idx). */
+mopt_tensor *mopt_packed_side_new(const char *name, const char *suffix, mopt_dtype dtype, int ndim, const int64_t *dims,
+                                  mopt_error *err);
 /* Gives packed t an F32 scale tensor [n] holding scales; frees t and returns NULL on failure. */
 mopt_tensor *mopt_packed_f32_scales(mopt_tensor *t, const char *name, const float *scales, int64_t n, mopt_error *err);
 /* F16 scales [out, ng]; like the above, frees t on failure. */
 mopt_tensor *mopt_packed_f16_scales(mopt_tensor *t, const char *name, const float *scales, int64_t out, int64_t ng, mopt_error *err);
+
+/* MXFP rows (layout in mopt/quant.h): the float each of blocks b0..b0+n-1
+ * of `row` multiplies its values by (global scale included), and a whole
+ * row dequantized. */
+/* mopt_f32_to_e4m3 for a double: a quotient rounded onto E4M3 once. */
+uint8_t mopt_e4m3_from_double(double f);
+void mopt_mxfp_block_scales(const mopt_tensor *t, int64_t row, int64_t b0, int64_t n, float *out);
+void mopt_mxfp_row_f32(const mopt_tensor *t, int64_t row, float *out);
 
 /* SP24 rows (layout in mopt/quant.h; rows padded to 4 bytes): the kept values
  * of `row` widened to fp32 vals[in/2], its position bytes, and the whole row

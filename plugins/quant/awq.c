@@ -407,7 +407,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     calib_free(&c);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        q_report(h, report, "awq", sp, before, after, weights, n);
+        st = q_report(h, report, g, o, "awq", sp, before, after, weights, n, err);
         h->report_metric(report, "scale_groups", n_groups_applied);
         h->report_metric(report, "search_samples", S);
     }
@@ -417,6 +417,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
 
 static const mopt_opt_spec opts[] = {
     Q_INT_OPTS("4", "128"),
+    Q_ACT_OPT,
     {"clip", MOPT_OPT_BOOL, 0, "search per-group clipping after scaling (AutoAWQ's apply_clip)", "true", 0, -1, NULL},
     {"search_samples", MOPT_OPT_INT, 0, "calibration windows used to judge scales and clipping", "64", 1, 4096, NULL},
     {"duo_scaling", MOPT_OPT_BOOL, 0, "AutoAWQ's x_mean^r / w_mean^(1-r) instead of llm-awq's x_mean^r", "false", 0, -1, NULL},

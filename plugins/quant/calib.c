@@ -1,4 +1,5 @@
 /* Calibration data and the layer-by-layer runner (see calib.h). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,43 @@ void calib_free(calib *c) {
 
 void calib_tick(calib *c) { c->h->progress(c->ctx, ++c->done, c->total); }
 
+mopt_status calib_windows(const mopt_host_api *h, mopt_pass_ctx *ctx, const mopt_graph *g, const mopt_options *o, int32_t **tokens,
+                          int32_t *N, int32_t *L, mopt_error *err) {
+    const mopt_arch *a = h->graph_arch(g);
+    *tokens = NULL;
+    *N = (int32_t)h->opt_int(o, "calib_samples");
+    *L = (int32_t)h->opt_int(o, "calib_len");
+    const char *path = h->opt_string(o, "calib");
+    if (*L > a->max_ctx)
+        return h->error_set(err, MOPT_E_INVALID, "calib", "calib_len %d exceeds the model's context of %d", *L, a->max_ctx);
+    mopt_model *m = h->ctx_model(ctx);
+    const mopt_tokenizer *tok = m ? h->model_tokenizer(m) : NULL;
+    if (!tok) return h->error_set(err, MOPT_E_INVALID, "calib", "calibration needs the model's tokenizer");
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mopt_status st = h->tokenizer_encode_file(tok, path, 0, &ids, &n, err);
+    if (st) return st;
+    if ((int64_t)n < *L) {
+        free(ids);
+        return h->error_set(err, MOPT_E_INVALID, "calib",
+                            "%s holds %zu tokens, fewer than one calibration window of %d (lower calib_len or give more text)",
+                            path, n, *L);
+    }
+    if (!(*tokens = malloc((size_t)*N * (size_t)*L * sizeof(int32_t)))) {
+        free(ids);
+        return h->error_set(err, MOPT_E_NOMEM, "calib", "out of memory for %d x %d calibration tokens", *N, *L);
+    }
+    /* windows: seeded starts anywhere in the text */
+    uint64_t rs = 0x9E3779B97F4A7C15ull ^ ((uint64_t)h->opt_int(o, "seed") * 0xBF58476D1CE4E5B9ull + 1);
+    const uint64_t span = (uint64_t)n - (uint64_t)*L + 1;
+    for (int32_t i = 0; i < *N; i++) {
+        uint64_t start = mopt_rand(&rs) % span;
+        memcpy(*tokens + (size_t)i * *L, ids + start, (size_t)*L * sizeof(int32_t));
+    }
+    free(ids);
+    return MOPT_OK;
+}
+
 mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                        int64_t progress_total, mopt_error *err) {
     memset(c, 0, sizeof *c);
@@ -27,36 +65,18 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     c->total = progress_total;
     c->kept_layer = -1;
     const mopt_arch *a = h->graph_arch(g);
-    c->N = (int32_t)h->opt_int(o, "calib_samples");
-    c->L = (int32_t)h->opt_int(o, "calib_len");
     c->D = a->dim;
     c->n_layers = a->n_layers;
-    const char *path = h->opt_string(o, "calib");
-    if (c->L > a->max_ctx)
-        return h->error_set(err, MOPT_E_INVALID, "calib", "calib_len %d exceeds the model's context of %d", c->L, a->max_ctx);
-    mopt_model *m = h->ctx_model(ctx);
-    const mopt_tokenizer *tok = m ? h->model_tokenizer(m) : NULL;
-    if (!tok) return h->error_set(err, MOPT_E_INVALID, "calib", "calibration needs the model's tokenizer");
-    int32_t *ids = NULL;
-    size_t n = 0;
-    mopt_status st = h->tokenizer_encode_file(tok, path, 0, &ids, &n, err);
+    mopt_status st = calib_windows(h, ctx, g, o, &c->tokens, &c->N, &c->L, err);
     if (st) return st;
-    if ((int64_t)n < c->L) {
-        free(ids);
-        return h->error_set(err, MOPT_E_INVALID, "calib",
-                            "%s holds %zu tokens, fewer than one calibration window of %d (lower calib_len or give more text)",
-                            path, n, c->L);
-    }
     /* layer node ranges and their input/output values, read from the graph */
     c->first = malloc((size_t)c->n_layers * sizeof(int32_t));
     c->last = malloc((size_t)c->n_layers * sizeof(int32_t));
     c->in_value = malloc((size_t)c->n_layers * sizeof(int32_t));
     c->out_value = malloc((size_t)c->n_layers * sizeof(int32_t));
-    c->tokens = malloc((size_t)c->N * (size_t)c->L * sizeof(int32_t));
     c->x = malloc((size_t)c->N * (size_t)c->L * (size_t)c->D * sizeof(float));
     c->x_next = malloc((size_t)c->N * (size_t)c->L * (size_t)c->D * sizeof(float));
-    if (!c->first || !c->last || !c->in_value || !c->out_value || !c->tokens || !c->x || !c->x_next) {
-        free(ids);
+    if (!c->first || !c->last || !c->in_value || !c->out_value || !c->x || !c->x_next) {
         calib_free(c);
         return h->error_set(err, MOPT_E_NOMEM, "calib", "out of memory for %d x %d calibration activations", c->N, c->L);
     }
@@ -71,14 +91,6 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
         c->last[nd->layer] = i + 1;
         c->out_value[nd->layer] = nd->output;
     }
-    /* windows: seeded starts anywhere in the text */
-    uint64_t rs = 0x9E3779B97F4A7C15ull ^ ((uint64_t)h->opt_int(o, "seed") * 0xBF58476D1CE4E5B9ull + 1);
-    const uint64_t span = (uint64_t)n - (uint64_t)c->L + 1;
-    for (int32_t i = 0; i < c->N; i++) {
-        uint64_t start = mopt_rand(&rs) % span;
-        memcpy(c->tokens + (size_t)i * c->L, ids + start, (size_t)c->L * sizeof(int32_t));
-    }
-    free(ids);
     mopt_session_opts so = {0};
     so.struct_size = sizeof so;
     so.n_threads = h->ctx_n_threads(ctx);
@@ -156,4 +168,35 @@ void calib_advance(calib *c) {
     float *t = c->x;
     c->x = c->x_next;
     c->x_next = t;
+}
+
+typedef struct {
+    const qlinear *ls;
+    int32_t n;
+    float *amax;
+} amax_stats;
+
+static void track_amax(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w, const float *out,
+                       int32_t out_w, int32_t T) {
+    amax_stats *s = user;
+    for (int32_t i = 0; i < s->n; i++) {
+        if (s->ls[i].node != node) continue;
+        for (int64_t k = 0; k < (int64_t)T * in_w[0]; k++) s->amax[i] = fmaxf(s->amax[i], fabsf(in[0][k]));
+    }
+}
+
+mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                             int32_t n, float *amax, mopt_error *err) {
+    const mopt_arch *a = h->graph_arch(g);
+    amax_stats stats = {ls, n, amax};
+    calib c;
+    mopt_status st = calib_init(&c, h, ctx, g, o, a->n_layers, err); /* it cleans up when it fails */
+    if (st) return st;
+    for (int32_t l = 0; l < a->n_layers && !st; l++) {
+        st = calib_run_layer(&c, l, -1, track_amax, &stats, 1, err);
+        calib_advance(&c);
+        calib_tick(&c);
+    }
+    calib_free(&c);
+    return st;
 }

@@ -28,6 +28,11 @@ typedef struct calib {
     {"calib_len", MOPT_OPT_INT, 0, "tokens per calibration window", "512", 2, 1 << 16, NULL},                 \
     {"seed", MOPT_OPT_INT, 0, "seed for choosing the windows", "0", 0, 2147483647, NULL}
 
+/* Tokenizes the calibration file and draws calib_samples windows of calib_len
+ * tokens (seeded): *tokens [N, L], malloc'd. Fails before any work when the
+ * file holds fewer tokens than one window. */
+mopt_status calib_windows(const mopt_host_api *h, mopt_pass_ctx *ctx, const mopt_graph *g, const mopt_options *o, int32_t **tokens,
+                          int32_t *N, int32_t *L, mopt_error *err);
 /* Tokenizes the file, draws the windows and computes layer 0's input.
  * Fails before any work when the file holds fewer tokens than one window. */
 mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
@@ -51,5 +56,10 @@ mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs
 void calib_advance(calib *c);
 /* Counts one unit of progress (the host draws the bar). */
 void calib_tick(calib *c);
+
+/* Runs the calibration windows through the whole model once and raises
+ * amax[i] to the largest |input| linear ls[i] sees (static activation scales). */
+mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                             int32_t n, float *amax, mopt_error *err);
 
 #endif

@@ -2,30 +2,12 @@
  * scale) with activations rounded to E4M3 per token (dynamic), with a
  * calibrated per-tensor scale (static: calibration max / 448), or not at all
  * (weight-only). On the CPU the kernel widens E4M3 to fp32 as it reads. */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "calib.h"
 #include "passes.h"
 #include "qcommon.h"
-
-typedef struct {
-    const mopt_host_api *h;
-    mopt_graph *g;
-    const qlinear *ls;
-    int32_t n;
-    float *amax; /* per linear */
-} fp8_stats;
-
-static void track(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w,
-                  const float *out, int32_t out_w, int32_t T) {
-    fp8_stats *s = user;
-    for (int32_t i = 0; i < s->n; i++) {
-        if (s->ls[i].node != node) continue;
-        for (int64_t k = 0; k < (int64_t)T * in_w[0]; k++) s->amax[i] = fmaxf(s->amax[i], fabsf(in[0][k]));
-    }
-}
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                        mopt_report *report, mopt_error *err) {
@@ -40,20 +22,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
     int64_t before, after, weights;
     q_measure(h, g, ls, n, &before, &weights);
-    fp8_stats stats = {h, g, ls, n, calloc((size_t)n, sizeof(float))};
-    if (!stats.amax) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
-    if (!st && is_static) {
-        const mopt_arch *a = h->graph_arch(g);
-        calib c;
-        if (!(st = calib_init(&c, h, ctx, g, o, a->n_layers, err))) {
-            for (int32_t l = 0; l < a->n_layers && !st; l++) {
-                st = calib_run_layer(&c, l, -1, track, &stats, 1, err);
-                calib_advance(&c);
-                calib_tick(&c);
-            }
-            calib_free(&c);
-        }
-    }
+    float *amax = calloc((size_t)n, sizeof(float)); /* per linear */
+    if (!amax) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
+    if (!st && is_static) st = calib_input_amax(h, ctx, g, o, ls, n, amax, err);
     const uint32_t act = is_static ? MOPT_QUANT_ACT_STATIC : !strcmp(amode, "dynamic") ? MOPT_QUANT_ACT_PER_TOKEN : 0;
     for (int32_t i = 0; i < n && !st; i++) {
         const qlinear *l = &ls[i];
@@ -62,7 +33,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         if (!W || !sc || !q) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
         if (!st) q_fp8_rows(h, W, l->out, l->in, per_tensor, q, sc);
         if (!st) {
-            float as = stats.amax[i] > 0 ? stats.amax[i] / 448.0f : 1.0f;
+            float as = amax[i] > 0 ? amax[i] / 448.0f : 1.0f;
             st = q_replace(h, g, h->fp8_pack(l->wname, l->out, l->in, q, sc, per_tensor ? 1 : l->out, act, as, err), err);
         }
         free(W);
@@ -71,12 +42,12 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        qspec sp = {8, -1, 1};
-        q_report(h, report, "fp8-e4m3", sp, before, after, weights, n);
+        qspec sp = {8, -1, 1, 0};
+        st = q_report(h, report, g, o, "fp8-e4m3", sp, before, after, weights, n, err);
         h->report_string(report, "weight_scales", wmode);
         h->report_string(report, "activations", amode);
     }
-    free(stats.amax);
+    free(amax);
     free(ls);
     return st;
 }
@@ -87,7 +58,7 @@ static const char *const amodes[] = {"dynamic", "static", "none", NULL};
 static const mopt_opt_spec opts[] = {
     {"weights", MOPT_OPT_ENUM, 0, "weight scales: one per output channel or one per tensor", "per_channel", 0, -1, wmodes},
     {"activations", MOPT_OPT_ENUM, 0, "activation rounding: per-token dynamic, calibrated per-tensor static, or none", "dynamic", 0, -1, amodes},
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names)", "", 0, -1, NULL},
+    Q_SELECT_OPTS,
     Q_CALIB_OPTS(0),
 };
 

@@ -206,7 +206,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     calib_free(&c);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        q_report(h, report, act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n);
+        st = q_report(h, report, g, o, act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n, err);
         h->report_metric(report, "act_order", act_order);
     }
     free(ls);
@@ -215,6 +215,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
 
 static const mopt_opt_spec opts[] = {
     Q_INT_OPTS("4", "128"),
+    Q_ACT_OPT,
     {"act_order", MOPT_OPT_BOOL, 0, "quantize columns by decreasing Hessian diagonal (desc_act, stores g_idx)", "false", 0, -1, NULL},
     {"damp", MOPT_OPT_FLOAT, 0, "damping added to diag(H), as a fraction of its mean", "0.01", 0, 1, NULL},
     Q_CALIB_OPTS(1),

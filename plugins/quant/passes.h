@@ -4,7 +4,8 @@
 
 #include "mopt/plugin_util.h"
 
-extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, quant_smoothquant_pass, quant_fp8_pass, quant_qat_pass;
+extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, quant_smoothquant_pass, quant_fp8_pass, quant_qat_pass,
+    quant_nvfp4_pass, quant_mxfp4_pass, quant_mxfp8_pass, quant_auto_pass;
 
 /* Option specs every integer method shares. */
 #define Q_INT_OPTS(default_bits, default_group)                                                                    \
@@ -12,7 +13,18 @@ extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, qua
     {"group_size", MOPT_OPT_INT, 0, "columns sharing a scale (multiple of 32, or -1 for a whole row)",          \
      default_group, -1, 1 << 20, NULL},                                                                          \
     {"sym", MOPT_OPT_BOOL, 0, "symmetric grid (no zero-points)", "false", 0, -1, NULL},                         \
+    Q_SELECT_OPTS
+
+/* The activations of the integer methods: float (W4A16, W8A16) or FP8 per token (W4A8). */
+#define Q_ACT_OPT                                                                                                  \
+    {"activations", MOPT_OPT_ENUM, 0, "none: activations in float (W4A16); fp8: rounded to E4M3 per token at run time (W4A8)", \
+     "none", 0, -1, q_act_modes}
+
+/* Which decoder linears a quant pass takes: `only` (when given) minus `exclude`. */
+#define Q_SELECT_OPTS                                                                                              \
     {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); lm_head and embeddings are never quantized", \
-     "", 0, -1, NULL}
+     "", 0, -1, NULL},                                                                                             \
+    {"only", MOPT_OPT_LIST, 0, "globs of the linears to quantize (node or tensor names; default: every decoder linear)", "", 0, -1, \
+     NULL}
 
 #endif

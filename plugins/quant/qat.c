@@ -292,9 +292,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st) st = pack(&q, err);
     if (!st) {
         q_measure(h, g, ls, q.n, &after, &weights);
-        const qspec fp8_spec = {8, -1, 1};
-        q_report(h, report, q.fp8 ? (teacher ? "qad-fp8" : "qat-fp8") : teacher ? "qad" : "qat", q.fp8 ? fp8_spec : q.sp, before, after,
-                 weights, q.n);
+        const qspec fp8_spec = {8, -1, 1, 0};
+        st = q_report(h, report, g, o, q.fp8 ? (teacher ? "qad-fp8" : "qat-fp8") : teacher ? "qad" : "qat", q.fp8 ? fp8_spec : q.sp, before, after,
+                 weights, q.n, err);
     }
     for (int32_t k = 0; q.trained && k < q.n; k++) free(q.trained[k]);
     for (int32_t k = 0; q.grids && k < q.n; k++) free(q.grids[k].scale), free(q.grids[k].zero);

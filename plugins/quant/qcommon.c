@@ -22,17 +22,53 @@ mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, m
     return q_check_spec(h, "quant", q_spec_from(h, o), err);
 }
 
+const char *const q_act_modes[] = {"none", "fp8", NULL};
+
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
-    qspec sp = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"), h->opt_bool(o, "sym")};
+    const char *act = h->opt_string(o, "activations"); /* NULL for a pass without the option (QAT) */
+    qspec sp = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"), h->opt_bool(o, "sym"),
+                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0};
     return sp;
 }
 
-static bool excluded(const mopt_host_api *h, const mopt_options *o, const char *node, const char *tensor) {
+/* NULL when the pass takes linear node `node` (a decoder linear that matches
+ * `only`, when given, and no `exclude` glob, by node or weight name); else
+ * why it leaves it, in buf. */
+static const char *left_reason(const mopt_host_api *h, const mopt_options *o, const mopt_node *node, char *buf, size_t cap) {
+    if (node->op != MOPT_OP_LINEAR || node->layer < 0) {
+        snprintf(buf, cap, "%s", node->role == MOPT_ROLE_LM_HEAD ? "kept: no quant pass changes lm_head" : "not a decoder linear");
+        return buf;
+    }
     for (int32_t i = 0; i < h->opt_list_len(o, "exclude"); i++) {
         const char *pat = h->opt_list_item(o, "exclude", i);
-        if (fnmatch(pat, node, 0) == 0 || fnmatch(pat, tensor, 0) == 0) return true;
+        if (fnmatch(pat, node->name, 0) == 0 || fnmatch(pat, node->weight->name, 0) == 0) {
+            snprintf(buf, cap, "excluded by '%s'", pat);
+            return buf;
+        }
     }
-    return false;
+    const int32_t n_only = h->opt_list_len(o, "only");
+    for (int32_t i = 0; i < n_only; i++) {
+        const char *pat = h->opt_list_item(o, "only", i);
+        if (fnmatch(pat, node->name, 0) == 0 || fnmatch(pat, node->weight->name, 0) == 0) return NULL;
+    }
+    if (n_only) {
+        snprintf(buf, cap, "not in only");
+        return buf;
+    }
+    return NULL;
+}
+
+/* The names a glob could have matched, for an error: the first decoder linears' node and weight names. */
+static void linear_names(const mopt_host_api *h, mopt_graph *g, char *buf, size_t cap) {
+    int32_t shown = 0, total = 0;
+    buf[0] = 0;
+    for (int32_t i = 0; i < h->graph_n_nodes(g); i++) {
+        const mopt_node *node = h->graph_node(g, i);
+        if (node->op != MOPT_OP_LINEAR || node->layer < 0 || !node->weight) continue;
+        if (total++ < 4)
+            snprintf(buf + strlen(buf), cap - strlen(buf), "%s%s (%s)", shown++ ? ", " : "", node->name, node->weight->name);
+    }
+    if (total > 4) snprintf(buf + strlen(buf), cap - strlen(buf), ", ... (%d decoder linears)", total);
 }
 
 mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options *o, qlinear **out, int32_t *n,
@@ -40,10 +76,10 @@ mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options 
     int32_t nn = h->graph_n_nodes(g), cnt = 0;
     qlinear *ls = calloc((size_t)(nn ? nn : 1), sizeof *ls);
     if (!ls) return h->error_set(err, MOPT_E_NOMEM, "quant", "out of memory");
+    char why[160];
     for (int32_t i = 0; i < nn; i++) {
         const mopt_node *node = h->graph_node(g, i);
-        if (node->op != MOPT_OP_LINEAR || node->layer < 0 || !node->weight) continue;
-        if (excluded(h, o, node->name, node->weight->name)) continue;
+        if (!node->weight || left_reason(h, o, node, why, sizeof why)) continue;
         qlinear *l = &ls[cnt++];
         l->node = i;
         l->layer = node->layer;
@@ -54,8 +90,14 @@ mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options 
         snprintf(l->nname, sizeof l->nname, "%s", node->name);
     }
     if (cnt == 0) {
+        char names[600];
+        linear_names(h, g, names, sizeof names);
         free(ls);
-        return h->error_set(err, MOPT_E_INVALID, "quant", "no linear layer left to quantize (check exclude)");
+        if (h->opt_list_len(o, "only"))
+            return h->error_set(err, MOPT_E_INVALID, "quant", "only=%s matches no decoder linear%s%s%s; the linears are %s",
+                                h->opt_string(o, "only"), h->opt_list_len(o, "exclude") ? " left by exclude=" : "",
+                                h->opt_string(o, "exclude"), h->opt_list_len(o, "exclude") ? " (in a recipe: the later globs)" : "", names);
+        return h->error_set(err, MOPT_E_INVALID, "quant", "no linear layer left to quantize (check exclude); the linears are %s", names);
     }
     *out = ls;
     *n = cnt;
@@ -195,8 +237,9 @@ mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *
 
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
-    return q_replace(h, g, h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err),
-                     err);
+    mopt_tensor *t = h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err);
+    if (t) t->quant->flags |= sp.act; /* W4A8: the kernels round activations to E4M3 per token */
+    return q_replace(h, g, t, err);
 }
 
 mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
@@ -216,8 +259,66 @@ void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t
     }
 }
 
-void q_report(const mopt_host_api *h, mopt_report *r, const char *method, qspec sp, int64_t bytes_before,
-              int64_t bytes_after, int64_t weights, int32_t n_linear) {
+/* Short names of the linear roles for the coverage line. */
+static const char *kind_of(int32_t role) {
+    switch (role) {
+    case MOPT_ROLE_ATTN_Q: return "q";
+    case MOPT_ROLE_ATTN_K: return "k";
+    case MOPT_ROLE_ATTN_V: return "v";
+    case MOPT_ROLE_ATTN_O: return "o";
+    case MOPT_ROLE_MLP_GATE: return "gate";
+    case MOPT_ROLE_MLP_UP: return "up";
+    case MOPT_ROLE_MLP_DOWN: return "down";
+    default: return "other";
+    }
+}
+
+/* Coverage: how many linears of each kind the pass changed (now packed), and which it left and why. */
+static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *g, const mopt_options *o, const char *method,
+                            mopt_error *err) {
+    static const char *const kinds[] = {"q", "k", "v", "o", "gate", "up", "down", "other"};
+    int32_t changed[8] = {0}, n_changed = 0, n_left = 0, n_not_only = 0;
+    char left[700] = "", why[160];
+    for (int32_t i = 0; i < h->graph_n_nodes(g); i++) {
+        const mopt_node *node = h->graph_node(g, i);
+        if ((node->op != MOPT_OP_LINEAR && node->op != MOPT_OP_LM_HEAD) || !node->weight) continue;
+        const char *reason = left_reason(h, o, node, why, sizeof why);
+        if (!reason && node->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) {
+            const char *k = kind_of(node->role);
+            for (int j = 0; j < 8; j++) changed[j] += !strcmp(kinds[j], k);
+            n_changed++;
+            continue;
+        }
+        n_left++;
+        if (reason && !strcmp(reason, "not in only")) {
+            n_not_only++;
+            continue;
+        }
+        if (!reason) reason = "the pass left it in float";
+        if (strlen(left) < sizeof left - 200)
+            snprintf(left + strlen(left), sizeof left - strlen(left), "%s%s (%s)", left[0] ? ", " : "", node->name, reason);
+        else if (!strstr(left, ", ..."))
+            snprintf(left + strlen(left), sizeof left - strlen(left), ", ...");
+    }
+    char line[1200];
+    snprintf(line, sizeof line, "changed %d linears (", n_changed);
+    for (int j = 0, first = 1; j < 8; j++)
+        if (changed[j]) {
+            snprintf(line + strlen(line), sizeof line - strlen(line), "%s%s %d", first ? "" : ", ", kinds[j], changed[j]);
+            first = 0;
+        }
+    snprintf(line + strlen(line), sizeof line - strlen(line), "); left %d", n_left);
+    if (n_not_only) snprintf(line + strlen(line), sizeof line - strlen(line), ", %d of them not in only", n_not_only);
+    if (left[0]) snprintf(line + strlen(line), sizeof line - strlen(line), ": %s", left);
+    h->report_string(r, "coverage", line);
+    h->report_metric(r, "linears_changed", n_changed);
+    h->report_metric(r, "linears_left", n_left);
+    if (!n_changed) return h->error_set(err, MOPT_E_INVALID, method, "changed no linear: %s", line);
+    return MOPT_OK;
+}
+
+mopt_status q_report(const mopt_host_api *h, mopt_report *r, mopt_graph *g, const mopt_options *o, const char *method, qspec sp,
+                     int64_t bytes_before, int64_t bytes_after, int64_t weights, int32_t n_linear, mopt_error *err) {
     h->report_string(r, "method", method);
     h->report_metric(r, "bits", sp.bits);
     h->report_metric(r, "group_size", sp.group);
@@ -227,4 +328,5 @@ void q_report(const mopt_host_api *h, mopt_report *r, const char *method, qspec 
     h->report_metric(r, "bits_per_weight", weights ? 8.0 * (double)bytes_after / (double)weights : 0);
     h->report_metric(r, "bits_per_weight_baseline", weights ? 8.0 * (double)bytes_before / (double)weights : 0);
     h->report_metric(r, "linear_layers", n_linear);
+    return coverage(h, r, g, o, method, err);
 }

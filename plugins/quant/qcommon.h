@@ -22,7 +22,11 @@ typedef struct qspec {
     int32_t bits;
     int32_t group; /* -1: whole row */
     int32_t sym;
+    uint32_t act;  /* 0, or MOPT_QUANT_ACT_PER_TOKEN: activations rounded to E4M3 per token (W4A8, W8A8-FP8) */
 } qspec;
+
+/* The `activations` option of the integer methods: none or fp8. */
+extern const char *const q_act_modes[];
 
 /* Checks bits/group_size before any work. */
 mopt_status q_check_spec(const mopt_host_api *h, const char *pass, qspec sp, mopt_error *err);
@@ -30,9 +34,10 @@ qspec q_spec_from(const mopt_host_api *h, const mopt_options *o);
 /* The pass-level check of integer methods (bits and group_size). */
 mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, mopt_error *err);
 
-/* The LINEAR nodes of the decoder blocks not matched by the `exclude` globs
- * (matched against node and tensor names). lm_head and embeddings are never
- * linears here. *out is malloc'd. */
+/* The LINEAR nodes of the decoder blocks that match the `only` globs (when
+ * given) and no `exclude` glob (matched against node and tensor names).
+ * lm_head and embeddings are never linears here. *out is malloc'd. Fails,
+ * listing the linears' names, when none is left. */
 mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options *o, qlinear **out, int32_t *n,
                       mopt_error *err);
 /* Same, restricted to one layer, into a caller array of cap entries. */
@@ -79,9 +84,11 @@ mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *nam
 
 /* Storage bytes and element count of the target linears' weights as they stand. */
 void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, int64_t *bytes, int64_t *weights);
-/* method, bits, group_size, weight_bytes(_baseline), bits_per_weight, layers */
-void q_report(const mopt_host_api *h, mopt_report *r, const char *method, qspec sp, int64_t bytes_before,
-              int64_t bytes_after, int64_t weights, int32_t n_linear);
-
+/* method, bits, group_size, weight_bytes(_baseline), bits_per_weight, layers,
+ * and the coverage: "coverage" (which linears of each kind changed, which
+ * were left and why), linears_changed, linears_left. Fails when the pass
+ * changed no linear. */
+mopt_status q_report(const mopt_host_api *h, mopt_report *r, mopt_graph *g, const mopt_options *o, const char *method, qspec sp,
+                     int64_t bytes_before, int64_t bytes_after, int64_t weights, int32_t n_linear, mopt_error *err);
 
 #endif

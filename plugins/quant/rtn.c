@@ -26,13 +26,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        q_report(h, report, "rtn", sp, before, after, weights, n);
+        st = q_report(h, report, g, o, "rtn", sp, before, after, weights, n, err);
     }
     free(ls);
     return st;
 }
 
-static const mopt_opt_spec opts[] = {Q_INT_OPTS("4", "128")};
+static const mopt_opt_spec opts[] = {Q_INT_OPTS("4", "128"), Q_ACT_OPT};
 
 const mopt_pass_desc quant_rtn_pass = {
     .struct_size = sizeof(mopt_pass_desc),

@@ -148,8 +148,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        qspec sp = {8, -1, 1};
-        q_report(h, report, smooth ? "smoothquant-w8a8" : "w8a8", sp, before, after, weights, n);
+        qspec sp = {8, -1, 1, 0};
+        st = q_report(h, report, g, o, smooth ? "smoothquant-w8a8" : "w8a8", sp, before, after, weights, n, err);
         h->report_metric(report, "alpha", smooth ? alpha : 0);
         h->report_metric(report, "smoothed_groups", groups);
     }
@@ -160,7 +160,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
 static const mopt_opt_spec opts[] = {
     {"alpha", MOPT_OPT_FLOAT, 0, "migration strength: s = amax^alpha / wmax^(1-alpha)", "0.5", 0, 1, NULL},
     {"smooth", MOPT_OPT_BOOL, 0, "smooth before quantizing (false: naive W8A8)", "true", 0, -1, NULL},
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names)", "", 0, -1, NULL},
+    Q_SELECT_OPTS,
     Q_CALIB_OPTS(0),
 };
 

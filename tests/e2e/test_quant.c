@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "mopt/quant.h"
+#include "mxfp_ref64.h"
 #include "testutil.h"
 
 
@@ -155,6 +157,164 @@ static void test_packed_prefill_and_decode_agree(void **s) {
     }
 }
 
+/* Replaces every decoder linear of m with the float64 fake quantization of format kind (tests/mxfp_ref64.h),
+ * stored as f32: the model the packed one must reproduce. */
+static void fake_quantize_linears(mopt_model *m, int kind) {
+    mopt_graph *g = mopt_model_graph(m);
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op != MOPT_OP_LINEAR || n->layer < 0 || !mopt_role_is_linear(n->role)) continue;
+        const mopt_tensor *w = n->weight;
+        const int64_t out = w->ne[1], in = w->ne[0], dims[2] = {out, in};
+        float *W = malloc((size_t)(out * in) * sizeof *W);
+        double *Wq = malloc((size_t)(out * in) * sizeof *Wq);
+        mopt_error err = {0};
+        for (int64_t r = 0; r < out; r++) assert_int_equal(mopt_weight_row_f32(w, r, W + r * in, &err), MOPT_OK);
+        ref64_mx_matrix(kind, W, out, in, Wq);
+        for (int64_t k = 0; k < out * in; k++) W[k] = (float)Wq[k];
+        mopt_tensor *t = mopt_tensor_from_f32(w->name, MOPT_DTYPE_F32, 2, dims, W, &err);
+        assert_non_null(t);
+        assert_int_equal(mopt_graph_replace_tensor(g, t, &err), MOPT_OK);
+        free(W);
+        free(Wq);
+    }
+}
+
+/* NVFP4, MXFP4 and MXFP8 weights run packed give the logits and perplexity of a float64 fake quantization of the
+ * same format (written from the formats' definitions, not from mopt's code), and store 4.5 (+ the global scale),
+ * 4.25 and 8.25 bits per weight. NVFP4 with activations rounded too stays near the weight-only model. */
+static void test_block_floats_match_their_float64_fake_quant(void **s) {
+    REQUIRE_SHARED();
+    static const struct {
+        int kind;
+        const char *pass;
+        double bpw;
+    } cases[] = {{MOPT_MXFP_NVFP4, "quant.nvfp4<activations=none>", 4.5},
+                 {MOPT_MXFP_MXFP4, "quant.mxfp4<activations=none>", 4.25},
+                 {MOPT_MXFP_MXFP8, "quant.mxfp8<activations=none>", 8.25}};
+    const int32_t ids[16] = {649, 538, 1587, 653, 31, 199, 199, 39, 50, 37, 45, 595, 26, 199, 39, 410};
+    char data[1100], text[1400];
+    val_head(data, sizeof data);
+    double ppl_nv = 0;
+    for (int c = 0; c < 3; c++) {
+        mopt_model *mq = load("models/lit-llama-7m"), *mr = load("models/lit-llama-7m");
+        snprintf(text, sizeof text, "%s,eval.perplexity<data=%s>", cases[c].pass, data);
+        mopt_report *r = run(mq, text);
+        const double ppl = mopt_report_get_metric(r, "ppl"), bpw = mopt_report_get_metric(r, "bits_per_weight");
+        mopt_report_free(r);
+        fake_quantize_linears(mr, cases[c].kind);
+        snprintf(text, sizeof text, "eval.perplexity<data=%s>", data);
+        r = run(mr, text);
+        const double ppl_ref = mopt_report_get_metric(r, "ppl");
+        mopt_report_free(r);
+        /* logits of 64 tokens (prefill) from both; the tokens are lit-val's first 16, shifted */
+        float *lq = malloc(64 * 2048 * sizeof *lq);
+        const float *l;
+        mopt_error err = {0};
+        int32_t toks[64];
+        for (int32_t i = 0; i < 64; i++) toks[i] = ids[i % 16] + i / 16;
+        mopt_session *sq = mopt_session_new(mopt_model_graph(mq), NULL, &err), *sr = mopt_session_new(mopt_model_graph(mr), NULL, &err);
+        assert_int_equal(mopt_session_forward(sq, toks, 64, true, &l, &err), MOPT_OK);
+        memcpy(lq, l, 64 * 2048 * sizeof *lq);
+        assert_int_equal(mopt_session_forward(sr, toks, 64, true, &l, &err), MOPT_OK);
+        double max_diff = 0, max_abs = 0;
+        for (int64_t i = 0; i < 64 * 2048; i++) {
+            max_diff = fmax(max_diff, fabs(lq[i] - l[i]));
+            max_abs = fmax(max_abs, fabs(l[i]));
+        }
+        fprintf(stderr, "%-32s ppl %.4f, float64 fake-quant %.4f (%+.5f%%), logits max |diff| %.2g of max %.3g, %.4f bits/weight\n",
+                cases[c].pass, ppl, ppl_ref, 100 * (ppl / ppl_ref - 1), max_diff, max_abs, bpw);
+        assert_true(max_diff <= 1e-4 * max_abs);
+        assert_true(fabs(ppl / ppl_ref - 1) < 1e-4);
+        assert_true(bpw >= cases[c].bpw && bpw < cases[c].bpw + 1e-3); /* NVFP4: + 32 bits per linear */
+        if (c == 0) ppl_nv = ppl;
+        free(lq);
+        mopt_session_free(sq);
+        mopt_session_free(sr);
+        mopt_model_free(mq);
+        mopt_model_free(mr);
+    }
+    /* NVFP4 weights and activations (global activation scale per token): the activations' rounding costs a little */
+    const double wa = ppl_after("models/lit-llama-7m", "quant.nvfp4<activations=dynamic>", data);
+    fprintf(stderr, "quant.nvfp4<activations=dynamic> ppl %.4f (%+.3f%% over weight-only)\n", wa, 100 * (wa / ppl_nv - 1));
+    assert_true(wa > ppl_nv && wa < 1.1 * ppl_nv);
+}
+
+/* W4A8: AWQ's int4 weights with activations rounded to FP8 per token cost at most 0.3% of ppl over W4A16 AWQ. */
+static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=128;sym=true;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double w4a16 = ppl_after("models/lit-llama-7m", q, data);
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=128;sym=true;activations=fp8;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double w4a8 = ppl_after("models/lit-llama-7m", q, data);
+    fprintf(stderr, "AWQ int4 g128 sym: W4A16 ppl %.4f, W4A8 (FP8 per token) %.4f (%+.3f%%)\n", w4a16, w4a8, 100 * (w4a8 / w4a16 - 1));
+    assert_true(w4a8 <= w4a16 * 1.003);
+    assert_true(w4a8 != w4a16); /* the activations were rounded */
+}
+
+/* Bits per weight of the decoder linears as stored now. */
+static double linear_bits(mopt_model *m) {
+    mopt_graph *g = mopt_model_graph(m);
+    double bytes = 0, weights = 0;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op != MOPT_OP_LINEAR || n->layer < 0 || !n->weight) continue;
+        bytes += (double)mopt_weight_storage_bytes(n->weight);
+        weights += (double)mopt_tensor_nelements(n->weight);
+    }
+    return 8 * bytes / weights;
+}
+
+/* quant.auto at 4.5 bits per weight over {int4 g128 AWQ, int8, fp8} stays within the budget, leaves the model as it
+ * was, and its plan beats uniform int4 g64 AWQ (4.375 bits): it spends the extra bits where they matter. */
+static void test_auto_quantize_beats_uniform_int4_g64_awq(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=64;calib=%s;calib_samples=8;calib_len=128>,eval.perplexity<data=%s>", calib, data);
+    mopt_model *m = load("models/lit-llama-7m");
+    mopt_report *r = run(m, q);
+    const double awq64 = mopt_report_get_metric(r, "ppl"), awq64_bits = linear_bits(m);
+    mopt_report_free(r);
+    mopt_model_free(m);
+
+    m = load("models/lit-llama-7m");
+    snprintf(q, sizeof q, "quant.auto<bits_budget=4.5;candidates=int4_awq,int8,fp8;calib=%s;calib_samples=8;calib_len=128>", calib);
+    r = run(m, q);
+    assert_true(linear_bits(m) == 16.0); /* the plan only */
+    char *text = mopt_report_json(r);
+    json_t *j = json_loads(text, 0, NULL);
+    json_t *st = json_object_get(json_array_get(json_object_get(j, "passes"), 0), "strings");
+    const char *recipe = json_string_value(json_object_get(st, "recipe"));
+    fprintf(stderr, "quant.auto plan: %s\nrecipe: %s\n", json_string_value(json_object_get(st, "plan")), recipe);
+    assert_non_null(recipe);
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_add_recipe(p, recipe, "quant.auto", &err), MOPT_OK);
+    snprintf(q, sizeof q, "eval.perplexity<data=%s>", data);
+    assert_int_equal(mopt_pipeline_parse(p, q, &err), MOPT_OK);
+    mopt_report *r2 = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    assert_int_equal(mopt_pipeline_run(p, m, &o, r2, &err), MOPT_OK);
+    const double ppl = mopt_report_get_metric(r2, "ppl"), bits = linear_bits(m);
+    fprintf(stderr, "quant.auto at 4.5: ppl %.4f at %.4f bits/weight (planned %.4f); uniform int4 g64 AWQ: ppl %.4f at %.4f\n", ppl, bits,
+            mopt_report_get_metric(r, "planned_bits_per_weight"), awq64, awq64_bits);
+    assert_true(bits <= 4.5 && fabs(bits - mopt_report_get_metric(r, "planned_bits_per_weight")) < 1e-9);
+    assert_true(ppl < awq64);
+    json_decref(j);
+    free(text);
+    mopt_report_free(r2);
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+}
+
 static void test_partial_groups_on_stories260k(void **s) {
     REQUIRE_SHARED();
     /* FFN 172: down_proj's rows end in a partial block and a partial group */
@@ -180,11 +340,12 @@ static void test_partial_groups_on_stories260k(void **s) {
     mopt_model_free(m);
 }
 
+/* text: a pipeline, or a recipe (a JSON object); on lit-gpt2-1m, whose linears are h.N.* */
 static void expect_fail_fast(const char *text, const char *substr) {
     mopt_model *m = load("models/lit-gpt2-1m");
     mopt_pipeline *p = mopt_pipeline_new(test_reg);
     mopt_error err = {0};
-    mopt_status st = mopt_pipeline_parse(p, text, &err);
+    mopt_status st = text[0] == '{' ? mopt_pipeline_add_recipe(p, text, "recipe", &err) : mopt_pipeline_parse(p, text, &err);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (st == MOPT_OK) {
@@ -221,6 +382,83 @@ static void test_bad_options_fail_before_any_work(void **s) {
     expect_fail_fast("quant.smoothquant", "smoothing needs calib=FILE");
     expect_fail_fast("quant.fp8<act_order=true>", "unknown option 'act_order'");
     expect_fail_fast("quant.awq<bits=4>", "missing required option 'calib'");
+    /* a selection that matches nothing names the linears it could have matched */
+    expect_fail_fast("quant.rtn<only=*nomatch*>", "only=*nomatch* matches no decoder linear; the linears are h.0.");
+    expect_fail_fast("quant.nvfp4<exclude=*>", "no linear layer left to quantize");
+}
+
+/* A recipe gives each decoder linear the format of the last glob that matches it, else the default; "keep" keeps. */
+static void test_recipe_gives_each_linear_its_last_matching_format(void **s) {
+    REQUIRE_SHARED();
+    static const char recipe[] = "{\"default\": \"quant.rtn<bits=4;group_size=128;sym=true>\",\n"
+                                 " \"*mlp*\": \"quant.nvfp4<activations=none>\",\n"
+                                 " \"*down*\": \"quant.fp8<activations=dynamic>\",\n"
+                                 " \"layers.0.*\": \"keep\"}";
+    mopt_model *m = load("models/lit-llama-7m");
+    mopt_pipeline *p = mopt_pipeline_new(test_reg);
+    mopt_error err = {0};
+    assert_int_equal(mopt_pipeline_add_recipe(p, recipe, "r.json", &err), MOPT_OK);
+    assert_int_equal(mopt_pipeline_length(p), 3); /* the default and two entries; "keep" adds no pass */
+    mopt_report *r = mopt_report_new();
+    mopt_run_opts o;
+    mopt_run_opts_default(&o);
+    o.quiet = 1;
+    assert_int_equal(mopt_pipeline_run(p, m, &o, r, &err), MOPT_OK);
+    mopt_graph *g = mopt_model_graph(m);
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if ((n->op != MOPT_OP_LINEAR && n->op != MOPT_OP_LM_HEAD) || !n->weight) continue;
+        mopt_dtype want = MOPT_DTYPE_QINT;
+        if (n->layer <= 0) want = MOPT_DTYPE_BF16; /* layer 0 kept, lm_head kept */
+        else if (n->role == MOPT_ROLE_MLP_DOWN) want = MOPT_DTYPE_FP8;
+        else if (n->role == MOPT_ROLE_MLP_GATE || n->role == MOPT_ROLE_MLP_UP) want = MOPT_DTYPE_MXFP;
+        if (n->weight->dtype != want) fprintf(stderr, "%s: %s, want %s\n", n->name, mopt_dtype_name(n->weight->dtype), mopt_dtype_name(want));
+        assert_int_equal(n->weight->dtype, want);
+    }
+    mopt_report_free(r);
+    mopt_pipeline_free(p);
+    mopt_model_free(m);
+    /* what a recipe cannot say fails with where and why */
+    p = mopt_pipeline_new(test_reg);
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"*mlp*\": \"quant.rtn\",\n \"*down*\" 3}", "r.json", &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "r.json:2:"));
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"*mlp*\": \"eval.perplexity\"}", "r.json", &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "is not a quant pass or \"keep\""));
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"*mlp*\": \"quant.rtn<only=x>\"}", "r.json", &err), MOPT_OK);
+    assert_int_not_equal(mopt_pipeline_add_recipe(p, "{\"a,b\": \"quant.rtn\"}", "r.json", &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "not a usable glob"));
+    mopt_pipeline_free(p);
+    /* an entry every later glob shadows matches nothing: it fails naming the later globs and the linears */
+    expect_fail_fast("{\"*mlp*\": \"quant.rtn\", \"h.*\": \"quant.fp8\"}", "only=*mlp* matches no decoder linear left by exclude=h.*");
+}
+
+/* Every quant pass says which linears of each kind it changed and which it left, and why. */
+static void test_coverage_names_changed_and_left_linears(void **s) {
+    REQUIRE_SHARED();
+    static const char *const passes[] = {"quant.rtn<exclude=*down*,layers.0.*>", "quant.fp8<exclude=*down*,layers.0.*>",
+                                         "quant.mxfp4<exclude=*down*,layers.0.*>", "quant.rtn<only=*.q,*.k,layers.7.*;exclude=*.k>"};
+    for (int i = 0; i < 4; i++) {
+        mopt_model *m = load("models/lit-llama-7m");
+        mopt_report *r = run(m, passes[i]);
+        char *text = mopt_report_json(r);
+        json_t *j = json_loads(text, 0, NULL);
+        const char *cov = json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(j, "passes"), 0), "strings"), "coverage"));
+        fprintf(stderr, "%s: %s\n", passes[i], cov);
+        assert_non_null(cov);
+        if (i < 3) {
+            assert_non_null(strstr(cov, "changed 42 linears (q 7, k 7, v 7, o 7, gate 7, up 7); left 15: layers.0.q (excluded by 'layers.0.*')"));
+            assert_non_null(strstr(cov, "layers.1.down (excluded by '*down*')"));
+            assert_true(mopt_report_get_metric(r, "linears_changed") == 42 && mopt_report_get_metric(r, "linears_left") == 15);
+        } else { /* q everywhere, layer 7's others but k */
+            assert_non_null(strstr(cov, "changed 13 linears (q 8, v 1, o 1, gate 1, up 1, down 1); left 44, 35 of them not in only: "));
+            assert_non_null(strstr(cov, "layers.0.k (excluded by '*.k')"));
+            assert_non_null(strstr(cov, "lm_head (kept: no quant pass changes lm_head)"));
+        }
+        json_decref(j);
+        free(text);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
 }
 
 static void test_quantize_cli_report_keys(void **s) {
@@ -274,7 +512,12 @@ static void test_streamed_quantization_writes_the_same_checkpoint(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_options_fail_before_any_work),
+        cmocka_unit_test(test_coverage_names_changed_and_left_linears),
+        cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
+        cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
+        cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
+        cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),
         cmocka_unit_test(test_partial_groups_on_stories260k),
         cmocka_unit_test(test_quantize_cli_report_keys),
         cmocka_unit_test(test_streamed_quantization_writes_the_same_checkpoint),

@@ -84,6 +84,16 @@ MOPT_API mopt_status mopt_pipeline_add(mopt_pipeline *p, const char *pass_name, 
                                        mopt_error *err);
 /* Parses the text form and appends its passes. */
 MOPT_API mopt_status mopt_pipeline_parse(mopt_pipeline *p, const char *text, mopt_error *err);
+/* Appends a per-layer quantization recipe: json_text is an object from name
+ * globs (matched against node and weight names; several joined by '|' in one
+ * key, e.g. "layers.0.q|layers.3.down") and "default" to a quant pass
+ * in the text form ("quant.rtn<bits=4;group_size=128>") or "keep". Each
+ * decoder linear takes the last entry whose glob matches it, else the
+ * default, else it is kept. One pass is appended per entry (its `only` the
+ * glob, its `exclude` every later glob); a glob that matches no linear fails
+ * when the pipeline runs, naming the linears. `source` names the recipe in
+ * messages (JSON errors give its line and column). */
+MOPT_API mopt_status mopt_pipeline_add_recipe(mopt_pipeline *p, const char *json_text, const char *source, mopt_error *err);
 MOPT_API int32_t mopt_pipeline_length(const mopt_pipeline *p);
 /* Runs every pass in order on the model. Stops at the first failure: that
  * pass's metrics and artifacts are discarded, the report is marked failed and

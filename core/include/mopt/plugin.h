@@ -240,6 +240,11 @@ typedef struct mopt_host_api {
     /* appended: row-major C = alpha A^T A + beta C for A [k, n], only C's upper
      * triangle (j >= i) written: half the work of sgemm for a Gram matrix */
     void (*ssyrk_tn)(int32_t n, int32_t k, float alpha, const float *A, int32_t lda, float beta, float *C, int32_t ldc);
+    /* appended: block-scaled floats, NVFP4 / MXFP4 / MXFP8 (mopt/quant.h, MOPT_DTYPE_MXFP) */
+    mopt_tensor *(*mxfp_quantize)(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, uint32_t act_flags,
+                                  float act_scale, mopt_error *err);
+    void (*mxfp_round)(mopt_mxfp_kind k, float *x, int64_t n, float g);
+    const char *(*mxfp_kind_name)(mopt_mxfp_kind k);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -15,8 +15,10 @@
  * zero-point z (U8 [out, n_groups]); symmetric formats store no zeros and use
  * z = 2^(b-1). The weight is w = (q - z) * s. With act-order, g_idx (I32 [in])
  * gives each column's group instead of column / group_size.
+ * With MOPT_QUANT_ACT_PER_TOKEN (or _STATIC with act_scale) the activations
+ * are rounded onto the E4M3 grid first, max|x| / 448 per token as FP8's: W4A8.
  * On the CPU, 4- and 8-bit rows of whole groups of whole blocks (every real
- * model's; not act-order) run against activations quantized to int8 per 32
+ * model's; not act-order) without FP8 activations run against activations quantized to int8 per 32
  * values at run time (scale max|x| / 127 per block, llama.cpp's Q8_0), with
  * every block's dot product in integers; other rows run in fp32.
  *
@@ -69,7 +71,31 @@
  * On the CPU, Q4_K and Q6_K rows decode against activations quantized to int8
  * per 256 values (llama.cpp's Q8_K), each super-block's dot product in int32;
  * Q4_K prefill runs the int8 GEMM (d sc and dmin m as a scale and zero-point
- * per 32 values, x as int8 per 32), and Q5_K / Q6_K prefill widens rows for SGEMM. */
+ * per 32 values, x as int8 per 32), and Q5_K / Q6_K prefill widens rows for SGEMM.
+ *
+ * MOPT_DTYPE_MXFP: block-scaled floats, `in` a multiple of 32. Each block of
+ * quant.group_size values of a row shares a one-byte scale (scale: U8
+ * [out, in / group_size]); every value is a small float:
+ *   NVFP4 (bits 4, blocks of 16): E2M1 values, E4M3 block scales, and an F32
+ *     global scale G (quant.global_scale): w = e2m1 * (e4m3(scale) * G)
+ *   MXFP4 (bits 4, blocks of 32, MOPT_QUANT_SCALE_E8M0): E2M1 values,
+ *     w = e2m1 * 2^(scale - 127) (the OCP Microscaling spec's E8M0; 255 is NaN)
+ *   MXFP8 (bits 8, blocks of 32, MOPT_QUANT_SCALE_E8M0): E4M3 values (as
+ *     MOPT_DTYPE_FP8's), w = e4m3 * 2^(scale - 127)
+ * E2M1 is a sign bit over two exponent bits and one mantissa bit, the
+ * magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6}; two values share a byte, value 2k
+ * in the low nibble and 2k + 1 in the high one (ModelOpt's and
+ * compressed-tensors' packing). Quantizing a block (mopt_mxfp_quantize):
+ * NVFP4 scale = e4m3(max|v| / (6 G)) with G = max|W| / (6 * 448) per tensor
+ * (ModelOpt's, at least 2^-9; a block of zeros gets scale 1); MX scale = 2^(floor(log2
+ * max|v|) - emax), emax 2 for E2M1 and 8 for E4M3 (the OCP spec; 2^-127 for a
+ * block of zeros); values v / scale rounded to nearest even and saturated at
+ * the largest magnitude (6 or 448). With MOPT_QUANT_ACT_PER_TOKEN the
+ * activations are rounded onto the same format at run time, block by block
+ * along `in` (NVFP4's global scale max|x| / (6 * 448) of each token); NVFP4
+ * with MOPT_QUANT_ACT_STATIC takes act_scale, calibrated, as their global
+ * scale (ModelOpt's input_scale). On the CPU the kernels widen values in
+ * registers: E2M1 through a 16-entry table, E4M3 as FP8's. */
 #ifndef MOPT_QUANT_H
 #define MOPT_QUANT_H
 
@@ -86,14 +112,23 @@ MOPT_EXTERN_C_BEGIN
 
 enum {
     MOPT_QUANT_SYM = 1u << 0,            /* QINT: no zeros stored, z = 2^(b-1) */
-    MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8: dynamic per-token activation rounding */
+    MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8, QINT (W4A8), MXFP: dynamic per-token activation rounding */
     MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8: static per-tensor activation scale */
     MOPT_QUANT_PER_TENSOR = 1u << 3,     /* FP8: one weight scale */
     MOPT_QUANT_VALUES_BF16 = 1u << 4,    /* SP24: kept values are bf16 */
     MOPT_QUANT_VALUES_F32 = 1u << 5,     /* SP24: kept values are f32 */
     MOPT_QUANT_VALUES_I8 = 1u << 6,      /* SP24: kept values are int8 with a scale per row; int8 activations per token */
-    MOPT_QUANT_VALUES_I4 = 1u << 7       /* SP24: kept values are int4 levels with an f16 scale per group of inputs */
+    MOPT_QUANT_VALUES_I4 = 1u << 7,      /* SP24: kept values are int4 levels with an f16 scale per group of inputs */
+    MOPT_QUANT_SCALE_E8M0 = 1u << 8      /* MXFP: block scales are E8M0 powers of two (MXFP4, MXFP8), else E4M3 (NVFP4) */
 };
+
+/* The block-scaled float formats of MOPT_DTYPE_MXFP. */
+typedef enum mopt_mxfp_kind {
+    MOPT_MXFP_NONE = 0,
+    MOPT_MXFP_NVFP4 = 1,
+    MOPT_MXFP_MXFP4 = 2,
+    MOPT_MXFP_MXFP8 = 3
+} mopt_mxfp_kind;
 
 /* Bytes of one 32-value block for b bits (0 for unsupported b). */
 MOPT_API int32_t mopt_qint_block_bytes(int32_t bits);
@@ -141,6 +176,30 @@ MOPT_API mopt_tensor *mopt_kquant_pack(const char *name, int64_t out, int64_t in
 /* E4M3 conversions: round to nearest even, saturating at +-448. */
 MOPT_API uint8_t mopt_f32_to_e4m3(float f);
 MOPT_API float mopt_e4m3_to_f32(uint8_t b);
+
+/* The format of an MXFP tensor (MOPT_MXFP_NONE for any other), its name
+ * ("nvfp4", "mxfp4", "mxfp8"), and the values per block (16 or 32). */
+MOPT_API mopt_mxfp_kind mopt_mxfp_kind_of(const mopt_tensor *t);
+MOPT_API const char *mopt_mxfp_kind_name(mopt_mxfp_kind k);
+MOPT_API int32_t mopt_mxfp_block(mopt_mxfp_kind k);
+/* Quantizes W [out, in] (fp32, `in` a multiple of 32) into a new MXFP tensor
+ * of format k as the layout comment above says; act_flags 0,
+ * MOPT_QUANT_ACT_PER_TOKEN or (NVFP4) MOPT_QUANT_ACT_STATIC with act_scale
+ * the activations' global scale. Fails naming the tensor on a bad shape,
+ * flags or scale, or non-finite weights. */
+MOPT_API mopt_tensor *mopt_mxfp_quantize(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, uint32_t act_flags,
+                                         float act_scale, mopt_error *err);
+/* An MXFP tensor from stored bytes: values [out, in / 2] (4-bit) or [out, in]
+ * (MXFP8), scales [out, in / block], and NVFP4's global scale (finite, > 0). */
+MOPT_API mopt_tensor *mopt_mxfp_pack(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const uint8_t *values,
+                                     const uint8_t *scales, float global_scale, uint32_t act_flags, float act_scale, mopt_error *err);
+/* Rounds x[n] (n a multiple of the block) onto format k's grid in place,
+ * block by block: how activations are quantized at run time. NVFP4 takes g
+ * as its global scale or, when g is 0, max|x| / (6 * 448). */
+MOPT_API void mopt_mxfp_round(mopt_mxfp_kind k, float *x, int64_t n, float g);
+/* E2M1: the 4-bit code of f (nearest even, saturating at +-6; NaN gives 0) and back. */
+MOPT_API uint8_t mopt_f32_to_e2m1(float f);
+MOPT_API float mopt_e2m1_to_f32(uint8_t code);
 
 /* Dequantizes row `row` of any float or packed weight into out[ne[0]]. */
 MOPT_API mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, mopt_error *err);

@@ -39,6 +39,7 @@ typedef enum mopt_dtype {
     MOPT_DTYPE_FP8 = 66,  /* E4M3 weights, per-row or per-tensor scale */
     MOPT_DTYPE_SP24 = 67, /* 2:4 sparse: two kept values of every four inputs plus their 2-bit positions */
     MOPT_DTYPE_KQUANT = 68, /* ggml k-quant super-blocks (Q4_K, Q5_K, Q6_K) as GGUF files store them */
+    MOPT_DTYPE_MXFP = 69,   /* block-scaled floats: NVFP4, MXFP4, MXFP8 */
     MOPT_DTYPE_COUNT
 } mopt_dtype;
 
@@ -74,6 +75,7 @@ typedef struct mopt_quant_info {
     struct mopt_tensor *scale; /* owned */
     struct mopt_tensor *zero;  /* owned; NULL for symmetric formats */
     struct mopt_tensor *g_idx; /* owned; I32 [in] group of each input column (act-order), or NULL */
+    float global_scale;        /* MXFP (NVFP4): the F32 scale every block scale is multiplied by; 1 for the MX formats */
 } mopt_quant_info;
 
 typedef struct mopt_tensor {

@@ -70,6 +70,8 @@ static void test_compressed_tensors_pack_quantized_sym_and_asym(void **s) {
     exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128>", "compressed-tensors", "ct-asym", 1);
     exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=32;sym=true>", "compressed-tensors", "ct-sym", 1);
     exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1>", "compressed-tensors", "ct-8", 0);
+    /* W4A8: the FP8-per-token activations travel in input_activations and come back (else the logits would differ) */
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true;activations=fp8>", "compressed-tensors", "ct-w4a8", 1);
 }
 
 static void test_compressed_tensors_w8a8_and_fp8(void **s) {
@@ -88,6 +90,14 @@ static void test_modelopt_unified_w4a16_awq_and_fp8(void **s) {
     snprintf(q, sizeof q, "quant.fp8<weights=per_tensor;activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
     exact_roundtrip("models/lit-llama-7m", q, "modelopt", "mo-fp8", 1);
     exact_roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", "modelopt", "mo-fp8pc", 1);
+}
+
+/* NVFP4 with its calibrated input_scale: the E2M1 pairs, E4M3 block scales and both global scales reload as they
+ * were, and the independent reader decodes the values */
+static void test_modelopt_unified_nvfp4(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "modelopt", "mo-nvfp4", 1);
 }
 
 static void test_modelopt_scheme_read_from_hf_quant_config_alone(void **s) {
@@ -236,6 +246,10 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "prune.magnitude<pattern=2:4;pack=true>,export.hf<out=%s/o;format=gptq>",
                    "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense");
     expect_refusal("models/lit-llama-7m", "quant.rtn<bits=4>,export.hf<out=%s/o;format=modelopt>", "sym=true");
+    expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=modelopt>", "NVFP4 exports as ModelOpt");
+    expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8>,export.hf<out=%s/o;format=modelopt>",
+                   "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors");
+    expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=compressed-tensors>", "MXFP4 and MXFP8 export dense");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
     expect_refusal("models/stories260K/stories260K.bin", "quant.rtn<group_size=32>,export.hf<out=%s/o;format=awq>", "divisible by 8");
@@ -411,6 +425,7 @@ int main(void) {
         cmocka_unit_test(test_compressed_tensors_pack_quantized_sym_and_asym),
         cmocka_unit_test(test_compressed_tensors_w8a8_and_fp8),
         cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
+        cmocka_unit_test(test_modelopt_unified_nvfp4),
         cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_compressed_tensors_sparse_24_bitmask),

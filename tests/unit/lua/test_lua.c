@@ -90,6 +90,10 @@ static void test_bad_options_from_lua_are_errors_with_line(void **s) {
     assert_int_equal(run_script("mopt.pipeline{ {'good.types', {}} }\n", 0, NULL, &err, &tb), MOPT_E_RUNTIME);
     CHECK_ERR(err, MOPT_E_RUNTIME, "missing required option 'count'");
     free(tb);
+    tb = NULL; /* a {recipe = JSON} step goes to the recipe reader (mopt_pipeline_add_recipe, tested with the quant passes) */
+    assert_int_equal(run_script("\nmopt.pipeline{ {recipe = '{\"*mlp*\": 4}'} }\n", 0, NULL, &err, &tb), MOPT_E_RUNTIME);
+    CHECK_ERR(err, MOPT_E_RUNTIME, ":2: mopt.pipeline: recipe: \"*mlp*\" must map to a quant pass");
+    free(tb);
 }
 
 static void test_syntax_error_reports_file_and_line(void **s) {

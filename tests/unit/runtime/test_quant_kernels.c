@@ -3,10 +3,8 @@
  * width (stories260K's FFN is 172), for every kernel set the CPU runs. */
 #include <math.h>
 
-#include "backend_impl.h"
-#include "kernels.h"
+#include "linear_check.h"
 #include "mopt/quant.h"
-#include "testutil.h"
 
 static uint32_t rng = 88172645u;
 static uint32_t urand(void) {
@@ -16,30 +14,6 @@ static uint32_t urand(void) {
     return rng;
 }
 static float frand(void) { return (float)((double)urand() / 4294967296.0 * 2.0 - 1.0); }
-
-static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
-
-/* Runs the packed linear with every supported kernel set and compares to ref[T, out]. */
-static void check_linear(const mopt_tensor *w, const float *x, int T, const double *ref, double tol, const char *what) {
-    const int64_t out = w->ne[1];
-    float *y = malloc((size_t)T * out * sizeof *y);
-    for (int k = 0; k < 3; k++) {
-        if (!mopt_kernels_supported(sets[k])) continue;
-        for (int threads = 1; threads <= 2; threads++) {
-            mopt_error err = {0};
-            assert_int_equal(mopt_cpu_linear_once(threads, sets[k], w, NULL, x, T, y, &err), MOPT_OK);
-            for (int64_t i = 0; i < T * out; i++) {
-                double e = fabs(y[i] - ref[i]);
-                if (e > tol * (1 + fabs(ref[i]))) {
-                    fprintf(stderr, "%s [%s, %d threads, T=%d]: y[%lld] = %g, reference %g\n", what, sets[k]->name,
-                            threads, T, (long long)i, y[i], ref[i]);
-                    fail();
-                }
-            }
-        }
-    }
-    free(y);
-}
 
 static void test_qint_pack_roundtrips_levels(void **s) {
     const int bits[] = {2, 3, 4, 8};
@@ -172,6 +146,45 @@ static void test_qint_linear_matches_float64(void **s) {
                     free(z);
                     free(sc);
                 }
+}
+
+/* W4A8: int4 rows with activations rounded to E4M3 per token (max|x| / 448) take the float path, decode and
+ * prefill, against float64 with the reference's own E4M3 rounding of x. */
+static void test_w4a8_linear_rounds_activations_to_e4m3(void **s) {
+    const int64_t out = 29, in = 256;
+    const int32_t gs = 128;
+    const int64_t ng = in / gs;
+    uint8_t *q = malloc((size_t)(out * in));
+    float sc[29 * 2];
+    for (int64_t i = 0; i < out * in; i++) q[i] = (uint8_t)(urand() % 16);
+    for (int64_t i = 0; i < out * ng; i++) sc[i] = 0.001f + 0.05f * fabsf(frand());
+    mopt_error err = {0};
+    mopt_tensor *w = mopt_qint_pack("w", out, in, 4, gs, q, sc, NULL, NULL, &err);
+    assert_non_null(w);
+    w->quant->flags |= MOPT_QUANT_ACT_PER_TOKEN;
+    for (int T = 1; T <= 12; T += 11) {
+        float *x = malloc((size_t)(T * in) * sizeof *x);
+        double *ref = malloc((size_t)(T * out) * sizeof *ref);
+        for (int64_t i = 0; i < T * in; i++) x[i] = frand() * (i % 29 == 0 ? 20.0f : 1.0f);
+        for (int t = 0; t < T; t++) {
+            double mx = 0;
+            for (int64_t c = 0; c < in; c++) mx = fmax(mx, fabs(x[t * in + c]));
+            const float as = (float)(mx / 448.0);
+            for (int64_t o = 0; o < out; o++) {
+                double acc = 0;
+                for (int64_t c = 0; c < in; c++) {
+                    const double xq = (double)mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[t * in + c] / as)) * as;
+                    acc += ((double)q[o * in + c] - 8) * mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + c / gs])) * xq;
+                }
+                ref[t * out + o] = acc;
+            }
+        }
+        check_linear(w, x, T, ref, 1e-4, "w4a8");
+        free(x);
+        free(ref);
+    }
+    mopt_tensor_free(w);
+    free(q);
 }
 
 static void test_act_order_g_idx_linear(void **s) {
@@ -404,6 +417,7 @@ int main(void) {
         cmocka_unit_test(test_bad_packing_is_refused),
         cmocka_unit_test(test_qint_linear_matches_float64),
         cmocka_unit_test(test_act_order_g_idx_linear),
+        cmocka_unit_test(test_w4a8_linear_rounds_activations_to_e4m3),
         cmocka_unit_test(test_w8a8_linear_matches_int_reference),
         cmocka_unit_test(test_e4m3_conversion),
         cmocka_unit_test(test_fp8_linear_matches_float64),
