@@ -242,33 +242,27 @@ def marlin24(t, p, qc):
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
 
-def modelopt_nvfp4(t, p, qc):
-    (out, half), packed = t[p + ".weight"]
-    (_, nb), sc = t[p + ".weight_scale"]
-    _, g2 = t[p + ".weight_scale_2"]
-    i_n = 2 * half
-    w = [[0.0] * i_n for _ in range(out)]
-    for o in range(out):
-        for i in range(i_n):
-            nib = (packed[o * half + i // 2] >> (4 * (i % 2))) & 15  # even values in the low nibble
-            v = -E2M1[nib & 7] if nib & 8 else E2M1[nib & 7]
-            w[o][i] = v * sc[o * nb + i // 16] * g2[0]
-    return w
-
-
-def ct_nvfp4(t, p, qc):
-    """compressed-tensors' nvfp4-pack-quantized: the same pairs, the global scale stored inverted"""
-    (out, half), packed = t[p + ".weight_packed"]
-    (_, nb), sc = t[p + ".weight_scale"]
-    _, gs = t[p + ".weight_global_scale"]
+def nvfp4_pairs(packed_t, scale_t, g):
+    """E2M1 pairs (even values in the low nibble) times their E4M3 block scale (per 16) times the global scale g"""
+    (out, half), packed = packed_t
+    (_, nb), sc = scale_t
     i_n = 2 * half
     w = [[0.0] * i_n for _ in range(out)]
     for o in range(out):
         for i in range(i_n):
             nib = (packed[o * half + i // 2] >> (4 * (i % 2))) & 15
             v = -E2M1[nib & 7] if nib & 8 else E2M1[nib & 7]
-            w[o][i] = v * sc[o * nb + i // 16] / gs[0]
+            w[o][i] = v * sc[o * nb + i // 16] * g
     return w
+
+
+def modelopt_nvfp4(t, p, qc):
+    return nvfp4_pairs(t[p + ".weight"], t[p + ".weight_scale"], t[p + ".weight_scale_2"][1][0])
+
+
+def ct_nvfp4(t, p, qc):
+    """compressed-tensors' nvfp4-pack-quantized: the same pairs, the global scale stored inverted"""
+    return nvfp4_pairs(t[p + ".weight_packed"], t[p + ".weight_scale"], 1.0 / t[p + ".weight_global_scale"][1][0])
 
 
 def main():

@@ -370,48 +370,31 @@ static int scalar_part(mopt_graph *g, const char *p, const char *suffix, float *
     return mopt_tensor_read_f32(t, 0, 1, v, err) ? -1 : 1;
 }
 
-/* NVFP4: weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], weight_scale_2 and input_scale scalars; the
- * stored bytes become mopt's MXFP tensor as they are */
-static mopt_tensor *modelopt_nvfp4_linear(mopt_graph *g, const char *p, mopt_error *err) {
-    const mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale");
-    const int64_t out = w->ndim == 2 ? w->ne[1] : 0, in = w->ndim == 2 ? w->ne[0] * 2 : 0;
-    if (!out || !sc || sc->dtype != MOPT_DTYPE_F8E4M3 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 16 != in) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs weight U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p);
-        return NULL;
-    }
-    float g2 = 0, act = 0;
-    const int has_g = scalar_part(g, p, "weight_scale_2", &g2, err), has_act = scalar_part(g, p, "input_scale", &act, err);
-    if (has_g < 0 || has_act < 0) return NULL;
-    if (!has_g) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale_2 (NVFP4's global scale) is missing", p);
-        return NULL;
-    }
-    char name[MOPT_MAX_NAME + 16];
-    snprintf(name, sizeof name, "%s.weight", p);
-    return mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, out, in, w->data, sc->data, g2, has_act ? MOPT_QUANT_ACT_STATIC : 0, act, err);
-}
-
-/* compressed-tensors' nvfp4-pack-quantized: weight_packed U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], and the
- * inverted global scales weight_global_scale and input_global_scale ([1]) */
-static mopt_tensor *ct_nvfp4_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
-    const mopt_tensor *w = part(g, p, "weight_packed"), *sc = part(g, p, "weight_scale");
+/* NVFP4 from its stored bytes as ModelOpt (weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], scalars
+ * weight_scale_2 = G and input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and
+ * [1] weight_global_scale = 1 / G, input_global_scale) hold it: the bytes become mopt's MXFP tensor as they are.
+ * Activations are static when ModelOpt's input_scale is there, or when the compressed-tensors config says so. */
+static mopt_tensor *nvfp4_linear(mopt_graph *g, const char *p, int ct, int act_static, mopt_error *err) {
+    const char *wn = ct ? "weight_packed" : "weight", *gn = ct ? "weight_global_scale" : "weight_scale_2",
+               *an = ct ? "input_global_scale" : "input_scale";
+    const mopt_tensor *w = part(g, p, wn), *sc = part(g, p, "weight_scale");
     const int64_t out = w && w->ndim == 2 && w->dtype == MOPT_DTYPE_U8 ? w->ne[1] : 0, in = out ? w->ne[0] * 2 : 0;
     if (!out || !sc || sc->dtype != MOPT_DTYPE_F8E4M3 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 16 != in) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: nvfp4-pack-quantized needs weight_packed U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p);
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs %s U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p, wn);
         return NULL;
     }
-    float wg = 0, ag = 0;
-    const int has_w = scalar_part(g, p, "weight_global_scale", &wg, err), has_a = scalar_part(g, p, "input_global_scale", &ag, err);
-    if (has_w < 0 || has_a < 0) return NULL;
-    if (!has_w || (c->nvfp4_act_static && !has_a) || !(wg > 0) || (has_a && !(ag > 0))) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: nvfp4-pack-quantized needs a weight_global_scale > 0%s", p,
-                  c->nvfp4_act_static ? " and an input_global_scale > 0" : "");
+    float gv = 0, av = 0;
+    const int has_g = scalar_part(g, p, gn, &gv, err), has_a = scalar_part(g, p, an, &av, err);
+    if (has_g < 0 || has_a < 0) return NULL;
+    if (!ct) act_static = has_a;
+    if (!has_g || !(gv > 0) || (act_static && !(has_a && av > 0))) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs %s > 0%s%s (its global scales)", p, gn, act_static ? " and " : "", act_static ? an : "");
         return NULL;
     }
     char name[MOPT_MAX_NAME + 16];
     snprintf(name, sizeof name, "%s.weight", p);
-    return mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, out, in, w->data, sc->data, 1.0f / wg, c->nvfp4_act_static ? MOPT_QUANT_ACT_STATIC : 0,
-                          c->nvfp4_act_static ? 1.0f / ag : 0.0f, err);
+    return mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, out, in, w->data, sc->data, ct ? 1.0f / gv : gv, act_static ? MOPT_QUANT_ACT_STATIC : 0,
+                          act_static ? (ct ? 1.0f / av : av) : 0.0f, err);
 }
 
 /* --- config ----------------------------------------------------------------- */
@@ -785,13 +768,13 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
             else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.compressed is a compressed-tensors sparse weight, but %s names no sparse-24-bitmask", pre[i], config_path);
         } else if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);
-        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT && c.nvfp4) t = modelopt_nvfp4_linear(g, pre[i], err);
+        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT && c.nvfp4) t = nvfp4_linear(g, pre[i], 0, 0, err);
         else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT) t = modelopt_int4_linear(g, pre[i], &c, err);
         else if (w && w->dtype == MOPT_DTYPE_U8)
             st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ and NVFP4 store", pre[i]);
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT && c.marlin24) t = ct_marlin24_linear(g, pre[i], &c, err);
-        else if (c.method == HFQ_CT && c.nvfp4) t = ct_nvfp4_linear(g, pre[i], &c, err);
+        else if (c.method == HFQ_CT && c.nvfp4) t = nvfp4_linear(g, pre[i], 1, c.nvfp4_act_static, err);
         else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);
         else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_packed is a compressed-tensors packed weight, but %s names another scheme", pre[i], config_path);
         if (!t) {

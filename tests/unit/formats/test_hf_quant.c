@@ -317,6 +317,27 @@ static void test_bad_quantized_checkpoints_are_refused(void **s) {
     json_decref(j);
     assert_null(mopt_model_load(out, NULL, &err));
     CHECK_ERR(err, MOPT_E_FORMAT, "no quantization_config");
+    /* a config that names NVFP4 over int4 words, and NVFP4 activations of another kind */
+    snprintf(out, sizeof out, "%s/ct", dir);
+    m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128;sym=true>,export.hf<out=%s;format=compressed-tensors>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    j = json_load_file(path, 0, &je);
+    json_t *qc = json_object_get(j, "quantization_config"), *w = json_object_get(json_object_get(json_object_get(qc, "config_groups"), "group_0"), "weights");
+    json_object_set_new(qc, "format", json_string("nvfp4-pack-quantized"));
+    json_object_set_new(w, "type", json_string("float"));
+    json_object_set_new(w, "group_size", json_integer(16));
+    json_dump_file(j, path, 0);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "NVFP4 needs weight_packed U8 [out, in/2]");
+    json_object_set_new(json_object_get(json_object_get(qc, "config_groups"), "group_0"), "input_activations",
+                        json_pack("{s:i, s:s, s:i, s:b}", "num_bits", 4, "type", "float", "group_size", 16, "dynamic", 1));
+    json_dump_file(j, path, 0);
+    json_decref(j);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "static global scale");
 }
 
 /* Sets quantization_config.config_groups.<first>.weights[key] (or input_activations[key]). */
