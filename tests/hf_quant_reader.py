@@ -5,7 +5,8 @@ compressed-tensors pack_to_int32 / int- and float-quantized / sparse-24-bitmask
 (numpy.packbits little-endian bitmasks) / marlin-24 (Marlin24Compressor with
 sparse_semi_structured_from_dense_cutlass and get_permutations_24), ModelOpt's
 pack_int4_in_uint8 for W4A16_AWQ and its NVFP4 tensors (E2M1 pairs, even
-value in the low nibble; e2m1 * weight_scale * weight_scale_2)), not from mopt's
+value in the low nibble; e2m1 * weight_scale * weight_scale_2), and
+compressed-tensors' nvfp4-pack-quantized (the same, / weight_global_scale)), not from mopt's
 code. Python standard library only.
 
 usage: hf_quant_reader.py QUANT_DIR DENSE_DIR
@@ -241,18 +242,27 @@ def marlin24(t, p, qc):
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
 
-def modelopt_nvfp4(t, p, qc):
-    (out, half), packed = t[p + ".weight"]
-    (_, nb), sc = t[p + ".weight_scale"]
-    _, g2 = t[p + ".weight_scale_2"]
+def nvfp4_pairs(packed_t, scale_t, g):
+    """E2M1 pairs (even values in the low nibble) times their E4M3 block scale (per 16) times the global scale g"""
+    (out, half), packed = packed_t
+    (_, nb), sc = scale_t
     i_n = 2 * half
     w = [[0.0] * i_n for _ in range(out)]
     for o in range(out):
         for i in range(i_n):
-            nib = (packed[o * half + i // 2] >> (4 * (i % 2))) & 15  # even values in the low nibble
+            nib = (packed[o * half + i // 2] >> (4 * (i % 2))) & 15
             v = -E2M1[nib & 7] if nib & 8 else E2M1[nib & 7]
-            w[o][i] = v * sc[o * nb + i // 16] * g2[0]
+            w[o][i] = v * sc[o * nb + i // 16] * g
     return w
+
+
+def modelopt_nvfp4(t, p, qc):
+    return nvfp4_pairs(t[p + ".weight"], t[p + ".weight_scale"], t[p + ".weight_scale_2"][1][0])
+
+
+def ct_nvfp4(t, p, qc):
+    """compressed-tensors' nvfp4-pack-quantized: the same pairs, the global scale stored inverted"""
+    return nvfp4_pairs(t[p + ".weight_packed"], t[p + ".weight_scale"], 1.0 / t[p + ".weight_global_scale"][1][0])
 
 
 def main():
@@ -267,6 +277,8 @@ def main():
     elif method == "modelopt":
         algo = qc["quant_algo"]
         marker, fn = ".weight_scale", modelopt_int4 if algo == "W4A16_AWQ" else modelopt_nvfp4 if algo == "NVFP4" else ct_8bit
+    elif qc.get("format") == "nvfp4-pack-quantized":
+        marker, fn = ".weight_packed", ct_nvfp4
     elif qc.get("format") == "marlin-24":
         marker, fn = ".weight_packed", marlin24
     elif (qc.get("sparsity_config") or {}).get("format") == "sparse-24-bitmask":

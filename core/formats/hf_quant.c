@@ -16,6 +16,9 @@
  *         float-quantized: weight F8_E4M3 [out, in], weight_scale [out, 1] | [1],
  *         input_scale [1] when activations are static.
  *         marlin-24: weight_packed I32, meta I16, scale_packed F16, weight_shape (marlin24.c)
+ *         nvfp4-pack-quantized: weight_packed U8 [out, in/2] (E2M1 pairs),
+ *         weight_scale F8_E4M3 [out, in/16], weight_global_scale [1] = 1 / G,
+ *         input_global_scale [1] (static activations)
  *   ModelOpt unified (quant_method "modelopt" or hf_quant_config.json):
  *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
  *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
@@ -46,7 +49,8 @@ typedef struct hfq_cfg {
     int sparse24;             /* CT sparsity_config sparse-24-bitmask (float values, or int8 with sparse24_int8) */
     int sparse24_int8;        /* ... whose values are W8A8's int8 weights (a scale per row or one) */
     int marlin24;             /* CT format marlin-24: 2:4 with int4 values (W4A16) */
-    int nvfp4;                /* ModelOpt NVFP4 */
+    int nvfp4;                /* ModelOpt NVFP4, or compressed-tensors' nvfp4-pack-quantized */
+    int nvfp4_act_static;     /* ... the latter with a static global activation scale (input_global_scale) */
     uint32_t packed_act;      /* CT pack-quantized: MOPT_QUANT_ACT_PER_TOKEN for FP8 activations per token (W4A8) */
     const char *file;
 } hfq_cfg;
@@ -366,25 +370,31 @@ static int scalar_part(mopt_graph *g, const char *p, const char *suffix, float *
     return mopt_tensor_read_f32(t, 0, 1, v, err) ? -1 : 1;
 }
 
-/* NVFP4: weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], weight_scale_2 and input_scale scalars; the
- * stored bytes become mopt's MXFP tensor as they are */
-static mopt_tensor *modelopt_nvfp4_linear(mopt_graph *g, const char *p, mopt_error *err) {
-    const mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale");
-    const int64_t out = w->ndim == 2 ? w->ne[1] : 0, in = w->ndim == 2 ? w->ne[0] * 2 : 0;
+/* NVFP4 from its stored bytes as ModelOpt (weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], scalars
+ * weight_scale_2 = G and input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and
+ * [1] weight_global_scale = 1 / G, input_global_scale) hold it: the bytes become mopt's MXFP tensor as they are.
+ * Activations are static when ModelOpt's input_scale is there, or when the compressed-tensors config says so. */
+static mopt_tensor *nvfp4_linear(mopt_graph *g, const char *p, int ct, int act_static, mopt_error *err) {
+    const char *wn = ct ? "weight_packed" : "weight", *gn = ct ? "weight_global_scale" : "weight_scale_2",
+               *an = ct ? "input_global_scale" : "input_scale";
+    const mopt_tensor *w = part(g, p, wn), *sc = part(g, p, "weight_scale");
+    const int64_t out = w && w->ndim == 2 && w->dtype == MOPT_DTYPE_U8 ? w->ne[1] : 0, in = out ? w->ne[0] * 2 : 0;
     if (!out || !sc || sc->dtype != MOPT_DTYPE_F8E4M3 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 16 != in) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs weight U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p);
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs %s U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p, wn);
         return NULL;
     }
-    float g2 = 0, act = 0;
-    const int has_g = scalar_part(g, p, "weight_scale_2", &g2, err), has_act = scalar_part(g, p, "input_scale", &act, err);
-    if (has_g < 0 || has_act < 0) return NULL;
-    if (!has_g) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_scale_2 (NVFP4's global scale) is missing", p);
+    float gv = 0, av = 0;
+    const int has_g = scalar_part(g, p, gn, &gv, err), has_a = scalar_part(g, p, an, &av, err);
+    if (has_g < 0 || has_a < 0) return NULL;
+    if (!ct) act_static = has_a;
+    if (!has_g || !(gv > 0) || (act_static && !(has_a && av > 0))) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs %s > 0%s%s (its global scales)", p, gn, act_static ? " and " : "", act_static ? an : "");
         return NULL;
     }
     char name[MOPT_MAX_NAME + 16];
     snprintf(name, sizeof name, "%s.weight", p);
-    return mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, out, in, w->data, sc->data, g2, has_act ? MOPT_QUANT_ACT_STATIC : 0, act, err);
+    return mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, out, in, w->data, sc->data, ct ? 1.0f / gv : gv, act_static ? MOPT_QUANT_ACT_STATIC : 0,
+                          act_static ? (ct ? 1.0f / av : av) : 0.0f, err);
 }
 
 /* --- config ----------------------------------------------------------------- */
@@ -428,6 +438,28 @@ static mopt_status ct_sparsity(json_t *qc, hfq_cfg *c, mopt_error *err) {
     return MOPT_OK;
 }
 
+/* nvfp4-pack-quantized: E2M1 weights in groups of 16, weight-only (NVFP4A16) or with activations that take a static
+ * global scale and dynamic per-16 scales ("dynamic": "local", llm-compressor's NVFP4) */
+static mopt_status ct_nvfp4_config(json_t *wts, json_t *acts, int64_t bits, int64_t gs, const char *type, const char *key, hfq_cfg *c,
+                                   mopt_error *err) {
+    if (bits != 4 || !type || strcmp(type, "float") || gs != 16)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s: nvfp4-pack-quantized is read for 4-bit float weights in groups of 16",
+                         c->file, key);
+    c->nvfp4 = 1;
+    if (!acts || json_is_null(acts)) return MOPT_OK;
+    json_t *dyn = json_object_get(acts, "dynamic");
+    int64_t abits = 0, ags = 0;
+    if (!mopt_json_get_int_opt(acts, "num_bits", &abits, c->file, err) || !mopt_json_get_int_opt(acts, "group_size", &ags, c->file, err))
+        return MOPT_E_FORMAT;
+    if (abits != 4 || ags != 16 || !json_is_string(dyn) || strcmp(json_string_value(dyn), "local"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                         "%s: config_groups.%s.input_activations: nvfp4-pack-quantized is read with NVFP4 activations in groups of 16 "
+                         "with a static global scale (dynamic \"local\"), or none",
+                         c->file, key);
+    c->nvfp4_act_static = 1;
+    return MOPT_OK;
+}
+
 static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     const char *fmt = NULL;
     if (!mopt_json_get_str_opt(qc, "format", &fmt, c->file, err)) return MOPT_E_FORMAT;
@@ -455,6 +487,7 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
         !mopt_json_get_str_opt(wts, "strategy", &strategy, c->file, err) || !mopt_json_get_str_opt(wts, "type", &type, c->file, err) ||
         !mopt_json_get_int_opt(wts, "group_size", &gs, c->file, err))
         return MOPT_E_FORMAT;
+    if (fmt && !strcmp(fmt, "nvfp4-pack-quantized")) return ct_nvfp4_config(wts, acts, bits, gs, type, key, c, err);
     /* what mopt runs; anything else (block, tensor_group, ...) would be read wrongly */
     if (strategy && strcmp(strategy, "group") && strcmp(strategy, "channel") && strcmp(strategy, "tensor"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.strategy \"%s\" is not supported (group, channel, tensor)",
@@ -521,7 +554,8 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     if (fmt && strcmp(fmt, "pack-quantized") && strcmp(fmt, "int-quantized") && strcmp(fmt, "float-quantized") &&
         strcmp(fmt, "naive-quantized"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                         "%s: compressed-tensors format \"%s\" is not supported (pack-quantized, int-quantized, float-quantized, marlin-24)",
+                         "%s: compressed-tensors format \"%s\" is not supported (pack-quantized, int-quantized, float-quantized, marlin-24, "
+                         "nvfp4-pack-quantized)",
                          c->file, fmt);
     return MOPT_OK;
 }
@@ -705,6 +739,7 @@ static mopt_tensor *ct_marlin24_linear(mopt_graph *g, const char *p, const hfq_c
 
 static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_scale",
                                     "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale", "pre_quant_scale", "weight", "weight_scale_2",
+                                    "weight_global_scale", "input_global_scale",
                                     "compressed", "bitmask", "shape", "meta", "scale_packed"};
 
 mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
@@ -733,12 +768,13 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_er
             else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.compressed is a compressed-tensors sparse weight, but %s names no sparse-24-bitmask", pre[i], config_path);
         } else if (c.method == HFQ_AWQ) t = awq_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_GPTQ) t = gptq_linear(g, pre[i], &c, err);
-        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT && c.nvfp4) t = modelopt_nvfp4_linear(g, pre[i], err);
+        else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT && c.nvfp4) t = nvfp4_linear(g, pre[i], 0, 0, err);
         else if (w && w->dtype == MOPT_DTYPE_U8 && c.method == HFQ_MODELOPT) t = modelopt_int4_linear(g, pre[i], &c, err);
         else if (w && w->dtype == MOPT_DTYPE_U8)
             st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight is U8, which only ModelOpt's W4A16_AWQ and NVFP4 store", pre[i]);
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT && c.marlin24) t = ct_marlin24_linear(g, pre[i], &c, err);
+        else if (c.method == HFQ_CT && c.nvfp4) t = nvfp4_linear(g, pre[i], 1, c.nvfp4_act_static, err);
         else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);
         else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_packed is a compressed-tensors packed weight, but %s names another scheme", pre[i], config_path);
         if (!t) {

@@ -4,6 +4,7 @@
  * (its top comment); mopt's QINT stores unsigned levels q with w = (q - z) s
  * (z = 2^(b-1) when symmetric), f16 scales [out, groups] and an optional
  * g_idx, which every layout holds exactly. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,11 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
     return MOPT_OK;
 }
 
+/* NVFP4 weight-only (NVFP4A16) or with a calibrated global activation scale: what nvfp4-pack-quantized holds */
+static int ct_nvfp4_ok(const mopt_quant_scheme *s) {
+    return !(s->flags & MOPT_QUANT_SCALE_E8M0) && !(s->flags & MOPT_QUANT_ACT_PER_TOKEN);
+}
+
 const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
     if (!s->n_packed || f == MOPT_HF_DENSE) return NULL;
     if (s->dtype == MOPT_DTYPE_KQUANT)
@@ -49,9 +55,9 @@ const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f)
         return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
     if (s->dtype == MOPT_DTYPE_QINT && (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)) && f != MOPT_HF_CT)
         return "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors";
-    if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)))
-        return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with activations=static for input_scale); "
-               "MXFP4 and MXFP8 export dense (dequantized) for now";
+    if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)) && !(f == MOPT_HF_CT && ct_nvfp4_ok(s)))
+        return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with activations=static for input_scale) or as "
+               "compressed-tensors (activations=static or none); MXFP4 and MXFP8 export dense (dequantized) for now";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
                                      : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true), FP8 with "
@@ -259,18 +265,20 @@ static uint8_t *pack_int4_rows(const mopt_tensor *t, const int64_t *perm) {
     return w;
 }
 
-/* A float scalar (shape []) named P.PART. */
-static mopt_status add_scalar(mopt_st_list *l, const char *p, const char *part, float v, mopt_error *err) {
+/* A float named P.PART: a scalar (shape []) or, with one_d, shape [1]. */
+static mopt_status add_scalar(mopt_st_list *l, const char *p, const char *part, float v, int one_d, mopt_error *err) {
     char name[MOPT_MAX_NAME + 32];
     snprintf(name, sizeof name, "%s.%s", p, part);
     float *d = malloc(sizeof *d);
     if (d) *d = v;
-    return mopt_st_list_add(l, name, "F32", 0, NULL, d, sizeof *d, err);
+    const int64_t shape[1] = {1};
+    return mopt_st_list_add(l, name, "F32", one_d ? 1 : 0, shape, d, sizeof *d, err);
 }
 
-/* ModelOpt NVFP4: weight U8 [out, in/2] (mopt's rows as they are), weight_scale F8_E4M3 [out, in/16], the
- * scalars weight_scale_2 (G) and input_scale (the activations' global scale) */
-static mopt_status modelopt_nvfp4(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, mopt_error *err) {
+/* NVFP4 as ModelOpt (weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], scalars weight_scale_2 = G and
+ * input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and [1] weight_global_scale =
+ * 1 / G and input_global_scale) hold: mopt's rows as they are. */
+static mopt_status nvfp4_tensors(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, int ct, mopt_error *err) {
     char name[MOPT_MAX_NAME + 32];
     const int64_t out = t->ne[1], in = t->ne[0], nb = in / 16;
     uint8_t *w = malloc((size_t)(out * in / 2) + 1), *sc = malloc((size_t)(out * nb) + 1);
@@ -284,13 +292,15 @@ static mopt_status modelopt_nvfp4(mopt_st_list *l, const char *p, const mopt_ten
         memcpy(sc + r * nb, (const uint8_t *)t->quant->scale->data + src * nb, (size_t)nb);
     }
     const int64_t dw[2] = {out, in / 2}, ds[2] = {out, nb};
-    snprintf(name, sizeof name, "%s.weight", p);
+    snprintf(name, sizeof name, "%s.%s", p, ct ? "weight_packed" : "weight");
     mopt_status st = mopt_st_list_add(l, name, "U8", 2, dw, w, (size_t)(out * in / 2), err);
     snprintf(name, sizeof name, "%s.weight_scale", p);
     if (!st) st = mopt_st_list_add(l, name, "F8_E4M3", 2, ds, sc, (size_t)(out * nb), err);
     else free(sc);
-    if (!st) st = add_scalar(l, p, "weight_scale_2", t->quant->global_scale, err);
-    if (!st) st = add_scalar(l, p, "input_scale", t->quant->act_scale, err);
+    const float g = t->quant->global_scale, a = t->quant->act_scale;
+    if (!st) st = ct ? add_scalar(l, p, "weight_global_scale", mopt_exact_reciprocal(g), 1, err) : add_scalar(l, p, "weight_scale_2", g, 0, err);
+    if (!st && (t->quant->flags & MOPT_QUANT_ACT_STATIC))
+        st = ct ? add_scalar(l, p, "input_global_scale", mopt_exact_reciprocal(a), 1, err) : add_scalar(l, p, "input_scale", a, 0, err);
     return st;
 }
 
@@ -312,7 +322,7 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
         else free(ones);
         return st;
     }
-    if (t->dtype == MOPT_DTYPE_MXFP) return modelopt_nvfp4(l, p, t, perm, err);
+    if (t->dtype == MOPT_DTYPE_MXFP) return nvfp4_tensors(l, p, t, perm, 0, err);
     mopt_status st = ct_8bit(l, p, t, perm, err); /* FP8: weight, weight_scale, input_scale */
     const int per_tensor = (t->quant->flags & MOPT_QUANT_PER_TENSOR) != 0;
     for (int32_t i = l->n - 1; !st && i >= 0 && i >= l->n - 2; i--) /* scales: scalars per tensor, [out] per channel */
@@ -374,6 +384,7 @@ static mopt_status add_linear(mopt_st_list *l, const mopt_tensor *t, const char 
     if (t->dtype == MOPT_DTYPE_SP24 && (t->quant->flags & MOPT_QUANT_VALUES_I4)) return mopt_marlin24_write(l, p, t, perm, err);
     if (t->dtype == MOPT_DTYPE_SP24) return ct_sparse24(l, p, t, perm, err);
     if (f == MOPT_HF_MODELOPT) return modelopt(l, p, t, perm, err);
+    if (t->dtype == MOPT_DTYPE_MXFP) return nvfp4_tensors(l, p, t, perm, 1, err); /* compressed-tensors' nvfp4-pack-quantized */
     if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(l, p, t, perm, err);
     return f == MOPT_HF_AWQ ? awq(l, p, t, perm, err) : f == MOPT_HF_GPTQ ? gptq(l, p, t, perm, err) : ct_packed(l, p, t, perm, err);
 }
@@ -481,7 +492,14 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
     }
     json_t *w, *act = json_null();
     const char *format;
-    if (s->dtype == MOPT_DTYPE_QINT || (s->dtype == MOPT_DTYPE_SP24 && (s->flags & MOPT_QUANT_VALUES_I4))) {
+    if (s->dtype == MOPT_DTYPE_MXFP) { /* NVFP4 (llm-compressor's NVFP4 and NVFP4A16 presets) */
+        format = "nvfp4-pack-quantized";
+        w = json_pack("{s:i, s:s, s:b, s:s, s:i, s:b, s:s}", "num_bits", 4, "type", "float", "symmetric", 1, "strategy", "tensor_group",
+                      "group_size", 16, "dynamic", 0, "observer", "static_minmax");
+        if (s->flags & MOPT_QUANT_ACT_STATIC) /* a static global scale, dynamic per-16 scales */
+            act = json_pack("{s:i, s:s, s:b, s:s, s:i, s:s}", "num_bits", 4, "type", "float", "symmetric", 1, "strategy", "tensor_group",
+                            "group_size", 16, "dynamic", "local");
+    } else if (s->dtype == MOPT_DTYPE_QINT || (s->dtype == MOPT_DTYPE_SP24 && (s->flags & MOPT_QUANT_VALUES_I4))) {
         format = s->dtype == MOPT_DTYPE_QINT ? "pack-quantized" : "marlin-24"; /* marlin-24: W4A16, symmetric */
         w = json_pack("{s:i, s:s, s:b, s:s, s:b, s:s, s:s}", "num_bits", s->bits, "type", "int", "symmetric", sym,
                       "strategy", s->group_size > 0 ? "group" : "channel", "dynamic", 0, "observer", "minmax",

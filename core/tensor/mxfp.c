@@ -107,6 +107,24 @@ void mopt_mxfp_round(mopt_mxfp_kind k, float *x, int64_t n, float g) {
     }
 }
 
+float mopt_exact_reciprocal(float x) {
+    const float r = 1.0f / x;
+    const float c[3] = {r, nextafterf(r, 0.0f), nextafterf(r, INFINITY)};
+    for (int i = 0; i < 3; i++)
+        if (1.0f / c[i] == x) return c[i];
+    return r;
+}
+
+/* The float nearest v (within two ulps) whose reciprocal reads back exactly: an NVFP4 global scale that
+ * compressed-tensors' inverted form holds without loss. The grid decisions use the exact v. */
+static float invertible(double v) {
+    const float f = (float)v, up = nextafterf(f, INFINITY), dn = nextafterf(f, 0.0f);
+    const float c[5] = {f, up, dn, nextafterf(up, INFINITY), nextafterf(dn, 0.0f)};
+    for (int i = 0; i < 5; i++)
+        if (1.0f / mopt_exact_reciprocal(c[i]) == c[i]) return c[i];
+    return f;
+}
+
 /* An empty MXFP tensor with its scale tensor, after checking the shape and the scales. */
 static mopt_tensor *mxfp_new(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, float g, uint32_t act_flags, float act_scale,
                              mopt_error *err) {
@@ -155,7 +173,9 @@ mopt_tensor *mopt_mxfp_quantize(const char *name, mopt_mxfp_kind k, int64_t out,
         amax = fmaxf(amax, fabsf(W[i]));
     }
     const double gnum = k == MOPT_MXFP_NVFP4 && amax > 0 ? amax : 1.0, gden = k == MOPT_MXFP_NVFP4 && amax > 0 ? NVFP4_G_DIV : 1.0;
-    mopt_tensor *t = mxfp_new(name, k, out, in, (float)(gnum / gden), act_flags, act_scale, err); /* G stored rounded */
+    const float gf = k == MOPT_MXFP_NVFP4 ? invertible(gnum / gden) : 1.0f; /* stored rounded, within two ulps */
+    const float af = act_flags == MOPT_QUANT_ACT_STATIC && act_scale > 0 && isfinite(act_scale) ? invertible(act_scale) : act_scale;
+    mopt_tensor *t = mxfp_new(name, k, out, in, gf, act_flags, af, err);
     if (!t) return NULL;
     const int32_t B = mopt_mxfp_block(k);
     uint8_t *sc = t->quant->scale->data, codes[32];

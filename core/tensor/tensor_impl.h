@@ -43,6 +43,11 @@ mopt_tensor *mopt_packed_f16_scales(mopt_tensor *t, const char *name, const floa
 /* MXFP rows (layout in mopt/quant.h): the float each of blocks b0..b0+n-1
  * of `row` multiplies its values by (global scale included), and a whole
  * row dequantized. */
+/* The reciprocal of x that reads back as x (1 / r == x in float) when one of
+ * its float neighbours does, else 1 / x: compressed-tensors stores NVFP4's
+ * global scales inverted, and mopt_mxfp_quantize picks scales for which this
+ * holds, so they reload exactly. */
+float mopt_exact_reciprocal(float x);
 /* mopt_f32_to_e4m3 for a double: a quotient rounded onto E4M3 once. */
 uint8_t mopt_e4m3_from_double(double f);
 void mopt_mxfp_block_scales(const mopt_tensor *t, int64_t row, int64_t b0, int64_t n, float *out);

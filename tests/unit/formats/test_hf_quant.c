@@ -100,6 +100,15 @@ static void test_modelopt_unified_nvfp4(void **s) {
     exact_roundtrip("models/lit-llama-7m", q, "modelopt", "mo-nvfp4", 1);
 }
 
+/* compressed-tensors' nvfp4-pack-quantized, weight-only (NVFP4A16) and with a calibrated global activation scale
+ * (NVFP4): the global scales are stored inverted and read back as they were */
+static void test_compressed_tensors_nvfp4(void **s) {
+    exact_roundtrip("models/lit-llama-7m", "quant.nvfp4<activations=none>", "compressed-tensors", "ct-nvfp4a16", 1);
+    char q[2048];
+    snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4", 1);
+}
+
 static void test_modelopt_scheme_read_from_hf_quant_config_alone(void **s) {
     REQUIRE_SHARED();
     char dir[1024], out[1100], text[2400], path[1200];
@@ -250,6 +259,7 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8>,export.hf<out=%s/o;format=modelopt>",
                    "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=compressed-tensors>", "MXFP4 and MXFP8 export dense");
+    expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=compressed-tensors>", "activations=static or none");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
     expect_refusal("models/stories260K/stories260K.bin", "quant.rtn<group_size=32>,export.hf<out=%s/o;format=awq>", "divisible by 8");
@@ -307,6 +317,27 @@ static void test_bad_quantized_checkpoints_are_refused(void **s) {
     json_decref(j);
     assert_null(mopt_model_load(out, NULL, &err));
     CHECK_ERR(err, MOPT_E_FORMAT, "no quantization_config");
+    /* a config that names NVFP4 over int4 words, and NVFP4 activations of another kind */
+    snprintf(out, sizeof out, "%s/ct", dir);
+    m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128;sym=true>,export.hf<out=%s;format=compressed-tensors>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    j = json_load_file(path, 0, &je);
+    json_t *qc = json_object_get(j, "quantization_config"), *w = json_object_get(json_object_get(json_object_get(qc, "config_groups"), "group_0"), "weights");
+    json_object_set_new(qc, "format", json_string("nvfp4-pack-quantized"));
+    json_object_set_new(w, "type", json_string("float"));
+    json_object_set_new(w, "group_size", json_integer(16));
+    json_dump_file(j, path, 0);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "NVFP4 needs weight_packed U8 [out, in/2]");
+    json_object_set_new(json_object_get(json_object_get(qc, "config_groups"), "group_0"), "input_activations",
+                        json_pack("{s:i, s:s, s:i, s:b}", "num_bits", 4, "type", "float", "group_size", 16, "dynamic", 1));
+    json_dump_file(j, path, 0);
+    json_decref(j);
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "static global scale");
 }
 
 /* Sets quantization_config.config_groups.<first>.weights[key] (or input_activations[key]). */
@@ -426,6 +457,7 @@ int main(void) {
         cmocka_unit_test(test_compressed_tensors_w8a8_and_fp8),
         cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
         cmocka_unit_test(test_modelopt_unified_nvfp4),
+        cmocka_unit_test(test_compressed_tensors_nvfp4),
         cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_compressed_tensors_sparse_24_bitmask),
