@@ -39,6 +39,10 @@ char *mopt_path_join(char *out, size_t cap, const char *dir, const char *name);
 
 /* Checked multiply for sizes; returns 0 on overflow. */
 int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out);
+/* Writes all n bytes to fd, at offset off (pwrite) or, when off < 0, at the
+ * file position; retries interrupted and short writes. 0 or an errno
+ * (ENOSPC when the system writes nothing). */
+int mopt_write_all(int fd, const void *data, size_t n, int64_t off);
 
 /* Monotonic seconds. */
 double mopt_now(void);

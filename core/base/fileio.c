@@ -114,14 +114,15 @@ int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out) {
     return __builtin_mul_overflow(a, b, out);
 }
 
-/* Writes all n bytes to fd; 0 or an errno. */
-static int write_all(int fd, const char *p, size_t n) {
+int mopt_write_all(int fd, const void *data, size_t n, int64_t off) {
+    const char *p = data;
     while (n) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = off < 0 ? write(fd, p, n) : pwrite(fd, p, n, (off_t)off);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return w < 0 ? errno : ENOSPC;
+        if (w <= 0) return w < 0 ? errno : ENOSPC; /* a write of nothing: the disk is full */
         p += w;
         n -= (size_t)w;
+        if (off >= 0) off += w;
     }
     return 0;
 }
@@ -134,7 +135,7 @@ mopt_status mopt_file_write_atomic(const char *path, const void *data, size_t n,
             return MOPT_FAIL(err, MOPT_E_INVALID, "%s is %s; refusing to replace it", path,
                              S_ISLNK(st.st_mode) ? "a symbolic link" : S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
         int fd = open(path, O_WRONLY | O_CLOEXEC);
-        int e = fd < 0 ? errno : write_all(fd, data, n);
+        int e = fd < 0 ? errno : mopt_write_all(fd, data, n, -1);
         if (fd >= 0) close(fd);
         return e ? MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", path, strerror(e)) : MOPT_OK;
     }
@@ -143,7 +144,7 @@ mopt_status mopt_file_write_atomic(const char *path, const void *data, size_t n,
         return MOPT_FAIL(err, MOPT_E_INVALID, "%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: cannot write: %s", path, strerror(errno));
-    int e = write_all(fd, data, n);
+    int e = mopt_write_all(fd, data, n, -1);
     if (!e && fsync(fd) != 0) e = errno;
     if (close(fd) != 0 && !e) e = errno;
     if (!e && rename(tmp, path) != 0) e = errno;

@@ -291,14 +291,8 @@ struct mopt_st_writer {
 };
 
 static mopt_status write_at(mopt_st_writer *w, const void *data, size_t n, uint64_t off, mopt_error *err) {
-    const char *p = data;
-    while (n > 0) {
-        ssize_t k = pwrite(w->fd, p, n, (off_t)off);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", w->path, k < 0 ? strerror(errno) : strerror(ENOSPC));
-        p += k, n -= (size_t)k, off += (uint64_t)k;
-    }
-    return MOPT_OK;
+    const int e = mopt_write_all(w->fd, data, n, (int64_t)off);
+    return e ? MOPT_FAIL(err, MOPT_E_IO, "%s: write failed: %s", w->path, strerror(e)) : MOPT_OK;
 }
 
 mopt_st_writer *mopt_st_writer_open(const char *path, const mopt_st_entry *e, int32_t n, const char *const *meta, mopt_error *err) {

@@ -81,12 +81,8 @@ static mopt_status spill_one(mopt_tensor *t, int fd, uint64_t *end, mopt_error *
     if (!t || !t->buffer || t->buffer->kind != MOPT_BUFFER_HEAP || t->buffer->refcount != 1 || !t->buffer->size) return MOPT_OK;
     mopt_buffer *old = t->buffer;
     const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), at = (*end + page - 1) & ~(page - 1);
-    for (size_t done = 0; done < old->size;) {
-        ssize_t k = pwrite(fd, (const char *)old->base + done, old->size - done, (off_t)(at + done));
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return MOPT_FAIL(err, MOPT_E_IO, "spill file: write failed: %s", k < 0 ? strerror(errno) : strerror(ENOSPC));
-        done += (size_t)k;
-    }
+    const int e = mopt_write_all(fd, old->base, old->size, (int64_t)at);
+    if (e) return MOPT_FAIL(err, MOPT_E_IO, "spill file: write failed: %s", strerror(e));
     void *base = mmap(NULL, old->size, PROT_READ, MAP_SHARED, fd, (off_t)at);
     if (base == MAP_FAILED) return MOPT_FAIL(err, MOPT_E_IO, "spill file: mmap failed: %s", strerror(errno));
     mopt_buffer *b = calloc(1, sizeof *b);
