@@ -223,6 +223,13 @@ static int setup(void **state) {
     char text[4096];
     snprintf(text, sizeof text, "quant.smoothquant<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s;format=compressed-tensors>", calib);
     build(l2c, text, seed(s1, sizeof s1, "ct-w8a8"));
+    /* NVFP4 (its down_proj's 172 inputs are not whole blocks of 32) as ModelOpt and compressed-tensors hold it, and W4A8 */
+    snprintf(text, sizeof text, "quant.nvfp4<activations=static;exclude=*down*;calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s;format=modelopt>",
+             calib);
+    build(l2c, text, seed(s1, sizeof s1, "mo-nvfp4"));
+    build(l2c, "quant.nvfp4<activations=none;exclude=*down*>,export.hf<out=%s;format=compressed-tensors>", seed(s1, sizeof s1, "ct-nvfp4"));
+    build(l2c, "quant.rtn<bits=4;group_size=32;sym=true;activations=fp8>,export.hf<out=%s;format=compressed-tensors>",
+          seed(s1, sizeof s1, "ct-w4a8"));
     build("models/lit-gpt2-1m", "export.gguf<out=%s;type=f16>", seed(s1, sizeof s1, "gpt2.gguf"));
     /* lit-llama's widths are whole 256-value super-blocks: Q4_K linears and a Q6_K output.weight, run packed */
     build("models/lit-llama-7m", "export.gguf<out=%s;type=q4_k>", seed(s1, sizeof s1, "q4_k.gguf"));
@@ -333,7 +340,8 @@ static void test_tensorrt_llm_ranks_and_config(void **s) {
 static void test_quantized_hf_formats(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"awq", "gptq", "ct-pack", "ct-w8a8", "ct-fp8", "mo-int4", "mo-fp8", "ct-24", "ct-24-i8", "ct-m24"};
+    static const char *const dirs[] = {"awq",    "gptq",     "ct-pack",  "ct-w8a8", "ct-fp8",   "mo-int4", "mo-fp8",
+                                       "ct-24",  "ct-24-i8", "ct-m24",   "mo-nvfp4", "ct-nvfp4", "ct-w4a8"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);
