@@ -251,6 +251,11 @@ typedef struct mopt_host_api {
     mopt_kv_quant (*graph_kv_quant)(const mopt_graph *g, int32_t layer);
     int64_t (*graph_kv_bytes_per_token)(const mopt_graph *g);
     const char *(*kv_format_name)(mopt_kv_format f);
+    mopt_status (*kv_scheme_of)(const mopt_graph *g, mopt_kv_format *f, mopt_error *err);
+    const char *(*hf_kv_refuses)(mopt_kv_format f, mopt_hf_layout layout);
+    mopt_status (*hf_add_kv_scales)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_hf_layout layout,
+                                    mopt_error *err);
+    mopt_status (*trtllm_add_kv_scale)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
