@@ -541,6 +541,15 @@ static void test_quantize_cli_writes_the_checkpoint(void **s) {
     snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method rtn -o '%s/q2' --format nope --quiet 2>&1 | grep -q 'format nope is not known'",
              MOPT_CLI, test_shared_dir(), dir);
     assert_int_equal(system(cmd), 0);
+    /* --kv-cache: quant.kv after the weights, on the calibration text; the export carries the cache format */
+    snprintf(cmd, sizeof cmd,
+             "%s quantize '%s/models/lit-llama-7m' --method rtn --sym --kv-cache fp8 --calib '%s' --calib-samples 2 --calib-len 64 -o '%s/kv' "
+             "--format hf --quiet | grep -q 'quant.kv: fp8 KV cache, 8192 -> 2048 bytes per token' && %s info '%s/kv' --json | grep -q "
+             "'\"kv_cache\": \"fp8\"'",
+             MOPT_CLI, test_shared_dir(), calib, dir, MOPT_CLI, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "quantize '%s/models/lit-llama-7m' --kv-cache fp8", test_shared_dir());
+    test_cli_refuses(cmd, 2, "--kv-cache calibrates the K and V scales: give --calib FILE", NULL);
 }
 
 int main(void) {
