@@ -30,7 +30,7 @@ typedef struct cpu_ctx {
     int32_t n_threads;
     float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
     float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
-    float **kvscratch;  /* per thread: max_ctx x head_dim widened K or V rows (quantized caches), or NULL */
+    float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x head_dim (quantized caches), or NULL */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
     size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
@@ -88,7 +88,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
         c->kvscratch = calloc((size_t)c->n_threads, sizeof *c->kvscratch);
         if (!c->kvscratch) goto nomem;
         for (int32_t i = 0; i < c->n_threads; i++)
-            if (!(c->kvscratch[i] = malloc((size_t)kv_hd * (size_t)max_ctx * sizeof(float)))) goto nomem;
+            if (!(c->kvscratch[i] = malloc(2 * (size_t)kv_hd * (size_t)max_ctx * sizeof(float)))) goto nomem;
     }
     openblas_set_num_threads(1);
     *out = c;
@@ -853,37 +853,41 @@ static void attention_task(void *p, int64_t task, int32_t thread) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, ctx, 1.0f, S, ctx, V, ld, 0.0f, out, hd);
 }
 
-/* Prefill: per (head, block of query rows), scores = Q K^T and out = P V as
- * GEMMs, with the causal mask and softmax in between. */
+/* Prefill: per (KV head, block of query rows), for each query head sharing
+ * that KV head, scores = Q K^T and out = P V as GEMMs, with the causal mask
+ * and softmax in between; a quantized cache's K and V rows are widened once
+ * for the group. */
 static void attention_block_task(void *p, int64_t task, int32_t thread) {
     op_job *j = p;
     const mopt_op_args *a = j->a;
     const mopt_node *n = a->node;
-    const int32_t hd = n->head_dim, H = n->n_heads, group = H / n->n_kv_heads;
+    const int32_t hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
     const int32_t nblk = (a->T + ATT_ROWS - 1) / ATT_ROWS;
-    const int32_t h = (int32_t)(task / nblk), t0 = (int32_t)(task % nblk) * ATT_ROWS;
-    const int32_t rows = a->T - t0 < ATT_ROWS ? a->T - t0 : ATT_ROWS, kvh = h / group;
+    const int32_t kvh = (int32_t)(task / nblk), t0 = (int32_t)(task % nblk) * ATT_ROWS;
+    const int32_t rows = a->T - t0 < ATT_ROWS ? a->T - t0 : ATT_ROWS;
     const int32_t ctx = a->pos + t0 + rows; /* keys the last row can see */
     float *S = j->c->ascratch[thread];    /* [rows, ctx] */
     float *buf = j->c->kvscratch ? j->c->kvscratch[thread] : NULL;
     const float scale = 1.0f / sqrtf((float)hd);
-    int32_t ld;
-    const float *K = kv_rows(j->c, a, 0, kvh, ctx, buf, &ld);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, scale, a->in[0] + (size_t)t0 * a->in_width[0] + h * hd,
-                a->in_width[0], K, ld, 0.0f, S, ctx);
-    for (int32_t r = 0; r < rows; r++) {
-        float *row = S + (size_t)r * ctx;
-        const int32_t visible = a->pos + t0 + r + 1;
-        float mx = -INFINITY, sum = 0;
-        for (int32_t s2 = 0; s2 < visible; s2++) mx = fmaxf(mx, row[s2]);
-        for (int32_t s2 = 0; s2 < visible; s2++) sum += (row[s2] = expf(row[s2] - mx));
-        const float inv = 1.0f / sum;
-        for (int32_t s2 = 0; s2 < visible; s2++) row[s2] *= inv;
-        for (int32_t s2 = visible; s2 < ctx; s2++) row[s2] = 0.0f;
+    int32_t ldk, ldv;
+    const float *K = kv_rows(j->c, a, 0, kvh, ctx, buf, &ldk);
+    const float *V = kv_rows(j->c, a, 1, kvh, ctx, buf ? buf + (size_t)j->c->max_ctx * hd : NULL, &ldv);
+    for (int32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, scale, a->in[0] + (size_t)t0 * a->in_width[0] + h * hd,
+                    a->in_width[0], K, ldk, 0.0f, S, ctx);
+        for (int32_t r = 0; r < rows; r++) {
+            float *row = S + (size_t)r * ctx;
+            const int32_t visible = a->pos + t0 + r + 1;
+            float mx = -INFINITY, sum = 0;
+            for (int32_t s2 = 0; s2 < visible; s2++) mx = fmaxf(mx, row[s2]);
+            for (int32_t s2 = 0; s2 < visible; s2++) sum += (row[s2] = expf(row[s2] - mx));
+            const float inv = 1.0f / sum;
+            for (int32_t s2 = 0; s2 < visible; s2++) row[s2] *= inv;
+            for (int32_t s2 = visible; s2 < ctx; s2++) row[s2] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, S, ctx, V, ldv, 0.0f,
+                    a->out + (size_t)t0 * a->out_width + h * hd, a->out_width);
     }
-    const float *V = kv_rows(j->c, a, 1, kvh, ctx, buf, &ld);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, S, ctx, V, ld, 0.0f,
-                a->out + (size_t)t0 * a->out_width + h * hd, a->out_width);
 }
 
 static void attention(cpu_ctx *c, const mopt_op_args *a) {
@@ -894,7 +898,7 @@ static void attention(cpu_ctx *c, const mopt_op_args *a) {
     }
     op_job j = {c, a};
     if (a->T >= 8)
-        mopt_pool_run(c->pool, (int64_t)n->n_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
+        mopt_pool_run(c->pool, (int64_t)n->n_kv_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
     else
         mopt_pool_run(c->pool, (int64_t)a->T * n->n_kv_heads, attention_task, &j);
 }
