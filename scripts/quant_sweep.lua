@@ -3,11 +3,12 @@
 --
 --   mopt run scripts/quant_sweep.lua model=../shared/models/lit-llama-7m \
 --       calib=../shared/data/lit-train.txt eval=../shared/data/lit-val.txt \
---       [methods=rtn,gptq,awq,smoothquant,fp8,nvfp4,mxfp4,mxfp8] [bits=4,3] [groups=128,64] [out=sweep]
+--       [methods=rtn,gptq,awq,smoothquant,fp8,nvfp4,mxfp4,mxfp8,kv] [bits=4,3] [groups=128,64] [out=sweep]
 --       [calib_samples=128] [w4a8=1]
 --
 -- nvfp4, mxfp4 and mxfp8 run weight-only and with activations; w4a8=1 adds each
--- integer variant again with FP8 activations per token.
+-- integer variant again with FP8 activations per token. kv quantizes only the KV
+-- cache (quant.kv: FP8 and int8, scales per layer and per KV head), weights kept.
 -- Each variant starts from a freshly loaded model (weights are mapped, so this
 -- is cheap). smoothquant and fp8 have fixed formats and run once each when listed.
 local function list(s, default)
@@ -32,7 +33,7 @@ local function run(label, steps)
   local report <close> = mopt.pipeline(steps):run(m)
   local r = report.metrics
   local quant_seconds = #steps > 1 and report.passes[1].seconds or 0
-  return {variant = label, ppl = r.ppl, bits_per_weight = r.bits_per_weight or 16,
+  return {variant = label, ppl = r.ppl, bits_per_weight = r.bits_per_weight or 16, kv_bytes = r.kv_bytes_per_token,
           weight_bytes = r.weight_bytes, seconds = quant_seconds}
 end
 
@@ -40,6 +41,13 @@ local rows = {run("baseline", {})}
 for _, method in ipairs(methods) do
   if method == "smoothquant" then
     rows[#rows + 1] = run("smoothquant w8a8", {{"quant.smoothquant", {calib = calib, calib_samples = samples}}})
+  elseif method == "kv" then
+    for _, f in ipairs({"fp8", "int8"}) do
+      for _, g in ipairs({"tensor", "head"}) do
+        rows[#rows + 1] = run(string.format("%s KV cache, scales per %s", f, g == "tensor" and "layer" or "KV head"),
+          {{"quant.kv", {format = f, granularity = g, calib = calib, calib_samples = samples}}})
+      end
+    end
   elseif method == "fp8" then
     rows[#rows + 1] = run("fp8 e4m3", {{"quant.fp8", {}}})
   elseif method == "nvfp4" or method == "mxfp4" or method == "mxfp8" then
@@ -66,11 +74,11 @@ for _, method in ipairs(methods) do
 end
 
 local base = rows[1].ppl
-local md = {"| variant | ppl | vs baseline | bits/weight | quantize s |", "|---|---|---|---|---|"}
+local md = {"| variant | ppl | vs baseline | bits/weight | KV bytes/token | quantize s |", "|---|---|---|---|---|---|"}
 local js = {}
 for _, r in ipairs(rows) do
-  md[#md + 1] = string.format("| %s | %.4f | %+.3f%% | %.3f | %.1f |", r.variant, r.ppl, 100 * (r.ppl / base - 1),
-    r.bits_per_weight, r.seconds)
+  md[#md + 1] = string.format("| %s | %.4f | %+.3f%% | %.3f | %s | %.1f |", r.variant, r.ppl, 100 * (r.ppl / base - 1),
+    r.bits_per_weight, r.kv_bytes and string.format("%d", math.tointeger(r.kv_bytes)) or "float", r.seconds)
   js[#js + 1] = string.format('{"variant": "%s", "ppl": %.6f, "ppl_ratio": %.6f, "bits_per_weight": %.4f, "seconds": %.2f}',
     r.variant, r.ppl, r.ppl / base, r.bits_per_weight, r.seconds)
 end

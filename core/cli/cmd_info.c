@@ -34,6 +34,8 @@ int cmd_info(int argc, char **argv) {
     }
     const mopt_tokenizer *tok = mopt_model_tokenizer(m);
     const char *fmt = mopt_model_format_of(m) == MOPT_FORMAT_HF ? "hf" : mopt_model_format_of(m) == MOPT_FORMAT_GGUF ? "gguf" : "llama2c";
+    mopt_kv_format kv = MOPT_KV_FLOAT;
+    const char *kv_name = mopt_kv_scheme_of(g, &kv, NULL) ? "mixed" : mopt_kv_format_name(kv);
     if (as_json) {
         json_t *j = json_object(), *dt = json_object();
         json_object_set_new(j, "path", json_string(mopt_model_path(m)));
@@ -46,6 +48,8 @@ int cmd_info(int argc, char **argv) {
         json_object_set_new(j, "n_params", json_integer(mopt_graph_n_params(g)));
         json_object_set_new(j, "weight_bytes", json_integer(mopt_graph_weight_bytes(g)));
         json_object_set_new(j, "n_tensors", json_integer(mopt_graph_n_tensors(g)));
+        json_object_set_new(j, "kv_cache", json_string(kv_name));
+        json_object_set_new(j, "kv_bytes_per_token", json_integer(mopt_graph_kv_bytes_per_token(g)));
         for (int d = 0; d < MOPT_DTYPE_COUNT; d++)
             if (by_dtype[d]) json_object_set_new(dt, mopt_dtype_name((mopt_dtype)d), json_integer(by_dtype[d]));
         json_object_set_new(j, "params_by_dtype", dt);
@@ -66,6 +70,7 @@ int cmd_info(int argc, char **argv) {
                 printf("  %-5s       %lld params, %lld bytes\n", mopt_dtype_name((mopt_dtype)d), (long long)by_dtype[d],
                        (long long)bytes_by_dtype[d]);
         printf("weight bytes: %lld\n", (long long)mopt_graph_weight_bytes(g));
+        printf("KV cache:     %s, %lld bytes per token\n", kv_name, (long long)mopt_graph_kv_bytes_per_token(g));
         if (tok) printf("tokenizer:    %d tokens\n", mopt_tokenizer_vocab_size(tok));
     }
     mopt_model_free(m);

@@ -14,7 +14,8 @@
 static void help(void) {
     printf("usage: mopt quantize MODEL --method rtn|awq|gptq|smoothquant|fp8|nvfp4|mxfp4|mxfp8 [options]\n"
            "       mopt quantize MODEL --recipe RECIPE.json [options]\n"
-           "       mopt quantize MODEL --method auto --calib FILE [--bits-budget 4.5] [--candidates int4_awq,int8,fp8]\n\n"
+           "       mopt quantize MODEL --method auto --calib FILE [--bits-budget 4.5] [--candidates int4_awq,int8,fp8]\n"
+           "       mopt quantize MODEL [--method M] --kv-cache fp8|int8 --calib FILE\n\n"
            "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept)\n"
            "and reports size and, with --eval, perplexity against the original.\n"
            "  --method M          rtn, awq, gptq, smoothquant (W8A8), fp8 (E4M3), or the block-scaled floats\n"
@@ -34,7 +35,10 @@ static void help(void) {
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
            "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
            "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none)\n"
-           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 and nvfp4 static)\n"
+           "  --kv-cache F        also store the KV cache as fp8 (E4M3) or int8 with K and V scales calibrated\n"
+           "                      per layer (quant.kv; needs --calib); exported as ModelOpt k_scale/v_scale,\n"
+           "                      compressed-tensors kv_cache_scheme or TensorRT-LLM kv_cache_scaling_factor\n"
+           "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 and nvfp4 static, --kv-cache)\n"
            "  --calib-samples N   calibration windows (default 128)\n"
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
@@ -54,7 +58,7 @@ static void help(void) {
 }
 
 typedef struct {
-    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates;
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache;
     char budget[32];
     char bits[16], group[16], alpha[32], samples[16], len[16];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream;
@@ -76,7 +80,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
         {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
         {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
-        {"candidates", required_argument, 0, 'C'},
+        {"candidates", required_argument, 0, 'C'},    {"kv-cache", required_argument, 0, 'K'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -102,6 +106,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'F': a->fp8_act = optarg; break;
         case 'R': a->recipe = optarg; break;
         case 'C': a->candidates = optarg; break;
+        case 'K': a->kv_cache = optarg; break;
         case 'B':
             if (!cli_parse_float(optarg, 1, 16, &f)) return cli_usage_error("quantize", "--bits-budget expects a number in [1, 16], got '%s'", optarg);
             snprintf(a->budget, sizeof a->budget, "%.17g", f);
@@ -136,13 +141,15 @@ static int parse(int argc, char **argv, qargs *a) {
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
-    if (a->recipe && (a->method || a->have_bits || a->have_group || a->sym || a->act_order || a->have_alpha || a->fp8_act || a->calib ||
-                      a->samples[0] || a->len[0] || a->exclude[0]))
+    if (a->recipe && (a->method || a->have_bits || a->have_group || a->sym || a->act_order || a->have_alpha || a->fp8_act ||
+                      (!a->kv_cache && (a->calib || a->samples[0] || a->len[0])) || a->exclude[0]))
         return cli_usage_error("quantize", "--recipe names every pass and its options itself; drop --method and the method's flags");
     if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
         return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
-    if (!a->method && !a->recipe)
-        return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8), or --recipe");
+    if (!a->method && !a->recipe && !a->kv_cache)
+        return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8), or --recipe or --kv-cache");
+    if (a->kv_cache && !a->calib)
+        return cli_usage_error("quantize", "--kv-cache calibrates the K and V scales: give --calib FILE (text, never the eval text)");
     if ((a->format || a->force || a->gguf_type || a->stream) && !a->out)
         return cli_usage_error("quantize", "--format, --type, --force and --stream go with -o OUTDIR");
     return 0;
@@ -160,18 +167,15 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
     const int is_int = !strcmp(a->method, "rtn") || !strcmp(a->method, "awq") || !strcmp(a->method, "gptq");
     if (!is_int && (a->have_bits || a->have_group || a->sym))
         return cli_usage_error("quantize", "--bits/--group/--sym apply to rtn, awq and gptq; %s has a fixed format", a->method);
-    /* a method that does not calibrate ignores the calibration flags, with a note (not an error) */
+    /* a method that does not calibrate ignores the calibration flags (--kv-cache still takes them), with a note (not an error) */
     int calibrates = 0;
     for (uint32_t k = 0; k < qd->n_opts; k++) calibrates |= !strcmp(qd->opts[k].name, "calib");
-    if (!calibrates && (a->calib || a->samples[0] || a->len[0])) {
-        if (!a->quiet) fprintf(stderr, "mopt: note: --method %s needs no calibration; --calib/--calib-samples/--calib-len are ignored\n", a->method);
-        a->calib = NULL;
-        a->samples[0] = a->len[0] = '\0';
-    }
+    if (!calibrates && !a->kv_cache && (a->calib || a->samples[0] || a->len[0]) && !a->quiet)
+        fprintf(stderr, "mopt: note: --method %s needs no calibration; --calib/--calib-samples/--calib-len are ignored\n", a->method);
     if (set(qo, "bits", a->bits, err) || set(qo, "group_size", a->group, err) || (a->sym && set(qo, "sym", "true", err)) ||
         (a->act_order && set(qo, "act_order", "true", err)) || set(qo, "alpha", a->alpha, err) ||
-        set(qo, "activations", a->fp8_act, err) || set(qo, "calib", a->calib, err) ||
-        set(qo, "calib_samples", a->samples, err) || set(qo, "calib_len", a->len, err) ||
+        set(qo, "activations", a->fp8_act, err) || (calibrates && set(qo, "calib", a->calib, err)) ||
+        (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
         set(qo, "exclude", a->exclude, err) || mopt_pipeline_add(p, pass, qo, err))
         return cli_fail(err);
     return 0;
@@ -211,6 +215,15 @@ static int add_auto(qargs *a, cli_job *j, const char *model, mopt_error *err) {
     return rc;
 }
 
+/* --kv-cache: quant.kv after the weights' passes, on the same calibration text. */
+static int add_kv(const qargs *a, mopt_pipeline *p, mopt_error *err) {
+    mopt_options *ko = mopt_options_new();
+    int rc = !ko || set(ko, "format", a->kv_cache, err) || set(ko, "calib", a->calib, err) || set(ko, "calib_samples", a->samples, err) ||
+             set(ko, "calib_len", a->len, err) || mopt_pipeline_add(p, "quant.kv", ko, err);
+    mopt_options_free(ko);
+    return rc ? cli_fail(err) : 0;
+}
+
 /* The --recipe file's passes (mopt_pipeline_add_recipe). */
 static int add_recipe(const char *path, mopt_pipeline *p, mopt_error *err) {
     char *text = NULL;
@@ -238,9 +251,11 @@ int cmd_quantize(int argc, char **argv) {
     mopt_pipeline *p = j.p, *pb = NULL;
     mopt_options *qo = j.o, *eo = mopt_options_new(), *xo = mopt_options_new();
     if ((rc = a.recipe                    ? add_recipe(a.recipe, p, &err)
+              : !a.method                 ? 0
               : !strcmp(a.method, "auto") ? add_auto(&a, &j, argv[optind], &err)
                                           : add_method(&a, r, p, qo, pass, &err)))
         goto done;
+    if (a.kv_cache && (rc = add_kv(&a, p, &err))) goto done;
     if (a.out) { /* export before eval: a failed export fails fast */
         const char *xp = cli_export_pass(a.format ? a.format : "hf", xo, &err);
         if (!xp) {
@@ -283,6 +298,11 @@ int cmd_quantize(int argc, char **argv) {
     json_array_foreach(json_object_get(full, "passes"), qi, qs) {
         const char *name = json_string_value(json_object_get(qs, "name"));
         json_t *m = json_object_get(qs, "metrics");
+        if (name && !strcmp(name, "quant.kv"))
+            printf("quant.kv: %s KV cache, %.0f -> %.0f bytes per token, %.1f s\n",
+                   json_string_value(json_object_get(json_object_get(qs, "strings"), "kv_format")),
+                   json_number_value(json_object_get(m, "kv_bytes_per_token_baseline")), json_number_value(json_object_get(m, "kv_bytes_per_token")),
+                   json_number_value(json_object_get(qs, "seconds")));
         if (!name || strncmp(name, "quant.", 6) || !json_object_get(m, "weight_bytes")) continue;
         const double s = json_number_value(json_object_get(qs, "seconds")), b = json_number_value(json_object_get(m, "weight_bytes"));
         const double b0 = json_number_value(json_object_get(m, "weight_bytes_baseline"));
@@ -297,7 +317,8 @@ int cmd_quantize(int argc, char **argv) {
     if (a.eval) printf("ppl %.4f (baseline %.4f, %+.3f%%)\n", ppl, ppl_base, 100.0 * (ppl / ppl_base - 1));
     if (a.report_path) {
         json_t *j = json_object();
-        json_object_set_new(j, "method", json_string(a.method ? a.method : "recipe"));
+        json_object_set_new(j, "method", json_string(a.method ? a.method : a.recipe ? "recipe" : "kv"));
+        json_object_set_new(j, "kv_cache", json_string(a.kv_cache ? a.kv_cache : "float"));
         json_object_set_new(j, "bits", json_integer((json_int_t)mopt_report_get_metric(rep, "bits")));
         json_object_set_new(j, "group_size", json_integer((json_int_t)mopt_report_get_metric(rep, "group_size")));
         json_object_set_new(j, "ppl", isnan(ppl) ? json_null() : json_real(ppl));

@@ -189,11 +189,14 @@ mopt_status mopt_import_hf(const char *dir, mopt_graph **out, mopt_error *err) {
     else
         st = load_all_safetensors(g, dir, err);
 
-    if (st == MOPT_OK) st = mopt_import_hf_quant(g, path, err);
+    mopt_hf_kv kv = {0};
+    if (st == MOPT_OK) st = mopt_import_hf_quant(g, path, &kv, err);
     if (st == MOPT_OK && family->hf_fixup) st = family->hf_fixup(g, err);
     if (st == MOPT_OK) st = mopt_family_adopt_names(g, family, MOPT_NAMING_HF, "config.json", err);
     const mopt_build_src src = {"config.json", MOPT_NAMING_HF};
     if (st == MOPT_OK) st = mopt_arch_build(g, &src, err);
+    if (st == MOPT_OK) st = mopt_hf_kv_apply(g, &kv, path, err);
+    mopt_hf_kv_free(&kv);
     if (st) {
         mopt_graph_free(g);
         return st;

@@ -52,6 +52,7 @@ typedef struct hfq_cfg {
     int nvfp4;                /* ModelOpt NVFP4, or compressed-tensors' nvfp4-pack-quantized */
     int nvfp4_act_static;     /* ... the latter with a static global activation scale (input_global_scale) */
     uint32_t packed_act;      /* CT pack-quantized: MOPT_QUANT_ACT_PER_TOKEN for FP8 activations per token (W4A8) */
+    mopt_kv_format kv;        /* ModelOpt kv_cache_quant_algo, CT kv_cache_scheme; MOPT_KV_FLOAT: none */
     const char *file;
 } hfq_cfg;
 
@@ -399,6 +400,35 @@ static mopt_tensor *nvfp4_linear(mopt_graph *g, const char *p, int ct, int act_s
 
 /* --- config ----------------------------------------------------------------- */
 
+/* ModelOpt's kv_cache_quant_algo ("FP8", "INT8" or null) */
+static mopt_status modelopt_kv(json_t *q, hfq_cfg *c, mopt_error *err) {
+    const char *kv = NULL;
+    if (!mopt_json_get_str_opt(q, "kv_cache_quant_algo", &kv, c->file, err)) return MOPT_E_FORMAT;
+    if (!kv) return MOPT_OK;
+    if (!strcmp(kv, "FP8")) c->kv = MOPT_KV_FP8;
+    else if (!strcmp(kv, "INT8")) c->kv = MOPT_KV_INT8;
+    else return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: kv_cache_quant_algo \"%s\" is not supported (FP8, INT8)", c->file, kv);
+    return MOPT_OK;
+}
+
+/* compressed-tensors' kv_cache_scheme: 8-bit float (FP8) or int, one scale per tensor */
+static mopt_status ct_kv(json_t *qc, hfq_cfg *c, mopt_error *err) {
+    json_t *s = json_object_get(qc, "kv_cache_scheme");
+    if (!s || json_is_null(s)) return MOPT_OK;
+    int64_t bits = 0;
+    const char *type = NULL, *strategy = NULL;
+    bool dynamic = false;
+    if (!json_is_object(s)) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: kv_cache_scheme must be an object or null", c->file);
+    if (!mopt_json_get_int(s, "num_bits", &bits, c->file, err) || !mopt_json_get_str_opt(s, "type", &type, c->file, err) ||
+        !mopt_json_get_str_opt(s, "strategy", &strategy, c->file, err) || !mopt_json_get_bool_opt(s, "dynamic", &dynamic, c->file, err))
+        return MOPT_E_FORMAT;
+    if (bits != 8 || (type && strcmp(type, "float") && strcmp(type, "int")) || (strategy && strcmp(strategy, "tensor")) || dynamic)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                         "%s: kv_cache_scheme is read as 8-bit float or int with one static scale per tensor (strategy tensor)", c->file);
+    c->kv = type && !strcmp(type, "int") ? MOPT_KV_INT8 : MOPT_KV_FP8;
+    return MOPT_OK;
+}
+
 static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
     const char *algo = NULL;
     int64_t gs = -1;
@@ -407,6 +437,8 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
     if (gs != -1 && (gs <= 0 || gs > (1 << 24)))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: group_size %lld is not a usable group size", c->file, (long long)gs);
     c->group_size = (int32_t)gs;
+    if (modelopt_kv(q, c, err)) return MOPT_E_FORMAT;
+    if (!algo && c->kv != MOPT_KV_FLOAT) return MOPT_OK; /* a float model with a quantized KV cache */
     if (algo && !strcmp(algo, "W4A16_AWQ")) return MOPT_OK;
     if (algo && !strcmp(algo, "NVFP4")) {
         c->nvfp4 = 1;
@@ -464,10 +496,11 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     const char *fmt = NULL;
     if (!mopt_json_get_str_opt(qc, "format", &fmt, c->file, err)) return MOPT_E_FORMAT;
     mopt_status st = ct_sparsity(qc, c, err);
+    if (!st) st = ct_kv(qc, c, err);
     if (st) return st;
     json_t *groups = json_object_get(qc, "config_groups");
     const int quantized = json_is_object(groups) && json_object_size(groups) > 0;
-    if (c->sparse24 && !quantized) return MOPT_OK;
+    if ((c->sparse24 || c->kv != MOPT_KV_FLOAT) && !quantized) return MOPT_OK; /* 2:4 float values, or only the KV cache quantized */
     if (!json_is_object(groups) || json_object_size(groups) == 0)
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization_config.config_groups must be a non-empty object", c->file);
     if (json_object_size(groups) > 1)
@@ -742,11 +775,13 @@ static const char *const parts[] = {"qweight", "qzeros", "scales", "g_idx", "wei
                                     "weight_global_scale", "input_global_scale",
                                     "compressed", "bitmask", "shape", "meta", "scale_packed"};
 
-mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_error *err) {
+mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_hf_kv *kv, mopt_error *err) {
     hfq_cfg c;
     int present;
     mopt_status st = read_config(config_path, &present, &c, err);
     if (st) return st;
+    kv->format = c.kv;
+    if (c.kv != MOPT_KV_FLOAT && (st = mopt_hf_kv_take(g, kv, err))) return st;
     /* the prefixes of packed linears, collected before the graph changes */
     int32_t n = mopt_graph_n_tensors(g), np = 0;
     char (*pre)[MOPT_MAX_NAME] = calloc((size_t)(n ? n : 1), sizeof *pre);

@@ -40,6 +40,26 @@ mopt_status mopt_marlin24_write(mopt_st_list *l, const char *p, const mopt_tenso
 mopt_tensor *mopt_marlin24_read(const char *name, int64_t n, int64_t k, int32_t group_size, const uint32_t *qw, const uint16_t *meta,
                                 const uint16_t *sc, mopt_error *err);
 
+/* KV-cache scales read from a checkpoint (kv_scales.c): taken out of the graph
+ * before it is built (no node uses them as tensors), set on the layers after. */
+typedef struct mopt_hf_kv_scale {
+    char prefix[MOPT_MAX_NAME]; /* the projection, e.g. model.layers.0.self_attn.k_proj */
+    int32_t kind;               /* 0 k_scale, 1 v_scale, 2 output_scale, 3 kv_scale */
+    int32_t used;
+    float value;
+} mopt_hf_kv_scale;
+typedef struct mopt_hf_kv {
+    mopt_kv_format format; /* what the config names; MOPT_KV_FLOAT: none */
+    mopt_hf_kv_scale *s;
+    int32_t n;
+} mopt_hf_kv;
+/* Moves every one-float tensor named *.k_scale, *.v_scale, *.output_scale or *.kv_scale out of g. */
+mopt_status mopt_hf_kv_take(mopt_graph *g, mopt_hf_kv *kv, mopt_error *err);
+/* Sets each layer's cache to kv->format with the scales of its k_proj and v_proj (as vLLM: one
+ * missing takes the other's, both missing 1.0); a scale no layer claims is an error naming it. */
+mopt_status mopt_hf_kv_apply(mopt_graph *g, mopt_hf_kv *kv, const char *file, mopt_error *err);
+void mopt_hf_kv_free(mopt_hf_kv *kv);
+
 /* config.json's quantization_config for a layout, and ModelOpt's file (JSON objects). */
 json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_scheme *s);
 json_t *mopt_hfq_modelopt_file(const mopt_graph *g, const mopt_quant_scheme *s);

@@ -425,9 +425,16 @@ static json_t *float_linears(const mopt_graph *g) {
     return a;
 }
 
+/* The KV-cache format of the layers (the exporter checked they share one). */
+static mopt_kv_format kv_format(const mopt_graph *g) {
+    mopt_kv_format f;
+    return mopt_kv_scheme_of(g, &f, NULL) ? MOPT_KV_FLOAT : f;
+}
+
 static json_t *modelopt_quantization(const mopt_graph *g, const mopt_quant_scheme *s) {
-    json_t *q = json_pack("{s:s, s:n, s:o}", "quant_algo", mopt_modelopt_algo(s), "kv_cache_quant_algo", "exclude_modules",
-                          float_linears(g));
+    const mopt_kv_format kv = kv_format(g);
+    json_t *q = json_pack("{s:s?, s:s?, s:o}", "quant_algo", s->n_packed ? mopt_modelopt_algo(s) : NULL, "kv_cache_quant_algo",
+                          kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "exclude_modules", float_linears(g));
     if (s->dtype == MOPT_DTYPE_MXFP) json_object_set_new(q, "group_size", json_integer(16));
     if (s->dtype == MOPT_DTYPE_QINT) {
         json_object_set_new(q, "group_size", json_integer(s->group_size));
@@ -449,6 +456,8 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         json_object_set_new(q, "quant_method", json_string("modelopt"));
         json_object_set_new(q, "producer", json_pack("{s:s, s:s}", "name", "modelopt", "version", "mopt"));
         json_object_set(q, "ignore", json_object_get(q, "exclude_modules"));
+        if (kv_format(g) != MOPT_KV_FLOAT) /* static FP8, one scale per tensor (k_scale / v_scale) */
+            json_object_set_new(q, "kv_cache_scheme", json_pack("{s:b, s:i, s:s}", "dynamic", 0, "num_bits", 8, "type", "float"));
         if (s->dtype == MOPT_DTYPE_MXFP) /* NVFP4: a static global and dynamic per-16 scales for the activations */
             json_object_set_new(q, "config_groups",
                                 json_pack("{s:{s:[s], s:{s:b, s:i, s:s, s:i}, s:{s:b, s:i, s:s, s:i}}}", "group_0", "targets",
@@ -476,6 +485,13 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
                          "bits", s->bits, "group_size", s->group_size, "desc_act", s->act_order, "sym", sym,
                          "static_groups", 0, "damp_percent", 0.01);
     }
+    const mopt_kv_format kvf = kv_format(g);
+    json_t *kv = kvf == MOPT_KV_FLOAT ? json_null()
+                                      : json_pack("{s:i, s:s, s:s, s:b, s:b, s:n, s:s}", "num_bits", 8, "type", kvf == MOPT_KV_FP8 ? "float" : "int",
+                                                  "strategy", "tensor", "dynamic", 0, "symmetric", 1, "group_size", "observer", "minmax");
+    if (!s->n_packed) /* float weights, the KV cache quantized */
+        return json_pack("{s:s, s:s, s:s, s:{}, s:o, s:o, s:n}", "quant_method", "compressed-tensors", "format", "dense",
+                         "quantization_status", "compressed", "config_groups", "ignore", ignore, "kv_cache_scheme", kv, "sparsity_config");
     json_t *sparsity = json_null();
     if (s->dtype == MOPT_DTYPE_SP24) { /* the compressor in sparsity_config; int8 values add W8A8's quantization scheme */
         int64_t sparse = 0;
@@ -487,8 +503,8 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         sparsity = json_pack("{s:s, s:f, s:O, s:b, s:s, s:[s]}", "format", i4 ? "dense" : "sparse-24-bitmask", "global_sparsity", global,
                              "ignore", ignore, "registry_requires_subclass", 0, "sparsity_structure", "2:4", "targets", "Linear");
         if (!(s->flags & (MOPT_QUANT_VALUES_I8 | MOPT_QUANT_VALUES_I4)))
-            return json_pack("{s:s, s:s, s:{}, s:o, s:o}", "quant_method", "compressed-tensors", "quantization_status", "compressed",
-                             "config_groups", "ignore", ignore, "sparsity_config", sparsity);
+            return json_pack("{s:s, s:s, s:{}, s:o, s:o, s:o}", "quant_method", "compressed-tensors", "quantization_status", "compressed",
+                             "config_groups", "ignore", ignore, "kv_cache_scheme", kv, "sparsity_config", sparsity);
     }
     json_t *w, *act = json_null();
     const char *format;
@@ -527,8 +543,8 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
             act = json_pack("{s:i, s:s, s:b, s:s, s:b, s:n}", "num_bits", 8, "type", "float", "symmetric", 1, "strategy",
                             "tensor", "dynamic", 0, "group_size");
     }
-    return json_pack("{s:s, s:s, s:s, s:{s:{s:[s], s:o, s:o, s:n}}, s:o, s:n, s:o}", "quant_method", "compressed-tensors",
+    return json_pack("{s:s, s:s, s:s, s:{s:{s:[s], s:o, s:o, s:n}}, s:o, s:o, s:o}", "quant_method", "compressed-tensors",
                      "format", format, "quantization_status", "compressed", "config_groups", "group_0", "targets",
                      "Linear", "weights", w, "input_activations", act, "output_activations", "ignore", ignore,
-                     "kv_cache_scheme", "sparsity_config", sparsity);
+                     "kv_cache_scheme", kv, "sparsity_config", sparsity);
 }

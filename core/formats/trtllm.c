@@ -8,6 +8,7 @@
  *   prequant_scaling_factor all ones), W8A16, W8A8 per token, FP8 (per tensor
  *   with a static activation scale, or per channel per token). */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,8 @@ typedef struct {
     mopt_arch a;
     mopt_graph *g;
     mopt_error *err;
+    mopt_kv_format kv; /* kv_cache_quant_algo */
+    float *kv_scale;   /* [n_layers]: attention.kv_cache_scaling_factor, 0 where a layer has none */
 } trt;
 
 static mopt_tensor *rt(const trt *c, int r, const char *name) {
@@ -258,6 +261,28 @@ static mopt_status linear(trt *c, const char *base, int is_vec, mopt_tp_split sp
     return st;
 }
 
+/* The attention's kv_cache_scaling_factor beside its qkv (base): one float, the same on every rank. */
+static mopt_status kv_scale(trt *c, const char *qkv_base, int32_t layer) {
+    char name[MOPT_MAX_NAME + 48];
+    snprintf(name, sizeof name, "%s", qkv_base);
+    char *mod = strrchr(name, '.');
+    if (!mod || layer < 0 || layer >= c->a.n_layers) return MOPT_OK;
+    snprintf(mod, sizeof name - (size_t)(mod - name), ".kv_cache_scaling_factor");
+    for (int r = 0; r < c->tp; r++) {
+        const mopt_tensor *t = rt(c, r, name);
+        float v = 0;
+        if (!t) return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: rank%d.safetensors lacks %s (kv_cache_quant_algo is set)", c->dir, r, name);
+        if (t->dtype >= MOPT_DTYPE_PACKED_FIRST || mopt_tensor_nelements(t) != 1 || mopt_tensor_read_f32(t, 0, 1, &v, NULL))
+            return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s must be one float", c->dir, name);
+        if (!(v > 0 && v < INFINITY))
+            return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s is %g; a KV-cache scale must be finite and positive", c->dir, name, (double)v);
+        if (r && v != c->kv_scale[layer])
+            return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s differs between rank 0 and rank %d", c->dir, name, r);
+        c->kv_scale[layer] = v;
+    }
+    return MOPT_OK;
+}
+
 /* Every tensor of the family's table, in the table's order, block by block. */
 static mopt_status tensors(trt *c, const mopt_family *f) {
     mopt_status st = MOPT_OK;
@@ -274,6 +299,7 @@ static mopt_status tensors(trt *c, const mopt_family *f) {
                         for (int k = 0; k < c->tp; k++) rt(c, k, vec ? "lm_head.bias" : "lm_head.weight");
                         continue;
                     }
+                    if (!vec && r->role == MOPT_ROLE_ATTN_Q && c->kv != MOPT_KV_FLOAT) st = kv_scale(c, base, l);
                     const mopt_name_rule *rules[3] = {r, n > 1 ? r + 1 : NULL, n > 2 ? r + 2 : NULL};
                     /* a row-parallel bias is whole on every rank */
                     const mopt_tp_split split = vec && r->split == MOPT_SPLIT_COLS ? MOPT_SPLIT_NONE : (mopt_tp_split)r->split;
@@ -359,6 +385,11 @@ static mopt_status config(trt *c, const char *file, json_t *cfg, const mopt_fami
     if (json_is_object(q) && (!mopt_json_get_str_opt(q, "quant_algo", &algo, file, err) || !mopt_json_get_int_opt(q, "group_size", &gs, file, err)))
         return MOPT_E_FORMAT;
     c->group_size = gs > 0 && gs <= (1 << 20) ? (int32_t)gs : 0; /* checked below where the algorithm groups */
+    const char *kv = NULL;
+    if (json_is_object(q) && !mopt_json_get_str_opt(q, "kv_cache_quant_algo", &kv, file, err)) return MOPT_E_FORMAT;
+    if (kv && strcmp(kv, "FP8") && strcmp(kv, "INT8"))
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: kv_cache_quant_algo \"%s\" is not supported (FP8, INT8)", file, kv);
+    c->kv = !kv ? MOPT_KV_FLOAT : !strcmp(kv, "FP8") ? MOPT_KV_FP8 : MOPT_KV_INT8;
     c->algo = mopt_tq_parse(algo);
     c->algo_name = c->algo ? mopt_tq_names[c->algo] : "null";
     if (algo && !c->algo)
@@ -400,9 +431,16 @@ mopt_status mopt_import_trtllm(const char *dir, mopt_graph **out, mopt_error *er
             st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     }
     if (!st && !(c.g = mopt_graph_new(&c.a, err))) st = MOPT_E_NOMEM;
+    if (!st && !(c.kv_scale = calloc((size_t)c.a.n_layers, sizeof *c.kv_scale))) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     if (!st) st = tensors(&c, family);
     const mopt_build_src src = {"config.json", MOPT_NAMING_TRTLLM};
     if (!st) st = mopt_arch_build(c.g, &src, err);
+    for (int32_t l = 0; l < c.a.n_layers && !st && c.kv != MOPT_KV_FLOAT; l++) /* K and V share the layer's one scale */
+        if (c.kv_scale[l] != 0) {
+            mopt_error e = {0};
+            if ((st = mopt_graph_set_kv_quant(c.g, l, c.kv, 1, &c.kv_scale[l], &c.kv_scale[l], &e))) MOPT_FAIL(err, st, "%s: %s", dir, e.msg);
+        }
+    free(c.kv_scale);
     for (int r = 0; r < c.tp; r++) {
         for (int32_t i = 0; i < c.ranks[r].n; i++) mopt_tensor_free(c.ranks[r].t[i]);
         free(c.ranks[r].t);

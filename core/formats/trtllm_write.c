@@ -7,6 +7,9 @@
  *   W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN  weight I8, weights_scaling_factor F32 [out]
  *   FP8          weight F8_E4M3, weights_scaling_factor F32 [], activation_scaling_factor F32 []
  *   FP8_PER_CHANNEL_PER_TOKEN  weight F8_E4M3, weights_scaling_factor F32 [out]
+ * A quantized KV cache (kv_cache_quant_algo FP8 or INT8) adds
+ * attention.kv_cache_scaling_factor F32 [1] per layer on every rank, beside the
+ * fused qkv: one scale for K and V, max(k_scale, v_scale), as ModelOpt writes it.
  * Which rows and columns a rank holds is the exporter's choice. */
 #include <jansson.h>
 #include <stdio.h>
@@ -115,6 +118,25 @@ static mopt_status add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_
 }
 
 
+float mopt_trtllm_kv_scale(const mopt_kv_quant *q) { return q->k_scale[0] > q->v_scale[0] ? q->k_scale[0] : q->v_scale[0]; }
+
+mopt_status mopt_trtllm_add_kv_scale(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_error *err) {
+    const char *dot = strrchr(ft->name, '.');
+    if (ft->role != MOPT_ROLE_ATTN_Q || ft->ndim != 2 || !dot || strcmp(dot, ".weight")) return MOPT_OK;
+    const mopt_kv_quant q = mopt_graph_kv_quant(g, ft->layer);
+    if (q.format == MOPT_KV_FLOAT) return MOPT_OK;
+    char n[MOPT_MAX_NAME + 48];
+    snprintf(n, sizeof n, "%s", ft->name);
+    *strrchr(n, '.') = 0; /* without .weight, then without the module (qkv) */
+    char *mod = strrchr(n, '.');
+    if (!mod) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: no attention module to hold the KV-cache scale", ft->name);
+    snprintf(mod, sizeof n - (size_t)(mod - n), ".kv_cache_scaling_factor");
+    float *d = malloc(sizeof *d);
+    if (d) *d = mopt_trtllm_kv_scale(&q);
+    const int64_t shape[1] = {1};
+    return mopt_st_list_add(l, n, "F32", 1, shape, d, sizeof *d, err);
+}
+
 mopt_status mopt_trtllm_add(mopt_st_list *l, const mopt_file_tensor *ft, const char *algo_name, const char *fdtype, const int64_t *rows,
                             int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err) {
     if (ft->ndim == 1 || ft->src[0]->dtype < MOPT_DTYPE_PACKED_FIRST || ft->role == MOPT_ROLE_LM_HEAD) /* float: a weight, a bias, lm_head */
@@ -134,8 +156,10 @@ char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch, int32_t tp
         return NULL;
     }
     const mopt_tq_algo algo = mopt_tq_parse(mopt_trtllm_algo(s));
-    json_t *q = json_pack("{s:o, s:n, s:i, s:b, s:b}", "quant_algo", algo ? json_string(mopt_tq_names[algo]) : json_null(),
-                          "kv_cache_quant_algo", "group_size", algo == MOPT_TQ_W4A16_AWQ ? s->group_size : 128, "has_zero_point", 0,
+    mopt_kv_format kv = MOPT_KV_FLOAT;
+    if (mopt_kv_scheme_of(g, &kv, err)) return NULL;
+    json_t *q = json_pack("{s:o, s:s?, s:i, s:b, s:b}", "quant_algo", algo ? json_string(mopt_tq_names[algo]) : json_null(),
+                          "kv_cache_quant_algo", kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "group_size", algo == MOPT_TQ_W4A16_AWQ ? s->group_size : 128, "has_zero_point", 0,
                           "pre_quant_scale", algo == MOPT_TQ_W4A16_AWQ);
     json_t *ex = json_array();
     for (int32_t i = 0; algo && i < mopt_graph_n_nodes(g); i++) {

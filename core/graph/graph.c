@@ -46,6 +46,7 @@ void mopt_graph_free(mopt_graph *g) {
     free(g->tensors);
     free(g->nodes);
     free(g->value_width);
+    mopt_graph_kv_free(g);
     if (g->spill_fd >= 0) close(g->spill_fd); /* the mappings of spilled tensors keep the file until they go */
     free(g);
 }

@@ -17,7 +17,10 @@ struct mopt_graph {
     size_t cap_nodes;
     int spill_fd;       /* >= 0: packed tensors installed by replace go to this unlinked file (mopt_graph_spill_to) */
     uint64_t spill_end; /* bytes used in it */
+    mopt_kv_quant *kv;  /* [arch.n_layers] or NULL: KV-cache formats (kv_quant.c) */
 };
+
+void mopt_graph_kv_free(mopt_graph *g);
 
 mopt_arch *mopt_graph_arch_mut(mopt_graph *g);
 /* Frees the named tensor (if present) and clears node references to it. */

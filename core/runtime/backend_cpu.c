@@ -30,6 +30,7 @@ typedef struct cpu_ctx {
     int32_t n_threads;
     float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
     float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
+    float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x head_dim (quantized caches), or NULL */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
     size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
@@ -44,7 +45,9 @@ static void cpu_free(void *p) {
         if (c->wscratch) free(c->wscratch[i]);
     }
     for (int32_t i = 0; c->ascratch && i < c->n_threads; i++) free(c->ascratch[i]);
+    for (int32_t i = 0; c->kvscratch && i < c->n_threads; i++) free(c->kvscratch[i]);
     free(c->ascratch);
+    free(c->kvscratch);
     free(c->wscratch);
     free(c->xbuf);
     free(c->xbuf2);
@@ -63,12 +66,15 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->k = mopt_kernels_get();
     c->max_ctx = max_ctx;
     int64_t att_rows = ATT_ROWS; /* prefill's query rows, or decode's query heads per KV head */
+    int64_t kv_hd = 0;           /* the widest head of a quantized cache */
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
             c->max_in = n->weight->ne[0];
         if (n->op == MOPT_OP_ATTENTION && n->n_kv_heads > 0 && n->n_heads / n->n_kv_heads > att_rows)
             att_rows = n->n_heads / n->n_kv_heads;
+        if (n->op == MOPT_OP_ATTENTION && mopt_graph_kv_quant(g, n->layer).format != MOPT_KV_FLOAT && n->head_dim > kv_hd)
+            kv_hd = n->head_dim;
     }
     c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
@@ -77,6 +83,12 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
         c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
         c->ascratch[i] = malloc((size_t)att_rows * (size_t)max_ctx * sizeof(float));
         if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
+    }
+    if (kv_hd) {
+        c->kvscratch = calloc((size_t)c->n_threads, sizeof *c->kvscratch);
+        if (!c->kvscratch) goto nomem;
+        for (int32_t i = 0; i < c->n_threads; i++)
+            if (!(c->kvscratch[i] = malloc(2 * (size_t)kv_hd * (size_t)max_ctx * sizeof(float)))) goto nomem;
     }
     openblas_set_num_threads(1);
     *out = c;
@@ -767,6 +779,51 @@ static void rope(const mopt_op_args *a) {
     }
 }
 
+/* K (v = 0) or V (v = 1) of KV head kvh at positions [0, n) as fp32 rows,
+ * their stride in *ld: the cache itself when it holds floats; else the
+ * quantized values widened into buf [n, head_dim] (q * scale, exactly). */
+static const float *kv_rows(const cpu_ctx *c, const mopt_op_args *a, int v, int32_t kvh, int32_t n, float *buf, int32_t *ld) {
+    const int32_t hd = a->node->head_dim, kvd = a->node->n_kv_heads * hd;
+    const void *cache = v ? a->v_cache : a->k_cache;
+    if (a->kv.format == MOPT_KV_FLOAT) {
+        *ld = kvd;
+        return (const float *)cache + kvh * hd;
+    }
+    const float s = (v ? a->kv.v_scale : a->kv.k_scale)[a->kv.n_scales > 1 ? kvh : 0];
+    const uint8_t *q = (const uint8_t *)cache + kvh * hd;
+    for (int32_t p = 0; p < n; p++, q += kvd) {
+        float *o = buf + (size_t)p * hd;
+        if (a->kv.format == MOPT_KV_FP8) c->k->dequant_e4m3(q, hd, s, o);
+        else
+            for (int32_t i = 0; i < hd; i++) o[i] = (float)(int8_t)q[i] * s;
+    }
+    *ld = hd;
+    return buf;
+}
+
+/* Writes token t's K (v = 0) or V row at position pos + t, rounded onto the
+ * cache's format: the quotient x / scale is formed in double and rounded once. */
+static void kv_store(const mopt_op_args *a, int v, int32_t t) {
+    const int32_t hd = a->node->head_dim, kvd = a->node->n_kv_heads * hd;
+    const float *x = a->in[1 + v] + (size_t)t * a->in_width[1 + v];
+    const size_t at = (size_t)(a->pos + t) * kvd;
+    if (a->kv.format == MOPT_KV_FLOAT) {
+        memcpy((float *)(v ? a->v_cache : a->k_cache) + at, x, (size_t)kvd * sizeof(float));
+        return;
+    }
+    uint8_t *q = (uint8_t *)(v ? a->v_cache : a->k_cache) + at;
+    const float *scale = v ? a->kv.v_scale : a->kv.k_scale;
+    for (int32_t i = 0; i < kvd; i++) {
+        const double r = (double)x[i] / scale[a->kv.n_scales > 1 ? i / hd : 0];
+        if (a->kv.format == MOPT_KV_FP8) {
+            q[i] = mopt_e4m3_from_double(r);
+        } else {
+            const double c = isnan(r) ? 0.0 : r > 127.0 ? 127.0 : r < -127.0 ? -127.0 : nearbyint(r);
+            q[i] = (uint8_t)(int8_t)c;
+        }
+    }
+}
+
 /* Decode: per (token, KV head), the query heads sharing that KV head as the
  * rows of two small GEMMs, scores = Q K^T and out = P V, so each key and value
  * row is read once per group and the products run in OpenBLAS's kernels
@@ -775,14 +832,16 @@ static void attention_task(void *p, int64_t task, int32_t thread) {
     op_job *j = p;
     const mopt_op_args *a = j->a;
     const mopt_node *n = a->node;
-    const int32_t hd = n->head_dim, KV = n->n_kv_heads, kvd = KV * hd, group = n->n_heads / KV;
+    const int32_t hd = n->head_dim, KV = n->n_kv_heads, group = n->n_heads / KV;
     const int32_t t = (int32_t)(task / KV), kvh = (int32_t)(task % KV);
     const int32_t ctx = a->pos + t + 1; /* attends to positions 0..pos + t */
     const float *q = a->in[0] + (size_t)t * a->in_width[0] + (size_t)kvh * group * hd;
     float *out = a->out + (size_t)t * a->out_width + (size_t)kvh * group * hd;
     float *S = j->c->ascratch[thread]; /* [group, ctx] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, ctx, hd, 1.0f / sqrtf((float)hd), q, hd, a->k_cache + kvh * hd,
-                kvd, 0.0f, S, ctx);
+    float *buf = j->c->kvscratch ? j->c->kvscratch[thread] : NULL;
+    int32_t ld;
+    const float *K = kv_rows(j->c, a, 0, kvh, ctx, buf, &ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, ctx, hd, 1.0f / sqrtf((float)hd), q, hd, K, ld, 0.0f, S, ctx);
     for (int32_t r = 0; r < group; r++) {
         float *row = S + (size_t)r * ctx, mx = -INFINITY, sum = 0;
         for (int32_t s2 = 0; s2 < ctx; s2++) mx = fmaxf(mx, row[s2]);
@@ -790,48 +849,56 @@ static void attention_task(void *p, int64_t task, int32_t thread) {
         const float inv = 1.0f / sum;
         for (int32_t s2 = 0; s2 < ctx; s2++) row[s2] *= inv;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, ctx, 1.0f, S, ctx, a->v_cache + kvh * hd, kvd, 0.0f, out, hd);
+    const float *V = kv_rows(j->c, a, 1, kvh, ctx, buf, &ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, ctx, 1.0f, S, ctx, V, ld, 0.0f, out, hd);
 }
 
-/* Prefill: per (head, block of query rows), scores = Q K^T and out = P V as
- * GEMMs, with the causal mask and softmax in between. */
+/* Prefill: per (KV head, block of query rows), for each query head sharing
+ * that KV head, scores = Q K^T and out = P V as GEMMs, with the causal mask
+ * and softmax in between; a quantized cache's K and V rows are widened once
+ * for the group. */
 static void attention_block_task(void *p, int64_t task, int32_t thread) {
     op_job *j = p;
     const mopt_op_args *a = j->a;
     const mopt_node *n = a->node;
-    const int32_t hd = n->head_dim, H = n->n_heads, kvd = n->n_kv_heads * hd, group = H / n->n_kv_heads;
+    const int32_t hd = n->head_dim, group = n->n_heads / n->n_kv_heads;
     const int32_t nblk = (a->T + ATT_ROWS - 1) / ATT_ROWS;
-    const int32_t h = (int32_t)(task / nblk), t0 = (int32_t)(task % nblk) * ATT_ROWS;
-    const int32_t rows = a->T - t0 < ATT_ROWS ? a->T - t0 : ATT_ROWS, kvh = h / group;
+    const int32_t kvh = (int32_t)(task / nblk), t0 = (int32_t)(task % nblk) * ATT_ROWS;
+    const int32_t rows = a->T - t0 < ATT_ROWS ? a->T - t0 : ATT_ROWS;
     const int32_t ctx = a->pos + t0 + rows; /* keys the last row can see */
     float *S = j->c->ascratch[thread];    /* [rows, ctx] */
+    float *buf = j->c->kvscratch ? j->c->kvscratch[thread] : NULL;
     const float scale = 1.0f / sqrtf((float)hd);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, scale,
-                a->in[0] + (size_t)t0 * a->in_width[0] + h * hd, a->in_width[0], a->k_cache + kvh * hd, kvd, 0.0f, S, ctx);
-    for (int32_t r = 0; r < rows; r++) {
-        float *row = S + (size_t)r * ctx;
-        const int32_t visible = a->pos + t0 + r + 1;
-        float mx = -INFINITY, sum = 0;
-        for (int32_t s2 = 0; s2 < visible; s2++) mx = fmaxf(mx, row[s2]);
-        for (int32_t s2 = 0; s2 < visible; s2++) sum += (row[s2] = expf(row[s2] - mx));
-        const float inv = 1.0f / sum;
-        for (int32_t s2 = 0; s2 < visible; s2++) row[s2] *= inv;
-        for (int32_t s2 = visible; s2 < ctx; s2++) row[s2] = 0.0f;
+    int32_t ldk, ldv;
+    const float *K = kv_rows(j->c, a, 0, kvh, ctx, buf, &ldk);
+    const float *V = kv_rows(j->c, a, 1, kvh, ctx, buf ? buf + (size_t)j->c->max_ctx * hd : NULL, &ldv);
+    for (int32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, scale, a->in[0] + (size_t)t0 * a->in_width[0] + h * hd,
+                    a->in_width[0], K, ldk, 0.0f, S, ctx);
+        for (int32_t r = 0; r < rows; r++) {
+            float *row = S + (size_t)r * ctx;
+            const int32_t visible = a->pos + t0 + r + 1;
+            float mx = -INFINITY, sum = 0;
+            for (int32_t s2 = 0; s2 < visible; s2++) mx = fmaxf(mx, row[s2]);
+            for (int32_t s2 = 0; s2 < visible; s2++) sum += (row[s2] = expf(row[s2] - mx));
+            const float inv = 1.0f / sum;
+            for (int32_t s2 = 0; s2 < visible; s2++) row[s2] *= inv;
+            for (int32_t s2 = visible; s2 < ctx; s2++) row[s2] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, S, ctx, V, ldv, 0.0f,
+                    a->out + (size_t)t0 * a->out_width + h * hd, a->out_width);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, S, ctx, a->v_cache + kvh * hd, kvd, 0.0f,
-                a->out + (size_t)t0 * a->out_width + h * hd, a->out_width);
 }
 
 static void attention(cpu_ctx *c, const mopt_op_args *a) {
     const mopt_node *n = a->node;
-    const int32_t kvd = n->n_kv_heads * n->head_dim;
     for (int32_t t = 0; t < a->T; t++) {
-        memcpy(a->k_cache + (size_t)(a->pos + t) * kvd, a->in[1] + (size_t)t * a->in_width[1], (size_t)kvd * 4);
-        memcpy(a->v_cache + (size_t)(a->pos + t) * kvd, a->in[2] + (size_t)t * a->in_width[2], (size_t)kvd * 4);
+        kv_store(a, 0, t);
+        kv_store(a, 1, t);
     }
     op_job j = {c, a};
     if (a->T >= 8)
-        mopt_pool_run(c->pool, (int64_t)n->n_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
+        mopt_pool_run(c->pool, (int64_t)n->n_kv_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
     else
         mopt_pool_run(c->pool, (int64_t)a->T * n->n_kv_heads, attention_task, &j);
 }

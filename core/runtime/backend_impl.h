@@ -20,7 +20,8 @@ typedef struct mopt_op_args {
     int32_t in_width[MOPT_MAX_NODE_INPUTS];
     float *out;
     int32_t out_width;
-    float *k_cache, *v_cache; /* attention: [max_ctx, n_kv_heads * head_dim] */
+    void *k_cache, *v_cache;  /* attention: [max_ctx, n_kv_heads * head_dim] floats, or bytes as kv says */
+    mopt_kv_quant kv;         /* attention: the cache's format and scales */
     int32_t row0, rows;       /* lm_head: input rows to compute; out is [rows, vocab] */
 } mopt_op_args;
 

@@ -20,7 +20,8 @@ struct mopt_session {
     float **slots;       /* [n_slots] each max_batch x slot width */
     int32_t *value_slot; /* value -> slot */
     int32_t n_kv;
-    float **k_cache, **v_cache; /* per kv slot: [max_ctx, kv_dim] */
+    void **k_cache, **v_cache; /* per kv slot: [max_ctx, kv_dim] floats, or bytes in a quantized format */
+    mopt_kv_quant *kv;         /* per kv slot: its format, with the scales copied (the graph's may change) */
     float *logits;
     size_t logits_cap;   /* floats */
     int32_t lm_head;     /* node index */
@@ -37,14 +38,16 @@ void mopt_session_free(mopt_session *s) {
     if (!s) return;
     if (s->be && s->be_ctx) s->be->free(s->be_ctx);
     for (int32_t i = 0; i < s->n_slots; i++) free(s->slots[i]);
-    for (int32_t i = 0; i < s->n_kv; i++) {
-        free(s->k_cache[i]);
-        free(s->v_cache[i]);
+    for (int32_t i = 0; i < s->n_kv; i++) { /* a failed mopt_session_new may have left any of them NULL */
+        if (s->k_cache) free(s->k_cache[i]);
+        if (s->v_cache) free(s->v_cache[i]);
+        if (s->kv) free((void *)s->kv[i].k_scale);
     }
     free(s->slots);
     free(s->value_slot);
     free(s->k_cache);
     free(s->v_cache);
+    free(s->kv);
     free(s->logits);
     free(s);
 }
@@ -132,7 +135,8 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     if (plan_slots(s, err)) goto fail;
     s->k_cache = calloc((size_t)(s->n_kv ? s->n_kv : 1), sizeof *s->k_cache);
     s->v_cache = calloc((size_t)(s->n_kv ? s->n_kv : 1), sizeof *s->v_cache);
-    if (!s->k_cache || !s->v_cache) goto nomem;
+    s->kv = calloc((size_t)(s->n_kv ? s->n_kv : 1), sizeof *s->kv);
+    if (!s->k_cache || !s->v_cache || !s->kv) goto nomem;
     for (int32_t i = 0; i < nn; i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->op != MOPT_OP_ATTENTION) continue;
@@ -141,8 +145,17 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
             MOPT_FAIL(err, MOPT_E_INVALID, "two attention nodes share KV slot %d", n->kv_slot);
             goto fail;
         }
-        s->k_cache[n->kv_slot] = calloc((size_t)s->max_ctx * kvd, sizeof(float));
-        s->v_cache[n->kv_slot] = calloc((size_t)s->max_ctx * kvd, sizeof(float));
+        const mopt_kv_quant q = mopt_graph_kv_quant(g, n->layer);
+        if (q.format != MOPT_KV_FLOAT) {
+            float *sc = malloc(2 * (size_t)q.n_scales * sizeof *sc);
+            if (!sc) goto nomem;
+            memcpy(sc, q.k_scale, (size_t)q.n_scales * sizeof *sc);
+            memcpy(sc + q.n_scales, q.v_scale, (size_t)q.n_scales * sizeof *sc);
+            s->kv[n->kv_slot] = (mopt_kv_quant){q.format, q.n_scales, sc, sc + q.n_scales};
+        }
+        const size_t elem = q.format == MOPT_KV_FLOAT ? sizeof(float) : 1;
+        s->k_cache[n->kv_slot] = calloc((size_t)s->max_ctx * kvd, elem);
+        s->v_cache[n->kv_slot] = calloc((size_t)s->max_ctx * kvd, elem);
         if (!s->k_cache[n->kv_slot] || !s->v_cache[n->kv_slot]) goto nomem;
     }
     if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, err)) goto fail;
@@ -193,6 +206,7 @@ static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const
         if (n->op == MOPT_OP_ATTENTION) {
             a.k_cache = s->k_cache[n->kv_slot];
             a.v_cache = s->v_cache[n->kv_slot];
+            a.kv = s->kv[n->kv_slot];
         }
         if (n->op == MOPT_OP_EMBEDDING && !tokens)
             return MOPT_FAIL(err, MOPT_E_INVALID, "node %s needs tokens", n->name);

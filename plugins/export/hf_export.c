@@ -40,6 +40,7 @@ static mopt_status check_packable(const mopt_host_api *h, const mopt_file_tensor
 
 typedef struct {
     const mopt_host_api *h;
+    const mopt_graph *g;
     const mopt_file_tensor *fts;
     mopt_hf_layout layout;
     const char *forced, *model_dt;
@@ -47,19 +48,24 @@ typedef struct {
 
 /* The entries file tensor i becomes in the layout: a packed linear as the
  * layout stores it, the rest as floats (forced dtype, else each its own;
- * dequantized ones, a packed lm_head among them, take model_dt). */
+ * dequantized ones, a packed lm_head among them, take model_dt); a k_proj or
+ * v_proj of a quantized KV cache brings its scale along. */
 static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *err) {
     const hf_enc *x = user;
     const mopt_file_tensor *ft = &x->fts[i];
     const mopt_tensor *s = ft->src[0];
-    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD)
-        return x->h->hf_add_packed(l, ft, x->layout, err);
-    const char *dt = x->forced ? x->forced
-                     : s->dtype == MOPT_DTYPE_F32  ? "F32"
-                     : s->dtype == MOPT_DTYPE_F16  ? "F16"
-                     : s->dtype == MOPT_DTYPE_BF16 ? "BF16"
-                                                   : x->model_dt;
-    return x->h->st_add_rows(l, ft, dt, NULL, 0, 0, 0, err);
+    mopt_status st;
+    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD) {
+        st = x->h->hf_add_packed(l, ft, x->layout, err);
+    } else {
+        const char *dt = x->forced ? x->forced
+                         : s->dtype == MOPT_DTYPE_F32  ? "F32"
+                         : s->dtype == MOPT_DTYPE_F16  ? "F16"
+                         : s->dtype == MOPT_DTYPE_BF16 ? "BF16"
+                                                       : x->model_dt;
+        st = x->h->st_add_rows(l, ft, dt, NULL, 0, 0, 0, err);
+    }
+    return st ? st : x->h->hf_add_kv_scales(l, x->g, ft, x->layout, err);
 }
 
 /* small JSON files the exporter composes itself (two-space indents, a final newline) */
@@ -124,11 +130,22 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     mopt_quant_scheme scheme;
     mopt_status st = h->quant_scheme_of(g, !strcmp(fs, "auto") ? "dense" : fs, &scheme, err);
     if (st) return st;
-    if (!strcmp(fs, "auto") && scheme.n_packed) f = MOPT_HF_CT;
-    if (f != MOPT_HF_DENSE && !scheme.n_packed)
+    /* the KV cache's format: one for all layers, except in a dense export, which drops it */
+    mopt_kv_format kv = MOPT_KV_FLOAT;
+    mopt_error kerr = {0};
+    const int kv_mixed = h->kv_scheme_of(g, &kv, &kerr) != MOPT_OK;
+    int kv_any = kv_mixed || kv != MOPT_KV_FLOAT;
+    if (!strcmp(fs, "auto") && (scheme.n_packed || kv_any)) f = MOPT_HF_CT;
+    if (kv_mixed && f != MOPT_HF_DENSE) return h->error_set(err, (mopt_status)kerr.code, "export.hf", "%s", kerr.msg);
+    if (f != MOPT_HF_DENSE && !scheme.n_packed && !kv_any)
         return h->error_set(err, MOPT_E_INVALID, "export.hf", "format %s needs a quantized model (run a quant pass first)", fs);
     const char *why = h->hf_layout_refuses(&scheme, f);
     if (why) return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold %s (%s)", fs, scheme.first, why);
+    if ((why = h->hf_kv_refuses(kv, f)))
+        return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold the %s KV cache (%s)", fs, h->kv_format_name(kv), why);
+    if (kv_any && f == MOPT_HF_DENSE)
+        h->log(ctx, "export.hf: format dense stores no KV-cache scales; the quantized KV cache is not exported (use format "
+                    "compressed-tensors or modelopt)");
     mopt_file_tensor *fts = NULL;
     int32_t n = 0;
     if ((st = h->file_tensors(g, MOPT_NAMING_HF, &fts, &n, err)) || (f != MOPT_HF_DENSE && (st = check_packable(h, fts, n, fs, err)))) {
@@ -140,7 +157,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->free(fts);
         return st;
     }
-    hf_enc enc = {h, fts, f, forced, model_dt};
+    hf_enc enc = {h, g, fts, f, forced, model_dt};
     st_plan p = {0};
     st = st_plan_make(h, fts, n, encode, &enc, &p, err);
     /* shards of at most max_shard_size bytes */
@@ -204,6 +221,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     h->report_metric(report, "shards", shards);
     h->report_string(report, "dtype", torch);
     h->report_string(report, "format", fs);
+    h->report_string(report, "kv_cache", !kv_any ? "float" : f == MOPT_HF_DENSE ? "dropped (format dense)" : h->kv_format_name(kv));
     return MOPT_OK;
 }
 

@@ -45,6 +45,7 @@ static int64_t rank_rows(const mopt_file_tensor *ft, int r, int tp, int64_t *row
 
 typedef struct {
     const mopt_host_api *h;
+    const mopt_graph *g;
     const mopt_file_tensor *fts;
     int r, tp;
     const char *algo, *fdt;
@@ -59,7 +60,7 @@ static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *er
     const int64_t n_rows = rank_rows(&x->fts[i], x->r, x->tp, rows, &c0, &nc);
     mopt_status st = h->trtllm_add(l, &x->fts[i], x->algo, x->fdt, rows, n_rows, c0, nc, err);
     free(rows);
-    return st;
+    return st ? st : h->trtllm_add_kv_scale(l, x->g, &x->fts[i], err);
 }
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
@@ -76,6 +77,15 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
                             "%s's scheme has no TensorRT-LLM quant_algo here (W4A16_AWQ: int4 sym with groups; W8A16: int8 sym "
                             "per channel; W8A8 per token; FP8 per tensor static or per channel dynamic)",
                             s.first);
+    mopt_kv_format kv = MOPT_KV_FLOAT;
+    if ((st = h->kv_scheme_of(g, &kv, err))) return st;
+    int kv_shared = 0; /* layers whose K and V scales differ: TensorRT-LLM keeps one, the larger */
+    for (int32_t l = 0; l < a->n_layers && kv != MOPT_KV_FLOAT; l++) {
+        const mopt_kv_quant q = h->graph_kv_quant(g, l);
+        kv_shared += q.format && q.k_scale[0] != q.v_scale[0];
+    }
+    if (kv_shared)
+        h->log(pctx, "export.trtllm: TensorRT-LLM keeps one KV-cache scale per layer; %d layers take max(k_scale, v_scale)", kv_shared);
     if (a->n_heads % tp || a->n_kv_heads % tp || a->ffn_dim % tp || a->vocab_size % tp || a->dim % tp)
         return h->error_set(err, MOPT_E_INVALID, "export.trtllm",
                             "tp=%d must divide the heads (%d, %d kv), the MLP width %d, the vocabulary %d and the width %d", tp,
@@ -95,7 +105,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     }
     int64_t bytes = 0;
     for (int r = 0; r < tp && !st; r++) {
-        rank_enc enc = {h, fts, r, tp, algo, fdt};
+        rank_enc enc = {h, g, fts, r, tp, algo, fdt};
         st_plan p = {0};
         char name[64], path[5000];
         snprintf(name, sizeof name, "rank%d.safetensors", r);
@@ -120,6 +130,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     h->report_metric(report, "bytes", (double)bytes);
     h->report_metric(report, "tp", tp);
     h->report_string(report, "quant_algo", algo ? algo : "none");
+    h->report_string(report, "kv_cache_quant_algo", kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : "none");
     return MOPT_OK;
 }
 

@@ -230,6 +230,15 @@ static int setup(void **state) {
     build(l2c, "quant.nvfp4<activations=none;exclude=*down*>,export.hf<out=%s;format=compressed-tensors>", seed(s1, sizeof s1, "ct-nvfp4"));
     build(l2c, "quant.rtn<bits=4;group_size=32;sym=true;activations=fp8>,export.hf<out=%s;format=compressed-tensors>",
           seed(s1, sizeof s1, "ct-w4a8"));
+    /* calibrated FP8 / int8 KV caches: ModelOpt's k_scale / v_scale, compressed-tensors' output_scale, TensorRT-LLM's
+     * kv_cache_scaling_factor */
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=32;sym=true;exclude=*mlp*>,quant.kv<calib=%s;calib_samples=2;calib_len=64>,"
+             "export.hf<out=%%s;format=modelopt>", calib);
+    build(l2c, text, seed(s1, sizeof s1, "mo-kv"));
+    snprintf(text, sizeof text, "quant.kv<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s;format=compressed-tensors>", calib);
+    build(l2c, text, seed(s1, sizeof s1, "ct-kv"));
+    snprintf(text, sizeof text, "quant.kv<format=int8;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%%s;tp=2>", calib);
+    build(l2c, text, seed(s1, sizeof s1, "trt-kv"));
     build("models/lit-gpt2-1m", "export.gguf<out=%s;type=f16>", seed(s1, sizeof s1, "gpt2.gguf"));
     /* lit-llama's widths are whole 256-value super-blocks: Q4_K linears and a Q6_K output.weight, run packed */
     build("models/lit-llama-7m", "export.gguf<out=%s;type=q4_k>", seed(s1, sizeof s1, "q4_k.gguf"));
@@ -327,8 +336,8 @@ static void test_gguf_llama_and_gpt2(void **s) {
 static void test_tensorrt_llm_ranks_and_config(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"trt", "trt-w4a16", "trt-fp8"};
-    for (int i = 0; i < 3; i++) {
+    static const char *const dirs[] = {"trt", "trt-w4a16", "trt-fp8", "trt-kv"};
+    for (int i = 0; i < 4; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 700);
         fuzz_file(d, "rank0.safetensors", 1, st_header(d, "rank0.safetensors"), 350);
@@ -341,7 +350,8 @@ static void test_quantized_hf_formats(void **s) {
     REQUIRE_SHARED();
     char d[1200];
     static const char *const dirs[] = {"awq",    "gptq",     "ct-pack",  "ct-w8a8", "ct-fp8",   "mo-int4", "mo-fp8",
-                                       "ct-24",  "ct-24-i8", "ct-m24",   "mo-nvfp4", "ct-nvfp4", "ct-w4a8"};
+                                       "ct-24",  "ct-24-i8", "ct-m24",   "mo-nvfp4", "ct-nvfp4", "ct-w4a8",
+                                       "mo-kv",  "ct-kv"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);

@@ -255,6 +255,34 @@ static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     assert_true(w4a8 != w4a16); /* the activations were rounded */
 }
 
+/* quant.kv: an FP8 (or int8) KV cache with calibrated scales costs under 0.1% of ppl, per layer or per head, and
+ * takes a quarter of the fp32 cache's bytes per token (half of an f16 cache's). */
+static void test_kv_cache_quantization_stays_within_0_1_percent(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    const double base = ppl_after("models/lit-llama-7m", "", data);
+    const char *cases[] = {"format=fp8", "format=fp8;granularity=head", "format=int8"};
+    for (int c = 0; c < 3; c++) {
+        mopt_model *m = load("models/lit-llama-7m");
+        snprintf(q, sizeof q, "quant.kv<%s;calib=%s;calib_samples=16;calib_len=256>,eval.perplexity<data=%s>", cases[c], calib, data);
+        mopt_report *r = run(m, q);
+        const double ppl = mopt_report_get_metric(r, "ppl"), before = mopt_report_get_metric(r, "kv_bytes_per_token_baseline"),
+                     after = mopt_report_get_metric(r, "kv_bytes_per_token");
+        fprintf(stderr, "quant.kv<%s>: ppl %.4f vs %.4f (%+.4f%%), KV bytes per token %.0f -> %.0f, k_scale %.4g..%.4g\n", cases[c], ppl,
+                base, 100 * (ppl / base - 1), before, after, mopt_report_get_metric(r, "k_scale_min"), mopt_report_get_metric(r, "k_scale_max"));
+        assert_true(fabs(ppl / base - 1) < 0.001);
+        assert_true(ppl != base); /* the cache was rounded */
+        const mopt_arch *a = mopt_graph_arch(mopt_model_graph(m));
+        assert_true(before == 2.0 * a->n_layers * a->n_kv_heads * a->head_dim * 4 && after == before / 4);
+        const mopt_kv_quant kq = mopt_graph_kv_quant(mopt_model_graph(m), 0);
+        assert_int_equal(kq.n_scales, c == 1 ? a->n_kv_heads : 1);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
+}
+
 /* Bits per weight of the decoder linears as stored now. */
 static double linear_bits(mopt_model *m) {
     mopt_graph *g = mopt_model_graph(m);
@@ -382,6 +410,8 @@ static void test_bad_options_fail_before_any_work(void **s) {
     expect_fail_fast("quant.smoothquant", "smoothing needs calib=FILE");
     expect_fail_fast("quant.fp8<act_order=true>", "unknown option 'act_order'");
     expect_fail_fast("quant.awq<bits=4>", "missing required option 'calib'");
+    expect_fail_fast("quant.kv<format=fp8>", "missing required option 'calib'");
+    expect_fail_fast("quant.kv<format=fp4;calib=x>", "fp4");
     /* a selection that matches nothing names the linears it could have matched */
     expect_fail_fast("quant.rtn<only=*nomatch*>", "only=*nomatch* matches no decoder linear; the linears are h.0.");
     expect_fail_fast("quant.nvfp4<exclude=*>", "no linear layer left to quantize");
@@ -515,6 +545,7 @@ int main(void) {
         cmocka_unit_test(test_coverage_names_changed_and_left_linears),
         cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
         cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
+        cmocka_unit_test(test_kv_cache_quantization_stays_within_0_1_percent),
         cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),

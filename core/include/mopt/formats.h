@@ -147,11 +147,30 @@ MOPT_API char *mopt_hf_config_json(const mopt_graph *g, const char *torch_dtype,
                                    const mopt_quant_scheme *s, mopt_error *err);
 MOPT_API char *mopt_modelopt_quant_json(const mopt_graph *g, const mopt_quant_scheme *s, mopt_error *err);
 
+/* The KV-cache format every layer of g shares (MOPT_KV_FLOAT when none is
+ * quantized); fails when layers differ or keep a scale per head, which no
+ * checkpoint format stores. */
+MOPT_API mopt_status mopt_kv_scheme_of(const mopt_graph *g, mopt_kv_format *f, mopt_error *err);
+/* Why `layout` cannot hold a KV cache of format f (a sentence), or NULL
+ * (dense holds none: its cache is float). */
+MOPT_API const char *mopt_hf_kv_refuses(mopt_kv_format f, mopt_hf_layout layout);
+/* Adds the KV-cache scale that goes with file tensor ft (a k_proj or v_proj
+ * weight of a layer whose cache is quantized) in layout: ModelOpt's scalar
+ * <k_proj>.k_scale / <v_proj>.v_scale, compressed-tensors' [1]
+ * <k_proj>.output_scale / <v_proj>.output_scale. Nothing for other tensors. */
+MOPT_API mopt_status mopt_hf_add_kv_scales(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_hf_layout layout,
+                                           mopt_error *err);
+
 /* Adds rows `rows` (n_rows indices into the file tensor) and columns [c0, c0 +
  * nc) of a file tensor in TensorRT-LLM's layout for quant_algo `algo` (NULL:
  * float, in fdtype as mopt_st_add_rows). */
 MOPT_API mopt_status mopt_trtllm_add(mopt_st_list *l, const mopt_file_tensor *ft, const char *algo, const char *fdtype,
                                      const int64_t *rows, int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err);
+/* When ft is the fused qkv weight of a layer of g whose KV cache is quantized,
+ * adds its attention.kv_cache_scaling_factor F32 [1] (every rank holds it). */
+MOPT_API mopt_status mopt_trtllm_add_kv_scale(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_error *err);
+/* TensorRT-LLM's one KV-cache scale for a layer: max(k_scale, v_scale). */
+MOPT_API float mopt_trtllm_kv_scale(const mopt_kv_quant *q);
 /* A TensorRT-LLM config.json for the graph over tp ranks (JSON text, malloc'd). */
 MOPT_API char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s,
                                        mopt_error *err);

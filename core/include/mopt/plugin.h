@@ -245,6 +245,17 @@ typedef struct mopt_host_api {
                                   float act_scale, mopt_error *err);
     void (*mxfp_round)(mopt_mxfp_kind k, float *x, int64_t n, float g);
     const char *(*mxfp_kind_name)(mopt_mxfp_kind k);
+    /* appended: KV-cache quantization (mopt/graph.h) */
+    mopt_status (*graph_set_kv_quant)(mopt_graph *g, int32_t layer, mopt_kv_format format, int32_t n_scales, const float *k_scale,
+                                      const float *v_scale, mopt_error *err);
+    mopt_kv_quant (*graph_kv_quant)(const mopt_graph *g, int32_t layer);
+    int64_t (*graph_kv_bytes_per_token)(const mopt_graph *g);
+    const char *(*kv_format_name)(mopt_kv_format f);
+    mopt_status (*kv_scheme_of)(const mopt_graph *g, mopt_kv_format *f, mopt_error *err);
+    const char *(*hf_kv_refuses)(mopt_kv_format f, mopt_hf_layout layout);
+    mopt_status (*hf_add_kv_scales)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_hf_layout layout,
+                                    mopt_error *err);
+    mopt_status (*trtllm_add_kv_scale)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

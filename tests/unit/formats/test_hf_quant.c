@@ -340,6 +340,103 @@ static void test_bad_quantized_checkpoints_are_refused(void **s) {
     CHECK_ERR(err, MOPT_E_UNSUPPORTED, "static global scale");
 }
 
+/* The KV scales of every layer, K then V, as the model holds them (0 for a float cache). */
+static void kv_scales_of(const mopt_model *m, float *ks, float *vs, int32_t *fmt) {
+    const mopt_graph *g = mopt_model_graph(m);
+    for (int32_t l = 0; l < mopt_graph_arch(g)->n_layers; l++) {
+        const mopt_kv_quant q = mopt_graph_kv_quant(g, l);
+        fmt[l] = q.format;
+        ks[l] = q.format ? q.k_scale[0] : 0;
+        vs[l] = q.format ? q.v_scale[0] : 0;
+    }
+}
+
+/* A calibrated FP8 KV cache travels as ModelOpt's k_scale / v_scale (kv_cache_quant_algo FP8) and as
+ * compressed-tensors' output_scale (kv_cache_scheme), over packed int4 weights and over float ones: the scales
+ * reload bit for bit (they are the calibrated ones, not 1.0), so the logits are identical; without them the
+ * reloaded cache would be float and the logits would differ. */
+static void test_fp8_kv_cache_scales_export_and_reload(void **s) {
+    REQUIRE_SHARED();
+    const char *formats[] = {"modelopt", "compressed-tensors", "compressed-tensors", "modelopt"};
+    const char *weights[] = {"quant.rtn<bits=4;group_size=128;sym=true>,", "quant.rtn<bits=4;group_size=128;sym=true>,", "", ""};
+    for (int k = 0; k < 4; k++) {
+        char dir[1024], out[1100], text[4096];
+        test_tmpdir(dir, sizeof dir, "kv-fp8");
+        snprintf(out, sizeof out, "%s/q", dir);
+        mopt_model *m = test_load_model("models/lit-llama-7m");
+        snprintf(text, sizeof text, "%squant.kv<calib=%s;calib_samples=4;calib_len=128>,export.hf<out=%s;format=%s>", weights[k], calib,
+                 out, formats[k]);
+        mopt_report_free(test_run_pipeline(m, text));
+        mopt_model *e = test_load_model(out);
+        float ks[2][64], vs[2][64];
+        int32_t f[2][64];
+        kv_scales_of(m, ks[0], vs[0], f[0]);
+        kv_scales_of(e, ks[1], vs[1], f[1]);
+        const int32_t L = mopt_graph_arch(mopt_model_graph(m))->n_layers;
+        for (int32_t l = 0; l < L; l++) {
+            assert_int_equal(f[0][l], MOPT_KV_FP8);
+            assert_int_equal(f[1][l], MOPT_KV_FP8);
+            assert_true(ks[0][l] != 1.0f && vs[0][l] != 1.0f && ks[0][l] != vs[0][l]);
+            assert_memory_equal(&ks[0][l], &ks[1][l], sizeof(float));
+            assert_memory_equal(&vs[0][l], &vs[1][l], sizeof(float));
+        }
+        const double d = test_max_logit_diff(m, e);
+        fprintf(stderr, "fp8 KV cache %sas %s: max |logit diff| %.3g\n", weights[k], formats[k], d);
+        assert_true(d == 0.0);
+        mopt_model_free(e);
+        mopt_model_free(m);
+    }
+}
+
+/* What the formats cannot hold is refused, naming what can; corrupt KV scales are refused on import. */
+static void test_kv_cache_exports_refuse_what_they_cannot_hold(void **s) {
+    REQUIRE_SHARED();
+    char fmt[2048];
+    snprintf(fmt, sizeof fmt, "quant.kv<format=int8;calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s/o;format=compressed-tensors>", calib);
+    expect_refusal("models/lit-llama-7m", fmt, "vLLM reads FP8 KV caches only");
+    snprintf(fmt, sizeof fmt, "quant.kv<granularity=head;calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s/o;format=modelopt>", calib);
+    expect_refusal("models/lit-llama-7m", fmt, "store one per layer (quant.kv granularity=tensor)");
+    snprintf(fmt, sizeof fmt, "quant.rtn,quant.kv<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s/o;format=awq>", calib);
+    expect_refusal("models/lit-llama-7m", fmt, "AutoAWQ and AutoGPTQ configs have no KV-cache scheme");
+    snprintf(fmt, sizeof fmt, "quant.kv<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%%s/o;format=compressed-tensors>", calib);
+    expect_refusal("models/lit-gpt2-1m", fmt, "fuses q, k and v");
+
+    char dir[1024], out[1100], text[2400], path[1200];
+    test_tmpdir(dir, sizeof dir, "kv-bad");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.rtn<sym=true>,quant.kv<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%s;format=modelopt>",
+             calib, out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    mopt_error err = {0};
+    poke_tensor_byte(path, "model.layers.3.self_attn.k_proj.k_scale", 3, 0xbf); /* a negative scale */
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_INVALID, "finite and positive");
+    poke_tensor_byte(path, "model.layers.3.self_attn.k_proj.k_scale", 3, 0x3c);
+    m = mopt_model_load(out, NULL, &err);
+    assert_non_null(m);
+    mopt_model_free(m);
+    snprintf(path, sizeof path, "%s/hf_quant_config.json", out);
+    unlink(path);
+    corrupt_config(out, "kv_cache_quant_algo", json_string("NVFP4"));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "kv_cache_quant_algo \"NVFP4\"");
+    corrupt_config(out, "kv_cache_quant_algo", json_null()); /* no KV scheme: the scale tensors are nobody's */
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "k_scale");
+
+    snprintf(out, sizeof out, "%s/ct", dir);
+    m = test_load_model("models/lit-llama-7m");
+    snprintf(text, sizeof text, "quant.kv<calib=%s;calib_samples=2;calib_len=64>,export.hf<out=%s;format=compressed-tensors>", calib, out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model_free(m);
+    corrupt_config(out, "kv_cache_scheme", json_pack("{s:i, s:s, s:s}", "num_bits", 8, "type", "float", "strategy", "channel"));
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_UNSUPPORTED, "kv_cache_scheme");
+}
+
 /* Sets quantization_config.config_groups.<first>.weights[key] (or input_activations[key]). */
 static void corrupt_scheme(const char *dir, const char *part, const char *key, json_t *value) {
     char path[1200];
@@ -444,6 +541,15 @@ static void test_quantize_cli_writes_the_checkpoint(void **s) {
     snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method rtn -o '%s/q2' --format nope --quiet 2>&1 | grep -q 'format nope is not known'",
              MOPT_CLI, test_shared_dir(), dir);
     assert_int_equal(system(cmd), 0);
+    /* --kv-cache: quant.kv after the weights, on the calibration text; the export carries the cache format */
+    snprintf(cmd, sizeof cmd,
+             "%s quantize '%s/models/lit-llama-7m' --method rtn --sym --kv-cache fp8 --calib '%s' --calib-samples 2 --calib-len 64 -o '%s/kv' "
+             "--format hf --quiet | grep -q 'quant.kv: fp8 KV cache, 8192 -> 2048 bytes per token' && %s info '%s/kv' --json | grep -q "
+             "'\"kv_cache\": \"fp8\"'",
+             MOPT_CLI, test_shared_dir(), calib, dir, MOPT_CLI, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "quantize '%s/models/lit-llama-7m' --kv-cache fp8", test_shared_dir());
+    test_cli_refuses(cmd, 2, "--kv-cache calibrates the K and V scales: give --calib FILE", NULL);
 }
 
 int main(void) {
@@ -458,6 +564,8 @@ int main(void) {
         cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
         cmocka_unit_test(test_modelopt_unified_nvfp4),
         cmocka_unit_test(test_compressed_tensors_nvfp4),
+        cmocka_unit_test(test_fp8_kv_cache_scales_export_and_reload),
+        cmocka_unit_test(test_kv_cache_exports_refuse_what_they_cannot_hold),
         cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_compressed_tensors_sparse_24_bitmask),

@@ -151,6 +151,53 @@ static void test_config_that_contradicts_the_weights_is_refused(void **s) {
     CHECK_ERR(err, MOPT_E_FORMAT, "quantization.group_size 1099511627776 is not a positive multiple of 32");
 }
 
+/* A quantized KV cache travels as kv_cache_quant_algo and one attention.kv_cache_scaling_factor per layer on
+ * every rank: TensorRT-LLM keeps one scale for K and V, so the reload holds max(k_scale, v_scale) for both, bit for
+ * bit, and runs exactly like the original model given those scales. */
+static void test_kv_cache_scales_travel_as_kv_cache_scaling_factor(void **s) {
+    REQUIRE_SHARED();
+    const char *fmts[] = {"fp8", "int8"}, *algos[] = {"FP8", "INT8"}, *weights[] = {"quant.rtn<bits=4;group_size=64;sym=true>,", ""};
+    const int tps[] = {2, 1};
+    for (int k = 0; k < 2; k++) {
+        char out[1200], text[4096], path[1400];
+        snprintf(out, sizeof out, "%s/trt-kv", dir);
+        mopt_model *m = test_load_model("models/lit-llama-7m");
+        snprintf(text, sizeof text, "%squant.kv<format=%s;calib=%s;calib_samples=4;calib_len=128>,export.trtllm<out=%s;tp=%d;force=true>",
+                 weights[k], fmts[k], calib, out, tps[k]);
+        mopt_report_free(test_run_pipeline(m, text));
+        snprintf(path, sizeof path, "%s/config.json", out);
+        json_error_t je;
+        json_t *j = json_load_file(path, 0, &je);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(j, "quantization"), "kv_cache_quant_algo")), algos[k]);
+        json_decref(j);
+        mopt_model *e = test_load_model(out);
+        mopt_graph *g = mopt_model_graph(m);
+        for (int32_t l = 0; l < mopt_graph_arch(g)->n_layers; l++) {
+            const mopt_kv_quant qm = mopt_graph_kv_quant(g, l), qe = mopt_graph_kv_quant(mopt_model_graph(e), l);
+            const float mx = qm.k_scale[0] > qm.v_scale[0] ? qm.k_scale[0] : qm.v_scale[0];
+            assert_int_equal(qe.format, qm.format);
+            assert_true(qe.k_scale[0] == mx && qe.v_scale[0] == mx && mx != 1.0f);
+            assert_int_equal(mopt_graph_set_kv_quant(g, l, (mopt_kv_format)qm.format, 1, &mx, &mx, NULL), MOPT_OK);
+        }
+        const double d = test_max_logit_diff(m, e);
+        fprintf(stderr, "%s KV cache tp=%d: max |logit diff| %.3g\n", fmts[k], tps[k], d);
+        assert_true(d == 0.0);
+        mopt_model_free(e);
+        mopt_model_free(m);
+        if (k) continue;
+        mopt_error err = {0};
+        set_config(out, "quantization", "kv_cache_quant_algo", json_string("NVFP4"));
+        assert_null(mopt_model_load(out, NULL, &err));
+        CHECK_ERR(err, MOPT_E_UNSUPPORTED, "kv_cache_quant_algo \"NVFP4\"");
+        set_config(out, "quantization", "kv_cache_quant_algo", json_null()); /* the scales are then nobody's */
+        assert_null(mopt_model_load(out, NULL, &err));
+        CHECK_ERR(err, MOPT_E_FORMAT, "kv_cache_scaling_factor is not part of");
+    }
+    char text[2400];
+    snprintf(text, sizeof text, "quant.kv<granularity=head;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%s/x>", calib, dir);
+    test_pipeline_fails("models/lit-llama-7m", text, "store one per layer");
+}
+
 int main(void) {
     test_tmpdir(dir, sizeof dir, "trtllm");
     snprintf(calib, sizeof calib, "%s/data/lit-train.txt", test_shared_dir());
@@ -161,6 +208,7 @@ int main(void) {
         cmocka_unit_test(test_what_trtllm_cannot_hold_is_refused),
         cmocka_unit_test(test_broken_trtllm_checkpoints_are_refused),
         cmocka_unit_test(test_config_that_contradicts_the_weights_is_refused),
+        cmocka_unit_test(test_kv_cache_scales_travel_as_kv_cache_scaling_factor),
     };
     return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
 }

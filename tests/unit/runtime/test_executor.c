@@ -2,12 +2,13 @@
  * written here: embedding, RMS norm, q/k/v with grouped-query heads, rotate-half
  * RoPE, causal attention over the KV cache, output projection, residual and a
  * tied classifier. Prefill, token-by-token decode and rolling the cache back
- * must all give the reference logits. */
+ * must all give the reference logits, with a float cache and with FP8 and int8
+ * caches (quantized here in float64, from the formats' definitions). */
 #include <math.h>
 
 #include "testutil.h"
 
-enum { V = 6, D = 8, H = 2, KVH = 1, HD = 4, CTX = 16, T = 5 };
+enum { V = 6, D = 8, H = 4, KVH = 2, HD = 4, CTX = 16, T = 10 }; /* T >= 8: prefill takes the blocked attention */
 static const float THETA = 10000.0f, EPS = 1e-5f;
 
 typedef struct {
@@ -100,7 +101,32 @@ static void rope_half(double *v, int n_heads, int pos) {
         }
 }
 
-static void reference(const model *m, const int32_t *tok, int n, double logits[][V]) {
+/* E4M3 (OCP FP8, no infinities, 0x7f NaN) from its definition: the nearest of
+ * the finite values, a tie to the even code, saturating at 448. */
+static double e4m3_round(double x) {
+    double best = 0, bd = INFINITY;
+    int bcode = 0;
+    for (int code = 0; code < 0x7f; code++) {
+        const int e = code >> 3, mm = code & 7;
+        const double val = e ? ldexp(1.0 + mm / 8.0, e - 7) : ldexp((double)mm, -9);
+        const double d = fabs(fabs(x) - val);
+        if (d < bd || (d == bd && !(code & 1))) best = val, bd = d, bcode = code;
+    }
+    (void)bcode;
+    return x < 0 ? -best : best;
+}
+
+/* The cache's round trip: q = round(x / s) in the format, read back as q * s. */
+static double kv_round(mopt_kv_format f, double x, double s) {
+    if (f == MOPT_KV_FLOAT) return x;
+    const double r = x / s;
+    if (f == MOPT_KV_FP8) return e4m3_round(r) * s;
+    return fmin(127.0, fmax(-127.0, nearbyint(r))) * s;
+}
+
+/* The reference with the cache in format f, scales per KV head. */
+static void reference_kv(const model *m, const int32_t *tok, int n, double logits[][V], mopt_kv_format f, const float *ks,
+                         const float *vs) {
     double x[T][D], k[T][KVH * HD], v[T][KVH * HD], q[T][H * HD];
     for (int t = 0; t < n; t++) {
         double ss = 0, h[D];
@@ -111,6 +137,11 @@ static void reference(const model *m, const int32_t *tok, int n, double logits[]
         matvec(&m->wv[0][0], h, KVH * HD, D, v[t]);
         rope_half(q[t], H, t);
         rope_half(k[t], KVH, t);
+        for (int i = 0; i < KVH * HD; i++) {
+            if (f == MOPT_KV_FLOAT) continue;
+            k[t][i] = kv_round(f, (float)k[t][i], ks[i / HD]); /* mopt's K and V are fp32 before they are rounded */
+            v[t][i] = kv_round(f, (float)v[t][i], vs[i / HD]);
+        }
     }
     for (int t = 0; t < n; t++) {
         double att[H * HD] = {0}, o[D], x1[D];
@@ -133,6 +164,10 @@ static void reference(const model *m, const int32_t *tok, int n, double logits[]
     }
 }
 
+static void reference(const model *m, const int32_t *tok, int n, double logits[][V]) {
+    reference_kv(m, tok, n, logits, MOPT_KV_FLOAT, NULL, NULL);
+}
+
 /* fp32 accumulation over a handful of terms of size ~1: 1e-5 absolute */
 static void expect_row(const float *got, const double *want) {
     for (int i = 0; i < V; i++)
@@ -142,7 +177,7 @@ static void expect_row(const float *got, const double *want) {
         }
 }
 
-static const int32_t tokens[T] = {3, 1, 4, 1, 5};
+static const int32_t tokens[T] = {3, 1, 4, 1, 5, 0, 2, 5, 3, 4};
 
 static void test_prefill_matches_the_float64_reference(void **state) {
     (void)state;
@@ -215,6 +250,81 @@ static void test_bad_tokens_and_a_full_context_are_refused(void **state) {
     mopt_graph_free(m.g);
 }
 
+/* A quantized cache: prefill (blocked attention) and token-by-token decode
+ * both give the logits of the float64 reference whose K and V went through the
+ * same format. Scales differ per head, and head 1's K scale is small enough
+ * that some values saturate (fp8 at 448, int8 at 127). */
+static void check_kv_format(mopt_kv_format f, const float *ks, const float *vs) {
+    model m;
+    build(&m);
+    double want[T][V], plain[T][V];
+    reference_kv(&m, tokens, T, want, f, ks, vs);
+    reference(&m, tokens, T, plain);
+    double moved = 0; /* the format must change the logits, or the test proves nothing */
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < V; i++) moved = fmax(moved, fabs(want[t][i] - plain[t][i]));
+    assert_true(moved > 1e-3);
+    assert_int_equal(mopt_graph_set_kv_quant(m.g, 0, f, KVH, ks, vs, NULL), MOPT_OK);
+    assert_int_equal(mopt_graph_kv_bytes_per_token(m.g), 2 * KVH * HD);
+    const float *logits;
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    assert_non_null(s);
+    assert_int_equal(mopt_session_forward(s, tokens, T, true, &logits, NULL), MOPT_OK);
+    for (int t = 0; t < T; t++) expect_row(logits + t * V, want[t]);
+    mopt_session_free(s);
+    s = mopt_session_new(m.g, NULL, NULL);
+    for (int t = 0; t < T; t++) {
+        assert_int_equal(mopt_session_forward(s, tokens + t, 1, false, &logits, NULL), MOPT_OK);
+        expect_row(logits, want[t]);
+    }
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
+static void test_an_fp8_kv_cache_gives_the_reference_of_rounded_k_and_v(void **state) {
+    (void)state;
+    const float ks[KVH] = {0.01f, 0.0005f}, vs[KVH] = {0.004f, 0.002f};
+    check_kv_format(MOPT_KV_FP8, ks, vs);
+}
+
+static void test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v(void **state) {
+    (void)state;
+    const float ks[KVH] = {0.02f, 0.004f}, vs[KVH] = {0.01f, 0.015f};
+    check_kv_format(MOPT_KV_INT8, ks, vs);
+}
+
+/* Bad KV settings are refused with a message; a session keeps the format it was made with. */
+static void test_kv_formats_refuse_bad_scales_and_sessions_keep_theirs(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    const float one[KVH] = {1, 1}, zero[KVH] = {0, 1}, nan[KVH] = {NAN, 1};
+    mopt_error err = {0};
+    assert_int_equal(mopt_graph_kv_bytes_per_token(m.g), 2 * KVH * HD * 4);
+    assert_int_not_equal(mopt_graph_set_kv_quant(m.g, 0, MOPT_KV_FP8, 3, one, one, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "one per KV head"));
+    assert_int_not_equal(mopt_graph_set_kv_quant(m.g, 0, MOPT_KV_FP8, KVH, zero, one, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "finite and positive"));
+    assert_int_not_equal(mopt_graph_set_kv_quant(m.g, 0, MOPT_KV_INT8, KVH, one, nan, &err), MOPT_OK);
+    assert_int_not_equal(mopt_graph_set_kv_quant(m.g, 1, MOPT_KV_FP8, 1, one, one, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "no attention"));
+    assert_int_not_equal(mopt_graph_set_kv_quant(m.g, 0, (mopt_kv_format)7, 1, one, one, &err), MOPT_OK);
+    assert_int_equal(mopt_graph_kv_quant(m.g, 0).format, MOPT_KV_FLOAT); /* nothing was set */
+    double want[T][V];
+    reference(&m, tokens, T, want);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL); /* made with the float cache */
+    const float tiny[KVH] = {0.0001f, 0.0001f};
+    assert_int_equal(mopt_graph_set_kv_quant(m.g, 0, MOPT_KV_INT8, 1, tiny, tiny, NULL), MOPT_OK);
+    assert_int_equal(mopt_graph_kv_quant(m.g, 0).n_scales, 1);
+    const float *logits;
+    assert_int_equal(mopt_session_forward(s, tokens, T, true, &logits, NULL), MOPT_OK);
+    for (int t = 0; t < T; t++) expect_row(logits + t * V, want[t]);
+    mopt_session_free(s);
+    assert_int_equal(mopt_graph_set_kv_quant(m.g, 0, MOPT_KV_FLOAT, 0, NULL, NULL, NULL), MOPT_OK); /* cleared */
+    assert_int_equal(mopt_graph_kv_bytes_per_token(m.g), 2 * KVH * HD * 4);
+    mopt_graph_free(m.g);
+}
+
 /* The read-bandwidth probe measures on valid arguments and refuses the rest
  * (the value itself is the machine's; no threshold belongs in a test). */
 static void test_read_bandwidth_measures_and_refuses_bad_arguments(void **state) {
@@ -233,6 +343,9 @@ int main(void) {
         cmocka_unit_test(test_truncating_the_cache_replays_the_same_logits),
         cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
         cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),
+        cmocka_unit_test(test_an_fp8_kv_cache_gives_the_reference_of_rounded_k_and_v),
+        cmocka_unit_test(test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v),
+        cmocka_unit_test(test_kv_formats_refuse_bad_scales_and_sessions_keep_theirs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
