@@ -27,7 +27,7 @@ const char *const q_act_modes[] = {"none", "fp8", NULL};
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
     const char *act = h->opt_string(o, "activations"); /* NULL for a pass without the option (QAT) */
     qspec sp = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"), h->opt_bool(o, "sym"),
-                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0};
+                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0, 0};
     return sp;
 }
 
@@ -201,6 +201,13 @@ void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in,
 }
 
 void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp) {
+    if (sp.nvfp4) { /* ModelOpt's global scale max|W| / (6 * 448) over the matrix, then each row's blocks of 16 */
+        float amax = 0;
+        for (int64_t i = 0; i < out * in; i++) amax = fmaxf(amax, fabsf(W[i]));
+        if (amax > 0 && isfinite(amax))
+            for (int64_t r = 0; r < out; r++) h->mxfp_round(MOPT_MXFP_NVFP4, W + r * in, in, amax / (6.0f * 448.0f));
+        return;
+    }
     const int64_t gs = sp.group > 0 ? sp.group : in;
     for (int64_t r = 0; r < out; r++)
         for (int64_t c0 = 0; c0 < in; c0 += gs) {

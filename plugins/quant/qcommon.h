@@ -23,6 +23,7 @@ typedef struct qspec {
     int32_t group; /* -1: whole row */
     int32_t sym;
     uint32_t act;  /* 0, or MOPT_QUANT_ACT_PER_TOKEN: activations rounded to E4M3 per token (W4A8, W8A8-FP8) */
+    int32_t nvfp4; /* the target grid is NVFP4 (E2M1 in blocks of 16, quant.awq format=nvfp4), not integers */
 } qspec;
 
 /* The `activations` option of the integer methods: none or fp8. */

@@ -255,6 +255,20 @@ static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     assert_true(w4a8 != w4a16); /* the activations were rounded */
 }
 
+/* NVFP4_AWQ (quant.awq format=nvfp4): AWQ's scales and a clip per block of 16, searched on NVFP4, lose less than
+ * plain NVFP4 weights; the integer options are refused with it. */
+static void test_awq_on_nvfp4_beats_plain_nvfp4(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    const double plain = ppl_after("models/lit-llama-7m", "quant.nvfp4<activations=none>", data);
+    snprintf(q, sizeof q, "quant.awq<format=nvfp4;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double awq = ppl_after("models/lit-llama-7m", q, data);
+    fprintf(stderr, "NVFP4 weights: plain ppl %.4f, AWQ-searched %.4f (%+.3f%%)\n", plain, awq, 100 * (awq / plain - 1));
+    assert_true(awq < plain);
+}
+
 /* quant.kv: an FP8 (or int8) KV cache with calibrated scales costs under 0.1% of ppl, per layer or per head, and
  * takes a quarter of the fp32 cache's bytes per token (half of an f16 cache's). */
 static void test_kv_cache_quantization_stays_within_0_1_percent(void **s) {
@@ -411,6 +425,7 @@ static void test_bad_options_fail_before_any_work(void **s) {
     expect_fail_fast("quant.fp8<act_order=true>", "unknown option 'act_order'");
     expect_fail_fast("quant.awq<bits=4>", "missing required option 'calib'");
     expect_fail_fast("quant.kv<format=fp8>", "missing required option 'calib'");
+    expect_fail_fast("quant.awq<format=nvfp4;bits=8;calib=x>", "format=nvfp4 has a fixed grid");
     expect_fail_fast("quant.kv<format=fp4;calib=x>", "fp4");
     /* a selection that matches nothing names the linears it could have matched */
     expect_fail_fast("quant.rtn<only=*nomatch*>", "only=*nomatch* matches no decoder linear; the linears are h.0.");
@@ -546,6 +561,7 @@ int main(void) {
         cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
         cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
         cmocka_unit_test(test_kv_cache_quantization_stays_within_0_1_percent),
+        cmocka_unit_test(test_awq_on_nvfp4_beats_plain_nvfp4),
         cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),

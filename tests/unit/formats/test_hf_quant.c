@@ -107,6 +107,9 @@ static void test_compressed_tensors_nvfp4(void **s) {
     char q[2048];
     snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
     exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4", 1);
+    /* NVFP4_AWQ's scales are folded into the graph: it is NVFP4 to every reader */
+    snprintf(q, sizeof q, "quant.awq<format=nvfp4;calib_samples=2;calib_len=64;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4-awq", 0);
 }
 
 static void test_modelopt_scheme_read_from_hf_quant_config_alone(void **s) {
