@@ -33,18 +33,7 @@ static mopt_tensor *cand_tensor(const mopt_host_api *h, int c, const qlinear *l,
     const int64_t out = l->out, in = l->in;
     if (c == C_INT4_AWQ || c == C_INT4 || c == C_INT8) {
         const qspec sp = {c == C_INT8 ? 8 : 4, c == C_INT8 ? -1 : group, c == C_INT8, 0, 0};
-        const int64_t ng = sp.group > 0 ? (in + sp.group - 1) / sp.group : 1;
-        uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
-        float *s = malloc((size_t)(out * ng) * sizeof *s);
-        mopt_tensor *t = NULL;
-        if (q && z && s) {
-            q_rtn(h, W, out, in, sp, q, s, z);
-            t = h->qint_pack(l->wname, out, in, sp.bits, sp.group, q, s, sp.sym ? NULL : z, NULL, err);
-        } else {
-            h->error_set(err, MOPT_E_NOMEM, "quant.auto", "out of memory");
-        }
-        free(q), free(z), free(s);
-        return t;
+        return q_rtn_tensor(h, l, sp, W, "quant.auto", err);
     }
     if (c == C_FP8) {
         uint8_t *q = malloc((size_t)(out * in));

@@ -401,19 +401,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             cache *in = find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]);
             if (do_clip && in && lin->role != MOPT_ROLE_ATTN_Q && lin->role != MOPT_ROLE_ATTN_K)
                 search_clip(h, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
-            const int64_t gsz = sp.group > 0 ? sp.group : lin->in, ngr = (lin->in + gsz - 1) / gsz;
-            uint8_t *q = sp.nvfp4 ? NULL : malloc((size_t)(lin->out * lin->in)), *z = sp.nvfp4 ? NULL : malloc((size_t)(lin->out * ngr));
-            float *sc = sp.nvfp4 ? NULL : malloc((size_t)(lin->out * ngr) * sizeof *sc);
-            if (sp.nvfp4)
-                st = q_replace(h, g, h->mxfp_quantize(lin->wname, MOPT_MXFP_NVFP4, lin->out, lin->in, W, 0, 0.0f, err), err);
-            else if (!q || !z || !sc) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
-            else {
-                q_rtn(h, W, lin->out, lin->in, sp, q, sc, z);
-                st = q_install(h, g, lin, sp, q, sc, z, NULL, err);
-            }
-            free(q);
-            free(z);
-            free(sc);
+            st = sp.nvfp4 ? q_replace(h, g, h->mxfp_quantize(lin->wname, MOPT_MXFP_NVFP4, lin->out, lin->in, W, 0, 0.0f, err), err)
+                          : q_rtn_install(h, g, lin, sp, W, "quant.awq", err);
             free(W);
         }
         calib_tick(&c);

@@ -226,27 +226,39 @@ mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mop
     return st;
 }
 
-mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
-                          mopt_error *err) {
+/* The packed QINT tensor of l's levels (sp.act's activation flags set). */
+static mopt_tensor *qint_tensor(const mopt_host_api *h, const qlinear *l, qspec sp, const uint8_t *q, const float *scales,
+                                const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
+    mopt_tensor *t = h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err);
+    if (t) t->quant->flags |= sp.act; /* W4A8: the kernels round activations to E4M3 per token */
+    return t;
+}
+
+mopt_tensor *q_rtn_tensor(const mopt_host_api *h, const qlinear *l, qspec sp, const float *W, const char *pass, mopt_error *err) {
     const int64_t gs = sp.group > 0 ? sp.group : l->in, ng = (l->in + gs - 1) / gs;
     uint8_t *q = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
     float *s = malloc((size_t)(l->out * ng) * sizeof *s);
-    mopt_status st = q && z && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
-    if (!st) {
+    mopt_tensor *t = NULL;
+    if (q && z && s) {
         q_rtn(h, W, l->out, l->in, sp, q, s, z);
-        st = q_install(h, g, l, sp, q, s, z, NULL, err);
+        t = qint_tensor(h, l, sp, q, s, z, NULL, err);
+    } else {
+        h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
     }
     free(q);
     free(z);
     free(s);
-    return st;
+    return t;
+}
+
+mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
+                          mopt_error *err) {
+    return q_replace(h, g, q_rtn_tensor(h, l, sp, W, pass, err), err);
 }
 
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
-    mopt_tensor *t = h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err);
-    if (t) t->quant->flags |= sp.act; /* W4A8: the kernels round activations to E4M3 per token */
-    return q_replace(h, g, t, err);
+    return q_replace(h, g, qint_tensor(h, l, sp, q, scales, zeros, g_idx, err), err);
 }
 
 mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
