@@ -143,8 +143,12 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (why) return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold %s (%s)", fs, scheme.first, why);
     if ((why = h->hf_kv_refuses(kv, f)))
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold the %s KV cache (%s)", fs, h->kv_format_name(kv), why);
+    if (f == MOPT_HF_DENSE && scheme.n_packed &&
+        (scheme.dtype == MOPT_DTYPE_W8A8 || (scheme.flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))))
+        h->log(ctx, "format dense writes float weights and no activation scheme; the activation rounding of %s is "
+                    "not kept (use format compressed-tensors or modelopt)", scheme.first);
     if (kv_any && f == MOPT_HF_DENSE)
-        h->log(ctx, "export.hf: format dense stores no KV-cache scales; the quantized KV cache is not exported (use format "
+        h->log(ctx, "format dense stores no KV-cache scales; the quantized KV cache is not exported (use format "
                     "compressed-tensors or modelopt)");
     mopt_file_tensor *fts = NULL;
     int32_t n = 0;
