@@ -107,6 +107,9 @@ static void test_compressed_tensors_nvfp4(void **s) {
     char q[2048];
     snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
     exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4", 1);
+    /* MXFP4 as mxfp4-pack-quantized: E2M1 pairs and E8M0 bytes, weight-only (MXFP4A16) and with activations per block */
+    exact_roundtrip("models/lit-llama-7m", "quant.mxfp4<activations=none>", "compressed-tensors", "ct-mxfp4a16", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.mxfp4", "compressed-tensors", "ct-mxfp4", 0);
     /* NVFP4_AWQ's scales are folded into the graph: it is NVFP4 to every reader */
     snprintf(q, sizeof q, "quant.awq<format=nvfp4;calib_samples=2;calib_len=64;calib=%s>", calib);
     exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4-awq", 0);
@@ -261,7 +264,8 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=modelopt>", "NVFP4 exports as ModelOpt");
     expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8>,export.hf<out=%s/o;format=modelopt>",
                    "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors");
-    expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=compressed-tensors>", "MXFP4 and MXFP8 export dense");
+    expect_refusal("models/lit-llama-7m", "quant.mxfp8,export.hf<out=%s/o;format=compressed-tensors>", "MXFP8 exports dense");
+    expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=modelopt>", "MXFP4 as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=compressed-tensors>", "activations=static or none");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
