@@ -39,7 +39,20 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
                              t->name, what);
         }
     }
+    if (!s->n_packed && lm && lm->dtype >= MOPT_DTYPE_PACKED_FIRST && lm->dtype != MOPT_DTYPE_KQUANT) { /* only lm_head was quantized */
+        s->n_packed = 1;
+        s->dtype = lm->dtype, s->bits = lm->quant->bits, s->group_size = lm->quant->group_size, s->flags = lm->quant->flags;
+        s->act_order = lm->quant->g_idx != NULL;
+        snprintf(s->first, sizeof s->first, "%s", lm->name);
+    }
     return MOPT_OK;
+}
+
+int mopt_lm_head_in_scheme(const mopt_graph *g, const mopt_quant_scheme *s) {
+    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
+    const mopt_tensor *lm = head >= 0 ? mopt_graph_node(g, head)->weight : NULL;
+    return s->n_packed && lm && lm->dtype == s->dtype && lm->dtype != MOPT_DTYPE_KQUANT && lm->quant->bits == s->bits &&
+           lm->quant->group_size == s->group_size && lm->quant->flags == s->flags && (lm->quant->g_idx != NULL) == s->act_order;
 }
 
 /* NVFP4 weight-only (NVFP4A16) or with a calibrated global activation scale: what nvfp4-pack-quantized holds;
@@ -415,10 +428,10 @@ mopt_status mopt_hf_add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt
     return st;
 }
 
-/* Decoder linears kept in float, by module name. */
-static json_t *float_linears(const mopt_graph *g) {
+/* Decoder linears kept in float, by module name; lm_head unless it was quantized in the scheme. */
+static json_t *float_linears(const mopt_graph *g, const mopt_quant_scheme *s) {
     json_t *a = json_array();
-    json_array_append_new(a, json_string("lm_head"));
+    if (!mopt_lm_head_in_scheme(g, s)) json_array_append_new(a, json_string("lm_head"));
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->op != MOPT_OP_LINEAR || !n->weight || n->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) continue;
@@ -440,7 +453,7 @@ static mopt_kv_format kv_format(const mopt_graph *g) {
 static json_t *modelopt_quantization(const mopt_graph *g, const mopt_quant_scheme *s) {
     const mopt_kv_format kv = kv_format(g);
     json_t *q = json_pack("{s:s?, s:s?, s:o}", "quant_algo", s->n_packed ? mopt_modelopt_algo(s) : NULL, "kv_cache_quant_algo",
-                          kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "exclude_modules", float_linears(g));
+                          kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "exclude_modules", float_linears(g, s));
     if (s->dtype == MOPT_DTYPE_MXFP) json_object_set_new(q, "group_size", json_integer(16));
     if (s->dtype == MOPT_DTYPE_QINT) {
         json_object_set_new(q, "group_size", json_integer(s->group_size));
@@ -478,7 +491,7 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         }
         return q;
     }
-    json_t *ignore = float_linears(g);
+    json_t *ignore = float_linears(g, s);
     if (f == MOPT_HF_AWQ) {
         json_t *mods = json_array_size(ignore) > 1 ? json_deep_copy(ignore) : json_null();
         json_decref(ignore);

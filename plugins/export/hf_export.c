@@ -44,6 +44,7 @@ typedef struct {
     const mopt_file_tensor *fts;
     mopt_hf_layout layout;
     const char *forced, *model_dt;
+    int lm_packed; /* lm_head was quantized in the scheme (lm_head=true): written packed too */
 } hf_enc;
 
 /* The entries file tensor i becomes in the layout: a packed linear as the
@@ -55,7 +56,7 @@ static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *er
     const mopt_file_tensor *ft = &x->fts[i];
     const mopt_tensor *s = ft->src[0];
     mopt_status st;
-    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD) {
+    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && (ft->role != MOPT_ROLE_LM_HEAD || x->lm_packed)) {
         st = x->h->hf_add_packed(l, ft, x->layout, err);
     } else {
         const char *dt = x->forced ? x->forced
@@ -161,7 +162,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->free(fts);
         return st;
     }
-    hf_enc enc = {h, g, fts, f, forced, model_dt};
+    hf_enc enc = {h, g, fts, f, forced, model_dt, h->lm_head_in_scheme(g, &scheme)};
     st_plan p = {0};
     st = st_plan_make(h, fts, n, encode, &enc, &p, err);
     /* shards of at most max_shard_size bytes */

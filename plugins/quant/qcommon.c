@@ -35,8 +35,10 @@ qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
  * `only`, when given, and no `exclude` glob, by node or weight name); else
  * why it leaves it, in buf. */
 static const char *left_reason(const mopt_host_api *h, const mopt_options *o, const mopt_node *node, char *buf, size_t cap) {
-    if (node->op != MOPT_OP_LINEAR || node->layer < 0) {
-        snprintf(buf, cap, "%s", node->role == MOPT_ROLE_LM_HEAD ? "kept: no quant pass changes lm_head" : "not a decoder linear");
+    const int lm = node->op == MOPT_OP_LM_HEAD && h->opt_bool(o, "lm_head");
+    if (!lm && (node->op != MOPT_OP_LINEAR || node->layer < 0)) {
+        snprintf(buf, cap, "%s", node->role == MOPT_ROLE_LM_HEAD ? "kept: lm_head=true quantizes it (rtn, fp8, nvfp4, mxfp4, mxfp8)"
+                                                                  : "not a decoder linear");
         return buf;
     }
     for (int32_t i = 0; i < h->opt_list_len(o, "exclude"); i++) {
@@ -80,6 +82,13 @@ mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options 
     for (int32_t i = 0; i < nn; i++) {
         const mopt_node *node = h->graph_node(g, i);
         if (!node->weight || left_reason(h, o, node, why, sizeof why)) continue;
+        if (node->op == MOPT_OP_LM_HEAD && h->graph_arch(g)->tied_embeddings) {
+            free(ls);
+            return h->error_set(err, MOPT_E_UNSUPPORTED, "quant",
+                                "lm_head=true: %s is tied to the embeddings, whose lookup would change too; the tied table stays "
+                                "in float (drop lm_head=true)",
+                                node->weight->name);
+        }
         qlinear *l = &ls[cnt++];
         l->node = i;
         l->layer = node->layer;
@@ -288,6 +297,7 @@ static const char *kind_of(int32_t role) {
     case MOPT_ROLE_MLP_GATE: return "gate";
     case MOPT_ROLE_MLP_UP: return "up";
     case MOPT_ROLE_MLP_DOWN: return "down";
+    case MOPT_ROLE_LM_HEAD: return "lm_head";
     default: return "other";
     }
 }
@@ -295,8 +305,8 @@ static const char *kind_of(int32_t role) {
 /* Coverage: how many linears of each kind the pass changed (now packed), and which it left and why. */
 static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *g, const mopt_options *o, const char *method,
                             mopt_error *err) {
-    static const char *const kinds[] = {"q", "k", "v", "o", "gate", "up", "down", "other"};
-    int32_t changed[8] = {0}, n_changed = 0, n_left = 0, n_not_only = 0;
+    static const char *const kinds[] = {"q", "k", "v", "o", "gate", "up", "down", "lm_head", "other"};
+    int32_t changed[9] = {0}, n_changed = 0, n_left = 0, n_not_only = 0;
     char left[700] = "", why[160];
     for (int32_t i = 0; i < h->graph_n_nodes(g); i++) {
         const mopt_node *node = h->graph_node(g, i);
@@ -304,7 +314,7 @@ static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *
         const char *reason = left_reason(h, o, node, why, sizeof why);
         if (!reason && node->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) {
             const char *k = kind_of(node->role);
-            for (int j = 0; j < 8; j++) changed[j] += !strcmp(kinds[j], k);
+            for (int j = 0; j < 9; j++) changed[j] += !strcmp(kinds[j], k);
             n_changed++;
             continue;
         }
@@ -321,7 +331,7 @@ static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *
     }
     char line[1200];
     snprintf(line, sizeof line, "changed %d linears (", n_changed);
-    for (int j = 0, first = 1; j < 8; j++)
+    for (int j = 0, first = 1; j < 9; j++)
         if (changed[j]) {
             snprintf(line + strlen(line), sizeof line - strlen(line), "%s%s %d", first ? "" : ", ", kinds[j], changed[j]);
             first = 0;

@@ -269,6 +269,27 @@ static void test_awq_on_nvfp4_beats_plain_nvfp4(void **s) {
     assert_true(awq < plain);
 }
 
+/* lm_head=true quantizes lm_head as one more linear: the coverage counts it, it is stored packed, and the model
+ * changes (int8 per row: a little). */
+static void test_lm_head_is_quantized_on_request(void **s) {
+    REQUIRE_SHARED();
+    char data[1100];
+    val_head(data, sizeof data);
+    const double without = ppl_after("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1;sym=true>", data);
+    mopt_model *m = load("models/lit-llama-7m");
+    char text[1400];
+    snprintf(text, sizeof text, "quant.rtn<bits=8;group_size=-1;sym=true;lm_head=true>,eval.perplexity<data=%s>", data);
+    mopt_report *r = run(m, text);
+    const double with = mopt_report_get_metric(r, "ppl");
+    fprintf(stderr, "int8 per row: ppl %.4f without lm_head, %.4f with it\n", without, with);
+    assert_true(with != without && fabs(with / without - 1) < 0.003);
+    assert_int_equal((int)mopt_report_get_metric(r, "linears_changed"), 57);
+    const mopt_graph *g = mopt_model_graph(m);
+    assert_int_equal(mopt_graph_node(g, mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1))->weight->dtype, MOPT_DTYPE_QINT);
+    mopt_report_free(r);
+    mopt_model_free(m);
+}
+
 /* quant.kv: an FP8 (or int8) KV cache with calibrated scales costs under 0.1% of ppl, per layer or per head, and
  * takes a quarter of the fp32 cache's bytes per token (half of an f16 cache's). */
 static void test_kv_cache_quantization_stays_within_0_1_percent(void **s) {
@@ -426,6 +447,9 @@ static void test_bad_options_fail_before_any_work(void **s) {
     expect_fail_fast("quant.awq<bits=4>", "missing required option 'calib'");
     expect_fail_fast("quant.kv<format=fp8>", "missing required option 'calib'");
     expect_fail_fast("quant.awq<format=nvfp4;bits=8;calib=x>", "format=nvfp4 has a fixed grid");
+    expect_fail_fast("quant.rtn<lm_head=true>", "transformer.wte.weight is tied to the embeddings");
+    expect_fail_fast("quant.fp8<activations=static;lm_head=true;calib=x>", "lm_head=true goes with activations=dynamic or none");
+    expect_fail_fast("quant.awq<lm_head=true;calib=x>", "unknown option 'lm_head'");
     expect_fail_fast("quant.kv<format=fp4;calib=x>", "fp4");
     /* a selection that matches nothing names the linears it could have matched */
     expect_fail_fast("quant.rtn<only=*nomatch*>", "only=*nomatch* matches no decoder linear; the linears are h.0.");
@@ -562,6 +586,7 @@ int main(void) {
         cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
         cmocka_unit_test(test_kv_cache_quantization_stays_within_0_1_percent),
         cmocka_unit_test(test_awq_on_nvfp4_beats_plain_nvfp4),
+        cmocka_unit_test(test_lm_head_is_quantized_on_request),
         cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),
