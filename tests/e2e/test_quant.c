@@ -521,7 +521,7 @@ static void test_coverage_names_changed_and_left_linears(void **s) {
         } else { /* q everywhere, layer 7's others but k */
             assert_non_null(strstr(cov, "changed 13 linears (q 8, v 1, o 1, gate 1, up 1, down 1); left 44, 35 of them not in only: "));
             assert_non_null(strstr(cov, "layers.0.k (excluded by '*.k')"));
-            assert_non_null(strstr(cov, "lm_head (kept: no quant pass changes lm_head)"));
+            assert_non_null(strstr(cov, "lm_head (kept: lm_head=true quantizes it"));
         }
         json_decref(j);
         free(text);
