@@ -6,7 +6,8 @@ compressed-tensors pack_to_int32 / int- and float-quantized / sparse-24-bitmask
 sparse_semi_structured_from_dense_cutlass and get_permutations_24), ModelOpt's
 pack_int4_in_uint8 for W4A16_AWQ and its NVFP4 tensors (E2M1 pairs, even
 value in the low nibble; e2m1 * weight_scale * weight_scale_2), and
-compressed-tensors' nvfp4-pack-quantized (the same, / weight_global_scale)), not from mopt's
+compressed-tensors' nvfp4-pack-quantized (the same, / weight_global_scale) and mxfp4-pack-quantized
+(E8M0 scale bytes per 32)), not from mopt's
 code. Python standard library only.
 
 usage: hf_quant_reader.py QUANT_DIR DENSE_DIR
@@ -242,8 +243,9 @@ def marlin24(t, p, qc):
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
 
-def nvfp4_pairs(packed_t, scale_t, g):
-    """E2M1 pairs (even values in the low nibble) times their E4M3 block scale (per 16) times the global scale g"""
+def nvfp4_pairs(packed_t, scale_t, g, block=16):
+    """E2M1 pairs (even values in the low nibble) times their block scale (E4M3 per 16 as decoded, or the
+    scales given per `block`) times the global scale g"""
     (out, half), packed = packed_t
     (_, nb), sc = scale_t
     i_n = 2 * half
@@ -252,8 +254,14 @@ def nvfp4_pairs(packed_t, scale_t, g):
         for i in range(i_n):
             nib = (packed[o * half + i // 2] >> (4 * (i % 2))) & 15
             v = -E2M1[nib & 7] if nib & 8 else E2M1[nib & 7]
-            w[o][i] = v * sc[o * nb + i // 16] * g
+            w[o][i] = v * sc[o * nb + i // block] * g
     return w
+
+
+def ct_mxfp4(t, p, qc):
+    """compressed-tensors' mxfp4-pack-quantized: the same pairs, an E8M0 byte per 32 values (2^(e - 127)), no global scale"""
+    shape, e8m0 = t[p + ".weight_scale"]
+    return nvfp4_pairs(t[p + ".weight_packed"], (shape, [2.0 ** (e - 127) for e in e8m0]), 1.0, 32)
 
 
 def modelopt_nvfp4(t, p, qc):
@@ -279,6 +287,8 @@ def main():
         marker, fn = ".weight_scale", modelopt_int4 if algo == "W4A16_AWQ" else modelopt_nvfp4 if algo == "NVFP4" else ct_8bit
     elif qc.get("format") == "nvfp4-pack-quantized":
         marker, fn = ".weight_packed", ct_nvfp4
+    elif qc.get("format") == "mxfp4-pack-quantized":
+        marker, fn = ".weight_packed", ct_mxfp4
     elif qc.get("format") == "marlin-24":
         marker, fn = ".weight_packed", marlin24
     elif (qc.get("sparsity_config") or {}).get("format") == "sparse-24-bitmask":

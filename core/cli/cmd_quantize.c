@@ -42,6 +42,7 @@ static void help(void) {
            "  --calib-samples N   calibration windows (default 128)\n"
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
+           "  --lm-head           quantize lm_head too (rtn, fp8, nvfp4, mxfp4, mxfp8; an untied one)\n"
            "  --eval FILE         perplexity of the quantized and the original model (ctx 256)\n"
            "  --report OUT.json   write the report\n"
            "  --threads N         worker threads (default: all cores)\n"
@@ -61,7 +62,7 @@ typedef struct {
     const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache;
     char budget[32];
     char bits[16], group[16], alpha[32], samples[16], len[16];
-    int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream;
+    int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream, lm_head;
     long long threads;
     char exclude[1024];
 } qargs;
@@ -81,6 +82,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
         {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
         {"candidates", required_argument, 0, 'C'},    {"kv-cache", required_argument, 0, 'K'},
+        {"lm-head", no_argument, 0, 'H'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -107,6 +109,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'R': a->recipe = optarg; break;
         case 'C': a->candidates = optarg; break;
         case 'K': a->kv_cache = optarg; break;
+        case 'H': a->lm_head = 1; break;
         case 'B':
             if (!cli_parse_float(optarg, 1, 16, &f)) return cli_usage_error("quantize", "--bits-budget expects a number in [1, 16], got '%s'", optarg);
             snprintf(a->budget, sizeof a->budget, "%.17g", f);
@@ -176,7 +179,7 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
         (a->act_order && set(qo, "act_order", "true", err)) || set(qo, "alpha", a->alpha, err) ||
         set(qo, "activations", a->fp8_act, err) || (calibrates && set(qo, "calib", a->calib, err)) ||
         (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
-        set(qo, "exclude", a->exclude, err) || mopt_pipeline_add(p, pass, qo, err))
+        set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) || mopt_pipeline_add(p, pass, qo, err))
         return cli_fail(err);
     return 0;
 }

@@ -19,6 +19,8 @@
  *         nvfp4-pack-quantized: weight_packed U8 [out, in/2] (E2M1 pairs),
  *         weight_scale F8_E4M3 [out, in/16], weight_global_scale [1] = 1 / G,
  *         input_global_scale [1] (static activations)
+ *         mxfp4-pack-quantized: weight_packed U8 [out, in/2] (E2M1 pairs), weight_scale U8
+ *         [out, in/32] (E8M0 bytes), no global scale
  *   ModelOpt unified (quant_method "modelopt" or hf_quant_config.json):
  *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
  *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
@@ -51,6 +53,7 @@ typedef struct hfq_cfg {
     int marlin24;             /* CT format marlin-24: 2:4 with int4 values (W4A16) */
     int nvfp4;                /* ModelOpt NVFP4, or compressed-tensors' nvfp4-pack-quantized */
     int nvfp4_act_static;     /* ... the latter with a static global activation scale (input_global_scale) */
+    int mxfp4;                /* compressed-tensors' mxfp4-pack-quantized (activations per block of 32 in packed_act) */
     uint32_t packed_act;      /* CT pack-quantized: MOPT_QUANT_ACT_PER_TOKEN for FP8 activations per token (W4A8) */
     mopt_kv_format kv;        /* ModelOpt kv_cache_quant_algo, CT kv_cache_scheme; MOPT_KV_FLOAT: none */
     const char *file;
@@ -375,6 +378,20 @@ static int scalar_part(mopt_graph *g, const char *p, const char *suffix, float *
  * weight_scale_2 = G and input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and
  * [1] weight_global_scale = 1 / G, input_global_scale) hold it: the bytes become mopt's MXFP tensor as they are.
  * Activations are static when ModelOpt's input_scale is there, or when the compressed-tensors config says so. */
+/* MXFP4 as compressed-tensors' mxfp4-pack-quantized holds it: weight_packed U8 [out, in/2] (E2M1 pairs) and weight_scale
+ * U8 [out, in/32] (E8M0 bytes) become mopt's MXFP tensor as they are. */
+static mopt_tensor *mxfp4_linear(mopt_graph *g, const char *p, uint32_t act, mopt_error *err) {
+    const mopt_tensor *w = part(g, p, "weight_packed"), *sc = part(g, p, "weight_scale");
+    const int64_t out = w && w->ndim == 2 && w->dtype == MOPT_DTYPE_U8 ? w->ne[1] : 0, in = out ? w->ne[0] * 2 : 0;
+    if (!out || !sc || sc->dtype != MOPT_DTYPE_U8 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 32 != in) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: MXFP4 needs weight_packed U8 [out, in/2] and weight_scale U8 [out, in/32]", p);
+        return NULL;
+    }
+    char name[MOPT_MAX_NAME + 16];
+    snprintf(name, sizeof name, "%s.weight", p);
+    return mopt_mxfp_pack(name, MOPT_MXFP_MXFP4, out, in, w->data, sc->data, 1.0f, act, 0.0f, err);
+}
+
 static mopt_tensor *nvfp4_linear(mopt_graph *g, const char *p, int ct, int act_static, mopt_error *err) {
     const char *wn = ct ? "weight_packed" : "weight", *gn = ct ? "weight_global_scale" : "weight_scale_2",
                *an = ct ? "input_global_scale" : "input_scale";
@@ -492,6 +509,28 @@ static mopt_status ct_nvfp4_config(json_t *wts, json_t *acts, int64_t bits, int6
     return MOPT_OK;
 }
 
+/* mxfp4-pack-quantized: E2M1 weights with an E8M0 scale per group of 32; activations, when named, the same per block
+ * at run time (dynamic) */
+static mopt_status ct_mxfp4_config(json_t *wts, json_t *acts, int64_t bits, int64_t gs, const char *type, const char *key, hfq_cfg *c,
+                                   mopt_error *err) {
+    if (bits != 4 || !type || strcmp(type, "float") || gs != 32)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: mxfp4-pack-quantized is read for 4-bit float weights in groups of 32 (config_groups.%s)",
+                         c->file, key);
+    c->mxfp4 = 1;
+    if (!json_is_object(acts)) return MOPT_OK;
+    bool dynamic = false;
+    int64_t abits = 0, ags = 0;
+    if (!mopt_json_get_bool_opt(acts, "dynamic", &dynamic, c->file, err) || !mopt_json_get_int_opt(acts, "num_bits", &abits, c->file, err) ||
+        !mopt_json_get_int_opt(acts, "group_size", &ags, c->file, err))
+        return MOPT_E_FORMAT;
+    if (!dynamic || abits != 4 || ags != 32)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: mxfp4-pack-quantized activations are read as MXFP4 per block of 32, dynamic (config_groups.%s)",
+                         c->file, key);
+    c->packed_act = MOPT_QUANT_ACT_PER_TOKEN;
+    (void)wts;
+    return MOPT_OK;
+}
+
 static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
     const char *fmt = NULL;
     if (!mopt_json_get_str_opt(qc, "format", &fmt, c->file, err)) return MOPT_E_FORMAT;
@@ -521,6 +560,7 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
         !mopt_json_get_int_opt(wts, "group_size", &gs, c->file, err))
         return MOPT_E_FORMAT;
     if (fmt && !strcmp(fmt, "nvfp4-pack-quantized")) return ct_nvfp4_config(wts, acts, bits, gs, type, key, c, err);
+    if (fmt && !strcmp(fmt, "mxfp4-pack-quantized")) return ct_mxfp4_config(wts, acts, bits, gs, type, key, c, err);
     /* what mopt runs; anything else (block, tensor_group, ...) would be read wrongly */
     if (strategy && strcmp(strategy, "group") && strcmp(strategy, "channel") && strcmp(strategy, "tensor"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.strategy \"%s\" is not supported (group, channel, tensor)",
@@ -810,6 +850,7 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_hf
         else if (w && (w->dtype == MOPT_DTYPE_I8 || w->dtype == MOPT_DTYPE_F8E4M3)) t = ct_8bit_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT && c.marlin24) t = ct_marlin24_linear(g, pre[i], &c, err);
         else if (c.method == HFQ_CT && c.nvfp4) t = nvfp4_linear(g, pre[i], 1, c.nvfp4_act_static, err);
+        else if (c.method == HFQ_CT && c.mxfp4) t = mxfp4_linear(g, pre[i], c.packed_act, err);
         else if (c.method == HFQ_CT) t = ct_packed_linear(g, pre[i], &c, err);
         else st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s.weight_packed is a compressed-tensors packed weight, but %s names another scheme", pre[i], config_path);
         if (!t) {

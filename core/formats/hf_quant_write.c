@@ -39,12 +39,27 @@ mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_qua
                              t->name, what);
         }
     }
+    if (!s->n_packed && lm && lm->dtype >= MOPT_DTYPE_PACKED_FIRST && lm->dtype != MOPT_DTYPE_KQUANT) { /* only lm_head was quantized */
+        s->n_packed = 1;
+        s->dtype = lm->dtype, s->bits = lm->quant->bits, s->group_size = lm->quant->group_size, s->flags = lm->quant->flags;
+        s->act_order = lm->quant->g_idx != NULL;
+        snprintf(s->first, sizeof s->first, "%s", lm->name);
+    }
     return MOPT_OK;
 }
 
-/* NVFP4 weight-only (NVFP4A16) or with a calibrated global activation scale: what nvfp4-pack-quantized holds */
-static int ct_nvfp4_ok(const mopt_quant_scheme *s) {
-    return !(s->flags & MOPT_QUANT_SCALE_E8M0) && !(s->flags & MOPT_QUANT_ACT_PER_TOKEN);
+int mopt_lm_head_in_scheme(const mopt_graph *g, const mopt_quant_scheme *s) {
+    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
+    const mopt_tensor *lm = head >= 0 ? mopt_graph_node(g, head)->weight : NULL;
+    return s->n_packed && lm && lm->dtype == s->dtype && lm->dtype != MOPT_DTYPE_KQUANT && lm->quant->bits == s->bits &&
+           lm->quant->group_size == s->group_size && lm->quant->flags == s->flags && (lm->quant->g_idx != NULL) == s->act_order;
+}
+
+/* NVFP4 weight-only (NVFP4A16) or with a calibrated global activation scale: what nvfp4-pack-quantized holds;
+ * MXFP4 weight-only or with activations per block of 32 (MXFP4A16, W4A4): what mxfp4-pack-quantized holds */
+static int ct_fp4_ok(const mopt_quant_scheme *s) {
+    if (s->flags & MOPT_QUANT_SCALE_E8M0) return s->bits == 4;
+    return !(s->flags & MOPT_QUANT_ACT_PER_TOKEN);
 }
 
 const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f) {
@@ -55,9 +70,10 @@ const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f)
         return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
     if (s->dtype == MOPT_DTYPE_QINT && (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)) && f != MOPT_HF_CT)
         return "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors";
-    if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)) && !(f == MOPT_HF_CT && ct_nvfp4_ok(s)))
+    if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)) && !(f == MOPT_HF_CT && ct_fp4_ok(s)))
         return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with activations=static for input_scale) or as "
-               "compressed-tensors (activations=static or none); MXFP4 and MXFP8 export dense (dequantized) for now";
+               "compressed-tensors (activations=static or none); MXFP4 as compressed-tensors (mxfp4-pack-quantized); MXFP8 "
+               "exports dense (dequantized) for now";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
                                      : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true), FP8 with "
@@ -277,10 +293,12 @@ static mopt_status add_scalar(mopt_st_list *l, const char *p, const char *part, 
 
 /* NVFP4 as ModelOpt (weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], scalars weight_scale_2 = G and
  * input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and [1] weight_global_scale =
- * 1 / G and input_global_scale) hold: mopt's rows as they are. */
-static mopt_status nvfp4_tensors(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, int ct, mopt_error *err) {
+ * 1 / G and input_global_scale) hold: mopt's rows as they are. MXFP4 as compressed-tensors' mxfp4-pack-quantized:
+ * weight_packed U8 [out, in/2] and weight_scale U8 [out, in/32], the E8M0 bytes, no global scale. */
+static mopt_status fp4_tensors(mopt_st_list *l, const char *p, const mopt_tensor *t, const int64_t *perm, int ct, mopt_error *err) {
     char name[MOPT_MAX_NAME + 32];
-    const int64_t out = t->ne[1], in = t->ne[0], nb = in / 16;
+    const int mx = mopt_mxfp_kind_of(t) == MOPT_MXFP_MXFP4;
+    const int64_t out = t->ne[1], in = t->ne[0], nb = in / (mx ? 32 : 16);
     uint8_t *w = malloc((size_t)(out * in / 2) + 1), *sc = malloc((size_t)(out * nb) + 1);
     if (!w || !sc) {
         free(w), free(sc);
@@ -295,8 +313,9 @@ static mopt_status nvfp4_tensors(mopt_st_list *l, const char *p, const mopt_tens
     snprintf(name, sizeof name, "%s.%s", p, ct ? "weight_packed" : "weight");
     mopt_status st = mopt_st_list_add(l, name, "U8", 2, dw, w, (size_t)(out * in / 2), err);
     snprintf(name, sizeof name, "%s.weight_scale", p);
-    if (!st) st = mopt_st_list_add(l, name, "F8_E4M3", 2, ds, sc, (size_t)(out * nb), err);
+    if (!st) st = mopt_st_list_add(l, name, mx ? "U8" : "F8_E4M3", 2, ds, sc, (size_t)(out * nb), err);
     else free(sc);
+    if (mx) return st;
     const float g = t->quant->global_scale, a = t->quant->act_scale;
     if (!st) st = ct ? add_scalar(l, p, "weight_global_scale", mopt_exact_reciprocal(g), 1, err) : add_scalar(l, p, "weight_scale_2", g, 0, err);
     if (!st && (t->quant->flags & MOPT_QUANT_ACT_STATIC))
@@ -322,7 +341,7 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
         else free(ones);
         return st;
     }
-    if (t->dtype == MOPT_DTYPE_MXFP) return nvfp4_tensors(l, p, t, perm, 0, err);
+    if (t->dtype == MOPT_DTYPE_MXFP) return fp4_tensors(l, p, t, perm, 0, err);
     mopt_status st = ct_8bit(l, p, t, perm, err); /* FP8: weight, weight_scale, input_scale */
     const int per_tensor = (t->quant->flags & MOPT_QUANT_PER_TENSOR) != 0;
     for (int32_t i = l->n - 1; !st && i >= 0 && i >= l->n - 2; i--) /* scales: scalars per tensor, [out] per channel */
@@ -384,7 +403,7 @@ static mopt_status add_linear(mopt_st_list *l, const mopt_tensor *t, const char 
     if (t->dtype == MOPT_DTYPE_SP24 && (t->quant->flags & MOPT_QUANT_VALUES_I4)) return mopt_marlin24_write(l, p, t, perm, err);
     if (t->dtype == MOPT_DTYPE_SP24) return ct_sparse24(l, p, t, perm, err);
     if (f == MOPT_HF_MODELOPT) return modelopt(l, p, t, perm, err);
-    if (t->dtype == MOPT_DTYPE_MXFP) return nvfp4_tensors(l, p, t, perm, 1, err); /* compressed-tensors' nvfp4-pack-quantized */
+    if (t->dtype == MOPT_DTYPE_MXFP) return fp4_tensors(l, p, t, perm, 1, err); /* compressed-tensors' nvfp4- / mxfp4-pack-quantized */
     if (t->dtype != MOPT_DTYPE_QINT) return ct_8bit(l, p, t, perm, err);
     return f == MOPT_HF_AWQ ? awq(l, p, t, perm, err) : f == MOPT_HF_GPTQ ? gptq(l, p, t, perm, err) : ct_packed(l, p, t, perm, err);
 }
@@ -409,10 +428,10 @@ mopt_status mopt_hf_add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt
     return st;
 }
 
-/* Decoder linears kept in float, by module name. */
-static json_t *float_linears(const mopt_graph *g) {
+/* Decoder linears kept in float, by module name; lm_head unless it was quantized in the scheme. */
+static json_t *float_linears(const mopt_graph *g, const mopt_quant_scheme *s) {
     json_t *a = json_array();
-    json_array_append_new(a, json_string("lm_head"));
+    if (!mopt_lm_head_in_scheme(g, s)) json_array_append_new(a, json_string("lm_head"));
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->op != MOPT_OP_LINEAR || !n->weight || n->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) continue;
@@ -434,7 +453,7 @@ static mopt_kv_format kv_format(const mopt_graph *g) {
 static json_t *modelopt_quantization(const mopt_graph *g, const mopt_quant_scheme *s) {
     const mopt_kv_format kv = kv_format(g);
     json_t *q = json_pack("{s:s?, s:s?, s:o}", "quant_algo", s->n_packed ? mopt_modelopt_algo(s) : NULL, "kv_cache_quant_algo",
-                          kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "exclude_modules", float_linears(g));
+                          kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "exclude_modules", float_linears(g, s));
     if (s->dtype == MOPT_DTYPE_MXFP) json_object_set_new(q, "group_size", json_integer(16));
     if (s->dtype == MOPT_DTYPE_QINT) {
         json_object_set_new(q, "group_size", json_integer(s->group_size));
@@ -472,7 +491,7 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
         }
         return q;
     }
-    json_t *ignore = float_linears(g);
+    json_t *ignore = float_linears(g, s);
     if (f == MOPT_HF_AWQ) {
         json_t *mods = json_array_size(ignore) > 1 ? json_deep_copy(ignore) : json_null();
         json_decref(ignore);
@@ -508,7 +527,14 @@ json_t *mopt_hfq_config(const mopt_graph *g, mopt_hf_layout f, const mopt_quant_
     }
     json_t *w, *act = json_null();
     const char *format;
-    if (s->dtype == MOPT_DTYPE_MXFP) { /* NVFP4 (llm-compressor's NVFP4 and NVFP4A16 presets) */
+    if (s->dtype == MOPT_DTYPE_MXFP && (s->flags & MOPT_QUANT_SCALE_E8M0)) { /* MXFP4 (llm-compressor's MXFP4A16 and MXFP4) */
+        format = "mxfp4-pack-quantized";
+        w = json_pack("{s:i, s:s, s:b, s:s, s:i, s:b}", "num_bits", 4, "type", "float", "symmetric", 1, "strategy", "group",
+                      "group_size", 32, "dynamic", 0);
+        if (s->flags & MOPT_QUANT_ACT_PER_TOKEN) /* rounded per block of 32 at run time */
+            act = json_pack("{s:i, s:s, s:b, s:s, s:i, s:b}", "num_bits", 4, "type", "float", "symmetric", 1, "strategy", "group",
+                            "group_size", 32, "dynamic", 1);
+    } else if (s->dtype == MOPT_DTYPE_MXFP) { /* NVFP4 (llm-compressor's NVFP4 and NVFP4A16 presets) */
         format = "nvfp4-pack-quantized";
         w = json_pack("{s:i, s:s, s:b, s:s, s:i, s:b, s:s}", "num_bits", 4, "type", "float", "symmetric", 1, "strategy", "tensor_group",
                       "group_size", 16, "dynamic", 0, "observer", "static_minmax");

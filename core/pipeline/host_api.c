@@ -154,6 +154,7 @@ const mopt_host_api mopt_host = {
     .hf_kv_refuses = mopt_hf_kv_refuses,
     .hf_add_kv_scales = mopt_hf_add_kv_scales,
     .trtllm_add_kv_scale = mopt_trtllm_add_kv_scale,
+    .lm_head_in_scheme = mopt_lm_head_in_scheme,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

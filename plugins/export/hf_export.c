@@ -44,6 +44,7 @@ typedef struct {
     const mopt_file_tensor *fts;
     mopt_hf_layout layout;
     const char *forced, *model_dt;
+    int lm_packed; /* lm_head was quantized in the scheme (lm_head=true): written packed too */
 } hf_enc;
 
 /* The entries file tensor i becomes in the layout: a packed linear as the
@@ -55,7 +56,7 @@ static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *er
     const mopt_file_tensor *ft = &x->fts[i];
     const mopt_tensor *s = ft->src[0];
     mopt_status st;
-    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_LM_HEAD) {
+    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && (ft->role != MOPT_ROLE_LM_HEAD || x->lm_packed)) {
         st = x->h->hf_add_packed(l, ft, x->layout, err);
     } else {
         const char *dt = x->forced ? x->forced
@@ -143,8 +144,12 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (why) return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold %s (%s)", fs, scheme.first, why);
     if ((why = h->hf_kv_refuses(kv, f)))
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf", "format %s cannot hold the %s KV cache (%s)", fs, h->kv_format_name(kv), why);
+    if (f == MOPT_HF_DENSE && scheme.n_packed &&
+        (scheme.dtype == MOPT_DTYPE_W8A8 || (scheme.flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC))))
+        h->log(ctx, "format dense writes float weights and no activation scheme; the activation rounding of %s is "
+                    "not kept (use format compressed-tensors or modelopt)", scheme.first);
     if (kv_any && f == MOPT_HF_DENSE)
-        h->log(ctx, "export.hf: format dense stores no KV-cache scales; the quantized KV cache is not exported (use format "
+        h->log(ctx, "format dense stores no KV-cache scales; the quantized KV cache is not exported (use format "
                     "compressed-tensors or modelopt)");
     mopt_file_tensor *fts = NULL;
     int32_t n = 0;
@@ -157,7 +162,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->free(fts);
         return st;
     }
-    hf_enc enc = {h, g, fts, f, forced, model_dt};
+    hf_enc enc = {h, g, fts, f, forced, model_dt, h->lm_head_in_scheme(g, &scheme)};
     st_plan p = {0};
     st = st_plan_make(h, fts, n, encode, &enc, &p, err);
     /* shards of at most max_shard_size bytes */

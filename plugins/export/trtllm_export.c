@@ -85,7 +85,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
         kv_shared += q.format && q.k_scale[0] != q.v_scale[0];
     }
     if (kv_shared)
-        h->log(pctx, "export.trtllm: TensorRT-LLM keeps one KV-cache scale per layer; %d layers take max(k_scale, v_scale)", kv_shared);
+        h->log(pctx, "TensorRT-LLM keeps one KV-cache scale per layer; %d layers take max(k_scale, v_scale)", kv_shared);
     if (a->n_heads % tp || a->n_kv_heads % tp || a->ffn_dim % tp || a->vocab_size % tp || a->dim % tp)
         return h->error_set(err, MOPT_E_INVALID, "export.trtllm",
                             "tp=%d must divide the heads (%d, %d kv), the MLP width %d, the vocabulary %d and the width %d", tp,

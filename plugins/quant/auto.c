@@ -32,19 +32,8 @@ static const char *const cand_names[C_COUNT] = {"int4_awq", "int4", "int8", "fp8
 static mopt_tensor *cand_tensor(const mopt_host_api *h, int c, const qlinear *l, const float *W, int32_t group, mopt_error *err) {
     const int64_t out = l->out, in = l->in;
     if (c == C_INT4_AWQ || c == C_INT4 || c == C_INT8) {
-        const qspec sp = {c == C_INT8 ? 8 : 4, c == C_INT8 ? -1 : group, c == C_INT8, 0};
-        const int64_t ng = sp.group > 0 ? (in + sp.group - 1) / sp.group : 1;
-        uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
-        float *s = malloc((size_t)(out * ng) * sizeof *s);
-        mopt_tensor *t = NULL;
-        if (q && z && s) {
-            q_rtn(h, W, out, in, sp, q, s, z);
-            t = h->qint_pack(l->wname, out, in, sp.bits, sp.group, q, s, sp.sym ? NULL : z, NULL, err);
-        } else {
-            h->error_set(err, MOPT_E_NOMEM, "quant.auto", "out of memory");
-        }
-        free(q), free(z), free(s);
-        return t;
+        const qspec sp = {c == C_INT8 ? 8 : 4, c == C_INT8 ? -1 : group, c == C_INT8, 0, 0};
+        return q_rtn_tensor(h, l, sp, W, "quant.auto", err);
     }
     if (c == C_FP8) {
         uint8_t *q = malloc((size_t)(out * in));
@@ -202,7 +191,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                             calib);
     const int32_t group = (int32_t)h->opt_int(o, "group_size");
     const double budget_bits = h->opt_float(o, "bits_budget");
-    qspec gsp = {4, group, 0, 0};
+    qspec gsp = {4, group, 0, 0, 0};
     mopt_status st = q_check_spec(h, "quant.auto", gsp, err);
     if (st) return st;
     qlinear *ls;

@@ -259,10 +259,25 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     mopt_status st = q_check_spec(h, "quant.awq", sp, err);
     if (st) return st;
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.awq", "needs a model");
+    if (!strcmp(h->opt_string(o, "format"), "nvfp4")) { /* ModelOpt's NVFP4_AWQ: the scale search judged on NVFP4 weights */
+        if (sp.bits != 4 || sp.group != 128 || sp.sym || sp.act) /* anything but the integer defaults */
+            return h->error_set(err, MOPT_E_INVALID, "quant.awq",
+                                "format=nvfp4 has a fixed grid (E2M1 in blocks of 16, weight-only here); drop bits, group_size, sym "
+                                "and activations");
+        sp = (qspec){4, 16, 1, 0, 1};
+    }
+    /* with nvfp4, clipping is searched per block of 16 (its scale's span), judged on NVFP4 fake quantization */
     const int do_clip = h->opt_bool(o, "clip"), duo = h->opt_bool(o, "duo_scaling");
     qlinear *ls;
     int32_t n;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
+    for (int32_t i = 0; i < n && sp.nvfp4; i++) /* before any work: every row must be whole blocks */
+        if (ls[i].in % 32) {
+            st = h->error_set(err, MOPT_E_UNSUPPORTED, "quant.awq", "%s has %lld inputs, not a multiple of 32; keep it with exclude=%s",
+                              ls[i].nname, (long long)ls[i].in, ls[i].nname);
+            free(ls);
+            return st;
+        }
     int64_t before, after, weights;
     q_measure(h, g, ls, n, &before, &weights);
     const mopt_arch *a = h->graph_arch(g);
@@ -386,17 +401,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             cache *in = find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]);
             if (do_clip && in && lin->role != MOPT_ROLE_ATTN_Q && lin->role != MOPT_ROLE_ATTN_K)
                 search_clip(h, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
-            const int64_t gsz = sp.group > 0 ? sp.group : lin->in, ngr = (lin->in + gsz - 1) / gsz;
-            uint8_t *q = malloc((size_t)(lin->out * lin->in)), *z = malloc((size_t)(lin->out * ngr));
-            float *sc = malloc((size_t)(lin->out * ngr) * sizeof *sc);
-            if (!q || !z || !sc) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
-            else {
-                q_rtn(h, W, lin->out, lin->in, sp, q, sc, z);
-                st = q_install(h, g, lin, sp, q, sc, z, NULL, err);
-            }
-            free(q);
-            free(z);
-            free(sc);
+            st = sp.nvfp4 ? q_replace(h, g, h->mxfp_quantize(lin->wname, MOPT_MXFP_NVFP4, lin->out, lin->in, W, 0, 0.0f, err), err)
+                          : q_rtn_install(h, g, lin, sp, W, "quant.awq", err);
             free(W);
         }
         calib_tick(&c);
@@ -407,7 +413,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     calib_free(&c);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        st = q_report(h, report, g, o, "awq", sp, before, after, weights, n, err);
+        st = q_report(h, report, g, o, sp.nvfp4 ? "awq-nvfp4" : "awq", sp, before, after, weights, n, err);
         h->report_metric(report, "scale_groups", n_groups_applied);
         h->report_metric(report, "search_samples", S);
     }
@@ -415,7 +421,12 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     return st;
 }
 
+static const char *const awq_formats[] = {"int", "nvfp4", NULL};
 static const mopt_opt_spec opts[] = {
+    {"format", MOPT_OPT_ENUM, 0,
+     "int: packed integers (bits, group_size, sym); nvfp4: NVFP4 weights whose AWQ scales and per-16 clipping were searched on "
+     "NVFP4 (ModelOpt's NVFP4_AWQ, weight-only; the scales fold into the graph, so it exports as NVFP4)",
+     "int", 0, -1, awq_formats},
     Q_INT_OPTS("4", "128"),
     Q_ACT_OPT,
     {"clip", MOPT_OPT_BOOL, 0, "search per-group clipping after scaling (AutoAWQ's apply_clip)", "true", 0, -1, NULL},

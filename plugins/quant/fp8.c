@@ -16,6 +16,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const int per_tensor = !strcmp(wmode, "per_tensor"), is_static = !strcmp(amode, "static");
     if (is_static && !h->opt_is_set(o, "calib"))
         return h->error_set(err, MOPT_E_INVALID, "quant.fp8", "activations=static needs calib=FILE for the activation maxima");
+    if (is_static && h->opt_bool(o, "lm_head"))
+        return h->error_set(err, MOPT_E_UNSUPPORTED, "quant.fp8",
+                            "lm_head=true goes with activations=dynamic or none (static scales are calibrated per decoder block)");
     qlinear *ls;
     int32_t n;
     mopt_status st;
@@ -42,7 +45,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        qspec sp = {8, -1, 1, 0};
+        qspec sp = {8, -1, 1, 0, 0};
         st = q_report(h, report, g, o, "fp8-e4m3", sp, before, after, weights, n, err);
         h->report_string(report, "weight_scales", wmode);
         h->report_string(report, "activations", amode);
@@ -59,6 +62,7 @@ static const mopt_opt_spec opts[] = {
     {"weights", MOPT_OPT_ENUM, 0, "weight scales: one per output channel or one per tensor", "per_channel", 0, -1, wmodes},
     {"activations", MOPT_OPT_ENUM, 0, "activation rounding: per-token dynamic, calibrated per-tensor static, or none", "dynamic", 0, -1, amodes},
     Q_SELECT_OPTS,
+    Q_LM_HEAD_OPT,
     Q_CALIB_OPTS(0),
 };
 

@@ -19,6 +19,8 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
     const int is_static = !strcmp(amode, "static");
     if (is_static && !h->opt_is_set(o, "calib"))
         return h->error_set(err, MOPT_E_INVALID, pass, "activations=static needs calib=FILE for the activation maxima");
+    if (is_static && h->opt_bool(o, "lm_head"))
+        return h->error_set(err, MOPT_E_UNSUPPORTED, pass, "lm_head=true goes with activations=dynamic or none (static scales are calibrated per decoder block)");
     qlinear *ls;
     int32_t n;
     mopt_status st;
@@ -50,7 +52,7 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        const qspec sp = {kind == MOPT_MXFP_MXFP8 ? 8 : 4, kind == MOPT_MXFP_NVFP4 ? 16 : 32, 1, 0};
+        const qspec sp = {kind == MOPT_MXFP_MXFP8 ? 8 : 4, kind == MOPT_MXFP_NVFP4 ? 16 : 32, 1, 0, 0};
         st = q_report(h, report, g, o, h->mxfp_kind_name(kind), sp, before, after, weights, n, err);
         h->report_string(report, "activations", amode);
     }
@@ -78,6 +80,7 @@ static const mopt_opt_spec nv_opts[] = {
      "activations rounded to NVFP4 at run time with a global scale per token (dynamic) or calibrated (static), or left in float (none)",
      "dynamic", 0, -1, nv_modes},
     Q_SELECT_OPTS,
+    Q_LM_HEAD_OPT,
     Q_CALIB_OPTS(0),
 };
 
@@ -86,6 +89,7 @@ static const mopt_opt_spec mx_opts[] = {
     {"activations", MOPT_OPT_ENUM, 0, "activations rounded to the format at run time, a scale per block of 32 (dynamic), or left in float (none)",
      "dynamic", 0, -1, mx_modes},
     Q_SELECT_OPTS,
+    Q_LM_HEAD_OPT,
 };
 
 MOPT_PASS_DEFINE(quant_nvfp4_pass, MOPT_PASS_TRANSFORM, "quant.nvfp4",

@@ -20,9 +20,13 @@ extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, qua
     {"activations", MOPT_OPT_ENUM, 0, "none: activations in float (W4A16); fp8: rounded to E4M3 per token at run time (W4A8)", \
      "none", 0, -1, q_act_modes}
 
+/* lm_head as one more linear, on request (the passes that need no per-layer calibration for it) */
+#define Q_LM_HEAD_OPT                                                                                              \
+    {"lm_head", MOPT_OPT_BOOL, 0, "quantize lm_head too, in the same format (an untied one; vLLM loads it packed)", "false", 0, -1, NULL}
+
 /* Which decoder linears a quant pass takes: `only` (when given) minus `exclude`. */
 #define Q_SELECT_OPTS                                                                                              \
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); lm_head and embeddings are never quantized", \
+    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); embeddings are never quantized, lm_head only with lm_head=true", \
      "", 0, -1, NULL},                                                                                             \
     {"only", MOPT_OPT_LIST, 0, "globs of the linears to quantize (node or tensor names; default: every decoder linear)", "", 0, -1, \
      NULL}

@@ -292,7 +292,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st) st = pack(&q, err);
     if (!st) {
         q_measure(h, g, ls, q.n, &after, &weights);
-        const qspec fp8_spec = {8, -1, 1, 0};
+        const qspec fp8_spec = {8, -1, 1, 0, 0};
         st = q_report(h, report, g, o, q.fp8 ? (teacher ? "qad-fp8" : "qat-fp8") : teacher ? "qad" : "qat", q.fp8 ? fp8_spec : q.sp, before, after,
                  weights, q.n, err);
     }

@@ -27,7 +27,7 @@ const char *const q_act_modes[] = {"none", "fp8", NULL};
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
     const char *act = h->opt_string(o, "activations"); /* NULL for a pass without the option (QAT) */
     qspec sp = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"), h->opt_bool(o, "sym"),
-                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0};
+                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0, 0};
     return sp;
 }
 
@@ -35,8 +35,10 @@ qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
  * `only`, when given, and no `exclude` glob, by node or weight name); else
  * why it leaves it, in buf. */
 static const char *left_reason(const mopt_host_api *h, const mopt_options *o, const mopt_node *node, char *buf, size_t cap) {
-    if (node->op != MOPT_OP_LINEAR || node->layer < 0) {
-        snprintf(buf, cap, "%s", node->role == MOPT_ROLE_LM_HEAD ? "kept: no quant pass changes lm_head" : "not a decoder linear");
+    const int lm = node->op == MOPT_OP_LM_HEAD && h->opt_bool(o, "lm_head");
+    if (!lm && (node->op != MOPT_OP_LINEAR || node->layer < 0)) {
+        snprintf(buf, cap, "%s", node->role == MOPT_ROLE_LM_HEAD ? "kept: lm_head=true quantizes it (rtn, fp8, nvfp4, mxfp4, mxfp8)"
+                                                                  : "not a decoder linear");
         return buf;
     }
     for (int32_t i = 0; i < h->opt_list_len(o, "exclude"); i++) {
@@ -80,6 +82,13 @@ mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options 
     for (int32_t i = 0; i < nn; i++) {
         const mopt_node *node = h->graph_node(g, i);
         if (!node->weight || left_reason(h, o, node, why, sizeof why)) continue;
+        if (node->op == MOPT_OP_LM_HEAD && h->graph_arch(g)->tied_embeddings) {
+            free(ls);
+            return h->error_set(err, MOPT_E_UNSUPPORTED, "quant",
+                                "lm_head=true: %s is tied to the embeddings, whose lookup would change too; the tied table stays "
+                                "in float (drop lm_head=true)",
+                                node->weight->name);
+        }
         qlinear *l = &ls[cnt++];
         l->node = i;
         l->layer = node->layer;
@@ -201,6 +210,13 @@ void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in,
 }
 
 void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp) {
+    if (sp.nvfp4) { /* ModelOpt's global scale max|W| / (6 * 448) over the matrix, then each row's blocks of 16 */
+        float amax = 0;
+        for (int64_t i = 0; i < out * in; i++) amax = fmaxf(amax, fabsf(W[i]));
+        if (amax > 0 && isfinite(amax))
+            for (int64_t r = 0; r < out; r++) h->mxfp_round(MOPT_MXFP_NVFP4, W + r * in, in, amax / (6.0f * 448.0f));
+        return;
+    }
     const int64_t gs = sp.group > 0 ? sp.group : in;
     for (int64_t r = 0; r < out; r++)
         for (int64_t c0 = 0; c0 < in; c0 += gs) {
@@ -219,27 +235,39 @@ mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mop
     return st;
 }
 
-mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
-                          mopt_error *err) {
+/* The packed QINT tensor of l's levels (sp.act's activation flags set). */
+static mopt_tensor *qint_tensor(const mopt_host_api *h, const qlinear *l, qspec sp, const uint8_t *q, const float *scales,
+                                const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
+    mopt_tensor *t = h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err);
+    if (t) t->quant->flags |= sp.act; /* W4A8: the kernels round activations to E4M3 per token */
+    return t;
+}
+
+mopt_tensor *q_rtn_tensor(const mopt_host_api *h, const qlinear *l, qspec sp, const float *W, const char *pass, mopt_error *err) {
     const int64_t gs = sp.group > 0 ? sp.group : l->in, ng = (l->in + gs - 1) / gs;
     uint8_t *q = malloc((size_t)(l->out * l->in)), *z = malloc((size_t)(l->out * ng));
     float *s = malloc((size_t)(l->out * ng) * sizeof *s);
-    mopt_status st = q && z && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
-    if (!st) {
+    mopt_tensor *t = NULL;
+    if (q && z && s) {
         q_rtn(h, W, l->out, l->in, sp, q, s, z);
-        st = q_install(h, g, l, sp, q, s, z, NULL, err);
+        t = qint_tensor(h, l, sp, q, s, z, NULL, err);
+    } else {
+        h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
     }
     free(q);
     free(z);
     free(s);
-    return st;
+    return t;
+}
+
+mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
+                          mopt_error *err) {
+    return q_replace(h, g, q_rtn_tensor(h, l, sp, W, pass, err), err);
 }
 
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err) {
-    mopt_tensor *t = h->qint_pack(l->wname, l->out, l->in, sp.bits, sp.group, q, scales, sp.sym ? NULL : zeros, g_idx, err);
-    if (t) t->quant->flags |= sp.act; /* W4A8: the kernels round activations to E4M3 per token */
-    return q_replace(h, g, t, err);
+    return q_replace(h, g, qint_tensor(h, l, sp, q, scales, zeros, g_idx, err), err);
 }
 
 mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
@@ -269,6 +297,7 @@ static const char *kind_of(int32_t role) {
     case MOPT_ROLE_MLP_GATE: return "gate";
     case MOPT_ROLE_MLP_UP: return "up";
     case MOPT_ROLE_MLP_DOWN: return "down";
+    case MOPT_ROLE_LM_HEAD: return "lm_head";
     default: return "other";
     }
 }
@@ -276,8 +305,8 @@ static const char *kind_of(int32_t role) {
 /* Coverage: how many linears of each kind the pass changed (now packed), and which it left and why. */
 static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *g, const mopt_options *o, const char *method,
                             mopt_error *err) {
-    static const char *const kinds[] = {"q", "k", "v", "o", "gate", "up", "down", "other"};
-    int32_t changed[8] = {0}, n_changed = 0, n_left = 0, n_not_only = 0;
+    static const char *const kinds[] = {"q", "k", "v", "o", "gate", "up", "down", "lm_head", "other"};
+    int32_t changed[9] = {0}, n_changed = 0, n_left = 0, n_not_only = 0;
     char left[700] = "", why[160];
     for (int32_t i = 0; i < h->graph_n_nodes(g); i++) {
         const mopt_node *node = h->graph_node(g, i);
@@ -285,7 +314,7 @@ static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *
         const char *reason = left_reason(h, o, node, why, sizeof why);
         if (!reason && node->weight->dtype >= MOPT_DTYPE_PACKED_FIRST) {
             const char *k = kind_of(node->role);
-            for (int j = 0; j < 8; j++) changed[j] += !strcmp(kinds[j], k);
+            for (int j = 0; j < 9; j++) changed[j] += !strcmp(kinds[j], k);
             n_changed++;
             continue;
         }
@@ -302,7 +331,7 @@ static mopt_status coverage(const mopt_host_api *h, mopt_report *r, mopt_graph *
     }
     char line[1200];
     snprintf(line, sizeof line, "changed %d linears (", n_changed);
-    for (int j = 0, first = 1; j < 8; j++)
+    for (int j = 0, first = 1; j < 9; j++)
         if (changed[j]) {
             snprintf(line + strlen(line), sizeof line - strlen(line), "%s%s %d", first ? "" : ", ", kinds[j], changed[j]);
             first = 0;

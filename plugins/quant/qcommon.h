@@ -23,6 +23,7 @@ typedef struct qspec {
     int32_t group; /* -1: whole row */
     int32_t sym;
     uint32_t act;  /* 0, or MOPT_QUANT_ACT_PER_TOKEN: activations rounded to E4M3 per token (W4A8, W8A8-FP8) */
+    int32_t nvfp4; /* the target grid is NVFP4 (E2M1 in blocks of 16, quant.awq format=nvfp4), not integers */
 } qspec;
 
 /* The `activations` option of the integer methods: none or fp8. */
@@ -75,7 +76,9 @@ void q_int8_rows(const float *W, int64_t out, int64_t in, int8_t *q, float *s);
 /* Packs levels into a QINT tensor named like the linear's weight and puts it in the graph. */
 mopt_status q_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const uint8_t *q,
                       const float *scales, const uint8_t *zeros, const int32_t *g_idx, mopt_error *err);
-/* Round-to-nearest of W [out, in] (fp32), packed and put in the graph as the linear's weight. */
+/* Round-to-nearest of W [out, in] (fp32), packed (NULL with err set when it cannot be) ... */
+mopt_tensor *q_rtn_tensor(const mopt_host_api *h, const qlinear *l, qspec sp, const float *W, const char *pass, mopt_error *err);
+/* ... and put in the graph as the linear's weight. */
 mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *l, qspec sp, const float *W, const char *pass,
                           mopt_error *err);
 /* Replaces the named tensor with an fp32 tensor holding `data` (dims in PyTorch order). */

@@ -32,7 +32,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     return st;
 }
 
-static const mopt_opt_spec opts[] = {Q_INT_OPTS("4", "128"), Q_ACT_OPT};
+static const mopt_opt_spec opts[] = {Q_INT_OPTS("4", "128"), Q_ACT_OPT, Q_LM_HEAD_OPT};
 
 const mopt_pass_desc quant_rtn_pass = {
     .struct_size = sizeof(mopt_pass_desc),

@@ -228,6 +228,7 @@ static int setup(void **state) {
              calib);
     build(l2c, text, seed(s1, sizeof s1, "mo-nvfp4"));
     build(l2c, "quant.nvfp4<activations=none;exclude=*down*>,export.hf<out=%s;format=compressed-tensors>", seed(s1, sizeof s1, "ct-nvfp4"));
+    build(l2c, "quant.mxfp4<exclude=*down*>,export.hf<out=%s;format=compressed-tensors>", seed(s1, sizeof s1, "ct-mxfp4"));
     build(l2c, "quant.rtn<bits=4;group_size=32;sym=true;activations=fp8>,export.hf<out=%s;format=compressed-tensors>",
           seed(s1, sizeof s1, "ct-w4a8"));
     /* calibrated FP8 / int8 KV caches: ModelOpt's k_scale / v_scale, compressed-tensors' output_scale, TensorRT-LLM's
@@ -351,7 +352,7 @@ static void test_quantized_hf_formats(void **s) {
     char d[1200];
     static const char *const dirs[] = {"awq",    "gptq",     "ct-pack",  "ct-w8a8", "ct-fp8",   "mo-int4", "mo-fp8",
                                        "ct-24",  "ct-24-i8", "ct-m24",   "mo-nvfp4", "ct-nvfp4", "ct-w4a8",
-                                       "mo-kv",  "ct-kv"};
+                                       "mo-kv",  "ct-kv",    "ct-mxfp4"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);

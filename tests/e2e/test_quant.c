@@ -255,6 +255,41 @@ static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     assert_true(w4a8 != w4a16); /* the activations were rounded */
 }
 
+/* NVFP4_AWQ (quant.awq format=nvfp4): AWQ's scales and a clip per block of 16, searched on NVFP4, lose less than
+ * plain NVFP4 weights; the integer options are refused with it. */
+static void test_awq_on_nvfp4_beats_plain_nvfp4(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], calib[1024], q[2400];
+    val_head(data, sizeof data);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    const double plain = ppl_after("models/lit-llama-7m", "quant.nvfp4<activations=none>", data);
+    snprintf(q, sizeof q, "quant.awq<format=nvfp4;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double awq = ppl_after("models/lit-llama-7m", q, data);
+    fprintf(stderr, "NVFP4 weights: plain ppl %.4f, AWQ-searched %.4f (%+.3f%%)\n", plain, awq, 100 * (awq / plain - 1));
+    assert_true(awq < plain);
+}
+
+/* lm_head=true quantizes lm_head as one more linear: the coverage counts it, it is stored packed, and the model
+ * changes (int8 per row: a little). */
+static void test_lm_head_is_quantized_on_request(void **s) {
+    REQUIRE_SHARED();
+    char data[1100];
+    val_head(data, sizeof data);
+    const double without = ppl_after("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1;sym=true>", data);
+    mopt_model *m = load("models/lit-llama-7m");
+    char text[1400];
+    snprintf(text, sizeof text, "quant.rtn<bits=8;group_size=-1;sym=true;lm_head=true>,eval.perplexity<data=%s>", data);
+    mopt_report *r = run(m, text);
+    const double with = mopt_report_get_metric(r, "ppl");
+    fprintf(stderr, "int8 per row: ppl %.4f without lm_head, %.4f with it\n", without, with);
+    assert_true(with != without && fabs(with / without - 1) < 0.003);
+    assert_int_equal((int)mopt_report_get_metric(r, "linears_changed"), 57);
+    const mopt_graph *g = mopt_model_graph(m);
+    assert_int_equal(mopt_graph_node(g, mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1))->weight->dtype, MOPT_DTYPE_QINT);
+    mopt_report_free(r);
+    mopt_model_free(m);
+}
+
 /* quant.kv: an FP8 (or int8) KV cache with calibrated scales costs under 0.1% of ppl, per layer or per head, and
  * takes a quarter of the fp32 cache's bytes per token (half of an f16 cache's). */
 static void test_kv_cache_quantization_stays_within_0_1_percent(void **s) {
@@ -411,6 +446,10 @@ static void test_bad_options_fail_before_any_work(void **s) {
     expect_fail_fast("quant.fp8<act_order=true>", "unknown option 'act_order'");
     expect_fail_fast("quant.awq<bits=4>", "missing required option 'calib'");
     expect_fail_fast("quant.kv<format=fp8>", "missing required option 'calib'");
+    expect_fail_fast("quant.awq<format=nvfp4;bits=8;calib=x>", "format=nvfp4 has a fixed grid");
+    expect_fail_fast("quant.rtn<lm_head=true>", "transformer.wte.weight is tied to the embeddings");
+    expect_fail_fast("quant.fp8<activations=static;lm_head=true;calib=x>", "lm_head=true goes with activations=dynamic or none");
+    expect_fail_fast("quant.awq<lm_head=true;calib=x>", "unknown option 'lm_head'");
     expect_fail_fast("quant.kv<format=fp4;calib=x>", "fp4");
     /* a selection that matches nothing names the linears it could have matched */
     expect_fail_fast("quant.rtn<only=*nomatch*>", "only=*nomatch* matches no decoder linear; the linears are h.0.");
@@ -482,7 +521,7 @@ static void test_coverage_names_changed_and_left_linears(void **s) {
         } else { /* q everywhere, layer 7's others but k */
             assert_non_null(strstr(cov, "changed 13 linears (q 8, v 1, o 1, gate 1, up 1, down 1); left 44, 35 of them not in only: "));
             assert_non_null(strstr(cov, "layers.0.k (excluded by '*.k')"));
-            assert_non_null(strstr(cov, "lm_head (kept: no quant pass changes lm_head)"));
+            assert_non_null(strstr(cov, "lm_head (kept: lm_head=true quantizes it"));
         }
         json_decref(j);
         free(text);
@@ -546,6 +585,8 @@ int main(void) {
         cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
         cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
         cmocka_unit_test(test_kv_cache_quantization_stays_within_0_1_percent),
+        cmocka_unit_test(test_awq_on_nvfp4_beats_plain_nvfp4),
+        cmocka_unit_test(test_lm_head_is_quantized_on_request),
         cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),

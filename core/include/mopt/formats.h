@@ -133,6 +133,10 @@ typedef enum mopt_hf_layout {
     MOPT_HF_MODELOPT = 4  /* ModelOpt's unified checkpoint */
 } mopt_hf_layout;
 
+/* Whether g's lm_head is packed in scheme s (quantized on request, lm_head=true): exporters then write it packed
+ * and leave it out of their ignore lists; otherwise a packed lm_head (a GGUF file's) is written in float. */
+MOPT_API int mopt_lm_head_in_scheme(const mopt_graph *g, const mopt_quant_scheme *s);
+
 /* Why `layout` cannot hold the scheme (a sentence), or NULL when it can. */
 MOPT_API const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout layout);
 /* ModelOpt's and TensorRT-LLM's quant_algo for the scheme ("W4A16_AWQ", "FP8", ...), or NULL. */

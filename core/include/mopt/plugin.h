@@ -256,6 +256,8 @@ typedef struct mopt_host_api {
     mopt_status (*hf_add_kv_scales)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_hf_layout layout,
                                     mopt_error *err);
     mopt_status (*trtllm_add_kv_scale)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_error *err);
+    /* appended: lm_head quantized on request (mopt/formats.h) */
+    int (*lm_head_in_scheme)(const mopt_graph *g, const mopt_quant_scheme *s);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

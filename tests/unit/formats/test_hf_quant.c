@@ -107,6 +107,41 @@ static void test_compressed_tensors_nvfp4(void **s) {
     char q[2048];
     snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib_samples=4;calib_len=128;calib=%s>", calib);
     exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4", 1);
+    /* MXFP4 as mxfp4-pack-quantized: E2M1 pairs and E8M0 bytes, weight-only (MXFP4A16) and with activations per block */
+    exact_roundtrip("models/lit-llama-7m", "quant.mxfp4<activations=none>", "compressed-tensors", "ct-mxfp4a16", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.mxfp4", "compressed-tensors", "ct-mxfp4", 0);
+    /* NVFP4_AWQ's scales are folded into the graph: it is NVFP4 to every reader */
+    snprintf(q, sizeof q, "quant.awq<format=nvfp4;calib_samples=2;calib_len=64;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "compressed-tensors", "ct-nvfp4-awq", 0);
+}
+
+/* lm_head quantized on request travels packed (compressed-tensors leaves it out of `ignore`, as vLLM then loads
+ * it quantized) and reloads bit for bit; without the request it stays float and ignored. */
+static void test_quantized_lm_head_exports_packed(void **s) {
+    REQUIRE_SHARED();
+    exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=8;group_size=-1;sym=true;lm_head=true>", "compressed-tensors", "ct-lm8", 1);
+    exact_roundtrip("models/lit-llama-7m", "quant.nvfp4<activations=none;lm_head=true>", "compressed-tensors", "ct-lm-nvfp4", 1);
+    for (int lm = 0; lm < 2; lm++) {
+        char dir[1024], out[1100], text[2400], path[1200];
+        test_tmpdir(dir, sizeof dir, "ct-lm-ignore");
+        snprintf(out, sizeof out, "%s/q", dir);
+        mopt_model *m = test_load_model("models/lit-llama-7m");
+        snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128;sym=true;lm_head=%s>,export.hf<out=%s;format=compressed-tensors>",
+                 lm ? "true" : "false", out);
+        mopt_report_free(test_run_pipeline(m, text));
+        mopt_model_free(m);
+        snprintf(path, sizeof path, "%s/config.json", out);
+        json_error_t je;
+        json_t *j = json_load_file(path, 0, &je);
+        json_t *ign = json_object_get(json_object_get(j, "quantization_config"), "ignore");
+        assert_int_equal(json_array_size(ign), lm ? 0 : 1);
+        json_decref(j);
+        mopt_model *e = test_load_model(out);
+        const mopt_graph *g = mopt_model_graph(e);
+        const mopt_tensor *head = mopt_graph_node(g, mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1))->weight;
+        assert_int_equal(head->dtype == MOPT_DTYPE_QINT, lm);
+        mopt_model_free(e);
+    }
 }
 
 static void test_modelopt_scheme_read_from_hf_quant_config_alone(void **s) {
@@ -258,7 +293,8 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=modelopt>", "NVFP4 exports as ModelOpt");
     expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8>,export.hf<out=%s/o;format=modelopt>",
                    "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors");
-    expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=compressed-tensors>", "MXFP4 and MXFP8 export dense");
+    expect_refusal("models/lit-llama-7m", "quant.mxfp8,export.hf<out=%s/o;format=compressed-tensors>", "MXFP8 exports dense");
+    expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=modelopt>", "MXFP4 as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=compressed-tensors>", "activations=static or none");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
@@ -566,6 +602,7 @@ int main(void) {
         cmocka_unit_test(test_compressed_tensors_nvfp4),
         cmocka_unit_test(test_fp8_kv_cache_scales_export_and_reload),
         cmocka_unit_test(test_kv_cache_exports_refuse_what_they_cannot_hold),
+        cmocka_unit_test(test_quantized_lm_head_exports_packed),
         cmocka_unit_test(test_modelopt_scheme_read_from_hf_quant_config_alone),
         cmocka_unit_test(test_llama2c_rope_rows_are_permuted_in_packed_form),
         cmocka_unit_test(test_compressed_tensors_sparse_24_bitmask),
