@@ -374,33 +374,44 @@ static int scalar_part(mopt_graph *g, const char *p, const char *suffix, float *
     return mopt_tensor_read_f32(t, 0, 1, v, err) ? -1 : 1;
 }
 
-/* NVFP4 from its stored bytes as ModelOpt (weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], scalars
- * weight_scale_2 = G and input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and
- * [1] weight_global_scale = 1 / G, input_global_scale) hold it: the bytes become mopt's MXFP tensor as they are.
- * Activations are static when ModelOpt's input_scale is there, or when the compressed-tensors config says so. */
+/* The E2M1 pairs `wn` U8 [out, in/2] and the block scales weight_scale [out, in/block] of scale_dt that NVFP4 and
+ * MXFP4 checkpoints hold for linear p (*w NULL, err set, when they are missing or misshapen). */
+static void fp4_parts(mopt_graph *g, const char *p, const char *wn, mopt_dtype scale_dt, int64_t block, const mopt_tensor **w,
+                      const mopt_tensor **sc, int64_t *out, int64_t *in, mopt_error *err) {
+    *w = part(g, p, wn);
+    *sc = part(g, p, "weight_scale");
+    *out = *w && (*w)->ndim == 2 && (*w)->dtype == MOPT_DTYPE_U8 ? (*w)->ne[1] : 0;
+    *in = *out ? (*w)->ne[0] * 2 : 0;
+    if (!*out || !*sc || (*sc)->dtype != scale_dt || (*sc)->ndim != 2 || (*sc)->ne[1] != *out || (*sc)->ne[0] * block != *in) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %s needs %s U8 [out, in/2] and weight_scale %s [out, in/%lld]", p, block == 16 ? "NVFP4" : "MXFP4",
+                  wn, scale_dt == MOPT_DTYPE_U8 ? "U8" : "F8_E4M3", (long long)block);
+        *w = NULL;
+    }
+}
+
 /* MXFP4 as compressed-tensors' mxfp4-pack-quantized holds it: weight_packed U8 [out, in/2] (E2M1 pairs) and weight_scale
  * U8 [out, in/32] (E8M0 bytes) become mopt's MXFP tensor as they are. */
 static mopt_tensor *mxfp4_linear(mopt_graph *g, const char *p, uint32_t act, mopt_error *err) {
-    const mopt_tensor *w = part(g, p, "weight_packed"), *sc = part(g, p, "weight_scale");
-    const int64_t out = w && w->ndim == 2 && w->dtype == MOPT_DTYPE_U8 ? w->ne[1] : 0, in = out ? w->ne[0] * 2 : 0;
-    if (!out || !sc || sc->dtype != MOPT_DTYPE_U8 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 32 != in) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: MXFP4 needs weight_packed U8 [out, in/2] and weight_scale U8 [out, in/32]", p);
-        return NULL;
-    }
+    const mopt_tensor *w, *sc;
+    int64_t out, in;
+    fp4_parts(g, p, "weight_packed", MOPT_DTYPE_U8, 32, &w, &sc, &out, &in, err);
+    if (!w) return NULL;
     char name[MOPT_MAX_NAME + 16];
     snprintf(name, sizeof name, "%s.weight", p);
     return mopt_mxfp_pack(name, MOPT_MXFP_MXFP4, out, in, w->data, sc->data, 1.0f, act, 0.0f, err);
 }
 
+/* NVFP4 from its stored bytes as ModelOpt (weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], scalars
+ * weight_scale_2 = G and input_scale) or compressed-tensors' nvfp4-pack-quantized (weight_packed, weight_scale, and
+ * [1] weight_global_scale = 1 / G, input_global_scale) hold it: the bytes become mopt's MXFP tensor as they are.
+ * Activations are static when ModelOpt's input_scale is there, or when the compressed-tensors config says so. */
 static mopt_tensor *nvfp4_linear(mopt_graph *g, const char *p, int ct, int act_static, mopt_error *err) {
     const char *wn = ct ? "weight_packed" : "weight", *gn = ct ? "weight_global_scale" : "weight_scale_2",
                *an = ct ? "input_global_scale" : "input_scale";
-    const mopt_tensor *w = part(g, p, wn), *sc = part(g, p, "weight_scale");
-    const int64_t out = w && w->ndim == 2 && w->dtype == MOPT_DTYPE_U8 ? w->ne[1] : 0, in = out ? w->ne[0] * 2 : 0;
-    if (!out || !sc || sc->dtype != MOPT_DTYPE_F8E4M3 || sc->ndim != 2 || sc->ne[1] != out || sc->ne[0] * 16 != in) {
-        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: NVFP4 needs %s U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]", p, wn);
-        return NULL;
-    }
+    const mopt_tensor *w, *sc;
+    int64_t out, in;
+    fp4_parts(g, p, wn, MOPT_DTYPE_F8E4M3, 16, &w, &sc, &out, &in, err);
+    if (!w) return NULL;
     float gv = 0, av = 0;
     const int has_g = scalar_part(g, p, gn, &gv, err), has_a = scalar_part(g, p, an, &av, err);
     if (has_g < 0 || has_a < 0) return NULL;
@@ -511,7 +522,7 @@ static mopt_status ct_nvfp4_config(json_t *wts, json_t *acts, int64_t bits, int6
 
 /* mxfp4-pack-quantized: E2M1 weights with an E8M0 scale per group of 32; activations, when named, the same per block
  * at run time (dynamic) */
-static mopt_status ct_mxfp4_config(json_t *wts, json_t *acts, int64_t bits, int64_t gs, const char *type, const char *key, hfq_cfg *c,
+static mopt_status ct_mxfp4_config(json_t *acts, int64_t bits, int64_t gs, const char *type, const char *key, hfq_cfg *c,
                                    mopt_error *err) {
     if (bits != 4 || !type || strcmp(type, "float") || gs != 32)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: mxfp4-pack-quantized is read for 4-bit float weights in groups of 32 (config_groups.%s)",
@@ -527,7 +538,6 @@ static mopt_status ct_mxfp4_config(json_t *wts, json_t *acts, int64_t bits, int6
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: mxfp4-pack-quantized activations are read as MXFP4 per block of 32, dynamic (config_groups.%s)",
                          c->file, key);
     c->packed_act = MOPT_QUANT_ACT_PER_TOKEN;
-    (void)wts;
     return MOPT_OK;
 }
 
@@ -560,7 +570,7 @@ static mopt_status ct_config(json_t *qc, hfq_cfg *c, mopt_error *err) {
         !mopt_json_get_int_opt(wts, "group_size", &gs, c->file, err))
         return MOPT_E_FORMAT;
     if (fmt && !strcmp(fmt, "nvfp4-pack-quantized")) return ct_nvfp4_config(wts, acts, bits, gs, type, key, c, err);
-    if (fmt && !strcmp(fmt, "mxfp4-pack-quantized")) return ct_mxfp4_config(wts, acts, bits, gs, type, key, c, err);
+    if (fmt && !strcmp(fmt, "mxfp4-pack-quantized")) return ct_mxfp4_config(acts, bits, gs, type, key, c, err);
     /* what mopt runs; anything else (block, tensor_group, ...) would be read wrongly */
     if (strategy && strcmp(strategy, "group") && strcmp(strategy, "channel") && strcmp(strategy, "tensor"))
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: config_groups.%s.weights.strategy \"%s\" is not supported (group, channel, tensor)",
@@ -821,7 +831,7 @@ mopt_status mopt_import_hf_quant(mopt_graph *g, const char *config_path, mopt_hf
     mopt_status st = read_config(config_path, &present, &c, err);
     if (st) return st;
     kv->format = c.kv;
-    if (c.kv != MOPT_KV_FLOAT && (st = mopt_hf_kv_take(g, kv, err))) return st;
+    if (c.kv != MOPT_KV_FLOAT && (st = mopt_hf_kv_take(g, kv, config_path, err))) return st;
     /* the prefixes of packed linears, collected before the graph changes */
     int32_t n = mopt_graph_n_tensors(g), np = 0;
     char (*pre)[MOPT_MAX_NAME] = calloc((size_t)(n ? n : 1), sizeof *pre);

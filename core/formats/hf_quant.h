@@ -54,7 +54,7 @@ typedef struct mopt_hf_kv {
     int32_t n;
 } mopt_hf_kv;
 /* Moves every one-float tensor named *.k_scale, *.v_scale, *.output_scale or *.kv_scale out of g. */
-mopt_status mopt_hf_kv_take(mopt_graph *g, mopt_hf_kv *kv, mopt_error *err);
+mopt_status mopt_hf_kv_take(mopt_graph *g, mopt_hf_kv *kv, const char *file, mopt_error *err);
 /* Sets each layer's cache to kv->format with the scales of its k_proj and v_proj (as vLLM: one
  * missing takes the other's, both missing 1.0); a scale no layer claims is an error naming it. */
 mopt_status mopt_hf_kv_apply(mopt_graph *g, mopt_hf_kv *kv, const char *file, mopt_error *err);

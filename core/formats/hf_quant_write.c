@@ -18,41 +18,49 @@ static const char *fmt_name(mopt_hf_layout f) {
     return f == MOPT_HF_AWQ ? "awq" : f == MOPT_HF_GPTQ ? "gptq" : f == MOPT_HF_CT ? "compressed-tensors" : f == MOPT_HF_MODELOPT ? "modelopt" : "dense";
 }
 
+/* g's lm_head weight, or NULL */
+static const mopt_tensor *lm_head_of(const mopt_graph *g) {
+    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
+    return head >= 0 ? mopt_graph_node(g, head)->weight : NULL;
+}
+
+/* s becomes packed tensor t's scheme (its first tensor) */
+static void scheme_from(mopt_quant_scheme *s, const mopt_tensor *t) {
+    s->dtype = t->dtype;
+    s->bits = t->quant->bits;
+    s->group_size = t->quant->group_size;
+    s->flags = t->quant->flags;
+    s->act_order = t->quant->g_idx != NULL;
+    snprintf(s->first, sizeof s->first, "%s", t->name);
+}
+
+/* whether packed tensor t is stored in scheme s */
+static int in_scheme(const mopt_quant_scheme *s, const mopt_tensor *t) {
+    return t->dtype == s->dtype && t->quant->bits == s->bits && t->quant->group_size == s->group_size && t->quant->flags == s->flags &&
+           (t->quant->g_idx != NULL) == s->act_order;
+}
+
 mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err) {
     memset(s, 0, sizeof *s);
-    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
-    const mopt_tensor *lm = head >= 0 ? mopt_graph_node(g, head)->weight : NULL;
+    const mopt_tensor *lm = lm_head_of(g);
     for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
         if (t->dtype < MOPT_DTYPE_PACKED_FIRST || t == lm) continue; /* a packed lm_head (from GGUF) is written in float */
-        const int act_order = t->quant->g_idx != NULL;
-        if (!s->n_packed++) {
-            s->dtype = t->dtype;
-            s->bits = t->quant->bits;
-            s->group_size = t->quant->group_size;
-            s->flags = t->quant->flags;
-            s->act_order = act_order;
-            snprintf(s->first, sizeof s->first, "%s", t->name);
-        } else if (t->dtype != s->dtype || t->quant->bits != s->bits || t->quant->group_size != s->group_size ||
-                   t->quant->flags != s->flags || act_order != s->act_order) {
+        if (!s->n_packed++) scheme_from(s, t);
+        else if (!in_scheme(s, t))
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s and %s are quantized differently; a %s checkpoint holds one scheme", s->first,
                              t->name, what);
-        }
     }
     if (!s->n_packed && lm && lm->dtype >= MOPT_DTYPE_PACKED_FIRST && lm->dtype != MOPT_DTYPE_KQUANT) { /* only lm_head was quantized */
         s->n_packed = 1;
-        s->dtype = lm->dtype, s->bits = lm->quant->bits, s->group_size = lm->quant->group_size, s->flags = lm->quant->flags;
-        s->act_order = lm->quant->g_idx != NULL;
-        snprintf(s->first, sizeof s->first, "%s", lm->name);
+        scheme_from(s, lm);
     }
     return MOPT_OK;
 }
 
 int mopt_lm_head_in_scheme(const mopt_graph *g, const mopt_quant_scheme *s) {
-    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
-    const mopt_tensor *lm = head >= 0 ? mopt_graph_node(g, head)->weight : NULL;
-    return s->n_packed && lm && lm->dtype == s->dtype && lm->dtype != MOPT_DTYPE_KQUANT && lm->quant->bits == s->bits &&
-           lm->quant->group_size == s->group_size && lm->quant->flags == s->flags && (lm->quant->g_idx != NULL) == s->act_order;
+    const mopt_tensor *lm = lm_head_of(g);
+    return s->n_packed && lm && lm->dtype >= MOPT_DTYPE_PACKED_FIRST && lm->dtype != MOPT_DTYPE_KQUANT && in_scheme(s, lm);
 }
 
 /* NVFP4 weight-only (NVFP4A16) or with a calibrated global activation scale: what nvfp4-pack-quantized holds;

@@ -70,7 +70,7 @@ mopt_status mopt_hf_add_kv_scales(mopt_st_list *l, const mopt_graph *g, const mo
 
 static const char *const kv_suffixes[] = {".k_scale", ".v_scale", ".output_scale", ".kv_scale"};
 
-mopt_status mopt_hf_kv_take(mopt_graph *g, mopt_hf_kv *kv, mopt_error *err) {
+mopt_status mopt_hf_kv_take(mopt_graph *g, mopt_hf_kv *kv, const char *file, mopt_error *err) {
     for (int32_t i = 0; i < mopt_graph_n_tensors(g);) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
         const size_t n = strlen(t->name);
@@ -83,7 +83,8 @@ mopt_status mopt_hf_kv_take(mopt_graph *g, mopt_hf_kv *kv, mopt_error *err) {
         }
         if (t->dtype >= MOPT_DTYPE_PACKED_FIRST || mopt_tensor_nelements(t) != 1 ||
             !(t->dtype == MOPT_DTYPE_F32 || t->dtype == MOPT_DTYPE_F16 || t->dtype == MOPT_DTYPE_BF16))
-            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s must be one float (a KV-cache scale)", t->name);
+            return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %s must be one float (a KV-cache scale, as the config's KV-cache scheme says)", file,
+                             t->name);
         mopt_hf_kv_scale *e = realloc(kv->s, (size_t)(kv->n + 1) * sizeof *e);
         if (!e) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         kv->s = e;

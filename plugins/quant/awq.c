@@ -271,13 +271,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     qlinear *ls;
     int32_t n;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
-    for (int32_t i = 0; i < n && sp.nvfp4; i++) /* before any work: every row must be whole blocks */
-        if (ls[i].in % 32) {
-            st = h->error_set(err, MOPT_E_UNSUPPORTED, "quant.awq", "%s has %lld inputs, not a multiple of 32; keep it with exclude=%s",
-                              ls[i].nname, (long long)ls[i].in, ls[i].nname);
-            free(ls);
-            return st;
-        }
+    if (sp.nvfp4 && (st = q_check_whole_blocks(h, "quant.awq", ls, n, err))) {
+        free(ls);
+        return st;
+    }
     int64_t before, after, weights;
     q_measure(h, g, ls, n, &before, &weights);
     const mopt_arch *a = h->graph_arch(g);

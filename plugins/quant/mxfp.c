@@ -25,13 +25,10 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
     int32_t n;
     mopt_status st;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
-    for (int32_t i = 0; i < n; i++) /* before any work: every row must be whole blocks */
-        if (ls[i].in % 32) {
-            st = h->error_set(err, MOPT_E_UNSUPPORTED, pass, "%s has %lld inputs, not a multiple of 32; keep it with exclude=%s",
-                              ls[i].nname, (long long)ls[i].in, ls[i].nname);
-            free(ls);
-            return st;
-        }
+    if ((st = q_check_whole_blocks(h, pass, ls, n, err))) {
+        free(ls);
+        return st;
+    }
     int64_t before, after, weights;
     q_measure(h, g, ls, n, &before, &weights);
     float *amax = calloc((size_t)n + 1, sizeof(float)); /* per linear */

@@ -113,6 +113,14 @@ mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options 
     return MOPT_OK;
 }
 
+mopt_status q_check_whole_blocks(const mopt_host_api *h, const char *pass, const qlinear *ls, int32_t n, mopt_error *err) {
+    for (int32_t i = 0; i < n; i++)
+        if (ls[i].in % 32)
+            return h->error_set(err, MOPT_E_UNSUPPORTED, pass, "%s has %lld inputs, not a multiple of 32; keep it with exclude=%s",
+                                ls[i].nname, (long long)ls[i].in, ls[i].nname);
+    return MOPT_OK;
+}
+
 int32_t q_layer_linears(const qlinear *all, int32_t n, int32_t layer, const qlinear **out, int32_t cap) {
     int32_t k = 0;
     for (int32_t i = 0; i < n; i++)

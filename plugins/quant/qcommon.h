@@ -41,6 +41,9 @@ mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, m
  * listing the linears' names, when none is left. */
 mopt_status q_collect(const mopt_host_api *h, mopt_graph *g, const mopt_options *o, qlinear **out, int32_t *n,
                       mopt_error *err);
+/* Before any work, for the block-scaled floats: every linear's rows must be whole blocks of 32 (else an error
+ * naming the first one and how to keep it). */
+mopt_status q_check_whole_blocks(const mopt_host_api *h, const char *pass, const qlinear *ls, int32_t n, mopt_error *err);
 /* Same, restricted to one layer, into a caller array of cap entries. */
 int32_t q_layer_linears(const qlinear *all, int32_t n, int32_t layer, const qlinear **out, int32_t cap);
 
