@@ -45,9 +45,9 @@ int cmd_export(int argc, char **argv) {
                    "  dense               Hugging Face with quantized weights dequantized (transformers loads it)\n"
                    "  awq | gptq          HF AWQ (GEMM, int4) or GPTQ (v1) packed weights, as vLLM reads them\n"
                    "  compressed-tensors  pack-quantized int, int-quantized W8A8 or float-quantized FP8\n"
-                   "  modelopt            ModelOpt's unified HF checkpoint (hf_quant_config.json): W4A16_AWQ, FP8\n"
+                   "  modelopt            ModelOpt's unified HF checkpoint (hf_quant_config.json): W4A16_AWQ, FP8, NVFP4\n"
                    "  trtllm              TensorRT-LLM checkpoint (config.json + rank*.safetensors); --tp N splits\n"
-                   "                      it for N tensor-parallel ranks; W4A16_AWQ, W8A16, W8A8, FP8 when quantized\n"
+                   "                      it for N tensor-parallel ranks; W4A16_AWQ, W8A16, W8A8, FP8, NVFP4 when quantized\n"
                    "  gguf                one GGUF v3 file for llama.cpp; --type picks the weights' ggml type\n"
                    "                      (default f16; a QINT int4/int8 sym g32 model goes out as q4_0/q8_0 exactly)\n");
             return EXIT_OK;

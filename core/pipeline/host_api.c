@@ -155,6 +155,7 @@ const mopt_host_api mopt_host = {
     .hf_add_kv_scales = mopt_hf_add_kv_scales,
     .trtllm_add_kv_scale = mopt_trtllm_add_kv_scale,
     .lm_head_in_scheme = mopt_lm_head_in_scheme,
+    .mxfp_quantize_shared = mopt_mxfp_quantize_shared,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,
