@@ -1,7 +1,6 @@
-/* ggml block formats (layouts in mopt/ggml.h). The quantizers follow ggml's
- * reference ones (quantize_row_*_ref); the k-quants pick each sub-block's scale
- * (and min) from its range rather than ggml's iterative search, which any
- * reader decodes the same way. */
+/* ggml block formats (layouts in mopt/ggml.h). The quantizers compute what
+ * ggml's reference ones (quantize_row_*_ref) compute, the k-quants with ggml's
+ * scale searches (ggml_search.c), so the bytes equal llama-quantize's. */
 #include <math.h>
 #include <string.h>
 
@@ -167,26 +166,30 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
     }
 }
 
-/* --- Q4_K ------------------------------------------------------------------- */
+/* --- k-quants: ggml's reference quantizers ------------------------------------ */
 
-static int nearest(float f) { return (int)lrintf(f); }
-
-/* Q4_K (nmax 15) and Q5_K (nmax 31): levels L[256] and the block header */
+/* Q4_K (nmax 15) and Q5_K (nmax 31): each 32 values' scale and min from ggml's search, weighted by the
+ * sub-block's rms + |x|; the eight scales and mins as 6-bit multiples of the f16 d and dmin; then every value
+ * rounded again against the stored scales. L keeps the search's levels where a sub-block's scale stored as 0. */
 static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
-    float scales[8], mins[8], max_scale = 0, max_min = 0;
+    float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
+    uint8_t Laux[32];
     for (int j = 0; j < 8; j++) {
-        float lo = 0, hi = x[32 * j]; /* the range includes 0: mins are stored positive */
-        for (int i = 0; i < 32; i++) lo = fminf(lo, x[32 * j + i]), hi = fmaxf(hi, x[32 * j + i]);
-        scales[j] = (hi - lo) / (float)nmax;
-        mins[j] = -lo;
-        max_scale = fmaxf(max_scale, scales[j]);
-        max_min = fmaxf(max_min, mins[j]);
+        const float *v = x + 32 * j;
+        float sum_x2 = 0;
+        for (int i = 0; i < 32; i++) sum_x2 += v[i] * v[i];
+        const float av_x = sqrtf(sum_x2 / 32);
+        for (int i = 0; i < 32; i++) w[i] = av_x + fabsf(v[i]);
+        scales[j] = nmax == 15 ? mopt_ggml_qkx2_search(32, 15, v, w, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0)
+                               : mopt_ggml_qkx2_search(32, 31, v, w, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
     }
     const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
     uint8_t *sc = y + 4;
     memset(sc, 0, 12);
     for (int j = 0; j < 8; j++) {
-        int ls = nearest(inv_scale * scales[j]), lm = nearest(inv_min * mins[j]);
+        int ls = (uint8_t)mopt_ggml_nearest(inv_scale * scales[j]), lm = (uint8_t)mopt_ggml_nearest(inv_min * mins[j]);
         ls = ls > 63 ? 63 : ls, lm = lm > 63 ? 63 : lm;
         if (j < 4) {
             sc[j] = (uint8_t)ls;
@@ -200,14 +203,14 @@ static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
     put16(y, max_scale / 63.f);
     put16(y + 2, max_min / 63.f);
     const float d = mopt_f16_at(y), dmin = mopt_f16_at(y + 2);
-    memset(L, 0, 256);
     uint8_t s[8], m[8];
     mopt_kquant_scales_mins(sc, s, m);
     for (int j = 0; j < 8; j++) {
-        const float dd = d * s[j], dm = dmin * m[j];
+        const float dd = d * s[j];
         if (!dd) continue;
+        const float dm = dmin * m[j];
         for (int i = 0; i < 32; i++) {
-            int l = nearest((x[32 * j + i] + dm) / dd);
+            const int l = mopt_ggml_nearest((x[32 * j + i] + dm) / dd);
             L[32 * j + i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
         }
     }
@@ -235,33 +238,32 @@ static void q5_k(const float *x, uint8_t *y) {
         }
 }
 
-/* Q6_K: 16 sub-blocks of 16 with signed 6-bit levels and int8 scales */
+/* Q6_K: 16 sub-blocks of 16, each scale from ggml's symmetric search (error weights x^2), stored as int8
+ * multiples of the f16 d; every value rounded again against the stored scale (signed 6-bit levels + 32) */
 static void q6_k(const float *x, uint8_t *y) {
-    float scales[16], max_scale = 0, amax_scale = 0;
+    float scales[16], max_scale = 0, max_abs_scale = 0;
+    int8_t L[256];
     for (int ib = 0; ib < 16; ib++) {
-        float amax = 0, max = 0;
-        for (int i = 0; i < 16; i++)
-            if (fabsf(x[16 * ib + i]) > amax) amax = fabsf(x[16 * ib + i]), max = x[16 * ib + i];
-        scales[ib] = max / -32;
-        if (fabsf(scales[ib]) > amax_scale) amax_scale = fabsf(scales[ib]), max_scale = scales[ib];
+        scales[ib] = mopt_ggml_qx_search(16, 32, x + 16 * ib, L + 16 * ib, 1, NULL);
+        if (fabsf(scales[ib]) > max_abs_scale) max_abs_scale = fabsf(scales[ib]), max_scale = scales[ib];
     }
+    memset(y, 0, 210);
+    if (max_abs_scale < 1e-15f) return; /* ggml's all-zero block: d = 0 */
     uint8_t *ql = y, *qh = y + 128;
     int8_t *sc = (int8_t *)(y + 192);
-    memset(y, 0, 210);
-    if (!amax_scale) return;
     const float iscale = -128.f / max_scale;
     put16(y + 208, 1 / iscale);
     for (int ib = 0; ib < 16; ib++) {
-        int v = nearest(iscale * scales[ib]);
-        sc[ib] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+        const int v = mopt_ggml_nearest(iscale * scales[ib]);
+        sc[ib] = (int8_t)(v > 127 ? 127 : v);
     }
-    uint8_t L[256];
     const float d0 = mopt_f16_at(y + 208);
     for (int j = 0; j < 16; j++) {
         const float d = d0 * sc[j];
+        if (!d) continue;
         for (int i = 0; i < 16; i++) {
-            int l = d ? nearest(x[16 * j + i] / d) : 0;
-            L[16 * j + i] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+            const int l = mopt_ggml_nearest(x[16 * j + i] / d);
+            L[16 * j + i] = (int8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
         }
     }
     for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)

@@ -4,10 +4,12 @@
  * reader to what mopt decodes and stays within a stated error of the f32
  * weights, the tokenizers stored as tokenizer.ggml.* encode like the originals,
  * and broken or mutated files fail with a one-line message. */
+#include <jansson.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "ggml.h"
 #include "gguf_walk.h"
 #include "testutil.h"
 
@@ -401,9 +403,60 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
     assert_int_equal(system(cmd), 0);
 }
 
+static uint8_t *unhex(const char *h, size_t *n) {
+    *n = strlen(h) / 2;
+    uint8_t *b = malloc(*n + 1);
+    for (size_t i = 0; b && i < *n; i++) {
+        unsigned v = 0;
+        sscanf(h + 2 * i, "%2x", &v);
+        b[i] = (uint8_t)v;
+    }
+    return b;
+}
+
+/* Every legacy type and k-quant mopt writes makes the bytes upstream llama-quantize made of the same floats
+ * (tests/fixtures/ggml_ref_blocks.json, from make_ggml_ref_blocks.py: zero, constant, one-signed, outlier,
+ * sub-1e-15 and mixed-scale rows among ordinary ones), block for block. */
+static void test_blocks_equal_llama_quantize_bytes(void **s) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf;
+    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf);
+    assert_int_equal(nf, (size_t)(rows * cols) * 4);
+    static const struct {
+        const char *key;
+        int32_t type;
+    } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
+                 {"q8_0", MOPT_GGML_Q8_0}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        size_t nb;
+        uint8_t *want = unhex(json_string_value(json_object_get(json_object_get(fx, "blocks"), types[t].key)), &nb);
+        const int64_t rb = mopt_ggml_row_bytes(types[t].type, cols), bb = mopt_ggml_block_bytes(types[t].type);
+        assert_int_equal(nb, (size_t)(rows * rb));
+        uint8_t *got = malloc((size_t)rb);
+        int bad = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            assert_int_equal(mopt_ggml_quantize_row(types[t].type, x + r * cols, cols, got, NULL), MOPT_OK);
+            for (int64_t b = 0; b < rb / bb; b++)
+                if (memcmp(got + b * bb, want + r * rb + b * bb, (size_t)bb)) {
+                    if (bad++ < 4) fprintf(stderr, "%s: row %lld block %lld differs from llama-quantize's\n", types[t].key, (long long)r, (long long)b);
+                }
+        }
+        fprintf(stderr, "%s: %lld rows, %lld blocks, %d differ\n", types[t].key, (long long)rows, (long long)(rows * rb / bb), bad);
+        assert_int_equal(bad, 0);
+        free(got);
+        free(want);
+    }
+    free(x);
+    json_decref(fx);
+}
+
 int main(void) {
     test_tmpdir(dir, sizeof dir, "gguf");
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blocks_equal_llama_quantize_bytes),
         cmocka_unit_test(test_llama2c_f32_gguf_is_exact),
         cmocka_unit_test(test_hf_llama_gguf_matches_after_the_rope_permutation),
         cmocka_unit_test(test_gpt2_gguf_fuses_qkv_and_roundtrips),
