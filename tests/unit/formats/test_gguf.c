@@ -153,6 +153,56 @@ static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
     mopt_model_free(m);
 }
 
+static uint32_t tensor_type(const unsigned char *d, const char *name) {
+    const size_t at = gguf_tensor_type_offset(d, name);
+    assert_true(at > 0);
+    uint32_t t;
+    memcpy(&t, d + at, 4);
+    return t;
+}
+
+/* llama-quantize's K_S / K_M mixes on an 8-layer LLaMA, from llama_tensor_get_type's rules worked by hand:
+ * use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down Q6_K there);
+ * Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); output.weight is Q6_K; the
+ * file types are LLAMA_FTYPE_MOSTLY_Q4_K_S 14, Q4_K_M 15, Q5_K_M 17. */
+static void test_k_mixes_give_the_layers_llama_quantize_gives(void **s) {
+    REQUIRE_SHARED();
+    enum { Q4K = 12, Q5K = 13, Q6K = 14 };
+    static const struct {
+        const char *type;
+        uint32_t file_type, v[8], down[8], base;
+    } mixes[] = {
+        {"q4_k_s", 14, {Q5K, Q5K, Q5K, Q5K, Q4K, Q4K, Q4K, Q4K}, {Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K},
+        {"q4_k_m", 15, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, Q4K},
+        {"q5_k_m", 17, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, Q5K},
+    };
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    for (size_t k = 0; k < sizeof mixes / sizeof *mixes; k++) {
+        char file[64], path[1400], name[64];
+        snprintf(file, sizeof file, "%s.gguf", mixes[k].type);
+        mopt_model_free(export_and_load(m, "", mixes[k].type, file));
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        size_t n;
+        unsigned char *d = read_whole(path, &n);
+        assert_non_null(d);
+        uint32_t ft;
+        memcpy(&ft, d + gguf_kv_value_offset(d, "general.file_type"), 4);
+        assert_int_equal(ft, mixes[k].file_type);
+        for (int i = 0; i < 8; i++) {
+            snprintf(name, sizeof name, "blk.%d.attn_v.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].v[i]);
+            snprintf(name, sizeof name, "blk.%d.ffn_down.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].down[i]);
+            snprintf(name, sizeof name, "blk.%d.attn_q.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].base);
+        }
+        assert_int_equal(tensor_type(d, "output.weight"), Q6K);
+        assert_int_equal(tensor_type(d, "token_embd.weight"), mixes[k].base);
+        free(d);
+    }
+    mopt_model_free(m);
+}
+
 static int reader(const char *q, const char *ref, double tol) {
     char cmd[4400];
     snprintf(cmd, sizeof cmd, "python3 '%s/tests/gguf_reader.py' '%s' '%s' %g", MOPT_SOURCE_DIR, q, ref, tol);
@@ -463,6 +513,7 @@ int main(void) {
         cmocka_unit_test(test_qint_exports_as_q4_0_and_q8_0_bit_for_bit),
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
+        cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
         cmocka_unit_test(test_patched_tensor_types_are_refused),
