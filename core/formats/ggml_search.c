@@ -119,3 +119,55 @@ float mopt_ggml_qkx2_search(int n, int nmax, const float *x, const float *w, uin
     *the_min = -min;
     return scale;
 }
+
+float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const float *w) {
+    float max = 0;
+    for (int i = 0; i < n; i++) max = max > x[i] ? max : x[i];
+    if (!max) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = nmax / max, scale = 1 / iscale, best = 0;
+    for (int i = 0; i < n; i++) {
+        L[i] = (uint8_t)mopt_ggml_nearest(iscale * x[i]);
+        const float diff = x[i] - scale * L[i];
+        best += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; is++) { /* nine grids around nmax / max, by weighted squared error */
+        if (!is) continue;
+        const float iscale_is = (0.1f * is + nmax) / max, scale_is = 1 / iscale_is;
+        float err = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(mopt_ggml_nearest(iscale_is * x[i]), -2147483647, nmax);
+            const float diff = x[i] - scale_is * l;
+            err += w[i] * diff * diff;
+        }
+        if (err < best) best = err, iscale = iscale_is;
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(mopt_ggml_nearest(iscale * x[i]), -2147483647, nmax);
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * l;
+        suml2 += w[i] * l * l;
+    }
+    for (int pass = 0; pass < 5; pass++) { /* coordinate descent: move one level while (sum w x l)^2 / sum w l^2 grows */
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - w[i] * x[i] * L[i], sl2 = suml2 - w[i] * L[i] * L[i];
+            if (!(slx > 0 && sl2 > 0)) continue;
+            const int nl = clampi(mopt_ggml_nearest(x[i] * sl2 / slx), -2147483647, nmax);
+            if (nl == L[i]) continue;
+            slx += w[i] * x[i] * nl;
+            sl2 += w[i] * nl * nl;
+            if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                L[i] = (uint8_t)nl;
+                sumlx = slx;
+                suml2 = sl2;
+                changed++;
+            }
+        }
+        if (!changed) break;
+    }
+    return sumlx / suml2;
+}

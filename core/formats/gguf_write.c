@@ -205,6 +205,7 @@ static mopt_status tokenizer_kv(kvs *k, const mopt_tokenizer *tok, const mopt_ar
 
 typedef struct {
     mopt_file_tensor ft;
+    const float *qw; /* importance weights [row_len], or NULL */
     int32_t type; /* ggml type */
     int64_t row_len, n_rows; /* as written: a 1-D tensor is one row of all its values */
     uint64_t offset, nbytes;
@@ -253,7 +254,7 @@ static int32_t mix_type(const gten *t, int32_t base, int32_t mix, const mopt_arc
 /* the ggml type of one tensor for the requested type (the top comment); auto
  * (-1): float tensors keep their dtype, QINT ones that are Q4_0/Q8_0 keep
  * their blocks, other packed ones are dequantized to f16 */
-static int32_t pick_type(const gten *t, int32_t want, int32_t mix, const mopt_arch *a) {
+static int32_t pick_type(const gten *t, int32_t want, int32_t mix, const mopt_arch *a, int has_imatrix) {
     if (t->ft.ndim == 1) return MOPT_GGML_F32;
     const int64_t n = t->row_len;
     int32_t ty = want;
@@ -271,6 +272,10 @@ static int32_t pick_type(const gten *t, int32_t want, int32_t mix, const mopt_ar
     const int output = t->ft.role == MOPT_ROLE_LM_HEAD || (t->ft.role == MOPT_ROLE_EMBED && a->tied_embeddings);
     if (output && is_block(ty) && ty != MOPT_GGML_Q8_0) ty = mopt_ggml_row_bytes(ty, n) < 0 ? MOPT_GGML_Q8_0 : MOPT_GGML_Q6_K;
     else if (mix != MIX_NONE) ty = mix_type(t, ty, mix, a);
+    /* with an importance matrix, the first eighth of ffn_down takes the kind with a minimum (llama-quantize's
+     * guard against Q4_0 / Q5_0 going astray there) */
+    else if (has_imatrix && (ty == MOPT_GGML_Q4_0 || ty == MOPT_GGML_Q5_0) && strstr(t->ft.name, "ffn_down") && t->ft.layer < a->n_layers / 8)
+        ty = ty == MOPT_GGML_Q4_0 ? MOPT_GGML_Q4_1 : MOPT_GGML_Q5_1;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_0;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q5_K) ty = MOPT_GGML_Q5_1;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q6_K) ty = MOPT_GGML_Q8_0;
@@ -305,7 +310,7 @@ static mopt_status write_row(const gten *t, int64_t r, float *tmp, uint8_t *out,
         return MOPT_OK;
     }
     mopt_status st = mopt_weight_row_f32(s, row, tmp, err);
-    return st ? st : mopt_ggml_quantize_row(t->type, tmp, t->row_len, out, err);
+    return st ? st : mopt_ggml_quantize_row_weighted(t->type, tmp, t->row_len, t->qw, out, err);
 }
 
 /* the choice named s; NULL for auto (or none given), and *bad when s names nothing */
@@ -370,7 +375,15 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
         t->ft = fts[i];
         t->row_len = t->ft.ndim == 1 ? t->ft.rows : t->ft.cols;
         t->n_rows = t->ft.ndim == 1 ? 1 : t->ft.rows;
-        t->type = pick_type(t, want, choice ? choice->mix : MIX_NONE, a);
+        t->type = pick_type(t, want, choice ? choice->mix : MIX_NONE, a, o->imatrix != NULL);
+        if (t->ft.ndim == 2 && o->imatrix && mopt_imatrix_find(o->imatrix, t->ft.name)) {
+            if (mopt_imatrix_len(o->imatrix, t->ft.name) != t->row_len) {
+                st = MOPT_FAIL(err, MOPT_E_INVALID, "the importance matrix has %lld values for %s, whose rows hold %lld: it was computed for another model",
+                               (long long)mopt_imatrix_len(o->imatrix, t->ft.name), t->ft.name, (long long)t->row_len);
+                break;
+            }
+            t->qw = mopt_imatrix_find(o->imatrix, t->ft.name);
+        }
         quantized |= is_block(t->type);
         res->n_dequantized += want < 0 && t->type == MOPT_GGML_F16 && t->ft.src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST;
         if (t->row_len > max_len) max_len = t->row_len;
@@ -381,7 +394,7 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
             if (ts[i].ft.role == MOPT_ROLE_ATTN_Q && ts[i].ft.layer == 0 && ts[i].ft.ndim == 2) want = ts[i].type;
     kvs k = {{0}, 0};
     arch_kv(&k, fam, a, o->name ? o->name : "", choice ? choice->file_type : file_type(want), quantized);
-    if (tok && o->tokenizer) st = tokenizer_kv(&k, tok, a, err);
+    if (!st && tok && o->tokenizer) st = tokenizer_kv(&k, tok, a, err);
     /* tensor infos; offsets are relative to the 32-aligned data section */
     sbuf info = {0};
     uint64_t off = 0;
