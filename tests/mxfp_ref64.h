@@ -70,15 +70,19 @@ static int ref64_mx_block(int kind, const float *v, int n, double gnum, double g
 }
 
 /* Fake-quantizes W [out, in] (in a multiple of the block) into Wq; returns G
- * (max|W| / (6 * 448) for NVFP4, 1 for the MX formats). */
-static double ref64_mx_matrix(int kind, const float *W, int64_t out, int64_t in, double *Wq) {
+ * (amax / (6 * 448) for NVFP4, amax the larger of max|W| and group_amax, the
+ * largest |w| of the linears fused with W; 1 for the MX formats). */
+static double ref64_mx_matrix_shared(int kind, const float *W, int64_t out, int64_t in, double group_amax, double *Wq) {
     const int B = kind == 1 ? 16 : 32;
-    double amax = 0;
+    double amax = group_amax;
     for (int64_t i = 0; i < out * in; i++) amax = fmax(amax, fabs((double)W[i]));
     const double gnum = kind == 1 && amax > 0 ? amax : 1.0, gden = kind == 1 && amax > 0 ? 6.0 * 448.0 : 1.0;
     int codes[32];
     for (int64_t b = 0; b < out * in; b += B) ref64_mx_block(kind, W + b, B, gnum, gden, codes, Wq + b);
     return gnum / gden;
+}
+static inline double ref64_mx_matrix(int kind, const float *W, int64_t out, int64_t in, double *Wq) {
+    return ref64_mx_matrix_shared(kind, W, out, in, 0, Wq);
 }
 
 #endif

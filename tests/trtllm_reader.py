@@ -5,7 +5,7 @@ standard library only; reuses the safetensors reader of hf_quant_reader.py).
 
 usage: trtllm_reader.py TRT_DIR DENSE_DIR
 Stitches the ranks together (qkv by heads, fc/gate by rows, dense/proj by
-columns), dequantizes W4A16_AWQ / W8A16 / W8A8 / FP8 weights and compares every
+columns), dequantizes W4A16_AWQ / W8A16 / W8A8 / FP8 / NVFP4 weights and compares every
 decoder linear with the same weight of DENSE_DIR (an F32 Hugging Face export of
 the same LLaMA model): exit 0 when all agree to 1e-6 of the largest value."""
 import json
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_quant_reader import read_dir, read_file  # noqa: E402  (safetensors parsing only)
+from hf_quant_reader import nvfp4_pairs, read_dir, read_file  # noqa: E402  (safetensors parsing, E2M1 pairs)
 
 
 def main():
@@ -30,6 +30,9 @@ def main():
         if algo is None:
             return [w[i * shape[1]:(i + 1) * shape[1]] for i in range(shape[0])]
         sshape, s = ranks[r][base + ".weights_scaling_factor"]
+        if algo == "NVFP4":  # E2M1 pairs x E4M3 per 16 x weights_scaling_factor_2
+            g = ranks[r][base + ".weights_scaling_factor_2"][1][0]
+            return nvfp4_pairs((shape, w), (sshape, s), g)
         if algo == "W4A16_AWQ":
             rows, cols = shape[0] * 2, shape[1]
             ng = sshape[1]

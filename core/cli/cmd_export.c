@@ -4,8 +4,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
+
+/* --calib: the --pipeline passes, then quant.imatrix into OUT.imatrix.dat (kept: llama.cpp users keep theirs),
+ * whose path (in path) goes to export.gguf's imatrix */
+static int imatrix_first(cli_job *j, char *path, size_t cap, const char *out, const char *calib, const char *n, int force,
+                         const char *pre) {
+    int w = snprintf(path, cap, "%s.imatrix.dat", out);
+    struct stat sb;
+    if (w < 0 || (size_t)w >= cap) return cli_usage_error("export", "-o %s: path too long", out);
+    if (!force && lstat(path, &sb) == 0) return cli_usage_error("export", "%s exists: pass --force to replace it, or --imatrix it", path);
+    char text[3 * 4096];
+    w = snprintf(text, sizeof text, "%s%squant.imatrix<out=%s;calib=%s%s%s>", pre ? pre : "", pre ? "," : "", path, calib,
+                 n ? ";calib_samples=" : "", n ? n : "");
+    if (w < 0 || (size_t)w >= sizeof text) return cli_usage_error("export", "--calib %s: path too long", calib);
+    return mopt_pipeline_parse(j->p, text, &j->err) ? cli_fail(&j->err) : 0;
+}
 
 int cmd_export(int argc, char **argv) {
     static const struct option opts[] = {{"format", required_argument, 0, 'f'}, {"dtype", required_argument, 0, 'd'},
@@ -14,9 +30,13 @@ int cmd_export(int argc, char **argv) {
                                          {"pipeline", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'},
                                          {"type", required_argument, 0, 't'},    {"tp", required_argument, 0, 'T'},
                                          {"stream", no_argument, 0, 'S'},        {"help", no_argument, 0, 'h'},
+                                         {"imatrix", required_argument, 0, 'I'}, {"calib", required_argument, 0, 'C'},
+                                         {"calib-samples", required_argument, 0, 'N'},
                                          {0, 0, 0, 0}};
-    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL, *tp = NULL;
+    const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL, *tp = NULL, *imatrix = NULL,
+               *calib = NULL, *calib_n = NULL;
     int force = 0, quiet = 0, stream = 0, c;
+    char imat_path[4200];
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         switch (c) {
@@ -32,10 +52,14 @@ int cmd_export(int argc, char **argv) {
         case 't': type = optarg; break;
         case 'T': tp = optarg; break;
         case 'S': stream = 1; break;
+        case 'I': imatrix = optarg; break;
+        case 'C': calib = optarg; break;
+        case 'N': calib_n = optarg; break;
         case 'h':
             printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
-                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k] [--tp N] [--stream]\n\n"
+                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_s|q4_k_m|q5_k_s|q5_k_m] [--tp N] [--stream]\n"
+                   "                   [--imatrix FILE.dat | --calib TEXT [--calib-samples N]]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
                    "--draft writes speculative_config.json for vLLM and TensorRT-LLM. --stream keeps about one\n"
@@ -45,11 +69,15 @@ int cmd_export(int argc, char **argv) {
                    "  dense               Hugging Face with quantized weights dequantized (transformers loads it)\n"
                    "  awq | gptq          HF AWQ (GEMM, int4) or GPTQ (v1) packed weights, as vLLM reads them\n"
                    "  compressed-tensors  pack-quantized int, int-quantized W8A8 or float-quantized FP8\n"
-                   "  modelopt            ModelOpt's unified HF checkpoint (hf_quant_config.json): W4A16_AWQ, FP8\n"
+                   "  modelopt            ModelOpt's unified HF checkpoint (hf_quant_config.json): W4A16_AWQ, FP8, NVFP4\n"
                    "  trtllm              TensorRT-LLM checkpoint (config.json + rank*.safetensors); --tp N splits\n"
-                   "                      it for N tensor-parallel ranks; W4A16_AWQ, W8A16, W8A8, FP8 when quantized\n"
+                   "                      it for N tensor-parallel ranks; W4A16_AWQ, W8A16, W8A8, FP8, NVFP4 when quantized\n"
                    "  gguf                one GGUF v3 file for llama.cpp; --type picks the weights' ggml type\n"
-                   "                      (default f16; a QINT int4/int8 sym g32 model goes out as q4_0/q8_0 exactly)\n");
+                   "                      (default f16; a QINT int4/int8 sym g32 model goes out as q4_0/q8_0 exactly);\n"
+                   "                      q4_k_s|q4_k_m|q5_k_s|q5_k_m are llama-quantize's mixes, byte for byte.\n"
+                   "                      --imatrix weights the quantizers by llama.cpp's imatrix.dat (llama-imatrix's,\n"
+                   "                      or mopt's); --calib computes one from calibration text first and keeps it\n"
+                   "                      as OUT.imatrix.dat\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");
         }
@@ -65,7 +93,14 @@ int cmd_export(int argc, char **argv) {
         rc = cli_usage_error("export", "%s", j.err.msg);
     else if ((type && strcmp(pass, "export.gguf")) || (tp && strcmp(pass, "export.trtllm")))
         rc = cli_usage_error("export", type ? "--type goes with --format gguf" : "--tp goes with --format trtllm");
-    else if (cli_job_set(&j, "type", type) || cli_job_set(&j, "tp", tp) || (pre && mopt_pipeline_parse(j.p, pre, &j.err)) ||
+    else if ((imatrix || calib) && strcmp(pass, "export.gguf"))
+        rc = cli_usage_error("export", "--imatrix and --calib go with --format gguf");
+    else if (imatrix && calib)
+        rc = cli_usage_error("export", "give --imatrix FILE or --calib TEXT (which computes one), not both");
+    else if (calib && (rc = imatrix_first(&j, imat_path, sizeof imat_path, out, calib, calib_n, force, pre)))
+        ;
+    else if (cli_job_set(&j, "type", type) || cli_job_set(&j, "tp", tp) || (!calib && pre && mopt_pipeline_parse(j.p, pre, &j.err)) ||
+             cli_job_set(&j, "imatrix", calib ? imat_path : imatrix) ||
              cli_job_set(&j, "out", out) || cli_job_set(&j, "dtype", dtype) || cli_job_set(&j, "force", force ? "true" : NULL) ||
              cli_job_set(&j, "max_shard_size", shard) || cli_job_set(&j, "draft", draft) || cli_job_set(&j, "num_speculative_tokens", k))
         rc = cli_fail(&j.err);

@@ -47,7 +47,27 @@ static inline int32_t mopt_ggml_kquant_type(int32_t bits) {
 /* One row of n values to and from the block format (ggml's reference
  * quantizers: round to nearest, scales in f16). */
 mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
+/* Same, with importance weights qw[n] (an importance matrix's mean x^2 per input
+ * column; NULL: as above): the error weights llama.cpp's quantize_*_impl
+ * use, qw * sqrt(sigma^2 + x^2) (Q6_K: qw alone); Q8_0 and the floats ignore them. */
+mopt_status mopt_ggml_quantize_row_weighted(int32_t type, const float *x, int64_t n, const float *qw, void *dst, mopt_error *err);
 mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err);
+
+/* ggml's scale searches (ggml_search.c): the symmetric one (make_qx_quants:
+ * levels [-nmax, nmax - 1] stored + nmax, error weights qw or by rmse_type)
+ * and the asymmetric one (make_qkx2_quants: x ~ scale l + min, l in [0,
+ * nmax], *the_min = -min); both return the scale. mopt_ggml_nearest rounds
+ * half to even as ggml's nearest_int. */
+int mopt_ggml_nearest(float f);
+float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw);
+float mopt_ggml_qkx2_search(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min, uint8_t *Laux, float rmin,
+                            float rdelta, int nstep, int use_mad);
+/* make_qp_quants: non-negative x (a super-block's sub-block scales or mins) on
+ * levels [0, nmax] under weights w, nine grids then coordinate descent; the
+ * importance-weighted k-quants pick d and dmin with it. (ggml's
+ * make_qkx3_quants is make_qkx2_quants whenever weights are given, as they
+ * always are here.) */
+float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const float *w);
 
 /* Q4_0 and Q8_0 blocks hold 32 of mopt's QINT levels (4-bit: q, 8-bit:
  * int8 + 128) with their f16 scale as is: a block's levels and scale bits,

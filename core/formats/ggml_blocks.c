@@ -1,7 +1,6 @@
-/* ggml block formats (layouts in mopt/ggml.h). The quantizers follow ggml's
- * reference ones (quantize_row_*_ref); the k-quants pick each sub-block's scale
- * (and min) from its range rather than ggml's iterative search, which any
- * reader decodes the same way. */
+/* ggml block formats (layouts in mopt/ggml.h). The quantizers compute what
+ * ggml's reference ones (quantize_row_*_ref) compute, the k-quants with ggml's
+ * scale searches (ggml_search.c), so the bytes equal llama-quantize's. */
 #include <math.h>
 #include <string.h>
 
@@ -125,6 +124,29 @@ static void q_min(const float *x, uint8_t *y, int bits) {
     if (bits == 5) memcpy(y + 4, &qh, 4);
 }
 
+/* The importance-weighted 32-value kinds (llama.cpp's quantize_row_q4_0_impl and kin): error weights
+ * qw * sqrt(sigma^2 + x^2), sigma^2 the row's mean x^2; Q4_0 / Q5_0 by the symmetric search (levels around 8 or
+ * 16), Q4_1 / Q5_1 by the asymmetric one with its minimum. */
+static void q_weighted(const float *x, const float *qw, float sigma2, uint8_t *y, int bits, int with_min) {
+    float w[32];
+    for (int j = 0; j < 32; j++) w[j] = qw[j] * sqrtf(sigma2 + x[j] * x[j]);
+    uint8_t L[32], Laux[32];
+    const int top = (1 << bits) - 1;
+    uint32_t qh = 0;
+    if (with_min) {
+        float min;
+        put16(y, mopt_ggml_qkx2_search(32, top, x, w, L, &min, Laux, -0.9f, 0.05f, 36, 0));
+        put16(y + 2, -min);
+    } else {
+        int8_t Ls[32];
+        put16(y, mopt_ggml_qx_search(32, 1 << (bits - 1), x, Ls, 1, w));
+        for (int j = 0; j < 32; j++) L[j] = (uint8_t)Ls[j];
+    }
+    uint8_t *nib = y + (with_min ? 4 : 2) + (bits == 5 ? 4 : 0);
+    for (int j = 0; j < 16; j++) put_pair(nib, bits == 5 ? &qh : NULL, j, L[j], L[j + 16]);
+    if (bits == 5) memcpy(y + (with_min ? 4 : 2), &qh, 4);
+}
+
 static void q8_0(const float *x, uint8_t *y) {
     float amax = 0;
     for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
@@ -167,26 +189,49 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
     }
 }
 
-/* --- Q4_K ------------------------------------------------------------------- */
+/* --- k-quants: ggml's reference quantizers ------------------------------------ */
 
-static int nearest(float f) { return (int)lrintf(f); }
-
-/* Q4_K (nmax 15) and Q5_K (nmax 31): levels L[256] and the block header */
-static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
-    float scales[8], mins[8], max_scale = 0, max_min = 0;
+/* Q4_K (nmax 15) and Q5_K (nmax 31): each 32 values' scale and min from ggml's search, weighted by the
+ * sub-block's rms + |x|; the eight scales and mins as 6-bit multiples of the f16 d and dmin; then every value
+ * rounded again against the stored scales. L keeps the search's levels where a sub-block's scale stored as 0. */
+/* With importance weights qw (the super-block's 256), each sub-block's error weights are qw * sqrt(sigma^2 +
+ * x^2), sigma^2 = 2 sum x^2 / 256, its search wider and finer, and d and dmin come from ggml's weighted search
+ * over the eight scales and mins (weights: each sub-block's summed error weight). */
+static void k_scales_mins(const float *x, const float *qw, uint8_t *y, int nmax, uint8_t *L) {
+    float scales[8], mins[8], w[32], sw[8], max_scale = 0, max_min = 0, sigma2 = 0;
+    uint8_t Laux[32], Ls[8], Lm[8];
+    if (qw) {
+        for (int i = 0; i < 256; i++) sigma2 += x[i] * x[i];
+        sigma2 = 2 * sigma2 / 256;
+    }
     for (int j = 0; j < 8; j++) {
-        float lo = 0, hi = x[32 * j]; /* the range includes 0: mins are stored positive */
-        for (int i = 0; i < 32; i++) lo = fminf(lo, x[32 * j + i]), hi = fmaxf(hi, x[32 * j + i]);
-        scales[j] = (hi - lo) / (float)nmax;
-        mins[j] = -lo;
-        max_scale = fmaxf(max_scale, scales[j]);
-        max_min = fmaxf(max_min, mins[j]);
+        const float *v = x + 32 * j;
+        if (qw) {
+            for (int i = 0; i < 32; i++) w[i] = qw[32 * j + i] * sqrtf(sigma2 + v[i] * v[i]);
+            sw[j] = 0;
+            for (int i = 0; i < 32; i++) sw[j] += w[i];
+            scales[j] = mopt_ggml_qkx2_search(32, nmax, v, w, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0);
+        } else {
+            float sum_x2 = 0;
+            for (int i = 0; i < 32; i++) sum_x2 += v[i] * v[i];
+            const float av_x = sqrtf(sum_x2 / 32);
+            for (int i = 0; i < 32; i++) w[i] = av_x + fabsf(v[i]);
+            scales[j] = nmax == 15 ? mopt_ggml_qkx2_search(32, 15, v, w, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0)
+                                   : mopt_ggml_qkx2_search(32, 31, v, w, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0);
+        }
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float d_block = max_scale / 63.f, m_block = max_min / 63.f;
+    if (qw) {
+        d_block = mopt_ggml_qp_search(8, 63, scales, Ls, sw);
+        m_block = mopt_ggml_qp_search(8, 63, mins, Lm, sw);
     }
     const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
     uint8_t *sc = y + 4;
     memset(sc, 0, 12);
     for (int j = 0; j < 8; j++) {
-        int ls = nearest(inv_scale * scales[j]), lm = nearest(inv_min * mins[j]);
+        int ls = qw ? Ls[j] : (uint8_t)mopt_ggml_nearest(inv_scale * scales[j]), lm = qw ? Lm[j] : (uint8_t)mopt_ggml_nearest(inv_min * mins[j]);
         ls = ls > 63 ? 63 : ls, lm = lm > 63 ? 63 : lm;
         if (j < 4) {
             sc[j] = (uint8_t)ls;
@@ -197,33 +242,33 @@ static void k_scales_mins(const float *x, uint8_t *y, int nmax, uint8_t *L) {
             sc[j] |= (uint8_t)((lm >> 4) << 6);
         }
     }
-    put16(y, max_scale / 63.f);
-    put16(y + 2, max_min / 63.f);
+    put16(y, d_block);
+    put16(y + 2, m_block);
     const float d = mopt_f16_at(y), dmin = mopt_f16_at(y + 2);
-    memset(L, 0, 256);
     uint8_t s[8], m[8];
     mopt_kquant_scales_mins(sc, s, m);
     for (int j = 0; j < 8; j++) {
-        const float dd = d * s[j], dm = dmin * m[j];
+        const float dd = d * s[j];
         if (!dd) continue;
+        const float dm = dmin * m[j];
         for (int i = 0; i < 32; i++) {
-            int l = nearest((x[32 * j + i] + dm) / dd);
+            const int l = mopt_ggml_nearest((x[32 * j + i] + dm) / dd);
             L[32 * j + i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
         }
     }
 }
 
-static void q4_k(const float *x, uint8_t *y) {
+static void q4_k(const float *x, const float *qw, uint8_t *y) {
     uint8_t L[256];
-    k_scales_mins(x, y, 15, L);
+    k_scales_mins(x, qw, y, 15, L);
     uint8_t *q = y + 16;
     for (int j = 0; j < 256; j += 64, q += 32)
         for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
 }
 
-static void q5_k(const float *x, uint8_t *y) {
+static void q5_k(const float *x, const float *qw, uint8_t *y) {
     uint8_t L[256];
-    k_scales_mins(x, y, 31, L);
+    k_scales_mins(x, qw, y, 31, L);
     uint8_t *qh = y + 16, *ql = y + 48, m1 = 1, m2 = 2;
     memset(qh, 0, 32);
     for (int n = 0; n < 256; n += 64, m1 <<= 2, m2 <<= 2, ql += 32)
@@ -235,33 +280,32 @@ static void q5_k(const float *x, uint8_t *y) {
         }
 }
 
-/* Q6_K: 16 sub-blocks of 16 with signed 6-bit levels and int8 scales */
-static void q6_k(const float *x, uint8_t *y) {
-    float scales[16], max_scale = 0, amax_scale = 0;
+/* Q6_K: 16 sub-blocks of 16, each scale from ggml's symmetric search (error weights x^2), stored as int8
+ * multiples of the f16 d; every value rounded again against the stored scale (signed 6-bit levels + 32) */
+static void q6_k(const float *x, const float *qw, uint8_t *y) {
+    float scales[16], max_scale = 0, max_abs_scale = 0;
+    int8_t L[256];
     for (int ib = 0; ib < 16; ib++) {
-        float amax = 0, max = 0;
-        for (int i = 0; i < 16; i++)
-            if (fabsf(x[16 * ib + i]) > amax) amax = fabsf(x[16 * ib + i]), max = x[16 * ib + i];
-        scales[ib] = max / -32;
-        if (fabsf(scales[ib]) > amax_scale) amax_scale = fabsf(scales[ib]), max_scale = scales[ib];
+        scales[ib] = mopt_ggml_qx_search(16, 32, x + 16 * ib, L + 16 * ib, 1, qw ? qw + 16 * ib : NULL); /* qw alone, as ggml */
+        if (fabsf(scales[ib]) > max_abs_scale) max_abs_scale = fabsf(scales[ib]), max_scale = scales[ib];
     }
+    memset(y, 0, 210);
+    if (max_abs_scale < 1e-15f) return; /* ggml's all-zero block: d = 0 */
     uint8_t *ql = y, *qh = y + 128;
     int8_t *sc = (int8_t *)(y + 192);
-    memset(y, 0, 210);
-    if (!amax_scale) return;
     const float iscale = -128.f / max_scale;
     put16(y + 208, 1 / iscale);
     for (int ib = 0; ib < 16; ib++) {
-        int v = nearest(iscale * scales[ib]);
-        sc[ib] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+        const int v = mopt_ggml_nearest(iscale * scales[ib]);
+        sc[ib] = (int8_t)(v > 127 ? 127 : v);
     }
-    uint8_t L[256];
     const float d0 = mopt_f16_at(y + 208);
     for (int j = 0; j < 16; j++) {
         const float d = d0 * sc[j];
+        if (!d) continue;
         for (int i = 0; i < 16; i++) {
-            int l = d ? nearest(x[16 * j + i] / d) : 0;
-            L[16 * j + i] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+            const int l = mopt_ggml_nearest(x[16 * j + i] / d);
+            L[16 * j + i] = (int8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
         }
     }
     for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
@@ -275,13 +319,26 @@ static void q6_k(const float *x, uint8_t *y) {
 /* --- rows ------------------------------------------------------------------- */
 
 mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err) {
+    return mopt_ggml_quantize_row_weighted(type, x, n, NULL, dst, err);
+}
+
+mopt_status mopt_ggml_quantize_row_weighted(int32_t type, const float *x, int64_t n, const float *qw, void *dst, mopt_error *err) {
     const int64_t bs = mopt_ggml_block_size(type), bb = mopt_ggml_block_bytes(type);
     if (mopt_ggml_row_bytes(type, n) < 0)
         return MOPT_FAIL(err, MOPT_E_INVALID, "ggml type %s: a row of %lld values is not a whole number of %lld-value blocks",
                          mopt_ggml_type_name(type) ? mopt_ggml_type_name(type) : "?", (long long)n, (long long)bs);
+    float sigma2 = 0; /* the 32-value kinds weigh by the whole row's mean x^2 */
+    if (qw && bs == 32) {
+        for (int64_t j = 0; j < n; j++) sigma2 += x[j] * x[j];
+        sigma2 = sigma2 / (float)n;
+    }
     uint8_t *y = dst;
     for (int64_t b = 0; b < n / bs; b++, y += bb) {
-        const float *v = x + b * bs;
+        const float *v = x + b * bs, *w = qw ? qw + b * bs : NULL;
+        if (w && (type == MOPT_GGML_Q4_0 || type == MOPT_GGML_Q4_1 || type == MOPT_GGML_Q5_0 || type == MOPT_GGML_Q5_1)) {
+            q_weighted(v, w, sigma2, y, type == MOPT_GGML_Q4_0 || type == MOPT_GGML_Q4_1 ? 4 : 5, type == MOPT_GGML_Q4_1 || type == MOPT_GGML_Q5_1);
+            continue;
+        }
         switch (type) {
         case MOPT_GGML_F32: memcpy(y, v, 4); break;
         case MOPT_GGML_F16: put16(y, *v); break;
@@ -295,9 +352,9 @@ mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void
         case MOPT_GGML_Q5_0: q_sym(v, y, 5); break;
         case MOPT_GGML_Q5_1: q_min(v, y, 5); break;
         case MOPT_GGML_Q8_0: q8_0(v, y); break;
-        case MOPT_GGML_Q4_K: q4_k(v, y); break;
-        case MOPT_GGML_Q5_K: q5_k(v, y); break;
-        case MOPT_GGML_Q6_K: q6_k(v, y); break;
+        case MOPT_GGML_Q4_K: q4_k(v, w, y); break;
+        case MOPT_GGML_Q5_K: q5_k(v, w, y); break;
+        case MOPT_GGML_Q6_K: q6_k(v, w, y); break;
         }
     }
     return MOPT_OK;

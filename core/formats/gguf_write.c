@@ -2,8 +2,10 @@
  * convert_hf_to_gguf.py for keys and names): the family's hyper-parameters
  * under general.architecture's prefix, the tokenizer as tokenizer.ggml.*, the
  * family table's ggml tensor names, 32-byte alignment. 2-D weights take the
- * requested type, 1-D ones stay f32; output.weight takes q6_k under a block
- * type other than q8_0 (as llama-quantize does), and a row length the block
+ * requested type, 1-D ones stay f32; output.weight (a tied model's
+ * token_embd) takes q6_k under a block type other than q8_0, learned positions
+ * stay float, and the K_S / K_M mixes give attn_v, ffn_down and attn_qkv more
+ * bits where llama-quantize does (mix_type), and a row length the block
  * does not divide falls back as llama.cpp does (q4_k -> q5_0, q5_k -> q5_1,
  * q6_k -> q8_0, then f16). A QINT linear that already is Q4_0 or Q8_0
  * (symmetric, groups of 32), and a KQUANT one of the type, is written bit for
@@ -65,32 +67,36 @@ static void kv_arr(kvs *k, const char *key, uint32_t elem, uint64_t n) {
     put_u64(&k->b, n);
 }
 
-/* llama.cpp's general.file_type (LLAMA_FTYPE_*) for the linears' type */
+/* The types a file can be asked for: the linears' ggml type, llama-quantize's per-tensor mix (none: every 2-D
+ * weight takes the type, output.weight aside), and llama.cpp's general.file_type (LLAMA_FTYPE_*). */
+typedef enum { MIX_NONE, MIX_Q4_K_S, MIX_Q4_K_M, MIX_Q5_K_S, MIX_Q5_K_M } gguf_mix;
+typedef struct {
+    const char *name;
+    int32_t type, mix, file_type;
+} type_choice;
+static const type_choice choices[] = {
+    {"f32", MOPT_GGML_F32, MIX_NONE, 0},       {"f16", MOPT_GGML_F16, MIX_NONE, 1},         {"bf16", MOPT_GGML_BF16, MIX_NONE, 32},
+    {"q8_0", MOPT_GGML_Q8_0, MIX_NONE, 7},     {"q4_0", MOPT_GGML_Q4_0, MIX_NONE, 2},       {"q4_1", MOPT_GGML_Q4_1, MIX_NONE, 3},
+    {"q5_0", MOPT_GGML_Q5_0, MIX_NONE, 8},     {"q5_1", MOPT_GGML_Q5_1, MIX_NONE, 9},       {"q4_k", MOPT_GGML_Q4_K, MIX_NONE, 14},
+    {"q5_k", MOPT_GGML_Q5_K, MIX_NONE, 16},    {"q6_k", MOPT_GGML_Q6_K, MIX_NONE, 18},      {"q4_k_s", MOPT_GGML_Q4_K, MIX_Q4_K_S, 14},
+    {"q4_k_m", MOPT_GGML_Q4_K, MIX_Q4_K_M, 15}, {"q5_k_s", MOPT_GGML_Q5_K, MIX_Q5_K_S, 16}, {"q5_k_m", MOPT_GGML_Q5_K, MIX_Q5_K_M, 17},
+};
+
+/* llama.cpp's general.file_type for the linears' type, when no mix was asked for (type auto) */
 static int32_t file_type(int32_t type) {
-    switch (type) {
-    case MOPT_GGML_F32: return 0;
-    case MOPT_GGML_F16: return 1;
-    case MOPT_GGML_Q4_0: return 2;
-    case MOPT_GGML_Q4_1: return 3;
-    case MOPT_GGML_Q8_0: return 7;
-    case MOPT_GGML_Q5_0: return 8;
-    case MOPT_GGML_Q5_1: return 9;
-    case MOPT_GGML_Q4_K: return 14; /* MOSTLY_Q4_K_S: no per-layer q6_k bumps */
-    case MOPT_GGML_Q5_K: return 16; /* MOSTLY_Q5_K_S */
-    case MOPT_GGML_Q6_K: return 18;
-    case MOPT_GGML_BF16: return 32;
-    default: return 0;
-    }
+    for (size_t i = 0; i < sizeof choices / sizeof *choices; i++)
+        if (choices[i].type == type && choices[i].mix == MIX_NONE) return choices[i].file_type;
+    return 0;
 }
 
 /* The family's hyper-parameters. Rotary families also record their kv heads,
  * RoPE and vocabulary as llama.cpp's LLaMA converter does. */
-static void arch_kv(kvs *k, const mopt_family *f, const mopt_arch *a, const char *name, int32_t type, int quantized) {
+static void arch_kv(kvs *k, const mopt_family *f, const mopt_arch *a, const char *name, int32_t ftype, int quantized) {
     const char *ar = f->gguf_arch;
     char key[96];
     kv_str(k, "general.architecture", ar);
     kv_str(k, "general.name", name);
-    kv_u32(k, "general.file_type", (uint32_t)file_type(type));
+    kv_u32(k, "general.file_type", (uint32_t)ftype);
     kv_u32(k, "general.alignment", 32);
     if (quantized) kv_u32(k, "general.quantization_version", 2);
 #define KU(sub, v) (snprintf(key, sizeof key, "%s." sub, ar), kv_u32(k, key, (uint32_t)(v)))
@@ -199,6 +205,7 @@ static mopt_status tokenizer_kv(kvs *k, const mopt_tokenizer *tok, const mopt_ar
 
 typedef struct {
     mopt_file_tensor ft;
+    const float *qw; /* importance weights [row_len], or NULL */
     int32_t type; /* ggml type */
     int64_t row_len, n_rows; /* as written: a 1-D tensor is one row of all its values */
     uint64_t offset, nbytes;
@@ -221,10 +228,33 @@ static int all_exact(const mopt_file_tensor *ft, int32_t type) {
     return 1;
 }
 
+/* llama-quantize's use_more_bits: the first and last eighth of the layers and every third one between */
+static int more_bits(int32_t i, int32_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+/* a linear's type under a K_S / K_M mix, as llama-quantize's llama_tensor_get_type picks it for a dense
+ * (not mixture-of-experts) LLaMA or GPT-2: attn_v and ffn_down get more bits in some layers, a fused attn_qkv
+ * one step more under _M; LLaMA-2-70B's attn_v (8 heads per KV head) takes Q5_K over Q4_K */
+static int32_t mix_type(const gten *t, int32_t base, int32_t mix, const mopt_arch *a) {
+    const char *nm = t->ft.name;
+    const int32_t i = t->ft.layer, n = a->n_layers, m = mix == MIX_Q4_K_M || mix == MIX_Q5_K_M;
+    int32_t ty = base;
+    if (strstr(nm, "attn_v.weight")) {
+        if (m && more_bits(i, n)) ty = MOPT_GGML_Q6_K;
+        else if (mix == MIX_Q4_K_S && i < 4) ty = MOPT_GGML_Q5_K;
+        if (n == 80 && a->n_heads != a->n_kv_heads && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_K;
+    } else if (strstr(nm, "ffn_down")) {
+        if (m && more_bits(i, n)) ty = MOPT_GGML_Q6_K;
+        else if (mix == MIX_Q4_K_S && i < n / 8) ty = MOPT_GGML_Q5_K;
+    } else if (strstr(nm, "attn_qkv.weight") && m) {
+        ty = base == MOPT_GGML_Q4_K ? MOPT_GGML_Q5_K : MOPT_GGML_Q6_K;
+    }
+    return ty;
+}
+
 /* the ggml type of one tensor for the requested type (the top comment); auto
  * (-1): float tensors keep their dtype, QINT ones that are Q4_0/Q8_0 keep
  * their blocks, other packed ones are dequantized to f16 */
-static int32_t pick_type(const gten *t, int32_t want) {
+static int32_t pick_type(const gten *t, int32_t want, int32_t mix, const mopt_arch *a, int has_imatrix) {
     if (t->ft.ndim == 1) return MOPT_GGML_F32;
     const int64_t n = t->row_len;
     int32_t ty = want;
@@ -236,7 +266,16 @@ static int32_t pick_type(const gten *t, int32_t want) {
         if (!all_exact(&t->ft, ty)) ty = MOPT_GGML_F16;
         return mopt_ggml_row_bytes(ty, n) < 0 ? MOPT_GGML_F16 : ty;
     }
-    if (t->ft.role == MOPT_ROLE_LM_HEAD && is_block(ty) && ty != MOPT_GGML_Q8_0) ty = MOPT_GGML_Q6_K; /* as llama-quantize */
+    /* output.weight, or the embedding a tied model's output reads, takes q6_k (as llama-quantize); learned
+     * positions stay as they are, as llama-quantize leaves them */
+    if (t->ft.role == MOPT_ROLE_POS_EMBED && is_block(ty)) return t->ft.src[0]->dtype == MOPT_DTYPE_F16 ? MOPT_GGML_F16 : MOPT_GGML_F32;
+    const int output = t->ft.role == MOPT_ROLE_LM_HEAD || (t->ft.role == MOPT_ROLE_EMBED && a->tied_embeddings);
+    if (output && is_block(ty) && ty != MOPT_GGML_Q8_0) ty = mopt_ggml_row_bytes(ty, n) < 0 ? MOPT_GGML_Q8_0 : MOPT_GGML_Q6_K;
+    else if (mix != MIX_NONE) ty = mix_type(t, ty, mix, a);
+    /* with an importance matrix, the first eighth of ffn_down takes the kind with a minimum (llama-quantize's
+     * guard against Q4_0 / Q5_0 going astray there) */
+    else if (has_imatrix && (ty == MOPT_GGML_Q4_0 || ty == MOPT_GGML_Q5_0) && strstr(t->ft.name, "ffn_down") && t->ft.layer < a->n_layers / 8)
+        ty = ty == MOPT_GGML_Q4_0 ? MOPT_GGML_Q4_1 : MOPT_GGML_Q5_1;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_0;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q5_K) ty = MOPT_GGML_Q5_1;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q6_K) ty = MOPT_GGML_Q8_0;
@@ -271,19 +310,16 @@ static mopt_status write_row(const gten *t, int64_t r, float *tmp, uint8_t *out,
         return MOPT_OK;
     }
     mopt_status st = mopt_weight_row_f32(s, row, tmp, err);
-    return st ? st : mopt_ggml_quantize_row(t->type, tmp, t->row_len, out, err);
+    return st ? st : mopt_ggml_quantize_row_weighted(t->type, tmp, t->row_len, t->qw, out, err);
 }
 
-static int32_t type_from(const char *s) {
-    static const struct {
-        const char *n;
-        int32_t t;
-    } tab[] = {{"f32", MOPT_GGML_F32},   {"f16", MOPT_GGML_F16},   {"bf16", MOPT_GGML_BF16}, {"q8_0", MOPT_GGML_Q8_0},
-               {"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
-               {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
-    for (size_t i = 0; s && i < sizeof tab / sizeof *tab; i++)
-        if (!strcmp(s, tab[i].n)) return tab[i].t;
-    return s && strcmp(s, "auto") ? -2 : -1;
+/* the choice named s; NULL for auto (or none given), and *bad when s names nothing */
+static const type_choice *type_from(const char *s, int *bad) {
+    *bad = 0;
+    for (size_t i = 0; s && i < sizeof choices / sizeof *choices; i++)
+        if (!strcmp(s, choices[i].name)) return &choices[i];
+    *bad = s && strcmp(s, "auto");
+    return NULL;
 }
 
 /* --- the file ---------------------------------------------------------------------------- */
@@ -319,8 +355,10 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
     const mopt_arch *a = mopt_graph_arch(g);
     const mopt_family *fam = mopt_family_find(a->family);
     if (!fam || !fam->gguf_arch) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "architecture family \"%s\" has no GGUF form", a->family);
-    int32_t want = type_from(o->type);
-    if (want == -2) return MOPT_FAIL(err, MOPT_E_INVALID, "GGUF type \"%s\" is not one mopt writes", o->type);
+    int bad;
+    const type_choice *choice = type_from(o->type, &bad);
+    if (bad) return MOPT_FAIL(err, MOPT_E_INVALID, "GGUF type \"%s\" is not one mopt writes", o->type);
+    int32_t want = choice ? choice->type : -1;
     mopt_file_tensor *fts;
     int32_t n;
     mopt_status st = mopt_file_tensors(g, MOPT_NAMING_GGUF, &fts, &n, err);
@@ -337,7 +375,15 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
         t->ft = fts[i];
         t->row_len = t->ft.ndim == 1 ? t->ft.rows : t->ft.cols;
         t->n_rows = t->ft.ndim == 1 ? 1 : t->ft.rows;
-        t->type = pick_type(t, want);
+        t->type = pick_type(t, want, choice ? choice->mix : MIX_NONE, a, o->imatrix != NULL);
+        if (t->ft.ndim == 2 && o->imatrix && mopt_imatrix_find(o->imatrix, t->ft.name)) {
+            if (mopt_imatrix_len(o->imatrix, t->ft.name) != t->row_len) {
+                st = MOPT_FAIL(err, MOPT_E_INVALID, "the importance matrix has %lld values for %s, whose rows hold %lld: it was computed for another model",
+                               (long long)mopt_imatrix_len(o->imatrix, t->ft.name), t->ft.name, (long long)t->row_len);
+                break;
+            }
+            t->qw = mopt_imatrix_find(o->imatrix, t->ft.name);
+        }
         quantized |= is_block(t->type);
         res->n_dequantized += want < 0 && t->type == MOPT_GGML_F16 && t->ft.src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST;
         if (t->row_len > max_len) max_len = t->row_len;
@@ -347,8 +393,8 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
         for (int32_t i = 0; i < n; i++)
             if (ts[i].ft.role == MOPT_ROLE_ATTN_Q && ts[i].ft.layer == 0 && ts[i].ft.ndim == 2) want = ts[i].type;
     kvs k = {{0}, 0};
-    arch_kv(&k, fam, a, o->name ? o->name : "", want, quantized);
-    if (tok && o->tokenizer) st = tokenizer_kv(&k, tok, a, err);
+    arch_kv(&k, fam, a, o->name ? o->name : "", choice ? choice->file_type : file_type(want), quantized);
+    if (!st && tok && o->tokenizer) st = tokenizer_kv(&k, tok, a, err);
     /* tensor infos; offsets are relative to the 32-aligned data section */
     sbuf info = {0};
     uint64_t off = 0;

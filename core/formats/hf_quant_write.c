@@ -245,7 +245,7 @@ static mopt_status ct_8bit(mopt_st_list *l, const char *p, const mopt_tensor *t,
 }
 
 const char *const mopt_tq_names[MOPT_TQ_COUNT] = {NULL, "W4A16_AWQ", "W8A16", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "FP8",
-                                                   "FP8_PER_CHANNEL_PER_TOKEN"};
+                                                   "FP8_PER_CHANNEL_PER_TOKEN", "NVFP4"};
 
 mopt_tq_algo mopt_tq_parse(const char *name) {
     for (int i = 1; name && i < MOPT_TQ_COUNT; i++)
@@ -256,7 +256,8 @@ mopt_tq_algo mopt_tq_parse(const char *name) {
 /* the TensorRT-LLM / ModelOpt algorithm that holds the scheme's stored values */
 static mopt_tq_algo tq_of(const mopt_quant_scheme *s) {
     if (!s->n_packed) return MOPT_TQ_NONE;
-    if (s->dtype == MOPT_DTYPE_MXFP) return MOPT_TQ_NONE;
+    if (s->dtype == MOPT_DTYPE_MXFP) /* NVFP4 weights and activations, the activations' global scale calibrated */
+        return !(s->flags & MOPT_QUANT_SCALE_E8M0) && (s->flags & MOPT_QUANT_ACT_STATIC) ? MOPT_TQ_NVFP4 : MOPT_TQ_NONE;
     if (s->dtype == MOPT_DTYPE_W8A8) return MOPT_TQ_W8A8;
     if (s->dtype == MOPT_DTYPE_FP8) {
         if ((s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_STATIC)) return MOPT_TQ_FP8;
@@ -274,10 +275,8 @@ const char *mopt_trtllm_algo(const mopt_quant_scheme *s) { return mopt_tq_names[
 
 /* ModelOpt's unified checkpoint holds the int4 and FP8 kinds */
 const char *mopt_modelopt_algo(const mopt_quant_scheme *s) {
-    if (s->dtype == MOPT_DTYPE_MXFP) /* NVFP4 with its calibrated input_scale */
-        return !(s->flags & MOPT_QUANT_SCALE_E8M0) && (s->flags & MOPT_QUANT_ACT_STATIC) ? "NVFP4" : NULL;
     const mopt_tq_algo a = tq_of(s);
-    return a == MOPT_TQ_W4A16_AWQ || a == MOPT_TQ_FP8 || a == MOPT_TQ_FP8_PC ? mopt_tq_names[a] : NULL;
+    return a == MOPT_TQ_W4A16_AWQ || a == MOPT_TQ_FP8 || a == MOPT_TQ_FP8_PC || a == MOPT_TQ_NVFP4 ? mopt_tq_names[a] : NULL;
 }
 
 static uint8_t *pack_int4_rows(const mopt_tensor *t, const int64_t *perm) {

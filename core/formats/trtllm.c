@@ -6,7 +6,8 @@
  * Quantized linears become packed tensors with the stored values:
  *   W4A16_AWQ (int4 pairs in I8 [out/2, in], weights_scaling_factor [out, in/gs],
  *   prequant_scaling_factor all ones), W8A16, W8A8 per token, FP8 (per tensor
- *   with a static activation scale, or per channel per token). */
+ *   with a static activation scale, or per channel per token), NVFP4 (E2M1
+ *   pairs, E4M3 scales per 16, the global weight and activation scales). */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -55,18 +56,56 @@ static mopt_tensor *rt(const trt *c, int r, const char *name) {
  * kinds, raw bytes for FP8, fp32 for float), scales [rows, ng]. */
 typedef struct {
     int64_t rows, cols, ng;
-    uint8_t *v;  /* quantized: one byte per value */
+    uint8_t *v;  /* quantized: one byte per value (NVFP4: an E2M1 code) */
     float *f;    /* float: values */
     float *s;
-    float act;
+    uint8_t *bs; /* NVFP4: E4M3 block scales [rows, ng] */
+    float act, g; /* static activation scale; NVFP4's global weight scale */
     mopt_dtype dt; /* float pieces: the stored dtype */
     int vec;       /* a 1-D tensor (norm weight, bias) */
 } piece;
 
 static void piece_free(piece *p) {
+    free(p->bs);
     free(p->v);
     free(p->f);
     free(p->s);
+}
+
+/* One float, finite and > 0, named BASE.PART on rank r */
+static mopt_status read_scalar(const trt *c, int r, const char *base, const char *part, float *v) {
+    char name[MOPT_MAX_NAME + 48];
+    snprintf(name, sizeof name, "%s.%s", base, part);
+    const mopt_tensor *t = rt(c, r, name);
+    *v = 0;
+    if (!t || t->dtype >= MOPT_DTYPE_PACKED_FIRST || mopt_tensor_nelements(t) != 1 || mopt_tensor_read_f32(t, 0, 1, v, NULL))
+        return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: rank%d.safetensors needs one float %s (quant_algo %s)", c->dir, r, name, c->algo_name);
+    if (!(*v > 0) || !isfinite(*v)) return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s is %g; a scale must be finite and > 0", c->dir, name, (double)*v);
+    return MOPT_OK;
+}
+
+/* NVFP4: weight U8 [rows, cols/2], weights_scaling_factor F8_E4M3 [rows, cols/16], the two global scales */
+static mopt_status read_nvfp4(const trt *c, int r, const char *base, const mopt_tensor *w, piece *p) {
+    char name[MOPT_MAX_NAME + 48];
+    if (w->dtype != MOPT_DTYPE_U8 || w->ndim != 2)
+        return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s.weight is %s, NVFP4 stores U8 E2M1 pairs", c->dir, base, mopt_dtype_name(w->dtype));
+    p->cols *= 2;
+    p->ng = p->cols / 16;
+    snprintf(name, sizeof name, "%s.weights_scaling_factor", base);
+    const mopt_tensor *sc = rt(c, r, name);
+    if (!sc || sc->dtype != MOPT_DTYPE_F8E4M3 || sc->ndim != 2 || sc->ne[1] != p->rows || sc->ne[0] != p->ng || p->cols % 32)
+        return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s must be F8_E4M3 [%lld, %lld] (a scale per 16 of %lld columns, whole blocks of 32)",
+                         c->dir, name, (long long)p->rows, (long long)p->ng, (long long)p->cols);
+    mopt_status st = read_scalar(c, r, base, "weights_scaling_factor_2", &p->g);
+    if (!st) st = read_scalar(c, r, base, "activation_scaling_factor", &p->act);
+    if (st) return st;
+    p->v = malloc((size_t)(p->rows * p->cols));
+    p->bs = malloc((size_t)(p->rows * p->ng));
+    if (!p->v || !p->bs) return MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
+    const uint8_t *b = w->data;
+    for (int64_t i = 0; i < p->rows * p->cols; i++) p->v[i] = b[i / 2] >> (4 * (i & 1)) & 15;
+    memcpy(p->bs, sc->data, (size_t)(p->rows * p->ng));
+    return MOPT_OK;
 }
 
 static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec, piece *p) {
@@ -84,6 +123,7 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
         if (!p->f) return MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
         return mopt_tensor_read_f32(w, 0, p->rows * p->cols, p->f, c->err);
     }
+    if (c->algo == MOPT_TQ_NVFP4) return read_nvfp4(c, r, base, w, p);
     const int int4 = c->algo == MOPT_TQ_W4A16_AWQ;
     if (int4) p->rows *= 2;
     snprintf(name, sizeof name, "%s.weights_scaling_factor", base);
@@ -147,6 +187,8 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, mopt_tp_sp
     for (int r = 1; r < n && !st; r++)
         if (ps[r].rows != ps[0].rows || ps[r].cols != ps[0].cols || ps[r].ng != ps[0].ng || !ps[r].f != !ps[0].f)
             st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s differs in shape between rank0 and rank%d", c->dir, base, r);
+        else if (ps[r].g != ps[0].g || ps[r].act != ps[0].act) /* one tensor's global scales, on every rank */
+            st = MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: %s's global scales differ between rank0 and rank%d", c->dir, base, r);
     /* by heads: each rank holds its q, k and v heads; check before any row is placed */
     const int64_t hd = c->a.head_dim, qr = (int64_t)c->a.n_heads * hd / c->tp, kr = (int64_t)c->a.n_kv_heads * hd / c->tp;
     if (!st && split == MOPT_SPLIT_HEADS && ps[0].rows != qr + 2 * kr)
@@ -159,17 +201,20 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, mopt_tp_sp
     memset(all, 0, sizeof *all);
     all->rows = ps[0].rows * (split == MOPT_SPLIT_ROWS || split == MOPT_SPLIT_HEADS ? n : 1);
     all->cols = ps[0].cols * (by_cols ? n : 1);
-    all->ng = ps[0].ng * (by_cols && c->algo == MOPT_TQ_W4A16_AWQ ? n : 1);
+    const int groups_by_cols = by_cols && (c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_NVFP4);
+    all->ng = ps[0].ng * (groups_by_cols ? n : 1);
     all->act = ps[0].act;
+    all->g = ps[0].g;
     all->dt = ps[0].dt;
     all->vec = ps[0].vec;
     const int64_t ngs = ps[0].ng ? ps[0].ng : 1, ngall = all->ng ? all->ng : 1;
     if (ps[0].f) all->f = malloc((size_t)(all->rows * all->cols) * sizeof *all->f);
     else {
         all->v = malloc((size_t)(all->rows * all->cols));
-        all->s = malloc((size_t)(all->rows * ngall) * sizeof *all->s);
+        if (ps[0].bs) all->bs = malloc((size_t)(all->rows * ngall));
+        else all->s = malloc((size_t)(all->rows * ngall) * sizeof *all->s);
     }
-    if (!(all->f || (all->v && all->s))) {
+    if (!(all->f || (all->v && (all->s || all->bs)))) {
         st = MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
         goto done;
     }
@@ -186,7 +231,9 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, mopt_tp_sp
                 continue;
             }
             memcpy(all->v + row * all->cols + col0, ps[r].v + i * ps[r].cols, (size_t)ps[r].cols);
-            if (by_cols && c->algo == MOPT_TQ_W4A16_AWQ)
+            if (ps[r].bs)
+                memcpy(all->bs + row * ngall + (by_cols ? r * ngs : 0), ps[r].bs + i * ngs, (size_t)ngs);
+            else if (by_cols && c->algo == MOPT_TQ_W4A16_AWQ)
                 memcpy(all->s + row * ngall + r * ngs, ps[r].s + i * ngs, (size_t)ngs * sizeof *all->s);
             else if (!by_cols || r == 0)
                 memcpy(all->s + row * ngall, ps[r].s + i * ngs, (size_t)ngs * sizeof *all->s);
@@ -219,6 +266,12 @@ static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const 
                              "%s: %s.weights_scaling_factor has %lld groups per row, but quantization.group_size %d over %lld columns needs %lld",
                              c->dir, src, (long long)ng, gs, (long long)cols, (long long)mopt_qint_n_groups(cols, gs));
         t = mopt_qint_pack(name, n, cols, c->algo == MOPT_TQ_W8A16 ? 8 : 4, gs, p->v + r0 * cols, p->s + r0 * ng, NULL, NULL, c->err);
+    } else if (c->algo == MOPT_TQ_NVFP4) {
+        uint8_t *pairs = calloc((size_t)(n * cols / 2) + 1, 1);
+        if (!pairs) return MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
+        for (int64_t i = 0; i < n * cols; i++) pairs[i / 2] |= (uint8_t)(p->v[r0 * cols + i] << (4 * (i & 1)));
+        t = mopt_mxfp_pack(name, MOPT_MXFP_NVFP4, n, cols, pairs, p->bs + r0 * ng, p->g, MOPT_QUANT_ACT_STATIC, p->act, c->err);
+        free(pairs);
     } else if (c->algo == MOPT_TQ_W8A8) {
         t = mopt_w8a8_pack(name, n, cols, (const int8_t *)(p->v + r0 * cols), p->s + r0, c->err);
     } else {
@@ -394,7 +447,7 @@ static mopt_status config(trt *c, const char *file, json_t *cfg, const mopt_fami
     c->algo_name = c->algo ? mopt_tq_names[c->algo] : "null";
     if (algo && !c->algo)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                         "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN)",
+                         "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN, NVFP4)",
                          file, algo);
     if (c->algo == MOPT_TQ_W4A16_AWQ && (c->group_size == 0 || c->group_size % 32))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization.group_size %lld is not a positive multiple of 32", file, (long long)gs);

@@ -7,6 +7,9 @@
  *   W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN  weight I8, weights_scaling_factor F32 [out]
  *   FP8          weight F8_E4M3, weights_scaling_factor F32 [], activation_scaling_factor F32 []
  *   FP8_PER_CHANNEL_PER_TOKEN  weight F8_E4M3, weights_scaling_factor F32 [out]
+ *   NVFP4        weight U8 [out, in/2] (E2M1 pairs, low nibble first), weights_scaling_factor F8_E4M3
+ *                [out, in/16], weights_scaling_factor_2 F32 [] and activation_scaling_factor F32 [] (the
+ *                global scales; TRT-LLM's loader renames them weights_block_scaling_factor and so on)
  * A quantized KV cache (kv_cache_quant_algo FP8 or INT8) adds
  * attention.kv_cache_scaling_factor F32 [1] per layer on every rank, beside the
  * fused qkv: one scale for K and V, max(k_scale, v_scale), as ModelOpt writes it.
@@ -22,6 +25,54 @@
 #include "json_util.h"
 #include "mopt/quant.h"
 #include "safetensors.h"
+
+/* A float named BASE.PART holding one value, shape [] */
+static mopt_status add_scalar(mopt_st_list *l, const char *base, const char *part, float v, mopt_error *err) {
+    char n[MOPT_MAX_NAME + 48];
+    snprintf(n, sizeof n, "%s.%s", base, part);
+    float *d = malloc(sizeof *d);
+    if (d) *d = v;
+    const int64_t shape[1] = {1};
+    return mopt_st_list_add(l, n, "F32", 0, shape, d, sizeof *d, err);
+}
+
+/* NVFP4: E2M1 pairs U8 [rows, nc/2], E4M3 block scales [rows, nc/16], and the global weight and activation scales
+ * the fused GEMM holds once (weights_scaling_factor_2, activation_scaling_factor: ModelOpt's weight_scale_2 and
+ * input_scale) */
+static mopt_status add_nvfp4(mopt_st_list *l, const mopt_file_tensor *ft, const char *base, const int64_t *rows, int64_t n_rows,
+                             int64_t c0, int64_t nc, mopt_error *err) {
+    if (c0 % 16 || nc % 16)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: the tensor-parallel split (%lld columns) cuts an NVFP4 block of 16", ft->name,
+                         (long long)nc);
+    uint8_t *w = malloc((size_t)(n_rows * nc / 2) + 1), *sc = malloc((size_t)(n_rows * nc / 16) + 1);
+    if (!w || !sc) {
+        free(w), free(sc);
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    }
+    float g = 0, act = 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        int64_t row = 0;
+        const mopt_tensor *t = mopt_file_tensor_row(ft, rows[r], &row);
+        if (r == 0) g = t->quant->global_scale, act = t->quant->act_scale;
+        if (t->quant->global_scale != g || t->quant->act_scale != act) {
+            free(w), free(sc);
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                             "%s: the fused linears have different NVFP4 global scales (TRT-LLM holds one; quant.nvfp4 shares them)", ft->name);
+        }
+        memcpy(w + r * (nc / 2), (const uint8_t *)t->data + (size_t)row * t->nb[1] + c0 / 2, (size_t)(nc / 2));
+        memcpy(sc + r * (nc / 16), (const uint8_t *)t->quant->scale->data + row * (t->ne[0] / 16) + c0 / 16, (size_t)(nc / 16));
+    }
+    char n[MOPT_MAX_NAME + 48];
+    const int64_t ws[2] = {n_rows, nc / 2}, ss[2] = {n_rows, nc / 16};
+    snprintf(n, sizeof n, "%s.weight", base);
+    mopt_status st = mopt_st_list_add(l, n, "U8", 2, ws, w, (size_t)(n_rows * nc / 2), err);
+    snprintf(n, sizeof n, "%s.weights_scaling_factor", base);
+    if (!st) st = mopt_st_list_add(l, n, "F8_E4M3", 2, ss, sc, (size_t)(n_rows * nc / 16), err);
+    else free(sc);
+    if (!st) st = add_scalar(l, base, "weights_scaling_factor_2", g, err);
+    if (!st) st = add_scalar(l, base, "activation_scaling_factor", act, err);
+    return st;
+}
 
 /* A packed file tensor's rows `rows` (n_rows indices into it) and columns [c0, c0 + nc), as stored. */
 static mopt_status add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_tq_algo algo, const int64_t *rows, int64_t n_rows,
@@ -66,6 +117,7 @@ static mopt_status add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_
         else free(pq);
         return st;
     }
+    if (algo == MOPT_TQ_NVFP4) return add_nvfp4(l, ft, base, rows, n_rows, c0, nc, err);
     /* 8-bit kinds: one byte per value, per-row or per-tensor scales */
     uint8_t *w = malloc((size_t)(n_rows * nc));
     const int per_tensor = algo == MOPT_TQ_FP8;
@@ -159,7 +211,7 @@ char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch, int32_t tp
     mopt_kv_format kv = MOPT_KV_FLOAT;
     if (mopt_kv_scheme_of(g, &kv, err)) return NULL;
     json_t *q = json_pack("{s:o, s:s?, s:i, s:b, s:b}", "quant_algo", algo ? json_string(mopt_tq_names[algo]) : json_null(),
-                          "kv_cache_quant_algo", kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "group_size", algo == MOPT_TQ_W4A16_AWQ ? s->group_size : 128, "has_zero_point", 0,
+                          "kv_cache_quant_algo", kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "group_size", algo == MOPT_TQ_W4A16_AWQ ? s->group_size : algo == MOPT_TQ_NVFP4 ? 16 : 128, "has_zero_point", 0,
                           "pre_quant_scale", algo == MOPT_TQ_W4A16_AWQ);
     json_t *ex = json_array();
     for (int32_t i = 0; algo && i < mopt_graph_n_nodes(g); i++) {

@@ -164,6 +164,11 @@ static mopt_tensor *mxfp_new(const char *name, mopt_mxfp_kind k, int64_t out, in
 
 mopt_tensor *mopt_mxfp_quantize(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, uint32_t act_flags,
                                 float act_scale, mopt_error *err) {
+    return mopt_mxfp_quantize_shared(name, k, out, in, W, 0.0f, act_flags, act_scale, err);
+}
+
+mopt_tensor *mopt_mxfp_quantize_shared(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, float weight_amax,
+                                       uint32_t act_flags, float act_scale, mopt_error *err) {
     float amax = 0;
     for (int64_t i = 0; out > 0 && in > 0 && i < out * in; i++) {
         if (!isfinite(W[i])) {
@@ -171,6 +176,14 @@ mopt_tensor *mopt_mxfp_quantize(const char *name, mopt_mxfp_kind k, int64_t out,
             return NULL;
         }
         amax = fmaxf(amax, fabsf(W[i]));
+    }
+    if (weight_amax != 0) { /* the global scale of a fused group: it must cover this tensor */
+        if (!(weight_amax >= amax) || !isfinite(weight_amax)) {
+            MOPT_FAIL(err, MOPT_E_INVALID, "%s: shared max|w| %g is below the tensor's own %g (or not finite)", name, (double)weight_amax,
+                      (double)amax);
+            return NULL;
+        }
+        amax = weight_amax;
     }
     const double gnum = k == MOPT_MXFP_NVFP4 && amax > 0 ? amax : 1.0, gden = k == MOPT_MXFP_NVFP4 && amax > 0 ? NVFP4_G_DIV : 1.0;
     const float gf = k == MOPT_MXFP_NVFP4 ? invertible(gnum / gden) : 1.0f; /* stored rounded, within two ulps */

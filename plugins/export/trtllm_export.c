@@ -75,7 +75,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     if (s.n_packed && !algo)
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.trtllm",
                             "%s's scheme has no TensorRT-LLM quant_algo here (W4A16_AWQ: int4 sym with groups; W8A16: int8 sym "
-                            "per channel; W8A8 per token; FP8 per tensor static or per channel dynamic)",
+                            "per channel; W8A8 per token; FP8 per tensor static or per channel dynamic; NVFP4 with activations=static)",
                             s.first);
     mopt_kv_format kv = MOPT_KV_FLOAT;
     if ((st = h->kv_scheme_of(g, &kv, err))) return st;

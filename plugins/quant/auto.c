@@ -40,7 +40,7 @@ static mopt_tensor *cand_tensor(const mopt_host_api *h, int c, const qlinear *l,
         float *s = malloc((size_t)out * sizeof *s);
         mopt_tensor *t = NULL;
         if (q && s) {
-            q_fp8_rows(h, W, out, in, 0, q, s);
+            q_fp8_rows(h, W, out, in, 0, 0, q, s);
             t = h->fp8_pack(l->wname, out, in, q, s, out, MOPT_QUANT_ACT_PER_TOKEN, 0, err);
         } else {
             h->error_set(err, MOPT_E_NOMEM, "quant.auto", "out of memory");

@@ -21,6 +21,8 @@
 #include "passes.h"
 #include "qcommon.h"
 
+#define MAX_LAYER_LINEARS 32 /* linears of one decoder block */
+
 #define AWQ_GRID 20
 #define AWQ_MAX_LIN 4
 #define CLIP_TOKENS 512
@@ -286,8 +288,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const int32_t S = (int32_t)(h->opt_int(o, "search_samples") < c.N ? h->opt_int(o, "search_samples") : c.N);
     int32_t n_groups_applied = 0;
     for (int32_t l = 0; l < a->n_layers && !st; l++) {
-        const qlinear *mine[32];
-        int32_t k = q_layer_linears(ls, n, l, mine, 32);
+        const qlinear *mine[MAX_LAYER_LINEARS];
+        int32_t k = q_layer_linears(ls, n, l, mine, MAX_LAYER_LINEARS);
         /* 1. scale groups, from the graph */
         agroup grs[8];
         int32_t ng = 0;
@@ -387,10 +389,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                 for (int64_t j = 0; j < grs[i].width; j++) in->data[t * grs[i].width + j] /= scales[i][j];
             n_groups_applied++;
         }
-        /* 5. clip (not q/k: their errors are judged through attention scores) and pack */
+        /* 5. clip (not q/k: their errors are judged through attention scores), then pack; NVFP4's global scale
+         * is shared by the linears that read one input, so every clipped weight is held until all are */
+        float *Ws[MAX_LAYER_LINEARS] = {0}, own[MAX_LAYER_LINEARS] = {0}, shared[MAX_LAYER_LINEARS] = {0};
+        qlinear held[MAX_LAYER_LINEARS];
         for (int32_t m = 0; m < k && !st; m++) {
             const qlinear *lin = mine[m];
-            float *W = q_weight_f32(h, g, lin, err);
+            float *W = Ws[m] = q_weight_f32(h, g, lin, err);
             if (!W) {
                 st = MOPT_E_NOMEM;
                 break;
@@ -398,10 +403,16 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             cache *in = find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]);
             if (do_clip && in && lin->role != MOPT_ROLE_ATTN_Q && lin->role != MOPT_ROLE_ATTN_K)
                 search_clip(h, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
-            st = sp.nvfp4 ? q_replace(h, g, h->mxfp_quantize(lin->wname, MOPT_MXFP_NVFP4, lin->out, lin->in, W, 0, 0.0f, err), err)
-                          : q_rtn_install(h, g, lin, sp, W, "quant.awq", err);
-            free(W);
+            held[m] = *lin;
+            for (int64_t e = 0; e < lin->out * lin->in; e++) own[m] = fmaxf(own[m], fabsf(W[e]));
         }
+        if (!st && sp.nvfp4) q_shared_input_amax(h, g, held, k, own, shared);
+        for (int32_t m = 0; m < k && !st; m++) {
+            const qlinear *lin = mine[m];
+            st = sp.nvfp4 ? q_replace(h, g, h->mxfp_quantize_shared(lin->wname, MOPT_MXFP_NVFP4, lin->out, lin->in, Ws[m], shared[m], 0, 0.0f, err), err)
+                          : q_rtn_install(h, g, lin, sp, Ws[m], "quant.awq", err);
+        }
+        for (int32_t m = 0; m < k; m++) free(Ws[m]);
         calib_tick(&c);
         for (int32_t i = 0; i < ng; i++) free(scales[i]);
         for (int32_t i = 0; i < nc; i++) free(cs[i].data);

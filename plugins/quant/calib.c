@@ -185,18 +185,25 @@ static void track_amax(void *user, int32_t sample, int32_t node, const float *co
     }
 }
 
-mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
-                             int32_t n, float *amax, mopt_error *err) {
+mopt_status calib_observe_model(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, calib_obs obs,
+                                void *user, int32_t *n_samples, int32_t *len, mopt_error *err) {
     const mopt_arch *a = h->graph_arch(g);
-    amax_stats stats = {ls, n, amax};
     calib c;
     mopt_status st = calib_init(&c, h, ctx, g, o, a->n_layers, err); /* it cleans up when it fails */
     if (st) return st;
+    if (n_samples) *n_samples = c.N;
+    if (len) *len = c.L;
     for (int32_t l = 0; l < a->n_layers && !st; l++) {
-        st = calib_run_layer(&c, l, -1, track_amax, &stats, 1, err);
+        st = calib_run_layer(&c, l, -1, obs, user, 1, err);
         calib_advance(&c);
         calib_tick(&c);
     }
     calib_free(&c);
     return st;
+}
+
+mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                             int32_t n, float *amax, mopt_error *err) {
+    amax_stats stats = {ls, n, amax};
+    return calib_observe_model(h, ctx, g, o, track_amax, &stats, NULL, NULL, err);
 }

@@ -57,6 +57,10 @@ void calib_advance(calib *c);
 /* Counts one unit of progress (the host draws the bar). */
 void calib_tick(calib *c);
 
+/* Runs the calibration windows through the whole model once, layer by layer, handing every node's inputs to
+ * obs; *n_samples and *len (when given) receive the windows' count and length. */
+mopt_status calib_observe_model(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, calib_obs obs,
+                                void *user, int32_t *n_samples, int32_t *len, mopt_error *err);
 /* Runs the calibration windows through the whole model once and raises
  * amax[i] to the largest |input| linear ls[i] sees (static activation scales). */
 mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,

@@ -25,16 +25,19 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
     int64_t before, after, weights;
     q_measure(h, g, ls, n, &before, &weights);
-    float *amax = calloc((size_t)n, sizeof(float)); /* per linear */
+    float *amax = calloc((size_t)n * 3, sizeof(float)); /* per linear: input max, weight max, its fused group's weight max */
+    float *wown = amax + n, *wshared = amax + 2 * n;
     if (!amax) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
     if (!st && is_static) st = calib_input_amax(h, ctx, g, o, ls, n, amax, err);
+    for (int32_t i = 0; i < n && !st && per_tensor; i++) st = q_weight_amax(h, g, &ls[i], &wown[i], err);
+    if (!st && per_tensor) q_shared_input_amax(h, g, ls, n, wown, wshared);
     const uint32_t act = is_static ? MOPT_QUANT_ACT_STATIC : !strcmp(amode, "dynamic") ? MOPT_QUANT_ACT_PER_TOKEN : 0;
     for (int32_t i = 0; i < n && !st; i++) {
         const qlinear *l = &ls[i];
         float *W = q_weight_f32(h, g, l, err), *sc = malloc((size_t)l->out * sizeof *sc);
         uint8_t *q = malloc((size_t)(l->out * l->in));
         if (!W || !sc || !q) st = h->error_set(err, MOPT_E_NOMEM, "quant.fp8", "out of memory");
-        if (!st) q_fp8_rows(h, W, l->out, l->in, per_tensor, q, sc);
+        if (!st) q_fp8_rows(h, W, l->out, l->in, per_tensor, wshared[i], q, sc);
         if (!st) {
             float as = amax[i] > 0 ? amax[i] / 448.0f : 1.0f;
             st = q_replace(h, g, h->fp8_pack(l->wname, l->out, l->in, q, sc, per_tensor ? 1 : l->out, act, as, err), err);

@@ -4,7 +4,8 @@
  * format at run time (dynamic; NVFP4's global activation scale taken per
  * token), with NVFP4's global activation scale calibrated (static: max|x| /
  * (6 * 448) over the calibration data, as ModelOpt exports input_scale), or
- * left in float (none: weight-only). */
+ * left in float (none: weight-only). NVFP4's weight global scale is shared by
+ * the linears that read one input (q/k/v, gate/up), as fused GEMMs hold it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,9 +32,12 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
     }
     int64_t before, after, weights;
     q_measure(h, g, ls, n, &before, &weights);
-    float *amax = calloc((size_t)n + 1, sizeof(float)); /* per linear */
+    float *amax = calloc((size_t)n * 3 + 1, sizeof(float)); /* per linear: input max, weight max, its fused group's weight max */
+    float *wown = amax + n, *wshared = amax + 2 * n;
     if (!amax) st = h->error_set(err, MOPT_E_NOMEM, pass, "out of memory");
     if (!st && is_static) st = calib_input_amax(h, ctx, g, o, ls, n, amax, err);
+    for (int32_t i = 0; i < n && !st && kind == MOPT_MXFP_NVFP4; i++) st = q_weight_amax(h, g, &ls[i], &wown[i], err);
+    if (!st) q_shared_input_amax(h, g, ls, n, wown, wshared); /* NVFP4's global scale; 0 for the MX formats */
     const uint32_t act = is_static ? MOPT_QUANT_ACT_STATIC : strcmp(amode, "none") ? MOPT_QUANT_ACT_PER_TOKEN : 0;
     for (int32_t i = 0; i < n && !st; i++) {
         const qlinear *l = &ls[i];
@@ -43,7 +47,7 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
             break;
         }
         const float as = amax[i] > 0 ? amax[i] / (6.0f * 448.0f) : 1.0f; /* static: ModelOpt's input_scale */
-        st = q_replace(h, g, h->mxfp_quantize(l->wname, kind, l->out, l->in, W, act, as, err), err);
+        st = q_replace(h, g, h->mxfp_quantize_shared(l->wname, kind, l->out, l->in, W, wshared[i], act, as, err), err);
         free(W);
         h->progress(ctx, i + 1, n);
     }

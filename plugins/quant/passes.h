@@ -5,7 +5,7 @@
 #include "mopt/plugin_util.h"
 
 extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, quant_smoothquant_pass, quant_fp8_pass, quant_qat_pass,
-    quant_nvfp4_pass, quant_mxfp4_pass, quant_mxfp8_pass, quant_auto_pass, quant_kv_pass;
+    quant_nvfp4_pass, quant_mxfp4_pass, quant_mxfp8_pass, quant_auto_pass, quant_kv_pass, quant_imatrix_pass;
 
 /* Option specs every integer method shares. */
 #define Q_INT_OPTS(default_bits, default_group)                                                                    \

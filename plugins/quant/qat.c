@@ -45,7 +45,7 @@ typedef struct {
 /* E4M3 rounding of W [rows, cols] with its current per-row scales, into out
  * (the buffers prepare sized for the largest linear). */
 static void fake_fp8(const qat *q, const float *w, float *out, int64_t rows, int64_t cols) {
-    q_fp8_rows(q->h, w, rows, cols, 0, q->fp8_levels, q->fp8_scales);
+    q_fp8_rows(q->h, w, rows, cols, 0, 0, q->fp8_levels, q->fp8_scales);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) out[r * cols + c] = q->h->e4m3_to_f32(q->fp8_levels[r * cols + c]) * q->fp8_scales[r];
 }
@@ -195,7 +195,7 @@ static mopt_status pack(qat *q, mopt_error *err) {
         if (q->fp8) { /* weight-only E4M3: what was trained, activations unrounded */
             uint8_t *levels = malloc((size_t)(l->out * l->in));
             float *sc = malloc((size_t)l->out * sizeof *sc);
-            if (levels && sc) q_fp8_rows(q->h, q->trained[k], l->out, l->in, 0, levels, sc);
+            if (levels && sc) q_fp8_rows(q->h, q->trained[k], l->out, l->in, 0, 0, levels, sc);
             st = levels && sc ? q_replace(q->h, q->g, q->h->fp8_pack(l->wname, l->out, l->in, levels, sc, l->out, 0, 1.0f, err), err)
                               : q->h->error_set(err, MOPT_E_NOMEM, "quant.qat", "out of memory");
             free(levels);

@@ -128,6 +128,28 @@ int32_t q_layer_linears(const qlinear *all, int32_t n, int32_t layer, const qlin
     return k;
 }
 
+mopt_status q_weight_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *l, float *amax, mopt_error *err) {
+    mopt_tensor *t = h->graph_find_tensor(g, l->wname);
+    float *row = malloc((size_t)l->in * sizeof *row);
+    mopt_status st = !t || !row ? h->error_set(err, MOPT_E_NOMEM, "quant", "cannot read %s", l->wname) : MOPT_OK;
+    *amax = 0;
+    for (int64_t r = 0; r < l->out && !st; r++) {
+        st = h->weight_row_f32(t, r, row, err);
+        for (int64_t j = 0; j < l->in && !st; j++) *amax = fmaxf(*amax, fabsf(row[j]));
+    }
+    free(row);
+    return st;
+}
+
+void q_shared_input_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, const float *own, float *shared) {
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t in = h->graph_node(g, ls[i].node)->inputs[0];
+        shared[i] = own[i];
+        for (int32_t j = 0; j < n; j++)
+            if (h->graph_node(g, ls[j].node)->inputs[0] == in) shared[i] = fmaxf(shared[i], own[j]);
+    }
+}
+
 float *q_weight_f32(const mopt_host_api *h, mopt_graph *g, const qlinear *l, mopt_error *err) {
     mopt_tensor *t = h->graph_find_tensor(g, l->wname);
     float *w = malloc((size_t)(l->out * l->in) * sizeof *w);
@@ -204,8 +226,9 @@ void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspe
         }
 }
 
-void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in, int per_tensor, uint8_t *q, float *scales) {
-    float all = 0;
+void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in, int per_tensor, float shared_amax, uint8_t *q,
+                float *scales) {
+    float all = shared_amax;
     for (int64_t r = 0; r < out; r++) {
         float mx = 0;
         for (int64_t j = 0; j < in; j++) mx = fmaxf(mx, fabsf(W[r * in + j]));

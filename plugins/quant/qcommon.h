@@ -47,6 +47,13 @@ mopt_status q_check_whole_blocks(const mopt_host_api *h, const char *pass, const
 /* Same, restricted to one layer, into a caller array of cap entries. */
 int32_t q_layer_linears(const qlinear *all, int32_t n, int32_t layer, const qlinear **out, int32_t cap);
 
+/* max|w| of a linear's weight, read row by row. */
+mopt_status q_weight_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *l, float *amax, mopt_error *err);
+/* shared[i]: the largest own[j] over the linears of ls that read ls[i]'s input (q/k/v; gate/up). A fused GEMM
+ * holds one per-tensor scale, so vLLM and TensorRT-LLM take the group's max (ModelOpt and llm-compressor share
+ * it before export); quantizing with it makes the model served the one mopt measured. */
+void q_shared_input_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, const float *own, float *shared);
+
 /* The weight as fp32 [out, in] (malloc'd). */
 float *q_weight_f32(const mopt_host_api *h, mopt_graph *g, const qlinear *l, mopt_error *err);
 
@@ -67,8 +74,10 @@ void q_rtn(const mopt_host_api *h, const float *W, int64_t out, int64_t in, qspe
            uint8_t *zeros);
 /* W <- dequant(quant(W)) in place (searches judge candidates this way). */
 /* E4M3 levels of W [out, in] with amax/448 scales per output row (per_tensor:
- * one, in scales[0]); quant.fp8 packs them, quant.qat trains through them. */
-void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in, int per_tensor, uint8_t *q, float *scales);
+ * one, in scales[0], from the larger of max|W| and shared_amax); quant.fp8
+ * packs them, quant.qat trains through them. */
+void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in, int per_tensor, float shared_amax, uint8_t *q,
+                float *scales);
 void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qspec sp);
 
 /* Puts t (a new packed tensor named like an existing weight) in the graph; frees it on failure. */

@@ -240,6 +240,9 @@ static int setup(void **state) {
     build(l2c, text, seed(s1, sizeof s1, "ct-kv"));
     snprintf(text, sizeof text, "quant.kv<format=int8;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%%s;tp=2>", calib);
     build(l2c, text, seed(s1, sizeof s1, "trt-kv"));
+    snprintf(text, sizeof text, "quant.nvfp4<activations=static;exclude=*down*;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%%s;tp=2>",
+             calib);
+    build(l2c, text, seed(s1, sizeof s1, "trt-nvfp4"));
     build("models/lit-gpt2-1m", "export.gguf<out=%s;type=f16>", seed(s1, sizeof s1, "gpt2.gguf"));
     /* lit-llama's widths are whole 256-value super-blocks: Q4_K linears and a Q6_K output.weight, run packed */
     build("models/lit-llama-7m", "export.gguf<out=%s;type=q4_k>", seed(s1, sizeof s1, "q4_k.gguf"));
@@ -337,8 +340,8 @@ static void test_gguf_llama_and_gpt2(void **s) {
 static void test_tensorrt_llm_ranks_and_config(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"trt", "trt-w4a16", "trt-fp8", "trt-kv"};
-    for (int i = 0; i < 4; i++) {
+    static const char *const dirs[] = {"trt", "trt-w4a16", "trt-fp8", "trt-kv", "trt-nvfp4"};
+    for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 700);
         fuzz_file(d, "rank0.safetensors", 1, st_header(d, "rank0.safetensors"), 350);

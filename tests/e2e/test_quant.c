@@ -157,20 +157,42 @@ static void test_packed_prefill_and_decode_agree(void **s) {
     }
 }
 
+static int is_decoder_linear(const mopt_node *n) { return n->op == MOPT_OP_LINEAR && n->layer >= 0 && mopt_role_is_linear(n->role); }
+
+static double weight_amax(const mopt_tensor *w) {
+    const int64_t out = w->ne[1], in = w->ne[0];
+    float *row = malloc((size_t)in * sizeof *row);
+    mopt_error err = {0};
+    double amax = 0;
+    for (int64_t r = 0; r < out; r++) {
+        assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
+        for (int64_t j = 0; j < in; j++) amax = fmax(amax, fabs((double)row[j]));
+    }
+    free(row);
+    return amax;
+}
+
 /* Replaces every decoder linear of m with the float64 fake quantization of format kind (tests/mxfp_ref64.h),
- * stored as f32: the model the packed one must reproduce. */
+ * stored as f32: the model the packed one must reproduce. NVFP4's global scale is the largest |w| of the
+ * linears that read one input (q/k/v, gate/up), as vLLM and TensorRT-LLM fuse them. */
 static void fake_quantize_linears(mopt_model *m, int kind) {
     mopt_graph *g = mopt_model_graph(m);
-    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+    const int32_t nn = mopt_graph_n_nodes(g);
+    double *group = calloc((size_t)nn, sizeof *group); /* per node: the max |w| over its input's readers */
+    for (int32_t i = 0; i < nn; i++)
+        for (int32_t j = 0; j < nn && is_decoder_linear(mopt_graph_node(g, i)); j++)
+            if (is_decoder_linear(mopt_graph_node(g, j)) && mopt_graph_node(g, j)->inputs[0] == mopt_graph_node(g, i)->inputs[0])
+                group[i] = fmax(group[i], weight_amax(mopt_graph_node(g, j)->weight));
+    for (int32_t i = 0; i < nn; i++) {
         const mopt_node *n = mopt_graph_node(g, i);
-        if (n->op != MOPT_OP_LINEAR || n->layer < 0 || !mopt_role_is_linear(n->role)) continue;
+        if (!is_decoder_linear(n)) continue;
         const mopt_tensor *w = n->weight;
         const int64_t out = w->ne[1], in = w->ne[0], dims[2] = {out, in};
         float *W = malloc((size_t)(out * in) * sizeof *W);
         double *Wq = malloc((size_t)(out * in) * sizeof *Wq);
         mopt_error err = {0};
         for (int64_t r = 0; r < out; r++) assert_int_equal(mopt_weight_row_f32(w, r, W + r * in, &err), MOPT_OK);
-        ref64_mx_matrix(kind, W, out, in, Wq);
+        ref64_mx_matrix_shared(kind, W, out, in, group[i], Wq);
         for (int64_t k = 0; k < out * in; k++) W[k] = (float)Wq[k];
         mopt_tensor *t = mopt_tensor_from_f32(w->name, MOPT_DTYPE_F32, 2, dims, W, &err);
         assert_non_null(t);
@@ -178,6 +200,7 @@ static void fake_quantize_linears(mopt_model *m, int kind) {
         free(W);
         free(Wq);
     }
+    free(group);
 }
 
 /* NVFP4, MXFP4 and MXFP8 weights run packed give the logits and perplexity of a float64 fake quantization of the

@@ -179,15 +179,47 @@ MOPT_API float mopt_trtllm_kv_scale(const mopt_kv_quant *q);
 MOPT_API char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s,
                                        mopt_error *err);
 
+/* --- importance matrices (llama.cpp's imatrix.dat) ----------------------------------- */
+
+/* One tensor's importance: mean x^2 of each input column over the calibration tokens. */
+typedef struct mopt_imatrix_entry {
+    char name[MOPT_MAX_NAME]; /* the GGUF tensor name: blk.0.attn_q.weight */
+    int32_t ncall;            /* calls (chunks) the means were taken over */
+    int32_t n;                /* input columns */
+    float *mean;              /* [n] */
+} mopt_imatrix_entry;
+
+typedef struct mopt_imatrix {
+    int32_t n;
+    mopt_imatrix_entry *e;
+    int32_t chunks;     /* calibration chunks, as llama-imatrix records them */
+    char dataset[256];  /* the calibration file's name */
+} mopt_imatrix;
+
+/* Reads llama-imatrix's legacy imatrix.dat (bounds-checked; a bad file fails
+ * naming what is wrong); the means are the stored sums / ncall, in float, as
+ * llama-quantize takes them. Free with mopt_imatrix_free. */
+MOPT_API mopt_status mopt_imatrix_read(const char *path, mopt_imatrix **out, mopt_error *err);
+/* Writes m as imatrix.dat (sums = mean * ncall), atomically. */
+MOPT_API mopt_status mopt_imatrix_write(const char *path, const mopt_imatrix *m, mopt_error *err);
+MOPT_API void mopt_imatrix_free(mopt_imatrix *m);
+/* The means of tensor `name` and their count; NULL and 0 when m has none. */
+MOPT_API const float *mopt_imatrix_find(const mopt_imatrix *m, const char *name);
+MOPT_API int64_t mopt_imatrix_len(const mopt_imatrix *m, const char *name);
+
 /* --- GGUF writing ----------------------------------------------------------------- */
 
 typedef struct mopt_gguf_write_opts {
     const char *type;      /* of the 2-D weights: "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
-                              "q5_0", "q5_1", "q4_k", "q5_k", "q6_k" */
+                              "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", or a mix: "q4_k_s", "q4_k_m",
+                              "q5_k_s", "q5_k_m" */
     const char *name;      /* general.name */
     int32_t tokenizer;     /* store the tokenizer as tokenizer.ggml.* */
     mopt_progress_fn progress; /* per tensor written (optional) */
     void *user;
+    /* appended: importance weights for the block quantizers (llama-quantize --imatrix), by GGUF tensor name;
+     * NULL for none, and tensors it does not name are quantized unweighted */
+    const mopt_imatrix *imatrix;
 } mopt_gguf_write_opts;
 
 typedef struct mopt_gguf_write_result {

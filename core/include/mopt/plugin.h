@@ -258,6 +258,13 @@ typedef struct mopt_host_api {
     mopt_status (*trtllm_add_kv_scale)(mopt_st_list *l, const mopt_graph *g, const mopt_file_tensor *ft, mopt_error *err);
     /* appended: lm_head quantized on request (mopt/formats.h) */
     int (*lm_head_in_scheme)(const mopt_graph *g, const mopt_quant_scheme *s);
+    /* appended: NVFP4 with a global scale shared by a fused group (mopt/quant.h) */
+    mopt_tensor *(*mxfp_quantize_shared)(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, float weight_amax,
+                                         uint32_t act_flags, float act_scale, mopt_error *err);
+    /* appended: importance matrices, llama.cpp's imatrix.dat (mopt/formats.h) */
+    mopt_status (*imatrix_read)(const char *path, mopt_imatrix **out, mopt_error *err);
+    mopt_status (*imatrix_write)(const char *path, const mopt_imatrix *m, mopt_error *err);
+    void (*imatrix_free)(mopt_imatrix *m);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -189,6 +189,11 @@ MOPT_API int32_t mopt_mxfp_block(mopt_mxfp_kind k);
  * flags or scale, or non-finite weights. */
 MOPT_API mopt_tensor *mopt_mxfp_quantize(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, uint32_t act_flags,
                                          float act_scale, mopt_error *err);
+/* Same, with NVFP4's global scale taken from weight_amax (>= max|W|; 0: W's
+ * own) instead of W alone: linears that read one input (q/k/v, gate/up) share
+ * it, as vLLM and TensorRT-LLM fuse them into one GEMM with one global scale. */
+MOPT_API mopt_tensor *mopt_mxfp_quantize_shared(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W,
+                                                float weight_amax, uint32_t act_flags, float act_scale, mopt_error *err);
 /* An MXFP tensor from stored bytes: values [out, in / 2] (4-bit) or [out, in]
  * (MXFP8), scales [out, in / block], and NVFP4's global scale (finite, > 0). */
 MOPT_API mopt_tensor *mopt_mxfp_pack(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const uint8_t *values,

@@ -4,10 +4,13 @@
  * reader to what mopt decodes and stays within a stated error of the f32
  * weights, the tokenizers stored as tokenizer.ggml.* encode like the originals,
  * and broken or mutated files fail with a one-line message. */
+#include <jansson.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "ggml.h"
+#include "mopt/fileio.h"
 #include "gguf_walk.h"
 #include "testutil.h"
 
@@ -147,6 +150,56 @@ static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
         free(db);
         mopt_model_free(f);
         mopt_model_free(e);
+    }
+    mopt_model_free(m);
+}
+
+static uint32_t tensor_type(const unsigned char *d, const char *name) {
+    const size_t at = gguf_tensor_type_offset(d, name);
+    assert_true(at > 0);
+    uint32_t t;
+    memcpy(&t, d + at, 4);
+    return t;
+}
+
+/* llama-quantize's K_S / K_M mixes on an 8-layer LLaMA, from llama_tensor_get_type's rules worked by hand:
+ * use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down Q6_K there);
+ * Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); output.weight is Q6_K; the
+ * file types are LLAMA_FTYPE_MOSTLY_Q4_K_S 14, Q4_K_M 15, Q5_K_M 17. */
+static void test_k_mixes_give_the_layers_llama_quantize_gives(void **s) {
+    REQUIRE_SHARED();
+    enum { Q4K = 12, Q5K = 13, Q6K = 14 };
+    static const struct {
+        const char *type;
+        uint32_t file_type, v[8], down[8], base;
+    } mixes[] = {
+        {"q4_k_s", 14, {Q5K, Q5K, Q5K, Q5K, Q4K, Q4K, Q4K, Q4K}, {Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K},
+        {"q4_k_m", 15, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, Q4K},
+        {"q5_k_m", 17, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, Q5K},
+    };
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    for (size_t k = 0; k < sizeof mixes / sizeof *mixes; k++) {
+        char file[64], path[1400], name[64];
+        snprintf(file, sizeof file, "%s.gguf", mixes[k].type);
+        mopt_model_free(export_and_load(m, "", mixes[k].type, file));
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        size_t n;
+        unsigned char *d = read_whole(path, &n);
+        assert_non_null(d);
+        uint32_t ft;
+        memcpy(&ft, d + gguf_kv_value_offset(d, "general.file_type"), 4);
+        assert_int_equal(ft, mixes[k].file_type);
+        for (int i = 0; i < 8; i++) {
+            snprintf(name, sizeof name, "blk.%d.attn_v.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].v[i]);
+            snprintf(name, sizeof name, "blk.%d.ffn_down.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].down[i]);
+            snprintf(name, sizeof name, "blk.%d.attn_q.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].base);
+        }
+        assert_int_equal(tensor_type(d, "output.weight"), Q6K);
+        assert_int_equal(tensor_type(d, "token_embd.weight"), mixes[k].base);
+        free(d);
     }
     mopt_model_free(m);
 }
@@ -401,15 +454,216 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
     assert_int_equal(system(cmd), 0);
 }
 
+static uint8_t *unhex(const char *h, size_t *n) {
+    *n = strlen(h) / 2;
+    uint8_t *b = malloc(*n + 1);
+    for (size_t i = 0; b && i < *n; i++) {
+        unsigned v = 0;
+        sscanf(h + 2 * i, "%2x", &v);
+        b[i] = (uint8_t)v;
+    }
+    return b;
+}
+
+/* Every legacy type and k-quant mopt writes makes the bytes upstream llama-quantize made of the same floats
+ * (tests/fixtures/ggml_ref_blocks.json, from make_ggml_ref_blocks.py: zero, constant, one-signed, outlier,
+ * sub-1e-15 and mixed-scale rows among ordinary ones), block for block: without an importance matrix, and with
+ * the fixture's (llama-quantize --imatrix: the weighted searches of quantize_*_impl). */
+static void test_blocks_equal_llama_quantize_bytes(void **s) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf, ni;
+    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf);
+    float *imat = (float *)unhex(json_string_value(json_object_get(fx, "imatrix")), &ni);
+    assert_int_equal(nf, (size_t)(rows * cols) * 4);
+    assert_int_equal(ni, (size_t)cols * 4);
+    static const struct {
+        const char *key;
+        int32_t type;
+    } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
+                 {"q8_0", MOPT_GGML_Q8_0}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    for (int weighted = 0; weighted < 2; weighted++)
+        for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+            size_t nb;
+            uint8_t *want = unhex(json_string_value(json_object_get(json_object_get(fx, weighted ? "blocks_imatrix" : "blocks"), types[t].key)), &nb);
+            const int64_t rb = mopt_ggml_row_bytes(types[t].type, cols), bb = mopt_ggml_block_bytes(types[t].type);
+            assert_int_equal(nb, (size_t)(rows * rb));
+            uint8_t *got = malloc((size_t)rb);
+            int bad = 0;
+            for (int64_t r = 0; r < rows; r++) {
+                assert_int_equal(mopt_ggml_quantize_row_weighted(types[t].type, x + r * cols, cols, weighted ? imat : NULL, got, NULL), MOPT_OK);
+                for (int64_t b = 0; b < rb / bb; b++)
+                    if (memcmp(got + b * bb, want + r * rb + b * bb, (size_t)bb) && bad++ < 4)
+                        fprintf(stderr, "%s%s: row %lld block %lld differs from llama-quantize's\n", types[t].key, weighted ? " imatrix" : "",
+                                (long long)r, (long long)b);
+            }
+            fprintf(stderr, "%s%s: %lld rows, %lld blocks, %d differ\n", types[t].key, weighted ? " imatrix" : "", (long long)rows,
+                    (long long)(rows * rb / bb), bad);
+            assert_int_equal(bad, 0);
+            free(got);
+            free(want);
+        }
+    free(x);
+    free(imat);
+    json_decref(fx);
+}
+
+/* llama.cpp's legacy imatrix.dat, laid out by hand from llama-imatrix's save_imatrix: the reader takes the means
+ * as stored / ncall in float (as llama-quantize does), the writer gives the same bytes back, and cut or
+ * inconsistent files fail with a message naming the file. */
+static void test_imatrix_files_read_write_and_refuse(void **s) {
+    uint8_t b[512];
+    size_t n = 0;
+#define PUT(v) (memcpy(b + n, &(v), sizeof(v)), n += sizeof(v))
+    const int32_t entries = 2, len0 = 19, ncall0 = 4, nval0 = 3, len1 = 20, ncall1 = 1, nval1 = 2, chunks = 4, dl = 5;
+    const float v0[3] = {8.0f, 2.0f, 0.5f}, v1[2] = {1.5f, 0.25f};
+    PUT(entries);
+    PUT(len0), memcpy(b + n, "blk.0.attn_q.weight", 19), n += 19, PUT(ncall0), PUT(nval0);
+    for (int i = 0; i < 3; i++) PUT(v0[i]);
+    PUT(len1), memcpy(b + n, "blk.0.ffn_down.weight", 20), n += 20, PUT(ncall1), PUT(nval1);
+    for (int i = 0; i < 2; i++) PUT(v1[i]);
+    PUT(chunks), PUT(dl), memcpy(b + n, "calib", 5), n += 5;
+#undef PUT
+    char path[1400], back[1400];
+    snprintf(path, sizeof path, "%s/hand.dat", dir);
+    snprintf(back, sizeof back, "%s/back.dat", dir);
+    mopt_error err = {0};
+    assert_int_equal(mopt_file_write_atomic(path, b, n, &err), MOPT_OK);
+    mopt_imatrix *m = NULL;
+    assert_int_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_int_equal(m->n, 2);
+    assert_int_equal(m->chunks, 4);
+    assert_string_equal(m->dataset, "calib");
+    const float *q = mopt_imatrix_find(m, "blk.0.attn_q.weight");
+    assert_non_null(q);
+    assert_int_equal(mopt_imatrix_len(m, "blk.0.attn_q.weight"), 3);
+    assert_true(q[0] == 2.0f && q[1] == 0.5f && q[2] == 0.125f);
+    assert_null(mopt_imatrix_find(m, "blk.0.attn_k.weight"));
+    assert_int_equal(mopt_imatrix_write(back, m, &err), MOPT_OK);
+    mopt_imatrix_free(m);
+    size_t nb;
+    char *d = read_whole(back, &nb);
+    assert_int_equal(nb, n);
+    assert_memory_equal(d, b, n);
+    free(d);
+    /* cut anywhere inside the entries, a count past the file, a negative importance: refused, naming the file */
+    const size_t cuts[] = {2, 6, 20, 30, 40, n - 12};
+    for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) {
+        assert_int_equal(mopt_file_write_atomic(path, b, cuts[c], &err), MOPT_OK);
+        assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+        assert_null(m);
+        assert_non_null(strstr(err.msg, "hand.dat"));
+    }
+    uint8_t bad[512];
+    memcpy(bad, b, n);
+    const int32_t huge = 1 << 28;
+    memcpy(bad + 4 + 4 + 19 + 4, &huge, 4); /* nval0 */
+    assert_int_equal(mopt_file_write_atomic(path, bad, n, &err), MOPT_OK);
+    assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "do not fit"));
+    memcpy(bad, b, n);
+    const float neg = -1.0f;
+    memcpy(bad + 4 + 4 + 19 + 8, &neg, 4);
+    assert_int_equal(mopt_file_write_atomic(path, bad, n, &err), MOPT_OK);
+    assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "sum of squares"));
+}
+
+/* The importance-weighted squared error of a GGUF linear's decoding against the original weights. */
+static double weighted_error(mopt_model *orig, mopt_model *q, const char *wname, const float *qw) {
+    const mopt_tensor *a = mopt_graph_find_tensor(mopt_model_graph(orig), wname), *b = mopt_graph_find_tensor(mopt_model_graph(q), wname);
+    assert_true(a && b);
+    const int64_t in = a->ne[0];
+    float *ra = malloc((size_t)in * sizeof *ra), *rb = malloc((size_t)in * sizeof *rb);
+    mopt_error err = {0};
+    double e = 0;
+    for (int64_t r = 0; r < a->ne[1]; r++) {
+        assert_int_equal(mopt_weight_row_f32(a, r, ra, &err), MOPT_OK);
+        assert_int_equal(mopt_weight_row_f32(b, r, rb, &err), MOPT_OK);
+        for (int64_t j = 0; j < in; j++) e += (double)qw[j] * ((double)ra[j] - rb[j]) * ((double)ra[j] - rb[j]);
+    }
+    free(ra);
+    free(rb);
+    return e;
+}
+
+/* quant.imatrix computes, per GGUF linear, the calibration tokens' mean x^2 per input column: q, k and v (one
+ * input) get the same vector, every value is positive. Q4_0 weighted by it has a lower importance-weighted error
+ * over the linears than Q4_0 without (round to nearest), and llama.cpp's type rule for Q4_0 with an imatrix (the
+ * first eighth of ffn_down as Q4_1) holds. (That the weighted blocks are llama-quantize's is the fixture's test.) */
+static void test_imatrix_from_calibration_weights_the_gguf_quantizers(void **s) {
+    REQUIRE_SHARED();
+    char text[4096], calib[1024], dat[1400], file[1400];
+    snprintf(dat, sizeof dat, "%s/lit.dat", dir);
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    snprintf(text, sizeof text, "quant.imatrix<out=%s;calib=%s;calib_samples=16;calib_len=256>", dat, calib);
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    mopt_report *r = test_run_pipeline(m, text);
+    assert_int_equal((int)mopt_report_get_metric(r, "entries"), 8 * 7);
+    assert_int_equal((int)mopt_report_get_metric(r, "tokens"), 16 * 256);
+    mopt_report_free(r);
+    mopt_imatrix *im = NULL;
+    mopt_error err = {0};
+    assert_int_equal(mopt_imatrix_read(dat, &im, &err), MOPT_OK);
+    assert_int_equal(im->n, 56);
+    for (int l = 0; l < 8; l++) {
+        char qn[64], kn[64], vn[64];
+        snprintf(qn, sizeof qn, "blk.%d.attn_q.weight", l);
+        snprintf(kn, sizeof kn, "blk.%d.attn_k.weight", l);
+        snprintf(vn, sizeof vn, "blk.%d.attn_v.weight", l);
+        const float *q = mopt_imatrix_find(im, qn), *k = mopt_imatrix_find(im, kn), *v = mopt_imatrix_find(im, vn);
+        assert_true(q && k && v && mopt_imatrix_len(im, qn) == 256);
+        assert_memory_equal(q, k, 256 * sizeof *q);
+        assert_memory_equal(q, v, 256 * sizeof *q);
+        for (int j = 0; j < 256; j++) assert_true(q[j] > 0);
+    }
+    mopt_model *plain = export_and_load(m, "", "q4_0", "q40.gguf");
+    snprintf(text, sizeof text, "export.gguf<out=%s/q40i.gguf;type=q4_0;imatrix=%s;force=true>", dir, dat);
+    mopt_report_free(test_run_pipeline(m, text));
+    snprintf(file, sizeof file, "%s/q40i.gguf", dir);
+    mopt_model *weighted = test_load_model(file);
+    static const char *const kinds[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                                        "mlp.up_proj", "mlp.down_proj"};
+    static const char *const gguf[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    double sum_plain = 0, sum_weighted = 0;
+    for (int l = 0; l < 8; l++)
+        for (int k = 0; k < 7; k++) {
+            char wn[128], gn[64];
+            snprintf(wn, sizeof wn, "model.layers.%d.%s.weight", l, kinds[k]);
+            snprintf(gn, sizeof gn, "blk.%d.%s.weight", l, gguf[k]);
+            const float *qw = mopt_imatrix_find(im, gn);
+            const double ep = weighted_error(m, plain, wn, qw), ew = weighted_error(m, weighted, wn, qw);
+            sum_plain += ep, sum_weighted += ew;
+        }
+    fprintf(stderr, "lit-llama q4_0: importance-weighted error %.4g plain, %.4g with the matrix (%.2f%% lower)\n", sum_plain,
+            sum_weighted, 100 * (1 - sum_weighted / sum_plain));
+    assert_true(sum_weighted < sum_plain);
+    mopt_imatrix_free(im);
+    mopt_model_free(weighted);
+    mopt_model_free(plain);
+    size_t n;
+    unsigned char *d = read_whole(file, &n);
+    assert_int_equal(tensor_type(d, "blk.0.ffn_down.weight"), 3); /* Q4_1 */
+    assert_int_equal(tensor_type(d, "blk.1.ffn_down.weight"), 2); /* Q4_0 */
+    free(d);
+    mopt_model_free(m);
+}
+
 int main(void) {
     test_tmpdir(dir, sizeof dir, "gguf");
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blocks_equal_llama_quantize_bytes),
         cmocka_unit_test(test_llama2c_f32_gguf_is_exact),
         cmocka_unit_test(test_hf_llama_gguf_matches_after_the_rope_permutation),
         cmocka_unit_test(test_gpt2_gguf_fuses_qkv_and_roundtrips),
         cmocka_unit_test(test_qint_exports_as_q4_0_and_q8_0_bit_for_bit),
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
+        cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
+        cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
+        cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
         cmocka_unit_test(test_patched_tensor_types_are_refused),

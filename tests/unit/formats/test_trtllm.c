@@ -1,5 +1,5 @@
 /* TensorRT-LLM checkpoints: dense and quantized (W4A16_AWQ, W8A16, W8A8 per
- * token, FP8 per channel) exports, one rank or split for tensor parallelism,
+ * token, FP8 per channel and per tensor, NVFP4) exports, one rank or split for tensor parallelism,
  * load back with the in-process logits (exactly; llama2.c's RoPE rows to 1e-4);
  * the config carries mapping and quantization; an independent Python reader
  * stitches the ranks together from the published layout; schemes TRT-LLM
@@ -49,6 +49,26 @@ static void test_quantized_checkpoints_keep_their_values(void **s) {
     roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", 2, 0.0, 1);
 }
 
+/* Per-tensor scales a fused GEMM holds once: FP8 per tensor and NVFP4 quantize q/k/v (and gate/up) with their
+ * group's largest |w|, so TensorRT-LLM's fused qkv holds them as stored, on one rank or split over two. */
+static void test_per_tensor_fp8_and_nvfp4_keep_their_values(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.fp8<weights=per_tensor;activations=static;calib=%s;calib_samples=2;calib_len=64>", calib);
+    roundtrip("models/lit-llama-7m", q, 2, 0.0, 1);
+    snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib=%s;calib_samples=2;calib_len=64>", calib);
+    roundtrip("models/lit-llama-7m", q, 1, 0.0, 1);
+    roundtrip("models/lit-llama-7m", q, 2, 0.0, 1);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/trt/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_t *qc = json_object_get(j, "quantization");
+    assert_string_equal(json_string_value(json_object_get(qc, "quant_algo")), "NVFP4");
+    assert_int_equal(json_integer_value(json_object_get(qc, "group_size")), 16);
+    json_decref(j);
+}
+
 static void test_config_names_the_mapping_and_the_scheme(void **s) {
     REQUIRE_SHARED();
     roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true>", 2, 0.0, 0);
@@ -88,14 +108,19 @@ static void test_config_names_the_mapping_and_the_scheme(void **s) {
 
 static void test_what_trtllm_cannot_hold_is_refused(void **s) {
     REQUIRE_SHARED();
-    char text[2400];
+    char text[4400];
     snprintf(text, sizeof text, "export.trtllm<out=%s/x;tp=3>", dir);
     test_pipeline_fails("models/lit-llama-7m", text, "tp=3 must divide");
     snprintf(text, sizeof text, "quant.rtn<bits=4>,export.trtllm<out=%s/x>", dir);
     test_pipeline_fails("models/lit-llama-7m", text, "no TensorRT-LLM quant_algo");
-    snprintf(text, sizeof text, "quant.fp8<weights=per_tensor;activations=static;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%s/x>",
-             calib, dir);
-    test_pipeline_fails("models/lit-llama-7m", text, "per-tensor FP8 scales differ between the fused q/k/v");
+    snprintf(text, sizeof text, "quant.nvfp4<activations=dynamic>,export.trtllm<out=%s/x>", dir);
+    test_pipeline_fails("models/lit-llama-7m", text, "NVFP4 with activations=static");
+    /* q quantized apart from k and v: two global scales where the fused qkv holds one */
+    snprintf(text, sizeof text,
+             "quant.nvfp4<activations=static;only=*q_proj*;calib=%s;calib_samples=2;calib_len=64>,"
+             "quant.nvfp4<activations=static;exclude=*q_proj*;calib=%s;calib_samples=2;calib_len=64>,export.trtllm<out=%s/x>",
+             calib, calib, dir);
+    test_pipeline_fails("models/lit-llama-7m", text, "different NVFP4 global scales");
     struct stat st;
     char x[1200];
     snprintf(x, sizeof x, "%s/x", dir);
@@ -205,6 +230,7 @@ int main(void) {
         cmocka_unit_test(test_dense_checkpoints_roundtrip_on_one_and_two_ranks),
         cmocka_unit_test(test_quantized_checkpoints_keep_their_values),
         cmocka_unit_test(test_config_names_the_mapping_and_the_scheme),
+        cmocka_unit_test(test_per_tensor_fp8_and_nvfp4_keep_their_values),
         cmocka_unit_test(test_what_trtllm_cannot_hold_is_refused),
         cmocka_unit_test(test_broken_trtllm_checkpoints_are_refused),
         cmocka_unit_test(test_config_that_contradicts_the_weights_is_refused),

@@ -186,6 +186,32 @@ static void test_fp4_and_e4m3_block_kernels_agree_with_the_scalar_set(void **s) 
     }
 }
 
+/* A global scale shared by a fused group (mopt_mxfp_quantize_shared): G comes from the group's max|w|, the
+ * blocks are quantized against it as the float64 definition says, and a max below the tensor's own is refused. */
+static void test_nvfp4_takes_a_shared_global_scale(void **s) {
+    const int64_t out = 4, in = 64;
+    float *W = test_matrix(out, in), *row = malloc((size_t)in * sizeof *row);
+    double *Wq = malloc((size_t)(out * in) * sizeof *Wq), wmax = 0;
+    for (int64_t i = 0; i < out * in; i++) wmax = fmax(wmax, fabs((double)W[i]));
+    mopt_error err = {0};
+    const float shared = (float)(wmax * 3.7); /* a sibling with larger weights */
+    mopt_tensor *t = mopt_mxfp_quantize_shared("w", MOPT_MXFP_NVFP4, out, in, W, shared, 0, 0, &err);
+    assert_non_null(t);
+    const double G = ref64_mx_matrix_shared(1, W, out, in, shared, Wq);
+    assert_true(fabs(G - shared / (6.0 * 448.0)) <= 1e-12 * G);
+    assert_true(fabs(t->quant->global_scale - G) <= 2.5e-7 * G);
+    for (int64_t r = 0; r < out; r++) {
+        assert_int_equal(mopt_weight_row_f32(t, r, row, &err), MOPT_OK);
+        for (int64_t c = 0; c < in; c++) assert_true(fabs(row[c] - Wq[r * in + c]) <= 1e-6 * fabs(Wq[r * in + c]));
+    }
+    mopt_tensor_free(t);
+    assert_null(mopt_mxfp_quantize_shared("w", MOPT_MXFP_NVFP4, out, in, W, (float)(wmax * 0.5), 0, 0, &err));
+    assert_non_null(strstr(err.msg, "below the tensor's own"));
+    free(W);
+    free(row);
+    free(Wq);
+}
+
 static void test_bad_shapes_and_scales_are_refused(void **s) {
     float W[64] = {0};
     uint8_t v[64] = {0}, sc[4] = {0};
@@ -215,6 +241,7 @@ int main(void) {
         cmocka_unit_test(test_quantized_codes_and_scales_match_the_float64_definition),
         cmocka_unit_test(test_mxfp_linear_matches_float64),
         cmocka_unit_test(test_fp4_and_e4m3_block_kernels_agree_with_the_scalar_set),
+        cmocka_unit_test(test_nvfp4_takes_a_shared_global_scale),
         cmocka_unit_test(test_bad_shapes_and_scales_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
