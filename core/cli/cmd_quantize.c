@@ -51,7 +51,8 @@ static void help(void) {
            "  --format F          its format: " CLI_EXPORT_FORMATS " (default hf:\n"
            "                      compressed-tensors, which vLLM and SGLang load)\n"
            "  --type T            --format gguf: ggml type of the weights (f16, q8_0, q4_0, q4_k, ...);\n"
-           "                      rtn --bits 4|8 --group 32 --sym is written as q4_0|q8_0 bit for bit\n"
+           "                      rtn --bits 4|8 --group 32 --sym is written as q4_0|q8_0 bit for bit;\n"
+           "                      gptq quantizes onto the blocks of T (q4_0, q8_0, k-quants, q4_k_m ...)\n"
            "  --force             replace an existing OUTDIR\n"
            "  --stream            hold about one block in memory: each packed weight goes to a scratch\n"
            "                      file beside OUTDIR as it is made (removed at exit), the original's\n"
@@ -179,7 +180,10 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
         (a->act_order && set(qo, "act_order", "true", err)) || set(qo, "alpha", a->alpha, err) ||
         set(qo, "activations", a->fp8_act, err) || (calibrates && set(qo, "calib", a->calib, err)) ||
         (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
-        set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) || mopt_pipeline_add(p, pass, qo, err))
+        set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) ||
+        /* GPTQ into a GGUF file: onto the blocks of the type asked for (quant.gptq gguf_type) */
+        (!strcmp(a->method, "gptq") && a->format && !strcmp(a->format, "gguf") && set(qo, "gguf_type", a->gguf_type, err)) ||
+        mopt_pipeline_add(p, pass, qo, err))
         return cli_fail(err);
     return 0;
 }

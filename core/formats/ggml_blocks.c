@@ -2,9 +2,11 @@
  * ggml's reference ones (quantize_row_*_ref) compute, the k-quants with ggml's
  * scale searches (ggml_search.c), so the bytes equal llama-quantize's. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base.h"
+#include "mopt/formats.h"
 #include "mopt/quant.h"
 #include "tensor_impl.h"
 #include "ggml.h"
@@ -316,6 +318,53 @@ static void q6_k(const float *x, const float *qw, uint8_t *y) {
         }
 }
 
+/* --- one value of a block, against the block's stored scales (GPTQ) ------------------------------------ */
+
+static int clamp_int(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
+    switch (type) {
+    case MOPT_GGML_Q4_K:
+    case MOPT_GGML_Q5_K: { /* d sc_j l - dmin m_j, l in [0, 15] or [0, 31] */
+        const int nmax = type == MOPT_GGML_Q4_K ? 15 : 31, j = v / 32, n = v / 64, hi = (v % 64) >= 32, k = v % 32;
+        uint8_t sc[8], m[8];
+        mopt_kquant_scales_mins(b + 4, sc, m);
+        const float dd = mopt_f16_at(b) * sc[j], dm = mopt_f16_at(b + 2) * m[j];
+        const int l = dd ? clamp_int(mopt_ggml_nearest((w + dm) / dd), 0, nmax) : 0;
+        uint8_t *q = b + (type == MOPT_GGML_Q4_K ? 16 : 48) + n * 32 + k;
+        *q = (uint8_t)(hi ? (*q & 0x0f) | (l & 15) << 4 : (*q & 0xf0) | (l & 15));
+        if (type == MOPT_GGML_Q5_K) {
+            const uint8_t bit = (uint8_t)(1u << (2 * n + hi));
+            b[16 + k] = (uint8_t)((b[16 + k] & ~bit) | (l > 15 ? bit : 0));
+        }
+        return dd * l - dm;
+    }
+    case MOPT_GGML_Q6_K: { /* d sc_j (l - 32), l in [0, 63] */
+        const int half = v / 128, r = v % 128, quarter = r / 32, k = r % 32;
+        const float d = mopt_f16_at(b + 208) * (int8_t)b[192 + v / 16];
+        const int l = d ? clamp_int(mopt_ggml_nearest(w / d), -32, 31) + 32 : 32;
+        uint8_t *ql = b + half * 64 + k + (quarter & 1 ? 32 : 0), *qh = b + 128 + half * 32 + k;
+        *ql = (uint8_t)(quarter >= 2 ? (*ql & 0x0f) | (l & 15) << 4 : (*ql & 0xf0) | (l & 15));
+        *qh = (uint8_t)((*qh & ~(3u << (2 * quarter))) | (unsigned)(l >> 4) << (2 * quarter));
+        return d * (l - 32);
+    }
+    case MOPT_GGML_Q4_0: { /* d (l - 8) */
+        const float d = mopt_f16_at(b);
+        const int l = d ? clamp_int(mopt_ggml_nearest(w / d) + 8, 0, 15) : 8;
+        uint8_t *q = b + 2 + v % 16;
+        *q = (uint8_t)(v >= 16 ? (*q & 0x0f) | l << 4 : (*q & 0xf0) | l);
+        return d * (l - 8);
+    }
+    case MOPT_GGML_Q8_0: {
+        const float d = mopt_f16_at(b);
+        const int l = d ? clamp_int(mopt_ggml_nearest(w / d), -127, 127) : 0;
+        b[2 + v] = (uint8_t)(int8_t)l;
+        return d * l;
+    }
+    default: return w;
+    }
+}
+
 /* --- rows ------------------------------------------------------------------- */
 
 mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err) {
@@ -399,4 +448,43 @@ void mopt_ggml_block_from_levels(int32_t type, const uint8_t q[32], uint16_t d, 
         if (type == MOPT_GGML_Q4_0) blk[2 + j] = (uint8_t)(q[j] | q[j + 16] << 4);
         else blk[2 + j] = (uint8_t)(int8_t)(q[j] - 128);
     }
+}
+
+int64_t mopt_ggml_type_block(int32_t type) { return mopt_ggml_block_size(type) > 1 ? mopt_ggml_block_size(type) : 0; }
+int64_t mopt_ggml_type_block_bytes(int32_t type) { return mopt_ggml_block_bytes(type); }
+
+mopt_status mopt_ggml_quantize_block(int32_t type, const float *x, const float *qw, uint8_t *block, mopt_error *err) {
+    const int64_t n = mopt_ggml_type_block(type);
+    if (!n) return MOPT_FAIL(err, MOPT_E_INVALID, "ggml type %d is not a block type", type);
+    return mopt_ggml_quantize_row_weighted(type, x, n, qw, block, err);
+}
+
+mopt_tensor *mopt_ggml_blocks_tensor(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks, mopt_error *err) {
+    const int64_t rb = mopt_ggml_row_bytes(type, cols);
+    if (rows <= 0 || rb <= 0 || !(type == MOPT_GGML_Q4_0 || type == MOPT_GGML_Q8_0 || mopt_ggml_kquant_bits(type))) {
+        MOPT_FAIL(err, MOPT_E_INVALID, "%s: %lld x %lld values as ggml type %d: not whole Q4_0, Q8_0 or k-quant blocks", name, (long long)rows,
+                  (long long)cols, type);
+        return NULL;
+    }
+    if (mopt_ggml_kquant_bits(type)) return mopt_kquant_pack(name, rows, cols, mopt_ggml_kquant_bits(type), blocks, err);
+    /* Q4_0 / Q8_0: QINT symmetric groups of 32 hold their levels and f16 scales exactly */
+    const int q4 = type == MOPT_GGML_Q4_0;
+    const int64_t nblk = cols / 32;
+    uint8_t *q = malloc((size_t)(rows * cols));
+    float *s = malloc((size_t)(rows * nblk) * sizeof *s);
+    mopt_tensor *o = NULL;
+    if (!q || !s) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    } else {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < nblk; b++) {
+                uint16_t h;
+                mopt_ggml_block_to_levels(type, blocks + r * rb + b * (q4 ? 18 : 34), q + r * cols + b * 32, &h);
+                s[r * nblk + b] = mopt_f16_to_f32(h);
+            }
+        o = mopt_qint_pack(name, rows, cols, q4 ? 4 : 8, 32, q, s, NULL, NULL, err);
+    }
+    free(q);
+    free(s);
+    return o;
 }

@@ -130,29 +130,8 @@ static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name
         const mopt_dtype dt = t->type == MOPT_GGML_F32 ? MOPT_DTYPE_F32 : t->type == MOPT_GGML_F16 ? MOPT_DTYPE_F16 : MOPT_DTYPE_BF16;
         return mopt_tensor_view(gguf_buffer(f), (void *)src, name, dt, nd, dims, err);
     }
-    const int64_t nblk = cols / 32;
-    if (linear && nd == 2 && (t->type == MOPT_GGML_Q4_0 || t->type == MOPT_GGML_Q8_0)) {
-        const int q4 = t->type == MOPT_GGML_Q4_0;
-        uint8_t *q = malloc((size_t)(rows * cols));
-        float *s = malloc((size_t)(rows * nblk) * sizeof *s);
-        mopt_tensor *o = NULL;
-        if (!q || !s) {
-            MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        } else {
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t b = 0; b < nblk; b++) {
-                    uint16_t h;
-                    mopt_ggml_block_to_levels(t->type, src + r * rb + b * (q4 ? 18 : 34), q + r * cols + b * 32, &h);
-                    s[r * nblk + b] = mopt_f16_to_f32(h);
-                }
-            o = mopt_qint_pack(name, rows, cols, q4 ? 4 : 8, 32, q, s, NULL, NULL, err);
-        }
-        free(q);
-        free(s);
-        return o;
-    }
-    if (linear && nd == 2 && mopt_ggml_kquant_bits(t->type))
-        return mopt_kquant_pack(name, rows, cols, mopt_ggml_kquant_bits(t->type), src, err);
+    if (linear && nd == 2 && (t->type == MOPT_GGML_Q4_0 || t->type == MOPT_GGML_Q8_0 || mopt_ggml_kquant_bits(t->type)))
+        return mopt_ggml_blocks_tensor(name, t->type, rows, cols, src, err);
     mopt_tensor *o = mopt_tensor_new(name, MOPT_DTYPE_F32, nd, dims, err);
     if (!o) return NULL;
     for (int64_t r = 0; r < rows; r++)

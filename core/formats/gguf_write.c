@@ -322,6 +322,24 @@ static const type_choice *type_from(const char *s, int *bad) {
     return NULL;
 }
 
+int32_t mopt_gguf_weight_type(const mopt_graph *g, const char *type, const char *weight, int has_imatrix) {
+    int bad;
+    const type_choice *choice = type_from(type, &bad);
+    mopt_file_tensor *fts;
+    int32_t n, ty = -1;
+    if (!choice || mopt_file_tensors(g, MOPT_NAMING_GGUF, &fts, &n, NULL)) return -1;
+    for (int32_t i = 0; i < n && ty < 0; i++)
+        for (int32_t k = 0; k < fts[i].n_src; k++)
+            if (!strcmp(fts[i].src[k]->name, weight)) {
+                gten t = {.ft = fts[i]};
+                t.row_len = t.ft.ndim == 1 ? t.ft.rows : t.ft.cols;
+                ty = pick_type(&t, choice->type, choice->mix, mopt_graph_arch(g), has_imatrix);
+                break;
+            }
+    free(fts);
+    return ty;
+}
+
 /* --- the file ---------------------------------------------------------------------------- */
 
 static mopt_status write_all(FILE *f, const char *path, const sbuf *head, gten *ts, int32_t n, int64_t max_len,

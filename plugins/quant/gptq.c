@@ -24,6 +24,7 @@ typedef struct {
     float *U;       /* [in, in] */
     int32_t *perm;  /* [in] or NULL */
     uint8_t *dead;  /* [in] */
+    float *hdiag;   /* [in]: diag(H), the block grids' importance weights */
 } gptq_prep;
 
 static int cmp_diag_desc(const void *a, const void *b, void *d) {
@@ -41,13 +42,15 @@ static mopt_status gptq_prepare(const mopt_host_api *h, float *Hf, int64_t count
     p->U = malloc((size_t)(in * in) * sizeof *p->U);
     p->dead = calloc((size_t)in, 1);
     p->perm = act_order ? malloc((size_t)in * sizeof *p->perm) : NULL;
+    p->hdiag = malloc((size_t)in * sizeof *p->hdiag);
     double *H = p->U && p->dead ? hess_scaled(Hf, count, in, p->dead) : NULL, *diag = malloc((size_t)in * sizeof *diag);
     free(Hf);
-    if (!H || !diag || (act_order && !p->perm)) {
+    if (!H || !diag || !p->hdiag || (act_order && !p->perm)) {
         free(H);
         free(diag);
         return h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for a %lld-column Hessian", (long long)in);
     }
+    for (int64_t j = 0; j < in; j++) p->hdiag[j] = (float)H[j * in + j]; /* before damping: the inputs' mean x^2, doubled */
     if (act_order) {
         for (int64_t j = 0; j < in; j++) {
             p->perm[j] = (int32_t)j;
@@ -72,6 +75,7 @@ static mopt_status gptq_prepare(const mopt_host_api *h, float *Hf, int64_t count
 }
 
 static void gptq_prep_free(gptq_prep *p) {
+    free(p->hdiag);
     free(p->U);
     free(p->perm);
     free(p->dead);
@@ -135,6 +139,38 @@ static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, 
     free(rz);
 }
 
+/* GPTQ onto a GGUF block type (ggml_type): at the start of each block of a row, the block's scales come from
+ * ggml's (importance-weighted, by diag H) search over the updated weights, as llama-quantize would pick them; each
+ * column then takes the level nearest its updated value under those scales, and its error goes to the columns
+ * after it. blocks [out, in / block] receive the bytes. */
+static void gptq_quantize_blocks(const mopt_host_api *h, const gptq_prep *p, float *W, int64_t out, int32_t ggml_type, uint8_t *blocks) {
+    const int64_t in = p->in, bs = h->ggml_type_block(ggml_type), bb = h->ggml_type_block_bytes(ggml_type), nb = in / bs;
+    for (int64_t j = 0; j < in; j++)
+        if (p->dead[j])
+            for (int64_t r = 0; r < out; r++) W[r * in + j] = 0;
+    float *E = malloc((size_t)(out * GPTQ_BLOCK) * sizeof *E);
+    for (int64_t i1 = 0; i1 < in; i1 += GPTQ_BLOCK) {
+        const int64_t i2 = i1 + GPTQ_BLOCK < in ? i1 + GPTQ_BLOCK : in, B = i2 - i1;
+        for (int64_t i = i1; i < i2; i++) {
+            if (i % bs == 0) /* every column from i on holds all earlier errors: i is a lazy block's start */
+                for (int64_t r = 0; r < out; r++) h->ggml_quantize_block(ggml_type, W + r * in + i, p->hdiag + i, blocks + (r * nb + i / bs) * bb, NULL);
+            const float d = p->U[i * in + i];
+            const float *Ui = p->U + i * in;
+            for (int64_t r = 0; r < out; r++) {
+                float *wr = W + r * in;
+                const float deq = h->ggml_block_requantize(ggml_type, blocks + (r * nb + i / bs) * bb, (int32_t)(i % bs), wr[i]);
+                const float e = (wr[i] - deq) / d;
+                E[r * B + (i - i1)] = e;
+                for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * Ui[j];
+            }
+        }
+        if (i2 < in)
+            h->sgemm(0, 0, (int32_t)out, (int32_t)(in - i2), (int32_t)B, -1.0f, E, (int32_t)B, p->U + i1 * in + i2, (int32_t)in, 1.0f,
+                     W + i2, (int32_t)in);
+    }
+    free(E);
+}
+
 /* --- driver ------------------------------------------------------------------------ */
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
@@ -145,6 +181,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.gptq", "needs a model");
     const int act_order = h->opt_bool(o, "act_order");
     const double damp = h->opt_float(o, "damp");
+    const char *gguf = h->opt_string(o, "gguf_type");
+    if (*gguf && act_order)
+        return h->error_set(err, MOPT_E_INVALID, "quant.gptq", "gguf_type takes the columns in order (GGUF blocks are contiguous): drop act_order");
+    int32_t n_gguf = 0;
     qlinear *ls;
     int32_t n;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
@@ -174,6 +214,22 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             }
             for (int32_t m = i; m < j && !st; m++) {
                 const qlinear *lin = mine[m];
+                const int32_t ty = *gguf ? h->gguf_weight_type(g, gguf, lin->wname, 0) : -1;
+                if (*gguf) { /* the block type export.gguf<type=gguf_type> gives it; the others are left to the export */
+                    const int grid = ty == 2 || ty == 8 || ty == 12 || ty == 13 || ty == 14;
+                    float *W = grid ? q_weight_f32(h, g, lin, err) : NULL;
+                    uint8_t *blocks = grid ? malloc((size_t)(lin->out * (lin->in / h->ggml_type_block(ty)) * h->ggml_type_block_bytes(ty))) : NULL;
+                    if (grid && (!W || !blocks)) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
+                    if (grid && !st) {
+                        gptq_quantize_blocks(h, &prep, W, lin->out, ty, blocks);
+                        st = q_replace(h, g, h->ggml_blocks_tensor(lin->wname, ty, lin->out, lin->in, blocks, err), err);
+                        n_gguf++;
+                    }
+                    free(W);
+                    free(blocks);
+                    calib_tick(&c);
+                    continue;
+                }
                 const int64_t ng = (lin->in + (sp.group > 0 ? sp.group : lin->in) - 1) / (sp.group > 0 ? sp.group : lin->in);
                 float *W = q_weight_f32(h, g, lin, err);
                 uint8_t *q = malloc((size_t)(lin->out * lin->in)), *z = malloc((size_t)(lin->out * ng));
@@ -206,18 +262,24 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     calib_free(&c);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        st = q_report(h, report, g, o, act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n, err);
+        st = q_report(h, report, g, o, *gguf ? "gptq-gguf" : act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n, err);
         h->report_metric(report, "act_order", act_order);
+        if (*gguf) h->report_string(report, "gguf_type", gguf);
     }
     free(ls);
     return st;
 }
 
+static const char *const gguf_types[] = {"", "q4_0", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", NULL};
 static const mopt_opt_spec opts[] = {
     Q_INT_OPTS("4", "128"),
     Q_ACT_OPT,
     {"act_order", MOPT_OPT_BOOL, 0, "quantize columns by decreasing Hessian diagonal (desc_act, stores g_idx)", "false", 0, -1, NULL},
     {"damp", MOPT_OPT_FLOAT, 0, "damping added to diag(H), as a fraction of its mean", "0.01", 0, 1, NULL},
+    {"gguf_type", MOPT_OPT_ENUM, 0,
+     "quantize each linear onto the GGUF block type export.gguf<type=T> gives it (q4_0, q8_0, k-quants and their mixes): "
+     "llama-quantize's block scales, GPTQ's levels; export with the same type (bits and group_size are ignored)",
+     "", 0, -1, gguf_types},
     Q_CALIB_OPTS(1),
 };
 

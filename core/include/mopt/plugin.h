@@ -265,6 +265,13 @@ typedef struct mopt_host_api {
     mopt_status (*imatrix_read)(const char *path, mopt_imatrix **out, mopt_error *err);
     mopt_status (*imatrix_write)(const char *path, const mopt_imatrix *m, mopt_error *err);
     void (*imatrix_free)(mopt_imatrix *m);
+    /* appended: GGUF block grids for calibrated quantizers (mopt/formats.h, mopt/quant.h) */
+    int64_t (*ggml_type_block)(int32_t type);
+    int64_t (*ggml_type_block_bytes)(int32_t type);
+    mopt_status (*ggml_quantize_block)(int32_t type, const float *x, const float *qw, uint8_t *block, mopt_error *err);
+    float (*ggml_block_requantize)(int32_t type, uint8_t *block, int32_t v, float w);
+    int32_t (*gguf_weight_type)(const mopt_graph *g, const char *type, const char *weight, int has_imatrix);
+    mopt_tensor *(*ggml_blocks_tensor)(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include "ggml.h"
+#include "tensor_impl.h"
 #include "mopt/fileio.h"
 #include "gguf_walk.h"
 #include "testutil.h"
@@ -510,6 +511,88 @@ static void test_blocks_equal_llama_quantize_bytes(void **s) {
     json_decref(fx);
 }
 
+/* GPTQ's access to a block (mopt_ggml_block_requantize): setting every value of one of llama-quantize's k-quant
+ * blocks (the fixture's) from its own float, under the block's stored scales, gives the same bytes back (each
+ * value lands where ggml's packing puts it), and returns what the block then decodes to. */
+static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf;
+    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf), dec[256];
+    int rebuilt = 0;
+    static const struct {
+        const char *key;
+        int32_t type;
+    } types[] = {{"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    for (size_t t = 0; t < 3; t++) {
+        size_t nb;
+        uint8_t *want = unhex(json_string_value(json_object_get(json_object_get(fx, "blocks"), types[t].key)), &nb);
+        const int64_t bb = mopt_ggml_block_bytes(types[t].type);
+        uint8_t blk[256];
+        for (int64_t r = 0; r < rows; r++) {
+            memcpy(blk, want + r * bb, (size_t)bb);
+            if (types[t].type == MOPT_GGML_Q6_K) memset(blk, 0, 192); /* levels cleared, scales and d kept */
+            else memset(blk + 16, 0, (size_t)bb - 16);
+            float got[256];
+            for (int v = 0; v < 256; v++) got[v] = mopt_ggml_block_requantize(types[t].type, blk, v, x[r * cols + v]);
+            /* where a sub-block's stored scale is 0, ggml keeps the search's levels: only blocks without one are rebuilt */
+            int zero_scale = 0;
+            if (types[t].type == MOPT_GGML_Q6_K) {
+                for (int j = 0; j < 16; j++) zero_scale |= want[r * bb + 192 + j] == 0;
+                zero_scale |= !mopt_f16_at(want + r * bb + 208);
+            } else {
+                uint8_t sc[8], mn[8];
+                mopt_kquant_scales_mins(want + r * bb + 4, sc, mn);
+                for (int j = 0; j < 8; j++) zero_scale |= sc[j] == 0;
+                zero_scale |= !mopt_f16_at(want + r * bb);
+            }
+            if (!zero_scale) assert_memory_equal(blk, want + r * bb, (size_t)bb);
+            rebuilt += !zero_scale;
+            assert_int_equal(mopt_ggml_dequantize_row(types[t].type, blk, 256, dec, NULL), MOPT_OK);
+            for (int v = 0; v < 256; v++) assert_true(got[v] == dec[v]);
+        }
+        free(want);
+    }
+    assert_true(rebuilt >= 3 * 16); /* most of the 24 rows per type */
+    free(x);
+    json_decref(fx);
+}
+
+/* quant.gptq<gguf_type=q4_k_m> leaves each linear as the blocks export.gguf<type=q4_k_m> gives it (Q6_K where the
+ * mix bumps attn_v / ffn_down, Q4_K elsewhere), and the export writes those blocks unchanged. */
+static void test_gptq_onto_gguf_blocks_exports_them_as_they_are(void **s) {
+    REQUIRE_SHARED();
+    char text[4096], calib[1024], file[1400];
+    snprintf(text, sizeof text, "quant.gptq<gguf_type=q4_k_m;calib=%s;calib_samples=4;calib_len=128>",
+             test_shared_path(calib, sizeof calib, "data/lit-train.txt"));
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    mopt_report_free(test_run_pipeline(m, text));
+    const mopt_graph *g = mopt_model_graph(m);
+    const mopt_tensor *v0 = mopt_graph_find_tensor(g, "model.layers.0.self_attn.v_proj.weight"),
+                      *v1 = mopt_graph_find_tensor(g, "model.layers.1.self_attn.v_proj.weight"),
+                      *q1 = mopt_graph_find_tensor(g, "model.layers.1.self_attn.o_proj.weight");
+    assert_int_equal(v0->dtype, MOPT_DTYPE_KQUANT);
+    assert_int_equal(v0->quant->bits, 6);
+    assert_int_equal(v1->quant->bits, 4);
+    assert_int_equal(q1->quant->bits, 4);
+    snprintf(text, sizeof text, "export.gguf<out=%s/gq.gguf;type=q4_k_m;force=true>", dir);
+    mopt_report_free(test_run_pipeline(m, text));
+    snprintf(file, sizeof file, "%s/gq.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(file, &n);
+    uint32_t ty;
+    const unsigned char *p = kquant_tensor(d, "blk.1.attn_output.weight", &ty, &n); /* rows as the graph's (q, k: RoPE order) */
+    assert_int_equal(ty, 12);
+    assert_memory_equal(p, q1->data, n);
+    p = kquant_tensor(d, "blk.0.attn_v.weight", &ty, &n);
+    assert_int_equal(ty, 14);
+    assert_memory_equal(p, v0->data, n);
+    free(d);
+    mopt_model_free(m);
+}
+
 /* llama.cpp's legacy imatrix.dat, laid out by hand from llama-imatrix's save_imatrix: the reader takes the means
  * as stored / ncall in float (as llama-quantize does), the writer gives the same bytes back, and cut or
  * inconsistent files fail with a message naming the file. */
@@ -569,6 +652,27 @@ static void test_imatrix_files_read_write_and_refuse(void **s) {
     assert_int_equal(mopt_file_write_atomic(path, bad, n, &err), MOPT_OK);
     assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
     assert_non_null(strstr(err.msg, "sum of squares"));
+    /* 400 mutants (a few bytes set to random values, sometimes cut): each reads or fails cleanly (ASan watches) */
+    uint32_t seed = 12345;
+    int loaded = 0;
+    for (int k = 0; k < 400; k++) {
+        memcpy(bad, b, n);
+        size_t len = n;
+        for (int e = 0; e < 1 + k % 4; e++) {
+            seed = seed * 1664525u + 1013904223u;
+            bad[(seed >> 8) % n] = (uint8_t)(seed >> 24);
+        }
+        if (k % 5 == 0) len = (seed >> 4) % n;
+        assert_int_equal(mopt_file_write_atomic(path, bad, len, &err), MOPT_OK);
+        m = NULL;
+        if (mopt_imatrix_read(path, &m, &err) == MOPT_OK) {
+            loaded++;
+            mopt_imatrix_free(m);
+        } else {
+            assert_null(m);
+        }
+    }
+    fprintf(stderr, "imatrix.dat: %d of 400 mutants still read, the rest failed cleanly\n", loaded);
 }
 
 /* The importance-weighted squared error of a GGUF linear's decoding against the original weights. */
@@ -662,6 +766,8 @@ int main(void) {
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
+        cmocka_unit_test(test_block_requantize_rebuilds_llama_quantize_blocks),
+        cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
