@@ -17,8 +17,8 @@ static int imatrix_first(cli_job *j, char *path, size_t cap, const char *out, co
     if (w < 0 || (size_t)w >= cap) return cli_usage_error("export", "-o %s: path too long", out);
     if (!force && lstat(path, &sb) == 0) return cli_usage_error("export", "%s exists: pass --force to replace it, or --imatrix it", path);
     char text[3 * 4096];
-    w = snprintf(text, sizeof text, "%s%squant.imatrix<out=%s;calib=%s%s%s>", pre ? pre : "", pre ? "," : "", path, calib,
-                 n ? ";calib_samples=" : "", n ? n : "");
+    w = snprintf(text, sizeof text, "%s%squant.imatrix<out=%s;calib=%s%s%s%s>", pre ? pre : "", pre ? "," : "", path, calib,
+                 n ? ";calib_samples=" : "", n ? n : "", force ? ";force=true" : "");
     if (w < 0 || (size_t)w >= sizeof text) return cli_usage_error("export", "--calib %s: path too long", calib);
     return mopt_pipeline_parse(j->p, text, &j->err) ? cli_fail(&j->err) : 0;
 }

@@ -59,6 +59,10 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
  * nmax], *the_min = -min); both return the scale. mopt_ggml_nearest rounds
  * half to even as ggml's nearest_int. */
 int mopt_ggml_nearest(float f);
+/* v limited to [lo, hi] */
+static inline int mopt_ggml_clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+/* ggml's GROUP_MAX_EPS: a group whose largest |x| is below it quantizes to zeros */
+#define MOPT_GGML_ALL_ZERO 1e-15f
 float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw);
 float mopt_ggml_qkx2_search(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min, uint8_t *Laux, float rmin,
                             float rdelta, int nstep, int use_mad);

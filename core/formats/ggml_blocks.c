@@ -195,8 +195,8 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
 
 /* Q4_K (nmax 15) and Q5_K (nmax 31): each 32 values' scale and min from ggml's search, weighted by the
  * sub-block's rms + |x|; the eight scales and mins as 6-bit multiples of the f16 d and dmin; then every value
- * rounded again against the stored scales. L keeps the search's levels where a sub-block's scale stored as 0. */
-/* With importance weights qw (the super-block's 256), each sub-block's error weights are qw * sqrt(sigma^2 +
+ * rounded again against the stored scales. L keeps the search's levels where a sub-block's scale stored as 0.
+ * With importance weights qw (the super-block's 256), each sub-block's error weights are qw * sqrt(sigma^2 +
  * x^2), sigma^2 = 2 sum x^2 / 256, its search wider and finer, and d and dmin come from ggml's weighted search
  * over the eight scales and mins (weights: each sub-block's summed error weight). */
 static void k_scales_mins(const float *x, const float *qw, uint8_t *y, int nmax, uint8_t *L) {
@@ -255,7 +255,7 @@ static void k_scales_mins(const float *x, const float *qw, uint8_t *y, int nmax,
         const float dm = dmin * m[j];
         for (int i = 0; i < 32; i++) {
             const int l = mopt_ggml_nearest((x[32 * j + i] + dm) / dd);
-            L[32 * j + i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+            L[32 * j + i] = (uint8_t)mopt_ggml_clamp(l, 0, nmax);
         }
     }
 }
@@ -292,7 +292,7 @@ static void q6_k(const float *x, const float *qw, uint8_t *y) {
         if (fabsf(scales[ib]) > max_abs_scale) max_abs_scale = fabsf(scales[ib]), max_scale = scales[ib];
     }
     memset(y, 0, 210);
-    if (max_abs_scale < 1e-15f) return; /* ggml's all-zero block: d = 0 */
+    if (max_abs_scale < MOPT_GGML_ALL_ZERO) return; /* ggml's all-zero block: d = 0 */
     uint8_t *ql = y, *qh = y + 128;
     int8_t *sc = (int8_t *)(y + 192);
     const float iscale = -128.f / max_scale;
@@ -307,7 +307,7 @@ static void q6_k(const float *x, const float *qw, uint8_t *y) {
         if (!d) continue;
         for (int i = 0; i < 16; i++) {
             const int l = mopt_ggml_nearest(x[16 * j + i] / d);
-            L[16 * j + i] = (int8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+            L[16 * j + i] = (int8_t)(mopt_ggml_clamp(l, -32, 31) + 32);
         }
     }
     for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
@@ -320,8 +320,6 @@ static void q6_k(const float *x, const float *qw, uint8_t *y) {
 
 /* --- one value of a block, against the block's stored scales (GPTQ) ------------------------------------ */
 
-static int clamp_int(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
-
 float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
     switch (type) {
     case MOPT_GGML_Q4_K:
@@ -330,7 +328,7 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
         uint8_t sc[8], m[8];
         mopt_kquant_scales_mins(b + 4, sc, m);
         const float dd = mopt_f16_at(b) * sc[j], dm = mopt_f16_at(b + 2) * m[j];
-        const int l = dd ? clamp_int(mopt_ggml_nearest((w + dm) / dd), 0, nmax) : 0;
+        const int l = dd ? mopt_ggml_clamp(mopt_ggml_nearest((w + dm) / dd), 0, nmax) : 0;
         uint8_t *q = b + (type == MOPT_GGML_Q4_K ? 16 : 48) + n * 32 + k;
         *q = (uint8_t)(hi ? (*q & 0x0f) | (l & 15) << 4 : (*q & 0xf0) | (l & 15));
         if (type == MOPT_GGML_Q5_K) {
@@ -342,7 +340,7 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
     case MOPT_GGML_Q6_K: { /* d sc_j (l - 32), l in [0, 63] */
         const int half = v / 128, r = v % 128, quarter = r / 32, k = r % 32;
         const float d = mopt_f16_at(b + 208) * (int8_t)b[192 + v / 16];
-        const int l = d ? clamp_int(mopt_ggml_nearest(w / d), -32, 31) + 32 : 32;
+        const int l = d ? mopt_ggml_clamp(mopt_ggml_nearest(w / d), -32, 31) + 32 : 32;
         uint8_t *ql = b + half * 64 + k + (quarter & 1 ? 32 : 0), *qh = b + 128 + half * 32 + k;
         *ql = (uint8_t)(quarter >= 2 ? (*ql & 0x0f) | (l & 15) << 4 : (*ql & 0xf0) | (l & 15));
         *qh = (uint8_t)((*qh & ~(3u << (2 * quarter))) | (unsigned)(l >> 4) << (2 * quarter));
@@ -350,14 +348,14 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
     }
     case MOPT_GGML_Q4_0: { /* d (l - 8) */
         const float d = mopt_f16_at(b);
-        const int l = d ? clamp_int(mopt_ggml_nearest(w / d) + 8, 0, 15) : 8;
+        const int l = d ? mopt_ggml_clamp(mopt_ggml_nearest(w / d) + 8, 0, 15) : 8;
         uint8_t *q = b + 2 + v % 16;
         *q = (uint8_t)(v >= 16 ? (*q & 0x0f) | l << 4 : (*q & 0xf0) | l);
         return d * (l - 8);
     }
     case MOPT_GGML_Q8_0: {
         const float d = mopt_f16_at(b);
-        const int l = d ? clamp_int(mopt_ggml_nearest(w / d), -127, 127) : 0;
+        const int l = d ? mopt_ggml_clamp(mopt_ggml_nearest(w / d), -127, 127) : 0;
         b[2 + v] = (uint8_t)(int8_t)l;
         return d * l;
     }
@@ -479,7 +477,7 @@ mopt_tensor *mopt_ggml_blocks_tensor(const char *name, int32_t type, int64_t row
         for (int64_t r = 0; r < rows; r++)
             for (int64_t b = 0; b < nblk; b++) {
                 uint16_t h;
-                mopt_ggml_block_to_levels(type, blocks + r * rb + b * (q4 ? 18 : 34), q + r * cols + b * 32, &h);
+                mopt_ggml_block_to_levels(type, blocks + r * rb + b * mopt_ggml_block_bytes(type), q + r * cols + b * 32, &h);
                 s[r * nblk + b] = mopt_f16_to_f32(h);
             }
         o = mopt_qint_pack(name, rows, cols, q4 ? 4 : 8, 32, q, s, NULL, NULL, err);

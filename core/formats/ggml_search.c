@@ -3,15 +3,13 @@
  * quantizers take them, with its rounding (half to even), so a block holds the
  * bytes llama-quantize writes for the same floats. The core builds without
  * -ffp-contract=fast, so no product is fused into an FMA behind our back. */
+#include <limits.h>
 #include <math.h>
 
 #include "ggml.h"
 
-#define ALL_ZERO 1e-15f /* ggml's GROUP_MAX_EPS: a group whose largest |x| is below it quantizes to zeros */
 
 int mopt_ggml_nearest(float f) { return (int)lrintf(f); }
-
-static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 /* the error weight of value i: the caller's, or one of ggml's rmse types (1: x^2, 2: 1, 3: |x|, 4: sqrt|x|) */
 static float qx_weight(const float *x, const float *qw, int rmse_type, int i) {
@@ -28,14 +26,14 @@ float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_t
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++)
         if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
-    if (amax < ALL_ZERO) {
+    if (amax < MOPT_GGML_ALL_ZERO) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.f;
     }
     float iscale = -nmax / max; /* the extreme value lands on -nmax, the side with the extra level */
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {
-        const int l = clampi(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1);
+        const int l = mopt_ggml_clamp(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1);
         const float w = qx_weight(x, qw, rmse_type, i);
         L[i] = (int8_t)(l + nmax);
         sumlx += w * x[i] * l;
@@ -47,13 +45,13 @@ float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_t
         iscale = -(nmax + 0.1f * is) / max;
         sumlx = suml2 = 0;
         for (int i = 0; i < n; i++) {
-            const int l = clampi(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1);
+            const int l = mopt_ggml_clamp(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1);
             const float w = qx_weight(x, qw, rmse_type, i);
             sumlx += w * x[i] * l;
             suml2 += w * l * l;
         }
         if (suml2 > 0 && sumlx * sumlx > best * suml2) { /* (sum w x l)^2 / sum w l^2 grew: the error fell */
-            for (int i = 0; i < n; i++) L[i] = (int8_t)(nmax + clampi(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1));
+            for (int i = 0; i < n; i++) L[i] = (int8_t)(nmax + mopt_ggml_clamp(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1));
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
@@ -78,7 +76,7 @@ float mopt_ggml_qkx2_search(int n, int nmax, const float *x, const float *w, uin
     }
     float iscale = nmax / (max - min), scale = 1 / iscale, best = 0;
     for (int i = 0; i < n; i++) {
-        L[i] = (uint8_t)clampi(mopt_ggml_nearest(iscale * (x[i] - min)), 0, nmax);
+        L[i] = (uint8_t)mopt_ggml_clamp(mopt_ggml_nearest(iscale * (x[i] - min)), 0, nmax);
         const float diff = scale * L[i] + min - x[i];
         best += w[i] * (use_mad ? fabsf(diff) : diff * diff);
     }
@@ -90,7 +88,7 @@ float mopt_ggml_qkx2_search(int n, int nmax, const float *x, const float *w, uin
         iscale = (rmin + rdelta * is + nmax) / (max - min);
         float sum_l = 0, sum_l2 = 0, sum_xl = 0;
         for (int i = 0; i < n; i++) {
-            const int l = clampi(mopt_ggml_nearest(iscale * (x[i] - min)), 0, nmax);
+            const int l = mopt_ggml_clamp(mopt_ggml_nearest(iscale * (x[i] - min)), 0, nmax);
             Laux[i] = (uint8_t)l;
             sum_l += w[i] * l;
             sum_l2 += w[i] * l * l;
@@ -138,7 +136,7 @@ float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const flo
         const float iscale_is = (0.1f * is + nmax) / max, scale_is = 1 / iscale_is;
         float err = 0;
         for (int i = 0; i < n; i++) {
-            const int l = clampi(mopt_ggml_nearest(iscale_is * x[i]), -2147483647, nmax);
+            const int l = mopt_ggml_clamp(mopt_ggml_nearest(iscale_is * x[i]), INT_MIN, nmax);
             const float diff = x[i] - scale_is * l;
             err += w[i] * diff * diff;
         }
@@ -146,7 +144,7 @@ float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const flo
     }
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {
-        const int l = clampi(mopt_ggml_nearest(iscale * x[i]), -2147483647, nmax);
+        const int l = mopt_ggml_clamp(mopt_ggml_nearest(iscale * x[i]), INT_MIN, nmax);
         L[i] = (uint8_t)l;
         sumlx += w[i] * x[i] * l;
         suml2 += w[i] * l * l;
@@ -156,7 +154,7 @@ float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const flo
         for (int i = 0; i < n; i++) {
             float slx = sumlx - w[i] * x[i] * L[i], sl2 = suml2 - w[i] * L[i] * L[i];
             if (!(slx > 0 && sl2 > 0)) continue;
-            const int nl = clampi(mopt_ggml_nearest(x[i] * sl2 / slx), -2147483647, nmax);
+            const int nl = mopt_ggml_clamp(mopt_ggml_nearest(x[i] * sl2 / slx), INT_MIN, nmax);
             if (nl == L[i]) continue;
             slx += w[i] * x[i] * nl;
             sl2 += w[i] * nl * nl;

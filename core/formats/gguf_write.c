@@ -211,6 +211,14 @@ typedef struct {
     uint64_t offset, nbytes;
 } gten;
 
+/* a file tensor as written: a 1-D tensor is one row of all its values */
+static gten gten_of(const mopt_file_tensor *ft) {
+    gten t = {.ft = *ft};
+    t.row_len = ft->ndim == 1 ? ft->rows : ft->cols;
+    t.n_rows = ft->ndim == 1 ? 1 : ft->rows;
+    return t;
+}
+
 static int is_block(int32_t t) { return t != MOPT_GGML_F32 && t != MOPT_GGML_F16 && t != MOPT_GGML_BF16; }
 
 /* The ggml type of a KQUANT tensor's blocks. */
@@ -331,8 +339,7 @@ int32_t mopt_gguf_weight_type(const mopt_graph *g, const char *type, const char 
     for (int32_t i = 0; i < n && ty < 0; i++)
         for (int32_t k = 0; k < fts[i].n_src; k++)
             if (!strcmp(fts[i].src[k]->name, weight)) {
-                gten t = {.ft = fts[i]};
-                t.row_len = t.ft.ndim == 1 ? t.ft.rows : t.ft.cols;
+                const gten t = gten_of(&fts[i]);
                 ty = pick_type(&t, choice->type, choice->mix, mopt_graph_arch(g), has_imatrix);
                 break;
             }
@@ -390,18 +397,15 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
     int64_t max_len = 1;
     for (int32_t i = 0; i < n; i++) {
         gten *t = &ts[i];
-        t->ft = fts[i];
-        t->row_len = t->ft.ndim == 1 ? t->ft.rows : t->ft.cols;
-        t->n_rows = t->ft.ndim == 1 ? 1 : t->ft.rows;
+        *t = gten_of(&fts[i]);
         t->type = pick_type(t, want, choice ? choice->mix : MIX_NONE, a, o->imatrix != NULL);
-        if (t->ft.ndim == 2 && o->imatrix && mopt_imatrix_find(o->imatrix, t->ft.name)) {
-            if (mopt_imatrix_len(o->imatrix, t->ft.name) != t->row_len) {
-                st = MOPT_FAIL(err, MOPT_E_INVALID, "the importance matrix has %lld values for %s, whose rows hold %lld: it was computed for another model",
-                               (long long)mopt_imatrix_len(o->imatrix, t->ft.name), t->ft.name, (long long)t->row_len);
-                break;
-            }
-            t->qw = mopt_imatrix_find(o->imatrix, t->ft.name);
+        const int64_t nq = t->ft.ndim == 2 ? mopt_imatrix_len(o->imatrix, t->ft.name) : 0;
+        if (nq && nq != t->row_len) {
+            st = MOPT_FAIL(err, MOPT_E_INVALID, "the importance matrix has %lld values for %s, whose rows hold %lld: it was computed for another model",
+                           (long long)nq, t->ft.name, (long long)t->row_len);
+            break;
         }
+        if (nq) t->qw = mopt_imatrix_find(o->imatrix, t->ft.name);
         quantized |= is_block(t->type);
         res->n_dequantized += want < 0 && t->type == MOPT_GGML_F16 && t->ft.src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST;
         if (t->row_len > max_len) max_len = t->row_len;

@@ -81,42 +81,27 @@ static void gptq_prep_free(gptq_prep *p) {
     free(p->dead);
 }
 
-/* Quantizes W [out, in] (overwritten) into levels/scales/zeros (original column order) and g_idx. */
-static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, int64_t out, qspec sp, uint8_t *qout,
-                          float *scales, uint8_t *zeros, int32_t *g_idx) {
-    const int64_t in = p->in, gs = sp.group > 0 ? sp.group : in, ng = (in + gs - 1) / gs;
-    for (int64_t j = 0; j < in; j++)
-        if (p->dead[j])
-            for (int64_t r = 0; r < out; r++) W[r * in + j] = 0;
-    float *Wp = W;
-    if (p->perm) {
-        Wp = malloc((size_t)(out * in) * sizeof *Wp);
-        for (int64_t r = 0; r < out; r++)
-            for (int64_t k = 0; k < in; k++) Wp[r * in + k] = W[r * in + p->perm[k]];
-    }
-    uint8_t *Q = malloc((size_t)(out * in));
-    float *E = malloc((size_t)(out * GPTQ_BLOCK) * sizeof *E), *rs = malloc((size_t)out * sizeof *rs);
-    uint8_t *rz = malloc((size_t)out);
-    if (sp.group <= 0)
-        for (int64_t r = 0; r < out; r++) q_grid(h, Wp + r * in, in, 1, sp, &rs[r], &rz[r]);
+/* The grid GPTQ rounds onto. Before column i, start() may pick every row's scales from the weights updated so
+ * far (a new group or block begins there); round() gives the value row r's column i takes. */
+typedef struct gptq_grid {
+    void (*start)(struct gptq_grid *g, const float *Wp, int64_t out, int64_t i);
+    float (*round)(struct gptq_grid *g, int64_t r, int64_t i, float w);
+} gptq_grid;
+
+/* GPTQ's sweep over Wp [out, in] (columns in quantization order): 128-column lazy blocks, each column's rounding
+ * error divided by U's diagonal and pushed onto the columns after it. */
+static void gptq_sweep(const mopt_host_api *h, const gptq_prep *p, float *Wp, int64_t out, gptq_grid *g) {
+    const int64_t in = p->in;
+    float *E = malloc((size_t)(out * GPTQ_BLOCK) * sizeof *E);
     for (int64_t i1 = 0; i1 < in; i1 += GPTQ_BLOCK) {
         const int64_t i2 = i1 + GPTQ_BLOCK < in ? i1 + GPTQ_BLOCK : in, B = i2 - i1;
         for (int64_t i = i1; i < i2; i++) {
-            if (sp.group > 0 && i % gs == 0) { /* grid of the next group, from the updated weights */
-                int64_t g = i / gs, c1 = i + gs < in ? i + gs : in;
-                for (int64_t r = 0; r < out; r++) {
-                    q_grid(h, Wp + r * in + i, c1 - i, 1, sp, &rs[r], &rz[r]);
-                    scales[r * ng + g] = rs[r];
-                    zeros[r * ng + g] = rz[r];
-                }
-            }
+            g->start(g, Wp, out, i);
             const float d = p->U[i * in + i];
             const float *Ui = p->U + i * in;
             for (int64_t r = 0; r < out; r++) {
                 float *wr = Wp + r * in;
-                uint8_t q = q_level(wr[i], rs[r], rz[r], sp.bits);
-                float e = (wr[i] - q_deq(q, rs[r], rz[r])) / d;
-                Q[r * in + i] = q;
+                const float e = (wr[i] - g->round(g, r, i, wr[i])) / d;
                 E[r * B + (i - i1)] = e;
                 for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * Ui[j];
             }
@@ -126,49 +111,100 @@ static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, 
             h->sgemm(0, 0, (int32_t)out, (int32_t)(in - i2), (int32_t)B, -1.0f, E, (int32_t)B, p->U + i1 * in + i2,
                      (int32_t)in, 1.0f, Wp + i2, (int32_t)in);
     }
+    free(E);
+}
+
+static void zero_dead_columns(const gptq_prep *p, float *W, int64_t out) {
+    for (int64_t j = 0; j < p->in; j++)
+        if (p->dead[j])
+            for (int64_t r = 0; r < out; r++) W[r * p->in + j] = 0;
+}
+
+/* mopt's integer grid: a scale and zero-point per group (or row), from the updated weights where it begins */
+typedef struct {
+    gptq_grid g;
+    const mopt_host_api *h;
+    qspec sp;
+    int64_t in, gs, ng;
+    float *rs, *scales;
+    uint8_t *rz, *zeros, *Q;
+} int_grid;
+
+static void int_start(gptq_grid *g, const float *Wp, int64_t out, int64_t i) {
+    int_grid *t = (int_grid *)g;
+    if (t->sp.group <= 0 || i % t->gs) return;
+    const int64_t gi = i / t->gs, c1 = i + t->gs < t->in ? i + t->gs : t->in;
+    for (int64_t r = 0; r < out; r++) {
+        q_grid(t->h, Wp + r * t->in + i, c1 - i, 1, t->sp, &t->rs[r], &t->rz[r]);
+        t->scales[r * t->ng + gi] = t->rs[r];
+        t->zeros[r * t->ng + gi] = t->rz[r];
+    }
+}
+
+static float int_round(gptq_grid *g, int64_t r, int64_t i, float w) {
+    int_grid *t = (int_grid *)g;
+    const uint8_t q = q_level(w, t->rs[r], t->rz[r], t->sp.bits);
+    t->Q[r * t->in + i] = q;
+    return q_deq(q, t->rs[r], t->rz[r]);
+}
+
+/* Quantizes W [out, in] (overwritten) into levels/scales/zeros (original column order) and g_idx. */
+static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, int64_t out, qspec sp, uint8_t *qout,
+                          float *scales, uint8_t *zeros, int32_t *g_idx) {
+    const int64_t in = p->in, gs = sp.group > 0 ? sp.group : in;
+    zero_dead_columns(p, W, out);
+    float *Wp = W;
+    if (p->perm) {
+        Wp = malloc((size_t)(out * in) * sizeof *Wp);
+        for (int64_t r = 0; r < out; r++)
+            for (int64_t k = 0; k < in; k++) Wp[r * in + k] = W[r * in + p->perm[k]];
+    }
+    int_grid t = {{int_start, int_round}, h, sp, in, gs, (in + gs - 1) / gs, malloc((size_t)out * sizeof(float)), scales,
+                  malloc((size_t)out), zeros, malloc((size_t)(out * in))};
     if (sp.group <= 0)
-        for (int64_t r = 0; r < out; r++) scales[r] = rs[r], zeros[r] = rz[r];
+        for (int64_t r = 0; r < out; r++) q_grid(h, Wp + r * in, in, 1, sp, &t.rs[r], &t.rz[r]);
+    gptq_sweep(h, p, Wp, out, &t.g);
+    if (sp.group <= 0)
+        for (int64_t r = 0; r < out; r++) scales[r] = t.rs[r], zeros[r] = t.rz[r];
     for (int64_t r = 0; r < out; r++)
-        for (int64_t k = 0; k < in; k++) qout[r * in + (p->perm ? p->perm[k] : k)] = Q[r * in + k];
+        for (int64_t k = 0; k < in; k++) qout[r * in + (p->perm ? p->perm[k] : k)] = t.Q[r * in + k];
     if (g_idx && p->perm)
         for (int64_t k = 0; k < in; k++) g_idx[p->perm[k]] = (int32_t)(k / gs);
     if (Wp != W) free(Wp);
-    free(Q);
-    free(E);
-    free(rs);
-    free(rz);
+    free(t.Q);
+    free(t.rs);
+    free(t.rz);
 }
 
-/* GPTQ onto a GGUF block type (ggml_type): at the start of each block of a row, the block's scales come from
- * ggml's (importance-weighted, by diag H) search over the updated weights, as llama-quantize would pick them; each
- * column then takes the level nearest its updated value under those scales, and its error goes to the columns
- * after it. blocks [out, in / block] receive the bytes. */
+/* A GGUF block type: at each block's first column, every row's block scales from ggml's search (weighted by
+ * diag H) over the updated weights, as llama-quantize would pick them; each column then the level nearest its
+ * updated value under those scales. blocks [out, in / block] receive the bytes. */
+typedef struct {
+    gptq_grid g;
+    const mopt_host_api *h;
+    int32_t type;
+    int64_t in, bs, bb, nb;
+    const float *hdiag;
+    uint8_t *blocks;
+} block_grid;
+
+static void block_start(gptq_grid *g, const float *Wp, int64_t out, int64_t i) {
+    block_grid *t = (block_grid *)g;
+    if (i % t->bs) return; /* a block starts a lazy block too, so every earlier error is in by now */
+    for (int64_t r = 0; r < out; r++)
+        t->h->ggml_quantize_block(t->type, Wp + r * t->in + i, t->hdiag + i, t->blocks + (r * t->nb + i / t->bs) * t->bb, NULL);
+}
+
+static float block_round(gptq_grid *g, int64_t r, int64_t i, float w) {
+    block_grid *t = (block_grid *)g;
+    return t->h->ggml_block_requantize(t->type, t->blocks + (r * t->nb + i / t->bs) * t->bb, (int32_t)(i % t->bs), w);
+}
+
 static void gptq_quantize_blocks(const mopt_host_api *h, const gptq_prep *p, float *W, int64_t out, int32_t ggml_type, uint8_t *blocks) {
-    const int64_t in = p->in, bs = h->ggml_type_block(ggml_type), bb = h->ggml_type_block_bytes(ggml_type), nb = in / bs;
-    for (int64_t j = 0; j < in; j++)
-        if (p->dead[j])
-            for (int64_t r = 0; r < out; r++) W[r * in + j] = 0;
-    float *E = malloc((size_t)(out * GPTQ_BLOCK) * sizeof *E);
-    for (int64_t i1 = 0; i1 < in; i1 += GPTQ_BLOCK) {
-        const int64_t i2 = i1 + GPTQ_BLOCK < in ? i1 + GPTQ_BLOCK : in, B = i2 - i1;
-        for (int64_t i = i1; i < i2; i++) {
-            if (i % bs == 0) /* every column from i on holds all earlier errors: i is a lazy block's start */
-                for (int64_t r = 0; r < out; r++) h->ggml_quantize_block(ggml_type, W + r * in + i, p->hdiag + i, blocks + (r * nb + i / bs) * bb, NULL);
-            const float d = p->U[i * in + i];
-            const float *Ui = p->U + i * in;
-            for (int64_t r = 0; r < out; r++) {
-                float *wr = W + r * in;
-                const float deq = h->ggml_block_requantize(ggml_type, blocks + (r * nb + i / bs) * bb, (int32_t)(i % bs), wr[i]);
-                const float e = (wr[i] - deq) / d;
-                E[r * B + (i - i1)] = e;
-                for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * Ui[j];
-            }
-        }
-        if (i2 < in)
-            h->sgemm(0, 0, (int32_t)out, (int32_t)(in - i2), (int32_t)B, -1.0f, E, (int32_t)B, p->U + i1 * in + i2, (int32_t)in, 1.0f,
-                     W + i2, (int32_t)in);
-    }
-    free(E);
+    const int64_t bs = h->ggml_type_block(ggml_type);
+    zero_dead_columns(p, W, out);
+    block_grid t = {{block_start, block_round}, h, ggml_type, p->in, bs, h->ggml_type_block_bytes(ggml_type), p->in / bs, p->hdiag, blocks};
+    gptq_sweep(h, p, W, out, &t.g);
 }
 
 /* --- driver ------------------------------------------------------------------------ */
@@ -184,7 +220,6 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const char *gguf = h->opt_string(o, "gguf_type");
     if (*gguf && act_order)
         return h->error_set(err, MOPT_E_INVALID, "quant.gptq", "gguf_type takes the columns in order (GGUF blocks are contiguous): drop act_order");
-    int32_t n_gguf = 0;
     qlinear *ls;
     int32_t n;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
@@ -223,7 +258,6 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                     if (grid && !st) {
                         gptq_quantize_blocks(h, &prep, W, lin->out, ty, blocks);
                         st = q_replace(h, g, h->ggml_blocks_tensor(lin->wname, ty, lin->out, lin->in, blocks, err), err);
-                        n_gguf++;
                     }
                     free(W);
                     free(blocks);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "calib.h"
 #include "passes.h"
@@ -35,6 +36,9 @@ static void track_sumsq(void *user, int32_t sample, int32_t node, const float *c
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.imatrix", "needs a model");
+    struct stat sb; /* a file mopt did not write is kept unless asked (a link is replaced, never followed) */
+    if (!h->opt_bool(o, "force") && lstat(h->opt_string(o, "out"), &sb) == 0)
+        return h->error_set(err, MOPT_E_INVALID, "quant.imatrix", "%s exists: force=true replaces it", h->opt_string(o, "out"));
     qlinear *ls;
     int32_t n, nft = 0;
     mopt_status st = q_collect(h, g, o, &ls, &n, err);
@@ -95,7 +99,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
 }
 
 static const mopt_opt_spec opts[] = {
-    {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "the imatrix.dat to write (replaced atomically)", NULL, 0, -1, NULL},
+    {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "the imatrix.dat to write (atomically)", NULL, 0, -1, NULL},
+    {"force", MOPT_OPT_BOOL, 0, "replace an existing out", "false", 0, -1, NULL},
     Q_SELECT_OPTS,
     Q_CALIB_OPTS(1),
 };

@@ -706,6 +706,7 @@ static void test_imatrix_from_calibration_weights_the_gguf_quantizers(void **s) 
     mopt_model *m = test_load_model("models/lit-llama-7m");
     mopt_report *r = test_run_pipeline(m, text);
     assert_int_equal((int)mopt_report_get_metric(r, "entries"), 8 * 7);
+    test_pipeline_fails("models/lit-llama-7m", text, "exists: force=true replaces it"); /* never over a file unasked */
     assert_int_equal((int)mopt_report_get_metric(r, "tokens"), 16 * 256);
     mopt_report_free(r);
     mopt_imatrix *im = NULL;
