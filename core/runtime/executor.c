@@ -31,6 +31,8 @@ struct mopt_session {
     float **slots;       /* [n_slots] each max_batch x slot width */
     int32_t *value_slot; /* value -> slot */
     mopt_seq own;        /* the cache mopt_session_forward uses */
+    mopt_op_args *seg_args; /* per sequence of a batched forward: its rows of a per-sequence op */
+    int32_t seg_cap;
     float *logits;
     size_t logits_cap;   /* floats */
     int32_t lm_head;     /* node index */
@@ -109,6 +111,7 @@ void mopt_session_free(mopt_session *s) {
     if (s->be && s->be_ctx) s->be->free(s->be_ctx);
     for (int32_t i = 0; i < s->n_slots; i++) free(s->slots[i]);
     seq_release(&s->own);
+    free(s->seg_args);
     free(s->slots);
     free(s->value_slot);
     free(s->logits);
@@ -194,6 +197,12 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     }
     if (plan_slots(s, err)) goto fail;
     if (seq_init(&s->own, g, s->max_ctx, err)) goto fail;
+    s->seg_args = malloc(sizeof *s->seg_args);
+    if (!s->seg_args) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    s->seg_cap = 1;
     if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, err)) goto fail;
     return s;
 fail:
@@ -285,21 +294,32 @@ static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const
         if (!per_sequence(n->op)) {
             mopt_status st = s->be->forward(s->be_ctx, &a, err);
             if (st) return st;
-        }
-        for (int32_t k = 0; per_sequence(n->op) && k < n_segs; k++) {
-            mopt_op_args b = a;
-            const seg *sg = &segs[k];
-            b.T = sg->T;
-            b.pos = sg->q->len;
-            for (int j = 0; j < n->n_inputs; j++) b.in[j] = a.in[j] + (size_t)sg->row0 * (size_t)a.in_width[j];
-            b.out = a.out + (size_t)sg->row0 * (size_t)a.out_width;
-            if (n->op == MOPT_OP_ATTENTION) {
-                b.k_cache = sg->q->k_cache[n->kv_slot];
-                b.v_cache = sg->q->v_cache[n->kv_slot];
-                b.kv = sg->q->kv[n->kv_slot];
+        } else {
+            for (int32_t k = 0; k < n_segs; k++) {
+                mopt_op_args *b = &s->seg_args[k];
+                const seg *sg = &segs[k];
+                *b = a;
+                b->T = sg->T;
+                b->pos = sg->q->len;
+                for (int j = 0; j < n->n_inputs; j++) b->in[j] = a.in[j] + (size_t)sg->row0 * (size_t)a.in_width[j];
+                b->out = a.out + (size_t)sg->row0 * (size_t)a.out_width;
+                if (n->op == MOPT_OP_ATTENTION) {
+                    b->k_cache = sg->q->k_cache[n->kv_slot];
+                    b->v_cache = sg->q->v_cache[n->kv_slot];
+                    b->kv = sg->q->kv[n->kv_slot];
+                }
             }
-            mopt_status st = s->be->forward(s->be_ctx, &b, err);
-            if (st) return st;
+            if (n->op == MOPT_OP_ATTENTION && n_segs > 1) { /* one call, so the backend can spread every sequence's heads at once */
+                a.seqs = s->seg_args;
+                a.n_seqs = n_segs;
+                mopt_status st = s->be->forward(s->be_ctx, &a, err);
+                if (st) return st;
+            } else {
+                for (int32_t k = 0; k < n_segs; k++) {
+                    mopt_status st = s->be->forward(s->be_ctx, &s->seg_args[k], err);
+                    if (st) return st;
+                }
+            }
         }
         if (obs) obs(user, i, a.in, a.in_width, n->n_inputs, a.out, a.out_width, n->op == MOPT_OP_LM_HEAD ? a.rows : T);
     }
@@ -408,6 +428,12 @@ mopt_status mopt_session_forward_batch(mopt_session *s, mopt_seq *const *seqs, c
     if (total > s->max_batch)
         return MOPT_FAIL(err, MOPT_E_INVALID, "%lld tokens exceed the session's batch of %d", (long long)total,
                          s->max_batch);
+    if (n_seqs > s->seg_cap) {
+        mopt_op_args *p = realloc(s->seg_args, (size_t)n_seqs * sizeof *p);
+        if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        s->seg_args = p;
+        s->seg_cap = n_seqs;
+    }
     seg *segs = malloc((size_t)n_seqs * sizeof *segs);
     int32_t *flat = malloc((size_t)total * sizeof *flat);
     mopt_status st = segs && flat ? ensure_logits(s, (size_t)n_seqs, err) : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");

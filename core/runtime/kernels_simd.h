@@ -45,6 +45,60 @@ DOT_FN(dot_f32, float, V_LOADU, AS_F32, F32_TAIL)
 DOT_FN(dot_bf16, uint16_t, load_bf16, mopt_bf16_to_f32, NO_TAIL)
 DOT_FN(dot_f16, uint16_t, load_f16, mopt_f16_to_f32, NO_TAIL)
 
+/* The same dot for nt token rows of x (xs floats apart) at once: four tokens
+ * share each weight vector's load, and every token's sum is formed in DOT's
+ * own order, so a batch of tokens gets bit for bit the values DOT gives each. */
+#define DOTS_FN(NAME, DOT, T, LOAD, TO_F32, TAIL)                                                              \
+    static void NAME(const T *w, const float *x, int64_t xs, int32_t nt, int64_t n, float *out) {             \
+        int32_t t0 = 0;                                                                                        \
+        for (; t0 + 4 <= nt; t0 += 4) {                                                                        \
+            const float *x0 = x + (size_t)t0 * (size_t)xs, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;        \
+            V a0 = V_ZERO(), a1 = V_ZERO(), b0 = V_ZERO(), b1 = V_ZERO();                                      \
+            V c0 = V_ZERO(), c1 = V_ZERO(), d0 = V_ZERO(), d1 = V_ZERO();                                      \
+            int64_t i = 0;                                                                                     \
+            for (; i + 2 * VW <= n; i += 2 * VW) {                                                             \
+                const V w0 = LOAD(w + i), w1 = LOAD(w + i + VW);                                               \
+                a0 = V_FMA(w0, V_LOADU(x0 + i), a0);                                                           \
+                a1 = V_FMA(w1, V_LOADU(x0 + i + VW), a1);                                                      \
+                b0 = V_FMA(w0, V_LOADU(x1 + i), b0);                                                           \
+                b1 = V_FMA(w1, V_LOADU(x1 + i + VW), b1);                                                      \
+                c0 = V_FMA(w0, V_LOADU(x2 + i), c0);                                                           \
+                c1 = V_FMA(w1, V_LOADU(x2 + i + VW), c1);                                                      \
+                d0 = V_FMA(w0, V_LOADU(x3 + i), d0);                                                           \
+                d1 = V_FMA(w1, V_LOADU(x3 + i + VW), d1);                                                      \
+            }                                                                                                  \
+            for (; i + VW <= n; i += VW) {                                                                     \
+                const V w0 = LOAD(w + i);                                                                      \
+                a0 = V_FMA(w0, V_LOADU(x0 + i), a0);                                                           \
+                b0 = V_FMA(w0, V_LOADU(x1 + i), b0);                                                           \
+                c0 = V_FMA(w0, V_LOADU(x2 + i), c0);                                                           \
+                d0 = V_FMA(w0, V_LOADU(x3 + i), d0);                                                           \
+            }                                                                                                  \
+            const int64_t iv = i;                                                                              \
+            TAIL(w, x0, i, n, a1);                                                                             \
+            i = iv;                                                                                            \
+            TAIL(w, x1, i, n, b1);                                                                             \
+            i = iv;                                                                                            \
+            TAIL(w, x2, i, n, c1);                                                                             \
+            i = iv;                                                                                            \
+            TAIL(w, x3, i, n, d1);                                                                             \
+            float s0 = V_HSUM(V_ADD(a0, a1)), s1 = V_HSUM(V_ADD(b0, b1));                                      \
+            float s2 = V_HSUM(V_ADD(c0, c1)), s3 = V_HSUM(V_ADD(d0, d1));                                      \
+            for (; i < n; i++) {                                                                               \
+                const float wf = TO_F32(w[i]);                                                                 \
+                s0 += wf * x0[i];                                                                              \
+                s1 += wf * x1[i];                                                                              \
+                s2 += wf * x2[i];                                                                              \
+                s3 += wf * x3[i];                                                                              \
+            }                                                                                                  \
+            out[t0] = s0, out[t0 + 1] = s1, out[t0 + 2] = s2, out[t0 + 3] = s3;                                \
+        }                                                                                                      \
+        for (; t0 < nt; t0++) out[t0] = DOT(w, x + (size_t)t0 * (size_t)xs, n);                                \
+    }
+DOTS_FN(dots_f32, dot_f32, float, V_LOADU, AS_F32, F32_TAIL)
+DOTS_FN(dots_bf16, dot_bf16, uint16_t, load_bf16, mopt_bf16_to_f32, NO_TAIL)
+DOTS_FN(dots_f16, dot_f16, uint16_t, load_f16, mopt_f16_to_f32, NO_TAIL)
+
 #define CVT_HALF_FN(NAME, LOAD, TO_F32)                                                                        \
     static void NAME(const uint16_t *src, float *dst, int64_t n) {                                             \
         int64_t i = 0;                                                                                         \
