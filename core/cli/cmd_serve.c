@@ -27,7 +27,15 @@ static void help(void) {
            "  --candidate MODEL2  A/B test: route a fraction of requests to this model instead\n"
            "  --split F           fraction for the candidate (default 0.1 with --candidate); requests with\n"
            "                      an X-Mopt-Route-Key header (or a \"user\" field) always get the same arm\n"
-           "  --ab-seed N         seed of the split (default 1)\n"
+           "  --ab-seed N         seed of the split and of shadow sampling (default 1)\n"
+           "  --shadow F          also run this fraction of requests' prompts greedily on both arms, beside the\n"
+           "                      answer, and record their agreement (needs one vocabulary; default 0)\n"
+           "  --shadow-tokens N   greedy tokens per shadow comparison (default 16)\n"
+           "  --gate SPEC         roll the candidate back (split 0) when it fails, over a sliding window:\n"
+           "                      min_top1_agree=F (shadow greedy-token agreement), max_kl_mean=F (shadow\n"
+           "                      first-token KL), max_p95_ratio=F (p95 latency per token over the baseline's),\n"
+           "                      max_error_rate=F; comma-separated\n"
+           "  --gate-window N     samples per window (default 20, at most 1024)\n"
            "  --max-seqs N        sequences generated together per model (default 8)\n"
            "  --max-batch N       tokens per forward pass, prompt chunks included (default 256)\n"
            "  --ctx N             positions per sequence (default: the model's context)\n"
@@ -78,11 +86,17 @@ int cmd_serve(int argc, char **argv) {
         {"ctx", required_argument, 0, 'x'},       {"queue", required_argument, 0, 'Q'},
         {"max-body", required_argument, 0, 'B'},  {"max-conns", required_argument, 0, 'C'},
         {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'},
+        {"shadow", required_argument, 0, 'w'},   {"shadow-tokens", required_argument, 0, 'k'},
+        {"gate", required_argument, 0, 'g'},     {"gate-window", required_argument, 0, 'W'},
         {"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *host = "127.0.0.1", *port_file = NULL, *candidate = NULL;
     long long port = 8080, seed = 1, max_seqs = 8, max_batch = 256, ctx = 0, queue = 64, max_body = 1 << 20,
               max_conns = 4096, threads = 0;
-    double split = -1, drain = 30;
+    double split = -1, drain = 30, shadow = 0;
+    long long shadow_tokens = 16, gate_window = 20;
+    srv_gate gate = {-1, -1, -1, -1, 20};
+    bool gated = false;
+    char msg[512];
     int c, rc;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -110,6 +124,16 @@ int cmd_serve(int argc, char **argv) {
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("serve", "--threads expects a positive integer, got '%s'", optarg);
             break;
+        case 'w':
+            if (!cli_parse_float(optarg, 0, 1, &shadow))
+                return cli_usage_error("serve", "--shadow expects a fraction in [0, 1], got '%s'", optarg);
+            break;
+        case 'k': if ((rc = parse_count("--shadow-tokens", optarg, 1, 4096, &shadow_tokens))) return rc; break;
+        case 'W': if ((rc = parse_count("--gate-window", optarg, 1, 1024, &gate_window))) return rc; break;
+        case 'g':
+            if (!srv_gate_parse(optarg, &gate, msg, sizeof msg)) return cli_usage_error("serve", "%s", msg);
+            gated = true;
+            break;
         case 'v': srv_verbose = 1; break;
         case 'h': help(); return EXIT_OK;
         default: return cli_usage_error("serve", "unknown option");
@@ -120,6 +144,10 @@ int cmd_serve(int argc, char **argv) {
     if (max_batch < max_seqs)
         return cli_usage_error("serve", "--max-batch %lld is smaller than --max-seqs %lld: every sequence needs a row",
                                max_batch, max_seqs);
+    if ((shadow > 0 || gated) && !candidate) return cli_usage_error("serve", "--shadow and --gate need --candidate");
+    if ((gate.min_top1_agree >= 0 || gate.max_kl_mean >= 0) && shadow <= 0)
+        return cli_usage_error("serve", "min_top1_agree and max_kl_mean are measured in shadow mode: give --shadow F");
+    gate.window = (int)gate_window;
     if (split < 0) split = candidate ? 0.1 : 0.0;
 
     /* Many idle connections need descriptors: raise the soft limit to the hard one. */
@@ -141,6 +169,8 @@ int cmd_serve(int argc, char **argv) {
     met.split = split;
     srv_router router;
     srv_router_init(&router, split, (uint64_t)seed);
+    srv_monitor mon;
+    srv_monitor_init(&mon, &gate, &router, &met);
     srv_server *srv = NULL;
     rc = EXIT_OK;
     const char *paths[SRV_ARMS] = {argv[optind], candidate};
@@ -152,6 +182,13 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     if (mopt_interrupted()) goto done; /* a signal during loading: main turns it into 130/143 */
+    int32_t diff = -1;
+    if (shadow > 0 &&
+        !mopt_tokenizer_same_vocab(mopt_model_tokenizer(models[0]), mopt_model_tokenizer(models[1]), &diff)) {
+        rc = cli_usage_error("serve", "--shadow compares tokens, but %s and %s have different vocabularies (first "
+                                      "difference at id %d)", names[0], names[1], diff);
+        goto done;
+    }
     /* From here signals are taken by sigwait below, never by a handler: the
      * engines' forward passes must not see an interrupt while they drain. */
     sigset_t sigs;
@@ -161,13 +198,13 @@ int cmd_serve(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     srv_engine_opts eo = {(int32_t)max_seqs, (int32_t)ctx, (int32_t)max_batch, (int32_t)queue, (int32_t)threads};
     for (int a = 0; a < SRV_ARMS && models[a]; a++) {
-        eng[a] = srv_engine_new(models[a], a, &eo, &met, &err);
+        eng[a] = srv_engine_new(models[a], a, &eo, &met, candidate ? &mon : NULL, &err);
         if (!eng[a]) {
             rc = cli_fail(&err);
             goto done;
         }
     }
-    srv_server_opts so = {host, (int)port, (size_t)max_body, (int)max_conns, 4, drain};
+    srv_server_opts so = {host, (int)port, (size_t)max_body, (int)max_conns, 4, drain, shadow, (int32_t)shadow_tokens, &mon};
     srv = srv_server_start(eng, names, &router, &met, &so, &err);
     if (!srv) {
         rc = cli_fail(&err);
@@ -176,7 +213,9 @@ int cmd_serve(int argc, char **argv) {
     srv_log(false, "%s%s%s on http://%s:%d (%lld sequences per model, batch %lld tokens, queue %lld)", names[0],
             candidate ? " with candidate " : "", candidate ? names[1] : "", host, srv_server_port(srv), max_seqs,
             max_batch, queue);
-    if (candidate) srv_log(false, "A/B split: %.3g of requests to %s (seed %lld)", split, names[1], seed);
+    if (candidate) srv_log(false, "A/B split: %.3g of requests to %s (seed %lld)%s", split, names[1], seed,
+                           gated ? "; gates on" : "");
+    if (shadow > 0) srv_log(false, "shadow: %.3g of requests compared on both arms over %lld greedy tokens", shadow, shadow_tokens);
     if (port_file && (rc = write_port_file(port_file, srv_server_port(srv)))) goto done;
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -189,6 +228,7 @@ done:
         srv_engine_free(eng[a]);
         mopt_model_free(models[a]);
     }
+    srv_monitor_free(&mon);
     srv_metrics_free(&met);
     if (rc == EXIT_OK && srv) srv_log(false, "stopped");
     return rc;

@@ -3,6 +3,7 @@
  * batched forward that carries a token for each decoding sequence plus chunks
  * of new prompts, then samples each sequence that has seen its whole input.
  * A request joins and leaves the batch between any two steps. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,7 @@ struct srv_engine {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     srv_metrics *met;
+    srv_monitor *mon;
     float *scratch;
     mopt_seq **bq;
     const int32_t **bt;
@@ -54,9 +56,13 @@ static void set_gauges(srv_engine *e) { /* e->mu held */
     pthread_mutex_unlock(&e->met->mu);
 }
 
-/* Counts a finished request in the metrics; r->mu held. */
+/* Counts a finished request in the metrics and tells the monitor; r->mu held. */
 static void account(srv_engine *e, srv_request *r) {
+    if (r->shadow) return; /* not traffic */
     srv_arm_metrics *x = &e->met->arm[e->arm];
+    if (e->mon && r->finish != SRV_CANCELLED)
+        srv_monitor_request(e->mon, e->arm, r->finish == SRV_STOP || r->finish == SRV_LENGTH,
+                            (r->t_done - r->t_submit) / (r->n_generated > 0 ? r->n_generated : 1));
     pthread_mutex_lock(&e->met->mu);
     if (r->finish == SRV_STOP || r->finish == SRV_LENGTH) {
         x->requests_ok++;
@@ -71,9 +77,11 @@ static void account(srv_engine *e, srv_request *r) {
 
 static void finish(srv_engine *e, srv_request *r, srv_finish why, const char *msg) {
     pthread_mutex_lock(&r->mu);
+    const bool first = r->finish == SRV_RUNNING;
     srv_request_finish(r, why, msg);
-    account(e, r);
+    if (first) account(e, r);
     pthread_mutex_unlock(&r->mu);
+    if (first && r->on_done) r->on_done(r->on_done_user);
 }
 
 static void release(srv_engine *e, slot *sl) {
@@ -122,7 +130,13 @@ static void admit(srv_engine *e) {
  * the request is finished. */
 static bool advance(srv_engine *e, slot *sl, const float *row) {
     srv_request *r = sl->r;
+    if (r->kept_ids && r->n_generated == 0 && !r->first_logits) { /* a shadow: keep what its first token came from */
+        r->first_logits = malloc((size_t)e->vocab * sizeof *r->first_logits);
+        if (r->first_logits) memcpy(r->first_logits, row, (size_t)e->vocab * sizeof *row);
+        r->vocab = e->vocab;
+    }
     const int32_t next = mopt_sampler_sample(&sl->smp, row, e->vocab, e->scratch);
+    if (r->kept_ids && next >= 0 && r->n_kept < r->max_tokens) r->kept_ids[r->n_kept++] = next;
     if (next < 0 || next == e->eos) {
         finish(e, r, next < 0 ? SRV_FAILED : SRV_STOP, next < 0 ? "sampling failed" : NULL);
         return false;
@@ -133,11 +147,13 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
     const double now = srv_now();
     pthread_mutex_lock(&r->mu);
     srv_arm_metrics *x = &e->met->arm[e->arm];
-    pthread_mutex_lock(&e->met->mu);
-    if (r->n_generated == 0) srv_hist_add(&x->ttft, now - r->t_submit);
-    else srv_hist_add(&x->inter_token, now - r->t_last);
-    x->generated_tokens++;
-    pthread_mutex_unlock(&e->met->mu);
+    if (!r->shadow) {
+        pthread_mutex_lock(&e->met->mu);
+        if (r->n_generated == 0) srv_hist_add(&x->ttft, now - r->t_submit);
+        else srv_hist_add(&x->inter_token, now - r->t_last);
+        x->generated_tokens++;
+        pthread_mutex_unlock(&e->met->mu);
+    }
     if (r->n_generated == 0) r->t_first = now;
     r->t_last = now;
     r->n_generated++;
@@ -148,6 +164,7 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
     }
     if (done) account(e, r);
     pthread_mutex_unlock(&r->mu);
+    if (done && r->on_done) r->on_done(r->on_done_user);
     return !done;
 }
 
@@ -282,7 +299,8 @@ void srv_engine_free(srv_engine *e) {
     free(e);
 }
 
-srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv_metrics *metrics, mopt_error *err) {
+srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv_metrics *metrics, srv_monitor *monitor,
+                           mopt_error *err) {
     const mopt_arch *a = mopt_model_arch(m);
     const mopt_tokenizer *tok = mopt_model_tokenizer(m);
     if (!tok) {
@@ -300,6 +318,7 @@ srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv
     e->tok = tok;
     e->arm = arm;
     e->met = metrics;
+    e->mon = monitor;
     e->vocab = a->vocab_size;
     e->eos = a->eos_id >= 0 ? a->eos_id : mopt_tokenizer_eos_id(tok);
     e->ctx = o->ctx > 0 && o->ctx < a->max_ctx ? o->ctx : a->max_ctx;

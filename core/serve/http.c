@@ -113,6 +113,7 @@ static enum MHD_Result admin_split(srv_server *s, conn_ctx *x) {
     if (split > 0 && !s->eng[SRV_CANDIDATE])
         return error(s, x->conn, MHD_HTTP_BAD_REQUEST, SRV_ERR_BAD_REQUEST, "there is no candidate to split traffic to");
     srv_router_set_split(s->router, split);
+    if (s->o.monitor) srv_monitor_reset(s->o.monitor);
     pthread_mutex_lock(&s->met->mu);
     s->met->split = split;
     pthread_mutex_unlock(&s->met->mu);
@@ -255,6 +256,10 @@ static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
     case SRV_QUEUED: break;
     }
     atomic_fetch_add(&s->in_flight, 1);
+    if (s->o.shadow > 0 && s->eng[SRV_CANDIDATE] && srv_router_draw(s->router) < s->o.shadow) {
+        const int32_t n = s->o.shadow_tokens < ctx - r->n_prompt ? s->o.shadow_tokens : ctx - r->n_prompt;
+        srv_shadow_start(s->eng, r->prompt, r->n_prompt, n, s->o.monitor, s->met);
+    }
     if (x->p.stream) {
         struct MHD_Response *rs = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, x, NULL);
         if (!rs) return MHD_NO;

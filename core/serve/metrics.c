@@ -13,6 +13,7 @@ static const double COUNT[SRV_HIST_BUCKETS] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32,
 
 void srv_metrics_init(srv_metrics *m) {
     memset(m, 0, sizeof *m);
+    m->window_agreement = m->window_kl = -1;
     pthread_mutex_init(&m->mu, NULL);
     for (int a = 0; a < SRV_ARMS; a++) {
         srv_arm_metrics *x = &m->arm[a];
@@ -108,10 +109,18 @@ void srv_metrics_render(srv_metrics *m, const char *const arm_names[SRV_ARMS], s
     sb_printf(o, "mopt_ab_split %.6g\n", m->split);
     head(o, "mopt_rollbacks_total", "counter", "Times the candidate failed a gate and traffic went back to the baseline.");
     sb_printf(o, "mopt_rollbacks_total %llu\n", (unsigned long long)m->rollbacks);
-    head(o, "mopt_shadow_requests_total", "counter", "Requests also run on the other arm in shadow mode.");
+    head(o, "mopt_candidate_rolled_back", "gauge", "1 while the candidate is rolled back after failing a gate.");
+    sb_printf(o, "mopt_candidate_rolled_back %d\n", m->rolled_back ? 1 : 0);
+    head(o, "mopt_shadow_requests_total", "counter", "Requests whose prompt was also compared on both arms in shadow mode.");
     sb_printf(o, "mopt_shadow_requests_total %llu\n", (unsigned long long)m->shadow_requests);
     head(o, "mopt_shadow_token_agreement", "gauge", "Fraction of shadowed greedy tokens both arms agree on.");
     sb_printf(o, "mopt_shadow_token_agreement %.6g\n",
               m->shadow_tokens ? (double)m->shadow_matches / (double)m->shadow_tokens : 1.0);
+    head(o, "mopt_shadow_kl_mean", "gauge", "Mean KL(baseline || candidate) of the first token over all shadowed requests.");
+    sb_printf(o, "mopt_shadow_kl_mean %.6g\n", m->shadow_requests ? m->shadow_kl_sum / (double)m->shadow_requests : 0.0);
+    head(o, "mopt_gate_window_agreement", "gauge", "Shadow agreement over the gate's current window (-1: not full yet).");
+    sb_printf(o, "mopt_gate_window_agreement %.6g\n", m->window_agreement);
+    head(o, "mopt_gate_window_kl", "gauge", "Shadow first-token KL over the gate's current window (-1: not full yet).");
+    sb_printf(o, "mopt_gate_window_kl %.6g\n", m->window_kl);
     pthread_mutex_unlock(&m->mu);
 }

@@ -3,6 +3,7 @@
  * are ignored, as most OpenAI-compatible servers do), and response bodies
  * and stream chunks in OpenAI's shapes. */
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -54,6 +54,8 @@ void srv_request_unref(srv_request *r) {
     pthread_cond_destroy(&r->cv);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->prompt);
+    free(r->kept_ids);
+    free(r->first_logits);
     free(r->text.s);
     free(r);
 }

@@ -38,6 +38,14 @@ int srv_router_pick(srv_router *r, const char *key) {
     return u < split ? SRV_CANDIDATE : SRV_BASELINE;
 }
 
+double srv_router_draw(srv_router *r) {
+    pthread_mutex_lock(&r->mu);
+    r->rng += 0x9e3779b97f4a7c15ULL;
+    const uint64_t h = mix64(r->rng ^ 0x5bd1e9955bd1e995ULL); /* apart from the routing draws */
+    pthread_mutex_unlock(&r->mu);
+    return (double)(h >> 11) * 0x1.0p-53;
+}
+
 void srv_router_set_split(srv_router *r, double split) {
     pthread_mutex_lock(&r->mu);
     r->split = split;

@@ -41,6 +41,13 @@ typedef struct srv_request {
     bool cancelled;      /* the client went away: the engine drops it */
     void (*notify)(void *user); /* called (under mu) whenever text, visible or finish change */
     void *notify_user;
+    /* shadow requests: not counted as traffic; their tokens and first logits are kept for the comparison */
+    bool shadow;
+    int32_t *kept_ids, n_kept; /* [max_tokens]: the sampled tokens, end-of-sequence included */
+    float *first_logits;       /* [vocab]: the logits the first token was sampled from */
+    int32_t vocab;
+    void (*on_done)(void *user); /* called once, by the engine, without mu held, when the request finished */
+    void *on_done_user;
     double t_submit, t_first, t_last, t_done; /* seconds (monotonic) */
 } srv_request;
 
@@ -91,9 +98,10 @@ typedef struct srv_metrics {
     uint64_t errors[SRV_ERR_KINDS];
     double split;
     uint64_t rollbacks;
+    bool rolled_back;
     uint64_t shadow_requests, shadow_tokens, shadow_matches;
     double shadow_kl_sum;
-    uint64_t shadow_kl_n;
+    double window_agreement, window_kl; /* the gate's current windows (-1: not full yet) */
 } srv_metrics;
 
 void srv_metrics_init(srv_metrics *m);
@@ -116,7 +124,10 @@ typedef struct srv_engine_opts {
     int32_t n_threads;
 } srv_engine_opts;
 
-srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv_metrics *metrics, mopt_error *err);
+struct srv_monitor;
+/* monitor (may be NULL) hears of every finished request, for the live gates. */
+srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv_metrics *metrics,
+                           struct srv_monitor *monitor, mopt_error *err);
 /* Stops the thread: running and queued requests fail with "the server is
  * stopping", later submissions are refused. */
 void srv_engine_stop(srv_engine *e);
@@ -144,7 +155,52 @@ void srv_router_init(srv_router *r, double split, uint64_t seed);
 /* SRV_BASELINE or SRV_CANDIDATE; a non-empty key always gets the same arm for the same split. */
 int srv_router_pick(srv_router *r, const char *key);
 void srv_router_set_split(srv_router *r, double split);
+/* A uniform draw in [0, 1) from the router's seeded generator (shadow sampling). */
+double srv_router_draw(srv_router *r);
 double srv_router_split(srv_router *r);
+
+/* ---- live gates and rollback ---------------------------------------------- */
+
+/* eval.gate's thresholds, applied to sliding windows of live traffic: the
+ * candidate's shadow agreement (greedy tokens equal to the baseline's, and
+ * KL(baseline || candidate) of the first token's distribution), its p95
+ * latency per generated token over the baseline's, and its error rate. A
+ * threshold < 0 is not checked. */
+typedef struct srv_gate {
+    double min_top1_agree, max_kl_mean, max_p95_ratio, max_error_rate;
+    int window; /* samples per window; a gate is judged once its window is full */
+} srv_gate;
+
+/* "min_top1_agree=0.8,max_kl_mean=0.5,max_p95_ratio=2,max_error_rate=0.05"; false with a message. */
+bool srv_gate_parse(const char *spec, srv_gate *g, char *msg, size_t cap);
+
+typedef struct srv_window {
+    double v[1024];
+    int n, head, cap;
+} srv_window;
+
+typedef struct srv_monitor {
+    pthread_mutex_t mu;
+    srv_gate gate;
+    srv_router *router;
+    srv_metrics *met;
+    srv_window latency[SRV_ARMS], errors[SRV_ARMS], agree, kl;
+    bool rolled_back;
+} srv_monitor;
+
+void srv_monitor_init(srv_monitor *m, const srv_gate *g, srv_router *router, srv_metrics *met);
+void srv_monitor_free(srv_monitor *m);
+/* A finished request of an arm: ok or failed, and its latency per generated token. */
+void srv_monitor_request(srv_monitor *m, int arm, bool ok, double per_token_s);
+/* A shadow comparison: the fraction of greedy tokens that agree, and the first token's KL. */
+void srv_monitor_shadow(srv_monitor *m, double agree, double kl);
+/* A new split from /admin/split: the windows start over and a rollback is forgotten. */
+void srv_monitor_reset(srv_monitor *m);
+
+/* Runs the prompt of a request greedily for n tokens on both arms, beside
+ * the real answer, and reports their agreement to the monitor. */
+void srv_shadow_start(srv_engine *const eng[SRV_ARMS], const int32_t *prompt, int32_t n_prompt, int32_t n_tokens,
+                      srv_monitor *mon, srv_metrics *met);
 
 /* ---- the HTTP server ----------------------------------------------------- */
 
@@ -157,6 +213,9 @@ typedef struct srv_server_opts {
     int conn_limit;       /* open connections; more are refused by the socket layer */
     int pool_threads;     /* HTTP threads */
     double drain_timeout; /* seconds SIGTERM waits for running requests */
+    double shadow;        /* fraction of requests also compared on both arms */
+    int32_t shadow_tokens;
+    srv_monitor *monitor;
 } srv_server_opts;
 
 /* Listens for the arms given (eng[i] NULL: none); names label them in

@@ -262,7 +262,7 @@ def test_thousand_connections(srv):
     print(f"{n} simultaneous connections: every health check answered, the server still healthy")
 
 
-def test_ab_split_and_rollback():
+def test_ab_split():
     srv = Server("ab", LLAMA, "--candidate", GPT2, "--split", "0.3", "--ab-seed", "7", "--threads", "2")
     counts = {"baseline": 0, "candidate": 0}
     lock = threading.Lock()
@@ -291,6 +291,49 @@ def test_ab_split_and_rollback():
     check(st == 400, "a split outside [0, 1] is refused")
     check(srv.stop() == 0, "the A/B server exits 0 on SIGTERM")
     print(f"A/B at 0.3: {counts['candidate']} of 1000 to the candidate; route keys stick; /admin/split works")
+
+
+def send_many(srv, n, threads=4, **kw):
+    arms, errors = [], []
+    lock = threading.Lock()
+
+    def client(k):
+        for i in range(n // threads):
+            st, h, b = request(srv.url + "/v1/completions", dict(prompt=PROMPTS[(k + i) % 3], max_tokens=8, **kw))
+            with lock:
+                (arms if st == 200 else errors).append(h["X-Mopt-Arm"] if st == 200 else (st, b[:200]))
+    th = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    check(not errors, f"requests failed: {errors[:3]}")
+    return arms
+
+
+def test_gate_rolls_back_a_bad_candidate():
+    int2 = os.path.join(WORK, "llama-int2")
+    subprocess.run([MOPT, "quantize", LLAMA, "--method", "rtn", "--bits", "2", "--group", "32", "-o", int2, "--force",
+                    "--quiet"], check=True, capture_output=True)
+    gate = ["--split", "0.5", "--shadow", "1", "--shadow-tokens", "8", "--gate", "min_top1_agree=0.6",
+            "--gate-window", "10", "--threads", "2"]
+    srv = Server("gate-bad", LLAMA, "--candidate", int2, *gate)
+    send_many(srv, 60)
+    check(metric(srv, "mopt_rollbacks_total") == 1, "an int2 candidate failing shadow agreement is rolled back")
+    check(metric(srv, "mopt_candidate_rolled_back") == 1 and metric(srv, "mopt_ab_split") == 0, "/metrics shows it")
+    bad_agree = metric(srv, "mopt_shadow_token_agreement")
+    check(bad_agree < 0.6, f"its agreement {bad_agree} is below the gate")
+    check(set(send_many(srv, 20)) == {"baseline"}, "after the rollback every request goes to the baseline")
+    check(request(srv.url + "/health")[0] == 200, "the server stays up")
+    log = open(srv.log.name).read()
+    check("rollback: the candidate failed a gate" in log, "the rollback is logged")
+    check(srv.stop() == 0, "exit 0")
+    srv = Server("gate-good", LLAMA, "--candidate", LLAMA, *gate)  # the same model: it must keep its traffic
+    arms = send_many(srv, 60)
+    check(metric(srv, "mopt_rollbacks_total") == 0 and "candidate" in arms, "an equal candidate keeps its share")
+    agree = metric(srv, "mopt_shadow_token_agreement")
+    check(agree >= 0.9, f"the same model agrees with itself: {agree}")
+    check(srv.stop() == 0, "exit 0")
+    print(f"gates: an int2 candidate (agreement {bad_agree:.3f}) rolled back within its window; "
+          f"the same model as candidate (agreement {agree:.3f}) kept its traffic")
 
 
 def test_sigterm_drains():
@@ -337,7 +380,8 @@ def main():
     finally:
         if srv.p.poll() is None:
             srv.p.kill()
-    test_ab_split_and_rollback()
+    test_ab_split()
+    test_gate_rolls_back_a_bad_candidate()
     test_sigterm_drains()
     print("PASS")
 

@@ -184,7 +184,7 @@ static void test_the_engine_batches_requests_and_each_gets_its_own_greedy_text(v
     srv_metrics_init(&met);
     srv_engine_opts o = {3, 128, 7, 8, 2};
     mopt_error err = {0};
-    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, &err);
+    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, &err);
     assert_non_null(e);
     const char *prompts[4] = {"ROMEO:", "KING HENRY:\nWhat", "First Citizen:", "JULIET:\nO"};
     const int32_t gen = 24;
@@ -242,7 +242,7 @@ static void test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests(vo
     srv_metrics met;
     srv_metrics_init(&met);
     srv_engine_opts o = {1, 512, 16, 2, 1};
-    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL);
+    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, NULL);
     assert_non_null(e);
     srv_request *r[6];
     int queued = 0, full = 0;
