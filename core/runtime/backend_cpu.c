@@ -357,16 +357,15 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         return;
     }
     if (j->T > 1) { /* several tokens (batched decode, verification): each row is read once for all of them */
-        float d[GEMV_MAX_TOKENS];
-        for (int64_t o = o0; o < o1; o++) {
-            switch (w->dtype) {
-            case MOPT_DTYPE_F32: k->dots_f32((const float *)w->data + o * j->in, j->x, j->x_stride, j->T, j->in, d); break;
-            case MOPT_DTYPE_F16: k->dots_f16((const uint16_t *)w->data + o * j->in, j->x, j->x_stride, j->T, j->in, d); break;
-            default: k->dots_bf16((const uint16_t *)w->data + o * j->in, j->x, j->x_stride, j->T, j->in, d); break;
-            }
-            const float b = bias_at(j->b, o);
-            for (int32_t t = 0; t < j->T; t++) j->y[(size_t)t * j->y_stride + o] = d[t] + b;
+        float *y = j->y + o0;
+        switch (w->dtype) {
+        case MOPT_DTYPE_F32: k->dots_rows_f32((const float *)w->data + o0 * j->in, o1 - o0, j->x, j->x_stride, j->T, j->in, y, j->y_stride); break;
+        case MOPT_DTYPE_F16: k->dots_rows_f16((const uint16_t *)w->data + o0 * j->in, o1 - o0, j->x, j->x_stride, j->T, j->in, y, j->y_stride); break;
+        default: k->dots_rows_bf16((const uint16_t *)w->data + o0 * j->in, o1 - o0, j->x, j->x_stride, j->T, j->in, y, j->y_stride); break;
         }
+        if (j->b)
+            for (int32_t t = 0; t < j->T; t++)
+                for (int64_t o = o0; o < o1; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
         return;
     }
     for (int32_t t = 0; t < j->T; t++) {

@@ -336,6 +336,16 @@ def test_gate_rolls_back_a_bad_candidate():
           f"the same model as candidate (agreement {agree:.3f}) kept its traffic")
 
 
+def test_lua_serving_gate():
+    script = os.path.join(SRC, "scripts", "serve-gate.lua")
+    common = [MOPT, "run", script, f"model={LLAMA}", f"mopt={MOPT}", "requests=24", "max_tokens=16"]
+    out = subprocess.run(common + ["min_tok_s=1", "max_p95_s=60"], capture_output=True, text=True)
+    check(out.returncode == 0 and "-> passed" in out.stdout, f"the serving gate passes: {out.stdout} {out.stderr}")
+    out = subprocess.run(common + ["min_tok_s=1e12"], capture_output=True, text=True)
+    check(out.returncode == 3 and "< min_tok_s" in out.stdout, f"an impossible threshold fails with 3: {out.returncode} {out.stdout}")
+    print("the Lua serving gate passes, and fails with exit 3 on a threshold it cannot meet")
+
+
 def test_sigterm_drains():
     srv = Server("drain", LLAMA, "--threads", "2")
     result = {}
@@ -383,6 +393,7 @@ def main():
     test_ab_split()
     test_gate_rolls_back_a_bad_candidate()
     test_sigterm_drains()
+    test_lua_serving_gate()
     print("PASS")
 
 
