@@ -12,7 +12,7 @@ clients=${2:-8} per=${3:-200} runs=${4:-3} ntok=${5:-64}
 work=$(mktemp -d) pid=
 trap 'kill $pid 2> /dev/null || true; rm -rf "$work"' EXIT
 awk 'NF && n < 64 {print; n++}' "$root/../shared/data/lit-val.txt" > "$work/prompts.txt"
-"$mopt" serve "$model" --threads "$(nproc)" --max-seqs "$clients" --port 0 --port-file "$work/port" > "$work/serve.log" 2>&1 &
+"$mopt" serve "$model" --threads "${THREADS:-$(nproc)}" --max-seqs "$clients" --port 0 --port-file "$work/port" > "$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do [ -s "$work/port" ] && break; sleep 0.1; done
 url=http://127.0.0.1:$(cat "$work/port")
