@@ -77,6 +77,21 @@ static int write_port_file(const char *path, int port) {
     return EXIT_OK;
 }
 
+/* A Hugging Face tokenizer_config.json with a chat_template: its Jinja is not
+ * rendered (yet), so say that chat requests use the plain format. */
+static void note_chat_template(const char *model_path, const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
+    char *text = NULL;
+    size_t n = 0;
+    mopt_error err = {0};
+    if (cli_read_text(path, &text, &n, &err)) return;
+    if (memmem(text, n, "\"chat_template\"", 15))
+        srv_log(false, "%s has a Jinja chat template, which mopt does not render yet: chat requests use the plain "
+                       "\"Role: content\" format", name);
+    free(text);
+}
+
 int cmd_serve(int argc, char **argv) {
     static const struct option opts[] = {
         {"host", required_argument, 0, 'H'},      {"port", required_argument, 0, 'p'},
@@ -182,11 +197,14 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     if (mopt_interrupted()) goto done; /* a signal during loading: main turns it into 130/143 */
+    for (int a = 0; a < SRV_ARMS && paths[a]; a++) note_chat_template(paths[a], names[a]);
     int32_t diff = -1;
     if (shadow > 0 &&
         !mopt_tokenizer_same_vocab(mopt_model_tokenizer(models[0]), mopt_model_tokenizer(models[1]), &diff)) {
-        rc = cli_usage_error("serve", "--shadow compares tokens, but %s and %s have different vocabularies (first "
-                                      "difference at id %d)", names[0], names[1], diff);
+        char where[64] = "different sizes";
+        if (diff >= 0) snprintf(where, sizeof where, "first difference at id %d", diff);
+        rc = cli_usage_error("serve", "--shadow compares tokens, but %s and %s have different vocabularies (%s)", names[0],
+                             names[1], where);
         goto done;
     }
     /* From here signals are taken by sigwait below, never by a handler: the
