@@ -139,12 +139,7 @@ static void *client(void *p) {
     return NULL;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(const double *v, long long n, double q) { return n ? v[(long long)(q * (double)(n - 1) + 0.5)] : 0; }
+static double pct(const double *v, long long n, double q) { return n ? mopt_quantile(v, n, q) : 0; }
 
 /* http://127.0.0.1:PORT[/] or http://localhost:PORT[/] */
 static bool parse_url(const char *url, struct sockaddr_in *sa) {
@@ -246,7 +241,6 @@ int cmd_loadtest(int argc, char **argv) {
         if (pthread_create(&th[started], NULL, client, &L)) break;
     for (long long i = 0; i < started; i++) pthread_join(th[i], NULL);
     const double wall = cli_now() - t0;
-    qsort(L.lat, (size_t)L.n_ok, sizeof *L.lat, cmp_double);
     printf("%lld requests (%lld ok, %lld failed) in %.2f s with %lld clients: %.2f requests/s, %.1f generated tokens/s\n",
            L.n_ok + L.n_fail, L.n_ok, L.n_fail, wall, conc, L.n_ok / wall, L.tokens / wall);
     printf("latency p50 %.4f s, p95 %.4f s, p99 %.4f s; %lld answered by a candidate arm\n", pct(L.lat, L.n_ok, 0.5),

@@ -45,16 +45,10 @@ static double mean(const srv_window *w) {
     return w->n ? s / w->n : 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double p95(const srv_window *w) {
     double v[1024];
     for (int i = 0; i < w->n; i++) v[i] = w->v[(w->head + i) % w->cap];
-    qsort(v, (size_t)w->n, sizeof *v, cmp_double);
-    return w->n ? v[(int)(0.95 * (w->n - 1) + 0.5)] : 0;
+    return w->n ? mopt_quantile(v, w->n, 0.95) : 0;
 }
 
 void srv_monitor_init(srv_monitor *m, const srv_gate *g, srv_router *router, srv_metrics *met) {
