@@ -108,6 +108,8 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
     json_t *o = json_loadb(body, n, JSON_REJECT_DUPLICATES, &je);
     if (!o) {
         snprintf(msg, cap, "invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
+        for (char *c = msg; *c; c++) /* jansson quotes the offending bytes, control characters too: keep one line */
+            if ((unsigned char)*c < 0x20) *c = ' ';
         return false;
     }
     bool ok = false;

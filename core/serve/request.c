@@ -93,25 +93,28 @@ bool srv_request_append(srv_request *r, const char *piece, size_t n) {
         srv_request_finish(r, SRV_FAILED, "out of memory");
         return true;
     }
-    /* A stop string may span pieces: search from where it could begin. */
+    /* A stop string may span pieces: search from where it could begin. The
+     * text ends at the earliest stop string, whichever of them it is. */
+    const char *first = NULL;
     size_t hold = 0;
     for (int i = 0; i < r->n_stop; i++) {
         const size_t L = strlen(r->stop[i]);
         if (!L) continue;
         const size_t from = before >= L ? before - L + 1 : 0;
         const char *hit = memmem(r->text.s + from, r->text.n - from, r->stop[i], L);
-        if (hit) {
-            r->text.n = (size_t)(hit - r->text.s);
-            r->text.s[r->text.n] = 0;
-            srv_request_finish(r, SRV_STOP, NULL);
-            return true;
-        }
+        if (hit && (!first || hit < first)) first = hit;
         /* the longest end of the text that is a beginning of this stop string */
         for (size_t k = L - 1; k > hold && k > 0; k--)
             if (k <= r->text.n && !memcmp(r->text.s + r->text.n - k, r->stop[i], k)) {
                 hold = k;
                 break;
             }
+    }
+    if (first) {
+        r->text.n = (size_t)(first - r->text.s);
+        r->text.s[r->text.n] = 0;
+        srv_request_finish(r, SRV_STOP, NULL);
+        return true;
     }
     size_t vis = r->text.n - hold;
     vis -= utf8_tail(r->text.s, vis);

@@ -30,6 +30,12 @@ static void test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_par
     assert_string_equal(r->text.s, "Hello world");
     assert_int_equal(r->visible, 11);
     srv_request_unref(r);
+    /* the earliest stop string wins, whatever its place in the list (found by fuzzing) */
+    r = with_stops("e", "t");
+    assert_false(srv_request_append(r, "Sys", 3));
+    assert_true(srv_request_append(r, "tem", 3));
+    assert_string_equal(r->text.s, "Sys");
+    srv_request_unref(r);
     /* a partial match that turns out not to be one is released */
     r = with_stops("xyz", NULL);
     assert_false(srv_request_append(r, "abxy", 4));
@@ -88,12 +94,14 @@ static void refused(bool chat, const char *body, const char *expect) {
         fprintf(stderr, "message \"%s\" lacks \"%s\"\n", msg, expect);
         fail();
     }
+    assert_null(strchr(msg, '\n')); /* one line, whatever bytes the body held */
 }
 
 static void test_requests_are_checked_field_by_field(void **state) {
     (void)state;
     refused(false, "{\"prompt\": \"a\",", "invalid JSON at line 1");
     refused(false, "[1, 2]", "JSON object");
+    refused(false, "{\"prompt\": \"a\\\n\n\"}", "invalid JSON"); /* a raw line feed after a backslash (found by fuzzing) */
     refused(false, "{\"max_tokens\": 3}", "'prompt' must be a string");
     refused(false, "{\"prompt\": 7}", "'prompt' must be a string");
     refused(false, "{\"prompt\": \"a\", \"max_tokens\": \"ten\"}", "'max_tokens' must be a positive integer");
