@@ -45,6 +45,8 @@ int cmd_prune(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_describe(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_loadtest(int argc, char **argv);
 int cmd_pipeline(int argc, char **argv);
 
 /* The export formats --format names, for help text. */

@@ -23,6 +23,8 @@ static const struct {
     {"synth", cmd_synth, "a random-weight checkpoint of a real model's shape (llama-1b ... llama-8b), for speed work"},
     {"grad", cmd_grad, "gradient of one window's loss for every weight (checks the backward)"},
     {"bench", cmd_bench, "prefill/decode speed, latency percentiles, peak memory (eval.bench)"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server: continuous batching, A/B split, Prometheus metrics"},
+    {"loadtest", cmd_loadtest, "load a local server: throughput and latency percentiles"},
     {"run", cmd_run, "run a Lua pipeline script"},
     {"pipeline", cmd_pipeline, "run a pipeline written as text: 'pass<k=v>,pass'"},
     {"plugins", cmd_plugins, "list plugins and their passes"},

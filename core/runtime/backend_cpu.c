@@ -356,6 +356,18 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         }
         return;
     }
+    if (j->T > 1) { /* several tokens (batched decode, verification): each row is read once for all of them */
+        float *y = j->y + o0;
+        switch (w->dtype) {
+        case MOPT_DTYPE_F32: k->dots_rows_f32((const float *)w->data + o0 * j->in, o1 - o0, j->x, j->x_stride, j->T, j->in, y, j->y_stride); break;
+        case MOPT_DTYPE_F16: k->dots_rows_f16((const uint16_t *)w->data + o0 * j->in, o1 - o0, j->x, j->x_stride, j->T, j->in, y, j->y_stride); break;
+        default: k->dots_rows_bf16((const uint16_t *)w->data + o0 * j->in, o1 - o0, j->x, j->x_stride, j->T, j->in, y, j->y_stride); break;
+        }
+        if (j->b)
+            for (int32_t t = 0; t < j->T; t++)
+                for (int64_t o = o0; o < o1; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
+        return;
+    }
     for (int32_t t = 0; t < j->T; t++) {
         const float *x = j->x + (size_t)t * j->x_stride;
         float *y = j->y + (size_t)t * j->y_stride;
@@ -890,6 +902,56 @@ static void attention_block_task(void *p, int64_t task, int32_t thread) {
     }
 }
 
+/* Several sequences' decode attention as one task list: task ids run through
+ * each sequence's (token, KV head) tasks in turn. */
+typedef struct seqs_job {
+    cpu_ctx *c;
+    const mopt_op_args *seqs;
+    const int64_t *first; /* [n + 1]: each sequence's first task */
+    int32_t n;
+} seqs_job;
+
+static void attention_seqs_task(void *p, int64_t task, int32_t thread) {
+    const seqs_job *j = p;
+    int32_t lo = 0, hi = j->n - 1;
+    while (lo < hi) { /* the last sequence whose first task is <= task */
+        const int32_t mid = (lo + hi + 1) / 2;
+        if (j->first[mid] <= task) lo = mid;
+        else hi = mid - 1;
+    }
+    op_job one = {j->c, &j->seqs[lo]};
+    attention_task(&one, task - j->first[lo], thread);
+}
+
+static void attention(cpu_ctx *c, const mopt_op_args *a);
+
+/* Prefill-sized sequences take the blocked path one by one; the decoding
+ * ones share a single task list. */
+static mopt_status attention_seqs(cpu_ctx *c, const mopt_op_args *a, mopt_error *err) {
+    int64_t *first = scratch(&c->xbuf2, &c->xbuf2_cap, ((size_t)a->n_seqs + 1) * sizeof *first);
+    mopt_op_args *dec = scratch(&c->xbuf, &c->xbuf_cap, (size_t)a->n_seqs * sizeof *dec);
+    if (!first || !dec) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    int32_t nd = 0;
+    first[0] = 0;
+    for (int32_t k = 0; k < a->n_seqs; k++) {
+        const mopt_op_args *b = &a->seqs[k];
+        if (b->T >= 8) {
+            attention(c, b);
+            continue;
+        }
+        for (int32_t t = 0; t < b->T; t++) {
+            kv_store(b, 0, t);
+            kv_store(b, 1, t);
+        }
+        dec[nd] = *b;
+        first[nd + 1] = first[nd] + (int64_t)b->T * b->node->n_kv_heads;
+        nd++;
+    }
+    seqs_job j = {c, dec, first, nd};
+    if (nd) mopt_pool_run(c->pool, first[nd], attention_seqs_task, &j);
+    return MOPT_OK;
+}
+
 static void attention(cpu_ctx *c, const mopt_op_args *a) {
     const mopt_node *n = a->node;
     for (int32_t t = 0; t < a->T; t++) {
@@ -930,7 +992,10 @@ static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err
         return linear(c, n->weight, n->bias, a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0],
                       a->out, W, err);
     case MOPT_OP_ROPE: rope(a); return MOPT_OK;
-    case MOPT_OP_ATTENTION: attention(c, a); return MOPT_OK;
+    case MOPT_OP_ATTENTION:
+        if (a->n_seqs > 0) return attention_seqs(c, a, err);
+        attention(c, a);
+        return MOPT_OK;
     case MOPT_OP_SWIGLU:
         for (int32_t t = 0; t < T; t++) {
             const float *g = a->in[0] + (size_t)t * a->in_width[0], *u = a->in[1] + (size_t)t * a->in_width[1];

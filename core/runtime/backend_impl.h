@@ -23,6 +23,11 @@ typedef struct mopt_op_args {
     void *k_cache, *v_cache;  /* attention: [max_ctx, n_kv_heads * head_dim] floats, or bytes as kv says */
     mopt_kv_quant kv;         /* attention: the cache's format and scales */
     int32_t row0, rows;       /* lm_head: input rows to compute; out is [rows, vocab] */
+    /* attention over several sequences in one call (a batched forward): each
+     * entry is a whole attention call for one sequence's rows, with its own
+     * cache and position; the fields above are then unused. n_seqs 0: one sequence. */
+    const struct mopt_op_args *seqs;
+    int32_t n_seqs;
 } mopt_op_args;
 
 typedef struct mopt_backend_i {

@@ -11,21 +11,38 @@
 #include "mopt/executor.h"
 #include "threadpool.h"
 
+/* One sequence's KV cache: a session has its own, and a batched forward runs
+ * several of these side by side. */
+struct mopt_seq {
+    const mopt_graph *g;
+    int32_t max_ctx, len;
+    int32_t n_kv;
+    void **k_cache, **v_cache; /* per kv slot: [max_ctx, kv_dim] floats, or bytes in a quantized format */
+    mopt_kv_quant *kv;         /* per kv slot: its format, with the scales copied (the graph's may change) */
+    size_t bytes;              /* cache memory */
+};
+
 struct mopt_session {
     const mopt_graph *g;
     const mopt_backend_i *be;
     void *be_ctx;
-    int32_t max_ctx, max_batch, len;
+    int32_t max_ctx, max_batch;
     int32_t n_slots;
     float **slots;       /* [n_slots] each max_batch x slot width */
     int32_t *value_slot; /* value -> slot */
-    int32_t n_kv;
-    void **k_cache, **v_cache; /* per kv slot: [max_ctx, kv_dim] floats, or bytes in a quantized format */
-    mopt_kv_quant *kv;         /* per kv slot: its format, with the scales copied (the graph's may change) */
+    mopt_seq own;        /* the cache mopt_session_forward uses */
+    mopt_op_args *seg_args; /* per sequence of a batched forward: its rows of a per-sequence op */
+    int32_t seg_cap;
     float *logits;
     size_t logits_cap;   /* floats */
     int32_t lm_head;     /* node index */
 };
+
+/* A run of rows of the batch that belong to one sequence. */
+typedef struct seg {
+    mopt_seq *q;
+    int32_t row0, T;
+} seg;
 
 void mopt_session_opts_default(mopt_session_opts *o) {
     memset(o, 0, sizeof *o);
@@ -34,20 +51,69 @@ void mopt_session_opts_default(mopt_session_opts *o) {
 
 const char *mopt_cpu_kernels_name(void) { return mopt_kernels_get()->name; }
 
+static void seq_release(mopt_seq *q) {
+    for (int32_t i = 0; i < q->n_kv; i++) { /* a failed seq_init may have left any of them NULL */
+        if (q->k_cache) free(q->k_cache[i]);
+        if (q->v_cache) free(q->v_cache[i]);
+        if (q->kv) free((void *)q->kv[i].k_scale);
+    }
+    free(q->k_cache);
+    free(q->v_cache);
+    free(q->kv);
+    memset(q, 0, sizeof *q);
+}
+
+/* Allocates the caches of every attention node of g for max_ctx positions. */
+static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, mopt_error *err) {
+    memset(q, 0, sizeof *q);
+    q->g = g;
+    q->max_ctx = max_ctx;
+    const int32_t nn = mopt_graph_n_nodes(g);
+    for (int32_t i = 0; i < nn; i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op == MOPT_OP_ATTENTION && n->kv_slot + 1 > q->n_kv) q->n_kv = n->kv_slot + 1;
+    }
+    q->k_cache = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->k_cache);
+    q->v_cache = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->v_cache);
+    q->kv = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->kv);
+    if (!q->k_cache || !q->v_cache || !q->kv) goto nomem;
+    for (int32_t i = 0; i < nn; i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op != MOPT_OP_ATTENTION) continue;
+        size_t kvd = (size_t)n->n_kv_heads * (size_t)n->head_dim;
+        if (q->k_cache[n->kv_slot]) {
+            MOPT_FAIL(err, MOPT_E_INVALID, "two attention nodes share KV slot %d", n->kv_slot);
+            seq_release(q);
+            return MOPT_E_INVALID;
+        }
+        const mopt_kv_quant kq = mopt_graph_kv_quant(g, n->layer);
+        if (kq.format != MOPT_KV_FLOAT) {
+            float *sc = malloc(2 * (size_t)kq.n_scales * sizeof *sc);
+            if (!sc) goto nomem;
+            memcpy(sc, kq.k_scale, (size_t)kq.n_scales * sizeof *sc);
+            memcpy(sc + kq.n_scales, kq.v_scale, (size_t)kq.n_scales * sizeof *sc);
+            q->kv[n->kv_slot] = (mopt_kv_quant){kq.format, kq.n_scales, sc, sc + kq.n_scales};
+        }
+        const size_t elem = kq.format == MOPT_KV_FLOAT ? sizeof(float) : 1;
+        q->k_cache[n->kv_slot] = calloc((size_t)max_ctx * kvd, elem);
+        q->v_cache[n->kv_slot] = calloc((size_t)max_ctx * kvd, elem);
+        if (!q->k_cache[n->kv_slot] || !q->v_cache[n->kv_slot]) goto nomem;
+        q->bytes += 2 * (size_t)max_ctx * kvd * elem;
+    }
+    return MOPT_OK;
+nomem:
+    seq_release(q);
+    return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate the KV cache for %d positions", max_ctx);
+}
+
 void mopt_session_free(mopt_session *s) {
     if (!s) return;
     if (s->be && s->be_ctx) s->be->free(s->be_ctx);
     for (int32_t i = 0; i < s->n_slots; i++) free(s->slots[i]);
-    for (int32_t i = 0; i < s->n_kv; i++) { /* a failed mopt_session_new may have left any of them NULL */
-        if (s->k_cache) free(s->k_cache[i]);
-        if (s->v_cache) free(s->v_cache[i]);
-        if (s->kv) free((void *)s->kv[i].k_scale);
-    }
+    seq_release(&s->own);
+    free(s->seg_args);
     free(s->slots);
     free(s->value_slot);
-    free(s->k_cache);
-    free(s->v_cache);
-    free(s->kv);
     free(s->logits);
     free(s);
 }
@@ -123,64 +189,76 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     s->max_batch = o.max_batch > 0 && o.max_batch < s->max_ctx ? o.max_batch : s->max_ctx;
     s->lm_head = -1;
     int32_t nn = mopt_graph_n_nodes(g);
-    for (int32_t i = 0; i < nn; i++) {
-        const mopt_node *n = mopt_graph_node(g, i);
-        if (n->op == MOPT_OP_LM_HEAD) s->lm_head = i;
-        if (n->op == MOPT_OP_ATTENTION && n->kv_slot + 1 > s->n_kv) s->n_kv = n->kv_slot + 1;
-    }
+    for (int32_t i = 0; i < nn; i++)
+        if (mopt_graph_node(g, i)->op == MOPT_OP_LM_HEAD) s->lm_head = i;
     if (s->lm_head != nn - 1 || nn == 0) {
         MOPT_FAIL(err, MOPT_E_INVALID, "graph must end with an lm_head node");
         goto fail;
     }
     if (plan_slots(s, err)) goto fail;
-    s->k_cache = calloc((size_t)(s->n_kv ? s->n_kv : 1), sizeof *s->k_cache);
-    s->v_cache = calloc((size_t)(s->n_kv ? s->n_kv : 1), sizeof *s->v_cache);
-    s->kv = calloc((size_t)(s->n_kv ? s->n_kv : 1), sizeof *s->kv);
-    if (!s->k_cache || !s->v_cache || !s->kv) goto nomem;
-    for (int32_t i = 0; i < nn; i++) {
-        const mopt_node *n = mopt_graph_node(g, i);
-        if (n->op != MOPT_OP_ATTENTION) continue;
-        size_t kvd = (size_t)n->n_kv_heads * (size_t)n->head_dim;
-        if (s->k_cache[n->kv_slot]) {
-            MOPT_FAIL(err, MOPT_E_INVALID, "two attention nodes share KV slot %d", n->kv_slot);
-            goto fail;
-        }
-        const mopt_kv_quant q = mopt_graph_kv_quant(g, n->layer);
-        if (q.format != MOPT_KV_FLOAT) {
-            float *sc = malloc(2 * (size_t)q.n_scales * sizeof *sc);
-            if (!sc) goto nomem;
-            memcpy(sc, q.k_scale, (size_t)q.n_scales * sizeof *sc);
-            memcpy(sc + q.n_scales, q.v_scale, (size_t)q.n_scales * sizeof *sc);
-            s->kv[n->kv_slot] = (mopt_kv_quant){q.format, q.n_scales, sc, sc + q.n_scales};
-        }
-        const size_t elem = q.format == MOPT_KV_FLOAT ? sizeof(float) : 1;
-        s->k_cache[n->kv_slot] = calloc((size_t)s->max_ctx * kvd, elem);
-        s->v_cache[n->kv_slot] = calloc((size_t)s->max_ctx * kvd, elem);
-        if (!s->k_cache[n->kv_slot] || !s->v_cache[n->kv_slot]) goto nomem;
+    if (seq_init(&s->own, g, s->max_ctx, err)) goto fail;
+    s->seg_args = malloc(sizeof *s->seg_args);
+    if (!s->seg_args) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        goto fail;
     }
+    s->seg_cap = 1;
     if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, err)) goto fail;
     return s;
-nomem:
-    MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate the KV cache for %d positions", s->max_ctx);
 fail:
     mopt_session_free(s);
     return NULL;
 }
 
-int32_t mopt_session_length(const mopt_session *s) { return s->len; }
+int32_t mopt_session_length(const mopt_session *s) { return s->own.len; }
 int32_t mopt_session_n_threads(const mopt_session *s) { return s->be->n_threads(s->be_ctx); }
 int32_t mopt_session_vocab_size(const mopt_session *s) { return mopt_graph_arch(s->g)->vocab_size; }
 
-mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_error *err) {
-    if (n < 0 || n > s->len)
-        return MOPT_FAIL(err, MOPT_E_INVALID, "cannot truncate a %d-token cache to %d", s->len, n);
-    s->len = n; /* later positions are overwritten before they are read */
+mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_error *err) { return mopt_seq_truncate(&s->own, n, err); }
+
+mopt_seq *mopt_seq_new(const mopt_session *s, int32_t max_ctx, mopt_error *err) {
+    mopt_seq *q = malloc(sizeof *q);
+    if (!q) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    if (seq_init(q, s->g, max_ctx > 0 && max_ctx < s->max_ctx ? max_ctx : s->max_ctx, err)) {
+        free(q);
+        return NULL;
+    }
+    return q;
+}
+
+void mopt_seq_free(mopt_seq *q) {
+    if (!q) return;
+    seq_release(q);
+    free(q);
+}
+
+int32_t mopt_seq_length(const mopt_seq *q) { return q->len; }
+int32_t mopt_seq_max_ctx(const mopt_seq *q) { return q->max_ctx; }
+size_t mopt_seq_bytes(const mopt_seq *q) { return q->bytes; }
+
+mopt_status mopt_seq_truncate(mopt_seq *q, int32_t n, mopt_error *err) {
+    if (n < 0 || n > q->len)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "cannot truncate a %d-token cache to %d", q->len, n);
+    q->len = n; /* later positions are overwritten before they are read */
     return MOPT_OK;
 }
 
-/* Runs nodes [first, last) for T tokens starting at position s->len. */
+/* Ops whose result depends on the position or the sequence: they run once
+ * per segment, on its rows, with its cache. The rest run once over all rows. */
+static bool per_sequence(mopt_op op) {
+    return op == MOPT_OP_POS_EMBEDDING || op == MOPT_OP_ROPE || op == MOPT_OP_ATTENTION;
+}
+
+/* Runs nodes [first, last) over the rows of n_segs segments (T rows in all),
+ * each at its sequence's current length. The lm_head computes every row
+ * (all_logits, one segment), or the last row of each segment into
+ * logits [n_segs, vocab]. */
 static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const int32_t *tokens, int32_t T,
-                             bool all_logits, float *logits, mopt_node_observer obs, void *user, mopt_error *err) {
+                             const seg *segs, int32_t n_segs, bool all_logits, float *logits, mopt_node_observer obs,
+                             void *user, mopt_error *err) {
     const mopt_graph *g = s->g;
     for (int32_t i = first; i < last; i++) {
         if (mopt_interrupted()) /* between nodes: the cache keeps its length, nothing half-written counts */
@@ -189,7 +267,7 @@ static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const
         mopt_op_args a = {0};
         a.node = n;
         a.T = T;
-        a.pos = s->len;
+        a.pos = segs[0].q->len;
         a.tokens = tokens;
         for (int k = 0; k < n->n_inputs; k++) {
             a.in[k] = s->slots[s->value_slot[n->inputs[k]]];
@@ -200,29 +278,79 @@ static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const
             a.out = logits;
             a.row0 = all_logits ? 0 : T - 1;
             a.rows = all_logits ? T : 1;
+            if (n_segs > 1) { /* gather each sequence's last row to the front, then one GEMM */
+                float *x = (float *)a.in[0];
+                const size_t w = (size_t)a.in_width[0];
+                for (int32_t k = 0; k < n_segs; k++)
+                    memmove(x + (size_t)k * w, x + (size_t)(segs[k].row0 + segs[k].T - 1) * w, w * sizeof *x);
+                a.row0 = 0;
+                a.rows = n_segs;
+            }
         } else {
             a.out = s->slots[s->value_slot[n->output]];
         }
-        if (n->op == MOPT_OP_ATTENTION) {
-            a.k_cache = s->k_cache[n->kv_slot];
-            a.v_cache = s->v_cache[n->kv_slot];
-            a.kv = s->kv[n->kv_slot];
-        }
         if (n->op == MOPT_OP_EMBEDDING && !tokens)
             return MOPT_FAIL(err, MOPT_E_INVALID, "node %s needs tokens", n->name);
-        mopt_status st = s->be->forward(s->be_ctx, &a, err);
-        if (st) return st;
+        if (!per_sequence(n->op)) {
+            mopt_status st = s->be->forward(s->be_ctx, &a, err);
+            if (st) return st;
+        } else {
+            for (int32_t k = 0; k < n_segs; k++) {
+                mopt_op_args *b = &s->seg_args[k];
+                const seg *sg = &segs[k];
+                *b = a;
+                b->T = sg->T;
+                b->pos = sg->q->len;
+                for (int j = 0; j < n->n_inputs; j++) b->in[j] = a.in[j] + (size_t)sg->row0 * (size_t)a.in_width[j];
+                b->out = a.out + (size_t)sg->row0 * (size_t)a.out_width;
+                if (n->op == MOPT_OP_ATTENTION) {
+                    b->k_cache = sg->q->k_cache[n->kv_slot];
+                    b->v_cache = sg->q->v_cache[n->kv_slot];
+                    b->kv = sg->q->kv[n->kv_slot];
+                }
+            }
+            if (n->op == MOPT_OP_ATTENTION && n_segs > 1) { /* one call, so the backend can spread every sequence's heads at once */
+                a.seqs = s->seg_args;
+                a.n_seqs = n_segs;
+                mopt_status st = s->be->forward(s->be_ctx, &a, err);
+                if (st) return st;
+            } else {
+                for (int32_t k = 0; k < n_segs; k++) {
+                    mopt_status st = s->be->forward(s->be_ctx, &s->seg_args[k], err);
+                    if (st) return st;
+                }
+            }
+        }
         if (obs) obs(user, i, a.in, a.in_width, n->n_inputs, a.out, a.out_width, n->op == MOPT_OP_LM_HEAD ? a.rows : T);
     }
     return MOPT_OK;
 }
 
-/* One chunk of at most max_batch tokens. Logits rows go to `logits`. */
+/* One chunk of at most max_batch tokens of the session's own sequence. */
 static mopt_status forward_chunk(mopt_session *s, const int32_t *tokens, int32_t T, bool all_logits, float *logits,
                                  mopt_error *err) {
-    mopt_status st = run_nodes(s, 0, mopt_graph_n_nodes(s->g), tokens, T, all_logits, logits, NULL, NULL, err);
+    const seg one = {&s->own, 0, T};
+    mopt_status st = run_nodes(s, 0, mopt_graph_n_nodes(s->g), tokens, T, &one, 1, all_logits, logits, NULL, NULL, err);
     if (st) return st;
-    s->len += T;
+    s->own.len += T;
+    return MOPT_OK;
+}
+
+static mopt_status ensure_logits(mopt_session *s, size_t rows, mopt_error *err) {
+    const size_t need = rows * (size_t)mopt_graph_arch(s->g)->vocab_size;
+    if (need <= s->logits_cap) return MOPT_OK;
+    float *p = realloc(s->logits, need * sizeof(float));
+    if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate logits for %zu rows", rows);
+    s->logits = p;
+    s->logits_cap = need;
+    return MOPT_OK;
+}
+
+static mopt_status check_tokens(const mopt_arch *a, const int32_t *tokens, int32_t n, mopt_error *err) {
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= a->vocab_size)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "token id %d at position %d is outside the vocabulary (0..%d)",
+                             tokens[i], i, a->vocab_size - 1);
     return MOPT_OK;
 }
 
@@ -240,15 +368,11 @@ mopt_status mopt_session_run_range(mopt_session *s, int32_t first, int32_t last,
         return MOPT_FAIL(err, MOPT_E_INVALID, "node range [%d, %d) is outside the graph", first, last);
     if (T <= 0 || T > s->max_batch || T > s->max_ctx)
         return MOPT_FAIL(err, MOPT_E_INVALID, "%d tokens exceed the session's batch of %d", T, s->max_batch);
-    if (s->logits_cap < (size_t)mopt_graph_arch(s->g)->vocab_size) {
-        float *p = realloc(s->logits, (size_t)mopt_graph_arch(s->g)->vocab_size * sizeof(float));
-        if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        s->logits = p;
-        s->logits_cap = (size_t)mopt_graph_arch(s->g)->vocab_size;
-    }
-    s->len = 0;
-    mopt_status st = run_nodes(s, first, last, tokens, T, false, s->logits, observer, user, err);
-    s->len = 0; /* the cache holds this sequence only partially: treat it as empty */
+    if (ensure_logits(s, 1, err)) return MOPT_E_NOMEM;
+    s->own.len = 0;
+    const seg one = {&s->own, 0, T};
+    mopt_status st = run_nodes(s, first, last, tokens, T, &one, 1, false, s->logits, observer, user, err);
+    s->own.len = 0; /* the cache holds this sequence only partially: treat it as empty */
     return st;
 }
 
@@ -262,28 +386,67 @@ mopt_status mopt_session_forward(mopt_session *s, const int32_t *tokens, int32_t
     const mopt_arch *a = mopt_graph_arch(s->g);
     if (logits) *logits = NULL;
     if (n <= 0) return MOPT_FAIL(err, MOPT_E_INVALID, "forward needs at least one token");
-    if (s->len + n > s->max_ctx)
-        return MOPT_FAIL(err, MOPT_E_INVALID, "%d tokens after %d cached exceed the context of %d", n, s->len,
+    if (s->own.len + n > s->max_ctx)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%d tokens after %d cached exceed the context of %d", n, s->own.len,
                          s->max_ctx);
-    for (int32_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= a->vocab_size)
-            return MOPT_FAIL(err, MOPT_E_INVALID, "token id %d at position %d is outside the vocabulary (0..%d)",
-                             tokens[i], i, a->vocab_size - 1);
-    size_t need = (size_t)(all_logits ? n : 1) * (size_t)a->vocab_size;
-    if (need > s->logits_cap) {
-        float *p = realloc(s->logits, need * sizeof(float));
-        if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate logits for %d tokens", n);
-        s->logits = p;
-        s->logits_cap = need;
-    }
+    mopt_status st = check_tokens(a, tokens, n, err);
+    if (!st) st = ensure_logits(s, all_logits ? (size_t)n : 1, err);
+    if (st) return st;
     for (int32_t done = 0; done < n;) {
         int32_t T = n - done < s->max_batch ? n - done : s->max_batch;
         float *dst = all_logits ? s->logits + (size_t)done * a->vocab_size : s->logits;
         /* Without all_logits each chunk writes its last row; the final one wins. */
-        mopt_status st = forward_chunk(s, tokens + done, T, all_logits, dst, err);
+        st = forward_chunk(s, tokens + done, T, all_logits, dst, err);
         if (st) return st;
         done += T;
     }
     if (logits) *logits = s->logits;
     return MOPT_OK;
+}
+
+int32_t mopt_session_max_batch(const mopt_session *s) { return s->max_batch; }
+
+mopt_status mopt_session_forward_batch(mopt_session *s, mopt_seq *const *seqs, const int32_t *const *tokens,
+                                       const int32_t *n, int32_t n_seqs, const float **logits, mopt_error *err) {
+    const mopt_arch *a = mopt_graph_arch(s->g);
+    if (logits) *logits = NULL;
+    if (n_seqs <= 0) return MOPT_FAIL(err, MOPT_E_INVALID, "a batched forward needs at least one sequence");
+    int64_t total = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        if (!seqs[i] || seqs[i]->g != s->g)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "sequence %d was not made for this session's graph", i);
+        for (int32_t j = 0; j < i; j++)
+            if (seqs[j] == seqs[i]) return MOPT_FAIL(err, MOPT_E_INVALID, "sequence %d appears twice in the batch", i);
+        if (n[i] <= 0) return MOPT_FAIL(err, MOPT_E_INVALID, "sequence %d has no tokens", i);
+        if (seqs[i]->len + n[i] > seqs[i]->max_ctx)
+            return MOPT_FAIL(err, MOPT_E_INVALID, "sequence %d: %d tokens after %d cached exceed its context of %d", i,
+                             n[i], seqs[i]->len, seqs[i]->max_ctx);
+        mopt_status st = check_tokens(a, tokens[i], n[i], err);
+        if (st) return st;
+        total += n[i];
+    }
+    if (total > s->max_batch)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%lld tokens exceed the session's batch of %d", (long long)total,
+                         s->max_batch);
+    if (n_seqs > s->seg_cap) {
+        mopt_op_args *p = realloc(s->seg_args, (size_t)n_seqs * sizeof *p);
+        if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        s->seg_args = p;
+        s->seg_cap = n_seqs;
+    }
+    seg *segs = malloc((size_t)n_seqs * sizeof *segs);
+    int32_t *flat = malloc((size_t)total * sizeof *flat);
+    mopt_status st = segs && flat ? ensure_logits(s, (size_t)n_seqs, err) : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    int32_t row = 0;
+    for (int32_t i = 0; !st && i < n_seqs; i++) {
+        segs[i] = (seg){seqs[i], row, n[i]};
+        memcpy(flat + row, tokens[i], (size_t)n[i] * sizeof *flat);
+        row += n[i];
+    }
+    if (!st) st = run_nodes(s, 0, mopt_graph_n_nodes(s->g), flat, row, segs, n_seqs, false, s->logits, NULL, NULL, err);
+    for (int32_t i = 0; !st && i < n_seqs; i++) seqs[i]->len += n[i];
+    if (!st && logits) *logits = s->logits;
+    free(segs);
+    free(flat);
+    return st;
 }

@@ -13,6 +13,17 @@ typedef struct mopt_kernels {
     float (*dot_f32)(const float *w, const float *x, int64_t n);
     float (*dot_f16)(const uint16_t *w, const float *x, int64_t n);
     float (*dot_bf16)(const uint16_t *w, const float *x, int64_t n);
+    /* one weight row against nt token rows of x (xs floats apart): out[t] is
+     * bit for bit the dot above of the row with token t (batched decode) */
+    void (*dots_f32)(const float *w, const float *x, int64_t xs, int32_t nt, int64_t n, float *out);
+    void (*dots_f16)(const uint16_t *w, const float *x, int64_t xs, int32_t nt, int64_t n, float *out);
+    void (*dots_bf16)(const uint16_t *w, const float *x, int64_t xs, int32_t nt, int64_t n, float *out);
+    /* nrows consecutive rows (n values each) against nt <= 8 token rows: y[t * ys + r] bit for bit as the dots above */
+    void (*dots_rows_f32)(const float *w, int64_t nrows, const float *x, int64_t xs, int32_t nt, int64_t n, float *y, int64_t ys);
+    void (*dots_rows_f16)(const uint16_t *w, int64_t nrows, const float *x, int64_t xs, int32_t nt, int64_t n, float *y,
+                          int64_t ys);
+    void (*dots_rows_bf16)(const uint16_t *w, int64_t nrows, const float *x, int64_t xs, int32_t nt, int64_t n, float *y,
+                           int64_t ys);
     /* widen n elements to fp32 */
     void (*cvt_f16)(const uint16_t *src, float *dst, int64_t n);
     void (*cvt_bf16)(const uint16_t *src, float *dst, int64_t n);

@@ -24,6 +24,24 @@ static float dot_bf16(const uint16_t *w, const float *x, int64_t n) {
     return s;
 }
 
+#define REF_DOTS(NAME, DOT, T)                                                                                  \
+    static void NAME(const T *w, const float *x, int64_t xs, int32_t nt, int64_t n, float *out) {              \
+        for (int32_t t = 0; t < nt; t++) out[t] = DOT(w, x + (size_t)t * (size_t)xs, n);                       \
+    }
+REF_DOTS(dots_f32, dot_f32, float)
+REF_DOTS(dots_f16, dot_f16, uint16_t)
+REF_DOTS(dots_bf16, dot_bf16, uint16_t)
+#define REF_DOTS_ROWS(NAME, DOT, T)                                                                             \
+    static void NAME(const T *w, int64_t nrows, const float *x, int64_t xs, int32_t nt, int64_t n, float *y,    \
+                     int64_t ys) {                                                                              \
+        for (int64_t r = 0; r < nrows; r++)                                                                     \
+            for (int32_t t = 0; t < nt; t++)                                                                    \
+                y[(size_t)t * (size_t)ys + r] = DOT(w + (size_t)r * (size_t)n, x + (size_t)t * (size_t)xs, n);  \
+    }
+REF_DOTS_ROWS(dots_rows_f32, dot_f32, float)
+REF_DOTS_ROWS(dots_rows_f16, dot_f16, uint16_t)
+REF_DOTS_ROWS(dots_rows_bf16, dot_bf16, uint16_t)
+
 static void cvt_f16(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = mopt_f16_to_f32(src[i]);
 }
@@ -327,6 +345,12 @@ const mopt_kernels mopt_kernels_ref = {
     .dot_f32 = dot_f32,
     .dot_f16 = dot_f16,
     .dot_bf16 = dot_bf16,
+    .dots_f32 = dots_f32,
+    .dots_f16 = dots_f16,
+    .dots_bf16 = dots_bf16,
+    .dots_rows_f32 = dots_rows_f32,
+    .dots_rows_f16 = dots_rows_f16,
+    .dots_rows_bf16 = dots_rows_bf16,
     .cvt_f16 = cvt_f16,
     .cvt_bf16 = cvt_bf16,
     .dequant_u8 = dequant_u8,

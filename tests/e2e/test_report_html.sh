@@ -7,22 +7,13 @@ set -euo pipefail
 mopt=$1 src=$2 work=$3
 shared=${MOPT_SHARED:-$src/../shared}
 [ -d "$shared/models" ] || { echo "skipping: fixtures folder $shared not present"; exit 77; }
-browser=$(command -v chromium || command -v chromium-browser || true)
-if [ -z "$browser" ] && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  echo "installing chromium from Debian for the screenshot"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > "$work.apt.log" 2>&1 ||
-    (apt-get update -qq > /dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > "$work.apt.log" 2>&1) || true
-  browser=$(command -v chromium || true)
-fi
-[ -n "$browser" ] || { echo "skipping: chromium is not installed and could not be installed"; exit 77; }
+source "$src/tests/e2e/chromium.sh"
 rm -rf "$work" && mkdir -p "$work"
 head -c 30000 "$shared/data/lit-val.txt" > "$work/val.txt"
 "$mopt" pipeline "quant.rtn<bits=4;group_size=128>,eval.compare<baseline=$shared/models/lit-gpt2-1m;data=$work/val.txt>,eval.bench<prompt_len=32;gen=16;runs=3>,eval.ab<candidate=$shared/models/lit-gpt2-1m;data=$work/val.txt;requests=16;gen=8;prompt_tokens=32>" \
   "$shared/models/lit-gpt2-1m" --report-dir "$work/report" --quiet > /dev/null
 grep -q "<svg" "$work/report/report.html"
 test "$(grep -c "<svg" "$work/report/report.html")" -ge 4   # bars x2, histogram, scatter
-timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
-  --disable-component-update --disable-sync --no-first-run --user-data-dir="$work/profile" \
-  --window-size=1100,2600 --screenshot="$work/shot.png" "file://$work/report/report.html" > "$work/chromium.log" 2>&1 || true
+timeout 120 "$browser" "${chromium_flags[@]}" --window-size=1100,2600 --screenshot="$work/shot.png" "file://$work/report/report.html" > "$work/chromium.log" 2>&1 || true
 [ -s "$work/shot.png" ] || { echo "chromium produced no screenshot:"; tail -5 "$work/chromium.log"; exit 1; }
 python3 "$src/tests/png_nonblank.py" "$work/shot.png"

@@ -38,6 +38,10 @@ MOPT_API mopt_status mopt_perplexity_strided(mopt_session *s, const int32_t *tok
                                              int32_t stride, double *window_nll, mopt_progress_fn progress,
                                              void *user, mopt_ppl_result *out, mopt_error *err);
 
+/* The q-quantile of v[0..n) with linear interpolation between order statistics
+ * (numpy's default, eval.bench's percentiles); NAN when n <= 0. v is not changed. */
+MOPT_API double mopt_quantile(const double *v, int64_t n, double q);
+
 MOPT_EXTERN_C_END
 
 #endif

@@ -42,6 +42,30 @@ MOPT_API mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_erro
 MOPT_API int32_t mopt_session_n_threads(const mopt_session *s);
 /* Width of a logits row. */
 MOPT_API int32_t mopt_session_vocab_size(const mopt_session *s);
+/* --- several sequences in one forward (continuous batching) ----------------- */
+
+/* A sequence's own KV cache, for mopt_session_forward_batch. It belongs to
+ * the session's graph and holds max_ctx positions (<= 0 or beyond the
+ * session's: the session's). */
+typedef struct mopt_seq mopt_seq;
+MOPT_API mopt_seq *mopt_seq_new(const mopt_session *s, int32_t max_ctx, mopt_error *err);
+MOPT_API void mopt_seq_free(mopt_seq *q);
+MOPT_API int32_t mopt_seq_length(const mopt_seq *q);
+MOPT_API int32_t mopt_seq_max_ctx(const mopt_seq *q);
+/* Bytes of the cache. */
+MOPT_API size_t mopt_seq_bytes(const mopt_seq *q);
+MOPT_API mopt_status mopt_seq_truncate(mopt_seq *q, int32_t n, mopt_error *err);
+/* Tokens one forward call may carry in all. */
+MOPT_API int32_t mopt_session_max_batch(const mopt_session *s);
+
+/* Runs n[i] tokens of each of n_seqs distinct sequences in one pass: every
+ * linear is one GEMM over all the rows, attention reads each sequence's own
+ * cache. The sum of n must not exceed the session's max_batch. logits gets
+ * [n_seqs, vocab]: the last token's row of each sequence, valid until the
+ * next call. On failure no sequence's length changes. */
+MOPT_API mopt_status mopt_session_forward_batch(mopt_session *s, mopt_seq *const *seqs, const int32_t *const *tokens,
+                                                const int32_t *n, int32_t n_seqs, const float **logits, mopt_error *err);
+
 /* --- running part of the graph (calibration, module-level searches) --------- */
 
 /* Called after node `node` ran, with its inputs and output ([T, width] each). */

@@ -231,6 +231,70 @@ static void test_truncating_the_cache_replays_the_same_logits(void **state) {
     mopt_graph_free(m.g);
 }
 
+/* Three sequences share each forward: one prefills 10 tokens (blocked
+ * attention) while another decodes and a third prefills 3; then all decode
+ * together. Each row equals the float64 reference of its own sequence, so
+ * no sequence sees another's keys or positions. */
+static void test_a_batched_forward_keeps_each_sequence_to_its_own_cache(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    const int32_t a_tok[T] = {3, 1, 4, 1, 5, 0, 2, 5, 3, 4}, b_tok[4] = {2, 2, 0, 5}, c_tok[4] = {5, 4, 3, 1};
+    double want_a[T][V], want_b[4][V], want_c[4][V];
+    reference(&m, a_tok, T, want_a);
+    reference(&m, b_tok, 4, want_b);
+    reference(&m, c_tok, 4, want_c);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    mopt_seq *qa = mopt_seq_new(s, 0, NULL), *qb = mopt_seq_new(s, 0, NULL), *qc = mopt_seq_new(s, 0, NULL);
+    assert_non_null(qa);
+    assert_non_null(qc);
+    assert_true(mopt_seq_bytes(qa) > 0);
+    const float *logits;
+    /* b alone first, so it decodes while a and c prefill */
+    mopt_seq *one[1] = {qb};
+    const int32_t *t1[1] = {b_tok};
+    const int32_t n1[1] = {1};
+    assert_int_equal(mopt_session_forward_batch(s, one, t1, n1, 1, &logits, NULL), MOPT_OK);
+    expect_row(logits, want_b[0]);
+    mopt_seq *three[3] = {qa, qb, qc};
+    const int32_t *t3[3] = {a_tok, b_tok + 1, c_tok};
+    const int32_t n3[3] = {T - 1, 1, 3};
+    assert_int_equal(mopt_session_forward_batch(s, three, t3, n3, 3, &logits, NULL), MOPT_OK);
+    expect_row(logits, want_a[T - 2]);
+    expect_row(logits + V, want_b[1]);
+    expect_row(logits + 2 * V, want_c[2]);
+    const int32_t *t4[3] = {a_tok + T - 1, b_tok + 2, c_tok + 3};
+    const int32_t n4[3] = {1, 1, 1};
+    assert_int_equal(mopt_session_forward_batch(s, three, t4, n4, 3, &logits, NULL), MOPT_OK);
+    expect_row(logits, want_a[T - 1]);
+    expect_row(logits + V, want_b[2]);
+    expect_row(logits + 2 * V, want_c[3]);
+    assert_int_equal(mopt_seq_length(qa), T);
+    assert_int_equal(mopt_seq_length(qb), 3);
+    assert_int_equal(mopt_session_length(s), 0); /* the session's own cache is untouched */
+    /* refusals leave every length as it was */
+    mopt_error err = {0};
+    mopt_seq *twice[2] = {qb, qb};
+    assert_int_equal(mopt_session_forward_batch(s, twice, t4, n4, 2, &logits, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "twice");
+    const int32_t bad[1] = {V}, *tb[3] = {a_tok, bad, c_tok};
+    err = (mopt_error){0};
+    assert_int_equal(mopt_session_forward_batch(s, three, tb, n4, 3, &logits, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "outside the vocabulary");
+    const int32_t nfull[3] = {CTX, 1, 1};
+    err = (mopt_error){0};
+    assert_int_equal(mopt_session_forward_batch(s, three, t3, nfull, 3, &logits, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "context");
+    assert_int_equal(mopt_seq_length(qb), 3);
+    assert_int_equal(mopt_seq_truncate(qb, 1, NULL), MOPT_OK);
+    assert_int_equal(mopt_seq_length(qb), 1);
+    mopt_seq_free(qa);
+    mopt_seq_free(qb);
+    mopt_seq_free(qc);
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
 static void test_bad_tokens_and_a_full_context_are_refused(void **state) {
     (void)state;
     model m;
@@ -342,6 +406,7 @@ int main(void) {
         cmocka_unit_test(test_decoding_token_by_token_matches_prefill),
         cmocka_unit_test(test_truncating_the_cache_replays_the_same_logits),
         cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
+        cmocka_unit_test(test_a_batched_forward_keeps_each_sequence_to_its_own_cache),
         cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),
         cmocka_unit_test(test_an_fp8_kv_cache_gives_the_reference_of_rounded_k_and_v),
         cmocka_unit_test(test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v),

@@ -246,6 +246,78 @@ static void test_half_conversions_follow_ieee(void **s) {
     }
 }
 
+/* A batch of tokens against one weight row (batched decode) gives each token
+ * exactly the bits of its own dot, for every token count up to 8 and every
+ * length, so a sequence's logits do not depend on what it is batched with. */
+static void test_batched_dots_equal_each_tokens_own_dot_bit_for_bit(void **s) {
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+            const int64_t n = lengths[li], xs = n + 3; /* token rows further apart than n */
+            float *w = malloc((size_t)n * 4), *x = malloc((size_t)(8 * xs) * 4), got[8];
+            uint16_t *wh = malloc((size_t)n * 2), *wb = malloc((size_t)n * 2);
+            for (int64_t i = 0; i < n; i++) {
+                w[i] = frand();
+                wh[i] = mopt_f32_to_f16(w[i]);
+                wb[i] = mopt_f32_to_bf16(w[i]);
+            }
+            for (int64_t i = 0; i < 8 * xs; i++) x[i] = frand() * 3.0f;
+            for (int32_t nt = 1; nt <= 8; nt++) {
+                sets[k]->dots_f32(w, x, xs, nt, n, got);
+                for (int32_t t = 0; t < nt; t++) assert_memory_equal(&got[t], &(float){sets[k]->dot_f32(w, x + t * xs, n)}, 4);
+                sets[k]->dots_f16(wh, x, xs, nt, n, got);
+                for (int32_t t = 0; t < nt; t++) assert_memory_equal(&got[t], &(float){sets[k]->dot_f16(wh, x + t * xs, n)}, 4);
+                sets[k]->dots_bf16(wb, x, xs, nt, n, got);
+                for (int32_t t = 0; t < nt; t++) assert_memory_equal(&got[t], &(float){sets[k]->dot_bf16(wb, x + t * xs, n)}, 4);
+            }
+            free(w);
+            free(x);
+            free(wh);
+            free(wb);
+        }
+    }
+}
+
+/* Consecutive rows against up to 8 tokens (the decode task's form): each
+ * output is the bits of that row's own dot with that token, for odd row
+ * counts (the two-row kernel's leftover row), every token count and length. */
+static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(void **s) {
+    enum { R = 5, NT = 8 };
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+            const int64_t n = lengths[li], xs = n + 5, ys = R + 2;
+            float *w = malloc((size_t)(R * n) * 4), *x = malloc((size_t)(NT * xs) * 4), y[NT * (R + 2)];
+            uint16_t *wh = malloc((size_t)(R * n) * 2), *wb = malloc((size_t)(R * n) * 2);
+            for (int64_t i = 0; i < R * n; i++) {
+                w[i] = frand();
+                wh[i] = mopt_f32_to_f16(w[i]);
+                wb[i] = mopt_f32_to_bf16(w[i]);
+            }
+            for (int64_t i = 0; i < NT * xs; i++) x[i] = frand() * 2.0f;
+            for (int32_t nr = 1; nr <= R; nr++)
+                for (int32_t nt = 1; nt <= NT; nt++) {
+                    sets[k]->dots_rows_f32(w, nr, x, xs, nt, n, y, ys);
+                    for (int32_t t = 0; t < nt; t++)
+                        for (int32_t r = 0; r < nr; r++)
+                            assert_memory_equal(&y[t * ys + r], &(float){sets[k]->dot_f32(w + r * n, x + t * xs, n)}, 4);
+                    sets[k]->dots_rows_f16(wh, nr, x, xs, nt, n, y, ys);
+                    for (int32_t t = 0; t < nt; t++)
+                        for (int32_t r = 0; r < nr; r++)
+                            assert_memory_equal(&y[t * ys + r], &(float){sets[k]->dot_f16(wh + r * n, x + t * xs, n)}, 4);
+                    sets[k]->dots_rows_bf16(wb, nr, x, xs, nt, n, y, ys);
+                    for (int32_t t = 0; t < nt; t++)
+                        for (int32_t r = 0; r < nr; r++)
+                            assert_memory_equal(&y[t * ys + r], &(float){sets[k]->dot_bf16(wb + r * n, x + t * xs, n)}, 4);
+                }
+            free(w);
+            free(x);
+            free(wh);
+            free(wb);
+        }
+    }
+}
+
 static void test_dispatch_picks_a_supported_set(void **s) {
     const mopt_kernels *k = mopt_kernels_get();
     assert_non_null(k);
@@ -261,6 +333,8 @@ int main(void) {
         cmocka_unit_test(test_sp24_int4_dot_matches_float64),
         cmocka_unit_test(test_e4m3_rows_widen_exactly_and_dot_in_place),
         cmocka_unit_test(test_e4m3_activation_rounding_matches_the_scalar_conversion),
+        cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
+        cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

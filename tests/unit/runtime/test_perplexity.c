@@ -121,8 +121,23 @@ static void test_strided_windows_score_each_token_once(void **st) {
     mopt_model_free(m);
 }
 
+/* Percentiles interpolate between order statistics (numpy's default): for
+ * 1..5 the 0.95 quantile sits at position 3.8 of the sorted values, 4.8. */
+static void test_quantiles_interpolate_between_sorted_values(void **state) {
+    (void)state;
+    const double v[5] = {5, 1, 4, 2, 3};
+    assert_true(mopt_quantile(v, 5, 0.0) == 1.0);
+    assert_true(mopt_quantile(v, 5, 0.5) == 3.0);
+    assert_true(fabs(mopt_quantile(v, 5, 0.95) - 4.8) < 1e-12);
+    assert_true(mopt_quantile(v, 5, 1.0) == 5.0);
+    assert_true(mopt_quantile(v, 1, 0.95) == 5.0);
+    assert_true(isnan(mopt_quantile(v, 0, 0.5)));
+    assert_true(v[0] == 5 && v[1] == 1); /* the input keeps its order */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quantiles_interpolate_between_sorted_values),
         cmocka_unit_test(test_lit_llama_ppl_matches_reference),
         cmocka_unit_test(test_lit_gpt2_ppl_matches_reference),
         cmocka_unit_test(test_too_few_tokens_for_a_window_is_an_error),

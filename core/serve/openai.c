@@ -1,0 +1,235 @@
+/* The OpenAI completions and chat completions API: request bodies checked
+ * field by field (a known field of the wrong type is an error, unknown fields
+ * are ignored, as most OpenAI-compatible servers do), and response bodies
+ * and stream chunks in OpenAI's shapes. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "serve.h"
+
+enum { MAX_MESSAGES = 1024, MAX_STOP_BYTES = 256 };
+
+void srv_params_free(srv_params *p) {
+    free(p->prompt);
+    for (int i = 0; i < p->n_stop; i++) free(p->stop[i]);
+    free(p->user);
+    memset(p, 0, sizeof *p);
+}
+
+static bool fail(char *msg, size_t cap, const char *fmt, const char *field) {
+    snprintf(msg, cap, fmt, field);
+    return false;
+}
+
+static bool number(json_t *o, const char *key, double lo, double hi, double *out, char *msg, size_t cap) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return true;
+    if (!json_is_number(v)) return fail(msg, cap, "'%s' must be a number", key);
+    const double x = json_number_value(v);
+    if (!(x >= lo && x <= hi)) {
+        snprintf(msg, cap, "'%s' must be between %g and %g, got %g", key, lo, hi, x);
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+static const char *role_label(const char *role) {
+    if (!strcmp(role, "system")) return "System";
+    if (!strcmp(role, "user")) return "User";
+    if (!strcmp(role, "assistant")) return "Assistant";
+    return NULL;
+}
+
+char *srv_chat_prompt(const void *messages_json) {
+    const json_t *msgs = messages_json;
+    sbuf b = {0};
+    for (size_t i = 0; i < json_array_size(msgs); i++) {
+        json_t *m = json_array_get(msgs, i);
+        sb_printf(&b, "%s: %s\n", role_label(json_string_value(json_object_get(m, "role"))),
+                  json_string_value(json_object_get(m, "content")));
+    }
+    sb_printf(&b, "Assistant:");
+    if (b.oom) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
+}
+
+static bool check_messages(json_t *msgs, char *msg, size_t cap) {
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        return fail(msg, cap, "'%s' must be a non-empty array of {role, content} objects", "messages");
+    if (json_array_size(msgs) > MAX_MESSAGES) return fail(msg, cap, "'%s' has more than 1024 entries", "messages");
+    for (size_t i = 0; i < json_array_size(msgs); i++) {
+        json_t *m = json_array_get(msgs, i), *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        if (!json_is_object(m)) {
+            snprintf(msg, cap, "messages[%zu] must be an object", i);
+            return false;
+        }
+        if (!json_is_string(role) || !role_label(json_string_value(role))) {
+            snprintf(msg, cap, "messages[%zu].role must be \"system\", \"user\" or \"assistant\"", i);
+            return false;
+        }
+        if (!json_is_string(content)) {
+            snprintf(msg, cap, "messages[%zu].content must be a string", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool stops(json_t *v, srv_params *p, char *msg, size_t cap) {
+    if (!v || json_is_null(v)) return true;
+    json_t *one = json_is_string(v) ? v : NULL;
+    const size_t n = one ? 1 : json_array_size(v);
+    if (!one && !json_is_array(v)) return fail(msg, cap, "'%s' must be a string or an array of strings", "stop");
+    if (n > SRV_MAX_STOP) return fail(msg, cap, "'%s' takes at most 4 sequences", "stop");
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = one ? one : json_array_get(v, i);
+        if (!json_is_string(s)) return fail(msg, cap, "'%s' must be a string or an array of strings", "stop");
+        const size_t L = json_string_length(s);
+        if (L == 0 || L > MAX_STOP_BYTES) return fail(msg, cap, "each '%s' sequence must have 1 to 256 bytes", "stop");
+        p->stop[p->n_stop] = strdup(json_string_value(s));
+        if (!p->stop[p->n_stop]) return fail(msg, cap, "out of memory%s", "");
+        p->n_stop++;
+    }
+    return true;
+}
+
+bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, char *msg, size_t cap) {
+    memset(p, 0, sizeof *p);
+    p->chat = chat;
+    p->temperature = 1.0;
+    p->top_p = 1.0;
+    json_error_t je;
+    json_t *o = json_loadb(body, n, JSON_REJECT_DUPLICATES, &je);
+    if (!o) {
+        snprintf(msg, cap, "invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
+        for (char *c = msg; *c; c++) /* jansson quotes the offending bytes, control characters too: keep one line */
+            if ((unsigned char)*c < 0x20) *c = ' ';
+        return false;
+    }
+    bool ok = false;
+    json_t *v;
+    if (!json_is_object(o)) {
+        fail(msg, cap, "the request body must be a JSON object%s", "");
+        goto done;
+    }
+    if (chat) {
+        if (!check_messages(json_object_get(o, "messages"), msg, cap)) goto done;
+        p->prompt = srv_chat_prompt(json_object_get(o, "messages"));
+    } else {
+        v = json_object_get(o, "prompt");
+        if (json_is_array(v) && json_array_size(v) == 1) v = json_array_get(v, 0);
+        if (!json_is_string(v)) {
+            fail(msg, cap, "'%s' must be a string (or an array of one string)", "prompt");
+            goto done;
+        }
+        p->prompt = strdup(json_string_value(v));
+    }
+    if (!p->prompt) {
+        fail(msg, cap, "out of memory%s", "");
+        goto done;
+    }
+    const char *mt_key = json_object_get(o, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    v = json_object_get(o, mt_key);
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 24)) {
+            fail(msg, cap, "'%s' must be a positive integer", mt_key);
+            goto done;
+        }
+        p->max_tokens = (int32_t)json_integer_value(v);
+    }
+    if (!number(o, "temperature", 0, 2, &p->temperature, msg, cap) || !number(o, "top_p", 0, 1, &p->top_p, msg, cap))
+        goto done;
+    if (p->top_p <= 0) {
+        fail(msg, cap, "'%s' must be in (0, 1]", "top_p");
+        goto done;
+    }
+    v = json_object_get(o, "seed");
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v)) {
+            fail(msg, cap, "'%s' must be an integer", "seed");
+            goto done;
+        }
+        p->has_seed = true;
+        p->seed = (uint64_t)json_integer_value(v);
+    }
+    if (!stops(json_object_get(o, "stop"), p, msg, cap)) goto done;
+    v = json_object_get(o, "stream");
+    if (v && !json_is_null(v) && !json_is_boolean(v)) {
+        fail(msg, cap, "'%s' must be true or false", "stream");
+        goto done;
+    }
+    p->stream = json_is_true(v);
+    v = json_object_get(o, "n");
+    if (v && !json_is_null(v) && (!json_is_integer(v) || json_integer_value(v) != 1)) {
+        fail(msg, cap, "'%s' must be 1: one choice per request", "n");
+        goto done;
+    }
+    v = json_object_get(o, "model");
+    if (v && !json_is_null(v) && !json_is_string(v)) {
+        fail(msg, cap, "'%s' must be a string", "model");
+        goto done;
+    }
+    v = json_object_get(o, "user");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v)) {
+            fail(msg, cap, "'%s' must be a string", "user");
+            goto done;
+        }
+        p->user = strdup(json_string_value(v));
+    }
+    ok = true;
+done:
+    json_decref(o);
+    if (!ok) srv_params_free(p);
+    return ok;
+}
+
+static char *dump(json_t *j) {
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
+char *srv_json_error(const char *message, const char *type) {
+    return dump(json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message", message, "type", type, "param", "code"));
+}
+
+static json_t *text_value(const char *s, size_t n) {
+    json_t *t = json_stringn(s ? s : "", s ? n : 0);
+    return t ? t : json_string("\xEF\xBF\xBD"); /* bytes that are not UTF-8 (a mangled tokenizer): U+FFFD */
+}
+
+char *srv_json_response(const srv_request *r, bool chat, const char *id, long long created, const char *model) {
+    json_t *choice = chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role", "assistant", "content",
+                                      text_value(r->text.s, r->text.n), "finish_reason", srv_finish_name(r->finish))
+                          : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text_value(r->text.s, r->text.n),
+                                      "logprobs", "finish_reason", srv_finish_name(r->finish));
+    return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o],s:{s:i,s:i,s:i}}", "id", id, "object",
+                          chat ? "chat.completion" : "text_completion", "created", (json_int_t)created, "model", model,
+                          "choices", choice, "usage", "prompt_tokens", r->n_prompt, "completion_tokens", r->n_generated,
+                          "total_tokens", r->n_prompt + r->n_generated));
+}
+
+char *srv_json_chunk(bool chat, const char *id, long long created, const char *model, const char *text, size_t n,
+                     const char *finish, bool role_first) {
+    json_t *choice;
+    if (chat) {
+        json_t *delta = role_first ? json_pack("{s:s}", "role", "assistant")
+                        : finish   ? json_object()
+                                   : json_pack("{s:o}", "content", text_value(text, n));
+        choice = json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason",
+                           finish ? json_string(finish) : json_null());
+    } else {
+        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", text_value(finish ? "" : text, finish ? 0 : n),
+                           "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
+    }
+    return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", id, "object",
+                          chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)created, "model",
+                          model, "choices", choice));
+}

@@ -1,0 +1,297 @@
+/* mopt serve's parts without the network: stop strings and UTF-8 hold-back
+ * in a request's text, the A/B router's split and stickiness, request
+ * checking, the Prometheus text, and the engine's continuous batching, whose
+ * requests must each get exactly the greedy text of their sequence run alone. */
+#include <jansson.h>
+#include <math.h>
+
+#include "serve.h"
+#include "testutil.h"
+
+static srv_request *with_stops(const char *a, const char *b) {
+    srv_request *r = srv_request_new();
+    assert_non_null(r);
+    if (a) r->stop[r->n_stop++] = strdup(a);
+    if (b) r->stop[r->n_stop++] = strdup(b);
+    return r;
+}
+
+static void test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_partial(void **state) {
+    (void)state;
+    srv_request *r = with_stops("\n\nEND", "xyz");
+    assert_false(srv_request_append(r, "Hello", 5));
+    assert_int_equal(r->visible, 5);
+    assert_false(srv_request_append(r, " world\n", 7)); /* "\n" may begin the stop string: held back */
+    assert_int_equal(r->visible, 11);
+    assert_false(srv_request_append(r, "\nE", 2));
+    assert_int_equal(r->visible, 11);
+    assert_true(srv_request_append(r, "ND and more", 11)); /* the stop string completes: cut, finished */
+    assert_int_equal(r->finish, SRV_STOP);
+    assert_string_equal(r->text.s, "Hello world");
+    assert_int_equal(r->visible, 11);
+    srv_request_unref(r);
+    /* the earliest stop string wins, whatever its place in the list (found by fuzzing) */
+    r = with_stops("e", "t");
+    assert_false(srv_request_append(r, "Sys", 3));
+    assert_true(srv_request_append(r, "tem", 3));
+    assert_string_equal(r->text.s, "Sys");
+    srv_request_unref(r);
+    /* a partial match that turns out not to be one is released */
+    r = with_stops("xyz", NULL);
+    assert_false(srv_request_append(r, "abxy", 4));
+    assert_int_equal(r->visible, 2);
+    assert_false(srv_request_append(r, "w", 1));
+    assert_int_equal(r->visible, 5);
+    srv_request_finish(r, SRV_LENGTH, NULL);
+    assert_string_equal(r->text.s, "abxyw");
+    srv_request_unref(r);
+}
+
+static void test_an_unfinished_utf8_character_is_held_back_and_dropped_at_the_end(void **state) {
+    (void)state;
+    srv_request *r = with_stops(NULL, NULL);
+    assert_false(srv_request_append(r, "caf\xC3", 4)); /* first byte of é */
+    assert_int_equal(r->visible, 3);
+    assert_false(srv_request_append(r, "\xA9 \xE2\x82", 4)); /* é, a space, 2 of the 3 bytes of € */
+    assert_int_equal(r->visible, 6);
+    srv_request_finish(r, SRV_LENGTH, NULL); /* the half € never becomes text */
+    assert_string_equal(r->text.s, "caf\xC3\xA9 ");
+    assert_int_equal(r->visible, 6);
+    srv_request_unref(r);
+}
+
+static void test_the_router_sends_the_split_and_keeps_keys_on_one_arm(void **state) {
+    (void)state;
+    srv_router rt;
+    srv_router_init(&rt, 0.3, 42);
+    int cand = 0;
+    for (int i = 0; i < 1000; i++) cand += srv_router_pick(&rt, NULL) == SRV_CANDIDATE;
+    assert_in_range(cand, 270, 330); /* 30% +- 3% */
+    int keyed = 0;
+    char key[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof key, "user-%d", i);
+        const int arm = srv_router_pick(&rt, key);
+        keyed += arm == SRV_CANDIDATE;
+        for (int k = 0; k < 3; k++) assert_int_equal(srv_router_pick(&rt, key), arm); /* sticky */
+    }
+    assert_in_range(keyed, 250, 350);
+    srv_router_set_split(&rt, 0);
+    for (int i = 0; i < 100; i++) assert_int_equal(srv_router_pick(&rt, i % 2 ? "k" : NULL), SRV_BASELINE);
+    srv_router_set_split(&rt, 1);
+    for (int i = 0; i < 100; i++) assert_int_equal(srv_router_pick(&rt, i % 2 ? "k" : NULL), SRV_CANDIDATE);
+    pthread_mutex_destroy(&rt.mu);
+}
+
+static void refused(bool chat, const char *body, const char *expect) {
+    srv_params p;
+    char msg[512];
+    if (srv_parse_request(body, strlen(body), chat, &p, msg, sizeof msg)) {
+        fprintf(stderr, "accepted: %s\n", body);
+        fail();
+    }
+    if (!strstr(msg, expect)) {
+        fprintf(stderr, "message \"%s\" lacks \"%s\"\n", msg, expect);
+        fail();
+    }
+    assert_null(strchr(msg, '\n')); /* one line, whatever bytes the body held */
+}
+
+static void test_requests_are_checked_field_by_field(void **state) {
+    (void)state;
+    refused(false, "{\"prompt\": \"a\",", "invalid JSON at line 1");
+    refused(false, "[1, 2]", "JSON object");
+    refused(false, "{\"prompt\": \"a\\\n\n\"}", "invalid JSON"); /* a raw line feed after a backslash (found by fuzzing) */
+    refused(false, "{\"max_tokens\": 3}", "'prompt' must be a string");
+    refused(false, "{\"prompt\": 7}", "'prompt' must be a string");
+    refused(false, "{\"prompt\": \"a\", \"max_tokens\": \"ten\"}", "'max_tokens' must be a positive integer");
+    refused(false, "{\"prompt\": \"a\", \"max_tokens\": 0}", "'max_tokens' must be a positive integer");
+    refused(false, "{\"prompt\": \"a\", \"temperature\": 3}", "'temperature' must be between 0 and 2");
+    refused(false, "{\"prompt\": \"a\", \"temperature\": \"hot\"}", "'temperature' must be a number");
+    refused(false, "{\"prompt\": \"a\", \"top_p\": 0}", "'top_p' must be in (0, 1]");
+    refused(false, "{\"prompt\": \"a\", \"seed\": 1.5}", "'seed' must be an integer");
+    refused(false, "{\"prompt\": \"a\", \"stop\": [\"a\", 3]}", "'stop' must be a string or an array");
+    refused(false, "{\"prompt\": \"a\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", "at most 4");
+    refused(false, "{\"prompt\": \"a\", \"stop\": \"\"}", "1 to 256 bytes");
+    refused(false, "{\"prompt\": \"a\", \"stream\": \"yes\"}", "'stream' must be true or false");
+    refused(false, "{\"prompt\": \"a\", \"n\": 2}", "'n' must be 1");
+    refused(false, "{\"prompt\": \"a\", \"prompt\": \"b\"}", "duplicate");
+    refused(true, "{\"messages\": []}", "'messages' must be a non-empty array");
+    refused(true, "{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}", "messages[0].role");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "messages[0].content must be a string");
+    srv_params p;
+    char msg[256];
+    const char *ok = "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}],"
+                     " \"max_tokens\": 9, \"temperature\": 0, \"stop\": \"\\n\", \"seed\": 7, \"stream\": true, \"extra\": {}}";
+    assert_true(srv_parse_request(ok, strlen(ok), true, &p, msg, sizeof msg));
+    assert_string_equal(p.prompt, "System: Be brief.\nUser: Hi\nAssistant:");
+    assert_int_equal(p.max_tokens, 9);
+    assert_true(p.stream && p.has_seed && p.seed == 7 && p.n_stop == 1 && p.temperature == 0);
+    srv_params_free(&p);
+}
+
+static void test_metrics_are_prometheus_text_with_cumulative_buckets(void **state) {
+    (void)state;
+    srv_metrics m;
+    srv_metrics_init(&m);
+    srv_hist_add(&m.arm[0].latency, 0.003);
+    srv_hist_add(&m.arm[0].latency, 0.2);
+    srv_hist_add(&m.arm[0].latency, 1e6);
+    m.arm[0].requests_ok = 3;
+    srv_metrics_error(&m, SRV_ERR_TOO_LARGE);
+    sbuf b = {0};
+    const char *names[SRV_ARMS] = {"base", NULL};
+    srv_metrics_render(&m, names, &b);
+    assert_non_null(strstr(b.s, "# TYPE mopt_request_duration_seconds histogram\n"));
+    assert_non_null(strstr(b.s, "mopt_request_duration_seconds_bucket{arm=\"base\",le=\"0.005\"} 1\n"));
+    assert_non_null(strstr(b.s, "mopt_request_duration_seconds_bucket{arm=\"base\",le=\"0.25\"} 2\n"));
+    assert_non_null(strstr(b.s, "mopt_request_duration_seconds_bucket{arm=\"base\",le=\"300\"} 2\n"));
+    assert_non_null(strstr(b.s, "mopt_request_duration_seconds_bucket{arm=\"base\",le=\"+Inf\"} 3\n"));
+    assert_non_null(strstr(b.s, "mopt_request_duration_seconds_count{arm=\"base\"} 3\n"));
+    assert_non_null(strstr(b.s, "mopt_requests_total{arm=\"base\",outcome=\"ok\"} 3\n"));
+    assert_non_null(strstr(b.s, "mopt_errors_total{kind=\"too_large\"} 1\n"));
+    for (const char *a = strstr(b.s, "arm=\""); a; a = strstr(a + 1, "arm=\"")) /* no second arm, no lines for it */
+        assert_memory_equal(a, "arm=\"base\"", 10);
+    for (char *line = b.s; *line; line = strchr(line, '\n') + 1) /* every sample line: name{labels} value */
+        if (*line != '#') assert_non_null(memchr(line, ' ', (size_t)(strchr(line, '\n') - line)));
+    free(b.s);
+    srv_metrics_free(&m);
+}
+
+/* Greedy continuation of ids by one sequence alone, token by token after the prompt. */
+static void alone(mopt_model *m, const int32_t *ids, int32_t n, int32_t gen, int32_t *out) {
+    mopt_session *s = mopt_session_new(mopt_model_graph(m), NULL, NULL);
+    assert_non_null(s);
+    const float *logits;
+    const int32_t V = mopt_session_vocab_size(s);
+    assert_int_equal(mopt_session_forward(s, ids, n, false, &logits, NULL), MOPT_OK);
+    for (int32_t i = 0; i < gen; i++) {
+        out[i] = mopt_argmax(logits, V);
+        if (i + 1 < gen) assert_int_equal(mopt_session_forward(s, &out[i], 1, false, &logits, NULL), MOPT_OK);
+    }
+    mopt_session_free(s);
+}
+
+static void wait_done(srv_request *r) {
+    pthread_mutex_lock(&r->mu);
+    while (r->finish == SRV_RUNNING) pthread_cond_wait(&r->cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Four requests share an engine of three sequence slots and batches of 7
+ * tokens: prompts are fed in chunks beside other sequences' decode steps, the
+ * fourth waits for a free slot. Every batch stays under 8 rows, where the
+ * kernels give each row the bits it would get alone, so each text must equal
+ * its greedy continuation computed alone, token for token. */
+static void test_the_engine_batches_requests_and_each_gets_its_own_greedy_text(void **state) {
+    (void)state;
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    const mopt_tokenizer *tok = mopt_model_tokenizer(m);
+    srv_metrics met;
+    srv_metrics_init(&met);
+    srv_engine_opts o = {3, 128, 7, 8, 2};
+    mopt_error err = {0};
+    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, &err);
+    assert_non_null(e);
+    const char *prompts[4] = {"ROMEO:", "KING HENRY:\nWhat", "First Citizen:", "JULIET:\nO"};
+    const int32_t gen = 24;
+    srv_request *r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = srv_request_new();
+        size_t n = 0;
+        assert_int_equal(mopt_tokenizer_encode(tok, prompts[i], strlen(prompts[i]), MOPT_TOK_ADD_SPECIAL, &r[i]->prompt, &n, NULL),
+                         MOPT_OK);
+        assert_true(n < 8);
+        r[i]->n_prompt = (int32_t)n;
+        r[i]->max_tokens = gen;
+        r[i]->temperature = 0;
+        assert_int_equal(srv_engine_submit(e, r[i]), SRV_QUEUED);
+    }
+    for (int i = 0; i < 4; i++) {
+        wait_done(r[i]);
+        int32_t want[24], *ids = malloc((size_t)(r[i]->n_prompt + gen) * sizeof *ids);
+        alone(m, r[i]->prompt, r[i]->n_prompt, gen, want);
+        memcpy(ids, r[i]->prompt, (size_t)r[i]->n_prompt * sizeof *ids);
+        memcpy(ids + r[i]->n_prompt, want, sizeof want);
+        int32_t n_want = gen;
+        for (int32_t k = 0; k < gen; k++)
+            if (want[k] == mopt_model_arch(m)->eos_id) n_want = k;
+        char *full = NULL, *head = NULL;
+        size_t fn = 0, hn = 0; /* the prompt's text, then what the tokens add to it */
+        assert_int_equal(mopt_tokenizer_decode(tok, ids, (size_t)(r[i]->n_prompt + n_want), 0, &full, &fn, NULL), MOPT_OK);
+        assert_int_equal(mopt_tokenizer_decode(tok, ids, (size_t)r[i]->n_prompt, 0, &head, &hn, NULL), MOPT_OK);
+        assert_true(fn >= hn && !memcmp(full, head, hn));
+        if (strcmp(r[i]->text.s ? r[i]->text.s : "", full + hn)) {
+            fprintf(stderr, "request %d: batched \"%s\", alone \"%s\"\n", i, r[i]->text.s, full + hn);
+            fail();
+        }
+        free(full);
+        free(head);
+        assert_int_equal(r[i]->n_generated, n_want);
+        free(ids);
+    }
+    pthread_mutex_lock(&met.mu);
+    assert_int_equal(met.arm[0].requests_ok, 4);
+    assert_true(met.arm[0].batch_seqs.sum > met.arm[0].batch_seqs.n); /* some steps carried several sequences */
+    assert_true(met.arm[0].batch_tokens.sum <= 7.0 * (double)met.arm[0].batch_tokens.n);
+    pthread_mutex_unlock(&met.mu);
+    for (int i = 0; i < 4; i++) srv_request_unref(r[i]);
+    srv_engine_free(e);
+    srv_metrics_free(&met);
+    mopt_model_free(m);
+}
+
+/* A full queue refuses; stopping fails what is queued and running, with a reason, and refuses later requests. */
+static void test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests(void **state) {
+    (void)state;
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    srv_metrics met;
+    srv_metrics_init(&met);
+    srv_engine_opts o = {1, 512, 16, 2, 1};
+    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, NULL);
+    assert_non_null(e);
+    srv_request *r[6];
+    int queued = 0, full = 0;
+    for (int i = 0; i < 6; i++) {
+        r[i] = srv_request_new();
+        r[i]->prompt = malloc(sizeof(int32_t));
+        r[i]->prompt[0] = 1;
+        r[i]->n_prompt = 1;
+        r[i]->max_tokens = 400; /* long enough to still run when the engine stops */
+        r[i]->temperature = 1.0f;
+        r[i]->top_p = 1.0f;
+        const srv_submit st = srv_engine_submit(e, r[i]);
+        queued += st == SRV_QUEUED;
+        full += st == SRV_QUEUE_FULL;
+    }
+    assert_true(full >= 1); /* one running and two waiting at most */
+    assert_true(queued <= 3);
+    srv_engine_stop(e);
+    for (int i = 0; i < 6; i++) {
+        pthread_mutex_lock(&r[i]->mu);
+        if (r[i]->finish == SRV_FAILED) assert_non_null(strstr(r[i]->error, "stopping"));
+        pthread_mutex_unlock(&r[i]->mu);
+    }
+    srv_request *late = srv_request_new();
+    assert_int_equal(srv_engine_submit(e, late), SRV_STOPPING);
+    srv_request_unref(late);
+    for (int i = 0; i < 6; i++) srv_request_unref(r[i]);
+    srv_engine_free(e);
+    srv_metrics_free(&met);
+    mopt_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_partial),
+        cmocka_unit_test(test_an_unfinished_utf8_character_is_held_back_and_dropped_at_the_end),
+        cmocka_unit_test(test_the_router_sends_the_split_and_keeps_keys_on_one_arm),
+        cmocka_unit_test(test_requests_are_checked_field_by_field),
+        cmocka_unit_test(test_metrics_are_prometheus_text_with_cumulative_buckets),
+        cmocka_unit_test(test_the_engine_batches_requests_and_each_gets_its_own_greedy_text),
+        cmocka_unit_test(test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
