@@ -38,6 +38,7 @@ static void help(void) {
            "  --gate-window N     samples per window (default 20, at most 1024)\n"
            "  --max-seqs N        sequences generated together per model (default 8)\n"
            "  --max-batch N       tokens per forward pass, prompt chunks included (default 256)\n"
+           "  --kv-memory MIB     KV-cache memory per model; fewer sequences when --max-seqs do not fit (default 1024)\n"
            "  --ctx N             positions per sequence (default: the model's context)\n"
            "  --queue N           requests that may wait per model; beyond it: HTTP 429 (default 64)\n"
            "  --max-body BYTES    request body limit; beyond it: HTTP 413 (default 1048576)\n"
@@ -99,14 +100,14 @@ int cmd_serve(int argc, char **argv) {
         {"split", required_argument, 0, 's'},     {"ab-seed", required_argument, 0, 'S'},
         {"max-seqs", required_argument, 0, 'q'},  {"max-batch", required_argument, 0, 'b'},
         {"ctx", required_argument, 0, 'x'},       {"queue", required_argument, 0, 'Q'},
-        {"max-body", required_argument, 0, 'B'},  {"max-conns", required_argument, 0, 'C'},
+        {"max-body", required_argument, 0, 'B'},  {"kv-memory", required_argument, 0, 'M'},  {"max-conns", required_argument, 0, 'C'},
         {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'},
         {"shadow", required_argument, 0, 'w'},   {"shadow-tokens", required_argument, 0, 'k'},
         {"gate", required_argument, 0, 'g'},     {"gate-window", required_argument, 0, 'W'},
         {"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *host = "127.0.0.1", *port_file = NULL, *candidate = NULL;
     long long port = 8080, seed = 1, max_seqs = 8, max_batch = 256, ctx = 0, queue = 64, max_body = 1 << 20,
-              max_conns = 4096, threads = 0;
+              max_conns = 4096, threads = 0, kv_mib = 1024;
     double split = -1, drain = 30, shadow = 0;
     long long shadow_tokens = 16, gate_window = 20;
     srv_gate gate = {-1, -1, -1, -1, 20};
@@ -129,6 +130,7 @@ int cmd_serve(int argc, char **argv) {
         case 'b': if ((rc = parse_count("--max-batch", optarg, 1, 1 << 16, &max_batch))) return rc; break;
         case 'x': if ((rc = parse_count("--ctx", optarg, 2, 1 << 24, &ctx))) return rc; break;
         case 'Q': if ((rc = parse_count("--queue", optarg, 1, 1 << 20, &queue))) return rc; break;
+        case 'M': if ((rc = parse_count("--kv-memory", optarg, 1, 1 << 24, &kv_mib))) return rc; break;
         case 'B': if ((rc = parse_count("--max-body", optarg, 1024, 1 << 30, &max_body))) return rc; break;
         case 'C': if ((rc = parse_count("--max-conns", optarg, 16, 1 << 20, &max_conns))) return rc; break;
         case 'D':
@@ -214,7 +216,8 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    srv_engine_opts eo = {(int32_t)max_seqs, (int32_t)ctx, (int32_t)max_batch, (int32_t)queue, (int32_t)threads};
+    srv_engine_opts eo = {(int32_t)max_seqs, (int32_t)ctx, (int32_t)max_batch, (int32_t)queue, (int32_t)threads,
+                          kv_mib << 20};
     for (int a = 0; a < SRV_ARMS && models[a]; a++) {
         eng[a] = srv_engine_new(models[a], a, &eo, &met, candidate ? &mon : NULL, &err);
         if (!eng[a]) {
@@ -228,9 +231,9 @@ int cmd_serve(int argc, char **argv) {
         rc = cli_fail(&err);
         goto done;
     }
-    srv_log(false, "%s%s%s on http://%s:%d (%lld sequences per model, batch %lld tokens, queue %lld)", names[0],
-            candidate ? " with candidate " : "", candidate ? names[1] : "", host, srv_server_port(srv), max_seqs,
-            max_batch, queue);
+    srv_log(false, "%s%s%s on http://%s:%d (%d sequences per model, batch %lld tokens, queue %lld)", names[0],
+            candidate ? " with candidate " : "", candidate ? names[1] : "", host, srv_server_port(srv),
+            srv_engine_slots(eng[0]), max_batch, queue);
     if (candidate) srv_log(false, "A/B split: %.3g of requests to %s (seed %lld)%s", split, names[1], seed,
                            gated ? "; gates on" : "");
     if (shadow > 0) srv_log(false, "shadow: %.3g of requests compared on both arms over %lld greedy tokens", shadow, shadow_tokens);

@@ -40,6 +40,7 @@ struct srv_engine {
 };
 
 int32_t srv_engine_ctx(const srv_engine *e) { return e->ctx; }
+int32_t srv_engine_slots(const srv_engine *e) { return e->n_slots; }
 const mopt_tokenizer *srv_engine_tokenizer(const srv_engine *e) { return e->tok; }
 
 int32_t srv_engine_load(srv_engine *e) {
@@ -323,6 +324,19 @@ srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv
     e->eos = a->eos_id >= 0 ? a->eos_id : mopt_tokenizer_eos_id(tok);
     e->ctx = o->ctx > 0 && o->ctx < a->max_ctx ? o->ctx : a->max_ctx;
     e->n_slots = o->max_seqs > 0 ? o->max_seqs : 1;
+    const int64_t per_seq = mopt_graph_kv_bytes_per_token(mopt_model_graph(m)) * (int64_t)e->ctx;
+    if (o->kv_budget > 0 && per_seq > 0 && per_seq * e->n_slots > o->kv_budget) {
+        if (per_seq > o->kv_budget) {
+            mopt_error_set(err, MOPT_E_INVALID, "serve",
+                           "%s: one sequence of %d positions needs %.1f MiB of KV cache, more than the budget of %.1f MiB; "
+                           "raise --kv-memory or lower --ctx", mopt_model_path(m), e->ctx, per_seq / 1048576.0,
+                           o->kv_budget / 1048576.0);
+            goto fail;
+        }
+        e->n_slots = (int32_t)(o->kv_budget / per_seq);
+        srv_log(false, "%s: the KV budget of %.1f MiB holds %d sequences of %d positions (%.1f MiB each), not %d",
+                mopt_model_path(m), o->kv_budget / 1048576.0, e->n_slots, e->ctx, per_seq / 1048576.0, o->max_seqs);
+    }
     e->max_batch = o->max_batch > e->n_slots ? o->max_batch : e->n_slots;
     e->q_cap = o->queue_cap > 0 ? o->queue_cap : 1;
     mopt_session_opts so;

@@ -122,6 +122,7 @@ typedef struct srv_engine_opts {
     int32_t max_batch;  /* tokens per forward (prefill chunks share it with decode steps) */
     int32_t queue_cap;  /* waiting requests beyond the running ones */
     int32_t n_threads;
+    int64_t kv_budget;  /* bytes for all sequences' KV caches (<= 0: no limit); fewer sequences when they do not fit */
 } srv_engine_opts;
 
 struct srv_monitor;
@@ -139,6 +140,7 @@ srv_submit srv_engine_submit(srv_engine *e, srv_request *r);
 /* Requests queued or running. */
 int32_t srv_engine_load(srv_engine *e);
 int32_t srv_engine_ctx(const srv_engine *e);
+int32_t srv_engine_slots(const srv_engine *e);
 const mopt_tokenizer *srv_engine_tokenizer(const srv_engine *e);
 
 /* ---- routing ------------------------------------------------------------- */

@@ -190,7 +190,7 @@ static void test_the_engine_batches_requests_and_each_gets_its_own_greedy_text(v
     const mopt_tokenizer *tok = mopt_model_tokenizer(m);
     srv_metrics met;
     srv_metrics_init(&met);
-    srv_engine_opts o = {3, 128, 7, 8, 2};
+    srv_engine_opts o = {3, 128, 7, 8, 2, 0};
     mopt_error err = {0};
     srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, &err);
     assert_non_null(e);
@@ -249,7 +249,7 @@ static void test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests(vo
     mopt_model *m = test_load_model("models/lit-llama-7m");
     srv_metrics met;
     srv_metrics_init(&met);
-    srv_engine_opts o = {1, 512, 16, 2, 1};
+    srv_engine_opts o = {1, 512, 16, 2, 1, 0};
     srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, NULL);
     assert_non_null(e);
     srv_request *r[6];
@@ -283,6 +283,30 @@ static void test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests(vo
     mopt_model_free(m);
 }
 
+/* The KV budget decides how many sequences run together: 2.5 caches' worth
+ * gives two slots, less than one is refused with what to change. */
+static void test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one(void **state) {
+    (void)state;
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    srv_metrics met;
+    srv_metrics_init(&met);
+    const int64_t per_seq = mopt_graph_kv_bytes_per_token(mopt_model_graph(m)) * 128;
+    assert_true(per_seq > 0);
+    srv_engine_opts o = {5, 128, 16, 4, 1, per_seq * 5 / 2};
+    srv_engine *e = srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, NULL);
+    assert_non_null(e);
+    assert_int_equal(srv_engine_slots(e), 2);
+    assert_int_equal(met.arm[0].kv_bytes, 2 * per_seq);
+    srv_engine_free(e);
+    o.kv_budget = per_seq - 1;
+    mopt_error err = {0};
+    assert_null(srv_engine_new(m, SRV_BASELINE, &o, &met, NULL, &err));
+    CHECK_ERR(err, MOPT_E_INVALID, "raise --kv-memory or lower --ctx");
+    srv_metrics_free(&met);
+    mopt_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_partial),
@@ -292,6 +316,7 @@ int main(void) {
         cmocka_unit_test(test_metrics_are_prometheus_text_with_cumulative_buckets),
         cmocka_unit_test(test_the_engine_batches_requests_and_each_gets_its_own_greedy_text),
         cmocka_unit_test(test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests),
+        cmocka_unit_test(test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
