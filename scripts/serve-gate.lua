@@ -12,9 +12,9 @@ local function num(key, default) return tonumber(args[key] or default) end
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local function sh(cmd) return os.execute(cmd) == true end
 
-local work = os.tmpname()
-os.remove(work)
-assert(sh("mkdir -p " .. q(work)), "cannot make " .. work)
+local mk = io.popen("mktemp -d") -- a new private directory: the only thing this script removes
+local work = assert(mk:read("l"), "mktemp -d failed")
+mk:close()
 
 local serve = {q(mopt_bin), "serve", q(model), "--port 0", "--port-file", q(work .. "/port"), "--threads 2"}
 if args.candidate then

@@ -54,28 +54,14 @@ static int parse_count(const char *opt, const char *v, long long lo, long long h
     return 0;
 }
 
-static const char *base_name(const char *path) {
+/* The last component of a path (a model directory's name), into buf. */
+static const char *base_name(const char *path, char *buf, size_t cap) {
     const char *end = path + strlen(path);
     while (end > path && end[-1] == '/') end--;
     const char *b = end;
     while (b > path && b[-1] != '/') b--;
-    static char names[2][256];
-    static int k;
-    char *out = names[k++ & 1];
-    snprintf(out, sizeof names[0], "%.*s", (int)(end - b), b);
-    return out;
-}
-
-static int write_port_file(const char *path, int port) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, path) != 0) {
-        if (f) unlink(tmp);
-        fprintf(stderr, "mopt serve: cannot write the port file %s\n", path);
-        return EXIT_RUNTIME;
-    }
-    return EXIT_OK;
+    snprintf(buf, cap, "%.*s", (int)(end - b), b);
+    return buf;
 }
 
 /* A Hugging Face tokenizer_config.json with a chat_template: its Jinja is not
@@ -179,7 +165,9 @@ int cmd_serve(int argc, char **argv) {
     mopt_error err = {0};
     mopt_model *models[SRV_ARMS] = {0};
     srv_engine *eng[SRV_ARMS] = {0};
-    const char *names[SRV_ARMS] = {base_name(argv[optind]), candidate ? base_name(candidate) : NULL};
+    char name_buf[SRV_ARMS][256];
+    const char *names[SRV_ARMS] = {base_name(argv[optind], name_buf[0], sizeof name_buf[0]),
+                                   candidate ? base_name(candidate, name_buf[1], sizeof name_buf[1]) : NULL};
     if (candidate && !strcmp(names[0], names[1])) names[1] = "candidate";
     srv_metrics met;
     srv_metrics_init(&met);
@@ -237,7 +225,14 @@ int cmd_serve(int argc, char **argv) {
     if (candidate) srv_log(false, "A/B split: %.3g of requests to %s (seed %lld)%s", split, names[1], seed,
                            gated ? "; gates on" : "");
     if (shadow > 0) srv_log(false, "shadow: %.3g of requests compared on both arms over %lld greedy tokens", shadow, shadow_tokens);
-    if (port_file && (rc = write_port_file(port_file, srv_server_port(srv)))) goto done;
+    if (port_file) { /* atomically, never through a link: a script polling for it sees the whole number */
+        char line[16];
+        const int len = snprintf(line, sizeof line, "%d\n", srv_server_port(srv));
+        if (mopt_file_write_atomic(port_file, line, (size_t)len, &err)) {
+            rc = cli_fail(&err);
+            goto done;
+        }
+    }
     int sig = 0;
     sigwait(&sigs, &sig);
     srv_log(false, "%s: draining (new requests get 503; up to %.0f s)", sig == SIGINT ? "SIGINT" : "SIGTERM", drain);

@@ -836,6 +836,14 @@ static void kv_store(const mopt_op_args *a, int v, int32_t t) {
     }
 }
 
+/* Every token's K and V into the cache. */
+static void kv_store_all(const mopt_op_args *a) {
+    for (int32_t t = 0; t < a->T; t++) {
+        kv_store(a, 0, t);
+        kv_store(a, 1, t);
+    }
+}
+
 /* Decode: per (token, KV head), the query heads sharing that KV head as the
  * rows of two small GEMMs, scores = Q K^T and out = P V, so each key and value
  * row is read once per group and the products run in OpenBLAS's kernels
@@ -939,10 +947,7 @@ static mopt_status attention_seqs(cpu_ctx *c, const mopt_op_args *a, mopt_error 
             attention(c, b);
             continue;
         }
-        for (int32_t t = 0; t < b->T; t++) {
-            kv_store(b, 0, t);
-            kv_store(b, 1, t);
-        }
+        kv_store_all(b);
         dec[nd] = *b;
         first[nd + 1] = first[nd] + (int64_t)b->T * b->node->n_kv_heads;
         nd++;
@@ -954,10 +959,7 @@ static mopt_status attention_seqs(cpu_ctx *c, const mopt_op_args *a, mopt_error 
 
 static void attention(cpu_ctx *c, const mopt_op_args *a) {
     const mopt_node *n = a->node;
-    for (int32_t t = 0; t < a->T; t++) {
-        kv_store(a, 0, t);
-        kv_store(a, 1, t);
-    }
+    kv_store_all(a);
     op_job j = {c, a};
     if (a->T >= 8)
         mopt_pool_run(c->pool, (int64_t)n->n_kv_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);

@@ -22,6 +22,12 @@ struct mopt_seq {
     size_t bytes;              /* cache memory */
 };
 
+/* A run of rows of the batch that belong to one sequence. */
+typedef struct seg {
+    mopt_seq *q;
+    int32_t row0, T;
+} seg;
+
 struct mopt_session {
     const mopt_graph *g;
     const mopt_backend_i *be;
@@ -31,18 +37,16 @@ struct mopt_session {
     float **slots;       /* [n_slots] each max_batch x slot width */
     int32_t *value_slot; /* value -> slot */
     mopt_seq own;        /* the cache mopt_session_forward uses */
-    mopt_op_args *seg_args; /* per sequence of a batched forward: its rows of a per-sequence op */
+    /* a batched forward's sequences, kept between calls so a decode step allocates nothing */
+    seg *segs;
+    mopt_op_args *seg_args; /* per sequence: its rows of a per-sequence op */
     int32_t seg_cap;
+    int32_t *flat;          /* [max_batch] every sequence's tokens in a row, once a batched forward ran */
     float *logits;
     size_t logits_cap;   /* floats */
     int32_t lm_head;     /* node index */
 };
 
-/* A run of rows of the batch that belong to one sequence. */
-typedef struct seg {
-    mopt_seq *q;
-    int32_t row0, T;
-} seg;
 
 void mopt_session_opts_default(mopt_session_opts *o) {
     memset(o, 0, sizeof *o);
@@ -106,12 +110,26 @@ nomem:
     return MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate the KV cache for %d positions", max_ctx);
 }
 
+/* Room for n sequences in a batched forward (one for a plain one). */
+static mopt_status ensure_segs(mopt_session *s, int32_t n, mopt_error *err) {
+    if (n <= s->seg_cap) return MOPT_OK;
+    seg *sg = realloc(s->segs, (size_t)n * sizeof *sg);
+    if (sg) s->segs = sg;
+    mopt_op_args *a = sg ? realloc(s->seg_args, (size_t)n * sizeof *a) : NULL;
+    if (!a) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    s->seg_args = a;
+    s->seg_cap = n;
+    return MOPT_OK;
+}
+
 void mopt_session_free(mopt_session *s) {
     if (!s) return;
     if (s->be && s->be_ctx) s->be->free(s->be_ctx);
     for (int32_t i = 0; i < s->n_slots; i++) free(s->slots[i]);
     seq_release(&s->own);
+    free(s->segs);
     free(s->seg_args);
+    free(s->flat);
     free(s->slots);
     free(s->value_slot);
     free(s->logits);
@@ -197,12 +215,7 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     }
     if (plan_slots(s, err)) goto fail;
     if (seq_init(&s->own, g, s->max_ctx, err)) goto fail;
-    s->seg_args = malloc(sizeof *s->seg_args);
-    if (!s->seg_args) {
-        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        goto fail;
-    }
-    s->seg_cap = 1;
+    if (ensure_segs(s, 1, err)) goto fail;
     if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, err)) goto fail;
     return s;
 fail:
@@ -428,25 +441,19 @@ mopt_status mopt_session_forward_batch(mopt_session *s, mopt_seq *const *seqs, c
     if (total > s->max_batch)
         return MOPT_FAIL(err, MOPT_E_INVALID, "%lld tokens exceed the session's batch of %d", (long long)total,
                          s->max_batch);
-    if (n_seqs > s->seg_cap) {
-        mopt_op_args *p = realloc(s->seg_args, (size_t)n_seqs * sizeof *p);
-        if (!p) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        s->seg_args = p;
-        s->seg_cap = n_seqs;
-    }
-    seg *segs = malloc((size_t)n_seqs * sizeof *segs);
-    int32_t *flat = malloc((size_t)total * sizeof *flat);
-    mopt_status st = segs && flat ? ensure_logits(s, (size_t)n_seqs, err) : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    if (!s->flat && !(s->flat = malloc((size_t)s->max_batch * sizeof *s->flat)))
+        return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    mopt_status st = ensure_segs(s, n_seqs, err);
+    if (!st) st = ensure_logits(s, (size_t)n_seqs, err);
+    if (st) return st;
     int32_t row = 0;
-    for (int32_t i = 0; !st && i < n_seqs; i++) {
-        segs[i] = (seg){seqs[i], row, n[i]};
-        memcpy(flat + row, tokens[i], (size_t)n[i] * sizeof *flat);
+    for (int32_t i = 0; i < n_seqs; i++) {
+        s->segs[i] = (seg){seqs[i], row, n[i]};
+        memcpy(s->flat + row, tokens[i], (size_t)n[i] * sizeof *s->flat);
         row += n[i];
     }
-    if (!st) st = run_nodes(s, 0, mopt_graph_n_nodes(s->g), flat, row, segs, n_seqs, false, s->logits, NULL, NULL, err);
+    st = run_nodes(s, 0, mopt_graph_n_nodes(s->g), s->flat, row, s->segs, n_seqs, false, s->logits, NULL, NULL, err);
     for (int32_t i = 0; !st && i < n_seqs; i++) seqs[i]->len += n[i];
     if (!st && logits) *logits = s->logits;
-    free(segs);
-    free(flat);
     return st;
 }

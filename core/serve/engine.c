@@ -43,13 +43,6 @@ int32_t srv_engine_ctx(const srv_engine *e) { return e->ctx; }
 int32_t srv_engine_slots(const srv_engine *e) { return e->n_slots; }
 const mopt_tokenizer *srv_engine_tokenizer(const srv_engine *e) { return e->tok; }
 
-int32_t srv_engine_load(srv_engine *e) {
-    pthread_mutex_lock(&e->mu);
-    const int32_t n = e->q_len + e->n_active;
-    pthread_mutex_unlock(&e->mu);
-    return n;
-}
-
 static void set_gauges(srv_engine *e) { /* e->mu held */
     pthread_mutex_lock(&e->met->mu);
     e->met->arm[e->arm].queue_depth = e->q_len;
@@ -155,7 +148,6 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
         x->generated_tokens++;
         pthread_mutex_unlock(&e->met->mu);
     }
-    if (r->n_generated == 0) r->t_first = now;
     r->t_last = now;
     r->n_generated++;
     bool done = srv_request_append(r, piece, k > 0 ? (size_t)k : 0);

@@ -198,6 +198,22 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
+/* A whole (not streamed) answer: queued now if the request finished, else the
+ * connection sleeps until the engine's last notification resumes it and
+ * on_request comes back here. */
+static enum MHD_Result answer_when_done(srv_server *s, conn_ctx *x) {
+    pthread_mutex_lock(&x->r->mu);
+    const bool done = x->r->finish != SRV_RUNNING;
+    if (!done) {
+        x->suspended = true;
+        MHD_suspend_connection(x->conn);
+    }
+    pthread_mutex_unlock(&x->r->mu);
+    if (!done) return MHD_YES;
+    x->answered = true;
+    return final_response(s, x);
+}
+
 static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
     char msg[512];
     if (atomic_load(&s->draining))
@@ -239,7 +255,6 @@ static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
         x->p.stop[i] = NULL;
     }
     r->n_stop = x->p.n_stop;
-    r->arm = x->arm;
     r->notify = wake;
     r->notify_user = x;
     snprintf(x->id, sizeof x->id, "%s-%llx", chat ? "chatcmpl" : "cmpl", id);
@@ -271,18 +286,7 @@ static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
         x->answered = true;
         return res;
     }
-    pthread_mutex_lock(&r->mu);
-    const bool done = r->finish != SRV_RUNNING;
-    if (!done) {
-        x->suspended = true;
-        MHD_suspend_connection(x->conn);
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (done) {
-        x->answered = true;
-        return final_response(s, x);
-    }
-    return MHD_YES; /* on_request answers when the engine resumes the connection */
+    return answer_when_done(s, x);
 }
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -345,19 +349,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
-    if (x->r) { /* resumed: the request finished (a stream's response is already queued) */
-        if (x->answered) return MHD_YES;
-        pthread_mutex_lock(&x->r->mu);
-        const bool done = x->r->finish != SRV_RUNNING;
-        if (!done) {
-            x->suspended = true;
-            MHD_suspend_connection(c);
-        }
-        pthread_mutex_unlock(&x->r->mu);
-        if (!done) return MHD_YES;
-        x->answered = true;
-        return final_response(s, x);
-    }
+    if (x->r) /* resumed (a stream's response is already queued) */
+        return x->answered ? MHD_YES : answer_when_done(s, x);
     if (x->routed) return MHD_YES;
     x->routed = true;
     return route(s, x, url, method);

@@ -38,8 +38,6 @@ void srv_hist_add(srv_hist *h, double v) {
 static const char *const ERROR_KINDS[SRV_ERR_KINDS] = {"bad_request", "too_large",   "not_found", "method_not_allowed",
                                                        "overloaded",  "unavailable", "forbidden", "internal"};
 
-const char *srv_error_kind_name(srv_error_kind k) { return k < SRV_ERR_KINDS ? ERROR_KINDS[k] : "internal"; }
-
 void srv_metrics_error(srv_metrics *m, srv_error_kind kind) {
     pthread_mutex_lock(&m->mu);
     m->errors[kind < SRV_ERR_KINDS ? kind : SRV_ERR_INTERNAL]++;

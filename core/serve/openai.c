@@ -43,8 +43,8 @@ static const char *role_label(const char *role) {
     return NULL;
 }
 
-char *srv_chat_prompt(const void *messages_json) {
-    const json_t *msgs = messages_json;
+/* The plain chat format (srv_params.prompt); messages already checked. */
+static char *chat_prompt(const json_t *msgs) {
     sbuf b = {0};
     for (size_t i = 0; i < json_array_size(msgs); i++) {
         json_t *m = json_array_get(msgs, i);
@@ -120,7 +120,7 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
     }
     if (chat) {
         if (!check_messages(json_object_get(o, "messages"), msg, cap)) goto done;
-        p->prompt = srv_chat_prompt(json_object_get(o, "messages"));
+        p->prompt = chat_prompt(json_object_get(o, "messages"));
     } else {
         v = json_object_get(o, "prompt");
         if (json_is_array(v) && json_array_size(v) == 1) v = json_array_get(v, 0);

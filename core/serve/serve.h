@@ -30,7 +30,6 @@ typedef struct srv_request {
     uint64_t seed;
     char *stop[SRV_MAX_STOP];
     int n_stop;
-    int arm;
     /* guarded by mu */
     sbuf text;           /* generated text; a stop string and what follows are cut off */
     size_t visible;      /* bytes of text that may be sent: none can still turn into a stop string or
@@ -48,7 +47,7 @@ typedef struct srv_request {
     int32_t vocab;
     void (*on_done)(void *user); /* called once, by the engine, without mu held, when the request finished */
     void *on_done_user;
-    double t_submit, t_first, t_last, t_done; /* seconds (monotonic) */
+    double t_submit, t_last, t_done; /* seconds (monotonic) */
 } srv_request;
 
 srv_request *srv_request_new(void);
@@ -108,7 +107,6 @@ void srv_metrics_init(srv_metrics *m);
 void srv_metrics_free(srv_metrics *m);
 void srv_hist_add(srv_hist *h, double v);
 void srv_metrics_error(srv_metrics *m, srv_error_kind kind);
-const char *srv_error_kind_name(srv_error_kind k);
 /* The Prometheus text exposition of every figure; arm_names[i] NULL: no such arm. */
 void srv_metrics_render(srv_metrics *m, const char *const arm_names[SRV_ARMS], sbuf *out);
 
@@ -137,8 +135,6 @@ void srv_engine_free(srv_engine *e);
 /* Queues r (the engine takes a reference) unless the queue is full or the engine stopped. */
 typedef enum srv_submit { SRV_QUEUED = 0, SRV_QUEUE_FULL, SRV_STOPPING } srv_submit;
 srv_submit srv_engine_submit(srv_engine *e, srv_request *r);
-/* Requests queued or running. */
-int32_t srv_engine_load(srv_engine *e);
 int32_t srv_engine_ctx(const srv_engine *e);
 int32_t srv_engine_slots(const srv_engine *e);
 const mopt_tokenizer *srv_engine_tokenizer(const srv_engine *e);
@@ -236,7 +232,8 @@ void srv_server_stop(srv_server *s);
 /* What a completions or chat request asks for, checked but not yet tokenized. */
 typedef struct srv_params {
     bool chat, stream;
-    char *prompt;        /* completions: the prompt; chat: the messages in the plain chat format */
+    char *prompt;        /* completions: the prompt; chat: the messages in the plain chat format, one
+                            "Role: content" line each (System, User, Assistant), then "Assistant:" */
     int32_t max_tokens;  /* 0: not given */
     double temperature, top_p;
     bool has_seed;
@@ -249,10 +246,6 @@ typedef struct srv_params {
 /* Parses a request body; false with a one-line message in msg (an HTTP 400). */
 bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, char *msg, size_t cap);
 void srv_params_free(srv_params *p);
-/* The plain chat format used when the model has no chat template: one
- * "Role: content" line per message ("System", "User", "Assistant"), then
- * "Assistant:" for the reply. */
-char *srv_chat_prompt(const void *messages_json);
 
 /* Response bodies (malloc'd JSON text; NULL when out of memory). */
 char *srv_json_error(const char *message, const char *type);

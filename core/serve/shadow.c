@@ -83,7 +83,6 @@ void srv_shadow_start(srv_engine *const eng[SRV_ARMS], const int32_t *prompt, in
         r->max_tokens = n_tokens;
         r->temperature = 0;
         r->shadow = true;
-        r->arm = a;
         r->on_done = shadow_done;
         r->on_done_user = sp;
     }
