@@ -21,6 +21,8 @@ int64_t mopt_ggml_block_size(int32_t type) {
     case MOPT_GGML_Q5_0:
     case MOPT_GGML_Q5_1:
     case MOPT_GGML_Q8_0: return 32;
+    case MOPT_GGML_Q2_K:
+    case MOPT_GGML_Q3_K:
     case MOPT_GGML_Q4_K:
     case MOPT_GGML_Q5_K:
     case MOPT_GGML_Q6_K: return 256;
@@ -38,6 +40,8 @@ int64_t mopt_ggml_block_bytes(int32_t type) {
     case MOPT_GGML_Q5_0: return 22;
     case MOPT_GGML_Q5_1: return 24;
     case MOPT_GGML_Q8_0: return 34;
+    case MOPT_GGML_Q2_K: return 84;
+    case MOPT_GGML_Q3_K: return 110;
     case MOPT_GGML_Q4_K: return 144;
     case MOPT_GGML_Q5_K: return 176;
     case MOPT_GGML_Q6_K: return 210;
@@ -55,6 +59,8 @@ const char *mopt_ggml_type_name(int32_t type) {
     case MOPT_GGML_Q5_0: return "q5_0";
     case MOPT_GGML_Q5_1: return "q5_1";
     case MOPT_GGML_Q8_0: return "q8_0";
+    case MOPT_GGML_Q2_K: return "q2_k";
+    case MOPT_GGML_Q3_K: return "q3_k";
     case MOPT_GGML_Q4_K: return "q4_k";
     case MOPT_GGML_Q5_K: return "q5_k";
     case MOPT_GGML_Q6_K: return "q6_k";
@@ -192,6 +198,122 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
 }
 
 /* --- k-quants: ggml's reference quantizers ------------------------------------ */
+
+/* 2-bit levels L[256] into Q2_K / Q3_K's 64 bytes: per 128 values, value 32k + l in bits 2k..2k+1 of byte l */
+static void put_2bit(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < 256; j += 128)
+        for (int l = 0; l < 32; l++) qs[j / 4 + l] = (uint8_t)(L[j + l] | L[j + l + 32] << 2 | L[j + l + 64] << 4 | L[j + l + 96] << 6);
+}
+
+/* Q2_K: 16 sub-blocks of 16, each a scale and min from ggml's asymmetric search on levels 0..3 (error weights |x|,
+ * absolute error); the scales and mins as 4-bit multiples of the f16 d and dmin, then every value rounded again
+ * against the stored pair. With importance weights qw: error weights qw * sqrt(sigma^2 + x^2), sigma^2 = sum x^2 /
+ * 256, the search wider and finer under squared error, and d and dmin from ggml's weighted search over the 16
+ * scales and mins (quantize_row_q2_K_impl). */
+static void q2_k(const float *x, const float *qw, uint8_t *y) {
+    uint8_t L[256], Laux[16], Ls[16], Lm[16];
+    float scales[16], mins[16], w[16], sw[16] = {0}, max_scale = 0, max_min = 0, sigma2 = 0;
+    if (qw) {
+        for (int i = 0; i < 256; i++) sigma2 += x[i] * x[i];
+        sigma2 = sigma2 / 256;
+    }
+    for (int j = 0; j < 16; j++) {
+        const float *v = x + 16 * j;
+        if (qw) {
+            for (int i = 0; i < 16; i++) w[i] = qw[16 * j + i] * sqrtf(sigma2 + v[i] * v[i]);
+            for (int i = 0; i < 16; i++) sw[j] += w[i];
+            scales[j] = mopt_ggml_qkx2_search(16, 3, v, w, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0);
+        } else {
+            for (int i = 0; i < 16; i++) w[i] = fabsf(v[i]);
+            scales[j] = mopt_ggml_qkx2_search(16, 3, v, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+        }
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    uint8_t *sc = y;
+    memset(sc, 0, 16);
+    if (qw) {
+        const float dm = mopt_ggml_qp_search(16, 15, scales, Ls, sw), mm = mopt_ggml_qp_search(16, 15, mins, Lm, sw);
+        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)(Ls[j] | Lm[j] << 4);
+        put16(y + 80, dm);
+        put16(y + 82, mm);
+    } else {
+        if (max_scale > 0) {
+            const float iscale = 15.f / max_scale;
+            for (int j = 0; j < 16; j++) sc[j] = (uint8_t)mopt_ggml_nearest(iscale * scales[j]);
+        }
+        if (max_min > 0) {
+            const float iscale = 15.f / max_min;
+            for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(mopt_ggml_nearest(iscale * mins[j]) << 4);
+        }
+        put16(y + 80, max_scale > 0 ? max_scale / 15.f : 0.f);
+        put16(y + 82, max_min > 0 ? max_min / 15.f : 0.f);
+    }
+    const float d0 = mopt_f16_at(y + 80), m0 = mopt_f16_at(y + 82);
+    for (int j = 0; j < 16; j++) {
+        const float d = d0 * (sc[j] & 0xF);
+        if (!d) continue;
+        const float dm = m0 * (sc[j] >> 4);
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (uint8_t)mopt_ggml_clamp(mopt_ggml_nearest((x[16 * j + i] + dm) / d), 0, 3);
+    }
+    put_2bit(L, y + 16);
+}
+
+/* Q3_K: 16 sub-blocks of 16, each scale from ggml's symmetric search on levels -4..3 (make_q3_quants; with
+ * importance weights make_qx_quants under qw * sqrt(sigma^2 + x^2), sigma^2 = 2 sum x^2 / 256); the scales as
+ * signed 6-bit multiples of the f16 d (with weights: d from ggml's symmetric search over them); every value
+ * rounded again against the stored scale; the levels' high bits go to hmask */
+static void q3_k(const float *x, const float *qw, uint8_t *y) {
+    int8_t L[256], Ls[16];
+    float scales[16], w[16], sw[16], d_block = 0, sigma2 = 0;
+    uint8_t *sc = y + 96;
+    memset(sc, 0, 12);
+    if (qw) {
+        for (int i = 0; i < 256; i++) sigma2 += x[i] * x[i];
+        sigma2 = 2 * sigma2 / 256;
+        for (int j = 0; j < 16; j++) {
+            float sumw = 0;
+            for (int i = 0; i < 16; i++) w[i] = qw[16 * j + i] * sqrtf(sigma2 + x[16 * j + i] * x[16 * j + i]);
+            for (int i = 0; i < 16; i++) sumw += w[i];
+            sw[j] = sumw;
+            scales[j] = mopt_ggml_qx_search(16, 4, x + 16 * j, L + 16 * j, 1, w);
+        }
+        d_block = mopt_ggml_qx_search(16, 32, scales, Ls, 1, sw); /* Ls: levels + 32 */
+    } else {
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < 16; j++) {
+            scales[j] = mopt_ggml_q3_search(16, 4, x + 16 * j, L + 16 * j);
+            if (fabsf(scales[j]) > amax) amax = fabsf(scales[j]), max_scale = scales[j];
+        }
+        if (max_scale) {
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < 16; j++) Ls[j] = (int8_t)(mopt_ggml_clamp((int8_t)mopt_ggml_nearest(iscale * scales[j]), -32, 31) + 32);
+            d_block = 1 / iscale;
+        }
+    }
+    if (qw || d_block)
+        for (int j = 0; j < 16; j++) {
+            const int l = Ls[j];
+            sc[j % 8] |= (uint8_t)((l & 0xF) << (j < 8 ? 0 : 4));
+            sc[8 + j % 4] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+    put16(y + 108, d_block);
+    const float d0 = mopt_f16_at(y + 108);
+    for (int j = 0; j < 16; j++) {
+        const int s = ((j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4) | ((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+        const float d = d0 * (float)(int8_t)s;
+        if (!d) continue;
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(mopt_ggml_clamp(mopt_ggml_nearest(x[16 * j + i] / d), -4, 3) + 4);
+    }
+    uint8_t *hmask = y, Lu[256];
+    memset(hmask, 0, 32);
+    for (int v = 0; v < 256; v++) {
+        int l = L[v];
+        if (l > 3) hmask[v % 32] |= (uint8_t)(1u << (v / 32)), l -= 4;
+        Lu[v] = (uint8_t)l;
+    }
+    put_2bit(Lu, y + 32);
+}
 
 /* Q4_K (nmax 15) and Q5_K (nmax 31): each 32 values' scale and min from ggml's search, weighted by the
  * sub-block's rms + |x|; the eight scales and mins as 6-bit multiples of the f16 d and dmin; then every value
@@ -399,6 +521,8 @@ mopt_status mopt_ggml_quantize_row_weighted(int32_t type, const float *x, int64_
         case MOPT_GGML_Q5_0: q_sym(v, y, 5); break;
         case MOPT_GGML_Q5_1: q_min(v, y, 5); break;
         case MOPT_GGML_Q8_0: q8_0(v, y); break;
+        case MOPT_GGML_Q2_K: q2_k(v, w, y); break;
+        case MOPT_GGML_Q3_K: q3_k(v, w, y); break;
         case MOPT_GGML_Q4_K: q4_k(v, w, y); break;
         case MOPT_GGML_Q5_K: q5_k(v, w, y); break;
         case MOPT_GGML_Q6_K: q6_k(v, w, y); break;
@@ -423,9 +547,11 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
             *y = mopt_bf16_to_f32(h);
             break;
         }
-        case MOPT_GGML_Q4_K: mopt_kquant_block_f32(4, b, y); break;
-        case MOPT_GGML_Q5_K: mopt_kquant_block_f32(5, b, y); break;
-        case MOPT_GGML_Q6_K: mopt_kquant_block_f32(6, b, y); break;
+        case MOPT_GGML_Q2_K:
+        case MOPT_GGML_Q3_K:
+        case MOPT_GGML_Q4_K:
+        case MOPT_GGML_Q5_K:
+        case MOPT_GGML_Q6_K: mopt_kquant_block_f32(mopt_ggml_kquant_bits(type), b, y); break;
         default: dq_32(type, b, y); break;
         }
     }

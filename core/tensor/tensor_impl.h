@@ -92,7 +92,7 @@ static inline void mopt_kquant_scales_mins(const uint8_t *q, uint8_t sc[8], uint
     memcpy(m, w + 2, 8);
 }
 
-/* One k-quant super-block (bits 4, 5, 6) as 256 fp32 values, and a KQUANT row as in fp32 values. */
+/* One k-quant super-block (bits 2 to 6) as 256 fp32 values, and a KQUANT row as in fp32 values. */
 void mopt_kquant_block_f32(int32_t bits, const uint8_t *block, float *y);
 void mopt_kquant_row_f32(const mopt_tensor *t, int64_t row, float *out);
 

@@ -484,7 +484,8 @@ static void test_blocks_equal_llama_quantize_bytes(void **s) {
         const char *key;
         int32_t type;
     } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
-                 {"q8_0", MOPT_GGML_Q8_0}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+                 {"q8_0", MOPT_GGML_Q8_0}, {"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K},
+                 {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
     for (int weighted = 0; weighted < 2; weighted++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
             size_t nb;
