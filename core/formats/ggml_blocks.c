@@ -459,6 +459,26 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
         }
         return dd * l - dm;
     }
+    case MOPT_GGML_Q2_K:
+    case MOPT_GGML_Q3_K: { /* Q2_K: d sc_j l - dmin m_j, l in [0, 3]; Q3_K: d (sc_j - 32) (l - 4), l in [0, 7] */
+        const int j = v / 16, k = (v % 128) / 32;
+        uint8_t *q = b + (type == MOPT_GGML_Q2_K ? 16 : 32) + 32 * (v / 128) + v % 32;
+        float dd, dm = 0;
+        int l;
+        if (type == MOPT_GGML_Q2_K) {
+            dd = mopt_f16_at(b + 80) * (b[j] & 0xF), dm = mopt_f16_at(b + 82) * (b[j] >> 4);
+            l = dd ? mopt_ggml_clamp(mopt_ggml_nearest((w + dm) / dd), 0, 3) : 0;
+        } else {
+            const uint8_t *sc = b + 96;
+            const int s = ((j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4) | ((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+            dd = mopt_f16_at(b + 108) * (float)s;
+            l = dd ? mopt_ggml_clamp(mopt_ggml_nearest(w / dd), -4, 3) + 4 : 4;
+            const uint8_t bit = (uint8_t)(1u << (v / 32));
+            b[v % 32] = (uint8_t)((b[v % 32] & ~bit) | (l > 3 ? bit : 0));
+        }
+        *q = (uint8_t)((*q & ~(3u << (2 * k))) | (unsigned)(l & 3) << (2 * k));
+        return type == MOPT_GGML_Q2_K ? dd * l - dm : dd * (l - 4);
+    }
     case MOPT_GGML_Q6_K: { /* d sc_j (l - 32), l in [0, 63] */
         const int half = v / 128, r = v % 128, quarter = r / 32, k = r % 32;
         const float d = mopt_f16_at(b + 208) * (int8_t)b[192 + v / 16];

@@ -176,7 +176,7 @@ static float mxfp_row(const mopt_kernels *k, const mopt_tensor *w, int64_t o, co
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5) { /* Q4_K, Q6_K in vectors; Q5_K goes element by element */
+    if (w->dtype == MOPT_DTYPE_KQUANT && (w->quant->bits == 4 || w->quant->bits == 6)) { /* Q4_K, Q6_K in vectors; the others row by row */
         for (int64_t r = 0; r < rows; r++)
             c->k->dequant_kquant((const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1], w->quant->bits, in / MOPT_KQ_BLOCK, dst + r * in);
         return;
@@ -232,7 +232,7 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
             return;
         }
         __attribute__((fallthrough)); /* act-order rows go element by element */
-    default: /* W8A8, act-order QINT and Q5_K */
+    default: /* W8A8, act-order QINT, Q2_K, Q3_K and Q5_K */
         for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
     }
 }
@@ -701,7 +701,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         const int64_t ng = w->quant->scale->ne[0];
         return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
     }
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5 && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
+    if (w->dtype == MOPT_DTYPE_KQUANT && (w->quant->bits == 4 || w->quant->bits == 6) && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
     if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;

@@ -251,7 +251,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                 const qlinear *lin = mine[m];
                 const int32_t ty = *gguf ? h->gguf_weight_type(g, gguf, lin->wname, 0) : -1;
                 if (*gguf) { /* the block type export.gguf<type=gguf_type> gives it; the others are left to the export */
-                    const int grid = ty == 2 || ty == 8 || ty == 12 || ty == 13 || ty == 14;
+                    const int grid = ty == 2 || ty == 8 || (ty >= 10 && ty <= 14); /* Q4_0, Q8_0, Q2_K ... Q6_K */
                     float *W = grid ? q_weight_f32(h, g, lin, err) : NULL;
                     uint8_t *blocks = grid ? malloc((size_t)(lin->out * (lin->in / h->ggml_type_block(ty)) * h->ggml_type_block_bytes(ty))) : NULL;
                     if (grid && (!W || !blocks)) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
@@ -304,7 +304,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     return st;
 }
 
-static const char *const gguf_types[] = {"", "q4_0", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", NULL};
+static const char *const gguf_types[] = {"",       "q4_0",   "q8_0",   "q2_k",   "q2_k_s", "q3_k",   "q3_k_s", "q3_k_m", "q3_k_l", "q4_k",
+                                          "q5_k",   "q6_k",   "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", NULL};
 static const mopt_opt_spec opts[] = {
     Q_INT_OPTS("4", "128"),
     Q_ACT_OPT,

@@ -230,8 +230,9 @@ MOPT_API int32_t mopt_gguf_weight_type(const mopt_graph *g, const char *type, co
 
 typedef struct mopt_gguf_write_opts {
     const char *type;      /* of the 2-D weights: "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
-                              "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", or a mix: "q4_k_s", "q4_k_m",
-                              "q5_k_s", "q5_k_m" */
+                              "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k", or one of
+                              llama-quantize's mixes: "q2_k", "q2_k_s", "q3_k_s", "q3_k_m",
+                              "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m" */
     const char *name;      /* general.name */
     int32_t tokenizer;     /* store the tokenizer as tokenizer.ggml.* */
     mopt_progress_fn progress; /* per tensor written (optional) */

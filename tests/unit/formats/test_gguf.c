@@ -100,20 +100,21 @@ static const unsigned char *kquant_tensor(const unsigned char *d, const char *na
     assert_true(at > 0);
     memcpy(type, d + at, 4);
     const size_t dims = at - 16; /* ne[0], ne[1] of a 2-D tensor precede its type */
-    const size_t block = *type == 12 ? 144 : *type == 13 ? 176 : *type == 14 ? 210 : 0;
+    const size_t block = *type == 10 ? 84 : *type == 11 ? 110 : *type == 12 ? 144 : *type == 13 ? 176 : *type == 14 ? 210 : 0;
     assert_true(block > 0);
     *n = gw_u64(d + dims) / 256 * block * gw_u64(d + dims + 8);
     return d + (p + 31) / 32 * 32 + gw_u64(d + at + 4);
 }
 
-/* Q4_K / Q5_K / Q6_K files load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
+/* Q2_K ... Q6_K files (q2_k: the mix) load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
  * writes it), run with the perplexity of their decoding written out as f32 (Q4_K within its int8 activations' rounding), and export their linears back byte for byte (the
  * embedding is dequantized at load, so it does not). */
 static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
     REQUIRE_SHARED();
-    static const char *const types[] = {"q4_k", "q5_k", "q6_k"};
+    static const char *const types[] = {"q4_k", "q5_k", "q6_k", "q3_k", "q2_k"};
+    static const int bits[] = {4, 5, 6, 3, 2};
     mopt_model *m = test_load_model("models/lit-llama-7m");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         char file[64], a[1400], b[1400];
         snprintf(file, sizeof file, "k%d.gguf", i);
         mopt_model *e = export_and_load(m, "", types[i], file);
@@ -122,12 +123,12 @@ static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
         const mopt_tensor *down = mopt_graph_find_tensor(g, "model.layers.7.mlp.down_proj.weight");
         const mopt_tensor *head = mopt_graph_find_tensor(g, "lm_head.weight");
         assert_int_equal(q->dtype, MOPT_DTYPE_KQUANT);
-        assert_int_equal(q->quant->bits, 4 + i);
+        assert_int_equal(q->quant->bits, bits[i]);
         assert_int_equal(down->dtype, MOPT_DTYPE_KQUANT);
         assert_int_equal(head->dtype, MOPT_DTYPE_KQUANT);
         assert_int_equal(head->quant->bits, 6);
         mopt_model *f = export_and_load(e, "", "f32", "kdec.gguf");
-        /* Q5_K and Q6_K prefill widens the rows exactly; Q4_K's runs against x as int8 per 32 values, as Q4_0's does */
+        /* Q2_K, Q3_K, Q5_K and Q6_K prefill widens the rows exactly; Q4_K's runs against x as int8 per 32 values, as Q4_0's does */
         const double pk = ppl(e), pf = ppl(f), tol = i == 0 ? 3e-4 : 1e-6;
         fprintf(stderr, "lit-llama %s packed: ppl %.6f, its f32 decoding %.6f (%+.2e)\n", types[i], pk, pf, pk / pf - 1);
         assert_true(fabs(pk / pf - 1) < tol);
@@ -163,20 +164,28 @@ static uint32_t tensor_type(const unsigned char *d, const char *name) {
     return t;
 }
 
-/* llama-quantize's K_S / K_M mixes on an 8-layer LLaMA, from llama_tensor_get_type's rules worked by hand:
- * use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down Q6_K there);
- * Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); output.weight is Q6_K; the
- * file types are LLAMA_FTYPE_MOSTLY_Q4_K_S 14, Q4_K_M 15, Q5_K_M 17. */
+/* llama-quantize's mixes on an 8-layer LLaMA with 2 query heads per KV head, from llama_tensor_get_type's rules
+ * worked by hand: use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down
+ * Q6_K there); Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); Q2_K gives attn_v
+ * (n_gqa < 4), ffn_down and attn_output Q3_K; Q2_K_S only ffn_down.0 Q4_K; Q3_K_M attn_v Q5_K in layers 0-1 and
+ * Q4_K after, ffn_down Q4_K (i < 8/16 holds for none), attn_output Q4_K; Q3_K_L attn_v, ffn_down and attn_output
+ * Q5_K; output.weight is Q6_K; the file types are LLAMA_FTYPE_MOSTLY_Q2_K 10, Q3_K_S 11, Q3_K_M 12, Q3_K_L 13,
+ * Q4_K_S 14, Q4_K_M 15, Q5_K_M 17, Q2_K_S 21. */
 static void test_k_mixes_give_the_layers_llama_quantize_gives(void **s) {
     REQUIRE_SHARED();
-    enum { Q4K = 12, Q5K = 13, Q6K = 14 };
+    enum { Q2K = 10, Q3K = 11, Q4K = 12, Q5K = 13, Q6K = 14 };
     static const struct {
         const char *type;
-        uint32_t file_type, v[8], down[8], base;
+        uint32_t file_type, v[8], down[8], out, base;
     } mixes[] = {
-        {"q4_k_s", 14, {Q5K, Q5K, Q5K, Q5K, Q4K, Q4K, Q4K, Q4K}, {Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K},
-        {"q4_k_m", 15, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, Q4K},
-        {"q5_k_m", 17, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, Q5K},
+        {"q2_k", 10, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, Q3K, Q2K},
+        {"q2_k_s", 21, {Q2K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K}, {Q4K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K}, Q2K, Q2K},
+        {"q3_k_s", 11, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, Q3K, Q3K},
+        {"q3_k_m", 12, {Q5K, Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, {Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K, Q3K},
+        {"q3_k_l", 13, {Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K}, {Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K}, Q5K, Q3K},
+        {"q4_k_s", 14, {Q5K, Q5K, Q5K, Q5K, Q4K, Q4K, Q4K, Q4K}, {Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K, Q4K},
+        {"q4_k_m", 15, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, Q4K, Q4K},
+        {"q5_k_m", 17, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, Q5K, Q5K},
     };
     mopt_model *m = test_load_model("models/lit-llama-7m");
     for (size_t k = 0; k < sizeof mixes / sizeof *mixes; k++) {
@@ -195,7 +204,11 @@ static void test_k_mixes_give_the_layers_llama_quantize_gives(void **s) {
             assert_int_equal(tensor_type(d, name), mixes[k].v[i]);
             snprintf(name, sizeof name, "blk.%d.ffn_down.weight", i);
             assert_int_equal(tensor_type(d, name), mixes[k].down[i]);
+            snprintf(name, sizeof name, "blk.%d.attn_output.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].out);
             snprintf(name, sizeof name, "blk.%d.attn_q.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].base);
+            snprintf(name, sizeof name, "blk.%d.ffn_up.weight", i);
             assert_int_equal(tensor_type(d, name), mixes[k].base);
         }
         assert_int_equal(tensor_type(d, "output.weight"), Q6K);
@@ -219,7 +232,7 @@ static void test_every_type_decodes_independently_within_its_error(void **s) {
         double rms, ppl;
     } types[] = {{"f16", 1e-3, 1e-4}, {"bf16", 1e-2, 2e-3}, {"q8_0", 0.01, 2e-3}, {"q5_0", 0.05, 0.01},
                  {"q5_1", 0.05, 0.01}, {"q4_0", 0.1, 0.02}, {"q4_1", 0.1, 0.02}, {"q4_k", 0.1, 0.02},
-                 {"q5_k", 0.05, 0.01}, {"q6_k", 0.025, 0.005}};
+                 {"q5_k", 0.05, 0.01}, {"q6_k", 0.025, 0.005}, {"q3_k", 0.2, 0.01}, {"q2_k", 0.35, 0.07}};
     mopt_model *m = test_load_model("models/lit-llama-7m");
     mopt_model_free(export_and_load(m, "", "f32", "ref.gguf"));
     const double p0 = ppl(m);
@@ -450,8 +463,15 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "--quiet > /dev/null && %s eval '%s/cli.gguf' --data '%s/data/lit-val.txt' --limit-tokens 4096 --quiet | grep -q '^ppl '",
              MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type q3_k --quiet 2>&1 | grep -q 'q3_k'",
+    /* a type mopt does not write is named in the error */
+    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type iq4_nl --quiet 2>&1 | grep -q 'iq4_nl'",
              MOPT_CLI, test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+    /* rows of 128 (GPT-2 1m) are no whole Q2_K block: llama-quantize would write IQ4_NL, mopt stops and says so, no file left */
+    snprintf(cmd, sizeof cmd,
+             "out=$(%s export '%s/models/lit-gpt2-1m' -o '%s/g2.gguf' --format gguf --type q2_k --quiet 2>&1); st=$?; "
+             "[ $st -ne 0 ] && echo \"$out\" | grep -q 'IQ4_NL' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/g2.gguf' ]",
+             MOPT_CLI, test_shared_dir(), dir, dir);
     assert_int_equal(system(cmd), 0);
 }
 
@@ -526,8 +546,8 @@ static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
     static const struct {
         const char *key;
         int32_t type;
-    } types[] = {{"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
-    for (size_t t = 0; t < 3; t++) {
+    } types[] = {{"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    for (size_t t = 0; t < 5; t++) {
         size_t nb;
         uint8_t *want = unhex(json_string_value(json_object_get(json_object_get(fx, "blocks"), types[t].key)), &nb);
         const int64_t bb = mopt_ggml_block_bytes(types[t].type);
@@ -535,14 +555,24 @@ static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
         for (int64_t r = 0; r < rows; r++) {
             memcpy(blk, want + r * bb, (size_t)bb);
             if (types[t].type == MOPT_GGML_Q6_K) memset(blk, 0, 192); /* levels cleared, scales and d kept */
+            else if (types[t].type == MOPT_GGML_Q2_K) memset(blk + 16, 0, 64);
+            else if (types[t].type == MOPT_GGML_Q3_K) memset(blk, 0, 96);
             else memset(blk + 16, 0, (size_t)bb - 16);
             float got[256];
             for (int v = 0; v < 256; v++) got[v] = mopt_ggml_block_requantize(types[t].type, blk, v, x[r * cols + v]);
             /* where a sub-block's stored scale is 0, ggml keeps the search's levels: only blocks without one are rebuilt */
             int zero_scale = 0;
+            const uint8_t *wb = want + r * bb;
             if (types[t].type == MOPT_GGML_Q6_K) {
                 for (int j = 0; j < 16; j++) zero_scale |= want[r * bb + 192 + j] == 0;
                 zero_scale |= !mopt_f16_at(want + r * bb + 208);
+            } else if (types[t].type == MOPT_GGML_Q2_K) {
+                for (int j = 0; j < 16; j++) zero_scale |= (wb[j] & 0xF) == 0;
+                zero_scale |= !mopt_f16_at(wb + 80);
+            } else if (types[t].type == MOPT_GGML_Q3_K) { /* a 6-bit scale of 32 is 0 */
+                for (int j = 0; j < 16; j++)
+                    zero_scale |= ((j < 8 ? wb[96 + j] & 0xF : wb[96 + j - 8] >> 4) | ((wb[104 + j % 4] >> (2 * (j / 4))) & 3) << 4) == 32;
+                zero_scale |= !mopt_f16_at(wb + 108);
             } else {
                 uint8_t sc[8], mn[8];
                 mopt_kquant_scales_mins(want + r * bb + 4, sc, mn);
@@ -556,7 +586,7 @@ static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
         }
         free(want);
     }
-    assert_true(rebuilt >= 3 * 16); /* most of the 24 rows per type */
+    assert_true(rebuilt >= 5 * 16); /* most of the 24 rows per type */
     free(x);
     json_decref(fx);
 }
