@@ -78,8 +78,9 @@ int cmd_export(int argc, char **argv) {
                    "                      the type, output.weight q6_k), or llama-quantize's mixes, byte for byte:\n"
                    "                      q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m (q2_k is the\n"
                    "                      mix llama-quantize calls Q2_K: attn_v, attn_output and ffn_down take q3_k).\n"
-                   "                      --imatrix weights the quantizers by llama.cpp's imatrix.dat (llama-imatrix's,\n"
-                   "                      or mopt's); --calib computes one from calibration text first and keeps it\n"
+                   "                      --imatrix weights the quantizers by a llama.cpp importance matrix (imatrix.dat\n"
+                   "                      or a GGUF imatrix; llama-imatrix's or mopt's); --calib computes one from\n"
+                   "                      calibration text first and keeps it\n"
                    "                      as OUT.imatrix.dat\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");

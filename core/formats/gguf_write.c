@@ -21,6 +21,8 @@
 #include "base.h"
 #include "ggml.h"
 #include "gguf.h"
+#include "mopt/fileio.h"
+#include "mopt/formats.h"
 #include "mopt/interrupt.h"
 #include "mopt/quant.h"
 #include "strbuf.h"
@@ -487,5 +489,62 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
     free(info.s);
     free(head.s);
     free(ts);
+    return st;
+}
+
+/* --- importance matrices ------------------------------------------------------------------ */
+
+static int entry_cmp(const void *a, const void *b) {
+    return strcmp((*(const mopt_imatrix_entry *const *)a)->name, (*(const mopt_imatrix_entry *const *)b)->name);
+}
+
+mopt_status gguf_write_imatrix(const char *path, const mopt_imatrix *m, mopt_error *err) {
+    const mopt_imatrix_entry **e = malloc((size_t)(m->n > 0 ? m->n : 1) * sizeof *e);
+    if (!e) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    for (int32_t i = 0; i < m->n; i++) e[i] = &m->e[i];
+    qsort(e, (size_t)m->n, sizeof *e, entry_cmp); /* llama-imatrix stores the weights by name */
+    kvs k = {{0}, 0};
+    kv_str(&k, "general.type", "imatrix");
+    kv_arr(&k, "imatrix.datasets", GGUF_STRING, 1);
+    put_str(&k.b, m->dataset, strlen(m->dataset));
+    kv_u32(&k, "imatrix.chunk_count", (uint32_t)(m->chunks > 0 ? m->chunks : 0));
+    kv_u32(&k, "imatrix.chunk_size", (uint32_t)(m->chunk_size > 0 ? m->chunk_size : 0));
+    sbuf info = {0}, data = {0};
+    static const uint8_t zeros[32] = {0};
+    for (int32_t i = 0; i < m->n; i++) { /* per weight: <name>.in_sum2 f32 [n], <name>.counts f32 [1] (ggml drops trailing 1s) */
+        const int32_t ncall = e[i]->ncall > 0 ? e[i]->ncall : 1;
+        const float tokens = (float)ncall * (float)(m->chunk_size > 0 ? m->chunk_size : 1);
+        for (int part = 0; part < 2; part++) {
+            char name[MOPT_MAX_NAME + 16];
+            snprintf(name, sizeof name, "%s%s", e[i]->name, part ? ".counts" : ".in_sum2");
+            put_str(&info, name, strlen(name));
+            put_u32(&info, 1);
+            put_u64(&info, part ? 1 : (uint64_t)e[i]->n);
+            put_u32(&info, MOPT_GGML_F32);
+            put_u64(&info, data.n);
+            if (part) sb_put(&data, &tokens, 4);
+            for (int32_t c = 0; !part && c < e[i]->n; c++) {
+                const float v = e[i]->mean[c] * tokens;
+                sb_put(&data, &v, 4);
+            }
+            sb_put(&data, zeros, (32 - data.n % 32) % 32);
+        }
+    }
+    sbuf f = {0};
+    sb_put(&f, "GGUF", 4);
+    put_u32(&f, 3);
+    put_u64(&f, 2 * (uint64_t)m->n);
+    put_u64(&f, k.n);
+    sb_put(&f, k.b.s, k.b.n);
+    sb_put(&f, info.s, info.n);
+    sb_put(&f, zeros, (32 - f.n % 32) % 32);
+    sb_put(&f, data.s, data.n);
+    mopt_status st = k.b.oom || info.oom || data.oom || f.oom ? MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory")
+                                                             : mopt_file_write_atomic(path, f.s, f.n, err);
+    free(e);
+    free(k.b.s);
+    free(info.s);
+    free(data.s);
+    free(f.s);
     return st;
 }

@@ -179,7 +179,7 @@ MOPT_API float mopt_trtllm_kv_scale(const mopt_kv_quant *q);
 MOPT_API char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s,
                                        mopt_error *err);
 
-/* --- importance matrices (llama.cpp's imatrix.dat) ----------------------------------- */
+/* --- importance matrices (llama.cpp's imatrix.dat and GGUF imatrix) ------------------- */
 
 /* One tensor's importance: mean x^2 of each input column over the calibration tokens. */
 typedef struct mopt_imatrix_entry {
@@ -194,13 +194,19 @@ typedef struct mopt_imatrix {
     mopt_imatrix_entry *e;
     int32_t chunks;     /* calibration chunks, as llama-imatrix records them */
     char dataset[256];  /* the calibration file's name */
+    int32_t chunk_size; /* appended: tokens per chunk (0: unknown); a GGUF imatrix counts tokens */
 } mopt_imatrix;
 
-/* Reads llama-imatrix's legacy imatrix.dat (bounds-checked; a bad file fails
- * naming what is wrong); the means are the stored sums / ncall, in float, as
- * llama-quantize takes them. Free with mopt_imatrix_free. */
+/* Reads an importance matrix in either of llama-imatrix's layouts, told apart
+ * by the file's magic: the legacy imatrix.dat (the means are the stored sums /
+ * ncall) or the GGUF imatrix (general.type "imatrix"; the means are each
+ * weight's in_sum2 / counts), both in float as llama-quantize takes them.
+ * Bounds-checked; a bad file fails naming what is wrong. Free with
+ * mopt_imatrix_free. */
 MOPT_API mopt_status mopt_imatrix_read(const char *path, mopt_imatrix **out, mopt_error *err);
-/* Writes m as imatrix.dat (sums = mean * ncall), atomically. */
+/* Writes m atomically: as a GGUF imatrix when path ends in ".gguf" (sums =
+ * mean * tokens, tokens = ncall * chunk_size, or ncall when chunk_size is 0),
+ * else as imatrix.dat (sums = mean * ncall). */
 MOPT_API mopt_status mopt_imatrix_write(const char *path, const mopt_imatrix *m, mopt_error *err);
 MOPT_API void mopt_imatrix_free(mopt_imatrix *m);
 /* The means of tensor `name` and their count; NULL and 0 when m has none. */

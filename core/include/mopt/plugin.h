@@ -261,7 +261,7 @@ typedef struct mopt_host_api {
     /* appended: NVFP4 with a global scale shared by a fused group (mopt/quant.h) */
     mopt_tensor *(*mxfp_quantize_shared)(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, float weight_amax,
                                          uint32_t act_flags, float act_scale, mopt_error *err);
-    /* appended: importance matrices, llama.cpp's imatrix.dat (mopt/formats.h) */
+    /* appended: importance matrices, llama.cpp's imatrix.dat or GGUF imatrix (mopt/formats.h) */
     mopt_status (*imatrix_read)(const char *path, mopt_imatrix **out, mopt_error *err);
     mopt_status (*imatrix_write)(const char *path, const mopt_imatrix *m, mopt_error *err);
     void (*imatrix_free)(mopt_imatrix *m);

@@ -624,6 +624,119 @@ static void test_gptq_onto_gguf_blocks_exports_them_as_they_are(void **s) {
     mopt_model_free(m);
 }
 
+/* llama-imatrix's GGUF imatrix, laid out by hand from its save_imatrix (keys general.type, imatrix.datasets,
+ * imatrix.chunk_count, imatrix.chunk_size; per weight by name, <name>.in_sum2 and <name>.counts as f32, one
+ * dimension each since ggml drops trailing 1s; 32-byte alignment): the reader takes in_sum2 / counts (as
+ * llama-quantize), the writer gives the same bytes back, the matrix survives a trip through imatrix.dat, and a
+ * model file, a missing counts tensor, expert matrices and mutated files are refused cleanly. */
+static size_t gguf_imatrix_by_hand(uint8_t *b, int with_counts, uint64_t n_mat) {
+    size_t n = 0;
+#define PUT(v) (memcpy(b + n, &(v), sizeof(v)), n += sizeof(v))
+#define STR(t) do { const uint64_t l_ = strlen(t); PUT(l_); memcpy(b + n, t, l_); n += l_; } while (0)
+    const uint32_t version = 3, t_str = 8, t_arr = 9, t_u32 = 4, chunks = 4, chunk = 128, f32 = 0;
+    const uint64_t n_t = with_counts ? 4 : 3, n_kv = 4, one = 1;
+    memcpy(b, "GGUF", 4);
+    n = 4;
+    PUT(version), PUT(n_t), PUT(n_kv);
+    STR("general.type");
+    PUT(t_str);
+    STR("imatrix");
+    STR("imatrix.datasets");
+    PUT(t_arr), PUT(t_str), PUT(one);
+    STR("calib");
+    STR("imatrix.chunk_count");
+    PUT(t_u32), PUT(chunks);
+    STR("imatrix.chunk_size");
+    PUT(t_u32), PUT(chunk);
+    static const char *const names[] = {"blk.0.attn_q.weight.in_sum2", "blk.0.attn_q.weight.counts", "blk.0.ffn_down.weight.in_sum2",
+                                        "blk.0.ffn_down.weight.counts"};
+    const uint64_t ne[] = {3, 1, 2, 1}, off[] = {0, 32, 64, 96};
+    for (int t = 0, k = 0; t < 4; t++) {
+        if (!with_counts && t == 3) continue;
+        const uint32_t nd = n_mat > 1 && t == 0 ? 2 : 1;
+        const uint64_t o = off[k++];
+        STR(names[t]);
+        PUT(nd), PUT(ne[t]);
+        if (nd == 2) PUT(n_mat);
+        PUT(f32), PUT(o);
+    }
+    while (n % 32) b[n++] = 0;
+    const float sums0[3] = {1024.0f, 256.0f, 64.0f}, sums1[2] = {768.0f, 128.0f}, tokens = 512.0f;
+    memset(b + n, 0, 128);
+    memcpy(b + n, sums0, 12), memcpy(b + n + 32, &tokens, 4), memcpy(b + n + 64, sums1, 8), memcpy(b + n + 96, &tokens, 4);
+    return n + (with_counts ? 128 : 96);
+#undef STR
+#undef PUT
+}
+
+static void test_gguf_imatrix_files_follow_llama_imatrix_layout(void **s) {
+    REQUIRE_SHARED();
+    uint8_t b[1024];
+    const size_t n = gguf_imatrix_by_hand(b, 1, 1);
+    char path[1400], back[1400], dat[1400];
+    snprintf(path, sizeof path, "%s/hand-imatrix.gguf", dir);
+    snprintf(back, sizeof back, "%s/back-imatrix.gguf", dir);
+    snprintf(dat, sizeof dat, "%s/via.dat", dir);
+    mopt_error err = {0};
+    assert_int_equal(mopt_file_write_atomic(path, b, n, &err), MOPT_OK);
+    mopt_imatrix *m = NULL;
+    assert_int_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_int_equal(m->n, 2);
+    assert_int_equal(m->chunks, 4);
+    assert_int_equal(m->chunk_size, 128);
+    assert_string_equal(m->dataset, "calib");
+    const float *q = mopt_imatrix_find(m, "blk.0.attn_q.weight"), *d = mopt_imatrix_find(m, "blk.0.ffn_down.weight");
+    assert_true(q && q[0] == 2.0f && q[1] == 0.5f && q[2] == 0.125f);
+    assert_true(d && d[0] == 1.5f && d[1] == 0.25f);
+    assert_int_equal(m->e[0].ncall, 4); /* 512 tokens in chunks of 128 */
+    assert_int_equal(mopt_imatrix_write(back, m, &err), MOPT_OK);
+    size_t nb;
+    char *w = read_whole(back, &nb);
+    assert_int_equal(nb, n);
+    assert_memory_equal(w, b, n);
+    free(w);
+    /* through the legacy layout and back: the same means */
+    assert_int_equal(mopt_imatrix_write(dat, m, &err), MOPT_OK);
+    mopt_imatrix_free(m);
+    assert_int_equal(mopt_imatrix_read(dat, &m, &err), MOPT_OK);
+    q = mopt_imatrix_find(m, "blk.0.attn_q.weight");
+    assert_true(q && q[0] == 2.0f && q[1] == 0.5f && q[2] == 0.125f);
+    mopt_imatrix_free(m);
+    /* a model file is no importance matrix; in_sum2 without counts; a mixture of experts' matrices */
+    char model[1400];
+    snprintf(model, sizeof model, "%s/f32.gguf", dir);
+    mopt_model *lm = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model_free(export_and_load(lm, "", "f32", "f32.gguf"));
+    mopt_model_free(lm);
+    m = NULL;
+    assert_int_not_equal(mopt_imatrix_read(model, &m, &err), MOPT_OK);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "not an importance matrix"));
+    size_t k = gguf_imatrix_by_hand(b, 0, 1);
+    assert_int_equal(mopt_file_write_atomic(path, b, k, &err), MOPT_OK);
+    assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "counts"));
+    k = gguf_imatrix_by_hand(b, 1, 2);
+    assert_int_equal(mopt_file_write_atomic(path, b, k, &err), MOPT_OK);
+    assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    /* 400 mutants: each reads or fails cleanly (ASan watches) */
+    uint32_t seed = 777;
+    uint8_t bad[1024];
+    for (int t = 0; t < 400; t++) {
+        memcpy(bad, gguf_imatrix_by_hand(b, 1, 1) ? b : b, n);
+        size_t len = n;
+        for (int e = 0; e < 1 + t % 4; e++) {
+            seed = seed * 1664525u + 1013904223u;
+            bad[(seed >> 8) % n] = (uint8_t)(seed >> 24);
+        }
+        if (t % 5 == 0) len = (seed >> 4) % n;
+        assert_int_equal(mopt_file_write_atomic(path, bad, len, &err), MOPT_OK);
+        m = NULL;
+        if (mopt_imatrix_read(path, &m, &err) == MOPT_OK) mopt_imatrix_free(m);
+        else assert_null(m);
+    }
+}
+
 /* llama.cpp's legacy imatrix.dat, laid out by hand from llama-imatrix's save_imatrix: the reader takes the means
  * as stored / ncall in float (as llama-quantize does), the writer gives the same bytes back, and cut or
  * inconsistent files fail with a message naming the file. */
@@ -801,6 +914,7 @@ int main(void) {
         cmocka_unit_test(test_block_requantize_rebuilds_llama_quantize_blocks),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
+        cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
