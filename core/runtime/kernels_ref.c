@@ -201,6 +201,52 @@ static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
     }
 }
 
+/* Q2_K: w = d sc q - dmin m per sub-block j of 16, q in 0..3; the 2-bit level of value 32 kq + l of each 128 (n) in
+ * bits 2 kq of byte 32 n + l */
+static void gemv_q2k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 84) {
+            int32_t dots = 0, mins = 0;
+            for (int v0 = 0; v0 < 256; v0 += 16) {
+                const int j = v0 / 16, n = v0 / 128, kq = (v0 % 128) / 32;
+                int32_t dot = 0;
+                for (int l = v0 % 32; l < v0 % 32 + 16; l++) dot += ((b[16 + 32 * n + l] >> (2 * kq)) & 3) * xq[256 * k + 128 * n + 32 * kq + l];
+                dots += (b[j] & 15) * dot;
+                mins += (b[j] >> 4) * xs16[16 * k + j];
+            }
+            acc += xd[k] * (mopt_f16_at(b + 80) * (float)dots - mopt_f16_at(b + 82) * (float)mins);
+        }
+        y[r] = acc;
+    }
+}
+
+/* Q3_K: w = d (sc - 32) (q - 4) per sub-block of 16, q = the 2-bit level as Q2_K's | the hmask bit (bit 4 n + kq of
+ * byte l) << 2 */
+static void gemv_q3k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 110) {
+            const uint8_t *s = b + 96;
+            int32_t isum = 0;
+            for (int v0 = 0; v0 < 256; v0 += 16) {
+                const int j = v0 / 16, n = v0 / 128, kq = (v0 % 128) / 32;
+                const int sc = ((j < 8 ? s[j] & 15 : s[j - 8] >> 4) | ((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+                int32_t dot = 0;
+                for (int l = v0 % 32; l < v0 % 32 + 16; l++)
+                    dot += (((b[32 + 32 * n + l] >> (2 * kq)) & 3) | ((b[l] >> (4 * n + kq)) & 1) << 2) * xq[256 * k + 128 * n + 32 * kq + l];
+                isum += sc * (dot - 4 * xs16[16 * k + j]);
+            }
+            acc += xd[k] * mopt_f16_at(b + 108) * (float)isum;
+        }
+        y[r] = acc;
+    }
+}
+
 static void dequant_kquant(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst) {
     for (int64_t k = 0; k < nsb; k++) mopt_kquant_block_f32(bits, blocks + k * mopt_kquant_block_bytes(bits), dst + 256 * k);
 }
@@ -363,6 +409,8 @@ const mopt_kernels mopt_kernels_ref = {
     .gemv_q8_q8 = gemv_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = gemv_q6k_q8,
+    .gemv_q2k_q8 = gemv_q2k_q8,
+    .gemv_q3k_q8 = gemv_q3k_q8,
     .dequant_kquant = dequant_kquant,
     .unpack_q4k = unpack_q4k,
     .gemm_q4_q8 = gemm_q4_q8,
