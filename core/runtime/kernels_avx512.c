@@ -246,6 +246,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
     .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
     .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
+    .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
     .unpack_q4k = mopt_unpack_q4k_avx2,
     .gemm_q4_q8 = gemm_q4_q8,

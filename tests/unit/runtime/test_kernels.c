@@ -318,11 +318,11 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
     }
 }
 
-/* The k-quant decode kernels of every set (Q2_K, Q3_K, Q4_K, Q6_K rows against int8 x per 256, as llama.cpp's
+/* The k-quant decode kernels of every set (Q2_K ... Q6_K rows against int8 x per 256, as llama.cpp's
  * Q8_K) against float64 over the rows as mopt_weight_row_f32 decodes them: random bytes are valid blocks once d and
  * dmin are finite, so every scale, min and level pattern occurs; 5 rows of 3 super-blocks. */
 static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
-    static const int bits[] = {2, 3, 4, 6};
+    static const int bits[] = {2, 3, 4, 5, 6};
     enum { ROWS = 5, NSB = 3, IN = 256 * NSB };
     int8_t xq[IN];
     int16_t xs16[IN / 16];
@@ -342,7 +342,7 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
             const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
             const int at = bits[bi] == 2 ? 80 : bits[bi] == 3 ? 108 : bits[bi] == 6 ? 208 : 0;
             memcpy(blk + at, &d, 2);
-            if (bits[bi] == 2 || bits[bi] == 4) memcpy(blk + at + 2, &dm, 2);
+            if (bits[bi] != 3 && bits[bi] != 6) memcpy(blk + at + 2, &dm, 2);
         }
         mopt_error err = {0};
         mopt_tensor *w = mopt_kquant_pack("w", ROWS, IN, bits[bi], blocks, &err);
@@ -356,7 +356,8 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
         for (size_t k = 0; k < 3; k++) {
             if (!mopt_kernels_supported(sets[k])) continue;
             void (*f)(const uint8_t *, size_t, int64_t, const int8_t *, const float *, const int16_t *, int64_t, float *) =
-                bits[bi] == 2 ? sets[k]->gemv_q2k_q8 : bits[bi] == 3 ? sets[k]->gemv_q3k_q8 : bits[bi] == 4 ? sets[k]->gemv_q4k_q8 : sets[k]->gemv_q6k_q8;
+                bits[bi] == 2 ? sets[k]->gemv_q2k_q8 : bits[bi] == 3 ? sets[k]->gemv_q3k_q8 : bits[bi] == 4 ? sets[k]->gemv_q4k_q8
+                : bits[bi] == 5 ? sets[k]->gemv_q5k_q8 : sets[k]->gemv_q6k_q8;
             f(blocks, (size_t)NSB * (size_t)bb, ROWS, xq, xd, xs16, NSB, y);
             for (int r = 0; r < ROWS; r++) {
                 if (fabs(y[r] - ref[r]) > 1e-6 * mag[r] + 1e-6)

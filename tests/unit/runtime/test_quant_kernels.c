@@ -384,8 +384,8 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
 }
 
 /* Q2_K ... Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8 tokens)
- * against x as int8 per 256 values (Q8_K) for all but Q5_K, Q4_K's prefill against x as int8 per 32 (the integer
- * GEMM), the rest (Q5_K, the other prefills) against x itself. Sub-blocks with a zero scale keep their mins. */
+ * against x as int8 per 256 values (Q8_K), Q4_K's prefill against x as int8 per 32 (the integer GEMM), the other
+ * prefills against x itself. Sub-blocks with a zero scale keep their mins. */
 static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
     const int bits[] = {2, 3, 4, 5, 6};
     const int64_t ins[] = {256, 768};
@@ -410,8 +410,8 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
                 float *x = malloc((size_t)(T * in) * sizeof *x);
                 double *ref = malloc((size_t)(T * out) * sizeof *ref);
                 for (int64_t i = 0; i < T * in; i++) x[i] = frand();
-                /* decode: Q4_K and Q6_K against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
-                float *xa = T <= 8 && bits[bi] != 5 ? q8_blocks(x, T * in, 256) : T > 8 && bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
+                /* decode: every k-quant against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
+                float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
                 for (int t = 0; t < T; t++)
                     for (int64_t o = 0; o < out; o++) {
                         double acc = 0;
