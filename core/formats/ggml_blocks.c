@@ -300,7 +300,7 @@ static void q3_k(const float *x, const float *qw, uint8_t *y) {
     put16(y + 108, d_block);
     const float d0 = mopt_f16_at(y + 108);
     for (int j = 0; j < 16; j++) {
-        const int s = ((j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4) | ((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+        const int s = mopt_q3k_scale(sc, j) - 32;
         const float d = d0 * (float)(int8_t)s;
         if (!d) continue;
         for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(mopt_ggml_clamp(mopt_ggml_nearest(x[16 * j + i] / d), -4, 3) + 4);
@@ -470,7 +470,7 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
             l = dd ? mopt_ggml_clamp(mopt_ggml_nearest((w + dm) / dd), 0, 3) : 0;
         } else {
             const uint8_t *sc = b + 96;
-            const int s = ((j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4) | ((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+            const int s = mopt_q3k_scale(sc, j) - 32;
             dd = mopt_f16_at(b + 108) * (float)s;
             l = dd ? mopt_ggml_clamp(mopt_ggml_nearest(w / dd), -4, 3) + 4 : 4;
             const uint8_t bit = (uint8_t)(1u << (v / 32));
@@ -503,6 +503,79 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
     }
     default: return w;
     }
+}
+
+/* --- one sub-block's scale (and min) again, under the block's d and dmin (GPTQ) ------------------------- */
+
+/* the stored scale and min of sub-block j (Q2_K, Q4_K, Q5_K: unsigned with a min; Q3_K, Q6_K: signed, no min) */
+static void sub_get(int32_t type, const uint8_t *b, int j, int *s, int *m) {
+    uint8_t sc[8], mn[8];
+    *m = 0;
+    switch (type) {
+    case MOPT_GGML_Q2_K: *s = b[j] & 0xF, *m = b[j] >> 4; break;
+    case MOPT_GGML_Q3_K: *s = mopt_q3k_scale(b + 96, j) - 32; break;
+    case MOPT_GGML_Q6_K: *s = (int8_t)b[192 + j]; break;
+    default: mopt_kquant_scales_mins(b + 4, sc, mn), *s = sc[j], *m = mn[j]; break;
+    }
+}
+
+static void sub_set(int32_t type, uint8_t *b, int j, int s, int m) {
+    uint8_t *q = b + 4;
+    switch (type) {
+    case MOPT_GGML_Q2_K: b[j] = (uint8_t)(s | m << 4); break;
+    case MOPT_GGML_Q3_K: {
+        uint8_t *sc = b + 96;
+        s += 32;
+        sc[j % 8] = (uint8_t)((sc[j % 8] & (j < 8 ? 0xF0 : 0x0F)) | (s & 15) << (j < 8 ? 0 : 4));
+        sc[8 + j % 4] = (uint8_t)((sc[8 + j % 4] & ~(3u << (2 * (j / 4)))) | (unsigned)(s >> 4) << (2 * (j / 4)));
+        break;
+    }
+    case MOPT_GGML_Q6_K: b[192 + j] = (uint8_t)(int8_t)s; break;
+    default: /* the 6-bit pairs as mopt_kquant_scales_mins reads them */
+        if (j < 4) {
+            q[j] = (uint8_t)((q[j] & 0xC0) | s), q[j + 4] = (uint8_t)((q[j + 4] & 0xC0) | m);
+        } else {
+            q[j + 4] = (uint8_t)((s & 0xF) | (m & 0xF) << 4);
+            q[j - 4] = (uint8_t)((q[j - 4] & 0x3F) | (s >> 4) << 6);
+            q[j] = (uint8_t)((q[j] & 0x3F) | (m >> 4) << 6);
+        }
+        break;
+    }
+}
+
+int mopt_ggml_type_sub_block(int32_t type) {
+    return type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K || type == MOPT_GGML_Q6_K ? 16 : type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K ? 32 : 0;
+}
+
+int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *x, const float *w) {
+    const int n = mopt_ggml_type_sub_block(type);
+    if (!n || j < 0 || j >= 256 / n) return 0;
+    int s0, m0;
+    sub_get(type, b, j, &s0, &m0);
+    /* ranges of the stored scale and min, the levels, and d, dmin as each type keeps them */
+    const int with_min = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K;
+    const int smin = type == MOPT_GGML_Q3_K ? -32 : type == MOPT_GGML_Q6_K ? -128 : 0,
+              smax = type == MOPT_GGML_Q2_K ? 15 : type == MOPT_GGML_Q3_K ? 31 : type == MOPT_GGML_Q6_K ? 127 : 63;
+    const int lmin = type == MOPT_GGML_Q3_K ? -4 : type == MOPT_GGML_Q6_K ? -32 : 0,
+              lmax = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K ? 3 : type == MOPT_GGML_Q4_K ? 15 : 31;
+    const float d = mopt_f16_at(b + (type == MOPT_GGML_Q2_K ? 80 : type == MOPT_GGML_Q3_K ? 108 : type == MOPT_GGML_Q6_K ? 208 : 0)),
+                dmin = type == MOPT_GGML_Q2_K ? mopt_f16_at(b + 82) : with_min ? mopt_f16_at(b + 2) : 0;
+    int best_s = s0, best_m = m0;
+    double best = -1;
+    for (int s = s0 - 3; s <= s0 + 3; s++)
+        for (int m = with_min ? m0 - 3 : 0; m <= (with_min ? m0 + 3 : 0); m++) {
+            if (s < smin || s > smax || m < 0 || m > smax) continue;
+            const float dd = d * (float)s, dm = dmin * (float)m;
+            double e = 0;
+            for (int i = 0; i < n; i++) {
+                const float v = dd ? dd * (float)mopt_ggml_clamp(mopt_ggml_nearest((x[i] + dm) / dd), lmin, lmax) - dm : -dm;
+                e += (double)w[i] * (x[i] - v) * (x[i] - v);
+            }
+            if (best < 0 || e < best) best = e, best_s = s, best_m = m;
+        }
+    if (best_s == s0 && best_m == m0) return 0;
+    sub_set(type, b, j, best_s, best_m);
+    return 1;
 }
 
 /* --- rows ------------------------------------------------------------------- */

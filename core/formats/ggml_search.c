@@ -22,14 +22,20 @@ static float qx_weight(const float *x, const float *qw, int rmse_type, int i) {
     }
 }
 
-float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw) {
+/* The symmetric searches' start: the value of largest magnitude, sign kept; 0 with every level 0 for a group
+ * below ggml's floor (GROUP_MAX_EPS) */
+static float signed_max_or_zero(int n, const float *x, int8_t *L) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++)
         if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
-    if (amax < MOPT_GGML_ALL_ZERO) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.f;
-    }
+    if (amax >= MOPT_GGML_ALL_ZERO) return max;
+    for (int i = 0; i < n; i++) L[i] = 0;
+    return 0.f;
+}
+
+float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw) {
+    const float max = signed_max_or_zero(n, x, L);
+    if (!max) return 0.f;
     float iscale = -nmax / max; /* the extreme value lands on -nmax, the side with the extra level */
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {
@@ -171,13 +177,8 @@ float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const flo
 }
 
 float mopt_ggml_q3_search(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++)
-        if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
-    if (amax < MOPT_GGML_ALL_ZERO) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.f;
-    }
+    const float max = signed_max_or_zero(n, x, L);
+    if (!max) return 0.f;
     const float iscale = -nmax / max;
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {

@@ -501,6 +501,7 @@ static int entry_cmp(const void *a, const void *b) {
 mopt_status gguf_write_imatrix(const char *path, const mopt_imatrix *m, mopt_error *err) {
     const mopt_imatrix_entry **e = malloc((size_t)(m->n > 0 ? m->n : 1) * sizeof *e);
     if (!e) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    mopt_status st = MOPT_OK;
     for (int32_t i = 0; i < m->n; i++) e[i] = &m->e[i];
     qsort(e, (size_t)m->n, sizeof *e, entry_cmp); /* llama-imatrix stores the weights by name */
     kvs k = {{0}, 0};
@@ -525,6 +526,9 @@ mopt_status gguf_write_imatrix(const char *path, const mopt_imatrix *m, mopt_err
             if (part) sb_put(&data, &tokens, 4);
             for (int32_t c = 0; !part && c < e[i]->n; c++) {
                 const float v = e[i]->mean[c] * tokens;
+                if (!(v <= 3.4e38f) && !st)
+                    st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: %s: importance %g over %g tokens does not fit a float sum", path, e[i]->name,
+                                   (double)e[i]->mean[c], (double)tokens);
                 sb_put(&data, &v, 4);
             }
             sb_put(&data, zeros, (32 - data.n % 32) % 32);
@@ -539,8 +543,7 @@ mopt_status gguf_write_imatrix(const char *path, const mopt_imatrix *m, mopt_err
     sb_put(&f, info.s, info.n);
     sb_put(&f, zeros, (32 - f.n % 32) % 32);
     sb_put(&f, data.s, data.n);
-    mopt_status st = k.b.oom || info.oom || data.oom || f.oom ? MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory")
-                                                             : mopt_file_write_atomic(path, f.s, f.n, err);
+    if (!st) st = k.b.oom || info.oom || data.oom || f.oom ? MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory") : mopt_file_write_atomic(path, f.s, f.n, err);
     free(e);
     free(k.b.s);
     free(info.s);

@@ -111,9 +111,10 @@ static mopt_status read_gguf(const char *path, mopt_imatrix *m, mopt_error *err)
         }
         m->n++;
         memcpy(e->mean, t->data, (size_t)e->n * 4);
-        for (int32_t k = 0; k < e->n && !st; k++) {
+        for (int32_t k = 0; k < e->n && !st; k++) { /* the sum and the mean (a count below 1 can overflow it) */
             st = check_value(path, e, k, e->mean[k], err);
             e->mean[k] = count > 0 ? e->mean[k] / count : 1; /* no tokens: llama-quantize takes 1 */
+            if (!st) st = check_value(path, e, k, e->mean[k], err);
         }
         for (int32_t j = 0; j < m->n - 1 && !st; j++)
             if (!strcmp(m->e[j].name, e->name)) st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %s appears twice", path, e->name);
@@ -216,6 +217,11 @@ mopt_status mopt_imatrix_write(const char *path, const mopt_imatrix *m, mopt_err
         PUT(&e->n, 4);
         for (int32_t k = 0; k < e->n; k++) { /* stored as sums over the calls, as llama-imatrix stores them */
             const float v = e->mean[k] * (float)ncall;
+            if (!(v <= 3.4e38f)) {
+                free(b);
+                return MOPT_FAIL(err, MOPT_E_INVALID, "%s: %s: importance %g over %d calls does not fit a float sum", path, e->name,
+                                 (double)e->mean[k], ncall);
+            }
             PUT(&v, 4);
         }
     }

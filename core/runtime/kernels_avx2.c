@@ -291,7 +291,7 @@ void mopt_gemv_q3k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
             const int8_t *x = xq + 256 * k;
             const uint8_t *s = b + 96;
             int8_t sc[16];
-            for (int j = 0; j < 16; j++) sc[j] = (int8_t)(((j < 8 ? s[j] & 15 : s[j - 8] >> 4) | ((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32);
+            for (int j = 0; j < 16; j++) sc[j] = (int8_t)(mopt_q3k_scale(s, j) - 32);
             const __m128i scv = _mm_loadu_si128((const __m128i *)sc);
             _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
             const int32_t xsum = kq_hsum_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scv), _mm256_loadu_si256((const __m256i *)(xs16 + 16 * k))));

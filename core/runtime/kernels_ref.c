@@ -247,7 +247,7 @@ static void gemv_q3k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
             int32_t isum = 0;
             for (int v0 = 0; v0 < 256; v0 += 16) {
                 const int j = v0 / 16, n = v0 / 128, kq = (v0 % 128) / 32;
-                const int sc = ((j < 8 ? s[j] & 15 : s[j - 8] >> 4) | ((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+                const int sc = mopt_q3k_scale(s, j) - 32;
                 int32_t dot = 0;
                 for (int l = v0 % 32; l < v0 % 32 + 16; l++)
                     dot += (((b[32 + 32 * n + l] >> (2 * kq)) & 3) | ((b[l] >> (4 * n + kq)) & 1) << 2) * xq[256 * k + 128 * n + 32 * kq + l];

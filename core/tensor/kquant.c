@@ -47,7 +47,7 @@ static void q23k_f32(const uint8_t *b, int three, float *y) {
     if (three) {
         d = mopt_f16_at(b + 108);
         const uint8_t *s = b + 96;
-        for (int j = 0; j < 16; j++) sc[j] = ((j < 8 ? s[j] & 0xF : s[j - 8] >> 4) | ((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+        for (int j = 0; j < 16; j++) sc[j] = mopt_q3k_scale(s, j) - 32;
     } else {
         d = mopt_f16_at(b + 80), dmin = mopt_f16_at(b + 82);
         for (int j = 0; j < 16; j++) sc[j] = b[j] & 0xF, mn[j] = b[j] >> 4;

@@ -215,17 +215,23 @@ MOPT_API int64_t mopt_imatrix_len(const mopt_imatrix *m, const char *name);
 
 /* --- GGUF block grids for calibrated quantizers (GPTQ on the blocks) ---------------- */
 
-/* ggml types (GGUF type ids): Q4_0 2, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14. Values per block (32 or 256; 0 for
- * others) and bytes per block. */
+/* ggml types (GGUF type ids): Q4_0 2, Q8_0 8, Q2_K 10, Q3_K 11, Q4_K 12, Q5_K 13, Q6_K 14. Values per block
+ * (32 or 256; 0 for others) and bytes per block. */
 MOPT_API int64_t mopt_ggml_type_block(int32_t type);
 MOPT_API int64_t mopt_ggml_type_block_bytes(int32_t type);
 /* One block of `type` from x (qw: importance weights, or NULL), as export.gguf writes it. */
 MOPT_API mopt_status mopt_ggml_quantize_block(int32_t type, const float *x, const float *qw, uint8_t *block, mopt_error *err);
 /* Value v of a block set to the level nearest w under the block's stored scales (its header is kept);
- * returns the value it now decodes to. Q4_0, Q8_0, Q4_K, Q5_K and Q6_K. */
+ * returns the value it now decodes to. Q4_0, Q8_0 and Q2_K ... Q6_K. */
 MOPT_API float mopt_ggml_block_requantize(int32_t type, uint8_t *block, int32_t v, float w);
+/* The values one scale of a k-quant block covers: 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K); 0 for other types. */
+MOPT_API int mopt_ggml_type_sub_block(int32_t type);
+/* Sub-block j (its values x, error weights w) of a k-quant block picks its stored scale (and min) again under the
+ * block's d and dmin, by least weighted squared error among the stored ones +-3; 1 when the block changed, 0
+ * otherwise and for other types. */
+MOPT_API int mopt_ggml_block_refit_sub(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
 /* A packed linear [rows, cols] holding blocks of `type` (rows of whole blocks, back to back) as they are: KQUANT
- * for Q4_K / Q5_K / Q6_K, QINT symmetric groups of 32 for Q4_0 / Q8_0; export.gguf writes them back unchanged. */
+ * for Q2_K ... Q6_K, QINT symmetric groups of 32 for Q4_0 / Q8_0; export.gguf writes them back unchanged. */
 MOPT_API mopt_tensor *mopt_ggml_blocks_tensor(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks,
                                               mopt_error *err);
 /* The ggml type export.gguf<type> gives the file tensor holding graph weight `weight` (mixes, output rules and

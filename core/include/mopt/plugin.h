@@ -272,6 +272,9 @@ typedef struct mopt_host_api {
     float (*ggml_block_requantize)(int32_t type, uint8_t *block, int32_t v, float w);
     int32_t (*gguf_weight_type)(const mopt_graph *g, const char *type, const char *weight, int has_imatrix);
     mopt_tensor *(*ggml_blocks_tensor)(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks, mopt_error *err);
+    /* appended: a k-quant sub-block's scale picked again as GPTQ's updates reach it (mopt/formats.h) */
+    int (*ggml_type_sub_block)(int32_t type);
+    int (*ggml_block_refit_sub)(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

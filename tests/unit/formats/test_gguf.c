@@ -737,6 +737,56 @@ static void test_gguf_imatrix_files_follow_llama_imatrix_layout(void **s) {
     }
 }
 
+/* GPTQ's second look at a sub-block (mopt_ggml_block_refit_sub): in a k-quant block whose values lie on its grid, a
+ * sub-block's stored scale moved by 2 is found again from those values (the block decodes to them once more), only
+ * that scale's bits change, and a sub-block already right is left alone. Blocks: the fixture's rows as mopt (=
+ * llama-quantize) quantizes them; the scale is moved by hand in each type's layout. */
+static void test_block_refit_finds_a_moved_sub_block_scale(void **s) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf;
+    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf), y[256], w[32];
+    for (int i = 0; i < 32; i++) w[i] = 1;
+    static const int32_t types[] = {MOPT_GGML_Q2_K, MOPT_GGML_Q3_K, MOPT_GGML_Q4_K, MOPT_GGML_Q5_K, MOPT_GGML_Q6_K};
+    int found = 0;
+    for (size_t t = 0; t < 5; t++) {
+        const int32_t ty = types[t];
+        const int n = mopt_ggml_type_sub_block(ty), bb = (int)mopt_ggml_type_block_bytes(ty);
+        assert_int_equal(n, ty == MOPT_GGML_Q4_K || ty == MOPT_GGML_Q5_K ? 32 : 16);
+        for (int64_t r = 12; r < rows; r++) { /* the ordinary rows */
+            uint8_t blk[256], moved[256];
+            assert_int_equal(mopt_ggml_quantize_block(ty, x + r * cols, NULL, blk, NULL), MOPT_OK);
+            assert_int_equal(mopt_ggml_dequantize_row(ty, blk, 256, y, NULL), MOPT_OK);
+            for (int j = 0; j < (ty == MOPT_GGML_Q4_K || ty == MOPT_GGML_Q5_K ? 4 : 16); j++) {
+                memcpy(moved, blk, (size_t)bb);
+                assert_int_equal(mopt_ggml_block_refit_sub(ty, moved, j, y + j * n, w), 0); /* on its grid already */
+                uint8_t *p; /* the byte holding the scale's low bits, and how to move it by 2 */
+                int sh = 0, mask = 0xFF;
+                switch (ty) {
+                case MOPT_GGML_Q2_K: p = moved + j, mask = 0x0F; break;
+                case MOPT_GGML_Q3_K: p = moved + 96 + j % 8, sh = j < 8 ? 0 : 4, mask = 0x0F; break;
+                case MOPT_GGML_Q6_K: p = moved + 192 + j; break;
+                default: p = moved + 4 + j, mask = 0x3F; break;
+                }
+                const int low = (*p >> sh) & mask;
+                if (ty == MOPT_GGML_Q6_K ? (int8_t)*p < -120 || abs((int8_t)*p) < 4 : low < 4) continue; /* room to move down, no sign change */
+                *p = (uint8_t)((*p & ~(mask << sh)) | ((low - 2) & mask) << sh);
+                assert_int_equal(mopt_ggml_block_refit_sub(ty, moved, j, y + j * n, w), 1);
+                float back[256];
+                assert_int_equal(mopt_ggml_dequantize_row(ty, moved, 256, back, NULL), MOPT_OK);
+                for (int i = 0; i < 256; i++) assert_true(back[i] == y[i]);
+                found++;
+            }
+        }
+    }
+    assert_true(found > 5 * 20);
+    assert_int_equal(mopt_ggml_type_sub_block(MOPT_GGML_Q4_0), 0);
+    free(x);
+    json_decref(fx);
+}
+
 /* llama.cpp's legacy imatrix.dat, laid out by hand from llama-imatrix's save_imatrix: the reader takes the means
  * as stored / ncall in float (as llama-quantize does), the writer gives the same bytes back, and cut or
  * inconsistent files fail with a message naming the file. */
@@ -912,6 +962,7 @@ int main(void) {
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
         cmocka_unit_test(test_block_requantize_rebuilds_llama_quantize_blocks),
+        cmocka_unit_test(test_block_refit_finds_a_moved_sub_block_scale),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
