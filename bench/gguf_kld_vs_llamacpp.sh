@@ -14,7 +14,8 @@
 # ppl ratio and same-top-token rate.
 #
 # Environment: LLAMA_CPP_BIN (required: llama-quantize and llama-perplexity), MOPT (build/bin/mopt), THREADS (2),
-# CTX (256), CHUNKS (32), TYPES ("q4_0 q4_k_s q4_k_m q5_k_m q6_k").
+# CTX (256), CHUNKS (32), TYPES ("q4_0 q4_k_s q4_k_m q5_k_m q6_k"; any of mopt's GGUF types and mixes, e.g.
+# "q2_k q3_k_s q3_k_m q3_k_l"; q2_k_s runs with the matrices only, as llama-quantize refuses it without one).
 set -euo pipefail
 
 usage() { echo "usage: LLAMA_CPP_BIN=DIR $0 MODEL CALIB.txt EVAL.txt [WORKDIR]" >&2; exit 2; }
@@ -52,6 +53,7 @@ fi
 for t in $TYPES; do
   T=$(echo "$t" | tr a-z A-Z)
   for m in none $MATS; do
+    [ "$t" = q2_k_s ] && [ "$m" = none ] && continue
     im=(); [ "$m" = none ] || im=(--imatrix "$WORK/$m.dat")
     f="$WORK/mopt-$t-$m.gguf"
     [ -s "$f" ] || "$MOPT" export "$MODEL" --format gguf --type "$t" "${im[@]}" -o "$f" --quiet

@@ -16,7 +16,8 @@ import sys
 
 # type id: (name, values per block, bytes per block)
 TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-         7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+         7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+         12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
          14: ("Q6_K", 256, 210), 30: ("BF16", 1, 2)}
 SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
@@ -132,6 +133,22 @@ def decode(t, raw, n):
                     for k in range(4):  # values l, l+32, l+64, l+96 of this half, sub-block (l // 16) + 2k
                         vals[128 * half + 32 * k + l] = d * sc[8 * half + l // 16 + 2 * k] * (qv[k] - 32)
             out += vals
+        elif name in ("Q2_K", "Q3_K"):  # 16 sub-blocks of 16; 2-bit levels: bits 2k of byte l = value 32k + l per 128
+            qs = b[16:80] if name == "Q2_K" else b[32:96]
+            if name == "Q2_K":
+                d, dmin = f16(b, 80), f16(b, 82)
+                scales, mins = [x & 15 for x in b[0:16]], [x >> 4 for x in b[0:16]]
+            else:  # 6-bit scales - 32: low nibbles from bytes 0-7 (j >= 8: the high nibble), top bits from bytes 8-11
+                d, dmin, s = f16(b, 108), 0.0, b[96:108]
+                scales = [(((s[j % 8] >> (4 * (j // 8))) & 15) | (((s[8 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32
+                          for j in range(16)]
+                mins = [0] * 16
+            for v in range(256):
+                half, k, l = v // 128, (v % 128) // 32, v % 32
+                q = (qs[32 * half + l] >> (2 * k)) & 3
+                if name == "Q3_K" and not (b[l] >> (v // 32)) & 1:  # hmask: the high bit, clear means q - 4
+                    q -= 4
+                out.append(d * scales[v // 16] * q - dmin * mins[v // 16])
         elif name in ("Q4_K", "Q5_K"):
             d, dmin = f16(b, 0), f16(b, 2)
             sc = b[4:16]

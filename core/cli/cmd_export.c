@@ -58,7 +58,7 @@ int cmd_export(int argc, char **argv) {
         case 'h':
             printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
-                   "                   [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_s|q4_k_m|q5_k_s|q5_k_m] [--tp N] [--stream]\n"
+                   "                   [--type T] [--tp N] [--stream]\n"
                    "                   [--imatrix FILE.dat | --calib TEXT [--calib-samples N]]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
@@ -74,9 +74,13 @@ int cmd_export(int argc, char **argv) {
                    "                      it for N tensor-parallel ranks; W4A16_AWQ, W8A16, W8A8, FP8, NVFP4 when quantized\n"
                    "  gguf                one GGUF v3 file for llama.cpp; --type picks the weights' ggml type\n"
                    "                      (default f16; a QINT int4/int8 sym g32 model goes out as q4_0/q8_0 exactly);\n"
-                   "                      q4_k_s|q4_k_m|q5_k_s|q5_k_m are llama-quantize's mixes, byte for byte.\n"
-                   "                      --imatrix weights the quantizers by llama.cpp's imatrix.dat (llama-imatrix's,\n"
-                   "                      or mopt's); --calib computes one from calibration text first and keeps it\n"
+                   "                      T: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q3_k q4_k q5_k q6_k (every linear\n"
+                   "                      the type, output.weight q6_k), or llama-quantize's mixes, byte for byte:\n"
+                   "                      q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m (q2_k is the\n"
+                   "                      mix llama-quantize calls Q2_K: attn_v, attn_output and ffn_down take q3_k).\n"
+                   "                      --imatrix weights the quantizers by a llama.cpp importance matrix (imatrix.dat\n"
+                   "                      or a GGUF imatrix; llama-imatrix's or mopt's); --calib computes one from\n"
+                   "                      calibration text first and keeps it\n"
                    "                      as OUT.imatrix.dat\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");

@@ -6,6 +6,12 @@
  *   Q5_0  32 values: f16 d, u32 qh (bit j = bit 4 of q[j]), 16 bytes of low nibbles; x = d (q - 16)
  *   Q5_1  32 values: f16 d, f16 m, qh, 16 bytes;                      x = d q + m
  *   Q8_0  32 values: f16 d, 32 int8;                                  x = d q
+ *   Q2_K  256 values in 16 sub-blocks of 16: 16 bytes of 4-bit scale (low) and min (high) pairs, 64 bytes of
+ *         2-bit levels (byte l of each 32: values l, l+32, l+64, l+96 of its 128 from bit 0 up), f16 d,
+ *         f16 dmin;                                                   x = d sc q - dmin m
+ *   Q3_K  256 values in 16 sub-blocks of 16: 32 bytes of high bits (bit k of byte l: value 32k + l),
+ *         64 bytes of low 2-bit levels as Q2_K, 12 bytes of 6-bit scales (low nibbles in bytes 0-7, high
+ *         bit pairs in bytes 8-11), f16 d;                            x = d (sc - 32) (q - 4)
  *   Q4_K  256 values in 8 sub-blocks of 32: f16 d, f16 dmin, 12 bytes of 6-bit
  *         scales and mins, 128 bytes (sub-blocks 2i and 2i+1 share 32 bytes, low
  *         and high nibbles);                                          x = d sc q - dmin m
@@ -23,7 +29,7 @@
 
 typedef enum mopt_ggml_type { /* ggml's type ids, as GGUF stores them */
     MOPT_GGML_F32 = 0, MOPT_GGML_F16 = 1, MOPT_GGML_Q4_0 = 2, MOPT_GGML_Q4_1 = 3, MOPT_GGML_Q5_0 = 6, MOPT_GGML_Q5_1 = 7,
-    MOPT_GGML_Q8_0 = 8, MOPT_GGML_Q4_K = 12, MOPT_GGML_Q5_K = 13, MOPT_GGML_Q6_K = 14, MOPT_GGML_BF16 = 30
+    MOPT_GGML_Q8_0 = 8, MOPT_GGML_Q2_K = 10, MOPT_GGML_Q3_K = 11, MOPT_GGML_Q4_K = 12, MOPT_GGML_Q5_K = 13, MOPT_GGML_Q6_K = 14, MOPT_GGML_BF16 = 30
 } mopt_ggml_type;
 
 /* Values per block (1 for float types), 0 for a type mopt does not handle. */
@@ -35,14 +41,13 @@ const char *mopt_ggml_type_name(int32_t type);
 /* Bytes of a row of n values; -1 when n is not a multiple of the block. */
 int64_t mopt_ggml_row_bytes(int32_t type, int64_t n);
 
-/* The k-quant types as mopt's KQUANT tensors name them, by bits: Q4_K 4,
- * Q5_K 5, Q6_K 6 (0: not a k-quant), and back (-1: no such k-quant). */
+/* The k-quant types as mopt's KQUANT tensors name them, by bits: Q2_K 2 ...
+ * Q6_K 6 (0: not a k-quant), and back (-1: no such k-quant). ggml numbers them
+ * in a row, Q2_K = 10 to Q6_K = 14. */
 static inline int32_t mopt_ggml_kquant_bits(int32_t type) {
-    return type == MOPT_GGML_Q4_K ? 4 : type == MOPT_GGML_Q5_K ? 5 : type == MOPT_GGML_Q6_K ? 6 : 0;
+    return type >= MOPT_GGML_Q2_K && type <= MOPT_GGML_Q6_K ? type - MOPT_GGML_Q2_K + 2 : 0;
 }
-static inline int32_t mopt_ggml_kquant_type(int32_t bits) {
-    return bits == 4 ? MOPT_GGML_Q4_K : bits == 5 ? MOPT_GGML_Q5_K : bits == 6 ? MOPT_GGML_Q6_K : -1;
-}
+static inline int32_t mopt_ggml_kquant_type(int32_t bits) { return bits >= 2 && bits <= 6 ? MOPT_GGML_Q2_K + bits - 2 : -1; }
 
 /* One row of n values to and from the block format (ggml's reference
  * quantizers: round to nearest, scales in f16). */
@@ -72,6 +77,10 @@ float mopt_ggml_qkx2_search(int n, int nmax, const float *x, const float *w, uin
  * make_qkx3_quants is make_qkx2_quants whenever weights are given, as they
  * always are here.) */
 float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const float *w);
+/* make_q3_quants (Q3_K without weights): the symmetric levels [-nmax, nmax - 1]
+ * from the value of largest magnitude, then coordinate descent under error
+ * weights x^2; L stored + nmax. */
+float mopt_ggml_q3_search(int n, int nmax, const float *x, int8_t *L);
 
 /* Q4_0 and Q8_0 blocks hold 32 of mopt's QINT levels (4-bit: q, 8-bit:
  * int8 + 128) with their f16 scale as is: a block's levels and scale bits,

@@ -21,6 +21,8 @@ int64_t mopt_ggml_block_size(int32_t type) {
     case MOPT_GGML_Q5_0:
     case MOPT_GGML_Q5_1:
     case MOPT_GGML_Q8_0: return 32;
+    case MOPT_GGML_Q2_K:
+    case MOPT_GGML_Q3_K:
     case MOPT_GGML_Q4_K:
     case MOPT_GGML_Q5_K:
     case MOPT_GGML_Q6_K: return 256;
@@ -38,6 +40,8 @@ int64_t mopt_ggml_block_bytes(int32_t type) {
     case MOPT_GGML_Q5_0: return 22;
     case MOPT_GGML_Q5_1: return 24;
     case MOPT_GGML_Q8_0: return 34;
+    case MOPT_GGML_Q2_K: return 84;
+    case MOPT_GGML_Q3_K: return 110;
     case MOPT_GGML_Q4_K: return 144;
     case MOPT_GGML_Q5_K: return 176;
     case MOPT_GGML_Q6_K: return 210;
@@ -55,6 +59,8 @@ const char *mopt_ggml_type_name(int32_t type) {
     case MOPT_GGML_Q5_0: return "q5_0";
     case MOPT_GGML_Q5_1: return "q5_1";
     case MOPT_GGML_Q8_0: return "q8_0";
+    case MOPT_GGML_Q2_K: return "q2_k";
+    case MOPT_GGML_Q3_K: return "q3_k";
     case MOPT_GGML_Q4_K: return "q4_k";
     case MOPT_GGML_Q5_K: return "q5_k";
     case MOPT_GGML_Q6_K: return "q6_k";
@@ -192,6 +198,122 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
 }
 
 /* --- k-quants: ggml's reference quantizers ------------------------------------ */
+
+/* 2-bit levels L[256] into Q2_K / Q3_K's 64 bytes: per 128 values, value 32k + l in bits 2k..2k+1 of byte l */
+static void put_2bit(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < 256; j += 128)
+        for (int l = 0; l < 32; l++) qs[j / 4 + l] = (uint8_t)(L[j + l] | L[j + l + 32] << 2 | L[j + l + 64] << 4 | L[j + l + 96] << 6);
+}
+
+/* Q2_K: 16 sub-blocks of 16, each a scale and min from ggml's asymmetric search on levels 0..3 (error weights |x|,
+ * absolute error); the scales and mins as 4-bit multiples of the f16 d and dmin, then every value rounded again
+ * against the stored pair. With importance weights qw: error weights qw * sqrt(sigma^2 + x^2), sigma^2 = sum x^2 /
+ * 256, the search wider and finer under squared error, and d and dmin from ggml's weighted search over the 16
+ * scales and mins (quantize_row_q2_K_impl). */
+static void q2_k(const float *x, const float *qw, uint8_t *y) {
+    uint8_t L[256], Laux[16], Ls[16], Lm[16];
+    float scales[16], mins[16], w[16], sw[16] = {0}, max_scale = 0, max_min = 0, sigma2 = 0;
+    if (qw) {
+        for (int i = 0; i < 256; i++) sigma2 += x[i] * x[i];
+        sigma2 = sigma2 / 256;
+    }
+    for (int j = 0; j < 16; j++) {
+        const float *v = x + 16 * j;
+        if (qw) {
+            for (int i = 0; i < 16; i++) w[i] = qw[16 * j + i] * sqrtf(sigma2 + v[i] * v[i]);
+            for (int i = 0; i < 16; i++) sw[j] += w[i];
+            scales[j] = mopt_ggml_qkx2_search(16, 3, v, w, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0);
+        } else {
+            for (int i = 0; i < 16; i++) w[i] = fabsf(v[i]);
+            scales[j] = mopt_ggml_qkx2_search(16, 3, v, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+        }
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    uint8_t *sc = y;
+    memset(sc, 0, 16);
+    if (qw) {
+        const float dm = mopt_ggml_qp_search(16, 15, scales, Ls, sw), mm = mopt_ggml_qp_search(16, 15, mins, Lm, sw);
+        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)(Ls[j] | Lm[j] << 4);
+        put16(y + 80, dm);
+        put16(y + 82, mm);
+    } else {
+        if (max_scale > 0) {
+            const float iscale = 15.f / max_scale;
+            for (int j = 0; j < 16; j++) sc[j] = (uint8_t)mopt_ggml_nearest(iscale * scales[j]);
+        }
+        if (max_min > 0) {
+            const float iscale = 15.f / max_min;
+            for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(mopt_ggml_nearest(iscale * mins[j]) << 4);
+        }
+        put16(y + 80, max_scale > 0 ? max_scale / 15.f : 0.f);
+        put16(y + 82, max_min > 0 ? max_min / 15.f : 0.f);
+    }
+    const float d0 = mopt_f16_at(y + 80), m0 = mopt_f16_at(y + 82);
+    for (int j = 0; j < 16; j++) {
+        const float d = d0 * (sc[j] & 0xF);
+        if (!d) continue;
+        const float dm = m0 * (sc[j] >> 4);
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (uint8_t)mopt_ggml_clamp(mopt_ggml_nearest((x[16 * j + i] + dm) / d), 0, 3);
+    }
+    put_2bit(L, y + 16);
+}
+
+/* Q3_K: 16 sub-blocks of 16, each scale from ggml's symmetric search on levels -4..3 (make_q3_quants; with
+ * importance weights make_qx_quants under qw * sqrt(sigma^2 + x^2), sigma^2 = 2 sum x^2 / 256); the scales as
+ * signed 6-bit multiples of the f16 d (with weights: d from ggml's symmetric search over them); every value
+ * rounded again against the stored scale; the levels' high bits go to hmask */
+static void q3_k(const float *x, const float *qw, uint8_t *y) {
+    int8_t L[256], Ls[16];
+    float scales[16], w[16], sw[16], d_block = 0, sigma2 = 0;
+    uint8_t *sc = y + 96;
+    memset(sc, 0, 12);
+    if (qw) {
+        for (int i = 0; i < 256; i++) sigma2 += x[i] * x[i];
+        sigma2 = 2 * sigma2 / 256;
+        for (int j = 0; j < 16; j++) {
+            float sumw = 0;
+            for (int i = 0; i < 16; i++) w[i] = qw[16 * j + i] * sqrtf(sigma2 + x[16 * j + i] * x[16 * j + i]);
+            for (int i = 0; i < 16; i++) sumw += w[i];
+            sw[j] = sumw;
+            scales[j] = mopt_ggml_qx_search(16, 4, x + 16 * j, L + 16 * j, 1, w);
+        }
+        d_block = mopt_ggml_qx_search(16, 32, scales, Ls, 1, sw); /* Ls: levels + 32 */
+    } else {
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < 16; j++) {
+            scales[j] = mopt_ggml_q3_search(16, 4, x + 16 * j, L + 16 * j);
+            if (fabsf(scales[j]) > amax) amax = fabsf(scales[j]), max_scale = scales[j];
+        }
+        if (max_scale) {
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < 16; j++) Ls[j] = (int8_t)(mopt_ggml_clamp((int8_t)mopt_ggml_nearest(iscale * scales[j]), -32, 31) + 32);
+            d_block = 1 / iscale;
+        }
+    }
+    if (qw || d_block)
+        for (int j = 0; j < 16; j++) {
+            const int l = Ls[j];
+            sc[j % 8] |= (uint8_t)((l & 0xF) << (j < 8 ? 0 : 4));
+            sc[8 + j % 4] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+    put16(y + 108, d_block);
+    const float d0 = mopt_f16_at(y + 108);
+    for (int j = 0; j < 16; j++) {
+        const int s = mopt_q3k_scale(sc, j) - 32;
+        const float d = d0 * (float)(int8_t)s;
+        if (!d) continue;
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(mopt_ggml_clamp(mopt_ggml_nearest(x[16 * j + i] / d), -4, 3) + 4);
+    }
+    uint8_t *hmask = y, Lu[256];
+    memset(hmask, 0, 32);
+    for (int v = 0; v < 256; v++) {
+        int l = L[v];
+        if (l > 3) hmask[v % 32] |= (uint8_t)(1u << (v / 32)), l -= 4;
+        Lu[v] = (uint8_t)l;
+    }
+    put_2bit(Lu, y + 32);
+}
 
 /* Q4_K (nmax 15) and Q5_K (nmax 31): each 32 values' scale and min from ggml's search, weighted by the
  * sub-block's rms + |x|; the eight scales and mins as 6-bit multiples of the f16 d and dmin; then every value
@@ -337,6 +459,26 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
         }
         return dd * l - dm;
     }
+    case MOPT_GGML_Q2_K:
+    case MOPT_GGML_Q3_K: { /* Q2_K: d sc_j l - dmin m_j, l in [0, 3]; Q3_K: d (sc_j - 32) (l - 4), l in [0, 7] */
+        const int j = v / 16, k = (v % 128) / 32;
+        uint8_t *q = b + (type == MOPT_GGML_Q2_K ? 16 : 32) + 32 * (v / 128) + v % 32;
+        float dd, dm = 0;
+        int l;
+        if (type == MOPT_GGML_Q2_K) {
+            dd = mopt_f16_at(b + 80) * (b[j] & 0xF), dm = mopt_f16_at(b + 82) * (b[j] >> 4);
+            l = dd ? mopt_ggml_clamp(mopt_ggml_nearest((w + dm) / dd), 0, 3) : 0;
+        } else {
+            const uint8_t *sc = b + 96;
+            const int s = mopt_q3k_scale(sc, j) - 32;
+            dd = mopt_f16_at(b + 108) * (float)s;
+            l = dd ? mopt_ggml_clamp(mopt_ggml_nearest(w / dd), -4, 3) + 4 : 4;
+            const uint8_t bit = (uint8_t)(1u << (v / 32));
+            b[v % 32] = (uint8_t)((b[v % 32] & ~bit) | (l > 3 ? bit : 0));
+        }
+        *q = (uint8_t)((*q & ~(3u << (2 * k))) | (unsigned)(l & 3) << (2 * k));
+        return type == MOPT_GGML_Q2_K ? dd * l - dm : dd * (l - 4);
+    }
     case MOPT_GGML_Q6_K: { /* d sc_j (l - 32), l in [0, 63] */
         const int half = v / 128, r = v % 128, quarter = r / 32, k = r % 32;
         const float d = mopt_f16_at(b + 208) * (int8_t)b[192 + v / 16];
@@ -361,6 +503,79 @@ float mopt_ggml_block_requantize(int32_t type, uint8_t *b, int32_t v, float w) {
     }
     default: return w;
     }
+}
+
+/* --- one sub-block's scale (and min) again, under the block's d and dmin (GPTQ) ------------------------- */
+
+/* the stored scale and min of sub-block j (Q2_K, Q4_K, Q5_K: unsigned with a min; Q3_K, Q6_K: signed, no min) */
+static void sub_get(int32_t type, const uint8_t *b, int j, int *s, int *m) {
+    uint8_t sc[8], mn[8];
+    *m = 0;
+    switch (type) {
+    case MOPT_GGML_Q2_K: *s = b[j] & 0xF, *m = b[j] >> 4; break;
+    case MOPT_GGML_Q3_K: *s = mopt_q3k_scale(b + 96, j) - 32; break;
+    case MOPT_GGML_Q6_K: *s = (int8_t)b[192 + j]; break;
+    default: mopt_kquant_scales_mins(b + 4, sc, mn), *s = sc[j], *m = mn[j]; break;
+    }
+}
+
+static void sub_set(int32_t type, uint8_t *b, int j, int s, int m) {
+    uint8_t *q = b + 4;
+    switch (type) {
+    case MOPT_GGML_Q2_K: b[j] = (uint8_t)(s | m << 4); break;
+    case MOPT_GGML_Q3_K: {
+        uint8_t *sc = b + 96;
+        s += 32;
+        sc[j % 8] = (uint8_t)((sc[j % 8] & (j < 8 ? 0xF0 : 0x0F)) | (s & 15) << (j < 8 ? 0 : 4));
+        sc[8 + j % 4] = (uint8_t)((sc[8 + j % 4] & ~(3u << (2 * (j / 4)))) | (unsigned)(s >> 4) << (2 * (j / 4)));
+        break;
+    }
+    case MOPT_GGML_Q6_K: b[192 + j] = (uint8_t)(int8_t)s; break;
+    default: /* the 6-bit pairs as mopt_kquant_scales_mins reads them */
+        if (j < 4) {
+            q[j] = (uint8_t)((q[j] & 0xC0) | s), q[j + 4] = (uint8_t)((q[j + 4] & 0xC0) | m);
+        } else {
+            q[j + 4] = (uint8_t)((s & 0xF) | (m & 0xF) << 4);
+            q[j - 4] = (uint8_t)((q[j - 4] & 0x3F) | (s >> 4) << 6);
+            q[j] = (uint8_t)((q[j] & 0x3F) | (m >> 4) << 6);
+        }
+        break;
+    }
+}
+
+int mopt_ggml_type_sub_block(int32_t type) {
+    return type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K || type == MOPT_GGML_Q6_K ? 16 : type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K ? 32 : 0;
+}
+
+int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *x, const float *w) {
+    const int n = mopt_ggml_type_sub_block(type);
+    if (!n || j < 0 || j >= 256 / n) return 0;
+    int s0, m0;
+    sub_get(type, b, j, &s0, &m0);
+    /* ranges of the stored scale and min, the levels, and d, dmin as each type keeps them */
+    const int with_min = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K;
+    const int smin = type == MOPT_GGML_Q3_K ? -32 : type == MOPT_GGML_Q6_K ? -128 : 0,
+              smax = type == MOPT_GGML_Q2_K ? 15 : type == MOPT_GGML_Q3_K ? 31 : type == MOPT_GGML_Q6_K ? 127 : 63;
+    const int lmin = type == MOPT_GGML_Q3_K ? -4 : type == MOPT_GGML_Q6_K ? -32 : 0,
+              lmax = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K ? 3 : type == MOPT_GGML_Q4_K ? 15 : 31;
+    const float d = mopt_f16_at(b + (type == MOPT_GGML_Q2_K ? 80 : type == MOPT_GGML_Q3_K ? 108 : type == MOPT_GGML_Q6_K ? 208 : 0)),
+                dmin = type == MOPT_GGML_Q2_K ? mopt_f16_at(b + 82) : with_min ? mopt_f16_at(b + 2) : 0;
+    int best_s = s0, best_m = m0;
+    double best = -1;
+    for (int s = s0 - 3; s <= s0 + 3; s++)
+        for (int m = with_min ? m0 - 3 : 0; m <= (with_min ? m0 + 3 : 0); m++) {
+            if (s < smin || s > smax || m < 0 || m > smax) continue;
+            const float dd = d * (float)s, dm = dmin * (float)m;
+            double e = 0;
+            for (int i = 0; i < n; i++) {
+                const float v = dd ? dd * (float)mopt_ggml_clamp(mopt_ggml_nearest((x[i] + dm) / dd), lmin, lmax) - dm : -dm;
+                e += (double)w[i] * (x[i] - v) * (x[i] - v);
+            }
+            if (best < 0 || e < best) best = e, best_s = s, best_m = m;
+        }
+    if (best_s == s0 && best_m == m0) return 0;
+    sub_set(type, b, j, best_s, best_m);
+    return 1;
 }
 
 /* --- rows ------------------------------------------------------------------- */
@@ -399,6 +614,8 @@ mopt_status mopt_ggml_quantize_row_weighted(int32_t type, const float *x, int64_
         case MOPT_GGML_Q5_0: q_sym(v, y, 5); break;
         case MOPT_GGML_Q5_1: q_min(v, y, 5); break;
         case MOPT_GGML_Q8_0: q8_0(v, y); break;
+        case MOPT_GGML_Q2_K: q2_k(v, w, y); break;
+        case MOPT_GGML_Q3_K: q3_k(v, w, y); break;
         case MOPT_GGML_Q4_K: q4_k(v, w, y); break;
         case MOPT_GGML_Q5_K: q5_k(v, w, y); break;
         case MOPT_GGML_Q6_K: q6_k(v, w, y); break;
@@ -423,9 +640,11 @@ mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, f
             *y = mopt_bf16_to_f32(h);
             break;
         }
-        case MOPT_GGML_Q4_K: mopt_kquant_block_f32(4, b, y); break;
-        case MOPT_GGML_Q5_K: mopt_kquant_block_f32(5, b, y); break;
-        case MOPT_GGML_Q6_K: mopt_kquant_block_f32(6, b, y); break;
+        case MOPT_GGML_Q2_K:
+        case MOPT_GGML_Q3_K:
+        case MOPT_GGML_Q4_K:
+        case MOPT_GGML_Q5_K:
+        case MOPT_GGML_Q6_K: mopt_kquant_block_f32(mopt_ggml_kquant_bits(type), b, y); break;
         default: dq_32(type, b, y); break;
         }
     }

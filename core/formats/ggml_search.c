@@ -22,14 +22,20 @@ static float qx_weight(const float *x, const float *qw, int rmse_type, int i) {
     }
 }
 
-float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw) {
+/* The symmetric searches' start: the value of largest magnitude, sign kept; 0 with every level 0 for a group
+ * below ggml's floor (GROUP_MAX_EPS) */
+static float signed_max_or_zero(int n, const float *x, int8_t *L) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++)
         if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
-    if (amax < MOPT_GGML_ALL_ZERO) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.f;
-    }
+    if (amax >= MOPT_GGML_ALL_ZERO) return max;
+    for (int i = 0; i < n; i++) L[i] = 0;
+    return 0.f;
+}
+
+float mopt_ggml_qx_search(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw) {
+    const float max = signed_max_or_zero(n, x, L);
+    if (!max) return 0.f;
     float iscale = -nmax / max; /* the extreme value lands on -nmax, the side with the extra level */
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {
@@ -167,5 +173,41 @@ float mopt_ggml_qp_search(int n, int nmax, const float *x, uint8_t *L, const flo
         }
         if (!changed) break;
     }
+    return sumlx / suml2;
+}
+
+float mopt_ggml_q3_search(int n, int nmax, const float *x, int8_t *L) {
+    const float max = signed_max_or_zero(n, x, L);
+    if (!max) return 0.f;
+    const float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = mopt_ggml_clamp(mopt_ggml_nearest(iscale * x[i]), -nmax, nmax - 1);
+        const float w = x[i] * x[i];
+        L[i] = (int8_t)l;
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int pass = 0; pass < 5; pass++) { /* coordinate descent under error weights x^2, as make_qp_quants */
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * L[i];
+            if (!(slx > 0)) continue;
+            float sl2 = suml2 - w * L[i] * L[i];
+            const int nl = mopt_ggml_clamp(mopt_ggml_nearest(x[i] * sl2 / slx), -nmax, nmax - 1);
+            if (nl == L[i]) continue;
+            slx += w * x[i] * nl;
+            sl2 += w * nl * nl;
+            if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                L[i] = (int8_t)nl;
+                sumlx = slx;
+                suml2 = sl2;
+                changed++;
+            }
+        }
+        if (!changed) break;
+    }
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(L[i] + nmax);
     return sumlx / suml2;
 }

@@ -50,4 +50,9 @@ bool gguf_get_arr(const gguf_file *f, const char *key, int32_t *type, uint64_t *
 const char *gguf_arr_str(const gguf_file *f, const char *key, uint64_t i, uint64_t *len);
 bool gguf_arr_num(const gguf_file *f, const char *key, uint64_t i, double *out);
 
+/* Writing (gguf_write.c): an importance matrix as llama-imatrix's GGUF
+ * layout (imatrix.c documents it), atomically. */
+struct mopt_imatrix;
+mopt_status gguf_write_imatrix(const char *path, const struct mopt_imatrix *m, mopt_error *err);
+
 #endif

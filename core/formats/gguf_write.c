@@ -21,6 +21,8 @@
 #include "base.h"
 #include "ggml.h"
 #include "gguf.h"
+#include "mopt/fileio.h"
+#include "mopt/formats.h"
 #include "mopt/interrupt.h"
 #include "mopt/quant.h"
 #include "strbuf.h"
@@ -69,7 +71,7 @@ static void kv_arr(kvs *k, const char *key, uint32_t elem, uint64_t n) {
 
 /* The types a file can be asked for: the linears' ggml type, llama-quantize's per-tensor mix (none: every 2-D
  * weight takes the type, output.weight aside), and llama.cpp's general.file_type (LLAMA_FTYPE_*). */
-typedef enum { MIX_NONE, MIX_Q4_K_S, MIX_Q4_K_M, MIX_Q5_K_S, MIX_Q5_K_M } gguf_mix;
+typedef enum { MIX_NONE, MIX_Q2_K, MIX_Q2_K_S, MIX_Q3_K_S, MIX_Q3_K_M, MIX_Q3_K_L, MIX_Q4_K_S, MIX_Q4_K_M, MIX_Q5_K_S, MIX_Q5_K_M } gguf_mix;
 typedef struct {
     const char *name;
     int32_t type, mix, file_type;
@@ -80,12 +82,15 @@ static const type_choice choices[] = {
     {"q5_0", MOPT_GGML_Q5_0, MIX_NONE, 8},     {"q5_1", MOPT_GGML_Q5_1, MIX_NONE, 9},       {"q4_k", MOPT_GGML_Q4_K, MIX_NONE, 14},
     {"q5_k", MOPT_GGML_Q5_K, MIX_NONE, 16},    {"q6_k", MOPT_GGML_Q6_K, MIX_NONE, 18},      {"q4_k_s", MOPT_GGML_Q4_K, MIX_Q4_K_S, 14},
     {"q4_k_m", MOPT_GGML_Q4_K, MIX_Q4_K_M, 15}, {"q5_k_s", MOPT_GGML_Q5_K, MIX_Q5_K_S, 16}, {"q5_k_m", MOPT_GGML_Q5_K, MIX_Q5_K_M, 17},
+    {"q3_k", MOPT_GGML_Q3_K, MIX_NONE, 11},    {"q3_k_s", MOPT_GGML_Q3_K, MIX_Q3_K_S, 11},  {"q3_k_m", MOPT_GGML_Q3_K, MIX_Q3_K_M, 12},
+    {"q3_k_l", MOPT_GGML_Q3_K, MIX_Q3_K_L, 13}, /* llama-quantize's Q2_K is a mix (there is no pure one): so is mopt's q2_k */
+    {"q2_k", MOPT_GGML_Q2_K, MIX_Q2_K, 10},    {"q2_k_s", MOPT_GGML_Q2_K, MIX_Q2_K_S, 21},
 };
 
 /* llama.cpp's general.file_type for the linears' type, when no mix was asked for (type auto) */
 static int32_t file_type(int32_t type) {
     for (size_t i = 0; i < sizeof choices / sizeof *choices; i++)
-        if (choices[i].type == type && choices[i].mix == MIX_NONE) return choices[i].file_type;
+        if (choices[i].type == type && (choices[i].mix == MIX_NONE || type == MOPT_GGML_Q2_K)) return choices[i].file_type;
     return 0;
 }
 
@@ -239,22 +244,40 @@ static int all_exact(const mopt_file_tensor *ft, int32_t type) {
 /* llama-quantize's use_more_bits: the first and last eighth of the layers and every third one between */
 static int more_bits(int32_t i, int32_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
-/* a linear's type under a K_S / K_M mix, as llama-quantize's llama_tensor_get_type picks it for a dense
- * (not mixture-of-experts) LLaMA or GPT-2: attn_v and ffn_down get more bits in some layers, a fused attn_qkv
- * one step more under _M; LLaMA-2-70B's attn_v (8 heads per KV head) takes Q5_K over Q4_K */
+/* a linear's type under one of llama-quantize's mixes, as its llama_tensor_get_type picks it for a dense (not
+ * mixture-of-experts, not Falcon) LLaMA or GPT-2: attn_v, ffn_down, attn_output and a fused attn_qkv get more bits
+ * where the mix says; n_gqa is query heads per KV head; LLaMA-2-70B (80 layers with grouped KV heads) takes Q5_K
+ * for an attn_v of Q3_K or Q4_K */
 static int32_t mix_type(const gten *t, int32_t base, int32_t mix, const mopt_arch *a) {
     const char *nm = t->ft.name;
-    const int32_t i = t->ft.layer, n = a->n_layers, m = mix == MIX_Q4_K_M || mix == MIX_Q5_K_M;
+    const int32_t i = t->ft.layer, n = a->n_layers, n_gqa = a->n_kv_heads > 0 ? a->n_heads / a->n_kv_heads : 1;
+    const int more = more_bits(i, n);
     int32_t ty = base;
     if (strstr(nm, "attn_v.weight")) {
-        if (m && more_bits(i, n)) ty = MOPT_GGML_Q6_K;
-        else if (mix == MIX_Q4_K_S && i < 4) ty = MOPT_GGML_Q5_K;
-        if (n == 80 && a->n_heads != a->n_kv_heads && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_K;
+        switch (mix) {
+        case MIX_Q2_K: ty = n_gqa >= 4 ? MOPT_GGML_Q4_K : MOPT_GGML_Q3_K; break;
+        case MIX_Q2_K_S: ty = n_gqa >= 4 ? MOPT_GGML_Q4_K : base; break;
+        case MIX_Q3_K_M: ty = i < 2 ? MOPT_GGML_Q5_K : MOPT_GGML_Q4_K; break;
+        case MIX_Q3_K_L: ty = MOPT_GGML_Q5_K; break;
+        case MIX_Q4_K_M:
+        case MIX_Q5_K_M: ty = more ? MOPT_GGML_Q6_K : base; break;
+        case MIX_Q4_K_S: ty = i < 4 ? MOPT_GGML_Q5_K : base; break;
+        }
+        if (n == 80 && a->n_heads != a->n_kv_heads && (ty == MOPT_GGML_Q3_K || ty == MOPT_GGML_Q4_K)) ty = MOPT_GGML_Q5_K;
     } else if (strstr(nm, "ffn_down")) {
-        if (m && more_bits(i, n)) ty = MOPT_GGML_Q6_K;
-        else if (mix == MIX_Q4_K_S && i < n / 8) ty = MOPT_GGML_Q5_K;
-    } else if (strstr(nm, "attn_qkv.weight") && m) {
-        ty = base == MOPT_GGML_Q4_K ? MOPT_GGML_Q5_K : MOPT_GGML_Q6_K;
+        switch (mix) {
+        case MIX_Q2_K: ty = MOPT_GGML_Q3_K; break;
+        case MIX_Q2_K_S: ty = i < n / 8 ? MOPT_GGML_Q4_K : base; break;
+        case MIX_Q3_K_M: ty = i < n / 16 ? MOPT_GGML_Q5_K : MOPT_GGML_Q4_K; break;
+        case MIX_Q3_K_L: ty = MOPT_GGML_Q5_K; break;
+        case MIX_Q4_K_M:
+        case MIX_Q5_K_M: ty = more ? MOPT_GGML_Q6_K : base; break;
+        case MIX_Q4_K_S: ty = i < n / 8 ? MOPT_GGML_Q5_K : base; break;
+        }
+    } else if (strstr(nm, "attn_output.weight")) {
+        ty = mix == MIX_Q2_K ? MOPT_GGML_Q3_K : mix == MIX_Q3_K_M ? MOPT_GGML_Q4_K : mix == MIX_Q3_K_L ? MOPT_GGML_Q5_K : base;
+    } else if (strstr(nm, "attn_qkv.weight")) {
+        ty = mix == MIX_Q3_K_M || mix == MIX_Q3_K_L ? MOPT_GGML_Q4_K : mix == MIX_Q4_K_M ? MOPT_GGML_Q5_K : mix == MIX_Q5_K_M ? MOPT_GGML_Q6_K : base;
     }
     return ty;
 }
@@ -284,6 +307,7 @@ static int32_t pick_type(const gten *t, int32_t want, int32_t mix, const mopt_ar
      * guard against Q4_0 / Q5_0 going astray there) */
     else if (has_imatrix && (ty == MOPT_GGML_Q4_0 || ty == MOPT_GGML_Q5_0) && strstr(t->ft.name, "ffn_down") && t->ft.layer < a->n_layers / 8)
         ty = ty == MOPT_GGML_Q4_0 ? MOPT_GGML_Q4_1 : MOPT_GGML_Q5_1;
+    if (mopt_ggml_row_bytes(ty, n) < 0 && (ty == MOPT_GGML_Q2_K || ty == MOPT_GGML_Q3_K)) return -1; /* llama.cpp: IQ4_NL */
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_0;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q5_K) ty = MOPT_GGML_Q5_1;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q6_K) ty = MOPT_GGML_Q8_0;
@@ -399,6 +423,13 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
         gten *t = &ts[i];
         *t = gten_of(&fts[i]);
         t->type = pick_type(t, want, choice ? choice->mix : MIX_NONE, a, o->imatrix != NULL);
+        if (t->type < 0) {
+            st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                           "%s: rows of %lld values are not whole 256-value blocks; llama-quantize writes IQ4_NL there, which mopt does "
+                           "not write: use a type of 32-value blocks (q4_0, q5_0, q8_0) or q4_k and up for this model",
+                           t->ft.name, (long long)t->row_len);
+            break;
+        }
         const int64_t nq = t->ft.ndim == 2 ? mopt_imatrix_len(o->imatrix, t->ft.name) : 0;
         if (nq && nq != t->row_len) {
             st = MOPT_FAIL(err, MOPT_E_INVALID, "the importance matrix has %lld values for %s, whose rows hold %lld: it was computed for another model",
@@ -458,5 +489,65 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
     free(info.s);
     free(head.s);
     free(ts);
+    return st;
+}
+
+/* --- importance matrices ------------------------------------------------------------------ */
+
+static int entry_cmp(const void *a, const void *b) {
+    return strcmp((*(const mopt_imatrix_entry *const *)a)->name, (*(const mopt_imatrix_entry *const *)b)->name);
+}
+
+mopt_status gguf_write_imatrix(const char *path, const mopt_imatrix *m, mopt_error *err) {
+    const mopt_imatrix_entry **e = malloc((size_t)(m->n > 0 ? m->n : 1) * sizeof *e);
+    if (!e) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    mopt_status st = MOPT_OK;
+    for (int32_t i = 0; i < m->n; i++) e[i] = &m->e[i];
+    qsort(e, (size_t)m->n, sizeof *e, entry_cmp); /* llama-imatrix stores the weights by name */
+    kvs k = {{0}, 0};
+    kv_str(&k, "general.type", "imatrix");
+    kv_arr(&k, "imatrix.datasets", GGUF_STRING, 1);
+    put_str(&k.b, m->dataset, strlen(m->dataset));
+    kv_u32(&k, "imatrix.chunk_count", (uint32_t)(m->chunks > 0 ? m->chunks : 0));
+    kv_u32(&k, "imatrix.chunk_size", (uint32_t)(m->chunk_size > 0 ? m->chunk_size : 0));
+    sbuf info = {0}, data = {0};
+    static const uint8_t zeros[32] = {0};
+    for (int32_t i = 0; i < m->n; i++) { /* per weight: <name>.in_sum2 f32 [n], <name>.counts f32 [1] (ggml drops trailing 1s) */
+        const int32_t ncall = e[i]->ncall > 0 ? e[i]->ncall : 1;
+        const float tokens = (float)ncall * (float)(m->chunk_size > 0 ? m->chunk_size : 1);
+        for (int part = 0; part < 2; part++) {
+            char name[MOPT_MAX_NAME + 16];
+            snprintf(name, sizeof name, "%s%s", e[i]->name, part ? ".counts" : ".in_sum2");
+            put_str(&info, name, strlen(name));
+            put_u32(&info, 1);
+            put_u64(&info, part ? 1 : (uint64_t)e[i]->n);
+            put_u32(&info, MOPT_GGML_F32);
+            put_u64(&info, data.n);
+            if (part) sb_put(&data, &tokens, 4);
+            for (int32_t c = 0; !part && c < e[i]->n; c++) {
+                const float v = e[i]->mean[c] * tokens;
+                if (!(v <= 3.4e38f) && !st)
+                    st = MOPT_FAIL(err, MOPT_E_INVALID, "%s: %s: importance %g over %g tokens does not fit a float sum", path, e[i]->name,
+                                   (double)e[i]->mean[c], (double)tokens);
+                sb_put(&data, &v, 4);
+            }
+            sb_put(&data, zeros, (32 - data.n % 32) % 32);
+        }
+    }
+    sbuf f = {0};
+    sb_put(&f, "GGUF", 4);
+    put_u32(&f, 3);
+    put_u64(&f, 2 * (uint64_t)m->n);
+    put_u64(&f, k.n);
+    sb_put(&f, k.b.s, k.b.n);
+    sb_put(&f, info.s, info.n);
+    sb_put(&f, zeros, (32 - f.n % 32) % 32);
+    sb_put(&f, data.s, data.n);
+    if (!st) st = k.b.oom || info.oom || data.oom || f.oom ? MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory") : mopt_file_write_atomic(path, f.s, f.n, err);
+    free(e);
+    free(k.b.s);
+    free(info.s);
+    free(data.s);
+    free(f.s);
     return st;
 }

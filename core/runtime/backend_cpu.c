@@ -176,7 +176,7 @@ static float mxfp_row(const mopt_kernels *k, const mopt_tensor *w, int64_t o, co
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5) { /* Q4_K, Q6_K in vectors; Q5_K goes element by element */
+    if (w->dtype == MOPT_DTYPE_KQUANT && (w->quant->bits == 4 || w->quant->bits == 6)) { /* Q4_K, Q6_K in vectors; the others row by row */
         for (int64_t r = 0; r < rows; r++)
             c->k->dequant_kquant((const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1], w->quant->bits, in / MOPT_KQ_BLOCK, dst + r * in);
         return;
@@ -232,7 +232,7 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
             return;
         }
         __attribute__((fallthrough)); /* act-order rows go element by element */
-    default: /* W8A8, act-order QINT and Q5_K */
+    default: /* W8A8, act-order QINT, Q2_K, Q3_K and Q5_K */
         for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
     }
 }
@@ -293,13 +293,14 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
         }
         return;
     }
-    if (w->dtype == MOPT_DTYPE_KQUANT && j->xs16) { /* Q4_K / Q6_K against int8 x: the kernel takes the row range */
+    if (w->dtype == MOPT_DTYPE_KQUANT && j->xs16) { /* every k-quant against int8 x: the kernel takes the row range */
         const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
+        const int32_t bits = w->quant->bits;
         for (int32_t t = 0; t < j->T; t++) {
             float *y = j->y + (size_t)t * j->y_stride + o0;
-            (w->quant->bits == 4 ? k->gemv_q4k_q8 : k->gemv_q6k_q8)(rows, w->nb[1], o1 - o0, j->xq8 + (size_t)t * j->in,
-                                                                    j->xd + (size_t)t * (j->in / MOPT_KQ_BLOCK), j->xs16 + (size_t)t * (j->in / 16),
-                                                                    j->in / MOPT_KQ_BLOCK, y);
+            (bits == 2 ? k->gemv_q2k_q8 : bits == 3 ? k->gemv_q3k_q8 : bits == 4 ? k->gemv_q4k_q8 : bits == 5 ? k->gemv_q5k_q8 : k->gemv_q6k_q8)(
+                rows, w->nb[1], o1 - o0, j->xq8 + (size_t)t * j->in, j->xd + (size_t)t * (j->in / MOPT_KQ_BLOCK),
+                j->xs16 + (size_t)t * (j->in / 16), j->in / MOPT_KQ_BLOCK, y);
             if (j->b)
                 for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
         }
@@ -557,7 +558,7 @@ static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *
             xd[t * nb + b] = quantize_token_i8(j->x + (size_t)t * j->x_stride + bs * b, bs, xq + (size_t)t * j->in + bs * b, NULL);
 }
 
-/* Q4_K / Q6_K decode: x as int8 per 256 values (llama.cpp's Q8_K, which lets a super-block's dot stay in
+/* k-quant decode: x as int8 per 256 values (llama.cpp's Q8_K, which lets a super-block's dot stay in
  * integers), with the sums of every 16 levels for the mins and the offset of 32 */
 static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
     const size_t n = (size_t)j->T * (size_t)j->in;
@@ -701,7 +702,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         const int64_t ng = w->quant->scale->ne[0];
         return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
     }
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits != 5 && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
+    if (w->dtype == MOPT_DTYPE_KQUANT && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
     if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;

@@ -57,6 +57,13 @@ typedef struct mopt_kernels {
                         int64_t nsb, float *y);
     void (*gemv_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y);
+    /* the same for Q2_K and Q3_K rows (sub-blocks of 16) and Q5_K rows */
+    void (*gemv_q2k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
+    void (*gemv_q3k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
+    void (*gemv_q5k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y);
     /* nsb Q4_K (bits 4) or Q6_K (bits 6) super-blocks widened to 256 * nsb fp32 values, exactly as
      * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
     void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
@@ -131,6 +138,12 @@ void mopt_gemv_q8_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, con
 void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
                            const int16_t *xs16, int64_t nsb, float *y);
 void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_gemv_q2k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_gemv_q3k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y);
+void mopt_gemv_q5k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
                            const int16_t *xs16, int64_t nsb, float *y);
 void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
 void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels);

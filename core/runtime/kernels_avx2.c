@@ -150,15 +150,16 @@ static const uint8_t kq_pair[8][16] = {{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1
                                        {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
 static inline __m128i kq_mask(const uint8_t m[16]) { return _mm_loadu_si128((const __m128i *)m); }
 
-/* Q4_K: 32 bytes hold sub-blocks 2i (low nibbles) and 2i+1 (high); the mins come off with xs16 in integers */
-void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
-                           const int16_t *xs16, int64_t nsb, float *y) {
-    const __m256i m4 = _mm256_set1_epi8(15);
+/* Q4_K: 32 bytes hold sub-blocks 2i (low nibbles) and 2i+1 (high); the mins come off with xs16 in integers.
+ * Q5_K (five): the same after 32 bytes qh whose bits 2i and 2i + 1 are the fifth bits of those sub-blocks. */
+static inline void gemv_q45k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                             const int16_t *xs16, int64_t nsb, float *y, const int five) {
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *b = w + (size_t)r * row_bytes;
         __m256 acc = _mm256_setzero_ps();
         float mins = 0;
-        for (int64_t k = 0; k < nsb; k++, b += 144) {
+        for (int64_t k = 0; k < nsb; k++, b += five ? 176 : 144) {
             const int8_t *x = xq + 256 * k;
             const int16_t *s16 = xs16 + 16 * k;
             uint8_t sm[16]; /* the 8 scales, then the 8 mins */
@@ -172,9 +173,14 @@ void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
             const __m128i mp = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(scv, 8)), pairs);
             const __m128i m2 = _mm_add_epi32(mp, _mm_srli_si128(mp, 8));
             const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2, _mm_srli_si128(m2, 4)));
+            const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
             for (int i = 0; i < 4; i++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
-                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * i));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                if (five) { /* a 16-bit shift keeps each byte's own bit in bit 0 */
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i), one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i + 1), one), 4));
+                }
                 const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * i)));
                 const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * i + 32)));
                 const __m256i s0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_one[2 * i])));
@@ -186,6 +192,16 @@ void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
         }
         y[r] = hsum(acc) - mins;
     }
+}
+
+void mopt_gemv_q4k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    gemv_q45k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 0);
+}
+
+void mopt_gemv_q5k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    gemv_q45k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 1);
 }
 
 /* Q6_K: 128 values from 64 bytes of low nibbles and 32 of high bit pairs; q - 32 as two pmaddubsw (q . x and
@@ -221,6 +237,81 @@ void mopt_gemv_q6k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b + 208) * xd[k]), acc);
         }
         y[r] = hsum(acc);
+    }
+}
+
+/* Q2_K / Q3_K: each 32 bytes of 2-bit levels hold four runs of 32 values (bits 2 kq); a run is sub-blocks 2j and
+ * 2j + 1 of 16, scaled as Q6_K's with pmaddwd. Q2_K's mins come off with xs16 as Q4_K's; Q3_K's third bit comes
+ * from hmask (bit 4 n + kq of each byte: a 16-bit shift is exact for the bit kept), its -4 with xs16 */
+static inline int32_t kq_hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_srli_si128(s, 8));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_srli_si128(s, 4)));
+}
+
+void mopt_gemv_q2k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(15);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float mins = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 84) {
+            const int8_t *x = xq + 256 * k;
+            const __m128i raw = _mm_loadu_si128((const __m128i *)b);
+            const __m128i scv = _mm_and_si128(raw, m4), mnv = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            const int32_t msum = kq_hsum_epi32(_mm256_madd_epi16(_mm256_cvtepu8_epi16(mnv), _mm256_loadu_si256((const __m256i *)(xs16 + 16 * k))));
+            __m256i isum = _mm256_setzero_si256();
+            for (int n = 0; n < 2; n++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * n));
+                for (int kq = 0; kq < 4; kq++) {
+                    const int j = 4 * n + kq;
+                    const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * kq), m3);
+                    const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(x + 32 * j)));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_pair[j])))));
+                }
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(kq_f16(b + 80) * xd[k]), acc);
+            mins += kq_f16(b + 82) * xd[k] * (float)msum;
+        }
+        y[r] = hsum(acc) - mins;
+    }
+}
+
+void mopt_gemv_q3k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
+                           const int16_t *xs16, int64_t nsb, float *y) {
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float off = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 110) {
+            const int8_t *x = xq + 256 * k;
+            const uint8_t *s = b + 96;
+            int8_t sc[16];
+            for (int j = 0; j < 16; j++) sc[j] = (int8_t)(mopt_q3k_scale(s, j) - 32);
+            const __m128i scv = _mm_loadu_si128((const __m128i *)sc);
+            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
+            const int32_t xsum = kq_hsum_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scv), _mm256_loadu_si256((const __m256i *)(xs16 + 16 * k))));
+            const __m256i hm = _mm256_loadu_si256((const __m256i *)b);
+            __m256i isum = _mm256_setzero_si256();
+            for (int n = 0; n < 2; n++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * n));
+                for (int kq = 0; kq < 4; kq++) {
+                    const int j = 4 * n + kq;
+                    const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, j), one), 2);
+                    const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * kq), m3), hb);
+                    const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(x + 32 * j)));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scv, kq_mask(kq_pair[j])))));
+                }
+            }
+            const float dx = kq_f16(b + 108) * xd[k];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dx), acc);
+            off += dx * (float)(4 * xsum);
+        }
+        y[r] = hsum(acc) - off;
     }
 }
 
@@ -512,6 +603,9 @@ const mopt_kernels mopt_kernels_avx2 = {
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
     .gemv_q4k_q8 = mopt_gemv_q4k_q8_avx2,
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
+    .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
+    .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
+    .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
     .unpack_q4k = mopt_unpack_q4k_avx2,
     .gemm_q4_q8 = gemm_q4_q8,

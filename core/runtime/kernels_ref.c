@@ -150,22 +150,24 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
-/* Q4_K: w = d sc q - dmin m per sub-block j of 32, so a super-block's dot is
- * xd (d sum_j sc_j (q . xq)_j - dmin sum_j m_j sum(xq)_j), the sums in integers */
-static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
-                        int64_t nsb, float *y) {
+/* Q4_K / Q5_K: w = d sc q - dmin m per sub-block j of 32, so a super-block's dot is
+ * xd (d sum_j sc_j (q . xq)_j - dmin sum_j m_j sum(xq)_j), the sums in integers; Q5_K's fifth bit of value l of
+ * sub-block j is bit j of qh[l] */
+static void gemv_q45k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, float *y, int five) {
+    const size_t bb = five ? 176 : 144;
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *b = w + (size_t)r * row_bytes;
         float acc = 0;
-        for (int64_t k = 0; k < nsb; k++, b += 144) {
+        for (int64_t k = 0; k < nsb; k++, b += bb) {
             uint8_t sc[8], m[8];
             mopt_kquant_scales_mins(b + 4, sc, m);
             int32_t dots = 0, mins = 0;
             for (int j = 0; j < 8; j++) {
-                const uint8_t *q = b + 16 + 32 * (j / 2);
+                const uint8_t *q = b + (five ? 48 : 16) + 32 * (j / 2), *qh = b + 16;
                 const int8_t *x = xq + 256 * k + 32 * j;
                 int32_t dot = 0;
-                for (int l = 0; l < 32; l++) dot += (j & 1 ? q[l] >> 4 : q[l] & 15) * x[l];
+                for (int l = 0; l < 32; l++) dot += ((j & 1 ? q[l] >> 4 : q[l] & 15) | (five ? ((qh[l] >> j) & 1) << 4 : 0)) * x[l];
                 dots += sc[j] * dot;
                 mins += m[j] * (xs16[16 * k + 2 * j] + xs16[16 * k + 2 * j + 1]);
             }
@@ -173,6 +175,16 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
         }
         y[r] = acc;
     }
+}
+
+static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    gemv_q45k_q8(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 0);
+}
+
+static void gemv_q5k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    gemv_q45k_q8(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 1);
 }
 
 /* Q6_K: w = d sc (q - 32) per sub-block of 16 */
@@ -196,6 +208,52 @@ static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
                 }
             }
             acc += xd[k] * mopt_f16_at(b + 208) * (float)isum;
+        }
+        y[r] = acc;
+    }
+}
+
+/* Q2_K: w = d sc q - dmin m per sub-block j of 16, q in 0..3; the 2-bit level of value 32 kq + l of each 128 (n) in
+ * bits 2 kq of byte 32 n + l */
+static void gemv_q2k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 84) {
+            int32_t dots = 0, mins = 0;
+            for (int v0 = 0; v0 < 256; v0 += 16) {
+                const int j = v0 / 16, n = v0 / 128, kq = (v0 % 128) / 32;
+                int32_t dot = 0;
+                for (int l = v0 % 32; l < v0 % 32 + 16; l++) dot += ((b[16 + 32 * n + l] >> (2 * kq)) & 3) * xq[256 * k + 128 * n + 32 * kq + l];
+                dots += (b[j] & 15) * dot;
+                mins += (b[j] >> 4) * xs16[16 * k + j];
+            }
+            acc += xd[k] * (mopt_f16_at(b + 80) * (float)dots - mopt_f16_at(b + 82) * (float)mins);
+        }
+        y[r] = acc;
+    }
+}
+
+/* Q3_K: w = d (sc - 32) (q - 4) per sub-block of 16, q = the 2-bit level as Q2_K's | the hmask bit (bit 4 n + kq of
+ * byte l) << 2 */
+static void gemv_q3k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        float acc = 0;
+        for (int64_t k = 0; k < nsb; k++, b += 110) {
+            const uint8_t *s = b + 96;
+            int32_t isum = 0;
+            for (int v0 = 0; v0 < 256; v0 += 16) {
+                const int j = v0 / 16, n = v0 / 128, kq = (v0 % 128) / 32;
+                const int sc = mopt_q3k_scale(s, j) - 32;
+                int32_t dot = 0;
+                for (int l = v0 % 32; l < v0 % 32 + 16; l++)
+                    dot += (((b[32 + 32 * n + l] >> (2 * kq)) & 3) | ((b[l] >> (4 * n + kq)) & 1) << 2) * xq[256 * k + 128 * n + 32 * kq + l];
+                isum += sc * (dot - 4 * xs16[16 * k + j]);
+            }
+            acc += xd[k] * mopt_f16_at(b + 108) * (float)isum;
         }
         y[r] = acc;
     }
@@ -363,6 +421,9 @@ const mopt_kernels mopt_kernels_ref = {
     .gemv_q8_q8 = gemv_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = gemv_q6k_q8,
+    .gemv_q2k_q8 = gemv_q2k_q8,
+    .gemv_q3k_q8 = gemv_q3k_q8,
+    .gemv_q5k_q8 = gemv_q5k_q8,
     .dequant_kquant = dequant_kquant,
     .unpack_q4k = unpack_q4k,
     .gemm_q4_q8 = gemm_q4_q8,

@@ -1,6 +1,6 @@
 /* ggml k-quant weights kept as GGUF files store them (MOPT_DTYPE_KQUANT,
  * layout in mopt/quant.h): packing the blocks and reading them back as fp32,
- * exactly as ggml's dequantize_row_q{4,5,6}_K. The GGUF reader and writer use
+ * exactly as ggml's dequantize_row_q{2,3,4,5,6}_K. The GGUF reader and writer use
  * the same block decoding. */
 #include <string.h>
 
@@ -9,6 +9,8 @@
 
 int32_t mopt_kquant_block_bytes(int32_t bits) {
     switch (bits) {
+    case 2: return 84;
+    case 3: return 110;
     case 4: return 144;
     case 5: return 176;
     case 6: return 210;
@@ -19,7 +21,7 @@ int32_t mopt_kquant_block_bytes(int32_t bits) {
 mopt_tensor *mopt_kquant_pack(const char *name, int64_t out, int64_t in, int32_t bits, const void *blocks, mopt_error *err) {
     const int32_t bb = mopt_kquant_block_bytes(bits);
     if (!bb) {
-        MOPT_FAIL(err, MOPT_E_INVALID, "%s: k-quant blocks have 4, 5 or 6 bits (Q4_K, Q5_K, Q6_K), not %d", name, bits);
+        MOPT_FAIL(err, MOPT_E_INVALID, "%s: k-quant blocks have 2 to 6 bits (Q2_K ... Q6_K), not %d", name, bits);
         return NULL;
     }
     if (out <= 0 || in <= 0 || in % MOPT_KQ_BLOCK) {
@@ -31,9 +33,31 @@ mopt_tensor *mopt_kquant_pack(const char *name, int64_t out, int64_t in, int32_t
     mopt_tensor *t = mopt_packed_new(name, MOPT_DTYPE_KQUANT, out, in, row_bytes, err);
     if (!t) return NULL;
     t->quant->bits = bits;
-    t->quant->group_size = bits == 6 ? 16 : 32; /* the sub-block a scale covers */
+    t->quant->group_size = bits == 4 || bits == 5 ? 32 : 16; /* the sub-block a scale covers */
     memcpy(t->data, blocks, row_bytes * (size_t)out);
     return t;
+}
+
+/* Q2_K / Q3_K: per 128 values, bits 2k..2k+1 of byte l hold value 32k + l; sub-blocks of 16 with their own
+ * scale (Q2_K: and min), Q3_K's high bit (set: level >= 4) in bit k of hmask byte l of each 32 */
+static void q23k_f32(const uint8_t *b, int three, float *y) {
+    const uint8_t *q = b + (three ? 32 : 16);
+    int sc[16], mn[16] = {0};
+    float d, dmin = 0;
+    if (three) {
+        d = mopt_f16_at(b + 108);
+        const uint8_t *s = b + 96;
+        for (int j = 0; j < 16; j++) sc[j] = mopt_q3k_scale(s, j) - 32;
+    } else {
+        d = mopt_f16_at(b + 80), dmin = mopt_f16_at(b + 82);
+        for (int j = 0; j < 16; j++) sc[j] = b[j] & 0xF, mn[j] = b[j] >> 4;
+    }
+    for (int v = 0; v < 256; v++) {
+        const int n = v / 128, k = (v % 128) / 32, l = v % 32, j = v / 16;
+        int lv = (q[32 * n + l] >> (2 * k)) & 3;
+        if (three) lv -= (b[l] >> (4 * n + k) & 1) ? 0 : 4;
+        y[v] = d * (float)sc[j] * (float)lv - dmin * (float)mn[j];
+    }
 }
 
 /* Q4_K / Q5_K: sub-blocks 2i and 2i+1 share 32 bytes of nibbles (low, high) and, for Q5_K, bits 2i and 2i+1 of qh */
@@ -69,6 +93,7 @@ static void q6k_f32(const uint8_t *b, float *y) {
 
 void mopt_kquant_block_f32(int32_t bits, const uint8_t *block, float *y) {
     if (bits == 6) q6k_f32(block, y);
+    else if (bits <= 3) q23k_f32(block, bits == 3, y);
     else q45k_f32(block, bits == 5, y);
 }
 

@@ -92,7 +92,13 @@ static inline void mopt_kquant_scales_mins(const uint8_t *q, uint8_t sc[8], uint
     memcpy(m, w + 2, 8);
 }
 
-/* One k-quant super-block (bits 4, 5, 6) as 256 fp32 values, and a KQUANT row as in fp32 values. */
+/* Q3_K's 6-bit scale j (0..15) as stored (level + 32) in the block's 12 scale bytes s: the low nibble of byte
+ * j % 8 (the high one for j >= 8) under bits 2 (j / 4)..+1 of byte 8 + j % 4 */
+static inline int mopt_q3k_scale(const uint8_t *s, int j) {
+    return (j < 8 ? s[j] & 0xF : s[j - 8] >> 4) | ((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4;
+}
+
+/* One k-quant super-block (bits 2 to 6) as 256 fp32 values, and a KQUANT row as in fp32 values. */
 void mopt_kquant_block_f32(int32_t bits, const uint8_t *block, float *y);
 void mopt_kquant_row_f32(const mopt_tensor *t, int64_t row, float *out);
 

@@ -50,11 +50,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     return MOPT_OK;
 }
 
-static const char *const types[] = {"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", NULL};
+static const char *const types[] = {"auto",   "f32",    "f16",    "bf16",   "q8_0",   "q4_0",   "q4_1",   "q5_0",   "q5_1",   "q2_k",
+                                    "q2_k_s", "q3_k",   "q3_k_s", "q3_k_m", "q3_k_l", "q4_k",   "q5_k",   "q6_k",   "q4_k_s", "q4_k_m",
+                                    "q5_k_s", "q5_k_m", NULL};
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target .gguf file (written beside it, then renamed)", NULL, 0, -1, NULL},
-    {"type", MOPT_OPT_ENUM, 0, "type of the 2-D weights (1-D stay f32; output.weight takes q6_k under a block type other than q8_0; q4_k_s, q4_k_m, q5_k_s and q5_k_m give attn_v and ffn_down more bits in some layers, as llama-quantize's mixes); auto keeps float dtypes and writes QINT int4/int8 sym g32 as q4_0/q8_0", "auto", 0, -1, types},
+    {"type", MOPT_OPT_ENUM, 0, "type of the 2-D weights (1-D stay f32; output.weight takes q6_k under a block type other than q8_0; q2_k, q2_k_s, q3_k_s/m/l, q4_k_s/m and q5_k_s/m are llama-quantize's mixes (attn_v, ffn_down, attn_output more bits in some layers; q2_k is its Q2_K mix)); auto keeps float dtypes and writes QINT int4/int8 sym g32 as q4_0/q8_0", "auto", 0, -1, types},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"imatrix", MOPT_OPT_STRING, 0, "importance matrix (llama.cpp's imatrix.dat, from llama-imatrix or quant.imatrix): weights the block quantizers' errors as llama-quantize --imatrix does", "", 0, -1, NULL},
     {"tokenizer", MOPT_OPT_BOOL, 0, "store the tokenizer as tokenizer.ggml.*", "true", 0, -1, NULL},

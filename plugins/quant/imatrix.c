@@ -79,6 +79,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         const char *calib = h->opt_string(o, "calib"), *slash = strrchr(calib, '/');
         snprintf(m.dataset, sizeof m.dataset, "%s", slash ? slash + 1 : calib);
         m.chunks = N;
+        m.chunk_size = L;
         st = h->imatrix_write(h->opt_string(o, "out"), &m, err);
     }
     if (!st) {
@@ -99,7 +100,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
 }
 
 static const mopt_opt_spec opts[] = {
-    {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "the imatrix.dat to write (atomically)", NULL, 0, -1, NULL},
+    {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "the importance matrix to write, atomically: llama.cpp's GGUF imatrix when it ends in .gguf, else its imatrix.dat", NULL, 0, -1, NULL},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing out", "false", 0, -1, NULL},
     Q_SELECT_OPTS,
     Q_CALIB_OPTS(1),
@@ -107,5 +108,5 @@ static const mopt_opt_spec opts[] = {
 
 MOPT_PASS_DEFINE(quant_imatrix_pass, MOPT_PASS_ANALYSIS, "quant.imatrix",
                  "importance matrix for GGUF k-quants: each decoder linear's mean x^2 per input column over calibration text, "
-                 "written as llama.cpp's imatrix.dat",
+                 "written as llama.cpp's imatrix.dat or GGUF imatrix",
                  opts, run);

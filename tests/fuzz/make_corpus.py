@@ -185,6 +185,33 @@ def archive(d):
     return out
 
 
+def imatrix_seeds():
+    """llama.cpp's importance matrices for two weights of the tiny llama: the legacy imatrix.dat (sums over ncall
+    calls) and the GGUF imatrix (in_sum2 and counts per weight, sorted by name)"""
+    names, ncall, chunk = ["blk.0.attn_q.weight", "blk.0.ffn_down.weight"], 2, 16
+    vals = {"blk.0.attn_q.weight": [rnd.uniform(0, 2) for _ in range(DIM)], "blk.0.ffn_down.weight": [rnd.uniform(0, 2) for _ in range(FFN)]}
+    dat = struct.pack("<i", len(names))
+    for n in names:
+        dat += struct.pack("<i", len(n)) + n.encode() + struct.pack("<ii", ncall, len(vals[n]))
+        dat += struct.pack("<%df" % len(vals[n]), *[v * ncall for v in vals[n]])
+    dat += struct.pack("<ii", ncall, 5) + b"calib"
+
+    def gstr(s):
+        return struct.pack("<Q", len(s)) + s.encode()
+    kv = gstr("general.type") + struct.pack("<I", 8) + gstr("imatrix")
+    kv += gstr("imatrix.datasets") + struct.pack("<IIQ", 9, 8, 1) + gstr("calib")
+    kv += gstr("imatrix.chunk_count") + struct.pack("<II", 4, ncall)
+    kv += gstr("imatrix.chunk_size") + struct.pack("<II", 4, chunk)
+    info, data = b"", b""
+    for n in names:
+        for suffix, values in ((".in_sum2", [v * ncall * chunk for v in vals[n]]), (".counts", [float(ncall * chunk)])):
+            info += gstr(n + suffix) + struct.pack("<IQIQ", 1, len(values), 0, len(data))
+            data += struct.pack("<%df" % len(values), *values)
+            data += b"\0" * (-len(data) % 32)
+    head = b"GGUF" + struct.pack("<IQQ", 3, 2 * len(names), 4) + kv + info
+    return dat, head + b"\0" * (-len(head) % 32) + data
+
+
 def main():
     mopt, out = sys.argv[1], sys.argv[2]
     shutil.rmtree(out, ignore_errors=True)
@@ -203,6 +230,9 @@ def main():
     gpt2_checkpoint(gpt2)
 
     put("llama2c", "tiny.bin", open(l2c, "rb").read())
+    dat, gimat = imatrix_seeds()
+    put("imatrix", "tiny.imatrix.dat", dat)
+    put("imatrix", "tiny-imatrix.gguf", gimat)
     put("llama2c_tokenizer", "tok64", bytes([16]) + llama2c_tokenizer())  # first byte: vocab = 1 + 4 * 16
     for name, tok in (("bytelevel", gpt2_tokenizer()), ("spm", spm_tokenizer()), ("llama3", llama3_tokenizer())):
         put("tokenizer_json", name + ".json", json.dumps(tok, ensure_ascii=False).encode())

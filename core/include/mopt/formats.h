@@ -179,7 +179,7 @@ MOPT_API float mopt_trtllm_kv_scale(const mopt_kv_quant *q);
 MOPT_API char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch_dtype, int32_t tp, const mopt_quant_scheme *s,
                                        mopt_error *err);
 
-/* --- importance matrices (llama.cpp's imatrix.dat) ----------------------------------- */
+/* --- importance matrices (llama.cpp's imatrix.dat and GGUF imatrix) ------------------- */
 
 /* One tensor's importance: mean x^2 of each input column over the calibration tokens. */
 typedef struct mopt_imatrix_entry {
@@ -194,13 +194,19 @@ typedef struct mopt_imatrix {
     mopt_imatrix_entry *e;
     int32_t chunks;     /* calibration chunks, as llama-imatrix records them */
     char dataset[256];  /* the calibration file's name */
+    int32_t chunk_size; /* appended: tokens per chunk (0: unknown); a GGUF imatrix counts tokens */
 } mopt_imatrix;
 
-/* Reads llama-imatrix's legacy imatrix.dat (bounds-checked; a bad file fails
- * naming what is wrong); the means are the stored sums / ncall, in float, as
- * llama-quantize takes them. Free with mopt_imatrix_free. */
+/* Reads an importance matrix in either of llama-imatrix's layouts, told apart
+ * by the file's magic: the legacy imatrix.dat (the means are the stored sums /
+ * ncall) or the GGUF imatrix (general.type "imatrix"; the means are each
+ * weight's in_sum2 / counts), both in float as llama-quantize takes them.
+ * Bounds-checked; a bad file fails naming what is wrong. Free with
+ * mopt_imatrix_free. */
 MOPT_API mopt_status mopt_imatrix_read(const char *path, mopt_imatrix **out, mopt_error *err);
-/* Writes m as imatrix.dat (sums = mean * ncall), atomically. */
+/* Writes m atomically: as a GGUF imatrix when path ends in ".gguf" (sums =
+ * mean * tokens, tokens = ncall * chunk_size, or ncall when chunk_size is 0),
+ * else as imatrix.dat (sums = mean * ncall). */
 MOPT_API mopt_status mopt_imatrix_write(const char *path, const mopt_imatrix *m, mopt_error *err);
 MOPT_API void mopt_imatrix_free(mopt_imatrix *m);
 /* The means of tensor `name` and their count; NULL and 0 when m has none. */
@@ -209,17 +215,23 @@ MOPT_API int64_t mopt_imatrix_len(const mopt_imatrix *m, const char *name);
 
 /* --- GGUF block grids for calibrated quantizers (GPTQ on the blocks) ---------------- */
 
-/* ggml types (GGUF type ids): Q4_0 2, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14. Values per block (32 or 256; 0 for
- * others) and bytes per block. */
+/* ggml types (GGUF type ids): Q4_0 2, Q8_0 8, Q2_K 10, Q3_K 11, Q4_K 12, Q5_K 13, Q6_K 14. Values per block
+ * (32 or 256; 0 for others) and bytes per block. */
 MOPT_API int64_t mopt_ggml_type_block(int32_t type);
 MOPT_API int64_t mopt_ggml_type_block_bytes(int32_t type);
 /* One block of `type` from x (qw: importance weights, or NULL), as export.gguf writes it. */
 MOPT_API mopt_status mopt_ggml_quantize_block(int32_t type, const float *x, const float *qw, uint8_t *block, mopt_error *err);
 /* Value v of a block set to the level nearest w under the block's stored scales (its header is kept);
- * returns the value it now decodes to. Q4_0, Q8_0, Q4_K, Q5_K and Q6_K. */
+ * returns the value it now decodes to. Q4_0, Q8_0 and Q2_K ... Q6_K. */
 MOPT_API float mopt_ggml_block_requantize(int32_t type, uint8_t *block, int32_t v, float w);
+/* The values one scale of a k-quant block covers: 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K); 0 for other types. */
+MOPT_API int mopt_ggml_type_sub_block(int32_t type);
+/* Sub-block j (its values x, error weights w) of a k-quant block picks its stored scale (and min) again under the
+ * block's d and dmin, by least weighted squared error among the stored ones +-3; 1 when the block changed, 0
+ * otherwise and for other types. */
+MOPT_API int mopt_ggml_block_refit_sub(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
 /* A packed linear [rows, cols] holding blocks of `type` (rows of whole blocks, back to back) as they are: KQUANT
- * for Q4_K / Q5_K / Q6_K, QINT symmetric groups of 32 for Q4_0 / Q8_0; export.gguf writes them back unchanged. */
+ * for Q2_K ... Q6_K, QINT symmetric groups of 32 for Q4_0 / Q8_0; export.gguf writes them back unchanged. */
 MOPT_API mopt_tensor *mopt_ggml_blocks_tensor(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks,
                                               mopt_error *err);
 /* The ggml type export.gguf<type> gives the file tensor holding graph weight `weight` (mixes, output rules and
@@ -230,8 +242,9 @@ MOPT_API int32_t mopt_gguf_weight_type(const mopt_graph *g, const char *type, co
 
 typedef struct mopt_gguf_write_opts {
     const char *type;      /* of the 2-D weights: "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
-                              "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", or a mix: "q4_k_s", "q4_k_m",
-                              "q5_k_s", "q5_k_m" */
+                              "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k", or one of
+                              llama-quantize's mixes: "q2_k", "q2_k_s", "q3_k_s", "q3_k_m",
+                              "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m" */
     const char *name;      /* general.name */
     int32_t tokenizer;     /* store the tokenizer as tokenizer.ggml.* */
     mopt_progress_fn progress; /* per tensor written (optional) */

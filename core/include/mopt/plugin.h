@@ -261,7 +261,7 @@ typedef struct mopt_host_api {
     /* appended: NVFP4 with a global scale shared by a fused group (mopt/quant.h) */
     mopt_tensor *(*mxfp_quantize_shared)(const char *name, mopt_mxfp_kind k, int64_t out, int64_t in, const float *W, float weight_amax,
                                          uint32_t act_flags, float act_scale, mopt_error *err);
-    /* appended: importance matrices, llama.cpp's imatrix.dat (mopt/formats.h) */
+    /* appended: importance matrices, llama.cpp's imatrix.dat or GGUF imatrix (mopt/formats.h) */
     mopt_status (*imatrix_read)(const char *path, mopt_imatrix **out, mopt_error *err);
     mopt_status (*imatrix_write)(const char *path, const mopt_imatrix *m, mopt_error *err);
     void (*imatrix_free)(mopt_imatrix *m);
@@ -272,6 +272,9 @@ typedef struct mopt_host_api {
     float (*ggml_block_requantize)(int32_t type, uint8_t *block, int32_t v, float w);
     int32_t (*gguf_weight_type)(const mopt_graph *g, const char *type, const char *weight, int has_imatrix);
     mopt_tensor *(*ggml_blocks_tensor)(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks, mopt_error *err);
+    /* appended: a k-quant sub-block's scale picked again as GPTQ's updates reach it (mopt/formats.h) */
+    int (*ggml_type_sub_block)(int32_t type);
+    int (*ggml_block_refit_sub)(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -56,6 +56,15 @@
  * as GGUF files store them (`in` a multiple of 256; ggml's ggml-common.h),
  * quant.bits naming the type; every scale lives in its block, so there are no
  * side tensors:
+ *   2 (Q2_K, 84 bytes): 16 bytes of sub-block scale sc (low nibble) and min m
+ *     (high nibble) for 16 sub-blocks of 16, 64 bytes of 2-bit levels (per
+ *     128 values n, bits 2k..2k+1 of byte 32n + l hold value 32k + l), f16 d,
+ *     f16 dmin; w = d * sc[v / 16] * q - dmin * m[v / 16]
+ *   3 (Q3_K, 110 bytes): 32 bytes hmask (bit k of byte l: the high bit of value
+ *     32k + l), 64 bytes of low 2-bit levels as Q2_K's, 12 bytes of 6-bit
+ *     scales (sub-block j: the low nibble of byte j % 8, the high one for j >=
+ *     8, under bits 2(j / 4)..+1 of byte 8 + j % 4), f16 d;
+ *     w = d * (sc[v / 16] - 32) * (q - 4)
  *   4 (Q4_K, 144 bytes): f16 d, f16 dmin, 12 bytes s of 6-bit scales sc[8] and
  *     mins m[8] (j < 4: the low 6 bits of s[j] and s[j+4]; j >= 4: the low and
  *     high nibble of s[j+4] under the top 2 bits of s[j-4] and s[j]), 128 bytes of levels: sub-blocks 2i and
@@ -167,7 +176,7 @@ MOPT_API mopt_tensor *mopt_sp24_pack_i8(const char *name, int64_t out, int64_t i
 MOPT_API mopt_tensor *mopt_sp24_pack_i4(const char *name, int64_t out, int64_t in, int32_t group_size, const uint8_t *u,
                                         const float *scales, mopt_error *err);
 
-/* Bytes of one k-quant super-block for bits 4, 5, 6 (Q4_K, Q5_K, Q6_K); 0 otherwise. */
+/* Bytes of one k-quant super-block for bits 2 to 6 (Q2_K ... Q6_K); 0 otherwise. */
 MOPT_API int32_t mopt_kquant_block_bytes(int32_t bits);
 /* A KQUANT tensor [out, in] (in a multiple of 256) holding a copy of `blocks`,
  * out * in / 256 super-blocks of the type `bits` names, rows one after another. */

@@ -100,20 +100,21 @@ static const unsigned char *kquant_tensor(const unsigned char *d, const char *na
     assert_true(at > 0);
     memcpy(type, d + at, 4);
     const size_t dims = at - 16; /* ne[0], ne[1] of a 2-D tensor precede its type */
-    const size_t block = *type == 12 ? 144 : *type == 13 ? 176 : *type == 14 ? 210 : 0;
+    const size_t block = *type == 10 ? 84 : *type == 11 ? 110 : *type == 12 ? 144 : *type == 13 ? 176 : *type == 14 ? 210 : 0;
     assert_true(block > 0);
     *n = gw_u64(d + dims) / 256 * block * gw_u64(d + dims + 8);
     return d + (p + 31) / 32 * 32 + gw_u64(d + at + 4);
 }
 
-/* Q4_K / Q5_K / Q6_K files load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
+/* Q2_K ... Q6_K files (q2_k: the mix) load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
  * writes it), run with the perplexity of their decoding written out as f32 (Q4_K within its int8 activations' rounding), and export their linears back byte for byte (the
  * embedding is dequantized at load, so it does not). */
 static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
     REQUIRE_SHARED();
-    static const char *const types[] = {"q4_k", "q5_k", "q6_k"};
+    static const char *const types[] = {"q4_k", "q5_k", "q6_k", "q3_k", "q2_k"};
+    static const int bits[] = {4, 5, 6, 3, 2};
     mopt_model *m = test_load_model("models/lit-llama-7m");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         char file[64], a[1400], b[1400];
         snprintf(file, sizeof file, "k%d.gguf", i);
         mopt_model *e = export_and_load(m, "", types[i], file);
@@ -122,12 +123,12 @@ static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
         const mopt_tensor *down = mopt_graph_find_tensor(g, "model.layers.7.mlp.down_proj.weight");
         const mopt_tensor *head = mopt_graph_find_tensor(g, "lm_head.weight");
         assert_int_equal(q->dtype, MOPT_DTYPE_KQUANT);
-        assert_int_equal(q->quant->bits, 4 + i);
+        assert_int_equal(q->quant->bits, bits[i]);
         assert_int_equal(down->dtype, MOPT_DTYPE_KQUANT);
         assert_int_equal(head->dtype, MOPT_DTYPE_KQUANT);
         assert_int_equal(head->quant->bits, 6);
         mopt_model *f = export_and_load(e, "", "f32", "kdec.gguf");
-        /* Q5_K and Q6_K prefill widens the rows exactly; Q4_K's runs against x as int8 per 32 values, as Q4_0's does */
+        /* Q2_K, Q3_K, Q5_K and Q6_K prefill widens the rows exactly; Q4_K's runs against x as int8 per 32 values, as Q4_0's does */
         const double pk = ppl(e), pf = ppl(f), tol = i == 0 ? 3e-4 : 1e-6;
         fprintf(stderr, "lit-llama %s packed: ppl %.6f, its f32 decoding %.6f (%+.2e)\n", types[i], pk, pf, pk / pf - 1);
         assert_true(fabs(pk / pf - 1) < tol);
@@ -163,20 +164,28 @@ static uint32_t tensor_type(const unsigned char *d, const char *name) {
     return t;
 }
 
-/* llama-quantize's K_S / K_M mixes on an 8-layer LLaMA, from llama_tensor_get_type's rules worked by hand:
- * use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down Q6_K there);
- * Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); output.weight is Q6_K; the
- * file types are LLAMA_FTYPE_MOSTLY_Q4_K_S 14, Q4_K_M 15, Q5_K_M 17. */
+/* llama-quantize's mixes on an 8-layer LLaMA with 2 query heads per KV head, from llama_tensor_get_type's rules
+ * worked by hand: use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down
+ * Q6_K there); Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); Q2_K gives attn_v
+ * (n_gqa < 4), ffn_down and attn_output Q3_K; Q2_K_S only ffn_down.0 Q4_K; Q3_K_M attn_v Q5_K in layers 0-1 and
+ * Q4_K after, ffn_down Q4_K (i < 8/16 holds for none), attn_output Q4_K; Q3_K_L attn_v, ffn_down and attn_output
+ * Q5_K; output.weight is Q6_K; the file types are LLAMA_FTYPE_MOSTLY_Q2_K 10, Q3_K_S 11, Q3_K_M 12, Q3_K_L 13,
+ * Q4_K_S 14, Q4_K_M 15, Q5_K_M 17, Q2_K_S 21. */
 static void test_k_mixes_give_the_layers_llama_quantize_gives(void **s) {
     REQUIRE_SHARED();
-    enum { Q4K = 12, Q5K = 13, Q6K = 14 };
+    enum { Q2K = 10, Q3K = 11, Q4K = 12, Q5K = 13, Q6K = 14 };
     static const struct {
         const char *type;
-        uint32_t file_type, v[8], down[8], base;
+        uint32_t file_type, v[8], down[8], out, base;
     } mixes[] = {
-        {"q4_k_s", 14, {Q5K, Q5K, Q5K, Q5K, Q4K, Q4K, Q4K, Q4K}, {Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K},
-        {"q4_k_m", 15, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, Q4K},
-        {"q5_k_m", 17, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, Q5K},
+        {"q2_k", 10, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, Q3K, Q2K},
+        {"q2_k_s", 21, {Q2K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K}, {Q4K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K, Q2K}, Q2K, Q2K},
+        {"q3_k_s", 11, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, {Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K, Q3K}, Q3K, Q3K},
+        {"q3_k_m", 12, {Q5K, Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, {Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K, Q3K},
+        {"q3_k_l", 13, {Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K}, {Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K, Q5K}, Q5K, Q3K},
+        {"q4_k_s", 14, {Q5K, Q5K, Q5K, Q5K, Q4K, Q4K, Q4K, Q4K}, {Q5K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K, Q4K}, Q4K, Q4K},
+        {"q4_k_m", 15, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, {Q6K, Q4K, Q4K, Q6K, Q4K, Q4K, Q6K, Q6K}, Q4K, Q4K},
+        {"q5_k_m", 17, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, {Q6K, Q5K, Q5K, Q6K, Q5K, Q5K, Q6K, Q6K}, Q5K, Q5K},
     };
     mopt_model *m = test_load_model("models/lit-llama-7m");
     for (size_t k = 0; k < sizeof mixes / sizeof *mixes; k++) {
@@ -195,7 +204,11 @@ static void test_k_mixes_give_the_layers_llama_quantize_gives(void **s) {
             assert_int_equal(tensor_type(d, name), mixes[k].v[i]);
             snprintf(name, sizeof name, "blk.%d.ffn_down.weight", i);
             assert_int_equal(tensor_type(d, name), mixes[k].down[i]);
+            snprintf(name, sizeof name, "blk.%d.attn_output.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].out);
             snprintf(name, sizeof name, "blk.%d.attn_q.weight", i);
+            assert_int_equal(tensor_type(d, name), mixes[k].base);
+            snprintf(name, sizeof name, "blk.%d.ffn_up.weight", i);
             assert_int_equal(tensor_type(d, name), mixes[k].base);
         }
         assert_int_equal(tensor_type(d, "output.weight"), Q6K);
@@ -219,7 +232,7 @@ static void test_every_type_decodes_independently_within_its_error(void **s) {
         double rms, ppl;
     } types[] = {{"f16", 1e-3, 1e-4}, {"bf16", 1e-2, 2e-3}, {"q8_0", 0.01, 2e-3}, {"q5_0", 0.05, 0.01},
                  {"q5_1", 0.05, 0.01}, {"q4_0", 0.1, 0.02}, {"q4_1", 0.1, 0.02}, {"q4_k", 0.1, 0.02},
-                 {"q5_k", 0.05, 0.01}, {"q6_k", 0.025, 0.005}};
+                 {"q5_k", 0.05, 0.01}, {"q6_k", 0.025, 0.005}, {"q3_k", 0.2, 0.01}, {"q2_k", 0.35, 0.07}};
     mopt_model *m = test_load_model("models/lit-llama-7m");
     mopt_model_free(export_and_load(m, "", "f32", "ref.gguf"));
     const double p0 = ppl(m);
@@ -450,8 +463,15 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "--quiet > /dev/null && %s eval '%s/cli.gguf' --data '%s/data/lit-val.txt' --limit-tokens 4096 --quiet | grep -q '^ppl '",
              MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type q3_k --quiet 2>&1 | grep -q 'q3_k'",
+    /* a type mopt does not write is named in the error */
+    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type iq4_nl --quiet 2>&1 | grep -q 'iq4_nl'",
              MOPT_CLI, test_shared_dir(), dir);
+    assert_int_equal(system(cmd), 0);
+    /* rows of 128 (GPT-2 1m) are no whole Q2_K block: llama-quantize would write IQ4_NL, mopt stops and says so, no file left */
+    snprintf(cmd, sizeof cmd,
+             "out=$(%s export '%s/models/lit-gpt2-1m' -o '%s/g2.gguf' --format gguf --type q2_k --quiet 2>&1); st=$?; "
+             "[ $st -ne 0 ] && echo \"$out\" | grep -q 'IQ4_NL' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/g2.gguf' ]",
+             MOPT_CLI, test_shared_dir(), dir, dir);
     assert_int_equal(system(cmd), 0);
 }
 
@@ -484,7 +504,8 @@ static void test_blocks_equal_llama_quantize_bytes(void **s) {
         const char *key;
         int32_t type;
     } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
-                 {"q8_0", MOPT_GGML_Q8_0}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+                 {"q8_0", MOPT_GGML_Q8_0}, {"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K},
+                 {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
     for (int weighted = 0; weighted < 2; weighted++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
             size_t nb;
@@ -525,8 +546,8 @@ static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
     static const struct {
         const char *key;
         int32_t type;
-    } types[] = {{"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
-    for (size_t t = 0; t < 3; t++) {
+    } types[] = {{"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    for (size_t t = 0; t < 5; t++) {
         size_t nb;
         uint8_t *want = unhex(json_string_value(json_object_get(json_object_get(fx, "blocks"), types[t].key)), &nb);
         const int64_t bb = mopt_ggml_block_bytes(types[t].type);
@@ -534,14 +555,24 @@ static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
         for (int64_t r = 0; r < rows; r++) {
             memcpy(blk, want + r * bb, (size_t)bb);
             if (types[t].type == MOPT_GGML_Q6_K) memset(blk, 0, 192); /* levels cleared, scales and d kept */
+            else if (types[t].type == MOPT_GGML_Q2_K) memset(blk + 16, 0, 64);
+            else if (types[t].type == MOPT_GGML_Q3_K) memset(blk, 0, 96);
             else memset(blk + 16, 0, (size_t)bb - 16);
             float got[256];
             for (int v = 0; v < 256; v++) got[v] = mopt_ggml_block_requantize(types[t].type, blk, v, x[r * cols + v]);
             /* where a sub-block's stored scale is 0, ggml keeps the search's levels: only blocks without one are rebuilt */
             int zero_scale = 0;
+            const uint8_t *wb = want + r * bb;
             if (types[t].type == MOPT_GGML_Q6_K) {
                 for (int j = 0; j < 16; j++) zero_scale |= want[r * bb + 192 + j] == 0;
                 zero_scale |= !mopt_f16_at(want + r * bb + 208);
+            } else if (types[t].type == MOPT_GGML_Q2_K) {
+                for (int j = 0; j < 16; j++) zero_scale |= (wb[j] & 0xF) == 0;
+                zero_scale |= !mopt_f16_at(wb + 80);
+            } else if (types[t].type == MOPT_GGML_Q3_K) { /* a 6-bit scale of 32 is 0 */
+                for (int j = 0; j < 16; j++)
+                    zero_scale |= ((j < 8 ? wb[96 + j] & 0xF : wb[96 + j - 8] >> 4) | ((wb[104 + j % 4] >> (2 * (j / 4))) & 3) << 4) == 32;
+                zero_scale |= !mopt_f16_at(wb + 108);
             } else {
                 uint8_t sc[8], mn[8];
                 mopt_kquant_scales_mins(want + r * bb + 4, sc, mn);
@@ -555,7 +586,7 @@ static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
         }
         free(want);
     }
-    assert_true(rebuilt >= 3 * 16); /* most of the 24 rows per type */
+    assert_true(rebuilt >= 5 * 16); /* most of the 24 rows per type */
     free(x);
     json_decref(fx);
 }
@@ -591,6 +622,169 @@ static void test_gptq_onto_gguf_blocks_exports_them_as_they_are(void **s) {
     assert_memory_equal(p, v0->data, n);
     free(d);
     mopt_model_free(m);
+}
+
+/* llama-imatrix's GGUF imatrix, laid out by hand from its save_imatrix (keys general.type, imatrix.datasets,
+ * imatrix.chunk_count, imatrix.chunk_size; per weight by name, <name>.in_sum2 and <name>.counts as f32, one
+ * dimension each since ggml drops trailing 1s; 32-byte alignment): the reader takes in_sum2 / counts (as
+ * llama-quantize), the writer gives the same bytes back, the matrix survives a trip through imatrix.dat, and a
+ * model file, a missing counts tensor, expert matrices and mutated files are refused cleanly. */
+static size_t gguf_imatrix_by_hand(uint8_t *b, int with_counts, uint64_t n_mat) {
+    size_t n = 0;
+#define PUT(v) (memcpy(b + n, &(v), sizeof(v)), n += sizeof(v))
+#define STR(t) do { const uint64_t l_ = strlen(t); PUT(l_); memcpy(b + n, t, l_); n += l_; } while (0)
+    const uint32_t version = 3, t_str = 8, t_arr = 9, t_u32 = 4, chunks = 4, chunk = 128, f32 = 0;
+    const uint64_t n_t = with_counts ? 4 : 3, n_kv = 4, one = 1;
+    memcpy(b, "GGUF", 4);
+    n = 4;
+    PUT(version), PUT(n_t), PUT(n_kv);
+    STR("general.type");
+    PUT(t_str);
+    STR("imatrix");
+    STR("imatrix.datasets");
+    PUT(t_arr), PUT(t_str), PUT(one);
+    STR("calib");
+    STR("imatrix.chunk_count");
+    PUT(t_u32), PUT(chunks);
+    STR("imatrix.chunk_size");
+    PUT(t_u32), PUT(chunk);
+    static const char *const names[] = {"blk.0.attn_q.weight.in_sum2", "blk.0.attn_q.weight.counts", "blk.0.ffn_down.weight.in_sum2",
+                                        "blk.0.ffn_down.weight.counts"};
+    const uint64_t ne[] = {3, 1, 2, 1}, off[] = {0, 32, 64, 96};
+    for (int t = 0, k = 0; t < 4; t++) {
+        if (!with_counts && t == 3) continue;
+        const uint32_t nd = n_mat > 1 && t == 0 ? 2 : 1;
+        const uint64_t o = off[k++];
+        STR(names[t]);
+        PUT(nd), PUT(ne[t]);
+        if (nd == 2) PUT(n_mat);
+        PUT(f32), PUT(o);
+    }
+    while (n % 32) b[n++] = 0;
+    const float sums0[3] = {1024.0f, 256.0f, 64.0f}, sums1[2] = {768.0f, 128.0f}, tokens = 512.0f;
+    memset(b + n, 0, 128);
+    memcpy(b + n, sums0, 12), memcpy(b + n + 32, &tokens, 4), memcpy(b + n + 64, sums1, 8), memcpy(b + n + 96, &tokens, 4);
+    return n + (with_counts ? 128 : 96);
+#undef STR
+#undef PUT
+}
+
+static void test_gguf_imatrix_files_follow_llama_imatrix_layout(void **s) {
+    REQUIRE_SHARED();
+    uint8_t b[1024];
+    const size_t n = gguf_imatrix_by_hand(b, 1, 1);
+    char path[1400], back[1400], dat[1400];
+    snprintf(path, sizeof path, "%s/hand-imatrix.gguf", dir);
+    snprintf(back, sizeof back, "%s/back-imatrix.gguf", dir);
+    snprintf(dat, sizeof dat, "%s/via.dat", dir);
+    mopt_error err = {0};
+    assert_int_equal(mopt_file_write_atomic(path, b, n, &err), MOPT_OK);
+    mopt_imatrix *m = NULL;
+    assert_int_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_int_equal(m->n, 2);
+    assert_int_equal(m->chunks, 4);
+    assert_int_equal(m->chunk_size, 128);
+    assert_string_equal(m->dataset, "calib");
+    const float *q = mopt_imatrix_find(m, "blk.0.attn_q.weight"), *d = mopt_imatrix_find(m, "blk.0.ffn_down.weight");
+    assert_true(q && q[0] == 2.0f && q[1] == 0.5f && q[2] == 0.125f);
+    assert_true(d && d[0] == 1.5f && d[1] == 0.25f);
+    assert_int_equal(m->e[0].ncall, 4); /* 512 tokens in chunks of 128 */
+    assert_int_equal(mopt_imatrix_write(back, m, &err), MOPT_OK);
+    size_t nb;
+    char *w = read_whole(back, &nb);
+    assert_int_equal(nb, n);
+    assert_memory_equal(w, b, n);
+    free(w);
+    /* through the legacy layout and back: the same means */
+    assert_int_equal(mopt_imatrix_write(dat, m, &err), MOPT_OK);
+    mopt_imatrix_free(m);
+    assert_int_equal(mopt_imatrix_read(dat, &m, &err), MOPT_OK);
+    q = mopt_imatrix_find(m, "blk.0.attn_q.weight");
+    assert_true(q && q[0] == 2.0f && q[1] == 0.5f && q[2] == 0.125f);
+    mopt_imatrix_free(m);
+    /* a model file is no importance matrix; in_sum2 without counts; a mixture of experts' matrices */
+    char model[1400];
+    snprintf(model, sizeof model, "%s/f32.gguf", dir);
+    mopt_model *lm = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model_free(export_and_load(lm, "", "f32", "f32.gguf"));
+    mopt_model_free(lm);
+    m = NULL;
+    assert_int_not_equal(mopt_imatrix_read(model, &m, &err), MOPT_OK);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "not an importance matrix"));
+    size_t k = gguf_imatrix_by_hand(b, 0, 1);
+    assert_int_equal(mopt_file_write_atomic(path, b, k, &err), MOPT_OK);
+    assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "counts"));
+    k = gguf_imatrix_by_hand(b, 1, 2);
+    assert_int_equal(mopt_file_write_atomic(path, b, k, &err), MOPT_OK);
+    assert_int_not_equal(mopt_imatrix_read(path, &m, &err), MOPT_OK);
+    /* 400 mutants: each reads or fails cleanly (ASan watches) */
+    uint32_t seed = 777;
+    uint8_t bad[1024];
+    for (int t = 0; t < 400; t++) {
+        memcpy(bad, gguf_imatrix_by_hand(b, 1, 1) ? b : b, n);
+        size_t len = n;
+        for (int e = 0; e < 1 + t % 4; e++) {
+            seed = seed * 1664525u + 1013904223u;
+            bad[(seed >> 8) % n] = (uint8_t)(seed >> 24);
+        }
+        if (t % 5 == 0) len = (seed >> 4) % n;
+        assert_int_equal(mopt_file_write_atomic(path, bad, len, &err), MOPT_OK);
+        m = NULL;
+        if (mopt_imatrix_read(path, &m, &err) == MOPT_OK) mopt_imatrix_free(m);
+        else assert_null(m);
+    }
+}
+
+/* GPTQ's second look at a sub-block (mopt_ggml_block_refit_sub): in a k-quant block whose values lie on its grid, a
+ * sub-block's stored scale moved by 2 is found again from those values (the block decodes to them once more), only
+ * that scale's bits change, and a sub-block already right is left alone. Blocks: the fixture's rows as mopt (=
+ * llama-quantize) quantizes them; the scale is moved by hand in each type's layout. */
+static void test_block_refit_finds_a_moved_sub_block_scale(void **s) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf;
+    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf), y[256], w[32];
+    for (int i = 0; i < 32; i++) w[i] = 1;
+    static const int32_t types[] = {MOPT_GGML_Q2_K, MOPT_GGML_Q3_K, MOPT_GGML_Q4_K, MOPT_GGML_Q5_K, MOPT_GGML_Q6_K};
+    int found = 0;
+    for (size_t t = 0; t < 5; t++) {
+        const int32_t ty = types[t];
+        const int n = mopt_ggml_type_sub_block(ty), bb = (int)mopt_ggml_type_block_bytes(ty);
+        assert_int_equal(n, ty == MOPT_GGML_Q4_K || ty == MOPT_GGML_Q5_K ? 32 : 16);
+        for (int64_t r = 12; r < rows; r++) { /* the ordinary rows */
+            uint8_t blk[256], moved[256];
+            assert_int_equal(mopt_ggml_quantize_block(ty, x + r * cols, NULL, blk, NULL), MOPT_OK);
+            assert_int_equal(mopt_ggml_dequantize_row(ty, blk, 256, y, NULL), MOPT_OK);
+            for (int j = 0; j < (ty == MOPT_GGML_Q4_K || ty == MOPT_GGML_Q5_K ? 4 : 16); j++) {
+                memcpy(moved, blk, (size_t)bb);
+                assert_int_equal(mopt_ggml_block_refit_sub(ty, moved, j, y + j * n, w), 0); /* on its grid already */
+                uint8_t *p; /* the byte holding the scale's low bits, and how to move it by 2 */
+                int sh = 0, mask = 0xFF;
+                switch (ty) {
+                case MOPT_GGML_Q2_K: p = moved + j, mask = 0x0F; break;
+                case MOPT_GGML_Q3_K: p = moved + 96 + j % 8, sh = j < 8 ? 0 : 4, mask = 0x0F; break;
+                case MOPT_GGML_Q6_K: p = moved + 192 + j; break;
+                default: p = moved + 4 + j, mask = 0x3F; break;
+                }
+                const int low = (*p >> sh) & mask;
+                if (ty == MOPT_GGML_Q6_K ? (int8_t)*p < -120 || abs((int8_t)*p) < 4 : low < 4) continue; /* room to move down, no sign change */
+                *p = (uint8_t)((*p & ~(mask << sh)) | ((low - 2) & mask) << sh);
+                assert_int_equal(mopt_ggml_block_refit_sub(ty, moved, j, y + j * n, w), 1);
+                float back[256];
+                assert_int_equal(mopt_ggml_dequantize_row(ty, moved, 256, back, NULL), MOPT_OK);
+                for (int i = 0; i < 256; i++) assert_true(back[i] == y[i]);
+                found++;
+            }
+        }
+    }
+    assert_true(found > 5 * 20);
+    assert_int_equal(mopt_ggml_type_sub_block(MOPT_GGML_Q4_0), 0);
+    free(x);
+    json_decref(fx);
 }
 
 /* llama.cpp's legacy imatrix.dat, laid out by hand from llama-imatrix's save_imatrix: the reader takes the means
@@ -768,8 +962,10 @@ int main(void) {
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
         cmocka_unit_test(test_block_requantize_rebuilds_llama_quantize_blocks),
+        cmocka_unit_test(test_block_refit_finds_a_moved_sub_block_scale),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
+        cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_broken_gguf_files_are_refused),

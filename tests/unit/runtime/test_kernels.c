@@ -318,6 +318,58 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
     }
 }
 
+/* The k-quant decode kernels of every set (Q2_K ... Q6_K rows against int8 x per 256, as llama.cpp's
+ * Q8_K) against float64 over the rows as mopt_weight_row_f32 decodes them: random bytes are valid blocks once d and
+ * dmin are finite, so every scale, min and level pattern occurs; 5 rows of 3 super-blocks. */
+static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
+    static const int bits[] = {2, 3, 4, 5, 6};
+    enum { ROWS = 5, NSB = 3, IN = 256 * NSB };
+    int8_t xq[IN];
+    int16_t xs16[IN / 16];
+    float xd[NSB], row[IN], y[ROWS];
+    for (int i = 0; i < IN; i++) xq[i] = (int8_t)(frand() * 127.5f);
+    for (int i = 0; i < IN / 16; i++) {
+        xs16[i] = 0;
+        for (int l = 0; l < 16; l++) xs16[i] = (int16_t)(xs16[i] + xq[16 * i + l]);
+    }
+    for (int k = 0; k < NSB; k++) xd[k] = 0.01f + 0.02f * fabsf(frand());
+    for (size_t bi = 0; bi < sizeof bits / sizeof *bits; bi++) {
+        const int32_t bb = mopt_kquant_block_bytes(bits[bi]);
+        uint8_t *blocks = malloc((size_t)(ROWS * NSB * bb));
+        for (int i = 0; i < ROWS * NSB * bb; i++) blocks[i] = (uint8_t)(frand() * 128.0f + 128.0f);
+        for (int b = 0; b < ROWS * NSB; b++) { /* finite d (and dmin) near 0.01 */
+            uint8_t *blk = blocks + (size_t)b * (size_t)bb;
+            const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
+            const int at = bits[bi] == 2 ? 80 : bits[bi] == 3 ? 108 : bits[bi] == 6 ? 208 : 0;
+            memcpy(blk + at, &d, 2);
+            if (bits[bi] != 3 && bits[bi] != 6) memcpy(blk + at + 2, &dm, 2);
+        }
+        mopt_error err = {0};
+        mopt_tensor *w = mopt_kquant_pack("w", ROWS, IN, bits[bi], blocks, &err);
+        assert_non_null(w);
+        double ref[ROWS], mag[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
+            ref[r] = mag[r] = 0;
+            for (int i = 0; i < IN; i++) ref[r] += (double)row[i] * xq[i] * xd[i / 256], mag[r] += fabs((double)row[i] * xq[i] * xd[i / 256]);
+        }
+        for (size_t k = 0; k < 3; k++) {
+            if (!mopt_kernels_supported(sets[k])) continue;
+            void (*f)(const uint8_t *, size_t, int64_t, const int8_t *, const float *, const int16_t *, int64_t, float *) =
+                bits[bi] == 2 ? sets[k]->gemv_q2k_q8 : bits[bi] == 3 ? sets[k]->gemv_q3k_q8 : bits[bi] == 4 ? sets[k]->gemv_q4k_q8
+                : bits[bi] == 5 ? sets[k]->gemv_q5k_q8 : sets[k]->gemv_q6k_q8;
+            f(blocks, (size_t)NSB * (size_t)bb, ROWS, xq, xd, xs16, NSB, y);
+            for (int r = 0; r < ROWS; r++) {
+                if (fabs(y[r] - ref[r]) > 1e-6 * mag[r] + 1e-6)
+                    fprintf(stderr, "%s q%d_k row %d: %.9g against %.9g\n", sets[k]->name, bits[bi], r, y[r], ref[r]);
+                assert_true(fabs(y[r] - ref[r]) <= 1e-6 * mag[r] + 1e-6);
+            }
+        }
+        mopt_tensor_free(w);
+        free(blocks);
+    }
+}
+
 static void test_dispatch_picks_a_supported_set(void **s) {
     const mopt_kernels *k = mopt_kernels_get();
     assert_non_null(k);
@@ -335,6 +387,7 @@ int main(void) {
         cmocka_unit_test(test_e4m3_activation_rounding_matches_the_scalar_conversion),
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
+        cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

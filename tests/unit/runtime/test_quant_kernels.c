@@ -308,12 +308,39 @@ static void test_fp8_linear_matches_float64(void **s) {
 
 /* --- k-quants ---------------------------------------------------------------- */
 
-/* One random k-quant super-block written from its parts as ggml's quantize_row_q{4,5,6}_K_ref lay them out, and its
- * 256 values in float64 from those parts (d and dmin rounded to f16 first, as stored). */
+/* One random k-quant super-block written from its parts as ggml's quantize_row_q{2,3,4,5,6}_K_ref lay them out, and
+ * its 256 values in float64 from those parts (d and dmin rounded to f16 first, as stored). */
 static void kquant_block(int bits, uint8_t *blk, double *val) {
     const double d = mopt_f16_to_f32(mopt_f32_to_f16(0.001f + 0.01f * fabsf(frand())));
     const double dmin = mopt_f16_to_f32(mopt_f32_to_f16(0.002f * fabsf(frand())));
     uint8_t L[256];
+    if (bits <= 3) { /* Q2_K: scales[16] (scale | min << 4), qs[64], d, dmin; Q3_K: hmask[32], qs[64], scales[12], d */
+        const int three = bits == 3;
+        uint16_t hd = mopt_f32_to_f16((float)d), hm = mopt_f32_to_f16((float)dmin);
+        int sc[16], m[16] = {0};
+        memset(blk, 0, three ? 110 : 84);
+        for (int j = 0; j < 16; j++) {
+            if (three) { /* 6-bit scale, stored + 32: low nibble in byte j % 8 (high nibble for j >= 8), top bits in byte 8 + j % 4 */
+                const int u = (int)(urand() % 64);
+                sc[j] = u - 32;
+                blk[96 + j % 8] |= (uint8_t)((u & 15) << (j < 8 ? 0 : 4));
+                blk[104 + j % 4] |= (uint8_t)((u >> 4) << (2 * (j / 4)));
+            } else {
+                sc[j] = urand() % 8 ? (int)(urand() % 16) : 0, m[j] = (int)(urand() % 16); /* some scales 0: the min alone */
+                blk[j] = (uint8_t)(sc[j] | m[j] << 4);
+            }
+        }
+        uint8_t *qs = blk + (three ? 32 : 16);
+        for (int i = 0; i < 256; i++) {
+            L[i] = (uint8_t)(urand() % (three ? 8u : 4u));
+            val[i] = three ? d * sc[i / 16] * (L[i] - 4) : d * sc[i / 16] * L[i] - dmin * m[i / 16];
+            qs[32 * (i / 128) + i % 32] |= (uint8_t)((L[i] & 3) << (2 * ((i % 128) / 32)));
+            if (three) blk[i % 32] |= (uint8_t)((L[i] >> 2) << (i / 32));
+        }
+        memcpy(blk + (three ? 108 : 80), &hd, 2);
+        if (!three) memcpy(blk + 82, &hm, 2);
+        return;
+    }
     if (bits == 6) {
         int8_t sc[16];
         uint16_t h = mopt_f32_to_f16((float)d);
@@ -356,14 +383,14 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
         }
 }
 
-/* Q4_K, Q5_K and Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8
- * tokens) against x as int8 per 256 values (Q8_K) for Q4_K and Q6_K, Q4_K's prefill against x as int8 per 32 (the
- * integer GEMM), the rest (Q5_K, Q6_K's prefill) against x itself. Sub-blocks with a zero scale keep their mins. */
+/* Q2_K ... Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8 tokens)
+ * against x as int8 per 256 values (Q8_K), Q4_K's prefill against x as int8 per 32 (the integer GEMM), the other
+ * prefills against x itself. Sub-blocks with a zero scale keep their mins. */
 static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
-    const int bits[] = {4, 5, 6};
+    const int bits[] = {2, 3, 4, 5, 6};
     const int64_t ins[] = {256, 768};
     const int Ts[] = {1, 3, 19};
-    for (int bi = 0; bi < 3; bi++)
+    for (int bi = 0; bi < 5; bi++)
         for (int ii = 0; ii < 2; ii++) {
             const int64_t out = 37, in = ins[ii], nsb = in / 256, bb = mopt_kquant_block_bytes(bits[bi]);
             uint8_t *blocks = malloc((size_t)(out * nsb * bb));
@@ -383,8 +410,8 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
                 float *x = malloc((size_t)(T * in) * sizeof *x);
                 double *ref = malloc((size_t)(T * out) * sizeof *ref);
                 for (int64_t i = 0; i < T * in; i++) x[i] = frand();
-                /* decode: Q4_K and Q6_K against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
-                float *xa = T <= 8 && bits[bi] != 5 ? q8_blocks(x, T * in, 256) : T > 8 && bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
+                /* decode: every k-quant against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
+                float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
                 for (int t = 0; t < T; t++)
                     for (int64_t o = 0; o < out; o++) {
                         double acc = 0;
@@ -407,8 +434,8 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
     uint8_t blk[210] = {0};
     assert_null(mopt_kquant_pack("w", 2, 300, 4, blk, &err)); /* not whole super-blocks */
     assert_non_null(strstr(err.msg, "256"));
-    assert_null(mopt_kquant_pack("w", 1, 256, 3, blk, &err));
-    assert_non_null(strstr(err.msg, "4, 5 or 6"));
+    assert_null(mopt_kquant_pack("w", 1, 256, 7, blk, &err));
+    assert_non_null(strstr(err.msg, "2 to 6"));
 }
 
 int main(void) {
