@@ -562,8 +562,8 @@ int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *
                 dmin = type == MOPT_GGML_Q2_K ? mopt_f16_at(b + 82) : with_min ? mopt_f16_at(b + 2) : 0;
     int best_s = s0, best_m = m0;
     double best = -1;
-    for (int s = s0 - 3; s <= s0 + 3; s++)
-        for (int m = with_min ? m0 - 3 : 0; m <= (with_min ? m0 + 3 : 0); m++) {
+    for (int s = s0 - 6; s <= s0 + 6; s++)
+        for (int m = with_min ? m0 - 6 : 0; m <= (with_min ? m0 + 6 : 0); m++) {
             if (s < smin || s > smax || m < 0 || m > smax) continue;
             const float dd = d * (float)s, dm = dmin * (float)m;
             double e = 0;
@@ -673,6 +673,22 @@ int64_t mopt_ggml_type_block_bytes(int32_t type) { return mopt_ggml_block_bytes(
 mopt_status mopt_ggml_quantize_block(int32_t type, const float *x, const float *qw, uint8_t *block, mopt_error *err) {
     const int64_t n = mopt_ggml_type_block(type);
     if (!n) return MOPT_FAIL(err, MOPT_E_INVALID, "ggml type %d is not a block type", type);
+    return mopt_ggml_quantize_row_weighted(type, x, n, qw, block, err);
+}
+
+mopt_status mopt_ggml_quantize_block_direct(int32_t type, const float *x, const float *w, uint8_t *block, mopt_error *err) {
+    const int64_t n = mopt_ggml_type_block(type);
+    if (!n) return MOPT_FAIL(err, MOPT_E_INVALID, "ggml type %d is not a block type", type);
+    /* the weighted quantizers take qw * sqrt(sigma^2 + x^2) as error weights (Q6_K: qw; Q8_0: none); sigma^2 as each
+     * takes it over the values it sees (a block here): Q2_K sum x^2 / 256, Q3_K ... Q5_K twice that, the 32-value
+     * kinds the block's mean x^2. Dividing that factor out leaves w. */
+    float qw[256], sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += x[i] * x[i];
+    const float sigma2 = type == MOPT_GGML_Q3_K || type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K ? 2 * sum / 256 : sum / (float)n;
+    for (int64_t i = 0; i < n; i++) {
+        const float f = type == MOPT_GGML_Q6_K || type == MOPT_GGML_Q8_0 ? 1.0f : sqrtf(sigma2 + x[i] * x[i]);
+        qw[i] = f > 0 ? w[i] / f : w[i];
+    }
     return mopt_ggml_quantize_row_weighted(type, x, n, qw, block, err);
 }
 

@@ -221,13 +221,16 @@ MOPT_API int64_t mopt_ggml_type_block(int32_t type);
 MOPT_API int64_t mopt_ggml_type_block_bytes(int32_t type);
 /* One block of `type` from x (qw: importance weights, or NULL), as export.gguf writes it. */
 MOPT_API mopt_status mopt_ggml_quantize_block(int32_t type, const float *x, const float *qw, uint8_t *block, mopt_error *err);
+/* The same with w the error weights as they are (llama.cpp's searches, which weigh by qw * sqrt(sigma^2 + x^2),
+ * get qw = w / that factor): GPTQ's diag(H) is the weight of a value's squared error. */
+MOPT_API mopt_status mopt_ggml_quantize_block_direct(int32_t type, const float *x, const float *w, uint8_t *block, mopt_error *err);
 /* Value v of a block set to the level nearest w under the block's stored scales (its header is kept);
  * returns the value it now decodes to. Q4_0, Q8_0 and Q2_K ... Q6_K. */
 MOPT_API float mopt_ggml_block_requantize(int32_t type, uint8_t *block, int32_t v, float w);
 /* The values one scale of a k-quant block covers: 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K); 0 for other types. */
 MOPT_API int mopt_ggml_type_sub_block(int32_t type);
 /* Sub-block j (its values x, error weights w) of a k-quant block picks its stored scale (and min) again under the
- * block's d and dmin, by least weighted squared error among the stored ones +-3; 1 when the block changed, 0
+ * block's d and dmin, by least weighted squared error among the stored ones +-6; 1 when the block changed, 0
  * otherwise and for other types. */
 MOPT_API int mopt_ggml_block_refit_sub(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
 /* A packed linear [rows, cols] holding blocks of `type` (rows of whole blocks, back to back) as they are: KQUANT

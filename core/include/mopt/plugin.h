@@ -275,6 +275,7 @@ typedef struct mopt_host_api {
     /* appended: a k-quant sub-block's scale picked again as GPTQ's updates reach it (mopt/formats.h) */
     int (*ggml_type_sub_block)(int32_t type);
     int (*ggml_block_refit_sub)(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
+    mopt_status (*ggml_quantize_block_direct)(int32_t type, const float *x, const float *w, uint8_t *block, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -787,6 +787,47 @@ static void test_block_refit_finds_a_moved_sub_block_scale(void **s) {
     json_decref(fx);
 }
 
+/* mopt_ggml_quantize_block_direct (GPTQ's diag(H) as the error weights themselves): given llama-quantize's own
+ * weights for the fixture's importance matrix, it makes llama-quantize's imatrix blocks. */
+static void test_direct_error_weights_reproduce_llama_quantize_imatrix_blocks(void **s) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf;
+    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf);
+    /* llama-quantize's weights: qw * sqrt(sigma^2 + x^2) with its quantize_row_*_impl's sigma^2 (Q2_K: mean x^2 over
+     * 256, Q3_K ... Q5_K: twice that; Q6_K: qw alone) */
+    size_t ni, nb;
+    float *imat = (float *)unhex(json_string_value(json_object_get(fx, "imatrix")), &ni), wd[256];
+    static const struct {
+        const char *key;
+        int32_t type;
+    } direct[] = {{"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    int same = 0, total = 0;
+    for (size_t t = 0; t < 5; t++) {
+        uint8_t *want = unhex(json_string_value(json_object_get(json_object_get(fx, "blocks_imatrix"), direct[t].key)), &nb);
+        const int64_t bb = mopt_ggml_type_block_bytes(direct[t].type);
+        for (int64_t r = 12; r < rows; r++) {
+            const float *xr = x + r * cols;
+            float sum = 0;
+            for (int i = 0; i < 256; i++) sum += xr[i] * xr[i];
+            const float sigma2 = direct[t].type == MOPT_GGML_Q2_K ? sum / 256 : 2 * sum / 256;
+            for (int i = 0; i < 256; i++) wd[i] = direct[t].type == MOPT_GGML_Q6_K ? imat[i] : imat[i] * sqrtf(sigma2 + xr[i] * xr[i]);
+            uint8_t blk[256];
+            assert_int_equal(mopt_ggml_quantize_block_direct(direct[t].type, xr, wd, blk, NULL), MOPT_OK);
+            same += !memcmp(blk, want + r * bb, (size_t)bb);
+            total++;
+        }
+        free(want);
+    }
+    fprintf(stderr, "direct weights: %d of %d blocks are llama-quantize's imatrix blocks\n", same, total);
+    assert_int_equal(same, total);
+    free(imat);
+    free(x);
+    json_decref(fx);
+}
+
 /* llama.cpp's legacy imatrix.dat, laid out by hand from llama-imatrix's save_imatrix: the reader takes the means
  * as stored / ncall in float (as llama-quantize does), the writer gives the same bytes back, and cut or
  * inconsistent files fail with a message naming the file. */
@@ -963,6 +1004,7 @@ int main(void) {
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
         cmocka_unit_test(test_block_requantize_rebuilds_llama_quantize_blocks),
         cmocka_unit_test(test_block_refit_finds_a_moved_sub_block_scale),
+        cmocka_unit_test(test_direct_error_weights_reproduce_llama_quantize_imatrix_blocks),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
