@@ -168,6 +168,7 @@ const mopt_host_api mopt_host = {
     .ggml_type_sub_block = mopt_ggml_type_sub_block,
     .ggml_block_refit_sub = mopt_ggml_block_refit_sub,
     .ggml_quantize_block_direct = mopt_ggml_quantize_block_direct,
+    .quantile = mopt_quantile,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

@@ -36,8 +36,8 @@ static mopt_status continuation_nll(const mopt_host_api *h, mopt_session *s, int
     return MOPT_OK;
 }
 
-static void diff_ci(const double *a, int64_t na, const double *b, int64_t nb, uint64_t *rs, int32_t B, double *d,
-                    double *lo, double *hi) {
+static void diff_ci(const mopt_host_api *h, const double *a, int64_t na, const double *b, int64_t nb, uint64_t *rs, int32_t B,
+                    double *d, double *lo, double *hi) {
     *d = eval_mean(b, nb) - eval_mean(a, na);
     double *r = malloc((size_t)B * sizeof *r);
     if (!r || na == 0 || nb == 0) {
@@ -51,8 +51,8 @@ static void diff_ci(const double *a, int64_t na, const double *b, int64_t nb, ui
         for (int64_t i = 0; i < nb; i++) sb += b[mopt_rand(rs) % (uint64_t)nb];
         r[k] = sb / (double)nb - sa / (double)na;
     }
-    *lo = eval_quantile(r, B, 0.025);
-    *hi = eval_quantile(r, B, 0.975);
+    *lo = h->quantile(r, B, 0.025);
+    *hi = h->quantile(r, B, 0.975);
     free(r);
 }
 
@@ -117,9 +117,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             char key[64];
 #define M(name, v) (snprintf(key, sizeof key, "%s_%s", arm_name[k], name), h->report_metric(report, key, v))
             M("requests", (double)cnt[k]);
-            M("latency_ms_p50", eval_quantile(lat_arm[k], cnt[k], 0.5));
-            M("latency_ms_p95", eval_quantile(lat_arm[k], cnt[k], 0.95));
-            M("latency_ms_p99", eval_quantile(lat_arm[k], cnt[k], 0.99));
+            M("latency_ms_p50", h->quantile(lat_arm[k], cnt[k], 0.5));
+            M("latency_ms_p95", h->quantile(lat_arm[k], cnt[k], 0.95));
+            M("latency_ms_p99", h->quantile(lat_arm[k], cnt[k], 0.99));
             M("tok_s", cnt[k] ? toks / cnt[k] : NAN);
             M("nll", eval_mean(nll_arm[k], cnt[k]));
             M("agree_with_a", cnt[k] ? agree / cnt[k] : NAN);
@@ -128,17 +128,17 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             h->report_series(report, key, lat_arm[k], cnt[k]);
         }
         double d, lo, hi;
-        diff_ci(nll_arm[0], cnt[0], nll_arm[1], cnt[1], &rs, 1000, &d, &lo, &hi);
+        diff_ci(h, nll_arm[0], cnt[0], nll_arm[1], cnt[1], &rs, 1000, &d, &lo, &hi);
         h->report_metric(report, "nll_diff", d);
         h->report_metric(report, "nll_diff_ci95_lo", lo);
         h->report_metric(report, "nll_diff_ci95_hi", hi);
         h->report_metric(report, "nll_diff_significant", isfinite(lo) && (lo > 0 || hi < 0));
-        diff_ci(lat_arm[0], cnt[0], lat_arm[1], cnt[1], &rs, 1000, &d, &lo, &hi);
+        diff_ci(h, lat_arm[0], cnt[0], lat_arm[1], cnt[1], &rs, 1000, &d, &lo, &hi);
         h->report_metric(report, "latency_ms_diff", d);
         h->report_metric(report, "latency_ms_diff_ci95_lo", lo);
         h->report_metric(report, "latency_ms_diff_ci95_hi", hi);
         h->report_metric(report, "latency_diff_significant", isfinite(lo) && (lo > 0 || hi < 0));
-        h->report_metric(report, "speedup", eval_quantile(lat_arm[0], cnt[0], 0.5) / eval_quantile(lat_arm[1], cnt[1], 0.5));
+        h->report_metric(report, "speedup", h->quantile(lat_arm[0], cnt[0], 0.5) / h->quantile(lat_arm[1], cnt[1], 0.5));
         h->report_metric(report, "split", split);
         h->report_string(report, "candidate", h->opt_string(o, "candidate"));
         for (int k = 0; k < 2; k++) free(lat_arm[k]), free(nll_arm[k]);

@@ -74,23 +74,23 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         for (int32_t i = 0; col && i < nl; i++) {
             for (int32_t r = 0; r < runs; r++) col[r] = pre[r * nl + i];
             snprintf(key, sizeof key, "prefill_tok_s_%d", lens[i]);
-            h->report_metric(report, key, eval_quantile(col, runs, 0.5));
+            h->report_metric(report, key, h->quantile(col, runs, 0.5));
             if (i == 0) {
-                h->report_metric(report, "prefill_tok_s", eval_quantile(col, runs, 0.5));
-                h->report_metric(report, "prefill_tok_s_min", eval_quantile(col, runs, 0));
-                h->report_metric(report, "prefill_tok_s_max", eval_quantile(col, runs, 1));
+                h->report_metric(report, "prefill_tok_s", h->quantile(col, runs, 0.5));
+                h->report_metric(report, "prefill_tok_s_min", h->quantile(col, runs, 0));
+                h->report_metric(report, "prefill_tok_s_max", h->quantile(col, runs, 1));
                 h->report_metric(report, "prefill_tok_s_stdev", eval_stdev(col, runs));
             }
         }
         free(col);
-        h->report_metric(report, "decode_tok_s", eval_quantile(dec, runs, 0.5));
-        h->report_metric(report, "decode_tok_s_min", eval_quantile(dec, runs, 0));
-        h->report_metric(report, "decode_tok_s_max", eval_quantile(dec, runs, 1));
+        h->report_metric(report, "decode_tok_s", h->quantile(dec, runs, 0.5));
+        h->report_metric(report, "decode_tok_s_min", h->quantile(dec, runs, 0));
+        h->report_metric(report, "decode_tok_s_max", h->quantile(dec, runs, 1));
         h->report_metric(report, "decode_tok_s_stdev", eval_stdev(dec, runs));
-        h->report_metric(report, "latency_ms_p50", eval_quantile(lat, nlat, 0.50));
-        h->report_metric(report, "latency_ms_p95", eval_quantile(lat, nlat, 0.95));
-        h->report_metric(report, "latency_ms_p99", eval_quantile(lat, nlat, 0.99));
-        h->report_metric(report, "ttft_ms", eval_quantile(ttft, runs, 0.5));
+        h->report_metric(report, "latency_ms_p50", h->quantile(lat, nlat, 0.50));
+        h->report_metric(report, "latency_ms_p95", h->quantile(lat, nlat, 0.95));
+        h->report_metric(report, "latency_ms_p99", h->quantile(lat, nlat, 0.99));
+        h->report_metric(report, "ttft_ms", h->quantile(ttft, runs, 0.5));
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         h->report_metric(report, "peak_rss_bytes", (double)ru.ru_maxrss * 1024.0);
@@ -98,7 +98,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         for (int32_t i = 0; i < h->graph_n_tensors(g); i++) bytes += h->weight_storage_bytes(h->graph_tensor(g, i));
         h->report_metric(report, "model_bytes", (double)bytes);
         /* what decoding streams per token, and how close that comes to this machine's read bandwidth */
-        const double per_token = (double)h->graph_decode_bytes(g), dec_gbs = eval_quantile(dec, runs, 0.5) * per_token / 1e9;
+        const double per_token = (double)h->graph_decode_bytes(g), dec_gbs = h->quantile(dec, runs, 0.5) * per_token / 1e9;
         h->report_metric(report, "weight_bytes_per_token", per_token);
         h->report_metric(report, "decode_gb_s", dec_gbs);
         const int64_t bw_mib = h->opt_int(o, "bandwidth_mib");

@@ -87,7 +87,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             }
             ratios[b] = exp((a - c) / (double)nw);
         }
-        double lo = B > 0 ? eval_quantile(ratios, B, 0.025) : NAN, hi = B > 0 ? eval_quantile(ratios, B, 0.975) : NAN;
+        double lo = B > 0 ? h->quantile(ratios, B, 0.025) : NAN, hi = B > 0 ? h->quantile(ratios, B, 0.975) : NAN;
         h->report_metric(report, "ppl", exp(mc));
         h->report_metric(report, "ppl_baseline", exp(mb));
         h->report_metric(report, "ppl_ratio", exp(mc - mb));
@@ -96,7 +96,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         double ci[2] = {lo, hi};
         h->report_series(report, "ppl_ratio_ci95", ci, 2);
         h->report_metric(report, "kl_mean", sum_kl / (double)ntok);
-        h->report_metric(report, "kl_p99", eval_quantile(kl, ntok, 0.99));
+        h->report_metric(report, "kl_p99", h->quantile(kl, ntok, 0.99));
         h->report_metric(report, "top1_agree", (double)agree / (double)ntok);
         h->report_metric(report, "mean_abs_dlogp", sum_dlp / (double)ntok);
         h->report_metric(report, "tokens_scored", (double)ntok);

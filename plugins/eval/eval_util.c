@@ -42,24 +42,6 @@ mopt_status eval_same_tokenizer(const mopt_host_api *h, const mopt_model *a, con
                         h->model_path(a), h->model_path(b));
 }
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-double eval_quantile(const double *v, int64_t n, double q) {
-    if (n <= 0) return NAN;
-    double *c = malloc((size_t)n * sizeof *c);
-    if (!c) return NAN;
-    memcpy(c, v, (size_t)n * sizeof *c);
-    qsort(c, (size_t)n, sizeof *c, cmp_d);
-    double pos = q * (double)(n - 1);
-    int64_t i = (int64_t)floor(pos);
-    double f = pos - (double)i, r = i + 1 < n ? c[i] + f * (c[i + 1] - c[i]) : c[i];
-    free(c);
-    return r;
-}
-
 double eval_mean(const double *v, int64_t n) {
     double s = 0;
     for (int64_t i = 0; i < n; i++) s += v[i];

@@ -21,8 +21,6 @@ mopt_session *eval_session(const mopt_host_api *h, mopt_pass_ctx *ctx, const mop
 /* Fails unless both tokenizers have the same size and the same token strings. */
 mopt_status eval_same_tokenizer(const mopt_host_api *h, const mopt_model *a, const mopt_model *b, const char *pass,
                                 mopt_error *err);
-/* q-th quantile (0..1) of v[n] by sorting a copy; NaN for n == 0. */
-double eval_quantile(const double *v, int64_t n, double q);
 double eval_mean(const double *v, int64_t n);
 double eval_stdev(const double *v, int64_t n);
 /* log-softmax of a logits row in double */

@@ -276,6 +276,8 @@ typedef struct mopt_host_api {
     int (*ggml_type_sub_block)(int32_t type);
     int (*ggml_block_refit_sub)(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
     mopt_status (*ggml_quantize_block_direct)(int32_t type, const float *x, const float *w, uint8_t *block, mopt_error *err);
+    /* appended: mopt_quantile (mopt/eval.h) */
+    double (*quantile)(const double *v, int64_t n, double q);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -486,19 +486,28 @@ static uint8_t *unhex(const char *h, size_t *n) {
     return b;
 }
 
+/* tests/fixtures/ggml_ref_blocks.json (make_ggml_ref_blocks.py): its rows x cols of floats in *x (malloc'd) */
+static json_t *ref_blocks(int64_t *rows, int64_t *cols, float **x) {
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
+    assert_non_null(fx);
+    *rows = json_integer_value(json_object_get(fx, "rows")), *cols = json_integer_value(json_object_get(fx, "cols"));
+    size_t nf;
+    *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf);
+    assert_int_equal(nf, (size_t)(*rows * *cols) * 4);
+    return fx;
+}
+
 /* Every legacy type and k-quant mopt writes makes the bytes upstream llama-quantize made of the same floats
  * (tests/fixtures/ggml_ref_blocks.json, from make_ggml_ref_blocks.py: zero, constant, one-signed, outlier,
  * sub-1e-15 and mixed-scale rows among ordinary ones), block for block: without an importance matrix, and with
  * the fixture's (llama-quantize --imatrix: the weighted searches of quantize_*_impl). */
 static void test_blocks_equal_llama_quantize_bytes(void **s) {
-    json_error_t je;
-    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
-    assert_non_null(fx);
-    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
-    size_t nf, ni;
-    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf);
+    int64_t rows, cols;
+    float *x;
+    json_t *fx = ref_blocks(&rows, &cols, &x);
+    size_t ni;
     float *imat = (float *)unhex(json_string_value(json_object_get(fx, "imatrix")), &ni);
-    assert_int_equal(nf, (size_t)(rows * cols) * 4);
     assert_int_equal(ni, (size_t)cols * 4);
     static const struct {
         const char *key;
@@ -536,12 +545,10 @@ static void test_blocks_equal_llama_quantize_bytes(void **s) {
  * blocks (the fixture's) from its own float, under the block's stored scales, gives the same bytes back (each
  * value lands where ggml's packing puts it), and returns what the block then decodes to. */
 static void test_block_requantize_rebuilds_llama_quantize_blocks(void **s) {
-    json_error_t je;
-    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
-    assert_non_null(fx);
-    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
-    size_t nf;
-    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf), dec[256];
+    int64_t rows, cols;
+    float *x;
+    json_t *fx = ref_blocks(&rows, &cols, &x);
+    float dec[256];
     int rebuilt = 0;
     static const struct {
         const char *key;
@@ -742,12 +749,10 @@ static void test_gguf_imatrix_files_follow_llama_imatrix_layout(void **s) {
  * that scale's bits change, and a sub-block already right is left alone. Blocks: the fixture's rows as mopt (=
  * llama-quantize) quantizes them; the scale is moved by hand in each type's layout. */
 static void test_block_refit_finds_a_moved_sub_block_scale(void **s) {
-    json_error_t je;
-    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
-    assert_non_null(fx);
-    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
-    size_t nf;
-    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf), y[256], w[32];
+    int64_t rows, cols;
+    float *x;
+    json_t *fx = ref_blocks(&rows, &cols, &x);
+    float y[256], w[32];
     for (int i = 0; i < 32; i++) w[i] = 1;
     static const int32_t types[] = {MOPT_GGML_Q2_K, MOPT_GGML_Q3_K, MOPT_GGML_Q4_K, MOPT_GGML_Q5_K, MOPT_GGML_Q6_K};
     int found = 0;
@@ -790,12 +795,9 @@ static void test_block_refit_finds_a_moved_sub_block_scale(void **s) {
 /* mopt_ggml_quantize_block_direct (GPTQ's diag(H) as the error weights themselves): given llama-quantize's own
  * weights for the fixture's importance matrix, it makes llama-quantize's imatrix blocks. */
 static void test_direct_error_weights_reproduce_llama_quantize_imatrix_blocks(void **s) {
-    json_error_t je;
-    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/ggml_ref_blocks.json", 0, &je);
-    assert_non_null(fx);
-    const int64_t rows = json_integer_value(json_object_get(fx, "rows")), cols = json_integer_value(json_object_get(fx, "cols"));
-    size_t nf;
-    float *x = (float *)unhex(json_string_value(json_object_get(fx, "f32")), &nf);
+    int64_t rows, cols;
+    float *x;
+    json_t *fx = ref_blocks(&rows, &cols, &x);
     /* llama-quantize's weights: qw * sqrt(sigma^2 + x^2) with its quantize_row_*_impl's sigma^2 (Q2_K: mean x^2 over
      * 256, Q3_K ... Q5_K: twice that; Q6_K: qw alone) */
     size_t ni, nb;
