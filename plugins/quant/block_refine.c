@@ -1,0 +1,255 @@
+/* After GPTQ's sweep over a GGUF block grid: descent on the layer's own loss f = (w - w0)^T H (w - w0), row by row,
+ * over what the block layout leaves free. GPTQ's sweep visits each column once, seeing only the errors of the
+ * columns before it; these go back over the whole row, and none of them raises f:
+ *   - levels (CDQuant, Nair & Suggala 2024, on integer grids): the level nearest a value's own optimum
+ *     w_i - g_i / H_ii (g = H (w - w0)) is that coordinate's best;
+ *   - a k-quant sub-block's stored scale and min, with its levels kept: f's change is a quadratic in the two;
+ *   - each block's d and dmin: a block decodes linearly in them, so with the rest kept the row's best ones solve
+ *     one small least-squares system (1 or 2 unknowns per block), taken where f falls after f16 rounding. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block_refine.h"
+
+/* f = e^T H e and g = H e for e = w - w0 */
+static double loss_and_grad(const float *H, int64_t in, const float *w, const float *w0, double *e, double *g) {
+    for (int64_t i = 0; i < in; i++) e[i] = (double)w[i] - w0[i];
+    double f = 0;
+    for (int64_t i = 0; i < in; i++) {
+        const float *Hi = H + i * in;
+        double s = 0;
+        for (int64_t j = 0; j < in; j++) s += Hi[j] * e[j];
+        g[i] = s;
+        f += s * e[i];
+    }
+    return f;
+}
+
+/* One sweep over the row's columns: each value to the level nearest its own optimum given the others. */
+static void level_sweep(const mopt_host_api *h, const float *H, int64_t in, int32_t type, int64_t bs, int64_t bb, uint8_t *row,
+                        float *w, double *g) {
+    for (int64_t i = 0; i < in; i++) {
+        const double hii = H[i * in + i];
+        if (hii <= 0) continue;
+        uint8_t *blk = row + (i / bs) * bb;
+        const float now = w[i], target = (float)(now - g[i] / hii);
+        const float v = h->ggml_block_requantize(type, blk, (int32_t)(i % bs), target);
+        const double dl = (double)v - now;
+        if (dl == 0) continue;
+        if (2 * dl * g[i] + dl * dl * hii >= 0) { /* a tie or rounding: keep the old level */
+            h->ggml_block_requantize(type, blk, (int32_t)(i % bs), now);
+            continue;
+        }
+        w[i] = v;
+        const float *Hi = H + i * in; /* H is symmetric: column i is row i */
+        for (int64_t j = 0; j < in; j++) g[j] += dl * Hi[j];
+    }
+}
+
+/* Solves A x = b (A [n, n] symmetric positive definite, overwritten) by Cholesky; 0 when A is not. */
+static int spd_solve(const mopt_host_api *h, double *A, int64_t n, const double *b, double *x) {
+    if (!h->chol_f64(A, n)) return 0; /* L in the lower triangle */
+    for (int64_t i = 0; i < n; i++) {
+        double s = b[i];
+        for (int64_t k = 0; k < i; k++) s -= A[i * n + k] * x[k];
+        x[i] = s / A[i * n + i];
+    }
+    for (int64_t i = n - 1; i >= 0; i--) {
+        double s = x[i];
+        for (int64_t k = i + 1; k < n; k++) s -= A[k * n + i] * x[k];
+        x[i] = s / A[i * n + i];
+    }
+    return 1;
+}
+
+typedef struct {
+    int64_t in, bs, bb, nb;
+    float *phi;              /* [2 in + 3 * 256]: the row's bases per d and per dmin, then a block's scratch */
+    float *theta0;           /* [2 nb] the stored d (and dmin) */
+    double *G, *A, *rhs, *x; /* G [2][in][nb]; A [K, K], rhs, x [K]; K = nb * bases */
+    double *e, *g;           /* [in]: w - w0 and H (w - w0) */
+    float *w;                /* [in] the row as it decodes */
+    uint8_t *saved;          /* [nb * bb] the row's blocks before a least-squares step */
+} work;
+
+/* w: the row as its blocks decode */
+static void decode_row(const mopt_host_api *h, work *k, int32_t type, const uint8_t *row) {
+    for (int64_t b = 0; b < k->nb; b++) {
+        float sc[2];
+        const int P = h->ggml_block_basis(type, row + b * k->bb, k->phi + b * k->bs, k->phi + k->in + b * k->bs, sc);
+        for (int64_t j = 0; j < k->bs; j++)
+            k->w[b * k->bs + j] = sc[0] * k->phi[b * k->bs + j] + (P > 1 ? sc[1] * k->phi[k->in + b * k->bs + j] : 0.0f);
+    }
+}
+
+/* One sweep over the row's k-quant sub-blocks: each one's stored scale and min moved by up to +-6 with its levels
+ * kept, to the pair that lowers f most. Its values are affine in the two (v = v0 + ds a + dm c), so f's change is a
+ * quadratic in (ds, dm) from a^T g, c^T g, a^T H a, a^T H c, c^T H c. */
+static void subscale_sweep(const mopt_host_api *h, work *k, const float *H, int32_t type, uint8_t *row, double *g) {
+    const int64_t in = k->in, bs = k->bs, n = h->ggml_type_sub_block(type);
+    if (!n) return;
+    float *v0 = k->phi + 2 * in, *a = v0 + bs, *c = a + bs, sc[2];
+    for (int64_t b = 0; b < k->nb; b++) {
+        uint8_t *blk = row + b * k->bb;
+        for (int64_t j = 0; j < bs / n; j++) {
+            int sm0[2], sm[2];
+            h->ggml_block_sub_get(type, blk, (int32_t)j, sm0);
+            /* a and c: the sub-block's values per unit of scale and of min (a step down where up is out of range) */
+            float *dir[2] = {a, c};
+            for (int p = 0; p < 2; p++) {
+                memset(dir[p], 0, (size_t)bs * sizeof *a);
+                for (int step = 1; step >= -1; step -= 2) {
+                    sm[0] = sm0[0] + (p == 0 ? step : 0), sm[1] = sm0[1] + (p == 1 ? step : 0);
+                    if (!h->ggml_block_sub_set(type, blk, (int32_t)j, sm)) continue;
+                    const int P = h->ggml_block_basis(type, blk, v0, k->phi + in, sc);
+                    for (int64_t i = j * n; i < (j + 1) * n; i++)
+                        dir[p][i] = ((sc[0] * v0[i] + (P > 1 ? sc[1] * k->phi[in + i] : 0.0f)) - k->w[b * bs + i]) * (float)step;
+                    break;
+                }
+                h->ggml_block_sub_set(type, blk, (int32_t)j, sm0);
+            }
+            const float *Hs = H + (b * bs + j * n) * in + b * bs + j * n; /* H's [n, n] diagonal block of this sub-block */
+            double ag = 0, cg = 0, aHa = 0, aHc = 0, cHc = 0;
+            for (int64_t x = 0; x < n; x++) {
+                const int64_t ix = j * n + x;
+                ag += a[ix] * g[b * bs + ix], cg += c[ix] * g[b * bs + ix];
+                double Ha = 0, Hc = 0;
+                for (int64_t y = 0; y < n; y++) Ha += Hs[x * in + y] * a[j * n + y], Hc += Hs[x * in + y] * c[j * n + y];
+                aHa += a[ix] * Ha, aHc += a[ix] * Hc, cHc += c[ix] * Hc;
+            }
+            double best = 0;
+            int bds = 0, bdm = 0;
+            for (int ds = -6; ds <= 6; ds++)
+                for (int dm = -6; dm <= 6; dm++) {
+                    const double df = 2 * (ds * ag + dm * cg) + ds * ds * aHa + 2 * ds * dm * aHc + dm * dm * cHc;
+                    sm[0] = sm0[0] + ds, sm[1] = sm0[1] + dm;
+                    if (df < best && h->ggml_block_sub_set(type, blk, (int32_t)j, sm)) {
+                        h->ggml_block_sub_set(type, blk, (int32_t)j, sm0);
+                        best = df, bds = ds, bdm = dm;
+                    }
+                }
+            if (!bds && !bdm) continue;
+            sm[0] = sm0[0] + bds, sm[1] = sm0[1] + bdm;
+            h->ggml_block_sub_set(type, blk, (int32_t)j, sm);
+            /* the values as the block now decodes, and g for them */
+            const int P = h->ggml_block_basis(type, blk, v0, k->phi + in, sc);
+            for (int64_t x = 0; x < n; x++) {
+                const int64_t i = b * bs + j * n + x;
+                const float v = sc[0] * v0[j * n + x] + (P > 1 ? sc[1] * k->phi[in + j * n + x] : 0.0f);
+                const double dl = (double)v - k->w[i];
+                if (dl == 0) continue;
+                k->w[i] = v;
+                const float *Hi = H + i * in;
+                for (int64_t y = 0; y < in; y++) g[y] += dl * Hi[y];
+            }
+        }
+    }
+}
+
+/* The row's d and dmin by least squares with its levels kept (w = sum of theta phi, so with g = H (w - w0) at the
+ * stored theta0: A theta = phi^T H w0 = A theta0 - phi^T g); kept only where f falls. */
+static void scale_solve(const mopt_host_api *h, work *k, const float *H, const float *w0, int32_t type, uint8_t *row, double *f) {
+    const int64_t in = k->in, bs = k->bs, nb = k->nb;
+    int P = 1;
+    for (int64_t b = 0; b < nb; b++) {
+        float sc[2];
+        P = h->ggml_block_basis(type, row + b * k->bb, k->phi + b * bs, k->phi + in + b * bs, sc);
+        for (int p = 0; p < P; p++) k->theta0[b * P + p] = sc[p];
+    }
+    const int64_t K = nb * P;
+    for (int p = 0; p < P; p++) /* G[p][i][b] = sum over block b's columns j of H_ij phi_p(j) */
+        for (int64_t i = 0; i < in; i++)
+            for (int64_t b = 0; b < nb; b++) {
+                const float *Hi = H + i * in + b * bs, *ph = k->phi + p * in + b * bs;
+                double s = 0;
+                for (int64_t j = 0; j < bs; j++) s += Hi[j] * ph[j];
+                k->G[(p * in + i) * nb + b] = s;
+            }
+    double tr = 0;
+    for (int64_t b = 0; b < nb; b++)
+        for (int p = 0; p < P; p++) {
+            const int64_t r = b * P + p;
+            const float *ph = k->phi + p * in + b * bs;
+            double pg = 0;
+            for (int64_t c = 0; c < nb; c++)
+                for (int q = 0; q < P; q++) {
+                    double s = 0;
+                    for (int64_t j = 0; j < bs; j++) s += ph[j] * k->G[(q * in + b * bs + j) * nb + c];
+                    k->A[r * K + c * P + q] = s;
+                }
+            for (int64_t j = 0; j < bs; j++) pg += ph[j] * k->g[b * bs + j];
+            k->rhs[r] = -pg;
+            tr += k->A[r * K + r];
+        }
+    for (int64_t r = 0; r < K; r++)
+        for (int64_t c = 0; c < K; c++) k->rhs[r] += k->A[r * K + c] * k->theta0[c];
+    for (int64_t r = 0; r < K; r++) k->A[r * K + r] += 1e-9 * tr / (double)K; /* a block of dead columns has phi = 0 */
+    if (!spd_solve(h, k->A, K, k->rhs, k->x)) return;
+    for (int64_t b = 0; b < nb; b++) { /* a d that moves more than 2x is no refit of GPTQ's grid: keep that block's */
+        const double d0 = k->theta0[b * P], ratio = d0 != 0 ? k->x[b * P] / d0 : 1;
+        int ok = isfinite(ratio) && ratio >= 0.5 && ratio <= 2;
+        for (int p = 0; p < P; p++) ok = ok && isfinite(k->x[b * P + p]);
+        if (!ok)
+            for (int p = 0; p < P; p++) k->x[b * P + p] = k->theta0[b * P + p];
+    }
+    memcpy(k->saved, row, (size_t)(nb * k->bb));
+    for (int64_t b = 0; b < nb; b++)
+        h->ggml_block_set_scales(type, row + b * k->bb, (float)k->x[b * P], P > 1 ? (float)k->x[b * P + 1] : 0.0f);
+    decode_row(h, k, type, row);
+    const double fn = loss_and_grad(H, in, k->w, w0, k->e, k->g);
+    if (fn < *f) {
+        *f = fn;
+        return;
+    }
+    memcpy(row, k->saved, (size_t)(nb * k->bb)); /* f16 rounding ate the gain */
+    decode_row(h, k, type, row);
+    *f = loss_and_grad(H, in, k->w, w0, k->e, k->g);
+}
+
+mopt_status block_refine(const mopt_host_api *h, const float *H, int64_t in, const float *W0, int64_t out, int32_t type,
+                         uint8_t *blocks, int rounds, mopt_error *err) {
+    work k = {0};
+    k.in = in, k.bs = h->ggml_type_block(type), k.bb = h->ggml_type_block_bytes(type);
+    if (rounds <= 0 || !k.bs || in % k.bs) return MOPT_OK;
+    k.nb = in / k.bs;
+    const int64_t K = 2 * k.nb;
+    k.phi = malloc((size_t)(2 * in + 3 * 256) * sizeof *k.phi);
+    k.theta0 = malloc((size_t)K * sizeof *k.theta0);
+    k.G = malloc((size_t)(2 * in * k.nb) * sizeof *k.G);
+    k.A = malloc((size_t)(K * K) * sizeof *k.A);
+    k.rhs = malloc((size_t)K * sizeof *k.rhs);
+    k.x = malloc((size_t)K * sizeof *k.x);
+    k.e = malloc((size_t)in * sizeof *k.e);
+    k.g = malloc((size_t)in * sizeof *k.g);
+    k.w = malloc((size_t)in * sizeof *k.w);
+    k.saved = malloc((size_t)(k.nb * k.bb));
+    mopt_status st = MOPT_OK;
+    if (!k.phi || !k.theta0 || !k.G || !k.A || !k.rhs || !k.x || !k.e || !k.g || !k.w || !k.saved) {
+        st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for the descent on a %lld-column row", (long long)in);
+    } else {
+        for (int64_t r = 0; r < out; r++) {
+            uint8_t *row = blocks + r * k.nb * k.bb;
+            const float *w0 = W0 + r * in;
+            decode_row(h, &k, type, row);
+            double f = loss_and_grad(H, in, k.w, w0, k.e, k.g);
+            for (int t = 0; t < rounds; t++) {
+                level_sweep(h, H, in, type, k.bs, k.bb, row, k.w, k.g);
+                subscale_sweep(h, &k, H, type, row, k.g);
+                f = loss_and_grad(H, in, k.w, w0, k.e, k.g); /* g afresh, without the sweeps' float drift */
+                scale_solve(h, &k, H, w0, type, row, &f);
+            }
+        }
+    }
+    free(k.phi);
+    free(k.theta0);
+    free(k.G);
+    free(k.A);
+    free(k.rhs);
+    free(k.x);
+    free(k.e);
+    free(k.g);
+    free(k.w);
+    free(k.saved);
+    return st;
+}
