@@ -12,23 +12,9 @@
 
 #include "block_refine.h"
 
-/* f = e^T H e and g = H e for e = w - w0 */
-static double loss_and_grad(const float *H, int64_t in, const float *w, const float *w0, double *e, double *g) {
-    for (int64_t i = 0; i < in; i++) e[i] = (double)w[i] - w0[i];
-    double f = 0;
-    for (int64_t i = 0; i < in; i++) {
-        const float *Hi = H + i * in;
-        double s = 0;
-        for (int64_t j = 0; j < in; j++) s += Hi[j] * e[j];
-        g[i] = s;
-        f += s * e[i];
-    }
-    return f;
-}
-
 /* One sweep over the row's columns: each value to the level nearest its own optimum given the others. */
 static void level_sweep(const mopt_host_api *h, const float *H, int64_t in, int32_t type, int64_t bs, int64_t bb, uint8_t *row,
-                        float *w, double *g) {
+                        float *w, float *g) {
     for (int64_t i = 0; i < in; i++) {
         const double hii = H[i * in + i];
         if (hii <= 0) continue;
@@ -42,8 +28,8 @@ static void level_sweep(const mopt_host_api *h, const float *H, int64_t in, int3
             continue;
         }
         w[i] = v;
-        const float *Hi = H + i * in; /* H is symmetric: column i is row i */
-        for (int64_t j = 0; j < in; j++) g[j] += dl * Hi[j];
+        const float *Hi = H + i * in, d = (float)dl; /* H is symmetric: column i is row i */
+        for (int64_t j = 0; j < in; j++) g[j] += d * Hi[j];
     }
 }
 
@@ -67,26 +53,24 @@ typedef struct {
     int64_t in, bs, bb, nb;
     float *phi;              /* [2 in + 3 * 256]: the row's bases per d and per dmin, then a block's scratch */
     float *theta0;           /* [2 nb] the stored d (and dmin) */
-    double *G, *A, *rhs, *x; /* G [2][in][nb]; A [K, K], rhs, x [K]; K = nb * bases */
-    double *e, *g;           /* [in]: w - w0 and H (w - w0) */
-    float *w;                /* [in] the row as it decodes */
-    uint8_t *saved;          /* [nb * bb] the row's blocks before a least-squares step */
+    double *G, *A, *A0, *pg, *x; /* G [2][in][nb]; A, A0 [K, K], pg, x [K]; K = nb * bases */
+    float *w, *g;            /* [in]: the row as it decodes, and H (w - w0) */
 } work;
 
 /* w: the row as its blocks decode */
-static void decode_row(const mopt_host_api *h, work *k, int32_t type, const uint8_t *row) {
+static void decode_row(const mopt_host_api *h, work *k, int32_t type, const uint8_t *row, float *w) {
     for (int64_t b = 0; b < k->nb; b++) {
         float sc[2];
         const int P = h->ggml_block_basis(type, row + b * k->bb, k->phi + b * k->bs, k->phi + k->in + b * k->bs, sc);
         for (int64_t j = 0; j < k->bs; j++)
-            k->w[b * k->bs + j] = sc[0] * k->phi[b * k->bs + j] + (P > 1 ? sc[1] * k->phi[k->in + b * k->bs + j] : 0.0f);
+            w[b * k->bs + j] = sc[0] * k->phi[b * k->bs + j] + (P > 1 ? sc[1] * k->phi[k->in + b * k->bs + j] : 0.0f);
     }
 }
 
 /* One sweep over the row's k-quant sub-blocks: each one's stored scale and min moved by up to +-6 with its levels
  * kept, to the pair that lowers f most. Its values are affine in the two (v = v0 + ds a + dm c), so f's change is a
  * quadratic in (ds, dm) from a^T g, c^T g, a^T H a, a^T H c, c^T H c. */
-static void subscale_sweep(const mopt_host_api *h, work *k, const float *H, int32_t type, uint8_t *row, double *g) {
+static void subscale_sweep(const mopt_host_api *h, work *k, const float *H, int32_t type, uint8_t *row, float *g) {
     const int64_t in = k->in, bs = k->bs, n = h->ggml_type_sub_block(type);
     if (!n) return;
     float *v0 = k->phi + 2 * in, *a = v0 + bs, *c = a + bs, sc[2];
@@ -140,16 +124,17 @@ static void subscale_sweep(const mopt_host_api *h, work *k, const float *H, int3
                 const double dl = (double)v - k->w[i];
                 if (dl == 0) continue;
                 k->w[i] = v;
-                const float *Hi = H + i * in;
-                for (int64_t y = 0; y < in; y++) g[y] += dl * Hi[y];
+                const float *Hi = H + i * in, d = (float)dl;
+                for (int64_t y = 0; y < in; y++) g[y] += d * Hi[y];
             }
         }
     }
 }
 
-/* The row's d and dmin by least squares with its levels kept (w = sum of theta phi, so with g = H (w - w0) at the
- * stored theta0: A theta = phi^T H w0 = A theta0 - phi^T g); kept only where f falls. */
-static void scale_solve(const mopt_host_api *h, work *k, const float *H, const float *w0, int32_t type, uint8_t *row, double *f) {
+/* The row's d and dmin by least squares with its levels kept. w = sum of theta phi, so with g = H (w - w0) at the
+ * stored theta0, A theta = phi^T H w0 = A theta0 - phi^T g, and f changes by D^T A D + 2 D^T phi^T g for
+ * D = theta - theta0: the new ones are kept where that is negative as stored (f16). */
+static void scale_solve(const mopt_host_api *h, work *k, const float *H, int32_t type, uint8_t *row) {
     const int64_t in = k->in, bs = k->bs, nb = k->nb;
     int P = 1;
     for (int64_t b = 0; b < nb; b++) {
@@ -162,7 +147,7 @@ static void scale_solve(const mopt_host_api *h, work *k, const float *H, const f
         for (int64_t i = 0; i < in; i++)
             for (int64_t b = 0; b < nb; b++) {
                 const float *Hi = H + i * in + b * bs, *ph = k->phi + p * in + b * bs;
-                double s = 0;
+                float s = 0;
                 for (int64_t j = 0; j < bs; j++) s += Hi[j] * ph[j];
                 k->G[(p * in + i) * nb + b] = s;
             }
@@ -176,35 +161,40 @@ static void scale_solve(const mopt_host_api *h, work *k, const float *H, const f
                 for (int q = 0; q < P; q++) {
                     double s = 0;
                     for (int64_t j = 0; j < bs; j++) s += ph[j] * k->G[(q * in + b * bs + j) * nb + c];
-                    k->A[r * K + c * P + q] = s;
+                    k->A0[r * K + c * P + q] = s;
                 }
             for (int64_t j = 0; j < bs; j++) pg += ph[j] * k->g[b * bs + j];
-            k->rhs[r] = -pg;
-            tr += k->A[r * K + r];
+            k->pg[r] = pg;
+            tr += k->A0[r * K + r];
         }
-    for (int64_t r = 0; r < K; r++)
-        for (int64_t c = 0; c < K; c++) k->rhs[r] += k->A[r * K + c] * k->theta0[c];
-    for (int64_t r = 0; r < K; r++) k->A[r * K + r] += 1e-9 * tr / (double)K; /* a block of dead columns has phi = 0 */
-    if (!spd_solve(h, k->A, K, k->rhs, k->x)) return;
+    for (int64_t r = 0; r < K; r++) { /* the right side, into x; A = A0 plus a ridge (a block of dead columns has phi = 0) */
+        double s = -k->pg[r];
+        for (int64_t c = 0; c < K; c++) s += k->A0[r * K + c] * k->theta0[c], k->A[r * K + c] = k->A0[r * K + c];
+        k->x[r] = s;
+        k->A[r * K + r] += 1e-9 * tr / (double)K;
+    }
+    if (!spd_solve(h, k->A, K, k->x, k->x)) return;
     for (int64_t b = 0; b < nb; b++) { /* a d that moves more than 2x is no refit of GPTQ's grid: keep that block's */
         const double d0 = k->theta0[b * P], ratio = d0 != 0 ? k->x[b * P] / d0 : 1;
         int ok = isfinite(ratio) && ratio >= 0.5 && ratio <= 2;
         for (int p = 0; p < P; p++) ok = ok && isfinite(k->x[b * P + p]);
-        if (!ok)
-            for (int p = 0; p < P; p++) k->x[b * P + p] = k->theta0[b * P + p];
+        for (int p = 0; p < P; p++) k->x[b * P + p] = ok ? k->x[b * P + p] : k->theta0[b * P + p];
     }
-    memcpy(k->saved, row, (size_t)(nb * k->bb));
-    for (int64_t b = 0; b < nb; b++)
+    uint8_t *saved = (uint8_t *)k->A; /* A is spent: room for the row's blocks as they were */
+    memcpy(saved, row, (size_t)(nb * k->bb));
+    for (int64_t b = 0; b < nb; b++) {
+        float sc[2];
         h->ggml_block_set_scales(type, row + b * k->bb, (float)k->x[b * P], P > 1 ? (float)k->x[b * P + 1] : 0.0f);
-    decode_row(h, k, type, row);
-    const double fn = loss_and_grad(H, in, k->w, w0, k->e, k->g);
-    if (fn < *f) {
-        *f = fn;
-        return;
+        h->ggml_block_basis(type, row + b * k->bb, k->phi + b * bs, k->phi + in + b * bs, sc);
+        for (int p = 0; p < P; p++) k->x[b * P + p] = (double)sc[p] - k->theta0[b * P + p]; /* D as stored */
     }
-    memcpy(row, k->saved, (size_t)(nb * k->bb)); /* f16 rounding ate the gain */
-    decode_row(h, k, type, row);
-    *f = loss_and_grad(H, in, k->w, w0, k->e, k->g);
+    double df = 0;
+    for (int64_t r = 0; r < K; r++) {
+        double s = 2 * k->pg[r];
+        for (int64_t c = 0; c < K; c++) s += k->A0[r * K + c] * k->x[c];
+        df += k->x[r] * s;
+    }
+    if (!(df < 0)) memcpy(row, saved, (size_t)(nb * k->bb)); /* f16 rounding ate the gain */
 }
 
 mopt_status block_refine(const mopt_host_api *h, const float *H, int64_t in, const float *W0, int64_t out, int32_t type,
@@ -213,43 +203,45 @@ mopt_status block_refine(const mopt_host_api *h, const float *H, int64_t in, con
     k.in = in, k.bs = h->ggml_type_block(type), k.bb = h->ggml_type_block_bytes(type);
     if (rounds <= 0 || !k.bs || in % k.bs) return MOPT_OK;
     k.nb = in / k.bs;
-    const int64_t K = 2 * k.nb;
+    const int64_t K = 2 * k.nb, rb = k.nb * k.bb;
     k.phi = malloc((size_t)(2 * in + 3 * 256) * sizeof *k.phi);
     k.theta0 = malloc((size_t)K * sizeof *k.theta0);
     k.G = malloc((size_t)(2 * in * k.nb) * sizeof *k.G);
-    k.A = malloc((size_t)(K * K) * sizeof *k.A);
-    k.rhs = malloc((size_t)K * sizeof *k.rhs);
+    k.A = malloc((size_t)(K * K) * sizeof *k.A > (size_t)rb ? (size_t)(K * K) * sizeof *k.A : (size_t)rb);
+    k.A0 = malloc((size_t)(K * K) * sizeof *k.A0);
+    k.pg = malloc((size_t)K * sizeof *k.pg);
     k.x = malloc((size_t)K * sizeof *k.x);
-    k.e = malloc((size_t)in * sizeof *k.e);
-    k.g = malloc((size_t)in * sizeof *k.g);
-    k.w = malloc((size_t)in * sizeof *k.w);
-    k.saved = malloc((size_t)(k.nb * k.bb));
+    float *Wq = malloc((size_t)(out * in) * sizeof *Wq), *E = malloc((size_t)(out * in) * sizeof *E),
+          *Gm = malloc((size_t)(out * in) * sizeof *Gm); /* [out, in] each: the rows as they decode, W - W0, H (W - W0) */
     mopt_status st = MOPT_OK;
-    if (!k.phi || !k.theta0 || !k.G || !k.A || !k.rhs || !k.x || !k.e || !k.g || !k.w || !k.saved) {
-        st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for the descent on a %lld-column row", (long long)in);
+    if (!k.phi || !k.theta0 || !k.G || !k.A || !k.A0 || !k.pg || !k.x || !Wq || !E || !Gm) {
+        st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for the descent on a %lld x %lld linear", (long long)out, (long long)in);
     } else {
-        for (int64_t r = 0; r < out; r++) {
-            uint8_t *row = blocks + r * k.nb * k.bb;
-            const float *w0 = W0 + r * in;
-            decode_row(h, &k, type, row);
-            double f = loss_and_grad(H, in, k.w, w0, k.e, k.g);
-            for (int t = 0; t < rounds; t++) {
+        for (int t = 0; t < rounds; t++) {
+            /* every row's gradient afresh (no drift from the sweeps' updates): E = W - W0, then H E per row in one GEMM */
+            for (int64_t r = 0; r < out; r++) {
+                decode_row(h, &k, type, blocks + r * rb, Wq + r * in);
+                for (int64_t i = 0; i < in; i++) E[r * in + i] = Wq[r * in + i] - W0[r * in + i];
+            }
+            h->sgemm(0, 0, (int32_t)out, (int32_t)in, (int32_t)in, 1.0f, E, (int32_t)in, H, (int32_t)in, 0.0f, Gm, (int32_t)in);
+            for (int64_t r = 0; r < out; r++) {
+                uint8_t *row = blocks + r * rb;
+                k.w = Wq + r * in, k.g = Gm + r * in;
                 level_sweep(h, H, in, type, k.bs, k.bb, row, k.w, k.g);
                 subscale_sweep(h, &k, H, type, row, k.g);
-                f = loss_and_grad(H, in, k.w, w0, k.e, k.g); /* g afresh, without the sweeps' float drift */
-                scale_solve(h, &k, H, w0, type, row, &f);
+                scale_solve(h, &k, H, type, row);
             }
         }
     }
+    free(Wq);
+    free(E);
+    free(Gm);
     free(k.phi);
     free(k.theta0);
     free(k.G);
     free(k.A);
-    free(k.rhs);
+    free(k.A0);
+    free(k.pg);
     free(k.x);
-    free(k.e);
-    free(k.g);
-    free(k.w);
-    free(k.saved);
     return st;
 }
