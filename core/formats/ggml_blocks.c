@@ -547,6 +547,21 @@ int mopt_ggml_type_sub_block(int32_t type) {
     return type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K || type == MOPT_GGML_Q6_K ? 16 : type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K ? 32 : 0;
 }
 
+/* where each type keeps its f16 d and dmin (-1: none) */
+static void scale_offsets(int32_t type, int *d, int *dmin) {
+    *dmin = -1;
+    switch (type) {
+    case MOPT_GGML_Q4_0:
+    case MOPT_GGML_Q8_0: *d = 0; break;
+    case MOPT_GGML_Q2_K: *d = 80, *dmin = 82; break;
+    case MOPT_GGML_Q3_K: *d = 108; break;
+    case MOPT_GGML_Q4_K:
+    case MOPT_GGML_Q5_K: *d = 0, *dmin = 2; break;
+    case MOPT_GGML_Q6_K: *d = 208; break;
+    default: *d = -1; break;
+    }
+}
+
 /* the range of a stored sub-block scale (a min, where the type has one, runs 0 .. smax) */
 static int sub_range(int32_t type, int *smin, int *smax) {
     *smin = type == MOPT_GGML_Q3_K ? -32 : type == MOPT_GGML_Q6_K ? -128 : 0;
@@ -579,8 +594,9 @@ int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *
     const int with_min = sub_range(type, &smin, &smax);
     const int lmin = type == MOPT_GGML_Q3_K ? -4 : type == MOPT_GGML_Q6_K ? -32 : 0,
               lmax = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K ? 3 : type == MOPT_GGML_Q4_K ? 15 : 31;
-    const float d = mopt_f16_at(b + (type == MOPT_GGML_Q2_K ? 80 : type == MOPT_GGML_Q3_K ? 108 : type == MOPT_GGML_Q6_K ? 208 : 0)),
-                dmin = type == MOPT_GGML_Q2_K ? mopt_f16_at(b + 82) : with_min ? mopt_f16_at(b + 2) : 0;
+    int od, om;
+    scale_offsets(type, &od, &om);
+    const float d = mopt_f16_at(b + od), dmin = om >= 0 ? mopt_f16_at(b + om) : 0;
     int best_s = s0, best_m = m0;
     double best = -1;
     for (int s = s0 - 6; s <= s0 + 6; s++)
@@ -600,21 +616,6 @@ int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *
 }
 
 /* --- a block's d and dmin as free parameters (GPTQ's scale refit) --------------------------------------- */
-
-/* where each type keeps its f16 d and dmin (-1: none) */
-static void scale_offsets(int32_t type, int *d, int *dmin) {
-    *dmin = -1;
-    switch (type) {
-    case MOPT_GGML_Q4_0:
-    case MOPT_GGML_Q8_0: *d = 0; break;
-    case MOPT_GGML_Q2_K: *d = 80, *dmin = 82; break;
-    case MOPT_GGML_Q3_K: *d = 108; break;
-    case MOPT_GGML_Q4_K:
-    case MOPT_GGML_Q5_K: *d = 0, *dmin = 2; break;
-    case MOPT_GGML_Q6_K: *d = 208; break;
-    default: *d = -1; break;
-    }
-}
 
 int mopt_ggml_block_basis(int32_t type, const uint8_t *b, float *per_d, float *per_dmin, float scales[2]) {
     int od, om;

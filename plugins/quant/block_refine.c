@@ -1,8 +1,9 @@
-/* After GPTQ's sweep over a GGUF block grid: descent on the layer's own loss f = (w - w0)^T H (w - w0), row by row,
+/* After GPTQ's sweep over a GGUF block grid: descent on the layer's own loss f = (w - w0)^T H (w - w0) of each row,
  * over what the block layout leaves free. GPTQ's sweep visits each column once, seeing only the errors of the
- * columns before it; these go back over the whole row, and none of them raises f:
+ * columns before it; these go back over the whole row. Each round takes every row's gradient g = H (w - w0) afresh
+ * from one GEMM, then per row three steps, none of which raises f:
  *   - levels (CDQuant, Nair & Suggala 2024, on integer grids): the level nearest a value's own optimum
- *     w_i - g_i / H_ii (g = H (w - w0)) is that coordinate's best;
+ *     w_i - g_i / H_ii is that coordinate's best;
  *   - a k-quant sub-block's stored scale and min, with its levels kept: f's change is a quadratic in the two;
  *   - each block's d and dmin: a block decodes linearly in them, so with the rest kept the row's best ones solve
  *     one small least-squares system (1 or 2 unknowns per block), taken where f falls after f16 rounding. */
