@@ -473,6 +473,22 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "[ $st -ne 0 ] && echo \"$out\" | grep -q 'IQ4_NL' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/g2.gguf' ]",
              MOPT_CLI, test_shared_dir(), dir, dir);
     assert_int_equal(system(cmd), 0);
+    /* --method gptq: GPTQ onto the type's blocks, no importance matrix file; the file loads with its k-quant blocks packed */
+    snprintf(cmd, sizeof cmd,
+             "%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
+             "--calib-samples 2 --quiet && [ ! -e '%s/gq-cli.gguf.imatrix.dat' ] && "
+             "%s info '%s/gq-cli.gguf' | grep -q '^  kquant'",
+             MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
+    assert_int_equal(system(cmd), 0);
+    /* AWQ onto the blocks is not built, and GPTQ needs its calibration text: each said in one line, no file written */
+    const char *bad[] = {"--method awq --calib x.txt", "--method gptq"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "out=$(%s export '%s/models/lit-llama-7m' -o '%s/m.gguf' --format gguf --type q4_0 %s 2>&1); st=$?; "
+                 "[ $st -eq 2 ] && echo \"$out\" | grep -q -- '--method' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/m.gguf' ]",
+                 MOPT_CLI, test_shared_dir(), dir, bad[i], dir);
+        assert_int_equal(system(cmd), 0);
+    }
 }
 
 static uint8_t *unhex(const char *h, size_t *n) {
