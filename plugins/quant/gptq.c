@@ -5,7 +5,8 @@
  * error of each quantized column pushed onto the columns after it. Layers go
  * in true-sequential order inside a block: linears that share an input
  * (q/k/v, gate/up) form a group, and each group's H is collected after the
- * earlier groups are quantized. */
+ * earlier groups are quantized. Onto GGUF blocks (gguf_type), descent on each
+ * linear's layer loss follows the sweep (block_refine.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +56,7 @@ static mopt_status gptq_prepare(const mopt_host_api *h, float *Hf, int64_t count
     }
     for (int64_t j = 0; j < in; j++) p->hdiag[j] = (float)H[j * in + j]; /* before damping: the inputs' mean x^2, doubled */
     if (keep_h) { /* the descent's loss, with 5% of the mean diagonal as a ridge: it fits H more closely than the sweep,
-                   * and on lit-llama-7m Q4_K_M's KLD came out 0.002598 at 1%, 0.002589 at 5%, 0.002608 at 20% */
+                   * and on lit-llama-7m Q4_K_M's KLD (four rounds) came out 0.002599 at 1%, 0.002589 at 5%, 0.002608 at 20% */
         double mean = 0;
         for (int64_t j = 0; j < in; j++) mean += H[j * in + j] / (double)in;
         for (int64_t j = 0; j < in * in; j++) p->H[j] = (float)(H[j] + (j % (in + 1) == 0 ? 0.05 * mean : 0));
@@ -330,7 +331,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         q_measure(h, g, ls, n, &after, &weights);
         st = q_report(h, report, g, o, *gguf ? "gptq-gguf" : act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n, err);
         h->report_metric(report, "act_order", act_order);
-        if (*gguf) h->report_string(report, "gguf_type", gguf);
+        if (*gguf) h->report_string(report, "gguf_type", gguf), h->report_metric(report, "refine", refine);
     }
     free(ls);
     return st;
