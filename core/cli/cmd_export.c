@@ -23,6 +23,15 @@ static int imatrix_first(cli_job *j, char *path, size_t cap, const char *out, co
     return mopt_pipeline_parse(j->p, text, &j->err) ? cli_fail(&j->err) : 0;
 }
 
+/* --method gptq: the --pipeline passes, then GPTQ onto the blocks --type gives each linear (calibrated on --calib) */
+static int gptq_first(cli_job *j, const char *type, const char *calib, const char *n, const char *pre) {
+    char text[3 * 4096];
+    int w = snprintf(text, sizeof text, "%s%squant.gptq<gguf_type=%s;calib=%s%s%s>", pre ? pre : "", pre ? "," : "", type, calib,
+                     n ? ";calib_samples=" : "", n ? n : "");
+    if (w < 0 || (size_t)w >= sizeof text) return cli_usage_error("export", "--calib %s: path too long", calib);
+    return mopt_pipeline_parse(j->p, text, &j->err) ? cli_fail(&j->err) : 0;
+}
+
 int cmd_export(int argc, char **argv) {
     static const struct option opts[] = {{"format", required_argument, 0, 'f'}, {"dtype", required_argument, 0, 'd'},
                                          {"force", no_argument, 0, 'F'},         {"shard-size", required_argument, 0, 's'},
@@ -31,10 +40,10 @@ int cmd_export(int argc, char **argv) {
                                          {"type", required_argument, 0, 't'},    {"tp", required_argument, 0, 'T'},
                                          {"stream", no_argument, 0, 'S'},        {"help", no_argument, 0, 'h'},
                                          {"imatrix", required_argument, 0, 'I'}, {"calib", required_argument, 0, 'C'},
-                                         {"calib-samples", required_argument, 0, 'N'},
+                                         {"calib-samples", required_argument, 0, 'N'}, {"method", required_argument, 0, 'M'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *format = "hf", *dtype = NULL, *shard = NULL, *draft = NULL, *k = NULL, *pre = NULL, *type = NULL, *tp = NULL, *imatrix = NULL,
-               *calib = NULL, *calib_n = NULL;
+               *calib = NULL, *calib_n = NULL, *method = NULL;
     int force = 0, quiet = 0, stream = 0, c;
     char imat_path[4200];
     optind = 1;
@@ -55,11 +64,12 @@ int cmd_export(int argc, char **argv) {
         case 'I': imatrix = optarg; break;
         case 'C': calib = optarg; break;
         case 'N': calib_n = optarg; break;
+        case 'M': method = optarg; break;
         case 'h':
             printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
                    "                   [--type T] [--tp N] [--stream]\n"
-                   "                   [--imatrix FILE.dat | --calib TEXT [--calib-samples N]]\n\n"
+                   "                   [--imatrix FILE.dat | --calib TEXT [--calib-samples N] [--method gptq]]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
                    "--draft writes speculative_config.json for vLLM and TensorRT-LLM. --stream keeps about one\n"
@@ -80,8 +90,9 @@ int cmd_export(int argc, char **argv) {
                    "                      mix llama-quantize calls Q2_K: attn_v, attn_output and ffn_down take q3_k).\n"
                    "                      --imatrix weights the quantizers by a llama.cpp importance matrix (imatrix.dat\n"
                    "                      or a GGUF imatrix; llama-imatrix's or mopt's); --calib computes one from\n"
-                   "                      calibration text first and keeps it\n"
-                   "                      as OUT.imatrix.dat\n");
+                   "                      calibration text first and keeps it as OUT.imatrix.dat;\n"
+                   "                      --method gptq with --calib runs GPTQ onto the blocks --type gives each\n"
+                   "                      linear instead (quant.gptq<gguf_type>: the same layout and size, lower KLD)\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");
         }
@@ -101,10 +112,17 @@ int cmd_export(int argc, char **argv) {
         rc = cli_usage_error("export", "--imatrix and --calib go with --format gguf");
     else if (imatrix && calib)
         rc = cli_usage_error("export", "give --imatrix FILE or --calib TEXT (which computes one), not both");
-    else if (calib && (rc = imatrix_first(&j, imat_path, sizeof imat_path, out, calib, calib_n, force, pre)))
+    else if (method && strcmp(method, "gptq"))
+        rc = cli_usage_error("export", "--method %s: only gptq is built for GGUF blocks (or drop --method: --calib alone weights by an importance matrix)",
+                             method);
+    else if (method && (!calib || !type || strcmp(pass, "export.gguf")))
+        rc = cli_usage_error("export", "--method gptq needs --format gguf, --type T and --calib TEXT");
+    else if (method && (rc = gptq_first(&j, type, calib, calib_n, pre)))
+        ;
+    else if (!method && calib && (rc = imatrix_first(&j, imat_path, sizeof imat_path, out, calib, calib_n, force, pre)))
         ;
     else if (cli_job_set(&j, "type", type) || cli_job_set(&j, "tp", tp) || (!calib && pre && mopt_pipeline_parse(j.p, pre, &j.err)) ||
-             cli_job_set(&j, "imatrix", calib ? imat_path : imatrix) ||
+             cli_job_set(&j, "imatrix", calib && !method ? imat_path : imatrix) ||
              cli_job_set(&j, "out", out) || cli_job_set(&j, "dtype", dtype) || cli_job_set(&j, "force", force ? "true" : NULL) ||
              cli_job_set(&j, "max_shard_size", shard) || cli_job_set(&j, "draft", draft) || cli_job_set(&j, "num_speculative_tokens", k))
         rc = cli_fail(&j.err);

@@ -547,19 +547,56 @@ int mopt_ggml_type_sub_block(int32_t type) {
     return type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K || type == MOPT_GGML_Q6_K ? 16 : type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K ? 32 : 0;
 }
 
+/* where each type keeps its f16 d and dmin (-1: none) */
+static void scale_offsets(int32_t type, int *d, int *dmin) {
+    *dmin = -1;
+    switch (type) {
+    case MOPT_GGML_Q4_0:
+    case MOPT_GGML_Q8_0: *d = 0; break;
+    case MOPT_GGML_Q2_K: *d = 80, *dmin = 82; break;
+    case MOPT_GGML_Q3_K: *d = 108; break;
+    case MOPT_GGML_Q4_K:
+    case MOPT_GGML_Q5_K: *d = 0, *dmin = 2; break;
+    case MOPT_GGML_Q6_K: *d = 208; break;
+    default: *d = -1; break;
+    }
+}
+
+/* the range of a stored sub-block scale (a min, where the type has one, runs 0 .. smax) */
+static int sub_range(int32_t type, int *smin, int *smax) {
+    *smin = type == MOPT_GGML_Q3_K ? -32 : type == MOPT_GGML_Q6_K ? -128 : 0;
+    *smax = type == MOPT_GGML_Q2_K ? 15 : type == MOPT_GGML_Q3_K ? 31 : type == MOPT_GGML_Q6_K ? 127 : 63;
+    return type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K;
+}
+
+void mopt_ggml_block_sub_get(int32_t type, const uint8_t *b, int32_t j, int sm[2]) {
+    const int n = mopt_ggml_type_sub_block(type);
+    sm[0] = sm[1] = 0;
+    if (n && j >= 0 && j < 256 / n) sub_get(type, b, j, &sm[0], &sm[1]);
+}
+
+int mopt_ggml_block_sub_set(int32_t type, uint8_t *b, int32_t j, const int sm[2]) {
+    const int n = mopt_ggml_type_sub_block(type);
+    int smin, smax;
+    const int with_min = sub_range(type, &smin, &smax);
+    if (!n || j < 0 || j >= 256 / n || sm[0] < smin || sm[0] > smax || sm[1] < 0 || sm[1] > (with_min ? smax : 0)) return 0;
+    sub_set(type, b, j, sm[0], sm[1]);
+    return 1;
+}
+
 int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *x, const float *w) {
     const int n = mopt_ggml_type_sub_block(type);
     if (!n || j < 0 || j >= 256 / n) return 0;
     int s0, m0;
     sub_get(type, b, j, &s0, &m0);
     /* ranges of the stored scale and min, the levels, and d, dmin as each type keeps them */
-    const int with_min = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q4_K || type == MOPT_GGML_Q5_K;
-    const int smin = type == MOPT_GGML_Q3_K ? -32 : type == MOPT_GGML_Q6_K ? -128 : 0,
-              smax = type == MOPT_GGML_Q2_K ? 15 : type == MOPT_GGML_Q3_K ? 31 : type == MOPT_GGML_Q6_K ? 127 : 63;
+    int smin, smax;
+    const int with_min = sub_range(type, &smin, &smax);
     const int lmin = type == MOPT_GGML_Q3_K ? -4 : type == MOPT_GGML_Q6_K ? -32 : 0,
               lmax = type == MOPT_GGML_Q2_K || type == MOPT_GGML_Q3_K ? 3 : type == MOPT_GGML_Q4_K ? 15 : 31;
-    const float d = mopt_f16_at(b + (type == MOPT_GGML_Q2_K ? 80 : type == MOPT_GGML_Q3_K ? 108 : type == MOPT_GGML_Q6_K ? 208 : 0)),
-                dmin = type == MOPT_GGML_Q2_K ? mopt_f16_at(b + 82) : with_min ? mopt_f16_at(b + 2) : 0;
+    int od, om;
+    scale_offsets(type, &od, &om);
+    const float d = mopt_f16_at(b + od), dmin = om >= 0 ? mopt_f16_at(b + om) : 0;
     int best_s = s0, best_m = m0;
     double best = -1;
     for (int s = s0 - 6; s <= s0 + 6; s++)
@@ -576,6 +613,34 @@ int mopt_ggml_block_refit_sub(int32_t type, uint8_t *b, int32_t j, const float *
     if (best_s == s0 && best_m == m0) return 0;
     sub_set(type, b, j, best_s, best_m);
     return 1;
+}
+
+/* --- a block's d and dmin as free parameters (GPTQ's scale refit) --------------------------------------- */
+
+int mopt_ggml_block_basis(int32_t type, const uint8_t *b, float *per_d, float *per_dmin, float scales[2]) {
+    int od, om;
+    scale_offsets(type, &od, &om);
+    const int64_t n = mopt_ggml_type_block(type);
+    if (od < 0 || !n) return 0;
+    scales[0] = mopt_f16_at(b + od), scales[1] = om >= 0 ? mopt_f16_at(b + om) : 0;
+    /* every type decodes linearly in d and dmin: decode with (1, 0), then with (0, 1) */
+    uint8_t t[256];
+    memcpy(t, b, (size_t)mopt_ggml_block_bytes(type));
+    put16(t + od, 1.0f);
+    if (om >= 0) put16(t + om, 0.0f);
+    mopt_ggml_dequantize_row(type, t, n, per_d, NULL);
+    if (om < 0) return 1;
+    put16(t + od, 0.0f);
+    put16(t + om, 1.0f);
+    mopt_ggml_dequantize_row(type, t, n, per_dmin, NULL);
+    return 2;
+}
+
+void mopt_ggml_block_set_scales(int32_t type, uint8_t *b, float d, float dmin) {
+    int od, om;
+    scale_offsets(type, &od, &om);
+    if (od >= 0) put16(b + od, d);
+    if (om >= 0) put16(b + om, dmin);
 }
 
 /* --- rows ------------------------------------------------------------------- */

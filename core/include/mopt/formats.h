@@ -233,6 +233,15 @@ MOPT_API int mopt_ggml_type_sub_block(int32_t type);
  * block's d and dmin, by least weighted squared error among the stored ones +-6; 1 when the block changed, 0
  * otherwise and for other types. */
 MOPT_API int mopt_ggml_block_refit_sub(int32_t type, uint8_t *block, int32_t j, const float *x, const float *w);
+/* Sub-block j's stored scale and min (min 0 where the type has none): get, and set (0, block unchanged, when either
+ * is out of the type's range). */
+MOPT_API void mopt_ggml_block_sub_get(int32_t type, const uint8_t *block, int32_t j, int sm[2]);
+MOPT_API int mopt_ggml_block_sub_set(int32_t type, uint8_t *block, int32_t j, const int sm[2]);
+/* A block decodes to d * per_d + dmin * per_dmin, linear in its f16 d and dmin (its other fields kept): fills
+ * per_d (and per_dmin for Q2_K, Q4_K, Q5_K) with the block's values, scales with its d and dmin (0 where the type
+ * has none), and returns how many bases it filled (1 or 2; 0 for types without a d). set_scales stores new ones. */
+MOPT_API int mopt_ggml_block_basis(int32_t type, const uint8_t *block, float *per_d, float *per_dmin, float scales[2]);
+MOPT_API void mopt_ggml_block_set_scales(int32_t type, uint8_t *block, float d, float dmin);
 /* A packed linear [rows, cols] holding blocks of `type` (rows of whole blocks, back to back) as they are: KQUANT
  * for Q2_K ... Q6_K, QINT symmetric groups of 32 for Q4_0 / Q8_0; export.gguf writes them back unchanged. */
 MOPT_API mopt_tensor *mopt_ggml_blocks_tensor(const char *name, int32_t type, int64_t rows, int64_t cols, const uint8_t *blocks,

@@ -278,6 +278,11 @@ typedef struct mopt_host_api {
     mopt_status (*ggml_quantize_block_direct)(int32_t type, const float *x, const float *w, uint8_t *block, mopt_error *err);
     /* appended: mopt_quantile (mopt/eval.h) */
     double (*quantile)(const double *v, int64_t n, double q);
+    /* appended: a GGUF block's d, dmin and sub-block scales as free parameters, for GPTQ's descent (mopt/formats.h) */
+    int (*ggml_block_basis)(int32_t type, const uint8_t *block, float *per_d, float *per_dmin, float scales[2]);
+    void (*ggml_block_set_scales)(int32_t type, uint8_t *block, float d, float dmin);
+    void (*ggml_block_sub_get)(int32_t type, const uint8_t *block, int32_t j, int sm[2]);
+    int (*ggml_block_sub_set)(int32_t type, uint8_t *block, int32_t j, const int sm[2]);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -473,6 +473,22 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "[ $st -ne 0 ] && echo \"$out\" | grep -q 'IQ4_NL' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/g2.gguf' ]",
              MOPT_CLI, test_shared_dir(), dir, dir);
     assert_int_equal(system(cmd), 0);
+    /* --method gptq: GPTQ onto the type's blocks, no importance matrix file; the file loads with its k-quant blocks packed */
+    snprintf(cmd, sizeof cmd,
+             "%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
+             "--calib-samples 2 --quiet && [ ! -e '%s/gq-cli.gguf.imatrix.dat' ] && "
+             "%s info '%s/gq-cli.gguf' | grep -q '^  kquant'",
+             MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
+    assert_int_equal(system(cmd), 0);
+    /* AWQ onto the blocks is not built, and GPTQ needs its calibration text: each said in one line, no file written */
+    const char *bad[] = {"--method awq --calib x.txt", "--method gptq"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "out=$(%s export '%s/models/lit-llama-7m' -o '%s/m.gguf' --format gguf --type q4_0 %s 2>&1); st=$?; "
+                 "[ $st -eq 2 ] && echo \"$out\" | grep -q -- '--method' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/m.gguf' ]",
+                 MOPT_CLI, test_shared_dir(), dir, bad[i], dir);
+        assert_int_equal(system(cmd), 0);
+    }
 }
 
 static uint8_t *unhex(const char *h, size_t *n) {
@@ -629,6 +645,34 @@ static void test_gptq_onto_gguf_blocks_exports_them_as_they_are(void **s) {
     assert_memory_equal(p, v0->data, n);
     free(d);
     mopt_model_free(m);
+}
+
+/* GPTQ's descent after the sweep (quant.gptq<refine>: levels, sub-block scales, d and dmin against each linear's
+ * layer loss) brings a Q4_K_M model (one block's linears, to keep the test short) closer to the float one than the
+ * sweep alone: lower KL on lit-val text the calibration never saw, and the same block types. */
+static void test_gptq_descent_brings_blocks_closer_to_the_float_model(void **s) {
+    REQUIRE_SHARED();
+    char text[4096], calib[1024], val[1024], base[1024];
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    test_shared_path(val, sizeof val, "data/lit-val.txt");
+    test_shared_path(base, sizeof base, "models/lit-llama-7m");
+    double kl[2];
+    for (int refine = 0; refine < 2; refine++) {
+        snprintf(text, sizeof text,
+                 "quant.gptq<gguf_type=q4_k_m;only=*layers.1.*;refine=%d;calib=%s;calib_samples=16;calib_len=256>,"
+                 "eval.compare<baseline=%s;data=%s;limit_tokens=8192;bootstrap=0>",
+                 refine ? 2 : 0, calib, base, val);
+        mopt_model *m = test_load_model("models/lit-llama-7m");
+        mopt_report *r = test_run_pipeline(m, text);
+        kl[refine] = mopt_report_get_metric(r, "kl_mean");
+        const mopt_tensor *t = mopt_graph_find_tensor(mopt_model_graph(m), "model.layers.1.mlp.down_proj.weight");
+        assert_int_equal(t->dtype, MOPT_DTYPE_KQUANT);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
+    fprintf(stderr, "q4_k_m GPTQ on layer 1, KL to the float model on 8k tokens of lit-val: sweep %.6f, with the descent %.6f\n", kl[0], kl[1]);
+    assert_true(kl[0] > 0);
+    assert_true(kl[1] < kl[0]);
 }
 
 /* llama-imatrix's GGUF imatrix, laid out by hand from its save_imatrix (keys general.type, imatrix.datasets,
@@ -788,6 +832,74 @@ static void test_block_refit_finds_a_moved_sub_block_scale(void **s) {
     }
     assert_true(found > 5 * 20);
     assert_int_equal(mopt_ggml_type_sub_block(MOPT_GGML_Q4_0), 0);
+    free(x);
+    json_decref(fx);
+}
+
+/* GPTQ's descent moves a block's fields one at a time (mopt_ggml_block_basis, set_scales, sub_get, sub_set): on
+ * the fixture's llama-quantize blocks of every type, the bases times the stored d and dmin decode as the block
+ * does; new d and dmin scale them exactly so; a sub-block's scale or min stepped by one moves that sub-block's 16
+ * or 32 values alone, each by its level times d (or by dmin); out-of-range values leave the block as it was. */
+static void test_block_fields_move_the_values_they_own(void **s) {
+    int64_t rows, cols;
+    float *x;
+    json_t *fx = ref_blocks(&rows, &cols, &x);
+    static const struct {
+        const char *key;
+        int32_t type;
+    } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q8_0", MOPT_GGML_Q8_0}, {"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K},
+                 {"q4_k", MOPT_GGML_Q4_K}, {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+    int stepped = 0;
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        const int32_t ty = types[t].type;
+        size_t nb;
+        uint8_t *all = unhex(json_string_value(json_object_get(json_object_get(fx, "blocks"), types[t].key)), &nb);
+        const int64_t bs = mopt_ggml_type_block(ty), bb = mopt_ggml_type_block_bytes(ty), sub = mopt_ggml_type_sub_block(ty);
+        const int with_min = ty == MOPT_GGML_Q2_K || ty == MOPT_GGML_Q4_K || ty == MOPT_GGML_Q5_K;
+        for (int64_t k = 0; k < (int64_t)nb / bb; k++) {
+            uint8_t blk[256], was[256];
+            memcpy(blk, all + k * bb, (size_t)bb);
+            float dec[256], pd[256], pm[256], sc[2], sc2[2];
+            assert_int_equal(mopt_ggml_dequantize_row(ty, blk, bs, dec, NULL), MOPT_OK);
+            assert_int_equal(mopt_ggml_block_basis(ty, blk, pd, pm, sc), with_min ? 2 : 1);
+            for (int64_t i = 0; i < bs; i++) /* ggml rounds d * scale first; one rounding either way */
+                assert_true(fabs(sc[0] * (double)pd[i] + (with_min ? sc[1] * (double)pm[i] : 0) - dec[i]) <= 1e-6 * fabs(dec[i]) + 1e-30);
+            mopt_ggml_block_set_scales(ty, blk, 0.75f, 0.5f); /* both exact in f16 */
+            assert_int_equal(mopt_ggml_dequantize_row(ty, blk, bs, dec, NULL), MOPT_OK);
+            assert_int_equal(mopt_ggml_block_basis(ty, blk, pd, pm, sc2), with_min ? 2 : 1);
+            assert_true(sc2[0] == 0.75f && sc2[1] == (with_min ? 0.5f : 0.0f));
+            for (int64_t i = 0; i < bs; i++) assert_true(fabs(0.75 * pd[i] + (with_min ? 0.5 * pm[i] : 0) - dec[i]) <= 1e-6 * fabs(dec[i]));
+            if (!sub) continue;
+            for (int32_t j = 0; j < bs / sub; j++) {
+                int sm[2], moved[2], back[2];
+                mopt_ggml_block_sub_get(ty, blk, j, sm);
+                memcpy(was, blk, (size_t)bb);
+                const int out_of_range[2] = {ty == MOPT_GGML_Q6_K ? 128 : 64, 0}, bad_min[2] = {sm[0], -1};
+                assert_int_equal(mopt_ggml_block_sub_set(ty, blk, j, out_of_range), 0);
+                assert_int_equal(mopt_ggml_block_sub_set(ty, blk, j, bad_min), 0);
+                assert_memory_equal(blk, was, (size_t)bb);
+                for (int p = 0; p < 1 + with_min; p++) {
+                    moved[0] = sm[0] + (p == 0), moved[1] = sm[1] + (p == 1);
+                    if (!mopt_ggml_block_sub_set(ty, blk, j, moved)) continue; /* at the top of its range */
+                    mopt_ggml_block_sub_get(ty, blk, j, back);
+                    assert_true(back[0] == moved[0] && back[1] == moved[1]);
+                    float after[256];
+                    assert_int_equal(mopt_ggml_dequantize_row(ty, blk, bs, after, NULL), MOPT_OK);
+                    for (int64_t i = 0; i < bs; i++) {
+                        /* pd = scale x level: one more of scale adds d x level, one more of min takes dmin away */
+                        if (p == 0 && i / sub == j && sm[0] == 0) continue; /* no level to read off a zero scale */
+                        const double want = i / sub != j ? dec[i] : p == 0 ? dec[i] + 0.75 * pd[i] / sm[0] : dec[i] - 0.5;
+                        assert_true(fabs(after[i] - want) <= 1e-5 * (fabs(want) + 1));
+                    }
+                    assert_true(mopt_ggml_block_sub_set(ty, blk, j, sm));
+                    assert_memory_equal(blk, was, (size_t)bb);
+                    stepped++;
+                }
+            }
+        }
+        free(all);
+    }
+    assert_true(stepped > 5 * 24 * 8);
     free(x);
     json_decref(fx);
 }
@@ -1006,8 +1118,10 @@ int main(void) {
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),
         cmocka_unit_test(test_block_requantize_rebuilds_llama_quantize_blocks),
         cmocka_unit_test(test_block_refit_finds_a_moved_sub_block_scale),
+        cmocka_unit_test(test_block_fields_move_the_values_they_own),
         cmocka_unit_test(test_direct_error_weights_reproduce_llama_quantize_imatrix_blocks),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
+        cmocka_unit_test(test_gptq_descent_brings_blocks_closer_to_the_float_model),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
