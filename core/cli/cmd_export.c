@@ -99,6 +99,9 @@ int cmd_export(int argc, char **argv) {
     }
     if (optind != argc - 1) return cli_usage_error("export", "expected exactly one MODEL");
     if (!out) return cli_usage_error("export", "-o DIR is required");
+    struct stat sb; /* said before the pipeline runs (a GPTQ export would spend its minute first); the export pass still
+                     * decides what --force may replace */
+    if (!force && lstat(out, &sb) == 0) return cli_usage_error("export", "%s already exists; pass force (--force) to replace it", out);
     cli_job j;
     int rc = cli_job_open(&j, quiet, 0);
     if (rc) return rc;

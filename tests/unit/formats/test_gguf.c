@@ -480,6 +480,12 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "%s info '%s/gq-cli.gguf' | grep -q '^  kquant'",
              MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
     assert_int_equal(system(cmd), 0);
+    /* the file exists now: refused before GPTQ runs (no progress printed), in one line */
+    snprintf(cmd, sizeof cmd,
+             "out=$(%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
+             "--calib-samples 2 2>&1); st=$?; [ $st -eq 2 ] && echo \"$out\" | grep -q 'already exists' && [ $(echo \"$out\" | wc -l) -eq 1 ]",
+             MOPT_CLI, test_shared_dir(), dir, test_shared_dir());
+    assert_int_equal(system(cmd), 0);
     /* AWQ onto the blocks is not built, and GPTQ needs its calibration text: each said in one line, no file written */
     const char *bad[] = {"--method awq --calib x.txt", "--method gptq"};
     for (int i = 0; i < 2; i++) {
