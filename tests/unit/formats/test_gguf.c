@@ -464,15 +464,34 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
     /* a type mopt does not write is named in the error */
-    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type iq4_nl --quiet 2>&1 | grep -q 'iq4_nl'",
+    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type iq2_xs --quiet 2>&1 | grep -q 'iq2_xs'",
              MOPT_CLI, test_shared_dir(), dir);
     assert_int_equal(system(cmd), 0);
-    /* rows of 128 (GPT-2 1m) are no whole Q2_K block: llama-quantize would write IQ4_NL, mopt stops and says so, no file left */
+    /* rows of 128 (GPT-2 1m) are no whole Q2_K block: as llama-quantize, those tensors go out as IQ4_NL (its blocks
+     * are checked against llama-quantize's in test_blocks_equal_llama_quantize_bytes); rows of 512 keep the mix's
+     * Q3_K; the file loads (IQ4_NL decoded to f32) and evaluates */
     snprintf(cmd, sizeof cmd,
-             "out=$(%s export '%s/models/lit-gpt2-1m' -o '%s/g2.gguf' --format gguf --type q2_k --quiet 2>&1); st=$?; "
-             "[ $st -ne 0 ] && echo \"$out\" | grep -q 'IQ4_NL' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/g2.gguf' ]",
-             MOPT_CLI, test_shared_dir(), dir, dir);
+             "%s export '%s/models/lit-gpt2-1m' -o '%s/g2.gguf' --format gguf --type q2_k --quiet && "
+             "%s eval '%s/g2.gguf' --data '%s/data/lit-val.txt' --limit-tokens 2048 --quiet | grep -q '^ppl '",
+             MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s/g2.gguf", dir);
+    size_t g2n;
+    unsigned char *g2 = read_whole(cmd, &g2n);
+    assert_int_equal(tensor_type(g2, "blk.0.attn_qkv.weight"), 20);
+    assert_int_equal(tensor_type(g2, "blk.1.ffn_up.weight"), 20);
+    assert_int_equal(tensor_type(g2, "blk.0.ffn_down.weight"), 11);
+    free(g2);
+    /* the independent reader decodes the IQ4_NL tensors to what mopt decodes, and within Q3_K's bound of the f32 weights */
+    char g2f[1400], g2d[1400], g2r[1400];
+    snprintf(g2f, sizeof g2f, "%s/g2.gguf", dir), snprintf(g2d, sizeof g2d, "%s/g2-dec.gguf", dir), snprintf(g2r, sizeof g2r, "%s/g2-f32.gguf", dir);
+    snprintf(cmd, sizeof cmd,
+             "%s export '%s' -o '%s' --format gguf --type f32 --force --quiet && %s export '%s/models/lit-gpt2-1m' -o '%s' --format gguf "
+             "--type f32 --force --quiet",
+             MOPT_CLI, g2f, g2d, MOPT_CLI, test_shared_dir(), g2r);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(reader(g2f, g2d, 0), 0);
+    assert_int_equal(reader(g2f, g2r, 0.2), 0);
     /* --method gptq: GPTQ onto the type's blocks, no importance matrix file; the file loads with its k-quant blocks packed */
     snprintf(cmd, sizeof cmd,
              "%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
@@ -536,7 +555,7 @@ static void test_blocks_equal_llama_quantize_bytes(void **s) {
         int32_t type;
     } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
                  {"q8_0", MOPT_GGML_Q8_0}, {"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K},
-                 {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+                 {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}, {"iq4_nl", MOPT_GGML_IQ4_NL}};
     for (int weighted = 0; weighted < 2; weighted++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
             size_t nb;
