@@ -505,8 +505,24 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "--calib-samples 2 2>&1); st=$?; [ $st -eq 2 ] && echo \"$out\" | grep -q 'already exists' && [ $(echo \"$out\" | wc -l) -eq 1 ]",
              MOPT_CLI, test_shared_dir(), dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    /* AWQ onto the blocks is not built, and GPTQ needs its calibration text: each said in one line, no file written */
-    const char *bad[] = {"--method awq --calib x.txt", "--method gptq"};
+    /* --method awq: AWQ's scales searched on the type's blocks, then the importance matrix on that model (kept, as
+     * --calib alone keeps it); the file loads with its Q4_0 blocks packed, in llama-quantize's layout with an
+     * importance matrix (Q4_0 with the first eighth of ffn_down Q4_1) */
+    snprintf(cmd, sizeof cmd,
+             "%s export '%s/models/lit-llama-7m' -o '%s/aq-cli.gguf' --format gguf --type q4_0 --method awq --calib '%s/data/lit-train.txt' "
+             "--calib-samples 2 --quiet && [ -e '%s/aq-cli.gguf.imatrix.dat' ] && "
+             "%s info '%s/aq-cli.gguf' | grep -q '^  qint'",
+             MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s/aq-cli.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(cmd, &n);
+    assert_int_equal(tensor_type(d, "blk.0.ffn_down.weight"), 3);
+    assert_int_equal(tensor_type(d, "blk.1.ffn_down.weight"), 2);
+    assert_int_equal(tensor_type(d, "blk.0.attn_q.weight"), 2);
+    free(d);
+    /* a method with no GGUF grid, and AWQ without its calibration text: each said in one line, no file written */
+    const char *bad[] = {"--method smoothquant --calib x.txt", "--method awq"};
     for (int i = 0; i < 2; i++) {
         snprintf(cmd, sizeof cmd,
                  "out=$(%s export '%s/models/lit-llama-7m' -o '%s/m.gguf' --format gguf --type q4_0 %s 2>&1); st=$?; "
@@ -697,6 +713,58 @@ static void test_gptq_descent_brings_blocks_closer_to_the_float_model(void **s) 
     }
     fprintf(stderr, "q4_k_m GPTQ on layer 1, KL to the float model on 8k tokens of lit-val: sweep %.6f, with the descent %.6f\n", kl[0], kl[1]);
     assert_true(kl[0] > 0);
+    assert_true(kl[1] < kl[0]);
+}
+
+/* quant.awq<gguf_type=q4_0> on layer 1: its linears become Q4_0 blocks (the QINT symmetric groups of 32 export.gguf
+ * writes as Q4_0), and with AWQ's scales searched on those blocks and the blocks weighted by the calibration inputs,
+ * the model is closer to the float one (KL on lit-val text the calibration never saw) than with the Q4_0 blocks
+ * llama-quantize writes without calibration (ggml's quantize_row_q4_0 of the same weights). */
+static void test_awq_onto_gguf_blocks_beats_uncalibrated_blocks(void **s) {
+    REQUIRE_SHARED();
+    static const char *const lin[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    char text[4096], calib[1024], val[1024], base[1024], name[128];
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    test_shared_path(val, sizeof val, "data/lit-val.txt");
+    test_shared_path(base, sizeof base, "models/lit-llama-7m");
+    double kl[2];
+    for (int awq = 0; awq < 2; awq++) {
+        mopt_model *m = test_load_model("models/lit-llama-7m");
+        mopt_graph *g = mopt_model_graph(m);
+        mopt_error err = {0};
+        for (int i = 0; i < 7 && !awq; i++) { /* the uncalibrated blocks, row by row as llama-quantize makes them */
+            snprintf(name, sizeof name, "model.layers.1.%s.weight", lin[i]);
+            const mopt_tensor *t = mopt_graph_find_tensor(g, name);
+            const int64_t rows = t->ne[1], cols = t->ne[0], rb = cols / 32 * mopt_ggml_type_block_bytes(2);
+            float *row = malloc((size_t)cols * sizeof *row);
+            uint8_t *blocks = malloc((size_t)(rows * rb));
+            for (int64_t r = 0; r < rows; r++) {
+                assert_int_equal(mopt_weight_row_f32(t, r, row, &err), MOPT_OK);
+                assert_int_equal(mopt_ggml_quantize_row(2, row, cols, blocks + r * rb, &err), MOPT_OK);
+            }
+            assert_int_equal(mopt_graph_replace_tensor(g, mopt_ggml_blocks_tensor(name, 2, rows, cols, blocks, &err), &err), MOPT_OK);
+            free(row);
+            free(blocks);
+        }
+        snprintf(text, sizeof text, "%s%s%s%seval.compare<baseline=%s;data=%s;limit_tokens=8192;bootstrap=0>",
+                 awq ? "quant.awq<gguf_type=q4_0;only=*layers.1.*;calib=" : "", awq ? calib : "",
+                 awq ? ";calib_samples=16;calib_len=256>" : "", awq ? "," : "", base, val);
+        mopt_report *r = test_run_pipeline(m, text);
+        kl[awq] = mopt_report_get_metric(r, "kl_mean");
+        for (int i = 0; i < 7; i++) {
+            snprintf(name, sizeof name, "model.layers.1.%s.weight", lin[i]);
+            const mopt_tensor *t = mopt_graph_find_tensor(g, name);
+            assert_int_equal(t->dtype, MOPT_DTYPE_QINT);
+            assert_int_equal(t->quant->bits, 4);
+            assert_int_equal(t->quant->group_size, 32);
+        }
+        assert_int_not_equal(mopt_graph_find_tensor(g, "model.layers.0.mlp.down_proj.weight")->dtype, MOPT_DTYPE_QINT);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
+    fprintf(stderr, "q4_0 on layer 1, KL to the float model on 8k tokens of lit-val: llama-quantize's blocks %.6f, AWQ's %.6f\n", kl[0], kl[1]);
+    assert_true(kl[1] > 0);
     assert_true(kl[1] < kl[0]);
 }
 
@@ -1147,6 +1215,7 @@ int main(void) {
         cmocka_unit_test(test_direct_error_weights_reproduce_llama_quantize_imatrix_blocks),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_gptq_descent_brings_blocks_closer_to_the_float_model),
+        cmocka_unit_test(test_awq_onto_gguf_blocks_beats_uncalibrated_blocks),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
