@@ -502,7 +502,6 @@ static const mopt_opt_spec opts[] = {
      "quantized as llama-quantize does with an importance matrix, and store those blocks; export with the same type "
      "(bits, group_size and clip are ignored)",
      "", 0, -1, q_gguf_types},
-
     Q_CALIB_OPTS(1),
 };
 
