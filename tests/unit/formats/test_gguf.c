@@ -164,6 +164,16 @@ static uint32_t tensor_type(const unsigned char *d, const char *name) {
     return t;
 }
 
+/* The ggml type of tensor `name` in the GGUF file at path. */
+static uint32_t file_tensor_type(const char *path, const char *name) {
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    assert_non_null(d);
+    const uint32_t t = tensor_type(d, name);
+    free(d);
+    return t;
+}
+
 /* llama-quantize's mixes on an 8-layer LLaMA with 2 query heads per KV head, from llama_tensor_get_type's rules
  * worked by hand: use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down
  * Q6_K there); Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); Q2_K gives attn_v
@@ -475,16 +485,12 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              "%s eval '%s/g2.gguf' --data '%s/data/lit-val.txt' --limit-tokens 2048 --quiet | grep -q '^ppl '",
              MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    snprintf(cmd, sizeof cmd, "%s/g2.gguf", dir);
-    size_t g2n;
-    unsigned char *g2 = read_whole(cmd, &g2n);
-    assert_int_equal(tensor_type(g2, "blk.0.attn_qkv.weight"), 20);
-    assert_int_equal(tensor_type(g2, "blk.1.ffn_up.weight"), 20);
-    assert_int_equal(tensor_type(g2, "blk.0.ffn_down.weight"), 11);
-    free(g2);
-    /* the independent reader decodes the IQ4_NL tensors to what mopt decodes, and within Q3_K's bound of the f32 weights */
     char g2f[1400], g2d[1400], g2r[1400];
     snprintf(g2f, sizeof g2f, "%s/g2.gguf", dir), snprintf(g2d, sizeof g2d, "%s/g2-dec.gguf", dir), snprintf(g2r, sizeof g2r, "%s/g2-f32.gguf", dir);
+    assert_int_equal(file_tensor_type(g2f, "blk.0.attn_qkv.weight"), 20);
+    assert_int_equal(file_tensor_type(g2f, "blk.1.ffn_up.weight"), 20);
+    assert_int_equal(file_tensor_type(g2f, "blk.0.ffn_down.weight"), 11);
+    /* the independent reader decodes the IQ4_NL tensors to what mopt decodes, and within Q3_K's bound of the f32 weights */
     snprintf(cmd, sizeof cmd,
              "%s export '%s' -o '%s' --format gguf --type f32 --force --quiet && %s export '%s/models/lit-gpt2-1m' -o '%s' --format gguf "
              "--type f32 --force --quiet",
@@ -492,35 +498,30 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
     assert_int_equal(system(cmd), 0);
     assert_int_equal(reader(g2f, g2d, 0), 0);
     assert_int_equal(reader(g2f, g2r, 0.2), 0);
-    /* --method gptq: GPTQ onto the type's blocks, no importance matrix file; the file loads with its k-quant blocks packed */
-    snprintf(cmd, sizeof cmd,
-             "%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
-             "--calib-samples 2 --quiet && [ ! -e '%s/gq-cli.gguf.imatrix.dat' ] && "
-             "%s info '%s/gq-cli.gguf' | grep -q '^  kquant'",
-             MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
-    assert_int_equal(system(cmd), 0);
+    /* --method gptq / awq: GPTQ or AWQ onto the type's blocks; GPTQ leaves no importance matrix file, AWQ computes one on
+     * its model afterwards for what it leaves (kept, as --calib alone keeps it); the files load with their blocks packed */
+    static const struct {
+        const char *method, *type, *file, *imatrix_test, *kind;
+    } calibrated[] = {{"gptq", "q4_k_m", "gq-cli.gguf", "!", "kquant"}, {"awq", "q4_0", "aq-cli.gguf", "", "qint"}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "%s export '%s/models/lit-llama-7m' -o '%s/%s' --format gguf --type %s --method %s --calib '%s/data/lit-train.txt' "
+                 "--calib-samples 2 --quiet && [ %s -e '%s/%s.imatrix.dat' ] && %s info '%s/%s' | grep -q '^  %s'",
+                 MOPT_CLI, test_shared_dir(), dir, calibrated[i].file, calibrated[i].type, calibrated[i].method, test_shared_dir(),
+                 calibrated[i].imatrix_test, dir, calibrated[i].file, MOPT_CLI, dir, calibrated[i].file, calibrated[i].kind);
+        assert_int_equal(system(cmd), 0);
+    }
     /* the file exists now: refused before GPTQ runs (no progress printed), in one line */
     snprintf(cmd, sizeof cmd,
              "out=$(%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
              "--calib-samples 2 2>&1); st=$?; [ $st -eq 2 ] && echo \"$out\" | grep -q 'already exists' && [ $(echo \"$out\" | wc -l) -eq 1 ]",
              MOPT_CLI, test_shared_dir(), dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    /* --method awq: AWQ's scales searched on the type's blocks, then the importance matrix on that model (kept, as
-     * --calib alone keeps it); the file loads with its Q4_0 blocks packed, in llama-quantize's layout with an
-     * importance matrix (Q4_0 with the first eighth of ffn_down Q4_1) */
-    snprintf(cmd, sizeof cmd,
-             "%s export '%s/models/lit-llama-7m' -o '%s/aq-cli.gguf' --format gguf --type q4_0 --method awq --calib '%s/data/lit-train.txt' "
-             "--calib-samples 2 --quiet && [ -e '%s/aq-cli.gguf.imatrix.dat' ] && "
-             "%s info '%s/aq-cli.gguf' | grep -q '^  qint'",
-             MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
-    assert_int_equal(system(cmd), 0);
+    /* AWQ's file is in llama-quantize's layout with an importance matrix: Q4_0, the first eighth of ffn_down Q4_1 */
     snprintf(cmd, sizeof cmd, "%s/aq-cli.gguf", dir);
-    size_t n;
-    unsigned char *d = read_whole(cmd, &n);
-    assert_int_equal(tensor_type(d, "blk.0.ffn_down.weight"), 3);
-    assert_int_equal(tensor_type(d, "blk.1.ffn_down.weight"), 2);
-    assert_int_equal(tensor_type(d, "blk.0.attn_q.weight"), 2);
-    free(d);
+    assert_int_equal(file_tensor_type(cmd, "blk.0.ffn_down.weight"), 3);
+    assert_int_equal(file_tensor_type(cmd, "blk.1.ffn_down.weight"), 2);
+    assert_int_equal(file_tensor_type(cmd, "blk.0.attn_q.weight"), 2);
     /* a method with no GGUF grid, and AWQ without its calibration text: each said in one line, no file written */
     const char *bad[] = {"--method smoothquant --calib x.txt", "--method awq"};
     for (int i = 0; i < 2; i++) {
