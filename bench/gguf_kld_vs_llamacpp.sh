@@ -13,7 +13,8 @@
 # llama.cpp's), runs llama-perplexity --kl-divergence on the rest, and prints one table: bits per weight, mean KLD,
 # ppl ratio and same-top-token rate.
 #
-# GPTQ=1 adds mopt's `export --method gptq` file of each type (128 windows of 512 from CALIB; no matrix).
+# GPTQ=1 adds mopt's `export --method gptq` file of each type (128 windows of 512 from CALIB; no matrix), AWQ=1 its
+# `export --method awq` file (AWQ's scales searched on the blocks; then a matrix from CALIB for what AWQ leaves).
 # Environment: LLAMA_CPP_BIN (required: llama-quantize and llama-perplexity), MOPT (build/bin/mopt), THREADS (2),
 # CTX (256), CHUNKS (32), TYPES ("q4_0 q4_k_s q4_k_m q5_k_m q6_k"; any of mopt's GGUF types and mixes, e.g.
 # "q2_k q3_k_s q3_k_m q3_k_l"; q2_k_s runs with the matrices only, as llama-quantize refuses it without one).
@@ -63,14 +64,14 @@ for t in $TYPES; do
     [ -s "$f" ] || "$L/llama-quantize" "${im[@]}" "$F32" "$f" "$T" >/dev/null 2>&1
     echo "$f llama.cpp $t $m" >>"$WORK/files.txt"
   done
-  if [ -n "${GPTQ:-}" ]; then # mopt's GPTQ onto the same blocks (types quant.gptq's gguf_type takes)
+  for method in ${GPTQ:+gptq} ${AWQ:+awq}; do # mopt's GPTQ / AWQ onto the same blocks (the types their gguf_type takes)
     case " q4_0 q8_0 q2_k q2_k_s q3_k q3_k_s q3_k_m q3_k_l q4_k q5_k q6_k q4_k_s q4_k_m q5_k_s q5_k_m " in
     *" $t "*)
-      f="$WORK/mopt-$t-gptq.gguf"
-      [ -s "$f" ] || "$MOPT" export "$MODEL" --format gguf --type "$t" --method gptq --calib "$CALIB" -o "$f" --quiet
-      echo "$f mopt $t gptq" >>"$WORK/files.txt" ;;
+      f="$WORK/mopt-$t-$method.gguf"
+      [ -s "$f" ] || "$MOPT" export "$MODEL" --format gguf --type "$t" --method "$method" --calib "$CALIB" -o "$f" --force --quiet
+      echo "$f mopt $t $method" >>"$WORK/files.txt" ;;
     esac
-  fi
+  done
 done
 
 python3 - "$WORK" "$L" "$EVAL" "$CTX" "$THREADS" "$HERE/tests" <<'EOF'

@@ -18,7 +18,9 @@ import sys
 TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
          7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
          12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
-         14: ("Q6_K", 256, 210), 30: ("BF16", 1, 2)}
+         14: ("Q6_K", 256, 210), 20: ("IQ4_NL", 32, 18), 30: ("BF16", 1, 2)}
+# IQ4_NL's 16 levels, from ggml-quants.c (kvalues_iq4nl)
+IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
@@ -105,6 +107,9 @@ def decode(t, raw, n):
         if name == "Q8_0":
             d = f16(b, 0)
             out += [d * q for q in struct.unpack("<32b", b[2:34])]
+        elif name == "IQ4_NL":  # f16 d, then byte j: index of value j (low nibble) and of value j + 16 (high)
+            d = f16(b, 0)
+            out += [d * IQ4NL[q & 15] for q in b[2:18]] + [d * IQ4NL[q >> 4] for q in b[2:18]]
         elif name in ("Q4_0", "Q4_1"):
             d = f16(b, 0)
             m = f16(b, 2) if name == "Q4_1" else None

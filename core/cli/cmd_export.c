@@ -23,10 +23,12 @@ static int imatrix_first(cli_job *j, char *path, size_t cap, const char *out, co
     return mopt_pipeline_parse(j->p, text, &j->err) ? cli_fail(&j->err) : 0;
 }
 
-/* --method gptq: the --pipeline passes, then GPTQ onto the blocks --type gives each linear (calibrated on --calib) */
-static int gptq_first(cli_job *j, const char *type, const char *calib, const char *n, const char *pre) {
+/* --method gptq|awq: the --pipeline passes, then quant.gptq or quant.awq onto the blocks --type gives each linear
+ * (calibrated on --calib). AWQ follows llama-quantize's layout with an importance matrix, so imatrix_first runs
+ * after it and weights what it leaves (Q4_1 / Q5_1 ffn_down, output.weight); GPTQ follows the layout without one. */
+static int method_first(cli_job *j, const char *method, const char *type, const char *calib, const char *n, const char *pre) {
     char text[3 * 4096];
-    int w = snprintf(text, sizeof text, "%s%squant.gptq<gguf_type=%s;calib=%s%s%s>", pre ? pre : "", pre ? "," : "", type, calib,
+    int w = snprintf(text, sizeof text, "%s%squant.%s<gguf_type=%s;calib=%s%s%s>", pre ? pre : "", pre ? "," : "", method, type, calib,
                      n ? ";calib_samples=" : "", n ? n : "");
     if (w < 0 || (size_t)w >= sizeof text) return cli_usage_error("export", "--calib %s: path too long", calib);
     return mopt_pipeline_parse(j->p, text, &j->err) ? cli_fail(&j->err) : 0;
@@ -69,7 +71,7 @@ int cmd_export(int argc, char **argv) {
             printf("usage: mopt export MODEL -o DIR|FILE.gguf [--format F] [--dtype auto|f32|f16|bf16] [--force]\n"
                    "                   [--shard-size BYTES] [--draft DRAFT [--draft-k K]] [--pipeline 'PASSES']\n"
                    "                   [--type T] [--tp N] [--stream]\n"
-                   "                   [--imatrix FILE.dat | --calib TEXT [--calib-samples N] [--method gptq]]\n\n"
+                   "                   [--imatrix FILE.dat | --calib TEXT [--calib-samples N] [--method gptq|awq]]\n\n"
                    "Writes MODEL as a checkpoint DIR, atomically (a temporary directory renamed into place;\n"
                    "an existing DIR is kept unless --force). --pipeline runs passes first (e.g. quantization).\n"
                    "--draft writes speculative_config.json for vLLM and TensorRT-LLM. --stream keeps about one\n"
@@ -92,7 +94,9 @@ int cmd_export(int argc, char **argv) {
                    "                      or a GGUF imatrix; llama-imatrix's or mopt's); --calib computes one from\n"
                    "                      calibration text first and keeps it as OUT.imatrix.dat;\n"
                    "                      --method gptq with --calib runs GPTQ onto the blocks --type gives each\n"
-                   "                      linear instead (quant.gptq<gguf_type>: the same layout and size, lower KLD)\n");
+                   "                      linear instead (quant.gptq<gguf_type>: the same layout and size, lower KLD);\n"
+                   "                      --method awq searches AWQ's scales on those blocks (quant.awq<gguf_type>),\n"
+                   "                      then computes the importance matrix on that model for the rest (kept)\n");
             return EXIT_OK;
         default: return cli_usage_error("export", "unknown option");
         }
@@ -107,6 +111,7 @@ int cmd_export(int argc, char **argv) {
     if (rc) return rc;
     if (stream) cli_job_spill_beside(&j, out);
     const char *pass = cli_export_pass(format, j.o, &j.err);
+    const int calib_imatrix = calib && (!method || !strcmp(method, "awq")); /* a matrix from --calib goes to the export */
     if (!pass)
         rc = cli_usage_error("export", "%s", j.err.msg);
     else if ((type && strcmp(pass, "export.gguf")) || (tp && strcmp(pass, "export.trtllm")))
@@ -115,17 +120,17 @@ int cmd_export(int argc, char **argv) {
         rc = cli_usage_error("export", "--imatrix and --calib go with --format gguf");
     else if (imatrix && calib)
         rc = cli_usage_error("export", "give --imatrix FILE or --calib TEXT (which computes one), not both");
-    else if (method && strcmp(method, "gptq"))
-        rc = cli_usage_error("export", "--method %s: only gptq is built for GGUF blocks (or drop --method: --calib alone weights by an importance matrix)",
+    else if (method && strcmp(method, "gptq") && strcmp(method, "awq"))
+        rc = cli_usage_error("export", "--method %s: GGUF blocks take gptq or awq (or drop --method: --calib alone weights by an importance matrix)",
                              method);
     else if (method && (!calib || !type || strcmp(pass, "export.gguf")))
-        rc = cli_usage_error("export", "--method gptq needs --format gguf, --type T and --calib TEXT");
-    else if (method && (rc = gptq_first(&j, type, calib, calib_n, pre)))
+        rc = cli_usage_error("export", "--method %s needs --format gguf, --type T and --calib TEXT", method);
+    else if (method && (rc = method_first(&j, method, type, calib, calib_n, pre)))
         ;
-    else if (!method && calib && (rc = imatrix_first(&j, imat_path, sizeof imat_path, out, calib, calib_n, force, pre)))
+    else if (calib_imatrix && (rc = imatrix_first(&j, imat_path, sizeof imat_path, out, calib, calib_n, force, method ? NULL : pre)))
         ;
     else if (cli_job_set(&j, "type", type) || cli_job_set(&j, "tp", tp) || (!calib && pre && mopt_pipeline_parse(j.p, pre, &j.err)) ||
-             cli_job_set(&j, "imatrix", calib && !method ? imat_path : imatrix) ||
+             cli_job_set(&j, "imatrix", calib_imatrix ? imat_path : imatrix) ||
              cli_job_set(&j, "out", out) || cli_job_set(&j, "dtype", dtype) || cli_job_set(&j, "force", force ? "true" : NULL) ||
              cli_job_set(&j, "max_shard_size", shard) || cli_job_set(&j, "draft", draft) || cli_job_set(&j, "num_speculative_tokens", k))
         rc = cli_fail(&j.err);

@@ -6,6 +6,7 @@
  *   Q5_0  32 values: f16 d, u32 qh (bit j = bit 4 of q[j]), 16 bytes of low nibbles; x = d (q - 16)
  *   Q5_1  32 values: f16 d, f16 m, qh, 16 bytes;                      x = d q + m
  *   Q8_0  32 values: f16 d, 32 int8;                                  x = d q
+ *   IQ4_NL 32 values: f16 d, 16 bytes of 4-bit indices as Q4_0;       x = d kv[i], kv ggml's fixed table of 16
  *   Q2_K  256 values in 16 sub-blocks of 16: 16 bytes of 4-bit scale (low) and min (high) pairs, 64 bytes of
  *         2-bit levels (byte l of each 32: values l, l+32, l+64, l+96 of its 128 from bit 0 up), f16 d,
  *         f16 dmin;                                                   x = d sc q - dmin m
@@ -29,7 +30,8 @@
 
 typedef enum mopt_ggml_type { /* ggml's type ids, as GGUF stores them */
     MOPT_GGML_F32 = 0, MOPT_GGML_F16 = 1, MOPT_GGML_Q4_0 = 2, MOPT_GGML_Q4_1 = 3, MOPT_GGML_Q5_0 = 6, MOPT_GGML_Q5_1 = 7,
-    MOPT_GGML_Q8_0 = 8, MOPT_GGML_Q2_K = 10, MOPT_GGML_Q3_K = 11, MOPT_GGML_Q4_K = 12, MOPT_GGML_Q5_K = 13, MOPT_GGML_Q6_K = 14, MOPT_GGML_BF16 = 30
+    MOPT_GGML_Q8_0 = 8, MOPT_GGML_Q2_K = 10, MOPT_GGML_Q3_K = 11, MOPT_GGML_Q4_K = 12, MOPT_GGML_Q5_K = 13, MOPT_GGML_Q6_K = 14,
+    MOPT_GGML_IQ4_NL = 20, MOPT_GGML_BF16 = 30
 } mopt_ggml_type;
 
 /* Values per block (1 for float types), 0 for a type mopt does not handle. */
@@ -54,7 +56,8 @@ static inline int32_t mopt_ggml_kquant_type(int32_t bits) { return bits >= 2 && 
 mopt_status mopt_ggml_quantize_row(int32_t type, const float *x, int64_t n, void *dst, mopt_error *err);
 /* Same, with importance weights qw[n] (an importance matrix's mean x^2 per input
  * column; NULL: as above): the error weights llama.cpp's quantize_*_impl
- * use, qw * sqrt(sigma^2 + x^2) (Q6_K: qw alone); Q8_0 and the floats ignore them. */
+ * use, qw * sqrt(sigma^2 + x^2) (Q6_K: qw alone); Q8_0 and the floats ignore them. IQ4_NL, which llama-quantize
+ * writes only where a Q2_K / Q3_K row is no whole 256-value block, searches its scale as quantize_iq4_nl does. */
 mopt_status mopt_ggml_quantize_row_weighted(int32_t type, const float *x, int64_t n, const float *qw, void *dst, mopt_error *err);
 mopt_status mopt_ggml_dequantize_row(int32_t type, const void *src, int64_t n, float *y, mopt_error *err);
 

@@ -20,7 +20,8 @@ int64_t mopt_ggml_block_size(int32_t type) {
     case MOPT_GGML_Q4_1:
     case MOPT_GGML_Q5_0:
     case MOPT_GGML_Q5_1:
-    case MOPT_GGML_Q8_0: return 32;
+    case MOPT_GGML_Q8_0:
+    case MOPT_GGML_IQ4_NL: return 32;
     case MOPT_GGML_Q2_K:
     case MOPT_GGML_Q3_K:
     case MOPT_GGML_Q4_K:
@@ -35,7 +36,8 @@ int64_t mopt_ggml_block_bytes(int32_t type) {
     case MOPT_GGML_F32: return 4;
     case MOPT_GGML_F16:
     case MOPT_GGML_BF16: return 2;
-    case MOPT_GGML_Q4_0: return 18;
+    case MOPT_GGML_Q4_0:
+    case MOPT_GGML_IQ4_NL: return 18;
     case MOPT_GGML_Q4_1: return 20;
     case MOPT_GGML_Q5_0: return 22;
     case MOPT_GGML_Q5_1: return 24;
@@ -64,6 +66,7 @@ const char *mopt_ggml_type_name(int32_t type) {
     case MOPT_GGML_Q4_K: return "q4_k";
     case MOPT_GGML_Q5_K: return "q5_k";
     case MOPT_GGML_Q6_K: return "q6_k";
+    case MOPT_GGML_IQ4_NL: return "iq4_nl";
     default: return NULL;
     }
 }
@@ -102,6 +105,60 @@ static int clamp_level(int q, int top) { return q < top ? q : top; }
 static void put_pair(uint8_t *nibbles, uint32_t *qh, int j, int a, int b) {
     nibbles[j] = (uint8_t)((a & 15) | (b & 15) << 4);
     if (qh) *qh |= (uint32_t)((a & 0x10) >> 4) << j | (uint32_t)((b & 0x10) >> 4) << (j + 16);
+}
+
+/* IQ4_NL's levels (ggml's kvalues_iq4nl): denser near 0, as a trained weight's values are */
+static const int8_t iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* The level nearest v; a tie takes the upper one, as ggml's best_index_int8. */
+static int iq4nl_nearest(float v) {
+    if (v <= iq4nl_values[0]) return 0;
+    if (v >= iq4nl_values[15]) return 15;
+    int lo = 0, hi = 15;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (v < iq4nl_values[mid]) hi = mid;
+        else lo = mid;
+    }
+    return v - iq4nl_values[hi - 1] < iq4nl_values[hi] - v ? hi - 1 : hi;
+}
+
+/* The weighted least-squares scale sum(w q x) / sum(w q^2) of x's levels at 1/id, in *sqx and *sq2. */
+static void iq4nl_fit(const float *x, const float *w, float id, float *sqx, float *sq2) {
+    float a = 0, b = 0;
+    for (int j = 0; j < 32; j++) {
+        const float q = iq4nl_values[iq4nl_nearest(id * x[j])];
+        a += w[j] * q * x[j];
+        b += w[j] * q * q;
+    }
+    *sqx = a, *sq2 = b;
+}
+
+/* IQ4_NL, as llama.cpp's quantize_iq4_nl: error weights qw sqrt(sigma^2 + x^2) (sigma^2 twice the block's mean
+ * x^2) or x^2; the scale fitted from d = max / 127, then from each of 15 trial scales (itry - 127) / max, kept when
+ * its fit explains more; the levels nearest x / d for the d kept. */
+static void iq4_nl(const float *x, const float *qw, uint8_t *y) {
+    float w[32], sigma2 = 0, amax = 0, max = 0, d = 0;
+    for (int j = 0; j < 32; j++) sigma2 += x[j] * x[j];
+    sigma2 *= 2.f / 32;
+    for (int j = 0; j < 32; j++) {
+        w[j] = qw ? qw[j] * sqrtf(sigma2 + x[j] * x[j]) : x[j] * x[j];
+        if (fabsf(x[j]) > amax) amax = fabsf(x[j]), max = x[j];
+    }
+    if (amax >= 1e-15f) {
+        float sqx, sq2;
+        d = -max / iq4nl_values[0];
+        iq4nl_fit(x, w, 1 / d, &sqx, &sq2);
+        d = sqx / sq2;
+        float best = d * sqx;
+        for (int itry = -7; itry <= 7; itry++) {
+            iq4nl_fit(x, w, (itry + iq4nl_values[0]) / max, &sqx, &sq2);
+            if (sq2 > 0 && sqx * sqx > best * sq2) d = sqx / sq2, best = d * sqx;
+        }
+    }
+    put16(y, d);
+    const float id = d ? 1 / d : 0.f;
+    for (int j = 0; j < 16; j++) y[2 + j] = (uint8_t)(iq4nl_nearest(id * x[j]) | iq4nl_nearest(id * x[j + 16]) << 4);
 }
 
 /* Q4_0 / Q5_0: d = the signed absmax / -2^(b-1), x = d (q - 2^(b-1)) */
@@ -193,6 +250,9 @@ static void dq_32(int32_t type, const uint8_t *b, float *y) {
     }
     case MOPT_GGML_Q8_0:
         for (int j = 0; j < 32; j++) y[j] = d * (int8_t)b[2 + j];
+        break;
+    case MOPT_GGML_IQ4_NL:
+        for (int j = 0; j < 16; j++) y[j] = d * iq4nl_values[b[2 + j] & 15], y[j + 16] = d * iq4nl_values[b[2 + j] >> 4];
         break;
     }
 }
@@ -684,6 +744,7 @@ mopt_status mopt_ggml_quantize_row_weighted(int32_t type, const float *x, int64_
         case MOPT_GGML_Q4_K: q4_k(v, w, y); break;
         case MOPT_GGML_Q5_K: q5_k(v, w, y); break;
         case MOPT_GGML_Q6_K: q6_k(v, w, y); break;
+        case MOPT_GGML_IQ4_NL: iq4_nl(v, w, y); break;
         }
     }
     return MOPT_OK;

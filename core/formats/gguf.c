@@ -217,7 +217,7 @@ mopt_status gguf_open(const char *path, gguf_file **out, mopt_error *err) {
         t->type = (int32_t)type;
         const int64_t rb = mopt_ggml_row_bytes(t->type, t->ne[0]);
         if (!mopt_ggml_block_size(t->type)) {
-            MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tensor %s: ggml type %d is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k)",
+            MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tensor %s: ggml type %d is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k, iq4_nl)",
                       path, t->name, t->type);
             st = MOPT_E_UNSUPPORTED;
             goto fail_offs;

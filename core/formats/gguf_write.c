@@ -307,7 +307,7 @@ static int32_t pick_type(const gten *t, int32_t want, int32_t mix, const mopt_ar
      * guard against Q4_0 / Q5_0 going astray there) */
     else if (has_imatrix && (ty == MOPT_GGML_Q4_0 || ty == MOPT_GGML_Q5_0) && strstr(t->ft.name, "ffn_down") && t->ft.layer < a->n_layers / 8)
         ty = ty == MOPT_GGML_Q4_0 ? MOPT_GGML_Q4_1 : MOPT_GGML_Q5_1;
-    if (mopt_ggml_row_bytes(ty, n) < 0 && (ty == MOPT_GGML_Q2_K || ty == MOPT_GGML_Q3_K)) return -1; /* llama.cpp: IQ4_NL */
+    if (mopt_ggml_row_bytes(ty, n) < 0 && (ty == MOPT_GGML_Q2_K || ty == MOPT_GGML_Q3_K)) ty = MOPT_GGML_IQ4_NL;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q4_K) ty = MOPT_GGML_Q5_0;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q5_K) ty = MOPT_GGML_Q5_1;
     if (mopt_ggml_row_bytes(ty, n) < 0 && ty == MOPT_GGML_Q6_K) ty = MOPT_GGML_Q8_0;
@@ -423,13 +423,6 @@ mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, cons
         gten *t = &ts[i];
         *t = gten_of(&fts[i]);
         t->type = pick_type(t, want, choice ? choice->mix : MIX_NONE, a, o->imatrix != NULL);
-        if (t->type < 0) {
-            st = MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                           "%s: rows of %lld values are not whole 256-value blocks; llama-quantize writes IQ4_NL there, which mopt does "
-                           "not write: use a type of 32-value blocks (q4_0, q5_0, q8_0) or q4_k and up for this model",
-                           t->ft.name, (long long)t->row_len);
-            break;
-        }
         const int64_t nq = t->ft.ndim == 2 ? mopt_imatrix_len(o->imatrix, t->ft.name) : 0;
         if (nq && nq != t->row_len) {
             st = MOPT_FAIL(err, MOPT_E_INVALID, "the importance matrix has %lld values for %s, whose rows hold %lld: it was computed for another model",

@@ -176,7 +176,7 @@ static float mxfp_row(const mopt_kernels *k, const mopt_tensor *w, int64_t o, co
 /* Widens `rows` weight rows starting at o0 into fp32 dst [rows, in]. */
 static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64_t rows, float *dst) {
     const int64_t in = w->ne[0];
-    if (w->dtype == MOPT_DTYPE_KQUANT && (w->quant->bits == 4 || w->quant->bits == 6)) { /* Q4_K, Q6_K in vectors; the others row by row */
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q2_K ... Q6_K in vectors */
         for (int64_t r = 0; r < rows; r++)
             c->k->dequant_kquant((const uint8_t *)w->data + (size_t)(o0 + r) * w->nb[1], w->quant->bits, in / MOPT_KQ_BLOCK, dst + r * in);
         return;

@@ -64,7 +64,7 @@ typedef struct mopt_kernels {
                         int64_t nsb, float *y);
     void (*gemv_q5k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y);
-    /* nsb Q4_K (bits 4) or Q6_K (bits 6) super-blocks widened to 256 * nsb fp32 values, exactly as
+    /* nsb Q2_K ... Q6_K super-blocks (bits 2 ... 6) widened to 256 * nsb fp32 values, exactly as
      * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
     void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
     /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */

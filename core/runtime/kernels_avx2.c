@@ -324,19 +324,63 @@ static inline void kq_widen32(__m256i q, float ds, float dm, float *dst) {
         _mm256_storeu_ps(dst + 8 * p, _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), vs), vm));
 }
 
-/* Q4_K: d sc q - dm m; Q6_K: (d sc) (q - 32), the level's offset taken in the integers */
+/* 16 level bytes (signed ones when sgn) times ds minus dm, as kq_widen32 */
+static inline void kq_widen16(__m128i q, int sgn, float ds, float dm, float *dst) {
+    const __m256 vs = _mm256_set1_ps(ds), vm = _mm256_set1_ps(dm);
+    const __m128i parts[2] = {q, _mm_srli_si128(q, 8)};
+    for (int p = 0; p < 2; p++) {
+        const __m256i w = sgn ? _mm256_cvtepi8_epi32(parts[p]) : _mm256_cvtepu8_epi32(parts[p]);
+        _mm256_storeu_ps(dst + 8 * p, _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(w), vs), vm));
+    }
+}
+
+/* Q2_K: (d sc) q - dmin m per 16; Q3_K: (d (sc - 32)) (q - 4) per 16, q's third bit from hmask (bit 4n + k of byte
+ * l for value 128 n + 32 k + l); Q4_K / Q5_K: (d sc) q - dmin m per 32, Q5_K's fifth bit from qh; Q6_K:
+ * (d sc) (q - 32), the level's offset taken in the integers. Each value rounds as mopt_kquant_block_f32's. */
 void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst) {
-    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
     for (int64_t k = 0; k < nsb; k++, dst += 256) {
-        if (bits == 4) {
-            const uint8_t *b = blocks + 144 * k;
+        if (bits == 2 || bits == 3) {
+            const int three = bits == 3;
+            const uint8_t *b = blocks + (three ? 110 : 84) * k, *q = b + (three ? 32 : 16);
+            float ds[16], dm[16];
+            if (three) {
+                const float d = kq_f16(b + 108);
+                for (int j = 0; j < 16; j++) ds[j] = d * (float)(mopt_q3k_scale(b + 96, j) - 32), dm[j] = 0.0f;
+            } else {
+                const float d = kq_f16(b + 80), dmin = kq_f16(b + 82);
+                for (int j = 0; j < 16; j++) ds[j] = d * (float)(b[j] & 0xF), dm[j] = dmin * (float)(b[j] >> 4);
+            }
+            const __m256i hm = three ? _mm256_loadu_si256((const __m256i *)b) : _mm256_setzero_si256();
+            for (int n = 0; n < 2; n++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * n));
+                for (int kq = 0; kq < 4; kq++) {
+                    __m256i lv = _mm256_and_si256(_mm256_srli_epi16(v, 2 * kq), m3);
+                    if (three) /* the high bit set: the level as it is; clear: 4 below */
+                        lv = _mm256_sub_epi8(_mm256_or_si256(lv, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * n + kq), one), 2)), four);
+                    const int j = 8 * n + 2 * kq;
+                    kq_widen16(_mm256_castsi256_si128(lv), three, ds[j], dm[j], dst + 16 * j);
+                    kq_widen16(_mm256_extracti128_si256(lv, 1), three, ds[j + 1], dm[j + 1], dst + 16 * j + 16);
+                }
+            }
+            continue;
+        }
+        if (bits == 4 || bits == 5) {
+            const int five = bits == 5;
+            const uint8_t *b = blocks + (five ? 176 : 144) * k, *q = b + (five ? 48 : 16);
             const float d = kq_f16(b), dmin = kq_f16(b + 2);
             uint8_t sc[8], mn[8];
             mopt_kquant_scales_mins(b + 4, sc, mn);
+            const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
             for (int i = 0; i < 4; i++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
-                kq_widen32(_mm256_and_si256(v, m4), d * sc[2 * i], dmin * mn[2 * i], dst + 64 * i);
-                kq_widen32(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), d * sc[2 * i + 1], dmin * mn[2 * i + 1], dst + 64 * i + 32);
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i), one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i + 1), one), 4));
+                }
+                kq_widen32(lo, d * sc[2 * i], dmin * mn[2 * i], dst + 64 * i);
+                kq_widen32(hi, d * sc[2 * i + 1], dmin * mn[2 * i + 1], dst + 64 * i + 32);
             }
             continue;
         }

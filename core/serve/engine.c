@@ -99,7 +99,7 @@ static void admit(srv_engine *e) {
         e->q_len--;
         sl->ids = malloc(((size_t)r->n_prompt + (size_t)r->max_tokens + 1) * sizeof *sl->ids);
         pthread_mutex_lock(&r->mu);
-        const bool gone = r->cancelled;
+        const bool gone = srv_request_gone(r);
         pthread_mutex_unlock(&r->mu);
         if (gone || !sl->ids) {
             free(sl->ids);
@@ -217,7 +217,7 @@ static void *engine_main(void *p) {
             slot *sl = &e->slots[i];
             if (!sl->r) continue;
             pthread_mutex_lock(&sl->r->mu);
-            const bool gone = sl->r->cancelled;
+            const bool gone = srv_request_gone(sl->r);
             pthread_mutex_unlock(&sl->r->mu);
             if (gone) {
                 finish(e, sl->r, SRV_CANCELLED, NULL);

@@ -129,6 +129,7 @@ static enum MHD_Result admin_split(srv_server *s, conn_ctx *x) {
 static void wake(void *user) {
     conn_ctx *x = user;
     if (!x->p.stream && x->r->finish == SRV_RUNNING) return; /* a whole answer waits for the end */
+    x->r->peer_fd = -1; /* libmicrohttpd has the socket again */
     if (x->suspended) {
         x->suspended = false;
         MHD_resume_connection(x->conn);
@@ -205,6 +206,8 @@ static enum MHD_Result answer_when_done(srv_server *s, conn_ctx *x) {
     pthread_mutex_lock(&x->r->mu);
     const bool done = x->r->finish != SRV_RUNNING;
     if (!done) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        x->r->peer_fd = ci ? ci->connect_fd : -1;
         x->suspended = true;
         MHD_suspend_connection(x->conn);
     }
@@ -365,6 +368,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (x->r) {
         pthread_mutex_lock(&x->r->mu);
         x->r->notify = NULL;
+        x->r->peer_fd = -1;
         x->r->cancelled = true; /* finished ones ignore it; running ones stop at the next step */
         pthread_mutex_unlock(&x->r->mu);
         srv_request_unref(x->r);

@@ -1,10 +1,12 @@
 /* A request's life between the HTTP thread that owns its connection and the
  * engine that generates it: reference counted, its text guarded by a mutex,
  * stop strings cut off as soon as they appear. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "serve.h"
@@ -35,7 +37,16 @@ srv_request *srv_request_new(void) {
     r->refs = 1;
     r->top_p = 1.0f;
     r->t_submit = srv_now();
+    r->peer_fd = -1;
     return r;
+}
+
+bool srv_request_gone(const srv_request *r) {
+    if (r->cancelled) return true;
+    if (r->peer_fd < 0) return false;
+    char c; /* a peek never takes bytes from libmicrohttpd; 0 is the peer's orderly close */
+    const ssize_t n = recv(r->peer_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 void srv_request_ref(srv_request *r) {

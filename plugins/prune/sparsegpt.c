@@ -178,8 +178,9 @@ static void end(void *user) {
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, mopt_report *report,
                        mopt_error *err) {
-    sgpt s = {.h = h, .g = g, .damp = h->opt_float(o, "damp"), .q = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"),
-                                                                      h->opt_bool(o, "sym")}};
+    sgpt s = {.h = h, .g = g, .damp = h->opt_float(o, "damp"), .q = {.bits = (int32_t)h->opt_int(o, "bits"),
+                                                                      .group = (int32_t)h->opt_int(o, "group_size"),
+                                                                      .sym = h->opt_bool(o, "sym")}};
     if (s.q.bits) {
         mopt_status st = q_check_spec(h, "prune.sparsegpt", s.q, err);
         if (st) return st;

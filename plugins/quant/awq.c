@@ -12,7 +12,11 @@
  *   4. clip search (not for q/k): per output row and group, the max |w| shrunk
  *      by 0..45% in 10 steps, judged on 512 sampled tokens;
  *   5. round-to-nearest packing with AWQ's asymmetric grid.
- * The next block's input is the full-precision output, as in AutoAWQ. */
+ * The next block's input is the full-precision output, as in AutoAWQ.
+ * Onto GGUF blocks (gguf_type): the grid in steps 2 and 5 is the block type
+ * export.gguf gives each linear, quantized as llama-quantize does with an
+ * importance matrix (the mean x^2 of the cached inputs, divided by s^2 as the
+ * scaled inputs are); ggml's own scale search replaces the clip search. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,16 +94,21 @@ static mopt_status module_loss(calib *c, const agroup *gr, cache *in, cache *ref
     return MOPT_OK;
 }
 
-/* Fake-quantized W diag(s) / s, as an fp32 tensor named like the weight. */
-static mopt_tensor *trial_weight(const mopt_host_api *h, const qlinear *l, const float *W, const float *s, qspec sp,
-                                 mopt_error *err) {
+/* Fake-quantized W diag(s) / s, as an fp32 tensor named like the weight. ty >= 0: onto that GGUF block type,
+ * weighted by imp (the scaled inputs' mean x^2), when it is a grid; a linear the export alone quantizes keeps W. */
+static mopt_tensor *trial_weight(const mopt_host_api *h, const qlinear *l, const float *W, const float *s, qspec sp, int32_t ty,
+                                 const float *imp, mopt_error *err) {
     int64_t dims[2] = {l->out, l->in};
     mopt_tensor *t = h->tensor_new(l->wname, MOPT_DTYPE_F32, 2, dims, err);
     if (!t) return NULL;
     float *d = t->data;
     for (int64_t r = 0; r < l->out; r++)
         for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] = W[r * l->in + j] * s[j];
-    q_fake_quant(h, d, l->out, l->in, sp);
+    if (ty < 0) q_fake_quant(h, d, l->out, l->in, sp);
+    else if (q_gguf_grid(ty) && q_gguf_quantize(h, ty, d, l->out, l->in, imp, NULL, 1, err)) {
+        h->tensor_free(t);
+        return NULL;
+    }
     for (int64_t r = 0; r < l->out; r++)
         for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] /= s[j];
     return t;
@@ -107,16 +116,20 @@ static mopt_tensor *trial_weight(const mopt_host_api *h, const qlinear *l, const
 
 /* Searches the group's scales; returns them in best_s[width]. */
 static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, float **Wf, cache *in, cache *ref,
-                                 int32_t S, qspec sp, int duo, float *best_s, mopt_error *err) {
+                                 int32_t S, qspec sp, const int32_t *tys, int duo, float *best_s, mopt_error *err) {
     const mopt_host_api *h = c->h;
     const int64_t width = gr->width, ntok = (int64_t)S * c->L;
-    double *x_mean = calloc((size_t)width, sizeof *x_mean), *w_mean = calloc((size_t)width, sizeof *w_mean);
-    float *s = malloc((size_t)width * sizeof *s);
+    double *x_mean = calloc((size_t)width, sizeof *x_mean), *w_mean = calloc((size_t)width, sizeof *w_mean), *x_sq = calloc((size_t)width, sizeof *x_sq);
+    float *s = malloc((size_t)width * sizeof *s), *imp = malloc((size_t)width * sizeof *imp);
     mopt_status st = MOPT_OK;
-    if (!x_mean || !w_mean || !s) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
-    /* x_mean[j]: mean |x_j| over tokens */
+    if (!x_mean || !w_mean || !s || !x_sq || !imp) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
+    /* x_mean[j]: mean |x_j| over tokens; x_sq[j]: sum of x_j^2 (its mean weighs the GGUF blocks) */
     for (int64_t t = 0; !st && t < ntok; t++)
-        for (int64_t j = 0; j < width; j++) x_mean[j] += fabsf(in->data[t * width + j]);
+        for (int64_t j = 0; j < width; j++) {
+            const float x = in->data[t * width + j];
+            x_mean[j] += fabsf(x);
+            x_sq[j] += (double)x * x;
+        }
     for (int64_t j = 0; !st && j < width; j++) x_mean[j] /= (double)ntok;
     /* w_mean[j]: mean over the concatenated rows of |w| / (group max |w| + 1e-6) */
     int64_t rows = 0;
@@ -146,11 +159,12 @@ static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, 
         }
         const float norm = (float)sqrt(mx * mn);
         for (int64_t j = 0; j < width; j++) s[j] /= norm;
+        for (int64_t j = 0; j < width; j++) imp[j] = (float)(x_sq[j] / (double)ntok / ((double)s[j] * s[j]));
         /* swap the trial weights in, measure, swap the originals back */
         mopt_tensor *orig[AWQ_MAX_LIN] = {0};
         for (int32_t k = 0; k < gr->n_lin && !st; k++) {
-            mopt_tensor *t = trial_weight(h, &ls[gr->lin[k]], Wf[k], s, sp, err);
-            if (!t) st = MOPT_E_NOMEM;
+            mopt_tensor *t = trial_weight(h, &ls[gr->lin[k]], Wf[k], s, sp, tys[gr->lin[k]], imp, err);
+            if (!t) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM; /* err says which */
             else orig[k] = h->graph_swap_tensor(c->g, t, err);
         }
         double loss = INFINITY;
@@ -165,6 +179,8 @@ static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, 
     free(x_mean);
     free(w_mean);
     free(s);
+    free(x_sq);
+    free(imp);
     return st;
 }
 
@@ -249,6 +265,27 @@ static mopt_status fold_into_prev(const mopt_host_api *h, mopt_graph *g, const m
     return MOPT_OK;
 }
 
+/* A scaled linear onto its GGUF blocks, weighted by the mean x^2 of its (scaled) cached inputs in [ntok, in]; a type
+ * that is no grid keeps the scaled float weight for the export to quantize. */
+static mopt_status pack_gguf(const mopt_host_api *h, mopt_graph *g, const qlinear *lin, int32_t ty, float *W, const cache *in,
+                             int64_t ntok, mopt_error *err) {
+    if (!q_gguf_grid(ty)) return MOPT_OK;
+    const int64_t B = h->ggml_type_block(ty);
+    uint8_t *blocks = malloc((size_t)(lin->out * (lin->in / B) * h->ggml_type_block_bytes(ty)));
+    float *imp = in ? malloc((size_t)lin->in * sizeof *imp) : NULL;
+    double *sum = in ? calloc((size_t)lin->in, sizeof *sum) : NULL;
+    mopt_status st = !blocks || (in && (!imp || !sum)) ? h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory") : MOPT_OK;
+    for (int64_t t = 0; !st && sum && t < ntok; t++)
+        for (int64_t j = 0; j < lin->in; j++) sum[j] += (double)in->data[t * lin->in + j] * in->data[t * lin->in + j];
+    for (int64_t j = 0; !st && imp && j < lin->in; j++) imp[j] = (float)(sum[j] / (double)ntok);
+    if (!st) st = q_gguf_quantize(h, ty, W, lin->out, lin->in, imp, blocks, 0, err);
+    if (!st) st = q_replace(h, g, h->ggml_blocks_tensor(lin->wname, ty, lin->out, lin->in, blocks, err), err);
+    free(blocks);
+    free(imp);
+    free(sum);
+    return st;
+}
+
 static int find_lin(const qlinear **mine, int32_t k, int32_t role) {
     for (int32_t i = 0; i < k; i++)
         if (mine[i]->role == role) return i;
@@ -268,13 +305,26 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                                 "and activations");
         sp = (qspec){4, 16, 1, 0, 1};
     }
-    /* with nvfp4, clipping is searched per block of 16 (its scale's span), judged on NVFP4 fake quantization */
-    const int do_clip = h->opt_bool(o, "clip"), duo = h->opt_bool(o, "duo_scaling");
+    const char *gguf = h->opt_string(o, "gguf_type");
+    if (*gguf && (sp.nvfp4 || sp.act))
+        return h->error_set(err, MOPT_E_INVALID, "quant.awq", "gguf_type quantizes onto GGUF blocks: drop format=nvfp4 and activations");
+    /* with nvfp4, clipping is searched per block of 16 (its scale's span), judged on NVFP4 fake quantization; GGUF
+     * blocks search their own scales */
+    const int do_clip = h->opt_bool(o, "clip") && !*gguf, duo = h->opt_bool(o, "duo_scaling");
     qlinear *ls;
     int32_t n;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;
+    int32_t *tys = malloc((size_t)n * sizeof *tys); /* each linear's GGUF block type, or -1 (integer grid) */
+    if (!tys) {
+        free(ls);
+        return h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
+    }
+    /* llama-quantize's layout with an importance matrix (a calibrated file is compared with that one): Q4_0 and Q5_0
+     * give the first eighth of ffn_down Q4_1 / Q5_1, which are no grid here and are left to the export */
+    for (int32_t i = 0; i < n; i++) tys[i] = *gguf ? h->gguf_weight_type(g, gguf, ls[i].wname, 1) : -1;
     if (sp.nvfp4 && (st = q_check_whole_blocks(h, "quant.awq", ls, n, err))) {
         free(ls);
+        free(tys);
         return st;
     }
     int64_t before, after, weights;
@@ -283,6 +333,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     calib c;
     if ((st = calib_init(&c, h, ctx, g, o, (int64_t)a->n_layers * 3, err))) {
         free(ls);
+        free(tys);
         return st;
     }
     const int32_t S = (int32_t)(h->opt_int(o, "search_samples") < c.N ? h->opt_int(o, "search_samples") : c.N);
@@ -364,7 +415,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             if (!st && !scales[i]) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
             if (!st)
                 st = search_scales(&c, &grs[i], ls, Wf, find_cache(cs, nc, grs[i].in_value),
-                                   find_cache(cs, nc, grs[i].out_value), S, sp, duo, scales[i], err);
+                                   find_cache(cs, nc, grs[i].out_value), S, sp, tys, duo, scales[i], err);
             for (int32_t m = 0; m < grs[i].n_lin; m++) free(Wf[m]);
         }
         calib_tick(&c);
@@ -409,6 +460,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         if (!st && sp.nvfp4) q_shared_input_amax(h, g, held, k, own, shared);
         for (int32_t m = 0; m < k && !st; m++) {
             const qlinear *lin = mine[m];
+            if (*gguf) {
+                st = pack_gguf(h, g, lin, tys[lin - ls], Ws[m], find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]), (int64_t)S * c.L, err);
+                continue;
+            }
             st = sp.nvfp4 ? q_replace(h, g, h->mxfp_quantize_shared(lin->wname, MOPT_MXFP_NVFP4, lin->out, lin->in, Ws[m], shared[m], 0, 0.0f, err), err)
                           : q_rtn_install(h, g, lin, sp, Ws[m], "quant.awq", err);
         }
@@ -421,11 +476,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     calib_free(&c);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        st = q_report(h, report, g, o, sp.nvfp4 ? "awq-nvfp4" : "awq", sp, before, after, weights, n, err);
+        st = q_report(h, report, g, o, *gguf ? "awq-gguf" : sp.nvfp4 ? "awq-nvfp4" : "awq", sp, before, after, weights, n, err);
         h->report_metric(report, "scale_groups", n_groups_applied);
         h->report_metric(report, "search_samples", S);
+        if (*gguf) h->report_string(report, "gguf_type", gguf);
     }
     free(ls);
+    free(tys);
     return st;
 }
 
@@ -440,6 +497,11 @@ static const mopt_opt_spec opts[] = {
     {"clip", MOPT_OPT_BOOL, 0, "search per-group clipping after scaling (AutoAWQ's apply_clip)", "true", 0, -1, NULL},
     {"search_samples", MOPT_OPT_INT, 0, "calibration windows used to judge scales and clipping", "64", 1, 4096, NULL},
     {"duo_scaling", MOPT_OPT_BOOL, 0, "AutoAWQ's x_mean^r / w_mean^(1-r) instead of llm-awq's x_mean^r", "false", 0, -1, NULL},
+    {"gguf_type", MOPT_OPT_ENUM, 0,
+     "search the scales on the GGUF block type export.gguf<type=T;imatrix=...> gives each linear (q4_0, q8_0, k-quants and their mixes), "
+     "quantized as llama-quantize does with an importance matrix, and store those blocks; export with the same type "
+     "(bits, group_size and clip are ignored)",
+     "", 0, -1, q_gguf_types},
     Q_CALIB_OPTS(1),
 };
 

@@ -259,6 +259,31 @@ void q_fake_quant(const mopt_host_api *h, float *W, int64_t out, int64_t in, qsp
         }
 }
 
+const char *const q_gguf_types[] = {"",       "q4_0",   "q8_0",   "q2_k",   "q2_k_s", "q3_k",   "q3_k_s", "q3_k_m", "q3_k_l", "q4_k",
+                                     "q5_k",   "q6_k",   "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", NULL};
+
+int q_gguf_grid(int32_t ty) { return ty == 2 || ty == 8 || (ty >= 10 && ty <= 14); }
+
+mopt_status q_gguf_quantize(const mopt_host_api *h, int32_t ty, float *W, int64_t out, int64_t in, const float *imp, uint8_t *blocks,
+                            int decode, mopt_error *err) {
+    const int64_t B = h->ggml_type_block(ty), bytes = h->ggml_type_block_bytes(ty);
+    if (!q_gguf_grid(ty) || B <= 0 || in % B)
+        return h->error_set(err, MOPT_E_INVALID, "quant", "ggml type %d: not a block grid for rows of %lld", (int)ty, (long long)in);
+    uint8_t one[256];
+    float per_d[256], per_dmin[256], sc[2];
+    for (int64_t r = 0; r < out; r++)
+        for (int64_t b = 0; b < in / B; b++) {
+            float *x = W + r * in + b * B;
+            uint8_t *blk = blocks ? blocks + (r * (in / B) + b) * bytes : one;
+            mopt_status st = h->ggml_quantize_block(ty, x, imp ? imp + b * B : NULL, blk, err);
+            if (st) return st;
+            if (!decode) continue;
+            const int P = h->ggml_block_basis(ty, blk, per_d, per_dmin, sc); /* decodes to d * per_d + dmin * per_dmin */
+            for (int64_t j = 0; j < B; j++) x[j] = sc[0] * per_d[j] + (P > 1 ? sc[1] * per_dmin[j] : 0.0f);
+        }
+    return MOPT_OK;
+}
+
 mopt_status q_replace(const mopt_host_api *h, mopt_graph *g, mopt_tensor *t, mopt_error *err) {
     if (!t) return err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
     mopt_status st = h->graph_replace_tensor(g, t, err);

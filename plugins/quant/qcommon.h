@@ -97,6 +97,17 @@ mopt_status q_rtn_install(const mopt_host_api *h, mopt_graph *g, const qlinear *
 mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *name, int32_t ndim, const int64_t *dims,
                           const float *data, mopt_error *err);
 
+/* GGUF block grids (gguf_type of quant.gptq and quant.awq): the option's values, export.gguf's types and mixes
+ * the calibrated passes can target. */
+extern const char *const q_gguf_types[];
+/* 1 when ggml type ty is a grid they quantize onto: Q4_0, Q8_0, Q2_K ... Q6_K (others are left to the export). */
+int q_gguf_grid(int32_t ty);
+/* W [out, in] (rows of whole blocks) onto blocks of ty as export.gguf quantizes them, weighted by imp[in] (an
+ * importance matrix's row; NULL: unweighted): into blocks when not NULL, and W replaced by what they decode to
+ * when decode. */
+mopt_status q_gguf_quantize(const mopt_host_api *h, int32_t ty, float *W, int64_t out, int64_t in, const float *imp, uint8_t *blocks,
+                            int decode, mopt_error *err);
+
 /* Storage bytes and element count of the target linears' weights as they stand. */
 void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, int64_t *bytes, int64_t *weights);
 /* method, bits, group_size, weight_bytes(_baseline), bits_per_weight, layers,

@@ -3,7 +3,7 @@
 
 Greedy answers equal `mopt generate` token for token, streamed or not; chat;
 eight clients at once; bad input answered with HTTP errors and the server
-still healthy; a thousand simultaneous connections; the A/B split, sticky
+still healthy; a whole answer whose client left is dropped; a thousand simultaneous connections; the A/B split, sticky
 keys and /admin/split; a candidate that fails its shadow-agreement gate is
 rolled back while the server keeps serving; SIGTERM drains a running request
 and exits 0.
@@ -225,6 +225,32 @@ def test_bad_input(srv):
     print("bad input gets HTTP 400/404/405/413 with OpenAI error bodies; the server stays healthy")
 
 
+def test_abandoned_whole_answer_is_dropped(srv):
+    """A client that closes its socket while its whole (not streamed) answer is generated: the engine drops the
+    request (counted as cancelled) instead of running it to max_tokens for nobody."""
+    def requests(outcome):
+        st, _, b = request(srv.url + "/metrics")
+        check(st == 200, "/metrics answers")
+        return sum(float(line.split()[-1]) for line in b.decode().splitlines()
+                   if line.startswith("mopt_requests_total{") and f'outcome="{outcome}"' in line)
+
+    before, ok_before = requests("cancelled"), requests("ok")
+    body = json.dumps(dict(prompt=PROMPTS[0], max_tokens=480, temperature=0)).encode()
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(0.2)  # read, admitted and generating: the connection now sleeps until the answer is whole
+    s.close()
+    deadline = time.time() + 30
+    while requests("cancelled") < before + 1:
+        check(requests("ok") == ok_before, "the abandoned request ran to its end instead of being dropped")
+        check(time.time() < deadline, "the abandoned request was not dropped within 30 s")
+        time.sleep(0.02)
+    check(requests("ok") == ok_before, "the abandoned request was answered as well as dropped")
+    completion(srv, PROMPTS[1], 4)  # the engine serves on
+    print("a whole answer whose client left was dropped, the server serves on")
+
+
 def test_thousand_connections(srv):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 4096)
@@ -385,6 +411,7 @@ def main():
         test_chat_and_stop(srv)
         test_concurrent_clients(srv)
         test_bad_input(srv)
+        test_abandoned_whole_answer_is_dropped(srv)
         test_thousand_connections(srv)
         check(srv.stop() == 0, "exit 0 on SIGTERM")
     finally:

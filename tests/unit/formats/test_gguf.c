@@ -164,6 +164,16 @@ static uint32_t tensor_type(const unsigned char *d, const char *name) {
     return t;
 }
 
+/* The ggml type of tensor `name` in the GGUF file at path. */
+static uint32_t file_tensor_type(const char *path, const char *name) {
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    assert_non_null(d);
+    const uint32_t t = tensor_type(d, name);
+    free(d);
+    return t;
+}
+
 /* llama-quantize's mixes on an 8-layer LLaMA with 2 query heads per KV head, from llama_tensor_get_type's rules
  * worked by hand: use_more_bits(i, 8) holds for layers 0, 3, 6 and 7 (Q4_K_M / Q5_K_M give attn_v and ffn_down
  * Q6_K there); Q4_K_S gives attn_v Q5_K in layers 0-3 and ffn_down Q5_K in layer 0 (i < 8/8); Q2_K gives attn_v
@@ -464,30 +474,56 @@ static void test_cli_quantize_to_gguf_and_eval(void **s) {
              MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
     /* a type mopt does not write is named in the error */
-    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type iq4_nl --quiet 2>&1 | grep -q 'iq4_nl'",
+    snprintf(cmd, sizeof cmd, "%s export '%s/models/lit-llama-7m' -o '%s/x.gguf' --format gguf --type iq2_xs --quiet 2>&1 | grep -q 'iq2_xs'",
              MOPT_CLI, test_shared_dir(), dir);
     assert_int_equal(system(cmd), 0);
-    /* rows of 128 (GPT-2 1m) are no whole Q2_K block: llama-quantize would write IQ4_NL, mopt stops and says so, no file left */
+    /* rows of 128 (GPT-2 1m) are no whole Q2_K block: as llama-quantize, those tensors go out as IQ4_NL (its blocks
+     * are checked against llama-quantize's in test_blocks_equal_llama_quantize_bytes); rows of 512 keep the mix's
+     * Q3_K; the file loads (IQ4_NL decoded to f32) and evaluates */
     snprintf(cmd, sizeof cmd,
-             "out=$(%s export '%s/models/lit-gpt2-1m' -o '%s/g2.gguf' --format gguf --type q2_k --quiet 2>&1); st=$?; "
-             "[ $st -ne 0 ] && echo \"$out\" | grep -q 'IQ4_NL' && [ $(echo \"$out\" | wc -l) -eq 1 ] && [ ! -e '%s/g2.gguf' ]",
-             MOPT_CLI, test_shared_dir(), dir, dir);
+             "%s export '%s/models/lit-gpt2-1m' -o '%s/g2.gguf' --format gguf --type q2_k --quiet && "
+             "%s eval '%s/g2.gguf' --data '%s/data/lit-val.txt' --limit-tokens 2048 --quiet | grep -q '^ppl '",
+             MOPT_CLI, test_shared_dir(), dir, MOPT_CLI, dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    /* --method gptq: GPTQ onto the type's blocks, no importance matrix file; the file loads with its k-quant blocks packed */
+    char g2f[1400], g2d[1400], g2r[1400];
+    snprintf(g2f, sizeof g2f, "%s/g2.gguf", dir), snprintf(g2d, sizeof g2d, "%s/g2-dec.gguf", dir), snprintf(g2r, sizeof g2r, "%s/g2-f32.gguf", dir);
+    assert_int_equal(file_tensor_type(g2f, "blk.0.attn_qkv.weight"), 20);
+    assert_int_equal(file_tensor_type(g2f, "blk.1.ffn_up.weight"), 20);
+    assert_int_equal(file_tensor_type(g2f, "blk.0.ffn_down.weight"), 11);
+    /* the independent reader decodes the IQ4_NL tensors to what mopt decodes, and within Q3_K's bound of the f32 weights */
     snprintf(cmd, sizeof cmd,
-             "%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
-             "--calib-samples 2 --quiet && [ ! -e '%s/gq-cli.gguf.imatrix.dat' ] && "
-             "%s info '%s/gq-cli.gguf' | grep -q '^  kquant'",
-             MOPT_CLI, test_shared_dir(), dir, test_shared_dir(), dir, MOPT_CLI, dir);
+             "%s export '%s' -o '%s' --format gguf --type f32 --force --quiet && %s export '%s/models/lit-gpt2-1m' -o '%s' --format gguf "
+             "--type f32 --force --quiet",
+             MOPT_CLI, g2f, g2d, MOPT_CLI, test_shared_dir(), g2r);
     assert_int_equal(system(cmd), 0);
+    assert_int_equal(reader(g2f, g2d, 0), 0);
+    assert_int_equal(reader(g2f, g2r, 0.2), 0);
+    /* --method gptq / awq: GPTQ or AWQ onto the type's blocks; GPTQ leaves no importance matrix file, AWQ computes one on
+     * its model afterwards for what it leaves (kept, as --calib alone keeps it); the files load with their blocks packed */
+    static const struct {
+        const char *method, *type, *file, *imatrix_test, *kind;
+    } calibrated[] = {{"gptq", "q4_k_m", "gq-cli.gguf", "!", "kquant"}, {"awq", "q4_0", "aq-cli.gguf", "", "qint"}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "%s export '%s/models/lit-llama-7m' -o '%s/%s' --format gguf --type %s --method %s --calib '%s/data/lit-train.txt' "
+                 "--calib-samples 2 --quiet && [ %s -e '%s/%s.imatrix.dat' ] && %s info '%s/%s' | grep -q '^  %s'",
+                 MOPT_CLI, test_shared_dir(), dir, calibrated[i].file, calibrated[i].type, calibrated[i].method, test_shared_dir(),
+                 calibrated[i].imatrix_test, dir, calibrated[i].file, MOPT_CLI, dir, calibrated[i].file, calibrated[i].kind);
+        assert_int_equal(system(cmd), 0);
+    }
     /* the file exists now: refused before GPTQ runs (no progress printed), in one line */
     snprintf(cmd, sizeof cmd,
              "out=$(%s export '%s/models/lit-llama-7m' -o '%s/gq-cli.gguf' --format gguf --type q4_k_m --method gptq --calib '%s/data/lit-train.txt' "
              "--calib-samples 2 2>&1); st=$?; [ $st -eq 2 ] && echo \"$out\" | grep -q 'already exists' && [ $(echo \"$out\" | wc -l) -eq 1 ]",
              MOPT_CLI, test_shared_dir(), dir, test_shared_dir());
     assert_int_equal(system(cmd), 0);
-    /* AWQ onto the blocks is not built, and GPTQ needs its calibration text: each said in one line, no file written */
-    const char *bad[] = {"--method awq --calib x.txt", "--method gptq"};
+    /* AWQ's file is in llama-quantize's layout with an importance matrix: Q4_0, the first eighth of ffn_down Q4_1 */
+    snprintf(cmd, sizeof cmd, "%s/aq-cli.gguf", dir);
+    assert_int_equal(file_tensor_type(cmd, "blk.0.ffn_down.weight"), 3);
+    assert_int_equal(file_tensor_type(cmd, "blk.1.ffn_down.weight"), 2);
+    assert_int_equal(file_tensor_type(cmd, "blk.0.attn_q.weight"), 2);
+    /* a method with no GGUF grid, and AWQ without its calibration text: each said in one line, no file written */
+    const char *bad[] = {"--method smoothquant --calib x.txt", "--method awq"};
     for (int i = 0; i < 2; i++) {
         snprintf(cmd, sizeof cmd,
                  "out=$(%s export '%s/models/lit-llama-7m' -o '%s/m.gguf' --format gguf --type q4_0 %s 2>&1); st=$?; "
@@ -536,7 +572,7 @@ static void test_blocks_equal_llama_quantize_bytes(void **s) {
         int32_t type;
     } types[] = {{"q4_0", MOPT_GGML_Q4_0}, {"q4_1", MOPT_GGML_Q4_1}, {"q5_0", MOPT_GGML_Q5_0}, {"q5_1", MOPT_GGML_Q5_1},
                  {"q8_0", MOPT_GGML_Q8_0}, {"q2_k", MOPT_GGML_Q2_K}, {"q3_k", MOPT_GGML_Q3_K}, {"q4_k", MOPT_GGML_Q4_K},
-                 {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}};
+                 {"q5_k", MOPT_GGML_Q5_K}, {"q6_k", MOPT_GGML_Q6_K}, {"iq4_nl", MOPT_GGML_IQ4_NL}};
     for (int weighted = 0; weighted < 2; weighted++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
             size_t nb;
@@ -678,6 +714,58 @@ static void test_gptq_descent_brings_blocks_closer_to_the_float_model(void **s) 
     }
     fprintf(stderr, "q4_k_m GPTQ on layer 1, KL to the float model on 8k tokens of lit-val: sweep %.6f, with the descent %.6f\n", kl[0], kl[1]);
     assert_true(kl[0] > 0);
+    assert_true(kl[1] < kl[0]);
+}
+
+/* quant.awq<gguf_type=q4_0> on layer 1: its linears become Q4_0 blocks (the QINT symmetric groups of 32 export.gguf
+ * writes as Q4_0), and with AWQ's scales searched on those blocks and the blocks weighted by the calibration inputs,
+ * the model is closer to the float one (KL on lit-val text the calibration never saw) than with the Q4_0 blocks
+ * llama-quantize writes without calibration (ggml's quantize_row_q4_0 of the same weights). */
+static void test_awq_onto_gguf_blocks_beats_uncalibrated_blocks(void **s) {
+    REQUIRE_SHARED();
+    static const char *const lin[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    char text[4096], calib[1024], val[1024], base[1024], name[128];
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    test_shared_path(val, sizeof val, "data/lit-val.txt");
+    test_shared_path(base, sizeof base, "models/lit-llama-7m");
+    double kl[2];
+    for (int awq = 0; awq < 2; awq++) {
+        mopt_model *m = test_load_model("models/lit-llama-7m");
+        mopt_graph *g = mopt_model_graph(m);
+        mopt_error err = {0};
+        for (int i = 0; i < 7 && !awq; i++) { /* the uncalibrated blocks, row by row as llama-quantize makes them */
+            snprintf(name, sizeof name, "model.layers.1.%s.weight", lin[i]);
+            const mopt_tensor *t = mopt_graph_find_tensor(g, name);
+            const int64_t rows = t->ne[1], cols = t->ne[0], rb = cols / 32 * mopt_ggml_type_block_bytes(2);
+            float *row = malloc((size_t)cols * sizeof *row);
+            uint8_t *blocks = malloc((size_t)(rows * rb));
+            for (int64_t r = 0; r < rows; r++) {
+                assert_int_equal(mopt_weight_row_f32(t, r, row, &err), MOPT_OK);
+                assert_int_equal(mopt_ggml_quantize_row(2, row, cols, blocks + r * rb, &err), MOPT_OK);
+            }
+            assert_int_equal(mopt_graph_replace_tensor(g, mopt_ggml_blocks_tensor(name, 2, rows, cols, blocks, &err), &err), MOPT_OK);
+            free(row);
+            free(blocks);
+        }
+        snprintf(text, sizeof text, "%s%s%s%seval.compare<baseline=%s;data=%s;limit_tokens=8192;bootstrap=0>",
+                 awq ? "quant.awq<gguf_type=q4_0;only=*layers.1.*;calib=" : "", awq ? calib : "",
+                 awq ? ";calib_samples=16;calib_len=256>" : "", awq ? "," : "", base, val);
+        mopt_report *r = test_run_pipeline(m, text);
+        kl[awq] = mopt_report_get_metric(r, "kl_mean");
+        for (int i = 0; i < 7; i++) {
+            snprintf(name, sizeof name, "model.layers.1.%s.weight", lin[i]);
+            const mopt_tensor *t = mopt_graph_find_tensor(g, name);
+            assert_int_equal(t->dtype, MOPT_DTYPE_QINT);
+            assert_int_equal(t->quant->bits, 4);
+            assert_int_equal(t->quant->group_size, 32);
+        }
+        assert_int_not_equal(mopt_graph_find_tensor(g, "model.layers.0.mlp.down_proj.weight")->dtype, MOPT_DTYPE_QINT);
+        mopt_report_free(r);
+        mopt_model_free(m);
+    }
+    fprintf(stderr, "q4_0 on layer 1, KL to the float model on 8k tokens of lit-val: llama-quantize's blocks %.6f, AWQ's %.6f\n", kl[0], kl[1]);
+    assert_true(kl[1] > 0);
     assert_true(kl[1] < kl[0]);
 }
 
@@ -1128,6 +1216,7 @@ int main(void) {
         cmocka_unit_test(test_direct_error_weights_reproduce_llama_quantize_imatrix_blocks),
         cmocka_unit_test(test_gptq_onto_gguf_blocks_exports_them_as_they_are),
         cmocka_unit_test(test_gptq_descent_brings_blocks_closer_to_the_float_model),
+        cmocka_unit_test(test_awq_onto_gguf_blocks_beats_uncalibrated_blocks),
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),

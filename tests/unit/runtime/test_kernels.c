@@ -319,8 +319,9 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
 }
 
 /* The k-quant decode kernels of every set (Q2_K ... Q6_K rows against int8 x per 256, as llama.cpp's
- * Q8_K) against float64 over the rows as mopt_weight_row_f32 decodes them: random bytes are valid blocks once d and
- * dmin are finite, so every scale, min and level pattern occurs; 5 rows of 3 super-blocks. */
+ * Q8_K) against float64 over the rows as mopt_weight_row_f32 decodes them, and each set's widening for prefill
+ * bit for bit against those rows: random bytes are valid blocks once d and dmin are finite, so every scale, min
+ * and level pattern occurs; 5 rows of 3 super-blocks. */
 static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
     static const int bits[] = {2, 3, 4, 5, 6};
     enum { ROWS = 5, NSB = 3, IN = 256 * NSB };
@@ -359,6 +360,13 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
                 bits[bi] == 2 ? sets[k]->gemv_q2k_q8 : bits[bi] == 3 ? sets[k]->gemv_q3k_q8 : bits[bi] == 4 ? sets[k]->gemv_q4k_q8
                 : bits[bi] == 5 ? sets[k]->gemv_q5k_q8 : sets[k]->gemv_q6k_q8;
             f(blocks, (size_t)NSB * (size_t)bb, ROWS, xq, xd, xs16, NSB, y);
+            for (int r = 0; r < ROWS; r++) { /* the prefill's widening: the very floats the row decodes to */
+                float wide[IN];
+                sets[k]->dequant_kquant(blocks + (size_t)r * NSB * (size_t)bb, bits[bi], NSB, wide);
+                assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
+                if (memcmp(wide, row, sizeof row)) fprintf(stderr, "%s q%d_k row %d: widened values differ\n", sets[k]->name, bits[bi], r);
+                assert_memory_equal(wide, row, sizeof row);
+            }
             for (int r = 0; r < ROWS; r++) {
                 if (fabs(y[r] - ref[r]) > 1e-6 * mag[r] + 1e-6)
                     fprintf(stderr, "%s q%d_k row %d: %.9g against %.9g\n", sets[k]->name, bits[bi], r, y[r], ref[r]);

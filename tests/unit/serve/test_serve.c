@@ -4,6 +4,8 @@
  * requests must each get exactly the greedy text of their sequence run alone. */
 #include <jansson.h>
 #include <math.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "serve.h"
 #include "testutil.h"
@@ -57,6 +59,31 @@ static void test_an_unfinished_utf8_character_is_held_back_and_dropped_at_the_en
     srv_request_finish(r, SRV_LENGTH, NULL); /* the half € never becomes text */
     assert_string_equal(r->text.s, "caf\xC3\xA9 ");
     assert_int_equal(r->visible, 6);
+    srv_request_unref(r);
+}
+
+/* A waiting whole answer's client: gone once the peer closed its socket (what the engine drops), not while it is
+ * open, idle or with bytes of a next request pending, nor without a socket; cancelled is gone either way. */
+static void test_a_request_is_gone_when_its_waiting_client_closed_the_socket(void **state) {
+    (void)state;
+    srv_request *r = srv_request_new();
+    assert_non_null(r);
+    assert_false(srv_request_gone(r)); /* no socket */
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    r->peer_fd = sv[0];
+    assert_false(srv_request_gone(r)); /* open, idle */
+    assert_int_equal(write(sv[1], "GET", 3), 3);
+    assert_false(srv_request_gone(r)); /* a pipelined request pending: the peek leaves it */
+    char b[3];
+    assert_int_equal(read(sv[0], b, 3), 3);
+    close(sv[1]);
+    assert_true(srv_request_gone(r)); /* the peer closed */
+    r->peer_fd = -1;
+    assert_false(srv_request_gone(r));
+    r->cancelled = true;
+    assert_true(srv_request_gone(r));
+    close(sv[0]);
     srv_request_unref(r);
 }
 
@@ -311,6 +338,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_partial),
         cmocka_unit_test(test_an_unfinished_utf8_character_is_held_back_and_dropped_at_the_end),
+        cmocka_unit_test(test_a_request_is_gone_when_its_waiting_client_closed_the_socket),
         cmocka_unit_test(test_the_router_sends_the_split_and_keeps_keys_on_one_arm),
         cmocka_unit_test(test_requests_are_checked_field_by_field),
         cmocka_unit_test(test_metrics_are_prometheus_text_with_cumulative_buckets),
