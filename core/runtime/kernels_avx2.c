@@ -315,16 +315,7 @@ void mopt_gemv_q3k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
     }
 }
 
-/* 32 level bytes times ds minus dm, 8 at a time: the scalar decoding's own two roundings */
-static inline void kq_widen32(__m256i q, float ds, float dm, float *dst) {
-    const __m256 vs = _mm256_set1_ps(ds), vm = _mm256_set1_ps(dm);
-    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-    for (int p = 0; p < 4; p++)
-        _mm256_storeu_ps(dst + 8 * p, _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), vs), vm));
-}
-
-/* 16 level bytes (signed ones when sgn) times ds minus dm, as kq_widen32 */
+/* 16 level bytes (signed ones when sgn) times ds minus dm, 8 at a time: the scalar decoding's own two roundings */
 static inline void kq_widen16(__m128i q, int sgn, float ds, float dm, float *dst) {
     const __m256 vs = _mm256_set1_ps(ds), vm = _mm256_set1_ps(dm);
     const __m128i parts[2] = {q, _mm_srli_si128(q, 8)};
@@ -332,6 +323,12 @@ static inline void kq_widen16(__m128i q, int sgn, float ds, float dm, float *dst
         const __m256i w = sgn ? _mm256_cvtepi8_epi32(parts[p]) : _mm256_cvtepu8_epi32(parts[p]);
         _mm256_storeu_ps(dst + 8 * p, _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(w), vs), vm));
     }
+}
+
+/* 32 (unsigned) level bytes, one scale and min */
+static inline void kq_widen32(__m256i q, float ds, float dm, float *dst) {
+    kq_widen16(_mm256_castsi256_si128(q), 0, ds, dm, dst);
+    kq_widen16(_mm256_extracti128_si256(q, 1), 0, ds, dm, dst + 16);
 }
 
 /* Q2_K: (d sc) q - dmin m per 16; Q3_K: (d (sc - 32)) (q - 4) per 16, q's third bit from hmask (bit 4n + k of byte
