@@ -1227,5 +1227,5 @@ int main(void) {
         cmocka_unit_test(test_gguf_mutations_fail_cleanly),
         cmocka_unit_test(test_cli_quantize_to_gguf_and_eval),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

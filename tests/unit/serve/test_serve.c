@@ -346,5 +346,5 @@ int main(void) {
         cmocka_unit_test(test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests),
         cmocka_unit_test(test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -309,5 +309,5 @@ int main(void) {
         cmocka_unit_test(test_truncated_llama2c_tokenizer_is_refused),
         cmocka_unit_test(test_invalid_utf8_text_is_refused),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }
