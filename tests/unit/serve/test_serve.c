@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "jinja.h"
 #include "serve.h"
 #include "testutil.h"
 
@@ -334,6 +335,171 @@ static void test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one
     mopt_model_free(m);
 }
 
+/* ---- chat templates ------------------------------------------------------ */
+
+/* Every template and conversation of tests/fixtures/chat_templates.json
+ * renders to the text jinja2 rendered (make_chat_templates.py), byte for
+ * byte, or fails with the message the template raised. */
+static void test_chat_templates_render_what_jinja2_renders(void **state) {
+    (void)state;
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/chat_templates.json", 0, &je);
+    assert_non_null(fx);
+    json_t *templates = json_object_get(fx, "templates"), *cases = json_object_get(fx, "cases");
+    assert_true(json_array_size(cases) >= 60);
+    size_t i, same = 0, raised = 0;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *name = json_string_value(json_object_get(c, "template"));
+        json_t *src = json_object_get(templates, name);
+        char msg[512] = "";
+        jinja_template *t = jinja_parse(json_string_value(src), json_string_length(src), msg, sizeof msg);
+        if (!t) fprintf(stderr, "%s: %s\n", name, msg);
+        assert_non_null(t);
+        char *out = jinja_render(t, json_object_get(c, "variables"), msg, sizeof msg);
+        json_t *want = json_object_get(c, "expected"), *error = json_object_get(c, "error");
+        if (want) {
+            if (!out || strcmp(out, json_string_value(want)))
+                fprintf(stderr, "%s / %s:\n--- jinja2\n%s\n--- mopt\n%s\n", name,
+                        json_string_value(json_object_get(c, "conversation")), json_string_value(want), out ? out : msg);
+            assert_non_null(out);
+            assert_string_equal(out, json_string_value(want));
+            same++;
+        } else {
+            assert_null(out);
+            if (!strstr(msg, json_string_value(error))) fprintf(stderr, "%s: '%s' lacks '%s'\n", name, msg, json_string_value(error));
+            assert_non_null(strstr(msg, json_string_value(error)));
+            assert_null(strchr(msg, '\n'));
+            raised++;
+        }
+        free(out);
+        jinja_free(t);
+    }
+    printf("%zu renderings equal jinja2's, %zu raised its message\n", same, raised);
+    assert_true(raised >= 5);
+    json_decref(fx);
+}
+
+/* A template that is wrong, or that runs away, gets a one-line message
+ * naming the line, never a crash or a hang: templates come from checkpoints. */
+static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
+    (void)state;
+    static const struct {
+        const char *src, *want;
+    } bad[] = {
+        {"{{ messages", "line 1: a tag is not closed"},
+        {"a\n{% if x %}b", "line 2: the template ended inside a block (missing '{% endif %}')"},
+        {"{% for %}", "expected one or two loop variable names"},
+        {"{% macro m() %}{% endmacro %}", "'macro' is not a statement"},
+        {"x\n\n{{ 'abc }}", "line 3: a string is not closed"},
+        {"{# open", "a comment is not closed"},
+        {"{{ a $ b }}", "unexpected character '$'"},
+        {"{% break %}", "'break' outside a loop"},
+        {"{{ [1, 2 3] }}", "expected ','"},
+        {"{{ [1, 2 }}", "a tag is not closed"},
+        {"{% endfor %}", "'endfor' is not a statement"},
+    };
+    char msg[512];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        msg[0] = 0;
+        jinja_template *t = jinja_parse(bad[i].src, strlen(bad[i].src), msg, sizeof msg);
+        if (t || !strstr(msg, bad[i].want)) fprintf(stderr, "%s: '%s' lacks '%s'\n", bad[i].src, msg, bad[i].want);
+        assert_null(t);
+        assert_non_null(strstr(msg, bad[i].want));
+    }
+    /* nesting beyond the limit is refused, not a stack overflow */
+    char deep[4096];
+    size_t k = (size_t)snprintf(deep, sizeof deep, "{{ ");
+    for (int i = 0; i < 1000; i++) deep[k++] = '(';
+    deep[k++] = '1';
+    for (int i = 0; i < 1000; i++) deep[k++] = ')';
+    strcpy(deep + k, " }}");
+    assert_null(jinja_parse(deep, strlen(deep), msg, sizeof msg));
+    assert_non_null(strstr(msg, "nested too deeply"));
+    /* errors at render time */
+    static const struct {
+        const char *src, *want;
+    } fail[] = {
+        {"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran for too long"},
+        {"{{ range(10000000) }}", "range of more than"},
+        {"{{ x.y }}", "'y' of an undefined value"},
+        {"{{ 1 + 'a' }}", "unsupported operand types for +: 'int' and 'str'"},
+        {"{{ [1][5] }}", "list index out of range"},
+        {"{{ 1 // 0 }}", "division by zero"},
+        {"{% set m = {} %}{% set m.x = 1 %}", "'m' is not a namespace()"},
+        {"x\n{{ raise_exception('no\nway') }}", "line 2: no way"},
+        {"{{ messages | bogus }}", "filter 'bogus'"},
+        /* values that grow in a loop */
+        {"{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "longer than 16 MiB"},
+        {"{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "longer than 16 MiB"},
+        {"{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = [ns.l] %}{% endfor %}", "nested too deeply"},
+        {"{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "ran for too long"},
+        {"{% set ns = namespace(l=['x' * 1]) %}", "unsupported operand types for *: 'str' and 'int'"},
+    };
+    json_t *vars = json_pack("{s[]}", "messages");
+    for (size_t i = 0; i < sizeof fail / sizeof *fail; i++) {
+        jinja_template *t = jinja_parse(fail[i].src, strlen(fail[i].src), msg, sizeof msg);
+        assert_non_null(t);
+        msg[0] = 0;
+        char *out = jinja_render(t, vars, msg, sizeof msg);
+        if (out || !strstr(msg, fail[i].want)) fprintf(stderr, "%s: '%s' lacks '%s'\n", fail[i].src, msg, fail[i].want);
+        assert_null(out);
+        assert_non_null(strstr(msg, fail[i].want));
+        assert_null(strchr(msg, '\n'));
+        jinja_free(t);
+    }
+    json_decref(vars);
+}
+
+/* The template comes from tokenizer_config.json (a string, or the "default"
+ * of a list) with its special tokens, strings or AddedToken objects; a config
+ * without one says so; a broken one is an error, not the plain format. */
+static void test_the_chat_template_and_its_tokens_come_from_the_tokenizer_config(void **state) {
+    (void)state;
+    static const char cfg[] = "{\"bos_token\": {\"content\": \"<s>\", \"lstrip\": false}, \"eos_token\": \"</s>\","
+                              " \"chat_template\": \"{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}"
+                              "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}\"}";
+    char msg[512];
+    bool none;
+    srv_chat *c = srv_chat_new(cfg, strlen(cfg), NULL, 0, &none, msg, sizeof msg);
+    assert_non_null(c);
+    json_t *msgs = json_pack("[{ssss}{ssss}]", "role", "system", "content", "Be brief.", "role", "user", "content", "Hi");
+    char *out = srv_chat_render(c, msgs, msg, sizeof msg);
+    assert_string_equal(out, "<s>[system] Be brief.</s>[user] Hi</s>[assistant]");
+    free(out);
+    srv_chat_free(c);
+    /* a file's template replaces the config's, with the config's tokens */
+    static const char file[] = "{{ eos_token }}{{ messages | length }}";
+    c = srv_chat_new(cfg, strlen(cfg), file, strlen(file), &none, msg, sizeof msg);
+    assert_non_null(c);
+    out = srv_chat_render(c, msgs, msg, sizeof msg);
+    assert_string_equal(out, "</s>2");
+    free(out);
+    srv_chat_free(c);
+    static const char listed[] = "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"},"
+                                 " {\"name\": \"default\", \"template\": \"D{{ messages[0].content }}\"}]}";
+    c = srv_chat_new(listed, strlen(listed), NULL, 0, &none, msg, sizeof msg);
+    assert_non_null(c);
+    out = srv_chat_render(c, msgs, msg, sizeof msg);
+    assert_string_equal(out, "DBe brief.");
+    free(out);
+    srv_chat_free(c);
+#define CHAT_NEW(cfg_text) srv_chat_new(cfg_text, strlen(cfg_text), NULL, 0, &none, msg, sizeof msg)
+    assert_null(CHAT_NEW("{\"eos_token\": \"</s>\"}"));
+    assert_true(none);
+    assert_null(CHAT_NEW("{\"chat_template\": 5}"));
+    assert_false(none);
+    assert_non_null(strstr(msg, "neither a string nor a list"));
+    assert_null(CHAT_NEW("{\"chat_template\": \"{% if %}\"}"));
+    assert_false(none);
+    assert_non_null(strstr(msg, "chat template line 1"));
+    assert_null(CHAT_NEW("{\"chat"));
+    assert_false(none);
+    assert_non_null(strstr(msg, "invalid JSON at line 1"));
+#undef CHAT_NEW
+    json_decref(msgs);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_partial),
@@ -345,6 +511,9 @@ int main(void) {
         cmocka_unit_test(test_the_engine_batches_requests_and_each_gets_its_own_greedy_text),
         cmocka_unit_test(test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests),
         cmocka_unit_test(test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one),
+        cmocka_unit_test(test_chat_templates_render_what_jinja2_renders),
+        cmocka_unit_test(test_bad_or_runaway_templates_fail_with_the_line),
+        cmocka_unit_test(test_the_chat_template_and_its_tokens_come_from_the_tokenizer_config),
     };
     return test_run_tests(tests, NULL, NULL);
 }
