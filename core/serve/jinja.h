@@ -5,8 +5,10 @@
  * template sees are a JSON object, and strings, numbers, lists and mappings
  * behave as in Python (None is JSON null; an unknown name is undefined).
  *
- * Statements: if/elif/else, for (with loop.*, an `if` filter and else),
- * set (names and namespace attributes), break, continue, generation.
+ * Statements: if/elif/else, for (with loop.*, an `if` filter and else; each
+ * iteration its own scope), set (names, namespace attributes, blocks), break,
+ * continue, raw, generation. Not macros, call blocks, includes or unpacking
+ * in set: those are parse errors.
  * Expressions: literals, lists, dicts, names, attributes, subscripts and
  * slices, calls, filters, `is` tests, arithmetic, ~, comparisons, in, and,
  * or, not, conditional expressions. Anything else is a parse error naming

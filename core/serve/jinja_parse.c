@@ -244,6 +244,13 @@ static bool lex_tag(parser *p, size_t *i, int *line, bool block, bool *line_star
             bool real = j + 1 < n && s[j] == '.' && is_digit(s[j + 1]);
             if (real)
                 for (j++; j < n && is_digit(s[j]);) j++;
+            if (j + 1 < n && (s[j] == 'e' || s[j] == 'E')) { /* 1e3, 2.5e-4 */
+                size_t e = j + 1 + (s[j + 1] == '+' || s[j + 1] == '-');
+                if (e < n && is_digit(s[e])) {
+                    for (j = e; j < n && is_digit(s[j]);) j++;
+                    real = true;
+                }
+            }
             char buf[64];
             if (j - *i >= sizeof buf) return perr(p, *line, "a number is too long"), false;
             memcpy(buf, s + *i, j - *i), buf[j - *i] = 0;
@@ -271,6 +278,51 @@ static bool lex_tag(parser *p, size_t *i, int *line, bool block, bool *line_star
             *i += len;
         }
     }
+}
+
+/* At "raw %}" or "endraw %}" (after "{%" and its sign, blanks allowed): the
+ * position past the tag's end and whether it ends with "-%}"; 0 when not. */
+static size_t raw_tag_end(const char *s, size_t n, size_t i, const char *word, bool *dash) {
+    while (i < n && is_space(s[i])) i++;
+    const size_t w = strlen(word);
+    if (i + w > n || memcmp(s + i, word, w) || (i + w < n && (is_ident0(s[i + w]) || is_digit(s[i + w])))) return 0;
+    for (i += w; i < n && is_space(s[i]);) i++;
+    *dash = i < n && s[i] == '-';
+    i += *dash;
+    return i + 1 < n && s[i] == '%' && s[i + 1] == '}' ? i + 2 : 0;
+}
+
+/* {% raw %}...{% endraw %}: the text between goes out as it is. *i is past
+ * "{%" and its sign; 1 when this was a raw block (*i then past endraw's tag,
+ * its text pushed), 0 when not, -1 on error. */
+static int raw_block(parser *p, size_t *i, int *line) {
+    const char *s = p->src;
+    const size_t n = p->n;
+    bool dash;
+    size_t at = raw_tag_end(s, n, *i, "raw", &dash);
+    if (!at) return 0;
+    if (dash)
+        while (at < n && is_space(s[at])) at++;
+    for (size_t q = at; q + 1 < n; q++) {
+        if (s[q] != '{' || s[q + 1] != '%') continue;
+        const bool strip = q + 2 < n && s[q + 2] == '-';
+        bool end_dash;
+        size_t past = raw_tag_end(s, n, q + 2 + (q + 2 < n && (s[q + 2] == '-' || s[q + 2] == '+')), "endraw", &end_dash);
+        if (!past) continue;
+        size_t text_end = q;
+        if (strip)
+            while (text_end > at && is_space(s[text_end - 1])) text_end--;
+        if (text_end > at && !push_tok(p, (tok){T_TEXT, *line, s + at, text_end - at, NULL})) return -1;
+        *line += count_lines(s + *i, past - *i);
+        if (end_dash) {
+            while (past < n && is_space(s[past])) *line += s[past++] == '\n';
+        } else if (past < n && s[past] == '\n') {
+            past++, (*line)++;
+        }
+        *i = past;
+        return 1;
+    }
+    return perr(p, *line, "a raw block is not closed (missing '{%% endraw %%}')"), -1;
 }
 
 static bool lex(parser *p) {
@@ -313,6 +365,14 @@ static bool lex(parser *p) {
             }
             line_starting = s[i - 1] == '\n';
             continue;
+        }
+        if (kind == '%') {
+            const int raw = raw_block(p, &i, &line);
+            if (raw < 0) return false;
+            if (raw) {
+                line_starting = s[i - 1] == '\n';
+                continue;
+            }
         }
         if (!push_tok(p, (tok){kind == '%' ? T_BLOCK_BEGIN : T_VAR_BEGIN, line, NULL, 0, NULL})) return false;
         if (!lex_tag(p, &i, &line, kind == '%', &line_starting)) return false;
@@ -621,8 +681,10 @@ static jx *binary(parser *p, int level) {
     return x;
 }
 
+/* Comparisons chain as in Python: a < b < c is (a < b) and (b < c). */
 static jx *compare(parser *p) {
-    jx *x = binary(p, 0);
+    jx *x = binary(p, 0), *last = x;
+    bool chained = false;
     static const char *const CMP[] = {"==", "!=", "<=", ">=", "<", ">"};
     while (x) {
         const tok *k = peek(p);
@@ -636,7 +698,15 @@ static jx *compare(parser *p) {
         jx *b = binary(p, 0);
         jx *n = b ? node(p, X_BIN, k->line) : NULL;
         if (!n) return NULL;
-        n->name = op, n->a = x, n->b = b, x = n;
+        n->name = op, n->a = last, n->b = b;
+        if (chained) {
+            jx *both = node(p, X_AND, k->line);
+            if (!both) return NULL;
+            both->a = x, both->b = n, x = both;
+        } else {
+            x = n;
+        }
+        last = b, chained = true;
     }
     return x;
 }

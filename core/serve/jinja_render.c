@@ -223,6 +223,18 @@ static size_t utf8_offset(const char *s, size_t n, size_t ch) {
     return n;
 }
 
+/* A string's characters as a list of strings. */
+static json_t *chars_of(const json_t *v) {
+    json_t *out = json_array();
+    const char *p = json_string_value(v);
+    const size_t n = json_string_length(v);
+    for (size_t i = 0, j; out && i < n; i = j) {
+        for (j = i + 1; j < n && ((unsigned char)p[j] & 0xc0) == 0x80;) j++;
+        json_array_append_new(out, json_stringn_nocheck(p + i, j - i));
+    }
+    return out;
+}
+
 /* ---- scopes --------------------------------------------------------------- */
 
 static json_t *lookup(rctx *c, const char *name) {
@@ -277,7 +289,7 @@ static void free_args(args *a) {
     a->n = 0;
 }
 
-/* Positional argument i, or the keyword argument `kw`; NULL when absent. */
+/* Positional argument i (-1: none), or the keyword argument `kw`; NULL when absent. */
 static json_t *arg(const args *a, int i, const char *kw) {
     for (int k = 0; kw && k < a->n; k++)
         if (a->kw[k] && !strcmp(a->kw[k], kw)) return a->v[k];
@@ -329,8 +341,9 @@ static json_t *replace(rctx *c, int line, const json_t *s, const json_t *from, c
     long long left = count && is_int(count) ? int_of(count) : -1;
     sbuf b = {0};
     size_t i = 0;
-    while (i <= n) {
-        const char *hit = left != 0 ? (fn ? memmem(p + i, n - i, f, fn) : (i <= n ? p + i : NULL)) : NULL;
+    for (;;) {
+        const char *hit = NULL; /* an empty `from` matches before every character and at the end, as in Python */
+        if (left != 0) hit = fn ? (i < n ? memmem(p + i, n - i, f, fn) : NULL) : (i <= n ? p + i : NULL);
         if (!hit) break;
         sb_put(&b, p + i, (size_t)(hit - (p + i)));
         sb_put(&b, json_string_value(to), json_string_length(to));
@@ -571,7 +584,7 @@ static json_t *subscript(rctx *c, int line, json_t *v, json_t *k) {
         const long long n = str ? (long long)utf8_len(json_string_value(v), json_string_length(v)) : (long long)json_array_size(v);
         long long i = int_of(k);
         if (i < 0) i += n;
-        if (i < 0 || i >= n) return rerr(c, line, "%s index out of range", type_name(v));
+        if (i < 0 || i >= n) return NULL; /* undefined, as jinja2's sandbox makes it */
         if (!str) return json_incref(json_array_get(v, (size_t)i));
         const char *s = json_string_value(v);
         const size_t o0 = utf8_offset(s, json_string_length(v), (size_t)i), o1 = utf8_offset(s, json_string_length(v), (size_t)i + 1);
@@ -620,20 +633,43 @@ static bool apply_test(rctx *c, const jx *x, const char *name, const json_t *v, 
         *out = int_of(v) % int_of(o) == 0;
     } else if (!strcmp(name, "equalto") || !strcmp(name, "eq") || !strcmp(name, "==")) *out = equal(v, o);
     else if (!strcmp(name, "ne") || !strcmp(name, "!=")) *out = !equal(v, o);
-    else if (!strcmp(name, "sameas")) *out = v && o && (v == o || (json_typeof(v) == json_typeof(o) && (json_is_boolean(v) || json_is_null(v))));
+    else if (!strcmp(name, "sameas")) /* Python's `is`: singletons, and the small integers it caches */
+        *out = v && o &&
+               (v == o || (json_typeof(v) == json_typeof(o) && (json_is_boolean(v) || json_is_null(v))) ||
+                (json_is_integer(v) && json_is_integer(o) && json_integer_value(v) == json_integer_value(o) &&
+                 json_integer_value(v) >= -5 && json_integer_value(v) <= 256));
     else if (!strcmp(name, "in")) *out = contains(o, v);
     else return rerr(c, x->line, "'%s' is not a test mopt's chat templates support", name), false;
     return true;
 }
 
 /* select/reject/selectattr/rejectattr and map(attribute=...). */
+static json_t *apply_filter(rctx *c, const jx *x, const char *name, json_t *v, const args *a);
+
+/* map('filter', args...): the filter applied to each item. */
+static json_t *map_filter(rctx *c, const jx *x, json_t *v, const args *a) {
+    const json_t *fname = arg(a, 0, NULL);
+    if (!fname || !json_is_string(fname)) return rerr(c, x->line, "'map' needs attribute= or a filter name");
+    args rest = {0};
+    for (int i = 0, pos = 0; i < a->n && rest.n < 8; i++) /* the filter's own arguments: all but its name */
+        if (a->kw[i] || pos++ > 0) rest.v[rest.n] = a->v[i], rest.kw[rest.n++] = a->kw[i];
+    json_t *out = json_array();
+    for (size_t i = 0; out && i < json_array_size(v); i++) {
+        json_t *r = apply_filter(c, x, json_string_value(fname), json_array_get(v, i), &rest);
+        if (c->failed) return json_decref(out), NULL;
+        json_array_append_new(out, r ? r : json_null());
+    }
+    return out ? out : rerr(c, x->line, "out of memory");
+}
+
 static json_t *filter_seq(rctx *c, const jx *x, const char *name, json_t *v, const args *a) {
     if (!v || !json_is_array(v)) return rerr(c, x->line, "'%s' filters a list", name);
+    if (!strcmp(name, "map") && !arg(a, -1, "attribute")) return map_filter(c, x, v, a);
     const bool attr = strstr(name, "attr") != NULL, map = !strcmp(name, "map"), reject = name[0] == 'r';
     json_t *out = json_array();
     args targs = {0};
     const json_t *test = arg(a, attr ? 1 : 0, NULL);
-    const json_t *key = map ? arg(a, 0, "attribute") : attr ? arg(a, 0, NULL) : NULL;
+    const json_t *key = map ? arg(a, -1, "attribute") : attr ? arg(a, 0, NULL) : NULL;
     if ((attr || map) && (!key || !json_is_string(key))) return json_decref(out), rerr(c, x->line, "'%s' needs an attribute name", name);
     if (test && !json_is_string(test)) return json_decref(out), rerr(c, x->line, "'%s' takes a test name", name);
     for (int i = attr ? 2 : 1, k = 0; i < a->n && k < 8; i++)
@@ -642,7 +678,7 @@ static json_t *filter_seq(rctx *c, const jx *x, const char *name, json_t *v, con
         json_t *item = json_array_get(v, i);
         json_t *val = key ? (json_is_object(item) ? json_object_get(item, json_string_value(key)) : NULL) : item;
         if (map) {
-            json_t *d = arg(a, 99, "default");
+            json_t *d = arg(a, -1, "default");
             json_array_append(out, val ? val : d ? d : json_null());
             continue;
         }
@@ -670,7 +706,7 @@ static json_t *apply_filter(rctx *c, const jx *x, const char *name, json_t *v, c
     if (!strcmp(name, "length") || !strcmp(name, "count")) return length_of(c, line, v);
     if (!strcmp(name, "list")) {
         if (v && json_is_array(v)) return json_incref(v);
-        if (v && json_is_string(v)) return slice(c, &(jx){.line = line}, v);
+        if (v && json_is_string(v)) return chars_of(v);
         if (v && json_is_object(v)) {
             args none = {0};
             return method(c, x, v, "keys", &none);
@@ -960,6 +996,15 @@ static bool assign(rctx *c, const char *name, json_t *v) {
     return json_object_set_new(c->scopes[c->nscopes - 1], name, v ? v : json_null()) == 0;
 }
 
+/* The loop variables of one item, in a new scope (jinja2 gives every iteration its own). */
+static bool bind_item(rctx *c, const js *s, json_t *item) {
+    if (!push_scope(c, s->line)) return false;
+    if (s->nvar == 1) return assign(c, s->var[0], json_incref(item));
+    if (!json_is_array(item) || json_array_size(item) != 2)
+        return rerr(c, s->line, "cannot unpack a %s into two loop variables", type_name(item)), false;
+    return assign(c, s->var[0], json_incref(json_array_get(item, 0))) && assign(c, s->var[1], json_incref(json_array_get(item, 1)));
+}
+
 static bool run_for(rctx *c, const js *s) {
     json_t *seq = eval(c, s->x);
     if (c->failed) return false;
@@ -972,82 +1017,45 @@ static bool run_for(rctx *c, const js *s) {
         args none = {0};
         items = method(c, &(jx){.line = s->line}, seq, "keys", &none);
     } else if (json_is_string(seq)) {
-        items = slice(c, &(jx){.line = s->line}, seq); /* a list of characters */
-        if (items && json_is_string(items)) {
-            json_t *chars = json_array();
-            const char *p = json_string_value(items);
-            const size_t n = json_string_length(items);
-            for (size_t i = 0, j; i < n; i = j) {
-                for (j = i + 1; j < n && ((unsigned char)p[j] & 0xc0) == 0x80;) j++;
-                json_array_append_new(chars, json_stringn_nocheck(p + i, j - i));
-            }
-            json_decref(items);
-            items = chars;
-        }
+        items = chars_of(seq);
     } else {
         json_decref(seq);
         return rerr(c, s->line, "'%s' object is not iterable", type_name(seq)), false;
     }
     json_decref(seq);
-    if (!items) return false;
-    if (!push_scope(c, s->line)) return json_decref(items), false;
+    if (!items) return rerr(c, s->line, "out of memory"), false;
     bool ok = true;
-    /* bind the loop variables in the loop's scope */
-#define BIND(item)                                                                                                       \
-    do {                                                                                                                 \
-        if (s->nvar == 1) {                                                                                              \
-            assign(c, s->var[0], json_incref(item));                                                                     \
-        } else if (json_is_array(item) && json_array_size(item) == 2) {                                                  \
-            assign(c, s->var[0], json_incref(json_array_get(item, 0)));                                                  \
-            assign(c, s->var[1], json_incref(json_array_get(item, 1)));                                                  \
-        } else {                                                                                                         \
-            ok = false;                                                                                                  \
-            rerr(c, s->line, "cannot unpack a %s into two loop variables", type_name(item));                             \
-        }                                                                                                                \
-    } while (0)
     if (s->filter) { /* `for x in xs if cond`: loop.* counts what passed */
         json_t *kept = json_array();
-        for (size_t i = 0; ok && i < json_array_size(items); i++) {
+        for (size_t i = 0; ok && kept && i < json_array_size(items); i++) {
             json_t *item = json_array_get(items, i);
-            BIND(item);
-            json_t *t = ok ? eval(c, s->filter) : NULL;
+            const int depth = c->nscopes;
+            json_t *t = bind_item(c, s, item) ? eval(c, s->filter) : NULL;
+            while (c->nscopes > depth) pop_scope(c);
             if (c->failed) ok = false;
             else if (truthy(t)) json_array_append(kept, item);
             json_decref(t);
         }
         json_decref(items);
-        items = kept;
+        if (!(items = kept)) return rerr(c, s->line, "out of memory"), false;
     }
     const size_t n = json_array_size(items);
     for (size_t i = 0; ok && i < n; i++) {
-        json_t *item = json_array_get(items, i);
-        BIND(item);
-        if (!ok) break;
-        json_t *loop = json_pack("{sIsIsIsIsbsbsI}", "index", (json_int_t)i + 1, "index0", (json_int_t)i, "revindex",
+        const int depth = c->nscopes;
+        json_t *loop = json_pack("{sIsIsIsIsbsbsIsOsO}", "index", (json_int_t)i + 1, "index0", (json_int_t)i, "revindex",
                                  (json_int_t)(n - i), "revindex0", (json_int_t)(n - i - 1), "first", i == 0, "last", i + 1 == n,
-                                 "length", (json_int_t)n);
-        if (!loop) {
-            ok = false;
-            rerr(c, s->line, "out of memory");
-            break;
-        }
-        json_object_set(loop, "previtem", i ? json_array_get(items, i - 1) : json_null());
-        json_object_set(loop, "nextitem", i + 1 < n ? json_array_get(items, i + 1) : json_null());
-        assign(c, "loop", loop);
-        if (++c->steps > MAX_STEPS) {
-            rerr(c, s->line, "the template ran for too long");
-            ok = false;
-            break;
-        }
-        ok = run(c, &s->body);
-        if (c->ctl == 1) {
-            c->ctl = 0;
-            break;
-        }
+                                 "length", (json_int_t)n, "previtem", i ? json_array_get(items, i - 1) : json_null(),
+                                 "nextitem", i + 1 < n ? json_array_get(items, i + 1) : json_null());
+        if (!loop) ok = (rerr(c, s->line, "out of memory"), false);
+        else if (!bind_item(c, s, json_array_get(items, i))) ok = (json_decref(loop), false);
+        else if (!assign(c, "loop", loop)) ok = (rerr(c, s->line, "out of memory"), false);
+        else if (++c->steps > MAX_STEPS) ok = (rerr(c, s->line, "the template ran for too long"), false);
+        else ok = run(c, &s->body);
+        while (c->nscopes > depth) pop_scope(c);
+        const int ctl = c->ctl;
         c->ctl = 0;
+        if (ctl == 1) break;
     }
-#undef BIND
-    pop_scope(c);
     if (ok && n == 0 && s->else_body.n) ok = run(c, &s->else_body);
     json_decref(items);
     return ok && !c->failed;
