@@ -69,33 +69,45 @@ static const char *base_name(const char *path, char *buf, size_t cap) {
 }
 
 /* An arm's chat template: --chat-template FILE (a Jinja file) or "plain",
- * else the chat_template of the model's tokenizer_config.json, if any.
- * *out stays NULL for the plain format. */
-static int load_chat_template(const char *model_path, const char *name, const char *choice, srv_chat **out) {
+ * else the one its files carry (mopt_tokenizer_chat_template), with the
+ * special tokens of its tokenizer_config.json (a GGUF file: the text of its
+ * BOS and EOS tokens). *out stays NULL for the plain format. */
+static int load_chat_template(const mopt_model *m, const char *name, const char *choice, srv_chat **out) {
     *out = NULL;
     if (choice && !strcmp(choice, "plain")) {
         srv_log(false, "%s: chat requests use the plain \"Role: content\" format", name);
         return EXIT_OK;
     }
+    const mopt_tokenizer *tok = mopt_model_tokenizer(m);
     char path[4096], msg[512];
-    char *cfg = NULL, *tmpl = NULL;
-    size_t ncfg = 0, ntmpl = 0;
+    char *cfg = NULL, *file = NULL;
+    size_t ncfg = 0, nfile = 0;
     mopt_error err = {0};
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
+    if (choice && cli_read_text(choice, &file, &nfile, &err)) return cli_fail(&err);
+    const char *tmpl = file ? file : tok ? mopt_tokenizer_chat_template(tok) : NULL;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", mopt_model_path(m));
     struct stat st;
-    if (!stat(model_path, &st) && S_ISDIR(st.st_mode) && !access(path, F_OK) && cli_read_text(path, &cfg, &ncfg, &err))
-        return cli_fail(&err);
-    if (choice && cli_read_text(choice, &tmpl, &ntmpl, &err)) {
-        free(cfg);
-        return cli_fail(&err);
+    if (!stat(mopt_model_path(m), &st) && S_ISDIR(st.st_mode) && !access(path, F_OK)) {
+        if (cli_read_text(path, &cfg, &ncfg, &err)) {
+            free(file);
+            return cli_fail(&err);
+        }
+    } else if (tok) { /* no config: the tokens' own text */
+        const int32_t bos = mopt_tokenizer_bos_id(tok), eos = mopt_tokenizer_eos_id(tok);
+        json_t *o = json_object();
+        if (bos >= 0 && mopt_tokenizer_token_str(tok, bos)) json_object_set_new(o, "bos_token", json_string(mopt_tokenizer_token_str(tok, bos)));
+        if (eos >= 0 && mopt_tokenizer_token_str(tok, eos)) json_object_set_new(o, "eos_token", json_string(mopt_tokenizer_token_str(tok, eos)));
+        cfg = json_dumps(o, 0);
+        ncfg = cfg ? strlen(cfg) : 0;
+        json_decref(o);
     }
     bool none;
-    *out = srv_chat_new(cfg, ncfg, tmpl, ntmpl, &none, msg, sizeof msg);
+    *out = srv_chat_new(cfg, ncfg, tmpl, tmpl ? strlen(tmpl) : 0, &none, msg, sizeof msg);
     free(cfg);
-    free(tmpl);
+    free(file);
     if (!*out && !none) {
         mopt_error_set(&err, MOPT_E_FORMAT, "serve", "%s: %s (--chat-template plain serves chat in the plain format)",
-                       choice ? choice : path, msg);
+                       choice ? choice : mopt_model_path(m), msg);
         return cli_fail(&err);
     }
     srv_log(false, "%s: chat requests use %s", name,
@@ -214,7 +226,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (mopt_interrupted()) goto done; /* a signal during loading: main turns it into 130/143 */
     for (int a = 0; a < SRV_ARMS && paths[a]; a++)
-        if ((rc = load_chat_template(paths[a], names[a], chat_template, &chat[a]))) goto done;
+        if ((rc = load_chat_template(models[a], names[a], chat_template, &chat[a]))) goto done;
     int32_t diff = -1;
     if (shadow > 0 &&
         !mopt_tokenizer_same_vocab(mopt_model_tokenizer(models[0]), mopt_model_tokenizer(models[1]), &diff)) {

@@ -1,7 +1,7 @@
-/* A model's chat template: the Jinja in its tokenizer_config.json (or a
- * file given instead), rendered with the variables transformers'
- * apply_chat_template passes: messages, add_generation_prompt, and the
- * special tokens the config names (bos_token, eos_token, ...). */
+/* A model's chat template (mopt_tokenizer_chat_template, or a file given
+ * instead), rendered with the variables transformers' apply_chat_template
+ * passes: messages, add_generation_prompt, and the special tokens that
+ * tokenizer_config.json names (bos_token, eos_token, ...). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,18 +28,6 @@ static json_t *token_text(json_t *v) {
     return json_is_string(content) ? content : NULL;
 }
 
-/* transformers' chat_template: a string, or a list of {name, template} where "default" is used. */
-static json_t *config_template(json_t *cfg) {
-    json_t *t = json_object_get(cfg, "chat_template");
-    if (json_is_string(t)) return t;
-    for (size_t i = 0; json_is_array(t) && i < json_array_size(t); i++) {
-        json_t *e = json_array_get(t, i), *name = json_object_get(e, "name");
-        if (json_is_string(name) && !strcmp(json_string_value(name), "default") && json_is_string(json_object_get(e, "template")))
-            return json_object_get(e, "template");
-    }
-    return NULL;
-}
-
 srv_chat *srv_chat_new(const char *config, size_t config_n, const char *tmpl, size_t tmpl_n, bool *none, char *msg,
                        size_t cap) {
     *none = false;
@@ -56,13 +44,7 @@ srv_chat *srv_chat_new(const char *config, size_t config_n, const char *tmpl, si
             return NULL;
         }
     }
-    json_t *from_cfg = cfg ? config_template(cfg) : NULL;
-    if (!tmpl && cfg && json_object_get(cfg, "chat_template") && !from_cfg) {
-        snprintf(msg, cap, "chat_template is neither a string nor a list with a \"default\" entry");
-        json_decref(cfg);
-        return NULL;
-    }
-    if (!tmpl && !from_cfg) {
+    if (!tmpl) {
         *none = true;
         json_decref(cfg);
         return NULL;
@@ -74,8 +56,7 @@ srv_chat *srv_chat_new(const char *config, size_t config_n, const char *tmpl, si
         json_decref(cfg);
         return NULL;
     }
-    c->t = tmpl ? jinja_parse(tmpl, tmpl_n, msg, cap)
-                : jinja_parse(json_string_value(from_cfg), json_string_length(from_cfg), msg, cap);
+    c->t = jinja_parse(tmpl, tmpl_n, msg, cap);
     static const char *const specials[] = {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
                                            "mask_token"};
     for (size_t i = 0; cfg && i < sizeof specials / sizeof *specials; i++) {

@@ -211,9 +211,9 @@ void srv_shadow_start(srv_engine *const eng[SRV_ARMS], const int32_t *prompt, in
 /* A model's Jinja chat template with the special tokens of its tokenizer_config.json. */
 typedef struct srv_chat srv_chat;
 
-/* From a tokenizer_config.json's text (config; NULL: none) and, when tmpl is
- * given, that template instead of the config's chat_template. NULL with
- * *none set when there is no template; NULL with a one-line msg on error. */
+/* The template tmpl with the special tokens of config (a tokenizer_config.json's
+ * text, or NULL). NULL with *none set when tmpl is NULL; NULL with a one-line
+ * msg on error. */
 srv_chat *srv_chat_new(const char *config, size_t config_n, const char *tmpl, size_t tmpl_n, bool *none, char *msg,
                        size_t cap);
 /* The prompt for checked messages, with add_generation_prompt; NULL with a

@@ -114,8 +114,8 @@ def metric(srv, name):
     fail(f"/metrics has no {name}")
 
 
-def generate(prompt, n):
-    out = subprocess.run([MOPT, "generate", LLAMA, "--prompt", prompt, "-n", str(n), "--temp", "0", "--threads", "2"],
+def generate(prompt, n, model=LLAMA):
+    out = subprocess.run([MOPT, "generate", model, "--prompt", prompt, "-n", str(n), "--temp", "0", "--threads", "2"],
                          capture_output=True, check=True)
     text = out.stdout.decode()
     check(text.endswith("\n"), "generate ends its text with a newline")
@@ -211,13 +211,30 @@ def test_chat_template():
     finally:
         if srv.p.poll() is None:
             srv.p.kill()
+    # exported to GGUF, the template goes along (tokenizer.chat_template) and serving the file uses it
+    gguf = os.path.join(WORK, "chat.gguf")
+    subprocess.run([MOPT, "export", d, "--format", "gguf", "--type", "q8_0", "-o", gguf, "--force", "--quiet"], check=True)
+    srv = Server("chat-template-gguf", gguf, "--threads", "2")
+    try:
+        st, _, b = request(srv.url + "/v1/chat/completions", body)
+        check(st == 200, f"templated chat on the GGUF answered {st}: {b[:200]}")
+        want = generate(rendered, 24, gguf)
+        got = json.loads(b)["choices"][0]["message"]["content"]
+        check(got == want, f"the GGUF file's chat template: {got!r} != {want!r}")
+        check(srv.stop() == 0, "exit 0 on SIGTERM")
+        log = open(srv.log.name).read()
+        check("chat.gguf: chat requests use its chat template" in log, f"the log says which format: {log}")
+    finally:
+        if srv.p.poll() is None:
+            srv.p.kill()
     bad = os.path.join(WORK, "bad.jinja")
     open(bad, "w").write("{% for m in messages %}")
     out = subprocess.run([MOPT, "serve", d, "--chat-template", bad, "--port", "0"], capture_output=True, timeout=120)
     err = out.stderr.decode()
     check(out.returncode != 0 and "line 1: the template ended inside a block (missing '{% endfor %}')" in err
           and "--chat-template plain" in err, f"a broken template stops the server with its line: {out.returncode} {err}")
-    print("chat through the model's Jinja template equals generate on the rendered text; raise_exception is a 400")
+    print("chat through the model's Jinja template (HF and its GGUF export) equals generate on the rendered text; "
+          "raise_exception is a 400")
 
 
 def test_concurrent_clients(srv):

@@ -470,52 +470,39 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
     json_decref(vars);
 }
 
-/* The template comes from tokenizer_config.json (a string, or the "default"
- * of a list) with its special tokens, strings or AddedToken objects; a config
- * without one says so; a broken one is an error, not the plain format. */
-static void test_the_chat_template_and_its_tokens_come_from_the_tokenizer_config(void **state) {
+/* The template renders with the special tokens of tokenizer_config.json,
+ * strings or AddedToken objects; no template means the plain format; a
+ * broken template or config is an error, not the plain format. */
+static void test_the_chat_template_renders_with_the_configs_special_tokens(void **state) {
     (void)state;
     static const char cfg[] = "{\"bos_token\": {\"content\": \"<s>\", \"lstrip\": false}, \"eos_token\": \"</s>\","
-                              " \"chat_template\": \"{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}"
-                              "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}\"}";
+                              " \"model_max_length\": 1000000000000000019884624838656}";
+    static const char tmpl[] = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant]{% endif %}";
     char msg[512];
     bool none;
-    srv_chat *c = srv_chat_new(cfg, strlen(cfg), NULL, 0, &none, msg, sizeof msg);
+    srv_chat *c = srv_chat_new(cfg, strlen(cfg), tmpl, strlen(tmpl), &none, msg, sizeof msg);
+    if (!c) fprintf(stderr, "%s\n", msg);
     assert_non_null(c);
     json_t *msgs = json_pack("[{ssss}{ssss}]", "role", "system", "content", "Be brief.", "role", "user", "content", "Hi");
     char *out = srv_chat_render(c, msgs, msg, sizeof msg);
     assert_string_equal(out, "<s>[system] Be brief.</s>[user] Hi</s>[assistant]");
     free(out);
     srv_chat_free(c);
-    /* a file's template replaces the config's, with the config's tokens */
-    static const char file[] = "{{ eos_token }}{{ messages | length }}";
-    c = srv_chat_new(cfg, strlen(cfg), file, strlen(file), &none, msg, sizeof msg);
+    c = srv_chat_new(NULL, 0, "{{ bos_token }}{{ messages | length }}", 38, &none, msg, sizeof msg); /* no config: no tokens */
     assert_non_null(c);
     out = srv_chat_render(c, msgs, msg, sizeof msg);
-    assert_string_equal(out, "</s>2");
+    assert_string_equal(out, "2");
     free(out);
     srv_chat_free(c);
-    static const char listed[] = "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"},"
-                                 " {\"name\": \"default\", \"template\": \"D{{ messages[0].content }}\"}]}";
-    c = srv_chat_new(listed, strlen(listed), NULL, 0, &none, msg, sizeof msg);
-    assert_non_null(c);
-    out = srv_chat_render(c, msgs, msg, sizeof msg);
-    assert_string_equal(out, "DBe brief.");
-    free(out);
-    srv_chat_free(c);
-#define CHAT_NEW(cfg_text) srv_chat_new(cfg_text, strlen(cfg_text), NULL, 0, &none, msg, sizeof msg)
-    assert_null(CHAT_NEW("{\"eos_token\": \"</s>\"}"));
+    assert_null(srv_chat_new(cfg, strlen(cfg), NULL, 0, &none, msg, sizeof msg));
     assert_true(none);
-    assert_null(CHAT_NEW("{\"chat_template\": 5}"));
-    assert_false(none);
-    assert_non_null(strstr(msg, "neither a string nor a list"));
-    assert_null(CHAT_NEW("{\"chat_template\": \"{% if %}\"}"));
+    assert_null(srv_chat_new(cfg, strlen(cfg), "{% if %}", 8, &none, msg, sizeof msg));
     assert_false(none);
     assert_non_null(strstr(msg, "chat template line 1"));
-    assert_null(CHAT_NEW("{\"chat"));
+    assert_null(srv_chat_new("{\"chat", 6, tmpl, strlen(tmpl), &none, msg, sizeof msg));
     assert_false(none);
     assert_non_null(strstr(msg, "invalid JSON at line 1"));
-#undef CHAT_NEW
     json_decref(msgs);
 }
 
@@ -532,7 +519,7 @@ int main(void) {
         cmocka_unit_test(test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one),
         cmocka_unit_test(test_chat_templates_render_what_jinja2_renders),
         cmocka_unit_test(test_bad_or_runaway_templates_fail_with_the_line),
-        cmocka_unit_test(test_the_chat_template_and_its_tokens_come_from_the_tokenizer_config),
+        cmocka_unit_test(test_the_chat_template_renders_with_the_configs_special_tokens),
     };
     return test_run_tests(tests, NULL, NULL);
 }
