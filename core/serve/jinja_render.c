@@ -698,7 +698,7 @@ static json_t *apply_filter(rctx *c, const jx *x, const char *name, json_t *v, c
     if (!strcmp(name, "default") || !strcmp(name, "d")) {
         json_t *d = arg(a, 0, "default_value"), *b = arg(a, 1, "boolean");
         const bool use = !v || (truthy(b) && !truthy(v));
-        return json_incref(use ? (d ? d : json_string("")) : v);
+        return use ? (d ? json_incref(d) : json_string("")) : json_incref(v);
     }
     if (!strcmp(name, "tojson")) return tojson(c, line, v, arg(a, 0, "indent"));
     if (too_big(c, v)) return rerr(c, line, "%s", too_big(c, v)); /* every filter below may copy or nest v */
@@ -749,7 +749,8 @@ static json_t *apply_filter(rctx *c, const jx *x, const char *name, json_t *v, c
     if (!strcmp(name, "int")) {
         if (is_num(v)) return json_integer((json_int_t)num(v));
         if (v && json_is_string(v)) return json_integer(strtoll(json_string_value(v), NULL, 10));
-        return json_incref(arg(a, 0, "default") ? arg(a, 0, "default") : json_integer(0));
+        json_t *d = arg(a, 0, "default");
+        return d ? json_incref(d) : json_integer(0);
     }
     if (!strcmp(name, "abs")) return is_num(v) ? (json_is_real(v) ? json_real(fabs(num(v))) : json_integer(llabs(int_of(v)))) : rerr(c, line, "'abs' takes a number");
     if (!strcmp(name, "select") || !strcmp(name, "reject") || !strcmp(name, "selectattr") || !strcmp(name, "rejectattr") ||
