@@ -1020,8 +1020,9 @@ static bool run_for(rctx *c, const js *s) {
     } else if (json_is_string(seq)) {
         items = chars_of(seq);
     } else {
+        rerr(c, s->line, "'%s' object is not iterable", type_name(seq));
         json_decref(seq);
-        return rerr(c, s->line, "'%s' object is not iterable", type_name(seq)), false;
+        return false;
     }
     json_decref(seq);
     if (!items) return rerr(c, s->line, "out of memory"), false;
