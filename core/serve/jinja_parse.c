@@ -3,6 +3,7 @@
  * on a tag strips the whitespace beside it, trim_blocks drops the newline
  * after a block or comment tag, lstrip_blocks drops the blanks before one on
  * its line) and a recursive-descent parser follows jinja2's precedence. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,7 +255,12 @@ static bool lex_tag(parser *p, size_t *i, int *line, bool block, bool *line_star
             char buf[64];
             if (j - *i >= sizeof buf) return perr(p, *line, "a number is too long"), false;
             memcpy(buf, s + *i, j - *i), buf[j - *i] = 0;
+            errno = 0;
             json_t *v = real ? json_real(strtod(buf, NULL)) : json_integer(strtoll(buf, NULL, 10));
+            if (!real && errno == ERANGE) {
+                json_decref(v);
+                return perr(p, *line, "the integer %s does not fit in 64 bits", buf), false;
+            }
             if (!keep_lit(p->t, v)) return perr(p, *line, "out of memory"), false;
             if (!push_tok(p, (tok){T_NUM, *line, NULL, 0, v})) return false;
             *i = j;

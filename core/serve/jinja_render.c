@@ -3,6 +3,7 @@
  * Undefined, and a loop body gets its own scope as in jinja2 (use a
  * namespace() to carry values out). Work and output are bounded, since the
  * template comes from a downloaded checkpoint. */
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -495,9 +496,10 @@ static json_t *call_global(rctx *c, const jx *x, const char *name, const args *a
         else return rerr(c, line, "range takes 1 to 3 arguments");
         if (step == 0) return rerr(c, line, "range's step must not be zero");
         json_t *out = json_array();
-        for (long long i = lo; step > 0 ? i < hi : i > hi; i += step) {
+        for (long long i = lo; step > 0 ? i < hi : i > hi;) {
             if (json_array_size(out) >= MAX_RANGE) return json_decref(out), rerr(c, line, "range of more than %d numbers", MAX_RANGE);
             json_array_append_new(out, json_integer(i));
+            if (__builtin_add_overflow(i, step, &i)) break; /* past the end of 64 bits is past hi */
         }
         return out;
     }
@@ -747,12 +749,17 @@ static json_t *apply_filter(rctx *c, const jx *x, const char *name, json_t *v, c
         return r;
     }
     if (!strcmp(name, "int")) {
-        if (is_num(v)) return json_integer((json_int_t)num(v));
-        if (v && json_is_string(v)) return json_integer(strtoll(json_string_value(v), NULL, 10));
+        if (is_int(v)) return json_integer(int_of(v));
+        if (is_num(v) && fabs(num(v)) < 9.2e18) return json_integer((json_int_t)num(v));
+        if (v && json_is_string(v)) return json_integer(strtoll(json_string_value(v), NULL, 10)); /* saturates */
         json_t *d = arg(a, 0, "default");
         return d ? json_incref(d) : json_integer(0);
     }
-    if (!strcmp(name, "abs")) return is_num(v) ? (json_is_real(v) ? json_real(fabs(num(v))) : json_integer(llabs(int_of(v)))) : rerr(c, line, "'abs' takes a number");
+    if (!strcmp(name, "abs")) {
+        if (!is_num(v)) return rerr(c, line, "'abs' takes a number");
+        if (json_is_real(v)) return json_real(fabs(num(v)));
+        return int_of(v) == LLONG_MIN ? rerr(c, line, "integer overflow in abs") : json_integer(llabs(int_of(v)));
+    }
     if (!strcmp(name, "select") || !strcmp(name, "reject") || !strcmp(name, "selectattr") || !strcmp(name, "rejectattr") ||
         !strcmp(name, "map"))
         return filter_seq(c, x, name, v, a);
@@ -833,11 +840,23 @@ static json_t *binop(rctx *c, const jx *x, json_t *a, json_t *b) {
     const bool ints = is_int(a) && is_int(b);
     const long long i = int_of(a), j = int_of(b);
     const double p = num(a), q = num(b);
-    if (!strcmp(op, "+")) return ints ? json_integer(i + j) : json_real(p + q);
-    if (!strcmp(op, "-")) return ints ? json_integer(i - j) : json_real(p - q);
-    if (!strcmp(op, "*")) return ints ? json_integer(i * j) : json_real(p * q);
-    if (!strcmp(op, "**")) return ints && j >= 0 && j < 64 ? json_integer((json_int_t)llround(pow((double)i, (double)j))) : json_real(pow(p, q));
+    long long r; /* Python's integers do not overflow; these are 64 bits and say so */
+    if (ints && (!strcmp(op, "+") || !strcmp(op, "-") || !strcmp(op, "*"))) {
+        const bool over = op[0] == '+' ? __builtin_add_overflow(i, j, &r) : op[0] == '-' ? __builtin_sub_overflow(i, j, &r)
+                                                                                       : __builtin_mul_overflow(i, j, &r);
+        return over ? rerr(c, line, "integer overflow in %s", op) : json_integer(r);
+    }
+    if (!strcmp(op, "+")) return json_real(p + q);
+    if (!strcmp(op, "-")) return json_real(p - q);
+    if (!strcmp(op, "*")) return json_real(p * q);
+    if (!strcmp(op, "**")) {
+        if (!ints || j < 0) return json_real(pow(p, q));
+        const double x = pow((double)i, (double)j);
+        if (!(fabs(x) < 9.2e18)) return rerr(c, line, "integer overflow in **");
+        return json_integer((json_int_t)llround(x));
+    }
     if (q == 0) return rerr(c, line, "division by zero");
+    if (ints && i == LLONG_MIN && j == -1) return rerr(c, line, "integer overflow in %s", op);
     if (!strcmp(op, "/")) return json_real(p / q);
     if (!strcmp(op, "//")) {
         if (!ints) return json_real(floor(p / q));
@@ -923,6 +942,7 @@ static json_t *eval(rctx *c, const jx *x) {
         json_t *v = eval(c, x->a);
         json_t *r = c->failed ? NULL
                     : !is_num(v) ? rerr(c, x->line, "bad operand type for unary -: '%s'", type_name(v))
+                    : is_int(v) && int_of(v) == LLONG_MIN ? rerr(c, x->line, "integer overflow in -")
                     : is_int(v)  ? json_integer(-int_of(v))
                                  : json_real(-num(v));
         json_decref(v);

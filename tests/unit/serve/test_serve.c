@@ -413,6 +413,7 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
         {"x\n\n{{ 'abc }}", "line 3: a string is not closed"},
         {"{# open", "a comment is not closed"},
         {"{{ a $ b }}", "unexpected character '$'"},
+        {"{{ 99999999999999999999 }}", "does not fit in 64 bits"},
         {"{% break %}", "'break' outside a loop"},
         {"{{ [1, 2 3] }}", "expected ','"},
         {"{{ [1, 2 }}", "a tag is not closed"},
@@ -454,6 +455,13 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
         {"{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = [ns.l] %}{% endfor %}", "nested too deeply"},
         {"{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "ran for too long"},
         {"{% set ns = namespace(l=['x' * 1]) %}", "unsupported operand types for *: 'str' and 'int'"},
+        /* 64-bit integers that would overflow (Python's would not) */
+        {"{{ -3 - 9223372036854775807 - 1 }}", "integer overflow in -"},
+        {"{{ 3037000500 * 3037000500 }}", "integer overflow in *"},
+        {"{{ 2 ** 63 }}", "integer overflow in **"},
+        {"{{ (-9223372036854775807 - 1) // -1 }}", "integer overflow in //"},
+        {"{{ -(-9223372036854775807 - 1) }}", "integer overflow in -"},
+        {"{{ range(0, 9223372036854775807, 9223372036854775807) | length }}{{ x.y }}", "'y' of an undefined value"},
     };
     json_t *vars = json_pack("{s[]}", "messages");
     for (size_t i = 0; i < sizeof fail / sizeof *fail; i++) {
