@@ -189,44 +189,39 @@ def test_chat_template():
     cfg = json.load(open(os.path.join(LLAMA, "tokenizer_config.json")))
     cfg["chat_template"] = CHAT_TEMPLATE
     json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"))
-    srv = Server("chat-template", d, "--threads", "2")
-    try:
-        body = dict(messages=[{"role": "system", "content": " Speak as a king. "}, {"role": "user", "content": "Who art thou?"}],
-                    max_tokens=24, temperature=0)
-        st, _, b = request(srv.url + "/v1/chat/completions", body)
-        check(st == 200, f"templated chat answered {st}: {b[:200]}")
-        # the template by hand: the BOS token's text, one turn per message, then the assistant's header
-        rendered = "<|endoftext|><|system|>\nSpeak as a king.\n<|user|>\nWho art thou?\n<|assistant|>\n"
-        want = generate(rendered, 24)
-        got = json.loads(b)["choices"][0]["message"]["content"]
-        check(got == want, f"chat renders the model's template: {got!r} != {want!r}")
-        check(json.loads(b)["usage"]["prompt_tokens"] > 16, "the template's text is the prompt")
-        st, _, b = request(srv.url + "/v1/chat/completions",
-                           dict(messages=[{"role": "assistant", "content": "Hi"}], max_tokens=4))
+    body = dict(messages=[{"role": "system", "content": " Speak as a king. "}, {"role": "user", "content": "Who art thou?"}],
+                max_tokens=24, temperature=0)
+    # the template by hand: the BOS token's text, one turn per message, then the assistant's header
+    rendered = "<|endoftext|><|system|>\nSpeak as a king.\n<|user|>\nWho art thou?\n<|assistant|>\n"
+
+    def raises_400(srv):
+        st, _, b = request(srv.url + "/v1/chat/completions", dict(messages=[{"role": "assistant", "content": "Hi"}], max_tokens=4))
         err = json.loads(b)["error"]["message"]
         check(st == 400 and "the first message must not be the assistant's" in err, f"raise_exception is a 400: {st} {b}")
-        check(srv.stop() == 0, "exit 0 on SIGTERM")
-        log = open(srv.log.name).read()
-        check("lit-llama-7m-chat: chat requests use its chat template" in log, f"the log says which format: {log}")
-    finally:
-        if srv.p.poll() is None:
-            srv.p.kill()
+
+    def templated_chat(name, model, label, more=None):
+        srv = Server(name, model, "--threads", "2")
+        try:
+            st, _, b = request(srv.url + "/v1/chat/completions", body)
+            check(st == 200, f"templated chat on {label} answered {st}: {b[:200]}")
+            want = generate(rendered, 24, model)
+            got = json.loads(b)["choices"][0]["message"]["content"]
+            check(got == want, f"chat on {label} renders its template: {got!r} != {want!r}")
+            check(json.loads(b)["usage"]["prompt_tokens"] > 16, "the template's text is the prompt")
+            if more:
+                more(srv)
+            check(srv.stop() == 0, "exit 0 on SIGTERM")
+            log = open(srv.log.name).read()
+            check(f"{label}: chat requests use its chat template" in log, f"the log says which format: {log}")
+        finally:
+            if srv.p.poll() is None:
+                srv.p.kill()
+
+    templated_chat("chat-template", d, "lit-llama-7m-chat", raises_400)
     # exported to GGUF, the template goes along (tokenizer.chat_template) and serving the file uses it
     gguf = os.path.join(WORK, "chat.gguf")
     subprocess.run([MOPT, "export", d, "--format", "gguf", "--type", "q8_0", "-o", gguf, "--force", "--quiet"], check=True)
-    srv = Server("chat-template-gguf", gguf, "--threads", "2")
-    try:
-        st, _, b = request(srv.url + "/v1/chat/completions", body)
-        check(st == 200, f"templated chat on the GGUF answered {st}: {b[:200]}")
-        want = generate(rendered, 24, gguf)
-        got = json.loads(b)["choices"][0]["message"]["content"]
-        check(got == want, f"the GGUF file's chat template: {got!r} != {want!r}")
-        check(srv.stop() == 0, "exit 0 on SIGTERM")
-        log = open(srv.log.name).read()
-        check("chat.gguf: chat requests use its chat template" in log, f"the log says which format: {log}")
-    finally:
-        if srv.p.poll() is None:
-            srv.p.kill()
+    templated_chat("chat-template-gguf", gguf, "chat.gguf")
     bad = os.path.join(WORK, "bad.jinja")
     open(bad, "w").write("{% for m in messages %}")
     out = subprocess.run([MOPT, "serve", d, "--chat-template", bad, "--port", "0"], capture_output=True, timeout=120)
