@@ -49,13 +49,73 @@ static inline char *test_shared_path(char *buf, size_t cap, const char *rel) {
         assert_null(strchr((err).msg, '\n'));                                                                      \
     } while (0)
 
-/* A scratch directory under the build tree, unique per test process. */
+/* --- scratch directories ---------------------------------------------------------- */
+
+/* The scratch directories this process made, so that each goes when the test
+ * that made it ends (those a group setup made, when the group ends): the suite
+ * then needs one test's disk, not the sum of all, which a CI machine with a
+ * small disk did not have. MOPT_KEEP_TMP=1 keeps them to look at. */
+#define TEST_TMPDIRS_MAX 64
+static char test_tmpdirs[TEST_TMPDIRS_MAX][4096];
+static int test_ntmpdirs, test_ngroup_tmpdirs;
+
+/* Removes the scratch directories made after the first `keep` (rm -rf does not
+ * follow symbolic links). */
+static inline void test_tmpdirs_remove(int keep) {
+    const char *k = getenv("MOPT_KEEP_TMP");
+    for (int i = test_ntmpdirs - 1; i >= keep; i--) {
+        if (k && *k && strcmp(k, "0")) continue;
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_tmpdirs[i]);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", test_tmpdirs[i]);
+    }
+    if (test_ntmpdirs > keep) test_ntmpdirs = keep;
+}
+
+/* A scratch directory under the build tree, unique per test process, emptied
+ * now and removed when the test ends (see test_run_tests). */
 static inline char *test_tmpdir(char *buf, size_t cap, const char *name) {
     snprintf(buf, cap, "%s/tmp-%s-%ld", MOPT_BINARY_DIR, name, (long)getpid());
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
     if (system(cmd) != 0) return NULL;
+    int known = 0;
+    for (int i = 0; i < test_ntmpdirs; i++) known |= !strcmp(test_tmpdirs[i], buf);
+    if (!known && test_ntmpdirs < TEST_TMPDIRS_MAX) snprintf(test_tmpdirs[test_ntmpdirs++], sizeof test_tmpdirs[0], "%s", buf);
     return buf;
+}
+
+static CMFixtureFunction test_user_group_setup, test_user_group_teardown;
+static inline int test_group_setup(void **state) {
+    int rc = test_user_group_setup ? test_user_group_setup(state) : 0;
+    test_ngroup_tmpdirs = test_ntmpdirs;
+    return rc;
+}
+static inline int test_group_teardown(void **state) {
+    int rc = test_user_group_teardown ? test_user_group_teardown(state) : 0;
+    test_tmpdirs_remove(0);
+    return rc;
+}
+static inline int test_tmpdirs_teardown(void **state) {
+    (void)state;
+    test_tmpdirs_remove(test_ngroup_tmpdirs);
+    return 0;
+}
+
+/* cmocka_run_group_tests, with each test's scratch directories removed after it. */
+#define test_run_tests(tests, setup, teardown) test_run_group(#tests, tests, sizeof(tests) / sizeof((tests)[0]), setup, teardown)
+static inline int test_run_group(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtureFunction setup,
+                                 CMFixtureFunction teardown) {
+    struct CMUnitTest *t = malloc(n * sizeof *t);
+    if (!t) return 1;
+    memcpy(t, tests, n * sizeof *t);
+    for (size_t i = 0; i < n; i++)
+        if (!t[i].teardown_func) t[i].teardown_func = test_tmpdirs_teardown;
+    test_user_group_setup = setup;
+    test_user_group_teardown = teardown;
+    int rc = _cmocka_run_group_tests(name, t, n, test_group_setup, test_group_teardown);
+    free(t);
+    return rc;
 }
 
 static inline void write_file(const char *path, const void *data, size_t n) {

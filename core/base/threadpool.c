@@ -24,6 +24,14 @@ struct mopt_pool {
     atomic_int stop;
 };
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 typedef struct {
     mopt_pool *p;
     int32_t id;
@@ -48,6 +56,7 @@ static void *worker(void *arg) {
         while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop) && spins < 20000) {
             spins++;
             if ((spins & 255) == 0) sched_yield();
+            else cpu_relax();
         }
         if (g == seen && !atomic_load(&p->stop)) {
             pthread_mutex_lock(&p->mu);
@@ -120,5 +129,11 @@ void mopt_pool_run(mopt_pool *p, int64_t n_tasks, mopt_task_fn fn, void *ctx) {
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     drain(p, 0);
-    while (atomic_load(&p->active) > 0) sched_yield();
+    /* The others finish within microseconds unless preempted: spin with a
+     * pause, and give the core away only now and then (a yield is a system
+     * call, dear in a virtual machine, and most waits are shorter than one). */
+    for (int spins = 1; atomic_load(&p->active) > 0; spins++) {
+        if ((spins & 63) == 0) sched_yield();
+        else cpu_relax();
+    }
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -19,8 +20,9 @@ static void help(void) {
            "  POST /v1/completions, POST /v1/chat/completions (\"stream\": true for server-sent events),\n"
            "  GET /v1/models, GET /health, GET /metrics (Prometheus), GET / (a status page),\n"
            "  POST /admin/split {\"split\": F} (loopback clients only).\n"
-           "Chat messages are rendered as one \"Role: content\" line each (System, User, Assistant),\n"
-           "followed by \"Assistant:\".\n"
+           "Chat messages go through the model's chat template (the Jinja chat_template of its\n"
+           "tokenizer_config.json, rendered as transformers' apply_chat_template does); a model without one\n"
+           "gets one \"Role: content\" line per message (System, User, Assistant), then \"Assistant:\".\n"
            "  --host H            IPv4 address to listen on (default 127.0.0.1: this machine only)\n"
            "  --port P            port (default 8080; 0 picks a free one)\n"
            "  --port-file F       write the port there once listening (for scripts)\n"
@@ -45,6 +47,8 @@ static void help(void) {
            "  --max-conns N       open connections (default 4096, or what the file limit allows)\n"
            "  --drain-timeout S   seconds a SIGTERM waits for running requests (default 30)\n"
            "  --threads N         compute threads per model (default: all cores)\n"
+           "  --chat-template F   render chat with the Jinja template in file F instead (both arms), or\n"
+           "                      'plain' for the plain format\n"
            "  --verbose           log libmicrohttpd's messages too\n");
 }
 
@@ -64,19 +68,51 @@ static const char *base_name(const char *path, char *buf, size_t cap) {
     return buf;
 }
 
-/* A Hugging Face tokenizer_config.json with a chat_template: its Jinja is not
- * rendered (yet), so say that chat requests use the plain format. */
-static void note_chat_template(const char *model_path, const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
-    char *text = NULL;
-    size_t n = 0;
+/* An arm's chat template: --chat-template FILE (a Jinja file) or "plain",
+ * else the one its files carry (mopt_tokenizer_chat_template), with the
+ * special tokens of its tokenizer_config.json (a GGUF file: the text of its
+ * BOS and EOS tokens). *out stays NULL for the plain format. */
+static int load_chat_template(const mopt_model *m, const char *name, const char *choice, srv_chat **out) {
+    *out = NULL;
+    if (choice && !strcmp(choice, "plain")) {
+        srv_log(false, "%s: chat requests use the plain \"Role: content\" format", name);
+        return EXIT_OK;
+    }
+    const mopt_tokenizer *tok = mopt_model_tokenizer(m);
+    char path[4096], msg[512];
+    char *cfg = NULL, *file = NULL;
+    size_t ncfg = 0, nfile = 0;
     mopt_error err = {0};
-    if (cli_read_text(path, &text, &n, &err)) return;
-    if (memmem(text, n, "\"chat_template\"", 15))
-        srv_log(false, "%s has a Jinja chat template, which mopt does not render yet: chat requests use the plain "
-                       "\"Role: content\" format", name);
-    free(text);
+    if (choice && cli_read_text(choice, &file, &nfile, &err)) return cli_fail(&err);
+    const char *tmpl = file ? file : tok ? mopt_tokenizer_chat_template(tok) : NULL;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", mopt_model_path(m));
+    struct stat st;
+    if (!stat(mopt_model_path(m), &st) && S_ISDIR(st.st_mode) && !access(path, F_OK)) {
+        if (cli_read_text(path, &cfg, &ncfg, &err)) {
+            free(file);
+            return cli_fail(&err);
+        }
+    } else if (tok) { /* no config: the tokens' own text */
+        const int32_t bos = mopt_tokenizer_bos_id(tok), eos = mopt_tokenizer_eos_id(tok);
+        json_t *o = json_object();
+        if (bos >= 0 && mopt_tokenizer_token_str(tok, bos)) json_object_set_new(o, "bos_token", json_string(mopt_tokenizer_token_str(tok, bos)));
+        if (eos >= 0 && mopt_tokenizer_token_str(tok, eos)) json_object_set_new(o, "eos_token", json_string(mopt_tokenizer_token_str(tok, eos)));
+        cfg = json_dumps(o, 0);
+        ncfg = cfg ? strlen(cfg) : 0;
+        json_decref(o);
+    }
+    bool none;
+    *out = srv_chat_new(cfg, ncfg, tmpl, tmpl ? strlen(tmpl) : 0, &none, msg, sizeof msg);
+    free(cfg);
+    free(file);
+    if (!*out && !none) {
+        mopt_error_set(&err, MOPT_E_FORMAT, "serve", "%s: %s (--chat-template plain serves chat in the plain format)",
+                       choice ? choice : mopt_model_path(m), msg);
+        return cli_fail(&err);
+    }
+    srv_log(false, "%s: chat requests use %s", name,
+            *out ? (choice ? "the --chat-template file" : "its chat template") : "the plain \"Role: content\" format (it has no chat template)");
+    return EXIT_OK;
 }
 
 int cmd_serve(int argc, char **argv) {
@@ -90,8 +126,8 @@ int cmd_serve(int argc, char **argv) {
         {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'},
         {"shadow", required_argument, 0, 'w'},   {"shadow-tokens", required_argument, 0, 'k'},
         {"gate", required_argument, 0, 'g'},     {"gate-window", required_argument, 0, 'W'},
-        {"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *host = "127.0.0.1", *port_file = NULL, *candidate = NULL;
+        {"chat-template", required_argument, 0, 't'}, {"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *host = "127.0.0.1", *port_file = NULL, *candidate = NULL, *chat_template = NULL;
     long long port = 8080, seed = 1, max_seqs = 8, max_batch = 256, ctx = 0, queue = 64, max_body = 1 << 20,
               max_conns = 4096, threads = 0, kv_mib = 1024;
     double split = -1, drain = 30, shadow = 0;
@@ -137,6 +173,7 @@ int cmd_serve(int argc, char **argv) {
             if (!srv_gate_parse(optarg, &gate, msg, sizeof msg)) return cli_usage_error("serve", "%s", msg);
             gated = true;
             break;
+        case 't': chat_template = optarg; break;
         case 'v': srv_verbose = 1; break;
         case 'h': help(); return EXIT_OK;
         default: return cli_usage_error("serve", "unknown option");
@@ -165,6 +202,7 @@ int cmd_serve(int argc, char **argv) {
     mopt_error err = {0};
     mopt_model *models[SRV_ARMS] = {0};
     srv_engine *eng[SRV_ARMS] = {0};
+    srv_chat *chat[SRV_ARMS] = {0};
     char name_buf[SRV_ARMS][256];
     const char *names[SRV_ARMS] = {base_name(argv[optind], name_buf[0], sizeof name_buf[0]),
                                    candidate ? base_name(candidate, name_buf[1], sizeof name_buf[1]) : NULL};
@@ -187,7 +225,8 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     if (mopt_interrupted()) goto done; /* a signal during loading: main turns it into 130/143 */
-    for (int a = 0; a < SRV_ARMS && paths[a]; a++) note_chat_template(paths[a], names[a]);
+    for (int a = 0; a < SRV_ARMS && paths[a]; a++)
+        if ((rc = load_chat_template(models[a], names[a], chat_template, &chat[a]))) goto done;
     int32_t diff = -1;
     if (shadow > 0 &&
         !mopt_tokenizer_same_vocab(mopt_model_tokenizer(models[0]), mopt_model_tokenizer(models[1]), &diff)) {
@@ -213,7 +252,8 @@ int cmd_serve(int argc, char **argv) {
             goto done;
         }
     }
-    srv_server_opts so = {host, (int)port, (size_t)max_body, (int)max_conns, 4, drain, shadow, (int32_t)shadow_tokens, &mon};
+    srv_server_opts so = {host, (int)port, (size_t)max_body, (int)max_conns, 4, drain, shadow, (int32_t)shadow_tokens, &mon,
+                          {chat[0], chat[1]}};
     srv = srv_server_start(eng, names, &router, &met, &so, &err);
     if (!srv) {
         rc = cli_fail(&err);
@@ -243,6 +283,7 @@ done:
     for (int a = 0; a < SRV_ARMS; a++) {
         srv_engine_free(eng[a]);
         mopt_model_free(models[a]);
+        srv_chat_free(chat[a]);
     }
     srv_monitor_free(&mon);
     srv_metrics_free(&met);

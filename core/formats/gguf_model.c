@@ -318,7 +318,16 @@ static mopt_status tokenizer_from_kv(const gguf_file *f, const char *path, mopt_
     else
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: tokenizer.ggml.model \"%.*s\" is not supported (llama, gpt2)", path,
                          (int)(ml < 40 ? ml : 40), model);
-    if (*tok) return MOPT_OK;
+    if (*tok) {
+        uint64_t cl;
+        const char *ct = gguf_get_str(f, "tokenizer.chat_template", &cl); /* within the file: gguf_get_str checked it */
+        if (ct && cl && !((*tok)->chat_template = strndup(ct, (size_t)cl))) {
+            mopt_tokenizer_free(*tok);
+            *tok = NULL;
+            return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        }
+        return MOPT_OK;
+    }
     if (err) *err = e;
     return e.code ? (mopt_status)e.code : MOPT_E_FORMAT;
 }

@@ -141,6 +141,8 @@ static mopt_status tokenizer_kv(kvs *k, const mopt_tokenizer *tok, const mopt_ar
      * "[PAD<id>]" tokens, as convert_hf_to_gguf.py pads it */
     const int32_t ntok = mopt_tokenizer_vocab_size(tok), n = a->vocab_size > ntok ? (int32_t)a->vocab_size : ntok;
     kv_str(k, "tokenizer.ggml.model", model);
+    if (mopt_tokenizer_chat_template(tok)) /* as convert_hf_to_gguf.py writes it, for llama.cpp's chat */
+        kv_str(k, "tokenizer.chat_template", mopt_tokenizer_chat_template(tok));
     if (!spm) kv_str(k, "tokenizer.ggml.pre", "gpt-2");
     kv_arr(k, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)n);
     for (int32_t i = 0; i < n; i++) {

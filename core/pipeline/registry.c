@@ -238,7 +238,7 @@ static void scan_dir(mopt_registry *r, const char *dir) {
         if ((names[n] = strdup(de->d_name))) n++;
     }
     closedir(d);
-    qsort(names, n, sizeof *names, cmp_str);
+    if (n) qsort(names, n, sizeof *names, cmp_str); /* names is NULL in a folder without plugins */
     for (size_t i = 0; i < n; i++) {
         char path[4096];
         mopt_error e = {0};

@@ -228,10 +228,17 @@ static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
     srv_engine *e = s->eng[x->arm];
     srv_request *r = x->r = srv_request_new();
     if (!r) return error(s, x->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, SRV_ERR_INTERNAL, "out of memory");
+    const srv_chat *tmpl = chat ? s->o.chat[x->arm] : NULL;
+    if (tmpl) { /* the arm's own template; it writes the special tokens itself, as apply_chat_template does */
+        char *text = srv_chat_render(tmpl, x->p.messages, msg, sizeof msg);
+        if (!text) return error(s, x->conn, MHD_HTTP_BAD_REQUEST, SRV_ERR_BAD_REQUEST, msg);
+        free(x->p.prompt);
+        x->p.prompt = text;
+    }
     mopt_error err = {0};
     size_t n_ids = 0;
-    if (mopt_tokenizer_encode(srv_engine_tokenizer(e), x->p.prompt, strlen(x->p.prompt), MOPT_TOK_ADD_SPECIAL, &r->prompt,
-                              &n_ids, &err))
+    if (mopt_tokenizer_encode(srv_engine_tokenizer(e), x->p.prompt, strlen(x->p.prompt), tmpl ? 0 : MOPT_TOK_ADD_SPECIAL,
+                              &r->prompt, &n_ids, &err))
         return error(s, x->conn, MHD_HTTP_BAD_REQUEST, SRV_ERR_BAD_REQUEST, err.msg);
     const int32_t ctx = srv_engine_ctx(e);
     if (n_ids == 0)

@@ -15,6 +15,7 @@ void srv_params_free(srv_params *p) {
     free(p->prompt);
     for (int i = 0; i < p->n_stop; i++) free(p->stop[i]);
     free(p->user);
+    json_decref(p->messages);
     memset(p, 0, sizeof *p);
 }
 
@@ -120,7 +121,8 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
     }
     if (chat) {
         if (!check_messages(json_object_get(o, "messages"), msg, cap)) goto done;
-        p->prompt = chat_prompt(json_object_get(o, "messages"));
+        p->messages = json_incref(json_object_get(o, "messages"));
+        p->prompt = chat_prompt(p->messages);
     } else {
         v = json_object_get(o, "prompt");
         if (json_is_array(v) && json_array_size(v) == 1) v = json_array_get(v, 0);

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "mopt/mopt.h"
 #include "strbuf.h"
 
@@ -204,6 +206,21 @@ void srv_monitor_reset(srv_monitor *m);
 void srv_shadow_start(srv_engine *const eng[SRV_ARMS], const int32_t *prompt, int32_t n_prompt, int32_t n_tokens,
                       srv_monitor *mon, srv_metrics *met);
 
+/* ---- chat templates ------------------------------------------------------ */
+
+/* A model's Jinja chat template with the special tokens of its tokenizer_config.json. */
+typedef struct srv_chat srv_chat;
+
+/* The template tmpl with the special tokens of config (a tokenizer_config.json's
+ * text, or NULL). NULL with *none set when tmpl is NULL; NULL with a one-line
+ * msg on error. */
+srv_chat *srv_chat_new(const char *config, size_t config_n, const char *tmpl, size_t tmpl_n, bool *none, char *msg,
+                       size_t cap);
+/* The prompt for checked messages, with add_generation_prompt; NULL with a
+ * one-line msg when the template fails (its raise_exception text). */
+char *srv_chat_render(const srv_chat *c, json_t *messages, char *msg, size_t cap);
+void srv_chat_free(srv_chat *c);
+
 /* ---- the HTTP server ----------------------------------------------------- */
 
 typedef struct srv_server srv_server;
@@ -218,6 +235,7 @@ typedef struct srv_server_opts {
     double shadow;        /* fraction of requests also compared on both arms */
     int32_t shadow_tokens;
     srv_monitor *monitor;
+    const srv_chat *chat[SRV_ARMS]; /* each arm's chat template; NULL: the plain format */
 } srv_server_opts;
 
 /* Listens for the arms given (eng[i] NULL: none); names label them in
@@ -245,6 +263,7 @@ typedef struct srv_params {
     char *stop[SRV_MAX_STOP];
     int n_stop;
     char *user;          /* routing key: the X-Mopt-Route-Key header or the request's "user" */
+    json_t *messages;    /* chat: the checked messages, for the arm's chat template */
 } srv_params;
 
 /* Parses a request body; false with a one-line message in msg (an HTTP 400). */

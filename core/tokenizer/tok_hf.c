@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base.h"
 #include "json_util.h"
@@ -293,11 +294,48 @@ static mopt_status load_merges(mopt_tokenizer *tok, const char *path, json_t *me
     return MOPT_OK;
 }
 
+/* transformers' tokenizer_config.json beside tokenizer.json: its chat_template
+ * is the model's. Integers are read as reals (transformers spells out
+ * model_max_length as a 31-digit integer). */
+static mopt_status load_chat_template(mopt_tokenizer *tok, const char *path, mopt_error *err) {
+    char cfg[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(cfg, sizeof cfg, "%.*stokenizer_config.json", slash ? (int)(slash - path + 1) : 0, path);
+    if (access(cfg, F_OK)) return MOPT_OK;
+    char *data;
+    size_t len;
+    mopt_status st = mopt_read_file(cfg, &data, &len, err);
+    if (st) return st;
+    json_error_t je;
+    json_t *root = json_loadb(data, len, JSON_DECODE_INT_AS_REAL, &je);
+    free(data);
+    if (!root) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s:%d:%d: malformed JSON: %s", cfg, je.line, je.column, je.text);
+    json_t *t = json_object_get(root, "chat_template"), *text = json_is_string(t) ? t : NULL;
+    for (size_t i = 0; json_is_array(t) && i < json_array_size(t); i++) { /* [{name, template}]: the "default" one */
+        json_t *e = json_array_get(t, i), *name = json_object_get(e, "name");
+        if (json_is_string(name) && !strcmp(json_string_value(name), "default")) text = json_object_get(e, "template");
+    }
+    if (!json_is_object(root) || (t && !json_is_null(t) && !json_is_string(text))) {
+        st = MOPT_FAIL(err, MOPT_E_FORMAT, "%s: %s", cfg,
+                       json_is_object(root) ? "chat_template must be a string or a list with a \"default\" {name, template}"
+                                            : "not a JSON object");
+        json_decref(root);
+        return st;
+    }
+    if (text && !(tok->chat_template = strdup(json_string_value(text)))) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    json_decref(root);
+    return st;
+}
+
 mopt_tokenizer *mopt_tokenizer_load_hf(const char *path, mopt_error *err) {
     json_t *root = mopt_json_load_file(path, err);
     if (!root) return NULL;
     mopt_tokenizer *tok = tok_hf_from_json(root, path, err);
     json_decref(root);
+    if (tok && load_chat_template(tok, path, err)) {
+        mopt_tokenizer_free(tok);
+        return NULL;
+    }
     return tok;
 }
 

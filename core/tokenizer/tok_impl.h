@@ -94,6 +94,7 @@ struct mopt_tokenizer {
     uint32_t *piece_len;
     int16_t *piece_byte;   /* id -> raw byte for <0xXX> tokens, -1 otherwise */
     int32_t bos_id, eos_id;
+    char *chat_template; /* Jinja, from tokenizer_config.json or GGUF's tokenizer.chat_template; NULL if none */
 };
 
 /* growable id list */

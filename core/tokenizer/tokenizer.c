@@ -9,6 +9,8 @@
 
 #define SPM_SPACE "\xe2\x96\x81"
 
+const char *mopt_tokenizer_chat_template(const mopt_tokenizer *tok) { return tok->chat_template; }
+
 void mopt_tokenizer_free(mopt_tokenizer *tok) {
     if (!tok) return;
     for (int32_t i = 0; i < tok->n_vocab; i++) {
@@ -25,6 +27,7 @@ void mopt_tokenizer_free(mopt_tokenizer *tok) {
     free(tok->piece_byte);
     str_map_free(&tok->vocab);
     pair_map_free(&tok->merges);
+    free(tok->chat_template);
     for (int32_t i = 0; i < tok->n_splits; i++) {
         pcre2_match_data_free(tok->splits[i].md);
         pcre2_code_free(tok->splits[i].re);

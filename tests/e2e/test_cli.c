@@ -389,5 +389,5 @@ int main(void) {
         cmocka_unit_test(test_grad_writes_every_weight_under_its_checkpoint_name),
         cmocka_unit_test(test_grad_refuses_bad_input_and_writes_nothing),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

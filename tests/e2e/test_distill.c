@@ -455,5 +455,5 @@ int main(void) {
         cmocka_unit_test(test_sigint_leaves_a_resumable_checkpoint),
         cmocka_unit_test(test_qad_script_starts_from_gptq_and_draws_the_loss_curves),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -224,5 +224,5 @@ int main(void) {
         cmocka_unit_test(test_gates_exit_3_and_still_write_reports),
         cmocka_unit_test(test_ci_regression_script_exits_3_on_a_failed_gate),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run_tests(tests, setup, teardown);
 }

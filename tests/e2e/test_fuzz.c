@@ -440,5 +440,5 @@ int main(void) {
         cmocka_unit_test(test_training_states),
         cmocka_unit_test(test_report_counts),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run_tests(tests, setup, teardown);
 }

@@ -335,5 +335,5 @@ int main(void) {
         cmocka_unit_test(test_depth_by_loss_drops_the_block_whose_removal_costs_least),
         cmocka_unit_test(test_minitron_refuses_bad_input),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -671,5 +671,5 @@ int main(void) {
         cmocka_unit_test(test_pruned_model_exports_and_reloads),
         cmocka_unit_test(test_prune_refuses_bad_input),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

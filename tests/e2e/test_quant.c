@@ -620,5 +620,5 @@ int main(void) {
         cmocka_unit_test(test_gptq_and_awq_beat_rtn_at_3_bits),
         cmocka_unit_test(test_rtn_reproduces_fake_quant_figures),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """mopt serve over real HTTP: Python's urllib and curl as the clients.
 
-Greedy answers equal `mopt generate` token for token, streamed or not; chat;
+Greedy answers equal `mopt generate` token for token, streamed or not; chat,
+in the plain format and through a model's Jinja chat template;
 eight clients at once; bad input answered with HTTP errors and the server
 still healthy; a whole answer whose client left is dropped; a thousand simultaneous connections; the A/B split, sticky
 keys and /admin/split; a candidate that fails its shadow-agreement gate is
@@ -113,8 +114,8 @@ def metric(srv, name):
     fail(f"/metrics has no {name}")
 
 
-def generate(prompt, n):
-    out = subprocess.run([MOPT, "generate", LLAMA, "--prompt", prompt, "-n", str(n), "--temp", "0", "--threads", "2"],
+def generate(prompt, n, model=LLAMA):
+    out = subprocess.run([MOPT, "generate", model, "--prompt", prompt, "-n", str(n), "--temp", "0", "--threads", "2"],
                          capture_output=True, check=True)
     text = out.stdout.decode()
     check(text.endswith("\n"), "generate ends its text with a newline")
@@ -170,6 +171,65 @@ def test_chat_and_stop(srv):
     check(stopped["choices"][0]["text"] == full[:cut] and stopped["choices"][0]["finish_reason"] == "stop",
           f"stop cuts at the first line break: {stopped['choices'][0]!r}")
     print("chat (plain format), streaming chat and stop sequences work")
+
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% if messages[0]['role'] == 'assistant' %}"
+                 "{{ raise_exception('the first message must not be the assistant\\'s') }}{% endif %}"
+                 "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content | trim }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_chat_template():
+    """A model whose tokenizer_config.json has a chat_template: chat goes through it."""
+    d = os.path.join(WORK, "lit-llama-7m-chat")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    for f in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
+        os.symlink(os.path.join(os.path.abspath(LLAMA), f), os.path.join(d, f))
+    cfg = json.load(open(os.path.join(LLAMA, "tokenizer_config.json")))
+    cfg["chat_template"] = CHAT_TEMPLATE
+    json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"))
+    body = dict(messages=[{"role": "system", "content": " Speak as a king. "}, {"role": "user", "content": "Who art thou?"}],
+                max_tokens=24, temperature=0)
+    # the template by hand: the BOS token's text, one turn per message, then the assistant's header
+    rendered = "<|endoftext|><|system|>\nSpeak as a king.\n<|user|>\nWho art thou?\n<|assistant|>\n"
+
+    def raises_400(srv):
+        st, _, b = request(srv.url + "/v1/chat/completions", dict(messages=[{"role": "assistant", "content": "Hi"}], max_tokens=4))
+        err = json.loads(b)["error"]["message"]
+        check(st == 400 and "the first message must not be the assistant's" in err, f"raise_exception is a 400: {st} {b}")
+
+    def templated_chat(name, model, label, more=None):
+        srv = Server(name, model, "--threads", "2")
+        try:
+            st, _, b = request(srv.url + "/v1/chat/completions", body)
+            check(st == 200, f"templated chat on {label} answered {st}: {b[:200]}")
+            want = generate(rendered, 24, model)
+            got = json.loads(b)["choices"][0]["message"]["content"]
+            check(got == want, f"chat on {label} renders its template: {got!r} != {want!r}")
+            check(json.loads(b)["usage"]["prompt_tokens"] > 16, "the template's text is the prompt")
+            if more:
+                more(srv)
+            check(srv.stop() == 0, "exit 0 on SIGTERM")
+            log = open(srv.log.name).read()
+            check(f"{label}: chat requests use its chat template" in log, f"the log says which format: {log}")
+        finally:
+            if srv.p.poll() is None:
+                srv.p.kill()
+
+    templated_chat("chat-template", d, "lit-llama-7m-chat", raises_400)
+    # exported to GGUF, the template goes along (tokenizer.chat_template) and serving the file uses it
+    gguf = os.path.join(WORK, "chat.gguf")
+    subprocess.run([MOPT, "export", d, "--format", "gguf", "--type", "q8_0", "-o", gguf, "--force", "--quiet"], check=True)
+    templated_chat("chat-template-gguf", gguf, "chat.gguf")
+    bad = os.path.join(WORK, "bad.jinja")
+    open(bad, "w").write("{% for m in messages %}")
+    out = subprocess.run([MOPT, "serve", d, "--chat-template", bad, "--port", "0"], capture_output=True, timeout=120)
+    err = out.stderr.decode()
+    check(out.returncode != 0 and "line 1: the template ended inside a block (missing '{% endfor %}')" in err
+          and "--chat-template plain" in err, f"a broken template stops the server with its line: {out.returncode} {err}")
+    print("chat through the model's Jinja template (HF and its GGUF export) equals generate on the rendered text; "
+          "raise_exception is a 400")
 
 
 def test_concurrent_clients(srv):
@@ -417,6 +477,7 @@ def main():
     finally:
         if srv.p.poll() is None:
             srv.p.kill()
+    test_chat_template()
     test_ab_split()
     test_gate_rolls_back_a_bad_candidate()
     test_sigterm_drains()

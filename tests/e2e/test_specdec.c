@@ -201,5 +201,5 @@ int main(void) {
         cmocka_unit_test(test_sampling_keeps_the_target_distribution),
         cmocka_unit_test(test_sampling_with_a_uniform_draft_still_matches),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -209,5 +209,5 @@ int main(void) {
         cmocka_unit_test(test_gguf_export_pads_a_short_tokenizer_to_the_vocabulary),
         cmocka_unit_test(test_synth_refuses_bad_input),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -267,6 +267,9 @@ def main():
                               "quant.gptq<bits=3;act_order=true;calib=c.txt>,eval.gate<metrics=ppl:max:40>",
                               "specdec.generate<k=auto;temp=0.7;top_p=0.9;n=16;prompt=a b>"]):
         put("pipeline_text", "p%d.txt" % i, text.encode())
+    fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "chat_templates.json")
+    for name, src in json.load(open(fixture))["templates"].items():
+        put("chat_template", name + ".jinja", src.encode())
     shutil.rmtree(tmp)
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
     print("seed corpus: %d files, %d KB in %s" % (sum(len(fs) for _, _, fs in os.walk(out)), total // 1024, out))

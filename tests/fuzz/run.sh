@@ -11,7 +11,7 @@ build=${MOPT_FUZZ_BUILD:-$root/build-fuzz}
 secs=${1:-60}
 shift || true
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors gguf imatrix llama2c llama2c_tokenizer tokenizer_json checkpoint_dir pipeline_text serve_request)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors gguf imatrix llama2c llama2c_tokenizer tokenizer_json checkpoint_dir pipeline_text serve_request chat_template)
 command -v clang >/dev/null || { echo "fuzz: clang is missing (apt-get install clang)" >&2; exit 2; }
 cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOPT_FUZZ=ON -DMOPT_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)" >/dev/null

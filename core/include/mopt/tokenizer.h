@@ -37,6 +37,10 @@ MOPT_API const char *mopt_tokenizer_token_str(const mopt_tokenizer *tok, int32_t
 MOPT_API bool mopt_tokenizer_is_special(const mopt_tokenizer *tok, int32_t id);
 MOPT_API int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok); /* -1 if none */
 MOPT_API int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok); /* -1 if none */
+/* The Jinja chat template the model's files carry: the chat_template of the
+ * tokenizer_config.json beside tokenizer.json (a string, or the "default" of a
+ * list), or GGUF's tokenizer.chat_template. NULL if none. */
+MOPT_API const char *mopt_tokenizer_chat_template(const mopt_tokenizer *tok);
 
 /* Whether two tokenizers have the same vocabulary: same size and the same
  * string for every id. *first_diff (may be NULL) gets the first differing id,

@@ -85,5 +85,5 @@ int main(void) {
         cmocka_unit_test(test_reads_refuse_what_is_not_a_regular_file),
         cmocka_unit_test(test_paths_outside_a_root_are_refused),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -441,5 +441,5 @@ int main(void) {
         cmocka_unit_test(test_draft_settings_for_serving),
         cmocka_unit_test(test_safetensors_written_tensor_by_tensor_equal_the_encoded_file),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -306,6 +306,45 @@ static void test_gguf_tokenizers_encode_like_the_originals(void **s) {
     same_tokens("models/stories260K/stories260K.bin", "ts.gguf"); /* llama: pieces and scores */
 }
 
+/* A model's chat template (tokenizer_config.json) goes into the GGUF file as
+ * tokenizer.chat_template, where llama.cpp's chat looks, and comes back from it. */
+static void test_the_chat_template_travels_through_gguf(void **s) {
+    REQUIRE_SHARED();
+    char hf[1100], src[1200], link[1200];
+    snprintf(hf, sizeof hf, "%s/chat-hf", dir);
+    assert_int_equal(mkdir(hf, 0755), 0);
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json"};
+    for (size_t i = 0; i < 3; i++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, "models/lit-llama-7m/%s", files[i]);
+        test_shared_path(src, sizeof src, rel);
+        snprintf(link, sizeof link, "%s/%s", hf, files[i]);
+        assert_int_equal(symlink(src, link), 0);
+    }
+    static const char tmpl[] = "{%- for m in messages %}<|{{ m.role }}|>\\n{{ m.content | trim }}\\n{% endfor -%}"
+                               "{% if add_generation_prompt %}<|assistant|>\\n{% endif %} \u00e9";
+    static const char cfg_text[] = "{\"chat_template\": \"%s\", \"eos_token\": \"<|endoftext|>\"}";
+    char cfg[1024], path[1200];
+    snprintf(cfg, sizeof cfg, cfg_text, tmpl);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", hf);
+    write_file(path, cfg, strlen(cfg));
+    mopt_model *m = test_load_model(hf);
+    const char *want = mopt_tokenizer_chat_template(mopt_model_tokenizer(m));
+    assert_non_null(want);
+    assert_non_null(strstr(want, "<|assistant|>\n{% endif %} \xc3\xa9")); /* JSON's escapes decoded */
+    mopt_model *g = export_and_load(m, "", "q8_0", "chat.gguf");
+    assert_string_equal(mopt_tokenizer_chat_template(mopt_model_tokenizer(g)), want);
+    mopt_model_free(g);
+    mopt_model_free(m);
+    /* a model without one writes none */
+    m = test_load_model("models/lit-llama-7m");
+    assert_null(mopt_tokenizer_chat_template(mopt_model_tokenizer(m)));
+    g = export_and_load(m, "", "q8_0", "nochat.gguf");
+    assert_null(mopt_tokenizer_chat_template(mopt_model_tokenizer(g)));
+    mopt_model_free(g);
+    mopt_model_free(m);
+}
+
 static void expect_refused(const char *path, const char *msg) {
     mopt_error err = {0};
     assert_null(mopt_model_load(path, NULL, &err));
@@ -1221,11 +1260,12 @@ int main(void) {
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
+        cmocka_unit_test(test_the_chat_template_travels_through_gguf),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
         cmocka_unit_test(test_patched_tensor_types_are_refused),
         cmocka_unit_test(test_inconsistent_gguf_metadata_is_refused),
         cmocka_unit_test(test_gguf_mutations_fail_cleanly),
         cmocka_unit_test(test_cli_quantize_to_gguf_and_eval),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

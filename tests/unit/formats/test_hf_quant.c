@@ -612,5 +612,5 @@ int main(void) {
         cmocka_unit_test(test_compressed_tensors_schemes_mopt_cannot_read_are_refused),
         cmocka_unit_test(test_quantize_cli_writes_the_checkpoint),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

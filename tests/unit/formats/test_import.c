@@ -467,5 +467,5 @@ int main(void) {
         cmocka_unit_test(test_llama2c_checkpoint_maps_weights_without_copying),
         cmocka_unit_test(test_hf_weights_are_mapped_not_copied),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

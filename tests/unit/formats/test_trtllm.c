@@ -236,5 +236,5 @@ int main(void) {
         cmocka_unit_test(test_config_that_contradicts_the_weights_is_refused),
         cmocka_unit_test(test_kv_cache_scales_travel_as_kv_cache_scaling_factor),
     };
-    return cmocka_run_group_tests(tests, test_registry_setup, test_registry_teardown);
+    return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }

@@ -183,5 +183,5 @@ int main(void) {
         cmocka_unit_test(test_decode_bytes_count_one_embedding_row_unless_tied),
         cmocka_unit_test(test_spilled_packed_weights_keep_their_bytes_in_a_nameless_file),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -244,5 +244,5 @@ int main(void) {
         cmocka_unit_test(test_sandbox_removes_escapes_and_confines_writes),
         cmocka_unit_test(test_unsandboxed_scripts_are_trusted_code),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -400,5 +400,5 @@ int main(void) {
         cmocka_unit_test(test_describe_prints_the_schema),
         cmocka_unit_test(test_host_cholesky_and_inverse_match_a_float64_reference),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -412,5 +412,5 @@ int main(void) {
         cmocka_unit_test(test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v),
         cmocka_unit_test(test_kv_formats_refuse_bad_scales_and_sessions_keep_theirs),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -138,5 +138,5 @@ int main(void) {
         cmocka_unit_test(test_sampling_is_seeded_and_reproducible),
         cmocka_unit_test(test_sampling_follows_softmax_and_top_p),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -398,5 +398,5 @@ int main(void) {
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

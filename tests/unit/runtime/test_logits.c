@@ -188,5 +188,5 @@ int main(void) {
         cmocka_unit_test(test_llama_logits_match_transformers),
         cmocka_unit_test(test_gpt2_logits_match_float64_reference),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -144,5 +144,5 @@ int main(void) {
         cmocka_unit_test(test_strided_windows_score_each_token_once),
         cmocka_unit_test(test_non_finite_logits_make_perplexity_an_error),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "jinja.h"
 #include "serve.h"
 #include "testutil.h"
 
@@ -334,6 +335,185 @@ static void test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one
     mopt_model_free(m);
 }
 
+/* ---- chat templates ------------------------------------------------------ */
+
+/* Every template and conversation of tests/fixtures/chat_templates.json
+ * renders to the text jinja2 rendered (make_chat_templates.py), byte for
+ * byte, or fails with the message the template raised. */
+static void test_chat_templates_render_what_jinja2_renders(void **state) {
+    (void)state;
+    json_error_t je;
+    json_t *fx = json_load_file(MOPT_SOURCE_DIR "/tests/fixtures/chat_templates.json", 0, &je);
+    assert_non_null(fx);
+    json_t *templates = json_object_get(fx, "templates"), *cases = json_object_get(fx, "cases");
+    assert_true(json_array_size(cases) >= 60);
+    size_t i, same = 0, raised = 0;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *name = json_string_value(json_object_get(c, "template"));
+        json_t *src = json_object_get(templates, name);
+        char msg[512] = "";
+        jinja_template *t = jinja_parse(json_string_value(src), json_string_length(src), msg, sizeof msg);
+        if (!t) fprintf(stderr, "%s: %s\n", name, msg);
+        assert_non_null(t);
+        char *out = jinja_render(t, json_object_get(c, "variables"), msg, sizeof msg);
+        json_t *want = json_object_get(c, "expected"), *error = json_object_get(c, "error");
+        if (want) {
+            if (!out || strcmp(out, json_string_value(want)))
+                fprintf(stderr, "%s / %s:\n--- jinja2\n%s\n--- mopt\n%s\n", name,
+                        json_string_value(json_object_get(c, "conversation")), json_string_value(want), out ? out : msg);
+            assert_non_null(out);
+            assert_string_equal(out, json_string_value(want));
+            same++;
+        } else {
+            assert_null(out);
+            if (!strstr(msg, json_string_value(error))) fprintf(stderr, "%s: '%s' lacks '%s'\n", name, msg, json_string_value(error));
+            assert_non_null(strstr(msg, json_string_value(error)));
+            assert_null(strchr(msg, '\n'));
+            raised++;
+        }
+        free(out);
+        jinja_free(t);
+    }
+    printf("%zu renderings equal jinja2's, %zu raised its message\n", same, raised);
+    assert_true(raised >= 5);
+    /* one construct at a time: whitespace control, scoping, operators, filters, tests */
+    json_t *vars = json_object_get(fx, "snippet_variables"), *snippets = json_object_get(fx, "snippets");
+    assert_true(json_array_size(snippets) >= 60);
+    size_t failed = 0;
+    json_array_foreach(snippets, i, c) {
+        json_t *src = json_object_get(c, "template"), *want = json_object_get(c, "expected");
+        char msg[512] = "";
+        jinja_template *t = jinja_parse(json_string_value(src), json_string_length(src), msg, sizeof msg);
+        char *out = t ? jinja_render(t, vars, msg, sizeof msg) : NULL;
+        if (want ? !out || strcmp(out, json_string_value(want)) : out != NULL) {
+            fprintf(stderr, "snippet %s\n--- jinja2\n%s\n--- mopt\n%s\n", json_string_value(src),
+                    want ? json_string_value(want) : "(an error)", out ? out : msg);
+            failed++;
+        }
+        free(out);
+        jinja_free(t);
+    }
+    printf("%zu snippets: %zu differ from jinja2\n", json_array_size(snippets), failed);
+    assert_int_equal(failed, 0);
+    json_decref(fx);
+}
+
+/* A template that is wrong, or that runs away, gets a one-line message
+ * naming the line, never a crash or a hang: templates come from checkpoints. */
+static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
+    (void)state;
+    static const struct {
+        const char *src, *want;
+    } bad[] = {
+        {"{{ messages", "line 1: a tag is not closed"},
+        {"a\n{% if x %}b", "line 2: the template ended inside a block (missing '{% endif %}')"},
+        {"{% for %}", "expected one or two loop variable names"},
+        {"{% macro m() %}{% endmacro %}", "'macro' is not a statement"},
+        {"x\n\n{{ 'abc }}", "line 3: a string is not closed"},
+        {"{# open", "a comment is not closed"},
+        {"{{ a $ b }}", "unexpected character '$'"},
+        {"{{ 99999999999999999999 }}", "does not fit in 64 bits"},
+        {"{% break %}", "'break' outside a loop"},
+        {"{{ [1, 2 3] }}", "expected ','"},
+        {"{{ [1, 2 }}", "a tag is not closed"},
+        {"{% endfor %}", "'endfor' is not a statement"},
+    };
+    char msg[512];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        msg[0] = 0;
+        jinja_template *t = jinja_parse(bad[i].src, strlen(bad[i].src), msg, sizeof msg);
+        if (t || !strstr(msg, bad[i].want)) fprintf(stderr, "%s: '%s' lacks '%s'\n", bad[i].src, msg, bad[i].want);
+        assert_null(t);
+        assert_non_null(strstr(msg, bad[i].want));
+    }
+    /* nesting beyond the limit is refused, not a stack overflow */
+    char deep[4096];
+    size_t k = (size_t)snprintf(deep, sizeof deep, "{{ ");
+    for (int i = 0; i < 1000; i++) deep[k++] = '(';
+    deep[k++] = '1';
+    for (int i = 0; i < 1000; i++) deep[k++] = ')';
+    strcpy(deep + k, " }}");
+    assert_null(jinja_parse(deep, strlen(deep), msg, sizeof msg));
+    assert_non_null(strstr(msg, "nested too deeply"));
+    /* errors at render time */
+    static const struct {
+        const char *src, *want;
+    } fail[] = {
+        {"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran for too long"},
+        {"{{ range(10000000) }}", "range of more than"},
+        {"{{ x.y }}", "'y' of an undefined value"},
+        {"{{ 1 + 'a' }}", "unsupported operand types for +: 'int' and 'str'"},
+        {"{{ 'abc'['b'] }}", "str indices must be integers"},
+        {"{{ 1 // 0 }}", "division by zero"},
+        {"{% set m = {} %}{% set m.x = 1 %}", "'m' is not a namespace()"},
+        {"x\n{{ raise_exception('no\nway') }}", "line 2: no way"},
+        {"{{ messages | bogus }}", "filter 'bogus'"},
+        /* values that grow in a loop */
+        {"{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "longer than 16 MiB"},
+        {"{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "longer than 16 MiB"},
+        {"{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = [ns.l] %}{% endfor %}", "nested too deeply"},
+        {"{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "ran for too long"},
+        {"{% set ns = namespace(l=['x' * 1]) %}", "unsupported operand types for *: 'str' and 'int'"},
+        /* 64-bit integers that would overflow (Python's would not) */
+        {"{{ -3 - 9223372036854775807 - 1 }}", "integer overflow in -"},
+        {"{{ 3037000500 * 3037000500 }}", "integer overflow in *"},
+        {"{{ 2 ** 63 }}", "integer overflow in **"},
+        {"{{ (-9223372036854775807 - 1) // -1 }}", "integer overflow in //"},
+        {"{{ -(-9223372036854775807 - 1) }}", "integer overflow in -"},
+        {"{{ range(0, 9223372036854775807, 9223372036854775807) | length }}{{ x.y }}", "'y' of an undefined value"},
+    };
+    json_t *vars = json_pack("{s[]}", "messages");
+    for (size_t i = 0; i < sizeof fail / sizeof *fail; i++) {
+        jinja_template *t = jinja_parse(fail[i].src, strlen(fail[i].src), msg, sizeof msg);
+        assert_non_null(t);
+        msg[0] = 0;
+        char *out = jinja_render(t, vars, msg, sizeof msg);
+        if (out || !strstr(msg, fail[i].want)) fprintf(stderr, "%s: '%s' lacks '%s'\n", fail[i].src, msg, fail[i].want);
+        assert_null(out);
+        assert_non_null(strstr(msg, fail[i].want));
+        assert_null(strchr(msg, '\n'));
+        jinja_free(t);
+    }
+    json_decref(vars);
+}
+
+/* The template renders with the special tokens of tokenizer_config.json,
+ * strings or AddedToken objects; no template means the plain format; a
+ * broken template or config is an error, not the plain format. */
+static void test_the_chat_template_renders_with_the_configs_special_tokens(void **state) {
+    (void)state;
+    static const char cfg[] = "{\"bos_token\": {\"content\": \"<s>\", \"lstrip\": false}, \"eos_token\": \"</s>\","
+                              " \"model_max_length\": 1000000000000000019884624838656}";
+    static const char tmpl[] = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant]{% endif %}";
+    char msg[512];
+    bool none;
+    srv_chat *c = srv_chat_new(cfg, strlen(cfg), tmpl, strlen(tmpl), &none, msg, sizeof msg);
+    if (!c) fprintf(stderr, "%s\n", msg);
+    assert_non_null(c);
+    json_t *msgs = json_pack("[{ssss}{ssss}]", "role", "system", "content", "Be brief.", "role", "user", "content", "Hi");
+    char *out = srv_chat_render(c, msgs, msg, sizeof msg);
+    assert_string_equal(out, "<s>[system] Be brief.</s>[user] Hi</s>[assistant]");
+    free(out);
+    srv_chat_free(c);
+    c = srv_chat_new(NULL, 0, "{{ bos_token }}{{ messages | length }}", 38, &none, msg, sizeof msg); /* no config: no tokens */
+    assert_non_null(c);
+    out = srv_chat_render(c, msgs, msg, sizeof msg);
+    assert_string_equal(out, "2");
+    free(out);
+    srv_chat_free(c);
+    assert_null(srv_chat_new(cfg, strlen(cfg), NULL, 0, &none, msg, sizeof msg));
+    assert_true(none);
+    assert_null(srv_chat_new(cfg, strlen(cfg), "{% if %}", 8, &none, msg, sizeof msg));
+    assert_false(none);
+    assert_non_null(strstr(msg, "chat template line 1"));
+    assert_null(srv_chat_new("{\"chat", 6, tmpl, strlen(tmpl), &none, msg, sizeof msg));
+    assert_false(none);
+    assert_non_null(strstr(msg, "invalid JSON at line 1"));
+    json_decref(msgs);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_stop_string_is_cut_even_across_pieces_and_held_back_while_partial),
@@ -345,6 +525,9 @@ int main(void) {
         cmocka_unit_test(test_the_engine_batches_requests_and_each_gets_its_own_greedy_text),
         cmocka_unit_test(test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests),
         cmocka_unit_test(test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one),
+        cmocka_unit_test(test_chat_templates_render_what_jinja2_renders),
+        cmocka_unit_test(test_bad_or_runaway_templates_fail_with_the_line),
+        cmocka_unit_test(test_the_chat_template_renders_with_the_configs_special_tokens),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -167,5 +167,5 @@ int main(void) {
         cmocka_unit_test(test_packed_levels_read_back_and_dequantize),
         cmocka_unit_test(test_sp24_packs_the_documented_layout_and_reads_back),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

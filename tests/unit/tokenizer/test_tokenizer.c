@@ -269,6 +269,51 @@ static void test_merge_with_unknown_token_is_refused(void **s) {
                    MOPT_E_FORMAT, "merges[0]");
 }
 
+/* tokenizer_config.json beside tokenizer.json gives the chat template: a
+ * string, or the "default" of a list; none without it; a broken config or a
+ * template of the wrong type is refused with the file's name. */
+static void test_the_chat_template_comes_from_tokenizer_config(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], path[1100], cfg[1100], src[1024];
+    test_tmpdir(dir, sizeof dir, "chat-tok");
+    size_t n;
+    char *json = read_whole(test_shared_path(src, sizeof src, "models/lit-llama-7m/tokenizer.json"), &n);
+    assert_non_null(json);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    write_file(path, json, n);
+    free(json);
+    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
+    static const struct {
+        const char *config, *want, *error;
+    } cases[] = {
+        {NULL, NULL, NULL},
+        {"{\"eos_token\": \"</s>\", \"model_max_length\": 1000000000000000019884624838656}", NULL, NULL},
+        {"{\"chat_template\": \"{{ bos_token }}{{ messages[0].content }}\"}", "{{ bos_token }}{{ messages[0].content }}", NULL},
+        {"{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"default\", \"template\": \"D\"}]}", "D", NULL},
+        {"{\"chat_template\": null}", NULL, NULL},
+        {"{\"chat_template\": 5}", NULL, "chat_template must be a string"},
+        {"{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}]}", NULL, "a list with a \"default\""},
+        {"[1]", NULL, "not a JSON object"},
+        {"{\"chat_template\": \"x\",", NULL, "tokenizer_config.json:1:"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        unlink(cfg);
+        if (cases[i].config) write_file(cfg, cases[i].config, strlen(cases[i].config));
+        mopt_error err = {0};
+        mopt_tokenizer *t = mopt_tokenizer_load_hf(path, &err);
+        if (cases[i].error) {
+            assert_null(t);
+            CHECK_ERR(err, MOPT_E_FORMAT, cases[i].error);
+            assert_non_null(strstr(err.msg, "tokenizer_config.json"));
+            continue;
+        }
+        assert_non_null(t);
+        if (cases[i].want) assert_string_equal(mopt_tokenizer_chat_template(t), cases[i].want);
+        else assert_null(mopt_tokenizer_chat_template(t));
+        mopt_tokenizer_free(t);
+    }
+}
+
 static void test_truncated_llama2c_tokenizer_is_refused(void **s) {
     REQUIRE_SHARED();
     char dir[1024], path[1100], src[1024];
@@ -306,8 +351,9 @@ int main(void) {
         cmocka_unit_test(test_malformed_tokenizer_json_reports_line_and_column),
         cmocka_unit_test(test_unknown_tokenizer_model_is_refused_by_name),
         cmocka_unit_test(test_merge_with_unknown_token_is_refused),
+        cmocka_unit_test(test_the_chat_template_comes_from_tokenizer_config),
         cmocka_unit_test(test_truncated_llama2c_tokenizer_is_refused),
         cmocka_unit_test(test_invalid_utf8_text_is_refused),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }

@@ -737,5 +737,5 @@ int main(void) {
         cmocka_unit_test(test_lit_llama_gradients_match_finite_differences),
         cmocka_unit_test(test_lit_gpt2_gradients_match_finite_differences),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run_tests(tests, NULL, NULL);
 }
