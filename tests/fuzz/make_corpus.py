@@ -236,7 +236,8 @@ def main():
     put("llama2c_tokenizer", "tok64", bytes([16]) + llama2c_tokenizer())  # first byte: vocab = 1 + 4 * 16
     for name, tok in (("bytelevel", gpt2_tokenizer()), ("spm", spm_tokenizer()), ("llama3", llama3_tokenizer())):
         put("tokenizer_json", name + ".json", json.dumps(tok, ensure_ascii=False).encode())
-    for t in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"):
+    # q2_k: the seed's rows of 32 fall back to IQ4_NL blocks, as llama-quantize's do
+    for t in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k"):
         g = os.path.join(tmp, "%s.gguf" % t)
         run("export", l2c, "-o", g, "--format", "gguf", "--type", t)
         put("gguf", "llama-%s.gguf" % t, open(g, "rb").read())
