@@ -1083,6 +1083,23 @@ static bool run_for(rctx *c, const js *s) {
     return ok && !c->failed;
 }
 
+/* Whether `target` is v or inside it (a reference cycle, which reference
+ * counting never frees); deeper than values may nest counts as yes. */
+static bool reaches(rctx *c, const json_t *v, const json_t *target, int depth) {
+    c->steps++;
+    if (!v) return false;
+    if (v == target || depth > MAX_VALUE_DEPTH) return true;
+    const char *k;
+    json_t *x;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (reaches(c, json_array_get(v, i), target, depth + 1)) return true;
+    } else if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, k, x) if (reaches(c, x, target, depth + 1)) return true;
+    }
+    return false;
+}
+
 static bool run_set(rctx *c, const js *s) {
     json_t *v;
     if (s->x) {
@@ -1098,10 +1115,11 @@ static bool run_set(rctx *c, const js *s) {
     if (c->failed) return json_decref(v), false;
     if (!s->attr) return assign(c, s->target, v) ? true : (rerr(c, s->line, "out of memory"), false);
     json_t *ns = lookup(c, s->target);
-    const bool ok = ns && is_namespace(c, ns);
-    if (ok) json_object_set_new(ns, s->attr, v ? v : json_null());
+    const bool ok = ns && is_namespace(c, ns), cycle = ok && reaches(c, v, ns, 0);
+    if (ok && !cycle) json_object_set_new(ns, s->attr, v ? v : json_null());
     else json_decref(v);
     json_decref(ns);
+    if (cycle) return rerr(c, s->line, "'set %s.%s' would make the namespace hold itself", s->target, s->attr), false;
     return ok ? true : (rerr(c, s->line, "'%s' is not a namespace(): 'set %s.%s' cannot change it", s->target, s->target, s->attr), false);
 }
 

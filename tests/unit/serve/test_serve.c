@@ -447,6 +447,7 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
         {"{{ 'abc'['b'] }}", "str indices must be integers"},
         {"{{ 1 // 0 }}", "division by zero"},
         {"{% set m = {} %}{% set m.x = 1 %}", "'m' is not a namespace()"},
+        {"{% set a = namespace() %}{% set b = namespace(a=a) %}{% set a.b = [b] %}", "would make the namespace hold itself"},
         {"x\n{{ raise_exception('no\nway') }}", "line 2: no way"},
         {"{{ messages | bogus }}", "filter 'bogus'"},
         /* values that grow in a loop */
