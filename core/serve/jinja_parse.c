@@ -210,6 +210,16 @@ static char *unescape(parser *p, const char *s, size_t n, size_t *out_n) {
     return o;
 }
 
+/* Past a tag's end at *i: "-" there strips every blank that follows; else a
+ * block or comment tag (trim_blocks) drops one newline. Counts lines. */
+static void after_tag(const char *s, size_t n, size_t *i, int *line, bool dash, bool trim) {
+    if (dash) {
+        while (*i < n && is_space(s[*i])) *line += s[(*i)++] == '\n';
+    } else if (trim && *i < n && s[*i] == '\n') {
+        (*i)++, (*line)++;
+    }
+}
+
 static const char *const OPS[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<", ">", "(", ")",
                                   "[",  "]",  "{",  "}",  ".",  ",",  ":", "|", "="};
 
@@ -225,11 +235,7 @@ static bool lex_tag(parser *p, size_t *i, int *line, bool block, bool *line_star
         const bool dash = s[*i] == '-' && *i + 2 < n && !strncmp(s + *i + 1, end, 2);
         if (parens == 0 && (dash || !strncmp(s + *i, end, 2))) {
             *i += dash ? 3 : 2;
-            if (dash) {
-                while (*i < n && is_space(s[*i])) *line += s[(*i)++] == '\n';
-            } else if (block && *i < n && s[*i] == '\n') {
-                (*i)++, (*line)++;
-            }
+            after_tag(s, n, i, line, dash, block);
             *line_starting = s[*i - 1] == '\n';
             return push_tok(p, (tok){block ? T_BLOCK_END : T_VAR_END, *line, NULL, 0, NULL});
         }
@@ -320,11 +326,7 @@ static int raw_block(parser *p, size_t *i, int *line) {
             while (text_end > at && is_space(s[text_end - 1])) text_end--;
         if (text_end > at && !push_tok(p, (tok){T_TEXT, *line, s + at, text_end - at, NULL})) return -1;
         *line += count_lines(s + *i, past - *i);
-        if (end_dash) {
-            while (past < n && is_space(s[past])) *line += s[past++] == '\n';
-        } else if (past < n && s[past] == '\n') {
-            past++, (*line)++;
-        }
+        after_tag(s, n, &past, line, end_dash, true);
         *i = past;
         return 1;
     }
@@ -364,11 +366,7 @@ static bool lex(parser *p) {
             line += count_lines(s + i, e - i);
             const bool dash = e > i && s[e - 1] == '-';
             i = e + 2;
-            if (dash) {
-                while (i < n && is_space(s[i])) line += s[i++] == '\n';
-            } else if (i < n && s[i] == '\n') {
-                i++, line++;
-            }
+            after_tag(s, n, &i, &line, dash, true);
             line_starting = s[i - 1] == '\n';
             continue;
         }
