@@ -28,7 +28,14 @@ typedef struct mopt_op_args {
      * cache and position; the fields above are then unused. n_seqs 0: one sequence. */
     const struct mopt_op_args *seqs;
     int32_t n_seqs;
+    /* linears that read the same input (q, k and v; gate and up), each entry a
+     * whole linear call, in one call so that the backend can spread all their
+     * rows over its threads at once; the fields above are then unused. 0: one linear. */
+    const struct mopt_op_args *group;
+    int32_t n_group;
 } mopt_op_args;
+
+#define MOPT_MAX_LINEAR_GROUP 4 /* linears of one mopt_op_args group */
 
 typedef struct mopt_backend_i {
     const char *name;

@@ -304,7 +304,27 @@ static mopt_status run_nodes(mopt_session *s, int32_t first, int32_t last, const
         }
         if (n->op == MOPT_OP_EMBEDDING && !tokens)
             return MOPT_FAIL(err, MOPT_E_INVALID, "node %s needs tokens", n->name);
-        if (!per_sequence(n->op)) {
+        if (n->op == MOPT_OP_LINEAR && !obs) { /* the linears after it that read the same input go with it */
+            mopt_op_args grp[MOPT_MAX_LINEAR_GROUP];
+            int32_t ng = 0;
+            grp[ng++] = a;
+            while (ng < MOPT_MAX_LINEAR_GROUP && i + 1 < last) {
+                const mopt_node *m = mopt_graph_node(g, i + 1);
+                if (m->op != MOPT_OP_LINEAR || m->inputs[0] != n->inputs[0]) break;
+                bool own_slot = true; /* an output nobody reads may share a slot with the next one: not at once, then */
+                for (int32_t k = 0; k < ng; k++)
+                    if (s->value_slot[grp[k].node->output] == s->value_slot[m->output]) own_slot = false;
+                if (!own_slot) break;
+                grp[ng] = a;
+                grp[ng].node = m;
+                grp[ng].out = s->slots[s->value_slot[m->output]];
+                grp[ng++].out_width = mopt_graph_value_width(g, m->output);
+                i++;
+            }
+            if (ng > 1) a.group = grp, a.n_group = ng;
+            mopt_status st = s->be->forward(s->be_ctx, &a, err);
+            if (st) return st;
+        } else if (!per_sequence(n->op)) {
             mopt_status st = s->be->forward(s->be_ctx, &a, err);
             if (st) return st;
         } else {

@@ -113,6 +113,16 @@ typedef struct mopt_kernels {
     void (*dequant_fp4)(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst);
     /* dot_e4m3_blocks: sum of e4m3(q) * x over E4M3 bytes (MXFP8), read in place */
     float (*dot_e4m3_blocks)(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);
+    /* SwiGLU: y[i] = g[i] / (1 + e^-g[i]) * u[i], the scalar set with expf, the vector sets with a polynomial e^x;
+     * each within 4 ulp of float64 (test_kernels) */
+    void (*silu_mul)(const float *g, const float *u, float *y, int64_t n);
+    /* Decode attention over one KV head's n cached positions (K and V rows ld floats apart, hd values each) for the g
+     * query rows q [g, hd] that share it: att_scores s[r * n + p] = scale * (q_r . K_p); att_values
+     * out[r * hd + i] = sum_p P[r * n + p] * V_p[i] */
+    void (*att_scores)(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s);
+    void (*att_values)(const float *P, int32_t g, const float *V, int64_t ld, int32_t n, int32_t hd, float *out);
+    /* x[i] = e^(x[i] - max x) / sum: the scalar set with expf, the vector sets with silu_mul's e^x */
+    void (*softmax)(float *x, int64_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */

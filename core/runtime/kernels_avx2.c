@@ -1,5 +1,6 @@
 /* AVX2 + FMA + F16C kernels (compiled with those flags only in this file). */
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -7,6 +8,20 @@
 #include "tensor_impl.h"
 #include "mopt/quant.h"
 #include "mopt/tensor.h"
+
+static inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+/* [sum a, sum b, sum c, sum d]: pairs interleaved and added within each 128-bit lane, then the two lanes */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    const __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    const __m256 abcd = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -471,6 +486,10 @@ void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w,
  * pair stays below 2^15 (2 x 128 x 127) but two may not: widened at once. */
 #define VBITS 256
 #define V_HSUM hsum
+#define V_ROUND(v) _mm256_round_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_AS_FLOAT _mm256_castsi256_ps
+#define V_HMAX hmax
+#define V_HSUM4 hsum4
 #define F32_TAIL NO_TAIL
 #define LOAD_U8(p) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 /* bytes 0..7 and 8..15: low nibbles are values 0..15, high nibbles 16..31 */
@@ -662,4 +681,8 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_fp4 = mopt_dot_fp4_avx2,
     .dequant_fp4 = mopt_dequant_fp4_avx2,
     .dot_e4m3_blocks = mopt_dot_e4m3_blocks_avx2,
+    .silu_mul = silu_mul,
+    .att_scores = att_scores,
+    .att_values = att_values,
+    .softmax = softmax,
 };

@@ -1,5 +1,6 @@
 /* AVX-512F kernels (compiled with those flags only in this file). */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -56,6 +57,15 @@ static inline __m256 q4_one(const uint8_t *w, const int8_t *xq) {
     const __m128i v = _mm_loadu_si128((const __m128i *)w);
     const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
     return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)xq)));
+}
+
+/* [sum a, sum b, sum c, sum d]: pairs interleaved and added within each 128-bit lane, then the four lanes */
+static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 static inline float hsum256(__m256 v) {
@@ -171,6 +181,10 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
 
 #define VBITS 512
 #define V_HSUM _mm512_reduce_add_ps
+#define V_ROUND(v) _mm512_roundscale_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_AS_FLOAT _mm512_castsi512_ps
+#define V_HMAX _mm512_reduce_max_ps
+#define V_HSUM4 hsum4
 /* masked loads: every length runs in vector code */
 #define F32_TAIL(w, x, i, n, acc)                                                                              \
     do {                                                                                                       \
@@ -262,4 +276,8 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_fp4 = dot_fp4,
     .dequant_fp4 = mopt_dequant_fp4_avx2,
     .dot_e4m3_blocks = dot_e4m3_blocks,
+    .silu_mul = silu_mul,
+    .att_scores = att_scores,
+    .att_values = att_values,
+    .softmax = softmax,
 };

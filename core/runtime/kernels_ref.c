@@ -1,4 +1,5 @@
 /* Scalar kernels: the portable fallback and the oracle for the SIMD sets. */
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -95,6 +96,36 @@ static float dot_e4m3(const uint8_t *q, const float *x, int64_t n) {
 
 static void round_e4m3(const float *x, int64_t n, float s, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[i] / s)) * s;
+}
+
+static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    for (int32_t r = 0; r < g; r++)
+        for (int32_t p = 0; p < n; p++) {
+            float d = 0;
+            for (int32_t i = 0; i < hd; i++) d += q[(size_t)r * hd + i] * K[(size_t)p * ld + i];
+            s[(size_t)r * n + p] = scale * d;
+        }
+}
+
+static void att_values(const float *P, int32_t g, const float *V, int64_t ld, int32_t n, int32_t hd, float *out) {
+    for (int32_t r = 0; r < g; r++)
+        for (int32_t i = 0; i < hd; i++) {
+            float a = 0;
+            for (int32_t p = 0; p < n; p++) a += P[(size_t)r * n + p] * V[(size_t)p * ld + i];
+            out[(size_t)r * hd + i] = a;
+        }
+}
+
+static void softmax(float *x, int64_t n) {
+    float mx = -INFINITY, sum = 0;
+    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int64_t i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
@@ -415,6 +446,10 @@ const mopt_kernels mopt_kernels_ref = {
     .dequant_e4m3 = dequant_e4m3,
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = round_e4m3,
+    .silu_mul = silu_mul,
+    .att_scores = att_scores,
+    .att_values = att_values,
+    .softmax = softmax,
     .dot_q4 = dot_q4,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,

@@ -6,6 +6,10 @@
  *                              vector code (and sets i = n), or nothing
  *   LOAD_U8(p)                 VW bytes widened to floats
  *   Q4_BLOCK(b, x, a0, a1)     one Q4 block (16 bytes, 32 values) into two accumulators
+ *   V_ROUND(v)                 each lane rounded to the nearest integer, ties to even
+ *   V_AS_FLOAT(vi)             an integer vector's bits as floats
+ *   V_HMAX(v)                  the largest lane
+ *   V_HSUM4(a, b, c, d)        an __m128 of the four vectors' lane sums
  * and the functions load_f16(p) / load_bf16(p) (VW halves widened to floats) and
  * load_e4m3(p) (VW E4M3 bytes as f16 values 2^-8 times theirs, widened),
  * and writes dot_i8 itself, which uses each width's own integer dot product. */
@@ -23,6 +27,7 @@
 #define V_FMA VOP(fmadd_ps)
 #define V_ADD VOP(add_ps)
 #define V_SET1 VOP(set1_ps)
+#define VI SIMD_CAT(__m, VBITS, i)
 #define NO_TAIL(w, x, i, n, acc) ((void)0)
 
 /* w . x: two accumulators over 2*VW, one over VW, the width's tail, then scalars */
@@ -209,6 +214,127 @@ static void dequant_e4m3(const uint8_t *q, int64_t n, float s, float *dst) {
 static inline float e4m3_over_256(uint8_t b) { return mopt_e4m3_to_f32(b) * (1.0f / 256.0f); }
 DOT_FN(dot_e4m3_over_256, uint8_t, load_e4m3, e4m3_over_256, NO_TAIL)
 static float dot_e4m3(const uint8_t *q, const float *x, int64_t n) { return dot_e4m3_over_256(q, x, n) * 256.0f; }
+
+/* e^x in every lane: x = n ln2 + r with ln2 in two parts (Cody and Waite), e^r by Cephes' expf polynomial on
+ * |r| <= ln2 / 2, and 2^n applied in two halves so that n may run from -150 (zero below) to 128 (infinity
+ * above) without leaving the exponent field; NaN stays NaN. */
+static inline V v_exp(V x) {
+    x = VOP(min_ps)(V_SET1(88.8f), VOP(max_ps)(V_SET1(-104.0f), x)); /* min and max pass a NaN second operand on */
+    const V n = V_ROUND(VOP(mul_ps)(x, V_SET1(1.44269504088896341f)));
+    V r = V_FMA(n, V_SET1(-0.693359375f), x);
+    r = V_FMA(n, V_SET1(2.12194440e-4f), r);
+    V p = V_SET1(1.9875691500e-4f);
+    p = V_FMA(p, r, V_SET1(1.3981999507e-3f));
+    p = V_FMA(p, r, V_SET1(8.3334519073e-3f));
+    p = V_FMA(p, r, V_SET1(4.1665795894e-2f));
+    p = V_FMA(p, r, V_SET1(1.6666665459e-1f));
+    p = V_FMA(p, r, V_SET1(5.0000001201e-1f));
+    p = V_FMA(p, VOP(mul_ps)(r, r), V_ADD(r, V_SET1(1.0f)));
+    const VI ni = VOP(cvtps_epi32)(n), n1 = VOP(srai_epi32)(ni, 1), bias = VOP(set1_epi32)(127);
+    const V s1 = V_AS_FLOAT(VOP(slli_epi32)(VOP(add_epi32)(n1, bias), 23));
+    const V s2 = V_AS_FLOAT(VOP(slli_epi32)(VOP(add_epi32)(VOP(sub_epi32)(ni, n1), bias), 23));
+    return VOP(mul_ps)(VOP(mul_ps)(p, s1), s2);
+}
+
+static inline V silu_mul_v(V g, V u) {
+    return VOP(mul_ps)(VOP(div_ps)(g, V_ADD(V_SET1(1.0f), v_exp(VOP(sub_ps)(V_ZERO(), g)))), u);
+}
+
+/* SwiGLU; the last n % VW values through the same vector code, so every value gets the same e^x */
+static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) V_STOREU(y + i, silu_mul_v(V_LOADU(g + i), V_LOADU(u + i)));
+    if (i < n) {
+        float gt[VW] = {0}, ut[VW] = {0}, yt[VW];
+        memcpy(gt, g + i, (size_t)(n - i) * sizeof *gt);
+        memcpy(ut, u + i, (size_t)(n - i) * sizeof *ut);
+        V_STOREU(yt, silu_mul_v(V_LOADU(gt), V_LOADU(ut)));
+        memcpy(y + i, yt, (size_t)(n - i) * sizeof *yt);
+    }
+}
+
+/* Decode attention (kernels.h): four positions' dot products at a time, summed across lanes together
+ * (V_HSUM4); V rows scaled into two vectors of accumulators at a time. A head size that is not a multiple of VW
+ * takes the scalar loops. */
+static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    for (int32_t r = 0; r < g; r++) {
+        const float *qr = q + (size_t)r * hd;
+        float *sr = s + (size_t)r * n;
+        int32_t p = 0;
+        for (; hd % VW == 0 && p + 4 <= n; p += 4) {
+            const float *k0 = K + (size_t)p * ld, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
+            V a = V_ZERO(), b = V_ZERO(), c = V_ZERO(), d = V_ZERO();
+            for (int32_t i = 0; i < hd; i += VW) {
+                const V qv = V_LOADU(qr + i);
+                a = V_FMA(qv, V_LOADU(k0 + i), a);
+                b = V_FMA(qv, V_LOADU(k1 + i), b);
+                c = V_FMA(qv, V_LOADU(k2 + i), c);
+                d = V_FMA(qv, V_LOADU(k3 + i), d);
+            }
+            _mm_storeu_ps(sr + p, _mm_mul_ps(V_HSUM4(a, b, c, d), _mm_set1_ps(scale)));
+        }
+        for (; p < n; p++) {
+            const float *kp = K + (size_t)p * ld;
+            float dsum = 0;
+            for (int32_t i = 0; i < hd; i++) dsum += qr[i] * kp[i];
+            sr[p] = scale * dsum;
+        }
+    }
+}
+
+static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
+    for (int32_t r = 0; r < g; r++) {
+        const float *pr = P + (size_t)r * n;
+        float *o = out + (size_t)r * hd;
+        int32_t i = 0;
+        for (; hd % VW == 0 && i + 2 * VW <= hd; i += 2 * VW) {
+            V a0 = V_ZERO(), a1 = V_ZERO();
+            for (int32_t p = 0; p < n; p++) {
+                const V w = V_SET1(pr[p]);
+                a0 = V_FMA(w, V_LOADU(Vr + (size_t)p * ld + i), a0);
+                a1 = V_FMA(w, V_LOADU(Vr + (size_t)p * ld + i + VW), a1);
+            }
+            V_STOREU(o + i, a0);
+            V_STOREU(o + i + VW, a1);
+        }
+        for (; hd % VW == 0 && i < hd; i += VW) {
+            V a0 = V_ZERO();
+            for (int32_t p = 0; p < n; p++) a0 = V_FMA(V_SET1(pr[p]), V_LOADU(Vr + (size_t)p * ld + i), a0);
+            V_STOREU(o + i, a0);
+        }
+        for (; i < hd; i++) {
+            float a = 0;
+            for (int32_t p = 0; p < n; p++) a += pr[p] * Vr[(size_t)p * ld + i];
+            o[i] = a;
+        }
+    }
+}
+
+static void softmax(float *x, int64_t n) {
+    int64_t i = 0;
+    V m = V_SET1(-INFINITY);
+    for (; i + VW <= n; i += VW) m = VOP(max_ps)(m, V_LOADU(x + i));
+    float mx = V_HMAX(m);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const V vm = V_SET1(mx);
+    V sv = V_ZERO();
+    for (i = 0; i + VW <= n; i += VW) {
+        const V e = v_exp(VOP(sub_ps)(V_LOADU(x + i), vm));
+        V_STOREU(x + i, e);
+        sv = V_ADD(sv, e);
+    }
+    float sum = V_HSUM(sv);
+    if (i < n) { /* the tail through the same e^x */
+        const int64_t i0 = i;
+        float t[VW];
+        for (int64_t k = 0; k < VW; k++) t[k] = i0 + k < n ? x[i0 + k] : -INFINITY;
+        V_STOREU(t, v_exp(VOP(sub_ps)(V_LOADU(t), vm)));
+        for (; i < n; i++) sum += (x[i] = t[i - i0]);
+    }
+    const float inv = 1.0f / sum;
+    for (i = 0; i + VW <= n; i += VW) V_STOREU(x + i, VOP(mul_ps)(V_LOADU(x + i), V_SET1(inv)));
+    for (; i < n; i++) x[i] *= inv;
+}
 
 /* Q4 / Q8 (one byte per value) blocks of 32 against x */
 static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {

@@ -295,6 +295,39 @@ static void test_a_batched_forward_keeps_each_sequence_to_its_own_cache(void **s
     mopt_graph_free(m.g);
 }
 
+static void count_nodes(void *user, int32_t node, const float *const *inputs, const int32_t *in_widths, int32_t n_inputs,
+                        const float *output, int32_t out_width, int32_t T_) {
+    (void)node, (void)inputs, (void)in_widths, (void)n_inputs, (void)output, (void)out_width, (void)T_;
+    (*(int *)user)++;
+}
+
+/* q, k and v read one input and run as one group of tasks; with an observer
+ * they run one at a time, and every value of theirs is the same to the bit. */
+static void test_linears_sharing_an_input_give_the_same_bits_grouped_as_alone(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    mopt_session *s = mopt_session_new(m.g, NULL, NULL);
+    assert_non_null(s);
+    const int32_t nn = mopt_graph_n_nodes(m.g);
+    float grouped[3][T * H * HD];
+    int32_t outs[3], n = 0, seen = 0;
+    for (int32_t i = 0; i < nn; i++) {
+        const mopt_node *nd = mopt_graph_node(m.g, i);
+        if (nd->op == MOPT_OP_LINEAR && nd->role != MOPT_ROLE_ATTN_O) outs[n++] = nd->output;
+    }
+    assert_int_equal(n, 3);
+    assert_int_equal(mopt_session_run_range(s, 0, nn, tokens, T, NULL, NULL, NULL), MOPT_OK);
+    for (int k = 0; k < 3; k++)
+        memcpy(grouped[k], mopt_session_value(s, outs[k]), (size_t)T * (size_t)mopt_graph_value_width(m.g, outs[k]) * sizeof(float));
+    assert_int_equal(mopt_session_run_range(s, 0, nn, tokens, T, count_nodes, &seen, NULL), MOPT_OK);
+    assert_int_equal(seen, nn); /* every node ran on its own */
+    for (int k = 0; k < 3; k++)
+        assert_memory_equal(grouped[k], mopt_session_value(s, outs[k]), (size_t)T * (size_t)mopt_graph_value_width(m.g, outs[k]) * sizeof(float));
+    mopt_session_free(s);
+    mopt_graph_free(m.g);
+}
+
 static void test_bad_tokens_and_a_full_context_are_refused(void **state) {
     (void)state;
     model m;
@@ -405,6 +438,7 @@ int main(void) {
         cmocka_unit_test(test_prefill_matches_the_float64_reference),
         cmocka_unit_test(test_decoding_token_by_token_matches_prefill),
         cmocka_unit_test(test_truncating_the_cache_replays_the_same_logits),
+        cmocka_unit_test(test_linears_sharing_an_input_give_the_same_bits_grouped_as_alone),
         cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
         cmocka_unit_test(test_a_batched_forward_keeps_each_sequence_to_its_own_cache),
         cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),

@@ -219,6 +219,111 @@ static void test_e4m3_activation_rounding_matches_the_scalar_conversion(void **s
     }
 }
 
+/* SwiGLU's g / (1 + e^-g) * u against float64 over g in [-110, 110] (both sides of where e^-g overflows and
+ * vanishes in float), the tails of every length, and zeros, infinities and NaN: within 4 ulp of the float64 value,
+ * or 1e-36 where float's e^-g has overflowed and float64's has not. */
+static void test_swiglu_matches_float64_within_4_ulp(void **s) {
+    enum { N = 44001 + 16 };
+    static float g[N], u[N], y[N];
+    int64_t n = 0;
+    for (int i = 0; i <= 44000; i++) {
+        g[n] = (float)(i - 22000) * 0.005f;
+        u[n++] = i % 3 ? frand() * 2.0f : 1.0f;
+    }
+    const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 88.72f, -88.72f, 88.73f, -88.73f, -87.34f,
+                              103.9f, -103.9f, 1e-30f, -1e-30f, 1e-40f, 20.0f};
+    for (size_t i = 0; i < sizeof specials / sizeof *specials; i++) g[n] = specials[i], u[n++] = 1.0f;
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        double worst = 0;
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) { /* the tails: the first values again */
+            sets[k]->silu_mul(g + 21000, u + 21000, y, lengths[li]);
+            for (int64_t i = 0; i < lengths[li]; i++) {
+                const float want = (float)((double)g[21000 + i] / (1.0 + exp(-(double)g[21000 + i])) * u[21000 + i]);
+                assert_true(fabsf(y[i] - want) <= 4 * (nextafterf(fabsf(want), INFINITY) - fabsf(want)));
+            }
+        }
+        sets[k]->silu_mul(g, u, y, n);
+        for (int64_t i = 0; i < n; i++) {
+            const double ref = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+            if (isnan(ref)) {
+                assert_true(isnan(y[i]));
+                continue;
+            }
+            if (isinf(ref)) {
+                assert_true(y[i] == (float)ref);
+                continue;
+            }
+            const double ulp = nextafterf((float)fabs(ref), INFINITY) - (float)fabs(ref), err = fabs((double)y[i] - ref);
+            if (err / ulp > worst && fabs(ref) > 1e-30) worst = err / ulp;
+            if (!(err <= 4 * ulp || err <= 1e-36))
+                fprintf(stderr, "%s: g = %a u = %a: %a, want %a\n", sets[k]->name, (double)g[i], (double)u[i], (double)y[i], ref);
+            assert_true(err <= 4 * ulp || err <= 1e-36);
+        }
+        fprintf(stderr, "%s: SwiGLU within %.2f ulp of float64\n", sets[k]->name, worst);
+    }
+}
+
+/* Decode attention's kernels against float64 on head sizes that are and are not multiples of either vector width,
+ * query groups of 1 to 5, 1 to 131 positions and rows wider than the head; then softmax, with large spreads and
+ * -inf entries (masked positions), summing to 1. */
+static void test_attention_kernels_match_float64(void **s) {
+    enum { MAXN = 131, MAXHD = 136, LD = 160, MAXG = 5 };
+    static float q[MAXG * MAXHD], K[MAXN * LD], Vv[MAXN * LD], P[MAXG * MAXN], sc[MAXG * MAXN], out[MAXG * MAXHD];
+    for (int i = 0; i < MAXG * MAXHD; i++) q[i] = frand();
+    for (int i = 0; i < MAXN * LD; i++) K[i] = frand(), Vv[i] = frand();
+    for (int i = 0; i < MAXG * MAXN; i++) P[i] = 0.5f * (frand() + 1.0f);
+    const int32_t hds[] = {8, 24, 32, 48, 64, 72, 128, 136}, ns[] = {1, 3, 4, 5, 17, 64, 131}, gs[] = {1, 2, 5};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+                for (size_t gi = 0; gi < sizeof gs / sizeof *gs; gi++) {
+                    const int32_t hd = hds[hi], n = ns[ni], g = gs[gi];
+                    const float scale = 1.0f / sqrtf((float)hd);
+                    sets[k]->att_scores(q, g, K, LD, n, hd, scale, sc);
+                    sets[k]->att_values(P, g, Vv, LD, n, hd, out);
+                    for (int32_t r = 0; r < g; r++) {
+                        for (int32_t p = 0; p < n; p++) {
+                            double d = 0, mag = 0;
+                            for (int32_t i = 0; i < hd; i++) {
+                                d += (double)q[r * hd + i] * K[p * LD + i];
+                                mag += fabs((double)q[r * hd + i] * K[p * LD + i]);
+                            }
+                            assert_true(fabs(sc[r * n + p] - scale * d) <= (double)hd * 6e-8 * mag * scale + 1e-7);
+                        }
+                        for (int32_t i = 0; i < hd; i++) {
+                            double a = 0, mag = 0;
+                            for (int32_t p = 0; p < n; p++) {
+                                a += (double)P[r * n + p] * Vv[p * LD + i];
+                                mag += fabs((double)P[r * n + p] * Vv[p * LD + i]);
+                            }
+                            assert_true(fabs(out[r * hd + i] - a) <= (double)n * 6e-8 * mag + 1e-7);
+                        }
+                    }
+                }
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+            const int64_t n = lengths[li];
+            float x[1001];
+            double ref[1001], mx = -INFINITY, sum = 0;
+            for (int64_t i = 0; i < n; i++) x[i] = 30.0f * frand();
+            if (n > 3) x[1] = x[n - 1] = -INFINITY;
+            for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+            for (int64_t i = 0; i < n; i++) sum += (ref[i] = exp((double)x[i] - mx));
+            sets[k]->softmax(x, n);
+            double total = 0;
+            for (int64_t i = 0; i < n; i++) {
+                /* e^x within 4 ulp, the float sum within n roundings, two more for 1 / sum and the product */
+                if (!(fabs(x[i] - ref[i] / sum) <= (6.0 + (double)n) * 6e-8 * ref[i] / sum + 1e-12))
+                    fprintf(stderr, "%s softmax n=%lld [%lld]: %.9g, want %.9g\n", sets[k]->name, (long long)n, (long long)i, x[i], ref[i] / sum);
+                assert_true(fabs(x[i] - ref[i] / sum) <= (6.0 + (double)n) * 6e-8 * ref[i] / sum + 1e-12);
+                total += x[i];
+            }
+            assert_true(fabs(total - 1.0) <= (double)n * 1.2e-7);
+        }
+    }
+}
+
 static void test_half_conversions_follow_ieee(void **s) {
     /* exact values */
     assert_true(mopt_f16_to_f32(0x3c00) == 1.0f);
@@ -396,6 +501,8 @@ int main(void) {
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
+        cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
+        cmocka_unit_test(test_attention_kernels_match_float64),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return test_run_tests(tests, NULL, NULL);
