@@ -299,7 +299,11 @@ def test_abandoned_whole_answer_is_dropped(srv):
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    time.sleep(0.2)  # read, admitted and generating: the connection now sleeps until the answer is whole
+    # close as soon as the engine holds it: a fixed wait raced a fast engine, which had finished 480 tokens by then
+    deadline = time.time() + 10
+    while metric(srv, 'mopt_active_sequences{arm="lit-llama-7m"}') < 1:
+        check(time.time() < deadline, "the request was not admitted within 10 s")
+        time.sleep(0.001)
     s.close()
     deadline = time.time() + 30
     while requests("cancelled") < before + 1:
