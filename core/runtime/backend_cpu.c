@@ -847,18 +847,18 @@ static void activation_task(void *p, int64_t task, int32_t thread) {
     }
 }
 
-/* sum of (x[i] - c)^2 (pow 2) or of x[i] (pow 1) in double, eight running sums
+/* sum of (x[i] - c)^2 (squares) or of x[i] - c in double, eight running sums
  * so that the adds do not wait on each other (and vectorize) */
-static double sum_double(const float *x, int32_t n, double c, int pow) {
+static double sum_double(const float *x, int32_t n, double c, bool squares) {
     double acc[8] = {0};
     int32_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++) {
             const double d = (double)x[i + k] - c;
-            acc[k] += pow == 2 ? d * d : d;
+            acc[k] += squares ? d * d : d;
         }
     double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++) s += pow == 2 ? ((double)x[i] - c) * ((double)x[i] - c) : (double)x[i] - c;
+    for (; i < n; i++) s += squares ? ((double)x[i] - c) * ((double)x[i] - c) : (double)x[i] - c;
     return s;
 }
 
@@ -874,10 +874,10 @@ static void norm_task(void *p, int64_t task, int32_t thread) {
         float *y = a->out + (size_t)t * D;
         read_row(j->c, n->weight, 0, y);
         if (n->op == MOPT_OP_RMSNORM) {
-            const float r = (float)(1.0 / sqrt(sum_double(x, D, 0, 2) / D + n->eps));
+            const float r = (float)(1.0 / sqrt(sum_double(x, D, 0, true) / D + n->eps));
             for (int32_t i = 0; i < D; i++) y[i] *= x[i] * r;
         } else {
-            const double mean = sum_double(x, D, 0, 1) / D, var = sum_double(x, D, mean, 2) / D;
+            const double mean = sum_double(x, D, 0, false) / D, var = sum_double(x, D, mean, true) / D;
             const float r = (float)(1.0 / sqrt(var + n->eps)), m = (float)mean;
             for (int32_t i = 0; i < D; i++) y[i] *= (x[i] - m) * r;
             for (int32_t i = 0; i < D; i++) y[i] += bias_at(n->bias, i);

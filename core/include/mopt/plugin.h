@@ -57,6 +57,8 @@ typedef struct mopt_host_api {
     const char *(*opt_string)(const mopt_options *o, const char *name);
     int32_t (*opt_list_len)(const mopt_options *o, const char *name);
     const char *(*opt_list_item)(const mopt_options *o, const char *name, int32_t i);
+    /* whether the option has a value: given in the pipeline, or its spec's default (an option without a default that
+     * was not given reads 0, NULL or an empty list) */
     int32_t (*opt_is_set)(const mopt_options *o, const char *name);
 
     /* report */

@@ -250,6 +250,37 @@ static void test_w8a8_linear_matches_int_reference(void **s) {
     }
 }
 
+/* 2:4 int8 and dense W8A8 holding the same levels and scales: the same bits out, in decode (both read the rows in
+ * place) and in prefill (W8A8's integer GEMM; 2:4's rows widened to their levels for OpenBLAS, whose sums of integer
+ * products are exact), since both scale each exact sum as sum * s * xs. */
+static void test_sp24_int8_linear_equals_w8a8_to_the_bit(void **s) {
+    const int64_t ins[] = {64, 256};
+    for (int ii = 0; ii < 2; ii++) {
+        const int64_t out = 37, in = ins[ii];
+        int8_t *q = malloc((size_t)(out * in));
+        float *sc = malloc((size_t)out * sizeof *sc);
+        for (int64_t i = 0; i < out * in; i++) q[i] = (i % 4 == 1 || i % 4 == 2) ? 0 : (int8_t)((int)(urand() % 255) - 127);
+        for (int64_t o = 0; o < out; o++) sc[o] = 0.001f + 0.01f * fabsf(frand());
+        mopt_error err = {0};
+        mopt_tensor *dense = mopt_w8a8_pack("w", out, in, q, sc, &err), *sparse = mopt_sp24_pack_i8("w", out, in, q, sc, &err);
+        assert_non_null(dense);
+        assert_non_null(sparse);
+        for (int ti = 0; ti < 4; ti++) {
+            const int T = (int[]){1, 4, 13, 40}[ti];
+            float *x = malloc((size_t)(T * in) * sizeof *x), *yd = malloc((size_t)(T * out) * sizeof *yd), *ys = malloc((size_t)(T * out) * sizeof *ys);
+            for (int64_t i = 0; i < T * in; i++) x[i] = 3 * frand();
+            assert_int_equal(mopt_cpu_linear_once(2, NULL, dense, NULL, x, T, yd, &err), MOPT_OK);
+            assert_int_equal(mopt_cpu_linear_once(2, NULL, sparse, NULL, x, T, ys, &err), MOPT_OK);
+            assert_memory_equal(yd, ys, (size_t)(T * out) * sizeof *yd);
+            free(x), free(yd), free(ys);
+        }
+        mopt_tensor_free(dense);
+        mopt_tensor_free(sparse);
+        free(q);
+        free(sc);
+    }
+}
+
 static void test_e4m3_conversion(void **s) {
     assert_int_equal(mopt_f32_to_e4m3(1.0f), 0x38);
     assert_int_equal(mopt_f32_to_e4m3(448.0f), 0x7e);
@@ -446,6 +477,7 @@ int main(void) {
         cmocka_unit_test(test_act_order_g_idx_linear),
         cmocka_unit_test(test_w4a8_linear_rounds_activations_to_e4m3),
         cmocka_unit_test(test_w8a8_linear_matches_int_reference),
+        cmocka_unit_test(test_sp24_int8_linear_equals_w8a8_to_the_bit),
         cmocka_unit_test(test_e4m3_conversion),
         cmocka_unit_test(test_fp8_linear_matches_float64),
         cmocka_unit_test(test_kquant_rows_decode_and_run_as_ggml_defines),
