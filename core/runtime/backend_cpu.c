@@ -578,10 +578,18 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
  * tasks measured slower, 4 per thread by 10-15%: each claim and each task's
  * start cost more than the imbalance they save), at most GEMV_ROWS_MAX rows on
  * a large one so that a slow thread does not hold up the rest. */
+static int64_t gemv_rows_for(const cpu_ctx *c, int64_t out) {
+    const int64_t rows = out / (2 * (int64_t)c->n_threads) / GEMV_ROWS_MIN * GEMV_ROWS_MIN;
+    return rows < GEMV_ROWS_MIN ? GEMV_ROWS_MIN : rows > GEMV_ROWS_MAX ? GEMV_ROWS_MAX : rows;
+}
+
 static void run_gemv(cpu_ctx *c, lin_job *j, mopt_task_fn fn) {
-    int64_t rows = j->out / (2 * (int64_t)c->n_threads) / GEMV_ROWS_MIN * GEMV_ROWS_MIN;
-    j->gemv_rows = rows < GEMV_ROWS_MIN ? GEMV_ROWS_MIN : rows > GEMV_ROWS_MAX ? GEMV_ROWS_MAX : rows;
+    j->gemv_rows = gemv_rows_for(c, j->out);
     mopt_pool_run(c->pool, (j->out + j->gemv_rows - 1) / j->gemv_rows, fn, j);
+}
+
+static bool float_weights(const mopt_tensor *w) {
+    return w->dtype == MOPT_DTYPE_F32 || w->dtype == MOPT_DTYPE_F16 || w->dtype == MOPT_DTYPE_BF16;
 }
 
 /* Every token's x as int8 per `bs` values (scale max|x| / 127 per block): xq [T, in], xd [T, in / bs]. */
@@ -754,8 +762,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
      * short prompts and the steps where a server batches one with decodes):
      * read the stored weights directly per token. More: widen a block of rows
      * once and let OpenBLAS reuse it across tokens. */
-    const bool dense = w->dtype == MOPT_DTYPE_F32 || w->dtype == MOPT_DTYPE_F16 || w->dtype == MOPT_DTYPE_BF16;
-    if (T <= GEMV_MAX_TOKENS || (dense && T <= DENSE_ROWS_MAX_TOKENS))
+    if (T <= GEMV_MAX_TOKENS || (float_weights(w) && T <= DENSE_ROWS_MAX_TOKENS))
         run_gemv(c, &j, gemv_task);
     else
         mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
@@ -783,8 +790,7 @@ static mopt_status linear_group(cpu_ctx *c, const mopt_op_args *a, mopt_error *e
     int64_t total = 0;
     for (int32_t k = 0; fused && k < a->n_group; k++) {
         const mopt_tensor *w = a->group[k].node->weight;
-        fused = (w->dtype == MOPT_DTYPE_F32 || w->dtype == MOPT_DTYPE_F16 || w->dtype == MOPT_DTYPE_BF16) &&
-                a->group[k].T <= DENSE_ROWS_MAX_TOKENS;
+        fused = float_weights(w) && a->group[k].T <= DENSE_ROWS_MAX_TOKENS;
         total += w->ne[1];
     }
     if (!fused) {
@@ -795,9 +801,7 @@ static mopt_status linear_group(cpu_ctx *c, const mopt_op_args *a, mopt_error *e
         }
         return MOPT_OK;
     }
-    /* rows per task as run_gemv picks them for one matrix of all the rows */
-    int64_t rows = total / (2 * (int64_t)c->n_threads) / GEMV_ROWS_MIN * GEMV_ROWS_MIN;
-    rows = rows < GEMV_ROWS_MIN ? GEMV_ROWS_MIN : rows > GEMV_ROWS_MAX ? GEMV_ROWS_MAX : rows;
+    const int64_t rows = gemv_rows_for(c, total); /* as for one matrix of all the rows */
     group_job g = {.n = a->n_group};
     for (int32_t k = 0; k < a->n_group; k++) {
         const mopt_op_args *b = &a->group[k];
@@ -862,13 +866,16 @@ static double sum_double(const float *x, int32_t n, double c, bool squares) {
     return s;
 }
 
-/* Rows [task, task + 1) * rows-per-task of a norm */
+static int64_t norm_rows_per_task(int64_t D) { return D < NORM_CHUNK ? NORM_CHUNK / D : 1; }
+
+/* Rows [task, task + 1) * norm_rows_per_task of a norm */
 static void norm_task(void *p, int64_t task, int32_t thread) {
     (void)thread;
     op_job *j = p;
     const mopt_op_args *a = j->a;
     const mopt_node *n = a->node;
-    const int32_t D = a->out_width, per = D < NORM_CHUNK ? NORM_CHUNK / D : 1;
+    const int32_t D = a->out_width;
+    const int64_t per = norm_rows_per_task(D);
     for (int64_t t = task * per; t < (task + 1) * per && t < a->T; t++) {
         const float *x = a->in[0] + (size_t)t * a->in_width[0];
         float *y = a->out + (size_t)t * D;
@@ -1133,7 +1140,7 @@ static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err
     case MOPT_OP_RMSNORM:
     case MOPT_OP_LAYERNORM: {
         op_job j = {c, a};
-        const int64_t per = W < NORM_CHUNK ? NORM_CHUNK / W : 1;
+        const int64_t per = norm_rows_per_task(W);
         mopt_pool_run(c->pool, (T + per - 1) / per, norm_task, &j);
         return MOPT_OK;
     }
