@@ -235,7 +235,7 @@ static const char *const formats[] = {"auto", "dense", "awq", "gptq", "compresse
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target directory (written atomically)", NULL, 0, -1, NULL},
-    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized or 2:4-packed one (sparse-24-bitmask); dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, FP8, NVFP4) keep the packed weights bit for bit", "auto", 0, -1, formats},
+    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized or 2:4-packed one (sparse-24-bitmask); dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, W4A8_AWQ, FP8, NVFP4) keep the packed weights bit for bit", "auto", 0, -1, formats},
     {"dtype", MOPT_OPT_ENUM, 0, "dtype of the float tensors; auto keeps each tensor's own (dequantized weights take the embeddings')", "auto", 0, -1, dtypes},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"max_shard_size", MOPT_OPT_INT, 0, "bytes per safetensors shard before splitting (with an index)", "5000000000", 1024, 1e15, NULL},

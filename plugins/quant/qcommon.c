@@ -22,12 +22,12 @@ mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, m
     return q_check_spec(h, "quant", q_spec_from(h, o), err);
 }
 
-const char *const q_act_modes[] = {"none", "fp8", NULL};
+const char *const q_act_modes[] = {"none", "fp8", "fp8_static", NULL};
 
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
     const char *act = h->opt_string(o, "activations"); /* NULL for a pass without the option (QAT) */
     qspec sp = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"), h->opt_bool(o, "sym"),
-                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0, 0};
+                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0, 0, act && !strcmp(act, "fp8_static")};
     return sp;
 }
 
@@ -408,6 +408,7 @@ mopt_status q_report(const mopt_host_api *h, mopt_report *r, mopt_graph *g, cons
     h->report_metric(r, "bits", sp.bits);
     h->report_metric(r, "group_size", sp.group);
     h->report_metric(r, "sym", sp.sym);
+    if (sp.act || sp.w4a8_static) h->report_string(r, "activations", sp.w4a8_static ? "fp8_static" : "fp8");
     h->report_metric(r, "weight_bytes_baseline", (double)bytes_before);
     h->report_metric(r, "weight_bytes", (double)bytes_after);
     h->report_metric(r, "bits_per_weight", weights ? 8.0 * (double)bytes_after / (double)weights : 0);

@@ -24,9 +24,11 @@ typedef struct qspec {
     int32_t sym;
     uint32_t act;  /* 0, or MOPT_QUANT_ACT_PER_TOKEN: activations rounded to E4M3 per token (W4A8, W8A8-FP8) */
     int32_t nvfp4; /* the target grid is NVFP4 (E2M1 in blocks of 16, quant.awq format=nvfp4), not integers */
+    int32_t w4a8_static; /* activations=fp8_static: ModelOpt's W4A8_AWQ, its scales set once the weights are packed
+                            (calib_w4a8_static) */
 } qspec;
 
-/* The `activations` option of the integer methods: none or fp8. */
+/* The `activations` option of the integer methods: none, fp8 or fp8_static. */
 extern const char *const q_act_modes[];
 
 /* Checks bits/group_size before any work. */

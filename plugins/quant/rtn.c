@@ -10,6 +10,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     mopt_status st = q_check_spec(h, "quant.rtn", sp, err);
     if (st) return st;
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.rtn", "needs a model");
+    if (sp.w4a8_static)
+        return h->error_set(err, MOPT_E_INVALID, "quant.rtn",
+                            "activations=fp8_static calibrates its scales on data: use quant.awq or quant.gptq (calib=FILE), or "
+                            "activations=fp8 (per token)");
     qlinear *ls;
     int32_t n;
     if ((st = q_collect(h, g, o, &ls, &n, err))) return st;

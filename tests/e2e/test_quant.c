@@ -263,7 +263,8 @@ static void test_block_floats_match_their_float64_fake_quant(void **s) {
     assert_true(wa > ppl_nv && wa < 1.1 * ppl_nv);
 }
 
-/* W4A8: AWQ's int4 weights with activations rounded to FP8 per token cost at most 0.3% of ppl over W4A16 AWQ. */
+/* W4A8: AWQ's int4 weights with activations rounded to FP8 per token, or with a calibrated scale and the weights
+ * widened to FP8 (ModelOpt's W4A8_AWQ), cost at most 0.3% of ppl over W4A16 AWQ. */
 static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     REQUIRE_SHARED();
     char data[1100], calib[1024], q[2400];
@@ -276,6 +277,11 @@ static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     fprintf(stderr, "AWQ int4 g128 sym: W4A16 ppl %.4f, W4A8 (FP8 per token) %.4f (%+.3f%%)\n", w4a16, w4a8, 100 * (w4a8 / w4a16 - 1));
     assert_true(w4a8 <= w4a16 * 1.003);
     assert_true(w4a8 != w4a16); /* the activations were rounded */
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=128;sym=true;activations=fp8_static;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double w4a8s = ppl_after("models/lit-llama-7m", q, data);
+    fprintf(stderr, "AWQ int4 g128 sym: W4A8_AWQ (static FP8 inputs, int4 widened to FP8) %.4f (%+.3f%%)\n", w4a8s, 100 * (w4a8s / w4a16 - 1));
+    assert_true(w4a8s <= w4a16 * 1.003);
+    assert_true(w4a8s != w4a16 && w4a8s != w4a8);
 }
 
 /* NVFP4_AWQ (quant.awq format=nvfp4): AWQ's scales and a clip per block of 16, searched on NVFP4, lose less than

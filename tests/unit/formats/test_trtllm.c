@@ -69,6 +69,26 @@ static void test_per_tensor_fp8_and_nvfp4_keep_their_values(void **s) {
     json_decref(j);
 }
 
+/* W4A8_AWQ: the int4 pairs and group scales as W4A16_AWQ's, and the two calibrated scalars the fused GEMM holds
+ * once (weights_scaling_factor_2, activation_scaling_factor), on one rank or split over two; the independent reader
+ * widens the int4 values to FP8 as TensorRT-LLM does. */
+static void test_w4a8_awq_keeps_its_values(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.gptq<sym=true;activations=fp8_static;calib=%s;calib_samples=2;calib_len=64>", calib);
+    roundtrip("models/lit-llama-7m", q, 1, 0.0, 1);
+    roundtrip("models/lit-llama-7m", q, 2, 0.0, 1);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/trt/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_t *qc = json_object_get(j, "quantization");
+    assert_string_equal(json_string_value(json_object_get(qc, "quant_algo")), "W4A8_AWQ");
+    assert_int_equal(json_integer_value(json_object_get(qc, "group_size")), 128);
+    assert_true(json_is_true(json_object_get(qc, "pre_quant_scale")));
+    json_decref(j);
+}
+
 static void test_config_names_the_mapping_and_the_scheme(void **s) {
     REQUIRE_SHARED();
     roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true>", 2, 0.0, 0);
@@ -229,6 +249,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_checkpoints_roundtrip_on_one_and_two_ranks),
         cmocka_unit_test(test_quantized_checkpoints_keep_their_values),
+        cmocka_unit_test(test_w4a8_awq_keeps_its_values),
         cmocka_unit_test(test_config_names_the_mapping_and_the_scheme),
         cmocka_unit_test(test_per_tensor_fp8_and_nvfp4_keep_their_values),
         cmocka_unit_test(test_what_trtllm_cannot_hold_is_refused),
