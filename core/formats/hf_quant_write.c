@@ -40,12 +40,19 @@ static int in_scheme(const mopt_quant_scheme *s, const mopt_tensor *t) {
            (t->quant->g_idx != NULL) == s->act_order;
 }
 
+/* g's token embedding table, or NULL */
+static const mopt_tensor *embedding_of(const mopt_graph *g) {
+    const int32_t e = mopt_graph_find_node(g, MOPT_ROLE_EMBED, -1);
+    return e >= 0 ? mopt_graph_node(g, e)->weight : NULL;
+}
+
 mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err) {
     memset(s, 0, sizeof *s);
-    const mopt_tensor *lm = lm_head_of(g);
+    const mopt_tensor *lm = lm_head_of(g), *emb = embedding_of(g);
     for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
-        if (t->dtype < MOPT_DTYPE_PACKED_FIRST || t == lm) continue; /* a packed lm_head (from GGUF) is written in float */
+        /* a packed lm_head (from GGUF) and a quantized embedding table are written in float */
+        if (t->dtype < MOPT_DTYPE_PACKED_FIRST || t == lm || t == emb) continue;
         if (!s->n_packed++) scheme_from(s, t);
         else if (!in_scheme(s, t))
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s and %s are quantized differently; a %s checkpoint holds one scheme", s->first,

@@ -208,7 +208,8 @@ mopt_status mopt_trtllm_add_kv_scale(mopt_st_list *l, const mopt_graph *g, const
 
 mopt_status mopt_trtllm_add(mopt_st_list *l, const mopt_file_tensor *ft, const char *algo_name, const char *fdtype, const int64_t *rows,
                             int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err) {
-    if (ft->ndim == 1 || ft->src[0]->dtype < MOPT_DTYPE_PACKED_FIRST || ft->role == MOPT_ROLE_LM_HEAD) /* float: a weight, a bias, lm_head */
+    if (ft->ndim == 1 || ft->src[0]->dtype < MOPT_DTYPE_PACKED_FIRST || ft->role == MOPT_ROLE_LM_HEAD ||
+        ft->role == MOPT_ROLE_EMBED) /* float: a weight, a bias, lm_head, the embedding table (dequantized when packed) */
         return mopt_st_add_rows(l, ft, fdtype, rows, n_rows, c0, nc, err);
     const mopt_tq_algo algo = mopt_tq_parse(algo_name);
     if (!algo) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: packed, but quant_algo %s is not one TensorRT-LLM holds", ft->name, algo_name ? algo_name : "(none)");

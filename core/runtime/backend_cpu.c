@@ -856,6 +856,10 @@ static mopt_status linear_group(cpu_ctx *c, const mopt_op_args *a, mopt_error *e
 
 static void read_row(const cpu_ctx *c, const mopt_tensor *t, int64_t row, float *out) {
     int64_t n = t->ne[0];
+    if (t->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* a quantized embedding table (quant.rtn embeddings=true): one row dequantized */
+        if (mopt_weight_row_f32(t, row, out, NULL)) memset(out, 0, (size_t)n * sizeof *out);
+        return;
+    }
     switch (t->dtype) {
     case MOPT_DTYPE_F32: memcpy(out, (const float *)t->data + row * n, (size_t)n * sizeof(float)); break;
     case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)t->data + row * n, out, n); break;

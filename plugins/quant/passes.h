@@ -29,7 +29,7 @@ extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, qua
 
 /* Which decoder linears a quant pass takes: `only` (when given) minus `exclude`. */
 #define Q_SELECT_OPTS                                                                                              \
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); embeddings are never quantized, lm_head only with lm_head=true", \
+    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); embeddings only with quant.rtn's embeddings=true, lm_head only with lm_head=true", \
      "", 0, -1, NULL},                                                                                             \
     {"only", MOPT_OPT_LIST, 0, "globs of the linears to quantize (node or tensor names; default: every decoder linear)", "", 0, -1, \
      NULL}

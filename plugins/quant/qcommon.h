@@ -56,6 +56,12 @@ mopt_status q_weight_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *
  * it before export); quantizing with it makes the model served the one mopt measured. */
 void q_shared_input_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, const float *own, float *shared);
 
+/* embeddings=true (quant.rtn): the token embedding table [vocab, dim] on the grid sp gives, rows as the linears'
+ * (groups along dim), looked up row by row at run time. A table tied to lm_head is refused before any work
+ * (q_embeddings_check), since the lookup and the output projection would change together. */
+mopt_status q_embeddings_check(const mopt_host_api *h, mopt_graph *g, const char *pass, mopt_error *err);
+mopt_status q_embeddings(const mopt_host_api *h, mopt_graph *g, qspec sp, const char *pass, mopt_report *report, mopt_error *err);
+
 /* The weight as fp32 [out, in] (malloc'd). */
 float *q_weight_f32(const mopt_host_api *h, mopt_graph *g, const qlinear *l, mopt_error *err);
 
