@@ -154,6 +154,8 @@ static int parse(int argc, char **argv, qargs *a) {
     if (a->recipe && (a->method || a->have_bits || a->have_group || a->sym || a->act_order || a->have_alpha || a->fp8_act ||
                       (!a->kv_cache && (a->calib || a->samples[0] || a->len[0])) || a->exclude[0]))
         return cli_usage_error("quantize", "--recipe names every pass and its options itself; drop --method and the method's flags");
+    if (a->embeddings && (!a->method || strcmp(a->method, "rtn")))
+        return cli_usage_error("quantize", "--embeddings goes with --method rtn (a looked-up table gains nothing from calibration)");
     if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
         return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
     if (!a->method && !a->recipe && !a->kv_cache)

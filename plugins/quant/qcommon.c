@@ -362,7 +362,7 @@ mopt_status q_embeddings(const mopt_host_api *h, mopt_graph *g, qspec sp, const 
     const int64_t before = h->weight_storage_bytes(n->weight);
     sp.act = 0, sp.w4a8_static = 0; /* a lookup has no activations to round */
     float *W = q_weight_f32(h, g, &l, err);
-    mopt_status st = W ? q_rtn_install(h, g, &l, sp, W, pass, err) : MOPT_E_NOMEM;
+    mopt_status st = W ? q_rtn_install(h, g, &l, sp, W, pass, err) : err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
     free(W);
     if (st) return st;
     const mopt_tensor *t = h->graph_find_tensor(g, l.wname);
