@@ -4,7 +4,9 @@ published layouts (AutoAWQ WQLinear_GEMM, AutoGPTQ qlinear pack (v1 zeros),
 compressed-tensors pack_to_int32 / int- and float-quantized / sparse-24-bitmask
 (numpy.packbits little-endian bitmasks) / marlin-24 (Marlin24Compressor with
 sparse_semi_structured_from_dense_cutlass and get_permutations_24), ModelOpt's
-pack_int4_in_uint8 for W4A16_AWQ and its NVFP4 tensors (E2M1 pairs, even
+pack_int4_in_uint8 for W4A16_AWQ, W4A8_AWQ (the same int4 values, then
+ModelOpt's second, per-tensor FP8 quantizer: E4M3(q * weight_scale /
+weight_scale_2) * weight_scale_2), its NVFP4 tensors (E2M1 pairs, even
 value in the low nibble; e2m1 * weight_scale * weight_scale_2), and
 compressed-tensors' nvfp4-pack-quantized (the same, / weight_global_scale) and mxfp4-pack-quantized
 (E8M0 scale bytes per 32)), not from mopt's
@@ -31,6 +33,15 @@ def e4m3(b):
     if e == 0:
         return s * m / 8.0 * 2.0 ** -6
     return s * (1 + m / 8.0) * 2.0 ** (e - 7)
+
+
+def round_e4m3(x):
+    """x onto the E4M3 grid (OCP FP8: 3 mantissa bits, subnormals 2^-9 apart below 2^-6, largest 448), ties to even."""
+    if x != x:
+        return x
+    a = abs(x)
+    step = 2.0 ** -9 if a < 2.0 ** -6 else 2.0 ** (math.frexp(a)[1] - 1 - 3)
+    return math.copysign(min(round(a / step) * step, 448.0), x)  # round(): half to even; past 448 saturates
 
 
 def decode(dtype, raw):
@@ -148,7 +159,18 @@ def modelopt_int4(t, p, qc):
             nib = (packed[(o // 2) * i_n + i] >> (4 * (o % 2))) & 15  # even rows in the low nibble
             q = nib - 16 if nib >= 8 else nib  # signed int4
             w[o][i] = q * sc[o * ng + i // gs]
+    if qc.get("quant_algo") == "W4A8_AWQ":  # the per-tensor FP8 quantizer after the int4 one
+        g = t[p + ".weight_scale_2"][1][0]
+        assert t[p + ".input_scale"][1][0] > 0, p + ": W4A8_AWQ needs a positive input_scale"
+        w = fp8_second_stage(w, g)
     return w
+
+
+def fp8_second_stage(w, g):
+    """W4A8_AWQ: int4-dequantized weights w quantized again to FP8 with the per-tensor scale g (ModelOpt's
+    SequentialQuantizer [int4 per block, FP8 per tensor]; TensorRT-LLM widens int4 to FP8 the same way)."""
+    f32 = lambda v: struct.unpack("<f", struct.pack("<f", v))[0]  # the float32 product and quotient a kernel forms
+    return [[f32(round_e4m3(f32(f32(x) / g)) * g) for x in row] for row in w]
 
 
 def sparse24(t, p, qc):
@@ -284,7 +306,8 @@ def main():
         marker, fn = ".qweight", gptq
     elif method == "modelopt":
         algo = qc["quant_algo"]
-        marker, fn = ".weight_scale", modelopt_int4 if algo == "W4A16_AWQ" else modelopt_nvfp4 if algo == "NVFP4" else ct_8bit
+        int4 = algo in ("W4A16_AWQ", "W4A8_AWQ")
+        marker, fn = ".weight_scale", modelopt_int4 if int4 else modelopt_nvfp4 if algo == "NVFP4" else ct_8bit
     elif qc.get("format") == "nvfp4-pack-quantized":
         marker, fn = ".weight_packed", ct_nvfp4
     elif qc.get("format") == "mxfp4-pack-quantized":

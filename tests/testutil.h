@@ -72,10 +72,16 @@ static inline void test_tmpdirs_remove(int keep) {
     if (test_ntmpdirs > keep) test_ntmpdirs = keep;
 }
 
+/* The path of test_tmpdir(name), without touching it (to read what a helper wrote there). */
+static inline char *test_tmpdir_path(char *buf, size_t cap, const char *name) {
+    snprintf(buf, cap, "%s/tmp-%s-%ld", MOPT_BINARY_DIR, name, (long)getpid());
+    return buf;
+}
+
 /* A scratch directory under the build tree, unique per test process, emptied
  * now and removed when the test ends (see test_run_tests). */
 static inline char *test_tmpdir(char *buf, size_t cap, const char *name) {
-    snprintf(buf, cap, "%s/tmp-%s-%ld", MOPT_BINARY_DIR, name, (long)getpid());
+    test_tmpdir_path(buf, cap, name);
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
     if (system(cmd) != 0) return NULL;

@@ -5,7 +5,7 @@ standard library only; reuses the safetensors reader of hf_quant_reader.py).
 
 usage: trtllm_reader.py TRT_DIR DENSE_DIR
 Stitches the ranks together (qkv by heads, fc/gate by rows, dense/proj by
-columns), dequantizes W4A16_AWQ / W8A16 / W8A8 / FP8 / NVFP4 weights and compares every
+columns), dequantizes W4A16_AWQ / W4A8_AWQ / W8A16 / W8A8 / FP8 / NVFP4 weights and compares every
 decoder linear with the same weight of DENSE_DIR (an F32 Hugging Face export of
 the same LLaMA model): exit 0 when all agree to 1e-6 of the largest value."""
 import json
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_quant_reader import nvfp4_pairs, read_dir, read_file  # noqa: E402  (safetensors parsing, E2M1 pairs)
+from hf_quant_reader import fp8_second_stage, nvfp4_pairs, read_dir, read_file  # noqa: E402  (safetensors, E2M1, FP8)
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
         if algo == "NVFP4":  # E2M1 pairs x E4M3 per 16 x weights_scaling_factor_2
             g = ranks[r][base + ".weights_scaling_factor_2"][1][0]
             return nvfp4_pairs((shape, w), (sshape, s), g)
-        if algo == "W4A16_AWQ":
+        if algo in ("W4A16_AWQ", "W4A8_AWQ"):
             rows, cols = shape[0] * 2, shape[1]
             ng = sshape[1]
             gs = cols // ng
@@ -45,6 +45,9 @@ def main():
                     q = nib - 16 if nib >= 8 else nib
                     row.append(q * s[o * ng + i // gs])
                 out.append(row)
+            if algo == "W4A8_AWQ":  # TRT-LLM widens the int4 values to FP8 with weights_scaling_factor_2
+                assert ranks[r][base + ".activation_scaling_factor"][1][0] > 0, base + ": needs an activation_scaling_factor"
+                return fp8_second_stage(out, ranks[r][base + ".weights_scaling_factor_2"][1][0])
             return out
         rows, cols = shape
         return [[w[o * cols + i] * s[o if len(s) > 1 else 0] for i in range(cols)] for o in range(rows)]

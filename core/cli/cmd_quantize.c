@@ -16,7 +16,8 @@ static void help(void) {
            "       mopt quantize MODEL --recipe RECIPE.json [options]\n"
            "       mopt quantize MODEL --method auto --calib FILE [--bits-budget 4.5] [--candidates int4_awq,int8,fp8]\n"
            "       mopt quantize MODEL [--method M] --kv-cache fp8|int8 --calib FILE\n\n"
-           "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept)\n"
+           "Quantizes MODEL's decoder linears into packed storage (lm_head and embeddings are kept\n"
+           "unless --lm-head / --embeddings ask for them)\n"
            "and reports size and, with --eval, perplexity against the original.\n"
            "  --method M          rtn, awq, gptq, smoothquant (W8A8), fp8 (E4M3), or the block-scaled floats\n"
            "                      nvfp4 (E2M1, E4M3 scale per 16), mxfp4 (E2M1) and mxfp8 (E4M3, E8M0 scale per 32)\n"
@@ -34,7 +35,9 @@ static void help(void) {
            "  --act-order         gptq: quantize columns by decreasing Hessian diagonal (g_idx)\n"
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
            "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
-           "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none)\n"
+           "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none);\n"
+           "                      rtn/awq/gptq: none, fp8 (W4A8 per token) or fp8_static (awq/gptq: ModelOpt's\n"
+           "                      W4A8_AWQ, a calibrated input scale and the int4 values widened to FP8)\n"
            "  --kv-cache F        also store the KV cache as fp8 (E4M3) or int8 with K and V scales calibrated\n"
            "                      per layer (quant.kv; needs --calib); exported as ModelOpt k_scale/v_scale,\n"
            "                      compressed-tensors kv_cache_scheme or TensorRT-LLM kv_cache_scaling_factor\n"
@@ -43,6 +46,8 @@ static void help(void) {
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
            "  --lm-head           quantize lm_head too (rtn, fp8, nvfp4, mxfp4, mxfp8; an untied one)\n"
+           "  --embeddings        rtn: quantize the token embedding table too (an untied one; GGUF keeps it\n"
+           "                      packed, the Hugging Face and TensorRT-LLM formats write it dequantized)\n"
            "  --eval FILE         perplexity of the quantized and the original model (ctx 256)\n"
            "  --report OUT.json   write the report\n"
            "  --threads N         worker threads (default: all cores)\n"
@@ -63,7 +68,7 @@ typedef struct {
     const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache;
     char budget[32];
     char bits[16], group[16], alpha[32], samples[16], len[16];
-    int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream, lm_head;
+    int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream, lm_head, embeddings;
     long long threads;
     char exclude[1024];
 } qargs;
@@ -83,7 +88,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
         {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
         {"candidates", required_argument, 0, 'C'},    {"kv-cache", required_argument, 0, 'K'},
-        {"lm-head", no_argument, 0, 'H'},
+        {"lm-head", no_argument, 0, 'H'},             {"embeddings", no_argument, 0, 'E'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -111,6 +116,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'C': a->candidates = optarg; break;
         case 'K': a->kv_cache = optarg; break;
         case 'H': a->lm_head = 1; break;
+        case 'E': a->embeddings = 1; break;
         case 'B':
             if (!cli_parse_float(optarg, 1, 16, &f)) return cli_usage_error("quantize", "--bits-budget expects a number in [1, 16], got '%s'", optarg);
             snprintf(a->budget, sizeof a->budget, "%.17g", f);
@@ -148,6 +154,8 @@ static int parse(int argc, char **argv, qargs *a) {
     if (a->recipe && (a->method || a->have_bits || a->have_group || a->sym || a->act_order || a->have_alpha || a->fp8_act ||
                       (!a->kv_cache && (a->calib || a->samples[0] || a->len[0])) || a->exclude[0]))
         return cli_usage_error("quantize", "--recipe names every pass and its options itself; drop --method and the method's flags");
+    if (a->embeddings && (!a->method || strcmp(a->method, "rtn")))
+        return cli_usage_error("quantize", "--embeddings goes with --method rtn (a looked-up table gains nothing from calibration)");
     if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
         return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
     if (!a->method && !a->recipe && !a->kv_cache)
@@ -181,6 +189,7 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
         set(qo, "activations", a->fp8_act, err) || (calibrates && set(qo, "calib", a->calib, err)) ||
         (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
         set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) ||
+        (a->embeddings && set(qo, "embeddings", "true", err)) ||
         /* GPTQ into a GGUF file: onto the blocks of the type asked for (quant.gptq gguf_type) */
         (!strcmp(a->method, "gptq") && a->format && !strcmp(a->format, "gguf") && set(qo, "gguf_type", a->gguf_type, err)) ||
         mopt_pipeline_add(p, pass, qo, err))

@@ -233,7 +233,9 @@ static int is_block(int32_t t) { return t != MOPT_GGML_F32 && t != MOPT_GGML_F16
  * the type, or QINT levels that are Q4_0/Q8_0 (symmetric, groups of 32, 4 or 8 bits). */
 static int exact_blocks(const mopt_tensor *s, int32_t type) {
     if (s->dtype == MOPT_DTYPE_KQUANT) return mopt_ggml_kquant_type(s->quant->bits) == type;
-    if (s->dtype != MOPT_DTYPE_QINT || !(s->quant->flags & MOPT_QUANT_SYM) || s->quant->group_size != 32 || s->quant->g_idx) return 0;
+    if (s->dtype != MOPT_DTYPE_QINT || !(s->quant->flags & MOPT_QUANT_SYM) || (s->quant->flags & MOPT_QUANT_W_FP8) ||
+        s->quant->group_size != 32 || s->quant->g_idx)
+        return 0; /* W4A8_AWQ's values are FP8 roundings of the levels, which no Q4_0 block holds */
     return (type == MOPT_GGML_Q4_0 && s->quant->bits == 4) || (type == MOPT_GGML_Q8_0 && s->quant->bits == 8);
 }
 

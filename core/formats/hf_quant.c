@@ -25,10 +25,13 @@
  *         W4A16_AWQ: weight U8 [out/2, in], signed int4, rows 2r / 2r+1 in the
  *         low / high nibble; weight_scale [out, in/gs]; pre_quant_scale [in]
  *         (only all-ones: mopt folds AWQ's smoothing into the graph instead)
+ *         W4A8_AWQ: as W4A16_AWQ, plus scalars weight_scale_2 (the FP8 scale the
+ *         int4 values are widened with) and input_scale (static FP8 inputs).
  *         FP8: as float-quantized, scalar scales.
  *         NVFP4: weight U8 [out, in/2] (E2M1 pairs), weight_scale F8_E4M3
  *         [out, in/16], scalars weight_scale_2 and input_scale (mopt/quant.h). */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +57,7 @@ typedef struct hfq_cfg {
     int nvfp4;                /* ModelOpt NVFP4, or compressed-tensors' nvfp4-pack-quantized */
     int nvfp4_act_static;     /* ... the latter with a static global activation scale (input_global_scale) */
     int mxfp4;                /* compressed-tensors' mxfp4-pack-quantized (activations per block of 32 in packed_act) */
+    int w4a8_awq;             /* ModelOpt W4A8_AWQ: int4 widened to FP8 (weight_scale_2), static FP8 inputs (input_scale) */
     uint32_t packed_act;      /* CT pack-quantized: MOPT_QUANT_ACT_PER_TOKEN for FP8 activations per token (W4A8) */
     mopt_kv_format kv;        /* ModelOpt kv_cache_quant_algo, CT kv_cache_scheme; MOPT_KV_FLOAT: none */
     const char *file;
@@ -339,6 +343,24 @@ done:
     return t;
 }
 
+static int scalar_part(mopt_graph *g, const char *p, const char *suffix, float *v, mopt_error *err);
+
+/* W4A8_AWQ's two per-tensor scales onto an int4 tensor: weight_scale_2 (the FP8 scale its int4 values are widened
+ * with) and input_scale (the calibrated FP8 scale of its inputs), both finite and > 0. Non-zero on error. */
+static int w4a8_scales(mopt_graph *g, const char *p, mopt_tensor *t, mopt_error *err) {
+    float ws2 = 0, is = 0;
+    const int has_w = scalar_part(g, p, "weight_scale_2", &ws2, err), has_i = scalar_part(g, p, "input_scale", &is, err);
+    if (has_w < 0 || has_i < 0) return 1;
+    if (!has_w || !has_i || !(ws2 > 0) || !(is > 0) || !isfinite(ws2) || !isfinite(is)) {
+        MOPT_FAIL(err, MOPT_E_FORMAT, "%s: W4A8_AWQ needs weight_scale_2 and input_scale, finite and > 0", p);
+        return 1;
+    }
+    t->quant->flags |= MOPT_QUANT_W_FP8 | MOPT_QUANT_ACT_STATIC;
+    t->quant->global_scale = ws2;
+    t->quant->act_scale = is;
+    return 0;
+}
+
 static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq_cfg *c, mopt_error *err) {
     mopt_tensor *w = part(g, p, "weight"), *sc = part(g, p, "weight_scale"), *pq = part(g, p, "pre_quant_scale");
     const int64_t out = w->ne[1] * 2, in = w->ne[0];
@@ -360,6 +382,10 @@ static mopt_tensor *modelopt_int4_linear(mopt_graph *g, const char *p, const hfq
         t = levels_pack(&L, p, 4, gs, NULL, NULL, err);
     }
     levels_free(&L);
+    if (t && c->w4a8_awq && w4a8_scales(g, p, t, err)) {
+        mopt_tensor_free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -468,6 +494,10 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
     if (modelopt_kv(q, c, err)) return MOPT_E_FORMAT;
     if (!algo && c->kv != MOPT_KV_FLOAT) return MOPT_OK; /* a float model with a quantized KV cache */
     if (algo && !strcmp(algo, "W4A16_AWQ")) return MOPT_OK;
+    if (algo && !strcmp(algo, "W4A8_AWQ")) {
+        c->w4a8_awq = 1;
+        return MOPT_OK;
+    }
     if (algo && !strcmp(algo, "NVFP4")) {
         c->nvfp4 = 1;
         return MOPT_OK;
@@ -480,7 +510,7 @@ static mopt_status modelopt_config(json_t *q, hfq_cfg *c, mopt_error *err) {
         c->fp8_act = MOPT_QUANT_ACT_PER_TOKEN;
         return MOPT_OK;
     }
-    return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: ModelOpt quant_algo \"%s\" is not supported (W4A16_AWQ, FP8, FP8_PER_CHANNEL_PER_TOKEN, NVFP4)",
+    return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: ModelOpt quant_algo \"%s\" is not supported (W4A16_AWQ, W4A8_AWQ, FP8, FP8_PER_CHANNEL_PER_TOKEN, NVFP4)",
                      c->file, algo ? algo : "(missing)");
 }
 

@@ -23,7 +23,7 @@ static inline void mopt_int4_pair_put(uint8_t *w, int64_t cols, int64_t r, int64
 }
 
 /* TensorRT-LLM's (and ModelOpt's) quant_algo names and what mopt stores for each. */
-typedef enum { MOPT_TQ_NONE, MOPT_TQ_W4A16_AWQ, MOPT_TQ_W8A16, MOPT_TQ_W8A8, MOPT_TQ_FP8, MOPT_TQ_FP8_PC, MOPT_TQ_NVFP4, MOPT_TQ_COUNT } mopt_tq_algo;
+typedef enum { MOPT_TQ_NONE, MOPT_TQ_W4A16_AWQ, MOPT_TQ_W8A16, MOPT_TQ_W8A8, MOPT_TQ_FP8, MOPT_TQ_FP8_PC, MOPT_TQ_NVFP4, MOPT_TQ_W4A8_AWQ, MOPT_TQ_COUNT } mopt_tq_algo;
 extern const char *const mopt_tq_names[MOPT_TQ_COUNT]; /* [MOPT_TQ_NONE] is NULL */
 mopt_tq_algo mopt_tq_parse(const char *name);           /* MOPT_TQ_NONE when unknown */
 

@@ -40,12 +40,19 @@ static int in_scheme(const mopt_quant_scheme *s, const mopt_tensor *t) {
            (t->quant->g_idx != NULL) == s->act_order;
 }
 
+/* g's token embedding table, or NULL */
+static const mopt_tensor *embedding_of(const mopt_graph *g) {
+    const int32_t e = mopt_graph_find_node(g, MOPT_ROLE_EMBED, -1);
+    return e >= 0 ? mopt_graph_node(g, e)->weight : NULL;
+}
+
 mopt_status mopt_quant_scheme_of(const mopt_graph *g, const char *what, mopt_quant_scheme *s, mopt_error *err) {
     memset(s, 0, sizeof *s);
-    const mopt_tensor *lm = lm_head_of(g);
+    const mopt_tensor *lm = lm_head_of(g), *emb = embedding_of(g);
     for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
-        if (t->dtype < MOPT_DTYPE_PACKED_FIRST || t == lm) continue; /* a packed lm_head (from GGUF) is written in float */
+        /* a packed lm_head (from GGUF) and a quantized embedding table are written in float */
+        if (t->dtype < MOPT_DTYPE_PACKED_FIRST || t == lm || t == emb) continue;
         if (!s->n_packed++) scheme_from(s, t);
         else if (!in_scheme(s, t))
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s and %s are quantized differently; a %s checkpoint holds one scheme", s->first,
@@ -76,6 +83,11 @@ const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f)
         return "GGUF k-quants (Q4_K, Q5_K, Q6_K) have no Hugging Face layout; export them dense (format dense: dequantized) or as GGUF";
     if (s->dtype == MOPT_DTYPE_SP24)
         return f == MOPT_HF_CT ? NULL : "2:4 packed weights export as compressed-tensors (sparse-24-bitmask, or marlin-24 for int4 values) or dense";
+    if (s->dtype == MOPT_DTYPE_QINT && (s->flags & MOPT_QUANT_W_FP8))
+        return f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)
+                   ? NULL
+                   : "W4A8_AWQ (int4 weights widened to FP8, static FP8 activations) exports as ModelOpt's unified checkpoint "
+                     "(format modelopt; symmetric int4 in groups) or as a TensorRT-LLM checkpoint";
     if (s->dtype == MOPT_DTYPE_QINT && (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)) && f != MOPT_HF_CT)
         return "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors";
     if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)) && !(f == MOPT_HF_CT && ct_fp4_ok(s)))
@@ -245,7 +257,7 @@ static mopt_status ct_8bit(mopt_st_list *l, const char *p, const mopt_tensor *t,
 }
 
 const char *const mopt_tq_names[MOPT_TQ_COUNT] = {NULL, "W4A16_AWQ", "W8A16", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "FP8",
-                                                   "FP8_PER_CHANNEL_PER_TOKEN", "NVFP4"};
+                                                   "FP8_PER_CHANNEL_PER_TOKEN", "NVFP4", "W4A8_AWQ"};
 
 mopt_tq_algo mopt_tq_parse(const char *name) {
     for (int i = 1; name && i < MOPT_TQ_COUNT; i++)
@@ -264,7 +276,10 @@ static mopt_tq_algo tq_of(const mopt_quant_scheme *s) {
         if (!(s->flags & MOPT_QUANT_PER_TENSOR) && (s->flags & MOPT_QUANT_ACT_PER_TOKEN)) return MOPT_TQ_FP8_PC;
         return MOPT_TQ_NONE;
     }
-    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order || (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)))
+    if ((s->flags & MOPT_QUANT_W_FP8) && (s->flags & MOPT_QUANT_ACT_STATIC) && (s->flags & MOPT_QUANT_SYM) && !s->act_order &&
+        s->bits == 4 && s->group_size > 0)
+        return MOPT_TQ_W4A8_AWQ; /* int4 widened to FP8 per tensor, FP8 activations with a calibrated scale */
+    if (!(s->flags & MOPT_QUANT_SYM) || s->act_order || (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC | MOPT_QUANT_W_FP8)))
         return MOPT_TQ_NONE; /* W4A8 per token has no TensorRT-LLM algorithm here */
     if (s->bits == 4 && s->group_size > 0) return MOPT_TQ_W4A16_AWQ;
     if (s->bits == 8 && s->group_size < 0) return MOPT_TQ_W8A16;
@@ -276,7 +291,9 @@ const char *mopt_trtllm_algo(const mopt_quant_scheme *s) { return mopt_tq_names[
 /* ModelOpt's unified checkpoint holds the int4 and FP8 kinds */
 const char *mopt_modelopt_algo(const mopt_quant_scheme *s) {
     const mopt_tq_algo a = tq_of(s);
-    return a == MOPT_TQ_W4A16_AWQ || a == MOPT_TQ_FP8 || a == MOPT_TQ_FP8_PC || a == MOPT_TQ_NVFP4 ? mopt_tq_names[a] : NULL;
+    return a == MOPT_TQ_W4A16_AWQ || a == MOPT_TQ_W4A8_AWQ || a == MOPT_TQ_FP8 || a == MOPT_TQ_FP8_PC || a == MOPT_TQ_NVFP4
+               ? mopt_tq_names[a]
+               : NULL;
 }
 
 static uint8_t *pack_int4_rows(const mopt_tensor *t, const int64_t *perm) {
@@ -346,6 +363,9 @@ static mopt_status modelopt(mopt_st_list *l, const char *p, const mopt_tensor *t
         snprintf(name, sizeof name, "%s.pre_quant_scale", p);
         if (!st) st = mopt_st_list_add(l, name, "F16", 1, ps, ones, (size_t)in * 2, err);
         else free(ones);
+        if (!st && (t->quant->flags & MOPT_QUANT_W_FP8)) /* W4A8_AWQ: the weights' FP8 scale and the inputs' */
+            st = add_scalar(l, p, "weight_scale_2", t->quant->global_scale, 0, err);
+        if (!st && (t->quant->flags & MOPT_QUANT_W_FP8)) st = add_scalar(l, p, "input_scale", t->quant->act_scale, 0, err);
         return st;
     }
     if (t->dtype == MOPT_DTYPE_MXFP) return fp4_tensors(l, p, t, perm, 0, err);

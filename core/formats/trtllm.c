@@ -7,7 +7,9 @@
  *   W4A16_AWQ (int4 pairs in I8 [out/2, in], weights_scaling_factor [out, in/gs],
  *   prequant_scaling_factor all ones), W8A16, W8A8 per token, FP8 (per tensor
  *   with a static activation scale, or per channel per token), NVFP4 (E2M1
- *   pairs, E4M3 scales per 16, the global weight and activation scales). */
+ *   pairs, E4M3 scales per 16, the global weight and activation scales),
+ *   W4A8_AWQ (W4A16_AWQ's tensors and the two scalars
+ *   weights_scaling_factor_2 and activation_scaling_factor). */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -60,7 +62,7 @@ typedef struct {
     float *f;    /* float: values */
     float *s;
     uint8_t *bs; /* NVFP4: E4M3 block scales [rows, ng] */
-    float act, g; /* static activation scale; NVFP4's global weight scale */
+    float act, g; /* static activation scale; NVFP4's and W4A8_AWQ's global weight scale */
     mopt_dtype dt; /* float pieces: the stored dtype */
     int vec;       /* a 1-D tensor (norm weight, bias) */
 } piece;
@@ -124,7 +126,7 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
         return mopt_tensor_read_f32(w, 0, p->rows * p->cols, p->f, c->err);
     }
     if (c->algo == MOPT_TQ_NVFP4) return read_nvfp4(c, r, base, w, p);
-    const int int4 = c->algo == MOPT_TQ_W4A16_AWQ;
+    const int int4 = c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_W4A8_AWQ;
     if (int4) p->rows *= 2;
     snprintf(name, sizeof name, "%s.weights_scaling_factor", base);
     const mopt_tensor *sc = rt(c, r, name);
@@ -162,7 +164,12 @@ static mopt_status read_piece(const trt *c, int r, const char *base, int is_vec,
         if (!as || mopt_tensor_nelements(as) != 1 || mopt_tensor_read_f32(as, 0, 1, &p->act, c->err))
             return MOPT_FAIL(c->err, MOPT_E_FORMAT, "%s: FP8 needs a scalar %s", c->dir, name);
     }
-    if (c->algo == MOPT_TQ_W4A16_AWQ) {
+    if (c->algo == MOPT_TQ_W4A8_AWQ) { /* the FP8 scale the int4 values widen with, and the inputs' */
+        mopt_status st = read_scalar(c, r, base, "weights_scaling_factor_2", &p->g);
+        if (!st) st = read_scalar(c, r, base, "activation_scaling_factor", &p->act);
+        if (st) return st;
+    }
+    if (int4) {
         snprintf(name, sizeof name, "%s.prequant_scaling_factor", base);
         const mopt_tensor *pq = rt(c, r, name);
         mopt_status st = pq ? mopt_check_ones(pq, -1, base, "prequant_scaling_factor", c->err) : MOPT_OK;
@@ -201,7 +208,8 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, mopt_tp_sp
     memset(all, 0, sizeof *all);
     all->rows = ps[0].rows * (split == MOPT_SPLIT_ROWS || split == MOPT_SPLIT_HEADS ? n : 1);
     all->cols = ps[0].cols * (by_cols ? n : 1);
-    const int groups_by_cols = by_cols && (c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_NVFP4);
+    const int int4 = c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_W4A8_AWQ;
+    const int groups_by_cols = by_cols && (int4 || c->algo == MOPT_TQ_NVFP4);
     all->ng = ps[0].ng * (groups_by_cols ? n : 1);
     all->act = ps[0].act;
     all->g = ps[0].g;
@@ -233,7 +241,7 @@ static mopt_status gather(const trt *c, const char *base, int is_vec, mopt_tp_sp
             memcpy(all->v + row * all->cols + col0, ps[r].v + i * ps[r].cols, (size_t)ps[r].cols);
             if (ps[r].bs)
                 memcpy(all->bs + row * ngall + (by_cols ? r * ngs : 0), ps[r].bs + i * ngs, (size_t)ngs);
-            else if (by_cols && c->algo == MOPT_TQ_W4A16_AWQ)
+            else if (by_cols && int4)
                 memcpy(all->s + row * ngall + r * ngs, ps[r].s + i * ngs, (size_t)ngs * sizeof *all->s);
             else if (!by_cols || r == 0)
                 memcpy(all->s + row * ngall, ps[r].s + i * ngs, (size_t)ngs * sizeof *all->s);
@@ -259,13 +267,18 @@ static mopt_status install(trt *c, const piece *p, int64_t r0, int64_t n, const 
                 else ((uint16_t *)t->data)[i] = mopt_f32_to_bf16(src[i]);
             }
         }
-    } else if (c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_W8A16) {
+    } else if (c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_W4A8_AWQ || c->algo == MOPT_TQ_W8A16) {
         const int32_t gs = c->algo == MOPT_TQ_W8A16 ? -1 : c->group_size > 0 ? c->group_size : (int32_t)((cols + ng - 1) / ng);
         if (mopt_qint_n_groups(cols, gs) != ng)
             return MOPT_FAIL(c->err, MOPT_E_FORMAT,
                              "%s: %s.weights_scaling_factor has %lld groups per row, but quantization.group_size %d over %lld columns needs %lld",
                              c->dir, src, (long long)ng, gs, (long long)cols, (long long)mopt_qint_n_groups(cols, gs));
         t = mopt_qint_pack(name, n, cols, c->algo == MOPT_TQ_W8A16 ? 8 : 4, gs, p->v + r0 * cols, p->s + r0 * ng, NULL, NULL, c->err);
+        if (t && c->algo == MOPT_TQ_W4A8_AWQ) { /* int4 widened to FP8 with g, inputs rounded to FP8 with act */
+            t->quant->flags |= MOPT_QUANT_W_FP8 | MOPT_QUANT_ACT_STATIC;
+            t->quant->global_scale = p->g;
+            t->quant->act_scale = p->act;
+        }
     } else if (c->algo == MOPT_TQ_NVFP4) {
         uint8_t *pairs = calloc((size_t)(n * cols / 2) + 1, 1);
         if (!pairs) return MOPT_FAIL(c->err, MOPT_E_NOMEM, "out of memory");
@@ -447,9 +460,9 @@ static mopt_status config(trt *c, const char *file, json_t *cfg, const mopt_fami
     c->algo_name = c->algo ? mopt_tq_names[c->algo] : "null";
     if (algo && !c->algo)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                         "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN, NVFP4)",
+                         "%s: quant_algo \"%s\" is not supported (W4A16_AWQ, W4A8_AWQ, W8A16, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, FP8, FP8_PER_CHANNEL_PER_TOKEN, NVFP4)",
                          file, algo);
-    if (c->algo == MOPT_TQ_W4A16_AWQ && (c->group_size == 0 || c->group_size % 32))
+    if ((c->algo == MOPT_TQ_W4A16_AWQ || c->algo == MOPT_TQ_W4A8_AWQ) && (c->group_size == 0 || c->group_size % 32))
         return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: quantization.group_size %lld is not a positive multiple of 32", file, (long long)gs);
     return MOPT_OK;
 }

@@ -7,6 +7,9 @@
  *   W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN  weight I8, weights_scaling_factor F32 [out]
  *   FP8          weight F8_E4M3, weights_scaling_factor F32 [], activation_scaling_factor F32 []
  *   FP8_PER_CHANNEL_PER_TOKEN  weight F8_E4M3, weights_scaling_factor F32 [out]
+ *   W4A8_AWQ     as W4A16_AWQ, and weights_scaling_factor_2 F32 [] (the FP8 scale the int4 values are
+ *                widened with) and activation_scaling_factor F32 [] (static FP8 inputs); TRT-LLM's loader
+ *                divides the group scales by the first and the prequant scales by the second
  *   NVFP4        weight U8 [out, in/2] (E2M1 pairs, low nibble first), weights_scaling_factor F8_E4M3
  *                [out, in/16], weights_scaling_factor_2 F32 [] and activation_scaling_factor F32 [] (the
  *                global scales; TRT-LLM's loader renames them weights_block_scaling_factor and so on)
@@ -36,36 +39,46 @@ static mopt_status add_scalar(mopt_st_list *l, const char *base, const char *par
     return mopt_st_list_add(l, n, "F32", 0, shape, d, sizeof *d, err);
 }
 
-/* NVFP4: E2M1 pairs U8 [rows, nc/2], E4M3 block scales [rows, nc/16], and the global weight and activation scales
- * the fused GEMM holds once (weights_scaling_factor_2, activation_scaling_factor: ModelOpt's weight_scale_2 and
- * input_scale) */
+/* The global weight and activation scales a fused GEMM holds once (weights_scaling_factor_2,
+ * activation_scaling_factor: ModelOpt's weight_scale_2 and input_scale), which every linear fused into ft must share */
+static mopt_status shared_scales(const mopt_file_tensor *ft, const int64_t *rows, int64_t n_rows, const char *what, float *g,
+                                 float *act, mopt_error *err) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        int64_t row = 0;
+        const mopt_tensor *t = mopt_file_tensor_row(ft, rows[r], &row);
+        if (r == 0) *g = t->quant->global_scale, *act = t->quant->act_scale;
+        if (t->quant->global_scale != *g || t->quant->act_scale != *act)
+            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
+                             "%s: the fused linears have different %s global scales (TRT-LLM holds one; mopt's passes share them)", ft->name,
+                             what);
+    }
+    return MOPT_OK;
+}
+
+/* NVFP4: E2M1 pairs U8 [rows, nc/2], E4M3 block scales [rows, nc/16], and the shared global scales */
 static mopt_status add_nvfp4(mopt_st_list *l, const mopt_file_tensor *ft, const char *base, const int64_t *rows, int64_t n_rows,
                              int64_t c0, int64_t nc, mopt_error *err) {
     if (c0 % 16 || nc % 16)
         return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: the tensor-parallel split (%lld columns) cuts an NVFP4 block of 16", ft->name,
                          (long long)nc);
+    float g = 0, act = 0;
+    mopt_status st = shared_scales(ft, rows, n_rows, "NVFP4", &g, &act, err);
+    if (st) return st;
     uint8_t *w = malloc((size_t)(n_rows * nc / 2) + 1), *sc = malloc((size_t)(n_rows * nc / 16) + 1);
     if (!w || !sc) {
         free(w), free(sc);
         return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     }
-    float g = 0, act = 0;
     for (int64_t r = 0; r < n_rows; r++) {
         int64_t row = 0;
         const mopt_tensor *t = mopt_file_tensor_row(ft, rows[r], &row);
-        if (r == 0) g = t->quant->global_scale, act = t->quant->act_scale;
-        if (t->quant->global_scale != g || t->quant->act_scale != act) {
-            free(w), free(sc);
-            return MOPT_FAIL(err, MOPT_E_UNSUPPORTED,
-                             "%s: the fused linears have different NVFP4 global scales (TRT-LLM holds one; quant.nvfp4 shares them)", ft->name);
-        }
         memcpy(w + r * (nc / 2), (const uint8_t *)t->data + (size_t)row * t->nb[1] + c0 / 2, (size_t)(nc / 2));
         memcpy(sc + r * (nc / 16), (const uint8_t *)t->quant->scale->data + row * (t->ne[0] / 16) + c0 / 16, (size_t)(nc / 16));
     }
     char n[MOPT_MAX_NAME + 48];
     const int64_t ws[2] = {n_rows, nc / 2}, ss[2] = {n_rows, nc / 16};
     snprintf(n, sizeof n, "%s.weight", base);
-    mopt_status st = mopt_st_list_add(l, n, "U8", 2, ws, w, (size_t)(n_rows * nc / 2), err);
+    st = mopt_st_list_add(l, n, "U8", 2, ws, w, (size_t)(n_rows * nc / 2), err);
     snprintf(n, sizeof n, "%s.weights_scaling_factor", base);
     if (!st) st = mopt_st_list_add(l, n, "F8_E4M3", 2, ss, sc, (size_t)(n_rows * nc / 16), err);
     else free(sc);
@@ -85,8 +98,10 @@ static mopt_status add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_
     char *dot = strrchr(base, '.');
     if (dot) *dot = 0;
     mopt_status st = MOPT_OK;
-    if (algo == MOPT_TQ_W4A16_AWQ) {
+    if (algo == MOPT_TQ_W4A16_AWQ || algo == MOPT_TQ_W4A8_AWQ) {
         if (n_rows % 2) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: odd row count %lld for int4 pairs", name, (long long)n_rows);
+        float g = 0, act = 0;
+        if (algo == MOPT_TQ_W4A8_AWQ && (st = shared_scales(ft, rows, n_rows, "W4A8_AWQ", &g, &act, err))) return st;
         const int32_t gs = s0->quant->group_size;
         if (c0 % gs || (nc % gs && c0 + nc != ft->cols))
             return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: the tensor-parallel split (%lld columns) cuts a %d-column group",
@@ -115,6 +130,8 @@ static mopt_status add_packed(mopt_st_list *l, const mopt_file_tensor *ft, mopt_
         snprintf(n, sizeof n, "%s.prequant_scaling_factor", base);
         if (!st) st = mopt_st_list_add(l, n, "F16", 1, ps, pq, (size_t)nc * 2, err);
         else free(pq);
+        if (!st && algo == MOPT_TQ_W4A8_AWQ) st = add_scalar(l, base, "weights_scaling_factor_2", g, err);
+        if (!st && algo == MOPT_TQ_W4A8_AWQ) st = add_scalar(l, base, "activation_scaling_factor", act, err);
         return st;
     }
     if (algo == MOPT_TQ_NVFP4) return add_nvfp4(l, ft, base, rows, n_rows, c0, nc, err);
@@ -191,7 +208,8 @@ mopt_status mopt_trtllm_add_kv_scale(mopt_st_list *l, const mopt_graph *g, const
 
 mopt_status mopt_trtllm_add(mopt_st_list *l, const mopt_file_tensor *ft, const char *algo_name, const char *fdtype, const int64_t *rows,
                             int64_t n_rows, int64_t c0, int64_t nc, mopt_error *err) {
-    if (ft->ndim == 1 || ft->src[0]->dtype < MOPT_DTYPE_PACKED_FIRST || ft->role == MOPT_ROLE_LM_HEAD) /* float: a weight, a bias, lm_head */
+    if (ft->ndim == 1 || ft->src[0]->dtype < MOPT_DTYPE_PACKED_FIRST || ft->role == MOPT_ROLE_LM_HEAD ||
+        ft->role == MOPT_ROLE_EMBED) /* float: a weight, a bias, lm_head, the embedding table (dequantized when packed) */
         return mopt_st_add_rows(l, ft, fdtype, rows, n_rows, c0, nc, err);
     const mopt_tq_algo algo = mopt_tq_parse(algo_name);
     if (!algo) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: packed, but quant_algo %s is not one TensorRT-LLM holds", ft->name, algo_name ? algo_name : "(none)");
@@ -211,8 +229,8 @@ char *mopt_trtllm_config_json(const mopt_graph *g, const char *torch, int32_t tp
     mopt_kv_format kv = MOPT_KV_FLOAT;
     if (mopt_kv_scheme_of(g, &kv, err)) return NULL;
     json_t *q = json_pack("{s:o, s:s?, s:i, s:b, s:b}", "quant_algo", algo ? json_string(mopt_tq_names[algo]) : json_null(),
-                          "kv_cache_quant_algo", kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "group_size", algo == MOPT_TQ_W4A16_AWQ ? s->group_size : algo == MOPT_TQ_NVFP4 ? 16 : 128, "has_zero_point", 0,
-                          "pre_quant_scale", algo == MOPT_TQ_W4A16_AWQ);
+                          "kv_cache_quant_algo", kv == MOPT_KV_FP8 ? "FP8" : kv == MOPT_KV_INT8 ? "INT8" : NULL, "group_size", algo == MOPT_TQ_W4A16_AWQ || algo == MOPT_TQ_W4A8_AWQ ? s->group_size : algo == MOPT_TQ_NVFP4 ? 16 : 128,
+                          "has_zero_point", 0, "pre_quant_scale", algo == MOPT_TQ_W4A16_AWQ || algo == MOPT_TQ_W4A8_AWQ);
     json_t *ex = json_array();
     for (int32_t i = 0; algo && i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);

@@ -220,7 +220,7 @@ int64_t mopt_graph_decode_bytes(const mopt_graph *g) {
             else if (nd->weight == t || nd->bias == t) whole = 1;
         }
         if (whole) n += mopt_weight_storage_bytes(t);
-        else if (table) n += (int64_t)mopt_tensor_nbytes(t) / (t->ndim == 2 && t->ne[1] > 0 ? t->ne[1] : 1);
+        else if (table) n += mopt_weight_storage_bytes(t) / (t->ndim == 2 && t->ne[1] > 0 ? t->ne[1] : 1); /* a row, scales included */
     }
     return n;
 }

@@ -242,6 +242,7 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
                     mopt_qblock_levels(row + b * bb, bits, v);
                     for (int j = 0; j < n; j++) d[c0 + j] = (v[j] - z) * s;
                 }
+                if (q->flags & MOPT_QUANT_W_FP8) c->k->round_e4m3(d, in, q->global_scale, d); /* W4A8_AWQ: int4 widened to FP8 */
             }
             return;
         }
@@ -249,6 +250,26 @@ static void widen_rows(const cpu_ctx *c, const mopt_tensor *w, int64_t o0, int64
     default: /* W8A8, act-order QINT, Q2_K, Q3_K and Q5_K */
         for (int64_t r = 0; r < rows; r++) mopt_weight_row_f32(w, o0 + r, dst + r * in, NULL);
     }
+}
+
+/* QINT rows whose weights are rounded to E4M3 (W4A8_AWQ) with 4-bit levels in whole blocks and whole groups: decode
+ * reads them through per-group tables of their 16 values (qint_fp8_tables); others widen a row at a time. */
+static bool qint_lut_rows(const mopt_tensor *w) {
+    if (w->dtype != MOPT_DTYPE_QINT || !(w->quant->flags & MOPT_QUANT_W_FP8) || w->quant->bits != 4 || w->quant->g_idx) return false;
+    const int64_t in = w->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
+    return in % 32 == 0 && gs % 32 == 0 && in % gs == 0;
+}
+
+/* Row o's tables: for each group, the 16 values its levels stand for, e4m3((l - z) s / g) g, as widen_rows forms them. */
+static void qint_fp8_tables(const cpu_ctx *c, const mopt_tensor *w, int64_t o, float *lut) {
+    const mopt_quant_info *q = w->quant;
+    const int64_t ng = q->scale->ne[0];
+    const uint16_t *sc = (const uint16_t *)q->scale->data + o * ng;
+    const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o * ng : NULL;
+    static const uint8_t levels[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    for (int64_t g = 0; g < ng; g++)
+        c->k->dequant_u8(levels, 16, zp ? (float)zp[g] : 8.0f, mopt_f16_to_f32(sc[g]), lut + 16 * g);
+    c->k->round_e4m3(lut, 16 * ng, q->global_scale, lut);
 }
 
 /* sum over one group's columns [c0, c1) of level * x, blocks read in place */
@@ -272,7 +293,7 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
     const mopt_kernels *k = j->c->k;
     const mopt_tensor *w = j->w;
     int64_t o0 = task * j->gemv_rows, o1 = o0 + j->gemv_rows < j->out ? o0 + j->gemv_rows : j->out;
-    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx) {
+    if (w->dtype == MOPT_DTYPE_QINT && !w->quant->g_idx && !(w->quant->flags & MOPT_QUANT_W_FP8)) {
         const mopt_quant_info *q = w->quant;
         const int32_t bits = q->bits, bb = mopt_qint_block_bytes(bits);
         const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
@@ -362,7 +383,23 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
                 j->y[(size_t)t * j->y_stride + o] = mxfp_row(k, w, o, j->x + (size_t)t * j->x_stride, NULL) + bias_at(j->b, o);
         return;
     }
-    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* act-order QINT and Q5_K: widen one row, then dot */
+    if (qint_lut_rows(w)) { /* W4A8_AWQ: each group's 16 values widened to E4M3 once, a table the kernel reads from */
+        const mopt_quant_info *q = w->quant;
+        const int64_t gs = q->group_size > 0 ? q->group_size : j->in, ng = q->scale->ne[0];
+        float *lut = j->c->wscratch[thread]; /* ng * 16 floats: a row of `in` fits, since groups are 32 or more */
+        for (int64_t o = o0; o < o1; o++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)o * w->nb[1];
+            qint_fp8_tables(j->c, w, o, lut);
+            for (int32_t t = 0; t < j->T; t++) {
+                const float *x = j->x + (size_t)t * j->x_stride;
+                float acc = 0;
+                for (int64_t g = 0; g < ng; g++) acc += k->dot_q4_lut(row + g * (gs / 32) * 16, lut + 16 * g, x + g * gs, gs / 32);
+                j->y[(size_t)t * j->y_stride + o] = acc + bias_at(j->b, o);
+            }
+        }
+        return;
+    }
+    if (w->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* act-order QINT and the rest: widen one row, then dot */
         float *row = j->c->wscratch[thread];
         for (int64_t o = o0; o < o1; o++) {
             widen_rows(j->c, w, o, 1, row);
@@ -738,7 +775,8 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         j.x = xr;
         j.x_stride = (int32_t)in;
     }
-    if (w->dtype == MOPT_DTYPE_QINT && !fp8_act && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
+    const int qint_fp8 = w->dtype == MOPT_DTYPE_QINT && (w->quant->flags & MOPT_QUANT_W_FP8); /* widened rows, below */
+    if (w->dtype == MOPT_DTYPE_QINT && !fp8_act && !qint_fp8 && !w->quant->g_idx && (w->quant->bits == 4 || w->quant->bits == 8) && in % 32 == 0 &&
         in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
         /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
         const int64_t ng = w->quant->scale->ne[0];
@@ -746,7 +784,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     }
     if (w->dtype == MOPT_DTYPE_KQUANT && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
     if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
-    if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx) {
+    if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx && !qint_fp8) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));
         if (!sums) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
@@ -818,6 +856,10 @@ static mopt_status linear_group(cpu_ctx *c, const mopt_op_args *a, mopt_error *e
 
 static void read_row(const cpu_ctx *c, const mopt_tensor *t, int64_t row, float *out) {
     int64_t n = t->ne[0];
+    if (t->dtype >= MOPT_DTYPE_PACKED_FIRST) { /* a quantized embedding table (quant.rtn embeddings=true): one row dequantized */
+        if (mopt_weight_row_f32(t, row, out, NULL)) memset(out, 0, (size_t)n * sizeof *out);
+        return;
+    }
     switch (t->dtype) {
     case MOPT_DTYPE_F32: memcpy(out, (const float *)t->data + row * n, (size_t)n * sizeof(float)); break;
     case MOPT_DTYPE_F16: c->k->cvt_f16((const uint16_t *)t->data + row * n, out, n); break;

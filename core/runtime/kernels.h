@@ -39,6 +39,9 @@ typedef struct mopt_kernels {
     /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
     float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
     float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);
+    /* sum over nb whole 4-bit blocks of lut[level] * x: a group whose 16 weight values are a table (W4A8_AWQ's
+     * int4 values widened to E4M3), looked up in registers */
+    float (*dot_q4_lut)(const uint8_t *blocks, const float *lut, const float *x, int64_t nb);
     /* nrows 4-bit rows of ng whole groups of bpg blocks (s f16, z u8 or NULL: zsym)
      * against activations quantized to int8 per 32 values (xq, with
      * scales xd; llama.cpp's Q4 x Q8 dot): y[r] = sum_g s[r,g] * (sum over the
@@ -135,6 +138,7 @@ float mopt_dot_sp24_avx2(const float *vals, const uint8_t *pos, const float *x, 
 float mopt_dot_sp24_bf16_avx2(const uint16_t *vals, const uint8_t *pos, const float *x, int64_t n);
 float mopt_dot_sp24_i8_avx2(const int8_t *vals, const uint8_t *pos, const float *x, int64_t n);
 void mopt_round_e4m3_avx2(const float *x, int64_t n, float s, float *out);
+float mopt_dot_q4_lut_avx2(const uint8_t *b, const float *lut, const float *x, int64_t nb);
 float mopt_dot_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);
 void mopt_dequant_fp4_avx2(const uint8_t *q, const float *bs, int64_t gs, int64_t n, float *dst);
 float mopt_dot_e4m3_blocks_avx2(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n);

@@ -430,6 +430,32 @@ void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
         }
 }
 
+/* Eight levels (indices 0..15 in 32-bit lanes) looked up in the 16-entry table lo:hi: both halves permuted by the
+ * low three bits, bit 3 (shifted to the sign) picks the half. */
+static inline __m256 lut16(__m256 lo, __m256 hi, __m256i idx) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+float mopt_dot_q4_lut_avx2(const uint8_t *b, const float *lut, const float *x, int64_t nb) {
+    const __m256 lo = _mm256_loadu_ps(lut), hi = _mm256_loadu_ps(lut + 8);
+    const __m128i m4 = _mm_set1_epi8(15);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t k = 0; k < nb; k++, b += 16, x += 32) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)b);
+        const __m128i l = _mm_and_si128(v, m4), h = _mm_and_si128(_mm_srli_epi16(v, 4), m4); /* values 0..15, 16..31 */
+        a0 = _mm256_fmadd_ps(lut16(lo, hi, _mm256_cvtepu8_epi32(l)), _mm256_loadu_ps(x), a0);
+        a1 = _mm256_fmadd_ps(lut16(lo, hi, _mm256_cvtepu8_epi32(_mm_srli_si128(l, 8))), _mm256_loadu_ps(x + 8), a1);
+        a0 = _mm256_fmadd_ps(lut16(lo, hi, _mm256_cvtepu8_epi32(h)), _mm256_loadu_ps(x + 16), a0);
+        a1 = _mm256_fmadd_ps(lut16(lo, hi, _mm256_cvtepu8_epi32(_mm_srli_si128(h, 8))), _mm256_loadu_ps(x + 24), a1);
+    }
+    const __m256 a = _mm256_add_ps(a0, a1);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
 /* x / s onto the E4M3 grid, times s. Normals (2^-6 and up) keep 3 mantissa bits, rounded to nearest even in the
  * float's own bits; below 2^-6 the grid is 2^-9 apart; from 464 up (the tie between 448 and the NaN code's 480)
  * saturate to 448. NaN stays NaN, and the sign (zero's too) is kept. */
@@ -658,6 +684,7 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = mopt_round_e4m3_avx2,
     .dot_q4 = dot_q4,
+    .dot_q4_lut = mopt_dot_q4_lut_avx2,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = mopt_gemv_q4_q8_avx2,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,

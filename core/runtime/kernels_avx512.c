@@ -205,6 +205,20 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
     } while (0)
 #include "kernels_simd.h"
 
+/* W4A8_AWQ's groups: the 16-entry table in one register, each block's 32 levels looked up 16 at a time */
+static float dot_q4_lut(const uint8_t *b, const float *lut, const float *x, int64_t nb) {
+    const __m512 t = _mm512_loadu_ps(lut);
+    const __m128i m4 = _mm_set1_epi8(15);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nb; k++, b += 16, x += 32) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)b);
+        const __m512i l = _mm512_cvtepu8_epi32(_mm_and_si128(v, m4)), h = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), m4));
+        a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(l, t), _mm512_loadu_ps(x), a0);
+        a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(h, t), _mm512_loadu_ps(x + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
 /* MXFP rows (n a multiple of 32; gs 16 or 32): 32 values per step, each half scaled by its block's scale as it is
  * widened, two accumulators. E2M1 codes come through a table as int8 twice their value (0..12). */
 static float dot_fp4(const uint8_t *q, const float *bs, int64_t gs, const float *x, int64_t n) {
@@ -253,6 +267,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = mopt_round_e4m3_avx2,
     .dot_q4 = dot_q4,
+    .dot_q4_lut = dot_q4_lut,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,

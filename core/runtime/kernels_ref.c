@@ -134,6 +134,13 @@ static float dot_q4(const uint8_t *b, const float *x, int64_t nb) {
     return s;
 }
 
+static float dot_q4_lut(const uint8_t *b, const float *lut, const float *x, int64_t nb) {
+    float s = 0;
+    for (int64_t k = 0; k < nb; k++, b += 16, x += 32)
+        for (int j = 0; j < 16; j++) s += lut[b[j] & 15] * x[j] + lut[b[j] >> 4] * x[j + 16];
+    return s;
+}
+
 static float dot_q8(const uint8_t *b, const float *x, int64_t nb) {
     float s = 0;
     for (int64_t i = 0; i < nb * 32; i++) s += (float)b[i] * x[i];
@@ -451,6 +458,7 @@ const mopt_kernels mopt_kernels_ref = {
     .att_values = att_values,
     .softmax = softmax,
     .dot_q4 = dot_q4,
+    .dot_q4_lut = dot_q4_lut,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = gemv_q8_q8,

@@ -244,6 +244,11 @@ float mopt_e4m3_to_f32(uint8_t b) {
 
 /* --- rows and sizes ------------------------------------------------------------ */
 
+void mopt_qint_round_fp8(const mopt_quant_info *qi, float *w, int64_t n) {
+    const float g = qi->global_scale;
+    for (int64_t i = 0; i < n; i++) w[i] = mopt_e4m3_to_f32(mopt_f32_to_e4m3(w[i] / g)) * g;
+}
+
 mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, mopt_error *err) {
     const int64_t in = t->ne[0];
     if (row < 0 || row >= t->ne[1]) return MOPT_FAIL(err, MOPT_E_INVALID, "%s: row %lld out of range", t->name, (long long)row);
@@ -283,6 +288,7 @@ mopt_status mopt_weight_row_f32(const mopt_tensor *t, int64_t row, float *out, m
         float z = zp ? (float)zp[g] : zsym;
         out[c] = ((float)mopt_qint_get(t, row, c) - z) * mopt_f16_to_f32(sc[g]);
     }
+    if (qi->flags & MOPT_QUANT_W_FP8) mopt_qint_round_fp8(qi, out, in);
     return MOPT_OK;
 }
 
@@ -292,7 +298,8 @@ int64_t mopt_weight_storage_bytes(const mopt_tensor *t) {
         if (t->quant->scale) n += (int64_t)mopt_tensor_nbytes(t->quant->scale);
         if (t->quant->zero) n += (int64_t)mopt_tensor_nbytes(t->quant->zero);
         if (t->quant->g_idx) n += (int64_t)mopt_tensor_nbytes(t->quant->g_idx);
-        if (mopt_mxfp_kind_of(t) == MOPT_MXFP_NVFP4) n += (int64_t)sizeof(float); /* the global scale */
+        if (mopt_mxfp_kind_of(t) == MOPT_MXFP_NVFP4 || (t->quant->flags & MOPT_QUANT_W_FP8))
+            n += (int64_t)sizeof(float); /* the global scale (NVFP4's; W4A8_AWQ's weight_scale_2) */
     }
     return n;
 }

@@ -52,6 +52,8 @@ float mopt_exact_reciprocal(float x);
 uint8_t mopt_e4m3_from_double(double f);
 void mopt_mxfp_block_scales(const mopt_tensor *t, int64_t row, int64_t b0, int64_t n, float *out);
 void mopt_mxfp_row_f32(const mopt_tensor *t, int64_t row, float *out);
+/* QINT with MOPT_QUANT_W_FP8: n dequantized weights rounded onto E4M3 with the tensor's global_scale, in place. */
+void mopt_qint_round_fp8(const mopt_quant_info *qi, float *w, int64_t n);
 
 /* SP24 rows (layout in mopt/quant.h; rows padded to 4 bytes): the kept values
  * of `row` widened to fp32 vals[in/2], its position bytes, and the whole row

@@ -31,7 +31,8 @@ static mopt_status write_text(const mopt_host_api *h, const atomic_dir *d, const
  * HF tensor (GPT-2's c_attn) cannot hold packed rows. */
 static mopt_status check_packable(const mopt_host_api *h, const mopt_file_tensor *fts, int32_t n, const char *fs, mopt_error *err) {
     for (int32_t i = 0; i < n; i++)
-        if (fts[i].src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST && fts[i].role != MOPT_ROLE_LM_HEAD && (fts[i].n_src > 1 || fts[i].transposed))
+        if (fts[i].src[0]->dtype >= MOPT_DTYPE_PACKED_FIRST && fts[i].role != MOPT_ROLE_LM_HEAD && fts[i].role != MOPT_ROLE_EMBED &&
+            (fts[i].n_src > 1 || fts[i].transposed))
             return h->error_set(err, MOPT_E_UNSUPPORTED, "export.hf",
                                 "%s is fused or Conv1D-transposed in the Hugging Face layout, which format %s cannot pack; use format=dense",
                                 fts[i].name, fs);
@@ -49,14 +50,16 @@ typedef struct {
 
 /* The entries file tensor i becomes in the layout: a packed linear as the
  * layout stores it, the rest as floats (forced dtype, else each its own;
- * dequantized ones, a packed lm_head among them, take model_dt); a k_proj or
+ * dequantized ones, a packed lm_head and a quantized embedding table among
+ * them, take model_dt: vLLM and the HF layouts load embeddings in float); a k_proj or
  * v_proj of a quantized KV cache brings its scale along. */
 static mopt_status encode(void *user, int32_t i, mopt_st_list *l, mopt_error *err) {
     const hf_enc *x = user;
     const mopt_file_tensor *ft = &x->fts[i];
     const mopt_tensor *s = ft->src[0];
     mopt_status st;
-    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && (ft->role != MOPT_ROLE_LM_HEAD || x->lm_packed)) {
+    if (x->layout != MOPT_HF_DENSE && s->dtype >= MOPT_DTYPE_PACKED_FIRST && ft->role != MOPT_ROLE_EMBED &&
+        (ft->role != MOPT_ROLE_LM_HEAD || x->lm_packed)) {
         st = x->h->hf_add_packed(l, ft, x->layout, err);
     } else {
         const char *dt = x->forced ? x->forced
@@ -235,7 +238,7 @@ static const char *const formats[] = {"auto", "dense", "awq", "gptq", "compresse
 
 static const mopt_opt_spec opts[] = {
     {"out", MOPT_OPT_STRING, MOPT_OPT_REQUIRED, "target directory (written atomically)", NULL, 0, -1, NULL},
-    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized or 2:4-packed one (sparse-24-bitmask); dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, FP8, NVFP4) keep the packed weights bit for bit", "auto", 0, -1, formats},
+    {"format", MOPT_OPT_ENUM, 0, "auto: dense for a float model, compressed-tensors for a quantized or 2:4-packed one (sparse-24-bitmask); dense dequantizes; awq (GEMM, int4), gptq (v1), compressed-tensors and modelopt (unified checkpoint: W4A16_AWQ, W4A8_AWQ, FP8, NVFP4) keep the packed weights bit for bit", "auto", 0, -1, formats},
     {"dtype", MOPT_OPT_ENUM, 0, "dtype of the float tensors; auto keeps each tensor's own (dequantized weights take the embeddings')", "auto", 0, -1, dtypes},
     {"force", MOPT_OPT_BOOL, 0, "replace an existing target", "false", 0, -1, NULL},
     {"max_shard_size", MOPT_OPT_INT, 0, "bytes per safetensors shard before splitting (with an index)", "5000000000", 1024, 1e15, NULL},

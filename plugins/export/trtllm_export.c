@@ -75,7 +75,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
     if (s.n_packed && !algo)
         return h->error_set(err, MOPT_E_UNSUPPORTED, "export.trtllm",
                             "%s's scheme has no TensorRT-LLM quant_algo here (W4A16_AWQ: int4 sym with groups; W8A16: int8 sym "
-                            "per channel; W8A8 per token; FP8 per tensor static or per channel dynamic; NVFP4 with activations=static)",
+                            "per channel; W8A8 per token; FP8 per tensor static or per channel dynamic; NVFP4 with activations=static; "
+                            "W4A8_AWQ: int4 sym with groups and activations=fp8_static)",
                             s.first);
     mopt_kv_format kv = MOPT_KV_FLOAT;
     if ((st = h->kv_scheme_of(g, &kv, err))) return st;
@@ -144,5 +145,5 @@ static const mopt_opt_spec opts[] = {
 };
 
 MOPT_PASS_DEFINE(export_trtllm_pass, MOPT_PASS_EXPORT, "export.trtllm",
-                 "TensorRT-LLM checkpoint (config.json + rank*.safetensors), fused qkv, W4A16_AWQ/W8A16/W8A8/FP8, tensor-parallel split",
+                 "TensorRT-LLM checkpoint (config.json + rank*.safetensors), fused qkv, W4A16_AWQ/W4A8_AWQ/W8A16/W8A8/FP8/NVFP4, tensor-parallel split",
                  opts, run);

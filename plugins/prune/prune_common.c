@@ -107,7 +107,7 @@ mopt_status prune_install(const mopt_host_api *h, mopt_graph *g, const qlinear *
     const mopt_dtype dt = old ? old->dtype : MOPT_DTYPE_F32;
     if (sp.pack && sp.vbits == 4) { /* symmetric int4 levels per group; a pruned weight is level 8, exactly 0 */
         const int64_t ng = l->in / PRUNE_I4_GROUP;
-        const qspec q4 = {4, PRUNE_I4_GROUP, 1, 0, 0};
+        const qspec q4 = {.bits = 4, .group = PRUNE_I4_GROUP, .sym = 1};
         uint8_t *u = malloc((size_t)(l->out * l->in)), zero;
         float *s = malloc((size_t)(l->out * ng) * sizeof *s);
         mopt_status st = u && s ? MOPT_OK : h->error_set(err, MOPT_E_NOMEM, "prune", "out of memory");

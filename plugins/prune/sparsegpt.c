@@ -37,8 +37,8 @@ typedef struct {
 
 static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_error *err) {
     sgpt *s = user;
-    if (s->sp.vbits == 8) s->q = (qspec){8, -1, 1, 0, 0}; /* values=int8: the sweep's grid is int8 per row, symmetric */
-    if (s->sp.vbits == 4) s->q = (qspec){4, PRUNE_I4_GROUP, 1, 0, 0}; /* values=int4: symmetric int4 per 128 inputs */
+    if (s->sp.vbits == 8) s->q = (qspec){.bits = 8, .group = -1, .sym = 1}; /* values=int8: the sweep's grid is int8 per row, symmetric */
+    if (s->sp.vbits == 4) s->q = (qspec){.bits = 4, .group = PRUNE_I4_GROUP, .sym = 1}; /* values=int4: symmetric int4 per 128 inputs */
     s->mine = mine;
     s->k = k;
     for (int32_t i = 0; i < k; i++) {

@@ -32,7 +32,7 @@ static const char *const cand_names[C_COUNT] = {"int4_awq", "int4", "int8", "fp8
 static mopt_tensor *cand_tensor(const mopt_host_api *h, int c, const qlinear *l, const float *W, int32_t group, mopt_error *err) {
     const int64_t out = l->out, in = l->in;
     if (c == C_INT4_AWQ || c == C_INT4 || c == C_INT8) {
-        const qspec sp = {c == C_INT8 ? 8 : 4, c == C_INT8 ? -1 : group, c == C_INT8, 0, 0};
+        const qspec sp = {.bits = c == C_INT8 ? 8 : 4, .group = c == C_INT8 ? -1 : group, .sym = c == C_INT8};
         return q_rtn_tensor(h, l, sp, W, "quant.auto", err);
     }
     if (c == C_FP8) {
@@ -191,7 +191,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                             calib);
     const int32_t group = (int32_t)h->opt_int(o, "group_size");
     const double budget_bits = h->opt_float(o, "bits_budget");
-    qspec gsp = {4, group, 0, 0, 0};
+    qspec gsp = {.bits = 4, .group = group};
     mopt_status st = q_check_spec(h, "quant.auto", gsp, err);
     if (st) return st;
     qlinear *ls;

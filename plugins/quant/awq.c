@@ -299,14 +299,14 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (st) return st;
     if (!g) return h->error_set(err, MOPT_E_INVALID, "quant.awq", "needs a model");
     if (!strcmp(h->opt_string(o, "format"), "nvfp4")) { /* ModelOpt's NVFP4_AWQ: the scale search judged on NVFP4 weights */
-        if (sp.bits != 4 || sp.group != 128 || sp.sym || sp.act) /* anything but the integer defaults */
+        if (sp.bits != 4 || sp.group != 128 || sp.sym || sp.act || sp.w4a8_static) /* anything but the integer defaults */
             return h->error_set(err, MOPT_E_INVALID, "quant.awq",
                                 "format=nvfp4 has a fixed grid (E2M1 in blocks of 16, weight-only here); drop bits, group_size, sym "
                                 "and activations");
-        sp = (qspec){4, 16, 1, 0, 1};
+        sp = (qspec){.bits = 4, .group = 16, .sym = 1, .nvfp4 = 1};
     }
     const char *gguf = h->opt_string(o, "gguf_type");
-    if (*gguf && (sp.nvfp4 || sp.act))
+    if (*gguf && (sp.nvfp4 || sp.act || sp.w4a8_static))
         return h->error_set(err, MOPT_E_INVALID, "quant.awq", "gguf_type quantizes onto GGUF blocks: drop format=nvfp4 and activations");
     /* with nvfp4, clipping is searched per block of 16 (its scale's span), judged on NVFP4 fake quantization; GGUF
      * blocks search their own scales */
@@ -474,6 +474,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         if (!st) calib_advance(&c); /* full-precision output of this block */
     }
     calib_free(&c);
+    if (!st && sp.w4a8_static) st = calib_w4a8_static(h, ctx, g, o, ls, n, err);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
         st = q_report(h, report, g, o, *gguf ? "awq-gguf" : sp.nvfp4 ? "awq-nvfp4" : "awq", sp, before, after, weights, n, err);

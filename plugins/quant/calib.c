@@ -207,3 +207,29 @@ mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_gr
     amax_stats stats = {ls, n, amax};
     return calib_observe_model(h, ctx, g, o, track_amax, &stats, NULL, NULL, err);
 }
+
+mopt_status calib_w4a8_static(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                              int32_t n, mopt_error *err) {
+    float *own = calloc((size_t)n * 3 + 1, sizeof *own), *shared = own + n, *amax = own + 2 * n;
+    if (!own) return h->error_set(err, MOPT_E_NOMEM, "quant", "out of memory");
+    mopt_status st = MOPT_OK;
+    for (int32_t i = 0; i < n && !st; i++) st = q_weight_amax(h, g, &ls[i], &own[i], err); /* the int values, dequantized */
+    if (!st) q_shared_input_amax(h, g, ls, n, own, shared);
+    for (int32_t i = 0; i < n && !st; i++) {
+        mopt_tensor *t = h->graph_find_tensor(g, ls[i].wname);
+        if (!t || t->dtype != MOPT_DTYPE_QINT) {
+            st = h->error_set(err, MOPT_E_INVALID, "quant", "%s is not packed integers; activations=fp8_static needs them", ls[i].wname);
+            break;
+        }
+        t->quant->global_scale = shared[i] > 0 ? shared[i] / 448.0f : 1.0f;
+        t->quant->flags |= MOPT_QUANT_W_FP8;
+    }
+    if (!st) st = calib_input_amax(h, ctx, g, o, ls, n, amax, err);
+    for (int32_t i = 0; i < n && !st; i++) {
+        mopt_tensor *t = h->graph_find_tensor(g, ls[i].wname);
+        t->quant->act_scale = amax[i] > 0 ? amax[i] / 448.0f : 1.0f;
+        t->quant->flags |= MOPT_QUANT_ACT_STATIC;
+    }
+    free(own);
+    return st;
+}

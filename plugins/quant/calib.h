@@ -65,5 +65,10 @@ mopt_status calib_observe_model(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt
  * amax[i] to the largest |input| linear ls[i] sees (static activation scales). */
 mopt_status calib_input_amax(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
                              int32_t n, float *amax, mopt_error *err);
+/* activations=fp8_static, once ls are packed as QINT: each weight's E4M3 scale (global_scale) from max|w| of the
+ * linears sharing its input / 448 (a fused GEMM holds one), then, with the weights so widened, each input's
+ * calibrated max / 448 (act_scale): ModelOpt's W4A8_AWQ (mopt/quant.h, MOPT_QUANT_W_FP8). */
+mopt_status calib_w4a8_static(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o, const qlinear *ls,
+                              int32_t n, mopt_error *err);
 
 #endif

@@ -48,7 +48,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        qspec sp = {8, -1, 1, 0, 0};
+        qspec sp = {.bits = 8, .group = -1, .sym = 1};
         st = q_report(h, report, g, o, "fp8-e4m3", sp, before, after, weights, n, err);
         h->report_string(report, "weight_scales", wmode);
         h->report_string(report, "activations", amode);

@@ -249,6 +249,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     const double damp = h->opt_float(o, "damp");
     const char *gguf = h->opt_string(o, "gguf_type");
     const int refine = (int)h->opt_int(o, "refine");
+    if (*gguf && (sp.act || sp.w4a8_static))
+        return h->error_set(err, MOPT_E_INVALID, "quant.gptq", "gguf_type quantizes onto GGUF blocks: drop activations");
     if (*gguf && act_order)
         return h->error_set(err, MOPT_E_INVALID, "quant.gptq", "gguf_type takes the columns in order (GGUF blocks are contiguous): drop act_order");
     qlinear *ls;
@@ -329,6 +331,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         calib_tick(&c);
     }
     calib_free(&c);
+    if (!st && sp.w4a8_static) st = calib_w4a8_static(h, ctx, g, o, ls, n, err);
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
         st = q_report(h, report, g, o, *gguf ? "gptq-gguf" : act_order ? "gptq-act-order" : "gptq", sp, before, after, weights, n, err);

@@ -53,7 +53,7 @@ static mopt_status run_kind(mopt_mxfp_kind kind, const char *pass, const mopt_ho
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        const qspec sp = {kind == MOPT_MXFP_MXFP8 ? 8 : 4, kind == MOPT_MXFP_NVFP4 ? 16 : 32, 1, 0, 0};
+        const qspec sp = {.bits = kind == MOPT_MXFP_MXFP8 ? 8 : 4, .group = kind == MOPT_MXFP_NVFP4 ? 16 : 32, .sym = 1};
         st = q_report(h, report, g, o, h->mxfp_kind_name(kind), sp, before, after, weights, n, err);
         h->report_string(report, "activations", amode);
     }

@@ -15,9 +15,12 @@ extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, qua
     {"sym", MOPT_OPT_BOOL, 0, "symmetric grid (no zero-points)", "false", 0, -1, NULL},                         \
     Q_SELECT_OPTS
 
-/* The activations of the integer methods: float (W4A16, W8A16) or FP8 per token (W4A8). */
+/* The activations of the integer methods: float (W4A16, W8A16), FP8 per token (W4A8), or FP8 with a calibrated
+ * scale and the weights widened to FP8 (ModelOpt's W4A8_AWQ). */
 #define Q_ACT_OPT                                                                                                  \
-    {"activations", MOPT_OPT_ENUM, 0, "none: activations in float (W4A16); fp8: rounded to E4M3 per token at run time (W4A8)", \
+    {"activations", MOPT_OPT_ENUM, 0,                                                                              \
+     "none: activations in float (W4A16); fp8: rounded to E4M3 per token at run time (W4A8); fp8_static: E4M3 with a "  \
+     "calibrated per-tensor scale, and the int values widened to E4M3 per tensor (ModelOpt's W4A8_AWQ; needs calib)", \
      "none", 0, -1, q_act_modes}
 
 /* lm_head as one more linear, on request (the passes that need no per-layer calibration for it) */
@@ -26,7 +29,7 @@ extern const mopt_pass_desc quant_rtn_pass, quant_gptq_pass, quant_awq_pass, qua
 
 /* Which decoder linears a quant pass takes: `only` (when given) minus `exclude`. */
 #define Q_SELECT_OPTS                                                                                              \
-    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); embeddings are never quantized, lm_head only with lm_head=true", \
+    {"exclude", MOPT_OPT_LIST, 0, "globs of linears to keep (node or tensor names); embeddings only with quant.rtn's embeddings=true, lm_head only with lm_head=true", \
      "", 0, -1, NULL},                                                                                             \
     {"only", MOPT_OPT_LIST, 0, "globs of the linears to quantize (node or tensor names; default: every decoder linear)", "", 0, -1, \
      NULL}

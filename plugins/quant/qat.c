@@ -233,6 +233,10 @@ static mopt_status unpack_ptq(qat *q, int32_t *count, mopt_error *err) {
             return h->error_set(err, MOPT_E_INVALID, "quant.qat",
                                 "%s is packed W8A8, FP8, 2:4 or a GGUF k-quant: QAT starts from a float model or an int PTQ pass's result",
                                 l->wname);
+        if (t->quant->flags & MOPT_QUANT_W_FP8)
+            return h->error_set(err, MOPT_E_INVALID, "quant.qat",
+                                "%s is W4A8_AWQ (int4 widened to FP8): QAT trains int4 groups; start from the float model or a W4A16 pass",
+                                l->wname);
         if (t->quant->g_idx)
             return h->error_set(err, MOPT_E_INVALID, "quant.qat",
                                 "%s has GPTQ act-order groups (g_idx); QAT trains groups of consecutive columns: use act_order=false",
@@ -292,7 +296,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     if (!st) st = pack(&q, err);
     if (!st) {
         q_measure(h, g, ls, q.n, &after, &weights);
-        const qspec fp8_spec = {8, -1, 1, 0, 0};
+        const qspec fp8_spec = {.bits = 8, .group = -1, .sym = 1};
         st = q_report(h, report, g, o, q.fp8 ? (teacher ? "qad-fp8" : "qat-fp8") : teacher ? "qad" : "qat", q.fp8 ? fp8_spec : q.sp, before, after,
                  weights, q.n, err);
     }

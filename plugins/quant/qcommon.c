@@ -22,12 +22,12 @@ mopt_status q_check_int_options(const mopt_host_api *h, const mopt_options *o, m
     return q_check_spec(h, "quant", q_spec_from(h, o), err);
 }
 
-const char *const q_act_modes[] = {"none", "fp8", NULL};
+const char *const q_act_modes[] = {"none", "fp8", "fp8_static", NULL};
 
 qspec q_spec_from(const mopt_host_api *h, const mopt_options *o) {
     const char *act = h->opt_string(o, "activations"); /* NULL for a pass without the option (QAT) */
     qspec sp = {(int32_t)h->opt_int(o, "bits"), (int32_t)h->opt_int(o, "group_size"), h->opt_bool(o, "sym"),
-                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0, 0};
+                act && !strcmp(act, "fp8") ? MOPT_QUANT_ACT_PER_TOKEN : 0, 0, act && !strcmp(act, "fp8_static")};
     return sp;
 }
 
@@ -333,6 +333,45 @@ mopt_status q_install_f32(const mopt_host_api *h, mopt_graph *g, const char *nam
     return q_replace(h, g, t, err);
 }
 
+/* the token embedding lookup's node, or NULL */
+static const mopt_node *embedding_node(const mopt_host_api *h, mopt_graph *g) {
+    const int32_t i = h->graph_find_node(g, MOPT_ROLE_EMBED, -1);
+    const mopt_node *n = i >= 0 ? h->graph_node(g, i) : NULL;
+    return n && n->op == MOPT_OP_EMBEDDING && n->weight && n->weight->ndim == 2 ? n : NULL;
+}
+
+mopt_status q_embeddings_check(const mopt_host_api *h, mopt_graph *g, const char *pass, mopt_error *err) {
+    const mopt_node *n = embedding_node(h, g);
+    if (!n) return h->error_set(err, MOPT_E_UNSUPPORTED, pass, "embeddings=true: the model has no token embedding table to quantize");
+    if (h->graph_arch(g)->tied_embeddings)
+        return h->error_set(err, MOPT_E_UNSUPPORTED, pass,
+                            "embeddings=true: %s is tied to lm_head, which would change with it; a tied table stays in float "
+                            "(drop embeddings=true)",
+                            n->weight->name);
+    if (n->weight->dtype >= MOPT_DTYPE_PACKED_FIRST)
+        return h->error_set(err, MOPT_E_INVALID, pass, "embeddings=true: %s is already packed", n->weight->name);
+    return MOPT_OK;
+}
+
+mopt_status q_embeddings(const mopt_host_api *h, mopt_graph *g, qspec sp, const char *pass, mopt_report *report, mopt_error *err) {
+    const mopt_node *n = embedding_node(h, g);
+    if (!n) return h->error_set(err, MOPT_E_UNSUPPORTED, pass, "embeddings=true: the model has no token embedding table to quantize");
+    qlinear l = {.node = -1, .layer = -1, .role = MOPT_ROLE_EMBED, .out = n->weight->ne[1], .in = n->weight->ne[0]};
+    snprintf(l.wname, sizeof l.wname, "%s", n->weight->name);
+    snprintf(l.nname, sizeof l.nname, "%s", n->name);
+    const int64_t before = h->weight_storage_bytes(n->weight);
+    sp.act = 0, sp.w4a8_static = 0; /* a lookup has no activations to round */
+    float *W = q_weight_f32(h, g, &l, err);
+    mopt_status st = W ? q_rtn_install(h, g, &l, sp, W, pass, err) : err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
+    free(W);
+    if (st) return st;
+    const mopt_tensor *t = h->graph_find_tensor(g, l.wname);
+    h->report_string(report, "embeddings", l.wname);
+    h->report_metric(report, "embedding_bytes_baseline", (double)before);
+    h->report_metric(report, "embedding_bytes", t ? (double)h->weight_storage_bytes(t) : 0);
+    return MOPT_OK;
+}
+
 void q_measure(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, int64_t *bytes, int64_t *weights) {
     *bytes = *weights = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -408,6 +447,7 @@ mopt_status q_report(const mopt_host_api *h, mopt_report *r, mopt_graph *g, cons
     h->report_metric(r, "bits", sp.bits);
     h->report_metric(r, "group_size", sp.group);
     h->report_metric(r, "sym", sp.sym);
+    if (sp.act || sp.w4a8_static) h->report_string(r, "activations", sp.w4a8_static ? "fp8_static" : "fp8");
     h->report_metric(r, "weight_bytes_baseline", (double)bytes_before);
     h->report_metric(r, "weight_bytes", (double)bytes_after);
     h->report_metric(r, "bits_per_weight", weights ? 8.0 * (double)bytes_after / (double)weights : 0);

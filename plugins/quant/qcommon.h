@@ -24,9 +24,11 @@ typedef struct qspec {
     int32_t sym;
     uint32_t act;  /* 0, or MOPT_QUANT_ACT_PER_TOKEN: activations rounded to E4M3 per token (W4A8, W8A8-FP8) */
     int32_t nvfp4; /* the target grid is NVFP4 (E2M1 in blocks of 16, quant.awq format=nvfp4), not integers */
+    int32_t w4a8_static; /* activations=fp8_static: ModelOpt's W4A8_AWQ, its scales set once the weights are packed
+                            (calib_w4a8_static) */
 } qspec;
 
-/* The `activations` option of the integer methods: none or fp8. */
+/* The `activations` option of the integer methods: none, fp8 or fp8_static. */
 extern const char *const q_act_modes[];
 
 /* Checks bits/group_size before any work. */
@@ -53,6 +55,12 @@ mopt_status q_weight_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *
  * holds one per-tensor scale, so vLLM and TensorRT-LLM take the group's max (ModelOpt and llm-compressor share
  * it before export); quantizing with it makes the model served the one mopt measured. */
 void q_shared_input_amax(const mopt_host_api *h, mopt_graph *g, const qlinear *ls, int32_t n, const float *own, float *shared);
+
+/* embeddings=true (quant.rtn): the token embedding table [vocab, dim] on the grid sp gives, rows as the linears'
+ * (groups along dim), looked up row by row at run time. A table tied to lm_head is refused before any work
+ * (q_embeddings_check), since the lookup and the output projection would change together. */
+mopt_status q_embeddings_check(const mopt_host_api *h, mopt_graph *g, const char *pass, mopt_error *err);
+mopt_status q_embeddings(const mopt_host_api *h, mopt_graph *g, qspec sp, const char *pass, mopt_report *report, mopt_error *err);
 
 /* The weight as fp32 [out, in] (malloc'd). */
 float *q_weight_f32(const mopt_host_api *h, mopt_graph *g, const qlinear *l, mopt_error *err);

@@ -148,7 +148,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     if (!st) {
         q_measure(h, g, ls, n, &after, &weights);
-        qspec sp = {8, -1, 1, 0, 0};
+        qspec sp = {.bits = 8, .group = -1, .sym = 1};
         st = q_report(h, report, g, o, smooth ? "smoothquant-w8a8" : "w8a8", sp, before, after, weights, n, err);
         h->report_metric(report, "alpha", smooth ? alpha : 0);
         h->report_metric(report, "smoothed_groups", groups);

@@ -231,6 +231,13 @@ static int setup(void **state) {
     build(l2c, "quant.mxfp4<exclude=*down*>,export.hf<out=%s;format=compressed-tensors>", seed(s1, sizeof s1, "ct-mxfp4"));
     build(l2c, "quant.rtn<bits=4;group_size=32;sym=true;activations=fp8>,export.hf<out=%s;format=compressed-tensors>",
           seed(s1, sizeof s1, "ct-w4a8"));
+    /* W4A8_AWQ: int4 widened to FP8 with a calibrated input scale, as ModelOpt and TensorRT-LLM hold it */
+    snprintf(text, sizeof text, "quant.gptq<bits=4;group_size=32;sym=true;activations=fp8_static;exclude=*mlp*;calib=%s;calib_samples=2;"
+             "calib_len=64>,export.hf<out=%%s;format=modelopt>", calib);
+    build(l2c, text, seed(s1, sizeof s1, "mo-w4a8"));
+    snprintf(text, sizeof text, "quant.gptq<bits=4;group_size=32;sym=true;activations=fp8_static;exclude=*down_proj*;calib=%s;"
+             "calib_samples=2;calib_len=64>,export.trtllm<out=%%s;tp=2>", calib);
+    build(l2c, text, seed(s1, sizeof s1, "trt-w4a8"));
     /* calibrated FP8 / int8 KV caches: ModelOpt's k_scale / v_scale, compressed-tensors' output_scale, TensorRT-LLM's
      * kv_cache_scaling_factor */
     snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=32;sym=true;exclude=*mlp*>,quant.kv<calib=%s;calib_samples=2;calib_len=64>,"
@@ -340,7 +347,7 @@ static void test_gguf_llama_and_gpt2(void **s) {
 static void test_tensorrt_llm_ranks_and_config(void **s) {
     REQUIRE_SHARED();
     char d[1200];
-    static const char *const dirs[] = {"trt", "trt-w4a16", "trt-fp8", "trt-kv", "trt-nvfp4"};
+    static const char *const dirs[] = {"trt", "trt-w4a16", "trt-fp8", "trt-kv", "trt-nvfp4", "trt-w4a8"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 700);
@@ -355,7 +362,7 @@ static void test_quantized_hf_formats(void **s) {
     char d[1200];
     static const char *const dirs[] = {"awq",    "gptq",     "ct-pack",  "ct-w8a8", "ct-fp8",   "mo-int4", "mo-fp8",
                                        "ct-24",  "ct-24-i8", "ct-m24",   "mo-nvfp4", "ct-nvfp4", "ct-w4a8",
-                                       "mo-kv",  "ct-kv",    "ct-mxfp4"};
+                                       "mo-kv",  "ct-kv",    "ct-mxfp4", "mo-w4a8"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         seed(d, sizeof d, dirs[i]);
         fuzz_file(d, "config.json", 1, 0, 450);

@@ -263,7 +263,8 @@ static void test_block_floats_match_their_float64_fake_quant(void **s) {
     assert_true(wa > ppl_nv && wa < 1.1 * ppl_nv);
 }
 
-/* W4A8: AWQ's int4 weights with activations rounded to FP8 per token cost at most 0.3% of ppl over W4A16 AWQ. */
+/* W4A8: AWQ's int4 weights with activations rounded to FP8 per token, or with a calibrated scale and the weights
+ * widened to FP8 (ModelOpt's W4A8_AWQ), cost at most 0.3% of ppl over W4A16 AWQ. */
 static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     REQUIRE_SHARED();
     char data[1100], calib[1024], q[2400];
@@ -276,6 +277,11 @@ static void test_w4a8_awq_stays_within_0_3_percent_of_w4a16(void **s) {
     fprintf(stderr, "AWQ int4 g128 sym: W4A16 ppl %.4f, W4A8 (FP8 per token) %.4f (%+.3f%%)\n", w4a16, w4a8, 100 * (w4a8 / w4a16 - 1));
     assert_true(w4a8 <= w4a16 * 1.003);
     assert_true(w4a8 != w4a16); /* the activations were rounded */
+    snprintf(q, sizeof q, "quant.awq<bits=4;group_size=128;sym=true;activations=fp8_static;calib=%s;calib_samples=16;calib_len=256>", calib);
+    const double w4a8s = ppl_after("models/lit-llama-7m", q, data);
+    fprintf(stderr, "AWQ int4 g128 sym: W4A8_AWQ (static FP8 inputs, int4 widened to FP8) %.4f (%+.3f%%)\n", w4a8s, 100 * (w4a8s / w4a16 - 1));
+    assert_true(w4a8s <= w4a16 * 1.003);
+    assert_true(w4a8s != w4a16 && w4a8s != w4a8);
 }
 
 /* NVFP4_AWQ (quant.awq format=nvfp4): AWQ's scales and a clip per block of 16, searched on NVFP4, lose less than
@@ -311,6 +317,64 @@ static void test_lm_head_is_quantized_on_request(void **s) {
     assert_int_equal(mopt_graph_node(g, mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1))->weight->dtype, MOPT_DTYPE_QINT);
     mopt_report_free(r);
     mopt_model_free(m);
+}
+
+/* quant.rtn embeddings=true: the token embedding table is stored packed, each lookup reads its dequantized row (the
+ * logits equal those of a float table holding those rows), ppl moves little; a compressed-tensors export writes the
+ * table dequantized (what vLLM loads) and reloads to the same logits, a Q4_0 GGUF export keeps its blocks; a table
+ * tied to lm_head is refused before any work. */
+static void test_embeddings_are_quantized_on_request(void **s) {
+    REQUIRE_SHARED();
+    char data[1100], dir[1024], text[4096], path[1200];
+    val_head(data, sizeof data);
+    test_tmpdir(dir, sizeof dir, "quant-emb");
+    const double without = ppl_after("models/lit-llama-7m", "quant.rtn<bits=4;group_size=32;sym=true>", data);
+    mopt_model *m = load("models/lit-llama-7m");
+    snprintf(text, sizeof text,
+             "quant.rtn<bits=4;group_size=32;sym=true;embeddings=true>,eval.perplexity<data=%s>,"
+             "export.hf<out=%s/ct;format=compressed-tensors;dtype=f32>,export.gguf<out=%s/q.gguf;type=q4_0>",
+             data, dir, dir);
+    mopt_report *r = run(m, text);
+    const double with = mopt_report_get_metric(r, "ppl"), eb = mopt_report_get_metric(r, "embedding_bytes"),
+                 eb0 = mopt_report_get_metric(r, "embedding_bytes_baseline");
+    fprintf(stderr, "int4 g32: ppl %.4f with the embeddings quantized, %.4f without; table %.0f -> %.0f bytes\n", with, without, eb0, eb);
+    assert_true(with != without && fabs(with / without - 1) < 0.01);
+    assert_true(eb0 == 2048.0 * 256 * 2 && eb == 2048.0 * 256 * (0.5 + 2.0 / 32)); /* bf16 -> int4 levels and an f16 scale per 32 */
+    mopt_report_free(r);
+    const mopt_graph *g = mopt_model_graph(m);
+    const mopt_tensor *emb = mopt_graph_node(g, mopt_graph_find_node(g, MOPT_ROLE_EMBED, -1))->weight;
+    assert_int_equal(emb->dtype, MOPT_DTYPE_QINT);
+    /* the float twin: the same linears, the table's dequantized rows in f32 */
+    mopt_model *f = load("models/lit-llama-7m");
+    mopt_report_free(run(f, "quant.rtn<bits=4;group_size=32;sym=true>"));
+    mopt_error err = {0};
+    const int64_t dims[2] = {emb->ne[1], emb->ne[0]}; /* rows, then columns */
+    mopt_tensor *table = mopt_tensor_new(emb->name, MOPT_DTYPE_F32, 2, dims, &err);
+    assert_non_null(table);
+    for (int64_t row = 0; row < emb->ne[1]; row++)
+        assert_int_equal(mopt_weight_row_f32(emb, row, (float *)table->data + row * emb->ne[0], &err), MOPT_OK);
+    assert_int_equal(mopt_graph_replace_tensor(mopt_model_graph(f), table, &err), MOPT_OK);
+    assert_true(test_max_logit_diff(m, f) == 0.0);
+    mopt_model_free(f);
+    /* exports */
+    snprintf(path, sizeof path, "%s/ct", dir);
+    mopt_model *e = load(path);
+    assert_true(test_max_logit_diff(m, e) == 0.0);
+    mopt_model_free(e);
+    snprintf(path, sizeof path, "%s/q.gguf", dir);
+    e = load(path);
+    const mopt_graph *ge = mopt_model_graph(e);
+    const mopt_tensor *te = mopt_graph_node(ge, mopt_graph_find_node(ge, MOPT_ROLE_EMBED, -1))->weight;
+    float *a = malloc((size_t)emb->ne[0] * sizeof *a), *b = malloc((size_t)emb->ne[0] * sizeof *b);
+    for (int64_t row = 0; row < emb->ne[1]; row += 97) { /* Q4_0 blocks hold the same levels and f16 scales */
+        assert_int_equal(mopt_weight_row_f32(emb, row, a, &err), MOPT_OK);
+        assert_int_equal(mopt_weight_row_f32(te, row, b, &err), MOPT_OK);
+        assert_memory_equal(a, b, (size_t)emb->ne[0] * sizeof *a);
+    }
+    free(a), free(b);
+    mopt_model_free(e);
+    mopt_model_free(m);
+    test_pipeline_fails("models/lit-gpt2-1m", "quant.rtn<embeddings=true>", "is tied to lm_head");
 }
 
 /* quant.kv: an FP8 (or int8) KV cache with calibrated scales costs under 0.1% of ppl, per layer or per head, and
@@ -610,6 +674,7 @@ int main(void) {
         cmocka_unit_test(test_kv_cache_quantization_stays_within_0_1_percent),
         cmocka_unit_test(test_awq_on_nvfp4_beats_plain_nvfp4),
         cmocka_unit_test(test_lm_head_is_quantized_on_request),
+        cmocka_unit_test(test_embeddings_are_quantized_on_request),
         cmocka_unit_test(test_auto_quantize_beats_uniform_int4_g64_awq),
         cmocka_unit_test(test_packed_prefill_and_decode_agree),
         cmocka_unit_test(test_block_floats_match_their_float64_fake_quant),

@@ -17,6 +17,10 @@
  * gives each column's group instead of column / group_size.
  * With MOPT_QUANT_ACT_PER_TOKEN (or _STATIC with act_scale) the activations
  * are rounded onto the E4M3 grid first, max|x| / 448 per token as FP8's: W4A8.
+ * With MOPT_QUANT_W_FP8 every weight is rounded onto E4M3 as well, with the
+ * per-tensor global_scale g: w = e4m3((q - z) * s / g) * g. That is ModelOpt's
+ * W4A8_AWQ (weight_scale_2 = g, input_scale = act_scale with _STATIC), whose
+ * TensorRT-LLM kernel widens the int4 values to FP8 before an FP8 GEMM.
  * On the CPU, 4- and 8-bit rows of whole groups of whole blocks (every real
  * model's; not act-order) without FP8 activations run against activations quantized to int8 per 32
  * values at run time (scale max|x| / 127 per block, llama.cpp's Q8_0), with
@@ -122,13 +126,14 @@ MOPT_EXTERN_C_BEGIN
 enum {
     MOPT_QUANT_SYM = 1u << 0,            /* QINT: no zeros stored, z = 2^(b-1) */
     MOPT_QUANT_ACT_PER_TOKEN = 1u << 1,  /* FP8, QINT (W4A8), MXFP: dynamic per-token activation rounding */
-    MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8: static per-tensor activation scale */
+    MOPT_QUANT_ACT_STATIC = 1u << 2,     /* FP8, QINT (W4A8_AWQ), NVFP4: static per-tensor activation scale */
     MOPT_QUANT_PER_TENSOR = 1u << 3,     /* FP8: one weight scale */
     MOPT_QUANT_VALUES_BF16 = 1u << 4,    /* SP24: kept values are bf16 */
     MOPT_QUANT_VALUES_F32 = 1u << 5,     /* SP24: kept values are f32 */
     MOPT_QUANT_VALUES_I8 = 1u << 6,      /* SP24: kept values are int8 with a scale per row; int8 activations per token */
     MOPT_QUANT_VALUES_I4 = 1u << 7,      /* SP24: kept values are int4 levels with an f16 scale per group of inputs */
-    MOPT_QUANT_SCALE_E8M0 = 1u << 8      /* MXFP: block scales are E8M0 powers of two (MXFP4, MXFP8), else E4M3 (NVFP4) */
+    MOPT_QUANT_SCALE_E8M0 = 1u << 8,     /* MXFP: block scales are E8M0 powers of two (MXFP4, MXFP8), else E4M3 (NVFP4) */
+    MOPT_QUANT_W_FP8 = 1u << 9           /* QINT: the weights rounded onto E4M3 with global_scale (W4A8_AWQ) */
 };
 
 /* The block-scaled float formats of MOPT_DTYPE_MXFP. */

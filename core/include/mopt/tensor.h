@@ -71,11 +71,12 @@ typedef struct mopt_quant_info {
     int32_t bits;
     int32_t group_size; /* along ne[0]; -1 for a whole row */
     uint32_t flags;     /* MOPT_QUANT_* in mopt/quant.h */
-    float act_scale;    /* FP8 with static per-tensor activations: the calibrated scale */
+    float act_scale;    /* static per-tensor activations (MOPT_QUANT_ACT_STATIC): the calibrated scale */
     struct mopt_tensor *scale; /* owned */
     struct mopt_tensor *zero;  /* owned; NULL for symmetric formats */
     struct mopt_tensor *g_idx; /* owned; I32 [in] group of each input column (act-order), or NULL */
-    float global_scale;        /* MXFP (NVFP4): the F32 scale every block scale is multiplied by; 1 for the MX formats */
+    float global_scale;        /* MXFP (NVFP4): the F32 scale every block scale is multiplied by; 1 for the MX formats;
+                                  QINT with MOPT_QUANT_W_FP8: the weights' E4M3 scale */
 } mopt_quant_info;
 
 typedef struct mopt_tensor {

@@ -92,6 +92,43 @@ static void test_modelopt_unified_w4a16_awq_and_fp8(void **s) {
     exact_roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", "modelopt", "mo-fp8pc", 1);
 }
 
+/* W4A8_AWQ: the int4 values, their group scales and the two calibrated per-tensor scales (weight_scale_2, the FP8
+ * scale the int4 values widen with, shared by q/k/v; input_scale, not 1.0) reload as they were (the same logits),
+ * and the independent reader decodes the values with ModelOpt's second, FP8 quantizer. */
+static void test_modelopt_unified_w4a8_awq(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.gptq<sym=true;activations=fp8_static;calib_samples=2;calib_len=64;calib=%s>", calib);
+    exact_roundtrip("models/lit-llama-7m", q, "modelopt", "mo-w4a8", 1);
+    char dir[1024], out[1100];
+    test_tmpdir_path(dir, sizeof dir, "mo-w4a8");
+    snprintf(out, sizeof out, "%s/q", dir);
+    mopt_model *e = test_load_model(out);
+    const mopt_graph *g = mopt_model_graph(e);
+    const mopt_tensor *tq = mopt_graph_find_tensor(g, "model.layers.1.self_attn.q_proj.weight"),
+                      *tk = mopt_graph_find_tensor(g, "model.layers.1.self_attn.k_proj.weight"),
+                      *td = mopt_graph_find_tensor(g, "model.layers.1.mlp.down_proj.weight");
+    assert_non_null(tq), assert_non_null(tk), assert_non_null(td);
+    const uint32_t want = MOPT_QUANT_W_FP8 | MOPT_QUANT_ACT_STATIC | MOPT_QUANT_SYM;
+    assert_int_equal(tq->quant->flags & want, want);
+    assert_true(tq->quant->global_scale == tk->quant->global_scale && tq->quant->act_scale == tk->quant->act_scale);
+    assert_true(tq->quant->act_scale != 1.0f && td->quant->act_scale != 1.0f && tq->quant->act_scale != td->quant->act_scale);
+    mopt_model_free(e);
+    /* a W4A8_AWQ linear whose weight_scale_2 is gone is refused by name */
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "python3 - '%s/model.safetensors' <<'PY'\n"
+                              "import json,struct,sys\n"
+                              "p=sys.argv[1]; d=open(p,'rb').read(); n=struct.unpack('<Q',d[:8])[0]; h=json.loads(d[8:8+n])\n"
+                              "k='model.layers.1.mlp.down_proj.weight_scale_2'; h[k+'_renamed']=h.pop(k)\n"
+                              "b=json.dumps(h).encode(); b+=b' '*((8-len(b)%%8)%%8)\n"
+                              "open(p,'wb').write(struct.pack('<Q',len(b))+b+d[8+n:])\n"
+                              "PY",
+             out);
+    assert_int_equal(system(cmd), 0);
+    mopt_error err = {0};
+    assert_null(mopt_model_load(out, NULL, &err));
+    CHECK_ERR(err, MOPT_E_FORMAT, "model.layers.1.mlp.down_proj: W4A8_AWQ needs weight_scale_2 and input_scale");
+}
+
 /* NVFP4 with its calibrated input_scale: the E2M1 pairs, E4M3 block scales and both global scales reload as they
  * were, and the independent reader decodes the values */
 static void test_modelopt_unified_nvfp4(void **s) {
@@ -294,6 +331,12 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8>,export.hf<out=%s/o;format=modelopt>",
                    "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "quant.mxfp8,export.hf<out=%s/o;format=compressed-tensors>", "MXFP8 exports dense");
+    char w4a8[2048];
+    snprintf(w4a8, sizeof w4a8, "quant.gptq<sym=true;activations=fp8_static;calib=%s;calib_samples=1;calib_len=32>,"
+                                "export.hf<out=%%s/o;format=compressed-tensors>", calib);
+    expect_refusal("models/lit-llama-7m", w4a8, "W4A8_AWQ (int4 weights widened to FP8, static FP8 activations) exports as ModelOpt's");
+    expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8_static>,export.hf<out=%s/o;format=modelopt>",
+                   "activations=fp8_static calibrates its scales on data: use quant.awq or quant.gptq");
     expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=modelopt>", "MXFP4 as compressed-tensors");
     expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=compressed-tensors>", "activations=static or none");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
@@ -598,6 +641,7 @@ int main(void) {
         cmocka_unit_test(test_compressed_tensors_pack_quantized_sym_and_asym),
         cmocka_unit_test(test_compressed_tensors_w8a8_and_fp8),
         cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
+        cmocka_unit_test(test_modelopt_unified_w4a8_awq),
         cmocka_unit_test(test_modelopt_unified_nvfp4),
         cmocka_unit_test(test_compressed_tensors_nvfp4),
         cmocka_unit_test(test_fp8_kv_cache_scales_export_and_reload),

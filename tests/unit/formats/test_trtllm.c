@@ -49,6 +49,20 @@ static void test_quantized_checkpoints_keep_their_values(void **s) {
     roundtrip("models/lit-llama-7m", "quant.fp8<activations=dynamic>", 2, 0.0, 1);
 }
 
+/* The last roundtrip's config.json names the algorithm, its group size and whether prequant scales are there. */
+static void expect_quantization(const char *algo, int64_t group_size, int pre_quant_scale) {
+    char path[1400];
+    snprintf(path, sizeof path, "%s/trt/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    assert_non_null(j);
+    json_t *qc = json_object_get(j, "quantization");
+    assert_string_equal(json_string_value(json_object_get(qc, "quant_algo")), algo);
+    assert_int_equal(json_integer_value(json_object_get(qc, "group_size")), group_size);
+    assert_int_equal(json_is_true(json_object_get(qc, "pre_quant_scale")), pre_quant_scale);
+    json_decref(j);
+}
+
 /* Per-tensor scales a fused GEMM holds once: FP8 per tensor and NVFP4 quantize q/k/v (and gate/up) with their
  * group's largest |w|, so TensorRT-LLM's fused qkv holds them as stored, on one rank or split over two. */
 static void test_per_tensor_fp8_and_nvfp4_keep_their_values(void **s) {
@@ -58,15 +72,18 @@ static void test_per_tensor_fp8_and_nvfp4_keep_their_values(void **s) {
     snprintf(q, sizeof q, "quant.nvfp4<activations=static;calib=%s;calib_samples=2;calib_len=64>", calib);
     roundtrip("models/lit-llama-7m", q, 1, 0.0, 1);
     roundtrip("models/lit-llama-7m", q, 2, 0.0, 1);
-    char path[1400];
-    snprintf(path, sizeof path, "%s/trt/config.json", dir);
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    assert_non_null(j);
-    json_t *qc = json_object_get(j, "quantization");
-    assert_string_equal(json_string_value(json_object_get(qc, "quant_algo")), "NVFP4");
-    assert_int_equal(json_integer_value(json_object_get(qc, "group_size")), 16);
-    json_decref(j);
+    expect_quantization("NVFP4", 16, 0);
+}
+
+/* W4A8_AWQ: the int4 pairs and group scales as W4A16_AWQ's, and the two calibrated scalars the fused GEMM holds
+ * once (weights_scaling_factor_2, activation_scaling_factor), on one rank or split over two; the independent reader
+ * widens the int4 values to FP8 as TensorRT-LLM does. */
+static void test_w4a8_awq_keeps_its_values(void **s) {
+    char q[2048];
+    snprintf(q, sizeof q, "quant.gptq<sym=true;activations=fp8_static;calib=%s;calib_samples=2;calib_len=64>", calib);
+    roundtrip("models/lit-llama-7m", q, 1, 0.0, 1);
+    roundtrip("models/lit-llama-7m", q, 2, 0.0, 1);
+    expect_quantization("W4A8_AWQ", 128, 1);
 }
 
 static void test_config_names_the_mapping_and_the_scheme(void **s) {
@@ -229,6 +246,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_checkpoints_roundtrip_on_one_and_two_ranks),
         cmocka_unit_test(test_quantized_checkpoints_keep_their_values),
+        cmocka_unit_test(test_w4a8_awq_keeps_its_values),
         cmocka_unit_test(test_config_names_the_mapping_and_the_scheme),
         cmocka_unit_test(test_per_tensor_fp8_and_nvfp4_keep_their_values),
         cmocka_unit_test(test_what_trtllm_cannot_hold_is_refused),

@@ -148,8 +148,20 @@ static void test_qint_linear_matches_float64(void **s) {
                 }
 }
 
+/* E4M3 rounding with scale s, as the OCP FP8 definition gives it: the nearest of the grid's values (3 mantissa bits,
+ * subnormals 2^-9 apart below 2^-6, largest 448) to v / s (the float quotient, as the kernels and torch form it),
+ * ties to the even mantissa, times s; independent of mopt's conversion, which the kernels use. */
+static double e4m3_ref(double v, double s) {
+    const double a = fabs((double)((float)v / (float)s));
+    const double step = a < 0x1p-6 ? 0x1p-9 : ldexp(1.0, ilogb(a) - 3);
+    double r = nearbyint(a / step) * step; /* the default rounding mode: half to even */
+    if (r > 448) r = 448;
+    return copysign(r, v) * s;
+}
+
 /* W4A8: int4 rows with activations rounded to E4M3 per token (max|x| / 448) take the float path, decode and
- * prefill, against float64 with the reference's own E4M3 rounding of x. */
+ * prefill, against float64 with the reference's own E4M3 rounding of x. With W4A8_AWQ's flags (MOPT_QUANT_W_FP8 and
+ * a static act_scale) each weight is rounded to E4M3 too, e4m3((q - 8) s / g) g, and x with the calibrated scale. */
 static void test_w4a8_linear_rounds_activations_to_e4m3(void **s) {
     const int64_t out = 29, in = 256;
     const int32_t gs = 128;
@@ -158,32 +170,53 @@ static void test_w4a8_linear_rounds_activations_to_e4m3(void **s) {
     float sc[29 * 2];
     for (int64_t i = 0; i < out * in; i++) q[i] = (uint8_t)(urand() % 16);
     for (int64_t i = 0; i < out * ng; i++) sc[i] = 0.001f + 0.05f * fabsf(frand());
-    mopt_error err = {0};
-    mopt_tensor *w = mopt_qint_pack("w", out, in, 4, gs, q, sc, NULL, NULL, &err);
-    assert_non_null(w);
-    w->quant->flags |= MOPT_QUANT_ACT_PER_TOKEN;
-    for (int T = 1; T <= 12; T += 11) {
-        float *x = malloc((size_t)(T * in) * sizeof *x);
-        double *ref = malloc((size_t)(T * out) * sizeof *ref);
-        for (int64_t i = 0; i < T * in; i++) x[i] = frand() * (i % 29 == 0 ? 20.0f : 1.0f);
-        for (int t = 0; t < T; t++) {
-            double mx = 0;
-            for (int64_t c = 0; c < in; c++) mx = fmax(mx, fabs(x[t * in + c]));
-            const float as = (float)(mx / 448.0);
-            for (int64_t o = 0; o < out; o++) {
-                double acc = 0;
-                for (int64_t c = 0; c < in; c++) {
-                    const double xq = (double)mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[t * in + c] / as)) * as;
-                    acc += ((double)q[o * in + c] - 8) * mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + c / gs])) * xq;
-                }
-                ref[t * out + o] = acc;
-            }
+    for (int awq = 0; awq < 2; awq++) {
+        mopt_error err = {0};
+        mopt_tensor *w = mopt_qint_pack("w", out, in, 4, gs, q, sc, NULL, NULL, &err);
+        assert_non_null(w);
+        const float g = 8 * 0.051f / 448, act = 25.0f / 448; /* W4A8_AWQ: max|w| / 448 and the inputs' max / 448 */
+        if (awq) {
+            w->quant->flags |= MOPT_QUANT_W_FP8 | MOPT_QUANT_ACT_STATIC;
+            w->quant->global_scale = g;
+            w->quant->act_scale = act;
+        } else {
+            w->quant->flags |= MOPT_QUANT_ACT_PER_TOKEN;
         }
-        check_linear(w, x, T, ref, 1e-4, "w4a8");
-        free(x);
-        free(ref);
+        for (int T = 1; T <= 12; T += 11) {
+            float *x = malloc((size_t)(T * in) * sizeof *x);
+            double *ref = malloc((size_t)(T * out) * sizeof *ref);
+            for (int64_t i = 0; i < T * in; i++) x[i] = frand() * (i % 29 == 0 ? 20.0f : 1.0f);
+            for (int t = 0; t < T; t++) {
+                double mx = 0;
+                for (int64_t c = 0; c < in; c++) mx = fmax(mx, fabs(x[t * in + c]));
+                const float as = awq ? act : (float)(mx / 448.0);
+                for (int64_t o = 0; o < out; o++) {
+                    double acc = 0;
+                    for (int64_t c = 0; c < in; c++) {
+                        const double xq = e4m3_ref(x[t * in + c], as);
+                        double wv = ((double)q[o * in + c] - 8) * mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + c / gs]));
+                        if (awq) wv = e4m3_ref((float)wv, g);
+                        acc += wv * xq;
+                    }
+                    ref[t * out + o] = acc;
+                }
+            }
+            check_linear(w, x, T, ref, 1e-4, awq ? "w4a8_awq" : "w4a8");
+            /* and every row decodes to the same widened values */
+            float *row = malloc((size_t)in * sizeof *row);
+            for (int64_t o = 0; awq && o < out; o++) {
+                assert_int_equal(mopt_weight_row_f32(w, o, row, &err), MOPT_OK);
+                for (int64_t c = 0; c < in; c++)
+                    assert_true(row[c] == (float)e4m3_ref((float)(((double)q[o * in + c] - 8) *
+                                                                  mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + c / gs]))),
+                                                          g));
+            }
+            free(row);
+            free(x);
+            free(ref);
+        }
+        mopt_tensor_free(w);
     }
-    mopt_tensor_free(w);
     free(q);
 }
 
