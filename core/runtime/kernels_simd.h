@@ -266,10 +266,35 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
 }
 
 /* Decode attention (kernels.h): four positions' dot products at a time, summed across lanes together
- * (V_HSUM4); V rows scaled into two vectors of accumulators at a time. A head size that is not a multiple of VW
- * takes the scalar loops. */
+ * (V_HSUM4); V rows scaled into two vectors of accumulators at a time. Two query heads (of the group sharing a KV
+ * head) go together, each K and V load serving both; every sum keeps the one-head order, so the values are the
+ * same either way. A head size that is not a multiple of VW takes the scalar loops. */
 static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
-    for (int32_t r = 0; r < g; r++) {
+    int32_t r = 0;
+    for (; hd % VW == 0 && r + 2 <= g; r += 2) {
+        const float *q0 = q + (size_t)r * hd, *q1 = q0 + hd;
+        float *s0 = s + (size_t)r * n, *s1 = s0 + n;
+        int32_t p = 0;
+        for (; p + 4 <= n; p += 4) {
+            const float *k0 = K + (size_t)p * ld, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
+            V a = V_ZERO(), b = V_ZERO(), c = V_ZERO(), d = V_ZERO(), e = V_ZERO(), f = V_ZERO(), gg = V_ZERO(), h = V_ZERO();
+            for (int32_t i = 0; i < hd; i += VW) {
+                const V x0 = V_LOADU(q0 + i), x1 = V_LOADU(q1 + i), u0 = V_LOADU(k0 + i), u1 = V_LOADU(k1 + i);
+                const V u2 = V_LOADU(k2 + i), u3 = V_LOADU(k3 + i);
+                a = V_FMA(x0, u0, a), b = V_FMA(x0, u1, b), c = V_FMA(x0, u2, c), d = V_FMA(x0, u3, d);
+                e = V_FMA(x1, u0, e), f = V_FMA(x1, u1, f), gg = V_FMA(x1, u2, gg), h = V_FMA(x1, u3, h);
+            }
+            _mm_storeu_ps(s0 + p, _mm_mul_ps(V_HSUM4(a, b, c, d), _mm_set1_ps(scale)));
+            _mm_storeu_ps(s1 + p, _mm_mul_ps(V_HSUM4(e, f, gg, h), _mm_set1_ps(scale)));
+        }
+        for (; p < n; p++) {
+            const float *kp = K + (size_t)p * ld;
+            float d0 = 0, d1 = 0;
+            for (int32_t i = 0; i < hd; i++) d0 += q0[i] * kp[i], d1 += q1[i] * kp[i];
+            s0[p] = scale * d0, s1[p] = scale * d1;
+        }
+    }
+    for (; r < g; r++) {
         const float *qr = q + (size_t)r * hd;
         float *sr = s + (size_t)r * n;
         int32_t p = 0;
@@ -295,7 +320,23 @@ static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, in
 }
 
 static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
-    for (int32_t r = 0; r < g; r++) {
+    int32_t r = 0;
+    for (; hd % (2 * VW) == 0 && r + 2 <= g; r += 2) {
+        const float *p0 = P + (size_t)r * n, *p1 = p0 + n;
+        float *o0 = out + (size_t)r * hd, *o1 = o0 + hd;
+        for (int32_t i = 0; i < hd; i += 2 * VW) {
+            V a0 = V_ZERO(), a1 = V_ZERO(), b0 = V_ZERO(), b1 = V_ZERO();
+            for (int32_t p = 0; p < n; p++) {
+                const V w0 = V_SET1(p0[p]), w1 = V_SET1(p1[p]);
+                const V v0 = V_LOADU(Vr + (size_t)p * ld + i), v1 = V_LOADU(Vr + (size_t)p * ld + i + VW);
+                a0 = V_FMA(w0, v0, a0), a1 = V_FMA(w0, v1, a1);
+                b0 = V_FMA(w1, v0, b0), b1 = V_FMA(w1, v1, b1);
+            }
+            V_STOREU(o0 + i, a0), V_STOREU(o0 + i + VW, a1);
+            V_STOREU(o1 + i, b0), V_STOREU(o1 + i + VW, b1);
+        }
+    }
+    for (; r < g; r++) {
         const float *pr = P + (size_t)r * n;
         float *o = out + (size_t)r * hd;
         int32_t i = 0;
