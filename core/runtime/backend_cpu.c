@@ -973,6 +973,19 @@ static void rope(cpu_ctx *c, const mopt_op_args *a) {
         const int32_t pos = a->pos + t;
         const float *x = a->in[0] + (size_t)t * a->in_width[0];
         float *y = a->out + (size_t)t * W;
+        if (table && n->rope_style == MOPT_ROPE_HALF) { /* a head at a time, so the compiler can use vectors */
+            const float *cs = c->rope_cs + (size_t)pos * half, *sn = c->rope_sn + (size_t)pos * half;
+            for (int32_t h = 0; h < n->n_heads; h++) {
+                const float *xh = x + h * hd;
+                float *yh = y + h * hd;
+                for (int32_t i = 0; i < half; i++) {
+                    const float x0 = xh[i], x1 = xh[i + half];
+                    yh[i] = x0 * cs[i] - x1 * sn[i];
+                    yh[i + half] = x1 * cs[i] + x0 * sn[i];
+                }
+            }
+            continue;
+        }
         for (int32_t i = 0; i < half; i++) {
             float cs, sn;
             if (table) cs = c->rope_cs[(size_t)pos * half + i], sn = c->rope_sn[(size_t)pos * half + i];

@@ -68,6 +68,36 @@ static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+/* The sum of v's lanes as a halving tree: lane i + lane i+8, then + i+4, + i+2, + i+1 (GCC's own
+ * _mm512_reduce_add_ps order, written out so that hsum8 below can repeat it exactly) */
+static inline float hsum16(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+}
+
+/* hsum16 of eight vectors at once, s[k] = hsum16(vk) bit for bit (float addition commutes, and every lane meets
+ * the same partner at each level) with a fifth of the shuffles and adds of eight hsum16s: the epilogue of a short
+ * row block (256 inputs: 8 steps) spent as long on its sums as on its FMAs. */
+static inline void hsum8(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4, __m512 v5, __m512 v6, __m512 v7,
+                         float s[8]) {
+    /* i + 8: [v0 folded to 8 lanes, v1 folded], ... */
+    const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+    const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
+    const __m512 t45 = _mm512_add_ps(_mm512_shuffle_f32x4(v4, v5, 0x44), _mm512_shuffle_f32x4(v4, v5, 0xEE));
+    const __m512 t67 = _mm512_add_ps(_mm512_shuffle_f32x4(v6, v7, 0x44), _mm512_shuffle_f32x4(v6, v7, 0xEE));
+    /* i + 4: the four 128-bit blocks hold v0 .. v3 (w0) and v4 .. v7 (w1) folded to 4 lanes */
+    const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xDD));
+    const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(t45, t67, 0x88), _mm512_shuffle_f32x4(t45, t67, 0xDD));
+    /* i + 2 (block b: lanes 0-1 from w0, 2-3 from w1), then i + 1 */
+    const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(w0, w1, 0x44), _mm512_shuffle_ps(w0, w1, 0xEE));
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(z, z, 0x88), _mm512_shuffle_ps(z, z, 0xDD));
+    float f[16];
+    _mm512_storeu_ps(f, r); /* block b: lane 0 = v[b], lane 1 = v[b + 4] */
+    for (int b = 0; b < 4; b++) s[b] = f[4 * b], s[b + 4] = f[4 * b + 1];
+}
+
 static inline float hsum256(__m256 v) {
     const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     return _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(h, h), h));
@@ -180,7 +210,8 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
 #include "kernels_tiles.h"
 
 #define VBITS 512
-#define V_HSUM _mm512_reduce_add_ps
+#define V_HSUM hsum16
+#define V_HSUM8 hsum8
 #define V_ROUND(v) _mm512_roundscale_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define V_AS_FLOAT _mm512_castsi512_ps
 #define V_HMAX _mm512_reduce_max_ps
