@@ -11,6 +11,7 @@ extern const mopt_pass_desc export_trtllm_pass;
 
 /* Copies the tokenizer files beside the model at src (tokenizer*.json,
  * special_tokens_map.json, a llama2.c tok*.bin as tokenizer.bin) into d. */
-mopt_status export_copy_tokenizer(const mopt_host_api *h, const char *src, const atomic_dir *d, mopt_error *err);
+mopt_status export_copy_tokenizer(const mopt_host_api *h, const mopt_pass_ctx *ctx, const mopt_model *m, const atomic_dir *d,
+                                  mopt_error *err);
 
 #endif
