@@ -269,7 +269,8 @@ static mopt_tokenizer *bpe_tokenizer(const gguf_file *f, const char *path, uint6
         json_object_setn_new(vocab, s, (size_t)l, json_integer((json_int_t)i));
         double type = 1;
         if (nt == n && gguf_arr_num(f, "tokenizer.ggml.token_type", i, &type) && type == 3)
-            json_array_append_new(added, json_pack("{s:I, s:o, s:b}", "id", (json_int_t)i, "content", key, "special", 1));
+            json_array_append_new(added, json_pack("{s:I, s:o, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i, "content", key,
+                                                   "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1));
         else
             json_decref(key);
     }
@@ -283,19 +284,55 @@ static mopt_tokenizer *bpe_tokenizer(const gguf_file *f, const char *path, uint6
         }
         json_array_append_new(merges, m);
     }
-    json_t *root = json_pack("{s:{s:s, s:o, s:o}, s:o, s:{s:s, s:b, s:b}, s:{s:s}}", "model", "type", "BPE", "vocab", vocab,
-                             "merges", merges, "added_tokens", added, "pre_tokenizer", "type", "ByteLevel", "add_prefix_space",
-                             0, "use_regex", 1, "decoder", "type", "ByteLevel");
-    mopt_tokenizer *tok = root ? tok_hf_from_json(root, path, err) : NULL;
+    /* every field transformers' own tokenizer.json has, so the text is one it reads back (an export keeps it) */
+    int64_t bos = -1, id;
+    bool add_bos = false;
+    if (gguf_get_int(f, "tokenizer.ggml.bos_token_id", &id) && id >= 0 && (uint64_t)id < n) bos = id;
+    json_t *post;
+    if (bos >= 0 && gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &add_bos) && add_bos) { /* [BOS] text */
+        uint64_t bl = 0;
+        const char *bs = gguf_arr_str(f, "tokenizer.ggml.tokens", (uint64_t)bos, &bl);
+        json_t *name = bs ? json_stringn(bs, (size_t)bl) : NULL, *specials = json_object();
+        post = name && specials ? json_pack("{s:s, s:[{s:{s:O, s:i}}, {s:{s:s, s:i}}], s:[{s:{s:O, s:i}}, {s:{s:s, s:i}}, "
+                                            "{s:{s:O, s:i}}, {s:{s:s, s:i}}], s:O}",
+                                            "type", "TemplateProcessing", "single", "SpecialToken", "id", name, "type_id", 0,
+                                            "Sequence", "id", "A", "type_id", 0, "pair", "SpecialToken", "id", name, "type_id",
+                                            0, "Sequence", "id", "A", "type_id", 0, "SpecialToken", "id", name, "type_id", 1,
+                                            "Sequence", "id", "B", "type_id", 1, "special_tokens", specials)
+                                : NULL;
+        if (post) json_object_setn_new(json_object_get(post, "special_tokens"), bs, (size_t)bl,
+                                       json_pack("{s:O, s:[I], s:[O]}", "id", name, "ids", (json_int_t)bos, "tokens", name));
+        json_decref(specials);
+        json_decref(name);
+        if (!name) {
+            MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tokenizer.ggml.bos_token_id names no valid token", path);
+            json_decref(post);
+            goto fail;
+        }
+    } else {
+        post = json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 0, "use_regex", 1);
+    }
+    json_t *root = json_pack("{s:s, s:n, s:n, s:o, s:n, s:{s:s, s:b, s:b, s:b}, s:o, s:{s:s, s:b, s:b, s:b}, "
+                             "s:{s:s, s:n, s:n, s:n, s:n, s:b, s:b, s:b, s:o, s:o}}",
+                             "version", "1.0", "truncation", "padding", "added_tokens", added, "normalizer", "pre_tokenizer",
+                             "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1, "post_processor", post,
+                             "decoder", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 1, "use_regex", 1, "model",
+                             "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", 0,
+                             "byte_fallback", 0, "ignore_merges", 0, "vocab", vocab, "merges", merges);
+    if (!root) {
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    mopt_tokenizer *tok = tok_hf_from_json(root, path, err);
+    if (tok && !(tok->hf_json = json_dumps(root, JSON_COMPACT))) {
+        mopt_tokenizer_free(tok);
+        tok = NULL;
+        MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    }
     json_decref(root);
     if (tok) {
-        int64_t id;
-        bool add_bos = false;
         if (gguf_get_int(f, "tokenizer.ggml.eos_token_id", &id) && id >= 0 && id < tok->n_vocab) tok->eos_id = (int32_t)id;
-        if (gguf_get_int(f, "tokenizer.ggml.bos_token_id", &id) && id >= 0 && id < tok->n_vocab) {
-            tok->bos_id = (int32_t)id;
-            if (gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &add_bos) && add_bos) tok->tmpl_pre[0] = (int32_t)id, tok->n_tmpl_pre = 1;
-        }
+        if (bos >= 0) tok->bos_id = (int32_t)bos;
     }
     return tok;
 fail:

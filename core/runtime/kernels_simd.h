@@ -111,7 +111,7 @@ DOTS_FN(dots_f16, dot_f16, uint16_t, load_f16, mopt_f16_to_f32, NO_TAIL)
  * empty asm keeps the compiler from folding one load into each FMA), so a step
  * does 16 FMAs for 12 loads instead of 8 for 10: 1.5x the FLOP/s of the one-row
  * form on Zen 5; the eight sums are then reduced together (V_HSUM8), which
- * made rows of 256 13% faster. Otherwise row by row. */
+ * made rows of 256 15-20% faster. Otherwise row by row. */
 #if VBITS == 512
 #define DR_ACC(k) V a0##k = V_ZERO(), a1##k = V_ZERO(), b0##k = V_ZERO(), b1##k = V_ZERO()
 #define DR_STEP2(k, xk)                                                                                        \
@@ -136,8 +136,9 @@ DOTS_FN(dots_f16, dot_f16, uint16_t, load_f16, mopt_f16_to_f32, NO_TAIL)
 #define DR_SCALAR(k, xk) sa##k += fa * xk[j], sb##k += fb * xk[j];
 #define DR_STORE(k)                                                                                            \
     if (tb + k < nt) y[(size_t)(tb + k) * (size_t)ys + r] = sa##k, y[(size_t)(tb + k) * (size_t)ys + r + 1] = sb##k;
-/* The first pass over a pair of rows asks for the weights 8 KB further on: its FMAs then overlap the reads from
- * L3 or memory instead of waiting on them (a server's 8-sequence steps on lit-llama-7m: the linears 5-10% faster) */
+/* The first pass over a pair of rows asks for the weights 8 KB further on, so its FMAs overlap the reads from L3
+ * or memory (lit-llama-7m's 8-sequence decode 19% faster in an hour when this host's memory was slow, the same
+ * when it was quick) */
 #define DR_AHEAD 8192
 /* Tokens go four at a time; a last group of fewer starts earlier and redoes
  * some (the same bits again), and fewer than four tokens repeat the last. */

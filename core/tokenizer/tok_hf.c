@@ -559,3 +559,23 @@ static mopt_status encode(const mopt_tokenizer *tok, const char *text, size_t le
 static const char *ggml_model(const mopt_tokenizer *tok) { return tok->byte_level ? "gpt2" : NULL; }
 
 const tok_strategy tok_strategy_hf = {"tokenizer.json", encode, ggml_model, false};
+
+mopt_status mopt_tokenizer_hf_files(const mopt_tokenizer *tok, char **tokenizer_json, char **config_json, mopt_error *err) {
+    *tokenizer_json = *config_json = NULL;
+    if (!tok->hf_json)
+        return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "%s: this tokenizer (%s) has no tokenizer.json form mopt writes", tok->source,
+                         tok->scores ? "pieces with scores" : "read from its own files");
+    json_t *cfg = json_pack("{s:s}", "tokenizer_class", "PreTrainedTokenizerFast");
+    if (cfg && tok->bos_id >= 0 && tok->tokens[tok->bos_id])
+        json_object_set_new(cfg, "bos_token", json_string(tok->tokens[tok->bos_id]));
+    if (cfg && tok->eos_id >= 0 && tok->tokens[tok->eos_id])
+        json_object_set_new(cfg, "eos_token", json_string(tok->tokens[tok->eos_id]));
+    if (cfg && tok->chat_template) json_object_set_new(cfg, "chat_template", json_string(tok->chat_template));
+    *config_json = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
+    json_decref(cfg);
+    *tokenizer_json = *config_json ? strdup(tok->hf_json) : NULL;
+    if (*tokenizer_json) return MOPT_OK;
+    free(*config_json);
+    *config_json = NULL;
+    return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+}

@@ -95,6 +95,7 @@ struct mopt_tokenizer {
     int16_t *piece_byte;   /* id -> raw byte for <0xXX> tokens, -1 otherwise */
     int32_t bos_id, eos_id;
     char *chat_template; /* Jinja, from tokenizer_config.json or GGUF's tokenizer.chat_template; NULL if none */
+    char *hf_json;       /* the tokenizer.json a GGUF file's byte-level BPE was rebuilt as; NULL otherwise */
 };
 
 /* growable id list */

@@ -28,6 +28,7 @@ void mopt_tokenizer_free(mopt_tokenizer *tok) {
     str_map_free(&tok->vocab);
     pair_map_free(&tok->merges);
     free(tok->chat_template);
+    free(tok->hf_json);
     for (int32_t i = 0; i < tok->n_splits; i++) {
         pcre2_match_data_free(tok->splits[i].md);
         pcre2_code_free(tok->splits[i].re);

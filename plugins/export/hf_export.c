@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +84,29 @@ static mopt_status write_json(const mopt_host_api *h, const atomic_dir *d, const
     return st;
 }
 
-/* Tokenizer files beside the source: an HF directory's tokenizer*.json and
- * special_tokens_map.json, or a llama2.c tokenizer.bin / tok*.bin (kept as tokenizer.bin). */
-mopt_status export_copy_tokenizer(const mopt_host_api *h, const char *src, const atomic_dir *d, mopt_error *err) {
+/* The tokenizer's files. A GGUF file carries its own: written as the tokenizer.json and tokenizer_config.json it
+ * rebuilds (byte-level BPE), or none, with a line saying so, never the files of whatever model shares its directory.
+ * Otherwise those beside the source: an HF directory's tokenizer*.json and special_tokens_map.json, or a llama2.c
+ * tokenizer.bin / tok*.bin (kept as tokenizer.bin). */
+mopt_status export_copy_tokenizer(const mopt_host_api *h, const mopt_pass_ctx *ctx, const mopt_model *m, const atomic_dir *d,
+                                  mopt_error *err) {
+    const char *src = h->model_path(m);
+    const mopt_tokenizer *tok = h->model_tokenizer(m);
+    char *tj = NULL, *cj = NULL;
+    mopt_error te = {0};
+    if (tok && h->struct_size > offsetof(mopt_host_api, tokenizer_hf_files) && !h->tokenizer_hf_files(tok, &tj, &cj, &te)) {
+        mopt_status st = atomic_dir_write(h, d, "tokenizer.json", tj, strlen(tj), err);
+        if (!st) st = atomic_dir_write(h, d, "tokenizer_config.json", cj, strlen(cj), err);
+        h->free(tj);
+        h->free(cj);
+        return st;
+    }
+    if (te.code == MOPT_E_NOMEM) return h->error_set(err, MOPT_E_NOMEM, "export", "out of memory");
+    const size_t sl = strlen(src);
+    if (sl > 5 && !strcmp(src + sl - 5, ".gguf")) {
+        if (tok) h->log(ctx, "%s; the export has no tokenizer files", te.msg[0] ? te.msg : src);
+        return MOPT_OK;
+    }
     char dir[4096], tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", src);
     DIR *dd = opendir(src);
@@ -213,7 +234,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         st = write_json(h, &d, "generation_config.json", gen, err);
         json_decref(gen);
     }
-    if (!st) st = export_copy_tokenizer(h, h->model_path(m), &d, err);
+    if (!st) st = export_copy_tokenizer(h, ctx, m, &d, err);
     if (!st && h->opt_is_set(o, "draft")) {
         const int64_t k = h->opt_int(o, "num_speculative_tokens");
         json_t *sc = json_pack("{s:{s:s, s:I}, s:{s:s, s:I, s:s}}", "vllm", "model", h->opt_string(o, "draft"),

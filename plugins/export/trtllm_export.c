@@ -124,7 +124,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *pctx, mopt_graph *
         h->free(text);
     }
     /* TRT-LLM reads the tokenizer from --tokenizer_dir; keeping it here makes the directory self-contained */
-    if (!st && h->ctx_model(pctx)) st = export_copy_tokenizer(h, h->model_path(h->ctx_model(pctx)), &d, err);
+    if (!st && h->ctx_model(pctx)) st = export_copy_tokenizer(h, pctx, h->ctx_model(pctx), &d, err);
     st = atomic_dir_end(h, &d, NULL, st, err);
     if (st) return st;
     h->report_artifact(report, "trtllm-checkpoint", d.target);

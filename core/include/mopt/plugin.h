@@ -285,6 +285,8 @@ typedef struct mopt_host_api {
     void (*ggml_block_set_scales)(int32_t type, uint8_t *block, float d, float dmin);
     void (*ggml_block_sub_get)(int32_t type, const uint8_t *block, int32_t j, int sm[2]);
     int (*ggml_block_sub_set)(int32_t type, uint8_t *block, int32_t j, const int sm[2]);
+    /* appended: a GGUF file's tokenizer as tokenizer.json and tokenizer_config.json (mopt/tokenizer.h) */
+    mopt_status (*tokenizer_hf_files)(const mopt_tokenizer *tok, char **tokenizer_json, char **config_json, mopt_error *err);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -41,6 +41,14 @@ MOPT_API int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok); /* -1 if none
  * tokenizer_config.json beside tokenizer.json (a string, or the "default" of a
  * list), or GGUF's tokenizer.chat_template. NULL if none. */
 MOPT_API const char *mopt_tokenizer_chat_template(const mopt_tokenizer *tok);
+/* The files transformers and vLLM read a tokenizer from, for a tokenizer that
+ * came out of a GGUF file (tokenizer.ggml.model gpt2): *tokenizer_json, the
+ * tokenizer.json it was rebuilt as, and *config_json, a tokenizer_config.json
+ * naming its special tokens and carrying its chat template; both malloc'd.
+ * MOPT_E_UNSUPPORTED for one without such a form (a GGUF llama vocabulary of
+ * pieces and scores) or whose own files are elsewhere (a tokenizer.json). */
+MOPT_API mopt_status mopt_tokenizer_hf_files(const mopt_tokenizer *tok, char **tokenizer_json, char **config_json,
+                                             mopt_error *err);
 
 /* Whether two tokenizers have the same vocabulary: same size and the same
  * string for every id. *first_diff (may be NULL) gets the first differing id,

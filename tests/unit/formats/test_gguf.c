@@ -266,9 +266,8 @@ static void test_every_type_decodes_independently_within_its_error(void **s) {
     mopt_model_free(m);
 }
 
-static void same_tokens(const char *model_rel, const char *file) {
-    mopt_model *m = test_load_model(model_rel);
-    mopt_model *e = export_and_load(m, "", "f16", file);
+/* m's and e's tokenizers encode the first 40,000 bytes of lit-val to the same ids and decode them back alike */
+static void expect_same_tokens(const mopt_model *m, const mopt_model *e, const char *what) {
     char path[1024];
     size_t n;
     char *text = read_whole(test_shared_path(path, sizeof path, "data/lit-val.txt"), &n);
@@ -281,7 +280,7 @@ static void same_tokens(const char *model_rel, const char *file) {
     mopt_error err = {0};
     assert_int_equal(mopt_tokenizer_encode(a, text, n, MOPT_TOK_ADD_SPECIAL, &ia, &na, &err), MOPT_OK);
     assert_int_equal(mopt_tokenizer_encode(b, text, n, MOPT_TOK_ADD_SPECIAL, &ib, &nb, &err), MOPT_OK);
-    fprintf(stderr, "%s: %zu tokens from the GGUF tokenizer, %zu from the original\n", model_rel, nb, na);
+    fprintf(stderr, "%s: %zu tokens, %zu from the original\n", what, nb, na);
     assert_int_equal(na, nb);
     assert_memory_equal(ia, ib, na * sizeof *ia);
     char *da, *db;
@@ -295,6 +294,14 @@ static void same_tokens(const char *model_rel, const char *file) {
     free(ia);
     free(ib);
     free(text);
+}
+
+static void same_tokens(const char *model_rel, const char *file) {
+    mopt_model *m = test_load_model(model_rel);
+    mopt_model *e = export_and_load(m, "", "f16", file);
+    char what[256];
+    snprintf(what, sizeof what, "%s through GGUF", model_rel);
+    expect_same_tokens(m, e, what);
     mopt_model_free(e);
     mopt_model_free(m);
 }
@@ -334,6 +341,13 @@ static void test_the_chat_template_travels_through_gguf(void **s) {
     assert_non_null(strstr(want, "<|assistant|>\n{% endif %} \xc3\xa9")); /* JSON's escapes decoded */
     mopt_model *g = export_and_load(m, "", "q8_0", "chat.gguf");
     assert_string_equal(mopt_tokenizer_chat_template(mopt_model_tokenizer(g)), want);
+    char out[1200], text[1400]; /* and on into an HF export's tokenizer_config.json */
+    snprintf(out, sizeof out, "%s/chat-back", dir);
+    snprintf(text, sizeof text, "export.hf<out=%s;force=true>", out);
+    mopt_report_free(test_run_pipeline(g, text));
+    mopt_model *h = test_load_model(out);
+    assert_string_equal(mopt_tokenizer_chat_template(mopt_model_tokenizer(h)), want);
+    mopt_model_free(h);
     mopt_model_free(g);
     mopt_model_free(m);
     /* a model without one writes none */
@@ -341,6 +355,104 @@ static void test_the_chat_template_travels_through_gguf(void **s) {
     assert_null(mopt_tokenizer_chat_template(mopt_model_tokenizer(m)));
     g = export_and_load(m, "", "q8_0", "nochat.gguf");
     assert_null(mopt_tokenizer_chat_template(mopt_model_tokenizer(g)));
+    mopt_model_free(g);
+    mopt_model_free(m);
+}
+
+static json_t *load_json(const char *dir_path, const char *name) {
+    char path[1400];
+    snprintf(path, sizeof path, "%s/%s", dir_path, name);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j) fprintf(stderr, "%s: %s\n", path, je.text);
+    assert_non_null(j);
+    return j;
+}
+
+/* A model read from a GGUF file and exported for transformers/vLLM takes its tokenizer along: a byte-level BPE as the
+ * tokenizer.json it was rebuilt as (every field transformers writes, so its own reader takes it) and a
+ * tokenizer_config.json naming the special tokens and carrying the chat template; the export encodes as the original
+ * model did. A vocabulary of pieces and scores has no such form: that export has no tokenizer files, and in particular
+ * not those of another model that shares the GGUF's directory. */
+static void test_a_gguf_models_tokenizer_goes_into_its_hf_export(void **s) {
+    REQUIRE_SHARED();
+    static const char *const models[] = {"models/lit-llama-7m", "models/lit-gpt2-1m"};
+    for (size_t i = 0; i < 2; i++) {
+        mopt_model *m = test_load_model(models[i]);
+        char file[64], out[1200], text[1400];
+        snprintf(file, sizeof file, "hftok%zu.gguf", i);
+        mopt_model *g = export_and_load(m, "", "f16", file);
+        snprintf(out, sizeof out, "%s/hftok%zu-hf", dir, i);
+        snprintf(text, sizeof text, "export.hf<out=%s;force=true>", out);
+        mopt_report_free(test_run_pipeline(g, text));
+        mopt_model *h = test_load_model(out);
+        char what[256];
+        snprintf(what, sizeof what, "%s through GGUF to HF", models[i]);
+        expect_same_tokens(m, h, what);
+        const mopt_tokenizer *a = mopt_model_tokenizer(m), *b = mopt_model_tokenizer(h);
+        assert_int_equal(mopt_tokenizer_eos_id(b), mopt_tokenizer_eos_id(a));
+        assert_int_equal(mopt_tokenizer_bos_id(b), mopt_tokenizer_bos_id(a));
+        json_t *tj = load_json(out, "tokenizer.json"), *cj = load_json(out, "tokenizer_config.json");
+        assert_string_equal(json_string_value(json_object_get(tj, "version")), "1.0");
+        assert_string_equal(json_string_value(json_object_get(json_object_get(tj, "model"), "type")), "BPE");
+        json_t *added = json_array_get(json_object_get(tj, "added_tokens"), 0);
+        static const char *const fields[] = {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"};
+        for (size_t k = 0; k < 7; k++) assert_non_null(json_object_get(added, fields[k]));
+        assert_string_equal(json_string_value(json_object_get(cj, "eos_token")), mopt_tokenizer_token_str(a, mopt_tokenizer_eos_id(a)));
+        assert_string_equal(json_string_value(json_object_get(cj, "tokenizer_class")), "PreTrainedTokenizerFast");
+        json_decref(tj);
+        json_decref(cj);
+        mopt_model_free(h);
+        mopt_model_free(g);
+        mopt_model_free(m);
+    }
+    /* a GGUF that asks for BOS first (tokenizer.ggml.add_bos_token, set in place): a TemplateProcessing [BOS] $A */
+    char src[1200], bos_file[1200], out_b[1200], text_b[1400];
+    snprintf(src, sizeof src, "%s/hftok1.gguf", dir);
+    snprintf(bos_file, sizeof bos_file, "%s/hftok-bos.gguf", dir);
+    size_t nb;
+    unsigned char *gb = read_whole(src, &nb);
+    const size_t at = gguf_kv_value_offset(gb, "tokenizer.ggml.add_bos_token");
+    assert_true(at > 0 && gb[at] == 0);
+    gb[at] = 1;
+    write_file(bos_file, gb, nb);
+    free(gb);
+    mopt_model *gp = test_load_model(bos_file);
+    snprintf(out_b, sizeof out_b, "%s/hftok-bos-hf", dir);
+    snprintf(text_b, sizeof text_b, "export.hf<out=%s;force=true>", out_b);
+    mopt_report_free(test_run_pipeline(gp, text_b));
+    mopt_model *hp = test_load_model(out_b);
+    expect_same_tokens(gp, hp, "lit-gpt2-1m with BOS first, through GGUF to HF");
+    int32_t *ids;
+    size_t nids;
+    mopt_error err = {0};
+    assert_int_equal(mopt_tokenizer_encode(mopt_model_tokenizer(hp), "KING", 4, MOPT_TOK_ADD_SPECIAL, &ids, &nids, &err), MOPT_OK);
+    assert_true(nids >= 2);
+    assert_int_equal(ids[0], mopt_tokenizer_bos_id(mopt_model_tokenizer(gp)));
+    free(ids);
+    mopt_model_free(hp);
+    mopt_model_free(gp);
+    /* pieces and scores, next to another model's tokenizer files */
+    char sub[1100], decoy[1200], text[1400], out[1200], path[1300];
+    snprintf(sub, sizeof sub, "%s/spm", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    snprintf(decoy, sizeof decoy, "%s/tokenizer.json", sub);
+    char lit[1024];
+    size_t n;
+    char *other = read_whole(test_shared_path(lit, sizeof lit, "models/lit-gpt2-1m/tokenizer.json"), &n);
+    write_file(decoy, other, n);
+    free(other);
+    mopt_model *m = test_load_model("models/stories260K/stories260K.bin");
+    mopt_model *g = export_and_load(m, "", "f32", "spm/stories.gguf");
+    snprintf(out, sizeof out, "%s/spm-hf", dir);
+    snprintf(text, sizeof text, "export.hf<out=%s;force=true>", out);
+    mopt_report_free(test_run_pipeline(g, text));
+    snprintf(path, sizeof path, "%s/config.json", out);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/tokenizer.json", out);
+    assert_int_not_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
+    assert_int_not_equal(access(path, F_OK), 0);
     mopt_model_free(g);
     mopt_model_free(m);
 }
@@ -1261,6 +1373,7 @@ int main(void) {
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_the_chat_template_travels_through_gguf),
+        cmocka_unit_test(test_a_gguf_models_tokenizer_goes_into_its_hf_export),
         cmocka_unit_test(test_broken_gguf_files_are_refused),
         cmocka_unit_test(test_patched_tensor_types_are_refused),
         cmocka_unit_test(test_inconsistent_gguf_metadata_is_refused),
