@@ -304,8 +304,8 @@ static mopt_tokenizer *bpe_tokenizer(const gguf_file *f, const char *path, uint6
                                        json_pack("{s:O, s:[I], s:[O]}", "id", name, "ids", (json_int_t)bos, "tokens", name));
         json_decref(specials);
         json_decref(name);
-        if (!name) {
-            MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tokenizer.ggml.bos_token_id names no valid token", path);
+        if (!name) { /* every token was checked as UTF-8 above: only memory can fail here */
+            MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
             json_decref(post);
             goto fail;
         }
