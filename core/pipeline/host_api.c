@@ -174,6 +174,7 @@ const mopt_host_api mopt_host = {
     .ggml_block_sub_get = mopt_ggml_block_sub_get,
     .ggml_block_sub_set = mopt_ggml_block_sub_set,
     .tokenizer_hf_files = mopt_tokenizer_hf_files,
+    .graph_value_width = mopt_graph_value_width,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

@@ -264,6 +264,11 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         free(ls);
         return st;
     }
+    if ((st = calib_keep_live(&c, h->opt_int(o, "keep_mb") << 20, err))) {
+        calib_free(&c);
+        free(ls);
+        return st;
+    }
     for (int32_t l = 0; l < a->n_layers && !st; l++) {
         const qlinear *mine[32];
         int32_t k = q_layer_linears(ls, n, l, mine, 32);
@@ -356,6 +361,10 @@ static const mopt_opt_spec opts[] = {
      "with gguf_type: rounds of descent on each linear's layer loss after the sweep (levels, sub-block scales, then "
      "each block's d and dmin by least squares); 0 keeps the sweep's blocks",
      "4", 0, 64, NULL},
+    {"keep_mb", MOPT_OPT_INT, 0,
+     "MB for each calibration window's activations where the last group's input was, so the next group's input "
+     "comes from the rest of the block alone (the same bits as running the block from its start; 0 always does that)",
+     "4096", 0, 1 << 20, NULL},
     Q_CALIB_OPTS(1),
 };
 

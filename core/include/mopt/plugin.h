@@ -287,6 +287,8 @@ typedef struct mopt_host_api {
     int (*ggml_block_sub_set)(int32_t type, uint8_t *block, int32_t j, const int sm[2]);
     /* appended: a GGUF file's tokenizer as tokenizer.json and tokenizer_config.json (mopt/tokenizer.h) */
     mopt_status (*tokenizer_hf_files)(const mopt_tokenizer *tok, char **tokenizer_json, char **config_json, mopt_error *err);
+    /* appended: the floats per token of a graph value (mopt_graph_value_width, mopt/graph.h) */
+    int32_t (*graph_value_width)(const mopt_graph *g, int32_t value);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
