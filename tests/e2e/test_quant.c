@@ -720,6 +720,5 @@ int main(void) {
         cmocka_unit_test(test_gptq_and_awq_beat_rtn_at_3_bits),
         cmocka_unit_test(test_rtn_reproduces_fake_quant_figures),
     };
-    if (getenv("TF")) cmocka_set_test_filter(getenv("TF")); /* TEMP */
     return test_run_tests(tests, test_registry_setup, test_registry_teardown);
 }
