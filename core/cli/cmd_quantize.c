@@ -33,6 +33,9 @@ static void help(void) {
            "  --group G           columns per scale group: 32, 64, 128, ... or -1 (default 128)\n"
            "  --sym               symmetric grid, no zero-points\n"
            "  --act-order         gptq: quantize columns by decreasing Hessian diagonal (g_idx)\n"
+           "  --keep-mb MB        gptq: memory for the calibration activations kept between a block's groups,\n"
+           "                      so each group's inputs come from the rest of the block alone (default\n"
+           "                      4096; 0 runs the block from its start for every group: slower, same result)\n"
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
            "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
            "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none);\n"
@@ -67,7 +70,7 @@ static void help(void) {
 typedef struct {
     const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache;
     char budget[32];
-    char bits[16], group[16], alpha[32], samples[16], len[16];
+    char bits[16], group[16], alpha[32], samples[16], len[16], keep_mb[24];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream, lm_head, embeddings;
     long long threads;
     char exclude[1024];
@@ -89,6 +92,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
         {"candidates", required_argument, 0, 'C'},    {"kv-cache", required_argument, 0, 'K'},
         {"lm-head", no_argument, 0, 'H'},             {"embeddings", no_argument, 0, 'E'},
+        {"keep-mb", required_argument, 0, 'k'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -122,6 +126,10 @@ static int parse(int argc, char **argv, qargs *a) {
             snprintf(a->budget, sizeof a->budget, "%.17g", f);
             break;
         case 'c': a->calib = optarg; break;
+        case 'k':
+            if (!cli_parse_int(optarg, 0, 1 << 20, &v)) return cli_usage_error("quantize", "--keep-mb expects 0..1048576 (MB), got '%s'", optarg);
+            snprintf(a->keep_mb, sizeof a->keep_mb, "%lld", v);
+            break;
         case 'N':
             if (!cli_parse_int(optarg, 1, 4096, &v)) return cli_usage_error("quantize", "--calib-samples expects 1..4096, got '%s'", optarg);
             snprintf(a->samples, sizeof a->samples, "%lld", v);
@@ -156,6 +164,8 @@ static int parse(int argc, char **argv, qargs *a) {
         return cli_usage_error("quantize", "--recipe names every pass and its options itself; drop --method and the method's flags");
     if (a->embeddings && (!a->method || strcmp(a->method, "rtn")))
         return cli_usage_error("quantize", "--embeddings goes with --method rtn (a looked-up table gains nothing from calibration)");
+    if (a->keep_mb[0] && (!a->method || strcmp(a->method, "gptq")))
+        return cli_usage_error("quantize", "--keep-mb goes with --method gptq");
     if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
         return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
     if (!a->method && !a->recipe && !a->kv_cache)
@@ -189,7 +199,7 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
         set(qo, "activations", a->fp8_act, err) || (calibrates && set(qo, "calib", a->calib, err)) ||
         (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
         set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) ||
-        (a->embeddings && set(qo, "embeddings", "true", err)) ||
+        (a->embeddings && set(qo, "embeddings", "true", err)) || set(qo, "keep_mb", a->keep_mb, err) ||
         /* GPTQ into a GGUF file: onto the blocks of the type asked for (quant.gptq gguf_type) */
         (!strcmp(a->method, "gptq") && a->format && !strcmp(a->format, "gguf") && set(qo, "gguf_type", a->gguf_type, err)) ||
         mopt_pipeline_add(p, pass, qo, err))

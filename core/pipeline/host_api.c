@@ -54,6 +54,8 @@ static void host_ssyrk_tn(int32_t n, int32_t k, float alpha, const float *A, int
  * is LAPACK's upper one. */
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
+extern void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info, size_t uplo_len,
+                    size_t diag_len);
 
 static int32_t chol_f64(double *A, int64_t n) {
     if (n <= 0 || n > INT32_MAX) return 0;
@@ -70,6 +72,13 @@ static int32_t chol_inverse_f64(double *A, int64_t n) {
     for (int64_t i = 0; i < n; i++) /* LAPACK wrote the lower triangle (row-major); mirror it */
         for (int64_t j = i + 1; j < n; j++) A[i * n + j] = A[j * n + i];
     return 1;
+}
+
+static int32_t tri_inverse_f64(double *A, int64_t n) {
+    if (n <= 0 || n > INT32_MAX) return 0;
+    int nn = (int)n, info = 0;
+    dtrtri_("U", "N", &nn, A, &nn, &info, 1, 1); /* column-major upper = row-major lower */
+    return info == 0;
 }
 
 static float f16_round(float f) { return mopt_f16_to_f32(mopt_f32_to_f16(f)); }
@@ -174,6 +183,9 @@ const mopt_host_api mopt_host = {
     .ggml_block_sub_get = mopt_ggml_block_sub_get,
     .ggml_block_sub_set = mopt_ggml_block_sub_set,
     .tokenizer_hf_files = mopt_tokenizer_hf_files,
+    .graph_value_width = mopt_graph_value_width,
+    .session_parallel_for = mopt_session_parallel_for,
+    .tri_inverse_f64 = tri_inverse_f64,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

@@ -1245,4 +1245,8 @@ mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const
     return st;
 }
 
-const mopt_backend_i mopt_backend_cpu = {"cpu", cpu_init, cpu_free, cpu_forward, cpu_n_threads};
+static void cpu_parallel_for(void *p, int64_t n_tasks, void (*fn)(void *user, int64_t task, int32_t thread), void *user) {
+    mopt_pool_run(((cpu_ctx *)p)->pool, n_tasks, fn, user);
+}
+
+const mopt_backend_i mopt_backend_cpu = {"cpu", cpu_init, cpu_free, cpu_forward, cpu_n_threads, cpu_parallel_for};

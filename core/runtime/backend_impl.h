@@ -44,6 +44,8 @@ typedef struct mopt_backend_i {
     void (*free)(void *ctx);
     mopt_status (*forward)(void *ctx, const mopt_op_args *a, mopt_error *err);
     int32_t (*n_threads)(const void *ctx);
+    /* (optional) fn(user, task, thread) for tasks [0, n_tasks) on the backend's host threads */
+    void (*parallel_for)(void *ctx, int64_t n_tasks, void (*fn)(void *user, int64_t task, int32_t thread), void *user);
 } mopt_backend_i;
 
 extern const mopt_backend_i mopt_backend_cpu;

@@ -225,6 +225,13 @@ fail:
 
 int32_t mopt_session_length(const mopt_session *s) { return s->own.len; }
 int32_t mopt_session_n_threads(const mopt_session *s) { return s->be->n_threads(s->be_ctx); }
+void mopt_session_parallel_for(mopt_session *s, int64_t n_tasks, mopt_parallel_fn fn, void *user) {
+    if (s->be->parallel_for) {
+        s->be->parallel_for(s->be_ctx, n_tasks, fn, user);
+        return;
+    }
+    for (int64_t t = 0; t < n_tasks; t++) fn(user, t, 0);
+}
 int32_t mopt_session_vocab_size(const mopt_session *s) { return mopt_graph_arch(s->g)->vocab_size; }
 
 mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_error *err) { return mopt_seq_truncate(&s->own, n, err); }

@@ -50,7 +50,7 @@ static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt
                 break;
             }
         if (s->leader[i] != i) continue;
-        s->acc[i] = (hess_acc){s->h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0};
+        s->acc[i] = (hess_acc){s->h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0, NULL};
         if (!s->acc[i].H) return s->h->error_set(err, MOPT_E_NOMEM, "prune.sparsegpt", "out of memory for a Hessian");
     }
     return MOPT_OK;

@@ -14,7 +14,9 @@ void calib_free(calib *c) {
     free(c->last);
     free(c->in_value);
     free(c->out_value);
+    free(c->live);
     memset(c, 0, sizeof *c);
+    c->cut = c->cut_layer = -1;
 }
 
 void calib_tick(calib *c) { c->h->progress(c->ctx, ++c->done, c->total); }
@@ -64,6 +66,7 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     c->g = g;
     c->total = progress_total;
     c->kept_layer = -1;
+    c->cut = c->cut_layer = -1;
     const mopt_arch *a = h->graph_arch(g);
     c->D = a->dim;
     c->n_layers = a->n_layers;
@@ -124,14 +127,93 @@ static void relay(void *user, int32_t node, const float *const *in, const int32_
     k->obs(k->user, k->sample, node, in, in_w, out, out_w, T);
 }
 
+#define CALIB_MAX_LIVE 16
+
+/* The values nodes [cut, last) of layer l read that nodes [first, cut) write: with the layer's input (held in x),
+ * all a run resumed at cut needs. Returns their count (-1: more than cap), *width their floats per token. */
+static int32_t live_at(const calib *c, int32_t l, int32_t cut, int32_t *vals, int32_t cap, int64_t *width) {
+    const mopt_host_api *h = c->h;
+    int32_t n = 0;
+    *width = 0;
+    for (int32_t p = c->first[l]; p < cut; p++) {
+        const int32_t v = h->graph_node(c->g, p)->output;
+        int read = 0, seen = 0;
+        for (int32_t i = cut; i < c->last[l] && !read; i++) {
+            const mopt_node *nd = h->graph_node(c->g, i);
+            for (int32_t k = 0; k < nd->n_inputs; k++) read |= nd->inputs[k] == v;
+        }
+        for (int32_t k = 0; k < n; k++) seen |= vals[k] == v;
+        if (!read || seen) continue;
+        if (n == cap) return -1;
+        vals[n++] = v;
+        *width += h->graph_value_width(c->g, v);
+    }
+    return n;
+}
+
+mopt_status calib_keep_live(calib *c, int64_t max_bytes, mopt_error *err) {
+    const int64_t tokens = (int64_t)c->N * c->L, budget_w = max_bytes / (tokens * (int64_t)sizeof(float));
+    int64_t w = 0;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        for (int32_t i = c->first[l]; i < c->last[l]; i++) {
+            int32_t vals[CALIB_MAX_LIVE];
+            int64_t wi;
+            if (!c->h->graph_node(c->g, i)->weight || live_at(c, l, i, vals, CALIB_MAX_LIVE, &wi) < 0) continue;
+            if (wi <= budget_w && wi > w) w = wi; /* the widest cut that fits: narrower ones share its slots */
+        }
+    free(c->live);
+    c->live = NULL;
+    c->live_w = 0;
+    if (w && !(c->live = malloc((size_t)(tokens * w) * sizeof(float))))
+        return c->h->error_set(err, MOPT_E_NOMEM, "calib", "out of memory for %lld MB of kept activations (lower the budget)",
+                               (long long)(tokens * w * (int64_t)sizeof(float) >> 20));
+    c->live_w = w;
+    c->cut = c->cut_layer = -1;
+    return MOPT_OK;
+}
+
+/* Loads window i's input into the session for a run of layer l from node `from`: the layer's input, and when from
+ * is the kept cut, the values live there. */
+static mopt_status enter_window(calib *c, int32_t l, int32_t from, const int32_t *vals, int32_t n, int32_t i, mopt_error *err) {
+    const mopt_host_api *h = c->h;
+    mopt_status st = h->session_set_value(c->s, c->in_value[l], c->x + (size_t)i * c->L * c->D, c->L, err);
+    const float *p = c->live + (size_t)i * (size_t)c->L * (size_t)c->live_w;
+    for (int32_t k = 0; k < n && !st && from == c->cut; k++) {
+        st = h->session_set_value(c->s, vals[k], p, c->L, err);
+        p += (size_t)c->L * (size_t)h->graph_value_width(c->g, vals[k]);
+    }
+    return st;
+}
+
+/* Window i's values live at a cut into its slot. */
+static void keep_window(calib *c, const int32_t *vals, int32_t n, int32_t i) {
+    float *p = c->live + (size_t)i * (size_t)c->L * (size_t)c->live_w;
+    for (int32_t k = 0; k < n; k++) {
+        const size_t len = (size_t)c->L * (size_t)c->h->graph_value_width(c->g, vals[k]);
+        memcpy(p, c->h->session_value(c->s, vals[k]), len * sizeof(float));
+        p += len;
+    }
+}
+
+/* Where a run of layer l that must reach node `upto` (exclusive) starts: the kept cut when there is one before it. */
+static int32_t resume_from(const calib *c, int32_t l, int32_t upto, int32_t *vals, int32_t *n) {
+    int64_t w;
+    *n = 0;
+    if (c->cut_layer != l || c->cut < c->first[l] || c->cut > upto) return c->first[l];
+    *n = live_at(c, l, c->cut, vals, CALIB_MAX_LIVE, &w);
+    return c->cut;
+}
+
 mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, void *user, int keep_output,
                             mopt_error *err) {
     const mopt_host_api *h = c->h;
-    int32_t last = upto < 0 ? c->last[l] : upto + 1;
+    int32_t last = upto < 0 ? c->last[l] : upto + 1, vals[CALIB_MAX_LIVE] = {0}, n = 0;
+    /* an observer is owed every node of the layer: only a run without one resumes */
+    const int32_t from = obs ? c->first[l] : resume_from(c, l, last, vals, &n);
     for (int32_t i = 0; i < c->N; i++) {
-        mopt_status st = h->session_set_value(c->s, c->in_value[l], c->x + (size_t)i * c->L * c->D, c->L, err);
+        mopt_status st = enter_window(c, l, from, vals, n, i, err);
         obs_link link = {obs, user, i};
-        if (!st) st = h->session_run_range(c->s, c->first[l], last, NULL, c->L, obs ? relay : NULL, &link, err);
+        if (!st) st = h->session_run_range(c->s, from, last, NULL, c->L, obs ? relay : NULL, &link, err);
         if (st) return st;
         if (keep_output && last == c->last[l]) {
             c->kept_layer = l;
@@ -146,17 +228,29 @@ mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs
     const mopt_host_api *h = c->h;
     const mopt_node *nd = h->graph_node(c->g, node);
     const int32_t w = (int32_t)nd->weight->ne[0]; /* a linear's input width */
+    int32_t vals[CALIB_MAX_LIVE] = {0}, n, keep[CALIB_MAX_LIVE], nk = -1;
+    const int32_t from = resume_from(c, l, node, vals, &n);
+    int64_t kw = 0;
+    if (c->live_w) nk = live_at(c, l, node, keep, CALIB_MAX_LIVE, &kw);
+    if (kw > c->live_w) nk = -1; /* too wide for the budget: the next run starts from the layer's input */
     for (int32_t i = 0; i < c->N; i++) {
-        mopt_status st = h->session_set_value(c->s, c->in_value[l], c->x + (size_t)i * c->L * c->D, c->L, err);
-        if (!st) st = h->session_run_range(c->s, c->first[l], node, NULL, c->L, NULL, NULL, err);
-        if (st) return st;
+        mopt_status st = enter_window(c, l, from, vals, n, i, err);
+        if (!st) st = h->session_run_range(c->s, from, node, NULL, c->L, NULL, NULL, err);
+        if (st) {
+            c->cut = -1; /* the slots hold two cuts' values now */
+            return st;
+        }
         const float *in = h->session_value(c->s, nd->inputs[0]); /* still live: its reader has not run */
         obs(user, i, node, &in, &w, NULL, 0, c->L);
+        if (nk >= 0) keep_window(c, keep, nk, i); /* after enter_window read the slot's old values */
     }
+    c->cut = nk >= 0 ? node : -1;
+    c->cut_layer = l;
     return MOPT_OK;
 }
 
 void calib_advance(calib *c) {
+    c->cut = -1;
     /* the finished layer's weights are not read again: mapped pages (the
      * original's, or spilled packed ones) can go back to the kernel */
     if (c->kept_layer >= 0)

@@ -19,6 +19,10 @@ typedef struct calib {
     int32_t *in_value, *out_value;
     int64_t done, total;  /* progress */
     int32_t kept_layer;   /* the layer whose output x_next holds, or -1 */
+    /* resuming a layer where the last observed input was (calib_keep_live) */
+    float *live;          /* [N, L, live_w]: each window's values live at cut */
+    int64_t live_w;       /* floats per token a window's slot holds (0: nothing kept) */
+    int32_t cut, cut_layer; /* the node the slots are live at, and its layer; -1: none */
 } calib;
 
 /* Options every calibrating pass declares. */
@@ -49,8 +53,18 @@ typedef void (*calib_obs)(void *user, int32_t sample, int32_t node, const float 
 mopt_status calib_run_layer(calib *c, int32_t l, int32_t upto, calib_obs obs, void *user, int keep_output,
                             mopt_error *err);
 /* Runs layer l's nodes before linear node `node` on every sample and hands the
- * observer the node's input (the node itself does not run; out is NULL). */
+ * observer the node's input (the node itself does not run; out is NULL). With
+ * calib_keep_live it starts where the previous call in this layer stopped,
+ * from the values it kept, and keeps those live at `node` in turn. */
 mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs, void *user, mopt_error *err);
+/* Lets calib_observe_input and calib_run_layer (without an observer) resume a
+ * layer at the node the last calib_observe_input stopped before, from each
+ * window's values live there, instead of running the layer again from its
+ * start: up to max_bytes for all windows (a cut whose values need more is not
+ * kept). The caller promises not to change the weights of nodes before a cut
+ * until calib_advance (GPTQ's groups, quantized in order, keep it). Results are
+ * bit for bit those of the runs from the start. */
+mopt_status calib_keep_live(calib *c, int64_t max_bytes, mopt_error *err);
 /* Makes x_next the next layer's input and lets the finished layer's mapped
  * weight pages go. */
 void calib_advance(calib *c);

@@ -18,6 +18,7 @@
 #include "qcommon.h"
 
 #define GPTQ_BLOCK 128
+#define SWEEP_ROWS 128 /* rows per task of the sweep: a fixed split, so the bits do not depend on the threads */
 
 /* --- the algorithm ---------------------------------------------------------------- */
 
@@ -92,37 +93,65 @@ static void gptq_prep_free(gptq_prep *p) {
     free(p->dead);
 }
 
-/* The grid GPTQ rounds onto. Before column i, start() may pick every row's scales from the weights updated so
- * far (a new group or block begins there); round() gives the value row r's column i takes. */
+/* The grid GPTQ rounds onto. Before column i, start() may pick the scales of rows [r0, r1) from the weights updated
+ * so far (a new group or block begins there); round() gives the value row r's column i takes. Rows are independent:
+ * both may run for different rows on different threads at once. */
 typedef struct gptq_grid {
-    void (*start)(struct gptq_grid *g, const float *Wp, int64_t out, int64_t i);
+    void (*start)(struct gptq_grid *g, const float *Wp, int64_t r0, int64_t r1, int64_t i);
     float (*round)(struct gptq_grid *g, int64_t r, int64_t i, float w);
 } gptq_grid;
 
-/* GPTQ's sweep over Wp [out, in] (columns in quantization order): 128-column lazy blocks, each column's rounding
- * error divided by U's diagonal and pushed onto the columns after it. */
-static void gptq_sweep(const mopt_host_api *h, const gptq_prep *p, float *Wp, int64_t out, gptq_grid *g) {
-    const int64_t in = p->in;
-    float *E = malloc((size_t)(out * GPTQ_BLOCK) * sizeof *E);
+typedef struct {
+    const mopt_host_api *h;
+    const gptq_prep *p;
+    float *Wp;
+    int64_t out;
+    gptq_grid *g;
+    int failed; /* a task found no memory */
+} sweep_job;
+
+/* GPTQ's sweep over rows [r0, r1) of Wp [out, in] (columns in quantization order): 128-column lazy blocks, each
+ * column's rounding error divided by U's diagonal and pushed onto the columns after it. */
+static void sweep_task(void *user, int64_t task, int32_t thread) {
+    (void)thread;
+    sweep_job *j = user;
+    const gptq_prep *p = j->p;
+    const int64_t in = p->in, r0 = task * SWEEP_ROWS, r1 = r0 + SWEEP_ROWS < j->out ? r0 + SWEEP_ROWS : j->out;
+    float *E = malloc((size_t)((r1 - r0) * GPTQ_BLOCK) * sizeof *E);
+    if (!E) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     for (int64_t i1 = 0; i1 < in; i1 += GPTQ_BLOCK) {
         const int64_t i2 = i1 + GPTQ_BLOCK < in ? i1 + GPTQ_BLOCK : in, B = i2 - i1;
         for (int64_t i = i1; i < i2; i++) {
-            g->start(g, Wp, out, i);
+            j->g->start(j->g, j->Wp, r0, r1, i);
             const float d = p->U[i * in + i];
             const float *Ui = p->U + i * in;
-            for (int64_t r = 0; r < out; r++) {
-                float *wr = Wp + r * in;
-                const float e = (wr[i] - g->round(g, r, i, wr[i])) / d;
-                E[r * B + (i - i1)] = e;
-                for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * Ui[j];
+            for (int64_t r = r0; r < r1; r++) {
+                float *wr = j->Wp + r * in;
+                const float e = (wr[i] - j->g->round(j->g, r, i, wr[i])) / d;
+                E[(r - r0) * B + (i - i1)] = e;
+                for (int64_t c = i + 1; c < i2; c++) wr[c] -= e * Ui[c];
             }
         }
         /* lazy update of the columns after the block: W[:, i2:] -= E @ U[i1:i2, i2:] */
         if (i2 < in)
-            h->sgemm(0, 0, (int32_t)out, (int32_t)(in - i2), (int32_t)B, -1.0f, E, (int32_t)B, p->U + i1 * in + i2,
-                     (int32_t)in, 1.0f, Wp + i2, (int32_t)in);
+            j->h->sgemm(0, 0, (int32_t)(r1 - r0), (int32_t)(in - i2), (int32_t)B, -1.0f, E, (int32_t)B, p->U + i1 * in + i2,
+                        (int32_t)in, 1.0f, j->Wp + r0 * in + i2, (int32_t)in);
     }
     free(E);
+}
+
+/* The sweep over all rows, SWEEP_ROWS at a time on the session's threads (s NULL: this thread). */
+static mopt_status gptq_sweep(const mopt_host_api *h, mopt_session *s, const gptq_prep *p, float *Wp, int64_t out, gptq_grid *g,
+                              mopt_error *err) {
+    sweep_job j = {h, p, Wp, out, g, 0};
+    const int64_t tasks = (out + SWEEP_ROWS - 1) / SWEEP_ROWS;
+    if (s) h->session_parallel_for(s, tasks, sweep_task, &j);
+    else
+        for (int64_t t = 0; t < tasks; t++) sweep_task(&j, t, 0);
+    return j.failed ? h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for the sweep's errors") : MOPT_OK;
 }
 
 static void zero_dead_columns(const gptq_prep *p, float *W, int64_t out) {
@@ -141,11 +170,11 @@ typedef struct {
     uint8_t *rz, *zeros, *Q;
 } int_grid;
 
-static void int_start(gptq_grid *g, const float *Wp, int64_t out, int64_t i) {
+static void int_start(gptq_grid *g, const float *Wp, int64_t r0, int64_t r1, int64_t i) {
     int_grid *t = (int_grid *)g;
     if (t->sp.group <= 0 || i % t->gs) return;
     const int64_t gi = i / t->gs, c1 = i + t->gs < t->in ? i + t->gs : t->in;
-    for (int64_t r = 0; r < out; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         q_grid(t->h, Wp + r * t->in + i, c1 - i, 1, t->sp, &t->rs[r], &t->rz[r]);
         t->scales[r * t->ng + gi] = t->rs[r];
         t->zeros[r * t->ng + gi] = t->rz[r];
@@ -160,21 +189,27 @@ static float int_round(gptq_grid *g, int64_t r, int64_t i, float w) {
 }
 
 /* Quantizes W [out, in] (overwritten) into levels/scales/zeros (original column order) and g_idx. */
-static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, int64_t out, qspec sp, uint8_t *qout,
-                          float *scales, uint8_t *zeros, int32_t *g_idx) {
+static mopt_status gptq_quantize(const mopt_host_api *h, mopt_session *s, const gptq_prep *p, float *W, int64_t out, qspec sp,
+                                 uint8_t *qout, float *scales, uint8_t *zeros, int32_t *g_idx, mopt_error *err) {
     const int64_t in = p->in, gs = sp.group > 0 ? sp.group : in;
     zero_dead_columns(p, W, out);
-    float *Wp = W;
-    if (p->perm) {
-        Wp = malloc((size_t)(out * in) * sizeof *Wp);
-        for (int64_t r = 0; r < out; r++)
-            for (int64_t k = 0; k < in; k++) Wp[r * in + k] = W[r * in + p->perm[k]];
-    }
+    float *Wp = p->perm ? malloc((size_t)(out * in) * sizeof *Wp) : W;
     int_grid t = {{int_start, int_round}, h, sp, in, gs, (in + gs - 1) / gs, malloc((size_t)out * sizeof(float)), scales,
                   malloc((size_t)out), zeros, malloc((size_t)(out * in))};
-    if (sp.group <= 0)
+    mopt_status st = !Wp || !t.rs || !t.rz || !t.Q ? h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory") : MOPT_OK;
+    if (!st && p->perm)
+        for (int64_t r = 0; r < out; r++)
+            for (int64_t k = 0; k < in; k++) Wp[r * in + k] = W[r * in + p->perm[k]];
+    if (!st && sp.group <= 0)
         for (int64_t r = 0; r < out; r++) q_grid(h, Wp + r * in, in, 1, sp, &t.rs[r], &t.rz[r]);
-    gptq_sweep(h, p, Wp, out, &t.g);
+    if (!st) st = gptq_sweep(h, s, p, Wp, out, &t.g, err);
+    if (st) {
+        if (Wp != W) free(Wp);
+        free(t.Q);
+        free(t.rs);
+        free(t.rz);
+        return st;
+    }
     if (sp.group <= 0)
         for (int64_t r = 0; r < out; r++) scales[r] = t.rs[r], zeros[r] = t.rz[r];
     for (int64_t r = 0; r < out; r++)
@@ -185,6 +220,7 @@ static void gptq_quantize(const mopt_host_api *h, const gptq_prep *p, float *W, 
     free(t.Q);
     free(t.rs);
     free(t.rz);
+    return MOPT_OK;
 }
 
 /* A GGUF block type: at each block's first column, every row's block scales from ggml's search (weighted by
@@ -201,13 +237,13 @@ typedef struct {
     uint8_t *blocks;
 } block_grid;
 
-static void block_start(gptq_grid *g, const float *Wp, int64_t out, int64_t i) {
+static void block_start(gptq_grid *g, const float *Wp, int64_t r0, int64_t r1, int64_t i) {
     block_grid *t = (block_grid *)g;
     if (i % t->bs == 0) { /* a block starts a lazy block too, so every earlier error is in by now */
         /* Q4_K takes diag(H) as the error weights themselves (GPTQ's own measure of a value's error: on lit-llama-7m
          * Q4_K_M's KLD falls 1.5% against llama.cpp's weighting, Q4_K_S's 3%); the other types keep llama.cpp's
          * qw * sqrt(sigma^2 + x^2), under which Q4_0, Q2_K, Q3_K and Q5_K came out 1-4% better */
-        for (int64_t r = 0; r < out; r++)
+        for (int64_t r = r0; r < r1; r++)
             (t->type == 12 ? t->h->ggml_quantize_block_direct : t->h->ggml_quantize_block)(
                 t->type, Wp + r * t->in + i, t->hdiag + i, t->blocks + (r * t->nb + i / t->bs) * t->bb, NULL);
         return;
@@ -216,7 +252,7 @@ static void block_start(gptq_grid *g, const float *Wp, int64_t out, int64_t i) {
      * picks its own scale (and min) again from the values it now has, under the block's d and dmin */
     const int sb = t->h->ggml_type_sub_block(t->type);
     if (!sb || i % sb) return;
-    for (int64_t r = 0; r < out; r++)
+    for (int64_t r = r0; r < r1; r++)
         t->h->ggml_block_refit_sub(t->type, t->blocks + (r * t->nb + i / t->bs) * t->bb, (int32_t)(i % t->bs / sb), Wp + r * t->in + i, t->hdiag + i);
 }
 
@@ -227,13 +263,14 @@ static float block_round(gptq_grid *g, int64_t r, int64_t i, float w) {
 
 /* W (overwritten) onto blocks; with W0 (room for W as it comes, dead columns zeroed) and p->H, `refine` rounds of
  * descent on the layer loss follow the sweep. */
-static mopt_status gptq_quantize_blocks(const mopt_host_api *h, const gptq_prep *p, float *W, float *W0, int64_t out, int32_t ggml_type,
-                                        int refine, uint8_t *blocks, mopt_error *err) {
+static mopt_status gptq_quantize_blocks(const mopt_host_api *h, mopt_session *s, const gptq_prep *p, float *W, float *W0, int64_t out,
+                                        int32_t ggml_type, int refine, uint8_t *blocks, mopt_error *err) {
     const int64_t bs = h->ggml_type_block(ggml_type);
     zero_dead_columns(p, W, out);
     if (W0) memcpy(W0, W, (size_t)(out * p->in) * sizeof *W0);
     block_grid t = {{block_start, block_round}, h, ggml_type, p->in, bs, h->ggml_type_block_bytes(ggml_type), p->in / bs, p->hdiag, blocks};
-    gptq_sweep(h, p, W, out, &t.g);
+    mopt_status st = gptq_sweep(h, s, p, W, out, &t.g, err);
+    if (st) return st;
     return W0 && p->H ? block_refine(h, p->H, p->in, W0, out, ggml_type, blocks, refine, err) : MOPT_OK;
 }
 
@@ -264,6 +301,11 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         free(ls);
         return st;
     }
+    if ((st = calib_keep_live(&c, h->opt_int(o, "keep_mb") << 20, err))) {
+        calib_free(&c);
+        free(ls);
+        return st;
+    }
     for (int32_t l = 0; l < a->n_layers && !st; l++) {
         const qlinear *mine[32];
         int32_t k = q_layer_linears(ls, n, l, mine, 32);
@@ -272,7 +314,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             const mopt_node *first = h->graph_node(g, mine[i]->node);
             int32_t j = i;
             while (j < k && h->graph_node(g, mine[j]->node)->inputs[0] == first->inputs[0]) j++;
-            hess_acc acc = {h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0};
+            hess_acc acc = {h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0, c.s};
             gptq_prep prep = {0};
             if (!acc.H) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
             if (!st) st = calib_observe_input(&c, l, mine[i]->node, hess_accumulate, &acc, err);
@@ -292,7 +334,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                     float *W0 = grid && refine ? malloc((size_t)(lin->out * lin->in) * sizeof *W0) : NULL;
                     if (grid && (!W || !blocks || (refine && !W0))) st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
                     if (grid && !st) {
-                        st = gptq_quantize_blocks(h, &prep, W, W0, lin->out, ty, refine, blocks, err);
+                        st = gptq_quantize_blocks(h, c.s, &prep, W, W0, lin->out, ty, refine, blocks, err);
                         if (!st) st = q_replace(h, g, h->ggml_blocks_tensor(lin->wname, ty, lin->out, lin->in, blocks, err), err);
                     }
                     free(W0);
@@ -309,8 +351,8 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
                 if (!W || !q || !z || !s || (act_order && sp.group > 0 && !gi)) {
                     st = h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory");
                 } else {
-                    gptq_quantize(h, &prep, W, lin->out, sp, q, s, z, gi);
-                    st = q_install(h, g, lin, sp, q, s, z, gi, err);
+                    st = gptq_quantize(h, c.s, &prep, W, lin->out, sp, q, s, z, gi, err);
+                    if (!st) st = q_install(h, g, lin, sp, q, s, z, gi, err);
                 }
                 free(W);
                 free(q);
@@ -356,6 +398,10 @@ static const mopt_opt_spec opts[] = {
      "with gguf_type: rounds of descent on each linear's layer loss after the sweep (levels, sub-block scales, then "
      "each block's d and dmin by least squares); 0 keeps the sweep's blocks",
      "4", 0, 64, NULL},
+    {"keep_mb", MOPT_OPT_INT, 0,
+     "MB for each calibration window's activations where the last group's input was, so the next group's input "
+     "comes from the rest of the block alone (the same bits as running the block from its start; 0 always does that)",
+     "4096", 0, 1 << 20, NULL},
     Q_CALIB_OPTS(1),
 };
 

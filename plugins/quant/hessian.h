@@ -13,6 +13,7 @@ typedef struct hess_acc {
     int64_t in;
     float *H; /* [in, in], its upper triangle */
     int64_t count;
+    mopt_session *s; /* its threads share the work (NULL: the caller's thread alone) */
 } hess_acc;
 void hess_accumulate(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w, const float *out,
                      int32_t out_w, int32_t T);
@@ -20,11 +21,12 @@ void hess_accumulate(void *user, int32_t sample, int32_t node, const float *cons
 /* H (from the upper triangle of Hf) in double, scaled by 2/count, dead columns (zero diagonal) set to 1 and
  * flagged in dead[in]; NULL when out of memory. */
 double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead);
-/* U [in, in]: the upper Cholesky factor of (H + damp)^-1 (H^-1 = U^T U), as
- * torch computes it (cholesky, cholesky_inverse, cholesky(upper=True)), damp =
- * percdamp x mean(diag H), ten times more on each of three retries if H + damp
- * is not positive definite. H (symmetric) is overwritten: no copy of it is
- * made, since it is the largest thing a 1B-class model's GPTQ holds. */
+/* U [in, in]: the upper Cholesky factor of (H + damp)^-1 (H^-1 = U^T U), the
+ * factor torch's cholesky, cholesky_inverse, cholesky(upper=True) give, from one
+ * factorization of H reversed and a triangular inverse; damp = percdamp x
+ * mean(diag H), ten times more on each of three retries if H + damp is not
+ * positive definite. H (symmetric) is overwritten: no copy of it is made,
+ * since it is the largest thing a 1B-class model's GPTQ holds. */
 mopt_status hess_inverse_factor(const mopt_host_api *h, double *H, int64_t in, double percdamp, float *U, const char *pass,
                                 mopt_error *err);
 

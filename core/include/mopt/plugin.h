@@ -287,6 +287,13 @@ typedef struct mopt_host_api {
     int (*ggml_block_sub_set)(int32_t type, uint8_t *block, int32_t j, const int sm[2]);
     /* appended: a GGUF file's tokenizer as tokenizer.json and tokenizer_config.json (mopt/tokenizer.h) */
     mopt_status (*tokenizer_hf_files)(const mopt_tokenizer *tok, char **tokenizer_json, char **config_json, mopt_error *err);
+    /* appended: the floats per token of a graph value (mopt_graph_value_width, mopt/graph.h) */
+    int32_t (*graph_value_width)(const mopt_graph *g, int32_t value);
+    /* appended: a pass's own loop over a session's threads (mopt_session_parallel_for, mopt/executor.h) */
+    void (*session_parallel_for)(mopt_session *s, int64_t n_tasks, mopt_parallel_fn fn, void *user);
+    /* appended: from chol_f64's L (row-major, lower triangle), L^-1 in its place (LAPACK's blocked
+     * triangular inverse); the upper triangle is left as it was. 0 when L is singular, else 1. */
+    int32_t (*tri_inverse_f64)(double *A, int64_t n);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "hessian.h"
 #include "mopt/plugin.h"
 #include "testutil.h"
 
@@ -65,9 +66,105 @@ static void test_host_cholesky_and_inverse_match_a_float64_reference(void **s) {
         }
     fprintf(stderr, "max |A A^-1 - I| = %.3g\n", worst);
     assert_true(worst < 1e-9);
+    memcpy(W, L, sizeof(double) * N * N); /* the triangular inverse: L^-1 L = I, the upper triangle untouched */
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++) W[i * N + j] = 7;
+    assert_int_equal(mopt_host.tri_inverse_f64(W, N), 1);
+    worst = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double d = 0;
+            for (int k = j; k <= i; k++) d += W[i * N + k] * L[k * N + j];
+            worst = fmax(worst, fabs(d - (i == j)));
+            if (j > i) assert_true(W[i * N + j] == 7);
+        }
+    fprintf(stderr, "max |L^-1 L - I| = %.3g\n", worst);
+    assert_true(worst < 1e-12);
     A[5 * N + 5] = -1; /* not positive definite */
     assert_int_equal(mopt_host.chol_f64(A, N), 0);
     free(A), free(B), free(L), free(W);
+}
+
+/* The textbook lower Cholesky factor of A [n, n] into L (zeros above the diagonal). */
+static void chol_ref(const double *A, double *L, int n) {
+    memset(L, 0, sizeof(double) * (size_t)n * (size_t)n);
+    for (int j = 0; j < n; j++) {
+        double d = A[j * n + j];
+        for (int k = 0; k < j; k++) d -= L[j * n + k] * L[j * n + k];
+        L[j * n + j] = sqrt(d);
+        for (int i = j + 1; i < n; i++) {
+            double t = A[i * n + j];
+            for (int k = 0; k < j; k++) t -= L[i * n + k] * L[j * n + k];
+            L[i * n + j] = t / L[j * n + j];
+        }
+    }
+}
+
+/* GPTQ's U (the upper Cholesky factor of H^-1, from H reversed) against the textbook path in float64: H^-1 from
+ * the factor's forward and back substitutions, then chol(H^-1)^T. U is float: within 5e-7 of the diagonal. */
+static void test_hessian_inverse_factor_matches_the_textbook_path(void **s) {
+    (void)s;
+    enum { N = 203 };
+    double *B = malloc(sizeof(double) * N * N), *H = malloc(sizeof(double) * N * N), *L = malloc(sizeof(double) * N * N),
+           *Hi = calloc(N * N, sizeof(double)), *L2 = malloc(sizeof(double) * N * N), *y = malloc(sizeof(double) * N);
+    float *U = malloc(sizeof(float) * N * N);
+    uint64_t rs = 777;
+    for (int i = 0; i < N * N; i++) B[i] = (double)((rs = rs * 6364136223846793005ull + 1442695040888963407ull) >> 11) / 9007199254740992.0 - 0.5;
+    for (int i = 0; i < N; i++) /* H = B B^T + 0.1 I, an uneven spectrum as calibration inputs give */
+        for (int j = 0; j < N; j++) {
+            double d = 0.1 * (i == j);
+            for (int k = 0; k < N; k++) d += B[i * N + k] * B[j * N + k] * (1 + (k % 7));
+            H[i * N + j] = d;
+        }
+    chol_ref(H, L, N);
+    for (int c = 0; c < N; c++) { /* column c of H^-1: L y = e_c, L^T x = y */
+        for (int i = 0; i < N; i++) {
+            double t = i == c;
+            for (int k = 0; k < i; k++) t -= L[i * N + k] * y[k];
+            y[i] = t / L[i * N + i];
+        }
+        for (int i = N - 1; i >= 0; i--) {
+            double t = y[i];
+            for (int k = i + 1; k < N; k++) t -= L[k * N + i] * Hi[k * N + c];
+            Hi[i * N + c] = t / L[i * N + i];
+        }
+    }
+    chol_ref(Hi, L2, N); /* H^-1 = L2 L2^T, U = L2^T */
+    mopt_error err = {0};
+    assert_int_equal(hess_inverse_factor(&mopt_host, H, N, 0.0, U, "test", &err), MOPT_OK);
+    double worst = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            const double ref = j >= i ? L2[j * N + i] : 0;
+            worst = fmax(worst, fabs(U[i * N + j] - ref) / fabs(L2[i * N + i]));
+        }
+    fprintf(stderr, "max |U - U_ref| / U_ref[i][i] = %.3g\n", worst);
+    assert_true(worst < 5e-7);
+    free(B), free(H), free(L), free(Hi), free(L2), free(y), free(U);
+}
+
+/* hess_scaled: the accumulated upper triangle (the lower one holds garbage) becomes the whole symmetric H times
+ * 2 / count in double, with a dead column's zero diagonal set to 1 and flagged; a size that is no multiple of the
+ * copy's tiles. */
+static void test_hessian_scaled_mirrors_the_upper_triangle(void **s) {
+    (void)s;
+    enum { N = 150 };
+    float *Hf = malloc(sizeof(float) * N * N);
+    uint8_t dead[N] = {0};
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) Hf[i * N + j] = j >= i ? (float)(1 + i + 1000 * j) : -1.0f;
+    for (int j = 0; j < N; j++) Hf[3 * N + j] = Hf[j * N + 3] = 0; /* input 3 never fired */
+    double *H = hess_scaled(Hf, 8, N, dead);
+    assert_non_null(H);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            const int a = i < j ? i : j, b = i < j ? j : i;
+            const double want = a == 3 || b == 3 ? (i == j) : (1 + a + 1000.0 * b) * 0.25;
+            if (H[i * N + j] != want) fail_msg("H[%d][%d] = %g, want %g", i, j, H[i * N + j], want);
+        }
+    for (int j = 0; j < N; j++) assert_int_equal(dead[j], j == 3);
+    free(H);
+    free(Hf);
 }
 
 static void test_valid_plugin_loads_with_its_passes(void **s) {
@@ -383,6 +480,8 @@ static void test_describe_prints_the_schema(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hessian_inverse_factor_matches_the_textbook_path),
+        cmocka_unit_test(test_hessian_scaled_mirrors_the_upper_triangle),
         cmocka_unit_test(test_valid_plugin_loads_with_its_passes),
         cmocka_unit_test(test_wrong_abi_is_refused_and_others_still_load),
         cmocka_unit_test(test_missing_entry_symbol_is_refused),
