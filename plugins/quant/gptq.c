@@ -395,8 +395,9 @@ static const mopt_opt_spec opts[] = {
      "each block's d and dmin by least squares); 0 keeps the sweep's blocks",
      "4", 0, 64, NULL},
     {"keep_mb", MOPT_OPT_INT, 0,
-     "MB for each calibration window's activations where the last group's input was, so the next group's input "
-     "comes from the rest of the block alone (the same bits as running the block from its start; 0 always does that)",
+     "MB (all windows together) for the calibration activations kept where the last group's input was, so the next "
+     "group's input comes from the rest of the block alone (the same bits as running the block from its start, which "
+     "0 always does; a cut that does not fit is run from the start)",
      "4096", 0, 1 << 20, NULL},
     Q_CALIB_OPTS(1),
 };
