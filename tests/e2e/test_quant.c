@@ -699,8 +699,28 @@ static void test_gptq_resumed_blocks_give_the_same_weights(void **s) {
     }
 }
 
+/* GPTQ's Hessians and sweeps and AWQ's trial weights and clip search split their work in fixed blocks over the
+ * session's threads: one thread and three give the same checkpoint, byte for byte. */
+static void test_gptq_and_awq_give_the_same_bytes_on_any_thread_count(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], calib[1024], cmd[8192];
+    test_tmpdir(dir, sizeof dir, "quant-threads");
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    const char *methods[] = {"gptq", "awq"};
+    for (int m = 0; m < 2; m++) {
+        for (int t = 1; t <= 3; t += 2) {
+            snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method %s --calib '%s' --calib-samples 4 --calib-len 128 "
+                     "--threads %d --quiet -o '%s/%s-%d' > /dev/null", MOPT_CLI, test_shared_dir(), methods[m], calib, t, dir, methods[m], t);
+            assert_int_equal(system(cmd), 0);
+        }
+        snprintf(cmd, sizeof cmd, "cmp '%s/%s-1/model.safetensors' '%s/%s-3/model.safetensors'", dir, methods[m], dir, methods[m]);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gptq_and_awq_give_the_same_bytes_on_any_thread_count),
         cmocka_unit_test(test_gptq_resumed_blocks_give_the_same_weights),
         cmocka_unit_test(test_bad_options_fail_before_any_work),
         cmocka_unit_test(test_coverage_names_changed_and_left_linears),
