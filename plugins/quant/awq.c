@@ -31,6 +31,7 @@
 #define AWQ_MAX_LIN 4
 #define CLIP_TOKENS 512
 #define CLIP_STEPS 10
+#define AWQ_TASK_ROWS 256 /* output rows per task of the trial weights and the clip search (rows are independent) */
 
 typedef struct agroup {
     int32_t prev_node;               /* norm or linear whose output channels carry 1/s */
@@ -94,14 +95,40 @@ static mopt_status module_loss(calib *c, const agroup *gr, cache *in, cache *ref
     return MOPT_OK;
 }
 
+typedef struct {
+    const mopt_host_api *h;
+    const qlinear *l;
+    const float *W, *s;
+    float *d;
+    qspec sp;
+} trial_job;
+
+/* Rows of an integer grid's trial weight: scaled, fake-quantized per group, scaled back. */
+static void trial_rows(void *user, int64_t task, int32_t thread) {
+    (void)thread;
+    const trial_job *j = user;
+    const int64_t in = j->l->in, r0 = task * AWQ_TASK_ROWS, r1 = r0 + AWQ_TASK_ROWS < j->l->out ? r0 + AWQ_TASK_ROWS : j->l->out;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = 0; c < in; c++) j->d[r * in + c] = j->W[r * in + c] * j->s[c];
+    q_fake_quant(j->h, j->d + r0 * in, r1 - r0, in, j->sp);
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = 0; c < in; c++) j->d[r * in + c] /= j->s[c];
+}
+
 /* Fake-quantized W diag(s) / s, as an fp32 tensor named like the weight. ty >= 0: onto that GGUF block type,
- * weighted by imp (the scaled inputs' mean x^2), when it is a grid; a linear the export alone quantizes keeps W. */
-static mopt_tensor *trial_weight(const mopt_host_api *h, const qlinear *l, const float *W, const float *s, qspec sp, int32_t ty,
-                                 const float *imp, mopt_error *err) {
+ * weighted by imp (the scaled inputs' mean x^2), when it is a grid; a linear the export alone quantizes keeps W.
+ * The integer grid's rows go over the session's threads; NVFP4 (one scale over the matrix) and GGUF on this one. */
+static mopt_tensor *trial_weight(const mopt_host_api *h, mopt_session *se, const qlinear *l, const float *W, const float *s, qspec sp,
+                                 int32_t ty, const float *imp, mopt_error *err) {
     int64_t dims[2] = {l->out, l->in};
     mopt_tensor *t = h->tensor_new(l->wname, MOPT_DTYPE_F32, 2, dims, err);
     if (!t) return NULL;
     float *d = t->data;
+    if (ty < 0 && !sp.nvfp4) {
+        trial_job j = {h, l, W, s, d, sp};
+        h->session_parallel_for(se, (l->out + AWQ_TASK_ROWS - 1) / AWQ_TASK_ROWS, trial_rows, &j);
+        return t;
+    }
     for (int64_t r = 0; r < l->out; r++)
         for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] = W[r * l->in + j] * s[j];
     if (ty < 0) q_fake_quant(h, d, l->out, l->in, sp);
@@ -163,7 +190,7 @@ static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, 
         /* swap the trial weights in, measure, swap the originals back */
         mopt_tensor *orig[AWQ_MAX_LIN] = {0};
         for (int32_t k = 0; k < gr->n_lin && !st; k++) {
-            mopt_tensor *t = trial_weight(h, &ls[gr->lin[k]], Wf[k], s, sp, tys[gr->lin[k]], imp, err);
+            mopt_tensor *t = trial_weight(h, c->s, &ls[gr->lin[k]], Wf[k], s, sp, tys[gr->lin[k]], imp, err);
             if (!t) st = err && err->code ? (mopt_status)err->code : MOPT_E_NOMEM; /* err says which */
             else orig[k] = h->graph_swap_tensor(c->g, t, err);
         }
@@ -184,9 +211,25 @@ static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, 
     return st;
 }
 
-/* Clip search on W (already scaled) with inputs x [ntok, in] (already divided by s). */
-static void search_clip(const mopt_host_api *h, float *W, int64_t out, int64_t in, const float *x, int64_t ntok, qspec sp) {
-    const int64_t step = ntok / CLIP_TOKENS > 0 ? ntok / CLIP_TOKENS : 1, T = (ntok + step - 1) / step;
+typedef struct {
+    const mopt_host_api *h;
+    float *W;
+    int64_t out, in, ntok;
+    const float *x;
+    qspec sp;
+} clip_job;
+
+/* Clip search on rows [r0, r1) of W (already scaled) with inputs x [ntok, in] (already divided by s); each row's
+ * search is its own, so a task takes a block of rows. */
+static void clip_rows(void *user, int64_t task, int32_t thread) {
+    (void)thread;
+    const clip_job *j = user;
+    const mopt_host_api *h = j->h;
+    const int64_t r0 = task * AWQ_TASK_ROWS, out = (r0 + AWQ_TASK_ROWS < j->out ? AWQ_TASK_ROWS : j->out - r0), in = j->in;
+    float *W = j->W + r0 * in;
+    const float *x = j->x;
+    const qspec sp = j->sp;
+    const int64_t ntok = j->ntok, step = ntok / CLIP_TOKENS > 0 ? ntok / CLIP_TOKENS : 1, T = (ntok + step - 1) / step;
     const int64_t gs = sp.group > 0 ? sp.group : in;
     float *Xg = malloc((size_t)(T * gs) * sizeof *Xg), *Wg = malloc((size_t)(out * gs) * sizeof *Wg);
     float *Wq = malloc((size_t)(out * gs) * sizeof *Wq), *org = malloc((size_t)(T * out) * sizeof *org);
@@ -239,6 +282,12 @@ done:
     free(amax);
     free(best);
     free(min_err);
+}
+
+static void search_clip(const mopt_host_api *h, mopt_session *s, float *W, int64_t out, int64_t in, const float *x, int64_t ntok,
+                        qspec sp) {
+    clip_job j = {h, W, out, in, ntok, x, sp};
+    h->session_parallel_for(s, (out + AWQ_TASK_ROWS - 1) / AWQ_TASK_ROWS, clip_rows, &j);
 }
 
 /* Divides the output channels of the group's predecessor by s: a norm's
@@ -453,7 +502,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             }
             cache *in = find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]);
             if (do_clip && in && lin->role != MOPT_ROLE_ATTN_Q && lin->role != MOPT_ROLE_ATTN_K)
-                search_clip(h, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
+                search_clip(h, c.s, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
             held[m] = *lin;
             for (int64_t e = 0; e < lin->out * lin->in; e++) own[m] = fmaxf(own[m], fabsf(W[e]));
         }

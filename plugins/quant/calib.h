@@ -63,8 +63,9 @@ mopt_status calib_observe_input(calib *c, int32_t l, int32_t node, calib_obs obs
  * start: up to max_bytes for all windows (a cut whose values need more is not
  * kept). The caller promises not to change the weights of nodes before a cut
  * until calib_advance (GPTQ's groups, quantized in order, keep it). Results are
- * bit for bit those of the runs from the start. */
-mopt_status calib_keep_live(calib *c, int64_t max_bytes, mopt_error *err);
+ * bit for bit those of the runs from the start; without the memory for them,
+ * it says so in the log and keeps nothing. */
+void calib_keep_live(calib *c, int64_t max_bytes);
 /* Makes x_next the next layer's input and lets the finished layer's mapped
  * weight pages go. */
 void calib_advance(calib *c);

@@ -301,11 +301,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         free(ls);
         return st;
     }
-    if ((st = calib_keep_live(&c, h->opt_int(o, "keep_mb") << 20, err))) {
-        calib_free(&c);
-        free(ls);
-        return st;
-    }
+    calib_keep_live(&c, h->opt_int(o, "keep_mb") << 20);
     for (int32_t l = 0; l < a->n_layers && !st; l++) {
         const qlinear *mine[32];
         int32_t k = q_layer_linears(ls, n, l, mine, 32);
@@ -399,8 +395,9 @@ static const mopt_opt_spec opts[] = {
      "each block's d and dmin by least squares); 0 keeps the sweep's blocks",
      "4", 0, 64, NULL},
     {"keep_mb", MOPT_OPT_INT, 0,
-     "MB for each calibration window's activations where the last group's input was, so the next group's input "
-     "comes from the rest of the block alone (the same bits as running the block from its start; 0 always does that)",
+     "MB (all windows together) for the calibration activations kept where the last group's input was, so the next "
+     "group's input comes from the rest of the block alone (the same bits as running the block from its start, which "
+     "0 always does; a cut that does not fit is run from the start)",
      "4096", 0, 1 << 20, NULL},
     Q_CALIB_OPTS(1),
 };

@@ -667,40 +667,66 @@ static void test_streamed_quantization_writes_the_same_checkpoint(void **s) {
 
 /* GPTQ collects each group's Hessian from the activations it kept where the previous group's input was (keep_mb),
  * running only the rest of the block; the packed weights, scales and zero-points are bit for bit those of running
- * the block from its start for every group (keep_mb=0), on LLaMA's and GPT-2's blocks. */
+ * the block from its start for every group (keep_mb=0), on LLaMA's and GPT-2's blocks, and so are they with a
+ * budget too small for the widest cut (1 MB for 288 tokens: 910 floats each, where LLaMA's down projection needs
+ * its 768 inputs and the 256-wide residual). */
 static void test_gptq_resumed_blocks_give_the_same_weights(void **s) {
     REQUIRE_SHARED();
     char text[2048], calib[1024];
     test_shared_path(calib, sizeof calib, "data/lit-train.txt");
     const char *models[] = {"models/lit-llama-7m", "models/lit-gpt2-1m"};
     for (int k = 0; k < 2; k++) {
-        mopt_model *m[2];
-        for (int r = 0; r < 2; r++) {
+        const int budgets[3] = {0, 64, 1};
+        mopt_model *m[3];
+        for (int r = 0; r < 3; r++) {
             m[r] = load(models[k]);
             snprintf(text, sizeof text, "quant.gptq<bits=4;group_size=64;calib=%s;calib_samples=3;calib_len=96;keep_mb=%d>", calib,
-                     r ? 0 : 64);
+                     budgets[r]);
             mopt_report_free(run(m[r], text));
         }
-        const mopt_graph *g0 = mopt_model_graph(m[0]), *g1 = mopt_model_graph(m[1]);
+        const mopt_graph *g0 = mopt_model_graph(m[0]);
         int packed = 0;
-        for (int32_t i = 0; i < mopt_graph_n_nodes(g0); i++) {
-            const mopt_tensor *a = mopt_graph_node(g0, i)->weight, *b = mopt_graph_node(g1, i)->weight;
-            if (!a || a->dtype != MOPT_DTYPE_QINT) continue;
-            assert_int_equal(b->dtype, MOPT_DTYPE_QINT);
-            assert_memory_equal(a->data, b->data, mopt_tensor_nbytes(a));
-            assert_memory_equal(a->quant->scale->data, b->quant->scale->data, mopt_tensor_nbytes(a->quant->scale));
-            assert_memory_equal(a->quant->zero->data, b->quant->zero->data, mopt_tensor_nbytes(a->quant->zero));
-            packed++;
+        for (int r = 1; r < 3; r++) {
+            const mopt_graph *g1 = mopt_model_graph(m[r]);
+            for (int32_t i = 0; i < mopt_graph_n_nodes(g0); i++) {
+                const mopt_tensor *a = mopt_graph_node(g0, i)->weight, *b = mopt_graph_node(g1, i)->weight;
+                if (!a || a->dtype != MOPT_DTYPE_QINT) continue;
+                assert_int_equal(b->dtype, MOPT_DTYPE_QINT);
+                assert_memory_equal(a->data, b->data, mopt_tensor_nbytes(a));
+                assert_memory_equal(a->quant->scale->data, b->quant->scale->data, mopt_tensor_nbytes(a->quant->scale));
+                assert_memory_equal(a->quant->zero->data, b->quant->zero->data, mopt_tensor_nbytes(a->quant->zero));
+                packed++;
+            }
         }
-        fprintf(stderr, "%s: %d packed linears equal with and without kept activations\n", models[k], packed);
-        assert_true(packed >= 8);
-        mopt_model_free(m[0]);
-        mopt_model_free(m[1]);
+        fprintf(stderr, "%s: %d packed linears equal with kept activations (all cuts, the narrower ones) and without\n", models[k],
+                packed);
+        assert_true(packed >= 16);
+        for (int r = 0; r < 3; r++) mopt_model_free(m[r]);
+    }
+}
+
+/* GPTQ's Hessians and sweeps and AWQ's trial weights and clip search split their work in fixed blocks over the
+ * session's threads: one thread and three give the same checkpoint, byte for byte. */
+static void test_gptq_and_awq_give_the_same_bytes_on_any_thread_count(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], calib[1024], cmd[8192];
+    test_tmpdir(dir, sizeof dir, "quant-threads");
+    test_shared_path(calib, sizeof calib, "data/lit-train.txt");
+    const char *methods[] = {"gptq", "awq"};
+    for (int m = 0; m < 2; m++) {
+        for (int t = 1; t <= 3; t += 2) {
+            snprintf(cmd, sizeof cmd, "%s quantize '%s/models/lit-llama-7m' --method %s --calib '%s' --calib-samples 4 --calib-len 128 "
+                     "--threads %d --quiet -o '%s/%s-%d' > /dev/null", MOPT_CLI, test_shared_dir(), methods[m], calib, t, dir, methods[m], t);
+            assert_int_equal(system(cmd), 0);
+        }
+        snprintf(cmd, sizeof cmd, "cmp '%s/%s-1/model.safetensors' '%s/%s-3/model.safetensors'", dir, methods[m], dir, methods[m]);
+        assert_int_equal(system(cmd), 0);
     }
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gptq_and_awq_give_the_same_bytes_on_any_thread_count),
         cmocka_unit_test(test_gptq_resumed_blocks_give_the_same_weights),
         cmocka_unit_test(test_bad_options_fail_before_any_work),
         cmocka_unit_test(test_coverage_names_changed_and_left_linears),

@@ -25,6 +25,26 @@ static int has_problem(const mopt_registry *r, const char *a, const char *b) {
 
 extern const mopt_host_api mopt_host; /* the table every plugin gets */
 
+/* The textbook lower Cholesky factor of A [n, n] into L (zeros above the diagonal). */
+static void chol_ref(const double *A, double *L, int n) {
+    memset(L, 0, sizeof(double) * (size_t)n * (size_t)n);
+    for (int j = 0; j < n; j++) {
+        double d = A[j * n + j];
+        for (int k = 0; k < j; k++) d -= L[j * n + k] * L[j * n + k];
+        L[j * n + j] = sqrt(d);
+        for (int i = j + 1; i < n; i++) {
+            double t = A[i * n + j];
+            for (int k = 0; k < j; k++) t -= L[i * n + k] * L[j * n + k];
+            L[i * n + j] = t / L[j * n + j];
+        }
+    }
+}
+
+/* n values uniform in [-0.5, 0.5), seeded */
+static void fill_uniform(double *v, int n, uint64_t seed) {
+    for (int i = 0; i < n; i++) v[i] = (double)((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 11) / 9007199254740992.0 - 0.5;
+}
+
 /* The host's LAPACK factorizations, against a plain float64 Cholesky and the
  * identity A A^-1 = I, on a matrix large enough for LAPACK's blocked paths. */
 static void test_host_cholesky_and_inverse_match_a_float64_reference(void **s) {
@@ -32,24 +52,14 @@ static void test_host_cholesky_and_inverse_match_a_float64_reference(void **s) {
     enum { N = 301 };
     double *B = malloc(sizeof(double) * N * N), *A = malloc(sizeof(double) * N * N), *L = calloc(N * N, sizeof(double)),
            *W = malloc(sizeof(double) * N * N);
-    uint64_t rs = 12345;
-    for (int i = 0; i < N * N; i++) B[i] = (double)((rs = rs * 6364136223846793005ull + 1442695040888963407ull) >> 11) / 9007199254740992.0 - 0.5;
+    fill_uniform(B, N * N, 12345);
     for (int i = 0; i < N; i++) /* A = B B^T + I: symmetric positive definite */
         for (int j = 0; j < N; j++) {
             double d = i == j;
             for (int k = 0; k < N; k++) d += B[i * N + k] * B[j * N + k];
             A[i * N + j] = d;
         }
-    for (int j = 0; j < N; j++) { /* the textbook column-by-column Cholesky */
-        double d = A[j * N + j];
-        for (int k = 0; k < j; k++) d -= L[j * N + k] * L[j * N + k];
-        L[j * N + j] = sqrt(d);
-        for (int i = j + 1; i < N; i++) {
-            double t = A[i * N + j];
-            for (int k = 0; k < j; k++) t -= L[i * N + k] * L[j * N + k];
-            L[i * N + j] = t / L[j * N + j];
-        }
-    }
+    chol_ref(A, L, N);
     memcpy(W, A, sizeof(double) * N * N);
     assert_int_equal(mopt_host.chol_f64(W, N), 1);
     double worst = 0;
@@ -85,21 +95,6 @@ static void test_host_cholesky_and_inverse_match_a_float64_reference(void **s) {
     free(A), free(B), free(L), free(W);
 }
 
-/* The textbook lower Cholesky factor of A [n, n] into L (zeros above the diagonal). */
-static void chol_ref(const double *A, double *L, int n) {
-    memset(L, 0, sizeof(double) * (size_t)n * (size_t)n);
-    for (int j = 0; j < n; j++) {
-        double d = A[j * n + j];
-        for (int k = 0; k < j; k++) d -= L[j * n + k] * L[j * n + k];
-        L[j * n + j] = sqrt(d);
-        for (int i = j + 1; i < n; i++) {
-            double t = A[i * n + j];
-            for (int k = 0; k < j; k++) t -= L[i * n + k] * L[j * n + k];
-            L[i * n + j] = t / L[j * n + j];
-        }
-    }
-}
-
 /* GPTQ's U (the upper Cholesky factor of H^-1, from H reversed) against the textbook path in float64: H^-1 from
  * the factor's forward and back substitutions, then chol(H^-1)^T. U is float: within 5e-7 of the diagonal. */
 static void test_hessian_inverse_factor_matches_the_textbook_path(void **s) {
@@ -108,8 +103,7 @@ static void test_hessian_inverse_factor_matches_the_textbook_path(void **s) {
     double *B = malloc(sizeof(double) * N * N), *H = malloc(sizeof(double) * N * N), *L = malloc(sizeof(double) * N * N),
            *Hi = calloc(N * N, sizeof(double)), *L2 = malloc(sizeof(double) * N * N), *y = malloc(sizeof(double) * N);
     float *U = malloc(sizeof(float) * N * N);
-    uint64_t rs = 777;
-    for (int i = 0; i < N * N; i++) B[i] = (double)((rs = rs * 6364136223846793005ull + 1442695040888963407ull) >> 11) / 9007199254740992.0 - 0.5;
+    fill_uniform(B, N * N, 777);
     for (int i = 0; i < N; i++) /* H = B B^T + 0.1 I, an uneven spectrum as calibration inputs give */
         for (int j = 0; j < N; j++) {
             double d = 0.1 * (i == j);
