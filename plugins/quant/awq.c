@@ -214,18 +214,19 @@ static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, 
 typedef struct {
     const mopt_host_api *h;
     float *W;
-    int64_t out, in, ntok;
+    int64_t out, in, ntok, rows; /* rows per task */
     const float *x;
     qspec sp;
 } clip_job;
 
-/* Clip search on rows [r0, r1) of W (already scaled) with inputs x [ntok, in] (already divided by s); each row's
- * search is its own, so a task takes a block of rows. */
+/* Clip search on a task's rows of W (already scaled) with inputs x [ntok, in] (already divided by s); each row's
+ * search is its own, so a task takes a block of rows (NVFP4's all of them: its fake quantization takes one global
+ * scale from the max |w| of every row). */
 static void clip_rows(void *user, int64_t task, int32_t thread) {
     (void)thread;
     const clip_job *j = user;
     const mopt_host_api *h = j->h;
-    const int64_t r0 = task * AWQ_TASK_ROWS, out = (r0 + AWQ_TASK_ROWS < j->out ? AWQ_TASK_ROWS : j->out - r0), in = j->in;
+    const int64_t r0 = task * j->rows, out = (r0 + j->rows < j->out ? j->rows : j->out - r0), in = j->in;
     float *W = j->W + r0 * in;
     const float *x = j->x;
     const qspec sp = j->sp;
@@ -286,8 +287,8 @@ done:
 
 static void search_clip(const mopt_host_api *h, mopt_session *s, float *W, int64_t out, int64_t in, const float *x, int64_t ntok,
                         qspec sp) {
-    clip_job j = {h, W, out, in, ntok, x, sp};
-    h->session_parallel_for(s, (out + AWQ_TASK_ROWS - 1) / AWQ_TASK_ROWS, clip_rows, &j);
+    clip_job j = {h, W, out, in, ntok, sp.nvfp4 ? out : AWQ_TASK_ROWS, x, sp};
+    h->session_parallel_for(s, (out + j.rows - 1) / j.rows, clip_rows, &j);
 }
 
 /* Divides the output channels of the group's predecessor by s: a norm's
