@@ -226,7 +226,7 @@ fail:
 int32_t mopt_session_length(const mopt_session *s) { return s->own.len; }
 int32_t mopt_session_n_threads(const mopt_session *s) { return s->be->n_threads(s->be_ctx); }
 void mopt_session_parallel_for(mopt_session *s, int64_t n_tasks, mopt_parallel_fn fn, void *user) {
-    if (s->be->parallel_for) {
+    if (s && s->be->parallel_for) {
         s->be->parallel_for(s->be_ctx, n_tasks, fn, user);
         return;
     }

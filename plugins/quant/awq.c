@@ -98,46 +98,43 @@ static mopt_status module_loss(calib *c, const agroup *gr, cache *in, cache *ref
 typedef struct {
     const mopt_host_api *h;
     const qlinear *l;
-    const float *W, *s;
+    const float *W, *s, *imp;
     float *d;
     qspec sp;
+    int32_t ty;
+    int64_t rows; /* per task */
+    mopt_error *err;
+    mopt_status st; /* GGUF's quantization failed (one task then: no race) */
 } trial_job;
 
-/* Rows of an integer grid's trial weight: scaled, fake-quantized per group, scaled back. */
+/* A task's rows of the trial weight: scaled, fake-quantized (or onto the GGUF blocks), scaled back. */
 static void trial_rows(void *user, int64_t task, int32_t thread) {
     (void)thread;
-    const trial_job *j = user;
-    const int64_t in = j->l->in, r0 = task * AWQ_TASK_ROWS, r1 = r0 + AWQ_TASK_ROWS < j->l->out ? r0 + AWQ_TASK_ROWS : j->l->out;
+    trial_job *j = user;
+    const int64_t in = j->l->in, r0 = task * j->rows, r1 = r0 + j->rows < j->l->out ? r0 + j->rows : j->l->out;
     for (int64_t r = r0; r < r1; r++)
         for (int64_t c = 0; c < in; c++) j->d[r * in + c] = j->W[r * in + c] * j->s[c];
-    q_fake_quant(j->h, j->d + r0 * in, r1 - r0, in, j->sp);
+    if (j->ty < 0) q_fake_quant(j->h, j->d + r0 * in, r1 - r0, in, j->sp);
+    else if (q_gguf_grid(j->ty)) j->st = q_gguf_quantize(j->h, j->ty, j->d + r0 * in, r1 - r0, in, j->imp, NULL, 1, j->err);
     for (int64_t r = r0; r < r1; r++)
         for (int64_t c = 0; c < in; c++) j->d[r * in + c] /= j->s[c];
 }
 
 /* Fake-quantized W diag(s) / s, as an fp32 tensor named like the weight. ty >= 0: onto that GGUF block type,
  * weighted by imp (the scaled inputs' mean x^2), when it is a grid; a linear the export alone quantizes keeps W.
- * The integer grid's rows go over the session's threads; NVFP4 (one scale over the matrix) and GGUF on this one. */
+ * The integer grid's rows go over the session's threads in blocks; NVFP4 (one scale from every row's max |w|) and
+ * GGUF in one task. */
 static mopt_tensor *trial_weight(const mopt_host_api *h, mopt_session *se, const qlinear *l, const float *W, const float *s, qspec sp,
                                  int32_t ty, const float *imp, mopt_error *err) {
     int64_t dims[2] = {l->out, l->in};
     mopt_tensor *t = h->tensor_new(l->wname, MOPT_DTYPE_F32, 2, dims, err);
     if (!t) return NULL;
-    float *d = t->data;
-    if (ty < 0 && !sp.nvfp4) {
-        trial_job j = {h, l, W, s, d, sp};
-        h->session_parallel_for(se, (l->out + AWQ_TASK_ROWS - 1) / AWQ_TASK_ROWS, trial_rows, &j);
-        return t;
-    }
-    for (int64_t r = 0; r < l->out; r++)
-        for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] = W[r * l->in + j] * s[j];
-    if (ty < 0) q_fake_quant(h, d, l->out, l->in, sp);
-    else if (q_gguf_grid(ty) && q_gguf_quantize(h, ty, d, l->out, l->in, imp, NULL, 1, err)) {
+    trial_job j = {h, l, W, s, imp, t->data, sp, ty, ty < 0 && !sp.nvfp4 ? AWQ_TASK_ROWS : l->out, err, MOPT_OK};
+    h->session_parallel_for(se, (l->out + j.rows - 1) / j.rows, trial_rows, &j);
+    if (j.st) {
         h->tensor_free(t);
         return NULL;
     }
-    for (int64_t r = 0; r < l->out; r++)
-        for (int64_t j = 0; j < l->in; j++) d[r * l->in + j] /= s[j];
     return t;
 }
 

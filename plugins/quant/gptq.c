@@ -143,14 +143,11 @@ static void sweep_task(void *user, int64_t task, int32_t thread) {
     free(E);
 }
 
-/* The sweep over all rows, SWEEP_ROWS at a time on the session's threads (s NULL: this thread). */
+/* The sweep over all rows, SWEEP_ROWS at a time on the session's threads. */
 static mopt_status gptq_sweep(const mopt_host_api *h, mopt_session *s, const gptq_prep *p, float *Wp, int64_t out, gptq_grid *g,
                               mopt_error *err) {
     sweep_job j = {h, p, Wp, out, g, 0};
-    const int64_t tasks = (out + SWEEP_ROWS - 1) / SWEEP_ROWS;
-    if (s) h->session_parallel_for(s, tasks, sweep_task, &j);
-    else
-        for (int64_t t = 0; t < tasks; t++) sweep_task(&j, t, 0);
+    h->session_parallel_for(s, (out + SWEEP_ROWS - 1) / SWEEP_ROWS, sweep_task, &j);
     return j.failed ? h->error_set(err, MOPT_E_NOMEM, "quant.gptq", "out of memory for the sweep's errors") : MOPT_OK;
 }
 
@@ -203,24 +200,17 @@ static mopt_status gptq_quantize(const mopt_host_api *h, mopt_session *s, const 
     if (!st && sp.group <= 0)
         for (int64_t r = 0; r < out; r++) q_grid(h, Wp + r * in, in, 1, sp, &t.rs[r], &t.rz[r]);
     if (!st) st = gptq_sweep(h, s, p, Wp, out, &t.g, err);
-    if (st) {
-        if (Wp != W) free(Wp);
-        free(t.Q);
-        free(t.rs);
-        free(t.rz);
-        return st;
-    }
-    if (sp.group <= 0)
+    if (!st && sp.group <= 0)
         for (int64_t r = 0; r < out; r++) scales[r] = t.rs[r], zeros[r] = t.rz[r];
-    for (int64_t r = 0; r < out; r++)
+    for (int64_t r = 0; !st && r < out; r++)
         for (int64_t k = 0; k < in; k++) qout[r * in + (p->perm ? p->perm[k] : k)] = t.Q[r * in + k];
-    if (g_idx && p->perm)
+    if (!st && g_idx && p->perm)
         for (int64_t k = 0; k < in; k++) g_idx[p->perm[k]] = (int32_t)(k / gs);
     if (Wp != W) free(Wp);
     free(t.Q);
     free(t.rs);
     free(t.rz);
-    return MOPT_OK;
+    return st;
 }
 
 /* A GGUF block type: at each block's first column, every row's block scales from ggml's search (weighted by

@@ -45,10 +45,7 @@ void hess_accumulate(void *user, int32_t sample, int32_t node, const float *cons
         j.b[p] = b > j.b[p - 1] ? (b < n ? b : n) : j.b[p - 1];
     }
     j.b[HESS_PANELS] = n;
-    if (a->s)
-        a->h->session_parallel_for(a->s, HESS_PANELS, hess_panel, &j);
-    else
-        for (int p = 0; p < HESS_PANELS; p++) hess_panel(&j, p, 0);
+    a->h->session_parallel_for(a->s, HESS_PANELS, hess_panel, &j);
     a->count += T;
 }
 

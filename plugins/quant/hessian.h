@@ -13,7 +13,7 @@ typedef struct hess_acc {
     int64_t in;
     float *H; /* [in, in], its upper triangle */
     int64_t count;
-    mopt_session *s; /* its threads share the work (NULL: the caller's thread alone) */
+    mopt_session *s; /* its threads share the work (NULL: the caller's thread alone, session_parallel_for's rule) */
 } hess_acc;
 void hess_accumulate(void *user, int32_t sample, int32_t node, const float *const *in, const int32_t *in_w, const float *out,
                      int32_t out_w, int32_t T);

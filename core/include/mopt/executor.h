@@ -42,8 +42,9 @@ MOPT_API mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_erro
 MOPT_API int32_t mopt_session_n_threads(const mopt_session *s);
 /* fn(user, task, thread) for every task in [0, n_tasks) on the session's
  * threads (thread < mopt_session_n_threads), the caller joining in; returns
- * when all have run. For a pass's own heavy loops between runs of the graph
- * (not from inside a node observer of a batched forward). */
+ * when all have run (s NULL: in order on the caller's thread). For a pass's
+ * own heavy loops between runs of the graph (not from inside a node observer
+ * of a batched forward). */
 typedef void (*mopt_parallel_fn)(void *user, int64_t task, int32_t thread);
 MOPT_API void mopt_session_parallel_for(mopt_session *s, int64_t n_tasks, mopt_parallel_fn fn, void *user);
 /* Width of a logits row. */
