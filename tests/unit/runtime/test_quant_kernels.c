@@ -148,6 +148,57 @@ static void test_qint_linear_matches_float64(void **s) {
                 }
 }
 
+/* 4-bit rows longer than the GEMV's per-call buffers (x in lane order and the pairs' x scales, 2048 blocks) take the
+ * path that shuffles each pair's x where it is used: against float64 with x as int8 per 32 values, for groups of
+ * 128 and of one block (Q4_0's), symmetric and not, decode (one token) and a few tokens. */
+static void test_int4_rows_past_the_gemv_buffers_match_float64(void **s) {
+    (void)s;
+    const int64_t out = 3;
+    const int64_t ins[] = {2048 * 32, 2048 * 32 + 128}; /* the last that fits, and one group past it */
+    const int32_t groups[] = {128, 32};
+    for (int ii = 0; ii < 2; ii++)
+        for (int gi = 0; gi < 2; gi++)
+            for (int sym = 0; sym < 2; sym++) {
+                const int64_t in = ins[ii], ng = in / groups[gi];
+                uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
+                float *sc = malloc((size_t)(out * ng) * sizeof *sc);
+                for (int64_t i = 0; i < out * in; i++) q[i] = (uint8_t)(urand() % 16);
+                for (int64_t i = 0; i < out * ng; i++) {
+                    sc[i] = 0.001f + 0.05f * fabsf(frand());
+                    z[i] = (uint8_t)(urand() % 16);
+                }
+                mopt_error err = {0};
+                mopt_tensor *w = mopt_qint_pack("w", out, in, 4, groups[gi], q, sc, sym ? NULL : z, NULL, &err);
+                assert_non_null(w);
+                const int T = 3;
+                float *x = malloc((size_t)(T * in) * sizeof *x);
+                for (int64_t i = 0; i < T * in; i++) x[i] = frand();
+                float *xa = q8_blocks(x, T * in, 32);
+                double *ref = malloc((size_t)(T * out) * sizeof *ref);
+                for (int t = 0; t < T; t++)
+                    for (int64_t o = 0; o < out; o++) {
+                        double acc = 0;
+                        for (int64_t c = 0; c < in; c++) {
+                            const int64_t g = c / groups[gi];
+                            const double zz = sym ? 8.0 : z[o * ng + g];
+                            acc += ((double)q[o * in + c] - zz) * mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + g])) * xa[t * in + c];
+                        }
+                        ref[t * out + o] = acc;
+                    }
+                char what[64];
+                snprintf(what, sizeof what, "int4 g%d %s in=%lld", groups[gi], sym ? "sym" : "asym", (long long)in);
+                check_linear(w, x, 1, ref, 1e-4, what);
+                check_linear(w, x, T, ref, 1e-4, what);
+                mopt_tensor_free(w);
+                free(q);
+                free(z);
+                free(sc);
+                free(x);
+                free(xa);
+                free(ref);
+            }
+}
+
 /* E4M3 rounding with scale s, as the OCP FP8 definition gives it: the nearest of the grid's values (3 mantissa bits,
  * subnormals 2^-9 apart below 2^-6, largest 448) to v / s (the float quotient, as the kernels and torch form it),
  * ties to the even mantissa, times s; independent of mopt's conversion, which the kernels use. */
@@ -507,6 +558,7 @@ int main(void) {
         cmocka_unit_test(test_qint_pack_roundtrips_levels),
         cmocka_unit_test(test_bad_packing_is_refused),
         cmocka_unit_test(test_qint_linear_matches_float64),
+        cmocka_unit_test(test_int4_rows_past_the_gemv_buffers_match_float64),
         cmocka_unit_test(test_act_order_g_idx_linear),
         cmocka_unit_test(test_w4a8_linear_rounds_activations_to_e4m3),
         cmocka_unit_test(test_w8a8_linear_matches_int_reference),
