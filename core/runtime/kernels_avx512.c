@@ -57,7 +57,7 @@ static inline __m512 q4_pair_x(const uint8_t *w, __m512i xl) {
     return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xl));
 }
 
-/* x (64 int8, block order) in q4_pair's lane order: the middle two 16-byte lanes swapped */
+/* x (64 int8, block order) in q4_pair_x's lane order: the middle two 16-byte lanes swapped */
 static inline __m512i q4_lanes(const int8_t *xq) {
     const __m512i x = _mm512_loadu_si512(xq);
     return _mm512_shuffle_i64x2(x, x, _MM_SHUFFLE(3, 1, 2, 0));
