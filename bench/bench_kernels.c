@@ -6,7 +6,7 @@
  * prefill path and the figure is multiply-adds per second, also as a multiple
  * of bf16's.
  *
- *   mopt-bench-kernels [--threads N] [--mib M] [--in K] [--tokens T] [--runs R] [--only NAME]
+ *   mopt-bench-kernels [--threads N] [--mib M] [--in K] [--tokens T] [--runs R] [--warm W] [--only NAME]
  *
  * Prints, per format, the median over R runs (after a warm-up) with min-max. */
 #include <math.h>
@@ -91,13 +91,13 @@ static mopt_tensor *make_weight(const char *fmt, int64_t out, int64_t in, mopt_e
 }
 
 int main(int argc, char **argv) {
-    int32_t threads = 2, T = 1, runs = 7;
+    int32_t threads = 2, T = 1, runs = 7, warm = 0;
     int64_t mib = 256, in = 2048;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
-            fprintf(stderr, "usage: mopt-bench-kernels [--threads N] [--mib M] [--in K] [--tokens T] [--runs R] [--only FORMAT]\n");
+            fprintf(stderr, "usage: mopt-bench-kernels [--threads N] [--mib M] [--in K] [--tokens T] [--runs R] [--warm W] [--only FORMAT]\n");
             return 2;
         }
         if (!strcmp(a, "--threads")) threads = atoi(v);
@@ -105,6 +105,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--in")) in = atoll(v);
         else if (!strcmp(a, "--tokens")) T = atoi(v);
         else if (!strcmp(a, "--runs")) runs = atoi(v);
+        else if (!strcmp(a, "--warm")) warm = atoi(v);
         else if (!strcmp(a, "--only")) only = v;
         else {
             fprintf(stderr, "mopt-bench-kernels: unknown option %s\n", a);
@@ -112,13 +113,16 @@ int main(int argc, char **argv) {
         }
         i++;
     }
-    if (threads < 1 || T < 1 || runs < 1 || runs > 1000 || mib < 1 || in < 32 || in % 128) {
-        fprintf(stderr, "mopt-bench-kernels: need threads, tokens, runs, mib >= 1 and --in a multiple of 128\n");
+    if (threads < 1 || T < 1 || runs < 1 || runs > 1000 || warm < 0 || warm > 100000 || mib < 1 || in < 32 || in % 128) {
+        fprintf(stderr, "mopt-bench-kernels: need threads, tokens, runs, mib >= 1, --warm >= 0 and --in a multiple of 128\n");
         return 2;
     }
     printf("weights of about %lld MiB per format, in = %lld, %d token(s), %d threads; %d rounds after a warm-up, each\n"
            "timing every format once beside a read of a %lld MiB buffer (noisy machines drift, so each figure is set\n"
            "against the bandwidth measured in its own round)\n", (long long)mib, (long long)in, T, threads, runs, (long long)mib);
+    if (warm)
+        printf("--warm %d: each round times %d calls back to back after an untimed one, so weights that fit the caches are\n"
+               "read from them: the kernels' arithmetic speed rather than memory's\n", warm, warm);
     enum { NF = 10 };
     const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "q8_0", "q4_0", "q4_k", "q6_k", "w8a8", "fp8"};
     const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 0.5, 144.0 / 256, 210.0 / 256, 1, 1};
@@ -146,12 +150,15 @@ int main(int argc, char **argv) {
         for (int f = 0; f < NF; f++) {
             if (!w[f]) continue;
             mopt_error err = {0};
-            const double t0 = bench_now();
-            if (mopt_cpu_linear_once(threads, NULL, w[f], NULL, x, T, y[f], &err) != MOPT_OK) {
-                fprintf(stderr, "mopt-bench-kernels: %s: %s\n", fmts[f], err.msg);
-                return 1;
+            double t0 = 0;
+            for (int k = warm ? -1 : 0; k < (warm ? warm : 1); k++) {
+                if (k == 0) t0 = bench_now();
+                if (mopt_cpu_linear_once(threads, NULL, w[f], NULL, x, T, y[f], &err) != MOPT_OK) {
+                    fprintf(stderr, "mopt-bench-kernels: %s: %s\n", fmts[f], err.msg);
+                    return 1;
+                }
             }
-            const double g = (double)mopt_weight_storage_bytes(w[f]) / (bench_now() - t0) / 1e9;
+            const double g = (double)mopt_weight_storage_bytes(w[f]) * (warm ? warm : 1) / (bench_now() - t0) / 1e9;
             if (r >= 0) gbs[f * runs + r] = g, frac[f * runs + r] = g / b;
         }
     }
@@ -167,7 +174,10 @@ int main(int argc, char **argv) {
         /* multiply-adds per second: every weight meets every token */
         const double macs = med * 1e9 / bytes * (double)T * (double)(w[f]->ne[0] * w[f]->ne[1]) / 1e9;
         if (f == 0) bf16_macs = macs;
-        if (T <= 8) /* decode: the weights' bytes set the pace */
+        if (T <= 8 && warm) /* decode from the caches: weights per second */
+            printf("  %-10s %7.1f MB  %6.2f GB/s (%.2f-%.2f)  %.1f G weights/s\n", fmts[f], bytes / 1e6, med, g[0], g[runs - 1],
+                   macs / T);
+        else if (T <= 8) /* decode: the weights' bytes set the pace */
             printf("  %-10s %7.1f MB  %6.2f GB/s (%.2f-%.2f)  %5.1f%% of its round's read bandwidth (%.0f-%.0f%%)\n", fmts[f],
                    bytes / 1e6, med, g[0], g[runs - 1], 100 * bench_median(fr, runs), 100 * fr[0], 100 * fr[runs - 1]);
         else if (bf16_macs > 0) /* prefill: the arithmetic does */

@@ -41,15 +41,26 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int64_t n) {
 }
 
 /* Two 4-bit blocks (32 bytes) against their 64 int8 x in one vpdpbusd. The
- * nibbles are spread into 16-byte lanes [block 0 low, block 0 high, block 1
- * low, block 1 high], the order of x, so int32 lanes 0..7 hold block 0's
- * partial sums and 8..15 block 1's. Unsigned levels (at most 15) times signed
- * x sum in int32: nothing saturates. */
-static inline __m512 q4_pair(const uint8_t *w, const int8_t *xq) {
-    const __m256i v = _mm256_loadu_si256((const __m256i *)w), m = _mm256_set1_epi8(15);
-    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m), 1);
-    return _mm512_cvtepi32_ps(
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_loadu_si512(xq)));
+ * 32 bytes are broadcast to both halves and masked, low nibbles below, high
+ * nibbles (left in place, 16 times their level) above, so the 16-byte lanes
+ * hold [block 0 values 0-15, block 1 values 0-15, block 0 values 16-31 x 16,
+ * block 1 values 16-31 x 16], and x comes in that order (q4_lanes): one mask
+ * per pair where shifts and shuffles took four (these zmm ops issue at about
+ * one per cycle here, so their count is the kernel's speed). int32 lanes 0-3
+ * and 8-11 hold block 0's partial sums, 4-7 and 12-15 block 1's; the upper
+ * eight are 16 times too large, which the scales take back exactly (pair_scale:
+ * a power of two, and |16 x sum| < 2^24 converts exactly). Unsigned bytes (at
+ * most 240) times signed x, four to an int32 lane: nothing saturates. */
+static inline __m512 q4_pair_x(const uint8_t *w, __m512i xl) {
+    const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
+    const __m512i q = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w)), mask);
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xl));
+}
+
+/* x (64 int8, block order) in q4_pair_x's lane order: the middle two 16-byte lanes swapped */
+static inline __m512i q4_lanes(const int8_t *xq) {
+    const __m512i x = _mm512_loadu_si512(xq);
+    return _mm512_shuffle_i64x2(x, x, _MM_SHUFFLE(3, 1, 2, 0));
 }
 
 /* One 4-bit block (a row's odd last one): 8 int32 lanes of partial sums. */
@@ -103,63 +114,134 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(h, h), h));
 }
 
-/* [a x 8, b x 8]: the scales of a block pair's lanes */
-static inline __m512 pair_scale(float a, float b) { return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1); }
+/* The scales of a block pair's lanes: 4-bit (q4_pair_x) [a x 4, b x 4, a / 16 x 4, b / 16 x 4], 8-bit (qx_pair)
+ * [a x 8, b x 8] */
+static inline __attribute__((always_inline)) __m512 pair_scale(float a, float b, const int bits) {
+    if (bits == 8) return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+    return _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                 _mm512_castps128_ps512(_mm_set_ps(b / 16, a / 16, b, a)));
+}
 
-#define PAIRS_MAX 256 /* x scales paired up front for rows of up to 512 blocks (16384 inputs) */
+/* A pair of blocks against their 64 int8 x: 4-bit as q4_pair_x (x in lane order), 8-bit levels as stored (unsigned
+ * bytes, the zero-point taken off with the row's zero share) against x in block order, lanes 0-7 the first block's
+ * partial sums. At most 4 x 255 x 127 per int32 lane. */
+static inline __attribute__((always_inline)) __m512 qx_pair(const uint8_t *w, __m512i x, const int bits) {
+    if (bits == 4) return q4_pair_x(w, x);
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(w), x));
+}
 
-/* 4-bit rows against int8 x (the AVX2 kernel's arithmetic, 64 values per
- * step). Groups of an even number of blocks sum their pairs with the x scales
- * paired once for all rows; groups of one block (GGUF's Q4_0) fold the row's
- * scale into each block's, 8 groups at a time; other rows go pair by pair. */
-static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+/* One block (a row's odd last one), x in block order: 8 int32 lanes of partial sums */
+static inline __attribute__((always_inline)) __m256 qx_one(const uint8_t *w, const int8_t *xq, const int bits) {
+    if (bits == 4) return q4_one(w, xq);
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)w),
+                                                  _mm256_loadu_si256((const __m256i *)xq)));
+}
+
+#define PAIRS_MAX 1024 /* x in lane order and its pairs' scales made up front for rows of up to 2048 blocks (65536
+                        * inputs; 128 KB of stack), each pair's x shuffled where it is used in longer ones */
+#define QX_AHEAD 4096 /* bytes prefetched ahead in a row run: a few rows, more than DRAM's latency at ~15 GB/s a core
+                       * (mopt-bench-kernels: 63-65% of the read bandwidth at 1 KB ahead, 65-70% at 4 KB) */
+
+/* sum over the row's groups of s[g] * z[g] * xsum[g] (the zero-points' share), 16 groups at a time */
+static inline float qx_zero_share(const uint16_t *sr, const uint8_t *zr, float zsym, const float *xsum, int64_t ng) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
+        const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g));
+        const __m512 zv = zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym);
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(m, xsum + g), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* The blocks' share of one row, ng groups of ppg block pairs, against x (for 4 bits in lane order), the pairs' x
+ * scales in xs2 */
+static inline __attribute__((always_inline)) float qx_row_paired(const uint8_t *row, const uint16_t *sr, const int8_t *x,
+                                                                 const __m512 *xs2, int64_t ng, int64_t ppg, const int bits) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512 gacc = _mm512_setzero_ps();
+        if (bits == 4) _mm_prefetch((const char *)row + QX_AHEAD, _MM_HINT_T0); /* a group of 128: one line */
+        for (int64_t k = 0; k < ppg; k++, row += 8 * bits, x += 64, xs2++) {
+            if (bits == 8) _mm_prefetch((const char *)row + QX_AHEAD, _MM_HINT_T0); /* a pair: one line */
+            gacc = _mm512_fmadd_ps(qx_pair(row, _mm512_loadu_si512(x), bits), *xs2, gacc);
+        }
+        acc = _mm512_fmadd_ps(gacc, _mm512_set1_ps(_cvtsh_ss(sr[g])), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* The same for groups of an odd number of blocks (bpg; GGUF's Q4_0 and Q8_0 have one) or rows past PAIRS_MAX, each
+ * block's scale times its x scale per pair: with one block per group, 8 at a time, the lanes picked per pair from a
+ * vector of 8. 4-bit x in lane order (laned: the call's buffer) or in block order (shuffled here; inlined twice, so
+ * the choice leaves the loop); the odd last block of a row from xq. */
+static inline __attribute__((always_inline)) float qx_row_blocks(const uint8_t *row, const uint16_t *sr, const int8_t *x,
+                                                                 const int8_t *xq, const float *xd, int64_t nb, int64_t bpg,
+                                                                 int laned, const int bits) {
+    const int bb = 4 * bits; /* bytes per block */
+    __m512 acc = _mm512_setzero_ps();
+    int64_t b = 0;
+    if (bpg == 1)
+        for (; b + 8 <= nb; b += 8) {
+            const __m256 m8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b))), _mm256_loadu_ps(xd + b));
+            /* 4 bits: and / 16 above, q4_pair_x's high lanes */
+            const __m512 m = bits == 8 ? _mm512_castps256_ps512(m8)
+                                       : _mm512_insertf32x8(_mm512_castps256_ps512(m8), _mm256_mul_ps(m8, _mm256_set1_ps(1.0f / 16)), 1);
+            for (int l = 0; l < 8 * bb; l += 64) _mm_prefetch((const char *)(row + bb * b) + QX_AHEAD + l, _MM_HINT_T0);
+            for (int k = 0; k < 8; k += 2) {
+                const __m512i idx = bits == 8 ? _mm512_inserti64x4(_mm512_set1_epi32(k), _mm256_set1_epi32(k + 1), 1)
+                                              : _mm512_set_epi32(k + 9, k + 9, k + 9, k + 9, k + 8, k + 8, k + 8, k + 8, k + 1,
+                                                                 k + 1, k + 1, k + 1, k, k, k, k);
+                const int8_t *xp = x + 32 * (b + k);
+                acc = _mm512_fmadd_ps(qx_pair(row + bb * (b + k), laned || bits == 8 ? _mm512_loadu_si512(xp) : q4_lanes(xp), bits),
+                                      _mm512_permutexvar_ps(idx, m), acc);
+            }
+        }
+    for (; b + 2 <= nb; b += 2) {
+        const int8_t *xp = x + 32 * b;
+        const __m512 sc = pair_scale(_cvtsh_ss(sr[b / bpg]) * xd[b], _cvtsh_ss(sr[(b + 1) / bpg]) * xd[b + 1], bits);
+        acc = _mm512_fmadd_ps(qx_pair(row + bb * b, laned || bits == 8 ? _mm512_loadu_si512(xp) : q4_lanes(xp), bits), sc, acc);
+    }
+    const float tail = b < nb ? hsum256(qx_one(row + bb * b, xq + 32 * b, bits)) * _cvtsh_ss(sr[b / bpg]) * xd[b] : 0;
+    return _mm512_reduce_add_ps(acc) + tail;
+}
+
+/* 4- or 8-bit rows against int8 x, 64 values per step (vpdpbusd). For 4 bits x is put in q4_pair_x's lane order
+ * once per call. Groups of an even number of blocks sum their pairs with the x scales paired once for all rows;
+ * groups of one block (GGUF's Q4_0 and Q8_0) fold the row's scale into each block's, 8 groups at a time; other rows
+ * go pair by pair. The zero-points' share is taken off each row at the end, 16 groups at a time. */
+static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
+                                                              const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
+                                                              const float *xsum, int64_t ng, int64_t bpg, float *y, const int bits) {
     const int64_t nb = ng * bpg;
+    const int laned = nb / 2 <= PAIRS_MAX, paired = laned && bpg % 2 == 0;
     __m512 xs2[PAIRS_MAX];
-    const int paired = bpg % 2 == 0 && nb / 2 <= PAIRS_MAX;
-    for (int64_t p = 0; paired && p < nb / 2; p++) xs2[p] = pair_scale(xd[2 * p], xd[2 * p + 1]);
+    int8_t lanes[64 * PAIRS_MAX]; /* 4 bits only */
+    const int8_t *x = bits == 4 ? lanes : xq;
+    for (int64_t p = 0; paired && p < nb / 2; p++) xs2[p] = pair_scale(xd[2 * p], xd[2 * p + 1], bits);
+    for (int64_t p = 0; bits == 4 && laned && p < nb / 2; p++) _mm512_storeu_si512(lanes + 64 * p, q4_lanes(xq + 64 * p));
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         const uint16_t *sr = s + r * ng;
         const uint8_t *zr = z ? z + r * ng : NULL;
-        __m512 acc = _mm512_setzero_ps();
-        float zc = 0;
-        if (paired) {
-            for (int64_t g = 0; g < ng; g++) {
-                __m512 gacc = _mm512_setzero_ps();
-                for (int64_t b = g * bpg; b < (g + 1) * bpg; b += 2) {
-                    _mm_prefetch((const char *)(row + 16 * b) + 1024, _MM_HINT_T0);
-                    gacc = _mm512_fmadd_ps(q4_pair(row + 16 * b, xq + 32 * b), xs2[b / 2], gacc);
-                }
-                const float sc = _cvtsh_ss(sr[g]);
-                acc = _mm512_fmadd_ps(gacc, _mm512_set1_ps(sc), acc);
-                zc += sc * (zr ? (float)zr[g] : zsym) * xsum[g];
-            }
-            y[r] = _mm512_reduce_add_ps(acc) - zc;
-            continue;
-        }
-        int64_t b = 0;
-        if (bpg == 1) /* 8 groups (blocks) at a time: each block's scale times its x scale, then lanes picked per pair */
-            for (; b + 8 <= nb; b += 8) {
-                const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
-                const __m512 m = _mm512_castps256_ps512(_mm256_mul_ps(sv, _mm256_loadu_ps(xd + b)));
-                const __m256 zv = zr ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zr + b)))) : _mm256_set1_ps(zsym);
-                zc += hsum256(_mm256_mul_ps(_mm256_mul_ps(sv, zv), _mm256_loadu_ps(xsum + b)));
-                _mm_prefetch((const char *)(row + 16 * b) + 1024, _MM_HINT_T0);
-                for (int k = 0; k < 8; k += 2) {
-                    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(k), _mm256_set1_epi32(k + 1), 1);
-                    acc = _mm512_fmadd_ps(q4_pair(row + 16 * (b + k), xq + 32 * (b + k)), _mm512_permutexvar_ps(idx, m), acc);
-                }
-            }
-        for (; b + 2 <= nb; b += 2) { /* block by block scales: each block's group scale times its x scale */
-            const float s0 = _cvtsh_ss(sr[b / bpg]), s1 = _cvtsh_ss(sr[(b + 1) / bpg]);
-            acc = _mm512_fmadd_ps(q4_pair(row + 16 * b, xq + 32 * b), pair_scale(s0 * xd[b], s1 * xd[b + 1]), acc);
-        }
-        float tail = 0;
-        if (b < nb) tail = hsum256(q4_one(row + 16 * b, xq + 32 * b)) * _cvtsh_ss(sr[b / bpg]) * xd[b];
-        for (int64_t g = bpg == 1 ? nb / 8 * 8 : 0; g < ng; g++) zc += _cvtsh_ss(sr[g]) * (zr ? (float)zr[g] : zsym) * xsum[g];
-        y[r] = _mm512_reduce_add_ps(acc) + tail - zc;
+        const float zero_share = qx_zero_share(sr, zr, zsym, xsum, ng);
+        if (paired)
+            y[r] = qx_row_paired(row, sr, x, xs2, ng, bpg / 2, bits) - zero_share;
+        else if (laned)
+            y[r] = qx_row_blocks(row, sr, x, xq, xd, nb, bpg, 1, bits) - zero_share;
+        else
+            y[r] = qx_row_blocks(row, sr, xq, xq, xd, nb, bpg, 0, bits) - zero_share;
     }
+}
+
+static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 4);
+}
+
+static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                       const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y) {
+    gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
 /* Q4_K (the AVX2 kernel's arithmetic, 64 values per step): pmaddubsw over a pair of sub-blocks, then vpdpwssd
@@ -301,7 +383,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dot_q4_lut = dot_q4_lut,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
-    .gemv_q8_q8 = mopt_gemv_q8_q8_avx2,
+    .gemv_q8_q8 = gemv_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
     .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,

@@ -65,8 +65,8 @@ static float *q8_blocks(const float *x, int64_t n, int bs) {
     for (int64_t b = 0; b < n; b += bs) {
         float mx = 0;
         for (int i = 0; i < bs; i++) mx = fmaxf(mx, fabsf(x[b + i]));
-        const float d = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / d;
-        for (int i = 0; i < bs; i++) r[b + i] = rintf(fmaxf(-127.0f, fminf(127.0f, x[b + i] * inv))) * d;
+        const float d = mx > 0 ? mx / 127.0f : 1.0f;
+        for (int i = 0; i < bs; i++) r[b + i] = rintf(fmaxf(-127.0f, fminf(127.0f, x[b + i] / d))) * d; /* the float quotient */
     }
     return r;
 }
@@ -146,6 +146,63 @@ static void test_qint_linear_matches_float64(void **s) {
                     free(z);
                     free(sc);
                 }
+}
+
+/* 4- and 8-bit rows longer than the GEMV's per-call buffers (x in lane order and the pairs' x scales, 2048 blocks)
+ * take the path that goes pair by pair (4 bits: shuffling each pair's x where it is used): against float64 with x as
+ * int8 per 32 values, for groups of 128 and of one block (Q4_0's and Q8_0's), symmetric and not, decode (one token)
+ * and a few tokens. */
+static void wide_rows_match_float64(int bits) {
+    const int64_t out = 3;
+    const int64_t ins[] = {2048 * 32, 2048 * 32 + 128}; /* the last that fits, and one group past it */
+    const int32_t groups[] = {128, 32};
+    for (int ii = 0; ii < 2; ii++)
+        for (int gi = 0; gi < 2; gi++)
+            for (int sym = 0; sym < 2; sym++) {
+                const int64_t in = ins[ii], ng = in / groups[gi];
+                uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
+                float *sc = malloc((size_t)(out * ng) * sizeof *sc);
+                for (int64_t i = 0; i < out * in; i++) q[i] = (uint8_t)(urand() % (1u << bits));
+                for (int64_t i = 0; i < out * ng; i++) {
+                    sc[i] = 0.001f + 0.05f * fabsf(frand());
+                    z[i] = (uint8_t)(urand() % (1u << bits));
+                }
+                mopt_error err = {0};
+                mopt_tensor *w = mopt_qint_pack("w", out, in, bits, groups[gi], q, sc, sym ? NULL : z, NULL, &err);
+                assert_non_null(w);
+                const int T = 3;
+                float *x = malloc((size_t)(T * in) * sizeof *x);
+                for (int64_t i = 0; i < T * in; i++) x[i] = frand();
+                float *xa = q8_blocks(x, T * in, 32);
+                double *ref = malloc((size_t)(T * out) * sizeof *ref);
+                for (int t = 0; t < T; t++)
+                    for (int64_t o = 0; o < out; o++) {
+                        double acc = 0;
+                        for (int64_t c = 0; c < in; c++) {
+                            const int64_t g = c / groups[gi];
+                            const double zz = sym ? (double)(1 << (bits - 1)) : z[o * ng + g];
+                            acc += ((double)q[o * in + c] - zz) * mopt_f16_to_f32(mopt_f32_to_f16(sc[o * ng + g])) * xa[t * in + c];
+                        }
+                        ref[t * out + o] = acc;
+                    }
+                char what[64];
+                snprintf(what, sizeof what, "int%d g%d %s in=%lld", bits, groups[gi], sym ? "sym" : "asym", (long long)in);
+                check_linear(w, x, 1, ref, 1e-4, what);
+                check_linear(w, x, T, ref, 1e-4, what);
+                mopt_tensor_free(w);
+                free(q);
+                free(z);
+                free(sc);
+                free(x);
+                free(xa);
+                free(ref);
+            }
+}
+
+static void test_int4_int8_rows_past_the_gemv_buffers_match_float64(void **s) {
+    (void)s;
+    wide_rows_match_float64(4);
+    wide_rows_match_float64(8);
 }
 
 /* E4M3 rounding with scale s, as the OCP FP8 definition gives it: the nearest of the grid's values (3 mantissa bits,
@@ -264,12 +321,12 @@ static void test_w8a8_linear_matches_int_reference(void **s) {
             double *ref = malloc((size_t)(T * out) * sizeof *ref);
             for (int64_t i = 0; i < T * in; i++) x[i] = 3 * frand();
             for (int t = 0; t < T; t++) {
-                double mx = 0;
-                for (int64_t i = 0; i < in; i++) mx = fmax(mx, fabs(x[t * in + i]));
-                double sx = (float)(mx / 127.0);
+                float mx = 0;
+                for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(x[t * in + i]));
+                const float sx = mx / 127.0f; /* and x / sx rounded as a float quotient, as mopt/quant.h defines it */
                 for (int64_t o = 0; o < out; o++) {
                     int64_t acc = 0;
-                    for (int64_t i = 0; i < in; i++) acc += (int64_t)q[o * in + i] * lrint(x[t * in + i] / sx);
+                    for (int64_t i = 0; i < in; i++) acc += (int64_t)q[o * in + i] * lrintf(x[t * in + i] / sx);
                     ref[t * out + o] = (double)acc * sc[o] * sx;
                 }
             }
@@ -507,6 +564,7 @@ int main(void) {
         cmocka_unit_test(test_qint_pack_roundtrips_levels),
         cmocka_unit_test(test_bad_packing_is_refused),
         cmocka_unit_test(test_qint_linear_matches_float64),
+        cmocka_unit_test(test_int4_int8_rows_past_the_gemv_buffers_match_float64),
         cmocka_unit_test(test_act_order_g_idx_linear),
         cmocka_unit_test(test_w4a8_linear_rounds_activations_to_e4m3),
         cmocka_unit_test(test_w8a8_linear_matches_int_reference),
