@@ -122,49 +122,60 @@ static inline __attribute__((always_inline)) __m512 pair_scale(float a, float b,
                                  _mm512_castps128_ps512(_mm_set_ps(b / 16, a / 16, b, a)));
 }
 
-/* A pair of blocks against their 64 int8 x: 4-bit as q4_pair_x (x in lane order), 8-bit levels as stored (unsigned
- * bytes, the zero-point taken off with the row's zero share) against x in block order, lanes 0-7 the first block's
- * partial sums. At most 4 x 255 x 127 per int32 lane. */
-static inline __attribute__((always_inline)) __m512 qx_pair(const uint8_t *w, __m512i x, const int bits) {
-    if (bits == 4) return q4_pair_x(w, x);
-    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(w), x));
+/* -128 times the sum of every 4 x bytes of a pair, in int32 lanes: the start of an 8-bit pair's dot, so that
+ * vpdpbusd on the levels as stored (unsigned) sums (level - 128) x exactly, as centred as the levels allow; summing
+ * level x and taking 128 x sum(x) off in float cancelled digits when a row's result is small against them. */
+static inline __m512i q8_centre(__m512i x) {
+    return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), x));
 }
 
-/* One block (a row's odd last one), x in block order: 8 int32 lanes of partial sums */
+/* A pair of blocks against their 64 int8 x: 4-bit as q4_pair_x (x in lane order), 8-bit levels as stored against x in
+ * block order from c = q8_centre(x), lanes 0-7 the first block's partial sums. At most 4 x 255 x 127 per int32 lane. */
+static inline __attribute__((always_inline)) __m512 qx_pair(const uint8_t *w, __m512i x, __m512i c, const int bits) {
+    if (bits == 4) return q4_pair_x(w, x);
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, _mm512_loadu_si512(w), x));
+}
+
+/* One block (a row's odd last one), x in block order: 8 int32 lanes of partial sums (8-bit: of level - 128) */
 static inline __attribute__((always_inline)) __m256 qx_one(const uint8_t *w, const int8_t *xq, const int bits) {
     if (bits == 4) return q4_one(w, xq);
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)w),
-                                                  _mm256_loadu_si256((const __m256i *)xq)));
+    const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+    const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), x));
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c, _mm256_loadu_si256((const __m256i *)w), x));
 }
 
-#define PAIRS_MAX 1024 /* x in lane order and its pairs' scales made up front for rows of up to 2048 blocks (65536
-                        * inputs; 128 KB of stack), each pair's x shuffled where it is used in longer ones */
+#define PAIRS_MAX 512 /* x in lane order and its pairs' scales made up front for rows of up to 1024 blocks (32768
+                       * inputs, a 70B model's FFN; 64 KB of the caller's stack, which may be an embedder's thread),
+                       * each pair's x shuffled where it is used in longer ones */
 #define QX_AHEAD 4096 /* bytes prefetched ahead in a row run: a few rows, more than DRAM's latency at ~15 GB/s a core
                        * (mopt-bench-kernels: 63-65% of the read bandwidth at 1 KB ahead, 65-70% at 4 KB) */
 
-/* sum over the row's groups of s[g] * z[g] * xsum[g] (the zero-points' share), 16 groups at a time */
-static inline float qx_zero_share(const uint16_t *sr, const uint8_t *zr, float zsym, const float *xsum, int64_t ng) {
+/* sum over the row's groups of s[g] * (z[g] - zoff) * xsum[g] (the zero-points' share), 16 groups at a time */
+static inline float qx_zero_share(const uint16_t *sr, const uint8_t *zr, float zsym, float zoff, const float *xsum, int64_t ng) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g += 16) {
         const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
         const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g));
-        const __m512 zv = zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym);
+        const __m512 zv = _mm512_sub_ps(zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym),
+                                        _mm512_set1_ps(zoff));
         acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(m, xsum + g), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
 
-/* The blocks' share of one row, ng groups of ppg block pairs, against x (for 4 bits in lane order), the pairs' x
- * scales in xs2 */
+/* The blocks' share of one row, ng groups of ppg block pairs, against x (for 4 bits in lane order; for 8 bits with
+ * each pair's q8_centre in cz), the pairs' x scales in xs2 */
 static inline __attribute__((always_inline)) float qx_row_paired(const uint8_t *row, const uint16_t *sr, const int8_t *x,
-                                                                 const __m512 *xs2, int64_t ng, int64_t ppg, const int bits) {
+                                                                 const int8_t *cz, const __m512 *xs2, int64_t ng, int64_t ppg,
+                                                                 const int bits) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
         __m512 gacc = _mm512_setzero_ps();
         if (bits == 4) _mm_prefetch((const char *)row + QX_AHEAD, _MM_HINT_T0); /* a group of 128: one line */
-        for (int64_t k = 0; k < ppg; k++, row += 8 * bits, x += 64, xs2++) {
+        for (int64_t k = 0; k < ppg; k++, row += 8 * bits, x += 64, cz += 64, xs2++) {
             if (bits == 8) _mm_prefetch((const char *)row + QX_AHEAD, _MM_HINT_T0); /* a pair: one line */
-            gacc = _mm512_fmadd_ps(qx_pair(row, _mm512_loadu_si512(x), bits), *xs2, gacc);
+            const __m512i c = bits == 8 ? _mm512_loadu_si512(cz) : _mm512_setzero_si512();
+            gacc = _mm512_fmadd_ps(qx_pair(row, _mm512_loadu_si512(x), c, bits), *xs2, gacc);
         }
         acc = _mm512_fmadd_ps(gacc, _mm512_set1_ps(_cvtsh_ss(sr[g])), acc);
     }
@@ -174,10 +185,11 @@ static inline __attribute__((always_inline)) float qx_row_paired(const uint8_t *
 /* The same for groups of an odd number of blocks (bpg; GGUF's Q4_0 and Q8_0 have one) or rows past PAIRS_MAX, each
  * block's scale times its x scale per pair: with one block per group, 8 at a time, the lanes picked per pair from a
  * vector of 8. 4-bit x in lane order (laned: the call's buffer) or in block order (shuffled here; inlined twice, so
- * the choice leaves the loop); the odd last block of a row from xq. */
+ * the choice leaves the loop), 8-bit x in block order with the pairs' q8_centre from cz (laned) or made here; the odd
+ * last block of a row from xq. */
 static inline __attribute__((always_inline)) float qx_row_blocks(const uint8_t *row, const uint16_t *sr, const int8_t *x,
-                                                                 const int8_t *xq, const float *xd, int64_t nb, int64_t bpg,
-                                                                 int laned, const int bits) {
+                                                                 const int8_t *cz, const int8_t *xq, const float *xd, int64_t nb,
+                                                                 int64_t bpg, int laned, const int bits) {
     const int bb = 4 * bits; /* bytes per block */
     __m512 acc = _mm512_setzero_ps();
     int64_t b = 0;
@@ -193,14 +205,17 @@ static inline __attribute__((always_inline)) float qx_row_blocks(const uint8_t *
                                               : _mm512_set_epi32(k + 9, k + 9, k + 9, k + 9, k + 8, k + 8, k + 8, k + 8, k + 1,
                                                                  k + 1, k + 1, k + 1, k, k, k, k);
                 const int8_t *xp = x + 32 * (b + k);
-                acc = _mm512_fmadd_ps(qx_pair(row + bb * (b + k), laned || bits == 8 ? _mm512_loadu_si512(xp) : q4_lanes(xp), bits),
-                                      _mm512_permutexvar_ps(idx, m), acc);
+                const __m512i xv = laned || bits == 8 ? _mm512_loadu_si512(xp) : q4_lanes(xp);
+                const __m512i c = bits == 4 ? _mm512_setzero_si512() : laned ? _mm512_loadu_si512(cz + 32 * (b + k)) : q8_centre(xv);
+                acc = _mm512_fmadd_ps(qx_pair(row + bb * (b + k), xv, c, bits), _mm512_permutexvar_ps(idx, m), acc);
             }
         }
     for (; b + 2 <= nb; b += 2) {
         const int8_t *xp = x + 32 * b;
         const __m512 sc = pair_scale(_cvtsh_ss(sr[b / bpg]) * xd[b], _cvtsh_ss(sr[(b + 1) / bpg]) * xd[b + 1], bits);
-        acc = _mm512_fmadd_ps(qx_pair(row + bb * b, laned || bits == 8 ? _mm512_loadu_si512(xp) : q4_lanes(xp), bits), sc, acc);
+        const __m512i xv = laned || bits == 8 ? _mm512_loadu_si512(xp) : q4_lanes(xp);
+        const __m512i c = bits == 4 ? _mm512_setzero_si512() : laned ? _mm512_loadu_si512(cz + 32 * b) : q8_centre(xv);
+        acc = _mm512_fmadd_ps(qx_pair(row + bb * b, xv, c, bits), sc, acc);
     }
     const float tail = b < nb ? hsum256(qx_one(row + bb * b, xq + 32 * b, bits)) * _cvtsh_ss(sr[b / bpg]) * xd[b] : 0;
     return _mm512_reduce_add_ps(acc) + tail;
@@ -209,28 +224,31 @@ static inline __attribute__((always_inline)) float qx_row_blocks(const uint8_t *
 /* 4- or 8-bit rows against int8 x, 64 values per step (vpdpbusd). For 4 bits x is put in q4_pair_x's lane order
  * once per call. Groups of an even number of blocks sum their pairs with the x scales paired once for all rows;
  * groups of one block (GGUF's Q4_0 and Q8_0) fold the row's scale into each block's, 8 groups at a time; other rows
- * go pair by pair. The zero-points' share is taken off each row at the end, 16 groups at a time. */
+ * go pair by pair. The zero-points' share is taken off each row at the end, 16 groups at a time (for 8 bits, of
+ * z - 128: the pairs' dots are of level - 128). */
 static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
                                                               const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
                                                               const float *xsum, int64_t ng, int64_t bpg, float *y, const int bits) {
     const int64_t nb = ng * bpg;
     const int laned = nb / 2 <= PAIRS_MAX, paired = laned && bpg % 2 == 0;
     __m512 xs2[PAIRS_MAX];
-    int8_t lanes[64 * PAIRS_MAX]; /* 4 bits only */
+    int8_t lanes[64 * PAIRS_MAX]; /* 4 bits: x in lane order; 8 bits: each pair's q8_centre */
     const int8_t *x = bits == 4 ? lanes : xq;
+    const float zoff = bits == 8 ? 128.0f : 0.0f; /* 8-bit levels are summed as level - 128 (q8_centre) */
     for (int64_t p = 0; paired && p < nb / 2; p++) xs2[p] = pair_scale(xd[2 * p], xd[2 * p + 1], bits);
-    for (int64_t p = 0; bits == 4 && laned && p < nb / 2; p++) _mm512_storeu_si512(lanes + 64 * p, q4_lanes(xq + 64 * p));
+    for (int64_t p = 0; laned && p < nb / 2; p++)
+        _mm512_storeu_si512(lanes + 64 * p, bits == 4 ? q4_lanes(xq + 64 * p) : q8_centre(_mm512_loadu_si512(xq + 64 * p)));
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         const uint16_t *sr = s + r * ng;
         const uint8_t *zr = z ? z + r * ng : NULL;
-        const float zero_share = qx_zero_share(sr, zr, zsym, xsum, ng);
+        const float zero_share = qx_zero_share(sr, zr, zsym, zoff, xsum, ng);
         if (paired)
-            y[r] = qx_row_paired(row, sr, x, xs2, ng, bpg / 2, bits) - zero_share;
+            y[r] = qx_row_paired(row, sr, x, lanes, xs2, ng, bpg / 2, bits) - zero_share;
         else if (laned)
-            y[r] = qx_row_blocks(row, sr, x, xq, xd, nb, bpg, 1, bits) - zero_share;
+            y[r] = qx_row_blocks(row, sr, x, lanes, xq, xd, nb, bpg, 1, bits) - zero_share;
         else
-            y[r] = qx_row_blocks(row, sr, xq, xq, xd, nb, bpg, 0, bits) - zero_share;
+            y[r] = qx_row_blocks(row, sr, xq, lanes, xq, xd, nb, bpg, 0, bits) - zero_share;
     }
 }
 

@@ -148,13 +148,13 @@ static void test_qint_linear_matches_float64(void **s) {
                 }
 }
 
-/* 4- and 8-bit rows longer than the GEMV's per-call buffers (x in lane order and the pairs' x scales, 2048 blocks)
+/* 4- and 8-bit rows longer than the GEMV's per-call buffers (x in lane order and the pairs' x scales, 1024 blocks)
  * take the path that goes pair by pair (4 bits: shuffling each pair's x where it is used): against float64 with x as
  * int8 per 32 values, for groups of 128 and of one block (Q4_0's and Q8_0's), symmetric and not, decode (one token)
  * and a few tokens. */
 static void wide_rows_match_float64(int bits) {
     const int64_t out = 3;
-    const int64_t ins[] = {2048 * 32, 2048 * 32 + 128}; /* the last that fits, and one group past it */
+    const int64_t ins[] = {1024 * 32, 1024 * 32 + 128}; /* the last that fits, and one group past it */
     const int32_t groups[] = {128, 32};
     for (int ii = 0; ii < 2; ii++)
         for (int gi = 0; gi < 2; gi++)
