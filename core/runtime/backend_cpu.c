@@ -128,6 +128,7 @@ typedef struct {
     const int8_t *xq8;    /* x as int8 per 32 values (or per token): [T, in] for the GEMVs, in tiles of 8 tokens for the integer GEMM ... */
     const float *xd;      /* ... with their scales, [T, in / 32] or [tiles, in / 32, 8] */
     const int16_t *xs16;  /* KQUANT: [T, in / 16] sums of xq8 over every 16 values */
+    const int32_t *xzt;   /* 4-bit integer GEMM: [tiles, in / 32, 8] each block's int32 start, -8 x its sum of levels */
     int64_t gemv_rows;    /* rows per decode task */
     int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
@@ -542,8 +543,12 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     const int q4 = w->dtype == MOPT_DTYPE_QINT && q->bits == 4;
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
-    if (q4) {
+    if (q4) { /* levels (0..15) summed as level - 8 (xzt); the scales as floats and an asymmetric zero-point's rest s (z - 8) */
+        const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
+        const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
         for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+        for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
+        for (int64_t i = 0; zp && i < rows * ng; i++) zf[i] = sf[i] * ((float)zp[i] - 8.0f);
     } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are (their own magnitudes), a scale and zero per 32 */
         for (int64_t r = 0; r < rows; r++) {
             k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
@@ -567,8 +572,8 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
         if (q4)
-            k->gemm_q4_q8((const uint8_t *)ws, in, rows, (const uint16_t *)q->scale->data + o0 * ng,
-                          q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL, 8.0f, xi, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, q->zero ? zf : NULL, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y,
+                          j->y_stride, ntok);
         else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
             k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
         else
@@ -590,16 +595,9 @@ static void *scratch(void **buf, size_t *cap, size_t need) {
     return *buf;
 }
 
-/* One token's int8 levels, round(x / s) with s = max|x| / 127, into q8 or (as
- * floats) qf; returns s. Plain compares and the 1.5 x 2^23 trick round to
- * nearest even as lrintf does, without libm calls in the loop. */
-static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
-    float mx = 0;
-    for (int64_t i = 0; i < in; i++) {
-        const float a = fabsf(x[i]);
-        mx = a > mx ? a : mx;
-    }
-    const float s = mx > 0 ? mx / 127.0f : 1.0f;
+/* x's int8 levels round(x / s) for the scale s, into q8 or (as floats) qf; returns s. Plain compares and the
+ * 1.5 x 2^23 trick round to nearest even as lrintf does, without libm calls in the loop. */
+static float quantize_i8_with(const float *x, int64_t in, float s, int8_t *q8, float *qf) {
     for (int64_t i = 0; i < in; i++) {
         float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s, which can round to the next level */
         v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f; /* NaN goes to -127, as fmaxf did */
@@ -608,6 +606,17 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
         else q8[i] = (int8_t)v;
     }
     return s;
+}
+
+/* One token's int8 levels with s = max|x| / 127 (quantize_i8_with; with neither q8 nor qf only s); returns s. */
+static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
+    float mx = 0;
+    for (int64_t i = 0; i < in; i++) {
+        const float a = fabsf(x[i]);
+        mx = a > mx ? a : mx;
+    }
+    const float s = mx > 0 ? mx / 127.0f : 1.0f;
+    return q8 || qf ? quantize_i8_with(x, in, s, q8, qf) : s;
 }
 
 /* Decode tasks of whole runs of rows, so each thread streams its weights with
@@ -683,37 +692,60 @@ static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, m
     return MOPT_OK;
 }
 
-/* x for the integer GEMM: each token's values as int8 with a scale per 32
- * (QINT, as the decode kernels) or one per token (W8A8), laid out for the
- * token lanes: tile p holds tokens 8p..8p+7, for every 4 inputs 4 bytes per
- * token; then the GEMM over all rows. */
-static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
-    const int per_token = j->w->dtype == MOPT_DTYPE_W8A8;
-    const int64_t in = j->in, nb = in / 32, bpg = nb / ng, tiles = (j->T + 7) / 8;
-    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (per_token ? (size_t)in : 0));
-    float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
-    if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    float *xst = xdt + tiles * 8 * nb;
-    int8_t *row = xi + tiles * 8 * in; /* W8A8: one token's levels */
-    memset(xi + (tiles - 1) * 8 * in, 0, (size_t)(8 * in)); /* the last tile's padding tokens */
-    memset(xdt, 0, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
-    for (int32_t t = 0; t < j->T; t++) {
-        const int64_t tile = t / 8, l = t % 8;
-        const float *x = j->x + (size_t)t * j->x_stride;
-        int8_t *xt = xi + tile * 8 * in;
-        const float dt = per_token ? quantize_token_i8(x, in, row, NULL) : 0;
+/* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per 32 (QINT, as
+ * the decode kernels) or one per token (W8A8), laid out for the token lanes: for every 4 inputs 4 bytes per token.
+ * Beside them each block's scale, each group's sum of x (scale times levels), and for 4-bit weights each block's
+ * int32 start, -8 times its sum of levels, so the kernel sums (level - 8) x in integers. The last tile's padding
+ * tokens are zeros. */
+typedef struct {
+    const lin_job *j;
+    int8_t *xi;
+    float *xdt, *xst;
+    int32_t *xzt;
+    int64_t ng;
+    int per_token;
+} xtile_job;
+
+static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
+    (void)thread;
+    const xtile_job *q = p;
+    const lin_job *j = q->j;
+    const int64_t in = j->in, nb = in / 32, ng = q->ng, bpg = nb / ng;
+    int8_t *xt = q->xi + tile * 8 * in;
+    float *xd = q->xdt + tile * 8 * nb, *xs = q->xst + tile * 8 * ng;
+    int32_t *xz = q->xzt ? q->xzt + tile * 8 * nb : NULL;
+    const int32_t t0 = (int32_t)(tile * 8), nt = j->T - t0 < 8 ? j->T - t0 : 8;
+    if (nt < 8) memset(xt, 0, (size_t)(8 * in));
+    memset(xd, 0, (size_t)(8 * nb) * sizeof(float));
+    memset(xs, 0, (size_t)(8 * ng) * sizeof(float));
+    if (xz) memset(xz, 0, (size_t)(8 * nb) * sizeof(int32_t));
+    for (int32_t l = 0; l < nt; l++) {
+        const float *x = j->x + (size_t)(t0 + l) * j->x_stride;
+        const float dt = q->per_token ? quantize_token_i8(x, in, NULL, NULL) : 0;
         for (int64_t b = 0; b < nb; b++) {
             int8_t qb[32];
-            const int8_t *q = per_token ? row + 32 * b : qb;
-            const float d = per_token ? dt : quantize_token_i8(x + 32 * b, 32, qb, NULL);
+            const float d = q->per_token ? quantize_i8_with(x + 32 * b, 32, dt, qb, NULL) : quantize_token_i8(x + 32 * b, 32, qb, NULL);
             int32_t qs = 0;
-            for (int i = 0; i < 32; i++) qs += q[i];
-            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, q + 4 * cidx, 4);
-            xdt[(tile * nb + b) * 8 + l] = d;
-            xst[(tile * ng + b / bpg) * 8 + l] += d * (float)qs;
+            for (int i = 0; i < 32; i++) qs += qb[i];
+            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
+            xd[b * 8 + l] = d;
+            xs[b / bpg * 8 + l] += d * (float)qs;
+            if (xz) xz[b * 8 + l] = -8 * qs;
         }
     }
-    j->xq8 = xi, j->xd = xdt, j->xsum = xst, j->ng = ng;
+}
+
+/* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
+static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
+    const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
+    const int q4 = j->w->dtype == MOPT_DTYPE_QINT && j->w->quant->bits == 4;
+    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (q4 ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
+    float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
+    if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .per_token = j->w->dtype == MOPT_DTYPE_W8A8,
+                   .xzt = q4 ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL}; /* in is a multiple of 32: aligned */
+    mopt_pool_run(c->pool, tiles, int_gemm_x_task, &q);
+    j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
     return MOPT_OK;
 }

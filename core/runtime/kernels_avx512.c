@@ -304,8 +304,10 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
  * needs pmaddubsw, an int16 sum and pmaddwd */
 #define TILE_LINKAGE static
 #define TILE_FN(name) name
+#define TILE_R 8
 #define Q4_STEP(a, w4, xv) (a) = _mm256_dpbusd_epi32((a), _mm256_set1_epi32(w4), (xv))
-#define Q4_BLOCK_SUM(a) (a)
+#define Q4_START(z) (z)
+#define Q4_BLOCK_SUM(a, z) (a)
 #define S8_STEP(a, wa4, xs) _mm256_dpbusd_epi32((a), (wa4), (xs))
 #include "kernels_tiles.h"
 

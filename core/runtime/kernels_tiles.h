@@ -3,8 +3,10 @@
  * lanes of 256-bit vectors, R = 4 rows at a time. The including file (compiled
  * with its own -m flags) defines
  *   TILE_LINKAGE, TILE_FN(name)  the GEMMs' linkage and names
+ *   TILE_R                       rows per 4-bit tile (as the registers allow)
  *   Q4_STEP(a, w4, xv)           a += 4 unsigned levels (the int32 w4) times every token's 4 bytes of xv
- *   Q4_BLOCK_SUM(a)              the 8 int32 token sums of a block from a
+ *   Q4_START(z)                  a block's accumulator at its start, given its int32 start z
+ *   Q4_BLOCK_SUM(a, z)           the 8 int32 token sums of a block from a (and z)
  *   S8_STEP(a, wa4, xs)          a (int32 lanes) + 4 magnitudes (wa4, broadcast) times every token's 4 bytes
  *                                with the weights' signs (xs) */
 #ifndef MOPT_KERNELS_TILES_H
@@ -21,18 +23,25 @@ static inline __attribute__((always_inline)) void store_tile(const __m256 *acc, 
 
 /* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
  * step broadcasts 4 levels of a row and multiplies them with the 4 matching
- * bytes of every token (unsigned levels x signed x, Q4_STEP). A block's 8
- * steps are summed, scaled by the tokens' block scales, and summed per group,
- * which takes the row's scale and zero-point. */
-static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, int64_t in, const uint16_t *s, const uint8_t *z,
-                                                             float zsym, const int8_t *xi, const float *xdt, const float *xst,
-                                                             int64_t ng, int64_t bpg, float *y, int64_t y_stride, int32_t ntok,
-                                                             const int R) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+ * bytes of every token (unsigned levels x signed x, Q4_STEP), from the block's
+ * start (xzt: -8 x its sum of x), so that a block's int32 sums are of
+ * (level - 8) x and a symmetric row needs no zero-point term. With one block
+ * per group (one: GGUF's Q4_0) each block's sums are scaled by the tokens'
+ * block scales times the row's scale at once; otherwise summed per group,
+ * then scaled by the row's. An asymmetric row's rest, s (z - 8) times the
+ * group's x sums, comes off per group. */
+static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, int64_t in, const float *s, const float *zs,
+                                                             const int8_t *xi, const int32_t *xzt, const float *xdt,
+                                                             const float *xst, int64_t ng, int64_t bpg, float *y,
+                                                             int64_t y_stride, int32_t ntok, const int R, const int one) {
+    __m256 acc[TILE_R], gacc[TILE_R];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t g = 0, b = 0; g < ng; g++) {
-        __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int r = 0; r < R; r++) gacc[r] = _mm256_setzero_ps();
         for (; b < (g + 1) * bpg; b++) {
-            __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const __m256i z0 = _mm256_loadu_si256((const __m256i *)(xzt + 8 * b));
+            __m256i a[TILE_R];
+            for (int r = 0; r < R; r++) a[r] = Q4_START(z0);
             const int8_t *xb = xi + 256 * b;
             for (int c = 0; c < 8; c++) {
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
@@ -43,26 +52,32 @@ static inline __attribute__((always_inline)) void q4q8_tile(const uint8_t *wl, i
                 }
             }
             const __m256 xd = _mm256_loadu_ps(xdt + 8 * b);
-            for (int r = 0; r < R; r++) gacc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q4_BLOCK_SUM(a[r])), xd, gacc[r]);
+            for (int r = 0; r < R; r++) {
+                const __m256 v = _mm256_cvtepi32_ps(Q4_BLOCK_SUM(a[r], z0));
+                if (one) acc[r] = _mm256_fmadd_ps(v, _mm256_mul_ps(xd, _mm256_set1_ps(s[r * ng + g])), acc[r]);
+                else gacc[r] = _mm256_fmadd_ps(v, xd, gacc[r]);
+            }
         }
-        const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
-        for (int r = 0; r < R; r++) {
-            const float sc = _cvtsh_ss(s[r * ng + g]), zz = z ? (float)z[r * ng + g] : zsym;
-            acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(sc), acc[r]);
-            acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(sc * zz), acc[r]);
+        for (int r = 0; !one && r < R; r++) acc[r] = _mm256_fmadd_ps(gacc[r], _mm256_set1_ps(s[r * ng + g]), acc[r]);
+        if (zs) {
+            const __m256 xs = _mm256_loadu_ps(xst + 8 * g);
+            for (int r = 0; r < R; r++) acc[r] = _mm256_fnmadd_ps(xs, _mm256_set1_ps(zs[r * ng + g]), acc[r]);
         }
     }
     store_tile(acc, y, y_stride, ntok, R);
 }
 
-TILE_LINKAGE void TILE_FN(gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                          const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+TILE_LINKAGE void TILE_FN(gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                          const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                           int64_t y_stride, int32_t ntok) {
     int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 4);
+    for (; r + TILE_R <= nrows; r += TILE_R) {
+        const float *zr = zs ? zs + r * ng : NULL;
+        if (bpg == 1) q4q8_tile(wl + r * in, in, s + r * ng, zr, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, TILE_R, 1);
+        else q4q8_tile(wl + r * in, in, s + r * ng, zr, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, TILE_R, 0);
+    }
     for (; r < nrows; r++)
-        q4q8_tile(wl + r * in, in, s + r * ng, z ? z + r * ng : NULL, zsym, xi, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1);
+        q4q8_tile(wl + r * in, in, s + r * ng, zs ? zs + r * ng : NULL, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, 1, bpg == 1);
 }
 
 /* 4 signed weights (their magnitudes wa) times every token's 4 bytes, added to the int32 lanes of acc */
