@@ -16,7 +16,10 @@
 #include "tensor_impl.h"
 #include "threadpool.h"
 
-#define GEMM_ROWS 64 /* weight rows per prefill task */
+#define GEMM_ROWS 64 /* weight rows per integer prefill task */
+/* weight rows per SGEMM prefill task (rows widened to fp32 where stored otherwise): OpenBLAS packs all of x again
+ * for every call, which at 64 rows cost a fifth of a 512-token prefill of F16 weights */
+#define SGEMM_ROWS 256
 #define GEMV_ROWS_MIN 16   /* weight rows per decode task: at least, */
 #define GEMV_ROWS_MAX 256  /* at most (each thread then streams long runs of rows), 2 tasks per thread between */
 #define ATT_ROWS 32  /* query rows per prefill attention task */
@@ -34,7 +37,7 @@ typedef struct cpu_ctx {
     mopt_pool *pool;
     const mopt_kernels *k;
     int32_t n_threads;
-    float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
+    float **wscratch;   /* per thread: SGEMM_ROWS x max_in widened weights */
     float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
     float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x head_dim (quantized caches), or NULL */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
@@ -94,7 +97,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
     if (!c->wscratch || !c->ascratch) goto nomem;
     for (int32_t i = 0; i < c->n_threads; i++) {
-        c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
+        c->wscratch[i] = malloc((size_t)SGEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
         c->ascratch[i] = malloc((size_t)att_rows * (size_t)max_ctx * sizeof(float));
         if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
     }
@@ -473,7 +476,7 @@ static void sp24_i8_task(void *p, int64_t task, int32_t thread) {
 static void gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     cpu_ctx *c = j->c;
-    int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
+    int64_t o0 = task * SGEMM_ROWS, rows = j->out - o0 < SGEMM_ROWS ? j->out - o0 : SGEMM_ROWS;
     const float *w;
     const bool sp24_levels = j->xscale && j->w->dtype == MOPT_DTYPE_SP24;
     if (j->w->dtype == MOPT_DTYPE_F32) {
@@ -769,7 +772,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         if (sp24_i8) j.x = xf, j.x_stride = (int32_t)in;
         else j.xq = xq;
         if (sp24_i8 && T > GEMV_MAX_TOKENS) /* prefill: rows widened to their levels, OpenBLAS, then s and sx */
-            mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+            mopt_pool_run(c->pool, (j.out + SGEMM_ROWS - 1) / SGEMM_ROWS, gemm_task, &j);
         else
             run_gemv(c, &j, sp24_i8 ? sp24_i8_task : w8a8_task);
         return MOPT_OK;
@@ -835,7 +838,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     if (T <= GEMV_MAX_TOKENS || (float_weights(w) && T <= DENSE_ROWS_MAX_TOKENS))
         run_gemv(c, &j, gemv_task);
     else
-        mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+        mopt_pool_run(c->pool, (j.out + SGEMM_ROWS - 1) / SGEMM_ROWS, gemm_task, &j);
     return MOPT_OK;
 }
 
@@ -1270,7 +1273,7 @@ mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const
     c->wscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->wscratch);
     mopt_status st = c->pool && c->wscratch ? MOPT_OK : MOPT_E_NOMEM;
     for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
-        if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
+        if (!(c->wscratch[i] = malloc((size_t)SGEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
     if (st == MOPT_OK) st = linear(c, w, b, x, T, (int32_t)w->ne[0], y, (int32_t)w->ne[1], err);
     else MOPT_FAIL(err, st, "out of memory");
     cpu_free(c);
