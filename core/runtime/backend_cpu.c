@@ -508,9 +508,9 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
-/* A Q4_K row as s (q - z) per 32 values for the integer GEMM: s = d sc, z = dmin m / s. A sub-block whose scale
- * is 0 holds -dmin m alone: its levels become 0, with s = 1 and z = dmin m. */
-static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *z) {
+/* A Q4_K row as the 4-bit integer GEMM takes it, s (q - 8) - zs per 32 values: s = d sc, zs = dmin m - 8 s. A
+ * sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and zs = dmin m - 8. */
+static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *zs) {
     for (int64_t k = 0; k < nsb; k++) {
         const uint8_t *b = row + 144 * k;
         uint16_t hd, hm;
@@ -523,15 +523,16 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
             const float ds = d * sc[j], dm = dmin * m[j];
             if (ds == 0) memset(levels + 256 * k + 32 * j, 0, 32);
             s[8 * k + j] = ds == 0 ? 1.0f : ds;
-            z[8 * k + j] = ds == 0 ? dm : dm / ds;
+            zs[8 * k + j] = dm - 8.0f * s[8 * k + j];
         }
     }
 }
 
 /* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
  * unpacked to a byte per weight once, then every tile. 4-bit QINT and Q4_K
- * levels stay unsigned; 8-bit QINT levels become level - 128 (the zero-points
- * follow) and W8A8 weights are signed already. */
+ * levels stay unsigned (the 4-bit GEMM sums level - 8); 8-bit QINT levels
+ * become level - 128 (the zero-points follow) and W8A8 weights are signed
+ * already. */
 static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
@@ -543,21 +544,20 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
     uint8_t *wa = (uint8_t *)ws + rows * in;
     float *sf = (float *)(void *)(wa + rows * in), *zf = sf + rows * ng;
-    const int q4 = w->dtype == MOPT_DTYPE_QINT && q->bits == 4;
+    const int q4 = (w->dtype == MOPT_DTYPE_QINT && q->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT;
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
-    if (q4) { /* levels (0..15) summed as level - 8 (xzt); the scales as floats and an asymmetric zero-point's rest s (z - 8) */
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
+        for (int64_t r = 0; r < rows; r++) {
+            k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
+            q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+        }
+    } else if (q4) { /* levels (0..15) summed as level - 8 (xzt); the scales as floats and an asymmetric zero-point's rest s (z - 8) */
         const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
         const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
         for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
         for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
         for (int64_t i = 0; zp && i < rows * ng; i++) zf[i] = sf[i] * ((float)zp[i] - 8.0f);
-    } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are (their own magnitudes), a scale and zero per 32 */
-        for (int64_t r = 0; r < rows; r++) {
-            k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
-            q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
-        }
-        wa = (uint8_t *)ws, scale = sf, zero = zf;
     } else {
         for (int64_t r = 0; r < rows; r++)
             k->unpack_s8(src + (size_t)r * w->nb[1], in, w->dtype == MOPT_DTYPE_QINT ? 0x80 : 0, ws + r * in, wa + r * in);
@@ -575,7 +575,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
         if (q4)
-            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, q->zero ? zf : NULL, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y,
+            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y,
                           j->y_stride, ntok);
         else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
             k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
@@ -741,7 +741,7 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
 /* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
 static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
     const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
-    const int q4 = j->w->dtype == MOPT_DTYPE_QINT && j->w->quant->bits == 4;
+    const int q4 = (j->w->dtype == MOPT_DTYPE_QINT && j->w->quant->bits == 4) || j->w->dtype == MOPT_DTYPE_KQUANT; /* 4-bit levels */
     int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (q4 ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
     float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
