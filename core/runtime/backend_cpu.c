@@ -564,7 +564,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         if (w->dtype == MOPT_DTYPE_QINT) {
             const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
             for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
-            for (int64_t i = 0; q->zero && i < rows * ng; i++) zf[i] = (float)((const uint8_t *)q->zero->data)[o0 * ng + i] - 128.0f;
+            for (int64_t i = 0; q->zero && i < rows * ng; i++) zf[i] = sf[i] * ((float)((const uint8_t *)q->zero->data)[o0 * ng + i] - 128.0f);
             scale = sf, zero = q->zero ? zf : NULL; /* symmetric levels sit around 128: no zero-point left */
         }
     }

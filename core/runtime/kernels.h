@@ -85,8 +85,9 @@ typedef struct mopt_kernels {
                        const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok);
     /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
-     * hold -128), float scales s and zero-points z [nrows, ng] (z NULL: none). */
-    void (*gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+     * hold -128), summed from 0 (no xzt): float scales s and zero-point terms
+     * zs [nrows, ng] (NULL: none), y = sum over groups of s (...) - zs xs. */
+    void (*gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
                        const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok);
     /* W8A8's form: x quantized per token (scales xs [8]), one int32 sum per row

@@ -333,7 +333,7 @@ static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const float
         }
 }
 
-static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
                        const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok) {
     for (int64_t r = 0; r < nrows; r++)
@@ -343,7 +343,7 @@ static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t n
                 float gacc = 0;
                 for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
                     gacc += xdt[b * 8 + l] * (float)tile_dot((const uint8_t *)w + r * in, 1, xi, 32 * b, 32 * b + 32, l);
-                acc += s[r * ng + g] * (gacc - (z ? z[r * ng + g] : 0.0f) * xst[g * 8 + l]);
+                acc += s[r * ng + g] * gacc - (zs ? zs[r * ng + g] * xst[g * 8 + l] : 0.0f);
             }
             y[l * y_stride + r] = acc;
         }
