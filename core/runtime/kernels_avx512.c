@@ -305,6 +305,49 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
     }
 }
 
+/* Q6_K, 64 values per vpdpbusd: each half of a super-block (64 bytes of low nibbles, 32 of high bit pairs) as two
+ * vectors of 6-bit levels, quarters 0 and 1 (low nibbles, bit pairs 0 and 1) and quarters 2 and 3 (high nibbles,
+ * bit pairs 2 and 3), the bit pairs shifted into place per 256-bit half by a variable 16-bit shift (no bit crosses
+ * into a byte that keeps it). A vector's int32 lanes then hold, four by four, the sums of four consecutive
+ * sub-blocks of 16, which take their d sc xd as floats into that vector's own accumulator; the levels' offset of
+ * 32 comes off at the end, 32 times the sum over sub-blocks of d sc xd times the sub-block's x sum. */
+static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i lo_up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  /* bit pairs 0, 1 to bits 4-5 */
+    const __m512i hi_down = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1); /* bit pairs 2, 3 */
+    __m512i pick[4]; /* vector c's lanes 4g..4g+3 take sub-block 4c + g's scale */
+    for (int c = 0; c < 4; c++)
+        pick[c] = _mm512_set_epi32(4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 1,
+                                   4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c, 4 * c, 4 * c, 4 * c);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        __m512 off = _mm512_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += 210) {
+            const int8_t *x = xq + 256 * k;
+            for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+            uint16_t hd;
+            memcpy(&hd, b + 208, 2);
+            const __m512 sf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192)))),
+                                            _mm512_set1_ps(_cvtsh_ss(hd) * xd[k])); /* F16C here: a call would spill every zmm */
+            off = _mm512_fmadd_ps(sf, _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(xs16 + 16 * k)))), off);
+            for (int n = 0; n < 2; n++) {
+                const __m512i l = _mm512_loadu_si512(b + 64 * n);
+                const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)));
+                const __m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, lo_up), m30));
+                const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(h, hi_down), m30));
+                const __m512i p01 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q01, _mm512_loadu_si512(x + 128 * n));
+                const __m512i p23 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q23, _mm512_loadu_si512(x + 128 * n + 64));
+                acc[2 * n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_permutexvar_ps(pick[2 * n], sf), acc[2 * n]);
+                acc[2 * n + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_permutexvar_ps(pick[2 * n + 1], sf), acc[2 * n + 1]);
+            }
+        }
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        y[r] = _mm512_reduce_add_ps(sum) - 32.0f * _mm512_reduce_add_ps(off);
+    }
+}
+
 /* VNNI: vpdpbusd takes each step's 4 bytes times 4 bytes of every token straight into int32 lanes, where AVX2
  * needs pmaddubsw, an int16 sum and pmaddwd */
 #define TILE_LINKAGE static
@@ -410,7 +453,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = gemv_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
-    .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
+    .gemv_q6k_q8 = gemv_q6k_q8,
     .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
     .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
     .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,
