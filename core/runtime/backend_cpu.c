@@ -528,6 +528,11 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
     }
 }
 
+/* Weights the integer GEMM runs as 4-bit levels (gemm_q4_q8): 4-bit QINT and Q4_K */
+static bool four_bit_levels(const mopt_tensor *w) {
+    return (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT;
+}
+
 /* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
  * unpacked to a byte per weight once, then every tile. 4-bit QINT and Q4_K
  * levels stay unsigned (the 4-bit GEMM sums level - 8); 8-bit QINT levels
@@ -544,7 +549,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
     uint8_t *wa = (uint8_t *)ws + rows * in;
     float *sf = (float *)(void *)(wa + rows * in), *zf = sf + rows * ng;
-    const int q4 = (w->dtype == MOPT_DTYPE_QINT && q->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT;
+    const bool q4 = four_bit_levels(w);
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
     if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
@@ -574,10 +579,10 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         const float *xdt = j->xd + tile * 8 * nb, *xst = j->xsum + tile * 8 * ng;
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
-        if (q4)
-            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y,
-                          j->y_stride, ntok);
-        else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
+        if (q4) {
+            const float *zs = q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL;
+            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+        } else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
             k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
         else
             k->gemm_s8_q8(ws, wa, in, rows, scale, zero, xi, xdt, xst, ng, bpg, y, j->y_stride, ntok);
@@ -741,7 +746,7 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
 /* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
 static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
     const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
-    const int q4 = (j->w->dtype == MOPT_DTYPE_QINT && j->w->quant->bits == 4) || j->w->dtype == MOPT_DTYPE_KQUANT; /* 4-bit levels */
+    const bool q4 = four_bit_levels(j->w);
     int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (q4 ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
     float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
