@@ -16,7 +16,10 @@
 #include "tensor_impl.h"
 #include "threadpool.h"
 
-#define GEMM_ROWS 64 /* weight rows per prefill task */
+#define GEMM_ROWS 64 /* weight rows per integer prefill task */
+/* weight rows per SGEMM prefill task (rows widened to fp32 where stored otherwise): OpenBLAS packs all of x again
+ * for every call, which at 64 rows cost a fifth of a 512-token prefill of F16 weights */
+#define SGEMM_ROWS 256
 #define GEMV_ROWS_MIN 16   /* weight rows per decode task: at least, */
 #define GEMV_ROWS_MAX 256  /* at most (each thread then streams long runs of rows), 2 tasks per thread between */
 #define ATT_ROWS 32  /* query rows per prefill attention task */
@@ -34,7 +37,7 @@ typedef struct cpu_ctx {
     mopt_pool *pool;
     const mopt_kernels *k;
     int32_t n_threads;
-    float **wscratch;   /* per thread: GEMM_ROWS x max_in widened weights */
+    float **wscratch;   /* per thread: SGEMM_ROWS x max_in widened weights */
     float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
     float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x head_dim (quantized caches), or NULL */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
@@ -94,7 +97,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
     if (!c->wscratch || !c->ascratch) goto nomem;
     for (int32_t i = 0; i < c->n_threads; i++) {
-        c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
+        c->wscratch[i] = malloc((size_t)SGEMM_ROWS * (size_t)(c->max_in ? c->max_in : 1) * sizeof(float));
         c->ascratch[i] = malloc((size_t)att_rows * (size_t)max_ctx * sizeof(float));
         if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
     }
@@ -128,6 +131,7 @@ typedef struct {
     const int8_t *xq8;    /* x as int8 per 32 values (or per token): [T, in] for the GEMVs, in tiles of 8 tokens for the integer GEMM ... */
     const float *xd;      /* ... with their scales, [T, in / 32] or [tiles, in / 32, 8] */
     const int16_t *xs16;  /* KQUANT: [T, in / 16] sums of xq8 over every 16 values */
+    const int32_t *xzt;   /* 4-bit integer GEMM: [tiles, in / 32, 8] each block's int32 start, -8 x its sum of levels */
     int64_t gemv_rows;    /* rows per decode task */
     int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
@@ -472,7 +476,7 @@ static void sp24_i8_task(void *p, int64_t task, int32_t thread) {
 static void gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     cpu_ctx *c = j->c;
-    int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
+    int64_t o0 = task * SGEMM_ROWS, rows = j->out - o0 < SGEMM_ROWS ? j->out - o0 : SGEMM_ROWS;
     const float *w;
     const bool sp24_levels = j->xscale && j->w->dtype == MOPT_DTYPE_SP24;
     if (j->w->dtype == MOPT_DTYPE_F32) {
@@ -504,9 +508,9 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
-/* A Q4_K row as s (q - z) per 32 values for the integer GEMM: s = d sc, z = dmin m / s. A sub-block whose scale
- * is 0 holds -dmin m alone: its levels become 0, with s = 1 and z = dmin m. */
-static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *z) {
+/* A Q4_K row as the 4-bit integer GEMM takes it, s (q - 8) - zs per 32 values: s = d sc, zs = dmin m - 8 s. A
+ * sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and zs = dmin m - 8. */
+static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *zs) {
     for (int64_t k = 0; k < nsb; k++) {
         const uint8_t *b = row + 144 * k;
         uint16_t hd, hm;
@@ -519,15 +523,21 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
             const float ds = d * sc[j], dm = dmin * m[j];
             if (ds == 0) memset(levels + 256 * k + 32 * j, 0, 32);
             s[8 * k + j] = ds == 0 ? 1.0f : ds;
-            z[8 * k + j] = ds == 0 ? dm : dm / ds;
+            zs[8 * k + j] = dm - 8.0f * s[8 * k + j];
         }
     }
 }
 
+/* Weights the integer GEMM runs as 4-bit levels (gemm_q4_q8): 4-bit QINT and Q4_K */
+static bool four_bit_levels(const mopt_tensor *w) {
+    return (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT;
+}
+
 /* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
  * unpacked to a byte per weight once, then every tile. 4-bit QINT and Q4_K
- * levels stay unsigned; 8-bit QINT levels become level - 128 (the zero-points
- * follow) and W8A8 weights are signed already. */
+ * levels stay unsigned (the 4-bit GEMM sums level - 8); 8-bit QINT levels
+ * become level - 128 (the zero-points follow) and W8A8 weights are signed
+ * already. */
 static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
@@ -539,24 +549,27 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
     uint8_t *wa = (uint8_t *)ws + rows * in;
     float *sf = (float *)(void *)(wa + rows * in), *zf = sf + rows * ng;
-    const int q4 = w->dtype == MOPT_DTYPE_QINT && q->bits == 4;
+    const bool q4 = four_bit_levels(w);
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
-    if (q4) {
-        for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
-    } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are (their own magnitudes), a scale and zero per 32 */
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
         for (int64_t r = 0; r < rows; r++) {
             k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
             q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
         }
-        wa = (uint8_t *)ws, scale = sf, zero = zf;
+    } else if (q4) { /* levels (0..15) summed as level - 8 (xzt); the scales as floats and an asymmetric zero-point's rest s (z - 8) */
+        const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
+        const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
+        for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+        for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
+        for (int64_t i = 0; zp && i < rows * ng; i++) zf[i] = sf[i] * ((float)zp[i] - 8.0f);
     } else {
         for (int64_t r = 0; r < rows; r++)
             k->unpack_s8(src + (size_t)r * w->nb[1], in, w->dtype == MOPT_DTYPE_QINT ? 0x80 : 0, ws + r * in, wa + r * in);
         if (w->dtype == MOPT_DTYPE_QINT) {
             const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
             for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
-            for (int64_t i = 0; q->zero && i < rows * ng; i++) zf[i] = (float)((const uint8_t *)q->zero->data)[o0 * ng + i] - 128.0f;
+            for (int64_t i = 0; q->zero && i < rows * ng; i++) zf[i] = sf[i] * ((float)((const uint8_t *)q->zero->data)[o0 * ng + i] - 128.0f);
             scale = sf, zero = q->zero ? zf : NULL; /* symmetric levels sit around 128: no zero-point left */
         }
     }
@@ -566,10 +579,10 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         const float *xdt = j->xd + tile * 8 * nb, *xst = j->xsum + tile * 8 * ng;
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
-        if (q4)
-            k->gemm_q4_q8((const uint8_t *)ws, in, rows, (const uint16_t *)q->scale->data + o0 * ng,
-                          q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL, 8.0f, xi, xdt, xst, ng, bpg, y, j->y_stride, ntok);
-        else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
+        if (q4) {
+            const float *zs = q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL;
+            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+        } else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
             k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
         else
             k->gemm_s8_q8(ws, wa, in, rows, scale, zero, xi, xdt, xst, ng, bpg, y, j->y_stride, ntok);
@@ -590,16 +603,9 @@ static void *scratch(void **buf, size_t *cap, size_t need) {
     return *buf;
 }
 
-/* One token's int8 levels, round(x / s) with s = max|x| / 127, into q8 or (as
- * floats) qf; returns s. Plain compares and the 1.5 x 2^23 trick round to
- * nearest even as lrintf does, without libm calls in the loop. */
-static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
-    float mx = 0;
-    for (int64_t i = 0; i < in; i++) {
-        const float a = fabsf(x[i]);
-        mx = a > mx ? a : mx;
-    }
-    const float s = mx > 0 ? mx / 127.0f : 1.0f;
+/* x's int8 levels round(x / s) for the scale s, into q8 or (as floats) qf; returns s. Plain compares and the
+ * 1.5 x 2^23 trick round to nearest even as lrintf does, without libm calls in the loop. */
+static float quantize_i8_with(const float *x, int64_t in, float s, int8_t *q8, float *qf) {
     for (int64_t i = 0; i < in; i++) {
         float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s, which can round to the next level */
         v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f; /* NaN goes to -127, as fmaxf did */
@@ -608,6 +614,17 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
         else q8[i] = (int8_t)v;
     }
     return s;
+}
+
+/* One token's int8 levels with s = max|x| / 127 (quantize_i8_with; with neither q8 nor qf only s); returns s. */
+static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
+    float mx = 0;
+    for (int64_t i = 0; i < in; i++) {
+        const float a = fabsf(x[i]);
+        mx = a > mx ? a : mx;
+    }
+    const float s = mx > 0 ? mx / 127.0f : 1.0f;
+    return q8 || qf ? quantize_i8_with(x, in, s, q8, qf) : s;
 }
 
 /* Decode tasks of whole runs of rows, so each thread streams its weights with
@@ -683,37 +700,60 @@ static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, m
     return MOPT_OK;
 }
 
-/* x for the integer GEMM: each token's values as int8 with a scale per 32
- * (QINT, as the decode kernels) or one per token (W8A8), laid out for the
- * token lanes: tile p holds tokens 8p..8p+7, for every 4 inputs 4 bytes per
- * token; then the GEMM over all rows. */
-static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
-    const int per_token = j->w->dtype == MOPT_DTYPE_W8A8;
-    const int64_t in = j->in, nb = in / 32, bpg = nb / ng, tiles = (j->T + 7) / 8;
-    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (per_token ? (size_t)in : 0));
-    float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
-    if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    float *xst = xdt + tiles * 8 * nb;
-    int8_t *row = xi + tiles * 8 * in; /* W8A8: one token's levels */
-    memset(xi + (tiles - 1) * 8 * in, 0, (size_t)(8 * in)); /* the last tile's padding tokens */
-    memset(xdt, 0, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
-    for (int32_t t = 0; t < j->T; t++) {
-        const int64_t tile = t / 8, l = t % 8;
-        const float *x = j->x + (size_t)t * j->x_stride;
-        int8_t *xt = xi + tile * 8 * in;
-        const float dt = per_token ? quantize_token_i8(x, in, row, NULL) : 0;
+/* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per 32 (QINT, as
+ * the decode kernels) or one per token (W8A8), laid out for the token lanes: for every 4 inputs 4 bytes per token.
+ * Beside them each block's scale, each group's sum of x (scale times levels), and for 4-bit weights each block's
+ * int32 start, -8 times its sum of levels, so the kernel sums (level - 8) x in integers. The last tile's padding
+ * tokens are zeros. */
+typedef struct {
+    const lin_job *j;
+    int8_t *xi;
+    float *xdt, *xst;
+    int32_t *xzt;
+    int64_t ng;
+    int per_token;
+} xtile_job;
+
+static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
+    (void)thread;
+    const xtile_job *q = p;
+    const lin_job *j = q->j;
+    const int64_t in = j->in, nb = in / 32, ng = q->ng, bpg = nb / ng;
+    int8_t *xt = q->xi + tile * 8 * in;
+    float *xd = q->xdt + tile * 8 * nb, *xs = q->xst + tile * 8 * ng;
+    int32_t *xz = q->xzt ? q->xzt + tile * 8 * nb : NULL;
+    const int32_t t0 = (int32_t)(tile * 8), nt = j->T - t0 < 8 ? j->T - t0 : 8;
+    if (nt < 8) memset(xt, 0, (size_t)(8 * in));
+    memset(xd, 0, (size_t)(8 * nb) * sizeof(float));
+    memset(xs, 0, (size_t)(8 * ng) * sizeof(float));
+    if (xz) memset(xz, 0, (size_t)(8 * nb) * sizeof(int32_t));
+    for (int32_t l = 0; l < nt; l++) {
+        const float *x = j->x + (size_t)(t0 + l) * j->x_stride;
+        const float dt = q->per_token ? quantize_token_i8(x, in, NULL, NULL) : 0;
         for (int64_t b = 0; b < nb; b++) {
             int8_t qb[32];
-            const int8_t *q = per_token ? row + 32 * b : qb;
-            const float d = per_token ? dt : quantize_token_i8(x + 32 * b, 32, qb, NULL);
+            const float d = q->per_token ? quantize_i8_with(x + 32 * b, 32, dt, qb, NULL) : quantize_token_i8(x + 32 * b, 32, qb, NULL);
             int32_t qs = 0;
-            for (int i = 0; i < 32; i++) qs += q[i];
-            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, q + 4 * cidx, 4);
-            xdt[(tile * nb + b) * 8 + l] = d;
-            xst[(tile * ng + b / bpg) * 8 + l] += d * (float)qs;
+            for (int i = 0; i < 32; i++) qs += qb[i];
+            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
+            xd[b * 8 + l] = d;
+            xs[b / bpg * 8 + l] += d * (float)qs;
+            if (xz) xz[b * 8 + l] = -8 * qs;
         }
     }
-    j->xq8 = xi, j->xd = xdt, j->xsum = xst, j->ng = ng;
+}
+
+/* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
+static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
+    const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
+    const bool q4 = four_bit_levels(j->w);
+    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (q4 ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
+    float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
+    if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .per_token = j->w->dtype == MOPT_DTYPE_W8A8,
+                   .xzt = q4 ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL}; /* in is a multiple of 32: aligned */
+    mopt_pool_run(c->pool, tiles, int_gemm_x_task, &q);
+    j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
     return MOPT_OK;
 }
@@ -737,7 +777,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         if (sp24_i8) j.x = xf, j.x_stride = (int32_t)in;
         else j.xq = xq;
         if (sp24_i8 && T > GEMV_MAX_TOKENS) /* prefill: rows widened to their levels, OpenBLAS, then s and sx */
-            mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+            mopt_pool_run(c->pool, (j.out + SGEMM_ROWS - 1) / SGEMM_ROWS, gemm_task, &j);
         else
             run_gemv(c, &j, sp24_i8 ? sp24_i8_task : w8a8_task);
         return MOPT_OK;
@@ -803,7 +843,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     if (T <= GEMV_MAX_TOKENS || (float_weights(w) && T <= DENSE_ROWS_MAX_TOKENS))
         run_gemv(c, &j, gemv_task);
     else
-        mopt_pool_run(c->pool, (j.out + GEMM_ROWS - 1) / GEMM_ROWS, gemm_task, &j);
+        mopt_pool_run(c->pool, (j.out + SGEMM_ROWS - 1) / SGEMM_ROWS, gemm_task, &j);
     return MOPT_OK;
 }
 
@@ -1238,7 +1278,7 @@ mopt_status mopt_cpu_linear_once(int32_t n_threads, const mopt_kernels *k, const
     c->wscratch = calloc((size_t)(c->n_threads ? c->n_threads : 1), sizeof *c->wscratch);
     mopt_status st = c->pool && c->wscratch ? MOPT_OK : MOPT_E_NOMEM;
     for (int32_t i = 0; st == MOPT_OK && i < c->n_threads; i++)
-        if (!(c->wscratch[i] = malloc((size_t)GEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
+        if (!(c->wscratch[i] = malloc((size_t)SGEMM_ROWS * (size_t)c->max_in * sizeof(float)))) st = MOPT_E_NOMEM;
     if (st == MOPT_OK) st = linear(c, w, b, x, T, (int32_t)w->ne[0], y, (int32_t)w->ne[1], err);
     else MOPT_FAIL(err, st, "out of memory");
     cpu_free(c);

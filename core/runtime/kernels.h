@@ -73,17 +73,21 @@ typedef struct mopt_kernels {
     /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */
     void (*unpack_q4k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
-     *   wl  the rows' levels unpacked to one byte each, [nrows, in]
+     *   wl  the rows' levels (0..15) unpacked to one byte each, [nrows, in]
+     *   s   their scales as floats, zs (NULL: symmetric) s (z - 8), [nrows, ng]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
+     *   xzt each block's int32 start, -8 times the block's sum of x levels [in / 32][8]
      *   xdt the tile's block scales [in / 32][8], xst its group sums [ng][8]
      *       (padding tokens: zeros)
-     * y[l * y_stride + r] for tokens l < ntok; s and z as gemv_q4_q8. */
-    void (*gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                       const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+     * y[l * y_stride + r] = sum over groups of s (sum over blocks of xd (sum of (level - 8) x)) - zs xs,
+     * for tokens l < ntok. */
+    void (*gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                       const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok);
     /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
-     * hold -128), float scales s and zero-points z [nrows, ng] (z NULL: none). */
-    void (*gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+     * hold -128), summed from 0 (no xzt): float scales s and zero-point terms
+     * zs [nrows, ng] (NULL: none), y = sum over groups of s (...) - zs xs. */
+    void (*gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
                        const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok);
     /* W8A8's form: x quantized per token (scales xs [8]), one int32 sum per row

@@ -488,8 +488,10 @@ void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels) {
  * signed form widens every step (|w| up to 128) */
 #define TILE_LINKAGE static
 #define TILE_FN(name) name
+#define TILE_R 4
 #define Q4_STEP(a, w4, xv) (a) = _mm256_add_epi16((a), _mm256_maddubs_epi16(_mm256_set1_epi32(w4), (xv)))
-#define Q4_BLOCK_SUM(a) _mm256_madd_epi16((a), _mm256_set1_epi16(1))
+#define Q4_START(z) _mm256_setzero_si256()
+#define Q4_BLOCK_SUM(a, z) _mm256_add_epi32(_mm256_madd_epi16((a), _mm256_set1_epi16(1)), (z))
 #define S8_STEP(a, wa4, xs) _mm256_add_epi32((a), _mm256_madd_epi16(_mm256_maddubs_epi16((wa4), (xs)), _mm256_set1_epi16(1)))
 #include "kernels_tiles.h"
 

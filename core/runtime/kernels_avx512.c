@@ -262,41 +262,89 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
-/* Q4_K (the AVX2 kernel's arithmetic, 64 values per step): pmaddubsw over a pair of sub-blocks, then vpdpwssd
- * with each sub-block's 6-bit scale as int16, permuted out of the block's 8, into int32 lanes. */
+/* Q4_K, 64 values per vpdpbusd as the 4-bit GEMV: a 32-byte chunk of a super-block (sub-blocks 2i in the low
+ * nibbles, 2i + 1 in the high) broadcast to both halves and masked, the high nibbles left in place at 16 times
+ * their level, so lanes 0-7 sum sub-block 2i's products and lanes 8-15 16 times sub-block 2i + 1's; each chunk's
+ * int32 sums converted and multiplied by its two sub-blocks' d sc xd (the odd one / 16, exactly) into its own
+ * accumulator (four chains, none waiting on another). The mins' share, dmin m xd times each sub-block's x sum,
+ * is summed in a vector of 8 beside them. */
 static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y) {
-    const __m256i m4 = _mm256_set1_epi8(15);
-    __m512i pick[4]; /* lanes 0..15 take scale 2i, lanes 16..31 scale 2i + 1 */
-    for (int i = 0; i < 4; i++)
-        pick[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * i))), _mm256_set1_epi16((short)(2 * i + 1)), 1);
+    const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
+    const __m256 odd16 = _mm256_setr_ps(1, 1.0f / 16, 1, 1.0f / 16, 1, 1.0f / 16, 1, 1.0f / 16);
+    __m512i pick[4]; /* lanes 0..7 take sub-block 2i's scale, lanes 8..15 2i + 1's */
+    for (int i = 0; i < 4; i++) pick[i] = _mm512_inserti64x4(_mm512_set1_epi32(2 * i), _mm256_set1_epi32(2 * i + 1), 1);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *b = w + (size_t)r * row_bytes;
-        __m512 acc = _mm512_setzero_ps();
-        float mins = 0;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        __m256 macc = _mm256_setzero_ps();
         for (int64_t k = 0; k < nsb; k++, b += 144) {
             const int8_t *x = xq + 256 * k;
-            const int16_t *s16 = xs16 + 16 * k;
+            _mm_prefetch((const char *)b + QX_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)b + QX_AHEAD + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)b + QX_AHEAD + 128, _MM_HINT_T0);
             uint8_t sc[8], mn[8];
             mopt_kquant_scales_mins(b + 4, sc, mn);
-            const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadl_epi64((const __m128i *)sc)));
-            _mm_prefetch((const char *)b + 1024, _MM_HINT_T0);
-            __m512i isum = _mm512_setzero_si512();
-            for (int i = 0; i < 4; i++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i));
-                const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-                const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512(x + 64 * i));
-                isum = _mm512_dpwssd_epi32(isum, p, _mm512_permutexvar_epi16(pick[i], sc16));
-            }
-            int32_t msum = 0;
-            for (int j = 0; j < 8; j++) msum += mn[j] * (s16[2 * j] + s16[2 * j + 1]);
             uint16_t hd, hm;
             memcpy(&hd, b, 2);
             memcpy(&hm, b + 2, 2);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(_cvtsh_ss(hd) * xd[k]), acc);
-            mins += _cvtsh_ss(hm) * xd[k] * (float)msum;
+            const __m256 scf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc))),
+                                             _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd) * xd[k]), odd16));
+            const __m512 scz = _mm512_castps256_ps512(scf);
+            for (int i = 0; i < 4; i++) {
+                const __m512i q = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i))), mask);
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x + 64 * i));
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(pick[i], scz), acc[i]);
+            }
+            /* sub-block j's x sum: its two sums of 16 */
+            const __m256 xs = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(xs16 + 16 * k)), _mm256_set1_epi16(1)));
+            const __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn)));
+            macc = _mm256_fmadd_ps(_mm256_mul_ps(mf, _mm256_set1_ps(_cvtsh_ss(hm) * xd[k])), xs, macc);
         }
-        y[r] = _mm512_reduce_add_ps(acc) - mins;
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) - hsum256(macc);
+    }
+}
+
+/* Q6_K, 64 values per vpdpbusd: each half of a super-block (64 bytes of low nibbles, 32 of high bit pairs) as two
+ * vectors of 6-bit levels, quarters 0 and 1 (low nibbles, bit pairs 0 and 1) and quarters 2 and 3 (high nibbles,
+ * bit pairs 2 and 3), the bit pairs shifted into place per 256-bit half by a variable 16-bit shift (no bit crosses
+ * into a byte that keeps it). A vector's int32 lanes then hold, four by four, the sums of four consecutive
+ * sub-blocks of 16, which take their d sc xd as floats into that vector's own accumulator; the levels' offset of
+ * 32 comes off at the end, 32 times the sum over sub-blocks of d sc xd times the sub-block's x sum. */
+static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i lo_up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  /* bit pairs 0, 1 to bits 4-5 */
+    const __m512i hi_down = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1); /* bit pairs 2, 3 */
+    __m512i pick[4]; /* vector c's lanes 4g..4g+3 take sub-block 4c + g's scale */
+    for (int c = 0; c < 4; c++)
+        pick[c] = _mm512_set_epi32(4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 1,
+                                   4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c, 4 * c, 4 * c, 4 * c);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        __m512 off = _mm512_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += 210) {
+            const int8_t *x = xq + 256 * k;
+            for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+            uint16_t hd;
+            memcpy(&hd, b + 208, 2);
+            const __m512 sf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192)))),
+                                            _mm512_set1_ps(_cvtsh_ss(hd) * xd[k])); /* F16C here: a call would spill every zmm */
+            off = _mm512_fmadd_ps(sf, _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(xs16 + 16 * k)))), off);
+            for (int n = 0; n < 2; n++) {
+                const __m512i l = _mm512_loadu_si512(b + 64 * n);
+                const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)));
+                const __m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, lo_up), m30));
+                const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(h, hi_down), m30));
+                const __m512i p01 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q01, _mm512_loadu_si512(x + 128 * n));
+                const __m512i p23 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q23, _mm512_loadu_si512(x + 128 * n + 64));
+                acc[2 * n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_permutexvar_ps(pick[2 * n], sf), acc[2 * n]);
+                acc[2 * n + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_permutexvar_ps(pick[2 * n + 1], sf), acc[2 * n + 1]);
+            }
+        }
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        y[r] = _mm512_reduce_add_ps(sum) - 32.0f * _mm512_reduce_add_ps(off);
     }
 }
 
@@ -304,8 +352,10 @@ static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
  * needs pmaddubsw, an int16 sum and pmaddwd */
 #define TILE_LINKAGE static
 #define TILE_FN(name) name
+#define TILE_R 8
 #define Q4_STEP(a, w4, xv) (a) = _mm256_dpbusd_epi32((a), _mm256_set1_epi32(w4), (xv))
-#define Q4_BLOCK_SUM(a) (a)
+#define Q4_START(z) (z)
+#define Q4_BLOCK_SUM(a, z) (a)
 #define S8_STEP(a, wa4, xs) _mm256_dpbusd_epi32((a), (wa4), (xs))
 #include "kernels_tiles.h"
 
@@ -403,7 +453,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = gemv_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
-    .gemv_q6k_q8 = mopt_gemv_q6k_q8_avx2,
+    .gemv_q6k_q8 = gemv_q6k_q8,
     .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
     .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
     .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,

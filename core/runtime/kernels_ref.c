@@ -317,8 +317,8 @@ static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0,
     return d;
 }
 
-static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
-                       const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                       const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok) {
     for (int64_t r = 0; r < nrows; r++)
         for (int32_t l = 0; l < ntok; l++) {
@@ -326,14 +326,14 @@ static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const uint1
             for (int64_t g = 0; g < ng; g++) {
                 float gacc = 0;
                 for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
-                    gacc += xdt[b * 8 + l] * (float)tile_dot(wl + r * in, 0, xi, 32 * b, 32 * b + 32, l);
-                acc += F16(s[r * ng + g]) * (gacc - (z ? (float)z[r * ng + g] : zsym) * xst[g * 8 + l]);
+                    gacc += xdt[b * 8 + l] * (float)(xzt[b * 8 + l] + tile_dot(wl + r * in, 0, xi, 32 * b, 32 * b + 32, l));
+                acc += s[r * ng + g] * gacc - (zs ? zs[r * ng + g] * xst[g * 8 + l] : 0.0f);
             }
             y[l * y_stride + r] = acc;
         }
 }
 
-static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *z,
+static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
                        const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok) {
     for (int64_t r = 0; r < nrows; r++)
@@ -343,7 +343,7 @@ static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t n
                 float gacc = 0;
                 for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
                     gacc += xdt[b * 8 + l] * (float)tile_dot((const uint8_t *)w + r * in, 1, xi, 32 * b, 32 * b + 32, l);
-                acc += s[r * ng + g] * (gacc - (z ? z[r * ng + g] : 0.0f) * xst[g * 8 + l]);
+                acc += s[r * ng + g] * gacc - (zs ? zs[r * ng + g] * xst[g * 8 + l] : 0.0f);
             }
             y[l * y_stride + r] = acc;
         }
