@@ -528,16 +528,19 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
     }
 }
 
-/* Weights the integer GEMM runs as 4-bit levels (gemm_q4_q8): 4-bit QINT and Q4_K */
-static bool four_bit_levels(const mopt_tensor *w) {
-    return (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT;
+/* The offset o of the levels the integer GEMM runs through gemm_q4_q8 (which sums (level - o) x): 8 for 4-bit QINT
+ * and Q4_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
+static int32_t u8_level_offset(const mopt_kernels *k, const mopt_tensor *w) {
+    if ((w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT) return 8;
+    return w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 8 && k->u8_levels ? 128 : 0;
 }
 
 /* Integer GEMM over tiles of 8 tokens (layouts in kernels.h): a block of rows
  * unpacked to a byte per weight once, then every tile. 4-bit QINT and Q4_K
- * levels stay unsigned (the 4-bit GEMM sums level - 8); 8-bit QINT levels
- * become level - 128 (the zero-points follow) and W8A8 weights are signed
- * already. */
+ * levels stay unsigned (gemm_q4_q8 sums level - 8), and so do 8-bit QINT
+ * levels where the kernel set takes them (summed as level - 128); elsewhere
+ * they become signed level - 128 (the zero-points follow). W8A8 weights are
+ * signed already. */
 static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     lin_job *j = p;
     const mopt_kernels *k = j->c->k;
@@ -549,7 +552,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
     uint8_t *wa = (uint8_t *)ws + rows * in;
     float *sf = (float *)(void *)(wa + rows * in), *zf = sf + rows * ng;
-    const bool q4 = four_bit_levels(w);
+    const int32_t off = u8_level_offset(k, w); /* > 0: gemm_q4_q8 */
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
     if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
@@ -557,12 +560,15 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
             k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
             q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
         }
-    } else if (q4) { /* levels (0..15) summed as level - 8 (xzt); the scales as floats and an asymmetric zero-point's rest s (z - 8) */
+    } else if (off) { /* levels summed as level - off (xzt); the scales as floats and an asymmetric zero-point's rest s (z - off) */
         const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
         const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
-        for (int64_t r = 0; r < rows; r++) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+        for (int64_t r = 0; r < rows; r++) {
+            if (off == 8) k->unpack_q4(src + (size_t)r * w->nb[1], nb, (uint8_t *)ws + r * in);
+            else memcpy(ws + r * in, src + (size_t)r * w->nb[1], (size_t)in); /* 8-bit levels as stored */
+        }
         for (int64_t i = 0; i < rows * ng; i++) sf[i] = mopt_f16_to_f32(sc[i]);
-        for (int64_t i = 0; zp && i < rows * ng; i++) zf[i] = sf[i] * ((float)zp[i] - 8.0f);
+        for (int64_t i = 0; zp && i < rows * ng; i++) zf[i] = sf[i] * ((float)zp[i] - (float)off);
     } else {
         for (int64_t r = 0; r < rows; r++)
             k->unpack_s8(src + (size_t)r * w->nb[1], in, w->dtype == MOPT_DTYPE_QINT ? 0x80 : 0, ws + r * in, wa + r * in);
@@ -579,7 +585,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         const float *xdt = j->xd + tile * 8 * nb, *xst = j->xsum + tile * 8 * ng;
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
-        if (q4) {
+        if (off) {
             const float *zs = q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL;
             k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y, j->y_stride, ntok);
         } else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
@@ -710,6 +716,7 @@ typedef struct {
     int8_t *xi;
     float *xdt, *xst;
     int32_t *xzt;
+    int32_t off; /* the levels' offset (u8_level_offset): xzt = -off x each block's sum */
     int64_t ng;
     int per_token;
 } xtile_job;
@@ -738,7 +745,7 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
             for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
             xd[b * 8 + l] = d;
             xs[b / bpg * 8 + l] += d * (float)qs;
-            if (xz) xz[b * 8 + l] = -8 * qs;
+            if (xz) xz[b * 8 + l] = -q->off * qs;
         }
     }
 }
@@ -746,12 +753,12 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
 /* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
 static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
     const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
-    const bool q4 = four_bit_levels(j->w);
-    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (q4 ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
+    const int32_t off = u8_level_offset(c->k, j->w);
+    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (off ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
     float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .per_token = j->w->dtype == MOPT_DTYPE_W8A8,
-                   .xzt = q4 ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL}; /* in is a multiple of 32: aligned */
+                   .off = off, .xzt = off ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL}; /* in is a multiple of 32: aligned */
     mopt_pool_run(c->pool, tiles, int_gemm_x_task, &q);
     j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);

@@ -4,6 +4,7 @@
 #ifndef MOPT_KERNELS_H
 #define MOPT_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -73,17 +74,20 @@ typedef struct mopt_kernels {
     /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */
     void (*unpack_q4k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
-     *   wl  the rows' levels (0..15) unpacked to one byte each, [nrows, in]
-     *   s   their scales as floats, zs (NULL: symmetric) s (z - 8), [nrows, ng]
+     *   wl  the rows' levels (0..15; 0..255 where u8_levels) one byte each, [nrows, in]
+     *   s   their scales as floats, zs (NULL: none) s (z - o), [nrows, ng]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
-     *   xzt each block's int32 start, -8 times the block's sum of x levels [in / 32][8]
+     *   xzt each block's int32 start, -o times the block's sum of x levels [in / 32][8]
+     *       (o = 8 for 4-bit levels, 128 for 8-bit)
      *   xdt the tile's block scales [in / 32][8], xst its group sums [ng][8]
      *       (padding tokens: zeros)
-     * y[l * y_stride + r] = sum over groups of s (sum over blocks of xd (sum of (level - 8) x)) - zs xs,
+     * y[l * y_stride + r] = sum over groups of s (sum over blocks of xd (sum of (level - o) x)) - zs xs,
      * for tokens l < ntok. */
     void (*gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
                        const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                        int64_t y_stride, int32_t ntok);
+    /* gemm_q4_q8 takes 8-bit levels too (its products go straight to int32: VNNI, the scalar set) */
+    bool u8_levels;
     /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
      * hold -128), summed from 0 (no xzt): float scales s and zero-point terms
      * zs [nrows, ng] (NULL: none), y = sum over groups of s (...) - zs xs. */

@@ -461,6 +461,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .unpack_q4k = mopt_unpack_q4k_avx2,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
+    .u8_levels = true,
     .gemm_s8_q8 = gemm_s8_q8,
     .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,

@@ -471,6 +471,7 @@ const mopt_kernels mopt_kernels_ref = {
     .unpack_q4k = unpack_q4k,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = unpack_q4,
+    .u8_levels = true,
     .gemm_s8_q8 = gemm_s8_q8,
     .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = unpack_s8,
