@@ -6,6 +6,7 @@
  *   TILE_R                       rows per tile: as many as the registers hold, so that enough
  *                                independent chains of integer dots hide their latency
  *   Q4_STEP(a, w4, xv)           a += 4 unsigned levels (the int32 w4) times every token's 4 bytes of xv
+ *                                (levels up to 255 where the set's u8_levels, else up to 15)
  *   Q4_START(z)                  a block's accumulator at its start, given its int32 start z
  *   Q4_BLOCK_SUM(a, z)           the 8 int32 token sums of a block from a (and z)
  *   S8_STEP(a, wa4, xs)          a (int32 lanes) + 4 magnitudes (wa4, broadcast) times every token's 4 bytes
@@ -32,10 +33,11 @@ static inline __attribute__((always_inline)) __m256i s8_step(const int8_t *w, co
 
 /* R rows against one tile of 8 tokens, the tokens in the vector lanes: each
  * step broadcasts 4 levels of a row and multiplies them with the 4 matching
- * bytes of every token: 4-bit levels (unsigned, Q4_STEP) from the block's
- * start (xzt: -8 x its sum of x), so that a block's int32 sums are of
- * (level - 8) x and a symmetric row needs no zero-point term; signed 8-bit
- * levels (s8: their magnitudes wa and the signs moved onto x) from 0. With one
+ * bytes of every token: unsigned levels (Q4_STEP: 4-bit, and 8-bit where the
+ * set's u8_levels) from the block's start (xzt: -o x its sum of x, o = 8 or
+ * 128), so that a block's int32 sums are of (level - o) x and a symmetric row
+ * needs no zero-point term; signed 8-bit levels (s8: their magnitudes wa and
+ * the signs moved onto x) from 0. With one
  * block per group (one: GGUF's Q4_0 and Q8_0, Q4_K) each block's sums are
  * scaled by the tokens' block scales times the row's scale at once; otherwise
  * summed per group, then scaled by the row's. An asymmetric row's rest, zs
