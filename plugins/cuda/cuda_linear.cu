@@ -324,19 +324,17 @@ __global__ void widen_qint(mopt_cuda_linear l, int64_t nbr, __nv_bfloat16 *__res
 /* x fp32 as hi + lo in the weight's 16-bit type, each rounded to nearest even: hi alone is x to 2^-9 (bf16),
  * hi + lo to about 2^-17, so two GEMMs, one on each, keep fp32 activations' accuracy on 16-bit tensor cores.
  * lo NULL: hi only. */
-__global__ void split_x_bf16(const float *__restrict__ x, int64_t n, __nv_bfloat16 *__restrict__ hi, __nv_bfloat16 *__restrict__ lo) {
+__device__ __forceinline__ void round16(float v, __nv_bfloat16 *d) { *d = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void round16(float v, __half *d) { *d = __float2half_rn(v); }
+
+template <typename H>
+__global__ void split_x(const float *__restrict__ x, int64_t n, H *__restrict__ hi, H *__restrict__ lo) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const __nv_bfloat16 h = __float2bfloat16_rn(x[i]);
+    H h;
+    round16(x[i], &h);
     hi[i] = h;
-    if (lo) lo[i] = __float2bfloat16_rn(x[i] - __bfloat162float(h));
-}
-__global__ void split_x_f16(const float *__restrict__ x, int64_t n, __half *__restrict__ hi, __half *__restrict__ lo) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const __half h = __float2half_rn(x[i]);
-    hi[i] = h;
-    if (lo) lo[i] = __float2half_rn(x[i] - __half2float(h));
+    if (lo) round16(x[i] - to_f32(h), &lo[i]);
 }
 
 /* ---- upload ---- */
@@ -543,8 +541,8 @@ static mopt_status run_prefill(mopt_cuda *c, const mopt_cuda_linear *l, const fl
     if (st) return st;
     const int64_t nx = (int64_t)T * k;
     char *hi = (char *)sc, *lo = split ? hi + xbytes : NULL;
-    if (f16) split_x_f16<<<blocks_for(nx, 256), 256, 0, c->stream>>>(x, nx, (__half *)hi, (__half *)lo);
-    else split_x_bf16<<<blocks_for(nx, 256), 256, 0, c->stream>>>(x, nx, (__nv_bfloat16 *)hi, (__nv_bfloat16 *)lo);
+    if (f16) split_x<__half><<<blocks_for(nx, 256), 256, 0, c->stream>>>(x, nx, (__half *)hi, (__half *)lo);
+    else split_x<__nv_bfloat16><<<blocks_for(nx, 256), 256, 0, c->stream>>>(x, nx, (__nv_bfloat16 *)hi, (__nv_bfloat16 *)lo);
     const void *wd = l->w;
     if (l->dtype == MOPT_DTYPE_QINT) {
         __nv_bfloat16 *wide = (__nv_bfloat16 *)(hi + xbytes);

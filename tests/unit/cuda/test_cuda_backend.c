@@ -19,15 +19,10 @@ static mopt_session *session_on(mopt_model *m, const char *device) {
     return s;
 }
 
-#define REQUIRE_GPU()                                                                                   \
-    do {                                                                                                \
-        REQUIRE_SHARED();                                                                               \
-        if (no_gpu.code) {                                                                              \
-            const char *req = getenv("MOPT_CUDA_REQUIRE");                                              \
-            fprintf(stderr, "skipping: %s\n", no_gpu.msg);                                              \
-            if (req && *req == '1') fail_msg("MOPT_CUDA_REQUIRE=1 and no GPU");                         \
-            skip();                                                                                     \
-        }                                                                                               \
+#define REQUIRE_GPU()                                       \
+    do {                                                    \
+        REQUIRE_SHARED();                                   \
+        if (no_gpu.code) TEST_SKIP_WITHOUT_GPU(no_gpu.msg); \
     } while (0)
 
 static int probe_gpu(void **state) {

@@ -24,14 +24,9 @@ static int close_gpu(void **state) {
     return 0;
 }
 
-#define REQUIRE_GPU()                                                                  \
-    do {                                                                               \
-        if (!gpu) {                                                                    \
-            const char *req = getenv("MOPT_CUDA_REQUIRE");                             \
-            fprintf(stderr, "skipping: %s\n", open_err.msg);                           \
-            if (req && *req == '1') fail_msg("MOPT_CUDA_REQUIRE=1 and no GPU");        \
-            skip();                                                                    \
-        }                                                                              \
+#define REQUIRE_GPU()                                   \
+    do {                                                \
+        if (!gpu) TEST_SKIP_WITHOUT_GPU(open_err.msg);  \
     } while (0)
 
 static uint64_t rng = 88172645463325252ull;
@@ -96,6 +91,23 @@ static float *random_x(int T, int64_t in) {
 #define PREFILL_REL_SPLIT 3e-5
 #define PREFILL_REL_16 (1.0 / 256 + 1e-4)
 
+/* w on the GPU (l) for T random tokens against float64 (the CPU's kernels with against_cpu): |y - want| <= rel *
+ * sum |w x| + 1e-6. */
+static void check_gpu(const mopt_tensor *w, const mopt_cuda_linear *l, int T, int against_cpu, double rel, const char *what) {
+    const int64_t in = w->ne[0], out = w->ne[1];
+    float *x = random_x(T, in), *y = malloc((size_t)T * out * sizeof *y);
+    double *ref = malloc((size_t)T * out * sizeof *ref), *mag = malloc((size_t)T * out * sizeof *mag);
+    reference(w, x, T, ref, mag);
+    if (against_cpu) {
+        mopt_error err = {0};
+        assert_int_equal(mopt_cpu_linear_once(1, &mopt_kernels_ref, w, NULL, x, T, y, &err), MOPT_OK);
+        for (int64_t i = 0; i < T * out; i++) ref[i] = y[i];
+    }
+    run_gpu(l, x, T, y);
+    check_close(y, ref, mag, T * out, rel, what, T);
+    free(x), free(y), free(ref), free(mag);
+}
+
 static void test_dense_linears_match_float64_in_decode_and_prefill(void **state) {
     (void)state;
     REQUIRE_GPU();
@@ -113,18 +125,10 @@ static void test_dense_linears_match_float64_in_decode_and_prefill(void **state)
             mopt_cuda_linear *l = NULL;
             if (mopt_cuda_upload(gpu, w, &l, &err) != MOPT_OK) fail_msg("%s", err.msg);
             assert_int_equal(mopt_cuda_linear_bytes(l), (int64_t)mopt_tensor_nbytes(w));
-            for (int k = 0; k < 4; k++) {
-                const int T = Ts[k];
-                float *x = random_x(T, in), *y = malloc((size_t)T * out * sizeof *y);
-                double *ref = malloc((size_t)T * out * sizeof *ref), *mag = malloc((size_t)T * out * sizeof *mag);
-                reference(w, x, T, ref, mag);
-                run_gpu(l, x, T, y);
-                char what[96];
-                snprintf(what, sizeof what, "%s [%lld, %lld]", mopt_dtype_name(types[ti]), (long long)out, (long long)in);
-                const double rel = T <= MOPT_CUDA_GEMV_MAX_T || types[ti] == MOPT_DTYPE_F32 ? DECODE_REL : PREFILL_REL_SPLIT;
-                check_close(y, ref, mag, T * out, rel, what, T);
-                free(x), free(y), free(ref), free(mag);
-            }
+            char what[96];
+            snprintf(what, sizeof what, "%s [%lld, %lld]", mopt_dtype_name(types[ti]), (long long)out, (long long)in);
+            for (int k = 0; k < 4; k++)
+                check_gpu(w, l, Ts[k], 0, Ts[k] <= MOPT_CUDA_GEMV_MAX_T || types[ti] == MOPT_DTYPE_F32 ? DECODE_REL : PREFILL_REL_SPLIT, what);
             mopt_cuda_linear_free(l);
             mopt_tensor_free(w);
         }
@@ -168,20 +172,12 @@ static void test_qint_integer_decode_matches_the_cpu_kernels(void **state) {
                     mopt_error err = {0};
                     if (mopt_cuda_upload(gpu, w, &l, &err) != MOPT_OK) fail_msg("%s", err.msg);
                     assert_int_equal(mopt_cuda_linear_bytes(l), mopt_weight_storage_bytes(w));
-                    for (int k = 0; k < 5; k++) {
-                        const int T = Ts[k];
-                        float *x = random_x(T, in), *y = malloc((size_t)T * out * sizeof *y), *cpu = malloc((size_t)T * out * sizeof *cpu);
-                        double *ref = malloc((size_t)T * out * sizeof *ref), *mag = malloc((size_t)T * out * sizeof *mag);
-                        reference(w, x, T, ref, mag);
-                        const int decode = T <= MOPT_CUDA_GEMV_MAX_T; /* prefill (bf16 widening): against float64 */
-                        assert_int_equal(mopt_cpu_linear_once(1, &mopt_kernels_ref, w, NULL, x, T, cpu, &err), MOPT_OK);
-                        for (int64_t i = 0; decode && i < T * out; i++) ref[i] = cpu[i];
-                        run_gpu(l, x, T, y);
-                        char what[96];
-                        snprintf(what, sizeof what, "int%d g%d %s [%lld, %lld] against the %s", bits[bi], gss[gi], asym ? "asym" : "sym",
-                                 (long long)out, (long long)in, decode ? "CPU" : "float64 reference");
-                        check_close(y, ref, mag, T * out, decode ? DECODE_REL : PREFILL_REL_16, what, T);
-                        free(x), free(y), free(cpu), free(ref), free(mag);
+                    char what[96];
+                    snprintf(what, sizeof what, "int%d g%d %s [%lld, %lld]", bits[bi], gss[gi], asym ? "asym" : "sym", (long long)out,
+                             (long long)in);
+                    for (int k = 0; k < 5; k++) { /* prefill (bf16 widening): against float64 */
+                        const int decode = Ts[k] <= MOPT_CUDA_GEMV_MAX_T;
+                        check_gpu(w, l, Ts[k], decode, decode ? DECODE_REL : PREFILL_REL_16, what);
                     }
                     mopt_cuda_linear_free(l);
                     mopt_tensor_free(w);
@@ -204,18 +200,10 @@ static void test_qint_other_layouts_match_float64(void **state) {
         mopt_error err = {0};
         if (mopt_cuda_upload(gpu, w, &l, &err) != MOPT_OK) fail_msg("%s", err.msg);
         const int64_t out = cases[ci].out, in = cases[ci].in;
-        for (int k = 0; k < 3; k++) {
-            const int T = Ts[k];
-            float *x = random_x(T, in), *y = malloc((size_t)T * out * sizeof *y);
-            double *ref = malloc((size_t)T * out * sizeof *ref), *mag = malloc((size_t)T * out * sizeof *mag);
-            reference(w, x, T, ref, mag);
-            run_gpu(l, x, T, y);
-            char what[96];
-            snprintf(what, sizeof what, "case %zu: int%d g%d%s [%lld, %lld]", ci, cases[ci].bits, cases[ci].gs,
-                     cases[ci].act_order ? " act-order" : "", (long long)out, (long long)in);
-            check_close(y, ref, mag, T * out, T <= MOPT_CUDA_GEMV_MAX_T ? DECODE_REL : PREFILL_REL_16, what, T);
-            free(x), free(y), free(ref), free(mag);
-        }
+        char what[96];
+        snprintf(what, sizeof what, "case %zu: int%d g%d%s [%lld, %lld]", ci, cases[ci].bits, cases[ci].gs,
+                 cases[ci].act_order ? " act-order" : "", (long long)out, (long long)in);
+        for (int k = 0; k < 3; k++) check_gpu(w, l, Ts[k], 0, Ts[k] <= MOPT_CUDA_GEMV_MAX_T ? DECODE_REL : PREFILL_REL_16, what);
         mopt_cuda_linear_free(l);
         mopt_tensor_free(w);
     }
