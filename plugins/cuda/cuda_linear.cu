@@ -257,14 +257,26 @@ __device__ __forceinline__ void q8_block(const q8_rows<BITS, R> &d, int64_t b, c
     }
 }
 
-/* 4- or 8-bit rows of whole groups of whole blocks against int8 x: two rows per warp, each lane two blocks at
- * a time (16 or 32 bytes of levels per row each, all loaded before the first is used), every block's dot
- * exact in int32. */
+/* The integer GEMV's shape, settable at build time for tuning: on an H200 two rows per warp, two blocks per lane
+ * and no occupancy floor measured best of the nine tried (docs/BENCHMARKS.md, issue 16). */
+#ifndef Q8_ROWS
+#define Q8_ROWS 2 /* rows per warp */
+#endif
+#ifndef Q8_BLOCKS
+#define Q8_BLOCKS 2 /* blocks per lane loaded before the first is used */
+#endif
+#ifndef Q8_MIN_CTAS
+#define Q8_MIN_CTAS 1 /* CTAs per SM the register budget must allow */
+#endif
+
+/* 4- or 8-bit rows of whole groups of whole blocks against int8 x: Q8_ROWS rows per warp, each lane Q8_BLOCKS
+ * blocks at a time (16 or 32 bytes of levels per row each, all loaded before the first is used), every block's
+ * dot exact in int32. */
 template <int BITS, int NT>
-__global__ void __launch_bounds__(WARPS * 32) gemv_qint_q8(mopt_cuda_linear l, int64_t bpg, const int8_t *__restrict__ xq,
+__global__ void __launch_bounds__(WARPS * 32, Q8_MIN_CTAS) gemv_qint_q8(mopt_cuda_linear l, int64_t bpg, const int8_t *__restrict__ xq,
                                                             const float *__restrict__ xd, const int32_t *__restrict__ xs,
                                                             float *__restrict__ y) {
-    constexpr int R = 2;
+    constexpr int R = Q8_ROWS, U = Q8_BLOCKS;
     const int lane = threadIdx.x & 31;
     const int64_t row0 = ((int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
     if (row0 >= l.out) return;
@@ -277,13 +289,16 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_qint_q8(mopt_cuda_linear l, i
     int64_t rows[R];
 #pragma unroll
     for (int r = 0; r < R; r++) rows[r] = row0 + r < l.out ? row0 + r : l.out - 1; /* a missing row repeats the last, unwritten */
-    for (int64_t b0 = lane; b0 < nb; b0 += 64) {
-        const int64_t b1 = b0 + 32 < nb ? b0 + 32 : b0; /* past the row: b0 again, loaded but not used */
-        q8_rows<BITS, R> d0, d1;
-        q8_load(d0, l, rows, b0, b0 / bpg);
-        q8_load(d1, l, rows, b1, b1 / bpg);
-        q8_block<BITS, R, NT>(d0, b0, l, xq, xd, xs, nb, acc);
-        if (b1 != b0) q8_block<BITS, R, NT>(d1, b1, l, xq, xd, xs, nb, acc);
+    for (int64_t b0 = lane; b0 < nb; b0 += 32 * U) {
+        q8_rows<BITS, R> d[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) { /* past the row: b0 again, loaded but not used */
+            const int64_t b = b0 + 32 * u < nb ? b0 + 32 * u : b0;
+            q8_load(d[u], l, rows, b, b / bpg);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (b0 + 32 * u < nb) q8_block<BITS, R, NT>(d[u], b0 + 32 * u, l, xq, xd, xs, nb, acc);
     }
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -461,7 +476,7 @@ static void launch_dense(const mopt_cuda_linear *l, cudaStream_t s, const float 
 template <int BITS>
 static void launch_qint_q8(const mopt_cuda_linear *l, cudaStream_t s, int64_t bpg, const int8_t *xq, const float *xd,
                            const int32_t *xs, int32_t T, float *y) {
-    const int grid = blocks_for(l->out, WARPS * 2);
+    const int grid = blocks_for(l->out, WARPS * Q8_ROWS);
     const int64_t nb = l->in / 32;
     for (int32_t t0 = 0; t0 < T;) {
         const int32_t n = T - t0 >= 8 ? 8 : T - t0 >= 4 ? 4 : T - t0 >= 2 ? 2 : 1;
