@@ -38,6 +38,16 @@ static inline char *test_shared_path(char *buf, size_t cap, const char *rel) {
         }                                                                                                          \
     } while (0)
 
+/* A GPU test without a GPU: skips, saying why, or fails where MOPT_CUDA_REQUIRE=1 (scripts/gpu-check.sh) says
+ * a GPU must be there. */
+#define TEST_SKIP_WITHOUT_GPU(why)                                                \
+    do {                                                                          \
+        const char *req_ = getenv("MOPT_CUDA_REQUIRE");                           \
+        fprintf(stderr, "skipping: %s\n", (why));                                 \
+        if (req_ && *req_ == '1') fail_msg("MOPT_CUDA_REQUIRE=1 and no GPU");     \
+        skip();                                                                   \
+    } while (0)
+
 /* Asserts that a call failed with `code` and that its message contains `substr`. */
 #define CHECK_ERR(err, expect_code, substr)                                                                        \
     do {                                                                                                           \

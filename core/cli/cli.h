@@ -21,6 +21,10 @@ bool cli_parse_int(const char *s, long long lo, long long hi, long long *out);
 bool cli_parse_float(const char *s, double lo, double hi, double *out);
 /* --threads N: a positive integer, capped at the online cores with a warning line. */
 bool cli_parse_threads(const char *s, long long *out);
+/* --device D: where the commands' sessions run, handed to them as $MOPT_DEVICE (mopt_session_opts.device), so the
+ * passes a command runs see it too; a bad value fails when the first session opens, naming it. */
+#define CLI_OPT_DEVICE 1000
+void cli_set_device(const char *d);
 
 /* Writes a JSON value to path atomically (temp file, then rename). */
 mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err);

@@ -143,3 +143,5 @@ const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err
     }
     return NULL;
 }
+
+void cli_set_device(const char *d) { setenv("MOPT_DEVICE", d, 1); }

@@ -9,7 +9,7 @@
 #include "cli.h"
 
 static void help(void) {
-    printf("usage: mopt eval MODEL --data FILE [--ctx 256] [--json OUT] [--threads N] [--quiet]\n\n"
+    printf("usage: mopt eval MODEL --data FILE [--ctx 256] [--json OUT] [--threads N] [--device cuda] [--quiet]\n\n"
            "Perplexity of MODEL on FILE (the eval.perplexity pass): the file is tokenized whole\n"
            "(no BOS), cut into non-overlapping windows of CTX tokens (the last partial one dropped),\n"
            "and every window is scored on its positions 1..CTX-1 from the tokens before them.\n"
@@ -22,6 +22,7 @@ static void help(void) {
            "                agreement, ppl ratio with a bootstrap 95%% interval\n"
            "  --json OUT    also write {ppl, nll, tokens_scored, ctx, seconds, ...} to OUT\n"
            "  --threads N   worker threads (default: all cores)\n"
+           "  --device D    cpu (default), cuda or cuda:N: the linears on that GPU\n"
            "  --quiet       no progress lines on stderr\n");
 }
 
@@ -29,7 +30,7 @@ int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"data", required_argument, 0, 'd'},    {"ctx", required_argument, 0, 'c'},
                                          {"baseline", required_argument, 0, 'B'},
                                          {"stride", required_argument, 0, 'S'},  {"limit-tokens", required_argument, 0, 'l'},
-                                         {"json", required_argument, 0, 'j'},    {"threads", required_argument, 0, 'T'},
+                                         {"json", required_argument, 0, 'j'},    {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
                                          {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *data_path = NULL, *json_path = NULL, *ctx = "256", *baseline = NULL, *stride = NULL, *limit = NULL;
@@ -54,6 +55,7 @@ int cmd_eval(int argc, char **argv) {
             ctx = optarg;
             break;
         case 'j': json_path = optarg; break;
+        case CLI_OPT_DEVICE: cli_set_device(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("eval", "--threads expects a positive integer, got '%s'", optarg);

@@ -54,6 +54,7 @@ static void help(void) {
            "  --eval FILE         perplexity of the quantized and the original model (ctx 256)\n"
            "  --report OUT.json   write the report\n"
            "  --threads N         worker threads (default: all cores)\n"
+           "  --device D          cpu (default), cuda or cuda:N: --eval's linears on that GPU\n"
            "  --quiet             no progress lines\n"
            "  -o OUTDIR           save the quantized checkpoint there (atomically)\n"
            "  --format F          its format: " CLI_EXPORT_FORMATS " (default hf:\n"
@@ -85,7 +86,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"calib", required_argument, 0, 'c'},
         {"calib-samples", required_argument, 0, 'N'}, {"calib-len", required_argument, 0, 'L'},
         {"exclude", required_argument, 0, 'x'},       {"eval", required_argument, 0, 'e'},
-        {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'},
+        {"report", required_argument, 0, 'r'},        {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
         {"quiet", no_argument, 0, 'q'},               {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'f'},        {"force", no_argument, 0, 'O'},
         {"type", required_argument, 0, 'y'},         {"stream", no_argument, 0, 'S'},
@@ -145,6 +146,7 @@ static int parse(int argc, char **argv, qargs *a) {
             break;
         case 'e': a->eval = optarg; break;
         case 'r': a->report_path = optarg; break;
+        case CLI_OPT_DEVICE: cli_set_device(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &a->threads)) return cli_usage_error("quantize", "--threads expects a positive integer, got '%s'", optarg);
             break;

@@ -76,7 +76,7 @@ int cmd_run(int argc, char **argv) {
 }
 
 int cmd_pipeline(int argc, char **argv) {
-    static const struct option opts[] = {{"json", required_argument, 0, 'j'}, {"threads", required_argument, 0, 'T'},
+    static const struct option opts[] = {{"json", required_argument, 0, 'j'}, {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
                                          {"quiet", no_argument, 0, 'q'},       {"report-dir", required_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *json_path = NULL, *report_dir = NULL;
@@ -86,6 +86,7 @@ int cmd_pipeline(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': json_path = optarg; break;
+        case CLI_OPT_DEVICE: cli_set_device(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("pipeline", "--threads expects a positive integer, got '%s'", optarg);
@@ -93,7 +94,7 @@ int cmd_pipeline(int argc, char **argv) {
         case 'q': quiet = 1; break;
         case 'R': report_dir = optarg; break;
         case 'h':
-            printf("usage: mopt pipeline 'PASS<k=v;k=v>,PASS...' MODEL [--json OUT] [--report-dir DIR] [--threads N] [--quiet]\n\n"
+            printf("usage: mopt pipeline 'PASS<k=v;k=v>,PASS...' MODEL [--json OUT] [--report-dir DIR] [--threads N] [--device D] [--quiet]\n\n"
                    "Runs the passes in order on MODEL and prints the report (JSON) on stdout.\n"
                    "--report-dir writes report.json, report.md and report.html there (also when a pass fails).\n"
                    "Exit status 3 when a gate (eval.gate) failed.\n");

@@ -47,6 +47,7 @@ static void help(void) {
            "  --max-conns N       open connections (default 4096, or what the file limit allows)\n"
            "  --drain-timeout S   seconds a SIGTERM waits for running requests (default 30)\n"
            "  --threads N         compute threads per model (default: all cores)\n"
+           "  --device D          cpu (default), cuda or cuda:N: the models' linears on that GPU\n"
            "  --chat-template F   render chat with the Jinja template in file F instead (both arms), or\n"
            "                      'plain' for the plain format\n"
            "  --verbose           log libmicrohttpd's messages too\n");
@@ -123,7 +124,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-seqs", required_argument, 0, 'q'},  {"max-batch", required_argument, 0, 'b'},
         {"ctx", required_argument, 0, 'x'},       {"queue", required_argument, 0, 'Q'},
         {"max-body", required_argument, 0, 'B'},  {"kv-memory", required_argument, 0, 'M'},  {"max-conns", required_argument, 0, 'C'},
-        {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'},
+        {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
         {"shadow", required_argument, 0, 'w'},   {"shadow-tokens", required_argument, 0, 'k'},
         {"gate", required_argument, 0, 'g'},     {"gate-window", required_argument, 0, 'W'},
         {"chat-template", required_argument, 0, 't'}, {"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
@@ -159,6 +160,7 @@ int cmd_serve(int argc, char **argv) {
             if (!cli_parse_float(optarg, 0, 3600, &drain))
                 return cli_usage_error("serve", "--drain-timeout expects seconds in [0, 3600], got '%s'", optarg);
             break;
+        case CLI_OPT_DEVICE: cli_set_device(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("serve", "--threads expects a positive integer, got '%s'", optarg);

@@ -71,7 +71,8 @@ static void cpu_free(void *p) {
     free(c);
 }
 
-static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, mopt_error *err) {
+static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, int32_t device, mopt_error *err) {
+    (void)device;
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     c->pool = mopt_pool_new(n_threads);

@@ -39,8 +39,8 @@ typedef struct mopt_op_args {
 
 typedef struct mopt_backend_i {
     const char *name;
-    /* (optional) prepares per-session state for n_threads and a graph. */
-    mopt_status (*init)(void **ctx, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, mopt_error *err);
+    /* prepares per-session state for n_threads and a graph on GPU `device` (the CPU backend ignores it) */
+    mopt_status (*init)(void **ctx, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, int32_t device, mopt_error *err);
     void (*free)(void *ctx);
     mopt_status (*forward)(void *ctx, const mopt_op_args *a, mopt_error *err);
     int32_t (*n_threads)(const void *ctx);
@@ -49,6 +49,8 @@ typedef struct mopt_backend_i {
 } mopt_backend_i;
 
 extern const mopt_backend_i mopt_backend_cpu;
+/* The linears on a GPU through libmopt-cuda, loaded at run time; everything else on the CPU backend. */
+extern const mopt_backend_i mopt_backend_cuda;
 
 struct mopt_kernels;
 /* y[T, out] = x[T, in] @ w^T + b with the CPU backend's linear kernels on a

@@ -2,6 +2,7 @@
  * handing each to the backend with its input/output buffers and KV cache.
  * Activation buffers are shared between values whose lifetimes do not
  * overlap, so memory follows the widest few live values, not the depth. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ struct mopt_session {
     const mopt_graph *g;
     const mopt_backend_i *be;
     void *be_ctx;
+    char device[16]; /* "cpu" or "cuda:N" */
     int32_t max_ctx, max_batch;
     int32_t n_slots;
     float **slots;       /* [n_slots] each max_batch x slot width */
@@ -191,6 +193,26 @@ static mopt_status plan_slots(mopt_session *s, mopt_error *err) {
     return st;
 }
 
+/* "cpu" (or nothing): -1; "cuda": 0; "cuda:N": N. NULL reads $MOPT_DEVICE. */
+static mopt_status parse_device(const char *d, int32_t *gpu, mopt_error *err) {
+    const char *src = d ? "device" : "device (--device or MOPT_DEVICE)";
+    if (!d) d = getenv("MOPT_DEVICE");
+    *gpu = -1;
+    if (!d || !*d || strcmp(d, "cpu") == 0) return MOPT_OK;
+    if (strcmp(d, "cuda") == 0) {
+        *gpu = 0;
+        return MOPT_OK;
+    }
+    char *end = NULL;
+    const long n = strncmp(d, "cuda:", 5) == 0 && d[5] >= '0' && d[5] <= '9' ? strtol(d + 5, &end, 10) : -1;
+    if (n < 0 || n > 1023 || !end || *end)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "%s '%s': expected cpu, cuda or cuda:N", src, d);
+    *gpu = (int32_t)n;
+    return MOPT_OK;
+}
+
+const char *mopt_session_device(const mopt_session *s) { return s->device; }
+
 mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opts, mopt_error *err) {
     mopt_session_opts o;
     mopt_session_opts_default(&o);
@@ -203,6 +225,11 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     }
     s->g = g;
     s->be = &mopt_backend_cpu;
+    int32_t gpu = -1;
+    if (parse_device(o.device, &gpu, err)) goto fail;
+    if (gpu >= 0) s->be = &mopt_backend_cuda;
+    if (gpu >= 0) snprintf(s->device, sizeof s->device, "cuda:%d", gpu);
+    else snprintf(s->device, sizeof s->device, "cpu");
     s->max_ctx = o.max_ctx > 0 && o.max_ctx < a->max_ctx ? o.max_ctx : a->max_ctx;
     s->max_batch = o.max_batch > 0 && o.max_batch < s->max_ctx ? o.max_batch : s->max_ctx;
     s->lm_head = -1;
@@ -216,7 +243,7 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     if (plan_slots(s, err)) goto fail;
     if (seq_init(&s->own, g, s->max_ctx, err)) goto fail;
     if (ensure_segs(s, 1, err)) goto fail;
-    if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, err)) goto fail;
+    if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, gpu, err)) goto fail;
     return s;
 fail:
     mopt_session_free(s);

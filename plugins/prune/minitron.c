@@ -73,7 +73,7 @@ static mopt_status cut_loss(const mopt_host_api *h, const mopt_graph *g, const m
     mopt_graph *cut = mt_slice(h, g, &k, err);
     mt_keep_free(&k);
     if (!cut) return err->code ? (mopt_status)err->code : MOPT_E_NOMEM;
-    const mopt_session_opts so = {sizeof so, 0, len, len};
+    const mopt_session_opts so = {.struct_size = sizeof so, .max_ctx = len, .max_batch = len};
     mopt_session *ses = h->session_new(cut, &so, err);
     st = ses ? MOPT_OK : (mopt_status)err->code;
     double sum = 0;

@@ -21,6 +21,9 @@ typedef struct mopt_session_opts {
     int32_t n_threads;    /* <= 0: all online cores */
     int32_t max_ctx;      /* <= 0: the architecture's context length */
     int32_t max_batch;    /* tokens per forward call; <= 0: max_ctx */
+    /* "cpu", "cuda" or "cuda:N": where the session runs. NULL: $MOPT_DEVICE, else the CPU. On a GPU the
+     * linears run there through libmopt-cuda (mopt/cuda.h), the other ops on the CPU. */
+    const char *device;
 } mopt_session_opts;
 
 MOPT_API void mopt_session_opts_default(mopt_session_opts *o);
@@ -40,6 +43,8 @@ MOPT_API int32_t mopt_session_length(const mopt_session *s);
 /* Drops cached positions >= n (n <= length). */
 MOPT_API mopt_status mopt_session_truncate(mopt_session *s, int32_t n, mopt_error *err);
 MOPT_API int32_t mopt_session_n_threads(const mopt_session *s);
+/* "cpu", or "cuda:N" for a session whose linears run on GPU N. */
+MOPT_API const char *mopt_session_device(const mopt_session *s);
 /* fn(user, task, thread) for every task in [0, n_tasks) on the session's
  * threads (thread < mopt_session_n_threads), the caller joining in; returns
  * when all have run (s NULL: in order on the caller's thread). For a pass's
