@@ -233,7 +233,7 @@ __device__ __forceinline__ void q8_block(const q8_rows<BITS, R> &d, int64_t b, c
         const int4 *xp = (const int4 *)(xq + t * l.in + b * 32);
         const int4 xa = __ldg(xp), xb = __ldg(xp + 1);
         const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-        const float d = xd[t * nb + b];
+        const float dx = xd[t * nb + b]; /* the block's x scale */
         const int sq = xs[t * nb + b];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -253,7 +253,7 @@ __device__ __forceinline__ void q8_block(const q8_rows<BITS, R> &d, int64_t b, c
                     for (int i = 0; i < 4; i++) dot = dp4a_us(u[i], xv[4 * k + i], dot);
                 }
             }
-            acc[r][t] += s[r] * d * (float)(dot - z[r] * sq);
+            acc[r][t] += s[r] * dx * (float)(dot - z[r] * sq);
         }
     }
 }
