@@ -30,9 +30,20 @@ static float uniform(void) {
     return (float)((rng >> 40) * (1.0 / (1 << 23)) - 1.0);
 }
 
-/* One linear's weight in format f: 0 bf16, 1 int8 g128, 2 int4 g128 (asymmetric, as AWQ/GPTQ write them). */
+/* One linear's weight in format f: 0 bf16, 1 int8 g128, 2 int4 g128 (asymmetric, as AWQ/GPTQ write them), 3 W8A8. */
 static mopt_tensor *make_weight(int f, int64_t out, int64_t in, mopt_error *err) {
     mopt_tensor *t = NULL;
+    if (f == 3) {
+        int8_t *q = malloc((size_t)(out * in));
+        float *s = malloc((size_t)out * sizeof *s);
+        if (q && s) {
+            for (int64_t i = 0; i < out * in; i++) q[i] = (int8_t)(100 * uniform());
+            for (int64_t i = 0; i < out; i++) s[i] = 0.001f * (2 + uniform());
+            t = mopt_w8a8_pack("w", out, in, q, s, err);
+        }
+        free(q), free(s);
+        return t;
+    }
     if (f == 0) {
         float *w = malloc((size_t)(out * in) * sizeof *w);
         if (!w) return NULL;
@@ -179,8 +190,8 @@ int main(int argc, char **argv) {
 
     printf("| weights | bytes/token | decode ms (stream) | decode ms (graph) | GB/s (graph) | of copy | largest linear | kernel GB/s |"
            " of copy | copy of its size GB/s | prefill ms | prefill tok/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    const char *names[3] = {"bf16", "int8 g128", "int4 g128"};
-    for (int f = 0; f < 3; f++) {
+    const char *names[4] = {"bf16", "int8 g128", "int4 g128", "w8a8"};
+    for (int f = 0; f < 4; f++) {
         int64_t bytes = 0, params = 0;
         for (int k = 0; k < 7; k++) {
             mopt_tensor *w = make_weight(f, shapes[k][0], shapes[k][1], &err);

@@ -186,6 +186,7 @@ const mopt_host_api mopt_host = {
     .graph_value_width = mopt_graph_value_width,
     .session_parallel_for = mopt_session_parallel_for,
     .tri_inverse_f64 = tri_inverse_f64,
+    .session_device = mopt_session_device,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

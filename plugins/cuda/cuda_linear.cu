@@ -26,6 +26,7 @@ struct mopt_cuda_linear {
     int int_path;  /* QINT rows the integer decode kernel takes */
     void *w;       /* the stored weight */
     __half *scale; /* QINT: [out, ng] */
+    float *row_scale; /* W8A8: [out] */
     uint8_t *zero; /* QINT: [out, ng] or NULL (symmetric) */
     int32_t *g_idx;
     int zsym;
@@ -232,7 +233,7 @@ __device__ __forceinline__ void q8_block(const q8_rows<BITS, R> &d, int64_t b, c
         const int4 *xp = (const int4 *)(xq + t * l.in + b * 32);
         const int4 xa = __ldg(xp), xb = __ldg(xp + 1);
         const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-        const float d = xd[t * nb + b];
+        const float dx = xd[t * nb + b]; /* the block's x scale */
         const int sq = xs[t * nb + b];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -252,7 +253,7 @@ __device__ __forceinline__ void q8_block(const q8_rows<BITS, R> &d, int64_t b, c
                     for (int i = 0; i < 4; i++) dot = dp4a_us(u[i], xv[4 * k + i], dot);
                 }
             }
-            acc[r][t] += s[r] * d * (float)(dot - z[r] * sq);
+            acc[r][t] += s[r] * dx * (float)(dot - z[r] * sq);
         }
     }
 }
@@ -352,12 +353,85 @@ __global__ void split_x(const float *__restrict__ x, int64_t n, H *__restrict__ 
     if (lo) round16(x[i] - to_f32(h), &lo[i]);
 }
 
+/* ---- W8A8: int8 weights with a scale per row, x quantized per token ---- */
+
+/* x [T, in] to int8 per token, as the CPU's quantize_token_i8: s = max|x| / 127 (1 for a token of zeros), level =
+ * x / s clamped to +-127 and rounded to nearest even. One CTA per token. */
+__global__ void __launch_bounds__(256) quantize_tokens(const float *__restrict__ x, int64_t in, int8_t *__restrict__ xq,
+                                                       float *__restrict__ xs) {
+    __shared__ float part[8];
+    const int64_t t = blockIdx.x;
+    const float *xt = x + t * in;
+    float m = 0;
+    for (int64_t i = threadIdx.x; i < in; i += 256) m = fmaxf(m, fabsf(xt[i]));
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = part[0];
+    for (int k = 1; k < 8; k++) m = fmaxf(m, part[k]);
+    const float s = m > 0 ? m / 127.0f : 1.0f;
+    for (int64_t i = threadIdx.x; i < in; i += 256) {
+        float q = xt[i] / s;
+        q = q >= -127.f ? (q <= 127.f ? q : 127.f) : -127.f;
+        xq[t * in + i] = (int8_t)rintf(q);
+    }
+    if (threadIdx.x == 0) xs[t] = s;
+}
+
+/* y = (float)(w . xq) * s[row] * xs[t], the CPU's expression, so every value is the CPU's bit for bit (the int32
+ * sum is exact in any order). One warp per row; vec: rows and x rows 16-byte aligned (in % 16 == 0). */
+template <int NT>
+__global__ void __launch_bounds__(WARPS * 32) gemv_w8a8(const int8_t *__restrict__ w, const float *__restrict__ ws, int64_t out, int64_t in,
+                                                         int vec, const int8_t *__restrict__ xq, const float *__restrict__ xs,
+                                                         float *__restrict__ y) {
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    if (row >= out) return;
+    const int8_t *wr = w + row * in;
+    int acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0;
+    int64_t k0 = 0;
+    if (vec) {
+        const int64_t nc = in / 16;
+        for (int64_t c = lane; c < nc; c += 32) {
+            const int4 v = __ldcs((const int4 *)wr + c);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const int4 xv = __ldg((const int4 *)(xq + t * in) + c);
+                acc[t] = __dp4a(v.x, xv.x, acc[t]);
+                acc[t] = __dp4a(v.y, xv.y, acc[t]);
+                acc[t] = __dp4a(v.z, xv.z, acc[t]);
+                acc[t] = __dp4a(v.w, xv.w, acc[t]);
+            }
+        }
+        k0 = nc * 16;
+    }
+    for (int64_t k = k0 + lane; k < in; k += 32)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[t] += (int)wr[k] * (int)xq[t * in + k];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int v = acc[t];
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[t * out + row] = (float)v * ws[row] * xs[t];
+    }
+}
+
+/* y [T, out] = (float)sums * s[row] * xs[t] after cuBLAS's int32 GEMM */
+__global__ void scale_w8a8(const int32_t *__restrict__ sums, const float *__restrict__ ws, const float *__restrict__ xs, int64_t out,
+                           int64_t n, float *__restrict__ y) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = (float)sums[i] * ws[i % out] * xs[i / out];
+}
+
 /* ---- upload ---- */
 
 extern "C" void mopt_cuda_linear_free(mopt_cuda_linear *l) {
     if (!l) return;
     cudaFree(l->w);
     cudaFree(l->scale);
+    cudaFree(l->row_scale);
     cudaFree(l->zero);
     cudaFree(l->g_idx);
     free(l);
@@ -407,17 +481,27 @@ static mopt_status check_qint(const mopt_tensor *w, mopt_error *err) {
     return MOPT_OK;
 }
 
+/* W8A8: rows of `in` int8 values, one F32 scale per row. */
+static mopt_status check_w8a8(const mopt_tensor *w, mopt_error *err) {
+    const mopt_tensor *s = w->quant ? w->quant->scale : NULL;
+    if (w->nb[1] != (size_t)w->ne[0])
+        return mopt_error_set(err, MOPT_E_FORMAT, "cuda", "%s: w8a8 rows of %zu bytes, %lld expected", w->name, w->nb[1], (long long)w->ne[0]);
+    if (!s || s->dtype != MOPT_DTYPE_F32 || mopt_tensor_nelements(s) != w->ne[1])
+        return mopt_error_set(err, MOPT_E_FORMAT, "cuda", "%s: w8a8 scales are not F32 [%lld]", w->name, (long long)w->ne[1]);
+    return MOPT_OK;
+}
+
 extern "C" mopt_status mopt_cuda_upload(mopt_cuda *c, const mopt_tensor *w, mopt_cuda_linear **out, mopt_error *err) {
     *out = NULL;
     const int dense = w->dtype == MOPT_DTYPE_F32 || w->dtype == MOPT_DTYPE_F16 || w->dtype == MOPT_DTYPE_BF16;
-    if (!dense && w->dtype != MOPT_DTYPE_QINT)
-        return mopt_error_set(err, MOPT_E_UNSUPPORTED, "cuda", "%s: %s weights do not run on the GPU yet (f32, f16, bf16 and QINT do)",
+    if (!dense && w->dtype != MOPT_DTYPE_QINT && w->dtype != MOPT_DTYPE_W8A8)
+        return mopt_error_set(err, MOPT_E_UNSUPPORTED, "cuda", "%s: %s weights do not run on the GPU yet (f32, f16, bf16, QINT and w8a8 do)",
                               w->name, mopt_dtype_name(w->dtype));
     if (w->ne[0] <= 0 || w->ne[1] <= 0 || w->ne[2] != 1 || w->ne[3] != 1)
         return mopt_error_set(err, MOPT_E_INVALID, "cuda", "%s: a linear's weight must be [out, in]", w->name);
     if (dense && !mopt_tensor_is_contiguous(w))
         return mopt_error_set(err, MOPT_E_INVALID, "cuda", "%s: the weight is not contiguous", w->name);
-    mopt_status st = w->dtype == MOPT_DTYPE_QINT ? check_qint(w, err) : MOPT_OK;
+    mopt_status st = w->dtype == MOPT_DTYPE_QINT ? check_qint(w, err) : w->dtype == MOPT_DTYPE_W8A8 ? check_w8a8(w, err) : MOPT_OK;
     if (st) return st;
     mopt_cuda_linear *l = (mopt_cuda_linear *)calloc(1, sizeof *l);
     if (!l) return mopt_error_set(err, MOPT_E_NOMEM, "cuda", "out of memory");
@@ -426,6 +510,9 @@ extern "C" mopt_status mopt_cuda_upload(mopt_cuda *c, const mopt_tensor *w, mopt
     l->in = w->ne[0];
     if (dense) {
         st = upload_bytes(c, w->data, mopt_tensor_nbytes(w), &l->w, &l->bytes, err);
+    } else if (w->dtype == MOPT_DTYPE_W8A8) {
+        st = upload_bytes(c, w->data, (size_t)(l->out * l->in), &l->w, &l->bytes, err);
+        if (!st) st = upload_bytes(c, w->quant->scale->data, (size_t)l->out * sizeof(float), (void **)&l->row_scale, &l->bytes, err);
     } else {
         const mopt_quant_info *q = w->quant;
         l->bits = q->bits;
@@ -575,10 +662,53 @@ static mopt_status run_prefill(mopt_cuda *c, const mopt_cuda_linear *l, const fl
     return b == CUBLAS_STATUS_SUCCESS ? MOPT_OK : blas_fail(err, b, "cublasGemmEx");
 }
 
+/* W8A8: x to int8 per token, then the GEMV (decode) or cuBLAS's int8 GEMM with int32 sums (prefill; the GEMV in
+ * chunks of 8 tokens where cuBLAS does not take the shape), each sum scaled as the CPU scales it. */
+static mopt_status run_w8a8(mopt_cuda *c, const mopt_cuda_linear *l, const float *x, int32_t T, float *y, mopt_error *err) {
+    const int64_t in = l->in, out = l->out;
+    const size_t qbytes = align256((size_t)T * (size_t)in), sbytes = align256((size_t)T * sizeof(float));
+    const size_t ibytes = T > MOPT_CUDA_GEMV_MAX_T ? (size_t)T * (size_t)out * sizeof(int32_t) : 0;
+    void *sc = NULL;
+    mopt_status st = cuda_scratch(c, qbytes + sbytes + ibytes, &sc, err);
+    if (st) return st;
+    int8_t *xq = (int8_t *)sc;
+    float *xs = (float *)((char *)sc + qbytes);
+    int32_t *sums = (int32_t *)((char *)sc + qbytes + sbytes);
+    quantize_tokens<<<T, 256, 0, c->stream>>>(x, in, xq, xs);
+    CU(cudaGetLastError(), "quantizing x");
+    if (T > MOPT_CUDA_GEMV_MAX_T && in % 4 == 0 && out % 4 == 0) {
+        const int32_t one = 1, zero = 0;
+        const cublasStatus_t b = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, T, (int)in, &one, l->w, CUDA_R_8I, (int)in, xq,
+                                              CUDA_R_8I, (int)in, &zero, sums, CUDA_R_32I, (int)out, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
+        if (b == CUBLAS_STATUS_SUCCESS) {
+            const int64_t n = (int64_t)T * out;
+            scale_w8a8<<<blocks_for(n, 256), 256, 0, c->stream>>>(sums, l->row_scale, xs, out, n, y);
+            CU(cudaGetLastError(), "scaling the int8 GEMM");
+            return MOPT_OK;
+        }
+        if (b != CUBLAS_STATUS_NOT_SUPPORTED) return blas_fail(err, b, "cublasGemmEx (int8)");
+    }
+    const int vec = in % 16 == 0, grid = blocks_for(out, WARPS);
+    const int8_t *w = (const int8_t *)l->w;
+    for (int32_t t0 = 0; t0 < T;) {
+        const int32_t n = T - t0 >= 8 ? 8 : T - t0 >= 4 ? 4 : T - t0 >= 2 ? 2 : 1;
+        const int8_t *q = xq + (int64_t)t0 * in;
+        float *yt = y + (int64_t)t0 * out;
+        if (n == 8) gemv_w8a8<8><<<grid, WARPS * 32, 0, c->stream>>>(w, l->row_scale, out, in, vec, q, xs + t0, yt);
+        else if (n == 4) gemv_w8a8<4><<<grid, WARPS * 32, 0, c->stream>>>(w, l->row_scale, out, in, vec, q, xs + t0, yt);
+        else if (n == 2) gemv_w8a8<2><<<grid, WARPS * 32, 0, c->stream>>>(w, l->row_scale, out, in, vec, q, xs + t0, yt);
+        else gemv_w8a8<1><<<grid, WARPS * 32, 0, c->stream>>>(w, l->row_scale, out, in, vec, q, xs + t0, yt);
+        t0 += n;
+    }
+    CU(cudaGetLastError(), "a W8A8 GEMV's launch");
+    return MOPT_OK;
+}
+
 extern "C" mopt_status mopt_cuda_linear_run(mopt_cuda *c, const mopt_cuda_linear *l, const float *x, int32_t T, float *y, mopt_error *err) {
     if (T <= 0) return mopt_error_set(err, MOPT_E_INVALID, "cuda", "a linear needs at least one token, got %d", T);
     CU(cudaSetDevice(c->device), "cudaSetDevice"); /* the calling thread may not be the one that opened the context */
     if (l->in > INT32_MAX || l->out > INT32_MAX)
         return mopt_error_set(err, MOPT_E_UNSUPPORTED, "cuda", "a linear of %lld x %lld is too large for cuBLAS", (long long)l->out, (long long)l->in);
+    if (l->dtype == MOPT_DTYPE_W8A8) return run_w8a8(c, l, x, T, y, err);
     return T <= MOPT_CUDA_GEMV_MAX_T ? run_decode(c, l, x, T, y, err) : run_prefill(c, l, x, T, y, err);
 }

@@ -6,8 +6,10 @@
  * weight bytes a decode step reads per token, the GB/s that makes at the
  * median decode speed, and the machine's read bandwidth measured on the same
  * threads, so decode speed reads as a fraction of what the memory allows. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #include "eval_plugin.h"
@@ -101,7 +103,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         const double per_token = (double)h->graph_decode_bytes(g), dec_gbs = h->quantile(dec, runs, 0.5) * per_token / 1e9;
         h->report_metric(report, "weight_bytes_per_token", per_token);
         h->report_metric(report, "decode_gb_s", dec_gbs);
-        const int64_t bw_mib = h->opt_int(o, "bandwidth_mib");
+        /* the host's read bandwidth is the limit only for a session on the CPU */
+        const char *device = h->struct_size > offsetof(mopt_host_api, session_device) ? h->session_device(s) : "cpu";
+        h->report_string(report, "device", device);
+        const int64_t bw_mib = strcmp(device, "cpu") == 0 ? h->opt_int(o, "bandwidth_mib") : 0;
         if (bw_mib > 0) {
             const double bw = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 5);
             if (bw > 0) {
@@ -130,7 +135,7 @@ static const mopt_opt_spec opts[] = {
     {"warmup", MOPT_OPT_INT, 0, "runs before measuring (not counted)", "1", 0, 100, NULL},
     {"text", MOPT_OPT_DATASET, 0, "text whose tokens form the prompts (default: synthetic ids)", NULL, 0, -1, NULL},
     {"bandwidth_mib", MOPT_OPT_INT, 0,
-     "MiB of the buffer the machine's read bandwidth is measured on, on the same threads (0: skip); decode GB/s is reported "
+     "MiB of the buffer the machine's read bandwidth is measured on, on the same threads (0, or a session on a GPU: skip); decode GB/s is reported "
      "as a fraction of it",
      "512", 0, 1 << 20, NULL},
 };

@@ -156,6 +156,24 @@ static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
     json_decref(j);
 }
 
+/* The bench pass names the device its session ran on; the host's read bandwidth is measured for a CPU session. */
+static void test_bench_report_names_the_device(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], args[4096], out[1100];
+    test_tmpdir(dir, sizeof dir, "eval-bench-device");
+    snprintf(out, sizeof out, "%s/report.json", dir);
+    snprintf(args, sizeof args, "pipeline 'eval.bench<prompt_len=16;gen=4;runs=1;bandwidth_mib=16>' '%s/models/lit-gpt2-1m' --device cpu --json '%s' --quiet",
+             test_shared_dir(), out);
+    assert_int_equal(run_cli(args), 0);
+    json_error_t je;
+    json_t *j = json_load_file(out, 0, &je);
+    assert_non_null(j);
+    json_t *pass = json_array_get(json_object_get(j, "passes"), 0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(pass, "strings"), "device")), "cpu");
+    assert_true(json_number_value(json_object_get(json_object_get(pass, "metrics"), "read_gb_s")) > 0);
+    json_decref(j);
+}
+
 static int exists(const char *dir, const char *name) {
     char p[1200];
     struct stat st;
@@ -221,6 +239,7 @@ int main(void) {
         cmocka_unit_test(test_bootstrap_interval_separates_int4_from_int8),
         cmocka_unit_test(test_generate_match_and_ab_against_itself),
         cmocka_unit_test(test_bench_json_has_speed_latency_spread_and_bandwidth),
+        cmocka_unit_test(test_bench_report_names_the_device),
         cmocka_unit_test(test_gates_exit_3_and_still_write_reports),
         cmocka_unit_test(test_ci_regression_script_exits_3_on_a_failed_gate),
     };

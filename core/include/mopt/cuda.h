@@ -47,9 +47,11 @@ void mopt_cuda_free(void *p);
 mopt_status mopt_cuda_copy(mopt_cuda *c, void *dst, const void *src, size_t bytes, int kind, mopt_error *err);
 mopt_status mopt_cuda_sync(mopt_cuda *c, mopt_error *err);
 
-/* Uploads weight w [out, in]: F32, F16, BF16, or QINT of 2, 3, 4 or 8 bits
- * (groups, zero-points or symmetric, act-order g_idx). Other dtypes, and QINT
- * with FP8 activations or weights (W4A8), fail with MOPT_E_UNSUPPORTED. */
+/* Uploads weight w [out, in]: F32, F16, BF16, QINT of 2, 3, 4 or 8 bits
+ * (groups, zero-points or symmetric, act-order g_idx), or W8A8 (x quantized
+ * per token on the GPU as on the CPU; decode by dp4a, prefill by cuBLAS's int8
+ * GEMM; every output the CPU's bit for bit). Other dtypes, and QINT with FP8
+ * activations or weights (W4A8), fail with MOPT_E_UNSUPPORTED. */
 mopt_status mopt_cuda_upload(mopt_cuda *c, const mopt_tensor *w, mopt_cuda_linear **out, mopt_error *err);
 void mopt_cuda_linear_free(mopt_cuda_linear *l);
 /* Device bytes of the stored weight (levels, scales, zeros, g_idx), what a decode step reads. */

@@ -294,6 +294,8 @@ typedef struct mopt_host_api {
     /* appended: from chol_f64's L (row-major, lower triangle), L^-1 in its place (LAPACK's blocked
      * triangular inverse); the upper triangle is left as it was. 0 when L is singular, else 1. */
     int32_t (*tri_inverse_f64)(double *A, int64_t n);
+    /* appended: "cpu" or "cuda:N", where a session runs (mopt_session_device, mopt/executor.h) */
+    const char *(*session_device)(const mopt_session *s);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

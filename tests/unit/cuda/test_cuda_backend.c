@@ -148,7 +148,7 @@ static void test_quantized_perplexity_on_the_gpu_matches_the_cpu(void **state) {
     (void)state;
     REQUIRE_GPU();
     const char *pipes[] = {"quant.rtn<bits=4;group_size=128>", "quant.rtn<bits=8;group_size=-1;sym=true>", "quant.rtn<bits=4;group_size=32>",
-                           "quant.rtn<bits=3;group_size=64>"};
+                           "quant.rtn<bits=3;group_size=64>", "quant.smoothquant<smooth=false>"};
     for (size_t k = 0; k < sizeof pipes / sizeof *pipes; k++) {
         mopt_model *m = test_load_model("models/lit-llama-7m");
         mopt_report_free(test_run_pipeline(m, pipes[k]));
