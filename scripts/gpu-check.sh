@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 dir=build-cuda
 if [[ "${1:-}" == "--prebuilt" ]]; then
-  [[ -n "${2:-}" && -x "$2/bin/test_cuda_linear" ]] || { echo "gpu-check: $2/bin/test_cuda_linear not found" >&2; exit 2; }
+  [[ -n "${2:-}" && -x "${2:-}/bin/test_cuda_linear" ]] || { echo "gpu-check: --prebuilt DIR needs DIR/bin/test_cuda_linear" >&2; exit 2; }
   dir=$2
   export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 elif [[ $# -gt 0 ]]; then

@@ -9,7 +9,8 @@
  *    y = sum over blocks of s * xd * (levels . xq - z * sum xq).
  *  - other QINT (act-order g_idx, 2 and 3 bits, partial blocks or groups):
  *    each value widened to (q - z) * s in fp32, one warp per row.
- * Prefill: cuBLAS (see mopt_cuda.h). */
+ *  - W8A8: x to int8 per token, dp4a, the CPU's scaling (bit for bit).
+ * Prefill: cuBLAS (mopt/cuda.h says how each dtype goes in). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdlib.h>

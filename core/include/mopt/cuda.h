@@ -12,7 +12,8 @@
  * cuBLAS with fp32 accumulation: bf16/f16 weights as stored against x split
  * into two 16-bit halves (two GEMMs: fp32 activations' accuracy), QINT weights
  * widened to bf16 in a scratch buffer against x rounded to bf16, f32 weights
- * in fp32 SGEMM (no TF32).
+ * in fp32 SGEMM (no TF32). W8A8 runs in integers in both (see
+ * mopt_cuda_upload).
  *
  * Every call returns MOPT_OK or fails with one line in err; nothing here exits. */
 #ifndef MOPT_CUDA_H
