@@ -33,11 +33,12 @@ typedef struct cuda_ctx {
     mopt_cuda *gpu;
     const mopt_graph *g;
     mopt_cuda_linear **lin; /* per node: its weight on the GPU, or NULL */
+    float **bias;           /* per node on the GPU with a bias: the bias in fp32, read once */
     int32_t n_nodes;
     void *dx, *dy; /* device activations */
     size_t dx_cap, dy_cap;
-    float *hx, *hy, *hb; /* host staging for strided rows, the bias */
-    size_t hx_cap, hy_cap, hb_cap;
+    float *hx, *hy; /* host staging for strided rows */
+    size_t hx_cap, hy_cap;
 } cuda_ctx;
 
 /* libmopt-cuda.so beside libmopt (build/lib, <prefix>/lib), or in ../lib from a program in build/bin that
@@ -86,8 +87,10 @@ static mopt_status bind_api(cuda_ctx *c, mopt_error *err) {
 static void cuda_free_ctx(void *p) {
     cuda_ctx *c = p;
     if (!c) return;
-    for (int32_t i = 0; c->lin && i < c->n_nodes; i++)
+    for (int32_t i = 0; c->lin && i < c->n_nodes; i++) {
         if (c->lin[i]) c->f.linear_free(c->lin[i]);
+        if (c->bias) free(c->bias[i]);
+    }
     if (c->gpu) {
         c->f.free(c->dx);
         c->f.free(c->dy);
@@ -96,9 +99,9 @@ static void cuda_free_ctx(void *p) {
     if (c->cpu) mopt_backend_cpu.free(c->cpu);
     if (c->lib) dlclose(c->lib);
     free(c->lin);
+    free(c->bias);
     free(c->hx);
     free(c->hy);
-    free(c->hb);
     free(c);
 }
 
@@ -111,7 +114,9 @@ static mopt_status cuda_init(void **out, const mopt_graph *g, int32_t n_threads,
     mopt_status st = bind_api(c, err);
     if (!st) st = c->f.open(device, &c->gpu, err);
     if (!st) st = mopt_backend_cpu.init(&c->cpu, g, n_threads, max_ctx, 0, err);
-    if (!st && !(c->lin = calloc((size_t)(c->n_nodes ? c->n_nodes : 1), sizeof *c->lin))) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    const size_t slots = (size_t)(c->n_nodes ? c->n_nodes : 1);
+    if (!st && (!(c->lin = calloc(slots, sizeof *c->lin)) || !(c->bias = calloc(slots, sizeof *c->bias))))
+        st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     for (int32_t i = 0; !st && i < c->n_nodes; i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if ((n->op != MOPT_OP_LINEAR && n->op != MOPT_OP_LM_HEAD) || !n->weight) continue;
@@ -119,6 +124,11 @@ static mopt_status cuda_init(void **out, const mopt_graph *g, int32_t n_threads,
         st = c->f.upload(c->gpu, n->weight, &c->lin[i], &e);
         if (st == MOPT_E_UNSUPPORTED) st = MOPT_OK; /* stays on the CPU */
         else if (st) MOPT_FAIL(err, st, "%s", e.msg);
+        if (!st && c->lin[i] && n->bias) {
+            const int64_t out = n->weight->ne[1];
+            if (!(c->bias[i] = malloc((size_t)out * sizeof(float)))) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+            else st = mopt_tensor_read_f32(n->bias, 0, out, c->bias[i], err);
+        }
     }
     if (st) {
         cuda_free_ctx(c);
@@ -139,18 +149,12 @@ static mopt_status grow_device(cuda_ctx *c, void **buf, size_t *cap, size_t byte
 }
 
 static float *grow_host(float **buf, size_t *cap, size_t n) {
-    if (n > *cap) {
-        float *p = realloc(*buf, n * sizeof *p);
-        if (!p) return NULL;
-        *buf = p;
-        *cap = n;
-    }
-    return *buf;
+    return mopt_grow((void **)buf, cap, n, sizeof **buf) ? *buf : NULL;
 }
 
-/* y [T, out] (rows ys apart) = x [T, in] (rows xs apart) @ w^T + b on the GPU */
-static mopt_status gpu_linear(cuda_ctx *c, const mopt_node *n, const mopt_cuda_linear *l, const float *x, int32_t T, int32_t xs,
-                              float *y, int32_t ys, mopt_error *err) {
+/* y [T, out] (rows ys apart) = x [T, in] (rows xs apart) @ w^T + bias (NULL: none) on the GPU */
+static mopt_status gpu_linear(cuda_ctx *c, const mopt_node *n, const mopt_cuda_linear *l, const float *bias, const float *x, int32_t T,
+                              int32_t xs, float *y, int32_t ys, mopt_error *err) {
     if (T <= 0) return MOPT_OK;
     const size_t in = (size_t)n->weight->ne[0], out = (size_t)n->weight->ne[1], nx = (size_t)T * in, ny = (size_t)T * out;
     mopt_status st = grow_device(c, &c->dx, &c->dx_cap, nx * sizeof(float), err);
@@ -172,20 +176,17 @@ static mopt_status gpu_linear(cuda_ctx *c, const mopt_node *n, const mopt_cuda_l
     if (st) return st;
     if (hy != y)
         for (int32_t t = 0; t < T; t++) memcpy(y + (size_t)t * ys, hy + (size_t)t * out, out * sizeof *y);
-    if (n->bias) {
-        float *bias = grow_host(&c->hb, &c->hb_cap, out);
-        if (!bias) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-        if ((st = mopt_tensor_read_f32(n->bias, 0, (int64_t)out, bias, err))) return st;
+    if (bias)
         for (int32_t t = 0; t < T; t++)
             for (size_t o = 0; o < out; o++) y[(size_t)t * ys + o] += bias[o];
-    }
     return MOPT_OK;
 }
 
-static const mopt_cuda_linear *on_gpu(const cuda_ctx *c, const mopt_node *n) {
+/* n's index in the graph, whose weight and bias slots it names; -1 for a node of another graph */
+static ptrdiff_t node_index(const cuda_ctx *c, const mopt_node *n) {
     const mopt_node *first = mopt_graph_node(c->g, 0);
     const ptrdiff_t i = first ? n - first : -1;
-    return i >= 0 && i < c->n_nodes ? c->lin[i] : NULL;
+    return i >= 0 && i < c->n_nodes ? i : -1;
 }
 
 static mopt_status cuda_forward(void *p, const mopt_op_args *a, mopt_error *err) {
@@ -198,11 +199,12 @@ static mopt_status cuda_forward(void *p, const mopt_op_args *a, mopt_error *err)
         return MOPT_OK;
     }
     const mopt_node *n = a->node;
-    const mopt_cuda_linear *l = on_gpu(c, n);
-    if (!l) return mopt_backend_cpu.forward(c->cpu, a, err);
+    const ptrdiff_t i = node_index(c, n);
+    if (i < 0 || !c->lin[i]) return mopt_backend_cpu.forward(c->cpu, a, err);
     if (n->op == MOPT_OP_LM_HEAD)
-        return gpu_linear(c, n, l, a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0], a->out, a->out_width, err);
-    return gpu_linear(c, n, l, a->in[0], a->T, a->in_width[0], a->out, a->out_width, err);
+        return gpu_linear(c, n, c->lin[i], c->bias[i], a->in[0] + (size_t)a->row0 * a->in_width[0], a->rows, a->in_width[0], a->out,
+                          a->out_width, err);
+    return gpu_linear(c, n, c->lin[i], c->bias[i], a->in[0], a->T, a->in_width[0], a->out, a->out_width, err);
 }
 
 static int32_t cuda_n_threads(const void *p) { return mopt_backend_cpu.n_threads(((const cuda_ctx *)p)->cpu); }

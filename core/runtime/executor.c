@@ -227,9 +227,12 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     s->be = &mopt_backend_cpu;
     int32_t gpu = -1;
     if (parse_device(o.device, &gpu, err)) goto fail;
-    if (gpu >= 0) s->be = &mopt_backend_cuda;
-    if (gpu >= 0) snprintf(s->device, sizeof s->device, "cuda:%d", gpu);
-    else snprintf(s->device, sizeof s->device, "cpu");
+    if (gpu >= 0) {
+        s->be = &mopt_backend_cuda;
+        snprintf(s->device, sizeof s->device, "cuda:%d", gpu);
+    } else {
+        snprintf(s->device, sizeof s->device, "cpu");
+    }
     s->max_ctx = o.max_ctx > 0 && o.max_ctx < a->max_ctx ? o.max_ctx : a->max_ctx;
     s->max_batch = o.max_batch > 0 && o.max_batch < s->max_ctx ? o.max_batch : s->max_ctx;
     s->lm_head = -1;

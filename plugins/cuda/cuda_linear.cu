@@ -544,12 +544,15 @@ extern "C" mopt_status mopt_cuda_upload(mopt_cuda *c, const mopt_tensor *w, mopt
 
 static int blocks_for(int64_t n, int per) { return (int)((n + per - 1) / per); }
 
+/* The GEMV kernels are built for 1, 2, 4 and 8 tokens: the largest that fits in what is left. */
+static int32_t token_chunk(int32_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
 template <typename W>
 static void launch_dense(const mopt_cuda_linear *l, cudaStream_t s, const float *x, int32_t T, float *y) {
     const int vec = l->in % (16 / (int)sizeof(W)) == 0 && l->in % 4 == 0;
     const int grid = blocks_for(l->out, WARPS);
     for (int32_t t0 = 0; t0 < T;) {
-        const int32_t n = T - t0 >= 8 ? 8 : T - t0 >= 4 ? 4 : T - t0 >= 2 ? 2 : 1;
+        const int32_t n = token_chunk(T - t0);
         const float *xt = x + (int64_t)t0 * l->in;
         float *yt = y + (int64_t)t0 * l->out;
         const W *w = (const W *)l->w;
@@ -567,7 +570,7 @@ static void launch_qint_q8(const mopt_cuda_linear *l, cudaStream_t s, int64_t bp
     const int grid = blocks_for(l->out, WARPS * Q8_ROWS);
     const int64_t nb = l->in / 32;
     for (int32_t t0 = 0; t0 < T;) {
-        const int32_t n = T - t0 >= 8 ? 8 : T - t0 >= 4 ? 4 : T - t0 >= 2 ? 2 : 1;
+        const int32_t n = token_chunk(T - t0);
         const int8_t *q = xq + (int64_t)t0 * l->in;
         const float *d = xd + (int64_t)t0 * nb;
         const int32_t *sm = xs + (int64_t)t0 * nb;
@@ -583,7 +586,7 @@ static void launch_qint_q8(const mopt_cuda_linear *l, cudaStream_t s, int64_t bp
 static void launch_qint_any(const mopt_cuda_linear *l, cudaStream_t s, const float *x, int32_t T, float *y) {
     const int grid = blocks_for(l->out, WARPS);
     for (int32_t t0 = 0; t0 < T;) {
-        const int32_t n = T - t0 >= 8 ? 8 : T - t0 >= 4 ? 4 : T - t0 >= 2 ? 2 : 1;
+        const int32_t n = token_chunk(T - t0);
         const float *xt = x + (int64_t)t0 * l->in;
         float *yt = y + (int64_t)t0 * l->out;
         if (n == 8) gemv_qint_any<8><<<grid, WARPS * 32, 0, s>>>(*l, xt, yt);
@@ -692,7 +695,7 @@ static mopt_status run_w8a8(mopt_cuda *c, const mopt_cuda_linear *l, const float
     const int vec = in % 16 == 0, grid = blocks_for(out, WARPS);
     const int8_t *w = (const int8_t *)l->w;
     for (int32_t t0 = 0; t0 < T;) {
-        const int32_t n = T - t0 >= 8 ? 8 : T - t0 >= 4 ? 4 : T - t0 >= 2 ? 2 : 1;
+        const int32_t n = token_chunk(T - t0);
         const int8_t *q = xq + (int64_t)t0 * in;
         float *yt = y + (int64_t)t0 * out;
         if (n == 8) gemv_w8a8<8><<<grid, WARPS * 32, 0, c->stream>>>(w, l->row_scale, out, in, vec, q, xs + t0, yt);
