@@ -125,7 +125,7 @@ static void trial_rows(void *user, int64_t task, int32_t thread) {
         for (int64_t c = 0; c < in; c++) j->d[r * in + c] /= j->s[c];
 }
 
-/* Fake-quantized W diag(s) / s, as an fp32 tensor named like the weight. ty >= 0: onto that GGUF block type,
+/* Fake-quantized W diag(s) / s into d [out, in]. ty >= 0: onto that GGUF block type,
  * weighted by imp (the scaled inputs' mean x^2), when it is a grid; a linear the export alone quantizes keeps W.
  * The integer grid's rows go over the session's threads in blocks; NVFP4 (one scale from every row's max |w|) and
  * GGUF in one task. */
@@ -136,6 +136,7 @@ static mopt_status trial_into(const mopt_host_api *h, mopt_session *se, const ql
     return j.st;
 }
 
+/* The same as a tensor named like the weight, to swap into the graph. */
 static mopt_tensor *trial_weight(const mopt_host_api *h, mopt_session *se, const qlinear *l, const float *W, const float *s, qspec sp,
                                  int32_t ty, const float *imp, mopt_error *err) {
     int64_t dims[2] = {l->out, l->in};
