@@ -36,6 +36,9 @@ static void help(void) {
            "  --keep-mb MB        gptq: memory for the calibration activations kept between a block's groups,\n"
            "                      so each group's inputs come from the rest of the block alone (default\n"
            "                      4096; 0 runs the block from its start for every group: slower, same result)\n"
+           "  --judge J           awq: each scale candidate judged by the module it feeds (module, the default:\n"
+           "                      attention for q/k/v, the MLP for gate/up, as AutoAWQ) or by the scaled\n"
+           "                      linears' own outputs (linear: ModelOpt's awq_lite, several times faster)\n"
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
            "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
            "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none);\n"
@@ -45,7 +48,7 @@ static void help(void) {
            "                      per layer (quant.kv; needs --calib); exported as ModelOpt k_scale/v_scale,\n"
            "                      compressed-tensors kv_cache_scheme or TensorRT-LLM kv_cache_scaling_factor\n"
            "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 and nvfp4 static, --kv-cache)\n"
-           "  --calib-samples N   calibration windows (default 128)\n"
+           "  --calib-samples N   calibration windows (default 128; awq reads the first 64 of them)\n"
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
            "  --lm-head           quantize lm_head too (rtn, fp8, nvfp4, mxfp4, mxfp8; an untied one)\n"
@@ -69,7 +72,7 @@ static void help(void) {
 }
 
 typedef struct {
-    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache;
+    const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache, *judge;
     char budget[32];
     char bits[16], group[16], alpha[32], samples[16], len[16], keep_mb[24];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream, lm_head, embeddings;
@@ -93,7 +96,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"recipe", required_argument, 0, 'R'},        {"bits-budget", required_argument, 0, 'B'},
         {"candidates", required_argument, 0, 'C'},    {"kv-cache", required_argument, 0, 'K'},
         {"lm-head", no_argument, 0, 'H'},             {"embeddings", no_argument, 0, 'E'},
-        {"keep-mb", required_argument, 0, 'k'},
+        {"keep-mb", required_argument, 0, 'k'},       {"judge", required_argument, 0, 'J'},
         {0, 0, 0, 0}};
     long long v;
     double f;
@@ -127,6 +130,7 @@ static int parse(int argc, char **argv, qargs *a) {
             snprintf(a->budget, sizeof a->budget, "%.17g", f);
             break;
         case 'c': a->calib = optarg; break;
+        case 'J': a->judge = optarg; break;
         case 'k':
             if (!cli_parse_int(optarg, 0, 1 << 20, &v)) return cli_usage_error("quantize", "--keep-mb expects 0..1048576 (MB), got '%s'", optarg);
             snprintf(a->keep_mb, sizeof a->keep_mb, "%lld", v);
@@ -168,6 +172,8 @@ static int parse(int argc, char **argv, qargs *a) {
         return cli_usage_error("quantize", "--embeddings goes with --method rtn (a looked-up table gains nothing from calibration)");
     if (a->keep_mb[0] && (!a->method || strcmp(a->method, "gptq")))
         return cli_usage_error("quantize", "--keep-mb goes with --method gptq");
+    if (a->judge && (!a->method || strcmp(a->method, "awq")))
+        return cli_usage_error("quantize", "--judge goes with --method awq");
     if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
         return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
     if (!a->method && !a->recipe && !a->kv_cache)
@@ -202,6 +208,7 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
         (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
         set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) ||
         (a->embeddings && set(qo, "embeddings", "true", err)) || set(qo, "keep_mb", a->keep_mb, err) ||
+        set(qo, "judge", a->judge, err) ||
         /* GPTQ into a GGUF file: onto the blocks of the type asked for (quant.gptq gguf_type) */
         (!strcmp(a->method, "gptq") && a->format && !strcmp(a->format, "gguf") && set(qo, "gguf_type", a->gguf_type, err)) ||
         mopt_pipeline_add(p, pass, qo, err))

@@ -1,5 +1,6 @@
 /* Calibration data and the layer-by-layer runner (see calib.h). */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +61,11 @@ mopt_status calib_windows(const mopt_host_api *h, mopt_pass_ctx *ctx, const mopt
 
 mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                        int64_t progress_total, mopt_error *err) {
+    return calib_init_first(c, h, ctx, g, o, progress_total, INT32_MAX, err);
+}
+
+mopt_status calib_init_first(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                             int64_t progress_total, int32_t max_windows, mopt_error *err) {
     memset(c, 0, sizeof *c);
     c->h = h;
     c->ctx = ctx;
@@ -72,6 +78,7 @@ mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mop
     c->n_layers = a->n_layers;
     mopt_status st = calib_windows(h, ctx, g, o, &c->tokens, &c->N, &c->L, err);
     if (st) return st;
+    if (c->N > max_windows) c->N = max_windows; /* windows are drawn in order: the first ones are a smaller draw's */
     /* layer node ranges and their input/output values, read from the graph */
     c->first = malloc((size_t)c->n_layers * sizeof(int32_t));
     c->last = malloc((size_t)c->n_layers * sizeof(int32_t));

@@ -41,6 +41,10 @@ mopt_status calib_windows(const mopt_host_api *h, mopt_pass_ctx *ctx, const mopt
  * Fails before any work when the file holds fewer tokens than one window. */
 mopt_status calib_init(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                        int64_t progress_total, mopt_error *err);
+/* The same with only the first max_windows of the windows drawn (the same windows a draw of that many gives): a pass
+ * that reads fewer windows than calib_samples does not run the rest through the model. */
+mopt_status calib_init_first(calib *c, const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
+                             int64_t progress_total, int32_t max_windows, mopt_error *err);
 void calib_free(calib *c);
 
 /* Observer called for node `node` of sample `sample`; inputs/outputs are [T, width]. */

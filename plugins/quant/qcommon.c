@@ -171,8 +171,8 @@ void q_grid(const mopt_host_api *h, const float *w, int64_t n, int64_t stride, q
     float mn = INFINITY, mx = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
         float v = w[i * stride];
-        mn = fminf(mn, v);
-        mx = fmaxf(mx, v);
+        mn = q_min(mn, v);
+        mx = q_max(mx, v);
     }
     float s;
     int32_t z;
@@ -202,7 +202,7 @@ void q_grid(const mopt_host_api *h, const float *w, int64_t n, int64_t stride, q
 void q_int8_rows(const float *W, int64_t out, int64_t in, int8_t *q, float *s) {
     for (int64_t r = 0; r < out; r++) {
         float mx = 0;
-        for (int64_t j = 0; j < in; j++) mx = fmaxf(mx, fabsf(W[r * in + j]));
+        for (int64_t j = 0; j < in; j++) mx = q_max(mx, fabsf(W[r * in + j]));
         s[r] = mx > 0 ? mx / 127.0f : 1.0f;
         for (int64_t j = 0; j < in; j++) {
             const float v = nearbyintf(W[r * in + j] / s[r]);
@@ -231,7 +231,7 @@ void q_fp8_rows(const mopt_host_api *h, const float *W, int64_t out, int64_t in,
     float all = shared_amax;
     for (int64_t r = 0; r < out; r++) {
         float mx = 0;
-        for (int64_t j = 0; j < in; j++) mx = fmaxf(mx, fabsf(W[r * in + j]));
+        for (int64_t j = 0; j < in; j++) mx = q_max(mx, fabsf(W[r * in + j]));
         scales[r] = mx > 0 ? mx / 448.0f : 1.0f;
         all = fmaxf(all, mx);
     }

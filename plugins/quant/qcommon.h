@@ -70,6 +70,11 @@ float *q_weight_f32(const mopt_host_api *h, mopt_graph *g, const qlinear *l, mop
  * Symmetric: 8-bit uses max|w| / 127 around 128; fewer bits use GPTQ's
  * 2 max|w| / maxq around 2^(b-1). */
 void q_grid(const mopt_host_api *h, const float *w, int64_t n, int64_t stride, qspec sp, float *scale, uint8_t *zero);
+/* fmaxf / fminf for hot loops, where the libm calls are not inlined (their NaN rules): a the running value, b the
+ * new one; on numbers they agree, and a NaN b leaves a, as fmaxf / fminf do. */
+static inline float q_max(float a, float b) { return b > a ? b : a; }
+static inline float q_min(float a, float b) { return b < a ? b : a; }
+
 static inline uint8_t q_level(float w, float scale, uint8_t zero, int32_t bits) {
     float q = __builtin_nearbyintf(w / scale) + (float)zero;
     float maxq = (float)((1 << bits) - 1);

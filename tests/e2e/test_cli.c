@@ -138,6 +138,8 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error(args, "--data FILE is required");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq --embeddings", test_shared_dir());
     expect_usage_error(args, "--embeddings goes with --method rtn");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --judge linear", test_shared_dir());
+    expect_usage_error(args, "--judge goes with --method awq");
     /* empty data file */
     snprintf(path, sizeof path, "%s/empty.txt", dir);
     write_file(path, "", 0);
