@@ -241,6 +241,7 @@ typedef struct {
     int64_t out, in, ntok, rows; /* rows per task */
     const float *x;
     qspec sp;
+    uint8_t *no_memory; /* per task: its buffers could not be had (then its rows are left unclipped) */
 } clip_job;
 
 /* Clip search on a task's rows of W (already scaled) with inputs x [ntok, in] (already divided by s); each row's
@@ -261,7 +262,10 @@ static void clip_rows(void *user, int64_t task, int32_t thread) {
     float *cur = malloc((size_t)(T * out) * sizeof *cur), *amax = malloc((size_t)out * sizeof *amax);
     float *best = malloc((size_t)out * sizeof *best);
     double *min_err = malloc((size_t)out * sizeof *min_err), *err_r = malloc((size_t)out * sizeof *err_r);
-    if (!Xg || !Wg || !Wq || !org || !cur || !amax || !best || !min_err || !err_r) goto done;
+    if (!Xg || !Wg || !Wq || !org || !cur || !amax || !best || !min_err || !err_r) {
+        j->no_memory[task] = 1;
+        goto done;
+    }
     for (int64_t c0 = 0; c0 < in; c0 += gs) {
         const int64_t n = c0 + gs < in ? gs : in - c0;
         for (int64_t t = 0; t < T; t++) memcpy(Xg + t * n, x + (t * step) * in + c0, (size_t)n * sizeof *Xg);
@@ -311,10 +315,20 @@ done:
     free(err_r);
 }
 
-static void search_clip(const mopt_host_api *h, mopt_session *s, float *W, int64_t out, int64_t in, const float *x, int64_t ntok,
-                        qspec sp) {
-    clip_job j = {h, W, out, in, ntok, sp.nvfp4 ? out : AWQ_TASK_ROWS, x, sp};
-    h->session_parallel_for(s, (out + j.rows - 1) / j.rows, clip_rows, &j);
+/* Fails (out of memory) rather than leave rows unclipped without a word. */
+static mopt_status search_clip(const mopt_host_api *h, mopt_session *s, float *W, int64_t out, int64_t in, const float *x, int64_t ntok,
+                               qspec sp, mopt_error *err) {
+    const int64_t rows = sp.nvfp4 ? out : AWQ_TASK_ROWS, tasks = (out + rows - 1) / rows;
+    uint8_t *no_memory = calloc((size_t)tasks, 1);
+    if (!no_memory) return h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory for the clip search");
+    clip_job j = {h, W, out, in, ntok, rows, x, sp, no_memory};
+    h->session_parallel_for(s, tasks, clip_rows, &j);
+    int failed = 0;
+    for (int64_t t = 0; t < tasks; t++) failed |= no_memory[t];
+    free(no_memory);
+    return failed ? h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory for the clip search of a %lld x %lld linear",
+                                 (long long)out, (long long)in)
+                  : MOPT_OK;
 }
 
 /* Divides the output channels of the group's predecessor by s: a norm's
@@ -537,7 +551,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             }
             cache *in = find_cache(cs, nc, h->graph_node(g, lin->node)->inputs[0]);
             if (do_clip && in && lin->role != MOPT_ROLE_ATTN_Q && lin->role != MOPT_ROLE_ATTN_K)
-                search_clip(h, c.s, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp);
+                st = search_clip(h, c.s, W, lin->out, lin->in, in->data, (int64_t)S * c.L, sp, err);
             held[m] = *lin;
             for (int64_t e = 0; e < lin->out * lin->in; e++) own[m] = q_max(own[m], fabsf(W[e]));
         }
