@@ -148,11 +148,12 @@ static mopt_tensor *trial_weight(const mopt_host_api *h, mopt_session *se, const
     return t;
 }
 
-/* Searches the group's scales; returns them in best_s[width]. judge_linear: each candidate judged by its linears' own
+/* Searches the group's scales; returns them in best_s[width]. A group judged at its linears: each candidate by their own
  * output error (from G, the input's Gram matrix) instead of by running the inspected module. */
 static mopt_status search_scales(calib *c, const agroup *gr, const qlinear *ls, float **Wf, cache *in, cache *ref,
-                                 int32_t S, qspec sp, const int32_t *tys, int duo, int judge_linear, float *best_s, mopt_error *err) {
+                                 int32_t S, qspec sp, const int32_t *tys, int duo, float *best_s, mopt_error *err) {
     const mopt_host_api *h = c->h;
+    const int judge_linear = gr->judge_linear;
     const int64_t width = gr->width, ntok = (int64_t)S * c->L;
     double *x_mean = calloc((size_t)width, sizeof *x_mean), *w_mean = calloc((size_t)width, sizeof *w_mean), *x_sq = calloc((size_t)width, sizeof *x_sq);
     float *s = malloc((size_t)width * sizeof *s), *imp = malloc((size_t)width * sizeof *imp);
@@ -513,7 +514,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             if (!st && !scales[i]) st = h->error_set(err, MOPT_E_NOMEM, "quant.awq", "out of memory");
             if (!st)
                 st = search_scales(&c, &grs[i], ls, Wf, find_cache(cs, nc, grs[i].in_value),
-                                   find_cache(cs, nc, grs[i].out_value), S, sp, tys, duo, grs[i].judge_linear, scales[i], err);
+                                   find_cache(cs, nc, grs[i].out_value), S, sp, tys, duo, scales[i], err);
             for (int32_t m = 0; m < grs[i].n_lin; m++) free(Wf[m]);
         }
         calib_tick(&c);

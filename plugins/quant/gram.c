@@ -1,5 +1,4 @@
 /* A linear's output error from its inputs' Gram matrix (see gram.h). */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -72,13 +71,9 @@ float *gram_factor_of_inputs(const mopt_host_api *h, mopt_session *se, const flo
     }
     double mean = 0;
     for (int64_t i = 0; i < n; i++) mean += (diag[i] = G[i * n + i]) / (double)n;
-    int factored = 0;
-    for (int attempt = 0; attempt < 8 && !factored; attempt++) {
-        const double damp = attempt ? 1e-7 * (mean > 0 ? mean : 1) * pow(10.0, attempt - 1) : 0;
-        for (int64_t i = 0; i < n; i++) /* the factorization reads the lower triangle: mirrored from the upper */
-            for (int64_t k = 0; k <= i; k++) A[i * n + k] = k == i ? diag[i] + damp : G[k * n + i];
-        factored = h->chol_f64(A, n);
-    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t k = i; k < n; k++) A[i * n + k] = G[i * n + k]; /* the upper triangle the accumulation wrote */
+    const int factored = hess_chol_damped(h, A, diag, n, 0, 1e-7 * (mean > 0 ? mean : 1), 8, 0);
     if (factored)
         for (int64_t i = 0; i < n; i++)
             for (int64_t k = 0; k < n; k++) G[i * n + k] = k <= i ? (float)A[i * n + k] : 0.0f;

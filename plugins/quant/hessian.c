@@ -70,6 +70,20 @@ double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead) {
     return H;
 }
 
+int hess_chol_damped(const mopt_host_api *h, double *A, const double *diag, int64_t n, double first_damp, double retry_damp, int tries,
+                     int lower_ready) {
+    int factored = 0;
+    for (int attempt = 0; attempt < tries && !factored; attempt++) {
+        if (attempt || !lower_ready) /* a failed factorization wrote only the lower triangle: restore it from the upper one */
+            for (int64_t i = 1; i < n; i++)
+                for (int64_t j = 0; j < i; j++) A[i * n + j] = A[j * n + i];
+        const double damp = attempt ? retry_damp * pow(10.0, attempt - 1) : first_damp;
+        for (int64_t j = 0; j < n; j++) A[j * n + j] = diag[j] + damp;
+        factored = h->chol_f64(A, n);
+    }
+    return factored;
+}
+
 /* U = chol(H^-1) upper without forming H^-1: with J the exchange matrix, J H J = L L^T gives H = R R^T for the upper
  * R = J L J, so H^-1 = (R^-1)^T R^-1 and U = R^-1 = J L^-1 J. One factorization and one triangular inverse (2/3 n^3)
  * where the inverse and a second factorization took 4/3 n^3; and J H J is H's array reversed. */
@@ -85,15 +99,8 @@ mopt_status hess_inverse_factor(const mopt_host_api *h, double *H, int64_t in, d
     }
     for (int64_t j = 0; j < in; j++) mean += diag[j] = H[j * in + j];
     mean /= (double)in;
-    int factored = 0;
-    for (int attempt = 0; attempt < 4 && !factored; attempt++) { /* 1% damping; if H is still not positive definite, damp harder */
-        if (attempt) /* a failed factorization wrote only the lower triangle: restore it from the upper one */
-            for (int64_t i = 1; i < in; i++)
-                for (int64_t j = 0; j < i; j++) H[i * in + j] = H[j * in + i];
-        const double damp = percdamp * mean * pow(10.0, attempt);
-        for (int64_t j = 0; j < in; j++) H[j * in + j] = diag[j] + damp;
-        factored = h->chol_f64(H, in);
-    }
+    /* 1% damping; if H is still not positive definite, damp harder (H's lower triangle is its upper one already) */
+    const int factored = hess_chol_damped(h, H, diag, in, percdamp * mean, percdamp * mean * 10, 4, 1);
     free(diag);
     if (!factored)
         return h->error_set(err, MOPT_E_RUNTIME, pass, "Hessian of a %lld-column input is not positive definite even after damping",

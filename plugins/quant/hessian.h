@@ -30,4 +30,11 @@ double *hess_scaled(const float *Hf, int64_t count, int64_t in, uint8_t *dead);
 mopt_status hess_inverse_factor(const mopt_host_api *h, double *H, int64_t in, double percdamp, float *U, const char *pass,
                                 mopt_error *err);
 
+/* A = L L^T in place (L in the lower triangle) for the symmetric A its upper triangle holds, with diag + damp on the
+ * diagonal: first_damp, then retry_damp, ten times more on each further attempt, `tries` attempts in all. The upper
+ * triangle is kept, and the lower one is restored from it before each attempt (before the first too unless
+ * lower_ready). 0 when no attempt factors. */
+int hess_chol_damped(const mopt_host_api *h, double *A, const double *diag, int64_t n, double first_damp, double retry_damp, int tries,
+                     int lower_ready);
+
 #endif
