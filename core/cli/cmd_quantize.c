@@ -39,6 +39,8 @@ static void help(void) {
            "  --judge J           awq: each scale candidate judged by the module it feeds (module, the default:\n"
            "                      attention for q/k/v, the MLP for gate/up, as AutoAWQ) or by the scaled\n"
            "                      linears' own outputs (linear: ModelOpt's awq_lite, several times faster)\n"
+           "  --search-samples N  awq: calibration windows that judge the scales and clipping, the first N of\n"
+           "                      --calib-samples (default 64, as llm-awq; only these go through the model)\n"
            "  --alpha A           smoothquant migration strength (default 0.5)\n"
            "  --act MODE          fp8, nvfp4, mxfp4, mxfp8 activations: rounded per token (dynamic, the\n"
            "                      default), with a calibrated scale (static: fp8, nvfp4) or kept (none);\n"
@@ -48,7 +50,7 @@ static void help(void) {
            "                      per layer (quant.kv; needs --calib); exported as ModelOpt k_scale/v_scale,\n"
            "                      compressed-tensors kv_cache_scheme or TensorRT-LLM kv_cache_scaling_factor\n"
            "  --calib FILE        calibration text (awq, gptq, smoothquant, fp8 and nvfp4 static, --kv-cache)\n"
-           "  --calib-samples N   calibration windows (default 128; awq reads the first 64 of them)\n"
+           "  --calib-samples N   calibration windows (default 128; awq reads the first --search-samples)\n"
            "  --calib-len L       tokens per window (default 512)\n"
            "  --exclude GLOB      keep matching linears (node or tensor names); repeatable\n"
            "  --lm-head           quantize lm_head too (rtn, fp8, nvfp4, mxfp4, mxfp8; an untied one)\n"
@@ -74,7 +76,7 @@ static void help(void) {
 typedef struct {
     const char *method, *calib, *eval, *report_path, *fp8_act, *out, *format, *gguf_type, *recipe, *candidates, *kv_cache, *judge;
     char budget[32];
-    char bits[16], group[16], alpha[32], samples[16], len[16], keep_mb[24];
+    char bits[16], group[16], alpha[32], samples[16], len[16], keep_mb[24], search[16];
     int sym, act_order, quiet, have_bits, have_group, have_alpha, force, stream, lm_head, embeddings;
     long long threads;
     char exclude[1024];
@@ -97,7 +99,7 @@ static int parse(int argc, char **argv, qargs *a) {
         {"candidates", required_argument, 0, 'C'},    {"kv-cache", required_argument, 0, 'K'},
         {"lm-head", no_argument, 0, 'H'},             {"embeddings", no_argument, 0, 'E'},
         {"keep-mb", required_argument, 0, 'k'},       {"judge", required_argument, 0, 'J'},
-        {0, 0, 0, 0}};
+        {"search-samples", required_argument, 0, 'W'}, {0, 0, 0, 0}};
     long long v;
     double f;
     int c;
@@ -131,6 +133,10 @@ static int parse(int argc, char **argv, qargs *a) {
             break;
         case 'c': a->calib = optarg; break;
         case 'J': a->judge = optarg; break;
+        case 'W':
+            if (!cli_parse_int(optarg, 1, 4096, &v)) return cli_usage_error("quantize", "--search-samples expects 1..4096, got '%s'", optarg);
+            snprintf(a->search, sizeof a->search, "%lld", v);
+            break;
         case 'k':
             if (!cli_parse_int(optarg, 0, 1 << 20, &v)) return cli_usage_error("quantize", "--keep-mb expects 0..1048576 (MB), got '%s'", optarg);
             snprintf(a->keep_mb, sizeof a->keep_mb, "%lld", v);
@@ -174,6 +180,8 @@ static int parse(int argc, char **argv, qargs *a) {
         return cli_usage_error("quantize", "--keep-mb goes with --method gptq");
     if (a->judge && (!a->method || strcmp(a->method, "awq")))
         return cli_usage_error("quantize", "--judge goes with --method awq");
+    if (a->search[0] && (!a->method || strcmp(a->method, "awq")))
+        return cli_usage_error("quantize", "--search-samples goes with --method awq");
     if ((a->budget[0] || a->candidates) && (!a->method || strcmp(a->method, "auto")))
         return cli_usage_error("quantize", "--bits-budget and --candidates go with --method auto");
     if (!a->method && !a->recipe && !a->kv_cache)
@@ -208,7 +216,7 @@ static int add_method(qargs *a, mopt_registry *r, mopt_pipeline *p, mopt_options
         (calibrates && set(qo, "calib_samples", a->samples, err)) || (calibrates && set(qo, "calib_len", a->len, err)) ||
         set(qo, "exclude", a->exclude, err) || (a->lm_head && set(qo, "lm_head", "true", err)) ||
         (a->embeddings && set(qo, "embeddings", "true", err)) || set(qo, "keep_mb", a->keep_mb, err) ||
-        set(qo, "judge", a->judge, err) ||
+        set(qo, "judge", a->judge, err) || set(qo, "search_samples", a->search, err) ||
         /* GPTQ into a GGUF file: onto the blocks of the type asked for (quant.gptq gguf_type) */
         (!strcmp(a->method, "gptq") && a->format && !strcmp(a->format, "gguf") && set(qo, "gguf_type", a->gguf_type, err)) ||
         mopt_pipeline_add(p, pass, qo, err))

@@ -140,6 +140,10 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error(args, "--embeddings goes with --method rtn");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --judge linear", test_shared_dir());
     expect_usage_error(args, "--judge goes with --method awq");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --search-samples 8", test_shared_dir());
+    expect_usage_error(args, "--search-samples goes with --method awq");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq --search-samples 0", test_shared_dir());
+    expect_usage_error(args, "--search-samples expects 1..4096");
     /* empty data file */
     snprintf(path, sizeof path, "%s/empty.txt", dir);
     write_file(path, "", 0);
@@ -193,6 +197,28 @@ static void test_tokenizer_alone_and_calibration_notes(void **s) {
     assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.err, "note: --method rtn needs no calibration"));
     run_free(&r);
+}
+
+/* --search-samples sets how many of the calibration windows AWQ judges with (its default, 64, would take all 6 here) */
+static void test_quantize_search_samples_reach_awq(void **s) {
+    REQUIRE_SHARED();
+    char dir[1024], args[4096], rp[1100];
+    test_tmpdir(dir, sizeof dir, "cli-search-samples");
+    snprintf(rp, sizeof rp, "%s/report.json", dir);
+    snprintf(args, sizeof args,
+             "quantize '%s/models/lit-llama-7m' --method awq --judge linear --calib '%s/data/lit-train.txt' --calib-samples 6 "
+             "--calib-len 64 --search-samples 3 --report '%s' --quiet",
+             test_shared_dir(), test_shared_dir(), rp);
+    run_result r = run(args);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    json_error_t je;
+    json_t *j = json_load_file(rp, 0, &je);
+    assert_non_null(j);
+    json_t *pass = json_array_get(json_object_get(json_object_get(j, "pipeline"), "passes"), 0);
+    assert_string_equal(json_string_value(json_object_get(pass, "name")), "quant.awq");
+    assert_int_equal((int)json_number_value(json_object_get(json_object_get(pass, "metrics"), "search_samples")), 3);
+    json_decref(j);
 }
 
 /* --- stopping on a signal ----------------------------------------------------------- */
@@ -390,6 +416,7 @@ int main(void) {
         cmocka_unit_test(test_threads_above_the_cores_are_capped_with_a_warning),
         cmocka_unit_test(test_signals_stop_work_and_leave_no_temporaries),
         cmocka_unit_test(test_tokenizer_alone_and_calibration_notes),
+        cmocka_unit_test(test_quantize_search_samples_reach_awq),
         cmocka_unit_test(test_grad_writes_every_weight_under_its_checkpoint_name),
         cmocka_unit_test(test_grad_refuses_bad_input_and_writes_nothing),
     };
