@@ -134,6 +134,9 @@ typedef struct mopt_kernels {
     void (*att_values)(const float *P, int32_t g, const float *V, int64_t ld, int32_t n, int32_t hd, float *out);
     /* x[i] = e^(x[i] - max x) / sum: the scalar set with expf, the vector sets with silu_mul's e^x */
     void (*softmax)(float *x, int64_t n);
+    /* the sum of n 64-bit words read with the set's widest loads: the read-bandwidth probe (membw.c), which is to
+     * read as fast as the decode kernels can */
+    uint64_t (*sum_u64)(const uint64_t *w, size_t n);
 } mopt_kernels;
 
 /* Unpacks one block of b-bit levels into 32 floats (any b the format has). */

@@ -477,4 +477,5 @@ const mopt_kernels mopt_kernels_avx512 = {
     .att_scores = att_scores,
     .att_values = att_values,
     .softmax = softmax,
+    .sum_u64 = sum_u64,
 };

@@ -120,6 +120,14 @@ static void att_values(const float *P, int32_t g, const float *V, int64_t ld, in
         }
 }
 
+static uint64_t sum_u64(const uint64_t *w, size_t n) {
+    uint64_t a = 0, b = 0, c = 0, d = 0; /* four chains so the loads, not the adds, set the pace */
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) a += w[i], b += w[i + 1], c += w[i + 2], d += w[i + 3];
+    for (; i < n; i++) a += w[i];
+    return a + b + c + d;
+}
+
 static void softmax(float *x, int64_t n) {
     float mx = -INFINITY, sum = 0;
     for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
@@ -457,6 +465,7 @@ const mopt_kernels mopt_kernels_ref = {
     .att_scores = att_scores,
     .att_values = att_values,
     .softmax = softmax,
+    .sum_u64 = sum_u64,
     .dot_q4 = dot_q4,
     .dot_q4_lut = dot_q4_lut,
     .dot_q8 = dot_q8,

@@ -364,6 +364,34 @@ static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, i
     }
 }
 
+/* four vector chains, so the loads, not the adds, set the pace */
+static uint64_t sum_u64(const uint64_t *w, size_t n) {
+#if VBITS == 512
+#define VI_ZERO() _mm512_setzero_si512()
+#define VI_LOADU(p) _mm512_loadu_si512(p)
+#define VI_STOREU(p, v) _mm512_storeu_si512(p, v)
+#else
+#define VI_ZERO() _mm256_setzero_si256()
+#define VI_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VI_STOREU(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#endif
+    const size_t per = VBITS / 64; /* words a vector */
+    VI a = VI_ZERO(), b = a, c = a, d = a;
+    size_t i = 0;
+    for (; i + 4 * per <= n; i += 4 * per) {
+        a = VOP(add_epi64)(a, VI_LOADU(w + i)), b = VOP(add_epi64)(b, VI_LOADU(w + i + per));
+        c = VOP(add_epi64)(c, VI_LOADU(w + i + 2 * per)), d = VOP(add_epi64)(d, VI_LOADU(w + i + 3 * per));
+    }
+    uint64_t lanes[VBITS / 64], s = 0;
+    VI_STOREU(lanes, VOP(add_epi64)(VOP(add_epi64)(a, b), VOP(add_epi64)(c, d)));
+#undef VI_ZERO
+#undef VI_LOADU
+#undef VI_STOREU
+    for (size_t k = 0; k < per; k++) s += lanes[k];
+    for (; i < n; i++) s += w[i];
+    return s;
+}
+
 static void softmax(float *x, int64_t n) {
     int64_t i = 0;
     V m = V_SET1(-INFINITY);

@@ -483,6 +483,29 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
     }
 }
 
+/* The read-bandwidth probe's sum is exact in every set, whatever the length's remainder against the vector width */
+static void test_word_sums_are_exact_in_every_set(void **s) {
+    enum { N = 1001 };
+    uint64_t *w = malloc(N * sizeof *w);
+    assert_non_null(w);
+    for (size_t i = 0; i < N; i++) { /* words that carry past 2^64 when summed */
+        (void)frand();
+        w[i] = ((uint64_t)rng << 32) ^ (0x9E3779B97F4A7C15ull * (i + 1));
+    }
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (size_t n = 0; n <= 67; n++) {
+            uint64_t want = 0;
+            for (size_t i = 0; i < n; i++) want += w[i];
+            assert_true(sets[k]->sum_u64(w, n) == want);
+        }
+        uint64_t want = 0;
+        for (size_t i = 3; i < N; i++) want += w[i];
+        assert_true(sets[k]->sum_u64(w + 3, N - 3) == want); /* an unaligned start */
+    }
+    free(w);
+}
+
 static void test_dispatch_picks_a_supported_set(void **s) {
     const mopt_kernels *k = mopt_kernels_get();
     assert_non_null(k);
@@ -503,6 +526,7 @@ int main(void) {
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),
+        cmocka_unit_test(test_word_sums_are_exact_in_every_set),
         cmocka_unit_test(test_dispatch_picks_a_supported_set),
     };
     return test_run_tests(tests, NULL, NULL);
