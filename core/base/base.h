@@ -46,5 +46,7 @@ int mopt_write_all(int fd, const void *data, size_t n, int64_t off);
 
 /* Monotonic seconds. */
 double mopt_now(void);
+/* Whether n bytes are well-formed UTF-8 holding no NUL (no overlong forms, surrogates or code points past U+10FFFF). */
+int mopt_utf8_text(const char *s, size_t n);
 
 #endif

@@ -358,10 +358,13 @@ static mopt_status tokenizer_from_kv(const gguf_file *f, const char *path, mopt_
     if (*tok) {
         uint64_t cl;
         const char *ct = gguf_get_str(f, "tokenizer.chat_template", &cl); /* within the file: gguf_get_str checked it */
-        if (ct && cl && !((*tok)->chat_template = strndup(ct, (size_t)cl))) {
+        /* kept as C text and written into tokenizer_config.json, where a NUL would cut it and bad UTF-8 drop it */
+        const int bad = ct && cl && !mopt_utf8_text(ct, (size_t)cl);
+        if (bad || (ct && cl && !((*tok)->chat_template = strndup(ct, (size_t)cl)))) {
             mopt_tokenizer_free(*tok);
             *tok = NULL;
-            return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+            return bad ? MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tokenizer.chat_template is not UTF-8 text (a NUL or a malformed byte)", path)
+                       : MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         }
         return MOPT_OK;
     }

@@ -78,11 +78,42 @@ static void test_paths_outside_a_root_are_refused(void **state) {
     CHECK_ERR((mopt_path_check_within(dir, p, &err), err), MOPT_E_INVALID, "symbolic link");
 }
 
+/* UTF-8 as RFC 3629 has it: every length of sequence, and each way one can be malformed */
+static void test_utf8_text_accepts_well_formed_sequences_only(void **s) {
+    static const struct {
+        const char *text;
+        size_t n;
+        int ok;
+    } cases[] = {
+        {"", 0, 1},
+        {"plain ascii", 11, 1},
+        {"\xc2\x80 \xdf\xbf", 5, 1},           /* U+0080, U+07FF */
+        {"\xe0\xa0\x80\xef\xbf\xbd", 6, 1},   /* U+0800, U+FFFD */
+        {"\xf0\x90\x80\x80\xf4\x8f\xbf\xbf", 8, 1}, /* U+10000, U+10FFFF */
+        {"a\0b", 3, 0},                       /* a NUL */
+        {"\x80", 1, 0},                        /* a continuation byte first */
+        {"\xc0\x80", 2, 0},                    /* overlong NUL */
+        {"\xc1\xbf", 2, 0},                    /* overlong U+007F */
+        {"\xe0\x9f\xbf", 3, 0},                /* overlong U+07FF */
+        {"\xf0\x8f\xbf\xbf", 4, 0},            /* overlong U+FFFF */
+        {"\xed\xa0\x80", 3, 0},                /* a surrogate, U+D800 */
+        {"\xf4\x90\x80\x80", 4, 0},            /* U+110000 */
+        {"\xf5\x80\x80\x80", 4, 0},            /* a lead byte no code point uses */
+        {"\xe2\x82", 2, 0},                    /* cut short */
+        {"\xc3\x28", 2, 0},                    /* a continuation that is not one */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        if (mopt_utf8_text(cases[i].text, cases[i].n) != cases[i].ok) fprintf(stderr, "case %zu\n", i);
+        assert_int_equal(mopt_utf8_text(cases[i].text, cases[i].n), cases[i].ok);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buffer_holds_text_and_bytes_with_nuls),
         cmocka_unit_test(test_json_text_keeps_insertion_order_and_ends_as_asked),
         cmocka_unit_test(test_reads_refuse_what_is_not_a_regular_file),
+        cmocka_unit_test(test_utf8_text_accepts_well_formed_sequences_only),
         cmocka_unit_test(test_paths_outside_a_root_are_refused),
     };
     return test_run_tests(tests, NULL, NULL);

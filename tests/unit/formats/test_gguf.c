@@ -341,6 +341,26 @@ static void test_the_chat_template_travels_through_gguf(void **s) {
     assert_non_null(strstr(want, "<|assistant|>\n{% endif %} \xc3\xa9")); /* JSON's escapes decoded */
     mopt_model *g = export_and_load(m, "", "q8_0", "chat.gguf");
     assert_string_equal(mopt_tokenizer_chat_template(mopt_model_tokenizer(g)), want);
+    { /* a template that is not UTF-8 text (the é's second byte made malformed, or a NUL) is refused in one line */
+        char path[1200], bad[1200];
+        snprintf(path, sizeof path, "%s/chat.gguf", dir);
+        snprintf(bad, sizeof bad, "%s/chat-bad.gguf", dir);
+        size_t n;
+        unsigned char *d = read_whole(path, &n);
+        static const char tail[] = "{% endif %} \xc3\xa9";
+        unsigned char *at = memmem(d, n, tail, sizeof tail - 1);
+        assert_non_null(at);
+        const unsigned char subs[] = {0x28, 0xc0, 0x00};
+        for (size_t i = 0; i < sizeof subs; i++) {
+            at[sizeof tail - 2 - (subs[i] == 0)] = subs[i]; /* the é's last byte, or its first made NUL */
+            write_file(bad, d, n);
+            mopt_error err = {0};
+            assert_null(mopt_model_load(bad, NULL, &err));
+            CHECK_ERR(err, MOPT_E_FORMAT, "tokenizer.chat_template is not UTF-8 text");
+            at[sizeof tail - 3] = 0xc3, at[sizeof tail - 2] = 0xa9;
+        }
+        free(d);
+    }
     char out[1200], text[1400]; /* and on into an HF export's tokenizer_config.json */
     snprintf(out, sizeof out, "%s/chat-back", dir);
     snprintf(text, sizeof text, "export.hf<out=%s;force=true>", out);
