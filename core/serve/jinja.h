@@ -7,8 +7,9 @@
  *
  * Statements: if/elif/else, for (with loop.*, an `if` filter and else; each
  * iteration its own scope), set (names, namespace attributes, blocks), break,
- * continue, raw, generation. Not macros, call blocks, includes or unpacking
- * in set: those are parse errors.
+ * continue, raw, generation, macro (parameters with defaults, called with
+ * positional and keyword arguments; no caller, varargs or kwargs). Not call
+ * blocks, includes or unpacking in set: those are parse errors.
  * Expressions: literals, lists, dicts, names, attributes, subscripts and
  * slices, calls, filters, `is` tests, arithmetic, ~, comparisons, in, and,
  * or, not, conditional expressions. Anything else is a parse error naming

@@ -41,7 +41,7 @@ struct jx {
 };
 
 /* Statements. */
-typedef enum js_kind { S_TEXT, S_OUT, S_IF, S_FOR, S_SET, S_BREAK, S_CONTINUE } js_kind;
+typedef enum js_kind { S_TEXT, S_OUT, S_IF, S_FOR, S_SET, S_BREAK, S_CONTINUE, S_MACRO } js_kind;
 
 typedef struct js js;
 typedef struct jbody {
@@ -54,7 +54,8 @@ struct js {
     int line;
     const char *text; /* S_TEXT */
     size_t len;
-    jx *x;            /* S_OUT; S_SET's value (NULL: the body's text); S_FOR's sequence */
+    jx *x;            /* S_OUT; S_SET's value (NULL: the body's text); S_FOR's sequence; S_MACRO's parameters (an
+                       * X_CALL's arguments: X_NAMEs, then defaults under their names in kw) */
     /* S_IF: branch i runs bodies[i] when conds[i] holds; conds[n-1] NULL is the else */
     jx **conds;
     jbody *bodies;
@@ -63,8 +64,8 @@ struct js {
     const char *var[2];
     int nvar;
     jx *filter;
-    jbody body, else_body; /* S_FOR; S_SET's block body */
-    /* S_SET: target, or target.attr */
+    jbody body, else_body; /* S_FOR; S_SET's block body; S_MACRO's */
+    /* S_SET: target, or target.attr; S_MACRO: its name */
     const char *target, *attr;
 };
 

@@ -855,6 +855,27 @@ static bool parse_set(parser *p, js *s, int loops) {
     return block_end(p) && body(p, &s->body, ends, &ended, loops) && block_end(p);
 }
 
+/* {% macro name(a, b=default) %}: the parameters parse as a call's arguments, names first, then names with
+ * defaults (as jinja2's signature); the body may not break out of an enclosing loop. */
+static bool parse_macro(parser *p, js *s) {
+    tok *v = next(p);
+    if (v->t != T_NAME) return perr(p, v->line, "expected a name after 'macro'"), false;
+    if (!(s->target = name_dup(p, v)) || !(s->x = node(p, X_CALL, v->line)) || !expect_op(p, "(") || !call_args(p, s->x))
+        return false;
+    for (int i = 0; i < s->x->nargs; i++) {
+        if (!s->x->kw[i] && s->x->args[i]->kind != X_NAME)
+            return perr(p, s->line, "macro %s's parameters must be names, or name=default", s->target), false;
+        if (!s->x->kw[i] && i && s->x->kw[i - 1])
+            return perr(p, s->line, "macro %s: a parameter without a default follows one with a default", s->target), false;
+        for (int k = 0; k < i; k++)
+            if (!strcmp(s->x->kw[i] ? s->x->kw[i] : s->x->args[i]->name, s->x->kw[k] ? s->x->kw[k] : s->x->args[k]->name))
+                return perr(p, s->line, "macro %s names a parameter twice", s->target), false;
+    }
+    static const char *const ends[] = {"endmacro", NULL};
+    const char *ended;
+    return block_end(p) && body(p, &s->body, ends, &ended, 0) && block_end(p);
+}
+
 /* Statements up to one of `ends` (its name is left in *ended, its '%}' unread). */
 static bool body(parser *p, jbody *b, const char *const *ends, const char **ended, int loops) {
     if (++p->depth > MAX_DEPTH) return perr(p, peek(p)->line, "blocks nested too deeply"), false;
@@ -900,6 +921,8 @@ static bool body(parser *p, jbody *b, const char *const *ends, const char **ende
             if (!(s = stmt_node(p, S_FOR, kw->line)) || !parse_for(p, s, loops)) return false;
         } else if (is_name(kw, "set")) {
             if (!(s = stmt_node(p, S_SET, kw->line)) || !parse_set(p, s, loops)) return false;
+        } else if (is_name(kw, "macro")) {
+            if (!(s = stmt_node(p, S_MACRO, kw->line)) || !parse_macro(p, s)) return false;
         } else if (is_name(kw, "break") || is_name(kw, "continue")) {
             if (!loops) return perr(p, kw->line, "'%.*s' outside a loop", (int)kw->n, kw->s), false;
             if (!(s = stmt_node(p, is_name(kw, "break") ? S_BREAK : S_CONTINUE, kw->line)) || !block_end(p)) return false;

@@ -14,7 +14,7 @@
 #include "jinja_impl.h"
 #include "strbuf.h"
 
-enum { MAX_SCOPES = 128, MAX_NAMESPACES = 64, MAX_RANGE = 100000, MAX_VALUE_DEPTH = 64 };
+enum { MAX_SCOPES = 128, MAX_NAMESPACES = 64, MAX_MACROS = 64, MAX_RANGE = 100000, MAX_VALUE_DEPTH = 64 };
 static const long MAX_STEPS = 2 * 1000 * 1000; /* a chat of 1024 messages takes some 50,000 */
 static const size_t MAX_OUTPUT = 16u << 20;
 
@@ -22,6 +22,13 @@ typedef struct rctx {
     const json_t *vars;
     json_t *scopes[MAX_SCOPES];
     int nscopes;
+    int base; /* inside a macro, its own scope: the caller's scopes below it are hidden, the template's (0) is not */
+    struct {
+        const char *name;
+        const js *def;
+        int level; /* the scope it was defined in: it goes when that scope does */
+    } macros[MAX_MACROS];
+    int nmacros;
     json_t *ns[MAX_NAMESPACES]; /* namespace() objects: the only ones `set x.y` may change */
     int nns;
     sbuf out;
@@ -239,22 +246,33 @@ static json_t *chars_of(const json_t *v) {
 /* ---- scopes --------------------------------------------------------------- */
 
 static json_t *lookup(rctx *c, const char *name) {
-    for (int i = c->nscopes - 1; i >= 0; i--) {
+    for (int i = c->nscopes - 1; i >= c->base; i--) {
         json_t *v = json_object_get(c->scopes[i], name);
         if (v) return json_incref(v);
     }
-    json_t *v = json_object_get(c->vars, name);
+    json_t *v = c->base > 0 ? json_object_get(c->scopes[0], name) : NULL;
+    if (!v) v = json_object_get(c->vars, name);
     return v ? json_incref(v) : NULL;
 }
 
 static bool push_scope(rctx *c, int line) {
-    if (c->nscopes == MAX_SCOPES) return rerr(c, line, "loops nested too deeply"), false;
+    if (c->nscopes == MAX_SCOPES) return rerr(c, line, "loops or macro calls nested too deeply"), false;
     if (!(c->scopes[c->nscopes] = json_object())) return rerr(c, line, "out of memory"), false;
     c->nscopes++;
     return true;
 }
 
-static void pop_scope(rctx *c) { json_decref(c->scopes[--c->nscopes]); }
+static void pop_scope(rctx *c) {
+    json_decref(c->scopes[--c->nscopes]);
+    while (c->nmacros && c->macros[c->nmacros - 1].level >= c->nscopes) c->nmacros--;
+}
+
+/* The macro a call names: the latest defined in a scope still open. */
+static const js *find_macro(const rctx *c, const char *name) {
+    for (int i = c->nmacros - 1; i >= 0; i--)
+        if (!strcmp(c->macros[i].name, name)) return c->macros[i].def;
+    return NULL;
+}
 
 static bool is_namespace(const rctx *c, const json_t *v) {
     for (int i = 0; i < c->nns; i++)
@@ -873,6 +891,8 @@ static json_t *binop(rctx *c, const jx *x, json_t *a, json_t *b) {
     return rerr(c, line, "unknown operator '%s'", op);
 }
 
+static json_t *call_macro(rctx *c, const jx *x, const js *m, const args *a);
+
 static json_t *eval(rctx *c, const jx *x) {
     if (c->failed) return NULL;
     if (++c->steps > MAX_STEPS) return rerr(c, x->line, "the template ran for too long");
@@ -912,7 +932,8 @@ static json_t *eval(rctx *c, const jx *x) {
             return r;
         }
         if (x->a->kind != X_NAME) return rerr(c, x->line, "only functions and methods can be called");
-        if (eval_args(c, x, &a)) r = call_global(c, x, x->a->name, &a);
+        const js *m = find_macro(c, x->a->name);
+        if (eval_args(c, x, &a)) r = m ? call_macro(c, x, m, &a) : call_global(c, x, x->a->name, &a);
         free_args(&a);
         return r;
     }
@@ -1123,6 +1144,46 @@ static bool run_set(rctx *c, const js *s) {
     return ok ? true : (rerr(c, s->line, "'%s' is not a namespace(): 'set %s.%s' cannot change it", s->target, s->target, s->attr), false);
 }
 
+/* A macro's parameter j: its name, and its default (NULL: none). */
+static const char *param_name(const js *m, int j) { return m->x->kw[j] ? m->x->kw[j] : m->x->args[j]->name; }
+
+/* name(args) of a {% macro %}: the text its body renders, in a scope of its own that sees its parameters, the
+ * template's top-level names and the variables, not the caller's loop variables (as jinja2). A parameter neither
+ * given nor defaulted is left unset, so it reads as a top-level name of the same name would (jinja2: undefined). */
+static json_t *call_macro(rctx *c, const jx *x, const js *m, const args *a) {
+    const int np = m->x->nargs;
+    int npos = 0;
+    for (int i = 0; i < a->n; i++) npos += !a->kw[i];
+    if (npos > np) return rerr(c, x->line, "macro '%s' takes not more than %d argument(s)", m->target, np);
+    for (int i = 0; i < a->n; i++) {
+        if (!a->kw[i]) continue;
+        int j = 0;
+        while (j < np && strcmp(param_name(m, j), a->kw[i])) j++;
+        if (j == np) return rerr(c, x->line, "macro '%s' takes no keyword argument '%s'", m->target, a->kw[i]);
+        if (j < npos) return rerr(c, x->line, "macro '%s' got multiple values for argument '%s'", m->target, a->kw[i]);
+    }
+    const int base = c->base, depth = c->nscopes;
+    if (!push_scope(c, x->line)) return NULL;
+    c->base = c->nscopes - 1;
+    bool ok = true;
+    for (int j = 0; ok && j < np; j++) {
+        json_t *v = j < npos ? json_incref(arg(a, j, NULL)) : json_incref(arg(a, -1, param_name(m, j)));
+        const bool given = j < npos || v;
+        if (!given && m->x->kw[j]) v = eval(c, m->x->args[j]);
+        if (c->failed) ok = (json_decref(v), false);
+        else if ((given || m->x->kw[j]) && !assign(c, param_name(m, j), v)) ok = (rerr(c, x->line, "out of memory"), false);
+    }
+    sbuf saved = c->out;
+    c->out = (sbuf){0};
+    ok = ok && run(c, &m->body);
+    json_t *r = ok ? json_stringn_nocheck(c->out.s ? c->out.s : "", c->out.n) : NULL;
+    free(c->out.s);
+    c->out = saved;
+    while (c->nscopes > depth) pop_scope(c);
+    c->base = base;
+    return r || c->failed ? r : rerr(c, x->line, "out of memory");
+}
+
 static bool run(rctx *c, const jbody *b) {
     for (int i = 0; i < b->n && !c->ctl; i++) {
         const js *s = b->v[i];
@@ -1167,6 +1228,12 @@ static bool run(rctx *c, const jbody *b) {
             break;
         case S_SET:
             if (!run_set(c, s)) return false;
+            break;
+        case S_MACRO: /* defined in the current scope; a later one of the same name there replaces it */
+            if (c->nmacros && c->macros[c->nmacros - 1].level == c->nscopes - 1 && !strcmp(c->macros[c->nmacros - 1].name, s->target))
+                c->nmacros--;
+            if (c->nmacros == MAX_MACROS) return rerr(c, s->line, "more than %d macros", MAX_MACROS), false;
+            c->macros[c->nmacros].name = s->target, c->macros[c->nmacros].def = s, c->macros[c->nmacros++].level = c->nscopes - 1;
             break;
         case S_BREAK: c->ctl = 1; break;
         case S_CONTINUE: c->ctl = 2; break;

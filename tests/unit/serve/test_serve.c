@@ -409,7 +409,11 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
         {"{{ messages", "line 1: a tag is not closed"},
         {"a\n{% if x %}b", "line 2: the template ended inside a block (missing '{% endif %}')"},
         {"{% for %}", "expected one or two loop variable names"},
-        {"{% macro m() %}{% endmacro %}", "'macro' is not a statement"},
+        {"{% call m() %}{% endcall %}", "'call' is not a statement"},
+        {"{% macro m(a, a) %}{% endmacro %}", "names a parameter twice"},
+        {"{% macro m(a.b) %}{% endmacro %}", "parameters must be names"},
+        {"{% for i in x %}{% macro m() %}{% break %}{% endmacro %}{% endfor %}", "'break' outside a loop"},
+        {"{% macro m() %}", "missing '{% endmacro %}'"},
         {"x\n\n{{ 'abc }}", "line 3: a string is not closed"},
         {"{# open", "a comment is not closed"},
         {"{{ a $ b }}", "unexpected character '$'"},
@@ -456,6 +460,10 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
         {"{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = [ns.l] %}{% endfor %}", "nested too deeply"},
         {"{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "ran for too long"},
         {"{% set ns = namespace(l=['x' * 1]) %}", "unsupported operand types for *: 'str' and 'int'"},
+        /* macros that never return, or whose calls multiply */
+        {"{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "macro calls nested too deeply"},
+        {"{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(60) }}", "ran for too long"},
+        {"{% for i in range(3) %}{% macro m() %}{% endmacro %}{% endfor %}{{ m() }}", "'m' is not a function"},
         /* 64-bit integers that would overflow (Python's would not) */
         {"{{ -3 - 9223372036854775807 - 1 }}", "integer overflow in -"},
         {"{{ 3037000500 * 3037000500 }}", "integer overflow in *"},
@@ -476,6 +484,15 @@ static void test_bad_or_runaway_templates_fail_with_the_line(void **state) {
         assert_null(strchr(msg, '\n'));
         jinja_free(t);
     }
+    /* more macros than a rendering keeps */
+    char many[4096];
+    size_t n = 0;
+    for (int i = 0; i < 65; i++) n += (size_t)snprintf(many + n, sizeof many - n, "{%% macro m%d() %%}{%% endmacro %%}", i);
+    jinja_template *t = jinja_parse(many, n, msg, sizeof msg);
+    assert_non_null(t);
+    assert_null(jinja_render(t, vars, msg, sizeof msg));
+    assert_non_null(strstr(msg, "more than 64 macros"));
+    jinja_free(t);
     json_decref(vars);
 }
 
