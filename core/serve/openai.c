@@ -60,6 +60,28 @@ static char *chat_prompt(const json_t *msgs) {
     return b.s;
 }
 
+/* OpenAI's content as an array of parts: the text parts, joined by a line feed as vLLM joins them for a template
+ * that takes text, become the message's content string; any other part (an image, audio) is refused, since the
+ * models mopt serves read text. */
+static bool flatten_parts(json_t *m, json_t *parts, size_t i, char *msg, size_t cap) {
+    sbuf b = {0};
+    for (size_t k = 0; k < json_array_size(parts); k++) {
+        json_t *part = json_array_get(parts, k), *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+        if (!json_is_object(part) || !json_is_string(type) || strcmp(json_string_value(type), "text") || !json_is_string(text)) {
+            free(b.s);
+            snprintf(msg, cap, "messages[%zu].content[%zu] must be a {\"type\": \"text\", \"text\": string} part (the model reads text)",
+                     i, k);
+            return false;
+        }
+        if (k) sb_put(&b, "\n", 1);
+        sb_put(&b, json_string_value(text), json_string_length(text));
+    }
+    json_t *str = b.oom ? NULL : json_stringn_nocheck(b.s ? b.s : "", b.n); /* UTF-8 already: JSON strings joined */
+    free(b.s);
+    if (!str || json_object_set_new(m, "content", str)) return fail(msg, cap, "out of memory%s", "");
+    return true;
+}
+
 static bool check_messages(json_t *msgs, char *msg, size_t cap) {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return fail(msg, cap, "'%s' must be a non-empty array of {role, content} objects", "messages");
@@ -74,8 +96,10 @@ static bool check_messages(json_t *msgs, char *msg, size_t cap) {
             snprintf(msg, cap, "messages[%zu].role must be \"system\", \"user\" or \"assistant\"", i);
             return false;
         }
-        if (!json_is_string(content)) {
-            snprintf(msg, cap, "messages[%zu].content must be a string", i);
+        if (json_is_array(content)) {
+            if (!flatten_parts(m, content, i, msg, cap)) return false;
+        } else if (!json_is_string(content)) {
+            snprintf(msg, cap, "messages[%zu].content must be a string or an array of text parts", i);
             return false;
         }
     }

@@ -173,9 +173,10 @@ def test_chat_and_stop(srv):
     print("chat (plain format), streaming chat and stop sequences work")
 
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% if messages[0]['role'] == 'assistant' %}"
+CHAT_TEMPLATE = ("{% macro turn(role, text, end='\\n') %}<|{{ role }}|>\n{{ text | trim }}{{ end }}{% endmacro %}"
+                 "{{ bos_token }}{% if messages[0]['role'] == 'assistant' %}"
                  "{{ raise_exception('the first message must not be the assistant\\'s') }}{% endif %}"
-                 "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content | trim }}\n{% endfor %}"
+                 "{% for m in messages %}{{ turn(m.role, m.content) }}{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
@@ -208,6 +209,11 @@ def test_chat_template():
             got = json.loads(b)["choices"][0]["message"]["content"]
             check(got == want, f"chat on {label} renders its template: {got!r} != {want!r}")
             check(json.loads(b)["usage"]["prompt_tokens"] > 16, "the template's text is the prompt")
+            # the same conversation with each content as OpenAI's array of text parts
+            parts = dict(body, messages=[dict(m, content=[{"type": "text", "text": m["content"]}]) for m in body["messages"]])
+            st, _, b = request(srv.url + "/v1/chat/completions", parts)
+            check(st == 200 and json.loads(b)["choices"][0]["message"]["content"] == want,
+                  f"content as text parts on {label} answers as the string does: {st} {b[:200]}")
             if more:
                 more(srv)
             check(srv.stop() == 0, "exit 0 on SIGTERM")

@@ -147,6 +147,11 @@ static void test_requests_are_checked_field_by_field(void **state) {
     refused(true, "{\"messages\": []}", "'messages' must be a non-empty array");
     refused(true, "{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}", "messages[0].role");
     refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "messages[0].content must be a string");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image_url\", "
+                  "\"image_url\": {\"url\": \"http://x/y.png\"}}]}]}",
+            "messages[0].content[1] must be a {\"type\": \"text\"");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}", "messages[0].content[0] must be");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": [\"a\"]}]}", "messages[0].content[0] must be");
     srv_params p;
     char msg[256];
     const char *ok = "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}],"
@@ -155,6 +160,13 @@ static void test_requests_are_checked_field_by_field(void **state) {
     assert_string_equal(p.prompt, "System: Be brief.\nUser: Hi\nAssistant:");
     assert_int_equal(p.max_tokens, 9);
     assert_true(p.stream && p.has_seed && p.seed == 7 && p.n_stop == 1 && p.temperature == 0);
+    srv_params_free(&p);
+    /* content as OpenAI's array of parts: the text parts joined by a line feed, for the template as for the plain format */
+    const char *parts = "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hi\"}, "
+                        "{\"type\": \"text\", \"text\": \"th\\u00e9re\"}]}, {\"role\": \"assistant\", \"content\": []}]}";
+    assert_true(srv_parse_request(parts, strlen(parts), true, &p, msg, sizeof msg));
+    assert_string_equal(p.prompt, "User: Hi\nth\xc3\xa9re\nAssistant: \nAssistant:");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(p.messages, 0), "content")), "Hi\nth\xc3\xa9re");
     srv_params_free(&p);
 }
 
