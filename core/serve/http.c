@@ -179,6 +179,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
                 sse(x, e);
             } else {
                 sse(x, srv_json_chunk(x->p.chat, x->id, x->created, s->names[x->arm], NULL, 0, srv_finish_name(r->finish), false));
+                if (x->p.stream_usage) sse(x, srv_json_usage_chunk(r, x->p.chat, x->id, x->created, s->names[x->arm]));
             }
             sb_printf(&x->out, "data: [DONE]\n\n");
             x->sent_final = x->ended = true;

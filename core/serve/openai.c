@@ -191,6 +191,19 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
         goto done;
     }
     p->stream = json_is_true(v);
+    v = json_object_get(o, "stream_options");
+    if (v && !json_is_null(v)) {
+        json_t *u = json_object_get(v, "include_usage");
+        if (!json_is_object(v) || (u && !json_is_null(u) && !json_is_boolean(u))) {
+            fail(msg, cap, "'%s' must be an object with a boolean 'include_usage'", "stream_options");
+            goto done;
+        }
+        if (!p->stream) {
+            fail(msg, cap, "'%s' is only allowed when 'stream' is true", "stream_options");
+            goto done;
+        }
+        p->stream_usage = json_is_true(u);
+    }
     v = json_object_get(o, "n");
     if (v && !json_is_null(v) && (!json_is_integer(v) || json_integer_value(v) != 1)) {
         fail(msg, cap, "'%s' must be 1: one choice per request", "n");
@@ -240,6 +253,13 @@ char *srv_json_response(const srv_request *r, bool chat, const char *id, long lo
                           chat ? "chat.completion" : "text_completion", "created", (json_int_t)created, "model", model,
                           "choices", choice, "usage", "prompt_tokens", r->n_prompt, "completion_tokens", r->n_generated,
                           "total_tokens", r->n_prompt + r->n_generated));
+}
+
+char *srv_json_usage_chunk(const srv_request *r, bool chat, const char *id, long long created, const char *model) {
+    return dump(json_pack("{s:s,s:s,s:I,s:s,s:[],s:{s:i,s:i,s:i}}", "id", id, "object",
+                          chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)created, "model", model,
+                          "choices", "usage", "prompt_tokens", r->n_prompt, "completion_tokens", r->n_generated, "total_tokens",
+                          r->n_prompt + r->n_generated));
 }
 
 char *srv_json_chunk(bool chat, const char *id, long long created, const char *model, const char *text, size_t n,

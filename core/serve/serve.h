@@ -254,6 +254,7 @@ void srv_server_stop(srv_server *s);
 /* What a completions or chat request asks for, checked but not yet tokenized. */
 typedef struct srv_params {
     bool chat, stream;
+    bool stream_usage;   /* stream_options.include_usage: a last chunk with the usage before [DONE] */
     char *prompt;        /* completions: the prompt; chat: the messages in the plain chat format, one
                             "Role: content" line each (System, User, Assistant), then "Assistant:" */
     int32_t max_tokens;  /* 0: not given */
@@ -273,6 +274,8 @@ void srv_params_free(srv_params *p);
 /* Response bodies (malloc'd JSON text; NULL when out of memory). */
 char *srv_json_error(const char *message, const char *type);
 char *srv_json_response(const srv_request *r, bool chat, const char *id, long long created, const char *model);
+/* The stream's usage chunk (OpenAI's stream_options.include_usage): no choices, the token counts */
+char *srv_json_usage_chunk(const srv_request *r, bool chat, const char *id, long long created, const char *model);
 /* One server-sent event's JSON: a piece of text (chat: a delta), or the final
  * chunk with the finish reason when finish is non-NULL. role_first: a chat
  * stream's opening delta. */

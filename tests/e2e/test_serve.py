@@ -99,9 +99,9 @@ def stream_text(srv, path, body):
     chunks = [json.loads(e) for e in events[:-1]]
     if path.endswith("chat/completions"):
         check(chunks[0]["choices"][0]["delta"] == {"role": "assistant"}, "a chat stream opens with the role")
-        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     else:
-        text = "".join(c["choices"][0]["text"] for c in chunks)
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
     return text, chunks
 
 
@@ -160,6 +160,11 @@ def test_chat_and_stop(srv):
     check(msg["content"] == want, f"chat renders the plain format: {msg['content']!r} != {want!r}")
     streamed, _ = stream_text(srv, "/v1/chat/completions", body)
     check(streamed == want, "streamed chat equals the whole answer")
+    # stream_options.include_usage: one more chunk before [DONE], no choices, the same counts as the whole answer's
+    streamed, chunks = stream_text(srv, "/v1/chat/completions", dict(body, stream_options={"include_usage": True}))
+    check(streamed == want and chunks[-1]["choices"] == [] and chunks[-1]["usage"] == j["usage"]
+          and chunks[-2]["choices"][0]["finish_reason"] is not None and all("usage" not in c for c in chunks[:-1]),
+          f"a stream with include_usage ends with the usage: {chunks[-2:]} against {j['usage']}")
     full = completion(srv, PROMPTS[0], 48)[0]["choices"][0]["text"]
     cut = full.find("\n", 1)
     check(cut > 0, "the greedy text has a line break to stop at")

@@ -143,6 +143,9 @@ static void test_requests_are_checked_field_by_field(void **state) {
     refused(false, "{\"prompt\": \"a\", \"stop\": \"\"}", "1 to 256 bytes");
     refused(false, "{\"prompt\": \"a\", \"stream\": \"yes\"}", "'stream' must be true or false");
     refused(false, "{\"prompt\": \"a\", \"n\": 2}", "'n' must be 1");
+    refused(false, "{\"prompt\": \"a\", \"stream_options\": {\"include_usage\": true}}", "only allowed when 'stream' is true");
+    refused(false, "{\"prompt\": \"a\", \"stream\": true, \"stream_options\": {\"include_usage\": 1}}", "boolean 'include_usage'");
+    refused(false, "{\"prompt\": \"a\", \"stream\": true, \"stream_options\": true}", "'stream_options' must be an object");
     refused(false, "{\"prompt\": \"a\", \"prompt\": \"b\"}", "duplicate");
     refused(true, "{\"messages\": []}", "'messages' must be a non-empty array");
     refused(true, "{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}", "messages[0].role");
@@ -159,7 +162,11 @@ static void test_requests_are_checked_field_by_field(void **state) {
     assert_true(srv_parse_request(ok, strlen(ok), true, &p, msg, sizeof msg));
     assert_string_equal(p.prompt, "System: Be brief.\nUser: Hi\nAssistant:");
     assert_int_equal(p.max_tokens, 9);
-    assert_true(p.stream && p.has_seed && p.seed == 7 && p.n_stop == 1 && p.temperature == 0);
+    assert_true(p.stream && p.has_seed && p.seed == 7 && p.n_stop == 1 && p.temperature == 0 && !p.stream_usage);
+    srv_params_free(&p);
+    const char *usage = "{\"prompt\": \"a\", \"stream\": true, \"stream_options\": {\"include_usage\": true}}";
+    assert_true(srv_parse_request(usage, strlen(usage), false, &p, msg, sizeof msg));
+    assert_true(p.stream && p.stream_usage);
     srv_params_free(&p);
     /* content as OpenAI's array of parts: the text parts joined by a line feed, for the template as for the plain format */
     const char *parts = "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hi\"}, "
