@@ -34,6 +34,8 @@ struct srv_engine {
     srv_metrics *met;
     srv_monitor *mon;
     float *scratch;
+    float *penalized;  /* [vocab]: a row with a request's penalties taken off */
+    uint32_t *counts;  /* [vocab]: srv_penalize's, zero between calls */
     mopt_seq **bq;
     const int32_t **bt;
     int32_t *bn, *bslot;
@@ -120,6 +122,19 @@ static void admit(srv_engine *e) {
     set_gauges(e);
 }
 
+void srv_penalize(const float *logits, int32_t vocab, const int32_t *gen, int32_t n_gen, float presence, float frequency,
+                  uint32_t *counts, float *out) {
+    memcpy(out, logits, (size_t)vocab * sizeof *out);
+    for (int32_t i = 0; i < n_gen; i++)
+        if (gen[i] >= 0 && gen[i] < vocab) counts[gen[i]]++;
+    for (int32_t i = 0; i < n_gen; i++) { /* each token once, as the formula has it: mu - c f - p */
+        const int32_t t = gen[i];
+        if (t < 0 || t >= vocab || !counts[t]) continue;
+        out[t] = logits[t] - (float)counts[t] * frequency - presence;
+        counts[t] = 0;
+    }
+}
+
 /* Samples the next token of a slot whose input is all in the cache; false when
  * the request is finished. */
 static bool advance(srv_engine *e, slot *sl, const float *row) {
@@ -128,6 +143,11 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
         r->first_logits = malloc((size_t)e->vocab * sizeof *r->first_logits);
         if (r->first_logits) memcpy(r->first_logits, row, (size_t)e->vocab * sizeof *row);
         r->vocab = e->vocab;
+    }
+    if (r->presence_penalty != 0 || r->frequency_penalty != 0) {
+        srv_penalize(row, e->vocab, sl->ids + r->n_prompt, sl->n_ids - r->n_prompt, r->presence_penalty, r->frequency_penalty,
+                     e->counts, e->penalized);
+        row = e->penalized;
     }
     const int32_t next = mopt_sampler_sample(&sl->smp, row, e->vocab, e->scratch);
     if (r->kept_ids && next >= 0 && r->n_kept < r->max_tokens) r->kept_ids[r->n_kept++] = next;
@@ -282,6 +302,8 @@ void srv_engine_free(srv_engine *e) {
     free(e->slots);
     free(e->queue);
     free(e->scratch);
+    free(e->penalized);
+    free(e->counts);
     free(e->bq);
     free(e->bt);
     free(e->bn);
@@ -346,11 +368,13 @@ srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv
     e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
     e->queue = calloc((size_t)e->q_cap, sizeof *e->queue);
     e->scratch = malloc(2 * (size_t)e->vocab * sizeof *e->scratch);
+    e->penalized = malloc((size_t)e->vocab * sizeof *e->penalized);
+    e->counts = calloc((size_t)e->vocab, sizeof *e->counts);
     e->bq = calloc((size_t)e->n_slots, sizeof *e->bq);
     e->bt = calloc((size_t)e->n_slots, sizeof *e->bt);
     e->bn = calloc((size_t)e->n_slots, sizeof *e->bn);
     e->bslot = calloc((size_t)e->n_slots, sizeof *e->bslot);
-    if (!e->slots || !e->queue || !e->scratch || !e->bq || !e->bt || !e->bn || !e->bslot) {
+    if (!e->slots || !e->queue || !e->scratch || !e->penalized || !e->counts || !e->bq || !e->bt || !e->bn || !e->bslot) {
         mopt_error_set(err, MOPT_E_NOMEM, "serve", "out of memory");
         goto fail;
     }

@@ -259,6 +259,8 @@ static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
     r->max_tokens = x->p.max_tokens ? x->p.max_tokens : chat ? room : (room < 16 ? room : 16);
     r->temperature = (float)x->p.temperature;
     r->top_p = (float)x->p.top_p;
+    r->presence_penalty = (float)x->p.presence_penalty;
+    r->frequency_penalty = (float)x->p.frequency_penalty;
     const unsigned long long id = atomic_fetch_add(&s->next_id, 1);
     r->seed = x->p.has_seed ? x->p.seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL + id;
     for (int i = 0; i < x->p.n_stop; i++) {

@@ -169,7 +169,9 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
         }
         p->max_tokens = (int32_t)json_integer_value(v);
     }
-    if (!number(o, "temperature", 0, 2, &p->temperature, msg, cap) || !number(o, "top_p", 0, 1, &p->top_p, msg, cap))
+    if (!number(o, "temperature", 0, 2, &p->temperature, msg, cap) || !number(o, "top_p", 0, 1, &p->top_p, msg, cap) ||
+        !number(o, "presence_penalty", -2, 2, &p->presence_penalty, msg, cap) ||
+        !number(o, "frequency_penalty", -2, 2, &p->frequency_penalty, msg, cap))
         goto done;
     if (p->top_p <= 0) {
         fail(msg, cap, "'%s' must be in (0, 1]", "top_p");

@@ -29,6 +29,7 @@ typedef struct srv_request {
     int32_t *prompt, n_prompt;
     int32_t max_tokens;
     float temperature, top_p;
+    float presence_penalty, frequency_penalty; /* OpenAI's: taken off the logits of tokens already generated */
     uint64_t seed;
     char *stop[SRV_MAX_STOP];
     int n_stop;
@@ -55,6 +56,10 @@ typedef struct srv_request {
 } srv_request;
 
 srv_request *srv_request_new(void);
+/* OpenAI's presence and frequency penalties: out = logits, except for each token t of gen[n_gen], which occurs
+ * c times there: logits[t] - c frequency - presence. counts [vocab] is scratch, all zero on entry and on return. */
+void srv_penalize(const float *logits, int32_t vocab, const int32_t *gen, int32_t n_gen, float presence, float frequency,
+                  uint32_t *counts, float *out);
 /* True (mu held) when the request's client is gone: cancelled, or its waiting socket closed by the peer. */
 bool srv_request_gone(const srv_request *r);
 void srv_request_ref(srv_request *r);
@@ -259,6 +264,7 @@ typedef struct srv_params {
                             "Role: content" line each (System, User, Assistant), then "Assistant:" */
     int32_t max_tokens;  /* 0: not given */
     double temperature, top_p;
+    double presence_penalty, frequency_penalty;
     bool has_seed;
     uint64_t seed;
     char *stop[SRV_MAX_STOP];

@@ -175,7 +175,13 @@ def test_chat_and_stop(srv):
         cut = full.find("\n")
     check(stopped["choices"][0]["text"] == full[:cut] and stopped["choices"][0]["finish_reason"] == "stop",
           f"stop cuts at the first line break: {stopped['choices'][0]!r}")
-    print("chat (plain format), streaming chat and stop sequences work")
+    # presence and frequency penalties: zero is the default; strong ones change the greedy text
+    plain = completion(srv, PROMPTS[0], 48)[0]["choices"][0]["text"]
+    check(completion(srv, PROMPTS[0], 48, presence_penalty=0, frequency_penalty=0)[0]["choices"][0]["text"] == plain,
+          "zero penalties are the default")
+    check(completion(srv, PROMPTS[0], 48, presence_penalty=2, frequency_penalty=2)[0]["choices"][0]["text"] != plain,
+          "penalties change the greedy text")
+    print("chat (plain format), streaming chat, stop sequences and penalties work")
 
 
 CHAT_TEMPLATE = ("{% macro turn(role, text, end='\\n') %}<|{{ role }}|>\n{{ text | trim }}{{ end }}{% endmacro %}"

@@ -137,6 +137,8 @@ static void test_requests_are_checked_field_by_field(void **state) {
     refused(false, "{\"prompt\": \"a\", \"temperature\": 3}", "'temperature' must be between 0 and 2");
     refused(false, "{\"prompt\": \"a\", \"temperature\": \"hot\"}", "'temperature' must be a number");
     refused(false, "{\"prompt\": \"a\", \"top_p\": 0}", "'top_p' must be in (0, 1]");
+    refused(false, "{\"prompt\": \"a\", \"presence_penalty\": 2.5}", "'presence_penalty' must be between -2 and 2");
+    refused(false, "{\"prompt\": \"a\", \"frequency_penalty\": \"high\"}", "'frequency_penalty' must be a number");
     refused(false, "{\"prompt\": \"a\", \"seed\": 1.5}", "'seed' must be an integer");
     refused(false, "{\"prompt\": \"a\", \"stop\": [\"a\", 3]}", "'stop' must be a string or an array");
     refused(false, "{\"prompt\": \"a\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", "at most 4");
@@ -177,6 +179,24 @@ static void test_requests_are_checked_field_by_field(void **state) {
     srv_params_free(&p);
 }
 
+/* OpenAI's formula, mu[t] - c[t] * frequency - (c[t] > 0) * presence, over the generated tokens only; the
+ * figures are chosen to be exact in float, so the expected values are the formula's own. */
+static void test_penalties_take_each_generated_tokens_count_times_frequency_and_presence_once(void **state) {
+    (void)state;
+    const float logits[5] = {1, 2, 3, 4, 5};
+    const int32_t gen[] = {3, 1, 3, 3, 7, -1}; /* 7 and -1: not tokens of this vocabulary, skipped */
+    uint32_t counts[5] = {0};
+    float out[5];
+    srv_penalize(logits, 5, gen, 6, 0.5f, 0.25f, counts, out);
+    const float want[5] = {1, 2 - 0.25f - 0.5f, 3, 4 - 3 * 0.25f - 0.5f, 5};
+    for (int i = 0; i < 5; i++) assert_true(out[i] == want[i]);
+    for (int i = 0; i < 5; i++) assert_int_equal(counts[i], 0); /* left as found, for the next row */
+    srv_penalize(logits, 5, gen, 2, -1.0f, 0, counts, out);    /* negative: the tokens are favoured */
+    assert_true(out[1] == 3 && out[3] == 5 && out[0] == 1 && out[4] == 5);
+    srv_penalize(logits, 5, gen, 0, 2, 2, counts, out);         /* nothing generated yet: the logits as they are */
+    for (int i = 0; i < 5; i++) assert_true(out[i] == logits[i]);
+}
+
 static void test_metrics_are_prometheus_text_with_cumulative_buckets(void **state) {
     (void)state;
     srv_metrics m;
@@ -206,16 +226,27 @@ static void test_metrics_are_prometheus_text_with_cumulative_buckets(void **stat
 }
 
 /* Greedy continuation of ids by one sequence alone, token by token after the prompt. */
-static void alone(mopt_model *m, const int32_t *ids, int32_t n, int32_t gen, int32_t *out) {
+/* The greedy continuation of ids computed alone; with OpenAI's penalties, each step's logits less count x
+ * frequency and presence for every token generated before it. */
+static void alone(mopt_model *m, const int32_t *ids, int32_t n, int32_t gen, float presence, float frequency, int32_t *out) {
     mopt_session *s = mopt_session_new(mopt_model_graph(m), NULL, NULL);
     assert_non_null(s);
     const float *logits;
     const int32_t V = mopt_session_vocab_size(s);
+    float *pen = malloc((size_t)V * sizeof *pen);
+    assert_non_null(pen);
     assert_int_equal(mopt_session_forward(s, ids, n, false, &logits, NULL), MOPT_OK);
     for (int32_t i = 0; i < gen; i++) {
-        out[i] = mopt_argmax(logits, V);
+        memcpy(pen, logits, (size_t)V * sizeof *pen);
+        for (int32_t t = 0; t < V; t++) {
+            int32_t c = 0;
+            for (int32_t k = 0; k < i; k++) c += out[k] == t;
+            if (c) pen[t] = logits[t] - (float)c * frequency - presence;
+        }
+        out[i] = mopt_argmax(pen, V);
         if (i + 1 < gen) assert_int_equal(mopt_session_forward(s, &out[i], 1, false, &logits, NULL), MOPT_OK);
     }
+    free(pen);
     mopt_session_free(s);
 }
 
@@ -253,12 +284,18 @@ static void test_the_engine_batches_requests_and_each_gets_its_own_greedy_text(v
         r[i]->n_prompt = (int32_t)n;
         r[i]->max_tokens = gen;
         r[i]->temperature = 0;
+        if (i == 2) r[i]->presence_penalty = 0.5f, r[i]->frequency_penalty = 0.75f; /* one with penalties among them */
         assert_int_equal(srv_engine_submit(e, r[i]), SRV_QUEUED);
     }
     for (int i = 0; i < 4; i++) {
         wait_done(r[i]);
         int32_t want[24], *ids = malloc((size_t)(r[i]->n_prompt + gen) * sizeof *ids);
-        alone(m, r[i]->prompt, r[i]->n_prompt, gen, want);
+        alone(m, r[i]->prompt, r[i]->n_prompt, gen, r[i]->presence_penalty, r[i]->frequency_penalty, want);
+        if (i == 2) { /* the penalties must matter here, or the check above would not see them */
+            int32_t plain[24];
+            alone(m, r[i]->prompt, r[i]->n_prompt, gen, 0, 0, plain);
+            assert_true(memcmp(plain, want, sizeof want) != 0);
+        }
         memcpy(ids, r[i]->prompt, (size_t)r[i]->n_prompt * sizeof *ids);
         memcpy(ids + r[i]->n_prompt, want, sizeof want);
         int32_t n_want = gen;
@@ -562,6 +599,7 @@ int main(void) {
         cmocka_unit_test(test_the_engine_batches_requests_and_each_gets_its_own_greedy_text),
         cmocka_unit_test(test_a_full_queue_refuses_and_a_stopped_engine_fails_its_requests),
         cmocka_unit_test(test_the_kv_budget_caps_the_sequences_and_refuses_a_budget_below_one),
+        cmocka_unit_test(test_penalties_take_each_generated_tokens_count_times_frequency_and_presence_once),
         cmocka_unit_test(test_chat_templates_render_what_jinja2_renders),
         cmocka_unit_test(test_bad_or_runaway_templates_fail_with_the_line),
         cmocka_unit_test(test_the_chat_template_renders_with_the_configs_special_tokens),
