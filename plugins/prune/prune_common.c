@@ -164,7 +164,7 @@ mopt_status prune_by_layer(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_grap
     for (int32_t l = 0; l < a->n_layers && !st; l++) {
         const qlinear *mine[32];
         const int32_t k = q_layer_linears(ls, n, l, mine, 32);
-        st = ops->begin(ops->user, mine, k, err);
+        st = ops->begin(ops->user, mine, k, c.s, err);
         if (!st) st = calib_run_layer(&c, l, -1, ops->observe, ops->user, 0, err);
         for (int32_t i = 0; i < k && !st; i++) {
             float *W = q_weight_f32(h, g, mine[i], err);

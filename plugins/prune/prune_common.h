@@ -63,8 +63,9 @@ void prune_report(const mopt_host_api *h, mopt_report *r, const char *method, co
  * layer, then each linear pruned, then the layer run again for the next one's
  * input. */
 typedef struct prune_layer_ops {
-    /* statistics for the layer's k linears (mine[0..k-1]) from now on */
-    mopt_status (*begin)(void *user, const qlinear *const *mine, int32_t k, mopt_error *err);
+    /* statistics for the layer's k linears (mine[0..k-1]) from now on; s: the calibration's session, whose threads
+     * the observer may share its work with */
+    mopt_status (*begin)(void *user, const qlinear *const *mine, int32_t k, mopt_session *s, mopt_error *err);
     calib_obs observe;
     /* prunes linear i of the layer: W [out, in] in place; *installed = 1 when it
      * put the result into the graph itself (packed), else W is written back */

@@ -35,7 +35,7 @@ typedef struct {
     qspec q;            /* bits = 0: no quantization; else the grid of the same sweep */
 } sgpt;
 
-static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_error *err) {
+static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_session *se, mopt_error *err) {
     sgpt *s = user;
     if (s->sp.vbits == 8) s->q = (qspec){.bits = 8, .group = -1, .sym = 1}; /* values=int8: the sweep's grid is int8 per row, symmetric */
     if (s->sp.vbits == 4) s->q = (qspec){.bits = 4, .group = PRUNE_I4_GROUP, .sym = 1}; /* values=int4: symmetric int4 per 128 inputs */
@@ -50,7 +50,7 @@ static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt
                 break;
             }
         if (s->leader[i] != i) continue;
-        s->acc[i] = (hess_acc){s->h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0, NULL};
+        s->acc[i] = (hess_acc){s->h, mine[i]->node, mine[i]->in, calloc((size_t)(mine[i]->in * mine[i]->in), sizeof(float)), 0, se};
         if (!s->acc[i].H) return s->h->error_set(err, MOPT_E_NOMEM, "prune.sparsegpt", "out of memory for a Hessian");
     }
     return MOPT_OK;

@@ -17,7 +17,8 @@ typedef struct {
     double *sq[32]; /* per linear of the layer: sum over tokens of x_j^2 */
 } wanda;
 
-static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_error *err) {
+static mopt_status begin(void *user, const qlinear *const *mine, int32_t k, mopt_session *s, mopt_error *err) {
+    (void)s;
     wanda *w = user;
     w->mine = mine;
     w->k = k;
