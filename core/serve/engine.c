@@ -3,6 +3,7 @@
  * batched forward that carries a token for each decoding sequence plus chunks
  * of new prompts, then samples each sequence that has seen its whole input.
  * A request joins and leaves the batch between any two steps. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,44 @@ void srv_penalize(const float *logits, int32_t vocab, const int32_t *gen, int32_
     }
 }
 
+/* {token, logprob, bytes} of one token's text (not UTF-8 on its own, a byte of a character: U+FFFD as the token,
+ * the bytes as they are); -inf and NaN as OpenAI's -9999 */
+static json_t *token_json(const char *s, size_t n, double lp) {
+    json_t *bytes = json_array(), *tok = json_stringn(s, n);
+    for (size_t i = 0; bytes && i < n; i++) json_array_append_new(bytes, json_integer((unsigned char)s[i]));
+    return json_pack("{s:o,s:f,s:o}", "token", tok ? tok : json_string("\xEF\xBF\xBD"), "logprob", isfinite(lp) ? lp : -9999.0,
+                     "bytes", bytes);
+}
+
+/* The chosen token's log-probability under the model's own distribution (log-softmax of the raw logits, before
+ * penalties and temperature, as vLLM reports them) and the `top` most likely tokens', each as its text would
+ * continue the slot's tokens. */
+static json_t *logprob_entry(const srv_engine *e, const slot *sl, const float *raw, int32_t next, const char *piece, size_t n,
+                             int32_t top) {
+    double mx = -INFINITY, sum = 0;
+    for (int32_t v = 0; v < e->vocab; v++) mx = raw[v] > mx ? raw[v] : mx;
+    for (int32_t v = 0; v < e->vocab; v++) sum += exp((double)raw[v] - mx);
+    const double lse = mx + log(sum);
+    int32_t best[20], nb = 0; /* the largest logits, in descending order (the lower id first among equals) */
+    for (int32_t v = 0; v < e->vocab && top > 0; v++) {
+        if (nb == top && !(raw[v] > raw[best[nb - 1]])) continue;
+        int32_t j = nb < top ? nb++ : nb - 1;
+        for (; j > 0 && raw[v] > raw[best[j - 1]]; j--) best[j] = best[j - 1];
+        best[j] = v;
+    }
+    json_t *entry = token_json(piece, n, (double)raw[next] - lse), *alts = json_array();
+    for (int32_t i = 0; i < nb && entry && alts; i++) {
+        char buf[1024];
+        const int64_t k = mopt_tokenizer_decode_next(e->tok, sl->ids, (size_t)sl->n_ids, best[i], buf, sizeof buf);
+        json_array_append_new(alts, token_json(buf, k > 0 ? (size_t)k : 0, (double)raw[best[i]] - lse));
+    }
+    if (!entry || !alts || json_object_set_new(entry, "top_logprobs", alts)) {
+        json_decref(entry);
+        return NULL;
+    }
+    return entry;
+}
+
 /* Samples the next token of a slot whose input is all in the cache; false when
  * the request is finished. */
 static bool advance(srv_engine *e, slot *sl, const float *row) {
@@ -144,6 +183,7 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
         if (r->first_logits) memcpy(r->first_logits, row, (size_t)e->vocab * sizeof *row);
         r->vocab = e->vocab;
     }
+    const float *raw = row;
     if (r->presence_penalty != 0 || r->frequency_penalty != 0) {
         srv_penalize(row, e->vocab, sl->ids + r->n_prompt, sl->n_ids - r->n_prompt, r->presence_penalty, r->frequency_penalty,
                      e->counts, e->penalized);
@@ -157,6 +197,7 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
     }
     char piece[1024];
     int64_t k = mopt_tokenizer_decode_next(e->tok, sl->ids, (size_t)sl->n_ids, next, piece, sizeof piece);
+    json_t *lp = r->top_logprobs >= 0 ? logprob_entry(e, sl, raw, next, piece, k > 0 ? (size_t)k : 0, r->top_logprobs) : NULL;
     sl->ids[sl->n_ids++] = next;
     const double now = srv_now();
     pthread_mutex_lock(&r->mu);
@@ -170,7 +211,16 @@ static bool advance(srv_engine *e, slot *sl, const float *row) {
     }
     r->t_last = now;
     r->n_generated++;
-    bool done = srv_request_append(r, piece, k > 0 ? (size_t)k : 0);
+    if (r->top_logprobs >= 0) { /* its text ends where this piece will */
+        const size_t i = json_array_size(r->lp);
+        if (lp && i < (size_t)r->max_tokens && !json_array_append_new(r->lp, lp)) {
+            r->lp_end[i] = r->text.n + (k > 0 ? (size_t)k : 0);
+        } else {
+            if (lp && i >= (size_t)r->max_tokens) json_decref(lp); /* (appending takes it over, failing too) */
+            srv_request_finish(r, SRV_FAILED, "out of memory");
+        }
+    }
+    bool done = r->finish != SRV_RUNNING || srv_request_append(r, piece, k > 0 ? (size_t)k : 0);
     if (!done && (r->n_generated >= r->max_tokens || sl->n_ids >= mopt_seq_max_ctx(sl->q))) {
         srv_request_finish(r, SRV_LENGTH, NULL);
         done = true;

@@ -43,6 +43,7 @@ typedef struct conn_ctx {
     /* a stream's state */
     sbuf out;
     size_t out_off, sent_text;
+    int32_t sent_lp; /* logprobs entries sent */
     bool sent_role, sent_final, ended;
 } conn_ctx;
 
@@ -153,6 +154,18 @@ static void sse(conn_ctx *x, char *json) {
     free(json);
 }
 
+/* The logprobs of the tokens whose text ends by byte `upto` and were not sent yet (NULL: none asked); r->mu held. */
+static json_t *chunk_logprobs(conn_ctx *x, size_t upto) {
+    const srv_request *r = x->r;
+    if (r->top_logprobs < 0) return NULL;
+    int32_t k = x->sent_lp;
+    while (r->lp && k < (int32_t)json_array_size(r->lp) && r->lp_end[k] <= upto) k++;
+    if (k == x->sent_lp) return NULL; /* null, as OpenAI's chunks without tokens have */
+    json_t *lp = srv_json_logprobs(r, x->p.chat, x->sent_lp, k);
+    x->sent_lp = k;
+    return lp;
+}
+
 /* libmicrohttpd pulls a stream's bytes from here; with nothing to send yet the
  * connection sleeps until the engine wakes it. */
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -165,12 +178,12 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (x->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         pthread_mutex_lock(&r->mu);
         if (x->p.chat && !x->sent_role) {
-            sse(x, srv_json_chunk(true, x->id, x->created, s->names[x->arm], NULL, 0, NULL, true));
+            sse(x, srv_json_chunk(true, x->id, x->created, s->names[x->arm], NULL, 0, NULL, true, NULL));
             x->sent_role = true;
         }
         if (r->visible > x->sent_text) {
             sse(x, srv_json_chunk(x->p.chat, x->id, x->created, s->names[x->arm], r->text.s + x->sent_text,
-                                  r->visible - x->sent_text, NULL, false));
+                                  r->visible - x->sent_text, NULL, false, chunk_logprobs(x, r->visible)));
             x->sent_text = r->visible;
         }
         if (r->finish != SRV_RUNNING && x->sent_text == r->visible && !x->sent_final) {
@@ -178,7 +191,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
                 char *e = srv_json_error(r->error[0] ? r->error : "generation failed", "server_error");
                 sse(x, e);
             } else {
-                sse(x, srv_json_chunk(x->p.chat, x->id, x->created, s->names[x->arm], NULL, 0, srv_finish_name(r->finish), false));
+                sse(x, srv_json_chunk(x->p.chat, x->id, x->created, s->names[x->arm], NULL, 0, srv_finish_name(r->finish), false,
+                                      chunk_logprobs(x, SIZE_MAX))); /* the rest: tokens a stop string cut off too */
                 if (x->p.stream_usage) sse(x, srv_json_usage_chunk(r, x->p.chat, x->id, x->created, s->names[x->arm]));
             }
             sb_printf(&x->out, "data: [DONE]\n\n");
@@ -261,6 +275,9 @@ static enum MHD_Result start_generation(srv_server *s, conn_ctx *x, bool chat) {
     r->top_p = (float)x->p.top_p;
     r->presence_penalty = (float)x->p.presence_penalty;
     r->frequency_penalty = (float)x->p.frequency_penalty;
+    if ((r->top_logprobs = x->p.top_logprobs) >= 0 &&
+        (!(r->lp = json_array()) || !(r->lp_end = malloc((size_t)r->max_tokens * sizeof *r->lp_end))))
+        return error(s, x->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, SRV_ERR_INTERNAL, "out of memory");
     const unsigned long long id = atomic_fetch_add(&s->next_id, 1);
     r->seed = x->p.has_seed ? x->p.seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL + id;
     for (int i = 0; i < x->p.n_stop; i++) {

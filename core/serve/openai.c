@@ -129,6 +129,7 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
     p->chat = chat;
     p->temperature = 1.0;
     p->top_p = 1.0;
+    p->top_logprobs = -1;
     json_error_t je;
     json_t *o = json_loadb(body, n, JSON_REJECT_DUPLICATES, &je);
     if (!o) {
@@ -206,6 +207,23 @@ bool srv_parse_request(const char *body, size_t n, bool chat, srv_params *p, cha
         }
         p->stream_usage = json_is_true(u);
     }
+    /* chat: logprobs (a boolean) and top_logprobs (0-20, with logprobs); completions: logprobs (0-20 alternatives) */
+    v = json_object_get(o, "logprobs");
+    json_t *top = chat ? json_object_get(o, "top_logprobs") : NULL;
+    if (chat && v && !json_is_null(v) && !json_is_boolean(v)) {
+        fail(msg, cap, "'%s' must be true or false", "logprobs");
+        goto done;
+    }
+    json_t *count = chat ? top : v;
+    if (count && !json_is_null(count) && (!json_is_integer(count) || json_integer_value(count) < 0 || json_integer_value(count) > 20)) {
+        fail(msg, cap, "'%s' must be an integer from 0 to 20", chat ? "top_logprobs" : "logprobs");
+        goto done;
+    }
+    if (chat && top && !json_is_null(top) && !json_is_true(v)) {
+        fail(msg, cap, "'%s' needs 'logprobs': true", "top_logprobs");
+        goto done;
+    }
+    if (chat ? json_is_true(v) : json_is_integer(v)) p->top_logprobs = json_is_integer(count) ? (int32_t)json_integer_value(count) : 0;
     v = json_object_get(o, "n");
     if (v && !json_is_null(v) && (!json_is_integer(v) || json_integer_value(v) != 1)) {
         fail(msg, cap, "'%s' must be 1: one choice per request", "n");
@@ -246,11 +264,46 @@ static json_t *text_value(const char *s, size_t n) {
     return t ? t : json_string("\xEF\xBF\xBD"); /* bytes that are not UTF-8 (a mangled tokenizer): U+FFFD */
 }
 
+/* A chat entry's {token, logprob} pairs as completions' {token: logprob} (a repeated text keeps its first). */
+static json_t *top_dict(json_t *entry) {
+    json_t *d = json_object(), *t;
+    size_t i;
+    json_array_foreach(json_object_get(entry, "top_logprobs"), i, t) {
+        const char *k = json_string_value(json_object_get(t, "token"));
+        if (d && k && !json_object_get(d, k)) json_object_set(d, k, json_object_get(t, "logprob"));
+    }
+    return d;
+}
+
+json_t *srv_json_logprobs(const srv_request *r, bool chat, int32_t from, int32_t to) {
+    const int32_t n = r->lp ? (int32_t)json_array_size(r->lp) : 0;
+    if (to > n) to = n;
+    json_t *content = json_array(), *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (int32_t i = from; i < to && content; i++) {
+        json_t *e = json_array_get(r->lp, (size_t)i);
+        if (chat) {
+            json_array_append(content, e);
+            continue;
+        }
+        const size_t len = json_array_size(json_object_get(e, "bytes"));
+        json_array_append(tokens, json_object_get(e, "token"));
+        json_array_append(lps, json_object_get(e, "logprob"));
+        json_array_append_new(tops, top_dict(e));
+        json_array_append_new(offs, json_integer((json_int_t)(r->lp_end[i] - len)));
+    }
+    json_t *out = !content || !tokens || !lps || !tops || !offs ? NULL
+                  : chat ? json_pack("{s:O}", "content", content)
+                         : json_pack("{s:O,s:O,s:O,s:O}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops, "text_offset", offs);
+    json_decref(content), json_decref(tokens), json_decref(lps), json_decref(tops), json_decref(offs);
+    return out;
+}
+
 char *srv_json_response(const srv_request *r, bool chat, const char *id, long long created, const char *model) {
-    json_t *choice = chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role", "assistant", "content",
-                                      text_value(r->text.s, r->text.n), "finish_reason", srv_finish_name(r->finish))
-                          : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text_value(r->text.s, r->text.n),
-                                      "logprobs", "finish_reason", srv_finish_name(r->finish));
+    json_t *lp = r->top_logprobs >= 0 ? srv_json_logprobs(r, chat, 0, INT32_MAX) : json_null();
+    json_t *choice = chat ? json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", 0, "message", "role", "assistant", "content",
+                                      text_value(r->text.s, r->text.n), "logprobs", lp, "finish_reason", srv_finish_name(r->finish))
+                          : json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", text_value(r->text.s, r->text.n),
+                                      "logprobs", lp, "finish_reason", srv_finish_name(r->finish));
     return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o],s:{s:i,s:i,s:i}}", "id", id, "object",
                           chat ? "chat.completion" : "text_completion", "created", (json_int_t)created, "model", model,
                           "choices", choice, "usage", "prompt_tokens", r->n_prompt, "completion_tokens", r->n_generated,
@@ -265,17 +318,18 @@ char *srv_json_usage_chunk(const srv_request *r, bool chat, const char *id, long
 }
 
 char *srv_json_chunk(bool chat, const char *id, long long created, const char *model, const char *text, size_t n,
-                     const char *finish, bool role_first) {
+                     const char *finish, bool role_first, json_t *logprobs) {
     json_t *choice;
+    if (!logprobs) logprobs = json_null();
     if (chat) {
         json_t *delta = role_first ? json_pack("{s:s}", "role", "assistant")
                         : finish   ? json_object()
                                    : json_pack("{s:o}", "content", text_value(text, n));
-        choice = json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason",
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", logprobs, "finish_reason",
                            finish ? json_string(finish) : json_null());
     } else {
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", text_value(finish ? "" : text, finish ? 0 : n),
-                           "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text_value(finish ? "" : text, finish ? 0 : n),
+                           "logprobs", logprobs, "finish_reason", finish ? json_string(finish) : json_null());
     }
     return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", id, "object",
                           chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)created, "model",

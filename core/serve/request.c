@@ -36,6 +36,7 @@ srv_request *srv_request_new(void) {
     pthread_cond_init(&r->cv, NULL);
     r->refs = 1;
     r->top_p = 1.0f;
+    r->top_logprobs = -1;
     r->t_submit = srv_now();
     r->peer_fd = -1;
     return r;
@@ -67,6 +68,8 @@ void srv_request_unref(srv_request *r) {
     free(r->prompt);
     free(r->kept_ids);
     free(r->first_logits);
+    json_decref(r->lp);
+    free(r->lp_end);
     free(r->text.s);
     free(r);
 }

@@ -30,6 +30,7 @@ typedef struct srv_request {
     int32_t max_tokens;
     float temperature, top_p;
     float presence_penalty, frequency_penalty; /* OpenAI's: taken off the logits of tokens already generated */
+    int32_t top_logprobs;  /* -1: no logprobs; else each token's log-probability and this many alternatives' */
     uint64_t seed;
     char *stop[SRV_MAX_STOP];
     int n_stop;
@@ -38,6 +39,10 @@ typedef struct srv_request {
     size_t visible;      /* bytes of text that may be sent: none can still turn into a stop string or
                             be the first bytes of an unfinished UTF-8 character */
     int32_t n_generated; /* tokens */
+    json_t *lp;          /* with top_logprobs >= 0: one {token, logprob, bytes, top_logprobs} per token generated (all of
+                            them, as completion_tokens counts them, the end-of-sequence token not) */
+    size_t *lp_end;      /* [max_tokens]: where each lp token's text ends in text (as appended: a stop string may cut
+                            text short of it) */
     srv_finish finish;
     char error[256];
     bool cancelled;      /* the client went away: the engine drops it */
@@ -265,6 +270,7 @@ typedef struct srv_params {
     int32_t max_tokens;  /* 0: not given */
     double temperature, top_p;
     double presence_penalty, frequency_penalty;
+    int32_t top_logprobs; /* -1: none (chat: logprobs false; completions: logprobs null) */
     bool has_seed;
     uint64_t seed;
     char *stop[SRV_MAX_STOP];
@@ -280,12 +286,15 @@ void srv_params_free(srv_params *p);
 /* Response bodies (malloc'd JSON text; NULL when out of memory). */
 char *srv_json_error(const char *message, const char *type);
 char *srv_json_response(const srv_request *r, bool chat, const char *id, long long created, const char *model);
+/* The logprobs of r's tokens [from, to) in the shape of a chat choice ({"content": [...]}) or a completions one
+ * ({tokens, token_logprobs, top_logprobs, text_offset}); r->mu held. NULL when out of memory. */
+json_t *srv_json_logprobs(const srv_request *r, bool chat, int32_t from, int32_t to);
 /* The stream's usage chunk (OpenAI's stream_options.include_usage): no choices, the token counts */
 char *srv_json_usage_chunk(const srv_request *r, bool chat, const char *id, long long created, const char *model);
 /* One server-sent event's JSON: a piece of text (chat: a delta), or the final
  * chunk with the finish reason when finish is non-NULL. role_first: a chat
  * stream's opening delta. */
 char *srv_json_chunk(bool chat, const char *id, long long created, const char *model, const char *text, size_t n,
-                     const char *finish, bool role_first);
+                     const char *finish, bool role_first, json_t *logprobs);
 
 #endif

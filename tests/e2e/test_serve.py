@@ -249,6 +249,50 @@ def test_chat_template():
           "raise_exception is a 400")
 
 
+def test_logprobs(srv):
+    """Log-probabilities: the first token's and its alternatives' against transformers' logits (lit.json)."""
+    import math
+    import struct
+    ref = json.load(open(os.path.join(SHARED, "reference", "lit.json")))["target"]["logits_val32"]
+    V = ref["shape"][1]
+    raw = open(os.path.join(SHARED, ref["file"]), "rb").read()
+    text = open(os.path.join(SHARED, "data", "lit-val.txt")).read()
+    line = text[:text.index("\n") + 1]  # the reference's first tokens end with this line's "\n"
+    j = completion(srv, line, 1, logprobs=5)[0]
+    n = j["usage"]["prompt_tokens"]
+    check(ref["input_ids"][n - 1] == 199 and 2 <= n <= 32, f"the line is the reference's first {n} tokens")
+    row = struct.unpack("<%df" % V, raw[(n - 1) * V * 4:n * V * 4])  # the logits after those tokens, from transformers
+    m = max(row)
+    lse = m + math.log(sum(math.exp(x - m) for x in row))
+    want = sorted((x - lse for x in row), reverse=True)[:5]
+    lp = j["choices"][0]["logprobs"]
+    got = sorted(lp["top_logprobs"][0].values(), reverse=True)
+    check(len(got) == 5 and all(abs(a - b) < 1e-4 for a, b in zip(got, want)) and abs(lp["token_logprobs"][0] - want[0]) < 1e-4,
+          f"logprobs equal log-softmax of transformers' logits within 1e-4: {got} against {want}")
+    check(lp["tokens"] == [j["choices"][0]["text"]] and lp["text_offset"] == [0], f"one token, its text: {lp}")
+    # chat, streamed and whole: one entry per token, its text the answer's, the chosen token the likeliest (greedy)
+    body = dict(messages=[{"role": "user", "content": "Who art thou?"}], max_tokens=12, temperature=0, logprobs=True, top_logprobs=2)
+    st, _, b = request(srv.url + "/v1/chat/completions", body)
+    whole = json.loads(b)
+    entries = whole["choices"][0]["logprobs"]["content"]
+    check(st == 200 and len(entries) == whole["usage"]["completion_tokens"]
+          and "".join(e["token"] for e in entries) == whole["choices"][0]["message"]["content"]
+          and all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["logprob"] == e["logprob"]
+                  and e["top_logprobs"][1]["logprob"] <= e["logprob"] and bytes(e["bytes"]) == e["token"].encode() for e in entries),
+          f"chat logprobs: {b[:400]}")
+    streamed, chunks = stream_text(srv, "/v1/chat/completions", body)
+    sent = [e for c in chunks if c["choices"] and c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]
+    check(streamed == whole["choices"][0]["message"]["content"] and sent == entries, "streamed logprobs are the whole answer's")
+    # a stop string that begins inside a token: every generated token is reported, as completion_tokens counts them
+    full = completion(srv, "ROMEO:", 24)[0]["choices"][0]["text"]
+    j = completion(srv, "ROMEO:", 24, logprobs=0, stop=[full[6:9]])[0]
+    cut = j["choices"][0]
+    check(cut["finish_reason"] == "stop" and len(cut["logprobs"]["tokens"]) == j["usage"]["completion_tokens"]
+          and "".join(cut["logprobs"]["tokens"]).startswith(cut["text"]) and full.startswith("".join(cut["logprobs"]["tokens"])),
+          f"a stop string's cut keeps every token's logprob: {cut}")
+    print("logprobs equal transformers' within 1e-4; chat, streamed and stop-cut logprobs follow the text")
+
+
 def test_concurrent_clients(srv):
     errors, texts = [], {}
     lock = threading.Lock()
@@ -490,6 +534,7 @@ def main():
         check(st == 200 and b"<title>mopt serve</title>" in b and h["Content-Type"].startswith("text/html"), "status page")
         test_greedy_matches_generate(srv)
         test_chat_and_stop(srv)
+        test_logprobs(srv)
         test_concurrent_clients(srv)
         test_bad_input(srv)
         test_abandoned_whole_answer_is_dropped(srv)

@@ -138,6 +138,12 @@ static void test_requests_are_checked_field_by_field(void **state) {
     refused(false, "{\"prompt\": \"a\", \"temperature\": \"hot\"}", "'temperature' must be a number");
     refused(false, "{\"prompt\": \"a\", \"top_p\": 0}", "'top_p' must be in (0, 1]");
     refused(false, "{\"prompt\": \"a\", \"presence_penalty\": 2.5}", "'presence_penalty' must be between -2 and 2");
+    refused(false, "{\"prompt\": \"a\", \"logprobs\": 21}", "'logprobs' must be an integer from 0 to 20");
+    refused(false, "{\"prompt\": \"a\", \"logprobs\": true}", "'logprobs' must be an integer");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": 3}", "'logprobs' must be true or false");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"top_logprobs\": 2}", "needs 'logprobs': true");
+    refused(true, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, \"top_logprobs\": -1}",
+            "'top_logprobs' must be an integer from 0 to 20");
     refused(false, "{\"prompt\": \"a\", \"frequency_penalty\": \"high\"}", "'frequency_penalty' must be a number");
     refused(false, "{\"prompt\": \"a\", \"seed\": 1.5}", "'seed' must be an integer");
     refused(false, "{\"prompt\": \"a\", \"stop\": [\"a\", 3]}", "'stop' must be a string or an array");
@@ -168,7 +174,15 @@ static void test_requests_are_checked_field_by_field(void **state) {
     srv_params_free(&p);
     const char *usage = "{\"prompt\": \"a\", \"stream\": true, \"stream_options\": {\"include_usage\": true}}";
     assert_true(srv_parse_request(usage, strlen(usage), false, &p, msg, sizeof msg));
-    assert_true(p.stream && p.stream_usage);
+    assert_true(p.stream && p.stream_usage && p.top_logprobs == -1);
+    srv_params_free(&p);
+    const char *lp = "{\"prompt\": \"a\", \"logprobs\": 0}";
+    assert_true(srv_parse_request(lp, strlen(lp), false, &p, msg, sizeof msg));
+    assert_int_equal(p.top_logprobs, 0);
+    srv_params_free(&p);
+    const char *chat_lp = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, \"top_logprobs\": 20}";
+    assert_true(srv_parse_request(chat_lp, strlen(chat_lp), true, &p, msg, sizeof msg));
+    assert_int_equal(p.top_logprobs, 20);
     srv_params_free(&p);
     /* content as OpenAI's array of parts: the text parts joined by a line feed, for the template as for the plain format */
     const char *parts = "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hi\"}, "
