@@ -26,10 +26,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     r->n_stop = p.n_stop;
     const size_t n = strlen(p.prompt);
+    /* logprobs asked: an entry per piece fed, as the engine appends one per token */
+    if ((r->top_logprobs = p.top_logprobs) >= 0 && (!(r->lp = json_array()) || !(r->lp_end = malloc((n + 1) * sizeof *r->lp_end))))
+        __builtin_trap();
     bool stopped = false;
     for (size_t at = 0, k = 1; at < n && !stopped; at += k, k = k % 7 + 1) {
         const size_t len = at + k <= n ? k : n - at;
         const size_t before = r->visible;
+        if (r->lp) {
+            json_t *tok = json_stringn(p.prompt + at, len);
+            r->lp_end[json_array_size(r->lp)] = r->text.n + len;
+            json_array_append_new(r->lp, json_pack("{s:o,s:f,s:[],s:[]}", "token", tok ? tok : json_string("?"), "logprob", -1.0,
+                                                   "bytes", "top_logprobs"));
+        }
         stopped = srv_request_append(r, p.prompt + at, len);
         if (r->visible < before || r->visible > r->text.n) __builtin_trap(); /* sent text is never taken back */
     }
@@ -39,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int i = 0; i < r->n_stop; i++)
         if (r->text.n && memmem(r->text.s, r->text.n, r->stop[i], strlen(r->stop[i]))) __builtin_trap();
     char *body = srv_json_response(r, chat, "cmpl-0", 0, "m");
-    char *chunk = srv_json_chunk(chat, "cmpl-0", 0, "m", r->text.s, r->text.n, NULL, false);
+    char *chunk = srv_json_chunk(chat, "cmpl-0", 0, "m", r->text.s, r->text.n, NULL, false,
+                                 r->lp ? srv_json_logprobs(r, chat, 0, (int32_t)json_array_size(r->lp)) : NULL);
     if (!body || !chunk) __builtin_trap(); /* text that is not UTF-8 becomes U+FFFD, never a missing body */
     free(body);
     free(chunk);
