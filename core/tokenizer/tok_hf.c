@@ -60,8 +60,6 @@ static mopt_status add_split(mopt_tokenizer *tok, const char *path, const char *
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* optional speed-up; the interpreter is the fallback */
     split_step *s = &tok->splits[tok->n_splits++];
     s->re = re;
-    s->md = pcre2_match_data_create_from_pattern(re, NULL);
-    if (!s->md) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     return MOPT_OK;
 }
 
@@ -454,27 +452,28 @@ static mopt_status encode_piece(const mopt_tokenizer *tok, const char *s, size_t
     return st;
 }
 
-/* Applies split step k (and the later ones) to s[0..n). */
-static mopt_status split_and_encode(const mopt_tokenizer *tok, int k, const char *s, size_t n, id_vec *out,
-                                    mopt_error *err) {
+/* Applies split step k (and the later ones) to s[0..n), matching into md[k]: the call's own match data, since one
+ * tokenizer encodes on many threads at once (a server's connections) */
+static mopt_status split_and_encode(const mopt_tokenizer *tok, pcre2_match_data *const *md, int k, const char *s, size_t n,
+                                    id_vec *out, mopt_error *err) {
     if (k >= tok->n_splits) return encode_piece(tok, s, n, out, err);
     const split_step *sp = &tok->splits[k];
     size_t pos = 0, last = 0;
     while (pos <= n) {
         if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted while tokenizing");
-        int rc = pcre2_match(sp->re, (PCRE2_SPTR)s, n, pos, pos == 0 ? 0 : PCRE2_NO_UTF_CHECK, sp->md, NULL);
+        int rc = pcre2_match(sp->re, (PCRE2_SPTR)s, n, pos, pos == 0 ? 0 : PCRE2_NO_UTF_CHECK, md[k], NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
                 return MOPT_FAIL(err, MOPT_E_INVALID, "text is not valid UTF-8 (near byte %zu)",
-                                 (size_t)pcre2_get_startchar(sp->md));
+                                 (size_t)pcre2_get_startchar(md[k]));
             PCRE2_UCHAR why[120];
             if (pcre2_get_error_message(rc, why, sizeof why) < 0) snprintf((char *)why, sizeof why, "pcre2 error %d", rc);
             return MOPT_FAIL(err, rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ? MOPT_E_INVALID : MOPT_E_RUNTIME,
                              "%s: the pre-tokenizer regex (split %d) failed on the text near byte %zu: %s", tok->source, k, pos,
                              (const char *)why);
         }
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(sp->md);
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md[k]);
         size_t ms = ov[0], me = ov[1];
         if (me == ms) {
             /* empty match: step one character forward */
@@ -482,22 +481,23 @@ static mopt_status split_and_encode(const mopt_tokenizer *tok, int k, const char
             continue;
         }
         if (ms > last) {
-            mopt_status st = split_and_encode(tok, k + 1, s + last, ms - last, out, err);
+            mopt_status st = split_and_encode(tok, md, k + 1, s + last, ms - last, out, err);
             if (st) return st;
         }
-        mopt_status st = split_and_encode(tok, k + 1, s + ms, me - ms, out, err);
+        mopt_status st = split_and_encode(tok, md, k + 1, s + ms, me - ms, out, err);
         if (st) return st;
         last = pos = me;
     }
-    if (last < n) return split_and_encode(tok, k + 1, s + last, n - last, out, err);
+    if (last < n) return split_and_encode(tok, md, k + 1, s + last, n - last, out, err);
     return MOPT_OK;
 }
 
 /* Normalizes one segment between added tokens, then pre-tokenizes and encodes it. */
-static mopt_status encode_segment(const mopt_tokenizer *tok, const char *s, size_t n, id_vec *out, mopt_error *err) {
+static mopt_status encode_segment(const mopt_tokenizer *tok, pcre2_match_data *const *md, const char *s, size_t n, id_vec *out,
+                                  mopt_error *err) {
     if (n == 0) return MOPT_OK;
     if (!tok->norm_prepend_space_marker && !tok->norm_replace_space && !tok->add_prefix_space)
-        return split_and_encode(tok, 0, s, n, out, err);
+        return split_and_encode(tok, md, 0, s, n, out, err);
     /* worst case every byte is a space that becomes a 3-byte ▁, plus the prefix */
     char *buf = malloc(n * 3 + 4);
     if (!buf) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
@@ -515,12 +515,13 @@ static mopt_status encode_segment(const mopt_tokenizer *tok, const char *s, size
             buf[m++] = s[i];
         }
     }
-    mopt_status st = split_and_encode(tok, 0, buf, m, out, err);
+    mopt_status st = split_and_encode(tok, md, 0, buf, m, out, err);
     free(buf);
     return st;
 }
 
-static mopt_status hf_encode(const mopt_tokenizer *tok, const char *text, size_t len, id_vec *out, mopt_error *err) {
+static mopt_status hf_encode(const mopt_tokenizer *tok, pcre2_match_data *const *md, const char *text, size_t len, id_vec *out,
+                             mopt_error *err) {
     size_t seg = 0, i = 0;
     while (i < len) {
         const added_token *hit = NULL;
@@ -535,13 +536,13 @@ static mopt_status hf_encode(const mopt_tokenizer *tok, const char *text, size_t
             i++;
             continue;
         }
-        mopt_status st = encode_segment(tok, text + seg, i - seg, out, err);
+        mopt_status st = encode_segment(tok, md, text + seg, i - seg, out, err);
         if (st) return st;
         if (!id_vec_push(out, hit->id)) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         i += hit->len;
         seg = i;
     }
-    return encode_segment(tok, text + seg, len - seg, out, err);
+    return encode_segment(tok, md, text + seg, len - seg, out, err);
 }
 
 /* the post-processor's template ids around the text's */
@@ -549,7 +550,11 @@ static mopt_status encode(const mopt_tokenizer *tok, const char *text, size_t le
     mopt_status st = MOPT_OK;
     for (int32_t i = 0; add_special && i < tok->n_tmpl_pre; i++)
         if (!id_vec_push(out, tok->tmpl_pre[i])) st = MOPT_E_NOMEM;
-    if (st == MOPT_OK) st = hf_encode(tok, text, len, out, err);
+    pcre2_match_data *md[TOK_MAX_SPLITS] = {0};
+    for (int i = 0; st == MOPT_OK && i < tok->n_splits; i++)
+        if (!(md[i] = pcre2_match_data_create_from_pattern(tok->splits[i].re, NULL))) st = MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
+    if (st == MOPT_OK) st = hf_encode(tok, md, text, len, out, err);
+    for (int i = 0; i < tok->n_splits; i++) pcre2_match_data_free(md[i]);
     for (int32_t i = 0; st == MOPT_OK && add_special && i < tok->n_tmpl_post; i++)
         if (!id_vec_push(out, tok->tmpl_post[i])) st = MOPT_E_NOMEM;
     return st;

@@ -50,10 +50,9 @@ typedef struct added_token {
     bool special;
 } added_token;
 
-/* One pre-tokenizer split step. */
+/* One pre-tokenizer split step (each encoding makes its own match data: a tokenizer is shared by threads). */
 typedef struct split_step {
     pcre2_code *re;
-    pcre2_match_data *md;
 } split_step;
 
 #define TOK_MAX_SPLITS 4

@@ -30,7 +30,6 @@ void mopt_tokenizer_free(mopt_tokenizer *tok) {
     free(tok->chat_template);
     free(tok->hf_json);
     for (int32_t i = 0; i < tok->n_splits; i++) {
-        pcre2_match_data_free(tok->splits[i].md);
         pcre2_code_free(tok->splits[i].re);
     }
     free(tok);
@@ -112,20 +111,18 @@ int32_t mopt_tokenizer_merges(const mopt_tokenizer *tok, int32_t *left, int32_t 
 int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok) { return tok->bos_id; }
 int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok) { return tok->eos_id; }
 
+/* The byte GPT-2's byte alphabet writes as code point cp, -1 for none: a printable byte as itself, the others
+ * (0-32, 127-160, 173) as 256 + their rank among them. Computed, not a table filled on first use: tokenizers
+ * load on any thread. */
+static int byte_of_code_point(uint32_t cp) {
+    if (cp < 256) return (cp >= 33 && cp <= 126) || (cp >= 161 && cp <= 172) || cp >= 174 ? (int)cp : -1;
+    const uint32_t k = cp - 256;
+    return k < 33 ? (int)k : k < 67 ? (int)(127 + k - 33) : k == 67 ? 173 : -1;
+}
+
 /* Decodes a GPT-2 byte-alphabet token back to bytes; a token holding any char
  * outside the alphabet is taken as its raw UTF-8 (as HF's ByteLevel decoder does). */
 static int byte_level_piece(const char *s, uint32_t n, uint8_t *out, uint32_t *out_len) {
-    static int16_t rev[512];
-    static int init = 0;
-    if (!init) {
-        int k = 0;
-        for (int i = 0; i < 512; i++) rev[i] = -1;
-        for (int b = 0; b < 256; b++) {
-            int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-            rev[printable ? b : 256 + k++] = (int16_t)b;
-        }
-        init = 1;
-    }
     uint32_t m = 0;
     for (uint32_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
@@ -134,8 +131,9 @@ static int byte_level_piece(const char *s, uint32_t n, uint8_t *out, uint32_t *o
         if (cl == 1) cp = c;
         else if (cl == 2) cp = ((c & 0x1fu) << 6) | (s[i + 1] & 0x3fu);
         else cp = 0xffffffffu;
-        if (cp >= 512 || rev[cp] < 0) return 0;
-        out[m++] = (uint8_t)rev[cp];
+        const int byte = cp < 512 ? byte_of_code_point(cp) : -1;
+        if (byte < 0) return 0;
+        out[m++] = (uint8_t)byte;
         i += cl;
     }
     *out_len = m;

@@ -2,6 +2,7 @@
  * and lit.json tokenizer_cases), on all three tokenizer.json families, plus the
  * llama2.c tokenizer and malformed tokenizer files. */
 #include <jansson.h>
+#include <pthread.h>
 
 #include "sha256.h"
 #include "testutil.h"
@@ -133,6 +134,58 @@ static void test_lit_json_tokenizer_cases(void **s) {
         const char *p = json_string_value(json_object_get(g, "prompt"));
         expect_ids(tok, p, strlen(p), MOPT_TOK_ADD_SPECIAL, json_object_get(g, "prompt_ids"), "greedy prompt");
     }
+    mopt_tokenizer_free(tok);
+    json_decref(root);
+}
+
+/* One tokenizer, four threads encoding lit.json's cases at once (as a server's connections do): every encoding
+ * still gives Hugging Face's ids. The regex splits once shared their match data, and one thread's match moved
+ * another's piece past the end of its text. */
+typedef struct {
+    const mopt_tokenizer *tok;
+    json_t *cases;
+    int bad;
+} enc_job;
+
+static void *encode_cases_repeatedly(void *p) {
+    enc_job *j = p;
+    for (int round = 0; round < 200; round++) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(j->cases, i, c) {
+            json_t *text = json_object_get(c, "text"), *want = json_object_get(c, "ids");
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (mopt_tokenizer_encode(j->tok, json_string_value(text), json_string_length(text), MOPT_TOK_ADD_SPECIAL, &ids, &n, NULL))
+                j->bad++;
+            else if (n != json_array_size(want))
+                j->bad++;
+            else
+                for (size_t k = 0; k < n; k++) j->bad += ids[k] != json_integer_value(json_array_get(want, k));
+            free(ids);
+        }
+    }
+    return NULL;
+}
+
+static void test_one_tokenizer_encodes_on_many_threads_at_once(void **s) {
+    REQUIRE_SHARED();
+    json_t *root = load_json("reference/lit.json");
+    mopt_tokenizer *tok = load_tok("models/lit-llama-7m/tokenizer.json");
+    json_t *cases = json_object_get(root, "tokenizer_cases");
+    assert_true(json_array_size(cases) >= 3);
+    pthread_t th[4];
+    enc_job jobs[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (enc_job){tok, cases, 0};
+        assert_int_equal(pthread_create(&th[t], NULL, encode_cases_repeatedly, &jobs[t]), 0);
+    }
+    int bad = 0;
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        bad += jobs[t].bad;
+    }
+    assert_int_equal(bad, 0);
     mopt_tokenizer_free(tok);
     json_decref(root);
 }
@@ -346,6 +399,7 @@ int main(void) {
         cmocka_unit_test(test_llama3_style_split_regex_and_ignore_merges_match_hf),
         cmocka_unit_test(test_sentencepiece_bpe_with_byte_fallback_matches_hf),
         cmocka_unit_test(test_lit_json_tokenizer_cases),
+        cmocka_unit_test(test_one_tokenizer_encodes_on_many_threads_at_once),
         cmocka_unit_test(test_llama2c_tokenizer_encodes_like_run_c),
         cmocka_unit_test(test_llama2c_merges_match_run_c_on_real_text),
         cmocka_unit_test(test_malformed_tokenizer_json_reports_line_and_column),
