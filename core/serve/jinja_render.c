@@ -1230,7 +1230,7 @@ static bool run(rctx *c, const jbody *b) {
             if (!run_set(c, s)) return false;
             break;
         case S_MACRO: /* defined in the current scope; calls take the latest of a name (one defined again right after
-                       * itself, as in a loop's body, takes its entry's place) */
+                       * itself takes its entry's place) */
             if (c->nmacros && c->macros[c->nmacros - 1].level == c->nscopes - 1 && !strcmp(c->macros[c->nmacros - 1].name, s->target))
                 c->nmacros--;
             if (c->nmacros == MAX_MACROS) return rerr(c, s->line, "more than %d macros", MAX_MACROS), false;
