@@ -1144,7 +1144,7 @@ static bool run_set(rctx *c, const js *s) {
     return ok ? true : (rerr(c, s->line, "'%s' is not a namespace(): 'set %s.%s' cannot change it", s->target, s->target, s->attr), false);
 }
 
-/* A macro's parameter j: its name, and its default (NULL: none). */
+/* A macro's parameter j's name (a parameter with a default has it in kw, the default in args). */
 static const char *param_name(const js *m, int j) { return m->x->kw[j] ? m->x->kw[j] : m->x->args[j]->name; }
 
 /* name(args) of a {% macro %}: the text its body renders, in a scope of its own that sees its parameters, the
@@ -1229,7 +1229,8 @@ static bool run(rctx *c, const jbody *b) {
         case S_SET:
             if (!run_set(c, s)) return false;
             break;
-        case S_MACRO: /* defined in the current scope; a later one of the same name there replaces it */
+        case S_MACRO: /* defined in the current scope; calls take the latest of a name (one defined again right after
+                       * itself takes its entry's place) */
             if (c->nmacros && c->macros[c->nmacros - 1].level == c->nscopes - 1 && !strcmp(c->macros[c->nmacros - 1].name, s->target))
                 c->nmacros--;
             if (c->nmacros == MAX_MACROS) return rerr(c, s->line, "more than %d macros", MAX_MACROS), false;
