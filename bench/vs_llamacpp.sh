@@ -12,7 +12,8 @@
 # times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
 # to llama.cpp's Q8_0 / Q4_0. Prints one table of medians: prefill and decode
 # tok/s, mopt / llama.cpp, and the fraction of the read bandwidth mopt measured
-# in the same run.
+# in the same run. Each invocation keeps its runs' JSON in a folder of its own
+# (WORKDIR/runs-TIME-PID), so no run of an earlier invocation is ever read again.
 #
 # Environment: LLAMA_CPP_BIN (required: the folder holding llama-bench),
 # MOPT (default build/bin/mopt), THREADS (2), PROMPT (512), GEN (32), REPS (3).
@@ -31,7 +32,9 @@ REPS=${REPS:-3}
   { echo "vs_llamacpp: set LLAMA_CPP_BIN to the folder holding llama-bench" >&2; exit 2; }
 [ -x "$MOPT" ] || { echo "vs_llamacpp: $MOPT not found (build mopt, or set MOPT)" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "vs_llamacpp: python3 is needed to read the JSON results" >&2; exit 2; }
-mkdir -p "$WORK/runs"
+# this invocation's runs: llama.cpp's of a GGUF file serve the rows that share it, never an earlier invocation's
+RUNS=$WORK/runs-$(date -u +%Y%m%d-%H%M%S)-$$
+mkdir -p "$RUNS"
 
 for t in f16 q8_0 q4_0 q4_k; do
   f="$WORK/model-$t.gguf"
@@ -57,18 +60,19 @@ for r in $(seq 1 "$REPS"); do
   for i in "${!ROWS[@]}"; do
     IFS='|' read -r name gguf what pipe <<<"${ROWS[$i]}"
     echo "round $r/$REPS: $name" >&2
-    if [ ! -s "$WORK/runs/llama-$gguf-$r.json" ]; then
+    if [ ! -s "$RUNS/llama-$gguf-$r.json" ]; then
       "$LLAMA_CPP_BIN/llama-bench" -m "$WORK/$gguf" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r 1 -o json \
-        >"$WORK/runs/llama-$gguf-$r.json" 2>/dev/null
+        >"$RUNS/llama-$gguf-$r.json" 2>/dev/null
     fi
     args=(bench "$what" --threads "$THREADS" --prompt-len "$PROMPT" --gen "$GEN" --runs 1 --warmup 1 --quiet
-          --json "$WORK/runs/mopt-$i-$r.json")
+          --json "$RUNS/mopt-$i-$r.json")
     [ -n "$pipe" ] && args+=(--pipeline "$pipe")
     "$MOPT" "${args[@]}" >/dev/null
   done
 done
 
-python3 - "$WORK/runs" "$REPS" "$THREADS" "$PROMPT" "$GEN" "${ROWS[@]}" <<'EOF'
+echo "runs: $RUNS" >&2
+python3 - "$RUNS" "$REPS" "$THREADS" "$PROMPT" "$GEN" "${ROWS[@]}" <<'EOF'
 import json, statistics, sys
 runs, reps, threads, prompt, gen = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 rows = [r.split("|") for r in sys.argv[6:]]
