@@ -92,8 +92,13 @@ static bool check_messages(json_t *msgs, char *msg, size_t cap) {
             snprintf(msg, cap, "messages[%zu] must be an object", i);
             return false;
         }
+        if (json_is_string(role) && !strcmp(json_string_value(role), "developer")) {
+            /* OpenAI's newer name for the system message: templates know only "system" */
+            if (json_object_set_new(m, "role", json_string("system"))) return fail(msg, cap, "out of memory%s", "");
+            role = json_object_get(m, "role");
+        }
         if (!json_is_string(role) || !role_label(json_string_value(role))) {
-            snprintf(msg, cap, "messages[%zu].role must be \"system\", \"user\" or \"assistant\"", i);
+            snprintf(msg, cap, "messages[%zu].role must be \"system\" (or \"developer\"), \"user\" or \"assistant\"", i);
             return false;
         }
         if (json_is_array(content)) {

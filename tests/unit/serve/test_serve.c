@@ -191,6 +191,12 @@ static void test_requests_are_checked_field_by_field(void **state) {
     assert_string_equal(p.prompt, "User: Hi\nth\xc3\xa9re\nAssistant: \nAssistant:");
     assert_string_equal(json_string_value(json_object_get(json_array_get(p.messages, 0), "content")), "Hi\nth\xc3\xa9re");
     srv_params_free(&p);
+    /* "developer", OpenAI's newer name for the system message, is the system message */
+    const char *dev = "{\"messages\": [{\"role\": \"developer\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}]}";
+    assert_true(srv_parse_request(dev, strlen(dev), true, &p, msg, sizeof msg));
+    assert_string_equal(p.prompt, "System: Be brief.\nUser: Hi\nAssistant:");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(p.messages, 0), "role")), "system");
+    srv_params_free(&p);
 }
 
 /* OpenAI's formula, mu[t] - c[t] * frequency - (c[t] > 0) * presence, over the generated tokens only; the
