@@ -139,10 +139,9 @@ void srv_penalize(const float *logits, int32_t vocab, const int32_t *gen, int32_
 /* {token, logprob, bytes} of one token's text (not UTF-8 on its own, a byte of a character: U+FFFD as the token,
  * the bytes as they are); -inf and NaN as OpenAI's -9999 */
 static json_t *token_json(const char *s, size_t n, double lp) {
-    json_t *bytes = json_array(), *tok = json_stringn(s, n);
+    json_t *bytes = json_array();
     for (size_t i = 0; bytes && i < n; i++) json_array_append_new(bytes, json_integer((unsigned char)s[i]));
-    return json_pack("{s:o,s:f,s:o}", "token", tok ? tok : json_string("\xEF\xBF\xBD"), "logprob", isfinite(lp) ? lp : -9999.0,
-                     "bytes", bytes);
+    return json_pack("{s:o,s:f,s:o}", "token", srv_json_text(s, n), "logprob", isfinite(lp) ? lp : -9999.0, "bytes", bytes);
 }
 
 /* The chosen token's log-probability under the model's own distribution (log-softmax of the raw logits, before

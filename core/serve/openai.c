@@ -264,7 +264,7 @@ char *srv_json_error(const char *message, const char *type) {
     return dump(json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message", message, "type", type, "param", "code"));
 }
 
-static json_t *text_value(const char *s, size_t n) {
+json_t *srv_json_text(const char *s, size_t n) {
     json_t *t = json_stringn(s ? s : "", s ? n : 0);
     return t ? t : json_string("\xEF\xBF\xBD"); /* bytes that are not UTF-8 (a mangled tokenizer): U+FFFD */
 }
@@ -306,8 +306,8 @@ json_t *srv_json_logprobs(const srv_request *r, bool chat, int32_t from, int32_t
 char *srv_json_response(const srv_request *r, bool chat, const char *id, long long created, const char *model) {
     json_t *lp = r->top_logprobs >= 0 ? srv_json_logprobs(r, chat, 0, INT32_MAX) : json_null();
     json_t *choice = chat ? json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", 0, "message", "role", "assistant", "content",
-                                      text_value(r->text.s, r->text.n), "logprobs", lp, "finish_reason", srv_finish_name(r->finish))
-                          : json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", text_value(r->text.s, r->text.n),
+                                      srv_json_text(r->text.s, r->text.n), "logprobs", lp, "finish_reason", srv_finish_name(r->finish))
+                          : json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", srv_json_text(r->text.s, r->text.n),
                                       "logprobs", lp, "finish_reason", srv_finish_name(r->finish));
     return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o],s:{s:i,s:i,s:i}}", "id", id, "object",
                           chat ? "chat.completion" : "text_completion", "created", (json_int_t)created, "model", model,
@@ -329,11 +329,11 @@ char *srv_json_chunk(bool chat, const char *id, long long created, const char *m
     if (chat) {
         json_t *delta = role_first ? json_pack("{s:s}", "role", "assistant")
                         : finish   ? json_object()
-                                   : json_pack("{s:o}", "content", text_value(text, n));
+                                   : json_pack("{s:o}", "content", srv_json_text(text, n));
         choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", logprobs, "finish_reason",
                            finish ? json_string(finish) : json_null());
     } else {
-        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text_value(finish ? "" : text, finish ? 0 : n),
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", srv_json_text(finish ? "" : text, finish ? 0 : n),
                            "logprobs", logprobs, "finish_reason", finish ? json_string(finish) : json_null());
     }
     return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", id, "object",

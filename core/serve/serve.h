@@ -289,6 +289,8 @@ char *srv_json_response(const srv_request *r, bool chat, const char *id, long lo
 /* The logprobs of r's tokens [from, to) in the shape of a chat choice ({"content": [...]}) or a completions one
  * ({tokens, token_logprobs, top_logprobs, text_offset}); r->mu held. NULL when out of memory. */
 json_t *srv_json_logprobs(const srv_request *r, bool chat, int32_t from, int32_t to);
+/* Text as a JSON string; bytes that are not UTF-8 (a byte token, a mangled tokenizer) as U+FFFD */
+json_t *srv_json_text(const char *s, size_t n);
 /* The stream's usage chunk (OpenAI's stream_options.include_usage): no choices, the token counts */
 char *srv_json_usage_chunk(const srv_request *r, bool chat, const char *id, long long created, const char *model);
 /* One server-sent event's JSON: a piece of text (chat: a delta), or the final

@@ -14,15 +14,6 @@
 
 #define SPM_SPACE "\xe2\x96\x81" /* U+2581 "▁" */
 
-/* GPT-2's reversible byte -> printable code point table. */
-static void byte_level_table(uint32_t cp[256]) {
-    int n = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-        cp[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
-    }
-}
-
 static size_t utf8_put(char *out, uint32_t cp) {
     if (cp < 0x80) {
         out[0] = (char)cp;
@@ -365,7 +356,7 @@ mopt_tokenizer *tok_hf_from_json(json_t *root, const char *path, mopt_error *err
 
     /* Initial symbols for single bytes. */
     uint32_t cp[256];
-    byte_level_table(cp);
+    tok_byte_level_table(cp);
     for (int b = 0; b < 256; b++) {
         char s[8];
         size_t n;

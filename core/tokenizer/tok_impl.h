@@ -126,6 +126,8 @@ bool tok_is_control(const mopt_tokenizer *tok, int32_t id);
 
 /* Fills piece/piece_len/piece_byte for every id (after tokens are loaded). */
 int tok_build_pieces(mopt_tokenizer *tok);
+/* GPT-2's reversible byte -> printable code point table (every code point below 512) */
+void tok_byte_level_table(uint32_t cp[256]);
 
 /* Constructors from memory (GGUF stores tokenizers as metadata): a parsed
  * tokenizer.json, and the bytes of a llama2.c tokenizer file. `path` names the

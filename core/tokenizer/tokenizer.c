@@ -111,18 +111,18 @@ int32_t mopt_tokenizer_merges(const mopt_tokenizer *tok, int32_t *left, int32_t 
 int32_t mopt_tokenizer_bos_id(const mopt_tokenizer *tok) { return tok->bos_id; }
 int32_t mopt_tokenizer_eos_id(const mopt_tokenizer *tok) { return tok->eos_id; }
 
-/* The byte GPT-2's byte alphabet writes as code point cp, -1 for none: a printable byte as itself, the others
- * (0-32, 127-160, 173) as 256 + their rank among them. Computed, not a table filled on first use: tokenizers
- * load on any thread. */
-static int byte_of_code_point(uint32_t cp) {
-    if (cp < 256) return (cp >= 33 && cp <= 126) || (cp >= 161 && cp <= 172) || cp >= 174 ? (int)cp : -1;
-    const uint32_t k = cp - 256;
-    return k < 33 ? (int)k : k < 67 ? (int)(127 + k - 33) : k == 67 ? 173 : -1;
+void tok_byte_level_table(uint32_t cp[256]) {
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        cp[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
+    }
 }
 
-/* Decodes a GPT-2 byte-alphabet token back to bytes; a token holding any char
- * outside the alphabet is taken as its raw UTF-8 (as HF's ByteLevel decoder does). */
-static int byte_level_piece(const char *s, uint32_t n, uint8_t *out, uint32_t *out_len) {
+/* Decodes a GPT-2 byte-alphabet token back to bytes with rev (code point -> byte, -1 for none: the table above
+ * inverted, once per tokenizer); a token holding any char outside the alphabet is taken as its raw UTF-8 (as HF's
+ * ByteLevel decoder does). */
+static int byte_level_piece(const int16_t rev[512], const char *s, uint32_t n, uint8_t *out, uint32_t *out_len) {
     uint32_t m = 0;
     for (uint32_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
@@ -131,9 +131,8 @@ static int byte_level_piece(const char *s, uint32_t n, uint8_t *out, uint32_t *o
         if (cl == 1) cp = c;
         else if (cl == 2) cp = ((c & 0x1fu) << 6) | (s[i + 1] & 0x3fu);
         else cp = 0xffffffffu;
-        const int byte = cp < 512 ? byte_of_code_point(cp) : -1;
-        if (byte < 0) return 0;
-        out[m++] = (uint8_t)byte;
+        if (cp >= 512 || rev[cp] < 0) return 0;
+        out[m++] = (uint8_t)rev[cp];
         i += cl;
     }
     *out_len = m;
@@ -145,6 +144,11 @@ int tok_build_pieces(mopt_tokenizer *tok) {
     tok->piece_len = calloc((size_t)tok->n_vocab, sizeof *tok->piece_len);
     tok->piece_byte = malloc((size_t)tok->n_vocab * sizeof *tok->piece_byte);
     if (!tok->piece || !tok->piece_len || !tok->piece_byte) return 0;
+    int16_t rev[512]; /* per call, not a static filled on first use: tokenizers load on any thread */
+    uint32_t cp[256];
+    tok_byte_level_table(cp);
+    for (int i = 0; i < 512; i++) rev[i] = -1;
+    for (int b = 0; b < 256; b++) rev[cp[b]] = (int16_t)b;
     for (int32_t id = 0; id < tok->n_vocab; id++) {
         tok->piece_byte[id] = -1;
         const char *s = tok->tokens[id];
@@ -156,7 +160,7 @@ int tok_build_pieces(mopt_tokenizer *tok) {
         unsigned int byte;
         if (tok->decoder != TOK_DECODER_BYTELEVEL && n == 6 && sscanf(s, "<0x%02X>", &byte) == 1 && s[5] == '>') {
             tok->piece_byte[id] = (int16_t)byte;
-        } else if (tok->decoder == TOK_DECODER_BYTELEVEL && !tok->is_special[id] && byte_level_piece(s, n, p, &m)) {
+        } else if (tok->decoder == TOK_DECODER_BYTELEVEL && !tok->is_special[id] && byte_level_piece(rev, s, n, p, &m)) {
             /* m set */
         } else if (tok->decoder == TOK_DECODER_SPM) {
             for (uint32_t i = 0; i < n;) {
