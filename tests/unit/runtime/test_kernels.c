@@ -384,10 +384,11 @@ static void test_batched_dots_equal_each_tokens_own_dot_bit_for_bit(void **s) {
 }
 
 /* Consecutive rows against up to 8 tokens (the decode task's form): each
- * output is the bits of that row's own dot with that token, for odd row
- * counts (the two-row kernel's leftover row), every token count and length. */
+ * output is the bits of that row's own dot with that token, for every row
+ * count up to 7 (the four-row block, then the two-row one, then a leftover
+ * row), every token count and length. */
 static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(void **s) {
-    enum { R = 5, NT = 8 };
+    enum { R = 7, NT = 8 };
     for (size_t k = 0; k < 3; k++) {
         if (!mopt_kernels_supported(sets[k])) continue;
         for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
