@@ -53,6 +53,15 @@ typedef struct mopt_kernels {
     /* The same for 8-bit rows (32-byte blocks) */
     void (*gemv_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* Both for 2 <= nt <= 8 tokens at once (batched decode), each row's weights read once for all of them: token
+     * t's x at xq + t * in, xd + t * nb, xsum + t * ng (in = 32 nb = 32 ng bpg), y[t * ys + r] bit for bit what
+     * the one-token kernel gives that token alone. NULL: the caller runs the one-token kernel per token. */
+    void (*gemvs_q4_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
+                        int64_t ys);
+    void (*gemvs_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
+                        int64_t ys);
     /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
      * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256], scales xd [nsb]), with
      * xs16 [nsb * 16] the sums of xq over every 16 values: y[r] = the row's dot with the quantized x, each

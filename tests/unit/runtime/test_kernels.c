@@ -13,6 +13,10 @@ static float frand(void) {
     rng ^= rng << 5;
     return (float)((double)rng / 4294967296.0 * 2.0 - 1.0);
 }
+static uint32_t urand(void) {
+    frand();
+    return rng;
+}
 
 static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
 static const int64_t lengths[] = {1, 7, 8, 15, 16, 17, 31, 33, 64, 172, 256, 768, 1001};
@@ -383,6 +387,49 @@ static void test_batched_dots_equal_each_tokens_own_dot_bit_for_bit(void **s) {
     }
 }
 
+/* The 4- and 8-bit GEMVs against several tokens at once (batched decode) give each token the bits of the one-token
+ * kernel run for it alone: random bytes as levels, scales and zero-points (symmetric too), rows of 1-5, 1-8 tokens,
+ * groups of two blocks up to one per row, one block (Q4_0's: the kernel's per-token path) and rows longer than its
+ * batched buffers (4096 inputs). */
+static void test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(void **s) {
+    (void)s;
+    enum { R = 5, NT = 8 };
+    static const int64_t ins[] = {64, 256, 768, 4096, 4160};
+    static const int64_t bpgs[] = {1, 2, 4, 0}; /* 0: one group per row */
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k]) || !sets[k]->gemvs_q4_q8 || !sets[k]->gemvs_q8_q8) continue;
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (size_t ii = 0; ii < sizeof ins / sizeof *ins; ii++)
+                for (size_t bi = 0; bi < sizeof bpgs / sizeof *bpgs; bi++)
+                    for (int sym = 0; sym < 2; sym++) {
+                        const int64_t in = ins[ii], nb = in / 32, bpg = bpgs[bi] ? bpgs[bi] : nb;
+                        if (nb % bpg) continue;
+                        const int64_t ng = nb / bpg, rb = nb * 4 * bits, ys = R + 3;
+                        uint8_t *w = malloc((size_t)(R * rb)), *z = malloc((size_t)(R * ng));
+                        uint16_t *sc = malloc((size_t)(R * ng) * sizeof *sc);
+                        int8_t *xq = malloc((size_t)(NT * in));
+                        float *xd = malloc((size_t)(NT * nb) * sizeof *xd), *xs = malloc((size_t)(NT * ng) * sizeof *xs);
+                        float *y = malloc((size_t)(NT * ys) * sizeof *y), *one = malloc(R * sizeof *one);
+                        for (int64_t i = 0; i < R * rb; i++) w[i] = (uint8_t)(urand() & 0xFF);
+                        for (int64_t i = 0; i < R * ng; i++) sc[i] = mopt_f32_to_f16(0.001f + 0.05f * fabsf(frand())), z[i] = (uint8_t)(urand() % (1u << bits));
+                        for (int64_t i = 0; i < NT * in; i++) xq[i] = (int8_t)(urand() % 255 - 127);
+                        for (int64_t i = 0; i < NT * nb; i++) xd[i] = 0.01f * fabsf(frand());
+                        for (int64_t i = 0; i < NT * ng; i++) xs[i] = frand();
+                        for (int32_t nr = 1; nr <= R; nr++)
+                            for (int32_t nt = 1; nt <= NT; nt++) {
+                                (bits == 4 ? sets[k]->gemvs_q4_q8 : sets[k]->gemvs_q8_q8)(w, (size_t)rb, nr, sc, sym ? NULL : z, (float)(1 << (bits - 1)),
+                                                                                          xq, xd, xs, ng, bpg, nt, y, ys);
+                                for (int32_t t = 0; t < nt; t++) {
+                                    (bits == 4 ? sets[k]->gemv_q4_q8 : sets[k]->gemv_q8_q8)(w, (size_t)rb, nr, sc, sym ? NULL : z, (float)(1 << (bits - 1)),
+                                                                                            xq + t * in, xd + t * nb, xs + t * ng, ng, bpg, one);
+                                    for (int32_t r = 0; r < nr; r++) assert_memory_equal(&y[t * ys + r], &one[r], 4);
+                                }
+                            }
+                        free(w), free(z), free(sc), free(xq), free(xd), free(xs), free(y), free(one);
+                    }
+    }
+}
+
 /* Consecutive rows against up to 8 tokens (the decode task's form): each
  * output is the bits of that row's own dot with that token, for every row
  * count up to 7 (the four-row block, then the two-row one, then a leftover
@@ -524,6 +571,7 @@ int main(void) {
         cmocka_unit_test(test_e4m3_activation_rounding_matches_the_scalar_conversion),
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
+        cmocka_unit_test(test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),
