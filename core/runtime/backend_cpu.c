@@ -659,10 +659,8 @@ static bool float_weights(const mopt_tensor *w) {
 
 /* Every token's x as int8 per `bs` values (scale max|x| / 127 per block): xq [T, in], xd [T, in / bs]. */
 static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *xd) {
-    const int64_t nb = j->in / bs;
     for (int32_t t = 0; t < j->T; t++)
-        for (int64_t b = 0; b < nb; b++)
-            xd[t * nb + b] = quantize_token_i8(j->x + (size_t)t * j->x_stride + bs * b, bs, xq + (size_t)t * j->in + bs * b, NULL);
+        j->c->k->quantize_i8_blocks(j->x + (size_t)t * j->x_stride, j->in, bs, xq + (size_t)t * j->in, xd + (size_t)t * (j->in / bs));
 }
 
 /* k-quant decode: x as int8 per 256 values (llama.cpp's Q8_K, which lets a super-block's dot stay in

@@ -37,6 +37,9 @@ typedef struct mopt_kernels {
     /* out[i] = e4m3(x[i] / s) * s: activations rounded onto the E4M3 grid (nearest even, saturating at 448), exactly
      * as mopt_f32_to_e4m3 and mopt_e4m3_to_f32 round them */
     void (*round_e4m3)(const float *x, int64_t n, float s, float *out);
+    /* x as int8 per block of bs values (n / bs blocks; bs a multiple of 16): d[b] = the block's max|x| / 127 (1 when
+     * it is all zeros), q = round(x / d) to nearest even, clamped to +-127, NaN to -127; the same bits in every set */
+    void (*quantize_i8_blocks)(const float *x, int64_t n, int64_t bs, int8_t *q, float *d);
     /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
     float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
     float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);

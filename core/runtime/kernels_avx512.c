@@ -467,6 +467,7 @@ static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
         }                                                                                                      \
     } while (0)
 #define LOAD_U8(p) _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define V_STORE_I8(p, vi) _mm_storeu_si128((__m128i *)(p), _mm512_cvtepi32_epi8(vi))
 /* all 16 bytes at once: low nibbles are values 0..15, high nibbles 16..31 */
 #define Q4_BLOCK(b, x, a0, a1)                                                                                 \
     do {                                                                                                       \
@@ -538,6 +539,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dequant_e4m3 = dequant_e4m3,
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = mopt_round_e4m3_avx2,
+    .quantize_i8_blocks = quantize_i8_blocks,
     .dot_q4 = dot_q4,
     .dot_q4_lut = dot_q4_lut,
     .dot_q8 = dot_q8,

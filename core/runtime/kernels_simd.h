@@ -11,6 +11,7 @@
  *   V_HMAX(v)                  the largest lane
  *   V_HSUM4(a, b, c, d)        an __m128 of the four vectors' lane sums
  *   V_HSUM8(v0, .., v7, s)     (512 bits only) s[k] = V_HSUM(vk) for eight vectors, bit for bit
+ *   V_STORE_I8(p, vi)          an int32 vector's lanes (each within int8) stored as VW bytes
  * and the functions load_f16(p) / load_bf16(p) (VW halves widened to floats) and
  * load_e4m3(p) (VW E4M3 bytes as f16 values 2^-8 times theirs, widened),
  * and writes dot_i8 itself, which uses each width's own integer dot product. */
@@ -326,6 +327,23 @@ static inline V v_exp(V x) {
 
 static inline V silu_mul_v(V g, V u) {
     return VOP(mul_ps)(VOP(div_ps)(g, V_ADD(V_SET1(1.0f), v_exp(VOP(sub_ps)(V_ZERO(), g)))), u);
+}
+
+/* x as int8 per block of bs (a multiple of VW) values, the reference's arithmetic lane for lane: max ignores a NaN
+ * (maxps returns its second operand then), so does the clamp's, which sends it to -127; x / s divided, not multiplied
+ * by 1 / s; 1.5 x 2^23 added and taken off rounds to nearest even. */
+static void quantize_i8_blocks(const float *x, int64_t n, int64_t bs, int8_t *q, float *d) {
+    const V sign_off = V_AS_FLOAT(VOP(set1_epi32)(0x7fffffff)), lo = V_SET1(-127.0f), hi = V_SET1(127.0f), big = V_SET1(12582912.0f);
+    for (int64_t b = 0; b < n / bs; b++, x += bs, q += bs) {
+        V mx = V_ZERO();
+        for (int64_t i = 0; i < bs; i += VW) mx = VOP(max_ps)(VOP(and_ps)(V_LOADU(x + i), sign_off), mx);
+        const float m = V_HMAX(mx), s = d[b] = m > 0 ? m / 127.0f : 1.0f;
+        const V vs = V_SET1(s);
+        for (int64_t i = 0; i < bs; i += VW) {
+            const V v = VOP(min_ps)(VOP(max_ps)(VOP(div_ps)(V_LOADU(x + i), vs), lo), hi);
+            V_STORE_I8(q + i, VOP(cvttps_epi32)(VOP(sub_ps)(V_ADD(v, big), big)));
+        }
+    }
 }
 
 /* SwiGLU; the last n % VW values through the same vector code, so every value gets the same e^x */

@@ -223,6 +223,44 @@ static void test_e4m3_activation_rounding_matches_the_scalar_conversion(void **s
     }
 }
 
+/* x as int8 per block, against its definition with libm's rintf (nearest even) instead of the kernels' 1.5 x 2^23:
+ * d = max|x| / 127 (1 for a block of zeros), q = round(x / d) within +-127, NaN to -127. Blocks of 32 and 256: ties
+ * at every half from -127.5 to 127.5, random values over eight decades, zeros, NaN, infinities, subnormals. */
+static void test_int8_block_quantization_rounds_as_defined(void **s) {
+    (void)s;
+    enum { N = 256 * 12 };
+    static float x[N], d[N / 32];
+    static int8_t q[N];
+    int64_t n = 0;
+    for (int k = -255; k <= 255 && n < N; k += 2) x[n++] = 0.5f * (float)k; /* the ties, max 127.5: d = 127.5 / 127 */
+    while (n % 256) x[n++] = 127.0f;
+    for (; n < 256 * 10; n++) x[n] = frand() * powf(10.0f, (float)(n / 256 % 8) - 4.0f);
+    for (int i = 0; i < 32; i++) x[n++] = 0.0f;
+    for (int i = 0; i < 32; i++) x[n++] = i == 5 ? NAN : frand();
+    for (int i = 0; i < 32; i++) x[n++] = i == 7 ? INFINITY : i == 9 ? -INFINITY : frand();
+    for (int i = 0; i < 32; i++) x[n++] = i % 2 ? 1e-40f : -3e-39f;
+    while (n < N) x[n++] = frand();
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (int64_t bs = 32; bs <= 256; bs += 224) {
+            sets[k]->quantize_i8_blocks(x, N, bs, q, d);
+            for (int64_t b = 0; b < N / bs; b++) {
+                float mx = 0;
+                for (int64_t i = b * bs; i < (b + 1) * bs; i++)
+                    if (fabsf(x[i]) > mx) mx = fabsf(x[i]);
+                const float want_d = mx > 0 ? mx / 127.0f : 1.0f;
+                assert_memory_equal(&d[b], &want_d, 4);
+                for (int64_t i = b * bs; i < (b + 1) * bs; i++) {
+                    const float v = x[i] / want_d;
+                    const int want = isnan(v) ? -127 : v > 127 ? 127 : v < -127 ? -127 : (int)rintf(v);
+                    if (q[i] != want) fprintf(stderr, "%s bs %lld: x = %a, d = %a -> %d, want %d\n", sets[k]->name, (long long)bs, (double)x[i], (double)want_d, q[i], want);
+                    assert_int_equal(q[i], want);
+                }
+            }
+        }
+    }
+}
+
 /* SwiGLU's g / (1 + e^-g) * u against float64 over g in [-110, 110] (both sides of where e^-g overflows and
  * vanishes in float), the tails of every length, and zeros, infinities and NaN: within 4 ulp of the float64 value,
  * or 1e-36 where float's e^-g has overflowed and float64's has not. */
@@ -572,6 +610,7 @@ int main(void) {
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
         cmocka_unit_test(test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
+        cmocka_unit_test(test_int8_block_quantization_rounds_as_defined),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),
