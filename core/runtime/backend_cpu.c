@@ -307,13 +307,17 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
             const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
             const uint8_t *zp = q->zero ? (const uint8_t *)q->zero->data + o0 * ng : NULL;
             const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
-            for (int32_t t = 0; t < j->T; t++) {
-                float *y = j->y + (size_t)t * j->y_stride + o0;
-                (bits == 4 ? k->gemv_q4_q8 : k->gemv_q8_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->xq8 + (size_t)t * j->in,
-                                                            j->xd + (size_t)t * (j->in / 32), j->xsum + (size_t)t * ng, ng, gs / 32, y);
-                if (j->b)
-                    for (int64_t o = o0; o < o1; o++) y[o - o0] += bias_at(j->b, o);
-            }
+            const int32_t T = j->T;
+            if (T > 1 && T <= 8 && (bits == 4 ? k->gemvs_q4_q8 : k->gemvs_q8_q8)) /* the tokens together: each row read once */
+                (bits == 4 ? k->gemvs_q4_q8 : k->gemvs_q8_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->xq8, j->xd, j->xsum, ng, gs / 32,
+                                                              T, j->y + o0, j->y_stride);
+            else
+                for (int32_t t = 0; t < T; t++)
+                    (bits == 4 ? k->gemv_q4_q8 : k->gemv_q8_q8)(rows, w->nb[1], o1 - o0, sc, zp, zsym, j->xq8 + (size_t)t * j->in,
+                                                                j->xd + (size_t)t * (j->in / 32), j->xsum + (size_t)t * ng, ng, gs / 32,
+                                                                j->y + (size_t)t * j->y_stride + o0);
+            for (int32_t t = 0; j->b && t < T; t++)
+                for (int64_t o = o0; o < o1; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
             return;
         }
         for (int64_t o = o0; o < o1; o++) {
@@ -655,10 +659,8 @@ static bool float_weights(const mopt_tensor *w) {
 
 /* Every token's x as int8 per `bs` values (scale max|x| / 127 per block): xq [T, in], xd [T, in / bs]. */
 static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *xd) {
-    const int64_t nb = j->in / bs;
     for (int32_t t = 0; t < j->T; t++)
-        for (int64_t b = 0; b < nb; b++)
-            xd[t * nb + b] = quantize_token_i8(j->x + (size_t)t * j->x_stride + bs * b, bs, xq + (size_t)t * j->in + bs * b, NULL);
+        j->c->k->quantize_i8_blocks(j->x + (size_t)t * j->x_stride, j->in, bs, xq + (size_t)t * j->in, xd + (size_t)t * (j->in / bs));
 }
 
 /* k-quant decode: x as int8 per 256 values (llama.cpp's Q8_K, which lets a super-block's dot stay in

@@ -37,6 +37,9 @@ typedef struct mopt_kernels {
     /* out[i] = e4m3(x[i] / s) * s: activations rounded onto the E4M3 grid (nearest even, saturating at 448), exactly
      * as mopt_f32_to_e4m3 and mopt_e4m3_to_f32 round them */
     void (*round_e4m3)(const float *x, int64_t n, float s, float *out);
+    /* x as int8 per block of bs values (n / bs blocks; bs a multiple of 16): d[b] = the block's max|x| / 127 (1 when
+     * it is all zeros), q = round(x / d) to nearest even, clamped to +-127, NaN to -127; the same bits in every set */
+    void (*quantize_i8_blocks)(const float *x, int64_t n, int64_t bs, int8_t *q, float *d);
     /* sum over nb whole 32-value blocks of level * x (packed layouts in mopt/quant.h) */
     float (*dot_q4)(const uint8_t *blocks, const float *x, int64_t nb);
     float (*dot_q8)(const uint8_t *blocks, const float *x, int64_t nb);
@@ -53,6 +56,15 @@ typedef struct mopt_kernels {
     /* The same for 8-bit rows (32-byte blocks) */
     void (*gemv_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, float *y);
+    /* Both for 2 <= nt <= 8 tokens at once (batched decode), each row's weights read once for all of them: token
+     * t's x at xq + t * in, xd + t * nb, xsum + t * ng (in = 32 nb = 32 ng bpg), y[t * ys + r] bit for bit what
+     * the one-token kernel gives that token alone. NULL: the caller runs the one-token kernel per token. */
+    void (*gemvs_q4_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
+                        int64_t ys);
+    void (*gemvs_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
+                        int64_t ys);
     /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
      * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256], scales xd [nsb]), with
      * xs16 [nsb * 16] the sums of xq over every 16 values: y[r] = the row's dot with the quantized x, each

@@ -520,6 +520,11 @@ void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w,
 #define V_HSUM4 hsum4
 #define F32_TAIL NO_TAIL
 #define LOAD_U8(p) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define V_STORE_I8(p, vi)                                                                                      \
+    do {                                                                                                       \
+        const __m128i w16_ = _mm_packs_epi32(_mm256_castsi256_si128(vi), _mm256_extracti128_si256((vi), 1));   \
+        _mm_storel_epi64((__m128i *)(p), _mm_packs_epi16(w16_, w16_));                                         \
+    } while (0)
 /* bytes 0..7 and 8..15: low nibbles are values 0..15, high nibbles 16..31 */
 #define Q4_BLOCK(b, x, a0, a1)                                                                                 \
     do {                                                                                                       \
@@ -685,6 +690,7 @@ const mopt_kernels mopt_kernels_avx2 = {
     .dequant_e4m3 = dequant_e4m3,
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = mopt_round_e4m3_avx2,
+    .quantize_i8_blocks = quantize_i8_blocks,
     .dot_q4 = dot_q4,
     .dot_q4_lut = mopt_dot_q4_lut_avx2,
     .dot_q8 = dot_q8,

@@ -160,7 +160,7 @@ static inline float qx_zero_share(const uint16_t *sr, const uint8_t *zr, float z
                                         _mm512_set1_ps(zoff));
         acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(m, xsum + g), acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    return hsum16(acc); /* (not _mm512_reduce_add_ps, whose order is the compiler's: gemvs_paired repeats these bits) */
 }
 
 /* The blocks' share of one row, ng groups of ppg block pairs, against x (for 4 bits in lane order; for 8 bits with
@@ -179,7 +179,7 @@ static inline __attribute__((always_inline)) float qx_row_paired(const uint8_t *
         }
         acc = _mm512_fmadd_ps(gacc, _mm512_set1_ps(_cvtsh_ss(sr[g])), acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    return hsum16(acc);
 }
 
 /* The same for groups of an odd number of blocks (bpg; GGUF's Q4_0 and Q8_0 have one) or rows past PAIRS_MAX, each
@@ -250,6 +250,97 @@ static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, s
         else
             y[r] = qx_row_blocks(row, sr, xq, lanes, xq, xd, nb, bpg, 0, bits) - zero_share;
     }
+}
+
+#define MT_PAIRS_MAX 64 /* the batched form's rows: up to 4096 inputs, x in lane order and the pair scales of 8 tokens
+                        * in 64 KB of stack, as gemv_qx_q8's own */
+
+/* gemv_qx_q8's paired rows for NT tokens at once: each block pair's weights loaded (and for 4 bits masked) once, then
+ * every token's pair dot, pair scale and group scale exactly as the one-token kernel does them, so each token's
+ * result is the same bits as alone. */
+static inline __attribute__((always_inline)) void gemvs_paired(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
+                                                                const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
+                                                                const float *xsum, int64_t ng, int64_t bpg, float *y, int64_t ys,
+                                                                const int bits, const int NT) {
+    const int64_t nb = ng * bpg, np = nb / 2, ppg = bpg / 2, in = 32 * nb;
+    const float zoff = bits == 8 ? 128.0f : 0.0f;
+    const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
+    __m512 xs2[8][MT_PAIRS_MAX];
+    int8_t lanes[8][64 * MT_PAIRS_MAX]; /* 4 bits: x in lane order; 8 bits: each pair's q8_centre */
+    for (int t = 0; t < NT; t++)
+        for (int64_t p = 0; p < np; p++) {
+            xs2[t][p] = pair_scale(xd[t * nb + 2 * p], xd[t * nb + 2 * p + 1], bits);
+            const int8_t *xp = xq + t * in + 64 * p;
+            _mm512_storeu_si512(lanes[t] + 64 * p, bits == 4 ? q4_lanes(xp) : q8_centre(_mm512_loadu_si512(xp)));
+        }
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + (size_t)r * row_bytes;
+        const uint16_t *sr = s + r * ng;
+        const uint8_t *zr = z ? z + r * ng : NULL;
+        __m512 acc[8]; /* all eight zero: hsum8 reads them */
+        for (int t = 0; t < 8; t++) acc[t] = _mm512_setzero_ps();
+        int64_t p = 0;
+        for (int64_t g = 0; g < ng; g++) {
+            __m512 gacc[8];
+            for (int t = 0; t < NT; t++) gacc[t] = _mm512_setzero_ps();
+            if (bits == 4) _mm_prefetch((const char *)row + QX_AHEAD, _MM_HINT_T0);
+            for (int64_t k = 0; k < ppg; k++, row += 8 * bits, p++) {
+                if (bits == 8) _mm_prefetch((const char *)row + QX_AHEAD, _MM_HINT_T0);
+                const __m512i wv = bits == 4 ? _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)row)), mask)
+                                             : _mm512_loadu_si512(row);
+                for (int t = 0; t < NT; t++) {
+                    const __m512i d = bits == 4 ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, _mm512_loadu_si512(lanes[t] + 64 * p))
+                                                : _mm512_dpbusd_epi32(_mm512_loadu_si512(lanes[t] + 64 * p), wv,
+                                                                      _mm512_loadu_si512(xq + t * in + 64 * p));
+                    gacc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), xs2[t][p], gacc[t]);
+                }
+            }
+            const __m512 sg = _mm512_set1_ps(_cvtsh_ss(sr[g]));
+            for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(gacc[t], sg, acc[t]);
+        }
+        __m512 zacc[8]; /* qx_zero_share's sums, the scales times zero-points formed once for all tokens */
+        for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
+        for (int64_t g = 0; g < ng; g += 16) {
+            const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
+            const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g));
+            const __m512 zv = _mm512_sub_ps(zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym),
+                                            _mm512_set1_ps(zoff));
+            const __m512 sz = _mm512_mul_ps(sv, zv);
+            for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, xsum + t * ng + g), zacc[t]);
+        }
+        float dots[8], zeros[8]; /* hsum8: the lane sums of eight vectors, each hsum16's bits */
+        hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], dots);
+        hsum8(zacc[0], zacc[1], zacc[2], zacc[3], zacc[4], zacc[5], zacc[6], zacc[7], zeros);
+        for (int t = 0; t < NT; t++) y[t * ys + r] = dots[t] - zeros[t];
+    }
+}
+
+static __attribute__((noinline)) void gemvs_qx_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
+                                                  const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
+                                                  const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y, int64_t ys,
+                                                  const int bits) {
+    const int64_t nb = ng * bpg;
+    if (bpg % 2 || nb / 2 > MT_PAIRS_MAX) { /* the rows the one-token kernel goes through block by block */
+        for (int32_t t = 0; t < nt; t++)
+            gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq + t * 32 * nb, xd + t * nb, xsum + t * ng, ng, bpg, y + t * ys, bits);
+        return;
+    }
+#define GEMVS_CASE(N) \
+    case N: gemvs_paired(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, ys, bits, N); break;
+    switch (nt) {
+        GEMVS_CASE(1) GEMVS_CASE(2) GEMVS_CASE(3) GEMVS_CASE(4) GEMVS_CASE(5) GEMVS_CASE(6) GEMVS_CASE(7) GEMVS_CASE(8)
+    }
+#undef GEMVS_CASE
+}
+
+static void gemvs_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y, int64_t ys) {
+    gemvs_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, nt, y, ys, 4);
+}
+
+static void gemvs_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
+                        const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y, int64_t ys) {
+    gemvs_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, nt, y, ys, 8);
 }
 
 static void gemv_q4_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
@@ -376,6 +467,7 @@ static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
         }                                                                                                      \
     } while (0)
 #define LOAD_U8(p) _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define V_STORE_I8(p, vi) _mm_storeu_si128((__m128i *)(p), _mm512_cvtepi32_epi8(vi))
 /* all 16 bytes at once: low nibbles are values 0..15, high nibbles 16..31 */
 #define Q4_BLOCK(b, x, a0, a1)                                                                                 \
     do {                                                                                                       \
@@ -447,11 +539,14 @@ const mopt_kernels mopt_kernels_avx512 = {
     .dequant_e4m3 = dequant_e4m3,
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = mopt_round_e4m3_avx2,
+    .quantize_i8_blocks = quantize_i8_blocks,
     .dot_q4 = dot_q4,
     .dot_q4_lut = dot_q4_lut,
     .dot_q8 = dot_q8,
     .gemv_q4_q8 = gemv_q4_q8,
     .gemv_q8_q8 = gemv_q8_q8,
+    .gemvs_q4_q8 = gemvs_q4_q8,
+    .gemvs_q8_q8 = gemvs_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = gemv_q6k_q8,
     .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,

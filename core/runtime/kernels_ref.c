@@ -94,6 +94,19 @@ static float dot_e4m3(const uint8_t *q, const float *x, int64_t n) {
     return s;
 }
 
+static void quantize_i8_blocks(const float *x, int64_t n, int64_t bs, int8_t *q, float *d) {
+    for (int64_t b = 0; b < n / bs; b++, x += bs, q += bs) {
+        float mx = 0;
+        for (int64_t i = 0; i < bs; i++) mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx; /* NaN passes by */
+        const float s = d[b] = mx > 0 ? mx / 127.0f : 1.0f;
+        for (int64_t i = 0; i < bs; i++) {
+            float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s */
+            v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f;
+            q[i] = (int8_t)((v + 12582912.0f) - 12582912.0f); /* 1.5 x 2^23: to nearest even */
+        }
+    }
+}
+
 static void round_e4m3(const float *x, int64_t n, float s, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = mopt_e4m3_to_f32(mopt_f32_to_e4m3(x[i] / s)) * s;
 }
@@ -461,6 +474,7 @@ const mopt_kernels mopt_kernels_ref = {
     .dequant_e4m3 = dequant_e4m3,
     .dot_e4m3 = dot_e4m3,
     .round_e4m3 = round_e4m3,
+    .quantize_i8_blocks = quantize_i8_blocks,
     .silu_mul = silu_mul,
     .att_scores = att_scores,
     .att_values = att_values,

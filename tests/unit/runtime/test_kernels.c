@@ -13,6 +13,10 @@ static float frand(void) {
     rng ^= rng << 5;
     return (float)((double)rng / 4294967296.0 * 2.0 - 1.0);
 }
+static uint32_t urand(void) {
+    frand();
+    return rng;
+}
 
 static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
 static const int64_t lengths[] = {1, 7, 8, 15, 16, 17, 31, 33, 64, 172, 256, 768, 1001};
@@ -219,6 +223,44 @@ static void test_e4m3_activation_rounding_matches_the_scalar_conversion(void **s
     }
 }
 
+/* x as int8 per block, against its definition with libm's rintf (nearest even) instead of the kernels' 1.5 x 2^23:
+ * d = max|x| / 127 (1 for a block of zeros), q = round(x / d) within +-127, NaN to -127. Blocks of 32 and 256: ties
+ * at every half from -127.5 to 127.5, random values over eight decades, zeros, NaN, infinities, subnormals. */
+static void test_int8_block_quantization_rounds_as_defined(void **s) {
+    (void)s;
+    enum { N = 256 * 12 };
+    static float x[N], d[N / 32];
+    static int8_t q[N];
+    int64_t n = 0;
+    for (int k = -255; k <= 255 && n < N; k += 2) x[n++] = 0.5f * (float)k; /* the ties, max 127.5: d = 127.5 / 127 */
+    while (n % 256) x[n++] = 127.0f;
+    for (; n < 256 * 10; n++) x[n] = frand() * powf(10.0f, (float)(n / 256 % 8) - 4.0f);
+    for (int i = 0; i < 32; i++) x[n++] = 0.0f;
+    for (int i = 0; i < 32; i++) x[n++] = i == 5 ? NAN : frand();
+    for (int i = 0; i < 32; i++) x[n++] = i == 7 ? INFINITY : i == 9 ? -INFINITY : frand();
+    for (int i = 0; i < 32; i++) x[n++] = i % 2 ? 1e-40f : -3e-39f;
+    while (n < N) x[n++] = frand();
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k])) continue;
+        for (int64_t bs = 32; bs <= 256; bs += 224) {
+            sets[k]->quantize_i8_blocks(x, N, bs, q, d);
+            for (int64_t b = 0; b < N / bs; b++) {
+                float mx = 0;
+                for (int64_t i = b * bs; i < (b + 1) * bs; i++)
+                    if (fabsf(x[i]) > mx) mx = fabsf(x[i]);
+                const float want_d = mx > 0 ? mx / 127.0f : 1.0f;
+                assert_memory_equal(&d[b], &want_d, 4);
+                for (int64_t i = b * bs; i < (b + 1) * bs; i++) {
+                    const float v = x[i] / want_d;
+                    const int want = isnan(v) ? -127 : v > 127 ? 127 : v < -127 ? -127 : (int)rintf(v);
+                    if (q[i] != want) fprintf(stderr, "%s bs %lld: x = %a, d = %a -> %d, want %d\n", sets[k]->name, (long long)bs, (double)x[i], (double)want_d, q[i], want);
+                    assert_int_equal(q[i], want);
+                }
+            }
+        }
+    }
+}
+
 /* SwiGLU's g / (1 + e^-g) * u against float64 over g in [-110, 110] (both sides of where e^-g overflows and
  * vanishes in float), the tails of every length, and zeros, infinities and NaN: within 4 ulp of the float64 value,
  * or 1e-36 where float's e^-g has overflowed and float64's has not. */
@@ -383,11 +425,55 @@ static void test_batched_dots_equal_each_tokens_own_dot_bit_for_bit(void **s) {
     }
 }
 
-/* Consecutive rows against up to 8 tokens (the decode task's form): each
- * output is the bits of that row's own dot with that token, for odd row
- * counts (the two-row kernel's leftover row), every token count and length. */
-static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(void **s) {
+/* The 4- and 8-bit GEMVs against several tokens at once (batched decode) give each token the bits of the one-token
+ * kernel run for it alone: random bytes as levels, scales and zero-points (symmetric too), rows of 1-5, 1-8 tokens,
+ * groups of two blocks up to one per row, one block (Q4_0's: the kernel's per-token path) and rows longer than its
+ * batched buffers (4096 inputs). */
+static void test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(void **s) {
+    (void)s;
     enum { R = 5, NT = 8 };
+    static const int64_t ins[] = {64, 256, 768, 4096, 4160};
+    static const int64_t bpgs[] = {1, 2, 4, 0}; /* 0: one group per row */
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k]) || !sets[k]->gemvs_q4_q8 || !sets[k]->gemvs_q8_q8) continue;
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (size_t ii = 0; ii < sizeof ins / sizeof *ins; ii++)
+                for (size_t bi = 0; bi < sizeof bpgs / sizeof *bpgs; bi++)
+                    for (int sym = 0; sym < 2; sym++) {
+                        const int64_t in = ins[ii], nb = in / 32, bpg = bpgs[bi] ? bpgs[bi] : nb;
+                        if (nb % bpg) continue;
+                        const int64_t ng = nb / bpg, rb = nb * 4 * bits, ys = R + 3;
+                        uint8_t *w = malloc((size_t)(R * rb)), *z = malloc((size_t)(R * ng));
+                        uint16_t *sc = malloc((size_t)(R * ng) * sizeof *sc);
+                        int8_t *xq = malloc((size_t)(NT * in));
+                        float *xd = malloc((size_t)(NT * nb) * sizeof *xd), *xs = malloc((size_t)(NT * ng) * sizeof *xs);
+                        float *y = malloc((size_t)(NT * ys) * sizeof *y), *one = malloc(R * sizeof *one);
+                        for (int64_t i = 0; i < R * rb; i++) w[i] = (uint8_t)(urand() & 0xFF);
+                        for (int64_t i = 0; i < R * ng; i++) sc[i] = mopt_f32_to_f16(0.001f + 0.05f * fabsf(frand())), z[i] = (uint8_t)(urand() % (1u << bits));
+                        for (int64_t i = 0; i < NT * in; i++) xq[i] = (int8_t)(urand() % 255 - 127);
+                        for (int64_t i = 0; i < NT * nb; i++) xd[i] = 0.01f * fabsf(frand());
+                        for (int64_t i = 0; i < NT * ng; i++) xs[i] = frand();
+                        for (int32_t nr = 1; nr <= R; nr++)
+                            for (int32_t nt = 1; nt <= NT; nt++) {
+                                (bits == 4 ? sets[k]->gemvs_q4_q8 : sets[k]->gemvs_q8_q8)(w, (size_t)rb, nr, sc, sym ? NULL : z, (float)(1 << (bits - 1)),
+                                                                                          xq, xd, xs, ng, bpg, nt, y, ys);
+                                for (int32_t t = 0; t < nt; t++) {
+                                    (bits == 4 ? sets[k]->gemv_q4_q8 : sets[k]->gemv_q8_q8)(w, (size_t)rb, nr, sc, sym ? NULL : z, (float)(1 << (bits - 1)),
+                                                                                            xq + t * in, xd + t * nb, xs + t * ng, ng, bpg, one);
+                                    for (int32_t r = 0; r < nr; r++) assert_memory_equal(&y[t * ys + r], &one[r], 4);
+                                }
+                            }
+                        free(w), free(z), free(sc), free(xq), free(xd), free(xs), free(y), free(one);
+                    }
+    }
+}
+
+/* Consecutive rows against up to 8 tokens (the decode task's form): each
+ * output is the bits of that row's own dot with that token, for every row
+ * count up to 7 (the four-row block, then the two-row one, then a leftover
+ * row), every token count and length. */
+static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(void **s) {
+    enum { R = 7, NT = 8 };
     for (size_t k = 0; k < 3; k++) {
         if (!mopt_kernels_supported(sets[k])) continue;
         for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
@@ -523,6 +609,8 @@ int main(void) {
         cmocka_unit_test(test_e4m3_activation_rounding_matches_the_scalar_conversion),
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
+        cmocka_unit_test(test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
+        cmocka_unit_test(test_int8_block_quantization_rounds_as_defined),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),

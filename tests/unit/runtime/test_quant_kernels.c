@@ -148,6 +148,39 @@ static void test_qint_linear_matches_float64(void **s) {
                 }
 }
 
+/* A token's output does not depend on the tokens decoded beside it (a server's batch): 2-8 tokens through a
+ * packed linear give each token the bits of that token run alone, for 4- and 8-bit rows of groups of 32, 128 and
+ * whole rows, symmetric and not, and 2-bit rows (the float path). */
+static void test_qint_linear_gives_each_token_of_a_batch_the_bits_it_gets_alone(void **s) {
+    (void)s;
+    const int bits[] = {2, 4, 8};
+    const int32_t groups[] = {32, 128, -1};
+    const int64_t out = 37, in = 768;
+    for (int bi = 0; bi < 3; bi++)
+        for (int gi = 0; gi < 3; gi++)
+            for (int sym = 0; sym < 2; sym++) {
+                const int64_t ng = mopt_qint_n_groups(in, groups[gi]);
+                uint8_t *q = malloc((size_t)(out * in)), *z = malloc((size_t)(out * ng));
+                float *sc = malloc((size_t)(out * ng) * sizeof *sc), *x = malloc((size_t)(8 * in) * sizeof *x);
+                float y[8 * 37], one[37];
+                for (int64_t i = 0; i < out * in; i++) q[i] = (uint8_t)(urand() % (1u << bits[bi]));
+                for (int64_t i = 0; i < out * ng; i++) sc[i] = 0.001f + 0.05f * fabsf(frand()), z[i] = (uint8_t)(urand() % (1u << bits[bi]));
+                for (int64_t i = 0; i < 8 * in; i++) x[i] = frand();
+                mopt_error err = {0};
+                mopt_tensor *w = mopt_qint_pack("w", out, in, bits[bi], groups[gi], q, sc, sym ? NULL : z, NULL, &err);
+                assert_non_null(w);
+                for (int32_t T = 2; T <= 8; T++) {
+                    assert_int_equal(mopt_cpu_linear_once(2, NULL, w, NULL, x, T, y, &err), MOPT_OK);
+                    for (int32_t t = 0; t < T; t++) {
+                        assert_int_equal(mopt_cpu_linear_once(2, NULL, w, NULL, x + t * in, 1, one, &err), MOPT_OK);
+                        assert_memory_equal(y + t * out, one, sizeof one);
+                    }
+                }
+                mopt_tensor_free(w);
+                free(q), free(z), free(sc), free(x);
+            }
+}
+
 /* 4- and 8-bit rows longer than the GEMV's per-call buffers (x in lane order and the pairs' x scales, 1024 blocks)
  * take the path that goes pair by pair (4 bits: shuffling each pair's x where it is used): against float64 with x as
  * int8 per 32 values, for groups of 128 and of one block (Q4_0's and Q8_0's), symmetric and not, decode (one token)
@@ -564,6 +597,7 @@ int main(void) {
         cmocka_unit_test(test_qint_pack_roundtrips_levels),
         cmocka_unit_test(test_bad_packing_is_refused),
         cmocka_unit_test(test_qint_linear_matches_float64),
+        cmocka_unit_test(test_qint_linear_gives_each_token_of_a_batch_the_bits_it_gets_alone),
         cmocka_unit_test(test_int4_int8_rows_past_the_gemv_buffers_match_float64),
         cmocka_unit_test(test_act_order_g_idx_linear),
         cmocka_unit_test(test_w4a8_linear_rounds_activations_to_e4m3),
