@@ -427,13 +427,13 @@ static void test_batched_dots_equal_each_tokens_own_dot_bit_for_bit(void **s) {
 
 /* The 4- and 8-bit GEMVs against several tokens at once (batched decode) give each token the bits of the one-token
  * kernel run for it alone: random bytes as levels, scales and zero-points (symmetric too), rows of 1-5, 1-8 tokens,
- * groups of two blocks up to one per row, one block (Q4_0's: the kernel's per-token path) and rows longer than its
- * batched buffers (4096 inputs). */
+ * groups of an even number of blocks (pairs), of one (Q4_0's) or three, rows of an odd number of blocks (the last
+ * one alone), and rows longer than the batched buffers (4096 inputs). */
 static void test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(void **s) {
     (void)s;
     enum { R = 5, NT = 8 };
-    static const int64_t ins[] = {64, 256, 768, 4096, 4160};
-    static const int64_t bpgs[] = {1, 2, 4, 0}; /* 0: one group per row */
+    static const int64_t ins[] = {64, 96, 256, 768, 800, 4096, 4160};
+    static const int64_t bpgs[] = {1, 2, 3, 4, 0}; /* 0: one group per row */
     for (size_t k = 0; k < 3; k++) {
         if (!mopt_kernels_supported(sets[k]) || !sets[k]->gemvs_q4_q8 || !sets[k]->gemvs_q8_q8) continue;
         for (int bits = 4; bits <= 8; bits += 4)
