@@ -742,7 +742,9 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
         const float dt = q->per_token ? quantize_token_i8(x, in, NULL, NULL) : 0;
         for (int64_t b = 0; b < nb; b++) {
             int8_t qb[32];
-            const float d = q->per_token ? quantize_i8_with(x + 32 * b, 32, dt, qb, NULL) : quantize_token_i8(x + 32 * b, 32, qb, NULL);
+            float d;
+            if (q->per_token) d = quantize_i8_with(x + 32 * b, 32, dt, qb, NULL);
+            else j->c->k->quantize_i8_blocks(x + 32 * b, 32, 32, qb, &d);
             int32_t qs = 0;
             for (int i = 0; i < 32; i++) qs += qb[i];
             for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
