@@ -784,7 +784,10 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         if (!xq || !sx) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         float *xf = (float *)(void *)xq;
         for (int32_t t = 0; t < T; t++)
-            sx[t] = quantize_token_i8(x + (size_t)t * xs, in, sp24_i8 ? NULL : xq + (size_t)t * in, sp24_i8 ? xf + (size_t)t * in : NULL);
+            if (!sp24_i8 && in % 16 == 0) /* the kernel set's, one block a token: the same bits */
+                c->k->quantize_i8_blocks(x + (size_t)t * xs, in, in, xq + (size_t)t * in, &sx[t]);
+            else
+                sx[t] = quantize_token_i8(x + (size_t)t * xs, in, sp24_i8 ? NULL : xq + (size_t)t * in, sp24_i8 ? xf + (size_t)t * in : NULL);
         j.xscale = sx;
         if (sp24_i8) j.x = xf, j.x_stride = (int32_t)in;
         else j.xq = xq;
