@@ -614,13 +614,10 @@ static void *scratch(void **buf, size_t *cap, size_t need) {
     return *buf;
 }
 
-/* x's int8 levels round(x / s) for the scale s, into q8 or (as floats) qf; returns s. Plain compares and the
- * 1.5 x 2^23 trick round to nearest even as lrintf does, without libm calls in the loop. */
+/* x's int8 levels (mopt_i8_level) for the scale s, into q8 or (as floats) qf; returns s. */
 static float quantize_i8_with(const float *x, int64_t in, float s, int8_t *q8, float *qf) {
     for (int64_t i = 0; i < in; i++) {
-        float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s, which can round to the next level */
-        v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f; /* NaN goes to -127, as fmaxf did */
-        v = (v + 12582912.0f) - 12582912.0f;
+        const float v = mopt_i8_level(x[i], s);
         if (qf) qf[i] = v;
         else q8[i] = (int8_t)v;
     }

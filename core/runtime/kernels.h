@@ -8,6 +8,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* x's int8 level for scale s as a float: x / s as defined (mopt/quant.h), not x times 1 / s, which can round to
+ * the next level; clamped to +-127 with NaN to -127; 1.5 x 2^23 added and taken off rounds to nearest even, as lrintf
+ * does, without a libm call. The scalar definition every quantizer of activations follows. */
+static inline float mopt_i8_level(float x, float s) {
+    float v = x / s;
+    v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f;
+    return (v + 12582912.0f) - 12582912.0f;
+}
+
 typedef struct mopt_kernels {
     const char *name;
     /* dot product of a weight row (in its stored dtype) with fp32 x, n elements */

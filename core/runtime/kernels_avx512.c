@@ -150,15 +150,20 @@ static inline __attribute__((always_inline)) __m256 qx_one(const uint8_t *w, con
 #define QX_AHEAD 4096 /* bytes prefetched ahead in a row run: a few rows, more than DRAM's latency at ~15 GB/s a core
                        * (mopt-bench-kernels: 63-65% of the read bandwidth at 1 KB ahead, 65-70% at 4 KB) */
 
+/* s[g] * (z[g] - zoff) for the (up to) 16 groups from g in mask m */
+static inline __m512 qx_group_sz(const uint16_t *sr, const uint8_t *zr, float zsym, float zoff, int64_t g, __mmask16 m) {
+    const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g));
+    const __m512 zv = _mm512_sub_ps(zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym),
+                                    _mm512_set1_ps(zoff));
+    return _mm512_mul_ps(sv, zv);
+}
+
 /* sum over the row's groups of s[g] * (z[g] - zoff) * xsum[g] (the zero-points' share), 16 groups at a time */
 static inline float qx_zero_share(const uint16_t *sr, const uint8_t *zr, float zsym, float zoff, const float *xsum, int64_t ng) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g += 16) {
         const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
-        const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g));
-        const __m512 zv = _mm512_sub_ps(zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym),
-                                        _mm512_set1_ps(zoff));
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(m, xsum + g), acc);
+        acc = _mm512_fmadd_ps(qx_group_sz(sr, zr, zsym, zoff, g, m), _mm512_maskz_loadu_ps(m, xsum + g), acc);
     }
     return hsum16(acc); /* (not _mm512_reduce_add_ps, whose order is the compiler's: gemvs_paired repeats these bits) */
 }
@@ -302,10 +307,7 @@ static inline __attribute__((always_inline)) void gemvs_paired(const uint8_t *w,
         for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
         for (int64_t g = 0; g < ng; g += 16) {
             const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
-            const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g));
-            const __m512 zv = _mm512_sub_ps(zr ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zr + g))) : _mm512_set1_ps(zsym),
-                                            _mm512_set1_ps(zoff));
-            const __m512 sz = _mm512_mul_ps(sv, zv);
+            const __m512 sz = qx_group_sz(sr, zr, zsym, zoff, g, m);
             for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, xsum + t * ng + g), zacc[t]);
         }
         float dots[8], zeros[8]; /* hsum8: the lane sums of eight vectors, each hsum16's bits */

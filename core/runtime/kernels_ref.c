@@ -99,11 +99,7 @@ static void quantize_i8_blocks(const float *x, int64_t n, int64_t bs, int8_t *q,
         float mx = 0;
         for (int64_t i = 0; i < bs; i++) mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx; /* NaN passes by */
         const float s = d[b] = mx > 0 ? mx / 127.0f : 1.0f;
-        for (int64_t i = 0; i < bs; i++) {
-            float v = x[i] / s; /* x / s as defined (mopt/quant.h), not x times 1 / s */
-            v = v >= -127.f ? (v <= 127.f ? v : 127.f) : -127.f;
-            q[i] = (int8_t)((v + 12582912.0f) - 12582912.0f); /* 1.5 x 2^23: to nearest even */
-        }
+        for (int64_t i = 0; i < bs; i++) q[i] = (int8_t)mopt_i8_level(x[i], s);
     }
 }
 
