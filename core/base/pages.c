@@ -1,8 +1,8 @@
 /* Memory for large arrays that are streamed front to back, every decode step: packed weights and the read
  * bandwidth probe. On 4 KiB pages such a stream takes a TLB miss every 4 KiB and the hardware prefetchers stop at
- * each page's end; on 2 MiB pages neither happens (the Zen 5 host: int4 g128 decode of a 1B-class model 5-10%
- * faster, docs/BENCHMARKS.md). The kernel gives transparent huge pages to anonymous memory only where asked when
- * it is set to "madvise", as Debian's is. */
+ * each page's end; on 2 MiB pages neither happens (the Zen 5 host: the int4 g128 GEMV from DRAM and the probe both
+ * 4-6% faster, docs/BENCHMARKS.md). The kernel gives transparent huge pages to anonymous memory only where asked
+ * when it is set to "madvise", as Debian's is. */
 #include <stdlib.h>
 #include <sys/mman.h>
 
