@@ -718,7 +718,7 @@ typedef struct {
     int32_t *xzt;
     int32_t off; /* the levels' offset (u8_level_offset): xzt = -off x each block's sum */
     int64_t ng;
-    int per_token;
+    int8_t *tok; /* W8A8 (one scale a token): room for a token's levels for each tile; NULL for a scale per block */
 } xtile_job;
 
 static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
@@ -736,12 +736,14 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
     if (xz) memset(xz, 0, (size_t)(8 * nb) * sizeof(int32_t));
     for (int32_t l = 0; l < nt; l++) {
         const float *x = j->x + (size_t)(t0 + l) * j->x_stride;
-        const float dt = q->per_token ? quantize_token_i8(x, in, NULL, NULL) : 0;
+        int8_t *tok = q->tok ? q->tok + tile * in : NULL;
+        float dt = 0;
+        if (tok) j->c->k->quantize_i8_blocks(x, in, in, tok, &dt); /* one block a token: quantize_token_i8's bits */
         for (int64_t b = 0; b < nb; b++) {
-            int8_t qb[32];
-            float d;
-            if (q->per_token) d = quantize_i8_with(x + 32 * b, 32, dt, qb, NULL);
-            else j->c->k->quantize_i8_blocks(x + 32 * b, 32, 32, qb, &d);
+            int8_t buf[32];
+            const int8_t *qb = tok ? tok + 32 * b : buf;
+            float d = dt;
+            if (!tok) j->c->k->quantize_i8_blocks(x + 32 * b, 32, 32, buf, &d);
             int32_t qs = 0;
             for (int i = 0; i < 32; i++) qs += qb[i];
             for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
@@ -756,11 +758,14 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
 static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
     const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
     const int32_t off = u8_level_offset(c->k, j->w);
-    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + (off ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0));
+    const int per_token = j->w->dtype == MOPT_DTYPE_W8A8; /* one scale a token */
+    const size_t zbytes = off ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0;
+    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + zbytes + (per_token ? (size_t)(tiles * in) : 0));
     float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .per_token = j->w->dtype == MOPT_DTYPE_W8A8,
-                   .off = off, .xzt = off ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL}; /* in is a multiple of 32: aligned */
+    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng,
+                   .off = off, .xzt = off ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL, /* in is a multiple of 32: aligned */
+                   .tok = per_token ? xi + tiles * 8 * in + zbytes : NULL};
     mopt_pool_run(c->pool, tiles, int_gemm_x_task, &q);
     j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
