@@ -614,17 +614,8 @@ static void *scratch(void **buf, size_t *cap, size_t need) {
     return *buf;
 }
 
-/* x's int8 levels (mopt_i8_level) for the scale s, into q8 or (as floats) qf; returns s. */
-static float quantize_i8_with(const float *x, int64_t in, float s, int8_t *q8, float *qf) {
-    for (int64_t i = 0; i < in; i++) {
-        const float v = mopt_i8_level(x[i], s);
-        if (qf) qf[i] = v;
-        else q8[i] = (int8_t)v;
-    }
-    return s;
-}
-
-/* One token's int8 levels with s = max|x| / 127 (quantize_i8_with; with neither q8 nor qf only s); returns s. */
+/* One token's int8 levels (mopt_i8_level) with s = max|x| / 127, into q8 or (as floats) qf; returns s. For the
+ * rows the kernel set's quantize_i8_blocks cannot take (in not a multiple of its vector) and 2:4's float levels. */
 static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
     float mx = 0;
     for (int64_t i = 0; i < in; i++) {
@@ -632,7 +623,12 @@ static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf
         mx = a > mx ? a : mx;
     }
     const float s = mx > 0 ? mx / 127.0f : 1.0f;
-    return q8 || qf ? quantize_i8_with(x, in, s, q8, qf) : s;
+    for (int64_t i = 0; i < in; i++) {
+        const float v = mopt_i8_level(x[i], s);
+        if (qf) qf[i] = v;
+        else q8[i] = (int8_t)v;
+    }
+    return s;
 }
 
 /* Decode tasks of whole runs of rows, so each thread streams its weights with
