@@ -357,47 +357,92 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
-/* Q4_K, 64 values per vpdpbusd as the 4-bit GEMV: a 32-byte chunk of a super-block (sub-blocks 2i in the low
- * nibbles, 2i + 1 in the high) broadcast to both halves and masked, the high nibbles left in place at 16 times
- * their level, so lanes 0-7 sum sub-block 2i's products and lanes 8-15 16 times sub-block 2i + 1's; each chunk's
- * int32 sums converted and multiplied by its two sub-blocks' d sc xd (the odd one / 16, exactly) into its own
- * accumulator (four chains, none waiting on another). The mins' share, dmin m xd times each sub-block's x sum,
- * is summed in a vector of 8 beside them. */
+/* mopt_kquant_scales_mins in one vector, the 8 scales then the 8 mins, from the 12 bytes at q (read as 16: the block
+ * goes on past them). As 32-bit words u0, u1, u2: scales 0-3 and mins 0-3 are u0 and u1's low 6 bits a byte, scales
+ * and mins 4-7 u2's nibbles under u0 and u1's top 2 bits. */
+static inline __m128i kquant_scales_mins(const uint8_t *q) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)q);
+    const __m128i p = _mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4)); /* u0 u2 u1 u2>>4 */
+    const __m128i top = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);                       /* -, u0, -, u1 */
+    const __m128i low = _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f);
+    const __m128i high = _mm_setr_epi32(0, 0x30303030, 0, 0x30303030);
+    return _mm_or_si128(_mm_and_si128(p, low), _mm_and_si128(top, high));
+}
+
+#define KQ_SPAN 128 /* super-blocks of x laid out per call: 32 KB of the caller's stack, rows of up to 32768 inputs
+                     * (a 70B model's FFN) in one pass, longer ones in spans of this many */
+
+/* Q4_K and Q5_K, 128 values per 64-byte load: two 32-byte chunks, sub-blocks 4h and 4h + 2 in the low nibbles, 4h + 1
+ * and 4h + 3 in the high. x is laid out once per call in that order (xl), with each sub-block's x sum (xp). Each
+ * nibble set meets its x in vpmaddubsw, whose pair sums fit int16 (levels <= 31, |x| <= 128), and vpdpwssd multiplies
+ * those by each sub-block's scale into int32: a super-block's dot stays in integers, as the AVX2 kernel's, and takes
+ * d xd once. Q5_K's fifth bits (bit j of each qh byte for sub-block j) reach bit 4 by a rotate of each 32-bit lane
+ * that never takes a bit from another byte. The mins' share, dmin xd times the sum of m times each sub-block's x sum,
+ * is in integers per super-block too. */
+static inline __attribute__((always_inline)) void gemv_q45k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                            const float *xd, const int16_t *xs16, int64_t nsb, float *y, const int five) {
+    const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(0x10);
+    __m512i pick[4], rot[4]; /* [2h + n]: the scales of sub-blocks 4h + n and 4h + 2 + n; the rotates bringing their bits to 4 */
+    for (int h = 0; h < 2; h++)
+        for (int n = 0; n < 2; n++) {
+            const int a = 4 * h + n, c = a + 2;
+            pick[2 * h + n] = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * a)), _mm256_set1_epi16((short)(0x0100 + 0x0202 * c)), 1);
+            rot[2 * h + n] = _mm512_inserti64x4(_mm512_set1_epi32((4 - a) & 31), _mm256_set1_epi32((4 - c) & 31), 1);
+        }
+    const size_t bb = five ? 176 : 144, qs = five ? 48 : 16;
+    int8_t xl[KQ_SPAN * 256] __attribute__((aligned(64)));
+    int16_t xp[KQ_SPAN * 8];
+    for (int64_t k0 = 0; k0 < nsb; k0 += KQ_SPAN) {
+        const int64_t ns = nsb - k0 < KQ_SPAN ? nsb - k0 : KQ_SPAN;
+        for (int64_t k = 0; k < ns; k++) {
+            static const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+            for (int j = 0; j < 8; j++) memcpy(xl + 256 * k + 32 * j, xq + 256 * (k0 + k) + 32 * order[j], 32);
+            const __m256i s16v = _mm256_loadu_si256((const __m256i *)(xs16 + 16 * (k0 + k))); /* sub-block j's: pair j */
+            _mm_storeu_si128((__m128i *)(xp + 8 * k), _mm_hadd_epi16(_mm256_castsi256_si128(s16v), _mm256_extracti128_si256(s16v, 1)));
+        }
+        for (int64_t r = 0; r < nrows; r++) {
+            const uint8_t *b = w + (size_t)r * row_bytes + (size_t)k0 * bb;
+            __m512 acc = _mm512_setzero_ps();
+            __m128 macc = _mm_setzero_ps();
+            for (int64_t k = 0; k < ns; k++, b += bb) {
+                const int8_t *x = xl + 256 * k;
+                for (size_t l = 0; l < bb; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+                const __m256i sm16 = _mm256_cvtepu8_epi16(kquant_scales_mins(b + 4)); /* 8 scales, 8 mins */
+                const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm16));
+                uint32_t dd;
+                memcpy(&dd, b, 4);
+                const __m128 ds = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)), _mm_set1_ps(xd[k0 + k])); /* d xd, dmin xd */
+                const __m128i mp = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), _mm_loadu_si128((const __m128i *)(xp + 8 * k)));
+                macc = _mm_fmadd_ps(_mm_cvtepi32_ps(mp), _mm_shuffle_ps(ds, ds, 0x55), macc);
+                const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16))) : _mm512_setzero_si512();
+                __m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+                for (int h = 0; h < 2; h++) {
+                    const __m512i v = _mm512_loadu_si512(b + qs + 64 * h);
+                    __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    if (five) { /* lo | (rotated qh & 0x10) */
+                        lo = _mm512_ternarylogic_epi32(lo, _mm512_rolv_epi32(qh, rot[2 * h]), bit4, 0xF8);
+                        hi = _mm512_ternarylogic_epi32(hi, _mm512_rolv_epi32(qh, rot[2 * h + 1]), bit4, 0xF8);
+                    }
+                    i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lo, _mm512_load_si512(x + 128 * h)), _mm512_shuffle_epi8(sc, pick[2 * h]));
+                    i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(hi, _mm512_load_si512(x + 128 * h + 64)),
+                                             _mm512_shuffle_epi8(sc, pick[2 * h + 1]));
+                }
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), _mm512_broadcastss_ps(ds), acc);
+            }
+            const __m128 m2 = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
+            y[r] = (k0 ? y[r] : 0.0f) + hsum16(acc) - _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
+        }
+    }
+}
+
 static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y) {
-    const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
-    const __m256 odd16 = _mm256_setr_ps(1, 1.0f / 16, 1, 1.0f / 16, 1, 1.0f / 16, 1, 1.0f / 16);
-    __m512i pick[4]; /* lanes 0..7 take sub-block 2i's scale, lanes 8..15 2i + 1's */
-    for (int i = 0; i < 4; i++) pick[i] = _mm512_inserti64x4(_mm512_set1_epi32(2 * i), _mm256_set1_epi32(2 * i + 1), 1);
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *b = w + (size_t)r * row_bytes;
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        __m256 macc = _mm256_setzero_ps();
-        for (int64_t k = 0; k < nsb; k++, b += 144) {
-            const int8_t *x = xq + 256 * k;
-            _mm_prefetch((const char *)b + QX_AHEAD, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + QX_AHEAD + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + QX_AHEAD + 128, _MM_HINT_T0);
-            uint8_t sc[8], mn[8];
-            mopt_kquant_scales_mins(b + 4, sc, mn);
-            uint16_t hd, hm;
-            memcpy(&hd, b, 2);
-            memcpy(&hm, b + 2, 2);
-            const __m256 scf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc))),
-                                             _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd) * xd[k]), odd16));
-            const __m512 scz = _mm512_castps256_ps512(scf);
-            for (int i = 0; i < 4; i++) {
-                const __m512i q = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i))), mask);
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x + 64 * i));
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(pick[i], scz), acc[i]);
-            }
-            /* sub-block j's x sum: its two sums of 16 */
-            const __m256 xs = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(xs16 + 16 * k)), _mm256_set1_epi16(1)));
-            const __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn)));
-            macc = _mm256_fmadd_ps(_mm256_mul_ps(mf, _mm256_set1_ps(_cvtsh_ss(hm) * xd[k])), xs, macc);
-        }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) - hsum256(macc);
-    }
+    gemv_q45k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 0);
+}
+
+static void gemv_q5k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    gemv_q45k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 1);
 }
 
 /* Q6_K, 64 values per vpdpbusd: each half of a super-block (64 bytes of low nibbles, 32 of high bit pairs) as two
@@ -555,7 +600,7 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemv_q6k_q8 = gemv_q6k_q8,
     .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
     .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
-    .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,
+    .gemv_q5k_q8 = gemv_q5k_q8,
     .dequant_kquant = mopt_dequant_kquant_avx2,
     .unpack_q4k = mopt_unpack_q4k_avx2,
     .gemm_q4_q8 = gemm_q4_q8,

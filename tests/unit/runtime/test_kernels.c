@@ -512,13 +512,16 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
 /* The k-quant decode kernels of every set (Q2_K ... Q6_K rows against int8 x per 256, as llama.cpp's
  * Q8_K) against float64 over the rows as mopt_weight_row_f32 decodes them, and each set's widening for prefill
  * bit for bit against those rows: random bytes are valid blocks once d and dmin are finite, so every scale, min
- * and level pattern occurs; 5 rows of 3 super-blocks. */
-static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
+ * and level pattern occurs. */
+static void check_kquant_kernels(const int ROWS, const int NSB) {
     static const int bits[] = {2, 3, 4, 5, 6};
-    enum { ROWS = 5, NSB = 3, IN = 256 * NSB };
-    int8_t xq[IN];
-    int16_t xs16[IN / 16];
-    float xd[NSB], row[IN], y[ROWS];
+    const int IN = 256 * NSB;
+    int8_t *xq = malloc((size_t)IN);
+    int16_t *xs16 = malloc((size_t)IN / 16 * sizeof *xs16);
+    float *xd = malloc((size_t)NSB * sizeof *xd), *row = malloc((size_t)IN * sizeof *row), *y = malloc((size_t)ROWS * sizeof *y);
+    float *wide = malloc((size_t)IN * sizeof *wide);
+    double *ref = malloc((size_t)ROWS * sizeof *ref), *mag = malloc((size_t)ROWS * sizeof *mag);
+    assert_true(xq && xs16 && xd && row && y && wide && ref && mag);
     for (int i = 0; i < IN; i++) xq[i] = (int8_t)(frand() * 127.5f);
     for (int i = 0; i < IN / 16; i++) {
         xs16[i] = 0;
@@ -527,8 +530,9 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
     for (int k = 0; k < NSB; k++) xd[k] = 0.01f + 0.02f * fabsf(frand());
     for (size_t bi = 0; bi < sizeof bits / sizeof *bits; bi++) {
         const int32_t bb = mopt_kquant_block_bytes(bits[bi]);
-        uint8_t *blocks = malloc((size_t)(ROWS * NSB * bb));
-        for (int i = 0; i < ROWS * NSB * bb; i++) blocks[i] = (uint8_t)(frand() * 128.0f + 128.0f);
+        uint8_t *blocks = malloc((size_t)ROWS * (size_t)NSB * (size_t)bb);
+        assert_non_null(blocks);
+        for (size_t i = 0; i < (size_t)ROWS * (size_t)NSB * (size_t)bb; i++) blocks[i] = (uint8_t)(frand() * 128.0f + 128.0f);
         for (int b = 0; b < ROWS * NSB; b++) { /* finite d (and dmin) near 0.01 */
             uint8_t *blk = blocks + (size_t)b * (size_t)bb;
             const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
@@ -539,7 +543,6 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
         mopt_error err = {0};
         mopt_tensor *w = mopt_kquant_pack("w", ROWS, IN, bits[bi], blocks, &err);
         assert_non_null(w);
-        double ref[ROWS], mag[ROWS];
         for (int r = 0; r < ROWS; r++) {
             assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
             ref[r] = mag[r] = 0;
@@ -552,22 +555,29 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
                 : bits[bi] == 5 ? sets[k]->gemv_q5k_q8 : sets[k]->gemv_q6k_q8;
             f(blocks, (size_t)NSB * (size_t)bb, ROWS, xq, xd, xs16, NSB, y);
             for (int r = 0; r < ROWS; r++) { /* the prefill's widening: the very floats the row decodes to */
-                float wide[IN];
-                sets[k]->dequant_kquant(blocks + (size_t)r * NSB * (size_t)bb, bits[bi], NSB, wide);
+                sets[k]->dequant_kquant(blocks + (size_t)r * (size_t)NSB * (size_t)bb, bits[bi], NSB, wide);
                 assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
-                if (memcmp(wide, row, sizeof row)) fprintf(stderr, "%s q%d_k row %d: widened values differ\n", sets[k]->name, bits[bi], r);
-                assert_memory_equal(wide, row, sizeof row);
+                if (memcmp(wide, row, (size_t)IN * sizeof *row)) fprintf(stderr, "%s q%d_k row %d: widened values differ\n", sets[k]->name, bits[bi], r);
+                assert_memory_equal(wide, row, (size_t)IN * sizeof *row);
             }
             for (int r = 0; r < ROWS; r++) {
                 if (fabs(y[r] - ref[r]) > 1e-6 * mag[r] + 1e-6)
-                    fprintf(stderr, "%s q%d_k row %d: %.9g against %.9g\n", sets[k]->name, bits[bi], r, y[r], ref[r]);
+                    fprintf(stderr, "%s q%d_k row %d of %d super-blocks: %.9g against %.9g\n", sets[k]->name, bits[bi], r, NSB, y[r], ref[r]);
                 assert_true(fabs(y[r] - ref[r]) <= 1e-6 * mag[r] + 1e-6);
             }
         }
         mopt_tensor_free(w);
         free(blocks);
     }
+    free(xq), free(xs16), free(xd), free(row), free(y), free(wide), free(ref), free(mag);
 }
+
+/* 5 rows of 3 super-blocks */
+static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) { check_kquant_kernels(5, 3); }
+
+/* rows past the 32768 inputs (128 super-blocks) whose x the AVX-512 Q4_K / Q5_K kernel lays out per call in one go:
+ * 3 rows of 130, so the second span is short */
+static void test_kquant_decode_kernels_take_rows_longer_than_one_span_of_x(void **s) { check_kquant_kernels(3, 130); }
 
 /* The read-bandwidth probe's sum is exact in every set, whatever the length's remainder against the vector width */
 static void test_word_sums_are_exact_in_every_set(void **s) {
@@ -612,6 +622,7 @@ int main(void) {
         cmocka_unit_test(test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
         cmocka_unit_test(test_int8_block_quantization_rounds_as_defined),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
+        cmocka_unit_test(test_kquant_decode_kernels_take_rows_longer_than_one_span_of_x),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),
         cmocka_unit_test(test_word_sums_are_exact_in_every_set),
