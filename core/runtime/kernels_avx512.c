@@ -435,6 +435,91 @@ static inline __attribute__((always_inline)) void gemv_q45k(const uint8_t *w, si
     }
 }
 
+/* Q2_K and Q3_K: 64 bytes of 2-bit levels, bits 2kq of byte l value 32kq + l and of byte 32 + l value 128 + 32kq + l,
+ * so one shift and mask gives 64 levels: sub-blocks 2kq, 2kq + 1 in the low half, 8 + 2kq, 9 + 2kq in the high; x is
+ * laid out once per call to match. Each 16 values' pair sums (vpmaddubsw; levels <= 7) take their scale in
+ * vpdpwssd, the int16 scales picked per 128-bit lane by vpshufb from a vector holding scales 0-7 twice, then 8-15
+ * twice. Q3_K's scales are unpacked in a vector; its third bit (bit 4n + kq of hmask byte l) reaches bit 2 by a
+ * rotate that never takes a bit from another byte, and its levels' offset of 4 comes off in integers (4 times the
+ * scales against each 16 values' x sum). Q2_K's mins, dmin xd times m against those sums, stay apart. */
+static inline __attribute__((always_inline)) void gemv_q23k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                            const float *xd, const int16_t *xs16, int64_t nsb, float *y, const int three) {
+    const __m512i m3 = _mm512_set1_epi8(3), bit2 = _mm512_set1_epi8(4);
+    const __m128i m4 = _mm_set1_epi8(15);
+    __m512i pick[4], rot[4]; /* [kq]: scales 2kq (lanes 0, 2) and 2kq + 1 (lanes 1, 3); the rotates of hmask bits kq, 4 + kq */
+    for (int kq = 0; kq < 4; kq++) {
+        const int e0 = (4 * kq) | (4 * kq + 1) << 8, e1 = e0 + 0x0202;
+        pick[kq] = _mm512_broadcast_i64x4(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)e0)), _mm_set1_epi16((short)e1), 1));
+        rot[kq] = _mm512_inserti64x4(_mm512_set1_epi32((2 - kq) & 31), _mm256_set1_epi32((2 - 4 - kq) & 31), 1);
+    }
+    const size_t bb = three ? 110 : 84, qs = three ? 32 : 16;
+    int8_t xl[KQ_SPAN * 256] __attribute__((aligned(64)));
+    for (int64_t k0 = 0; k0 < nsb; k0 += KQ_SPAN) {
+        const int64_t ns = nsb - k0 < KQ_SPAN ? nsb - k0 : KQ_SPAN;
+        for (int64_t k = 0; k < ns; k++)
+            for (int kq = 0; kq < 4; kq++) {
+                memcpy(xl + 256 * k + 64 * kq, xq + 256 * (k0 + k) + 32 * kq, 32);
+                memcpy(xl + 256 * k + 64 * kq + 32, xq + 256 * (k0 + k) + 128 + 32 * kq, 32);
+            }
+        for (int64_t r = 0; r < nrows; r++) {
+            const uint8_t *b = w + (size_t)r * row_bytes + (size_t)k0 * bb;
+            __m512 acc = _mm512_setzero_ps();
+            __m256 macc = _mm256_setzero_ps();
+            for (int64_t k = 0; k < ns; k++, b += bb) {
+                const int8_t *x = xl + 256 * k;
+                for (size_t l = 0; l < bb; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+                __m256i sc16, side16; /* the 16 scales; the 16 values Q2_K's mins (Q3_K: its scales) take against xs16 */
+                float dx, mx = 0;
+                if (three) { /* scale j: the low nibble of byte j % 8 (the high one from j = 8) under bits 2 (j / 4)..+1 of byte 8 + j % 4 */
+                    const __m128i raw = _mm_maskz_loadu_epi8(0x0FFF, b + 96);
+                    const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(raw, m4), _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+                    const __m128i top = _mm_srlv_epi32(_mm_shuffle_epi8(raw, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
+                    const __m128i sc8 = _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(_mm_and_si128(top, _mm_set1_epi8(3)), 4)), _mm_set1_epi8(32));
+                    side16 = sc16 = _mm256_cvtepi8_epi16(sc8);
+                    uint16_t hd;
+                    memcpy(&hd, b + 108, 2);
+                    dx = _cvtsh_ss(hd) * xd[k0 + k];
+                } else {
+                    const __m128i raw = _mm_loadu_si128((const __m128i *)b);
+                    sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+                    side16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+                    uint32_t dd;
+                    memcpy(&dd, b + 80, 4);
+                    const __m128 ds = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)), _mm_set1_ps(xd[k0 + k])); /* d xd, dmin xd */
+                    dx = _mm_cvtss_f32(ds), mx = _mm_cvtss_f32(_mm_movehdup_ps(ds));
+                }
+                const __m256i side = _mm256_madd_epi16(side16, _mm256_loadu_si256((const __m256i *)(xs16 + 16 * (k0 + k))));
+                const __m512i z = _mm512_castsi256_si512(sc16), scz = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
+                const __m512i v = _mm512_loadu_si512(b + qs);
+                const __m512i hm = three ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b)) : _mm512_setzero_si512();
+                __m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+                for (int kq = 0; kq < 4; kq++) {
+                    __m512i q = _mm512_and_si512(_mm512_srli_epi16(v, 2 * kq), m3);
+                    if (three) q = _mm512_ternarylogic_epi32(q, _mm512_rolv_epi32(hm, rot[kq]), bit2, 0xF8); /* q | (rotated & 4) */
+                    const __m512i p = _mm512_maddubs_epi16(q, _mm512_load_si512(x + 64 * kq));
+                    if (kq & 1) i1 = _mm512_dpwssd_epi32(i1, p, _mm512_shuffle_epi8(scz, pick[kq]));
+                    else i0 = _mm512_dpwssd_epi32(i0, p, _mm512_shuffle_epi8(scz, pick[kq]));
+                }
+                __m512i isum = _mm512_add_epi32(i0, i1);
+                if (three) isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(side, 2)));
+                else macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(side), _mm256_set1_ps(mx), macc);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dx), acc);
+            }
+            y[r] = (k0 ? y[r] : 0.0f) + hsum16(acc) - (three ? 0.0f : hsum256(macc));
+        }
+    }
+}
+
+static void gemv_q2k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    gemv_q23k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 0);
+}
+
+static void gemv_q3k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                        int64_t nsb, float *y) {
+    gemv_q23k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 1);
+}
+
 static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y) {
     gemv_q45k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 0);
@@ -598,8 +683,8 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemvs_q8_q8 = gemvs_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = gemv_q6k_q8,
-    .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
-    .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
+    .gemv_q2k_q8 = gemv_q2k_q8,
+    .gemv_q3k_q8 = gemv_q3k_q8,
     .gemv_q5k_q8 = gemv_q5k_q8,
     .dequant_kquant = mopt_dequant_kquant_avx2,
     .unpack_q4k = mopt_unpack_q4k_avx2,
