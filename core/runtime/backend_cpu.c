@@ -340,6 +340,18 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
     if (w->dtype == MOPT_DTYPE_KQUANT && j->xs16) { /* every k-quant against int8 x: the kernel takes the row range */
         const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
         const int32_t bits = w->quant->bits;
+        void (*together)(const uint8_t *, size_t, int64_t, const int8_t *, const float *, const int16_t *, int64_t, int32_t, float *,
+                         int64_t) = bits == 2   ? k->gemvs_q2k_q8
+                                    : bits == 3 ? k->gemvs_q3k_q8
+                                    : bits == 4 ? k->gemvs_q4k_q8
+                                    : bits == 5 ? k->gemvs_q5k_q8
+                                                : k->gemvs_q6k_q8;
+        if (j->T > 1 && together) { /* the tokens together: each row read and unpacked once */
+            together(rows, w->nb[1], o1 - o0, j->xq8, j->xd, j->xs16, j->in / MOPT_KQ_BLOCK, j->T, j->y + o0, j->y_stride);
+            for (int32_t t = 0; j->b && t < j->T; t++)
+                for (int64_t o = o0; o < o1; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
+            return;
+        }
         for (int32_t t = 0; t < j->T; t++) {
             float *y = j->y + (size_t)t * j->y_stride + o0;
             (bits == 2 ? k->gemv_q2k_q8 : bits == 3 ? k->gemv_q3k_q8 : bits == 4 ? k->gemv_q4k_q8 : bits == 5 ? k->gemv_q5k_q8 : k->gemv_q6k_q8)(
@@ -660,17 +672,19 @@ static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *
  * integers), with the sums of every 16 levels for the mins and the offset of 32 */
 static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
     const size_t n = (size_t)j->T * (size_t)j->in;
-    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t));
+    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t) + n);
     float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, n / MOPT_KQ_BLOCK * sizeof(float));
     if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     int16_t *s16 = (int16_t *)(void *)(xq + n); /* n is a multiple of 256: aligned */
+    int8_t *ordered = xq + n + n / 16 * sizeof(int16_t);
     quantize_blocks_i8(j, MOPT_KQ_BLOCK, xq, xd);
     for (size_t i = 0; i < n / 16; i++) {
         int16_t s = 0;
         for (int l = 0; l < 16; l++) s = (int16_t)(s + xq[16 * i + (size_t)l]);
         s16[i] = s;
     }
-    j->xq8 = xq, j->xd = xd, j->xs16 = s16;
+    if (c->k->kquant_x_order) c->k->kquant_x_order(j->w->quant->bits, xq, (int64_t)n, ordered);
+    j->xq8 = c->k->kquant_x_order ? ordered : xq, j->xd = xd, j->xs16 = s16;
     run_gemv(c, j, gemv_task);
     return MOPT_OK;
 }

@@ -75,9 +75,9 @@ typedef struct mopt_kernels {
                         const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
                         int64_t ys);
     /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
-     * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256], scales xd [nsb]), with
-     * xs16 [nsb * 16] the sums of xq over every 16 values: y[r] = the row's dot with the quantized x, each
-     * super-block's dot exact in int32 */
+     * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256] in kquant_x_order's order,
+     * scales xd [nsb]), with xs16 [nsb * 16] the sums of xq over every 16 values (in value order): y[r] = the row's
+     * dot with the quantized x, each super-block's dot exact in int32 */
     void (*gemv_q4k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y);
     void (*gemv_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
@@ -89,6 +89,22 @@ typedef struct mopt_kernels {
                         int64_t nsb, float *y);
     void (*gemv_q5k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y);
+    /* n (a multiple of 256) values of int8 x in value order to the order the set's kernels for `bits`-bit k-quants
+     * read (each super-block's 32-value pieces moved to match its levels' unpacking); NULL: value order */
+    void (*kquant_x_order)(int32_t bits, const int8_t *xq, int64_t n, int8_t *out);
+    /* Each k-quant for 1 <= nt <= 8 tokens at once (batched decode), each row read once for all of them: token t's x
+     * at xq + t * 256 nsb, xd + t * nsb, xs16 + t * 16 nsb, y[t * ys + r] bit for bit what the one-token kernel gives
+     * that token alone. NULL: the caller runs the one-token kernel per token. */
+    void (*gemvs_q2k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q3k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q4k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q5k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
     /* nsb Q2_K ... Q6_K super-blocks (bits 2 ... 6) widened to 256 * nsb fp32 values, exactly as
      * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
     void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);

@@ -468,6 +468,61 @@ static void test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(
     }
 }
 
+/* x as set k's k-quant kernels for `bits` read it (kquant_x_order; value order without one) */
+static void kquant_x_for(size_t k, int bits, const int8_t *xq, int64_t n, int8_t *out) {
+    if (sets[k]->kquant_x_order) sets[k]->kquant_x_order(bits, xq, n, out);
+    else memcpy(out, xq, (size_t)n);
+}
+
+/* The k-quant GEMVs (Q2_K ... Q6_K) against several tokens at once (batched decode) give each token the bits of the
+ * one-token kernel run for it alone: random bytes as blocks (finite d and dmin), rows of 1-5, 1-8 tokens, rows of 1 and
+ * 3 super-blocks. */
+static void test_kquant_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(void **s) {
+    (void)s;
+    enum { R = 5, NT = 8 };
+    static const int64_t nsbs[] = {1, 3};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k]) || !sets[k]->gemvs_q2k_q8) continue; /* a set has all five or none */
+        for (int bits = 2; bits <= 6; bits++)
+            for (size_t ni = 0; ni < sizeof nsbs / sizeof *nsbs; ni++) {
+                const int64_t nsb = nsbs[ni], in = 256 * nsb, bb = mopt_kquant_block_bytes(bits), rb = nsb * bb, ys = R + 3;
+                uint8_t *w = malloc((size_t)(R * rb));
+                int8_t *xq = malloc((size_t)(NT * in)), *xo = malloc((size_t)(NT * in));
+                int16_t *xs16 = malloc((size_t)(NT * in / 16) * sizeof *xs16);
+                float *xd = malloc((size_t)(NT * nsb) * sizeof *xd), *y = malloc((size_t)(NT * ys) * sizeof *y), *one = malloc(R * sizeof *one);
+                assert_true(w && xq && xo && xs16 && xd && y && one);
+                for (int64_t i = 0; i < R * rb; i++) w[i] = (uint8_t)(urand() & 0xFF);
+                for (int64_t b = 0; b < R * nsb; b++) {
+                    const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
+                    const int at = bits == 2 ? 80 : bits == 3 ? 108 : bits == 6 ? 208 : 0;
+                    memcpy(w + b * bb + at, &d, 2);
+                    if (bits != 3 && bits != 6) memcpy(w + b * bb + at + 2, &dm, 2);
+                }
+                for (int64_t i = 0; i < NT * in; i++) xq[i] = (int8_t)(urand() % 255 - 127);
+                for (int64_t i = 0; i < NT * in / 16; i++) {
+                    xs16[i] = 0;
+                    for (int l = 0; l < 16; l++) xs16[i] = (int16_t)(xs16[i] + xq[16 * i + l]);
+                }
+                for (int64_t i = 0; i < NT * nsb; i++) xd[i] = 0.01f * fabsf(frand());
+                kquant_x_for(k, bits, xq, NT * in, xo);
+                for (int32_t nr = 1; nr <= R; nr++)
+                    for (int32_t nt = 1; nt <= NT; nt++) {
+                        const mopt_kernels *ks = sets[k];
+                        (bits == 2 ? ks->gemvs_q2k_q8 : bits == 3 ? ks->gemvs_q3k_q8 : bits == 4 ? ks->gemvs_q4k_q8 : bits == 5 ? ks->gemvs_q5k_q8
+                                                                                                                 : ks->gemvs_q6k_q8)(
+                            w, (size_t)rb, nr, xo, xd, xs16, nsb, nt, y, ys);
+                        for (int32_t t = 0; t < nt; t++) {
+                            (bits == 2 ? ks->gemv_q2k_q8 : bits == 3 ? ks->gemv_q3k_q8 : bits == 4 ? ks->gemv_q4k_q8 : bits == 5 ? ks->gemv_q5k_q8
+                                                                                                                : ks->gemv_q6k_q8)(
+                                w, (size_t)rb, nr, xo + t * in, xd + t * nsb, xs16 + t * in / 16, nsb, one);
+                            for (int32_t r = 0; r < nr; r++) assert_memory_equal(&y[t * ys + r], &one[r], 4);
+                        }
+                    }
+                free(w), free(xq), free(xo), free(xs16), free(xd), free(y), free(one);
+            }
+    }
+}
+
 /* Consecutive rows against up to 8 tokens (the decode task's form): each
  * output is the bits of that row's own dot with that token, for every row
  * count up to 7 (the four-row block, then the two-row one, then a leftover
@@ -516,12 +571,12 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
 static void check_kquant_kernels(const int ROWS, const int NSB) {
     static const int bits[] = {2, 3, 4, 5, 6};
     const int IN = 256 * NSB;
-    int8_t *xq = malloc((size_t)IN);
+    int8_t *xq = malloc((size_t)IN), *xo = malloc((size_t)IN);
     int16_t *xs16 = malloc((size_t)IN / 16 * sizeof *xs16);
     float *xd = malloc((size_t)NSB * sizeof *xd), *row = malloc((size_t)IN * sizeof *row), *y = malloc((size_t)ROWS * sizeof *y);
     float *wide = malloc((size_t)IN * sizeof *wide);
     double *ref = malloc((size_t)ROWS * sizeof *ref), *mag = malloc((size_t)ROWS * sizeof *mag);
-    assert_true(xq && xs16 && xd && row && y && wide && ref && mag);
+    assert_true(xq && xo && xs16 && xd && row && y && wide && ref && mag);
     for (int i = 0; i < IN; i++) xq[i] = (int8_t)(frand() * 127.5f);
     for (int i = 0; i < IN / 16; i++) {
         xs16[i] = 0;
@@ -553,7 +608,8 @@ static void check_kquant_kernels(const int ROWS, const int NSB) {
             void (*f)(const uint8_t *, size_t, int64_t, const int8_t *, const float *, const int16_t *, int64_t, float *) =
                 bits[bi] == 2 ? sets[k]->gemv_q2k_q8 : bits[bi] == 3 ? sets[k]->gemv_q3k_q8 : bits[bi] == 4 ? sets[k]->gemv_q4k_q8
                 : bits[bi] == 5 ? sets[k]->gemv_q5k_q8 : sets[k]->gemv_q6k_q8;
-            f(blocks, (size_t)NSB * (size_t)bb, ROWS, xq, xd, xs16, NSB, y);
+            kquant_x_for(k, bits[bi], xq, IN, xo);
+            f(blocks, (size_t)NSB * (size_t)bb, ROWS, xo, xd, xs16, NSB, y);
             for (int r = 0; r < ROWS; r++) { /* the prefill's widening: the very floats the row decodes to */
                 sets[k]->dequant_kquant(blocks + (size_t)r * (size_t)NSB * (size_t)bb, bits[bi], NSB, wide);
                 assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
@@ -569,15 +625,14 @@ static void check_kquant_kernels(const int ROWS, const int NSB) {
         mopt_tensor_free(w);
         free(blocks);
     }
-    free(xq), free(xs16), free(xd), free(row), free(y), free(wide), free(ref), free(mag);
+    free(xq), free(xo), free(xs16), free(xd), free(row), free(y), free(wide), free(ref), free(mag);
 }
 
 /* 5 rows of 3 super-blocks */
 static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) { check_kquant_kernels(5, 3); }
 
-/* rows past the 32768 inputs (128 super-blocks) whose x the AVX-512 Q4_K / Q5_K kernel lays out per call in one go:
- * 3 rows of 130, so the second span is short */
-static void test_kquant_decode_kernels_take_rows_longer_than_one_span_of_x(void **s) { check_kquant_kernels(3, 130); }
+/* 3 rows of 130 super-blocks (33280 inputs, past a 70B model's FFN): x laid out over the whole row */
+static void test_kquant_decode_kernels_take_rows_of_33280_inputs(void **s) { check_kquant_kernels(3, 130); }
 
 /* The read-bandwidth probe's sum is exact in every set, whatever the length's remainder against the vector width */
 static void test_word_sums_are_exact_in_every_set(void **s) {
@@ -620,9 +675,10 @@ int main(void) {
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
         cmocka_unit_test(test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
+        cmocka_unit_test(test_kquant_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
         cmocka_unit_test(test_int8_block_quantization_rounds_as_defined),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
-        cmocka_unit_test(test_kquant_decode_kernels_take_rows_longer_than_one_span_of_x),
+        cmocka_unit_test(test_kquant_decode_kernels_take_rows_of_33280_inputs),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),
         cmocka_unit_test(test_word_sums_are_exact_in_every_set),
