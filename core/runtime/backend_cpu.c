@@ -135,6 +135,7 @@ typedef struct {
     const int32_t *xzt;   /* 4-bit integer GEMM: [tiles, in / 32, 8] each block's int32 start, -8 x its sum of levels */
     int64_t gemv_rows;    /* rows per decode task */
     int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
+    int64_t bs;           /* integer GEMM: values per block of x (32; 16 for Q6_K's sub-blocks) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
     const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
@@ -545,10 +546,19 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
     }
 }
 
+/* A Q6_K row as the integer GEMM over blocks of 16 takes it: levels 0..63 summed as level - 32, s = d sc per 16 */
+static void q6k_scales(const uint8_t *row, int64_t nsb, float *s) {
+    for (int64_t k = 0; k < nsb; k++) {
+        const float d = mopt_f16_at(row + 210 * k + 208);
+        for (int j = 0; j < 16; j++) s[16 * k + j] = d * (float)(int8_t)row[210 * k + 192 + j];
+    }
+}
+
 /* The offset o of the levels the integer GEMM runs through gemm_q4_q8 (which sums (level - o) x): 8 for 4-bit QINT
- * and Q4_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
+ * and Q4_K, 32 for Q6_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
 static int32_t u8_level_offset(const mopt_kernels *k, const mopt_tensor *w) {
-    if ((w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT) return 8;
+    if (w->dtype == MOPT_DTYPE_KQUANT) return w->quant->bits == 6 ? 32 : 8;
+    if (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) return 8;
     return w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 8 && k->u8_levels ? 128 : 0;
 }
 
@@ -563,7 +573,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     const mopt_kernels *k = j->c->k;
     const mopt_tensor *w = j->w;
     const mopt_quant_info *q = w->quant;
-    const int64_t in = j->in, nb = in / 32, bpg = nb / j->ng, ng = j->ng;
+    const int64_t in = j->in, nb = in / j->bs, bpg = nb / j->ng, ng = j->ng;
     const int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
     const uint8_t *src = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
@@ -572,7 +582,12 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     const int32_t off = u8_level_offset(k, w); /* > 0: gemm_q4_q8 */
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
-    if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
+    if (w->dtype == MOPT_DTYPE_KQUANT && q->bits == 6) { /* Q6_K: levels as they are, a scale per 16 (q6k_scales) */
+        for (int64_t r = 0; r < rows; r++) {
+            k->unpack_q6k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
+            q6k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, sf + r * ng);
+        }
+    } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
         for (int64_t r = 0; r < rows; r++) {
             k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
             q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
@@ -603,8 +618,9 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
         if (off) {
-            const float *zs = q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL;
-            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+            const float *zs = q->zero || (w->dtype == MOPT_DTYPE_KQUANT && q->bits == 4) ? zf : NULL;
+            (j->bs == 16 ? k->gemm_q4_q8_b16 : k->gemm_q4_q8)((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst,
+                                                             ng, bpg, y, j->y_stride, ntok);
         } else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
             k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
         else
@@ -716,8 +732,9 @@ static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, m
     return MOPT_OK;
 }
 
-/* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per 32 (QINT, as
- * the decode kernels) or one per token (W8A8), laid out for the token lanes: for every 4 inputs 4 bytes per token.
+/* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per block of bs (32:
+ * QINT, as the decode kernels; 16: Q6_K's sub-blocks) or one per token (W8A8), laid out for the token lanes: for every
+ * 4 inputs 4 bytes per token.
  * Beside them each block's scale, each group's sum of x (scale times levels), and for 4-bit weights each block's
  * int32 start, -8 times its sum of levels, so the kernel sums (level - 8) x in integers. The last tile's padding
  * tokens are zeros. */
@@ -727,7 +744,7 @@ typedef struct {
     float *xdt, *xst;
     int32_t *xzt;
     int32_t off; /* the levels' offset (u8_level_offset): xzt = -off x each block's sum */
-    int64_t ng;
+    int64_t ng, bs;
     int8_t *tok; /* W8A8 (one scale a token): room for a token's levels for each tile; NULL for a scale per block */
 } xtile_job;
 
@@ -735,7 +752,7 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
     (void)thread;
     const xtile_job *q = p;
     const lin_job *j = q->j;
-    const int64_t in = j->in, nb = in / 32, ng = q->ng, bpg = nb / ng;
+    const int64_t in = j->in, bs = q->bs, nb = in / bs, ng = q->ng, bpg = nb / ng;
     int8_t *xt = q->xi + tile * 8 * in;
     float *xd = q->xdt + tile * 8 * nb, *xs = q->xst + tile * 8 * ng;
     int32_t *xz = q->xzt ? q->xzt + tile * 8 * nb : NULL;
@@ -751,12 +768,12 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
         if (tok) j->c->k->quantize_i8_blocks(x, in, in, tok, &dt); /* one block a token: quantize_token_i8's bits */
         for (int64_t b = 0; b < nb; b++) {
             int8_t buf[32];
-            const int8_t *qb = tok ? tok + 32 * b : buf;
+            const int8_t *qb = tok ? tok + bs * b : buf;
             float d = dt;
-            if (!tok) j->c->k->quantize_i8_blocks(x + 32 * b, 32, 32, buf, &d);
+            if (!tok) j->c->k->quantize_i8_blocks(x + bs * b, bs, bs, buf, &d);
             int32_t qs = 0;
-            for (int i = 0; i < 32; i++) qs += qb[i];
-            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
+            for (int i = 0; i < bs; i++) qs += qb[i];
+            for (int cidx = 0; cidx < bs / 4; cidx++) memcpy(xt + ((b * (bs / 4) + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
             xd[b * 8 + l] = d;
             xs[b / bpg * 8 + l] += d * (float)qs;
             if (xz) xz[b * 8 + l] = -q->off * qs;
@@ -764,20 +781,20 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
     }
 }
 
-/* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
-static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
-    const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
+/* x for the integer GEMM in tiles (int_gemm_x_task) in blocks of bs values, then the GEMM over all rows. */
+static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, int64_t bs, mopt_error *err) {
+    const int64_t in = j->in, nb = in / bs, tiles = (j->T + 7) / 8;
     const int32_t off = u8_level_offset(c->k, j->w);
     const int per_token = j->w->dtype == MOPT_DTYPE_W8A8; /* one scale a token */
     const size_t zbytes = off ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0;
     int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + zbytes + (per_token ? (size_t)(tiles * in) : 0));
     float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng,
+    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .bs = bs,
                    .off = off, .xzt = off ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL, /* in is a multiple of 32: aligned */
                    .tok = per_token ? xi + tiles * 8 * in + zbytes : NULL};
     mopt_pool_run(c->pool, tiles, int_gemm_x_task, &q);
-    j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng;
+    j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng, j->bs = bs;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
     return MOPT_OK;
 }
@@ -787,7 +804,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     lin_job j = {.c = c, .w = w, .b = b, .x = x, .T = T, .x_stride = xs, .y = y, .y_stride = ys, .in = w->ne[0], .out = w->ne[1]};
     const int64_t in = j.in;
     const int sp24_i8 = w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I8);
-    if (w->dtype == MOPT_DTYPE_W8A8 && T > GEMV_MAX_TOKENS && in % 32 == 0) return int_gemm(c, &j, 1, err);
+    if (w->dtype == MOPT_DTYPE_W8A8 && T > GEMV_MAX_TOKENS && in % 32 == 0) return int_gemm(c, &j, 1, 32, err);
     if (w->dtype == MOPT_DTYPE_W8A8 || sp24_i8) {
         /* per-token dynamic int8 activations: x = qx * max|x| / 127; the 2:4
          * kernel takes the levels as floats, which it multiplies exactly */
@@ -847,10 +864,12 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
         /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
         const int64_t ng = w->quant->scale->ne[0];
-        return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
+        return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, 32, err);
     }
     if (w->dtype == MOPT_DTYPE_KQUANT && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
+    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, 32, err); /* Q4_K prefill */
+    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 6 && c->k->gemm_q4_q8_b16) /* Q6_K prefill: blocks of 16 */
+        return int_gemm(c, &j, in / 16, 16, err);
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx && !qint_fp8) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));

@@ -125,6 +125,13 @@ typedef struct mopt_kernels {
                        int64_t y_stride, int32_t ntok);
     /* gemm_q4_q8 takes 8-bit levels too (its products go straight to int32: VNNI, the scalar set) */
     bool u8_levels;
+    /* gemm_q4_q8 over blocks of 16 values (k-quants' sub-blocks of 16; levels up to 63): xzt and xdt per 16 values,
+     * xi laid out the same. NULL where a block's sums would not fit the set's int16 steps (AVX2). */
+    void (*gemm_q4_q8_b16)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                           const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                           int64_t y_stride, int32_t ntok);
+    /* nsb Q6_K super-blocks' levels (0..63) as 256 * nsb bytes in value order, for the integer prefill GEMM */
+    void (*unpack_q6k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
     /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
      * hold -128), summed from 0 (no xzt): float scales s and zero-point terms
      * zs [nrows, ng] (NULL: none), y = sum over groups of s (...) - zs xs. */

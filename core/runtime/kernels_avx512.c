@@ -516,20 +516,37 @@ static inline __attribute__((always_inline)) void gemvs_q23k(const uint8_t *w, s
     }
 }
 
-/* Q6_K for nt tokens at once (1 to 8), each row's levels unpacked once for all of them: each half of a super-block
- * (64 bytes of low nibbles, 32 of high bit pairs) as two vectors of 6-bit levels in value order, quarters 0 and 1 (low
- * nibbles, bit pairs 0 and 1) and quarters 2 and 3 (high nibbles, bit pairs 2 and 3), the bit pairs shifted into
- * place per 256-bit half by a variable 16-bit shift (no bit crosses into a byte that keeps it). Each 128-bit lane then
- * holds one sub-block of 16: vpmaddubsw's pair sums fit int16 (levels <= 63, |x| <= 128) and vpdpwssd multiplies them
+/* A Q6_K super-block's 256 levels in value order, 64 a vector: each half (64 bytes of low nibbles, 32 of high bit pairs)
+ * as quarters 0 and 1 (low nibbles, bit pairs 0 and 1) and quarters 2 and 3 (high nibbles, bit pairs 2 and 3), the
+ * bit pairs shifted into place per 256-bit half by a variable 16-bit shift (no bit crosses into a byte that keeps it) */
+static inline __attribute__((always_inline)) void q6k_levels(const uint8_t *b, __m512i lv[4]) {
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i lo_up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  /* bit pairs 0, 1 to bits 4-5 */
+    const __m512i hi_down = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1); /* bit pairs 2, 3 */
+    for (int n = 0; n < 2; n++) {
+        const __m512i l = _mm512_loadu_si512(b + 64 * n);
+        const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)));
+        lv[2 * n] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, lo_up), m30));
+        lv[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(h, hi_down), m30));
+    }
+}
+
+static void unpack_q6k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+    for (int64_t k = 0; k < nsb; k++) {
+        __m512i lv[4];
+        q6k_levels(blocks + 210 * k, lv);
+        for (int i = 0; i < 4; i++) _mm512_storeu_si512(levels + 256 * k + 64 * i, lv[i]);
+    }
+}
+
+/* Q6_K for nt tokens at once (1 to 8), each row's levels unpacked once for all of them (q6k_levels). Each 128-bit lane
+ * of a vector of levels holds one sub-block of 16: vpmaddubsw's pair sums fit int16 (levels <= 63, |x| <= 128) and vpdpwssd multiplies them
  * by the sub-block's int8 scale (picked per lane by vpshufb) into int32, so a super-block's dot stays in integers and
  * takes d xd once. The levels' offset of 32 comes off in integers: 32 times the scales against xs16's sums of 16. A
  * token's operations, and so its bits, are the same whatever nt. */
 static inline __attribute__((always_inline)) void gemvs_q6k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
                                                             const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
                                                             const int nt) {
-    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
-    const __m512i lo_up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  /* bit pairs 0, 1 to bits 4-5 */
-    const __m512i hi_down = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1); /* bit pairs 2, 3 */
     /* [q]: 128-bit lane i takes int16 scale 4q + i of the (8-scale) half it is given */
     const __m512i pick[2] = {_mm512_set_epi32(0x07060706, 0x07060706, 0x07060706, 0x07060706, 0x05040504, 0x05040504, 0x05040504, 0x05040504,
                                               0x03020302, 0x03020302, 0x03020302, 0x03020302, 0x01000100, 0x01000100, 0x01000100, 0x01000100),
@@ -547,11 +564,8 @@ static inline __attribute__((always_inline)) void gemvs_q6k(const uint8_t *w, si
             memcpy(&hd, b + 208, 2);
             const float d = _cvtsh_ss(hd);
             __m512i lv[4], sv[4]; /* values 64i..64i+63's levels and their sub-blocks' scales */
+            q6k_levels(b, lv);
             for (int n = 0; n < 2; n++) {
-                const __m512i l = _mm512_loadu_si512(b + 64 * n);
-                const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)));
-                lv[2 * n] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, lo_up), m30));
-                lv[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(h, hi_down), m30));
                 const __m512i half = _mm512_broadcast_i32x4(n ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
                 sv[2 * n] = _mm512_shuffle_epi8(half, pick[0]);
                 sv[2 * n + 1] = _mm512_shuffle_epi8(half, pick[1]);
@@ -621,6 +635,7 @@ KQ_KERNELS(6)
 #define Q4_START(z) (z)
 #define Q4_BLOCK_SUM(a, z) (a)
 #define S8_STEP(a, wa4, xs) _mm256_dpbusd_epi32((a), (wa4), (xs))
+#define TILE_B16
 #include "kernels_tiles.h"
 
 #define VBITS 512
@@ -736,6 +751,8 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .u8_levels = true,
+    .gemm_q4_q8_b16 = gemm_q4_q8_b16,
+    .unpack_q6k = unpack_q6k,
     .gemm_s8_q8 = gemm_s8_q8,
     .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,

@@ -334,20 +334,44 @@ static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0,
     return d;
 }
 
-static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
-                       const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                       int64_t y_stride, int32_t ntok) {
+static void gemm_q4_q8_bs(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                          const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok, int bs) {
     for (int64_t r = 0; r < nrows; r++)
         for (int32_t l = 0; l < ntok; l++) {
             float acc = 0;
             for (int64_t g = 0; g < ng; g++) {
                 float gacc = 0;
                 for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
-                    gacc += xdt[b * 8 + l] * (float)(xzt[b * 8 + l] + tile_dot(wl + r * in, 0, xi, 32 * b, 32 * b + 32, l));
+                    gacc += xdt[b * 8 + l] * (float)(xzt[b * 8 + l] + tile_dot(wl + r * in, 0, xi, bs * b, bs * b + bs, l));
                 acc += s[r * ng + g] * gacc - (zs ? zs[r * ng + g] * xst[g * 8 + l] : 0.0f);
             }
             y[l * y_stride + r] = acc;
         }
+}
+
+static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                       const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                       int64_t y_stride, int32_t ntok) {
+    gemm_q4_q8_bs(wl, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 32);
+}
+
+static void gemm_q4_q8_b16(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                           const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                           int64_t y_stride, int32_t ntok) {
+    gemm_q4_q8_bs(wl, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 16);
+}
+
+/* Q6_K levels: value 128 n + 32 kq + l of a super-block is the low (kq < 2) or high nibble of ql[64 n + 32 (kq & 1) + l]
+ * under bits 2 kq..+1 of qh[32 n + l] */
+static void unpack_q6k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+    for (int64_t k = 0; k < nsb; k++)
+        for (int n = 0; n < 2; n++)
+            for (int kq = 0; kq < 4; kq++)
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t *b = blocks + 210 * k, q = b[64 * n + 32 * (kq & 1) + l], h = b[128 + 32 * n + l];
+                    levels[256 * k + 128 * n + 32 * kq + l] = (uint8_t)((kq < 2 ? q & 15 : q >> 4) | ((h >> (2 * kq)) & 3) << 4);
+                }
 }
 
 static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
@@ -488,6 +512,8 @@ const mopt_kernels mopt_kernels_ref = {
     .gemv_q5k_q8 = gemv_q5k_q8,
     .dequant_kquant = dequant_kquant,
     .unpack_q4k = unpack_q4k,
+    .unpack_q6k = unpack_q6k,
+    .gemm_q4_q8_b16 = gemm_q4_q8_b16,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = unpack_q4,
     .u8_levels = true,

@@ -581,8 +581,9 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
 }
 
 /* Q2_K ... Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8 tokens)
- * against x as int8 per 256 values (Q8_K), Q4_K's prefill against x as int8 per 32 (the integer GEMM), the other
- * prefills against x itself. Sub-blocks with a zero scale keep their mins. */
+ * against x as int8 per 256 values (Q8_K), Q4_K's prefill against x as int8 per 32 (the integer GEMM), Q6_K's
+ * against x as int8 per 16 in the sets with an integer GEMM over blocks of 16, the other prefills against x itself.
+ * Sub-blocks with a zero scale keep their mins. */
 static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
     const int bits[] = {2, 3, 4, 5, 6};
     const int64_t ins[] = {256, 768};
@@ -607,18 +608,22 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
                 float *x = malloc((size_t)(T * in) * sizeof *x);
                 double *ref = malloc((size_t)(T * out) * sizeof *ref);
                 for (int64_t i = 0; i < T * in; i++) x[i] = frand();
-                /* decode: every k-quant against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
-                float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
-                for (int t = 0; t < T; t++)
-                    for (int64_t o = 0; o < out; o++) {
-                        double acc = 0;
-                        for (int64_t c = 0; c < in; c++) acc += wv[o * in + c] * xa[t * in + c];
-                        ref[t * out + o] = acc;
-                    }
                 char what[64];
                 snprintf(what, sizeof what, "q%d_k in=%lld", bits[bi], (long long)in);
-                check_linear(w, x, T, ref, 1e-4, what);
-                if (xa != x) free(xa);
+                for (int k = 0; k < 3; k++) {
+                    /* decode: every k-quant against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32; Q6_K
+                     * through the one over blocks of 16 where the set has it */
+                    const int b16 = bits[bi] == 6 && kernel_sets[k]->gemm_q4_q8_b16;
+                    float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : bits[bi] == 4 ? q8_blocks(x, T * in, 32) : b16 ? q8_blocks(x, T * in, 16) : x;
+                    for (int t = 0; t < T; t++)
+                        for (int64_t o = 0; o < out; o++) {
+                            double acc = 0;
+                            for (int64_t c = 0; c < in; c++) acc += wv[o * in + c] * xa[t * in + c];
+                            ref[t * out + o] = acc;
+                        }
+                    check_linear_in(k, w, x, T, ref, 1e-4, what);
+                    if (xa != x) free(xa);
+                }
                 free(x);
                 free(ref);
             }
