@@ -526,11 +526,12 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
-/* A Q4_K row as the 4-bit integer GEMM takes it, s (q - 8) - zs per 32 values: s = d sc, zs = dmin m - 8 s. A
- * sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and zs = dmin m - 8. */
-static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *zs) {
+/* A Q4_K (off 8) or Q5_K (off 16) row as the integer GEMM takes it, s (q - off) - zs per 32 values: s = d sc,
+ * zs = dmin m - off s. A sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and
+ * zs = dmin m - off. */
+static void q45k_scales(const uint8_t *row, int64_t nsb, int32_t off, uint8_t *levels, float *s, float *zs) {
     for (int64_t k = 0; k < nsb; k++) {
-        const uint8_t *b = row + 144 * k;
+        const uint8_t *b = row + (off == 16 ? 176 : 144) * k;
         uint16_t hd, hm;
         memcpy(&hd, b, 2);
         memcpy(&hm, b + 2, 2);
@@ -541,23 +542,32 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
             const float ds = d * sc[j], dm = dmin * m[j];
             if (ds == 0) memset(levels + 256 * k + 32 * j, 0, 32);
             s[8 * k + j] = ds == 0 ? 1.0f : ds;
-            zs[8 * k + j] = dm - 8.0f * s[8 * k + j];
+            zs[8 * k + j] = dm - (float)off * s[8 * k + j];
         }
     }
 }
 
-/* A Q6_K row as the integer GEMM over blocks of 16 takes it: levels 0..63 summed as level - 32, s = d sc per 16 */
-static void q6k_scales(const uint8_t *row, int64_t nsb, float *s) {
+/* A row of sub-blocks of 16 as the integer GEMM over blocks of 16 takes it, s (q - off) - zs per 16 values: Q6_K
+ * s = d sc (off 32); Q3_K s = d (sc - 32) (off 4); Q2_K s = d sc, zs = dmin m - 2 s (off 2). */
+static void kq16_scales(const uint8_t *row, int32_t bits, int64_t nsb, float *s, float *zs) {
     for (int64_t k = 0; k < nsb; k++) {
-        const float d = mopt_f16_at(row + 210 * k + 208);
-        for (int j = 0; j < 16; j++) s[16 * k + j] = d * (float)(int8_t)row[210 * k + 192 + j];
+        const uint8_t *b = row + (size_t)mopt_kquant_block_bytes(bits) * (size_t)k;
+        for (int j = 0; j < 16; j++) {
+            float *sj = s + 16 * k + j;
+            if (bits == 6) *sj = mopt_f16_at(b + 208) * (float)(int8_t)b[192 + j];
+            else if (bits == 3) *sj = mopt_f16_at(b + 108) * (float)(mopt_q3k_scale(b + 96, j) - 32);
+            else {
+                *sj = mopt_f16_at(b + 80) * (float)(b[j] & 15);
+                zs[16 * k + j] = mopt_f16_at(b + 82) * (float)(b[j] >> 4) - 2.0f * *sj;
+            }
+        }
     }
 }
 
 /* The offset o of the levels the integer GEMM runs through gemm_q4_q8 (which sums (level - o) x): 8 for 4-bit QINT
  * and Q4_K, 32 for Q6_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
 static int32_t u8_level_offset(const mopt_kernels *k, const mopt_tensor *w) {
-    if (w->dtype == MOPT_DTYPE_KQUANT) return w->quant->bits == 6 ? 32 : 8;
+    if (w->dtype == MOPT_DTYPE_KQUANT) return w->quant->bits == 2 ? 2 : 4 << (w->quant->bits - 3); /* 2, 4, 8, 16, 32 */
     if (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) return 8;
     return w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 8 && k->u8_levels ? 128 : 0;
 }
@@ -582,15 +592,12 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     const int32_t off = u8_level_offset(k, w); /* > 0: gemm_q4_q8 */
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
-    if (w->dtype == MOPT_DTYPE_KQUANT && q->bits == 6) { /* Q6_K: levels as they are, a scale per 16 (q6k_scales) */
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* levels as they are, a scale (and zero-point) per sub-block */
         for (int64_t r = 0; r < rows; r++) {
-            k->unpack_q6k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
-            q6k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, sf + r * ng);
-        }
-    } else if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
-        for (int64_t r = 0; r < rows; r++) {
-            k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
-            q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+            const uint8_t *row = src + (size_t)r * w->nb[1];
+            k->unpack_kquant(row, q->bits, in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
+            if (q->bits == 4 || q->bits == 5) q45k_scales(row, in / MOPT_KQ_BLOCK, off, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+            else kq16_scales(row, q->bits, in / MOPT_KQ_BLOCK, sf + r * ng, zf + r * ng);
         }
     } else if (off) { /* levels summed as level - off (xzt); the scales as floats and an asymmetric zero-point's rest s (z - off) */
         const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
@@ -618,7 +625,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
         if (off) {
-            const float *zs = q->zero || (w->dtype == MOPT_DTYPE_KQUANT && q->bits == 4) ? zf : NULL;
+            const float *zs = q->zero || (w->dtype == MOPT_DTYPE_KQUANT && q->bits != 3 && q->bits != 6) ? zf : NULL; /* those have no mins */
             (j->bs == 16 ? k->gemm_q4_q8_b16 : k->gemm_q4_q8)((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst,
                                                              ng, bpg, y, j->y_stride, ntok);
         } else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
@@ -867,9 +874,11 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, 32, err);
     }
     if (w->dtype == MOPT_DTYPE_KQUANT && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, 32, err); /* Q4_K prefill */
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 6 && c->k->gemm_q4_q8_b16) /* Q6_K prefill: blocks of 16 */
-        return int_gemm(c, &j, in / 16, 16, err);
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* prefill: the integer GEMM where the set's sums hold the levels */
+        const int32_t bits = w->quant->bits;
+        if (bits == 4 || (bits == 5 && c->k->u8_levels)) return int_gemm(c, &j, in / 32, 32, err); /* sub-blocks of 32 */
+        if (bits != 5 && c->k->gemm_q4_q8_b16) return int_gemm(c, &j, in / 16, 16, err);           /* of 16 */
+    }
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx && !qint_fp8) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));

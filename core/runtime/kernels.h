@@ -108,8 +108,9 @@ typedef struct mopt_kernels {
     /* nsb Q2_K ... Q6_K super-blocks (bits 2 ... 6) widened to 256 * nsb fp32 values, exactly as
      * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
     void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
-    /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */
-    void (*unpack_q4k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
+    /* nsb Q2_K ... Q6_K super-blocks' levels (0..2^bits - 1, Q3_K's and Q5_K's high bit in place) as 256 * nsb bytes
+     * in value order, for the integer prefill GEMM */
+    void (*unpack_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
      *   wl  the rows' levels (0..15; 0..255 where u8_levels) one byte each, [nrows, in]
      *   s   their scales as floats, zs (NULL: none) s (z - o), [nrows, ng]
@@ -130,8 +131,6 @@ typedef struct mopt_kernels {
     void (*gemm_q4_q8_b16)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
                            const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                            int64_t y_stride, int32_t ntok);
-    /* nsb Q6_K super-blocks' levels (0..63) as 256 * nsb bytes in value order, for the integer prefill GEMM */
-    void (*unpack_q6k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
     /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
      * hold -128), summed from 0 (no xzt): float scales s and zero-point terms
      * zs [nrows, ng] (NULL: none), y = sum over groups of s (...) - zs xs. */
@@ -215,7 +214,8 @@ void mopt_gemv_q3k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
 void mopt_gemv_q5k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
                            const int16_t *xs16, int64_t nsb, float *y);
 void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
-void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
+void mopt_unpack_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels);
+void mopt_unpack_kquant_ref(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels);
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels);
 void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa);
 

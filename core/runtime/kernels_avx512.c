@@ -380,6 +380,40 @@ static void kquant_x_order(int32_t bits, const int8_t *xq, int64_t n, int8_t *ou
         for (int j = 0; j < 8; j++) memcpy(out + 256 * k + 32 * j, xq + 256 * k + 32 * (order ? order[j] : j), 32);
 }
 
+/* A Q4_K / Q5_K super-block's levels, 64 a vector in kquant_x_order's order: [2h] the low nibbles of a 64-byte load
+ * (sub-blocks 4h and 4h + 2), [2h + 1] its high ones (4h + 1 and 4h + 3); Q5_K's fifth bits (bit j of each qh byte for
+ * sub-block j) brought to bit 4 by a rotate of each 32-bit lane that never takes a bit from another byte */
+static inline __attribute__((always_inline)) void q45k_levels(const uint8_t *b, const int five, __m512i lv[4]) {
+    const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(0x10);
+    const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16))) : _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++) {
+        const __m512i v = _mm512_loadu_si512(b + (five ? 48 : 16) + 64 * h);
+        lv[2 * h] = _mm512_and_si512(v, m4);
+        lv[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        for (int n = 0; five && n < 2; n++) { /* | (rotated qh & 0x10) */
+            const int a = 4 * h + n, c = a + 2;
+            const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi32((4 - a) & 31), _mm256_set1_epi32((4 - c) & 31), 1);
+            lv[2 * h + n] = _mm512_ternarylogic_epi32(lv[2 * h + n], _mm512_rolv_epi32(qh, rot), bit4, 0xF8);
+        }
+    }
+}
+
+/* A Q2_K / Q3_K super-block's levels, 64 a vector: [kq] values 32kq..+31 and 128 + 32kq..+31 (bits 2kq of the 64 level
+ * bytes); Q3_K's third bit (bit 4n + kq of hmask byte l) brought to bit 2 by a rotate that never takes a bit from another
+ * byte */
+static inline __attribute__((always_inline)) void q23k_levels(const uint8_t *b, const int three, __m512i lv[4]) {
+    const __m512i m3 = _mm512_set1_epi8(3), bit2 = _mm512_set1_epi8(4);
+    const __m512i v = _mm512_loadu_si512(b + (three ? 32 : 16));
+    const __m512i hm = three ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b)) : _mm512_setzero_si512();
+    for (int kq = 0; kq < 4; kq++) {
+        lv[kq] = _mm512_and_si512(_mm512_srli_epi16(v, 2 * kq), m3);
+        if (three) { /* | (rotated & 4) */
+            const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi32((2 - kq) & 31), _mm256_set1_epi32((2 - 4 - kq) & 31), 1);
+            lv[kq] = _mm512_ternarylogic_epi32(lv[kq], _mm512_rolv_epi32(hm, rot), bit2, 0xF8);
+        }
+    }
+}
+
 /* Q4_K and Q5_K for nt tokens at once (1 to 8), each row's levels unpacked once for all of them: a 64-byte load holds
  * two 32-byte chunks, sub-blocks 4h and 4h + 2 in the low nibbles, 4h + 1 and 4h + 3 in the high, against x in
  * kquant_x_order. Each token's x meets them in vpmaddubsw, whose pair sums fit int16 (levels <= 31, |x| <= 128), and
@@ -391,15 +425,13 @@ static void kquant_x_order(int32_t bits, const int8_t *xq, int64_t n, int8_t *ou
 static inline __attribute__((always_inline)) void gemvs_q45k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
                                                              const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
                                                              const int nt, const int five) {
-    const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(0x10);
-    __m512i pick[4], rot[4]; /* [2h + n]: the scales of sub-blocks 4h + n and 4h + n + 2; the rotates bringing their bits to 4 */
+    __m512i pick[4]; /* [2h + n]: the scales of sub-blocks 4h + n and 4h + n + 2 */
     for (int h = 0; h < 2; h++)
         for (int n = 0; n < 2; n++) {
             const int a = 4 * h + n, c = a + 2;
             pick[2 * h + n] = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * a)), _mm256_set1_epi16((short)(0x0100 + 0x0202 * c)), 1);
-            rot[2 * h + n] = _mm512_inserti64x4(_mm512_set1_epi32((4 - a) & 31), _mm256_set1_epi32((4 - c) & 31), 1);
         }
-    const size_t bb = five ? 176 : 144, qs = five ? 48 : 16;
+    const size_t bb = five ? 176 : 144;
     const int64_t in = 256 * nsb;
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *b = w + (size_t)r * row_bytes;
@@ -414,17 +446,9 @@ static inline __attribute__((always_inline)) void gemvs_q45k(const uint8_t *w, s
             uint32_t dd;
             memcpy(&dd, b, 4);
             const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
-            const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16))) : _mm512_setzero_si512();
             __m512i lv[4], sv[4]; /* the levels of 64 values each, in x's order, and their sub-blocks' scales */
-            for (int h = 0; h < 2; h++) {
-                const __m512i v = _mm512_loadu_si512(b + qs + 64 * h);
-                lv[2 * h] = _mm512_and_si512(v, m4);
-                lv[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                for (int n = 0; five && n < 2; n++) /* | (rotated qh & 0x10) */
-                    lv[2 * h + n] = _mm512_ternarylogic_epi32(lv[2 * h + n], _mm512_rolv_epi32(qh, rot[2 * h + n]), bit4, 0xF8);
-                sv[2 * h] = _mm512_shuffle_epi8(sc, pick[2 * h]);
-                sv[2 * h + 1] = _mm512_shuffle_epi8(sc, pick[2 * h + 1]);
-            }
+            q45k_levels(b, five, lv);
+            for (int i = 0; i < 4; i++) sv[i] = _mm512_shuffle_epi8(sc, pick[i]);
             for (int t = 0; t < nt; t++) {
                 const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
                 __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
@@ -453,15 +477,13 @@ static inline __attribute__((always_inline)) void gemvs_q45k(const uint8_t *w, s
 static inline __attribute__((always_inline)) void gemvs_q23k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
                                                              const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
                                                              const int nt, const int three) {
-    const __m512i m3 = _mm512_set1_epi8(3), bit2 = _mm512_set1_epi8(4);
     const __m128i m4 = _mm_set1_epi8(15);
-    __m512i pick[4], rot[4]; /* [kq]: scales 2kq (lanes 0, 2) and 2kq + 1 (lanes 1, 3); the rotates of hmask bits kq, 4 + kq */
+    __m512i pick[4]; /* [kq]: scales 2kq (lanes 0, 2) and 2kq + 1 (lanes 1, 3) */
     for (int kq = 0; kq < 4; kq++) {
         const int e0 = (4 * kq) | (4 * kq + 1) << 8, e1 = e0 + 0x0202;
         pick[kq] = _mm512_broadcast_i64x4(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)e0)), _mm_set1_epi16((short)e1), 1));
-        rot[kq] = _mm512_inserti64x4(_mm512_set1_epi32((2 - kq) & 31), _mm256_set1_epi32((2 - 4 - kq) & 31), 1);
     }
-    const size_t bb = three ? 110 : 84, qs = three ? 32 : 16;
+    const size_t bb = three ? 110 : 84;
     const int64_t in = 256 * nsb;
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *b = w + (size_t)r * row_bytes;
@@ -490,14 +512,9 @@ static inline __attribute__((always_inline)) void gemvs_q23k(const uint8_t *w, s
                 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
             }
             const __m512i z = _mm512_castsi256_si512(sc16), scz = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
-            const __m512i v = _mm512_loadu_si512(b + qs);
-            const __m512i hm = three ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b)) : _mm512_setzero_si512();
             __m512i lv[4], sv[4];
-            for (int kq = 0; kq < 4; kq++) {
-                lv[kq] = _mm512_and_si512(_mm512_srli_epi16(v, 2 * kq), m3);
-                if (three) lv[kq] = _mm512_ternarylogic_epi32(lv[kq], _mm512_rolv_epi32(hm, rot[kq]), bit2, 0xF8); /* | (rotated & 4) */
-                sv[kq] = _mm512_shuffle_epi8(scz, pick[kq]);
-            }
+            q23k_levels(b, three, lv);
+            for (int kq = 0; kq < 4; kq++) sv[kq] = _mm512_shuffle_epi8(scz, pick[kq]);
             for (int t = 0; t < nt; t++) {
                 const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
                 __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
@@ -531,11 +548,24 @@ static inline __attribute__((always_inline)) void q6k_levels(const uint8_t *b, _
     }
 }
 
-static void unpack_q6k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+/* every k-quant's levels in value order: Q6_K's as they come, the others' 256-bit halves put in place */
+static void unpack_kquant(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels) {
+    const int64_t bb = mopt_kquant_block_bytes(bits);
     for (int64_t k = 0; k < nsb; k++) {
+        const uint8_t *b = blocks + k * bb;
+        uint8_t *out = levels + 256 * k;
         __m512i lv[4];
-        q6k_levels(blocks + 210 * k, lv);
-        for (int i = 0; i < 4; i++) _mm512_storeu_si512(levels + 256 * k + 64 * i, lv[i]);
+        if (bits == 6) q6k_levels(b, lv);
+        else if (bits >= 4) q45k_levels(b, bits == 5, lv);
+        else q23k_levels(b, bits == 3, lv);
+        for (int i = 0; i < 4; i++) {
+            /* where each vector's two halves go: Q6_K 64i and 64i + 32; Q4_K / Q5_K sub-blocks (4h + n, 4h + n + 2)
+             * for i = 2h + n; Q2_K / Q3_K 32i and 128 + 32i */
+            const int lo = bits == 6 ? 64 * i : bits >= 4 ? 32 * (4 * (i / 2) + i % 2) : 32 * i;
+            const int hi = bits == 6 ? lo + 32 : bits >= 4 ? lo + 64 : lo + 128;
+            _mm256_storeu_si256((__m256i *)(out + lo), _mm512_castsi512_si256(lv[i]));
+            _mm256_storeu_si256((__m256i *)(out + hi), _mm512_extracti64x4_epi64(lv[i], 1));
+        }
     }
 }
 
@@ -747,12 +777,11 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemvs_q6k_q8 = gemvs_q6k_q8,
     .kquant_x_order = kquant_x_order,
     .dequant_kquant = mopt_dequant_kquant_avx2,
-    .unpack_q4k = mopt_unpack_q4k_avx2,
+    .unpack_kquant = unpack_kquant,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .u8_levels = true,
     .gemm_q4_q8_b16 = gemm_q4_q8_b16,
-    .unpack_q6k = unpack_q6k,
     .gemm_s8_q8 = gemm_s8_q8,
     .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,

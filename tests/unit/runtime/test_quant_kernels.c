@@ -581,9 +581,9 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
 }
 
 /* Q2_K ... Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8 tokens)
- * against x as int8 per 256 values (Q8_K), Q4_K's prefill against x as int8 per 32 (the integer GEMM), Q6_K's
- * against x as int8 per 16 in the sets with an integer GEMM over blocks of 16, the other prefills against x itself.
- * Sub-blocks with a zero scale keep their mins. */
+ * against x as int8 per 256 values (Q8_K); prefill through the integer GEMM against x as int8 per sub-block (Q4_K
+ * per 32 everywhere, Q5_K per 32 where the set takes 8-bit levels, Q2_K, Q3_K and Q6_K per 16 where it has the GEMM
+ * over blocks of 16), else against x itself. Sub-blocks with a zero scale keep their mins. */
 static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
     const int bits[] = {2, 3, 4, 5, 6};
     const int64_t ins[] = {256, 768};
@@ -611,10 +611,9 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
                 char what[64];
                 snprintf(what, sizeof what, "q%d_k in=%lld", bits[bi], (long long)in);
                 for (int k = 0; k < 3; k++) {
-                    /* decode: every k-quant against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32; Q6_K
-                     * through the one over blocks of 16 where the set has it */
-                    const int b16 = bits[bi] == 6 && kernel_sets[k]->gemm_q4_q8_b16;
-                    float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : bits[bi] == 4 ? q8_blocks(x, T * in, 32) : b16 ? q8_blocks(x, T * in, 16) : x;
+                    const int b32 = bits[bi] == 4 || (bits[bi] == 5 && kernel_sets[k]->u8_levels);
+                    const int b16 = bits[bi] != 4 && bits[bi] != 5 && kernel_sets[k]->gemm_q4_q8_b16;
+                    float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : b32 ? q8_blocks(x, T * in, 32) : b16 ? q8_blocks(x, T * in, 16) : x;
                     for (int t = 0; t < T; t++)
                         for (int64_t o = 0; o < out; o++) {
                             double acc = 0;
