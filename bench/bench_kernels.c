@@ -63,16 +63,17 @@ static mopt_tensor *make_weight(const char *fmt, int64_t out, int64_t in, mopt_e
             t = mopt_w8a8_pack("w", out, in, q, s, err);
         }
         free(q), free(s);
-    } else if (!strcmp(fmt, "q4_k") || !strcmp(fmt, "q6_k")) { /* random GGUF k-quant blocks with small f16 scales */
+    } else if (fmt[0] == 'q' && fmt[2] == '_' && fmt[3] == 'k') { /* random GGUF k-quant blocks with small f16 scales */
         const int bits = fmt[1] - '0';
         const size_t bb = (size_t)mopt_kquant_block_bytes(bits), nblk = n / MOPT_KQ_BLOCK;
+        const size_t at = bits == 2 ? 80 : bits == 3 ? 108 : bits == 6 ? 208 : 0; /* d, then dmin where there is one */
         uint8_t *b = malloc(nblk * bb);
         if (b) {
             for (size_t i = 0; i < nblk * bb; i++) b[i] = (uint8_t)urand();
             const uint16_t d = mopt_f32_to_f16(0.0005f);
             for (size_t k = 0; k < nblk; k++) {
-                memcpy(b + k * bb + (bits == 6 ? 208 : 0), &d, 2);
-                if (bits == 4) memcpy(b + k * bb + 2, &d, 2);
+                memcpy(b + k * bb + at, &d, 2);
+                if (bits != 3 && bits != 6) memcpy(b + k * bb + at + 2, &d, 2);
             }
             t = mopt_kquant_pack("w", out, in, bits, b, err);
         }
@@ -123,9 +124,9 @@ int main(int argc, char **argv) {
     if (warm)
         printf("--warm %d: each round times %d calls back to back after an untimed one, so weights that fit the caches are\n"
                "read from them: the kernels' arithmetic speed rather than memory's\n", warm, warm);
-    enum { NF = 10 };
-    const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "q8_0", "q4_0", "q4_k", "q6_k", "w8a8", "fp8"};
-    const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 0.5, 144.0 / 256, 210.0 / 256, 1, 1};
+    enum { NF = 13 };
+    const char *fmts[NF] = {"bf16", "f16", "int8-row", "int4-g128", "q8_0", "q4_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "w8a8", "fp8"};
+    const double bytes_per_value[NF] = {2, 2, 1, 0.5, 1, 0.5, 84.0 / 256, 110.0 / 256, 144.0 / 256, 176.0 / 256, 210.0 / 256, 1, 1};
     mopt_tensor *w[NF] = {0};
     float *y[NF] = {0};
     float *x = malloc((size_t)T * (size_t)in * sizeof *x);

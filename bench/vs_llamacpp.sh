@@ -5,8 +5,8 @@
 #
 # MODEL is any model mopt loads (e.g. `mopt synth --shape llama-1b -o DIR`).
 # mopt exports it to GGUF as F16, Q8_0, Q4_0 and Q4_K (into WORKDIR, default
-# /tmp/mopt-vs-llamacpp) and llama-quantize makes a Q4_K_M from the F16 file
-# (llama.cpp's own k-quant mix, which mopt runs as stored), then REPS times
+# /tmp/mopt-vs-llamacpp) and llama-quantize makes a Q4_K_M and a Q3_K_M from the
+# F16 file (llama.cpp's own k-quant mixes, which mopt runs as stored), then REPS times
 # runs llama-bench and `mopt bench` on
 # each file one after the other, so both see the same machine state. It also
 # times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
@@ -42,8 +42,10 @@ for t in f16 q8_0 q4_0 q4_k; do
 done
 [ -x "$LLAMA_CPP_BIN/llama-quantize" ] ||
   { echo "vs_llamacpp: $LLAMA_CPP_BIN/llama-quantize not found (build the llama-quantize target)" >&2; exit 2; }
-[ -s "$WORK/model-q4_k_m.gguf" ] ||
-  "$LLAMA_CPP_BIN/llama-quantize" "$WORK/model-f16.gguf" "$WORK/model-q4_k_m.gguf" Q4_K_M "$THREADS" >/dev/null 2>&1
+for t in Q4_K_M Q3_K_M; do
+  f="$WORK/model-$(echo "$t" | tr 'A-Z' 'a-z').gguf"
+  [ -s "$f" ] || "$LLAMA_CPP_BIN/llama-quantize" "$WORK/model-f16.gguf" "$f" "$t" "$THREADS" >/dev/null 2>&1
+done
 
 # name | GGUF file for llama.cpp | what mopt runs | mopt --pipeline (or none)
 ROWS=(
@@ -52,6 +54,7 @@ ROWS=(
   "Q4_0|model-q4_0.gguf|$WORK/model-q4_0.gguf|"
   "Q4_K (mopt's export)|model-q4_k.gguf|$WORK/model-q4_k.gguf|"
   "Q4_K_M (llama-quantize's)|model-q4_k_m.gguf|$WORK/model-q4_k_m.gguf|"
+  "Q3_K_M (llama-quantize's)|model-q3_k_m.gguf|$WORK/model-q3_k_m.gguf|"
   "mopt int8 per row vs Q8_0|model-q8_0.gguf|$MODEL|quant.rtn<bits=8;group_size=-1;sym=true>"
   "mopt int4 g128 vs Q4_0|model-q4_0.gguf|$MODEL|quant.rtn<bits=4;group_size=128>"
 )

@@ -135,6 +135,7 @@ typedef struct {
     const int32_t *xzt;   /* 4-bit integer GEMM: [tiles, in / 32, 8] each block's int32 start, -8 x its sum of levels */
     int64_t gemv_rows;    /* rows per decode task */
     int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
+    int64_t bs;           /* integer GEMM: values per block of x (32; 16 for Q6_K's sub-blocks) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
     const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
@@ -340,6 +341,18 @@ static void gemv_task(void *p, int64_t task, int32_t thread) {
     if (w->dtype == MOPT_DTYPE_KQUANT && j->xs16) { /* every k-quant against int8 x: the kernel takes the row range */
         const uint8_t *rows = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
         const int32_t bits = w->quant->bits;
+        void (*together)(const uint8_t *, size_t, int64_t, const int8_t *, const float *, const int16_t *, int64_t, int32_t, float *,
+                         int64_t) = bits == 2   ? k->gemvs_q2k_q8
+                                    : bits == 3 ? k->gemvs_q3k_q8
+                                    : bits == 4 ? k->gemvs_q4k_q8
+                                    : bits == 5 ? k->gemvs_q5k_q8
+                                                : k->gemvs_q6k_q8;
+        if (j->T > 1 && together) { /* the tokens together: each row read and unpacked once */
+            together(rows, w->nb[1], o1 - o0, j->xq8, j->xd, j->xs16, j->in / MOPT_KQ_BLOCK, j->T, j->y + o0, j->y_stride);
+            for (int32_t t = 0; j->b && t < j->T; t++)
+                for (int64_t o = o0; o < o1; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
+            return;
+        }
         for (int32_t t = 0; t < j->T; t++) {
             float *y = j->y + (size_t)t * j->y_stride + o0;
             (bits == 2 ? k->gemv_q2k_q8 : bits == 3 ? k->gemv_q3k_q8 : bits == 4 ? k->gemv_q4k_q8 : bits == 5 ? k->gemv_q5k_q8 : k->gemv_q6k_q8)(
@@ -513,11 +526,12 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
-/* A Q4_K row as the 4-bit integer GEMM takes it, s (q - 8) - zs per 32 values: s = d sc, zs = dmin m - 8 s. A
- * sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and zs = dmin m - 8. */
-static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *s, float *zs) {
+/* A Q4_K (off 8) or Q5_K (off 16) row as the integer GEMM takes it, s (q - off) - zs per 32 values: s = d sc,
+ * zs = dmin m - off s. A sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and
+ * zs = dmin m - off. */
+static void q45k_scales(const uint8_t *row, int64_t nsb, int32_t off, uint8_t *levels, float *s, float *zs) {
     for (int64_t k = 0; k < nsb; k++) {
-        const uint8_t *b = row + 144 * k;
+        const uint8_t *b = row + (off == 16 ? 176 : 144) * k;
         uint16_t hd, hm;
         memcpy(&hd, b, 2);
         memcpy(&hm, b + 2, 2);
@@ -528,15 +542,33 @@ static void q4k_scales(const uint8_t *row, int64_t nsb, uint8_t *levels, float *
             const float ds = d * sc[j], dm = dmin * m[j];
             if (ds == 0) memset(levels + 256 * k + 32 * j, 0, 32);
             s[8 * k + j] = ds == 0 ? 1.0f : ds;
-            zs[8 * k + j] = dm - 8.0f * s[8 * k + j];
+            zs[8 * k + j] = dm - (float)off * s[8 * k + j];
+        }
+    }
+}
+
+/* A row of sub-blocks of 16 as the integer GEMM over blocks of 16 takes it, s (q - off) - zs per 16 values: Q6_K
+ * s = d sc (off 32); Q3_K s = d (sc - 32) (off 4); Q2_K s = d sc, zs = dmin m - 2 s (off 2). */
+static void kq16_scales(const uint8_t *row, int32_t bits, int64_t nsb, float *s, float *zs) {
+    for (int64_t k = 0; k < nsb; k++) {
+        const uint8_t *b = row + (size_t)mopt_kquant_block_bytes(bits) * (size_t)k;
+        for (int j = 0; j < 16; j++) {
+            float *sj = s + 16 * k + j;
+            if (bits == 6) *sj = mopt_f16_at(b + 208) * (float)(int8_t)b[192 + j];
+            else if (bits == 3) *sj = mopt_f16_at(b + 108) * (float)(mopt_q3k_scale(b + 96, j) - 32);
+            else {
+                *sj = mopt_f16_at(b + 80) * (float)(b[j] & 15);
+                zs[16 * k + j] = mopt_f16_at(b + 82) * (float)(b[j] >> 4) - 2.0f * *sj;
+            }
         }
     }
 }
 
 /* The offset o of the levels the integer GEMM runs through gemm_q4_q8 (which sums (level - o) x): 8 for 4-bit QINT
- * and Q4_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
+ * and Q4_K, 32 for Q6_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
 static int32_t u8_level_offset(const mopt_kernels *k, const mopt_tensor *w) {
-    if ((w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) || w->dtype == MOPT_DTYPE_KQUANT) return 8;
+    if (w->dtype == MOPT_DTYPE_KQUANT) return w->quant->bits == 2 ? 2 : 4 << (w->quant->bits - 3); /* 2, 4, 8, 16, 32 */
+    if (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) return 8;
     return w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 8 && k->u8_levels ? 128 : 0;
 }
 
@@ -551,7 +583,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     const mopt_kernels *k = j->c->k;
     const mopt_tensor *w = j->w;
     const mopt_quant_info *q = w->quant;
-    const int64_t in = j->in, nb = in / 32, bpg = nb / j->ng, ng = j->ng;
+    const int64_t in = j->in, nb = in / j->bs, bpg = nb / j->ng, ng = j->ng;
     const int64_t o0 = task * GEMM_ROWS, rows = j->out - o0 < GEMM_ROWS ? j->out - o0 : GEMM_ROWS;
     const uint8_t *src = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
     int8_t *ws = (int8_t *)j->c->wscratch[thread]; /* [rows, in] weights, then [rows, in] |w|, then scales and zeros */
@@ -560,10 +592,12 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
     const int32_t off = u8_level_offset(k, w); /* > 0: gemm_q4_q8 */
     const float *scale = NULL, *zero = NULL;
     if (w->dtype == MOPT_DTYPE_W8A8) scale = (const float *)q->scale->data + o0; /* a float scale per row */
-    if (w->dtype == MOPT_DTYPE_KQUANT) { /* Q4_K: levels as they are, a scale and zero-point per 32 (q4k_scales) */
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* levels as they are, a scale (and zero-point) per sub-block */
         for (int64_t r = 0; r < rows; r++) {
-            k->unpack_q4k(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
-            q4k_scales(src + (size_t)r * w->nb[1], in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+            const uint8_t *row = src + (size_t)r * w->nb[1];
+            k->unpack_kquant(row, q->bits, in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
+            if (q->bits == 4 || q->bits == 5) q45k_scales(row, in / MOPT_KQ_BLOCK, off, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+            else kq16_scales(row, q->bits, in / MOPT_KQ_BLOCK, sf + r * ng, zf + r * ng);
         }
     } else if (off) { /* levels summed as level - off (xzt); the scales as floats and an asymmetric zero-point's rest s (z - off) */
         const uint16_t *sc = (const uint16_t *)q->scale->data + o0 * ng;
@@ -591,8 +625,9 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         float *y = j->y + (size_t)t0 * j->y_stride + o0;
         const int32_t ntok = j->T - t0 < 8 ? j->T - t0 : 8;
         if (off) {
-            const float *zs = q->zero || w->dtype == MOPT_DTYPE_KQUANT ? zf : NULL;
-            k->gemm_q4_q8((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst, ng, bpg, y, j->y_stride, ntok);
+            const float *zs = q->zero || (w->dtype == MOPT_DTYPE_KQUANT && q->bits != 3 && q->bits != 6) ? zf : NULL; /* those have no mins */
+            (j->bs == 16 ? k->gemm_q4_q8_b16 : k->gemm_q4_q8)((const uint8_t *)ws, in, rows, sf, zs, xi, j->xzt + tile * 8 * nb, xdt, xst,
+                                                             ng, bpg, y, j->y_stride, ntok);
         } else if (w->dtype == MOPT_DTYPE_W8A8) /* every block of a token has the token's scale: take block 0's */
             k->gemm_s8_rows(ws, wa, in, rows, scale, xi, xdt, y, j->y_stride, ntok);
         else
@@ -660,17 +695,19 @@ static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *
  * integers), with the sums of every 16 levels for the mins and the offset of 32 */
 static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
     const size_t n = (size_t)j->T * (size_t)j->in;
-    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t));
+    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t) + n);
     float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, n / MOPT_KQ_BLOCK * sizeof(float));
     if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     int16_t *s16 = (int16_t *)(void *)(xq + n); /* n is a multiple of 256: aligned */
+    int8_t *ordered = xq + n + n / 16 * sizeof(int16_t);
     quantize_blocks_i8(j, MOPT_KQ_BLOCK, xq, xd);
     for (size_t i = 0; i < n / 16; i++) {
         int16_t s = 0;
         for (int l = 0; l < 16; l++) s = (int16_t)(s + xq[16 * i + (size_t)l]);
         s16[i] = s;
     }
-    j->xq8 = xq, j->xd = xd, j->xs16 = s16;
+    if (c->k->kquant_x_order) c->k->kquant_x_order(j->w->quant->bits, xq, (int64_t)n, ordered);
+    j->xq8 = c->k->kquant_x_order ? ordered : xq, j->xd = xd, j->xs16 = s16;
     run_gemv(c, j, gemv_task);
     return MOPT_OK;
 }
@@ -702,8 +739,9 @@ static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, m
     return MOPT_OK;
 }
 
-/* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per 32 (QINT, as
- * the decode kernels) or one per token (W8A8), laid out for the token lanes: for every 4 inputs 4 bytes per token.
+/* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per block of bs (32:
+ * QINT, as the decode kernels; 16: Q6_K's sub-blocks) or one per token (W8A8), laid out for the token lanes: for every
+ * 4 inputs 4 bytes per token.
  * Beside them each block's scale, each group's sum of x (scale times levels), and for 4-bit weights each block's
  * int32 start, -8 times its sum of levels, so the kernel sums (level - 8) x in integers. The last tile's padding
  * tokens are zeros. */
@@ -713,7 +751,7 @@ typedef struct {
     float *xdt, *xst;
     int32_t *xzt;
     int32_t off; /* the levels' offset (u8_level_offset): xzt = -off x each block's sum */
-    int64_t ng;
+    int64_t ng, bs;
     int8_t *tok; /* W8A8 (one scale a token): room for a token's levels for each tile; NULL for a scale per block */
 } xtile_job;
 
@@ -721,7 +759,7 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
     (void)thread;
     const xtile_job *q = p;
     const lin_job *j = q->j;
-    const int64_t in = j->in, nb = in / 32, ng = q->ng, bpg = nb / ng;
+    const int64_t in = j->in, bs = q->bs, nb = in / bs, ng = q->ng, bpg = nb / ng;
     int8_t *xt = q->xi + tile * 8 * in;
     float *xd = q->xdt + tile * 8 * nb, *xs = q->xst + tile * 8 * ng;
     int32_t *xz = q->xzt ? q->xzt + tile * 8 * nb : NULL;
@@ -737,12 +775,12 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
         if (tok) j->c->k->quantize_i8_blocks(x, in, in, tok, &dt); /* one block a token: quantize_token_i8's bits */
         for (int64_t b = 0; b < nb; b++) {
             int8_t buf[32];
-            const int8_t *qb = tok ? tok + 32 * b : buf;
+            const int8_t *qb = tok ? tok + bs * b : buf;
             float d = dt;
-            if (!tok) j->c->k->quantize_i8_blocks(x + 32 * b, 32, 32, buf, &d);
+            if (!tok) j->c->k->quantize_i8_blocks(x + bs * b, bs, bs, buf, &d);
             int32_t qs = 0;
-            for (int i = 0; i < 32; i++) qs += qb[i];
-            for (int cidx = 0; cidx < 8; cidx++) memcpy(xt + ((b * 8 + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
+            for (int i = 0; i < bs; i++) qs += qb[i];
+            for (int cidx = 0; cidx < bs / 4; cidx++) memcpy(xt + ((b * (bs / 4) + cidx) * 8 + l) * 4, qb + 4 * cidx, 4);
             xd[b * 8 + l] = d;
             xs[b / bpg * 8 + l] += d * (float)qs;
             if (xz) xz[b * 8 + l] = -q->off * qs;
@@ -750,20 +788,20 @@ static void int_gemm_x_task(void *p, int64_t tile, int32_t thread) {
     }
 }
 
-/* x for the integer GEMM in tiles (int_gemm_x_task), then the GEMM over all rows. */
-static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, mopt_error *err) {
-    const int64_t in = j->in, nb = in / 32, tiles = (j->T + 7) / 8;
+/* x for the integer GEMM in tiles (int_gemm_x_task) in blocks of bs values, then the GEMM over all rows. */
+static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, int64_t bs, mopt_error *err) {
+    const int64_t in = j->in, nb = in / bs, tiles = (j->T + 7) / 8;
     const int32_t off = u8_level_offset(c->k, j->w);
     const int per_token = j->w->dtype == MOPT_DTYPE_W8A8; /* one scale a token */
     const size_t zbytes = off ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0;
     int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + zbytes + (per_token ? (size_t)(tiles * in) : 0));
     float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
-    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng,
+    xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .bs = bs,
                    .off = off, .xzt = off ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL, /* in is a multiple of 32: aligned */
                    .tok = per_token ? xi + tiles * 8 * in + zbytes : NULL};
     mopt_pool_run(c->pool, tiles, int_gemm_x_task, &q);
-    j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng;
+    j->xq8 = xi, j->xd = xdt, j->xsum = q.xst, j->xzt = q.xzt, j->ng = ng, j->bs = bs;
     mopt_pool_run(c->pool, (j->out + GEMM_ROWS - 1) / GEMM_ROWS, int_gemm_task, j);
     return MOPT_OK;
 }
@@ -773,7 +811,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     lin_job j = {.c = c, .w = w, .b = b, .x = x, .T = T, .x_stride = xs, .y = y, .y_stride = ys, .in = w->ne[0], .out = w->ne[1]};
     const int64_t in = j.in;
     const int sp24_i8 = w->dtype == MOPT_DTYPE_SP24 && (w->quant->flags & MOPT_QUANT_VALUES_I8);
-    if (w->dtype == MOPT_DTYPE_W8A8 && T > GEMV_MAX_TOKENS && in % 32 == 0) return int_gemm(c, &j, 1, err);
+    if (w->dtype == MOPT_DTYPE_W8A8 && T > GEMV_MAX_TOKENS && in % 32 == 0) return int_gemm(c, &j, 1, 32, err);
     if (w->dtype == MOPT_DTYPE_W8A8 || sp24_i8) {
         /* per-token dynamic int8 activations: x = qx * max|x| / 127; the 2:4
          * kernel takes the levels as floats, which it multiplies exactly */
@@ -833,10 +871,14 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         in % (w->quant->group_size > 0 ? w->quant->group_size : in) == 0) {
         /* whole groups of whole blocks: x as int8 per block, as llama.cpp's Q8_0 */
         const int64_t ng = w->quant->scale->ne[0];
-        return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, err);
+        return T <= GEMV_MAX_TOKENS ? qint_decode(c, &j, ng, in / ng, err) : int_gemm(c, &j, ng, 32, err);
     }
     if (w->dtype == MOPT_DTYPE_KQUANT && T <= GEMV_MAX_TOKENS) return kquant_decode(c, &j, err);
-    if (w->dtype == MOPT_DTYPE_KQUANT && w->quant->bits == 4) return int_gemm(c, &j, in / 32, err); /* Q4_K prefill */
+    if (w->dtype == MOPT_DTYPE_KQUANT) { /* prefill: the integer GEMM where the set's sums hold the levels */
+        const int32_t bits = w->quant->bits;
+        if (bits == 4 || (bits == 5 && c->k->u8_levels)) return int_gemm(c, &j, in / 32, 32, err); /* sub-blocks of 32 */
+        if (bits != 5 && c->k->gemm_q4_q8_b16) return int_gemm(c, &j, in / 16, 16, err);           /* of 16 */
+    }
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx && !qint_fp8) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
         float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));

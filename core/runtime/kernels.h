@@ -75,9 +75,9 @@ typedef struct mopt_kernels {
                         const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
                         int64_t ys);
     /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
-     * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256], scales xd [nsb]), with
-     * xs16 [nsb * 16] the sums of xq over every 16 values: y[r] = the row's dot with the quantized x, each
-     * super-block's dot exact in int32 */
+     * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256] in kquant_x_order's order,
+     * scales xd [nsb]), with xs16 [nsb * 16] the sums of xq over every 16 values (in value order): y[r] = the row's
+     * dot with the quantized x, each super-block's dot exact in int32 */
     void (*gemv_q4k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y);
     void (*gemv_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
@@ -89,11 +89,28 @@ typedef struct mopt_kernels {
                         int64_t nsb, float *y);
     void (*gemv_q5k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
                         int64_t nsb, float *y);
+    /* n (a multiple of 256) values of int8 x in value order to the order the set's kernels for `bits`-bit k-quants
+     * read (each super-block's 32-value pieces moved to match its levels' unpacking); NULL: value order */
+    void (*kquant_x_order)(int32_t bits, const int8_t *xq, int64_t n, int8_t *out);
+    /* Each k-quant for 1 <= nt <= 8 tokens at once (batched decode), each row read once for all of them: token t's x
+     * at xq + t * 256 nsb, xd + t * nsb, xs16 + t * 16 nsb, y[t * ys + r] bit for bit what the one-token kernel gives
+     * that token alone. NULL: the caller runs the one-token kernel per token. */
+    void (*gemvs_q2k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q3k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q4k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q5k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
+    void (*gemvs_q6k_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
+                         int64_t nsb, int32_t nt, float *y, int64_t ys);
     /* nsb Q2_K ... Q6_K super-blocks (bits 2 ... 6) widened to 256 * nsb fp32 values, exactly as
      * mopt_weight_row_f32 decodes them (for SGEMM in prefill) */
     void (*dequant_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
-    /* nsb Q4_K super-blocks' levels (0..15) as 256 * nsb bytes in value order, for the integer prefill GEMM */
-    void (*unpack_q4k)(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
+    /* nsb Q2_K ... Q6_K super-blocks' levels (0..2^bits - 1, Q3_K's and Q5_K's high bit in place) as 256 * nsb bytes
+     * in value order, for the integer prefill GEMM */
+    void (*unpack_kquant)(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels);
     /* The prefill form of the 4-bit product, for one tile of 8 tokens:
      *   wl  the rows' levels (0..15; 0..255 where u8_levels) one byte each, [nrows, in]
      *   s   their scales as floats, zs (NULL: none) s (z - o), [nrows, ng]
@@ -109,6 +126,11 @@ typedef struct mopt_kernels {
                        int64_t y_stride, int32_t ntok);
     /* gemm_q4_q8 takes 8-bit levels too (its products go straight to int32: VNNI, the scalar set) */
     bool u8_levels;
+    /* gemm_q4_q8 over blocks of 16 values (k-quants' sub-blocks of 16; levels up to 63): xzt and xdt per 16 values,
+     * xi laid out the same. NULL where a block's sums would not fit the set's int16 steps (AVX2). */
+    void (*gemm_q4_q8_b16)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                           const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                           int64_t y_stride, int32_t ntok);
     /* The same GEMM for signed int8 weights w [nrows, in] with |w| in wa (w may
      * hold -128), summed from 0 (no xzt): float scales s and zero-point terms
      * zs [nrows, ng] (NULL: none), y = sum over groups of s (...) - zs xs. */
@@ -192,7 +214,8 @@ void mopt_gemv_q3k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, co
 void mopt_gemv_q5k_q8_avx2(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,
                            const int16_t *xs16, int64_t nsb, float *y);
 void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, float *dst);
-void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels);
+void mopt_unpack_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels);
+void mopt_unpack_kquant_ref(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels);
 void mopt_unpack_q4_avx2(const uint8_t *blocks, int64_t nb, uint8_t *levels);
 void mopt_unpack_s8_avx2(const uint8_t *src, int64_t n, uint8_t flip, int8_t *w, uint8_t *wa);
 

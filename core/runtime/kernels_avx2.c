@@ -420,7 +420,7 @@ void mopt_dequant_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, 
     }
 }
 
-void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
+static void unpack_q4k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
     const __m256i m4 = _mm256_set1_epi8(15);
     for (int64_t k = 0; k < nsb; k++)
         for (int i = 0; i < 4; i++) {
@@ -428,6 +428,12 @@ void mopt_unpack_q4k_avx2(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
             _mm256_storeu_si256((__m256i *)(levels + 256 * k + 64 * i), _mm256_and_si256(v, m4));
             _mm256_storeu_si256((__m256i *)(levels + 256 * k + 64 * i + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
         }
+}
+
+/* Q4_K in vector code (the only k-quant this set's integer GEMM takes), the others as the scalar set unpacks them */
+void mopt_unpack_kquant_avx2(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels) {
+    if (bits == 4) unpack_q4k(blocks, nsb, levels);
+    else mopt_unpack_kquant_ref(blocks, bits, nsb, levels);
 }
 
 /* Eight levels (indices 0..15 in 32-bit lanes) looked up in the 16-entry table lo:hi: both halves permuted by the
@@ -702,7 +708,7 @@ const mopt_kernels mopt_kernels_avx2 = {
     .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
     .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,
     .dequant_kquant = mopt_dequant_kquant_avx2,
-    .unpack_q4k = mopt_unpack_q4k_avx2,
+    .unpack_kquant = mopt_unpack_kquant_avx2,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .gemm_s8_q8 = gemm_s8_q8,

@@ -357,91 +357,304 @@ static void gemv_q8_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const 
     gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, ng, bpg, y, 8);
 }
 
-/* Q4_K, 64 values per vpdpbusd as the 4-bit GEMV: a 32-byte chunk of a super-block (sub-blocks 2i in the low
- * nibbles, 2i + 1 in the high) broadcast to both halves and masked, the high nibbles left in place at 16 times
- * their level, so lanes 0-7 sum sub-block 2i's products and lanes 8-15 16 times sub-block 2i + 1's; each chunk's
- * int32 sums converted and multiplied by its two sub-blocks' d sc xd (the odd one / 16, exactly) into its own
- * accumulator (four chains, none waiting on another). The mins' share, dmin m xd times each sub-block's x sum,
- * is summed in a vector of 8 beside them. */
-static void gemv_q4k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
-                        int64_t nsb, float *y) {
-    const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
-    const __m256 odd16 = _mm256_setr_ps(1, 1.0f / 16, 1, 1.0f / 16, 1, 1.0f / 16, 1, 1.0f / 16);
-    __m512i pick[4]; /* lanes 0..7 take sub-block 2i's scale, lanes 8..15 2i + 1's */
-    for (int i = 0; i < 4; i++) pick[i] = _mm512_inserti64x4(_mm512_set1_epi32(2 * i), _mm256_set1_epi32(2 * i + 1), 1);
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *b = w + (size_t)r * row_bytes;
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        __m256 macc = _mm256_setzero_ps();
-        for (int64_t k = 0; k < nsb; k++, b += 144) {
-            const int8_t *x = xq + 256 * k;
-            _mm_prefetch((const char *)b + QX_AHEAD, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + QX_AHEAD + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + QX_AHEAD + 128, _MM_HINT_T0);
-            uint8_t sc[8], mn[8];
-            mopt_kquant_scales_mins(b + 4, sc, mn);
-            uint16_t hd, hm;
-            memcpy(&hd, b, 2);
-            memcpy(&hm, b + 2, 2);
-            const __m256 scf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc))),
-                                             _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd) * xd[k]), odd16));
-            const __m512 scz = _mm512_castps256_ps512(scf);
-            for (int i = 0; i < 4; i++) {
-                const __m512i q = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * i))), mask);
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x + 64 * i));
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(pick[i], scz), acc[i]);
-            }
-            /* sub-block j's x sum: its two sums of 16 */
-            const __m256 xs = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(xs16 + 16 * k)), _mm256_set1_epi16(1)));
-            const __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn)));
-            macc = _mm256_fmadd_ps(_mm256_mul_ps(mf, _mm256_set1_ps(_cvtsh_ss(hm) * xd[k])), xs, macc);
+/* mopt_kquant_scales_mins in one vector, the 8 scales then the 8 mins, from the 12 bytes at q (read as 16: the block
+ * goes on past them). As 32-bit words u0, u1, u2: scales 0-3 and mins 0-3 are u0 and u1's low 6 bits a byte, scales
+ * and mins 4-7 u2's nibbles under u0 and u1's top 2 bits. */
+static inline __m128i kquant_scales_mins(const uint8_t *q) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)q);
+    const __m128i p = _mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4)); /* u0 u2 u1 u2>>4 */
+    const __m128i top = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);                       /* -, u0, -, u1 */
+    const __m128i low = _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f);
+    const __m128i high = _mm_setr_epi32(0, 0x30303030, 0, 0x30303030);
+    return _mm_or_si128(_mm_and_si128(p, low), _mm_and_si128(top, high));
+}
+
+/* Where the AVX-512 k-quant kernels want each 32 values of a super-block's x (kquant_x_order): one vector of
+ * Q4_K / Q5_K levels holds sub-blocks 4h and 4h + 2 (a 64-byte load's low nibbles) or 4h + 1 and 4h + 3 (its high
+ * ones); one of Q2_K / Q3_K levels the 32 values at 32kq and those at 128 + 32kq (a shift of its 64 bytes). */
+static const uint8_t kq_order45[8] = {0, 2, 1, 3, 4, 6, 5, 7}, kq_order23[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+static void kquant_x_order(int32_t bits, const int8_t *xq, int64_t n, int8_t *out) {
+    const uint8_t *order = bits == 4 || bits == 5 ? kq_order45 : bits == 2 || bits == 3 ? kq_order23 : NULL;
+    for (int64_t k = 0; k < n / 256; k++)
+        for (int j = 0; j < 8; j++) memcpy(out + 256 * k + 32 * j, xq + 256 * k + 32 * (order ? order[j] : j), 32);
+}
+
+/* A Q4_K / Q5_K super-block's levels, 64 a vector in kquant_x_order's order: [2h] the low nibbles of a 64-byte load
+ * (sub-blocks 4h and 4h + 2), [2h + 1] its high ones (4h + 1 and 4h + 3); Q5_K's fifth bits (bit j of each qh byte for
+ * sub-block j) brought to bit 4 by a rotate of each 32-bit lane that never takes a bit from another byte */
+static inline __attribute__((always_inline)) void q45k_levels(const uint8_t *b, const int five, __m512i lv[4]) {
+    const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(0x10);
+    const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16))) : _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++) {
+        const __m512i v = _mm512_loadu_si512(b + (five ? 48 : 16) + 64 * h);
+        lv[2 * h] = _mm512_and_si512(v, m4);
+        lv[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        for (int n = 0; five && n < 2; n++) { /* | (rotated qh & 0x10) */
+            const int a = 4 * h + n, c = a + 2;
+            const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi32((4 - a) & 31), _mm256_set1_epi32((4 - c) & 31), 1);
+            lv[2 * h + n] = _mm512_ternarylogic_epi32(lv[2 * h + n], _mm512_rolv_epi32(qh, rot), bit4, 0xF8);
         }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) - hsum256(macc);
     }
 }
 
-/* Q6_K, 64 values per vpdpbusd: each half of a super-block (64 bytes of low nibbles, 32 of high bit pairs) as two
- * vectors of 6-bit levels, quarters 0 and 1 (low nibbles, bit pairs 0 and 1) and quarters 2 and 3 (high nibbles,
- * bit pairs 2 and 3), the bit pairs shifted into place per 256-bit half by a variable 16-bit shift (no bit crosses
- * into a byte that keeps it). A vector's int32 lanes then hold, four by four, the sums of four consecutive
- * sub-blocks of 16, which take their d sc xd as floats into that vector's own accumulator; the levels' offset of
- * 32 comes off at the end, 32 times the sum over sub-blocks of d sc xd times the sub-block's x sum. */
-static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd, const int16_t *xs16,
-                        int64_t nsb, float *y) {
+/* A Q2_K / Q3_K super-block's levels, 64 a vector: [kq] values 32kq..+31 and 128 + 32kq..+31 (bits 2kq of the 64 level
+ * bytes); Q3_K's third bit (bit 4n + kq of hmask byte l) brought to bit 2 by a rotate that never takes a bit from another
+ * byte */
+static inline __attribute__((always_inline)) void q23k_levels(const uint8_t *b, const int three, __m512i lv[4]) {
+    const __m512i m3 = _mm512_set1_epi8(3), bit2 = _mm512_set1_epi8(4);
+    const __m512i v = _mm512_loadu_si512(b + (three ? 32 : 16));
+    const __m512i hm = three ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b)) : _mm512_setzero_si512();
+    for (int kq = 0; kq < 4; kq++) {
+        lv[kq] = _mm512_and_si512(_mm512_srli_epi16(v, 2 * kq), m3);
+        if (three) { /* | (rotated & 4) */
+            const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi32((2 - kq) & 31), _mm256_set1_epi32((2 - 4 - kq) & 31), 1);
+            lv[kq] = _mm512_ternarylogic_epi32(lv[kq], _mm512_rolv_epi32(hm, rot), bit2, 0xF8);
+        }
+    }
+}
+
+/* Q4_K and Q5_K for nt tokens at once (1 to 8), each row's levels unpacked once for all of them: a 64-byte load holds
+ * two 32-byte chunks, sub-blocks 4h and 4h + 2 in the low nibbles, 4h + 1 and 4h + 3 in the high, against x in
+ * kquant_x_order. Each token's x meets them in vpmaddubsw, whose pair sums fit int16 (levels <= 31, |x| <= 128), and
+ * vpdpwssd multiplies those by each sub-block's scale into int32: a super-block's dot stays in integers, as the AVX2
+ * kernel's, and takes d xd once. Q5_K's fifth bits (bit j of each qh byte for sub-block j) reach bit 4 by a rotate of
+ * each 32-bit lane that never takes a bit from another byte. The mins' share, dmin xd times the sum of m times each
+ * sub-block's x sum, is in integers per super-block too (m doubled against xs16's sums of 16). A token's operations,
+ * and so its bits, are the same whatever nt. */
+static inline __attribute__((always_inline)) void gemvs_q45k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                             const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
+                                                             const int nt, const int five) {
+    __m512i pick[4]; /* [2h + n]: the scales of sub-blocks 4h + n and 4h + n + 2 */
+    for (int h = 0; h < 2; h++)
+        for (int n = 0; n < 2; n++) {
+            const int a = 4 * h + n, c = a + 2;
+            pick[2 * h + n] = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * a)), _mm256_set1_epi16((short)(0x0100 + 0x0202 * c)), 1);
+        }
+    const size_t bb = five ? 176 : 144;
+    const int64_t in = 256 * nsb;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m512 acc[8];
+        __m256 macc[8];
+        for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps(), macc[t] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += bb) {
+            for (size_t l = 0; l < bb; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+            const __m128i smv = kquant_scales_mins(b + 4); /* 8 scales, 8 mins */
+            const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(_mm256_cvtepu8_epi16(smv)));
+            const __m256i mdup = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(smv, smv)); /* m0 m0 m1 m1 ...: against sums of 16 */
+            uint32_t dd;
+            memcpy(&dd, b, 4);
+            const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
+            __m512i lv[4], sv[4]; /* the levels of 64 values each, in x's order, and their sub-blocks' scales */
+            q45k_levels(b, five, lv);
+            for (int i = 0; i < 4; i++) sv[i] = _mm512_shuffle_epi8(sc, pick[i]);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
+                __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
+                __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
+                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
+                i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
+                const __m128 ds = _mm_mul_ps(dm, _mm_set1_ps(xd[(size_t)t * (size_t)nsb + (size_t)k])); /* d xd, dmin xd */
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), _mm512_broadcastss_ps(ds), acc[t]);
+                const __m256i mp = _mm256_madd_epi16(mdup, _mm256_loadu_si256((const __m256i *)(xs16 + (size_t)t * (size_t)(in / 16) + 16 * k)));
+                macc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_broadcastss_ps(_mm_movehdup_ps(ds)), macc[t]);
+            }
+        }
+        for (int t = 0; t < nt; t++) y[(size_t)t * (size_t)ys + (size_t)r] = hsum16(acc[t]) - hsum256(macc[t]);
+    }
+}
+
+
+/* Q2_K and Q3_K for nt tokens at once (1 to 8), each row's levels unpacked once for all of them: 64 bytes of 2-bit
+ * levels, bits 2kq of byte l value 32kq + l and of byte 32 + l value 128 + 32kq + l, so one shift and mask gives 64
+ * levels: sub-blocks 2kq, 2kq + 1 in the low half, 8 + 2kq, 9 + 2kq in the high, against x in kquant_x_order. Each 16
+ * values' pair sums (vpmaddubsw; levels <= 7) take their scale in vpdpwssd, the int16 scales picked per 128-bit lane
+ * by vpshufb from a vector holding scales 0-7 twice, then 8-15 twice. Q3_K's scales are unpacked in a vector; its
+ * third bit (bit 4n + kq of hmask byte l) reaches bit 2 by a rotate that never takes a bit from another byte, and its
+ * levels' offset of 4 comes off in integers (4 times the scales against each 16 values' x sum). Q2_K's mins, dmin xd
+ * times m against those sums, stay apart. A token's operations, and so its bits, are the same whatever nt. */
+static inline __attribute__((always_inline)) void gemvs_q23k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                             const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
+                                                             const int nt, const int three) {
+    const __m128i m4 = _mm_set1_epi8(15);
+    __m512i pick[4]; /* [kq]: scales 2kq (lanes 0, 2) and 2kq + 1 (lanes 1, 3) */
+    for (int kq = 0; kq < 4; kq++) {
+        const int e0 = (4 * kq) | (4 * kq + 1) << 8, e1 = e0 + 0x0202;
+        pick[kq] = _mm512_broadcast_i64x4(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)e0)), _mm_set1_epi16((short)e1), 1));
+    }
+    const size_t bb = three ? 110 : 84;
+    const int64_t in = 256 * nsb;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m512 acc[8];
+        __m256 macc[8];
+        for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps(), macc[t] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += bb) {
+            for (size_t l = 0; l < bb; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+            __m256i sc16, side16; /* the 16 scales; the 16 values Q2_K's mins (Q3_K: its scales) take against xs16 */
+            __m128 dm;            /* d, dmin (Q2_K) */
+            if (three) { /* scale j: the low nibble of byte j % 8 (the high one from j = 8) under bits 2 (j / 4)..+1 of byte 8 + j % 4 */
+                const __m128i raw = _mm_maskz_loadu_epi8(0x0FFF, b + 96);
+                const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(raw, m4), _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+                const __m128i top = _mm_srlv_epi32(_mm_shuffle_epi8(raw, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
+                const __m128i sc8 = _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(_mm_and_si128(top, _mm_set1_epi8(3)), 4)), _mm_set1_epi8(32));
+                side16 = sc16 = _mm256_cvtepi8_epi16(sc8);
+                uint16_t hd;
+                memcpy(&hd, b + 108, 2);
+                dm = _mm_set_ss(_cvtsh_ss(hd));
+            } else {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)b);
+                sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+                side16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+                uint32_t dd;
+                memcpy(&dd, b + 80, 4);
+                dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
+            }
+            const __m512i z = _mm512_castsi256_si512(sc16), scz = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
+            __m512i lv[4], sv[4];
+            q23k_levels(b, three, lv);
+            for (int kq = 0; kq < 4; kq++) sv[kq] = _mm512_shuffle_epi8(scz, pick[kq]);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
+                __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
+                __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
+                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
+                i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
+                const __m256i side = _mm256_madd_epi16(side16, _mm256_loadu_si256((const __m256i *)(xs16 + (size_t)t * (size_t)(in / 16) + 16 * k)));
+                __m512i isum = _mm512_add_epi32(i0, i1);
+                const __m128 ds = _mm_mul_ps(dm, _mm_set1_ps(xd[(size_t)t * (size_t)nsb + (size_t)k])); /* d xd, dmin xd */
+                if (three) isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(side, 2)));
+                else macc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(side), _mm256_broadcastss_ps(_mm_movehdup_ps(ds)), macc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_broadcastss_ps(ds), acc[t]);
+            }
+        }
+        for (int t = 0; t < nt; t++) y[(size_t)t * (size_t)ys + (size_t)r] = hsum16(acc[t]) - (three ? 0.0f : hsum256(macc[t]));
+    }
+}
+
+/* A Q6_K super-block's 256 levels in value order, 64 a vector: each half (64 bytes of low nibbles, 32 of high bit pairs)
+ * as quarters 0 and 1 (low nibbles, bit pairs 0 and 1) and quarters 2 and 3 (high nibbles, bit pairs 2 and 3), the
+ * bit pairs shifted into place per 256-bit half by a variable 16-bit shift (no bit crosses into a byte that keeps it) */
+static inline __attribute__((always_inline)) void q6k_levels(const uint8_t *b, __m512i lv[4]) {
     const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
     const __m512i lo_up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  /* bit pairs 0, 1 to bits 4-5 */
     const __m512i hi_down = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1); /* bit pairs 2, 3 */
-    __m512i pick[4]; /* vector c's lanes 4g..4g+3 take sub-block 4c + g's scale */
-    for (int c = 0; c < 4; c++)
-        pick[c] = _mm512_set_epi32(4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 1,
-                                   4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c, 4 * c, 4 * c, 4 * c);
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *b = w + (size_t)r * row_bytes;
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        __m512 off = _mm512_setzero_ps();
-        for (int64_t k = 0; k < nsb; k++, b += 210) {
-            const int8_t *x = xq + 256 * k;
-            for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
-            uint16_t hd;
-            memcpy(&hd, b + 208, 2);
-            const __m512 sf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192)))),
-                                            _mm512_set1_ps(_cvtsh_ss(hd) * xd[k])); /* F16C here: a call would spill every zmm */
-            off = _mm512_fmadd_ps(sf, _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(xs16 + 16 * k)))), off);
-            for (int n = 0; n < 2; n++) {
-                const __m512i l = _mm512_loadu_si512(b + 64 * n);
-                const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)));
-                const __m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, lo_up), m30));
-                const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(h, hi_down), m30));
-                const __m512i p01 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q01, _mm512_loadu_si512(x + 128 * n));
-                const __m512i p23 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q23, _mm512_loadu_si512(x + 128 * n + 64));
-                acc[2 * n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_permutexvar_ps(pick[2 * n], sf), acc[2 * n]);
-                acc[2 * n + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_permutexvar_ps(pick[2 * n + 1], sf), acc[2 * n + 1]);
-            }
-        }
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        y[r] = _mm512_reduce_add_ps(sum) - 32.0f * _mm512_reduce_add_ps(off);
+    for (int n = 0; n < 2; n++) {
+        const __m512i l = _mm512_loadu_si512(b + 64 * n);
+        const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)));
+        lv[2 * n] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, lo_up), m30));
+        lv[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(h, hi_down), m30));
     }
 }
+
+/* every k-quant's levels in value order: Q6_K's as they come, the others' 256-bit halves put in place */
+static void unpack_kquant(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels) {
+    const int64_t bb = mopt_kquant_block_bytes(bits);
+    for (int64_t k = 0; k < nsb; k++) {
+        const uint8_t *b = blocks + k * bb;
+        uint8_t *out = levels + 256 * k;
+        __m512i lv[4];
+        if (bits == 6) q6k_levels(b, lv);
+        else if (bits >= 4) q45k_levels(b, bits == 5, lv);
+        else q23k_levels(b, bits == 3, lv);
+        for (int i = 0; i < 4; i++) {
+            /* where each vector's two halves go: Q6_K 64i and 64i + 32; Q4_K / Q5_K sub-blocks (4h + n, 4h + n + 2)
+             * for i = 2h + n; Q2_K / Q3_K 32i and 128 + 32i */
+            const int lo = bits == 6 ? 64 * i : bits >= 4 ? 32 * (4 * (i / 2) + i % 2) : 32 * i;
+            const int hi = bits == 6 ? lo + 32 : bits >= 4 ? lo + 64 : lo + 128;
+            _mm256_storeu_si256((__m256i *)(out + lo), _mm512_castsi512_si256(lv[i]));
+            _mm256_storeu_si256((__m256i *)(out + hi), _mm512_extracti64x4_epi64(lv[i], 1));
+        }
+    }
+}
+
+/* Q6_K for nt tokens at once (1 to 8), each row's levels unpacked once for all of them (q6k_levels). Each 128-bit lane
+ * of a vector of levels holds one sub-block of 16: vpmaddubsw's pair sums fit int16 (levels <= 63, |x| <= 128) and vpdpwssd multiplies them
+ * by the sub-block's int8 scale (picked per lane by vpshufb) into int32, so a super-block's dot stays in integers and
+ * takes d xd once. The levels' offset of 32 comes off in integers: 32 times the scales against xs16's sums of 16. A
+ * token's operations, and so its bits, are the same whatever nt. */
+static inline __attribute__((always_inline)) void gemvs_q6k(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                            const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
+                                                            const int nt) {
+    /* [q]: 128-bit lane i takes int16 scale 4q + i of the (8-scale) half it is given */
+    const __m512i pick[2] = {_mm512_set_epi32(0x07060706, 0x07060706, 0x07060706, 0x07060706, 0x05040504, 0x05040504, 0x05040504, 0x05040504,
+                                              0x03020302, 0x03020302, 0x03020302, 0x03020302, 0x01000100, 0x01000100, 0x01000100, 0x01000100),
+                             _mm512_set_epi32(0x0F0E0F0E, 0x0F0E0F0E, 0x0F0E0F0E, 0x0F0E0F0E, 0x0D0C0D0C, 0x0D0C0D0C, 0x0D0C0D0C, 0x0D0C0D0C,
+                                              0x0B0A0B0A, 0x0B0A0B0A, 0x0B0A0B0A, 0x0B0A0B0A, 0x09080908, 0x09080908, 0x09080908, 0x09080908)};
+    const int64_t in = 256 * nsb;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        __m512 acc[8];
+        for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < nsb; k++, b += 210) {
+            for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)b + QX_AHEAD + l, _MM_HINT_T0);
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+            uint16_t hd;
+            memcpy(&hd, b + 208, 2);
+            const float d = _cvtsh_ss(hd);
+            __m512i lv[4], sv[4]; /* values 64i..64i+63's levels and their sub-blocks' scales */
+            q6k_levels(b, lv);
+            for (int n = 0; n < 2; n++) {
+                const __m512i half = _mm512_broadcast_i32x4(n ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
+                sv[2 * n] = _mm512_shuffle_epi8(half, pick[0]);
+                sv[2 * n + 1] = _mm512_shuffle_epi8(half, pick[1]);
+            }
+            for (int t = 0; t < nt; t++) {
+                const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
+                __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
+                __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
+                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
+                i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
+                const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(xs16 + (size_t)t * (size_t)(in / 16) + 16 * k)));
+                const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(i0, i1), _mm512_zextsi256_si512(_mm256_slli_epi32(off, 5)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * xd[(size_t)t * (size_t)nsb + (size_t)k]), acc[t]);
+            }
+        }
+        for (int t = 0; t < nt; t++) y[(size_t)t * (size_t)ys + (size_t)r] = hsum16(acc[t]);
+    }
+}
+
+/* The k-quant kernels, one-token and batched: nt (1 to 8) and the type constants in each copy, so the tokens'
+ * accumulators stay in registers */
+static inline __attribute__((always_inline)) void gemvs_kq_n(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                             const float *xd, const int16_t *xs16, int64_t nsb, float *y, int64_t ys,
+                                                             const int nt, const int bits) {
+    if (bits == 2 || bits == 3) gemvs_q23k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, nt, bits == 3);
+    else if (bits == 4 || bits == 5) gemvs_q45k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, nt, bits == 5);
+    else gemvs_q6k(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, nt);
+}
+
+static inline __attribute__((always_inline)) void gemvs_kq(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq,
+                                                           const float *xd, const int16_t *xs16, int64_t nsb, int32_t nt, float *y,
+                                                           int64_t ys, const int bits) {
+    switch (nt) {
+    case 1: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 1, bits); break;
+    case 2: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 2, bits); break;
+    case 3: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 3, bits); break;
+    case 4: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 4, bits); break;
+    case 5: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 5, bits); break;
+    case 6: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 6, bits); break;
+    case 7: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 7, bits); break;
+    case 8: gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, ys, 8, bits); break;
+    }
+}
+
+#define KQ_KERNELS(bits)                                                                                                    \
+    static void gemv_q##bits##k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,    \
+                                   const int16_t *xs16, int64_t nsb, float *y) {                                            \
+        gemvs_kq_n(w, row_bytes, nrows, xq, xd, xs16, nsb, y, 1, 1, bits);                                                  \
+    }                                                                                                                       \
+    static void gemvs_q##bits##k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const int8_t *xq, const float *xd,   \
+                                    const int16_t *xs16, int64_t nsb, int32_t nt, float *y, int64_t ys) {                   \
+        gemvs_kq(w, row_bytes, nrows, xq, xd, xs16, nsb, nt, y, ys, bits);                                                  \
+    }
+KQ_KERNELS(2)
+KQ_KERNELS(3)
+KQ_KERNELS(4)
+KQ_KERNELS(5)
+KQ_KERNELS(6)
+#undef KQ_KERNELS
 
 /* VNNI: vpdpbusd takes each step's 4 bytes times 4 bytes of every token straight into int32 lanes, where AVX2
  * needs pmaddubsw, an int16 sum and pmaddwd */
@@ -452,6 +665,7 @@ static void gemv_q6k_q8(const uint8_t *w, size_t row_bytes, int64_t nrows, const
 #define Q4_START(z) (z)
 #define Q4_BLOCK_SUM(a, z) (a)
 #define S8_STEP(a, wa4, xs) _mm256_dpbusd_epi32((a), (wa4), (xs))
+#define TILE_B16
 #include "kernels_tiles.h"
 
 #define VBITS 512
@@ -553,14 +767,21 @@ const mopt_kernels mopt_kernels_avx512 = {
     .gemvs_q8_q8 = gemvs_q8_q8,
     .gemv_q4k_q8 = gemv_q4k_q8,
     .gemv_q6k_q8 = gemv_q6k_q8,
-    .gemv_q2k_q8 = mopt_gemv_q2k_q8_avx2,
-    .gemv_q3k_q8 = mopt_gemv_q3k_q8_avx2,
-    .gemv_q5k_q8 = mopt_gemv_q5k_q8_avx2,
+    .gemv_q2k_q8 = gemv_q2k_q8,
+    .gemv_q3k_q8 = gemv_q3k_q8,
+    .gemv_q5k_q8 = gemv_q5k_q8,
+    .gemvs_q4k_q8 = gemvs_q4k_q8,
+    .gemvs_q5k_q8 = gemvs_q5k_q8,
+    .gemvs_q2k_q8 = gemvs_q2k_q8,
+    .gemvs_q3k_q8 = gemvs_q3k_q8,
+    .gemvs_q6k_q8 = gemvs_q6k_q8,
+    .kquant_x_order = kquant_x_order,
     .dequant_kquant = mopt_dequant_kquant_avx2,
-    .unpack_q4k = mopt_unpack_q4k_avx2,
+    .unpack_kquant = unpack_kquant,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = mopt_unpack_q4_avx2,
     .u8_levels = true,
+    .gemm_q4_q8_b16 = gemm_q4_q8_b16,
     .gemm_s8_q8 = gemm_s8_q8,
     .gemm_s8_rows = gemm_s8_rows,
     .unpack_s8 = mopt_unpack_s8_avx2,

@@ -318,15 +318,6 @@ static void dequant_kquant(const uint8_t *blocks, int32_t bits, int64_t nsb, flo
     for (int64_t k = 0; k < nsb; k++) mopt_kquant_block_f32(bits, blocks + k * mopt_kquant_block_bytes(bits), dst + 256 * k);
 }
 
-static void unpack_q4k(const uint8_t *blocks, int64_t nsb, uint8_t *levels) {
-    for (int64_t k = 0; k < nsb; k++)
-        for (int i = 0; i < 4; i++)
-            for (int l = 0; l < 32; l++) {
-                const uint8_t v = blocks[144 * k + 16 + 32 * i + l];
-                levels[256 * k + 64 * i + l] = v & 15;
-                levels[256 * k + 64 * i + 32 + l] = v >> 4;
-            }
-}
 
 static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0, int64_t i1, int32_t l) {
     int32_t d = 0;
@@ -334,20 +325,56 @@ static int32_t tile_dot(const uint8_t *w, int sgn, const int8_t *xi, int64_t i0,
     return d;
 }
 
-static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
-                       const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                       int64_t y_stride, int32_t ntok) {
+static void gemm_q4_q8_bs(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                          const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                          int64_t y_stride, int32_t ntok, int bs) {
     for (int64_t r = 0; r < nrows; r++)
         for (int32_t l = 0; l < ntok; l++) {
             float acc = 0;
             for (int64_t g = 0; g < ng; g++) {
                 float gacc = 0;
                 for (int64_t b = g * bpg; b < (g + 1) * bpg; b++)
-                    gacc += xdt[b * 8 + l] * (float)(xzt[b * 8 + l] + tile_dot(wl + r * in, 0, xi, 32 * b, 32 * b + 32, l));
+                    gacc += xdt[b * 8 + l] * (float)(xzt[b * 8 + l] + tile_dot(wl + r * in, 0, xi, bs * b, bs * b + bs, l));
                 acc += s[r * ng + g] * gacc - (zs ? zs[r * ng + g] * xst[g * 8 + l] : 0.0f);
             }
             y[l * y_stride + r] = acc;
         }
+}
+
+static void gemm_q4_q8(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                       const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                       int64_t y_stride, int32_t ntok) {
+    gemm_q4_q8_bs(wl, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 32);
+}
+
+static void gemm_q4_q8_b16(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
+                           const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
+                           int64_t y_stride, int32_t ntok) {
+    gemm_q4_q8_bs(wl, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 16);
+}
+
+/* A k-quant super-block's 256 levels in value order. Q2_K / Q3_K: value 128 n + 32 kq + l is bits 2 kq..+1 of
+ * qs[32 n + l], Q3_K's third bit bit 4 n + kq of hmask[l]; Q4_K / Q5_K: value 64 i + l (+ 32) the low (high) nibble of
+ * qs[32 i + l], Q5_K's fifth bit bit 2 i (2 i + 1) of qh[l]; Q6_K: value 128 n + 32 kq + l the low (kq < 2) or high
+ * nibble of ql[64 n + 32 (kq & 1) + l] under bits 2 kq..+1 of qh[32 n + l]. */
+static void kquant_levels(const uint8_t *b, int32_t bits, uint8_t *lv) {
+    for (int v = 0; v < 256; v++) {
+        const int n = v / 128, kq = v % 128 / 32, l = v % 32, i = v / 64, hi = v % 64 >= 32;
+        if (bits == 2 || bits == 3) {
+            const int q = (b[(bits == 3 ? 32 : 16) + 32 * n + l] >> (2 * kq)) & 3;
+            lv[v] = (uint8_t)(bits == 3 ? q | ((b[l] >> (4 * n + kq)) & 1) << 2 : q);
+        } else if (bits == 4 || bits == 5) {
+            const int q = b[(bits == 5 ? 48 : 16) + 32 * i + l];
+            lv[v] = (uint8_t)((hi ? q >> 4 : q & 15) | (bits == 5 ? ((b[16 + l] >> (2 * i + hi)) & 1) << 4 : 0));
+        } else {
+            const uint8_t q = b[64 * n + 32 * (kq & 1) + l], h = b[128 + 32 * n + l];
+            lv[v] = (uint8_t)((kq < 2 ? q & 15 : q >> 4) | ((h >> (2 * kq)) & 3) << 4);
+        }
+    }
+}
+
+void mopt_unpack_kquant_ref(const uint8_t *blocks, int32_t bits, int64_t nsb, uint8_t *levels) {
+    for (int64_t k = 0; k < nsb; k++) kquant_levels(blocks + k * mopt_kquant_block_bytes(bits), bits, levels + 256 * k);
 }
 
 static void gemm_s8_q8(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
@@ -487,7 +514,8 @@ const mopt_kernels mopt_kernels_ref = {
     .gemv_q3k_q8 = gemv_q3k_q8,
     .gemv_q5k_q8 = gemv_q5k_q8,
     .dequant_kquant = dequant_kquant,
-    .unpack_q4k = unpack_q4k,
+    .unpack_kquant = mopt_unpack_kquant_ref,
+    .gemm_q4_q8_b16 = gemm_q4_q8_b16,
     .gemm_q4_q8 = gemm_q4_q8,
     .unpack_q4 = unpack_q4,
     .u8_levels = true,

@@ -45,7 +45,8 @@ static inline __attribute__((always_inline)) __m256i s8_step(const int8_t *w, co
 static inline __attribute__((always_inline)) void int_tile(const uint8_t *wl, const uint8_t *wa, int64_t in, const float *s,
                                                             const float *zs, const int8_t *xi, const int32_t *xzt, const float *xdt,
                                                             const float *xst, int64_t ng, int64_t bpg, float *y,
-                                                            int64_t y_stride, int32_t ntok, const int R, const int one, const int s8) {
+                                                            int64_t y_stride, int32_t ntok, const int R, const int one, const int s8,
+                                                            const int bs) {
     __m256 acc[TILE_R], gacc[TILE_R];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t g = 0, b = 0; g < ng; g++) {
@@ -54,12 +55,12 @@ static inline __attribute__((always_inline)) void int_tile(const uint8_t *wl, co
             const __m256i z0 = s8 ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(xzt + 8 * b));
             __m256i a[TILE_R];
             for (int r = 0; r < R; r++) a[r] = s8 ? z0 : Q4_START(z0);
-            const int8_t *xb = xi + 256 * b;
+            const int8_t *xb = xi + 8 * bs * b;
 #pragma GCC unroll 8 /* unrolled, the chains' register copies go */
-            for (int c = 0; c < 8; c++) {
+            for (int c = 0; c < bs / 4; c++) {
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * c));
                 for (int r = 0; r < R; r++) {
-                    const int64_t o = r * in + 32 * b + 4 * c;
+                    const int64_t o = r * in + bs * b + 4 * c;
                     if (s8) {
                         a[r] = s8_step((const int8_t *)wl + o, wa + o, xv, a[r]);
                     } else {
@@ -89,29 +90,37 @@ static inline __attribute__((always_inline)) void int_tile(const uint8_t *wl, co
 static inline __attribute__((always_inline)) void int_tiles(const uint8_t *wl, const uint8_t *wa, int64_t in, int64_t nrows,
                                                              const float *s, const float *zs, const int8_t *xi, const int32_t *xzt,
                                                              const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
-                                                             int64_t y_stride, int32_t ntok, const int s8) {
+                                                             int64_t y_stride, int32_t ntok, const int s8, const int bs) {
     int64_t r = 0;
     for (; r + TILE_R <= nrows; r += TILE_R) {
         const uint8_t *war = s8 ? wa + r * in : NULL;
         const float *zr = zs ? zs + r * ng : NULL;
-        if (bpg == 1) int_tile(wl + r * in, war, in, s + r * ng, zr, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, TILE_R, 1, s8);
-        else int_tile(wl + r * in, war, in, s + r * ng, zr, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, TILE_R, 0, s8);
+        if (bpg == 1) int_tile(wl + r * in, war, in, s + r * ng, zr, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, TILE_R, 1, s8, bs);
+        else int_tile(wl + r * in, war, in, s + r * ng, zr, xi, xzt, xdt, xst, ng, bpg, y + r, y_stride, ntok, TILE_R, 0, s8, bs);
     }
     for (; r < nrows; r++)
         int_tile(wl + r * in, s8 ? wa + r * in : NULL, in, s + r * ng, zs ? zs + r * ng : NULL, xi, xzt, xdt, xst, ng, bpg, y + r,
-                 y_stride, ntok, 1, bpg == 1, s8);
+                 y_stride, ntok, 1, bpg == 1, s8, bs);
 }
 
 TILE_LINKAGE void TILE_FN(gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs, const int8_t *xi,
                           const int32_t *xzt, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                           int64_t y_stride, int32_t ntok) {
-    int_tiles(wl, NULL, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 0);
+    int_tiles(wl, NULL, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 0, 32);
 }
+
+#ifdef TILE_B16 /* blocks of 16: 4 steps a block, which int16 sums (AVX2's Q4_STEP) would overflow for 6-bit levels */
+TILE_LINKAGE void TILE_FN(gemm_q4_q8_b16)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs,
+                                          const int8_t *xi, const int32_t *xzt, const float *xdt, const float *xst, int64_t ng,
+                                          int64_t bpg, float *y, int64_t y_stride, int32_t ntok) {
+    int_tiles(wl, NULL, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 0, 16);
+}
+#endif
 
 TILE_LINKAGE void TILE_FN(gemm_s8_q8)(const int8_t *w, const uint8_t *wa, int64_t in, int64_t nrows, const float *s, const float *zs,
                           const int8_t *xi, const float *xdt, const float *xst, int64_t ng, int64_t bpg, float *y,
                           int64_t y_stride, int32_t ntok) {
-    int_tiles((const uint8_t *)w, wa, in, nrows, s, zs, xi, NULL, xdt, xst, ng, bpg, y, y_stride, ntok, 1);
+    int_tiles((const uint8_t *)w, wa, in, nrows, s, zs, xi, NULL, xdt, xst, ng, bpg, y, y_stride, ntok, 1, 32);
 }
 
 /* W8A8: one int32 sum per row and token over the whole row (|sum| < 2^31 for

@@ -468,6 +468,61 @@ static void test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(
     }
 }
 
+/* x as set k's k-quant kernels for `bits` read it (kquant_x_order; value order without one) */
+static void kquant_x_for(size_t k, int bits, const int8_t *xq, int64_t n, int8_t *out) {
+    if (sets[k]->kquant_x_order) sets[k]->kquant_x_order(bits, xq, n, out);
+    else memcpy(out, xq, (size_t)n);
+}
+
+/* The k-quant GEMVs (Q2_K ... Q6_K) against several tokens at once (batched decode) give each token the bits of the
+ * one-token kernel run for it alone: random bytes as blocks (finite d and dmin), rows of 1-5, 1-8 tokens, rows of 1 and
+ * 3 super-blocks. */
+static void test_kquant_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit(void **s) {
+    (void)s;
+    enum { R = 5, NT = 8 };
+    static const int64_t nsbs[] = {1, 3};
+    for (size_t k = 0; k < 3; k++) {
+        if (!mopt_kernels_supported(sets[k]) || !sets[k]->gemvs_q2k_q8) continue; /* a set has all five or none */
+        for (int bits = 2; bits <= 6; bits++)
+            for (size_t ni = 0; ni < sizeof nsbs / sizeof *nsbs; ni++) {
+                const int64_t nsb = nsbs[ni], in = 256 * nsb, bb = mopt_kquant_block_bytes(bits), rb = nsb * bb, ys = R + 3;
+                uint8_t *w = malloc((size_t)(R * rb));
+                int8_t *xq = malloc((size_t)(NT * in)), *xo = malloc((size_t)(NT * in));
+                int16_t *xs16 = malloc((size_t)(NT * in / 16) * sizeof *xs16);
+                float *xd = malloc((size_t)(NT * nsb) * sizeof *xd), *y = malloc((size_t)(NT * ys) * sizeof *y), *one = malloc(R * sizeof *one);
+                assert_true(w && xq && xo && xs16 && xd && y && one);
+                for (int64_t i = 0; i < R * rb; i++) w[i] = (uint8_t)(urand() & 0xFF);
+                for (int64_t b = 0; b < R * nsb; b++) {
+                    const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
+                    const int at = bits == 2 ? 80 : bits == 3 ? 108 : bits == 6 ? 208 : 0;
+                    memcpy(w + b * bb + at, &d, 2);
+                    if (bits != 3 && bits != 6) memcpy(w + b * bb + at + 2, &dm, 2);
+                }
+                for (int64_t i = 0; i < NT * in; i++) xq[i] = (int8_t)(urand() % 255 - 127);
+                for (int64_t i = 0; i < NT * in / 16; i++) {
+                    xs16[i] = 0;
+                    for (int l = 0; l < 16; l++) xs16[i] = (int16_t)(xs16[i] + xq[16 * i + l]);
+                }
+                for (int64_t i = 0; i < NT * nsb; i++) xd[i] = 0.01f * fabsf(frand());
+                kquant_x_for(k, bits, xq, NT * in, xo);
+                for (int32_t nr = 1; nr <= R; nr++)
+                    for (int32_t nt = 1; nt <= NT; nt++) {
+                        const mopt_kernels *ks = sets[k];
+                        (bits == 2 ? ks->gemvs_q2k_q8 : bits == 3 ? ks->gemvs_q3k_q8 : bits == 4 ? ks->gemvs_q4k_q8 : bits == 5 ? ks->gemvs_q5k_q8
+                                                                                                                 : ks->gemvs_q6k_q8)(
+                            w, (size_t)rb, nr, xo, xd, xs16, nsb, nt, y, ys);
+                        for (int32_t t = 0; t < nt; t++) {
+                            (bits == 2 ? ks->gemv_q2k_q8 : bits == 3 ? ks->gemv_q3k_q8 : bits == 4 ? ks->gemv_q4k_q8 : bits == 5 ? ks->gemv_q5k_q8
+                                                                                                                : ks->gemv_q6k_q8)(
+                                w, (size_t)rb, nr, xo + t * in, xd + t * nsb, xs16 + t * in / 16, nsb, one);
+                            for (int32_t r = 0; r < nr; r++) assert_memory_equal(&y[t * ys + r], &one[r], 4);
+                        }
+                    }
+                free(w), free(xq), free(xo), free(xs16), free(xd), free(y), free(one);
+            }
+    }
+}
+
 /* Consecutive rows against up to 8 tokens (the decode task's form): each
  * output is the bits of that row's own dot with that token, for every row
  * count up to 7 (the four-row block, then the two-row one, then a leftover
@@ -512,13 +567,16 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
 /* The k-quant decode kernels of every set (Q2_K ... Q6_K rows against int8 x per 256, as llama.cpp's
  * Q8_K) against float64 over the rows as mopt_weight_row_f32 decodes them, and each set's widening for prefill
  * bit for bit against those rows: random bytes are valid blocks once d and dmin are finite, so every scale, min
- * and level pattern occurs; 5 rows of 3 super-blocks. */
-static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
+ * and level pattern occurs. */
+static void check_kquant_kernels(const int ROWS, const int NSB) {
     static const int bits[] = {2, 3, 4, 5, 6};
-    enum { ROWS = 5, NSB = 3, IN = 256 * NSB };
-    int8_t xq[IN];
-    int16_t xs16[IN / 16];
-    float xd[NSB], row[IN], y[ROWS];
+    const int IN = 256 * NSB;
+    int8_t *xq = malloc((size_t)IN), *xo = malloc((size_t)IN);
+    int16_t *xs16 = malloc((size_t)IN / 16 * sizeof *xs16);
+    float *xd = malloc((size_t)NSB * sizeof *xd), *row = malloc((size_t)IN * sizeof *row), *y = malloc((size_t)ROWS * sizeof *y);
+    float *wide = malloc((size_t)IN * sizeof *wide);
+    double *ref = malloc((size_t)ROWS * sizeof *ref), *mag = malloc((size_t)ROWS * sizeof *mag);
+    assert_true(xq && xo && xs16 && xd && row && y && wide && ref && mag);
     for (int i = 0; i < IN; i++) xq[i] = (int8_t)(frand() * 127.5f);
     for (int i = 0; i < IN / 16; i++) {
         xs16[i] = 0;
@@ -527,8 +585,9 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
     for (int k = 0; k < NSB; k++) xd[k] = 0.01f + 0.02f * fabsf(frand());
     for (size_t bi = 0; bi < sizeof bits / sizeof *bits; bi++) {
         const int32_t bb = mopt_kquant_block_bytes(bits[bi]);
-        uint8_t *blocks = malloc((size_t)(ROWS * NSB * bb));
-        for (int i = 0; i < ROWS * NSB * bb; i++) blocks[i] = (uint8_t)(frand() * 128.0f + 128.0f);
+        uint8_t *blocks = malloc((size_t)ROWS * (size_t)NSB * (size_t)bb);
+        assert_non_null(blocks);
+        for (size_t i = 0; i < (size_t)ROWS * (size_t)NSB * (size_t)bb; i++) blocks[i] = (uint8_t)(frand() * 128.0f + 128.0f);
         for (int b = 0; b < ROWS * NSB; b++) { /* finite d (and dmin) near 0.01 */
             uint8_t *blk = blocks + (size_t)b * (size_t)bb;
             const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
@@ -539,7 +598,6 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
         mopt_error err = {0};
         mopt_tensor *w = mopt_kquant_pack("w", ROWS, IN, bits[bi], blocks, &err);
         assert_non_null(w);
-        double ref[ROWS], mag[ROWS];
         for (int r = 0; r < ROWS; r++) {
             assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
             ref[r] = mag[r] = 0;
@@ -550,24 +608,31 @@ static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) {
             void (*f)(const uint8_t *, size_t, int64_t, const int8_t *, const float *, const int16_t *, int64_t, float *) =
                 bits[bi] == 2 ? sets[k]->gemv_q2k_q8 : bits[bi] == 3 ? sets[k]->gemv_q3k_q8 : bits[bi] == 4 ? sets[k]->gemv_q4k_q8
                 : bits[bi] == 5 ? sets[k]->gemv_q5k_q8 : sets[k]->gemv_q6k_q8;
-            f(blocks, (size_t)NSB * (size_t)bb, ROWS, xq, xd, xs16, NSB, y);
+            kquant_x_for(k, bits[bi], xq, IN, xo);
+            f(blocks, (size_t)NSB * (size_t)bb, ROWS, xo, xd, xs16, NSB, y);
             for (int r = 0; r < ROWS; r++) { /* the prefill's widening: the very floats the row decodes to */
-                float wide[IN];
-                sets[k]->dequant_kquant(blocks + (size_t)r * NSB * (size_t)bb, bits[bi], NSB, wide);
+                sets[k]->dequant_kquant(blocks + (size_t)r * (size_t)NSB * (size_t)bb, bits[bi], NSB, wide);
                 assert_int_equal(mopt_weight_row_f32(w, r, row, &err), MOPT_OK);
-                if (memcmp(wide, row, sizeof row)) fprintf(stderr, "%s q%d_k row %d: widened values differ\n", sets[k]->name, bits[bi], r);
-                assert_memory_equal(wide, row, sizeof row);
+                if (memcmp(wide, row, (size_t)IN * sizeof *row)) fprintf(stderr, "%s q%d_k row %d: widened values differ\n", sets[k]->name, bits[bi], r);
+                assert_memory_equal(wide, row, (size_t)IN * sizeof *row);
             }
             for (int r = 0; r < ROWS; r++) {
                 if (fabs(y[r] - ref[r]) > 1e-6 * mag[r] + 1e-6)
-                    fprintf(stderr, "%s q%d_k row %d: %.9g against %.9g\n", sets[k]->name, bits[bi], r, y[r], ref[r]);
+                    fprintf(stderr, "%s q%d_k row %d of %d super-blocks: %.9g against %.9g\n", sets[k]->name, bits[bi], r, NSB, y[r], ref[r]);
                 assert_true(fabs(y[r] - ref[r]) <= 1e-6 * mag[r] + 1e-6);
             }
         }
         mopt_tensor_free(w);
         free(blocks);
     }
+    free(xq), free(xo), free(xs16), free(xd), free(row), free(y), free(wide), free(ref), free(mag);
 }
+
+/* 5 rows of 3 super-blocks */
+static void test_kquant_decode_kernels_match_float64_in_every_set(void **s) { check_kquant_kernels(5, 3); }
+
+/* 3 rows of 130 super-blocks (33280 inputs, past a 70B model's FFN): x laid out over the whole row */
+static void test_kquant_decode_kernels_take_rows_of_33280_inputs(void **s) { check_kquant_kernels(3, 130); }
 
 /* The read-bandwidth probe's sum is exact in every set, whatever the length's remainder against the vector width */
 static void test_word_sums_are_exact_in_every_set(void **s) {
@@ -610,8 +675,10 @@ int main(void) {
         cmocka_unit_test(test_batched_dots_equal_each_tokens_own_dot_bit_for_bit),
         cmocka_unit_test(test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit),
         cmocka_unit_test(test_int_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
+        cmocka_unit_test(test_kquant_gemv_of_several_tokens_equals_each_token_alone_bit_for_bit),
         cmocka_unit_test(test_int8_block_quantization_rounds_as_defined),
         cmocka_unit_test(test_kquant_decode_kernels_match_float64_in_every_set),
+        cmocka_unit_test(test_kquant_decode_kernels_take_rows_of_33280_inputs),
         cmocka_unit_test(test_swiglu_matches_float64_within_4_ulp),
         cmocka_unit_test(test_attention_kernels_match_float64),
         cmocka_unit_test(test_word_sums_are_exact_in_every_set),

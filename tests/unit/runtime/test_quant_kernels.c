@@ -181,6 +181,49 @@ static void test_qint_linear_gives_each_token_of_a_batch_the_bits_it_gets_alone(
             }
 }
 
+/* The k-quant linears (Q2_K ... Q6_K rows) against 1-8 tokens (a server's batch, speculative verification): each
+ * token gets the bits it gets alone, and that is its dot with x as int8 per 256 values (llama.cpp's Q8_K) within
+ * 1e-5 of the products' magnitude in float64. Random bytes are valid blocks once d and dmin are finite. */
+static void test_kquant_linear_gives_each_token_of_a_batch_the_bits_it_gets_alone(void **s) {
+    (void)s;
+    const int64_t out = 21, in = 512;
+    for (int bits = 2; bits <= 6; bits++) {
+        const int32_t bb = mopt_kquant_block_bytes(bits);
+        const int64_t nblk = out * (in / 256);
+        uint8_t *blocks = malloc((size_t)(nblk * bb));
+        for (int64_t i = 0; i < nblk * bb; i++) blocks[i] = (uint8_t)(urand() & 0xFF);
+        for (int64_t b = 0; b < nblk; b++) {
+            const uint16_t d = mopt_f32_to_f16(0.005f + 0.01f * fabsf(frand())), dm = mopt_f32_to_f16(0.01f * fabsf(frand()));
+            const int at = bits == 2 ? 80 : bits == 3 ? 108 : bits == 6 ? 208 : 0;
+            memcpy(blocks + b * bb + at, &d, 2);
+            if (bits != 3 && bits != 6) memcpy(blocks + b * bb + at + 2, &dm, 2);
+        }
+        mopt_error err = {0};
+        mopt_tensor *w = mopt_kquant_pack("w", out, in, bits, blocks, &err);
+        assert_non_null(w);
+        float *x = malloc((size_t)(8 * in) * sizeof *x), *row = malloc((size_t)in * sizeof *row);
+        for (int64_t i = 0; i < 8 * in; i++) x[i] = frand();
+        float *xa = q8_blocks(x, 8 * in, 256);
+        float y[8 * 21], one[21];
+        for (int32_t T = 1; T <= 8; T++) {
+            assert_int_equal(mopt_cpu_linear_once(2, NULL, w, NULL, x, T, y, &err), MOPT_OK);
+            for (int32_t t = 0; t < T; t++) {
+                assert_int_equal(mopt_cpu_linear_once(2, NULL, w, NULL, x + t * in, 1, one, &err), MOPT_OK);
+                assert_memory_equal(y + t * out, one, sizeof one);
+                for (int64_t o = 0; o < out; o++) {
+                    assert_int_equal(mopt_weight_row_f32(w, o, row, &err), MOPT_OK);
+                    double ref = 0, mag = 0;
+                    for (int64_t i = 0; i < in; i++) ref += (double)row[i] * xa[t * in + i], mag += fabs((double)row[i] * xa[t * in + i]);
+                    if (fabs(one[o] - ref) > 1e-5 * mag) fprintf(stderr, "q%d_k row %ld token %d: %.9g against %.9g\n", bits, (long)o, t, one[o], ref);
+                    assert_true(fabs(one[o] - ref) <= 1e-5 * mag);
+                }
+            }
+        }
+        mopt_tensor_free(w);
+        free(blocks), free(x), free(row), free(xa);
+    }
+}
+
 /* 4- and 8-bit rows longer than the GEMV's per-call buffers (x in lane order and the pairs' x scales, 1024 blocks)
  * take the path that goes pair by pair (4 bits: shuffling each pair's x where it is used): against float64 with x as
  * int8 per 32 values, for groups of 128 and of one block (Q4_0's and Q8_0's), symmetric and not, decode (one token)
@@ -538,8 +581,9 @@ static void kquant_block(int bits, uint8_t *blk, double *val) {
 }
 
 /* Q2_K ... Q6_K rows decode to their parts' values, and linears over them match float64: decode (up to 8 tokens)
- * against x as int8 per 256 values (Q8_K), Q4_K's prefill against x as int8 per 32 (the integer GEMM), the other
- * prefills against x itself. Sub-blocks with a zero scale keep their mins. */
+ * against x as int8 per 256 values (Q8_K); prefill through the integer GEMM against x as int8 per sub-block (Q4_K
+ * per 32 everywhere, Q5_K per 32 where the set takes 8-bit levels, Q2_K, Q3_K and Q6_K per 16 where it has the GEMM
+ * over blocks of 16), else against x itself. Sub-blocks with a zero scale keep their mins. */
 static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
     const int bits[] = {2, 3, 4, 5, 6};
     const int64_t ins[] = {256, 768};
@@ -564,18 +608,21 @@ static void test_kquant_rows_decode_and_run_as_ggml_defines(void **s) {
                 float *x = malloc((size_t)(T * in) * sizeof *x);
                 double *ref = malloc((size_t)(T * out) * sizeof *ref);
                 for (int64_t i = 0; i < T * in; i++) x[i] = frand();
-                /* decode: every k-quant against x per 256 (Q8_K); prefill: Q4_K through the integer GEMM, x per 32 */
-                float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : bits[bi] == 4 ? q8_blocks(x, T * in, 32) : x;
-                for (int t = 0; t < T; t++)
-                    for (int64_t o = 0; o < out; o++) {
-                        double acc = 0;
-                        for (int64_t c = 0; c < in; c++) acc += wv[o * in + c] * xa[t * in + c];
-                        ref[t * out + o] = acc;
-                    }
                 char what[64];
                 snprintf(what, sizeof what, "q%d_k in=%lld", bits[bi], (long long)in);
-                check_linear(w, x, T, ref, 1e-4, what);
-                if (xa != x) free(xa);
+                for (int k = 0; k < 3; k++) {
+                    const int b32 = bits[bi] == 4 || (bits[bi] == 5 && kernel_sets[k]->u8_levels);
+                    const int b16 = bits[bi] != 4 && bits[bi] != 5 && kernel_sets[k]->gemm_q4_q8_b16;
+                    float *xa = T <= 8 ? q8_blocks(x, T * in, 256) : b32 ? q8_blocks(x, T * in, 32) : b16 ? q8_blocks(x, T * in, 16) : x;
+                    for (int t = 0; t < T; t++)
+                        for (int64_t o = 0; o < out; o++) {
+                            double acc = 0;
+                            for (int64_t c = 0; c < in; c++) acc += wv[o * in + c] * xa[t * in + c];
+                            ref[t * out + o] = acc;
+                        }
+                    check_linear_in(k, w, x, T, ref, 1e-4, what);
+                    if (xa != x) free(xa);
+                }
                 free(x);
                 free(ref);
             }
@@ -598,6 +645,7 @@ int main(void) {
         cmocka_unit_test(test_bad_packing_is_refused),
         cmocka_unit_test(test_qint_linear_matches_float64),
         cmocka_unit_test(test_qint_linear_gives_each_token_of_a_batch_the_bits_it_gets_alone),
+        cmocka_unit_test(test_kquant_linear_gives_each_token_of_a_batch_the_bits_it_gets_alone),
         cmocka_unit_test(test_int4_int8_rows_past_the_gemv_buffers_match_float64),
         cmocka_unit_test(test_act_order_g_idx_linear),
         cmocka_unit_test(test_w4a8_linear_rounds_activations_to_e4m3),
