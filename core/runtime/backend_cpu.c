@@ -135,7 +135,7 @@ typedef struct {
     const int32_t *xzt;   /* 4-bit integer GEMM: [tiles, in / 32, 8] each block's int32 start, -8 x its sum of levels */
     int64_t gemv_rows;    /* rows per decode task */
     int64_t ng;           /* integer GEMM: groups of x sums per token (1 for W8A8) */
-    int64_t bs;           /* integer GEMM: values per block of x (32; 16 for Q6_K's sub-blocks) */
+    int64_t bs;           /* integer GEMM: values per block of x (32; 16 for the k-quants with sub-blocks of 16) */
     const int8_t *xq;     /* W8A8: [T, in] quantized activations */
     const float *xscale;  /* W8A8: [T] their scales */
 } lin_job;
@@ -564,10 +564,11 @@ static void kq16_scales(const uint8_t *row, int32_t bits, int64_t nsb, float *s,
     }
 }
 
-/* The offset o of the levels the integer GEMM runs through gemm_q4_q8 (which sums (level - o) x): 8 for 4-bit QINT
- * and Q4_K, 32 for Q6_K, 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0 for the others (gemm_s8_*). */
+/* The offset o of the levels the integer GEMM runs through gemm_q4_q8 (which sums (level - o) x): 8 for 4-bit QINT,
+ * the middle level of Q2_K ... Q6_K (2, 4, 8, 16, 32), 128 for 8-bit QINT where the kernel set takes 8-bit levels; 0
+ * for the others (gemm_s8_*). */
 static int32_t u8_level_offset(const mopt_kernels *k, const mopt_tensor *w) {
-    if (w->dtype == MOPT_DTYPE_KQUANT) return w->quant->bits == 2 ? 2 : 4 << (w->quant->bits - 3); /* 2, 4, 8, 16, 32 */
+    if (w->dtype == MOPT_DTYPE_KQUANT) return 1 << (w->quant->bits - 1);
     if (w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 4) return 8;
     return w->dtype == MOPT_DTYPE_QINT && w->quant->bits == 8 && k->u8_levels ? 128 : 0;
 }
@@ -740,11 +741,10 @@ static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, m
 }
 
 /* The integer GEMM's x, one tile of 8 tokens per task: each token's values as int8 with a scale per block of bs (32:
- * QINT, as the decode kernels; 16: Q6_K's sub-blocks) or one per token (W8A8), laid out for the token lanes: for every
- * 4 inputs 4 bytes per token.
- * Beside them each block's scale, each group's sum of x (scale times levels), and for 4-bit weights each block's
- * int32 start, -8 times its sum of levels, so the kernel sums (level - 8) x in integers. The last tile's padding
- * tokens are zeros. */
+ * QINT, as the decode kernels, and Q4_K / Q5_K; 16: the k-quants with sub-blocks of 16) or one per token (W8A8), laid
+ * out for the token lanes: for every 4 inputs 4 bytes per token. Beside them each block's scale, each group's sum of x
+ * (scale times levels), and for unsigned levels each block's int32 start, -o times its sum of levels, so the kernel
+ * sums (level - o) x in integers. The last tile's padding tokens are zeros. */
 typedef struct {
     const lin_job *j;
     int8_t *xi;

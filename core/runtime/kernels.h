@@ -74,7 +74,7 @@ typedef struct mopt_kernels {
     void (*gemvs_q8_q8)(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s, const uint8_t *z, float zsym,
                         const int8_t *xq, const float *xd, const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y,
                         int64_t ys);
-    /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q4_K, Q6_K) against x
+    /* nrows k-quant rows of nsb super-blocks each (MOPT_DTYPE_KQUANT in mopt/quant.h: Q2_K ... Q6_K) against x
      * quantized to int8 per super-block of 256 values, as llama.cpp's Q8_K (xq [nsb * 256] in kquant_x_order's order,
      * scales xd [nsb]), with xs16 [nsb * 16] the sums of xq over every 16 values (in value order): y[r] = the row's
      * dot with the quantized x, each super-block's dot exact in int32 */
@@ -116,7 +116,7 @@ typedef struct mopt_kernels {
      *   s   their scales as floats, zs (NULL: none) s (z - o), [nrows, ng]
      *   xi  the tile's int8 x interleaved for token lanes, [in / 4][8 tokens][4]
      *   xzt each block's int32 start, -o times the block's sum of x levels [in / 32][8]
-     *       (o = 8 for 4-bit levels, 128 for 8-bit)
+     *       (o = 8 for 4-bit levels, 128 for 8-bit, a k-quant's middle level)
      *   xdt the tile's block scales [in / 32][8], xst its group sums [ng][8]
      *       (padding tokens: zeros)
      * y[l * y_stride + r] = sum over groups of s (sum over blocks of xd (sum of (level - o) x)) - zs xs,

@@ -380,6 +380,16 @@ static void kquant_x_order(int32_t bits, const int8_t *xq, int64_t n, int8_t *ou
         for (int j = 0; j < 8; j++) memcpy(out + 256 * k + 32 * j, xq + 256 * k + 32 * (order ? order[j] : j), 32);
 }
 
+/* One token's super-block in int32 lanes: 256 levels (lv, 64 a vector, in x's order) against x, each pair sum of
+ * vpmaddubsw (it fits int16: levels <= 63, |x| <= 128) times its sub-block's scale (sv) in vpdpwssd; two chains */
+static inline __attribute__((always_inline)) __m512i kq_dot(const __m512i lv[4], const __m512i sv[4], const int8_t *x) {
+    __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
+    __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
+    i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
+    i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
+    return _mm512_add_epi32(i0, i1);
+}
+
 /* A Q4_K / Q5_K super-block's levels, 64 a vector in kquant_x_order's order: [2h] the low nibbles of a 64-byte load
  * (sub-blocks 4h and 4h + 2), [2h + 1] its high ones (4h + 1 and 4h + 3); Q5_K's fifth bits (bit j of each qh byte for
  * sub-block j) brought to bit 4 by a rotate of each 32-bit lane that never takes a bit from another byte */
@@ -451,12 +461,8 @@ static inline __attribute__((always_inline)) void gemvs_q45k(const uint8_t *w, s
             for (int i = 0; i < 4; i++) sv[i] = _mm512_shuffle_epi8(sc, pick[i]);
             for (int t = 0; t < nt; t++) {
                 const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
-                __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
-                __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
-                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
-                i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
                 const __m128 ds = _mm_mul_ps(dm, _mm_set1_ps(xd[(size_t)t * (size_t)nsb + (size_t)k])); /* d xd, dmin xd */
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), _mm512_broadcastss_ps(ds), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kq_dot(lv, sv, x)), _mm512_broadcastss_ps(ds), acc[t]);
                 const __m256i mp = _mm256_madd_epi16(mdup, _mm256_loadu_si256((const __m256i *)(xs16 + (size_t)t * (size_t)(in / 16) + 16 * k)));
                 macc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_broadcastss_ps(_mm_movehdup_ps(ds)), macc[t]);
             }
@@ -517,12 +523,8 @@ static inline __attribute__((always_inline)) void gemvs_q23k(const uint8_t *w, s
             for (int kq = 0; kq < 4; kq++) sv[kq] = _mm512_shuffle_epi8(scz, pick[kq]);
             for (int t = 0; t < nt; t++) {
                 const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
-                __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
-                __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
-                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
-                i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
                 const __m256i side = _mm256_madd_epi16(side16, _mm256_loadu_si256((const __m256i *)(xs16 + (size_t)t * (size_t)(in / 16) + 16 * k)));
-                __m512i isum = _mm512_add_epi32(i0, i1);
+                __m512i isum = kq_dot(lv, sv, x);
                 const __m128 ds = _mm_mul_ps(dm, _mm_set1_ps(xd[(size_t)t * (size_t)nsb + (size_t)k])); /* d xd, dmin xd */
                 if (three) isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(side, 2)));
                 else macc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(side), _mm256_broadcastss_ps(_mm_movehdup_ps(ds)), macc[t]);
@@ -602,12 +604,8 @@ static inline __attribute__((always_inline)) void gemvs_q6k(const uint8_t *w, si
             }
             for (int t = 0; t < nt; t++) {
                 const int8_t *x = xq + (size_t)t * (size_t)in + 256 * k;
-                __m512i i0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[0], _mm512_loadu_si512(x)), sv[0]);
-                __m512i i1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(lv[1], _mm512_loadu_si512(x + 64)), sv[1]);
-                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(lv[2], _mm512_loadu_si512(x + 128)), sv[2]);
-                i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(lv[3], _mm512_loadu_si512(x + 192)), sv[3]);
                 const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(xs16 + (size_t)t * (size_t)(in / 16) + 16 * k)));
-                const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(i0, i1), _mm512_zextsi256_si512(_mm256_slli_epi32(off, 5)));
+                const __m512i isum = _mm512_sub_epi32(kq_dot(lv, sv, x), _mm512_zextsi256_si512(_mm256_slli_epi32(off, 5)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * xd[(size_t)t * (size_t)nsb + (size_t)k]), acc[t]);
             }
         }

@@ -109,7 +109,7 @@ TILE_LINKAGE void TILE_FN(gemm_q4_q8)(const uint8_t *wl, int64_t in, int64_t nro
     int_tiles(wl, NULL, in, nrows, s, zs, xi, xzt, xdt, xst, ng, bpg, y, y_stride, ntok, 0, 32);
 }
 
-#ifdef TILE_B16 /* blocks of 16: 4 steps a block, which int16 sums (AVX2's Q4_STEP) would overflow for 6-bit levels */
+#ifdef TILE_B16 /* blocks of 16, for sets whose steps go straight to int32: AVX2's int16 sums (Q4_STEP) overflow with 6-bit levels */
 TILE_LINKAGE void TILE_FN(gemm_q4_q8_b16)(const uint8_t *wl, int64_t in, int64_t nrows, const float *s, const float *zs,
                                           const int8_t *xi, const int32_t *xzt, const float *xdt, const float *xst, int64_t ng,
                                           int64_t bpg, float *y, int64_t y_stride, int32_t ntok) {
