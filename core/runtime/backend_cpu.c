@@ -526,12 +526,13 @@ static void gemm_task(void *p, int64_t task, int32_t thread) {
             for (int64_t o = o0; o < o0 + rows; o++) j->y[(size_t)t * j->y_stride + o] += bias_at(j->b, o);
 }
 
-/* A Q4_K (off 8) or Q5_K (off 16) row as the integer GEMM takes it, s (q - off) - zs per 32 values: s = d sc,
- * zs = dmin m - off s. A sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1 and
- * zs = dmin m - off. */
-static void q45k_scales(const uint8_t *row, int64_t nsb, int32_t off, uint8_t *levels, float *s, float *zs) {
+/* A Q4_K or Q5_K row as the integer GEMM takes it, s (q - off) - zs per 32 values with off the middle level (8, 16):
+ * s = d sc, zs = dmin m - off s. A sub-block whose scale is 0 holds -dmin m alone: its levels become 0, with s = 1
+ * and zs = dmin m - off. */
+static void q45k_scales(const uint8_t *row, int32_t bits, int64_t nsb, uint8_t *levels, float *s, float *zs) {
+    const int32_t off = 1 << (bits - 1);
     for (int64_t k = 0; k < nsb; k++) {
-        const uint8_t *b = row + (off == 16 ? 176 : 144) * k;
+        const uint8_t *b = row + (size_t)mopt_kquant_block_bytes(bits) * (size_t)k;
         uint16_t hd, hm;
         memcpy(&hd, b, 2);
         memcpy(&hm, b + 2, 2);
@@ -597,7 +598,7 @@ static void int_gemm_task(void *p, int64_t task, int32_t thread) {
         for (int64_t r = 0; r < rows; r++) {
             const uint8_t *row = src + (size_t)r * w->nb[1];
             k->unpack_kquant(row, q->bits, in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in);
-            if (q->bits == 4 || q->bits == 5) q45k_scales(row, in / MOPT_KQ_BLOCK, off, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
+            if (q->bits == 4 || q->bits == 5) q45k_scales(row, q->bits, in / MOPT_KQ_BLOCK, (uint8_t *)ws + r * in, sf + r * ng, zf + r * ng);
             else kq16_scales(row, q->bits, in / MOPT_KQ_BLOCK, sf + r * ng, zf + r * ng);
         }
     } else if (off) { /* levels summed as level - off (xzt); the scales as floats and an asymmetric zero-point's rest s (z - off) */
@@ -696,7 +697,7 @@ static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *
  * integers), with the sums of every 16 levels for the mins and the offset of 32 */
 static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
     const size_t n = (size_t)j->T * (size_t)j->in;
-    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t) + n);
+    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t) + (c->k->kquant_x_order ? n : 0));
     float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, n / MOPT_KQ_BLOCK * sizeof(float));
     if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     int16_t *s16 = (int16_t *)(void *)(xq + n); /* n is a multiple of 256: aligned */
