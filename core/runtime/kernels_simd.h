@@ -359,28 +359,39 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     }
 }
 
-/* Decode attention (kernels.h). At long contexts the cache comes from memory (at 1,536 positions a 1B-class model's
- * K and V are 6 MB a layer): att_scores prefetches the K rows ATT_AHEAD positions on (K read 5-10% faster from
- * memory; att_values measured slower with it, 1 line in 8 of its loads being a prefetch). */
+/* Decode attention (kernels.h), over a cache of fp32 or of IEEE halves (half: widened as loaded). At long contexts
+ * the cache comes from memory (at 1,536 positions a 1B-class model's K and V are 6 MB a layer in fp32): att_scores
+ * prefetches the K rows ATT_AHEAD positions on (K read 5-10% faster from memory; att_values measured slower with
+ * it, 1 line in 8 of its loads being a prefetch). */
 #define ATT_AHEAD 32
 #define AV_COLS (VBITS == 512 ? 4 : 2) /* vectors of a V row a pass: 4 query heads x AV_COLS sums stay in registers */
-
-static inline void att_prefetch_row(const float *row, int32_t cols) {
-    for (int32_t l = 0; l < cols; l += 16) _mm_prefetch((const char *)(row + l), _MM_HINT_T0);
-}
-
 #define AS_HEADS (VBITS == 512 ? 4 : 2) /* query heads a pass over K: NH x 4 sums, NH q and 4 K vectors in registers */
+
+/* row p of a cache of fp32 or halves, ld values a row */
+static inline const void *att_row(const void *base, int64_t p, int64_t ld, const int half) {
+    return half ? (const void *)((const uint16_t *)base + (size_t)p * ld) : (const void *)((const float *)base + (size_t)p * ld);
+}
+static inline V att_load(const void *row, int32_t i, const int half) {
+    return half ? load_f16((const uint16_t *)row + i) : V_LOADU((const float *)row + i);
+}
+static inline float att_at(const void *row, int32_t i, const int half) {
+    return half ? mopt_f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
 
 /* NH query heads against four positions' K rows: the dot products summed across lanes together (V_HSUM4), each K
  * load serving every head. */
-static inline __attribute__((always_inline)) void att_scores_tile(const float *q, int32_t hd, const float *K, int64_t ld, int32_t p,
-                                                                  int32_t n, float scale, float *s, const int NH) {
-    const float *k0 = K + (size_t)p * ld, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
-    for (int32_t a = 0; a < 4 && p + ATT_AHEAD + a < n; a++) att_prefetch_row(K + (size_t)(p + ATT_AHEAD + a) * ld, hd);
+static inline __attribute__((always_inline)) void att_scores_tile(const float *q, int32_t hd, const void *K, int64_t ld, int32_t p,
+                                                                  int32_t n, float scale, float *s, const int half, const int NH) {
+    const void *k0 = att_row(K, p, ld, half), *k1 = att_row(K, p + 1, ld, half), *k2 = att_row(K, p + 2, ld, half),
+               *k3 = att_row(K, p + 3, ld, half);
+    for (int32_t a = 0; a < 4 && p + ATT_AHEAD + a < n; a++) {
+        const char *r = att_row(K, p + ATT_AHEAD + a, ld, half);
+        for (int32_t l = 0; l < hd * (half ? 2 : 4); l += 64) _mm_prefetch(r + l, _MM_HINT_T0);
+    }
     V acc[AS_HEADS][4];
     for (int h = 0; h < NH; h++) acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = V_ZERO();
     for (int32_t i = 0; i < hd; i += VW) {
-        const V u0 = V_LOADU(k0 + i), u1 = V_LOADU(k1 + i), u2 = V_LOADU(k2 + i), u3 = V_LOADU(k3 + i);
+        const V u0 = att_load(k0, i, half), u1 = att_load(k1, i, half), u2 = att_load(k2, i, half), u3 = att_load(k3, i, half);
         for (int h = 0; h < NH; h++) {
             const V x = V_LOADU(q + (size_t)h * hd + i);
             acc[h][0] = V_FMA(x, u0, acc[h][0]), acc[h][1] = V_FMA(x, u1, acc[h][1]);
@@ -393,22 +404,24 @@ static inline __attribute__((always_inline)) void att_scores_tile(const float *q
 /* att_scores: AS_HEADS query heads (then 2, 1) of the group sharing a KV head a pass over K, four positions at a
  * time; every sum keeps the one-head order, so the values are the same however the heads go. Positions past the
  * last four, and head sizes that are not a multiple of VW, in scalar loops. */
-static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+static inline __attribute__((always_inline)) void att_scores_any(const float *q, int32_t g, const void *K, int64_t ld, int32_t n,
+                                                                 int32_t hd, float scale, float *s, const int half) {
     const int32_t n4 = hd % VW == 0 ? n / 4 * 4 : 0;
     for (int32_t r = 0; r < g;) {
         const int32_t nh = g - r >= AS_HEADS ? AS_HEADS : g - r >= 2 ? 2 : 1;
         for (int32_t p = 0; p < n4; p += 4) {
-            if (nh == AS_HEADS) att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, AS_HEADS);
-            else if (nh == 2) att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, 2);
-            else att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, 1);
+            if (nh == AS_HEADS) att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, half, AS_HEADS);
+            else if (nh == 2) att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, half, 2);
+            else att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, half, 1);
         }
         r += nh;
     }
     for (int32_t r = 0; r < g; r++)
         for (int32_t p = n4; p < n; p++) {
-            const float *kp = K + (size_t)p * ld, *qr = q + (size_t)r * hd;
+            const void *kp = att_row(K, p, ld, half);
+            const float *qr = q + (size_t)r * hd;
             float d = 0;
-            for (int32_t i = 0; i < hd; i++) d += qr[i] * kp[i];
+            for (int32_t i = 0; i < hd; i++) d += qr[i] * att_at(kp, i, half);
             s[(size_t)r * n + p] = scale * d;
         }
 }
@@ -416,15 +429,15 @@ static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, in
 /* NH query heads (P's rows, n apart) against NC vectors of V's columns from i: one pass over the positions, each V
  * load serving every head, NH x NC independent sums (the old loop's two heads x two vectors waited on the FMA's
  * latency). Each sum runs over the positions in order, as the one-head loop's. */
-static inline __attribute__((always_inline)) void att_values_tile(const float *P, int32_t n, const float *Vr, int64_t ld, int32_t i,
-                                                                  float *out, int32_t hd, const int NH, const int NC) {
+static inline __attribute__((always_inline)) void att_values_tile(const float *P, int32_t n, const void *Vr, int64_t ld, int32_t i,
+                                                                  float *out, int32_t hd, const int half, const int NH, const int NC) {
     V acc[4][AV_COLS];
     for (int h = 0; h < NH; h++)
         for (int c = 0; c < NC; c++) acc[h][c] = V_ZERO();
     for (int32_t p = 0; p < n; p++) {
-        const float *v = Vr + (size_t)p * ld + i;
+        const void *v = att_row(Vr, p, ld, half);
         V vv[AV_COLS];
-        for (int c = 0; c < NC; c++) vv[c] = V_LOADU(v + c * VW);
+        for (int c = 0; c < NC; c++) vv[c] = att_load(v, i + c * VW, half);
         for (int h = 0; h < NH; h++) {
             const V w = V_SET1(P[(size_t)h * n + p]);
             for (int c = 0; c < NC; c++) acc[h][c] = V_FMA(w, vv[c], acc[h][c]);
@@ -436,7 +449,8 @@ static inline __attribute__((always_inline)) void att_values_tile(const float *P
 
 /* att_values: query heads 4 (then 2, 1) at a time over AV_COLS vectors of columns (then 2, 1); columns past the
  * last whole vector in scalar loops. */
-static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
+static inline __attribute__((always_inline)) void att_values_any(const float *P, int32_t g, const void *Vr, int64_t ld, int32_t n,
+                                                                 int32_t hd, float *out, const int half) {
     const int32_t vec = hd / VW * VW;
     for (int32_t i = 0; i < vec;) {
         const int32_t left = (vec - i) / VW, nc = left >= AV_COLS ? AV_COLS : left >= 2 ? 2 : 1;
@@ -444,7 +458,7 @@ static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, i
             const int32_t nh = g - r >= 4 ? 4 : g - r >= 2 ? 2 : 1;
             const float *pr = P + (size_t)r * n;
             float *o = out + (size_t)r * hd;
-#define AV_TILE(NH, NC) att_values_tile(pr, n, Vr, ld, i, o, hd, NH, NC)
+#define AV_TILE(NH, NC) att_values_tile(pr, n, Vr, ld, i, o, hd, half, NH, NC)
             if (nc == AV_COLS) nh == 4 ? AV_TILE(4, AV_COLS) : nh == 2 ? AV_TILE(2, AV_COLS) : AV_TILE(1, AV_COLS);
             else if (nc == 2) nh == 4 ? AV_TILE(4, 2) : nh == 2 ? AV_TILE(2, 2) : AV_TILE(1, 2);
             else nh == 4 ? AV_TILE(4, 1) : nh == 2 ? AV_TILE(2, 1) : AV_TILE(1, 1);
@@ -456,9 +470,22 @@ static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, i
     for (int32_t r = 0; r < g; r++)
         for (int32_t i = vec; i < hd; i++) {
             float a = 0;
-            for (int32_t p = 0; p < n; p++) a += P[(size_t)r * n + p] * Vr[(size_t)p * ld + i];
+            for (int32_t p = 0; p < n; p++) a += P[(size_t)r * n + p] * att_at(att_row(Vr, p, ld, half), i, half);
             out[(size_t)r * hd + i] = a;
         }
+}
+
+static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    att_scores_any(q, g, K, ld, n, hd, scale, s, 0);
+}
+static void att_scores_f16(const float *q, int32_t g, const uint16_t *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    att_scores_any(q, g, K, ld, n, hd, scale, s, 1);
+}
+static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
+    att_values_any(P, g, Vr, ld, n, hd, out, 0);
+}
+static void att_values_f16(const float *P, int32_t g, const uint16_t *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
+    att_values_any(P, g, Vr, ld, n, hd, out, 1);
 }
 
 /* four vector chains, so the loads, not the adds, set the pace */
