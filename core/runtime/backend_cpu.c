@@ -100,7 +100,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->k = mopt_kernels_get();
     c->max_ctx = max_ctx;
     int64_t att_rows = ATT_ROWS; /* prefill's query rows, or decode's query heads per KV head */
-    int64_t kv_quant = 0; /* a layer whose graph quantizes its cache */
+    bool kv_quant = false; /* a layer whose graph quantizes its cache */
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
@@ -108,7 +108,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
         if (n->op == MOPT_OP_ATTENTION && n->n_kv_heads > 0 && n->n_heads / n->n_kv_heads > att_rows)
             att_rows = n->n_heads / n->n_kv_heads;
         if (n->op == MOPT_OP_ATTENTION && n->head_dim > c->kv_hd) c->kv_hd = n->head_dim;
-        if (n->op == MOPT_OP_ATTENTION && mopt_graph_kv_quant(g, n->layer).format != MOPT_KV_FLOAT) kv_quant = 1;
+        if (n->op == MOPT_OP_ATTENTION && mopt_graph_kv_quant(g, n->layer).format != MOPT_KV_FLOAT) kv_quant = true;
     }
     c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
