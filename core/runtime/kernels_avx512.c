@@ -262,6 +262,36 @@ static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, s
 #define MT_PAIRS_MAX 64 /* the batched form's rows: up to 4096 inputs, x in lane order and the pair scales of 8 tokens
                         * in 64 KB of stack, as gemv_qx_q8's own */
 
+/* NT tokens' x (each in values apart) in the batched kernels' form, np pairs each: 4 bits in q4_pair_x's lane order, 8
+ * bits each pair's q8_centre */
+static inline __attribute__((always_inline)) void gemvs_lanes(const int8_t *xq, int64_t in, int64_t np, int8_t lanes[][64 * MT_PAIRS_MAX],
+                                                               const int bits, const int NT) {
+    for (int t = 0; t < NT; t++)
+        for (int64_t p = 0; p < np; p++) {
+            const int8_t *xp = xq + t * in + 64 * p;
+            _mm512_storeu_si512(lanes[t] + 64 * p, bits == 4 ? q4_lanes(xp) : q8_centre(_mm512_loadu_si512(xp)));
+        }
+}
+
+/* The batched kernels' end of row r: qx_zero_share's sums for NT tokens with the scales times zero-points formed once,
+ * every sum as hsum16 gives it (hsum8), then y = dot (+ the odd last block's tail) - the zero-points' share, as the
+ * one-token kernel has it. acc: all eight (hsum8 reads them). */
+static inline __attribute__((always_inline)) void gemvs_row_end(const __m512 *acc, const float *tails, const uint16_t *sr,
+                                                                 const uint8_t *zr, float zsym, float zoff, const float *xsum,
+                                                                 int64_t ng, float *y, int64_t ys, int64_t r, const int NT) {
+    __m512 zacc[8];
+    for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
+        const __m512 sz = qx_group_sz(sr, zr, zsym, zoff, g, m);
+        for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, xsum + t * ng + g), zacc[t]);
+    }
+    float dots[8], zeros[8];
+    hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], dots);
+    hsum8(zacc[0], zacc[1], zacc[2], zacc[3], zacc[4], zacc[5], zacc[6], zacc[7], zeros);
+    for (int t = 0; t < NT; t++) y[t * ys + r] = (tails ? dots[t] + tails[t] : dots[t]) - zeros[t];
+}
+
 /* gemv_qx_q8's paired rows for NT tokens at once: each block pair's weights loaded (and for 4 bits masked) once, then
  * every token's pair dot, pair scale and group scale exactly as the one-token kernel does them, so each token's
  * result is the same bits as alone. */
@@ -275,11 +305,8 @@ static inline __attribute__((always_inline)) void gemvs_paired(const uint8_t *w,
     __m512 xs2[8][MT_PAIRS_MAX];
     int8_t lanes[8][64 * MT_PAIRS_MAX]; /* 4 bits: x in lane order; 8 bits: each pair's q8_centre */
     for (int t = 0; t < NT; t++)
-        for (int64_t p = 0; p < np; p++) {
-            xs2[t][p] = pair_scale(xd[t * nb + 2 * p], xd[t * nb + 2 * p + 1], bits);
-            const int8_t *xp = xq + t * in + 64 * p;
-            _mm512_storeu_si512(lanes[t] + 64 * p, bits == 4 ? q4_lanes(xp) : q8_centre(_mm512_loadu_si512(xp)));
-        }
+        for (int64_t p = 0; p < np; p++) xs2[t][p] = pair_scale(xd[t * nb + 2 * p], xd[t * nb + 2 * p + 1], bits);
+    gemvs_lanes(xq, in, np, lanes, bits, NT);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         const uint16_t *sr = s + r * ng;
@@ -305,17 +332,7 @@ static inline __attribute__((always_inline)) void gemvs_paired(const uint8_t *w,
             const __m512 sg = _mm512_set1_ps(_cvtsh_ss(sr[g]));
             for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(gacc[t], sg, acc[t]);
         }
-        __m512 zacc[8]; /* qx_zero_share's sums, the scales times zero-points formed once for all tokens */
-        for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
-        for (int64_t g = 0; g < ng; g += 16) {
-            const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
-            const __m512 sz = qx_group_sz(sr, zr, zsym, zoff, g, m);
-            for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, xsum + t * ng + g), zacc[t]);
-        }
-        float dots[8], zeros[8]; /* hsum8: the lane sums of eight vectors, each hsum16's bits */
-        hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], dots);
-        hsum8(zacc[0], zacc[1], zacc[2], zacc[3], zacc[4], zacc[5], zacc[6], zacc[7], zeros);
-        for (int t = 0; t < NT; t++) y[t * ys + r] = dots[t] - zeros[t];
+        gemvs_row_end(acc, NULL, sr, zr, zsym, zoff, xsum, ng, y, ys, r, NT);
     }
 }
 
@@ -332,11 +349,7 @@ static inline __attribute__((always_inline)) void gemvs_blocks(const uint8_t *w,
     const float zoff = bits == 8 ? 128.0f : 0.0f;
     const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
     int8_t lanes[8][64 * MT_PAIRS_MAX]; /* laned: 4 bits x in lane order; 8 bits each pair's q8_centre */
-    for (int t = 0; laned && t < NT; t++)
-        for (int64_t p = 0; p < nb / 2; p++) {
-            const int8_t *xp = xq + t * in + 64 * p;
-            _mm512_storeu_si512(lanes[t] + 64 * p, bits == 4 ? q4_lanes(xp) : q8_centre(_mm512_loadu_si512(xp)));
-        }
+    if (laned) gemvs_lanes(xq, in, nb / 2, lanes, bits, NT);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         const uint16_t *sr = s + r * nb;
@@ -382,17 +395,7 @@ static inline __attribute__((always_inline)) void gemvs_blocks(const uint8_t *w,
         float tails[8];
         for (int t = 0; t < NT; t++)
             tails[t] = b < nb ? hsum256(qx_one(row + bb * b, xq + t * in + 32 * b, bits)) * _cvtsh_ss(sr[b]) * xd[t * nb + b] : 0;
-        __m512 zacc[8]; /* qx_zero_share's sums, as gemvs_paired's */
-        for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
-        for (int64_t g = 0; g < nb; g += 16) {
-            const __mmask16 mk = nb - g >= 16 ? (__mmask16)0xFFFF : tail_mask(nb - g);
-            const __m512 sz = qx_group_sz(sr, zr, zsym, zoff, g, mk);
-            for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(mk, xsum + t * nb + g), zacc[t]);
-        }
-        float dots[8], zeros[8];
-        hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], dots);
-        hsum8(zacc[0], zacc[1], zacc[2], zacc[3], zacc[4], zacc[5], zacc[6], zacc[7], zeros);
-        for (int t = 0; t < NT; t++) y[t * ys + r] = (dots[t] + tails[t]) - zeros[t];
+        gemvs_row_end(acc, tails, sr, zr, zsym, zoff, xsum, nb, y, ys, r, NT);
     }
 }
 
