@@ -1123,8 +1123,7 @@ static const float *kv_rows(const cpu_ctx *c, const mopt_op_args *a, int v, int3
     *ld = hd;
     if (a->kv.format == MOPT_KV_F16) {
         const uint16_t *h = (const uint16_t *)cache + kvh * hd;
-        for (int32_t p = 0; p < n; p++, h += kvd)
-            for (int32_t i = 0; i < hd; i++) buf[(size_t)p * hd + i] = mopt_f16_to_f32(h[i]);
+        for (int32_t p = 0; p < n; p++, h += kvd) c->k->cvt_f16(h, buf + (size_t)p * hd, hd);
         return buf;
     }
     const float s = (v ? a->kv.v_scale : a->kv.k_scale)[a->kv.n_scales > 1 ? kvh : 0];
