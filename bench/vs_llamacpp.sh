@@ -8,7 +8,9 @@
 # /tmp/mopt-vs-llamacpp) and llama-quantize makes a Q4_K_M and a Q3_K_M from the
 # F16 file (llama.cpp's own k-quant mixes, which mopt runs as stored), then REPS times
 # runs llama-bench and `mopt bench` on
-# each file one after the other, so both see the same machine state. It also
+# each file one after the other, so both see the same machine state. Both decode
+# after the prompt: `mopt bench` continues from it, llama-bench's generation
+# test runs at that depth (-d PROMPT). It also
 # times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
 # to llama.cpp's Q8_0 / Q4_0. Prints one table of medians: prefill and decode
 # tok/s, mopt / llama.cpp, and the fraction of the read bandwidth mopt measured
@@ -64,8 +66,11 @@ for r in $(seq 1 "$REPS"); do
     IFS='|' read -r name gguf what pipe <<<"${ROWS[$i]}"
     echo "round $r/$REPS: $name" >&2
     if [ ! -s "$RUNS/llama-$gguf-$r.json" ]; then
-      "$LLAMA_CPP_BIN/llama-bench" -m "$WORK/$gguf" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r 1 -o json \
-        >"$RUNS/llama-$gguf-$r.json" 2>/dev/null
+      # prefill of PROMPT tokens, then GEN decoded after PROMPT tokens of context (-d), as `mopt bench` decodes
+      { "$LLAMA_CPP_BIN/llama-bench" -m "$WORK/$gguf" -t "$THREADS" -p "$PROMPT" -n 0 -r 1 -o jsonl
+        "$LLAMA_CPP_BIN/llama-bench" -m "$WORK/$gguf" -t "$THREADS" -p 0 -n "$GEN" -d "$PROMPT" -r 1 -o jsonl
+      } >"$RUNS/llama-$gguf-$r.json.tmp" 2>/dev/null
+      mv "$RUNS/llama-$gguf-$r.json.tmp" "$RUNS/llama-$gguf-$r.json"
     fi
     args=(bench "$what" --threads "$THREADS" --prompt-len "$PROMPT" --gen "$GEN" --runs 1 --warmup 1 --quiet
           --json "$RUNS/mopt-$i-$r.json")
@@ -84,8 +89,10 @@ med = statistics.median
 def llama(gguf):
     pp, tg = [], []
     for r in range(1, reps + 1):
-        for e in json.load(open(f"{runs}/llama-{gguf}-{r}.json")):
-            (pp if e["n_prompt"] > 0 and e["n_gen"] == 0 else tg).append(e["avg_ts"])
+        for line in open(f"{runs}/llama-{gguf}-{r}.json"):
+            if line.strip():
+                e = json.loads(line)
+                (pp if e["n_prompt"] > 0 and e["n_gen"] == 0 else tg).append(e["avg_ts"])
     return med(pp), med(tg)
 
 def mopt(i):
@@ -93,7 +100,7 @@ def mopt(i):
     return (med(x["prefill_tok_s"] for x in d), med(x["decode_tok_s"] for x in d),
             med(x["decode_bandwidth_fraction"] for x in d), med(x["read_gb_s"] for x in d))
 
-print(f"{threads} threads, prompt {prompt}, {gen} generated, medians of {reps} interleaved runs\n")
+print(f"{threads} threads, prompt {prompt}, {gen} generated after it (llama-bench -d {prompt}), medians of {reps} interleaved runs\n")
 print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth |")
 print("|---|---|---|---|---|---|---|---|")
 for i, (name, gguf, _, _) in enumerate(rows):

@@ -49,6 +49,12 @@ int mopt_write_all(int fd, const void *data, size_t n, int64_t off);
 /* Memory for a large array streamed front to back (weights, the bandwidth probe): 64-byte aligned, and from 2 MiB
  * up 2 MiB-aligned and advised onto transparent huge pages. NULL when out of memory; free with free(). */
 void *mopt_alloc_streamed(size_t bytes);
+/* Zeroed memory for a large array filled as it goes and read over and over (KV caches): anonymous pages the kernel
+ * zeroes on first touch, so what is never written costs nothing, from 2 MiB up 2 MiB-aligned and advised onto huge
+ * pages (a cache read a head at a time strides across pages: on 4 KiB pages decode attention at 1,536 positions
+ * spent most of its time in TLB misses). NULL when out of memory; free with mopt_free_zeroed(p, bytes). */
+void *mopt_alloc_zeroed(size_t bytes);
+void mopt_free_zeroed(void *p, size_t bytes);
 
 /* Monotonic seconds. */
 double mopt_now(void);

@@ -24,7 +24,10 @@ bool cli_parse_threads(const char *s, long long *out);
 /* --device D: where the commands' sessions run, handed to them as $MOPT_DEVICE (mopt_session_opts.device), so the
  * passes a command runs see it too; a bad value fails when the first session opens, naming it. */
 #define CLI_OPT_DEVICE 1000
+#define CLI_OPT_KV_CACHE 1001
 void cli_set_device(const char *d);
+/* --kv-cache f32|f16: the sessions' cache of the float layers (read through $MOPT_KV_CACHE, checked there) */
+void cli_set_kv_cache(const char *k);
 
 /* Writes a JSON value to path atomically (temp file, then rename). */
 mopt_status cli_write_json(const char *path, json_t *j, mopt_error *err);

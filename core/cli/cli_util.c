@@ -145,3 +145,4 @@ const char *cli_export_pass(const char *format, mopt_options *o, mopt_error *err
 }
 
 void cli_set_device(const char *d) { setenv("MOPT_DEVICE", d, 1); }
+void cli_set_kv_cache(const char *k) { setenv("MOPT_KV_CACHE", k, 1); }

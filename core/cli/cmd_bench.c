@@ -11,7 +11,7 @@ int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {{"prompt-len", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
                                          {"runs", required_argument, 0, 'r'},       {"warmup", required_argument, 0, 'w'},
                                          {"text", required_argument, 0, 'x'},       {"json", required_argument, 0, 'j'},
-                                         {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},    {"pipeline", required_argument, 0, 'P'},
+                                         {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE}, {"kv-cache", required_argument, 0, CLI_OPT_KV_CACHE},    {"pipeline", required_argument, 0, 'P'},
                                          {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
                                          {"bandwidth-mib", required_argument, 0, 'b'}, {0, 0, 0, 0}};
     const char *plen = "128", *gen = "128", *runs = "5", *warm = "1", *text = NULL, *json_path = NULL, *pre = NULL, *bw = NULL;
@@ -30,19 +30,21 @@ int cmd_bench(int argc, char **argv) {
         case 'b': bw = optarg; break;
         case 'q': quiet = 1; break;
         case CLI_OPT_DEVICE: cli_set_device(optarg); break;
+        case CLI_OPT_KV_CACHE: cli_set_kv_cache(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("bench", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'h':
             printf("usage: mopt bench MODEL [--prompt-len 128[,512]] [--gen 128] [--runs 5] [--warmup 1] [--text FILE]\n"
                    "                  [--pipeline 'quant.rtn<bits=4>'] [--json OUT] [--threads N] [--bandwidth-mib 512]\n"
-                   "                  [--device cpu|cuda|cuda:N] [--quiet]\n\n"
+                   "                  [--device cpu|cuda|cuda:N] [--kv-cache f32|f16] [--quiet]\n\n"
                    "Times prefill of each prompt length and greedy decoding (warm-up runs excluded): medians\n"
                    "with min/max/stdev, per-token latency p50/p95/p99, time to first token, peak RSS.\n"
                    "Also the weight bytes a decode step reads per token, the GB/s that makes, and the machine's read\n"
                    "bandwidth measured on the same threads over a --bandwidth-mib buffer (0: skip), as a fraction.\n"
                    "--pipeline runs passes (e.g. quantization) on the model first. --device cuda runs the\n"
-                   "linears on the GPU (libmopt-cuda), the rest on the CPU.\n");
+                   "linears on the GPU (libmopt-cuda), the rest on the CPU. --kv-cache f16 keeps the KV cache in\n"
+                   "IEEE halves (half its memory and of what decode reads at long contexts; default f32).\n");
             return EXIT_OK;
         default: return cli_usage_error("bench", "unknown option");
         }

@@ -23,6 +23,7 @@ static void help(void) {
            "  --json OUT    also write {ppl, nll, tokens_scored, ctx, seconds, ...} to OUT\n"
            "  --threads N   worker threads (default: all cores)\n"
            "  --device D    cpu (default), cuda or cuda:N: the linears on that GPU\n"
+           "  --kv-cache F  f32 (default) or f16: the KV cache in IEEE halves\n"
            "  --quiet       no progress lines on stderr\n");
 }
 
@@ -30,7 +31,7 @@ int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"data", required_argument, 0, 'd'},    {"ctx", required_argument, 0, 'c'},
                                          {"baseline", required_argument, 0, 'B'},
                                          {"stride", required_argument, 0, 'S'},  {"limit-tokens", required_argument, 0, 'l'},
-                                         {"json", required_argument, 0, 'j'},    {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
+                                         {"json", required_argument, 0, 'j'},    {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE}, {"kv-cache", required_argument, 0, CLI_OPT_KV_CACHE},
                                          {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *data_path = NULL, *json_path = NULL, *ctx = "256", *baseline = NULL, *stride = NULL, *limit = NULL;
@@ -56,6 +57,7 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'j': json_path = optarg; break;
         case CLI_OPT_DEVICE: cli_set_device(optarg); break;
+        case CLI_OPT_KV_CACHE: cli_set_kv_cache(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("eval", "--threads expects a positive integer, got '%s'", optarg);

@@ -19,6 +19,7 @@ static void help(void) {
            "  --seed N          random seed (default: from the clock, printed on stderr)\n"
            "  --threads N       worker threads (default: all cores)\n"
            "  --device D        cpu (default), cuda or cuda:N: the linears on that GPU\n"
+           "  --kv-cache F      f32 (default) or f16: the KV cache in IEEE halves (half the memory)\n"
            "  --tokenizer PATH  tokenizer.json or llama2.c tokenizer file (default: the model's;\n"
            "                    for a llama2.c .bin, tokenizer.bin or tok*.bin beside it)\n"
            "  --draft MODEL     speculative decoding with this draft (same tokenizer); output is exactly\n"
@@ -74,7 +75,7 @@ int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
         {"prompt", required_argument, 0, 'p'}, {"max-new", required_argument, 0, 'n'},
         {"temp", required_argument, 0, 't'},   {"top-p", required_argument, 0, 'P'},
-        {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
+        {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE}, {"kv-cache", required_argument, 0, CLI_OPT_KV_CACHE},
         {"tokenizer", required_argument, 0, 'k'}, {"draft", required_argument, 0, 'D'},
         {"draft-k", required_argument, 0, 'K'},   {"lookup", required_argument, 0, 'L'},
         {"stats-json", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
@@ -104,6 +105,7 @@ int cmd_generate(int argc, char **argv) {
                 return cli_usage_error("generate", "--seed expects a non-negative integer, got '%s'", optarg);
             break;
         case CLI_OPT_DEVICE: cli_set_device(optarg); break;
+        case CLI_OPT_KV_CACHE: cli_set_kv_cache(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("generate", "--threads expects a positive integer, got '%s'", optarg);

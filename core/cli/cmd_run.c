@@ -76,7 +76,7 @@ int cmd_run(int argc, char **argv) {
 }
 
 int cmd_pipeline(int argc, char **argv) {
-    static const struct option opts[] = {{"json", required_argument, 0, 'j'}, {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
+    static const struct option opts[] = {{"json", required_argument, 0, 'j'}, {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE}, {"kv-cache", required_argument, 0, CLI_OPT_KV_CACHE},
                                          {"quiet", no_argument, 0, 'q'},       {"report-dir", required_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *json_path = NULL, *report_dir = NULL;
@@ -87,6 +87,7 @@ int cmd_pipeline(int argc, char **argv) {
         switch (c) {
         case 'j': json_path = optarg; break;
         case CLI_OPT_DEVICE: cli_set_device(optarg); break;
+        case CLI_OPT_KV_CACHE: cli_set_kv_cache(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("pipeline", "--threads expects a positive integer, got '%s'", optarg);
@@ -94,7 +95,7 @@ int cmd_pipeline(int argc, char **argv) {
         case 'q': quiet = 1; break;
         case 'R': report_dir = optarg; break;
         case 'h':
-            printf("usage: mopt pipeline 'PASS<k=v;k=v>,PASS...' MODEL [--json OUT] [--report-dir DIR] [--threads N] [--device D] [--quiet]\n\n"
+            printf("usage: mopt pipeline 'PASS<k=v;k=v>,PASS...' MODEL [--json OUT] [--report-dir DIR] [--threads N] [--device D] [--kv-cache f32|f16] [--quiet]\n\n"
                    "Runs the passes in order on MODEL and prints the report (JSON) on stdout.\n"
                    "--report-dir writes report.json, report.md and report.html there (also when a pass fails).\n"
                    "Exit status 3 when a gate (eval.gate) failed.\n");

@@ -53,6 +53,8 @@ static void help(void) {
            "  --drain-timeout S   seconds a SIGTERM waits for running requests (default 30)\n"
            "  --threads N         compute threads per model (default: all cores)\n"
            "  --device D          cpu (default), cuda or cuda:N: the models' linears on that GPU\n"
+           "  --kv-cache F        f32 (default) or f16: the KV caches in IEEE halves, so --kv-memory holds\n"
+           "                      twice the sequences\n"
            "  --chat-template F   render chat with the Jinja template in file F instead (both arms), or\n"
            "                      'plain' for the plain format\n"
            "  --verbose           log libmicrohttpd's messages too\n");
@@ -129,7 +131,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-seqs", required_argument, 0, 'q'},  {"max-batch", required_argument, 0, 'b'},
         {"ctx", required_argument, 0, 'x'},       {"queue", required_argument, 0, 'Q'},
         {"max-body", required_argument, 0, 'B'},  {"kv-memory", required_argument, 0, 'M'},  {"max-conns", required_argument, 0, 'C'},
-        {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE},
+        {"drain-timeout", required_argument, 0, 'D'}, {"threads", required_argument, 0, 'T'}, {"device", required_argument, 0, CLI_OPT_DEVICE}, {"kv-cache", required_argument, 0, CLI_OPT_KV_CACHE},
         {"shadow", required_argument, 0, 'w'},   {"shadow-tokens", required_argument, 0, 'k'},
         {"gate", required_argument, 0, 'g'},     {"gate-window", required_argument, 0, 'W'},
         {"chat-template", required_argument, 0, 't'}, {"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
@@ -166,6 +168,7 @@ int cmd_serve(int argc, char **argv) {
                 return cli_usage_error("serve", "--drain-timeout expects seconds in [0, 3600], got '%s'", optarg);
             break;
         case CLI_OPT_DEVICE: cli_set_device(optarg); break;
+        case CLI_OPT_KV_CACHE: cli_set_kv_cache(optarg); break;
         case 'T':
             if (!cli_parse_threads(optarg, &threads))
                 return cli_usage_error("serve", "--threads expects a positive integer, got '%s'", optarg);

@@ -7,7 +7,7 @@
 #include "base.h"
 #include "graph_impl.h"
 
-static const char *const kv_names[MOPT_KV_FORMAT_COUNT] = {"float", "fp8", "int8"};
+static const char *const kv_names[MOPT_KV_FORMAT_COUNT] = {"float", "fp8", "int8", "f16"};
 
 const char *mopt_kv_format_name(mopt_kv_format f) { return f >= 0 && f < MOPT_KV_FORMAT_COUNT ? kv_names[f] : "?"; }
 
@@ -27,6 +27,8 @@ mopt_status mopt_graph_set_kv_quant(mopt_graph *g, int32_t layer, mopt_kv_format
     const int32_t at = mopt_graph_find_node(g, MOPT_ROLE_ATTN, layer);
     if (at < 0) return MOPT_FAIL(err, MOPT_E_INVALID, "layer %d has no attention, so no KV cache", layer);
     if (format < 0 || format >= MOPT_KV_FORMAT_COUNT) return MOPT_FAIL(err, MOPT_E_INVALID, "unknown KV-cache format %d", (int)format);
+    if (format == MOPT_KV_F16)
+        return MOPT_FAIL(err, MOPT_E_INVALID, "an f16 KV cache is a session's choice (mopt_session_opts.kv_cache, --kv-cache f16), not a model's");
     const int32_t heads = mopt_graph_node(g, at)->n_kv_heads;
     if (format != MOPT_KV_FLOAT) {
         if (n_scales != 1 && n_scales != heads)

@@ -39,7 +39,8 @@ typedef struct cpu_ctx {
     int32_t n_threads;
     float **wscratch;   /* per thread: SGEMM_ROWS x max_in widened weights */
     float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
-    float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x head_dim (quantized caches), or NULL */
+    float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x kv_hd (caches not in fp32), or NULL */
+    int64_t kv_hd;      /* the widest attention head */
     void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
     size_t xbuf_cap, xbuf2_cap;
     int64_t max_in;
@@ -71,6 +72,21 @@ static void cpu_free(void *p) {
     free(c);
 }
 
+/* The per-thread room prefill's attention widens a cache not in fp32 into: made with the context for a graph that
+ * quantizes caches, on first use for a session's f16 cache. False when out of memory. */
+static bool kv_scratch_ready(cpu_ctx *c) {
+    if (c->kvscratch) return true;
+    float **k = calloc((size_t)c->n_threads, sizeof *k);
+    for (int32_t i = 0; k && i < c->n_threads; i++)
+        if (!(k[i] = malloc(2 * (size_t)c->kv_hd * (size_t)c->max_ctx * sizeof(float)))) {
+            while (i--) free(k[i]);
+            free(k);
+            k = NULL;
+        }
+    c->kvscratch = k;
+    return k != NULL;
+}
+
 static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, int32_t max_ctx, int32_t device, mopt_error *err) {
     (void)device;
     cpu_ctx *c = calloc(1, sizeof *c);
@@ -84,15 +100,15 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
     c->k = mopt_kernels_get();
     c->max_ctx = max_ctx;
     int64_t att_rows = ATT_ROWS; /* prefill's query rows, or decode's query heads per KV head */
-    int64_t kv_hd = 0;           /* the widest head of a quantized cache */
+    bool kv_quant = false; /* a layer whose graph quantizes its cache */
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->weight && (n->op == MOPT_OP_LINEAR || n->op == MOPT_OP_LM_HEAD) && n->weight->ne[0] > c->max_in)
             c->max_in = n->weight->ne[0];
         if (n->op == MOPT_OP_ATTENTION && n->n_kv_heads > 0 && n->n_heads / n->n_kv_heads > att_rows)
             att_rows = n->n_heads / n->n_kv_heads;
-        if (n->op == MOPT_OP_ATTENTION && mopt_graph_kv_quant(g, n->layer).format != MOPT_KV_FLOAT && n->head_dim > kv_hd)
-            kv_hd = n->head_dim;
+        if (n->op == MOPT_OP_ATTENTION && n->head_dim > c->kv_hd) c->kv_hd = n->head_dim;
+        if (n->op == MOPT_OP_ATTENTION && mopt_graph_kv_quant(g, n->layer).format != MOPT_KV_FLOAT) kv_quant = true;
     }
     c->wscratch = calloc((size_t)c->n_threads, sizeof *c->wscratch);
     c->ascratch = calloc((size_t)c->n_threads, sizeof *c->ascratch);
@@ -102,12 +118,7 @@ static mopt_status cpu_init(void **out, const mopt_graph *g, int32_t n_threads, 
         c->ascratch[i] = malloc((size_t)att_rows * (size_t)max_ctx * sizeof(float));
         if (!c->wscratch[i] || !c->ascratch[i]) goto nomem;
     }
-    if (kv_hd) {
-        c->kvscratch = calloc((size_t)c->n_threads, sizeof *c->kvscratch);
-        if (!c->kvscratch) goto nomem;
-        for (int32_t i = 0; i < c->n_threads; i++)
-            if (!(c->kvscratch[i] = malloc(2 * (size_t)kv_hd * (size_t)max_ctx * sizeof(float)))) goto nomem;
-    }
+    if (kv_quant && !kv_scratch_ready(c)) goto nomem;
     openblas_set_num_threads(1);
     *out = c;
     return MOPT_OK;
@@ -1100,14 +1111,20 @@ static void rope(cpu_ctx *c, const mopt_op_args *a) {
 }
 
 /* K (v = 0) or V (v = 1) of KV head kvh at positions [0, n) as fp32 rows,
- * their stride in *ld: the cache itself when it holds floats; else the
- * quantized values widened into buf [n, head_dim] (q * scale, exactly). */
+ * their stride in *ld: the cache itself when it holds floats; else its
+ * values widened into buf [n, head_dim] (halves, or q * scale, exactly). */
 static const float *kv_rows(const cpu_ctx *c, const mopt_op_args *a, int v, int32_t kvh, int32_t n, float *buf, int32_t *ld) {
     const int32_t hd = a->node->head_dim, kvd = a->node->n_kv_heads * hd;
     const void *cache = v ? a->v_cache : a->k_cache;
     if (a->kv.format == MOPT_KV_FLOAT) {
         *ld = kvd;
         return (const float *)cache + kvh * hd;
+    }
+    *ld = hd;
+    if (a->kv.format == MOPT_KV_F16) {
+        const uint16_t *h = (const uint16_t *)cache + kvh * hd;
+        for (int32_t p = 0; p < n; p++, h += kvd) c->k->cvt_f16(h, buf + (size_t)p * hd, hd);
+        return buf;
     }
     const float s = (v ? a->kv.v_scale : a->kv.k_scale)[a->kv.n_scales > 1 ? kvh : 0];
     const uint8_t *q = (const uint8_t *)cache + kvh * hd;
@@ -1117,18 +1134,23 @@ static const float *kv_rows(const cpu_ctx *c, const mopt_op_args *a, int v, int3
         else
             for (int32_t i = 0; i < hd; i++) o[i] = (float)(int8_t)q[i] * s;
     }
-    *ld = hd;
     return buf;
 }
 
 /* Writes token t's K (v = 0) or V row at position pos + t, rounded onto the
- * cache's format: the quotient x / scale is formed in double and rounded once. */
+ * cache's format: a half to nearest even, or the quotient x / scale formed in
+ * double and rounded once. */
 static void kv_store(const mopt_op_args *a, int v, int32_t t) {
     const int32_t hd = a->node->head_dim, kvd = a->node->n_kv_heads * hd;
     const float *x = a->in[1 + v] + (size_t)t * a->in_width[1 + v];
     const size_t at = (size_t)(a->pos + t) * kvd;
     if (a->kv.format == MOPT_KV_FLOAT) {
         memcpy((float *)(v ? a->v_cache : a->k_cache) + at, x, (size_t)kvd * sizeof(float));
+        return;
+    }
+    if (a->kv.format == MOPT_KV_F16) {
+        uint16_t *h = (uint16_t *)(v ? a->v_cache : a->k_cache) + at;
+        for (int32_t i = 0; i < kvd; i++) h[i] = mopt_f32_to_f16(x[i]);
         return;
     }
     uint8_t *q = (uint8_t *)(v ? a->v_cache : a->k_cache) + at;
@@ -1167,11 +1189,19 @@ static void attention_task(void *p, int64_t task, int32_t thread) {
     const float *q = a->in[0] + (size_t)t * a->in_width[0] + (size_t)kvh * group * hd;
     float *out = a->out + (size_t)t * a->out_width + (size_t)kvh * group * hd;
     float *S = j->c->ascratch[thread]; /* [group, ctx] */
+    const mopt_kernels *k = j->c->k;
+    const float scale = 1.0f / sqrtf((float)hd);
+    if (a->kv.format == MOPT_KV_F16) { /* the kernels read the halves in place */
+        const int64_t kvd = (int64_t)KV * hd;
+        k->att_scores_f16(q, group, (const uint16_t *)a->k_cache + kvh * hd, kvd, ctx, hd, scale, S);
+        for (int32_t r = 0; r < group; r++) k->softmax(S + (size_t)r * ctx, ctx);
+        k->att_values_f16(S, group, (const uint16_t *)a->v_cache + kvh * hd, kvd, ctx, hd, out);
+        return;
+    }
     float *buf = j->c->kvscratch ? j->c->kvscratch[thread] : NULL;
     int32_t ld;
-    const mopt_kernels *k = j->c->k;
     const float *K = kv_rows(j->c, a, 0, kvh, ctx, buf, &ld);
-    k->att_scores(q, group, K, ld, ctx, hd, 1.0f / sqrtf((float)hd), S);
+    k->att_scores(q, group, K, ld, ctx, hd, scale, S);
     for (int32_t r = 0; r < group; r++) k->softmax(S + (size_t)r * ctx, ctx);
     const float *V = kv_rows(j->c, a, 1, kvh, ctx, buf, &ld);
     k->att_values(S, group, V, ld, ctx, hd, out);
@@ -1232,7 +1262,7 @@ static void attention_seqs_task(void *p, int64_t task, int32_t thread) {
     for (int32_t h = 0; h < j->heads_per_task; h++) attention_task(&one, (task - j->first[lo]) * j->heads_per_task + h, thread);
 }
 
-static void attention(cpu_ctx *c, const mopt_op_args *a);
+static mopt_status attention(cpu_ctx *c, const mopt_op_args *a, mopt_error *err);
 
 /* Prefill-sized sequences take the blocked path one by one; the decoding
  * ones share a single task list. */
@@ -1249,7 +1279,8 @@ static mopt_status attention_seqs(cpu_ctx *c, const mopt_op_args *a, mopt_error 
     for (int32_t k = 0; k < a->n_seqs; k++) {
         const mopt_op_args *b = &a->seqs[k];
         if (b->T >= 8) {
-            attention(c, b);
+            mopt_status st = attention(c, b, err);
+            if (st) return st;
             continue;
         }
         kv_store_all(b);
@@ -1262,14 +1293,16 @@ static mopt_status attention_seqs(cpu_ctx *c, const mopt_op_args *a, mopt_error 
     return MOPT_OK;
 }
 
-static void attention(cpu_ctx *c, const mopt_op_args *a) {
+static mopt_status attention(cpu_ctx *c, const mopt_op_args *a, mopt_error *err) {
     const mopt_node *n = a->node;
+    if (a->T >= 8 && a->kv.format != MOPT_KV_FLOAT && !kv_scratch_ready(c)) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     kv_store_all(a);
     op_job j = {c, a};
     if (a->T >= 8)
         mopt_pool_run(c->pool, (int64_t)n->n_kv_heads * ((a->T + ATT_ROWS - 1) / ATT_ROWS), attention_block_task, &j);
     else
         mopt_pool_run(c->pool, (int64_t)a->T * n->n_kv_heads, attention_task, &j);
+    return MOPT_OK;
 }
 
 static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err) {
@@ -1304,8 +1337,7 @@ static mopt_status cpu_forward(void *ctx, const mopt_op_args *a, mopt_error *err
     case MOPT_OP_ROPE: rope(c, a); return MOPT_OK;
     case MOPT_OP_ATTENTION:
         if (a->n_seqs > 0) return attention_seqs(c, a, err);
-        attention(c, a);
-        return MOPT_OK;
+        return attention(c, a, err);
     case MOPT_OP_SWIGLU:
     case MOPT_OP_GELU: {
         op_job j = {c, a};

@@ -20,6 +20,7 @@ struct mopt_seq {
     int32_t n_kv;
     void **k_cache, **v_cache; /* per kv slot: [max_ctx, kv_dim] floats, or bytes in a quantized format */
     mopt_kv_quant *kv;         /* per kv slot: its format, with the scales copied (the graph's may change) */
+    size_t *cache_bytes;       /* per kv slot: the bytes of its K cache, and of its V cache (mopt_alloc_zeroed) */
     size_t bytes;              /* cache memory */
 };
 
@@ -34,6 +35,7 @@ struct mopt_session {
     const mopt_backend_i *be;
     void *be_ctx;
     char device[16]; /* "cpu" or "cuda:N" */
+    int32_t kv_f16;  /* the float layers' caches in halves (mopt_session_opts.kv_cache) */
     int32_t max_ctx, max_batch;
     int32_t n_slots;
     float **slots;       /* [n_slots] each max_batch x slot width */
@@ -59,18 +61,48 @@ const char *mopt_cpu_kernels_name(void) { return mopt_kernels_get()->name; }
 
 static void seq_release(mopt_seq *q) {
     for (int32_t i = 0; i < q->n_kv; i++) { /* a failed seq_init may have left any of them NULL */
-        if (q->k_cache) free(q->k_cache[i]);
-        if (q->v_cache) free(q->v_cache[i]);
+        if (q->k_cache && q->cache_bytes) mopt_free_zeroed(q->k_cache[i], q->cache_bytes[i]); /* caches come after sizes */
+        if (q->v_cache && q->cache_bytes) mopt_free_zeroed(q->v_cache[i], q->cache_bytes[i]);
         if (q->kv) free((void *)q->kv[i].k_scale);
     }
+    free(q->cache_bytes);
     free(q->k_cache);
     free(q->v_cache);
     free(q->kv);
     memset(q, 0, sizeof *q);
 }
 
+/* "f32" (or nothing): 0; "f16": 1. NULL reads $MOPT_KV_CACHE. */
+static mopt_status parse_kv_cache(const char *k, int32_t *f16, mopt_error *err) {
+    const char *src = k ? "kv_cache" : "KV cache (--kv-cache or MOPT_KV_CACHE)";
+    if (!k) k = getenv("MOPT_KV_CACHE");
+    *f16 = k && strcmp(k, "f16") == 0;
+    if (k && *k && !*f16 && strcmp(k, "f32") != 0) return MOPT_FAIL(err, MOPT_E_INVALID, "%s '%s': expected f32 or f16", src, k);
+    return MOPT_OK;
+}
+
+/* A layer's cache: the graph's format, or for a float layer f16 where the session asks */
+static mopt_kv_quant layer_kv(const mopt_graph *g, int32_t layer, int32_t kv_f16) {
+    const mopt_kv_quant kq = mopt_graph_kv_quant(g, layer);
+    return kq.format == MOPT_KV_FLOAT && kv_f16 ? (mopt_kv_quant){.format = MOPT_KV_F16} : kq;
+}
+
+static size_t kv_elem_bytes(int32_t format) { return format == MOPT_KV_FLOAT ? sizeof(float) : format == MOPT_KV_F16 ? 2 : 1; }
+
+int64_t mopt_kv_bytes_per_position(const mopt_graph *g, const char *kv_cache, mopt_error *err) {
+    int32_t f16 = 0;
+    if (parse_kv_cache(kv_cache, &f16, err)) return -1;
+    int64_t bytes = 0;
+    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
+        const mopt_node *n = mopt_graph_node(g, i);
+        if (n->op == MOPT_OP_ATTENTION)
+            bytes += 2 * (int64_t)n->n_kv_heads * n->head_dim * (int64_t)kv_elem_bytes(layer_kv(g, n->layer, f16).format);
+    }
+    return bytes;
+}
+
 /* Allocates the caches of every attention node of g for max_ctx positions. */
-static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, mopt_error *err) {
+static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, int32_t kv_f16, mopt_error *err) {
     memset(q, 0, sizeof *q);
     q->g = g;
     q->max_ctx = max_ctx;
@@ -82,7 +114,8 @@ static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, m
     q->k_cache = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->k_cache);
     q->v_cache = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->v_cache);
     q->kv = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->kv);
-    if (!q->k_cache || !q->v_cache || !q->kv) goto nomem;
+    q->cache_bytes = calloc((size_t)(q->n_kv ? q->n_kv : 1), sizeof *q->cache_bytes);
+    if (!q->k_cache || !q->v_cache || !q->kv || !q->cache_bytes) goto nomem;
     for (int32_t i = 0; i < nn; i++) {
         const mopt_node *n = mopt_graph_node(g, i);
         if (n->op != MOPT_OP_ATTENTION) continue;
@@ -92,17 +125,20 @@ static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, m
             seq_release(q);
             return MOPT_E_INVALID;
         }
-        const mopt_kv_quant kq = mopt_graph_kv_quant(g, n->layer);
-        if (kq.format != MOPT_KV_FLOAT) {
+        const mopt_kv_quant kq = layer_kv(g, n->layer, kv_f16);
+        if (kq.format == MOPT_KV_F16) {
+            q->kv[n->kv_slot] = kq;
+        } else if (kq.format != MOPT_KV_FLOAT) {
             float *sc = malloc(2 * (size_t)kq.n_scales * sizeof *sc);
             if (!sc) goto nomem;
             memcpy(sc, kq.k_scale, (size_t)kq.n_scales * sizeof *sc);
             memcpy(sc + kq.n_scales, kq.v_scale, (size_t)kq.n_scales * sizeof *sc);
             q->kv[n->kv_slot] = (mopt_kv_quant){kq.format, kq.n_scales, sc, sc + kq.n_scales};
         }
-        const size_t elem = kq.format == MOPT_KV_FLOAT ? sizeof(float) : 1;
-        q->k_cache[n->kv_slot] = calloc((size_t)max_ctx * kvd, elem);
-        q->v_cache[n->kv_slot] = calloc((size_t)max_ctx * kvd, elem);
+        const size_t elem = kv_elem_bytes(kq.format);
+        q->cache_bytes[n->kv_slot] = (size_t)max_ctx * kvd * elem;
+        q->k_cache[n->kv_slot] = mopt_alloc_zeroed(q->cache_bytes[n->kv_slot]);
+        q->v_cache[n->kv_slot] = mopt_alloc_zeroed(q->cache_bytes[n->kv_slot]);
         if (!q->k_cache[n->kv_slot] || !q->v_cache[n->kv_slot]) goto nomem;
         q->bytes += 2 * (size_t)max_ctx * kvd * elem;
     }
@@ -226,7 +262,7 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
     s->g = g;
     s->be = &mopt_backend_cpu;
     int32_t gpu = -1;
-    if (parse_device(o.device, &gpu, err)) goto fail;
+    if (parse_device(o.device, &gpu, err) || parse_kv_cache(o.kv_cache, &s->kv_f16, err)) goto fail;
     if (gpu >= 0) {
         s->be = &mopt_backend_cuda;
         snprintf(s->device, sizeof s->device, "cuda:%d", gpu);
@@ -244,7 +280,7 @@ mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opt
         goto fail;
     }
     if (plan_slots(s, err)) goto fail;
-    if (seq_init(&s->own, g, s->max_ctx, err)) goto fail;
+    if (seq_init(&s->own, g, s->max_ctx, s->kv_f16, err)) goto fail;
     if (ensure_segs(s, 1, err)) goto fail;
     if (s->be->init(&s->be_ctx, g, o.n_threads, s->max_ctx, gpu, err)) goto fail;
     return s;
@@ -272,7 +308,7 @@ mopt_seq *mopt_seq_new(const mopt_session *s, int32_t max_ctx, mopt_error *err) 
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         return NULL;
     }
-    if (seq_init(q, s->g, max_ctx > 0 && max_ctx < s->max_ctx ? max_ctx : s->max_ctx, err)) {
+    if (seq_init(q, s->g, max_ctx > 0 && max_ctx < s->max_ctx ? max_ctx : s->max_ctx, s->kv_f16, err)) {
         free(q);
         return NULL;
     }

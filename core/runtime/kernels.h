@@ -175,6 +175,9 @@ typedef struct mopt_kernels {
      * out[r * hd + i] = sum_p P[r * n + p] * V_p[i] */
     void (*att_scores)(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s);
     void (*att_values)(const float *P, int32_t g, const float *V, int64_t ld, int32_t n, int32_t hd, float *out);
+    /* The same over a cache of IEEE halves (an f16 KV cache), each value widened exactly */
+    void (*att_scores_f16)(const float *q, int32_t g, const uint16_t *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s);
+    void (*att_values_f16)(const float *P, int32_t g, const uint16_t *V, int64_t ld, int32_t n, int32_t hd, float *out);
     /* x[i] = e^(x[i] - max x) / sum: the scalar set with expf, the vector sets with silu_mul's e^x */
     void (*softmax)(float *x, int64_t n);
     /* the sum of n 64-bit words read with the set's widest loads: the read-bandwidth probe (membw.c), which is to

@@ -725,6 +725,8 @@ const mopt_kernels mopt_kernels_avx2 = {
     .silu_mul = silu_mul,
     .att_scores = att_scores,
     .att_values = att_values,
+    .att_scores_f16 = att_scores_f16,
+    .att_values_f16 = att_values_f16,
     .softmax = softmax,
     .sum_u64 = sum_u64,
 };

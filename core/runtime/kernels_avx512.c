@@ -223,7 +223,7 @@ static inline __attribute__((always_inline)) float qx_row_blocks(const uint8_t *
         acc = _mm512_fmadd_ps(qx_pair(row + bb * b, xv, c, bits), sc, acc);
     }
     const float tail = b < nb ? hsum256(qx_one(row + bb * b, xq + 32 * b, bits)) * _cvtsh_ss(sr[b / bpg]) * xd[b] : 0;
-    return _mm512_reduce_add_ps(acc) + tail;
+    return hsum16(acc) + tail; /* (hsum16, not _mm512_reduce_add_ps: gemvs_blocks repeats these bits) */
 }
 
 /* 4- or 8-bit rows against int8 x, 64 values per step (vpdpbusd). For 4 bits x is put in q4_pair_x's lane order
@@ -262,6 +262,36 @@ static inline __attribute__((always_inline)) void gemv_qx_q8(const uint8_t *w, s
 #define MT_PAIRS_MAX 64 /* the batched form's rows: up to 4096 inputs, x in lane order and the pair scales of 8 tokens
                         * in 64 KB of stack, as gemv_qx_q8's own */
 
+/* NT tokens' x (each in values apart) in the batched kernels' form, np pairs each: 4 bits in q4_pair_x's lane order, 8
+ * bits each pair's q8_centre */
+static inline __attribute__((always_inline)) void gemvs_lanes(const int8_t *xq, int64_t in, int64_t np, int8_t lanes[][64 * MT_PAIRS_MAX],
+                                                               const int bits, const int NT) {
+    for (int t = 0; t < NT; t++)
+        for (int64_t p = 0; p < np; p++) {
+            const int8_t *xp = xq + t * in + 64 * p;
+            _mm512_storeu_si512(lanes[t] + 64 * p, bits == 4 ? q4_lanes(xp) : q8_centre(_mm512_loadu_si512(xp)));
+        }
+}
+
+/* The batched kernels' end of row r: qx_zero_share's sums for NT tokens with the scales times zero-points formed once,
+ * every sum as hsum16 gives it (hsum8), then y = dot (+ the odd last block's tail) - the zero-points' share, as the
+ * one-token kernel has it. acc: all eight (hsum8 reads them). */
+static inline __attribute__((always_inline)) void gemvs_row_end(const __m512 *acc, const float *tails, const uint16_t *sr,
+                                                                 const uint8_t *zr, float zsym, float zoff, const float *xsum,
+                                                                 int64_t ng, float *y, int64_t ys, int64_t r, const int NT) {
+    __m512 zacc[8];
+    for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
+        const __m512 sz = qx_group_sz(sr, zr, zsym, zoff, g, m);
+        for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, xsum + t * ng + g), zacc[t]);
+    }
+    float dots[8], zeros[8];
+    hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], dots);
+    hsum8(zacc[0], zacc[1], zacc[2], zacc[3], zacc[4], zacc[5], zacc[6], zacc[7], zeros);
+    for (int t = 0; t < NT; t++) y[t * ys + r] = (tails ? dots[t] + tails[t] : dots[t]) - zeros[t];
+}
+
 /* gemv_qx_q8's paired rows for NT tokens at once: each block pair's weights loaded (and for 4 bits masked) once, then
  * every token's pair dot, pair scale and group scale exactly as the one-token kernel does them, so each token's
  * result is the same bits as alone. */
@@ -275,11 +305,8 @@ static inline __attribute__((always_inline)) void gemvs_paired(const uint8_t *w,
     __m512 xs2[8][MT_PAIRS_MAX];
     int8_t lanes[8][64 * MT_PAIRS_MAX]; /* 4 bits: x in lane order; 8 bits: each pair's q8_centre */
     for (int t = 0; t < NT; t++)
-        for (int64_t p = 0; p < np; p++) {
-            xs2[t][p] = pair_scale(xd[t * nb + 2 * p], xd[t * nb + 2 * p + 1], bits);
-            const int8_t *xp = xq + t * in + 64 * p;
-            _mm512_storeu_si512(lanes[t] + 64 * p, bits == 4 ? q4_lanes(xp) : q8_centre(_mm512_loadu_si512(xp)));
-        }
+        for (int64_t p = 0; p < np; p++) xs2[t][p] = pair_scale(xd[t * nb + 2 * p], xd[t * nb + 2 * p + 1], bits);
+    gemvs_lanes(xq, in, np, lanes, bits, NT);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + (size_t)r * row_bytes;
         const uint16_t *sr = s + r * ng;
@@ -305,17 +332,70 @@ static inline __attribute__((always_inline)) void gemvs_paired(const uint8_t *w,
             const __m512 sg = _mm512_set1_ps(_cvtsh_ss(sr[g]));
             for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(gacc[t], sg, acc[t]);
         }
-        __m512 zacc[8]; /* qx_zero_share's sums, the scales times zero-points formed once for all tokens */
-        for (int t = 0; t < 8; t++) zacc[t] = _mm512_setzero_ps();
-        for (int64_t g = 0; g < ng; g += 16) {
-            const __mmask16 m = ng - g >= 16 ? (__mmask16)0xFFFF : tail_mask(ng - g);
-            const __m512 sz = qx_group_sz(sr, zr, zsym, zoff, g, m);
-            for (int t = 0; t < NT; t++) zacc[t] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, xsum + t * ng + g), zacc[t]);
+        gemvs_row_end(acc, NULL, sr, zr, zsym, zoff, xsum, ng, y, ys, r, NT);
+    }
+}
+
+/* qx_row_blocks for NT tokens at once (groups of one block: GGUF's Q4_0 and Q8_0): each pair of blocks loaded (and
+ * for 4 bits masked) once, then every token's pair dot, scaled by its block scales times the row's as the one-token
+ * kernel does, so each token's result is the same bits as alone. x in lane order (4 bits) or each pair's q8_centre
+ * (8 bits) made once per call where the row fits MT_PAIRS_MAX (laned), else per pair as the one-token kernel does. */
+static inline __attribute__((always_inline)) void gemvs_blocks(const uint8_t *w, size_t row_bytes, int64_t nrows, const uint16_t *s,
+                                                                const uint8_t *z, float zsym, const int8_t *xq, const float *xd,
+                                                                const float *xsum, int64_t nb, float *y, int64_t ys, int laned,
+                                                                const int bits, const int NT) {
+    const int bb = 4 * bits; /* bytes per block */
+    const int64_t in = 32 * nb;
+    const float zoff = bits == 8 ? 128.0f : 0.0f;
+    const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(15), _mm256_set1_epi8((char)0xF0), 1);
+    int8_t lanes[8][64 * MT_PAIRS_MAX]; /* laned: 4 bits x in lane order; 8 bits each pair's q8_centre */
+    if (laned) gemvs_lanes(xq, in, nb / 2, lanes, bits, NT);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + (size_t)r * row_bytes;
+        const uint16_t *sr = s + r * nb;
+        const uint8_t *zr = z ? z + r * nb : NULL;
+        __m512 acc[8]; /* all eight zero: hsum8 reads them */
+        for (int t = 0; t < 8; t++) acc[t] = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            const __m256 s8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
+            __m512 m[8];
+            for (int t = 0; t < NT; t++) {
+                const __m256 m8 = _mm256_mul_ps(s8, _mm256_loadu_ps(xd + t * nb + b));
+                m[t] = bits == 8 ? _mm512_castps256_ps512(m8)
+                                 : _mm512_insertf32x8(_mm512_castps256_ps512(m8), _mm256_mul_ps(m8, _mm256_set1_ps(1.0f / 16)), 1);
+            }
+            for (int l = 0; l < 8 * bb; l += 64) _mm_prefetch((const char *)(row + bb * b) + QX_AHEAD + l, _MM_HINT_T0);
+            for (int k = 0; k < 8; k += 2) {
+                const __m512i idx = bits == 8 ? _mm512_inserti64x4(_mm512_set1_epi32(k), _mm256_set1_epi32(k + 1), 1)
+                                              : _mm512_set_epi32(k + 9, k + 9, k + 9, k + 9, k + 8, k + 8, k + 8, k + 8, k + 1,
+                                                                 k + 1, k + 1, k + 1, k, k, k, k);
+                const uint8_t *wp = row + bb * (b + k);
+                const __m512i wv = bits == 4 ? _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)wp)), mask)
+                                             : _mm512_loadu_si512(wp);
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *xp = xq + t * in + 32 * (b + k), *lp = lanes[t] + 32 * (b + k);
+                    const __m512i xv = bits == 4 && laned ? _mm512_loadu_si512(lp) : bits == 4 ? q4_lanes(xp) : _mm512_loadu_si512(xp);
+                    const __m512i c = bits == 4 ? _mm512_setzero_si512() : laned ? _mm512_loadu_si512(lp) : q8_centre(xv);
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wv, xv)), _mm512_permutexvar_ps(idx, m[t]), acc[t]);
+                }
+            }
         }
-        float dots[8], zeros[8]; /* hsum8: the lane sums of eight vectors, each hsum16's bits */
-        hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], dots);
-        hsum8(zacc[0], zacc[1], zacc[2], zacc[3], zacc[4], zacc[5], zacc[6], zacc[7], zeros);
-        for (int t = 0; t < NT; t++) y[t * ys + r] = dots[t] - zeros[t];
+        for (; b + 2 <= nb; b += 2) {
+            const __m512i wv = bits == 4 ? _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(row + bb * b))), mask)
+                                         : _mm512_loadu_si512(row + bb * b);
+            for (int t = 0; t < NT; t++) {
+                const int8_t *xp = xq + t * in + 32 * b, *lp = lanes[t] + 32 * b;
+                const __m512 sc = pair_scale(_cvtsh_ss(sr[b]) * xd[t * nb + b], _cvtsh_ss(sr[b + 1]) * xd[t * nb + b + 1], bits);
+                const __m512i xv = bits == 4 && laned ? _mm512_loadu_si512(lp) : bits == 4 ? q4_lanes(xp) : _mm512_loadu_si512(xp);
+                const __m512i c = bits == 4 ? _mm512_setzero_si512() : laned ? _mm512_loadu_si512(lp) : q8_centre(xv);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wv, xv)), sc, acc[t]);
+            }
+        }
+        float tails[8];
+        for (int t = 0; t < NT; t++)
+            tails[t] = b < nb ? hsum256(qx_one(row + bb * b, xq + t * in + 32 * b, bits)) * _cvtsh_ss(sr[b]) * xd[t * nb + b] : 0;
+        gemvs_row_end(acc, tails, sr, zr, zsym, zoff, xsum, nb, y, ys, r, NT);
     }
 }
 
@@ -324,7 +404,20 @@ static __attribute__((noinline)) void gemvs_qx_q8(const uint8_t *w, size_t row_b
                                                   const float *xsum, int64_t ng, int64_t bpg, int32_t nt, float *y, int64_t ys,
                                                   const int bits) {
     const int64_t nb = ng * bpg;
-    if (bpg % 2 || nb / 2 > MT_PAIRS_MAX) { /* the rows the one-token kernel goes through block by block */
+    if (bpg == 1) { /* Q4_0, Q8_0 */
+        const int laned = nb / 2 <= MT_PAIRS_MAX;
+#define GEMVS_CASE(N) \
+    case N: \
+        if (laned) gemvs_blocks(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, nb, y, ys, 1, bits, N); \
+        else gemvs_blocks(w, row_bytes, nrows, s, z, zsym, xq, xd, xsum, nb, y, ys, 0, bits, N); \
+        break;
+        switch (nt) {
+            GEMVS_CASE(1) GEMVS_CASE(2) GEMVS_CASE(3) GEMVS_CASE(4) GEMVS_CASE(5) GEMVS_CASE(6) GEMVS_CASE(7) GEMVS_CASE(8)
+        }
+#undef GEMVS_CASE
+        return;
+    }
+    if (bpg % 2 || nb / 2 > MT_PAIRS_MAX) { /* odd groups of 3 or more blocks, long rows of pairs: per token */
         for (int32_t t = 0; t < nt; t++)
             gemv_qx_q8(w, row_bytes, nrows, s, z, zsym, xq + t * 32 * nb, xd + t * nb, xsum + t * ng, ng, bpg, y + t * ys, bits);
         return;
@@ -794,6 +887,8 @@ const mopt_kernels mopt_kernels_avx512 = {
     .silu_mul = silu_mul,
     .att_scores = att_scores,
     .att_values = att_values,
+    .att_scores_f16 = att_scores_f16,
+    .att_values_f16 = att_values_f16,
     .softmax = softmax,
     .sum_u64 = sum_u64,
 };

@@ -129,6 +129,24 @@ static void att_values(const float *P, int32_t g, const float *V, int64_t ld, in
         }
 }
 
+static void att_scores_f16(const float *q, int32_t g, const uint16_t *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    for (int32_t r = 0; r < g; r++)
+        for (int32_t p = 0; p < n; p++) {
+            float d = 0;
+            for (int32_t i = 0; i < hd; i++) d += q[(size_t)r * hd + i] * mopt_f16_to_f32(K[(size_t)p * ld + i]);
+            s[(size_t)r * n + p] = scale * d;
+        }
+}
+
+static void att_values_f16(const float *P, int32_t g, const uint16_t *V, int64_t ld, int32_t n, int32_t hd, float *out) {
+    for (int32_t r = 0; r < g; r++)
+        for (int32_t i = 0; i < hd; i++) {
+            float a = 0;
+            for (int32_t p = 0; p < n; p++) a += P[(size_t)r * n + p] * mopt_f16_to_f32(V[(size_t)p * ld + i]);
+            out[(size_t)r * hd + i] = a;
+        }
+}
+
 static uint64_t sum_u64(const uint64_t *w, size_t n) {
     uint64_t a = 0, b = 0, c = 0, d = 0; /* four chains so the loads, not the adds, set the pace */
     size_t i = 0;
@@ -501,6 +519,8 @@ const mopt_kernels mopt_kernels_ref = {
     .silu_mul = silu_mul,
     .att_scores = att_scores,
     .att_values = att_values,
+    .att_scores_f16 = att_scores_f16,
+    .att_values_f16 = att_values_f16,
     .softmax = softmax,
     .sum_u64 = sum_u64,
     .dot_q4 = dot_q4,

@@ -359,102 +359,133 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     }
 }
 
-/* Decode attention (kernels.h): four positions' dot products at a time, summed across lanes together
- * (V_HSUM4); V rows scaled into two vectors of accumulators at a time. Two query heads (of the group sharing a KV
- * head) go together, each K and V load serving both; every sum keeps the one-head order, so the values are the
- * same either way. A head size that is not a multiple of VW takes the scalar loops. */
-static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
-    int32_t r = 0;
-    for (; hd % VW == 0 && r + 2 <= g; r += 2) {
-        const float *q0 = q + (size_t)r * hd, *q1 = q0 + hd;
-        float *s0 = s + (size_t)r * n, *s1 = s0 + n;
-        int32_t p = 0;
-        for (; p + 4 <= n; p += 4) {
-            const float *k0 = K + (size_t)p * ld, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
-            V a = V_ZERO(), b = V_ZERO(), c = V_ZERO(), d = V_ZERO(), e = V_ZERO(), f = V_ZERO(), gg = V_ZERO(), h = V_ZERO();
-            for (int32_t i = 0; i < hd; i += VW) {
-                const V x0 = V_LOADU(q0 + i), x1 = V_LOADU(q1 + i), u0 = V_LOADU(k0 + i), u1 = V_LOADU(k1 + i);
-                const V u2 = V_LOADU(k2 + i), u3 = V_LOADU(k3 + i);
-                a = V_FMA(x0, u0, a), b = V_FMA(x0, u1, b), c = V_FMA(x0, u2, c), d = V_FMA(x0, u3, d);
-                e = V_FMA(x1, u0, e), f = V_FMA(x1, u1, f), gg = V_FMA(x1, u2, gg), h = V_FMA(x1, u3, h);
-            }
-            _mm_storeu_ps(s0 + p, _mm_mul_ps(V_HSUM4(a, b, c, d), _mm_set1_ps(scale)));
-            _mm_storeu_ps(s1 + p, _mm_mul_ps(V_HSUM4(e, f, gg, h), _mm_set1_ps(scale)));
-        }
-        for (; p < n; p++) {
-            const float *kp = K + (size_t)p * ld;
-            float d0 = 0, d1 = 0;
-            for (int32_t i = 0; i < hd; i++) d0 += q0[i] * kp[i], d1 += q1[i] * kp[i];
-            s0[p] = scale * d0, s1[p] = scale * d1;
-        }
-    }
-    for (; r < g; r++) {
-        const float *qr = q + (size_t)r * hd;
-        float *sr = s + (size_t)r * n;
-        int32_t p = 0;
-        for (; hd % VW == 0 && p + 4 <= n; p += 4) {
-            const float *k0 = K + (size_t)p * ld, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
-            V a = V_ZERO(), b = V_ZERO(), c = V_ZERO(), d = V_ZERO();
-            for (int32_t i = 0; i < hd; i += VW) {
-                const V qv = V_LOADU(qr + i);
-                a = V_FMA(qv, V_LOADU(k0 + i), a);
-                b = V_FMA(qv, V_LOADU(k1 + i), b);
-                c = V_FMA(qv, V_LOADU(k2 + i), c);
-                d = V_FMA(qv, V_LOADU(k3 + i), d);
-            }
-            _mm_storeu_ps(sr + p, _mm_mul_ps(V_HSUM4(a, b, c, d), _mm_set1_ps(scale)));
-        }
-        for (; p < n; p++) {
-            const float *kp = K + (size_t)p * ld;
-            float dsum = 0;
-            for (int32_t i = 0; i < hd; i++) dsum += qr[i] * kp[i];
-            sr[p] = scale * dsum;
-        }
-    }
+/* Decode attention (kernels.h), over a cache of fp32 or of IEEE halves (half: widened as loaded). At long contexts
+ * the cache comes from memory (at 1,536 positions a 1B-class model's K and V are 6 MB a layer in fp32): att_scores
+ * prefetches the K rows ATT_AHEAD positions on (K read 5-10% faster from memory; att_values measured slower with
+ * it, 1 line in 8 of its loads being a prefetch). */
+#define ATT_AHEAD 32
+#define AV_COLS (VBITS == 512 ? 4 : 2) /* vectors of a V row a pass: 4 query heads x AV_COLS sums stay in registers */
+#define AS_HEADS (VBITS == 512 ? 4 : 2) /* query heads a pass over K: NH x 4 sums, NH q and 4 K vectors in registers */
+
+/* row p of a cache of fp32 or halves, ld values a row */
+static inline const void *att_row(const void *base, int64_t p, int64_t ld, const int half) {
+    return half ? (const void *)((const uint16_t *)base + (size_t)p * ld) : (const void *)((const float *)base + (size_t)p * ld);
+}
+static inline V att_load(const void *row, int32_t i, const int half) {
+    return half ? load_f16((const uint16_t *)row + i) : V_LOADU((const float *)row + i);
+}
+static inline float att_at(const void *row, int32_t i, const int half) {
+    return half ? mopt_f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
-static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
-    int32_t r = 0;
-    for (; hd % (2 * VW) == 0 && r + 2 <= g; r += 2) {
-        const float *p0 = P + (size_t)r * n, *p1 = p0 + n;
-        float *o0 = out + (size_t)r * hd, *o1 = o0 + hd;
-        for (int32_t i = 0; i < hd; i += 2 * VW) {
-            V a0 = V_ZERO(), a1 = V_ZERO(), b0 = V_ZERO(), b1 = V_ZERO();
-            for (int32_t p = 0; p < n; p++) {
-                const V w0 = V_SET1(p0[p]), w1 = V_SET1(p1[p]);
-                const V v0 = V_LOADU(Vr + (size_t)p * ld + i), v1 = V_LOADU(Vr + (size_t)p * ld + i + VW);
-                a0 = V_FMA(w0, v0, a0), a1 = V_FMA(w0, v1, a1);
-                b0 = V_FMA(w1, v0, b0), b1 = V_FMA(w1, v1, b1);
-            }
-            V_STOREU(o0 + i, a0), V_STOREU(o0 + i + VW, a1);
-            V_STOREU(o1 + i, b0), V_STOREU(o1 + i + VW, b1);
+/* NH query heads against four positions' K rows: the dot products summed across lanes together (V_HSUM4), each K
+ * load serving every head. */
+static inline __attribute__((always_inline)) void att_scores_tile(const float *q, int32_t hd, const void *K, int64_t ld, int32_t p,
+                                                                  int32_t n, float scale, float *s, const int half, const int NH) {
+    const void *k0 = att_row(K, p, ld, half), *k1 = att_row(K, p + 1, ld, half), *k2 = att_row(K, p + 2, ld, half),
+               *k3 = att_row(K, p + 3, ld, half);
+    for (int32_t a = 0; a < 4 && p + ATT_AHEAD + a < n; a++) {
+        const char *r = att_row(K, p + ATT_AHEAD + a, ld, half);
+        for (int32_t l = 0; l < hd * (half ? 2 : 4); l += 64) _mm_prefetch(r + l, _MM_HINT_T0);
+    }
+    V acc[AS_HEADS][4];
+    for (int h = 0; h < NH; h++) acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = V_ZERO();
+    for (int32_t i = 0; i < hd; i += VW) {
+        const V u0 = att_load(k0, i, half), u1 = att_load(k1, i, half), u2 = att_load(k2, i, half), u3 = att_load(k3, i, half);
+        for (int h = 0; h < NH; h++) {
+            const V x = V_LOADU(q + (size_t)h * hd + i);
+            acc[h][0] = V_FMA(x, u0, acc[h][0]), acc[h][1] = V_FMA(x, u1, acc[h][1]);
+            acc[h][2] = V_FMA(x, u2, acc[h][2]), acc[h][3] = V_FMA(x, u3, acc[h][3]);
         }
     }
-    for (; r < g; r++) {
-        const float *pr = P + (size_t)r * n;
-        float *o = out + (size_t)r * hd;
-        int32_t i = 0;
-        for (; hd % VW == 0 && i + 2 * VW <= hd; i += 2 * VW) {
-            V a0 = V_ZERO(), a1 = V_ZERO();
-            for (int32_t p = 0; p < n; p++) {
-                const V w = V_SET1(pr[p]);
-                a0 = V_FMA(w, V_LOADU(Vr + (size_t)p * ld + i), a0);
-                a1 = V_FMA(w, V_LOADU(Vr + (size_t)p * ld + i + VW), a1);
-            }
-            V_STOREU(o + i, a0);
-            V_STOREU(o + i + VW, a1);
+    for (int h = 0; h < NH; h++) _mm_storeu_ps(s + (size_t)h * n + p, _mm_mul_ps(V_HSUM4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), _mm_set1_ps(scale)));
+}
+
+/* att_scores: AS_HEADS query heads (then 2, 1) of the group sharing a KV head a pass over K, four positions at a
+ * time; every sum keeps the one-head order, so the values are the same however the heads go. Positions past the
+ * last four, and head sizes that are not a multiple of VW, in scalar loops. */
+static inline __attribute__((always_inline)) void att_scores_any(const float *q, int32_t g, const void *K, int64_t ld, int32_t n,
+                                                                 int32_t hd, float scale, float *s, const int half) {
+    const int32_t n4 = hd % VW == 0 ? n / 4 * 4 : 0;
+    for (int32_t r = 0; r < g;) {
+        const int32_t nh = g - r >= AS_HEADS ? AS_HEADS : g - r >= 2 ? 2 : 1;
+        for (int32_t p = 0; p < n4; p += 4) {
+            if (nh == AS_HEADS) att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, half, AS_HEADS);
+            else if (nh == 2) att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, half, 2);
+            else att_scores_tile(q + (size_t)r * hd, hd, K, ld, p, n, scale, s + (size_t)r * n, half, 1);
         }
-        for (; hd % VW == 0 && i < hd; i += VW) {
-            V a0 = V_ZERO();
-            for (int32_t p = 0; p < n; p++) a0 = V_FMA(V_SET1(pr[p]), V_LOADU(Vr + (size_t)p * ld + i), a0);
-            V_STOREU(o + i, a0);
+        r += nh;
+    }
+    for (int32_t r = 0; r < g; r++)
+        for (int32_t p = n4; p < n; p++) {
+            const void *kp = att_row(K, p, ld, half);
+            const float *qr = q + (size_t)r * hd;
+            float d = 0;
+            for (int32_t i = 0; i < hd; i++) d += qr[i] * att_at(kp, i, half);
+            s[(size_t)r * n + p] = scale * d;
         }
-        for (; i < hd; i++) {
+}
+
+/* NH query heads (P's rows, n apart) against NC vectors of V's columns from i: one pass over the positions, each V
+ * load serving every head, NH x NC independent sums (the old loop's two heads x two vectors waited on the FMA's
+ * latency). Each sum runs over the positions in order, as the one-head loop's. */
+static inline __attribute__((always_inline)) void att_values_tile(const float *P, int32_t n, const void *Vr, int64_t ld, int32_t i,
+                                                                  float *out, int32_t hd, const int half, const int NH, const int NC) {
+    V acc[4][AV_COLS];
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < NC; c++) acc[h][c] = V_ZERO();
+    for (int32_t p = 0; p < n; p++) {
+        const void *v = att_row(Vr, p, ld, half);
+        V vv[AV_COLS];
+        for (int c = 0; c < NC; c++) vv[c] = att_load(v, i + c * VW, half);
+        for (int h = 0; h < NH; h++) {
+            const V w = V_SET1(P[(size_t)h * n + p]);
+            for (int c = 0; c < NC; c++) acc[h][c] = V_FMA(w, vv[c], acc[h][c]);
+        }
+    }
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < NC; c++) V_STOREU(out + (size_t)h * hd + i + c * VW, acc[h][c]);
+}
+
+/* att_values: query heads 4 (then 2, 1) at a time over AV_COLS vectors of columns (then 2, 1); columns past the
+ * last whole vector in scalar loops. */
+static inline __attribute__((always_inline)) void att_values_any(const float *P, int32_t g, const void *Vr, int64_t ld, int32_t n,
+                                                                 int32_t hd, float *out, const int half) {
+    const int32_t vec = hd / VW * VW;
+    for (int32_t i = 0; i < vec;) {
+        const int32_t left = (vec - i) / VW, nc = left >= AV_COLS ? AV_COLS : left >= 2 ? 2 : 1;
+        for (int32_t r = 0; r < g;) {
+            const int32_t nh = g - r >= 4 ? 4 : g - r >= 2 ? 2 : 1;
+            const float *pr = P + (size_t)r * n;
+            float *o = out + (size_t)r * hd;
+#define AV_TILE(NH, NC) att_values_tile(pr, n, Vr, ld, i, o, hd, half, NH, NC)
+            if (nc == AV_COLS) nh == 4 ? AV_TILE(4, AV_COLS) : nh == 2 ? AV_TILE(2, AV_COLS) : AV_TILE(1, AV_COLS);
+            else if (nc == 2) nh == 4 ? AV_TILE(4, 2) : nh == 2 ? AV_TILE(2, 2) : AV_TILE(1, 2);
+            else nh == 4 ? AV_TILE(4, 1) : nh == 2 ? AV_TILE(2, 1) : AV_TILE(1, 1);
+#undef AV_TILE
+            r += nh;
+        }
+        i += nc * VW;
+    }
+    for (int32_t r = 0; r < g; r++)
+        for (int32_t i = vec; i < hd; i++) {
             float a = 0;
-            for (int32_t p = 0; p < n; p++) a += pr[p] * Vr[(size_t)p * ld + i];
-            o[i] = a;
+            for (int32_t p = 0; p < n; p++) a += P[(size_t)r * n + p] * att_at(att_row(Vr, p, ld, half), i, half);
+            out[(size_t)r * hd + i] = a;
         }
-    }
+}
+
+static void att_scores(const float *q, int32_t g, const float *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    att_scores_any(q, g, K, ld, n, hd, scale, s, 0);
+}
+static void att_scores_f16(const float *q, int32_t g, const uint16_t *K, int64_t ld, int32_t n, int32_t hd, float scale, float *s) {
+    att_scores_any(q, g, K, ld, n, hd, scale, s, 1);
+}
+static void att_values(const float *P, int32_t g, const float *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
+    att_values_any(P, g, Vr, ld, n, hd, out, 0);
+}
+static void att_values_f16(const float *P, int32_t g, const uint16_t *Vr, int64_t ld, int32_t n, int32_t hd, float *out) {
+    att_values_any(P, g, Vr, ld, n, hd, out, 1);
 }
 
 /* four vector chains, so the loads, not the adds, set the pace */

@@ -387,7 +387,9 @@ srv_engine *srv_engine_new(mopt_model *m, int arm, const srv_engine_opts *o, srv
     e->eos = a->eos_id >= 0 ? a->eos_id : mopt_tokenizer_eos_id(tok);
     e->ctx = o->ctx > 0 && o->ctx < a->max_ctx ? o->ctx : a->max_ctx;
     e->n_slots = o->max_seqs > 0 ? o->max_seqs : 1;
-    const int64_t per_seq = mopt_graph_kv_bytes_per_token(mopt_model_graph(m)) * (int64_t)e->ctx;
+    const int64_t per_pos = mopt_kv_bytes_per_position(mopt_model_graph(m), NULL, err); /* NULL: --kv-cache's choice */
+    if (per_pos < 0) goto fail;
+    const int64_t per_seq = per_pos * (int64_t)e->ctx;
     if (o->kv_budget > 0 && per_seq > 0 && per_seq * e->n_slots > o->kv_budget) {
         if (per_seq > o->kv_budget) {
             mopt_error_set(err, MOPT_E_INVALID, "serve",

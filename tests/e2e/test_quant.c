@@ -405,6 +405,21 @@ static void test_kv_cache_quantization_stays_within_0_1_percent(void **s) {
     }
 }
 
+/* An f16 KV cache (--kv-cache f16, through $MOPT_KV_CACHE) moves lit-llama-7m's perplexity by under 0.001%: each K
+ * and V value rounded to a half, nothing calibrated. */
+static void test_an_f16_kv_cache_costs_under_0_001_percent_of_ppl(void **s) {
+    REQUIRE_SHARED();
+    char data[1100];
+    val_head(data, sizeof data);
+    const double base = ppl_after("models/lit-llama-7m", "", data);
+    assert_int_equal(setenv("MOPT_KV_CACHE", "f16", 1), 0);
+    const double half = ppl_after("models/lit-llama-7m", "", data);
+    assert_int_equal(unsetenv("MOPT_KV_CACHE"), 0);
+    fprintf(stderr, "f16 KV cache: ppl %.6f vs %.6f (%+.5f%%)\n", half, base, 100 * (half / base - 1));
+    assert_true(fabs(half / base - 1) < 1e-5); /* measured: 1.7e-6 */
+    assert_true(half != base); /* the cache was rounded */
+}
+
 /* Bits per weight of the decoder linears as stored now. */
 static double linear_bits(mopt_model *m) {
     mopt_graph *g = mopt_model_graph(m);
@@ -775,6 +790,7 @@ int main(void) {
         cmocka_unit_test(test_recipe_gives_each_linear_its_last_matching_format),
         cmocka_unit_test(test_w4a8_awq_stays_within_0_3_percent_of_w4a16),
         cmocka_unit_test(test_kv_cache_quantization_stays_within_0_1_percent),
+        cmocka_unit_test(test_an_f16_kv_cache_costs_under_0_001_percent_of_ppl),
         cmocka_unit_test(test_awq_on_nvfp4_beats_plain_nvfp4),
         cmocka_unit_test(test_lm_head_is_quantized_on_request),
         cmocka_unit_test(test_embeddings_are_quantized_on_request),

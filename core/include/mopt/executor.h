@@ -24,6 +24,10 @@ typedef struct mopt_session_opts {
     /* "cpu", "cuda" or "cuda:N": where the session runs. NULL: $MOPT_DEVICE, else the CPU. On a GPU the
      * linears run there through libmopt-cuda (mopt/cuda.h), the other ops on the CPU. */
     const char *device;
+    /* The cache of the layers a graph leaves in float (quant.kv's fp8 and int8 layers keep theirs): "f32" (fp32,
+     * exact) or "f16" (IEEE half: half the memory and the bytes a decode step reads at long contexts; each K and V
+     * value rounded to nearest even, as llama.cpp's default cache). NULL: $MOPT_KV_CACHE, else "f32". */
+    const char *kv_cache;
 } mopt_session_opts;
 
 MOPT_API void mopt_session_opts_default(mopt_session_opts *o);
@@ -66,6 +70,9 @@ MOPT_API int32_t mopt_seq_length(const mopt_seq *q);
 MOPT_API int32_t mopt_seq_max_ctx(const mopt_seq *q);
 /* Bytes of the cache. */
 MOPT_API size_t mopt_seq_bytes(const mopt_seq *q);
+/* The cache bytes one position takes (every layer's K and V) in a session of g with this kv_cache choice
+ * (mopt_session_opts.kv_cache; NULL: $MOPT_KV_CACHE); -1 with err set when it names no cache format. */
+MOPT_API int64_t mopt_kv_bytes_per_position(const mopt_graph *g, const char *kv_cache, mopt_error *err);
 MOPT_API mopt_status mopt_seq_truncate(mopt_seq *q, int32_t n, mopt_error *err);
 /* Tokens one forward call may carry in all. */
 MOPT_API int32_t mopt_session_max_batch(const mopt_session *s);

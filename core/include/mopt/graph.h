@@ -173,7 +173,15 @@ MOPT_API int64_t mopt_graph_decode_bytes(const mopt_graph *g);
  * the cache stores q = round(k / k_scale) (E4M3: nearest even, saturating at
  * 448; int8: nearest even, clamped to +-127) and attention reads q * k_scale,
  * as vLLM's fp8 cache does; likewise v. K is quantized after RoPE. */
-typedef enum mopt_kv_format { MOPT_KV_FLOAT = 0, MOPT_KV_FP8 = 1, MOPT_KV_INT8 = 2, MOPT_KV_FORMAT_COUNT } mopt_kv_format;
+typedef enum mopt_kv_format {
+    MOPT_KV_FLOAT = 0,
+    MOPT_KV_FP8 = 1,
+    MOPT_KV_INT8 = 2,
+    /* IEEE half values, no scales: a session's choice for the layers a graph leaves in float
+     * (mopt_session_opts.kv_cache), never stored in a graph */
+    MOPT_KV_F16 = 3,
+    MOPT_KV_FORMAT_COUNT
+} mopt_kv_format;
 
 typedef struct mopt_kv_quant {
     int32_t format;                 /* mopt_kv_format; MOPT_KV_FLOAT: an fp32 cache, no scales */
@@ -182,8 +190,8 @@ typedef struct mopt_kv_quant {
 } mopt_kv_quant;
 
 /* Sets layer's cache format and scales (copied); MOPT_KV_FLOAT clears them.
- * Fails unless the layer has an attention node, n_scales is 1 or its
- * n_kv_heads, and every scale is finite and positive. Sessions made earlier
+ * Fails unless the layer has an attention node, the format is FP8 or INT8
+ * (or FLOAT), n_scales is 1 or its n_kv_heads, and every scale is finite and positive. Sessions made earlier
  * keep the cache they were made with. */
 MOPT_API mopt_status mopt_graph_set_kv_quant(mopt_graph *g, int32_t layer, mopt_kv_format format, int32_t n_scales,
                                              const float *k_scale, const float *v_scale, mopt_error *err);
@@ -191,7 +199,7 @@ MOPT_API mopt_status mopt_graph_set_kv_quant(mopt_graph *g, int32_t layer, mopt_
 MOPT_API mopt_kv_quant mopt_graph_kv_quant(const mopt_graph *g, int32_t layer);
 /* Bytes the KV caches of all layers take per token, as the executor stores them. */
 MOPT_API int64_t mopt_graph_kv_bytes_per_token(const mopt_graph *g);
-/* "float", "fp8", "int8" */
+/* "float", "fp8", "int8", "f16" */
 MOPT_API const char *mopt_kv_format_name(mopt_kv_format f);
 
 MOPT_API const char *mopt_op_name(mopt_op op);

@@ -116,9 +116,21 @@ static double e4m3_round(double x) {
     return x < 0 ? -best : best;
 }
 
-/* The cache's round trip: q = round(x / s) in the format, read back as q * s. */
+/* IEEE binary16 from its definition: 11 significant bits, nearest even; below 2^-14 a fixed step of 2^-24;
+ * infinite from 65520 */
+static double half_round(double x) {
+    if (x == 0 || !isfinite(x)) return x;
+    int e;
+    frexp(x, &e); /* |x| = m 2^e, 0.5 <= m < 1 */
+    const int shift = e - 1 < -14 ? 24 : 11 - e;
+    const double r = ldexp(nearbyint(ldexp(x, shift)), -shift);
+    return fabs(r) >= 65520 ? copysign(INFINITY, x) : r;
+}
+
+/* The cache's round trip: a half; or q = round(x / s) in the format, read back as q * s. */
 static double kv_round(mopt_kv_format f, double x, double s) {
     if (f == MOPT_KV_FLOAT) return x;
+    if (f == MOPT_KV_F16) return half_round(x);
     const double r = x / s;
     if (f == MOPT_KV_FP8) return e4m3_round(r) * s;
     return fmin(127.0, fmax(-127.0, nearbyint(r))) * s;
@@ -139,8 +151,8 @@ static void reference_kv(const model *m, const int32_t *tok, int n, double logit
         rope_half(k[t], KVH, t);
         for (int i = 0; i < KVH * HD; i++) {
             if (f == MOPT_KV_FLOAT) continue;
-            k[t][i] = kv_round(f, (float)k[t][i], ks[i / HD]); /* mopt's K and V are fp32 before they are rounded */
-            v[t][i] = kv_round(f, (float)v[t][i], vs[i / HD]);
+            k[t][i] = kv_round(f, (float)k[t][i], ks ? ks[i / HD] : 1); /* mopt's K and V are fp32 before they are rounded */
+            v[t][i] = kv_round(f, (float)v[t][i], vs ? vs[i / HD] : 1);
         }
     }
     for (int t = 0; t < n; t++) {
@@ -390,6 +402,57 @@ static void test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v(void **
     check_kv_format(MOPT_KV_INT8, ks, vs);
 }
 
+/* A session asked for an f16 cache (mopt_session_opts.kv_cache, or $MOPT_KV_CACHE) gives, in prefill and
+ * token by token, the logits of the float64 reference whose K and V were rounded to halves, holds half the bytes,
+ * and refuses a cache it does not know; the graph itself never takes f16. */
+static void test_an_f16_kv_cache_gives_the_reference_of_halved_k_and_v(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    double want[T][V], plain[T][V];
+    reference_kv(&m, tokens, T, want, MOPT_KV_F16, NULL, NULL);
+    reference(&m, tokens, T, plain);
+    double moved = 0; /* the halves must move the logits past expect_row's 1e-5, or the test proves nothing */
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < V; i++) moved = fmax(moved, fabs(want[t][i] - plain[t][i]));
+    assert_true(moved > 2e-5);
+    mopt_session_opts o;
+    mopt_session_opts_default(&o);
+    o.kv_cache = "f16";
+    const float *logits;
+    mopt_session *s = mopt_session_new(m.g, &o, NULL);
+    assert_non_null(s);
+    assert_int_equal(mopt_session_forward(s, tokens, T, true, &logits, NULL), MOPT_OK);
+    for (int t = 0; t < T; t++) expect_row(logits + t * V, want[t]);
+    mopt_seq *q = mopt_seq_new(s, 0, NULL);
+    assert_int_equal(mopt_seq_bytes(q), (size_t)mopt_seq_max_ctx(q) * 2 * KVH * HD * 2);
+    mopt_seq_free(q);
+    mopt_session_free(s);
+    assert_int_equal(setenv("MOPT_KV_CACHE", "f16", 1), 0); /* what --kv-cache f16 sets */
+    assert_int_equal(mopt_kv_bytes_per_position(m.g, NULL, NULL), 2 * KVH * HD * 2);
+    s = mopt_session_new(m.g, NULL, NULL);
+    assert_non_null(s);
+    for (int t = 0; t < T; t++) {
+        assert_int_equal(mopt_session_forward(s, tokens + t, 1, false, &logits, NULL), MOPT_OK);
+        expect_row(logits, want[t]);
+    }
+    mopt_session_free(s);
+    mopt_error err = {0};
+    assert_int_equal(setenv("MOPT_KV_CACHE", "fp16", 1), 0);
+    assert_null(mopt_session_new(m.g, NULL, &err));
+    assert_non_null(strstr(err.msg, "MOPT_KV_CACHE) 'fp16': expected f32 or f16"));
+    assert_int_equal(mopt_kv_bytes_per_position(m.g, NULL, &err), -1);
+    assert_int_equal(unsetenv("MOPT_KV_CACHE"), 0);
+    o.kv_cache = "f8";
+    assert_null(mopt_session_new(m.g, &o, &err));
+    assert_non_null(strstr(err.msg, "kv_cache 'f8'"));
+    assert_int_equal(mopt_kv_bytes_per_position(m.g, "f32", NULL), 2 * KVH * HD * 4);
+    const float one[KVH] = {1, 1};
+    assert_int_not_equal(mopt_graph_set_kv_quant(m.g, 0, MOPT_KV_F16, KVH, one, one, &err), MOPT_OK);
+    assert_non_null(strstr(err.msg, "session's choice"));
+    mopt_graph_free(m.g);
+}
+
 /* Bad KV settings are refused with a message; a session keeps the format it was made with. */
 static void test_kv_formats_refuse_bad_scales_and_sessions_keep_theirs(void **state) {
     (void)state;
@@ -444,6 +507,7 @@ int main(void) {
         cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),
         cmocka_unit_test(test_an_fp8_kv_cache_gives_the_reference_of_rounded_k_and_v),
         cmocka_unit_test(test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v),
+        cmocka_unit_test(test_an_f16_kv_cache_gives_the_reference_of_halved_k_and_v),
         cmocka_unit_test(test_kv_formats_refuse_bad_scales_and_sessions_keep_theirs),
     };
     return test_run_tests(tests, NULL, NULL);

@@ -306,15 +306,47 @@ static void test_swiglu_matches_float64_within_4_ulp(void **s) {
     }
 }
 
+/* Decode attention's scores sc and output out (att_scores, att_values) against float64 sums over K and V (rows 160
+ * floats apart): each within the float roundings of its terms' magnitudes */
+static void check_attention(const float *q, const float *K, const float *Vv, const float *P, const float *sc, const float *out,
+                            int32_t g, int32_t n, int32_t hd, float scale) {
+    enum { LD = 160 };
+    for (int32_t r = 0; r < g; r++) {
+        for (int32_t p = 0; p < n; p++) {
+            double d = 0, mag = 0;
+            for (int32_t i = 0; i < hd; i++) {
+                d += (double)q[r * hd + i] * K[p * LD + i];
+                mag += fabs((double)q[r * hd + i] * K[p * LD + i]);
+            }
+            assert_true(fabs(sc[r * n + p] - scale * d) <= (double)hd * 6e-8 * mag * scale + 1e-7);
+        }
+        for (int32_t i = 0; i < hd; i++) {
+            double a = 0, mag = 0;
+            for (int32_t p = 0; p < n; p++) {
+                a += (double)P[r * n + p] * Vv[p * LD + i];
+                mag += fabs((double)P[r * n + p] * Vv[p * LD + i]);
+            }
+            assert_true(fabs(out[r * hd + i] - a) <= (double)n * 6e-8 * mag + 1e-7);
+        }
+    }
+}
+
 /* Decode attention's kernels against float64 on head sizes that are and are not multiples of either vector width,
- * query groups of 1 to 5, 1 to 131 positions and rows wider than the head; then softmax, with large spreads and
- * -inf entries (masked positions), summing to 1. */
+ * query groups of 1 to 5, 1 to 131 positions and rows wider than the head, over an fp32 cache and over an f16 one
+ * (against the values its halves hold); then softmax, with large spreads and -inf entries (masked positions),
+ * summing to 1. */
 static void test_attention_kernels_match_float64(void **s) {
     enum { MAXN = 131, MAXHD = 136, LD = 160, MAXG = 5 };
     static float q[MAXG * MAXHD], K[MAXN * LD], Vv[MAXN * LD], P[MAXG * MAXN], sc[MAXG * MAXN], out[MAXG * MAXHD];
     for (int i = 0; i < MAXG * MAXHD; i++) q[i] = frand();
     for (int i = 0; i < MAXN * LD; i++) K[i] = frand(), Vv[i] = frand();
     for (int i = 0; i < MAXG * MAXN; i++) P[i] = 0.5f * (frand() + 1.0f);
+    static uint16_t Kh[MAXN * LD], Vh[MAXN * LD]; /* an f16 cache, and the values its halves hold */
+    static float Kw[MAXN * LD], Vw[MAXN * LD];
+    for (int i = 0; i < MAXN * LD; i++) {
+        Kh[i] = mopt_f32_to_f16(K[i]), Vh[i] = mopt_f32_to_f16(Vv[i]);
+        Kw[i] = mopt_f16_to_f32(Kh[i]), Vw[i] = mopt_f16_to_f32(Vh[i]);
+    }
     const int32_t hds[] = {8, 24, 32, 48, 64, 72, 128, 136}, ns[] = {1, 3, 4, 5, 17, 64, 131}, gs[] = {1, 2, 5};
     for (size_t k = 0; k < 3; k++) {
         if (!mopt_kernels_supported(sets[k])) continue;
@@ -325,24 +357,10 @@ static void test_attention_kernels_match_float64(void **s) {
                     const float scale = 1.0f / sqrtf((float)hd);
                     sets[k]->att_scores(q, g, K, LD, n, hd, scale, sc);
                     sets[k]->att_values(P, g, Vv, LD, n, hd, out);
-                    for (int32_t r = 0; r < g; r++) {
-                        for (int32_t p = 0; p < n; p++) {
-                            double d = 0, mag = 0;
-                            for (int32_t i = 0; i < hd; i++) {
-                                d += (double)q[r * hd + i] * K[p * LD + i];
-                                mag += fabs((double)q[r * hd + i] * K[p * LD + i]);
-                            }
-                            assert_true(fabs(sc[r * n + p] - scale * d) <= (double)hd * 6e-8 * mag * scale + 1e-7);
-                        }
-                        for (int32_t i = 0; i < hd; i++) {
-                            double a = 0, mag = 0;
-                            for (int32_t p = 0; p < n; p++) {
-                                a += (double)P[r * n + p] * Vv[p * LD + i];
-                                mag += fabs((double)P[r * n + p] * Vv[p * LD + i]);
-                            }
-                            assert_true(fabs(out[r * hd + i] - a) <= (double)n * 6e-8 * mag + 1e-7);
-                        }
-                    }
+                    check_attention(q, K, Vv, P, sc, out, g, n, hd, scale);
+                    sets[k]->att_scores_f16(q, g, Kh, LD, n, hd, scale, sc);
+                    sets[k]->att_values_f16(P, g, Vh, LD, n, hd, out);
+                    check_attention(q, Kw, Vw, P, sc, out, g, n, hd, scale);
                 }
         for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
             const int64_t n = lengths[li];
