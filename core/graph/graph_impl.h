@@ -21,6 +21,12 @@ struct mopt_graph {
 };
 
 void mopt_graph_kv_free(mopt_graph *g);
+/* A layer's cache in a session: the graph's format, or for a float layer f16 where the session asks (kv_f16) */
+mopt_kv_quant mopt_graph_kv_in_session(const mopt_graph *g, int32_t layer, int kv_f16);
+/* Bytes one cached value takes in a format */
+size_t mopt_kv_value_bytes(int32_t format);
+/* Bytes every layer's K and V take per position in such a session */
+int64_t mopt_graph_kv_bytes_in_session(const mopt_graph *g, int kv_f16);
 
 mopt_arch *mopt_graph_arch_mut(mopt_graph *g);
 /* Frees the named tensor (if present) and clears node references to it. */

@@ -61,13 +61,21 @@ mopt_kv_quant mopt_graph_kv_quant(const mopt_graph *g, int32_t layer) {
     return g->kv[layer];
 }
 
-int64_t mopt_graph_kv_bytes_per_token(const mopt_graph *g) {
+mopt_kv_quant mopt_graph_kv_in_session(const mopt_graph *g, int32_t layer, int kv_f16) {
+    const mopt_kv_quant kq = mopt_graph_kv_quant(g, layer);
+    return kq.format == MOPT_KV_FLOAT && kv_f16 ? (mopt_kv_quant){.format = MOPT_KV_F16} : kq;
+}
+
+size_t mopt_kv_value_bytes(int32_t format) { return format == MOPT_KV_FLOAT ? sizeof(float) : format == MOPT_KV_F16 ? 2 : 1; }
+
+int64_t mopt_graph_kv_bytes_in_session(const mopt_graph *g, int kv_f16) {
     int64_t bytes = 0;
     for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
         const mopt_node *n = mopt_graph_node(g, i);
-        if (n->op != MOPT_OP_ATTENTION) continue;
-        const int64_t per = mopt_graph_kv_quant(g, n->layer).format == MOPT_KV_FLOAT ? 4 : 1;
-        bytes += 2 * (int64_t)n->n_kv_heads * n->head_dim * per;
+        if (n->op == MOPT_OP_ATTENTION)
+            bytes += 2 * (int64_t)n->n_kv_heads * n->head_dim * (int64_t)mopt_kv_value_bytes(mopt_graph_kv_in_session(g, n->layer, kv_f16).format);
     }
     return bytes;
 }
+
+int64_t mopt_graph_kv_bytes_per_token(const mopt_graph *g) { return mopt_graph_kv_bytes_in_session(g, 0); }

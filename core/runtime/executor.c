@@ -8,6 +8,7 @@
 
 #include "backend_impl.h"
 #include "base.h"
+#include "graph_impl.h"
 #include "kernels.h"
 #include "mopt/executor.h"
 #include "threadpool.h"
@@ -81,24 +82,10 @@ static mopt_status parse_kv_cache(const char *k, int32_t *f16, mopt_error *err) 
     return MOPT_OK;
 }
 
-/* A layer's cache: the graph's format, or for a float layer f16 where the session asks */
-static mopt_kv_quant layer_kv(const mopt_graph *g, int32_t layer, int32_t kv_f16) {
-    const mopt_kv_quant kq = mopt_graph_kv_quant(g, layer);
-    return kq.format == MOPT_KV_FLOAT && kv_f16 ? (mopt_kv_quant){.format = MOPT_KV_F16} : kq;
-}
-
-static size_t kv_elem_bytes(int32_t format) { return format == MOPT_KV_FLOAT ? sizeof(float) : format == MOPT_KV_F16 ? 2 : 1; }
-
 int64_t mopt_kv_bytes_per_position(const mopt_graph *g, const char *kv_cache, mopt_error *err) {
     int32_t f16 = 0;
     if (parse_kv_cache(kv_cache, &f16, err)) return -1;
-    int64_t bytes = 0;
-    for (int32_t i = 0; i < mopt_graph_n_nodes(g); i++) {
-        const mopt_node *n = mopt_graph_node(g, i);
-        if (n->op == MOPT_OP_ATTENTION)
-            bytes += 2 * (int64_t)n->n_kv_heads * n->head_dim * (int64_t)kv_elem_bytes(layer_kv(g, n->layer, f16).format);
-    }
-    return bytes;
+    return mopt_graph_kv_bytes_in_session(g, f16);
 }
 
 /* Allocates the caches of every attention node of g for max_ctx positions. */
@@ -125,7 +112,7 @@ static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, i
             seq_release(q);
             return MOPT_E_INVALID;
         }
-        const mopt_kv_quant kq = layer_kv(g, n->layer, kv_f16);
+        const mopt_kv_quant kq = mopt_graph_kv_in_session(g, n->layer, kv_f16);
         if (kq.format == MOPT_KV_F16) {
             q->kv[n->kv_slot] = kq;
         } else if (kq.format != MOPT_KV_FLOAT) {
@@ -135,12 +122,11 @@ static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, i
             memcpy(sc + kq.n_scales, kq.v_scale, (size_t)kq.n_scales * sizeof *sc);
             q->kv[n->kv_slot] = (mopt_kv_quant){kq.format, kq.n_scales, sc, sc + kq.n_scales};
         }
-        const size_t elem = kv_elem_bytes(kq.format);
-        q->cache_bytes[n->kv_slot] = (size_t)max_ctx * kvd * elem;
+        q->cache_bytes[n->kv_slot] = (size_t)max_ctx * kvd * mopt_kv_value_bytes(kq.format);
         q->k_cache[n->kv_slot] = mopt_alloc_zeroed(q->cache_bytes[n->kv_slot]);
         q->v_cache[n->kv_slot] = mopt_alloc_zeroed(q->cache_bytes[n->kv_slot]);
         if (!q->k_cache[n->kv_slot] || !q->v_cache[n->kv_slot]) goto nomem;
-        q->bytes += 2 * (size_t)max_ctx * kvd * elem;
+        q->bytes += 2 * q->cache_bytes[n->kv_slot];
     }
     return MOPT_OK;
 nomem:
