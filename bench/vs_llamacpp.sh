@@ -17,8 +17,13 @@
 # in the same run. Each invocation keeps its runs' JSON in a folder of its own
 # (WORKDIR/runs-TIME-PID), so no run of an earlier invocation is ever read again.
 #
+# Both keep the KV cache in f16 (llama-bench's default; mopt bench --kv-cache
+# KV_CACHE). The bandwidth column counts what mopt's decode reads, the weights
+# and the cache up to its position, and in brackets the weights alone.
+#
 # Environment: LLAMA_CPP_BIN (required: the folder holding llama-bench),
-# MOPT (default build/bin/mopt), THREADS (2), PROMPT (512), GEN (32), REPS (3).
+# MOPT (default build/bin/mopt), THREADS (2), PROMPT (512), GEN (32), REPS (3),
+# KV_CACHE (f16; f32 for mopt's default cache).
 set -euo pipefail
 
 usage() { echo "usage: LLAMA_CPP_BIN=DIR $0 MODEL [WORKDIR]" >&2; exit 2; }
@@ -30,6 +35,7 @@ THREADS=${THREADS:-2}
 PROMPT=${PROMPT:-512}
 GEN=${GEN:-32}
 REPS=${REPS:-3}
+KV_CACHE=${KV_CACHE:-f16}
 [ -n "${LLAMA_CPP_BIN:-}" ] && [ -x "$LLAMA_CPP_BIN/llama-bench" ] ||
   { echo "vs_llamacpp: set LLAMA_CPP_BIN to the folder holding llama-bench" >&2; exit 2; }
 [ -x "$MOPT" ] || { echo "vs_llamacpp: $MOPT not found (build mopt, or set MOPT)" >&2; exit 2; }
@@ -72,7 +78,7 @@ for r in $(seq 1 "$REPS"); do
       } >"$RUNS/llama-$gguf-$r.json.tmp" 2>/dev/null
       mv "$RUNS/llama-$gguf-$r.json.tmp" "$RUNS/llama-$gguf-$r.json"
     fi
-    args=(bench "$what" --threads "$THREADS" --prompt-len "$PROMPT" --gen "$GEN" --runs 1 --warmup 1 --quiet
+    args=(bench "$what" --threads "$THREADS" --prompt-len "$PROMPT" --gen "$GEN" --runs 1 --warmup 1 --quiet --kv-cache "$KV_CACHE"
           --json "$RUNS/mopt-$i-$r.json")
     [ -n "$pipe" ] && args+=(--pipeline "$pipe")
     "$MOPT" "${args[@]}" >/dev/null
@@ -80,10 +86,10 @@ for r in $(seq 1 "$REPS"); do
 done
 
 echo "runs: $RUNS" >&2
-python3 - "$RUNS" "$REPS" "$THREADS" "$PROMPT" "$GEN" "${ROWS[@]}" <<'EOF'
+python3 - "$RUNS" "$REPS" "$THREADS" "$PROMPT" "$GEN" "$KV_CACHE" "${ROWS[@]}" <<'EOF'
 import json, statistics, sys
-runs, reps, threads, prompt, gen = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-rows = [r.split("|") for r in sys.argv[6:]]
+runs, reps, threads, prompt, gen, kv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+rows = [r.split("|") for r in sys.argv[7:]]
 med = statistics.median
 
 def llama(gguf):
@@ -98,13 +104,16 @@ def llama(gguf):
 def mopt(i):
     d = [json.load(open(f"{runs}/mopt-{i}-{r}.json")) for r in range(1, reps + 1)]
     return (med(x["prefill_tok_s"] for x in d), med(x["decode_tok_s"] for x in d),
-            med(x["decode_bandwidth_fraction"] for x in d), med(x["read_gb_s"] for x in d))
+            med(x["decode_bandwidth_fraction"] for x in d), med(x["decode_weight_bandwidth_fraction"] for x in d),
+            med(x["read_gb_s"] for x in d))
 
-print(f"{threads} threads, prompt {prompt}, {gen} generated after it (llama-bench -d {prompt}), medians of {reps} interleaved runs\n")
-print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth |")
+print(f"{threads} threads, prompt {prompt}, {gen} generated after it (llama-bench -d {prompt}), mopt's KV cache {kv}, "
+      f"medians of {reps} interleaved runs\n")
+print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth (weights alone) |")
 print("|---|---|---|---|---|---|---|---|")
 for i, (name, gguf, _, _) in enumerate(rows):
     lpp, ltg = llama(gguf)
-    mpp, mtg, frac, bw = mopt(i)
-    print(f"| {name} | {lpp:.1f} | {mpp:.1f} | {mpp / lpp:.2f}x | {ltg:.2f} | {mtg:.2f} | {mtg / ltg:.2f}x | {100 * frac:.0f}% of {bw:.1f} GB/s |")
+    mpp, mtg, frac, wfrac, bw = mopt(i)
+    print(f"| {name} | {lpp:.1f} | {mpp:.1f} | {mpp / lpp:.2f}x | {ltg:.2f} | {mtg:.2f} | {mtg / ltg:.2f}x | "
+          f"{100 * frac:.0f}% ({100 * wfrac:.0f}%) of {bw:.1f} GB/s |")
 EOF

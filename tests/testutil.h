@@ -129,6 +129,7 @@ static inline int test_run_group(const char *name, const struct CMUnitTest *test
         if (!t[i].teardown_func) t[i].teardown_func = test_tmpdirs_teardown;
     test_user_group_setup = setup;
     test_user_group_teardown = teardown;
+    if (getenv("MOPT_TEST_FILTER")) cmocka_set_test_filter(getenv("MOPT_TEST_FILTER")); /* e.g. 'test_a_loaded*' */
     int rc = _cmocka_run_group_tests(name, t, n, test_group_setup, test_group_teardown);
     free(t);
     return rc;

@@ -40,8 +40,9 @@ int cmd_bench(int argc, char **argv) {
                    "                  [--device cpu|cuda|cuda:N] [--kv-cache f32|f16] [--quiet]\n\n"
                    "Times prefill of each prompt length and greedy decoding (warm-up runs excluded): medians\n"
                    "with min/max/stdev, per-token latency p50/p95/p99, time to first token, peak RSS.\n"
-                   "Also the weight bytes a decode step reads per token, the GB/s that makes, and the machine's read\n"
-                   "bandwidth measured on the same threads over a --bandwidth-mib buffer (0: skip), as a fraction.\n"
+                   "Also the bytes a decode step reads per token (the weights, and the KV cache up to its position),\n"
+                   "the GB/s that makes, and the machine's read bandwidth measured on the same threads over a\n"
+                   "--bandwidth-mib buffer (0: skip), as a fraction.\n"
                    "--pipeline runs passes (e.g. quantization) on the model first. --device cuda runs the\n"
                    "linears on the GPU (libmopt-cuda), the rest on the CPU. --kv-cache f16 keeps the KV cache in\n"
                    "IEEE halves (half its memory and of what decode reads at long contexts; default f32).\n");
@@ -73,9 +74,10 @@ int cmd_bench(int argc, char **argv) {
            G("latency_ms_p50"), G("latency_ms_p95"), G("latency_ms_p99"), G("ttft_ms"), G("peak_rss_bytes") / 1e6,
            G("model_bytes") / 1e6);
     if (G("read_gb_s") > 0)
-        printf("weights read %.1f MB per token: %.2f GB/s at the median decode, %.0f%% of the %.2f GB/s read bandwidth measured on "
-               "%.0f threads\n",
-               G("weight_bytes_per_token") / 1e6, G("decode_gb_s"), 100 * G("decode_bandwidth_fraction"), G("read_gb_s"), G("threads"));
+        printf("read per token: %.1f MB of weights and %.1f MB of KV cache; %.2f GB/s at the median decode, %.0f%% of the %.2f GB/s "
+               "read bandwidth measured on %.0f threads (the weights alone %.0f%%)\n",
+               G("weight_bytes_per_token") / 1e6, G("kv_bytes_per_token") / 1e6, G("decode_gb_s"), 100 * G("decode_bandwidth_fraction"),
+               G("read_gb_s"), G("threads"), 100 * G("decode_weight_bandwidth_fraction"));
     if (json_path) {
         json_t *js = json_pack("{s:f, s:f, s:{s:f, s:f, s:f}, s:f, s:I, s:I, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I, s:I, s:s}",
                                "prefill_tok_s", G("prefill_tok_s"), "decode_tok_s", G("decode_tok_s"), "latency_ms", "p50",
@@ -86,10 +88,12 @@ int cmd_bench(int argc, char **argv) {
                                "decode_tok_s_max", G("decode_tok_s_max"), "decode_tok_s_stdev", G("decode_tok_s_stdev"), "runs",
                                (json_int_t)G("runs"), "threads", (json_int_t)G("threads"), "model", argv[optind]);
         json_object_set_new(js, "weight_bytes_per_token", json_integer((json_int_t)G("weight_bytes_per_token")));
+        json_object_set_new(js, "kv_bytes_per_token", json_integer((json_int_t)G("kv_bytes_per_token")));
         json_object_set_new(js, "decode_gb_s", json_real(G("decode_gb_s")));
         if (G("read_gb_s") > 0) {
             json_object_set_new(js, "read_gb_s", json_real(G("read_gb_s")));
             json_object_set_new(js, "decode_bandwidth_fraction", json_real(G("decode_bandwidth_fraction")));
+            json_object_set_new(js, "decode_weight_bandwidth_fraction", json_real(G("decode_weight_bandwidth_fraction")));
         }
         if (cli_write_json(json_path, js, &j.err)) rc = cli_fail(&j.err);
         json_decref(js);

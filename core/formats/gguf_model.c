@@ -130,15 +130,19 @@ static mopt_tensor *convert(gguf_file *f, const gguf_tensor *t, const char *name
         const mopt_dtype dt = t->type == MOPT_GGML_F32 ? MOPT_DTYPE_F32 : t->type == MOPT_GGML_F16 ? MOPT_DTYPE_F16 : MOPT_DTYPE_BF16;
         return mopt_tensor_view(gguf_buffer(f), (void *)src, name, dt, nd, dims, err);
     }
-    if (linear && nd == 2 && (t->type == MOPT_GGML_Q4_0 || t->type == MOPT_GGML_Q8_0 || mopt_ggml_kquant_bits(t->type)))
-        return mopt_ggml_blocks_tensor(name, t->type, rows, cols, src, err);
-    mopt_tensor *o = mopt_tensor_new(name, MOPT_DTYPE_F32, nd, dims, err);
-    if (!o) return NULL;
-    for (int64_t r = 0; r < rows; r++)
-        if (mopt_ggml_dequantize_row(t->type, src + r * rb, cols, (float *)o->data + r * cols, err)) {
-            mopt_tensor_free(o);
-            return NULL;
-        }
+    mopt_tensor *o;
+    if (linear && nd == 2 && (t->type == MOPT_GGML_Q4_0 || t->type == MOPT_GGML_Q8_0 || mopt_ggml_kquant_bits(t->type))) {
+        o = mopt_ggml_blocks_tensor(name, t->type, rows, cols, src, err);
+    } else {
+        if (!(o = mopt_tensor_new(name, MOPT_DTYPE_F32, nd, dims, err))) return NULL;
+        for (int64_t r = 0; r < rows && o; r++)
+            if (mopt_ggml_dequantize_row(t->type, src + r * rb, cols, (float *)o->data + r * cols, err)) {
+                mopt_tensor_free(o);
+                o = NULL;
+            }
+    }
+    /* copied out: the file's pages need not stay (they would double the resident memory of a quantized model) */
+    if (o) mopt_buffer_drop(gguf_buffer(f), src, (size_t)(rows * rb));
     return o;
 }
 

@@ -187,6 +187,7 @@ const mopt_host_api mopt_host = {
     .session_parallel_for = mopt_session_parallel_for,
     .tri_inverse_f64 = tri_inverse_f64,
     .session_device = mopt_session_device,
+    .session_kv_bytes_per_position = mopt_session_kv_bytes_per_position,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

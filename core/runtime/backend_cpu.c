@@ -41,8 +41,12 @@ typedef struct cpu_ctx {
     float **ascratch;   /* per thread: att_rows x max_ctx attention probabilities */
     float **kvscratch;  /* per thread: widened K rows, then V rows, each max_ctx x kv_hd (caches not in fp32), or NULL */
     int64_t kv_hd;      /* the widest attention head */
-    void *xbuf, *xbuf2; /* per call: transformed activations (quantized kinds) */
-    size_t xbuf_cap, xbuf2_cap;
+    /* per call: transformed activations (quantized kinds), two buffers for each linear of a group, since a group's
+     * linears are all prepared before any of them runs */
+    void *xbuf[MOPT_MAX_LINEAR_GROUP][2];
+    size_t xbuf_cap[MOPT_MAX_LINEAR_GROUP][2];
+    int32_t xslot;             /* the linear of a group being prepared: its pair of buffers */
+    struct group_job *collect; /* while a group is prepared: where run_gemv leaves each linear's tasks */
     int64_t max_in;
     int32_t max_ctx;
     /* RoPE's cos and sin for positions [0, rope_n), [pos][half] each, for one
@@ -65,8 +69,7 @@ static void cpu_free(void *p) {
     free(c->ascratch);
     free(c->kvscratch);
     free(c->wscratch);
-    free(c->xbuf);
-    free(c->xbuf2);
+    for (int32_t i = 0; i < MOPT_MAX_LINEAR_GROUP; i++) free(c->xbuf[i][0]), free(c->xbuf[i][1]);
     free(c->rope_cs);
     free(c->rope_sn);
     free(c);
@@ -662,6 +665,11 @@ static void *scratch(void **buf, size_t *cap, size_t need) {
     return *buf;
 }
 
+/* Buffer `which` (0 or 1) of the linear being prepared. */
+static void *xscratch(cpu_ctx *c, int which, size_t need) {
+    return scratch(&c->xbuf[c->xslot][which], &c->xbuf_cap[c->xslot][which], need);
+}
+
 /* One token's int8 levels (mopt_i8_level) with s = max|x| / 127, into q8 or (as floats) qf; returns s. For the
  * rows the kernel set's quantize_i8_blocks cannot take (in not a multiple of its vector) and 2:4's float levels. */
 static float quantize_token_i8(const float *x, int64_t in, int8_t *q8, float *qf) {
@@ -689,8 +697,24 @@ static int64_t gemv_rows_for(const cpu_ctx *c, int64_t out) {
     return rows < GEMV_ROWS_MIN ? GEMV_ROWS_MIN : rows > GEMV_ROWS_MAX ? GEMV_ROWS_MAX : rows;
 }
 
+/* Linears that read the same input (q, k, v; gate, up) with a few tokens: each prepared in turn (its x transformed
+ * into buffers of its own), then one task list over all their rows, so the threads meet once instead of once per
+ * linear. */
+typedef struct group_job {
+    lin_job jobs[MOPT_MAX_LINEAR_GROUP];
+    mopt_task_fn fn[MOPT_MAX_LINEAR_GROUP];
+    int64_t first[MOPT_MAX_LINEAR_GROUP + 1]; /* each linear's first task */
+    int32_t n;
+} group_job;
+
+/* Runs a decode job's tasks, or while a group is being prepared, adds them to it. */
 static void run_gemv(cpu_ctx *c, lin_job *j, mopt_task_fn fn) {
     j->gemv_rows = gemv_rows_for(c, j->out);
+    if (c->collect) {
+        c->collect->jobs[c->collect->n] = *j;
+        c->collect->fn[c->collect->n++] = fn;
+        return;
+    }
     mopt_pool_run(c->pool, (j->out + j->gemv_rows - 1) / j->gemv_rows, fn, j);
 }
 
@@ -708,8 +732,8 @@ static void quantize_blocks_i8(const lin_job *j, int64_t bs, int8_t *xq, float *
  * integers), with the sums of every 16 levels for the mins and the offset of 32 */
 static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
     const size_t n = (size_t)j->T * (size_t)j->in;
-    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, n + n / 16 * sizeof(int16_t) + (c->k->kquant_x_order ? n : 0));
-    float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, n / MOPT_KQ_BLOCK * sizeof(float));
+    int8_t *xq = xscratch(c, 0, n + n / 16 * sizeof(int16_t) + (c->k->kquant_x_order ? n : 0));
+    float *xd = xscratch(c, 1, n / MOPT_KQ_BLOCK * sizeof(float));
     if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     int16_t *s16 = (int16_t *)(void *)(xq + n); /* n is a multiple of 256: aligned */
     int8_t *ordered = xq + n + n / 16 * sizeof(int16_t);
@@ -730,8 +754,8 @@ static mopt_status kquant_decode(cpu_ctx *c, lin_job *j, mopt_error *err) {
  * the groups' zero-points folded with the sums of the quantized x. */
 static mopt_status qint_decode(cpu_ctx *c, lin_job *j, int64_t ng, int64_t gs, mopt_error *err) {
     const int64_t in = j->in, nb = in / 32, bpg = gs / 32;
-    int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)j->T * (size_t)in);
-    float *xd = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)j->T * (size_t)(nb + ng) * sizeof(float));
+    int8_t *xq = xscratch(c, 0, (size_t)j->T * (size_t)in);
+    float *xd = xscratch(c, 1, (size_t)j->T * (size_t)(nb + ng) * sizeof(float));
     if (!xq || !xd) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     float *sums = xd + (size_t)j->T * nb;
     quantize_blocks_i8(j, 32, xq, xd);
@@ -806,8 +830,8 @@ static mopt_status int_gemm(cpu_ctx *c, lin_job *j, int64_t ng, int64_t bs, mopt
     const int32_t off = u8_level_offset(c->k, j->w);
     const int per_token = j->w->dtype == MOPT_DTYPE_W8A8; /* one scale a token */
     const size_t zbytes = off ? (size_t)(tiles * 8 * nb) * sizeof(int32_t) : 0;
-    int8_t *xi = scratch(&c->xbuf, &c->xbuf_cap, (size_t)(tiles * 8 * in) + zbytes + (per_token ? (size_t)(tiles * in) : 0));
-    float *xdt = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
+    int8_t *xi = xscratch(c, 0, (size_t)(tiles * 8 * in) + zbytes + (per_token ? (size_t)(tiles * in) : 0));
+    float *xdt = xscratch(c, 1, (size_t)(tiles * 8 * (nb + ng)) * sizeof(float));
     if (!xi || !xdt) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     xtile_job q = {.j = j, .xi = xi, .xdt = xdt, .xst = xdt + tiles * 8 * nb, .ng = ng, .bs = bs,
                    .off = off, .xzt = off ? (int32_t *)(void *)(xi + tiles * 8 * in) : NULL, /* in is a multiple of 32: aligned */
@@ -827,8 +851,8 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     if (w->dtype == MOPT_DTYPE_W8A8 || sp24_i8) {
         /* per-token dynamic int8 activations: x = qx * max|x| / 127; the 2:4
          * kernel takes the levels as floats, which it multiplies exactly */
-        int8_t *xq = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * (sp24_i8 ? sizeof(float) : 1));
-        float *sx = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * sizeof(float));
+        int8_t *xq = xscratch(c, 0, (size_t)T * (size_t)in * (sp24_i8 ? sizeof(float) : 1));
+        float *sx = xscratch(c, 1, (size_t)T * sizeof(float));
         if (!xq || !sx) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         float *xf = (float *)(void *)xq;
         for (int32_t t = 0; t < T; t++)
@@ -850,7 +874,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     if (fp8_act) {
         /* activations rounded to the E4M3 grid, per token or with the calibrated scale (FP8, and W4A8's int4 rows, which
          * then take the float path below rather than int8 activations) */
-        float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
+        float *xr = xscratch(c, 0, (size_t)T * (size_t)in * sizeof(float));
         if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         for (int32_t t = 0; t < T; t++) {
             const float *xt = x + (size_t)t * xs;
@@ -869,7 +893,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
         /* activations rounded onto the weights' format block by block; NVFP4's global scale calibrated (act_scale), or
          * per token (0) */
         const mopt_mxfp_kind kind = mopt_mxfp_kind_of(w);
-        float *xr = scratch(&c->xbuf, &c->xbuf_cap, (size_t)T * (size_t)in * sizeof(float));
+        float *xr = xscratch(c, 0, (size_t)T * (size_t)in * sizeof(float));
         if (!xr) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         for (int32_t t = 0; t < T; t++) {
             memcpy(xr + (size_t)t * in, x + (size_t)t * xs, (size_t)in * sizeof(float));
@@ -893,7 +917,7 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     }
     if (w->dtype == MOPT_DTYPE_QINT && T <= GEMV_MAX_TOKENS && !w->quant->g_idx && !qint_fp8) {
         const int64_t ng = w->quant->scale->ne[0], gs = w->quant->group_size > 0 ? w->quant->group_size : in;
-        float *sums = scratch(&c->xbuf2, &c->xbuf2_cap, (size_t)T * (size_t)ng * sizeof(float));
+        float *sums = xscratch(c, 1, (size_t)T * (size_t)ng * sizeof(float));
         if (!sums) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         for (int32_t t = 0; t < T; t++)
             for (int64_t g = 0; g < ng; g++) {
@@ -914,46 +938,32 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     return MOPT_OK;
 }
 
-/* Linears that read the same input (q, k, v; gate, up), float weights and a
- * few tokens: one task list over all their rows, so the threads meet once
- * instead of once per linear. Otherwise one after another. */
-typedef struct group_job {
-    lin_job jobs[MOPT_MAX_LINEAR_GROUP];
-    int64_t first[MOPT_MAX_LINEAR_GROUP + 1]; /* each linear's first task */
-    int32_t n;
-} group_job;
-
 static void group_task(void *p, int64_t task, int32_t thread) {
     group_job *g = p;
     int32_t k = 0;
     while (task >= g->first[k + 1]) k++;
-    gemv_task(&g->jobs[k], task - g->first[k], thread);
+    g->fn[k](&g->jobs[k], task - g->first[k], thread);
 }
 
+/* A group's linears: those that take the decode kernels run as one task list, the rest (prefill) each at once. */
 static mopt_status linear_group(cpu_ctx *c, const mopt_op_args *a, mopt_error *err) {
-    bool fused = a->n_group <= MOPT_MAX_LINEAR_GROUP;
-    int64_t total = 0;
-    for (int32_t k = 0; fused && k < a->n_group; k++) {
-        const mopt_tensor *w = a->group[k].node->weight;
-        fused = float_weights(w) && a->group[k].T <= DENSE_ROWS_MAX_TOKENS;
-        total += w->ne[1];
-    }
-    if (!fused) {
-        for (int32_t k = 0; k < a->n_group; k++) {
-            const mopt_op_args *b = &a->group[k];
-            mopt_status st = linear(c, b->node->weight, b->node->bias, b->in[0], b->T, b->in_width[0], b->out, b->out_width, err);
-            if (st) return st;
-        }
-        return MOPT_OK;
-    }
-    const int64_t rows = gemv_rows_for(c, total); /* as for one matrix of all the rows */
-    group_job g = {.n = a->n_group};
-    for (int32_t k = 0; k < a->n_group; k++) {
+    group_job g = {.n = 0};
+    mopt_status st = MOPT_OK;
+    c->collect = a->n_group <= MOPT_MAX_LINEAR_GROUP ? &g : NULL;
+    for (int32_t k = 0; !st && k < a->n_group; k++) {
         const mopt_op_args *b = &a->group[k];
-        const mopt_tensor *w = b->node->weight;
-        g.jobs[k] = (lin_job){.c = c, .w = w, .b = b->node->bias, .x = b->in[0], .T = b->T, .x_stride = b->in_width[0],
-                              .y = b->out, .y_stride = b->out_width, .in = w->ne[0], .out = w->ne[1], .gemv_rows = rows};
-        g.first[k + 1] = g.first[k] + (w->ne[1] + rows - 1) / rows;
+        c->xslot = c->collect ? k : 0;
+        st = linear(c, b->node->weight, b->node->bias, b->in[0], b->T, b->in_width[0], b->out, b->out_width, err);
+    }
+    c->collect = NULL;
+    c->xslot = 0;
+    if (st || g.n == 0) return st;
+    int64_t total = 0;
+    for (int32_t k = 0; k < g.n; k++) total += g.jobs[k].out;
+    const int64_t rows = gemv_rows_for(c, total); /* as for one matrix of all the rows */
+    for (int32_t k = 0; k < g.n; k++) {
+        g.jobs[k].gemv_rows = rows;
+        g.first[k + 1] = g.first[k] + (g.jobs[k].out + rows - 1) / rows;
     }
     mopt_pool_run(c->pool, g.first[g.n], group_task, &g);
     return MOPT_OK;
@@ -1267,8 +1277,8 @@ static mopt_status attention(cpu_ctx *c, const mopt_op_args *a, mopt_error *err)
 /* Prefill-sized sequences take the blocked path one by one; the decoding
  * ones share a single task list. */
 static mopt_status attention_seqs(cpu_ctx *c, const mopt_op_args *a, mopt_error *err) {
-    int64_t *first = scratch(&c->xbuf2, &c->xbuf2_cap, ((size_t)a->n_seqs + 1) * sizeof *first);
-    mopt_op_args *dec = scratch(&c->xbuf, &c->xbuf_cap, (size_t)a->n_seqs * sizeof *dec);
+    int64_t *first = xscratch(c, 1, ((size_t)a->n_seqs + 1) * sizeof *first);
+    mopt_op_args *dec = xscratch(c, 0, (size_t)a->n_seqs * sizeof *dec);
     if (!first || !dec) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
     /* a token's heads in one task when there are tokens enough to go round: each task then reads its
      * positions' K and V rows whole, which measured 18% faster than a task per head with 8 sequences */

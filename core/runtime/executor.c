@@ -88,6 +88,8 @@ int64_t mopt_kv_bytes_per_position(const mopt_graph *g, const char *kv_cache, mo
     return mopt_graph_kv_bytes_in_session(g, f16);
 }
 
+int64_t mopt_session_kv_bytes_per_position(const mopt_session *s) { return mopt_graph_kv_bytes_in_session(s->g, s->kv_f16); }
+
 /* Allocates the caches of every attention node of g for max_ctx positions. */
 static mopt_status seq_init(mopt_seq *q, const mopt_graph *g, int32_t max_ctx, int32_t kv_f16, mopt_error *err) {
     memset(q, 0, sizeof *q);

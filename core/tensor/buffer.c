@@ -59,12 +59,15 @@ void mopt_buffer_release(mopt_buffer *b) {
     free(b);
 }
 
-/* only whole pages inside the tensor's bytes: the pages at its ends may hold a neighbour's */
+void mopt_buffer_drop(const mopt_buffer *b, const void *p, size_t n) {
+    if (!b || b->kind != MOPT_BUFFER_MMAP || !p) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), s = (uintptr_t)p;
+    const uintptr_t lo = (s + page - 1) & ~(page - 1), hi = (s + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* a read-only file mapping: nothing is lost */
+}
+
 static void drop_span(const mopt_tensor *t) {
-    if (!t || !t->buffer || t->buffer->kind != MOPT_BUFFER_MMAP || !t->data) return;
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p = (uintptr_t)t->data;
-    const uintptr_t a = (p + page - 1) & ~(page - 1), b = (p + mopt_tensor_nbytes(t)) & ~(page - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* a read-only file mapping: nothing is lost */
+    if (t) mopt_buffer_drop(t->buffer, t->data, mopt_tensor_nbytes(t));
 }
 
 void mopt_tensor_drop_pages(const mopt_tensor *t) {

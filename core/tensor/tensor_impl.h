@@ -13,6 +13,9 @@ mopt_buffer *mopt_buffer_mmap(const char *path, mopt_error *err);
 mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err);
 void mopt_buffer_retain(mopt_buffer *b);
 void mopt_buffer_release(mopt_buffer *b);
+/* Lets the kernel drop the whole pages of [p, p + n) of a file mapping b (nothing for a heap buffer): for bytes
+ * that were copied out and will not be read again. The pages at its ends may hold a neighbour's and stay. */
+void mopt_buffer_drop(const mopt_buffer *b, const void *p, size_t n);
 /* Moves the heap storage of t (and of its scales, zero-points and g_idx) into
  * the file fd, from byte *end on (page-aligned; *end moves past it), and maps
  * it back read-only: the bytes stay the same, the memory becomes page cache

@@ -99,9 +99,14 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         int64_t bytes = 0;
         for (int32_t i = 0; i < h->graph_n_tensors(g); i++) bytes += h->weight_storage_bytes(h->graph_tensor(g, i));
         h->report_metric(report, "model_bytes", (double)bytes);
-        /* what decoding streams per token, and how close that comes to this machine's read bandwidth */
-        const double per_token = (double)h->graph_decode_bytes(g), dec_gbs = h->quantile(dec, runs, 0.5) * per_token / 1e9;
+        /* what decoding streams per token, and how close that comes to this machine's read bandwidth: every weight, and
+         * the cache up to the step's position (decode step k of gen - 1 attends to prompt_len + k positions: on
+         * average prompt_len + gen / 2) */
+        const double per_token = (double)h->graph_decode_bytes(g), tok_s = h->quantile(dec, runs, 0.5);
+        const int64_t kv_pos = h->struct_size > offsetof(mopt_host_api, session_kv_bytes_per_position) ? h->session_kv_bytes_per_position(s) : 0;
+        const double kv_per_token = (double)kv_pos * (lens[0] + gen / 2.0), dec_gbs = tok_s * (per_token + kv_per_token) / 1e9;
         h->report_metric(report, "weight_bytes_per_token", per_token);
+        h->report_metric(report, "kv_bytes_per_token", kv_per_token);
         h->report_metric(report, "decode_gb_s", dec_gbs);
         /* the host's read bandwidth is the limit only for a session on the CPU */
         const char *device = h->struct_size > offsetof(mopt_host_api, session_device) ? h->session_device(s) : "cpu";
@@ -112,6 +117,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             if (bw > 0) {
                 h->report_metric(report, "read_gb_s", bw);
                 h->report_metric(report, "decode_bandwidth_fraction", dec_gbs / bw);
+                h->report_metric(report, "decode_weight_bandwidth_fraction", tok_s * per_token / 1e9 / bw); /* the weights alone */
             }
         }
         h->report_metric(report, "runs", runs);

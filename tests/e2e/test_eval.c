@@ -145,14 +145,27 @@ static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
         const mopt_tensor *t = mopt_graph_tensor(g, i);
         want += strcmp(t->name, "transformer.wpe.weight") ? (int64_t)mopt_tensor_nbytes(t) : (int64_t)mopt_tensor_nbytes(t) / t->ne[1];
     }
+    /* and the cache: every layer's K and V in fp32 at each position, decode step k of 15 attending to 32 + k of them */
+    const mopt_arch *a = mopt_graph_arch(g);
+    const double kv_want = (double)a->n_layers * 2 * a->n_kv_heads * a->head_dim * sizeof(float) * (32 + 16 / 2.0);
     mopt_model_free(m);
     const double per = (double)json_integer_value(json_object_get(j, "weight_bytes_per_token"));
+    const double kv = (double)json_integer_value(json_object_get(j, "kv_bytes_per_token"));
     assert_true(per == (double)want);
+    assert_true(kv == kv_want);
     const double dec = json_number_value(json_object_get(j, "decode_tok_s")), gbs = json_number_value(json_object_get(j, "decode_gb_s"));
     const double bw = json_number_value(json_object_get(j, "read_gb_s"));
-    assert_true(fabs(gbs - dec * per / 1e9) <= 1e-9 * gbs);
+    assert_true(fabs(gbs - dec * (per + kv) / 1e9) <= 1e-9 * gbs);
     assert_true(bw > 0);
     assert_true(fabs(json_number_value(json_object_get(j, "decode_bandwidth_fraction")) - gbs / bw) <= 1e-9);
+    assert_true(fabs(json_number_value(json_object_get(j, "decode_weight_bandwidth_fraction")) - dec * per / 1e9 / bw) <= 1e-9);
+    json_decref(j);
+    /* an f16 cache reads half the bytes */
+    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --prompt-len 32 --gen 16 --runs 1 --warmup 0 --kv-cache f16 --json '%s' --quiet",
+             test_shared_dir(), out);
+    assert_int_equal(run_cli(args), 0);
+    assert_non_null(j = json_load_file(out, 0, &je));
+    assert_true((double)json_integer_value(json_object_get(j, "kv_bytes_per_token")) == kv_want / 2);
     json_decref(j);
 }
 

@@ -73,6 +73,8 @@ MOPT_API size_t mopt_seq_bytes(const mopt_seq *q);
 /* The cache bytes one position takes (every layer's K and V) in a session of g with this kv_cache choice
  * (mopt_session_opts.kv_cache; NULL: $MOPT_KV_CACHE); -1 with err set when it names no cache format. */
 MOPT_API int64_t mopt_kv_bytes_per_position(const mopt_graph *g, const char *kv_cache, mopt_error *err);
+/* The same for a session's own choice: what a decode step reads from the cache per position of context. */
+MOPT_API int64_t mopt_session_kv_bytes_per_position(const mopt_session *s);
 MOPT_API mopt_status mopt_seq_truncate(mopt_seq *q, int32_t n, mopt_error *err);
 /* Tokens one forward call may carry in all. */
 MOPT_API int32_t mopt_session_max_batch(const mopt_session *s);

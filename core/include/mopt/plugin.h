@@ -296,6 +296,8 @@ typedef struct mopt_host_api {
     int32_t (*tri_inverse_f64)(double *A, int64_t n);
     /* appended: "cpu" or "cuda:N", where a session runs (mopt_session_device, mopt/executor.h) */
     const char *(*session_device)(const mopt_session *s);
+    /* appended: a session's KV cache bytes per position (mopt_session_kv_bytes_per_position, mopt/executor.h) */
+    int64_t (*session_kv_bytes_per_position)(const mopt_session *s);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -91,6 +91,44 @@ static void test_qint_exports_as_q4_0_and_q8_0_bit_for_bit(void **s) {
     }
 }
 
+/* Bytes of `path`'s mappings resident in this process (/proc/self/smaps' Rss), -1 when none is mapped. */
+static long long mapped_rss(const char *path) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    assert_non_null(f);
+    char line[2048];
+    long long rss = -1, kb;
+    int ours = 0;
+    const size_t n = strlen(path);
+    while (fgets(line, sizeof line, f)) {
+        const size_t l = strlen(line);
+        if (strchr(line, '-') && strchr(line, '-') < strchr(line, ' ')) /* a mapping's first line: does it name path? */
+            ours = l > n && strncmp(line + l - n - 1, path, n) == 0;
+        else if (ours && sscanf(line, "Rss: %lld kB", &kb) == 1)
+            rss = (rss < 0 ? 0 : rss) + kb * 1024;
+    }
+    fclose(f);
+    return rss;
+}
+
+/* A quantized GGUF file's linears are copied into packed tensors and its embedding widened, so the pages of the file
+ * they came from are let go: the mapping keeps what stays in place (norms, metadata), not a second copy of the
+ * model. */
+static void test_a_loaded_gguf_keeps_no_second_copy_of_its_weights(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    mopt_model *e = export_and_load(m, "", "q8_0", "rss.gguf");
+    char path[1400];
+    snprintf(path, sizeof path, "%s/rss.gguf", dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    const long long rss = mapped_rss(path);
+    fprintf(stderr, "rss.gguf: %lld of its %lld bytes resident\n", rss, (long long)st.st_size);
+    assert_true(rss >= 0 && rss < st.st_size / 10);
+    assert_true(test_max_logit_diff(m, e) < 1.0); /* and what was copied out still runs: Q8_0 within its rounding */
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
 /* The data of k-quant tensor `name` of a GGUF file in memory, its ggml type and its size in bytes. */
 static const unsigned char *kquant_tensor(const unsigned char *d, const char *name, uint32_t *type, size_t *n) {
     const size_t last = gw_find_tensor(d, gw_u64(d + 8) - 1, NULL), at = gw_find_tensor(d, 0, name);
@@ -1382,6 +1420,7 @@ int main(void) {
         cmocka_unit_test(test_hf_llama_gguf_matches_after_the_rope_permutation),
         cmocka_unit_test(test_gpt2_gguf_fuses_qkv_and_roundtrips),
         cmocka_unit_test(test_qint_exports_as_q4_0_and_q8_0_bit_for_bit),
+        cmocka_unit_test(test_a_loaded_gguf_keeps_no_second_copy_of_its_weights),
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),

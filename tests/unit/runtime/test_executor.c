@@ -340,6 +340,77 @@ static void test_linears_sharing_an_input_give_the_same_bits_grouped_as_alone(vo
     mopt_graph_free(m.g);
 }
 
+/* Packed linears that read one input (a quantized model's q, k and v) are each prepared in turn, x transformed into
+ * buffers of their own, and then run as one task list: 4-bit groups of 32, 8-bit rows, Q6_K and W8A8 side by side
+ * give every value the bits each gives alone, for one token (decode) and for five (a server's batch). */
+static void test_packed_linears_sharing_an_input_give_the_same_bits_grouped_as_alone(void **state) {
+    (void)state;
+    enum { PD = 256, PV = 6, NL = 4 };
+    uint32_t r = 777;
+    mopt_arch a = {0};
+    snprintf(a.family, sizeof a.family, "llama");
+    a.dim = PD, a.n_layers = 1, a.n_heads = H, a.n_kv_heads = KVH, a.head_dim = HD, a.ffn_dim = PD, a.vocab_size = PV;
+    a.max_ctx = CTX, a.norm_eps = EPS, a.rope_theta = THETA, a.rope_style = MOPT_ROPE_HALF, a.tied_embeddings = 1;
+    mopt_graph *g = mopt_graph_new(&a, NULL);
+    assert_non_null(g);
+    float *emb = malloc(PV * PD * sizeof *emb), *sc = malloc(PD * (PD / 32) * sizeof *sc);
+    uint8_t *lv = malloc(PD * PD), *z = malloc(PD * (PD / 32)), *blocks = malloc((size_t)PD * (size_t)mopt_kquant_block_bytes(6));
+    assert_true(emb && sc && lv && z && blocks);
+    for (int i = 0; i < PV * PD; i++) emb[i] = 2.0f * det(&r);
+    for (int i = 0; i < PD * (PD / 32); i++) sc[i] = 0.01f + 0.02f * (det(&r) + 0.5f), z[i] = (uint8_t)((det(&r) + 0.5f) * 16);
+    mopt_error err = {0};
+    mopt_tensor *w[NL];
+    for (int i = 0; i < PD * PD; i++) lv[i] = (uint8_t)((det(&r) + 0.5f) * 16);
+    w[0] = mopt_qint_pack("w4", PD, PD, 4, 32, lv, sc, z, NULL, &err);
+    for (int i = 0; i < PD * PD; i++) lv[i] = (uint8_t)((det(&r) + 0.5f) * 256);
+    w[1] = mopt_qint_pack("w8", PD, PD, 8, -1, lv, sc, NULL, NULL, &err);
+    const int32_t bb = mopt_kquant_block_bytes(6);
+    for (int i = 0; i < PD * bb; i++) blocks[i] = (uint8_t)((det(&r) + 0.5f) * 256);
+    for (int b = 0; b < PD; b++) { /* Q6_K's d, the block's last two bytes: finite */
+        const uint16_t d = mopt_f32_to_f16(0.002f + 0.004f * (det(&r) + 0.5f));
+        memcpy(blocks + b * bb + 208, &d, 2);
+    }
+    w[2] = mopt_kquant_pack("q6k", PD, PD, 6, blocks, &err);
+    for (int i = 0; i < PD * PD; i++) lv[i] = (uint8_t)(int8_t)(det(&r) * 250);
+    w[3] = mopt_w8a8_pack("w8a8", PD, PD, (const int8_t *)lv, sc, &err);
+    mopt_tensor *e = add_tensor(g, "emb", emb, PV, PD);
+    mopt_node en = mk(MOPT_OP_EMBEDDING, MOPT_ROLE_EMBED, 0, 0, 0, 0, e);
+    en.layer = -1;
+    const int32_t x = add_node(g, en, PD);
+    const mopt_role roles[NL] = {MOPT_ROLE_ATTN_Q, MOPT_ROLE_ATTN_K, MOPT_ROLE_ATTN_V, MOPT_ROLE_MLP_GATE};
+    int32_t out[NL], sum;
+    for (int k = 0; k < NL; k++) {
+        assert_non_null(w[k]);
+        assert_int_equal(mopt_graph_add_tensor(g, w[k], NULL), MOPT_OK);
+        out[k] = add_node(g, mk(MOPT_OP_LINEAR, roles[k], 1, x, 0, 0, w[k]), PD);
+    }
+    sum = add_node(g, mk(MOPT_OP_ADD, MOPT_ROLE_ATTN_RESIDUAL, 2, out[0], out[1], 0, NULL), PD); /* every output read */
+    sum = add_node(g, mk(MOPT_OP_ADD, MOPT_ROLE_ATTN_RESIDUAL, 2, sum, out[2], 0, NULL), PD);
+    sum = add_node(g, mk(MOPT_OP_ADD, MOPT_ROLE_ATTN_RESIDUAL, 2, sum, out[3], 0, NULL), PD);
+    mopt_node lm = mk(MOPT_OP_LM_HEAD, MOPT_ROLE_LM_HEAD, 1, sum, 0, 0, e);
+    lm.layer = -1;
+    add_node(g, lm, PV);
+    mopt_session *s = mopt_session_new(g, NULL, NULL);
+    assert_non_null(s);
+    for (int k = 0; k < NL; k++) /* each output a buffer of its own, so the executor groups them */
+        for (int l = 0; l < k; l++) assert_ptr_not_equal(mopt_session_value(s, out[k]), mopt_session_value(s, out[l]));
+    const int32_t nn = mopt_graph_n_nodes(g), lens[] = {1, 5};
+    float *grouped = malloc(NL * 5 * PD * sizeof *grouped);
+    assert_non_null(grouped);
+    for (int li = 0; li < 2; li++) {
+        const int32_t n = lens[li];
+        int32_t seen = 0;
+        assert_int_equal(mopt_session_run_range(s, 0, nn, tokens, n, NULL, NULL, NULL), MOPT_OK);
+        for (int k = 0; k < NL; k++) memcpy(grouped + k * 5 * PD, mopt_session_value(s, out[k]), (size_t)n * PD * sizeof *grouped);
+        assert_int_equal(mopt_session_run_range(s, 0, nn, tokens, n, count_nodes, &seen, NULL), MOPT_OK);
+        assert_int_equal(seen, nn); /* every node ran on its own */
+        for (int k = 0; k < NL; k++) assert_memory_equal(grouped + k * 5 * PD, mopt_session_value(s, out[k]), (size_t)n * PD * sizeof *grouped);
+    }
+    mopt_session_free(s);
+    mopt_graph_free(g);
+    free(emb), free(sc), free(lv), free(z), free(blocks), free(grouped);
+}
+
 static void test_bad_tokens_and_a_full_context_are_refused(void **state) {
     (void)state;
     model m;
@@ -502,6 +573,7 @@ int main(void) {
         cmocka_unit_test(test_decoding_token_by_token_matches_prefill),
         cmocka_unit_test(test_truncating_the_cache_replays_the_same_logits),
         cmocka_unit_test(test_linears_sharing_an_input_give_the_same_bits_grouped_as_alone),
+        cmocka_unit_test(test_packed_linears_sharing_an_input_give_the_same_bits_grouped_as_alone),
         cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
         cmocka_unit_test(test_a_batched_forward_keeps_each_sequence_to_its_own_cache),
         cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),
