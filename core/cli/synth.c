@@ -184,12 +184,14 @@ static mopt_status write_weights(const synth_spec *s, const synth_list *l, const
             done += m * es;
             if (!st && mopt_interrupted()) st = MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted while writing %s", path);
             if (!quiet && off > 0 && done * 50 / off != shown) {
+                char bar[96];
                 shown = done * 50 / off;
-                fprintf(stderr, "\r  [synth] %3d%% (%.2f of %.2f GB)", (int)(done * 100 / off), (double)done / 1e9, (double)off / 1e9);
+                snprintf(bar, sizeof bar, "  [synth] %3d%% (%.2f of %.2f GB)", (int)(done * 100 / off), (double)done / 1e9, (double)off / 1e9);
+                mopt_log_stderr(NULL, MOPT_LOG_PROGRESS, bar);
             }
         }
     }
-    if (!quiet) fprintf(stderr, "\n");
+    if (!quiet) mopt_log_stderr_flush();
     free(buf);
     if (f && fclose(f) && !st) st = MOPT_FAIL(err, MOPT_E_IO, "cannot write %s: %s", path, strerror(errno));
     return st;

@@ -18,8 +18,10 @@ typedef enum mopt_log_level {
 /* One message; `text` has no line end and is valid during the call only. */
 typedef void (*mopt_log_fn)(void *user, mopt_log_level level, const char *text);
 
-/* Writes to stderr: bars redrawn in place on one line, which a later line
- * (or the program's error) never shares. */
+/* Writes to stderr: on a terminal, bars redrawn in place on one line, which a
+ * later line (or the program's error) never shares; elsewhere (a log file, a
+ * pipe), a bar as a line of its own at most every 10 seconds, and the latest
+ * before the next line. */
 MOPT_API void mopt_log_stderr(void *user, mopt_log_level level, const char *text);
 /* Ends an open progress bar's line on stderr (before printing an error). */
 MOPT_API void mopt_log_stderr_flush(void);

@@ -125,6 +125,35 @@ static void test_streamed_arrays_are_aligned_for_huge_pages_and_whole(void **sta
     }
 }
 
+/* Progress bars written to a file rather than a terminal come as whole lines, never carriage returns: the first at
+ * once, the ones within the next 10 seconds held, the latest of them written before the next line. */
+static void test_progress_in_a_log_file_comes_as_lines(void **state) {
+    (void)state;
+    char dir[1024], path[1100];
+    test_tmpdir(dir, sizeof dir, "log");
+    snprintf(path, sizeof path, "%s/stderr.txt", dir);
+    fflush(stderr);
+    const int saved = dup(fileno(stderr));
+    FILE *f = fopen(path, "w");
+    assert_true(saved >= 0 && f);
+    assert_true(dup2(fileno(f), fileno(stderr)) >= 0);
+    mopt_log_stderr(NULL, MOPT_LOG_PROGRESS, "bar 1");
+    mopt_log_stderr(NULL, MOPT_LOG_PROGRESS, "bar 2");
+    mopt_log_stderr(NULL, MOPT_LOG_PROGRESS, "bar 3");
+    mopt_log_stderr(NULL, MOPT_LOG_INFO, "done");
+    mopt_log_stderr(NULL, MOPT_LOG_PROGRESS, "bar 4"); /* within 10 s of bar 1: held until the flush */
+    mopt_log_stderr_flush();
+    fflush(stderr);
+    assert_true(dup2(saved, fileno(stderr)) >= 0);
+    close(saved);
+    fclose(f);
+    size_t n;
+    char *text = NULL;
+    assert_int_equal(mopt_read_file(path, &text, &n, NULL), MOPT_OK);
+    assert_string_equal(text, "bar 1\nbar 3\ndone\nbar 4\n");
+    free(text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buffer_holds_text_and_bytes_with_nuls),
@@ -133,6 +162,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_text_accepts_well_formed_sequences_only),
         cmocka_unit_test(test_paths_outside_a_root_are_refused),
         cmocka_unit_test(test_streamed_arrays_are_aligned_for_huge_pages_and_whole),
+        cmocka_unit_test(test_progress_in_a_log_file_comes_as_lines),
     };
     return test_run_tests(tests, NULL, NULL);
 }
