@@ -98,8 +98,9 @@ mopt_tensor *mopt_builder_tensor(mopt_builder *b, mopt_role role, int32_t layer,
                               found, config_name(b->src), want);
         return NULL;
     }
-    /* linears and lm_head may be packed (a quantized checkpoint); everything else is float */
-    if ((mopt_role_is_linear(role) || role == MOPT_ROLE_LM_HEAD) && n_dims == 2 && t->dtype >= MOPT_DTYPE_PACKED_FIRST && t->dtype < MOPT_DTYPE_COUNT) return t;
+    /* linears, lm_head and the token embedding table may be packed (a quantized checkpoint; a lookup dequantizes its
+     * row); everything else is float */
+    if ((mopt_role_is_linear(role) || role == MOPT_ROLE_LM_HEAD || role == MOPT_ROLE_EMBED) && n_dims == 2 && t->dtype >= MOPT_DTYPE_PACKED_FIRST && t->dtype < MOPT_DTYPE_COUNT) return t;
     if (t->dtype != MOPT_DTYPE_F32 && t->dtype != MOPT_DTYPE_F16 && t->dtype != MOPT_DTYPE_BF16) {
         b->status = MOPT_FAIL(b->err, MOPT_E_UNSUPPORTED, "tensor %s: dtype %s cannot be run (need f32, f16 or bf16)",
                               file_name(b, name, fn, sizeof fn), mopt_dtype_name(t->dtype));

@@ -42,7 +42,8 @@ int cmd_bench(int argc, char **argv) {
                    "with min/max/stdev, per-token latency p50/p95/p99, time to first token, peak RSS.\n"
                    "Also the bytes a decode step reads per token (the weights, and the KV cache up to its position),\n"
                    "the GB/s that makes, and the machine's read bandwidth measured on the same threads over a\n"
-                   "--bandwidth-mib buffer (0: skip), as a fraction.\n"
+                   "--bandwidth-mib buffer (0: skip) before the first run and after each: each run's decode GB/s\n"
+                   "as a fraction of the two measurements beside it, the median and the spread.\n"
                    "--pipeline runs passes (e.g. quantization) on the model first. --device cuda runs the\n"
                    "linears on the GPU (libmopt-cuda), the rest on the CPU. --kv-cache f16 keeps the KV cache in\n"
                    "IEEE halves (half its memory and of what decode reads at long contexts; default f32).\n");
@@ -74,10 +75,12 @@ int cmd_bench(int argc, char **argv) {
            G("latency_ms_p50"), G("latency_ms_p95"), G("latency_ms_p99"), G("ttft_ms"), G("peak_rss_bytes") / 1e6,
            G("model_bytes") / 1e6);
     if (G("read_gb_s") > 0)
-        printf("read per token: %.1f MB of weights and %.1f MB of KV cache; %.2f GB/s at the median decode, %.0f%% of the %.2f GB/s "
-               "read bandwidth measured on %.0f threads (the weights alone %.0f%%)\n",
-               G("weight_bytes_per_token") / 1e6, G("kv_bytes_per_token") / 1e6, G("decode_gb_s"), 100 * G("decode_bandwidth_fraction"),
-               G("read_gb_s"), G("threads"), 100 * G("decode_weight_bandwidth_fraction"));
+        printf("read per token: %.1f MB of weights and %.1f MB of KV cache; %.2f GB/s at the median decode. Read bandwidth on %.0f "
+               "threads, measured beside each run: median %.2f GB/s; each run's decode against it: median %.0f%% (%.0f-%.0f%%; the "
+               "weights alone %.0f%%)\n",
+               G("weight_bytes_per_token") / 1e6, G("kv_bytes_per_token") / 1e6, G("decode_gb_s"), G("threads"), G("read_gb_s"),
+               100 * G("decode_bandwidth_fraction"), 100 * G("decode_bandwidth_fraction_min"), 100 * G("decode_bandwidth_fraction_max"),
+               100 * G("decode_weight_bandwidth_fraction"));
     if (json_path) {
         json_t *js = json_pack("{s:f, s:f, s:{s:f, s:f, s:f}, s:f, s:I, s:I, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I, s:I, s:s}",
                                "prefill_tok_s", G("prefill_tok_s"), "decode_tok_s", G("decode_tok_s"), "latency_ms", "p50",
@@ -94,7 +97,15 @@ int cmd_bench(int argc, char **argv) {
             json_object_set_new(js, "read_gb_s", json_real(G("read_gb_s")));
             json_object_set_new(js, "decode_bandwidth_fraction", json_real(G("decode_bandwidth_fraction")));
             json_object_set_new(js, "decode_weight_bandwidth_fraction", json_real(G("decode_weight_bandwidth_fraction")));
+            json_object_set_new(json_object_get(js, "spread"), "decode_bandwidth_fraction_min", json_real(G("decode_bandwidth_fraction_min")));
+            json_object_set_new(json_object_get(js, "spread"), "decode_bandwidth_fraction_max", json_real(G("decode_bandwidth_fraction_max")));
         }
+        /* the figures behind the medians: each run's decode tok/s, the bandwidth measured before the first run and after each */
+        const json_t *passes = json_object_get(mopt_report_tree(j.rep), "passes"); /* eval.bench runs last */
+        json_t *series = json_object_get(json_array_get(passes, json_array_size(passes) - 1), "series");
+        const char *keys[] = {"decode_tok_s_runs", "read_gb_s_probes"};
+        for (int k = 0; k < 2; k++)
+            if (json_object_get(series, keys[k])) json_object_set(js, keys[k], json_object_get(series, keys[k]));
         if (cli_write_json(json_path, js, &j.err)) rc = cli_fail(&j.err);
         json_decref(js);
     }

@@ -1,9 +1,8 @@
 /* GGUF models (the architectures of arch/'s families) and their tokenizers.
  * Tensors get the graph's names from the family's table; f32/f16/bf16 stay views into the mapping, Q4_0 and
- * Q8_0 linears (lm_head included) become QINT tensors holding the same levels and scales and
- * Q4_K/Q5_K/Q6_K linears KQUANT tensors holding the blocks as they are (the
- * packed kernels run both directly); every other block type, and every block
- * type outside the linears, is dequantized to f32. Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder
+ * Q8_0 linears (lm_head and the token embedding table included) become QINT tensors holding the same levels and
+ * scales and Q2_K-Q6_K ones KQUANT tensors holding the blocks as they are (the packed kernels run both directly, and
+ * a lookup dequantizes one row); every other block type, and every block type outside them, is dequantized to f32. Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder
  * runs as is. A fused q/k/v (GPT-2's attn_qkv) is split into q, k and v. */
 #include <jansson.h>
 #include <stdio.h>
@@ -164,8 +163,10 @@ static mopt_status load_tensors(gguf_file *f, const char *path, mopt_graph *g, c
         char kind[16], name[MOPT_MAX_NAME];
         const int32_t n = mopt_family_parse_name(fam, MOPT_NAMING_GGUF, t->name, rules, &layer, kind, sizeof kind);
         if (!n) return MOPT_FAIL(err, MOPT_E_FORMAT, "%s: tensor %s is not part of a %s model", path, t->name, a->family);
-        const mopt_role role = (mopt_role)rules[0]->role; /* output.weight runs through the same kernels as the linears */
-        const int linear = (mopt_role_is_linear(role) || role == MOPT_ROLE_LM_HEAD) && !strcmp(kind, "weight");
+        /* output.weight runs through the same kernels as the linears; token_embd.weight stays packed too, a row
+         * dequantized per token looked up (and as lm_head where tied, the packed kernels' work) */
+        const mopt_role role = (mopt_role)rules[0]->role;
+        const int linear = (mopt_role_is_linear(role) || role == MOPT_ROLE_LM_HEAD || role == MOPT_ROLE_EMBED) && !strcmp(kind, "weight");
         if (n == 1) {
             mopt_rule_graph_name(rules[0], layer, kind, name, sizeof name);
             mopt_status st = add(g, convert(f, t, name, 0, t->ndim == 2 ? t->ne[1] : 1, linear, err), err);

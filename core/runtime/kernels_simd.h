@@ -32,14 +32,27 @@
 #define VI SIMD_CAT(__m, VBITS, i)
 #define NO_TAIL(w, x, i, n, acc) ((void)0)
 
+/* Rows longer than a 4 KiB page ask for their weights DOT_AHEAD bytes on: the hardware's prefetchers kept a bf16
+ * decode of 5632-long rows (a 1B model's down_proj, 11 KiB) at 83% of the read bandwidth, this at 92-93%; rows
+ * of one page (2048 bf16) read at the bandwidth without it, and were 5-8% slower with it. The prefetches go per
+ * 64-byte line, an address and not a load (past the end is harmless); the sums are the same either way. */
+#define DOT_AHEAD 8192
+#define DOT_STEP(w, x, i, LOAD)                                                                                \
+    a0 = V_FMA(LOAD(w + i), V_LOADU(x + i), a0);                                                               \
+    a1 = V_FMA(LOAD(w + i + VW), V_LOADU(x + i + VW), a1);
 /* w . x: two accumulators over 2*VW, one over VW, the width's tail, then scalars */
 #define DOT_FN(NAME, T, LOAD, TO_F32, TAIL)                                                                    \
     static float NAME(const T *w, const float *x, int64_t n) {                                                 \
         V a0 = V_ZERO(), a1 = V_ZERO();                                                                        \
         int64_t i = 0;                                                                                         \
+        if (n * (int64_t)sizeof(T) > 4096)                                                                     \
+            for (; i + 2 * VW <= n; i += 2 * VW) {                                                             \
+                for (size_t l = 0; l < 2 * VW * sizeof(T); l += 64)                                            \
+                    _mm_prefetch((const char *)((uintptr_t)(w + i) + DOT_AHEAD + l), _MM_HINT_T0);             \
+                DOT_STEP(w, x, i, LOAD)                                                                        \
+            }                                                                                                  \
         for (; i + 2 * VW <= n; i += 2 * VW) {                                                                 \
-            a0 = V_FMA(LOAD(w + i), V_LOADU(x + i), a0);                                                       \
-            a1 = V_FMA(LOAD(w + i + VW), V_LOADU(x + i + VW), a1);                                             \
+            DOT_STEP(w, x, i, LOAD)                                                                            \
         }                                                                                                      \
         for (; i + VW <= n; i += VW) a0 = V_FMA(LOAD(w + i), V_LOADU(x + i), a0);                              \
         TAIL(w, x, i, n, a1);                                                                                  \

@@ -5,15 +5,62 @@
  * measured token, time to first token, peak RSS and the model's bytes; the
  * weight bytes a decode step reads per token, the GB/s that makes at the
  * median decode speed, and the machine's read bandwidth measured on the same
- * threads, so decode speed reads as a fraction of what the memory allows. */
+ * threads, so decode speed reads as a fraction of what the memory allows.
+ * The bandwidth is measured before the first run and after each: a shared
+ * host's memory moved between 31 and 72 GB/s within one benchmark, so each
+ * run is set against the mean of the two measurements beside it, and the
+ * fraction reported is the median of those. (After a run, not between its
+ * prefill and decode: the next prefill brings a small model's weights back
+ * into the caches before its decode is timed.) */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "eval_plugin.h"
 #include "eval_util.h"
+
+/* Each run's decode GB/s (weights and cache) over the mean read bandwidth measured before and after it
+ * (probe[r], probe[r + 1]): the medians of those fractions, their spread, and the median bandwidth. */
+static void bandwidth_fractions(const mopt_host_api *h, mopt_report *report, const double *dec, const double *probe, int32_t runs,
+                                double per_token, double kv_per_token) {
+    for (int32_t r = 0; r <= runs; r++)
+        if (!(probe[r] > 0)) return; /* no buffer to measure on: no fractions */
+    double *f = malloc((size_t)runs * sizeof *f), *fw = malloc((size_t)runs * sizeof *fw);
+    if (f && fw) {
+        for (int32_t r = 0; r < runs; r++) {
+            const double bw = (probe[r] + probe[r + 1]) / 2;
+            f[r] = dec[r] * (per_token + kv_per_token) / 1e9 / bw;
+            fw[r] = dec[r] * per_token / 1e9 / bw; /* the weights alone */
+        }
+        h->report_metric(report, "read_gb_s", h->quantile(probe, runs + 1, 0.5));
+        h->report_metric(report, "decode_bandwidth_fraction", h->quantile(f, runs, 0.5));
+        h->report_metric(report, "decode_bandwidth_fraction_min", h->quantile(f, runs, 0));
+        h->report_metric(report, "decode_bandwidth_fraction_max", h->quantile(f, runs, 1));
+        h->report_metric(report, "decode_weight_bandwidth_fraction", h->quantile(fw, runs, 0.5));
+        h->report_series(report, "read_gb_s_probes", probe, runs + 1);
+    }
+    free(f);
+    free(fw);
+}
+
+/* The process's resident bytes now (Linux; 0 elsewhere), and its peak so far */
+static double rss_now(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    const int got = f ? fscanf(f, "%ld %ld", &pages, &resident) : 0;
+    if (f) fclose(f);
+    const long page = sysconf(_SC_PAGESIZE);
+    return got == 2 && page > 0 ? (double)resident * (double)page : 0;
+}
+
+static double rss_peak(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss * 1024.0;
+}
 
 static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g, const mopt_options *o,
                        mopt_report *report, mopt_error *err) {
@@ -49,8 +96,18 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     }
     mopt_session *s = st ? NULL : eval_session(h, ctx, g, a->max_ctx, err);
     if (!st && !s) st = err ? (mopt_status)err->code : MOPT_E_NOMEM;
+    /* the host's read bandwidth is the limit only for a session on the CPU */
+    const char *device = s && h->struct_size > offsetof(mopt_host_api, session_device) ? h->session_device(s) : "cpu";
+    const int64_t bw_mib = strcmp(device, "cpu") == 0 ? h->opt_int(o, "bandwidth_mib") : 0;
+    double *probe = bw_mib > 0 ? calloc((size_t)runs + 1, sizeof *probe) : NULL; /* before run 0, then after each run */
+    if (!st && bw_mib > 0 && !probe) st = h->error_set(err, MOPT_E_NOMEM, "eval.bench", "out of memory");
+    /* peak RSS: the model's, not the bandwidth measurements' buffers: the high-water mark before the first of them
+     * (after the warm-up runs), then the resident bytes after each run */
+    double peak_rss = 0;
     int64_t nlat = 0;
     for (int32_t r = -warm; r < runs && !st; r++) {
+        if (r == 0) peak_rss = rss_peak();
+        if (probe && r == 0) probe[0] = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 3);
         for (int32_t i = 0; i < nl && !st; i++) { /* prefill at each length */
             const float *l;
             double t0 = h->now();
@@ -67,6 +124,9 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             ttft[r] = tt;
             dec[r] = gen > 1 ? (gen - 1) / (total - tt / 1e3) : 0;
             nlat += gen > 1 ? gen - 1 : 0;
+            const double rss = rss_now();
+            if (rss > peak_rss) peak_rss = rss;
+            if (probe) probe[r + 1] = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 3);
         }
         h->progress(ctx, r + warm + 1, runs + warm);
     }
@@ -93,9 +153,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->report_metric(report, "latency_ms_p95", h->quantile(lat, nlat, 0.95));
         h->report_metric(report, "latency_ms_p99", h->quantile(lat, nlat, 0.99));
         h->report_metric(report, "ttft_ms", h->quantile(ttft, runs, 0.5));
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        h->report_metric(report, "peak_rss_bytes", (double)ru.ru_maxrss * 1024.0);
+        h->report_metric(report, "peak_rss_bytes", probe ? peak_rss : rss_peak());
         int64_t bytes = 0;
         for (int32_t i = 0; i < h->graph_n_tensors(g); i++) bytes += h->weight_storage_bytes(h->graph_tensor(g, i));
         h->report_metric(report, "model_bytes", (double)bytes);
@@ -108,21 +166,12 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->report_metric(report, "weight_bytes_per_token", per_token);
         h->report_metric(report, "kv_bytes_per_token", kv_per_token);
         h->report_metric(report, "decode_gb_s", dec_gbs);
-        /* the host's read bandwidth is the limit only for a session on the CPU */
-        const char *device = h->struct_size > offsetof(mopt_host_api, session_device) ? h->session_device(s) : "cpu";
         h->report_string(report, "device", device);
-        const int64_t bw_mib = strcmp(device, "cpu") == 0 ? h->opt_int(o, "bandwidth_mib") : 0;
-        if (bw_mib > 0) {
-            const double bw = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 5);
-            if (bw > 0) {
-                h->report_metric(report, "read_gb_s", bw);
-                h->report_metric(report, "decode_bandwidth_fraction", dec_gbs / bw);
-                h->report_metric(report, "decode_weight_bandwidth_fraction", tok_s * per_token / 1e9 / bw); /* the weights alone */
-            }
-        }
+        if (probe) bandwidth_fractions(h, report, dec, probe, runs, per_token, kv_per_token);
         h->report_metric(report, "runs", runs);
         h->report_metric(report, "threads", h->session_n_threads(s)); /* the count the session runs, not 0 for "all" */
         h->report_series(report, "latency_ms", lat, nlat);
+        h->report_series(report, "decode_tok_s_runs", dec, runs);
     }
     if (s) h->session_free(s);
     free(prompt);
@@ -131,6 +180,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     free(dec);
     free(lat);
     free(ttft);
+    free(probe);
     return st;
 }
 
@@ -141,8 +191,8 @@ static const mopt_opt_spec opts[] = {
     {"warmup", MOPT_OPT_INT, 0, "runs before measuring (not counted)", "1", 0, 100, NULL},
     {"text", MOPT_OPT_DATASET, 0, "text whose tokens form the prompts (default: synthetic ids)", NULL, 0, -1, NULL},
     {"bandwidth_mib", MOPT_OPT_INT, 0,
-     "MiB of the buffer the machine's read bandwidth is measured on, on the same threads (0, or a session on a GPU: skip); decode GB/s is reported "
-     "as a fraction of it",
+     "MiB of the buffer the machine's read bandwidth is measured on, on the same threads, before the first run and after each (0, or a "
+     "session on a GPU: skip); each run's decode GB/s is reported as a fraction of the two beside it",
      "512", 0, 1 << 20, NULL},
 };
 

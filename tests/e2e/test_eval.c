@@ -117,6 +117,11 @@ static int run_cli(const char *args) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+static int by_value(const void *x, const void *y) {
+    const double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
 static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
     REQUIRE_SHARED();
     char dir[1024], args[4096], out[1100];
@@ -154,11 +159,28 @@ static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
     assert_true(per == (double)want);
     assert_true(kv == kv_want);
     const double dec = json_number_value(json_object_get(j, "decode_tok_s")), gbs = json_number_value(json_object_get(j, "decode_gb_s"));
-    const double bw = json_number_value(json_object_get(j, "read_gb_s"));
     assert_true(fabs(gbs - dec * (per + kv) / 1e9) <= 1e-9 * gbs);
-    assert_true(bw > 0);
-    assert_true(fabs(json_number_value(json_object_get(j, "decode_bandwidth_fraction")) - gbs / bw) <= 1e-9);
-    assert_true(fabs(json_number_value(json_object_get(j, "decode_weight_bandwidth_fraction")) - dec * per / 1e9 / bw) <= 1e-9);
+    /* the bandwidth measured before the first run and after each; each run's decode against the two beside it */
+    json_t *runs = json_object_get(j, "decode_tok_s_runs"), *probes = json_object_get(j, "read_gb_s_probes");
+    assert_int_equal(json_array_size(runs), 3);
+    assert_int_equal(json_array_size(probes), 4);
+    double f[3], fw[3], p[4];
+    for (int k = 0; k < 4; k++) assert_true((p[k] = json_number_value(json_array_get(probes, k))) > 0);
+    for (int r = 0; r < 3; r++) {
+        const double d = json_number_value(json_array_get(runs, r)), bw = (p[r] + p[r + 1]) / 2;
+        f[r] = d * (per + kv) / 1e9 / bw, fw[r] = d * per / 1e9 / bw;
+    }
+    qsort(f, 3, sizeof *f, by_value), qsort(fw, 3, sizeof *fw, by_value), qsort(p, 4, sizeof *p, by_value);
+    assert_true(fabs(json_number_value(json_object_get(j, "read_gb_s")) - (p[1] + p[2]) / 2) <= 1e-9 * p[3]);
+    assert_true(fabs(json_number_value(json_object_get(j, "decode_bandwidth_fraction")) - f[1]) <= 1e-9 * f[1]);
+    assert_true(fabs(json_number_value(json_object_get(json_object_get(j, "spread"), "decode_bandwidth_fraction_min")) - f[0]) <= 1e-9 * f[0]);
+    assert_true(fabs(json_number_value(json_object_get(json_object_get(j, "spread"), "decode_bandwidth_fraction_max")) - f[2]) <= 1e-9 * f[2]);
+    assert_true(fabs(json_number_value(json_object_get(j, "decode_weight_bandwidth_fraction")) - fw[1]) <= 1e-9 * fw[1]);
+    /* the median run is the decode_tok_s reported */
+    double d[3];
+    for (int r = 0; r < 3; r++) d[r] = json_number_value(json_array_get(runs, r));
+    qsort(d, 3, sizeof *d, by_value);
+    assert_true(d[1] == dec);
     json_decref(j);
     /* an f16 cache reads half the bytes */
     snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --prompt-len 32 --gen 16 --runs 1 --warmup 0 --kv-cache f16 --json '%s' --quiet",

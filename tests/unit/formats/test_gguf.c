@@ -110,7 +110,7 @@ static long long mapped_rss(const char *path) {
     return rss;
 }
 
-/* A quantized GGUF file's linears are copied into packed tensors and its embedding widened, so the pages of the file
+/* A quantized GGUF file's linears and embedding table are copied into packed tensors, so the pages of the file
  * they came from are let go: the mapping keeps what stays in place (norms, metadata), not a second copy of the
  * model. */
 static void test_a_loaded_gguf_keeps_no_second_copy_of_its_weights(void **s) {
@@ -129,8 +129,8 @@ static void test_a_loaded_gguf_keeps_no_second_copy_of_its_weights(void **s) {
     mopt_model_free(m);
 }
 
-/* The data of k-quant tensor `name` of a GGUF file in memory, its ggml type and its size in bytes. */
-static const unsigned char *kquant_tensor(const unsigned char *d, const char *name, uint32_t *type, size_t *n) {
+/* The data of tensor `name` of a GGUF file mopt wrote, in memory, and its ggml type. */
+static const unsigned char *tensor_data(const unsigned char *d, const char *name, uint32_t *type) {
     const size_t last = gw_find_tensor(d, gw_u64(d + 8) - 1, NULL), at = gw_find_tensor(d, 0, name);
     size_t p = last + 8 + gw_u64(d + last);
     uint32_t nd;
@@ -138,17 +138,79 @@ static const unsigned char *kquant_tensor(const unsigned char *d, const char *na
     p += 4 + 8 * (size_t)nd + 12; /* past the last tensor info: the data section starts at the next 32 bytes */
     assert_true(at > 0);
     memcpy(type, d + at, 4);
-    const size_t dims = at - 16; /* ne[0], ne[1] of a 2-D tensor precede its type */
+    return d + (p + 31) / 32 * 32 + gw_u64(d + at + 4);
+}
+
+/* A quantized GGUF file's token embedding table stays packed, as llama.cpp keeps it: a Q4_0 table takes 18 bytes per
+ * 32 values where the f32 it was widened to took 128. Each row a lookup reads is the file's row decoded, checked
+ * against a decoder written here from ggml's block layout (an f16 scale, then 16 bytes: value j the low nibble of
+ * byte j, value j + 16 its high nibble, each less 8). A tied table (GPT-2's) is lm_head's packed weight as well. */
+static void test_a_gguf_token_embedding_table_stays_packed(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    mopt_model *e = export_and_load(m, "", "q4_0", "emb.gguf");
+    const mopt_tensor *emb = mopt_graph_find_tensor(mopt_model_graph(e), "model.embed_tokens.weight");
+    assert_int_equal(emb->dtype, MOPT_DTYPE_QINT);
+    const int64_t vocab = emb->ne[1], dim = emb->ne[0];
+    assert_true(mopt_weight_storage_bytes(emb) == vocab * dim / 32 * 18);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/emb.gguf", dir);
+    size_t n;
+    unsigned char *d = read_whole(path, &n);
+    uint32_t type;
+    const unsigned char *q = tensor_data(d, "token_embd.weight", &type);
+    assert_int_equal(type, 2); /* GGML_TYPE_Q4_0 */
+    assert_true(q + vocab * dim / 32 * 18 <= d + n);
+    float *row = malloc((size_t)dim * sizeof *row);
+    for (int64_t r = 0; r < vocab; r++) {
+        assert_int_equal(mopt_weight_row_f32(emb, r, row, NULL), MOPT_OK);
+        for (int64_t b = 0; b < dim / 32; b++) {
+            const unsigned char *blk = q + (r * (dim / 32) + b) * 18;
+            const float scale = mopt_f16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+            for (int j = 0; j < 16; j++) {
+                assert_true(row[b * 32 + j] == (float)((blk[2 + j] & 15) - 8) * scale);
+                assert_true(row[b * 32 + j + 16] == (float)((blk[2 + j] >> 4) - 8) * scale);
+            }
+        }
+    }
+    free(row);
+    free(d);
+    const double p0 = ppl(m), p1 = ppl(e);
+    fprintf(stderr, "lit-llama Q4_0 with its table packed: max |logit diff| %.3g, ppl %.4f (f32 %.4f)\n", test_max_logit_diff(m, e), p1, p0);
+    assert_true(fabs(p1 / p0 - 1) < 1e-3); /* measured 2e-4 */
+    mopt_model_free(e);
+    mopt_model_free(m);
+    /* tied: one packed table for the lookup and for lm_head */
+    m = test_load_model("models/lit-gpt2-1m");
+    e = export_and_load(m, "", "q8_0", "tied.gguf");
+    const mopt_graph *g = mopt_model_graph(e);
+    assert_true(mopt_graph_arch(g)->tied_embeddings);
+    const mopt_tensor *wte = mopt_graph_find_tensor(g, "transformer.wte.weight");
+    assert_int_equal(wte->dtype, MOPT_DTYPE_QINT);
+    const int32_t head = mopt_graph_find_node(g, MOPT_ROLE_LM_HEAD, -1);
+    assert_true(head >= 0 && mopt_graph_node(g, head)->weight == wte);
+    const double q0 = ppl(m), q1 = ppl(e);
+    fprintf(stderr, "lit-gpt2 Q8_0 with its tied table packed: max |logit diff| %.3g, ppl %.4f (f32 %.4f)\n", test_max_logit_diff(m, e),
+            q1, q0);
+    assert_true(fabs(q1 / q0 - 1) < 1e-3); /* measured 2.7e-4: lm_head's int8 activations */
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
+/* The data of k-quant tensor `name` of a GGUF file in memory, its ggml type and its size in bytes. */
+static const unsigned char *kquant_tensor(const unsigned char *d, const char *name, uint32_t *type, size_t *n) {
+    const unsigned char *data = tensor_data(d, name, type);
+    const size_t at = gw_find_tensor(d, 0, name), dims = at - 16; /* ne[0], ne[1] of a 2-D tensor precede its type */
     const size_t block = *type == 10 ? 84 : *type == 11 ? 110 : *type == 12 ? 144 : *type == 13 ? 176 : *type == 14 ? 210 : 0;
     assert_true(block > 0);
     *n = gw_u64(d + dims) / 256 * block * gw_u64(d + dims + 8);
-    return d + (p + 31) / 32 * 32 + gw_u64(d + at + 4);
+    return data;
 }
 
 /* Q2_K ... Q6_K files (q2_k: the mix) load into packed KQUANT linears holding the blocks as they are (lm_head Q6_K, as llama-quantize
  * writes it), run with the perplexity of their decoding written out as f32 (within the int8 activations' rounding where the kernel set
- * runs the type's prefill through the integer GEMM; to 1e-6 where it widens the rows exactly), and export their linears back byte for
- * byte (the embedding is dequantized at load, so it does not). */
+ * runs the type's prefill through the integer GEMM; to 1e-6 where it widens the rows exactly), and export their linears and their
+ * token embedding table back byte for byte. */
 static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
     REQUIRE_SHARED();
     static const char *const types[] = {"q4_k", "q5_k", "q6_k", "q3_k", "q2_k"};
@@ -180,10 +242,10 @@ static void test_kquant_files_load_packed_and_export_bit_for_bit(void **s) {
         size_t na, nb;
         unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
         static const char *const kinds[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-        for (int t = 0; t <= 8 * 7; t++) { /* every linear, then output.weight */
+        for (int t = 0; t <= 8 * 7 + 1; t++) { /* every linear, then output.weight and token_embd.weight */
             char name[64];
             if (t < 8 * 7) snprintf(name, sizeof name, "blk.%d.%s.weight", t / 7, kinds[t % 7]);
-            else snprintf(name, sizeof name, "output.weight");
+            else snprintf(name, sizeof name, t == 8 * 7 ? "output.weight" : "token_embd.weight");
             uint32_t ta, tb;
             size_t n;
             const unsigned char *pa = kquant_tensor(da, name, &ta, &n), *pb = kquant_tensor(db, name, &tb, &n);
@@ -1421,6 +1483,7 @@ int main(void) {
         cmocka_unit_test(test_gpt2_gguf_fuses_qkv_and_roundtrips),
         cmocka_unit_test(test_qint_exports_as_q4_0_and_q8_0_bit_for_bit),
         cmocka_unit_test(test_a_loaded_gguf_keeps_no_second_copy_of_its_weights),
+        cmocka_unit_test(test_a_gguf_token_embedding_table_stays_packed),
         cmocka_unit_test(test_every_type_decodes_independently_within_its_error),
         cmocka_unit_test(test_kquant_files_load_packed_and_export_bit_for_bit),
         cmocka_unit_test(test_k_mixes_give_the_layers_llama_quantize_gives),

@@ -20,6 +20,8 @@ static uint32_t urand(void) {
 
 static const mopt_kernels *sets[] = {&mopt_kernels_ref, &mopt_kernels_avx2, &mopt_kernels_avx512};
 static const int64_t lengths[] = {1, 7, 8, 15, 16, 17, 31, 33, 64, 172, 256, 768, 1001};
+/* the dots' also past 4 KiB a row, where they prefetch (DOT_AHEAD): in f32, then in halves too */
+static const int64_t dot_lengths[] = {1, 7, 8, 15, 16, 17, 31, 33, 64, 172, 256, 768, 1001, 1031, 2081};
 
 static void test_dot_kernels_match_float64_reference(void **s) {
     for (size_t k = 0; k < 3; k++) {
@@ -27,8 +29,8 @@ static void test_dot_kernels_match_float64_reference(void **s) {
             fprintf(stderr, "kernel set %s not supported on this CPU\n", sets[k]->name);
             continue;
         }
-        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
-            int64_t n = lengths[li];
+        for (size_t li = 0; li < sizeof dot_lengths / sizeof *dot_lengths; li++) {
+            int64_t n = dot_lengths[li];
             float *w = malloc((size_t)n * 4), *x = malloc((size_t)n * 4);
             uint16_t *wh = malloc((size_t)n * 2), *wb = malloc((size_t)n * 2);
             double r32 = 0, r16 = 0, rb = 0, mag = 0;
@@ -417,8 +419,8 @@ static void test_half_conversions_follow_ieee(void **s) {
 static void test_batched_dots_equal_each_tokens_own_dot_bit_for_bit(void **s) {
     for (size_t k = 0; k < 3; k++) {
         if (!mopt_kernels_supported(sets[k])) continue;
-        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
-            const int64_t n = lengths[li], xs = n + 3; /* token rows further apart than n */
+        for (size_t li = 0; li < sizeof dot_lengths / sizeof *dot_lengths; li++) {
+            const int64_t n = dot_lengths[li], xs = n + 3; /* token rows further apart than n */
             float *w = malloc((size_t)n * 4), *x = malloc((size_t)(8 * xs) * 4), got[8];
             uint16_t *wh = malloc((size_t)n * 2), *wb = malloc((size_t)n * 2);
             for (int64_t i = 0; i < n; i++) {
@@ -549,8 +551,8 @@ static void test_row_blocks_against_token_batches_equal_each_dot_bit_for_bit(voi
     enum { R = 7, NT = 8 };
     for (size_t k = 0; k < 3; k++) {
         if (!mopt_kernels_supported(sets[k])) continue;
-        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
-            const int64_t n = lengths[li], xs = n + 5, ys = R + 2;
+        for (size_t li = 0; li < sizeof dot_lengths / sizeof *dot_lengths; li++) {
+            const int64_t n = dot_lengths[li], xs = n + 5, ys = R + 2;
             float *w = malloc((size_t)(R * n) * 4), *x = malloc((size_t)(NT * xs) * 4), y[NT * (R + 2)];
             uint16_t *wh = malloc((size_t)(R * n) * 2), *wb = malloc((size_t)(R * n) * 2);
             for (int64_t i = 0; i < R * n; i++) {
