@@ -14,12 +14,12 @@
 # times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
 # to llama.cpp's Q8_0 / Q4_0. Prints one table of medians: prefill and decode
 # tok/s, mopt / llama.cpp, and the fraction of the read bandwidth mopt measured
-# in the same run. Each invocation keeps its runs' JSON in a folder of its own
+# beside each of its runs (the median over REPS, and the runs' range). Each invocation keeps its runs' JSON in a folder of its own
 # (WORKDIR/runs-TIME-PID), so no run of an earlier invocation is ever read again.
 #
 # Both keep the KV cache in f16 (llama-bench's default; mopt bench --kv-cache
 # KV_CACHE). The bandwidth column counts what mopt's decode reads, the weights
-# and the cache up to its position, and in brackets the weights alone.
+# and the cache up to its position, and after the range the weights alone.
 #
 # Environment: LLAMA_CPP_BIN (required: the folder holding llama-bench),
 # MOPT (default build/bin/mopt), THREADS (2), PROMPT (512), GEN (32), REPS (3),
@@ -103,17 +103,17 @@ def llama(gguf):
 
 def mopt(i):
     d = [json.load(open(f"{runs}/mopt-{i}-{r}.json")) for r in range(1, reps + 1)]
-    return (med(x["prefill_tok_s"] for x in d), med(x["decode_tok_s"] for x in d),
-            med(x["decode_bandwidth_fraction"] for x in d), med(x["decode_weight_bandwidth_fraction"] for x in d),
-            med(x["read_gb_s"] for x in d))
+    f = [x["decode_bandwidth_fraction"] for x in d]
+    return (med(x["prefill_tok_s"] for x in d), med(x["decode_tok_s"] for x in d), med(f), min(f), max(f),
+            med(x["decode_weight_bandwidth_fraction"] for x in d), med(x["read_gb_s"] for x in d))
 
 print(f"{threads} threads, prompt {prompt}, {gen} generated after it (llama-bench -d {prompt}), mopt's KV cache {kv}, "
       f"medians of {reps} interleaved runs\n")
-print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth (weights alone) |")
+print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth: median (runs' range; weights alone) |")
 print("|---|---|---|---|---|---|---|---|")
 for i, (name, gguf, _, _) in enumerate(rows):
     lpp, ltg = llama(gguf)
-    mpp, mtg, frac, wfrac, bw = mopt(i)
+    mpp, mtg, frac, lo, hi, wfrac, bw = mopt(i)
     print(f"| {name} | {lpp:.1f} | {mpp:.1f} | {mpp / lpp:.2f}x | {ltg:.2f} | {mtg:.2f} | {mtg / ltg:.2f}x | "
-          f"{100 * frac:.0f}% ({100 * wfrac:.0f}%) of {bw:.1f} GB/s |")
+          f"{100 * frac:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%; {100 * wfrac:.0f}%) of {bw:.1f} GB/s |")
 EOF
