@@ -14,8 +14,9 @@
 # times mopt's own packed formats (int8 per row, int4 g128 from quant.rtn) next
 # to llama.cpp's Q8_0 / Q4_0. Prints one table of medians: prefill and decode
 # tok/s, mopt / llama.cpp, and the fraction of the read bandwidth mopt measured
-# beside each of its runs (the median over REPS, and the runs' range). Each invocation keeps its runs' JSON in a folder of its own
-# (WORKDIR/runs-TIME-PID), so no run of an earlier invocation is ever read again.
+# beside each of its runs (the median over REPS, and the runs' range). Each
+# invocation keeps its runs' JSON in a folder of its own (WORKDIR/runs-TIME-PID),
+# so no run of an earlier invocation is ever read again.
 #
 # Both keep the KV cache in f16 (llama-bench's default; mopt bench --kv-cache
 # KV_CACHE). The bandwidth column counts what mopt's decode reads, the weights

@@ -2,8 +2,9 @@
  * Tensors get the graph's names from the family's table; f32/f16/bf16 stay views into the mapping, Q4_0 and
  * Q8_0 linears (lm_head and the token embedding table included) become QINT tensors holding the same levels and
  * scales and Q2_K-Q6_K ones KQUANT tensors holding the blocks as they are (the packed kernels run both directly, and
- * a lookup dequantizes one row); every other block type, and every block type outside them, is dequantized to f32. Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder
- * runs as is. A fused q/k/v (GPT-2's attn_qkv) is split into q, k and v. */
+ * a lookup dequantizes one row); every other block type, and every block type outside them, is dequantized to f32.
+ * Q/K rows stay in GGUF's interleaved RoPE order, which the LLaMA builder runs as is. A fused q/k/v (GPT-2's
+ * attn_qkv) is split into q, k and v. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>

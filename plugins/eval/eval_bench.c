@@ -46,7 +46,7 @@ static void bandwidth_fractions(const mopt_host_api *h, mopt_report *report, con
     free(fw);
 }
 
-/* The process's resident bytes now (Linux; 0 elsewhere), and its peak so far */
+/* The process's resident bytes now (Linux; 0 elsewhere) */
 static double rss_now(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     long pages = 0, resident = 0;
@@ -56,6 +56,7 @@ static double rss_now(void) {
     return got == 2 && page > 0 ? (double)resident * (double)page : 0;
 }
 
+/* Its peak resident bytes so far */
 static double rss_peak(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
