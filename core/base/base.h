@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "mopt/error.h"
 #include "mopt/fileio.h"
@@ -45,6 +46,15 @@ int mopt_mul_overflows(uint64_t a, uint64_t b, uint64_t *out);
 int mopt_write_all(int fd, const void *data, size_t n, int64_t off);
 
 /* --- memory ----------------------------------------------------------------- */
+
+/* Lays a caller's options struct (a uint32_t struct_size first: the caller's sizeof) over dst, which holds the
+ * defaults (size bytes): a struct from older headers is shorter, and the fields it lacks keep their defaults. */
+static inline void mopt_opts_over(void *dst, size_t size, const void *src) {
+    if (!src) return;
+    uint32_t n;
+    memcpy(&n, src, sizeof n);
+    memcpy(dst, src, n < size ? n : size);
+}
 
 /* Memory for a large array streamed front to back (weights, the bandwidth probe): 64-byte aligned, and from 2 MiB
  * up 2 MiB-aligned and advised onto transparent huge pages. NULL when out of memory; free with free(). */

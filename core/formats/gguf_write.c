@@ -402,9 +402,20 @@ static mopt_status write_all(FILE *f, const char *path, const sbuf *head, gten *
     return st;
 }
 
-mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, const char *path, const mopt_gguf_write_opts *o,
+void mopt_gguf_write_opts_default(mopt_gguf_write_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->type = "auto";
+    o->tokenizer = 1;
+}
+
+mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, const char *path, const mopt_gguf_write_opts *opts,
                             mopt_gguf_write_result *res, mopt_error *err) {
     memset(res, 0, sizeof *res);
+    mopt_gguf_write_opts oo;
+    mopt_gguf_write_opts_default(&oo);
+    mopt_opts_over(&oo, sizeof oo, opts);
+    const mopt_gguf_write_opts *o = &oo;
     const mopt_arch *a = mopt_graph_arch(g);
     const mopt_family *fam = mopt_family_find(a->family);
     if (!fam || !fam->gguf_arch) return MOPT_FAIL(err, MOPT_E_UNSUPPORTED, "architecture family \"%s\" has no GGUF form", a->family);

@@ -145,7 +145,7 @@ mopt_status mopt_pipeline_run(const mopt_pipeline *p, mopt_model *model, const m
                               mopt_report *report, mopt_error *err) {
     mopt_run_opts o;
     mopt_run_opts_default(&o);
-    if (opts_in) memcpy(&o, opts_in, opts_in->struct_size < sizeof o ? opts_in->struct_size : sizeof o);
+    mopt_opts_over(&o, sizeof o, opts_in);
     for (int32_t i = 0; i < p->n; i++) {
         const step *s = &p->steps[i];
         if (mopt_interrupted()) return MOPT_FAIL(err, MOPT_E_INTERRUPTED, "interrupted before %s", s->desc->name);

@@ -240,7 +240,7 @@ const char *mopt_session_device(const mopt_session *s) { return s->device; }
 mopt_session *mopt_session_new(const mopt_graph *g, const mopt_session_opts *opts, mopt_error *err) {
     mopt_session_opts o;
     mopt_session_opts_default(&o);
-    if (opts) memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
+    mopt_opts_over(&o, sizeof o, opts);
     const mopt_arch *a = mopt_graph_arch(g);
     mopt_session *s = calloc(1, sizeof *s);
     if (!s) {

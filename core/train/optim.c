@@ -10,6 +10,8 @@
 #include "trainer_impl.h"
 
 void mopt_adamw_opts_default(mopt_adamw_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
     o->beta1 = 0.9f;
     o->beta2 = 0.95f;
     o->eps = 1e-8f;
@@ -23,7 +25,11 @@ double mopt_trainer_grad_norm(const mopt_trainer *tr) {
     return sqrt(ss);
 }
 
-mopt_status mopt_trainer_adamw(mopt_trainer *tr, const mopt_adamw_opts *o, float lr, float grad_scale, mopt_error *err) {
+mopt_status mopt_trainer_adamw(mopt_trainer *tr, const mopt_adamw_opts *opts, float lr, float grad_scale, mopt_error *err) {
+    mopt_adamw_opts oo;
+    mopt_adamw_opts_default(&oo);
+    mopt_opts_over(&oo, sizeof oo, opts);
+    const mopt_adamw_opts *o = &oo;
     if (!(lr > 0) || !isfinite(lr)) return MOPT_FAIL(err, MOPT_E_INVALID, "learning rate %g must be a positive number", lr);
     if (!tr->m) {
         tr->m = calloc((size_t)tr->n_params, sizeof *tr->m);

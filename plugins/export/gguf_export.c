@@ -30,8 +30,13 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     progress_to pt = {h, ctx};
     mopt_imatrix *im = NULL;
     if (h->opt_is_set(o, "imatrix") && *h->opt_string(o, "imatrix")) st = h->imatrix_read(h->opt_string(o, "imatrix"), &im, err);
-    const mopt_gguf_write_opts go = {h->opt_string(o, "type"), slash && slash[1] ? slash + 1 : mp, h->opt_bool(o, "tokenizer"),
-                                     progress, &pt, im};
+    const mopt_gguf_write_opts go = {.struct_size = sizeof go,
+                                     .type = h->opt_string(o, "type"),
+                                     .name = slash && slash[1] ? slash + 1 : mp,
+                                     .tokenizer = h->opt_bool(o, "tokenizer"),
+                                     .progress = progress,
+                                     .user = &pt,
+                                     .imatrix = im};
     mopt_gguf_write_result res;
     char buf[5000];
     const char *path = atomic_dir_path(&d, "model.gguf", buf, sizeof buf);

@@ -253,6 +253,7 @@ MOPT_API int32_t mopt_gguf_weight_type(const mopt_graph *g, const char *type, co
 /* --- GGUF writing ----------------------------------------------------------------- */
 
 typedef struct mopt_gguf_write_opts {
+    uint32_t struct_size;  /* sizeof(mopt_gguf_write_opts): the fields past it keep mopt_gguf_write_opts_default's values */
     const char *type;      /* of the 2-D weights: "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
                               "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k", or one of
                               llama-quantize's mixes: "q2_k", "q2_k_s", "q3_k_s", "q3_k_m",
@@ -261,10 +262,14 @@ typedef struct mopt_gguf_write_opts {
     int32_t tokenizer;     /* store the tokenizer as tokenizer.ggml.* */
     mopt_progress_fn progress; /* per tensor written (optional) */
     void *user;
-    /* appended: importance weights for the block quantizers (llama-quantize --imatrix), by GGUF tensor name;
-     * NULL for none, and tensors it does not name are quantized unweighted */
+    /* importance weights for the block quantizers (llama-quantize --imatrix), by GGUF tensor name; NULL for none,
+     * and tensors it does not name are quantized unweighted */
     const mopt_imatrix *imatrix;
+    /* new fields are appended here */
 } mopt_gguf_write_opts;
+
+/* struct_size set, type "auto", the tokenizer stored, no name, progress or importance matrix */
+MOPT_API void mopt_gguf_write_opts_default(mopt_gguf_write_opts *o);
 
 typedef struct mopt_gguf_write_result {
     uint64_t bytes;          /* of the file */

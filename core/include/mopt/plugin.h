@@ -6,7 +6,11 @@
  *
  * Versioning: MOPT_PLUGIN_ABI_VERSION changes when a field is removed or
  * reordered; new host functions and descriptor fields are only appended, and
- * struct_size tells the reader how much is there. */
+ * struct_size tells the reader how much is there. Option structs a plugin
+ * hands the host start with struct_size too (mopt_gguf_write_opts,
+ * mopt_adamw_opts), so fields appended to them later are left at their
+ * defaults for a plugin built before; result structs the host fills in do not
+ * grow. */
 #ifndef MOPT_PLUGIN_H
 #define MOPT_PLUGIN_H
 
@@ -31,7 +35,9 @@ MOPT_EXTERN_C_BEGIN
 /* 2: the format encoders moved into the core (mopt/formats.h); the raw
  * accessors exporters used to re-encode (qint_get, tokenizer_ggml_*, ggml_*,
  * f32_to_f16/bf16) left the table. */
-#define MOPT_PLUGIN_ABI_VERSION 2u
+/* 3: mopt_gguf_write_opts and mopt_adamw_opts start with struct_size (the
+ * former had grown a field, imatrix, that a plugin built before it lacked). */
+#define MOPT_PLUGIN_ABI_VERSION 3u
 #define MOPT_PLUGIN_ENTRY_SYMBOL "mopt_plugin_entry"
 
 /* Services the host offers plugins. Append only. */

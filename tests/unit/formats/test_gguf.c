@@ -1415,6 +1415,44 @@ static double weighted_error(mopt_model *orig, mopt_model *q, const char *wname,
  * input) get the same vector, every value is positive. Q4_0 weighted by it has a lower importance-weighted error
  * over the linears than Q4_0 without (round to nearest), and llama.cpp's type rule for Q4_0 with an imatrix (the
  * first eighth of ffn_down as Q4_1) holds. (That the weighted blocks are llama-quantize's is the fixture's test.) */
+/* mopt_gguf_write from a caller built against older headers: a struct_size short of imatrix leaves the importance
+ * matrix off (the pointer past it, garbage here, is not read), and struct_size 0 takes every default (type auto, the
+ * tokenizer stored): the files equal those written from full structs. */
+static void test_gguf_write_reads_no_option_past_the_callers_struct_size(void **s) {
+    REQUIRE_SHARED();
+    mopt_model *m = test_load_model("models/lit-llama-7m");
+    const mopt_graph *g = mopt_model_graph(m);
+    mopt_error err = {0};
+    mopt_gguf_write_result res;
+    char a[1400], b[1400];
+    snprintf(a, sizeof a, "%s/opts-full.gguf", dir);
+    snprintf(b, sizeof b, "%s/opts-short.gguf", dir);
+    mopt_gguf_write_opts full;
+    mopt_gguf_write_opts_default(&full);
+    assert_int_equal(full.struct_size, sizeof full);
+    full.type = "q4_0";
+    mopt_gguf_write_opts shorter = full;
+    shorter.struct_size = (uint32_t)offsetof(mopt_gguf_write_opts, imatrix);
+    shorter.imatrix = (const mopt_imatrix *)(uintptr_t)0x10; /* past the caller's struct: never followed */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) { /* nothing read at all: every default */
+            mopt_gguf_write_opts_default(&full);
+            memset(&shorter, 0xAB, sizeof shorter);
+            shorter.struct_size = 0;
+        }
+        assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), a, &full, &res, &err), MOPT_OK);
+        assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), b, &shorter, &res, &err), MOPT_OK);
+        size_t na, nb;
+        unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(da, db, na);
+        if (pass == 0) assert_int_equal(tensor_type(da, "blk.0.attn_q.weight"), 2); /* Q4_0 */
+        else assert_int_not_equal(tensor_type(da, "blk.0.attn_q.weight"), 2);      /* auto: as the model stores it */
+        free(da), free(db);
+    }
+    mopt_model_free(m);
+}
+
 static void test_imatrix_from_calibration_weights_the_gguf_quantizers(void **s) {
     REQUIRE_SHARED();
     char text[4096], calib[1024], dat[1400], file[1400];
@@ -1497,6 +1535,7 @@ int main(void) {
         cmocka_unit_test(test_imatrix_files_read_write_and_refuse),
         cmocka_unit_test(test_gguf_imatrix_files_follow_llama_imatrix_layout),
         cmocka_unit_test(test_imatrix_from_calibration_weights_the_gguf_quantizers),
+        cmocka_unit_test(test_gguf_write_reads_no_option_past_the_callers_struct_size),
         cmocka_unit_test(test_gguf_tokenizers_encode_like_the_originals),
         cmocka_unit_test(test_the_chat_template_travels_through_gguf),
         cmocka_unit_test(test_a_gguf_models_tokenizer_goes_into_its_hf_export),

@@ -458,6 +458,51 @@ static void test_adamw_follows_the_reference_update(void **st) {
     mopt_graph_free(g);
 }
 
+/* One AdamW step from opts on a fresh trainer of the small graph: its parameters after it, concatenated (malloc'd) */
+static float *adamw_step_params(const mopt_adamw_opts *o, int64_t *n_out) {
+    const uint32_t kept = seed;
+    seed = 11; /* the same weights each call */
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    seed = kept;
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err);
+    assert_non_null(tr);
+    double loss;
+    mopt_trainer_zero_grad(tr);
+    assert_int_equal(mopt_trainer_step(tr, small_tokens, T_SMALL, &loss, &err), MOPT_OK);
+    assert_int_equal(mopt_trainer_adamw(tr, o, 1e-2f, 1.0f, &err), MOPT_OK);
+    int64_t n = 0;
+    for (int32_t i = 0; i < mopt_trainer_n_params(tr); i++) n += mopt_tensor_nelements(mopt_trainer_param_tensor(tr, i));
+    float *out = malloc((size_t)n * sizeof *out), *at = out;
+    for (int32_t i = 0; i < mopt_trainer_n_params(tr); i++) {
+        const int64_t k = mopt_tensor_nelements(mopt_trainer_param_tensor(tr, i));
+        memcpy(at, mopt_trainer_param(tr, i), (size_t)k * sizeof *at);
+        at += k;
+    }
+    *n_out = n;
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
+    return out;
+}
+
+/* A caller built against older headers passes a shorter struct: what lies past its struct_size is not read, and those
+ * fields keep mopt_adamw_opts_default's values (here a weight decay, 0 by default, that would change the step). */
+static void test_adamw_reads_no_option_past_the_callers_struct_size(void **st) {
+    (void)st;
+    mopt_adamw_opts d, shorter, full;
+    mopt_adamw_opts_default(&d);
+    assert_int_equal(d.struct_size, sizeof d);
+    shorter = d, full = d;
+    shorter.weight_decay = full.weight_decay = 0.5f;
+    shorter.struct_size = (uint32_t)offsetof(mopt_adamw_opts, weight_decay);
+    int64_t n1, n2, n3;
+    float *a = adamw_step_params(&d, &n1), *b = adamw_step_params(&shorter, &n2), *c = adamw_step_params(&full, &n3);
+    assert_true(n1 == n2 && n1 == n3);
+    assert_memory_equal(a, b, (size_t)n1 * sizeof *a);
+    assert_memory_not_equal(a, c, (size_t)n1 * sizeof *a); /* the decay is read where the struct holds it */
+    free(a), free(b), free(c);
+}
+
 static void test_learning_rate_warms_up_then_follows_a_cosine(void **st) {
     (void)st;
     assert_float_equal(mopt_lr_cosine(0, 10, 110, 1e-3f, 1e-4f), 1e-4f, 1e-9);
@@ -732,6 +777,7 @@ int main(void) {
         cmocka_unit_test(test_distillation_kl_gradients_match_finite_differences),
         cmocka_unit_test(test_distillation_kl_is_zero_for_the_same_logits_and_matches_float64),
         cmocka_unit_test(test_adamw_follows_the_reference_update),
+        cmocka_unit_test(test_adamw_reads_no_option_past_the_callers_struct_size),
         cmocka_unit_test(test_learning_rate_warms_up_then_follows_a_cosine),
         cmocka_unit_test(test_written_back_weights_keep_their_dtype_and_run),
         cmocka_unit_test(test_lit_llama_gradients_match_finite_differences),
