@@ -24,7 +24,8 @@
 #
 # Environment: LLAMA_CPP_BIN (required: the folder holding llama-bench),
 # MOPT (default build/bin/mopt), THREADS (2), PROMPT (512), GEN (32), REPS (3),
-# KV_CACHE (f16; f32 for mopt's default cache).
+# KV_CACHE (f16; f32 for mopt's default cache). The table's heading names the GEMM kernels mopt's prefill
+# ran (an OPENBLAS_CORETYPE in the environment picks them: unset it to let OpenBLAS choose).
 set -euo pipefail
 
 usage() { echo "usage: LLAMA_CPP_BIN=DIR $0 MODEL [WORKDIR]" >&2; exit 2; }
@@ -108,8 +109,10 @@ def mopt(i):
     return (med(x["prefill_tok_s"] for x in d), med(x["decode_tok_s"] for x in d), med(f), min(f), max(f),
             med(x["decode_weight_bandwidth_fraction"] for x in d), med(x["read_gb_s"] for x in d))
 
+first = json.load(open(f"{runs}/mopt-0-1.json"))
 print(f"{threads} threads, prompt {prompt}, {gen} generated after it (llama-bench -d {prompt}), mopt's KV cache {kv}, "
-      f"medians of {reps} interleaved runs\n")
+      f"medians of {reps} interleaved runs; mopt's kernels {first.get('kernels', '?')}, its prefill GEMMs on "
+      f"{first.get('gemm', '?')}\n")
 print("| weights | llama.cpp prefill | mopt prefill | ratio | llama.cpp decode | mopt decode | ratio | mopt decode, of read bandwidth: median (runs' range; weights alone) |")
 print("|---|---|---|---|---|---|---|---|")
 for i, (name, gguf, _, _) in enumerate(rows):

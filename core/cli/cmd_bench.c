@@ -46,7 +46,9 @@ int cmd_bench(int argc, char **argv) {
                    "as a fraction of the two measurements beside it, the median and the spread.\n"
                    "--pipeline runs passes (e.g. quantization) on the model first. --device cuda runs the\n"
                    "linears on the GPU (libmopt-cuda), the rest on the CPU. --kv-cache f16 keeps the KV cache in\n"
-                   "IEEE halves (half its memory and of what decode reads at long contexts; default f32).\n");
+                   "IEEE halves (half its memory and of what decode reads at long contexts; default f32).\n"
+                   "On the CPU it names the kernels the figures ran on: mopt's set, and the GEMM library's for\n"
+                   "prefill (OpenBLAS's choice, or the one OPENBLAS_CORETYPE forces on it).\n");
             return EXIT_OK;
         default: return cli_usage_error("bench", "unknown option");
         }
@@ -81,6 +83,11 @@ int cmd_bench(int argc, char **argv) {
                G("weight_bytes_per_token") / 1e6, G("kv_bytes_per_token") / 1e6, G("decode_gb_s"), G("threads"), G("read_gb_s"),
                100 * G("decode_bandwidth_fraction"), 100 * G("decode_bandwidth_fraction_min"), 100 * G("decode_bandwidth_fraction_max"),
                100 * G("decode_weight_bandwidth_fraction"));
+    const json_t *passes = json_object_get(mopt_report_tree(j.rep), "passes"); /* eval.bench runs last */
+    const json_t *bench = json_array_get(passes, json_array_size(passes) - 1);
+    const char *device = json_string_value(json_object_get(json_object_get(bench, "strings"), "device"));
+    const int on_cpu = !device || !strcmp(device, "cpu"); /* the linears' device: its kernels are not these */
+    if (on_cpu) printf("kernels: %s; GEMM: %s\n", mopt_cpu_kernels_name(), mopt_cpu_gemm_name());
     if (json_path) {
         json_t *js = json_pack("{s:f, s:f, s:{s:f, s:f, s:f}, s:f, s:I, s:I, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I, s:I, s:s}",
                                "prefill_tok_s", G("prefill_tok_s"), "decode_tok_s", G("decode_tok_s"), "latency_ms", "p50",
@@ -93,6 +100,10 @@ int cmd_bench(int argc, char **argv) {
         json_object_set_new(js, "weight_bytes_per_token", json_integer((json_int_t)G("weight_bytes_per_token")));
         json_object_set_new(js, "kv_bytes_per_token", json_integer((json_int_t)G("kv_bytes_per_token")));
         json_object_set_new(js, "decode_gb_s", json_real(G("decode_gb_s")));
+        if (on_cpu) { /* what the figures ran on */
+            json_object_set_new(js, "kernels", json_string(mopt_cpu_kernels_name()));
+            json_object_set_new(js, "gemm", json_string(mopt_cpu_gemm_name()));
+        }
         if (G("read_gb_s") > 0) {
             json_object_set_new(js, "read_gb_s", json_real(G("read_gb_s")));
             json_object_set_new(js, "decode_bandwidth_fraction", json_real(G("decode_bandwidth_fraction")));
@@ -101,8 +112,7 @@ int cmd_bench(int argc, char **argv) {
             json_object_set_new(json_object_get(js, "spread"), "decode_bandwidth_fraction_max", json_real(G("decode_bandwidth_fraction_max")));
         }
         /* the figures behind the medians: each run's decode tok/s, the bandwidth measured before the first run and after each */
-        const json_t *passes = json_object_get(mopt_report_tree(j.rep), "passes"); /* eval.bench runs last */
-        json_t *series = json_object_get(json_array_get(passes, json_array_size(passes) - 1), "series");
+        json_t *series = json_object_get(bench, "series");
         const char *keys[] = {"decode_tok_s_runs", "read_gb_s_probes"};
         for (int k = 0; k < 2; k++)
             if (json_object_get(series, keys[k])) json_object_set(js, keys[k], json_object_get(series, keys[k]));

@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
         return EXIT_OK;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("mopt %s (kernels: %s)\n", MOPT_VERSION_STRING, mopt_cpu_kernels_name());
+        printf("mopt %s (kernels: %s; GEMM: %s)\n", MOPT_VERSION_STRING, mopt_cpu_kernels_name(), mopt_cpu_gemm_name());
         return EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

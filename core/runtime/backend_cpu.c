@@ -6,12 +6,14 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend_impl.h"
 #include "base.h"
 #include "kernels.h"
+#include "mopt/executor.h"
 #include "mopt/quant.h"
 #include "tensor_impl.h"
 #include "threadpool.h"
@@ -32,6 +34,14 @@
 #define DENSE_ROWS_MAX_TOKENS 64
 
 extern void openblas_set_num_threads(int);
+extern char *openblas_get_corename(void);
+
+const char *mopt_cpu_gemm_name(void) {
+    static _Thread_local char name[96];
+    const char *core = openblas_get_corename(), *forced = getenv("OPENBLAS_CORETYPE");
+    snprintf(name, sizeof name, "OpenBLAS %.32s%s", core ? core : "?", forced && *forced ? " (set by OPENBLAS_CORETYPE)" : "");
+    return name;
+}
 
 typedef struct cpu_ctx {
     mopt_pool *pool;

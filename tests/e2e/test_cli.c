@@ -124,6 +124,17 @@ static void test_info_json_reports_parameters(void **s) {
     run_free(&r);
 }
 
+/* --version names mopt's kernel set and the GEMM library's, as the library reports them in this environment */
+static void test_version_names_the_kernels_and_the_gemm(void **s) {
+    (void)s;
+    run_result r = run("--version");
+    assert_int_equal(r.code, 0);
+    char want[512];
+    snprintf(want, sizeof want, "mopt %s (kernels: %s; GEMM: %s)\n", MOPT_VERSION_STRING, mopt_cpu_kernels_name(), mopt_cpu_gemm_name());
+    assert_string_equal(r.out, want);
+    run_free(&r);
+}
+
 static void test_bad_inputs_exit_2_with_one_line(void **s) {
     REQUIRE_SHARED();
     char dir[1024], args[4096], path[1200];
@@ -412,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_generate_lit_models_greedy),
         cmocka_unit_test(test_tokenize_json_and_eval_json),
         cmocka_unit_test(test_info_json_reports_parameters),
+        cmocka_unit_test(test_version_names_the_kernels_and_the_gemm),
         cmocka_unit_test(test_bad_inputs_exit_2_with_one_line),
         cmocka_unit_test(test_threads_above_the_cores_are_capped_with_a_warning),
         cmocka_unit_test(test_signals_stop_work_and_leave_no_temporaries),

@@ -142,6 +142,9 @@ static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
     assert_true(json_number_value(json_object_get(j, "ttft_ms")) > 0);
     assert_true(json_integer_value(json_object_get(j, "peak_rss_bytes")) > 0);
     assert_non_null(json_object_get(json_object_get(j, "spread"), "decode_tok_s_stdev"));
+    /* what the figures ran on: mopt's kernel set and the GEMM library's, as this process (its environment) sees them */
+    assert_string_equal(json_string_value(json_object_get(j, "kernels")), mopt_cpu_kernels_name());
+    assert_string_equal(json_string_value(json_object_get(j, "gemm")), mopt_cpu_gemm_name());
     /* bytes per decoded token: GPT-2's tied wte is read whole as lm_head, its position table one row at a time */
     mopt_model *m = test_load_model("models/lit-gpt2-1m");
     const mopt_graph *g = mopt_model_graph(m);

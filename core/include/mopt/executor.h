@@ -107,6 +107,11 @@ MOPT_API const float *mopt_session_value(const mopt_session *s, int32_t value);
 
 /* Name of the SIMD kernel set picked for this CPU ("avx512", "avx2", "ref"). */
 MOPT_API const char *mopt_cpu_kernels_name(void);
+/* The GEMM library prefill runs on and the kernels it runs, e.g. "OpenBLAS Cooperlake", with " (set by
+ * OPENBLAS_CORETYPE)" where that variable chose them rather than OpenBLAS (it then runs those whatever the CPU
+ * has: on the Zen 5 host in docs/BENCHMARKS.md, Haswell's AVX2 SGEMM ran at about half the rate of the AVX-512
+ * one OpenBLAS picks itself). The string stays valid until the thread's next call. */
+MOPT_API const char *mopt_cpu_gemm_name(void);
 /* This machine's read bandwidth in GB/s (1e9 bytes/s) on n_threads threads: the
  * median of `runs` passes over a `bytes` buffer (make it far larger than the
  * caches), each thread summing its own slice, as a decode step streams its

@@ -684,8 +684,27 @@ static void test_dispatch_picks_a_supported_set(void **s) {
     assert_string_equal(mopt_cpu_kernels_name(), k->name);
 }
 
+extern char *openblas_get_corename(void);
+
+/* The GEMM name is OpenBLAS's kernel set, and says when OPENBLAS_CORETYPE rather than OpenBLAS chose it */
+static void test_gemm_name_says_who_chose_the_kernels(void **s) {
+    (void)s;
+    const char *env = getenv("OPENBLAS_CORETYPE");
+    char was[128] = "", want[160];
+    if (env) snprintf(was, sizeof was, "%s", env);
+    snprintf(want, sizeof want, "OpenBLAS %s", openblas_get_corename());
+    unsetenv("OPENBLAS_CORETYPE");
+    assert_string_equal(mopt_cpu_gemm_name(), want);
+    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    strncat(want, " (set by OPENBLAS_CORETYPE)", sizeof want - strlen(want) - 1);
+    assert_string_equal(mopt_cpu_gemm_name(), want);
+    if (env) setenv("OPENBLAS_CORETYPE", was, 1);
+    else unsetenv("OPENBLAS_CORETYPE");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm_name_says_who_chose_the_kernels),
         cmocka_unit_test(test_dot_kernels_match_float64_reference),
         cmocka_unit_test(test_half_conversions_follow_ieee),
         cmocka_unit_test(test_sp24_dot_matches_float64_on_every_position_pair),
