@@ -253,7 +253,8 @@ MOPT_API int32_t mopt_gguf_weight_type(const mopt_graph *g, const char *type, co
 /* --- GGUF writing ----------------------------------------------------------------- */
 
 typedef struct mopt_gguf_write_opts {
-    uint32_t struct_size;  /* sizeof(mopt_gguf_write_opts): the fields past it keep mopt_gguf_write_opts_default's values */
+    uint32_t struct_size;  /* sizeof(mopt_gguf_write_opts): the fields past it keep mopt_gguf_write_opts_default's
+                              values; 0 is refused */
     const char *type;      /* of the 2-D weights: "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
                               "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k", or one of
                               llama-quantize's mixes: "q2_k", "q2_k_s", "q3_k_s", "q3_k_m",

@@ -96,7 +96,8 @@ MOPT_API double mopt_distill_kl(const float *student, const float *teacher, floa
 /* --- optimization ------------------------------------------------------------------ */
 
 typedef struct mopt_adamw_opts {
-    uint32_t struct_size;    /* sizeof(mopt_adamw_opts): the fields past it keep mopt_adamw_opts_default's values */
+    uint32_t struct_size;    /* sizeof(mopt_adamw_opts): the fields past it keep mopt_adamw_opts_default's values;
+                                0 is refused */
     float beta1, beta2, eps; /* 0.9, 0.95, 1e-8 by mopt_adamw_opts_default */
     float weight_decay;      /* decoupled, on matrices only (not norms, biases) */
 } mopt_adamw_opts;

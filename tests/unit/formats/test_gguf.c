@@ -1416,8 +1416,8 @@ static double weighted_error(mopt_model *orig, mopt_model *q, const char *wname,
  * over the linears than Q4_0 without (round to nearest), and llama.cpp's type rule for Q4_0 with an imatrix (the
  * first eighth of ffn_down as Q4_1) holds. (That the weighted blocks are llama-quantize's is the fixture's test.) */
 /* mopt_gguf_write from a caller built against older headers: a struct_size short of imatrix leaves the importance
- * matrix off (the pointer past it, garbage here, is not read), and struct_size 0 takes every default (type auto, the
- * tokenizer stored): the files equal those written from full structs. */
+ * matrix off (the pointer past it, garbage here, is not read): the file equals the one written from the full struct.
+ * A struct_size of 0 (a {0} initializer) is refused rather than read as all defaults, and nothing is written. */
 static void test_gguf_write_reads_no_option_past_the_callers_struct_size(void **s) {
     REQUIRE_SHARED();
     mopt_model *m = test_load_model("models/lit-llama-7m");
@@ -1434,22 +1434,22 @@ static void test_gguf_write_reads_no_option_past_the_callers_struct_size(void **
     mopt_gguf_write_opts shorter = full;
     shorter.struct_size = (uint32_t)offsetof(mopt_gguf_write_opts, imatrix);
     shorter.imatrix = (const mopt_imatrix *)(uintptr_t)0x10; /* past the caller's struct: never followed */
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) { /* nothing read at all: every default */
-            mopt_gguf_write_opts_default(&full);
-            memset(&shorter, 0xAB, sizeof shorter);
-            shorter.struct_size = 0;
-        }
-        assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), a, &full, &res, &err), MOPT_OK);
-        assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), b, &shorter, &res, &err), MOPT_OK);
-        size_t na, nb;
-        unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
-        assert_int_equal(na, nb);
-        assert_memory_equal(da, db, na);
-        if (pass == 0) assert_int_equal(tensor_type(da, "blk.0.attn_q.weight"), 2); /* Q4_0 */
-        else assert_int_not_equal(tensor_type(da, "blk.0.attn_q.weight"), 2);      /* auto: as the model stores it */
-        free(da), free(db);
-    }
+    assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), a, &full, &res, &err), MOPT_OK);
+    assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), b, &shorter, &res, &err), MOPT_OK);
+    size_t na, nb;
+    unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(da, db, na);
+    assert_int_equal(tensor_type(da, "blk.0.attn_q.weight"), 2); /* Q4_0 */
+    free(da), free(db);
+    char c[1400];
+    snprintf(c, sizeof c, "%s/opts-zero.gguf", dir);
+    mopt_gguf_write_opts zero = {0};
+    zero.type = "q4_0";
+    assert_int_equal(mopt_gguf_write(g, mopt_model_tokenizer(m), c, &zero, &res, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "struct_size is 0: start from mopt_gguf_write_opts_default()");
+    struct stat sb;
+    assert_int_not_equal(stat(c, &sb), 0); /* nothing written */
     mopt_model_free(m);
 }
 

@@ -501,6 +501,15 @@ static void test_adamw_reads_no_option_past_the_callers_struct_size(void **st) {
     assert_memory_equal(a, b, (size_t)n1 * sizeof *a);
     assert_memory_not_equal(a, c, (size_t)n1 * sizeof *a); /* the decay is read where the struct holds it */
     free(a), free(b), free(c);
+    /* a {0} initializer is refused, not read as all defaults */
+    mopt_graph *g = llama_block(MOPT_ROPE_HALF);
+    mopt_error err = {0};
+    mopt_trainer *tr = mopt_trainer_new(g, T_SMALL, &err);
+    const mopt_adamw_opts zero = {0};
+    assert_int_equal(mopt_trainer_adamw(tr, &zero, 1e-2f, 1.0f, &err), MOPT_E_INVALID);
+    CHECK_ERR(err, MOPT_E_INVALID, "struct_size is 0: start from mopt_adamw_opts_default()");
+    mopt_trainer_free(tr);
+    mopt_graph_free(g);
 }
 
 static void test_learning_rate_warms_up_then_follows_a_cosine(void **st) {
