@@ -85,9 +85,9 @@ int cmd_bench(int argc, char **argv) {
                100 * G("decode_weight_bandwidth_fraction"));
     const json_t *passes = json_object_get(mopt_report_tree(j.rep), "passes"); /* eval.bench runs last */
     const json_t *bench = json_array_get(passes, json_array_size(passes) - 1);
-    const char *device = json_string_value(json_object_get(json_object_get(bench, "strings"), "device"));
-    const int on_cpu = !device || !strcmp(device, "cpu"); /* the linears' device: its kernels are not these */
-    if (on_cpu) printf("kernels: %s; GEMM: %s\n", mopt_cpu_kernels_name(), mopt_cpu_gemm_name());
+    json_t *kernels = json_object_get(json_object_get(bench, "strings"), "kernels"); /* a CPU session's */
+    json_t *gemm = json_object_get(json_object_get(bench, "strings"), "gemm");
+    if (kernels && gemm) printf("kernels: %s; GEMM: %s\n", json_string_value(kernels), json_string_value(gemm));
     if (json_path) {
         json_t *js = json_pack("{s:f, s:f, s:{s:f, s:f, s:f}, s:f, s:I, s:I, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I, s:I, s:s}",
                                "prefill_tok_s", G("prefill_tok_s"), "decode_tok_s", G("decode_tok_s"), "latency_ms", "p50",
@@ -100,9 +100,9 @@ int cmd_bench(int argc, char **argv) {
         json_object_set_new(js, "weight_bytes_per_token", json_integer((json_int_t)G("weight_bytes_per_token")));
         json_object_set_new(js, "kv_bytes_per_token", json_integer((json_int_t)G("kv_bytes_per_token")));
         json_object_set_new(js, "decode_gb_s", json_real(G("decode_gb_s")));
-        if (on_cpu) { /* what the figures ran on */
-            json_object_set_new(js, "kernels", json_string(mopt_cpu_kernels_name()));
-            json_object_set_new(js, "gemm", json_string(mopt_cpu_gemm_name()));
+        if (kernels && gemm) { /* what the figures ran on */
+            json_object_set(js, "kernels", kernels);
+            json_object_set(js, "gemm", gemm);
         }
         if (G("read_gb_s") > 0) {
             json_object_set_new(js, "read_gb_s", json_real(G("read_gb_s")));

@@ -168,6 +168,10 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
         h->report_metric(report, "kv_bytes_per_token", kv_per_token);
         h->report_metric(report, "decode_gb_s", dec_gbs);
         h->report_string(report, "device", device);
+        if (!strcmp(device, "cpu") && h->struct_size > offsetof(mopt_host_api, cpu_gemm_name)) { /* what the figures ran on */
+            h->report_string(report, "kernels", h->cpu_kernels_name());
+            h->report_string(report, "gemm", h->cpu_gemm_name());
+        }
         if (probe) bandwidth_fractions(h, report, dec, probe, runs, per_token, kv_per_token);
         h->report_metric(report, "runs", runs);
         h->report_metric(report, "threads", h->session_n_threads(s)); /* the count the session runs, not 0 for "all" */

@@ -194,7 +194,8 @@ static void test_bench_json_has_speed_latency_spread_and_bandwidth(void **s) {
     json_decref(j);
 }
 
-/* The bench pass names the device its session ran on; the host's read bandwidth is measured for a CPU session. */
+/* The bench pass names the device its session ran on (and on the CPU its kernels); the host's read bandwidth is measured
+ * for a CPU session. */
 static void test_bench_report_names_the_device(void **s) {
     REQUIRE_SHARED();
     char dir[1024], args[4096], out[1100];
@@ -209,6 +210,9 @@ static void test_bench_report_names_the_device(void **s) {
     json_t *pass = json_array_get(json_object_get(j, "passes"), 0);
     assert_string_equal(json_string_value(json_object_get(json_object_get(pass, "strings"), "device")), "cpu");
     assert_true(json_number_value(json_object_get(json_object_get(pass, "metrics"), "read_gb_s")) > 0);
+    /* and, on the CPU, the kernels the figures ran on, for a pipeline's report as for mopt bench's JSON */
+    assert_string_equal(json_string_value(json_object_get(json_object_get(pass, "strings"), "kernels")), mopt_cpu_kernels_name());
+    assert_string_equal(json_string_value(json_object_get(json_object_get(pass, "strings"), "gemm")), mopt_cpu_gemm_name());
     json_decref(j);
 }
 

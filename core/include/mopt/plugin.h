@@ -304,6 +304,9 @@ typedef struct mopt_host_api {
     const char *(*session_device)(const mopt_session *s);
     /* appended: a session's KV cache bytes per position (mopt_session_kv_bytes_per_position, mopt/executor.h) */
     int64_t (*session_kv_bytes_per_position)(const mopt_session *s);
+    /* appended: the CPU kernel set and the GEMM library's kernels (mopt_cpu_kernels_name, mopt_cpu_gemm_name) */
+    const char *(*cpu_kernels_name)(void);
+    const char *(*cpu_gemm_name)(void);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {
