@@ -48,12 +48,14 @@ int mopt_write_all(int fd, const void *data, size_t n, int64_t off);
 /* --- memory ----------------------------------------------------------------- */
 
 /* Lays a caller's options struct (a uint32_t struct_size first: the caller's sizeof) over dst, which holds the
- * defaults (size bytes): a struct from older headers is shorter, and the fields it lacks keep their defaults. */
-static inline void mopt_opts_over(void *dst, size_t size, const void *src) {
-    if (!src) return;
+ * defaults (size bytes): a struct from older headers is shorter, and the fields it lacks keep their defaults.
+ * Returns the caller's struct_size (0 for no struct). */
+static inline uint32_t mopt_opts_over(void *dst, size_t size, const void *src) {
+    if (!src) return 0;
     uint32_t n;
     memcpy(&n, src, sizeof n);
     memcpy(dst, src, n < size ? n : size);
+    return n;
 }
 
 /* Memory for a large array streamed front to back (weights, the bandwidth probe): 64-byte aligned, and from 2 MiB

@@ -412,11 +412,10 @@ void mopt_gguf_write_opts_default(mopt_gguf_write_opts *o) {
 mopt_status mopt_gguf_write(const mopt_graph *g, const mopt_tokenizer *tok, const char *path, const mopt_gguf_write_opts *opts,
                             mopt_gguf_write_result *res, mopt_error *err) {
     memset(res, 0, sizeof *res);
-    if (!opts || !opts->struct_size) /* a {0} initializer: every field would silently be a default */
-        return MOPT_FAIL(err, MOPT_E_INVALID, "mopt_gguf_write_opts.struct_size is 0: start from mopt_gguf_write_opts_default()");
     mopt_gguf_write_opts oo;
     mopt_gguf_write_opts_default(&oo);
-    mopt_opts_over(&oo, sizeof oo, opts);
+    if (!mopt_opts_over(&oo, sizeof oo, opts)) /* a {0} initializer: every field would silently be a default */
+        return MOPT_FAIL(err, MOPT_E_INVALID, "mopt_gguf_write_opts.struct_size is 0: start from mopt_gguf_write_opts_default()");
     const mopt_gguf_write_opts *o = &oo;
     const mopt_arch *a = mopt_graph_arch(g);
     const mopt_family *fam = mopt_family_find(a->family);

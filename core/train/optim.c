@@ -26,11 +26,10 @@ double mopt_trainer_grad_norm(const mopt_trainer *tr) {
 }
 
 mopt_status mopt_trainer_adamw(mopt_trainer *tr, const mopt_adamw_opts *opts, float lr, float grad_scale, mopt_error *err) {
-    if (!opts || !opts->struct_size) /* a {0} initializer: every field would silently be a default */
-        return MOPT_FAIL(err, MOPT_E_INVALID, "mopt_adamw_opts.struct_size is 0: start from mopt_adamw_opts_default()");
     mopt_adamw_opts oo;
     mopt_adamw_opts_default(&oo);
-    mopt_opts_over(&oo, sizeof oo, opts);
+    if (!mopt_opts_over(&oo, sizeof oo, opts)) /* a {0} initializer: every field would silently be a default */
+        return MOPT_FAIL(err, MOPT_E_INVALID, "mopt_adamw_opts.struct_size is 0: start from mopt_adamw_opts_default()");
     const mopt_adamw_opts *o = &oo;
     if (!(lr > 0) || !isfinite(lr)) return MOPT_FAIL(err, MOPT_E_INVALID, "learning rate %g must be a positive number", lr);
     if (!tr->m) {
