@@ -95,7 +95,7 @@ int main(int argc, char **argv) {
     int32_t threads = 2, T = 1, runs = 7, warm = 0;
     int64_t mib = 256, in = 2048;
     const char *only = NULL;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* options and their values in pairs */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
             fprintf(stderr, "usage: mopt-bench-kernels [--threads N] [--mib M] [--in K] [--tokens T] [--runs R] [--warm W] [--only FORMAT]\n");
@@ -112,7 +112,6 @@ int main(int argc, char **argv) {
             fprintf(stderr, "mopt-bench-kernels: unknown option %s\n", a);
             return 2;
         }
-        i++;
     }
     if (threads < 1 || T < 1 || runs < 1 || runs > 1000 || warm < 0 || warm > 100000 || mib < 1 || in < 32 || in % 128) {
         fprintf(stderr, "mopt-bench-kernels: need threads, tokens, runs, mib >= 1, --warm >= 0 and --in a multiple of 128\n");

@@ -182,7 +182,7 @@ int main(int argc, char **argv) {
     /* a batched step reads the weights once for all its sequences */
     const double per_token = (double)mopt_graph_decode_bytes(mopt_model_graph(m)) / batch,
                  gbs = bench_median(dec, runs) * per_token / 1e9; /* dec: sorted */
-    const double bw = mopt_read_bandwidth(mopt_session_n_threads(s), (size_t)512 << 20, 5);
+    const double bw = mopt_session_read_bandwidth(s, (size_t)512 << 20, 5);
     printf("  weights read   %.1f MB per token: %.2f GB/s at the median decode", per_token / 1e6, gbs);
     if (bw > 0) printf(", %.0f%% of the %.2f GB/s read bandwidth measured on %d threads", 100 * gbs / bw, bw, mopt_session_n_threads(s));
     printf("\n");

@@ -91,9 +91,9 @@ const char *mopt_hf_layout_refuses(const mopt_quant_scheme *s, mopt_hf_layout f)
     if (s->dtype == MOPT_DTYPE_QINT && (s->flags & (MOPT_QUANT_ACT_PER_TOKEN | MOPT_QUANT_ACT_STATIC)) && f != MOPT_HF_CT)
         return "W4A8 (integer weights with FP8 activations per token) exports as compressed-tensors";
     if (s->dtype == MOPT_DTYPE_MXFP && !(f == MOPT_HF_MODELOPT && mopt_modelopt_algo(s)) && !(f == MOPT_HF_CT && ct_fp4_ok(s)))
-        return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with activations=static for input_scale) or as "
-               "compressed-tensors (activations=static or none); MXFP4 as compressed-tensors (mxfp4-pack-quantized); MXFP8 "
-               "exports dense (dequantized) for now";
+        return "NVFP4 exports as ModelOpt's unified checkpoint (format modelopt, with static activations for input_scale) or as "
+               "compressed-tensors (static activations or none: quant.nvfp4's activations=, mopt quantize's --act); MXFP4 as "
+               "compressed-tensors (mxfp4-pack-quantized); MXFP8 exports dense (dequantized) for now";
     if (f == MOPT_HF_MODELOPT)
         return mopt_modelopt_algo(s) ? NULL
                                      : "ModelOpt's unified checkpoint holds symmetric int4 (W4A16_AWQ: quantize with sym=true), FP8 with "

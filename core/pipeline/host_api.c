@@ -190,6 +190,7 @@ const mopt_host_api mopt_host = {
     .session_kv_bytes_per_position = mopt_session_kv_bytes_per_position,
     .cpu_kernels_name = mopt_cpu_kernels_name,
     .cpu_gemm_name = mopt_cpu_gemm_name,
+    .session_read_bandwidth = mopt_session_read_bandwidth,
     .qint_pack = mopt_qint_pack,
     .w8a8_pack = mopt_w8a8_pack,
     .fp8_pack = mopt_fp8_pack,

@@ -47,6 +47,13 @@ static void bandwidth_fractions(const mopt_host_api *h, mopt_report *report, con
 }
 
 /* The process's resident bytes now (Linux; 0 elsewhere) */
+/* The read bandwidth on the session's own threads, where the host has that (else on as many threads of a pool of
+ * the probe's own) */
+static double probe_bandwidth(const mopt_host_api *h, mopt_session *s, int64_t mib) {
+    if (h->struct_size > offsetof(mopt_host_api, session_read_bandwidth)) return h->session_read_bandwidth(s, (size_t)mib << 20, 3);
+    return h->read_bandwidth(h->session_n_threads(s), (size_t)mib << 20, 3);
+}
+
 static double rss_now(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     long pages = 0, resident = 0;
@@ -108,7 +115,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
     int64_t nlat = 0;
     for (int32_t r = -warm; r < runs && !st; r++) {
         if (r == 0) peak_rss = rss_peak();
-        if (probe && r == 0) probe[0] = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 3);
+        if (probe && r == 0) probe[0] = probe_bandwidth(h, s, bw_mib);
         for (int32_t i = 0; i < nl && !st; i++) { /* prefill at each length */
             const float *l;
             double t0 = h->now();
@@ -127,7 +134,7 @@ static mopt_status run(const mopt_host_api *h, mopt_pass_ctx *ctx, mopt_graph *g
             nlat += gen > 1 ? gen - 1 : 0;
             const double rss = rss_now();
             if (rss > peak_rss) peak_rss = rss;
-            if (probe) probe[r + 1] = h->read_bandwidth(h->session_n_threads(s), (size_t)bw_mib << 20, 3);
+            if (probe) probe[r + 1] = probe_bandwidth(h, s, bw_mib);
         }
         h->progress(ctx, r + warm + 1, runs + warm);
     }

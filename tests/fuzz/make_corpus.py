@@ -212,6 +212,26 @@ def imatrix_seeds():
     return dat, head + b"\0" * (-len(head) % 32) + data
 
 
+# mopt serve's request bodies: byte 0 picks the endpoint (0: completions, 1: chat), the rest is the body.
+# Some are libFuzzer finds kept for the paths they reached (a raw newline in a string, stops out of order).
+SERVE_SEEDS = {
+    'chat': b'\x01{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"caf\\u00e9 \\u20ac"}],"stop":"User:","max_completion_tokens":9}',
+    'completion': b'\x00{"prompt":"ROMEO:\\nBut soft","max_tokens":16,"temperature":0,"stop":["\\n\\n","soft"],"stream":true,"seed":3}',
+    'completion_logprobs': b'\x00{"prompt":"a","max_tokens":2,"logprobs":5,"stop":["x"]}',
+    'content_parts': b'\x01{"messages":[{"role":"system","content":[{"type":"text","text":"Be brief."}]},{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"text","text":"there"},{"type":"image_url","image_url":{"url":"x"}}]}],"max_tokens":4}',
+    'logprobs_penalties': b'\x01{"messages":[{"role":"user","content":"Hi"}],"max_tokens":4,"logprobs":true,"top_logprobs":3,"presence_penalty":0.5,"frequency_penalty":-0.5,"stream":true,"stream_options":{"include_usage":true}}',
+    'prompt_list': b'\x00{"prompt":["one"],"n":1,"top_p":0.5,"user":"u1","model":"m","stop":null}',
+    'raw_newline_escape': b'\x00{"prompt":"ROMEt\\nuB:O soft","max_tokens":16,"teMperature":0,"stop":["\\\n\nnA","soft"],"stream":true,"seed":1}',
+    'stops_out_of_order': b'\x01{"messages":[{"role":"system","content":"nullrief. \\u20ac"}],"stompt":"[R$$$ft","_e":0,"stop":["\\n","e","t"],"sp":"User:","max_":9}',
+}
+
+
+def calib_text():
+    """Calibration text for the calibrated formats' seeds: words the 64-token vocabulary spells."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home", "in", "sun"]
+    return " ".join(rnd.choice(words) for _ in range(3000))
+
+
 def main():
     mopt, out = sys.argv[1], sys.argv[2]
     shutil.rmtree(out, ignore_errors=True)
@@ -246,6 +266,9 @@ def main():
     put("gguf", "gpt2-f16.gguf", open(g, "rb").read())
     put("safetensors", "gpt2.safetensors", open(os.path.join(gpt2, "model.safetensors"), "rb").read())
 
+    cal = os.path.join(tmp, "calib.txt")
+    open(cal, "w").write(calib_text())
+    calib = ["--calib", cal, "--calib-samples", "4", "--calib-len", "16"]
     dirs = {"hf-gpt2": gpt2}
     for name, args in (("hf-llama", ["export", l2c, "--dtype", "f16"]),
                        ("awq", ["quantize", l2c, "--method", "rtn", "--bits", "4", "--group", "32", "--format", "awq"]),
@@ -254,7 +277,19 @@ def main():
                        ("ct-fp8", ["quantize", l2c, "--method", "fp8", "--format", "compressed-tensors"]),
                        ("mo-int4", ["quantize", l2c, "--method", "rtn", "--bits", "4", "--group", "32", "--sym", "--format", "modelopt"]),
                        ("trt", ["export", l2c, "--format", "trtllm", "--tp", "2"]),
-                       ("trt-w4a16", ["quantize", l2c, "--method", "rtn", "--bits", "4", "--group", "32", "--sym", "--format", "trtllm"])):
+                       ("trt-w4a16", ["quantize", l2c, "--method", "rtn", "--bits", "4", "--group", "32", "--sym", "--format", "trtllm"]),
+                       ("trt-fp8", ["quantize", l2c, "--method", "fp8", "--format", "trtllm"]),
+                       ("mo-fp8", ["quantize", l2c, "--method", "fp8", "--format", "modelopt"]),
+                       ("mo-nvfp4", ["quantize", l2c, "--method", "nvfp4", "--act", "static", "--format", "modelopt"] + calib),
+                       ("ct-nvfp4", ["quantize", l2c, "--method", "nvfp4", "--act", "none", "--format", "compressed-tensors"]),
+                       ("ct-mxfp4", ["quantize", l2c, "--method", "mxfp4", "--format", "compressed-tensors"]),
+                       ("mo-w4a8", ["quantize", l2c, "--method", "awq", "--bits", "4", "--group", "32", "--sym", "--act", "fp8_static",
+                                    "--format", "modelopt", "--search-samples", "4"] + calib),
+                       ("ct-w8a8", ["quantize", l2c, "--method", "smoothquant", "--format", "compressed-tensors"] + calib),
+                       ("mo-kv-fp8", ["quantize", l2c, "--method", "fp8", "--kv-cache", "fp8", "--format", "modelopt"] + calib),
+                       ("sp24", ["prune", l2c, "--method", "magnitude", "--pattern", "2:4", "--pack"]),
+                       ("ct-sp24-w8a8", ["prune", l2c, "--method", "magnitude", "--pattern", "2:4", "--pack", "--values", "int8",
+                                         "--format", "compressed-tensors"])):
         d = os.path.join(tmp, name)
         run(*(args + ["-o", d]))
         dirs[name] = d
@@ -268,6 +303,8 @@ def main():
                               "quant.gptq<bits=3;act_order=true;calib=c.txt>,eval.gate<metrics=ppl:max:40>",
                               "specdec.generate<k=auto;temp=0.7;top_p=0.9;n=16;prompt=a b>"]):
         put("pipeline_text", "p%d.txt" % i, text.encode())
+    for name, body in SERVE_SEEDS.items():
+        put("serve_request", name, body)
     fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "chat_templates.json")
     for name, src in json.load(open(fixture))["templates"].items():
         put("chat_template", name + ".jinja", src.encode())

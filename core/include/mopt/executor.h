@@ -117,6 +117,9 @@ MOPT_API const char *mopt_cpu_gemm_name(void);
  * caches), each thread summing its own slice, as a decode step streams its
  * weights. -1 when the buffer cannot be had or an argument is out of range. */
 MOPT_API double mopt_read_bandwidth(int32_t n_threads, size_t bytes, int32_t runs);
+/* The same on the session's own threads (mopt_session_parallel_for), the ones its decode steps run on, so the
+ * limit is measured as the weights are read; its n_threads is the session's. */
+MOPT_API double mopt_session_read_bandwidth(mopt_session *s, size_t bytes, int32_t runs);
 
 MOPT_EXTERN_C_END
 

@@ -307,6 +307,8 @@ typedef struct mopt_host_api {
     /* appended: the CPU kernel set and the GEMM library's kernels (mopt_cpu_kernels_name, mopt_cpu_gemm_name) */
     const char *(*cpu_kernels_name)(void);
     const char *(*cpu_gemm_name)(void);
+    /* appended: the read bandwidth on a session's own threads (mopt_session_read_bandwidth, mopt/executor.h) */
+    double (*session_read_bandwidth)(mopt_session *s, size_t bytes, int32_t runs);
 } mopt_host_api;
 
 typedef struct mopt_plugin_desc {

@@ -338,7 +338,7 @@ static void test_formats_refuse_what_they_cannot_hold(void **s) {
     expect_refusal("models/lit-llama-7m", "quant.rtn<sym=true;activations=fp8_static>,export.hf<out=%s/o;format=modelopt>",
                    "activations=fp8_static calibrates its scales on data: use quant.awq or quant.gptq");
     expect_refusal("models/lit-llama-7m", "quant.mxfp4,export.hf<out=%s/o;format=modelopt>", "MXFP4 as compressed-tensors");
-    expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=compressed-tensors>", "activations=static or none");
+    expect_refusal("models/lit-llama-7m", "quant.nvfp4,export.hf<out=%s/o;format=compressed-tensors>", "static activations or none");
     /* GPT-2 fuses q/k/v into one Conv1D c_attn in Hugging Face's layout: no packing holds that */
     expect_refusal("models/lit-gpt2-1m", "quant.rtn,export.hf<out=%s/o;format=gptq>", "transformer.h.0.attn.c_attn.weight is fused or Conv1D");
     expect_refusal("models/stories260K/stories260K.bin", "quant.rtn<group_size=32>,export.hf<out=%s/o;format=awq>", "divisible by 8");

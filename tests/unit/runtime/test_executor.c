@@ -567,6 +567,35 @@ static void test_read_bandwidth_measures_and_refuses_bad_arguments(void **state)
     assert_true(mopt_read_bandwidth(1, (size_t)16 << 20, 0) < 0);
 }
 
+/* The same probe on a session's own threads: it measures, leaves those threads decoding as before, and refuses a
+ * missing session and bad sizes. */
+static void test_session_read_bandwidth_measures_on_the_sessions_threads(void **state) {
+    (void)state;
+    model m;
+    build(&m);
+    double want[T][V];
+    reference(&m, tokens, T, want);
+    for (int32_t n = 1; n <= 2; n++) {
+        mopt_session_opts o;
+        mopt_session_opts_default(&o);
+        o.n_threads = n;
+        mopt_session *s = mopt_session_new(m.g, &o, NULL);
+        assert_non_null(s);
+        assert_int_equal(mopt_session_n_threads(s), n);
+        assert_true(mopt_session_read_bandwidth(s, (size_t)16 << 20, 3) > 0);
+        const float *logits;
+        for (int t = 0; t < T; t++) {
+            assert_int_equal(mopt_session_forward(s, tokens + t, 1, false, &logits, NULL), MOPT_OK);
+            expect_row(logits, want[t]);
+        }
+        assert_true(mopt_session_read_bandwidth(s, 100, 3) < 0);
+        assert_true(mopt_session_read_bandwidth(s, (size_t)16 << 20, 0) < 0);
+        mopt_session_free(s);
+    }
+    assert_true(mopt_session_read_bandwidth(NULL, (size_t)16 << 20, 3) < 0);
+    mopt_graph_free(m.g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill_matches_the_float64_reference),
@@ -577,6 +606,7 @@ int main(void) {
         cmocka_unit_test(test_bad_tokens_and_a_full_context_are_refused),
         cmocka_unit_test(test_a_batched_forward_keeps_each_sequence_to_its_own_cache),
         cmocka_unit_test(test_read_bandwidth_measures_and_refuses_bad_arguments),
+        cmocka_unit_test(test_session_read_bandwidth_measures_on_the_sessions_threads),
         cmocka_unit_test(test_an_fp8_kv_cache_gives_the_reference_of_rounded_k_and_v),
         cmocka_unit_test(test_an_int8_kv_cache_gives_the_reference_of_rounded_k_and_v),
         cmocka_unit_test(test_an_f16_kv_cache_gives_the_reference_of_halved_k_and_v),
