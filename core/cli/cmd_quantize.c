@@ -167,7 +167,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'O': a->force = 1; break;
         case 'S': a->stream = 1; break;
         case 'h': help(); return -1;
-        default: return cli_usage_error("quantize", "unknown option");
+        default: return cli_bad_option("quantize", argv, "ho:", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");

@@ -94,6 +94,7 @@ int main(int argc, char **argv) {
         printf("mopt %s (kernels: %s; GEMM: %s)\n", MOPT_VERSION_STRING, mopt_cpu_kernels_name(), mopt_cpu_gemm_name());
         return EXIT_OK;
     }
+    opterr = 0; /* the commands name a bad option themselves, in one line (cli_bad_option) */
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) return exit_code(commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "mopt: unknown command '%s' (try 'mopt --help')\n", argv[1]);
