@@ -164,6 +164,10 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error(args, "--json takes no value");
     snprintf(args, sizeof args, "quantize '%s/models/lit-gpt2-1m' --ca x", test_shared_dir());
     expect_usage_error(args, "'--ca' is ambiguous");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq", test_shared_dir());
+    expect_usage_error(args, "--method awq calibrates: give --calib FILE");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method fp8 --act static", test_shared_dir());
+    expect_usage_error(args, "--act static calibrates the activations' scale: give --calib FILE");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq --embeddings", test_shared_dir());
     expect_usage_error(args, "--embeddings goes with --method rtn");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --judge linear", test_shared_dir());
