@@ -10,6 +10,9 @@
 
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_GATE = 3 };
 
+/* Control characters (a newline in a file name or an option's value) as '?', so an error stays one line; cli_fail
+ * and cli_usage_error do this to every message. */
+void cli_one_line(char *s);
 /* Prints "mopt: <msg>" as one line and returns the exit code for the status. */
 int cli_fail(const mopt_error *err);
 /* Prints "mopt <cmd>: <printf message>" and returns EXIT_USAGE. */

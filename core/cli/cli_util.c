@@ -25,9 +25,17 @@ int cli_exit_code(mopt_status st) {
     }
 }
 
+void cli_one_line(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 int cli_fail(const mopt_error *err) {
     mopt_log_stderr_flush(); /* never on a progress bar's line */
-    fprintf(stderr, "mopt: %s\n", err->msg[0] ? err->msg : mopt_status_str((mopt_status)err->code));
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%s", err->msg[0] ? err->msg : mopt_status_str((mopt_status)err->code));
+    cli_one_line(msg);
+    fprintf(stderr, "mopt: %s\n", msg);
     return cli_exit_code((mopt_status)err->code);
 }
 
@@ -37,6 +45,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    cli_one_line(msg);
     fprintf(stderr, "mopt %s: %s (see 'mopt %s --help')\n", cmd, msg, cmd);
     return EXIT_USAGE;
 }

@@ -164,6 +164,12 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error(args, "--json takes no value");
     snprintf(args, sizeof args, "quantize '%s/models/lit-gpt2-1m' --ca x", test_shared_dir());
     expect_usage_error(args, "'--ca' is ambiguous");
+    /* a newline in what the user typed is not echoed as one: the error stays one line */
+    snprintf(args, sizeof args, "generate '%s/no\nsuch'", dir);
+    expect_usage_error(args, "no?such");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method rtn --bits '4\nx'", test_shared_dir());
+    expect_usage_error(args, "--bits expects an integer, got '4?x'");
+    expect_usage_error("'fro\nb'", "unknown command 'fro?b'");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq", test_shared_dir());
     expect_usage_error(args, "--method awq calibrates: give --calib FILE");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method fp8 --act static", test_shared_dir());
