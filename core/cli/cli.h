@@ -19,8 +19,8 @@ int cli_fail(const mopt_error *err);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cli_exit_code(mopt_status st);
 struct option;
-/* getopt_long's '?' as one line naming what it stopped at: an option cmd does not have (or an ambiguous
- * abbreviation), or one of its options given no value. main sets opterr = 0, so getopt prints nothing itself.
+/* getopt_long's '?' as one line naming what it stopped at: an option cmd does not have, an ambiguous abbreviation,
+ * one of its options given no value, or a flag given one. main sets opterr = 0, so getopt prints nothing itself.
  * shortopts and opts are the ones getopt_long was given. Returns EXIT_USAGE. */
 int cli_bad_option(const char *cmd, char *const argv[], const char *shortopts, const struct option *opts);
 
