@@ -10,11 +10,19 @@
 
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_GATE = 3 };
 
+/* Control characters (a newline in a file name or an option's value) as '?', so an error stays one line; cli_fail
+ * and cli_usage_error do this to every message. */
+void cli_one_line(char *s);
 /* Prints "mopt: <msg>" as one line and returns the exit code for the status. */
 int cli_fail(const mopt_error *err);
 /* Prints "mopt <cmd>: <printf message>" and returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cli_exit_code(mopt_status st);
+struct option;
+/* getopt_long's '?' as one line naming what it stopped at: an option cmd does not have, an ambiguous abbreviation,
+ * one of its options given no value, or a flag given one. main sets opterr = 0, so getopt prints nothing itself.
+ * shortopts and opts are the ones getopt_long was given. Returns EXIT_USAGE. */
+int cli_bad_option(const char *cmd, char *const argv[], const char *shortopts, const struct option *opts);
 
 /* Strict number parsing for option values; false on garbage or range. */
 bool cli_parse_int(const char *s, long long lo, long long hi, long long *out);

@@ -1,5 +1,7 @@
 /* Error reporting, option parsing, atomic JSON output and progress lines. */
+#include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,9 +25,17 @@ int cli_exit_code(mopt_status st) {
     }
 }
 
+void cli_one_line(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 int cli_fail(const mopt_error *err) {
     mopt_log_stderr_flush(); /* never on a progress bar's line */
-    fprintf(stderr, "mopt: %s\n", err->msg[0] ? err->msg : mopt_status_str((mopt_status)err->code));
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%s", err->msg[0] ? err->msg : mopt_status_str((mopt_status)err->code));
+    cli_one_line(msg);
+    fprintf(stderr, "mopt: %s\n", msg);
     return cli_exit_code((mopt_status)err->code);
 }
 
@@ -35,8 +45,38 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    cli_one_line(msg);
     fprintf(stderr, "mopt %s: %s (see 'mopt %s --help')\n", cmd, msg, cmd);
     return EXIT_USAGE;
+}
+
+int cli_bad_option(const char *cmd, char *const argv[], const char *shortopts, const struct option *opts) {
+    const char *tok = optind > 0 ? argv[optind - 1] : NULL;
+    if (tok && !strncmp(tok, "--", 2)) { /* getopt_long takes unambiguous abbreviations: find what this one names */
+        size_t len = 0; /* the name: up to '=' or anything that would not print on one line */
+        while (isgraph((unsigned char)tok[2 + len]) && tok[2 + len] != '=') len++;
+        const struct option *hit = NULL;
+        int n = 0;
+        for (const struct option *o = opts; o && o->name; o++)
+            if (!strncmp(o->name, tok + 2, len)) {
+                if (strlen(o->name) == len) { /* exact: the one meant */
+                    hit = o, n = 1;
+                    break;
+                }
+                hit = o, n++;
+            }
+        const int shown = (int)(len + 2 < 64 ? len + 2 : 64);
+        if (n > 1) return cli_usage_error(cmd, "'%.*s' is ambiguous: spell the option out", shown, tok);
+        if (n == 1 && hit->has_arg == required_argument) return cli_usage_error(cmd, "--%s needs a value", hit->name);
+        if (n == 1 && hit->has_arg == no_argument && tok[2 + len] == '=') return cli_usage_error(cmd, "--%s takes no value", hit->name);
+        return cli_usage_error(cmd, "unknown option '%.*s'", shown, tok);
+    }
+    if (optopt > 0 && optopt < 128 && isgraph(optopt)) {
+        const char *at = optopt != ':' ? strchr(shortopts, optopt) : NULL;
+        if (at && at[1] == ':') return cli_usage_error(cmd, "-%c needs a value", optopt);
+        return cli_usage_error(cmd, "unknown option '-%c'", optopt);
+    }
+    return cli_usage_error(cmd, "unknown option");
 }
 
 bool cli_parse_int(const char *s, long long lo, long long hi, long long *out) {

@@ -50,12 +50,13 @@ int cmd_bench(int argc, char **argv) {
                    "On the CPU it names the kernels the figures ran on: mopt's set, and the GEMM library's for\n"
                    "prefill (OpenBLAS's choice, or the one OPENBLAS_CORETYPE forces on it).\n");
             return EXIT_OK;
-        default: return cli_usage_error("bench", "unknown option");
+        default: return cli_bad_option("bench", argv, "h", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("bench", "expected exactly one MODEL");
-    if (!cli_parse_int(gen, 1, 1 << 20, &v) || !cli_parse_int(runs, 1, 10000, &v) || !cli_parse_int(warm, 0, 100, &v))
-        return cli_usage_error("bench", "--gen, --runs and --warmup expect integers");
+    if (!cli_parse_int(gen, 1, 1 << 20, &v)) return cli_usage_error("bench", "--gen expects 1..1048576");
+    if (!cli_parse_int(runs, 1, 10000, &v)) return cli_usage_error("bench", "--runs expects 1..10000");
+    if (!cli_parse_int(warm, 0, 100, &v)) return cli_usage_error("bench", "--warmup expects 0..100");
     cli_job j;
     int rc = cli_job_open(&j, quiet, threads);
     if (rc) return rc;

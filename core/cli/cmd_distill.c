@@ -126,7 +126,7 @@ static int train_cmd(int argc, char **argv, int qat) {
             if (!cli_parse_threads(optarg, &threads)) return cli_usage_error(cmd, "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'h': help(qat); return EXIT_OK;
-        default: return cli_usage_error(cmd, "unknown option");
+        default: return cli_bad_option(cmd, argv, "ho:", opts);
         }
         if (!qat && ((key && (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "sym"))) || c == 'I' || c == 'N' || c == '8'))
             return cli_usage_error(cmd, "--bits, --group, --sym, --fp8, --init and --calib-samples are options of mopt qat");

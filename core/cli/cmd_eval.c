@@ -64,7 +64,7 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'q': quiet = 1; break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("eval", "unknown option");
+        default: return cli_bad_option("eval", argv, "h", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("eval", "expected exactly one MODEL");

@@ -98,7 +98,7 @@ int cmd_export(int argc, char **argv) {
                    "                      --method awq searches AWQ's scales on those blocks (quant.awq<gguf_type>),\n"
                    "                      then computes the importance matrix on that model for the rest (kept)\n");
             return EXIT_OK;
-        default: return cli_usage_error("export", "unknown option");
+        default: return cli_bad_option("export", argv, "ho:", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("export", "expected exactly one MODEL");

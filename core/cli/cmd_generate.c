@@ -118,7 +118,7 @@ int cmd_generate(int argc, char **argv) {
             break;
         case 'S': stats_json = optarg; break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("generate", "unknown option");
+        default: return cli_bad_option("generate", argv, "n:h", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("generate", "expected exactly one MODEL");

@@ -80,7 +80,7 @@ int cmd_grad(int argc, char **argv) {
             if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("grad", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("grad", "unknown option");
+        default: return cli_bad_option("grad", argv, "ho:", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("grad", "expected exactly one MODEL");

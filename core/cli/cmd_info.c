@@ -18,7 +18,7 @@ int cmd_info(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'j') as_json = 1;
         else if (c == 'h') return help(), EXIT_OK;
-        else return cli_usage_error("info", "unknown option");
+        else return cli_bad_option("info", argv, "h", opts);
     }
     if (optind != argc - 1) return cli_usage_error("info", "expected exactly one MODEL");
     mopt_error err = {0};

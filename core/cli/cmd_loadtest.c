@@ -189,7 +189,7 @@ int cmd_loadtest(int argc, char **argv) {
         case 'j': json_out = optarg; break;
         case 'C': chat = true; break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("loadtest", "unknown option");
+        default: return cli_bad_option("loadtest", argv, "h", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("loadtest", "expected exactly one URL");

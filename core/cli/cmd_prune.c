@@ -97,7 +97,7 @@ int cmd_prune(int argc, char **argv) {
             if (!cli_parse_threads(optarg, &threads)) return cli_usage_error("prune", "--threads expects a positive integer, got '%s'", optarg);
             break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("prune", "unknown option");
+        default: return cli_bad_option("prune", argv, "ho:", opts);
         }
         if (key && nk < 24) keys[nk] = key, vals[nk++] = val;
     }

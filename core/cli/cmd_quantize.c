@@ -167,7 +167,7 @@ static int parse(int argc, char **argv, qargs *a) {
         case 'O': a->force = 1; break;
         case 'S': a->stream = 1; break;
         case 'h': help(); return -1;
-        default: return cli_usage_error("quantize", "unknown option");
+        default: return cli_bad_option("quantize", argv, "ho:", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("quantize", "expected exactly one MODEL");
@@ -188,6 +188,14 @@ static int parse(int argc, char **argv, qargs *a) {
         return cli_usage_error("quantize", "--method is required (rtn, awq, gptq, smoothquant, fp8, nvfp4, mxfp4, mxfp8), or --recipe or --kv-cache");
     if (a->kv_cache && !a->calib)
         return cli_usage_error("quantize", "--kv-cache calibrates the K and V scales: give --calib FILE (text, never the eval text)");
+    /* said here in the command's own words; the passes would name their option (calib=FILE) instead */
+    static const char *const calibrated[] = {"awq", "gptq", "smoothquant", "auto"};
+    for (size_t k = 0; a->method && !a->calib && k < sizeof calibrated / sizeof *calibrated; k++)
+        if (!strcmp(a->method, calibrated[k]))
+            return cli_usage_error("quantize", "--method %s calibrates: give --calib FILE (text, never the eval text)", a->method);
+    if (a->fp8_act && strstr(a->fp8_act, "static") && !a->calib)
+        return cli_usage_error("quantize", "--act %s calibrates the activations' scale: give --calib FILE (text, never the eval text)",
+                               strcmp(a->fp8_act, "fp8_static") ? "static" : "fp8_static");
     if ((a->format || a->force || a->gguf_type || a->stream) && !a->out)
         return cli_usage_error("quantize", "--format, --type, --force and --stream go with -o OUTDIR");
     return 0;

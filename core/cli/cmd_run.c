@@ -39,7 +39,7 @@ int cmd_run(int argc, char **argv) {
             if (!cli_parse_int(optarg, 1, 1 << 30, &timeout)) return cli_usage_error("run", "--timeout expects seconds (a positive integer), got '%s'", optarg);
             break;
         case 'h': run_help(); return EXIT_OK;
-        default: return cli_usage_error("run", "unknown option");
+        default: return cli_bad_option("run", argv, "+h", opts);
         }
     }
     if (optind >= argc) return cli_usage_error("run", "expected SCRIPT.lua");
@@ -100,7 +100,7 @@ int cmd_pipeline(int argc, char **argv) {
                    "--report-dir writes report.json, report.md and report.html there (also when a pass fails).\n"
                    "Exit status 3 when a gate (eval.gate) failed.\n");
             return EXIT_OK;
-        default: return cli_usage_error("pipeline", "unknown option");
+        default: return cli_bad_option("pipeline", argv, "h", opts);
         }
     }
     if (optind != argc - 2) return cli_usage_error("pipeline", "expected a pipeline text and a MODEL");

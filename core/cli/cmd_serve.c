@@ -186,7 +186,7 @@ int cmd_serve(int argc, char **argv) {
         case 't': chat_template = optarg; break;
         case 'v': srv_verbose = 1; break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("serve", "unknown option");
+        default: return cli_bad_option("serve", argv, "h", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("serve", "expected exactly one MODEL");

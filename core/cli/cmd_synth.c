@@ -88,7 +88,7 @@ int cmd_synth(int argc, char **argv) {
         case 'n': dry = 1; break;
         case 'q': quiet = 1; break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("synth", "unknown option (see mopt synth --help)");
+        default: return cli_bad_option("synth", argv, "ho:", opts);
         }
         if (rc) return rc;
     }

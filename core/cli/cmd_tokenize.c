@@ -35,7 +35,7 @@ int cmd_tokenize(int argc, char **argv) {
         case 'n': special = 0; break;
         case 'k': tok_path = optarg; break;
         case 'h': help(); return EXIT_OK;
-        default: return cli_usage_error("tokenize", "unknown option");
+        default: return cli_bad_option("tokenize", argv, "h", opts);
         }
     }
     if (optind != argc - 1) return cli_usage_error("tokenize", "expected exactly one MODEL");

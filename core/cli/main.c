@@ -94,8 +94,12 @@ int main(int argc, char **argv) {
         printf("mopt %s (kernels: %s; GEMM: %s)\n", MOPT_VERSION_STRING, mopt_cpu_kernels_name(), mopt_cpu_gemm_name());
         return EXIT_OK;
     }
+    opterr = 0; /* the commands name a bad option themselves, in one line (cli_bad_option) */
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) return exit_code(commands[i].fn(argc - 1, argv + 1));
-    fprintf(stderr, "mopt: unknown command '%s' (try 'mopt --help')\n", argv[1]);
+    char name[64];
+    snprintf(name, sizeof name, "%s", argv[1]);
+    cli_one_line(name);
+    fprintf(stderr, "mopt: unknown command '%s' (try 'mopt --help')\n", name);
     return EXIT_USAGE;
 }

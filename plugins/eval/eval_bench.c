@@ -46,7 +46,6 @@ static void bandwidth_fractions(const mopt_host_api *h, mopt_report *report, con
     free(fw);
 }
 
-/* The process's resident bytes now (Linux; 0 elsewhere) */
 /* The read bandwidth on the session's own threads, where the host has that (else on as many threads of a pool of
  * the probe's own) */
 static double probe_bandwidth(const mopt_host_api *h, mopt_session *s, int64_t mib) {
@@ -54,6 +53,7 @@ static double probe_bandwidth(const mopt_host_api *h, mopt_session *s, int64_t m
     return h->read_bandwidth(h->session_n_threads(s), (size_t)mib << 20, 3);
 }
 
+/* The process's resident bytes now (Linux; 0 elsewhere) */
 static double rss_now(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     long pages = 0, resident = 0;

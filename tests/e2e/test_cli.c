@@ -147,6 +147,33 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error(args, "-n expects");
     snprintf(args, sizeof args, "eval '%s/models/lit-gpt2-1m'", test_shared_dir());
     expect_usage_error(args, "--data FILE is required");
+    /* getopt's own complaint is off: one line naming the option, whatever went wrong with it */
+    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' --max-tokens 3", test_shared_dir());
+    expect_usage_error(args, "unknown option '--max-tokens'");
+    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' -z", test_shared_dir());
+    expect_usage_error(args, "unknown option '-z'");
+    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' -n", test_shared_dir());
+    expect_usage_error(args, "-n needs a value");
+    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --runs", test_shared_dir());
+    expect_usage_error(args, "--runs needs a value");
+    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --run", test_shared_dir()); /* an abbreviation */
+    expect_usage_error(args, "--runs needs a value");
+    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --runs 0", test_shared_dir());
+    expect_usage_error(args, "--runs expects 1..10000");
+    snprintf(args, sizeof args, "info '%s/models/lit-gpt2-1m' --json=1", test_shared_dir());
+    expect_usage_error(args, "--json takes no value");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-gpt2-1m' --ca x", test_shared_dir());
+    expect_usage_error(args, "'--ca' is ambiguous");
+    /* a newline in what the user typed is not echoed as one: the error stays one line */
+    snprintf(args, sizeof args, "generate '%s/no\nsuch'", dir);
+    expect_usage_error(args, "no?such");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method rtn --bits '4\nx'", test_shared_dir());
+    expect_usage_error(args, "--bits expects an integer, got '4?x'");
+    expect_usage_error("'fro\nb'", "unknown command 'fro?b'");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq", test_shared_dir());
+    expect_usage_error(args, "--method awq calibrates: give --calib FILE");
+    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method fp8 --act static", test_shared_dir());
+    expect_usage_error(args, "--act static calibrates the activations' scale: give --calib FILE");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq --embeddings", test_shared_dir());
     expect_usage_error(args, "--embeddings goes with --method rtn");
     snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --judge linear", test_shared_dir());

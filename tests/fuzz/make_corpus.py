@@ -28,7 +28,7 @@ def floats(n, scale=0.1):
     return [rnd.uniform(-scale, scale) for _ in range(n)]
 
 
-def llama2c_model():
+def llama2c_model(ffn=FFN):
     hs = DIM // HEADS
     kvd = KV * hs
     w = []
@@ -39,12 +39,12 @@ def llama2c_model():
     w += floats(LAYERS * kvd * DIM)           # wv
     w += floats(LAYERS * DIM * DIM)           # wo
     w += [1.0] * (LAYERS * DIM)               # rms_ffn
-    w += floats(LAYERS * FFN * DIM)           # w1
-    w += floats(LAYERS * DIM * FFN)           # w2
-    w += floats(LAYERS * FFN * DIM)           # w3
+    w += floats(LAYERS * ffn * DIM)           # w1
+    w += floats(LAYERS * DIM * ffn)           # w2
+    w += floats(LAYERS * ffn * DIM)           # w3
     w += [1.0] * DIM                          # rms_final
     w += [0.0] * (SEQ * hs)                   # freq_cis real + imag (unused)
-    return struct.pack("<7i", DIM, FFN, LAYERS, HEADS, KV, VOCAB, SEQ) + struct.pack("<%df" % len(w), *w)
+    return struct.pack("<7i", DIM, ffn, LAYERS, HEADS, KV, VOCAB, SEQ) + struct.pack("<%df" % len(w), *w)
 
 
 def llama2c_tokenizer():
@@ -293,6 +293,13 @@ def main():
         d = os.path.join(tmp, name)
         run(*(args + ["-o", d]))
         dirs[name] = d
+    # k-quant blocks hold 256 inputs: a second model, FFN 256, has its down projection in them (the rest falls back)
+    kq = os.path.join(tmp, "ffn256.bin")
+    open(kq, "wb").write(llama2c_model(ffn=256))
+    for t in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"):
+        g = os.path.join(tmp, "ffn256-%s.gguf" % t)
+        run("export", kq, "-o", g, "--format", "gguf", "--type", t)
+        put("gguf", "llama-ffn256-%s.gguf" % t, open(g, "rb").read())
     for name, d in dirs.items():
         put("checkpoint_dir", name, archive(d))
         st = os.path.join(d, "model.safetensors")
