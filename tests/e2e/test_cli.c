@@ -39,6 +39,13 @@ static void run_free(run_result *r) {
 
 static void expect_usage_error(const char *args, const char *substr) { test_cli_refuses(args, 2, substr, NULL); }
 
+/* expect_usage_error for "CMD 'SHARED/models/MODEL' REST" (a model among the shared fixtures) */
+static void expect_usage_error_on(const char *cmd, const char *model, const char *rest, const char *substr) {
+    char args[4096];
+    snprintf(args, sizeof args, "%s '%s/models/%s' %s", cmd, test_shared_dir(), model, rest);
+    expect_usage_error(args, substr);
+}
+
 static void test_generate_stories260k_prints_llama2c_sample(void **s) {
     REQUIRE_SHARED();
     char args[2048], path[1024];
@@ -143,45 +150,28 @@ static void test_bad_inputs_exit_2_with_one_line(void **s) {
     expect_usage_error("generate", "expected exactly one MODEL");
     snprintf(args, sizeof args, "generate '%s/nope'", dir);
     expect_usage_error(args, "no such file or directory");
-    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' -n abc", test_shared_dir());
-    expect_usage_error(args, "-n expects");
-    snprintf(args, sizeof args, "eval '%s/models/lit-gpt2-1m'", test_shared_dir());
-    expect_usage_error(args, "--data FILE is required");
+    expect_usage_error_on("generate", "lit-gpt2-1m", "-n abc", "-n expects");
+    expect_usage_error_on("eval", "lit-gpt2-1m", "", "--data FILE is required");
     /* getopt's own complaint is off: one line naming the option, whatever went wrong with it */
-    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' --max-tokens 3", test_shared_dir());
-    expect_usage_error(args, "unknown option '--max-tokens'");
-    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' -z", test_shared_dir());
-    expect_usage_error(args, "unknown option '-z'");
-    snprintf(args, sizeof args, "generate '%s/models/lit-gpt2-1m' -n", test_shared_dir());
-    expect_usage_error(args, "-n needs a value");
-    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --runs", test_shared_dir());
-    expect_usage_error(args, "--runs needs a value");
-    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --run", test_shared_dir()); /* an abbreviation */
-    expect_usage_error(args, "--runs needs a value");
-    snprintf(args, sizeof args, "bench '%s/models/lit-gpt2-1m' --runs 0", test_shared_dir());
-    expect_usage_error(args, "--runs expects 1..10000");
-    snprintf(args, sizeof args, "info '%s/models/lit-gpt2-1m' --json=1", test_shared_dir());
-    expect_usage_error(args, "--json takes no value");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-gpt2-1m' --ca x", test_shared_dir());
-    expect_usage_error(args, "'--ca' is ambiguous");
+    expect_usage_error_on("generate", "lit-gpt2-1m", "--max-tokens 3", "unknown option '--max-tokens'");
+    expect_usage_error_on("generate", "lit-gpt2-1m", "-z", "unknown option '-z'");
+    expect_usage_error_on("generate", "lit-gpt2-1m", "-n", "-n needs a value");
+    expect_usage_error_on("bench", "lit-gpt2-1m", "--runs", "--runs needs a value");
+    expect_usage_error_on("bench", "lit-gpt2-1m", "--run", "--runs needs a value"); /* an abbreviation */
+    expect_usage_error_on("bench", "lit-gpt2-1m", "--runs 0", "--runs expects 1..10000");
+    expect_usage_error_on("info", "lit-gpt2-1m", "--json=1", "--json takes no value");
+    expect_usage_error_on("quantize", "lit-gpt2-1m", "--ca x", "'--ca' is ambiguous");
     /* a newline in what the user typed is not echoed as one: the error stays one line */
     snprintf(args, sizeof args, "generate '%s/no\nsuch'", dir);
     expect_usage_error(args, "no?such");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method rtn --bits '4\nx'", test_shared_dir());
-    expect_usage_error(args, "--bits expects an integer, got '4?x'");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method rtn --bits '4\nx'", "--bits expects an integer, got '4?x'");
     expect_usage_error("'fro\nb'", "unknown command 'fro?b'");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq", test_shared_dir());
-    expect_usage_error(args, "--method awq calibrates: give --calib FILE");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method fp8 --act static", test_shared_dir());
-    expect_usage_error(args, "--act static calibrates the activations' scale: give --calib FILE");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq --embeddings", test_shared_dir());
-    expect_usage_error(args, "--embeddings goes with --method rtn");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --judge linear", test_shared_dir());
-    expect_usage_error(args, "--judge goes with --method awq");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method gptq --search-samples 8", test_shared_dir());
-    expect_usage_error(args, "--search-samples goes with --method awq");
-    snprintf(args, sizeof args, "quantize '%s/models/lit-llama-7m' --method awq --search-samples 0", test_shared_dir());
-    expect_usage_error(args, "--search-samples expects 1..4096");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method awq", "--method awq calibrates: give --calib FILE");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method fp8 --act static", "--act static calibrates the activations' scale: give --calib FILE");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method awq --embeddings", "--embeddings goes with --method rtn");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method gptq --judge linear", "--judge goes with --method awq");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method gptq --search-samples 8", "--search-samples goes with --method awq");
+    expect_usage_error_on("quantize", "lit-llama-7m", "--method awq --search-samples 0", "--search-samples expects 1..4096");
     /* empty data file */
     snprintf(path, sizeof path, "%s/empty.txt", dir);
     write_file(path, "", 0);
