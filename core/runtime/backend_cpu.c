@@ -861,15 +861,21 @@ static mopt_status linear(cpu_ctx *c, const mopt_tensor *w, const mopt_tensor *b
     if (w->dtype == MOPT_DTYPE_W8A8 || sp24_i8) {
         /* per-token dynamic int8 activations: x = qx * max|x| / 127; the 2:4
          * kernel takes the levels as floats, which it multiplies exactly */
-        int8_t *xq = xscratch(c, 0, (size_t)T * (size_t)in * (sp24_i8 ? sizeof(float) : 1));
+        const size_t nx = (size_t)T * (size_t)in, fbytes = sp24_i8 ? nx * sizeof(float) : 0;
+        int8_t *xq = xscratch(c, 0, fbytes + nx); /* 2:4: the levels as floats, then as int8 */
         float *sx = xscratch(c, 1, (size_t)T * sizeof(float));
         if (!xq || !sx) return MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         float *xf = (float *)(void *)xq;
-        for (int32_t t = 0; t < T; t++)
-            if (!sp24_i8 && in % 16 == 0) /* the kernel set's, one block a token: the same bits */
-                c->k->quantize_i8_blocks(x + (size_t)t * xs, in, in, xq + (size_t)t * in, &sx[t]);
-            else
-                sx[t] = quantize_token_i8(x + (size_t)t * xs, in, sp24_i8 ? NULL : xq + (size_t)t * in, sp24_i8 ? xf + (size_t)t * in : NULL);
+        int8_t *q8 = xq + fbytes;
+        for (int32_t t = 0; t < T; t++) {
+            int8_t *qt = q8 + (size_t)t * in;
+            if (in % 16 == 0) { /* the kernel set's, one block a token: the same bits */
+                c->k->quantize_i8_blocks(x + (size_t)t * xs, in, in, qt, &sx[t]);
+                if (sp24_i8)
+                    for (int64_t i = 0; i < in; i++) xf[(size_t)t * in + i] = qt[i];
+            } else
+                sx[t] = quantize_token_i8(x + (size_t)t * xs, in, sp24_i8 ? NULL : qt, sp24_i8 ? xf + (size_t)t * in : NULL);
+        }
         j.xscale = sx;
         if (sp24_i8) j.x = xf, j.x_stride = (int32_t)in;
         else j.xq = xq;
