@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """mopt serve over real HTTP: Python's urllib and curl as the clients.
 
-Greedy answers equal `mopt generate` token for token, streamed or not; chat,
-in the plain format and through a model's Jinja chat template;
-eight clients at once; bad input answered with HTTP errors and the server
+Greedy answers equal `mopt generate` token for token, streamed or not, alone or
+batched with seven other clients'; chat, in the plain format and through a
+model's Jinja chat template; bad input answered with HTTP errors and the server
 still healthy; a whole answer whose client left is dropped; a thousand simultaneous connections; the A/B split, sticky
 keys and /admin/split; a candidate that fails its shadow-agreement gate is
 rolled back while the server keeps serving; SIGTERM drains a running request
@@ -312,11 +312,14 @@ def test_concurrent_clients(srv):
     [t.join() for t in th]
     check(not errors, f"clients failed: {errors}")
     check(sum(len(v) for v in texts.values()) == 48, "48 answers")
+    for p, got in texts.items():  # batched with others, each greedy answer is still the one generate gives alone
+        want = generate(p, 32)
+        check(all(t == want for t in got), f"{sum(t != want for t in got)} of {len(got)} batched answers to {p!r} differ from generate's")
     seqs = metric(srv, 'mopt_batch_sequences_sum{arm="lit-llama-7m"}')
     steps = metric(srv, 'mopt_forward_steps_total{arm="lit-llama-7m"}')
     check(steps > steps0, "forward steps are counted")
     check(seqs / steps > 1.0, f"batches carried several sequences ({seqs / steps:.2f} per step)")
-    print(f"8 clients at once: 48 answers, {seqs / steps:.2f} sequences per forward on average")
+    print(f"8 clients at once: 48 answers, each equal to generate's, {seqs / steps:.2f} sequences per forward on average")
 
 
 def test_bad_input(srv):
