@@ -135,6 +135,25 @@ static inline int test_run_group(const char *name, const struct CMUnitTest *test
     return rc;
 }
 
+/* Bytes of `path`'s mappings resident in this process (/proc/self/smaps' Rss), -1 when none is mapped. */
+static inline long long test_mapped_rss(const char *path) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    assert_non_null(f);
+    char line[2048];
+    long long rss = -1, kb;
+    int ours = 0;
+    const size_t n = strlen(path);
+    while (fgets(line, sizeof line, f)) {
+        const size_t l = strlen(line);
+        if (strchr(line, '-') && strchr(line, '-') < strchr(line, ' ')) /* a mapping's first line: does it name path? */
+            ours = l > n && strncmp(line + l - n - 1, path, n) == 0;
+        else if (ours && sscanf(line, "Rss: %lld kB", &kb) == 1)
+            rss = (rss < 0 ? 0 : rss) + kb * 1024;
+    }
+    fclose(f);
+    return rss;
+}
+
 static inline void write_file(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     assert_non_null(f);

@@ -58,13 +58,12 @@ static inline uint32_t mopt_opts_over(void *dst, size_t size, const void *src) {
     return n;
 }
 
-/* Memory for a large array streamed front to back (weights, the bandwidth probe): 64-byte aligned, and from 2 MiB
- * up 2 MiB-aligned and advised onto transparent huge pages. NULL when out of memory; free with free(). */
-void *mopt_alloc_streamed(size_t bytes);
-/* Zeroed memory for a large array filled as it goes and read over and over (KV caches): anonymous pages the kernel
- * zeroes on first touch, so what is never written costs nothing, from 2 MiB up 2 MiB-aligned and advised onto huge
- * pages (a cache read a head at a time strides across pages: on 4 KiB pages decode attention at 1,536 positions
- * spent most of its time in TLB misses). NULL when out of memory; free with mopt_free_zeroed(p, bytes). */
+/* Zeroed, 64-byte aligned memory for an array: weights (streamed front to back every decode step), KV caches
+ * (filled as they go and read over and over), the bandwidth probe. From 2 MiB up, anonymous pages of a mapping of
+ * its own, 2 MiB-aligned and advised onto transparent huge pages before anything touches them; the kernel zeroes
+ * them on first touch, so what is never written costs nothing (a cache read a head at a time strides across pages:
+ * on 4 KiB pages decode attention at 1,536 positions spent most of its time in TLB misses). NULL when out of memory;
+ * free with mopt_free_zeroed(p, bytes). */
 void *mopt_alloc_zeroed(size_t bytes);
 void mopt_free_zeroed(void *p, size_t bytes);
 

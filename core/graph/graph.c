@@ -137,6 +137,8 @@ void mopt_graph_remove_tensor(mopt_graph *g, const char *name) {
     for (int32_t i = 0; i < g->n_tensors; i++) {
         if (strcmp(g->tensors[i]->name, name) != 0) continue;
         retarget_nodes(g, g->tensors[i], NULL);
+        mopt_tensor_drop_pages(g->tensors[i]); /* as on replacing: a packed checkpoint's parts, read once into a
+                                                  tensor of mopt's, need not stay resident */
         mopt_tensor_free(g->tensors[i]);
         memmove(&g->tensors[i], &g->tensors[i + 1], (size_t)(g->n_tensors - i - 1) * sizeof *g->tensors);
         g->n_tensors--;

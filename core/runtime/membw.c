@@ -51,10 +51,10 @@ static void run_pass(const bw_threads *th, int32_t n, bw_job *j) {
 /* The median of `runs` timed passes after a warm-up one, in GB/s; -1 when the buffer cannot be had */
 static double measure(const bw_threads *th, int32_t n_threads, size_t bytes, int32_t runs) {
     bytes &= ~(size_t)4095;
-    uint64_t *w = mopt_alloc_streamed(bytes); /* on the pages weights get (aligned: no load split across two lines) */
+    uint64_t *w = mopt_alloc_zeroed(bytes); /* on the pages weights get (aligned: no load split across two lines) */
     double *t = malloc((size_t)runs * sizeof *t);
     if (!w || !t) {
-        free(w), free(t);
+        mopt_free_zeroed(w, bytes), free(t);
         return -1;
     }
     memset(w, 1, bytes); /* every page mapped before timing */
@@ -67,7 +67,7 @@ static double measure(const bw_threads *th, int32_t n_threads, size_t bytes, int
     }
     qsort(t, (size_t)runs, sizeof *t, by_value);
     const double med = t[runs / 2];
-    free(w), free(t);
+    mopt_free_zeroed(w, bytes), free(t);
     return (double)(bytes / 8 * 8) / med / 1e9; /* the sums went to j, which the threads saw: the reads stay */
 }
 

@@ -32,15 +32,12 @@ mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err) {
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         return NULL;
     }
-    size_t rounded = (size + 63) & ~(size_t)63;
-    if (rounded == 0) rounded = 64;
-    b->base = mopt_alloc_streamed(rounded);
+    b->base = mopt_alloc_zeroed(size ? size : 1);
     if (!b->base) {
         free(b);
         MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate %zu bytes", size);
         return NULL;
     }
-    memset(b->base, 0, rounded);
     b->kind = MOPT_BUFFER_HEAP;
     b->size = size;
     b->refcount = 1;
@@ -55,7 +52,7 @@ void mopt_buffer_retain(mopt_buffer *b) {
 void mopt_buffer_release(mopt_buffer *b) {
     if (!b || --b->refcount > 0) return;
     if (b->kind == MOPT_BUFFER_MMAP) mopt_unmap_file(b->base, b->size);
-    else free(b->base);
+    else mopt_free_zeroed(b->base, b->size ? b->size : 1);
     free(b);
 }
 

@@ -109,19 +109,23 @@ static void test_utf8_text_accepts_well_formed_sequences_only(void **s) {
     }
 }
 
-/* Weights and the bandwidth probe: 64-byte aligned for the kernels' loads, 2 MiB-aligned from 2 MiB up so that
- * every whole huge page of the array can be one; every byte writable, up to the last */
-static void test_streamed_arrays_are_aligned_for_huge_pages_and_whole(void **state) {
+/* Weights, KV caches and the bandwidth probe: zeroed, 64-byte aligned for the kernels' loads, 2 MiB-aligned from
+ * 2 MiB up so that every whole huge page of the array can be one; every byte writable, up to the last */
+static void test_large_arrays_are_zeroed_aligned_for_huge_pages_and_whole(void **state) {
     (void)state;
     const size_t huge = (size_t)2 << 20;
-    const size_t sizes[] = {1, 64, 4095, huge - 1, huge, huge + 1, 5 * huge + 17};
+    const size_t sizes[] = {0, 1, 64, 4095, huge - 1, huge, huge + 1, 5 * huge + 17};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
-        unsigned char *p = mopt_alloc_streamed(sizes[i]);
+        unsigned char *p = mopt_alloc_zeroed(sizes[i]);
         assert_non_null(p);
         assert_int_equal((uintptr_t)p % (sizes[i] >= huge ? huge : 64), 0);
-        memset(p, 0xA5, sizes[i]);
-        assert_int_equal(p[sizes[i] - 1], 0xA5);
-        free(p);
+        for (size_t k = 0; k < sizes[i]; k += 4096) assert_int_equal(p[k], 0);
+        if (sizes[i]) {
+            assert_int_equal(p[sizes[i] - 1], 0);
+            memset(p, 0xA5, sizes[i]);
+            assert_int_equal(p[sizes[i] - 1], 0xA5);
+        }
+        mopt_free_zeroed(p, sizes[i]);
     }
 }
 
@@ -161,7 +165,7 @@ int main(void) {
         cmocka_unit_test(test_reads_refuse_what_is_not_a_regular_file),
         cmocka_unit_test(test_utf8_text_accepts_well_formed_sequences_only),
         cmocka_unit_test(test_paths_outside_a_root_are_refused),
-        cmocka_unit_test(test_streamed_arrays_are_aligned_for_huge_pages_and_whole),
+        cmocka_unit_test(test_large_arrays_are_zeroed_aligned_for_huge_pages_and_whole),
         cmocka_unit_test(test_progress_in_a_log_file_comes_as_lines),
     };
     return test_run_tests(tests, NULL, NULL);

@@ -91,25 +91,6 @@ static void test_qint_exports_as_q4_0_and_q8_0_bit_for_bit(void **s) {
     }
 }
 
-/* Bytes of `path`'s mappings resident in this process (/proc/self/smaps' Rss), -1 when none is mapped. */
-static long long mapped_rss(const char *path) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    assert_non_null(f);
-    char line[2048];
-    long long rss = -1, kb;
-    int ours = 0;
-    const size_t n = strlen(path);
-    while (fgets(line, sizeof line, f)) {
-        const size_t l = strlen(line);
-        if (strchr(line, '-') && strchr(line, '-') < strchr(line, ' ')) /* a mapping's first line: does it name path? */
-            ours = l > n && strncmp(line + l - n - 1, path, n) == 0;
-        else if (ours && sscanf(line, "Rss: %lld kB", &kb) == 1)
-            rss = (rss < 0 ? 0 : rss) + kb * 1024;
-    }
-    fclose(f);
-    return rss;
-}
-
 /* A quantized GGUF file's linears and embedding table are copied into packed tensors, so the pages of the file
  * they came from are let go: the mapping keeps what stays in place (norms, metadata), not a second copy of the
  * model. */
@@ -121,7 +102,7 @@ static void test_a_loaded_gguf_keeps_no_second_copy_of_its_weights(void **s) {
     snprintf(path, sizeof path, "%s/rss.gguf", dir);
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
-    const long long rss = mapped_rss(path);
+    const long long rss = test_mapped_rss(path);
     fprintf(stderr, "rss.gguf: %lld of its %lld bytes resident\n", rss, (long long)st.st_size);
     assert_true(rss >= 0 && rss < st.st_size / 10);
     assert_true(test_max_logit_diff(m, e) < 1.0); /* and what was copied out still runs: Q8_0 within its rounding */

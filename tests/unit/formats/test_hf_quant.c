@@ -74,6 +74,38 @@ static void test_compressed_tensors_pack_quantized_sym_and_asym(void **s) {
     exact_roundtrip("models/lit-llama-7m", "quant.rtn<bits=4;group_size=128;sym=true;activations=fp8>", "compressed-tensors", "ct-w4a8", 1);
 }
 
+/* A packed checkpoint's linears are copied into mopt's packed tensors at load, so the pages of the file they came
+ * from are let go: the mapping keeps at most what stays in place (embeddings, norms), not a second copy of the
+ * linears. And what was copied out still gives the in-process model's logits exactly. */
+static void test_a_loaded_packed_checkpoint_keeps_no_second_copy_of_its_linears(void **s) {
+    REQUIRE_SHARED();
+    char src[1024], dir[1024], out[1100], path[1200];
+    test_shared_path(src, sizeof src, "models/lit-llama-7m");
+    test_tmpdir(dir, sizeof dir, "ct-rss");
+    snprintf(out, sizeof out, "%s/q", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    mopt_model *m = test_load_model(src);
+    char text[2048];
+    snprintf(text, sizeof text, "quant.rtn<bits=4;group_size=128>,export.hf<out=%s;format=compressed-tensors>", out);
+    mopt_report_free(test_run_pipeline(m, text));
+    mopt_model *e = test_load_model(out);
+    const mopt_graph *g = mopt_model_graph(e);
+    long long packed = 0;
+    for (int32_t i = 0; i < mopt_graph_n_tensors(g); i++) {
+        const mopt_tensor *t = mopt_graph_tensor(g, i);
+        if (t->dtype == MOPT_DTYPE_QINT) packed += (long long)mopt_tensor_nbytes(t);
+    }
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    const long long rss = test_mapped_rss(path);
+    fprintf(stderr, "%s: %lld of its %lld bytes resident, %lld of them packed linears\n", path, rss, (long long)st.st_size, packed);
+    assert_true(packed > st.st_size / 3);
+    assert_true(rss >= 0 && rss <= st.st_size - packed + 64 * 1024);
+    assert_true(test_max_logit_diff(m, e) == 0.0);
+    mopt_model_free(e);
+    mopt_model_free(m);
+}
+
 static void test_compressed_tensors_w8a8_and_fp8(void **s) {
     char q[2048];
     snprintf(q, sizeof q, "quant.smoothquant<alpha=0.5;calib=%s;calib_samples=4;calib_len=128>", calib);
@@ -639,6 +671,7 @@ int main(void) {
         cmocka_unit_test(test_gptq_v1_roundtrip_is_exact_for_2_4_8_bits),
         cmocka_unit_test(test_gptq_act_order_keeps_g_idx),
         cmocka_unit_test(test_compressed_tensors_pack_quantized_sym_and_asym),
+        cmocka_unit_test(test_a_loaded_packed_checkpoint_keeps_no_second_copy_of_its_linears),
         cmocka_unit_test(test_compressed_tensors_w8a8_and_fp8),
         cmocka_unit_test(test_modelopt_unified_w4a16_awq_and_fp8),
         cmocka_unit_test(test_modelopt_unified_w4a8_awq),
