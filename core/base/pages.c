@@ -23,9 +23,9 @@ static size_t whole_pages(size_t bytes) {
 
 void *mopt_alloc_zeroed(size_t bytes) {
     if (bytes < HUGE_PAGE) { /* 64-byte aligned: no vector load split across two cache lines */
-        const size_t n = (bytes + 63) & ~(size_t)63;
-        void *p = aligned_alloc(64, n ? n : 64);
-        return p ? memset(p, 0, n ? n : 64) : NULL;
+        const size_t n = bytes ? (bytes + 63) & ~(size_t)63 : 64;
+        void *p = aligned_alloc(64, n);
+        return p ? memset(p, 0, n) : NULL;
     }
     const size_t len = whole_pages(bytes), span = len + HUGE_PAGE;
     uint8_t *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -32,7 +32,7 @@ mopt_buffer *mopt_buffer_heap(size_t size, mopt_error *err) {
         MOPT_FAIL(err, MOPT_E_NOMEM, "out of memory");
         return NULL;
     }
-    b->base = mopt_alloc_zeroed(size ? size : 1);
+    b->base = mopt_alloc_zeroed(size);
     if (!b->base) {
         free(b);
         MOPT_FAIL(err, MOPT_E_NOMEM, "cannot allocate %zu bytes", size);
@@ -52,7 +52,7 @@ void mopt_buffer_retain(mopt_buffer *b) {
 void mopt_buffer_release(mopt_buffer *b) {
     if (!b || --b->refcount > 0) return;
     if (b->kind == MOPT_BUFFER_MMAP) mopt_unmap_file(b->base, b->size);
-    else mopt_free_zeroed(b->base, b->size ? b->size : 1);
+    else mopt_free_zeroed(b->base, b->size);
     free(b);
 }
 
